@@ -1,0 +1,51 @@
+# The two commands of the README are `make demo` and `make test`; both set everything up themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian tools the tests talk to: real clients and real peers, never imitations.
+APT_PACKAGES := bind9-dnsutils knot-dnsutils curl openssl iproute2 nftables
+
+.PHONY: all venv test unit lint demo bench tools clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs the Debian packages the tests use, when missing and when we may (root, or sudo without a password).
+tools:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" = none ]; then echo "note: cannot install$$missing (not root); tests that need them skip"; \
+	  else echo "installing$$missing"; \
+	    $$SUDO apt-get update -qq >/dev/null 2>&1 || true; \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	      || echo "note: apt-get could not install$$missing; tests that need them skip"; \
+	  fi; \
+	fi
+
+test: venv tools
+	$(BIN)/python -m pytest -q tests
+
+unit: venv
+	$(BIN)/python -m pytest -q tests/unit tests/sim
+
+lint: venv
+	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/mypy sidecar
+
+demo: venv
+	$(BIN)/sidecar demo
+
+bench: venv tools
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

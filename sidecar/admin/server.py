@@ -1,0 +1,120 @@
+"""Routes of the admin port. Reads are open; mutations are POST-only and, when ``admin.token_file`` is
+set, need ``Authorization: Bearer TOKEN``."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from sidecar import log as logs
+from sidecar.catalog.model import group_json
+from sidecar.config.load import config_to_raw
+from sidecar.config.model import Config
+from sidecar.errors import InvalidArgument, MethodNotAllowed, Unauthenticated
+from sidecar.web import Handler, errors_middleware, json_response
+
+
+class Process(Protocol):
+    """What the admin port needs from the running sidecar (``sidecar.app.Sidecar``)."""
+
+    config: Config
+
+    def readiness(self) -> tuple[bool, str]: ...
+    def listener_addresses(self) -> dict[str, str]: ...
+    def members_json(self) -> list[dict[str, Any]]: ...
+    def catalog_json(self) -> dict[str, list[dict[str, Any]]]: ...
+    def services_json(self) -> list[dict[str, Any]]: ...
+    async def drain(self) -> dict[str, Any]: ...
+    async def leave(self) -> dict[str, Any]: ...
+    async def reload(self) -> dict[str, Any]: ...
+
+
+def read_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+def build_admin(process: Process, token: str | None) -> web.Application:
+    routes = web.RouteTableDef()
+
+    def mutating(handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if token is not None:
+                header = request.headers.get("Authorization", "")
+                scheme, _, given = header.partition(" ")
+                if scheme.lower() != "bearer" or not given:
+                    raise Unauthenticated("this endpoint needs Authorization: Bearer TOKEN (admin.token_file is set)")
+                if not hmac.compare_digest(given.strip().encode(), token.encode()):
+                    raise Unauthenticated("the admin token is wrong")
+            return await handler(request)
+        return guarded
+
+    def post_only(path: str, handler: Handler) -> None:
+        routes.post(path)(mutating(handler))
+
+        async def refuse(request: web.Request) -> web.StreamResponse:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {path}; use POST", {"allowed": ["POST"]})
+        for method in ("GET", "PUT", "DELETE", "PATCH"):
+            routes.route(method, path)(refuse)
+
+    @routes.get("/ready")
+    async def ready(request: web.Request) -> web.Response:
+        is_ready, reason = process.readiness()
+        body = {"status": "ready" if is_ready else "not ready", "reason": reason,
+                "listeners": process.listener_addresses()}
+        return json_response(body, 200 if is_ready else 503)
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    @routes.get("/config")
+    async def config(request: web.Request) -> web.Response:
+        return json_response(config_to_raw(process.config, redact=True))
+
+    @routes.get("/members")
+    async def members(request: web.Request) -> web.Response:
+        return json_response(process.members_json())
+
+    @routes.get("/catalog")
+    async def catalog(request: web.Request) -> web.Response:
+        return json_response(process.catalog_json())
+
+    @routes.get("/v1/services")
+    async def services(request: web.Request) -> web.Response:
+        return json_response(process.services_json())
+
+    async def drain(request: web.Request) -> web.Response:
+        return json_response(await process.drain())
+
+    async def leave(request: web.Request) -> web.Response:
+        return json_response(await process.leave())
+
+    async def reload(request: web.Request) -> web.Response:
+        return json_response(await process.reload())
+
+    async def logging_level(request: web.Request) -> web.Response:
+        level = request.query.get("level")
+        if level is None:
+            raise InvalidArgument("the level query parameter is required, e.g. /logging?level=debug")
+        try:
+            logs.set_level(level)
+        except ValueError as e:
+            raise InvalidArgument(str(e), {"level": level}) from None
+        return json_response({"level": logs.current_level()})
+
+    post_only("/drain", drain)
+    post_only("/leave", leave)
+    post_only("/reload", reload)
+    post_only("/logging", logging_level)
+
+    app = web.Application(middlewares=[errors_middleware])
+    app.add_routes(routes)
+    return app
+
+
+__all__ = ["Process", "build_admin", "group_json", "read_token"]

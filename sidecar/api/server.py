@@ -1,0 +1,104 @@
+"""Routes of the app API. Handlers only translate HTTP to calls on the process's parts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.catalog.mesh import MeshCatalog
+from sidecar.catalog.model import HealthStatus, group_json
+from sidecar.catalog.registry import LocalRegistry
+from sidecar.clock import Clock
+from sidecar.config.load import build_section
+from sidecar.config.model import ServiceConfig
+from sidecar.errors import ConfigError, InvalidArgument, NotFound
+from sidecar.events import EventBus
+from sidecar.web import MAX_BODY, errors_middleware, json_response, last_event_id, read_json_object, sse_stream
+
+# the data model's camelCase names accepted beside the YAML's snake_case
+_ALIASES = {"messagesPath": "messages_path"}
+
+
+def service_from_json(body: dict[str, Any]) -> ServiceConfig:
+    raw = {_ALIASES.get(k, k): v for k, v in body.items()}
+    try:
+        return build_section(ServiceConfig, raw)
+    except ConfigError as e:
+        raise InvalidArgument(f"invalid service registration: {'; '.join(e.problems)}",
+                              {"problems": e.problems}) from None
+
+
+def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, clock: Clock) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    routes = web.RouteTableDef()
+
+    def now() -> tuple[float, int]:
+        return clock.monotonic(), int(clock.wall() * 1000)
+
+    @routes.put("/v1/services")
+    async def register(request: web.Request) -> web.Response:
+        spec = service_from_json(await read_json_object(request))
+        entry = registry.register(spec, "api", *now())
+        return json_response({"id": entry.metadata.id})
+
+    @routes.get("/v1/services")
+    async def list_services(request: web.Request) -> web.Response:
+        return json_response([i.to_json() for i in registry.instances()])
+
+    @routes.get("/v1/services/{id}")
+    async def get_service(request: web.Request) -> web.Response:
+        return json_response(registry.get(request.match_info["id"]).metadata.to_json())
+
+    @routes.delete("/v1/services/{id}")
+    async def deregister(request: web.Request) -> web.Response:
+        metadata = registry.deregister(request.match_info["id"], "deregistered through the API", now()[1])
+        return json_response({"id": metadata.id})
+
+    @routes.put("/v1/services/{id}/heartbeat")
+    async def heartbeat(request: web.Request) -> web.Response:
+        body: dict[str, Any] = await read_json_object(request) if request.can_read_body else {}
+        status_text = body.get("status", "healthy")
+        note = body.get("note", "")
+        try:
+            status = HealthStatus(status_text)
+        except ValueError:
+            raise InvalidArgument(f"status must be one of healthy, degraded, unhealthy (got {status_text!r})",
+                                  {"field": "status"}) from None
+        if not isinstance(note, str):
+            raise InvalidArgument(f"note must be a string (got {type(note).__name__})", {"field": "note"})
+        unknown = sorted(set(body) - {"status", "note"})
+        if unknown:
+            raise InvalidArgument(f"unknown field {unknown[0]!r}; a heartbeat has status and note",
+                                  {"field": unknown[0]})
+        entry = registry.heartbeat(request.match_info["id"], status, note, *now())
+        return json_response(entry.metadata.to_json())
+
+    @routes.get("/v1/catalog")
+    async def whole_catalog(request: web.Request) -> web.Response:
+        return json_response(group_json(catalog.snapshot().instances))
+
+    @routes.get("/v1/catalog/{name}")
+    async def one_service(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        instances = catalog.snapshot().service(name)
+        if not instances:
+            raise NotFound(f"no service named {name!r} in the catalog", {"service": name})
+        return json_response([i.to_json() for i in sorted(instances, key=lambda i: (i.node, i.id))])
+
+    @routes.get("/v1/events")
+    async def events(request: web.Request) -> web.StreamResponse:
+        subscription = bus.subscribe(last_event_id(request))
+
+        async def items() -> AsyncIterator[tuple[int, str, Any]]:
+            async for event in subscription:
+                yield event.id, event.type, event.to_json()
+
+        try:
+            return await sse_stream(request, items())
+        finally:
+            subscription.close()
+
+    app.add_routes(routes)
+    return app

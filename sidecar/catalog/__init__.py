@@ -1,0 +1,1 @@
+"""The service catalog: local registrations, their health checks, and the mesh-wide view."""

@@ -1,0 +1,120 @@
+"""The driver of health checks: runs each service's HTTP or TCP check on its interval and feeds the
+results to the registry; a ticker expires TTL checks and removes services past ``deregister_after``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+
+from sidecar.catalog.health import CheckResult
+from sidecar.catalog.model import HealthStatus
+from sidecar.catalog.registry import LocalRegistry, LocalService
+from sidecar.clock import Clock
+from sidecar.config.model import CheckConfig
+
+log = logging.getLogger("sidecar.checks")
+
+TICK = 0.1  # seconds between TTL/deregistration sweeps: small next to any sensible ttl
+
+
+def status_of_http(code: int) -> HealthStatus:
+    """2xx healthy, 429 degraded (alive but shedding load), anything else unhealthy."""
+    if 200 <= code < 300:
+        return HealthStatus.HEALTHY
+    if code == 429:
+        return HealthStatus.DEGRADED
+    return HealthStatus.UNHEALTHY
+
+
+async def http_check(session: aiohttp.ClientSession, url: str, timeout: float) -> CheckResult:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as resp:
+            await resp.read()
+            return CheckResult(status_of_http(resp.status), f"HTTP GET {url}: {resp.status}")
+    except TimeoutError:
+        return CheckResult(HealthStatus.UNHEALTHY, f"HTTP GET {url}: timed out after {timeout:.3f}s")
+    except (aiohttp.ClientError, OSError) as e:
+        return CheckResult(HealthStatus.UNHEALTHY, f"HTTP GET {url}: {type(e).__name__}: {e}")
+
+
+async def tcp_check(host: str, port: int, timeout: float) -> CheckResult:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except TimeoutError:
+        return CheckResult(HealthStatus.UNHEALTHY, f"TCP connect {host}:{port}: timed out after {timeout:.3f}s")
+    except OSError as e:
+        return CheckResult(HealthStatus.UNHEALTHY, f"TCP connect {host}:{port}: {e.strerror or e}")
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return CheckResult(HealthStatus.HEALTHY, f"TCP connect {host}:{port}: success")
+
+
+def check_url(entry: LocalService) -> str:
+    check = entry.spec.check
+    assert check is not None and check.http is not None
+    if check.http.startswith("http://"):
+        return check.http
+    host = entry.spec.host if ":" not in entry.spec.host else f"[{entry.spec.host}]"
+    return f"http://{host}:{entry.spec.port}{check.http}"
+
+
+class CheckRunner:
+    def __init__(self, registry: LocalRegistry, clock: Clock) -> None:
+        self.registry = registry
+        self.clock = clock
+        self._tasks: dict[str, tuple[LocalService, asyncio.Task[None]]] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+        self.registry.listeners.append(self.sync)
+        self.sync()
+        self._ticker = asyncio.create_task(self._tick_loop(), name="health-ticker")
+
+    async def stop(self) -> None:
+        if self.sync in self.registry.listeners:
+            self.registry.listeners.remove(self.sync)
+        tasks = [task for _, task in self._tasks.values()]
+        if self._ticker is not None:
+            tasks.append(self._ticker)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    def sync(self) -> None:
+        """Start a loop for each service with an HTTP/TCP check, stop loops of removed or replaced ones."""
+        for service_id, (entry, task) in list(self._tasks.items()):
+            if self.registry.services.get(service_id) is not entry:
+                task.cancel()
+                del self._tasks[service_id]
+        for service_id, entry in self.registry.services.items():
+            check = entry.spec.check
+            if check is None or check.kind == "ttl" or service_id in self._tasks:
+                continue
+            task = asyncio.create_task(self._check_loop(entry, check), name=f"check-{service_id}")
+            self._tasks[service_id] = (entry, task)
+
+    async def _check_loop(self, entry: LocalService, check: CheckConfig) -> None:
+        while True:
+            if check.kind == "http":
+                assert self._session is not None
+                result = await http_check(self._session, check_url(entry), check.timeout)
+            else:
+                result = await tcp_check(entry.spec.host, entry.spec.port, check.timeout)
+            log.debug("check result", extra={"fields": {"id": entry.metadata.id, "status": result.status.value,
+                                                         "output": result.output}})
+            self.registry.record(entry.metadata.id, result, self.clock.monotonic(), int(self.clock.wall() * 1000))
+            await self.clock.sleep(check.interval)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            self.registry.on_tick(self.clock.monotonic(), int(self.clock.wall() * 1000))
+            await self.clock.sleep(TICK)

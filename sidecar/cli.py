@@ -1,0 +1,135 @@
+"""The command line: ``sidecar run|validate|certs|keys|members|catalog|clusters|demo``.
+
+Exit codes: 0 success, 2 bad usage or bad config, 1 failure at run time. Errors are one line each on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+DEFAULT_CONFIG = "config/sidecar.yaml"
+DEFAULT_ADMIN = "http://127.0.0.1:9901"
+
+
+class UsageError(Exception):
+    """Bad usage: exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecar", description="A sidecar proxy for microservices.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run until SIGTERM/SIGINT, then drain and leave")
+    run.add_argument("-c", "--config", action="append", metavar="FILE",
+                     help=f"YAML config; repeat to merge files in order (default {DEFAULT_CONFIG})")
+
+    validate = commands.add_parser("validate", help="check config files; exit 0 if valid, else 2")
+    validate.add_argument("files", nargs="+", metavar="FILE", help="merged in order, as run -c does")
+
+    certs = commands.add_parser("certs", help="development certificates (a CA and service certificates)")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    init = certs_commands.add_parser("init", help="create a CA")
+    init.add_argument("--dir", required=True)
+    init.add_argument("--trust-domain", required=True)
+    issue = certs_commands.add_parser("issue", help="issue a certificate for a service")
+    issue.add_argument("service")
+    issue.add_argument("--dir", required=True)
+    issue.add_argument("--ttl", default="24h")
+
+    keys = commands.add_parser("keys", help="gossip encryption keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_commands.add_parser("generate", help="print a new base64 AES-256 key")
+
+    for name, what in (("members", "gossip members"), ("catalog", "the service catalog"),
+                       ("clusters", "upstream clusters: endpoints, health, ejection, breakers")):
+        view = commands.add_parser(name, help=f"show {what} as a table")
+        view.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN),
+                          help=f"admin URL (default {DEFAULT_ADMIN}, or $SIDECAR_ADMIN)")
+        view.add_argument("--json", action="store_true", help="print the JSON instead of a table")
+
+    demo = commands.add_parser("demo", help="a complete local mesh with live traffic; Ctrl-C stops it")
+    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="stop by itself after this long (non-interactive)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except UsageError as e:
+        print(f"sidecar: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # the last line of defence: one line, no traceback
+        print(f"sidecar: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from sidecar.app import run
+        return run(args.config or [DEFAULT_CONFIG])
+    if args.command == "validate":
+        return validate(args.files)
+    if args.command == "keys":
+        print(base64.b64encode(os.urandom(32)).decode())
+        return 0
+    if args.command == "certs":
+        return certs(args)
+    if args.command in ("members", "catalog", "clusters"):
+        return show_view(args.command, args.admin, args.json)
+    if args.command == "demo":
+        from sidecar.demo import run_demo
+        return run_demo(args.duration)
+    raise UsageError(f"unknown command {args.command!r}")
+
+
+def validate(files: list[str]) -> int:
+    from sidecar.config.load import load
+    from sidecar.errors import ConfigError
+    try:
+        load(files)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    print(f"{', '.join(files)}: valid")
+    return 0
+
+
+def certs(args: argparse.Namespace) -> int:
+    from sidecar.tls import certs as tls_certs
+    if args.certs_command == "init":
+        return tls_certs.cmd_certs_init(args.dir, args.trust_domain)
+    return tls_certs.cmd_certs_issue(args.service, args.dir, args.ttl)
+
+
+def fetch_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{url} answered {e.code}: {e.read().decode(errors='replace')[:200]}") from None
+    except urllib.error.URLError as e:
+        raise RuntimeError(f"cannot reach the admin port at {url}: {e.reason}") from None
+
+
+def show_view(view: str, admin: str, as_json: bool) -> int:
+    from sidecar.views import render_view
+    data = fetch_json(admin.rstrip("/") + "/" + view)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        render_view(view, data)
+    return 0

@@ -1,0 +1,409 @@
+"""The configuration as typed, frozen objects. Every default is written here once, with its reason.
+
+Field metadata read by the loader (``sidecar.config.load``):
+  ``key``          the YAML key when it differs from the field name (``from`` is a Python keyword);
+  ``check``        a function of the value returning a rule it breaks, or None;
+  ``secret``       shown as ``"<redacted>"`` on the admin port's ``/config``;
+  ``default_port`` for addresses that may omit the port;
+  ``file``         the path must name a readable file.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sidecar.config.values import Duration, HostPort
+
+# --------------------------------------------------------------------------------------------- rules
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be at least 1"
+
+
+def _ratio(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
+def _percent(value: float) -> str | None:
+    return None if 0 <= value <= 100 else "must be in [0, 100]"
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a port in [1, 65535]"
+
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def dns_label(value: str) -> str | None:
+    # service and node names become DNS labels (NAME.service.mesh, NODE.node.mesh)
+    if _NAME.match(value.lower()):
+        return None
+    return "must be a DNS label: letters, digits and '-', 1 to 63 characters, not starting or ending with '-'"
+
+
+def _domain(value: str) -> str | None:
+    labels = value.strip(".").split(".")
+    if value and all(_NAME.match(label.lower()) for label in labels):
+        return None
+    return "must be a DNS domain like mesh or mesh.local"
+
+
+def _url_path(value: str) -> str | None:
+    return None if value.startswith("/") else "must be a path starting with '/'"
+
+
+def _spiffe_trust_domain(value: str) -> str | None:
+    if re.match(r"^[a-z0-9._-]+$", value):
+        return None
+    return "must be a SPIFFE trust domain: lower-case letters, digits, '.', '_' and '-'"
+
+
+RETRY_ON_TOKENS = ("connect-failure", "reset", "5xx", "gateway-error", "retriable-4xx", "refused-stream")
+
+
+def _retry_on(values: list[str]) -> str | None:
+    for value in values:
+        if value not in RETRY_ON_TOKENS and not (value.isdigit() and 100 <= int(value) <= 599):
+            return f"entries must be one of {', '.join(RETRY_ON_TOKENS)} or an HTTP status code"
+    return None
+
+
+_HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "*"}
+
+
+def _methods(values: list[str]) -> str | None:
+    bad = [v for v in values if v.upper() not in _HTTP_METHODS]
+    return f"unknown HTTP method {bad[0]!r}" if bad else None
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    # the node name is this sidecar's identity in gossip and DNS (NODE.node.mesh); the host name is what
+    # a person would guess, and it is unique on most networks
+    name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower(),
+                      metadata={"check": dns_label})
+    # members of another cluster are refused, so prod and staging never merge by accident
+    cluster: str = "default"
+    # durable state (message outbox, logs); None means data/NODE_NAME
+    data_dir: str | None = None
+
+    @property
+    def effective_data_dir(self) -> str:
+        return self.data_dir if self.data_dir is not None else f"data/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    # loopback by default: the admin port can drain and reconfigure the sidecar
+    listen: HostPort = HostPort("127.0.0.1", 9901)
+    # when set, mutating endpoints need "Authorization: Bearer TOKEN" with the file's content
+    token_file: str | None = field(default=None, metadata={"file": True})
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    listen: HostPort = HostPort("127.0.0.1", 3500)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundConfig:
+    listen: HostPort = HostPort("127.0.0.1", 15001)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundConfig:
+    # peers reach this one over mTLS; all interfaces by default, because peers are on other hosts
+    listen: HostPort = HostPort("0.0.0.0", 15006)
+    # the address peers dial; None means the gossip advertise host with the listen port
+    advertise: HostPort | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsRateLimit:
+    # per client address; 0 turns the limit off, as most meshes have a handful of trusted clients
+    qps: float = field(default=0.0, metadata={"check": _non_negative})
+    burst: int = field(default=100, metadata={"check": _at_least_one})
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    # 8600 as Consul: an unprivileged port, so the sidecar never needs root
+    listen: HostPort = HostPort("127.0.0.1", 8600)
+    domain: str = field(default="mesh", metadata={"check": _domain})
+    # short, because instances come and go; resolvers re-ask soon after a change
+    ttl: Duration = Duration(5)
+    upstreams: list[HostPort] = field(default_factory=list, metadata={"default_port": 53})
+    upstream_timeout: Duration = field(default=Duration(2), metadata={"check": _positive})
+    rate_limit: DnsRateLimit = field(default_factory=DnsRateLimit)
+
+
+@dataclass(frozen=True, slots=True)
+class GossipTuning:
+    """Every timing of SWIM and Lifeguard; a profile gives them all, single YAML keys override."""
+
+    probe_interval: Duration        # time between failure probes
+    probe_timeout: Duration         # wait for a direct ack before indirect probes; about one RTT
+    indirect_checks: int            # members asked to probe for us (ping-req)
+    suspicion_mult: int             # suspicion timeout = mult * log10(max(1, n)) * probe_interval
+    suspicion_max_timeout_mult: int  # Lifeguard: the timeout starts at max = this * min, shrinks with confirmations
+    retransmit_mult: int            # each broadcast is sent mult * log10(n + 1) times
+    gossip_interval: Duration       # time between piggyback gossip rounds
+    gossip_nodes: int               # members gossiped to each round
+    gossip_to_the_dead_time: Duration  # keep telling dead members for this long, so they learn and refute
+    push_pull_interval: Duration    # full-state anti-entropy over TCP
+    tcp_timeout: Duration           # TCP push-pull and fallback probe
+    awareness_max_multiplier: int   # Lifeguard: probe interval stretches up to this when we are unhealthy
+    dead_reap_time: Duration        # a dead or left member is forgotten after this
+
+
+# memberlist's DefaultLANConfig, DefaultWANConfig and DefaultLocalConfig
+GOSSIP_PROFILES: dict[str, GossipTuning] = {
+    "lan": GossipTuning(Duration(1), Duration(0.5), 3, 4, 6, 4, Duration(0.2), 3, Duration(30), Duration(30),
+                        Duration(10), 8, Duration(30)),
+    "wan": GossipTuning(Duration(5), Duration(3), 3, 6, 6, 4, Duration(0.5), 4, Duration(60), Duration(60),
+                        Duration(30), 8, Duration(60)),
+    "local": GossipTuning(Duration(1), Duration(0.2), 1, 3, 6, 2, Duration(0.1), 3, Duration(15), Duration(15),
+                          Duration(1), 8, Duration(15)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    listen: HostPort = HostPort("0.0.0.0", 7946)
+    # the host:port peers use to reach us, for NAT and containers; None means the listen address, or the
+    # address of the interface that routes to the first peer when listening on all interfaces
+    advertise: HostPort | None = field(default=None, metadata={"default_port": 0})
+    # host:port or DNS names; every A/AAAA record of a name is tried (a Kubernetes headless Service)
+    join: list[HostPort] = field(default_factory=list, metadata={"default_port": 7946})
+    # base64 AES keys of 16, 24 or 32 bytes; the first encrypts, all decrypt
+    encrypt_keys: list[str] = field(default_factory=list, metadata={"secret": True})
+    profile: Literal["lan", "wan", "local"] = "lan"
+    probe_interval: Duration | None = field(default=None, metadata={"check": _positive})
+    probe_timeout: Duration | None = field(default=None, metadata={"check": _positive})
+    indirect_checks: int | None = field(default=None, metadata={"check": _non_negative})
+    suspicion_mult: int | None = field(default=None, metadata={"check": _at_least_one})
+    suspicion_max_timeout_mult: int | None = field(default=None, metadata={"check": _at_least_one})
+    retransmit_mult: int | None = field(default=None, metadata={"check": _at_least_one})
+    gossip_interval: Duration | None = field(default=None, metadata={"check": _positive})
+    gossip_nodes: int | None = field(default=None, metadata={"check": _at_least_one})
+    gossip_to_the_dead_time: Duration | None = None
+    push_pull_interval: Duration | None = None
+    tcp_timeout: Duration | None = field(default=None, metadata={"check": _positive})
+    awareness_max_multiplier: int | None = field(default=None, metadata={"check": _at_least_one})
+    dead_reap_time: Duration | None = None
+
+    def tuning(self) -> GossipTuning:
+        """The profile's values with this config's overrides applied."""
+        base = GOSSIP_PROFILES[self.profile]
+        values = {name: getattr(self, name) for name in GossipTuning.__dataclass_fields__}
+        return GossipTuning(**{k: (v if v is not None else getattr(base, k)) for k, v in values.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    trust_domain: str = field(default="mesh.local", metadata={"check": _spiffe_trust_domain})
+    ca: str = field(default="certs/ca.pem", metadata={"file": True})
+    cert: str = field(default="certs/node.pem", metadata={"file": True})
+    key: str = field(default="certs/node-key.pem", metadata={"file": True, "secret": False})
+
+
+@dataclass(frozen=True, slots=True)
+class CheckConfig:
+    """One health check: exactly one of ``http``, ``tcp`` or ``ttl``."""
+
+    # a path on the app's port (/health) or a full http:// URL; 2xx healthy, 429 degraded, else unhealthy
+    http: str | None = None
+    # connect to the app's port; success is healthy
+    tcp: bool = False
+    # the app must send a heartbeat within this time, else unhealthy
+    ttl: Duration | None = field(default=None, metadata={"check": _positive})
+    interval: Duration = field(default=Duration(10), metadata={"check": _positive})
+    timeout: Duration = field(default=Duration(1), metadata={"check": _positive})
+    # a service unhealthy this long is removed; None keeps it forever
+    deregister_after: Duration | None = field(default=None, metadata={"check": _positive})
+    # consecutive results before the status flips (Consul's success_before_passing and
+    # failures_before_critical); 1 flips on the first result
+    success_before_healthy: int = field(default=1, metadata={"check": _at_least_one})
+    failures_before_unhealthy: int = field(default=1, metadata={"check": _at_least_one})
+
+    @property
+    def kind(self) -> Literal["http", "tcp", "ttl"]:
+        if self.http is not None:
+            return "http"
+        if self.ttl is not None:
+            return "ttl"
+        return "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    name: str = field(metadata={"check": dns_label})
+    port: int = field(metadata={"check": _port})
+    version: str = "0.0.0"
+    # where the app listens, as seen from this sidecar
+    host: str = "127.0.0.1"
+    id: str | None = None
+    tags: list[str] = field(default_factory=list)
+    capabilities: list[str] = field(default_factory=list)
+    # where the app receives ServiceMessages (POST)
+    messages_path: str = field(default="/messages", metadata={"check": _url_path})
+    check: CheckConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    service: str = field(metadata={"check": dns_label})
+    local_port: int = field(metadata={"check": _port})
+    protocol: Literal["http", "tcp"] = "http"
+    # loopback: the app on this host is the only one meant to use the port
+    bind: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffConfig:
+    base: Duration = field(default=Duration(0.025), metadata={"check": _positive})
+    max: Duration = field(default=Duration(0.25), metadata={"check": _positive})
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    # retries may add at most this share of live traffic (Linkerd's default is 0.2)
+    ratio: float = field(default=0.2, metadata={"check": _ratio})
+    # ... but a trickle of retries is always allowed, so low-traffic services still retry
+    min_per_second: float = field(default=10.0, metadata={"check": _non_negative})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    # attempts after the first
+    attempts: int = field(default=2, metadata={"check": _non_negative})
+    per_try_timeout: Duration = field(default=Duration(5), metadata={"check": _positive})
+    retry_on: list[str] = field(default_factory=lambda: ["connect-failure", "reset", "503"],
+                                metadata={"check": _retry_on})
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # retry POST and other non-idempotent requests too (only when nothing was sent is always safe)
+    retry_non_idempotent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerConfig:
+    # Envoy's resource caps, with Envoy's default of 1024 for each but retries
+    max_connections: int = field(default=1024, metadata={"check": _at_least_one})
+    max_pending_requests: int = field(default=1024, metadata={"check": _at_least_one})
+    max_requests: int = field(default=1024, metadata={"check": _at_least_one})
+    max_retries: int = field(default=3, metadata={"check": _non_negative})
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetectionConfig:
+    consecutive_failures: int = field(default=5, metadata={"check": _at_least_one})
+    interval: Duration = field(default=Duration(10), metadata={"check": _positive})
+    base_ejection_time: Duration = field(default=Duration(30), metadata={"check": _positive})
+    max_ejection_time: Duration = field(default=Duration(300), metadata={"check": _positive})
+    max_ejection_percent: float = field(default=10.0, metadata={"check": _percent})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    timeout: Duration = field(default=Duration(15), metadata={"check": _positive})
+    retries: RetryConfig = field(default_factory=RetryConfig)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    outlier_detection: OutlierDetectionConfig = field(default_factory=OutlierDetectionConfig)
+    load_balancer: Literal["round_robin", "least_request", "ewma"] = "ewma"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRule:
+    to: str
+    from_: list[str] = field(default_factory=lambda: ["*"], metadata={"key": "from"})
+    methods: list[str] = field(default_factory=lambda: ["*"], metadata={"check": _methods})
+    paths: list[str] = field(default_factory=lambda: ["*"])
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationConfig:
+    default: Literal["allow", "deny"] = "allow"
+    rules: list[AuthorizationRule] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionConfig:
+    topic: str
+    path: str = field(metadata={"check": _url_path})
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    exporter: Literal["none", "console", "otlp"] = "none"
+    # the collector's base URL (http://host:4318); /v1/traces is appended
+    endpoint: str | None = None
+    sample_ratio: float = field(default=1.0, metadata={"check": _ratio})
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    retention: Duration = field(default=Duration(900), metadata={"check": _positive})
+    max_samples: int = field(default=100_000, metadata={"check": _at_least_one})
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    # optional: without it the sidecar registers, gossips and answers DNS, but carries no traffic
+    tls: TlsConfig | None = None
+    services: list[ServiceConfig] = field(default_factory=list)
+    upstreams: list[UpstreamConfig] = field(default_factory=list)
+    # per destination service; "*" is the default, and a named entry overrides only the keys it gives
+    policies: dict[str, PolicyConfig] = field(default_factory=lambda: {"*": PolicyConfig()})
+    authorization: AuthorizationConfig = field(default_factory=AuthorizationConfig)
+    subscriptions: list[SubscriptionConfig] = field(default_factory=list)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def policy_for(self, service: str) -> PolicyConfig:
+        return self.policies.get(service) or self.policies.get("*") or PolicyConfig()
+
+
+def listeners(config: Config) -> dict[str, HostPort]:
+    """The TCP/UDP listeners by SPEC name, in the order they start."""
+    return {
+        "admin": config.admin.listen,
+        "api": config.api.listen,
+        "outbound": config.outbound.listen,
+        "inbound": config.inbound.listen,
+        "dns": config.dns.listen,
+        "gossip": config.gossip.listen,
+    }
+
+
+Raw = dict[str, Any]

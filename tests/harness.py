@@ -1,0 +1,260 @@
+"""Real processes and sockets for integration tests: a `sidecar run` subprocess, a controllable app,
+and waiting for conditions with deadlines (never bare sleeps)."""
+
+from __future__ import annotations
+
+import http.server as http_server
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll until ``predicate()`` is truthy and return its value; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as e:  # a condition that cannot be evaluated yet is not met yet
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------------ HTTP client
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         timeout: float = 5.0) -> Response:
+    data: bytes | None
+    if body is None:
+        data = None
+    elif isinstance(body, bytes):
+        data = body
+    else:
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
+    except urllib.error.HTTPError as e:
+        return Response(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
+
+
+def assert_error(response: Response, status: int, code: str) -> dict[str, Any]:
+    """SPEC's error shape: JSON body and the x-sidecar-error header."""
+    assert response.status == status, response
+    assert response.headers.get("x-sidecar-error") == code, response.headers
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert isinstance(error["grpcCode"], int)
+    assert error["message"]
+    return dict(error)
+
+
+# -------------------------------------------------------------------------------------- sidecar process
+
+_LISTENING = re.compile(r"listening listener=(\w+) address=(\S+)")
+
+
+class SidecarProcess:
+    """``sidecar run`` in a subprocess, with every listener on a free port unless the config says otherwise."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any], name: str = "node-a",
+                 extra_args: list[str] | None = None) -> None:
+        self.tmp = tmp
+        self.name = name
+        base: dict[str, Any] = {
+            "node": {"name": name, "data_dir": str(tmp / f"data-{name}")},
+            "admin": {"listen": "127.0.0.1:0"},
+            "api": {"listen": "127.0.0.1:0"},
+            "outbound": {"listen": "127.0.0.1:0"},
+            "inbound": {"listen": "127.0.0.1:0"},
+            "dns": {"listen": "127.0.0.1:0"},
+            "gossip": {"listen": "127.0.0.1:0", "profile": "local"},
+        }
+        merged = _merge(base, config)
+        self.config_path = tmp / f"{name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(merged))
+        self.config = merged
+        self.args = [sys.executable, "-m", "sidecar", "run", "-c", str(self.config_path), *(extra_args or [])]
+        self.lines: list[str] = []
+        self.listeners: dict[str, str] = {}
+        self.proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 20.0) -> SidecarProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(self.args, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if wait_ready:
+            wait_for(lambda: "admin" in self.listeners and "api" in self.listeners and self.ready(),
+                     timeout, what=f"{self.name} ready; log: {self.lines[-5:]}")
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            match = _LISTENING.search(line)
+            if match:
+                self.listeners[match.group(1)] = match.group(2)
+            elif line.startswith("{"):
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("msg") == "listening":
+                    self.listeners[entry["listener"]] = entry["address"]
+
+    def ready(self) -> bool:
+        try:
+            return http("GET", self.admin + "/ready", timeout=2).status == 200
+        except OSError:
+            return False
+
+    @property
+    def admin(self) -> str:
+        return "http://" + self.listeners["admin"]
+
+    @property
+    def api(self) -> str:
+        return "http://" + self.listeners["api"]
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_log(self, pattern: str, timeout: float = 10.0) -> str:
+        regex = re.compile(pattern)
+        return str(wait_for(lambda: next((line for line in self.lines if regex.search(line)), None), timeout,
+                            what=f"log line matching {pattern!r}"))
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def run_cli(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+# ------------------------------------------------------------------------------------ a controllable app
+
+
+class FakeApp:
+    """A real HTTP server on a free loopback port whose /health answer the test sets."""
+
+    def __init__(self) -> None:
+        self.health_status = 200
+        self.requests: list[tuple[str, str]] = []
+        app = self
+
+        class Handler(http_server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                app.requests.append(("GET", self.path))
+                status = app.health_status if self.path.startswith("/health") else 200
+                body = json.dumps({"path": self.path, "status": status}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeApp:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TcpApp:
+    """A real TCP listener that can be closed and reopened on the same port."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.port = free_port()
+
+    def open(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self.sock = sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
