@@ -8,6 +8,8 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
+from dataclasses import replace
 from typing import Any
 
 from sidecar import log as logs
@@ -15,8 +17,8 @@ from sidecar.admin.server import build_admin, read_token
 from sidecar.api.server import build_api
 from sidecar.catalog.checks import CheckRunner
 from sidecar.catalog.mesh import MeshCatalog
-from sidecar.catalog.model import NodeInfo
-from sidecar.catalog.registry import LocalRegistry
+from sidecar.catalog.model import NodeInfo, group_json
+from sidecar.catalog.registry import LocalRegistry, default_id
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.load import config_to_raw, load
 from sidecar.config.model import Config
@@ -142,7 +144,6 @@ class Sidecar:
                 for n in snapshot.nodes.values()]
 
     def catalog_json(self) -> dict[str, list[dict[str, Any]]]:
-        from sidecar.catalog.model import group_json
         return group_json(self.catalog.snapshot().instances)
 
     def services_json(self) -> list[dict[str, Any]]:
@@ -183,12 +184,10 @@ class Sidecar:
         return {"applied": applied, "needsRestart": needs_restart}
 
     def _merge_live(self, new: Config) -> Config:
-        from dataclasses import replace
         return replace(self.config, services=new.services, logging=new.logging)
 
     def _reload_services(self, new: Config) -> None:
         now, now_ms = self._now()
-        from sidecar.catalog.registry import default_id
         wanted = {spec.id or default_id(spec, new.node.name): spec for spec in new.services}
         for service_id, entry in list(self.registry.services.items()):
             if entry.source == "config" and service_id not in wanted:
@@ -211,7 +210,6 @@ async def serve(config: Config, config_paths: list[str]) -> int:
 
 def run(config_paths: list[str]) -> int:
     """``sidecar run``: 0 after a clean stop, 2 for a bad config (printed), 1 for a failure at run time."""
-    import sys
     try:
         config = load(config_paths)
     except ConfigError as e:

@@ -150,7 +150,8 @@ async def _main(duration: float | None, console: Console) -> int:
             console.print(f"[bold]sidecar demo[/bold]: files in {root}")
             console.print(f"  admin {node.admin}   (try: curl {node.admin}/ready)")
             console.print(f"  app API {node.api}   (try: curl {node.api}/v1/catalog)")
-            console.print("  payment-service's /health cycles healthy → degraded (429) → unhealthy (500); Ctrl-C stops\n")
+            console.print("  payment-service's /health cycles healthy → degraded (429) → unhealthy (500)")
+            console.print("  Ctrl-C stops and removes everything\n")
             follower = asyncio.create_task(_follow_events(session, node, demo))
             deadline = None if duration is None else time.monotonic() + duration
             interactive = console.is_terminal
