@@ -331,10 +331,14 @@ class PolicyConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthorizationRule:
+    """Who may call a service. Like Istio's ALLOW policies: once any allow rule names a service, callers that
+    match none of its rules are refused; ``action: deny`` rules (Consul's deny intentions) are checked first."""
+
     to: str
     from_: list[str] = field(default_factory=lambda: ["*"], metadata={"key": "from"})
     methods: list[str] = field(default_factory=lambda: ["*"], metadata={"check": _methods})
     paths: list[str] = field(default_factory=lambda: ["*"])
+    action: Literal["allow", "deny"] = "allow"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,58 @@
+"""Authorization as a pure function of (caller, target, method, path) and the rules.
+
+Order of evaluation, first match wins:
+1. ``action: deny`` rules whose ``to``, ``from``, ``methods`` and ``paths`` all match → refused;
+2. ``action: allow`` rules that match → allowed;
+3. if any allow rule names the target (``to`` equal or ``*``), the caller matched none of them → refused;
+4. otherwise ``authorization.default``.
+Globs (``*``, ``?``, ``[..]``) work in every field; methods compare case-insensitively.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from sidecar.config.model import AuthorizationConfig, AuthorizationRule
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    rule: str | None  # "authorization.rules[2]" or "authorization.default"
+    reason: str
+
+
+def _match(patterns: list[str], value: str) -> bool:
+    return any(p == "*" or fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def _rule_matches(rule: AuthorizationRule, caller: str, target: str, method: str, path: str) -> bool:
+    return (_match([rule.to], target) and _match(rule.from_, caller)
+            and _match([m.upper() for m in rule.methods], method.upper()) and _match(rule.paths, path))
+
+
+class Authorizer:
+    def __init__(self, config: AuthorizationConfig) -> None:
+        self.config = config
+        numbered = list(enumerate(config.rules))
+        self._deny = [(i, r) for i, r in numbered if r.action == "deny"]
+        self._allow = [(i, r) for i, r in numbered if r.action == "allow"]
+
+    def decide(self, caller: str, target: str, method: str, path: str) -> Decision:
+        """``caller`` is the calling service's name from its SPIFFE ID."""
+        for i, rule in self._deny:
+            if _rule_matches(rule, caller, target, method, path):
+                return Decision(False, f"authorization.rules[{i}]",
+                                f"{caller} → {target} {method} {path} matches deny rule authorization.rules[{i}]")
+        for i, rule in self._allow:
+            if _rule_matches(rule, caller, target, method, path):
+                return Decision(True, f"authorization.rules[{i}]", f"allowed by authorization.rules[{i}]")
+        naming = [i for i, rule in self._allow if _match([rule.to], target)]
+        if naming:
+            listed = ", ".join(f"authorization.rules[{i}]" for i in naming)
+            return Decision(False, f"authorization.rules[{naming[0]}]",
+                            f"{caller} → {target} {method} {path} matches none of the rules for {target} ({listed})")
+        allowed = self.config.default == "allow"
+        return Decision(allowed, "authorization.default",
+                        f"no rule names {target}; authorization.default is {self.config.default}")
