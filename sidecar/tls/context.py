@@ -1,0 +1,295 @@
+"""SSL contexts for the data plane: the inbound server and the outbound client, both mutually authenticated.
+
+Theory of operation
+-------------------
+*Who checks what.* OpenSSL verifies the chain (``CERT_REQUIRED`` against ``tls.ca``, both directions): the
+cryptographic part stays in the library that every TLS deployment trusts. Hostname checking is off, because a
+sidecar's identity is not a host name but the SPIFFE ID in its URI SAN; :func:`verify_peer` checks that right
+after the handshake (exactly one SPIFFE ID, in our trust domain, of the expected service when dialing, and the
+dates again, since a resumed session can outlive its certificate). A connection is used only after both.
+
+*Why the reasons are precise.* OpenSSL refuses a bad certificate before Python can look at it, and its error
+carries only a code ("certificate has expired"). To say *when* it expired, or *which* CA signed it, the server
+context records two handshake messages as they pass, through CPython's message callback: the ClientHello (for
+the offered protocol version) and the peer's Certificate message (for its leaf). The evidence is attached to
+the handshake's exception (``exc.sidecar_evidence``) and :func:`sidecar.tls.reasons.classify` turns both into
+"client certificate expired at 2026-05-01T12:00:00Z". The callback is CPython's private ``_msg_callback``; it
+costs a Python call per TLS record, so once a handshake succeeds the connection is moved to a twin context
+without the callback (``SSLObject.context = twin``, which also drops OpenSSL's per-connection callback):
+application data never pays for it. Where the callback does not exist, the reasons fall back to what
+OpenSSL's codes say. Nothing about *acceptance* depends on this machinery: it only names refusals.
+
+*Session reuse.* Servers issue TLS 1.3 session tickets (and TLS 1.2 tickets). The client context keeps one
+resumable session per peer in a :class:`SessionCache`, keyed by the ``server_hostname`` given when dialing,
+so reconnections to the same peer resume (one round trip, no certificate signatures). Dial each peer with
+its own ``server_hostname`` (:func:`peer_server_name` makes one).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+from sidecar.tls import reasons
+from sidecar.tls.errors import CertificateError, PeerRefused
+from sidecar.tls.identity import PeerIdentity, identity_of_der
+from sidecar.tls.reasons import HandshakeEvidence
+
+# Mozilla's "intermediate" TLS 1.2 suites (ECDHE only: no DH parameters are loaded); TLS 1.3 suites are
+# OpenSSL's defaults, all three of which Mozilla lists
+MOZILLA_INTERMEDIATE_TLS12 = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+# the attribute on a handshake exception that carries what was seen of the handshake
+EVIDENCE_ATTRIBUTE = "sidecar_evidence"
+_HAS_MSG_CALLBACK = hasattr(ssl.SSLContext, "_msg_callback")
+
+
+class MeshContext(ssl.SSLContext):
+    """An SSLContext that knows its role, its session cache and its quiet twin (see the module's doc)."""
+
+    role: str = "peer"  # what the *other* side is: "client" for a server context, "server" for a client one
+    twin: MeshContext | None = None
+    sessions: SessionCache | None = None
+
+
+# ------------------------------------------------------------------------------------------ builders
+
+
+def server_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str],
+                   *, diagnose: bool = True) -> MeshContext:
+    """The inbound listener's context: TLS 1.2+, a client certificate required and verified against ``ca``."""
+    context = _base(MeshContext(ssl.PROTOCOL_TLS_SERVER), ca, cert, key)
+    context.role = "client"
+    context.sslobject_class = ServerSSLObject
+    if diagnose and _HAS_MSG_CALLBACK:
+        context.twin = _base(MeshContext(ssl.PROTOCOL_TLS_SERVER), ca, cert, key)
+        context.twin.role = "client"
+        context._msg_callback = _record_evidence  # type: ignore[attr-defined]
+    return context
+
+
+def client_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str],
+                   *, sessions: SessionCache | None = None) -> MeshContext:
+    """The outbound dialer's context: our certificate offered, the server's chain verified against ``ca``;
+    the server's SPIFFE ID is checked after the handshake with :func:`verify_peer`."""
+    context = _base(MeshContext(ssl.PROTOCOL_TLS_CLIENT), ca, cert, key)
+    context.role = "server"
+    context.sessions = sessions if sessions is not None else SessionCache()
+    context.sslobject_class = ClientSSLObject
+    return context
+
+
+def _base(context: MeshContext, ca: str | os.PathLike[str], cert: str | os.PathLike[str],
+          key: str | os.PathLike[str]) -> MeshContext:
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # 1.3 is preferred: OpenSSL picks the highest shared
+    context.set_ciphers(MOZILLA_INTERMEDIATE_TLS12)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.options &= ~ssl.OP_NO_TICKET  # session tickets on: reconnections resume
+    context.check_hostname = False  # identity is the SPIFFE URI SAN, checked by verify_peer
+    context.verify_mode = ssl.CERT_REQUIRED
+    load_ca(context, ca)
+    load_identity(context, cert, key)
+    return context
+
+
+def load_ca(context: ssl.SSLContext, ca: str | os.PathLike[str] | None = None, *, cadata: str | None = None) -> None:
+    """Trust the CA certificates of ``ca`` (a PEM file) or ``cadata`` (PEM text); they are added to the store."""
+    try:
+        if cadata is not None:
+            context.load_verify_locations(cadata=cadata)
+        else:
+            context.load_verify_locations(cafile=os.fspath(ca) if ca is not None else None)
+    except FileNotFoundError:
+        raise CertificateError(f"CA file {ca} does not exist (tls.ca); run `sidecar certs init`") from None
+    except PermissionError:
+        raise CertificateError(f"CA file {ca} is not readable by this user (tls.ca)") from None
+    except (ssl.SSLError, ValueError) as exc:
+        raise CertificateError(f"CA file {ca or 'data'} holds no usable PEM certificate (tls.ca): {exc}") from None
+
+
+def load_identity(context: ssl.SSLContext, cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
+    """Load our certificate and key (affects new handshakes only)."""
+    try:
+        context.load_cert_chain(os.fspath(cert), os.fspath(key))
+    except FileNotFoundError as exc:
+        raise CertificateError(f"{exc.filename or cert} does not exist (tls.cert / tls.key)") from None
+    except PermissionError:
+        raise CertificateError(f"{cert} or {key} is not readable by this user (tls.cert / tls.key)") from None
+    except ssl.SSLError as exc:
+        if (exc.reason or "").upper() == "KEY_VALUES_MISMATCH":
+            raise CertificateError(f"{key} is not the private key of {cert}: issue them together") from None
+        raise CertificateError(f"{cert} / {key}: not a PEM certificate and key ({exc.reason or exc})") from None
+
+
+# ------------------------------------------------------------------------------------------ verifying
+
+
+def verify_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket, trust_domain: str, expected_service: str | None = None,
+                *, now: float | None = None) -> PeerIdentity:
+    """The peer's identity after a completed handshake, or :class:`PeerRefused` with a reason for a person.
+
+    ``expected_service`` is set when dialing: the server must be that service. ``now`` is epoch seconds.
+    """
+    role = getattr(ssl_object.context, "role", "peer")
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise PeerRefused(reasons.no_certificate())
+    when = time.time() if now is None else now
+    return identity_of_der(der, trust_domain, when, role=role, expected_service=expected_service)
+
+
+def refusal_of(exc: BaseException, role: str = "client", trust_domain: str = "") -> reasons.RefusalReason:
+    """The reason for a failed handshake, using the evidence the server context captured, if any."""
+    if isinstance(exc, PeerRefused):
+        return exc.reason
+    evidence = getattr(exc, EVIDENCE_ATTRIBUTE, None)
+    if not isinstance(evidence, HandshakeEvidence):
+        evidence = reasons.NO_EVIDENCE
+    return reasons.classify(exc, evidence, role=role, trust_domain=trust_domain)
+
+
+# ------------------------------------------------------------------------------------------ evidence
+
+
+def _record_evidence(conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: bytes) -> None:
+    # runs inside OpenSSL's handshake: it must never raise (CPython would fail the handshake with it)
+    try:
+        if direction != "read" or content_type != ssl._TLSContentType.HANDSHAKE:  # type: ignore[attr-defined]
+            return
+        if msg_type == ssl._TLSMessageType.CLIENT_HELLO:  # type: ignore[attr-defined]
+            conn.sidecar_offered = reasons.offered_version(bytes(data))
+        elif msg_type == ssl._TLSMessageType.CERTIFICATE:  # type: ignore[attr-defined]
+            conn.sidecar_peer_der = reasons.leaf_of_certificate_message(
+                bytes(data), tls13=version == ssl.TLSVersion.TLSv1_3
+            )
+    except Exception:  # evidence is best effort; acceptance never depends on it
+        pass
+
+
+class ServerSSLObject(ssl.SSLObject):
+    """Attaches the captured evidence to a failed handshake's exception; after a good handshake, moves the
+    connection to the quiet twin context so application data does not pay for the message callback."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            setattr(exc, EVIDENCE_ATTRIBUTE, HandshakeEvidence(
+                self.__dict__.get("sidecar_peer_der"), self.__dict__.get("sidecar_offered")
+            ))
+            raise
+        twin = getattr(self.context, "twin", None)
+        if twin is not None:
+            self.context = twin
+        self.__dict__.pop("sidecar_peer_der", None)
+
+
+class ClientSSLObject(ssl.SSLObject):
+    """Offers the cached session for its peer (``server_hostname``) and gives its own back to the cache."""
+
+    _sidecar_started = False
+
+    def do_handshake(self) -> None:
+        cache = getattr(self.context, "sessions", None)
+        if cache is not None and not self._sidecar_started and self.server_hostname:
+            self._sidecar_started = True
+            session = cache.lookup(self.server_hostname)
+            if session is not None:
+                try:
+                    self.session = session
+                except (ValueError, ssl.SSLError):  # from another context (the CA changed): start afresh
+                    cache.forget(self.server_hostname)
+        super().do_handshake()
+        if cache is not None and self.server_hostname:
+            cache.connected(self.server_hostname, self)
+
+    def unwrap(self) -> None:
+        cache = getattr(self.context, "sessions", None)
+        if cache is not None and self.server_hostname:
+            cache.keep(self.server_hostname, self)
+        super().unwrap()
+
+
+# ------------------------------------------------------------------------------------------ sessions
+
+
+class SessionCache:
+    """One resumable TLS session per peer, least recently used dropped first.
+
+    A TLS 1.3 session becomes resumable only when the server's ticket arrives, after the handshake; so the
+    cache remembers the peer's latest live connection and takes its session when the next connection to
+    that peer starts (or when a connection shuts down), not at handshake time.
+    """
+
+    def __init__(self, max_peers: int = 4096) -> None:
+        self._max = max_peers
+        self._sessions: OrderedDict[str, ssl.SSLSession] = OrderedDict()
+        self._live: dict[str, weakref.ref[ssl.SSLObject]] = {}
+        self.resumed = 0
+        self.full = 0
+
+    def lookup(self, peer: str) -> ssl.SSLSession | None:
+        ref = self._live.get(peer)
+        live = ref() if ref is not None else None
+        if live is not None:
+            self.keep(peer, live)
+        session = self._sessions.get(peer)
+        if session is not None:
+            self._sessions.move_to_end(peer)
+        return session
+
+    def connected(self, peer: str, ssl_object: ssl.SSLObject) -> None:
+        if ssl_object.session_reused:
+            self.resumed += 1
+        else:
+            self.full += 1
+        self._live[peer] = weakref.ref(ssl_object)
+
+    def keep(self, peer: str, ssl_object: ssl.SSLObject) -> None:
+        try:
+            session = ssl_object.session
+        except (ValueError, ssl.SSLError):
+            return
+        if session is None or not session.has_ticket:
+            return
+        self._sessions[peer] = session
+        self._sessions.move_to_end(peer)
+        while len(self._sessions) > self._max:
+            dropped, _ = self._sessions.popitem(last=False)
+            self._live.pop(dropped, None)
+
+    def forget(self, peer: str | None = None) -> None:
+        """Drop one peer's session, or all (after a CA change)."""
+        if peer is None:
+            self._sessions.clear()
+            self._live.clear()
+        else:
+            self._sessions.pop(peer, None)
+            self._live.pop(peer, None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def peer_server_name(host: str, port: int) -> str:
+    """A DNS-shaped name unique to one peer address, for ``server_hostname`` (the session cache's key).
+
+    An IP address alone would not tell apart two sidecars on one host, and Python sends no SNI for IPs.
+    """
+    label = host.strip("[]").replace(":", "-").replace("%", "-")
+    return f"p{port}.{label}.sidecar.invalid"
+

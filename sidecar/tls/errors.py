@@ -1,0 +1,28 @@
+"""Errors of the identity layer, named for their cause; each message says what to do about it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.tls.reasons import RefusalReason
+
+
+class TlsError(Exception):
+    """Base of every error of the mTLS identity layer."""
+
+
+class CertificateError(TlsError):
+    """A certificate or key could not be made, read or used; the message names the file and the fix."""
+
+
+class SpiffeIdError(TlsError, ValueError):
+    """A text is not a valid SPIFFE ID (``spiffe://TRUST_DOMAIN/service/NAME``)."""
+
+
+class PeerRefused(TlsError):
+    """A peer was refused during or right after the TLS handshake; ``reason`` says why, for a person."""
+
+    def __init__(self, reason: RefusalReason) -> None:
+        super().__init__(reason.message)
+        self.reason = reason

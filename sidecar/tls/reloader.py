@@ -1,0 +1,512 @@
+"""Certificate rotation without restart, and warnings before expiry.
+
+Theory of operation
+-------------------
+A pure core (:class:`RotationCore`) is fed what the files hold now (a digest of each) and the time; it
+answers with commands: :class:`Reload` the identity (cert + key) and/or the trust (CA), or :class:`Warn`.
+The driver (:class:`IdentityStore`) reads the files, runs the commands and reports back.
+
+* Files are compared by content digest, not mtime: a rewrite within one mtime tick is still seen, and a
+  ``touch`` alone reloads nothing.
+* A new pair is validated before anything live is touched: the key must match the certificate, the
+  certificate must be signed by the CA and name one SPIFFE ID of our trust domain, and must not be expired.
+  ``sidecar certs issue`` writes the key, then the certificate, so a poll can fall in between and see a
+  mismatched pair: that content is marked failed and not retried until a file changes again, the current
+  identity keeps serving, and a warning is written only if the bad state lasts ``settle`` seconds.
+* The bytes that were validated are the bytes loaded (from memory, via memfd), so a file changing between
+  the check and the load cannot slip in unchecked.
+* Every change builds new contexts and swaps them into the store: a new server context has new session
+  ticket keys, so no client resumes a session that carries the old certificate (resumption does not
+  present certificates again), and a new client context cannot offer sessions made with our old one.
+  Take ``store.server_context``/``client_context`` per connection. Holders of the old contexts (a listener
+  given one at start) still get the change: ``load_cert_chain`` on them changes what *new* handshakes
+  present, and the new CA is added to their trust store (a store only grows). Established connections
+  keep their keys and go on.
+* Expiry: a warning when less than ``warn_fraction`` of the certificate's lifetime remains (the last fifth:
+  4.8 h of a 24 h certificate, 73 days of a year's), again every ``repeat_every``, and an error once expired.
+  A fixed "less than 24 h" rule would warn for the whole life of the default 24 h certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import hashlib
+import logging
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.config.model import TlsConfig
+from sidecar.tls import certs, context
+from sidecar.tls.context import MeshContext, SessionCache
+from sidecar.tls.errors import CertificateError, PeerRefused
+from sidecar.tls.handshake import Handler, MtlsServer, RefusalLog, accept_socket, connect_stream, serve
+from sidecar.tls.identity import PeerIdentity, identity_of
+
+log = logging.getLogger("sidecar.tls")
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+# ------------------------------------------------------------------------------------------ the pure core
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the three files hold: a digest each, None when missing or unreadable."""
+
+    ca: str | None
+    cert: str | None
+    key: str | None
+
+    @property
+    def complete(self) -> bool:
+        return None not in (self.ca, self.cert, self.key)
+
+
+class Change(enum.Flag):
+    NONE = 0
+    IDENTITY = enum.auto()  # the certificate or its key
+    TRUST = enum.auto()  # the CA
+
+
+class ExpiryState(enum.Enum):
+    OK = "ok"
+    EXPIRING = "expiring"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class RotationPolicy:
+    # how often the files are read; rotation takes effect within this time
+    poll_interval: float = 2.0
+    # warn when less than this fraction of the certificate's lifetime remains (cert-manager renews at 1/3)
+    warn_fraction: float = 0.2
+    # repeat the expiry warning this often, so it is in the recent log whenever someone looks
+    repeat_every: float = 3600.0
+    # a bad pair of files is normal for a moment during a rotation; warn if it lasts this long
+    settle: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    change: Change
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Warn:
+    message: str
+    level: int = logging.WARNING
+
+
+Command = Reload | Warn
+
+
+def plan(loaded: Snapshot, seen: Snapshot) -> Change:
+    """What changed between what is loaded and what the files hold now."""
+    change = Change.NONE
+    if (seen.cert, seen.key) != (loaded.cert, loaded.key):
+        change |= Change.IDENTITY
+    if seen.ca != loaded.ca:
+        change |= Change.TRUST
+    return change
+
+
+def expiry_state(not_before: float, not_after: float, now: float, warn_fraction: float) -> ExpiryState:
+    remaining = not_after - now
+    if remaining <= 0:
+        return ExpiryState.EXPIRED
+    if remaining < warn_fraction * max(not_after - not_before, 0.0):
+        return ExpiryState.EXPIRING
+    return ExpiryState.OK
+
+
+def describe_remaining(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 60:.0f} minutes"
+
+
+@dataclass
+class RotationCore:
+    """Decides when to reload and when to warn; time is passed in (epoch seconds)."""
+
+    loaded: Snapshot
+    not_before: float
+    not_after: float
+    policy: RotationPolicy = field(default_factory=RotationPolicy)
+    failed: Snapshot | None = None
+    failed_since: float = 0.0
+    failure: str = ""
+    failure_warned: bool = False
+    expiry: ExpiryState = ExpiryState.OK
+    expiry_warned_at: float | None = None
+
+    def on_poll(self, seen: Snapshot, now: float) -> list[Command]:
+        out: list[Command] = []
+        change = plan(self.loaded, seen)
+        if not change:
+            self.failed, self.failure, self.failure_warned = None, "", False
+        elif not seen.complete:  # mid-rename, or deleted: nothing to load; the current identity serves on
+            self._note_failure(seen, "a certificate, key or CA file is missing or unreadable", now)
+        elif seen != self.failed:
+            out.append(Reload(change, seen))
+        if change and seen == self.failed and not self.failure_warned and now - self.failed_since >= self.policy.settle:
+            self.failure_warned = True
+            out.append(Warn(f"keeping the current certificate: the new files are not usable ({self.failure})"))
+        out += self._expiry(now)
+        return out
+
+    def _note_failure(self, snapshot: Snapshot, error: str, now: float) -> None:
+        if snapshot != self.failed:
+            self.failed, self.failed_since, self.failure, self.failure_warned = snapshot, now, error, False
+
+    def on_loaded(self, snapshot: Snapshot, not_before: float, not_after: float, now: float) -> list[Command]:
+        self.loaded, self.not_before, self.not_after = snapshot, not_before, not_after
+        self.failed, self.failure, self.failure_warned = None, "", False
+        self.expiry, self.expiry_warned_at = ExpiryState.OK, None
+        return self._expiry(now)
+
+    def on_failed(self, snapshot: Snapshot, error: str, now: float) -> list[Command]:
+        self._note_failure(snapshot, error, now)
+        if self.policy.settle <= 0 and not self.failure_warned:
+            self.failure_warned = True
+            return [Warn(f"keeping the current certificate: the new files are not usable ({error})")]
+        return []
+
+    def _expiry(self, now: float) -> list[Command]:
+        state = expiry_state(self.not_before, self.not_after, now, self.policy.warn_fraction)
+        changed = state != self.expiry
+        self.expiry = state
+        if state is ExpiryState.OK:
+            return []
+        due = self.expiry_warned_at is None or now - self.expiry_warned_at >= self.policy.repeat_every
+        if not (changed or due):
+            return []
+        self.expiry_warned_at = now
+        when = dt.datetime.fromtimestamp(self.not_after, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if state is ExpiryState.EXPIRED:
+            return [Warn(f"our certificate expired at {when}: peers refuse us; issue a new one"
+                         " (`sidecar certs issue`) and it is picked up without a restart", logging.ERROR)]
+        return [Warn(f"our certificate expires at {when}, in {describe_remaining(self.not_after - now)};"
+                     " issue a new one (`sidecar certs issue`): it is picked up without a restart")]
+
+
+# ------------------------------------------------------------------------------------------ reading files
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPaths:
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_config(cls, config: TlsConfig) -> TlsPaths:
+        return cls(Path(config.ca), Path(config.cert), Path(config.key))
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """The bytes of the three files, read once; what is validated is what is loaded."""
+
+    ca: bytes | None
+    cert: bytes | None
+    key: bytes | None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return Snapshot(_digest(self.ca), _digest(self.cert), _digest(self.key))
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Bundle(snapshot={self.snapshot})"
+
+
+def read_bundle(paths: TlsPaths) -> Bundle:
+    return Bundle(_read_or_none(paths.ca), _read_or_none(paths.cert), _read_or_none(paths.key))
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _digest(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    leaf: x509.Certificate
+    identity: PeerIdentity
+
+
+def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> Checked:
+    """Check a bundle before it goes live; :class:`CertificateError` says what is wrong, by file."""
+    if bundle.ca is None or bundle.cert is None or bundle.key is None:
+        missing = [str(p) for p, b in ((paths.ca, bundle.ca), (paths.cert, bundle.cert), (paths.key, bundle.key))
+                   if b is None]
+        raise CertificateError(f"cannot read {', '.join(missing)}")
+    try:
+        cas = x509.load_pem_x509_certificates(bundle.ca)
+    except ValueError:
+        raise CertificateError(f"{paths.ca} holds no PEM certificate (tls.ca)") from None
+    try:
+        leaf = x509.load_pem_x509_certificates(bundle.cert)[0]
+    except ValueError:
+        raise CertificateError(f"{paths.cert} holds no PEM certificate (tls.cert)") from None
+    from cryptography.hazmat.primitives import serialization  # local: only validation needs it
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_private_key(bundle.key, password=None)
+    except (ValueError, TypeError):
+        raise CertificateError(f"{paths.key} holds no unencrypted PEM private key (tls.key)") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not certs.key_matches(leaf, key):
+        raise CertificateError(f"{paths.key} is not the private key of {paths.cert}")
+    if not any(_signed_by(leaf, ca) for ca in cas):
+        raise CertificateError(f"{paths.cert} is not signed by the CA in {paths.ca}")
+    try:
+        identity = identity_of(leaf, trust_domain, now, role="our")
+    except PeerRefused as exc:
+        raise CertificateError(f"{paths.cert}: {exc.reason.message}") from None
+    return Checked(leaf, identity)
+
+
+def _signed_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _as_files(*blobs: bytes) -> Iterator[list[str]]:
+    """Paths that read back ``blobs``, for APIs that want file names: memfds where Linux has them (the key
+    never touches a disk), else 0600 files in a private temporary directory."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fds = [os.memfd_create("sidecar-tls", getattr(os, "MFD_CLOEXEC", 0)) for _ in blobs]
+        try:
+            for fd, blob in zip(fds, blobs, strict=True):
+                os.write(fd, blob)
+            yield [f"/proc/self/fd/{fd}" for fd in fds]
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="sidecar-tls-") as folder:
+        names = []
+        for i, blob in enumerate(blobs):
+            name = os.path.join(folder, f"{i}.pem")
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(blob)
+            names.append(name)
+        yield names
+
+
+# ------------------------------------------------------------------------------------------ the store
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """The live TLS state: contexts to use for new connections, and who we are."""
+
+    server_context: MeshContext
+    client_context: MeshContext
+    identity: PeerIdentity  # our own
+    not_before: dt.datetime
+    snapshot: Snapshot
+
+
+class IdentityStore:
+    """Our mTLS identity: current contexts, our PeerIdentity and expiry, rotation from the files.
+
+    Build it with :meth:`load` (raises :class:`CertificateError` with a message per file); run
+    :meth:`watch` as a task; take ``server_context``/``client_context`` for each new connection.
+    ``on_rotate(material)`` is called after every successful reload.
+    """
+
+    def __init__(self, paths: TlsPaths, trust_domain: str, material: TlsMaterial, *, clock: Clock,
+                 policy: RotationPolicy, diagnose: bool,
+                 on_rotate: Callable[[TlsMaterial], None] | None) -> None:
+        self.paths = paths
+        self.trust_domain = trust_domain
+        self.material = material
+        self.clock = clock
+        self.policy = policy
+        self.on_rotate = on_rotate
+        self.refusals = RefusalLog()
+        sessions = material.client_context.sessions
+        self.sessions = sessions if sessions is not None else SessionCache()
+        self.rotations = 0
+        self.last_error: str | None = None
+        self._diagnose = diagnose
+        start, end = material.not_before.timestamp(), material.identity.not_after.timestamp()
+        self.core = RotationCore(material.snapshot, start, end, policy)
+
+    @classmethod
+    def load(cls, paths: TlsPaths | TlsConfig, trust_domain: str | None = None, *, clock: Clock = SYSTEM_CLOCK,
+             policy: RotationPolicy | None = None, diagnose: bool = True,
+             on_rotate: Callable[[TlsMaterial], None] | None = None) -> IdentityStore:
+        if isinstance(paths, TlsConfig):
+            trust_domain = trust_domain or paths.trust_domain
+            paths = TlsPaths.from_config(paths)
+        if trust_domain is None:
+            raise CertificateError("no trust domain given (tls.trust_domain)")
+        bundle = read_bundle(paths)
+        for path, blob in ((paths.ca, bundle.ca), (paths.cert, bundle.cert), (paths.key, bundle.key)):
+            if blob is None:
+                certs._read(path, "TLS")  # raises with the precise cause (missing, permission)
+        checked = validate(bundle, paths, trust_domain, clock.wall())
+        material = _build(bundle, checked, diagnose, SessionCache())
+        store = cls(paths, trust_domain, material, clock=clock, policy=policy or RotationPolicy(),
+                    diagnose=diagnose, on_rotate=on_rotate)
+        for command in store.core.on_loaded(material.snapshot, material.not_before.timestamp(),
+                                            checked.identity.not_after.timestamp(), clock.wall()):
+            store._run(command, bundle)
+        return store
+
+    # -------------------------------------------------------------------------------- what others use
+
+    @property
+    def server_context(self) -> MeshContext:
+        return self.material.server_context
+
+    @property
+    def client_context(self) -> MeshContext:
+        return self.material.client_context
+
+    @property
+    def identity(self) -> PeerIdentity:
+        return self.material.identity
+
+    def verify_peer(
+        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, expected_service: str | None = None
+    ) -> PeerIdentity:
+        return context.verify_peer(ssl_object, self.trust_domain, expected_service, now=self.clock.wall())
+
+    async def serve(self, handler: Handler, host: str, port: int, timeout: float = 10.0) -> MtlsServer:
+        """An mTLS stream server on the current server context (see :class:`handshake.MtlsServer`)."""
+        return await serve(handler, host, port, lambda: self.server_context, self.trust_domain,
+                           refusals=self.refusals, timeout=timeout, clock=self.clock)
+
+    async def accept(self, sock: socket.socket, protocol_factory: Callable[[], P], timeout: float = 10.0
+                     ) -> tuple[asyncio.Transport, P, PeerIdentity]:
+        """TLS on one accepted socket, for protocol-level listeners (see :func:`handshake.accept_socket`)."""
+        return await accept_socket(sock, protocol_factory, self.server_context, self.trust_domain,
+                                   refusals=self.refusals, timeout=timeout, clock=self.clock)
+
+    async def connect(self, host: str, port: int, expected_service: str | None = None, timeout: float = 10.0
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, PeerIdentity]:
+        return await connect_stream(host, port, self.client_context, self.trust_domain, expected_service,
+                                    refusals=self.refusals, timeout=timeout, clock=self.clock)
+
+    def status(self) -> dict[str, Any]:
+        """For the admin port."""
+        ident = self.identity
+        now = self.clock.wall()
+        return {
+            "spiffe_id": ident.spiffe_id,
+            "serial": ident.serial_hex,
+            "not_after": ident.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "expires_in_seconds": round(ident.not_after.timestamp() - now, 3),
+            "expiry": self.core.expiry.value,
+            "rotations": self.rotations,
+            "last_error": self.last_error,
+            "sessions": {"cached": len(self.sessions), "resumed": self.sessions.resumed, "full": self.sessions.full},
+            "refusals": self.refusals.snapshot(),
+        }
+
+    # -------------------------------------------------------------------------------- rotation
+
+    def poll(self) -> list[Command]:
+        """Read the files once and act on them; returns what was decided (for tests and logs)."""
+        bundle = read_bundle(self.paths)
+        commands = self.core.on_poll(bundle.snapshot, self.clock.wall())
+        for command in commands:
+            self._run(command, bundle)
+        return commands
+
+    async def watch(self, interval: float | None = None) -> None:
+        """Poll until cancelled. A failing poll is logged and the next one tried: serving never stops."""
+        every = interval if interval is not None else self.policy.poll_interval
+        while True:
+            try:
+                self.poll()
+            except Exception:
+                log.exception("certificate check failed; will try again in %.1fs", every)
+            await self.clock.sleep(every)
+
+    def _run(self, command: Command, bundle: Bundle) -> None:
+        if isinstance(command, Warn):
+            log.log(command.level, "%s", command.message)
+            return
+        now = self.clock.wall()
+        try:
+            checked = validate(bundle, self.paths, self.trust_domain, now)
+            self._apply(command.change, bundle, checked)
+        except (CertificateError, ssl.SSLError, OSError) as exc:
+            self.last_error = str(exc)
+            log.info("new certificate files not loaded yet: %s", exc)
+            for follow in self.core.on_failed(command.snapshot, str(exc), now):
+                self._run(follow, bundle)
+            return
+        self.last_error = None
+        self.rotations += 1
+        old = self.identity
+        log.warning("reloaded %s: %s serial %s -> %s, valid until %s",
+                    "the CA and certificate" if Change.TRUST in command.change else "the certificate",
+                    checked.identity.spiffe_id, old.serial_hex, checked.identity.serial_hex,
+                    checked.identity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        for follow in self.core.on_loaded(command.snapshot, checked.leaf.not_valid_before_utc.timestamp(),
+                                          checked.identity.not_after.timestamp(), now):
+            self._run(follow, bundle)
+        if self.on_rotate is not None:
+            self.on_rotate(self.material)
+
+    def _apply(self, change: Change, bundle: Bundle, checked: Checked) -> None:
+        assert bundle.ca is not None and bundle.cert is not None and bundle.key is not None
+        old = self.material
+        # New contexts for every change: a new server context has new session-ticket keys, so clients cannot
+        # resume a session made with the old certificate (resumption carries the old identity along), and
+        # a new client context cannot resume sessions that presented our old certificate.
+        new = _build(bundle, checked, self._diagnose, self.sessions)
+        # Holders of the old contexts (a listener given one at start) get the change too: new handshakes on
+        # them present the new certificate; a trust store only grows, so the new CA is added to the old one.
+        with _as_files(bundle.cert, bundle.key) as (cert_path, key_path):
+            for ctx in (old.server_context, old.server_context.twin, old.client_context):
+                if ctx is None:
+                    continue
+                if Change.IDENTITY in change:
+                    context.load_identity(ctx, cert_path, key_path)
+                if Change.TRUST in change:
+                    context.load_ca(ctx, cadata=bundle.ca.decode("ascii", "replace"))
+        self.sessions.forget()
+        self.material = new
+
+
+def _build(bundle: Bundle, checked: Checked, diagnose: bool, sessions: SessionCache) -> TlsMaterial:
+    assert bundle.ca is not None and bundle.cert is not None and bundle.key is not None
+    with _as_files(bundle.ca, bundle.cert, bundle.key) as (ca_path, cert_path, key_path):
+        server = context.server_context(ca_path, cert_path, key_path, diagnose=diagnose)
+        client = context.client_context(ca_path, cert_path, key_path, sessions=sessions)
+    return TlsMaterial(server, client, checked.identity, checked.leaf.not_valid_before_utc, bundle.snapshot)
