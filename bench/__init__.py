@@ -1,0 +1,1 @@
+"""Benchmarks: each runs against a real peer and prints ratios (``python -m bench.NAME``)."""

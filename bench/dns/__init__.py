@@ -1,0 +1,1 @@
+"""DNS benchmark: dnsperf against the sidecar's responder and against dnsmasq serving the same names."""
