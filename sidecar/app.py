@@ -23,6 +23,7 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.load import config_to_raw, load
 from sidecar.config.model import Config
 from sidecar.config.values import HostPort
+from sidecar.dns.server import DnsListenFailed, DnsServer
 from sidecar.errors import ConfigError, InvalidArgument
 from sidecar.events import EventBus
 from sidecar.log import fields
@@ -61,6 +62,7 @@ class Sidecar:
         local = NodeInfo(config.node.name, advertise_host(config), config.inbound.listen.port, config.node.cluster)
         self.catalog = MeshCatalog(self.registry, local)
         self.checks = CheckRunner(self.registry, clock)
+        self.dns = DnsServer(config.dns, self.catalog.snapshot, clock)
         self.sites: list[Site] = []
         self.bound: dict[str, HostPort] = {}
         self.state = "starting"  # starting → ready → draining → stopped
@@ -77,6 +79,11 @@ class Sidecar:
         await self._start_site(Site("admin", build_admin(self, token), self.config.admin.listen))
         await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock),
                                     self.config.api.listen))
+        try:
+            host, port = await self.dns.start()
+        except DnsListenFailed as e:
+            raise StartupError(f"dns.listen: {e}") from None
+        self._bound("dns", HostPort(host, port))
         self.state = "ready"
         log.info("sidecar ready", extra=fields(node=self.config.node.name, cluster=self.config.node.cluster,
                                                **{k: str(v) for k, v in self.bound.items()}))
@@ -87,7 +94,11 @@ class Sidecar:
         except OSError as e:
             raise StartupError(f"{site.name}.listen: cannot listen on {site.listen}: {e.strerror or e}") from None
         self.sites.append(site)
-        log.info("listening", extra=fields(listener=site.name, address=str(self.bound[site.name])))
+        self._bound(site.name, self.bound[site.name])
+
+    def _bound(self, name: str, address: HostPort) -> None:
+        self.bound[name] = address
+        log.info("listening", extra=fields(listener=name, address=str(address)))
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT (or POST /leave), then drain and stop within the deadline."""
@@ -121,6 +132,7 @@ class Sidecar:
 
     async def _stop_parts(self) -> None:
         self.bus.close_all()  # ends event streams, so listeners close without waiting on them
+        await self.dns.stop()
         for site in reversed(self.sites):
             await site.stop()
         await self.checks.stop()
