@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian tools the tests talk to: real clients and real peers, never imitations.
 APT_PACKAGES := bind9-dnsutils knot-dnsutils curl openssl iproute2 nftables
+# The real peers the benchmarks compare against.
+BENCH_APT_PACKAGES := dnsperf dnsmasq-base wrk haproxy nginx-light
 
-.PHONY: all venv test unit lint demo bench tools clean
+.PHONY: all venv test unit lint demo bench tools bench-tools apt clean
 
 all: test
 
@@ -20,7 +22,13 @@ venv: $(STAMP)
 
 # Installs the Debian packages the tests use, when missing and when we may (root, or sudo without a password).
 tools:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt PACKAGES="$(APT_PACKAGES)"
+
+bench-tools:
+	@$(MAKE) --no-print-directory apt PACKAGES="$(BENCH_APT_PACKAGES)"
+
+apt:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 	  if [ "$$SUDO" = none ]; then echo "note: cannot install$$missing (not root); tests that need them skip"; \
@@ -44,7 +52,7 @@ lint: venv
 demo: venv
 	$(BIN)/sidecar demo
 
-bench: venv tools
+bench: venv tools bench-tools
 	$(BIN)/python -m bench
 
 clean:
