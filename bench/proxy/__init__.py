@@ -1,0 +1,1 @@
+"""Benchmark of the proxy engine against HAProxy on the same nginx backend (``python -m bench.proxy``)."""

@@ -1,0 +1,292 @@
+"""The client side: one accepted connection (plain or TLS), its requests one at a time.
+
+Requests are parsed as bytes arrive; the first starts an :class:`Exchange`. Pipelined requests that
+arrive while one is in flight are parsed and their events held in order (the client stops being read
+beyond ``max_pipelined_bytes``), then replayed when the exchange in flight ends. One lazy timer covers
+the connection's deadlines: the header timeout while a head is incomplete, the idle timeout between
+requests, and the exchange's deadlines while one is in flight.
+
+Reading from the client is paused for three independent reasons, tracked as a set: the upstream's write
+buffer is full ("upstream"), body bytes pile up while no upstream connection is ready ("pending"), or
+pipelined requests pile up ("pipeline").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, cast
+
+from sidecar.errors import ResourceExhausted, rescue
+from sidecar.proxy.exchange import Exchange
+from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, simple_response
+from sidecar.proxy.limits import LazyTimer
+from sidecar.proxy.target import ConnectionInfo
+
+if TYPE_CHECKING:
+    from sidecar.proxy.relay import Tunnel
+    from sidecar.proxy.server import HttpProxy
+
+log = logging.getLogger(__name__)
+
+_HEAD, _BODY, _END = 0, 1, 2
+
+
+class DownstreamProtocol(asyncio.Protocol):
+    __slots__ = ("_backlog", "_backlog_bytes", "_draining_backlog", "_pause_reasons", "client_paused", "closed",
+                 "exchange", "info", "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
+
+    def __init__(self, proxy: HttpProxy, loop: asyncio.AbstractEventLoop) -> None:
+        self.proxy = proxy
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.info = ConnectionInfo(proxy.name, None, None, None)
+        self.reader = RequestReader(self, proxy.limits.head)
+        self.exchange: Exchange | None = None
+        self.tunnel: Tunnel | None = None
+        self.out: list[bytes] = []
+        self.timer = LazyTimer(loop, self._on_timer)
+        self.closed = False
+        self.client_paused = False    # our write buffer to the client is full
+        self._pause_reasons: set[str] = set()
+        self._backlog: list[tuple[int, object]] = []
+        self._backlog_bytes = 0
+        self._draining_backlog = False
+
+    # ------------------------------------------------------------------------------------ asyncio
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        proxy = self.proxy
+        limits = proxy.limits
+        if len(proxy.connections) >= limits.max_connections:
+            proxy.rejected += 1
+            self.closed = True
+            rescued = rescue(ResourceExhausted(f"over {limits.max_connections} connections on this listener"))
+            transport.write(simple_response(503, rescued.headers, rescued.body, close=True))
+            # half-close and drain what the client sends for a moment: closing with unread bytes would
+            # reset the connection and the client would never read the 503
+            if transport.can_write_eof():
+                transport.write_eof()
+            self.loop.call_later(1.0, transport.close)
+            return
+        proxy.connections.add(self)
+        proxy.accepted += 1
+        transport.set_write_buffer_limits(limits.high_water, limits.low_water)
+        self.info = ConnectionInfo(proxy.name, transport.get_extra_info("peername"),
+                                   transport.get_extra_info("sockname"), transport.get_extra_info("ssl_object"))
+        self.timer.set(self.loop.time() + limits.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
+        if self.closed:
+            return  # a refused or finished connection: what the client still sends is dropped
+        exchange = self.exchange
+        if exchange is not None and exchange.head.upgrade is not None and exchange.request_done:
+            exchange.on_early_tunnel_bytes(data)
+            return
+        if exchange is None and not self.reader.in_head:
+            self.timer.set(self.loop.time() + self.proxy.limits.header_timeout)
+        try:
+            offset = self.reader.feed(data)
+        except RemoteProtocolError as e:
+            self._protocol_error(e)
+            return
+        if offset is not None and self.exchange is not None and offset < len(data):
+            self.exchange.on_early_tunnel_bytes(data[offset:])
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        exchange = self.exchange
+        if self.tunnel is not None:
+            return self.tunnel.client_eof()
+        if exchange is not None and exchange.request_done and not exchange.finished:
+            return True  # the client half-closed after its request: the response can still be sent
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.connections.discard(self)
+        self.timer.cancel()
+        if self.tunnel is not None:
+            self.tunnel.client_lost(exc)
+        elif self.exchange is not None:
+            exchange, self.exchange = self.exchange, None
+            exchange.on_client_lost()
+
+    def pause_writing(self) -> None:
+        self.client_paused = True
+        if self.tunnel is not None:
+            self.tunnel.pause_server(True)
+        elif self.exchange is not None:
+            self.exchange.on_client_paused(True)
+
+    def resume_writing(self) -> None:
+        self.client_paused = False
+        if self.tunnel is not None:
+            self.tunnel.pause_server(False)
+        elif self.exchange is not None:
+            self.exchange.on_client_paused(False)
+
+    # ------------------------------------------------------------------------------------ reader sink
+
+    def on_request_head(self, head: RequestHead) -> None:
+        if self.closed:
+            return
+        if self.exchange is not None or (self._backlog and not self._draining_backlog):
+            self._hold(_HEAD, head, 256)
+            return
+        exchange = self.exchange = Exchange(self, head, self.loop.time())
+        exchange.begin()
+
+    def on_request_body(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._backlog and not self._draining_backlog:
+            self._hold(_BODY, data, len(data))
+        elif self.exchange is not None and not self.exchange.finished:
+            self.exchange.on_request_body(data)
+        elif self.exchange is None:
+            self._hold(_BODY, data, len(data))
+
+    def on_request_end(self) -> None:
+        if self.closed:
+            return
+        if self._backlog and not self._draining_backlog:
+            self._hold(_END, None, 0)
+        elif self.exchange is not None:
+            if not self.exchange.finished:
+                self.exchange.on_request_end()
+        else:
+            self._hold(_END, None, 0)
+
+    def _hold(self, kind: int, payload: object, size: int) -> None:
+        self._backlog.append((kind, payload))
+        self._backlog_bytes += size
+        if self._backlog_bytes > self.proxy.limits.max_pipelined_bytes:
+            self.pause_for("pipeline", True)
+
+    # ------------------------------------------------------------------------------------ exchanges
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        """The exchange in flight has ended; go on with the next request, or close."""
+        self.exchange = None
+        if self.closed:
+            return
+        if not keep_alive:
+            self.close()
+            return
+        if self._backlog and not self._draining_backlog:
+            self._drain_backlog()
+        if self.exchange is None and not self.closed:
+            self.timer.set(self.loop.time() + self.proxy.limits.idle_timeout)
+
+    def _drain_backlog(self) -> None:
+        self._draining_backlog = True
+        try:
+            backlog = self._backlog
+            while backlog and not self.closed:
+                kind, payload = backlog[0]
+                if kind == _HEAD and self.exchange is not None:
+                    break
+                backlog.pop(0)
+                if kind == _HEAD:
+                    assert isinstance(payload, RequestHead)
+                    self._backlog_bytes -= 256
+                    self.on_request_head(payload)
+                elif kind == _BODY:
+                    assert isinstance(payload, bytes)
+                    self._backlog_bytes -= len(payload)
+                    self.on_request_body(payload)
+                else:
+                    self.on_request_end()
+        finally:
+            self._draining_backlog = False
+        if self._backlog_bytes <= self.proxy.limits.max_pipelined_bytes:
+            self.pause_for("pipeline", False)
+
+    def enter_tunnel(self, tunnel: Tunnel) -> None:
+        """After a 101: every byte from now on is relayed as is."""
+        self.tunnel = tunnel
+        self.exchange = None
+        self.timer.cancel()
+        if self._pause_reasons:
+            self._pause_reasons.clear()
+            if self.transport is not None:
+                self.transport.resume_reading()
+        if self.client_paused:
+            tunnel.pause_server(True)
+
+    def _on_timer(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_timer()
+            return
+        # a client that did not finish a request head in time, or stayed idle too long: just close
+        if self.reader.in_head:
+            self.proxy.header_timeouts += 1
+        self.close()
+
+    def _protocol_error(self, error: RemoteProtocolError) -> None:
+        self.proxy.protocol_errors += 1
+        exchange = self.exchange
+        if exchange is not None and not exchange.finished:
+            if exchange.response is not None:
+                exchange.error = "protocol-error"
+                exchange.on_client_lost()
+                self.abort()
+                return
+            exchange.error = "protocol-error"
+            exchange.head.keep_alive = False
+            exchange.fail_local(error)
+            self.close()
+            return
+        if self.transport is not None and not self.closed:
+            rescued = rescue(error)
+            self.flush()
+            self.transport.write(simple_response(rescued.status, rescued.headers, rescued.body, close=True))
+        self.close()
+
+    # ------------------------------------------------------------------------------------ I/O helpers
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.writelines(out)
+            out.clear()
+
+    def pause_for(self, reason: str, paused: bool) -> None:
+        reasons = self._pause_reasons
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            return
+        if paused:
+            if not reasons:
+                transport.pause_reading()
+            reasons.add(reason)
+        elif reason in reasons:
+            reasons.discard(reason)
+            if not reasons:
+                transport.resume_reading()
+
+    def close(self) -> None:
+        """Close after what is buffered has been written."""
+        if self.transport is not None and not self.closed:
+            self.flush()
+            self.closed = True
+            self.timer.cancel()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.timer.cancel()
+            self.transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        return self.exchange is None and self.tunnel is None and not self.reader.in_head

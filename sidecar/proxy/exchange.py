@@ -1,0 +1,641 @@
+"""One request through the proxy: route it, carry it upstream (retrying when a policy says so), relay the
+response back, and report what happened.
+
+Theory of operation
+-------------------
+An :class:`Exchange` lives from a complete request head to the end of its response. It is driven only by
+callbacks: the client connection (body pieces, end, loss, write pressure), the pool (a connection, or the
+reason there is none), the upstream connection (response head, body, end, loss) and one timer. Nothing
+per request creates a task unless the route callback is asynchronous or a connection must be dialed.
+
+An *attempt* is one upstream exchange. Before a response head is relayed, an attempt can fail
+(:mod:`sidecar.proxy.failures`) and the target's :class:`~sidecar.proxy.target.RetryPolicy` may start
+another on a (possibly different) target, sending the request again from the replay buffer; a stale
+pooled connection (closed by the server while idle) gets one silent retry on a fresh connection. Once a
+response head is relayed, the exchange is committed: any failure can only cut the client connection.
+
+Writes to the client are collected in the client connection's output list and flushed once per event
+(one ``writev`` for a response head and body that arrive together).
+
+Invariants: an upstream connection goes back to its pool only when its request was fully sent and its
+response fully received, both framed (not delimited by close); ``conn.user`` is cleared before a
+connection is dropped, so a dropped connection never calls back into an exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from sidecar.errors import DeadlineExceeded, SidecarError, rescue
+from sidecar.proxy import tracecontext
+from sidecar.proxy.failures import AttemptTimeout, UpstreamFailure, UpstreamProtocolError, UpstreamReset
+from sidecar.proxy.http1 import (
+    LAST_CHUNK,
+    RemoteProtocolError,
+    RequestHead,
+    ResponseHead,
+    encode_chunk,
+    simple_response,
+)
+from sidecar.proxy.relay import Tunnel
+from sidecar.proxy.target import AttemptRecord, RequestStats, Target
+
+if TYPE_CHECKING:
+    from sidecar.proxy.downstream import DownstreamProtocol
+    from sidecar.proxy.pool import UpstreamPool
+    from sidecar.proxy.upstream import UpstreamConnection
+
+log = logging.getLogger(__name__)
+
+_TRACEPARENT = b"traceparent"
+_REQUEST_ID = b"x-request-id"
+# RFC 9110 9.2.2: safe to send twice, so a request lost with a stale pooled connection is re-sent
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class Exchange:
+    __slots__ = (
+        "_retry_handle",
+        "_route_task",
+        "attempt",
+        "attempt_started",
+        "close_after",
+        "conn",
+        "deadline",
+        "down",
+        "down_chunked",
+        "early_tunnel",
+        "error",
+        "finished",
+        "head",
+        "head_bytes",
+        "last_activity",
+        "parent_span_id",
+        "pending",
+        "pending_size",
+        "pool",
+        "replay",
+        "replay_size",
+        "request_bytes",
+        "request_done",
+        "request_id",
+        "response",
+        "response_bytes",
+        "response_done",
+        "response_started",
+        "sent_any",
+        "span_id",
+        "stale_retried",
+        "started",
+        "status",
+        "target",
+        "trace_id",
+        "try_deadline",
+        "upgraded",
+    )
+
+    def __init__(self, down: DownstreamProtocol, head: RequestHead, now: float) -> None:
+        self.down = down
+        self.head = head
+        self.started = now
+        self.last_activity = now
+        self.target: Target | None = None
+        self.pool: UpstreamPool | None = None
+        self.conn: UpstreamConnection | None = None
+        self.head_bytes = b""
+        self.attempt = 0
+        self.attempt_started = now
+        self.sent_any = False
+        self.stale_retried = False
+        self.deadline: float | None = None
+        self.try_deadline: float | None = None
+        self.request_done = False
+        self.request_bytes = 0
+        # every body piece so far while the body is within the replay limit, else None
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        # body pieces received while no upstream connection is ready, once the replay buffer overflowed
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.response: ResponseHead | None = None
+        self.response_done = False
+        self.response_bytes = 0
+        self.response_started: float | None = None
+        self.down_chunked = False
+        self.close_after = False
+        self.upgraded = False
+        self.early_tunnel: list[bytes] = []
+        self.finished = False
+        self.error: str | None = None
+        self.status = 0
+        self.request_id: str | None = None
+        self.trace_id: str | None = None
+        self.span_id: str | None = None
+        self.parent_span_id: str | None = None
+        self._route_task: asyncio.Task[None] | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------------------------ start
+
+    def begin(self) -> None:
+        proxy = self.down.proxy
+        head = self.head
+        if proxy.edit_headers:
+            self._edit_headers(head)
+        try:
+            result = proxy.route(head, self.down.info)
+        except Exception as e:
+            self.fail_local(e)
+            return
+        if isinstance(result, Target):
+            self.dispatch(result)
+        else:
+            self.down.timer.set(self.started + proxy.limits.stream_idle_timeout)
+            self._route_task = asyncio.get_running_loop().create_task(self._await_route(result))
+
+    def _edit_headers(self, head: RequestHead) -> None:
+        ids = self.down.proxy.ids
+        items = head.headers.items
+        incoming = None
+        request_id = None
+        for lname, _, value in items:
+            if lname == _TRACEPARENT:
+                incoming = value
+            elif lname == _REQUEST_ID:
+                request_id = value
+        if request_id is None:
+            self.request_id = ids.request_id()
+            items.append((_REQUEST_ID, b"x-request-id", self.request_id.encode()))
+        else:
+            self.request_id = request_id.decode("latin-1")
+        parent = tracecontext.parse(incoming)
+        hop = tracecontext.next_hop(parent, ids)
+        self.trace_id, self.span_id = hop.trace_id, hop.span_id
+        self.parent_span_id = None if parent is None else parent.span_id
+        value = hop.to_header().encode()
+        if incoming is None:
+            items.append((_TRACEPARENT, b"traceparent", value))
+        else:
+            head.headers.items = [item for item in items if item[0] != _TRACEPARENT]
+            head.headers.items.append((_TRACEPARENT, b"traceparent", value))
+
+    async def _await_route(self, pending: Awaitable[Target]) -> None:
+        try:
+            target = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if not self.finished:
+                self.fail_local(e)
+            return
+        if not self.finished:
+            self.dispatch(target)
+
+    def dispatch(self, target: Target, fresh: bool = False) -> None:
+        """Start an attempt on ``target``."""
+        if not isinstance(target, Target):
+            self.fail_local(TypeError(f"route returned {type(target).__name__}, not a Target"))
+            return
+        loop = self.down.loop
+        now = loop.time()
+        if self.target is None:
+            if target.timeout is not None:
+                self.deadline = self.started + target.timeout
+            self.head_bytes = self.head.to_bytes()
+        self.target = target
+        self.attempt += 1
+        self.attempt_started = now
+        self.sent_any = False
+        self.try_deadline = None if target.try_timeout is None else now + target.try_timeout
+        self._arm_timer(now)
+        pool = self.pool = self.down.proxy.pools.get(target)
+        try:
+            conn = pool.acquire(target, self, fresh)
+        except SidecarError as e:
+            self.fail_local(e)
+            return
+        if conn is not None:
+            self.on_connection(conn)
+
+    def _arm_timer(self, now: float) -> None:
+        # waiting for a response head: the earliest of the overall and per-try deadlines, and in any case the
+        # stream idle timeout, so that a request never waits forever
+        deadline = now + self.down.proxy.limits.stream_idle_timeout
+        if self.deadline is not None and self.deadline < deadline:
+            deadline = self.deadline
+        if self.try_deadline is not None and self.try_deadline < deadline:
+            deadline = self.try_deadline
+        self.down.timer.set(deadline)
+
+    # ------------------------------------------------------------------------------------ pool callbacks
+
+    def on_connection(self, conn: UpstreamConnection) -> None:
+        if self.finished or self.conn is not None:
+            assert self.pool is not None
+            self.pool.release(conn, self.down.loop.time())
+            return
+        self.conn = conn
+        conn.bind(self, self.head.method == "HEAD")
+        if self.down.client_paused:
+            conn.pause_reading(True)
+        out = [self.head_bytes]
+        body = self.replay if self.replay is not None else self.pending
+        if body:
+            if self.head.chunked:
+                for piece in body:
+                    out += encode_chunk(piece)
+            else:
+                out += body
+        self.pending = []
+        self.pending_size = 0
+        if self.request_done and self.head.chunked:
+            out.append(LAST_CHUNK)
+        self.sent_any = True
+        conn.writelines(out)
+        self.down.pause_for("pending", False)
+
+    def on_connect_failed(self, error: BaseException) -> None:
+        if self.finished:
+            return
+        failure = error if isinstance(error, UpstreamFailure) else UpstreamReset("?", str(error))
+        self._attempt_failed(failure)
+        self.down.flush()
+
+    # ------------------------------------------------------------------------------------ request body
+
+    def on_request_body(self, data: bytes) -> None:
+        size = len(data)
+        self.request_bytes += size
+        replay = self.replay
+        conn = self.conn
+        if replay is not None:
+            if self.replay_size + size <= self.down.proxy.limits.replay_buffer:
+                replay.append(data)
+                self.replay_size += size
+            else:
+                self.replay = None
+                if conn is None:
+                    self.pending = [*replay, data]
+                    self.pending_size = self.replay_size + size
+        elif conn is None:
+            self.pending.append(data)
+            self.pending_size += size
+        if conn is not None:
+            if self.head.chunked:
+                conn.writelines(encode_chunk(data))
+            else:
+                conn.write(data)
+        elif max(self.pending_size, self.replay_size) > self.down.proxy.limits.high_water:
+            self.down.pause_for("pending", True)
+
+    def on_request_end(self) -> None:
+        self.request_done = True
+        conn = self.conn
+        if conn is not None and self.head.chunked and not conn.closed:
+            conn.write(LAST_CHUNK)
+        if self.response_done and not self.finished:
+            self._finish(reuse=False)
+
+    def on_early_tunnel_bytes(self, data: bytes) -> None:
+        """Client bytes after an upgrade request head, held until the 101 arrives."""
+        self.early_tunnel.append(data)
+
+    @property
+    def replayable(self) -> bool:
+        return self.replay is not None and not self.upgraded
+
+    # ------------------------------------------------------------------------------------ response
+
+    def on_response_interim(self, head: ResponseHead) -> None:
+        if self.response is None:
+            self.down.out.append(head.to_bytes(chunked=False, close=False))
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        now = self.down.loop.time()
+        target = self.target
+        assert target is not None
+        policy = target.retry
+        if policy is not None and head.status in policy.statuses and self.replayable and self.request_done:
+            record = self._record(None, head.status, now)
+            decision = policy.next_attempt(record)
+            self._observe(record)
+            if decision is not None:
+                self._drop_conn()
+                self._retry_after(decision.target, decision.delay)
+                return
+        else:
+            self._observe(self._record(None, head.status, now))
+        self.response = head
+        self.status = head.status
+        self.response_started = now
+        self.last_activity = now
+        self.down.timer.set(now + self.down.proxy.limits.stream_idle_timeout)
+        client = self.head
+        if head.upgrade is not None:
+            if client.upgrade is None:
+                self._drop_conn()
+                self.response = None
+                self._attempt_failed(UpstreamProtocolError(target.authority,
+                                                           "101 to a request that did not ask to upgrade"))
+                return
+            self.down.out.append(head.to_bytes(chunked=False, close=False))
+            return
+        close = not client.keep_alive or self.down.proxy.draining
+        chunked = False
+        if head.chunked or head.close_delimited:
+            if client.version == "1.1":
+                chunked = True
+            else:
+                close = True
+        if client.upgrade is not None:
+            close = True  # a refused upgrade: the client may already have sent bytes of the new protocol
+        self.down_chunked = chunked
+        self.close_after = close
+        self.down.out.append(head.to_bytes(chunked, close))
+
+    def on_response_body(self, data: bytes) -> None:
+        self.response_bytes += len(data)
+        if self.down_chunked:
+            self.down.out += encode_chunk(data)
+        else:
+            self.down.out.append(data)
+        self.last_activity = self.down.loop.time()
+
+    def on_response_end(self) -> None:
+        response = self.response
+        if response is None or response.upgrade is not None:
+            return  # a 101: the upgrade follows
+        if self.down_chunked:
+            self.down.out.append(LAST_CHUNK)
+        self.response_done = True
+        if self.request_done:
+            self._finish(reuse=response.keep_alive and not response.close_delimited)
+        else:
+            # the upstream answered before the request was complete: it will not read the rest; neither do we
+            self.close_after = True
+            self._finish(reuse=False)
+
+    def on_upstream_upgraded(self, rest: bytes) -> None:
+        conn = self.conn
+        response = self.response
+        if conn is None or response is None or response.upgrade is None or conn.transport is None:
+            return
+        down = self.down
+        assert down.transport is not None
+        self.conn = None
+        conn.user = None
+        assert self.pool is not None
+        self.pool.detach(conn)
+        self.upgraded = True
+        self.finished = True
+        down.flush()
+        stats_started = self
+
+        def done(tunnel: Tunnel) -> None:
+            stats_started.request_bytes += tunnel.bytes_up
+            stats_started.response_bytes += tunnel.bytes_down
+            stats_started._report(down.loop.time())
+
+        tunnel = Tunnel(down.transport, conn.transport, done)
+        conn.tunnel = tunnel
+        down.enter_tunnel(tunnel)
+        if conn.paused:
+            conn.pause_reading(False)
+        if rest:
+            tunnel.from_server(rest)
+        for data in self.early_tunnel:
+            tunnel.from_client(data)
+        self.early_tunnel = []
+
+    def on_upstream_error(self, error: RemoteProtocolError) -> None:
+        target = self.target
+        assert target is not None
+        self._drop_conn(abort=True)
+        if self.response is None:
+            self._attempt_failed(UpstreamProtocolError(target.authority, error.message))
+        else:
+            self.error = "protocol-error"
+            self._cut()
+
+    def on_upstream_lost(self, exc: BaseException | None) -> None:
+        conn = self.conn
+        if conn is None or self.finished:
+            return
+        self.conn = None
+        assert self.pool is not None and self.target is not None
+        self.pool.forget(conn)
+        response = self.response
+        if response is None:
+            if conn.reused and not self.stale_retried and self.replayable and self.head.method in _IDEMPOTENT:
+                # the server closed a pooled connection as we reused it: once, on a fresh connection
+                self.stale_retried = True
+                self.attempt -= 1
+                self.dispatch(self.target, fresh=True)
+                return
+            reason = "connection closed before the response" if exc is None else f"connection reset ({exc})"
+            self._attempt_failed(UpstreamReset(self.target.authority, reason))
+        elif response.close_delimited and exc is None and not self.response_done:
+            if self.down_chunked:
+                self.down.out.append(LAST_CHUNK)
+            self.response_done = True
+            self._finish(reuse=False)
+        elif not self.response_done:
+            self.error = "reset-after-response"
+            self._cut()
+
+    def on_upstream_paused(self, paused: bool) -> None:
+        self.down.pause_for("upstream", paused)
+
+    def on_client_paused(self, paused: bool) -> None:
+        if self.conn is not None:
+            self.conn.pause_reading(paused)
+
+    def flush(self) -> None:
+        self.down.flush()
+
+    # ------------------------------------------------------------------------------------ failures
+
+    def _record(self, failure: UpstreamFailure | None, status: int | None, now: float) -> AttemptRecord:
+        assert self.target is not None
+        return AttemptRecord(self.attempt, self.target, self.head.method, failure, status, self.sent_any,
+                             self.replayable, self.attempt_started, now)
+
+    def _observe(self, record: AttemptRecord) -> None:
+        observer = record.target.observer
+        if observer is not None:
+            try:
+                observer(record)
+            except Exception:
+                log.exception("attempt observer failed")
+
+    def _attempt_failed(self, failure: UpstreamFailure) -> None:
+        now = self.down.loop.time()
+        record = self._record(failure, None, now)
+        self._observe(record)
+        target = self.target
+        assert target is not None
+        policy = target.retry
+        if (policy is not None and self.replayable and self.response is None
+                and (self.deadline is None or now < self.deadline)):
+            try:
+                decision = policy.next_attempt(record)
+            except Exception as e:
+                self.fail_local(e)
+                return
+            if decision is not None:
+                self._retry_after(decision.target, decision.delay)
+                return
+        self.error = failure.kind.value
+        self.fail_local(failure)
+
+    def _retry_after(self, target: Target, delay: float) -> None:
+        if delay <= 0:
+            self.dispatch(target)
+            return
+        self._retry_handle = self.down.loop.call_later(delay, self._retry, target)
+
+    def _retry(self, target: Target) -> None:
+        self._retry_handle = None
+        if not self.finished:
+            self.dispatch(target)
+            self.down.flush()
+
+    def on_timer(self) -> None:
+        """The shared timer fired: a deadline before the response head, or the stream idle timeout after."""
+        now = self.down.loop.time()
+        limits = self.down.proxy.limits
+        if self.response is not None:
+            idle_until = self.last_activity + limits.stream_idle_timeout
+            if now < idle_until:
+                self.down.timer.set(idle_until)
+                return
+            self.error = "stream-idle-timeout"
+            self._drop_conn(abort=True)
+            self._cut()
+            return
+        if self.target is None:
+            self.error = "timeout"
+            self.fail_local(DeadlineExceeded("no route decided in time"))
+            self.down.flush()
+            return
+        address = self.target.authority
+        if self.deadline is not None and now >= self.deadline:
+            timeout = self.deadline - self.started
+            failure = AttemptTimeout(timeout, address, "request")
+        elif self.try_deadline is not None and now >= self.try_deadline:
+            failure = AttemptTimeout(self.try_deadline - self.attempt_started, address, "try")
+        else:
+            failure = AttemptTimeout(limits.stream_idle_timeout, address, "stream-idle")
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
+        self._drop_conn(abort=True)
+        if self.pool is not None:
+            self.pool.cancel(self)
+        if failure.which == "try":
+            self._attempt_failed(failure)
+        else:
+            self._observe(self._record(failure, None, now))
+            self.error = "timeout"
+            self.fail_local(failure)
+        self.down.flush()
+
+    def _drop_conn(self, abort: bool = False) -> None:
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.user = None
+            assert self.pool is not None
+            self.pool.forget(conn)
+            if abort:
+                conn.abort()
+
+    def fail_local(self, exc: BaseException) -> None:
+        """Answer the client with SPEC's error for ``exc`` (nothing of a response was sent yet)."""
+        if self.finished:
+            return
+        if self.response is not None:
+            self._cut()
+            return
+        if not isinstance(exc, SidecarError):
+            log.error("proxy error on %s %r", self.head.method, self.head.target, exc_info=exc)
+        if self.error is None:
+            self.error = "local"
+        self._drop_conn(abort=True)
+        if self.pool is not None:
+            self.pool.cancel(self)
+        rescued = rescue(exc)
+        close = not self.request_done or not self.head.keep_alive or self.head.upgrade is not None
+        self.status = rescued.status
+        self.close_after = close
+        now = self.down.loop.time()
+        self.response_started = now
+        self.down.out.append(simple_response(rescued.status, rescued.headers, rescued.body, close))
+        self.finished = True
+        self.down.flush()
+        self._report(now)
+        self.down.exchange_done(keep_alive=not close)
+
+    def _cut(self) -> None:
+        """A failure after the response started: the client's connection is closed mid-response."""
+        if self.finished:
+            return
+        self.finished = True
+        self._drop_conn(abort=True)
+        self._report(self.down.loop.time())
+        self.down.flush()
+        self.down.abort()
+
+    def on_client_lost(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.error is None:
+            self.error = "client-reset"
+        if self._route_task is not None:
+            self._route_task.cancel()
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+        self._drop_conn(abort=True)
+        if self.pool is not None:
+            self.pool.cancel(self)
+        self._report(self.down.loop.time())
+
+    # ------------------------------------------------------------------------------------ the end
+
+    def _finish(self, reuse: bool) -> None:
+        self.finished = True
+        down = self.down
+        now = down.loop.time()
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            assert self.pool is not None
+            if reuse and not conn.closed:
+                self.pool.release(conn, now)
+            else:
+                conn.user = None
+                self.pool.forget(conn)
+        down.flush()
+        self._report(now)
+        down.exchange_done(keep_alive=not self.close_after)
+
+    def _report(self, now: float) -> None:
+        callback = self.down.proxy.on_request_done
+        if callback is None:
+            return
+        target = self.target
+        head = self.head
+        stats = RequestStats(
+            head.method, head.host, head.target, self.status, self.error, self.request_bytes, self.response_bytes,
+            self.started, self.response_started, now, self.attempt,
+            None if target is None else target.authority, None if target is None else target.tag,
+            self.request_id, self.trace_id, self.span_id, self.parent_span_id, self.upgraded,
+        )
+        try:
+            callback(stats)
+        except Exception:
+            log.exception("on_request_done failed")

@@ -1,0 +1,661 @@
+"""HTTP/1.1 message heads for the proxy: parse, check, edit, re-emit. No I/O.
+
+Theory of operation
+-------------------
+Bytes go in through :meth:`RequestReader.feed` / :meth:`ResponseReader.feed`; the reader calls its sink
+with a parsed head, body pieces and the end of each message. Framing is done by llhttp (through
+httptools), which is strict by default: it already refuses bare LF line endings, obs-fold, a
+Content-Length together with Transfer-Encoding, duplicate Content-Lengths, a Transfer-Encoding whose last
+coding is not ``chunked``, NUL/CR/DEL in values, invalid header names and invalid chunk sizes (all checked
+by the table in ``tests/unit/proxy/test_http1.py``). On top of llhttp this module enforces what it leaves to
+the application: the size and count of the header block (431), exactly one Host (RFC 9112 3.2), a
+Transfer-Encoding of exactly ``chunked`` (anything else is refused rather than passed on), the HTTP
+version, the request-target form, and no CONNECT.
+
+Framing headers (Content-Length, Transfer-Encoding) and hop-by-hop headers (RFC 9110 7.6.1: Connection and
+every header it names, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade) are taken out of the header list
+while parsing; the serializers write the framing back from the parsed facts, so what leaves the proxy is
+always framed exactly one way, whatever the peer sent. Upgrade survives only on upgrade requests and 101
+responses. Trailers of chunked messages are dropped.
+
+Every refusal is a :class:`RemoteProtocolError` naming the status to answer; the caller replies and closes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Protocol
+
+import httptools
+
+from sidecar.errors import Code, SidecarError
+
+# RFC 9110 7.6.1 and RFC 9112 7: headers that describe one connection, never forwarded. Framing headers
+# are also taken out here; the serializer writes the framing of the outgoing message itself.
+_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"content-length",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    # 60 KiB and 100 headers, as the data-plane issue asks; Envoy's defaults are the same order (60 KiB, 100)
+    max_head_bytes: int = 60 * 1024
+    max_headers: int = 100
+
+
+DEFAULT_HEAD_LIMITS = HeadLimits()
+
+
+class RemoteProtocolError(SidecarError):
+    """The peer broke HTTP/1.1; the status to answer is ``code.http`` and the connection is closed after it."""
+
+    code = Code.INVALID_ARGUMENT
+
+    @property
+    def status(self) -> int:
+        return self.code.http
+
+
+class MalformedRequest(RemoteProtocolError):
+    """The client sent something that is not a valid HTTP/1.1 request (400)."""
+
+    code = Code.INVALID_ARGUMENT
+
+
+class RequestHeadTooLarge(RemoteProtocolError):
+    """The client's header block is over the size or count limit (431)."""
+
+    code = Code.HEADERS_TOO_LARGE
+
+
+class MethodNotSupported(RemoteProtocolError):
+    """CONNECT tunnels are not offered by this proxy (405)."""
+
+    code = Code.METHOD_NOT_ALLOWED
+
+
+class MalformedResponse(RemoteProtocolError):
+    """The upstream sent something that is not a valid HTTP/1.1 response; the caller answers 503."""
+
+    code = Code.UNAVAILABLE
+
+
+# ------------------------------------------------------------------------------------------ heads
+
+
+def _lower(name: str | bytes) -> bytes:
+    return (name.encode("latin-1") if isinstance(name, str) else name).lower()
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else value
+
+
+class Headers:
+    """End-to-end header fields in arrival order, names compared case-insensitively, names sent as received.
+
+    Items are ``(lowercase name, name, value)``. Framing and hop-by-hop fields are never in here.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[bytes, bytes, bytes]] | None = None) -> None:
+        self.items: list[tuple[bytes, bytes, bytes]] = items if items is not None else []
+
+    def get(self, name: str | bytes) -> str | None:
+        """The first value of ``name`` as text, or None."""
+        raw = self.get_bytes(name)
+        return None if raw is None else raw.decode("latin-1")
+
+    def get_bytes(self, name: str | bytes) -> bytes | None:
+        key = _lower(name)
+        for lname, _, value in self.items:
+            if lname == key:
+                return value
+        return None
+
+    def get_all(self, name: str | bytes) -> list[str]:
+        key = _lower(name)
+        return [value.decode("latin-1") for lname, _, value in self.items if lname == key]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str | bytes) and self.get_bytes(name) is not None
+
+    def add(self, name: str | bytes, value: str | bytes) -> None:
+        raw = _bytes(name)
+        _check_field(raw, _bytes(value))
+        self.items.append((raw.lower(), raw, _bytes(value)))
+
+    def set(self, name: str | bytes, value: str | bytes) -> None:
+        """Replace every ``name`` field by one with ``value`` (added at the end when absent)."""
+        self.remove(name)
+        self.add(name, value)
+
+    def setdefault(self, name: str | bytes, value: str | bytes) -> None:
+        if self.get_bytes(name) is None:
+            self.add(name, value)
+
+    def remove(self, name: str | bytes) -> None:
+        key = _lower(name)
+        self.items = [item for item in self.items if item[0] != key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((n.decode("latin-1"), v.decode("latin-1")) for _, n, v in self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    """Edits by the router must not be able to inject lines: names are tokens, values have no CR/LF/NUL."""
+    if not name or not _TOKEN_CHARS.issuperset(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if b"\r" in value or b"\n" in value or b"\x00" in value:
+        raise ValueError(f"invalid header value {value!r}")
+    if name.lower() in _HOP_BY_HOP:
+        raise ValueError(f"{name.decode()} is set by the proxy itself (hop-by-hop or framing)")
+
+
+class RequestHead:
+    """A parsed request head; the router reads it and edits ``headers`` before it is sent upstream.
+
+    ``target`` is sent as given unless the request came in absolute form (``GET http://svc/path``): then
+    ``host`` comes from it and ``target`` is the origin form (``/path``), as an origin server expects.
+    """
+
+    __slots__ = ("chunked", "content_length", "headers", "host", "keep_alive", "method", "target", "upgrade",
+                 "version")
+
+    def __init__(self, method: str, target: bytes, version: str, headers: Headers, host: str,
+                 content_length: int | None = None, chunked: bool = False, keep_alive: bool = True,
+                 upgrade: bytes | None = None) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.host = host
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+
+    @property
+    def path(self) -> str:
+        """The path of the target without the query, as text."""
+        return self.target.split(b"?", 1)[0].decode("latin-1")
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def to_bytes(self) -> bytes:
+        """The head as sent upstream: HTTP/1.1, the Host, end-to-end headers, then the framing we chose."""
+        parts = [self.method.encode(), b" ", self.target, b" HTTP/1.1\r\nHost: ", self.host.encode("latin-1"),
+                 b"\r\n"]
+        for _, name, value in self.headers.items:
+            parts += (name, b": ", value, b"\r\n")
+        if self.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif self.content_length is not None:
+            parts += (b"Content-Length: ", b"%d" % self.content_length, b"\r\n")
+        if self.upgrade is not None:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<RequestHead {self.method} {self.target!r} host={self.host!r}>"
+
+
+class ResponseHead:
+    """A parsed response head. ``content_length`` None and not ``chunked`` means the body runs to close,
+    unless ``no_body`` (HEAD requests, 1xx, 204, 304).
+
+    ``fields`` is the end-to-end part of the header block as received (``Name: value\r\n`` lines, hop-by-hop
+    and framing lines cut out): responses are passed on by splicing, without parsing every field.
+    """
+
+    __slots__ = ("chunked", "content_length", "fields", "keep_alive", "no_body", "reason", "status", "upgrade")
+
+    def __init__(self, status: int, reason: bytes, fields: bytes, content_length: int | None = None,
+                 chunked: bool = False, keep_alive: bool = True, no_body: bool = False,
+                 upgrade: bytes | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.fields = fields
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.no_body = no_body
+        self.upgrade = upgrade
+
+    @property
+    def headers(self) -> Headers:
+        """The end-to-end fields, parsed (a copy: edit ``fields`` to change what is sent)."""
+        items = []
+        for line in self.fields.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b":")
+                items.append((name.lower(), name, value.strip(b" \t")))
+        return Headers(items)
+
+    @property
+    def close_delimited(self) -> bool:
+        return not (self.no_body or self.chunked or self.content_length is not None)
+
+    def to_bytes(self, chunked: bool, close: bool) -> bytes:
+        """The head as sent downstream; ``chunked`` re-frames a body that ran to close, ``close`` says
+        the proxy closes the downstream connection after this response."""
+        parts = [b"HTTP/1.1 %d " % self.status, self.reason, b"\r\n", self.fields]
+        if chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif self.content_length is not None:
+            parts += (b"Content-Length: ", b"%d" % self.content_length, b"\r\n")
+        if self.upgrade is not None:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+        elif close:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<ResponseHead {self.status}>"
+
+
+def encode_chunk(data: bytes) -> list[bytes]:
+    """One chunk of a chunked body, as pieces for ``writelines`` (the data is not copied)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def simple_response(status: int, headers: dict[str, str], body: bytes, close: bool) -> bytes:
+    """A complete response the proxy itself sends (errors); ``close`` adds ``Connection: close``."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    parts = [f"HTTP/1.1 {status} {reason}\r\n"]
+    parts += [f"{name}: {value}\r\n" for name, value in headers.items()]
+    parts.append(f"content-length: {len(body)}\r\n")
+    if close:
+        parts.append("connection: close\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1") + body
+
+
+# ------------------------------------------------------------------------------------------ readers
+
+
+class RequestSink(Protocol):
+    def on_request_head(self, head: RequestHead) -> None: ...
+    def on_request_body(self, data: bytes) -> None: ...
+    def on_request_end(self) -> None: ...
+
+
+class ResponseSink(Protocol):
+    def on_response_interim(self, head: ResponseHead) -> None: ...
+    def on_response_head(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self) -> None: ...
+
+
+class _Fields:
+    """What a header block says about framing and connection handling, gathered while parsing."""
+
+    __slots__ = ("connection", "content_length", "count", "host", "hosts", "items", "size", "te", "upgrade")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, bytes, bytes]] = []
+        self.count = 0
+        self.size = 0
+        self.content_length: int | None = None
+        self.te: bytes | None = None
+        self.connection: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.host: bytes | None = None
+        self.hosts = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname not in _SPECIAL:
+            self.items.append((lname, name, value))
+        elif lname == b"content-length":
+            self.content_length = int(value)  # llhttp allows only digits, and only one Content-Length
+        elif lname == b"transfer-encoding":
+            self.te = value if self.te is None else self.te + b", " + value
+        elif lname == b"host":
+            self.host = value
+            self.hosts += 1
+        elif lname == b"connection":
+            self.connection = value if self.connection is None else self.connection + b", " + value
+        elif lname == b"upgrade":
+            self.upgrade = value
+        # keep-alive, proxy-connection, te, trailer: hop-by-hop, dropped
+
+    def end_to_end(self) -> Headers:
+        """The fields without hop-by-hop ones, including those the Connection header names."""
+        if self.connection is not None:
+            named = {token.strip().lower() for token in self.connection.split(b",")}
+            named.discard(b"")
+            if named - {b"close", b"keep-alive", b"upgrade"}:
+                return Headers([item for item in self.items if item[0] not in named])
+        return Headers(self.items)
+
+    def connection_tokens(self) -> set[bytes]:
+        if self.connection is None:
+            return set()
+        return {token.strip().lower() for token in self.connection.split(b",")}
+
+    def chunked(self, error: type[RemoteProtocolError]) -> bool:
+        if self.te is None:
+            return False
+        # llhttp checked that the last coding is chunked; other codings are not passed on (RFC 9112 6.1
+        # allows refusing them), so that nothing downstream can read the framing differently from us
+        if self.te.strip().lower() != b"chunked":
+            raise error(f"unsupported Transfer-Encoding {self.te.decode('latin-1')!r}: only 'chunked' is accepted")
+        return True
+
+
+_SPECIAL = _HOP_BY_HOP | {b"host"}
+
+
+class _Reader:
+    """Shared by the request and response readers: header accounting and limits."""
+
+    _fields: _Fields
+    _limits: HeadLimits
+    _in_head: bool
+    _too_large: type[RemoteProtocolError]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        fields = self._fields
+        if not self._in_head:
+            return  # a trailer field of a chunked body: dropped
+        fields.count += 1
+        fields.size += len(name) + len(value) + 4
+        if fields.count > self._limits.max_headers:
+            raise self._too_large(f"more than {self._limits.max_headers} header fields",
+                                  {"limit": self._limits.max_headers})
+        if fields.size > self._limits.max_head_bytes:
+            raise self._too_large(f"header block larger than {self._limits.max_head_bytes} bytes",
+                                  {"limit": self._limits.max_head_bytes})
+        fields.add(name, value)
+
+
+class RequestReader(_Reader):
+    """Parses requests from a client connection, one after another, and hands them to ``sink``."""
+
+    __slots__ = ("_fields", "_head_started", "_in_head", "_limits", "_parser", "_sink", "_too_large", "_url",
+                 "partial_head_bytes")
+
+    def __init__(self, sink: RequestSink, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
+        self._sink = sink
+        self._limits = limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._fields = _Fields()
+        self._url = b""
+        self._in_head = False
+        self._too_large = RequestHeadTooLarge
+        # bytes of a head seen across feeds while it is incomplete: llhttp buffers a partial field itself,
+        # so a client sending one endless header line is cut off here rather than by on_header
+        self.partial_head_bytes = 0
+
+    @property
+    def in_head(self) -> bool:
+        """True while a request head has started and is not complete."""
+        return self._in_head
+
+    def feed(self, data: bytes) -> int | None:
+        """Parse ``data``; returns None, or the offset in ``data`` where an upgraded connection's bytes start.
+
+        Raises :class:`RemoteProtocolError` subclasses for anything malformed.
+        """
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            return int(upgrade.args[0])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, SidecarError):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as e:
+            raise MalformedRequest(f"malformed request: {e}") from None
+        if self._in_head:
+            self.partial_head_bytes += len(data)
+            if self.partial_head_bytes > self._limits.max_head_bytes + 1024:
+                raise RequestHeadTooLarge(f"header block larger than {self._limits.max_head_bytes} bytes",
+                                          {"limit": self._limits.max_head_bytes})
+        return None
+
+    # llhttp callbacks ---------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._fields = _Fields()
+        self._url = b""
+        self._in_head = True
+        self.partial_head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_head_bytes:
+            raise RequestHeadTooLarge(f"request target longer than {self._limits.max_head_bytes} bytes",
+                                      {"limit": self._limits.max_head_bytes})
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        fields = self._fields
+        method = parser.get_method().decode()
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise MalformedRequest(f"unsupported HTTP version {version}")
+        if method == "CONNECT":
+            raise MethodNotSupported("CONNECT is not supported by this proxy", {"allowed": ["GET", "POST", "PUT",
+                                     "DELETE", "PATCH", "HEAD", "OPTIONS"]})
+        if fields.hosts > 1:
+            raise MalformedRequest("more than one Host header")
+        target = self._url
+        if target[:1] == b"/":
+            host = fields.host
+        elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+            # absolute form (a client using us as HTTP_PROXY): its authority wins over Host (RFC 9112 3.2.2)
+            rest = target.split(b"://", 1)[1]
+            slash = rest.find(b"/")
+            query = rest.find(b"?")
+            cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+            host = rest[:cut]
+            target = rest[cut:] or b"/"
+            if target[:1] == b"?":
+                target = b"/" + target
+            if not host or b"@" in host:
+                raise MalformedRequest("absolute-form target without a valid authority")
+        elif target == b"*" and method == "OPTIONS":
+            host = fields.host
+        else:
+            raise MalformedRequest(f"invalid request target {target[:100].decode('latin-1')!r}")
+        if host is None:
+            if version == "1.1":
+                raise MalformedRequest("missing Host header")
+            host = b""
+        upgrade = fields.upgrade if parser.should_upgrade() else None
+        head = RequestHead(
+            method, target, version, fields.end_to_end(), host.decode("latin-1"),
+            content_length=fields.content_length, chunked=fields.chunked(MalformedRequest),
+            keep_alive=parser.should_keep_alive(), upgrade=upgrade,
+        )
+        self._sink.on_request_head(head)
+
+    def on_body(self, data: bytes) -> None:
+        self._sink.on_request_body(data)
+
+    def on_message_complete(self) -> None:
+        self._sink.on_request_end()
+
+
+_SPECIAL_LINE = re.compile(
+    rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|content-length):[ \t]*([^\r]*)",
+    re.IGNORECASE,
+)
+
+
+def split_fields(block: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
+    """Cut hop-by-hop and framing lines out of a header block (a first line, ``Name: value\r\n`` lines and
+    the empty line); returns the other lines and the values of what was cut, by lowercase name.
+
+    llhttp has already checked the syntax (no space before a colon, CRLF only), so a field line starts
+    right after a CRLF with its name and a colon; one regular expression pass finds them all.
+    """
+    first = block.find(b"\r\n")
+    pos = first + 2
+    parts = []
+    special: dict[bytes, list[bytes]] = {}
+    for match in _SPECIAL_LINE.finditer(block, first):
+        name = match.group(1).lower()
+        value = match.group(2).rstrip(b" \t")
+        if name in special:
+            special[name].append(value)
+        else:
+            special[name] = [value]
+        start = match.start() + 2
+        if start > pos:
+            parts.append(block[pos:start])
+        pos = match.end() + 2
+    if not parts and pos == first + 2:
+        kept = block[pos:-2]
+    else:
+        parts.append(block[pos:-2])
+        kept = b"".join(parts)
+    if b"connection" in special:
+        kept = _cut_named(kept, special[b"connection"])
+    return kept, special
+
+
+def _cut_named(fields: bytes, connection: list[bytes]) -> bytes:
+    """Cut the fields that Connection names (RFC 9110 7.6.1)."""
+    named = {token.strip() for value in connection for token in value.lower().split(b",")}
+    named -= {b"", b"close", b"keep-alive", b"upgrade"}
+    if not named:
+        return fields
+    lines = [line for line in fields.split(b"\r\n") if line.partition(b":")[0].lower() not in named]
+    return b"\r\n".join(lines)
+
+
+class ResponseReader:
+    """Parses the responses of one upstream connection; call :meth:`expect` before each request is sent.
+
+    Unlike requests, responses are not parsed field by field: llhttp validates and frames them (no
+    per-field callbacks), and the head's bytes are kept and spliced (:func:`split_fields`). A response head
+    always starts at the beginning of the bytes received after a request was sent, or right after an
+    interim (1xx) head, so its bytes are found without llhttp telling offsets.
+    """
+
+    __slots__ = ("_after_head", "_head_buf", "_head_request", "_in_head", "_interim", "_limits", "_parser", "_reason",
+                 "_sink")
+
+    def __init__(self, sink: ResponseSink, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
+        self._sink = sink
+        self._limits = limits
+        self._parser = httptools.HttpResponseParser(self)
+        self._reason = b""
+        self._in_head = True
+        self._head_buf = b""
+        self._head_request = False
+        self._after_head = False
+        self._interim = False
+
+    def expect(self, head_request: bool) -> None:
+        """The next response answers a HEAD request (no body, whatever Content-Length says) or not."""
+        self._head_request = head_request
+        self._after_head = False
+
+    def feed(self, data: bytes) -> int | None:
+        """Parse ``data``; returns None, or the offset where bytes after a 101 response start."""
+        if self._after_head:
+            return None  # bytes after a HEAD response: none are expected
+        if self._in_head:
+            self._head_buf = self._head_buf + data if self._head_buf else data
+            if len(self._head_buf) > self._limits.max_head_bytes and b"\r\n\r\n" not in self._head_buf:
+                raise MalformedResponse(f"response header block larger than {self._limits.max_head_bytes} bytes")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            return int(upgrade.args[0])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, SidecarError):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as e:
+            raise MalformedResponse(f"upstream sent a malformed response: {e}") from None
+        return None
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._in_head = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        buf = self._head_buf.lstrip(b"\r\n")
+        end = buf.find(b"\r\n\r\n") + 4
+        block, rest = buf[:end], buf[end:]
+        self._head_buf = b""
+        if block.count(b"\r\n") - 2 > self._limits.max_headers or end > self._limits.max_head_bytes:
+            raise MalformedResponse("response header block over the limits")
+        fields, special = split_fields(block)
+        parser = self._parser
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints: passed on; the final head follows right after on this connection
+            self._interim = True
+            self._head_buf = rest
+            self._sink.on_response_interim(ResponseHead(status, self._reason, fields, no_body=True))
+            return
+        no_body = self._head_request or status < 200 or status == 204 or status == 304
+        content_length = int(special[b"content-length"][0]) if b"content-length" in special else None
+        chunked = False
+        if b"transfer-encoding" in special:
+            # llhttp checked that the last coding is chunked; others are not passed on (see the request side)
+            if b", ".join(special[b"transfer-encoding"]).lower() != b"chunked":
+                raise MalformedResponse("unsupported Transfer-Encoding: only 'chunked' is accepted")
+            chunked = not no_body
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and b"connection" in special:
+            keep_alive = not any(b"close" in value.lower() for value in special[b"connection"])
+        upgrade = special[b"upgrade"][0] if status == 101 and b"upgrade" in special else None
+        head = ResponseHead(status, self._reason, fields, content_length=content_length, chunked=chunked,
+                            keep_alive=keep_alive, no_body=no_body, upgrade=upgrade)
+        if no_body and self._head_request:
+            # llhttp cannot be told that a response answers HEAD; it would wait for Content-Length bytes.
+            # The message ends here, and a fresh parser takes the next response.
+            self._after_head = True
+            self._in_head = True
+            self._parser = httptools.HttpResponseParser(self)
+            self._sink.on_response_head(head)
+            self._sink.on_response_end()
+            return
+        self._sink.on_response_head(head)
+
+    def on_body(self, data: bytes) -> None:
+        if not self._after_head:
+            self._sink.on_response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif not self._after_head:
+            self._in_head = True
+            self._sink.on_response_end()

@@ -1,0 +1,106 @@
+"""Limits and timeouts of the proxy engine, with the reason for each default; and the lazy timer.
+
+All times are seconds on the event loop's clock (``loop.time()``, monotonic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyLimits:
+    """Per listener."""
+
+    head: HeadLimits = field(default_factory=lambda: DEFAULT_HEAD_LIMITS)
+    # a client must send a whole request head this soon after connecting or starting the request: slow
+    # clients (slowloris) cannot hold connections; 10s is generous for any real client on a LAN
+    header_timeout: float = 10.0
+    # a kept-alive client connection with no request in flight is closed after this; longer than the
+    # pools of common clients (Go 90s is the outlier, most use 15-60s) would waste descriptors
+    idle_timeout: float = 60.0
+    # a request whose response has started is cut when neither side moves a byte for this long; this, not
+    # the route's deadline, bounds streams (SSE, long downloads), like Envoy's stream_idle_timeout
+    stream_idle_timeout: float = 300.0
+    # over this many open client connections, new ones get 503 and are closed
+    max_connections: int = 1024
+    # transport write buffer: above high water the other side stops being read, below low water it resumes;
+    # 256 KiB keeps a 10 Gbit/s loopback busy while bounding memory per stream
+    high_water: int = 256 * 1024
+    low_water: int = 64 * 1024
+    # request bodies up to this size are kept so a retry can send them again (issue 6: 64 KiB)
+    replay_buffer: int = 64 * 1024
+    # pipelined requests read ahead of the one in flight, in bytes, before the client stops being read
+    max_pipelined_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """Per upstream pool (one pool per ``Target.pool_key``)."""
+
+    # idle keep-alive connections kept per pool; more are closed when released
+    max_idle: int = 64
+    # idle connections are closed after this; below the 15s+ keep-alive of common servers (nginx 75s,
+    # aiohttp 75s) so we usually close first, and a pooled connection that the server closed anyway is
+    # re-dialled once, for requests that can be replayed
+    idle_timeout: float = 10.0
+    # connections (busy + idle + dialing) per pool; requests beyond wait for one to be released
+    max_connections: int = 1024
+    # requests waiting for a connection per pool; beyond, they fail with 429 RESOURCE_EXHAUSTED
+    max_pending: int = 1024
+    # TCP connect plus TLS handshake
+    connect_timeout: float = 5.0
+
+
+DEFAULT_PROXY_LIMITS = ProxyLimits()
+DEFAULT_POOL_LIMITS = PoolLimits()
+
+
+class LazyTimer:
+    """One timer per connection whose deadline moves often and fires rarely.
+
+    Moving the deadline later only writes an attribute; the armed handle, when it fires early, re-arms
+    itself for the current deadline. So a busy keep-alive connection creates about one timer handle per
+    timeout period, not one per request.
+    """
+
+    __slots__ = ("_callback", "_handle", "_loop", "_when", "deadline")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0
+        self.deadline: float | None = None
+
+    def set(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        if deadline is None:
+            return
+        if self._handle is None or deadline < self._when:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._when = deadline
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def cancel(self) -> None:
+        self.deadline = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        if self._loop.time() < deadline:
+            self._when = deadline
+            self._handle = self._loop.call_at(deadline, self._fire)
+            return
+        self.deadline = None
+        self._callback()

@@ -1,0 +1,300 @@
+"""Keep-alive upstream connections, one pool per target key; the only place the proxy dials.
+
+``acquire`` hands out the most recently used idle connection at once (LIFO keeps few connections warm and
+lets the rest time out), or dials a new one and calls the waiter back. At ``max_connections`` waiters
+queue for a released connection; beyond ``max_pending`` they fail with 429 at once.
+
+TLS session reuse: ``loop.create_connection`` has no parameter for an ``ssl.SSLSession``, but both
+uvloop and asyncio create the TLS object by calling ``sslcontext.wrap_bio(...)`` from Python while the
+connection is being made. :func:`_enable_session_reuse` gives the context (once) an instance-level
+``wrap_bio`` that adds ``session=`` from a context variable, which the dialing task sets to the session
+of the last connection of the same pool. A session the server does not accept only costs a full
+handshake. The session is taken when a connection is released, after TLS 1.3 tickets have arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import errno
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol, TypeVar
+
+from sidecar.errors import ResourceExhausted
+from sidecar.proxy.failures import ConnectFailure
+from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits
+from sidecar.proxy.limits import DEFAULT_POOL_LIMITS, PoolLimits
+from sidecar.proxy.target import Target
+from sidecar.proxy.upstream import UpstreamConnection
+
+log = logging.getLogger(__name__)
+
+_session_to_offer: contextvars.ContextVar[ssl.SSLSession | None] = contextvars.ContextVar(
+    "sidecar_proxy_tls_session", default=None)
+
+
+def _enable_session_reuse(context: ssl.SSLContext) -> None:
+    if getattr(context, "_sidecar_session_reuse", False):
+        return
+    original = context.wrap_bio
+
+    def wrap_bio(incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        if session is None and not server_side:
+            session = _session_to_offer.get()
+        return original(incoming, outgoing, server_side=server_side, server_hostname=server_hostname,
+                        session=session)
+
+    context.wrap_bio = wrap_bio  # type: ignore[method-assign]  # the documented hook above
+    context._sidecar_session_reuse = True  # type: ignore[attr-defined]
+
+
+class PoolWaiter(Protocol):
+    def on_connection(self, conn: UpstreamConnection) -> None: ...
+    def on_connect_failed(self, error: BaseException) -> None: ...
+
+
+class UpstreamPool:
+    __slots__ = (
+        "_closed",
+        "_dialing",
+        "_head_limits",
+        "_idle",
+        "_loop",
+        "_waiters",
+        "busy",
+        "dialed",
+        "key",
+        "limits",
+        "session",
+    )
+
+    def __init__(self, key: Hashable, limits: PoolLimits, loop: asyncio.AbstractEventLoop,
+                 head_limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
+        self.key = key
+        self.limits = limits
+        self._loop = loop
+        self._head_limits = head_limits
+        self._idle: list[UpstreamConnection] = []
+        self._waiters: deque[tuple[PoolWaiter, Target]] = deque()
+        self._dialing = 0
+        self._closed = False
+        self.busy = 0
+        self.dialed = 0               # connections opened since start, for tests and /clusters
+        self.session: ssl.SSLSession | None = None
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def size(self) -> int:
+        return len(self._idle) + self.busy + self._dialing
+
+    def acquire(self, target: Target, waiter: PoolWaiter, fresh: bool = False) -> UpstreamConnection | None:
+        """An idle connection now, or None: ``waiter`` is then called back once one is ready or failed.
+
+        ``fresh`` skips idle connections (a retry after a pooled connection turned out to be closed).
+        """
+        if not fresh:
+            idle = self._idle
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    self.busy += 1
+                    return conn
+        if self.size < self.limits.max_connections:
+            self._dial(target, waiter)
+        elif len(self._waiters) < self.limits.max_pending:
+            self._waiters.append((waiter, target))
+        else:
+            raise ResourceExhausted(f"{self.limits.max_pending} requests already wait for a connection to "
+                                    f"{target.authority}", {"upstream": target.authority})
+        return None
+
+    def cancel(self, waiter: PoolWaiter) -> None:
+        """The waiter no longer wants a connection (its request timed out or its client left)."""
+        for item in self._waiters:
+            if item[0] is waiter:
+                self._waiters.remove(item)
+                return
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        """A connection whose exchange completed cleanly: to the next waiter, or idle."""
+        self.busy -= 1
+        conn.unbind()
+        if conn.closed or self._closed:
+            conn.close()
+            self._serve_waiters()
+            return
+        if not conn.reused:
+            conn.reused = True
+            # once per connection: reading SSLObject.session costs ~100us (OpenSSL copies the session)
+            ssl_object = conn.ssl_object
+            if ssl_object is not None:
+                session = ssl_object.session
+                if session is not None:
+                    self.session = session
+        if self._waiters:
+            waiter, _ = self._waiters.popleft()
+            self.busy += 1
+            waiter.on_connection(conn)
+            return
+        if len(self._idle) >= self.limits.max_idle:
+            conn.close()
+            return
+        conn.idle_since = now
+        self._idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """A busy connection that will not come back (closed after its exchange)."""
+        self.busy -= 1
+        conn.close()
+        self._serve_waiters()
+
+    def detach(self, conn: UpstreamConnection) -> None:
+        """A busy connection that leaves the pool open (upgraded to a tunnel)."""
+        self.busy -= 1
+        conn.pool = None
+        self._serve_waiters()
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """An idle connection the server closed."""
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle for longer than the idle timeout."""
+        limit = now - self.limits.idle_timeout
+        if self._idle and self._idle[0].idle_since < limit:
+            keep = []
+            for conn in self._idle:
+                if conn.idle_since < limit:
+                    conn.close()
+                else:
+                    keep.append(conn)
+            self._idle = keep
+
+    def close(self) -> None:
+        self._closed = True
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+        while self._waiters:
+            waiter, target = self._waiters.popleft()
+            waiter.on_connect_failed(ConnectFailure(target.authority, "the proxy is shutting down"))
+
+    def _serve_waiters(self) -> None:
+        if self._waiters and self.size < self.limits.max_connections:
+            waiter, target = self._waiters.popleft()
+            self._dial(target, waiter)
+
+    def _dial(self, target: Target, waiter: PoolWaiter) -> None:
+        self._dialing += 1
+        self._loop.create_task(self._connect(target, waiter))
+
+    async def _connect(self, target: Target, waiter: PoolWaiter) -> None:
+        address = target.authority
+        try:
+            _, conn = await dial(target, lambda: UpstreamConnection(self, address, self._head_limits),
+                                 self.limits.connect_timeout, session=self.session)
+        except BaseException as e:
+            self._dialing -= 1
+            error = e if isinstance(e, ConnectFailure) else _connect_failure(address, e, self.limits.connect_timeout)
+            self._serve_waiters()
+            waiter.on_connect_failed(error)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        self._dialing -= 1
+        self.busy += 1
+        self.dialed += 1
+        if self._closed:
+            self.forget(conn)
+            waiter.on_connect_failed(ConnectFailure(address, "the proxy is shutting down"))
+            return
+        waiter.on_connection(conn)
+
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+async def dial(target: Target, factory: Callable[[], _P], timeout: float,
+               session: ssl.SSLSession | None = None) -> tuple[asyncio.Transport, _P]:
+    """Connect to ``target`` (TLS when it has a context, offering ``session``); raises ConnectFailure."""
+    host, port = target.address
+    kwargs: dict[str, Any] = {}
+    if target.ssl is not None:
+        _enable_session_reuse(target.ssl)
+        _session_to_offer.set(session)
+        kwargs = {"ssl": target.ssl, "server_hostname": target.server_hostname or host}
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            transport, protocol = await loop.create_connection(factory, host, port, **kwargs)
+    except (OSError, TimeoutError, ssl.SSLError) as e:
+        raise _connect_failure(target.authority, e, timeout) from e
+    finally:
+        _session_to_offer.set(None)
+    return transport, protocol
+
+
+def _connect_failure(address: str, e: BaseException, timeout: float) -> ConnectFailure:
+    if isinstance(e, TimeoutError):
+        return ConnectFailure(address, f"no connection within {timeout:.3f}s")
+    if isinstance(e, ssl.SSLError):
+        return ConnectFailure(address, f"TLS handshake failed: {e.reason or e}", {"tls": True})
+    if isinstance(e, ConnectionRefusedError):
+        return ConnectFailure(address, "connection refused")
+    if isinstance(e, OSError):
+        reason = e.strerror or errno.errorcode.get(e.errno or 0, str(e))
+        return ConnectFailure(address, reason)
+    if isinstance(e, asyncio.CancelledError):
+        return ConnectFailure(address, "dial cancelled")
+    return ConnectFailure(address, f"{type(e).__name__}: {e}")
+
+
+class Pools:
+    """Every upstream pool of a process (shared by its listeners), created on first use."""
+
+    def __init__(self, limits: PoolLimits = DEFAULT_POOL_LIMITS, head_limits: HeadLimits = DEFAULT_HEAD_LIMITS,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.limits = limits
+        self._head_limits = head_limits
+        self._loop = loop
+        self._pools: dict[Hashable, UpstreamPool] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def get(self, target: Target) -> UpstreamPool:
+        pool = self._pools.get(target.key)
+        if pool is None:
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            pool = self._pools[target.key] = UpstreamPool(target.key, self.limits, loop, self._head_limits)
+            if self._sweeper is None:
+                self._schedule_sweep()
+        return pool
+
+    def __iter__(self) -> Any:
+        return iter(self._pools.values())
+
+    def _schedule_sweep(self) -> None:
+        assert self._loop is not None
+        self._sweeper = self._loop.call_later(max(0.05, self.limits.idle_timeout / 4), self._sweep)
+
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for pool in self._pools.values():
+            pool.sweep(now)
+        self._schedule_sweep()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for pool in self._pools.values():
+            pool.close()

@@ -1,0 +1,89 @@
+"""An HTTP/1.1 proxy listener: the engine's entry point.
+
+    proxy = HttpProxy(route, name="outbound", on_request_done=metrics.record)
+    server = await proxy.listen("127.0.0.1", 15001)              # plain
+    server = await proxy.listen("0.0.0.0", 15006, ssl_context=ctx)  # TLS; the route sees the peer certificate
+    ...
+    await proxy.close(grace=5.0)
+
+Several listeners may share one :class:`HttpProxy` (and several proxies one :class:`Pools`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+
+from sidecar.proxy.downstream import DownstreamProtocol
+from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS, ProxyLimits
+from sidecar.proxy.pool import Pools
+from sidecar.proxy.target import RequestStats, RouteFn
+from sidecar.proxy.tracecontext import IdSource
+
+log = logging.getLogger(__name__)
+
+
+class HttpProxy:
+    """Accepts HTTP/1.1 clients and proxies each request to the target ``route(head, conn)`` names.
+
+    ``edit_headers`` adds ``x-request-id`` when missing and continues or starts the W3C trace with a new
+    span id (one hop = one span). ``on_request_done`` is called once per request with its
+    :class:`RequestStats`; it runs on the hot path, so keep it to counters and appends.
+    """
+
+    def __init__(self, route: RouteFn, *, name: str = "http", limits: ProxyLimits = DEFAULT_PROXY_LIMITS,
+                 pools: Pools | None = None, on_request_done: Callable[[RequestStats], None] | None = None,
+                 ids: IdSource | None = None, edit_headers: bool = True) -> None:
+        self.route = route
+        self.name = name
+        self.limits = limits
+        self._own_pools = pools is None
+        self.pools = pools if pools is not None else Pools(head_limits=limits.head)
+        self.on_request_done = on_request_done
+        self.ids = ids or IdSource()
+        self.edit_headers = edit_headers
+        self.connections: set[DownstreamProtocol] = set()
+        self.draining = False
+        # counters since start, for metrics
+        self.accepted = 0
+        self.rejected = 0
+        self.protocol_errors = 0
+        self.header_timeouts = 0
+        self._servers: list[asyncio.Server] = []
+
+    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                     backlog: int = 1024) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: DownstreamProtocol(self, loop), host, port, ssl=ssl_context,
+                                          backlog=backlog)
+        self._servers.append(server)
+        return server
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting, let requests in flight finish for up to ``grace`` seconds, then cut the rest."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.connections and loop.time() < deadline:
+            for conn in list(self.connections):
+                if conn.idle:
+                    conn.close()
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._own_pools:
+            self.pools.close()

@@ -1,0 +1,159 @@
+"""What the engine asks of its user and tells it: the route callback's answer, per-connection facts, the
+hooks a retry/breaker layer plugs in, and the record of each finished request."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sidecar.proxy.failures import FailureKind, UpstreamFailure
+from sidecar.proxy.http1 import RequestHead
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one attempt of a request goes. Build one per endpoint and reuse it: nothing in it is per request.
+
+    ``pool_key`` says which connections are interchangeable; None means ``(address, server_hostname)``.
+    ``timeout`` bounds the time from the request head's arrival to the response head, over all attempts
+    (the SPEC's policy ``timeout``); ``try_timeout`` bounds one attempt to its response head. Both None: only
+    the listener's stream idle timeout applies. ``tag`` is opaque to the engine (the router's endpoint) and
+    comes back in :class:`AttemptRecord` and :class:`RequestStats`.
+    """
+
+    address: tuple[str, int]
+    ssl: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    pool_key: Hashable | None = None
+    timeout: float | None = None
+    try_timeout: float | None = None
+    retry: RetryPolicy | None = None
+    observer: Callable[[AttemptRecord], None] | None = None
+    tag: Any = None
+    key: Hashable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.pool_key if self.pool_key is not None
+                           else (self.address, self.server_hostname, id(self.ssl) if self.ssl else None))
+
+    @property
+    def authority(self) -> str:
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One upstream exchange of a request, as the retry and breaker layers see it when it ends.
+
+    ``failure`` is None when a response head arrived (``status`` is then set); ``sent`` says whether any
+    request byte reached the upstream; ``replayable`` whether the whole request body so far is in the
+    replay buffer (no body, or one no larger than ``ProxyLimits.replay_buffer``).
+    """
+
+    number: int                       # 1 for the first attempt
+    target: Target
+    method: str
+    failure: UpstreamFailure | None
+    status: int | None
+    sent: bool
+    replayable: bool
+    started: float                    # loop time the attempt began (connection requested)
+    ended: float                      # loop time of the response head or the failure
+
+    @property
+    def kind(self) -> FailureKind | None:
+        return None if self.failure is None else self.failure.kind
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again on ``target`` after ``delay`` seconds."""
+
+    target: Target
+    delay: float = 0.0
+
+
+class RetryPolicy(Protocol):
+    """Decides, after an attempt failed, whether to try again (issue 6 implements it).
+
+    It is asked only when the request can be replayed, and only for failures before any response byte
+    was relayed: connect failures, resets, timeouts, protocol errors, or a response head whose status is
+    in ``statuses`` (that response is then discarded, its connection closed).
+    """
+
+    statuses: frozenset[int]
+
+    def next_attempt(self, attempt: AttemptRecord) -> Retry | None: ...
+
+
+class ConnectionInfo:
+    """Facts about one client connection, handed to the route callback with every request.
+
+    ``data`` is the caller's: e.g. the SPIFFE ID parsed once per connection from the peer certificate.
+    """
+
+    __slots__ = ("data", "listener", "peername", "sockname", "ssl_object")
+
+    def __init__(self, listener: str, peername: Any, sockname: Any, ssl_object: ssl.SSLObject | None) -> None:
+        self.listener = listener
+        self.peername = peername
+        self.sockname = sockname
+        self.ssl_object = ssl_object
+        self.data: dict[str, Any] = {}
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The verified peer certificate as ``ssl`` decodes it (subjectAltName...), or None."""
+        if self.ssl_object is None:
+            return None
+        cert = self.ssl_object.getpeercert()
+        return cert or None
+
+    @property
+    def peer_certificate_der(self) -> bytes | None:
+        if self.ssl_object is None:
+            return None
+        return self.ssl_object.getpeercert(binary_form=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStats:
+    """One finished request, for metrics and outlier detection (``on_request_done``).
+
+    ``status`` is what the client got (0 if nothing: the client went away or the connection was cut);
+    ``error`` names why it did not end cleanly: a :class:`FailureKind` value ("connect-failure", "reset",
+    "timeout", "protocol-error"), "local" (a route/limit error answered by the proxy), "client-reset",
+    "reset-after-response" (upstream broke mid-body), "deadline" or None.
+    """
+
+    method: str
+    host: str
+    target: bytes                     # request target as received (origin form)
+    status: int
+    error: str | None
+    request_bytes: int                # body bytes received from the client
+    response_bytes: int               # body bytes sent to the client
+    started: float                    # loop time the request head was complete
+    response_started: float | None    # loop time the response head was sent to the client
+    ended: float
+    attempts: int
+    upstream: str | None              # the last attempt's address, "host:port"
+    tag: Any                          # the last attempt's Target.tag
+    request_id: str | None
+    trace_id: str | None
+    span_id: str | None               # this hop's span (sent upstream as the traceparent parent-id)
+    parent_span_id: str | None        # the caller's span, if it sent a traceparent
+    upgraded: bool = False
+
+    @property
+    def duration(self) -> float:
+        return self.ended - self.started
+
+
+RouteResult = Target | Awaitable[Target]
+RouteFn = Callable[[RequestHead, ConnectionInfo], RouteResult]
+"""``route(head, conn) -> Target`` or an awaitable of one; raise a SidecarError to answer the client with it.
+It may edit ``head.headers`` (and ``head.target``/``head.host``) before they are sent."""

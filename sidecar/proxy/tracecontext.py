@@ -1,0 +1,94 @@
+"""W3C Trace Context (``traceparent``) and request ids, as pure functions over a given RNG.
+
+Every proxy hop is a span: it keeps the caller's trace id and flags and puts its own, new span id in the
+``parent-id`` field of the ``traceparent`` it sends on (https://www.w3.org/TR/trace-context/ 3.2 and 4.3).
+A header that does not parse starts a new trace, as the recommendation says. ``tracestate`` is passed on
+untouched by the proxy (it is an ordinary end-to-end header).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+_HEX = frozenset(b"0123456789abcdef")
+_ZERO_TRACE = b"0" * 32
+_ZERO_SPAN = b"0" * 16
+SAMPLED = 0x01
+
+
+@dataclass(frozen=True, slots=True)
+class TraceParent:
+    trace_id: str   # 32 lowercase hex digits, not all zero
+    span_id: str    # 16 lowercase hex digits, not all zero: the span that sent this header
+    flags: int      # trace-flags; bit 0 is "sampled"
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.flags & SAMPLED)
+
+    def to_header(self) -> str:
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags:02x}"
+
+
+def _is_hex(value: bytes) -> bool:
+    return _HEX.issuperset(value)
+
+
+def parse(value: bytes | str | None) -> TraceParent | None:
+    """The ``traceparent`` header's fields, or None when absent or invalid.
+
+    Version 00 must be exactly 55 characters; a higher version may carry more fields after a dash, which
+    are ignored (forward compatibility, section 4.3); version ff is invalid.
+    """
+    if value is None:
+        return None
+    raw = value.encode("latin-1") if isinstance(value, str) else value
+    raw = raw.strip(b" \t")
+    if len(raw) < 55 or raw[2:3] != b"-" or raw[35:36] != b"-" or raw[52:53] != b"-":
+        return None
+    version, trace_id, span_id, flags = raw[:2], raw[3:35], raw[36:52], raw[53:55]
+    if not (_is_hex(version) and _is_hex(trace_id) and _is_hex(span_id) and _is_hex(flags)):
+        return None  # uppercase hex is invalid too
+    if version == b"ff" or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    if version == b"00" and len(raw) != 55:
+        return None
+    if version != b"00" and len(raw) > 55 and raw[55:56] != b"-":
+        return None
+    return TraceParent(trace_id.decode(), span_id.decode(), int(flags, 16))
+
+
+class IdSource:
+    """Random trace, span and request ids; seed it in tests for reproducible ids."""
+
+    __slots__ = ("_bits",)
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._bits = (rng or random.Random(os.urandom(16))).getrandbits
+
+    def span_id(self) -> str:
+        while True:
+            value = self._bits(64)
+            if value:
+                return f"{value:016x}"
+
+    def trace_id(self) -> str:
+        while True:
+            value = self._bits(128)
+            if value:
+                return f"{value:032x}"
+
+    def request_id(self) -> str:
+        """A random 128-bit id in UUID text form (version 4 bits set), like Envoy's x-request-id."""
+        value = (self._bits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+        text = f"{value:032x}"
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def next_hop(incoming: TraceParent | None, ids: IdSource, sampled: bool = True) -> TraceParent:
+    """The ``traceparent`` this hop sends on: the caller's trace continued with a new span id, or a new trace."""
+    if incoming is None:
+        return TraceParent(ids.trace_id(), ids.span_id(), SAMPLED if sampled else 0)
+    return TraceParent(incoming.trace_id, ids.span_id(), incoming.flags)

@@ -1,0 +1,139 @@
+"""The hooks a resilience layer plugs into: retry policy, attempt observer, per-try timeout, stale pooled
+connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from dataclasses import dataclass, field
+
+from sidecar.proxy import AttemptRecord, HttpProxy, Retry, Target
+from tests.integration.proxy.conftest import LoopThread, closed_port, start_backend
+
+
+@dataclass
+class NextTarget:
+    """Retries once, on ``then``; records what it was asked."""
+
+    then: Target
+    statuses: frozenset[int] = frozenset()
+    asked: list[AttemptRecord] = field(default_factory=list)
+
+    def next_attempt(self, attempt: AttemptRecord) -> Retry | None:
+        self.asked.append(attempt)
+        return Retry(self.then, 0.01) if attempt.number == 1 else None
+
+
+def request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        response = b""
+        while chunk := s.recv(65536):
+            response += chunk
+    return response
+
+
+def run_proxy(loop_thread: LoopThread, route):  # type: ignore[no-untyped-def]
+    async def start() -> tuple[HttpProxy, int]:
+        proxy = HttpProxy(route)
+        server = await proxy.listen("127.0.0.1", 0)
+        return proxy, server.sockets[0].getsockname()[1]
+
+    return loop_thread.run(start())
+
+
+def test_connect_failure_is_retried_on_another_target_with_the_body_replayed(loop_thread: LoopThread) -> None:
+    backend = loop_thread.run(start_backend())
+    observed: list[AttemptRecord] = []
+    good = Target(("127.0.0.1", backend.port), observer=observed.append)
+    policy = NextTarget(good)
+    bad = Target(("127.0.0.1", closed_port()), retry=policy, observer=observed.append)
+    proxy, port = run_proxy(loop_thread, lambda head, conn: bad)
+    try:
+        response = request(port, b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n"
+                                 b"Connection: close\r\n\r\nhello")
+        assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"hello")
+        assert [a.kind.value if a.kind else a.status for a in observed] == ["connect-failure", 200]
+        assert policy.asked[0].replayable and not policy.asked[0].sent
+    finally:
+        loop_thread.run(proxy.close(grace=0.5))
+        loop_thread.run(backend.runner.cleanup())  # type: ignore[union-attr]
+
+
+def test_status_in_policy_is_retried_and_the_first_response_discarded(loop_thread: LoopThread) -> None:
+    async def start_503() -> asyncio.Server:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+            await writer.drain()
+
+        return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+    busy = loop_thread.run(start_503())
+    backend = loop_thread.run(start_backend())
+    policy = NextTarget(Target(("127.0.0.1", backend.port)), statuses=frozenset({503}))
+    first = Target(("127.0.0.1", busy.sockets[0].getsockname()[1]), retry=policy)
+    proxy, port = run_proxy(loop_thread, lambda head, conn: first)
+    try:
+        response = request(port, b"GET /hello/r HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"hello /hello/r")
+        assert policy.asked[0].status == 503
+    finally:
+        loop_thread.run(proxy.close(grace=0.5))
+        busy.close()
+        loop_thread.run(backend.runner.cleanup())  # type: ignore[union-attr]
+
+
+def test_per_try_timeout_gives_504_deadline_exceeded(loop_thread: LoopThread) -> None:
+    async def start_silent() -> asyncio.Server:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # never answers
+
+        return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+    silent = loop_thread.run(start_silent())
+    target = Target(("127.0.0.1", silent.sockets[0].getsockname()[1]), try_timeout=0.2)
+    proxy, port = run_proxy(loop_thread, lambda head, conn: target)
+    try:
+        response = request(port, b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        head, body = response.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 504")
+        assert json.loads(body)["error"]["code"] == "DEADLINE_EXCEEDED"
+    finally:
+        loop_thread.run(proxy.close(grace=0.5))
+        silent.close()
+
+
+def test_a_pooled_connection_closed_by_the_server_is_redialled_once(loop_thread: LoopThread) -> None:
+    """The server answers one request per connection and closes without saying so; the proxy's reuse
+    of that connection fails and the request goes out again on a fresh one."""
+
+    async def start_one_shot() -> asyncio.Server:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await reader.read(1)  # wait for the next request's first byte, then drop the connection
+            writer.transport.abort()
+
+        return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+    one_shot = loop_thread.run(start_one_shot())
+    target = Target(("127.0.0.1", one_shot.sockets[0].getsockname()[1]))
+    proxy, port = run_proxy(loop_thread, lambda head, conn: target)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            for _ in range(3):
+                s.sendall(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                response = b""
+                while not response.endswith(b"ok"):
+                    chunk = s.recv(65536)
+                    assert chunk
+                    response += chunk
+                assert response.startswith(b"HTTP/1.1 200")
+        assert [p.dialed for p in proxy.pools] == [3]
+    finally:
+        loop_thread.run(proxy.close(grace=0.5))
+        one_shot.close()
+

@@ -1,0 +1,59 @@
+"""W3C trace context parsing and continuation, with a seeded RNG."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from sidecar.proxy.tracecontext import IdSource, TraceParent, next_hop, parse
+
+VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (VALID, TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 1)),
+    (VALID.encode(), TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 1)),
+    ("  " + VALID + " ", TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 1)),
+    ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future", TraceParent(
+        "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 0)),
+    (None, None),
+    ("", None),
+    (VALID.upper(), None),                                                     # uppercase hex
+    ("ff" + VALID[2:], None),                                                  # version ff
+    ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),         # zero trace id
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", None),         # zero span id
+    (VALID + "-extra", None),                                                  # version 00 is exactly 55
+    ("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", None),          # short trace id
+    ("00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+    ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", None),
+])
+def test_parse(value: str | bytes | None, expected: TraceParent | None) -> None:
+    assert parse(value) == expected
+
+
+def test_next_hop_continues_the_trace_with_a_new_span() -> None:
+    ids = IdSource(random.Random(7))
+    incoming = parse(VALID)
+    hop = next_hop(incoming, ids)
+    assert hop.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert hop.span_id != "00f067aa0ba902b7" and re.fullmatch(r"[0-9a-f]{16}", hop.span_id)
+    assert hop.flags == 1
+    assert parse(hop.to_header()) == hop
+
+
+def test_next_hop_starts_a_trace_when_none_or_invalid() -> None:
+    hop = next_hop(None, IdSource(random.Random(1)))
+    again = next_hop(None, IdSource(random.Random(1)))
+    assert hop == again  # seeded: reproducible
+    assert hop.sampled and parse(hop.to_header()) == hop
+    assert not next_hop(None, IdSource(random.Random(1)), sampled=False).sampled
+
+
+def test_request_ids_are_uuid4_text() -> None:
+    ids = IdSource(random.Random(3))
+    values = {ids.request_id() for _ in range(1000)}
+    assert len(values) == 1000
+    for value in list(values)[:50]:
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", value)
