@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS, ProxyLimits
 from sidecar.proxy.pool import dial
@@ -159,8 +159,9 @@ class _RelayServerSide(asyncio.Protocol):
 class _RelayClientSide(asyncio.Protocol):
     """An accepted connection of a TCP relay: paused until the upstream is dialed, then spliced to it."""
 
-    def __init__(self, relay: TcpRelay) -> None:
+    def __init__(self, relay: TcpRelay, data: dict[str, Any] | None = None) -> None:
         self.relay = relay
+        self.data = data
         self.transport: asyncio.Transport | None = None
         self.tunnel: Tunnel | None = None
         self.early: list[bytes] = []
@@ -190,6 +191,8 @@ class _RelayClientSide(asyncio.Protocol):
         transport = self.transport
         info = ConnectionInfo(relay.name, transport.get_extra_info("peername"), transport.get_extra_info("sockname"),
                               transport.get_extra_info("ssl_object"))
+        if self.data:
+            info.data.update(self.data)
         target: Target | None = None
         try:
             result = relay.connect(info)
@@ -197,6 +200,8 @@ class _RelayClientSide(asyncio.Protocol):
             assert isinstance(target, Target)
             server_transport, server = await dial(target, _RelayServerSide, relay.limits_connect_timeout,
                                                   relay.sessions.get(target.key))
+            if relay.preamble is not None:
+                server_transport.write(relay.preamble(target, info))
         except Exception as e:
             log.info("tcp relay %s: %s", relay.name, e)
             relay.failed += 1
@@ -275,13 +280,16 @@ class TcpRelay:
     """Accepts TCP (or TLS) connections and splices each to a new connection to ``connect(info)``'s target.
 
     ``connect`` may raise to refuse a connection (it is closed at once). ``on_connection_done`` gets a
-    :class:`RelayStats` per connection.
+    :class:`RelayStats` per connection. ``preamble(target, info)``, when given, returns bytes written to each
+    dialed connection before any of the client's (the mesh's tunnel header).
     """
 
     def __init__(self, connect: ConnectFn, *, name: str = "tcp", limits: ProxyLimits = DEFAULT_PROXY_LIMITS,
                  connect_timeout: float = 5.0,
-                 on_connection_done: Callable[[RelayStats], None] | None = None) -> None:
+                 on_connection_done: Callable[[RelayStats], None] | None = None,
+                 preamble: Callable[[Target, ConnectionInfo], bytes] | None = None) -> None:
         self.connect = connect
+        self.preamble = preamble
         self.name = name
         self.limits = limits
         self.limits_connect_timeout = connect_timeout
@@ -298,6 +306,11 @@ class TcpRelay:
                 self.on_connection_done(stats)
             except Exception:
                 log.exception("on_connection_done failed")
+
+    def protocol(self, data: dict[str, Any] | None = None) -> asyncio.Protocol:
+        """A client-side protocol for a connection accepted elsewhere; ``data`` goes into the
+        :class:`ConnectionInfo` that ``connect`` gets (e.g. the service a tunnel header named)."""
+        return _RelayClientSide(self, data)
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                      backlog: int = 1024) -> asyncio.Server:

@@ -61,6 +61,11 @@ class HttpProxy:
         self._servers.append(server)
         return server
 
+    def protocol(self) -> asyncio.Protocol:
+        """A client-side protocol for a connection accepted elsewhere (the mesh's inbound listener runs the
+        mTLS handshake itself, then hands the TLS transport over with ``transport.set_protocol``)."""
+        return DownstreamProtocol(self, asyncio.get_running_loop())
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]

@@ -23,6 +23,11 @@ OpenSSL's codes say. Nothing about *acceptance* depends on this machinery: it on
 resumable session per peer in a :class:`SessionCache`, keyed by the ``server_hostname`` given when dialing,
 so reconnections to the same peer resume (one round trip, no certificate signatures). Dial each peer with
 its own ``server_hostname`` (:func:`peer_server_name` makes one).
+
+*What a connection carries.* ALPN says it: a client offers :data:`ALPN_HTTP` for HTTP/1.1 between sidecars, or
+:data:`ALPN_TCP_TUNNEL` for a raw byte tunnel (a ``protocol: tcp`` upstream); the server context accepts both,
+and a client that offers neither (``openssl s_client``) is treated as HTTP. ALPN is per context in Python, so
+tunnels are dialed with a context of their own (``IdentityStore.tunnel_context``).
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ MOZILLA_INTERMEDIATE_TLS12 = ":".join(
 # the attribute on a handshake exception that carries what was seen of the handshake
 EVIDENCE_ATTRIBUTE = "sidecar_evidence"
 _HAS_MSG_CALLBACK = hasattr(ssl.SSLContext, "_msg_callback")
+# ALPN protocol ids (RFC 7301) of the two kinds of connection between sidecars
+ALPN_HTTP = "http/1.1"
+ALPN_TCP_TUNNEL = "sidecar-tcp/1"
 
 
 class MeshContext(ssl.SSLContext):
@@ -73,6 +81,7 @@ def server_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str], key
     context = _base(MeshContext(ssl.PROTOCOL_TLS_SERVER), ca, cert, key)
     context.role = "client"
     context.sslobject_class = ServerSSLObject
+    context.set_alpn_protocols([ALPN_TCP_TUNNEL, ALPN_HTTP])  # the server's preference wins; it only picks offers
     if diagnose and _HAS_MSG_CALLBACK:
         context.twin = _base(MeshContext(ssl.PROTOCOL_TLS_SERVER), ca, cert, key)
         context.twin.role = "client"
@@ -81,11 +90,13 @@ def server_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str], key
 
 
 def client_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str],
-                   *, sessions: SessionCache | None = None) -> MeshContext:
+                   *, sessions: SessionCache | None = None, alpn: tuple[str, ...] = (ALPN_HTTP,)) -> MeshContext:
     """The outbound dialer's context: our certificate offered, the server's chain verified against ``ca``;
-    the server's SPIFFE ID is checked after the handshake with :func:`verify_peer`."""
+    the server's SPIFFE ID is checked after the handshake with :func:`verify_peer`. ``alpn`` is what its
+    connections carry (:data:`ALPN_HTTP` or :data:`ALPN_TCP_TUNNEL`)."""
     context = _base(MeshContext(ssl.PROTOCOL_TLS_CLIENT), ca, cert, key)
     context.role = "server"
+    context.set_alpn_protocols(list(alpn))
     context.sessions = sessions if sessions is not None else SessionCache()
     context.sslobject_class = ClientSSLObject
     return context

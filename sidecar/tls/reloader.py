@@ -335,6 +335,8 @@ class TlsMaterial:
     identity: PeerIdentity  # our own
     not_before: dt.datetime
     snapshot: Snapshot
+    # the client context for raw TCP tunnels (ALPN sidecar-tcp/1), with its own session cache
+    tunnel_context: MeshContext | None = None
 
 
 class IdentityStore:
@@ -394,6 +396,13 @@ class IdentityStore:
     @property
     def client_context(self) -> MeshContext:
         return self.material.client_context
+
+    @property
+    def tunnel_context(self) -> MeshContext:
+        """The client context for raw TCP tunnels to peer sidecars (offers ALPN ``sidecar-tcp/1``)."""
+        tunnel = self.material.tunnel_context
+        assert tunnel is not None  # _build always makes one
+        return tunnel
 
     @property
     def identity(self) -> PeerIdentity:
@@ -493,7 +502,7 @@ class IdentityStore:
         # Holders of the old contexts (a listener given one at start) get the change too: new handshakes on
         # them present the new certificate; a trust store only grows, so the new CA is added to the old one.
         with _as_files(bundle.cert, bundle.key) as (cert_path, key_path):
-            for ctx in (old.server_context, old.server_context.twin, old.client_context):
+            for ctx in (old.server_context, old.server_context.twin, old.client_context, old.tunnel_context):
                 if ctx is None:
                     continue
                 if Change.IDENTITY in change:
@@ -509,4 +518,7 @@ def _build(bundle: Bundle, checked: Checked, diagnose: bool, sessions: SessionCa
     with _as_files(bundle.ca, bundle.cert, bundle.key) as (ca_path, cert_path, key_path):
         server = context.server_context(ca_path, cert_path, key_path, diagnose=diagnose)
         client = context.client_context(ca_path, cert_path, key_path, sessions=sessions)
-    return TlsMaterial(server, client, checked.identity, checked.leaf.not_valid_before_utc, bundle.snapshot)
+        # its own cache: a session belongs to the context that made it
+        tunnel = context.client_context(ca_path, cert_path, key_path, sessions=SessionCache(),
+                                        alpn=(context.ALPN_TCP_TUNNEL,))
+    return TlsMaterial(server, client, checked.identity, checked.leaf.not_valid_before_utc, bundle.snapshot, tunnel)

@@ -1,0 +1,344 @@
+"""The mesh data plane: the app's outbound traffic to peer sidecars over mTLS, and peers' traffic to our apps.
+
+    dataplane = DataPlane(config, catalog, registry, store, clock)   # store: IdentityStore, or None without tls
+    bound = await dataplane.start()      # {"outbound": HostPort, "inbound": HostPort, "upstream:SERVICE": HostPort}
+    ...
+    await dataplane.stop(grace=5.0)
+
+The stack, top-down (each part is its own module):
+
+* listeners: ``outbound.listen`` (plain HTTP from the local app, routed by Host or absolute-form URI), one per
+  ``upstreams`` entry (``protocol: http``: every request goes to that service; ``protocol: tcp``: raw bytes
+  through a tunnel), and ``inbound.listen`` (:mod:`sidecar.mesh.inbound`, mTLS only);
+* naming (:mod:`sidecar.mesh.naming`): which service a Host names;
+* router (:mod:`sidecar.mesh.router`): which instance, and so which peer sidecar, gets the request;
+* a :class:`~sidecar.proxy.Target` per endpoint, cached until the catalog or our TLS context changes: the peer's
+  inbound address, ``store.client_context`` (new connections pick up a rotated certificate), a per-peer
+  ``server_hostname`` (the TLS session cache key), the destination's policy timeouts, a pool per peer;
+* the engine (:mod:`sidecar.proxy`): pooled keep-alive connections, streaming, upgrades, trace headers.
+
+An instance on this node is reached through our own inbound listener, like any other: identity,
+authorization and metrics do not depend on where the instance runs (it costs a loopback TLS hop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from sidecar.catalog.mesh import MeshCatalog
+from sidecar.catalog.registry import LocalRegistry
+from sidecar.clock import Clock
+from sidecar.config.model import Config, UpstreamConfig
+from sidecar.config.values import HostPort
+from sidecar.errors import Unavailable
+from sidecar.mesh.authorization import Authorizer
+from sidecar.mesh.inbound import (
+    Decisions,
+    InboundListener,
+    InboundRoutes,
+    LocalApp,
+    LocalServices,
+    Names,
+    encode_tunnel_header,
+    no_service_named,
+    set_caller,
+)
+from sidecar.mesh.naming import ServiceName
+from sidecar.mesh.router import Endpoint, LocalInbound, Router
+from sidecar.proxy import (
+    ConnectionInfo,
+    HttpProxy,
+    IdSource,
+    Pools,
+    ProxyLimits,
+    RelayStats,
+    RequestHead,
+    RequestStats,
+    Target,
+    TcpRelay,
+)
+from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
+from sidecar.tls.context import peer_server_name
+from sidecar.tls.reloader import IdentityStore
+
+log = logging.getLogger("sidecar.mesh")
+
+NO_TLS_MESSAGE = "mTLS is not configured (no tls section): this sidecar carries no traffic between services"
+_STATUS_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class MeshStats:
+    """Counters since start, for the metrics exporter (TLS refusals are in ``store.refusals.counts``).
+
+    Label values are bounded: services are catalog or registry names (else ``"unknown"``), listeners are
+    ``outbound``, ``inbound`` and ``upstream``, rules are ``authorization.rules[i]`` or ``authorization.default``.
+    """
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, str]] = Counter()     # (listener, service, status class)
+        self.errors: Counter[tuple[str, str, str]] = Counter()       # (listener, service, RequestStats.error)
+        self.denials: Counter[tuple[str, str, str]] = Counter()      # (service, caller service, rule)
+        self.tunnels: Counter[tuple[str, str, str]] = Counter()      # (listener, service, "ok" | "failed")
+        self.tunnel_bytes: Counter[tuple[str, str, str]] = Counter()  # (listener, service, "up" | "down")
+        self.no_tls = 0                                              # requests refused: no tls section
+
+    def request(self, listener: str, service: str, stats: RequestStats) -> None:
+        status = stats.status
+        self.requests[listener, service, _STATUS_CLASS[status // 100] if 100 <= status < 600 else "none"] += 1
+        if stats.error is not None:
+            self.errors[listener, service, stats.error] += 1
+
+    def tunnel(self, listener: str, service: str, stats: RelayStats) -> None:
+        self.tunnels[listener, service, "failed" if stats.error else "ok"] += 1
+        if stats.bytes_up:
+            self.tunnel_bytes[listener, service, "up"] += stats.bytes_up
+        if stats.bytes_down:
+            self.tunnel_bytes[listener, service, "down"] += stats.bytes_down
+
+    def denied(self, service: str, caller: str, rule: str) -> None:
+        self.denials[service, caller, rule] += 1
+
+    @property
+    def denials_by_rule(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for (_, _, rule), count in self.denials.items():
+            out[rule] += count
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """For the admin port and tests: every counter as nested JSON."""
+        return {
+            "requests": [{"listener": k[0], "service": k[1], "class": k[2], "count": v}
+                         for k, v in sorted(self.requests.items())],
+            "errors": [{"listener": k[0], "service": k[1], "error": k[2], "count": v}
+                       for k, v in sorted(self.errors.items())],
+            "denials": [{"service": k[0], "caller": k[1], "rule": k[2], "count": v}
+                        for k, v in sorted(self.denials.items())],
+            "tunnels": [{"listener": k[0], "service": k[1], "outcome": k[2], "count": v}
+                        for k, v in sorted(self.tunnels.items())],
+            "tunnel_bytes": [{"listener": k[0], "service": k[1], "direction": k[2], "bytes": v}
+                             for k, v in sorted(self.tunnel_bytes.items())],
+            "no_tls": self.no_tls,
+        }
+
+
+class _Targets:
+    """Targets to peer sidecars, one per endpoint, kept until the catalog snapshot or our context changes.
+
+    Pools are keyed by (kind, peer address, context generation): after a rotation new connections use new
+    pools (a TLS session made with one context cannot be offered by another); the old pools' idle
+    connections are closed by the pool sweeper, and requests on them finish undisturbed.
+    """
+
+    __slots__ = ("_config", "_context", "_generation", "_targets", "_version", "kind")
+
+    def __init__(self, config: Config, kind: str) -> None:
+        self._config = config
+        self.kind = kind
+        self._version = -1
+        self._context: ssl.SSLContext | None = None
+        self._generation = 0
+        self._targets: dict[Endpoint, Target] = {}
+
+    def get(self, endpoint: Endpoint, version: int, context: ssl.SSLContext) -> Target:
+        if version != self._version or context is not self._context:
+            if context is not self._context:
+                self._generation += 1
+                self._context = context
+            self._version = version
+            self._targets = {}
+        target = self._targets.get(endpoint)
+        if target is None:
+            target = self._targets[endpoint] = self._build(endpoint, context)
+        return target
+
+    def _build(self, endpoint: Endpoint, context: ssl.SSLContext) -> Target:
+        policy = self._config.policy_for(endpoint.service)
+        timeout = float(policy.timeout)
+        per_try = float(policy.retries.per_try_timeout)
+        # each try is bounded by per_try_timeout when the policy retries at all (Envoy's meaning)
+        try_timeout = per_try if policy.retries.attempts > 0 and per_try < timeout else None
+        host, port = endpoint.address
+        return Target(endpoint.address, ssl=context, server_hostname=peer_server_name(host, port),
+                      pool_key=(self.kind, endpoint.address, self._generation), timeout=timeout,
+                      try_timeout=try_timeout, tag=endpoint)
+
+
+class DataPlane:
+    """Every data-plane listener of one sidecar, built from the config; see the module's doc."""
+
+    def __init__(self, config: Config, catalog: MeshCatalog, registry: LocalRegistry, store: IdentityStore | None,
+                 clock: Clock, *, limits: ProxyLimits = DEFAULT_PROXY_LIMITS, ids: IdSource | None = None) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.registry = registry
+        self.store = store
+        self.clock = clock
+        self.stats = MeshStats()
+        # told of every finished request: (listener, stats); keep it to appends and counters (hot path)
+        self.request_listeners: list[Callable[[str, RequestStats], None]] = []
+        self.names = Names(config.dns.domain)
+        self.router = Router()
+        self.pools = Pools(head_limits=limits.head)
+        self._http_targets = _Targets(config, "http")
+        self._tunnel_targets = _Targets(config, "tunnel")
+        self._no_tls = Unavailable(NO_TLS_MESSAGE, {"reason": "no-tls"})
+        self.outbound = HttpProxy(self._route_outbound, name="outbound", limits=limits, pools=self.pools,
+                                  on_request_done=self._outbound_done, ids=ids)
+        self.upstreams: dict[str, HttpProxy | TcpRelay] = {}
+        for upstream in config.upstreams:
+            key = f"upstream:{upstream.service}"
+            if key in self.upstreams:
+                key = f"{key}:{upstream.local_port}"
+            self.upstreams[key] = self._upstream(upstream, limits, ids)
+        self.inbound: InboundListener | None = None
+        self.local = LocalServices(registry)
+        if store is not None:
+            self.routes = InboundRoutes(store, self.local, Decisions(Authorizer(config.authorization)),
+                                        self.names, self.stats)
+            http = HttpProxy(self.routes.http, name="inbound", limits=limits, on_request_done=self._inbound_done,
+                             ids=ids)
+            tunnels = TcpRelay(self.routes.tunnel, name="inbound-tcp", limits=limits,
+                               on_connection_done=self._inbound_tunnel_done)
+            self.inbound = InboundListener(store, http, tunnels, clock)
+        self.bound: dict[str, HostPort] = {}
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> dict[str, HostPort]:
+        """Open every listener; returns the bound addresses. Without tls, inbound is not opened (SPEC).
+
+        When ``inbound.listen`` has port 0 and no ``inbound.advertise`` is set, the catalog's entry for this
+        node is updated with the bound port, so that peers learn where to dial.
+        """
+        if self.inbound is not None:
+            listen = self.config.inbound.listen
+            host, port = await self.inbound.start(listen.host, listen.port)
+            self.bound["inbound"] = HostPort(host, port)
+            dial_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+            self.router.set_local(LocalInbound(self.catalog.local_node.name, (dial_host, port)))
+            local = self.catalog.local_node
+            if self.config.inbound.advertise is None and local.inbound_port != port:
+                self.catalog.set_local_node(replace(local, inbound_port=port))
+        else:
+            log.warning("tls is not configured: the outbound listener answers 503 and no inbound listener is opened")
+        listen = self.config.outbound.listen
+        self.bound["outbound"] = _bound(await self.outbound.listen(listen.host, listen.port))
+        for (key, proxy), upstream in zip(self.upstreams.items(), self.config.upstreams, strict=True):
+            self.bound[key] = _bound(await proxy.listen(upstream.bind, upstream.local_port))
+        return dict(self.bound)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting everywhere, let requests in flight end within ``grace`` seconds, cut the rest."""
+        closing: list[Any] = [self.outbound.close(grace)]
+        for proxy in self.upstreams.values():
+            closing.append(proxy.close(grace) if isinstance(proxy, HttpProxy) else proxy.close())
+        if self.inbound is not None:
+            closing.append(self.inbound.close(grace))
+        for result in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("data plane listener did not close cleanly: %r", result)
+        self.pools.close()
+
+    # ------------------------------------------------------------------------------------ outbound
+
+    def _route_outbound(self, head: RequestHead, conn: ConnectionInfo) -> Target:
+        if self.store is None:
+            raise self._no_tls
+        name = self.names.parse(head.host)
+        if name is None:
+            raise no_service_named(head.host)
+        set_caller(head, None)  # only the destination's sidecar says who calls
+        return self._peer(name, self._http_targets, self.store.client_context)
+
+    def _peer(self, name: ServiceName, targets: _Targets, context: ssl.SSLContext) -> Target:
+        snapshot = self.catalog.snapshot()
+        endpoint = self.router.pick(snapshot, name)
+        return targets.get(endpoint, snapshot.version, context)
+
+    def _upstream(self, upstream: UpstreamConfig, limits: ProxyLimits, ids: IdSource | None) -> HttpProxy | TcpRelay:
+        name = ServiceName(upstream.service)
+        if upstream.protocol == "tcp":
+            header = encode_tunnel_header(name)
+
+            def connect(info: ConnectionInfo) -> Target:
+                if self.store is None:
+                    raise self._no_tls
+                return self._peer(name, self._tunnel_targets, self.store.tunnel_context)
+
+            def tunnel_done(stats: RelayStats) -> None:
+                self.stats.tunnel("upstream", name.service, stats)
+
+            return TcpRelay(connect, name=f"upstream:{name.service}", limits=limits,
+                            on_connection_done=tunnel_done, preamble=lambda target, info: header)
+
+        def route(head: RequestHead, conn: ConnectionInfo) -> Target:
+            if self.store is None:
+                raise self._no_tls
+            head.host = name.service  # the peer's inbound finds the service by Host
+            set_caller(head, None)
+            return self._peer(name, self._http_targets, self.store.client_context)
+
+        def done(stats: RequestStats) -> None:
+            self._count("upstream", name.service, stats)
+
+        return HttpProxy(route, name=f"upstream:{name.service}", limits=limits, pools=self.pools,
+                         on_request_done=done, ids=ids)
+
+    # ------------------------------------------------------------------------------------ accounting
+
+    def _outbound_done(self, stats: RequestStats) -> None:
+        tag = stats.tag
+        if isinstance(tag, Endpoint):
+            service = tag.service
+        else:
+            name = self.names.parse(stats.host)
+            known = name is not None and self.router.endpoints(self.catalog.snapshot(), name).total > 0
+            service = name.service if known and name is not None else "unknown"
+        self._count("outbound", service, stats)
+
+    def _inbound_done(self, stats: RequestStats) -> None:
+        tag = stats.tag
+        if isinstance(tag, LocalApp):
+            service = tag.service
+        else:
+            name = self.names.parse(stats.host)
+            service = name.service if name is not None and self.local.known(name.service) else "unknown"
+        self._count("inbound", service, stats)
+
+    def _inbound_tunnel_done(self, stats: RelayStats) -> None:
+        tag = stats.tag
+        self.stats.tunnel("inbound", tag.service if isinstance(tag, LocalApp) else "unknown", stats)
+
+    def _count(self, listener: str, service: str, stats: RequestStats) -> None:
+        if self.store is None and stats.status == 503:
+            self.stats.no_tls += 1
+        self.stats.request(listener, service, stats)
+        for listener_fn in self.request_listeners:
+            listener_fn(listener, stats)
+
+    # ------------------------------------------------------------------------------------ views
+
+    def status(self) -> dict[str, Any]:
+        """For the admin port: listeners, counters, pools to peers."""
+        pools = [{"key": repr(pool.key), "idle": pool.idle, "busy": pool.busy, "dialed": pool.dialed}
+                 for pool in self.pools]
+        out: dict[str, Any] = {"listeners": {k: str(v) for k, v in self.bound.items()}, "stats": self.stats.snapshot(),
+                               "pools": pools}
+        if self.inbound is not None:
+            out["inbound"] = {"handshakes": dict(self.inbound.handshakes), "refused": self.inbound.refused,
+                              "shed": self.inbound.shed, "tunnel_refused": self.inbound.tunnel_refused}
+        if self.store is not None:
+            out["tls_refusals"] = self.store.refusals.snapshot()
+        return out
+
+
+def _bound(server: asyncio.Server) -> HostPort:
+    host, port = server.sockets[0].getsockname()[:2]
+    return HostPort(str(host), int(port))

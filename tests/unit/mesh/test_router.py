@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sidecar.catalog.model import CatalogSnapshot, HealthStatus, NodeInfo, ServiceMetadata
+from sidecar.errors import NotFound, Unavailable
+from sidecar.mesh.naming import ServiceName
+from sidecar.mesh.router import LocalInbound, RoundRobin, Router, endpoint_set
+
+H, D, U = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
+
+
+def inst(name: str, node: str, status: HealthStatus = H, tags: tuple[str, ...] = ()) -> ServiceMetadata:
+    return ServiceMetadata(f"{name}:{node}", name, "1", "127.0.0.1", 3000, tags=tags, status=status, node=node)
+
+
+def snap(*instances: ServiceMetadata, version: int = 1, **states: str) -> CatalogSnapshot:
+    nodes = {f"n{i}": NodeInfo(f"n{i}", f"10.0.0.{i}", 15006, state=states.get(f"n{i}", "alive")) for i in range(1, 6)}
+    return CatalogSnapshot(version, nodes, instances)
+
+
+PAY = ServiceName("pay")
+
+
+def test_healthy_first_degraded_apart_unhealthy_never() -> None:
+    s = snap(inst("pay", "n1", D), inst("pay", "n2"), inst("pay", "n3", U), inst("other", "n4"))
+    found = endpoint_set(s, PAY)
+    assert [e.node for e in found.healthy] == ["n2"]
+    assert [e.node for e in found.degraded] == ["n1"]
+    assert found.usable == found.healthy
+    assert (found.total, found.unhealthy) == (3, 1)
+    assert found.healthy[0].address == ("10.0.0.2", 15006)
+
+
+def test_degraded_only_when_no_healthy() -> None:
+    found = endpoint_set(snap(inst("pay", "n1", D), inst("pay", "n3", U)), PAY)
+    assert [e.node for e in found.usable] == ["n1"]
+
+
+@pytest.mark.parametrize(("state", "usable"), [("alive", 1), ("suspect", 1), ("dead", 0), ("left", 0)])
+def test_node_state(state: str, usable: int) -> None:
+    found = endpoint_set(snap(inst("pay", "n1"), n1=state), PAY)
+    assert len(found.usable) == usable
+    assert found.unreachable == 1 - usable
+
+
+def test_unknown_node_or_unusable_address_is_unreachable() -> None:
+    s = CatalogSnapshot(1, {"n1": NodeInfo("n1", "0.0.0.0", 15006), "n2": NodeInfo("n2", "10.0.0.2", 0)},
+                        (inst("pay", "n1"), inst("pay", "n2"), inst("pay", "n9")))
+    found = endpoint_set(s, PAY)
+    assert found.usable == () and found.unreachable == 3
+
+
+def test_local_instances_go_to_our_bound_inbound() -> None:
+    s = CatalogSnapshot(1, {"me": NodeInfo("me", "10.0.0.9", 0)}, (inst("pay", "me"),))
+    found = endpoint_set(s, PAY, LocalInbound("me", ("127.0.0.1", 40000)))
+    assert found.usable[0].address == ("127.0.0.1", 40000)
+
+
+def test_tags_filter() -> None:
+    s = snap(inst("pay", "n1", tags=("v1",)), inst("pay", "n2", tags=("v2",)))
+    assert [e.node for e in endpoint_set(s, ServiceName("pay", "v2")).usable] == ["n2"]
+    found = endpoint_set(s, ServiceName("pay", "v3"))
+    assert (found.total, found.tagged, found.usable) == (2, 0, ())
+
+
+def test_errors_say_why() -> None:
+    router = Router()
+    with pytest.raises(NotFound) as nf:
+        router.pick(snap(), PAY)
+    assert nf.value.details == {"service": "pay"}
+    with pytest.raises(Unavailable) as un:
+        router.pick(snap(inst("pay", "n1", U), inst("pay", "n2"), n2="dead"), PAY)
+    assert un.value.details == {"service": "pay", "instances": 2, "unhealthy": 1, "unreachable": 1}
+    assert un.value.message == ("no healthy instance of pay: 2 instances, 1 unhealthy, "
+                                "1 on nodes that are down or have no address")
+    with pytest.raises(Unavailable) as tagged:
+        router.pick(snap(inst("pay", "n1")), ServiceName("pay", "v9"))
+    assert "tag 'v9'" in tagged.value.message
+
+
+def test_round_robin_takes_turns_over_healthy_ones() -> None:
+    router = Router()
+    s = snap(inst("pay", "n1"), inst("pay", "n2"), inst("pay", "n3"), inst("pay", "n4", D))
+    picks = [router.pick(s, PAY).node for _ in range(9)]
+    assert picks == ["n1", "n2", "n3"] * 3
+
+
+def test_round_robin_spreads_evenly_across_snapshot_changes() -> None:
+    rng = random.Random(7)
+    router = Router(RoundRobin())
+    counts: dict[str, int] = {}
+    for version in range(1, 200):
+        nodes = ["n1", "n2", "n3"]
+        s = snap(*(inst("pay", n) for n in nodes), version=version)
+        for _ in range(rng.randint(1, 5)):
+            node = router.pick(s, PAY).node
+            counts[node] = counts.get(node, 0) + 1
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_endpoint_sets_are_cached_per_snapshot_version() -> None:
+    router = Router()
+    s1 = snap(inst("pay", "n1"), version=1)
+    assert router.endpoints(s1, PAY) is router.endpoints(s1, PAY)
+    s2 = snap(inst("pay", "n1"), inst("pay", "n2"), version=2)
+    assert len(router.endpoints(s2, PAY).usable) == 2
