@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import socket
@@ -19,6 +20,7 @@ from sidecar.catalog.checks import CheckRunner
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import NodeInfo, group_json
 from sidecar.catalog.registry import LocalRegistry, default_id
+from sidecar.catalog.replication import CatalogReplication, encode_meta
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.load import config_to_raw, load
 from sidecar.config.model import Config
@@ -26,16 +28,32 @@ from sidecar.config.values import HostPort
 from sidecar.dns.server import DnsListenFailed, DnsServer
 from sidecar.errors import ConfigError, InvalidArgument
 from sidecar.events import EventBus
+from sidecar.gossip.errors import KeyringError
+from sidecar.gossip.node import GossipNode
 from sidecar.log import fields
+from sidecar.mesh.dataplane import DataPlane
+from sidecar.tls.errors import CertificateError
+from sidecar.tls.reloader import IdentityStore
 from sidecar.web import Site
 
 log = logging.getLogger("sidecar.app")
 
 SHUTDOWN_DEADLINE = 10.0  # seconds from SIGTERM to exit; Kubernetes' default grace period is 30
+DRAIN_GRACE = 5.0         # requests in flight may finish for this long after the listeners close
+LEAVE_TIMEOUT = 2.0       # for the leave message to be gossiped before the sockets close
 
 
 class StartupError(Exception):
     """A part could not start (a port in use, a file unreadable); the message says which and why."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def key_fingerprint(key: str) -> str:
+    """A key as operators may see it: the first 12 hex digits of its SHA-256, never the key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def advertise_host(config: Config) -> str:
@@ -58,13 +76,19 @@ class Sidecar:
         self.config_paths = config_paths
         self.clock = clock
         self.bus = EventBus()
+        self.bound: dict[str, HostPort] = {}
         self.registry = LocalRegistry(config.node.name, self.bus)
         local = NodeInfo(config.node.name, advertise_host(config), config.inbound.listen.port, config.node.cluster)
         self.catalog = MeshCatalog(self.registry, local)
         self.checks = CheckRunner(self.registry, clock)
         self.dns = DnsServer(config.dns, self.catalog.snapshot, clock)
+        self.gossip = GossipNode.from_config(config, meta=encode_meta(self._inbound_port()),
+                                             local_state=lambda: self.replication.local_state(), clock=clock)
+        self.store: IdentityStore | None = None
+        self.dataplane: DataPlane | None = None
+        self._tls_watch: asyncio.Task[None] | None = None
+        self.replication = CatalogReplication(self.catalog, self.gossip, self.bus, lambda: int(clock.wall() * 1000))
         self.sites: list[Site] = []
-        self.bound: dict[str, HostPort] = {}
         self.state = "starting"  # starting → ready → draining → stopped
         self.stop_requested = asyncio.Event()
 
@@ -79,11 +103,13 @@ class Sidecar:
         await self._start_site(Site("admin", build_admin(self, token), self.config.admin.listen))
         await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock),
                                     self.config.api.listen))
+        await self._start_dataplane()
         try:
             host, port = await self.dns.start()
         except DnsListenFailed as e:
             raise StartupError(f"dns.listen: {e}") from None
         self._bound("dns", HostPort(host, port))
+        await self._start_gossip()
         self.state = "ready"
         log.info("sidecar ready", extra=fields(node=self.config.node.name, cluster=self.config.node.cluster,
                                                **{k: str(v) for k, v in self.bound.items()}))
@@ -95,6 +121,49 @@ class Sidecar:
             raise StartupError(f"{site.name}.listen: cannot listen on {site.listen}: {e.strerror or e}") from None
         self.sites.append(site)
         self._bound(site.name, self.bound[site.name])
+
+    async def _start_dataplane(self) -> None:
+        if self.config.tls is not None:
+            try:
+                self.store = IdentityStore.load(self.config.tls, clock=self.clock)
+            except CertificateError as e:
+                raise StartupError(f"tls: {e}", exit_code=2) from None
+        self.dataplane = DataPlane(self.config, self.catalog, self.registry, self.store, self.clock)
+        try:
+            bound = await self.dataplane.start()
+        except OSError as e:
+            raise StartupError(f"data plane: {e}") from None
+        for name, address in bound.items():
+            self._bound(name, address)
+        if self.store is not None:
+            self._tls_watch = asyncio.create_task(self.store.watch(), name="tls-watch")
+
+    async def _start_gossip(self) -> None:
+        self.gossip.set_meta(encode_meta(self._inbound_port()))  # before start: no incarnation bump
+        try:
+            bound = await self.gossip.start()
+        except OSError as e:
+            where = self.config.gossip.listen
+            raise StartupError(f"gossip.listen: cannot listen on {where}: {e.strerror or e}") from None
+        self._bound("gossip", bound)
+        advertised = self.gossip.address or bound
+        local = self.catalog.local_node
+        inbound_advertise = self.config.inbound.advertise
+        host = inbound_advertise.host if inbound_advertise is not None else advertised.host
+        self.catalog.set_local_node(NodeInfo(local.name, host, self._inbound_port(), local.cluster))
+        self.gossip.subscribe(self.replication.on_event)
+        self.registry.listeners.append(self.replication.local_changed)
+        self.replication.local_changed()
+        if self.config.gossip.join:
+            self.gossip.start_joining(self.config.gossip.join)
+
+    def _inbound_port(self) -> int:
+        advertise = self.config.inbound.advertise
+        if advertise is not None:
+            return advertise.port
+        if "inbound" in self.bound:
+            return self.bound["inbound"].port
+        return self.config.inbound.listen.port
 
     def _bound(self, name: str, address: HostPort) -> None:
         self.bound[name] = address
@@ -132,6 +201,15 @@ class Sidecar:
 
     async def _stop_parts(self) -> None:
         self.bus.close_all()  # ends event streams, so listeners close without waiting on them
+        if self.dataplane is not None:
+            # listeners close, requests in flight get DRAIN_GRACE to finish
+            await self.dataplane.stop(DRAIN_GRACE)
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
+        if self.gossip.bound is not None:
+            # the drain's health changes were broadcast; leaving tells peers at once rather than by suspicion
+            await self.gossip.leave(LEAVE_TIMEOUT)
+            await self.gossip.stop()
         await self.dns.stop()
         for site in reversed(self.sites):
             await site.stop()
@@ -143,23 +221,50 @@ class Sidecar:
     # ------------------------------------------------------------------------- admin port (Process)
 
     def readiness(self) -> tuple[bool, str]:
-        if self.state == "ready":
-            return True, "listening"
-        return False, self.state
+        if self.state != "ready":
+            return False, self.state
+        if self.config.gossip.join and not self.gossip.joined:
+            return False, "joining the mesh"
+        return True, "listening"
 
     def listener_addresses(self) -> dict[str, str]:
         return {name: str(address) for name, address in self.bound.items()}
 
     def members_json(self) -> list[dict[str, Any]]:
-        snapshot = self.catalog.snapshot()
-        return [{"name": n.name, "address": n.address, "state": n.state, "incarnation": 0, "cluster": n.cluster}
-                for n in snapshot.nodes.values()]
+        return [m.to_json() for m in sorted(self.gossip.members(), key=lambda m: m.name)]
 
     def catalog_json(self) -> dict[str, list[dict[str, Any]]]:
         return group_json(self.catalog.snapshot().instances)
 
     def services_json(self) -> list[dict[str, Any]]:
         return [i.to_json() for i in self.registry.instances()]
+
+    def gossip_json(self) -> dict[str, Any]:
+        address = self.gossip.address
+        return {"node": self.config.node.name, "cluster": self.config.node.cluster,
+                "address": str(address) if address else None, "joined": self.gossip.joined,
+                "incarnation": self.gossip.incarnation if self.gossip.bound else 0,
+                "encrypted": bool(self.config.gossip.encrypt_keys), "counters": self.gossip.counters(),
+                "refused": {k.removeprefix("refused_"): v for k, v in self.gossip.counters().items()
+                            if k.startswith("refused_")},
+                "catalogDecodeErrors": self.replication.decode_errors}
+
+    def keys_json(self) -> dict[str, Any]:
+        try:
+            keys = self.gossip.list_keys()
+        except KeyringError as e:
+            raise InvalidArgument(str(e)) from None
+        return {"primary": key_fingerprint(keys[0]) if keys else None, "keys": [key_fingerprint(k) for k in keys]}
+
+    def key_action(self, action: str, key: str) -> dict[str, Any]:
+        """install, use (make primary) or remove a gossip key; keys are shown only by fingerprint."""
+        operations = {"install": self.gossip.install_key, "use": self.gossip.use_key, "remove": self.gossip.remove_key}
+        try:
+            operations[action](key)
+        except KeyringError as e:
+            raise InvalidArgument(str(e), {"key": key_fingerprint(key)}) from None
+        log.info("gossip keyring changed", extra=fields(action=action, key=key_fingerprint(key)))
+        return self.keys_json()
 
     async def drain(self) -> dict[str, Any]:
         if self.state in ("draining", "stopped"):
@@ -216,7 +321,7 @@ async def serve(config: Config, config_paths: list[str]) -> int:
         await sidecar.run()
     except StartupError as e:
         log.error(str(e))
-        return 1
+        return e.exit_code
     return 0
 
 

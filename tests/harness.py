@@ -203,20 +203,32 @@ def run_cli(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None
 
 
 class FakeApp:
-    """A real HTTP server on a free loopback port whose /health answer the test sets."""
+    """A real HTTP server on a free loopback port whose /health answer the test sets; it records what it got."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "app") -> None:
+        self.name = name
         self.health_status = 200
         self.requests: list[tuple[str, str]] = []
+        self.headers: list[dict[str, str]] = []
         app = self
 
         class Handler(http_server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                app.requests.append(("GET", self.path))
+                self._answer(b"")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self._answer(self.rfile.read(length))
+
+            def _answer(self, received: bytes) -> None:
+                app.requests.append((self.command, self.path))
+                if not self.path.startswith("/health"):
+                    app.headers.append({k.lower(): v for k, v in self.headers.items()})
                 status = app.health_status if self.path.startswith("/health") else 200
-                body = json.dumps({"path": self.path, "status": status}).encode()
+                body = json.dumps({"app": app.name, "path": self.path, "status": status, "method": self.command,
+                                   "received": len(received)}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -258,3 +270,22 @@ class TcpApp:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+# ------------------------------------------------------------------------------------------------- a mesh
+
+
+def make_certs(directory: Path, identities: list[str], trust_domain: str = "mesh.local") -> dict[str, dict[str, str]]:
+    """A fresh CA and one certificate per identity, as `sidecar certs init/issue` make them."""
+    from sidecar.tls import certs
+    certs.init_ca(directory, trust_domain)
+    out = {}
+    for name in identities:
+        paths = certs.issue(name, directory, ttl="1h")
+        out[name] = {"trust_domain": trust_domain, "ca": str(directory / "ca.pem"), "cert": str(paths.cert),
+                     "key": str(paths.key)}
+    return out
+
+
+def members_by_state(process: SidecarProcess) -> dict[str, str]:
+    return {m["name"]: m["state"] for m in http("GET", process.admin + "/members").json()}

@@ -13,7 +13,7 @@ from sidecar.catalog.model import group_json
 from sidecar.config.load import config_to_raw
 from sidecar.config.model import Config
 from sidecar.errors import InvalidArgument, MethodNotAllowed, Unauthenticated
-from sidecar.web import Handler, errors_middleware, json_response
+from sidecar.web import Handler, errors_middleware, json_response, read_json_object
 
 
 class Process(Protocol):
@@ -26,6 +26,9 @@ class Process(Protocol):
     def members_json(self) -> list[dict[str, Any]]: ...
     def catalog_json(self) -> dict[str, list[dict[str, Any]]]: ...
     def services_json(self) -> list[dict[str, Any]]: ...
+    def gossip_json(self) -> dict[str, Any]: ...
+    def keys_json(self) -> dict[str, Any]: ...
+    def key_action(self, action: str, key: str) -> dict[str, Any]: ...
     async def drain(self) -> dict[str, Any]: ...
     async def leave(self) -> dict[str, Any]: ...
     async def reload(self) -> dict[str, Any]: ...
@@ -88,6 +91,23 @@ def build_admin(process: Process, token: str | None) -> web.Application:
     async def services(request: web.Request) -> web.Response:
         return json_response(process.services_json())
 
+    @routes.get("/gossip")
+    async def gossip(request: web.Request) -> web.Response:
+        return json_response(process.gossip_json())
+
+    @routes.get("/keys")
+    async def keys(request: web.Request) -> web.Response:
+        return json_response(process.keys_json())
+
+    def key_handler(action: str) -> Handler:
+        async def handle(request: web.Request) -> web.Response:
+            body = await read_json_object(request)
+            key = body.get("key")
+            if not isinstance(key, str) or not key:
+                raise InvalidArgument('the body must be {"key": "BASE64 KEY"}', {"field": "key"})
+            return json_response(process.key_action(action, key))
+        return handle
+
     async def drain(request: web.Request) -> web.Response:
         return json_response(await process.drain())
 
@@ -111,6 +131,8 @@ def build_admin(process: Process, token: str | None) -> web.Application:
     post_only("/leave", leave)
     post_only("/reload", reload)
     post_only("/logging", logging_level)
+    for action in ("install", "use", "remove"):
+        post_only(f"/keys/{action}", key_handler(action))
 
     app = web.Application(middlewares=[errors_middleware])
     app.add_routes(routes)

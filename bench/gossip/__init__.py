@@ -1,0 +1,1 @@
+"""Gossip at scale on the simulated network: `python -m bench.gossip`."""

@@ -1,0 +1,54 @@
+"""Gossip membership: SWIM with Lifeguard, as HashiCorp's memberlist does it.
+
+One mechanism per module: ``messages`` (wire format), ``envelope`` and ``keyring`` (cluster name and
+AES-GCM), ``state`` (member table), ``suspicion`` and ``awareness`` (Lifeguard), ``broadcast`` (the
+transmit-limited queue), ``core`` (the pure protocol), ``transport`` and ``node`` (the asyncio driver),
+``simnet`` (many cores on a simulated network).
+"""
+
+from sidecar.gossip.core import (
+    Event,
+    GossipCore,
+    GossipCounters,
+    MemberAlive,
+    MemberDead,
+    MemberEvent,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberSuspect,
+    MemberUpdated,
+    RemoteState,
+    SyncCompleted,
+    UserMessage,
+)
+from sidecar.gossip.errors import GossipDecodeError, GossipError, KeyringError, MessageTooLarge
+from sidecar.gossip.keyring import Keyring, generate_key
+from sidecar.gossip.node import GossipNode
+from sidecar.gossip.state import MemberState, MemberView
+
+__all__ = [
+    "Event",
+    "GossipCore",
+    "GossipCounters",
+    "GossipDecodeError",
+    "GossipError",
+    "GossipNode",
+    "Keyring",
+    "KeyringError",
+    "MemberAlive",
+    "MemberDead",
+    "MemberEvent",
+    "MemberJoined",
+    "MemberLeft",
+    "MemberReaped",
+    "MemberState",
+    "MemberSuspect",
+    "MemberUpdated",
+    "MemberView",
+    "MessageTooLarge",
+    "RemoteState",
+    "SyncCompleted",
+    "UserMessage",
+    "generate_key",
+]

@@ -1,0 +1,92 @@
+"""Catalog replication over gossip events, with a fake gossip member list (the pure part)."""
+
+from __future__ import annotations
+
+from sidecar.catalog.mesh import MeshCatalog
+from sidecar.catalog.model import NodeInfo, ServiceMetadata
+from sidecar.catalog.registry import LocalRegistry
+from sidecar.catalog.replication import CatalogReplication, decode_meta, encode_meta
+from sidecar.catalog.sync import NodeState, decode_states, encode_states
+from sidecar.config.load import build_section
+from sidecar.config.model import ServiceConfig
+from sidecar.events import EventBus
+from sidecar.gossip.core import MemberDead, MemberJoined, RemoteState, UserMessage
+from sidecar.gossip.state import MemberState, MemberView
+
+
+class FakeGossip:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.live: list[MemberView] = []
+
+    def broadcast_user(self, key: str, data: bytes) -> None:
+        self.sent.append((key, data))
+
+    def members(self) -> list[MemberView]:
+        return self.live
+
+
+def member(name: str, state: MemberState = MemberState.ALIVE, inbound: int = 15006) -> MemberView:
+    return MemberView(name, "10.0.0.2", 7946, state, 1, "default", encode_meta(inbound))
+
+
+def setup() -> tuple[CatalogReplication, FakeGossip, MeshCatalog, EventBus]:
+    bus = EventBus()
+    registry = LocalRegistry("a", bus)
+    catalog = MeshCatalog(registry, NodeInfo("a", "10.0.0.1", 15006))
+    gossip = FakeGossip()
+    clock = iter(range(1000, 10**6, 10))
+    replication = CatalogReplication(catalog, gossip, bus, lambda: next(clock))
+    registry.listeners.append(replication.local_changed)
+    return replication, gossip, catalog, bus
+
+
+def instance(node: str, name: str = "pay") -> ServiceMetadata:
+    return ServiceMetadata(f"{name}:{node}:1", name, "1", "127.0.0.1", 1, node=node)
+
+
+def test_local_changes_are_broadcast_with_growing_versions() -> None:
+    replication, gossip, catalog, _ = setup()
+    catalog.registry.register(build_section(ServiceConfig, {"name": "pay", "port": 1}), "config", 0.0, 1)
+    catalog.registry.register(build_section(ServiceConfig, {"name": "inv", "port": 2}), "config", 0.0, 1)
+    assert [key for key, _ in gossip.sent] == ["catalog:a", "catalog:a"]
+    first, second = (decode_states(data)[0] for _, data in gossip.sent)
+    assert second.version > first.version
+    assert [i.name for i in second.instances] == ["pay", "inv"]
+
+
+def test_peer_states_apply_only_for_live_members_and_leave_with_them() -> None:
+    replication, gossip, catalog, bus = setup()
+    state = NodeState("b", 5, (instance("b"),))
+    replication.on_event(UserMessage("b", "catalog:b", encode_states([state])))
+    assert catalog.snapshot().service("pay") == []  # b is not a member yet: held back
+    gossip.live = [member("b", inbound=16000)]
+    replication.on_event(MemberJoined(member("b", inbound=16000)))
+    assert [i.node for i in catalog.snapshot().service("pay")] == ["b"]
+    assert catalog.snapshot().nodes["b"].inbound_port == 16000
+    older = NodeState("b", 4, ())
+    replication.on_event(RemoteState(encode_states([older]), False))
+    assert len(catalog.snapshot().service("pay")) == 1  # older loses
+    replication.on_event(MemberDead(member("b", MemberState.DEAD)))
+    assert catalog.snapshot().service("pay") == [] and "b" not in catalog.snapshot().nodes
+    assert [e.type for e in bus.recent()] == ["member-joined", "member-dead"]
+
+
+def test_push_pull_carries_every_known_state() -> None:
+    replication, gossip, _, _ = setup()
+    gossip.live = [member("b")]
+    replication.on_event(MemberJoined(member("b")))
+    replication.on_event(RemoteState(encode_states([NodeState("b", 7, (instance("b"),))]), True))
+    states = decode_states(replication.local_state())
+    assert sorted(s.node for s in states) == ["a", "b"]
+
+
+def test_garbage_is_counted_not_raised() -> None:
+    replication, _, _, _ = setup()
+    replication.on_event(UserMessage("b", "catalog:b", b"\x00garbage"))
+    assert replication.decode_errors == 1
+
+
+def test_meta_round_trip() -> None:
+    assert decode_meta(encode_meta(15006)) == 15006
+    assert decode_meta(b"") == 0 and decode_meta(b"{bad") == 0 and decode_meta(b'{"inbound": -1}') == 0

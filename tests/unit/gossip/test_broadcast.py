@@ -1,0 +1,78 @@
+"""The transmit-limited broadcast queue: limits, invalidation, order, packet budget."""
+
+from __future__ import annotations
+
+from sidecar.gossip.broadcast import BroadcastQueue
+
+
+def make(n: int = 10, mult: int = 2) -> BroadcastQueue:
+    return BroadcastQueue(mult, lambda: n)
+
+
+def test_each_broadcast_is_sent_the_retransmit_limit_then_dropped() -> None:
+    q = make(n=10, mult=2)  # limit 2 * ceil(log10(11)) = 4
+    q.queue("a", b"alive-a")
+    sent = [q.get(2, 1000) for _ in range(6)]
+    assert sent[:4] == [[b"alive-a"]] * 4
+    assert sent[4:] == [[], []]
+    assert len(q) == 0
+
+
+def test_a_newer_broadcast_with_the_same_key_replaces_the_older() -> None:
+    q = make()
+    q.queue("node-a", b"suspect-a")
+    q.queue("node-b", b"alive-b")
+    q.queue("node-a", b"dead-a")
+    assert len(q) == 2
+    assert sorted(q.get(2, 1000)) == [b"alive-b", b"dead-a"]
+
+
+def test_fewest_transmits_first_then_newest_first() -> None:
+    q = make()
+    q.queue("old", b"o" * 10)
+    assert q.get(0, 10) == [b"o" * 10]  # old: 1 transmit
+    q.queue("new1", b"1" * 10)
+    q.queue("new2", b"2" * 10)
+    assert q.get(0, 10) == [b"2" * 10]
+    assert q.get(0, 10) == [b"1" * 10]
+    assert q.get(0, 10) == [b"2" * 10]  # all at 1 transmit now: the newest of them
+    assert q.get(0, 25) == [b"1" * 10, b"o" * 10]
+
+
+def test_only_what_fits_the_packet_is_taken() -> None:
+    q = make()
+    q.queue("big", b"x" * 100)
+    q.queue("small", b"y" * 10)
+    assert q.get(2, 50) == [b"y" * 10]
+    assert q.get(2, 200) == [b"x" * 100, b"y" * 10]  # big has fewer transmits
+    assert q.get(2, 11) == []
+
+
+def test_on_done_runs_when_finished_or_replaced() -> None:
+    q = make(n=1, mult=1)  # limit 1
+    done: list[str] = []
+    q.queue("a", b"a", lambda: done.append("a"))
+    q.queue("b", b"b", lambda: done.append("b"))
+    q.queue("b", b"b2")
+    assert done == ["b"]
+    q.get(0, 100)
+    assert sorted(done) == ["a", "b"]
+
+
+def test_the_queue_is_bounded_and_drops_the_most_sent_first() -> None:
+    q = BroadcastQueue(10, lambda: 100, max_items=3)
+    q.queue(1, b"1")
+    q.get(0, 1)
+    for key in (2, 3, 4):
+        q.queue(key, str(key).encode())
+    assert len(q) == 3
+    assert sorted(q.get(0, 100)) == [b"2", b"3", b"4"]
+
+
+def test_reset_empties_and_finishes() -> None:
+    q = make()
+    done: list[int] = []
+    q.queue("a", b"a", lambda: done.append(1))
+    q.reset()
+    assert len(q) == 0 and done == [1]
+    assert q.get(0, 100) == []
