@@ -76,6 +76,32 @@ class ServiceMetadata:
         )
 
 
+# the service field of a node-level stream subscription: SSE readers on that node, not a service's app
+NODE_STREAM = "@stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A push subscription gossiped with its node's state: ``topic``'s messages are POSTed to ``path`` of one
+    instance of ``service``. ``service == NODE_STREAM`` is a node-level stream subscription (``path`` unused):
+    the topic's messages go to that node's sidecar, which keeps them for its SSE readers."""
+
+    service: str
+    topic: str
+    path: str = ""
+
+    def to_json(self) -> list[str]:
+        return [self.service, self.topic, self.path]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Subscription:
+        """Inverse of :meth:`to_json`; raises ValueError/TypeError on a malformed item."""
+        service, topic, path = data
+        if not all(isinstance(x, str) for x in (service, topic, path)):
+            raise TypeError("a subscription is [service, topic, path] strings")
+        return cls(service, topic, path)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """A sidecar as the catalog knows it: where peers reach it."""

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sidecar.catalog.model import ServiceMetadata
+from sidecar.catalog.model import ServiceMetadata, Subscription
 
 _FORMAT = 1
 MAX_DECODED = 4 << 20  # a node state larger than 4 MiB decompressed is refused, not inflated
@@ -28,6 +28,9 @@ class NodeState:
     node: str
     version: int
     instances: tuple[ServiceMetadata, ...]
+    # the node's push and stream subscriptions (messaging); an optional 4th item on the wire, so states
+    # from nodes without any (or from before subscriptions existed) keep the 3-item form
+    subscriptions: tuple[Subscription, ...] = ()
 
 
 def next_version(previous: int, now_ms: int) -> int:
@@ -36,7 +39,11 @@ def next_version(previous: int, now_ms: int) -> int:
 
 
 def _state_json(state: NodeState) -> list[object]:
-    return [state.node, state.version, [dict(i.to_json(), messagesPath=i.messages_path) for i in state.instances]]
+    out: list[object] = [state.node, state.version,
+                         [dict(i.to_json(), messagesPath=i.messages_path) for i in state.instances]]
+    if state.subscriptions:
+        out.append([s.to_json() for s in state.subscriptions])
+    return out
 
 
 def encode_states(states: Iterable[NodeState]) -> bytes:
@@ -55,11 +62,16 @@ def decode_states(data: bytes) -> list[NodeState]:
             raise SyncDecodeError("not a catalog state of a known format")
         states = []
         for item in doc[1]:
-            node, version, instances = item
-            if not isinstance(node, str) or not isinstance(version, int) or not isinstance(instances, list):
+            if not isinstance(item, list) or len(item) not in (3, 4):
+                raise SyncDecodeError("malformed node state")
+            node, version, instances = item[:3]
+            subscriptions = item[3] if len(item) == 4 else []
+            if (not isinstance(node, str) or not isinstance(version, int) or not isinstance(instances, list)
+                    or not isinstance(subscriptions, list)):
                 raise SyncDecodeError("malformed node state")
             parsed = tuple(ServiceMetadata.from_json(i) for i in instances)
-            states.append(NodeState(node, version, parsed))
+            subs = tuple(Subscription.from_json(s) for s in subscriptions)
+            states.append(NodeState(node, version, parsed, subs))
         return states
     except SyncDecodeError:
         raise
