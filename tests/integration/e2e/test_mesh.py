@@ -142,3 +142,71 @@ def test_wrong_key_and_wrong_cluster_are_refused(start_sidecar, tmp_path: Path) 
 def _refusals(process: SidecarProcess) -> dict[str, int]:
     gossip = http("GET", process.admin + "/gossip").json()
     return dict(gossip["refused"])
+
+
+def test_five_sidecars_converge_and_see_each_others_services(start_sidecar) -> None:  # type: ignore[no-untyped-def]
+    names = [f"node-{i}" for i in range(1, 6)]
+    first = start_sidecar({"node": {"name": names[0]}, "gossip": GOSSIP,
+                           "services": [{"name": "svc-1", "port": 9001}]}, name=names[0])
+    seed = [first.listeners["gossip"]]
+    processes = [first] + [
+        start_sidecar({"node": {"name": name}, "gossip": {**GOSSIP, "join": seed},
+                       "services": [{"name": f"svc-{i + 2}", "port": 9002 + i}]}, name=name)
+        for i, name in enumerate(names[1:])]
+    wait_for(lambda: converged(processes, set(names)), timeout=20, what="5 members alive everywhere")
+    wanted = {f"svc-{i}" for i in range(1, 6)}
+    wait_for(lambda: all(set(http("GET", p.api + "/v1/catalog").json()) == wanted for p in processes),
+             timeout=15, what="every service in every catalog")
+
+
+def test_key_rotation_through_the_admin_port(start_sidecar) -> None:  # type: ignore[no-untyped-def]
+    import base64
+    import os
+    old = base64.b64encode(os.urandom(32)).decode()
+    new = base64.b64encode(os.urandom(32)).decode()
+    a = start_sidecar({"node": {"name": "node-a"}, "gossip": {**GOSSIP, "encrypt_keys": [old]}}, name="node-a")
+    b = start_sidecar({"node": {"name": "node-b"}, "gossip": {**GOSSIP, "encrypt_keys": [old],
+                                                              "join": [a.listeners["gossip"]]}}, name="node-b")
+    wait_for(lambda: converged([a, b], {"node-a", "node-b"}), timeout=15)
+    keyring = http("GET", a.admin + "/keys").json()
+    assert len(keyring["keys"]) == 1 and old not in str(keyring)  # keys only by fingerprint
+    # rotate: install the new key everywhere, make it primary everywhere, remove the old one
+    for step in ("install", "use"):
+        for process in (a, b):
+            assert http("POST", f"{process.admin}/keys/{step}", {"key": new}).status == 200
+    for process in (a, b):
+        keys = http("POST", f"{process.admin}/keys/remove", {"key": old}).json()
+        assert len(keys["keys"]) == 1
+    # the members still talk (new packets only decrypt with the new key) and a newcomer with only the new key joins
+    c = start_sidecar({"node": {"name": "node-c"}, "gossip": {**GOSSIP, "encrypt_keys": [new],
+                                                              "join": [a.listeners["gossip"]]}}, name="node-c")
+    wait_for(lambda: converged([a, b, c], {"node-a", "node-b", "node-c"}), timeout=15, what="3 alive after rotation")
+    # removing the primary is refused with a reason
+    refused = http("POST", f"{a.admin}/keys/remove", {"key": new})
+    assert_error(refused, 400, "INVALID_ARGUMENT")
+    assert_error(http("GET", f"{a.admin}/keys/install"), 405, "METHOD_NOT_ALLOWED")
+
+
+def test_membership_changes_stream_on_v1_events(start_sidecar) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    a = start_sidecar({"node": {"name": "node-a"}, "gossip": GOSSIP}, name="node-a")
+    host, port = a.listeners["api"].rsplit(":", 1)
+    stream = socket.create_connection((host, int(port)), timeout=20)
+    stream.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    b = start_sidecar({"node": {"name": "node-b"}, "gossip": {**GOSSIP, "join": [a.listeners["gossip"]]}},
+                      name="node-b")
+    received = b""
+
+    def saw(kind: str) -> bool:
+        nonlocal received
+        stream.settimeout(0.2)
+        try:
+            received += stream.recv(65536)
+        except TimeoutError:
+            pass
+        return f"event: {kind}".encode() in received and b'"name":"node-b"' in received
+
+    wait_for(lambda: saw("member-joined"), timeout=15, what="member-joined event")
+    b.terminate()
+    wait_for(lambda: saw("member-left"), timeout=15, what="member-left event")
+    stream.close()
