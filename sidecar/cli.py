@@ -23,6 +23,10 @@ class UsageError(Exception):
     """Bad usage: exit 2."""
 
 
+class CommandFailed(Exception):
+    """The command could not do its job (e.g. the admin port is unreachable): exit 1, message only."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description="A sidecar proxy for microservices.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -69,6 +73,9 @@ def main(argv: list[str]) -> int:
     except UsageError as e:
         print(f"sidecar: {e}", file=sys.stderr)
         return 2
+    except CommandFailed as e:
+        print(f"sidecar: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # the last line of defence: one line, no traceback
@@ -120,9 +127,13 @@ def fetch_json(url: str) -> Any:
         with urllib.request.urlopen(url, timeout=5) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
-        raise RuntimeError(f"{url} answered {e.code}: {e.read().decode(errors='replace')[:200]}") from None
+        try:
+            message = json.loads(e.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = e.reason
+        raise CommandFailed(f"{url} answered {e.code}: {message}") from None
     except urllib.error.URLError as e:
-        raise RuntimeError(f"cannot reach the admin port at {url}: {e.reason}") from None
+        raise CommandFailed(f"cannot reach the admin port at {url}: {e.reason}") from None
 
 
 def show_view(view: str, admin: str, as_json: bool) -> int:
