@@ -46,7 +46,7 @@ def instance(node: str, name: str = "pay") -> ServiceMetadata:
 
 
 def test_local_changes_are_broadcast_with_growing_versions() -> None:
-    replication, gossip, catalog, _ = setup()
+    _, gossip, catalog, _ = setup()
     catalog.registry.register(build_section(ServiceConfig, {"name": "pay", "port": 1}), "config", 0.0, 1)
     catalog.registry.register(build_section(ServiceConfig, {"name": "inv", "port": 2}), "config", 0.0, 1)
     assert [key for key, _ in gossip.sent] == ["catalog:a", "catalog:a"]
