@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from sidecar import log as logs
+from sidecar.admin.dashboard import Dashboard
 from sidecar.admin.server import build_admin, read_token
 from sidecar.api.server import build_api
 from sidecar.catalog.checks import CheckRunner
@@ -32,6 +33,7 @@ from sidecar.gossip.errors import KeyringError
 from sidecar.gossip.node import GossipNode
 from sidecar.log import fields
 from sidecar.mesh.dataplane import DataPlane
+from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
 from sidecar.tls.errors import CertificateError
 from sidecar.tls.reloader import IdentityStore
 from sidecar.web import Site
@@ -89,6 +91,11 @@ class Sidecar:
         self._tls_watch: asyncio.Task[None] | None = None
         self.replication = CatalogReplication(self.catalog, self.gossip, self.bus, lambda: int(clock.wall() * 1000))
         self.sites: list[Site] = []
+        self.telemetry = Telemetry(config, clock)
+        self.metrics = build_registry(self.telemetry, self._metric_sources)
+        self.dashboard = Dashboard(self.telemetry, node=config.node.name, cluster=config.node.cluster,
+                                   members=self.members_json, catalog=self.catalog_json,
+                                   clusters=self.clusters_json)
         self.state = "starting"  # starting → ready → draining → stopped
         self.stop_requested = asyncio.Event()
 
@@ -100,7 +107,9 @@ class Sidecar:
             self.registry.register(spec, "config", now, now_ms)
         await self.checks.start()
         token = read_token(self.config.admin.token_file)
-        await self._start_site(Site("admin", build_admin(self, token), self.config.admin.listen))
+        self.telemetry.start()
+        extra = [*telemetry_routes(self.telemetry, self.metrics), *self.dashboard.routes()]
+        await self._start_site(Site("admin", build_admin(self, token, extra), self.config.admin.listen))
         await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock),
                                     self.config.api.listen))
         await self._start_dataplane()
@@ -129,6 +138,7 @@ class Sidecar:
             except CertificateError as e:
                 raise StartupError(f"tls: {e}", exit_code=2) from None
         self.dataplane = DataPlane(self.config, self.catalog, self.registry, self.store, self.clock)
+        self.dataplane.request_listeners.append(self.telemetry.on_request)
         try:
             bound = await self.dataplane.start()
         except OSError as e:
@@ -201,9 +211,11 @@ class Sidecar:
 
     async def _stop_parts(self) -> None:
         self.bus.close_all()  # ends event streams, so listeners close without waiting on them
+        self.dashboard.close()
         if self.dataplane is not None:
             # listeners close, requests in flight get DRAIN_GRACE to finish
             await self.dataplane.stop(DRAIN_GRACE)
+        await self.telemetry.stop()   # after the last request: its span is flushed
         if self._tls_watch is not None:
             self._tls_watch.cancel()
         if self.gossip.bound is not None:
@@ -214,6 +226,10 @@ class Sidecar:
         for site in reversed(self.sites):
             await site.stop()
         await self.checks.stop()
+
+    def _metric_sources(self) -> Sources:
+        return Sources(dataplane=self.dataplane, gossip=self.gossip, dns=self.dns, identity=self.store,
+                       messaging=getattr(self, "messaging", None), catalog=self.catalog)
 
     def _now(self) -> tuple[float, int]:
         return self.clock.monotonic(), int(self.clock.wall() * 1000)
@@ -238,6 +254,9 @@ class Sidecar:
 
     def services_json(self) -> list[dict[str, Any]]:
         return [i.to_json() for i in self.registry.instances()]
+
+    def clusters_json(self) -> dict[str, Any]:
+        return self.dataplane.clusters_json() if self.dataplane is not None else {}
 
     def gossip_json(self) -> dict[str, Any]:
         address = self.gossip.address

@@ -4,6 +4,7 @@ set, need ``Authorization: Bearer TOKEN``."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -27,6 +28,7 @@ class Process(Protocol):
     def catalog_json(self) -> dict[str, list[dict[str, Any]]]: ...
     def services_json(self) -> list[dict[str, Any]]: ...
     def gossip_json(self) -> dict[str, Any]: ...
+    def clusters_json(self) -> dict[str, Any]: ...
     def keys_json(self) -> dict[str, Any]: ...
     def key_action(self, action: str, key: str) -> dict[str, Any]: ...
     async def drain(self) -> dict[str, Any]: ...
@@ -41,7 +43,9 @@ def read_token(path: str | None) -> str | None:
         return f.read().strip()
 
 
-def build_admin(process: Process, token: str | None) -> web.Application:
+def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.RouteDef] = ()) -> web.Application:
+    """``extra_routes``: read-only routes other parts serve here (telemetry: /metrics, /v1/metrics..., the
+    dashboard at /)."""
     routes = web.RouteTableDef()
 
     def mutating(handler: Handler) -> Handler:
@@ -91,6 +95,10 @@ def build_admin(process: Process, token: str | None) -> web.Application:
     async def services(request: web.Request) -> web.Response:
         return json_response(process.services_json())
 
+    @routes.get("/clusters")
+    async def clusters(request: web.Request) -> web.Response:
+        return json_response(process.clusters_json())
+
     @routes.get("/gossip")
     async def gossip(request: web.Request) -> web.Response:
         return json_response(process.gossip_json())
@@ -136,6 +144,7 @@ def build_admin(process: Process, token: str | None) -> web.Application:
 
     app = web.Application(middlewares=[errors_middleware])
     app.add_routes(routes)
+    app.add_routes(list(extra_routes))
     return app
 
 

@@ -30,6 +30,7 @@ from sidecar.gossip.core import (
     MemberSuspect,
     MemberUpdated,
     RemoteState,
+    SyncCompleted,
     UserMessage,
 )
 from sidecar.gossip.state import MemberView
@@ -108,6 +109,10 @@ class CatalogReplication:
         elif isinstance(event, MemberDead | MemberLeft):
             self._member_gone(event.member)
             self._publish(event)
+        elif isinstance(event, SyncCompleted):
+            if event.join and event.ok:
+                # our state went to the seed only; say it to everyone now rather than at the next push-pull
+                self.local_changed()
         elif isinstance(event, MemberReaped):
             self._publish(event)
 

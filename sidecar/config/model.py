@@ -347,10 +347,62 @@ class AuthorizationConfig:
     rules: list[AuthorizationRule] = field(default_factory=list)
 
 
+def _topic(value: str) -> str | None:
+    # topics name URL path segments (/v1/publish/TOPIC) and rows of the outbox: keep them plain
+    if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$", value):
+        return None
+    return "must be a topic name: letters, digits, '.', '_' and '-', 1 to 200 characters"
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionConfig:
-    topic: str
+    topic: str = field(metadata={"check": _topic})
     path: str = field(metadata={"check": _url_path})
+    # which local service receives the messages; None means the first service of this node
+    service: str | None = field(default=None, metadata={"check": dns_label})
+
+
+@dataclass(frozen=True, slots=True)
+class MessagingRetention:
+    """How much a publisher keeps for subscribers that are behind (down, slow); the oldest beyond either
+    bound is dead-lettered (reason ``retention-age`` or ``retention-bytes``), logged and counted."""
+
+    # a day covers a subscriber down over a night or a weekend deploy freeze's first day
+    age: Duration = field(default=Duration(86400), metadata={"check": _positive})
+    # message bodies kept in the outbox (bytes); 256 MiB fits any laptop's disk and most volumes
+    bytes: int = field(default=256 << 20, metadata={"check": _at_least_one})
+
+
+@dataclass(frozen=True, slots=True)
+class MessagingQueue:
+    """Backpressure: beyond either bound, publish answers 429 RESOURCE_EXHAUSTED instead of growing."""
+
+    # messages in the outbox not yet settled (acked or dead-lettered) by every subscriber, plus publishes
+    # waiting for the disk; Dapr/NATS-style flow control rather than unbounded buffering
+    max_pending: int = field(default=100_000, metadata={"check": _at_least_one})
+    # bytes of publishes waiting for their group commit (memory, not disk)
+    max_write_bytes: int = field(default=64 << 20, metadata={"check": _at_least_one})
+
+
+def _messaging_backoff() -> BackoffConfig:
+    # redelivery is not an RPC retry: start at 100ms, cap at 10s so a recovered subscriber is found quickly
+    return BackoffConfig(base=Duration(0.1), max=Duration(10))
+
+
+@dataclass(frozen=True, slots=True)
+class MessagingConfig:
+    # deliveries the subscriber app answered with 429/5xx or timed out on, before a message is dead-lettered;
+    # attempts that found no live instance do not count (the stream waits, within retention)
+    max_attempts: int = field(default=10, metadata={"check": _at_least_one})
+    retry_backoff: BackoffConfig = field(default_factory=_messaging_backoff)
+    # one delivery to a subscriber app, to its response head
+    delivery_timeout: Duration = field(default=Duration(10), metadata={"check": _positive})
+    # request-response (POST /v1/messages/SERVICE) to the target app's answer
+    request_timeout: Duration = field(default=Duration(30), metadata={"check": _positive})
+    retention: MessagingRetention = field(default_factory=MessagingRetention)
+    queue: MessagingQueue = field(default_factory=MessagingQueue)
+    # dead letters kept; beyond, the oldest are purged (logged and counted)
+    max_dead_letters: int = field(default=100_000, metadata={"check": _at_least_one})
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,10 +414,20 @@ class TracingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    # off unless asked for, as Envoy's: one line per request is the costliest thing the proxy can do per request
+    enabled: bool = False
+    # json: one object per line for collectors; text: key=value, for people
+    format: Literal["text", "json"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
 class TelemetryConfig:
     retention: Duration = field(default=Duration(900), metadata={"check": _positive})
     max_samples: int = field(default=100_000, metadata={"check": _at_least_one})
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    # logger sidecar.access, on stderr like every other log line
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +453,7 @@ class Config:
     policies: dict[str, PolicyConfig] = field(default_factory=lambda: {"*": PolicyConfig()})
     authorization: AuthorizationConfig = field(default_factory=AuthorizationConfig)
     subscriptions: list[SubscriptionConfig] = field(default_factory=list)
+    messaging: MessagingConfig = field(default_factory=MessagingConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 

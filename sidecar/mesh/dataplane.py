@@ -11,7 +11,12 @@ The stack, top-down (each part is its own module):
   ``upstreams`` entry (``protocol: http``: every request goes to that service; ``protocol: tcp``: raw bytes
   through a tunnel), and ``inbound.listen`` (:mod:`sidecar.mesh.inbound`, mTLS only);
 * naming (:mod:`sidecar.mesh.naming`): which service a Host names;
-* router (:mod:`sidecar.mesh.router`): which instance, and so which peer sidecar, gets the request;
+* router (:mod:`sidecar.mesh.router`): the instances, and so the peer sidecars, that may get the request;
+* resilience (:mod:`sidecar.resilience`): per destination service, the deadline (sent on in
+  ``x-sidecar-deadline-ms``), resource caps, the pick among the instances (healthy before degraded, ejected
+  outliers left out, then round robin, least request or peak EWMA), retries with back-off and a budget; every
+  request carries a :class:`~sidecar.resilience.Call` (the Targets' ``retry``, ``observer`` and ``tag``);
+  inbound, the caller's deadline caps how long the local app is waited for;
 * a :class:`~sidecar.proxy.Target` per endpoint, cached until the catalog or our TLS context changes: the peer's
   inbound address, ``store.client_context`` (new connections pick up a rotated certificate), a per-peer
   ``server_hostname`` (the TLS session cache key), the destination's policy timeouts, a pool per peer;
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -50,7 +56,7 @@ from sidecar.mesh.inbound import (
     set_caller,
 )
 from sidecar.mesh.naming import ServiceName
-from sidecar.mesh.router import Endpoint, LocalInbound, Router
+from sidecar.mesh.router import Endpoint, EndpointSet, LocalInbound, Router
 from sidecar.proxy import (
     ConnectionInfo,
     HttpProxy,
@@ -64,7 +70,12 @@ from sidecar.proxy import (
     TcpRelay,
 )
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
+from sidecar.proxy.target import RouteResult
+from sidecar.resilience import Call, Resilience
+from sidecar.tls import reasons
 from sidecar.tls.context import peer_server_name
+from sidecar.tls.errors import PeerRefused
+from sidecar.tls.identity import PeerIdentity
 from sidecar.tls.reloader import IdentityStore
 
 log = logging.getLogger("sidecar.mesh")
@@ -136,10 +147,12 @@ class _Targets:
     connections are closed by the pool sweeper, and requests on them finish undisturbed.
     """
 
-    __slots__ = ("_config", "_context", "_generation", "_targets", "_version", "kind")
+    __slots__ = ("_config", "_context", "_generation", "_peer_check", "_targets", "_version", "kind")
 
-    def __init__(self, config: Config, kind: str) -> None:
+    def __init__(self, config: Config, kind: str,
+                 peer_check: Callable[[Endpoint], Callable[[ssl.SSLObject], object]] | None = None) -> None:
         self._config = config
+        self._peer_check = peer_check
         self.kind = kind
         self._version = -1
         self._context: ssl.SSLContext | None = None
@@ -167,14 +180,38 @@ class _Targets:
         host, port = endpoint.address
         return Target(endpoint.address, ssl=context, server_hostname=peer_server_name(host, port),
                       pool_key=(self.kind, endpoint.address, self._generation), timeout=timeout,
-                      try_timeout=try_timeout, tag=endpoint)
+                      try_timeout=try_timeout, tag=endpoint,
+                      verify=self._peer_check(endpoint) if self._peer_check is not None else None)
+
+
+class _Peers:
+    """What the resilience layers ask of the data plane: a name's endpoints now, an endpoint's Target."""
+
+    __slots__ = ("_catalog", "_context", "_router", "_targets")
+
+    def __init__(self, catalog: MeshCatalog, router: Router, targets: _Targets,
+                 context: Callable[[], ssl.SSLContext]) -> None:
+        self._catalog = catalog
+        self._router = router
+        self._targets = targets
+        self._context = context
+
+    def endpoints(self, name: ServiceName) -> EndpointSet:
+        return self._router.endpoints(self._catalog.snapshot(), name)
+
+    def target(self, endpoint: Endpoint) -> Target:
+        return self._targets.get(endpoint, self._catalog.snapshot().version, self._context())
 
 
 class DataPlane:
-    """Every data-plane listener of one sidecar, built from the config; see the module's doc."""
+    """Every data-plane listener of one sidecar, built from the config; see the module's doc.
+
+    ``rng`` drives the balancers and the back-off jitter (seed it in tests); ``jitter`` 0 makes back-off exact.
+    """
 
     def __init__(self, config: Config, catalog: MeshCatalog, registry: LocalRegistry, store: IdentityStore | None,
-                 clock: Clock, *, limits: ProxyLimits = DEFAULT_PROXY_LIMITS, ids: IdSource | None = None) -> None:
+                 clock: Clock, *, limits: ProxyLimits = DEFAULT_PROXY_LIMITS, ids: IdSource | None = None,
+                 rng: random.Random | None = None, jitter: float = 1.0) -> None:
         self.config = config
         self.catalog = catalog
         self.registry = registry
@@ -186,9 +223,13 @@ class DataPlane:
         self.names = Names(config.dns.domain)
         self.router = Router()
         self.pools = Pools(head_limits=limits.head)
-        self._http_targets = _Targets(config, "http")
-        self._tunnel_targets = _Targets(config, "tunnel")
+        self._http_targets = _Targets(config, "http", self._peer_check)
+        self._tunnel_targets = _Targets(config, "tunnel", self._peer_check)
         self._no_tls = Unavailable(NO_TLS_MESSAGE, {"reason": "no-tls"})
+        self.resilience = Resilience(config, rng=rng, jitter=jitter)
+        self._now: Callable[[], float] = clock.monotonic   # the loop's clock once started (the engine's)
+        self._http_peers = _Peers(catalog, self.router, self._http_targets, self._client_context)
+        self._tunnel_peers = _Peers(catalog, self.router, self._tunnel_targets, self._tunnel_context)
         self.outbound = HttpProxy(self._route_outbound, name="outbound", limits=limits, pools=self.pools,
                                   on_request_done=self._outbound_done, ids=ids)
         self.upstreams: dict[str, HttpProxy | TcpRelay] = {}
@@ -202,7 +243,7 @@ class DataPlane:
         if store is not None:
             self.routes = InboundRoutes(store, self.local, Decisions(Authorizer(config.authorization)),
                                         self.names, self.stats)
-            http = HttpProxy(self.routes.http, name="inbound", limits=limits, on_request_done=self._inbound_done,
+            http = HttpProxy(self._route_inbound, name="inbound", limits=limits, on_request_done=self._inbound_done,
                              ids=ids)
             tunnels = TcpRelay(self.routes.tunnel, name="inbound-tcp", limits=limits,
                                on_connection_done=self._inbound_tunnel_done)
@@ -217,6 +258,7 @@ class DataPlane:
         When ``inbound.listen`` has port 0 and no ``inbound.advertise`` is set, the catalog's entry for this
         node is updated with the bound port, so that peers learn where to dial.
         """
+        self._now = asyncio.get_running_loop().time
         if self.inbound is not None:
             listen = self.config.inbound.listen
             host, port = await self.inbound.start(listen.host, listen.port)
@@ -248,19 +290,43 @@ class DataPlane:
 
     # ------------------------------------------------------------------------------------ outbound
 
-    def _route_outbound(self, head: RequestHead, conn: ConnectionInfo) -> Target:
+    def _route_outbound(self, head: RequestHead, conn: ConnectionInfo) -> RouteResult:
         if self.store is None:
             raise self._no_tls
         name = self.names.parse(head.host)
         if name is None:
             raise no_service_named(head.host)
         set_caller(head, None)  # only the destination's sidecar says who calls
-        return self._peer(name, self._http_targets, self.store.client_context)
+        return self.resilience.outbound(head, name, self._http_peers, self._now())
 
-    def _peer(self, name: ServiceName, targets: _Targets, context: ssl.SSLContext) -> Target:
-        snapshot = self.catalog.snapshot()
-        endpoint = self.router.pick(snapshot, name)
-        return targets.get(endpoint, snapshot.version, context)
+    def _client_context(self) -> ssl.SSLContext:
+        assert self.store is not None
+        return self.store.client_context
+
+    def _tunnel_context(self) -> ssl.SSLContext:
+        assert self.store is not None
+        return self.store.tunnel_context
+
+    def _route_inbound(self, head: RequestHead, conn: ConnectionInfo) -> Target:
+        target = self.routes.http(head, conn)
+        tag = target.tag
+        return self.resilience.inbound(head, target, tag.service) if isinstance(tag, LocalApp) else target
+
+    def _peer_check(self, endpoint: Endpoint) -> Callable[[ssl.SSLObject], object]:
+        """What the sidecar at ``endpoint`` must prove on each new connection (SPEC: Identity): a SPIFFE ID of
+        our trust domain naming a service the catalog places on its node. A sidecar has one identity even when
+        it hosts several services, so "the destination service itself" would refuse its other services."""
+        store = self.store
+        assert store is not None  # only peers of a sidecar with tls are dialled
+        hosted = {i.name for i in self.catalog.snapshot().instances if i.node == endpoint.node} | {endpoint.service}
+
+        def check(ssl_object: ssl.SSLObject) -> PeerIdentity:
+            peer = store.verify_peer(ssl_object)
+            if peer.service not in hosted:
+                raise PeerRefused(reasons.wrong_service("server", peer.spiffe_id, endpoint.service))
+            return peer
+
+        return check
 
     def _upstream(self, upstream: UpstreamConfig, limits: ProxyLimits, ids: IdSource | None) -> HttpProxy | TcpRelay:
         name = ServiceName(upstream.service)
@@ -270,32 +336,45 @@ class DataPlane:
             def connect(info: ConnectionInfo) -> Target:
                 if self.store is None:
                     raise self._no_tls
-                return self._peer(name, self._tunnel_targets, self.store.tunnel_context)
+                return self.resilience.tunnel(name, self._tunnel_peers, self._now())
 
             def tunnel_done(stats: RelayStats) -> None:
+                self.resilience.tunnel_done(stats, self._now())
                 self.stats.tunnel("upstream", name.service, stats)
 
             return TcpRelay(connect, name=f"upstream:{name.service}", limits=limits,
                             on_connection_done=tunnel_done, preamble=lambda target, info: header)
 
-        def route(head: RequestHead, conn: ConnectionInfo) -> Target:
+        def route(head: RequestHead, conn: ConnectionInfo) -> RouteResult:
             if self.store is None:
                 raise self._no_tls
             head.host = name.service  # the peer's inbound finds the service by Host
             set_caller(head, None)
-            return self._peer(name, self._http_targets, self.store.client_context)
+            return self.resilience.outbound(head, name, self._http_peers, self._now())
 
         def done(stats: RequestStats) -> None:
-            self._count("upstream", name.service, stats)
+            self._count("upstream", name.service, self._settle(stats))
 
         return HttpProxy(route, name=f"upstream:{name.service}", limits=limits, pools=self.pools,
                          on_request_done=done, ids=ids)
 
     # ------------------------------------------------------------------------------------ accounting
 
+    def _settle(self, stats: RequestStats) -> RequestStats:
+        """Release what the request's Call held; listeners see the last attempt's Endpoint as the tag."""
+        call = stats.tag
+        if not isinstance(call, Call):
+            return stats
+        self.resilience.request_done(call)
+        return replace(stats, tag=call.endpoint) if self.request_listeners else stats
+
     def _outbound_done(self, stats: RequestStats) -> None:
+        call = stats.tag
+        stats = self._settle(stats)
         tag = stats.tag
-        if isinstance(tag, Endpoint):
+        if isinstance(call, Call):
+            service = call.service
+        elif isinstance(tag, Endpoint):
             service = tag.service
         else:
             name = self.names.parse(stats.host)
@@ -324,6 +403,20 @@ class DataPlane:
             listener_fn(listener, stats)
 
     # ------------------------------------------------------------------------------------ views
+
+    def clusters_json(self) -> dict[str, Any]:
+        """GET /clusters: per upstream service used so far, its instances (address, node, health, ejection,
+        in flight, latency EWMA, requests, failures), resource caps with their rejections, the retry budget."""
+        now = self._now()
+        snapshot = self.catalog.snapshot()
+        return self.resilience.clusters_json(now, self.clock.wall() - now,
+                                             lambda service: self.router.endpoints(snapshot, ServiceName(service)))
+
+    def resilience_samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """For /metrics: ``(name, labels, value)`` per destination service; names ending in ``_total`` are
+        counters (requests, retries, retries denied by reason, overflows by cap, ejections, panics), the rest gauges
+        (resources in use by kind, ejected hosts, retry budget left)."""
+        return self.resilience.samples(self._now())
 
     def status(self) -> dict[str, Any]:
         """For the admin port: listeners, counters, pools to peers."""

@@ -1,7 +1,8 @@
 """Which instance of a service a request goes to: endpoints from a catalog snapshot, and the pick among them.
 
-Pure: a snapshot in, endpoints out; the pick keeps only a counter per service. The resilience issue replaces
-:class:`RoundRobin` with an EWMA balancer (same :class:`Balancer` shape) without touching the listeners.
+Pure: a snapshot in, endpoints out; the pick keeps only a counter per service. The data plane's own pick is in
+:mod:`sidecar.resilience` (ejected outliers left out, round robin / least request / peak EWMA per policy, another
+instance on a retry): it takes :meth:`Router.endpoints` and leaves :meth:`Router.pick` to simpler callers.
 
 Endpoints are sidecars, not apps: each instance is reached at its node's inbound listener
 (``snapshot.nodes[instance.node].address : inbound_port``), which hands the request to the app. An instance

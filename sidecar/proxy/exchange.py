@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from sidecar.errors import DeadlineExceeded, SidecarError, rescue
@@ -61,7 +62,9 @@ class Exchange:
         "_retry_handle",
         "_route_task",
         "attempt",
+        "attempt_sent",
         "attempt_started",
+        "clock_start",
         "close_after",
         "conn",
         "deadline",
@@ -101,6 +104,7 @@ class Exchange:
         self.down = down
         self.head = head
         self.started = now
+        self.clock_start = perf_counter()
         self.last_activity = now
         self.target: Target | None = None
         self.pool: UpstreamPool | None = None
@@ -108,6 +112,7 @@ class Exchange:
         self.head_bytes = b""
         self.attempt = 0
         self.attempt_started = now
+        self.attempt_sent: float | None = None
         self.sent_any = False
         self.stale_retried = False
         self.deadline: float | None = None
@@ -208,6 +213,7 @@ class Exchange:
         self.target = target
         self.attempt += 1
         self.attempt_started = now
+        self.attempt_sent = None
         self.sent_any = False
         self.try_deadline = None if target.try_timeout is None else now + target.try_timeout
         self._arm_timer(now)
@@ -254,6 +260,7 @@ class Exchange:
         if self.request_done and self.head.chunked:
             out.append(LAST_CHUNK)
         self.sent_any = True
+        self.attempt_sent = self.down.loop.time()
         conn.writelines(out)
         self.down.pause_for("pending", False)
 
@@ -461,7 +468,7 @@ class Exchange:
     def _record(self, failure: UpstreamFailure | None, status: int | None, now: float) -> AttemptRecord:
         assert self.target is not None
         return AttemptRecord(self.attempt, self.target, self.head.method, failure, status, self.sent_any,
-                             self.replayable, self.attempt_started, now)
+                             self.replayable, self.attempt_started, now, self.attempt_sent)
 
     def _observe(self, record: AttemptRecord) -> None:
         observer = record.target.observer
@@ -564,6 +571,9 @@ class Exchange:
             log.error("proxy error on %s %r", self.head.method, self.head.target, exc_info=exc)
         if self.error is None:
             self.error = "local"
+        route = self._route_task
+        if route is not None and not route.done() and route is not asyncio.current_task():
+            route.cancel()   # an asynchronous route still deciding (waiting for a slot): it must let go of it
         self._drop_conn(abort=True)
         if self.pool is not None:
             self.pool.cancel(self)
@@ -634,6 +644,7 @@ class Exchange:
             self.started, self.response_started, now, self.attempt,
             None if target is None else target.authority, None if target is None else target.tag,
             self.request_id, self.trace_id, self.span_id, self.parent_span_id, self.upgraded,
+            perf_counter() - self.clock_start, self.down.info,
         )
         try:
             callback(stats)

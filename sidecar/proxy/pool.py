@@ -4,6 +4,10 @@
 lets the rest time out), or dials a new one and calls the waiter back. At ``max_connections`` waiters
 queue for a released connection; beyond ``max_pending`` they fail with 429 at once.
 
+Identity: a Target's ``verify`` runs once on each new TLS connection, inside :func:`dial` (so pooled HTTP
+connections and TCP relay tunnels alike), before the connection is used or pooled; a refusal closes it and
+fails the attempt as :class:`ConnectFailure`. Requests on a pooled connection pay nothing for it.
+
 TLS session reuse: ``loop.create_connection`` has no parameter for an ``ssl.SSLSession``, but both
 uvloop and asyncio create the TLS object by calling ``sslcontext.wrap_bio(...)`` from Python while the
 connection is being made. :func:`_enable_session_reuse` gives the context (once) an instance-level
@@ -239,7 +243,25 @@ async def dial(target: Target, factory: Callable[[], _P], timeout: float,
         raise _connect_failure(target.authority, e, timeout) from e
     finally:
         _session_to_offer.set(None)
+    if target.verify is not None:
+        _verify_peer(target, transport)
     return transport, protocol
+
+
+def _verify_peer(target: Target, transport: asyncio.Transport) -> None:
+    """Run the target's identity check on a new TLS connection; refuse (close, ConnectFailure) if it raises."""
+    assert target.verify is not None
+    ssl_object = transport.get_extra_info("ssl_object")
+    try:
+        if ssl_object is None:
+            raise ValueError("the connection is not TLS, so the peer cannot be identified")
+        target.verify(ssl_object)
+    except Exception as e:
+        transport.abort()
+        reason = f"peer identity refused: {e}"
+        # a peer that answers with the wrong identity is a misrouting or an impostor: worth a warning each time
+        log.warning("refused upstream %s: %s", target.authority, reason)
+        raise ConnectFailure(target.authority, reason, {"tls": True, "identity": "refused"}) from e
 
 
 def _connect_failure(address: str, e: BaseException, timeout: float) -> ConnectFailure:

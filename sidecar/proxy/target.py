@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
+from ssl import SSLObject
 from typing import Any, Protocol
 
 from sidecar.proxy.failures import FailureKind, UpstreamFailure
@@ -21,6 +22,12 @@ class Target:
     (the SPEC's policy ``timeout``); ``try_timeout`` bounds one attempt to its response head. Both None: only
     the listener's stream idle timeout applies. ``tag`` is opaque to the engine (the router's endpoint) and
     comes back in :class:`AttemptRecord` and :class:`RequestStats`.
+
+    ``verify`` checks who answered a TLS dial: it is called once per new connection, right after the handshake
+    and before the connection carries anything or joins the pool, with the connection's ``ssl.SSLObject``
+    (a resumed session still shows the peer certificate). It raises to refuse the peer: the connection is
+    closed and the attempt fails as :class:`ConnectFailure` naming the reason. Per connection, never per
+    request. Targets sharing a ``pool_key`` must verify alike (a pooled connection was checked once).
     """
 
     address: tuple[str, int]
@@ -32,6 +39,7 @@ class Target:
     retry: RetryPolicy | None = None
     observer: Callable[[AttemptRecord], None] | None = None
     tag: Any = None
+    verify: Callable[[SSLObject], object] | None = None
     key: Hashable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +70,13 @@ class AttemptRecord:
     replayable: bool
     started: float                    # loop time the attempt began (connection requested)
     ended: float                      # loop time of the response head or the failure
+    sent_at: float | None = None      # loop time the request was written to a connection (None: never was)
+
+    @property
+    def latency(self) -> float:
+        """Time to the response head from the request's sending (from the attempt's start when never sent):
+        what a latency-aware balancer should see, without the time spent dialling."""
+        return self.ended - (self.started if self.sent_at is None else self.sent_at)
 
     @property
     def kind(self) -> FailureKind | None:
@@ -147,10 +162,14 @@ class RequestStats:
     span_id: str | None               # this hop's span (sent upstream as the traceparent parent-id)
     parent_span_id: str | None        # the caller's span, if it sent a traceparent
     upgraded: bool = False
+    # wall-clock-precise time from the request head to the end: uvloop's loop time has millisecond steps,
+    # too coarse for a hop that takes a few hundred microseconds
+    elapsed: float | None = None
+    conn: ConnectionInfo | None = None  # the client connection (peer identity on inbound)
 
     @property
     def duration(self) -> float:
-        return self.ended - self.started
+        return self.elapsed if self.elapsed is not None else self.ended - self.started
 
 
 RouteResult = Target | Awaitable[Target]

@@ -90,3 +90,12 @@ def test_garbage_is_counted_not_raised() -> None:
 def test_meta_round_trip() -> None:
     assert decode_meta(encode_meta(15006)) == 15006
     assert decode_meta(b"") == 0 and decode_meta(b"{bad") == 0 and decode_meta(b'{"inbound": -1}') == 0
+
+
+def test_a_successful_join_rebroadcasts_our_state() -> None:
+    from sidecar.gossip.core import SyncCompleted
+    replication, gossip, _, _ = setup()
+    replication.on_event(SyncCompleted(("10.0.0.9", 7946), True, True))
+    replication.on_event(SyncCompleted(("10.0.0.9", 7946), True, False))
+    replication.on_event(SyncCompleted(("10.0.0.9", 7946), False, True))
+    assert [key for key, _ in gossip.sent] == ["catalog:a"]

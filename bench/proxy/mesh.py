@@ -1,0 +1,373 @@
+"""wrk through real `sidecar run` processes, next to HAProxy and the bare engine, on the same nginx backend.
+
+    python -m bench.proxy.mesh [--runs 3] [--duration 5] [--concurrency 1 50] [--gc-freeze] [--profile 5]
+
+Setups (loopback, free ports, certificates from `sidecar certs init/issue` in a temporary folder):
+  direct         wrk -> nginx
+  haproxy-tls2   wrk -> HAProxy -> mTLS -> HAProxy -> nginx (the reference, from bench.proxy)
+  engine-tls2    wrk -> engine -> mTLS -> engine -> nginx (the bare engine, from bench.proxy)
+  sidecar-pair   wrk -> sidecar A outbound -> mTLS -> sidecar B inbound -> nginx: two `sidecar run` processes,
+                 gossip joined (profile local), B registers the service "bench-backend" whose port is nginx's,
+                 wrk sends `Host: bench-backend` to A's outbound listener. Every feature of the path is on:
+                 routing by Host from the gossiped catalog, policies (timeouts, retries), authorization,
+                 the caller's identity, x-request-id and traceparent, metrics.
+  sidecar-self   wrk -> sidecar outbound -> mTLS -> the same sidecar's inbound -> nginx: one process that
+                 hosts the service itself (an instance on the local node is reached through our own inbound,
+                 so identity and authorization are the same). There is no "one sidecar hop": the outbound
+                 alone cannot reach an app without a peer's inbound.
+  sidecar-pair-gcfreeze  (with --gc-freeze) the pair, each process calling gc.freeze() once started, through
+                 bench.proxy.gcfreeze (the sidecar has no switch for it).
+Runs alternate between setups. For each: median requests/s, p50/p99 latency and CPU µs per request summed over
+the setup's proxy processes (utime+stime from /proc). Ratios compare to HAProxy's mTLS pair.
+``--profile N`` then samples sidecar A and B with py-spy (pip install py-spy) for N seconds under c=50 and
+prints the top functions by own time and by total time.
+
+Exit status: 0 when done (or skipped for lack of wrk/haproxy/nginx), 1 when a server failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.proxy.__main__ import (
+    ROOT,
+    Result,
+    _duration_us,
+    cpu_seconds,
+    engine,
+    free_port,
+    haproxy,
+    make_certs,
+    nginx,
+    wait_port,
+)
+
+SERVICE = "bench-backend"
+TRUST_DOMAIN = "mesh.local"
+READY_TIMEOUT = 30.0
+NATIVE: list[str] = ["--native"] if os.environ.get("BENCH_PYSPY_NATIVE") else []
+REFERENCE = {"sidecar-pair": "haproxy-tls2", "sidecar-self": "haproxy-tls2", "sidecar-pair-gcfreeze": "haproxy-tls2",
+             "engine-tls2": "haproxy-tls2"}
+
+
+# ------------------------------------------------------------------------------------------ sidecars
+
+
+def sidecar_certs(folder: Path, *services: str) -> dict[str, dict[str, str]]:
+    """A CA and one certificate per service, made by the CLI a user would run."""
+    run = [sys.executable, "-m", "sidecar", "certs"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([*run, "init", "--dir", str(folder), "--trust-domain", TRUST_DOMAIN], check=True,
+                   capture_output=True, env=env, timeout=60)
+    out = {}
+    for service in services:
+        subprocess.run([*run, "issue", service, "--dir", str(folder), "--ttl", "24h"], check=True,
+                       capture_output=True, env=env, timeout=60)
+        out[service] = {"trust_domain": TRUST_DOMAIN, "ca": str(folder / "ca.pem"),
+                        "cert": str(folder / f"{service}.pem"), "key": str(folder / f"{service}-key.pem")}
+    return out
+
+
+def sidecar_config(folder: Path, name: str, tls: dict[str, str], services: list[dict[str, Any]],
+                   join: list[str]) -> dict[str, Any]:
+    return {
+        "node": {"name": name, "cluster": "bench", "data_dir": str(folder / f"data-{name}")},
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},
+        "api": {"listen": f"127.0.0.1:{free_port()}"},
+        "outbound": {"listen": f"127.0.0.1:{free_port()}"},
+        "inbound": {"listen": f"127.0.0.1:{free_port()}"},
+        "dns": {"listen": f"127.0.0.1:{free_port()}"},
+        "gossip": {"listen": f"127.0.0.1:{free_port()}", "profile": "local", "join": join},
+        "tls": tls,
+        "services": services,
+        "logging": {"level": "warning"},
+    }
+
+
+@contextmanager
+def sidecar(folder: Path, config: dict[str, Any], gc_freeze: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    name = config["node"]["name"]
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    module = "bench.proxy.gcfreeze" if gc_freeze else "sidecar"
+    log = (folder / f"{name}.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", module, "run", "-c", str(path)], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        port = int(config["admin"]["listen"].rsplit(":", 1)[1])
+        wait_port(port, proc, f"sidecar {name}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        log.close()
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return json.loads(response.read())
+
+
+def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: Path) -> None:
+    """Until the source's app API shows the service healthy (gossip joined, catalog spread)."""
+    url = f"http://{config['api']['listen']}/v1/catalog"
+    deadline = time.monotonic() + READY_TIMEOUT
+    last: Any = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sidecar exited with {proc.returncode}: "
+                               f"{(folder / (config['node']['name'] + '.log')).read_text()[-2000:]}")
+        try:
+            last = get_json(url)
+            if any(i.get("status") == "healthy" for i in last.get(SERVICE, [])):
+                return
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"{SERVICE} not in the catalog of {url} within {READY_TIMEOUT}s (last: {last!r})")
+
+
+def sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]],
+                 gc_freeze: bool = False) -> tuple[int, list[int]]:
+    suffix = "-frozen" if gc_freeze else ""
+    b = sidecar_config(folder, f"bench-b{suffix}", certs[SERVICE], [{"name": SERVICE, "port": backend}], [])
+    b_proc = stack.enter_context(sidecar(folder, b, gc_freeze))
+    a = sidecar_config(folder, f"bench-a{suffix}", certs["checkout"], [], [b["gossip"]["listen"]])
+    a_proc = stack.enter_context(sidecar(folder, a, gc_freeze))
+    wait_catalog(a, a_proc, folder)
+    return int(a["outbound"]["listen"].rsplit(":", 1)[1]), [a_proc.pid, b_proc.pid]
+
+
+def sidecar_self(stack: ExitStack, folder: Path, backend: int,
+                 certs: dict[str, dict[str, str]]) -> tuple[int, list[int]]:
+    s = sidecar_config(folder, "bench-self", certs[SERVICE], [{"name": SERVICE, "port": backend}], [])
+    proc = stack.enter_context(sidecar(folder, s))
+    wait_catalog(s, proc, folder)
+    return int(s["outbound"]["listen"].rsplit(":", 1)[1]), [proc.pid]
+
+
+# ------------------------------------------------------------------------------------------ wrk
+
+
+def wrk(port: int, concurrency: int, duration: float, host: str | None) -> tuple[float, float, float, int]:
+    header = ["-H", f"Host: {host}"] if host else []
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", *header,
+                          f"http://127.0.0.1:{port}/index.html"], capture_output=True, text=True, check=True,
+                         timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _duration_us(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _duration_us(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    for match in re.finditer(r"(?:Non-2xx or 3xx responses|Socket errors):\s*(.*)", out):
+        errors += sum(int(n) for n in re.findall(r"\d+", match.group(1)))
+    return rps, p50, p99, errors
+
+
+def measure(setup: str, port: int, pids: list[int], concurrency: int, duration: float, host: str | None) -> Result:
+    before = sum(cpu_seconds(pid) for pid in pids)
+    rps, p50, p99, errors = wrk(port, concurrency, duration, host)
+    used = sum(cpu_seconds(pid) for pid in pids) - before
+    requests = rps * duration
+    cpu = used / requests * 1e6 if pids and requests else None
+    return Result(setup, concurrency, rps, p50, p99, cpu, errors)
+
+
+def report(results: list[Result]) -> str:
+    lines = ["| setup | conc | req/s | p50 | p99 | CPU µs/req | req/s vs HAProxy mTLS pair | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    medians: dict[tuple[str, int], Result] = {}
+    for key in dict.fromkeys((r.setup, r.concurrency) for r in results):
+        runs = [r for r in results if (r.setup, r.concurrency) == key]
+        cpus = [r.cpu_us_per_request for r in runs if r.cpu_us_per_request is not None]
+        medians[key] = Result(key[0], key[1], statistics.median(r.rps for r in runs),
+                              statistics.median(r.p50_us for r in runs), statistics.median(r.p99_us for r in runs),
+                              statistics.median(cpus) if cpus else None, sum(r.errors for r in runs))
+    for (setup, concurrency), m in sorted(medians.items(), key=lambda kv: kv[0][1]):
+        ref = medians.get((REFERENCE.get(setup, ""), concurrency))
+        ratio = f"{m.rps / ref.rps:.0%}" if ref else ""
+        cpu = f"{m.cpu_us_per_request:.1f}" if m.cpu_us_per_request is not None else "-"
+        lines.append(f"| {setup} | {concurrency} | {m.rps:,.0f} | {m.p50_us:.0f} µs | {m.p99_us:.0f} µs | {cpu} | "
+                     f"{ratio} | {m.errors} |")
+    notes = []
+    direct = medians.get(("direct", 1))
+    if direct is not None:
+        for (setup, concurrency), m in medians.items():
+            if setup != "direct" and concurrency == 1:
+                notes.append(f"{setup}: p50 added at c=1: {m.p50_us - direct.p50_us:.0f} µs")
+    return "\n".join([*lines, "", *notes])
+
+
+# ------------------------------------------------------------------------------------------ profile
+
+
+def profile(port: int, pids: list[int], seconds: float, folder: Path) -> str:
+    """py-spy samples of each pid under a c=50 load; the top functions by own and by total samples."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return "profile skipped: py-spy is not installed (pip install py-spy)"
+    outputs = [folder / f"profile-{pid}.txt" for pid in pids]
+    spies = [subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "500",
+                               "--format", "raw", *(NATIVE or ["--nonblocking"]), "--output", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for pid, out in zip(pids, outputs,
+                                                                                                     strict=True)]
+    time.sleep(0.5)  # py-spy attaches
+    wrk(port, 50, seconds, SERVICE)
+    text = []
+    for pid, out, spy_proc in zip(pids, outputs, spies, strict=True):
+        _, err = spy_proc.communicate(timeout=seconds + 30)
+        if spy_proc.returncode != 0 or not out.exists():
+            text.append(f"py-spy failed on {pid}: {err.decode(errors='replace')[-500:]}")
+            continue
+        text.append(summarize(out.read_text(), f"pid {pid}"))
+    return "\n\n".join(text)
+
+
+def summarize(raw: str, title: str, top: int = 15) -> str:
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame(f) for f in stack.split(";")]
+        samples += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            total[frame] += count
+    if not samples:
+        return f"{title}: no samples"
+    where: Counter[str] = Counter()
+    for name, n in own.items():
+        where[_place(name)] += n
+    lines = [f"{title}: {samples} samples", "own time by place:"]
+    lines += [f"  {n / samples:6.1%}  {name}" for name, n in where.most_common(8)]
+    lines.append("own time:")
+    lines += [f"  {n / samples:6.1%}  {name}" for name, n in own.most_common(top)]
+    lines.append("total time (inclusive):")
+    lines += [f"  {n / samples:6.1%}  {name}" for name, n in total.most_common(top)]
+    return "\n".join(lines)
+
+
+def _place(frame: str) -> str:
+    """Where a frame's time goes: a syscall, the event loop, TLS, the parser, or Python code by package."""
+    match = re.search(r"\((.*)\)$", frame)
+    where = match.group(1) if match else frame
+    function = frame.split(" (")[0]
+    if where.startswith("libc"):
+        return "kernel: epoll wait" if function.startswith("epoll") else f"kernel: {function} (syscall)"
+    if "libssl" in where or "libcrypto" in where:
+        return "OpenSSL"
+    if where.endswith((".c", ".h")) or "python3" in where:
+        return "C (uvloop, CPython, llhttp)"
+    package = where.split("/")[0]
+    return f"Python: {package}/"
+
+
+def _frame(frame: str) -> str:
+    # py-spy raw frames: "function (path/to/file.py:LINE)"; drop the line so a function is one row
+    match = re.match(r"(.*) \((.*?)(?::\d+)?\)$", frame)
+    if not match:
+        return frame
+    function, path = match.groups()
+    short = "/".join(Path(path).parts[-2:])
+    return f"{function} ({short})"
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
+    parser.add_argument("--only", nargs="+", help="run only these setups (direct is always run)")
+    parser.add_argument("--gc-freeze", action="store_true", help="add the pair with gc.freeze() after start")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="then profile sidecar A and B with py-spy under c=50 for SECONDS")
+    args = parser.parse_args()
+    missing = [tool for tool in ("wrk", "haproxy", "nginx") if shutil.which(tool) is None]
+    if missing:
+        print(f"skipped: {', '.join(missing)} not installed (Debian packages wrk, haproxy, nginx-light)")
+        return 0
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-mesh-") as tmp, ExitStack() as stack:
+        folder = Path(tmp)
+        folder.chmod(0o755)  # nginx workers run as an unprivileged user when started by root
+        wanted = set(args.only or []) | {"direct"}
+
+        def want(name: str) -> bool:
+            return not args.only or name in wanted
+
+        setups: dict[str, tuple[int, list[int], str | None]] = {}
+        try:
+            backend = nginx(stack, folder)
+            setups["direct"] = (backend, [], None)
+            plain_certs = make_certs(folder)
+            if want("haproxy-tls2"):
+                inner, inner_pid = haproxy(stack, folder, "haproxy-inner", backend, plain_certs, tls_in=True)
+                outer, outer_pid = haproxy(stack, folder, "haproxy-outer", inner, plain_certs, tls_out=True)
+                setups["haproxy-tls2"] = (outer, [outer_pid, inner_pid], None)
+            if want("engine-tls2"):
+                inner, inner_pid = engine(stack, backend, plain_certs, tls_in=True)
+                outer, outer_pid = engine(stack, inner, plain_certs, tls_out=True)
+                setups["engine-tls2"] = (outer, [outer_pid, inner_pid], None)
+            mesh_certs = sidecar_certs(folder / "mesh", SERVICE, "checkout")
+            if want("sidecar-pair"):
+                port, pids = sidecar_pair(stack, folder, backend, mesh_certs)
+                setups["sidecar-pair"] = (port, pids, SERVICE)
+            if want("sidecar-self"):
+                port, pids = sidecar_self(stack, folder, backend, mesh_certs)
+                setups["sidecar-self"] = (port, pids, SERVICE)
+            if args.gc_freeze:
+                port, pids = sidecar_pair(stack, folder, backend, mesh_certs, gc_freeze=True)
+                setups["sidecar-pair-gcfreeze"] = (port, pids, SERVICE)
+        except (RuntimeError, subprocess.CalledProcessError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        for port, _, host in setups.values():  # warm up: connections, pools, TLS sessions
+            wrk(port, max(args.concurrency), 1.0, host)
+        for run in range(args.runs):
+            for concurrency in args.concurrency:
+                for name, (port, pids, host) in setups.items():
+                    result = measure(name, port, pids, concurrency, args.duration, host)
+                    results.append(result)
+                    print(f"run {run + 1} c={concurrency:<3} {name:<22} {result.rps:>9.0f} req/s  "
+                          f"p50 {result.p50_us:>7.0f}us  p99 {result.p99_us:>7.0f}us  "
+                          f"cpu {result.cpu_us_per_request or 0:>5.1f}us/req  errors {result.errors}",
+                          file=sys.stderr, flush=True)
+        print(report(results))
+        if args.profile and "sidecar-pair" in setups:
+            port, pids, _ = setups["sidecar-pair"]
+            print("\n## profile of the sidecar pair under c=50 (A = outbound side, B = inbound side)\n")
+            print(profile(port, pids, args.profile, folder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

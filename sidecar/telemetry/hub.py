@@ -1,0 +1,133 @@
+"""One object per process that every finished request and message reports to, and that the admin port reads.
+
+    telemetry = Telemetry(config, clock)
+    dataplane.request_listeners.append(telemetry.on_request)    # after the DataPlane is built
+    telemetry.start()                                           # in the loop: loop clock, lag timer
+    ...
+    await telemetry.stop()                                      # flushes the span exporter
+
+Per request (:meth:`Telemetry.on_request`, on the proxy's hot path, after the response was flushed): one
+:class:`~sidecar.telemetry.records.Record` appended to the ring, one counter/histogram update, and only when
+configured a span built and queued, an access-log line. Everything else happens when someone reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from sidecar.clock import Clock
+from sidecar.config.model import Config
+from sidecar.mesh.inbound import Names
+from sidecar.proxy.target import RequestStats
+from sidecar.telemetry.access import AccessLog
+from sidecar.telemetry.looplag import LoopLag
+from sidecar.telemetry.propagation import MessageTrace
+from sidecar.telemetry.records import RecordStore
+from sidecar.telemetry.requests import RequestMetrics
+from sidecar.telemetry.tracing import Tracer
+
+UNKNOWN = "unknown"
+
+
+def local_service_name(config: Config) -> str:
+    """The ``source`` of this node's outbound requests: its first service (a sidecar usually serves one app),
+    else the node's name."""
+    return config.services[0].name if config.services else config.node.name
+
+
+class Telemetry:
+    """See the module's doc. ``tracer`` and ``access_log`` default to what ``config.telemetry`` asks for."""
+
+    def __init__(self, config: Config, clock: Clock, *, tracer: Tracer | bool | None = True,
+                 access_log: AccessLog | bool | None = True) -> None:
+        settings = config.telemetry
+        self.config = config
+        self.clock = clock
+        self.records = RecordStore(settings.max_samples, float(settings.retention))
+        self.requests = RequestMetrics()
+        self.source = local_service_name(config)
+        self.resource = {"service.name": self.source, "service.instance.id": config.node.name,
+                         "service.namespace": config.node.cluster, "sidecar.node": config.node.name}
+        if tracer is True:
+            tracer = Tracer.from_config(settings.tracing, self.resource)
+        self.tracer: Tracer | None = tracer or None
+        if access_log is True:
+            access_log = AccessLog(settings.access_log.format) if settings.access_log.enabled else None
+        self.access: AccessLog | None = access_log or None
+        self.lag = LoopLag()
+        self.names = Names(config.dns.domain)
+        self.now: Callable[[], float] = clock.monotonic   # the loop's clock once started, like the engine's
+        self.messages = 0
+
+    def start(self) -> None:
+        """In the running loop: read time as the engine does (``loop.time``) and start the lag timer."""
+        self.now = asyncio.get_running_loop().time
+        self.lag.start()
+
+    async def stop(self) -> None:
+        self.lag.stop()
+        if self.tracer is not None:
+            # the exporter's flush blocks on the network (bounded by its timeout): not on the loop
+            await asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)
+        if self.access is not None:
+            self.access.close()
+
+    def wall_offset(self) -> float:
+        """Wall clock minus loop clock: turns loop times into epoch seconds."""
+        return self.clock.wall() - self.now()
+
+    # ------------------------------------------------------------------------------------ hot path
+
+    def on_request(self, listener: str, stats: RequestStats) -> None:
+        """``DataPlane.request_listeners`` callback: ``listener`` is outbound, upstream or inbound."""
+        inbound = listener == "inbound"
+        direction = "inbound" if inbound else "outbound"
+        service = getattr(stats.tag, "service", None)
+        label = service or UNKNOWN
+        if service is None:
+            name = self.names.parse(stats.host)
+            service = name.service if name is not None else UNKNOWN
+        status = stats.status
+        failed = stats.error is not None or status == 0 or status >= 500
+        duration = stats.duration
+        peer = getattr(stats, "conn", None) if inbound else None
+        if inbound:
+            caller = None if peer is None else peer.data.get("caller")
+            source = UNKNOWN if caller is None else getattr(caller, "service", UNKNOWN)
+        else:
+            source = self.source
+        self.records.append(service, stats.method, duration, stats.started, not failed, direction)
+        self.requests.record(direction, source, label, stats.method, status, failed, duration,
+                             stats.request_bytes, stats.response_bytes)
+        if self.tracer is not None:
+            self.tracer.request(direction, stats, service, self.wall_offset(), peer)
+        if self.access is not None:
+            self.access.request(direction, service, stats, peer)
+
+    # ------------------------------------------------------------------------------------ messages
+
+    def on_message(self, service: str, method: str, started: float, ended: float, ok: bool, *,
+                   direction: str = "outbound", trace: MessageTrace | None = None, message_id: str | None = None,
+                   error: str | None = None) -> None:
+        """For the messaging engine: one performance record per message operation (``service`` the target
+        service or topic, ``method`` ``publish`` | ``request`` | ``deliver``; ``started``/``ended`` in loop
+        time, i.e. :meth:`now`), and its span when ``trace`` is given and tracing is on."""
+        self.messages += 1
+        self.records.append(service, method, ended - started, started, ok, direction)
+        if self.tracer is not None and trace is not None:
+            operation = {"publish": "publish", "request": "send", "deliver": "process"}.get(method, method)
+            self.tracer.message(operation, service, trace, started, ended, self.wall_offset(),
+                                message_id=message_id, error=error if error is not None or ok else "error")
+
+    # ------------------------------------------------------------------------------------ views
+
+    def status(self) -> dict[str, Any]:
+        return {"records": len(self.records), "maxSamples": self.records.max_samples,
+                "retentionSeconds": self.records.retention,
+                "tracing": None if self.tracer is None else {"spans": self.tracer.spans,
+                                                             "unsampled": self.tracer.unsampled,
+                                                             "ratio": self.tracer.sampler.ratio},
+                "accessLog": None if self.access is None else {"lines": self.access.lines},
+                "eventLoopLagMs": round(self.lag.last * 1000.0, 3)}

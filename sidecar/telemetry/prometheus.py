@@ -1,0 +1,411 @@
+"""``GET /metrics``: the Prometheus text format, from a per-process ``CollectorRegistry`` whose collectors read
+the parts' plain counters when scraped. Nothing here runs per request.
+
+Every family is named ``sidecar_*`` and has HELP and TYPE. What each part must expose (read with ``getattr``, so
+a part that is absent or older simply contributes nothing):
+
+* telemetry (:class:`~sidecar.telemetry.hub.Telemetry`): ``requests`` (RequestMetrics), ``records``, ``lag``,
+  ``tracer``, ``access``;
+* data plane: ``stats`` (MeshStats: ``errors``, ``denials``, ``tunnels``, ``tunnel_bytes``, ``no_tls``), ``pools``
+  (iterable of pools with ``idle``, ``busy``, ``dialed``), ``inbound`` (``handshakes`` Counter by caller SPIFFE ID,
+  ``refused``, ``shed``, ``tunnel_refused``), ``resilience.samples(now)`` → ``[(name, labels, value)]`` (counters'
+  names end in ``_total``: retries, retries denied by reason — ``budget`` is budget exhaustion —, overflow by cap —
+  the breaker's rejections —, ejections, ejected hosts, active resources, budget available);
+* identity store: ``refusals.counts`` (Counter by :class:`~sidecar.tls.reasons.Refusal`), ``rotations``;
+* gossip: ``counters()`` (dict: packets/bytes in and out, probes, suspicions, refutations, ..., ``refused_*``),
+  ``members()`` (views with ``.state``);
+* DNS: ``counters.as_dict()`` (``queries_by_rcode`` and scalar counters);
+* messaging: ``counters`` (Counter: ``published``, ``delivered``, ``redelivered``, ``dead_lettered:REASON``...)
+  and ``status()`` (``pending``: the backlog, ``deadLetters``: stored dead letters);
+* catalog: ``snapshot().instances`` (with ``.name`` and ``.status``).
+
+Process CPU, memory and file descriptors come from prometheus_client's ``ProcessCollector``; open sockets are
+counted from ``/proc/self/fd``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sidecar.telemetry.hub import Telemetry
+
+log = logging.getLogger("sidecar.telemetry")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# resilience.samples() names → HELP; an unknown name still gets a generic HELP
+_RESILIENCE_HELP = {
+    "sidecar_upstream_requests_total": "Requests admitted to each destination service by its circuit breaker.",
+    "sidecar_upstream_retries_total": "Retries made, per destination service.",
+    "sidecar_upstream_retries_denied_total": "Retries not made, by reason (budget: the retry budget was exhausted).",
+    "sidecar_upstream_overflow_total": "Requests rejected by a circuit-breaker resource cap, by cap.",
+    "sidecar_upstream_ejections_total": "Outlier ejections of instances, per destination service.",
+    "sidecar_upstream_ejections_refused_total": "Ejections not made because of max_ejection_percent.",
+    "sidecar_upstream_panic_total": "Picks made among ejected instances because all were ejected.",
+    "sidecar_upstream_ejected_hosts": "Instances ejected now, per destination service.",
+    "sidecar_upstream_active": "Circuit-breaker resources in use now (connections, pending, requests, retries).",
+    "sidecar_upstream_retry_budget_available": "Retries the budget allows now, per destination service.",
+}
+
+_GOSSIP_COUNTERS = {
+    "packets_in": ("sidecar_gossip_packets_received", "Gossip UDP packets received."),
+    "packets_out": ("sidecar_gossip_packets_sent", "Gossip UDP packets sent."),
+    "bytes_in": ("sidecar_gossip_received_bytes", "Gossip UDP bytes received."),
+    "bytes_out": ("sidecar_gossip_sent_bytes", "Gossip UDP bytes sent."),
+    "streams_in": ("sidecar_gossip_streams_accepted", "Gossip TCP streams accepted (push-pull, fallback probes)."),
+    "streams_out": ("sidecar_gossip_streams_opened", "Gossip TCP streams opened."),
+    "probes": ("sidecar_gossip_probes", "SWIM direct probes sent."),
+    "indirect_probes": ("sidecar_gossip_indirect_probes", "SWIM indirect probes requested."),
+    "probe_failures": ("sidecar_gossip_probe_failures", "SWIM probes that got no ack."),
+    "tcp_fallback_saves": ("sidecar_gossip_tcp_fallback_saves", "Probes answered only over the TCP fallback."),
+    "suspicions": ("sidecar_gossip_suspicions", "Members this node started to suspect."),
+    "refutations": ("sidecar_gossip_refutations", "Suspicions of this node it refuted."),
+    "deaths": ("sidecar_gossip_deaths", "Members declared dead."),
+    "push_pulls": ("sidecar_gossip_push_pulls", "Full state exchanges done."),
+    "push_pull_failures": ("sidecar_gossip_push_pull_failures", "Full state exchanges that failed."),
+    "address_conflicts": ("sidecar_gossip_address_conflicts", "Members seen claiming another's name or address."),
+    "events_dropped": ("sidecar_gossip_events_dropped", "Membership events dropped by a slow subscriber."),
+    "udp_send_errors": ("sidecar_gossip_udp_send_errors", "Gossip UDP sends that failed."),
+}
+
+_DNS_COUNTERS = {
+    "cache_hits": "DNS answers served from the wire-format cache.",
+    "cache_misses": "DNS questions answered without the cache.",
+    "rate_limited": "DNS queries dropped or truncated by the rate limit.",
+    "malformed": "DNS queries that did not parse.",
+    "dropped": "DNS queries dropped.",
+    "forwarded": "DNS queries forwarded to dns.upstreams.",
+    "forward_failed": "DNS forwards that got no answer.",
+    "internal_errors": "DNS queries that failed inside the responder.",
+}
+
+_MESSAGING_COUNTERS = {
+    "published": "Messages published by this node's apps and stored.",
+    "delivered": "Messages delivered to a subscriber app (acknowledged).",
+    "redelivered": "Deliveries that were not the first attempt.",
+    "retries": "Delivery attempts retried after a 429, 5xx or timeout.",
+    "requests": "Request-response messages sent.",
+    "request_errors": "Request-response messages that failed.",
+    "request_timeouts": "Request-response messages that timed out.",
+    "publish_rejected": "Publishes refused by backpressure (429).",
+    "replayed": "Dead letters replayed.",
+    "purged": "Dead letters purged.",
+}
+
+
+@dataclass
+class Sources:
+    """The parts a scrape reads; any may be None (not configured, not started, not built yet)."""
+
+    dataplane: Any = None
+    gossip: Any = None
+    dns: Any = None
+    identity: Any = None
+    messaging: Any = None
+    catalog: Any = None
+
+
+def _counter(name: str, documentation: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, labels=list(labels))
+
+
+def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+class SidecarCollector(Collector):
+    """Every ``sidecar_*`` family but the process ones; see the module's doc."""
+
+    def __init__(self, telemetry: Telemetry, sources: Sources | Callable[[], Sources]) -> None:
+        self.telemetry = telemetry
+        self._sources = sources
+
+    def sources(self) -> Sources:
+        return self._sources() if callable(self._sources) else self._sources
+
+    def collect(self) -> Iterator[Metric]:
+        sources = self.sources()
+        parts: list[Callable[[], Iterable[Metric]]] = [
+            self._requests, self._telemetry,
+            lambda: self._dataplane(sources.dataplane), lambda: self._resilience(sources.dataplane),
+            lambda: self._tls(sources.identity, sources.dataplane), lambda: self._gossip(sources.gossip),
+            lambda: self._dns(sources.dns), lambda: self._messaging(sources.messaging),
+            lambda: self._catalog(sources.catalog), self._sockets,
+        ]
+        for part in parts:
+            try:
+                yield from part()
+            except Exception:  # one part's surprise must not cost the scrape everything else
+                log.exception("a metrics collector part failed")
+
+    # ------------------------------------------------------------------------------------ requests
+
+    def _requests(self) -> list[Metric]:
+        labels = ("direction", "source", "destination", "method", "code")
+        requests = _counter("sidecar_requests", "Proxied HTTP requests, by direction (outbound: this node's app "
+                            "called destination; inbound: a peer called our destination), method and status code "
+                            "(0: the client got none).", labels)
+        failed = _counter("sidecar_requests_failed", "Proxied requests that failed: no answer from the app "
+                          "(connect failure, reset, timeout, refused by the sidecar) or a 5xx.", labels)
+        duration = HistogramMetricFamily("sidecar_request_duration_seconds", "Time from the request head's "
+                                         "arrival to the response's end, per hop.", labels=list(labels))
+        sent = _counter("sidecar_request_body_bytes", "Request body bytes received from clients.", labels[:3])
+        received = _counter("sidecar_response_body_bytes", "Response body bytes sent to clients.", labels[:3])
+        body_in: Counter[tuple[str, str, str]] = Counter()
+        body_out: Counter[tuple[str, str, str]] = Counter()
+        for view in self.telemetry.requests.views():
+            key = list(view.key)
+            requests.add_metric(key, view.requests)
+            failed.add_metric(key, view.errors)
+            duration.add_metric(key, view.buckets, view.sum)
+            body_in[view.key[:3]] += view.request_bytes
+            body_out[view.key[:3]] += view.response_bytes
+        for trio, value in sorted(body_in.items()):
+            sent.add_metric(list(trio), value)
+        for trio, value in sorted(body_out.items()):
+            received.add_metric(list(trio), value)
+        return [requests, failed, duration, sent, received]
+
+    def _telemetry(self) -> Iterator[Metric]:
+        t = self.telemetry
+        records = _gauge("sidecar_performance_records", "Performance records held for /v1/metrics.")
+        records.add_metric([], len(t.records))
+        yield records
+        spans = _counter("sidecar_trace_spans", "Spans handed to the trace exporter.")
+        unsampled = _counter("sidecar_trace_spans_unsampled", "Requests left out of tracing by sampling.")
+        spans.add_metric([], t.tracer.spans if t.tracer else 0)
+        unsampled.add_metric([], t.tracer.unsampled if t.tracer else 0)
+        yield spans
+        yield unsampled
+        lines = _counter("sidecar_access_log_lines", "Access log lines written.")
+        lines.add_metric([], t.access.lines if t.access else 0)
+        yield lines
+        lag = t.lag
+        histogram = HistogramMetricFamily("sidecar_event_loop_lag_seconds", "How late the event loop ran a timer "
+                                          "(sampled every 250ms): time every connection waited for the loop.")
+        histogram.add_metric([], lag.cumulative(), lag.sum)
+        yield histogram
+        last = _gauge("sidecar_event_loop_lag_last_seconds", "The event loop's latest measured lag.")
+        last.add_metric([], lag.last)
+        yield last
+
+    # ------------------------------------------------------------------------------------ data plane
+
+    def _dataplane(self, dataplane: Any) -> Iterator[Metric]:
+        if dataplane is None:
+            return
+        stats = getattr(dataplane, "stats", None)
+        if stats is not None:
+            errors = _counter("sidecar_request_errors", "Requests that did not end cleanly, by listener, service "
+                              "and cause (connect-failure, reset, timeout, protocol-error, local, client-reset, "
+                              "reset-after-response, deadline).", ("listener", "service", "error"))
+            for (listener, service, error), n in sorted(getattr(stats, "errors", {}).items()):
+                errors.add_metric([listener, service, error], n)
+            yield errors
+            denials = _counter("sidecar_authorization_denied", "Inbound requests refused by authorization, by "
+                               "service, caller service and rule.", ("service", "caller", "rule"))
+            for (service, caller, rule), n in sorted(getattr(stats, "denials", {}).items()):
+                denials.add_metric([service, caller, rule], n)
+            yield denials
+            tunnels = _counter("sidecar_tunnels", "TCP tunnels ended, by listener, service and outcome.",
+                               ("listener", "service", "outcome"))
+            for key, n in sorted(getattr(stats, "tunnels", {}).items()):
+                tunnels.add_metric(list(key), n)
+            yield tunnels
+            tunnel_bytes = _counter("sidecar_tunnel_bytes", "Bytes carried by TCP tunnels, by direction (up: to "
+                                    "the service).", ("listener", "service", "direction"))
+            for key, n in sorted(getattr(stats, "tunnel_bytes", {}).items()):
+                tunnel_bytes.add_metric(list(key), n)
+            yield tunnel_bytes
+            no_tls = _counter("sidecar_requests_no_tls", "Outbound requests refused because mTLS is not configured.")
+            no_tls.add_metric([], getattr(stats, "no_tls", 0))
+            yield no_tls
+        pools = getattr(dataplane, "pools", None)
+        if pools is not None:
+            connections = _gauge("sidecar_upstream_connections", "Pooled connections to peer sidecars and local "
+                                 "apps, by state.", ("state",))
+            dialed = _counter("sidecar_upstream_connections_dialed", "Connections dialed by the pools.")
+            idle = busy = dials = 0
+            for pool in list(pools):
+                idle += int(getattr(pool, "idle", 0))
+                busy += int(getattr(pool, "busy", 0))
+                dials += int(getattr(pool, "dialed", 0))
+            connections.add_metric(["idle"], idle)
+            connections.add_metric(["busy"], busy)
+            dialed.add_metric([], dials)
+            yield connections
+            yield dialed
+        inbound = getattr(dataplane, "inbound", None)
+        if inbound is not None:
+            handshakes = _counter("sidecar_tls_handshakes", "Verified inbound mTLS connections, by caller SPIFFE "
+                                  "ID.", ("peer",))
+            for peer, n in sorted(getattr(inbound, "handshakes", {}).items()):
+                handshakes.add_metric([str(peer)], n)
+            yield handshakes
+            for attribute, name, text in (
+                    ("refused", "sidecar_inbound_connections_refused", "Inbound connections refused at the TLS "
+                     "handshake or identity check."),
+                    ("shed", "sidecar_inbound_connections_shed", "Inbound connections closed by the connection "
+                     "limit."),
+                    ("tunnel_refused", "sidecar_inbound_tunnels_refused", "Inbound TCP tunnels refused.")):
+                value = getattr(inbound, attribute, None)
+                if isinstance(value, int):
+                    family = _counter(name, text)
+                    family.add_metric([], value)
+                    yield family
+
+    def _resilience(self, dataplane: Any) -> Iterator[Metric]:
+        resilience = getattr(dataplane, "resilience", None)
+        samples_of = getattr(resilience, "samples", None)
+        if samples_of is None:
+            return
+        grouped: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+        for name, labels, value in samples_of(self.telemetry.now()):
+            grouped[name].append((labels, value))
+        for name, samples in sorted(grouped.items()):
+            label_names = sorted({k for labels, _ in samples for k in labels})
+            documentation = _RESILIENCE_HELP.get(name, "Resilience state per destination service (see /clusters).")
+            family: CounterMetricFamily | GaugeMetricFamily
+            if name.endswith("_total"):
+                family = _counter(name[:-len("_total")], documentation, label_names)
+            else:
+                family = _gauge(name, documentation, label_names)
+            for labels, value in samples:
+                family.add_metric([labels.get(k, "") for k in label_names], value)
+            yield family
+
+    def _tls(self, identity: Any, dataplane: Any) -> Iterator[Metric]:
+        if identity is None and dataplane is not None:
+            identity = getattr(dataplane, "store", None)
+        refusals = getattr(identity, "refusals", None)
+        if refusals is None:
+            return
+        failures = _counter("sidecar_tls_handshake_failures", "mTLS handshakes or peer checks that failed, by "
+                            "reason (unknown-ca, expired, wrong-service, plaintext...).", ("reason",))
+        for reason, n in sorted(((getattr(k, "value", str(k)), v) for k, v in getattr(refusals, "counts", {}).items())):
+            failures.add_metric([reason], n)
+        yield failures
+        rotations = getattr(identity, "rotations", None)
+        if isinstance(rotations, int):
+            family = _counter("sidecar_tls_certificate_reloads", "Certificate changes picked up without a restart.")
+            family.add_metric([], rotations)
+            yield family
+
+    # ------------------------------------------------------------------------------------ gossip, DNS
+
+    def _gossip(self, gossip: Any) -> Iterator[Metric]:
+        if gossip is None:
+            return
+        counters: dict[str, int] = gossip.counters()
+        for key, (name, text) in _GOSSIP_COUNTERS.items():
+            if key in counters:
+                family = _counter(name, text)
+                family.add_metric([], counters[key])
+                yield family
+        refused = _counter("sidecar_gossip_refused", "Gossip packets or streams refused, by reason.", ("reason",))
+        for key, n in sorted(counters.items()):
+            if key.startswith("refused_"):
+                refused.add_metric([key.removeprefix("refused_")], n)
+        yield refused
+        members = _gauge("sidecar_gossip_members", "Members of the gossip pool known to this node, by state.",
+                         ("state",))
+        by_state = Counter(str(getattr(m, "state", "unknown")) for m in gossip.members())
+        for state in ("alive", "suspect", "dead", "left"):
+            by_state.setdefault(state, 0)
+        for state, n in sorted(by_state.items()):
+            members.add_metric([state], n)
+        yield members
+        if "health_score" in counters:
+            score = _gauge("sidecar_gossip_health_score", "Lifeguard's local health multiplier (0 is healthy).")
+            score.add_metric([], counters["health_score"])
+            yield score
+
+    def _dns(self, dns: Any) -> Iterator[Metric]:
+        counters = getattr(dns, "counters", None)
+        if counters is None:
+            return
+        data: dict[str, Any] = counters.as_dict()
+        responses = _counter("sidecar_dns_responses", "DNS responses sent, by rcode.", ("rcode",))
+        for rcode, n in sorted(data.get("queries_by_rcode", {}).items()):
+            responses.add_metric([rcode], n)
+        yield responses
+        for key, text in _DNS_COUNTERS.items():
+            if isinstance(data.get(key), int):
+                family = _counter(f"sidecar_dns_{key}", text)
+                family.add_metric([], data[key])
+                yield family
+
+    # ------------------------------------------------------------------------------------ messaging, catalog
+
+    def _messaging(self, messaging: Any) -> Iterator[Metric]:
+        if messaging is None:
+            return
+        counters: dict[str, int] = dict(getattr(messaging, "counters", {}))
+        for key, text in _MESSAGING_COUNTERS.items():
+            family = _counter(f"sidecar_messages_{key}", text)
+            family.add_metric([], counters.get(key, 0))
+            yield family
+        dead = _counter("sidecar_messages_dead_lettered", "Messages dead-lettered, by reason.", ("reason",))
+        for key, n in sorted(counters.items()):
+            if key.startswith("dead_lettered:"):
+                dead.add_metric([key.partition(":")[2]], n)
+        yield dead
+        status_of = getattr(messaging, "status", None)
+        status: dict[str, Any] = status_of() if callable(status_of) else {}
+        backlog = _gauge("sidecar_messages_backlog", "Messages stored and not yet settled by every subscriber.")
+        backlog.add_metric([], status.get("pending", 0))
+        yield backlog
+        letters = _gauge("sidecar_messages_dead_letters", "Dead letters stored now.")
+        letters.add_metric([], status.get("deadLetters", 0))
+        yield letters
+
+    def _catalog(self, catalog: Any) -> Iterator[Metric]:
+        if catalog is None:
+            return
+        instances = _gauge("sidecar_catalog_instances", "Service instances in the mesh-wide catalog, by service "
+                           "and health.", ("service", "status"))
+        counts: Counter[tuple[str, str]] = Counter()
+        for instance in catalog.snapshot().instances:
+            status = getattr(instance.status, "value", instance.status)
+            counts[instance.name, str(status)] += 1
+        for key, n in sorted(counts.items()):
+            instances.add_metric(list(key), n)
+        yield instances
+
+    def _sockets(self) -> Iterator[Metric]:
+        try:
+            names = os.listdir("/proc/self/fd")
+        except OSError:
+            return
+        sockets = 0
+        for name in names:
+            try:
+                if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                    sockets += 1
+            except OSError:
+                continue
+        family = _gauge("sidecar_process_open_sockets", "Open sockets of the process: listeners, client and "
+                        "upstream connections, gossip and DNS sockets.")
+        family.add_metric([], sockets)
+        yield family
+
+
+def build_registry(telemetry: Telemetry, sources: Sources | Callable[[], Sources]) -> CollectorRegistry:
+    """A registry of its own per process (never the global one: tests run several sidecars in one process)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SidecarCollector(telemetry, sources))
+    ProcessCollector(namespace="sidecar", registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

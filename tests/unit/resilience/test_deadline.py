@@ -1,0 +1,32 @@
+"""The deadline header: parsing, rounding, and how a hop's deadline is derived."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.resilience import deadline
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [
+    (b"1500", 1.5), (b" 250 ", 0.25), (b"0", 0.0), (None, None), (b"", None), (b"-5", None), (b"1.5", None),
+    (b"abc", None), (b"9" * 13, None), (b"999999999999", 86_400.0),
+])
+def test_parse(raw: bytes | None, seconds: float | None) -> None:
+    assert deadline.parse(raw) == seconds
+
+
+@pytest.mark.parametrize(("seconds", "raw"), [(1.5, b"1500"), (0.0019, b"1"), (0.0, b"0"), (-3.0, b"0"),
+                                              (1e9, b"86400000")])
+def test_to_header_rounds_down(seconds: float, raw: bytes) -> None:
+    assert deadline.to_header(seconds) == raw
+
+
+@pytest.mark.parametrize(("policy", "caller", "expected"), [(15.0, None, 15.0), (15.0, 2.0, 2.0), (1.0, 2.0, 1.0)])
+def test_effective_never_exceeds_the_local_policy(policy: float, caller: float | None, expected: float) -> None:
+    assert deadline.effective(policy, caller) == expected
+
+
+@pytest.mark.parametrize(("remaining", "try_timeout", "expected"), [(3.0, None, 3.0), (3.0, 1.0, 1.0),
+                                                                    (0.5, 1.0, 0.5)])
+def test_per_try(remaining: float, try_timeout: float | None, expected: float) -> None:
+    assert deadline.per_try(remaining, try_timeout) == expected
