@@ -9,6 +9,7 @@ import hashlib
 import logging
 import signal
 import socket
+import sqlite3
 import sys
 from dataclasses import replace
 from typing import Any
@@ -33,6 +34,8 @@ from sidecar.gossip.errors import KeyringError
 from sidecar.gossip.node import GossipNode
 from sidecar.log import fields
 from sidecar.mesh.dataplane import DataPlane
+from sidecar.messaging.routes import admin_post_handlers, admin_read_routes, api_routes
+from sidecar.messaging.service import Messaging
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
 from sidecar.tls.errors import CertificateError
 from sidecar.tls.reloader import IdentityStore
@@ -90,6 +93,10 @@ class Sidecar:
         self.dataplane: DataPlane | None = None
         self._tls_watch: asyncio.Task[None] | None = None
         self.replication = CatalogReplication(self.catalog, self.gossip, self.bus, lambda: int(clock.wall() * 1000))
+        self.messaging = Messaging(config, self.catalog, self.registry, clock)
+        self.replication.local_subscriptions = self.messaging.local_subscriptions
+        self.replication.subscription_listeners.append(self.messaging.on_remote_subscriptions)
+        self.messaging.on_local_change = self.replication.local_changed
         self.sites: list[Site] = []
         self.telemetry = Telemetry(config, clock)
         self.metrics = build_registry(self.telemetry, self._metric_sources)
@@ -108,11 +115,15 @@ class Sidecar:
         await self.checks.start()
         token = read_token(self.config.admin.token_file)
         self.telemetry.start()
-        extra = [*telemetry_routes(self.telemetry, self.metrics), *self.dashboard.routes()]
-        await self._start_site(Site("admin", build_admin(self, token, extra), self.config.admin.listen))
-        await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock),
+        extra = [*telemetry_routes(self.telemetry, self.metrics), *self.dashboard.routes(),
+                 *admin_read_routes(self.messaging)]
+        await self._start_site(Site("admin", build_admin(self, token, extra, admin_post_handlers(self.messaging)),
+                                    self.config.admin.listen))
+        await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock,
+                                              [api_routes(self.messaging)]),
                                     self.config.api.listen))
         await self._start_dataplane()
+        await self._start_messaging()
         try:
             host, port = await self.dns.start()
         except DnsListenFailed as e:
@@ -147,6 +158,17 @@ class Sidecar:
             self._bound(name, address)
         if self.store is not None:
             self._tls_watch = asyncio.create_task(self.store.watch(), name="tls-watch")
+
+    async def _start_messaging(self) -> None:
+        assert self.dataplane is not None
+        self.messaging.identity = self.store
+        if self.dataplane.inbound is not None:
+            self.dataplane.routes.internal = self.messaging.internal_route
+        try:
+            await self.messaging.start(self.bound["outbound"])
+        except (OSError, sqlite3.Error) as e:
+            where = self.config.node.effective_data_dir
+            raise StartupError(f"messaging: cannot open the store in {where}: {e}") from None
 
     async def _start_gossip(self) -> None:
         self.gossip.set_meta(encode_meta(self._inbound_port()))  # before start: no incarnation bump
@@ -211,6 +233,7 @@ class Sidecar:
 
     async def _stop_parts(self) -> None:
         self.bus.close_all()  # ends event streams, so listeners close without waiting on them
+        await self.messaging.stop()  # ends SSE streams; in-flight deliveries are redelivered after a restart
         self.dashboard.close()
         if self.dataplane is not None:
             # listeners close, requests in flight get DRAIN_GRACE to finish

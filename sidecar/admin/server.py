@@ -4,7 +4,7 @@ set, need ``Authorization: Bearer TOKEN``."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -43,7 +43,8 @@ def read_token(path: str | None) -> str | None:
         return f.read().strip()
 
 
-def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.RouteDef] = ()) -> web.Application:
+def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.RouteDef] = (),
+                extra_posts: Mapping[str, Handler] | None = None) -> web.Application:
     """``extra_routes``: read-only routes other parts serve here (telemetry: /metrics, /v1/metrics..., the
     dashboard at /)."""
     routes = web.RouteTableDef()
@@ -135,6 +136,8 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
             raise InvalidArgument(str(e), {"level": level}) from None
         return json_response({"level": logs.current_level()})
 
+    for path, handler in (extra_posts or {}).items():  # messaging: /deadletters/replay, /deadletters/purge
+        post_only(path, handler)
     post_only("/drain", drain)
     post_only("/leave", leave)
     post_only("/reload", reload)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +30,8 @@ def service_from_json(body: dict[str, Any]) -> ServiceConfig:
                               {"problems": e.problems}) from None
 
 
-def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, clock: Clock) -> web.Application:
+def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, clock: Clock,
+              extra_routes: Sequence[web.RouteTableDef] = ()) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     routes = web.RouteTableDef()
 
@@ -101,4 +102,6 @@ def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, cloc
             subscription.close()
 
     app.add_routes(routes)
+    for extra in extra_routes:  # messaging's /v1/messages, /v1/publish, /v1/subscribe, /v1/subscriptions
+        app.add_routes(extra)
     return app

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.mesh")
 
 CALLER_HEADER = b"x-sidecar-caller"
+INTERNAL_PREFIX = b"/.sidecar/"  # paths between sidecars (messaging deliveries); never an app's
 TUNNEL_MAGIC = b"sidecar-tcp/1"
 # a service name and a tag are DNS labels: a header line longer than this is not ours
 MAX_TUNNEL_HEADER = 256
@@ -241,6 +242,9 @@ class InboundRoutes:
         self.decisions = decisions
         self.names = names
         self.stats = stats
+        # sidecar-internal requests (path under INTERNAL_PREFIX) from verified peers: messaging's receiver
+        # (wire: ``dataplane.routes.internal = messaging.internal_route``); never routed to an app
+        self.internal: Callable[[RequestHead, PeerIdentity], Target] | None = None
 
     def caller(self, conn: ConnectionInfo) -> PeerIdentity:
         data = conn.data
@@ -266,6 +270,10 @@ class InboundRoutes:
 
     def http(self, head: RequestHead, conn: ConnectionInfo) -> Target:
         caller = self.caller(conn)
+        if head.target.startswith(INTERNAL_PREFIX):
+            if self.internal is None:
+                raise NotFound(f"no such sidecar-internal resource: {head.path}", {"path": head.path})
+            return self.internal(head, caller)
         name = self.names.parse(head.host)
         if name is None:
             raise no_service_named(head.host)

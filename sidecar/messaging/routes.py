@@ -1,0 +1,112 @@
+"""HTTP handlers of messaging: app API routes (mounted on the API app) and admin handlers (dead letters).
+
+    app.add_routes(api_routes(messaging))                       # sidecar.api.server.build_api
+    for method, path, handler in admin_handlers(messaging): ... # sidecar.admin.server.build_admin
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.errors import InvalidArgument
+from sidecar.messaging.envelope import MessageBody
+from sidecar.messaging.service import SENDER_HEADER, Messaging
+from sidecar.web import Handler, json_response, last_event_id, read_json_object, sse_stream
+
+
+def api_routes(messaging: Messaging) -> web.RouteTableDef:
+    routes = web.RouteTableDef()
+
+    @routes.post("/v1/messages/{service}")
+    async def send_message(request: web.Request) -> web.Response:
+        body = MessageBody.from_json(await read_json_object(request))
+        status, headers, raw = await messaging.send(request.match_info["service"], body,
+                                                    request.headers.get(SENDER_HEADER))
+        return web.Response(status=status, body=raw, headers=headers)
+
+    @routes.post("/v1/publish/{topic}")
+    async def publish(request: web.Request) -> web.Response:
+        body = MessageBody.from_json(await read_json_object(request))
+        message = await messaging.publish(request.match_info["topic"], body, request.headers.get(SENDER_HEADER))
+        return json_response({"id": message.id}, 202)
+
+    @routes.post("/v1/subscriptions")
+    async def subscribe(request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        unknown = sorted(set(body) - {"topic", "path", "service"})
+        if unknown:
+            raise InvalidArgument(f"unknown field {unknown[0]!r}; a subscription has topic, path and service",
+                                  {"field": unknown[0]})
+        topic, path, service = body.get("topic"), body.get("path"), body.get("service")
+        if not isinstance(topic, str) or not isinstance(path, str):
+            raise InvalidArgument("topic and path are required strings", {"fields": ["topic", "path"]})
+        if service is not None and not isinstance(service, str):
+            raise InvalidArgument("service must be a string", {"field": "service"})
+        subscription = await messaging.subscribe(topic, path, service)
+        return json_response({"service": subscription.service, "topic": subscription.topic,
+                              "path": subscription.path}, 201)
+
+    @routes.get("/v1/subscriptions")
+    async def subscriptions(request: web.Request) -> web.Response:
+        return json_response(messaging.subscriptions_json())
+
+    @routes.get("/v1/subscribe/{topic}")
+    async def subscribe_stream(request: web.Request) -> web.StreamResponse:
+        events: AsyncIterator[tuple[int, str, Any]] = await messaging.stream(request.match_info["topic"],
+                                                                            last_event_id(request))
+        return await sse_stream(request, events)
+
+    return routes
+
+
+def _ids(body: dict[str, Any]) -> list[int] | None:
+    """``{"ids": [1, 2]}`` or ``{"all": true}``; anything else is InvalidArgument (no accidental purge-all)."""
+    if body.get("all") is True and "ids" not in body:
+        return None
+    ids = body.get("ids")
+    if isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return ids
+    raise InvalidArgument('the body must be {"ids": [ID, ...]} or {"all": true}', {"field": "ids"})
+
+
+def admin_handlers(messaging: Messaging) -> dict[str, Handler]:
+    """``GET /deadletters?limit=&after=&topic=``; ``POST /deadletters/replay`` and ``/deadletters/purge`` with
+    ``{"ids": [...]}`` or ``{"all": true}``; ``GET /messaging`` (streams, counters)."""
+
+    async def list_dead_letters(request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "100"))
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            raise InvalidArgument("limit and after must be integers") from None
+        if not 1 <= limit <= 10_000:
+            raise InvalidArgument(f"limit must be in [1, 10000] (got {limit})", {"field": "limit"})
+        return json_response(await messaging.dead_letters(limit, after, request.query.get("topic")))
+
+    async def replay(request: web.Request) -> web.Response:
+        return json_response(await messaging.replay(_ids(await read_json_object(request))))
+
+    async def purge(request: web.Request) -> web.Response:
+        return json_response(await messaging.purge(_ids(await read_json_object(request))))
+
+    async def status(request: web.Request) -> web.Response:
+        return json_response(messaging.status())
+
+    return {"GET /deadletters": list_dead_letters, "POST /deadletters/replay": replay,
+            "POST /deadletters/purge": purge, "GET /messaging": status}
+
+
+def admin_read_routes(messaging: Messaging) -> list[web.RouteDef]:
+    """The admin port's read-only messaging routes, for ``build_admin(..., extra_routes)``."""
+    handlers = admin_handlers(messaging)
+    return [web.get("/deadletters", handlers["GET /deadletters"]), web.get("/messaging", handlers["GET /messaging"])]
+
+
+def admin_post_handlers(messaging: Messaging) -> dict[str, Handler]:
+    """The admin port's mutating messaging routes (path → handler), for its token-checking ``post_only``."""
+    handlers = admin_handlers(messaging)
+    return {"/deadletters/replay": handlers["POST /deadletters/replay"],
+            "/deadletters/purge": handlers["POST /deadletters/purge"]}

@@ -1,0 +1,366 @@
+"""The durable side of messaging, in one SQLite database per node (``node.data_dir/messaging.db``).
+
+Why SQLite in WAL mode with ``synchronous=FULL`` rather than a hand-made append-only log: acks, dead letters,
+retention and replay all change *several* rows at once (the delivery, the message's last reference, the dead
+letter), and SQLite makes each batch one atomic, fsync'd transaction that survives ``kill -9`` and power loss;
+WAL lets the reader connection page through the outbox while the writer commits. The cost of an fsync per commit
+is paid once per batch: :mod:`sidecar.messaging.writer` groups every operation queued during a commit into the
+next one (group commit).
+
+Tables
+------
+``messages``      the outbox: one row per published message that some stream still owes (seq grows forever)
+``streams``       (topic, subscriber) → path: subscriber is a service name or ``node:NAME`` (stream readers)
+``deliveries``    (stream, seq): what each stream still owes; acked or dead-lettered rows are deleted, and a
+                  message goes when its last delivery goes
+``dead_letters``  copies of undeliverable messages with reason, attempts, last error
+``topic_log``     messages received for this node's stream readers; ``id`` is the SSE event id
+``local_subs``    subscriptions made on this node at run time (API or SSE), so they survive restarts
+
+Every method runs on the thread of its connection: :class:`Store` methods prefixed ``w_`` on the writer
+thread, ``r_`` on the reader thread. The in-memory accounting (``outbox``) belongs to the writer thread;
+``pending`` and ``pending_bytes`` may be read from anywhere as a snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, topic TEXT NOT NULL, body BLOB NOT NULL,
+    created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, subscriber TEXT NOT NULL, path TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL, UNIQUE (topic, subscriber));
+CREATE TABLE IF NOT EXISTS deliveries (
+    stream INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (stream, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, topic TEXT NOT NULL, subscriber TEXT NOT NULL,
+    path TEXT NOT NULL, body BLOB NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
+    at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS topic_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, message_id TEXT NOT NULL, body BLOB NOT NULL,
+    created_ms INTEGER NOT NULL, UNIQUE (topic, message_id));
+CREATE INDEX IF NOT EXISTS topic_log_topic ON topic_log (topic, id);
+CREATE TABLE IF NOT EXISTS local_subs (
+    service TEXT NOT NULL, topic TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (service, topic));
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    id: int
+    topic: str
+    subscriber: str
+    path: str
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    id: int
+    message_id: str
+    topic: str
+    subscriber: str
+    path: str
+    body: bytes
+    reason: str
+    attempts: int
+    last_error: str | None
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """A delivery dead-lettered by retention: the stream must skip ``seq``."""
+
+    stream: int
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    retention_age_ms: int
+    retention_bytes: int
+    max_dead_letters: int
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")  # every commit is fsync'd: a 202 means on disk
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Store:
+    def __init__(self, data_dir: str, limits: Limits) -> None:
+        os.makedirs(data_dir, exist_ok=True)
+        self.path = os.path.join(data_dir, "messaging.db")
+        self.limits = limits
+        self.w = connect(self.path)
+        self.w.executescript(SCHEMA)
+        self.r = connect(self.path)
+        # writer-thread state: seq → [references, size, created_ms], oldest first
+        self.outbox: OrderedDict[int, list[int]] = OrderedDict()
+        self.pending_bytes = 0
+        self.dead_letter_count = 0
+        self.topic_streams: dict[str, list[int]] = {}
+        self.stream_rows: dict[int, StreamRow] = {}
+        self.in_flight: set[tuple[int, int]] = set()  # written by the event loop, read by retention
+        self.log_bytes = 0
+        self._load()
+
+    @property
+    def pending(self) -> int:
+        return len(self.outbox)
+
+    def _load(self) -> None:
+        refs = dict(self.w.execute("SELECT seq, count(*) FROM deliveries GROUP BY seq").fetchall())
+        for seq, size, created in self.w.execute(
+                "SELECT seq, length(body), created_ms FROM messages ORDER BY seq").fetchall():
+            count = refs.get(seq, 0)
+            if count == 0:  # cannot happen in one transaction; tidy up if a bug ever left one
+                self.w.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+                continue
+            self.outbox[seq] = [count, size, created]
+            self.pending_bytes += size
+        for row in self.w.execute("SELECT id, topic, subscriber, path, last_seen_ms FROM streams").fetchall():
+            self._remember_stream(StreamRow(*row))
+        self.dead_letter_count = self.w.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        self.log_bytes = self.w.execute("SELECT coalesce(sum(length(body)), 0) FROM topic_log").fetchone()[0]
+
+    def reload(self) -> None:
+        """Rebuild the in-memory accounting from the tables (after a failed transaction rolled back)."""
+        self.outbox.clear()
+        self.pending_bytes = 0
+        self.topic_streams.clear()
+        self.stream_rows.clear()
+        self._load()
+
+    def _remember_stream(self, row: StreamRow) -> None:
+        self.stream_rows[row.id] = row
+        self.topic_streams.setdefault(row.topic, []).append(row.id)
+
+    def streams(self) -> list[StreamRow]:
+        return list(self.stream_rows.values())
+
+    def close(self) -> None:
+        self.w.close()
+        self.r.close()
+
+    # ----------------------------------------------------------------------------- writer thread
+
+    def begin(self) -> None:
+        self.w.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.w.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.w.in_transaction:
+            self.w.execute("ROLLBACK")
+
+    def w_publish(self, message_id: str, topic: str, body: bytes, created_ms: int) -> tuple[int, list[int]]:
+        """Store a message for every stream of its topic; ``(seq, streams)``, seq 0 when no stream wants it."""
+        streams = self.topic_streams.get(topic)
+        if not streams:
+            return 0, []
+        cur = self.w.execute("INSERT INTO messages (id, topic, body, created_ms) VALUES (?, ?, ?, ?)",
+                             (message_id, topic, body, created_ms))
+        seq = int(cur.lastrowid or 0)
+        self.w.executemany("INSERT INTO deliveries (stream, seq) VALUES (?, ?)", [(s, seq) for s in streams])
+        self.outbox[seq] = [len(streams), len(body), created_ms]
+        self.pending_bytes += len(body)
+        return seq, list(streams)
+
+    def w_settle(self, stream: int, seq: int) -> bool:
+        """Remove one delivery (acked or dead-lettered); False when it was not there (already settled)."""
+        cur = self.w.execute("DELETE FROM deliveries WHERE stream = ? AND seq = ?", (stream, seq))
+        if cur.rowcount == 0:
+            return False
+        entry = self.outbox.get(seq)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] <= 0:
+                self.w.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+                del self.outbox[seq]
+                self.pending_bytes -= entry[1]
+        return True
+
+    def w_dead_letter(self, stream: int, seq: int, reason: str, attempts: int, last_error: str | None,
+                      at_ms: int) -> bool:
+        row = self.stream_rows.get(stream)
+        found = self.w.execute("SELECT id, topic, body FROM messages WHERE seq = ?", (seq,)).fetchone()
+        if row is None or found is None or not self.w_settle(stream, seq):
+            return False
+        self.w.execute(
+            "INSERT INTO dead_letters (message_id, topic, subscriber, path, body, reason, attempts, last_error, at_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (found[0], found[1], row.subscriber, row.path, found[2], reason, attempts, last_error, at_ms))
+        self.dead_letter_count += 1
+        return True
+
+    def w_ensure_stream(self, topic: str, subscriber: str, path: str, seen_ms: int) -> tuple[StreamRow, bool]:
+        """The stream of (topic, subscriber), created if new; its path and last-seen time refreshed."""
+        found = self.w.execute("SELECT id FROM streams WHERE topic = ? AND subscriber = ?",
+                               (topic, subscriber)).fetchone()
+        if found is None:
+            cur = self.w.execute("INSERT INTO streams (topic, subscriber, path, last_seen_ms) VALUES (?, ?, ?, ?)",
+                                 (topic, subscriber, path, seen_ms))
+            row = StreamRow(int(cur.lastrowid or 0), topic, subscriber, path, seen_ms)
+            self._remember_stream(row)
+            return row, True
+        self.w.execute("UPDATE streams SET path = ?, last_seen_ms = ? WHERE id = ?", (path, seen_ms, found[0]))
+        row = StreamRow(found[0], topic, subscriber, path, seen_ms)
+        self.stream_rows[row.id] = row
+        return row, False
+
+    def w_forget_stream(self, stream: int, at_ms: int) -> int:
+        """A subscription gone for longer than retention: what it still owed is dead-lettered; the count."""
+        seqs = [s for (s,) in self.w.execute("SELECT seq FROM deliveries WHERE stream = ? ORDER BY seq", (stream,))]
+        for seq in seqs:
+            self.w_dead_letter(stream, seq, "unsubscribed", 0, "the subscription disappeared", at_ms)
+        row = self.stream_rows.pop(stream, None)
+        if row is not None:
+            self.topic_streams[row.topic] = [s for s in self.topic_streams.get(row.topic, []) if s != stream]
+        self.w.execute("DELETE FROM streams WHERE id = ?", (stream,))
+        return len(seqs)
+
+    def w_enforce_retention(self, now_ms: int) -> list[Evicted]:
+        """Dead-letter the oldest deliveries while the outbox is over its age or bytes bound (never one in
+        flight: then eviction stops until the next commit)."""
+        evicted: list[Evicted] = []
+        oldest_allowed = now_ms - self.limits.retention_age_ms
+        while self.outbox:
+            seq, (_, _, created) = next(iter(self.outbox.items()))
+            if self.pending_bytes > self.limits.retention_bytes:
+                reason = "retention-bytes"
+            elif created < oldest_allowed:
+                reason = "retention-age"
+            else:
+                break
+            streams = [s for (s,) in self.w.execute("SELECT stream FROM deliveries WHERE seq = ?", (seq,))]
+            if any((s, seq) in self.in_flight for s in streams):
+                break
+            for stream in streams:
+                self.w_dead_letter(stream, seq, reason, 0, f"outbox over its {reason.split('-')[1]} bound", now_ms)
+                evicted.append(Evicted(stream, seq, reason))
+            leftover = self.outbox.pop(seq, None)  # references without deliveries: a bug; never loop on it
+            if leftover is not None:
+                self.pending_bytes -= leftover[1]
+                self.w.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+        self._cap_dead_letters()
+        self._trim_log(now_ms)
+        return evicted
+
+    def _cap_dead_letters(self) -> None:
+        over = self.dead_letter_count - self.limits.max_dead_letters
+        if over > 0:
+            self.w.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
+                           (over,))
+            self.dead_letter_count -= over
+
+    def _trim_log(self, now_ms: int) -> None:
+        if self.log_bytes > self.limits.retention_bytes:
+            # drop the oldest tenth at a time: a DELETE per event would cost more than it saves
+            rows = self.w.execute("SELECT id, length(body) FROM topic_log ORDER BY id LIMIT "
+                                  "max(1, (SELECT count(*) FROM topic_log) / 10)").fetchall()
+            if rows:
+                self.w.execute("DELETE FROM topic_log WHERE id <= ?", (rows[-1][0],))
+                self.log_bytes -= sum(size for _, size in rows)
+        self.w.execute("DELETE FROM topic_log WHERE created_ms < ?", (now_ms - self.limits.retention_age_ms,))
+
+    def w_append_log(self, topic: str, message_id: str, body: bytes, created_ms: int) -> int | None:
+        """Keep a message for this node's stream readers; its event id, None when it was already there."""
+        cur = self.w.execute(
+            "INSERT OR IGNORE INTO topic_log (topic, message_id, body, created_ms) VALUES (?, ?, ?, ?)",
+            (topic, message_id, body, created_ms))
+        if cur.rowcount == 0:
+            return None
+        self.log_bytes += len(body)
+        return int(cur.lastrowid or 0)
+
+    def w_local_sub(self, service: str, topic: str, path: str) -> None:
+        self.w.execute("INSERT OR REPLACE INTO local_subs (service, topic, path) VALUES (?, ?, ?)",
+                       (service, topic, path))
+
+    def w_replay(self, ids: list[int] | None, now_ms: int) -> list[tuple[int, int]]:
+        """Dead letters back into their streams as new messages; the (stream, seq) queued."""
+        rows = self._dead_rows(ids)
+        queued = []
+        for row in rows:
+            stream, _ = self.w_ensure_stream(row.topic, row.subscriber, row.path, now_ms)
+            cur = self.w.execute("INSERT INTO messages (id, topic, body, created_ms) VALUES (?, ?, ?, ?)",
+                                 (row.message_id, row.topic, row.body, now_ms))
+            seq = int(cur.lastrowid or 0)
+            self.w.execute("INSERT INTO deliveries (stream, seq) VALUES (?, ?)", (stream.id, seq))
+            self.outbox[seq] = [1, len(row.body), now_ms]
+            self.pending_bytes += len(row.body)
+            self.w.execute("DELETE FROM dead_letters WHERE id = ?", (row.id,))
+            self.dead_letter_count -= 1
+            queued.append((stream.id, seq))
+        return queued
+
+    def w_purge(self, ids: list[int] | None) -> int:
+        if ids is None:
+            count = int(self.w.execute("DELETE FROM dead_letters").rowcount)
+        else:
+            count = sum(int(self.w.execute("DELETE FROM dead_letters WHERE id = ?", (i,)).rowcount) for i in ids)
+        self.dead_letter_count -= count
+        return count
+
+    def _dead_rows(self, ids: list[int] | None) -> list[DeadLetterRow]:
+        if ids is None:
+            rows = self.w.execute(f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY id").fetchall()
+        else:
+            rows = [r for i in ids for r in self.w.execute(
+                f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE id = ?", (i,)).fetchall()]
+        return [DeadLetterRow(*r) for r in rows]
+
+    # ----------------------------------------------------------------------------- reader thread
+
+    def r_page(self, stream: int, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return [(int(s), bytes(b)) for s, b in self.r.execute(
+            "SELECT d.seq, m.body FROM deliveries d JOIN messages m ON m.seq = d.seq "
+            "WHERE d.stream = ? AND d.seq > ? ORDER BY d.seq LIMIT ?", (stream, after, limit))]
+
+    def r_log(self, topic: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return [(int(i), bytes(b)) for i, b in self.r.execute(
+            "SELECT id, body FROM topic_log WHERE topic = ? AND id > ? ORDER BY id LIMIT ?", (topic, after, limit))]
+
+    def r_log_head(self, topic: str) -> tuple[int, int]:
+        """(oldest id kept - 1, newest id) of a topic's log; (0, 0) when empty."""
+        low, high = self.r.execute("SELECT min(id), max(id) FROM topic_log WHERE topic = ?", (topic,)).fetchone()
+        return (int(low) - 1 if low is not None else 0), int(high or 0)
+
+    def r_last_log_id(self) -> int:
+        found = self.r.execute("SELECT seq FROM sqlite_sequence WHERE name = 'topic_log'").fetchone()
+        return int(found[0]) if found else 0
+
+    def r_dead_letters(self, limit: int, after: int, topic: str | None) -> list[DeadLetterRow]:
+        sql = f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE id > ?"
+        args: list[Any] = [after]
+        if topic is not None:
+            sql += " AND topic = ?"
+            args.append(topic)
+        return [DeadLetterRow(*r) for r in self.r.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))]
+
+    def r_local_subs(self) -> list[tuple[str, str, str]]:
+        return [(str(a), str(b), str(c)) for a, b, c in self.r.execute(
+            "SELECT service, topic, path FROM local_subs ORDER BY service, topic")]
+
+
+_DEAD_COLUMNS = "id, message_id, topic, subscriber, path, body, reason, attempts, last_error, at_ms"
+
+
+def stream_ids(rows: Iterable[StreamRow]) -> dict[tuple[str, str], int]:
+    return {(r.topic, r.subscriber): r.id for r in rows}

@@ -1,0 +1,85 @@
+"""The mesh-wide subscription book: this node's subscriptions plus every peer's, as gossip reports them.
+
+Pure: changes in, the set of wanted streams out. A stream is (topic, subscriber): the subscriber is a service
+(competing consumers: one stream per service however many instances or nodes subscribe; its path is the
+smallest path any of them gave, so every publisher picks the same one) or ``node:NAME`` for a node's stream
+readers (SSE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sidecar.catalog.model import NODE_STREAM, Subscription
+
+NODE_PREFIX = "node:"
+
+
+def node_subscriber(node: str) -> str:
+    return NODE_PREFIX + node
+
+
+def subscriber_node(subscriber: str) -> str | None:
+    """The node of a ``node:NAME`` subscriber; None for a service."""
+    return subscriber[len(NODE_PREFIX):] if subscriber.startswith(NODE_PREFIX) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    topic: str
+    subscriber: str
+    path: str
+
+
+class SubscriptionBook:
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.local: dict[tuple[str, str], Subscription] = {}  # (service, topic) → subscription
+        self.remote: dict[str, tuple[Subscription, ...]] = {}
+        self.version = 0
+
+    def add_local(self, subscription: Subscription) -> bool:
+        """True when this changed the book (new, or a new path)."""
+        key = (subscription.service, subscription.topic)
+        if self.local.get(key) == subscription:
+            return False
+        self.local[key] = subscription
+        self.version += 1
+        return True
+
+    def local_tuple(self) -> tuple[Subscription, ...]:
+        return tuple(sorted(self.local.values(), key=lambda s: (s.service, s.topic)))
+
+    def set_remote(self, node: str, subscriptions: Iterable[Subscription]) -> bool:
+        if node == self.node:
+            return False
+        items = tuple(subscriptions)
+        if self.remote.get(node, ()) == items:
+            return False
+        if items:
+            self.remote[node] = items
+        else:
+            self.remote.pop(node, None)
+        self.version += 1
+        return True
+
+    def wanted(self) -> dict[tuple[str, str], Wanted]:
+        """Every stream the mesh wants now, keyed by (topic, subscriber)."""
+        out: dict[tuple[str, str], Wanted] = {}
+        sources = [(self.node, s) for s in self.local.values()]
+        sources += [(node, s) for node, subs in self.remote.items() for s in subs]
+        for node, sub in sources:
+            subscriber = node_subscriber(node) if sub.service == NODE_STREAM else sub.service
+            key = (sub.topic, subscriber)
+            held = out.get(key)
+            if held is None or sub.path < held.path:
+                out[key] = Wanted(sub.topic, subscriber, sub.path)
+        return out
+
+    def to_json(self) -> list[dict[str, str]]:
+        rows = [{"node": self.node, "service": s.service, "topic": s.topic, "path": s.path}
+                for s in self.local.values()]
+        rows += [{"node": n, "service": s.service, "topic": s.topic, "path": s.path}
+                 for n, subs in self.remote.items() for s in subs]
+        return sorted(rows, key=lambda r: (r["topic"], r["service"], r["node"]))

@@ -1,0 +1,135 @@
+"""Group commit: every write to the store goes through one task, and everything queued while a commit runs is
+written by the next one, in one transaction and one fsync. Each caller still waits for its own commit.
+
+    writer = Writer(store, clock)
+    writer.start()
+    seq, streams = await writer.submit(lambda s: s.w_publish(...), size=len(body))
+    await writer.stop()      # drains what is queued, then closes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sidecar.clock import Clock
+from sidecar.errors import Unavailable
+from sidecar.messaging.store import Evicted, Store
+
+log = logging.getLogger("sidecar.messaging")
+
+T = TypeVar("T")
+Op = Callable[[Store], Any]
+MAX_BATCH = 4096  # operations per transaction: bounds one commit's time (and the wait of the first in it)
+
+
+class Writer:
+    def __init__(self, store: Store, clock: Clock, on_evicted: Callable[[list[Evicted]], None] | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.on_evicted = on_evicted
+        self._queue: deque[tuple[Op, asyncio.Future[Any], int]] = deque()
+        self.queued_bytes = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="messaging-writer")
+        self._stopping = False
+        # counters: commits, operations, operations per commit (the group-commit effect)
+        self.commits = 0
+        self.operations = 0
+        self.failures = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="messaging-writer")
+
+    def submit(self, op: Callable[[Store], T], size: int = 0) -> asyncio.Future[T]:
+        """Queue ``op`` for the next commit; the future resolves with its result once committed."""
+        if self._stopping:
+            raise Unavailable("messaging is shutting down")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future, size))
+        self.queued_bytes += size
+        self._wake.set()
+        return future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+                self.queued_bytes -= sum(size for _, _, size in batch)
+                now_ms = int(self.clock.wall() * 1000)
+                try:
+                    results, evicted = await loop.run_in_executor(self._thread, self._commit, batch, now_ms)
+                except Exception as exc:  # the whole transaction rolled back: every caller learns it
+                    self.failures += 1
+                    log.error("messaging store commit failed: %s", exc)
+                    error = Unavailable(f"the message store could not commit: {exc}")
+                    for _, future, _ in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                self.commits += 1
+                self.operations += len(batch)
+                for (_, future, _), (ok, value) in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                if evicted and self.on_evicted is not None:
+                    self.on_evicted(evicted)
+            if self._stopping and not self._queue:
+                return
+
+    def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], int]], now_ms: int
+                ) -> tuple[list[tuple[bool, Any]], list[Evicted]]:
+        store = self.store
+        results: list[tuple[bool, Any]] = []
+        store.begin()
+        try:
+            for op, _, _ in batch:
+                store.w.execute("SAVEPOINT op")
+                try:
+                    results.append((True, op(store)))
+                    store.w.execute("RELEASE op")
+                except Exception as exc:  # one bad operation fails alone
+                    store.w.execute("ROLLBACK TO op")
+                    store.w.execute("RELEASE op")
+                    results.append((False, exc))
+            evicted = store.w_enforce_retention(now_ms)
+            store.commit()
+        except BaseException:
+            store.rollback()
+            store.reload()
+            raise
+        return results, evicted
+
+    def tick(self) -> None:
+        """Run retention (age) even when nothing is written."""
+        if not self._queue and not self._stopping:
+            self.submit(lambda s: None)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Commit what is queued (within ``timeout``), then stop the task and close the thread."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+            except asyncio.CancelledError:
+                pass
+        self._thread.shutdown(wait=True)

@@ -1,0 +1,81 @@
+"""The outbox on a real SQLite file: group commit, settle, dead letters, retention, restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sidecar.clock import FakeClock
+from sidecar.messaging.store import Limits, Store
+from sidecar.messaging.writer import Writer
+
+LIMITS = Limits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=5)
+
+
+def test_publish_settle_and_restart(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), LIMITS)
+    store.begin()
+    one, _ = store.w_ensure_stream("t", "billing", "/in", 0)
+    two, _ = store.w_ensure_stream("t", "node:c", "", 0)
+    assert store.w_publish("m0", "other", b"x", 0) == (0, [])  # nobody wants it: nothing kept
+    seqs = [store.w_publish(f"m{i}", "t", b"body%d" % i, 0)[0] for i in range(3)]
+    store.commit()
+    assert store.pending == 3 and [s for s, _ in store.r_page(one.id, 0, 10)] == seqs
+    store.begin()
+    store.w_settle(one.id, seqs[0])
+    store.w_settle(two.id, seqs[0])
+    assert not store.w_settle(two.id, seqs[0])  # twice is harmless
+    store.w_settle(one.id, seqs[1])
+    store.commit()
+    assert store.pending == 2
+    store.close()
+    again = Store(str(tmp_path), LIMITS)  # what a restart reads back
+    assert again.pending == 2 and {r.subscriber for r in again.streams()} == {"billing", "node:c"}
+    assert [s for s, _ in again.r_page(one.id, 0, 10)] == [seqs[2]]
+    assert [s for s, _ in again.r_page(two.id, 0, 10)] == seqs[1:]
+    again.close()
+
+
+def test_retention_dead_letters_the_oldest_and_caps_dead_letters(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), Limits(retention_age_ms=1000, retention_bytes=50, max_dead_letters=3))
+    store.begin()
+    stream, _ = store.w_ensure_stream("t", "billing", "/in", 0)
+    for i in range(8):
+        store.w_publish(f"m{i}", "t", b"0123456789", created_ms=i * 100)
+    store.in_flight.add((stream.id, 8))  # the newest is on the wire: never evicted
+    evicted = store.w_enforce_retention(now_ms=900)
+    store.commit()
+    assert [e.seq for e in evicted] == [1, 2, 3] and {e.reason for e in evicted} == {"retention-bytes"}
+    store.begin()
+    evicted = store.w_enforce_retention(now_ms=1650)  # older than 1 s: seq 4..7 (created 300..600)
+    store.commit()
+    assert [e.seq for e in evicted] == [4, 5, 6, 7] and {e.reason for e in evicted} == {"retention-age"}
+    assert store.pending == 1 and store.dead_letter_count == 3  # capped: the oldest dead letters went
+    rows = store.r_dead_letters(10, 0, None)
+    assert [r.message_id for r in rows] == ["m4", "m5", "m6"]
+    store.close()
+
+
+def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = Store(str(tmp_path), LIMITS)
+        writer = Writer(store, FakeClock())
+        writer.start()
+        await writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+        commits = writer.commits
+        results = await asyncio.gather(*(writer.submit(lambda s, i=i: s.w_publish(f"m{i}", "t", b"x", 0))
+                                         for i in range(500)))
+        assert sorted(seq for seq, _ in results) == list(range(1, 501))
+        assert writer.commits - commits < 50  # 500 publishes, a handful of fsyncs
+        failing = writer.submit(lambda s: s.w.execute("INSERT INTO nowhere VALUES (1)"))
+        fine = writer.submit(lambda s: s.w_publish("ok", "t", b"x", 0))
+        assert (await fine)[0] == 501
+        try:
+            await failing
+        except Exception as e:
+            assert "nowhere" in str(e)
+        else:
+            raise AssertionError("a failing operation must fail alone")
+        await writer.stop()
+        store.close()
+    asyncio.run(main())
