@@ -17,9 +17,12 @@ and a TCP ping is tried; without any ack by the end of the interval the member b
 
 Dissemination: alive, suspect, dead and user messages go to a transmit-limited queue and ride on every
 packet we send (pings, acks) and on gossip rounds to ``gossip_nodes`` random members every
-``gossip_interval``. Push-pull over TCP exchanges the whole table (and the user state) on join and every
-``push_pull_interval``, scaled with the cluster size; like Serf's reconnect, a push-pull also tries a dead
-member now and then, which heals partitions.
+``gossip_interval``. Each message remembers who has it already (whoever we heard it from, the member an
+alive message is about, the origin of a user message, whom we sent it to) and is never sent to them, so
+its few transmissions all go to members that may not have it (see ``broadcast``). Push-pull over TCP
+exchanges the whole table (and the user state) on join and every ``push_pull_interval``, scaled with the
+cluster size; like Serf's reconnect, a push-pull also tries a dead member now and then, which heals
+partitions.
 
 Suspicion: a suspect gets Lifeguard's timer (``suspicion.Suspicion``), which shrinks with confirmations
 from other members; at its end the member is declared dead. A member that hears it is suspect or dead
@@ -32,7 +35,7 @@ import enum
 import heapq
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,6 +261,23 @@ class _Stream:
 _T_SUSPICION, _T_NACK, _T_RELAY_END, _T_STREAM = range(4)
 _LIVE = (ALIVE, SUSPECT)
 _SEQ_MASK = 0xFFFFFFFF
+
+
+def _broadcast_key(msg: Message) -> Hashable | None:
+    """The key a gossiped message is queued under (None: not a broadcast)."""
+    if isinstance(msg, (Alive, Suspect, Dead)):
+        return msg.node
+    if isinstance(msg, UserMsg):
+        return ("u", msg.origin, msg.key)
+    return None
+
+
+def _knowers(src: Address | None, alive: Alive | None = None) -> tuple[Address, ...]:
+    """Who holds a message already: its sender, and for an alive message the member it is about."""
+    if alive is None:
+        return () if src is None else (src,)
+    subject = (alive.host, alive.port)
+    return (subject,) if src is None or src == subject else (src, subject)
 
 
 class GossipCore:
@@ -504,6 +524,10 @@ class GossipCore:
                 counters.refused[Refusal.MALFORMED] += 1
                 continue
             handler(src, msg, raw, now, out)
+            key = _broadcast_key(msg)
+            if key is not None:
+                # news we spread too, old or new to us: the sender need not hear it from us
+                self._queue.heard_from(key, raw, src)
         if self._next_gossip < now:
             self._realign_gossip(now)
         return out
@@ -554,7 +578,7 @@ class GossipCore:
                 p.tcp_ok = True
             return out
         if isinstance(msg, PushPull):
-            self._merge(msg, now, out)
+            self._merge(msg, now, out, stream.address)
             out.append(SyncCompleted(stream.address, stream.join, True))
             if self._next_gossip < now:
                 self._realign_gossip(now)
@@ -659,15 +683,15 @@ class GossipCore:
     def _on_suspect_packet(self, src: Address, msg: Suspect, raw: bytes, now: float, out: list[Output]) -> None:
         if msg.node == self.name and msg.incarnation < self._incarnation:
             self._answer_stale_accusation(src, out)
-        self._on_suspect(msg, raw, now, out)
+        self._on_suspect(msg, raw, now, out, src)
 
     def _on_alive_packet(self, src: Address, msg: Alive, raw: bytes, now: float, out: list[Output]) -> None:
-        self._on_alive(msg, raw, now, out)
+        self._on_alive(msg, raw, now, out, src)
 
     def _on_dead_packet(self, src: Address, msg: Dead, raw: bytes, now: float, out: list[Output]) -> None:
         if msg.node == self.name and msg.incarnation < self._incarnation and not self._left:
             self._answer_stale_accusation(src, out)
-        self._on_dead(msg, raw, now, out)
+        self._on_dead(msg, raw, now, out, src)
 
     def _answer_stale_accusation(self, src: Address, out: list[Output]) -> None:
         # we refuted this already, but the sender missed it (it would not pass on a stale rumour
@@ -681,11 +705,15 @@ class GossipCore:
         seen[msg.key] = msg.version
         if msg.origin != self.name:
             out.append(UserMessage(msg.origin, msg.key, msg.data))
-        self._queue.queue(("u", msg.origin, msg.key), raw)
+        origin = self._table.get(msg.origin)
+        known_by = (src,) if origin is None or origin.address == src else (src, origin.address)
+        self._queue.queue(("u", msg.origin, msg.key), raw, known_by=known_by)
 
     # ------------------------------------------------------------------------------ membership changes
 
-    def _on_alive(self, a: Alive, raw: bytes | None, now: float, out: list[Output]) -> None:
+    def _on_alive(self, a: Alive, raw: bytes | None, now: float, out: list[Output],
+                  src: Address | None = None) -> None:
+        """``src``: whom we heard it from (None: our own conclusion, or a push-pull we answered)."""
         is_local = a.node == self.name
         if is_local and self._left:
             return  # an alive of ours still in flight must not undo the leave
@@ -693,7 +721,7 @@ class GossipCore:
         if m is None:
             new = Member(a.node, a.host, a.port, a.meta, a.incarnation, ALIVE, now)
             self._table.put(new)
-            self._queue.queue(a.node, raw if raw is not None else to_wire(a))
+            self._queue.queue(a.node, raw if raw is not None else to_wire(a), known_by=_knowers(src, a))
             out.append(MemberJoined(new.view(self.cluster)))
             return
         reclaim = False
@@ -712,7 +740,7 @@ class GossipCore:
         if a.incarnation <= m.incarnation and not reclaim:
             return
         self._suspicions.pop(a.node, None)
-        self._queue.queue(a.node, raw if raw is not None else to_wire(a))
+        self._queue.queue(a.node, raw if raw is not None else to_wire(a), known_by=_knowers(src, a))
         state = transition(m.state, Input.ALIVE) or ALIVE
         new = Member(a.node, a.host, a.port, a.meta, a.incarnation, state,
                      m.state_change if m.state is ALIVE else now)
@@ -724,7 +752,8 @@ class GossipCore:
         elif m.meta != a.meta or reclaim:
             out.append(MemberUpdated(new.view(self.cluster)))
 
-    def _on_suspect(self, s: Suspect, raw: bytes | None, now: float, out: list[Output]) -> None:
+    def _on_suspect(self, s: Suspect, raw: bytes | None, now: float, out: list[Output],
+                    src: Address | None = None) -> None:
         m = self._table.get(s.node)
         if m is None or s.incarnation < m.incarnation:
             return
@@ -732,7 +761,7 @@ class GossipCore:
         if susp is not None:
             # one more member could not reach it: shorten the timer, and pass the confirmation on
             if susp.confirm(s.sender, now):
-                self._queue.queue(s.node, raw if raw is not None else to_wire(s))
+                self._queue.queue(s.node, raw if raw is not None else to_wire(s), known_by=_knowers(src))
                 self._add_timer(susp.deadline, _T_SUSPICION, (s.node, susp))
             return
         new_state = transition(m.state, Input.SUSPECT)
@@ -741,7 +770,7 @@ class GossipCore:
         if s.node == self.name:
             self._refute(s.incarnation, out)
             return
-        self._queue.queue(s.node, raw if raw is not None else to_wire(s))
+        self._queue.queue(s.node, raw if raw is not None else to_wire(s), known_by=_knowers(src))
         new = updated(m, incarnation=s.incarnation, state=new_state, state_change=now)
         self._table.put(new)
         t = self.tuning
@@ -754,7 +783,8 @@ class GossipCore:
         self.counters.suspicions += 1
         out.append(MemberSuspect(new.view(self.cluster)))
 
-    def _on_dead(self, d: Dead, raw: bytes | None, now: float, out: list[Output]) -> None:
+    def _on_dead(self, d: Dead, raw: bytes | None, now: float, out: list[Output],
+                 src: Address | None = None) -> None:
         m = self._table.get(d.node)
         if m is None or d.incarnation < m.incarnation:
             return
@@ -769,7 +799,7 @@ class GossipCore:
                 return
             self._queue.queue(d.node, wire, self._on_leave_sent)
         else:
-            self._queue.queue(d.node, wire)
+            self._queue.queue(d.node, wire, known_by=_knowers(src))
         new = updated(m, incarnation=d.incarnation, state=new_state, state_change=now)
         self._table.put(new)
         if d.node == self.name:
@@ -809,12 +839,17 @@ class GossipCore:
             # the dead hear about it a while longer, so a member declared dead by mistake can refute
             return m.state is DEAD and now - m.state_change <= dead_window
 
+        queue = self._queue
+        if self._table.live_count - 1 <= queue.widest_known_by:
+            # so few members that some news may be known by everyone we could tell: forget it
+            queue.drop_known_by_all([m.address for m in self._table if target(m)])
         budget = self._packet_size - self._envelope.overhead - COMPOUND_HEADER
         for m in self._table.random_members(self.tuning.gossip_nodes, target):
-            msgs = self._queue.get(COMPOUND_PER_PART, budget)
-            if not msgs:
+            if not len(queue):
                 return
-            self._emit(m.address, compound_to_wire(msgs), out)
+            msgs = queue.get(COMPOUND_PER_PART, budget, to=m.address)
+            if msgs:
+                self._emit(m.address, compound_to_wire(msgs), out)
 
     def _realign_gossip(self, now: float) -> None:
         gi = self.tuning.gossip_interval
@@ -827,7 +862,7 @@ class GossipCore:
         room = (self._packet_size - self._envelope.overhead - COMPOUND_HEADER
                 - sum(len(p) + COMPOUND_PER_PART for p in parts))
         if len(self._queue) and room > COMPOUND_PER_PART:
-            extra = self._queue.get(COMPOUND_PER_PART, room)
+            extra = self._queue.get(COMPOUND_PER_PART, room, to=address)
             if extra:
                 parts = parts + extra[: 255 - len(parts)]
         self._emit(address, compound_to_wire(parts), out)
@@ -884,7 +919,8 @@ class GossipCore:
         user = self._local_state() if self._local_state is not None else b""
         return self._envelope.seal(to_wire(PushPull(join, states, user)))
 
-    def _merge(self, pp: PushPull, now: float, out: list[Output]) -> None:
+    def _merge(self, pp: PushPull, now: float, out: list[Output], src: Address | None = None) -> None:
+        """``src``: the partner's gossip address when we know it (a push-pull we started)."""
         table = self._table
         for r in pp.states:
             if r.state is ALIVE:
@@ -892,11 +928,12 @@ class GossipCore:
                 if (m is not None and m.state is ALIVE and m.incarnation >= r.incarnation
                         and r.name != self.name and m.host == r.host and m.port == r.port):
                     continue  # nothing new (the common case)
-                self._on_alive(Alive(r.incarnation, r.name, r.host, r.port, r.meta), None, now, out)
+                self._on_alive(Alive(r.incarnation, r.name, r.host, r.port, r.meta), None, now, out, src)
             elif r.state is LEFT:
-                self._on_dead(Dead(r.incarnation, r.name, r.name), None, now, out)
+                self._on_dead(Dead(r.incarnation, r.name, r.name), None, now, out, src)
             else:
                 # a remote verdict of death is only a suspicion here: we run our own timer
+                # (no src: our suspicion is news to the partner, a confirmation if it suspects too)
                 self._on_suspect(Suspect(r.incarnation, r.name, self.name), None, now, out)
         out.append(RemoteState(pp.user_state, pp.join))
 

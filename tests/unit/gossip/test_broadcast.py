@@ -76,3 +76,38 @@ def test_reset_empties_and_finishes() -> None:
     q.reset()
     assert len(q) == 0 and done == [1]
     assert q.get(0, 100) == []
+
+
+def test_a_broadcast_is_never_given_to_who_has_it_and_only_real_sends_count() -> None:
+    q = make(n=10, mult=1)  # limit 1 * ceil(log10(11)) = 2
+    q.queue("a", b"alive-a", known_by=["a", "b"])  # about a, heard from b
+    assert q.get(2, 1000, to="a") == []
+    assert q.get(2, 1000, to="b") == []
+    assert q.get(2, 1000, to="c") == [b"alive-a"]
+    assert q.get(2, 1000, to="c") == []  # c has it now
+    assert len(q) == 1  # the skips cost nothing: one send left
+    assert q.get(2, 1000, to="d") == [b"alive-a"]
+    assert len(q) == 0
+
+
+def test_whoever_sends_us_the_same_news_is_not_told_it_again() -> None:
+    q = make()
+    q.queue("a", b"alive-a-2")
+    q.heard_from("a", b"alive-a-1", "c")  # older news: c may still need ours
+    q.heard_from("a", b"alive-a-2", "d")
+    q.heard_from("zzz", b"x", "d")  # nothing queued under that key
+    assert q.get(2, 1000, to="d") == []
+    assert q.get(2, 1000, to="c") == [b"alive-a-2"]
+
+
+def test_news_everyone_we_could_tell_has_is_dropped() -> None:
+    q = make()
+    done: list[str] = []
+    q.queue("a", b"alive-a", lambda: done.append("a"), known_by=["a"])
+    q.queue("b", b"alive-b", known_by=["b"])
+    q.drop_known_by_all([])  # nobody to tell right now: keep it for later
+    q.drop_known_by_all(["a", "b"])
+    assert len(q) == 2
+    q.drop_known_by_all(["a"])
+    assert len(q) == 1 and done == ["a"]
+    assert q.get(2, 1000, to="a") == [b"alive-b"]

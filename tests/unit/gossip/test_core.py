@@ -137,6 +137,38 @@ def test_new_members_join_and_are_regossiped() -> None:
     assert Alive(1, "a", "a", 7946, b"meta") in acks[0][1]
 
 
+def test_news_goes_to_members_without_it_never_back_to_its_sender_or_subject() -> None:
+    core = make_core()
+    with_members(core, ["a", "b", "c"])
+    run_ticks(core, 5.0, peers_answer=True)  # what they told us has been passed on by now
+    core.on_packet(("a", 7946), packet(Alive(1, "d", "d", 7946)), 6.0)  # a tells us about d
+
+    def alive_d_in_ack(src: str, seq: int, now: float) -> bool:
+        acks = sent(core.on_packet((src, 7946), packet(Ping(seq, "me")), now))
+        assert [address for address, _ in acks] == [(src, 7946)]
+        return Alive(1, "d", "d", 7946) in acks[0][1]
+
+    assert not alive_d_in_ack("a", 1, 6.1)  # it came from a
+    assert not alive_d_in_ack("d", 2, 6.2)  # it is about d
+    assert alive_d_in_ack("b", 3, 6.3)
+    assert not alive_d_in_ack("b", 4, 6.4)  # b has it from us now
+    core.on_packet(("c", 7946), packet(Alive(1, "d", "d", 7946)), 6.5)  # c heard it too
+    assert not alive_d_in_ack("c", 5, 6.6)
+    # everyone we could tell has it now: it is not sent again
+    later = sent(run_ticks(core, 8.0, peers_answer=True))
+    assert later and not [address for address, msgs in later if Alive(1, "d", "d", 7946) in msgs]
+
+
+def test_news_only_its_knowers_could_get_is_dropped_so_gossip_goes_quiet() -> None:
+    core = make_core()
+    with_members(core, ["a"])  # a cluster of two: a has the alive about itself
+    run_ticks(core, 2.0, peers_answer=True)
+    out = run_ticks(core, 10.0, peers_answer=True)
+    packets = sent(out)
+    assert packets and all(any(isinstance(m, (Ping, Ack)) for m in msgs) for _, msgs in packets)
+    assert core.next_deadline() - 10.0 > T.gossip_interval  # no gossip timer left ticking
+
+
 def test_an_unanswered_probe_goes_indirect_then_suspects() -> None:
     core = make_core()
     with_members(core, ["a", "b", "c", "d", "e"])
@@ -331,7 +363,10 @@ def test_user_broadcasts_are_delivered_once_and_passed_on() -> None:
     assert out == [UserMessage("a", "svc/1", b"v5")]
     assert core.on_packet(("b", 7946), packet(UserMsg("a", "svc/1", 5, b"v5")), 1.1) == []
     assert core.on_packet(("b", 7946), packet(UserMsg("a", "svc/1", 4, b"v4")), 1.2) == []
-    relayed = sent(core.on_packet(("b", 7946), packet(Ping(1, "me")), 1.3))
+    # passed on, but not back to a or b: they sent it to us, so they have it
+    to_b = sent(core.on_packet(("b", 7946), packet(Ping(1, "me")), 1.3))
+    assert to_b and UserMsg("a", "svc/1", 5, b"v5") not in to_b[0][1]
+    relayed = sent(core.on_packet(("c", 7946), packet(Ping(2, "me")), 1.4))
     assert UserMsg("a", "svc/1", 5, b"v5") in relayed[0][1]
 
 
