@@ -32,6 +32,7 @@ from sidecar.errors import ConfigError, InvalidArgument
 from sidecar.events import EventBus
 from sidecar.gossip.errors import KeyringError
 from sidecar.gossip.node import GossipNode
+from sidecar.lifecycle import WrappedApp
 from sidecar.log import fields
 from sidecar.mesh.dataplane import DataPlane
 from sidecar.messaging.routes import admin_post_handlers, admin_read_routes, api_routes
@@ -43,7 +44,8 @@ from sidecar.web import Site
 
 log = logging.getLogger("sidecar.app")
 
-SHUTDOWN_DEADLINE = 10.0  # seconds from SIGTERM to exit; Kubernetes' default grace period is 30
+SHUTDOWN_DEADLINE = 20.0  # seconds from SIGTERM to exit; Kubernetes' default grace period is 30
+APP_STOP_GRACE = 8.0      # a wrapped app's time between SIGTERM and SIGKILL
 DRAIN_GRACE = 5.0         # requests in flight may finish for this long after the listeners close
 LEAVE_TIMEOUT = 2.0       # for the leave message to be gossiped before the sockets close
 
@@ -76,8 +78,11 @@ def advertise_host(config: Config) -> str:
 
 
 class Sidecar:
-    def __init__(self, config: Config, config_paths: list[str], clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, config: Config, config_paths: list[str], clock: Clock = SYSTEM_CLOCK,
+                 app_command: list[str] | None = None) -> None:
         self.config = config
+        self.app = WrappedApp(app_command, {}) if app_command else None
+        self.exit_code = 0
         self.config_paths = config_paths
         self.clock = clock
         self.bus = EventBus()
@@ -208,11 +213,32 @@ class Sidecar:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             await self.start()
-            await self.stop_requested.wait()
+            if self.app is None:
+                await self.stop_requested.wait()
+            else:
+                await self._run_app(self.app)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.shutdown()
+
+    async def _run_app(self, app: WrappedApp) -> None:
+        stop = asyncio.create_task(self.stop_requested.wait())
+        while not self.readiness()[0] and not stop.done():
+            log.debug("holding the app until the sidecar is ready", extra=fields(reason=self.readiness()[1]))
+            await asyncio.wait({stop}, timeout=0.1)
+        if stop.done():
+            return
+        app.extra_env.update({f"SIDECAR_{name.upper()}": str(address) for name, address in self.bound.items()})
+        try:
+            await app.start()
+        except OSError as e:
+            raise StartupError(str(e)) from None
+        await asyncio.wait({stop, app.exited}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if app.exited.done():
+            self.exit_code = app.exited.result()
+            log.info("app exited; the sidecar drains and leaves", extra=fields(exit_code=self.exit_code))
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("shutting down", extra=fields(signal=sig.name))
@@ -224,12 +250,20 @@ class Sidecar:
             return
         await self.drain()
         try:
-            await asyncio.wait_for(self._stop_parts(), SHUTDOWN_DEADLINE)
+            await asyncio.wait_for(self._stop_in_order(), SHUTDOWN_DEADLINE)
         except TimeoutError:
             log.warning("shutdown deadline reached; remaining work cancelled",
                         extra=fields(deadline=f"{SHUTDOWN_DEADLINE}s"))
         self.state = "stopped"
         log.info("sidecar stopped")
+
+    async def _stop_in_order(self) -> None:
+        # inbound first so peers fail over; then the app, while its outbound calls still go out; then the rest
+        if self.dataplane is not None:
+            await self.dataplane.stop_inbound(DRAIN_GRACE)
+        if self.app is not None:
+            await self.app.stop(APP_STOP_GRACE)
+        await self._stop_parts()
 
     async def _stop_parts(self) -> None:
         self.bus.close_all()  # ends event streams, so listeners close without waiting on them
@@ -357,17 +391,17 @@ class Sidecar:
                 self.registry.register(spec, "config", now, now_ms)
 
 
-async def serve(config: Config, config_paths: list[str]) -> int:
-    sidecar = Sidecar(config, config_paths)
+async def serve(config: Config, config_paths: list[str], app_command: list[str] | None = None) -> int:
+    sidecar = Sidecar(config, config_paths, app_command=app_command)
     try:
         await sidecar.run()
     except StartupError as e:
         log.error(str(e))
         return e.exit_code
-    return 0
+    return sidecar.exit_code
 
 
-def run(config_paths: list[str]) -> int:
+def run(config_paths: list[str], app_command: list[str] | None = None) -> int:
     """``sidecar run``: 0 after a clean stop, 2 for a bad config (printed), 1 for a failure at run time."""
     try:
         config = load(config_paths)
@@ -379,7 +413,7 @@ def run(config_paths: list[str]) -> int:
     runner = asyncio.Runner(loop_factory=_loop_factory())
     try:
         with runner:
-            return runner.run(serve(config, config_paths))
+            return runner.run(serve(config, config_paths, app_command))
     except KeyboardInterrupt:
         return 0
 

@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run until SIGTERM/SIGINT, then drain and leave")
     run.add_argument("-c", "--config", action="append", metavar="FILE",
                      help=f"YAML config; repeat to merge files in order (default {DEFAULT_CONFIG})")
+    run.add_argument("app", nargs=argparse.REMAINDER, metavar="-- APP ARGS",
+                     help="run APP once the sidecar is ready; stop it first on SIGTERM; exit with its code")
+
+    wait = commands.add_parser("wait-ready", help="wait until the sidecar's /ready answers 200 (for app start-up)")
+    wait.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN),
+                      help=f"admin URL (default {DEFAULT_ADMIN}, or $SIDECAR_ADMIN)")
+    wait.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
 
     validate = commands.add_parser("validate", help="check config files; exit 0 if valid, else 2")
     validate.add_argument("files", nargs="+", metavar="FILE", help="merged in order, as run -c does")
@@ -86,7 +93,12 @@ def main(argv: list[str]) -> int:
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from sidecar.app import run
-        return run(args.config or [DEFAULT_CONFIG])
+        app = args.app[1:] if args.app[:1] == ["--"] else args.app
+        if app and app[0].startswith("-"):
+            raise UsageError(f"unknown option {app[0]!r}; put the app's command after --")
+        return run(args.config or [DEFAULT_CONFIG], app or None)
+    if args.command == "wait-ready":
+        return wait_ready(args.admin, args.timeout)
     if args.command == "validate":
         return validate(args.files)
     if args.command == "keys":
@@ -100,6 +112,25 @@ def dispatch(args: argparse.Namespace) -> int:
         from sidecar.demo import run_demo
         return run_demo(args.duration)
     raise UsageError(f"unknown command {args.command!r}")
+
+
+def wait_ready(admin: str, timeout: float) -> int:
+    """Exit 0 once /ready answers 200, 1 at the deadline (the last answer is printed)."""
+    import time
+    url = admin.rstrip("/") + "/ready"
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return 0
+        except urllib.error.HTTPError as e:
+            last = f"{e.code}: {e.read().decode(errors='replace')[:200]}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(getattr(e, "reason", e))
+        time.sleep(0.2)
+    raise CommandFailed(f"{url} not ready after {timeout:g}s ({last})")
 
 
 def validate(files: list[str]) -> int:

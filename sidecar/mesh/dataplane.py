@@ -276,13 +276,21 @@ class DataPlane:
             self.bound[key] = _bound(await proxy.listen(upstream.bind, upstream.local_port))
         return dict(self.bound)
 
+    async def stop_inbound(self, grace: float) -> None:
+        """Shutdown's first step: peers fail over to other instances while this app's own calls still go out."""
+        if self.inbound is not None:
+            try:
+                await self.inbound.close(grace)
+            except Exception as e:
+                log.warning("inbound listener did not close cleanly: %r", e)
+            self.inbound = None
+
     async def stop(self, grace: float) -> None:
         """Stop accepting everywhere, let requests in flight end within ``grace`` seconds, cut the rest."""
+        await self.stop_inbound(grace)
         closing: list[Any] = [self.outbound.close(grace)]
         for proxy in self.upstreams.values():
             closing.append(proxy.close(grace) if isinstance(proxy, HttpProxy) else proxy.close())
-        if self.inbound is not None:
-            closing.append(self.inbound.close(grace))
         for result in await asyncio.gather(*closing, return_exceptions=True):
             if isinstance(result, BaseException):
                 log.warning("data plane listener did not close cleanly: %r", result)
