@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from sidecar.config.load import deep_merge
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -111,7 +113,7 @@ class SidecarProcess:
             "dns": {"listen": "127.0.0.1:0"},
             "gossip": {"listen": "127.0.0.1:0", "profile": "local"},
         }
-        merged = _merge(base, config)
+        merged = deep_merge(base, config)
         self.config_path = tmp / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(merged))
         self.config = merged
@@ -182,16 +184,6 @@ class SidecarProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def run_cli(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
