@@ -8,7 +8,7 @@ APT_PACKAGES := bind9-dnsutils knot-dnsutils curl openssl iproute2 nftables prom
 # The real peers the benchmarks compare against.
 BENCH_APT_PACKAGES := dnsperf dnsmasq-base wrk haproxy nginx-light
 
-.PHONY: all venv test unit lint demo bench tools bench-tools apt clean
+.PHONY: all venv test unit lint demo bench tools bench-tools apt chart-test clean
 
 all: test
 
@@ -48,6 +48,9 @@ unit: venv
 lint: venv
 	$(BIN)/ruff check sidecar tests bench
 	$(BIN)/mypy sidecar
+
+chart-test: venv
+	$(BIN)/python -m pytest -q tests/integration/deploy
 
 demo: venv
 	$(BIN)/sidecar demo
