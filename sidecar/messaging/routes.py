@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,23 @@ from sidecar.messaging.envelope import MessageBody
 from sidecar.messaging.service import SENDER_HEADER, Messaging
 from sidecar.web import Handler, json_response, last_event_id, read_json_object, sse_stream
 
+TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
+                 "x-b3-sampled", "x-b3-flags")
+
+
+def trace_headers(request: web.Request) -> dict[str, str]:
+    """The caller's trace context, to be continued by the message's hops."""
+    return {k: v for k, v in request.headers.items() if k.lower() in TRACE_HEADERS}
+
+
+def with_trace(body: MessageBody, trace: dict[str, str]) -> MessageBody:
+    """A published message keeps its publisher's trace context in ``metadata`` (as CloudEvents' traceparent
+    extension does), so every delivery, however much later, continues that trace."""
+    parent = {k.lower(): v for k, v in trace.items() if k.lower() in ("traceparent", "tracestate")}
+    if not parent or (body.metadata and "traceparent" in body.metadata):
+        return body
+    return replace(body, metadata={**(body.metadata or {}), **parent})
+
 
 def api_routes(messaging: Messaging) -> web.RouteTableDef:
     routes = web.RouteTableDef()
@@ -24,12 +42,12 @@ def api_routes(messaging: Messaging) -> web.RouteTableDef:
     async def send_message(request: web.Request) -> web.Response:
         body = MessageBody.from_json(await read_json_object(request))
         status, headers, raw = await messaging.send(request.match_info["service"], body,
-                                                    request.headers.get(SENDER_HEADER))
+                                                    request.headers.get(SENDER_HEADER), trace_headers(request))
         return web.Response(status=status, body=raw, headers=headers)
 
     @routes.post("/v1/publish/{topic}")
     async def publish(request: web.Request) -> web.Response:
-        body = MessageBody.from_json(await read_json_object(request))
+        body = with_trace(MessageBody.from_json(await read_json_object(request)), trace_headers(request))
         message = await messaging.publish(request.match_info["topic"], body, request.headers.get(SENDER_HEADER))
         return json_response({"id": message.id}, 202)
 

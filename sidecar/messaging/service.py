@@ -100,6 +100,17 @@ def dead_letter_json(row: DeadLetterRow) -> dict[str, Any]:
             "reason": row.reason, "attempts": row.attempts, "lastError": row.last_error, "timestamp": row.at_ms}
 
 
+def trace_of(raw: bytes) -> dict[str, str]:
+    """A stored message's trace context (``metadata.traceparent``/``tracestate``), as request headers."""
+    if b'"traceparent"' not in raw:
+        return {}
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate") and isinstance(v, str)}
+
+
 class Messaging:
     def __init__(self, config: Config, catalog: MeshCatalog, registry: LocalRegistry, clock: Clock,
                  identity: IdentityStore | None = None, rng: random.Random | None = None) -> None:
@@ -233,8 +244,8 @@ class Messaging:
 
     # ------------------------------------------------------------------------------------ request-response
 
-    async def send(self, service: str, body: MessageBody, sender_header: str | None = None
-                   ) -> tuple[int, dict[str, str], bytes]:
+    async def send(self, service: str, body: MessageBody, sender_header: str | None = None,
+                   trace: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         """Deliver a ServiceMessage to one instance of ``service`` at its messages_path and return the app's answer
         (status, headers worth passing on, body). Errors of the mesh come back as the mesh answered them."""
         self._require()
@@ -251,7 +262,8 @@ class Messaging:
         try:
             async with self._http.post(
                     f"http://{self.outbound}{path}", data=message.to_bytes(),
-                    headers={"Host": service, "Content-Type": "application/json", "x-sidecar-message-id": message.id},
+                    headers={**(trace or {}), "Host": service, "Content-Type": "application/json",
+                             "x-sidecar-message-id": message.id},
                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
                 raw = await response.content.read(MAX_RESPONSE + 1)
                 if len(raw) > MAX_RESPONSE:
@@ -556,7 +568,7 @@ class Messaging:
             return Outcome.ACK, None
         timeout = aiohttp.ClientTimeout(total=float(self.settings.delivery_timeout))
         headers = {"Content-Type": "application/json", "x-sidecar-topic": row.topic,
-                   "x-sidecar-delivery-attempt": str(number)}
+                   "x-sidecar-delivery-attempt": str(number), **trace_of(body)}
         try:
             if node is None:
                 assert self._http is not None and self.outbound is not None

@@ -166,17 +166,24 @@ class Exchange:
         items = head.headers.items
         incoming = None
         request_id = None
+        b3 = False
         for lname, _, value in items:
             if lname == _TRACEPARENT:
                 incoming = value
             elif lname == _REQUEST_ID:
                 request_id = value
+            elif lname[:2] == b"b3" or lname[:5] == b"x-b3-":
+                b3 = True
         if request_id is None:
             self.request_id = ids.request_id()
             items.append((_REQUEST_ID, b"x-request-id", self.request_id.encode()))
         else:
             self.request_id = request_id.decode("latin-1")
         parent = tracecontext.parse(incoming)
+        if parent is None and b3:
+            # B3 from a Zipkin-instrumented caller continues the same trace (W3C wins when both are valid)
+            from sidecar.telemetry.propagation import from_b3
+            parent = from_b3((lname, value) for lname, _, value in items)
         hop = tracecontext.next_hop(parent, ids)
         self.trace_id, self.span_id = hop.trace_id, hop.span_id
         self.parent_span_id = None if parent is None else parent.span_id

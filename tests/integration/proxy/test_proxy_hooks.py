@@ -8,6 +8,8 @@ import json
 import socket
 from dataclasses import dataclass, field
 
+import pytest
+
 from sidecar.proxy import AttemptRecord, HttpProxy, Retry, Target
 from tests.integration.proxy.conftest import LoopThread, closed_port, start_backend
 
@@ -137,3 +139,42 @@ def test_a_pooled_connection_closed_by_the_server_is_redialled_once(loop_thread:
         loop_thread.run(proxy.close(grace=0.5))
         one_shot.close()
 
+
+
+@pytest.mark.parametrize("b3", [
+    {"b3": "463ac35c9f6413ad48485a3953bb6124-0020000000000001-1"},
+    {"X-B3-TraceId": "463ac35c9f6413ad48485a3953bb6124", "X-B3-SpanId": "0020000000000001", "X-B3-Sampled": "1"},
+])
+def test_b3_on_ingress_continues_the_trace(b3: dict[str, str]) -> None:
+    import asyncio
+    import re
+
+    async def scenario() -> str:
+        seen: list[dict[str, str]] = []
+
+        async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            seen.append({k.lower(): v for k, v in (line.split(": ", 1) for line in head.split("\r\n")[1:] if line)})
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(backend, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        proxy = HttpProxy(lambda head, conn: Target(("127.0.0.1", port)))
+        listener = await proxy.listen("127.0.0.1", 0)
+        proxy_port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in b3.items())
+        writer.write(f"GET / HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n".encode())
+        await writer.drain()
+        await reader.read()
+        writer.close()
+        await proxy.close(1)
+        server.close()
+        return seen[0]["traceparent"]
+
+    traceparent = asyncio.run(scenario())
+    match = re.fullmatch(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})", traceparent)
+    assert match and match.group(1) == "463ac35c9f6413ad48485a3953bb6124"
+    assert match.group(2) != "0020000000000001"  # a new span for this hop
