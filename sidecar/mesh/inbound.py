@@ -41,7 +41,7 @@ from sidecar.mesh.naming import ServiceName, parse_service
 from sidecar.proxy import ConnectionInfo, HttpProxy, RequestHead, Target, TcpRelay
 from sidecar.tls.context import ALPN_TCP_TUNNEL
 from sidecar.tls.errors import PeerRefused
-from sidecar.tls.handshake import DEFAULT_HANDSHAKE_TIMEOUT, accept_socket
+from sidecar.tls.handshake import DEFAULT_HANDSHAKE_TIMEOUT, accept_socket, listening_socket
 from sidecar.tls.identity import PeerIdentity
 from sidecar.tls.reloader import IdentityStore
 
@@ -448,16 +448,7 @@ class InboundListener:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(self.backlog)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(host, port, self.backlog)
         self._sock = sock
         self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(sock))
         bound_host, bound_port = sock.getsockname()[:2]

@@ -151,6 +151,21 @@ def _peername(sock: socket.socket) -> Any:
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, PeerIdentity], Awaitable[None]]
 
 
+def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket for an accept loop that hands raw sockets to TLS."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class MtlsServer:
     """Like ``asyncio.start_server``, over mTLS: ``handler(reader, writer, peer_identity)`` runs only for
     verified peers; refusals are logged and counted.
@@ -170,16 +185,7 @@ class MtlsServer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> MtlsServer:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(self._backlog)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(host, port, self._backlog)
         self._sock = sock
         self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(sock))
         return self
