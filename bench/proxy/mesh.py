@@ -1,6 +1,7 @@
 """wrk through real `sidecar run` processes, next to HAProxy and the bare engine, on the same nginx backend.
 
     python -m bench.proxy.mesh [--runs 3] [--duration 5] [--concurrency 1 50] [--gc-freeze] [--profile 5]
+                               [--cpu-split 3]
 
 Setups (loopback, free ports, certificates from `sidecar certs init/issue` in a temporary folder):
   direct         wrk -> nginx
@@ -20,7 +21,8 @@ Setups (loopback, free ports, certificates from `sidecar certs init/issue` in a 
 Runs alternate between setups. For each: median requests/s, p50/p99 latency and CPU µs per request summed over
 the setup's proxy processes (utime+stime from /proc). Ratios compare to HAProxy's mTLS pair.
 ``--profile N`` then samples sidecar A and B with py-spy (pip install py-spy) for N seconds under c=50 and
-prints the top functions by own time and by total time.
+prints the top functions by own time and by total time. ``--cpu-split N`` records both with ``perf`` (cycles
+by shared object: the interpreter, the kernel, libcrypto, llhttp, uvloop).
 
 Exit status: 0 when done (or skipped for lack of wrk/haproxy/nginx), 1 when a server failed.
 """
@@ -245,6 +247,34 @@ def profile(port: int, pids: list[int], seconds: float, folder: Path) -> str:
     return "\n\n".join(text)
 
 
+def cpu_split(port: int, pids: list[int], seconds: float, folder: Path) -> str:
+    """Where each pid's CPU cycles go under a c=50 load, by shared object (`perf record`, kernel included).
+
+    py-spy samples wall time: a process that is runnable but waiting for a core is charged to the frame it
+    stopped in (often a write), so on a busy machine it overstates system calls; cycles say what costs CPU.
+    """
+    perf = shutil.which("perf")
+    if perf is None:
+        return "cpu split skipped: perf is not installed (Debian package linux-perf)"
+    outputs = [folder / f"perf-{pid}.data" for pid in pids]
+    procs = [subprocess.Popen([perf, "record", "-F", "999", "-o", str(out), "-p", str(pid), "--", "sleep",
+                               str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for pid, out in zip(pids, outputs, strict=True)]
+    time.sleep(0.3)
+    wrk(port, 50, seconds, SERVICE)
+    text = []
+    for pid, out, proc in zip(pids, outputs, procs, strict=True):
+        _, err = proc.communicate(timeout=seconds + 30)
+        if proc.returncode != 0 or not out.exists():
+            text.append(f"perf failed on {pid}: {err.decode(errors='replace')[-300:]}")
+            continue
+        report = subprocess.run([perf, "report", "-i", str(out), "--sort", "dso", "--stdio"], capture_output=True,
+                                text=True, timeout=60).stdout
+        rows = [line.strip() for line in report.splitlines() if line.strip() and not line.startswith("#")][:8]
+        text.append(f"pid {pid}, CPU cycles by shared object:\n" + "\n".join(f"   {row}" for row in rows))
+    return "\n\n".join(text)
+
+
 def summarize(raw: str, title: str, top: int = 15) -> str:
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
@@ -310,6 +340,8 @@ def main() -> int:
     parser.add_argument("--gc-freeze", action="store_true", help="add the pair with gc.freeze() after start")
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                         help="then profile sidecar A and B with py-spy under c=50 for SECONDS")
+    parser.add_argument("--cpu-split", type=float, default=0.0, metavar="SECONDS",
+                        help="then record sidecar A and B with perf under c=50: CPU cycles by shared object")
     args = parser.parse_args()
     missing = [tool for tool in ("wrk", "haproxy", "nginx") if shutil.which(tool) is None]
     if missing:
@@ -366,6 +398,10 @@ def main() -> int:
             port, pids, _ = setups["sidecar-pair"]
             print("\n## profile of the sidecar pair under c=50 (A = outbound side, B = inbound side)\n")
             print(profile(port, pids, args.profile, folder))
+        if args.cpu_split and "sidecar-pair" in setups:
+            port, pids, _ = setups["sidecar-pair"]
+            print("\n## CPU cycles of the sidecar pair under c=50 (A, then B)\n")
+            print(cpu_split(port, pids, args.cpu_split, folder))
     return 0
 
 

@@ -374,7 +374,7 @@ class DataPlane:
         if not isinstance(call, Call):
             return stats
         self.resilience.request_done(call)
-        return replace(stats, tag=call.endpoint) if self.request_listeners else stats
+        return stats.with_tag(call.endpoint) if self.request_listeners else stats
 
     def _outbound_done(self, stats: RequestStats) -> None:
         call = stats.tag

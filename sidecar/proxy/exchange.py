@@ -340,7 +340,7 @@ class Exchange:
                 self._drop_conn()
                 self._retry_after(decision.target, decision.delay)
                 return
-        else:
+        elif target.observer is not None:   # no record to build when nobody observes (the inbound's app)
             self._observe(self._record(None, head.status, now))
         self.response = head
         self.status = head.status

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from dataclasses import dataclass
 
 _HEX = frozenset(b"0123456789abcdef")
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
 SAMPLED = 0x01
+# the common case, checked in one pass: version 00, lowercase hex fields, exactly 55 characters
+_VERSION_00 = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,13 @@ def parse(value: bytes | str | None) -> TraceParent | None:
         return None
     raw = value.encode("latin-1") if isinstance(value, str) else value
     raw = raw.strip(b" \t")
+    if len(raw) == 55:
+        match = _VERSION_00.fullmatch(raw)
+        if match is not None:
+            trace_id, span_id, flags = match.groups()
+            if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+                return None
+            return TraceParent(trace_id.decode(), span_id.decode(), int(flags, 16))
     if len(raw) < 55 or raw[2:3] != b"-" or raw[35:36] != b"-" or raw[52:53] != b"-":
         return None
     version, trace_id, span_id, flags = raw[:2], raw[3:35], raw[36:52], raw[53:55]
@@ -58,6 +68,10 @@ def parse(value: bytes | str | None) -> TraceParent | None:
     if version != b"00" and len(raw) > 55 and raw[55:56] != b"-":
         return None
     return TraceParent(trace_id.decode(), span_id.decode(), int(flags, 16))
+
+
+_UUID4_KEEP = ~(0xF000 << 64) & ~(0xC000 << 48)   # the version and variant bits...
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)      # ...set to version 4, variant RFC 4122
 
 
 class IdSource:
@@ -82,8 +96,7 @@ class IdSource:
 
     def request_id(self) -> str:
         """A random 128-bit id in UUID text form (version 4 bits set), like Envoy's x-request-id."""
-        value = (self._bits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
-        text = f"{value:032x}"
+        text = "%032x" % (self._bits(128) & _UUID4_KEEP | _UUID4_SET)
         return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 

@@ -30,7 +30,7 @@ import logging
 import random
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sidecar.config.model import Config, PolicyConfig, RetryConfig
@@ -399,8 +399,8 @@ class Call:
         self.tried.append(host)
         self.host = host
         base = self.peers.target(host.endpoint)
-        return replace(base, timeout=self.timeout, try_timeout=self.try_timeout,
-                       retry=self if self.max_retries > 0 else None, observer=self.observe, tag=self)
+        return base.derive(self.timeout, self.try_timeout, self if self.max_retries > 0 else None, self.observe,
+                           self)
 
     # ------------------------------------------------------------------------------------ RetryPolicy
 
@@ -685,7 +685,8 @@ class Resilience:
             if cached is None:
                 if len(self._inbound) > 1024:
                     self._inbound.clear()
-                cached = self._inbound[target] = replace(target, timeout=policy)
+                cached = self._inbound[target] = target.derive(policy, target.try_timeout, target.retry,
+                                                               target.observer, target.tag)
             return cached
         timeout = deadline.effective(policy, caller)
         if timeout <= 0:
@@ -693,7 +694,7 @@ class Resilience:
                                    {"service": service, "timeout": "caller"})
         head.headers.items = [item for item in items if item[0] != deadline.HEADER]
         head.headers.items.append((deadline.HEADER, deadline.HEADER, deadline.to_header(timeout)))
-        return replace(target, timeout=timeout)
+        return target.derive(timeout, target.try_timeout, target.retry, target.observer, target.tag)
 
     # ------------------------------------------------------------------------------------ views
 
