@@ -230,6 +230,7 @@ class DataPlane:
         self._now: Callable[[], float] = clock.monotonic   # the loop's clock once started (the engine's)
         self._http_peers = _Peers(catalog, self.router, self._http_targets, self._client_context)
         self._tunnel_peers = _Peers(catalog, self.router, self._tunnel_targets, self._tunnel_context)
+        ids = ids if ids is not None else IdSource(sample_ratio=config.telemetry.tracing.sample_ratio)
         self.outbound = HttpProxy(self._route_outbound, name="outbound", limits=limits, pools=self.pools,
                                   on_request_done=self._outbound_done, ids=ids)
         self.upstreams: dict[str, HttpProxy | TcpRelay] = {}

@@ -95,6 +95,7 @@ class Exchange:
         "started",
         "status",
         "target",
+        "trace_flags",
         "trace_id",
         "try_deadline",
         "upgraded",
@@ -138,6 +139,7 @@ class Exchange:
         self.status = 0
         self.request_id: str | None = None
         self.trace_id: str | None = None
+        self.trace_flags: int | None = None
         self.span_id: str | None = None
         self.parent_span_id: str | None = None
         self._route_task: asyncio.Task[None] | None = None
@@ -185,7 +187,7 @@ class Exchange:
             from sidecar.telemetry.propagation import from_b3
             parent = from_b3((lname, value) for lname, _, value in items)
         hop = tracecontext.next_hop(parent, ids)
-        self.trace_id, self.span_id = hop.trace_id, hop.span_id
+        self.trace_id, self.span_id, self.trace_flags = hop.trace_id, hop.span_id, hop.flags
         self.parent_span_id = None if parent is None else parent.span_id
         value = hop.to_header().encode()
         if incoming is None:
@@ -651,7 +653,7 @@ class Exchange:
             self.started, self.response_started, now, self.attempt,
             None if target is None else target.authority, None if target is None else target.tag,
             self.request_id, self.trace_id, self.span_id, self.parent_span_id, self.upgraded,
-            perf_counter() - self.clock_start, self.down.info,
+            perf_counter() - self.clock_start, self.down.info, self.trace_flags,
         )
         try:
             callback(stats)

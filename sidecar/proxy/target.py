@@ -188,6 +188,7 @@ class RequestStats:
     # too coarse for a hop that takes a few hundred microseconds
     elapsed: float | None = None
     conn: ConnectionInfo | None = None  # the client connection (peer identity on inbound)
+    trace_flags: int | None = None      # the W3C flags this hop sent on (bit 0: sampled)
 
     @property
     def duration(self) -> float:

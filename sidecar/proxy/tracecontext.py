@@ -77,10 +77,16 @@ _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)      # ...set to version 4, variant
 class IdSource:
     """Random trace, span and request ids; seed it in tests for reproducible ids."""
 
-    __slots__ = ("_bits",)
+    __slots__ = ("_bits", "sample_bound")
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, sample_ratio: float = 1.0) -> None:
         self._bits = (rng or random.Random(os.urandom(16))).getrandbits
+        # a new trace is sampled when its trace id's low 64 bits fall under ratio * 2^64, the rule of
+        # OpenTelemetry's TraceIdRatioBased, so this flag and the span exporter's decision always agree
+        self.sample_bound = round(sample_ratio * (1 << 64))
+
+    def sampled(self, trace_id: str) -> bool:
+        return int(trace_id[16:], 16) < self.sample_bound
 
     def span_id(self) -> str:
         while True:
@@ -103,5 +109,6 @@ class IdSource:
 def next_hop(incoming: TraceParent | None, ids: IdSource, sampled: bool = True) -> TraceParent:
     """The ``traceparent`` this hop sends on: the caller's trace continued with a new span id, or a new trace."""
     if incoming is None:
-        return TraceParent(ids.trace_id(), ids.span_id(), SAMPLED if sampled else 0)
+        trace_id = ids.trace_id()
+        return TraceParent(trace_id, ids.span_id(), SAMPLED if sampled and ids.sampled(trace_id) else 0)
     return TraceParent(incoming.trace_id, ids.span_id(), incoming.flags)

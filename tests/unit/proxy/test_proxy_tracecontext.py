@@ -57,3 +57,18 @@ def test_request_ids_are_uuid4_text() -> None:
     assert len(values) == 1000
     for value in list(values)[:50]:
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", value)
+
+
+def test_new_traces_carry_the_sampling_decision_of_the_ratio() -> None:
+    import random
+
+    from sidecar.proxy.tracecontext import IdSource, next_hop
+    from sidecar.telemetry.tracing import Sampler
+    for ratio in (0.0, 0.25, 1.0):
+        ids = IdSource(random.Random(7), sample_ratio=ratio)
+        sampler = Sampler(ratio)
+        hops = [next_hop(None, ids) for _ in range(400)]
+        # the flag the engine sends agrees with the exporter's own decision for every new trace
+        assert all(bool(h.flags & 1) == sampler.by_trace_id(h.trace_id) for h in hops)
+        share = sum(h.flags & 1 for h in hops) / len(hops)
+        assert abs(share - ratio) < 0.08
