@@ -304,8 +304,12 @@ def main() -> int:
     return 0
 
 
-def report(results: list[Result]) -> str:
-    lines = ["| setup | conc | req/s | p50 | p99 | CPU µs/req | req/s vs HAProxy | errors |",
+REFERENCE = {"engine": "haproxy", "engine-tls2": "haproxy-tls2"}
+
+
+def report(results: list[Result], reference: dict[str, str] = REFERENCE, versus: str = "HAProxy") -> str:
+    """Medians per (setup, concurrency) as a markdown table, each setup's req/s as a share of its reference's."""
+    lines = [f"| setup | conc | req/s | p50 | p99 | CPU µs/req | req/s vs {versus} | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     medians: dict[tuple[str, int], Result] = {}
     for key in dict.fromkeys((r.setup, r.concurrency) for r in results):
@@ -314,18 +318,18 @@ def report(results: list[Result]) -> str:
         medians[key] = Result(key[0], key[1], statistics.median(r.rps for r in runs),
                               statistics.median(r.p50_us for r in runs), statistics.median(r.p99_us for r in runs),
                               statistics.median(cpus) if cpus else None, sum(r.errors for r in runs))
-    reference = {"engine": "haproxy", "engine-tls2": "haproxy-tls2"}
     for (setup, concurrency), m in sorted(medians.items(), key=lambda kv: (kv[0][1], list(reference).count(kv[0][0]))):
         ref = medians.get((reference.get(setup, ""), concurrency))
         ratio = f"{m.rps / ref.rps:.0%}" if ref else ""
         cpu = f"{m.cpu_us_per_request:.1f}" if m.cpu_us_per_request is not None else "-"
         lines.append(f"| {setup} | {concurrency} | {m.rps:,.0f} | {m.p50_us:.0f} µs | {m.p99_us:.0f} µs | {cpu} | "
                      f"{ratio} | {m.errors} |")
-    direct = {c: medians[("direct", c)] for (s, c) in medians if s == "direct"}
     notes = []
-    for (setup, concurrency), m in medians.items():
-        if setup != "direct" and concurrency == 1 and 1 in direct:
-            notes.append(f"{setup}: p50 added at c=1: {m.p50_us - direct[1].p50_us:.0f} µs")
+    direct = medians.get(("direct", 1))
+    if direct is not None:
+        for (setup, concurrency), m in medians.items():
+            if setup != "direct" and concurrency == 1:
+                notes.append(f"{setup}: p50 added at c=1: {m.p50_us - direct.p50_us:.0f} µs")
     return "\n".join([*lines, "", *notes])
 
 

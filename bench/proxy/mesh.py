@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ from bench.proxy.__main__ import (
     nginx,
     wait_port,
 )
+from bench.proxy.__main__ import report as engine_report
 
 SERVICE = "bench-backend"
 TRUST_DOMAIN = "mesh.local"
@@ -198,28 +198,7 @@ def measure(setup: str, port: int, pids: list[int], concurrency: int, duration: 
 
 
 def report(results: list[Result]) -> str:
-    lines = ["| setup | conc | req/s | p50 | p99 | CPU µs/req | req/s vs HAProxy mTLS pair | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    medians: dict[tuple[str, int], Result] = {}
-    for key in dict.fromkeys((r.setup, r.concurrency) for r in results):
-        runs = [r for r in results if (r.setup, r.concurrency) == key]
-        cpus = [r.cpu_us_per_request for r in runs if r.cpu_us_per_request is not None]
-        medians[key] = Result(key[0], key[1], statistics.median(r.rps for r in runs),
-                              statistics.median(r.p50_us for r in runs), statistics.median(r.p99_us for r in runs),
-                              statistics.median(cpus) if cpus else None, sum(r.errors for r in runs))
-    for (setup, concurrency), m in sorted(medians.items(), key=lambda kv: kv[0][1]):
-        ref = medians.get((REFERENCE.get(setup, ""), concurrency))
-        ratio = f"{m.rps / ref.rps:.0%}" if ref else ""
-        cpu = f"{m.cpu_us_per_request:.1f}" if m.cpu_us_per_request is not None else "-"
-        lines.append(f"| {setup} | {concurrency} | {m.rps:,.0f} | {m.p50_us:.0f} µs | {m.p99_us:.0f} µs | {cpu} | "
-                     f"{ratio} | {m.errors} |")
-    notes = []
-    direct = medians.get(("direct", 1))
-    if direct is not None:
-        for (setup, concurrency), m in medians.items():
-            if setup != "direct" and concurrency == 1:
-                notes.append(f"{setup}: p50 added at c=1: {m.p50_us - direct.p50_us:.0f} µs")
-    return "\n".join([*lines, "", *notes])
+    return engine_report(results, REFERENCE, "HAProxy mTLS pair")
 
 
 # ------------------------------------------------------------------------------------------ profile
