@@ -37,6 +37,10 @@ from sidecar.log import fields
 from sidecar.mesh.dataplane import DataPlane
 from sidecar.messaging.routes import admin_post_handlers, admin_read_routes, api_routes
 from sidecar.messaging.service import Messaging
+from sidecar.ops.debug import debug_routes, watch_failures
+from sidecar.ops.demotion import Rules as DemotionRules
+from sidecar.ops.demotion import SelfDemotion
+from sidecar.ops.failures import FailedRequests
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
 from sidecar.tls.errors import CertificateError
 from sidecar.tls.reloader import IdentityStore
@@ -96,7 +100,13 @@ class Sidecar:
                                              local_state=lambda: self.replication.local_state(), clock=clock)
         self.store: IdentityStore | None = None
         self.dataplane: DataPlane | None = None
+        self.failed = FailedRequests()   # recent failed or retried requests, for /debug/explain?request_id=
         self._tls_watch: asyncio.Task[None] | None = None
+        tuning = config.gossip.tuning()
+        self.demotion = SelfDemotion(lambda: self.gossip.health_score if self.gossip.bound is not None else 0,
+                                     self.registry.demote, self.bus, clock, DemotionRules.from_tuning(tuning),
+                                     float(tuning.probe_interval))
+        self._demotion_task: asyncio.Task[None] | None = None
         self.replication = CatalogReplication(self.catalog, self.gossip, self.bus, lambda: int(clock.wall() * 1000))
         self.messaging = Messaging(config, self.catalog, self.registry, clock)
         self.replication.local_subscriptions = self.messaging.local_subscriptions
@@ -121,7 +131,7 @@ class Sidecar:
         token = read_token(self.config.admin.token_file)
         self.telemetry.start()
         extra = [*telemetry_routes(self.telemetry, self.metrics), *self.dashboard.routes(),
-                 *admin_read_routes(self.messaging)]
+                 *admin_read_routes(self.messaging), *debug_routes(lambda: self.dataplane, self.failed)]
         await self._start_site(Site("admin", build_admin(self, token, extra, admin_post_handlers(self.messaging)),
                                     self.config.admin.listen))
         await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock,
@@ -155,6 +165,7 @@ class Sidecar:
                 raise StartupError(f"tls: {e}", exit_code=2) from None
         self.dataplane = DataPlane(self.config, self.catalog, self.registry, self.store, self.clock)
         self.dataplane.request_listeners.append(self.telemetry.on_request)
+        watch_failures(self.dataplane, self.failed, self.clock)
         try:
             bound = await self.dataplane.start()
         except OSError as e:
@@ -193,6 +204,7 @@ class Sidecar:
         self.replication.local_changed()
         if self.config.gossip.join:
             self.gossip.start_joining(self.config.gossip.join)
+        self._demotion_task = asyncio.create_task(self.demotion.run(), name="self-demotion")
 
     def _inbound_port(self) -> int:
         advertise = self.config.inbound.advertise
@@ -275,6 +287,8 @@ class Sidecar:
         await self.telemetry.stop()   # after the last request: its span is flushed
         if self._tls_watch is not None:
             self._tls_watch.cancel()
+        if self._demotion_task is not None:
+            self._demotion_task.cancel()
         if self.gossip.bound is not None:
             # the drain's health changes were broadcast; leaving tells peers at once rather than by suspicion
             await self.gossip.leave(LEAVE_TIMEOUT)
@@ -323,7 +337,7 @@ class Sidecar:
                 "encrypted": bool(self.config.gossip.encrypt_keys), "counters": self.gossip.counters(),
                 "refused": {k.removeprefix("refused_"): v for k, v in self.gossip.counters().items()
                             if k.startswith("refused_")},
-                "catalogDecodeErrors": self.replication.decode_errors}
+                "catalogDecodeErrors": self.replication.decode_errors, "selfDemotion": self.demotion.status()}
 
     def keys_json(self) -> dict[str, Any]:
         try:

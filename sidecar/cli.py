@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"admin URL (default {DEFAULT_ADMIN}, or $SIDECAR_ADMIN)")
         view.add_argument("--json", action="store_true", help="print the JSON instead of a table")
 
+    from sidecar.ops import commands as ops_commands
+    ops_commands.add_parsers(commands)
+
     demo = commands.add_parser("demo", help="a complete local mesh with live traffic; Ctrl-C stops it")
     demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                       help="stop by itself after this long (non-interactive)")
@@ -108,6 +111,9 @@ def dispatch(args: argparse.Namespace) -> int:
         return certs(args)
     if args.command in ("members", "catalog", "clusters"):
         return show_view(args.command, args.admin, args.json)
+    if args.command in ("explain",):
+        from sidecar.ops import commands as ops_commands
+        return ops_commands.run(args)
     if args.command == "demo":
         from sidecar.demo import run_demo
         return run_demo(args.duration)

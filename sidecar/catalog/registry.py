@@ -41,6 +41,8 @@ class LocalRegistry:
         self.version = 0
         self.listeners: list[Callable[[], None]] = []  # told after every change
         self.draining = False
+        # self-demotion (sidecar.ops.demotion): while set, services whose checks say healthy are reported degraded
+        self.demoted: str | None = None
 
     # -------------------------------------------------------------------------------- registration
 
@@ -52,7 +54,7 @@ class LocalRegistry:
             tracker.force(HealthStatus.UNHEALTHY, "sidecar is draining", now)
         metadata = ServiceMetadata(
             id=service_id, name=spec.name, version=spec.version, host=spec.host, port=spec.port,
-            tags=tuple(spec.tags), capabilities=tuple(spec.capabilities), status=tracker.status,
+            tags=tuple(spec.tags), capabilities=tuple(spec.capabilities), status=self._effective(tracker.status),
             last_heartbeat=now_ms, node=self.node, messages_path=spec.messages_path,
         )
         replaced = service_id in self.services
@@ -115,12 +117,35 @@ class LocalRegistry:
         for entry in self.services.values():
             self._apply(entry, entry.tracker.force(HealthStatus.UNHEALTHY, "sidecar is draining", now), now_ms)
 
+    def demote(self, reason: str | None, now_ms: int) -> None:
+        """Self-demotion: while ``reason`` is set, healthy services are reported degraded (what their checks say
+        is kept, and reported again once ``reason`` is None)."""
+        if (reason is None) == (self.demoted is None):
+            self.demoted = reason
+            return
+        self.demoted = reason
+        changed = False
+        for entry in self.services.values():
+            status = self._effective(entry.tracker.status)
+            if status is not entry.metadata.status:
+                before = entry.metadata.status
+                entry.metadata = entry.metadata.with_status(status, now_ms)
+                self.bus.publish("health-changed", now_ms, id=entry.metadata.id, service=entry.spec.name,
+                                 before=before.value, after=status.value,
+                                 output=reason or "self-demotion over")
+                changed = True
+        if changed:
+            self._changed()
+
+    def _effective(self, status: HealthStatus) -> HealthStatus:
+        return HealthStatus.DEGRADED if self.demoted is not None and status is HealthStatus.HEALTHY else status
+
     def _apply(self, entry: LocalService, change: StatusChange | None, now_ms: int) -> None:
         if change is None:
             # a result that does not flip the status still proves the service was checked
             entry.metadata = entry.metadata.with_status(entry.metadata.status, now_ms)
             return
-        entry.metadata = entry.metadata.with_status(change.after, now_ms)
+        entry.metadata = entry.metadata.with_status(self._effective(change.after), now_ms)
         level = logging.WARNING if change.after is HealthStatus.UNHEALTHY else logging.INFO
         log.log(level, "service health changed",
                 extra=fields(id=entry.metadata.id, service=entry.spec.name, before=change.before.value,

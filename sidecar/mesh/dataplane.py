@@ -33,7 +33,7 @@ import logging
 import random
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -58,6 +58,7 @@ from sidecar.mesh.inbound import (
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet, LocalInbound, Router
 from sidecar.proxy import (
+    AttemptRecord,
     ConnectionInfo,
     HttpProxy,
     IdSource,
@@ -220,6 +221,10 @@ class DataPlane:
         self.stats = MeshStats()
         # told of every finished request: (listener, stats); keep it to appends and counters (hot path)
         self.request_listeners: list[Callable[[str, RequestStats], None]] = []
+        # told of outbound and upstream requests that failed (no answer, >= 400, an error) or were retried:
+        # (listener, service, stats, the Call's notes: (AttemptRecord, Endpoint) per notable try)
+        self.failure_listeners: list[Callable[[str, str, RequestStats, Sequence[tuple[AttemptRecord, Endpoint]]],
+                                              None]] = []
         self.names = Names(config.dns.domain)
         self.router = Router()
         self.pools = Pools(head_limits=limits.head)
@@ -362,7 +367,10 @@ class DataPlane:
             return self.resilience.outbound(head, name, self._http_peers, self._now())
 
         def done(stats: RequestStats) -> None:
-            self._count("upstream", name.service, self._settle(stats))
+            settled = self._settle(stats)
+            self._count("upstream", name.service, settled)
+            if self.failure_listeners:
+                self._failed("upstream", name.service, settled, stats.tag)
 
         return HttpProxy(route, name=f"upstream:{name.service}", limits=limits, pools=self.pools,
                          on_request_done=done, ids=ids)
@@ -390,6 +398,14 @@ class DataPlane:
             known = name is not None and self.router.endpoints(self.catalog.snapshot(), name).total > 0
             service = name.service if known and name is not None else "unknown"
         self._count("outbound", service, stats)
+        if self.failure_listeners:
+            self._failed("outbound", service, stats, call)
+
+    def _failed(self, listener: str, service: str, stats: RequestStats, call: object) -> None:
+        notes = call.notes if isinstance(call, Call) else None
+        if notes or stats.status == 0 or stats.status >= 400 or stats.error is not None:
+            for listener_fn in self.failure_listeners:
+                listener_fn(listener, service, stats, notes or ())
 
     def _inbound_done(self, stats: RequestStats) -> None:
         tag = stats.tag

@@ -359,7 +359,7 @@ class Call:
     """
 
     __slots__ = ("_discarded", "_open", "_retrying", "_slots", "deadline", "dest", "finished", "host", "max_retries",
-                 "method", "name", "peers", "retry_on", "statuses", "timeout", "tried", "try_timeout")
+                 "method", "name", "notes", "peers", "retry_on", "statuses", "timeout", "tried", "try_timeout")
 
     def __init__(self, dest: Destination, peers: Peers, name: ServiceName, method: str, retry_on: RetryOn,
                  max_retries: int, timeout: float, try_timeout: float | None, now: float) -> None:
@@ -380,6 +380,9 @@ class Call:
         self._slots = 0
         self._retrying: set[int] = set()
         self._discarded: set[int] = set()
+        # every attempt from the first notable one on (failed, >= 400, retried, or a retry), with where it went: what
+        # /debug/explain?request_id= tells; None while every attempt went well (no cost on the happy path)
+        self.notes: list[tuple[AttemptRecord, Endpoint]] | None = None
 
     @property
     def service(self) -> str:
@@ -467,6 +470,11 @@ class Call:
             return   # already accounted (reported twice, or the request had ended)
         dest = self.dest
         dest.attempt_ended(host, attempt)
+        if (self.notes is not None or attempt.failure is not None or number > 1 or attempt.status is None
+                or attempt.status >= 400 or attempt.status in self.statuses):
+            if self.notes is None:
+                self.notes = []
+            self.notes.append((attempt, host.endpoint))
         if number in self._retrying:
             self._retrying.discard(number)
             dest.breaker.retry_done()
