@@ -98,7 +98,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise InvalidArgument("request body is empty; a JSON object is required")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer of more than 4300 digits
+    except (ValueError, RecursionError) as e:
         raise InvalidArgument(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise InvalidArgument(f"request body must be a JSON object (got {type(body).__name__})")

@@ -75,5 +75,6 @@ def decode_states(data: bytes) -> list[NodeState]:
         return states
     except SyncDecodeError:
         raise
-    except (zlib.error, ValueError, TypeError, KeyError, AttributeError) as e:
+    # RecursionError: JSON nested deeper than the interpreter's stack; OverflowError: a port of Infinity
+    except (zlib.error, ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as e:
         raise SyncDecodeError(f"malformed catalog state: {type(e).__name__}: {e}") from None

@@ -45,7 +45,12 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        try:
+            repeated = key in seen
+        except TypeError:  # a list or mapping as a key: PyYAML would fail later with a bare TypeError
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a scalar (got a {type(key).__name__})", key_node.start_mark) from None
+        if repeated:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} is given twice in one mapping", mark)
@@ -63,8 +68,12 @@ def read_yaml(path: str) -> Any:
             text = f.read()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read the file ({e.strerror})"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)
+    except RecursionError:  # PyYAML's composer and constructor recurse once per nesting level
+        raise ConfigError([f"{path}: invalid YAML: nested too deeply"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path

@@ -65,7 +65,7 @@ def _status_field(body: bytes) -> str | None:
         return None
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the stack: no verdict in it
         return None
     value = doc.get("status") if isinstance(doc, dict) else None
     return value.upper() if isinstance(value, str) else None

@@ -83,13 +83,16 @@ class ServiceMessage:
             metadata = data.get("metadata")
             message = cls(str(data["id"]), str(data["service"]), int(data["timestamp"]), str(data["type"]),
                           data.get("payload"), metadata if isinstance(metadata, dict) else None)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:  # int() of "x", NaN or Infinity
             raise ValueError(f"not a ServiceMessage: {type(e).__name__}: {e}") from None
         return message
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ServiceMessage:
         try:
-            return cls.from_json(json.loads(raw))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ValueError("not JSON: nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
             raise ValueError(f"not JSON: {e}") from None
+        return cls.from_json(data)

@@ -60,7 +60,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.transport = transport
         proxy = self.proxy
         limits = proxy.limits
-        if len(proxy.connections) >= limits.max_connections:
+        if len(proxy.connections) >= limits.max_connections and not proxy.displace_idle():
             proxy.rejected += 1
             self.closed = True
             rescued = rescue(ResourceExhausted(f"over {limits.max_connections} connections on this listener"))

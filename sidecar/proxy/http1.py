@@ -460,6 +460,10 @@ class RequestReader(_Reader):
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             raise MalformedRequest(f"unsupported HTTP version {version}")
+        if version == "1.0" and fields.te is not None:
+            # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (1.0 peers on the
+            # path may frame it by Content-Length or by close); the aiohttp listeners refuse it too
+            raise MalformedRequest("Transfer-Encoding in an HTTP/1.0 request")
         if method == "CONNECT":
             raise MethodNotSupported("CONNECT is not supported by this proxy", {"allowed": ["GET", "POST", "PUT",
                                      "DELETE", "PATCH", "HEAD", "OPTIONS"]})

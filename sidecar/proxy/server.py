@@ -51,7 +51,25 @@ class HttpProxy:
         self.rejected = 0
         self.protocol_errors = 0
         self.header_timeouts = 0
+        self.displaced = 0  # idle connections closed to make room for a new one at max_connections
         self._servers: list[asyncio.Server] = []
+
+    def displace_idle(self) -> bool:
+        """Close one connection with no request in flight and no head started; False if there is none.
+
+        At ``max_connections`` a new connection is worth more than an idle one: the idle client has nothing
+        in flight and reconnects, as keep-alive clients must anyway, while refusing the new one would let a
+        client holding that many idle sockets deny the listener to every other (nginx reuses idle keep-alive
+        connections the same way). Connections in the middle of a head are not idle: the header timeout
+        bounds them.
+        """
+        for conn in self.connections:
+            if conn.idle:
+                self.connections.discard(conn)
+                self.displaced += 1
+                conn.close()
+                return True
+        return False
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                      backlog: int = 1024) -> asyncio.Server:

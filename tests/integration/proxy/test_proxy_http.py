@@ -244,6 +244,8 @@ def test_slow_header_client_is_cut_off_while_others_are_served(strict_harness: H
 def test_connections_over_the_limit_get_503(strict_harness: Harness) -> None:
     h = strict_harness
     held = [socket.create_connection(("127.0.0.1", h.port), timeout=5) for _ in range(20)]
+    for s in held:  # busy, each with a request in flight: idle ones would be displaced instead
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 100000\r\n\r\npartial")
     try:
         deadline = time.monotonic() + 5
         while len(h.proxy.connections) < 20 and time.monotonic() < deadline:
@@ -254,3 +256,18 @@ def test_connections_over_the_limit_get_503(strict_harness: Harness) -> None:
         for s in held:
             s.close()
     assert h.proxy.rejected == 1
+
+
+def test_at_the_limit_an_idle_connection_makes_room_for_a_new_one(strict_harness: Harness) -> None:
+    h = strict_harness
+    held = [socket.create_connection(("127.0.0.1", h.port), timeout=5) for _ in range(20)]
+    try:
+        deadline = time.monotonic() + 5
+        while len(h.proxy.connections) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        response = raw_exchange(h.port, b"GET /hello HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        assert response.endswith(b"hello /hello")
+    finally:
+        for s in held:
+            s.close()
+    assert h.proxy.rejected == 0 and h.proxy.displaced == 1

@@ -1,0 +1,66 @@
+"""Slowloris (slow headers) and slow bodies from ``slowhttptest`` at the HTTP listeners of a real process,
+bounded to a few seconds, while normal requests keep being served fast."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.integration.abuse.conftest import NORMAL_LATENCY, Target
+
+SLOWHTTPTEST = shutil.which("slowhttptest")
+pytestmark = pytest.mark.skipif(SLOWHTTPTEST is None, reason="slowhttptest is not installed (Debian: slowhttptest)")
+
+SECONDS = 4
+CONNECTIONS = 300
+
+
+def attack(mode: str, url: str) -> subprocess.Popen[str]:
+    assert SLOWHTTPTEST is not None
+    # -H slow headers / -B slow body; -c connections opened at -r per second, a byte every -i seconds,
+    # for -l seconds; -p: its own probe's timeout
+    args = [SLOWHTTPTEST, mode, "-c", str(CONNECTIONS), "-r", "200", "-i", "1", "-l", str(SECONDS), "-p", "2",
+            "-s", "100000", "-t", "POST" if mode == "-B" else "GET", "-u", url]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# FINDING, not fixed yet: 2 x 300 slow clients exceed the aiohttp listeners' cap (WebLimits.max_connections
+# = 256), and normal clients get 429 until the header timeout (10 s) closes the slow ones; the attacker
+# reconnects. Displacing the connection whose head is oldest at the cap would fix it. Strict: passes → XPASS
+# fails, so the marker goes when the fix lands.
+_WEB_CAP = pytest.mark.xfail(strict=True, reason="slow heads exhaust WebLimits.max_connections (256): 429 for all")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("listener", ["outbound", pytest.param("api", marks=_WEB_CAP),
+                                      pytest.param("admin", marks=_WEB_CAP)])
+def test_slow_headers_and_slow_bodies_while_normal_requests_are_served(target: Target, listener: str) -> None:
+    host, port = target.address(listener)
+    path = {"outbound": "/slow", "api": "/v1/publish/slow", "admin": "/drain"}[listener]
+    attackers = [attack(mode, f"http://{host}:{port}{path}") for mode in ("-H", "-B")]
+    check = {"outbound": target.check_outbound, "api": target.check_api, "admin": target.check_admin}[listener]
+    took = []
+    try:
+        deadline = time.monotonic() + SECONDS
+        for _ in range(1000):
+            if time.monotonic() > deadline:
+                break
+            start = time.monotonic()
+            check()
+            took.append(time.monotonic() - start)
+            time.sleep(0.05)
+    finally:
+        outputs = []
+        for process in attackers:
+            try:
+                outputs.append(process.communicate(timeout=SECONDS + 15)[0])
+            except subprocess.TimeoutExpired:
+                process.kill()
+                outputs.append(process.communicate()[0])
+    assert all("connected:" in out or "connected" in out for out in outputs), outputs[0][-2000:]
+    assert len(took) >= 10
+    assert max(took) < NORMAL_LATENCY, took
+    target.check_all()
