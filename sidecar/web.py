@@ -178,17 +178,19 @@ DEFAULT_WEB_LIMITS = WebLimits()
 class WebStats:
     """Counters of one listener since start, for metrics and tests."""
 
-    __slots__ = ("accepted", "header_timeouts", "malformed", "open", "refused")
+    __slots__ = ("accepted", "displaced", "header_timeouts", "live", "malformed", "open", "refused")
 
     def __init__(self) -> None:
         self.open = 0
         self.accepted = 0
         self.refused = 0            # connections over max_connections
+        self.displaced = 0          # waiting connections closed to make room at max_connections
+        self.live: dict[_Connection, None] = {}  # open connections, oldest first
         self.malformed = 0          # requests answered 400/431 before reaching the app
         self.header_timeouts = 0    # connections closed for a slow request head
 
     def snapshot(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.__slots__ if name != "live"}
 
 
 def malformed_request(status: int, exc: BaseException | None, message: str | None,
@@ -245,7 +247,7 @@ class _Connection(web.RequestHandler):
     """aiohttp's connection protocol with SPEC's error shape, a header read timeout and a connection limit
     (see the module's doc). Everything else is aiohttp's."""
 
-    __slots__ = ("_busy", "_header_timer", "_limits", "_refused", "_stats")
+    __slots__ = ("_busy", "_displaced", "_header_timer", "_limits", "_refused", "_stats", "_waiting_since")
 
     def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, limits: WebLimits,
                  stats: WebStats) -> None:
@@ -258,27 +260,57 @@ class _Connection(web.RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._busy = False      # a request is in the app's hands
         self._refused = False   # over the connection limit: answered 429, not served
+        self._displaced = False  # closed to make room for a newer connection
+        self._waiting_since = 0.0  # when this connection began to wait for a request head or body
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stats, limits = self._stats, self._limits
-        if stats.open >= limits.max_connections:
+        if stats.open >= limits.max_connections and not self._displace_one():
             self._refuse(transport)
             return
         stats.open += 1
         stats.accepted += 1
+        stats.live[self] = None
+        self._waiting_since = self._loop.time()
         super().connection_made(transport)
         self._arm_header_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_header_timer()
-        if not self._refused:
+        if not self._refused and not self._displaced:
             self._stats.open -= 1
+            self._stats.live.pop(self, None)
         super().connection_lost(exc)
+
+    def _displace_one(self) -> bool:
+        """At the cap, close the connection that has waited longest without a request in the app's hands: an
+        idle keep-alive first, else the oldest slow head or body (a slowloris client). Requests being served
+        are never cut. False when every connection is busy."""
+        idle = waiting = None
+        for connection in self._stats.live:
+            if connection._busy:
+                continue
+            if connection._header_timer is None:  # between requests: idle keep-alive
+                idle = connection
+                break
+            if waiting is None or connection._waiting_since < waiting._waiting_since:
+                waiting = connection
+        victim = idle or waiting
+        if victim is None or victim.transport is None:
+            return False
+        victim._displaced = True
+        victim._disarm_header_timer()
+        self._stats.open -= 1
+        self._stats.live.pop(victim, None)
+        self._stats.displaced += 1
+        victim.transport.close()
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # drained and dropped until the linger ends
         if data and not self._busy and self._header_timer is None:
+            self._waiting_since = self._loop.time()
             self._arm_header_timer()  # the first byte of a request head after an idle keep-alive period
         super().data_received(data)
 
@@ -302,6 +334,12 @@ class _Connection(web.RequestHandler):
 
     def request_ended(self) -> None:
         self._busy = False
+
+    def body_pending(self) -> None:
+        """The head is in; the body is still arriving: as displaceable as a slow head."""
+        self._busy = False
+        self._waiting_since = self._loop.time()
+        self._arm_header_timer()
 
     def refused_request(self) -> None:
         self._stats.malformed += 1
@@ -358,6 +396,18 @@ def _guarded(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
                 connection.refused_request()
                 log.info("refused a malformed request from %s: %s", request.remote, problem.message)
                 return _closing(problem)
+            if request.body_exists:
+                # the APIs take small bodies: read them before the handler, within the head's time limit, so a
+                # slow body counts as waiting (displaceable, timed out) rather than as a request being served
+                connection.body_pending()
+                try:
+                    await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    connection.refused_request()
+                    limit = request.client_max_size
+                    return _closing(InvalidArgument(f"request body is larger than {limit} bytes", {"limit": limit}))
+                finally:
+                    connection.request_started()
             return await handler(request)
         finally:
             connection.request_ended()

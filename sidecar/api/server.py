@@ -59,7 +59,7 @@ def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, cloc
 
     @routes.put("/v1/services/{id}/heartbeat")
     async def heartbeat(request: web.Request) -> web.Response:
-        body: dict[str, Any] = await read_json_object(request) if request.can_read_body else {}
+        body: dict[str, Any] = await read_json_object(request) if request.body_exists else {}
         status_text = body.get("status", "healthy")
         note = body.get("note", "")
         try:

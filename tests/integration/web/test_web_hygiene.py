@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -38,8 +39,14 @@ def build_app() -> web.Application:
     async def echo(request: web.Request) -> web.Response:
         return json_response(await read_json_object(request))
 
+    async def hold(request: web.Request) -> web.Response:
+        # a request in the app's hands until the test lets go (bounded)
+        await asyncio.sleep(float(request.query.get("seconds", "3")))
+        return json_response({"held": True})
+
     app.router.add_get("/hello", hello)
     app.router.add_post("/echo", echo)
+    app.router.add_get("/hold", hold)
     return app
 
 
@@ -220,17 +227,39 @@ def test_connections_over_the_limit_get_429_and_are_closed(patient: Served) -> N
     try:
         for _ in range(PATIENT.max_connections):
             s = socket.create_connection(("127.0.0.1", served.port), timeout=5)
+            s.sendall(b"GET /hold?seconds=4 HTTP/1.1\r\nHost: x\r\n\r\n")  # busy: never displaced
             held.append(s)
-        # a kept-alive connection still works: the limit counts connections, not requests
-        held[0].sendall(GET + b"\r\n")
-        assert read_reply(held[0], check_closed=False).status == 200
         wait_for(lambda: served.site.stats.open == PATIENT.max_connections, 5, what="all held connections open")
         over = send(served.port, GET + b"\r\n")
         error = assert_refused(over, 429, "RESOURCE_EXHAUSTED")
         assert f"over {PATIENT.max_connections} connections" in error["message"]
-        assert served.site.stats.refused == 1
+        assert served.site.stats.refused == 1 and served.site.stats.displaced == 0
     finally:
         for s in held:
             s.close()
-    wait_for(lambda: served.site.stats.open == 0, 5, what="held connections closed")
+    wait_for(lambda: served.site.stats.open == 0, 10, what="held connections closed")
     assert send(served.port, GET + b"Connection: close\r\n\r\n").status == 200
+
+
+def test_at_the_limit_the_longest_waiting_connection_makes_room(patient: Served) -> None:
+    served = patient
+    held: list[socket.socket] = []
+    try:
+        for i in range(PATIENT.max_connections):
+            s = socket.create_connection(("127.0.0.1", served.port), timeout=5)
+            if i == 0:  # a kept-alive connection between requests: displaced first
+                s.sendall(GET + b"\r\n")
+                assert read_reply(s, check_closed=False).status == 200
+            else:
+                s.sendall(b"GET /hello HTTP/1.1\r\n")  # a slow head, never finished
+            held.append(s)
+        wait_for(lambda: served.site.stats.open == PATIENT.max_connections, 5, what="all held connections open")
+        for _ in range(3):
+            assert send(served.port, GET + b"Connection: close\r\n\r\n").status == 200
+        # one made room; the new clients close after their answers, so the others fit again
+        assert served.site.stats.displaced == 1 and served.site.stats.refused == 0
+        held[0].settimeout(2)
+        assert held[0].recv(1) == b""  # the idle keep-alive went first
+    finally:
+        for s in held:
+            s.close()
