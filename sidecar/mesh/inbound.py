@@ -41,7 +41,7 @@ from sidecar.mesh.naming import ServiceName, parse_service
 from sidecar.proxy import ConnectionInfo, HttpProxy, RequestHead, Target, TcpRelay
 from sidecar.tls.context import ALPN_TCP_TUNNEL
 from sidecar.tls.errors import PeerRefused
-from sidecar.tls.handshake import DEFAULT_HANDSHAKE_TIMEOUT, accept_socket, listening_socket
+from sidecar.tls.handshake import DEFAULT_HANDSHAKE_TIMEOUT, accept_socket, accepted, listening_socket
 from sidecar.tls.identity import PeerIdentity
 from sidecar.tls.reloader import IdentityStore
 
@@ -456,18 +456,11 @@ class InboundListener:
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(listener)
-            except OSError as exc:  # EMFILE and friends: wait a little rather than spin
-                log.warning("accept failed on the inbound listener: %s", exc)
-                await self.clock.sleep(0.1)
-                continue
+        async for sock in accepted(listener, "the inbound listener", self.clock):
             if len(self._pending) >= self.max_handshakes:
                 self.shed += 1
                 sock.close()
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = loop.create_task(self._handshake(sock))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)

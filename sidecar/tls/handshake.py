@@ -14,7 +14,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -151,6 +151,21 @@ def _peername(sock: socket.socket) -> Any:
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, PeerIdentity], Awaitable[None]]
 
 
+async def accepted(listener: socket.socket, name: str, clock: Clock) -> AsyncIterator[socket.socket]:
+    """Raw sockets accepted on ``listener``, with TCP_NODELAY, for TLS to take over; an accept error (EMFILE
+    and friends) is logged and waited out briefly rather than spun on."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            sock, _ = await loop.sock_accept(listener)
+        except OSError as exc:
+            log.warning("accept failed on %s: %s", name, exc)
+            await clock.sleep(0.1)
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        yield sock
+
+
 def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
     """A bound, listening, non-blocking TCP socket for an accept loop that hands raw sockets to TLS."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -198,14 +213,7 @@ class MtlsServer:
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(listener)
-            except OSError as exc:  # EMFILE and friends: wait a little rather than spin
-                log.warning("accept failed on the mTLS listener: %s", exc)
-                await self._clock.sleep(0.1)
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        async for sock in accepted(listener, "the mTLS listener", self._clock):
             task = loop.create_task(self._serve(sock))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
