@@ -12,10 +12,9 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -31,8 +30,8 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import DnsConfig, DnsRateLimit
 from sidecar.config.values import Duration, HostPort
 from sidecar.dns.server import DnsServer
+from tests.loops import LoopThread
 
-T = TypeVar("T")
 H, D, U = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
 CLIENT_TIMEOUT = 3.0
 
@@ -75,35 +74,6 @@ class Cell:
 
 
 # ------------------------------------------------------------------------------------ event loop
-
-
-class LoopThread:
-    def __init__(self, use_uvloop: bool) -> None:
-        if use_uvloop:
-            import uvloop
-
-            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        else:
-            self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="dns-test-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        async def cancel_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            self.run(cancel_rest(), timeout=5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        assert not self.thread.is_alive(), "the test event loop did not stop"
-        self.loop.close()
 
 
 # ----------------------------------------------------------------------------------- client output

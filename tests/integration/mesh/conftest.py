@@ -12,13 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import uvloop
 
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import NodeInfo
@@ -42,40 +41,10 @@ from sidecar.proxy import RequestStats
 from sidecar.tls import certs
 from sidecar.tls.reloader import IdentityStore, RotationPolicy
 from tests.harness import ROOT
+from tests.loops import LoopThread
 
-T = TypeVar("T")
 TRUST_DOMAIN = "mesh.local"
 FAST_ROTATION = RotationPolicy(poll_interval=0.05, settle=2.0)
-
-
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="mesh-test-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        async def call() -> Any:
-            return fn(*args)
-
-        return self.run(call())
-
-    def close(self) -> None:
-        async def cancel_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            self.run(cancel_rest(), timeout=5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        assert not self.thread.is_alive(), "the test event loop did not stop"
-        self.loop.close()
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -207,7 +176,7 @@ def link(a: Node, b: Node) -> None:
 
 @pytest.fixture(scope="module")
 def loop_thread() -> Iterator[LoopThread]:
-    lt = LoopThread()
+    lt = LoopThread(timeout=15.0, name="mesh-test-loop")
     yield lt
     lt.close()
 

@@ -4,46 +4,19 @@ with blocking clients (curl, raw sockets, grpcio) in the test thread."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import uvloop
 from aiohttp import WSMsgType, web
 
 from sidecar.errors import NotFound
 from sidecar.proxy import ConnectionInfo, HttpProxy, ProxyLimits, RequestHead, RequestStats, Target
+from tests.loops import LoopThread
 
-T = TypeVar("T")
 SSE_ACK = web.AppKey("sse_ack", asyncio.Queue)
-
-
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="proxy-test-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        async def cancel_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            self.run(cancel_rest(), timeout=5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        assert not self.thread.is_alive(), "the test event loop did not stop"
-        self.loop.close()
 
 
 @pytest.fixture
