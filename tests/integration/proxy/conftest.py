@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 
 from sidecar.errors import NotFound
 from sidecar.proxy import ConnectionInfo, HttpProxy, ProxyLimits, RequestHead, RequestStats, Target
+from tests.integration.mesh.app import big, count  # the same streaming handlers as the mesh suite's app
 from tests.loops import LoopThread
 
 SSE_ACK = web.AppKey("sse_ack", asyncio.Queue)
@@ -52,26 +53,6 @@ def backend_app(backend: Backend) -> web.Application:
         await response.prepare(request)
         async for chunk in request.content.iter_chunked(65536):
             await response.write(chunk)
-        await response.write_eof()
-        return response
-
-    async def count(request: web.Request) -> web.Response:
-        total = 0
-        async for chunk in request.content.iter_chunked(1 << 20):
-            total += len(chunk)
-        return web.Response(text=str(total))
-
-    async def big(request: web.Request) -> web.StreamResponse:
-        size = int(request.query["size"])
-        response = web.StreamResponse()
-        response.content_length = size
-        await response.prepare(request)
-        block = b"z" * (1 << 20)
-        sent = 0
-        while sent < size:
-            piece = block[: min(len(block), size - sent)]
-            await response.write(piece)
-            sent += len(piece)
         await response.write_eof()
         return response
 
