@@ -35,6 +35,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import stop
+
 ROOT = Path(__file__).resolve().parents[2]
 TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 10.0
@@ -129,13 +131,7 @@ def process(args: list[str], name: str, port: int | None = None,
             wait_port(port, proc, name)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop(proc)
 
 
 def nginx(stack: ExitStack, folder: Path) -> int:

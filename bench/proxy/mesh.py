@@ -47,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from bench.common import stop
 from bench.proxy.__main__ import (
     ROOT,
     Result,
@@ -118,13 +119,7 @@ def sidecar(folder: Path, config: dict[str, Any], gc_freeze: bool = False) -> It
         wait_port(port, proc, f"sidecar {name}")
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop(proc, 15)
         log.close()
 
 

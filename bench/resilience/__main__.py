@@ -50,6 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import stop  # noqa: E402
 from sidecar.catalog.mesh import MeshCatalog  # noqa: E402
 from sidecar.catalog.model import NodeInfo  # noqa: E402
 from sidecar.catalog.registry import LocalRegistry  # noqa: E402
@@ -256,12 +257,7 @@ backend b
         time.sleep(1.5)   # the first health checks have run: all servers up
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
 
 
 # ------------------------------------------------------------------------------------------ one run
