@@ -174,7 +174,7 @@ class Exchange:
                 incoming = value
             elif lname == _REQUEST_ID:
                 request_id = value
-            elif lname[:2] == b"b3" or lname[:5] == b"x-b3-":
+            elif lname == b"b3" or lname.startswith(b"x-b3-"):
                 b3 = True
         if request_id is None:
             self.request_id = ids.request_id()
