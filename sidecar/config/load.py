@@ -25,6 +25,7 @@ from sidecar.config.model import (
     CheckConfig,
     Config,
     GossipConfig,
+    TlsIssuerConfig,
     TracingConfig,
     dns_label,
 )
@@ -353,6 +354,15 @@ def _check_gossip(gossip: GossipConfig, where: str, problems: list[str]) -> None
         if len(raw) not in (16, 24, 32):
             problems.append(f"{where}.encrypt_keys[{i}]: must decode to 16, 24 or 32 bytes for AES"
                             f" (got {len(raw)} bytes)")
+    if gossip.rotate_every is not None and not gossip.encrypt_keys:
+        problems.append(f"{where}.rotate_every: needs encrypt_keys, the key the rotation starts from"
+                        f" (got {_show(gossip.rotate_every.to_text())})")
+
+
+def _check_issuer(issuer: TlsIssuerConfig, where: str, problems: list[str]) -> None:
+    if (issuer.ca_key is None) == (issuer.command is None):
+        problems.append(f"{where}: needs exactly one of ca_key or command"
+                        f" (got {_show({'ca_key': issuer.ca_key, 'command': issuer.command})})")
 
 
 def _check_tracing(tracing: TracingConfig, where: str, problems: list[str]) -> None:
@@ -365,6 +375,7 @@ _SECTION_CHECKS: dict[Any, Callable[[Any, str, list[str]], None]] = {
     BackoffConfig: _check_backoff,
     GossipConfig: _check_gossip,
     TracingConfig: _check_tracing,
+    TlsIssuerConfig: _check_issuer,
 }
 
 

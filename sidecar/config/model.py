@@ -207,6 +207,12 @@ class GossipConfig:
     tcp_timeout: Duration | None = field(default=None, metadata={"check": _positive})
     awareness_max_multiplier: int | None = field(default=None, metadata={"check": _at_least_one})
     dead_reap_time: Duration | None = None
+    # automatic key rotation: every this long a new key is installed everywhere, made primary once every
+    # member reports holding it (through gossip), then the old one is removed. None: keys change by hand
+    rotate_every: Duration | None = field(default=None, metadata={"check": _positive})
+    # prints the new base64 key on stdout (e.g. a vault read); without it the key is derived from the first
+    # configured key and the rotation's epoch, so every member computes the same key on its own
+    rotate_command: str | None = None
 
     def tuning(self) -> GossipTuning:
         """The profile's values with this config's overrides applied."""
@@ -221,6 +227,26 @@ class TlsConfig:
     ca: str = field(default="certs/ca.pem", metadata={"file": True})
     cert: str = field(default="certs/node.pem", metadata={"file": True})
     key: str = field(default="certs/node-key.pem", metadata={"file": True, "secret": False})
+    # None: the files are reloaded when another tool (cert-manager, a script) rewrites them
+    issuer: TlsIssuerConfig | None = None
+
+
+def _renew_fraction(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be between 0 and 1, exclusive"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsIssuerConfig:
+    """The sidecar renews its own certificate (same identity) at ``renew_at`` of its lifetime."""
+
+    # development: a local CA key signs the new certificate; its certificate is tls.ca unless given
+    ca_key: str | None = field(default=None, metadata={"file": True, "secret": False})
+    ca_cert: str | None = field(default=None, metadata={"file": True})
+    # or a command (run by the shell) that writes new tls.cert and tls.key files and exits 0; it gets
+    # SIDECAR_CERT, SIDECAR_KEY, SIDECAR_SPIFFE_ID and SIDECAR_TTL_SECONDS in its environment
+    command: str | None = None
+    ttl: Duration = field(default=Duration(86400), metadata={"check": _positive})
+    renew_at: float = field(default=0.7, metadata={"check": _renew_fraction})
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,6 +457,30 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OverloadConfig:
+    """Shed new requests with 503 before the process degrades (Envoy's overload manager, simplified)."""
+
+    enabled: bool = True
+    # resident memory at which new requests and connections are refused; 0 turns the memory check off
+    max_memory_bytes: int = field(default=1 << 30, metadata={"check": _non_negative})
+    # event-loop lag (a timer's lateness) at which new requests are refused; 0 turns the lag check off
+    max_loop_lag: Duration = field(default=Duration(0.5), metadata={"check": _non_negative})
+    # how often memory and lag are sampled
+    check_interval: Duration = field(default=Duration(0.1), metadata={"check": _positive})
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadConfig:
+    # versions kept for GET /config/history and POST /config/rollback
+    history: int = field(default=20, metadata={"check": _at_least_one})
+    # canary: after a reload, watch the error rate this long and roll back if it rises past the threshold;
+    # None turns the canary off (POST /reload?canary=30s asks for one reload)
+    canary_window: Duration | None = field(default=None, metadata={"check": _positive})
+    # roll back when the error ratio in the window exceeds the ratio before the reload by this much
+    canary_max_error_rate: float = field(default=0.05, metadata={"check": _ratio})
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -456,6 +506,8 @@ class Config:
     messaging: MessagingConfig = field(default_factory=MessagingConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    overload: OverloadConfig = field(default_factory=OverloadConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
 
     def policy_for(self, service: str) -> PolicyConfig:
         return self.policies.get(service) or self.policies.get("*") or PolicyConfig()
