@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from sidecar import log as logs
+from sidecar.admin.auth import exposure_warning
 from sidecar.admin.dashboard import Dashboard
 from sidecar.admin.server import build_admin, read_token
 from sidecar.api.server import build_api
@@ -24,14 +25,16 @@ from sidecar.catalog.model import NodeInfo, group_json
 from sidecar.catalog.registry import LocalRegistry, default_id
 from sidecar.catalog.replication import CatalogReplication, encode_meta
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.config.load import config_to_raw, load
+from sidecar.config.diff import Plan
+from sidecar.config.load import load, load_text
 from sidecar.config.model import Config
 from sidecar.config.values import HostPort
 from sidecar.dns.server import DnsListenFailed, DnsServer
-from sidecar.errors import ConfigError, InvalidArgument
+from sidecar.errors import ConfigError, FailedPrecondition, InvalidArgument, SidecarError
 from sidecar.events import EventBus
 from sidecar.gossip.errors import KeyringError
 from sidecar.gossip.node import GossipNode
+from sidecar.gossip.rotator import KeyRotator
 from sidecar.lifecycle import WrappedApp
 from sidecar.log import fields
 from sidecar.mesh.dataplane import DataPlane
@@ -41,9 +44,17 @@ from sidecar.ops.debug import debug_routes, watch_failures
 from sidecar.ops.demotion import Rules as DemotionRules
 from sidecar.ops.demotion import SelfDemotion
 from sidecar.ops.failures import FailedRequests
+from sidecar.ops.reload import Reloader
+from sidecar.ops.reload_canary import Counts
+from sidecar.overload import OverloadGuard, OverloadMonitor, raise_open_files_limit
+from sidecar.overload.metrics import OverloadCollector, overload_routes
+from sidecar.proxy import HttpProxy, TcpRelay
+from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
 from sidecar.tls.errors import CertificateError
 from sidecar.tls.reloader import IdentityStore
+from sidecar.tls.renewal import Renewer
+from sidecar.tls.routes import tls_routes
 from sidecar.web import Site
 
 log = logging.getLogger("sidecar.app")
@@ -52,6 +63,7 @@ SHUTDOWN_DEADLINE = 20.0  # seconds from SIGTERM to exit; Kubernetes' default gr
 APP_STOP_GRACE = 8.0      # a wrapped app's time between SIGTERM and SIGKILL
 DRAIN_GRACE = 5.0         # requests in flight may finish for this long after the listeners close
 LEAVE_TIMEOUT = 2.0       # for the leave message to be gossiped before the sockets close
+FD_RESERVE = 1024         # descriptors besides one data-plane listener's connections: pools, gossip, DNS, files
 
 
 class StartupError(Exception):
@@ -98,10 +110,17 @@ class Sidecar:
         self.dns = DnsServer(config.dns, self.catalog.snapshot, clock)
         self.gossip = GossipNode.from_config(config, meta=encode_meta(self._inbound_port()),
                                              local_state=lambda: self.replication.local_state(), clock=clock)
+        # gossip.rotate_every: new keys each epoch, switched once every member holds them (None: rotation off)
+        self.rotation = KeyRotator.from_config(config, self.gossip, base_meta=lambda: encode_meta(self._inbound_port()),
+                                               ready=lambda: self.gossip.joined or not self.config.gossip.join,
+                                               clock=clock)
+        self._rotation_task: asyncio.Task[None] | None = None
         self.store: IdentityStore | None = None
         self.dataplane: DataPlane | None = None
         self.failed = FailedRequests()   # recent failed or retried requests, for /debug/explain?request_id=
         self._tls_watch: asyncio.Task[None] | None = None
+        self.renewer: Renewer | None = None   # tls.issuer: the sidecar renews its own certificate
+        self._renewal: asyncio.Task[None] | None = None
         tuning = config.gossip.tuning()
         self.demotion = SelfDemotion(lambda: self.gossip.health_score if self.gossip.bound is not None else 0,
                                      self.registry.demote, self.bus, clock, DemotionRules.from_tuning(tuning),
@@ -115,11 +134,17 @@ class Sidecar:
         self.sites: list[Site] = []
         self.telemetry = Telemetry(config, clock)
         self.metrics = build_registry(self.telemetry, self._metric_sources)
+        limits = config.overload
+        self.overload = OverloadGuard(limits.max_memory_bytes, float(limits.max_loop_lag), enabled=limits.enabled)
+        self.overload_monitor = OverloadMonitor(self.overload, float(limits.check_interval))
+        self.metrics.register(OverloadCollector(self.overload))
         self.dashboard = Dashboard(self.telemetry, node=config.node.name, cluster=config.node.cluster,
                                    members=self.members_json, catalog=self.catalog_json,
                                    clusters=self.clusters_json)
         self.state = "starting"  # starting → ready → draining → stopped
         self.stop_requested = asyncio.Event()
+        self.reloader = Reloader(self, clock)   # POST /reload, SIGHUP, /config/history, /config/rollback
+        self._hangups: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -128,15 +153,23 @@ class Sidecar:
         for spec in self.config.services:
             self.registry.register(spec, "config", now, now_ms)
         await self.checks.start()
-        token = read_token(self.config.admin.token_file)
+        try:
+            token = read_token(self.config.admin.token_file)
+        except (OSError, ValueError) as e:
+            raise StartupError(f"admin.token_file: {e}", exit_code=2) from None
+        if (warning := exposure_warning(self.config.admin.listen.host, token)) is not None:
+            log.warning(warning)
         self.telemetry.start()
+        if self.overload.enabled:
+            self.overload_monitor.start()
         extra = [*telemetry_routes(self.telemetry, self.metrics), *self.dashboard.routes(),
-                 *admin_read_routes(self.messaging), *debug_routes(lambda: self.dataplane, self.failed)]
+                 *admin_read_routes(self.messaging), *debug_routes(lambda: self.dataplane, self.failed),
+                 *overload_routes(self.overload), *tls_routes(lambda: self.store, lambda: self.renewer)]
         await self._start_site(Site("admin", build_admin(self, token, extra, admin_post_handlers(self.messaging)),
                                     self.config.admin.listen))
         await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock,
                                               [api_routes(self.messaging)]),
-                                    self.config.api.listen))
+                                    self.config.api.listen, overload=self._shedding()))
         await self._start_dataplane()
         await self._start_messaging()
         try:
@@ -161,11 +194,19 @@ class Sidecar:
         if self.config.tls is not None:
             try:
                 self.store = IdentityStore.load(self.config.tls, clock=self.clock)
+                self.renewer = Renewer.from_config(self.config.tls, self.store, self.clock)
             except CertificateError as e:
                 raise StartupError(f"tls: {e}", exit_code=2) from None
-        self.dataplane = DataPlane(self.config, self.catalog, self.registry, self.store, self.clock)
+        limits = replace(DEFAULT_PROXY_LIMITS, max_connections=self.config.overload.max_connections_per_listener)
+        self.dataplane = DataPlane(self.config, self.catalog, self.registry, self.store, self.clock, limits=limits)
         self.dataplane.request_listeners.append(self.telemetry.on_request)
         watch_failures(self.dataplane, self.failed, self.clock)
+        proxies = [self.dataplane.outbound, *self.dataplane.upstreams.values()]
+        if self.dataplane.inbound is not None:
+            proxies.append(self.dataplane.inbound.http)
+        for proxy in proxies:
+            if isinstance(proxy, HttpProxy):   # TCP relays carry no requests to answer 503 on
+                proxy.overload = self._shedding()
         try:
             bound = await self.dataplane.start()
         except OSError as e:
@@ -174,6 +215,8 @@ class Sidecar:
             self._bound(name, address)
         if self.store is not None:
             self._tls_watch = asyncio.create_task(self.store.watch(), name="tls-watch")
+        if self.renewer is not None:
+            self._renewal = asyncio.create_task(self.renewer.run(), name="tls-renewal")
 
     async def _start_messaging(self) -> None:
         assert self.dataplane is not None
@@ -187,7 +230,10 @@ class Sidecar:
             raise StartupError(f"messaging: cannot open the store in {where}: {e}") from None
 
     async def _start_gossip(self) -> None:
-        self.gossip.set_meta(encode_meta(self._inbound_port()))  # before start: no incarnation bump
+        if self.rotation is not None:
+            await self.rotation.prepare()  # the epoch's keys, so the first packets already read the cluster
+        # before start: no incarnation bump
+        self.gossip.set_meta(self.rotation.meta() if self.rotation is not None else encode_meta(self._inbound_port()))
         try:
             bound = await self.gossip.start()
         except OSError as e:
@@ -205,6 +251,8 @@ class Sidecar:
         if self.config.gossip.join:
             self.gossip.start_joining(self.config.gossip.join)
         self._demotion_task = asyncio.create_task(self.demotion.run(), name="self-demotion")
+        if self.rotation is not None:
+            self._rotation_task = asyncio.create_task(self.rotation.run(), name="gossip-key-rotation")
 
     def _inbound_port(self) -> int:
         advertise = self.config.inbound.advertise
@@ -223,6 +271,7 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
             await self.start()
             if self.app is None:
@@ -230,7 +279,7 @@ class Sidecar:
             else:
                 await self._run_app(self.app)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.shutdown()
 
@@ -278,6 +327,7 @@ class Sidecar:
         await self._stop_parts()
 
     async def _stop_parts(self) -> None:
+        await self.reloader.close()   # a canary watch ends; no rollback during the stop
         self.bus.close_all()  # ends event streams, so listeners close without waiting on them
         await self.messaging.stop()  # ends SSE streams; in-flight deliveries are redelivered after a restart
         self.dashboard.close()
@@ -285,10 +335,15 @@ class Sidecar:
             # listeners close, requests in flight get DRAIN_GRACE to finish
             await self.dataplane.stop(DRAIN_GRACE)
         await self.telemetry.stop()   # after the last request: its span is flushed
+        self.overload_monitor.stop()
         if self._tls_watch is not None:
             self._tls_watch.cancel()
+        if self._renewal is not None:
+            self._renewal.cancel()  # a running issuer command is killed with it
         if self._demotion_task is not None:
             self._demotion_task.cancel()
+        if self._rotation_task is not None:
+            self._rotation_task.cancel()
         if self.gossip.bound is not None:
             # the drain's health changes were broadcast; leaving tells peers at once rather than by suspicion
             await self.gossip.leave(LEAVE_TIMEOUT)
@@ -298,9 +353,14 @@ class Sidecar:
             await site.stop()
         await self.checks.stop()
 
+    def _shedding(self) -> OverloadGuard | None:
+        """The guard listeners shed by (outbound, inbound, upstreams, the API; never the admin port)."""
+        return self.overload if self.overload.enabled else None
+
     def _metric_sources(self) -> Sources:
         return Sources(dataplane=self.dataplane, gossip=self.gossip, dns=self.dns, identity=self.store,
-                       messaging=getattr(self, "messaging", None), catalog=self.catalog)
+                       messaging=getattr(self, "messaging", None), catalog=self.catalog,
+                       renewal=self.renewer)
 
     def _now(self) -> tuple[float, int]:
         return self.clock.monotonic(), int(self.clock.wall() * 1000)
@@ -344,7 +404,8 @@ class Sidecar:
             keys = self.gossip.list_keys()
         except KeyringError as e:
             raise InvalidArgument(str(e)) from None
-        return {"primary": key_fingerprint(keys[0]) if keys else None, "keys": [key_fingerprint(k) for k in keys]}
+        return {"primary": key_fingerprint(keys[0]) if keys else None, "keys": [key_fingerprint(k) for k in keys],
+                "rotation": self.rotation.status() if self.rotation is not None else None}
 
     def key_action(self, action: str, key: str) -> dict[str, Any]:
         """install, use (make primary) or remove a gossip key; keys are shown only by fingerprint."""
@@ -354,6 +415,8 @@ class Sidecar:
         except KeyringError as e:
             raise InvalidArgument(str(e), {"key": key_fingerprint(key)}) from None
         log.info("gossip keyring changed", extra=fields(action=action, key=key_fingerprint(key)))
+        if self.rotation is not None:
+            self.rotation.wake()  # advertise the new keyring
         return self.keys_json()
 
     async def drain(self) -> dict[str, Any]:
@@ -369,29 +432,83 @@ class Sidecar:
         self.stop_requested.set()
         return {**result, "leaving": True}
 
-    async def reload(self) -> dict[str, Any]:
-        """Re-read the config files; apply what can change live (services, logging) and name the rest."""
-        try:
-            new = load(self.config_paths)
-        except ConfigError as e:
-            raise InvalidArgument(f"the new configuration is invalid: {'; '.join(e.problems)}",
-                                  {"problems": e.problems}) from None
-        applied: list[str] = []
-        old_raw, new_raw = config_to_raw(self.config, redact=False), config_to_raw(new, redact=False)
-        if old_raw["logging"] != new_raw["logging"]:
-            logs.configure(new.logging.level, new.logging.format)
-            applied.append("logging")
-        if old_raw["services"] != new_raw["services"]:
-            self._reload_services(new)
-            applied.append("services")
-        needs_restart = sorted(k for k in new_raw if k not in ("logging", "services") and old_raw[k] != new_raw[k])
-        self.config = new if not needs_restart else self._merge_live(new)
-        log.info("configuration reloaded", extra=fields(applied=",".join(applied) or "nothing",
-                                                        needs_restart=",".join(needs_restart) or "nothing"))
-        return {"applied": applied, "needsRestart": needs_restart}
+    # ------------------------------------------------------------------ reload (sidecar.ops.reload's Process)
 
-    def _merge_live(self, new: Config) -> Config:
-        return replace(self.config, services=new.services, logging=new.logging)
+    async def reload(self, *, dry_run: bool = False, text: str | None = None,
+                     canary: float | None = None) -> dict[str, Any]:
+        """POST /reload and SIGHUP: a config transaction (``sidecar.ops.reload``)."""
+        if not dry_run and self.state != "ready":   # starting: parts are still being built from the config
+            raise FailedPrecondition(f"the sidecar is {self.state}: the configuration is reloaded only while ready",
+                                     {"state": self.state})
+        return await self.reloader.reload(dry_run=dry_run, text=text, canary=canary)
+
+    async def rollback(self, version: int) -> dict[str, Any]:
+        if self.state != "ready":
+            raise FailedPrecondition(f"the sidecar is {self.state}: the configuration is rolled back only while ready",
+                                     {"state": self.state})
+        return await self.reloader.rollback(version)
+
+    def config_history(self) -> dict[str, Any]:
+        return self.reloader.history_json()
+
+    def read_config(self, text: str | None = None) -> Config:
+        return load(self.config_paths) if text is None else load_text(text, "the request body")
+
+    def request_counts(self) -> Counts:
+        return Counts(*self.telemetry.request_counts())
+
+    def recent_counts(self, seconds: float) -> Counts:
+        return Counts(*self.telemetry.recent_counts(seconds))
+
+    async def apply_config(self, new: Config, plan: Plan) -> tuple[str, ...]:
+        """Apply the plan's live parts, each through the part that owns it. Upstream listeners come first: the
+        one step that can fail (a port in use) fails before anything changed. The rest swap references."""
+        parts = plan.parts
+        dataplane = self.dataplane
+        if "upstreams" in parts and dataplane is not None:
+            try:
+                change = await dataplane.set_upstreams(new.upstreams, DRAIN_GRACE, self._upstream_setup)
+            except OSError as e:
+                raise FailedPrecondition(f"{e.strerror}; nothing changed", {"part": "upstreams"}) from None
+            for key in change.closed:
+                self.bound.pop(key, None)
+                log.info("listener closed", extra=fields(listener=key))
+            for key, address in change.opened.items():
+                self._bound(key, address)
+        if dataplane is not None:
+            dataplane.reconfigure(new)            # policies, authorization, trace sample ratio
+        if "services" in parts:
+            self._reload_services(new)
+        try:
+            await self.messaging.reconfigure(new)   # subscriptions (their default owner is the first service)
+        except Exception:   # the store could not be read: the rest of the reload stands, this part is logged
+            log.exception("subscriptions not reloaded")
+        await self.telemetry.reconfigure(new)     # tracing, access log
+        if "logging" in parts:
+            logs.configure(new.logging.level, new.logging.format)
+        self.config = new
+        return parts
+
+    def _upstream_setup(self, proxy: HttpProxy | TcpRelay) -> None:
+        if isinstance(proxy, HttpProxy):   # as at start: upstream listeners shed under overload
+            proxy.overload = self._shedding()
+
+    def _on_hangup(self) -> None:
+        log.info("reloading the configuration", extra=fields(signal="SIGHUP"))
+        task = asyncio.create_task(self._hangup_reload(), name="sighup-reload")
+        self._hangups.add(task)
+        task.add_done_callback(self._hangups.discard)
+
+    async def _hangup_reload(self) -> None:
+        try:
+            result = await self.reload()
+        except SidecarError as e:   # logged with its reasons by the reloader; the old configuration serves on
+            log.warning("SIGHUP reload not applied", extra=fields(code=e.code.name, reason=e.message))
+        except Exception:
+            log.exception("SIGHUP reload failed")
+        else:
+            log.info("SIGHUP reload done", extra=fields(version=result.get("version"),
+                                                        applied=",".join(result.get("applied", [])) or "nothing"))
 
     def _reload_services(self, new: Config) -> None:
         now, now_ms = self._now()
@@ -424,6 +541,8 @@ def run(config_paths: list[str], app_command: list[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return 2
     logs.configure(config.logging.level, config.logging.format)
+    # thousands of connections need thousands of descriptors; one listener at its cap, plus room for the rest
+    raise_open_files_limit(config.overload.max_connections_per_listener + FD_RESERVE)
     runner = asyncio.Runner(loop_factory=_loop_factory())
     try:
         with runner:

@@ -1,4 +1,4 @@
-"""The command line: ``sidecar run|validate|certs|keys|members|catalog|clusters|demo``.
+"""The command line: ``sidecar run|validate|certs|keys|members|catalog|clusters|explain|reload|demo``.
 
 Exit codes: 0 success, 2 bad usage or bad config, 1 failure at run time. Errors are one line each on
 stderr, never a traceback.
@@ -111,8 +111,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return certs(args)
     if args.command in ("members", "catalog", "clusters"):
         return show_view(args.command, args.admin, args.json)
-    if args.command in ("explain",):
-        from sidecar.ops import commands as ops_commands
+    from sidecar.ops import commands as ops_commands
+    if args.command in ops_commands.COMMANDS:   # explain, reload
         return ops_commands.run(args)
     if args.command == "demo":
         from sidecar.demo import run_demo

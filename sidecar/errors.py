@@ -29,6 +29,8 @@ class Code(enum.Enum):
     # Not in SPEC's table, but a mesh still has to say it: a request header block that is too large.
     HEADERS_TOO_LARGE = (8, 431)
     METHOD_NOT_ALLOWED = (12, 405)
+    # a well-formed request the sidecar's state refuses (a reload that needs a restart), as gRPC's code 9
+    FAILED_PRECONDITION = (9, 400)
 
     @property
     def grpc(self) -> int:
@@ -86,6 +88,15 @@ class Unavailable(SidecarError):
     code = Code.UNAVAILABLE
 
 
+class Overloaded(Unavailable):
+    """The sidecar sheds new work to protect itself (memory or event-loop lag over its limit); the caller may
+    retry after ``retry_after`` seconds, which the response says in a ``Retry-After`` header."""
+
+    def __init__(self, message: str, retry_after: int, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after
+
+
 class DeadlineExceeded(SidecarError):
     """The request ran out of time."""
 
@@ -96,6 +107,12 @@ class MethodNotAllowed(SidecarError):
     """The resource exists, but not for this method."""
 
     code = Code.METHOD_NOT_ALLOWED
+
+
+class FailedPrecondition(SidecarError):
+    """The request is well formed, but the sidecar cannot do it in its present state."""
+
+    code = Code.FAILED_PRECONDITION
 
 
 class HeadersTooLarge(SidecarError):
@@ -144,4 +161,6 @@ def rescue(exc: BaseException) -> Rescued:
     headers = {"content-type": "application/json", "x-sidecar-error": code.name}
     if code is Code.METHOD_NOT_ALLOWED and isinstance(details.get("allowed"), list):
         headers["allow"] = ", ".join(details["allowed"])
+    if isinstance(exc, Overloaded):
+        headers["retry-after"] = str(exc.retry_after)
     return Rescued(code.http, headers, body)

@@ -21,6 +21,9 @@ connection with :class:`_Connection`, aiohttp's ``RequestHandler`` with:
 * a connection limit (aiohttp has none): over ``max_connections`` open connections a new one gets 429
   RESOURCE_EXHAUSTED and is closed. aiohttp's own limits stay on: ``max_line_size`` and ``max_field_size``
   (one request line; one header name plus value), ``max_headers``.
+* overload shedding (``Site(overload=guard)``, the app API; never the admin port): while the guard sheds, every
+  request is answered 503 UNAVAILABLE with ``Retry-After`` before anything else; while memory is over its limit,
+  new connections are answered so and closed.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
@@ -48,6 +51,9 @@ from sidecar.errors import (
     SidecarError,
     rescue,
 )
+
+if TYPE_CHECKING:
+    from sidecar.overload.guard import OverloadGuard
 
 log = logging.getLogger("sidecar.web")
 
@@ -247,16 +253,19 @@ class _Connection(web.RequestHandler):
     """aiohttp's connection protocol with SPEC's error shape, a header read timeout and a connection limit
     (see the module's doc). Everything else is aiohttp's."""
 
-    __slots__ = ("_busy", "_displaced", "_header_timer", "_limits", "_refused", "_stats", "_waiting_since")
+    __slots__ = ("_busy", "_displaced", "_header_timer", "_limits", "_listener", "_overload", "_refused", "_stats",
+                 "_waiting_since")
 
     def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, limits: WebLimits,
-                 stats: WebStats) -> None:
+                 stats: WebStats, overload: OverloadGuard | None = None, listener: str = "") -> None:
         super().__init__(manager, loop=loop, keepalive_timeout=limits.idle_timeout,
                          max_line_size=limits.max_field_bytes, max_field_size=limits.max_field_bytes,
                          max_headers=limits.max_headers,
                          access_log=None)  # type: ignore[arg-type]  # None: no access log (AppRunner's way)
         self._limits = limits
         self._stats = stats
+        self._overload = overload
+        self._listener = listener
         self._header_timer: asyncio.TimerHandle | None = None
         self._busy = False      # a request is in the app's hands
         self._refused = False   # over the connection limit: answered 429, not served
@@ -265,8 +274,14 @@ class _Connection(web.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stats, limits = self._stats, self._limits
+        overload = self._overload
+        if overload is not None and overload.refusing:
+            self._refuse(transport, overload.refuse(self._listener))
+            return
         if stats.open >= limits.max_connections and not self._displace_one():
-            self._refuse(transport)
+            self._stats.refused += 1
+            limit = limits.max_connections
+            self._refuse(transport, ResourceExhausted(f"over {limit} connections on this listener", {"limit": limit}))
             return
         stats.open += 1
         stats.accepted += 1
@@ -346,18 +361,16 @@ class _Connection(web.RequestHandler):
 
     # ------------------------------------------------------------------------ internals
 
-    def _refuse(self, transport: asyncio.BaseTransport) -> None:
+    def _refuse(self, transport: asyncio.BaseTransport, error: SidecarError) -> None:
         self._refused = True
-        self._stats.refused += 1
-        limit = self._limits.max_connections
-        rescued = rescue(ResourceExhausted(f"over {limit} connections on this listener", {"limit": limit}))
+        rescued = rescue(error)
         head = [f"HTTP/1.1 {rescued.status} {HTTPStatus(rescued.status).phrase}",
                 *(f"{k}: {v}" for k, v in rescued.headers.items()),
                 f"content-length: {len(rescued.body)}", "connection: close", "", ""]
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         transport.write("\r\n".join(head).encode("latin-1") + rescued.body)
         # half-close and keep reading a moment: closing with unread bytes would reset the connection before
-        # the client reads the 429
+        # the client reads the answer
         if transport.can_write_eof():
             transport.write_eof()
         self._loop.call_later(self._limits.refuse_linger, transport.close)
@@ -381,11 +394,15 @@ class _Connection(web.RequestHandler):
         self.force_close()
 
 
-def _guarded(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-             limits: WebLimits) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-    """The app's request handler behind :func:`framing_problem`, telling the connection when it is busy."""
+def _guarded(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], limits: WebLimits,
+             overload: OverloadGuard | None = None,
+             listener: str = "") -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """The app's request handler behind :func:`framing_problem`, telling the connection when it is busy; while
+    the overload guard sheds, every request gets its 503 first."""
 
     async def guarded(request: web.BaseRequest) -> web.StreamResponse:
+        if overload is not None and overload.shedding:
+            return error_response(overload.shed(listener))   # not raised: the guard's error is shared
         connection = request.protocol
         if not isinstance(connection, _Connection):  # a connection made by something else than Site
             return await handler(request)
@@ -444,11 +461,13 @@ class _ListenerSite(web.BaseSite):
 
 class Site:
     """An aiohttp app bound to one address with the listener hygiene above; reports the bound address
-    (port 0 picks one). ``stats`` counts connections and refusals."""
+    (port 0 picks one). ``stats`` counts connections and refusals. With ``overload`` (never on the admin
+    port), requests are shed with 503 while the guard sheds, and new connections refused while it refuses."""
 
     def __init__(self, name: str, app: web.Application, listen: HostPort, shutdown_timeout: float = 5.0,
-                 limits: WebLimits = DEFAULT_WEB_LIMITS) -> None:
+                 limits: WebLimits = DEFAULT_WEB_LIMITS, overload: OverloadGuard | None = None) -> None:
         self.name = name
+        self.overload = overload
         self.app = app
         self.listen = listen
         self.limits = limits
@@ -461,12 +480,12 @@ class Site:
         server = self.runner.server
         assert server is not None
         # read by each connection when it is made: every request passes the framing checks first
-        server.request_handler = _guarded(server.request_handler, self.limits)
+        server.request_handler = _guarded(server.request_handler, self.limits, self.overload, self.name)
         loop = asyncio.get_running_loop()
-        limits, stats = self.limits, self.stats
+        limits, stats, overload, name = self.limits, self.stats, self.overload, self.name
 
         def connection() -> _Connection:
-            return _Connection(server, loop=loop, limits=limits, stats=stats)
+            return _Connection(server, loop=loop, limits=limits, stats=stats, overload=overload, listener=name)
 
         site = _ListenerSite(self.runner, self.listen.host, self.listen.port, connection,
                              backlog=min(1024, limits.max_connections * 2))

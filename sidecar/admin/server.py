@@ -1,20 +1,26 @@
-"""Routes of the admin port. Reads are open; mutations are POST-only and, when ``admin.token_file`` is
-set, need ``Authorization: Bearer TOKEN``."""
+"""Routes of the admin port. Reads are open; mutations are POST-only, and who may make them is
+``sidecar.admin.auth``'s rule (a token when ``admin.token_file`` is set, else loopback only), applied to every
+non-read request before routing."""
 
 from __future__ import annotations
 
-import hmac
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from sidecar import log as logs
+from sidecar.admin.auth import check_request
 from sidecar.catalog.model import group_json
 from sidecar.config.load import config_to_raw
 from sidecar.config.model import Config
-from sidecar.errors import InvalidArgument, MethodNotAllowed, Unauthenticated
+from sidecar.errors import InvalidArgument, MethodNotAllowed
+from sidecar.log import fields
+from sidecar.ops.reload import parse_canary
 from sidecar.web import Handler, errors_middleware, json_response, read_json_object
+
+log = logging.getLogger("sidecar.admin")
 
 
 class Process(Protocol):
@@ -33,14 +39,22 @@ class Process(Protocol):
     def key_action(self, action: str, key: str) -> dict[str, Any]: ...
     async def drain(self) -> dict[str, Any]: ...
     async def leave(self) -> dict[str, Any]: ...
-    async def reload(self) -> dict[str, Any]: ...
+    async def reload(self, *, dry_run: bool = False, text: str | None = None,
+                     canary: float | None = None) -> dict[str, Any]: ...
+    async def rollback(self, version: int) -> dict[str, Any]: ...
+    def config_history(self) -> dict[str, Any]: ...
 
 
 def read_token(path: str | None) -> str | None:
+    """admin.token_file's content without surrounding whitespace; ValueError if it is empty (an empty token
+    would lock every mutation out, which is never what was meant)."""
     if path is None:
         return None
     with open(path, encoding="utf-8") as f:
-        return f.read().strip()
+        token = f.read().strip()
+    if not token:
+        raise ValueError(f"the file {path} is empty; write the token into it (e.g. openssl rand -hex 32)")
+    return token
 
 
 def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.RouteDef] = (),
@@ -49,20 +63,21 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
     dashboard at /)."""
     routes = web.RouteTableDef()
 
-    def mutating(handler: Handler) -> Handler:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            if token is not None:
-                header = request.headers.get("Authorization", "")
-                scheme, _, given = header.partition(" ")
-                if scheme.lower() != "bearer" or not given:
-                    raise Unauthenticated("this endpoint needs Authorization: Bearer TOKEN (admin.token_file is set)")
-                if not hmac.compare_digest(given.strip().encode(), token.encode()):
-                    raise Unauthenticated("the admin token is wrong")
-            return await handler(request)
-        return guarded
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # every request but a read, on any path, before its handler: see sidecar.admin.auth
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        refusal = check_request(request.method, token, request.headers.get("Authorization"), host,
+                                request.headers.get("Origin"))
+        if refusal is not None:
+            log.info("admin request refused", extra=fields(method=request.method, path=request.path,
+                                                           peer=host or "unknown", code=refusal.code.name))
+            raise refusal
+        return await handler(request)
 
     def post_only(path: str, handler: Handler) -> None:
-        routes.post(path)(mutating(handler))
+        routes.post(path)(handler)
 
         async def refuse(request: web.Request) -> web.StreamResponse:
             raise MethodNotAllowed(f"{request.method} is not allowed on {path}; use POST", {"allowed": ["POST"]})
@@ -124,7 +139,22 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
         return json_response(await process.leave())
 
     async def reload(request: web.Request) -> web.Response:
-        return json_response(await process.reload())
+        """``?dry_run=true``: the diff only (of the files, or of the YAML body); ``?canary=30s|off``."""
+        dry_run = _flag(request.query.get("dry_run"), "dry_run")
+        text = (await request.text()) if request.body_exists else None
+        canary = parse_canary(request.query.get("canary"))
+        return json_response(await process.reload(dry_run=dry_run, text=text or None, canary=canary))
+
+    @routes.get("/config/history")
+    async def config_history(request: web.Request) -> web.Response:
+        return json_response(process.config_history())
+
+    async def rollback(request: web.Request) -> web.Response:
+        text = request.query.get("version", "")
+        if not text.isdigit():
+            raise InvalidArgument(f"the version query parameter must be a version number from GET /config/history"
+                                  f" (got {text!r})", {"version": text})
+        return json_response(await process.rollback(int(text)))
 
     async def logging_level(request: web.Request) -> web.Response:
         level = request.query.get("level")
@@ -141,14 +171,23 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
     post_only("/drain", drain)
     post_only("/leave", leave)
     post_only("/reload", reload)
+    post_only("/config/rollback", rollback)
     post_only("/logging", logging_level)
     for action in ("install", "use", "remove"):
         post_only(f"/keys/{action}", key_handler(action))
 
-    app = web.Application(middlewares=[errors_middleware])
+    app = web.Application(middlewares=[errors_middleware, guard])
     app.add_routes(routes)
     app.add_routes(list(extra_routes))
     return app
+
+
+def _flag(text: str | None, name: str) -> bool:
+    if text is None or text.lower() in ("false", "0", "no"):
+        return False
+    if text.lower() in ("true", "1", "yes", ""):
+        return True
+    raise InvalidArgument(f"{name} must be true or false (got {text!r})", {name: text})
 
 
 __all__ = ["Process", "build_admin", "group_json", "read_token"]

@@ -14,6 +14,7 @@ from sidecar.catalog.model import HealthStatus
 from sidecar.catalog.registry import LocalRegistry, LocalService
 from sidecar.clock import Clock
 from sidecar.config.model import CheckConfig
+from sidecar.config.redact import url_without_credentials
 
 log = logging.getLogger("sidecar.checks")
 
@@ -30,14 +31,17 @@ def status_of_http(code: int) -> HealthStatus:
 
 
 async def http_check(session: aiohttp.ClientSession, url: str, timeout: float) -> CheckResult:
+    # the output is logged, shown in the catalog and gossiped: the URL's credentials (user info, query) are not
+    shown = url_without_credentials(url)
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as resp:
             await resp.read()
-            return CheckResult(status_of_http(resp.status), f"HTTP GET {url}: {resp.status}")
+            return CheckResult(status_of_http(resp.status), f"HTTP GET {shown}: {resp.status}")
     except TimeoutError:
-        return CheckResult(HealthStatus.UNHEALTHY, f"HTTP GET {url}: timed out after {timeout:.3f}s")
+        return CheckResult(HealthStatus.UNHEALTHY, f"HTTP GET {shown}: timed out after {timeout:.3f}s")
     except (aiohttp.ClientError, OSError) as e:
-        return CheckResult(HealthStatus.UNHEALTHY, f"HTTP GET {url}: {type(e).__name__}: {e}")
+        detail = str(e).replace(url, shown)
+        return CheckResult(HealthStatus.UNHEALTHY, f"HTTP GET {shown}: {type(e).__name__}: {detail}")
 
 
 async def tcp_check(host: str, port: int, timeout: float) -> CheckResult:

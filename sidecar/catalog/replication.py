@@ -5,7 +5,8 @@
 * Every push-pull (on join, then every ``push_pull_interval``) carries every state this node knows, so a
   missed broadcast heals within one interval, and a new member learns the whole mesh at once.
 * Membership decides what counts: a dead or departed member's services leave the catalog; a state about a
-  node that is not (yet) a live member waits in a small pending table until it joins.
+  node that is not (yet) a live member waits in a small pending table until it joins. A dead member's last
+  state waits there too, so that a member declared dead by mistake has its services back when it refutes.
 * Member metadata carries the node's inbound port, which peers dial for mTLS traffic.
 """
 
@@ -107,13 +108,14 @@ class CatalogReplication:
             self._member_live(event.member)
             self._publish(event)
         elif isinstance(event, MemberDead | MemberLeft):
-            self._member_gone(event.member)
+            self._member_gone(event.member, keep=isinstance(event, MemberDead))
             self._publish(event)
         elif isinstance(event, SyncCompleted):
             if event.join and event.ok:
                 # our state went to the seed only; say it to everyone now rather than at the next push-pull
                 self.local_changed()
         elif isinstance(event, MemberReaped):
+            self._pending.pop(event.member.name, None)
             self._publish(event)
 
     def _member_live(self, member: MemberView) -> None:
@@ -125,9 +127,13 @@ class CatalogReplication:
         if waiting is not None:
             self._apply(waiting)
 
-    def _member_gone(self, member: MemberView) -> None:
-        self._known.pop(member.name, None)
+    def _member_gone(self, member: MemberView, keep: bool) -> None:
+        known = self._known.pop(member.name, None)
         self._pending.pop(member.name, None)
+        if keep and known is not None and len(self._pending) < MAX_PENDING:
+            # a member declared dead by mistake (a stale verdict crossing a healed partition) refutes within
+            # moments: its services come back with it then, not a push-pull interval later; newer states win
+            self._pending[member.name] = known
         self.catalog.remove_node(member.name)
         for listener in self.subscription_listeners:
             listener(member.name, ())

@@ -29,10 +29,13 @@ from sidecar.config.model import (
     TracingConfig,
     dns_label,
 )
+from sidecar.config.redact import REDACTED as REDACTED  # re-exported: sidecar.config.diff
+from sidecar.config.redact import redact as redacted_value
 from sidecar.config.values import Duration, HostPort
 from sidecar.errors import ConfigError
 
-REDACTED = "<redacted>"
+# the value part of a problem, replaced for secret fields: a secret is never echoed, the path and rule say enough
+_GOT = re.compile(r"\(got .*\)\s*$", re.DOTALL)
 T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------------- reading
@@ -71,6 +74,11 @@ def read_yaml(path: str) -> Any:
         raise ConfigError([f"{path}: cannot read the file ({e.strerror})"]) from None
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
+    return parse_yaml(text, path)
+
+
+def parse_yaml(text: str, path: str) -> Any:
+    """Parse YAML text as one config file named ``path`` in messages (a file, or a request body)."""
     try:
         data = yaml.load(text, Loader=_StrictLoader)
     except RecursionError:  # PyYAML's composer and constructor recurse once per nesting level
@@ -143,6 +151,11 @@ def load(paths: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
     return config_from_raw(raw, os.environ if env is None else env)
 
 
+def load_text(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:
+    """:func:`load` for one document given as text (``POST /reload?dry_run=true`` with a body)."""
+    return config_from_raw(parse_yaml(text, source), os.environ if env is None else env)
+
+
 # ------------------------------------------------------------------------------------------ building
 
 
@@ -205,6 +218,11 @@ def _type_name(tp: Any) -> str:
 
 def _build(tp: Any, value: Any, path: str, problems: list[str], meta: Mapping[str, Any] | None = None) -> Any:
     meta = meta or {}
+    if meta.get("secret") and value is not None:
+        found: list[str] = []
+        built = _build(tp, value, path, found, {k: v for k, v in meta.items() if k != "secret"})
+        problems.extend(_GOT.sub(f"(got {REDACTED})", problem) for problem in found)
+        return built
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -318,8 +336,24 @@ def _build_dataclass(tp: Any, value: Any, path: str, problems: list[str]) -> Any
     built = tp(**kwargs)
     hook = _SECTION_CHECKS.get(tp)
     if hook is not None:
-        hook(built, path, problems)
+        found: list[str] = []
+        hook(built, path, found)
+        problems.extend(_hide_secrets(problem, built) for problem in found)
     return built
+
+
+def _hide_secrets(problem: str, section: Any) -> str:
+    """A cross-check's problem with the section's secret values (as given or as JSON shows them) replaced by
+    their redacted form."""
+    for f in dataclasses.fields(section):
+        kind = f.metadata.get("secret")
+        value = getattr(section, f.name)
+        for item in (value if isinstance(value, list) else [value]) if kind else []:
+            shown = redacted_value(item, kind)
+            if isinstance(item, str) and item and shown != item:
+                for form in {item, json.dumps(item)[1:-1]}:
+                    problem = problem.replace(form, str(shown))
+    return problem
 
 
 # ------------------------------------------------------------------------------------- cross-checks
@@ -357,6 +391,11 @@ def _check_gossip(gossip: GossipConfig, where: str, problems: list[str]) -> None
     if gossip.rotate_every is not None and not gossip.encrypt_keys:
         problems.append(f"{where}.rotate_every: needs encrypt_keys, the key the rotation starts from"
                         f" (got {_show(gossip.rotate_every.to_text())})")
+    if gossip.rotate_every is not None and 0 < gossip.rotate_every < 1:
+        # a rotation takes a few gossip rounds to reach every member; shorter epochs would never finish one
+        problems.append(f"{where}.rotate_every: must be at least 1s (got {_show(gossip.rotate_every.to_text())})")
+    if gossip.rotate_command is not None and gossip.rotate_every is None:
+        problems.append(f"{where}.rotate_command: is used only with rotate_every, which is not set (got {REDACTED})")
 
 
 def _check_issuer(issuer: TlsIssuerConfig, where: str, problems: list[str]) -> None:
@@ -422,7 +461,7 @@ def _check_unique(items: Any, where: str, key: str, rule: str, problems: list[st
 
 
 def config_to_raw(value: Any, redact: bool = True) -> Any:
-    """Plain data in the YAML's own shape, secrets shown as "<redacted>"."""
+    """Plain data in the YAML's own shape, secrets shown as ``sidecar.config.redact`` says."""
     if isinstance(value, HostPort | Duration):
         return value.to_text()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -430,7 +469,7 @@ def config_to_raw(value: Any, redact: bool = True) -> Any:
         for f in dataclasses.fields(value):
             item = getattr(value, f.name)
             if redact and f.metadata.get("secret") and item:
-                out[f.metadata.get("key", f.name)] = [REDACTED] * len(item) if isinstance(item, list) else REDACTED
+                out[f.metadata.get("key", f.name)] = redacted_value(item, f.metadata["secret"])
             else:
                 out[f.metadata.get("key", f.name)] = config_to_raw(item, redact)
         return out

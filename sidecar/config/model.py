@@ -3,7 +3,8 @@
 Field metadata read by the loader (``sidecar.config.load``):
   ``key``          the YAML key when it differs from the field name (``from`` is a Python keyword);
   ``check``        a function of the value returning a rule it breaks, or None;
-  ``secret``       shown as ``"<redacted>"`` on the admin port's ``/config``;
+  ``secret``       never shown whole on ``/config`` or in config errors: True, ``"command"`` (the program only)
+                   or ``"url"`` (no user info or query); see ``sidecar.config.redact``;
   ``default_port`` for addresses that may omit the port;
   ``file``         the path must name a readable file.
 """
@@ -207,12 +208,16 @@ class GossipConfig:
     tcp_timeout: Duration | None = field(default=None, metadata={"check": _positive})
     awareness_max_multiplier: int | None = field(default=None, metadata={"check": _at_least_one})
     dead_reap_time: Duration | None = None
-    # automatic key rotation: every this long a new key is installed everywhere, made primary once every
-    # member reports holding it (through gossip), then the old one is removed. None: keys change by hand
+    # automatic key rotation: every this long (epochs of wall time, the same on every member) a new key is
+    # installed everywhere, made primary once every member reports holding it (through gossip), then the old
+    # one is removed. encrypt_keys stay installed, so a member restarted with this config can always rejoin.
+    # At least 1s; None: keys change by hand (admin /keys)
     rotate_every: Duration | None = field(default=None, metadata={"check": _positive})
-    # prints the new base64 key on stdout (e.g. a vault read); without it the key is derived from the first
-    # configured key and the rotation's epoch, so every member computes the same key on its own
-    rotate_command: str | None = None
+    # prints the epoch's base64 key on stdout (e.g. a vault read), run by the shell with SIDECAR_GOSSIP_EPOCH,
+    # SIDECAR_GOSSIP_CLUSTER and SIDECAR_GOSSIP_ROTATE_EVERY set; it must print the same key on every member.
+    # Without it the key is HKDF-derived from the first configured key, the cluster and the epoch, so every
+    # member computes the same key on its own
+    rotate_command: str | None = field(default=None, metadata={"secret": "command"})
 
     def tuning(self) -> GossipTuning:
         """The profile's values with this config's overrides applied."""
@@ -242,10 +247,13 @@ class TlsIssuerConfig:
     # development: a local CA key signs the new certificate; its certificate is tls.ca unless given
     ca_key: str | None = field(default=None, metadata={"file": True, "secret": False})
     ca_cert: str | None = field(default=None, metadata={"file": True})
-    # or a command (run by the shell) that writes new tls.cert and tls.key files and exits 0; it gets
-    # SIDECAR_CERT, SIDECAR_KEY, SIDECAR_SPIFFE_ID and SIDECAR_TTL_SECONDS in its environment
-    command: str | None = None
+    # or a command (run by the shell) that writes a new certificate to $SIDECAR_CERT and its key to
+    # $SIDECAR_KEY and exits 0; it also gets SIDECAR_SPIFFE_ID, SIDECAR_SERVICE, SIDECAR_TTL_SECONDS and
+    # SIDECAR_CA. The sidecar checks the pair, then moves it into tls.cert and tls.key (sidecar.tls.issuers)
+    command: str | None = field(default=None, metadata={"secret": "command"})
+    # lifetime asked of the issuer for each new certificate (a command's CA may grant another)
     ttl: Duration = field(default=Duration(86400), metadata={"check": _positive})
+    # renew at this fraction of the lifetime: the remaining 30% is time for retries if the issuer fails
     renew_at: float = field(default=0.7, metadata={"check": _renew_fraction})
 
 
@@ -254,7 +262,7 @@ class CheckConfig:
     """One health check: exactly one of ``http``, ``tcp`` or ``ttl``."""
 
     # a path on the app's port (/health) or a full http:// URL; 2xx healthy, 429 degraded, else unhealthy
-    http: str | None = None
+    http: str | None = field(default=None, metadata={"secret": "url"})
     # connect to the app's port; success is healthy
     tcp: bool = False
     # the app must send a heartbeat within this time, else unhealthy
@@ -435,7 +443,7 @@ class MessagingConfig:
 class TracingConfig:
     exporter: Literal["none", "console", "otlp"] = "none"
     # the collector's base URL (http://host:4318); /v1/traces is appended
-    endpoint: str | None = None
+    endpoint: str | None = field(default=None, metadata={"secret": "url"})
     sample_ratio: float = field(default=1.0, metadata={"check": _ratio})
 
 
@@ -458,25 +466,40 @@ class TelemetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class OverloadConfig:
-    """Shed new requests with 503 before the process degrades (Envoy's overload manager, simplified)."""
+    """Shed new requests with 503 before the process degrades (Envoy's overload manager, simplified): see
+    sidecar/overload. Shedding stops once the value is under 90% of its limit and 1 s has passed since it was
+    last over. The admin port is never shed."""
 
     enabled: bool = True
-    # resident memory at which new requests and connections are refused; 0 turns the memory check off
+    # resident memory (what the OOM killer counts) at which new requests and new connections are refused; 0
+    # turns the memory check off. A fresh sidecar is ~65 MiB and CPython keeps part of a spike's memory after
+    # it (the guard then runs a full GC and malloc_trim), so leave room above the steady state
     max_memory_bytes: int = field(default=1 << 30, metadata={"check": _non_negative})
-    # event-loop lag (a timer's lateness) at which new requests are refused; 0 turns the lag check off
+    # event-loop lag (a timer's lateness) at which new requests are refused; 0 turns the lag check off. Half a
+    # second of lag is added to every request in flight: shedding lets the loop catch up
     max_loop_lag: Duration = field(default=Duration(0.5), metadata={"check": _non_negative})
-    # how often memory and lag are sampled
+    # how often memory and lag are sampled: one timer callback and one read of /proc/self/statm each time
     check_interval: Duration = field(default=Duration(0.1), metadata={"check": _positive})
+    # open client connections per data-plane listener (outbound, inbound, each upstream port); at the cap an
+    # idle keep-alive connection is closed to make room, else the new one gets 503. It keeps one listener from
+    # taking every file descriptor (the admin port's included); memory is max_memory_bytes' job: an idle plain
+    # connection costs ~4 KiB resident (16384: ~64 MiB), an idle mTLS one ~46 KiB (16384: ~740 MiB)
+    max_connections_per_listener: int = field(default=16384, metadata={"check": _at_least_one})
 
 
 @dataclass(frozen=True, slots=True)
 class ReloadConfig:
-    # versions kept for GET /config/history and POST /config/rollback
+    """POST /reload and SIGHUP (``sidecar.ops.reload``): every key here applies live, from the next reload."""
+
+    # versions kept for GET /config/history and POST /config/rollback; 20 covers a day of busy hand edits
     history: int = field(default=20, metadata={"check": _at_least_one})
-    # canary: after a reload, watch the error rate this long and roll back if it rises past the threshold;
-    # None turns the canary off (POST /reload?canary=30s asks for one reload)
+    # canary: after a reload, watch the error rate this long and roll back to the previous version if it rises
+    # past the threshold; None turns the canary off (POST /reload?canary=30s asks for one reload, ?canary=off
+    # skips it). Off by default: a low-traffic sidecar has too few requests to judge (at least 20 are needed)
     canary_window: Duration | None = field(default=None, metadata={"check": _positive})
-    # roll back when the error ratio in the window exceeds the ratio before the reload by this much
+    # roll back when the error ratio in the window exceeds the ratio over the same length of time before the
+    # reload by more than this (absolute: 0.05 is five points); errors are 5xx, no answer, or the sidecar's
+    # own refusals (authorization, caps), as telemetry counts them
     canary_max_error_rate: float = field(default=0.05, metadata={"check": _ratio})
 
 

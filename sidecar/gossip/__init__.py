@@ -3,7 +3,8 @@
 One mechanism per module: ``messages`` (wire format), ``envelope`` and ``keyring`` (cluster name and
 AES-GCM), ``state`` (member table), ``suspicion`` and ``awareness`` (Lifeguard), ``broadcast`` (the
 transmit-limited queue), ``core`` (the pure protocol), ``transport`` and ``node`` (the asyncio driver),
-``simnet`` (many cores on a simulated network).
+``simnet`` (many cores on a simulated network), ``rotation`` and ``rotator`` (automatic key rotation: the
+pure core and its driver).
 """
 
 from sidecar.gossip.core import (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -52,6 +53,11 @@ def decode_key(key: str | bytes) -> bytes:
 
 def key_text(key: bytes) -> str:
     return base64.b64encode(key).decode()
+
+
+def fingerprint(key: bytes) -> str:
+    """A key as operators and peers may see it: the first 12 hex digits of the SHA-256 of its base64 text."""
+    return hashlib.sha256(key_text(key).encode()).hexdigest()[:12]
 
 
 class Keyring:

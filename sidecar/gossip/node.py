@@ -79,6 +79,8 @@ class GossipNode:
         self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=events_max)
         self.events_dropped = 0
         self._subscribers: list[EventCallback] = []
+        # more counters for ``counters()`` (and so /metrics and /gossip), e.g. the key rotation's
+        self.counter_sources: list[Callable[[], dict[str, int]]] = []
         self._core: GossipCore | None = None
         self._udp: UdpEndpoint | None = None
         self._server: asyncio.Server | None = None
@@ -207,6 +209,8 @@ class GossipNode:
         out["udp_send_errors"] = self._udp.send_errors if self._udp is not None else 0
         out["members_alive"] = sum(1 for m in self.members() if m.state == "alive")
         out["health_score"] = self._core.health_score if self._core is not None else 0
+        for source in self.counter_sources:
+            out.update(source())
         return out
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:

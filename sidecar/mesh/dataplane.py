@@ -29,12 +29,14 @@ authorization and metrics do not depend on where the instance runs (it costs a l
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import math
 import random
 import ssl
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sidecar.catalog.mesh import MeshCatalog
@@ -82,6 +84,14 @@ from sidecar.tls.reloader import IdentityStore
 log = logging.getLogger("sidecar.mesh")
 
 NO_TLS_MESSAGE = "mTLS is not configured (no tls section): this sidecar carries no traffic between services"
+
+
+def _no_tls() -> Unavailable:
+    # a new error each time: raising one shared instance again and again chains every raise's traceback onto
+    # it, and with them the frames of every refused request (about 6 KiB each, never freed)
+    return Unavailable(NO_TLS_MESSAGE, {"reason": "no-tls"})
+
+
 _STATUS_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
@@ -158,7 +168,10 @@ class _Targets:
         self._version = -1
         self._context: ssl.SSLContext | None = None
         self._generation = 0
-        self._targets: dict[Endpoint, Target] = {}
+        # by the Endpoint's identity (its dataclass hash runs in Python, on every request); the Endpoint is kept in
+        # the value, so its id is not reused while the entry lives. Within one catalog version the router hands
+        # out the same Endpoint objects; an equal copy only costs a second Target on the same pool.
+        self._targets: dict[int, tuple[Endpoint, Target]] = {}
 
     def get(self, endpoint: Endpoint, version: int, context: ssl.SSLContext) -> Target:
         if version != self._version or context is not self._context:
@@ -167,10 +180,20 @@ class _Targets:
                 self._context = context
             self._version = version
             self._targets = {}
-        target = self._targets.get(endpoint)
-        if target is None:
-            target = self._targets[endpoint] = self._build(endpoint, context)
+        entry = self._targets.get(id(endpoint))
+        if entry is not None and entry[0] is endpoint:
+            return entry[1]
+        if len(self._targets) >= 4096:
+            self._targets = {}
+        target = self._build(endpoint, context)
+        self._targets[id(endpoint)] = (endpoint, target)
         return target
+
+    def reconfigure(self, config: Config) -> None:
+        """Reloaded policies: Targets are rebuilt on next use with the new timeouts; pool keys do not change, so
+        pooled connections to peers are kept."""
+        self._config = config
+        self._version = -1
 
     def _build(self, endpoint: Endpoint, context: ssl.SSLContext) -> Target:
         policy = self._config.policy_for(endpoint.service)
@@ -230,20 +253,25 @@ class DataPlane:
         self.pools = Pools(head_limits=limits.head)
         self._http_targets = _Targets(config, "http", self._peer_check)
         self._tunnel_targets = _Targets(config, "tunnel", self._peer_check)
-        self._no_tls = Unavailable(NO_TLS_MESSAGE, {"reason": "no-tls"})
         self.resilience = Resilience(config, rng=rng, jitter=jitter)
         self._now: Callable[[], float] = clock.monotonic   # the loop's clock once started (the engine's)
         self._http_peers = _Peers(catalog, self.router, self._http_targets, self._client_context)
         self._tunnel_peers = _Peers(catalog, self.router, self._tunnel_targets, self._tunnel_context)
         ids = ids if ids is not None else IdSource(sample_ratio=config.telemetry.tracing.sample_ratio)
+        self.ids = ids
+        self._limits = limits
         self.outbound = HttpProxy(self._route_outbound, name="outbound", limits=limits, pools=self.pools,
                                   on_request_done=self._outbound_done, ids=ids)
         self.upstreams: dict[str, HttpProxy | TcpRelay] = {}
+        self._upstream_configs: dict[str, UpstreamConfig] = {}
+        self._upstream_servers: dict[str, asyncio.Server] = {}
+        self._draining: set[asyncio.Task[None]] = set()
         for upstream in config.upstreams:
             key = f"upstream:{upstream.service}"
             if key in self.upstreams:
                 key = f"{key}:{upstream.local_port}"
             self.upstreams[key] = self._upstream(upstream, limits, ids)
+            self._upstream_configs[key] = upstream
         self.inbound: InboundListener | None = None
         self.local = LocalServices(registry)
         if store is not None:
@@ -278,8 +306,9 @@ class DataPlane:
             log.warning("tls is not configured: the outbound listener answers 503 and no inbound listener is opened")
         listen = self.config.outbound.listen
         self.bound["outbound"] = _bound(await self.outbound.listen(listen.host, listen.port))
-        for (key, proxy), upstream in zip(self.upstreams.items(), self.config.upstreams, strict=True):
-            self.bound[key] = _bound(await proxy.listen(upstream.bind, upstream.local_port))
+        for key, upstream in self._upstream_configs.items():
+            server = self._upstream_servers[key] = await self.upstreams[key].listen(upstream.bind, upstream.local_port)
+            self.bound[key] = _bound(server)
         return dict(self.bound)
 
     async def stop_inbound(self, grace: float) -> None:
@@ -297,16 +326,98 @@ class DataPlane:
         closing: list[Any] = [self.outbound.close(grace)]
         for proxy in self.upstreams.values():
             closing.append(proxy.close(grace) if isinstance(proxy, HttpProxy) else proxy.close())
+        closing.extend(self._draining)   # upstreams a reload removed, still finishing their requests
         for result in await asyncio.gather(*closing, return_exceptions=True):
             if isinstance(result, BaseException):
                 log.warning("data plane listener did not close cleanly: %r", result)
         self.pools.close()
 
+    # ------------------------------------------------------------------------------------ reload
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration's policies, authorization rules and trace sample ratio, from the next request
+        on. Only references are swapped (nothing is added per request); listeners, open connections, pooled
+        connections to peers and what the resilience layers learnt (ejections, latency) are kept. Upstream
+        listeners change through :meth:`set_upstreams`."""
+        self.config = config
+        self._http_targets.reconfigure(config)
+        self._tunnel_targets.reconfigure(config)
+        self.resilience.reconfigure(config)
+        if self.store is not None:
+            self.routes.decisions = Decisions(Authorizer(config.authorization))
+        self.ids.sample_bound = round(config.telemetry.tracing.sample_ratio * (1 << 64))
+
+    async def set_upstreams(self, upstreams: Sequence[UpstreamConfig], grace: float,
+                            setup: Callable[[HttpProxy | TcpRelay], None] | None = None) -> UpstreamChange:
+        """Open the listeners of new ``upstreams`` entries and close those of removed ones; unchanged entries keep
+        theirs, with their connections.
+
+        All or nothing: new addresses are opened first, and if one cannot be (a port in use) what was opened
+        is closed again and OSError raised, nothing changed. An entry replaced on its own address (another
+        service or protocol on the port) is closed just before its successor opens (reopened if that fails).
+        Removed listeners stop accepting at once; their requests in flight (tunnels: their connections) get
+        ``grace`` seconds, in the background. ``setup`` is given each new proxy before it listens.
+        """
+        held = dict(self._upstream_configs)
+        removed = [key for key, upstream in held.items() if upstream not in upstreams]
+        added = [upstream for upstream in upstreams if upstream not in held.values()]
+        freed = {(held[key].bind, held[key].local_port): key for key in removed}
+        opened: list[str] = []
+        displaced: dict[str, HttpProxy | TcpRelay] = {}
+        try:
+            for upstream in sorted(added, key=lambda u: (u.bind, u.local_port) in freed):  # new addresses first
+                old = freed.get((upstream.bind, upstream.local_port))
+                if old is not None:
+                    displaced[old] = self._detach_upstream(old)
+                opened.append(await self._open_upstream(upstream, setup, retry=old is not None))
+        except OSError:
+            for key in opened:
+                self._drain_later(self._detach_upstream(key), 0.0)
+            for key, proxy in displaced.items():   # put back what was closed to make room
+                self._drain_later(proxy, grace)
+                try:
+                    await self._open_upstream(held[key], setup, key, retry=True)
+                except OSError as e:
+                    log.error("an upstream listener could not be reopened after a failed reload: %s", e.strerror)
+            raise
+        for key in removed:
+            self._drain_later(displaced.pop(key) if key in displaced else self._detach_upstream(key), grace)
+        return UpstreamChange({key: self.bound[key] for key in opened}, sorted(removed))
+
+    async def _open_upstream(self, upstream: UpstreamConfig, setup: Callable[[HttpProxy | TcpRelay], None] | None,
+                             key: str | None = None, retry: bool = False) -> str:
+        if key is None:
+            key = f"upstream:{upstream.service}"
+            if key in self.upstreams:
+                key = f"{key}:{upstream.local_port}"
+        proxy = self._upstream(upstream, self._limits, self.ids)
+        if setup is not None:
+            setup(proxy)
+        server = await _listen(proxy, upstream, attempts=50 if retry else 1)
+        self.upstreams[key] = proxy
+        self._upstream_configs[key] = upstream
+        self._upstream_servers[key] = server
+        self.bound[key] = _bound(server)
+        return key
+
+    def _detach_upstream(self, key: str) -> HttpProxy | TcpRelay:
+        """Stop accepting on ``key`` now; the proxy, with its connections, is returned to be drained."""
+        proxy = self.upstreams.pop(key)
+        del self._upstream_configs[key]
+        self._upstream_servers.pop(key).close()
+        self.bound.pop(key, None)
+        return proxy
+
+    def _drain_later(self, proxy: HttpProxy | TcpRelay, grace: float) -> None:
+        task = asyncio.create_task(_drain(proxy, grace), name=f"drain:{proxy.name}")
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
     # ------------------------------------------------------------------------------------ outbound
 
     def _route_outbound(self, head: RequestHead, conn: ConnectionInfo) -> RouteResult:
         if self.store is None:
-            raise self._no_tls
+            raise _no_tls()
         name = self.names.parse(head.host)
         if name is None:
             raise no_service_named(head.host)
@@ -349,7 +460,7 @@ class DataPlane:
 
             def connect(info: ConnectionInfo) -> Target:
                 if self.store is None:
-                    raise self._no_tls
+                    raise _no_tls()
                 return self.resilience.tunnel(name, self._tunnel_peers, self._now())
 
             def tunnel_done(stats: RelayStats) -> None:
@@ -361,33 +472,34 @@ class DataPlane:
 
         def route(head: RequestHead, conn: ConnectionInfo) -> RouteResult:
             if self.store is None:
-                raise self._no_tls
+                raise _no_tls()
             head.host = name.service  # the peer's inbound finds the service by Host
             set_caller(head, None)
             return self.resilience.outbound(head, name, self._http_peers, self._now())
 
         def done(stats: RequestStats) -> None:
-            settled = self._settle(stats)
-            self._count("upstream", name.service, settled)
+            call = stats.tag
+            self._settle(stats)
+            self._count("upstream", name.service, stats)
             if self.failure_listeners:
-                self._failed("upstream", name.service, settled, stats.tag)
+                self._failed("upstream", name.service, stats, call)
 
         return HttpProxy(route, name=f"upstream:{name.service}", limits=limits, pools=self.pools,
                          on_request_done=done, ids=ids)
 
     # ------------------------------------------------------------------------------------ accounting
 
-    def _settle(self, stats: RequestStats) -> RequestStats:
-        """Release what the request's Call held; listeners see the last attempt's Endpoint as the tag."""
+    def _settle(self, stats: RequestStats) -> None:
+        """Release what the request's Call held; listeners see the last attempt's Endpoint as the tag (set in
+        place: the record is ours, see RequestStats)."""
         call = stats.tag
-        if not isinstance(call, Call):
-            return stats
-        self.resilience.request_done(call)
-        return stats.with_tag(call.endpoint) if self.request_listeners else stats
+        if isinstance(call, Call):
+            self.resilience.request_done(call)
+            stats.tag = call.endpoint
 
     def _outbound_done(self, stats: RequestStats) -> None:
         call = stats.tag
-        stats = self._settle(stats)
+        self._settle(stats)
         tag = stats.tag
         if isinstance(call, Call):
             service = call.service
@@ -455,6 +567,40 @@ class DataPlane:
         if self.store is not None:
             out["tls_refusals"] = self.store.refusals.snapshot()
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamChange:
+    """What :meth:`DataPlane.set_upstreams` did: listeners opened (key → bound address), keys closed."""
+
+    opened: dict[str, HostPort]
+    closed: list[str]
+
+
+async def _listen(proxy: HttpProxy | TcpRelay, upstream: UpstreamConfig, attempts: int) -> asyncio.Server:
+    """Listen on the upstream's port. A port this process just released may take a loop iteration or two to be
+    free (uvloop closes handles asynchronously): ``attempts`` > 1 tries "address in use" again, 20ms apart."""
+    for attempt in range(attempts):
+        try:
+            return await proxy.listen(upstream.bind, upstream.local_port)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise OSError(e.errno, f"upstreams[{upstream.local_port}]: cannot listen on "
+                                       f"{upstream.bind}:{upstream.local_port}: {e.strerror or e}") from None
+            await asyncio.sleep(0.02)
+    raise AssertionError("unreachable")
+
+
+async def _drain(proxy: HttpProxy | TcpRelay, grace: float) -> None:
+    """A removed upstream listener: requests in flight (tunnels: connections) may end within ``grace``."""
+    if isinstance(proxy, HttpProxy):
+        await proxy.close(grace)
+        return
+    for _ in range(math.ceil(grace / 0.05)):   # polled: a relay tells no one when its last connection ends
+        if not proxy.connections:
+            break
+        await asyncio.sleep(0.05)
+    await proxy.close()
 
 
 def _bound(server: asyncio.Server) -> HostPort:

@@ -336,6 +336,41 @@ class Messaging:
         if self.on_local_change is not None:
             self.on_local_change()
 
+    async def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration's ``subscriptions`` (and ``services``, whose first is their default owner).
+        Subscriptions only the old configuration made are dropped, unless the app also made them at run time
+        (those are kept); new ones are added; a change is gossiped. A stream no one wants any more keeps
+        collecting, as one whose subscriber's node died, until ``messaging.retention.age`` forgets it."""
+        old = self._configured(self.config)
+        self.config = config
+        new = self._configured(config)
+        store = self.store
+        if old == new or not self.started or store is None or self._closing.is_set():
+            return
+        persisted = {(service, topic): Subscription(service, topic, path)
+                     for service, topic, path in await self._read(store.r_local_subs)}
+        changed = False
+        for key in old.keys() - new.keys():
+            kept = persisted.get(key)
+            changed |= self.book.add_local(kept) if kept is not None else self.book.remove_local(*key)
+        for subscription in new.values():
+            changed |= self.book.add_local(subscription)
+        if changed:
+            log.info("subscriptions reloaded", extra=fields(local=len(self.book.local)))
+            self._ensure_new()
+            self._reconcile_wanted.set()
+            if self.on_local_change is not None:
+                self.on_local_change()
+
+    def _configured(self, config: Config) -> dict[tuple[str, str], Subscription]:
+        """The configuration's subscriptions by (service, topic), owners resolved as at start."""
+        out: dict[tuple[str, str], Subscription] = {}
+        for sub in config.subscriptions:
+            owner = sub.service or (config.services[0].name if config.services else self._default_service())
+            if owner is not None:
+                out[owner, sub.topic] = Subscription(owner, sub.topic, sub.path)
+        return out
+
     def local_subscriptions(self) -> tuple[Subscription, ...]:
         """For the gossiped node state (wire: ``replication.local_subscriptions``)."""
         return self.book.local_tuple()

@@ -93,6 +93,29 @@ class Limits:
     max_dead_letters: int
 
 
+# message bodies are the apps' data: the store is its owner's only, whatever the umask. SQLite gives the -wal and
+# -shm files the database file's mode, so making the database 0600 before SQLite opens it covers all three; a
+# data directory made here is 0700 (one that exists, such as a mounted volume, is left as it is)
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def make_private(data_dir: str, path: str) -> None:
+    """Create ``data_dir`` (0700) and ``path`` (0600) if missing; tighten the database files that exist."""
+    if not os.path.isdir(data_dir):
+        os.makedirs(data_dir, mode=DIR_MODE, exist_ok=True)
+        os.chmod(data_dir, DIR_MODE)  # makedirs' mode is masked by the umask; chmod's is not
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # an existing database from an older version may be 0644
+    finally:
+        os.close(fd)
+    for suffix in _SIDE_FILES:
+        if os.path.exists(path + suffix):
+            os.chmod(path + suffix, FILE_MODE)
+
+
 def connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -103,8 +126,8 @@ def connect(path: str) -> sqlite3.Connection:
 
 class Store:
     def __init__(self, data_dir: str, limits: Limits) -> None:
-        os.makedirs(data_dir, exist_ok=True)
         self.path = os.path.join(data_dir, "messaging.db")
+        make_private(data_dir, self.path)
         self.limits = limits
         self.w = connect(self.path)
         self.w.executescript(SCHEMA)

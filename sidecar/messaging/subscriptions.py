@@ -48,6 +48,13 @@ class SubscriptionBook:
         self.version += 1
         return True
 
+    def remove_local(self, service: str, topic: str) -> bool:
+        """True when this changed the book (the subscription was there)."""
+        if self.local.pop((service, topic), None) is None:
+            return False
+        self.version += 1
+        return True
+
     def local_tuple(self) -> tuple[Subscription, ...]:
         return tuple(sorted(self.local.values(), key=lambda s: (s.service, s.topic)))
 

@@ -1,4 +1,4 @@
-"""The command-line side of the ops features: ``sidecar explain`` (and, later, ``sidecar reload --dry-run``).
+"""The command-line side of the ops features: ``sidecar explain`` and ``sidecar reload`` (``.reload_cli``).
 
 ``sidecar.cli`` adds the parsers (:func:`add_parsers`) and hands the parsed arguments here (:func:`run`).
 """
@@ -27,15 +27,20 @@ def add_parsers(commands: Any) -> None:
     explain.add_argument("--request-id", default=None, help="a recent failed request's x-request-id")
     explain.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN), help=admin_help)
     explain.add_argument("--json", action="store_true", help="print the JSON instead of text")
+    from sidecar.ops import reload_cli
+    reload_cli.add_parser(commands)
 
 
-COMMANDS = ("explain",)
+COMMANDS = ("explain", "reload")
 
 
 def run(args: argparse.Namespace) -> int:
     from sidecar.cli import UsageError
     if args.command == "explain":
         return explain(args)
+    if args.command == "reload":
+        from sidecar.ops import reload_cli
+        return reload_cli.run(args)
     raise UsageError(f"unknown command {args.command!r}")
 
 

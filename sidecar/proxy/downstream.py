@@ -17,7 +17,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, cast
 
-from sidecar.errors import ResourceExhausted, rescue
+from sidecar.errors import ResourceExhausted, SidecarError, rescue
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, simple_response
 from sidecar.proxy.limits import LazyTimer
@@ -60,16 +60,14 @@ class DownstreamProtocol(asyncio.Protocol):
         self.transport = transport
         proxy = self.proxy
         limits = proxy.limits
+        overload = proxy.overload
+        if overload is not None and overload.refusing:
+            self._refuse(transport, overload.refuse(proxy.name))
+            return
         if len(proxy.connections) >= limits.max_connections and not proxy.displace_idle():
             proxy.rejected += 1
-            self.closed = True
-            rescued = rescue(ResourceExhausted(f"over {limits.max_connections} connections on this listener"))
-            transport.write(simple_response(503, rescued.headers, rescued.body, close=True))
-            # half-close and drain what the client sends for a moment: closing with unread bytes would
-            # reset the connection and the client would never read the 503
-            if transport.can_write_eof():
-                transport.write_eof()
-            self.loop.call_later(1.0, transport.close)
+            self._refuse(transport, ResourceExhausted(f"over {limits.max_connections} connections on this listener"),
+                         503)
             return
         proxy.connections.add(self)
         proxy.accepted += 1
@@ -77,6 +75,16 @@ class DownstreamProtocol(asyncio.Protocol):
         self.info = ConnectionInfo(proxy.name, transport.get_extra_info("peername"),
                                    transport.get_extra_info("sockname"), transport.get_extra_info("ssl_object"))
         self.timer.set(self.loop.time() + limits.header_timeout)
+
+    def _refuse(self, transport: asyncio.Transport, error: SidecarError, status: int | None = None) -> None:
+        self.closed = True
+        rescued = rescue(error)
+        transport.write(simple_response(status or rescued.status, rescued.headers, rescued.body, close=True))
+        # half-close and drain what the client sends for a moment: closing with unread bytes would
+        # reset the connection and the client would never read the answer
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(1.0, transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -261,6 +269,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def pause_for(self, reason: str, paused: bool) -> None:
         reasons = self._pause_reasons
+        if not paused and reason not in reasons:
+            return   # nothing to resume: every request's call once its upstream connection is ready
         transport = self.transport
         if transport is None or self.closed or transport.is_closing():
             return

@@ -150,6 +150,10 @@ class Exchange:
     def begin(self) -> None:
         proxy = self.down.proxy
         head = self.head
+        overload = proxy.overload
+        if overload is not None and overload.shedding:
+            self.fail_local(overload.shed(proxy.name))   # not raised: the guard's error is shared
+            return
         if proxy.edit_headers:
             self._edit_headers(head)
         try:
@@ -164,37 +168,49 @@ class Exchange:
             self._route_task = asyncio.get_running_loop().create_task(self._await_route(result))
 
     def _edit_headers(self, head: RequestHead) -> None:
+        # one pass over the fields, no TraceParent object: the ids are kept as text for RequestStats and the
+        # header written as bytes (tracecontext.next_hop's rules: the caller's trace and flags, a new span id)
         ids = self.down.proxy.ids
         items = head.headers.items
         incoming = None
+        incoming_count = 0
         request_id = None
         b3 = False
-        for lname, _, value in items:
+        for item in items:
+            lname = item[0]
             if lname == _TRACEPARENT:
-                incoming = value
+                incoming = item
+                incoming_count += 1
             elif lname == _REQUEST_ID:
-                request_id = value
+                request_id = item[2]
             elif lname == b"b3" or lname.startswith(b"x-b3-"):
                 b3 = True
         if request_id is None:
-            self.request_id = ids.request_id()
-            items.append((_REQUEST_ID, b"x-request-id", self.request_id.encode()))
+            self.request_id = rid = ids.request_id()
+            items.append((_REQUEST_ID, _REQUEST_ID, rid.encode()))
         else:
             self.request_id = request_id.decode("latin-1")
-        parent = tracecontext.parse(incoming)
-        if parent is None and b3:
+        fields = None if incoming is None else tracecontext.parse_fields(incoming[2])
+        if fields is None and b3:
             # B3 from a Zipkin-instrumented caller continues the same trace (W3C wins when both are valid)
             from sidecar.telemetry.propagation import from_b3
             parent = from_b3((lname, value) for lname, _, value in items)
-        hop = tracecontext.next_hop(parent, ids)
-        self.trace_id, self.span_id, self.trace_flags = hop.trace_id, hop.span_id, hop.flags
-        self.parent_span_id = None if parent is None else parent.span_id
-        value = hop.to_header().encode()
-        if incoming is None:
-            items.append((_TRACEPARENT, b"traceparent", value))
+            if parent is not None:
+                fields = (parent.trace_id, parent.span_id, parent.flags)
+        if fields is None:
+            trace_id, flags = ids.new_trace()
+            self.parent_span_id = None
         else:
-            head.headers.items = [item for item in items if item[0] != _TRACEPARENT]
-            head.headers.items.append((_TRACEPARENT, b"traceparent", value))
+            trace_id, self.parent_span_id, flags = fields
+        self.trace_id = trace_id
+        self.span_id = span_id = ids.span_id()
+        self.trace_flags = flags
+        if incoming is not None:
+            if incoming_count == 1:
+                items.remove(incoming)
+            else:
+                items = head.headers.items = [item for item in items if item[0] != _TRACEPARENT]
+        items.append((_TRACEPARENT, _TRACEPARENT, tracecontext.header(trace_id, span_id, flags)))
 
     async def _await_route(self, pending: Awaitable[Target]) -> None:
         try:

@@ -329,7 +329,12 @@ class _Fields:
         lname = name.lower()
         if lname not in _SPECIAL:
             self.items.append((lname, name, value))
-        elif lname == b"content-length":
+        else:
+            self.add_special(lname, value)
+
+    def add_special(self, lname: bytes, value: bytes) -> None:
+        """A framing, hop-by-hop or Host field (``lname`` in ``_SPECIAL``): noted, never forwarded as is."""
+        if lname == b"content-length":
             self.content_length = int(value)  # llhttp allows only digits, and only one Content-Length
         elif lname == b"transfer-encoding":
             self.te = value if self.te is None else self.te + b", " + value
@@ -383,13 +388,17 @@ class _Reader:
             return  # a trailer field of a chunked body: dropped
         fields.count += 1
         fields.size += len(name) + len(value) + 4
-        if fields.count > self._limits.max_headers:
-            raise self._too_large(f"more than {self._limits.max_headers} header fields",
-                                  {"limit": self._limits.max_headers})
-        if fields.size > self._limits.max_head_bytes:
-            raise self._too_large(f"header block larger than {self._limits.max_head_bytes} bytes",
-                                  {"limit": self._limits.max_head_bytes})
-        fields.add(name, value)
+        limits = self._limits
+        if fields.count > limits.max_headers:
+            raise self._too_large(f"more than {limits.max_headers} header fields", {"limit": limits.max_headers})
+        if fields.size > limits.max_head_bytes:
+            raise self._too_large(f"header block larger than {limits.max_head_bytes} bytes",
+                                  {"limit": limits.max_head_bytes})
+        lname = name.lower()
+        if lname in _SPECIAL:
+            fields.add_special(lname, value)
+        else:
+            fields.items.append((lname, name, value))   # _Fields.add, one call less per field
 
 
 class RequestReader(_Reader):
@@ -492,11 +501,13 @@ class RequestReader(_Reader):
             if version == "1.1":
                 raise MalformedRequest("missing Host header")
             host = b""
-        upgrade = fields.upgrade if parser.should_upgrade() else None
+        upgrade = fields.upgrade
+        if upgrade is not None and not parser.should_upgrade():
+            upgrade = None
         head = RequestHead(
-            method, target, version, fields.end_to_end(), host.decode("latin-1"),
-            content_length=fields.content_length, chunked=fields.chunked(MalformedRequest),
-            keep_alive=parser.should_keep_alive(), upgrade=upgrade,
+            method, target, version, Headers(fields.items) if fields.connection is None else fields.end_to_end(),
+            host.decode("latin-1"), fields.content_length,
+            False if fields.te is None else fields.chunked(MalformedRequest), parser.should_keep_alive(), upgrade,
         )
         self._sink.on_request_head(head)
 
@@ -507,10 +518,13 @@ class RequestReader(_Reader):
         self._sink.on_request_end()
 
 
+# matched against a lowercased copy of the block (case-sensitive matching is the cheaper kind for sre, and the
+# names come out lowercase); values are sliced from the original, so they keep their case
 _SPECIAL_LINE = re.compile(
     rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|content-length):[ \t]*([^\r]*)",
-    re.IGNORECASE,
 )
+# Connection values that name no other field: nothing more to cut
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"upgrade"))
 
 
 def split_fields(block: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
@@ -524,24 +538,27 @@ def split_fields(block: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
     pos = first + 2
     parts = []
     special: dict[bytes, list[bytes]] = {}
-    for match in _SPECIAL_LINE.finditer(block, first):
-        name = match.group(1).lower()
-        value = match.group(2).rstrip(b" \t")
-        if name in special:
-            special[name].append(value)
-        else:
+    for match in _SPECIAL_LINE.finditer(block.lower(), first):
+        name = match.group(1)
+        start, end = match.span(2)
+        value = block[start:end].rstrip(b" \t")
+        found = special.get(name)
+        if found is None:
             special[name] = [value]
+        else:
+            found.append(value)
         start = match.start() + 2
         if start > pos:
             parts.append(block[pos:start])
-        pos = match.end() + 2
-    if not parts and pos == first + 2:
+        pos = end + 2
+    if pos == first + 2:
         kept = block[pos:-2]
     else:
         parts.append(block[pos:-2])
         kept = b"".join(parts)
-    if b"connection" in special:
-        kept = _cut_named(kept, special[b"connection"])
+    connection = special.get(b"connection")
+    if connection is not None and (len(connection) != 1 or connection[0].lower() not in _PLAIN_CONNECTION):
+        kept = _cut_named(kept, connection)
     return kept, special
 
 
@@ -615,9 +632,12 @@ class ResponseReader:
         self._in_head = False
         buf = self._head_buf.lstrip(b"\r\n")
         end = buf.find(b"\r\n\r\n") + 4
-        block, rest = buf[:end], buf[end:]
+        block = buf[:end]
         self._head_buf = b""
-        if block.count(b"\r\n") - 2 > self._limits.max_headers or end > self._limits.max_head_bytes:
+        limits = self._limits
+        # a field line takes at least 4 bytes ("a:" CRLF): a short block cannot hold too many of them
+        if end > limits.max_head_bytes or (end > 4 * limits.max_headers
+                                           and block.count(b"\r\n") - 2 > limits.max_headers):
             raise MalformedResponse("response header block over the limits")
         fields, special = split_fields(block)
         parser = self._parser
@@ -625,23 +645,27 @@ class ResponseReader:
         if 100 <= status < 200 and status != 101:
             # 100 Continue, 103 Early Hints: passed on; the final head follows right after on this connection
             self._interim = True
-            self._head_buf = rest
+            self._head_buf = buf[end:]
             self._sink.on_response_interim(ResponseHead(status, self._reason, fields, no_body=True))
             return
         no_body = self._head_request or status < 200 or status == 204 or status == 304
-        content_length = int(special[b"content-length"][0]) if b"content-length" in special else None
+        lengths = special.get(b"content-length")
+        content_length = None if lengths is None else int(lengths[0])
         chunked = False
-        if b"transfer-encoding" in special:
+        codings = special.get(b"transfer-encoding")
+        if codings is not None:
             # llhttp checked that the last coding is chunked; others are not passed on (see the request side)
-            if b", ".join(special[b"transfer-encoding"]).lower() != b"chunked":
+            if b", ".join(codings).lower() != b"chunked":
                 raise MalformedResponse("unsupported Transfer-Encoding: only 'chunked' is accepted")
             chunked = not no_body
         keep_alive = parser.should_keep_alive()
-        if keep_alive and b"connection" in special:
-            keep_alive = not any(b"close" in value.lower() for value in special[b"connection"])
+        connection = special.get(b"connection")
+        if keep_alive and connection is not None:
+            for value in connection:
+                if b"close" in value.lower():
+                    keep_alive = False
         upgrade = special[b"upgrade"][0] if status == 101 and b"upgrade" in special else None
-        head = ResponseHead(status, self._reason, fields, content_length=content_length, chunked=chunked,
-                            keep_alive=keep_alive, no_body=no_body, upgrade=upgrade)
+        head = ResponseHead(status, self._reason, fields, content_length, chunked, keep_alive, no_body, upgrade)
         if no_body and self._head_request:
             # llhttp cannot be told that a response answers HEAD; it would wait for Content-Length bytes.
             # The message ends here, and a fresh parser takes the next response.

@@ -15,12 +15,16 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sidecar.proxy.downstream import DownstreamProtocol
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS, ProxyLimits
 from sidecar.proxy.pool import Pools
 from sidecar.proxy.target import RequestStats, RouteFn
 from sidecar.proxy.tracecontext import IdSource
+
+if TYPE_CHECKING:
+    from sidecar.overload.guard import OverloadGuard
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,9 @@ class HttpProxy:
         self.protocol_errors = 0
         self.header_timeouts = 0
         self.displaced = 0  # idle connections closed to make room for a new one at max_connections
+        # the process's overload guard, set by the wiring: while ``shedding``, new requests get its 503; while
+        # ``refusing``, new connections too (one attribute read per request and per connection)
+        self.overload: OverloadGuard | None = None
         self._servers: list[asyncio.Server] = []
 
     def displace_idle(self) -> bool:

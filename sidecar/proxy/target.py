@@ -44,15 +44,14 @@ class Target:
     tag: Any = None
     verify: Callable[[SSLObject], object] | None = None
     key: Hashable = field(init=False, repr=False, compare=False)
+    # "host:port" ("[v6]:port"), made once: every finished request reports it
+    authority: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", self.pool_key if self.pool_key is not None
                            else (self.address, self.server_hostname, id(self.ssl) if self.ssl else None))
-
-    @property
-    def authority(self) -> str:
         host, port = self.address
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        object.__setattr__(self, "authority", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
     def derive(self, timeout: float | None, try_timeout: float | None, retry: RetryPolicy | None,
                observer: Callable[[AttemptRecord], None] | None, tag: Any) -> Target:
@@ -71,10 +70,16 @@ class Target:
         _set(new, "tag", tag)
         _set(new, "verify", self.verify)
         _set(new, "key", self.key)
+        _set(new, "authority", self.authority)
         return new
 
 
-@dataclass(frozen=True, slots=True)
+# The two records below are made on every request (AttemptRecord when an observer or retry policy is set), so they
+# are plain slotted dataclasses: a frozen one's __init__ sets each field through object.__setattr__, ten times the
+# cost of a plain store (1.4 us against 0.15 us for RequestStats). Treat them as read-only once handed over.
+
+
+@dataclass(slots=True)
 class AttemptRecord:
     """One upstream exchange of a request, as the retry and breaker layers see it when it ends.
 
@@ -156,9 +161,12 @@ class ConnectionInfo:
         return self.ssl_object.getpeercert(binary_form=True)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestStats:
     """One finished request, for metrics and outlier detection (``on_request_done``).
+
+    Made once per request and handed over: ``on_request_done`` owns it from then on and may set a field (the
+    data plane puts the last endpoint in ``tag``) before passing it on, instead of copying it.
 
     ``status`` is what the client got (0 if nothing: the client went away or the connection was cut);
     ``error`` names why it did not end cleanly: a :class:`FailureKind` value ("connect-failure", "reset",
@@ -195,12 +203,12 @@ class RequestStats:
         return self.elapsed if self.elapsed is not None else self.ended - self.started
 
     def with_tag(self, tag: Any) -> RequestStats:
-        """A copy with another ``tag``: ``dataclasses.replace(stats, tag=tag)`` without its per-field lookups
-        (once per request on the hot path)."""
+        """A copy with another ``tag`` (the receiver of ``on_request_done`` owns the record and may also just set
+        ``tag`` before passing it on, which costs nothing)."""
         new: RequestStats = _new(RequestStats)
         for name in _STATS_FIELDS:
-            _set(new, name, getattr(self, name))
-        _set(new, "tag", tag)
+            setattr(new, name, getattr(self, name))
+        new.tag = tag
         return new
 
 

@@ -45,17 +45,24 @@ def parse(value: bytes | str | None) -> TraceParent | None:
     Version 00 must be exactly 55 characters; a higher version may carry more fields after a dash, which
     are ignored (forward compatibility, section 4.3); version ff is invalid.
     """
+    fields = parse_fields(value)
+    return None if fields is None else TraceParent(*fields)
+
+
+def parse_fields(value: bytes | str | None) -> tuple[str, str, int] | None:
+    """:func:`parse` as ``(trace_id, span_id, flags)``: the engine's form, one tuple per request and no object."""
     if value is None:
         return None
     raw = value.encode("latin-1") if isinstance(value, str) else value
-    raw = raw.strip(b" \t")
+    if len(raw) != 55:
+        raw = raw.strip(b" \t")
     if len(raw) == 55:
         match = _VERSION_00.fullmatch(raw)
         if match is not None:
             trace_id, span_id, flags = match.groups()
             if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
                 return None
-            return TraceParent(trace_id.decode(), span_id.decode(), int(flags, 16))
+            return trace_id.decode(), span_id.decode(), int(flags, 16)
     if len(raw) < 55 or raw[2:3] != b"-" or raw[35:36] != b"-" or raw[52:53] != b"-":
         return None
     version, trace_id, span_id, flags = raw[:2], raw[3:35], raw[36:52], raw[53:55]
@@ -67,9 +74,15 @@ def parse(value: bytes | str | None) -> TraceParent | None:
         return None
     if version != b"00" and len(raw) > 55 and raw[55:56] != b"-":
         return None
-    return TraceParent(trace_id.decode(), span_id.decode(), int(flags, 16))
+    return trace_id.decode(), span_id.decode(), int(flags, 16)
 
 
+def header(trace_id: str, span_id: str, flags: int) -> bytes:
+    """The ``traceparent`` value (version 00) for these fields: :meth:`TraceParent.to_header`, as bytes."""
+    return ("00-" + trace_id + "-" + span_id + ("-01" if flags == SAMPLED else f"-{flags:02x}")).encode()
+
+
+_LOW_64 = (1 << 64) - 1   # the low half of a trace id, as sampled() reads it
 _UUID4_KEEP = ~(0xF000 << 64) & ~(0xC000 << 48)   # the version and variant bits...
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)      # ...set to version 4, variant RFC 4122
 
@@ -99,6 +112,14 @@ class IdSource:
             value = self._bits(128)
             if value:
                 return f"{value:032x}"
+
+    def new_trace(self, sampled: bool = True) -> tuple[str, int]:
+        """A new trace id and its flags: :meth:`trace_id` and the :meth:`sampled` decision, in one step."""
+        while True:
+            value = self._bits(128)
+            if value:
+                break
+        return f"{value:032x}", SAMPLED if sampled and value & _LOW_64 < self.sample_bound else 0
 
     def request_id(self) -> str:
         """A random 128-bit id in UUID text form (version 4 bits set), like Envoy's x-request-id."""

@@ -56,6 +56,9 @@ class Decision:
     cap: Cap | None = None   # the cap that refused, for REJECT; the cap that made it wait, for WAIT
 
 
+_GO = Decision(Admission.GO)   # the answer to nearly every request: one shared (frozen) instance
+
+
 class Breaker:
     __slots__ = ("connections", "limits", "pending", "rejected", "requests", "retries")
 
@@ -77,7 +80,7 @@ class Breaker:
         if self.connections < limits.max_connections and self.pending == 0:
             self.connections += 1
             self.requests += 1
-            return Decision(Admission.GO)
+            return _GO
         if self.pending < limits.max_pending_requests:
             self.pending += 1
             return Decision(Admission.WAIT, Cap.MAX_CONNECTIONS)
@@ -96,7 +99,7 @@ class Breaker:
             return self._reject(Cap.MAX_REQUESTS)
         self.connections += 1
         self.requests += 1
-        return Decision(Admission.GO)
+        return _GO
 
     def give_up_waiting(self) -> None:
         """A waiting request left the queue without a slot (timed out, or its client went away)."""

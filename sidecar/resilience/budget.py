@@ -53,7 +53,7 @@ class RetryBudget:
         return math.floor(now / self._slot_len)
 
     def _cell(self, now: float) -> int:
-        index = self._index(now)
+        index = math.floor(now / self._slot_len)   # _index(now), once per request: one call less
         cell = index % self.slots
         if self._stamps[cell] != index:   # the cell still holds a slot that left the window: reuse it
             self._stamps[cell] = index

@@ -165,6 +165,10 @@ class OutlierDetector:
     # ------------------------------------------------------------------------------------ results
 
     def success(self, host: Hashable, now: float) -> None:
+        rec = self._hosts.get(host)
+        if rec is not None and rec.state is HostState.ACTIVE and rec.times == 0:
+            rec.consecutive = 0   # the common case: record() would change nothing (no decay, no expiry)
+            return
         rec = self.record(host, now)
         if rec.state is HostState.EJECTED:
             return  # an attempt that began before the ejection: it says nothing about now

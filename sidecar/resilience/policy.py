@@ -52,6 +52,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 RETRIABLE_4XX = frozenset({409})
 _ALL_FAILURES = frozenset(FailureKind)
+_NO_ATTEMPTS: frozenset[int] = frozenset()
 # a request header may ask for more retries than the policy, but not for a storm
 MAX_RETRIES_OVERRIDE = 10
 
@@ -175,6 +176,27 @@ class Destination:
         self.retries_denied: Counter[str] = Counter()   # by reason: budget, max_retries, deadline, ...
         self.panics = 0                         # picks made among ejected hosts, all being ejected
 
+    def reconfigure(self, policy: PolicyConfig, jitter: float = 1.0) -> None:
+        """A reloaded policy, from the next request on. What was learnt is kept: hosts with their ejections and
+        latency estimates, the budget's window, the resources in use (a cap lowered under them admits nothing
+        new until they end). Requests in flight finish under the rules they started with."""
+        if policy == self.policy:
+            return
+        old, self.policy = self.policy, policy
+        self.timeout = float(policy.timeout)
+        self.rules = RetryRules.from_config(policy.retries, jitter)
+        budget = policy.retries.budget
+        self.budget.ratio, self.budget.min_per_second = budget.ratio, budget.min_per_second
+        caps = policy.circuit_breaker
+        self.breaker.limits = Limits(caps.max_connections, caps.max_pending_requests, caps.max_requests,
+                                     caps.max_retries)
+        od = policy.outlier_detection
+        self.outlier.rules = Rules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
+                                   float(od.max_ejection_time), od.max_ejection_percent)
+        if policy.load_balancer != old.load_balancer:
+            self.balancer = make_balancer(policy.load_balancer, self.rng)
+        self.slot_freed()   # a raised max_connections admits waiting requests now
+
     # ------------------------------------------------------------------------------------ hosts
 
     def hosts_of(self, endpoints: EndpointSet, now: float) -> tuple[tuple[Host, ...], tuple[Host, ...]]:
@@ -212,6 +234,10 @@ class Destination:
         when another remains."""
         healthy, degraded = self.hosts_of(endpoints, now)
         outlier = self.outlier
+        if len(healthy) == 1:   # the common case, without the lists below
+            only = healthy[0]
+            if not outlier.is_ejected(only.key, now):
+                return only
         candidates = [h for h in healthy if not outlier.is_ejected(h.key, now)]
         if not candidates:
             candidates = [h for h in degraded if not outlier.is_ejected(h.key, now)]
@@ -378,8 +404,10 @@ class Call:
         self.finished = False
         self._open: dict[int, Host] = {}
         self._slots = 0
-        self._retrying: set[int] = set()
-        self._discarded: set[int] = set()
+        # attempt numbers that are retries holding a retry slot / whose response was discarded for a retry;
+        # the shared empty frozenset until a retry happens (no sets made on the happy path)
+        self._retrying: set[int] | frozenset[int] = _NO_ATTEMPTS
+        self._discarded: set[int] | frozenset[int] = _NO_ATTEMPTS
         # every attempt from the first notable one on (failed, >= 400, retried, or a retry), with where it went: what
         # /debug/explain?request_id= tells; None while every attempt went well (no cost on the happy path)
         self.notes: list[tuple[AttemptRecord, Endpoint]] | None = None
@@ -441,8 +469,14 @@ class Call:
             return None
         host = dest.choose(endpoints, now, self.tried)
         if attempt.status is not None:
-            self._discarded.add(number)
-        self._retrying.add(number + 1)
+            discarded = self._discarded
+            if not isinstance(discarded, set):
+                discarded = self._discarded = set()
+            discarded.add(number)
+        retrying = self._retrying
+        if not isinstance(retrying, set):
+            retrying = self._retrying = set()
+        retrying.add(number + 1)
         dest.retries += 1
         return Retry(self.begin(host, number + 1), delay)
 
@@ -475,8 +509,9 @@ class Call:
             if self.notes is None:
                 self.notes = []
             self.notes.append((attempt, host.endpoint))
-        if number in self._retrying:
-            self._retrying.discard(number)
+        retrying = self._retrying
+        if number in retrying and isinstance(retrying, set):
+            retrying.discard(number)
             dest.breaker.retry_done()
         if attempt.failure is not None or number in self._discarded:
             self._release_slot()
@@ -484,8 +519,9 @@ class Call:
 
     def _abandon(self, number: int, host: Host) -> None:
         host.load.in_flight -= 1
-        if number in self._retrying:
-            self._retrying.discard(number)
+        retrying = self._retrying
+        if number in retrying and isinstance(retrying, set):
+            retrying.discard(number)
             self.dest.breaker.retry_done()
         self._release_slot()
 
@@ -500,9 +536,10 @@ class Call:
         if self.finished:
             return
         self.finished = True
-        for number, host in list(self._open.items()):
-            self._abandon(number, host)
-        self._open.clear()
+        if self._open:
+            for number, host in list(self._open.items()):
+                self._abandon(number, host)
+            self._open.clear()
         dest = self.dest
         breaker = dest.breaker
         while self._slots > 0:
@@ -571,7 +608,7 @@ class Resilience:
         self.rng = rng if rng is not None else random.Random()
         self.jitter = jitter
         self.destinations: dict[str, Destination] = {}
-        self._inbound: dict[Target, Target] = {}
+        self._inbound: dict[tuple[int, float], tuple[Target, Target]] = {}   # see _derived
         self._inbound_timeouts: dict[str, float] = {}
 
     def destination(self, service: str, now: float) -> Destination:
@@ -580,6 +617,15 @@ class Resilience:
             dest = self.destinations[service] = Destination(service, self.config.policy_for(service), self.rng, now,
                                                             self.jitter)
         return dest
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration's policies: every destination used so far takes its new policy in place
+        (:meth:`Destination.reconfigure`); destinations first used later are built from it."""
+        self.config = config
+        self._inbound.clear()
+        self._inbound_timeouts.clear()
+        for service, dest in self.destinations.items():
+            dest.reconfigure(config.policy_for(service), self.jitter)
 
     # ------------------------------------------------------------------------------------ outbound
 
@@ -592,17 +638,22 @@ class Resilience:
             raise endpoints.no_endpoint()   # before any state is made: unknown names cost nothing
         dest = self.destination(name.service, now)
         asked = read_request_headers(head)
-        timeout = deadline.effective(dest.timeout, asked.deadline)
+        rules = dest.rules
+        if asked is _NOTHING_ASKED:   # the common case: the policy as it is
+            timeout = dest.timeout
+            retry_on = rules.retry_on
+            max_retries = rules.attempts
+        else:
+            timeout = deadline.effective(dest.timeout, asked.deadline)
+            retry_on = rules.retry_on if asked.retry_on is None else RetryOn.parse(asked.retry_on.split(","))
+            max_retries = rules.attempts
+            if asked.max_retries is not None:
+                max_retries = asked.max_retries
+            elif asked.retry_on is not None and max_retries == 0:
+                max_retries = 1   # as Envoy: asking what to retry on, without a count, means one retry
         if timeout <= 0:
             raise DeadlineExceeded(f"the caller's deadline had passed before the request to {name.service} was sent",
                                    {"service": name.service, "timeout": "caller"})
-        rules = dest.rules
-        retry_on = rules.retry_on if asked.retry_on is None else RetryOn.parse(asked.retry_on.split(","))
-        max_retries = rules.attempts
-        if asked.max_retries is not None:
-            max_retries = asked.max_retries
-        elif asked.retry_on is not None and max_retries == 0:
-            max_retries = 1   # as Envoy: asking what to retry on, without a count, means one retry
         try_timeout = rules.per_try_timeout if max_retries > 0 and rules.per_try_timeout < timeout else None
         decision = dest.breaker.admit()
         if decision.admission is Admission.GO:
@@ -683,26 +734,44 @@ class Resilience:
             policy = self._inbound_timeouts[service] = float(self.config.policy_for(service).timeout)
         caller: float | None = None
         items = head.headers.items
-        for lname, _, value in items:
-            if lname == deadline.HEADER:
-                parsed = deadline.parse(value)
+        found = None
+        count = 0
+        for item in items:
+            if item[0] == deadline.HEADER:
+                found = item
+                count += 1
+                parsed = deadline.parse(item[2])
                 if parsed is not None:
                     caller = parsed if caller is None else min(caller, parsed)
         if caller is None:
-            cached = self._inbound.get(target)
-            if cached is None:
-                if len(self._inbound) > 1024:
-                    self._inbound.clear()
-                cached = self._inbound[target] = target.derive(policy, target.try_timeout, target.retry,
-                                                               target.observer, target.tag)
-            return cached
+            return self._derived(target, policy)
         timeout = deadline.effective(policy, caller)
         if timeout <= 0:
             raise DeadlineExceeded(f"the caller's deadline had passed when the request for {service} arrived",
                                    {"service": service, "timeout": "caller"})
-        head.headers.items = [item for item in items if item[0] != deadline.HEADER]
-        head.headers.items.append((deadline.HEADER, deadline.HEADER, deadline.to_header(timeout)))
-        return target.derive(timeout, target.try_timeout, target.retry, target.observer, target.tag)
+        # every caller's field out, ours at the end; usually that is the one field, already last and right
+        value = deadline.to_header(timeout)
+        if count != 1 or found is None:
+            items = head.headers.items = [item for item in items if item[0] != deadline.HEADER]
+            items.append((deadline.HEADER, deadline.HEADER, value))
+        elif found is not items[-1] or found[2] != value:
+            items.remove(found)
+            items.append((deadline.HEADER, deadline.HEADER, value))
+        return self._derived(target, timeout)
+
+    def _derived(self, target: Target, timeout: float) -> Target:
+        """``target`` with ``timeout``, made once per (target, timeout): a caller's deadline in whole milliseconds
+        repeats (it is the caller's per-try timeout while its sidecar is not retrying). Keyed by identity, the
+        Target kept in the value (a Target's own hash runs over every field, in Python)."""
+        key = (id(target), timeout)
+        cached = self._inbound.get(key)
+        if cached is not None and cached[0] is target:
+            return cached[1]
+        if len(self._inbound) >= 1024:
+            self._inbound.clear()
+        derived = target.derive(timeout, target.try_timeout, target.retry, target.observer, target.tag)
+        self._inbound[key] = (target, derived)
+        return derived
 
     # ------------------------------------------------------------------------------------ views
 

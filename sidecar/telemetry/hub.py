@@ -26,7 +26,7 @@ from sidecar.telemetry.looplag import LoopLag
 from sidecar.telemetry.propagation import MessageTrace
 from sidecar.telemetry.records import RecordStore
 from sidecar.telemetry.requests import RequestMetrics
-from sidecar.telemetry.tracing import Tracer
+from sidecar.telemetry.tracing import Sampler, Tracer
 
 UNKNOWN = "unknown"
 
@@ -120,6 +120,39 @@ class Telemetry:
             operation = {"publish": "publish", "request": "send", "deliver": "process"}.get(method, method)
             self.tracer.message(operation, service, trace, started, ended, self.wall_offset(),
                                 message_id=message_id, error=error if error is not None or ok else "error")
+
+    # ------------------------------------------------------------------------------------ reload
+
+    async def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration: tracing (a new sample ratio in place; another exporter or endpoint starts a
+        new tracer and the old one is flushed off the loop), the access log, the local service's name. Records
+        and counters are kept."""
+        old, new = self.config.telemetry, config.telemetry
+        self.config = config
+        self.source = local_service_name(config)
+        if new.tracing != old.tracing:
+            retired = self.tracer
+            if retired is not None and (new.tracing.exporter, new.tracing.endpoint) == (old.tracing.exporter,
+                                                                                       old.tracing.endpoint):
+                retired.sampler = Sampler(new.tracing.sample_ratio)
+            else:
+                self.tracer = Tracer.from_config(new.tracing, self.resource)
+                if retired is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, retired.shutdown)
+        if new.access_log != old.access_log:
+            retired_log = self.access
+            self.access = AccessLog(new.access_log.format) if new.access_log.enabled else None
+            if retired_log is not None:
+                retired_log.close()
+
+    def request_counts(self) -> tuple[int, int]:
+        """(requests, failed) since start, every direction; failed as :meth:`on_request` counts it."""
+        return self.requests.totals()
+
+    def recent_counts(self, seconds: float) -> tuple[int, int]:
+        """(requests and messages, failed) that started in the last ``seconds``."""
+        records = self.records.window(seconds, self.now())
+        return len(records), sum(1 for r in records if not r.ok)
 
     # ------------------------------------------------------------------------------------ views
 

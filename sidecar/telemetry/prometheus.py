@@ -11,7 +11,8 @@ a part that is absent or older simply contributes nothing):
   ``refused``, ``shed``, ``tunnel_refused``), ``resilience.samples(now)`` → ``[(name, labels, value)]`` (counters'
   names end in ``_total``: retries, retries denied by reason — ``budget`` is budget exhaustion —, overflow by cap —
   the breaker's rejections —, ejections, ejected hosts, active resources, budget available);
-* identity store: ``refusals.counts`` (Counter by :class:`~sidecar.tls.reasons.Refusal`), ``rotations``;
+* identity store: ``refusals.counts`` (Counter by :class:`~sidecar.tls.reasons.Refusal`), ``rotations``,
+  ``identity.not_after``; certificate renewal (``renewal``): ``results`` (Counter by outcome);
 * gossip: ``counters()`` (dict: packets/bytes in and out, probes, suspicions, refutations, ..., ``refused_*``),
   ``members()`` (views with ``.state``);
 * DNS: ``counters.as_dict()`` (``queries_by_rcode`` and scalar counters);
@@ -75,6 +76,11 @@ _GOSSIP_COUNTERS = {
     "address_conflicts": ("sidecar_gossip_address_conflicts", "Members seen claiming another's name or address."),
     "events_dropped": ("sidecar_gossip_events_dropped", "Membership events dropped by a slow subscriber."),
     "udp_send_errors": ("sidecar_gossip_udp_send_errors", "Gossip UDP sends that failed."),
+    "key_rotations": ("sidecar_gossip_key_rotations", "Gossip key rotations: a new epoch key made primary once "
+                      "every member held it (gossip.rotate_every)."),
+    "keys_installed": ("sidecar_gossip_keys_installed", "Gossip keys installed by the key rotation."),
+    "keys_removed": ("sidecar_gossip_keys_removed", "Old gossip keys removed by the key rotation."),
+    "key_fetch_failures": ("sidecar_gossip_key_fetch_failures", "Runs of gossip.rotate_command that gave no key."),
 }
 
 _DNS_COUNTERS = {
@@ -112,6 +118,7 @@ class Sources:
     identity: Any = None
     messaging: Any = None
     catalog: Any = None
+    renewal: Any = None  # sidecar.tls.renewal.Renewer: ``results`` (Counter by outcome), when tls.issuer is set
 
 
 def _counter(name: str, documentation: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
@@ -137,7 +144,8 @@ class SidecarCollector(Collector):
         parts: list[Callable[[], Iterable[Metric]]] = [
             self._requests, self._telemetry,
             lambda: self._dataplane(sources.dataplane), lambda: self._resilience(sources.dataplane),
-            lambda: self._tls(sources.identity, sources.dataplane), lambda: self._gossip(sources.gossip),
+            lambda: self._tls(sources.identity, sources.dataplane), lambda: self._renewal(sources),
+            lambda: self._gossip(sources.gossip),
             lambda: self._dns(sources.dns), lambda: self._messaging(sources.messaging),
             lambda: self._catalog(sources.catalog), self._sockets,
         ]
@@ -299,6 +307,22 @@ class SidecarCollector(Collector):
             family = _counter("sidecar_tls_certificate_reloads", "Certificate changes picked up without a restart.")
             family.add_metric([], rotations)
             yield family
+        not_after = getattr(getattr(identity, "identity", None), "not_after", None)
+        if not_after is not None:
+            expiry = _gauge("sidecar_tls_certificate_expiry_timestamp_seconds", "When our current certificate "
+                            "expires (Unix time); alert on time() > this - margin.")
+            expiry.add_metric([], not_after.timestamp())
+            yield expiry
+
+    def _renewal(self, sources: Sources) -> Iterator[Metric]:
+        results = getattr(sources.renewal, "results", None)
+        if results is None:
+            return
+        family = _counter("sidecar_tls_certificate_renewals", "Renewals of our own certificate (tls.issuer), by "
+                          "result: success, or failure (the current certificate kept serving; retried).", ("result",))
+        for result, n in sorted(results.items()):
+            family.add_metric([result], n)
+        yield family
 
     # ------------------------------------------------------------------------------------ gossip, DNS
 

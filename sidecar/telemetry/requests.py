@@ -97,6 +97,14 @@ class RequestMetrics:
             out.append(SeriesView(key, s.requests, s.errors, s.request_bytes, s.response_bytes, s.sum, s.cumulative()))
         return out
 
+    def totals(self) -> tuple[int, int]:
+        """(requests, failed) over every series: what a reload's canary compares before and after."""
+        requests = errors = 0
+        for s in list(self._series.values()):
+            requests += s.requests
+            errors += s.errors
+        return requests, errors
+
     def totals_by_destination(self, direction: str) -> dict[str, tuple[int, int]]:
         """(requests, failed) per destination, for the dashboard's rates."""
         out: dict[str, tuple[int, int]] = {}

@@ -48,6 +48,9 @@ DEFAULT_LEAF_TTL = Duration(24 * 3600)
 # not-before is set this far in the past: peers' clocks may lag ours by a few minutes
 CLOCK_SKEW = dt.timedelta(minutes=5)
 _KEY_MODE = 0o600
+# a directory made here holds private keys: its owner's only, whatever the umask (as ~/.ssh), so no one else
+# can list it or replace a certificate in it; an existing directory is left as its owner set it
+_DIR_MODE = 0o700
 _CERT_MODE = 0o644
 
 
@@ -75,9 +78,11 @@ class CertificateAuthority:
 
     @classmethod
     def from_files(cls, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> CertificateAuthority:
-        certificate = load_certificate(cert_path)
+        """The CA whose key is in ``key_path``; ``cert_path`` may be a bundle (old and new CA during a CA
+        rotation): the certificate that matches the key is taken."""
         key = load_private_key(key_path)
-        if not key_matches(certificate, key):
+        certificate = next((c for c in load_certificates(cert_path) if key_matches(c, key)), None)
+        if certificate is None:
             raise CertificateError(f"{key_path} is not the key of {cert_path}: the two files belong to different CAs")
         return cls(certificate, key, trust_domain_of_ca(certificate, cert_path))
 
@@ -107,12 +112,16 @@ class IssuedCertificate:
 
 def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
     """The first certificate of a PEM file, or :class:`CertificateError` naming the file."""
+    return load_certificates(path)[0]
+
+
+def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
+    """Every certificate of a PEM file (at least one), or :class:`CertificateError` naming the file."""
     data = _read(path, "certificate")
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        return x509.load_pem_x509_certificates(data)
     except ValueError:
         raise CertificateError(f"{path} holds no PEM certificate (expected '-----BEGIN CERTIFICATE-----')") from None
-    return certs[0]
 
 
 def load_private_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey:
@@ -260,7 +269,11 @@ def issue_from(
     except ValueError as exc:
         raise CertificateError(f"bad IP address for the certificate: {exc}") from None
     leaf_key = key or new_key()
-    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    try:
+        ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        authority = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+    except x509.ExtensionNotFound:  # a CA made by another tool may carry no subject key identifier
+        authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key())
     certificate = (
         x509.CertificateBuilder()
         .subject_name(
@@ -295,7 +308,7 @@ def issue_from(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .add_extension(authority, critical=False)
         # SPIFFE X.509-SVID: the SAN is critical when the subject is empty; ours has a CN, so it need not be
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(ca.key, hashes.SHA256())
@@ -374,6 +387,7 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        _sync_directory(path.parent)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise CertificateError(f"cannot write {path}: {exc.strerror}") from None
@@ -382,9 +396,26 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def _ensure_directory(folder: Path) -> None:
+def _sync_directory(folder: Path) -> None:
+    """Make a rename durable: after a crash the file is either the old one or the new one."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # not every platform or filesystem lets a directory be opened; the rename itself is atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _ensure_directory(folder: Path) -> None:
+    created = not folder.exists()
+    try:
+        folder.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        if created:
+            os.chmod(folder, _DIR_MODE)  # mkdir's mode is masked by the umask; chmod's is not
     except OSError as exc:
         raise CertificateError(f"cannot create directory {folder}: {exc.strerror}") from None
     if not folder.is_dir():

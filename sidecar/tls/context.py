@@ -56,6 +56,12 @@ MOZILLA_INTERMEDIATE_TLS12 = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     ]
 )
+# the key exchange group of both contexts. Mozilla's "intermediate" allows X25519, P-256 and P-384; OpenSSL's
+# defaults add X448, P-521 and finite-field groups, which the profile says to refuse. Python 3.11 can set one
+# group only (set_ecdh_curve), and P-256 is the one: it is the curve of the certificates `sidecar certs` makes,
+# and in TLS 1.2 OpenSSL also wants the certificate's curve among the groups both sides configured. Client and
+# server use the same group, so a sidecar's key share is always the one its peer takes (no HelloRetryRequest).
+KEY_EXCHANGE_GROUP = "prime256v1"
 # the attribute on a handshake exception that carries what was seen of the handshake
 EVIDENCE_ATTRIBUTE = "sidecar_evidence"
 _HAS_MSG_CALLBACK = hasattr(ssl.SSLContext, "_msg_callback")
@@ -106,6 +112,7 @@ def _base(context: MeshContext, ca: str | os.PathLike[str], cert: str | os.PathL
           key: str | os.PathLike[str]) -> MeshContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # 1.3 is preferred: OpenSSL picks the highest shared
     context.set_ciphers(MOZILLA_INTERMEDIATE_TLS12)
+    context.set_ecdh_curve(KEY_EXCHANGE_GROUP)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.options &= ~ssl.OP_NO_TICKET  # session tickets on: reconnections resume
     context.check_hostname = False  # identity is the SPIFFE URI SAN, checked by verify_peer

@@ -26,3 +26,8 @@ class PeerRefused(TlsError):
     def __init__(self, reason: RefusalReason) -> None:
         super().__init__(reason.message)
         self.reason = reason
+
+
+class IssuerError(CertificateError):
+    """``tls.issuer`` could not produce a usable certificate (CA key unusable, command failed or wrote
+    nothing valid); the current certificate keeps serving and the attempt is retried."""

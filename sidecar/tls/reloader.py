@@ -40,7 +40,7 @@ import socket
 import ssl
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +54,7 @@ from sidecar.tls.context import MeshContext, SessionCache
 from sidecar.tls.errors import CertificateError, PeerRefused
 from sidecar.tls.handshake import Handler, MtlsServer, RefusalLog, accept_socket, connect_stream, serve
 from sidecar.tls.identity import PeerIdentity, identity_of
+from sidecar.tls.schedule import lifetime_start
 
 log = logging.getLogger("sidecar.tls")
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -97,6 +98,12 @@ class RotationPolicy:
     repeat_every: float = 3600.0
     # a bad pair of files is normal for a moment during a rotation; warn if it lasts this long
     settle: float = 10.0
+    # what the expiry warnings tell the operator to do (with tls.issuer: RENEWED_BY_ISSUER)
+    remedy: str = "issue a new one (`sidecar certs issue`): it is picked up without a restart"
+
+
+RENEWED_BY_ISSUER = ("tls.issuer renews it and logs why if it cannot: then fix tls.issuer, or write new files to"
+                     " tls.cert and tls.key (picked up without a restart)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +146,9 @@ def describe_remaining(seconds: float) -> str:
         return f"{seconds / 86400:.1f} days"
     if seconds >= 2 * 3600:
         return f"{seconds / 3600:.1f} hours"
-    return f"{seconds / 60:.0f} minutes"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"  # short-lived certificates: "0 minutes" would say nothing
 
 
 @dataclass
@@ -201,10 +210,9 @@ class RotationCore:
         self.expiry_warned_at = now
         when = dt.datetime.fromtimestamp(self.not_after, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if state is ExpiryState.EXPIRED:
-            return [Warn(f"our certificate expired at {when}: peers refuse us; issue a new one"
-                         " (`sidecar certs issue`) and it is picked up without a restart", logging.ERROR)]
+            return [Warn(f"our certificate expired at {when}: peers refuse us; {self.policy.remedy}", logging.ERROR)]
         return [Warn(f"our certificate expires at {when}, in {describe_remaining(self.not_after - now)};"
-                     " issue a new one (`sidecar certs issue`): it is picked up without a restart")]
+                     f" {self.policy.remedy}")]
 
 
 # ------------------------------------------------------------------------------------------ reading files
@@ -337,6 +345,8 @@ class TlsMaterial:
     snapshot: Snapshot
     # the client context for raw TCP tunnels (ALPN sidecar-tcp/1), with its own session cache
     tunnel_context: MeshContext | None = None
+    # our certificate itself: its other SANs are kept when it is renewed (sidecar.tls.renewal)
+    leaf: x509.Certificate | None = None
 
 
 class IdentityStore:
@@ -371,6 +381,8 @@ class IdentityStore:
              on_rotate: Callable[[TlsMaterial], None] | None = None) -> IdentityStore:
         if isinstance(paths, TlsConfig):
             trust_domain = trust_domain or paths.trust_domain
+            if paths.issuer is not None:  # the sidecar renews its own certificate (sidecar.tls.renewal)
+                policy = replace(policy or RotationPolicy(), remedy=RENEWED_BY_ISSUER)
             paths = TlsPaths.from_config(paths)
         if trust_domain is None:
             raise CertificateError("no trust domain given (tls.trust_domain)")
@@ -470,6 +482,7 @@ class IdentityStore:
             log.log(command.level, "%s", command.message)
             return
         now = self.clock.wall()
+        old = self.identity
         try:
             checked = validate(bundle, self.paths, self.trust_domain, now)
             self._apply(command.change, bundle, checked)
@@ -481,13 +494,14 @@ class IdentityStore:
             return
         self.last_error = None
         self.rotations += 1
-        old = self.identity
         log.warning("reloaded %s: %s serial %s -> %s, valid until %s",
                     "the CA and certificate" if Change.TRUST in command.change else "the certificate",
                     checked.identity.spiffe_id, old.serial_hex, checked.identity.serial_hex,
                     checked.identity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        for follow in self.core.on_loaded(command.snapshot, checked.leaf.not_valid_before_utc.timestamp(),
-                                          checked.identity.not_after.timestamp(), now):
+        # a certificate that arrives now lives from now: its issuer's backdating is not lifetime (a renewed
+        # 30 s certificate backdated 5 min is not "expiring" the moment it is loaded; see sidecar.tls.schedule)
+        start = lifetime_start(checked.leaf.not_valid_before_utc.timestamp(), now, obtained=True)
+        for follow in self.core.on_loaded(command.snapshot, start, checked.identity.not_after.timestamp(), now):
             self._run(follow, bundle)
         if self.on_rotate is not None:
             self.on_rotate(self.material)
@@ -521,4 +535,5 @@ def _build(bundle: Bundle, checked: Checked, diagnose: bool, sessions: SessionCa
         # its own cache: a session belongs to the context that made it
         tunnel = context.client_context(ca_path, cert_path, key_path, sessions=SessionCache(),
                                         alpn=(context.ALPN_TCP_TUNNEL,))
-    return TlsMaterial(server, client, checked.identity, checked.leaf.not_valid_before_utc, bundle.snapshot, tunnel)
+    return TlsMaterial(server, client, checked.identity, checked.leaf.not_valid_before_utc, bundle.snapshot, tunnel,
+                       checked.leaf)

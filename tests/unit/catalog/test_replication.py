@@ -99,3 +99,34 @@ def test_a_successful_join_rebroadcasts_our_state() -> None:
     replication.on_event(SyncCompleted(("10.0.0.9", 7946), True, False))
     replication.on_event(SyncCompleted(("10.0.0.9", 7946), False, True))
     assert [key for key, _ in gossip.sent] == ["catalog:a"]
+
+
+def test_a_member_back_from_a_mistaken_death_has_its_services_back_at_once() -> None:
+    # after a partition heals, a stale "dead" verdict from the other side reaches members that never lost sight
+    # of the member; it refutes at once, and its services must not wait for the next push-pull to return
+    replication, gossip, catalog, _ = setup()
+    gossip.live = [member("b")]
+    replication.on_event(MemberJoined(member("b")))
+    replication.on_event(RemoteState(encode_states([NodeState("b", 7, (instance("b"),))]), False))
+    replication.on_event(MemberDead(member("b", MemberState.DEAD)))
+    assert catalog.snapshot().service("pay") == []
+    replication.on_event(MemberJoined(member("b")))
+    assert [i.node for i in catalog.snapshot().service("pay")] == ["b"]
+    # a newer state still wins over the kept one
+    replication.on_event(RemoteState(encode_states([NodeState("b", 8, ())]), False))
+    assert catalog.snapshot().service("pay") == []
+
+
+def test_a_departed_or_reaped_member_keeps_nothing() -> None:
+    from sidecar.gossip.core import MemberLeft, MemberReaped
+    replication, gossip, catalog, _ = setup()
+    gossip.live = [member("b"), member("c")]
+    for name in ("b", "c"):
+        replication.on_event(MemberJoined(member(name)))
+        replication.on_event(RemoteState(encode_states([NodeState(name, 7, (instance(name),))]), False))
+    replication.on_event(MemberLeft(member("b", MemberState.LEFT)))
+    replication.on_event(MemberDead(member("c", MemberState.DEAD)))
+    replication.on_event(MemberReaped(member("c", MemberState.DEAD)))
+    for name in ("b", "c"):
+        replication.on_event(MemberJoined(member(name)))
+    assert catalog.snapshot().service("pay") == []

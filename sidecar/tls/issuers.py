@@ -1,0 +1,205 @@
+"""Where a renewed certificate comes from (``tls.issuer``): a local CA key, or a command.
+
+Both make a :class:`NewPair` (PEM bytes in memory) for a :class:`Wanted` identity and never touch
+``tls.cert``/``tls.key`` themselves: the renewal driver (:mod:`sidecar.tls.renewal`) checks the pair first and
+only then writes the files, so a bad issuer can never leave a bad certificate where the next start reads it.
+
+The command is run by ``/bin/sh`` with its own process group (killed whole at the timeout), no stdin, and
+these variables besides the sidecar's environment::
+
+    SIDECAR_CERT         where to write the new certificate (PEM; the leaf first)
+    SIDECAR_KEY          where to write its private key (PEM, unencrypted)
+    SIDECAR_SPIFFE_ID    the identity to keep, spiffe://TRUST_DOMAIN/service/NAME
+    SIDECAR_SERVICE      NAME alone, for tools that take a service (``sidecar certs issue NAME``)
+    SIDECAR_TTL_SECONDS  the lifetime to ask for (tls.issuer.ttl), whole seconds
+    SIDECAR_CA           tls.ca, the trust anchor the new certificate must chain to
+
+``SIDECAR_CERT`` and ``SIDECAR_KEY`` are in a fresh private (0700) directory next to ``tls.key``, removed after
+each attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+
+from sidecar.tls import certs
+from sidecar.tls.errors import CertificateError, IssuerError
+from sidecar.tls.identity import PeerIdentity
+
+# what of a failing command's output goes into the error message (the end is where tools say what failed)
+OUTPUT_TAIL = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """The identity a new certificate must carry: our current one, with its other names."""
+
+    spiffe_id: str
+    service: str
+    ttl: float
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, identity: PeerIdentity, leaf: x509.Certificate | None, ttl: float) -> Wanted:
+        dns: tuple[str, ...] = ()
+        ips: tuple[str, ...] = ()
+        if leaf is not None:
+            try:
+                san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            except x509.ExtensionNotFound:
+                pass
+            else:
+                dns = tuple(san.get_values_for_type(x509.DNSName))
+                ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)
+                            if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address))
+        return cls(identity.spiffe_id, identity.service, ttl, dns, ips)
+
+
+@dataclass(frozen=True, slots=True)
+class NewPair:
+    cert_pem: bytes
+    key_pem: bytes
+    source: str  # for messages: where the pair came from
+
+    def __repr__(self) -> str:  # never show the key
+        return f"NewPair(source={self.source!r}, cert={len(self.cert_pem)} bytes)"
+
+
+class Issuer(Protocol):
+    name: str  # ca_key | command, as in tls.issuer
+
+    async def obtain(self, wanted: Wanted, timeout: float) -> NewPair:
+        """A new certificate and key for ``wanted``, or :class:`IssuerError` saying what failed."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------ a local CA key
+
+
+class LocalCa:
+    """Development: sign with a CA key on this machine (``tls.issuer.ca_key``), read afresh for each renewal."""
+
+    name = "ca_key"
+
+    def __init__(self, cert_path: Path, key_path: Path, trust_domain: str) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.trust_domain = trust_domain
+
+    def load(self) -> certs.CertificateAuthority:
+        """The CA, checked: its key matches a certificate of ``cert_path`` and it serves our trust domain."""
+        try:
+            ca = certs.CertificateAuthority.from_files(self.cert_path, self.key_path)
+        except CertificateError as exc:
+            raise IssuerError(f"tls.issuer.ca_key: {exc}") from None
+        if ca.trust_domain != self.trust_domain:
+            raise IssuerError(f"tls.issuer.ca_key: the CA in {self.cert_path} serves trust domain"
+                              f" {ca.trust_domain}, not ours ({self.trust_domain}, tls.trust_domain)")
+        return ca
+
+    async def obtain(self, wanted: Wanted, timeout: float) -> NewPair:
+        # key generation, signing and reading the CA are blocking: off the loop the data plane runs on
+        return await asyncio.to_thread(self._issue, wanted)
+
+    def _issue(self, wanted: Wanted) -> NewPair:
+        ca = self.load()
+        try:
+            issued = certs.issue_from(ca, wanted.service, wanted.ttl, dns_names=wanted.dns_names,
+                                      ip_addresses=wanted.ip_addresses)
+        except CertificateError as exc:
+            raise IssuerError(f"tls.issuer.ca_key: {exc}") from None
+        return NewPair(issued.cert_pem, issued.key_pem, "tls.issuer.ca_key")
+
+
+# ------------------------------------------------------------------------------------------ a command
+
+
+class ShellCommand:
+    """Run ``tls.issuer.command``; it writes the pair to ``$SIDECAR_CERT``/``$SIDECAR_KEY`` and exits 0."""
+
+    name = "command"
+
+    def __init__(self, command: str, ca_path: Path, staging_parent: Path) -> None:
+        self.command = command
+        self.ca_path = ca_path
+        self.staging_parent = staging_parent
+
+    async def obtain(self, wanted: Wanted, timeout: float) -> NewPair:
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=".sidecar-renew-", dir=self.staging_parent))
+        except OSError as exc:
+            raise IssuerError(f"tls.issuer.command: cannot make a private directory in {self.staging_parent}"
+                              f" for its output: {exc.strerror}") from None
+        try:
+            cert_path, key_path = staging / "cert.pem", staging / "key.pem"
+            env = {**os.environ, "SIDECAR_CERT": str(cert_path), "SIDECAR_KEY": str(key_path),
+                   "SIDECAR_SPIFFE_ID": wanted.spiffe_id, "SIDECAR_SERVICE": wanted.service,
+                   "SIDECAR_TTL_SECONDS": str(max(1, round(wanted.ttl))), "SIDECAR_CA": str(self.ca_path)}
+            code, output = await run_shell(self.command, env, timeout)
+            if code != 0:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                raise IssuerError(f"tls.issuer.command {how}{describe_output(output)}")
+            return NewPair(_written(cert_path, "certificate", "SIDECAR_CERT"),
+                           _written(key_path, "key", "SIDECAR_KEY"), "tls.issuer.command")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+async def run_shell(command: str, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Exit status and output (stdout and stderr together) of ``command``; :class:`IssuerError` at the timeout."""
+    try:
+        process = await asyncio.create_subprocess_shell(
+            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True)
+    except OSError as exc:
+        raise IssuerError(f"tls.issuer.command could not be started: {exc.strerror or exc}") from None
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        _kill_group(process)
+        await process.wait()
+        raise IssuerError(f"tls.issuer.command did not finish within {timeout:.1f}s and was killed") from None
+    except BaseException:  # cancelled (the sidecar stops): the command must not outlive it
+        _kill_group(process)
+        raise
+    assert process.returncode is not None
+    return process.returncode, output.decode("utf-8", "replace")
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # the shell's children too: start_new_session made the group
+
+
+def describe_output(output: str) -> str:
+    """The end of a failed command's output for the error message; never a private key."""
+    text = " ".join(output.split())
+    if not text:
+        return " (no output)"
+    if "PRIVATE KEY" in text:
+        return " (output not shown: it holds a private key)"
+    if len(text) > OUTPUT_TAIL:
+        text = "..." + text[-OUTPUT_TAIL:]
+    return f": {text}"
+
+
+def _written(path: Path, what: str, variable: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = b""
+    if not data.strip():
+        raise IssuerError(f"tls.issuer.command exited 0 but wrote no {what} to ${variable}")
+    return data

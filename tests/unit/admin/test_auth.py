@@ -1,0 +1,73 @@
+"""The admin port's access rule, a pure function: a table of requests and what each gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.admin.auth import check_request, exposure_warning, is_loopback
+from sidecar.errors import Code
+
+TOKEN = "t0ken-5ecret"
+
+
+@pytest.mark.parametrize(("method", "token", "authorization", "peer", "origin", "expected"), [
+    # reads are open to anyone, token or not
+    ("GET", TOKEN, None, "10.0.0.9", None, None),
+    ("HEAD", None, None, "10.0.0.9", "https://evil.example", None),
+    ("OPTIONS", TOKEN, None, "203.0.113.7", None, None),
+    # with a token: the right bearer token from anywhere, nothing else
+    ("POST", TOKEN, f"Bearer {TOKEN}", "10.0.0.9", None, None),
+    ("POST", TOKEN, f"bearer {TOKEN}", "127.0.0.1", "https://evil.example", None),
+    ("DELETE", TOKEN, f"Bearer  {TOKEN} ", "127.0.0.1", None, None),
+    ("POST", TOKEN, None, "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("POST", TOKEN, "", "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("POST", TOKEN, "Bearer", "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("POST", TOKEN, "Bearer ", "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("POST", TOKEN, f"Basic {TOKEN}", "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("POST", TOKEN, f"Bearer {TOKEN}x", "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("POST", TOKEN, f"Bearer {TOKEN[:-1]}", "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("PUT", TOKEN, "Bearer wrong", "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("PATCH", TOKEN, None, "10.0.0.9", None, Code.UNAUTHENTICATED),
+    # without a token: loopback peers only, and never a web page
+    ("POST", None, None, "127.0.0.1", None, None),
+    ("POST", None, None, "127.9.8.7", None, None),
+    ("POST", None, None, "::1", None, None),
+    ("POST", None, None, "::ffff:127.0.0.1", None, None),
+    ("POST", None, "Bearer anything", "127.0.0.1", None, None),
+    ("POST", None, None, "10.0.0.9", None, Code.PERMISSION_DENIED),
+    ("POST", None, None, "::ffff:10.0.0.9", None, Code.PERMISSION_DENIED),
+    ("POST", None, None, "fe80::1%eth0", None, Code.PERMISSION_DENIED),
+    ("POST", None, None, None, None, Code.PERMISSION_DENIED),
+    ("POST", None, None, "not-an-address", None, Code.PERMISSION_DENIED),
+    ("POST", None, None, "127.0.0.1", "https://evil.example", Code.PERMISSION_DENIED),
+    ("POST", None, None, "127.0.0.1", "null", Code.PERMISSION_DENIED),
+    ("DELETE", None, None, "127.0.0.1", "http://127.0.0.1:9901", Code.PERMISSION_DENIED),
+])
+def test_who_may_change_the_sidecar(method: str, token: str | None, authorization: str | None, peer: str | None,
+                                    origin: str | None, expected: Code | None) -> None:
+    refusal = check_request(method, token, authorization, peer, origin)
+    assert (refusal.code if refusal is not None else None) == expected
+
+
+def test_refusals_never_echo_a_token() -> None:
+    for authorization in (f"Bearer {TOKEN}x", "Bearer guessed-token", f"Basic {TOKEN}"):
+        refusal = check_request("POST", TOKEN, authorization, "127.0.0.1", None)
+        assert refusal is not None
+        shown = f"{refusal.message} {refusal.details}"
+        assert TOKEN not in shown and "guessed-token" not in shown
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.255.0.1", True), ("::1", True), ("::ffff:127.0.0.2", True),
+    ("0.0.0.0", False), ("::", False), ("10.1.2.3", False), ("", False), (None, False), ("localhost", False),
+])
+def test_loopback_addresses(host: str | None, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_an_exposed_admin_port_without_a_token_is_warned_about() -> None:
+    assert exposure_warning("127.0.0.1", None) is None
+    assert exposure_warning("localhost", None) is None
+    assert exposure_warning("0.0.0.0", TOKEN) is None
+    warning = exposure_warning("0.0.0.0", None)
+    assert warning is not None and "admin.token_file" in warning
