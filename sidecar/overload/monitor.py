@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable
 from time import perf_counter
 
+from sidecar.latetimer import LateTimer
 from sidecar.log import fields
 from sidecar.overload.guard import OverloadGuard, Reason, Sample, Transition
 
@@ -97,7 +98,9 @@ class OverloadMonitor:
         self._statm: ResidentMemory | None = None   # opened by start() when ``memory`` is not given
         self._memory = memory if memory is not None else self._read_statm
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        # re-armed after each sample: the guard's own deliberate pause (a shrink) is not fed back as load (it
+        # still shows in telemetry's sidecar_event_loop_lag_seconds, which has its own timer)
+        self._timer = LateTimer(interval, self._fired)
         self._trim = _malloc_trim()
         self._last_shrink = float("-inf")
         self.shrinks = 0
@@ -110,12 +113,10 @@ class OverloadMonitor:
             if not self._statm.available and Reason.MEMORY in self.guard.watched:
                 log.warning("overload: /proc/self/statm is not readable here; the memory check is off")
         self.sample_now()
-        self._arm()
+        self._timer.start()
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._timer.stop()
         if self._statm is not None:
             self._statm.close()
             self._statm = None
@@ -128,21 +129,11 @@ class OverloadMonitor:
         assert self._loop is not None
         self._feed(Sample(self._memory(), lag), self._loop.time())
 
-    def _arm(self) -> None:
-        assert self._loop is not None
-        due = self._loop.time() + self.interval
-        self._handle = self._loop.call_at(due, self._fired, due)
-
-    def _fired(self, due: float) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
-        self._feed(Sample(self._memory(), max(0.0, now - due)), now)
+    def _fired(self, lag: float, now: float) -> None:
+        self._feed(Sample(self._memory(), lag), now)
         if self.guard.refusing and now - self._last_shrink >= SHRINK_EVERY:
             self._shrink()
             self._last_shrink = now
-        # armed after the shrink: the guard's own deliberate pause is not fed back as load (it still shows in
-        # telemetry's sidecar_event_loop_lag_seconds, which has its own timer)
-        self._arm()
 
     def _shrink(self) -> None:
         before, started = self._memory(), perf_counter()
