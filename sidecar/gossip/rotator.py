@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +46,7 @@ from sidecar.gossip.rotation import (
     with_report,
 )
 from sidecar.log import fields
+from sidecar.shell import CommandTimedOut, run_shell
 
 log = logging.getLogger("sidecar.gossip.rotation")
 
@@ -68,24 +68,15 @@ async def run_key_command(command: str, epoch: int, cluster: str, every: float,
     env = {**os.environ, "SIDECAR_GOSSIP_EPOCH": str(epoch), "SIDECAR_GOSSIP_CLUSTER": cluster,
            "SIDECAR_GOSSIP_ROTATE_EVERY": f"{every:g}", "SIDECAR_GOSSIP_EPOCH_START": f"{epoch * every:.0f}"}
     try:
-        proc = await asyncio.create_subprocess_shell(
-            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+        done = await run_shell(command, env, timeout)
     except OSError as e:
         raise KeyFetchFailed(f"rotate_command could not start: {e.strerror or e}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
+    except CommandTimedOut:
         raise KeyFetchFailed(f"rotate_command did not finish within {timeout:g}s") from None
-    finally:
-        if proc.returncode is None:  # timed out or cancelled: the shell and what it started
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await proc.wait()
-    if proc.returncode != 0:
-        last = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise KeyFetchFailed(f"rotate_command exited with status {proc.returncode}: {last[0][:200]}")
+    if done.returncode != 0:
+        last = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise KeyFetchFailed(f"rotate_command {done.how()}: {last[0][:200]}")
+    out = done.stdout
     lines = out.decode(errors="replace").split()
     if len(lines) != 1:
         raise KeyFetchFailed(f"rotate_command must print one base64 key (got {len(lines)} words)")

@@ -21,11 +21,9 @@ each attempt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import shutil
-import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from sidecar.shell import CommandTimedOut, run_shell
 from sidecar.tls import certs
 from sidecar.tls.errors import CertificateError, IssuerError
 from sidecar.tls.identity import PeerIdentity
@@ -147,40 +146,19 @@ class ShellCommand:
             env = {**os.environ, "SIDECAR_CERT": str(cert_path), "SIDECAR_KEY": str(key_path),
                    "SIDECAR_SPIFFE_ID": wanted.spiffe_id, "SIDECAR_SERVICE": wanted.service,
                    "SIDECAR_TTL_SECONDS": str(max(1, round(wanted.ttl))), "SIDECAR_CA": str(self.ca_path)}
-            code, output = await run_shell(self.command, env, timeout)
-            if code != 0:
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                raise IssuerError(f"tls.issuer.command {how}{describe_output(output)}")
+            try:
+                done = await run_shell(self.command, env, timeout, merge_stderr=True)
+            except OSError as exc:
+                raise IssuerError(f"tls.issuer.command could not be started: {exc.strerror or exc}") from None
+            except CommandTimedOut as exc:
+                raise IssuerError(f"tls.issuer.command {exc}") from None
+            if done.returncode != 0:
+                output = done.stdout.decode("utf-8", "replace")
+                raise IssuerError(f"tls.issuer.command {done.how()}{describe_output(output)}")
             return NewPair(_written(cert_path, "certificate", "SIDECAR_CERT"),
                            _written(key_path, "key", "SIDECAR_KEY"), "tls.issuer.command")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-
-async def run_shell(command: str, env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """Exit status and output (stdout and stderr together) of ``command``; :class:`IssuerError` at the timeout."""
-    try:
-        process = await asyncio.create_subprocess_shell(
-            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True)
-    except OSError as exc:
-        raise IssuerError(f"tls.issuer.command could not be started: {exc.strerror or exc}") from None
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        _kill_group(process)
-        await process.wait()
-        raise IssuerError(f"tls.issuer.command did not finish within {timeout:.1f}s and was killed") from None
-    except BaseException:  # cancelled (the sidecar stops): the command must not outlive it
-        _kill_group(process)
-        raise
-    assert process.returncode is not None
-    return process.returncode, output.decode("utf-8", "replace")
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # the shell's children too: start_new_session made the group
 
 
 def describe_output(output: str) -> str:
