@@ -7,6 +7,7 @@ import http.server as http_server
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -281,3 +282,54 @@ def make_certs(directory: Path, identities: list[str], trust_domain: str = "mesh
 
 def members_by_state(process: SidecarProcess) -> dict[str, str]:
     return {m["name"]: m["state"] for m in http("GET", process.admin + "/members").json()}
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit (children inherit it) toward ``wanted``; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class LoadThreads:
+    """Client threads, one per function of ``loops()``, each calling its function until stopped (bounded by
+    ``max_seconds`` whatever happens), ``pace`` seconds apart; every exception is kept in ``failures``."""
+
+    max_seconds = 60.0
+    pace = 0.0
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(fn,), daemon=True) for fn in self.loops()]
+
+    def loops(self) -> list[Callable[[], None]]:
+        raise NotImplementedError
+
+    def __enter__(self) -> LoadThreads:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(15)
+            assert not thread.is_alive(), "a load thread did not stop"
+
+    def fail(self, what: str) -> None:
+        with self.lock:
+            self.failures.append(what)
+
+    def _run(self, fn: Callable[[], None]) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                fn()
+            except Exception as exc:
+                self.fail(f"{fn.__name__}: {exc!r}")
+            if self.pace:
+                self.stop.wait(self.pace)

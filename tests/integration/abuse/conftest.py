@@ -7,7 +7,6 @@ is the point. Each check is a normal request on one listener, answered within ``
 
 from __future__ import annotations
 
-import resource
 import socket
 import ssl
 import struct
@@ -24,7 +23,7 @@ import pytest
 from sidecar.gossip.envelope import Envelope
 from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import Ack, Ping, from_wire, to_wire
-from tests.harness import FakeApp, SidecarProcess, http, make_certs
+from tests.harness import FakeApp, SidecarProcess, http, make_certs, raise_fd_limit
 
 GOSSIP_KEY = "YWJ1c2UtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZjA="  # a fixed test key, never used elsewhere
 ADMIN_TOKEN = "abuse-admin-token-7f3c9d"
@@ -32,13 +31,6 @@ ADMIN_TOKEN = "abuse-admin-token-7f3c9d"
 NORMAL_LATENCY = 1.0
 
 
-def raise_fd_limit(wanted: int) -> int:
-    """Raise this process's open-file limit (children inherit it) toward ``wanted``; returns the soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def hostport(text: str) -> tuple[str, int]:

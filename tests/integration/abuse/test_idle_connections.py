@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 import time
 
-from tests.integration.abuse.conftest import NORMAL_LATENCY, Target, raise_fd_limit
+from tests.harness import raise_fd_limit
+from tests.integration.abuse.conftest import NORMAL_LATENCY, Target
 
 IDLE = 2000
 

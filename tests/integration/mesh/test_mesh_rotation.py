@@ -6,50 +6,27 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.config.model import ServiceConfig
 from sidecar.tls import certs
-from tests.harness import wait_for
+from tests.harness import LoadThreads, wait_for
 from tests.integration.mesh.conftest import App, LoopThread, Pki, link, node_config, start_node, stop_node
 
 CHECKOUT = "spiffe://mesh.local/service/checkout"
 
 
-class Load:
+class Load(LoadThreads):
     """Client threads sending requests through the outbound listener until stopped; every failure is kept."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.ok = 0
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(fn,), daemon=True)
-                        for fn in (self._keep_alive, self._new_connections, self._slow)]
+        super().__init__()
 
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-            assert not thread.is_alive(), "a load thread did not stop"
-
-    def _run(self, fn: Callable[[], None]) -> None:
-        deadline = time.monotonic() + 60  # bounded whatever happens
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                fn()
-            except Exception as exc:
-                with self.lock:
-                    self.failures.append(f"{fn.__name__}: {exc!r}")
+    def loops(self) -> list[Callable[[], None]]:
+        return [self._keep_alive, self._new_connections, self._slow]
 
     def _check(self, conn: http.client.HTTPConnection, path: str) -> None:
         conn.request("GET", path, headers={"Host": "inventory"})

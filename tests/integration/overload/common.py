@@ -5,7 +5,6 @@ memory from /proc, samples from /metrics, a raw mTLS request to the inbound list
 from __future__ import annotations
 
 import re
-import resource
 import socket
 import ssl
 import struct
@@ -91,13 +90,6 @@ def sample(metrics: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def raise_fd_limit(wanted: int) -> int:
-    """Raise this process's open-file limit (children inherit it) toward ``wanted``; returns the soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def open_idle(address: tuple[str, int], count: int, deadline: float) -> list[socket.socket]:

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import FakeApp, http, wait_for
+from tests.harness import FakeApp, http, raise_fd_limit, wait_for
 from tests.integration.overload.common import (
     Mesh,
     close_all,
     dropped_by_peer,
     open_idle,
-    raise_fd_limit,
     sample,
     start_mesh,
 )

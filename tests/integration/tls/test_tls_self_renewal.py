@@ -17,7 +17,7 @@ from typing import Any
 from cryptography import x509
 
 from sidecar.tls import certs
-from tests.harness import FakeApp, SidecarProcess, http, wait_for
+from tests.harness import FakeApp, LoadThreads, SidecarProcess, http, wait_for
 
 TTL = "30s"
 CHECKOUT = "spiffe://mesh.local/service/checkout"
@@ -61,7 +61,7 @@ class SerialWatch:
         return max(len(self.seen[name]) - 1, 0)
 
 
-class Load:
+class Load(LoadThreads):
     """New connections only: HTTP through node A with Connection: close, and direct mTLS handshakes (Python
     ssl, our own client certificate) to node B's inbound listener, each then asking for a page."""
 
@@ -73,32 +73,13 @@ class Load:
         self.requests = 0
         self.handshakes = 0
         self.server_serials: list[int] = []
-        self.failures: list[str] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(fn,), daemon=True)
-                        for fn in (self._request, self._request, self._handshake)]
+        super().__init__()
 
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
+    max_seconds = 120.0  # bounded in time; in count by the pace
+    pace = 0.01          # not a wait for anything: 2 cores are shared with the sidecars
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-            assert not thread.is_alive(), "a load thread did not stop"
-
-    def _run(self, fn: Callable[[], None]) -> None:
-        deadline = time.monotonic() + 120  # bounded in time; in count by the pace below
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                fn()
-            except Exception as exc:
-                with self.lock:
-                    self.failures.append(f"{fn.__name__}: {exc!r}")
-            self.stop.wait(0.01)  # a pace, not a wait for anything: 2 cores are shared with the sidecars
+    def loops(self) -> list[Callable[[], None]]:
+        return [self._request, self._request, self._handshake]
 
     def _request(self) -> None:
         # urllib sends Connection: close: a new downstream connection for each request
