@@ -208,6 +208,10 @@ class GossipConfig:
     tcp_timeout: Duration | None = field(default=None, metadata={"check": _positive})
     awareness_max_multiplier: int | None = field(default=None, metadata={"check": _at_least_one})
     dead_reap_time: Duration | None = None
+    # failed members are offered a push-pull join this often (None: the push-pull interval), for this long
+    # after they failed, so that a partition outlasting dead_reap_time still heals (Serf's reconnect_*)
+    reconnect_interval: Duration | None = field(default=None, metadata={"check": _positive})
+    reconnect_timeout: Duration = field(default=Duration(86400), metadata={"check": _positive})
     # automatic key rotation: every this long (epochs of wall time, the same on every member) a new key is
     # installed everywhere, made primary once every member reports holding it (through gossip), then the old
     # one is removed. encrypt_keys stay installed, so a member restarted with this config can always rejoin.

@@ -31,6 +31,7 @@ from sidecar.gossip.core import (
 )
 from sidecar.gossip.errors import KeyringError
 from sidecar.gossip.keyring import Keyring, key_text
+from sidecar.gossip.reconnect import Reconnects
 from sidecar.gossip.state import Address, MemberView
 from sidecar.gossip.transport import UdpEndpoint, exchange, open_listeners
 
@@ -65,6 +66,8 @@ class GossipNode:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         events_max: int = 10_000,
+        reconnect_interval: float | None = None,
+        reconnect_timeout: float = 86400.0,
     ) -> None:
         self.name = name
         self.tuning = tuning
@@ -91,13 +94,21 @@ class GossipNode:
         self._joined = asyncio.Event()
         self.bound: HostPort | None = None
         self.address: HostPort | None = None
+        # failed members are called back (a partition outlasting dead_reap_time still heals); by default one
+        # attempt per push-pull interval, for a day after the failure (Serf's reconnect_timeout)
+        interval = reconnect_interval if reconnect_interval is not None else float(tuning.push_pull_interval)
+        self.reconnects = Reconnects(interval, reconnect_timeout, self._rng)
+        self._join_addresses: list[HostPort] = []
+        self._reconnector: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, config: Config, *, meta: bytes = b"", local_state: Callable[[], bytes] | None = None,
                     clock: Clock = SYSTEM_CLOCK) -> GossipNode:
         g = config.gossip
         return cls(config.node.name, g.tuning(), g.listen, advertise=g.advertise, cluster=config.node.cluster,
-                   keys=g.encrypt_keys, meta=meta, local_state=local_state, clock=clock)
+                   keys=g.encrypt_keys, meta=meta, local_state=local_state, clock=clock,
+                   reconnect_interval=float(g.reconnect_interval) if g.reconnect_interval is not None else None,
+                   reconnect_timeout=float(g.reconnect_timeout))
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -114,6 +125,7 @@ class GossipNode:
             cluster=self.cluster, keyring=self._keyring, meta=self._meta, local_state=self._local_state,
             rng=self._rng, user_version_start=int(self._clock.wall() * 1_000_000))
         self._runner = asyncio.create_task(self._run(), name=f"gossip-{self.name}")
+        self._reconnector = asyncio.create_task(self._reconnect_forever(), name=f"gossip-reconnect-{self.name}")
         log.info("gossip %s listening on %s, advertising %s", self.name, self.bound, self.address)
         return self.bound
 
@@ -142,6 +154,7 @@ class GossipNode:
 
     def start_joining(self, addresses: Sequence[HostPort]) -> None:
         """Join in the background, retrying with exponential back-off until one exchange succeeds."""
+        self._join_addresses = list(addresses)
         if not addresses:
             self._joined.set()
             return
@@ -175,7 +188,8 @@ class GossipNode:
             self._server.close()
         if self._udp is not None:
             self._udp.close()
-        tasks: list[asyncio.Task[Any]] = [t for t in (self._joiner, self._runner) if t is not None]
+        tasks: list[asyncio.Task[Any]] = [t for t in (self._joiner, self._runner, self._reconnector)
+                                          if t is not None]
         tasks.extend(self._tasks)
         for task in tasks:
             task.cancel()
@@ -184,7 +198,7 @@ class GossipNode:
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout)
-        self._runner = self._joiner = None
+        self._runner = self._joiner = self._reconnector = None
 
     # ------------------------------------------------------------------------------------ what it knows
 
@@ -326,6 +340,7 @@ class GossipNode:
         return outputs
 
     def _emit(self, event: Event) -> None:
+        self.reconnects.on_event(event, self._clock.monotonic())
         for callback in list(self._subscribers):
             try:
                 callback(event)
@@ -352,6 +367,26 @@ class GossipNode:
                      ", ".join(str(a) for a in addresses), delay)
             await self._clock.sleep(delay * (0.5 + self._rng.random()))
             delay = min(delay * 2, JOIN_BACKOFF_MAX)
+
+
+    async def _reconnect_forever(self) -> None:
+        """Every reconnect interval: a push-pull join to one failed member; when alone, to the join addresses."""
+        while True:
+            await self._clock.sleep(self.reconnects.interval)
+            address = self.reconnects.due(self._clock.monotonic())
+            alone = not any(m.state == "alive" and m.name != self.name for m in self.members())
+            targets = [HostPort(*address)] if address is not None else []
+            if alone and self._join_addresses and self._joined.is_set():
+                targets.extend(self._join_addresses)
+            if not targets:
+                continue
+            try:
+                merged = await self.join(targets)
+            except OSError as exc:
+                merged = 0
+                log.debug("gossip reconnect to %s failed: %s", ", ".join(map(str, targets)), exc)
+            if merged:
+                log.info("gossip %s reconnected through %s", self.name, ", ".join(map(str, targets)))
 
 
 async def resolve_all(addresses: Sequence[HostPort]) -> list[Address]:

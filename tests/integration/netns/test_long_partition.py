@@ -1,0 +1,100 @@
+"""A partition that outlasts dead_reap_time: both sides declare each other dead and forget each other; once the
+network heals, the failed members are called back (Serf's reconnect) and the cluster is one again. Node c is the
+seed (it has no join addresses of its own) and ends up alone, so only the reconnect can bring it back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.harness import ROOT, wait_for
+from tests.integration.netns.netns import Lab, lab, why_not_available
+
+REASON = why_not_available()
+pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
+
+NODES = ("node-a", "node-b", "node-c")
+SEED = "node-c"
+
+
+def start(the_lab: Lab, name: str, tmp: Path, join: list[str]) -> subprocess.Popen[str]:
+    config = {
+        "node": {"name": name, "cluster": "split", "data_dir": str(tmp / name)},
+        "admin": {"listen": "127.0.0.1:0"}, "api": {"listen": "127.0.0.1:0"},
+        "outbound": {"listen": "127.0.0.1:0"}, "dns": {"listen": "127.0.0.1:0"},
+        "gossip": {"listen": f"{the_lab.addresses[name]}:7946", "profile": "local", "join": join,
+                   "dead_reap_time": "3s", "push_pull_interval": "2s", "reconnect_interval": "1s"},
+        "services": [{"name": f"svc-{name}", "port": 8080}],
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([*the_lab.exec_args(name), sys.executable, "-m", "sidecar", "run", "-c", str(path)],
+                            cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def admin_get(the_lab: Lab, tmp: Path, name: str, path: str) -> Any:
+    address = None
+    for line in (tmp / f"{name}.log").read_text().splitlines():
+        if "listening listener=admin address=" in line:
+            address = line.split("address=")[1].strip()
+    if address is None:
+        return None
+    out = subprocess.run([*the_lab.exec_args(name), "curl", "-s", "--max-time", "2", f"http://{address}{path}"],
+                         capture_output=True, text=True, timeout=5)
+    try:
+        return json.loads(out.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def view(the_lab: Lab, tmp: Path, name: str) -> dict[str, str]:
+    members = admin_get(the_lab, tmp, name, "/members") or []
+    return {m["name"]: m["state"] for m in members}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Lab]:
+    with lab() as the_lab:
+        for name in NODES:
+            the_lab.add_host(name)
+        seed = [f"{the_lab.addresses[SEED]}:7946"]
+        procs = [start(the_lab, name, tmp_path, [] if name == SEED else seed) for name in NODES]
+        try:
+            yield the_lab
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def test_a_partition_longer_than_dead_reap_time_heals(cluster: Lab, tmp_path: Path) -> None:
+    everyone = dict.fromkeys(NODES, "alive")
+    wait_for(lambda: all(view(cluster, tmp_path, n) == everyone for n in NODES), timeout=60, interval=0.5,
+             what="3 members alive everywhere")
+
+    cluster.isolate(SEED)
+    wait_for(lambda: view(cluster, tmp_path, SEED) == {SEED: "alive"}, timeout=60, interval=0.5,
+             what="the seed, alone, has declared the others dead and forgotten them")
+    wait_for(lambda: all(view(cluster, tmp_path, n) == {"node-a": "alive", "node-b": "alive"}
+                         for n in ("node-a", "node-b")), timeout=60, interval=0.5,
+             what="the majority has declared the seed dead and forgotten it")
+    catalog = admin_get(cluster, tmp_path, "node-a", "/catalog") or {}
+    assert f"svc-{SEED}" not in catalog
+
+    cluster.heal(SEED)
+    wait_for(lambda: all(view(cluster, tmp_path, n) == everyone for n in NODES), timeout=60, interval=0.5,
+             what="one cluster again after the partition heals")
+    wait_for(lambda: f"svc-{SEED}" in (admin_get(cluster, tmp_path, "node-a", "/catalog") or {}), timeout=30,
+             interval=0.5, what="the seed's service back in node-a's catalog")
+    logs = "".join((tmp_path / f"{n}.log").read_text() for n in NODES)
+    assert "reconnected through" in logs
