@@ -106,6 +106,8 @@ class Sidecar:
         self.registry = LocalRegistry(config.node.name, self.bus)
         local = NodeInfo(config.node.name, advertise_host(config), config.inbound.listen.port, config.node.cluster)
         self.catalog = MeshCatalog(self.registry, local)
+        self.catalog.set_synced(not config.gossip.join)   # until joined, an unknown service is 503, not 404
+        self._sync_task: asyncio.Task[None] | None = None
         self.checks = CheckRunner(self.registry, clock)
         self.dns = DnsServer(config.dns, self.catalog.snapshot, clock)
         self.gossip = GossipNode.from_config(config, meta=encode_meta(self._inbound_port()),
@@ -250,9 +252,15 @@ class Sidecar:
         self.replication.local_changed()
         if self.config.gossip.join:
             self.gossip.start_joining(self.config.gossip.join)
+            self._sync_task = asyncio.create_task(self._synced_once_joined(), name="catalog-synced")
         self._demotion_task = asyncio.create_task(self.demotion.run(), name="self-demotion")
         if self.rotation is not None:
             self._rotation_task = asyncio.create_task(self.rotation.run(), name="gossip-key-rotation")
+
+    async def _synced_once_joined(self) -> None:
+        while not await self.gossip.wait_joined(3600):
+            pass
+        self.catalog.set_synced(True)
 
     def _inbound_port(self) -> int:
         advertise = self.config.inbound.advertise
@@ -342,6 +350,8 @@ class Sidecar:
             self._renewal.cancel()  # a running issuer command is killed with it
         if self._demotion_task is not None:
             self._demotion_task.cancel()
+        if self._sync_task is not None:
+            self._sync_task.cancel()
         if self._rotation_task is not None:
             self._rotation_task.cancel()
         if self.gossip.bound is not None:

@@ -21,6 +21,7 @@ class MeshCatalog:
         self._remote_instances: dict[str, tuple[int, tuple[ServiceMetadata, ...]]] = {}  # node → (version, ...)
         self._version = 0
         self._snapshot: CatalogSnapshot | None = None
+        self._synced = True
         self.listeners: list[Callable[[CatalogSnapshot], None]] = []
         registry.listeners.append(self._changed)
 
@@ -29,8 +30,14 @@ class MeshCatalog:
             nodes = {self.local_node.name: self.local_node, **self._remote_nodes}
             instances = tuple(self.registry.instances()) + tuple(
                 i for _, items in self._remote_instances.values() for i in items)
-            self._snapshot = CatalogSnapshot(self._version, nodes, instances)
+            self._snapshot = CatalogSnapshot(self._version, nodes, instances, self._synced)
         return self._snapshot
+
+    def set_synced(self, synced: bool) -> None:
+        """Whether this node has joined: until then, a name missing from the catalog is answered 503, not 404."""
+        if synced != self._synced:
+            self._synced = synced
+            self._changed()
 
     def set_local_node(self, node: NodeInfo) -> None:
         self.local_node = node

@@ -120,6 +120,8 @@ class CatalogSnapshot:
     version: int = 0
     nodes: Mapping[str, NodeInfo] = field(default_factory=dict)
     instances: tuple[ServiceMetadata, ...] = ()
+    # False until this node has exchanged state with a peer (joined): an unknown name may only be unknown *yet*
+    synced: bool = True
 
     def by_name(self) -> dict[str, list[ServiceMetadata]]:
         out: dict[str, list[ServiceMetadata]] = {}

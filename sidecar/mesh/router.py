@@ -53,6 +53,7 @@ class EndpointSet:
     tagged: int = 0
     unhealthy: int = 0
     unreachable: int = 0
+    synced: bool = True   # the catalog's: see CatalogSnapshot.synced
 
     @property
     def usable(self) -> tuple[Endpoint, ...]:
@@ -62,6 +63,9 @@ class EndpointSet:
     def no_endpoint(self) -> NotFound | Unavailable:
         """The error to answer when :attr:`usable` is empty."""
         service, tag = self.name.service, self.name.tag
+        if self.total == 0 and not self.synced:
+            return Unavailable(f"no instance of {service} known yet: this sidecar has not joined the mesh",
+                               {"service": service, "reason": "not-joined"})
         if self.total == 0:
             return NotFound(f"no service named {service!r} in the catalog", {"service": service})
         details: dict[str, object] = {"service": service, "instances": self.total, "unhealthy": self.unhealthy,
@@ -109,7 +113,8 @@ def endpoint_set(snapshot: CatalogSnapshot, name: ServiceName, local: LocalInbou
             continue
         endpoint = Endpoint(instance.name, instance.id, instance.node, address, instance.status)
         (healthy if instance.status is HealthStatus.HEALTHY else degraded).append(endpoint)
-    return EndpointSet(name, tuple(healthy), tuple(degraded), total, tagged, unhealthy, unreachable)
+    return EndpointSet(name, tuple(healthy), tuple(degraded), total, tagged, unhealthy, unreachable,
+                       snapshot.synced)
 
 
 def _inbound_of(snapshot: CatalogSnapshot, instance: ServiceMetadata,

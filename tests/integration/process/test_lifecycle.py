@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.harness import SidecarProcess, run_cli, wait_for
+from tests.harness import SidecarProcess, assert_error, http, make_certs, run_cli, wait_for
 
 
 def test_a_batch_job_runs_once_ready_and_its_exit_code_is_the_sidecars(tmp_path: Path) -> None:
@@ -69,3 +69,24 @@ def test_an_app_that_cannot_start_fails_with_one_line(tmp_path: Path) -> None:
     assert process.proc.wait(30) == 1
     wait_for(lambda: "cannot start the app '/nonexistent/app'" in process.log_text(), timeout=5)
     assert "Traceback" not in process.log_text()
+
+
+def test_before_it_has_joined_an_unknown_service_is_unavailable_not_missing(tmp_path: Path) -> None:
+    # a restarting sidecar's catalog is empty until it joins: "no such service" would be a lie, and a 404 is not
+    # retried by clients; 503 says "not yet"
+    certs = make_certs(tmp_path / "certs", ["client"])
+    process = SidecarProcess(tmp_path, {"gossip": {"join": ["127.0.0.1:9"]}, "tls": certs["client"]})
+    process.start(wait_ready=False)
+    wait_for(lambda: "outbound" in process.listeners, timeout=20)
+    reply = http("GET", f"http://{process.listeners['outbound']}/x", headers={"Host": "payments"})
+    error = assert_error(reply, 503, "UNAVAILABLE")
+    assert error["details"]["reason"] == "not-joined", error
+    assert process.terminate() == 0
+
+
+def test_once_joined_an_unknown_service_is_not_found(start_sidecar, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    certs = make_certs(tmp_path / "certs", ["client"])
+    seed = start_sidecar({"tls": certs["client"]}, name="seed")
+    joined = start_sidecar({"tls": certs["client"], "gossip": {"join": [seed.listeners["gossip"]]}}, name="joined")
+    reply = http("GET", f"http://{joined.listeners['outbound']}/x", headers={"Host": "payments"})
+    assert_error(reply, 404, "NOT_FOUND")

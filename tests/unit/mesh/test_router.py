@@ -107,3 +107,10 @@ def test_endpoint_sets_are_cached_per_snapshot_version() -> None:
     assert router.endpoints(s1, PAY) is router.endpoints(s1, PAY)
     s2 = snap(inst("pay", "n1"), inst("pay", "n2"), version=2)
     assert len(router.endpoints(s2, PAY).usable) == 2
+
+
+def test_an_unknown_service_is_503_until_the_catalog_has_synced() -> None:
+    unsynced = CatalogSnapshot(1, {}, (inst("other", "n1"),), synced=False)
+    error = endpoint_set(unsynced, PAY).no_endpoint()
+    assert isinstance(error, Unavailable) and "has not joined the mesh" in str(error)
+    assert isinstance(endpoint_set(snap(inst("other", "n1")), PAY).no_endpoint(), NotFound)
