@@ -57,6 +57,10 @@ class PoolLimits:
 
 
 DEFAULT_PROXY_LIMITS = ProxyLimits()
+# Pieces written together to a TLS transport are joined first, up to this many bytes: uvloop encrypts each piece of
+# writelines() as its own TLS record, so a response head and its body would cost two records to seal and two for
+# the peer to open. Beyond this size records are full anyway and joining would only copy.
+TLS_COALESCE_MAX = 64 * 1024
 DEFAULT_POOL_LIMITS = PoolLimits()
 
 

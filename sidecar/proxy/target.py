@@ -13,7 +13,6 @@ from sidecar.proxy.failures import FailureKind, UpstreamFailure
 from sidecar.proxy.http1 import RequestHead
 
 _new = object.__new__
-_set = object.__setattr__
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +58,26 @@ class Target:
         policy hooks and tag. What ``dataclasses.replace`` would make, at a third of its cost (once per attempt
         on the hot path); ``key`` is the base's, since nothing it depends on changes."""
         new: Target = _new(Target)
-        _set(new, "address", self.address)
-        _set(new, "ssl", self.ssl)
-        _set(new, "server_hostname", self.server_hostname)
-        _set(new, "pool_key", self.pool_key)
-        _set(new, "timeout", timeout)
-        _set(new, "try_timeout", try_timeout)
-        _set(new, "retry", retry)
-        _set(new, "observer", observer)
-        _set(new, "tag", tag)
-        _set(new, "verify", self.verify)
-        _set(new, "key", self.key)
-        _set(new, "authority", self.authority)
+        # the slots' own setters: what object.__setattr__ ends up calling, without its lookup and argument parsing
+        _T_ADDRESS(new, self.address)
+        _T_SSL(new, self.ssl)
+        _T_SERVER_HOSTNAME(new, self.server_hostname)
+        _T_POOL_KEY(new, self.pool_key)
+        _T_TIMEOUT(new, timeout)
+        _T_TRY_TIMEOUT(new, try_timeout)
+        _T_RETRY(new, retry)
+        _T_OBSERVER(new, observer)
+        _T_TAG(new, tag)
+        _T_VERIFY(new, self.verify)
+        _T_KEY(new, self.key)
+        _T_AUTHORITY(new, self.authority)
         return new
+
+
+(_T_ADDRESS, _T_SSL, _T_SERVER_HOSTNAME, _T_POOL_KEY, _T_TIMEOUT, _T_TRY_TIMEOUT, _T_RETRY, _T_OBSERVER, _T_TAG,
+ _T_VERIFY, _T_KEY, _T_AUTHORITY) = (Target.__dict__[name].__set__ for name in (
+    "address", "ssl", "server_hostname", "pool_key", "timeout", "try_timeout", "retry", "observer", "tag", "verify",
+    "key", "authority"))
 
 
 # The two records below are made on every request (AttemptRecord when an observer or retry policy is set), so they

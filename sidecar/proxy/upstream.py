@@ -11,6 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits, RemoteProtocolError, ResponseHead, ResponseReader
+from sidecar.proxy.limits import TLS_COALESCE_MAX
 
 if TYPE_CHECKING:
     from sidecar.proxy.pool import UpstreamPool
@@ -32,13 +33,14 @@ class UpstreamUser(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_reader", "address", "closed", "idle_since", "paused", "pool", "reused", "transport", "tunnel",
-                 "user")
+    __slots__ = ("_reader", "address", "closed", "idle_since", "paused", "pool", "reused", "tls", "transport",
+                 "tunnel", "user")
 
     def __init__(self, pool: UpstreamPool | None, address: str, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
         self.pool = pool
         self.address = address
         self.transport: asyncio.Transport | None = None
+        self.tls = False              # writes of several pieces are joined into one TLS record (TLS_COALESCE_MAX)
         self.user: UpstreamUser | None = None
         self.tunnel: Tunnel | None = None
         self.closed = False
@@ -65,7 +67,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def writelines(self, parts: list[bytes]) -> None:
         assert self.transport is not None
-        self.transport.writelines(parts)
+        if self.tls and len(parts) > 1 and sum(map(len, parts)) <= TLS_COALESCE_MAX:
+            self.transport.write(b"".join(parts))
+        else:
+            self.transport.writelines(parts)
 
     def pause_reading(self, paused: bool) -> None:
         if paused != self.paused and self.transport is not None and not self.closed:
@@ -95,6 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        self.tls = transport.get_extra_info("ssl_object") is not None
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from sidecar.proxy.tracecontext import IdSource, TraceParent, next_hop, parse
+from sidecar.proxy.tracecontext import IdSource, TraceParent, header, next_hop, parse, parse_fields
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -72,3 +72,28 @@ def test_new_traces_carry_the_sampling_decision_of_the_ratio() -> None:
         assert all(bool(h.flags & 1) == sampler.by_trace_id(h.trace_id) for h in hops)
         share = sum(h.flags & 1 for h in hops) / len(hops)
         assert abs(share - ratio) < 0.08
+
+
+@pytest.mark.parametrize("value", [VALID, VALID.encode(), " " + VALID, VALID.upper(), VALID + "-extra", None, "",
+                                   "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future"])
+def test_parse_fields_is_parse_without_the_object(value: str | bytes | None) -> None:
+    parent = parse(value)
+    fields = parse_fields(value)
+    assert fields == (None if parent is None else (parent.trace_id, parent.span_id, parent.flags))
+
+
+@pytest.mark.parametrize("flags", [0, 1, 3, 0xFF])
+def test_header_is_to_header_as_bytes(flags: int) -> None:
+    hop = TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", flags)
+    assert header(hop.trace_id, hop.span_id, hop.flags) == hop.to_header().encode()
+
+
+def test_new_trace_draws_what_next_hop_draws() -> None:
+    # the engine writes traceparent from new_trace() and span_id(): the same ids, flags and RNG sequence as
+    # next_hop(None), so seeded tests see the same traces either way
+    for ratio in (0.0, 0.5, 1.0):
+        engine, reference = IdSource(random.Random(11), ratio), IdSource(random.Random(11), ratio)
+        for _ in range(200):
+            trace_id, flags = engine.new_trace()
+            hop = next_hop(None, reference)
+            assert (trace_id, engine.span_id(), flags) == (hop.trace_id, hop.span_id, hop.flags)

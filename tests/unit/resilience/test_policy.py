@@ -450,6 +450,27 @@ def test_inbound_honours_the_callers_deadline_within_the_local_policy() -> None:
         r.inbound(head("GET", ("x-sidecar-deadline-ms", "0")), app, "pay")
 
 
+def test_inbound_leaves_one_deadline_field_last_and_reuses_the_derived_target() -> None:
+    r = resilience(policy(timeout=5.0))
+    app, other = Target(("127.0.0.1", 3000), tag="app"), Target(("127.0.0.1", 3001), tag="other")
+    deadline = b"x-sidecar-deadline-ms"
+    h = head("GET", ("x-sidecar-deadline-ms", "3000"), ("a", "1"), ("X-Sidecar-Deadline-Ms", "2000"))
+    first = r.inbound(h, app, "pay")
+    assert first.timeout == 2.0 and first.tag == "app"
+    assert [(n, v) for n, _, v in h.headers.items] == [(b"a", b"1"), (deadline, b"2000")]   # the smaller, last
+    h = head("GET", ("x-sidecar-deadline-ms", "2000"), ("b", "2"))
+    assert r.inbound(h, app, "pay") is first                                  # same target, same timeout
+    assert [(n, v) for n, _, v in h.headers.items] == [(b"b", b"2"), (deadline, b"2000")]   # moved to the end
+    h = head("GET", ("b", "2"), ("x-sidecar-deadline-ms", "02000"))
+    assert r.inbound(h, app, "pay") is first
+    assert h.headers.items[-1] == (deadline, deadline, b"2000")               # rewritten in the canonical form
+    h = head("GET", ("b", "2"), ("x-sidecar-deadline-ms", "2000"))
+    items = h.headers.items
+    r.inbound(h, app, "pay")
+    assert h.headers.items is items and len(items) == 2                      # already right: left as it was
+    assert r.inbound(head("GET", ("x-sidecar-deadline-ms", "2000")), other, "pay").tag == "other"
+
+
 def test_clusters_json_and_samples() -> None:
     r = resilience(policy(max_requests=1))
     target = start(r, Peers(endpoint(1)))
