@@ -39,7 +39,8 @@ def mesh(start_sidecar, tmp_path: Path):  # type: ignore[no-untyped-def]
     seed = [a.listeners["gossip"]]
     b = start_sidecar(node_config("node-b", certs["payment-service"], [
         {"name": "payment-service", "port": apps["payment-service"].port, "tags": ["v1"],
-         "check": {"http": "/health", "interval": "200ms", "timeout": "200ms"}}], seed), name="node-b")
+         "check": {"http": "/health", "interval": "250ms", "timeout": "250ms",
+                   "failures_before_unhealthy": 2}}], seed), name="node-b")
     c = start_sidecar(node_config("node-c", certs["inventory"], [
         {"name": "inventory", "port": apps["inventory"].port}], seed), name="node-c")
     yield {"a": a, "b": b, "c": c, "apps": apps, "certs": certs, "seed": seed}
