@@ -17,7 +17,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, cast
 
-from sidecar.errors import ResourceExhausted, SidecarError, rescue
+from sidecar.errors import SidecarError, Unavailable, rescue
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, simple_response
 from sidecar.proxy.limits import TLS_COALESCE_MAX, LazyTimer
@@ -66,8 +66,9 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if len(proxy.connections) >= limits.max_connections and not proxy.displace_idle():
             proxy.rejected += 1
-            self._refuse(transport, ResourceExhausted(f"over {limits.max_connections} connections on this listener"),
-                         503)
+            # 503 UNAVAILABLE, as Envoy's overflow: a peer sidecar retries it on another instance (a 429 it would not)
+            self._refuse(transport, Unavailable(f"over {limits.max_connections} connections on this listener",
+                                                {"reason": "connection-limit", "limit": limits.max_connections}))
             return
         proxy.connections.add(self)
         proxy.accepted += 1
@@ -76,10 +77,10 @@ class DownstreamProtocol(asyncio.Protocol):
                                    transport.get_extra_info("sockname"), transport.get_extra_info("ssl_object"))
         self.timer.set(self.loop.time() + limits.header_timeout)
 
-    def _refuse(self, transport: asyncio.Transport, error: SidecarError, status: int | None = None) -> None:
+    def _refuse(self, transport: asyncio.Transport, error: SidecarError) -> None:
         self.closed = True
         rescued = rescue(error)
-        transport.write(simple_response(status or rescued.status, rescued.headers, rescued.body, close=True))
+        transport.write(simple_response(rescued.status, rescued.headers, rescued.body, close=True))
         # half-close and drain what the client sends for a moment: closing with unread bytes would
         # reset the connection and the client would never read the answer
         if transport.can_write_eof():

@@ -252,6 +252,8 @@ def test_connections_over_the_limit_get_503(strict_harness: Harness) -> None:
             time.sleep(0.01)
         response = raw_exchange(h.port, b"GET /hello HTTP/1.1\r\nHost: svc\r\n\r\n")
         assert status_of(response) == 503
+        # SPEC's shape and its code for 503: a peer sidecar retries it on another instance
+        assert b"x-sidecar-error: UNAVAILABLE" in response and b'"reason":"connection-limit"' in response
     finally:
         for s in held:
             s.close()
