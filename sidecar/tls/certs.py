@@ -470,6 +470,9 @@ def cmd_certs_init(directory: str, trust_domain: str) -> int:
     return 0
 
 
+MAX_COMPLIANT_TTL = 366 * 86400   # Mozilla's intermediate profile: certificate lifetime at most 366 days
+
+
 def cmd_certs_issue(service: str, directory: str, ttl: str = "24h") -> int:
     """``sidecar certs issue SERVICE --dir DIR [--ttl 24h]``: 0 written, 2 bad usage, 1 failure."""
     try:
@@ -481,6 +484,9 @@ def cmd_certs_issue(service: str, directory: str, ttl: str = "24h") -> int:
     if not (Path(directory) / CA_CERT_FILE).exists():
         print(f"error: no CA in {directory} ({CA_CERT_FILE} is missing); run `sidecar certs init`", file=sys.stderr)
         return 1
+    if seconds > MAX_COMPLIANT_TTL:
+        print(f"warning: --ttl {ttl} is over 366 days: Mozilla's TLS profiles (and sslyze) call such a certificate"
+              " non-compliant; prefer short certificates renewed by tls.issuer", file=sys.stderr)
     try:
         paths = issue(service, directory, seconds)
         leaf = load_certificate(paths.cert)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.harness import ROOT, SidecarProcess, http, wait_for
+from tests.harness import ROOT, SidecarProcess, http, run_cli, wait_for
 
 
 def sidecar_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -98,3 +98,13 @@ def test_a_store_left_readable_by_an_older_version_is_tightened(tmp_path: Path) 
         assert set(files.values()) == {0o600}, files
     finally:
         assert process.terminate() == 0
+
+
+def test_a_certificate_longer_than_the_tls_profiles_allow_is_warned_about(tmp_path: Path) -> None:
+    directory = tmp_path / "certs"
+    assert run_cli("certs", "init", "--dir", str(directory), "--trust-domain", "mesh.local").returncode == 0
+    long = run_cli("certs", "issue", "web", "--dir", str(directory), "--ttl", "9600h")
+    assert long.returncode == 0, long.stderr
+    assert "warning: --ttl 9600h is over 366 days" in long.stderr
+    short = run_cli("certs", "issue", "api", "--dir", str(directory), "--ttl", "2160h")
+    assert short.returncode == 0 and "warning" not in short.stderr
