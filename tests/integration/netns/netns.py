@@ -5,11 +5,19 @@ these namespaces (10.250.0.0/16); nothing leaves them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.harness import ROOT
 
 SUBNET = "10.250.{net}.{host}"
 
@@ -106,3 +114,46 @@ def lab() -> Iterator[Lab]:
     finally:
         for ns in [*the_lab.hosts.values(), the_lab.bridge_ns]:
             run("ip", "netns", "del", ns, check=False)
+
+
+# ------------------------------------------------------------------------------- sidecars on the lab's hosts
+
+
+def start_sidecar(the_lab: Lab, name: str, tmp: Path, cluster: str, gossip: dict[str, Any],
+                  **sections: Any) -> subprocess.Popen[str]:
+    """`sidecar run` on host ``name``: gossip on the host's address, every other listener on its loopback (port 0);
+    ``gossip`` adds to the gossip section, ``sections`` are more top-level config sections. Output goes to
+    ``tmp/NAME.log``, where :func:`admin_get` finds the admin address."""
+    config = {
+        "node": {"name": name, "cluster": cluster, "data_dir": str(tmp / name)},
+        "admin": {"listen": "127.0.0.1:0"}, "api": {"listen": "127.0.0.1:0"},
+        "outbound": {"listen": "127.0.0.1:0"}, "dns": {"listen": "127.0.0.1:0"},
+        "gossip": {"listen": f"{the_lab.addresses[name]}:7946", **gossip},
+        **sections,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - the child holds it; closed when the test's tmp goes
+    return subprocess.Popen([*the_lab.exec_args(name), sys.executable, "-m", "sidecar", "run", "-c", str(path)],
+                            cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def admin_get(the_lab: Lab, tmp: Path, name: str, path: str) -> Any:
+    """GET on host ``name``'s admin port, from inside its namespace; None until it listens or on a bad answer."""
+    address = None
+    for line in (tmp / f"{name}.log").read_text().splitlines():
+        if "listening listener=admin address=" in line:
+            address = line.split("address=")[1].strip()
+    if address is None:
+        return None
+    out = run(*the_lab.exec_args(name), "curl", "-s", "--max-time", "2", f"http://{address}{path}", check=False)
+    try:
+        return json.loads(out.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def members(the_lab: Lab, tmp: Path, name: str) -> dict[str, str]:
+    """Host ``name``'s view: member name → state (empty until its admin port answers)."""
+    return {m["name"]: m["state"] for m in admin_get(the_lab, tmp, name, "/members") or []}

@@ -4,19 +4,14 @@ seed (it has no join addresses of its own) and ends up alone, so only the reconn
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.harness import ROOT, wait_for
-from tests.integration.netns.netns import Lab, lab, why_not_available
+from tests.harness import wait_for
+from tests.integration.netns.netns import Lab, admin_get, lab, members, start_sidecar, why_not_available
 
 REASON = why_not_available()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
@@ -26,40 +21,14 @@ SEED = "node-c"
 
 
 def start(the_lab: Lab, name: str, tmp: Path, join: list[str]) -> subprocess.Popen[str]:
-    config = {
-        "node": {"name": name, "cluster": "split", "data_dir": str(tmp / name)},
-        "admin": {"listen": "127.0.0.1:0"}, "api": {"listen": "127.0.0.1:0"},
-        "outbound": {"listen": "127.0.0.1:0"}, "dns": {"listen": "127.0.0.1:0"},
-        "gossip": {"listen": f"{the_lab.addresses[name]}:7946", "profile": "local", "join": join,
-                   "dead_reap_time": "3s", "push_pull_interval": "2s", "reconnect_interval": "1s"},
-        "services": [{"name": f"svc-{name}", "port": 8080}],
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([*the_lab.exec_args(name), sys.executable, "-m", "sidecar", "run", "-c", str(path)],
-                            cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def admin_get(the_lab: Lab, tmp: Path, name: str, path: str) -> Any:
-    address = None
-    for line in (tmp / f"{name}.log").read_text().splitlines():
-        if "listening listener=admin address=" in line:
-            address = line.split("address=")[1].strip()
-    if address is None:
-        return None
-    out = subprocess.run([*the_lab.exec_args(name), "curl", "-s", "--max-time", "2", f"http://{address}{path}"],
-                         capture_output=True, text=True, timeout=5)
-    try:
-        return json.loads(out.stdout)
-    except json.JSONDecodeError:
-        return None
+    return start_sidecar(the_lab, name, tmp, "split",
+                         {"profile": "local", "join": join, "dead_reap_time": "3s", "push_pull_interval": "2s",
+                          "reconnect_interval": "1s"},
+                         services=[{"name": f"svc-{name}", "port": 8080}])
 
 
 def view(the_lab: Lab, tmp: Path, name: str) -> dict[str, str]:
-    members = admin_get(the_lab, tmp, name, "/members") or []
-    return {m["name"]: m["state"] for m in members}
+    return members(the_lab, tmp, name)
 
 
 @pytest.fixture

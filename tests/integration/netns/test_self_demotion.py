@@ -5,19 +5,14 @@ itself and its peers see it healthy again."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.harness import ROOT, wait_for
-from tests.integration.netns.netns import Lab, lab, run, why_not_available
+from tests.harness import wait_for
+from tests.integration.netns.netns import Lab, admin_get, lab, members, run, start_sidecar, why_not_available
 
 REASON = why_not_available()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
@@ -27,36 +22,14 @@ STRUGGLER = "node-c"
 
 
 def start(the_lab: Lab, name: str, tmp: Path, join: list[str]) -> subprocess.Popen[str]:
-    config = {
-        "node": {"name": name, "cluster": "demotion", "data_dir": str(tmp / name)},
-        "admin": {"listen": "127.0.0.1:0"}, "api": {"listen": "127.0.0.1:0"},
-        "outbound": {"listen": "127.0.0.1:0"}, "dns": {"listen": "127.0.0.1:0"},
-        # a probe every 500 ms: demotion after 5 intervals of a high score, restoration after 15 of a low one
-        "gossip": {"listen": f"{the_lab.addresses[name]}:7946", "profile": "lan", "join": join,
-                   "probe_interval": "500ms", "probe_timeout": "250ms"},
-        "services": [{"name": f"svc-{name}", "port": 8080}],
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([*the_lab.exec_args(name), sys.executable, "-m", "sidecar", "run", "-c", str(path)],
-                            cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def admin_get(the_lab: Lab, tmp: Path, name: str, path: str) -> Any:
-    address = None
-    for line in (tmp / f"{name}.log").read_text().splitlines():
-        if "listening listener=admin address=" in line:
-            address = line.split("address=")[1].strip()
-    assert address is not None, f"{name} has not logged its admin address"
-    out = subprocess.run([*the_lab.exec_args(name), "curl", "-s", "--max-time", "2", f"http://{address}{path}"],
-                         capture_output=True, text=True, timeout=5)
-    return json.loads(out.stdout)
+    # a probe every 500 ms: demotion after 5 intervals of a high score, restoration after 15 of a low one
+    return start_sidecar(the_lab, name, tmp, "demotion",
+                         {"profile": "lan", "join": join, "probe_interval": "500ms", "probe_timeout": "250ms"},
+                         services=[{"name": f"svc-{name}", "port": 8080}])
 
 
 def status_seen_by(the_lab: Lab, tmp: Path, observer: str) -> str | None:
-    instances = admin_get(the_lab, tmp, observer, "/catalog").get(f"svc-{STRUGGLER}", [])
+    instances = (admin_get(the_lab, tmp, observer, "/catalog") or {}).get(f"svc-{STRUGGLER}", [])
     return str(instances[0]["status"]) if instances else None
 
 
@@ -84,14 +57,9 @@ def mesh(tmp_path: Path) -> Iterator[Lab]:
 
 
 def test_a_struggling_node_demotes_itself_and_recovers(mesh: Lab, tmp_path: Path) -> None:
-    def ready(name: str) -> bool:
-        try:
-            states = {m["name"]: m["state"] for m in admin_get(mesh, tmp_path, name, "/members")}
-        except (AssertionError, json.JSONDecodeError):
-            return False
-        return states == dict.fromkeys(NODES, "alive")
-
-    wait_for(lambda: all(ready(n) for n in NODES), timeout=60, interval=0.5, what="3 members alive everywhere")
+    everyone = dict.fromkeys(NODES, "alive")
+    wait_for(lambda: all(members(mesh, tmp_path, n) == everyone for n in NODES), timeout=60, interval=0.5,
+             what="3 members alive everywhere")
     wait_for(lambda: status_seen_by(mesh, tmp_path, "node-a") == "healthy", timeout=30, interval=0.5,
              what="node-a sees node-c's service healthy")
     assert standing(mesh, tmp_path) == "normal"
