@@ -113,14 +113,13 @@ def test_local_ca_key_renews_the_same_identity_and_names(pki: Pki) -> None:
     assert store.rotations == 1
 
 
-def test_the_loop_renews_a_certificate_found_past_its_renewal_point(pki: Pki) -> None:
-    renewer, store = renewer_for(pki, ca_key=True)  # 30 s, backdated 5 min: already past 70%
-    old = store.identity.serial
+def run_renewer_until(renewer: Renewer, done: Callable[[], bool]) -> Captured:
+    """Run the renewal loop until ``done()`` (within until()'s deadline); returns what it logged."""
 
     async def main() -> None:
         task = asyncio.create_task(renewer.run())
         try:
-            await until(lambda: renewer.results["success"] >= 1)
+            await until(done)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,6 +127,14 @@ def test_the_loop_renews_a_certificate_found_past_its_renewal_point(pki: Pki) ->
 
     with Captured() as logs:
         run(main())
+    return logs
+
+
+def test_the_loop_renews_a_certificate_found_past_its_renewal_point(pki: Pki) -> None:
+    renewer, store = renewer_for(pki, ca_key=True)  # 30 s, backdated 5 min: already past 70%
+    old = store.identity.serial
+
+    logs = run_renewer_until(renewer, lambda: renewer.results["success"] >= 1)
     assert renewer.results == {"success": 1, "failure": 0}
     assert store.identity.serial != old
     renewed = [r for r in logs.records if r.getMessage() == "renewed our certificate"]
@@ -265,17 +272,7 @@ def test_a_failed_attempt_is_logged_with_its_reason_counted_and_retried(pki: Pki
     renewer, store = renewer_for(pki, command=command)
     old = store.identity.serial
 
-    async def main() -> None:
-        task = asyncio.create_task(renewer.run())
-        try:
-            await until(lambda: renewer.results["failure"] >= 2)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    with Captured() as logs:
-        run(main())
+    logs = run_renewer_until(renewer, lambda: renewer.results["failure"] >= 2)
     assert renewer.results["failure"] >= 2 and renewer.results["success"] == 0
     failed = [m for m in logs.messages(logging.WARNING) if m.startswith("certificate renewal failed")]
     assert failed[0].startswith("certificate renewal failed: tls.issuer.command exited with status 3: CA"
