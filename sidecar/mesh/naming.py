@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceName:
+class ServiceName(NamedTuple):
+    """A service, and the tag its instances must carry (None: any instance).
+
+    A named tuple rather than a frozen dataclass: it keys the router's and the resilience layers' tables on
+    every request, and a tuple hashes and compares in C, a dataclass through generated Python methods."""
+
     service: str
     tag: str | None = None
 

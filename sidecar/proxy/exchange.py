@@ -185,6 +185,17 @@ class Exchange:
                 request_id = item[2]
             elif lname == b"b3" or lname.startswith(b"x-b3-"):
                 b3 = True
+        if request_id is None and incoming is None and not b3:
+            # no ids at all (every request at the caller's sidecar): a request id and a new trace, one draw
+            rid, trace_id, span_id, flags = ids.fresh()
+            self.request_id = rid
+            self.trace_id = trace_id
+            self.span_id = span_id
+            self.trace_flags = flags
+            self.parent_span_id = None
+            items.append((_REQUEST_ID, _REQUEST_ID, rid.encode()))
+            items.append((_TRACEPARENT, _TRACEPARENT, tracecontext.header(trace_id, span_id, flags)))
+            return
         if request_id is None:
             self.request_id = rid = ids.request_id()
             items.append((_REQUEST_ID, _REQUEST_ID, rid.encode()))

@@ -121,6 +121,20 @@ class IdSource:
                 break
         return f"{value:032x}", SAMPLED if sampled and value & _LOW_64 < self.sample_bound else 0
 
+    def fresh(self) -> tuple[str, str, str, int]:
+        """``(request id, trace id, span id, flags)`` for a request that comes without any: what
+        :meth:`request_id`, :meth:`new_trace` and :meth:`span_id` give, from one draw formatted once (the
+        caller's sidecar does this on every request)."""
+        while True:
+            value = self._bits(320) & _UUID4_KEEP | _UUID4_SET   # trace id | span id | request id, high to low
+            trace = value >> 192
+            if trace and value >> 128 & _LOW_64:
+                break
+        text = f"{value:080x}"
+        flags = SAMPLED if trace & _LOW_64 < self.sample_bound else 0
+        return (f"{text[48:56]}-{text[56:60]}-{text[60:64]}-{text[64:68]}-{text[68:]}", text[:32], text[32:48],
+                flags)
+
     def request_id(self) -> str:
         """A random 128-bit id in UUID text form (version 4 bits set), like Envoy's x-request-id."""
         text = "%032x" % (self._bits(128) & _UUID4_KEEP | _UUID4_SET)

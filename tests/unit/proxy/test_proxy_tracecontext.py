@@ -97,3 +97,20 @@ def test_new_trace_draws_what_next_hop_draws() -> None:
             trace_id, flags = engine.new_trace()
             hop = next_hop(None, reference)
             assert (trace_id, engine.span_id(), flags) == (hop.trace_id, hop.span_id, hop.flags)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
+def test_fresh_ids_are_what_the_three_draws_would_be(ratio: float) -> None:
+    # the engine's one-draw path for requests without ids: a UUID4 request id, non-zero trace and span ids, and
+    # the sampling flag that sampled() (the exporter's rule) gives for that trace id
+    ids = IdSource(random.Random(5), sample_ratio=ratio)
+    drawn = [ids.fresh() for _ in range(500)]
+    assert len({request_id for request_id, _, _, _ in drawn}) == 500
+    for request_id, trace_id, span_id, flags in drawn:
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", request_id)
+        assert re.fullmatch(r"[0-9a-f]{32}", trace_id) and int(trace_id, 16)
+        assert re.fullmatch(r"[0-9a-f]{16}", span_id) and int(span_id, 16)
+        assert flags == (1 if ids.sampled(trace_id) else 0)
+        assert parse_fields(header(trace_id, span_id, flags)) == (trace_id, span_id, flags)
+    share = sum(flags for _, _, _, flags in drawn) / len(drawn)
+    assert abs(share - ratio) < 0.08
