@@ -207,8 +207,7 @@ class Sidecar:
         if self.dataplane.inbound is not None:
             proxies.append(self.dataplane.inbound.http)
         for proxy in proxies:
-            if isinstance(proxy, HttpProxy):   # TCP relays carry no requests to answer 503 on
-                proxy.overload = self._shedding()
+            self._shed_by_guard(proxy)
         try:
             bound = await self.dataplane.start()
         except OSError as e:
@@ -477,7 +476,7 @@ class Sidecar:
         dataplane = self.dataplane
         if "upstreams" in parts and dataplane is not None:
             try:
-                change = await dataplane.set_upstreams(new.upstreams, DRAIN_GRACE, self._upstream_setup)
+                change = await dataplane.set_upstreams(new.upstreams, DRAIN_GRACE, self._shed_by_guard)
             except OSError as e:
                 raise FailedPrecondition(f"{e.strerror}; nothing changed", {"part": "upstreams"}) from None
             for key in change.closed:
@@ -499,8 +498,8 @@ class Sidecar:
         self.config = new
         return parts
 
-    def _upstream_setup(self, proxy: HttpProxy | TcpRelay) -> None:
-        if isinstance(proxy, HttpProxy):   # as at start: upstream listeners shed under overload
+    def _shed_by_guard(self, proxy: HttpProxy | TcpRelay) -> None:
+        if isinstance(proxy, HttpProxy):   # TCP relays carry no requests to answer 503 on
             proxy.overload = self._shedding()
 
     def _on_hangup(self) -> None:
