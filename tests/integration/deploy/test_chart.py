@@ -186,6 +186,8 @@ def test_rendered_config_passes_sidecar_validate(helm: Path, values: str, tmp_pa
     ("config.gossip.profile=fast", "config.gossip.profile: config.gossip.profile must be one of the following"),
     ("autoscaling.enabled=yes", "autoscaling.enabled: Invalid type. Expected: boolean, given: string"),
     ("config.node.colour=red", "Additional property colour is not allowed"),
+    ("config.overload.enabled=maybe", "config.overload.enabled: Invalid type. Expected: boolean, given: string"),
+    ("config.reload.history=0", "config.reload.history: Must be greater than or equal to 1"),
 ])
 def test_schema_refuses_wrong_values(helm: Path, setting: str, message: str) -> None:
     done = run_helm(helm, "template", "payments", str(CHART), "--set", setting)
