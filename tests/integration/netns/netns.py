@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,3 +157,21 @@ def admin_get(the_lab: Lab, tmp: Path, name: str, path: str) -> Any:
 def members(the_lab: Lab, tmp: Path, name: str) -> dict[str, str]:
     """Host ``name``'s view: member name → state (empty until its admin port answers)."""
     return {m["name"]: m["state"] for m in admin_get(the_lab, tmp, name, "/members") or []}
+
+
+@contextlib.contextmanager
+def sidecars_on_hosts(tmp: Path, names: tuple[str, ...], seed: str,
+                      start: Callable[[Lab, str, Path, list[str]], subprocess.Popen[str]]) -> Iterator[Lab]:
+    """A lab with one host per name, each running ``start(lab, name, tmp, join)``: the seed joins nobody, the
+    others join the seed. The sidecars are killed and the namespaces removed at the end, whatever happens."""
+    with lab() as the_lab:
+        for name in names:
+            the_lab.add_host(name)
+        join = [f"{the_lab.addresses[seed]}:7946"]
+        procs = [start(the_lab, name, tmp, [] if name == seed else join) for name in names]
+        try:
+            yield the_lab
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait(timeout=10)

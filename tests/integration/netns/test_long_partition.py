@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import wait_for
-from tests.integration.netns.netns import Lab, admin_get, lab, members, start_sidecar, why_not_available
+from tests.integration.netns.netns import Lab, admin_get, members, sidecars_on_hosts, start_sidecar, why_not_available
 
 REASON = why_not_available()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
@@ -33,17 +33,8 @@ def view(the_lab: Lab, tmp: Path, name: str) -> dict[str, str]:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Lab]:
-    with lab() as the_lab:
-        for name in NODES:
-            the_lab.add_host(name)
-        seed = [f"{the_lab.addresses[SEED]}:7946"]
-        procs = [start(the_lab, name, tmp_path, [] if name == SEED else seed) for name in NODES]
-        try:
-            yield the_lab
-        finally:
-            for proc in procs:
-                proc.kill()
-                proc.wait(timeout=10)
+    with sidecars_on_hosts(tmp_path, NODES, SEED, start) as the_lab:
+        yield the_lab
 
 
 def test_a_partition_longer_than_dead_reap_time_heals(cluster: Lab, tmp_path: Path) -> None:

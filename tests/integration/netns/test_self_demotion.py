@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.harness import wait_for
-from tests.integration.netns.netns import Lab, admin_get, lab, members, run, start_sidecar, why_not_available
+from tests.integration.netns.netns import (
+    Lab,
+    admin_get,
+    members,
+    run,
+    sidecars_on_hosts,
+    start_sidecar,
+    why_not_available,
+)
 
 REASON = why_not_available()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
@@ -43,17 +51,8 @@ def lift_loss(the_lab: Lab, name: str) -> None:
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Lab]:
-    with lab() as the_lab:
-        for name in NODES:
-            the_lab.add_host(name)
-        seed = [f"{the_lab.addresses['node-a']}:7946"]
-        procs = [start(the_lab, name, tmp_path, [] if name == "node-a" else seed) for name in NODES]
-        try:
-            yield the_lab
-        finally:
-            for proc in procs:
-                proc.kill()
-                proc.wait(timeout=10)
+    with sidecars_on_hosts(tmp_path, NODES, "node-a", start) as the_lab:
+        yield the_lab
 
 
 def test_a_struggling_node_demotes_itself_and_recovers(mesh: Lab, tmp_path: Path) -> None:
