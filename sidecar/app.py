@@ -205,7 +205,7 @@ class Sidecar:
         watch_failures(self.dataplane, self.failed, self.clock)
         proxies = [self.dataplane.outbound, *self.dataplane.upstreams.values()]
         if self.dataplane.inbound is not None:
-            proxies.append(self.dataplane.inbound.http)
+            proxies.extend((self.dataplane.inbound.http, self.dataplane.inbound.tunnels))
         for proxy in proxies:
             self._shed_by_guard(proxy)
         try:
@@ -499,8 +499,7 @@ class Sidecar:
         return parts
 
     def _shed_by_guard(self, proxy: HttpProxy | TcpRelay) -> None:
-        if isinstance(proxy, HttpProxy):   # TCP relays carry no requests to answer 503 on
-            proxy.overload = self._shedding()
+        proxy.overload = self._shedding()   # HTTP answers 503; a TCP relay closes new connections
 
     def _on_hangup(self) -> None:
         log.info("reloading the configuration", extra=fields(signal="SIGHUP"))

@@ -15,11 +15,14 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS, ProxyLimits
 from sidecar.proxy.pool import dial
 from sidecar.proxy.target import ConnectionInfo, Target
+
+if TYPE_CHECKING:
+    from sidecar.overload.guard import OverloadGuard
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,12 @@ class _RelayClientSide(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         relay = self.relay
+        overload = relay.overload
+        if overload is not None and overload.shedding:
+            overload.shed(relay.name)
+            relay.rejected += 1
+            transport.abort()
+            return
         if len(relay.connections) >= relay.limits.max_connections:
             relay.rejected += 1
             transport.abort()
@@ -299,6 +308,9 @@ class TcpRelay:
         self.rejected = 0
         self.failed = 0
         self._servers: list[asyncio.Server] = []
+        # the process's overload guard, set by the wiring: while it sheds, new connections are closed at once (a
+        # tunnel has no request to answer 503 on); connections already relaying go on
+        self.overload: OverloadGuard | None = None
 
     def report(self, stats: RelayStats) -> None:
         if self.on_connection_done is not None:

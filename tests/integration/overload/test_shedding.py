@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
-from tests.harness import FakeApp, Response, assert_error, http, wait_for
+from tests.harness import FakeApp, Response, assert_error, free_port, http, wait_for
 from tests.integration.overload.common import Mesh, sample, start_mesh
 
 MESSAGE = re.compile(r"^overloaded: resident memory \d+\.\d MiB over overload\.max_memory_bytes 16\.0 MiB$")
@@ -32,10 +33,22 @@ def parse_raw(raw: bytes) -> Response:
     return Response(int(lines[0].split()[1]), headers, body)
 
 
+def tunnel_closed_at_once(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        try:
+            return sock.recv(100) == b""
+        except ConnectionResetError:
+            return True
+
+
 def test_over_the_memory_limit_every_listener_but_admin_sheds(tmp_path: Path) -> None:
     with FakeApp("web") as app:
         # 16 MiB: a sidecar is several times that from its first moment
-        mesh = start_mesh(tmp_path, app, {"overload": {"max_memory_bytes": 16 << 20}})
+        tunnel_port = free_port()
+        mesh = start_mesh(tmp_path, app, {"overload": {"max_memory_bytes": 16 << 20},
+                                          "upstreams": [{"service": "web", "local_port": tunnel_port,
+                                                         "protocol": "tcp"}]})
         try:
             for _ in range(3):
                 assert_overloaded(mesh.api(), MESSAGE)
@@ -59,6 +72,11 @@ def test_over_the_memory_limit_every_listener_but_admin_sheds(tmp_path: Path) ->
                 refused = sample(metrics, "sidecar_overload_refused_connections_total", listener=listener,
                                  reason="memory")
                 assert refused is not None and refused >= 3, (listener, refused)
+            # a tcp upstream has no request to answer 503 on: new tunnels are closed at once, and counted
+            for _ in range(2):
+                assert tunnel_closed_at_once(tunnel_port)
+            shed = sample(mesh.metrics(), "sidecar_overload_shed_total", listener="upstream:web", reason="memory")
+            assert shed is not None and shed >= 2, shed
             # logged once on entering, not per request
             entered = [line for line in mesh.process.lines if "overloaded: shedding new requests" in line]
             assert len(entered) == 1, entered
