@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import signal
 import socket
@@ -33,6 +32,7 @@ from sidecar.dns.server import DnsListenFailed, DnsServer
 from sidecar.errors import ConfigError, FailedPrecondition, InvalidArgument, SidecarError
 from sidecar.events import EventBus
 from sidecar.gossip.errors import KeyringError
+from sidecar.gossip.keyring import fingerprint
 from sidecar.gossip.node import GossipNode
 from sidecar.gossip.rotator import KeyRotator
 from sidecar.lifecycle import WrappedApp
@@ -74,11 +74,6 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
-def key_fingerprint(key: str) -> str:
-    """A key as operators may see it: the first 12 hex digits of its SHA-256, never the key."""
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
 def advertise_host(config: Config) -> str:
     """The address peers use to reach this node: gossip.advertise, else a concrete listen host, else the
     address of the interface with the default route (no packet is sent), else loopback."""
@@ -114,7 +109,7 @@ class Sidecar:
                                              local_state=lambda: self.replication.local_state(), clock=clock)
         # gossip.rotate_every: new keys each epoch, switched once every member holds them (None: rotation off)
         self.rotation = KeyRotator.from_config(config, self.gossip, base_meta=lambda: encode_meta(self._inbound_port()),
-                                               ready=lambda: self.gossip.joined or not self.config.gossip.join,
+                                               ready=lambda: self.in_mesh,
                                                clock=clock)
         self._rotation_task: asyncio.Task[None] | None = None
         self.store: IdentityStore | None = None
@@ -257,9 +252,13 @@ class Sidecar:
             self._rotation_task = asyncio.create_task(self.rotation.run(), name="gossip-key-rotation")
 
     async def _synced_once_joined(self) -> None:
-        while not await self.gossip.wait_joined(3600):
-            pass
+        await self.gossip.wait_joined(None)
         self.catalog.set_synced(True)
+
+    @property
+    def in_mesh(self) -> bool:
+        """Joined through gossip.join, or the first member (nothing to join)."""
+        return not self.config.gossip.join or self.gossip.joined
 
     def _inbound_port(self) -> int:
         advertise = self.config.inbound.advertise
@@ -379,7 +378,7 @@ class Sidecar:
     def readiness(self) -> tuple[bool, str]:
         if self.state != "ready":
             return False, self.state
-        if self.config.gossip.join and not self.gossip.joined:
+        if not self.in_mesh:
             return False, "joining the mesh"
         return True, "listening"
 
@@ -413,7 +412,7 @@ class Sidecar:
             keys = self.gossip.list_keys()
         except KeyringError as e:
             raise InvalidArgument(str(e)) from None
-        return {"primary": key_fingerprint(keys[0]) if keys else None, "keys": [key_fingerprint(k) for k in keys],
+        return {"primary": fingerprint(keys[0]) if keys else None, "keys": [fingerprint(k) for k in keys],
                 "rotation": self.rotation.status() if self.rotation is not None else None}
 
     def key_action(self, action: str, key: str) -> dict[str, Any]:
@@ -422,8 +421,8 @@ class Sidecar:
         try:
             operations[action](key)
         except KeyringError as e:
-            raise InvalidArgument(str(e), {"key": key_fingerprint(key)}) from None
-        log.info("gossip keyring changed", extra=fields(action=action, key=key_fingerprint(key)))
+            raise InvalidArgument(str(e), {"key": fingerprint(key)}) from None
+        log.info("gossip keyring changed", extra=fields(action=action, key=fingerprint(key)))
         if self.rotation is not None:
             self.rotation.wake()  # advertise the new keyring
         return self.keys_json()

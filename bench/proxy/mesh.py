@@ -51,14 +51,14 @@ from bench.common import stop
 from bench.proxy.__main__ import (
     ROOT,
     Result,
-    _duration_us,
-    cpu_seconds,
     engine,
     free_port,
     haproxy,
     make_certs,
+    measure,
     nginx,
     wait_port,
+    wrk,
 )
 from bench.proxy.__main__ import report as engine_report
 
@@ -166,30 +166,7 @@ def sidecar_self(stack: ExitStack, folder: Path, backend: int,
     return int(s["outbound"]["listen"].rsplit(":", 1)[1]), [proc.pid]
 
 
-# ------------------------------------------------------------------------------------------ wrk
-
-
-def wrk(port: int, concurrency: int, duration: float, host: str | None) -> tuple[float, float, float, int]:
-    header = ["-H", f"Host: {host}"] if host else []
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", *header,
-                          f"http://127.0.0.1:{port}/index.html"], capture_output=True, text=True, check=True,
-                         timeout=duration + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _duration_us(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _duration_us(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = 0
-    for match in re.finditer(r"(?:Non-2xx or 3xx responses|Socket errors):\s*(.*)", out):
-        errors += sum(int(n) for n in re.findall(r"\d+", match.group(1)))
-    return rps, p50, p99, errors
-
-
-def measure(setup: str, port: int, pids: list[int], concurrency: int, duration: float, host: str | None) -> Result:
-    before = sum(cpu_seconds(pid) for pid in pids)
-    rps, p50, p99, errors = wrk(port, concurrency, duration, host)
-    used = sum(cpu_seconds(pid) for pid in pids) - before
-    requests = rps * duration
-    cpu = used / requests * 1e6 if pids and requests else None
-    return Result(setup, concurrency, rps, p50, p99, cpu, errors)
+# ------------------------------------------------------------------------------------------- report
 
 
 def report(results: list[Result]) -> str:

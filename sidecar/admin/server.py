@@ -5,7 +5,7 @@ non-read request before routing."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -91,37 +91,24 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
                 "listeners": process.listener_addresses()}
         return json_response(body, 200 if is_ready else 503)
 
-    @routes.get("/healthz")
-    async def healthz(request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+    def json_view(view: Callable[[], Any]) -> Handler:
+        async def handle(request: web.Request) -> web.Response:
+            return json_response(view())
+        return handle
 
-    @routes.get("/config")
-    async def config(request: web.Request) -> web.Response:
-        return json_response(config_to_raw(process.config, redact=True))
-
-    @routes.get("/members")
-    async def members(request: web.Request) -> web.Response:
-        return json_response(process.members_json())
-
-    @routes.get("/catalog")
-    async def catalog(request: web.Request) -> web.Response:
-        return json_response(process.catalog_json())
-
-    @routes.get("/v1/services")
-    async def services(request: web.Request) -> web.Response:
-        return json_response(process.services_json())
-
-    @routes.get("/clusters")
-    async def clusters(request: web.Request) -> web.Response:
-        return json_response(process.clusters_json())
-
-    @routes.get("/gossip")
-    async def gossip(request: web.Request) -> web.Response:
-        return json_response(process.gossip_json())
-
-    @routes.get("/keys")
-    async def keys(request: web.Request) -> web.Response:
-        return json_response(process.keys_json())
+    views: dict[str, Callable[[], Any]] = {
+        "/healthz": lambda: {"status": "ok"},
+        "/config": lambda: config_to_raw(process.config, redact=True),
+        "/config/history": process.config_history,
+        "/members": process.members_json,
+        "/catalog": process.catalog_json,
+        "/v1/services": process.services_json,
+        "/clusters": process.clusters_json,
+        "/gossip": process.gossip_json,
+        "/keys": process.keys_json,
+    }
+    for path, view in views.items():
+        routes.get(path)(json_view(view))
 
     def key_handler(action: str) -> Handler:
         async def handle(request: web.Request) -> web.Response:
@@ -144,10 +131,6 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
         text = (await request.text()) if request.body_exists else None
         canary = parse_canary(request.query.get("canary"))
         return json_response(await process.reload(dry_run=dry_run, text=text or None, canary=canary))
-
-    @routes.get("/config/history")
-    async def config_history(request: web.Request) -> web.Response:
-        return json_response(process.config_history())
 
     async def rollback(request: web.Request) -> web.Response:
         text = request.query.get("version", "")

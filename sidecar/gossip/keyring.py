@@ -55,9 +55,11 @@ def key_text(key: bytes) -> str:
     return base64.b64encode(key).decode()
 
 
-def fingerprint(key: bytes) -> str:
-    """A key as operators and peers may see it: the first 12 hex digits of the SHA-256 of its base64 text."""
-    return hashlib.sha256(key_text(key).encode()).hexdigest()[:12]
+def fingerprint(key: str | bytes) -> str:
+    """A key as operators and peers may see it: the first 12 hex digits of the SHA-256 of its base64 text (a text
+    key as given, so that even one that does not decode can be named in an error without being shown)."""
+    text = key if isinstance(key, str) else key_text(key)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class Keyring:

@@ -165,7 +165,8 @@ class GossipNode:
     def joined(self) -> bool:
         return self._joined.is_set()
 
-    async def wait_joined(self, timeout: float) -> bool:
+    async def wait_joined(self, timeout: float | None) -> bool:
+        """True once joined; False when ``timeout`` (seconds; None: no limit) passed first."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._joined.wait(), timeout)
         return self._joined.is_set()

@@ -90,8 +90,6 @@ def sample(metrics: str, name: str, **labels: str) -> float | None:
     return None
 
 
-
-
 def open_idle(address: tuple[str, int], count: int, deadline: float) -> list[socket.socket]:
     """``count`` idle TCP connections to ``address``, opened before ``deadline`` (monotonic) or the test fails.
     Each is set to close with a reset (SO_LINGER 0): no TIME_WAIT left holding thousands of loopback ports."""

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sidecar.app import key_fingerprint
+from sidecar.gossip.keyring import fingerprint as key_fingerprint
 from tests.harness import make_certs
 from tests.integration.security.inproc import running
 from tests.integration.security.secrets import Secrets, new_gossip_key, new_token

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.app import key_fingerprint
+from sidecar.gossip.keyring import fingerprint as key_fingerprint
 from sidecar.tls import certs
 from tests.harness import FakeApp, SidecarProcess, assert_error, http, make_certs, members_by_state, wait_for
 from tests.integration.security.secrets import Secrets, new_gossip_key, new_token
