@@ -8,15 +8,26 @@ APT_PACKAGES := bind9-dnsutils knot-dnsutils curl openssl iproute2 nftables prom
 # The real peers the benchmarks compare against.
 BENCH_APT_PACKAGES := dnsperf dnsmasq-base wrk haproxy nginx-light
 
-.PHONY: all venv test unit lint demo bench tools bench-tools apt chart-test chaos clean
+.PHONY: all venv native test unit lint demo bench tools bench-tools apt chart-test chaos clean
 
 all: test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --upgrade pip 'setuptools>=77'
+	SIDECAR_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The request path compiled in place with mypyc (setup.py lists the modules); rebuilt when one of them changes.
+NATIVE_STAMP   := $(VENV)/.native
+NATIVE_SOURCES := setup.py $(shell grep -o '"sidecar/[a-z_/]*\.py"' setup.py | tr -d '"')
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	@# the library's time is the build's (sidecar/native.py): an unchanged library is not rewritten
+	@for f in sidecar/_native__mypyc*.so; do if [ -e "$$f" ]; then touch "$$f"; fi; done
+	touch $(NATIVE_STAMP)
+
+native: $(NATIVE_STAMP)
 
 # sslyze grades the inbound listener's TLS; it pins an older cryptography, so it lives in its own venv
 TOOLS_STAMP := $(VENV)/tools/.installed
@@ -25,7 +36,7 @@ $(TOOLS_STAMP):
 	$(VENV)/tools/bin/pip install --quiet 'sslyze>=6.0'
 	touch $(TOOLS_STAMP)
 
-venv: $(STAMP) $(TOOLS_STAMP)
+venv: $(STAMP) $(NATIVE_STAMP) $(TOOLS_STAMP)
 
 # Installs the Debian packages the tests use, when missing and when we may (root, or sudo without a password).
 tools:
@@ -71,4 +82,5 @@ bench: venv tools bench-tools
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	find sidecar -name '*.so' -delete

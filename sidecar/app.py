@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from sidecar import log as logs
+from sidecar import native
 from sidecar.admin.auth import exposure_warning
 from sidecar.admin.dashboard import Dashboard
 from sidecar.admin.server import build_admin, read_token
@@ -177,6 +178,7 @@ class Sidecar:
         await self._start_gossip()
         self.state = "ready"
         log.info("sidecar ready", extra=fields(node=self.config.node.name, cluster=self.config.node.cluster,
+                                               request_path="compiled" if native.compiled() else "python",
                                                **{k: str(v) for k, v in self.bound.items()}))
 
     async def _start_site(self, site: Site) -> None:

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
+from sidecar import native
 from tests.harness import SidecarProcess
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test a compiled module older than its source: the edit would not be what runs."""
+    stale = native.stale_modules()
+    if stale:
+        pytest.exit(f"compiled modules are older than their source ({', '.join(stale)}): run `make native`", 2)
 
 
 @pytest.fixture

@@ -604,5 +604,6 @@ async def _drain(proxy: HttpProxy | TcpRelay, grace: float) -> None:
 
 
 def _bound(server: asyncio.Server) -> HostPort:
-    host, port = server.sockets[0].getsockname()[:2]
-    return HostPort(str(host), int(port))
+    listening: Any = server  # typeshed says Server.sockets is a tuple; uvloop's is a list (compiled code checks)
+    address = listening.sockets[0].getsockname()
+    return HostPort(str(address[0]), int(address[1]))

@@ -9,7 +9,7 @@ client's connection instead.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, ClassVar
 
 from sidecar.errors import Unavailable, UpstreamTimeout
 
@@ -26,7 +26,7 @@ class FailureKind(enum.Enum):
 class ConnectFailure(Unavailable):
     """The upstream could not be dialed: refused, unreachable, TLS handshake failed, or too slow to connect."""
 
-    kind = FailureKind.CONNECT_FAILURE
+    kind: ClassVar[FailureKind] = FailureKind.CONNECT_FAILURE
 
     def __init__(self, address: str, reason: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(f"cannot connect to upstream {address}: {reason}", {"upstream": address, **(details or {})})
@@ -37,7 +37,7 @@ class ConnectFailure(Unavailable):
 class UpstreamReset(Unavailable):
     """The upstream closed or reset the connection before its response head was complete."""
 
-    kind = FailureKind.RESET
+    kind: ClassVar[FailureKind] = FailureKind.RESET
 
     def __init__(self, address: str, reason: str = "connection closed before the response") -> None:
         super().__init__(f"upstream {address} reset: {reason}", {"upstream": address})
@@ -47,7 +47,7 @@ class UpstreamReset(Unavailable):
 class UpstreamProtocolError(Unavailable):
     """The upstream answered with something that is not HTTP/1.1."""
 
-    kind = FailureKind.PROTOCOL
+    kind: ClassVar[FailureKind] = FailureKind.PROTOCOL
 
     def __init__(self, address: str, reason: str) -> None:
         super().__init__(f"upstream {address} sent an invalid response: {reason}", {"upstream": address})
@@ -57,7 +57,7 @@ class UpstreamProtocolError(Unavailable):
 class AttemptTimeout(UpstreamTimeout):
     """No response head within the per-try or overall deadline."""
 
-    kind = FailureKind.TIMEOUT
+    kind: ClassVar[FailureKind] = FailureKind.TIMEOUT
 
     def __init__(self, seconds: float, address: str, which: str) -> None:
         super().__init__(seconds, {"upstream": address, "timeout": which})

@@ -121,7 +121,7 @@ class RelayStats:
     started: float
     ended: float
     error: str | None                 # "connect-failure: ..." when the upstream could not be reached
-    tag: object = None
+    tag: Any = None
 
 
 class _RelayServerSide(asyncio.Protocol):

@@ -12,8 +12,6 @@ from typing import Any, Protocol
 from sidecar.proxy.failures import FailureKind, UpstreamFailure
 from sidecar.proxy.http1 import RequestHead
 
-_new = object.__new__
-
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -42,42 +40,27 @@ class Target:
     observer: Callable[[AttemptRecord], None] | None = None
     tag: Any = None
     verify: Callable[[SSLObject], object] | None = None
-    key: Hashable = field(init=False, repr=False, compare=False)
+    # both derived from the fields above when not given (``derive`` passes the base's on)
+    key: Hashable = field(default=None, repr=False, compare=False)
     # "host:port" ("[v6]:port"), made once: every finished request reports it
-    authority: str = field(init=False, repr=False, compare=False)
+    authority: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", self.pool_key if self.pool_key is not None
-                           else (self.address, self.server_hostname, id(self.ssl) if self.ssl else None))
-        host, port = self.address
-        object.__setattr__(self, "authority", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        if self.key is None:
+            object.__setattr__(self, "key", self.pool_key if self.pool_key is not None
+                               else (self.address, self.server_hostname, id(self.ssl) if self.ssl else None))
+        if not self.authority:
+            host, port = self.address
+            object.__setattr__(self, "authority", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
     def derive(self, timeout: float | None, try_timeout: float | None, retry: RetryPolicy | None,
                observer: Callable[[AttemptRecord], None] | None, tag: Any) -> Target:
         """This Target for one request: the same endpoint, pool and checks, with that request's deadlines,
-        policy hooks and tag. What ``dataclasses.replace`` would make, at a third of its cost (once per attempt
-        on the hot path); ``key`` is the base's, since nothing it depends on changes."""
-        new: Target = _new(Target)
-        # the slots' own setters: what object.__setattr__ ends up calling, without its lookup and argument parsing
-        _T_ADDRESS(new, self.address)
-        _T_SSL(new, self.ssl)
-        _T_SERVER_HOSTNAME(new, self.server_hostname)
-        _T_POOL_KEY(new, self.pool_key)
-        _T_TIMEOUT(new, timeout)
-        _T_TRY_TIMEOUT(new, try_timeout)
-        _T_RETRY(new, retry)
-        _T_OBSERVER(new, observer)
-        _T_TAG(new, tag)
-        _T_VERIFY(new, self.verify)
-        _T_KEY(new, self.key)
-        _T_AUTHORITY(new, self.authority)
-        return new
+        policy hooks and tag (once per attempt on the hot path)."""
+        return Target(self.address, self.ssl, self.server_hostname, self.pool_key, timeout, try_timeout, retry,
+                      observer, tag, self.verify, self.key, self.authority)
 
 
-(_T_ADDRESS, _T_SSL, _T_SERVER_HOSTNAME, _T_POOL_KEY, _T_TIMEOUT, _T_TRY_TIMEOUT, _T_RETRY, _T_OBSERVER, _T_TAG,
- _T_VERIFY, _T_KEY, _T_AUTHORITY) = (Target.__dict__[name].__set__ for name in (
-    "address", "ssl", "server_hostname", "pool_key", "timeout", "try_timeout", "retry", "observer", "tag", "verify",
-    "key", "authority"))
 
 
 # The two records below are made on every request (AttemptRecord when an observer or retry policy is set), so they
@@ -208,17 +191,7 @@ class RequestStats:
     def duration(self) -> float:
         return self.elapsed if self.elapsed is not None else self.ended - self.started
 
-    def with_tag(self, tag: Any) -> RequestStats:
-        """A copy with another ``tag`` (the receiver of ``on_request_done`` owns the record and may also just set
-        ``tag`` before passing it on, which costs nothing)."""
-        new: RequestStats = _new(RequestStats)
-        for name in _STATS_FIELDS:
-            setattr(new, name, getattr(self, name))
-        new.tag = tag
-        return new
 
-
-_STATS_FIELDS = tuple(name for name in RequestStats.__slots__ if name != "tag")
 
 RouteResult = Target | Awaitable[Target]
 RouteFn = Callable[[RequestHead, ConnectionInfo], RouteResult]

@@ -23,7 +23,9 @@ def test_hadolint_finds_nothing() -> None:
 
 def test_runs_sidecar_as_non_root_with_the_charts_config_path() -> None:
     lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
-    assert "FROM python:3.11-slim" in lines
+    assert "FROM python:3.11-slim" in lines          # the runtime stage: no compiler
+    assert "FROM python:3.11 AS build" in lines       # the build stage has gcc for the compiled request path
+    assert "COPY pyproject.toml setup.py README.md ./" in lines
     assert 'ENTRYPOINT ["sidecar"]' in lines
     assert 'CMD ["run", "-c", "/etc/sidecar/sidecar.yaml"]' in lines
     assert "USER 10001:10001" in lines   # the chart's runAsUser

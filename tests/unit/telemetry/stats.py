@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 from sidecar.mesh.inbound import LocalApp
@@ -33,20 +33,7 @@ def stats(*, method: str = "POST", host: str = "payment-service", target: bytes 
           **extra: Any) -> RequestStats:
     base = RequestStats(method, host, target, status, error, request_bytes, response_bytes, started, head, ended,
                         attempts, upstream, tag if tag is not None else endpoint(), "req-1", TRACE, HOP_SPAN, parent)
-    return _WithExtra(base, extra) if extra else base  # type: ignore[return-value]
-
-
-@dataclass
-class _WithExtra:
-    """RequestStats plus fields a later engine may add (conn, trace_flags), read with getattr."""
-
-    _base: RequestStats
-    _extra: dict[str, Any]
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self._extra:
-            return self._extra[name]
-        return getattr(self._base, name)
+    return dataclasses.replace(base, **extra) if extra else base
 
 
 def caller_conn(service: str = "checkout") -> ConnectionInfo:

@@ -1,0 +1,77 @@
+"""Builds the request path's modules to C with mypyc; everything else (and the metadata) is in pyproject.toml.
+
+The listed modules are ordinary, fully typed Python (mypy --strict). Compiled, a proxied request costs about a
+third less CPU; without a C compiler, or with SIDECAR_PURE_PYTHON=1, the same modules run as plain Python.
+After editing one of them in a checkout, `make native` rebuilds them in place (the test suite refuses to start
+on a compiled module older than its source).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+# The modules every proxied request runs through: HTTP framing and the exchange, the caller's resilience
+# policy, routing and authorization, the per-request telemetry record.
+NATIVE = [
+    "sidecar/clock.py",
+    "sidecar/errors.py",
+    "sidecar/mesh/authorization.py",
+    "sidecar/mesh/dataplane.py",
+    "sidecar/mesh/inbound.py",
+    "sidecar/mesh/naming.py",
+    "sidecar/mesh/router.py",
+    "sidecar/proxy/downstream.py",
+    "sidecar/proxy/exchange.py",
+    "sidecar/proxy/failures.py",
+    "sidecar/proxy/http1.py",
+    "sidecar/proxy/limits.py",
+    "sidecar/proxy/pool.py",
+    "sidecar/proxy/relay.py",
+    "sidecar/proxy/target.py",
+    "sidecar/proxy/tracecontext.py",
+    "sidecar/proxy/upstream.py",
+    "sidecar/resilience/backoff.py",
+    "sidecar/resilience/balancer.py",
+    "sidecar/resilience/breaker.py",
+    "sidecar/resilience/budget.py",
+    "sidecar/resilience/deadline.py",
+    "sidecar/resilience/outlier.py",
+    "sidecar/resilience/policy.py",
+    "sidecar/telemetry/hub.py",
+    "sidecar/telemetry/propagation.py",
+    "sidecar/telemetry/records.py",
+    "sidecar/telemetry/requests.py",
+]
+
+
+def pure(reason: str) -> list[object]:
+    print(f"note: {reason}; the request path runs as plain Python (slower, same behaviour)", file=sys.stderr)
+    return []
+
+
+def native_extensions() -> list[object]:
+    if os.environ.get("SIDECAR_PURE_PYTHON") == "1":
+        return pure("SIDECAR_PURE_PYTHON=1")
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        return pure("mypyc is not installed")
+    # one shared library inside the package (found wherever the package is), named rather than hashed
+    return list(mypycify(NATIVE, opt_level="3", group_name="sidecar._native"))
+
+
+class OptionalBuildExt(build_ext):
+    """A failed C build (no compiler, no Python headers) leaves the modules as Python instead of failing."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as e:  # CompileError, LinkError, DistutilsExecError, DistutilsPlatformError
+            pure(f"compiling the request path failed ({e})")
+
+
+setup(ext_modules=native_extensions(), cmdclass={"build_ext": OptionalBuildExt})
