@@ -197,8 +197,9 @@ backend b
 
 
 def engine(stack: ExitStack, upstream: int, certs: dict[str, Path] | None = None, tls_in: bool = False,
-           tls_out: bool = False) -> tuple[int, int]:
-    args = [sys.executable, "-m", "bench.proxy.engine", "--upstream", f"127.0.0.1:{upstream}"]
+           tls_out: bool = False, module: str = "bench.proxy.engine") -> tuple[int, int]:
+    """A hop of the engine, or of another module with its command line (bench.proxy.floor)."""
+    args = [sys.executable, "-m", module, "--upstream", f"127.0.0.1:{upstream}"]
     if tls_in and certs:
         args += ["--listen-tls", str(certs["cert"]), str(certs["key"]), str(certs["ca"])]
     if tls_out and certs:

@@ -18,7 +18,7 @@ import uvloop
 from sidecar.proxy import ConnectionInfo, HttpProxy, RequestHead, Target
 
 
-def _server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
@@ -27,7 +27,7 @@ def _server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     return context
 
 
-def _client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
@@ -43,7 +43,7 @@ async def main() -> None:
     parser.add_argument("--server-name", default="localhost")
     args = parser.parse_args()
     host, port = args.upstream.rsplit(":", 1)
-    upstream_ssl = _client_context(*args.upstream_tls) if args.upstream_tls else None
+    upstream_ssl = client_context(*args.upstream_tls) if args.upstream_tls else None
     target = Target((host, int(port)), ssl=upstream_ssl, server_hostname=args.server_name if upstream_ssl else None,
                     timeout=15.0)
 
@@ -51,7 +51,7 @@ async def main() -> None:
         return target
 
     proxy = HttpProxy(route, name="bench")
-    listen_ssl = _server_context(*args.listen_tls) if args.listen_tls else None
+    listen_ssl = server_context(*args.listen_tls) if args.listen_tls else None
     server = await proxy.listen("127.0.0.1", 0, ssl_context=listen_ssl)
     print("PORT", server.sockets[0].getsockname()[1], flush=True)
     loop = asyncio.get_running_loop()

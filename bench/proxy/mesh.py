@@ -7,6 +7,8 @@ Setups (loopback, free ports, certificates from `sidecar certs init/issue` in a 
   direct         wrk -> nginx
   haproxy-tls2   wrk -> HAProxy -> mTLS -> HAProxy -> nginx (the reference, from bench.proxy)
   engine-tls2    wrk -> engine -> mTLS -> engine -> nginx (the bare engine, from bench.proxy)
+  floor-tls2     wrk -> floor -> mTLS -> floor -> nginx (bench.proxy.floor: bytes passed through on uvloop, no
+                 HTTP at all; the least any Python proxy can cost, not a proxy anyone could run)
   sidecar-pair   wrk -> sidecar A outbound -> mTLS -> sidecar B inbound -> nginx: two `sidecar run` processes,
                  gossip joined (profile local), B registers the service "bench-backend" whose port is nginx's,
                  wrk sends `Host: bench-backend` to A's outbound listener. Every feature of the path is on:
@@ -67,7 +69,7 @@ TRUST_DOMAIN = "mesh.local"
 READY_TIMEOUT = 30.0
 NATIVE: list[str] = ["--native"] if os.environ.get("BENCH_PYSPY_NATIVE") else []
 REFERENCE = {"sidecar-pair": "haproxy-tls2", "sidecar-self": "haproxy-tls2", "sidecar-pair-gcfreeze": "haproxy-tls2",
-             "engine-tls2": "haproxy-tls2"}
+             "engine-tls2": "haproxy-tls2", "floor-tls2": "haproxy-tls2"}
 
 
 # ------------------------------------------------------------------------------------------ sidecars
@@ -320,6 +322,11 @@ def main() -> int:
                 inner, inner_pid = engine(stack, backend, plain_certs, tls_in=True)
                 outer, outer_pid = engine(stack, inner, plain_certs, tls_out=True)
                 setups["engine-tls2"] = (outer, [outer_pid, inner_pid], None)
+            if want("floor-tls2"):
+                floor = "bench.proxy.floor"
+                inner, inner_pid = engine(stack, backend, plain_certs, tls_in=True, module=floor)
+                outer, outer_pid = engine(stack, inner, plain_certs, tls_out=True, module=floor)
+                setups["floor-tls2"] = (outer, [outer_pid, inner_pid], None)
             mesh_certs = sidecar_certs(folder / "mesh", SERVICE, "checkout")
             if want("sidecar-pair"):
                 port, pids = sidecar_pair(stack, folder, backend, mesh_certs)

@@ -85,18 +85,24 @@ def header(trace_id: str, span_id: str, flags: int) -> bytes:
 _LOW_64 = (1 << 64) - 1   # the low half of a trace id, as sampled() reads it
 _UUID4_KEEP = ~(0xF000 << 64) & ~(0xC000 << 48)   # the version and variant bits...
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)      # ...set to version 4, variant RFC 4122
+_BATCH = 64                                         # requests' ids drawn at once by fresh()
+_TRACE_ZEROS, _SPAN_ZEROS = "0" * 32, "0" * 16   # as text: fresh() slices text
+# a UUID4's variant digit (RFC 4122: 10xx) from any hex digit's low two bits
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 class IdSource:
     """Random trace, span and request ids; seed it in tests for reproducible ids."""
 
-    __slots__ = ("_bits", "sample_bound")
+    __slots__ = ("_batch", "_bits", "_pos", "sample_bound")
 
     def __init__(self, rng: random.Random | None = None, sample_ratio: float = 1.0) -> None:
         self._bits = (rng or random.Random(os.urandom(16))).getrandbits
         # a new trace is sampled when its trace id's low 64 bits fall under ratio * 2^64, the rule of
         # OpenTelemetry's TraceIdRatioBased, so this flag and the span exporter's decision always agree
         self.sample_bound = round(sample_ratio * (1 << 64))
+        self._batch = ""   # hex digits for fresh(), 80 a request
+        self._pos = 0
 
     def sampled(self, trace_id: str) -> bool:
         return int(trace_id[16:], 16) < self.sample_bound
@@ -122,18 +128,29 @@ class IdSource:
         return f"{value:032x}", SAMPLED if sampled and value & _LOW_64 < self.sample_bound else 0
 
     def fresh(self) -> tuple[str, str, str, int]:
-        """``(request id, trace id, span id, flags)`` for a request that comes without any: what
-        :meth:`request_id`, :meth:`new_trace` and :meth:`span_id` give, from one draw formatted once (the
-        caller's sidecar does this on every request)."""
+        """``(request id, trace id, span id, flags)`` for a request that comes without any (the caller's sidecar
+        does this on every request): 80 random hex digits, sliced from a batch drawn and formatted at once,
+        for a UUID4 request id, a non-zero trace id and a non-zero span id, and the :meth:`sampled` flag."""
         while True:
-            value = self._bits(320) & _UUID4_KEEP | _UUID4_SET   # trace id | span id | request id, high to low
-            trace = value >> 192
-            if trace and value >> 128 & _LOW_64:
+            pos = self._pos
+            if pos >= len(self._batch):
+                self._batch = f"{self._bits(320 * _BATCH):0{80 * _BATCH}x}"
+                pos = 0
+            self._pos = pos + 80
+            trace = self._batch[pos:pos + 32]
+            span = self._batch[pos + 32:pos + 48]
+            if trace != _TRACE_ZEROS and span != _SPAN_ZEROS:
                 break
-        text = f"{value:080x}"
-        flags = SAMPLED if trace & _LOW_64 < self.sample_bound else 0
-        return (f"{text[48:56]}-{text[56:60]}-{text[60:64]}-{text[64:68]}-{text[68:]}", text[:32], text[32:48],
-                flags)
+        r = self._batch[pos + 48:pos + 80]
+        request = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{_VARIANT[r[16]]}{r[17:20]}-{r[20:]}"
+        bound = self.sample_bound
+        if bound > _LOW_64:
+            flags = SAMPLED
+        elif bound == 0:
+            flags = 0
+        else:
+            flags = SAMPLED if int(trace[16:], 16) < bound else 0
+        return request, trace, span, flags
 
     def request_id(self) -> str:
         """A random 128-bit id in UUID text form (version 4 bits set), like Envoy's x-request-id."""
