@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 # The request path compiled in place with mypyc (setup.py lists the modules); rebuilt when one of them changes.
 NATIVE_STAMP   := $(VENV)/.native
-NATIVE_SOURCES := setup.py $(shell grep -o '"sidecar/[a-z_/]*\.py"' setup.py | tr -d '"')
+NATIVE_SOURCES := setup.py $(shell grep -o '"sidecar/[a-z0-9_/]*\.py"' setup.py | tr -d '"')
 $(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	@# the library's time is the build's (sidecar/native.py): an unchanged library is not rewritten

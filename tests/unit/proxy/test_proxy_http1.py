@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.proxy.http1 import (
     Headers,
@@ -177,6 +179,40 @@ def test_split_fields_cuts_hop_by_hop_and_named_fields() -> None:
     assert fields == b"A: 1\r\nTE-Like: kept\r\nB: 2\r\n"
     assert special[b"content-length"] == [b"3"]
     assert split_fields(b"HTTP/1.1 204 No Content\r\n\r\n") == (b"", {})
+
+
+_NAMES = st.sampled_from([b"Connection", b"connection", b"KEEP-ALIVE", b"Proxy-Connection", b"TE", b"te-x", b"Trailer",
+                          b"Transfer-Encoding", b"Upgrade", b"Content-Length", b"content-type", b"X-Foo", b"x-foo",
+                          b"Cache", b"Keep", b"U", b"Server", b"Date"])
+_VALUES = st.sampled_from([b"", b"1", b" 12 ", b"keep-alive", b"close", b"X-Foo", b"x-foo, Date", b"a\tb", b"chunked"])
+
+
+def _reference_split(block: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
+    """split_fields the obvious way: line by line."""
+    lines = block.split(b"\r\n")[1:-2]
+    special: dict[bytes, list[bytes]] = {}
+    kept = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name.lower() in {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                            b"transfer-encoding", b"upgrade", b"content-length"}:
+            special.setdefault(name.lower(), []).append(value.strip(b" \t"))
+        else:
+            kept.append(line)
+    named = {t.strip() for v in special.get(b"connection", []) for t in v.lower().split(b",")}
+    named -= {b"", b"close", b"keep-alive", b"upgrade"}
+    kept = [line for line in kept if line.partition(b":")[0].lower() not in named]
+    return b"".join(line + b"\r\n" for line in kept), special
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=12))
+def test_split_fields_agrees_with_a_line_by_line_split(fields: list[tuple[bytes, bytes]]) -> None:
+    block = b"HTTP/1.1 200 OK\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
+    kept, special = split_fields(block)
+    expected_kept, expected_special = _reference_split(block)
+    assert special == expected_special
+    # the fast path joins the kept lines without a trailing CRLF when Connection named fields were cut
+    assert kept.rstrip(b"\r\n") == expected_kept.rstrip(b"\r\n")
 
 
 def response_events(data: bytes, head_request: bool = False) -> list[tuple[str, object]]:
