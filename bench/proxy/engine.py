@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import ssl
 import sys
+from typing import NamedTuple
 
 import uvloop
 
@@ -35,7 +36,17 @@ def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     return context
 
 
-async def main() -> None:
+class HopOptions(NamedTuple):
+    """A benchmark hop's command line (this module's and bench.proxy.floor's)."""
+
+    host: str
+    port: int
+    upstream_ssl: ssl.SSLContext | None
+    listen_ssl: ssl.SSLContext | None
+    server_name: str | None   # for the upstream's TLS, None without it
+
+
+def hop_options() -> HopOptions:
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--listen-tls", nargs=3, metavar=("CERT", "KEY", "CA"))
@@ -44,15 +55,20 @@ async def main() -> None:
     args = parser.parse_args()
     host, port = args.upstream.rsplit(":", 1)
     upstream_ssl = client_context(*args.upstream_tls) if args.upstream_tls else None
-    target = Target((host, int(port)), ssl=upstream_ssl, server_hostname=args.server_name if upstream_ssl else None,
+    return HopOptions(host, int(port), upstream_ssl, server_context(*args.listen_tls) if args.listen_tls else None,
+                      args.server_name if upstream_ssl else None)
+
+
+async def main() -> None:
+    options = hop_options()
+    target = Target((options.host, options.port), ssl=options.upstream_ssl, server_hostname=options.server_name,
                     timeout=15.0)
 
     def route(head: RequestHead, conn: ConnectionInfo) -> Target:
         return target
 
     proxy = HttpProxy(route, name="bench")
-    listen_ssl = server_context(*args.listen_tls) if args.listen_tls else None
-    server = await proxy.listen("127.0.0.1", 0, ssl_context=listen_ssl)
+    server = await proxy.listen("127.0.0.1", 0, ssl_context=options.listen_ssl)
     print("PORT", server.sockets[0].getsockname()[1], flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)

@@ -12,15 +12,13 @@ listening, runs until stdin closes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import ssl
 import sys
 from typing import Any
 
 import uvloop
 
-from bench.proxy.engine import client_context, server_context
+from bench.proxy.engine import hop_options
 
 
 class _Side(asyncio.Protocol):
@@ -47,21 +45,13 @@ class _Side(asyncio.Protocol):
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--upstream", required=True)
-    parser.add_argument("--listen-tls", nargs=3, metavar=("CERT", "KEY", "CA"))
-    parser.add_argument("--upstream-tls", nargs=3, metavar=("CERT", "KEY", "CA"))
-    parser.add_argument("--server-name", default="localhost")
-    args = parser.parse_args()
-    host, port = args.upstream.rsplit(":", 1)
-    upstream_ssl = client_context(*args.upstream_tls) if args.upstream_tls else None
+    options = hop_options()
     loop = asyncio.get_running_loop()
 
     async def pair(client: _Side) -> None:
         try:
-            _, upstream = await loop.create_connection(
-                _Side, host, int(port), ssl=upstream_ssl,
-                server_hostname=args.server_name if upstream_ssl else None)
+            _, upstream = await loop.create_connection(_Side, options.host, options.port, ssl=options.upstream_ssl,
+                                                       server_hostname=options.server_name)
         except OSError:
             if client.transport is not None:
                 client.transport.close()
@@ -80,8 +70,7 @@ async def main() -> None:
         task.add_done_callback(tasks.discard)
         return client
 
-    listen_ssl: ssl.SSLContext | None = server_context(*args.listen_tls) if args.listen_tls else None
-    server = await loop.create_server(accept, "127.0.0.1", 0, ssl=listen_ssl)
+    server = await loop.create_server(accept, "127.0.0.1", 0, ssl=options.listen_ssl)
     print("PORT", server.sockets[0].getsockname()[1], flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()
