@@ -9,6 +9,8 @@ foreground and stopped at the end (no system file read or touched):
   engine         wrk -> engine -> nginx (one hop; uvloop, one process, x-request-id + traceparent added)
   haproxy-tls2   wrk -> HAProxy -> mTLS -> HAProxy -> nginx
   engine-tls2    wrk -> engine -> mTLS -> engine -> nginx
+  floor, floor-tls2  the same through bench.proxy.floor: bytes passed through on uvloop, no HTTP (the least any
+                 Python proxy can cost; not a proxy anyone could run)
 Runs alternate between setups so drift of the machine hits all alike. For each: median requests/s,
 p50/p99 latency (of the runs' values), and CPU microseconds per request of the proxy processes
 (utime+stime from /proc/PID/stat over the run). Ratios compare the engine to HAProxy at the same
@@ -276,6 +278,8 @@ def main() -> int:
             setups["haproxy"] = (port, [pid])
             port, pid = engine(stack, backend)
             setups["engine"] = (port, [pid])
+            port, pid = engine(stack, backend, module="bench.proxy.floor")
+            setups["floor"] = (port, [pid])
             if not args.no_tls:
                 certs = make_certs(folder)
                 inner, inner_pid = haproxy(stack, folder, "haproxy-inner", backend, certs, tls_in=True)
@@ -284,6 +288,9 @@ def main() -> int:
                 inner, inner_pid = engine(stack, backend, certs, tls_in=True)
                 outer, outer_pid = engine(stack, inner, certs, tls_out=True)
                 setups["engine-tls2"] = (outer, [outer_pid, inner_pid])
+                inner, inner_pid = engine(stack, backend, certs, tls_in=True, module="bench.proxy.floor")
+                outer, outer_pid = engine(stack, inner, certs, tls_out=True, module="bench.proxy.floor")
+                setups["floor-tls2"] = (outer, [outer_pid, inner_pid])
         except (RuntimeError, subprocess.CalledProcessError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -304,7 +311,7 @@ def main() -> int:
     return 0
 
 
-REFERENCE = {"engine": "haproxy", "engine-tls2": "haproxy-tls2"}
+REFERENCE = {"engine": "haproxy", "floor": "haproxy", "engine-tls2": "haproxy-tls2", "floor-tls2": "haproxy-tls2"}
 
 
 def report(results: list[Result], reference: dict[str, str] = REFERENCE, versus: str = "HAProxy") -> str:
