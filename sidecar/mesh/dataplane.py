@@ -72,7 +72,7 @@ from sidecar.proxy import (
     Target,
     TcpRelay,
 )
-from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
+from sidecar.proxy.limits import DEFAULT_POOL_LIMITS, DEFAULT_PROXY_LIMITS
 from sidecar.proxy.target import RouteResult
 from sidecar.resilience import Call, Resilience
 from sidecar.tls import reasons
@@ -83,6 +83,9 @@ from sidecar.tls.reloader import IdentityStore
 
 log = logging.getLogger("sidecar.mesh")
 
+# how long before a peer's inbound idle timeout our pool closes an idle connection to it (we close first, so a
+# request never lands on a connection the peer is closing)
+PEER_IDLE_MARGIN = 10.0
 NO_TLS_MESSAGE = "mTLS is not configured (no tls section): this sidecar carries no traffic between services"
 
 
@@ -250,7 +253,10 @@ class DataPlane:
                                               None]] = []
         self.names = Names(config.dns.domain)
         self.router = Router()
-        self.pools = Pools(head_limits=limits.head)
+        # connections to peer sidecars stay pooled until just before the peer's inbound would close them (it runs
+        # the same idle timeout), so a quiet spell of a few seconds does not cost a burst of TLS handshakes
+        peer_idle = max(1.0, limits.idle_timeout - PEER_IDLE_MARGIN)
+        self.pools = Pools(replace(DEFAULT_POOL_LIMITS, idle_timeout=peer_idle), head_limits=limits.head)
         self._http_targets = _Targets(config, "http", self._peer_check)
         self._tunnel_targets = _Targets(config, "tunnel", self._peer_check)
         self.resilience = Resilience(config, rng=rng, jitter=jitter)

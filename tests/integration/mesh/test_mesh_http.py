@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from dataclasses import replace
 
 from sidecar.catalog.model import HealthStatus, NodeInfo, ServiceMetadata
@@ -227,3 +228,18 @@ def test_authorization_allows_and_denies_by_caller_method_and_path(mesh: Mesh) -
     assert denials["inventory", "reports", "authorization.rules[1]"] == before["inventory", "reports",
                                                                                "authorization.rules[1]"] + 1
     assert mesh.b.dataplane.stats.denials_by_rule["authorization.rules[1]"] >= 2
+
+
+def test_a_quiet_spell_keeps_the_pooled_connection_to_the_peer(mesh: Mesh) -> None:
+    # pooled connections to a peer sidecar live until just before the peer's inbound would close them (60 s idle),
+    # not the 10 s of pools to apps: a few quiet seconds must not cost new TLS handshakes
+    def counts() -> tuple[int, int]:
+        dialed = sum(pool.dialed for pool in mesh.a.dataplane.pools)
+        assert mesh.b.dataplane.inbound is not None
+        return dialed, sum(mesh.b.dataplane.inbound.handshakes.values())
+
+    assert curl(f"http://127.0.0.1:{mesh.a.outbound}/headers", "-H", "Host: inventory").status == 200
+    before = counts()
+    time.sleep(13.0)   # past the old 10 s idle timeout and its 2.5 s sweep: the stimulus, not a wait for a result
+    assert curl(f"http://127.0.0.1:{mesh.a.outbound}/headers", "-H", "Host: inventory").status == 200
+    assert counts() == before
