@@ -16,12 +16,12 @@ def compiled() -> bool:
 
 
 def stale_modules(package: Path = PACKAGE) -> list[str]:
-    """Compiled modules whose source changed after they were built (run `make native`), as source paths.
+    """In a checkout, compiled modules whose source changed after they were built (run `make native`), as paths.
 
     The code is in one shared library (``_native__mypyc``); each module's own extension file is a small shim
     that a rebuild leaves alone when it has not changed, so the library's time is the build's time."""
     libraries = list(package.glob("_native__mypyc*.so"))
-    if not libraries:
+    if not libraries or not (package.parent / "setup.py").exists():   # an installed package is never stale
         return []
     built = max(library.stat().st_mtime for library in libraries)
     stale = []

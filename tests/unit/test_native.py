@@ -29,6 +29,7 @@ def _touch(path: Path, mtime: float) -> None:
 
 def test_a_source_edited_after_the_build_is_stale(tmp_path: Path) -> None:
     package = tmp_path / "sidecar"
+    _touch(tmp_path / "setup.py", 1000.0)                     # a checkout
     suffix = ".cpython-311-x86_64-linux-gnu.so"
     _touch(package / f"_native__mypyc{suffix}", 2000.0)      # the build
     _touch(package / "proxy" / f"http1{suffix}", 1000.0)     # a shim a rebuild left alone
@@ -39,7 +40,11 @@ def test_a_source_edited_after_the_build_is_stale(tmp_path: Path) -> None:
     assert native.stale_modules(package) == ["sidecar/proxy/pool.py"]
 
 
-def test_nothing_is_stale_without_a_build(tmp_path: Path) -> None:
+def test_nothing_is_stale_without_a_build_or_outside_a_checkout(tmp_path: Path) -> None:
     package = tmp_path / "sidecar"
     _touch(package / "proxy" / "pool.py", 2500.0)
+    assert native.stale_modules(package) == []
+    # an installed package: the installer sets the files' times as it likes, and nothing is rebuilt there
+    _touch(package / "_native__mypyc.cpython-311-x86_64-linux-gnu.so", 2000.0)
+    _touch(package / "proxy" / "pool.cpython-311-x86_64-linux-gnu.so", 2000.0)
     assert native.stale_modules(package) == []
