@@ -17,7 +17,6 @@ import http.server as http_server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.harness import ROOT
+from tests.harness import ROOT, JsonHandler
 from tests.integration.netns.netns import Lab, run
 
 T = TypeVar("T")
@@ -106,15 +105,9 @@ class App:
         self.node = node
         app = self
 
-        class Handler(http_server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
-                self._send({"service": app.service, "node": app.node})
+                self.send_json(200, {"service": app.service, "node": app.node})
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -125,18 +118,7 @@ class App:
                     self.close_connection = True
                     return
                 inbox.add(app.service, app.node, payload)
-                self._send({})
-
-            def _send(self, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_json(200, {})
 
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.port = int(self.server.server_address[1])

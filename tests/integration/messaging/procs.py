@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import http.server as http_server
 import json
-import socket
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from tests.harness import SidecarProcess, http, wait_for
+from tests.harness import JsonHandler, SidecarProcess, http, wait_for
 
 
 class RecordingApp:
@@ -26,17 +25,9 @@ class RecordingApp:
         self.lock = threading.Lock()
         app = self
 
-        class Handler(http_server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                # the stdlib writes the head and the body separately: without this, Nagle and delayed ACKs
-                # cost 40 ms per message on loopback
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
-                self._send(200, {"ok": True})
+                self.send_json(200, {"ok": True})
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -44,18 +35,7 @@ class RecordingApp:
                 with app.lock:
                     app.received.append(message)
                 status, body = app.answer(message)
-                self._send(status, body)
-
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_json(status, body)
 
         self.server = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
