@@ -37,6 +37,7 @@ import dns.message
 import dns.query
 import dns.rcode
 
+from bench.common import stop
 from bench.dns import fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,16 +151,6 @@ def dnsmasq(logs: Path) -> Iterator[Server]:
 def _user() -> str:
     # dnsmasq drops root for "nobody" by default; as another user it cannot change user at all
     return "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def check_same_answers(a: Server, b: Server) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.common import stop
 from tests.harness import ROOT, wait_for
 from tests.integration.netns.netns import run, why_not_available
 from tests.integration.security.test_admin_access import listening_sockets
@@ -53,12 +54,7 @@ def sidecar_in(ns: str, tmp: Path, config: dict[str, Any]) -> Iterator[Path]:
         wait_for(lambda: "sidecar ready" in log.read_text(), 20, what=f"sidecar ready in {ns}: {log}")
         yield log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, 20)
 
 
 def curl(ns: str, method: str, url: str) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from bench.common import stop
 from bench.proxy.__main__ import ROOT, Result, nginx, wait_port
 from bench.proxy.mesh import SERVICE, measure, sidecar_certs, sidecar_config, wait_catalog
 
@@ -76,12 +77,7 @@ def sidecar(folder: Path, config: dict[str, Any], root: Path) -> Iterator[subpro
             wait_port(int(config["admin"]["listen"].rsplit(":", 1)[1]), proc, f"sidecar {name}")
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop(proc, 15)
 
 
 def pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]], name: str,

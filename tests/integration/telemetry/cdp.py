@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from bench.common import stop
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -45,12 +47,7 @@ class Browser:
         raise AssertionError("chromium did not open its DevTools port")
 
     def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop(self.process, 10)
 
 
 class Page:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import stop
 from tests.harness import free_port, http, wait_for
 from tests.integration.telemetry.conftest import Pair
 
@@ -123,9 +124,4 @@ def test_a_real_prometheus_scrapes_and_answers_promql(pair: Pair, tmp_path: Path
         targets = http("GET", f"http://127.0.0.1:{port}/api/v1/targets").json()["data"]["activeTargets"]
         assert targets[0]["health"] == "up" and targets[0]["lastError"] == ""
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process, 10)
