@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 from sidecar.errors import SidecarError, Unavailable, rescue
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, simple_response
-from sidecar.proxy.limits import TLS_COALESCE_MAX, LazyTimer
+from sidecar.proxy.limits import LazyTimer, write_pieces
 from sidecar.proxy.target import ConnectionInfo
 
 if TYPE_CHECKING:
@@ -265,10 +265,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if out:
             transport = self.transport
             if transport is not None and not transport.is_closing():
-                if len(out) > 1 and self.info.ssl_object is not None and sum(map(len, out)) <= TLS_COALESCE_MAX:
-                    transport.write(b"".join(out))   # one TLS record, not one per piece
-                else:
-                    transport.writelines(out)
+                write_pieces(transport, out, self.info.ssl_object is not None)
             out.clear()
 
     def pause_for(self, reason: str, paused: bool) -> None:

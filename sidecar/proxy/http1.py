@@ -394,11 +394,7 @@ class _Reader:
         if fields.size > limits.max_head_bytes:
             raise self._too_large(f"header block larger than {limits.max_head_bytes} bytes",
                                   {"limit": limits.max_head_bytes})
-        lname = name.lower()
-        if lname in _SPECIAL:
-            fields.add_special(lname, value)
-        else:
-            fields.items.append((lname, name, value))   # _Fields.add, one call less per field
+        fields.add(name, value)
 
 
 class RequestReader(_Reader):
@@ -505,9 +501,8 @@ class RequestReader(_Reader):
         if upgrade is not None and not parser.should_upgrade():
             upgrade = None
         head = RequestHead(
-            method, target, version, Headers(fields.items) if fields.connection is None else fields.end_to_end(),
-            host.decode("latin-1"), fields.content_length,
-            False if fields.te is None else fields.chunked(MalformedRequest), parser.should_keep_alive(), upgrade,
+            method, target, version, fields.end_to_end(), host.decode("latin-1"), fields.content_length,
+            fields.chunked(MalformedRequest), parser.should_keep_alive(), upgrade,
         )
         self._sink.on_request_head(head)
 

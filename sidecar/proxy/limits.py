@@ -64,6 +64,14 @@ TLS_COALESCE_MAX = 64 * 1024
 DEFAULT_POOL_LIMITS = PoolLimits()
 
 
+def write_pieces(transport: asyncio.Transport, pieces: list[bytes], tls: bool) -> None:
+    """Write ``pieces`` in order; to a TLS transport, several of up to TLS_COALESCE_MAX bytes in all go as one."""
+    if tls and len(pieces) > 1 and sum(map(len, pieces)) <= TLS_COALESCE_MAX:
+        transport.write(b"".join(pieces))
+    else:
+        transport.writelines(pieces)
+
+
 class LazyTimer:
     """One timer per connection whose deadline moves often and fires rarely.
 

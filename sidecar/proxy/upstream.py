@@ -11,7 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits, RemoteProtocolError, ResponseHead, ResponseReader
-from sidecar.proxy.limits import TLS_COALESCE_MAX
+from sidecar.proxy.limits import write_pieces
 
 if TYPE_CHECKING:
     from sidecar.proxy.pool import UpstreamPool
@@ -40,7 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.address = address
         self.transport: asyncio.Transport | None = None
-        self.tls = False              # writes of several pieces are joined into one TLS record (TLS_COALESCE_MAX)
+        self.tls = False              # writes of several pieces are joined into one TLS record (write_pieces)
         self.user: UpstreamUser | None = None
         self.tunnel: Tunnel | None = None
         self.closed = False
@@ -67,10 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def writelines(self, parts: list[bytes]) -> None:
         assert self.transport is not None
-        if self.tls and len(parts) > 1 and sum(map(len, parts)) <= TLS_COALESCE_MAX:
-            self.transport.write(b"".join(parts))
-        else:
-            self.transport.writelines(parts)
+        write_pieces(self.transport, parts, self.tls)
 
     def pause_reading(self, paused: bool) -> None:
         if paused != self.paused and self.transport is not None and not self.closed:

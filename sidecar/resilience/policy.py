@@ -52,7 +52,6 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 RETRIABLE_4XX = frozenset({409})
 _ALL_FAILURES = frozenset(FailureKind)
-_NO_ATTEMPTS: frozenset[int] = frozenset()
 # a request header may ask for more retries than the policy, but not for a storm
 MAX_RETRIES_OVERRIDE = 10
 
@@ -404,10 +403,9 @@ class Call:
         self.finished = False
         self._open: dict[int, Host] = {}
         self._slots = 0
-        # attempt numbers that are retries holding a retry slot / whose response was discarded for a retry;
-        # the shared empty frozenset until a retry happens (no sets made on the happy path)
-        self._retrying: set[int] | frozenset[int] = _NO_ATTEMPTS
-        self._discarded: set[int] | frozenset[int] = _NO_ATTEMPTS
+        # attempt numbers that are retries holding a retry slot / whose response was discarded for a retry
+        self._retrying: set[int] = set()
+        self._discarded: set[int] = set()
         # every attempt from the first notable one on (failed, >= 400, retried, or a retry), with where it went: what
         # /debug/explain?request_id= tells; None while every attempt went well (no cost on the happy path)
         self.notes: list[tuple[AttemptRecord, Endpoint]] | None = None
@@ -469,14 +467,8 @@ class Call:
             return None
         host = dest.choose(endpoints, now, self.tried)
         if attempt.status is not None:
-            discarded = self._discarded
-            if not isinstance(discarded, set):
-                discarded = self._discarded = set()
-            discarded.add(number)
-        retrying = self._retrying
-        if not isinstance(retrying, set):
-            retrying = self._retrying = set()
-        retrying.add(number + 1)
+            self._discarded.add(number)
+        self._retrying.add(number + 1)
         dest.retries += 1
         return Retry(self.begin(host, number + 1), delay)
 
@@ -509,9 +501,8 @@ class Call:
             if self.notes is None:
                 self.notes = []
             self.notes.append((attempt, host.endpoint))
-        retrying = self._retrying
-        if number in retrying and isinstance(retrying, set):
-            retrying.discard(number)
+        if number in self._retrying:
+            self._retrying.discard(number)
             dest.breaker.retry_done()
         if attempt.failure is not None or number in self._discarded:
             self._release_slot()
@@ -519,9 +510,8 @@ class Call:
 
     def _abandon(self, number: int, host: Host) -> None:
         host.load.in_flight -= 1
-        retrying = self._retrying
-        if number in retrying and isinstance(retrying, set):
-            retrying.discard(number)
+        if number in self._retrying:
+            self._retrying.discard(number)
             self.dest.breaker.retry_done()
         self._release_slot()
 

@@ -27,10 +27,6 @@ def start(the_lab: Lab, name: str, tmp: Path, join: list[str]) -> subprocess.Pop
                          services=[{"name": f"svc-{name}", "port": 8080}])
 
 
-def view(the_lab: Lab, tmp: Path, name: str) -> dict[str, str]:
-    return members(the_lab, tmp, name)
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Lab]:
     with sidecars_on_hosts(tmp_path, NODES, SEED, start) as the_lab:
@@ -39,20 +35,20 @@ def cluster(tmp_path: Path) -> Iterator[Lab]:
 
 def test_a_partition_longer_than_dead_reap_time_heals(cluster: Lab, tmp_path: Path) -> None:
     everyone = dict.fromkeys(NODES, "alive")
-    wait_for(lambda: all(view(cluster, tmp_path, n) == everyone for n in NODES), timeout=60, interval=0.5,
+    wait_for(lambda: all(members(cluster, tmp_path, n) == everyone for n in NODES), timeout=60, interval=0.5,
              what="3 members alive everywhere")
 
     cluster.isolate(SEED)
-    wait_for(lambda: view(cluster, tmp_path, SEED) == {SEED: "alive"}, timeout=60, interval=0.5,
+    wait_for(lambda: members(cluster, tmp_path, SEED) == {SEED: "alive"}, timeout=60, interval=0.5,
              what="the seed, alone, has declared the others dead and forgotten them")
-    wait_for(lambda: all(view(cluster, tmp_path, n) == {"node-a": "alive", "node-b": "alive"}
+    wait_for(lambda: all(members(cluster, tmp_path, n) == {"node-a": "alive", "node-b": "alive"}
                          for n in ("node-a", "node-b")), timeout=60, interval=0.5,
              what="the majority has declared the seed dead and forgotten it")
     catalog = admin_get(cluster, tmp_path, "node-a", "/catalog") or {}
     assert f"svc-{SEED}" not in catalog
 
     cluster.heal(SEED)
-    wait_for(lambda: all(view(cluster, tmp_path, n) == everyone for n in NODES), timeout=60, interval=0.5,
+    wait_for(lambda: all(members(cluster, tmp_path, n) == everyone for n in NODES), timeout=60, interval=0.5,
              what="one cluster again after the partition heals")
     wait_for(lambda: f"svc-{SEED}" in (admin_get(cluster, tmp_path, "node-a", "/catalog") or {}), timeout=30,
              interval=0.5, what="the seed's service back in node-a's catalog")
