@@ -273,9 +273,7 @@ class DataPlane:
         self._upstream_servers: dict[str, asyncio.Server] = {}
         self._draining: set[asyncio.Task[None]] = set()
         for upstream in config.upstreams:
-            key = f"upstream:{upstream.service}"
-            if key in self.upstreams:
-                key = f"{key}:{upstream.local_port}"
+            key = self._upstream_key(upstream)
             self.upstreams[key] = self._upstream(upstream, limits, ids)
             self._upstream_configs[key] = upstream
         self.inbound: InboundListener | None = None
@@ -351,7 +349,7 @@ class DataPlane:
         self.resilience.reconfigure(config)
         if self.store is not None:
             self.routes.decisions = Decisions(Authorizer(config.authorization))
-        self.ids.sample_bound = round(config.telemetry.tracing.sample_ratio * (1 << 64))
+        self.ids.set_sample_ratio(config.telemetry.tracing.sample_ratio)
 
     async def set_upstreams(self, upstreams: Sequence[UpstreamConfig], grace: float,
                             setup: Callable[[HttpProxy | TcpRelay], None] | None = None) -> UpstreamChange:
@@ -393,9 +391,7 @@ class DataPlane:
     async def _open_upstream(self, upstream: UpstreamConfig, setup: Callable[[HttpProxy | TcpRelay], None] | None,
                              key: str | None = None, retry: bool = False) -> str:
         if key is None:
-            key = f"upstream:{upstream.service}"
-            if key in self.upstreams:
-                key = f"{key}:{upstream.local_port}"
+            key = self._upstream_key(upstream)
         proxy = self._upstream(upstream, self._limits, self.ids)
         if setup is not None:
             setup(proxy)
@@ -405,6 +401,11 @@ class DataPlane:
         self._upstream_servers[key] = server
         self.bound[key] = _bound(server)
         return key
+
+    def _upstream_key(self, upstream: UpstreamConfig) -> str:
+        """``upstream:SERVICE``, or ``upstream:SERVICE:PORT`` when the service already has a listener."""
+        key = f"upstream:{upstream.service}"
+        return f"{key}:{upstream.local_port}" if key in self.upstreams else key
 
     def _detach_upstream(self, key: str) -> HttpProxy | TcpRelay:
         """Stop accepting on ``key`` now; the proxy, with its connections, is returned to be drained."""

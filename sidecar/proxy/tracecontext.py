@@ -98,11 +98,15 @@ class IdSource:
 
     def __init__(self, rng: random.Random | None = None, sample_ratio: float = 1.0) -> None:
         self._bits = (rng or random.Random(os.urandom(16))).getrandbits
-        # a new trace is sampled when its trace id's low 64 bits fall under ratio * 2^64, the rule of
-        # OpenTelemetry's TraceIdRatioBased, so this flag and the span exporter's decision always agree
-        self.sample_bound = round(sample_ratio * (1 << 64))
+        self.sample_bound = 0
+        self.set_sample_ratio(sample_ratio)
         self._batch = ""   # hex digits for fresh(), 80 a request
         self._pos = 0
+
+    def set_sample_ratio(self, ratio: float) -> None:
+        # a new trace is sampled when its trace id's low 64 bits fall under ratio * 2^64, the rule of
+        # OpenTelemetry's TraceIdRatioBased, so this flag and the span exporter's decision always agree
+        self.sample_bound = round(ratio * (1 << 64))
 
     def sampled(self, trace_id: str) -> bool:
         return int(trace_id[16:], 16) < self.sample_bound
