@@ -447,16 +447,18 @@ class Sidecar:
     async def reload(self, *, dry_run: bool = False, text: str | None = None,
                      canary: float | None = None) -> dict[str, Any]:
         """POST /reload and SIGHUP: a config transaction (``sidecar.ops.reload``)."""
-        if not dry_run and self.state != "ready":   # starting: parts are still being built from the config
-            raise FailedPrecondition(f"the sidecar is {self.state}: the configuration is reloaded only while ready",
-                                     {"state": self.state})
+        if not dry_run:   # starting: parts are still being built from the config
+            self._require_ready("reloaded")
         return await self.reloader.reload(dry_run=dry_run, text=text, canary=canary)
 
     async def rollback(self, version: int) -> dict[str, Any]:
-        if self.state != "ready":
-            raise FailedPrecondition(f"the sidecar is {self.state}: the configuration is rolled back only while ready",
-                                     {"state": self.state})
+        self._require_ready("rolled back")
         return await self.reloader.rollback(version)
+
+    def _require_ready(self, done: str) -> None:
+        if self.state != "ready":
+            raise FailedPrecondition(f"the sidecar is {self.state}: the configuration is {done} only while ready",
+                                     {"state": self.state})
 
     def config_history(self) -> dict[str, Any]:
         return self.reloader.history_json()
