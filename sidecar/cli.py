@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from sidecar import __version__
+
 DEFAULT_CONFIG = "config/sidecar.yaml"
 DEFAULT_ADMIN = "http://127.0.0.1:9901"
 
@@ -29,6 +31,7 @@ class CommandFailed(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description="A sidecar proxy for microservices.")
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run until SIGTERM/SIGINT, then drain and leave")
