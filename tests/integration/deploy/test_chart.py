@@ -30,8 +30,8 @@ VALUES = {"default": [], "dev": ["-f", str(CHART / "values-dev.yaml")],
 RENDERINGS = {**VALUES, "daemonset": ["--set", "mode=daemonset", "--set", "sidecar.hostPorts=true",
                                       "--set", "config.node.name=${NODE_NAME}"],
               "legacy": ["--set", "sidecar.native=false"]}
-# a cluster without native sidecars: sidecar.native=auto falls back to a regular container
-OLD_KUBERNETES = "1.28.0"
+# clusters without native sidecars (1.27 is the chart's kubeVersion floor): sidecar.native=auto falls back
+OLD_KUBERNETES = ("1.27.0", "1.28.0")
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,9 @@ def test_native_sidecar_starts_before_the_app_and_stops_after_it(helm: Path, ver
 
 
 def test_legacy_sidecar_holds_the_app_until_ready_and_outlives_it(helm: Path, tmp_path: Path) -> None:
-    for docs, version in ((template(helm, kube_version=OLD_KUBERNETES), OLD_KUBERNETES),   # auto, too old
-                          (template(helm, *RENDERINGS["legacy"]), KUBERNETES_VERSION)):      # forced
+    renderings = [(template(helm, kube_version=old), old) for old in OLD_KUBERNETES]     # auto, too old
+    renderings.append((template(helm, *RENDERINGS["legacy"]), KUBERNETES_VERSION))      # forced
+    for docs, version in renderings:
         validate_kubernetes(docs, version, tmp_path)
         (deployment,) = by_kind(docs, "Deployment")
         pod = deployment["spec"]["template"]["spec"]
@@ -152,7 +153,7 @@ def test_legacy_sidecar_holds_the_app_until_ready_and_outlives_it(helm: Path, tm
         assert "http://127.0.0.1:9901/drain" in drain[-1] and "time.sleep(20)" in drain[-1]
         # the app stops after the sidecar drained, and before the sidecar's own SIGTERM (20 s)
         sleep = app["lifecycle"]["preStop"]
-        assert sleep == ({"exec": {"command": ["sleep", "10"]}} if version == OLD_KUBERNETES
+        assert sleep == ({"exec": {"command": ["sleep", "10"]}} if version in OLD_KUBERNETES
                          else {"sleep": {"seconds": 10}})   # the sleep action exists from Kubernetes 1.30
     # the sidecar's postStart really waits: the command it names exists and fails when nothing is ready
     done = subprocess.run([sys.executable, "-m", "sidecar", "wait-ready", "--admin", "http://127.0.0.1:9",
@@ -161,7 +162,7 @@ def test_legacy_sidecar_holds_the_app_until_ready_and_outlives_it(helm: Path, tm
 
 
 def test_native_sidecar_forced_on_an_old_cluster_is_refused(helm: Path) -> None:
-    done = run_helm(helm, "template", "payments", str(CHART), "--kube-version", OLD_KUBERNETES,
+    done = run_helm(helm, "template", "payments", str(CHART), "--kube-version", OLD_KUBERNETES[-1],
                     "--set", "sidecar.native=true")
     assert done.returncode != 0
     assert "sidecar.native=true needs Kubernetes 1.29 or later" in done.stderr, done.stderr
