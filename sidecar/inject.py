@@ -144,9 +144,9 @@ def _inject_workload(workload: dict[str, Any], kind: str, where: str, options: I
     template = _get(workload, path)
     pod_spec = template.get("spec") if isinstance(template, dict) else None
     containers = pod_spec.get("containers") if isinstance(pod_spec, dict) else None
-    if not isinstance(containers, list) or not containers or not all(isinstance(c, dict) for c in containers):
+    if not (isinstance(template, dict) and isinstance(pod_spec, dict) and isinstance(containers, list)
+            and containers and all(isinstance(c, dict) for c in containers)):
         raise InjectError(f"{where}: no pod template with containers at {'.'.join(path)}.spec.containers")
-    assert isinstance(template, dict) and isinstance(pod_spec, dict)
 
     skip = _skip_reason(workload, template, pod_spec)
     if skip:
@@ -157,7 +157,8 @@ def _inject_workload(workload: dict[str, Any], kind: str, where: str, options: I
                           "a Job needs a native sidecar (Kubernetes 1.29+), so leave out --no-native-sidecar")
 
     service = options.service or _service_name(template, name)
-    problem = dns_label(service)
+    # it names the Secret and the SPIFFE ID too: Kubernetes names are lower case
+    problem = dns_label(service) if service == service.lower() else "must be lower case"
     if problem:
         raise InjectError(f"{where}: service name {service!r} {problem}; name it with --service")
     _check_no_clash(pod_spec, where)

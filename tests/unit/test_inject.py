@@ -220,8 +220,10 @@ def test_list_items_are_injected() -> None:
     ({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {}}, r"document 1 \(Deployment\): metadata.name is"),
     (workload("Deployment", template=pod_template(containers=[{"name": "app", "ports": [{"containerPort": 9901}]}])),
      r"container app uses port 9901, which the sidecar's admin listener needs"),
-    (workload("Deployment", template=pod_template(labels={"app": "Web_App"})),
-     r"service name 'Web_App' must be a DNS label.*; name it with --service"),
+    (workload("Deployment", template=pod_template(labels={"app": "web_app"})),
+     r"service name 'web_app' must be a DNS label.*; name it with --service"),
+    (workload("Deployment", template=pod_template(labels={"app": "Web"})),
+     r"service name 'Web' must be lower case; name it with --service"),
     (workload("Deployment", template=pod_template(volumes=[{"name": "sidecar-data", "emptyDir": {}}])),
      r"the pod already has a volume named sidecar-data"),
 ])

@@ -1,5 +1,5 @@
 """`sidecar inject`, run as a real process on manifests of every workload kind: the output is valid Kubernetes
-(kubernetes-validate --strict, 1.29 and later for native sidecars, 1.27 for the regular-container fallback),
+(kubernetes-validate --strict: every version from 1.29 on for native sidecars, 1.27 for the fallback),
 the embedded sidecar config passes `sidecar validate`, the containers are in the order that makes the sidecar
 start first and stop last, and injecting again changes nothing."""
 
@@ -16,7 +16,12 @@ import yaml
 from sidecar import __version__
 from sidecar.tls.certs import init_ca, issue
 from tests.harness import ROOT
-from tests.integration.deploy.tools import KUBERNETES_VERSION, ToolUnavailable, kubernetes_validate_binary
+from tests.integration.deploy.tools import (
+    KUBERNETES_VERSION,
+    ToolUnavailable,
+    kubernetes_validate_binary,
+    kubernetes_versions,
+)
 
 POD = {"metadata": {"labels": {"app.kubernetes.io/name": "web"}},
        "spec": {"containers": [{"name": "web", "image": "registry.example/shop/web:1.2.0",
@@ -41,8 +46,8 @@ MANIFESTS = [
 ]
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 LONG_RUNNING = ("Deployment", "StatefulSet", "DaemonSet")
-NATIVE_VERSIONS = ("1.29.0", KUBERNETES_VERSION, "1.37.0")   # 1.37: the newest kubernetes-validate knows
-OLD_VERSION = "1.27.0"                                       # before native sidecars
+NATIVE_SINCE = "1.29.0"   # native sidecar containers, on by default
+OLD_VERSION = "1.27.0"    # before them
 
 
 def sidecar_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -95,7 +100,12 @@ def test_injected_manifests_of_every_kind_are_valid_and_ordered(manifests: Path,
         "daemonset/agent injected (service web, port 8080)",
         "job/report injected (service report, no port: outbound only)",
         "cronjob/nightly injected (service nightly, no port: outbound only)"]
-    for version in NATIVE_VERSIONS:
+    try:
+        versions = kubernetes_versions(NATIVE_SINCE)
+    except ToolUnavailable as e:
+        pytest.skip(str(e))
+    assert versions[0] == NATIVE_SINCE and len(versions) >= 3, versions
+    for version in versions:   # 1.29 and every later version kubernetes-validate knows
         validate_kubernetes(documents, version, tmp_path)
     for document in documents:
         if document["kind"] not in WORKLOADS:
