@@ -81,7 +81,8 @@ app), or "node" (mode daemonset: no app next to it).
   {{- if ne .role "native" }}
   lifecycle:
     {{- if eq .role "legacy" }}
-    # the kubelet starts the next container (the app) only once this returns: the app starts with the mesh ready
+    # the kubelet starts the next container (the app) only once this returns: the app starts with the
+    # mesh ready
     postStart:
       exec:
         command: [sidecar, wait-ready, --admin, "http://127.0.0.1:{{ $adminPort }}", --timeout, "{{ $values.sidecar.startupSeconds }}"]
