@@ -7,8 +7,10 @@ naming it), or when it reached us in the push-pull of a join, whose seeds the op
 
 Without gossip keys nothing authenticates an alive message, so one socket could otherwise fill the member
 table with made-up members (each then costs a probe, a suspicion and a death to get rid of). Unconfirmed
-members are therefore capped per source address (the sender of the packet, or the peer of the stream) and
-in total; an introduction over a cap is dropped and counted. A real member that was dropped is introduced
+members are therefore capped per source address (the sender of the packet, or the peer host of the stream)
+and in total; an introduction over a cap is dropped and counted. A member joining through us over TCP
+(the join push-pull's entry at the peer's own host) is held to its host's cap only, so that a flood of
+forged members cannot lock real ones out. A real member that was dropped is introduced
 again by another member, by a later push-pull, or when it joins us itself, so the caps delay it at worst.
 """
 
@@ -37,10 +39,16 @@ class Admission:
     def __contains__(self, name: str) -> bool:
         return name in self._unconfirmed
 
-    def admits(self, source: Address, known: int) -> bool:
-        """Whether ``source`` may introduce one more member while we know ``known`` members in all."""
+    def admits(self, source: Address, known: int, joiner: bool = False) -> bool:
+        """Whether ``source`` may introduce one more member while we know ``known`` members in all.
+
+        ``joiner``: a member introducing itself over TCP (a join through us): only the per-source cap
+        applies, so that a flood from elsewhere cannot keep real members out.
+        """
         if self._by_source.get(source, 0) >= self.per_source:
             return False
+        if joiner:
+            return True
         confirmed = known - len(self._unconfirmed)
         return len(self._unconfirmed) < max(self.floor, 2 * confirmed)
 

@@ -768,17 +768,18 @@ class GossipCore:
     # ------------------------------------------------------------------------------ membership changes
 
     def _on_alive(self, a: Alive, raw: bytes | None, now: float, out: list[Output],
-                  src: Address | None = None, introducer: Address | None = None) -> None:
+                  src: Address | None = None, introducer: Address | None = None, joiner: bool = False) -> None:
         """``src``: whom we heard it from (None: our own conclusion, or a push-pull we answered).
         ``introducer``: the source a new member counts against until it is confirmed (None: trusted, the
-        push-pull of a join)."""
+        push-pull of a join we made). ``joiner``: a member joining through us over TCP, introducing itself
+        (the total cap does not apply to it, so a flood cannot keep real members from joining)."""
         is_local = a.node == self.name
         if is_local and self._left:
             return  # an alive of ours still in flight must not undo the leave
         m = self._table.get(a.node)
         if m is None:
             if introducer is not None:
-                if not self._admission.admits(introducer, len(self._table)):
+                if not self._admission.admits(introducer, len(self._table), joiner):
                     self.counters.refused_member += 1
                     return
                 self._admission.add(a.node, introducer)
@@ -1001,6 +1002,8 @@ class GossipCore:
         ``introducer``: what new members count against (None: a join's seed, trusted)."""
         table = self._table
         ceiling = incarnation_ceiling(now + self._wall_offset)
+        # a join through us: the first new member at the partner's own host is the joiner itself
+        joiner_host = introducer[0] if pp.join and introducer is not None else None
         for r in pp.states:
             if r.incarnation > ceiling:
                 self.counters.refused_incarnation += 1
@@ -1010,8 +1013,11 @@ class GossipCore:
                 if (m is not None and m.state is ALIVE and m.incarnation >= r.incarnation
                         and r.name != self.name and m.host == r.host and m.port == r.port):
                     continue  # nothing new (the common case)
+                joiner = r.host == joiner_host and m is None
+                if joiner:
+                    joiner_host = None
                 self._on_alive(Alive(r.incarnation, r.name, r.host, r.port, r.meta), None, now, out, src,
-                               introducer)
+                               introducer, joiner)
             elif r.state is LEFT:
                 self._on_dead(Dead(r.incarnation, r.name, r.name), None, now, out, src)
             else:

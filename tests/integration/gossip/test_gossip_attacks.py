@@ -124,19 +124,21 @@ def test_a_forged_accusation_at_the_top_incarnation_removes_nobody(tmp_path: Pat
                Alive(INCARNATION_MAX, "node-b", *gossip_address(b))]
         for target in (a, b):
             forger.send(gossip_address(target), *top)
-        for target in (a, b):
-            wait_for(lambda t=target: counter(t, "refused_incarnation") >= 3, 10,
-                     what=f"{target.name} dropped the forged incarnations")
-        # an accusation just under the ceiling is accepted, and refuted: node-b's incarnation passes it
+        # then an accusation just under the ceiling: it is accepted, and refuted, so node-b's incarnation
+        # passes it (it cannot once it has been pushed to the top)
         accused = incarnation_ceiling(time.time()) - 5
         for target in (a, b):
             forger.send(gossip_address(target), Suspect(accused, "node-b", "node-a"))
-        wait_for(lambda: members(a)["node-b"]["incarnation"] > accused and members(a)["node-b"]["state"] == "alive",
-                 20, what="node-a to see node-b refute the accusation")
+
+        def refuted() -> bool:
+            view = members(a)["node-b"]
+            return bool(view["state"] == "alive" and accused < view["incarnation"] < INCARNATION_MAX)
+
+        wait_for(refuted, 20, what="node-a to see node-b alive, refuting the accusation")
     finally:
         forger.close()
-    view = members(a)["node-b"]
-    assert view["state"] == "alive" and view["incarnation"] < INCARNATION_MAX
+    for target in (a, b):
+        assert counter(target, "refused_incarnation") >= 3
     assert http("GET", b.admin + "/ready").status == 200
     assert "struct.error" not in b.log_text() and "Traceback" not in b.log_text()
 
@@ -167,7 +169,8 @@ def flood_stream(target: tuple[str, int], source: str, declared: int, send: int,
 
 
 def test_huge_and_many_gossip_streams_cannot_exhaust_memory(tmp_path: Path, started: list[SidecarProcess]) -> None:
-    a = SidecarProcess(tmp_path, config([KEY]), name="node-a").start()
+    # the lan profile: a frame may take 10s to arrive, as by default
+    a = SidecarProcess(tmp_path, config([KEY], profile="lan"), name="node-a").start()
     started.append(a)
     assert a.proc is not None
     target = gossip_address(a)
@@ -182,9 +185,11 @@ def test_huge_and_many_gossip_streams_cannot_exhaust_memory(tmp_path: Path, star
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    # from other loopback hosts: 30 connections each declaring and sending a 32 MiB frame, and 20 from one
-    # host declaring 1 MiB (under the frame limit of a small cluster) that send most of it and stall
-    attackers = [threading.Thread(target=flood_stream, args=(target, f"127.0.0.{2 + i % 3}", 32 * MiB, 32 * MiB, 0.0))
+    # from other loopback hosts: 30 connections each declaring a 32 MiB frame and sending all of it but the
+    # last byte, and 20 from one host declaring 1 MiB (under the frame limit of a small cluster) that send
+    # most of it; all then stall
+    attackers = [threading.Thread(target=flood_stream,
+                                  args=(target, f"127.0.0.{2 + i % 3}", 32 * MiB, 32 * MiB - 1, 3.0))
                  for i in range(30)]
     attackers += [threading.Thread(target=flood_stream, args=(target, "127.0.0.5", MiB, MiB - 4096, 3.0))
                   for i in range(20)]
@@ -224,20 +229,22 @@ def test_forged_alive_floods_fill_no_more_than_the_unconfirmed_caps(tmp_path: Pa
 
     one = Forger([], source="127.0.0.9")
     flood: list[Message] = [Alive(1, f"fake-{i}", "127.0.0.10", 20000 + i) for i in range(5000)]
+    before = counter(a, "packets_in")
     try:
-        one.send_many(target, flood)
-        wait_for(lambda: counter(a, "refused_member") + fakes() >= len(flood), 30, what="the flood processed")
+        packets = one.send_many(target, flood)
+        wait_for(lambda: counter(a, "packets_in") >= before + packets, 30, what="the flood received")
     finally:
         one.close()
-    assert fakes() == UNCONFIRMED_PER_SOURCE
+    assert fakes() <= UNCONFIRMED_PER_SOURCE
+    assert counter(a, "refused_member") >= len(flood) - UNCONFIRMED_PER_SOURCE
     # from many sockets: the total of unconfirmed members is capped too
     sources = [Forger([], source=f"127.0.1.{i + 1}") for i in range(12)]
+    before = counter(a, "packets_in")
     try:
-        for n, forger in enumerate(sources):
-            forger.send_many(target, [Alive(1, f"fake-{n}-{i}", "127.0.0.10", 30000 + i)
-                                      for i in range(UNCONFIRMED_PER_SOURCE)])
-        expected = len(flood) + 12 * UNCONFIRMED_PER_SOURCE
-        wait_for(lambda: counter(a, "refused_member") + fakes() >= expected, 30, what="the second flood processed")
+        packets = sum(forger.send_many(target, [Alive(1, f"fake-{n}-{i}", "127.0.0.10", 30000 + i)
+                                                for i in range(UNCONFIRMED_PER_SOURCE)])
+                      for n, forger in enumerate(sources))
+        wait_for(lambda: counter(a, "packets_in") >= before + packets, 30, what="the second flood received")
     finally:
         for forger in sources:
             forger.close()
@@ -252,14 +259,22 @@ def test_forged_alive_floods_fill_no_more_than_the_unconfirmed_caps(tmp_path: Pa
 def test_user_messages_from_new_origins_keep_a_bounded_record(tmp_path: Path, started: list[SidecarProcess]) -> None:
     a = SidecarProcess(tmp_path, config([]), name="node-a").start()
     started.append(a)
+    assert a.proc is not None
     forger = Forger([], source="127.0.0.11")
-    sent = 3 * USER_SEEN_FLOOR
+    sent = 100_000
+    base = rss_bytes(a.proc.pid)
+    before = counter(a, "packets_in")
     try:
-        forger.send_many(gossip_address(a), [UserMsg(f"origin-{i}", "k", 1, b"x" * 16) for i in range(sent)])
-        wait_for(lambda: counter(a, "user_seen_entries") + counter(a, "user_seen_evicted") >= sent, 30,
-                 what="the user messages processed")
+        for start in range(0, sent, 1500):
+            packets = forger.send_many(gossip_address(a), [UserMsg(f"origin-{i}", "k", 1, b"x" * 16)
+                                                           for i in range(start, min(sent, start + 1500))])
+            before += packets
+            wait_for(lambda: counter(a, "packets_in") >= before, 30, what="the user messages received")
     finally:
         forger.close()
+    grown = rss_bytes(a.proc.pid) - base
+    print(f"RSS grew by {grown / MiB:.0f} MiB after {sent} user messages from new origins")
+    assert grown < 25 * MiB
     counters = gossip_view(a)["counters"]
     assert counters["user_seen_entries"] <= USER_SEEN_FLOOR
     assert counters["user_seen_evicted"] >= sent - USER_SEEN_FLOOR

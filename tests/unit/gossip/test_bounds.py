@@ -229,3 +229,16 @@ def test_frames_are_refused_before_reading_when_too_big_or_over_the_budget() -> 
     assert gate.reserve("h3", 10, limit=500) is StreamRefusal.BUFFER  # over the total
     gate.release("h1", 50)
     assert gate.reserve("h3", 10, limit=500) is None and gate.buffered == 60
+
+
+def test_a_member_joining_through_us_is_admitted_while_a_flood_fills_the_total_cap() -> None:
+    core = make_core()
+    core._admission.floor = 10  # a small total cap, filled by a flood from many sources
+    for i in range(20):
+        core.on_packet((f"10.6.6.{i}", 5000), packet(Alive(1, f"fake-{i}", "10.9.9.9", 2000 + i)), 1.0)
+    assert core.unconfirmed_members == 10 and core.counters.refused_member == 10
+    joiner = (PushNodeState("joiner", "10.3.3.3", 7946, b"", 1, MemberState.ALIVE),
+              PushNodeState("friend", "10.3.3.3", 7947, b"", 1, MemberState.ALIVE))
+    core.on_stream(("10.3.3.3", 40000), ENV.seal(to_wire(PushPull(True, joiner))), 2.0)
+    assert core.member("joiner") is not None
+    assert core.member("friend") is None  # only the joiner itself passes the total cap
