@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.clock import SYSTEM_CLOCK
 from sidecar.gossip.admission import UNCONFIRMED_FLOOR, UNCONFIRMED_PER_SOURCE
 from sidecar.gossip.envelope import Envelope
 from sidecar.gossip.incarnation import INCARNATION_MAX, incarnation_ceiling
@@ -26,6 +27,7 @@ from sidecar.gossip.messages import Alive, Dead, Message, Suspect, UserMsg, comp
 from sidecar.gossip.seen import USER_SEEN_FLOOR
 from sidecar.gossip.streamgate import StreamLimits
 from tests.harness import SidecarProcess, http, wait_for
+from tests.integration.security.inproc import running
 
 CLUSTER = "attacked"
 KEY = "Z29zc2lwLWF0dGFjay10ZXN0LWtleS0wMTIzNDU2Nzg="  # a fixed test key, used nowhere else
@@ -272,3 +274,34 @@ def test_user_messages_from_new_origins_keep_a_bounded_record(tmp_path: Path, st
     counters = gossip_view(a)["counters"]
     assert counters["user_seen_entries"] <= USER_SEEN_FLOOR
     assert counters["user_seen_evicted"] >= sent - USER_SEEN_FLOOR
+
+
+# ----------------------------------------------------------------------------------- cannot refute: /ready
+
+
+class FarFutureClock:
+    """The real clock, but its wall time is past 2156: the incarnation ceiling is the wire's maximum."""
+
+    def monotonic(self) -> float:
+        return SYSTEM_CLOCK.monotonic()
+
+    def wall(self) -> float:
+        return SYSTEM_CLOCK.wall() + 140 * 365 * 86400.0
+
+    async def sleep(self, seconds: float) -> None:
+        await SYSTEM_CLOCK.sleep(seconds)
+
+
+def test_a_member_that_can_no_longer_refute_is_not_ready(tmp_path: Path) -> None:
+    with running(tmp_path, config([]), clock=FarFutureClock()) as node:
+        address = hostport(str(node.sidecar.bound["gossip"]))
+        assert http("GET", node.admin + "/ready").status == 200
+        forger = Forger([])
+        try:
+            forger.send(address, Suspect(INCARNATION_MAX, "node-a", "evil"))
+            ready = wait_for(lambda: (r := http("GET", node.admin + "/ready")).status == 503 and r, 10,
+                             what="/ready to answer 503")
+        finally:
+            forger.close()
+        assert "cannot refute" in ready.json()["reason"]
+        assert "sidecar_gossip_cannot_refute 1.0" in http("GET", node.admin + "/metrics").body.decode()
