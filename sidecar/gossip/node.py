@@ -27,13 +27,14 @@ from sidecar.gossip.core import (
     OpenStream,
     Output,
     SendUdp,
+    StreamPurpose,
     SyncCompleted,
 )
 from sidecar.gossip.errors import KeyringError
 from sidecar.gossip.keyring import Keyring, key_text
 from sidecar.gossip.reconnect import Reconnects
 from sidecar.gossip.state import Address, MemberView
-from sidecar.gossip.streamgate import StreamGate, StreamLimits, frame_limit
+from sidecar.gossip.streamgate import MAX_ACK_FRAME, MAX_FRAME, StreamGate, StreamLimits, frame_limit
 from sidecar.gossip.transport import UdpEndpoint, exchange, open_listeners
 
 log = logging.getLogger(__name__)
@@ -368,7 +369,8 @@ class GossipNode:
 
     async def _exchange(self, cmd: OpenStream) -> list[Output]:
         core = self._require_core()
-        reply = await exchange(cmd.address, cmd.data, cmd.deadline - self._clock.monotonic())
+        limit = MAX_ACK_FRAME if cmd.purpose is StreamPurpose.PING else MAX_FRAME
+        reply = await exchange(cmd.address, cmd.data, cmd.deadline - self._clock.monotonic(), limit)
         outputs = core.on_stream_reply(cmd.token, reply, self._clock.monotonic())
         self._carry_out(outputs)
         self._wake.set()

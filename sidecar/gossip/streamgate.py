@@ -20,6 +20,7 @@ import enum
 from dataclasses import dataclass
 
 MAX_FRAME = 32 * 1024 * 1024  # the largest frame read at all; replies to our own push-pulls may be this big
+MAX_ACK_FRAME = 4096  # the reply to a TCP fallback probe: one sealed ack
 FRAME_BASE = 1024 * 1024  # room for a small cluster's push-pull with its catalog state
 # one member's push-pull entry is at most ~1 KiB; the rest is its share of the catalog state that rides along
 FRAME_PER_MEMBER = 16 * 1024

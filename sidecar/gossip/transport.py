@@ -149,8 +149,9 @@ async def open_listeners(host: str, port: int, on_datagram: Callable[[bytes, Add
     raise last if last is not None else OSError(f"cannot bind gossip UDP and TCP on {host}:{port}")
 
 
-async def exchange(address: Address, data: bytes, timeout: float) -> bytes | None:
-    """Send one frame and read one reply over a fresh TCP connection; None on any failure or timeout."""
+async def exchange(address: Address, data: bytes, timeout: float, limit: int = MAX_FRAME) -> bytes | None:
+    """Send one frame and read one reply (at most ``limit`` bytes) over a fresh TCP connection; None on any
+    failure or timeout."""
     if timeout <= 0:
         return None
     writer: asyncio.StreamWriter | None = None
@@ -159,7 +160,7 @@ async def exchange(address: Address, data: bytes, timeout: float) -> bytes | Non
             reader, writer = await asyncio.open_connection(address[0], address[1])
             writer.write(frame(data))
             await writer.drain()
-            return await read_frame(reader)
+            return await read_frame(reader, limit)
     except (OSError, TimeoutError, FrameError) as exc:
         log.debug("gossip stream to %s failed: %s", address, exc)
         return None

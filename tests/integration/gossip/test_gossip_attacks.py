@@ -8,6 +8,8 @@ on 127.0.0.1, do not share the attacker's per-host budgets.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -25,7 +27,8 @@ from sidecar.gossip.incarnation import INCARNATION_MAX, incarnation_ceiling
 from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import Alive, Dead, Message, Suspect, UserMsg, compound_to_wire, to_wire
 from sidecar.gossip.seen import USER_SEEN_FLOOR
-from sidecar.gossip.streamgate import StreamLimits
+from sidecar.gossip.streamgate import MAX_ACK_FRAME, StreamLimits
+from sidecar.gossip.transport import exchange
 from tests.harness import SidecarProcess, http, wait_for
 from tests.integration.security.inproc import running
 
@@ -305,3 +308,27 @@ def test_a_member_that_can_no_longer_refute_is_not_ready(tmp_path: Path) -> None
             forger.close()
         assert "cannot refute" in ready.json()["reason"]
         assert "sidecar_gossip_cannot_refute 1.0" in http("GET", node.admin + "/metrics").body.decode()
+
+
+def test_a_probe_reply_larger_than_an_ack_is_not_read() -> None:
+    """A member we probe over TCP (possibly a forged one, at an attacker's address) answers with a big frame:
+    a push-pull may read it, a fallback probe does not."""
+
+    async def scenario() -> tuple[bytes | None, bytes | None]:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)
+            writer.write(struct.pack(">I", 2 * MAX_ACK_FRAME) + b"\0" * (2 * MAX_ACK_FRAME))
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            probe = await exchange(("127.0.0.1", port), b"ping", 5.0, MAX_ACK_FRAME)
+            push_pull = await exchange(("127.0.0.1", port), b"push-pull", 5.0)
+        return probe, push_pull
+
+    probe, push_pull = asyncio.run(scenario())
+    assert probe is None
+    assert push_pull is not None and len(push_pull) == 2 * MAX_ACK_FRAME
