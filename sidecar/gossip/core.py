@@ -219,7 +219,6 @@ class GossipCounters:
     address_conflicts: int = 0
     refused_incarnation: int = 0  # suspect/alive/dead messages above the incarnation ceiling
     refused_member: int = 0  # new members over the unconfirmed caps of their introducer or in total
-    user_seen_evicted: int = 0  # delivered-broadcast records forgotten for age or room
     refused: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Refusal})
 
     def snapshot(self) -> dict[str, int]:
@@ -393,7 +392,13 @@ class GossipCore:
 
     @property
     def user_seen_entries(self) -> int:
+        """Records of delivered user broadcasts held (see ``seen``)."""
         return len(self._user_seen)
+
+    @property
+    def user_seen_evicted(self) -> int:
+        """Records forgotten so far, for age or for room."""
+        return self._user_seen.evicted
 
     def incarnation_ceiling(self, now: float) -> int:
         """The highest incarnation we accept from anyone at ``now`` (see ``incarnation``)."""
@@ -757,9 +762,7 @@ class GossipCore:
             seen = self._user_seen
             if not seen.is_new(msg.origin, msg.key, msg.version):
                 return
-            evicted = seen.evicted
             seen.record(msg.origin, msg.key, msg.version, now, max(USER_SEEN_FLOOR, 4 * len(self._table)))
-            self.counters.user_seen_evicted += seen.evicted - evicted
             out.append(UserMessage(msg.origin, msg.key, msg.data))
         origin = self._table.get(msg.origin)
         known_by = (src,) if origin is None or origin.address == src else (src, origin.address)

@@ -245,6 +245,7 @@ class GossipNode:
         out["health_score"] = self._core.health_score if self._core is not None else 0
         out["unconfirmed_members"] = self._core.unconfirmed_members if self._core is not None else 0
         out["user_seen_entries"] = self._core.user_seen_entries if self._core is not None else 0
+        out["user_seen_evicted"] = self._core.user_seen_evicted if self._core is not None else 0
         out["plaintext_exposed"] = int(self.exposure_warning() is not None)
         out["cannot_refute"] = int(self.problem is not None)
         out.update(self.streams.snapshot())

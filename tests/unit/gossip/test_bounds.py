@@ -175,7 +175,7 @@ def test_user_messages_from_ever_new_origins_keep_the_record_bounded() -> None:
         out = core.on_packet(("10.6.6.6", 5000), packet(UserMsg(f"origin-{i}", "k", 1, b"x")), 1.0)
         delivered += sum(isinstance(o, UserMessage) for o in out)
     assert delivered == USER_SEEN_FLOOR + 500
-    assert core.user_seen_entries == USER_SEEN_FLOOR and core.counters.user_seen_evicted == 500
+    assert core.user_seen_entries == USER_SEEN_FLOOR and core.user_seen_evicted == 500
 
 
 def test_a_delivered_version_is_not_delivered_again_while_remembered() -> None:
