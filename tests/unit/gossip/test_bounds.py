@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.gossip.admission import UNCONFIRMED_FLOOR, UNCONFIRMED_PER_SOURCE, Admission
-from sidecar.gossip.core import MemberSuspect, SendUdp, UserMessage, member_events
+from sidecar.gossip.core import UserMessage, member_events
 from sidecar.gossip.incarnation import (
     INCARNATION_EPOCH,
     INCARNATION_HEADROOM,
@@ -14,6 +14,7 @@ from sidecar.gossip.incarnation import (
     incarnation_ceiling,
 )
 from sidecar.gossip.messages import Ack, Alive, Dead, Ping, PushNodeState, PushPull, Suspect, UserMsg, to_wire
+from sidecar.gossip.node import exposure_warning
 from sidecar.gossip.seen import USER_SEEN_FLOOR, SeenVersions
 from sidecar.gossip.state import MemberState
 from sidecar.gossip.streamgate import (
@@ -97,12 +98,12 @@ def test_push_pull_entries_above_the_ceiling_are_skipped() -> None:
 def test_a_member_that_cannot_refute_says_so_and_never_fails_to_encode() -> None:
     core = make_core(wall_offset=FAR_FUTURE)  # a clock past 2156: the ceiling is the wire's maximum
     with_members(core, ["a"])
-    out = core.on_packet(("a", 7946), packet(Suspect(INCARNATION_MAX, "me", "a")), 1.0)
+    core.on_packet(("a", 7946), packet(Suspect(INCARNATION_MAX, "me", "a")), 1.0)  # no struct.error
     assert core.stuck is not None and "cannot refute" in core.stuck
     assert core.incarnation == 1
-    core.set_meta(b"new")  # still encodes
-    out += core.on_tick(10.0)
-    assert all(isinstance(o, SendUdp) for o in out if not isinstance(o, MemberSuspect))
+    core.set_meta(b"new")
+    out = core.on_tick(10.0)  # gossips and probes: everything it encodes fits the wire
+    assert all(a.incarnation <= INCARNATION_MAX for _, a in sent_of(out, Alive))
 
 
 def test_metadata_changes_stop_at_the_maximum_incarnation() -> None:
@@ -242,3 +243,15 @@ def test_a_member_joining_through_us_is_admitted_while_a_flood_fills_the_total_c
     core.on_stream(("10.3.3.3", 40000), ENV.seal(to_wire(PushPull(True, joiner))), 2.0)
     assert core.member("joiner") is not None
     assert core.member("friend") is None  # only the joiner itself passes the total cap
+
+
+@pytest.mark.parametrize(("host", "encrypted", "warned"), [
+    ("0.0.0.0", False, True), ("::", False, True), ("10.0.0.1", False, True),
+    ("0.0.0.0", True, False), ("127.0.0.1", False, False), ("127.0.0.5", False, False), ("::1", False, False),
+    ("localhost", False, False),
+])
+def test_plaintext_gossip_beyond_loopback_is_warned_about(host: str, encrypted: bool, warned: bool) -> None:
+    warning = exposure_warning(host, encrypted)
+    assert (warning is not None) == warned
+    if warning is not None:
+        assert "WITHOUT ENCRYPTION" in warning and "gossip.encrypt_keys" in warning and host in warning
