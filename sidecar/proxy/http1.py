@@ -677,8 +677,12 @@ class ResponseReader:
             self._sink.on_response_body(data)
 
     def on_message_complete(self) -> None:
+        if self._after_head:
+            return
+        # the next bytes start a head: the final one after an interim response, else the next response. Its
+        # bytes are collected from the next feed on, so a final head arriving in a read of its own is kept whole
+        self._in_head = True
         if self._interim:
             self._interim = False
-        elif not self._after_head:
-            self._in_head = True
+        else:
             self._sink.on_response_end()
