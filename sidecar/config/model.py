@@ -331,7 +331,10 @@ class BudgetConfig:
 class RetryConfig:
     # attempts after the first
     attempts: int = field(default=2, metadata={"check": _non_negative})
-    per_try_timeout: Duration = field(default=Duration(5), metadata={"check": _positive})
+    # what bounds one try; None: a try may use all that is left of the policy's timeout (Envoy's route timeout),
+    # so a slow answer inside the timeout is not cut and run again. A value at or above the timeout bounds nothing
+    # more than the timeout does (a named policy may shorten the timeout below the per-try timeout of "*")
+    per_try_timeout: Duration | None = field(default=None, metadata={"check": _positive})
     retry_on: list[str] = field(default_factory=lambda: ["connect-failure", "reset", "503"],
                                 metadata={"check": _retry_on})
     backoff: BackoffConfig = field(default_factory=BackoffConfig)

@@ -74,7 +74,7 @@ from sidecar.proxy import (
 )
 from sidecar.proxy.limits import DEFAULT_POOL_LIMITS, DEFAULT_PROXY_LIMITS
 from sidecar.proxy.target import RouteResult
-from sidecar.resilience import Call, Resilience
+from sidecar.resilience import Call, Resilience, deadline
 from sidecar.tls import reasons
 from sidecar.tls.context import peer_server_name
 from sidecar.tls.errors import PeerRefused
@@ -201,9 +201,9 @@ class _Targets:
     def _build(self, endpoint: Endpoint, context: ssl.SSLContext) -> Target:
         policy = self._config.policy_for(endpoint.service)
         timeout = float(policy.timeout)
-        per_try = float(policy.retries.per_try_timeout)
-        # each try is bounded by per_try_timeout when the policy retries at all (Envoy's meaning)
-        try_timeout = per_try if policy.retries.attempts > 0 and per_try < timeout else None
+        per_try = policy.retries.per_try_timeout
+        try_timeout = deadline.try_timeout(None if per_try is None else float(per_try), policy.retries.attempts,
+                                           timeout)
         host, port = endpoint.address
         return Target(endpoint.address, ssl=context, server_hostname=peer_server_name(host, port),
                       pool_key=(self.kind, endpoint.address, self._generation), timeout=timeout,

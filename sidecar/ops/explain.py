@@ -324,8 +324,9 @@ def _policy(service: str, config: Config, dest: Destination | None, now: float) 
     policy = config.policy_for(service)
     source = f"policies.{service}" if service in config.policies else "policies.*"
     retries = policy.retries
+    per_try = None if retries.per_try_timeout is None else float(retries.per_try_timeout)
     data: dict[str, Any] = {"source": source, "timeout": float(policy.timeout), "attempts": retries.attempts,
-                            "perTryTimeout": float(retries.per_try_timeout), "retryOn": list(retries.retry_on),
+                            "perTryTimeout": per_try, "retryOn": list(retries.retry_on),
                             "retryNonIdempotent": retries.retry_non_idempotent,
                             "budget": {"ratio": retries.budget.ratio, "minPerSecond": retries.budget.min_per_second},
                             "loadBalancer": policy.load_balancer}
@@ -344,10 +345,16 @@ def _policy(service: str, config: Config, dest: Destination | None, now: float) 
         retry_words = "no retries"
     else:
         retry_words = (f"up to {retries.attempts} retr{'ies' if retries.attempts != 1 else 'y'} on "
-                       f"{', '.join(retries.retry_on)}, each try within {float(retries.per_try_timeout):g}s, "
+                       f"{', '.join(retries.retry_on)}, {_try_bound(per_try, float(policy.timeout))}, "
                        f"{budget_words}")
     says = f"{source} applies: a {float(policy.timeout):g}s deadline, {retry_words}"
     return Step("policy", verdict, says, data)
+
+
+def _try_bound(per_try: float | None, timeout: float) -> str:
+    if per_try is None or per_try >= timeout:
+        return "each try within what is left of the deadline"
+    return f"each try within {per_try:g}s"
 
 
 def _authorization(question: Question, service: str, facts: Facts) -> Step:

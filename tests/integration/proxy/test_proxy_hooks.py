@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sidecar.proxy import AttemptRecord, HttpProxy, Retry, Target
+from sidecar.proxy import AttemptRecord, HttpProxy, RequestHead, Retry, Target
 from tests.integration.proxy.conftest import LoopThread, closed_port, start_backend
 
 
@@ -81,6 +81,45 @@ def test_status_in_policy_is_retried_and_the_first_response_discarded(loop_threa
         response = request(port, b"GET /hello/r HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
         assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"hello /hello/r")
         assert policy.asked[0].status == 503
+    finally:
+        loop_thread.run(proxy.close(grace=0.5))
+        busy.close()
+        loop_thread.run(backend.runner.cleanup())  # type: ignore[union-attr]
+
+
+def test_a_retry_sends_the_head_as_the_policy_left_it(loop_thread: LoopThread) -> None:
+    """The retry policy may edit the request head for the attempt it starts (the resilience layer tells the next
+    hop the time left then): the retry carries the edited head, not the bytes of the first attempt."""
+    async def start_503() -> asyncio.Server:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+            await writer.drain()
+
+        return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+    busy = loop_thread.run(start_503())
+    backend = loop_thread.run(start_backend())
+    heads: list[RequestHead] = []
+
+    @dataclass
+    class Restamp(NextTarget):
+        def next_attempt(self, attempt: AttemptRecord) -> Retry | None:
+            heads[0].headers.set("x-try", str(attempt.number + 1))
+            return super().next_attempt(attempt)
+
+    policy = Restamp(Target(("127.0.0.1", backend.port)), statuses=frozenset({503}))
+    first = Target(("127.0.0.1", busy.sockets[0].getsockname()[1]), retry=policy)
+
+    def route(head: RequestHead, conn: object) -> Target:
+        head.headers.set("x-try", "1")
+        heads.append(head)
+        return first
+
+    proxy, port = run_proxy(loop_thread, route)
+    try:
+        response = request(port, b"GET /hello/r HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        assert response.startswith(b"HTTP/1.1 200") and b"\r\nx-seen-x-try: 2\r\n" in response.lower()
     finally:
         loop_thread.run(proxy.close(grace=0.5))
         busy.close()

@@ -245,6 +245,67 @@ def test_interim_then_final_response() -> None:
     assert isinstance(final, ResponseHead) and final.status == 201
 
 
+FINAL = (b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 11\r\n"
+         b"Access-Control-Allow-Origin: *\r\nX-Custom: kept\r\n\r\n{\"ok\":true}")
+INTERIMS = {
+    "100 Continue": b"HTTP/1.1 100 Continue\r\n\r\n",
+    "103 Early Hints": b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+    "100 then 103": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n",
+}
+
+
+def feed_in_pieces(pieces: list[bytes]) -> list[tuple[str, object]]:
+    sink = Sink()
+    reader = ResponseReader(sink)
+    reader.expect(False)
+    for piece in pieces:
+        reader.feed(piece)
+    return sink.events
+
+
+def assert_final_intact(events: list[tuple[str, object]], interims: int) -> None:
+    kinds = [kind for kind, _ in events]
+    assert kinds[:interims] == ["interim"] * interims and kinds[interims] == "head" and kinds[-1] == "end", kinds
+    assert b"".join(data for kind, data in events if kind == "body" and isinstance(data, bytes)) == b'{"ok":true}'
+    final = events[interims][1]
+    assert isinstance(final, ResponseHead)
+    assert final.status == 201 and final.content_length == 11 and not final.chunked and not final.close_delimited
+    assert final.headers.get("content-type") == "application/json"
+    assert final.headers.get("access-control-allow-origin") == "*" and final.headers.get("x-custom") == "kept"
+    # what goes downstream: every end-to-end field as received, framed by the Content-Length (not re-chunked)
+    assert final.to_bytes(chunked=False, close=False) == (
+        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\n"
+        b"X-Custom: kept\r\nContent-Length: 11\r\n\r\n")
+
+
+@pytest.mark.parametrize("interim", INTERIMS.values(), ids=INTERIMS.keys())
+def test_final_head_after_interim_keeps_every_header_however_the_bytes_are_split(interim: bytes) -> None:
+    """An interim (1xx) response, then the final one: the final head is found whole whether it arrives in the
+    same read as the interim, in a read of its own (an app that flushes ``100 Continue`` before answering, as
+    every one that honours ``Expect: 100-continue`` does), or cut anywhere."""
+    stream = interim + FINAL
+    interims = interim.count(b"HTTP/1.1 1")
+    assert_final_intact(feed_in_pieces([stream]), interims)
+    assert_final_intact(feed_in_pieces([interim, FINAL]), interims)
+    for cut in range(1, len(stream)):
+        assert_final_intact(feed_in_pieces([stream[:cut], stream[cut:]]), interims)
+    assert_final_intact(feed_in_pieces([stream[i:i + 1] for i in range(len(stream))]), interims)
+
+
+def test_the_next_response_on_the_connection_parses_after_an_interim_one() -> None:
+    sink = Sink()
+    reader = ResponseReader(sink)
+    reader.expect(False)
+    reader.feed(INTERIMS["100 Continue"])
+    reader.feed(FINAL)
+    reader.expect(False)
+    reader.feed(b"HTTP/1.1 200 OK\r\nX-Second: yes\r\nContent-Length: 2\r\n\r\nok")
+    heads = [head for kind, head in sink.events if kind == "head" and isinstance(head, ResponseHead)]
+    assert [head.status for head in heads] == [201, 200]
+    assert heads[0].content_length == 11 and heads[0].headers.get("x-custom") == "kept"
+    assert heads[1].headers.get("x-second") == "yes" and heads[1].content_length == 2
+
+
 def test_response_until_close_and_chunked() -> None:
     events = response_events(b"HTTP/1.1 200 OK\r\n\r\nstream")
     head = events[0][1]
