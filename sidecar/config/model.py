@@ -151,8 +151,8 @@ class DnsForwardRateLimit:
     source address can be forged: without a limit, a listener reachable from outside reflects amplified
     floods onto whoever the forged address names. Over the limit the reply is an empty one with TC=1, no
     larger than the query, so a real client retries over TCP (whose handshake a forger cannot complete, and
-    which is not limited) and loses only a round trip; a forger gains nothing (BIND's and CoreDNS's RRL
-    "slip"). 0 turns the limit off.
+    which is not limited) and loses only a round trip; a forger gains nothing (the "slip" of BIND's response
+    rate limiting). 0 turns the limit off.
     """
 
     # an app's resolver asks a few names a second (A and AAAA each); 20/s with a burst of 40 (a start-up
