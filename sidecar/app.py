@@ -356,7 +356,9 @@ class Sidecar:
             self._rotation_task.cancel()
         if self.gossip.bound is not None:
             # the drain's health changes were broadcast; leaving tells peers at once rather than by suspicion
-            await self.gossip.leave(LEAVE_TIMEOUT)
+            if not await self.gossip.leave(LEAVE_TIMEOUT):
+                log.warning("the leave was not sent its full number of times; peers may declare this member "
+                            "failed rather than left", extra=fields(timeout=f"{LEAVE_TIMEOUT}s"))
             await self.gossip.stop()
         await self.dns.stop()
         for site in reversed(self.sites):

@@ -126,23 +126,29 @@ class SidecarProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: list[str] = []
         self.listeners: dict[str, str] = {}
+        self.ready_logged = False
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 20.0) -> SidecarProcess:
+        self.ready_logged = False
         self.proc = subprocess.Popen(self.args, cwd=str(self.cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=self.env)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if wait_ready:
-            wait_for(lambda: "admin" in self.listeners and "api" in self.listeners and self.ready(),
-                     timeout, what=f"{self.name} ready; log: {self.lines[-5:]}")
+            # the "sidecar ready" line follows every "listening" line: once the reader thread has seen it,
+            # ``listeners`` is complete (/ready can answer 200 before the thread has read that far)
+            wait_for(lambda: self.ready_logged and self.ready(), timeout,
+                     what=f"{self.name} ready; log: {self.lines[-5:]}")
         return self
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
+            if "sidecar ready" in line:
+                self.ready_logged = True
             match = _LISTENING.search(line)
             if match:
                 self.listeners[match.group(1)] = match.group(2)

@@ -137,9 +137,29 @@ class InboundConfig:
 
 @dataclass(frozen=True, slots=True)
 class DnsRateLimit:
-    # per client address; 0 turns the limit off, as most meshes have a handful of trusted clients
+    # every query, per client address; 0 turns the limit off, as most meshes have a handful of trusted clients
+    # (forwarded queries have their own limit, on by default: forward_rate_limit)
     qps: float = field(default=0.0, metadata={"check": _non_negative})
     burst: int = field(default=100, metadata={"check": _at_least_one})
+
+
+@dataclass(frozen=True, slots=True)
+class DnsForwardRateLimit:
+    """Per client address, on queries forwarded to ``dns.upstreams`` over UDP; names of the mesh are not counted.
+
+    A forwarded answer can be 80 times the query (48 bytes in, ~3,900 out for a large TXT set), and a UDP
+    source address can be forged: without a limit, a listener reachable from outside reflects amplified
+    floods onto whoever the forged address names. Over the limit the reply is an empty one with TC=1, no
+    larger than the query, so a real client retries over TCP (whose handshake a forger cannot complete, and
+    which is not limited) and loses only a round trip; a forger gains nothing (the "slip" of BIND's response
+    rate limiting). 0 turns the limit off.
+    """
+
+    # an app's resolver asks a few names a second (A and AAAA each); 20/s with a burst of 40 (a start-up
+    # that resolves its dependencies at once) leaves it untouched and caps what one forged source can
+    # draw at ~80 KB/s of answers
+    qps: float = field(default=20.0, metadata={"check": _non_negative})
+    burst: int = field(default=40, metadata={"check": _at_least_one})
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +172,7 @@ class DnsConfig:
     upstreams: list[HostPort] = field(default_factory=list, metadata={"default_port": 53})
     upstream_timeout: Duration = field(default=Duration(2), metadata={"check": _positive})
     rate_limit: DnsRateLimit = field(default_factory=DnsRateLimit)
+    forward_rate_limit: DnsForwardRateLimit = field(default_factory=DnsForwardRateLimit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -416,7 +416,8 @@ class GossipCore:
     @property
     def leave_done(self) -> bool:
         """The leave message has been sent its full number of times (or nobody is left to tell)."""
-        return self._leave_done or (self._left and self._table.live_count <= 1)
+        # once we have left we are no longer live ourselves: live_count counts only the others
+        return self._leave_done or (self._left and self._table.live_count == 0)
 
     @property
     def keyring(self) -> Keyring | None:
@@ -864,7 +865,9 @@ class GossipCore:
             if not self._left:
                 self._refute(d.incarnation, out)
                 return
-            self._queue.queue(d.node, wire, self._on_leave_sent)
+            # nobody can repair a lost leave once we are gone (no refutation, no push-pull): it goes out its
+            # full number of times even to members that had it already, as memberlist's does
+            self._queue.queue(d.node, wire, self._on_leave_sent, every_send_counts=True)
         else:
             self._queue.queue(d.node, wire, known_by=_knowers(src))
         new = updated(m, incarnation=d.incarnation, state=new_state, state_change=now)

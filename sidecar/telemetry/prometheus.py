@@ -106,6 +106,7 @@ _DNS_COUNTERS = {
     "dropped": "DNS queries dropped.",
     "forwarded": "DNS queries forwarded to dns.upstreams.",
     "forward_failed": "DNS forwards that got no answer.",
+    "forward_limited": "DNS queries to forward answered with TC=1 instead, over the per-client forwarding limit.",
     "internal_errors": "DNS queries that failed inside the responder.",
 }
 
