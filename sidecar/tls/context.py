@@ -37,6 +37,7 @@ import ssl
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from sidecar.tls import reasons
@@ -322,7 +323,63 @@ def peer_server_name(host: str, port: int) -> str:
     """A DNS-shaped name unique to one peer address, for ``server_hostname`` (the session cache's key).
 
     An IP address alone would not tell apart two sidecars on one host, and Python sends no SNI for IPs.
+    A peer's inbound answers this name (no service in it) with its first identity.
     """
     label = host.strip("[]").replace(":", "-").replace("%", "-")
-    return f"p{port}.{label}.sidecar.invalid"
+    return f"p{port}.{label}{SERVER_NAME_SUFFIX}"
+
+
+SERVER_NAME_SUFFIX = ".sidecar.invalid"
+_SERVICE_MARK = "svc"
+
+
+def service_server_name(service: str, host: str, port: int) -> str:
+    """The SNI that asks the sidecar at ``host:port`` for ``service``'s identity: ``SERVICE.svc.pPORT.HOST...``.
+
+    The inbound picks the certificate of that service by it (:func:`service_of_server_name`); the peer part
+    keeps the session cache per (service, peer). Service names are DNS labels (config and API check it).
+    """
+    return f"{service.lower()}.{_SERVICE_MARK}.{peer_server_name(host, port)}"
+
+
+def service_of_server_name(server_name: str | None) -> str | None:
+    """The service a :func:`service_server_name` asks for (lower case); None for any other name or none."""
+    if not server_name or not server_name.lower().endswith(SERVER_NAME_SUFFIX):
+        return None
+    labels = server_name.lower().split(".")
+    if len(labels) >= 6 and labels[1] == _SERVICE_MARK and labels[2][:1] == "p" and labels[2][1:].isdigit():
+        return labels[0]
+    return None
+
+
+def sni_selector(contexts: Callable[[str], MeshContext | None]) -> Callable[[ssl.SSLObject, str | None,
+                                                                             ssl.SSLContext], int | None]:
+    """An ``sni_callback`` that moves a handshake to the context of the service its SNI names.
+
+    ``contexts(service)`` is that service's current server context, None when this sidecar does not host it:
+    the handshake then fails with ``unrecognized_name`` (no certificate of ours is the one the caller wants).
+    A name that asks for no service (none sent, ``openssl s_client``, a node-level dial) keeps the context the
+    listener started with: the first identity. The chosen service is kept on the connection as
+    ``sidecar_service``; the inbound forwards its requests to that service's app only.
+    """
+
+    def select(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
+        service = service_of_server_name(server_name)
+        if service is None:
+            return None
+        chosen = contexts(service)
+        if chosen is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        if chosen is not ssl_object.context:
+            ssl_object.context = chosen
+        ssl_object.sidecar_service = service  # type: ignore[attr-defined]
+        return None
+
+    return select
+
+
+def selected_service(ssl_object: object) -> str | None:
+    """The service the caller's SNI named on an inbound connection (lower case), None when it named none."""
+    value = getattr(ssl_object, "sidecar_service", None)
+    return value if isinstance(value, str) else None
 

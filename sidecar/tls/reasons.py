@@ -145,6 +145,12 @@ def bad_spiffe_id(role: str, detail: str) -> RefusalReason:
     return RefusalReason(Refusal.NO_SPIFFE_ID, f"{role} certificate has a malformed SPIFFE ID: {detail}")
 
 
+def ca_as_leaf(role: str) -> RefusalReason:
+    return RefusalReason(
+        Refusal.BAD_CERTIFICATE, f"{role} certificate is a CA certificate (basicConstraints cA=TRUE or keyCertSign);"
+        " an X.509-SVID must be a leaf: issue one with `sidecar certs issue`")
+
+
 def not_a_service(role: str, spiffe_id: str) -> RefusalReason:
     return RefusalReason(
         Refusal.NO_SPIFFE_ID, f"SPIFFE ID {spiffe_id} of the {role} names no service (expected .../service/NAME)"
