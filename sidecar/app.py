@@ -224,7 +224,12 @@ class Sidecar:
         self.replication.identities = store.signing_identities
         self.replication.verifier = ClaimVerifier(store.trust_domain, self.config.node.cluster,
                                                   lambda: store.material.cas, self.clock.wall)
-        store.on_any_rotation(lambda: self.replication.local_changed())
+        store.on_any_rotation(self._restate_claims)
+
+    def _restate_claims(self) -> None:
+        # before gossip starts there is no one to tell; starting it states our claims with the current certificates
+        if self.gossip.bound is not None:
+            self.replication.local_changed()
 
     async def _start_messaging(self) -> None:
         assert self.dataplane is not None

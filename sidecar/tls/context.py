@@ -223,7 +223,8 @@ class ServerSSLObject(_DirectSSLObject):
             raise
         except ssl.SSLError as exc:
             setattr(exc, EVIDENCE_ATTRIBUTE, HandshakeEvidence(
-                self.__dict__.get("sidecar_peer_der"), self.__dict__.get("sidecar_offered")
+                self.__dict__.get("sidecar_peer_der"), self.__dict__.get("sidecar_offered"),
+                self.__dict__.get("sidecar_unknown_service"),
             ))
             raise
         twin = getattr(self.context, "twin", None)
@@ -369,6 +370,7 @@ def sni_selector(contexts: Callable[[str], MeshContext | None]) -> Callable[[ssl
             return None
         chosen = contexts(service)
         if chosen is None:
+            ssl_object.sidecar_unknown_service = service  # type: ignore[attr-defined]  # the refusal's reason
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         if chosen is not ssl_object.context:
             ssl_object.context = chosen

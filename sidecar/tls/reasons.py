@@ -72,6 +72,8 @@ class HandshakeEvidence:
 
     peer_certificate: bytes | None = None
     offered_version: str | None = None
+    # the service the client's SNI asked for when this sidecar holds no certificate for it
+    unknown_service: str | None = None
 
 
 NO_EVIDENCE = HandshakeEvidence()
@@ -167,6 +169,12 @@ def wrong_service(role: str, spiffe_id: str, expected: str) -> RefusalReason:
     )
 
 
+def unknown_service(service: str) -> RefusalReason:
+    return RefusalReason(
+        Refusal.WRONG_SERVICE, f"the client asked (by SNI) for service {service}, which this sidecar holds no"
+        " certificate for (tls.cert, tls.identities)")
+
+
 def timeout(seconds: float) -> RefusalReason:
     return RefusalReason(Refusal.HANDSHAKE_TIMEOUT, f"TLS handshake not finished within {seconds:g}s")
 
@@ -223,6 +231,8 @@ def classify(
         return RefusalReason(Refusal.HANDSHAKE_TIMEOUT, "TLS handshake timed out")
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionError | EOFError):
         return peer_closed()
+    if evidence.unknown_service is not None:
+        return unknown_service(evidence.unknown_service)
     if isinstance(exc, ssl.SSLError):
         reason = (exc.reason or "").upper()
         if reason in _NO_CERT_REASONS:

@@ -213,3 +213,30 @@ def test_a_gossip_key_holder_cannot_forge_another_nodes_catalog_state(
             assert 'sidecar_catalog_claims_refused_total{reason="unsigned"}' in metrics
         finally:
             forger.close()
+
+
+def test_three_hundred_services_on_one_node_reach_every_peer(
+        tmp_path: Path, gossip_key: str, stopper: list[SidecarProcess]) -> None:
+    """One SVID and one signed claim per service: 300 of them fit gossip (no MessageTooLarge), and a peer that
+    verifies every claim lists them all."""
+    names = [f"svc-{i:03d}" for i in range(300)]
+    pki = make_certs(tmp_path / "certs", ["checkout", *names])
+    first, *rest = names
+    tls = {**pki[first], "identities": [{"service": n, "cert": pki[n]["cert"], "key": pki[n]["key"]} for n in rest]}
+    with FakeApp("many") as app:
+        many = start(tmp_path, "node-many", tls, gossip_key, [{"name": n, "port": app.port} for n in names])
+        stopper.append(many)
+        caller = start(tmp_path, "node-caller", pki["checkout"], gossip_key, [], join=[many.listeners["gossip"]])
+        stopper.append(caller)
+
+        def listed() -> int:
+            return len(http("GET", f"{caller.api}/v1/catalog").json())
+
+        wait_for(lambda: listed() == 300, 60, what="300 services at the peer")
+        assert "MessageTooLarge" not in many.log_text() and "too large" not in many.log_text().lower()
+        assert http("GET", caller.admin + "/gossip").json()["catalogClaimsRefused"] == {}
+        # and each is served under its own identity
+        for name in (first, names[150], names[-1]):
+            reply = http("GET", f"http://{caller.listeners['outbound']}/x", headers={"Host": name}, timeout=10)
+            assert reply.status == 200, reply
+            assert app.headers[-1]["x-sidecar-caller"] == "spiffe://mesh.local/service/checkout"
