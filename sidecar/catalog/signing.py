@@ -61,6 +61,9 @@ class _Known:
     certificate: x509.Certificate
     public_key: ec.EllipticCurvePublicKey
     anchors: Sequence[x509.Certificate]   # the CA set it was checked against: a new tls.ca checks it again
+    service: str                          # the service its SPIFFE ID names
+    not_before: float                     # epoch seconds
+    not_after: float
 
 
 class ClaimRefused(ValueError):
@@ -92,12 +95,13 @@ class ClaimVerifier:
             raise ClaimRefused("unsigned", f"{claim.node} sent an unsigned claim (it runs without tls)")
         known = self._certificate(claim)
         when = self._now()
-        try:
-            identity = identity_of(known.certificate, self.trust_domain, when, role="claim")
-        except PeerRefused as exc:
-            raise ClaimRefused("bad-certificate", exc.reason.message) from None
-        if identity.service != claim.service:
-            raise ClaimRefused("wrong-service", f"claim about {claim.service!r} signed as {identity.spiffe_id}")
+        if not known.not_before <= when <= known.not_after:
+            try:   # for the reason's words
+                identity_of(known.certificate, self.trust_domain, when, role="claim")
+            except PeerRefused as exc:
+                raise ClaimRefused("bad-certificate", exc.reason.message) from None
+        if known.service != claim.service:
+            raise ClaimRefused("wrong-service", f"claim about {claim.service!r} signed as the service {known.service}")
         for instance in claim.instances:
             if instance.name != claim.service or instance.node not in ("", claim.node):
                 raise ClaimRefused("foreign-entry", f"claim about {claim.service} lists {instance.name}"
@@ -133,9 +137,16 @@ class ClaimVerifier:
         if not any(_issued_by(certificate, ca) for ca in anchors):
             raise ClaimRefused("bad-certificate", f"certificate of {claim.node}'s claim about {claim.service} is"
                                                   " not signed by the mesh CA")
+        try:   # the SVID rules (a leaf, one lower-case SPIFFE ID of our trust domain naming a service); dates apart
+            identity = identity_of(certificate, self.trust_domain, certificate.not_valid_before_utc.timestamp(),
+                                   role="claim")
+        except PeerRefused as exc:
+            raise ClaimRefused("bad-certificate", exc.reason.message) from None
         if len(self._known) >= MAX_CACHED_CERTIFICATES:
             self._known.clear()
-        known = self._known[claim.fingerprint] = _Known(der, certificate, public_key, anchors)
+        known = self._known[claim.fingerprint] = _Known(
+            der, certificate, public_key, anchors, identity.service, certificate.not_valid_before_utc.timestamp(),
+            certificate.not_valid_after_utc.timestamp())
         return known
 
 
