@@ -53,6 +53,7 @@ def test_the_inbound_answers_each_service_with_its_own_certificate(tmp_path: Pat
         b = SidecarProcess(tmp_path, {"tls": tls, "services": [{"name": "pay", "port": pay_app.port},
                                                                {"name": "inv", "port": inv_app.port}]},
                            name="node-b").start()
+        wait_for(lambda: "gossip" in b.listeners, 10, what="node-b's gossip address")
         a = SidecarProcess(tmp_path, {"tls": pki["checkout"], "gossip": {"join": [b.listeners["gossip"]]}},
                            name="node-a").start()
         try:
