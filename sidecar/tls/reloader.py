@@ -566,6 +566,11 @@ class IdentityStore:
         old = self.identity
         try:
             checked = validate(bundle, self.paths, self.trust_domain, now)
+            if checked.identity.service != old.service:
+                # the inbound picks this identity by the service's name and the catalog signs that service's
+                # claims with it: which service an identity is does not change while the sidecar runs
+                raise CertificateError(f"{self.paths.cert} now names {checked.identity.spiffe_id}, not"
+                                       f" {old.spiffe_id}: another service's certificate needs a restart")
             self._apply(command.change, bundle, checked)
         except (CertificateError, ssl.SSLError, OSError) as exc:
             self.last_error = str(exc)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from sidecar.tls import certs
 from sidecar.tls.context import service_server_name
 from sidecar.tls.identity import spiffe_ids
 from tests.harness import FakeApp, SidecarProcess, http, make_certs, wait_for
@@ -34,6 +35,14 @@ def served_identity(port: int, context: ssl.SSLContext, server_name: str | None)
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return spiffe_ids(x509.load_der_x509_certificate(der))[0]
+
+
+def serial(port: int, context: ssl.SSLContext, service: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=service_server_name(service, "127.0.0.1", port)) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 def ask(port: int, context: ssl.SSLContext, server_name: str, host: str) -> bytes:
@@ -80,6 +89,16 @@ def test_the_inbound_answers_each_service_with_its_own_certificate(tmp_path: Pat
             assert ask(port, checkout, service_server_name("pay", "127.0.0.1", port), "pay").startswith(b"HTTP/1.1 200")
             wrong = ask(port, checkout, service_server_name("pay", "127.0.0.1", port), "inv")
             assert wrong.startswith(b"HTTP/1.1 400") and b"opened for pay" in wrong, wrong[:300]
+
+            # a new certificate for inv is picked up without a restart, for that identity only
+            before = {name: serial(port, checkout, name) for name in ("pay", "inv")}
+            reissued = certs.issue("inv", tmp_path / "certs", ttl="1h")
+            fresh = certs.load_certificate(reissued.cert).serial_number
+            wait_for(lambda: serial(port, checkout, "inv") == fresh, 20, what="inv's new certificate served")
+            assert serial(port, checkout, "pay") == before["pay"] and before["inv"] != fresh
+            # and inv's claims are signed again with it: the caller refuses none and still reaches inv
+            assert http("GET", a.admin + "/gossip").json()["catalogClaimsRefused"] == {}
+            assert http("GET", outbound, headers={"Host": "inv"}).status == 200
 
             if OPENSSL is not None:
                 shown = subprocess.run(
