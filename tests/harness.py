@@ -131,7 +131,9 @@ class SidecarProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if wait_ready:
-            wait_for(lambda: "admin" in self.listeners and "api" in self.listeners and self.ready(),
+            # every listener's address is logged before ready; the reader thread may still be behind the answer
+            wait_for(lambda: "admin" in self.listeners and "api" in self.listeners and self.ready()
+                     and "gossip" in self.listeners,
                      timeout, what=f"{self.name} ready; log: {self.lines[-5:]}")
         return self
 
