@@ -24,6 +24,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -140,9 +141,12 @@ class CatalogReplication:
                                 extra=fields(service=instance.name, fix="add it to tls.identities with a"
                                              f" certificate from `sidecar certs issue {instance.name}`"))
             for sub in subscriptions:
-                owner = first if sub.service == NODE_STREAM else sub.service
-                if owner is not None and owner in groups:
-                    groups[owner][1].append(sub)
+                if sub.service == NODE_STREAM and first is not None:
+                    # the node's stream readers: deliveries dial this node for the first identity's service and
+                    # require its certificate, so the claim that carries the subscription names it
+                    groups[first][1].append(replace(sub, path=first))
+                elif sub.service in groups:
+                    groups[sub.service][1].append(sub)
         changed = []
         for service, (members, subs) in groups.items():
             proof = identities.get(service) if identities is not None else None

@@ -10,7 +10,7 @@ the claim only if
 * the certificate (carried in the claim, or known from an earlier claim by its SHA-256 fingerprint) chains to
   ``tls.ca``, is a leaf (not a CA), is valid now, and its one SPIFFE ID is S's, in our trust domain;
 * every instance in the claim is of S and on the claiming node, every subscription is S's (or the node's own
-  stream subscription);
+  stream subscription, which names S as the identity its deliveries require);
 * the claim is of our cluster, and the signature (ECDSA P-256, SHA-256) verifies over :func:`signed_bytes`.
 
 A signature by S's key proves possession of S's certificate; a certificate alone proves nothing (certificates
@@ -107,8 +107,10 @@ class ClaimVerifier:
                 raise ClaimRefused("foreign-entry", f"claim about {claim.service} lists {instance.name}"
                                                     f" on {instance.node or claim.node}")
         for subscription in claim.subscriptions:
-            if subscription.service not in (claim.service, NODE_STREAM):
-                raise ClaimRefused("foreign-entry", f"claim about {claim.service} subscribes {subscription.service}")
+            stream = subscription.service == NODE_STREAM and subscription.path == claim.service
+            if subscription.service != claim.service and not stream:
+                raise ClaimRefused("foreign-entry", f"claim about {claim.service} subscribes"
+                                                    f" {subscription.service} {subscription.path}".rstrip())
         try:
             known.public_key.verify(claim.signature, signed_bytes(claim), _ALGORITHM)
         except InvalidSignature:

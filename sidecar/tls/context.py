@@ -32,6 +32,7 @@ tunnels are dialed with a context of their own (``IdentityStore.tunnel_context``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import time
@@ -40,9 +41,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
+
 from sidecar.tls import reasons
-from sidecar.tls.errors import CertificateError, PeerRefused
-from sidecar.tls.identity import PeerIdentity, identity_of_der
+from sidecar.tls.errors import CertificateError, PeerRefused, SpiffeIdError
+from sidecar.tls.identity import PeerIdentity, SpiffeId, identity_of_der, spiffe_ids
 from sidecar.tls.reasons import HandshakeEvidence
 
 # Mozilla's "intermediate" TLS 1.2 suites (ECDHE only: no DH parameters are loaded); TLS 1.3 suites are
@@ -251,12 +254,36 @@ class ClientSSLObject(_DirectSSLObject):
         super().do_handshake()
         if cache is not None and self.server_hostname:
             cache.connected(self.server_hostname, self)
+        wanted = service_of_server_name(self.server_hostname)
+        if wanted is not None:
+            _require_service(self, wanted)
 
     def unwrap(self) -> None:
         cache = getattr(self.context, "sessions", None)
         if cache is not None and self.server_hostname:
             cache.keep(self.server_hostname, self)
         super().unwrap()
+
+
+class WrongServiceError(ssl.SSLError):
+    """The server answered a dial for one service with another service's certificate (an impostor or a
+    misrouting): raised by the handshake itself, so no byte is written on such a connection."""
+
+    sidecar_identity = True
+
+
+def _require_service(ssl_object: ssl.SSLObject, service: str) -> None:
+    """Every dial whose SNI names a service (:func:`service_server_name`) requires that service's SPIFFE ID in
+    the server's certificate, whoever dials (the data plane checks the rest of the identity after)."""
+    der = ssl_object.getpeercert(binary_form=True)
+    ids = spiffe_ids(x509.load_der_x509_certificate(der)) if der else []
+    named = None
+    if len(ids) == 1:
+        with contextlib.suppress(SpiffeIdError):
+            named = SpiffeId.from_text(ids[0]).service
+    if named is None or named.lower() != service:
+        shown = ids[0] if len(ids) == 1 else f"{len(ids)} SPIFFE IDs"
+        raise WrongServiceError(reasons.wrong_service("server", shown, service).message)
 
 
 # ------------------------------------------------------------------------------------------ sessions

@@ -110,3 +110,47 @@ def test_the_inbound_answers_each_service_with_its_own_certificate(tmp_path: Pat
         finally:
             a.kill()
             b.kill()
+
+
+def test_a_dial_for_a_service_refuses_another_services_certificate_in_the_handshake(tmp_path: Path) -> None:
+    """Any dialer with the mesh client context (the data plane, messaging's deliveries to a node's stream readers)
+    that names a service by SNI gets that service's certificate or no connection: an impostor answering every
+    name with its own certificate (here a plain TLS server) never receives a byte."""
+    import asyncio
+    import threading
+
+    from sidecar.tls.context import WrongServiceError, client_context
+
+    pki = make_certs(tmp_path / "certs", ["pay", "intruder", "checkout"])
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki["intruder"]["cert"], pki["intruder"]["key"])
+    server.load_verify_locations(pki["intruder"]["ca"])
+    server.verify_mode = ssl.CERT_REQUIRED
+    received: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        with listener:
+            raw, _ = listener.accept()
+            try:
+                with server.wrap_socket(raw, server_side=True) as tls:
+                    tls.settimeout(5)
+                    received.append(tls.recv(1024))
+            except (OSError, ssl.SSLError):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    mesh = client_context(pki["checkout"]["ca"], pki["checkout"]["cert"], pki["checkout"]["key"])
+
+    async def dial() -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=mesh,
+                                                  server_hostname=service_server_name("pay", "127.0.0.1", port))
+        writer.write(b"POST /.sidecar/deliver/news HTTP/1.1\r\n\r\nsecret")
+        await writer.drain()
+
+    with pytest.raises(WrongServiceError, match="server is spiffe://mesh.local/service/intruder, not the service pay"):
+        asyncio.run(asyncio.wait_for(dial(), 10))
+    thread.join(10)
+    assert received in ([], [b""]), received
