@@ -19,10 +19,16 @@ without the callback (``SSLObject.context = twin``, which also drops OpenSSL's p
 application data never pays for it. Where the callback does not exist, the reasons fall back to what
 OpenSSL's codes say. Nothing about *acceptance* depends on this machinery: it only names refusals.
 
+*Which certificate answers.* A sidecar holds one certificate per service it hosts. A caller dialing an
+instance of service S sends the SNI :func:`service_server_name` (S and the peer's address); the inbound's
+:func:`sni_selector` moves the handshake to S's context, or refuses it (``unrecognized_name``) when it holds no
+certificate for S; a name without a service gets the first identity. The client's handshake itself then
+requires S's SPIFFE ID in the server's certificate (:class:`WrongServiceError` otherwise), so no byte reaches a
+server that cannot prove it is S, whoever dials with this context.
+
 *Session reuse.* Servers issue TLS 1.3 session tickets (and TLS 1.2 tickets). The client context keeps one
-resumable session per peer in a :class:`SessionCache`, keyed by the ``server_hostname`` given when dialing,
-so reconnections to the same peer resume (one round trip, no certificate signatures). Dial each peer with
-its own ``server_hostname`` (:func:`peer_server_name` makes one).
+resumable session per server name in a :class:`SessionCache`, keyed by the ``server_hostname`` given when
+dialing, so reconnections to the same (service, peer) resume (one round trip, no certificate signatures).
 
 *What a connection carries.* ALPN says it: a client offers :data:`ALPN_HTTP` for HTTP/1.1 between sidecars, or
 :data:`ALPN_TCP_TUNNEL` for a raw byte tunnel (a ``protocol: tcp`` upstream); the server context accepts both,
