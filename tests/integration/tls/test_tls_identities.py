@@ -150,7 +150,8 @@ def test_a_dial_for_a_service_refuses_another_services_certificate_in_the_handsh
         writer.write(b"POST /.sidecar/deliver/news HTTP/1.1\r\n\r\nsecret")
         await writer.drain()
 
-    with pytest.raises(WrongServiceError, match="server is spiffe://mesh.local/service/intruder, not the service pay"):
+    refused = r"server is spiffe://mesh\.local/service/intruder, not the service pay"
+    with pytest.raises(WrongServiceError, match=refused):
         asyncio.run(asyncio.wait_for(dial(), 10))
     thread.join(10)
     assert received in ([], [b""]), received

@@ -96,7 +96,7 @@ def deliver(sender: FakeGossip, receiver: CatalogReplication) -> None:
 
 
 def test_each_hosted_service_is_its_own_signed_claim_and_peers_keep_them() -> None:
-    b, b_gossip, b_catalog = node("b", {"pay": PAY, "inv": identity("inv")})
+    _, b_gossip, b_catalog = node("b", {"pay": PAY, "inv": identity("inv")})
     register(b_catalog, "pay")
     register(b_catalog, "inv")
     # the first change states both identities (inv still empty), the second inv's claim only
@@ -109,7 +109,7 @@ def test_each_hosted_service_is_its_own_signed_claim_and_peers_keep_them() -> No
 
 
 def test_a_service_without_a_certificate_is_not_announced(caplog: pytest.LogCaptureFixture) -> None:
-    b, b_gossip, b_catalog = node("b", {"intruder": INTRUDER})
+    _, b_gossip, b_catalog = node("b", {"intruder": INTRUDER})
     register(b_catalog, "pay")    # the intruder's app registers pay through the API
     register(b_catalog, "intruder")
     claims = [c for _, data in b_gossip.sent for c in decode_claims(data)]
@@ -119,7 +119,7 @@ def test_a_service_without_a_certificate_is_not_announced(caplog: pytest.LogCapt
 
 def held_pay() -> tuple[CatalogReplication, MeshCatalog]:
     """Node c holds b's genuine claim: pay is healthy on b."""
-    b, b_gossip, b_catalog = node("b", {"pay": PAY})
+    _, b_gossip, b_catalog = node("b", {"pay": PAY})
     register(b_catalog, "pay")
     c, _, c_catalog = peer_of("b", "x")
     deliver(b_gossip, c)
@@ -171,7 +171,7 @@ def ca_flagged(service: str) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
 
 
 def test_a_ca_certificate_is_no_identity_for_a_claim() -> None:
-    with pytest.raises(ClaimRefused, match="bad-certificate: .*CA certificate"):
+    with pytest.raises(ClaimRefused, match=r"bad-certificate: .*CA certificate"):
         verifier().check(sign(forged(), *ca_flagged("pay")))
 
 
@@ -187,7 +187,7 @@ def test_a_claim_without_its_certificate_verifies_once_the_certificate_is_known(
 
 
 def test_an_older_or_equal_claim_costs_no_signature_check() -> None:
-    b, b_gossip, b_catalog = node("b", {"pay": PAY})
+    _, b_gossip, b_catalog = node("b", {"pay": PAY})
     register(b_catalog, "pay")
     c, _, _ = peer_of("b")
     sent = list(b_gossip.sent)

@@ -58,7 +58,8 @@ def test_one_identity_per_hosted_service_first_one_first(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize(("more", "words"), [
-    ((("inv", "ops"),), r"tls.identities\[0\].cert: .*ops.pem names spiffe://mesh.local/service/ops, not the service inv"),
+    ((("inv", "ops"),),
+     r"tls.identities\[0\].cert: .*ops.pem names spiffe://mesh.local/service/ops, not the service inv"),
     ((("inv", "inv"), ("inv", "inv")), r"tls.identities\[1\].service: inv has a certificate already"),
     ((("pay", "pay"),), r"tls.identities\[0\].service: pay has a certificate already"),
 ])

@@ -32,7 +32,8 @@ def test_spiffe_id_parses(text: str, trust_domain: str, path: str, service: str 
 
 @pytest.mark.parametrize(
     "text",
-    ["http://mesh.local/x", "SPIFFE://mesh.local/service/web", "Spiffe://mesh.local/service/web", "spiffe://", "spiffe://Mesh/x", "spiffe://m:8080/x", "spiffe://u@m/x", "spiffe://m/x/",
+    ["http://mesh.local/x", "SPIFFE://mesh.local/service/web", "Spiffe://mesh.local/service/web",
+     "spiffe://", "spiffe://Mesh/x", "spiffe://m:8080/x", "spiffe://u@m/x", "spiffe://m/x/",
      "spiffe://m//x", "spiffe://m/./x", "spiffe://m/x?y", "spiffe://m/x#y", "spiffe://m/sp ace"],
 )
 def test_spiffe_id_rejects(text: str) -> None:
