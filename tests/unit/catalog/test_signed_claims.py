@@ -117,6 +117,26 @@ def test_a_service_without_a_certificate_is_not_announced(caplog: pytest.LogCapt
     assert "not announced" in caplog.text
 
 
+def test_the_nodes_stream_subscriptions_ride_in_its_first_identitys_claim_naming_it() -> None:
+    from sidecar.catalog.model import NODE_STREAM, Subscription
+    b, b_gossip, b_catalog = node("b", {"pay": PAY, "inv": identity("inv")})
+    b.local_subscriptions = lambda: (Subscription(NODE_STREAM, "news"), Subscription("inv", "orders", "/o"),
+                                     Subscription("ghost", "orders", "/g"))
+    register(b_catalog, "pay")
+    subs = {c.service: c.subscriptions for c in b.own_claims()}
+    # deliveries to b's stream readers require pay's certificate; ghost holds none: not announced
+    assert subs == {"pay": (Subscription(NODE_STREAM, "news", "pay"),), "inv": (Subscription("inv", "orders", "/o"),)}
+    c, _, _ = peer_of("b")
+    seen: list[tuple[str, tuple[Subscription, ...]]] = []
+    c.subscription_listeners.append(lambda n, s: seen.append((n, s)))
+    deliver(b_gossip, c)
+    assert set(seen[-1][1]) == {Subscription(NODE_STREAM, "news", "pay"), Subscription("inv", "orders", "/o")}
+    # a claim about intruder cannot carry a stream subscription that names pay
+    stolen = sign(Claim("b", "prod", "intruder", 10**15, (), (Subscription(NODE_STREAM, "news", "pay"),)), *INTRUDER)
+    with pytest.raises(ClaimRefused, match="foreign-entry"):
+        verifier().check(stolen)
+
+
 def held_pay() -> tuple[CatalogReplication, MeshCatalog]:
     """Node c holds b's genuine claim: pay is healthy on b."""
     _, b_gossip, b_catalog = node("b", {"pay": PAY})
