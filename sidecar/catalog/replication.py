@@ -56,6 +56,7 @@ log = logging.getLogger("sidecar.catalog")
 CATALOG_KEY = "catalog"  # user-broadcast key prefix: one slot per (origin node, service)
 MAX_PENDING = 1024        # nodes not yet seen as members whose claims are held
 MAX_CLAIMS_PER_NODE = 4096  # a node's claims held at most (services it hosts)
+WARN_EVERY_MS = 60_000      # refused claims are logged as a warning at most this often per reason
 
 # the identities this node signs with, the first one first: service -> (certificate DER, private key)
 Identities = Callable[[], Mapping[str, tuple[bytes, ec.EllipticCurvePrivateKey]]]
@@ -105,6 +106,7 @@ class CatalogReplication:
         self.decode_errors = 0
         self.refused: Counter[str] = Counter()             # claims not kept, by reason
         self.left_to_push_pull = 0                         # claims too large for any gossip packet
+        self._warned: dict[str, int] = {}                  # reason -> when a refusal was last logged as a warning
         # messaging: this node's subscriptions go out with its claims; peers' come in through the listeners,
         # called (node, subscriptions) when newer claims are applied and (node, ()) when the node is gone
         self.local_subscriptions: Callable[[], tuple[Subscription, ...]] = lambda: ()
@@ -280,8 +282,15 @@ class CatalogReplication:
             return self.verifier.check(claim)
         except ClaimRefused as refused:
             self.refused[refused.reason] += 1
-            log.debug("refused a catalog claim", extra=fields(source=source, node=claim.node,
-                                                              service=claim.service, why=str(refused)))
+            now = self.now_ms()
+            # a forger may send thousands: one line per reason a minute, with the count so far
+            level = logging.WARNING if now - self._warned.get(refused.reason, -WARN_EVERY_MS) >= WARN_EVERY_MS \
+                else logging.DEBUG
+            if level == logging.WARNING:
+                self._warned[refused.reason] = now
+            log.log(level, "refused a catalog claim", extra=fields(
+                source=source, node=claim.node, service=claim.service, why=str(refused),
+                refused_so_far=self.refused[refused.reason]))
             return None
 
     def _apply(self, node: str) -> None:

@@ -198,6 +198,15 @@ def test_a_gossip_key_holder_cannot_forge_another_nodes_catalog_state(
         try:
             forger.join()
             wait_for(lambda: members_by_state(caller).get("forger") == "alive", 20, what="the forger is a member")
+
+            def refused() -> dict[str, int]:
+                return dict(http("GET", caller.admin + "/gossip").json().get("catalogClaimsRefused", {}))
+
+            def heard() -> bool:
+                forger.broadcast()
+                return bool(refused()) or [i["status"] for i in catalog(caller, "payments")] != ["healthy"]
+
+            wait_for(heard, 20, interval=0.2, what="the caller hears the forger")
             seen: list[tuple[str, str]] = []
             answers = []
             for _ in range(30):   # a flood, bounded: every round newer than anything said before
@@ -207,10 +216,12 @@ def test_a_gossip_key_holder_cannot_forge_another_nodes_catalog_state(
                 answers.append((status, body.get("app")))
             assert set(seen) == {("node-real", "healthy")}, seen
             assert set(answers) == {(200, "real")}, answers
-            refused = http("GET", caller.admin + "/gossip").json()["catalogClaimsRefused"]
-            assert set(refused) == {"unsigned", "wrong-service"}, refused
+            wait_for(lambda: set(refused()) == {"unsigned", "wrong-service"}, 20, what="both forgeries refused")
             metrics = http("GET", caller.admin + "/metrics").body.decode()
             assert 'sidecar_catalog_claims_refused_total{reason="unsigned"}' in metrics
+            # said in the log once per reason (a minute apart), not once per forged packet
+            lines = [line for line in caller.lines if "refused a catalog claim" in line]
+            assert 1 <= len(lines) <= 2 and all("warning" in line for line in lines), lines
         finally:
             forger.close()
 
