@@ -24,6 +24,7 @@ from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import NodeInfo, group_json
 from sidecar.catalog.registry import LocalRegistry, default_id
 from sidecar.catalog.replication import CatalogReplication, encode_meta
+from sidecar.catalog.signing import ClaimVerifier
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.diff import Plan
 from sidecar.config.load import load, load_text
@@ -212,9 +213,23 @@ class Sidecar:
         for name, address in bound.items():
             self._bound(name, address)
         if self.store is not None:
+            self._sign_claims(self.store)
             self._tls_watch = asyncio.create_task(self.store.watch(), name="tls-watch")
         if self.renewer is not None:
             self._renewal = asyncio.create_task(self.renewer.run(), name="tls-renewal")
+
+    def _sign_claims(self, store: IdentityStore) -> None:
+        """The catalog is stated as claims signed by each of our identities, and peers' claims are verified
+        against tls.ca (sidecar.catalog.signing); a new certificate restates our claims."""
+        self.replication.identities = store.signing_identities
+        self.replication.verifier = ClaimVerifier(store.trust_domain, self.config.node.cluster,
+                                                  lambda: store.material.cas, self.clock.wall)
+        store.on_any_rotation(self._restate_claims)
+
+    def _restate_claims(self) -> None:
+        # before gossip starts there is no one to tell; starting it states our claims with the current certificates
+        if self.gossip.bound is not None:
+            self.replication.local_changed()
 
     async def _start_messaging(self) -> None:
         assert self.dataplane is not None
@@ -372,7 +387,7 @@ class Sidecar:
     def _metric_sources(self) -> Sources:
         return Sources(dataplane=self.dataplane, gossip=self.gossip, dns=self.dns, identity=self.store,
                        messaging=getattr(self, "messaging", None), catalog=self.catalog,
-                       renewal=self.renewer)
+                       renewal=self.renewer, replication=getattr(self, "replication", None))
 
     def _now(self) -> tuple[float, int]:
         return self.clock.monotonic(), int(self.clock.wall() * 1000)
@@ -416,7 +431,8 @@ class Sidecar:
                 "encrypted": bool(self.config.gossip.encrypt_keys), "counters": self.gossip.counters(),
                 "refused": {k.removeprefix("refused_"): v for k, v in self.gossip.counters().items()
                             if k.startswith("refused_")},
-                "catalogDecodeErrors": self.replication.decode_errors, "selfDemotion": self.demotion.status()}
+                "catalogDecodeErrors": self.replication.decode_errors,
+                "catalogClaimsRefused": dict(self.replication.refused), "selfDemotion": self.demotion.status()}
 
     def keys_json(self) -> dict[str, Any]:
         try:

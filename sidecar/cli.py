@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     init = certs_commands.add_parser("init", help="create a CA")
     init.add_argument("--dir", required=True)
     init.add_argument("--trust-domain", required=True)
-    issue = certs_commands.add_parser("issue", help="issue a certificate for a service")
-    issue.add_argument("service")
+    issue = certs_commands.add_parser("issue", help="issue a certificate per service (one SVID each; a node hosting"
+                                                    " several lists them in tls.identities)")
+    issue.add_argument("service", nargs="+")
     issue.add_argument("--dir", required=True)
     issue.add_argument("--ttl", default="24h")
 

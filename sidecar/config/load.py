@@ -25,6 +25,7 @@ from sidecar.config.model import (
     CheckConfig,
     Config,
     GossipConfig,
+    TlsIdentityConfig,
     TlsIssuerConfig,
     TracingConfig,
     dns_label,
@@ -404,6 +405,12 @@ def _check_issuer(issuer: TlsIssuerConfig, where: str, problems: list[str]) -> N
                         f" (got {_show({'ca_key': issuer.ca_key, 'command': issuer.command})})")
 
 
+def _check_identity(identity: TlsIdentityConfig, where: str, problems: list[str]) -> None:
+    for name in ("service", "cert", "key"):
+        if not getattr(identity, name):
+            problems.append(f"{where}.{name}: is required (got {_show(getattr(identity, name))})")
+
+
 def _check_tracing(tracing: TracingConfig, where: str, problems: list[str]) -> None:
     if tracing.exporter == "otlp" and not tracing.endpoint:
         problems.append(f"{where}.endpoint: is required when exporter is otlp (got null)")
@@ -415,6 +422,7 @@ _SECTION_CHECKS: dict[Any, Callable[[Any, str, list[str]], None]] = {
     GossipConfig: _check_gossip,
     TracingConfig: _check_tracing,
     TlsIssuerConfig: _check_issuer,
+    TlsIdentityConfig: _check_identity,
 }
 
 
@@ -423,6 +431,9 @@ def _check_raw(data: Mapping[str, Any], problems: list[str]) -> None:
     neighbouring key is invalid."""
     _check_unique(data.get("services"), "services", "name", "duplicate service name", problems)
     _check_unique(data.get("upstreams"), "upstreams", "local_port", "local port already used", problems)
+    tls = data.get("tls")
+    if isinstance(tls, dict):
+        _check_unique(tls.get("identities"), "tls.identities", "service", "one certificate per service", problems)
     policies = data.get("policies")
     if isinstance(policies, dict):
         for name in policies:

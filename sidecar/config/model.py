@@ -259,6 +259,18 @@ class TlsConfig:
     key: str = field(default="certs/node-key.pem", metadata={"file": True, "secret": False})
     # None: the files are reloaded when another tool (cert-manager, a script) rewrites them
     issuer: TlsIssuerConfig | None = None
+    # more services hosted on this node, one SVID each (cert names spiffe://TD/service/SERVICE); tls.cert is the
+    # first identity: the one the outbound presents and the inbound answers with when a caller names no service
+    identities: list[TlsIdentityConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsIdentityConfig:
+    """One more hosted service's certificate and key."""
+
+    service: str = field(default="", metadata={"check": dns_label})
+    cert: str = field(default="", metadata={"file": True})
+    key: str = field(default="", metadata={"file": True, "secret": False})
 
 
 def _renew_fraction(value: float) -> str | None:

@@ -15,10 +15,12 @@ The protocol may see bytes before ``accept_socket`` has checked the caller's SPI
 the caller too, once per connection (kept in ``ConnectionInfo.data``): nothing is forwarded for a caller
 that is not verified.
 
-A request names its service by ``Host`` (as the caller's app wrote it). The service must be registered on
-this node; the caller's service (from its certificate) must be allowed by ``authorization`` for the method and
-path (tunnels: method ``CONNECT``, path ``""``); then the request goes to the app in plain HTTP with
-``x-sidecar-caller: spiffe://...`` set (any such header from the caller is removed first).
+A request names its service by ``Host`` (as the caller's app wrote it). A caller's sidecar names the service in
+its SNI too, which picks the certificate we answer with (one per hosted service, see
+:func:`sidecar.tls.context.sni_selector`); such a connection carries requests for that service only. The service
+must be registered on this node; the caller's service (from its certificate) must be allowed by
+``authorization`` for the method and path (tunnels: method ``CONNECT``, path ``""``); then the request goes to
+the app in plain HTTP with ``x-sidecar-caller: spiffe://...`` set (any such header from the caller is removed first).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthen
 from sidecar.mesh.authorization import Authorizer, Decision
 from sidecar.mesh.naming import ServiceName, parse_service
 from sidecar.proxy import ConnectionInfo, HttpProxy, RequestHead, Target, TcpRelay
-from sidecar.tls.context import ALPN_TCP_TUNNEL
+from sidecar.tls.context import ALPN_TCP_TUNNEL, selected_service
 from sidecar.tls.errors import PeerRefused
 from sidecar.tls.handshake import DEFAULT_HANDSHAKE_TIMEOUT, accept_socket, accepted, listening_socket
 from sidecar.tls.identity import PeerIdentity
@@ -277,6 +279,7 @@ class InboundRoutes:
         name = self.names.parse(head.host)
         if name is None:
             raise no_service_named(head.host)
+        _require_selected(conn, name)
         # 404, then 403, then 503: which services live here is no secret, their health is the callers' business
         self._require_registered(name)
         self._authorize(caller, name.service, head.method, head.path)
@@ -290,6 +293,7 @@ class InboundRoutes:
     def tunnel(self, info: ConnectionInfo) -> Target:
         caller = self.caller(info)
         name: ServiceName = info.data["service"]
+        _require_selected(info, name)
         self._require_registered(name)
         self._authorize(caller, name.service, "CONNECT", "")
         return self.local.pick(name)
@@ -298,6 +302,15 @@ class InboundRoutes:
         if not self.local.known(name.service):
             raise NotFound(f"{name.service} is not registered on node {self.local.node}",
                            {"service": name.service, "node": self.local.node})
+
+
+def _require_selected(conn: ConnectionInfo, name: ServiceName) -> None:
+    """A connection whose SNI named a service (the caller checked our certificate for it) carries that service's
+    requests only; one that named none (``openssl s_client``, node-level dials) goes by Host alone."""
+    selected = selected_service(conn.ssl_object)
+    if selected is not None and selected != name.service.lower():
+        raise InvalidArgument(f"this connection was opened for {selected} (TLS server name); {name.service} needs its"
+                              " own connection", {"service": name.service, "connection": selected})
 
 
 def set_caller(head: RequestHead, value: bytes | None) -> None:

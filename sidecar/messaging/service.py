@@ -53,7 +53,7 @@ from sidecar.messaging.store import DeadLetterRow, Evicted, Limits, Store, Strea
 from sidecar.messaging.subscriptions import SubscriptionBook, Wanted, subscriber_node
 from sidecar.messaging.writer import Writer
 from sidecar.proxy import RequestHead, Target
-from sidecar.tls.context import peer_server_name
+from sidecar.tls.context import peer_server_name, service_server_name
 from sidecar.tls.identity import PeerIdentity
 from sidecar.tls.reloader import IdentityStore
 from sidecar.web import errors_middleware, json_response
@@ -613,9 +613,13 @@ class Messaging:
                 info = self.catalog.snapshot().nodes[node]
                 assert self._mtls is not None and self.identity is not None
                 host = f"[{info.address}]" if ":" in info.address else info.address
+                # a node's stream subscription names the service whose certificate must answer (its claim is
+                # signed by it); the handshake refuses any other before the message is written
+                name = (service_server_name(row.path, info.address, info.inbound_port) if row.path
+                        else peer_server_name(info.address, info.inbound_port))
                 request = self._mtls.post(f"https://{host}:{info.inbound_port}{DELIVER_PREFIX}{row.topic}", data=body,
                                           headers=headers, timeout=timeout, ssl=self.identity.client_context,
-                                          server_hostname=peer_server_name(info.address, info.inbound_port))
+                                          server_hostname=name)
             async with request as response:
                 verdict = await response.content.read(VERDICT_BYTES)
                 mesh_error = response.headers.get("x-sidecar-error")

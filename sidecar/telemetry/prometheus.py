@@ -135,6 +135,7 @@ class Sources:
     messaging: Any = None
     catalog: Any = None
     renewal: Any = None  # sidecar.tls.renewal.Renewer: ``results`` (Counter by outcome), when tls.issuer is set
+    replication: Any = None  # sidecar.catalog.replication: ``refused`` (Counter by reason), ``left_to_push_pull``
 
 
 def _counter(name: str, documentation: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
@@ -163,7 +164,7 @@ class SidecarCollector(Collector):
             lambda: self._tls(sources.identity, sources.dataplane), lambda: self._renewal(sources),
             lambda: self._gossip(sources.gossip),
             lambda: self._dns(sources.dns), lambda: self._messaging(sources.messaging),
-            lambda: self._catalog(sources.catalog), self._sockets,
+            lambda: self._catalog(sources.catalog), lambda: self._claims(sources.replication), self._sockets,
         ]
         for part in parts:
             try:
@@ -425,6 +426,20 @@ class SidecarCollector(Collector):
         for key, n in sorted(counts.items()):
             instances.add_metric(list(key), n)
         yield instances
+
+    def _claims(self, replication: Any) -> Iterator[Metric]:
+        if replication is None:
+            return
+        refused = _counter("sidecar_catalog_claims_refused", "Peers' catalog claims not kept, by reason (unsigned,"
+                           " bad-signature, bad-certificate, wrong-service, foreign-entry, foreign-cluster,"
+                           " unknown-certificate, too-many).", ("reason",))
+        for reason, n in sorted(replication.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        large = _counter("sidecar_catalog_claims_push_pull_only", "Our catalog claims too large for a gossip packet,"
+                         " left to push-pull.")
+        large.add_metric([], replication.left_to_push_pull)
+        yield large
 
     def _sockets(self) -> Iterator[Metric]:
         try:

@@ -16,7 +16,7 @@ Contracts, one per target name (the name is also the corpus directory, ``corpus/
 * ``http_response``   ResponseReader.feed (and the head's headers): RemoteProtocolError only
 * ``message_json``    a messaging request body as the API reads it, then MessageBody.from_json:
                       InvalidArgument only; ServiceMessage.from_bytes: ValueError only
-* ``catalog_state``   decode_states: SyncDecodeError only
+* ``catalog_state``   decode_claims: SyncDecodeError only
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.catalog.model import CatalogSnapshot, HealthStatus, NodeInfo, ServiceMetadata
-from sidecar.catalog.sync import SyncDecodeError, decode_states
+from sidecar.catalog.sync import SyncDecodeError, decode_claims
 from sidecar.config.load import config_from_raw, read_yaml
 from sidecar.config.model import GOSSIP_PROFILES, DnsConfig
 from sidecar.dns.answerer import Drop, Forward, Reply, Transport, Zone
@@ -226,7 +226,7 @@ def message_json(data: bytes) -> None:
 
 def catalog_state(data: bytes) -> None:
     with contextlib.suppress(SyncDecodeError):
-        decode_states(data)
+        decode_claims(data)
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

@@ -4,14 +4,10 @@ for the service it was dialled for (SPEC: Identity), even though its certificate
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
-from functools import partial
-from typing import Any
 
 import pytest
 
 from sidecar.config.model import ServiceConfig
-from sidecar.mesh import dataplane
 from sidecar.tls.reloader import IdentityStore
 from tests.integration.mesh.clients import curl, needs_curl
 from tests.integration.mesh.conftest import App, LoopThread, Node, Pki, link, node_config, start_node, stop_node
@@ -19,40 +15,32 @@ from tests.integration.mesh.conftest import App, LoopThread, Node, Pki, link, no
 pytestmark = needs_curl
 
 
-def expect_the_destination_service(monkeypatch: pytest.MonkeyPatch, store: IdentityStore) -> None:
-    """The data plane's outbound Targets carry ``verify`` = the peer must be the destination service. Until
-    dataplane.py sets it itself, add it here the way it will (one line in ``_Targets._build``)."""
-    original = dataplane._Targets._build
-
-    def build(self: Any, endpoint: Any, *args: Any, **kwargs: Any) -> Any:
-        target = original(self, endpoint, *args, **kwargs)
-        if target.verify is None:
-            target = replace(target, verify=partial(store.verify_peer, expected_service=endpoint.service))
-        return target
-
-    monkeypatch.setattr(dataplane._Targets, "_build", build)
+def answer_every_name_with_own_certificate(store: IdentityStore) -> None:
+    """What a modified sidecar would do: ignore the SNI and present its one certificate to every caller."""
+    for held in store.hosted.values():
+        held.material.server_context.sni_callback = None
 
 
 def test_a_peer_with_another_services_certificate_is_refused(
-        loop_thread: LoopThread, app: App, pki: Pki, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        loop_thread: LoopThread, app: App, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     pki.issue("payment-service")
 
     async def start() -> tuple[Node, Node, Node]:
         caller = await start_node(node_config("node-caller", pki.tls("checkout")))
         real = await start_node(node_config("node-real", pki.tls("payment-service"), services=[
             ServiceConfig("payment-service", app.port, tags=["real"])]))
-        # a mesh member whose certificate says inventory, advertising payment-service
+        # a mesh member whose certificate says inventory, advertising payment-service besides inventory (so the
+        # catalog lists inventory on its node: "a service the catalog places on its node" is no proof)
         impostor = await start_node(node_config("node-impostor", pki.tls("inventory"), services=[
-            ServiceConfig("payment-service", app.port, tags=["fake"])]))
+            ServiceConfig("inventory", app.port), ServiceConfig("payment-service", app.port, tags=["fake"])]))
         link(caller, real)
         link(caller, impostor)
         return caller, real, impostor
 
     caller, real, impostor = loop_thread.run(start())
     try:
-        assert caller.store is not None
-        expect_the_destination_service(monkeypatch, caller.store)
+        assert impostor.store is not None
+        answer_every_name_with_own_certificate(impostor.store)
         url = f"http://127.0.0.1:{caller.outbound}/headers"
 
         good = curl(url, "-H", "Host: real.payment-service.service.mesh")

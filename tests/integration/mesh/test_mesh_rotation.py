@@ -111,8 +111,9 @@ def test_rotation_of_both_sidecars_under_load_fails_no_request(loop_thread: Loop
         assert load.ok >= 150
         assert _server_serial(b.port("inbound"), pki) == new_inventory
         assert b.store.refusals.total == 0
-        # a pool per peer and context: the rotated context dialed new connections, the old pool was left to drain
-        generations = sorted(pool.key[2] for pool in a.dataplane.pools)
+        # a pool per peer, service and context: the rotated context dialed new connections, the old pool was left
+        # to drain
+        generations = sorted(pool.key[3] for pool in a.dataplane.pools)
         assert generations == [1, 2], generations
         assert certs.load_certificate(pki.directory / "checkout.pem").serial_number == new_checkout
     finally:

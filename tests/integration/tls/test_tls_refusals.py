@@ -39,6 +39,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     pki.expired("old")
     pki.without_spiffe_id("anon")
     pki.foreign_trust_domain("stranger")
+    pki.ca_as_leaf("subca")
+    pki.upper_case_scheme("shouty")
     return pki
 
 
@@ -124,6 +126,9 @@ def test_good_client_is_accepted_and_its_identity_seen(pki: Pki) -> None:
         ("anon", None, Refusal.NO_SPIFFE_ID, "no SPIFFE ID in the certificate"),
         ("stranger", None, Refusal.FOREIGN_TRUST_DOMAIN,
          "SPIFFE ID spiffe://other.example/service/stranger outside trust domain mesh.local"),
+        # X.509-SVID: a leaf, never a CA; the scheme in lower case
+        ("subca", None, Refusal.BAD_CERTIFICATE, "client certificate is a CA certificate"),
+        ("shouty", None, Refusal.NO_SPIFFE_ID, "must start with spiffe:// (lower case)"),
     ],
 )
 def test_python_client_refusals(pki: Pki, foreign: Pki, client: str | None, trust: str | None, kind: Refusal,

@@ -150,13 +150,15 @@ def test_targets_are_cached_per_endpoint_and_rekeyed_by_context() -> None:
     t1 = targets.get(pay, 1, first)
     assert targets.get(pay, 1, first) is t1
     assert (t1.timeout, t1.try_timeout, t1.ssl) == (15.0, None, first)   # by default a try has the whole timeout
-    assert t1.server_hostname == "p15006.10.0.0.1.sidecar.invalid"
-    assert t1.tag is pay and t1.key == ("http", ("10.0.0.1", 15006), 1)
+    # the SNI asks the peer for pay's certificate; the pool is per service on that peer
+    assert t1.server_hostname == "pay.svc.p15006.10.0.0.1.sidecar.invalid"
+    assert t1.tag is pay and t1.key == ("http", ("10.0.0.1", 15006), "pay", 1)
     t2 = targets.get(pay, 2, first)              # a new snapshot: rebuilt, same pool
     assert t2 is not t1 and t2.key == t1.key
     t3 = targets.get(pay, 2, second)             # a rotated context: a new pool
-    assert t3.ssl is second and t3.key == ("http", ("10.0.0.1", 15006), 2)
+    assert t3.ssl is second and t3.key == ("http", ("10.0.0.1", 15006), "pay", 2)
     slow = targets.get(Endpoint("slow", "s", "n1", ("10.0.0.1", 15006), HealthStatus.HEALTHY), 2, second)
+    assert slow.key != t3.key   # another service on the same peer: never its connections
     assert (slow.timeout, slow.try_timeout) == (60.0, None)  # no retries: no per-try bound
     tight = targets.get(Endpoint("tight", "t", "n1", ("10.0.0.1", 15006), HealthStatus.HEALTHY), 2, second)
     assert (tight.timeout, tight.try_timeout) == (15.0, 2.0)

@@ -52,6 +52,32 @@ class Pki:
         issued = certs.IssuedCertificate(cert, key, "")
         return certs.write_issued(issued, self.directory, name)
 
+    def custom(self, name: str, uri: str, *, ca: bool = False) -> certs.CertPaths:
+        """Signed by the mesh CA with ``uri`` as its one URI SAN; ``ca`` makes it say it is a CA (cA=TRUE)."""
+        key = certs.new_key()
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.ca.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(self.ca.key, hashes.SHA256())
+        )
+        return certs.write_issued(certs.IssuedCertificate(cert, key, uri), self.directory, name)
+
+    def ca_as_leaf(self, name: str) -> certs.CertPaths:
+        """A CA certificate (cA=TRUE) from the mesh CA naming spiffe://TD/service/NAME: no X.509-SVID."""
+        return self.custom(name, f"spiffe://{self.ca.trust_domain}/service/{name}", ca=True)
+
+    def upper_case_scheme(self, name: str) -> certs.CertPaths:
+        """A leaf naming ``SPIFFE://TD/service/NAME``: the X.509-SVID spec wants the scheme in lower case."""
+        return self.custom(name, f"SPIFFE://{self.ca.trust_domain}/service/{name}")
+
     def foreign_trust_domain(self, name: str, trust_domain: str = "other.example") -> certs.CertPaths:
         """Signed by this CA but naming spiffe://OTHER/service/NAME (a constrained CA's signature is void)."""
         rogue = certs.CertificateAuthority(self.ca.certificate, self.ca.key, trust_domain)

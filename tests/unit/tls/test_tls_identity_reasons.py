@@ -21,7 +21,7 @@ NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
         ("spiffe://mesh.local/service/web", "mesh.local", "/service/web", "web"),
         ("spiffe://mesh.local", "mesh.local", "", None),
         ("spiffe://a_b-c.d/ns/x/sa/y", "a_b-c.d", "/ns/x/sa/y", None),
-        ("SPIFFE://mesh.local/service/Web.v2", "mesh.local", "/service/Web.v2", "Web.v2"),
+        ("spiffe://mesh.local/service/Web.v2", "mesh.local", "/service/Web.v2", "Web.v2"),
     ],
 )
 def test_spiffe_id_parses(text: str, trust_domain: str, path: str, service: str | None) -> None:
@@ -32,7 +32,8 @@ def test_spiffe_id_parses(text: str, trust_domain: str, path: str, service: str 
 
 @pytest.mark.parametrize(
     "text",
-    ["http://mesh.local/x", "spiffe://", "spiffe://Mesh/x", "spiffe://m:8080/x", "spiffe://u@m/x", "spiffe://m/x/",
+    ["http://mesh.local/x", "SPIFFE://mesh.local/service/web", "Spiffe://mesh.local/service/web",
+     "spiffe://", "spiffe://Mesh/x", "spiffe://m:8080/x", "spiffe://u@m/x", "spiffe://m/x/",
      "spiffe://m//x", "spiffe://m/./x", "spiffe://m/x?y", "spiffe://m/x#y", "spiffe://m/sp ace"],
 )
 def test_spiffe_id_rejects(text: str) -> None:
@@ -84,11 +85,29 @@ def test_foreign_trust_domain_refused(ca: certs.CertificateAuthority) -> None:
     assert caught.value.reason.message == "SPIFFE ID spiffe://mesh.local/service/web outside trust domain other.org"
 
 
+def test_a_ca_certificate_is_no_leaf(ca: certs.CertificateAuthority) -> None:
+    # signed by our CA, naming a service, but cA=TRUE: OpenSSL takes it as an end entity, the X.509-SVID spec does not
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    key = certs.new_key()
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.certificate.subject)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(NOW - dt.timedelta(hours=1))
+            .not_valid_after(NOW + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier("spiffe://mesh.local/service/web")]), critical=True)
+            .sign(ca.key, hashes.SHA256()))
+    with pytest.raises(PeerRefused) as caught:
+        identity_of(leaf, "mesh.local", NOW.timestamp(), role="client")
+    assert caught.value.reason.kind is Refusal.BAD_CERTIFICATE
+    assert "is a CA certificate" in caught.value.reason.message
+
+
 def test_certificate_without_spiffe_id_refused(ca: certs.CertificateAuthority) -> None:
-    # the CA's own certificate has a spiffe://TD URI but no service path: not a workload
+    # the CA's own certificate (spiffe://TD, no service path) is no workload: refused as a CA first
     with pytest.raises(PeerRefused) as caught:
         identity_of(ca.certificate, "mesh.local", NOW.timestamp())
-    assert caught.value.reason.kind is Refusal.NO_SPIFFE_ID
+    assert caught.value.reason.kind is Refusal.BAD_CERTIFICATE
 
 
 # ------------------------------------------------------------------------------------------ reasons
