@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         view.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN),
                           help=f"admin URL (default {DEFAULT_ADMIN}, or $SIDECAR_ADMIN)")
         view.add_argument("--json", action="store_true", help="print the JSON instead of a table")
+        add_token_argument(view)
 
     from sidecar.ops import commands as ops_commands
     ops_commands.add_parsers(commands)
@@ -110,7 +111,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "certs":
         return certs(args)
     if args.command in ("members", "catalog", "clusters"):
-        return show_view(args.command, args.admin, args.json)
+        return show_view(args.command, args.admin, args.json, read_token_file(args.token_file))
     from sidecar.ops import commands as ops_commands
     if args.command in ops_commands.COMMANDS:   # explain, reload
         return ops_commands.run(args)
@@ -159,9 +160,27 @@ def certs(args: argparse.Namespace) -> int:
     return tls_certs.cmd_certs_issue(args.service, args.dir, args.ttl)
 
 
-def fetch_json(url: str) -> Any:
+def add_token_argument(parser: argparse.ArgumentParser) -> None:
+    """``--token-file``: the admin token, for a sidecar with admin.token_file set."""
+    parser.add_argument("--token-file", default=os.environ.get("SIDECAR_ADMIN_TOKEN_FILE"), metavar="FILE",
+                        help="the admin token (admin.token_file), or $SIDECAR_ADMIN_TOKEN_FILE")
+
+
+def read_token_file(path: str | None) -> str | None:
+    """The token in ``path`` (``--token-file``) without surrounding whitespace; None without a path."""
+    if path is None:
+        return None
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as e:
+        raise UsageError(f"--token-file {path}: {e.strerror}") from None
+
+
+def fetch_json(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
         try:
@@ -173,9 +192,9 @@ def fetch_json(url: str) -> Any:
         raise CommandFailed(f"cannot reach the admin port at {url}: {e.reason}") from None
 
 
-def show_view(view: str, admin: str, as_json: bool) -> int:
+def show_view(view: str, admin: str, as_json: bool, token: str | None = None) -> int:
     from sidecar.views import render_view
-    data = fetch_json(admin.rstrip("/") + "/" + view)
+    data = fetch_json(admin.rstrip("/") + "/" + view, token)
     if as_json:
         print(json.dumps(data, indent=2))
     else:

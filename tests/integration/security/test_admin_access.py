@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +128,42 @@ def test_every_mutation_needs_the_token(tmp_path: Path) -> None:
                 assert response.status != 401, (method, path, response)
         assert http("POST", admin + "/drain", headers=good).json()["state"] == "draining"
         assert http("GET", admin + "/ready").status == 503
-        # reads never needed it
-        for path in ("/ready", "/healthz", "/config", "/members", "/keys", "/metrics"):
+        # the probes never need it
+        for path in ("/ready", "/healthz", "/metrics"):
             assert http("GET", admin + path).status in (200, 503), path
+
+
+PROBES = {"/ready", "/healthz", "/metrics"}
+
+
+def test_with_a_token_every_read_but_the_probes_needs_it(tmp_path: Path) -> None:
+    token = new_token()
+    (tmp_path / "token").write_text(token + "\n")
+    config = {"admin": {"token_file": str(tmp_path / "token")}, "services": [{"name": "pay", "port": 3000}]}
+    with running(tmp_path, config) as sidecar:
+        admin = sidecar.admin
+        reads = sorted({fill(p) for m, p in sidecar.routes() if m == "GET"})
+        # the routes that show traffic or messages are among them (a route renamed or dropped fails here)
+        assert {"/deadletters", "/debug/failures", "/debug/explain", "/v1/metrics", "/v1/metrics/summary",
+                "/clusters", "/catalog", "/members", "/config", "/config/history", "/tls", "/messaging",
+                "/dashboard/snapshot", "/dashboard/events", "/", "/keys", "/gossip"} <= set(reads), reads
+        good = {"Authorization": f"Bearer {token}"}
+        for path in reads + ["/no-such-route"]:
+            for method in ("GET", "HEAD"):
+                if path in PROBES:
+                    assert http(method, admin + path).status in (200, 503), path
+                    continue
+                for headers in ({}, {"Authorization": "Bearer " + new_token()}, {"Authorization": token}):
+                    refused = http(method, admin + path, headers=headers)
+                    assert refused.status == 401, (method, path, refused)
+                    if method == "GET":
+                        assert_error(refused, 401, "UNAUTHENTICATED")
+                        assert token.encode() not in refused.body
+            if path in ("/dashboard/events", "/no-such-route") or path in PROBES:
+                continue   # an endless stream; a 404
+            answered = http("GET", admin + path + ("?service=pay" if path == "/debug/explain" else ""),
+                            headers=good)
+            assert answered.status in (200, 404, 503) and answered.status != 401, (path, answered)
 
 
 def test_without_a_token_changes_come_from_loopback_and_not_from_web_pages(tmp_path: Path) -> None:
@@ -176,3 +210,56 @@ def test_an_exposed_admin_port_without_a_token_is_warned_about(tmp_path: Path, l
         process.wait_log(r"warning .*admin port listens on 0\.0\.0\.0 without admin\.token_file")
     finally:
         process.terminate()
+
+
+def curl(*args: str) -> tuple[int, str]:
+    """``curl -s`` as an operator runs it: the status code and the body."""
+    done = subprocess.run(["curl", "-sS", "--max-time", "10", "-o", "-", "-w", "\\n%{http_code}", *args],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    body, _, code = done.stdout.rpartition("\n")
+    return int(code), body
+
+
+def test_failed_request_urls_and_dead_letters_need_the_token(tmp_path: Path) -> None:
+    token = new_token()
+    (tmp_path / "token").write_text(token + "\n")
+    process = SidecarProcess(tmp_path, {"admin": {"token_file": str(tmp_path / "token")}}).start()
+    try:
+        credential = "key-" + new_token()
+        # a request the app sent with a credential in its URL, to a service that does not exist: it fails and is
+        # kept for /debug/failures with its whole target
+        status, _ = curl("-H", "Host: nosuch", f"http://{process.listeners['outbound']}/pay?api_key={credential}")
+        assert status in (404, 503)
+        bearer = ("-H", f"Authorization: Bearer {token}")
+        wait_for(lambda: credential in curl(*bearer, process.admin + "/debug/failures")[1], 10,
+                 what="the failed request in /debug/failures")
+        for path in ("/debug/failures", "/debug/failures?limit=1", "/deadletters", "/v1/metrics",
+                     "/debug/explain?service=nosuch", "/clusters", "/config"):
+            for headers in ((), ("-H", "Authorization: Bearer wrong"), ("-H", "Origin: http://evil.example")):
+                status, body = curl(*headers, process.admin + path)
+                assert status == 401 and "UNAUTHENTICATED" in body, (path, headers, status, body)
+                assert credential not in body and token not in body
+            status, _ = curl(*bearer, process.admin + path)
+            assert status == 200, path
+        # the probes stay open to the kubelet and Prometheus
+        assert curl(process.admin + "/ready")[0] == 200
+        assert curl(process.admin + "/healthz")[0] == 200
+        status, metrics = curl(process.admin + "/metrics")
+        assert status == 200 and "sidecar_" in metrics and credential not in metrics
+    finally:
+        assert process.terminate() == 0
+
+
+def test_without_a_token_a_change_relayed_by_the_inbound_is_refused(tmp_path: Path) -> None:
+    # the inbound sets x-sidecar-caller on every request it relays to a local app from loopback: a request that
+    # carries it is a peer's, not the operator's
+    process = SidecarProcess(tmp_path, {}).start()
+    try:
+        status, body = curl("-X", "POST", "-H", "x-sidecar-caller: spiffe://mesh.local/service/peer",
+                            process.admin + "/logging?level=debug")
+        assert status == 403 and "PERMISSION_DENIED" in body and "x-sidecar-caller" in body, body
+        status, body = curl("-X", "POST", process.admin + "/logging?level=info")
+        assert status == 200, body
+    finally:
+        assert process.terminate() == 0

@@ -11,10 +11,16 @@ TOKEN = "t0ken-5ecret"
 
 
 @pytest.mark.parametrize(("method", "token", "authorization", "peer", "origin", "expected"), [
-    # reads are open to anyone, token or not
-    ("GET", TOKEN, None, "10.0.0.9", None, None),
+    # without a token, reads are open to anyone
+    ("GET", None, None, "10.0.0.9", None, None),
     ("HEAD", None, None, "10.0.0.9", "https://evil.example", None),
-    ("OPTIONS", TOKEN, None, "203.0.113.7", None, None),
+    ("OPTIONS", None, None, "203.0.113.7", None, None),
+    # with a token, reads other than the probes need it too (the path here is /deadletters)
+    ("GET", TOKEN, None, "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("GET", TOKEN, "Bearer wrong", "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("HEAD", TOKEN, None, "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("OPTIONS", TOKEN, None, "127.0.0.1", None, Code.UNAUTHENTICATED),
+    ("GET", TOKEN, f"Bearer {TOKEN}", "10.0.0.9", None, None),
     # with a token: the right bearer token from anywhere, nothing else
     ("POST", TOKEN, f"Bearer {TOKEN}", "10.0.0.9", None, None),
     ("POST", TOKEN, f"bearer {TOKEN}", "127.0.0.1", "https://evil.example", None),
@@ -45,8 +51,39 @@ TOKEN = "t0ken-5ecret"
 ])
 def test_who_may_change_the_sidecar(method: str, token: str | None, authorization: str | None, peer: str | None,
                                     origin: str | None, expected: Code | None) -> None:
-    refusal = check_request(method, token, authorization, peer, origin)
+    refusal = check_request(method, token, authorization, peer, origin, path="/deadletters")
     assert (refusal.code if refusal is not None else None) == expected
+
+
+@pytest.mark.parametrize(("method", "path", "token", "expected"), [
+    # the probes answer reads without the token: kubelet probes and Prometheus's scrape
+    ("GET", "/ready", TOKEN, None),
+    ("GET", "/healthz", TOKEN, None),
+    ("GET", "/metrics", TOKEN, None),
+    ("HEAD", "/ready", TOKEN, None),
+    # ... only those paths, exactly, and only reads
+    ("GET", "/metrics/", TOKEN, Code.UNAUTHENTICATED),
+    ("GET", "/ready/../deadletters", TOKEN, Code.UNAUTHENTICATED),
+    ("GET", "/v1/metrics", TOKEN, Code.UNAUTHENTICATED),
+    ("GET", "/debug/failures", TOKEN, Code.UNAUTHENTICATED),
+    ("GET", "/", TOKEN, Code.UNAUTHENTICATED),
+    ("GET", "/no-such-route", TOKEN, Code.UNAUTHENTICATED),
+    ("POST", "/ready", TOKEN, Code.UNAUTHENTICATED),
+    ("POST", "/metrics", None, None),   # loopback, no Origin: routing answers 405
+])
+def test_probes_are_open_and_nothing_else(method: str, path: str, token: str | None, expected: Code | None) -> None:
+    refusal = check_request(method, token, None, "127.0.0.1", None, path=path)
+    assert (refusal.code if refusal is not None else None) == expected
+
+
+def test_a_mutation_relayed_by_the_inbound_is_not_a_loopback_caller() -> None:
+    refusal = check_request("POST", None, None, "127.0.0.1", None, path="/leave", relayed=True)
+    assert refusal is not None and refusal.code is Code.PERMISSION_DENIED
+    assert "x-sidecar-caller" in refusal.message
+    # with the token it is the token that decides, wherever the request comes from
+    assert check_request("POST", TOKEN, f"Bearer {TOKEN}", "127.0.0.1", None, path="/leave", relayed=True) is None
+    # reads stay open without a token
+    assert check_request("GET", None, None, "127.0.0.1", None, path="/config", relayed=True) is None
 
 
 def test_refusals_never_echo_a_token() -> None:
