@@ -4,13 +4,14 @@ within the ClientHello timeout, and the evictions are counted and logged (a few 
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
 
 import pytest
 
-from tests.harness import http, raise_fd_limit
+from tests.harness import http, raise_fd_limit, wait_for
 from tests.integration.abuse.conftest import ADMIN_TOKEN, NORMAL_LATENCY, Target
 
 IDLE = 600
@@ -39,6 +40,11 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
+def open_fds(target: Target) -> int:
+    assert target.process.proc is not None
+    return len(os.listdir(f"/proc/{target.process.proc.pid}/fd"))
+
+
 def shed_count(target: Target) -> int:
     text = http("GET", target.process.admin + "/metrics").body.decode()
     match = re.search(r"^sidecar_inbound_connections_shed_total (\d+)", text, re.MULTILINE)
@@ -51,6 +57,7 @@ def test_idle_connections_do_not_starve_a_real_peer(target: Target, sources: lis
     assert raise_fd_limit(IDLE + 1024) >= IDLE + 512
     target.check_inbound()
     shed_before = shed_count(target)
+    fds_before = open_fds(target)
     start = time.monotonic()
     idle = open_idle(target.address("inbound"), sources, IDLE)
     try:
@@ -74,6 +81,8 @@ def test_idle_connections_do_not_starve_a_real_peer(target: Target, sources: lis
         for sock in idle:
             sock.close()
     target.check_all()
+    # every evicted or timed-out handshake let go of its socket (no descriptor kept)
+    wait_for(lambda: open_fds(target) <= fds_before + 8, 10, what=f"descriptors back to about {fds_before}")
     # logged through the refusal log: one line per source and kind for a while, not one per connection
     lines = [line for line in target.process.lines if "refused inbound mTLS" in line
              and any(f"{s}:" in line for s in sources)]

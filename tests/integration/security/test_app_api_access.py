@@ -24,8 +24,8 @@ def curl(*args: str) -> tuple[int, dict[str, str], str]:
     done = subprocess.run(["curl", "-sS", "--max-time", "10", "-D", "-", *args], capture_output=True, text=True,
                           timeout=20)
     assert done.returncode == 0, done.stderr
-    head, _, body = done.stdout.partition("\r\n\r\n")
-    lines = head.split("\r\n")
+    head, _, body = done.stdout.partition("\n\n")   # text mode: curl's CRLF read as LF
+    lines = head.split("\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return int(lines[0].split()[1]), headers, body
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import SidecarProcess, assert_error, http, run_cli
+from tests.harness import SidecarProcess, assert_error, http, make_certs, run_cli
 
 
 def port_of(address: str) -> int:
@@ -20,7 +20,8 @@ def port_of(address: str) -> int:
 
 @pytest.fixture
 def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
-    process = SidecarProcess(tmp_path, {"gossip": {"listen": "0.0.0.0:0"}}).start()
+    tls = make_certs(tmp_path / "certs", ["app"])["app"]   # with tls, the inbound listener is open too
+    process = SidecarProcess(tmp_path, {"gossip": {"listen": "0.0.0.0:0"}, "tls": tls}).start()
     yield process
     assert process.terminate() == 0
 
