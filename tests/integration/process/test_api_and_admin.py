@@ -117,9 +117,10 @@ def test_admin_token_guards_mutations(start_sidecar, tmp_path: Path) -> None:  #
                  401, "UNAUTHENTICATED")
     ok = http("POST", sidecar.admin + "/logging?level=debug", headers={"Authorization": "Bearer s3cret-token"})
     assert ok.status == 200 and ok.json() == {"level": "debug"}
-    # reads stay open, and the token never shows
+    # the probes stay open; the other reads need the token too, and it never shows
     assert http("GET", sidecar.admin + "/ready").status == 200
-    config = http("GET", sidecar.admin + "/config")
+    assert_error(http("GET", sidecar.admin + "/config"), 401, "UNAUTHENTICATED")
+    config = http("GET", sidecar.admin + "/config", headers={"Authorization": "Bearer s3cret-token"})
     assert config.status == 200 and b"s3cret-token" not in config.body
 
 
