@@ -312,6 +312,8 @@ class Sidecar:
         if stop.done():
             return
         app.extra_env.update({f"SIDECAR_{name.upper()}": str(address) for name, address in self.bound.items()})
+        if self.config.api.token_file is not None:   # the client reads it (sidecar.client.token_from_environment)
+            app.extra_env["SIDECAR_API_TOKEN_FILE"] = self.config.api.token_file
         try:
             await app.start()
         except OSError as e:

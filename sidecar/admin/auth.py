@@ -28,6 +28,10 @@ PERMISSION_DENIED naming the fix otherwise. Two kinds of loopback connection are
   carrying it is refused. (A service may not be registered at one of the sidecar's own listeners either:
   ``sidecar.catalog.own``.)
 
+*Whatever the token*, a request that came in over loopback must name the host as ``localhost`` or an IP
+address: a DNS-rebinding page in a browser on this host would otherwise read every open route as its own
+origin (``sidecar.access.rebinding_refusal``).
+
 A token is not replayable by a page (it cannot set ``Authorization`` on a cross-site request without a CORS
 preflight we never answer). The given token and the expected one are never logged or echoed; refusals say only
 what was missing.
@@ -35,10 +39,8 @@ what was missing.
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-
-from sidecar.errors import PermissionDenied, SidecarError, Unauthenticated
+from sidecar.access import bearer_refusal, is_loopback, rebinding_refusal
+from sidecar.errors import PermissionDenied, SidecarError
 
 # methods that change nothing (RFC 9110 "safe methods", TRACE aside: aiohttp has no handler for it)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -48,38 +50,19 @@ PROBE_PATHS = frozenset({"/ready", "/healthz", "/metrics"})
 RELAYED_HEADER = "x-sidecar-caller"
 
 
-def is_loopback(host: str | None) -> bool:
-    """Whether a peer address is this host's loopback (127.0.0.0/8, ::1, or ::ffff:127.x.y.z)."""
-    if not host:
-        return False
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def bearer_refusal(token: str, authorization: str | None, setting: str) -> Unauthenticated | None:
-    """None when ``authorization`` is ``Bearer TOKEN`` with ``token`` (compared in constant time), else the
-    refusal; ``setting`` names the config key that holds the token (``admin.token_file``)."""
-    scheme, _, given = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        return Unauthenticated(f"this endpoint needs Authorization: Bearer TOKEN ({setting} is set)")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return Unauthenticated(f"the token is wrong (the content of {setting} is expected)")
-    return None
-
-
 def check_request(method: str, token: str | None, authorization: str | None, peer: str | None,
-                  origin: str | None, *, path: str = "/", relayed: bool = False) -> SidecarError | None:
+                  origin: str | None, *, path: str = "/", relayed: bool = False, host: str | None = None,
+                  local_address: str | None = None) -> SidecarError | None:
     """The refusal for one admin request, or None when it may proceed.
 
-    ``token`` is admin.token_file's content (None: no token configured); ``authorization`` and ``origin`` are
-    the request's headers (None when absent); ``peer`` is the client's IP address as the socket reports it;
-    ``relayed``: the request carries the inbound listener's ``x-sidecar-caller``.
+    ``token`` is admin.token_file's content (None: no token configured); ``authorization``, ``origin`` and
+    ``host`` are the request's headers (None when absent); ``peer`` is the client's IP address as the socket
+    reports it, ``local_address`` the address it connected to; ``relayed``: the request carries the inbound
+    listener's ``x-sidecar-caller``.
     """
+    rebound = rebinding_refusal(host, local_address, "admin port")
+    if rebound is not None:
+        return rebound
     read = method.upper() in SAFE_METHODS
     if read and path in PROBE_PATHS:
         return None
@@ -110,5 +93,4 @@ def exposure_warning(listen_host: str, token: str | None) -> str | None:
             " changes are accepted from loopback only")
 
 
-__all__ = ["PROBE_PATHS", "RELAYED_HEADER", "SAFE_METHODS", "bearer_refusal", "check_request", "exposure_warning",
-           "is_loopback"]
+__all__ = ["PROBE_PATHS", "RELAYED_HEADER", "SAFE_METHODS", "check_request", "exposure_warning", "is_loopback"]

@@ -66,11 +66,14 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         # every request, on any path, before its handler: see sidecar.admin.auth
-        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        local = transport.get_extra_info("sockname") if transport is not None else None
         host = str(peer[0]) if isinstance(peer, tuple) and peer else None
         refusal = check_request(request.method, token, request.headers.get("Authorization"), host,
                                 request.headers.get("Origin"), path=request.path,
-                                relayed=RELAYED_HEADER in request.headers)
+                                relayed=RELAYED_HEADER in request.headers, host=request.headers.get("Host"),
+                                local_address=str(local[0]) if isinstance(local, tuple) and local else None)
         if refusal is not None:
             log.info("admin request refused", extra=fields(method=request.method, path=request.path,
                                                            peer=host or "unknown", code=refusal.code.name))

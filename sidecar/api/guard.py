@@ -25,26 +25,8 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from sidecar.admin.auth import bearer_refusal, is_loopback
+from sidecar.access import bearer_refusal, host_of, is_loopback
 from sidecar.errors import PermissionDenied, SidecarError
-
-
-def host_of(authority: str) -> str | None:
-    """The host part of a ``Host`` header (``name``, ``name:port``, ``[v6]:port``), lower case, without a
-    trailing dot; None when it is not one."""
-    text = authority.strip().lower()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
-            return None
-        host, port = text[1:end], text[end + 2:]
-    else:
-        host, _, port = text.partition(":")
-        if ":" in port:
-            return None  # an IPv6 literal without brackets
-    if port and not port.isdigit():
-        return None
-    return host.rstrip(".") or None
 
 
 def is_own_host(host: str, local_address: str | None) -> bool:
@@ -95,4 +77,4 @@ def _same_origin(origin: str, host: str) -> bool:
         and not parts.path.strip("/")
 
 
-__all__ = ["check_api_request", "host_of", "is_own_host"]
+__all__ = ["check_api_request", "is_own_host"]

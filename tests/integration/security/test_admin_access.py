@@ -264,3 +264,21 @@ def test_without_a_token_a_change_relayed_by_the_inbound_is_refused(tmp_path: Pa
         assert status == 200, body
     finally:
         assert process.terminate() == 0
+
+
+def test_a_dns_rebinding_page_cannot_read_the_admin_port(tmp_path: Path) -> None:
+    # a page whose name now resolves to 127.0.0.1 reads the port as its own origin; curl --resolve does the same
+    process = SidecarProcess(tmp_path, {}).start()
+    try:
+        port = HostPort.from_text(process.listeners["admin"]).port
+        rebound = ("--resolve", f"rebind.evil.example:{port}:127.0.0.1")
+        for path in ("/config", "/deadletters", "/debug/failures", "/ready", "/metrics"):
+            status, body = curl(*rebound, f"http://rebind.evil.example:{port}{path}")
+            assert status == 403 and "PERMISSION_DENIED" in body and "rebinds" in body, (path, body)
+            assert curl(f"http://localhost:{port}{path}")[0] == 200, path
+            assert curl(f"http://127.0.0.1:{port}{path}")[0] == 200, path
+        status, body = curl(*rebound, "-X", "POST", f"http://rebind.evil.example:{port}/drain")
+        assert status == 403
+        assert curl(f"http://127.0.0.1:{port}/ready")[0] == 200   # not drained
+    finally:
+        assert process.terminate() == 0

@@ -108,3 +108,22 @@ def test_an_exposed_admin_port_without_a_token_is_warned_about() -> None:
     assert exposure_warning("0.0.0.0", TOKEN) is None
     warning = exposure_warning("0.0.0.0", None)
     assert warning is not None and "admin.token_file" in warning
+
+
+@pytest.mark.parametrize(("host", "local", "refused"), [
+    ("127.0.0.1:9901", "127.0.0.1", False),
+    ("localhost:9901", "127.0.0.1", False),
+    ("localhost.", "127.0.0.1", False),
+    ("[::1]:9901", "::1", False),
+    ("10.0.0.5:9901", "127.0.0.1", False),        # an IP literal is no rebinding
+    ("rebind.evil.example:9901", "127.0.0.1", True),
+    ("payment-service", "127.0.0.1", True),       # what the inbound's relay would name
+    ("", "127.0.0.1", True),
+    (None, "127.0.0.1", True),
+    ("admin.node-1.internal:9901", "10.0.0.5", False),   # came from the network: a name is fine
+])
+def test_a_rebound_name_is_refused_over_loopback(host: str | None, local: str, refused: bool) -> None:
+    refusal = check_request("GET", None, None, "127.0.0.1", None, path="/ready", host=host, local_address=local)
+    assert (refusal is not None) is refused
+    if refusal is not None:
+        assert refusal.code is Code.PERMISSION_DENIED and "rebinds" in refusal.message

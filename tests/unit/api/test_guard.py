@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.api.guard import check_api_request, host_of
+from sidecar.access import host_of
+from sidecar.api.guard import check_api_request
 from sidecar.errors import Code
 
 TOKEN = "api-t0ken-5ecret"
