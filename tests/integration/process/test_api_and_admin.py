@@ -90,7 +90,7 @@ def test_a_broken_client_does_not_affect_others(start_sidecar) -> None:  # type:
     sidecar = start_sidecar()
     host, port = sidecar.listeners["api"].rsplit(":", 1)
     for garbage in (b"\x00\x01\x02garbage\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-                    b"PUT /v1/services HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"):
+                    b"PUT /v1/services HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"):
         with socket.create_connection((host, int(port)), timeout=5) as s:
             s.sendall(garbage)
             s.shutdown(socket.SHUT_WR)
