@@ -4,7 +4,13 @@ Theory of operation
 -------------------
 Sockets are accepted raw and the handshake is run by :func:`sidecar.tls.handshake.accept_socket`, which
 logs and counts every refusal with a reason a person can act on (``create_server(ssl=...)`` would swallow
-them). The protocol it is given is a switch: when the handshake completes, ALPN says what the connection
+them). A connection must send its first bytes within ``hello_timeout`` (3 s) and finish the handshake
+within ``handshake_timeout`` (10 s); handshakes in progress are held in :class:`sidecar.tls.slots.HandshakeSlots`,
+which always takes a new connection and closes the oldest pending handshake of the source holding the most to
+make room, so idle connections from a few hosts cannot lock real peers out (each closure is counted in ``shed``
+and logged through the refusal log, a line per host and kind now and then).
+
+The protocol ``accept_socket`` is given is a switch: when the handshake completes, ALPN says what the connection
 carries and the switch hands the TLS transport (``transport.set_protocol``) to
 
 * the HTTP engine's client-side protocol (ALPN ``http/1.1``, or none offered), or
@@ -438,12 +444,6 @@ def _peer_of(sock: socket.socket) -> Any:
         return None
 
 
-def _host_of(peer: str) -> str:
-    """``1.2.3.4:5`` or ``[::1]:5`` → the host."""
-    host = peer.rsplit(":", 1)[0] if ":" in peer else peer
-    return host.strip("[]")
-
-
 class InboundListener:
     """Accepts peer sidecars: mTLS handshake (refusals logged and counted by the store's RefusalLog), then
     HTTP through ``http`` or raw tunnels through ``tunnels``."""
@@ -471,7 +471,7 @@ class InboundListener:
         self.on_verified: Callable[[PeerIdentity], None] | None = None
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: dict[asyncio.Task[None], str] = {}              # handshakes in progress -> peer
         self._unstarted: dict[asyncio.Task[None], socket.socket] = {}   # handshakes not yet begun
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -484,30 +484,32 @@ class InboundListener:
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         async for sock in accepted(listener, "the inbound listener", self.clock):
-            peer = peer_text(_peer_of(sock))
+            address = _peer_of(sock)
+            host = str(address[0]) if isinstance(address, tuple) and address else "unknown"
             task = loop.create_task(self._handshake(sock))
-            self._pending.add(task)
+            self._pending[task] = peer_text(address)
             self._unstarted[task] = sock
             task.add_done_callback(self._handshake_done)
-            for victim in self.slots.admit(task, source_of(_host_of(peer))):
-                self._evict(victim, peer)
+            for victim in self.slots.admit(task, source_of(host)):
+                self._evict(victim)
 
     def _handshake_done(self, task: asyncio.Task[None]) -> None:
-        self._pending.discard(task)
+        self._pending.pop(task, None)
         self.slots.done(task)
         sock = self._unstarted.pop(task, None)
         if sock is not None:   # cancelled before it ran: the socket is still ours alone
             sock.close()
 
-    def _evict(self, victim: asyncio.Task[None], newcomer: str) -> None:
+    def _evict(self, victim: asyncio.Task[None]) -> None:
         """Close a pending handshake to make room (the task closes its socket when cancelled); logged through the
         refusal log, one line per host and a while."""
         self.shed += 1
         victim.cancel()
-        reason = RefusalReason(Refusal.EVICTED, f"a pending handshake was closed to make room for {newcomer}"
-                                                f" ({len(self.slots)} pending, at most"
-                                                f" {self.slots.max_per_source} per source)")
-        self.store.refusals.record(newcomer, reason, self.clock.wall())
+        slots = self.slots
+        reason = RefusalReason(Refusal.EVICTED, f"handshake not done, closed to make room for a new connection"
+                                                f" ({len(slots)} pending: at most {slots.max_pending},"
+                                                f" {slots.max_per_source} from one source)")
+        self.store.refusals.record(self._pending.get(victim, "unknown peer"), reason, self.clock.wall())
 
     async def _handshake(self, sock: socket.socket) -> None:
         # from here accept_socket owns the socket: it closes it when refused or cancelled
