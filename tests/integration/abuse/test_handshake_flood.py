@@ -45,10 +45,15 @@ def open_fds(target: Target) -> int:
     return len(os.listdir(f"/proc/{target.process.proc.pid}/fd"))
 
 
-def shed_count(target: Target) -> int:
+def counter(target: Target, series: str) -> int:
+    """A counter's value on /metrics (open to Prometheus without the admin token); 0 before its first sample."""
     text = http("GET", target.process.admin + "/metrics").body.decode()
-    match = re.search(r"^sidecar_inbound_connections_shed_total (\d+)", text, re.MULTILINE)
+    match = re.search(rf"^{re.escape(series)} (\d+)", text, re.MULTILINE)
     return int(match.group(1)) if match else 0
+
+
+SHED = "sidecar_inbound_connections_shed_total"
+SILENT = 'sidecar_tls_handshake_failures_total{reason="no-client-hello"}'
 
 
 @pytest.mark.parametrize("sources", [["127.0.0.2"], [f"127.0.0.{i}" for i in range(10, 18)]],
@@ -56,7 +61,7 @@ def shed_count(target: Target) -> int:
 def test_idle_connections_do_not_starve_a_real_peer(target: Target, sources: list[str]) -> None:
     assert raise_fd_limit(IDLE + 1024) >= IDLE + 512
     target.check_inbound()
-    shed_before = shed_count(target)
+    shed_before, silent_before = counter(target, SHED), counter(target, SILENT)
     fds_before = open_fds(target)
     start = time.monotonic()
     idle = open_idle(target.address("inbound"), sources, IDLE)
@@ -69,7 +74,7 @@ def test_idle_connections_do_not_starve_a_real_peer(target: Target, sources: lis
             took.append(time.monotonic() - begin)
         assert max(took) < NORMAL_LATENCY, (took, opened)
         # room was made by closing pending handshakes of the flood, and counted
-        shed = shed_count(target) - shed_before
+        shed = counter(target, SHED) - shed_before
         assert shed >= IDLE - 512, shed
         # the rest are closed once the ClientHello timeout passes (bounded wait)
         deadline = time.monotonic() + HELLO_TIMEOUT + 7
@@ -77,6 +82,7 @@ def test_idle_connections_do_not_starve_a_real_peer(target: Target, sources: lis
             time.sleep(0.1)
         still_open = sum(1 for s in idle if not closed_by_peer(s))
         assert still_open == 0, still_open
+        assert counter(target, SILENT) - silent_before + shed >= IDLE   # each one evicted or timed out, counted
     finally:
         for sock in idle:
             sock.close()

@@ -3,6 +3,7 @@ set (and comes from this host's loopback, not from a web page, when it is not). 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -248,6 +249,14 @@ def test_failed_request_urls_and_dead_letters_need_the_token(tmp_path: Path) -> 
         assert curl(process.admin + "/healthz")[0] == 200
         status, metrics = curl(process.admin + "/metrics")
         assert status == 200 and "sidecar_" in metrics and credential not in metrics
+        # the commands that read the admin port take the token as reload does
+        refused = run_cli("members", "--admin", process.admin)
+        assert refused.returncode == 1 and "401" in refused.stderr and token not in refused.stderr
+        members = run_cli("members", "--admin", process.admin, "--json", "--token-file", str(tmp_path / "token"))
+        assert members.returncode == 0 and json.loads(members.stdout)[0]["name"] == "node-a", members
+        explained = run_cli("explain", "--service", "nosuch", "--admin", process.admin, "--json",
+                            env={"SIDECAR_ADMIN_TOKEN_FILE": str(tmp_path / "token")})
+        assert explained.returncode == 0, explained
     finally:
         assert process.terminate() == 0
 
