@@ -60,8 +60,11 @@ def native_extensions() -> list[object]:
         from mypyc.build import mypycify
     except ImportError:
         return pure("mypyc is not installed")
-    # one shared library inside the package (found wherever the package is), named rather than hashed
-    return list(mypycify(NATIVE, opt_level="3", group_name="sidecar._native"))
+    try:
+        # one shared library inside the package (found wherever the package is), named rather than hashed
+        return list(mypycify(NATIVE, opt_level="3", group_name="sidecar._native"))
+    except (Exception, SystemExit) as e:  # mypyc exits on a failed type check (a dependency or stub missing)
+        return pure(f"mypyc could not compile the request path ({type(e).__name__}: {e})")
 
 
 class OptionalBuildExt(build_ext):

@@ -397,7 +397,14 @@ class Sidecar:
             return False, self.state
         if not self.in_mesh:
             return False, "joining the mesh"
+        problem = self.gossip.problem
+        if problem is not None:
+            return False, f"gossip: {problem}"
         return True, "listening"
+
+    def warnings(self) -> list[str]:
+        gossip = self.gossip.exposure_warning()
+        return [gossip] if gossip is not None else []
 
     def listener_addresses(self) -> dict[str, str]:
         return {name: str(address) for name, address in self.bound.items()}

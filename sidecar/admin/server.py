@@ -30,6 +30,7 @@ class Process(Protocol):
 
     def readiness(self) -> tuple[bool, str]: ...
     def listener_addresses(self) -> dict[str, str]: ...
+    def warnings(self) -> list[str]: ...
     def members_json(self) -> list[dict[str, Any]]: ...
     def catalog_json(self) -> dict[str, list[dict[str, Any]]]: ...
     def services_json(self) -> list[dict[str, Any]]: ...
@@ -91,8 +92,11 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
     @routes.get("/ready")
     async def ready(request: web.Request) -> web.Response:
         is_ready, reason = process.readiness()
-        body = {"status": "ready" if is_ready else "not ready", "reason": reason,
-                "listeners": process.listener_addresses()}
+        body: dict[str, Any] = {"status": "ready" if is_ready else "not ready", "reason": reason,
+                                "listeners": process.listener_addresses()}
+        warnings = process.warnings()
+        if warnings:
+            body["warnings"] = warnings  # exposures the operator should fix (gossip in plaintext beyond loopback)
         return json_response(body, 200 if is_ready else 503)
 
     def json_view(view: Callable[[], Any]) -> Handler:

@@ -81,6 +81,21 @@ _GOSSIP_COUNTERS = {
     "keys_installed": ("sidecar_gossip_keys_installed", "Gossip keys installed by the key rotation."),
     "keys_removed": ("sidecar_gossip_keys_removed", "Old gossip keys removed by the key rotation."),
     "key_fetch_failures": ("sidecar_gossip_key_fetch_failures", "Runs of gossip.rotate_command that gave no key."),
+    "user_seen_evicted": ("sidecar_gossip_user_seen_evicted", "Records of delivered user broadcasts forgotten "
+                          "for age or room."),
+}
+
+_GOSSIP_GAUGES = {
+    "unconfirmed_members": ("sidecar_gossip_unconfirmed_members", "Members heard of only from others, not yet "
+                            "confirmed by answering a probe."),
+    "user_seen_entries": ("sidecar_gossip_user_seen_entries", "Records of delivered user broadcasts held."),
+    "streams_open": ("sidecar_gossip_streams_open", "Inbound gossip TCP streams open now."),
+    "stream_bytes_buffered": ("sidecar_gossip_stream_buffered_bytes", "Bytes reserved for inbound gossip frames "
+                              "being read now."),
+    "plaintext_exposed": ("sidecar_gossip_plaintext_exposed", "1 when gossip listens beyond loopback without "
+                          "gossip.encrypt_keys."),
+    "cannot_refute": ("sidecar_gossip_cannot_refute", "1 when this member's incarnation is at its maximum and it "
+                      "can no longer refute a suspicion (/ready is 503)."),
 }
 
 _DNS_COUNTERS = {
@@ -348,6 +363,11 @@ class SidecarCollector(Collector):
         for state, n in sorted(by_state.items()):
             members.add_metric([state], n)
         yield members
+        for key, (name, text) in _GOSSIP_GAUGES.items():
+            if key in counters:
+                gauge = _gauge(name, text)
+                gauge.add_metric([], counters[key])
+                yield gauge
         if "health_score" in counters:
             score = _gauge("sidecar_gossip_health_score", "Lifeguard's local health multiplier (0 is healthy).")
             score.add_metric([], counters["health_score"])
