@@ -195,7 +195,8 @@ def fetch_json(url: str, token: str | None = None) -> Any:
             message = json.loads(e.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = e.reason
-        raise CommandFailed(f"{url} answered {e.code}: {message}") from None
+        hint = "; pass the admin token with --token-file or $SIDECAR_ADMIN_TOKEN_FILE" if e.code == 401 else ""
+        raise CommandFailed(f"{url} answered {e.code}: {message}{hint}") from None
     except urllib.error.URLError as e:
         raise CommandFailed(f"cannot reach the admin port at {url}: {e.reason}") from None
 
