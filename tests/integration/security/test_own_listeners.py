@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import SidecarProcess, assert_error, http, make_certs, run_cli
+from tests.harness import SidecarProcess, assert_error, http, make_certs, run_cli, wait_for
 
 
 def port_of(address: str) -> int:
@@ -82,3 +82,29 @@ def test_a_reload_and_a_start_refuse_it_too(tmp_path: Path) -> None:
     again.start(wait_ready=False)
     assert again.proc is not None and again.proc.wait(20) == 2
     assert any("services[0].port" in line and "own outbound listener" in line for line in again.lines), again.lines
+
+
+def test_a_peer_cannot_reach_the_admin_port_through_a_registration(tmp_path: Path) -> None:
+    # node-a holds the identity of service "evil"; its app API is asked to register "evil" at node-a's own admin
+    # port. Were it taken, node-b's request to "evil" would reach node-a's admin port from loopback, where a
+    # change needs no token
+    certs = make_certs(tmp_path / "certs", ["evil", "client"])
+    a = SidecarProcess(tmp_path, {"tls": certs["evil"]}, name="node-a").start()
+    b: SidecarProcess | None = None
+    try:
+        admin_port = port_of(a.listeners["admin"])
+        refused = http("PUT", a.api + "/v1/services", {"name": "evil", "port": admin_port})
+        assert_error(refused, 400, "INVALID_ARGUMENT")
+        b = SidecarProcess(tmp_path, {"tls": certs["client"], "gossip": {"join": [a.listeners["gossip"]]}},
+                           name="node-b").start()
+        wait_for(lambda: {m["name"]: m["state"] for m in http("GET", b.admin + "/members").json()}.get("node-a")
+                 == "alive", 20, what="node-a alive in node-b's view")
+        outbound = b.listeners["outbound"]
+        answer = http("POST", f"http://{outbound}/logging?level=debug", headers={"Host": "evil"}, timeout=10)
+        assert answer.status in (404, 503), answer
+        assert b'"level"' not in answer.body
+        assert not any("admin request" in line or "level=debug" in line for line in a.lines)
+    finally:
+        if b is not None:
+            assert b.terminate() == 0
+        assert a.terminate() == 0
