@@ -22,12 +22,13 @@ from sidecar.api.server import build_api
 from sidecar.catalog.checks import CheckRunner
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import NodeInfo, group_json
+from sidecar.catalog.own import OwnListeners
 from sidecar.catalog.registry import LocalRegistry, default_id
 from sidecar.catalog.replication import CatalogReplication, encode_meta
 from sidecar.catalog.signing import ClaimVerifier
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.diff import Plan
-from sidecar.config.load import load, load_text
+from sidecar.config.load import load, load_sent
 from sidecar.config.model import Config
 from sidecar.config.values import HostPort
 from sidecar.dns.server import DnsListenFailed, DnsServer
@@ -100,6 +101,10 @@ class Sidecar:
         self.clock = clock
         self.bus = EventBus()
         self.bound: dict[str, HostPort] = {}
+        # where no service may be registered: the configured listeners until they are bound, then the bound ones
+        configured = {"admin": config.admin.listen, "api": config.api.listen, "outbound": config.outbound.listen,
+                      "inbound": config.inbound.listen, "dns": config.dns.listen, "gossip": config.gossip.listen}
+        self.own = OwnListeners(lambda: {**configured, **self.bound})
         self.registry = LocalRegistry(config.node.name, self.bus)
         local = NodeInfo(config.node.name, advertise_host(config), config.inbound.listen.port, config.node.cluster)
         self.catalog = MeshCatalog(self.registry, local)
@@ -152,10 +157,13 @@ class Sidecar:
         for spec in self.config.services:
             self.registry.register(spec, "config", now, now_ms)
         await self.checks.start()
-        try:
-            token = read_token(self.config.admin.token_file)
-        except (OSError, ValueError) as e:
-            raise StartupError(f"admin.token_file: {e}", exit_code=2) from None
+        tokens: dict[str, str | None] = {}
+        for key, path in (("admin", self.config.admin.token_file), ("api", self.config.api.token_file)):
+            try:
+                tokens[key] = read_token(path)
+            except (OSError, ValueError) as e:
+                raise StartupError(f"{key}.token_file: {e}", exit_code=2) from None
+        token = tokens["admin"]
         if (warning := exposure_warning(self.config.admin.listen.host, token)) is not None:
             log.warning(warning)
         self.telemetry.start()
@@ -167,7 +175,7 @@ class Sidecar:
         await self._start_site(Site("admin", build_admin(self, token, extra, admin_post_handlers(self.messaging)),
                                     self.config.admin.listen))
         await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock,
-                                              [api_routes(self.messaging)]),
+                                              [api_routes(self.messaging)], tokens["api"], self.own),
                                     self.config.api.listen, overload=self._shedding()))
         await self._start_dataplane()
         await self._start_messaging()
@@ -177,6 +185,11 @@ class Sidecar:
             raise StartupError(f"dns.listen: {e}") from None
         self._bound("dns", HostPort(host, port))
         await self._start_gossip()
+        for i, spec in enumerate(self.config.services):   # a listener bound on port 0 may have taken its port
+            try:
+                await self.own.check(spec, f"services[{i}].")
+            except InvalidArgument as e:
+                raise StartupError(e.message, exit_code=2) from None
         self.state = "ready"
         log.info("sidecar ready", extra=fields(node=self.config.node.name, cluster=self.config.node.cluster,
                                                request_path="compiled" if native.compiled() else "python",
@@ -314,6 +327,8 @@ class Sidecar:
         if stop.done():
             return
         app.extra_env.update({f"SIDECAR_{name.upper()}": str(address) for name, address in self.bound.items()})
+        if self.config.api.token_file is not None:   # the client reads it (sidecar.client.token_from_environment)
+            app.extra_env["SIDECAR_API_TOKEN_FILE"] = self.config.api.token_file
         try:
             await app.start()
         except OSError as e:
@@ -489,7 +504,7 @@ class Sidecar:
         return self.reloader.history_json()
 
     def read_config(self, text: str | None = None) -> Config:
-        return load(self.config_paths) if text is None else load_text(text, "the request body")
+        return load(self.config_paths) if text is None else load_sent(text, "the request body")
 
     def request_counts(self) -> Counts:
         return Counts(*self.telemetry.request_counts())
@@ -501,6 +516,9 @@ class Sidecar:
         """Apply the plan's live parts, each through the part that owns it. Upstream listeners come first: the
         one step that can fail (a port in use) fails before anything changed. The rest swap references."""
         parts = plan.parts
+        if "services" in parts:
+            for i, spec in enumerate(new.services):
+                await self.own.check(spec, f"services[{i}].")
         dataplane = self.dataplane
         if "upstreams" in parts and dataplane is not None:
             try:

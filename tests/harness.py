@@ -303,8 +303,9 @@ def make_certs(directory: Path, identities: list[str], trust_domain: str = "mesh
     return out
 
 
-def members_by_state(process: SidecarProcess) -> dict[str, str]:
-    return {m["name"]: m["state"] for m in http("GET", process.admin + "/members").json()}
+def members_by_state(process: SidecarProcess, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """``headers``: the admin token's, when admin.token_file is set."""
+    return {m["name"]: m["state"] for m in http("GET", process.admin + "/members", headers=headers).json()}
 
 
 def raise_fd_limit(wanted: int) -> int:

@@ -45,6 +45,7 @@ RULES: tuple[tuple[str, str | None, str], ...] = (
     ("inbound.advertise", None, "the address peers dial is announced at start"),
     ("gossip.advertise", None, "the address peers dial is announced at start"),
     ("admin.token_file", None, "the admin token is read when the admin port starts"),
+    ("api.token_file", None, "the app API token is read when the app API starts"),
     ("gossip.encrypt_keys", None, "gossip keys change live through POST /keys/install, /keys/use and /keys/remove"),
     ("gossip", None, "gossip settings are fixed at start"),
     ("dns", None, "the DNS server is built at start"),

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get
 
 import yaml
 
+from sidecar.catalog.own import LOCALHOST, listener_named, loopback_or_any, parse_address
 from sidecar.config.model import (
     BackoffConfig,
     CheckConfig,
@@ -110,10 +111,11 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: str = "") -> Any:
+def interpolate(data: Any, env: Mapping[str, str] | None, problems: list[str], path: str = "") -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``.
 
     A value that is a single reference is parsed again as a YAML scalar, so ``port: ${PORT}`` is a number.
+    ``env`` None: a document that is not expanded (a request body); each reference in it is a problem.
     """
     if isinstance(data, dict):
         return {k: interpolate(v, env, problems, _join(path, str(k))) for k, v in data.items()}
@@ -126,6 +128,10 @@ def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: st
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
+        if env is None:
+            problems.append(f"{path}: ${{{name}}} is not expanded here: a document sent to the sidecar is read"
+                            f" without its environment; send it expanded (got {_show(data)})")
+            return ""
         if name in env:
             return env[name]
         if default is not None:
@@ -144,6 +150,16 @@ def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: st
     return result
 
 
+def escape(data: Any) -> Any:
+    """``data`` with every ``$`` in its strings written ``$$``: an expanded document that reads the same once sent
+    (``interpolate`` turns ``$$`` back into ``$`` and sees no reference)."""
+    if isinstance(data, dict):
+        return {k: escape(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [escape(v) for v in data]
+    return data.replace("$", "$$") if isinstance(data, str) else data
+
+
 def load(paths: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
     """Read, merge, interpolate and validate; raise ConfigError listing every problem."""
     raw: dict[str, Any] = {}
@@ -152,9 +168,13 @@ def load(paths: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
     return config_from_raw(raw, os.environ if env is None else env)
 
 
-def load_text(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:
-    """:func:`load` for one document given as text (``POST /reload?dry_run=true`` with a body)."""
-    return config_from_raw(parse_yaml(text, source), os.environ if env is None else env)
+def load_sent(text: str, source: str) -> Config:
+    """:func:`load` for one document sent to the process (``POST /reload?dry_run=true`` with a body): never expanded
+    against the process's environment, which holds what the configuration does not name (cloud credentials,
+    tokens) and which whoever may post a body cannot read otherwise; ``$$`` is still a ``$``, and a ``${VAR}``
+    is a problem saying to send the document expanded (``sidecar reload --dry-run FILE`` does, from its own
+    environment)."""
+    return config_from_raw(parse_yaml(text, source), sent=True)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -167,13 +187,16 @@ class _Invalid:
 _INVALID = _Invalid()
 
 
-def config_from_raw(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+def config_from_raw(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, *, sent: bool = False) -> Config:
+    """``sent``: a document sent to the process, whose ``${VAR}`` references are refused (:func:`load_sent`)."""
     problems: list[str] = []
-    data = interpolate(dict(raw), env or {}, problems)
+    data = interpolate(dict(raw), None if sent else (env or {}), problems)
     data = _merge_policy_defaults(data)
     config = _build(Config, data, "", problems)
     if isinstance(data, dict):
         _check_raw(data, problems)
+    if isinstance(config, Config):
+        _check_own_listeners(config, problems)
     if problems:
         raise ConfigError(problems)
     assert isinstance(config, Config)
@@ -453,6 +476,23 @@ def _check_raw(data: Mapping[str, Any], problems: list[str]) -> None:
         if key in bound:
             problems.append(f"{name}.listen: the same address as {bound[key]}.listen (got {_show(listen)})")
         bound.setdefault(key, name)
+
+
+def _check_own_listeners(config: Config, problems: list[str]) -> None:
+    """No service at one of the sidecar's own listeners (``sidecar.catalog.own``), as far as the file tells: IP
+    literals and localhost against the listen addresses; the running sidecar checks again against the bound
+    addresses, resolving names and knowing this host's interfaces."""
+    listeners = {"admin": config.admin.listen, "api": config.api.listen, "outbound": config.outbound.listen,
+                 "inbound": config.inbound.listen, "dns": config.dns.listen, "gossip": config.gossip.listen,
+                 **{f"upstreams[{u.local_port}]": HostPort(u.bind, u.local_port) for u in config.upstreams}}
+    for i, service in enumerate(config.services):
+        lowered = service.host.lower().rstrip(".")
+        addresses = [parse_address(h) for h in (LOCALHOST if lowered == "localhost" else (service.host,))]
+        name = listener_named([a for a in addresses if a is not None], service.port, listeners, loopback_or_any)
+        if name is not None:
+            problems.append(f"services[{i}].port: {service.host}:{service.port} is this sidecar's own {name}"
+                            f" listener ({listeners[name]}); register the address where the app itself listens"
+                            f" (got {service.port})")
 
 
 def _check_unique(items: Any, where: str, key: str, rule: str, problems: list[str]) -> None:

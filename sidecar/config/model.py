@@ -120,6 +120,9 @@ class AdminConfig:
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     listen: HostPort = HostPort("127.0.0.1", 3500)
+    # when set, every app API request needs "Authorization: Bearer TOKEN" with the file's content (Dapr's API
+    # token): it keeps out the host's other users, which loopback alone does not
+    token_file: str | None = field(default=None, metadata={"file": True})
 
 
 @dataclass(frozen=True, slots=True)

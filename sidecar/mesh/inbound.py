@@ -4,7 +4,13 @@ Theory of operation
 -------------------
 Sockets are accepted raw and the handshake is run by :func:`sidecar.tls.handshake.accept_socket`, which
 logs and counts every refusal with a reason a person can act on (``create_server(ssl=...)`` would swallow
-them). The protocol it is given is a switch: when the handshake completes, ALPN says what the connection
+them). A connection must send its first bytes within ``hello_timeout`` (3 s) and finish the handshake
+within ``handshake_timeout`` (10 s); handshakes in progress are held in :class:`sidecar.tls.slots.HandshakeSlots`,
+which always takes a new connection and closes the oldest pending handshake of the source holding the most to
+make room, so idle connections from a few hosts cannot lock real peers out (each closure is counted in ``shed``
+and logged through the refusal log, a line per host and kind now and then).
+
+The protocol ``accept_socket`` is given is a switch: when the handshake completes, ALPN says what the connection
 carries and the switch hands the TLS transport (``transport.set_protocol``) to
 
 * the HTTP engine's client-side protocol (ALPN ``http/1.1``, or none offered), or
@@ -43,9 +49,18 @@ from sidecar.mesh.naming import ServiceName, parse_service
 from sidecar.proxy import ConnectionInfo, HttpProxy, RequestHead, Target, TcpRelay
 from sidecar.tls.context import ALPN_TCP_TUNNEL, selected_service
 from sidecar.tls.errors import PeerRefused
-from sidecar.tls.handshake import DEFAULT_HANDSHAKE_TIMEOUT, accept_socket, accepted, listening_socket
+from sidecar.tls.handshake import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HELLO_TIMEOUT,
+    accept_socket,
+    accepted,
+    listening_socket,
+    peer_text,
+)
 from sidecar.tls.identity import PeerIdentity
+from sidecar.tls.reasons import Refusal, RefusalReason
 from sidecar.tls.reloader import IdentityStore
+from sidecar.tls.slots import HandshakeSlots, source_of
 
 if TYPE_CHECKING:
     from sidecar.mesh.dataplane import MeshStats
@@ -435,30 +450,42 @@ class _TunnelHeaderReader(asyncio.Protocol):
             self.timer = None
 
 
+def _peer_of(sock: socket.socket) -> Any:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+
+
 class InboundListener:
     """Accepts peer sidecars: mTLS handshake (refusals logged and counted by the store's RefusalLog), then
     HTTP through ``http`` or raw tunnels through ``tunnels``."""
 
     def __init__(self, store: IdentityStore, http: HttpProxy, tunnels: TcpRelay, clock: Clock, *,
-                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT, header_timeout: float = 10.0,
-                 max_handshakes: int = 512, backlog: int = 1024) -> None:
+                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT, hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+                 header_timeout: float = 10.0, max_handshakes: int = 512, max_handshakes_per_source: int = 128,
+                 backlog: int = 1024) -> None:
         self.store = store
         self.http = http
         self.tunnels = tunnels
         self.clock = clock
         self.handshake_timeout = handshake_timeout
+        self.hello_timeout = hello_timeout
         self.header_timeout = header_timeout
-        self.max_handshakes = max_handshakes
+        # handshakes in progress: a new connection is always taken, the oldest of the busiest source closed
+        # to make room (sidecar.tls.slots)
+        self.slots: HandshakeSlots[asyncio.Task[None]] = HandshakeSlots(max_handshakes, max_handshakes_per_source)
         self.backlog = backlog
         self.handshakes: Counter[str] = Counter()  # verified connections by caller SPIFFE ID
         self.serials: dict[str, str] = {}            # caller SPIFFE ID -> serial of its latest certificate
         self.refused = 0                             # handshakes refused (the reasons are in store.refusals)
-        self.shed = 0                                # connections closed unhandled: too many handshakes at once
+        self.shed = 0                                # handshakes closed to make room (slots.evicted)
         self.tunnel_refused = 0                      # tunnels with a bad or missing header
         self.on_verified: Callable[[PeerIdentity], None] | None = None
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: dict[asyncio.Task[None], str] = {}              # handshakes in progress -> peer
+        self._unstarted: dict[asyncio.Task[None], socket.socket] = {}   # handshakes not yet begun
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         sock = listening_socket(host, port, self.backlog)
@@ -470,19 +497,41 @@ class InboundListener:
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         async for sock in accepted(listener, "the inbound listener", self.clock):
-            if len(self._pending) >= self.max_handshakes:
-                self.shed += 1
-                sock.close()
-                continue
+            address = _peer_of(sock)
+            host = str(address[0]) if isinstance(address, tuple) and address else "unknown"
             task = loop.create_task(self._handshake(sock))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._pending[task] = peer_text(address)
+            self._unstarted[task] = sock
+            task.add_done_callback(self._handshake_done)
+            for victim in self.slots.admit(task, source_of(host)):
+                self._evict(victim)
+
+    def _handshake_done(self, task: asyncio.Task[None]) -> None:
+        self._pending.pop(task, None)
+        self.slots.done(task)
+        sock = self._unstarted.pop(task, None)
+        if sock is not None:   # cancelled before it ran: the socket is still ours alone
+            sock.close()
+
+    def _evict(self, victim: asyncio.Task[None]) -> None:
+        """Close a pending handshake to make room (the task closes its socket when cancelled); logged through the
+        refusal log, one line per host and a while."""
+        self.shed += 1
+        victim.cancel()
+        slots = self.slots
+        reason = RefusalReason(Refusal.EVICTED, f"handshake not done, closed to make room for a new connection"
+                                                f" ({len(slots)} pending: at most {slots.max_pending},"
+                                                f" {slots.max_per_source} from one source)")
+        self.store.refusals.record(self._pending.get(victim, "unknown peer"), reason, self.clock.wall())
 
     async def _handshake(self, sock: socket.socket) -> None:
+        # from here accept_socket owns the socket: it closes it when refused or cancelled
+        self._unstarted.pop(cast(asyncio.Task[None], asyncio.current_task()), None)
         try:
             _, switch, identity = await accept_socket(
                 sock, lambda: _Switch(self), self.store.server_context, self.store.trust_domain,
-                refusals=self.store.refusals, timeout=self.handshake_timeout, clock=self.clock)
+                refusals=self.store.refusals, timeout=self.handshake_timeout, hello_timeout=self.hello_timeout,
+                clock=self.clock)
         except PeerRefused:
             self.refused += 1
             return

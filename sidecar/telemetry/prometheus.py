@@ -279,8 +279,8 @@ class SidecarCollector(Collector):
             for attribute, name, text in (
                     ("refused", "sidecar_inbound_connections_refused", "Inbound connections refused at the TLS "
                      "handshake or identity check."),
-                    ("shed", "sidecar_inbound_connections_shed", "Inbound connections closed by the connection "
-                     "limit."),
+                    ("shed", "sidecar_inbound_connections_shed", "Pending inbound TLS handshakes closed to make "
+                     "room for new connections (the per-source and total caps)."),
                     ("tunnel_refused", "sidecar_inbound_tunnels_refused", "Inbound TCP tunnels refused.")):
                 value = getattr(inbound, attribute, None)
                 if isinstance(value, int):

@@ -52,6 +52,8 @@ class Refusal(enum.Enum):
     NO_SHARED_CIPHER = "no-shared-cipher"
     REFUSED_BY_PEER = "refused-by-peer"
     HANDSHAKE_TIMEOUT = "handshake-timeout"
+    NO_CLIENT_HELLO = "no-client-hello"
+    EVICTED = "evicted"
     PEER_CLOSED = "peer-closed"
     OTHER = "other"
 
