@@ -139,6 +139,14 @@ class Decisions:
         return found
 
 
+def refuse_internal(head: RequestHead) -> None:
+    """Outbound: paths under ``/.sidecar/`` are for peer sidecars only; an app that sends one through its own
+    sidecar would otherwise reach a peer's internal receiver with this sidecar's identity."""
+    if head.target.startswith(INTERNAL_PREFIX):
+        raise PermissionDenied(f"{head.path} is sidecar-internal: apps cannot call paths under /.sidecar/",
+                               {"path": head.path})
+
+
 def no_service_named(host: str) -> InvalidArgument:
     return InvalidArgument(
         f"Host {host!r} names no service: use Host: SERVICE or SERVICE.service.DOMAIN, "
