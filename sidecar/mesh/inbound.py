@@ -251,8 +251,10 @@ class InboundRoutes:
         self.names = names
         self.stats = stats
         # sidecar-internal requests (path under INTERNAL_PREFIX) from verified peers: messaging's receiver
-        # (wire: ``dataplane.routes.internal = messaging.internal_route``); never routed to an app
-        self.internal: Callable[[RequestHead, PeerIdentity], Target] | None = None
+        # (wire: ``dataplane.routes.internal = messaging.internal_route``); never routed to an app. It is given
+        # the authorization check, to apply to the local services the request is for
+        self.internal: Callable[[RequestHead, PeerIdentity, Callable[[PeerIdentity, str, str, str], None]],
+                                Target] | None = None
 
     def caller(self, conn: ConnectionInfo) -> PeerIdentity:
         data = conn.data
@@ -281,7 +283,7 @@ class InboundRoutes:
         if head.target.startswith(INTERNAL_PREFIX):
             if self.internal is None:
                 raise NotFound(f"no such sidecar-internal resource: {head.path}", {"path": head.path})
-            return self.internal(head, caller)
+            return self.internal(head, caller, self._authorize)
         name = self.names.parse(head.host)
         if name is None:
             raise no_service_named(head.host)

@@ -88,7 +88,7 @@ def _decode_unreserved(path: bytes) -> bytes:
         if high is None or low is None:
             raise InvalidPath(f"invalid percent-encoding {path[i:i + 3].decode('latin-1')!r} in the path")
         value = high * 16 + low
-        if value == _SLASH or value == _BACKSLASH:
+        if value in (_SLASH, _BACKSLASH):
             raise InvalidPath("an encoded slash or backslash (%2F, %5C) in the path is refused: apps disagree on "
                               "whether it separates segments")
         if value in _UNRESERVED:

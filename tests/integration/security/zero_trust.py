@@ -3,10 +3,10 @@ send request targets exactly as written (urllib and curl would tidy them first).
 
 from __future__ import annotations
 
-from http.client import HTTPConnection, HTTPSConnection
 import json
 import ssl
 from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPSConnection
 from typing import Any
 
 from tests.harness import Response, SidecarProcess, http, wait_for
