@@ -578,7 +578,7 @@ class Messaging:
         worker.in_flight, worker.attempts, worker.last_error = seq, 0, None
         settled = False
         try:
-            while True:
+            while not self._closing.is_set():
                 if seq <= worker.floor:  # retention dead-lettered it while we waited
                     return
                 if not self._reachable(worker.row):
@@ -715,9 +715,13 @@ class Messaging:
         event.set()
 
     async def _wait_catalog(self, timeout: float) -> None:
-        event = self._catalog_event
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        # asyncio.wait, not wait_for: on 3.11 wait_for loses a cancellation that arrives as the event is set (the
+        # drain changes the catalog just before messaging.stop cancels the streams), and the stream would go on
+        waiter = asyncio.ensure_future(self._catalog_event.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
 
     async def _housekeeping(self) -> None:
         ticks = 0
