@@ -221,6 +221,8 @@ class Sidecar:
         self.messaging.identity = self.store
         if self.dataplane.inbound is not None:
             self.dataplane.routes.internal = self.messaging.internal_route
+            if not self.messaging.scopes.open:
+                self.dataplane.routes.may_publish = self.messaging.scopes.may_publish
         try:
             await self.messaging.start(self.bound["outbound"])
         except (OSError, sqlite3.Error) as e:

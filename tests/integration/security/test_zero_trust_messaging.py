@@ -37,6 +37,7 @@ class Mesh:
     publisher: SidecarProcess
     rogue: SidecarProcess
     rogue_app: RecordingApp
+    payments_app: RecordingApp
     certs: dict[str, dict[str, str]]
 
 
@@ -61,7 +62,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
         for process in (publisher, rogue):
             wait_for(lambda p=process: http("GET", f"{p.api}/v1/catalog/payments").json(), 30,
                      what=f"{process.name} knows payments")
-        yield Mesh(reader, publisher, rogue, rogue_app, certs)
+        yield Mesh(reader, publisher, rogue, rogue_app, payments_app, certs)
     finally:
         for process in started:
             process.kill()
@@ -135,6 +136,18 @@ def test_scopes_on_publish_and_subscribe(mesh: Mesh) -> None:
     assert_error(http("GET", publisher.api + "/v1/subscribe/orders"), 403, "PERMISSION_DENIED")
     assert_error(http("POST", reader.api + "/v1/subscriptions", {"topic": "orders", "path": "/.sidecar/v1/x"}),
                  400, "INVALID_ARGUMENT")
+
+    # a push delivery names its topic (x-sidecar-topic); the subscriber's sidecar checks the caller may publish it
+    def push(member: str, topic: str) -> Any:
+        return raw(reader.listeners["inbound"], "POST", "/events", {"Host": "payments", "x-sidecar-topic": topic},
+                   message(member, topic), context=client_context(mesh.certs[member]))
+
+    refused = assert_error(push("audit", "orders"), 403, "PERMISSION_DENIED")
+    assert refused["details"]["topic"] == "orders"
+    assert push("audit", "news").status == 200
+    assert push("checkout", "orders").status == 200
+    assert [(m["service"], m["payload"]) for m in mesh.payments_app.messages()] == [("audit", "news"),
+                                                                                    ("checkout", "orders")]
 
 
 
