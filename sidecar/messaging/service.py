@@ -394,10 +394,17 @@ class Messaging:
             await writer.submit(_unsubscribe(service, topic))
 
     async def reconfigure(self, config: Config) -> None:
-        """A reloaded configuration's ``subscriptions`` (and ``services``, whose first is their default owner).
-        Subscriptions only the old configuration made are dropped, unless the app also made them at run time
-        (those are kept); new ones are added; a change is gossiped. A stream no one wants any more keeps
+        """A reloaded configuration's topic scopes and ``subscriptions`` (and ``services``, whose first is their
+        default owner). Subscriptions only the old configuration made are dropped, unless the app also made them at
+        run time (those are kept); new ones are added; a change is gossiped. A stream no one wants any more keeps
         collecting, as one whose subscriber's node died, until ``messaging.retention.age`` forgets it."""
+        if config.messaging.topics != self.settings.topics or config.messaging.default != self.settings.default:
+            # scopes apply from the next publish, subscription and delivery; streams to subscribers they no longer
+            # allow wait (and are forgotten after retention.age), open SSE readers keep reading until they leave
+            self.scopes = TopicScopes(config.messaging)
+            self.settings = config.messaging
+            self._reconcile_wanted.set()
+            self._catalog_changed(None)
         old = self._configured(self.config)
         self.config = config
         new = self._configured(config)

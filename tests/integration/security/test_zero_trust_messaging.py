@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.harness import SidecarProcess, assert_error, http, make_certs, wait_for
 from tests.integration.messaging.procs import RecordingApp, knows_subscription, publish, read_sse
@@ -130,6 +131,18 @@ def test_scopes_on_publish_and_subscribe(mesh: Mesh) -> None:
     # the reader's sidecar: payments may subscribe to orders, not publish it; news is open
     assert_error(publish(reader, "orders", 1), 403, "PERMISSION_DENIED")
     assert publish(reader, "news", 1).status == 202
+    # scopes reload live: with payments among the publishers (and news closed by default), it may publish
+    config = yaml.safe_load(reader.config_path.read_text())
+    config["messaging"] = {"default": "deny", "topics": {"orders": {"publishers": ["checkout", "payments"],
+                                                                    "subscribers": ["payments"]}}}
+    reader.config_path.write_text(yaml.safe_dump(config))
+    reloaded = http("POST", reader.admin + "/reload")
+    assert reloaded.status == 200, reloaded
+    assert publish(reader, "orders", 2).status == 202
+    assert_error(publish(reader, "news", 2), 403, "PERMISSION_DENIED")
+    config["messaging"] = SCOPES
+    reader.config_path.write_text(yaml.safe_dump(config))
+    assert http("POST", reader.admin + "/reload").status == 200
     # the publisher's sidecar: checkout may publish orders, not subscribe to it (push or SSE)
     assert_error(http("POST", publisher.api + "/v1/subscriptions", {"topic": "orders", "path": "/in",
                                                                     "service": "checkout"}), 403, "PERMISSION_DENIED")
