@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import FakeApp, SidecarProcess, assert_error, make_certs
+from tests.harness import FakeApp, SidecarProcess, assert_error, free_port, make_certs
 from tests.integration.security.zero_trust import client_context, node_config, raw, wait_reachable
 
 DENY_RULES = {"rules": [
@@ -52,7 +52,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             shop = SidecarProcess(tmp, node_config("shop", certs["shop"], [{"name": "shop", "port": shop_app.port}],
                                                   seed, authorization=ALLOW_LIST), name="shop")
             started.append(shop.start())
-            caller = SidecarProcess(tmp, node_config("caller", certs["checkout"], [], seed), name="caller")
+            upstream = {"service": "inventory", "local_port": free_port(), "protocol": "http"}
+            caller = SidecarProcess(tmp, node_config("caller", certs["checkout"], [], seed, upstreams=[upstream]),
+                                    name="caller")
             started.append(caller.start())
             wait_reachable(caller, "inventory")
             wait_reachable(caller, "shop", "/public/ping")
@@ -123,3 +125,13 @@ def test_allowed_requests_reach_the_app_with_the_canonical_path_and_the_query_as
     for service, target in [("shop", "/public/x"), ("inventory", "/other")]:
         response = raw(outbound, "HEAD", target, {"Host": service})
         assert "x-sidecar-error" not in response.headers and response.status == 501, response
+
+
+@pytest.mark.parametrize("target", ["/.sidecar/v1/deliver/orders", "/%2Esidecar/v1/deliver/orders",
+                                    "//x/../.sidecar/v1/deliver/orders"])
+def test_an_app_cannot_reach_sidecar_internal_paths_through_its_sidecar(mesh: Mesh, target: str) -> None:
+    upstream = f"127.0.0.1:{mesh.caller.config['upstreams'][0]['local_port']}"
+    for address in (mesh.caller.listeners["outbound"], upstream):
+        response = raw(address, "POST", target, {"Host": "inventory"}, b"{}")
+        error = assert_error(response, 403, "PERMISSION_DENIED")
+        assert error["details"] == {"path": "/.sidecar/v1/deliver/orders"}
