@@ -7,7 +7,8 @@ service can be proven:
 * the publishing sidecar refuses a publish by a service not among the publishers (403);
 * a subscribing sidecar refuses a push subscription or an SSE reader of a service not among the subscribers (403);
 * a publishing sidecar creates no stream for, and delivers nothing to, a subscriber not among the subscribers
-  (a node's stream readers count as that node's services, which its certificate names);
+  (a node's stream readers count as the service the node's certificate names, proven in a TLS handshake);
+* a subscribing sidecar refuses a push delivery (``x-sidecar-topic``) from a caller not among the publishers;
 * a receiving sidecar accepts a delivery only from a caller whose SPIFFE ID names a publisher.
 """
 

@@ -69,7 +69,7 @@ from sidecar.messaging.subscriptions import SubscriptionBook, Wanted, subscriber
 from sidecar.messaging.writer import Writer
 from sidecar.proxy import RequestHead, Target
 from sidecar.tls.context import peer_server_name
-from sidecar.tls.errors import SpiffeIdError
+from sidecar.tls.errors import PeerRefused, SpiffeIdError
 from sidecar.tls.identity import PeerIdentity, SpiffeId
 from sidecar.tls.reloader import IdentityStore
 from sidecar.web import errors_middleware, json_response
@@ -86,6 +86,7 @@ PAGE = 256                   # deliveries read from the outbox at once per strea
 MAX_RESPONSE = 8 << 20       # a request-response answer larger than this is refused (the API takes 1 MiB in)
 VERDICT_BYTES = 64 << 10     # of a subscriber's answer, enough to find {"status": "DROP"}
 REFRESH_MS = 60_000          # a stream's last-seen time is rewritten at most this often
+NODE_PROOF_TTL = 60.0        # seconds a node's proven identity is trusted before its certificate is asked again
 HOUSEKEEPING = 1.0           # seconds between retention checks (age) when nothing is written
 
 
@@ -163,6 +164,7 @@ class Messaging:
         self._reconcile_wanted = asyncio.Event()
         self._stream_keys: set[tuple[str, str]] = set()   # (topic, subscriber) of streams stored or queued
         self._tasks: list[asyncio.Task[None]] = []
+        self._node_proofs: dict[tuple[str, str, int], tuple[str, float]] = {}  # (node, host, port) → (service, when)
         self._closing = asyncio.Event()
         self.started = False
 
@@ -521,7 +523,8 @@ class Messaging:
     def _may_receive(self, topic: str, subscriber: str) -> bool:
         """Whether ``subscriber`` (a service, or a node's stream readers) may get ``topic``'s messages. A node's
         readers are checked by their own sidecar when they subscribe; here the node must host a service the scope
-        lists, as the catalog says (the services a node announces are those its certificate names)."""
+        lists, as the catalog says (a first filter: before a delivery the node also proves it by its certificate,
+        :meth:`_node_may_not_receive`)."""
         if self.scopes.open:
             return True
         node = subscriber_node(subscriber)
@@ -700,6 +703,10 @@ class Messaging:
             else:
                 info = self.catalog.snapshot().nodes[node]
                 assert self._mtls is not None and self.identity is not None
+                withheld = await self._node_may_not_receive(node, info.address, info.inbound_port, row.topic)
+                if withheld is not None:
+                    self.counters["deliveries_withheld:scope"] += 1
+                    return Outcome.UNREACHABLE, withheld
                 host = f"[{info.address}]" if ":" in info.address else info.address
                 request = self._mtls.post(f"https://{host}:{info.inbound_port}{DELIVER_PREFIX}{row.topic}", data=body,
                                           headers=headers, timeout=timeout, ssl=self.identity.client_context,
@@ -716,6 +723,28 @@ class Messaging:
             return Outcome.UNREACHABLE, f"{type(e).__name__}: {e}"
         except aiohttp.ClientError as e:
             return Outcome.FAILED, f"{type(e).__name__}: {e}"
+        except PeerRefused as e:
+            return Outcome.UNREACHABLE, str(e)
+
+    async def _node_may_not_receive(self, node: str, host: str, port: int, topic: str) -> str | None:
+        """For a scoped topic: why the sidecar at ``host:port`` may not get its messages for its stream readers, or
+        None when its certificate names a service the scope lets subscribe. The catalog's word for which services
+        a node hosts is not taken: the node proves its identity in a TLS handshake, kept for NODE_PROOF_TTL."""
+        if self.scopes.open:
+            return None
+        assert self.identity is not None
+        key = (node, host, port)
+        now = self.clock.monotonic()
+        proof = self._node_proofs.get(key)
+        if proof is None or now - proof[1] > NODE_PROOF_TTL:
+            _, writer, peer = await self.identity.connect(host, port, timeout=float(self.settings.delivery_timeout))
+            writer.close()
+            if len(self._node_proofs) >= 4096:
+                self._node_proofs.clear()
+            proof = self._node_proofs[key] = (peer.service, now)
+        if self.scopes.may_subscribe(proof[0], topic):
+            return None
+        return f"node {node}'s certificate names {proof[0]}, which may not subscribe to {topic}"
 
     def _catalog_changed(self, snapshot: Any) -> None:
         event, self._catalog_event = self._catalog_event, asyncio.Event()

@@ -106,6 +106,8 @@ def test_members_cannot_forge_or_steal_messages(mesh: Mesh) -> None:
     # the scope, on the rogue's side: its sidecar (with the same scopes) would refuse it; this one has none, so
     # it subscribes (push, and an SSE reader of its own) and the publisher must not deliver to it
     assert http("POST", rogue.api + "/v1/subscriptions", {"topic": "orders", "path": "/steal"}).status == 201
+    # it also announces an instance of payments (a subscriber the scope lists): its certificate still says intruder
+    assert http("PUT", rogue.api + "/v1/services", {"name": "payments", "port": mesh.rogue_app.port}).status == 200
     stolen: dict[str, Any] = {}
     threading.Thread(target=lambda: stolen.setdefault(
         "got", read_sse(rogue.api + "/v1/subscribe/orders", 1, timeout=20)), daemon=True).start()
@@ -117,8 +119,10 @@ def test_members_cannot_forge_or_steal_messages(mesh: Mesh) -> None:
     thread.join(60)
     got = events["got"]
     assert [(e["service"], e["payload"]) for _, e in got] == [("checkout", {"order": 1})]
-    streams = http("GET", publisher.admin + "/messaging").json()["streams"]
-    assert {s["subscriber"] for s in streams if s["topic"] == "orders"} == {"node:reader"}, streams
+    status = http("GET", publisher.admin + "/messaging").json()
+    delivered = {s["subscriber"]: s["delivered"] for s in status["streams"] if s["topic"] == "orders"}
+    assert delivered.get("node:reader") == 1 and delivered.get("node:rogue", 0) == 0, status["streams"]
+    assert "intruder" not in delivered, status["streams"]
     assert mesh.rogue_app.messages() == []
     assert not stolen.get("got")
     counters = http("GET", rogue.admin + "/messaging").json()["counters"]
