@@ -52,7 +52,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
             "reader", certs["payments"], [{"name": "payments", "port": payments_app.port}], [],
             authorization=DENY_INTRUDER, messaging=SCOPES), name="reader")
         started.append(reader.start())
-        seed = [reader.listeners["gossip"]]
+        seed = [wait_for(lambda: reader.listeners.get("gossip"), 10, what="the gossip address logged")]
         publisher = SidecarProcess(tmp_path, node_config("publisher", certs["checkout"], [CHECKOUT], seed, messaging={
             **SCOPES, "retry_backoff": {"base": "20ms", "max": "200ms"}}), name="publisher")
         started.append(publisher.start())

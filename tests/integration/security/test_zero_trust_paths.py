@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import FakeApp, SidecarProcess, assert_error, free_port, make_certs
+from tests.harness import FakeApp, SidecarProcess, assert_error, free_port, make_certs, wait_for
 from tests.integration.security.zero_trust import client_context, node_config, raw, wait_reachable
 
 DENY_RULES = {"rules": [
@@ -48,7 +48,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                                                    [{"name": "inventory", "port": vault_app.port}], [],
                                                    authorization=DENY_RULES), name="vault")
             started.append(vault.start())
-            seed = [vault.listeners["gossip"]]
+            seed = [wait_for(lambda: vault.listeners.get("gossip"), 10, what="the gossip address logged")]
             shop = SidecarProcess(tmp, node_config("shop", certs["shop"], [{"name": "shop", "port": shop_app.port}],
                                                   seed, authorization=ALLOW_LIST), name="shop")
             started.append(shop.start())
