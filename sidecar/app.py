@@ -249,6 +249,8 @@ class Sidecar:
         self.messaging.identity = self.store
         if self.dataplane.inbound is not None:
             self.dataplane.routes.internal = self.messaging.internal_route
+            if not self.messaging.scopes.open:
+                self.dataplane.routes.may_publish = self.messaging.scopes.may_publish
         try:
             await self.messaging.start(self.bound["outbound"])
         except (OSError, sqlite3.Error) as e:
@@ -535,9 +537,12 @@ class Sidecar:
         if "services" in parts:
             self._reload_services(new)
         try:
-            await self.messaging.reconfigure(new)   # subscriptions (their default owner is the first service)
+            await self.messaging.reconfigure(new)   # topic scopes; subscriptions (by default the first service's)
         except Exception:   # the store could not be read: the rest of the reload stands, this part is logged
             log.exception("subscriptions not reloaded")
+        if dataplane is not None and dataplane.inbound is not None:
+            scopes = self.messaging.scopes
+            dataplane.routes.may_publish = None if scopes.open else scopes.may_publish
         await self.telemetry.reconfigure(new)     # tracing, access log
         if "logging" in parts:
             logs.configure(new.logging.level, new.logging.format)

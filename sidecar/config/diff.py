@@ -50,6 +50,8 @@ RULES: tuple[tuple[str, str | None, str], ...] = (
     ("gossip", None, "gossip settings are fixed at start"),
     ("dns", None, "the DNS server is built at start"),
     ("tls", None, "certificate files are re-read when their content changes; other TLS settings need a restart"),
+    ("messaging.topics", "topic_scopes", "topic scopes from the next publish, subscription and delivery on"),
+    ("messaging.default", "topic_scopes", "topic scopes from the next publish, subscription and delivery on"),
     ("messaging", None, "the message store and delivery settings are fixed at start"),
     ("telemetry", None, "the metrics store is sized at start"),
     ("overload", None, "the overload guard is set up at start"),

@@ -30,6 +30,7 @@ from sidecar.config.model import (
     TlsIssuerConfig,
     TracingConfig,
     dns_label,
+    topic_name,
 )
 from sidecar.config.redact import REDACTED as REDACTED  # re-exported: sidecar.config.diff
 from sidecar.config.redact import redact as redacted_value
@@ -462,6 +463,13 @@ def _check_raw(data: Mapping[str, Any], problems: list[str]) -> None:
         for name in policies:
             if name != "*" and not (isinstance(name, str) and dns_label(name) is None):
                 problems.append(f"policies.{name}: the key must be \"*\" or a service name (got {_show(name)})")
+    messaging = data.get("messaging")
+    topics = messaging.get("topics") if isinstance(messaging, dict) else None
+    if isinstance(topics, dict):
+        for name in topics:
+            rule = topic_name(name) if isinstance(name, str) else "must be a topic name"
+            if rule:
+                problems.append(f"messaging.topics.{name}: the key {rule} (got {_show(name)})")
     bound: dict[tuple[str, int], str] = {}
     for name in ("admin", "api", "outbound", "inbound", "dns", "gossip"):
         section = data.get(name)

@@ -424,16 +424,31 @@ class AuthorizationConfig:
     rules: list[AuthorizationRule] = field(default_factory=list)
 
 
-def _topic(value: str) -> str | None:
+def topic_name(value: str) -> str | None:
     # topics name URL path segments (/v1/publish/TOPIC) and rows of the outbox: keep them plain
     if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$", value):
         return None
     return "must be a topic name: letters, digits, '.', '_' and '-', 1 to 200 characters"
 
 
+def _service_patterns(values: list[str]) -> str | None:
+    bad = [v for v in values if v != "*" and dns_label(v) is not None]
+    return f"entries must be service names or \"*\" (got {bad[0]!r})" if bad else None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicScope:
+    """Who may publish to one topic and who may subscribe to it, by service name (``*``: any service). Checked
+    on the publishing sidecar, on subscribe (push and SSE), and on every delivery by the caller's SPIFFE ID."""
+
+    # a list left out is open to every service; an empty list closes that side of the topic
+    publishers: list[str] = field(default_factory=lambda: ["*"], metadata={"check": _service_patterns})
+    subscribers: list[str] = field(default_factory=lambda: ["*"], metadata={"check": _service_patterns})
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionConfig:
-    topic: str = field(metadata={"check": _topic})
+    topic: str = field(metadata={"check": topic_name})
     path: str = field(metadata={"check": _url_path})
     # which local service receives the messages; None means the first service of this node
     service: str | None = field(default=None, metadata={"check": dns_label})
@@ -478,8 +493,14 @@ class MessagingConfig:
     request_timeout: Duration = field(default=Duration(30), metadata={"check": _positive})
     retention: MessagingRetention = field(default_factory=MessagingRetention)
     queue: MessagingQueue = field(default_factory=MessagingQueue)
-    # dead letters kept; beyond, the oldest are purged (logged and counted)
+    # dead letters kept; beyond either bound, the oldest are purged (logged and counted). Bytes count the copies of
+    # the message bodies: a quarter of the outbox's retention.bytes, so dead letters cannot outgrow the outbox
     max_dead_letters: int = field(default=100_000, metadata={"check": _at_least_one})
+    max_dead_letter_bytes: int = field(default=64 << 20, metadata={"check": _at_least_one})
+    # topic scopes: {orders: {publishers: [checkout], subscribers: [payments, audit]}}
+    topics: dict[str, TopicScope] = field(default_factory=dict)
+    # a topic not named in topics: allow (open to every service) or deny (nobody publishes or subscribes)
+    default: Literal["allow", "deny"] = "allow"
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ from sidecar.mesh.inbound import (
     Names,
     encode_tunnel_header,
     no_service_named,
+    refuse_internal,
     set_caller,
 )
 from sidecar.mesh.naming import ServiceName
@@ -428,6 +429,7 @@ class DataPlane:
         name = self.names.parse(head.host)
         if name is None:
             raise no_service_named(head.host)
+        refuse_internal(head)
         set_caller(head, None)  # only the destination's sidecar says who calls
         return self.resilience.outbound(head, name, self._http_peers, self._now())
 
@@ -478,6 +480,7 @@ class DataPlane:
             if self.store is None:
                 raise _no_tls()
             head.host = name.service  # the peer's inbound finds the service by Host
+            refuse_internal(head)
             set_caller(head, None)
             return self.resilience.outbound(head, name, self._http_peers, self._now())
 

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.mesh")
 
 CALLER_HEADER = b"x-sidecar-caller"
+TOPIC_HEADER = b"x-sidecar-topic"  # a push delivery of a published message names its topic
 INTERNAL_PREFIX = b"/.sidecar/"  # paths between sidecars (messaging deliveries); never an app's
 TUNNEL_MAGIC = b"sidecar-tcp/1"
 # a service name and a tag are DNS labels: a header line longer than this is not ours
@@ -154,6 +155,14 @@ class Decisions:
                 self._cache.clear()
             self._cache[key] = found
         return found
+
+
+def refuse_internal(head: RequestHead) -> None:
+    """Outbound: paths under ``/.sidecar/`` are for peer sidecars only; an app that sends one through its own
+    sidecar would otherwise reach a peer's internal receiver with this sidecar's identity."""
+    if head.target.startswith(INTERNAL_PREFIX):
+        raise PermissionDenied(f"{head.path} is sidecar-internal: apps cannot call paths under /.sidecar/",
+                               {"path": head.path})
 
 
 def no_service_named(host: str) -> InvalidArgument:
@@ -260,8 +269,13 @@ class InboundRoutes:
         self.names = names
         self.stats = stats
         # sidecar-internal requests (path under INTERNAL_PREFIX) from verified peers: messaging's receiver
-        # (wire: ``dataplane.routes.internal = messaging.internal_route``); never routed to an app
-        self.internal: Callable[[RequestHead, PeerIdentity], Target] | None = None
+        # (wire: ``dataplane.routes.internal = messaging.internal_route``); never routed to an app. It is given
+        # the authorization check, to apply to the local services the request is for
+        self.internal: Callable[[RequestHead, PeerIdentity, Callable[[PeerIdentity, str, str, str], None]],
+                                Target] | None = None
+        # topic scopes, when any topic is scoped (wire: ``routes.may_publish = messaging.scopes.may_publish``): a
+        # request that says it delivers a topic (x-sidecar-topic) must come from a service that may publish it
+        self.may_publish: Callable[[str, str], bool] | None = None
 
     def caller(self, conn: ConnectionInfo) -> PeerIdentity:
         data = conn.data
@@ -290,7 +304,7 @@ class InboundRoutes:
         if head.target.startswith(INTERNAL_PREFIX):
             if self.internal is None:
                 raise NotFound(f"no such sidecar-internal resource: {head.path}", {"path": head.path})
-            return self.internal(head, caller)
+            return self.internal(head, caller, self._authorize)
         name = self.names.parse(head.host)
         if name is None:
             raise no_service_named(head.host)
@@ -298,12 +312,21 @@ class InboundRoutes:
         # 404, then 403, then 503: which services live here is no secret, their health is the callers' business
         self._require_registered(name)
         self._authorize(caller, name.service, head.method, head.path)
+        if self.may_publish is not None:
+            self._check_topic(caller, head)
         target = self.local.pick(name)
         value = conn.data.get(_CALLER_VALUE)
         if value is None:
             value = conn.data[_CALLER_VALUE] = caller.spiffe_id.encode("latin-1")
         set_caller(head, value)
         return target
+
+    def _check_topic(self, caller: PeerIdentity, head: RequestHead) -> None:
+        may_publish = self.may_publish
+        topic = head.headers.get(TOPIC_HEADER)
+        if topic is not None and may_publish is not None and not may_publish(caller.service, topic):
+            raise PermissionDenied(f"{caller.service} may not publish to {topic}: the topic's scope does not list it",
+                                   {"caller": caller.spiffe_id, "topic": topic, "header": TOPIC_HEADER.decode()})
 
     def tunnel(self, info: ConnectionInfo) -> Target:
         caller = self.caller(info)

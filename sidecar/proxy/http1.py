@@ -10,7 +10,9 @@ coding is not ``chunked``, NUL/CR/DEL in values, invalid header names and invali
 by the table in ``tests/unit/proxy/test_http1.py``). On top of llhttp this module enforces what it leaves to
 the application: the size and count of the header block (431), exactly one Host (RFC 9112 3.2), a
 Transfer-Encoding of exactly ``chunked`` (anything else is refused rather than passed on), the HTTP
-version, the request-target form, and no CONNECT.
+version, the request-target form, and no CONNECT. The path of the target is put in canonical form
+(:mod:`sidecar.proxy.paths`: dot segments, merged slashes, decoded unreserved characters), so that what
+authorization matches is what the app gets; a target that has none is refused (400).
 
 Framing headers (Content-Length, Transfer-Encoding) and hop-by-hop headers (RFC 9110 7.6.1: Connection and
 every header it names, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade) are taken out of the header list
@@ -32,6 +34,7 @@ from typing import Protocol
 import httptools
 
 from sidecar.errors import Code, SidecarError
+from sidecar.proxy.paths import InvalidPath, normalize_target
 
 # RFC 9110 7.6.1 and RFC 9112 7: headers that describe one connection, never forwarded. Framing headers
 # are also taken out here; the serializer writes the framing of the outgoing message itself.
@@ -167,8 +170,8 @@ def _check_field(name: bytes, value: bytes) -> None:
 class RequestHead:
     """A parsed request head; the router reads it and edits ``headers`` before it is sent upstream.
 
-    ``target`` is sent as given unless the request came in absolute form (``GET http://svc/path``): then
-    ``host`` comes from it and ``target`` is the origin form (``/path``), as an origin server expects.
+    ``target`` is the origin form (``/path?query``), its path in canonical form (:mod:`sidecar.proxy.paths`);
+    a request in absolute form (``GET http://svc/path``) gives ``host`` from its authority.
     """
 
     __slots__ = ("chunked", "content_length", "headers", "host", "keep_alive", "method", "target", "upgrade",
@@ -493,6 +496,12 @@ class RequestReader(_Reader):
             host = fields.host
         else:
             raise MalformedRequest(f"invalid request target {target[:100].decode('latin-1')!r}")
+        if target[:1] == b"/":
+            # one canonical path for authorization and for the app (sidecar.proxy.paths)
+            try:
+                target = normalize_target(target)
+            except InvalidPath as e:
+                raise MalformedRequest(str(e), {"target": target[:200].decode("latin-1")}) from None
         if host is None:
             if version == "1.1":
                 raise MalformedRequest("missing Host header")

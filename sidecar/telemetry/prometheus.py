@@ -413,6 +413,21 @@ class SidecarCollector(Collector):
         letters = _gauge("sidecar_messages_dead_letters", "Dead letters stored now.")
         letters.add_metric([], status.get("deadLetters", 0))
         yield letters
+        letter_bytes = _gauge("sidecar_messages_dead_letter_bytes", "Bytes of the message bodies of the dead letters "
+                              "stored now.")
+        letter_bytes.add_metric([], status.get("deadLetterBytes", 0))
+        yield letter_bytes
+        dropped = _counter("sidecar_messages_dead_letters_dropped", "Dead letters purged, oldest first, to keep "
+                           "within messaging.max_dead_letters and max_dead_letter_bytes.")
+        dropped.add_metric([], status.get("deadLettersDropped", 0))
+        yield dropped
+        refused = _counter("sidecar_messages_deliveries_refused", "Deliveries from peers refused by this node's "
+                           "receiver, by reason (sender: the message's sender is not the caller; scope: the caller "
+                           "may not publish the topic).", ("reason",))
+        for key, n in sorted(counters.items()):
+            if key.startswith("deliveries_refused:"):
+                refused.add_metric([key.partition(":")[2]], n)
+        yield refused
 
     def _catalog(self, catalog: Any) -> Iterator[Metric]:
         if catalog is None:

@@ -44,6 +44,7 @@ from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import packet_from_wire
 from sidecar.messaging.envelope import MessageBody, ServiceMessage
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
+from sidecar.proxy.paths import normalize_target
 from sidecar.web import read_json_object
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -140,6 +141,10 @@ class _RequestSink:
         self.heads.append(head)
         # what the router reads of every head
         _ = (head.path, head.has_body, head.host, list(head.headers), head.to_bytes())
+        # what authorization matches and the app gets is the canonical path: a fixed point, inside the root
+        if head.target[:1] == b"/":
+            assert normalize_target(head.target) == head.target, head.target
+            assert b".." not in head.path.encode("latin-1").split(b"/"), head.target
 
     def on_request_body(self, data: bytes) -> None:
         pass

@@ -10,7 +10,9 @@ from tests.fuzz.strategies import fuzz_settings, inputs
 from tests.fuzz.targets import http_request, http_response
 
 _TOKENS = st.sampled_from([b"GET", b"POST", b"HEAD", b"CONNECT", b"OPTIONS", b"PRI", b"get", b"G\x00T"])
-_TARGETS = st.sampled_from([b"/", b"/a?b", b"*", b"http://web/x", b"https://w@x/", b"http://", b"a", b"/%00", b""])
+_TARGETS = st.sampled_from([b"/", b"/a?b", b"*", b"http://web/x", b"https://w@x/", b"http://", b"a", b"/%00", b"",
+                            b"//a/./b/../../..", b"/%2e%2E/x?%2F", b"/a%2fb", b"/a%5C", b"/%zz", b"/a#b",
+                            b"http://web//x/..", b"/\\a\\..\\b", b"/%41%7e"])
 _VERSIONS = st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.12", b"http/1.1", b"HTTP/9.9", b""])
 _NAMES = st.sampled_from([b"Host", b"Content-Length", b"Transfer-Encoding", b"Connection", b"Upgrade", b"TE",
                           b"Trailer", b"Keep-Alive", b"Expect", b"X-A", b"Host ", b" Host", b"H\x01st", b""])

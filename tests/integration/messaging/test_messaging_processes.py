@@ -128,7 +128,7 @@ def test_ten_thousand_messages_survive_kill_9_of_subscriber_and_publisher(start_
 @pytest.mark.timeout(120)
 def test_dead_letters_sse_resume_competing_consumers_errors_and_backpressure(start_sidecar, tmp_path: Path
                                                                              ) -> None:  # type: ignore[no-untyped-def]
-    certs = make_certs(tmp_path / "certs", ["publisher", "billing", "watcher", "ghost"])
+    certs = make_certs(tmp_path / "certs", ["publisher", "checkout", "billing", "watcher", "ghost"])
     # b1 may also host "ghost" (registered later through its API): one certificate per hosted service
     b1_tls = {**certs["billing"],
               "identities": [{"service": "ghost", "cert": certs["ghost"]["cert"], "key": certs["ghost"]["key"]}]}
@@ -142,7 +142,7 @@ def test_dead_letters_sse_resume_competing_consumers_errors_and_backpressure(sta
 
     one, two = RecordingApp("one", answer), RecordingApp("two", answer)
     try:
-        p = start_sidecar(node("p", certs["publisher"], [{"name": "checkout", "port": 1, "check": {"ttl": "1h"}}],
+        p = start_sidecar(node("p", certs["checkout"], [{"name": "checkout", "port": 1, "check": {"ttl": "1h"}}],
                                [], messaging=FAST_RETRY), name="p")
         seed = [p.listeners["gossip"]]
         sub = [{"topic": "orders", "path": "/events"}]

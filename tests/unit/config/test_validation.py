@@ -259,3 +259,26 @@ def test_secrets_are_redacted() -> None:
     assert raw["gossip"]["encrypt_keys"] == ["<redacted>"]
     assert "MDEyMzQ1Njc4OWFiY2RlZg" not in str(raw)
     assert config_to_raw(config, redact=False)["gossip"]["encrypt_keys"] == ["MDEyMzQ1Njc4OWFiY2RlZg=="]
+
+
+def test_topic_scopes_name_the_key_at_fault() -> None:
+    from sidecar.config.load import config_from_raw
+    from sidecar.errors import ConfigError
+
+    config = config_from_raw({"messaging": {"default": "deny", "topics": {
+        "orders": {"publishers": ["checkout"], "subscribers": ["payments", "audit"]}, "news": {}}}})
+    assert config.messaging.default == "deny"
+    assert config.messaging.topics["orders"].subscribers == ["payments", "audit"]
+    assert config.messaging.topics["news"].publishers == ["*"]
+    try:
+        config_from_raw({"messaging": {"default": "maybe", "max_dead_letter_bytes": 0, "topics": {
+            "bad topic": {}, "orders": {"publishers": ["Not_A_Service"], "readers": []}}}})
+    except ConfigError as e:
+        text = "\n".join(e.problems)
+    else:
+        raise AssertionError("invalid topic scopes were accepted")
+    assert 'messaging.default: must be one of allow, deny (got "maybe")' in text
+    assert "messaging.max_dead_letter_bytes: must be at least 1 (got 0)" in text
+    assert "messaging.topics.bad topic: the key must be a topic name" in text
+    assert "messaging.topics.orders.publishers: entries must be service names" in text
+    assert "messaging.topics.orders.readers:" in text
