@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from sidecar.proxy import ProxyLimits
+from tests.harness import wait_for
 from tests.integration.proxy.conftest import Harness, LoopThread, _harness
 
 CURL = shutil.which("curl")
@@ -247,9 +248,7 @@ def test_connections_over_the_limit_get_503(strict_harness: Harness) -> None:
     for s in held:  # busy, each with a request in flight: idle ones would be displaced instead
         s.sendall(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 100000\r\n\r\npartial")
     try:
-        deadline = time.monotonic() + 5
-        while len(h.proxy.connections) < 20 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: len(h.proxy.connections) >= 20, 5.0, 0.01, what="the 20 connections accepted")
         response = raw_exchange(h.port, b"GET /hello HTTP/1.1\r\nHost: svc\r\n\r\n")
         assert status_of(response) == 503
         # SPEC's shape and its code for 503: a peer sidecar retries it on another instance
@@ -264,9 +263,7 @@ def test_at_the_limit_an_idle_connection_makes_room_for_a_new_one(strict_harness
     h = strict_harness
     held = [socket.create_connection(("127.0.0.1", h.port), timeout=5) for _ in range(20)]
     try:
-        deadline = time.monotonic() + 5
-        while len(h.proxy.connections) < 20 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: len(h.proxy.connections) >= 20, 5.0, 0.01, what="the 20 connections accepted")
         response = raw_exchange(h.port, b"GET /hello HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
         assert response.endswith(b"hello /hello")
     finally:
