@@ -17,7 +17,7 @@ from sidecar.gossip.keyring import decode_key, fingerprint
 from sidecar.gossip.rotation import Phase, RotationCore
 from sidecar.gossip.rotator import KeyFetchFailed, KeyRotator, run_key_command
 from tests.harness import wait_for_async
-from tests.integration.gossip.test_gossip_nodes import alive_names, node, run
+from tests.integration.gossip.test_nodes import alive_names, node, run
 
 EVERY = 2.0
 # prints a key that depends only on the epoch (and a secret in a file), as a vault read of "key N" would

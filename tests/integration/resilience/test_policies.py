@@ -1,4 +1,4 @@
-"""Resilience with real sidecars, real mTLS and real apps (issue 6's "done when").
+"""Resilience policies with real sidecars, real mTLS and real apps: retries, ejection, balancing, deadlines, caps.
 
 Every test builds its own small cluster (a caller node and one node per instance) in the module's event loop and
 drives it with blocking clients; each is bounded by counts and by the clients' timeouts.

@@ -25,7 +25,7 @@ from sidecar.tls.issuers import ShellCommand, Wanted
 from sidecar.tls.reloader import IdentityStore, RotationPolicy
 from sidecar.tls.renewal import Renewer
 from tests.harness import wait_for, wait_for_async
-from tests.integration.tls.test_tls_refusals import run
+from tests.integration.tls.test_refusals import run
 from tests.unit.tls.pki import Pki, make_pki
 
 ALPHA = "spiffe://mesh.local/service/alpha"
