@@ -161,10 +161,12 @@ def test_a_subscriber_that_is_down_gets_everything_on_return(tmp_path: Path) -> 
         for i in range(30):
             assert (await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": i}))[0] == 202
         # the stream has taken up the first message and decided it cannot deliver it (its subscriber's node is
-        # gone): only after that decision is "nothing arrived" a result rather than too early a look
-        await wait_for_async(lambda: any(w.row.topic == "t" and w.in_flight is not None and w.state == "waiting"
-                                         for w in a.messaging.workers.values()),
-                             what="the stream holding a message, waiting for its subscriber")
+        # gone), as the admin port reports: only after that decision is "nothing arrived" a result
+        async def holding() -> bool:
+            streams = (await get(a.admin_url + "/messaging"))["streams"]
+            return any(s["topic"] == "t" and s["inFlight"] is not None and s["state"] == "waiting" for s in streams)
+
+        await wait_for_async(holding, what="the stream holding a message, waiting for its subscriber")
         assert app.received == []
         assert a.messaging.store is not None and a.messaging.store.pending == 30
         # the publisher restarts too, from its data_dir, while the subscriber is still away
