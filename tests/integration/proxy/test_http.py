@@ -104,9 +104,19 @@ def test_upstream_refused_is_503_unavailable(harness: Harness) -> None:
 
 
 def test_upstream_reset_mid_response_closes_the_client_connection(harness: Harness) -> None:
-    response = raw_exchange(harness.port, b"GET /reset HTTP/1.1\r\nHost: svc\r\n\r\n")
-    assert response.startswith(b"HTTP/1.1 200")
-    assert response.endswith(b"partial")  # 7 of the promised 1000 bytes, then the connection was closed
+    with socket.create_connection(("127.0.0.1", harness.port), timeout=5) as s:
+        s.sendall(b"GET /reset HTTP/1.1\r\nHost: svc\r\n\r\n")
+        response = b""
+        for _ in range(100):   # bounded; each recv by the socket's timeout
+            if response.endswith(b"partial"):
+                break
+            chunk = s.recv(65536)
+            assert chunk, f"closed before the partial body: {response!r}"
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200")
+        assert response.endswith(b"partial")  # 7 of the promised 1000 bytes
+        harness.ack()                         # the backend resets its connection only now
+        assert s.recv(65536) == b""           # and the proxy closes ours
     assert harness.stats[-1].error == "reset-after-response"
 
 
@@ -159,7 +169,7 @@ def test_server_sent_events_arrive_one_by_one(harness: Harness) -> None:
             # the backend sends event i+1 only after we acknowledge event i: nothing can be buffered
             assert process.stdout.readline() == f"data: event{i}\n".encode()
             assert process.stdout.readline() == b"\n"
-            harness.sse_ack()
+            harness.ack()
         assert process.wait(10) == 0
     finally:
         process.kill()
