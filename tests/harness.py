@@ -3,7 +3,9 @@ and waiting for conditions with deadlines (never bare sleeps)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server as http_server
+import inspect
 import json
 import os
 import re
@@ -28,19 +30,47 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
-    """Poll until ``predicate()`` is truthy and return its value; fail the test at the deadline."""
+    """Poll until ``predicate()`` is truthy and return its value; fail the test at the deadline.
+
+    A predicate that raises has not been met yet (a port not open, a key not there): its exception is kept
+    as the last value and shown if the deadline passes."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = predicate()
-        except Exception as e:  # a condition that cannot be evaluated yet is not met yet
+        except Exception as e:
             last = e
         else:
             if last:
                 return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
+    raise AssertionError(_timed_out(timeout, what or predicate, last))
+
+
+async def wait_for_async(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+                         what: str = "") -> Any:
+    """:func:`wait_for` inside a running event loop: polls without blocking the loop, and ``predicate`` may
+    return an awaitable (it is awaited). The deadline is in loop time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while loop.time() < deadline:
+        try:
+            last = predicate()
+            if inspect.isawaitable(last):
+                last = await last
+        except Exception as e:
+            last = e
+        else:
+            if last:
+                return last
+        await asyncio.sleep(interval)
+    raise AssertionError(_timed_out(timeout, what or predicate, last))
+
+
+def _timed_out(timeout: float, what: object, last: object) -> str:
+    return f"timed out after {timeout}s waiting for {what}; last value: {last!r}"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

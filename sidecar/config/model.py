@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sidecar.config.values import Duration, HostPort
@@ -197,14 +197,51 @@ class GossipTuning:
     dead_reap_time: Duration        # a dead or left member is forgotten after this
 
 
-# memberlist's DefaultLANConfig, DefaultWANConfig and DefaultLocalConfig
+# memberlist's DefaultLANConfig: members in one data centre, round trips well under a millisecond
+_LAN = GossipTuning(
+    probe_interval=Duration(1),            # a failure check every second: a dead member is noticed in seconds
+    probe_timeout=Duration(0.5),           # a generous round trip on a LAN, so a slow ack is not a failure
+    indirect_checks=3,                     # three others probe a silent member: one lossy path cannot condemn it
+    suspicion_mult=4,                      # suspect at least 4 * log10(n) probe intervals (4 s at most 10 members)
+    suspicion_max_timeout_mult=6,          # Lifeguard: start at 6x that (96 s at 10k), shrink as others confirm
+    retransmit_mult=4,                     # each update is sent 4 * ceil(log10(n + 1)) times: reaches all, margin
+    gossip_interval=Duration(0.2),         # gossip often: UDP is cheap on a LAN and news spreads in rounds
+    gossip_nodes=3,                        # to three members per round: epidemic spread in O(log n) rounds
+    gossip_to_the_dead_time=Duration(30),  # as push-pull: a member wrongly declared dead hears it and refutes
+    push_pull_interval=Duration(30),       # full-state sync is TCP and heavy, so rare; gossip does the rest
+    tcp_timeout=Duration(10),              # a push-pull or fallback probe that takes 10 s has failed
+    awareness_max_multiplier=8,            # an unhealthy member probes at most every 8 s instead of accusing
+    dead_reap_time=Duration(30),           # forget the dead once the refutation window above has passed
+)
+
 GOSSIP_PROFILES: dict[str, GossipTuning] = {
-    "lan": GossipTuning(Duration(1), Duration(0.5), 3, 4, 6, 4, Duration(0.2), 3, Duration(30), Duration(30),
-                        Duration(10), 8, Duration(30)),
-    "wan": GossipTuning(Duration(5), Duration(3), 3, 6, 6, 4, Duration(0.5), 4, Duration(60), Duration(60),
-                        Duration(30), 8, Duration(60)),
-    "local": GossipTuning(Duration(1), Duration(0.2), 1, 3, 6, 2, Duration(0.1), 3, Duration(15), Duration(15),
-                          Duration(1), 8, Duration(15)),
+    "lan": _LAN,
+    # memberlist's DefaultWANConfig: members across data centres, round trips of tens to hundreds of ms
+    "wan": replace(
+        _LAN,
+        probe_interval=Duration(5),            # probing across the WAN costs more; check less often
+        probe_timeout=Duration(3),             # a WAN round trip, with loss and retransmission, can take seconds
+        suspicion_mult=6,                      # more patience before dead: WAN loss is more often transient
+        gossip_interval=Duration(0.5),         # gossip less often...
+        gossip_nodes=4,                        # ...but to one more member, so spread stays about as fast
+        gossip_to_the_dead_time=Duration(60),  # as push-pull
+        push_pull_interval=Duration(60),       # full-state sync over a WAN is expensive: half as often
+        tcp_timeout=Duration(30),              # TCP over a WAN connects and transfers slower
+        dead_reap_time=Duration(60),           # as gossip_to_the_dead_time
+    ),
+    # memberlist's DefaultLocalConfig: members on one host or a loopback network (tests, demos, one machine)
+    "local": replace(
+        _LAN,
+        probe_timeout=Duration(0.2),           # loopback answers in microseconds; 200 ms is already very late
+        indirect_checks=1,                     # paths do not differ on one host: one helper is enough
+        suspicion_mult=3,                      # loopback does not lose packets by chance: decide sooner
+        retransmit_mult=2,                     # nor updates: fewer copies suffice
+        gossip_interval=Duration(0.1),         # gossip is nearly free locally: spread faster
+        gossip_to_the_dead_time=Duration(15),  # as push-pull
+        push_pull_interval=Duration(15),       # cheap locally: sync twice as often as on a LAN
+        tcp_timeout=Duration(1),               # a local TCP exchange that takes a second has failed
+        dead_reap_time=Duration(15),           # as gossip_to_the_dead_time
+    ),
 }
 
 

@@ -12,6 +12,8 @@ import dns.name
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.harness import wait_for
+
 StartServer = Callable[..., Any]
 DEADLINE = 3.0
 
@@ -111,7 +113,4 @@ def test_tcp_noise(dns_server: StartServer) -> None:
     assert running.server.counters.internal_errors == 0
     assert running.server.counters.malformed > 0  # the noise did reach the parser
     # every noisy connection was closed by us or released: none is left behind
-    deadline = time.monotonic() + DEADLINE
-    while len(running.server._connections) > 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(running.server._connections) == 0
+    wait_for(lambda: len(running.server._connections) == 0, DEADLINE, 0.01, what="every noisy connection released")

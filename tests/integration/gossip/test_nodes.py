@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from sidecar.config.model import GossipTuning
 from sidecar.config.values import Duration, HostPort
 from sidecar.gossip import GossipNode, KeyringError, MemberLeft, RemoteState, UserMessage, generate_key
+from tests.harness import wait_for_async
 
 # the local profile, quicker still, so detection takes seconds: suspicion 3 * 1 * 0.2s = 0.6s to 3.6s
 FAST = GossipTuning(
@@ -30,14 +30,6 @@ def run(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
     return wrapper
 
 
-async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def node(name: str, listen: HostPort = LOOPBACK, **options: Any) -> GossipNode:
     options.setdefault("cluster", "it")
     return GossipNode(name, FAST, listen, **options)
@@ -51,7 +43,7 @@ async def cluster(n: int, **options: Any) -> list[GossipNode]:
     assert seed is not None
     for each in nodes[1:]:
         assert await each.join([seed]) == 1
-    await eventually(lambda: all(alive_names(x) == {y.name for y in nodes} for x in nodes), 10, "convergence")
+    await wait_for_async(lambda: all(alive_names(x) == {y.name for y in nodes} for x in nodes), 10, what="convergence")
     return nodes
 
 
@@ -82,8 +74,8 @@ async def test_a_stopped_member_is_declared_dead_by_all_others() -> None:
     try:
         await nodes[2].stop()
         others = [x for i, x in enumerate(nodes) if i != 2]
-        await eventually(lambda: all(x.member("node-2").state == "dead" for x in others),  # type: ignore[union-attr]
-                         15, "node-2 declared dead")
+        await wait_for_async(lambda: all(x.member("node-2").state == "dead" for x in others),  # type: ignore[union-attr]
+                             15, what="node-2 declared dead")
         assert sum(x.counters()["deaths"] for x in others) >= 1
     finally:
         await stop_all([x for i, x in enumerate(nodes) if i != 2])
@@ -96,10 +88,10 @@ async def test_a_restarted_member_rejoins_with_a_higher_incarnation() -> None:
     try:
         victim = nodes[3]
         victim.set_meta(b"first-life")
-        await eventually(lambda: nodes[0].member("node-3").meta == b"first-life", 5, "meta")  # type: ignore[union-attr]
+        await wait_for_async(lambda: nodes[0].member("node-3").meta == b"first-life", 5, what="meta")  # type: ignore[union-attr]
         port = victim.address.port  # type: ignore[union-attr]
         await victim.stop()
-        await eventually(lambda: nodes[0].member("node-3").state == "dead", 15, "death")  # type: ignore[union-attr]
+        await wait_for_async(lambda: nodes[0].member("node-3").state == "dead", 15, what="death")  # type: ignore[union-attr]
         old = nodes[0].member("node-3")
         assert old is not None
         reborn = node("node-3", HostPort("127.0.0.1", port), meta=b"second-life")
@@ -111,7 +103,7 @@ async def test_a_restarted_member_rejoins_with_a_higher_incarnation() -> None:
             views = [x.member("node-3") for x in nodes[:3]]
             return all(v is not None and v.state == "alive" and v.meta == b"second-life" for v in views)
 
-        await eventually(back, 10, "node-3 alive again everywhere")
+        await wait_for_async(back, 10, what="node-3 alive again everywhere")
         assert reborn.incarnation > old.incarnation
     finally:
         await stop_all(nodes[:3] + ([reborn] if reborn else []))
@@ -132,7 +124,7 @@ async def test_wrong_key_and_wrong_cluster_are_refused_and_counted() -> None:
             c = nodes[0].counters()
             return c["refused_key"] >= 1 and c["refused_plaintext"] >= 1 and c["refused_cluster"] >= 1
 
-        await eventually(all_refused, 5, "each stranger refused")
+        await wait_for_async(all_refused, 5, what="each stranger refused")
         for x in nodes:
             assert alive_names(x) == {"node-0", "node-1"}
         for s in strangers:
@@ -161,7 +153,7 @@ async def test_key_rotation_install_use_remove_keeps_the_cluster_together() -> N
         nodes.append(joiner)
         await joiner.start()
         assert await joiner.join([nodes[0].address]) == 1  # type: ignore[list-item]
-        await eventually(lambda: all(len(alive_names(x)) == 4 for x in nodes), 10, "joiner everywhere")
+        await wait_for_async(lambda: all(len(alive_names(x)) == 4 for x in nodes), 10, what="joiner everywhere")
         await laggard.start()
         assert await laggard.join([nodes[0].address]) == 0  # type: ignore[list-item]
         assert nodes[0].counters()["refused_key"] >= 1
@@ -184,13 +176,13 @@ async def test_leave_user_broadcasts_and_remote_state() -> None:
             assert await x.join([nodes[0].address]) == 1  # type: ignore[list-item]
         assert RemoteState(b"catalog-of-0", False) in seen["node-1"]
         assert RemoteState(b"catalog-of-1", True) in seen["node-0"]
-        await eventually(lambda: all(len(alive_names(x)) == 3 for x in nodes), 10, "convergence")
+        await wait_for_async(lambda: all(len(alive_names(x)) == 3 for x in nodes), 10, what="convergence")
         nodes[2].broadcast_user("svc/a", b"healthy")
-        await eventually(lambda: all(UserMessage("node-2", "svc/a", b"healthy") in seen[x.name] for x in nodes[:2]),
-                         5, "user broadcast")
+        await wait_for_async(lambda: all(UserMessage("node-2", "svc/a", b"healthy") in seen[x.name] for x in nodes[:2]),
+                             5, what="user broadcast")
         assert await nodes[2].leave(timeout=5)
-        await eventually(lambda: all(any(isinstance(e, MemberLeft) and e.member.name == "node-2" for e in seen[x.name])
-                                     for x in nodes[:2]), 5, "leave seen")
+        await wait_for_async(lambda: all(any(isinstance(e, MemberLeft) and e.member.name == "node-2"
+                                             for e in seen[x.name]) for x in nodes[:2]), 5, what="leave seen")
         assert nodes[0].member("node-2").state == "left"  # type: ignore[union-attr]
     finally:
         await stop_all(nodes)
@@ -210,6 +202,6 @@ async def test_joining_by_dns_name_and_retrying_until_a_seed_appears() -> None:
         assert not await joiner.wait_joined(0.3)
         await seed.start()
         assert await joiner.wait_joined(10), "the background join never succeeded"
-        await eventually(lambda: alive_names(seed) == {"seed", "joiner"}, 5, "seed learns the joiner")
+        await wait_for_async(lambda: alive_names(seed) == {"seed", "joiner"}, 5, what="seed learns the joiner")
     finally:
         await stop_all([joiner, seed])

@@ -10,7 +10,7 @@ from sidecar.tls import certs
 from sidecar.tls.errors import PeerRefused
 from sidecar.tls.reloader import IdentityStore, RotationPolicy, TlsPaths
 from tests.integration.tls.echo import EchoServer
-from tests.integration.tls.test_tls_refusals import run
+from tests.integration.tls.test_refusals import run
 from tests.unit.tls.pki import Pki, make_pki
 
 FAST = RotationPolicy(poll_interval=0.05, settle=1.0)

@@ -1,4 +1,4 @@
-"""Resilience with real sidecars, real mTLS and real apps (issue 6's "done when").
+"""Resilience policies with real sidecars, real mTLS and real apps: retries, ejection, balancing, deadlines, caps.
 
 Every test builds its own small cluster (a caller node and one node per instance) in the module's event loop and
 drives it with blocking clients; each is bounded by counts and by the clients' timeouts.
@@ -13,7 +13,6 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import replace
 
 from sidecar.config.model import (
@@ -25,6 +24,7 @@ from sidecar.config.model import (
     ServiceConfig,
 )
 from sidecar.config.values import Duration
+from tests.harness import wait_for
 from tests.integration.mesh.conftest import LoopThread, Node, Pki, link, node_config, start_node, stop_node
 from tests.integration.resilience.conftest import Answer, Backend, Cluster, load, request, start_cluster
 
@@ -180,14 +180,11 @@ def test_the_deadline_travels_two_hops(loop_thread: LoopThread, pki: Pki, backen
         # the leaf's own sidecar stopped waiting at about the caller's deadline, not after the leaf's 3 s: by its
         # own propagated deadline (504), or because the hops above gave up first and closed (client-reset)
         leaf_node = leaf.instances[0]
-        deadline = time.monotonic() + 5
-        ended: list[tuple[int, float]] = []
-        while time.monotonic() < deadline and not ended:
-            ended = [(s.status, s.duration) for listener, s in list(leaf_node.requests)
-                     if listener == "inbound" and s.status in (0, 504)]
-            if not ended:
-                time.sleep(0.02)
-        assert ended and ended[0][1] < 1.5, ended
+        ended: list[tuple[int, float]] = wait_for(
+            lambda: [(s.status, s.duration) for listener, s in list(leaf_node.requests)
+                     if listener == "inbound" and s.status in (0, 504)],
+            5.0, 0.02, what="the leaf's sidecar to end the request")
+        assert ended[0][1] < 1.5, ended
     finally:
         loop_thread.run(stop_node(client))
         leaf.close()
@@ -286,20 +283,20 @@ def test_a_waiting_request_whose_client_leaves_gives_back_its_place(
     try:
         busy = threading.Thread(target=request, args=(cluster.outbound, "echo"), daemon=True)
         busy.start()
-        wait_for(lambda: active(cluster, "connections") == 1)
+        wait_for(lambda: active(cluster, "connections") == 1, 5.0, what="connections active == 1")
         with socket.create_connection(("127.0.0.1", cluster.outbound), timeout=5) as gone:
             gone.sendall(b"GET /work HTTP/1.1\r\nHost: echo\r\n\r\n")
-            wait_for(lambda: active(cluster, "pendingRequests") == 1)
+            wait_for(lambda: active(cluster, "pendingRequests") == 1, 5.0, what="pendingRequests active == 1")
             # a reset, not a half-close (after which the client could still be answered)
             gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        wait_for(lambda: active(cluster, "pendingRequests") == 0)
+        wait_for(lambda: active(cluster, "pendingRequests") == 0, 5.0, what="pendingRequests active == 0")
         # a waiting request whose body turns out malformed is answered 400 at once and leaves the queue too
         with socket.create_connection(("127.0.0.1", cluster.outbound), timeout=5) as bad:
             bad.sendall(b"POST /work HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n")
-            wait_for(lambda: active(cluster, "pendingRequests") == 1)
+            wait_for(lambda: active(cluster, "pendingRequests") == 1, 5.0, what="pendingRequests active == 1")
             bad.sendall(b"not-a-chunk-size\r\n")
             assert bad.recv(4096).startswith(b"HTTP/1.1 400 ")
-        wait_for(lambda: active(cluster, "pendingRequests") == 0)
+        wait_for(lambda: active(cluster, "pendingRequests") == 0, 5.0, what="pendingRequests active == 0")
         busy.join(5)
         assert request(cluster.outbound, "echo").status == 200
         breaker = cluster.clusters()["echo"]["breaker"]
@@ -313,10 +310,3 @@ def test_a_waiting_request_whose_client_leaves_gives_back_its_place(
 def active(cluster: Cluster, gauge: str) -> int:
     echo = cluster.clusters().get("echo")
     return -1 if echo is None else int(echo["breaker"][gauge]["active"])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)

@@ -20,16 +20,10 @@ from sidecar.clock import FakeClock
 from sidecar.config.values import HostPort
 from sidecar.dns.forwarder import Forwarder, ForwardOutcome, ForwardResult
 from sidecar.dns.server import DnsListenFailed, DnsServer
+from tests.harness import wait_for
 
 Running = Any  # conftest.Running
 StartServer = Callable[..., Any]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 3.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def frame(data: bytes) -> bytes:
@@ -192,7 +186,7 @@ def test_tcp_connections_are_capped(dns_server: StartServer) -> None:
                 assert extra.recv(2) == b""
             except ConnectionResetError:
                 pass  # aborted: the reset can beat our read
-        wait_for(lambda: running.server.counters.tcp_rejected == 1, what="the rejection to be counted")
+        wait_for(lambda: running.server.counters.tcp_rejected == 1, 3.0, what="the rejection to be counted")
         for sock in kept:  # the others are unaffected
             sock.sendall(query)
             assert dns.message.from_wire(read_frame(sock)).rcode() == 0

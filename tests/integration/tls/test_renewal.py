@@ -24,7 +24,8 @@ from sidecar.tls.errors import CertificateError, IssuerError
 from sidecar.tls.issuers import ShellCommand, Wanted
 from sidecar.tls.reloader import IdentityStore, RotationPolicy
 from sidecar.tls.renewal import Renewer
-from tests.integration.tls.test_tls_refusals import run
+from tests.harness import wait_for, wait_for_async
+from tests.integration.tls.test_refusals import run
 from tests.unit.tls.pki import Pki, make_pki
 
 ALPHA = "spiffe://mesh.local/service/alpha"
@@ -57,15 +58,6 @@ def pki(tmp_path: Path) -> Pki:
 
 def serial_of(path: Path) -> int:
     return int(certs.load_certificate(path).serial_number)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait on the running loop for ``condition``, bounded in time and count (the test then asserts)."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.02)):
-        if condition() or time.monotonic() > deadline:
-            return
-        await asyncio.sleep(0.02)
 
 
 class Captured(logging.Handler):
@@ -114,12 +106,12 @@ def test_local_ca_key_renews_the_same_identity_and_names(pki: Pki) -> None:
 
 
 def run_renewer_until(renewer: Renewer, done: Callable[[], bool]) -> Captured:
-    """Run the renewal loop until ``done()`` (within until()'s deadline); returns what it logged."""
+    """Run the renewal loop until ``done()`` (failing the test after 10 s); returns what it logged."""
 
     async def main() -> None:
         task = asyncio.create_task(renewer.run())
         try:
-            await until(done)
+            await wait_for_async(done, 10.0, what="the renewal loop to reach its goal")
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -300,10 +292,7 @@ def test_a_hung_command_is_killed_with_its_children(pki: Pki, tmp_path: Path) ->
             return True
         return state == "Z"  # killed; its new parent has not reaped it yet
 
-    deadline = time.monotonic() + 5
-    while not gone() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert gone(), "the command's child outlived it"
+    wait_for(gone, 5.0, 0.02, what="the command's child to end with it")
 
 
 def test_a_certificate_replaced_by_another_tool_is_rescheduled(pki: Pki) -> None:

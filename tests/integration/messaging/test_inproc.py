@@ -14,7 +14,8 @@ from aiohttp import web
 
 from sidecar.config.model import MessagingQueue, MessagingRetention, ServiceConfig, SubscriptionConfig
 from sidecar.config.values import Duration
-from tests.integration.messaging.inproc import App, Mesh, get, messaging_config, post, wait_until
+from tests.harness import wait_for_async
+from tests.integration.messaging.inproc import App, Mesh, get, messaging_config, post
 
 
 def run(test: Callable[[Mesh], Awaitable[None]], tmp: Path, identities: list[str], timeout: float = 30.0) -> None:
@@ -86,13 +87,13 @@ def test_publish_order_and_competing_consumers(tmp_path: Path) -> None:
         await mesh.add("b1", "billing", [service("billing", one)], subscription)
         await mesh.add("b2", "billing", [service("billing", two)], subscription)
         a = mesh.nodes["a"]
-        await wait_until(lambda: a.messaging.book.wanted(), what="subscription known to a")
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known to a")
         ids = []
         for i in range(60):
             status, _, body = await post(a.api_url + "/v1/publish/orders", {"type": "order", "payload": i})
             assert status == 202, body
             ids.append(body["id"])
-        await wait_until(lambda: len(one.received) + len(two.received) >= 60, what="60 deliveries")
+        await wait_for_async(lambda: len(one.received) + len(two.received) >= 60, what="60 deliveries")
         got = one.received + two.received
         assert sorted(m["id"] for m in got) == sorted(ids)     # each message to one instance, none twice
         assert one.received and two.received                   # the balancer spread them
@@ -122,11 +123,11 @@ def test_drop_and_max_attempts_land_in_dead_letters_then_replay_and_purge(tmp_pa
         await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
         await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
         a = mesh.nodes["a"]
-        await wait_until(lambda: a.messaging.book.wanted(), what="subscription known")
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
         for kind in ("poison", "flaky", "fine"):
             status, _, _ = await post(a.api_url + "/v1/publish/t", {"type": kind, "payload": None})
             assert status == 202
-        letters = await wait_until(lambda: a.messaging.store and a.messaging.store.dead_letter_count == 2,
+        letters = await wait_for_async(lambda: a.messaging.store and a.messaging.store.dead_letter_count == 2,
                                    what="two dead letters")
         assert letters
         listed = (await get(a.admin_url + "/deadletters"))["deadLetters"]
@@ -139,7 +140,7 @@ def test_drop_and_max_attempts_land_in_dead_letters_then_replay_and_purge(tmp_pa
         fixed["value"] = True
         status, _, body = await post(a.admin_url + "/deadletters/replay", {"ids": [by_type["flaky"]["id"]]})
         assert status == 200 and body == {"replayed": 1}
-        await wait_until(lambda: [m["type"] for m in app.received].count("flaky") == 4, what="replayed delivery")
+        await wait_for_async(lambda: [m["type"] for m in app.received].count("flaky") == 4, what="replayed delivery")
         status, _, body = await post(a.admin_url + "/deadletters/purge", {})
         assert status == 400  # no accidental purge-all
         status, _, body = await post(a.admin_url + "/deadletters/purge", {"all": True})
@@ -155,18 +156,24 @@ def test_a_subscriber_that_is_down_gets_everything_on_return(tmp_path: Path) -> 
         await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
         await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
         a = mesh.nodes["a"]
-        await wait_until(lambda: a.messaging.book.wanted(), what="subscription known")
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
         await mesh.stop_node("b")
         for i in range(30):
             assert (await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": i}))[0] == 202
-        await asyncio.sleep(0.3)  # nothing can arrive while b is down; give the streams time to try
+        # the stream has taken up the first message and decided it cannot deliver it (its subscriber's node is
+        # gone), as the admin port reports: only after that decision is "nothing arrived" a result
+        async def holding() -> bool:
+            streams = (await get(a.admin_url + "/messaging"))["streams"]
+            return any(s["topic"] == "t" and s["inFlight"] is not None and s["state"] == "waiting" for s in streams)
+
+        await wait_for_async(holding, what="the stream holding a message, waiting for its subscriber")
         assert app.received == []
         assert a.messaging.store is not None and a.messaging.store.pending == 30
         # the publisher restarts too, from its data_dir, while the subscriber is still away
         await mesh.stop_node("a")
         await mesh.restart_node("a")
         await mesh.restart_node("b")
-        await wait_until(lambda: len(app.received) >= 30, what="30 deliveries after the return")
+        await wait_for_async(lambda: len(app.received) >= 30, what="30 deliveries after the return")
         assert [m["payload"] for m in app.received] == list(range(30))
 
     run(test, tmp_path, ["checkout", "billing"])
@@ -179,7 +186,7 @@ def test_retention_overflow_is_dead_lettered_and_reported(tmp_path: Path) -> Non
         await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)], messaging=small)
         await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
         a = mesh.nodes["a"]
-        await wait_until(lambda: a.messaging.book.wanted(), what="subscription known")
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
         await mesh.stop_node("b")
         for i in range(40):
             assert (await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": "p" * 100 + str(i)}))[0] == 202
@@ -190,7 +197,8 @@ def test_retention_overflow_is_dead_lettered_and_reported(tmp_path: Path) -> Non
         listed = (await get(a.admin_url + "/deadletters?limit=1000"))["deadLetters"]
         assert len(listed) == evicted and {d["reason"] for d in listed} == {"retention-bytes"}
         await mesh.restart_node("b")
-        await wait_until(lambda: len(app.received) >= store.pending + 0 and store.pending == 0, what="rest delivered")
+        await wait_for_async(lambda: len(app.received) >= store.pending + 0 and store.pending == 0,
+                             what="rest delivered")
         # what arrived is the newest part, in order, and together with the dead letters it is everything
         payloads = [m["payload"] for m in app.received]
         assert payloads == sorted(payloads, key=lambda p: int(p[100:]))
@@ -206,7 +214,7 @@ def test_backpressure_answers_429_when_the_outbox_is_full(tmp_path: Path) -> Non
         await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)], messaging=tight)
         await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
         a = mesh.nodes["a"]
-        await wait_until(lambda: a.messaging.book.wanted(), what="subscription known")
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
         await mesh.stop_node("b")
         statuses = [(await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": i})) for i in range(15)]
         assert [s for s, _, _ in statuses[:10]] == [202] * 10
@@ -246,7 +254,7 @@ def test_sse_stream_resumes_with_last_event_id(tmp_path: Path) -> None:
         await mesh.add("c", "watcher", [ServiceConfig(name="watcher", port=1)])
         a, c = mesh.nodes["a"], mesh.nodes["c"]
         reader = asyncio.create_task(read_events(c.api_url + "/v1/subscribe/news", 5))
-        await wait_until(lambda: ("news", "node:c") in a.messaging.book.wanted(), what="stream subscription at a")
+        await wait_for_async(lambda: ("news", "node:c") in a.messaging.book.wanted(), what="stream subscription at a")
         for i in range(5):
             assert (await post(a.api_url + "/v1/publish/news", {"type": "n", "payload": i}))[0] == 202
         first = await reader
@@ -254,15 +262,16 @@ def test_sse_stream_resumes_with_last_event_id(tmp_path: Path) -> None:
         ids = [i for i, _ in first]
         assert ids == sorted(ids) and len(set(ids)) == 5
         # the reader left: so does c's stream subscription; more messages are published meanwhile, and wait at a
-        await wait_until(lambda: ("news", "node:c") not in a.messaging.book.wanted(), what="a forgets the reader")
+        await wait_for_async(lambda: ("news", "node:c") not in a.messaging.book.wanted(), what="a forgets the reader")
         for i in range(5, 10):
             assert (await post(a.api_url + "/v1/publish/news", {"type": "n", "payload": i}))[0] == 202
         # a reconnect from the 3rd event gets the rest: the log's, then what waited at a
         resumed = await read_events(c.api_url + "/v1/subscribe/news", 7, last_id=ids[2])
         assert [e["payload"] for _, e in resumed] == list(range(3, 10))
         # a publish on the reader's own node reaches it too, without a network hop
-        reader = asyncio.create_task(read_events(c.api_url + "/v1/subscribe/news", 1))
-        await asyncio.sleep(0.2)
+        # read on from the last event seen, so the publish is caught whether it lands before or after the
+        # reader's stream starts its tail
+        reader = asyncio.create_task(read_events(c.api_url + "/v1/subscribe/news", 1, last_id=resumed[-1][0]))
         assert (await post(c.api_url + "/v1/publish/news", {"type": "n", "payload": "local"}))[0] == 202
         assert [e["payload"] for _, e in await reader] == ["local"]
 

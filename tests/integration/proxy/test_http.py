@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from sidecar.proxy import ProxyLimits
+from tests.harness import wait_for
 from tests.integration.proxy.conftest import Harness, LoopThread, _harness
 
 CURL = shutil.which("curl")
@@ -103,9 +104,19 @@ def test_upstream_refused_is_503_unavailable(harness: Harness) -> None:
 
 
 def test_upstream_reset_mid_response_closes_the_client_connection(harness: Harness) -> None:
-    response = raw_exchange(harness.port, b"GET /reset HTTP/1.1\r\nHost: svc\r\n\r\n")
-    assert response.startswith(b"HTTP/1.1 200")
-    assert response.endswith(b"partial")  # 7 of the promised 1000 bytes, then the connection was closed
+    with socket.create_connection(("127.0.0.1", harness.port), timeout=5) as s:
+        s.sendall(b"GET /reset HTTP/1.1\r\nHost: svc\r\n\r\n")
+        response = b""
+        for _ in range(100):   # bounded; each recv by the socket's timeout
+            if response.endswith(b"partial"):
+                break
+            chunk = s.recv(65536)
+            assert chunk, f"closed before the partial body: {response!r}"
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200")
+        assert response.endswith(b"partial")  # 7 of the promised 1000 bytes
+        harness.ack()                         # the backend resets its connection only now
+        assert s.recv(65536) == b""           # and the proxy closes ours
     assert harness.stats[-1].error == "reset-after-response"
 
 
@@ -158,7 +169,7 @@ def test_server_sent_events_arrive_one_by_one(harness: Harness) -> None:
             # the backend sends event i+1 only after we acknowledge event i: nothing can be buffered
             assert process.stdout.readline() == f"data: event{i}\n".encode()
             assert process.stdout.readline() == b"\n"
-            harness.sse_ack()
+            harness.ack()
         assert process.wait(10) == 0
     finally:
         process.kill()
@@ -247,9 +258,7 @@ def test_connections_over_the_limit_get_503(strict_harness: Harness) -> None:
     for s in held:  # busy, each with a request in flight: idle ones would be displaced instead
         s.sendall(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 100000\r\n\r\npartial")
     try:
-        deadline = time.monotonic() + 5
-        while len(h.proxy.connections) < 20 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: len(h.proxy.connections) >= 20, 5.0, 0.01, what="the 20 connections accepted")
         response = raw_exchange(h.port, b"GET /hello HTTP/1.1\r\nHost: svc\r\n\r\n")
         assert status_of(response) == 503
         # SPEC's shape and its code for 503: a peer sidecar retries it on another instance
@@ -264,9 +273,7 @@ def test_at_the_limit_an_idle_connection_makes_room_for_a_new_one(strict_harness
     h = strict_harness
     held = [socket.create_connection(("127.0.0.1", h.port), timeout=5) for _ in range(20)]
     try:
-        deadline = time.monotonic() + 5
-        while len(h.proxy.connections) < 20 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: len(h.proxy.connections) >= 20, 5.0, 0.01, what="the 20 connections accepted")
         response = raw_exchange(h.port, b"GET /hello HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
         assert response.endswith(b"hello /hello")
     finally:
