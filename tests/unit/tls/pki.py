@@ -35,25 +35,13 @@ class Pki:
 
     def without_spiffe_id(self, name: str) -> certs.CertPaths:
         """Signed by the mesh CA, but naming itself only by DNS: no URI SAN."""
-        key = certs.new_key()
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self.ca.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{name}.example")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(self.ca.key, hashes.SHA256())
-        )
-        issued = certs.IssuedCertificate(cert, key, "")
-        return certs.write_issued(issued, self.directory, name)
+        return self._signed(name, x509.DNSName(f"{name}.example"), "", ca=False)
 
     def custom(self, name: str, uri: str, *, ca: bool = False) -> certs.CertPaths:
         """Signed by the mesh CA with ``uri`` as its one URI SAN; ``ca`` makes it say it is a CA (cA=TRUE)."""
+        return self._signed(name, x509.UniformResourceIdentifier(uri), uri, ca=ca)
+
+    def _signed(self, name: str, san: x509.GeneralName, spiffe_id: str, *, ca: bool) -> certs.CertPaths:
         key = certs.new_key()
         now = dt.datetime.now(dt.UTC)
         cert = (
@@ -64,11 +52,11 @@ class Pki:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
             .sign(self.ca.key, hashes.SHA256())
         )
-        return certs.write_issued(certs.IssuedCertificate(cert, key, uri), self.directory, name)
+        return certs.write_issued(certs.IssuedCertificate(cert, key, spiffe_id), self.directory, name)
 
     def ca_as_leaf(self, name: str) -> certs.CertPaths:
         """A CA certificate (cA=TRUE) from the mesh CA naming spiffe://TD/service/NAME: no X.509-SVID."""
