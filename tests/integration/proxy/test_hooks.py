@@ -63,15 +63,17 @@ def test_connect_failure_is_retried_on_another_target_with_the_body_replayed(loo
         loop_thread.run(backend.runner.cleanup())  # type: ignore[union-attr]
 
 
+async def start_503() -> asyncio.Server:
+    """A backend that answers every request 503."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+        await writer.drain()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
 def test_status_in_policy_is_retried_and_the_first_response_discarded(loop_thread: LoopThread) -> None:
-    async def start_503() -> asyncio.Server:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
-            await writer.drain()
-
-        return await asyncio.start_server(handle, "127.0.0.1", 0)
-
     busy = loop_thread.run(start_503())
     backend = loop_thread.run(start_backend())
     policy = NextTarget(Target(("127.0.0.1", backend.port)), statuses=frozenset({503}))
@@ -90,14 +92,6 @@ def test_status_in_policy_is_retried_and_the_first_response_discarded(loop_threa
 def test_a_retry_sends_the_head_as_the_policy_left_it(loop_thread: LoopThread) -> None:
     """The retry policy may edit the request head for the attempt it starts (the resilience layer tells the next
     hop the time left then): the retry carries the edited head, not the bytes of the first attempt."""
-    async def start_503() -> asyncio.Server:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
-            await writer.drain()
-
-        return await asyncio.start_server(handle, "127.0.0.1", 0)
-
     busy = loop_thread.run(start_503())
     backend = loop_thread.run(start_backend())
     heads: list[RequestHead] = []
