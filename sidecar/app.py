@@ -51,6 +51,7 @@ from sidecar.ops.reload import Reloader
 from sidecar.ops.reload_canary import Counts
 from sidecar.overload import OverloadGuard, OverloadMonitor, raise_open_files_limit
 from sidecar.overload.metrics import OverloadCollector, overload_routes
+from sidecar.overload.monitor import malloc_trimmer, shrink_heap
 from sidecar.proxy import HttpProxy, TcpRelay
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
@@ -191,6 +192,9 @@ class Sidecar:
             except InvalidArgument as e:
                 raise StartupError(e.message, exit_code=2) from None
         self.state = "ready"
+        # start-up garbage (the config's YAML tree, import-time temporaries, TLS loading) goes back to the kernel
+        # now rather than staying resident for the process's life
+        shrink_heap(malloc_trimmer())
         log.info("sidecar ready", extra=fields(node=self.config.node.name, cluster=self.config.node.cluster,
                                                request_path="compiled" if native.compiled() else "python",
                                                **{k: str(v) for k, v in self.bound.items()}))
