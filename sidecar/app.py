@@ -110,13 +110,30 @@ class Sidecar:
         self.checks = CheckRunner(self.registry, clock)
         self.dns = DnsServer(config.dns, self.catalog.snapshot, clock)
         self.store: IdentityStore | None = None
-        self.dataplane: DataPlane | None = None
-        self.messaging = Messaging(config, self.catalog, self.registry, clock)
+        self.renewer: Renewer | None = None   # tls.issuer: the sidecar renews its own certificate
+        if config.tls is not None:
+            try:
+                self.store = IdentityStore.load(config.tls, clock=clock)
+                self.renewer = Renewer.from_config(config.tls, self.store, clock)
+            except CertificateError as e:
+                raise StartupError(f"tls: {e}", exit_code=2) from None
+        self._tls_watch: asyncio.Task[None] | None = None
+        self._renewal: asyncio.Task[None] | None = None
+        limits = config.overload
+        self.overload = OverloadGuard(limits.max_memory_bytes, float(limits.max_loop_lag), enabled=limits.enabled)
+        self.overload_monitor = OverloadMonitor(self.overload, float(limits.check_interval))
         self.telemetry = Telemetry(config, clock)
+        self.failed = FailedRequests()   # recent failed or retried requests, for /debug/explain?request_id=
+        self.dataplane = self._build_dataplane(config)
+        self.messaging = Messaging(config, self.catalog, self.registry, clock, self.store)
+        if self.dataplane.inbound is not None:
+            self.dataplane.routes.internal = self.messaging.internal_route
+            if not self.messaging.scopes.open:
+                self.dataplane.routes.may_publish = self.messaging.scopes.may_publish
         # holds the running configuration (self.config); the live half of POST /reload, SIGHUP, /config/rollback
         self.applier = ConfigApplier(config, config_paths, own=self.own, registry=self.registry,
                                      messaging=self.messaging, telemetry=self.telemetry,
-                                     dataplane=lambda: self.dataplane, shed=self._shed_by_guard,
+                                     dataplane=self.dataplane, shed=self._shed_by_guard,
                                      listening=self._bound, closed=self._closed, clock=clock,
                                      drain_grace=DRAIN_GRACE)
         self.gossip = GossipNode.from_config(config, meta=encode_meta(self._inbound_port()),
@@ -126,35 +143,49 @@ class Sidecar:
                                                ready=lambda: self.in_mesh,
                                                clock=clock)
         self._rotation_task: asyncio.Task[None] | None = None
-        self.failed = FailedRequests()   # recent failed or retried requests, for /debug/explain?request_id=
-        self._tls_watch: asyncio.Task[None] | None = None
-        self.renewer: Renewer | None = None   # tls.issuer: the sidecar renews its own certificate
-        self._renewal: asyncio.Task[None] | None = None
         tuning = config.gossip.tuning()
         self.demotion = SelfDemotion(lambda: self.gossip.health_score if self.gossip.bound is not None else 0,
                                      self.registry.demote, self.bus, clock, DemotionRules.from_tuning(tuning),
                                      float(tuning.probe_interval))
         self._demotion_task: asyncio.Task[None] | None = None
+        # with tls, the catalog is stated as claims signed by each of our identities, and peers' claims are
+        # verified against tls.ca (sidecar.catalog.signing); a new certificate restates our claims
+        store = self.store
+        verifier = None if store is None else ClaimVerifier(store.trust_domain, config.node.cluster,
+                                                            lambda: store.material.cas, clock.wall)
         self.replication = CatalogReplication(self.catalog, self.gossip, self.bus, lambda: int(clock.wall() * 1000),
+                                              identities=None if store is None else store.signing_identities,
+                                              verifier=verifier,
                                               local_subscriptions=self.messaging.local_subscriptions,
                                               subscription_listeners=[self.messaging.on_remote_subscriptions])
+        if store is not None:
+            store.on_any_rotation(self._restate_claims)
         self.messaging.bind(self.replication.local_changed)   # the one cycle: each is told the other's changes
         self.sites: list[Site] = []
         self.metrics = build_registry(self.telemetry, self._metric_sources)
-        limits = config.overload
-        self.overload = OverloadGuard(limits.max_memory_bytes, float(limits.max_loop_lag), enabled=limits.enabled)
-        self.overload_monitor = OverloadMonitor(self.overload, float(limits.check_interval))
         self.metrics.register(OverloadCollector(self.overload))
         self.state = "starting"  # starting → ready → draining → stopped
         self.stop_requested = asyncio.Event()
         self.reloader = Reloader(self.applier, clock)   # POST /reload, SIGHUP, /config/history, /config/rollback
         self.admin = AdminFacade(self, self.applier, self.reloader, gossip=self.gossip, rotation=self.rotation,
                                  catalog=self.catalog, registry=self.registry, replication=self.replication,
-                                 demotion=self.demotion, dataplane=lambda: self.dataplane, bound=self.bound)
+                                 demotion=self.demotion, dataplane=self.dataplane, bound=self.bound)
         self.dashboard = Dashboard(self.telemetry, node=config.node.name, cluster=config.node.cluster,
                                    members=self.admin.members_json, catalog=self.admin.catalog_json,
                                    clusters=self.admin.clusters_json)
         self._hangups: set[asyncio.Task[None]] = set()
+
+    def _build_dataplane(self, config: Config) -> DataPlane:
+        limits = replace(DEFAULT_PROXY_LIMITS, max_connections=config.overload.max_connections_per_listener)
+        dataplane = DataPlane(config, self.catalog, self.registry, self.store, self.clock, limits=limits)
+        dataplane.request_listeners.append(self.telemetry.on_request)
+        watch_failures(dataplane, self.failed, self.clock)
+        proxies = [dataplane.outbound, *dataplane.upstreams.values()]
+        if dataplane.inbound is not None:
+            proxies.extend((dataplane.inbound.http, dataplane.inbound.tunnels))
+        for proxy in proxies:
+            self._shed_by_guard(proxy)
+        return dataplane
 
     @property
     def config(self) -> Config:
@@ -181,8 +212,8 @@ class Sidecar:
         if self.overload.enabled:
             self.overload_monitor.start()
         extra = [*telemetry_routes(self.telemetry, self.metrics), *self.dashboard.routes(),
-                 *admin_read_routes(self.messaging), *debug_routes(lambda: self.dataplane, self.failed),
-                 *overload_routes(self.overload), *tls_routes(lambda: self.store, lambda: self.renewer)]
+                 *admin_read_routes(self.messaging), *debug_routes(self.dataplane, self.failed),
+                 *overload_routes(self.overload), *tls_routes(self.store, self.renewer)]
         await self._start_site(Site("admin", build_admin(self.admin, token, extra, admin_post_handlers(self.messaging)),
                                     self.config.admin.listen))
         await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock,
@@ -218,21 +249,6 @@ class Sidecar:
         self._bound(site.name, self.bound[site.name])
 
     async def _start_dataplane(self) -> None:
-        if self.config.tls is not None:
-            try:
-                self.store = IdentityStore.load(self.config.tls, clock=self.clock)
-                self.renewer = Renewer.from_config(self.config.tls, self.store, self.clock)
-            except CertificateError as e:
-                raise StartupError(f"tls: {e}", exit_code=2) from None
-        limits = replace(DEFAULT_PROXY_LIMITS, max_connections=self.config.overload.max_connections_per_listener)
-        self.dataplane = DataPlane(self.config, self.catalog, self.registry, self.store, self.clock, limits=limits)
-        self.dataplane.request_listeners.append(self.telemetry.on_request)
-        watch_failures(self.dataplane, self.failed, self.clock)
-        proxies = [self.dataplane.outbound, *self.dataplane.upstreams.values()]
-        if self.dataplane.inbound is not None:
-            proxies.extend((self.dataplane.inbound.http, self.dataplane.inbound.tunnels))
-        for proxy in proxies:
-            self._shed_by_guard(proxy)
         try:
             bound = await self.dataplane.start()
         except OSError as e:
@@ -240,18 +256,9 @@ class Sidecar:
         for name, address in bound.items():
             self._bound(name, address)
         if self.store is not None:
-            self._sign_claims(self.store)
             self._tls_watch = asyncio.create_task(self.store.watch(), name="tls-watch")
         if self.renewer is not None:
             self._renewal = asyncio.create_task(self.renewer.run(), name="tls-renewal")
-
-    def _sign_claims(self, store: IdentityStore) -> None:
-        """The catalog is stated as claims signed by each of our identities, and peers' claims are verified
-        against tls.ca (sidecar.catalog.signing); a new certificate restates our claims."""
-        self.replication.sign_with(store.signing_identities,
-                                   ClaimVerifier(store.trust_domain, self.config.node.cluster,
-                                                 lambda: store.material.cas, self.clock.wall))
-        store.on_any_rotation(self._restate_claims)
 
     def _restate_claims(self) -> None:
         # before gossip starts there is no one to tell; starting it states our claims with the current certificates
@@ -259,12 +266,6 @@ class Sidecar:
             self.replication.local_changed()
 
     async def _start_messaging(self) -> None:
-        assert self.dataplane is not None
-        self.messaging.identity = self.store
-        if self.dataplane.inbound is not None:
-            self.dataplane.routes.internal = self.messaging.internal_route
-            if not self.messaging.scopes.open:
-                self.dataplane.routes.may_publish = self.messaging.scopes.may_publish
         try:
             await self.messaging.start(self.bound["outbound"])
         except (OSError, sqlite3.Error) as e:
@@ -378,8 +379,7 @@ class Sidecar:
 
     async def _stop_in_order(self) -> None:
         # inbound first so peers fail over; then the app, while its outbound calls still go out; then the rest
-        if self.dataplane is not None:
-            await self.dataplane.stop_inbound(DRAIN_GRACE)
+        await self.dataplane.stop_inbound(DRAIN_GRACE)
         if self.app is not None:
             await self.app.stop(APP_STOP_GRACE)
         await self._stop_parts()
@@ -389,9 +389,7 @@ class Sidecar:
         self.bus.close_all()  # ends event streams, so listeners close without waiting on them
         await self.messaging.stop()  # ends SSE streams; in-flight deliveries are redelivered after a restart
         self.dashboard.close()
-        if self.dataplane is not None:
-            # listeners close, requests in flight get DRAIN_GRACE to finish
-            await self.dataplane.stop(DRAIN_GRACE)
+        await self.dataplane.stop(DRAIN_GRACE)   # listeners close, requests in flight get DRAIN_GRACE to finish
         await self.telemetry.stop()   # after the last request: its span is flushed
         self.overload_monitor.stop()
         if self._tls_watch is not None:
@@ -421,8 +419,8 @@ class Sidecar:
 
     def _metric_sources(self) -> Sources:
         return Sources(dataplane=self.dataplane, gossip=self.gossip, dns=self.dns, identity=self.store,
-                       messaging=getattr(self, "messaging", None), catalog=self.catalog,
-                       renewal=self.renewer, replication=getattr(self, "replication", None))
+                       messaging=self.messaging, catalog=self.catalog,
+                       renewal=self.renewer, replication=self.replication)
 
     def _now(self) -> tuple[float, int]:
         return self.clock.monotonic(), int(self.clock.wall() * 1000)
@@ -464,8 +462,8 @@ class Sidecar:
 
 
 async def serve(config: Config, config_paths: list[str], app_command: list[str] | None = None) -> int:
-    sidecar = Sidecar(config, config_paths, app_command=app_command)
     try:
+        sidecar = Sidecar(config, config_paths, app_command=app_command)
         await sidecar.run()
     except StartupError as e:
         log.error(str(e))

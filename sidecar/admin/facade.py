@@ -10,7 +10,7 @@ them (the keyring to gossip, drain and leave to the process's lifecycle, reloads
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from sidecar.catalog.mesh import MeshCatalog
@@ -48,7 +48,7 @@ class AdminFacade:
     def __init__(self, lifecycle: Lifecycle, applier: ConfigApplier, reloader: Reloader, *, gossip: GossipNode,
                  rotation: KeyRotator | None, catalog: MeshCatalog, registry: LocalRegistry,
                  replication: CatalogReplication, demotion: SelfDemotion,
-                 dataplane: Callable[[], DataPlane | None], bound: Mapping[str, HostPort]) -> None:
+                 dataplane: DataPlane, bound: Mapping[str, HostPort]) -> None:
         self.lifecycle = lifecycle
         self.applier = applier
         self.reloader = reloader
@@ -96,8 +96,7 @@ class AdminFacade:
         return [i.to_json() for i in self.registry.instances()]
 
     def clusters_json(self) -> dict[str, Any]:
-        dataplane = self.dataplane()
-        return dataplane.clusters_json() if dataplane is not None else {}
+        return self.dataplane.clusters_json()
 
     def gossip_json(self) -> dict[str, Any]:
         config = self.config

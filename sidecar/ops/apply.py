@@ -34,11 +34,11 @@ log = logging.getLogger("sidecar.app")   # the process's own log name, as the li
 
 class ConfigApplier:
     """``sidecar.ops.reload.Process``: reads the configuration files, counts requests for the canary, and applies
-    a plan's live parts. ``dataplane`` gives the data plane once it is built (None before start and without one);
-    ``shed`` sets a new upstream listener's overload guard; ``listening``/``closed`` record listener addresses."""
+    a plan's live parts. ``shed`` sets a new upstream listener's overload guard; ``listening`` and ``closed``
+    record the addresses of the listeners a reload opens and closes."""
 
     def __init__(self, config: Config, config_paths: list[str], *, own: OwnListeners, registry: LocalRegistry,
-                 messaging: Messaging, telemetry: Telemetry, dataplane: Callable[[], DataPlane | None],
+                 messaging: Messaging, telemetry: Telemetry, dataplane: DataPlane,
                  shed: Callable[[HttpProxy | TcpRelay], None], listening: Callable[[str, HostPort], None],
                  closed: Callable[[str], None], clock: Clock, drain_grace: float) -> None:
         self.config = config
@@ -70,8 +70,8 @@ class ConfigApplier:
         if "services" in parts:
             for i, spec in enumerate(new.services):
                 await self.own.check(spec, f"services[{i}].")
-        dataplane = self.dataplane()
-        if "upstreams" in parts and dataplane is not None:
+        dataplane = self.dataplane
+        if "upstreams" in parts:
             try:
                 change = await dataplane.set_upstreams(new.upstreams, self.drain_grace, self.shed)
             except OSError as e:
@@ -80,15 +80,14 @@ class ConfigApplier:
                 self.closed(key)
             for key, address in change.opened.items():
                 self.listening(key, address)
-        if dataplane is not None:
-            dataplane.reconfigure(new)            # policies, authorization, trace sample ratio
+        dataplane.reconfigure(new)            # policies, authorization, trace sample ratio
         if "services" in parts:
             self._reload_services(new)
         try:
             await self.messaging.reconfigure(new)   # topic scopes; subscriptions (by default the first service's)
         except Exception:   # the store could not be read: the rest of the reload stands, this part is logged
             log.exception("subscriptions not reloaded")
-        if dataplane is not None and dataplane.inbound is not None:
+        if dataplane.inbound is not None:
             scopes = self.messaging.scopes
             dataplane.routes.may_publish = None if scopes.open else scopes.may_publish
         await self.telemetry.reconfigure(new)     # tracing, access log
