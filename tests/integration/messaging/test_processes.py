@@ -129,8 +129,9 @@ def test_ten_thousand_messages_survive_kill_9_of_subscriber_and_publisher(start_
 def test_dead_letters_sse_resume_competing_consumers_errors_and_backpressure(start_sidecar, tmp_path: Path
                                                                              ) -> None:  # type: ignore[no-untyped-def]
     certs = make_certs(tmp_path / "certs", ["publisher", "checkout", "billing", "watcher", "ghost"])
-    # b1 may also host "ghost" (registered later through its API): one certificate per hosted service
-    b1_tls = {**certs["billing"],
+    # the billing node that survives the kill below also hosts "ghost" (registered later through its API): either may
+    # be the one, so both hold its certificate (one certificate per hosted service)
+    billing_tls = {**certs["billing"],
               "identities": [{"service": "ghost", "cert": certs["ghost"]["cert"], "key": certs["ghost"]["key"]}]}
 
     def answer(message: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -147,9 +148,9 @@ def test_dead_letters_sse_resume_competing_consumers_errors_and_backpressure(sta
         seed = [p.listeners["gossip"]]
         sub = [{"topic": "orders", "path": "/events"}]
         sidecars = {
-            "b1": start_sidecar(node("b1", b1_tls, [{"name": "billing", "port": one.port}], seed,
+            "b1": start_sidecar(node("b1", billing_tls, [{"name": "billing", "port": one.port}], seed,
                                      subscriptions=sub), name="b1"),
-            "b2": start_sidecar(node("b2", certs["billing"], [{"name": "billing", "port": two.port}], seed,
+            "b2": start_sidecar(node("b2", billing_tls, [{"name": "billing", "port": two.port}], seed,
                                      subscriptions=sub), name="b2")}
         w = start_sidecar(node("w", certs["watcher"], [], seed), name="w")
         wait_for(lambda: knows_subscription(p, "orders", "b1") and knows_subscription(p, "orders", "b2"), 30,
