@@ -8,7 +8,7 @@ APT_PACKAGES := bind9-dnsutils knot-dnsutils curl openssl iproute2 nftables prom
 # The real peers the benchmarks compare against.
 BENCH_APT_PACKAGES := dnsperf dnsmasq-base wrk haproxy nginx-light
 
-.PHONY: all venv native test unit lint demo bench tools bench-tools apt chart-test chaos clean
+.PHONY: all venv native test install-test unit lint demo bench tools bench-tools apt chart-test chaos clean
 
 all: test
 
@@ -58,7 +58,12 @@ apt:
 	fi
 
 test: venv tools
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/install
+
+# The product installed as a user installs it (pip install ., pip wheel ., python -m build) in fresh venvs from a
+# clean copy of the tree: three builds, about five minutes of CPU, so apart from `make test`; .ci/run runs both.
+install-test: venv
+	$(BIN)/python -m pytest -q tests/install
 
 unit: venv
 	$(BIN)/python -m pytest -q tests/unit tests/sim

@@ -1,4 +1,4 @@
-"""The command line: ``sidecar run|validate|certs|keys|members|catalog|clusters|explain|reload|demo``.
+"""The command line: ``sidecar run|validate|certs|keys|members|catalog|clusters|explain|reload|inject|demo``.
 
 Exit codes: 0 success, 2 bad usage or bad config, 1 failure at run time. Errors are one line each on
 stderr, never a traceback.
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sidecar.ops import commands as ops_commands
     ops_commands.add_parsers(commands)
+    from sidecar import inject_cli
+    inject_cli.add_parser(commands)
 
     demo = commands.add_parser("demo", help="a complete local mesh with live traffic; Ctrl-C stops it")
     demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
@@ -117,6 +119,9 @@ def dispatch(args: argparse.Namespace) -> int:
     from sidecar.ops import commands as ops_commands
     if args.command in ops_commands.COMMANDS:   # explain, reload
         return ops_commands.run(args)
+    if args.command == "inject":
+        from sidecar import inject_cli
+        return inject_cli.run(args)
     if args.command == "demo":
         from sidecar.demo import run_demo
         return run_demo(args.duration)

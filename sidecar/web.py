@@ -1,8 +1,8 @@
 """What the aiohttp apps (admin port, app API) share: the error middleware, JSON in and out,
 Server-Sent Events, and starting a site on a possibly-zero port with the listener's protocol hygiene.
 
-Protocol hygiene (the data-plane issue's point 6, for the two aiohttp listeners)
-------------------------------------------------------------------------------
+Protocol hygiene of the two aiohttp listeners
+---------------------------------------------
 aiohttp's C parser (llhttp, strict) already refuses the request-smuggling shapes: Content-Length with
 Transfer-Encoding, duplicate or list-valued Content-Length, unknown transfer codings, obs-fold, bare LF,
 invalid bytes in names and values, a missing or duplicate Host. What it does not do is answer in SPEC's

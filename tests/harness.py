@@ -102,7 +102,8 @@ class SidecarProcess:
     """``sidecar run`` in a subprocess, with every listener on a free port unless the config says otherwise."""
 
     def __init__(self, tmp: Path, config: dict[str, Any], name: str = "node-a",
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, command: list[str] | None = None,
+                 cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.name = name
         base: dict[str, Any] = {
@@ -118,16 +119,19 @@ class SidecarProcess:
         self.config_path = tmp / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(merged))
         self.config = merged
-        self.args = [sys.executable, "-m", "sidecar", "run", "-c", str(self.config_path), *(extra_args or [])]
+        # command: how to start the product (an installed console script, in the install tests)
+        self.args = [*(command or [sys.executable, "-m", "sidecar"]), "run", "-c", str(self.config_path),
+                     *(extra_args or [])]
+        self.cwd = cwd
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: list[str] = []
         self.listeners: dict[str, str] = {}
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 20.0) -> SidecarProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.args, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(self.args, cwd=str(self.cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=self.env)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if wait_ready:

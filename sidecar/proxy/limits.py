@@ -32,7 +32,8 @@ class ProxyLimits:
     # 256 KiB keeps a 10 Gbit/s loopback busy while bounding memory per stream
     high_water: int = 256 * 1024
     low_water: int = 64 * 1024
-    # request bodies up to this size are kept so a retry can send them again (issue 6: 64 KiB)
+    # request bodies up to this size are kept so a retry can send them again; a larger one streams without a
+    # copy, so its request cannot be retried once bytes of it were sent
     replay_buffer: int = 64 * 1024
     # pipelined requests read ahead of the one in flight, in bytes, before the client stops being read
     max_pipelined_bytes: int = 64 * 1024

@@ -43,7 +43,7 @@ CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca-key.pem"
 # a CA outlives many leaves; ten years, like `step ca init`'s root
 DEFAULT_CA_TTL = Duration(10 * 365 * 24 * 3600)
-# leaves are short-lived and rotated; a day, like the issue's `--ttl 24h` default
+# leaves are short-lived and rotated; a day (`sidecar certs issue --ttl 24h`), as SPEC's command line says
 DEFAULT_LEAF_TTL = Duration(24 * 3600)
 # not-before is set this far in the past: peers' clocks may lag ours by a few minutes
 CLOCK_SKEW = dt.timedelta(minutes=5)

@@ -65,3 +65,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
+
+{{/* The sidecar's image: the one `make image` builds (sidecar:VERSION), the tag defaulting to the chart's
+appVersion, which is the package's version. */}}
+{{- define "sidecar.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* "true" when the sidecar runs as a native sidecar container (an init container with restartPolicy Always,
+Kubernetes 1.29+): started and ready before the app, stopped after it. sidecar.native: auto picks it when the
+cluster (or --kube-version) is 1.29 or later; true on an older cluster is refused, since the kubelet would run
+the sidecar as a plain init container that never completes. Mode daemonset has no app: never native. */}}
+{{- define "sidecar.native" -}}
+{{- $supported := semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version -}}
+{{- $setting := toString .Values.sidecar.native -}}
+{{- if eq .Values.mode "daemonset" -}}
+false
+{{- else if eq $setting "auto" -}}
+{{- $supported -}}
+{{- else if eq $setting "true" -}}
+{{- if not $supported -}}
+{{- fail (printf "sidecar.native=true needs Kubernetes 1.29 or later (native sidecar containers), not %s: set sidecar.native=false or auto" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+true
+{{- else -}}
+false
+{{- end -}}
+{{- end -}}

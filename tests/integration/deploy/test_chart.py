@@ -1,6 +1,8 @@
 """The Helm chart, rendered by a real helm: lint --strict, every manifest valid for Kubernetes (strict schema),
-the pieces that make the sidecar safe to run (probes, drain, security, disruption budget, autoscaling, network
-policy), the rendered sidecar config accepted by `sidecar validate`, and the values schema refusing wrong types."""
+the pieces that make the sidecar safe to run (a native sidecar started before and stopped after the app, or the
+regular-container fallback with its hooks, probes, drain, security, disruption budget, autoscaling, network
+policy), the default image being the one `make image` builds, the rendered sidecar config accepted by
+`sidecar validate`, and the values schema refusing wrong types."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar import __version__
 from sidecar.tls.certs import init_ca, issue
 from tests.harness import ROOT
 from tests.integration.deploy.tools import (
@@ -25,7 +28,10 @@ from tests.integration.deploy.tools import (
 VALUES = {"default": [], "dev": ["-f", str(CHART / "values-dev.yaml")],
           "prod": ["-f", str(CHART / "values-prod.yaml")]}
 RENDERINGS = {**VALUES, "daemonset": ["--set", "mode=daemonset", "--set", "sidecar.hostPorts=true",
-                                      "--set", "config.node.name=${NODE_NAME}"]}
+                                      "--set", "config.node.name=${NODE_NAME}"],
+              "legacy": ["--set", "sidecar.native=false"]}
+# clusters without native sidecars (1.27 is the chart's kubeVersion floor): sidecar.native=auto falls back
+OLD_KUBERNETES = ("1.27.0", "1.28.0")
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +46,9 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=60)
 
 
-def template(helm: Path, *args: str) -> list[dict[str, Any]]:
+def template(helm: Path, *args: str, kube_version: str = KUBERNETES_VERSION) -> list[dict[str, Any]]:
     done = run_helm(helm, "template", "payments", str(CHART), "--namespace", "shop",
-                    "--kube-version", KUBERNETES_VERSION, *args)
+                    "--kube-version", kube_version, *args)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
@@ -52,7 +58,23 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(c for c in pod["spec"]["containers"] if c["name"] == name)
+    return next(c for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", []) if c["name"] == name)
+
+
+def validate_kubernetes(docs: list[dict[str, Any]], version: str, tmp_path: Path) -> str:
+    """kubernetes-validate --strict for ``version``; every built-in kind must pass. Returns its output."""
+    try:
+        validator = kubernetes_validate_binary()
+    except ToolUnavailable as e:
+        pytest.skip(str(e))
+    manifests = tmp_path / f"manifests-{version}.yaml"
+    manifests.write_text(yaml.safe_dump_all(docs))
+    done = subprocess.run([str(validator), "--strict", "-k", version, str(manifests)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    builtin = [d for d in docs if d["kind"] not in ("Certificate", "ServiceMonitor")]
+    assert done.stdout.count(" passed for resource ") == len(builtin), done.stdout
+    return done.stdout
 
 
 @pytest.mark.parametrize("values", sorted(VALUES))
@@ -64,18 +86,8 @@ def test_lint_strict(helm: Path, values: str) -> None:
 
 @pytest.mark.parametrize("values", sorted(RENDERINGS))
 def test_every_manifest_is_valid_kubernetes(helm: Path, values: str, tmp_path: Path) -> None:
-    try:
-        validator = kubernetes_validate_binary()
-    except ToolUnavailable as e:
-        pytest.skip(str(e))
     docs = template(helm, *RENDERINGS[values])
-    manifests = tmp_path / "manifests.yaml"
-    manifests.write_text(yaml.safe_dump_all(docs))
-    done = subprocess.run([str(validator), "--strict", "-k", KUBERNETES_VERSION, str(manifests)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    builtin = [d for d in docs if d["kind"] not in ("Certificate", "ServiceMonitor")]
-    assert done.stdout.count(" passed for resource ") == len(builtin), done.stdout
+    validate_kubernetes(docs, KUBERNETES_VERSION, tmp_path)
     # custom resources have no schema in kubernetes-validate: it warns and we check their shape here
     for doc in by_kind(docs, "Certificate"):
         assert doc["apiVersion"] == "cert-manager.io/v1"
@@ -85,19 +97,84 @@ def test_every_manifest_is_valid_kubernetes(helm: Path, values: str, tmp_path: P
         assert doc["spec"]["endpoints"][0]["port"] == "admin"
 
 
+def test_default_image_is_the_one_make_image_builds(helm: Path) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__   # a version bump cannot leave the chart behind
+    assert "tag" not in yaml.safe_load((CHART / "values-prod.yaml").read_text()).get("image", {})
+    for values in sorted(RENDERINGS):
+        docs = template(helm, *RENDERINGS[values])
+        (workload,) = by_kind(docs, "Deployment") + by_kind(docs, "DaemonSet")
+        assert container(workload["spec"]["template"], "sidecar")["image"] == f"sidecar:{__version__}"
+    docs = template(helm, "--set", "image.repository=registry.example/mesh/sidecar", "--set", "image.tag=9.9.9")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert container(deployment["spec"]["template"], "sidecar")["image"] == "registry.example/mesh/sidecar:9.9.9"
+
+
+@pytest.mark.parametrize("version", ["1.29.0", KUBERNETES_VERSION, "1.37.0"])
+def test_native_sidecar_starts_before_the_app_and_stops_after_it(helm: Path, version: str, tmp_path: Path) -> None:
+    extra_init = '{"name": "migrate", "image": "busybox:1.36", "command": ["true"]}'
+    docs = template(helm, "--set-json", f"app.initContainers=[{extra_init}]", kube_version=version)
+    validate_kubernetes(docs, version, tmp_path)
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    # the kubelet starts init containers in order and each waits for the one before: the sidecar is first, so
+    # every later init container and the app start with the mesh up; regular containers hold no sidecar
+    assert [c["name"] for c in pod["initContainers"]] == ["sidecar", "migrate"]
+    assert [c["name"] for c in pod["containers"]] == ["app"]
+    sidecar_container = pod["initContainers"][0]
+    assert sidecar_container["restartPolicy"] == "Always"
+    assert "restartPolicy" not in pod["initContainers"][1]
+    # "started" (what the next container waits for) is the startup probe passing on /ready: listeners up, joined
+    assert sidecar_container["startupProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
+    assert sidecar_container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
+    assert sidecar_container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    # stopped after the app by the kubelet: no preStop sleep orders it, and SIGTERM then drains and leaves within
+    # the sidecar's 20 s deadline, which the pod's grace period leaves room for after the app's own shutdown
+    assert "lifecycle" not in sidecar_container
+    assert "lifecycle" not in pod["containers"][0]
+    assert pod["terminationGracePeriodSeconds"] >= 20 + 20
+
+
+def test_legacy_sidecar_holds_the_app_until_ready_and_outlives_it(helm: Path, tmp_path: Path) -> None:
+    renderings = [(template(helm, kube_version=old), old) for old in OLD_KUBERNETES]     # auto, too old
+    renderings.append((template(helm, *RENDERINGS["legacy"]), KUBERNETES_VERSION))      # forced
+    for docs, version in renderings:
+        validate_kubernetes(docs, version, tmp_path)
+        (deployment,) = by_kind(docs, "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        assert "initContainers" not in pod
+        # the kubelet starts regular containers in order, each after the previous one's postStart returned
+        assert [c["name"] for c in pod["containers"]] == ["sidecar", "app"]
+        sidecar_container, app = pod["containers"]
+        assert "restartPolicy" not in sidecar_container
+        assert sidecar_container["lifecycle"]["postStart"]["exec"]["command"] == [
+            "sidecar", "wait-ready", "--admin", "http://127.0.0.1:9901", "--timeout", "120"]
+        drain = sidecar_container["lifecycle"]["preStop"]["exec"]["command"]
+        assert "http://127.0.0.1:9901/drain" in drain[-1] and "time.sleep(20)" in drain[-1]
+        # the app stops after the sidecar drained, and before the sidecar's own SIGTERM (20 s)
+        sleep = app["lifecycle"]["preStop"]
+        assert sleep == ({"exec": {"command": ["sleep", "10"]}} if version in OLD_KUBERNETES
+                         else {"sleep": {"seconds": 10}})   # the sleep action exists from Kubernetes 1.30
+    # the sidecar's postStart really waits: the command it names exists and fails when nothing is ready
+    done = subprocess.run([sys.executable, "-m", "sidecar", "wait-ready", "--admin", "http://127.0.0.1:9",
+                           "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "not ready after 0.5s" in done.stderr
+
+
+def test_native_sidecar_forced_on_an_old_cluster_is_refused(helm: Path) -> None:
+    done = run_helm(helm, "template", "payments", str(CHART), "--kube-version", OLD_KUBERNETES[-1],
+                    "--set", "sidecar.native=true")
+    assert done.returncode != 0
+    assert "sidecar.native=true needs Kubernetes 1.29 or later" in done.stderr, done.stderr
+
+
 def test_sidecar_mode_runs_next_to_the_app_safely(helm: Path) -> None:
     docs = template(helm)
     (deployment,) = by_kind(docs, "Deployment")
     pod = deployment["spec"]["template"]
-    assert [c["name"] for c in pod["spec"]["containers"]] == ["app", "sidecar"]
     sidecar = container(pod, "sidecar")
     assert sidecar["args"] == ["run", "-c", "/etc/sidecar/sidecar.yaml"]
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
-    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
-    drain = sidecar["lifecycle"]["preStop"]["exec"]["command"]
-    assert "http://127.0.0.1:9901/drain" in drain[-1] and "time.sleep(20)" in drain[-1]
     app = container(pod, "app")
-    assert app["lifecycle"]["preStop"] == {"sleep": {"seconds": 10}}   # the app stops after the sidecar drained
     assert pod["spec"]["terminationGracePeriodSeconds"] == 45
     for c in (app, sidecar):
         security = c["securityContext"]
@@ -188,6 +265,7 @@ def test_rendered_config_passes_sidecar_validate(helm: Path, values: str, tmp_pa
     ("config.node.colour=red", "Additional property colour is not allowed"),
     ("config.overload.enabled=maybe", "config.overload.enabled: Invalid type. Expected: boolean, given: string"),
     ("config.reload.history=0", "config.reload.history: Must be greater than or equal to 1"),
+    ("sidecar.native=yes", "sidecar.native: sidecar.native must be one of the following"),
 ])
 def test_schema_refuses_wrong_values(helm: Path, setting: str, message: str) -> None:
     done = run_helm(helm, "template", "payments", str(CHART), "--set", setting)

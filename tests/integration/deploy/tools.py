@@ -83,6 +83,18 @@ def kubernetes_validate_binary() -> Path:
     return path
 
 
+def kubernetes_versions(since: str) -> list[str]:
+    """The Kubernetes versions kubernetes-validate has schemas for, from ``since`` on, oldest first."""
+    try:
+        from kubernetes_validate.utils import all_versions
+    except ImportError:
+        raise ToolUnavailable("kubernetes-validate is not installed (pip install kubernetes-validate)") from None
+
+    def key(version: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in version.split("."))
+    return [v for v in dict.fromkeys(all_versions()) if key(v) >= key(since)]
+
+
 def hadolint_binary() -> Path | None:
     path = Path(sys.executable).parent / "hadolint"
     if path.exists():
