@@ -76,23 +76,28 @@ BASE_IMAGE  ?= docker.io/library/python:3.11-slim
 BUILD_IMAGE ?= docker.io/library/python:3.11
 PODMAN      := deploy/podman/podman.sh
 HOST_CA     := /etc/ssl/certs/ca-certificates.crt
-# docker format: OCI images have no HEALTHCHECK. The build stage's pip trusts what the host trusts (a proxy's CA).
-IMAGE_BUILD_FLAGS := --format docker --network host \
+# docker format: OCI images have no HEALTHCHECK. No intermediate images: with vfs each is a full copy, and a changed
+# source tree rebuilds from the COPY on anyway. The build stage's pip trusts what the host trusts (a proxy's CA).
+IMAGE_BUILD_FLAGS := --format docker --layers=false --network host \
 	$(if $(wildcard $(HOST_CA)),--volume $(HOST_CA):/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt)
 
 image-tools:
 	@$(MAKE) --no-print-directory apt PACKAGES="$(IMAGE_APT_PACKAGES)"
 
+# the image the tag named before is removed once replaced (unless a container or another tag holds it)
 image: image-tools
+	@before=$$($(PODMAN) image inspect --format '{{.Id}}' $(IMAGE) 2>/dev/null || true); \
 	$(PODMAN) build $(IMAGE_BUILD_FLAGS) --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg BUILD_IMAGE=$(BUILD_IMAGE) \
-	  --tag $(IMAGE) .
+	  --tag $(IMAGE) . || exit 1; \
+	if [ -n "$$before" ] && [ "$$before" != "$$($(PODMAN) image inspect --format '{{.Id}}' $(IMAGE))" ]; then \
+	  $(PODMAN) rmi "$$before" >/dev/null 2>&1 || true; fi
 
 image-base: image-tools
 	@deploy/podman/base.sh
 
 # The image built on the local bases and run: uid, read-only root, /ready, HEALTHCHECK, SIGTERM, a two-container
 # mesh. The first build on a machine takes minutes (debootstrap, the compiled request path), so apart from
-# `make test`; .ci/run runs it. The bases stay in podman's storage, so later runs rebuild only what changed.
+# `make test`; .ci/run runs it. The bases stay in podman's storage: later runs skip debootstrap.
 image-test: venv image-tools
 	$(BIN)/python -m pytest -q tests/integration/image
 

@@ -52,5 +52,12 @@ if ! exists "$build"; then
     echo "built $build in $(($(seconds) - started))s" >&2
 fi
 
+# bases of an older recipe are not used again (the build base first: it is a child of the other)
+for repo in localhost/sidecar-base-build localhost/sidecar-base; do
+    "$podman" images --format '{{.Repository}}:{{.Tag}}' "$repo" | grep -v ":$key\$" | while read -r old; do
+        "$podman" rmi "$old" >/dev/null 2>&1 || true
+    done
+done
+
 echo "BUILD_IMAGE=$build"
 echo "BASE_IMAGE=$base"
