@@ -29,6 +29,7 @@ NATIVE = [
     "sidecar/proxy/failures.py",
     "sidecar/proxy/http1.py",
     "sidecar/proxy/limits.py",
+    "sidecar/proxy/paths.py",
     "sidecar/proxy/pool.py",
     "sidecar/proxy/relay.py",
     "sidecar/proxy/target.py",

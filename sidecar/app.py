@@ -22,11 +22,13 @@ from sidecar.api.server import build_api
 from sidecar.catalog.checks import CheckRunner
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import NodeInfo, group_json
+from sidecar.catalog.own import OwnListeners
 from sidecar.catalog.registry import LocalRegistry, default_id
 from sidecar.catalog.replication import CatalogReplication, encode_meta
+from sidecar.catalog.signing import ClaimVerifier
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.diff import Plan
-from sidecar.config.load import load, load_text
+from sidecar.config.load import load, load_sent
 from sidecar.config.model import Config
 from sidecar.config.values import HostPort
 from sidecar.dns.server import DnsListenFailed, DnsServer
@@ -49,6 +51,7 @@ from sidecar.ops.reload import Reloader
 from sidecar.ops.reload_canary import Counts
 from sidecar.overload import OverloadGuard, OverloadMonitor, raise_open_files_limit
 from sidecar.overload.metrics import OverloadCollector, overload_routes
+from sidecar.overload.monitor import malloc_trimmer, shrink_heap
 from sidecar.proxy import HttpProxy, TcpRelay
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
@@ -99,6 +102,10 @@ class Sidecar:
         self.clock = clock
         self.bus = EventBus()
         self.bound: dict[str, HostPort] = {}
+        # where no service may be registered: the configured listeners until they are bound, then the bound ones
+        configured = {"admin": config.admin.listen, "api": config.api.listen, "outbound": config.outbound.listen,
+                      "inbound": config.inbound.listen, "dns": config.dns.listen, "gossip": config.gossip.listen}
+        self.own = OwnListeners(lambda: {**configured, **self.bound})
         self.registry = LocalRegistry(config.node.name, self.bus)
         local = NodeInfo(config.node.name, advertise_host(config), config.inbound.listen.port, config.node.cluster)
         self.catalog = MeshCatalog(self.registry, local)
@@ -151,10 +158,13 @@ class Sidecar:
         for spec in self.config.services:
             self.registry.register(spec, "config", now, now_ms)
         await self.checks.start()
-        try:
-            token = read_token(self.config.admin.token_file)
-        except (OSError, ValueError) as e:
-            raise StartupError(f"admin.token_file: {e}", exit_code=2) from None
+        tokens: dict[str, str | None] = {}
+        for key, path in (("admin", self.config.admin.token_file), ("api", self.config.api.token_file)):
+            try:
+                tokens[key] = read_token(path)
+            except (OSError, ValueError) as e:
+                raise StartupError(f"{key}.token_file: {e}", exit_code=2) from None
+        token = tokens["admin"]
         if (warning := exposure_warning(self.config.admin.listen.host, token)) is not None:
             log.warning(warning)
         self.telemetry.start()
@@ -166,7 +176,7 @@ class Sidecar:
         await self._start_site(Site("admin", build_admin(self, token, extra, admin_post_handlers(self.messaging)),
                                     self.config.admin.listen))
         await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock,
-                                              [api_routes(self.messaging)]),
+                                              [api_routes(self.messaging)], tokens["api"], self.own),
                                     self.config.api.listen, overload=self._shedding()))
         await self._start_dataplane()
         await self._start_messaging()
@@ -176,7 +186,15 @@ class Sidecar:
             raise StartupError(f"dns.listen: {e}") from None
         self._bound("dns", HostPort(host, port))
         await self._start_gossip()
+        for i, spec in enumerate(self.config.services):   # a listener bound on port 0 may have taken its port
+            try:
+                await self.own.check(spec, f"services[{i}].")
+            except InvalidArgument as e:
+                raise StartupError(e.message, exit_code=2) from None
         self.state = "ready"
+        # start-up garbage (the config's YAML tree, import-time temporaries, TLS loading) goes back to the kernel
+        # now rather than staying resident for the process's life
+        shrink_heap(malloc_trimmer())
         log.info("sidecar ready", extra=fields(node=self.config.node.name, cluster=self.config.node.cluster,
                                                request_path="compiled" if native.compiled() else "python",
                                                **{k: str(v) for k, v in self.bound.items()}))
@@ -212,15 +230,31 @@ class Sidecar:
         for name, address in bound.items():
             self._bound(name, address)
         if self.store is not None:
+            self._sign_claims(self.store)
             self._tls_watch = asyncio.create_task(self.store.watch(), name="tls-watch")
         if self.renewer is not None:
             self._renewal = asyncio.create_task(self.renewer.run(), name="tls-renewal")
+
+    def _sign_claims(self, store: IdentityStore) -> None:
+        """The catalog is stated as claims signed by each of our identities, and peers' claims are verified
+        against tls.ca (sidecar.catalog.signing); a new certificate restates our claims."""
+        self.replication.identities = store.signing_identities
+        self.replication.verifier = ClaimVerifier(store.trust_domain, self.config.node.cluster,
+                                                  lambda: store.material.cas, self.clock.wall)
+        store.on_any_rotation(self._restate_claims)
+
+    def _restate_claims(self) -> None:
+        # before gossip starts there is no one to tell; starting it states our claims with the current certificates
+        if self.gossip.bound is not None:
+            self.replication.local_changed()
 
     async def _start_messaging(self) -> None:
         assert self.dataplane is not None
         self.messaging.identity = self.store
         if self.dataplane.inbound is not None:
             self.dataplane.routes.internal = self.messaging.internal_route
+            if not self.messaging.scopes.open:
+                self.dataplane.routes.may_publish = self.messaging.scopes.may_publish
         try:
             await self.messaging.start(self.bound["outbound"])
         except (OSError, sqlite3.Error) as e:
@@ -299,6 +333,8 @@ class Sidecar:
         if stop.done():
             return
         app.extra_env.update({f"SIDECAR_{name.upper()}": str(address) for name, address in self.bound.items()})
+        if self.config.api.token_file is not None:   # the client reads it (sidecar.client.token_from_environment)
+            app.extra_env["SIDECAR_API_TOKEN_FILE"] = self.config.api.token_file
         try:
             await app.start()
         except OSError as e:
@@ -356,7 +392,9 @@ class Sidecar:
             self._rotation_task.cancel()
         if self.gossip.bound is not None:
             # the drain's health changes were broadcast; leaving tells peers at once rather than by suspicion
-            await self.gossip.leave(LEAVE_TIMEOUT)
+            if not await self.gossip.leave(LEAVE_TIMEOUT):
+                log.warning("the leave was not sent its full number of times; peers may declare this member "
+                            "failed rather than left", extra=fields(timeout=f"{LEAVE_TIMEOUT}s"))
             await self.gossip.stop()
         await self.dns.stop()
         for site in reversed(self.sites):
@@ -370,7 +408,7 @@ class Sidecar:
     def _metric_sources(self) -> Sources:
         return Sources(dataplane=self.dataplane, gossip=self.gossip, dns=self.dns, identity=self.store,
                        messaging=getattr(self, "messaging", None), catalog=self.catalog,
-                       renewal=self.renewer)
+                       renewal=self.renewer, replication=getattr(self, "replication", None))
 
     def _now(self) -> tuple[float, int]:
         return self.clock.monotonic(), int(self.clock.wall() * 1000)
@@ -382,7 +420,14 @@ class Sidecar:
             return False, self.state
         if not self.in_mesh:
             return False, "joining the mesh"
+        problem = self.gossip.problem
+        if problem is not None:
+            return False, f"gossip: {problem}"
         return True, "listening"
+
+    def warnings(self) -> list[str]:
+        gossip = self.gossip.exposure_warning()
+        return [gossip] if gossip is not None else []
 
     def listener_addresses(self) -> dict[str, str]:
         return {name: str(address) for name, address in self.bound.items()}
@@ -407,7 +452,8 @@ class Sidecar:
                 "encrypted": bool(self.config.gossip.encrypt_keys), "counters": self.gossip.counters(),
                 "refused": {k.removeprefix("refused_"): v for k, v in self.gossip.counters().items()
                             if k.startswith("refused_")},
-                "catalogDecodeErrors": self.replication.decode_errors, "selfDemotion": self.demotion.status()}
+                "catalogDecodeErrors": self.replication.decode_errors,
+                "catalogClaimsRefused": dict(self.replication.refused), "selfDemotion": self.demotion.status()}
 
     def keys_json(self) -> dict[str, Any]:
         try:
@@ -464,7 +510,7 @@ class Sidecar:
         return self.reloader.history_json()
 
     def read_config(self, text: str | None = None) -> Config:
-        return load(self.config_paths) if text is None else load_text(text, "the request body")
+        return load(self.config_paths) if text is None else load_sent(text, "the request body")
 
     def request_counts(self) -> Counts:
         return Counts(*self.telemetry.request_counts())
@@ -476,6 +522,9 @@ class Sidecar:
         """Apply the plan's live parts, each through the part that owns it. Upstream listeners come first: the
         one step that can fail (a port in use) fails before anything changed. The rest swap references."""
         parts = plan.parts
+        if "services" in parts:
+            for i, spec in enumerate(new.services):
+                await self.own.check(spec, f"services[{i}].")
         dataplane = self.dataplane
         if "upstreams" in parts and dataplane is not None:
             try:
@@ -492,9 +541,12 @@ class Sidecar:
         if "services" in parts:
             self._reload_services(new)
         try:
-            await self.messaging.reconfigure(new)   # subscriptions (their default owner is the first service)
+            await self.messaging.reconfigure(new)   # topic scopes; subscriptions (by default the first service's)
         except Exception:   # the store could not be read: the rest of the reload stands, this part is logged
             log.exception("subscriptions not reloaded")
+        if dataplane is not None and dataplane.inbound is not None:
+            scopes = self.messaging.scopes
+            dataplane.routes.may_publish = None if scopes.open else scopes.may_publish
         await self.telemetry.reconfigure(new)     # tracing, access log
         if "logging" in parts:
             logs.configure(new.logging.level, new.logging.format)

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     init = certs_commands.add_parser("init", help="create a CA")
     init.add_argument("--dir", required=True)
     init.add_argument("--trust-domain", required=True)
-    issue = certs_commands.add_parser("issue", help="issue a certificate for a service")
-    issue.add_argument("service")
+    issue = certs_commands.add_parser("issue", help="issue a certificate per service (one SVID each; a node hosting"
+                                                    " several lists them in tls.identities)")
+    issue.add_argument("service", nargs="+")
     issue.add_argument("--dir", required=True)
     issue.add_argument("--ttl", default="24h")
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         view.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN),
                           help=f"admin URL (default {DEFAULT_ADMIN}, or $SIDECAR_ADMIN)")
         view.add_argument("--json", action="store_true", help="print the JSON instead of a table")
+        add_token_argument(view)
 
     from sidecar.ops import commands as ops_commands
     ops_commands.add_parsers(commands)
@@ -115,7 +117,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "certs":
         return certs(args)
     if args.command in ("members", "catalog", "clusters"):
-        return show_view(args.command, args.admin, args.json)
+        return show_view(args.command, args.admin, args.json, read_token_file(args.token_file))
     from sidecar.ops import commands as ops_commands
     if args.command in ops_commands.COMMANDS:   # explain, reload
         return ops_commands.run(args)
@@ -167,23 +169,42 @@ def certs(args: argparse.Namespace) -> int:
     return tls_certs.cmd_certs_issue(args.service, args.dir, args.ttl)
 
 
-def fetch_json(url: str) -> Any:
+def add_token_argument(parser: argparse.ArgumentParser) -> None:
+    """``--token-file``: the admin token, for a sidecar with admin.token_file set."""
+    parser.add_argument("--token-file", default=os.environ.get("SIDECAR_ADMIN_TOKEN_FILE"), metavar="FILE",
+                        help="the admin token (admin.token_file), or $SIDECAR_ADMIN_TOKEN_FILE")
+
+
+def read_token_file(path: str | None) -> str | None:
+    """The token in ``path`` (``--token-file``) without surrounding whitespace; None without a path."""
+    if path is None:
+        return None
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as e:
+        raise UsageError(f"--token-file {path}: {e.strerror}") from None
+
+
+def fetch_json(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
         try:
             message = json.loads(e.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = e.reason
-        raise CommandFailed(f"{url} answered {e.code}: {message}") from None
+        hint = "; pass the admin token with --token-file or $SIDECAR_ADMIN_TOKEN_FILE" if e.code == 401 else ""
+        raise CommandFailed(f"{url} answered {e.code}: {message}{hint}") from None
     except urllib.error.URLError as e:
         raise CommandFailed(f"cannot reach the admin port at {url}: {e.reason}") from None
 
 
-def show_view(view: str, admin: str, as_json: bool) -> int:
+def show_view(view: str, admin: str, as_json: bool, token: str | None = None) -> int:
     from sidecar.views import render_view
-    data = fetch_json(admin.rstrip("/") + "/" + view)
+    data = fetch_json(admin.rstrip("/") + "/" + view, token)
     if as_json:
         print(json.dumps(data, indent=2))
     else:

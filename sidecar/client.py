@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -170,9 +171,30 @@ class ServiceHandle:
 # ------------------------------------------------------------------------------------------------ the client
 
 
+def token_from_environment() -> str | None:
+    """The app API token (``api.token_file`` on the sidecar) as the environment gives it: ``SIDECAR_API_TOKEN``,
+    else the content of the file ``SIDECAR_API_TOKEN_FILE`` names (Dapr's ``DAPR_API_TOKEN``)."""
+    token = os.environ.get("SIDECAR_API_TOKEN")
+    if token:
+        return token.strip()
+    path = os.environ.get("SIDECAR_API_TOKEN_FILE")
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    return None
+
+
 class SidecarClient:
+    """``token``: the app API token, sent as ``Authorization: Bearer`` on every API call; by default
+    :func:`token_from_environment`'s. ``admin_token``: the admin token, for ``metrics()`` on a sidecar with
+    ``admin.token_file`` set."""
+
     def __init__(self, api_url: str = "http://127.0.0.1:3500", *, admin_url: str | None = None,
-                 timeout: float = 30.0, session: aiohttp.ClientSession | None = None) -> None:
+                 timeout: float = 30.0, session: aiohttp.ClientSession | None = None,
+                 token: str | None = None, admin_token: str | None = None) -> None:
+        token = token if token is not None else token_from_environment()
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._admin_auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self.api_url = api_url.rstrip("/")
         self.admin_url = admin_url.rstrip("/") if admin_url else None
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -198,6 +220,7 @@ class SidecarClient:
 
     async def _call(self, method: str, path: str, body: Any = None, *, base: str | None = None,
                     headers: Mapping[str, str] | None = None) -> Any:
+        headers = {**(self._auth if base is None else self._admin_auth), **(headers or {})}
         async with self.session.request(method, (base or self.api_url) + path, json=body, headers=headers,
                                         timeout=self.timeout) as response:
             raw = await response.read()
@@ -244,7 +267,7 @@ class SidecarClient:
         body: dict[str, Any] = {"type": type, "payload": payload}
         if metadata is not None:
             body["metadata"] = dict(metadata)
-        headers = {"x-sidecar-service": sender} if sender else {}
+        headers = {**self._auth, **({"x-sidecar-service": sender} if sender else {})}
         async with self.session.post(f"{self.api_url}/v1/messages/{target}", json=body, headers=headers,
                                      timeout=self.timeout) as response:
             raw = await response.read()
@@ -271,7 +294,7 @@ class SidecarClient:
         ``Last-Event-ID``, so nothing kept within the sidecar's retention is missed."""
         reconnects = 0
         while True:
-            headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+            headers = {**self._auth, **({"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {})}
             try:
                 async with self.session.get(f"{self.api_url}/v1/subscribe/{topic}", headers=headers,
                                             timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as response:

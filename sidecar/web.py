@@ -113,24 +113,33 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 
 async def sse_stream(request: web.Request, events: AsyncIterator[tuple[int, str, Any]],
-                     heartbeat: float = 15.0) -> web.StreamResponse:
+                     heartbeat: float = 15.0, watch: float = 1.0) -> web.StreamResponse:
     """Send ``(id, event type, data)`` items as Server-Sent Events until the client goes or the source ends.
 
-    A comment line every ``heartbeat`` seconds keeps proxies from closing an idle stream.
+    A comment line every ``heartbeat`` seconds keeps proxies from closing an idle stream. The connection is looked
+    at every ``watch`` seconds, so that a client that left ends the stream (and what it holds) within that time,
+    not at the next write.
     """
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     await response.write(b": stream open\n\n")
+    loop = asyncio.get_running_loop()
     iterator = events.__aiter__()
     next_item: asyncio.Task[tuple[int, str, Any]] | None = None
+    written = loop.time()
     try:
         while True:
             if next_item is None:
                 next_item = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({next_item}, timeout=heartbeat)
+            done, _ = await asyncio.wait({next_item}, timeout=min(heartbeat, watch))
             if not done:
-                await response.write(b": keep-alive\n\n")
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break  # the client left
+                if loop.time() - written >= heartbeat:
+                    await response.write(b": keep-alive\n\n")
+                    written = loop.time()
                 continue
             try:
                 event_id, event_type, data = next_item.result()
@@ -139,6 +148,7 @@ async def sse_stream(request: web.Request, events: AsyncIterator[tuple[int, str,
             next_item = None
             payload = json.dumps(data, separators=(",", ":"))
             await response.write(f"id: {event_id}\nevent: {event_type}\ndata: {payload}\n\n".encode())
+            written = loop.time()
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

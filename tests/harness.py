@@ -3,7 +3,9 @@ and waiting for conditions with deadlines (never bare sleeps)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server as http_server
+import inspect
 import json
 import os
 import re
@@ -28,19 +30,47 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
-    """Poll until ``predicate()`` is truthy and return its value; fail the test at the deadline."""
+    """Poll until ``predicate()`` is truthy and return its value; fail the test at the deadline.
+
+    A predicate that raises has not been met yet (a port not open, a key not there): its exception is kept
+    as the last value and shown if the deadline passes."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = predicate()
-        except Exception as e:  # a condition that cannot be evaluated yet is not met yet
+        except Exception as e:
             last = e
         else:
             if last:
                 return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
+    raise AssertionError(_timed_out(timeout, what or predicate, last))
+
+
+async def wait_for_async(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+                         what: str = "") -> Any:
+    """:func:`wait_for` inside a running event loop: polls without blocking the loop, and ``predicate`` may
+    return an awaitable (it is awaited). The deadline is in loop time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while loop.time() < deadline:
+        try:
+            last = predicate()
+            if inspect.isawaitable(last):
+                last = await last
+        except Exception as e:
+            last = e
+        else:
+            if last:
+                return last
+        await asyncio.sleep(interval)
+    raise AssertionError(_timed_out(timeout, what or predicate, last))
+
+
+def _timed_out(timeout: float, what: object, last: object) -> str:
+    return f"timed out after {timeout}s waiting for {what}; last value: {last!r}"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -126,23 +156,29 @@ class SidecarProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: list[str] = []
         self.listeners: dict[str, str] = {}
+        self.ready_logged = False
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 20.0) -> SidecarProcess:
+        self.ready_logged = False
         self.proc = subprocess.Popen(self.args, cwd=str(self.cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=self.env)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if wait_ready:
-            wait_for(lambda: "admin" in self.listeners and "api" in self.listeners and self.ready(),
-                     timeout, what=f"{self.name} ready; log: {self.lines[-5:]}")
+            # the "sidecar ready" line follows every "listening" line: once the reader thread has seen it,
+            # ``listeners`` is complete (/ready can answer 200 before the thread has read that far)
+            wait_for(lambda: self.ready_logged and self.ready(), timeout,
+                     what=f"{self.name} ready; log: {self.lines[-5:]}")
         return self
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
+            if "sidecar ready" in line:
+                self.ready_logged = True
             match = _LISTENING.search(line)
             if match:
                 self.listeners[match.group(1)] = match.group(2)
@@ -297,8 +333,9 @@ def make_certs(directory: Path, identities: list[str], trust_domain: str = "mesh
     return out
 
 
-def members_by_state(process: SidecarProcess) -> dict[str, str]:
-    return {m["name"]: m["state"] for m in http("GET", process.admin + "/members").json()}
+def members_by_state(process: SidecarProcess, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """``headers``: the admin token's, when admin.token_file is set."""
+    return {m["name"]: m["state"] for m in http("GET", process.admin + "/members", headers=headers).json()}
 
 
 def raise_fd_limit(wanted: int) -> int:

@@ -1,67 +1,74 @@
-"""Who may change the sidecar through the admin port: a pure rule, request facts in, a refusal or None out.
+"""Who may use the admin port: a pure rule, request facts in, a refusal or None out.
 
 Theory of operation
 -------------------
-*Reads are open.* GET, HEAD and OPTIONS change nothing and show no secret (``/config`` redacts), and the
-kubelet's probes and Prometheus must reach them without credentials.
+*Probes are open.* ``/ready``, ``/healthz`` and ``/metrics`` answer any read without credentials, token or not:
+the kubelet's probes and Prometheus reach them as they reach Envoy's ``/ready`` and ``/stats/prometheus`` or
+Consul's ``/v1/agent/metrics``. They show whether the process serves and counters, never a message, an address
+of a request or a credential.
 
-*Every other method is a mutation*, whatever its path: the rule runs before routing, so a POST route that any
-part adds later (``/deadletters/replay``, ``/config/rollback``) is guarded without having to opt in, and a
-caller without the right to mutate learns nothing about which routes exist.
+*With ``admin.token_file``* every other request needs ``Authorization: Bearer TOKEN`` with the file's content,
+compared in constant time; anything else is 401 UNAUTHENTICATED, from any address. That covers the mutations
+and every read that shows traffic or messages (``/deadletters`` holds message bodies and the URLs of failed
+requests, ``/debug/failures`` and ``/debug/explain`` the requests themselves, ``/v1/metrics*``, ``/clusters``,
+``/tls``, ``/dashboard/*``) and the views of the mesh and of this process (``/config``, ``/members``,
+``/catalog``, ``/keys``...): the list is what is *not* guarded, so a route a part adds later is guarded without
+having to opt in, and a caller without the token learns nothing about which routes exist.
 
-*With ``admin.token_file``* a mutation needs ``Authorization: Bearer TOKEN`` with the file's content, compared
-in constant time; anything else is 401 UNAUTHENTICATED, from any address.
+*Without it* reads are open (the port listens on loopback by default, as Envoy's admin port and Consul without
+ACLs do), and a mutation (any method but GET, HEAD, OPTIONS) is accepted only from this host: from a loopback
+peer (the chart's preStop hook, ``sidecar`` commands, an operator's curl on the node), and refused with 403
+PERMISSION_DENIED naming the fix otherwise. Two kinds of loopback connection are not the operator:
 
-*Without it* the port trusts whoever can reach it, as Envoy's admin port and Consul without ACLs do, but only
-on this host: mutations are accepted from loopback peers (the chart's preStop hook, ``sidecar`` commands, an
-operator's curl on the node) and refused from anywhere else with 403 PERMISSION_DENIED naming the fix. A
-loopback admin port is still reachable from a web page in the operator's browser (a cross-site form POST, or a
-DNS-rebinding page): browsers mark those requests with an ``Origin`` header, which curl, the CLI and probes
-never send, so without a token a mutation carrying ``Origin`` is refused too. A token is not replayable by a
-page (it cannot set ``Authorization`` on a cross-site request without a CORS preflight we never answer).
+* a web page in the operator's browser (a cross-site form POST, a DNS-rebinding page): browsers mark those
+  requests with an ``Origin`` header, which curl, the CLI and probes never send, so a mutation carrying one is
+  refused;
+* a peer's request relayed by this sidecar's own inbound listener, which reaches its local apps from loopback:
+  the inbound always sets ``x-sidecar-caller`` on what it relays (and drops any the caller sent), so a mutation
+  carrying it is refused. (A service may not be registered at one of the sidecar's own listeners either:
+  ``sidecar.catalog.own``.)
 
-The given token and the expected one are never logged or echoed; refusals say only what was missing.
+*Whatever the token*, a request that came in over loopback must name the host as ``localhost`` or an IP
+address: a DNS-rebinding page in a browser on this host would otherwise read every open route as its own
+origin (``sidecar.access.rebinding_refusal``).
+
+A token is not replayable by a page (it cannot set ``Authorization`` on a cross-site request without a CORS
+preflight we never answer). The given token and the expected one are never logged or echoed; refusals say only
+what was missing.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-
-from sidecar.errors import PermissionDenied, SidecarError, Unauthenticated
+from sidecar.access import bearer_refusal, is_loopback, rebinding_refusal
+from sidecar.errors import PermissionDenied, SidecarError
 
 # methods that change nothing (RFC 9110 "safe methods", TRACE aside: aiohttp has no handler for it)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether a peer address is this host's loopback (127.0.0.0/8, ::1, or ::ffff:127.x.y.z)."""
-    if not host:
-        return False
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+# reads answered without the token: liveness, readiness and Prometheus's scrape
+PROBE_PATHS = frozenset({"/ready", "/healthz", "/metrics"})
+# set by the inbound listener on every request it relays to a local app (sidecar.mesh.inbound.CALLER_HEADER)
+RELAYED_HEADER = "x-sidecar-caller"
 
 
 def check_request(method: str, token: str | None, authorization: str | None, peer: str | None,
-                  origin: str | None) -> SidecarError | None:
+                  origin: str | None, *, path: str = "/", relayed: bool = False, host: str | None = None,
+                  local_address: str | None = None) -> SidecarError | None:
     """The refusal for one admin request, or None when it may proceed.
 
-    ``token`` is admin.token_file's content (None: no token configured); ``authorization`` and ``origin`` are
-    the request's headers (None when absent); ``peer`` is the client's IP address as the socket reports it.
+    ``token`` is admin.token_file's content (None: no token configured); ``authorization``, ``origin`` and
+    ``host`` are the request's headers (None when absent); ``peer`` is the client's IP address as the socket
+    reports it, ``local_address`` the address it connected to; ``relayed``: the request carries the inbound
+    listener's ``x-sidecar-caller``.
     """
-    if method.upper() in SAFE_METHODS:
+    rebound = rebinding_refusal(host, local_address, "admin port")
+    if rebound is not None:
+        return rebound
+    read = method.upper() in SAFE_METHODS
+    if read and path in PROBE_PATHS:
         return None
     if token is not None:
-        scheme, _, given = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return Unauthenticated("this endpoint needs Authorization: Bearer TOKEN (admin.token_file is set)")
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            return Unauthenticated("the admin token is wrong")
+        return bearer_refusal(token, authorization, "admin.token_file")
+    if read:
         return None
     if not is_loopback(peer):
         return PermissionDenied("without admin.token_file, the admin port accepts changes from this host's"
@@ -71,6 +78,10 @@ def check_request(method: str, token: str | None, authorization: str | None, pee
         return PermissionDenied("without admin.token_file, the admin port refuses changes from web pages"
                                 " (the request has an Origin header); use curl or the sidecar command,"
                                 " or set admin.token_file")
+    if relayed:
+        return PermissionDenied("without admin.token_file, the admin port refuses changes relayed from a peer"
+                                f" sidecar (the request has {RELAYED_HEADER}); set admin.token_file to allow"
+                                " them with the token")
     return None
 
 
@@ -82,4 +93,4 @@ def exposure_warning(listen_host: str, token: str | None) -> str | None:
             " changes are accepted from loopback only")
 
 
-__all__ = ["SAFE_METHODS", "check_request", "exposure_warning", "is_loopback"]
+__all__ = ["PROBE_PATHS", "RELAYED_HEADER", "SAFE_METHODS", "check_request", "exposure_warning", "is_loopback"]

@@ -1,6 +1,6 @@
-"""Routes of the admin port. Reads are open; mutations are POST-only, and who may make them is
-``sidecar.admin.auth``'s rule (a token when ``admin.token_file`` is set, else loopback only), applied to every
-non-read request before routing."""
+"""Routes of the admin port. Mutations are POST-only. Who may call what is ``sidecar.admin.auth``'s rule, applied
+to every request before routing: with ``admin.token_file`` everything but the probes (``/ready``, ``/healthz``,
+``/metrics``) needs the token; without it reads are open and mutations come from loopback only."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from sidecar import log as logs
-from sidecar.admin.auth import check_request
+from sidecar.admin.auth import RELAYED_HEADER, check_request
 from sidecar.catalog.model import group_json
 from sidecar.config.load import config_to_raw
 from sidecar.config.model import Config
@@ -30,6 +30,7 @@ class Process(Protocol):
 
     def readiness(self) -> tuple[bool, str]: ...
     def listener_addresses(self) -> dict[str, str]: ...
+    def warnings(self) -> list[str]: ...
     def members_json(self) -> list[dict[str, Any]]: ...
     def catalog_json(self) -> dict[str, list[dict[str, Any]]]: ...
     def services_json(self) -> list[dict[str, Any]]: ...
@@ -65,11 +66,15 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # every request but a read, on any path, before its handler: see sidecar.admin.auth
-        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        # every request, on any path, before its handler: see sidecar.admin.auth
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        local = transport.get_extra_info("sockname") if transport is not None else None
         host = str(peer[0]) if isinstance(peer, tuple) and peer else None
         refusal = check_request(request.method, token, request.headers.get("Authorization"), host,
-                                request.headers.get("Origin"))
+                                request.headers.get("Origin"), path=request.path,
+                                relayed=RELAYED_HEADER in request.headers, host=request.headers.get("Host"),
+                                local_address=str(local[0]) if isinstance(local, tuple) and local else None)
         if refusal is not None:
             log.info("admin request refused", extra=fields(method=request.method, path=request.path,
                                                            peer=host or "unknown", code=refusal.code.name))
@@ -87,8 +92,11 @@ def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.
     @routes.get("/ready")
     async def ready(request: web.Request) -> web.Response:
         is_ready, reason = process.readiness()
-        body = {"status": "ready" if is_ready else "not ready", "reason": reason,
-                "listeners": process.listener_addresses()}
+        body: dict[str, Any] = {"status": "ready" if is_ready else "not ready", "reason": reason,
+                                "listeners": process.listener_addresses()}
+        warnings = process.warnings()
+        if warnings:
+            body["warnings"] = warnings  # exposures the operator should fix (gossip in plaintext beyond loopback)
         return json_response(body, 200 if is_ready else 503)
 
     def json_view(view: Callable[[], Any]) -> Handler:

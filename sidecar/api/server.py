@@ -1,21 +1,36 @@
-"""Routes of the app API. Handlers only translate HTTP to calls on the process's parts."""
+"""Routes of the app API. Handlers only translate HTTP to calls on the process's parts; who may call them is
+``sidecar.api.guard``'s rule, applied to every request before routing."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiohttp import web
 
+from sidecar.api.guard import check_api_request
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import HealthStatus, group_json
+from sidecar.catalog.own import OwnListeners
 from sidecar.catalog.registry import LocalRegistry
 from sidecar.clock import Clock
 from sidecar.config.load import build_section
 from sidecar.config.model import ServiceConfig
 from sidecar.errors import ConfigError, InvalidArgument, NotFound
 from sidecar.events import EventBus
-from sidecar.web import MAX_BODY, errors_middleware, json_response, last_event_id, read_json_object, sse_stream
+from sidecar.log import fields
+from sidecar.web import (
+    MAX_BODY,
+    Handler,
+    errors_middleware,
+    json_response,
+    last_event_id,
+    read_json_object,
+    sse_stream,
+)
+
+log = logging.getLogger("sidecar.api")
 
 # the data model's camelCase names accepted beside the YAML's snake_case
 _ALIASES = {"messagesPath": "messages_path"}
@@ -31,8 +46,23 @@ def service_from_json(body: dict[str, Any]) -> ServiceConfig:
 
 
 def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, clock: Clock,
-              extra_routes: Sequence[web.RouteTableDef] = ()) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+              extra_routes: Sequence[web.RouteTableDef] = (), token: str | None = None,
+              own: OwnListeners | None = None) -> web.Application:
+    """``token``: api.token_file's content; ``own``: this sidecar's listeners, where no service may be registered."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        local = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        refusal = check_api_request(request.headers.get("Host"), request.headers.get("Origin"),
+                                    request.headers.get("Sec-Fetch-Site"), request.headers.get("Authorization"),
+                                    token, str(local[0]) if isinstance(local, tuple) and local else None)
+        if refusal is not None:
+            log.info("app API request refused", extra=fields(method=request.method, path=request.path,
+                                                             code=refusal.code.name, reason=refusal.message))
+            raise refusal
+        return await handler(request)
+
+    app = web.Application(middlewares=[errors_middleware, guard], client_max_size=MAX_BODY)
     routes = web.RouteTableDef()
 
     def now() -> tuple[float, int]:
@@ -41,6 +71,8 @@ def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, cloc
     @routes.put("/v1/services")
     async def register(request: web.Request) -> web.Response:
         spec = service_from_json(await read_json_object(request))
+        if own is not None:
+            await own.check(spec)
         entry = registry.register(spec, "api", *now())
         return json_response({"id": entry.metadata.id})
 

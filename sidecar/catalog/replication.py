@@ -1,12 +1,20 @@
-"""The catalog carried on gossip: this node's services go out, peers' services come in.
+"""The catalog carried on gossip: this node's claims go out, peers' claims come in.
 
-* After every local change the node's full state (all its services, a strictly growing version) is
-  broadcast; the broadcast queue keeps only the newest per node, so a burst of changes costs one message.
-* Every push-pull (on join, then every ``push_pull_interval``) carries every state this node knows, so a
-  missed broadcast heals within one interval, and a new member learns the whole mesh at once.
-* Membership decides what counts: a dead or departed member's services leave the catalog; a state about a
-  node that is not (yet) a live member waits in a small pending table until it joins. A dead member's last
-  state waits there too, so that a member declared dead by mistake has its services back when it refutes.
+* A node with ``tls`` states each service it holds a certificate for as its own claim, signed with that
+  service's key (:mod:`sidecar.catalog.signing`); instances of a service it holds no certificate for are not
+  announced (a warning says so). A node without ``tls`` sends one unsigned claim for all its services.
+* After every local change, the claims whose content changed get a new, strictly growing version, are signed
+  and broadcast (one broadcast slot per (node, service), the queue keeps the newest). A claim that does not fit
+  a gossip packet with its certificate goes without it (peers know it by fingerprint), and one that does not fit
+  even so is left to push-pull: a node hosting hundreds of services never overflows a packet.
+* Every push-pull (on join, then every ``push_pull_interval``) carries every claim this node knows, each with
+  its certificate, so a missed broadcast heals within one interval and a new member learns the whole mesh.
+* Peers keep, per (node, service), the newest claim that verifies; a tls node keeps signed claims only, a node
+  without tls keeps what it is told (it carries no traffic; it answers DNS). Refused claims are counted by
+  reason (``refused``). An older or equal version is dropped before any signature is checked.
+* Membership decides what counts: a dead or departed member's services leave the catalog; claims about a node
+  that is not (yet) a live member wait in a small pending table until it joins. A dead member's last claims
+  wait there too, so that a member declared dead by mistake has its services back when it refutes.
 * Member metadata carries the node's inbound port, which peers dial for mTLS traffic.
 """
 
@@ -14,12 +22,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from sidecar.catalog.mesh import MeshCatalog
-from sidecar.catalog.model import NodeInfo, Subscription
-from sidecar.catalog.sync import NodeState, SyncDecodeError, decode_states, encode_states, next_version
+from sidecar.catalog.model import NODE_STREAM, NodeInfo, ServiceMetadata, Subscription
+from sidecar.catalog.signing import ClaimRefused, ClaimVerifier, fingerprint, sign
+from sidecar.catalog.sync import WHOLE_NODE, Claim, SyncDecodeError, decode_claims, encode_claims, next_version
 from sidecar.events import EventBus
 from sidecar.gossip.core import (
     Event,
@@ -34,13 +47,19 @@ from sidecar.gossip.core import (
     SyncCompleted,
     UserMessage,
 )
+from sidecar.gossip.errors import MessageTooLarge
 from sidecar.gossip.state import MemberView
 from sidecar.log import fields
 
 log = logging.getLogger("sidecar.catalog")
 
-CATALOG_KEY = "catalog"  # user-broadcast key prefix: one slot per origin node
-MAX_PENDING = 1024        # states of nodes not yet seen as members
+CATALOG_KEY = "catalog"  # user-broadcast key prefix: one slot per (origin node, service)
+MAX_PENDING = 1024        # nodes not yet seen as members whose claims are held
+MAX_CLAIMS_PER_NODE = 4096  # a node's claims held at most (services it hosts)
+WARN_EVERY_MS = 60_000      # refused claims are logged as a warning at most this often per reason
+
+# the identities this node signs with, the first one first: service -> (certificate DER, private key)
+Identities = Callable[[], Mapping[str, tuple[bytes, ec.EllipticCurvePrivateKey]]]
 
 
 class Gossip(Protocol):
@@ -67,34 +86,104 @@ _EVENT_NAMES = {MemberJoined: "member-joined", MemberUpdated: "member-updated", 
 
 
 class CatalogReplication:
-    def __init__(self, catalog: MeshCatalog, gossip: Gossip, bus: EventBus, now_ms: Callable[[], int]) -> None:
+    """``identities``: this node's signing identities (None: no tls, unsigned claims); ``verifier``: how peers'
+    claims are checked (None: kept unchecked, for a node without tls)."""
+
+    def __init__(self, catalog: MeshCatalog, gossip: Gossip, bus: EventBus, now_ms: Callable[[], int], *,
+                 identities: Identities | None = None, verifier: ClaimVerifier | None = None) -> None:
         self.catalog = catalog
         self.gossip = gossip
         self.bus = bus
         self.now_ms = now_ms
+        self.identities = identities
+        self.verifier = verifier
         self.version = 0
-        self._known: dict[str, NodeState] = {}     # live peers' newest states
-        self._pending: dict[str, NodeState] = {}   # states of nodes not yet live members
+        self._own: dict[str, Claim] = {}                   # our claims by service
+        self._known: dict[str, dict[str, Claim]] = {}      # live peers' newest claims, by node and service
+        self._pending: dict[str, dict[str, Claim]] = {}    # claims about nodes not yet live members
+        self._applied: dict[str, int] = {}                 # per node: how often its claims changed the catalog
+        self._unannounced: set[str] = set()                # local services without a certificate (warned once)
         self.decode_errors = 0
-        # messaging: this node's subscriptions go out with its state; peers' come in through the listeners,
-        # called (node, subscriptions) when a newer state is applied and (node, ()) when the node is gone
+        self.refused: Counter[str] = Counter()             # claims not kept, by reason
+        self.left_to_push_pull = 0                         # claims too large for any gossip packet
+        self._warned: dict[str, int] = {}                  # reason -> when a refusal was last logged as a warning
+        # messaging: this node's subscriptions go out with its claims; peers' come in through the listeners,
+        # called (node, subscriptions) when newer claims are applied and (node, ()) when the node is gone
         self.local_subscriptions: Callable[[], tuple[Subscription, ...]] = lambda: ()
         self.subscription_listeners: list[Callable[[str, tuple[Subscription, ...]], None]] = []
 
     # ---------------------------------------------------------------------------------------- outgoing
 
-    def own_state(self) -> NodeState:
-        return NodeState(self.catalog.local_node.name, self.version, tuple(self.catalog.registry.instances()),
-                         self.local_subscriptions())
+    def own_claims(self) -> list[Claim]:
+        return list(self._own.values())
 
-    def local_changed(self) -> None:
-        """Called after every change of the local registry."""
-        self.version = next_version(self.version, self.now_ms())
-        self.gossip.broadcast_user(f"{CATALOG_KEY}:{self.catalog.local_node.name}", encode_states([self.own_state()]))
+    def local_changed(self, force: bool = False) -> None:
+        """Called after every change of the local registry or subscriptions (and of our certificates): claims
+        whose content changed (all with ``force``) get a new version, are signed and broadcast."""
+        for claim in self._restate(force):
+            self._broadcast(claim)
+
+    def _restate(self, force: bool) -> list[Claim]:
+        local = self.catalog.local_node
+        instances = tuple(self.catalog.registry.instances())
+        subscriptions = self.local_subscriptions()
+        identities = self.identities() if self.identities is not None else None
+        groups: dict[str, tuple[list[ServiceMetadata], list[Subscription]]]
+        if identities is None:
+            groups = {WHOLE_NODE: (list(instances), list(subscriptions))}
+        else:
+            groups = {service: ([], []) for service in identities}
+            first = next(iter(identities), None)
+            for instance in instances:
+                if instance.name in groups:
+                    groups[instance.name][0].append(instance)
+                elif instance.name not in self._unannounced:
+                    self._unannounced.add(instance.name)
+                    log.warning("a service this node holds no certificate for is not announced to the mesh",
+                                extra=fields(service=instance.name, fix="add it to tls.identities with a"
+                                             f" certificate from `sidecar certs issue {instance.name}`"))
+            for sub in subscriptions:
+                if sub.service == NODE_STREAM and first is not None:
+                    # the node's stream readers: deliveries dial this node for the first identity's service and
+                    # require its certificate, so the claim that carries the subscription names it
+                    groups[first][1].append(replace(sub, path=first))
+                elif sub.service in groups:
+                    groups[sub.service][1].append(sub)
+        changed = []
+        for service, (members, subs) in groups.items():
+            proof = identities.get(service) if identities is not None else None
+            held = self._own.get(service)
+            if (not force and held is not None and held.instances == tuple(members)
+                    and held.subscriptions == tuple(subs)
+                    and held.fingerprint == (fingerprint(proof[0]) if proof is not None else b"")):
+                continue
+            self.version = next_version(self.version, self.now_ms())
+            claim = Claim(local.name, local.cluster, service, self.version, tuple(members), tuple(subs))
+            if proof is not None:
+                claim = sign(claim, *proof)
+            self._own[service] = claim
+            changed.append(claim)
+        for gone in [service for service in self._own if service not in groups]:
+            del self._own[gone]
+        return changed
+
+    def _broadcast(self, claim: Claim) -> None:
+        key = f"{CATALOG_KEY}:{claim.node}" + (f":{claim.service}" if claim.service else "")
+        for with_certificate in (True, False):
+            try:
+                self.gossip.broadcast_user(key, encode_claims([claim], with_certificate))
+                return
+            except MessageTooLarge:
+                continue
+        self.left_to_push_pull += 1
+        log.debug("catalog claim larger than a gossip packet: push-pull carries it",
+                  extra=fields(service=claim.service, instances=len(claim.instances)))
 
     def local_state(self) -> bytes:
-        """What push-pull sends: our own state and every live peer's we know."""
-        return encode_states([self.own_state(), *self._known.values()])
+        """What push-pull sends: our own claims and every live peer's we know, with their certificates."""
+        if not self._own:
+            self._restate(False)
+        return encode_claims([*self._own.values(), *(c for slots in self._known.values() for c in slots.values())])
 
     # ---------------------------------------------------------------------------------------- incoming
 
@@ -112,8 +201,10 @@ class CatalogReplication:
             self._publish(event)
         elif isinstance(event, SyncCompleted):
             if event.join and event.ok:
-                # our state went to the seed only; say it to everyone now rather than at the next push-pull
-                self.local_changed()
+                # our claims went to the seed only; say them to everyone now rather than at the next push-pull
+                self._restate(False)
+                for claim in self._own.values():
+                    self._broadcast(claim)
         elif isinstance(event, MemberReaped):
             self._pending.pop(event.member.name, None)
             self._publish(event)
@@ -125,49 +216,92 @@ class CatalogReplication:
         self.catalog.node_state(NodeInfo(member.name, member.address, decode_meta(member.meta), member.cluster, state))
         waiting = self._pending.pop(member.name, None)
         if waiting is not None:
-            self._apply(waiting)
+            slots = self._known.setdefault(member.name, {})
+            for claim in waiting.values():
+                held = slots.get(claim.service)
+                if held is None or held.version < claim.version:
+                    slots[claim.service] = claim
+            self._apply(member.name)
 
     def _member_gone(self, member: MemberView, keep: bool) -> None:
         known = self._known.pop(member.name, None)
         self._pending.pop(member.name, None)
-        if keep and known is not None and len(self._pending) < MAX_PENDING:
+        if keep and known and len(self._pending) < MAX_PENDING:
             # a member declared dead by mistake (a stale verdict crossing a healed partition) refutes within
-            # moments: its services come back with it then, not a push-pull interval later; newer states win
+            # moments: its services come back with it then, not a push-pull interval later; newer claims win
             self._pending[member.name] = known
+        self._applied.pop(member.name, None)
         self.catalog.remove_node(member.name)
         for listener in self.subscription_listeners:
             listener(member.name, ())
 
     def _merge(self, data: bytes, source: str) -> None:
         try:
-            states = decode_states(data)
+            claims = decode_claims(data)
         except SyncDecodeError as e:
             self.decode_errors += 1
-            log.warning("ignored a catalog state", extra=fields(source=source, error=str(e)))
+            log.warning("ignored a catalog claim", extra=fields(source=source, error=str(e)))
             return
         live = {m.name for m in self.gossip.members() if m.state.value in ("alive", "suspect")}
-        for state in states:
-            if state.node == self.catalog.local_node.name:
-                if state.version > self.version:
-                    # a state of ours from before a restart: say the current one with a newer version
-                    self.version = state.version
-                    self.local_changed()
+        me = self.catalog.local_node.name
+        touched: set[str] = set()
+        restate = False
+        for claim in claims:
+            if claim.node == me:
+                # a claim of ours from before a restart: say the current ones with newer versions
+                restate = restate or (claim.version > self.version and self._kept(claim, source) is not None)
                 continue
-            if state.node in live:
-                self._apply(state)
-            else:
-                held = self._pending.get(state.node)
-                if (held is None or held.version < state.version) and len(self._pending) < MAX_PENDING:
-                    self._pending[state.node] = state
+            table = self._known if claim.node in live else self._pending
+            slots = table.get(claim.node)
+            held = slots.get(claim.service) if slots is not None else None
+            if held is not None and held.version >= claim.version:
+                continue   # what we hold already, or older: no signature to check
+            if slots is None and table is self._pending and len(self._pending) >= MAX_PENDING:
+                continue
+            checked = self._kept(claim, source)
+            if checked is None:
+                continue
+            slots = table.setdefault(claim.node, {})
+            if claim.service not in slots and len(slots) >= MAX_CLAIMS_PER_NODE:
+                self.refused["too-many"] += 1
+                continue
+            slots[claim.service] = checked
+            if table is self._known:
+                touched.add(claim.node)
+        for node in touched:
+            self._apply(node)
+        if restate:
+            self.version = max(self.version, *(c.version for c in claims if c.node == me))
+            self.local_changed(force=True)
 
-    def _apply(self, state: NodeState) -> None:
-        held = self._known.get(state.node)
-        if held is not None and held.version >= state.version:
-            return
-        self._known[state.node] = state
-        self.catalog.apply_node(state.node, state.version, state.instances)
+    def _kept(self, claim: Claim, source: str) -> Claim | None:
+        """The claim as it is kept (its certificate attached), or None when refused (counted)."""
+        if self.verifier is None:
+            return claim
+        try:
+            return self.verifier.check(claim)
+        except ClaimRefused as refused:
+            self.refused[refused.reason] += 1
+            now = self.now_ms()
+            # a forger may send thousands: one line per reason a minute, with the count so far
+            level = logging.WARNING if now - self._warned.get(refused.reason, -WARN_EVERY_MS) >= WARN_EVERY_MS \
+                else logging.DEBUG
+            if level == logging.WARNING:
+                self._warned[refused.reason] = now
+            log.log(level, "refused a catalog claim", extra=fields(
+                source=source, node=claim.node, service=claim.service, why=str(refused),
+                refused_so_far=self.refused[refused.reason]))
+            return None
+
+    def _apply(self, node: str) -> None:
+        slots = self._known.get(node, {})
+        instances = [i for claim in slots.values() for i in claim.instances]
+        subscriptions = tuple(s for claim in slots.values() for s in claim.subscriptions)
+        # the catalog's per-node version is ours: claims of one node carry versions of their own
+        version = self._applied[node] = self._applied.get(node, 0) + 1
+        self.catalog.apply_node(node, version, instances)
         for listener in self.subscription_listeners:
-            listener(state.node, state.subscriptions)
+            listener(node, subscriptions)
 
     def _publish(self, event: MemberJoined | MemberUpdated | MemberSuspect | MemberAlive | MemberDead | MemberLeft
                  | MemberReaped) -> None:

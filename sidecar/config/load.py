@@ -20,14 +20,17 @@ from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get
 
 import yaml
 
+from sidecar.catalog.own import LOCALHOST, listener_named, loopback_or_any, parse_address
 from sidecar.config.model import (
     BackoffConfig,
     CheckConfig,
     Config,
     GossipConfig,
+    TlsIdentityConfig,
     TlsIssuerConfig,
     TracingConfig,
     dns_label,
+    topic_name,
 )
 from sidecar.config.redact import REDACTED as REDACTED  # re-exported: sidecar.config.diff
 from sidecar.config.redact import redact as redacted_value
@@ -109,10 +112,11 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: str = "") -> Any:
+def interpolate(data: Any, env: Mapping[str, str] | None, problems: list[str], path: str = "") -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``.
 
     A value that is a single reference is parsed again as a YAML scalar, so ``port: ${PORT}`` is a number.
+    ``env`` None: a document that is not expanded (a request body); each reference in it is a problem.
     """
     if isinstance(data, dict):
         return {k: interpolate(v, env, problems, _join(path, str(k))) for k, v in data.items()}
@@ -125,6 +129,10 @@ def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: st
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
+        if env is None:
+            problems.append(f"{path}: ${{{name}}} is not expanded here: a document sent to the sidecar is read"
+                            f" without its environment; send it expanded (got {_show(data)})")
+            return ""
         if name in env:
             return env[name]
         if default is not None:
@@ -143,6 +151,16 @@ def interpolate(data: Any, env: Mapping[str, str], problems: list[str], path: st
     return result
 
 
+def escape(data: Any) -> Any:
+    """``data`` with every ``$`` in its strings written ``$$``: an expanded document that reads the same once sent
+    (``interpolate`` turns ``$$`` back into ``$`` and sees no reference)."""
+    if isinstance(data, dict):
+        return {k: escape(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [escape(v) for v in data]
+    return data.replace("$", "$$") if isinstance(data, str) else data
+
+
 def load(paths: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
     """Read, merge, interpolate and validate; raise ConfigError listing every problem."""
     raw: dict[str, Any] = {}
@@ -151,9 +169,13 @@ def load(paths: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
     return config_from_raw(raw, os.environ if env is None else env)
 
 
-def load_text(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:
-    """:func:`load` for one document given as text (``POST /reload?dry_run=true`` with a body)."""
-    return config_from_raw(parse_yaml(text, source), os.environ if env is None else env)
+def load_sent(text: str, source: str) -> Config:
+    """:func:`load` for one document sent to the process (``POST /reload?dry_run=true`` with a body): never expanded
+    against the process's environment, which holds what the configuration does not name (cloud credentials,
+    tokens) and which whoever may post a body cannot read otherwise; ``$$`` is still a ``$``, and a ``${VAR}``
+    is a problem saying to send the document expanded (``sidecar reload --dry-run FILE`` does, from its own
+    environment)."""
+    return config_from_raw(parse_yaml(text, source), sent=True)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -166,13 +188,16 @@ class _Invalid:
 _INVALID = _Invalid()
 
 
-def config_from_raw(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+def config_from_raw(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, *, sent: bool = False) -> Config:
+    """``sent``: a document sent to the process, whose ``${VAR}`` references are refused (:func:`load_sent`)."""
     problems: list[str] = []
-    data = interpolate(dict(raw), env or {}, problems)
+    data = interpolate(dict(raw), None if sent else (env or {}), problems)
     data = _merge_policy_defaults(data)
     config = _build(Config, data, "", problems)
     if isinstance(data, dict):
         _check_raw(data, problems)
+    if isinstance(config, Config):
+        _check_own_listeners(config, problems)
     if problems:
         raise ConfigError(problems)
     assert isinstance(config, Config)
@@ -404,6 +429,12 @@ def _check_issuer(issuer: TlsIssuerConfig, where: str, problems: list[str]) -> N
                         f" (got {_show({'ca_key': issuer.ca_key, 'command': issuer.command})})")
 
 
+def _check_identity(identity: TlsIdentityConfig, where: str, problems: list[str]) -> None:
+    for name in ("service", "cert", "key"):
+        if not getattr(identity, name):
+            problems.append(f"{where}.{name}: is required (got {_show(getattr(identity, name))})")
+
+
 def _check_tracing(tracing: TracingConfig, where: str, problems: list[str]) -> None:
     if tracing.exporter == "otlp" and not tracing.endpoint:
         problems.append(f"{where}.endpoint: is required when exporter is otlp (got null)")
@@ -415,6 +446,7 @@ _SECTION_CHECKS: dict[Any, Callable[[Any, str, list[str]], None]] = {
     GossipConfig: _check_gossip,
     TracingConfig: _check_tracing,
     TlsIssuerConfig: _check_issuer,
+    TlsIdentityConfig: _check_identity,
 }
 
 
@@ -423,11 +455,21 @@ def _check_raw(data: Mapping[str, Any], problems: list[str]) -> None:
     neighbouring key is invalid."""
     _check_unique(data.get("services"), "services", "name", "duplicate service name", problems)
     _check_unique(data.get("upstreams"), "upstreams", "local_port", "local port already used", problems)
+    tls = data.get("tls")
+    if isinstance(tls, dict):
+        _check_unique(tls.get("identities"), "tls.identities", "service", "one certificate per service", problems)
     policies = data.get("policies")
     if isinstance(policies, dict):
         for name in policies:
             if name != "*" and not (isinstance(name, str) and dns_label(name) is None):
                 problems.append(f"policies.{name}: the key must be \"*\" or a service name (got {_show(name)})")
+    messaging = data.get("messaging")
+    topics = messaging.get("topics") if isinstance(messaging, dict) else None
+    if isinstance(topics, dict):
+        for name in topics:
+            rule = topic_name(name) if isinstance(name, str) else "must be a topic name"
+            if rule:
+                problems.append(f"messaging.topics.{name}: the key {rule} (got {_show(name)})")
     bound: dict[tuple[str, int], str] = {}
     for name in ("admin", "api", "outbound", "inbound", "dns", "gossip"):
         section = data.get(name)
@@ -442,6 +484,23 @@ def _check_raw(data: Mapping[str, Any], problems: list[str]) -> None:
         if key in bound:
             problems.append(f"{name}.listen: the same address as {bound[key]}.listen (got {_show(listen)})")
         bound.setdefault(key, name)
+
+
+def _check_own_listeners(config: Config, problems: list[str]) -> None:
+    """No service at one of the sidecar's own listeners (``sidecar.catalog.own``), as far as the file tells: IP
+    literals and localhost against the listen addresses; the running sidecar checks again against the bound
+    addresses, resolving names and knowing this host's interfaces."""
+    listeners = {"admin": config.admin.listen, "api": config.api.listen, "outbound": config.outbound.listen,
+                 "inbound": config.inbound.listen, "dns": config.dns.listen, "gossip": config.gossip.listen,
+                 **{f"upstreams[{u.local_port}]": HostPort(u.bind, u.local_port) for u in config.upstreams}}
+    for i, service in enumerate(config.services):
+        lowered = service.host.lower().rstrip(".")
+        addresses = [parse_address(h) for h in (LOCALHOST if lowered == "localhost" else (service.host,))]
+        name = listener_named([a for a in addresses if a is not None], service.port, listeners, loopback_or_any)
+        if name is not None:
+            problems.append(f"services[{i}].port: {service.host}:{service.port} is this sidecar's own {name}"
+                            f" listener ({listeners[name]}); register the address where the app itself listens"
+                            f" (got {service.port})")
 
 
 def _check_unique(items: Any, where: str, key: str, rule: str, problems: list[str]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sidecar.config.values import Duration, HostPort
@@ -120,6 +120,9 @@ class AdminConfig:
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     listen: HostPort = HostPort("127.0.0.1", 3500)
+    # when set, every app API request needs "Authorization: Bearer TOKEN" with the file's content (Dapr's API
+    # token): it keeps out the host's other users, which loopback alone does not
+    token_file: str | None = field(default=None, metadata={"file": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +140,29 @@ class InboundConfig:
 
 @dataclass(frozen=True, slots=True)
 class DnsRateLimit:
-    # per client address; 0 turns the limit off, as most meshes have a handful of trusted clients
+    # every query, per client address; 0 turns the limit off, as most meshes have a handful of trusted clients
+    # (forwarded queries have their own limit, on by default: forward_rate_limit)
     qps: float = field(default=0.0, metadata={"check": _non_negative})
     burst: int = field(default=100, metadata={"check": _at_least_one})
+
+
+@dataclass(frozen=True, slots=True)
+class DnsForwardRateLimit:
+    """Per client address, on queries forwarded to ``dns.upstreams`` over UDP; names of the mesh are not counted.
+
+    A forwarded answer can be 80 times the query (48 bytes in, ~3,900 out for a large TXT set), and a UDP
+    source address can be forged: without a limit, a listener reachable from outside reflects amplified
+    floods onto whoever the forged address names. Over the limit the reply is an empty one with TC=1, no
+    larger than the query, so a real client retries over TCP (whose handshake a forger cannot complete, and
+    which is not limited) and loses only a round trip; a forger gains nothing (the "slip" of BIND's response
+    rate limiting). 0 turns the limit off.
+    """
+
+    # an app's resolver asks a few names a second (A and AAAA each); 20/s with a burst of 40 (a start-up
+    # that resolves its dependencies at once) leaves it untouched and caps what one forged source can
+    # draw at ~80 KB/s of answers
+    qps: float = field(default=20.0, metadata={"check": _non_negative})
+    burst: int = field(default=40, metadata={"check": _at_least_one})
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +175,7 @@ class DnsConfig:
     upstreams: list[HostPort] = field(default_factory=list, metadata={"default_port": 53})
     upstream_timeout: Duration = field(default=Duration(2), metadata={"check": _positive})
     rate_limit: DnsRateLimit = field(default_factory=DnsRateLimit)
+    forward_rate_limit: DnsForwardRateLimit = field(default_factory=DnsForwardRateLimit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +197,51 @@ class GossipTuning:
     dead_reap_time: Duration        # a dead or left member is forgotten after this
 
 
-# memberlist's DefaultLANConfig, DefaultWANConfig and DefaultLocalConfig
+# memberlist's DefaultLANConfig: members in one data centre, round trips well under a millisecond
+_LAN = GossipTuning(
+    probe_interval=Duration(1),            # a failure check every second: a dead member is noticed in seconds
+    probe_timeout=Duration(0.5),           # a generous round trip on a LAN, so a slow ack is not a failure
+    indirect_checks=3,                     # three others probe a silent member: one lossy path cannot condemn it
+    suspicion_mult=4,                      # suspect at least 4 * log10(n) probe intervals (4 s at most 10 members)
+    suspicion_max_timeout_mult=6,          # Lifeguard: start at 6x that (96 s at 10k), shrink as others confirm
+    retransmit_mult=4,                     # each update is sent 4 * ceil(log10(n + 1)) times: reaches all, margin
+    gossip_interval=Duration(0.2),         # gossip often: UDP is cheap on a LAN and news spreads in rounds
+    gossip_nodes=3,                        # to three members per round: epidemic spread in O(log n) rounds
+    gossip_to_the_dead_time=Duration(30),  # as push-pull: a member wrongly declared dead hears it and refutes
+    push_pull_interval=Duration(30),       # full-state sync is TCP and heavy, so rare; gossip does the rest
+    tcp_timeout=Duration(10),              # a push-pull or fallback probe that takes 10 s has failed
+    awareness_max_multiplier=8,            # an unhealthy member probes at most every 8 s instead of accusing
+    dead_reap_time=Duration(30),           # forget the dead once the refutation window above has passed
+)
+
 GOSSIP_PROFILES: dict[str, GossipTuning] = {
-    "lan": GossipTuning(Duration(1), Duration(0.5), 3, 4, 6, 4, Duration(0.2), 3, Duration(30), Duration(30),
-                        Duration(10), 8, Duration(30)),
-    "wan": GossipTuning(Duration(5), Duration(3), 3, 6, 6, 4, Duration(0.5), 4, Duration(60), Duration(60),
-                        Duration(30), 8, Duration(60)),
-    "local": GossipTuning(Duration(1), Duration(0.2), 1, 3, 6, 2, Duration(0.1), 3, Duration(15), Duration(15),
-                          Duration(1), 8, Duration(15)),
+    "lan": _LAN,
+    # memberlist's DefaultWANConfig: members across data centres, round trips of tens to hundreds of ms
+    "wan": replace(
+        _LAN,
+        probe_interval=Duration(5),            # probing across the WAN costs more; check less often
+        probe_timeout=Duration(3),             # a WAN round trip, with loss and retransmission, can take seconds
+        suspicion_mult=6,                      # more patience before dead: WAN loss is more often transient
+        gossip_interval=Duration(0.5),         # gossip less often...
+        gossip_nodes=4,                        # ...but to one more member, so spread stays about as fast
+        gossip_to_the_dead_time=Duration(60),  # as push-pull
+        push_pull_interval=Duration(60),       # full-state sync over a WAN is expensive: half as often
+        tcp_timeout=Duration(30),              # TCP over a WAN connects and transfers slower
+        dead_reap_time=Duration(60),           # as gossip_to_the_dead_time
+    ),
+    # memberlist's DefaultLocalConfig: members on one host or a loopback network (tests, demos, one machine)
+    "local": replace(
+        _LAN,
+        probe_timeout=Duration(0.2),           # loopback answers in microseconds; 200 ms is already very late
+        indirect_checks=1,                     # paths do not differ on one host: one helper is enough
+        suspicion_mult=3,                      # loopback does not lose packets by chance: decide sooner
+        retransmit_mult=2,                     # nor updates: fewer copies suffice
+        gossip_interval=Duration(0.1),         # gossip is nearly free locally: spread faster
+        gossip_to_the_dead_time=Duration(15),  # as push-pull
+        push_pull_interval=Duration(15),       # cheap locally: sync twice as often as on a LAN
+        tcp_timeout=Duration(1),               # a local TCP exchange that takes a second has failed
+        dead_reap_time=Duration(15),           # as gossip_to_the_dead_time
+    ),
 }
 
 
@@ -238,6 +299,18 @@ class TlsConfig:
     key: str = field(default="certs/node-key.pem", metadata={"file": True, "secret": False})
     # None: the files are reloaded when another tool (cert-manager, a script) rewrites them
     issuer: TlsIssuerConfig | None = None
+    # more services hosted on this node, one SVID each (cert names spiffe://TD/service/SERVICE); tls.cert is the
+    # first identity: the one the outbound presents and the inbound answers with when a caller names no service
+    identities: list[TlsIdentityConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsIdentityConfig:
+    """One more hosted service's certificate and key."""
+
+    service: str = field(default="", metadata={"check": dns_label})
+    cert: str = field(default="", metadata={"file": True})
+    key: str = field(default="", metadata={"file": True, "secret": False})
 
 
 def _renew_fraction(value: float) -> str | None:
@@ -331,7 +404,10 @@ class BudgetConfig:
 class RetryConfig:
     # attempts after the first
     attempts: int = field(default=2, metadata={"check": _non_negative})
-    per_try_timeout: Duration = field(default=Duration(5), metadata={"check": _positive})
+    # what bounds one try; None: a try may use all that is left of the policy's timeout (Envoy's route timeout),
+    # so a slow answer inside the timeout is not cut and run again. A value at or above the timeout bounds nothing
+    # more than the timeout does (a named policy may shorten the timeout below the per-try timeout of "*")
+    per_try_timeout: Duration | None = field(default=None, metadata={"check": _positive})
     retry_on: list[str] = field(default_factory=lambda: ["connect-failure", "reset", "503"],
                                 metadata={"check": _retry_on})
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
@@ -385,16 +461,31 @@ class AuthorizationConfig:
     rules: list[AuthorizationRule] = field(default_factory=list)
 
 
-def _topic(value: str) -> str | None:
+def topic_name(value: str) -> str | None:
     # topics name URL path segments (/v1/publish/TOPIC) and rows of the outbox: keep them plain
     if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$", value):
         return None
     return "must be a topic name: letters, digits, '.', '_' and '-', 1 to 200 characters"
 
 
+def _service_patterns(values: list[str]) -> str | None:
+    bad = [v for v in values if v != "*" and dns_label(v) is not None]
+    return f"entries must be service names or \"*\" (got {bad[0]!r})" if bad else None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicScope:
+    """Who may publish to one topic and who may subscribe to it, by service name (``*``: any service). Checked
+    on the publishing sidecar, on subscribe (push and SSE), and on every delivery by the caller's SPIFFE ID."""
+
+    # a list left out is open to every service; an empty list closes that side of the topic
+    publishers: list[str] = field(default_factory=lambda: ["*"], metadata={"check": _service_patterns})
+    subscribers: list[str] = field(default_factory=lambda: ["*"], metadata={"check": _service_patterns})
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionConfig:
-    topic: str = field(metadata={"check": _topic})
+    topic: str = field(metadata={"check": topic_name})
     path: str = field(metadata={"check": _url_path})
     # which local service receives the messages; None means the first service of this node
     service: str | None = field(default=None, metadata={"check": dns_label})
@@ -439,8 +530,14 @@ class MessagingConfig:
     request_timeout: Duration = field(default=Duration(30), metadata={"check": _positive})
     retention: MessagingRetention = field(default_factory=MessagingRetention)
     queue: MessagingQueue = field(default_factory=MessagingQueue)
-    # dead letters kept; beyond, the oldest are purged (logged and counted)
+    # dead letters kept; beyond either bound, the oldest are purged (logged and counted). Bytes count the copies of
+    # the message bodies: a quarter of the outbox's retention.bytes, so dead letters cannot outgrow the outbox
     max_dead_letters: int = field(default=100_000, metadata={"check": _at_least_one})
+    max_dead_letter_bytes: int = field(default=64 << 20, metadata={"check": _at_least_one})
+    # topic scopes: {orders: {publishers: [checkout], subscribers: [payments, audit]}}
+    topics: dict[str, TopicScope] = field(default_factory=dict)
+    # a topic not named in topics: allow (open to every service) or deny (nobody publishes or subscribes)
+    default: Literal["allow", "deny"] = "allow"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@
 A query goes through, in order: the per-client rate limit (when configured), the response cache (raw
 bytes in, raw bytes out: no dnspython on a hit), and on a miss the :class:`Zone` of the current
 snapshot, whose answer is stored in the cache with its rotations. Names outside the domain go to the
-:class:`Forwarder` in a task, so a slow upstream never holds up other queries.
+:class:`Forwarder` in a task, so a slow upstream never holds up other queries; over UDP they first pass
+the per-client forwarding limit (on by default, see ``DnsForwardRateLimit``), beyond which the reply is
+an empty one with TC=1: the mesh's own names never pay for it, and a forged source gains no amplification.
 
 Robustness: every handler catches everything; a bug answers SERVFAIL to that one query and is counted
 (``internal_errors``), never stopping the listener. TCP connections are capped, closed after an idle
@@ -20,13 +22,14 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
+import dns.flags
 import dns.rcode
 
 from sidecar.catalog.model import CatalogSnapshot
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import DnsConfig
 from sidecar.dns import wire
-from sidecar.dns.answerer import AnswerSettings, Drop, Forward, Reply, Transport, Zone
+from sidecar.dns.answerer import AnswerSettings, Drop, Forward, Reply, Transport, Zone, truncated
 from sidecar.dns.cache import DEFAULT_MAX_ENTRIES, ResponseCache
 from sidecar.dns.forwarder import Forwarder, ForwardOutcome
 from sidecar.dns.ratelimit import RateLimiter
@@ -63,6 +66,7 @@ class DnsCounters:
         "cache_misses",
         "dropped",
         "forward_failed",
+        "forward_limited",
         "forwarded",
         "internal_errors",
         "malformed",
@@ -81,6 +85,7 @@ class DnsCounters:
         self.dropped = 0
         self.forwarded = 0
         self.forward_failed = 0
+        self.forward_limited = 0
         self.internal_errors = 0
         self.tcp_connections = 0
         self.tcp_rejected = 0
@@ -107,6 +112,7 @@ class DnsCounters:
             "dropped": self.dropped,
             "forwarded": self.forwarded,
             "forward_failed": self.forward_failed,
+            "forward_limited": self.forward_limited,
             "internal_errors": self.internal_errors,
             "tcp_connections": self.tcp_connections,
             "tcp_rejected": self.tcp_rejected,
@@ -138,6 +144,11 @@ class DnsServer:
         self._zone: Zone | None = None
         self._limiter = (
             RateLimiter(config.rate_limit.qps, config.rate_limit.burst) if config.rate_limit.qps > 0 else None
+        )
+        forwarding = config.forward_rate_limit
+        # without upstreams nothing is forwarded: the REFUSED answer is no larger than the query
+        self._forward_limiter = (
+            RateLimiter(forwarding.qps, forwarding.burst) if forwarding.qps > 0 and config.upstreams else None
         )
         self.forwarder = Forwarder(config.upstreams, float(config.upstream_timeout))
         self._udp: asyncio.DatagramTransport | None = None
@@ -212,7 +223,7 @@ class DnsServer:
             self.counters.cache_hits += 1
             self.counters.by_rcode[hit[1]] += 1
             return hit[0]
-        return self._miss(data, tcp)
+        return self._miss(data, client, tcp)
 
     def _use(self, snapshot: CatalogSnapshot) -> None:
         self._current = snapshot
@@ -220,7 +231,7 @@ class DnsServer:
             self._zone = Zone(snapshot, self.settings)
             self._cache.check_version(snapshot.version)
 
-    def _miss(self, data: bytes, tcp: bool) -> bytes | Forward | None:
+    def _miss(self, data: bytes, client: str, tcp: bool) -> bytes | Forward | None:
         self.counters.cache_misses += 1
         zone = self._zone
         assert zone is not None  # handle() set it
@@ -232,6 +243,12 @@ class DnsServer:
                 self.counters.malformed += 1
             return None
         if isinstance(outcome, Forward):
+            limiter = self._forward_limiter
+            # TCP is exempt: its handshake proves the source address, so it cannot be aimed at someone else
+            if limiter is not None and not tcp and not limiter.allow(client, self._clock.monotonic()):
+                self.counters.forward_limited += 1
+                self.counters.count_rcode(dns.rcode.NOERROR)
+                return truncated(outcome.query, dns.rcode.NOERROR, dns.flags.RA)
             return outcome
         if outcome.rcode == dns.rcode.FORMERR:
             self.counters.malformed += 1

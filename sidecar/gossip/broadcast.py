@@ -10,7 +10,9 @@ Only sends to members that may not have the news count. Each broadcast remembers
 or heard it from since) and is never given to them. That matters most where the limit is smallest: in a
 cluster of up to 9 members ``ceil(log10(n + 1))`` is 1, so with the ``local`` profile each member passes a
 rumour on just twice, and a rumour that spends those sends on members that have it already dies out
-before it reaches everyone (the rest then wait for a push-pull, 15 s or more).
+before it reaches everyone (the rest then wait for a push-pull, 15 s or more). The exception is news that
+no push-pull can repair, a member's own leave (it exits right after): every send of it counts, so it reaches
+even a single remaining member its full number of times and survives a lost packet.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from sidecar.gossip.suspicion import retransmit_limit
 
 
 class _Item:
-    __slots__ = ("data", "id", "key", "known_by", "on_done", "transmits")
+    __slots__ = ("data", "every_send_counts", "id", "key", "known_by", "on_done", "transmits")
 
     def __init__(self, key: Hashable, data: bytes, item_id: int, on_done: Callable[[], None] | None,
-                 known_by: set[Hashable]) -> None:
+                 known_by: set[Hashable], every_send_counts: bool) -> None:
         self.key = key
         self.data = data
         self.id = item_id
         self.transmits = 0
         self.on_done = on_done
         self.known_by = known_by
+        self.every_send_counts = every_send_counts
 
 
 class BroadcastQueue:
@@ -73,16 +76,18 @@ class BroadcastQueue:
         return self._widest
 
     def queue(self, key: Hashable, data: bytes, on_done: Callable[[], None] | None = None,
-              known_by: Iterable[Hashable] = ()) -> None:
+              known_by: Iterable[Hashable] = (), every_send_counts: bool = False) -> None:
         """Queue ``data``; an older broadcast with the same key is dropped (and counts as done).
 
         ``known_by``: destinations that have this news already; it is never sent to them.
+        ``every_send_counts``: whoever it was sent to may get it again, so it goes out its full number of
+        times even to a single destination (for news that no later exchange can repair if a packet is lost).
         """
         old = self._by_key.pop(key, None)
         if old is not None:
             self._drop(old)
         self._next_id += 1
-        item = _Item(key, data, self._next_id, on_done, set(known_by))
+        item = _Item(key, data, self._next_id, on_done, set(known_by), every_send_counts)
         self._by_key[key] = item
         self._buckets.setdefault(0, {})[item.id] = item
         self._widest = max(self._widest, len(item.known_by))
@@ -164,6 +169,8 @@ class BroadcastQueue:
         self._widest = 0
 
     def _add_known(self, item: _Item, destination: Hashable) -> None:
+        if item.every_send_counts:
+            return
         item.known_by.add(destination)
         if len(item.known_by) > self._widest:
             self._widest = len(item.known_by)

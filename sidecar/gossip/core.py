@@ -27,6 +27,11 @@ partitions.
 Suspicion: a suspect gets Lifeguard's timer (``suspicion.Suspicion``), which shrinks with confirmations
 from other members; at its end the member is declared dead. A member that hears it is suspect or dead
 refutes: it raises its incarnation above the accuser's and gossips that it is alive.
+
+Bounds on what a sender can make us hold (nothing on the wire proves who sent a message): an incarnation
+above the clock-derived ceiling is dropped (``incarnation``), so an accusation can always be refuted; a
+member heard of only from others counts against its introducer until it answers a probe of ours
+(``admission``); the record of delivered user broadcasts is bounded in size and age (``seen``).
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config.model import GossipTuning
+from sidecar.gossip.admission import Admission
 from sidecar.gossip.awareness import Awareness
 from sidecar.gossip.broadcast import BroadcastQueue
 from sidecar.gossip.envelope import Envelope, PacketRefused, Refusal
 from sidecar.gossip.errors import GossipDecodeError, MessageTooLarge
+from sidecar.gossip.incarnation import INCARNATION_MAX, incarnation_ceiling
 from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import (
     COMPOUND_HEADER,
@@ -65,6 +72,7 @@ from sidecar.gossip.messages import (
     split_packet,
     to_wire,
 )
+from sidecar.gossip.seen import USER_SEEN_FLOOR, SeenVersions
 from sidecar.gossip.state import (
     Address,
     Input,
@@ -209,6 +217,8 @@ class GossipCounters:
     push_pulls: int = 0
     push_pull_failures: int = 0
     address_conflicts: int = 0
+    refused_incarnation: int = 0  # suspect/alive/dead messages above the incarnation ceiling
+    refused_member: int = 0  # new members over the unconfirmed caps of their introducer or in total
     refused: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Refusal})
 
     def snapshot(self) -> dict[str, int]:
@@ -286,6 +296,8 @@ class GossipCore:
     ``local_state`` is called for every push-pull we send; the partner's comes back as a
     :class:`RemoteState` event. ``user_version_start`` seeds the versions of our user broadcasts: a driver
     passes wall-clock microseconds, so a restarted process's broadcasts win over its previous life's.
+    ``wall_offset`` is wall-clock seconds minus core time (the driver's ``wall() - monotonic()``); it
+    places the incarnation ceiling (0 in simulations: the ceiling is then the headroom alone).
     """
 
     def __init__(
@@ -305,6 +317,7 @@ class GossipCore:
         tcp_fallback: bool = True,
         reconnect: bool = True,
         packet_size: int = UDP_PACKET_SIZE,
+        wall_offset: float = 0.0,
     ) -> None:
         if len(meta) > MAX_META:
             raise MessageTooLarge("member metadata", len(meta), MAX_META)
@@ -334,7 +347,10 @@ class GossipCore:
         self._left = False
         self._leave_done = False
         self._user_version = user_version_start
-        self._user_seen: dict[str, dict[str, int]] = {}
+        self._user_seen = SeenVersions()
+        self._wall_offset = wall_offset
+        self._admission = Admission()
+        self._stuck: str | None = None
         self._handlers: dict[type, Callable[[Address, Message, bytes, float, list[Output]], None]] = {
             Ping: self._on_ping,  # type: ignore[dict-item]
             IndirectPing: self._on_indirect_ping,  # type: ignore[dict-item]
@@ -365,6 +381,30 @@ class GossipCore:
         return self._incarnation
 
     @property
+    def stuck(self) -> str | None:
+        """Why we can no longer refute an accusation (our incarnation is at its maximum), or None."""
+        return self._stuck
+
+    @property
+    def unconfirmed_members(self) -> int:
+        """Members heard of only from others, not yet confirmed by answering a probe of ours."""
+        return len(self._admission)
+
+    @property
+    def user_seen_entries(self) -> int:
+        """Records of delivered user broadcasts held (see ``seen``)."""
+        return len(self._user_seen)
+
+    @property
+    def user_seen_evicted(self) -> int:
+        """Records forgotten so far, for age or for room."""
+        return self._user_seen.evicted
+
+    def incarnation_ceiling(self, now: float) -> int:
+        """The highest incarnation we accept from anyone at ``now`` (see ``incarnation``)."""
+        return incarnation_ceiling(now + self._wall_offset)
+
+    @property
     def health_score(self) -> int:
         """Lifeguard's awareness score: 0 is healthy; probing slows by ``score + 1``."""
         return self._awareness.score
@@ -376,11 +416,17 @@ class GossipCore:
     @property
     def leave_done(self) -> bool:
         """The leave message has been sent its full number of times (or nobody is left to tell)."""
-        return self._leave_done or (self._left and self._table.live_count <= 1)
+        # once we have left we are no longer live ourselves: live_count counts only the others
+        return self._leave_done or (self._left and self._table.live_count == 0)
 
     @property
     def keyring(self) -> Keyring | None:
         return self._envelope.keyring
+
+    @property
+    def known_members(self) -> int:
+        """Members in the table in any state, ourselves included."""
+        return len(self._table)
 
     @property
     def num_members(self) -> int:
@@ -429,7 +475,9 @@ class GossipCore:
         """Replace our metadata; spread with an alive message of a higher incarnation."""
         if len(meta) > MAX_META:
             raise MessageTooLarge("member metadata", len(meta), MAX_META)
-        self._incarnation += 1
+        if not self._raise_incarnation(self._incarnation + 1):
+            self._table.put(updated(self._self(), meta=meta))  # kept here; peers cannot be told
+            return
         self._table.put(updated(self._self(), meta=meta, incarnation=self._incarnation))
         self._queue.queue(self.name, to_wire(self._alive_of_self()))
 
@@ -450,7 +498,6 @@ class GossipCore:
         if len(raw) > limit:
             raise MessageTooLarge("user broadcast", len(raw), limit)
         self._user_version += 1
-        self._user_seen.setdefault(self.name, {})[key] = self._user_version
         self._queue.queue(("u", self.name, key), raw)
 
     def next_deadline(self) -> float:
@@ -496,6 +543,7 @@ class GossipCore:
             self._next_reap = now + self.tuning.probe_interval
             if self._table.dead_since:
                 self._reap(now, out)
+            self._user_seen.expire(now, max(USER_SEEN_FLOOR, 4 * len(self._table)))
         return out
 
     def on_packet(self, src: Address, data: bytes, now: float) -> list[Output]:
@@ -549,8 +597,9 @@ class GossipCore:
                 return None, out
             return self._envelope.seal(to_wire(Ack(msg.seq))), out
         if isinstance(msg, PushPull):
-            # merge first: a restarted member refutes its old death in the very reply
-            self._merge(msg, now, out)
+            # merge first: a restarted member refutes its old death in the very reply; new members
+            # count against the peer's host (its source port is a fresh one for every connection)
+            self._merge(msg, now, out, introducer=(src[0], 0))
             reply = self._push_pull_frame(join=False)
             if self._next_gossip < now:
                 self._realign_gossip(now)
@@ -576,9 +625,10 @@ class GossipCore:
             p = self._probe
             if isinstance(msg, Ack) and p is not None and msg.seq == p.seq:
                 p.tcp_ok = True
+                self._admission.confirm(p.name)
             return out
         if isinstance(msg, PushPull):
-            self._merge(msg, now, out, stream.address)
+            self._merge(msg, now, out, stream.address, introducer=None if stream.join else stream.address)
             out.append(SyncCompleted(stream.address, stream.join, True))
             if self._next_gossip < now:
                 self._realign_gossip(now)
@@ -670,6 +720,7 @@ class GossipCore:
             if not p.indirect:
                 self._awareness.apply_delta(-1)
             self._probe = None
+            self._admission.confirm(p.name)
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
@@ -681,14 +732,20 @@ class GossipCore:
             p.nacks += 1
 
     def _on_suspect_packet(self, src: Address, msg: Suspect, raw: bytes, now: float, out: list[Output]) -> None:
+        if self._above_ceiling(msg.incarnation, now):
+            return
         if msg.node == self.name and msg.incarnation < self._incarnation:
             self._answer_stale_accusation(src, out)
         self._on_suspect(msg, raw, now, out, src)
 
     def _on_alive_packet(self, src: Address, msg: Alive, raw: bytes, now: float, out: list[Output]) -> None:
-        self._on_alive(msg, raw, now, out, src)
+        if self._above_ceiling(msg.incarnation, now):
+            return
+        self._on_alive(msg, raw, now, out, src, introducer=src)
 
     def _on_dead_packet(self, src: Address, msg: Dead, raw: bytes, now: float, out: list[Output]) -> None:
+        if self._above_ceiling(msg.incarnation, now):
+            return
         if msg.node == self.name and msg.incarnation < self._incarnation and not self._left:
             self._answer_stale_accusation(src, out)
         self._on_dead(msg, raw, now, out, src)
@@ -699,11 +756,14 @@ class GossipCore:
         self._send(src, [to_wire(self._alive_of_self())], out)
 
     def _on_user(self, src: Address, msg: UserMsg, raw: bytes, now: float, out: list[Output]) -> None:
-        seen = self._user_seen.setdefault(msg.origin, {})
-        if seen.get(msg.key, -1) >= msg.version:
-            return
-        seen[msg.key] = msg.version
-        if msg.origin != self.name:
+        if msg.origin == self.name:
+            if msg.version <= self._user_version:
+                return  # our own, back from a round trip
+        else:
+            seen = self._user_seen
+            if not seen.is_new(msg.origin, msg.key, msg.version):
+                return
+            seen.record(msg.origin, msg.key, msg.version, now, max(USER_SEEN_FLOOR, 4 * len(self._table)))
             out.append(UserMessage(msg.origin, msg.key, msg.data))
         origin = self._table.get(msg.origin)
         known_by = (src,) if origin is None or origin.address == src else (src, origin.address)
@@ -712,13 +772,21 @@ class GossipCore:
     # ------------------------------------------------------------------------------ membership changes
 
     def _on_alive(self, a: Alive, raw: bytes | None, now: float, out: list[Output],
-                  src: Address | None = None) -> None:
-        """``src``: whom we heard it from (None: our own conclusion, or a push-pull we answered)."""
+                  src: Address | None = None, introducer: Address | None = None, joiner: bool = False) -> None:
+        """``src``: whom we heard it from (None: our own conclusion, or a push-pull we answered).
+        ``introducer``: the source a new member counts against until it is confirmed (None: trusted, the
+        push-pull of a join we made). ``joiner``: a member joining through us over TCP, introducing itself
+        (the total cap does not apply to it, so a flood cannot keep real members from joining)."""
         is_local = a.node == self.name
         if is_local and self._left:
             return  # an alive of ours still in flight must not undo the leave
         m = self._table.get(a.node)
         if m is None:
+            if introducer is not None:
+                if not self._admission.admits(introducer, len(self._table), joiner):
+                    self.counters.refused_member += 1
+                    return
+                self._admission.add(a.node, introducer)
             new = Member(a.node, a.host, a.port, a.meta, a.incarnation, ALIVE, now)
             self._table.put(new)
             self._queue.queue(a.node, raw if raw is not None else to_wire(a), known_by=_knowers(src, a))
@@ -797,7 +865,9 @@ class GossipCore:
             if not self._left:
                 self._refute(d.incarnation, out)
                 return
-            self._queue.queue(d.node, wire, self._on_leave_sent)
+            # nobody can repair a lost leave once we are gone (no refutation, no push-pull): it goes out its
+            # full number of times even to members that had it already, as memberlist's does
+            self._queue.queue(d.node, wire, self._on_leave_sent, every_send_counts=True)
         else:
             self._queue.queue(d.node, wire, known_by=_knowers(src))
         new = updated(m, incarnation=d.incarnation, state=new_state, state_change=now)
@@ -812,15 +882,28 @@ class GossipCore:
 
     def _refute(self, accused: int, out: list[Output]) -> None:
         # incarnation only grows; a refutation bumps ours above the accuser's
-        inc = self._incarnation + 1
-        if accused >= inc:
-            inc = accused + 1
-        self._incarnation = inc
-        self._table.put(updated(self._self(), incarnation=inc))
+        if not self._raise_incarnation(max(self._incarnation, accused) + 1):
+            return
+        self._table.put(updated(self._self(), incarnation=self._incarnation))
         self._queue.queue(self.name, to_wire(self._alive_of_self()))
         # being suspected hints that we are the slow one (Lifeguard)
         self._awareness.apply_delta(1)
         self.counters.refutations += 1
+
+    def _raise_incarnation(self, inc: int) -> bool:
+        """Take incarnation ``inc``; False (and ``stuck`` set) when it would not fit the wire."""
+        if inc > INCARNATION_MAX:
+            self._stuck = (f"cannot refute: incarnation {inc} would pass the maximum {INCARNATION_MAX}"
+                           " (a clock far in the future?)")
+            return False
+        self._incarnation = inc
+        return True
+
+    def _above_ceiling(self, incarnation: int, now: float) -> bool:
+        if incarnation > incarnation_ceiling(now + self._wall_offset):
+            self.counters.refused_incarnation += 1
+            return True
+        return False
 
     def _on_leave_sent(self) -> None:
         self._leave_done = True
@@ -919,16 +1002,28 @@ class GossipCore:
         user = self._local_state() if self._local_state is not None else b""
         return self._envelope.seal(to_wire(PushPull(join, states, user)))
 
-    def _merge(self, pp: PushPull, now: float, out: list[Output], src: Address | None = None) -> None:
-        """``src``: the partner's gossip address when we know it (a push-pull we started)."""
+    def _merge(self, pp: PushPull, now: float, out: list[Output], src: Address | None = None,
+               introducer: Address | None = None) -> None:
+        """``src``: the partner's gossip address when we know it (a push-pull we started);
+        ``introducer``: what new members count against (None: a join's seed, trusted)."""
         table = self._table
+        ceiling = incarnation_ceiling(now + self._wall_offset)
+        # a join through us: the first new member at the partner's own host is the joiner itself
+        joiner_host = introducer[0] if pp.join and introducer is not None else None
         for r in pp.states:
+            if r.incarnation > ceiling:
+                self.counters.refused_incarnation += 1
+                continue
             if r.state is ALIVE:
                 m = table.get(r.name)
                 if (m is not None and m.state is ALIVE and m.incarnation >= r.incarnation
                         and r.name != self.name and m.host == r.host and m.port == r.port):
                     continue  # nothing new (the common case)
-                self._on_alive(Alive(r.incarnation, r.name, r.host, r.port, r.meta), None, now, out, src)
+                joiner = r.host == joiner_host and m is None
+                if joiner:
+                    joiner_host = None
+                self._on_alive(Alive(r.incarnation, r.name, r.host, r.port, r.meta), None, now, out, src,
+                               introducer, joiner)
             elif r.state is LEFT:
                 self._on_dead(Dead(r.incarnation, r.name, r.name), None, now, out, src)
             else:
@@ -971,7 +1066,8 @@ class GossipCore:
         for name, since in list(self._table.dead_since.items()):
             if now - since >= limit and name != self.name:
                 m = self._table.remove(name)
-                self._user_seen.pop(name, None)
+                self._user_seen.forget_origin(name)
+                self._admission.forget(name)
                 self._suspicions.pop(name, None)
                 if m is not None:
                     out.append(MemberReaped(m.view(self.cluster)))

@@ -27,12 +27,14 @@ from sidecar.gossip.core import (
     OpenStream,
     Output,
     SendUdp,
+    StreamPurpose,
     SyncCompleted,
 )
 from sidecar.gossip.errors import KeyringError
 from sidecar.gossip.keyring import Keyring, key_text
 from sidecar.gossip.reconnect import Reconnects
 from sidecar.gossip.state import Address, MemberView
+from sidecar.gossip.streamgate import MAX_ACK_FRAME, MAX_FRAME, StreamGate, StreamLimits, frame_limit
 from sidecar.gossip.transport import UdpEndpoint, exchange, open_listeners
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class GossipNode:
         events_max: int = 10_000,
         reconnect_interval: float | None = None,
         reconnect_timeout: float = 86400.0,
+        stream_limits: StreamLimits | None = None,
     ) -> None:
         self.name = name
         self.tuning = tuning
@@ -100,6 +103,8 @@ class GossipNode:
         self.reconnects = Reconnects(interval, reconnect_timeout, self._rng)
         self._join_addresses: list[HostPort] = []
         self._reconnector: asyncio.Task[None] | None = None
+        self.streams = StreamGate(stream_limits)
+        self._stuck_logged = False
 
     @classmethod
     def from_config(cls, config: Config, *, meta: bytes = b"", local_state: Callable[[], bytes] | None = None,
@@ -115,7 +120,8 @@ class GossipNode:
     async def start(self) -> HostPort:
         """Bind UDP and TCP on ``listen`` (the same port for both) and start the protocol; returns the bound address."""
         udp, server = await open_listeners(self.listen.host, self.listen.port, self._on_datagram,
-                                           self._on_stream, self.tuning.tcp_timeout)
+                                           self._on_stream, self.tuning.tcp_timeout, self.streams,
+                                           self._frame_limit)
         self._udp, self._server = udp, server
         bound_port = udp.bound[1]
         self.bound = HostPort(self.listen.host, bound_port)
@@ -123,11 +129,24 @@ class GossipNode:
         self._core = GossipCore(
             self.name, (self.address.host, self.address.port), self.tuning, now=self._clock.monotonic(),
             cluster=self.cluster, keyring=self._keyring, meta=self._meta, local_state=self._local_state,
-            rng=self._rng, user_version_start=int(self._clock.wall() * 1_000_000))
+            rng=self._rng, user_version_start=int(self._clock.wall() * 1_000_000),
+            wall_offset=self._clock.wall() - self._clock.monotonic())
         self._runner = asyncio.create_task(self._run(), name=f"gossip-{self.name}")
         self._reconnector = asyncio.create_task(self._reconnect_forever(), name=f"gossip-reconnect-{self.name}")
         log.info("gossip %s listening on %s, advertising %s", self.name, self.bound, self.address)
+        warning = self.exposure_warning()
+        if warning is not None:
+            log.warning("%s", warning)
         return self.bound
+
+    def exposure_warning(self) -> str | None:
+        """What to tell the operator when gossip is plaintext beyond loopback, or None."""
+        return exposure_warning(self.listen.host, bool(self._keyring is not None))
+
+    @property
+    def problem(self) -> str | None:
+        """Why this member cannot keep its place in the cluster (it cannot refute), or None."""
+        return self._core.stuck if self._core is not None else None
 
     async def join(self, addresses: Sequence[HostPort]) -> int:
         """One attempt: push-pull with every address of every name; returns how many succeeded.
@@ -224,6 +243,12 @@ class GossipNode:
         out["udp_send_errors"] = self._udp.send_errors if self._udp is not None else 0
         out["members_alive"] = sum(1 for m in self.members() if m.state == "alive")
         out["health_score"] = self._core.health_score if self._core is not None else 0
+        out["unconfirmed_members"] = self._core.unconfirmed_members if self._core is not None else 0
+        out["user_seen_entries"] = self._core.user_seen_entries if self._core is not None else 0
+        out["user_seen_evicted"] = self._core.user_seen_evicted if self._core is not None else 0
+        out["plaintext_exposed"] = int(self.exposure_warning() is not None)
+        out["cannot_refute"] = int(self.problem is not None)
+        out.update(self.streams.snapshot())
         for source in self.counter_sources:
             out.update(source())
         return out
@@ -250,6 +275,7 @@ class GossipNode:
         self._meta = meta
         if self._core is not None:
             self._core.set_meta(meta)
+            self._carry_out([])
             self._wake.set()
 
     # ------------------------------------------------------------------------------------------ keys
@@ -273,6 +299,14 @@ class GossipNode:
         return self._keyring
 
     # -------------------------------------------------------------------------------------- plumbing
+
+    def _frame_limit(self) -> int:
+        return frame_limit(self._core.known_members if self._core is not None else 1)
+
+    def _log_stuck(self, reason: str) -> None:
+        if not self._stuck_logged:
+            self._stuck_logged = True
+            log.error("gossip %s %s; peers will hold this member dead; /ready answers 503", self.name, reason)
 
     def _require_core(self) -> GossipCore:
         if self._core is None:
@@ -319,6 +353,8 @@ class GossipNode:
 
     def _carry_out(self, outputs: list[Output]) -> list[asyncio.Task[list[Output]]]:
         started: list[asyncio.Task[list[Output]]] = []
+        if self._core is not None and self._core.stuck is not None:
+            self._log_stuck(self._core.stuck)
         for out in outputs:
             if isinstance(out, SendUdp):
                 if self._udp is not None:
@@ -334,7 +370,8 @@ class GossipNode:
 
     async def _exchange(self, cmd: OpenStream) -> list[Output]:
         core = self._require_core()
-        reply = await exchange(cmd.address, cmd.data, cmd.deadline - self._clock.monotonic())
+        limit = MAX_ACK_FRAME if cmd.purpose is StreamPurpose.PING else MAX_FRAME
+        reply = await exchange(cmd.address, cmd.data, cmd.deadline - self._clock.monotonic(), limit)
         outputs = core.on_stream_reply(cmd.token, reply, self._clock.monotonic())
         self._carry_out(outputs)
         self._wake.set()
@@ -425,6 +462,24 @@ def default_route_host(ipv6: bool = False) -> str:
             return str(s.getsockname()[0])
     except OSError:
         return fallback
+
+
+def exposure_warning(listen_host: str, encrypted: bool) -> str | None:
+    """The warning for gossip in plaintext on a non-loopback address, or None."""
+    if encrypted or _is_loopback_host(listen_host):
+        return None
+    return (f"gossip listens on {listen_host} WITHOUT ENCRYPTION: anyone who can reach it can join the cluster, "
+            "add, suspect or declare dead any member, and read and change the service catalog; "
+            "set gossip.encrypt_keys (sidecar keys generate) or listen on loopback only")
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_local_ip(host: str) -> bool:

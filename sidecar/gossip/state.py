@@ -224,16 +224,28 @@ class MemberTable:
         return None
 
     def random_members(self, k: int, accept: Callable[[Member], bool]) -> list[Member]:
-        """Up to ``k`` distinct random members ``accept`` takes (memberlist's kRandomNodes)."""
+        """Up to ``k`` distinct random members ``accept`` takes (memberlist's kRandomNodes).
+
+        Fewer than ``k`` only when fewer are acceptable: random draws with replacement can miss an acceptable
+        member however many they are (in a cluster of two, 3n = 6 draws all land on ourselves once in 64),
+        so a scan in table order picks up whatever the draws missed.
+        """
         order = self._order
         n = len(order)
         chosen: list[Member] = []
         if k <= 0 or n == 0:
             return chosen
         rand = self._rng.random
-        # 3n tries: exhaustive for small clusters, a handful of tries for large ones
+        # 3n draws: a handful when most members are acceptable, the common case in large clusters
         for _ in range(3 * n):
             member = self._members.get(order[int(rand() * n)])
+            if member is None or any(c is member for c in chosen) or not accept(member):
+                continue
+            chosen.append(member)
+            if len(chosen) >= k:
+                return chosen
+        for name in order:
+            member = self._members.get(name)
             if member is None or any(c is member for c in chosen) or not accept(member):
                 continue
             chosen.append(member)

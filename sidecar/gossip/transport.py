@@ -1,7 +1,8 @@
 """Real sockets for gossip: a UDP endpoint and length-prefixed TCP frames (memberlist's net_transport).
 
 Nothing here knows the protocol: datagrams go to a callback, a TCP connection carries one request frame
-and at most one reply frame, each ``length:u32`` then the bytes.
+and at most one reply frame, each ``length:u32`` then the bytes. Inbound streams pass a
+:class:`~sidecar.gossip.streamgate.StreamGate` before anything is buffered.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from sidecar.gossip.state import Address
+from sidecar.gossip.streamgate import MAX_FRAME, StreamGate
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME = 32 * 1024 * 1024  # a push-pull of ten thousand members with metadata fits many times over
 _FRAME = struct.Struct(">I")
 
 
@@ -30,13 +31,28 @@ def frame(data: bytes) -> bytes:
     return _FRAME.pack(len(data)) + data
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> bytes:
     try:
         header = await reader.readexactly(_FRAME.size)
         (length,) = _FRAME.unpack(header)
-        if length > MAX_FRAME:
-            raise FrameError(f"frame of {length} bytes is over {MAX_FRAME}")
+        if length > limit:
+            raise FrameError(f"frame of {length} bytes is over {limit}")
         return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise FrameError("the connection closed in the middle of a frame") from None
+
+
+async def read_gated_frame(reader: asyncio.StreamReader, gate: StreamGate, host: str, limit: int) -> bytes:
+    """One frame, its declared length checked and reserved in ``gate`` before the body is read."""
+    try:
+        (length,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+        refusal = gate.reserve(host, length, limit)
+        if refusal is not None:
+            raise FrameError(f"frame of {length} bytes refused ({refusal.value}; limit {limit})")
+        try:
+            return await reader.readexactly(length)
+        finally:
+            gate.release(host, length)
     except asyncio.IncompleteReadError:
         raise FrameError("the connection closed in the middle of a frame") from None
 
@@ -88,15 +104,22 @@ StreamHandler = Callable[[Address, bytes], Awaitable[bytes | None]]
 
 
 async def open_listeners(host: str, port: int, on_datagram: Callable[[bytes, Address], None],
-                         on_stream: StreamHandler, frame_timeout: float,
-                         attempts: int = 20) -> tuple[UdpEndpoint, asyncio.Server]:
-    """A TCP server and a UDP socket on the same port (port 0: the same free port for both)."""
+                         on_stream: StreamHandler, frame_timeout: float, gate: StreamGate,
+                         frame_limit: Callable[[], int], attempts: int = 20) -> tuple[UdpEndpoint, asyncio.Server]:
+    """A TCP server and a UDP socket on the same port (port 0: the same free port for both).
+
+    Inbound streams go through ``gate``; a frame may declare at most ``frame_limit()`` bytes, and must
+    arrive whole within ``frame_timeout``.
+    """
     loop = asyncio.get_running_loop()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         src = peer_address(writer.get_extra_info("peername"))
+        if not gate.enter(src[0]):
+            writer.transport.abort()
+            return
         try:
-            data = await asyncio.wait_for(read_frame(reader), frame_timeout)
+            data = await asyncio.wait_for(read_gated_frame(reader, gate, src[0], frame_limit()), frame_timeout)
             reply = await on_stream(src, data)
             if reply is not None:
                 writer.write(frame(reply))
@@ -104,6 +127,7 @@ async def open_listeners(host: str, port: int, on_datagram: Callable[[bytes, Add
         except (FrameError, OSError, TimeoutError) as exc:
             log.debug("gossip stream from %s failed: %s", src, exc)
         finally:
+            gate.leave(src[0])
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
@@ -125,8 +149,9 @@ async def open_listeners(host: str, port: int, on_datagram: Callable[[bytes, Add
     raise last if last is not None else OSError(f"cannot bind gossip UDP and TCP on {host}:{port}")
 
 
-async def exchange(address: Address, data: bytes, timeout: float) -> bytes | None:
-    """Send one frame and read one reply over a fresh TCP connection; None on any failure or timeout."""
+async def exchange(address: Address, data: bytes, timeout: float, limit: int = MAX_FRAME) -> bytes | None:
+    """Send one frame and read one reply (at most ``limit`` bytes) over a fresh TCP connection; None on any
+    failure or timeout."""
     if timeout <= 0:
         return None
     writer: asyncio.StreamWriter | None = None
@@ -135,7 +160,7 @@ async def exchange(address: Address, data: bytes, timeout: float) -> bytes | Non
             reader, writer = await asyncio.open_connection(address[0], address[1])
             writer.write(frame(data))
             await writer.drain()
-            return await read_frame(reader)
+            return await read_frame(reader, limit)
     except (OSError, TimeoutError, FrameError) as exc:
         log.debug("gossip stream to %s failed: %s", address, exc)
         return None

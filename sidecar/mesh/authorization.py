@@ -5,7 +5,9 @@ Order of evaluation, first match wins:
 2. ``action: allow`` rules that match → allowed;
 3. if any allow rule names the target (``to`` equal or ``*``), the caller matched none of them → refused;
 4. otherwise ``authorization.default``.
-Globs (``*``, ``?``, ``[..]``) work in every field; methods compare case-insensitively.
+Globs (``*``, ``?``, ``[..]``) work in every field; methods compare case-insensitively, and a HEAD request
+matches rules written for GET (it is a GET without the body: ``deny GET /secret`` must also refuse ``HEAD /secret``).
+``path`` is the canonical path (:mod:`sidecar.proxy.paths`), which is also what the app receives.
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ def _match(patterns: list[str], value: str) -> bool:
     return any(p == "*" or fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
+def _method_matches(patterns: list[str], method: str) -> bool:
+    upper = [m.upper() for m in patterns]
+    method = method.upper()
+    return _match(upper, method) or (method == "HEAD" and _match(upper, "GET"))
+
+
 def _rule_matches(rule: AuthorizationRule, caller: str, target: str, method: str, path: str) -> bool:
     return (_match([rule.to], target) and _match(rule.from_, caller)
-            and _match([m.upper() for m in rule.methods], method.upper()) and _match(rule.paths, path))
+            and _method_matches(rule.methods, method) and _match(rule.paths, path))
 
 
 class Authorizer:

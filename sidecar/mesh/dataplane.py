@@ -55,6 +55,7 @@ from sidecar.mesh.inbound import (
     Names,
     encode_tunnel_header,
     no_service_named,
+    refuse_internal,
     set_caller,
 )
 from sidecar.mesh.naming import ServiceName
@@ -74,10 +75,8 @@ from sidecar.proxy import (
 )
 from sidecar.proxy.limits import DEFAULT_POOL_LIMITS, DEFAULT_PROXY_LIMITS
 from sidecar.proxy.target import RouteResult
-from sidecar.resilience import Call, Resilience
-from sidecar.tls import reasons
-from sidecar.tls.context import peer_server_name
-from sidecar.tls.errors import PeerRefused
+from sidecar.resilience import Call, Resilience, deadline
+from sidecar.tls.context import service_server_name
 from sidecar.tls.identity import PeerIdentity
 from sidecar.tls.reloader import IdentityStore
 
@@ -156,7 +155,7 @@ class MeshStats:
 class _Targets:
     """Targets to peer sidecars, one per endpoint, kept until the catalog snapshot or our context changes.
 
-    Pools are keyed by (kind, peer address, context generation): after a rotation new connections use new
+    Pools are keyed by (kind, peer address, service, context generation): after a rotation new connections use new
     pools (a TLS session made with one context cannot be offered by another); the old pools' idle
     connections are closed by the pool sweeper, and requests on them finish undisturbed.
     """
@@ -201,12 +200,14 @@ class _Targets:
     def _build(self, endpoint: Endpoint, context: ssl.SSLContext) -> Target:
         policy = self._config.policy_for(endpoint.service)
         timeout = float(policy.timeout)
-        per_try = float(policy.retries.per_try_timeout)
-        # each try is bounded by per_try_timeout when the policy retries at all (Envoy's meaning)
-        try_timeout = per_try if policy.retries.attempts > 0 and per_try < timeout else None
+        per_try = policy.retries.per_try_timeout
+        try_timeout = deadline.try_timeout(None if per_try is None else float(per_try), policy.retries.attempts,
+                                           timeout)
         host, port = endpoint.address
-        return Target(endpoint.address, ssl=context, server_hostname=peer_server_name(host, port),
-                      pool_key=(self.kind, endpoint.address, self._generation), timeout=timeout,
+        # the SNI asks the peer for the destination service's certificate, and the pool is per service: a
+        # connection verified as service A is never reused for service B on the same peer
+        return Target(endpoint.address, ssl=context, server_hostname=service_server_name(endpoint.service, host, port),
+                      pool_key=(self.kind, endpoint.address, endpoint.service, self._generation), timeout=timeout,
                       try_timeout=try_timeout, tag=endpoint,
                       verify=self._peer_check(endpoint) if self._peer_check is not None else None)
 
@@ -428,6 +429,7 @@ class DataPlane:
         name = self.names.parse(head.host)
         if name is None:
             raise no_service_named(head.host)
+        refuse_internal(head)
         set_caller(head, None)  # only the destination's sidecar says who calls
         return self.resilience.outbound(head, name, self._http_peers, self._now())
 
@@ -445,18 +447,15 @@ class DataPlane:
         return self.resilience.inbound(head, target, tag.service) if isinstance(tag, LocalApp) else target
 
     def _peer_check(self, endpoint: Endpoint) -> Callable[[ssl.SSLObject], object]:
-        """What the sidecar at ``endpoint`` must prove on each new connection (SPEC: Identity): a SPIFFE ID of
-        our trust domain naming a service the catalog places on its node. A sidecar has one identity even when
-        it hosts several services, so "the destination service itself" would refuse its other services."""
+        """What the sidecar at ``endpoint`` must prove on each new connection (SPEC: Identity): the SPIFFE ID of
+        the destination service itself, in our trust domain. The catalog says where a service may be, never who
+        may answer for it: a member that announces a service it holds no certificate for gets no traffic."""
         store = self.store
         assert store is not None  # only peers of a sidecar with tls are dialled
-        hosted = {i.name for i in self.catalog.snapshot().instances if i.node == endpoint.node} | {endpoint.service}
+        service = endpoint.service
 
         def check(ssl_object: ssl.SSLObject) -> PeerIdentity:
-            peer = store.verify_peer(ssl_object)
-            if peer.service not in hosted:
-                raise PeerRefused(reasons.wrong_service("server", peer.spiffe_id, endpoint.service))
-            return peer
+            return store.verify_peer(ssl_object, expected_service=service)
 
         return check
 
@@ -481,6 +480,7 @@ class DataPlane:
             if self.store is None:
                 raise _no_tls()
             head.host = name.service  # the peer's inbound finds the service by Host
+            refuse_internal(head)
             set_caller(head, None)
             return self.resilience.outbound(head, name, self._http_peers, self._now())
 

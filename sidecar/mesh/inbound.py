@@ -4,7 +4,13 @@ Theory of operation
 -------------------
 Sockets are accepted raw and the handshake is run by :func:`sidecar.tls.handshake.accept_socket`, which
 logs and counts every refusal with a reason a person can act on (``create_server(ssl=...)`` would swallow
-them). The protocol it is given is a switch: when the handshake completes, ALPN says what the connection
+them). A connection must send its first bytes within ``hello_timeout`` (3 s) and finish the handshake
+within ``handshake_timeout`` (10 s); handshakes in progress are held in :class:`sidecar.tls.slots.HandshakeSlots`,
+which always takes a new connection and closes the oldest pending handshake of the source holding the most to
+make room, so idle connections from a few hosts cannot lock real peers out (each closure is counted in ``shed``
+and logged through the refusal log, a line per host and kind now and then).
+
+The protocol ``accept_socket`` is given is a switch: when the handshake completes, ALPN says what the connection
 carries and the switch hands the TLS transport (``transport.set_protocol``) to
 
 * the HTTP engine's client-side protocol (ALPN ``http/1.1``, or none offered), or
@@ -15,10 +21,12 @@ The protocol may see bytes before ``accept_socket`` has checked the caller's SPI
 the caller too, once per connection (kept in ``ConnectionInfo.data``): nothing is forwarded for a caller
 that is not verified.
 
-A request names its service by ``Host`` (as the caller's app wrote it). The service must be registered on
-this node; the caller's service (from its certificate) must be allowed by ``authorization`` for the method and
-path (tunnels: method ``CONNECT``, path ``""``); then the request goes to the app in plain HTTP with
-``x-sidecar-caller: spiffe://...`` set (any such header from the caller is removed first).
+A request names its service by ``Host`` (as the caller's app wrote it). A caller's sidecar names the service in
+its SNI too, which picks the certificate we answer with (one per hosted service, see
+:func:`sidecar.tls.context.sni_selector`); such a connection carries requests for that service only. The service
+must be registered on this node; the caller's service (from its certificate) must be allowed by
+``authorization`` for the method and path (tunnels: method ``CONNECT``, path ``""``); then the request goes to
+the app in plain HTTP with ``x-sidecar-caller: spiffe://...`` set (any such header from the caller is removed first).
 """
 
 from __future__ import annotations
@@ -39,11 +47,20 @@ from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthen
 from sidecar.mesh.authorization import Authorizer, Decision
 from sidecar.mesh.naming import ServiceName, parse_service
 from sidecar.proxy import ConnectionInfo, HttpProxy, RequestHead, Target, TcpRelay
-from sidecar.tls.context import ALPN_TCP_TUNNEL
+from sidecar.tls.context import ALPN_TCP_TUNNEL, selected_service
 from sidecar.tls.errors import PeerRefused
-from sidecar.tls.handshake import DEFAULT_HANDSHAKE_TIMEOUT, accept_socket, accepted, listening_socket
+from sidecar.tls.handshake import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HELLO_TIMEOUT,
+    accept_socket,
+    accepted,
+    listening_socket,
+    peer_text,
+)
 from sidecar.tls.identity import PeerIdentity
+from sidecar.tls.reasons import Refusal, RefusalReason
 from sidecar.tls.reloader import IdentityStore
+from sidecar.tls.slots import HandshakeSlots, source_of
 
 if TYPE_CHECKING:
     from sidecar.mesh.dataplane import MeshStats
@@ -51,6 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.mesh")
 
 CALLER_HEADER = b"x-sidecar-caller"
+TOPIC_HEADER = b"x-sidecar-topic"  # a push delivery of a published message names its topic
 INTERNAL_PREFIX = b"/.sidecar/"  # paths between sidecars (messaging deliveries); never an app's
 TUNNEL_MAGIC = b"sidecar-tcp/1"
 # a service name and a tag are DNS labels: a header line longer than this is not ours
@@ -137,6 +155,14 @@ class Decisions:
                 self._cache.clear()
             self._cache[key] = found
         return found
+
+
+def refuse_internal(head: RequestHead) -> None:
+    """Outbound: paths under ``/.sidecar/`` are for peer sidecars only; an app that sends one through its own
+    sidecar would otherwise reach a peer's internal receiver with this sidecar's identity."""
+    if head.target.startswith(INTERNAL_PREFIX):
+        raise PermissionDenied(f"{head.path} is sidecar-internal: apps cannot call paths under /.sidecar/",
+                               {"path": head.path})
 
 
 def no_service_named(host: str) -> InvalidArgument:
@@ -243,8 +269,13 @@ class InboundRoutes:
         self.names = names
         self.stats = stats
         # sidecar-internal requests (path under INTERNAL_PREFIX) from verified peers: messaging's receiver
-        # (wire: ``dataplane.routes.internal = messaging.internal_route``); never routed to an app
-        self.internal: Callable[[RequestHead, PeerIdentity], Target] | None = None
+        # (wire: ``dataplane.routes.internal = messaging.internal_route``); never routed to an app. It is given
+        # the authorization check, to apply to the local services the request is for
+        self.internal: Callable[[RequestHead, PeerIdentity, Callable[[PeerIdentity, str, str, str], None]],
+                                Target] | None = None
+        # topic scopes, when any topic is scoped (wire: ``routes.may_publish = messaging.scopes.may_publish``): a
+        # request that says it delivers a topic (x-sidecar-topic) must come from a service that may publish it
+        self.may_publish: Callable[[str, str], bool] | None = None
 
     def caller(self, conn: ConnectionInfo) -> PeerIdentity:
         data = conn.data
@@ -273,13 +304,16 @@ class InboundRoutes:
         if head.target.startswith(INTERNAL_PREFIX):
             if self.internal is None:
                 raise NotFound(f"no such sidecar-internal resource: {head.path}", {"path": head.path})
-            return self.internal(head, caller)
+            return self.internal(head, caller, self._authorize)
         name = self.names.parse(head.host)
         if name is None:
             raise no_service_named(head.host)
+        _require_selected(conn, name)
         # 404, then 403, then 503: which services live here is no secret, their health is the callers' business
         self._require_registered(name)
         self._authorize(caller, name.service, head.method, head.path)
+        if self.may_publish is not None:
+            self._check_topic(caller, head)
         target = self.local.pick(name)
         value = conn.data.get(_CALLER_VALUE)
         if value is None:
@@ -287,9 +321,17 @@ class InboundRoutes:
         set_caller(head, value)
         return target
 
+    def _check_topic(self, caller: PeerIdentity, head: RequestHead) -> None:
+        may_publish = self.may_publish
+        topic = head.headers.get(TOPIC_HEADER)
+        if topic is not None and may_publish is not None and not may_publish(caller.service, topic):
+            raise PermissionDenied(f"{caller.service} may not publish to {topic}: the topic's scope does not list it",
+                                   {"caller": caller.spiffe_id, "topic": topic, "header": TOPIC_HEADER.decode()})
+
     def tunnel(self, info: ConnectionInfo) -> Target:
         caller = self.caller(info)
         name: ServiceName = info.data["service"]
+        _require_selected(info, name)
         self._require_registered(name)
         self._authorize(caller, name.service, "CONNECT", "")
         return self.local.pick(name)
@@ -298,6 +340,15 @@ class InboundRoutes:
         if not self.local.known(name.service):
             raise NotFound(f"{name.service} is not registered on node {self.local.node}",
                            {"service": name.service, "node": self.local.node})
+
+
+def _require_selected(conn: ConnectionInfo, name: ServiceName) -> None:
+    """A connection whose SNI named a service (the caller checked our certificate for it) carries that service's
+    requests only; one that named none (``openssl s_client``, node-level dials) goes by Host alone."""
+    selected = selected_service(conn.ssl_object)
+    if selected is not None and selected != name.service.lower():
+        raise InvalidArgument(f"this connection was opened for {selected} (TLS server name); {name.service} needs its"
+                              " own connection", {"service": name.service, "connection": selected})
 
 
 def set_caller(head: RequestHead, value: bytes | None) -> None:
@@ -422,30 +473,42 @@ class _TunnelHeaderReader(asyncio.Protocol):
             self.timer = None
 
 
+def _peer_of(sock: socket.socket) -> Any:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+
+
 class InboundListener:
     """Accepts peer sidecars: mTLS handshake (refusals logged and counted by the store's RefusalLog), then
     HTTP through ``http`` or raw tunnels through ``tunnels``."""
 
     def __init__(self, store: IdentityStore, http: HttpProxy, tunnels: TcpRelay, clock: Clock, *,
-                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT, header_timeout: float = 10.0,
-                 max_handshakes: int = 512, backlog: int = 1024) -> None:
+                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT, hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+                 header_timeout: float = 10.0, max_handshakes: int = 512, max_handshakes_per_source: int = 128,
+                 backlog: int = 1024) -> None:
         self.store = store
         self.http = http
         self.tunnels = tunnels
         self.clock = clock
         self.handshake_timeout = handshake_timeout
+        self.hello_timeout = hello_timeout
         self.header_timeout = header_timeout
-        self.max_handshakes = max_handshakes
+        # handshakes in progress: a new connection is always taken, the oldest of the busiest source closed
+        # to make room (sidecar.tls.slots)
+        self.slots: HandshakeSlots[asyncio.Task[None]] = HandshakeSlots(max_handshakes, max_handshakes_per_source)
         self.backlog = backlog
         self.handshakes: Counter[str] = Counter()  # verified connections by caller SPIFFE ID
         self.serials: dict[str, str] = {}            # caller SPIFFE ID -> serial of its latest certificate
         self.refused = 0                             # handshakes refused (the reasons are in store.refusals)
-        self.shed = 0                                # connections closed unhandled: too many handshakes at once
+        self.shed = 0                                # handshakes closed to make room (slots.evicted)
         self.tunnel_refused = 0                      # tunnels with a bad or missing header
         self.on_verified: Callable[[PeerIdentity], None] | None = None
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: dict[asyncio.Task[None], str] = {}              # handshakes in progress -> peer
+        self._unstarted: dict[asyncio.Task[None], socket.socket] = {}   # handshakes not yet begun
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         sock = listening_socket(host, port, self.backlog)
@@ -457,19 +520,41 @@ class InboundListener:
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         async for sock in accepted(listener, "the inbound listener", self.clock):
-            if len(self._pending) >= self.max_handshakes:
-                self.shed += 1
-                sock.close()
-                continue
+            address = _peer_of(sock)
+            host = str(address[0]) if isinstance(address, tuple) and address else "unknown"
             task = loop.create_task(self._handshake(sock))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._pending[task] = peer_text(address)
+            self._unstarted[task] = sock
+            task.add_done_callback(self._handshake_done)
+            for victim in self.slots.admit(task, source_of(host)):
+                self._evict(victim)
+
+    def _handshake_done(self, task: asyncio.Task[None]) -> None:
+        self._pending.pop(task, None)
+        self.slots.done(task)
+        sock = self._unstarted.pop(task, None)
+        if sock is not None:   # cancelled before it ran: the socket is still ours alone
+            sock.close()
+
+    def _evict(self, victim: asyncio.Task[None]) -> None:
+        """Close a pending handshake to make room (the task closes its socket when cancelled); logged through the
+        refusal log, one line per host and a while."""
+        self.shed += 1
+        victim.cancel()
+        slots = self.slots
+        reason = RefusalReason(Refusal.EVICTED, f"handshake not done, closed to make room for a new connection"
+                                                f" ({len(slots)} pending: at most {slots.max_pending},"
+                                                f" {slots.max_per_source} from one source)")
+        self.store.refusals.record(self._pending.get(victim, "unknown peer"), reason, self.clock.wall())
 
     async def _handshake(self, sock: socket.socket) -> None:
+        # from here accept_socket owns the socket: it closes it when refused or cancelled
+        self._unstarted.pop(cast(asyncio.Task[None], asyncio.current_task()), None)
         try:
             _, switch, identity = await accept_socket(
                 sock, lambda: _Switch(self), self.store.server_context, self.store.trust_domain,
-                refusals=self.store.refusals, timeout=self.handshake_timeout, clock=self.clock)
+                refusals=self.store.refusals, timeout=self.handshake_timeout, hello_timeout=self.hello_timeout,
+                clock=self.clock)
         except PeerRefused:
             self.refused += 1
             return

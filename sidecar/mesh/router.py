@@ -1,8 +1,8 @@
-"""Which instance of a service a request goes to: endpoints from a catalog snapshot, and the pick among them.
+"""Which instances of a service a request may go to: endpoints from a catalog snapshot.
 
-Pure: a snapshot in, endpoints out; the pick keeps only a counter per service. The data plane's own pick is in
-:mod:`sidecar.resilience` (ejected outliers left out, round robin / least request / peak EWMA per policy, another
-instance on a retry): it takes :meth:`Router.endpoints` and leaves :meth:`Router.pick` to simpler callers.
+Pure: a snapshot in, endpoints out. The pick among them is :mod:`sidecar.resilience`'s (ejected outliers left
+out, round robin / least request / peak EWMA per policy, another instance on a retry): it takes
+:meth:`Router.endpoints`.
 
 Endpoints are sidecars, not apps: each instance is reached at its node's inbound listener
 (``snapshot.nodes[instance.node].address : inbound_port``), which hands the request to the app. An instance
@@ -12,9 +12,7 @@ authorization and metrics are the same whichever node serves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 from sidecar.catalog.model import CatalogSnapshot, HealthStatus, ServiceMetadata
 from sidecar.errors import NotFound, Unavailable
@@ -129,32 +127,12 @@ def _inbound_of(snapshot: CatalogSnapshot, instance: ServiceMetadata,
     return node.address, node.inbound_port
 
 
-class Balancer(Protocol):
-    """Picks one of a non-empty sequence of endpoints for a request to ``key``."""
-
-    def pick(self, key: ServiceName, endpoints: Sequence[Endpoint]) -> Endpoint: ...
-
-
-@dataclass(slots=True)
-class RoundRobin:
-    """Each service's endpoints in turn. The counter survives snapshot changes (it is taken modulo the
-    current count), so a catalog update does not send the next requests all to the first endpoint."""
-
-    _next: dict[ServiceName, int] = field(default_factory=dict)
-
-    def pick(self, key: ServiceName, endpoints: Sequence[Endpoint]) -> Endpoint:
-        turn = self._next.get(key, 0)
-        self._next[key] = turn + 1
-        return endpoints[turn % len(endpoints)]
-
-
 class Router:
-    """Endpoint sets per service, rebuilt when the catalog snapshot changes, and a balancer to pick one."""
+    """Endpoint sets per service, rebuilt when the catalog snapshot changes."""
 
-    __slots__ = ("_sets", "_snapshot", "balancer", "local")
+    __slots__ = ("_sets", "_snapshot", "local")
 
-    def __init__(self, balancer: Balancer | None = None, local: LocalInbound | None = None) -> None:
-        self.balancer: Balancer = balancer if balancer is not None else RoundRobin()
+    def __init__(self, local: LocalInbound | None = None) -> None:
         self.local = local
         self._snapshot: CatalogSnapshot | None = None
         self._sets: dict[ServiceName, EndpointSet] = {}
@@ -167,13 +145,6 @@ class Router:
         if found is None:
             found = self._sets[name] = endpoint_set(snapshot, name, self.local)
         return found
-
-    def pick(self, snapshot: CatalogSnapshot, name: ServiceName) -> Endpoint:
-        """An endpoint for one request, or NotFound (no such service) / Unavailable (none usable)."""
-        usable = self.endpoints(snapshot, name).usable
-        if not usable:
-            raise self.endpoints(snapshot, name).no_endpoint()
-        return usable[0] if len(usable) == 1 else self.balancer.pick(name, usable)
 
     def set_local(self, local: LocalInbound | None) -> None:
         self.local = local

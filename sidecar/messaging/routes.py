@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -73,9 +72,9 @@ def api_routes(messaging: Messaging) -> web.RouteTableDef:
 
     @routes.get("/v1/subscribe/{topic}")
     async def subscribe_stream(request: web.Request) -> web.StreamResponse:
-        events: AsyncIterator[tuple[int, str, Any]] = await messaging.stream(request.match_info["topic"],
-                                                                            last_event_id(request))
-        return await sse_stream(request, events)
+        async with messaging.stream(request.match_info["topic"], last_event_id(request),
+                                    request.headers.get(SENDER_HEADER)) as events:
+            return await sse_stream(request, events)
 
     return routes
 

@@ -20,6 +20,12 @@ Theory of operation
   ack's commit redelivers that message (at least once; the window is one commit, a few milliseconds).
 * A stream whose subscription disappears from the catalog (its node died) is kept and keeps collecting; it is
   forgotten only after ``retention.age`` without being seen, and what it still owed is dead-lettered.
+* Who may do what (zero trust between members): a message's ``service`` (the sender) is the service this sidecar's
+  certificate names, the one identity peers can check. Topic scopes (:mod:`sidecar.messaging.scopes`) are checked
+  on publish, on subscribe and before a stream is made for a subscriber. A node's stream subscription lives as long
+  as it has SSE readers. The receiver of deliveries takes one only from a peer sidecar (never through an app's
+  outbound), whose SPIFFE ID is the message's sender, which the authorization rules admit to the services reading
+  the topic here, and which the topic's scope lets publish; and only for a topic this node has readers of.
 """
 
 from __future__ import annotations
@@ -45,16 +51,26 @@ from sidecar.catalog.registry import LocalRegistry
 from sidecar.clock import Clock
 from sidecar.config.model import Config
 from sidecar.config.values import HostPort
-from sidecar.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated, Unavailable
+from sidecar.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 from sidecar.log import fields
 from sidecar.messaging.delivery import Ack, Attempts, DeadLetter, DeliveryPolicy, Outcome, Retry, classify
 from sidecar.messaging.envelope import MessageBody, ServiceMessage, check_topic
+from sidecar.messaging.scopes import TopicScopes
 from sidecar.messaging.store import DeadLetterRow, Evicted, Limits, Store, StreamRow
 from sidecar.messaging.subscriptions import SubscriptionBook, Wanted, subscriber_node
 from sidecar.messaging.writer import Writer
 from sidecar.proxy import RequestHead, Target
-from sidecar.tls.context import peer_server_name
-from sidecar.tls.identity import PeerIdentity
+from sidecar.tls.context import peer_server_name, service_server_name
+from sidecar.tls.errors import PeerRefused, SpiffeIdError
+from sidecar.tls.identity import PeerIdentity, SpiffeId
 from sidecar.tls.reloader import IdentityStore
 from sidecar.web import errors_middleware, json_response
 
@@ -70,6 +86,7 @@ PAGE = 256                   # deliveries read from the outbox at once per strea
 MAX_RESPONSE = 8 << 20       # a request-response answer larger than this is refused (the API takes 1 MiB in)
 VERDICT_BYTES = 64 << 10     # of a subscriber's answer, enough to find {"status": "DROP"}
 REFRESH_MS = 60_000          # a stream's last-seen time is rewritten at most this often
+NODE_PROOF_TTL = 60.0        # seconds a node's proven identity is trusted before its certificate is asked again
 HOUSEKEEPING = 1.0           # seconds between retention checks (age) when nothing is written
 
 
@@ -126,6 +143,10 @@ class Messaging:
         self.policy = DeliveryPolicy(self.settings.max_attempts, float(self.settings.retry_backoff.base),
                                      float(self.settings.retry_backoff.max))
         self.counters: Counter[str] = Counter()
+        self.scopes = TopicScopes(config.messaging)
+        # SSE readers on this node: topic → service → open streams; the node's stream subscription to a topic lives
+        # while it has readers
+        self.readers: dict[str, Counter[str]] = {}
         # told after a change of this node's subscriptions (wire: replication.local_changed, to gossip them)
         self.on_local_change: Callable[[], None] | None = None
         self.store: Store | None = None
@@ -143,6 +164,7 @@ class Messaging:
         self._reconcile_wanted = asyncio.Event()
         self._stream_keys: set[tuple[str, str]] = set()   # (topic, subscriber) of streams stored or queued
         self._tasks: list[asyncio.Task[None]] = []
+        self._node_proofs: dict[tuple[str, str, int], tuple[str, float]] = {}  # (node, host, port) → (service, when)
         self._closing = asyncio.Event()
         self.started = False
 
@@ -154,7 +176,7 @@ class Messaging:
 
         self.outbound = outbound
         limits = Limits(int(self.settings.retention.age * 1000), self.settings.retention.bytes,
-                        self.settings.max_dead_letters)
+                        self.settings.max_dead_letters, self.settings.max_dead_letter_bytes)
         self.store = await asyncio.to_thread(Store, self.config.node.effective_data_dir, limits)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="messaging-reader")
         self.writer = Writer(self.store, self.clock, self._evicted)
@@ -167,14 +189,18 @@ class Messaging:
             auto_decompress=False, skip_auto_headers=("User-Agent",))
         await self._start_receiver()
         for service, topic, path in await self._read(self.store.r_local_subs):
-            self.book.add_local(Subscription(service, topic, path))
+            if service == NODE_STREAM:  # its readers left with the previous run; a reader that comes back renews it
+                await self.writer.submit(_unsubscribe(service, topic))
+            elif self._scoped_in(Subscription(service, topic, path)):
+                self.book.add_local(Subscription(service, topic, path))
         for sub in self.config.subscriptions:
             owner = sub.service or self._default_service()
             if owner is None:
                 log.warning("subscription not registered: no local service to receive it",
                             extra=fields(topic=sub.topic, path=sub.path))
                 continue
-            self.book.add_local(Subscription(owner, sub.topic, sub.path))
+            if self._scoped_in(Subscription(owner, sub.topic, sub.path)):
+                self.book.add_local(Subscription(owner, sub.topic, sub.path))
         self.catalog.listeners.append(self._catalog_changed)
         for row in self.store.streams():
             self._stream_keys.add((row.topic, row.subscriber))
@@ -232,15 +258,31 @@ class Messaging:
         return instances[0].name if instances else None
 
     def sender(self, header: str | None) -> str:
-        """Who sends: the ``x-sidecar-service`` header when it names a service registered here, else this node's
-        first service (the config's first, else the first registered), else the node name."""
-        if header:
+        """Who sends. With mTLS: the service this sidecar's certificate names, since that is what a receiving
+        sidecar can check (an ``x-sidecar-service`` header naming another service is refused with 403). Without:
+        the header when it names a service registered here, else this node's first service (the config's first,
+        else the first registered), else the node name."""
+        own = self.identity.identity.service if self.identity is not None else None
+        if header and header != own:
             names = {i.name for i in self.registry.instances()}
             if header not in names:
                 raise InvalidArgument(f"{SENDER_HEADER} names {header!r}, which is not registered on this node",
                                       {"header": SENDER_HEADER, "registered": sorted(names)})
+            if own is not None:
+                raise PermissionDenied(
+                    f"{SENDER_HEADER} names {header!r}, but this sidecar's certificate names {own!r}: a message's "
+                    "sender is the service its sidecar can prove", {"header": SENDER_HEADER, "identity": own})
             return header
-        return self._default_service() or self.node
+        return own or self._default_service() or self.node
+
+    def _scoped_in(self, subscription: Subscription) -> bool:
+        """Whether the topic's scope lets the subscription's service subscribe; logs a refusal."""
+        if self.scopes.may_subscribe(subscription.service, subscription.topic):
+            return True
+        log.warning("subscription not registered: the topic's scope does not list the service",
+                    extra=fields(service=subscription.service, topic=subscription.topic,
+                                 rule=self.scopes.where(subscription.topic, "subscribers")))
+        return False
 
     # ------------------------------------------------------------------------------------ request-response
 
@@ -293,7 +335,9 @@ class Messaging:
                 f"the outbox is full ({store.pending} messages pending, {writer.queued} queued; "
                 f"messaging.queue.max_pending is {queue.max_pending})",
                 {"pending": store.pending, "queued": writer.queued, "maxPending": queue.max_pending})
-        message = ServiceMessage.new(self.sender(sender_header), body, self._now_ms())
+        sender = self.sender(sender_header)
+        self.scopes.check_publish(sender, topic)
+        message = ServiceMessage.new(sender, body, self._now_ms())
         raw = message.to_bytes()
         now_ms = message.timestamp
         _, streams = await writer.submit(lambda s: s.w_publish(message.id, topic, raw, now_ms), size=len(raw))
@@ -314,6 +358,9 @@ class Messaging:
         check_topic(topic)
         if not path.startswith("/"):
             raise InvalidArgument(f"path must start with '/' (got {path!r})", {"field": "path"})
+        if path.startswith(INTERNAL_PREFIX):
+            raise InvalidArgument(f"paths under {INTERNAL_PREFIX} are the sidecars' own (got {path!r})",
+                                  {"field": "path"})
         if service is None:
             service = self._default_service()
             if service is None:
@@ -321,6 +368,7 @@ class Messaging:
                                       {"field": "service"})
         elif service not in {i.name for i in self.registry.instances()}:
             raise InvalidArgument(f"service {service!r} is not registered on this node", {"field": "service"})
+        self.scopes.check_subscribe(service, topic)
         subscription = Subscription(service, topic, path)
         await self._add_local(subscription)
         return subscription
@@ -336,11 +384,29 @@ class Messaging:
         if self.on_local_change is not None:
             self.on_local_change()
 
+    async def _remove_local(self, service: str, topic: str) -> None:
+        """Drop a local subscription (the book at once, the store through the writer) and gossip the change."""
+        if not self.book.remove_local(service, topic):
+            return
+        if self.on_local_change is not None:
+            self.on_local_change()
+        self._reconcile_wanted.set()
+        writer = self.writer
+        if writer is not None and not self._closing.is_set():
+            await writer.submit(_unsubscribe(service, topic))
+
     async def reconfigure(self, config: Config) -> None:
-        """A reloaded configuration's ``subscriptions`` (and ``services``, whose first is their default owner).
-        Subscriptions only the old configuration made are dropped, unless the app also made them at run time
-        (those are kept); new ones are added; a change is gossiped. A stream no one wants any more keeps
+        """A reloaded configuration's topic scopes and ``subscriptions`` (and ``services``, whose first is their
+        default owner). Subscriptions only the old configuration made are dropped, unless the app also made them at
+        run time (those are kept); new ones are added; a change is gossiped. A stream no one wants any more keeps
         collecting, as one whose subscriber's node died, until ``messaging.retention.age`` forgets it."""
+        if config.messaging.topics != self.settings.topics or config.messaging.default != self.settings.default:
+            # scopes apply from the next publish, subscription and delivery; streams to subscribers they no longer
+            # allow wait (and are forgotten after retention.age), open SSE readers keep reading until they leave
+            self.scopes = TopicScopes(config.messaging)
+            self.settings = config.messaging
+            self._reconcile_wanted.set()
+            self._catalog_changed(None)
         old = self._configured(self.config)
         self.config = config
         new = self._configured(config)
@@ -367,7 +433,7 @@ class Messaging:
         out: dict[tuple[str, str], Subscription] = {}
         for sub in config.subscriptions:
             owner = sub.service or (config.services[0].name if config.services else self._default_service())
-            if owner is not None:
+            if owner is not None and self.scopes.may_subscribe(owner, sub.topic):
                 out[owner, sub.topic] = Subscription(owner, sub.topic, sub.path)
         return out
 
@@ -380,6 +446,7 @@ class Messaging:
         if self.book.set_remote(node, subscriptions):
             self._ensure_new()
             self._reconcile_wanted.set()
+            self._catalog_changed(None)  # streams waiting for a subscriber (a stream reader come back) try again
 
     def _ensure_new(self) -> None:
         """Queue a new stream for every new wanted subscription at once, so that a publish that comes after the
@@ -388,7 +455,7 @@ class Messaging:
         if not self.started or writer is None or self._closing.is_set():
             return
         now_ms = self._now_ms()
-        for key, want in self.book.wanted().items():
+        for key, want in self._wanted().items():
             if key in self._stream_keys:
                 continue
             self._stream_keys.add(key)
@@ -422,7 +489,7 @@ class Messaging:
     async def _reconcile(self) -> None:
         store, writer = self._require()
         now_ms = self._now_ms()
-        wanted = self.book.wanted()
+        wanted = self._wanted()
         held = {(r.topic, r.subscriber): r for r in store.streams()}
         for key, want in wanted.items():
             found = held.get(key)
@@ -445,6 +512,28 @@ class Messaging:
                 self.counters["dead_lettered:unsubscribed"] += owed
                 log.warning("subscription stream forgotten: not seen for longer than messaging.retention.age",
                             extra=fields(topic=row.topic, subscriber=row.subscriber, dead_lettered=owed))
+
+    def _wanted(self) -> dict[tuple[str, str], Wanted]:
+        """The streams the mesh wants that the topics' scopes allow (see :meth:`_may_receive`)."""
+        wanted = self.book.wanted()
+        if self.scopes.open:
+            return wanted
+        return {key: want for key, want in wanted.items() if self._may_receive(want.topic, want.subscriber)}
+
+    def _may_receive(self, topic: str, subscriber: str) -> bool:
+        """Whether ``subscriber`` (a service, or a node's stream readers) may get ``topic``'s messages. A node's
+        readers are checked by their own sidecar when they subscribe; here the node must host a service the scope
+        lists, as the catalog says (a first filter: before a delivery the node also proves it by its certificate,
+        :meth:`_node_may_not_receive`)."""
+        if self.scopes.open:
+            return True
+        node = subscriber_node(subscriber)
+        if node is None:
+            return self.scopes.may_subscribe(subscriber, topic)
+        if node == self.node:
+            return True
+        hosted = {i.name for i in self.catalog.snapshot().instances if i.node == node}
+        return any(self.scopes.may_subscribe(service, topic) for service in hosted)
 
     @staticmethod
     def _ensure(want: Wanted, now_ms: int) -> Callable[[Store], tuple[StreamRow, bool]]:
@@ -499,7 +588,7 @@ class Messaging:
         worker.in_flight, worker.attempts, worker.last_error = seq, 0, None
         settled = False
         try:
-            while True:
+            while not self._closing.is_set():
                 if seq <= worker.floor:  # retention dead-lettered it while we waited
                     return
                 if not self._reachable(worker.row):
@@ -574,6 +663,8 @@ class Messaging:
                                      bytes=self.settings.retention.bytes))
 
     def _reachable(self, row: StreamRow) -> bool:
+        if not self._may_receive(row.topic, row.subscriber):
+            return False  # a scope made after the stream: it waits, and is forgotten after retention.age
         node = subscriber_node(row.subscriber)
         snapshot = self.catalog.snapshot()
         if node is None:
@@ -612,10 +703,18 @@ class Messaging:
             else:
                 info = self.catalog.snapshot().nodes[node]
                 assert self._mtls is not None and self.identity is not None
+                withheld = await self._node_may_not_receive(node, info.address, info.inbound_port, row.topic)
+                if withheld is not None:
+                    self.counters["deliveries_withheld:scope"] += 1
+                    return Outcome.UNREACHABLE, withheld
                 host = f"[{info.address}]" if ":" in info.address else info.address
+                # a node's stream subscription names the service whose certificate must answer (its claim is
+                # signed by it); the handshake refuses any other before the message is written
+                name = (service_server_name(row.path, info.address, info.inbound_port) if row.path
+                        else peer_server_name(info.address, info.inbound_port))
                 request = self._mtls.post(f"https://{host}:{info.inbound_port}{DELIVER_PREFIX}{row.topic}", data=body,
                                           headers=headers, timeout=timeout, ssl=self.identity.client_context,
-                                          server_hostname=peer_server_name(info.address, info.inbound_port))
+                                          server_hostname=name)
             async with request as response:
                 verdict = await response.content.read(VERDICT_BYTES)
                 mesh_error = response.headers.get("x-sidecar-error")
@@ -628,15 +727,41 @@ class Messaging:
             return Outcome.UNREACHABLE, f"{type(e).__name__}: {e}"
         except aiohttp.ClientError as e:
             return Outcome.FAILED, f"{type(e).__name__}: {e}"
+        except PeerRefused as e:
+            return Outcome.UNREACHABLE, str(e)
+
+    async def _node_may_not_receive(self, node: str, host: str, port: int, topic: str) -> str | None:
+        """For a scoped topic: why the sidecar at ``host:port`` may not get its messages for its stream readers, or
+        None when its certificate names a service the scope lets subscribe. The catalog's word for which services
+        a node hosts is not taken: the node proves its identity in a TLS handshake, kept for NODE_PROOF_TTL."""
+        if self.scopes.open:
+            return None
+        assert self.identity is not None
+        key = (node, host, port)
+        now = self.clock.monotonic()
+        proof = self._node_proofs.get(key)
+        if proof is None or now - proof[1] > NODE_PROOF_TTL:
+            _, writer, peer = await self.identity.connect(host, port, timeout=float(self.settings.delivery_timeout))
+            writer.close()
+            if len(self._node_proofs) >= 4096:
+                self._node_proofs.clear()
+            proof = self._node_proofs[key] = (peer.service, now)
+        if self.scopes.may_subscribe(proof[0], topic):
+            return None
+        return f"node {node}'s certificate names {proof[0]}, which may not subscribe to {topic}"
 
     def _catalog_changed(self, snapshot: Any) -> None:
         event, self._catalog_event = self._catalog_event, asyncio.Event()
         event.set()
 
     async def _wait_catalog(self, timeout: float) -> None:
-        event = self._catalog_event
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        # asyncio.wait, not wait_for: on 3.11 wait_for loses a cancellation that arrives as the event is set (the
+        # drain changes the catalog just before messaging.stop cancels the streams), and the stream would go on
+        waiter = asyncio.ensure_future(self._catalog_event.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
 
     async def _housekeeping(self) -> None:
         ticks = 0
@@ -661,13 +786,33 @@ class Messaging:
             event.set()
         return event_id
 
-    async def stream(self, topic: str, last_event_id: int | None) -> AsyncIterator[tuple[int, str, Any]]:
-        """This node's log of ``topic`` as (event id, "message", ServiceMessage JSON), from after
-        ``last_event_id`` (None: from now on), until messaging stops. Registers the node stream subscription."""
+    @contextlib.asynccontextmanager
+    async def stream(self, topic: str, last_event_id: int | None, sender_header: str | None = None
+                     ) -> AsyncIterator[AsyncIterator[tuple[int, str, Any]]]:
+        """One SSE reader: yields this node's log of ``topic`` as (event id, "message", ServiceMessage JSON), from
+        after ``last_event_id`` (None: from now on), until messaging stops. The reader's service (as
+        :meth:`sender` says) must be among the topic's subscribers. The node's stream subscription is made with the
+        first reader of the topic and removed when its last reader leaves (publishers' streams then wait, within
+        retention, for a reader to come back: a reader resuming with ``Last-Event-ID`` loses nothing)."""
         self._require()
         check_topic(topic)
-        await self._add_local(Subscription(NODE_STREAM, topic, ""))
-        return self._tail(topic, last_event_id)
+        service = self.sender(sender_header)
+        self.scopes.check_subscribe(service, topic)
+        readers = self.readers.setdefault(topic, Counter())
+        readers[service] += 1
+        try:
+            await self._add_local(Subscription(NODE_STREAM, topic, ""))
+            yield self._tail(topic, last_event_id)
+        finally:
+            readers[service] -= 1
+            if readers[service] <= 0:
+                del readers[service]
+            if not readers and self.readers.get(topic) is readers:
+                del self.readers[topic]
+                try:
+                    await self._remove_local(NODE_STREAM, topic)
+                except Exception as e:  # closing: the next start drops the row
+                    log.info("stream subscription not removed: %s", e, extra=fields(topic=topic))
 
     async def _tail(self, topic: str, last_event_id: int | None) -> AsyncIterator[tuple[int, str, Any]]:
         store = self.store
@@ -702,20 +847,46 @@ class Messaging:
         if not hmac.compare_digest(given, self._token):
             raise Unauthenticated("sidecar-internal deliveries come only through the mTLS inbound listener")
         topic = check_topic(request.match_info["topic"])
+        caller = request.headers.get(_CALLER_HEADER.decode(), "")
         raw = await request.read()
         try:
-            ServiceMessage.from_bytes(raw)
+            message = ServiceMessage.from_bytes(raw)
         except ValueError as e:
             raise InvalidArgument(f"not a ServiceMessage: {e}") from None
+        try:
+            proven = SpiffeId.from_text(caller).service
+        except SpiffeIdError:
+            proven = None
+        if message.service != proven:
+            # the sender is whoever holds the certificate: a member cannot put words in another service's mouth
+            self.counters["deliveries_refused:sender"] += 1
+            raise PermissionDenied(f"the message says it is from {message.service!r}, but the caller is {caller}",
+                                   {"service": message.service, "caller": caller})
+        if topic not in self.readers:
+            raise NotFound(f"this node has no readers of {topic!r}", {"topic": topic})
         event_id = await self._append_log(topic, raw)
         return json_response({"status": "ok", "eventId": event_id, "duplicate": event_id is None})
 
-    def internal_route(self, head: RequestHead, caller: PeerIdentity) -> Target:
+    def internal_route(self, head: RequestHead, caller: PeerIdentity,
+                       authorize: Callable[[PeerIdentity, str, str, str], None]) -> Target:
         """For the inbound listener: a request to ``/.sidecar/...`` from a verified peer goes to the receiver,
         with the caller's SPIFFE ID and the receiver's token set (whatever the peer sent in their place is
-        removed)."""
-        if self._receiver_target is None or not head.path.startswith(DELIVER_PREFIX):
-            raise NotFound(f"no such sidecar-internal resource: {head.path}")
+        removed). Refused before any body is read: a topic this node has no readers of (404), a caller ``authorize``
+        refuses for any service reading the topic here (403; the request is matched as
+        ``POST /.sidecar/v1/deliver/TOPIC`` to that service), a caller the topic's scope does not let publish (403)."""
+        if self._receiver_target is None or not head.path.startswith(DELIVER_PREFIX) or head.method != "POST":
+            raise NotFound(f"no such sidecar-internal resource: {head.method} {head.path}")
+        topic = head.path[len(DELIVER_PREFIX):]
+        readers = self.readers.get(topic)
+        if not readers:
+            raise NotFound(f"this node has no readers of {topic!r}", {"topic": topic})
+        for service in sorted(readers):
+            authorize(caller, service, head.method, head.path)
+        if not self.scopes.may_publish(caller.service, topic):
+            self.counters["deliveries_refused:scope"] += 1
+            where = self.scopes.where(topic, "publishers")
+            raise PermissionDenied(f"{caller.service} may not publish to {topic} ({where})",
+                                   {"caller": caller.spiffe_id, "topic": topic, "rule": where})
         items = [i for i in head.headers.items if i[0] not in (_INTERNAL_HEADER, _CALLER_HEADER)]
         items.append((_CALLER_HEADER, _CALLER_HEADER, caller.spiffe_id.encode("latin-1")))
         items.append((_INTERNAL_HEADER, _INTERNAL_HEADER, self._token))
@@ -757,12 +928,19 @@ class Messaging:
             "pending": store.pending if store else 0,
             "pendingBytes": store.pending_bytes if store else 0,
             "deadLetters": store.dead_letter_count if store else 0,
+            "deadLetterBytes": store.dead_letter_bytes if store else 0,
+            "deadLettersDropped": store.dead_letters_dropped if store else 0,
+            "readers": {topic: dict(sorted(readers.items())) for topic, readers in sorted(self.readers.items())},
             "commits": writer.commits if writer else 0,
             "operations": writer.operations if writer else 0,
             "streams": [w.to_json() for w in sorted(self.workers.values(), key=lambda w: w.row.id)],
             "subscriptions": self.subscriptions_json(),
             "counters": dict(sorted(self.counters.items())),
         }
+
+
+def _unsubscribe(service: str, topic: str) -> Callable[[Store], None]:
+    return lambda s: s.w_remove_local_sub(service, topic)
 
 
 def _forget(stream: int, now_ms: int) -> Callable[[Store], int]:

@@ -91,6 +91,7 @@ class Limits:
     retention_age_ms: int
     retention_bytes: int
     max_dead_letters: int
+    max_dead_letter_bytes: int = 64 << 20
 
 
 # message bodies are the apps' data: the store is its owner's only, whatever the umask. SQLite gives the -wal and
@@ -136,6 +137,8 @@ class Store:
         self.outbox: OrderedDict[int, list[int]] = OrderedDict()
         self.pending_bytes = 0
         self.dead_letter_count = 0
+        self.dead_letter_bytes = 0      # bodies of the dead letters kept
+        self.dead_letters_dropped = 0   # dead letters purged by the count or bytes bound, since start
         self.topic_streams: dict[str, list[int]] = {}
         self.stream_rows: dict[int, StreamRow] = {}
         self.in_flight: set[tuple[int, int]] = set()  # written by the event loop, read by retention
@@ -158,7 +161,8 @@ class Store:
             self.pending_bytes += size
         for row in self.w.execute("SELECT id, topic, subscriber, path, last_seen_ms FROM streams").fetchall():
             self._remember_stream(StreamRow(*row))
-        self.dead_letter_count = self.w.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        self.dead_letter_count, self.dead_letter_bytes = self.w.execute(
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM dead_letters").fetchone()
         self.log_bytes = self.w.execute("SELECT coalesce(sum(length(body)), 0) FROM topic_log").fetchone()[0]
 
     def reload(self) -> None:
@@ -230,6 +234,7 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (found[0], found[1], row.subscriber, row.path, found[2], reason, attempts, last_error, at_ms))
         self.dead_letter_count += 1
+        self.dead_letter_bytes += len(found[2])
         return True
 
     def w_ensure_stream(self, topic: str, subscriber: str, path: str, seen_ms: int) -> tuple[StreamRow, bool]:
@@ -286,11 +291,26 @@ class Store:
         return evicted
 
     def _cap_dead_letters(self) -> None:
+        """Purge the oldest dead letters while over the count or the bytes bound."""
         over = self.dead_letter_count - self.limits.max_dead_letters
-        if over > 0:
-            self.w.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
-                           (over,))
-            self.dead_letter_count -= over
+        excess = self.dead_letter_bytes - self.limits.max_dead_letter_bytes
+        dropped = freed = cut = 0
+        while dropped < over or freed < excess:
+            page = self.w.execute("SELECT id, length(body) FROM dead_letters WHERE id > ? ORDER BY id LIMIT 256",
+                                  (cut,)).fetchall()
+            if not page:
+                break
+            for row_id, size in page:
+                if dropped >= over and freed >= excess:
+                    break
+                dropped += 1
+                freed += size
+                cut = row_id
+        if dropped:
+            self.w.execute("DELETE FROM dead_letters WHERE id <= ?", (cut,))
+            self.dead_letter_count -= dropped
+            self.dead_letter_bytes -= freed
+            self.dead_letters_dropped += dropped
 
     def _trim_log(self, now_ms: int) -> None:
         if self.log_bytes > self.limits.retention_bytes:
@@ -316,6 +336,9 @@ class Store:
         self.w.execute("INSERT OR REPLACE INTO local_subs (service, topic, path) VALUES (?, ?, ?)",
                        (service, topic, path))
 
+    def w_remove_local_sub(self, service: str, topic: str) -> None:
+        self.w.execute("DELETE FROM local_subs WHERE service = ? AND topic = ?", (service, topic))
+
     def w_replay(self, ids: list[int] | None, now_ms: int) -> list[tuple[int, int]]:
         """Dead letters back into their streams as new messages; the (stream, seq) queued."""
         rows = self._dead_rows(ids)
@@ -330,6 +353,7 @@ class Store:
             self.pending_bytes += len(row.body)
             self.w.execute("DELETE FROM dead_letters WHERE id = ?", (row.id,))
             self.dead_letter_count -= 1
+            self.dead_letter_bytes -= len(row.body)
             queued.append((stream.id, seq))
         return queued
 
@@ -339,6 +363,7 @@ class Store:
         else:
             count = sum(int(self.w.execute("DELETE FROM dead_letters WHERE id = ?", (i,)).rowcount) for i in ids)
         self.dead_letter_count -= count
+        self.dead_letter_bytes = self.w.execute("SELECT coalesce(sum(length(body)), 0) FROM dead_letters").fetchone()[0]
         return count
 
     def _dead_rows(self, ids: list[int] | None) -> list[DeadLetterRow]:

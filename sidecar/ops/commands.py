@@ -27,6 +27,8 @@ def add_parsers(commands: Any) -> None:
     explain.add_argument("--request-id", default=None, help="a recent failed request's x-request-id")
     explain.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN), help=admin_help)
     explain.add_argument("--json", action="store_true", help="print the JSON instead of text")
+    from sidecar.cli import add_token_argument
+    add_token_argument(explain)
     from sidecar.ops import reload_cli
     reload_cli.add_parser(commands)
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def explain(args: argparse.Namespace) -> int:
-    from sidecar.cli import UsageError, fetch_json
+    from sidecar.cli import UsageError, fetch_json, read_token_file
     from sidecar.ops.explain import render_text
     if args.request_id:
         query = {"request_id": args.request_id}
@@ -55,6 +57,7 @@ def explain(args: argparse.Namespace) -> int:
             query["caller"] = args.caller
     else:
         raise UsageError("explain needs --service NAME (with --path, --method) or --request-id ID")
-    data = fetch_json(args.admin.rstrip("/") + "/debug/explain?" + urllib.parse.urlencode(query))
+    data = fetch_json(args.admin.rstrip("/") + "/debug/explain?" + urllib.parse.urlencode(query),
+                      read_token_file(args.token_file))
     print(json.dumps(data, indent=2) if args.json else render_text(data))
     return 0

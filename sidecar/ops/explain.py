@@ -30,6 +30,7 @@ from sidecar.config.model import Config
 from sidecar.mesh.authorization import Authorizer
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
+from sidecar.proxy.paths import InvalidPath, normalize_target
 from sidecar.resilience.outlier import HostState
 from sidecar.resilience.policy import Destination, Host
 from sidecar.tls.identity import PeerIdentity
@@ -324,8 +325,9 @@ def _policy(service: str, config: Config, dest: Destination | None, now: float) 
     policy = config.policy_for(service)
     source = f"policies.{service}" if service in config.policies else "policies.*"
     retries = policy.retries
+    per_try = None if retries.per_try_timeout is None else float(retries.per_try_timeout)
     data: dict[str, Any] = {"source": source, "timeout": float(policy.timeout), "attempts": retries.attempts,
-                            "perTryTimeout": float(retries.per_try_timeout), "retryOn": list(retries.retry_on),
+                            "perTryTimeout": per_try, "retryOn": list(retries.retry_on),
                             "retryNonIdempotent": retries.retry_non_idempotent,
                             "budget": {"ratio": retries.budget.ratio, "minPerSecond": retries.budget.min_per_second},
                             "loadBalancer": policy.load_balancer}
@@ -344,10 +346,16 @@ def _policy(service: str, config: Config, dest: Destination | None, now: float) 
         retry_words = "no retries"
     else:
         retry_words = (f"up to {retries.attempts} retr{'ies' if retries.attempts != 1 else 'y'} on "
-                       f"{', '.join(retries.retry_on)}, each try within {float(retries.per_try_timeout):g}s, "
+                       f"{', '.join(retries.retry_on)}, {_try_bound(per_try, float(policy.timeout))}, "
                        f"{budget_words}")
     says = f"{source} applies: a {float(policy.timeout):g}s deadline, {retry_words}"
     return Step("policy", verdict, says, data)
+
+
+def _try_bound(per_try: float | None, timeout: float) -> str:
+    if per_try is None or per_try >= timeout:
+        return "each try within what is left of the deadline"
+    return f"each try within {per_try:g}s"
 
 
 def _authorization(question: Question, service: str, facts: Facts) -> Step:
@@ -361,14 +369,19 @@ def _authorization(question: Question, service: str, facts: Facts) -> Step:
     if caller is None:
         return Step("authorization", REFUSE, "this sidecar has no tls section: it has no identity, so it carries "
                                              "no traffic between services", data)
-    decision = Authorizer(config.authorization).decide(caller, service, question.method, question.path)
+    try:  # rules see the canonical path, as the proxy makes it
+        path = normalize_target(question.path.encode("latin-1")).decode("latin-1").split("?", 1)[0]
+    except (InvalidPath, UnicodeEncodeError) as e:
+        return Step("authorization", REFUSE, f"the proxy refuses this path with 400: {e}", data)
+    data["canonicalPath"] = path
+    decision = Authorizer(config.authorization).decide(caller, service, question.method, path)
     data.update({"allowed": decision.allowed, "rule": decision.rule, "reason": decision.reason})
     whose = "" if question.caller is None else " (the caller asked about)"
     peer = (f"; the destination's sidecar must prove {expected} (or the ID of another service on its node), "
             f"and sees this caller as {_spiffe(trust_domain, caller)}{whose}")
     rule = decision.rule or "authorization"
     if decision.allowed:
-        says = f"{rule} allows {caller} → {service} {question.method} {question.path}: {decision.reason}{peer}"
+        says = f"{rule} allows {caller} → {service} {question.method} {path}: {decision.reason}{peer}"
         return Step("authorization", OK, says, data)
     return Step("authorization", REFUSE, f"{rule} refuses it with 403: {decision.reason}{peer} "
                                          "(as this sidecar's copy of authorization has it)", data)

@@ -49,7 +49,8 @@ class Process(Protocol):
     config: Config
 
     def read_config(self, text: str | None = None) -> Config:
-        """The configuration files again (``text``: one document instead); raises ConfigError."""
+        """The configuration files again (``text``: one document instead, never expanded against the process's
+        environment: ``sidecar.config.load.load_sent``); raises ConfigError."""
 
     async def apply_config(self, new: Config, plan: Plan) -> tuple[str, ...]:
         """Apply the plan's live parts, all or none: raise a SidecarError (nothing changed) or return the parts."""

@@ -8,9 +8,10 @@
 
 The diff is computed by the running sidecar, against its unredacted configuration, and shown redacted: a secret
 that changed reads ``<redacted> -> <redacted> (secret changed)``. The CLI could not do that from ``GET /config``,
-which redacts secrets before they leave the process. FILE(s) are merged here and sent as one document, before
-``${VAR}`` substitution: the sidecar substitutes its own environment and checks file paths from its own
-directory, as a reload of those files would.
+which redacts secrets before they leave the process. FILE(s) are merged and ``${VAR}`` substituted here, from this
+command's environment, and sent as one document: the sidecar never expands a document sent to it against its own
+environment (it would hand out whatever that environment holds); it checks file paths from its own directory, as
+a reload of those files would.
 
 Exit codes: 0 applied (or would apply; or nothing to change), 2 invalid configuration (each problem on stderr)
 or bad usage, 1 refused (it needs a restart: each such change on stderr) or the admin port failed.
@@ -44,8 +45,8 @@ def add_parser(commands: Any) -> None:
                         help="apply the configuration of an earlier version")
     reload.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN),
                         help=f"admin URL (default {DEFAULT_ADMIN}, or $SIDECAR_ADMIN)")
-    reload.add_argument("--token-file", default=os.environ.get("SIDECAR_ADMIN_TOKEN_FILE"), metavar="FILE",
-                        help="the admin token (admin.token_file), or $SIDECAR_ADMIN_TOKEN_FILE")
+    from sidecar.cli import add_token_argument
+    add_token_argument(reload)
     reload.add_argument("--json", action="store_true", help="print the JSON answer instead of text")
 
 
@@ -59,13 +60,13 @@ class _Refused(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sidecar.cli import UsageError
+    from sidecar.cli import UsageError, read_token_file
     if args.files and not args.dry_run:
         raise UsageError("FILE is only read with --dry-run; a reload makes the sidecar read its own files")
     if sum(bool(x) for x in (args.dry_run, args.history, args.rollback is not None)) > 1:
         raise UsageError("use one of --dry-run, --history and --rollback")
     admin = args.admin.rstrip("/")
-    token = _token(args.token_file)
+    token = read_token_file(args.token_file)
     try:
         if args.history:
             return _show_history(_call("GET", admin + "/config/history", None, token), args.json)
@@ -78,17 +79,6 @@ def run(args: argparse.Namespace) -> int:
         return _show_applied(_call("POST", admin + "/reload" + query, None, token), args.json)
     except _Refused as e:
         return _show_refusal(e)
-
-
-def _token(path: str | None) -> str | None:
-    from sidecar.cli import UsageError
-    if path is None:
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip() or None
-    except OSError as e:
-        raise UsageError(f"--token-file {path}: {e.strerror}") from None
 
 
 def _call(method: str, url: str, body: bytes | None, token: str | None) -> Any:
@@ -114,7 +104,7 @@ def _call(method: str, url: str, body: bytes | None, token: str | None) -> Any:
 def _dry_run(admin: str, files: list[str], token: str | None, as_json: bool) -> int:
     body = None
     if files:
-        from sidecar.config.load import deep_merge, load, read_yaml
+        from sidecar.config.load import deep_merge, escape, interpolate, load, read_yaml
         from sidecar.errors import ConfigError
         try:
             load(files)   # every problem, as `sidecar validate` prints them
@@ -125,7 +115,8 @@ def _dry_run(admin: str, files: list[str], token: str | None, as_json: bool) -> 
             for problem in e.problems:
                 print(problem, file=sys.stderr)
             return 2
-        body = json.dumps(raw, default=str).encode()   # JSON is YAML: one merged document
+        expanded = escape(interpolate(raw, os.environ, []))   # load() found every reference set
+        body = json.dumps(expanded, default=str).encode()   # JSON is YAML: one merged document
         if not as_json:
             print(f"{', '.join(files)}: valid")
     answer = _call("POST", admin + "/reload?dry_run=true", body, token)

@@ -36,7 +36,7 @@ log = logging.getLogger("sidecar.overload")
 SHRINK_EVERY = 5.0
 
 
-def _malloc_trim() -> Callable[[], object] | None:
+def malloc_trimmer() -> Callable[[], object] | None:
     """glibc's ``malloc_trim(0)``: give free heap pages back to the kernel; None elsewhere (musl, macOS)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
@@ -101,7 +101,7 @@ class OverloadMonitor:
         # re-armed after each sample: the guard's own deliberate pause (a shrink) is not fed back as load (it
         # still shows in telemetry's sidecar_event_loop_lag_seconds, which has its own timer)
         self._timer = LateTimer(interval, self._fired)
-        self._trim = _malloc_trim()
+        self._trim = malloc_trimmer()
         self._last_shrink = float("-inf")
         self.shrinks = 0
         self.on_transition: Callable[[Transition], None] | None = None

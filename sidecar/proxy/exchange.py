@@ -242,10 +242,10 @@ class Exchange:
             return
         loop = self.down.loop
         now = loop.time()
-        if self.target is None:
-            if target.timeout is not None:
-                self.deadline = self.started + target.timeout
-            self.head_bytes = self.head.to_bytes()
+        if self.target is None and target.timeout is not None:
+            self.deadline = self.started + target.timeout
+        # per attempt: the retry policy may have edited the head for this one (the deadline left to the next hop)
+        self.head_bytes = self.head.to_bytes()
         self.target = target
         self.attempt += 1
         self.attempt_started = now

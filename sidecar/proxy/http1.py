@@ -10,7 +10,9 @@ coding is not ``chunked``, NUL/CR/DEL in values, invalid header names and invali
 by the table in ``tests/unit/proxy/test_http1.py``). On top of llhttp this module enforces what it leaves to
 the application: the size and count of the header block (431), exactly one Host (RFC 9112 3.2), a
 Transfer-Encoding of exactly ``chunked`` (anything else is refused rather than passed on), the HTTP
-version, the request-target form, and no CONNECT.
+version, the request-target form, and no CONNECT. The path of the target is put in canonical form
+(:mod:`sidecar.proxy.paths`: dot segments, merged slashes, decoded unreserved characters), so that what
+authorization matches is what the app gets; a target that has none is refused (400).
 
 Framing headers (Content-Length, Transfer-Encoding) and hop-by-hop headers (RFC 9110 7.6.1: Connection and
 every header it names, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade) are taken out of the header list
@@ -32,6 +34,7 @@ from typing import Protocol
 import httptools
 
 from sidecar.errors import Code, SidecarError
+from sidecar.proxy.paths import InvalidPath, normalize_target
 
 # RFC 9110 7.6.1 and RFC 9112 7: headers that describe one connection, never forwarded. Framing headers
 # are also taken out here; the serializer writes the framing of the outgoing message itself.
@@ -167,8 +170,8 @@ def _check_field(name: bytes, value: bytes) -> None:
 class RequestHead:
     """A parsed request head; the router reads it and edits ``headers`` before it is sent upstream.
 
-    ``target`` is sent as given unless the request came in absolute form (``GET http://svc/path``): then
-    ``host`` comes from it and ``target`` is the origin form (``/path``), as an origin server expects.
+    ``target`` is the origin form (``/path?query``), its path in canonical form (:mod:`sidecar.proxy.paths`);
+    a request in absolute form (``GET http://svc/path``) gives ``host`` from its authority.
     """
 
     __slots__ = ("chunked", "content_length", "headers", "host", "keep_alive", "method", "target", "upgrade",
@@ -493,6 +496,12 @@ class RequestReader(_Reader):
             host = fields.host
         else:
             raise MalformedRequest(f"invalid request target {target[:100].decode('latin-1')!r}")
+        if target[:1] == b"/":
+            # one canonical path for authorization and for the app (sidecar.proxy.paths)
+            try:
+                target = normalize_target(target)
+            except InvalidPath as e:
+                raise MalformedRequest(str(e), {"target": target[:200].decode("latin-1")}) from None
         if host is None:
             if version == "1.1":
                 raise MalformedRequest("missing Host header")
@@ -567,6 +576,14 @@ def _cut_named(fields: bytes, connection: list[bytes]) -> bytes:
     return b"\r\n".join(lines)
 
 
+# A response connection's phase (module constants rather than an Enum: compiled, they are plain ints).
+# Every message's end brings _HEAD again, so a head that arrives in a read of its own is collected whole.
+_HEAD = 0        # a head is expected or arriving: the bytes fed are kept until it is complete
+_INTERIM = 1     # an interim (1xx) head was handed on; the final head follows once llhttp ends the interim message
+_MESSAGE = 2     # a final head was handed on; its body flows until the message ends
+_HEAD_DONE = 3   # the answer to a HEAD request ended with its head; nothing is expected until the next expect()
+
+
 class ResponseReader:
     """Parses the responses of one upstream connection; call :meth:`expect` before each request is sent.
 
@@ -576,30 +593,29 @@ class ResponseReader:
     interim (1xx) head, so its bytes are found without llhttp telling offsets.
     """
 
-    __slots__ = ("_after_head", "_head_buf", "_head_request", "_in_head", "_interim", "_limits", "_parser", "_reason",
-                 "_sink")
+    __slots__ = ("_head_buf", "_head_request", "_limits", "_parser", "_phase", "_reason", "_sink")
 
     def __init__(self, sink: ResponseSink, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
         self._sink = sink
         self._limits = limits
         self._parser = httptools.HttpResponseParser(self)
         self._reason = b""
-        self._in_head = True
+        self._phase = _HEAD
         self._head_buf = b""
         self._head_request = False
-        self._after_head = False
-        self._interim = False
 
     def expect(self, head_request: bool) -> None:
         """The next response answers a HEAD request (no body, whatever Content-Length says) or not."""
         self._head_request = head_request
-        self._after_head = False
+        if self._phase == _HEAD_DONE:
+            self._phase = _HEAD
 
     def feed(self, data: bytes) -> int | None:
         """Parse ``data``; returns None, or the offset where bytes after a 101 response start."""
-        if self._after_head:
+        phase = self._phase
+        if phase == _HEAD_DONE:
             return None  # bytes after a HEAD response: none are expected
-        if self._in_head:
+        if phase == _HEAD:
             self._head_buf = self._head_buf + data if self._head_buf else data
             if len(self._head_buf) > self._limits.max_head_bytes and b"\r\n\r\n" not in self._head_buf:
                 raise MalformedResponse(f"response header block larger than {self._limits.max_head_bytes} bytes")
@@ -617,14 +633,12 @@ class ResponseReader:
         return None
 
     def on_message_begin(self) -> None:
-        self._reason = b""
-        self._in_head = True
+        self._reason = b""   # the phase is already _HEAD: every message's end (or expect) brought it back
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
         buf = self._head_buf.lstrip(b"\r\n")
         end = buf.find(b"\r\n\r\n") + 4
         block = buf[:end]
@@ -638,8 +652,9 @@ class ResponseReader:
         parser = self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            # 100 Continue, 103 Early Hints: passed on; the final head follows right after on this connection
-            self._interim = True
+            # 100 Continue, 103 Early Hints: passed on; the final head follows on this connection, in these bytes
+            # or in later ones
+            self._phase = _INTERIM
             self._head_buf = buf[end:]
             self._sink.on_response_interim(ResponseHead(status, self._reason, fields, no_body=True))
             return
@@ -664,21 +679,22 @@ class ResponseReader:
         if no_body and self._head_request:
             # llhttp cannot be told that a response answers HEAD; it would wait for Content-Length bytes.
             # The message ends here, and a fresh parser takes the next response.
-            self._after_head = True
-            self._in_head = True
+            self._phase = _HEAD_DONE
             self._parser = httptools.HttpResponseParser(self)
             self._sink.on_response_head(head)
             self._sink.on_response_end()
             return
+        self._phase = _MESSAGE
         self._sink.on_response_head(head)
 
     def on_body(self, data: bytes) -> None:
-        if not self._after_head:
+        if self._phase == _MESSAGE:
             self._sink.on_response_body(data)
 
     def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-        elif not self._after_head:
-            self._in_head = True
+        phase = self._phase
+        if phase == _HEAD_DONE:
+            return   # the replaced parser ending the HEAD response its own way
+        self._phase = _HEAD
+        if phase == _MESSAGE:
             self._sink.on_response_end()

@@ -267,6 +267,11 @@ def _verify_peer(target: Target, transport: asyncio.Transport) -> None:
 def _connect_failure(address: str, e: BaseException, timeout: float) -> ConnectFailure:
     if isinstance(e, TimeoutError):
         return ConnectFailure(address, f"no connection within {timeout:.3f}s")
+    if isinstance(e, ssl.SSLError) and getattr(e, "sidecar_identity", False):
+        # the handshake refused a server with another service's certificate (sidecar.tls.context)
+        reason = f"peer identity refused: {e}"
+        log.warning("refused upstream %s: %s", address, reason)
+        return ConnectFailure(address, reason, {"tls": True, "identity": "refused"})
     if isinstance(e, ssl.SSLError):
         return ConnectFailure(address, f"TLS handshake failed: {e.reason or e}", {"tls": True})
     if isinstance(e, ConnectionRefusedError):

@@ -139,7 +139,8 @@ class RetryPolicy(Protocol):
 
     It is asked only when the request can be replayed, and only for failures before any response byte
     was relayed: connect failures, resets, timeouts, protocol errors, or a response head whose status is
-    in ``statuses`` (that response is then discarded, its connection closed).
+    in ``statuses`` (that response is then discarded, its connection closed). It may edit the request head's
+    headers for the attempt it returns: each attempt sends the head as it is when the attempt starts.
     """
 
     statuses: frozenset[int]

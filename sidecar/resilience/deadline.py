@@ -12,8 +12,9 @@ at the next hop; gRPC carries ``grpc-timeout`` end to end. Here both ends act:
 
 So a downstream hop never works on a request its caller has abandoned. A value that is already 0 fails at
 once with 504. The value is in whole milliseconds, rounded down (never promises more time than there is).
-The engine writes a request head once, so a retry carries the value computed for the first try; the per-try
-timeout still bounds each try, and the caller's own deadline ends the request wherever it is.
+Each try carries its own value: a retry says what is left when it starts (after the back-off), so that with no
+per-try timeout, where a try may use the whole remaining time, the next hop is never promised time that the
+tries before it already spent.
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ def effective(policy_timeout: float, caller_remaining: float | None) -> float:
     if caller_remaining is None:
         return policy_timeout
     return min(policy_timeout, caller_remaining)
+
+
+def try_timeout(per_try_timeout: float | None, retries: int, timeout: float) -> float | None:
+    """What bounds one try, or None when only the request's ``timeout`` does. A per-try timeout applies when the
+    request may be retried and it is shorter than the timeout (as Envoy's ``per_try_timeout``); unset, a try may
+    use all that is left of the timeout, and a try that runs out of it ends the request."""
+    if per_try_timeout is None or retries <= 0 or per_try_timeout >= timeout:
+        return None
+    return per_try_timeout
 
 
 def per_try(remaining: float, try_timeout: float | None) -> float:

@@ -103,14 +103,15 @@ class RetryOn:
 @dataclass(frozen=True, slots=True)
 class RetryRules:
     attempts: int                 # retries after the first attempt
-    per_try_timeout: float
+    per_try_timeout: float | None   # None: a try may use the whole timeout
     retry_on: RetryOn
     backoff: Backoff
     non_idempotent: bool
 
     @classmethod
     def from_config(cls, config: RetryConfig, jitter: float = 1.0) -> RetryRules:
-        return cls(config.attempts, float(config.per_try_timeout), RetryOn.parse(config.retry_on),
+        per_try = None if config.per_try_timeout is None else float(config.per_try_timeout)
+        return cls(config.attempts, per_try, RetryOn.parse(config.retry_on),
                    Backoff(float(config.backoff.base), float(config.backoff.max), jitter),
                    config.retry_non_idempotent)
 
@@ -383,15 +384,17 @@ class Call:
     twice about one attempt (a try timeout during a back-off): both are handled by number.
     """
 
-    __slots__ = ("_discarded", "_open", "_retrying", "_slots", "deadline", "dest", "finished", "host", "max_retries",
-                 "method", "name", "notes", "peers", "retry_on", "statuses", "timeout", "tried", "try_timeout")
+    __slots__ = ("_discarded", "_open", "_retrying", "_slots", "deadline", "dest", "finished", "head", "host",
+                 "max_retries", "method", "name", "notes", "peers", "retry_on", "statuses", "timeout", "tried",
+                 "try_timeout")
 
-    def __init__(self, dest: Destination, peers: Peers, name: ServiceName, method: str, retry_on: RetryOn,
+    def __init__(self, dest: Destination, peers: Peers, name: ServiceName, head: RequestHead, retry_on: RetryOn,
                  max_retries: int, timeout: float, try_timeout: float | None, now: float) -> None:
         self.dest = dest
         self.peers = peers
         self.name = name
-        self.method = method
+        self.head = head
+        self.method = head.method
         self.retry_on = retry_on
         self.max_retries = max_retries
         self.statuses = retry_on.statuses if max_retries > 0 else frozenset()
@@ -470,7 +473,19 @@ class Call:
             self._discarded.add(number)
         self._retrying.add(number + 1)
         dest.retries += 1
+        self.stamp_deadline(now + delay)
         return Retry(self.begin(host, number + 1), delay)
+
+    def stamp_deadline(self, start: float) -> None:
+        """Tell the next hop what a try starting at ``start`` may take, in ``x-sidecar-deadline-ms`` (replacing
+        what an earlier try said): what is left of the request's deadline then, within the per-try timeout."""
+        value = deadline.to_header(deadline.per_try(self.deadline - start, self.try_timeout))
+        items = self.head.headers.items
+        if items and items[-1][0] == deadline.HEADER:
+            items[-1] = (deadline.HEADER, deadline.HEADER, value)   # where the first try put it
+        else:
+            self.head.headers.items = [item for item in items if item[0] != deadline.HEADER]
+            self.head.headers.items.append((deadline.HEADER, deadline.HEADER, value))
 
     def _retriable(self, attempt: AttemptRecord) -> bool:
         if attempt.failure is not None:
@@ -644,7 +659,7 @@ class Resilience:
         if timeout <= 0:
             raise DeadlineExceeded(f"the caller's deadline had passed before the request to {name.service} was sent",
                                    {"service": name.service, "timeout": "caller"})
-        try_timeout = rules.per_try_timeout if max_retries > 0 and rules.per_try_timeout < timeout else None
+        try_timeout = deadline.try_timeout(rules.per_try_timeout, max_retries, timeout)
         decision = dest.breaker.admit()
         if decision.admission is Admission.GO:
             return self._start(dest, peers, head, name, endpoints, retry_on, max_retries, timeout, try_timeout,
@@ -679,10 +694,9 @@ class Resilience:
                now: float) -> Target:
         dest.requests += 1
         dest.budget.deposit(now)
-        call = Call(dest, peers, name, head.method, retry_on, max_retries, timeout, try_timeout, started)
-        remaining = call.deadline - now
+        call = Call(dest, peers, name, head, retry_on, max_retries, timeout, try_timeout, started)
         head.headers.items.append((deadline.HEADER, deadline.HEADER, deadline.to_header(
-            deadline.per_try(remaining, try_timeout))))
+            deadline.per_try(call.deadline - now, try_timeout))))
         return call.begin(dest.choose(endpoints, now), 1)
 
     def request_done(self, call: Call) -> None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.clock import Clock
-from sidecar.config.model import Config
+from sidecar.config.model import Config, TracingConfig
 from sidecar.mesh.inbound import Names
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.access import AccessLog
@@ -26,7 +26,10 @@ from sidecar.telemetry.looplag import LoopLag
 from sidecar.telemetry.propagation import MessageTrace
 from sidecar.telemetry.records import RecordStore
 from sidecar.telemetry.requests import RequestMetrics
-from sidecar.telemetry.tracing import Sampler, Tracer
+from sidecar.telemetry.sampling import Sampler
+
+if TYPE_CHECKING:
+    from sidecar.telemetry.tracing import Tracer
 
 UNKNOWN = "unknown"
 
@@ -35,6 +38,15 @@ def local_service_name(config: Config) -> str:
     """The ``source`` of this node's outbound requests: its first service (a sidecar usually serves one app),
     else the node's name."""
     return config.services[0].name if config.services else config.node.name
+
+
+def tracer_for(config: TracingConfig, resource: dict[str, str]) -> Tracer | None:
+    """The tracer the config asks for, or None for ``exporter: none``; only then is the OpenTelemetry SDK (and only
+    the chosen exporter) imported, which a sidecar without tracing never pays for."""
+    if config.exporter == "none":
+        return None
+    from sidecar.telemetry.tracing import Tracer
+    return Tracer.from_config(config, resource)
 
 
 class Telemetry:
@@ -51,7 +63,7 @@ class Telemetry:
         self.resource = {"service.name": self.source, "service.instance.id": config.node.name,
                          "service.namespace": config.node.cluster, "sidecar.node": config.node.name}
         if tracer is True:
-            tracer = Tracer.from_config(settings.tracing, self.resource)
+            tracer = tracer_for(settings.tracing, self.resource)
         self.tracer: Tracer | None = tracer or None
         if access_log is True:
             access_log = AccessLog(settings.access_log.format) if settings.access_log.enabled else None
@@ -136,7 +148,7 @@ class Telemetry:
                                                                                        old.tracing.endpoint):
                 retired.sampler = Sampler(new.tracing.sample_ratio)
             else:
-                self.tracer = Tracer.from_config(new.tracing, self.resource)
+                self.tracer = tracer_for(new.tracing, self.resource)
                 if retired is not None:
                     await asyncio.get_running_loop().run_in_executor(None, retired.shutdown)
         if new.access_log != old.access_log:

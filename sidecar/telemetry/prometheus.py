@@ -81,6 +81,21 @@ _GOSSIP_COUNTERS = {
     "keys_installed": ("sidecar_gossip_keys_installed", "Gossip keys installed by the key rotation."),
     "keys_removed": ("sidecar_gossip_keys_removed", "Old gossip keys removed by the key rotation."),
     "key_fetch_failures": ("sidecar_gossip_key_fetch_failures", "Runs of gossip.rotate_command that gave no key."),
+    "user_seen_evicted": ("sidecar_gossip_user_seen_evicted", "Records of delivered user broadcasts forgotten "
+                          "for age or room."),
+}
+
+_GOSSIP_GAUGES = {
+    "unconfirmed_members": ("sidecar_gossip_unconfirmed_members", "Members heard of only from others, not yet "
+                            "confirmed by answering a probe."),
+    "user_seen_entries": ("sidecar_gossip_user_seen_entries", "Records of delivered user broadcasts held."),
+    "streams_open": ("sidecar_gossip_streams_open", "Inbound gossip TCP streams open now."),
+    "stream_bytes_buffered": ("sidecar_gossip_stream_buffered_bytes", "Bytes reserved for inbound gossip frames "
+                              "being read now."),
+    "plaintext_exposed": ("sidecar_gossip_plaintext_exposed", "1 when gossip listens beyond loopback without "
+                          "gossip.encrypt_keys."),
+    "cannot_refute": ("sidecar_gossip_cannot_refute", "1 when this member's incarnation is at its maximum and it "
+                      "can no longer refute a suspicion (/ready is 503)."),
 }
 
 _DNS_COUNTERS = {
@@ -91,6 +106,7 @@ _DNS_COUNTERS = {
     "dropped": "DNS queries dropped.",
     "forwarded": "DNS queries forwarded to dns.upstreams.",
     "forward_failed": "DNS forwards that got no answer.",
+    "forward_limited": "DNS queries to forward answered with TC=1 instead, over the per-client forwarding limit.",
     "internal_errors": "DNS queries that failed inside the responder.",
 }
 
@@ -119,6 +135,7 @@ class Sources:
     messaging: Any = None
     catalog: Any = None
     renewal: Any = None  # sidecar.tls.renewal.Renewer: ``results`` (Counter by outcome), when tls.issuer is set
+    replication: Any = None  # sidecar.catalog.replication: ``refused`` (Counter by reason), ``left_to_push_pull``
 
 
 def _counter(name: str, documentation: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
@@ -147,7 +164,7 @@ class SidecarCollector(Collector):
             lambda: self._tls(sources.identity, sources.dataplane), lambda: self._renewal(sources),
             lambda: self._gossip(sources.gossip),
             lambda: self._dns(sources.dns), lambda: self._messaging(sources.messaging),
-            lambda: self._catalog(sources.catalog), self._sockets,
+            lambda: self._catalog(sources.catalog), lambda: self._claims(sources.replication), self._sockets,
         ]
         for part in parts:
             try:
@@ -262,8 +279,8 @@ class SidecarCollector(Collector):
             for attribute, name, text in (
                     ("refused", "sidecar_inbound_connections_refused", "Inbound connections refused at the TLS "
                      "handshake or identity check."),
-                    ("shed", "sidecar_inbound_connections_shed", "Inbound connections closed by the connection "
-                     "limit."),
+                    ("shed", "sidecar_inbound_connections_shed", "Pending inbound TLS handshakes closed to make "
+                     "room for new connections (the per-source and total caps)."),
                     ("tunnel_refused", "sidecar_inbound_tunnels_refused", "Inbound TCP tunnels refused.")):
                 value = getattr(inbound, attribute, None)
                 if isinstance(value, int):
@@ -348,6 +365,11 @@ class SidecarCollector(Collector):
         for state, n in sorted(by_state.items()):
             members.add_metric([state], n)
         yield members
+        for key, (name, text) in _GOSSIP_GAUGES.items():
+            if key in counters:
+                gauge = _gauge(name, text)
+                gauge.add_metric([], counters[key])
+                yield gauge
         if "health_score" in counters:
             score = _gauge("sidecar_gossip_health_score", "Lifeguard's local health multiplier (0 is healthy).")
             score.add_metric([], counters["health_score"])
@@ -391,6 +413,21 @@ class SidecarCollector(Collector):
         letters = _gauge("sidecar_messages_dead_letters", "Dead letters stored now.")
         letters.add_metric([], status.get("deadLetters", 0))
         yield letters
+        letter_bytes = _gauge("sidecar_messages_dead_letter_bytes", "Bytes of the message bodies of the dead letters "
+                              "stored now.")
+        letter_bytes.add_metric([], status.get("deadLetterBytes", 0))
+        yield letter_bytes
+        dropped = _counter("sidecar_messages_dead_letters_dropped", "Dead letters purged, oldest first, to keep "
+                           "within messaging.max_dead_letters and max_dead_letter_bytes.")
+        dropped.add_metric([], status.get("deadLettersDropped", 0))
+        yield dropped
+        refused = _counter("sidecar_messages_deliveries_refused", "Deliveries from peers refused by this node's "
+                           "receiver, by reason (sender: the message's sender is not the caller; scope: the caller "
+                           "may not publish the topic).", ("reason",))
+        for key, n in sorted(counters.items()):
+            if key.startswith("deliveries_refused:"):
+                refused.add_metric([key.partition(":")[2]], n)
+        yield refused
 
     def _catalog(self, catalog: Any) -> Iterator[Metric]:
         if catalog is None:
@@ -404,6 +441,20 @@ class SidecarCollector(Collector):
         for key, n in sorted(counts.items()):
             instances.add_metric(list(key), n)
         yield instances
+
+    def _claims(self, replication: Any) -> Iterator[Metric]:
+        if replication is None:
+            return
+        refused = _counter("sidecar_catalog_claims_refused", "Peers' catalog claims not kept, by reason (unsigned,"
+                           " bad-signature, bad-certificate, wrong-service, foreign-entry, foreign-cluster,"
+                           " unknown-certificate, too-many).", ("reason",))
+        for reason, n in sorted(replication.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        large = _counter("sidecar_catalog_claims_push_pull_only", "Our catalog claims too large for a gossip packet,"
+                         " left to push-pull.")
+        large.add_metric([], replication.left_to_push_pull)
+        yield large
 
     def _sockets(self) -> Iterator[Metric]:
         try:

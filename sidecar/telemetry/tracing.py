@@ -11,13 +11,14 @@ Attributes follow the OpenTelemetry HTTP semantic conventions (``http.request.me
 ``url.path``, ``server.address``, ``network.peer.address``, ``http.response.status_code``, ``error.type``...).
 Spans go to a batch span processor (``otlp``: HTTP/protobuf to ``ENDPOINT/v1/traces``; ``console``: JSON on
 stdout): the request path pays for building one ``ReadableSpan`` and a queue append, the export runs on the
-processor's thread. With ``exporter: none`` no :class:`Tracer` exists and nothing is paid.
+processor's thread. With ``exporter: none`` no :class:`Tracer` exists, this module (and with it the OpenTelemetry
+SDK) is never imported, and nothing is paid.
 
-Sampling is parent-based with a trace-id ratio at the root: a request that arrives with a ``traceparent``
-follows its sampled flag (when the engine reports it, ``stats.trace_flags``), and a new trace is sampled when
-its trace id's low 64 bits fall under ``sample_ratio`` * 2^64 (OpenTelemetry's ``TraceIdRatioBased``). The
-decision depends only on the trace id, so every sidecar of a mesh with the same ratio keeps or drops the same
-traces, even where the flag is not known.
+Sampling (:class:`~sidecar.telemetry.sampling.Sampler`) is parent-based with a trace-id ratio at the root: a
+request that arrives with a ``traceparent`` follows its sampled flag (when the engine reports it,
+``stats.trace_flags``), and a new trace is sampled when its trace id's low 64 bits fall under ``sample_ratio`` *
+2^64 (OpenTelemetry's ``TraceIdRatioBased``). The decision depends only on the trace id, so every sidecar of a mesh
+with the same ratio keeps or drops the same traces, even where the flag is not known.
 """
 
 from __future__ import annotations
@@ -37,31 +38,13 @@ from sidecar.config.model import TracingConfig
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.propagation import MessageTrace
 from sidecar.telemetry.requests import METHODS
+from sidecar.telemetry.sampling import Sampler
 
 log = logging.getLogger("sidecar.telemetry")
 
 _SCOPE = InstrumentationScope("sidecar", "0.1.0")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
-_MASK64 = (1 << 64) - 1
-
-
-class Sampler:
-    """Parent-based, trace-id ratio at the root; see the module's doc."""
-
-    __slots__ = ("_bound", "ratio")
-
-    def __init__(self, ratio: float) -> None:
-        self.ratio = ratio
-        self._bound = round(ratio * (1 << 64))
-
-    def by_trace_id(self, trace_id: str) -> bool:
-        return (int(trace_id[16:], 16) & _MASK64) < self._bound
-
-    def sampled(self, trace_id: str, parent_span_id: str | None, flags: int | None) -> bool:
-        if parent_span_id is not None and flags is not None:
-            return bool(flags & 1)
-        return self.by_trace_id(trace_id)
 
 
 def span_exporter(config: TracingConfig, out: IO[str] | None = None) -> SpanExporter | None:

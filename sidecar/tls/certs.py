@@ -473,13 +473,20 @@ def cmd_certs_init(directory: str, trust_domain: str) -> int:
 MAX_COMPLIANT_TTL = 366 * 86400   # Mozilla's intermediate profile: certificate lifetime at most 366 days
 
 
-def cmd_certs_issue(service: str, directory: str, ttl: str = "24h") -> int:
-    """``sidecar certs issue SERVICE --dir DIR [--ttl 24h]``: 0 written, 2 bad usage, 1 failure."""
+def cmd_certs_issue(services: str | Sequence[str], directory: str, ttl: str = "24h") -> int:
+    """``sidecar certs issue SERVICE [SERVICE...] --dir DIR [--ttl 24h]``: one certificate and key per service
+    (an X.509-SVID names exactly one service); 0 written, 2 bad usage, 1 failure. With several services, the
+    lines to paste into ``tls.identities`` are printed too."""
+    names = [services] if isinstance(services, str) else list(services)
     try:
-        validate_service_name(service)
+        for service in names:
+            validate_service_name(service)
         seconds = _ttl(ttl)
     except (SpiffeIdError, CertificateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if len(set(names)) != len(names):
+        print("error: a service is named twice; each gets one certificate", file=sys.stderr)
         return 2
     if not (Path(directory) / CA_CERT_FILE).exists():
         print(f"error: no CA in {directory} ({CA_CERT_FILE} is missing); run `sidecar certs init`", file=sys.stderr)
@@ -487,13 +494,22 @@ def cmd_certs_issue(service: str, directory: str, ttl: str = "24h") -> int:
     if seconds > MAX_COMPLIANT_TTL:
         print(f"warning: --ttl {ttl} is over 366 days: Mozilla's TLS profiles (and sslyze) call such a certificate"
               " non-compliant; prefer short certificates renewed by tls.issuer", file=sys.stderr)
-    try:
-        paths = issue(service, directory, seconds)
-        leaf = load_certificate(paths.cert)
-    except CertificateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{spiffe_ids(leaf)[0]}, serial {leaf.serial_number:x}, valid until {_iso(leaf.not_valid_after_utc)}")
-    print(f"wrote {paths.cert}")
-    print(f"wrote {paths.key} (private key, mode 0600)")
+    written: list[tuple[str, CertPaths]] = []
+    for service in names:
+        try:
+            paths = issue(service, directory, seconds)
+            leaf = load_certificate(paths.cert)
+        except CertificateError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{spiffe_ids(leaf)[0]}, serial {leaf.serial_number:x}, valid until {_iso(leaf.not_valid_after_utc)}")
+        print(f"wrote {paths.cert}")
+        print(f"wrote {paths.key} (private key, mode 0600)")
+        written.append((service, paths))
+    if len(written) > 1:
+        first, rest = written[0], written[1:]
+        print(f"for one node hosting them all: tls: {{cert: {first[1].cert}, key: {first[1].key}, identities: [")
+        for service, paths in rest:
+            print(f"  {{service: {service}, cert: {paths.cert}, key: {paths.key}}},")
+        print("]}")
     return 0

@@ -19,10 +19,16 @@ without the callback (``SSLObject.context = twin``, which also drops OpenSSL's p
 application data never pays for it. Where the callback does not exist, the reasons fall back to what
 OpenSSL's codes say. Nothing about *acceptance* depends on this machinery: it only names refusals.
 
+*Which certificate answers.* A sidecar holds one certificate per service it hosts. A caller dialing an
+instance of service S sends the SNI :func:`service_server_name` (S and the peer's address); the inbound's
+:func:`sni_selector` moves the handshake to S's context, or refuses it (``unrecognized_name``) when it holds no
+certificate for S; a name without a service gets the first identity. The client's handshake itself then
+requires S's SPIFFE ID in the server's certificate (:class:`WrongServiceError` otherwise), so no byte reaches a
+server that cannot prove it is S, whoever dials with this context.
+
 *Session reuse.* Servers issue TLS 1.3 session tickets (and TLS 1.2 tickets). The client context keeps one
-resumable session per peer in a :class:`SessionCache`, keyed by the ``server_hostname`` given when dialing,
-so reconnections to the same peer resume (one round trip, no certificate signatures). Dial each peer with
-its own ``server_hostname`` (:func:`peer_server_name` makes one).
+resumable session per server name in a :class:`SessionCache`, keyed by the ``server_hostname`` given when
+dialing, so reconnections to the same (service, peer) resume (one round trip, no certificate signatures).
 
 *What a connection carries.* ALPN says it: a client offers :data:`ALPN_HTTP` for HTTP/1.1 between sidecars, or
 :data:`ALPN_TCP_TUNNEL` for a raw byte tunnel (a ``protocol: tcp`` upstream); the server context accepts both,
@@ -32,16 +38,20 @@ tunnels are dialed with a context of their own (``IdentityStore.tunnel_context``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
+
 from sidecar.tls import reasons
-from sidecar.tls.errors import CertificateError, PeerRefused
-from sidecar.tls.identity import PeerIdentity, identity_of_der
+from sidecar.tls.errors import CertificateError, PeerRefused, SpiffeIdError
+from sidecar.tls.identity import PeerIdentity, SpiffeId, identity_of_der, spiffe_ids
 from sidecar.tls.reasons import HandshakeEvidence
 
 # Mozilla's "intermediate" TLS 1.2 suites (ECDHE only: no DH parameters are loaded); TLS 1.3 suites are
@@ -222,7 +232,8 @@ class ServerSSLObject(_DirectSSLObject):
             raise
         except ssl.SSLError as exc:
             setattr(exc, EVIDENCE_ATTRIBUTE, HandshakeEvidence(
-                self.__dict__.get("sidecar_peer_der"), self.__dict__.get("sidecar_offered")
+                self.__dict__.get("sidecar_peer_der"), self.__dict__.get("sidecar_offered"),
+                self.__dict__.get("sidecar_unknown_service"),
             ))
             raise
         twin = getattr(self.context, "twin", None)
@@ -249,12 +260,36 @@ class ClientSSLObject(_DirectSSLObject):
         super().do_handshake()
         if cache is not None and self.server_hostname:
             cache.connected(self.server_hostname, self)
+        wanted = service_of_server_name(self.server_hostname)
+        if wanted is not None:
+            _require_service(self, wanted)
 
     def unwrap(self) -> None:
         cache = getattr(self.context, "sessions", None)
         if cache is not None and self.server_hostname:
             cache.keep(self.server_hostname, self)
         super().unwrap()
+
+
+class WrongServiceError(ssl.SSLError):
+    """The server answered a dial for one service with another service's certificate (an impostor or a
+    misrouting): raised by the handshake itself, so no byte is written on such a connection."""
+
+    sidecar_identity = True
+
+
+def _require_service(ssl_object: ssl.SSLObject, service: str) -> None:
+    """Every dial whose SNI names a service (:func:`service_server_name`) requires that service's SPIFFE ID in
+    the server's certificate, whoever dials (the data plane checks the rest of the identity after)."""
+    der = ssl_object.getpeercert(binary_form=True)
+    ids = spiffe_ids(x509.load_der_x509_certificate(der)) if der else []
+    named = None
+    if len(ids) == 1:
+        with contextlib.suppress(SpiffeIdError):
+            named = SpiffeId.from_text(ids[0]).service
+    if named is None or named.lower() != service:
+        shown = ids[0] if len(ids) == 1 else f"{len(ids)} SPIFFE IDs"
+        raise WrongServiceError(reasons.wrong_service("server", shown, service).message)
 
 
 # ------------------------------------------------------------------------------------------ sessions
@@ -322,7 +357,64 @@ def peer_server_name(host: str, port: int) -> str:
     """A DNS-shaped name unique to one peer address, for ``server_hostname`` (the session cache's key).
 
     An IP address alone would not tell apart two sidecars on one host, and Python sends no SNI for IPs.
+    A peer's inbound answers this name (no service in it) with its first identity.
     """
     label = host.strip("[]").replace(":", "-").replace("%", "-")
-    return f"p{port}.{label}.sidecar.invalid"
+    return f"p{port}.{label}{SERVER_NAME_SUFFIX}"
+
+
+SERVER_NAME_SUFFIX = ".sidecar.invalid"
+_SERVICE_MARK = "svc"
+
+
+def service_server_name(service: str, host: str, port: int) -> str:
+    """The SNI that asks the sidecar at ``host:port`` for ``service``'s identity: ``SERVICE.svc.pPORT.HOST...``.
+
+    The inbound picks the certificate of that service by it (:func:`service_of_server_name`); the peer part
+    keeps the session cache per (service, peer). Service names are DNS labels (config and API check it).
+    """
+    return f"{service.lower()}.{_SERVICE_MARK}.{peer_server_name(host, port)}"
+
+
+def service_of_server_name(server_name: str | None) -> str | None:
+    """The service a :func:`service_server_name` asks for (lower case); None for any other name or none."""
+    if not server_name or not server_name.lower().endswith(SERVER_NAME_SUFFIX):
+        return None
+    labels = server_name.lower().split(".")
+    if len(labels) >= 6 and labels[1] == _SERVICE_MARK and labels[2][:1] == "p" and labels[2][1:].isdigit():
+        return labels[0]
+    return None
+
+
+def sni_selector(contexts: Callable[[str], MeshContext | None]) -> Callable[[ssl.SSLObject, str | None,
+                                                                             ssl.SSLContext], int | None]:
+    """An ``sni_callback`` that moves a handshake to the context of the service its SNI names.
+
+    ``contexts(service)`` is that service's current server context, None when this sidecar does not host it:
+    the handshake then fails with ``unrecognized_name`` (no certificate of ours is the one the caller wants).
+    A name that asks for no service (none sent, ``openssl s_client``, a node-level dial) keeps the context the
+    listener started with: the first identity. The chosen service is kept on the connection as
+    ``sidecar_service``; the inbound forwards its requests to that service's app only.
+    """
+
+    def select(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
+        service = service_of_server_name(server_name)
+        if service is None:
+            return None
+        chosen = contexts(service)
+        if chosen is None:
+            ssl_object.sidecar_unknown_service = service  # type: ignore[attr-defined]  # the refusal's reason
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        if chosen is not ssl_object.context:
+            ssl_object.context = chosen
+        ssl_object.sidecar_service = service  # type: ignore[attr-defined]
+        return None
+
+    return select
+
+
+def selected_service(ssl_object: object) -> str | None:
+    """The service the caller's SNI named on an inbound connection (lower case), None when it named none."""
+    value = getattr(ssl_object, "sidecar_service", None)
+    return value if isinstance(value, str) else None
 

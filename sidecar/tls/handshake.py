@@ -30,6 +30,9 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 # a handshake is a few round trips; a peer that needs longer is stuck or hostile (Envoy's
 # transport_socket_connect_timeout defaults to 10s as well)
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+# a client speaks first in TLS: its ClientHello leaves as soon as the TCP connection is up, one round trip at most
+# on a WAN; a connection silent this long is not a TLS client and would only hold a handshake slot
+DEFAULT_HELLO_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ async def accept_socket(
     *,
     refusals: RefusalLog | None = None,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    hello_timeout: float | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> tuple[asyncio.Transport, P, PeerIdentity]:
     """TLS on an accepted socket; returns the TLS transport, the protocol and the client's identity.
@@ -120,10 +124,23 @@ async def accept_socket(
     The protocol's ``connection_made`` runs when the handshake completes, just *before* the identity is
     checked: it must not forward anything until this function returns (a refused peer's transport is
     aborted, and ``connection_lost`` follows). On refusal the reason is logged and counted, and
-    :class:`PeerRefused` raised.
+    :class:`PeerRefused` raised. ``hello_timeout``: the client's first bytes must arrive this soon, or the
+    socket is closed (refusal ``no-client-hello``). Cancelled, the socket is closed.
     """
     loop = asyncio.get_running_loop()
     peer = peer_text(_peername(sock))
+    if hello_timeout is not None:
+        try:
+            spoke = await first_bytes(sock, hello_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        if not spoke:
+            sock.close()
+            reason = RefusalReason(Refusal.NO_CLIENT_HELLO, f"no TLS ClientHello within {hello_timeout:g}s")
+            if refusals is not None:
+                refusals.record(peer, reason, clock.wall())
+            raise PeerRefused(reason)
     protocol = protocol_factory()
     try:
         # uvloop returns its SSL protocol here, not ours: keep our own reference
@@ -139,6 +156,27 @@ async def accept_socket(
         transport.abort()
         raise _refused(exc, peer, trust_domain, refusals, clock) from None
     return transport, protocol, identity
+
+
+async def first_bytes(sock: socket.socket, timeout: float) -> bool:
+    """Wait until ``sock`` has something to read (bytes or the end of the stream), at most ``timeout`` seconds;
+    nothing is read from it, so TLS gets every byte. False at the deadline."""
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    fd = sock.fileno()
+    loop.add_reader(fd, ready)
+    try:
+        await asyncio.wait_for(readable, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+    return True
 
 
 def _peername(sock: socket.socket) -> Any:

@@ -64,8 +64,9 @@ class SpiffeId:
     def from_text(cls, text: str) -> SpiffeId:
         if len(text.encode()) > _MAX_ID_BYTES:
             raise SpiffeIdError(f"SPIFFE ID is longer than {_MAX_ID_BYTES} bytes")
-        if not text.lower().startswith(SCHEME):
-            raise SpiffeIdError(f"{text!r} is not a SPIFFE ID: it must start with spiffe://")
+        if not text.startswith(SCHEME):
+            # the X.509-SVID spec: the scheme is lower case; "SPIFFE://" is refused, not folded
+            raise SpiffeIdError(f"{text!r} is not a SPIFFE ID: it must start with spiffe:// (lower case)")
         rest = text[len(SCHEME) :]
         if any(c in rest for c in "?#"):
             raise SpiffeIdError(f"{text!r} is not a SPIFFE ID: no query or fragment is allowed")
@@ -131,6 +132,19 @@ def spiffe_ids(cert: x509.Certificate) -> list[str]:
     return [uri for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if uri.lower().startswith(SCHEME)]
 
 
+def is_ca(cert: x509.Certificate) -> bool:
+    """Whether the certificate says it is a CA (basicConstraints cA=TRUE) or may sign certificates."""
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return True
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign)
+    except x509.ExtensionNotFound:
+        return False
+
+
 def identity_of(
     cert: x509.Certificate, trust_domain: str, now: float, *, role: str = "peer", expected_service: str | None = None
 ) -> PeerIdentity:
@@ -140,6 +154,10 @@ def identity_of(
     about: exactly one SPIFFE ID, of a service, in our trust domain, the expected one if one is expected,
     and the validity dates again (a resumed TLS session may outlive its certificate).
     """
+    if is_ca(cert):
+        # X.509-SVID: a leaf SVID must not be a CA; a CA certificate signed by the mesh CA (OpenSSL takes one as
+        # an end entity) proves no workload
+        raise PeerRefused(reasons.ca_as_leaf(role))
     ids = spiffe_ids(cert)
     if not ids:
         raise PeerRefused(reasons.no_spiffe_id(role))

@@ -52,6 +52,8 @@ class Refusal(enum.Enum):
     NO_SHARED_CIPHER = "no-shared-cipher"
     REFUSED_BY_PEER = "refused-by-peer"
     HANDSHAKE_TIMEOUT = "handshake-timeout"
+    NO_CLIENT_HELLO = "no-client-hello"
+    EVICTED = "evicted"
     PEER_CLOSED = "peer-closed"
     OTHER = "other"
 
@@ -72,6 +74,8 @@ class HandshakeEvidence:
 
     peer_certificate: bytes | None = None
     offered_version: str | None = None
+    # the service the client's SNI asked for when this sidecar holds no certificate for it
+    unknown_service: str | None = None
 
 
 NO_EVIDENCE = HandshakeEvidence()
@@ -145,6 +149,12 @@ def bad_spiffe_id(role: str, detail: str) -> RefusalReason:
     return RefusalReason(Refusal.NO_SPIFFE_ID, f"{role} certificate has a malformed SPIFFE ID: {detail}")
 
 
+def ca_as_leaf(role: str) -> RefusalReason:
+    return RefusalReason(
+        Refusal.BAD_CERTIFICATE, f"{role} certificate is a CA certificate (basicConstraints cA=TRUE or keyCertSign);"
+        " an X.509-SVID must be a leaf: issue one with `sidecar certs issue`")
+
+
 def not_a_service(role: str, spiffe_id: str) -> RefusalReason:
     return RefusalReason(
         Refusal.NO_SPIFFE_ID, f"SPIFFE ID {spiffe_id} of the {role} names no service (expected .../service/NAME)"
@@ -159,6 +169,12 @@ def wrong_service(role: str, spiffe_id: str, expected: str) -> RefusalReason:
     return RefusalReason(
         Refusal.WRONG_SERVICE, f"{role} is {spiffe_id}, not the service {expected} the connection was meant for"
     )
+
+
+def unknown_service(service: str) -> RefusalReason:
+    return RefusalReason(
+        Refusal.WRONG_SERVICE, f"the client asked (by SNI) for service {service}, which this sidecar holds no"
+        " certificate for (tls.cert, tls.identities)")
 
 
 def timeout(seconds: float) -> RefusalReason:
@@ -217,6 +233,8 @@ def classify(
         return RefusalReason(Refusal.HANDSHAKE_TIMEOUT, "TLS handshake timed out")
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionError | EOFError):
         return peer_closed()
+    if evidence.unknown_service is not None:
+        return unknown_service(evidence.unknown_service)
     if isinstance(exc, ssl.SSLError):
         reason = (exc.reason or "").upper()
         if reason in _NO_CERT_REASONS:

@@ -46,9 +46,11 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.config.model import TlsConfig
+from sidecar.config.model import TlsConfig, TlsIdentityConfig
 from sidecar.tls import certs, context
 from sidecar.tls.context import MeshContext, SessionCache
 from sidecar.tls.errors import CertificateError, PeerRefused
@@ -58,6 +60,7 @@ from sidecar.tls.schedule import lifetime_start
 
 log = logging.getLogger("sidecar.tls")
 P = TypeVar("P", bound=asyncio.BaseProtocol)
+SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
 
 
 # ------------------------------------------------------------------------------------------ the pure core
@@ -264,6 +267,8 @@ def _digest(data: bytes | None) -> str | None:
 class Checked:
     leaf: x509.Certificate
     identity: PeerIdentity
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    cas: tuple[x509.Certificate, ...] = ()
 
 
 def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> Checked:
@@ -280,9 +285,6 @@ def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> 
         leaf = x509.load_pem_x509_certificates(bundle.cert)[0]
     except ValueError:
         raise CertificateError(f"{paths.cert} holds no PEM certificate (tls.cert)") from None
-    from cryptography.hazmat.primitives import serialization  # local: only validation needs it
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     try:
         key = serialization.load_pem_private_key(bundle.key, password=None)
     except (ValueError, TypeError):
@@ -295,7 +297,7 @@ def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> 
         identity = identity_of(leaf, trust_domain, now, role="our")
     except PeerRefused as exc:
         raise CertificateError(f"{paths.cert}: {exc.reason.message}") from None
-    return Checked(leaf, identity)
+    return Checked(leaf, identity, key, tuple(cas))
 
 
 def _signed_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -347,6 +349,10 @@ class TlsMaterial:
     tunnel_context: MeshContext | None = None
     # our certificate itself: its other SANs are kept when it is renewed (sidecar.tls.renewal)
     leaf: x509.Certificate | None = None
+    # its private key: signs this node's catalog statement about the service (sidecar.catalog.signing)
+    key: ec.EllipticCurvePrivateKey | None = field(default=None, repr=False)
+    # the trust anchors of tls.ca as loaded with it
+    cas: tuple[x509.Certificate, ...] = ()
 
 
 class IdentityStore:
@@ -374,12 +380,20 @@ class IdentityStore:
         self._diagnose = diagnose
         start, end = material.not_before.timestamp(), material.identity.not_after.timestamp()
         self.core = RotationCore(material.snapshot, start, end, policy)
+        # every identity this sidecar holds, by service (lower case), this one included: one SVID per hosted
+        # service (SPEC: Identity); the inbound picks one by SNI, the catalog signs with each
+        self.hosted: dict[str, IdentityStore] = {material.identity.service.lower(): self}
+        self._select: SniCallback | None = None
 
     @classmethod
     def load(cls, paths: TlsPaths | TlsConfig, trust_domain: str | None = None, *, clock: Clock = SYSTEM_CLOCK,
              policy: RotationPolicy | None = None, diagnose: bool = True,
              on_rotate: Callable[[TlsMaterial], None] | None = None) -> IdentityStore:
+        """The identity of ``tls.cert``/``tls.key``; with a :class:`TlsConfig`, one more per ``tls.identities``
+        entry (each must name its service), all in ``hosted``."""
+        identities: tuple[TlsIdentityConfig, ...] = ()
         if isinstance(paths, TlsConfig):
+            identities = tuple(paths.identities)
             trust_domain = trust_domain or paths.trust_domain
             if paths.issuer is not None:  # the sidecar renews its own certificate (sidecar.tls.renewal)
                 policy = replace(policy or RotationPolicy(), remedy=RENEWED_BY_ISSUER)
@@ -397,7 +411,36 @@ class IdentityStore:
         for command in store.core.on_loaded(material.snapshot, material.not_before.timestamp(),
                                             checked.identity.not_after.timestamp(), clock.wall()):
             store._run(command, bundle)
+        for index, extra in enumerate(identities):
+            where = f"tls.identities[{index}]"
+            other = cls.load(TlsPaths(paths.ca, Path(extra.cert), Path(extra.key)), trust_domain, clock=clock,
+                             policy=policy, diagnose=diagnose)
+            named = other.identity.service
+            if named != extra.service:
+                raise CertificateError(f"{where}.cert: {extra.cert} names {other.identity.spiffe_id}, not the service"
+                                       f" {extra.service}; issue it with `sidecar certs issue {extra.service}`")
+            if named.lower() in store.hosted:
+                raise CertificateError(f"{where}.service: {named} has a certificate already (tls.cert or an"
+                                       " earlier entry); one SVID per service")
+            other.refusals = store.refusals
+            store.hosted[named.lower()] = other
+        store._share_hosted()
         return store
+
+    def _share_hosted(self) -> None:
+        """Every identity's server contexts select by SNI among all of them (new contexts after a rotation
+        too: ``_build`` sets the callback)."""
+        hosted = self.hosted
+
+        def contexts(service: str) -> MeshContext | None:
+            found = hosted.get(service)
+            return found.server_context if found is not None else None
+
+        select = context.sni_selector(contexts)
+        for store in hosted.values():
+            store.hosted = hosted
+            store._select = select
+            store.material.server_context.sni_callback = select
 
     # -------------------------------------------------------------------------------- what others use
 
@@ -419,6 +462,29 @@ class IdentityStore:
     @property
     def identity(self) -> PeerIdentity:
         return self.material.identity
+
+    def signing_identities(self) -> dict[str, tuple[bytes, ec.EllipticCurvePrivateKey]]:
+        """Every hosted identity's current certificate (DER) and key, by service, this one first: what the
+        node's catalog claims are signed with (sidecar.catalog.signing)."""
+        out: dict[str, tuple[bytes, ec.EllipticCurvePrivateKey]] = {}
+        for store in self.hosted.values():
+            material = store.material
+            if material.leaf is not None and material.key is not None:
+                out[material.identity.service] = (material.leaf.public_bytes(serialization.Encoding.DER),
+                                                  material.key)
+        return out
+
+    def on_any_rotation(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after a successful reload of any hosted identity (besides each one's on_rotate)."""
+        for store in self.hosted.values():
+            previous = store.on_rotate
+
+            def both(material: TlsMaterial, previous: Callable[[TlsMaterial], None] | None = previous) -> None:
+                if previous is not None:
+                    previous(material)
+                callback()
+
+            store.on_rotate = both
 
     def verify_peer(
         self, ssl_object: ssl.SSLObject | ssl.SSLSocket, expected_service: str | None = None
@@ -455,6 +521,11 @@ class IdentityStore:
             "last_error": self.last_error,
             "sessions": {"cached": len(self.sessions), "resumed": self.sessions.resumed, "full": self.sessions.full},
             "refusals": self.refusals.snapshot(),
+            "identities": [{"service": store.identity.service, "spiffe_id": store.identity.spiffe_id,
+                            "serial": store.identity.serial_hex,
+                            "not_after": store.identity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "expiry": store.core.expiry.value, "last_error": store.last_error}
+                           for store in self.hosted.values()],
         }
 
     # -------------------------------------------------------------------------------- rotation
@@ -467,14 +538,24 @@ class IdentityStore:
             self._run(command, bundle)
         return commands
 
+    def poll_all(self) -> list[Command]:
+        """:meth:`poll` for every hosted identity (each has its own files and rotation)."""
+        out: list[Command] = []
+        for store in list(self.hosted.values()):
+            out += store.poll()
+        return out
+
     async def watch(self, interval: float | None = None) -> None:
-        """Poll until cancelled. A failing poll is logged and the next one tried: serving never stops."""
+        """Poll every identity until cancelled. A failing poll is logged and the next one tried: serving never
+        stops."""
         every = interval if interval is not None else self.policy.poll_interval
         while True:
-            try:
-                self.poll()
-            except Exception:
-                log.exception("certificate check failed; will try again in %.1fs", every)
+            for store in list(self.hosted.values()):
+                try:
+                    store.poll()
+                except Exception:
+                    log.exception("certificate check of %s failed; will try again in %.1fs",
+                                  store.identity.service, every)
             await self.clock.sleep(every)
 
     def _run(self, command: Command, bundle: Bundle) -> None:
@@ -485,6 +566,11 @@ class IdentityStore:
         old = self.identity
         try:
             checked = validate(bundle, self.paths, self.trust_domain, now)
+            if checked.identity.service != old.service:
+                # the inbound picks this identity by the service's name and the catalog signs that service's
+                # claims with it: which service an identity is does not change while the sidecar runs
+                raise CertificateError(f"{self.paths.cert} now names {checked.identity.spiffe_id}, not"
+                                       f" {old.spiffe_id}: another service's certificate needs a restart")
             self._apply(command.change, bundle, checked)
         except (CertificateError, ssl.SSLError, OSError) as exc:
             self.last_error = str(exc)
@@ -512,7 +598,7 @@ class IdentityStore:
         # New contexts for every change: a new server context has new session-ticket keys, so clients cannot
         # resume a session made with the old certificate (resumption carries the old identity along), and
         # a new client context cannot resume sessions that presented our old certificate.
-        new = _build(bundle, checked, self._diagnose, self.sessions)
+        new = _build(bundle, checked, self._diagnose, self.sessions, self._select)
         # Holders of the old contexts (a listener given one at start) get the change too: new handshakes on
         # them present the new certificate; a trust store only grows, so the new CA is added to the old one.
         with _as_files(bundle.cert, bundle.key) as (cert_path, key_path):
@@ -527,7 +613,8 @@ class IdentityStore:
         self.material = new
 
 
-def _build(bundle: Bundle, checked: Checked, diagnose: bool, sessions: SessionCache) -> TlsMaterial:
+def _build(bundle: Bundle, checked: Checked, diagnose: bool, sessions: SessionCache,
+           select: SniCallback | None = None) -> TlsMaterial:
     assert bundle.ca is not None and bundle.cert is not None and bundle.key is not None
     with _as_files(bundle.ca, bundle.cert, bundle.key) as (ca_path, cert_path, key_path):
         server = context.server_context(ca_path, cert_path, key_path, diagnose=diagnose)
@@ -535,5 +622,7 @@ def _build(bundle: Bundle, checked: Checked, diagnose: bool, sessions: SessionCa
         # its own cache: a session belongs to the context that made it
         tunnel = context.client_context(ca_path, cert_path, key_path, sessions=SessionCache(),
                                         alpn=(context.ALPN_TCP_TUNNEL,))
+    if select is not None:
+        server.sni_callback = select
     return TlsMaterial(server, client, checked.identity, checked.leaf.not_valid_before_utc, bundle.snapshot, tunnel,
-                       checked.leaf)
+                       checked.leaf, checked.key, checked.cas)

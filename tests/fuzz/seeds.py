@@ -19,7 +19,7 @@ import dns.opcode
 import dns.rdatatype
 
 from sidecar.catalog.model import ServiceMetadata, Subscription
-from sidecar.catalog.sync import NodeState, encode_states
+from sidecar.catalog.sync import Claim, encode_claims
 from sidecar.gossip.envelope import Envelope
 from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import (
@@ -303,11 +303,12 @@ def catalog_seeds() -> dict[str, bytes]:
 
     instance = ServiceMetadata("web-1", "web", "1", "127.0.0.1", 8080, tags=("blue",), node="n1")
     return {
-        "one-node.bin": encode_states([NodeState("n1", 17, (instance,))]),
-        "subscriptions.bin": encode_states([NodeState("n1", 18, (instance,), (Subscription("web", "orders", "/e"),))]),
-        "empty.bin": encode_states([]),
+        "one-node.bin": encode_claims([Claim("n1", "c", "web", 17, (instance,), (), b"f" * 32, b"s", b"der")]),
+        "subscriptions.bin": encode_claims([Claim("n1", "c", "web", 18, (instance,),
+                                                  (Subscription("web", "orders", "/e"),))]),
+        "empty.bin": encode_claims([]),
         "not-zlib.bin": b"not zlib at all",
-        "truncated-zlib.bin": encode_states([NodeState("n1", 17, (instance,))])[:-4],
+        "truncated-zlib.bin": encode_claims([Claim("n1", "c", "web", 17, (instance,))])[:-4],
         "wrong-format.bin": doc([2, []]),
         "not-a-list.bin": doc({"a": 1}),
         "bad-state.bin": doc([1, [["n1", "v", []]]]),

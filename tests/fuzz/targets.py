@@ -16,7 +16,7 @@ Contracts, one per target name (the name is also the corpus directory, ``corpus/
 * ``http_response``   ResponseReader.feed (and the head's headers): RemoteProtocolError only
 * ``message_json``    a messaging request body as the API reads it, then MessageBody.from_json:
                       InvalidArgument only; ServiceMessage.from_bytes: ValueError only
-* ``catalog_state``   decode_states: SyncDecodeError only
+* ``catalog_state``   decode_claims: SyncDecodeError only
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.catalog.model import CatalogSnapshot, HealthStatus, NodeInfo, ServiceMetadata
-from sidecar.catalog.sync import SyncDecodeError, decode_states
+from sidecar.catalog.sync import SyncDecodeError, decode_claims
 from sidecar.config.load import config_from_raw, read_yaml
 from sidecar.config.model import GOSSIP_PROFILES, DnsConfig
 from sidecar.dns.answerer import Drop, Forward, Reply, Transport, Zone
@@ -44,6 +44,7 @@ from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import packet_from_wire
 from sidecar.messaging.envelope import MessageBody, ServiceMessage
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
+from sidecar.proxy.paths import normalize_target
 from sidecar.web import read_json_object
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -140,6 +141,10 @@ class _RequestSink:
         self.heads.append(head)
         # what the router reads of every head
         _ = (head.path, head.has_body, head.host, list(head.headers), head.to_bytes())
+        # what authorization matches and the app gets is the canonical path: a fixed point, inside the root
+        if head.target[:1] == b"/":
+            assert normalize_target(head.target) == head.target, head.target
+            assert b".." not in head.path.encode("latin-1").split(b"/"), head.target
 
     def on_request_body(self, data: bytes) -> None:
         pass
@@ -226,7 +231,7 @@ def message_json(data: bytes) -> None:
 
 def catalog_state(data: bytes) -> None:
     with contextlib.suppress(SyncDecodeError):
-        decode_states(data)
+        decode_claims(data)
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.catalog.model import ServiceMetadata
-from sidecar.catalog.sync import SyncDecodeError, decode_states
+from sidecar.catalog.sync import SyncDecodeError, decode_claims
 from sidecar.config.load import read_yaml
 from sidecar.errors import ConfigError, InvalidArgument
 from sidecar.messaging.delivery import _status_field
@@ -21,16 +21,17 @@ DEEP = b"[" * 3000 + b"]" * 3000  # deeper than the interpreter's recursion limi
 
 def _state_with_port(port: str) -> bytes:
     instance = json.dumps(ServiceMetadata("w", "web", "1", "127.0.0.1", 8080, node="n1").to_json())
-    return zlib.compress(b'[1, [["n1", 1, [' + instance.replace('"port": 8080', f'"port": {port}').encode() + b"]]]]")
+    return zlib.compress(b'[2, [["n1", "c", "web", 1, [' + instance.replace('"port": 8080', f'"port": {port}').encode()
+                         + b'], [], "", "", ""]]]')
 
 
-# catalog states from peers: RecursionError and OverflowError escaped decode_states, and a peer could make
+# catalog claims from peers: RecursionError and OverflowError escaped the decoder, and a peer could make
 # the replication handler raise on every push-pull
-@pytest.mark.parametrize("data", [zlib.compress(b"[1, " + DEEP + b"]"), _state_with_port("Infinity")],
+@pytest.mark.parametrize("data", [zlib.compress(b"[2, " + DEEP + b"]"), _state_with_port("Infinity")],
                          ids=["nested-deep", "port-infinity"])
 def test_catalog_state_findings_are_decode_errors(data: bytes) -> None:
-    with pytest.raises(SyncDecodeError, match="malformed catalog state"):
-        decode_states(data)
+    with pytest.raises(SyncDecodeError, match="malformed catalog claim"):
+        decode_claims(data)
 
 
 # YAML: a non-UTF-8 file raised UnicodeDecodeError, deep nesting RecursionError, and a list as a key

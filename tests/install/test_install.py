@@ -40,10 +40,9 @@ def venv(path: Path) -> Path:
     return path / "bin"
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tree as a clone has it: tracked files only, no venv, no compiled modules, no caches."""
-    copy = tmp_path_factory.mktemp("clone") / "sidecar"
+def clean_copy(copy: Path) -> Path:
+    """The tree as a clone has it: tracked files only, no venv, no compiled modules, no caches. Each build gets
+    its own: pip builds in the tree, and a second build would find the first one's objects in build/."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, listed):
@@ -54,9 +53,15 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return clean_copy(tmp_path / "clone" / "sidecar")
+
+
 @pytest.fixture(scope="module")
-def dists(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`python -m build`: the sdist, then the wheel built from that sdist (so the sdist must be complete)."""
+    source = clean_copy(tmp_path_factory.mktemp("clone") / "sidecar")
     out = tmp_path_factory.mktemp("dist")
     run(sys.executable, "-m", "build", "--outdir", out, source)
     (sdist,) = out.glob("sidecar-*.tar.gz")

@@ -92,7 +92,7 @@ def _concrete(tp: Any) -> list[Any]:
 
 def config_keys(cls: type[Any], prefix: str = "") -> Iterator[str]:
     """Every leaf key of a config section, as the reference writes it: ``services[].check.http``; the keys of a
-    policy (``policies.NAME``) relative to it, as its table lists them."""
+    policy (``policies.NAME``) relative to it, as its table lists them; other maps' entries as ``KEY.NAME.leaf``."""
     hints = typing.get_type_hints(cls, vars(model))
     for f in dataclasses.fields(cls):
         key = prefix + f.metadata.get("key", f.name)
@@ -103,7 +103,8 @@ def config_keys(cls: type[Any], prefix: str = "") -> Iterator[str]:
             elif origin is list and dataclasses.is_dataclass(args[0]) and args[0] not in _SCALARS:
                 yield from config_keys(args[0], key + "[].")
             elif origin is dict and dataclasses.is_dataclass(args[1]):
-                yield from config_keys(args[1])
+                # policies.NAME: its own table, relative keys; other maps by name: messaging.topics.NAME.publishers
+                yield from config_keys(args[1], "" if key == "policies" else key + ".NAME.")
             else:
                 yield key
 

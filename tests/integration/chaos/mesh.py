@@ -161,7 +161,7 @@ class Mesh:
         self.lossy: list[str] = []
         self.dropped_total = 0   # packets the loss rules dropped, over every loss fault so far
 
-    def add(self, name: str, tls: dict[str, str], services: list[str], subscriptions: list[dict[str, str]],
+    def add(self, name: str, tls: dict[str, Any], services: list[str], subscriptions: list[dict[str, str]],
             settings: dict[str, Any]) -> Node:
         """A host with a sidecar (not started) and an app per service; ``settings``: the config's ``gossip``
         (listen and join are set here), ``policies`` and any other top-level section, the same for every node."""

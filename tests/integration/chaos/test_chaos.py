@@ -124,7 +124,7 @@ class Watch:
 
 def test_chaos_mesh_under_load(tmp_path: Path) -> None:
     began = time.monotonic()
-    certs = make_certs(tmp_path / "certs", ["frontend", "backend"])
+    certs = make_certs(tmp_path / "certs", ["frontend", "backend", "ledger"])
     subscription = {"topic": "orders", "path": "/events/orders"}
     with lab() as the_lab:
         mesh = Mesh(the_lab, tmp_path)
@@ -136,7 +136,8 @@ def test_chaos_mesh_under_load(tmp_path: Path) -> None:
                 mesh.add(name, certs["frontend"], [], [], SETTINGS)
             for name in ("n3", "n4"):
                 mesh.add(name, certs["backend"], ["backend"], [subscription], SETTINGS)
-            mesh.add("n5", certs["backend"], ["backend", "ledger"],
+            ledger = {"service": "ledger", "cert": certs["ledger"]["cert"], "key": certs["ledger"]["key"]}
+            mesh.add("n5", {**certs["backend"], "identities": [ledger]}, ["backend", "ledger"],  # one SVID per service
                      [{**subscription, "service": "backend"},
                       {"topic": "orders", "path": "/ledger/orders", "service": "ledger"}], SETTINGS)
             mesh.set_joins()

@@ -235,7 +235,8 @@ def dns_server_on_asyncio(asyncio_loop_thread: LoopThread) -> Iterator[StartServ
 class FakeUpstream:
     """A small authoritative server for ``example.test`` on UDP and TCP, made with dnspython.
 
-    ``NAME.example.test A`` → 192.0.2.1; ``big.example.test TXT`` → ~4 kB (truncated over UDP);
+    ``NAME.example.test A`` → 192.0.2.1; ``big.example.test TXT`` → ~4.6 kB (truncated over UDP);
+    ``wide.example.test TXT`` → ~3.7 kB, whole over UDP with a 4096-byte EDNS buffer (80 times its query);
     anything else NXDOMAIN.
     """
 
@@ -254,6 +255,9 @@ class FakeUpstream:
         origin = dns.name.from_text("example.test")
         if question.name == dns.name.from_text("big.example.test") and question.rdtype == dns.rdatatype.TXT:
             texts = [f'"{i:02d}{"x" * 98}"' for i in range(40)]
+            response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", "TXT", texts))
+        elif question.name == dns.name.from_text("wide.example.test") and question.rdtype == dns.rdatatype.TXT:
+            texts = [f'"{i:02d}{"x" * 98}"' for i in range(32)]
             response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", "TXT", texts))
         elif question.name.is_subdomain(origin) and question.rdtype == dns.rdatatype.A:
             response.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", "192.0.2.1"))

@@ -194,7 +194,7 @@ def test_membership_changes_stream_on_v1_events(start_sidecar) -> None:  # type:
     a = start_sidecar({"node": {"name": "node-a"}, "gossip": GOSSIP}, name="node-a")
     host, port = a.listeners["api"].rsplit(":", 1)
     stream = socket.create_connection((host, int(port)), timeout=20)
-    stream.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    stream.sendall(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
     b = start_sidecar({"node": {"name": "node-b"}, "gossip": {**GOSSIP, "join": [a.listeners["gossip"]]}},
                       name="node-b")
     received = b""

@@ -16,7 +16,8 @@ from sidecar.gossip import GossipNode, generate_key
 from sidecar.gossip.keyring import decode_key, fingerprint
 from sidecar.gossip.rotation import Phase, RotationCore
 from sidecar.gossip.rotator import KeyFetchFailed, KeyRotator, run_key_command
-from tests.integration.gossip.test_gossip_nodes import alive_names, eventually, node, run
+from tests.harness import wait_for_async
+from tests.integration.gossip.test_nodes import alive_names, node, run
 
 EVERY = 2.0
 # prints a key that depends only on the epoch (and a secret in a file), as a vault read of "key N" would
@@ -81,7 +82,8 @@ async def three_nodes_rotate(secret_file: bytes) -> None:
         assert await n.join([nodes[0].address]) == 1  # type: ignore[list-item]
     tasks = [asyncio.create_task(r.run()) for r in rots]
     try:
-        await eventually(lambda: all(alive_names(x) == {y.name for y in nodes} for x in nodes), 10, "convergence")
+        await wait_for_async(lambda: all(alive_names(x) == {y.name for y in nodes} for x in nodes), 10,
+                             what="convergence")
         first = rots[0].status()["epoch"]
         for epoch in (first + 1, first + 2):
             want = fingerprint(expected_key(secret_file, epoch))
@@ -90,7 +92,8 @@ async def three_nodes_rotate(secret_file: bytes) -> None:
                 return all(fingerprint(decode_key(n.list_keys()[0])) == want and len(n.list_keys()) == 2
                            and r.status()["phase"] == "steady" for n, r in zip(nodes, rots, strict=True))
 
-            await eventually(done, EVERY * 3 + 5, f"every node on the key of epoch {epoch}, the old one removed")
+            await wait_for_async(done, EVERY * 3 + 5,
+                                 what=f"every node on the key of epoch {epoch}, the old one removed")
             assert all(alive_names(x) == {y.name for y in nodes} for x in nodes)
         assert all(r.counters["key_rotations"] >= 2 and r.counters["key_fetch_failures"] == 0 for r in rots)
         assert nodes[0].counters()["key_rotations"] == rots[0].counters["key_rotations"]  # to /metrics
@@ -115,8 +118,8 @@ async def test_a_failing_command_holds_the_rotation_and_says_why() -> None:
     assert await nodes[1].join([nodes[0].address]) == 1  # type: ignore[list-item]
     tasks = [asyncio.create_task(r.run()) for r in rots]
     try:
-        await eventually(lambda: rots[0].core.status.phase is Phase.FETCHING, 5, "fetching")
-        await eventually(lambda: rots[0].counters["key_fetch_failures"] >= 2, 10, "retries")
+        await wait_for_async(lambda: rots[0].core.status.phase is Phase.FETCHING, 5, what="fetching")
+        await wait_for_async(lambda: rots[0].counters["key_fetch_failures"] >= 2, 10, what="retries")
         status = rots[0].status()
         assert "vault is sealed" in status["fetchError"] and status["target"] is None
         assert [decode_key(k) for k in nodes[0].list_keys()] == [decode_key(root)]  # nothing switched

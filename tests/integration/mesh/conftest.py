@@ -32,6 +32,7 @@ from sidecar.config.model import (
     OutboundConfig,
     ServiceConfig,
     TlsConfig,
+    TlsIdentityConfig,
     UpstreamConfig,
 )
 from sidecar.config.values import HostPort
@@ -99,9 +100,17 @@ class Pki:
         paths = certs.issue(service, self.directory, ttl)
         return int(certs.load_certificate(paths.cert).serial_number)
 
-    def tls(self, service: str) -> TlsConfig:
+    def tls(self, service: str, *more: str) -> TlsConfig:
+        """``service``'s identity, and one more per service of ``more`` (issued here if missing): a node holds
+        one certificate per service it hosts (SPEC: Identity)."""
         d = self.directory
-        return TlsConfig(TRUST_DOMAIN, str(d / "ca.pem"), str(d / f"{service}.pem"), str(d / f"{service}-key.pem"))
+        extra = []
+        for other in more:
+            if not (d / f"{other}.pem").exists():
+                self.issue(other)
+            extra.append(TlsIdentityConfig(other, str(d / f"{other}.pem"), str(d / f"{other}-key.pem")))
+        return TlsConfig(TRUST_DOMAIN, str(d / "ca.pem"), str(d / f"{service}.pem"), str(d / f"{service}-key.pem"),
+                         identities=extra)
 
 
 # ------------------------------------------------------------------------------------------ nodes
@@ -252,7 +261,7 @@ def mesh(loop_thread: LoopThread, app: App, pki: Pki, grpc_port: int) -> Iterato
             services=[ServiceConfig("checkout", app.port)],
             upstreams=[UpstreamConfig("inventory", 0, "http"), UpstreamConfig("grpc-echo", 0, "tcp")]))
         b = await start_node(node_config(
-            "node-b", pki.tls("inventory"),
+            "node-b", pki.tls("inventory", "grpc-echo", "sleepy"),
             services=[ServiceConfig("inventory", app.port, tags=["v1"]), ServiceConfig("grpc-echo", grpc_port),
                       ServiceConfig("sleepy", app.port, check=CheckConfig(ttl=Duration(3600)))],
             authorization=B_RULES))

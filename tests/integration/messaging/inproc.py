@@ -3,7 +3,6 @@ catalog and subscriptions fed by hand as gossip would (``Mesh.sync``), apps as s
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable
@@ -225,15 +224,3 @@ async def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tu
 async def get(url: str) -> Any:
     async with aiohttp.ClientSession() as session, session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as r:
         return await r.json()
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while loop.time() < deadline:
-        last = predicate()
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last: {last!r}")

@@ -19,7 +19,8 @@ from sidecar.client import (
     error_from_response,
 )
 from sidecar.config.model import ServiceConfig
-from tests.integration.messaging.inproc import Mesh, wait_until
+from tests.harness import wait_for_async
+from tests.integration.messaging.inproc import Mesh
 
 
 def test_client_end_to_end(tmp_path: Path) -> None:
@@ -41,7 +42,7 @@ def test_client_end_to_end(tmp_path: Path) -> None:
                                                                  tags=["payments"], check={"ttl": "30s"})
                     assert handle.id is not None
                     await client_b.heartbeat(handle.id, "healthy")  # a ttl check starts unhealthy
-                    instances = await wait_until(lambda: a.catalog.snapshot().routable("payment-service"),
+                    instances = await wait_for_async(lambda: a.catalog.snapshot().routable("payment-service"),
                                                  what="payment-service in a's catalog")
                     assert instances[0].version == "1.2.3" and instances[0].port == handle.port
                     reply = await client_a.send_message("payment-service", "pay", {"amount": 42}, {"trace": "t"})
@@ -62,7 +63,7 @@ def test_client_end_to_end(tmp_path: Path) -> None:
                             if len(received) == 3:
                                 return
                     reader = asyncio.create_task(consume())
-                    await wait_until(lambda: ("news", "node:b") in a.messaging.book.wanted(), what="stream sub")
+                    await wait_for_async(lambda: ("news", "node:b") in a.messaging.book.wanted(), what="stream sub")
                     ids = [await client_a.publish("news", "n", i) for i in range(3)]
                     await asyncio.wait_for(reader, 10)
                     assert [m.id for m in received] == ids and [m.payload for m in received] == [0, 1, 2]

@@ -52,11 +52,15 @@ class Mesh:
         return http("POST", process.admin + "/reload" + query, headers=AUTH if process is self.a else None,
                     timeout=15)
 
+    def auth(self, process: SidecarProcess) -> dict[str, str] | None:
+        """a has admin.token_file: every route but the probes needs the token."""
+        return AUTH if process is self.a else None
+
     def config(self, process: SidecarProcess) -> Any:
-        return http("GET", process.admin + "/config").json()
+        return http("GET", process.admin + "/config", headers=self.auth(process)).json()
 
     def history(self, process: SidecarProcess) -> Any:
-        return http("GET", process.admin + "/config/history").json()
+        return http("GET", process.admin + "/config/history", headers=self.auth(process)).json()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                                  "policies": A_POLICIES, "reload": {"history": 50}}, name="a")
         started.append(a)
         a.start()
-        wait_for(lambda: http("GET", a.admin + "/catalog").json().get("echo"), 20, what="echo in a's catalog")
+        wait_for(lambda: http("GET", a.admin + "/catalog", headers=AUTH).json().get("echo"), 20,
+                 what="echo in a's catalog")
         yield Mesh(a, b, backend, {"a": a.config, "b": b.config}, token_file)
     finally:
         for process in started:
@@ -213,7 +218,7 @@ def test_a_reload_under_load_changes_retries_and_authorization_without_a_failed_
     mesh.backend.control(0, mode="every:2")
     assert Counter(get(mesh, "/work") for _ in range(20)) == {200: 20}
     assert mesh.backend.stats(0)["failures"] >= 10
-    assert http("GET", mesh.a.admin + "/clusters").json()["echo"]["counters"]["retries"] >= 10
+    assert http("GET", mesh.a.admin + "/clusters", headers=AUTH).json()["echo"]["counters"]["retries"] >= 10
     assert get(mesh, "/extra") == 200
     assert mesh.a.wait_log(r"config change .*policies\.\*\.retries\.attempts: 0 -> 2")
 
@@ -387,7 +392,8 @@ def test_history_lists_versions_and_rollback_restores_one(mesh: Mesh) -> None:
 
     assert_error(http("POST", mesh.a.admin + "/config/rollback?version=9999", headers=AUTH), 404, "NOT_FOUND")
     assert_error(http("POST", mesh.a.admin + "/config/rollback?version=x", headers=AUTH), 400, "INVALID_ARGUMENT")
-    assert_error(http("GET", mesh.a.admin + "/config/rollback"), 405, "METHOD_NOT_ALLOWED")
+    assert_error(http("GET", mesh.a.admin + "/config/rollback"), 401, "UNAUTHENTICATED")
+    assert_error(http("GET", mesh.a.admin + "/config/rollback", headers=AUTH), 405, "METHOD_NOT_ALLOWED")
     assert_error(mesh.reload(mesh.a, "?canary=soon"), 400, "INVALID_ARGUMENT")
 
     listed = run_cli("reload", "--history", *token)

@@ -90,7 +90,7 @@ def test_a_broken_client_does_not_affect_others(start_sidecar) -> None:  # type:
     sidecar = start_sidecar()
     host, port = sidecar.listeners["api"].rsplit(":", 1)
     for garbage in (b"\x00\x01\x02garbage\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-                    b"PUT /v1/services HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"):
+                    b"PUT /v1/services HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"):
         with socket.create_connection((host, int(port)), timeout=5) as s:
             s.sendall(garbage)
             s.shutdown(socket.SHUT_WR)
@@ -117,9 +117,10 @@ def test_admin_token_guards_mutations(start_sidecar, tmp_path: Path) -> None:  #
                  401, "UNAUTHENTICATED")
     ok = http("POST", sidecar.admin + "/logging?level=debug", headers={"Authorization": "Bearer s3cret-token"})
     assert ok.status == 200 and ok.json() == {"level": "debug"}
-    # reads stay open, and the token never shows
+    # the probes stay open; the other reads need the token too, and it never shows
     assert http("GET", sidecar.admin + "/ready").status == 200
-    config = http("GET", sidecar.admin + "/config")
+    assert_error(http("GET", sidecar.admin + "/config"), 401, "UNAUTHENTICATED")
+    config = http("GET", sidecar.admin + "/config", headers={"Authorization": "Bearer s3cret-token"})
     assert config.status == 200 and b"s3cret-token" not in config.body
 
 

@@ -93,7 +93,7 @@ def test_sigterm_with_an_open_event_stream_still_exits_promptly(start_sidecar) -
     sidecar = start_sidecar()
     host, port = sidecar.listeners["api"].rsplit(":", 1)
     stream = socket.create_connection((host, int(port)), timeout=5)
-    stream.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    stream.sendall(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert b"200 OK" in stream.recv(4096)
     started = time.monotonic()
     assert sidecar.terminate() == 0

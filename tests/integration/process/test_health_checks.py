@@ -29,7 +29,7 @@ class EventReader:
     def __init__(self, api: str) -> None:
         host, port = api.removeprefix("http://").rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=30)
-        self.sock.sendall(b"GET /v1/events HTTP/1.1\r\nHost: sidecar\r\nAccept: text/event-stream\r\n\r\n")
+        self.sock.sendall(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
         self.events: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()

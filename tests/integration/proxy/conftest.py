@@ -17,7 +17,7 @@ from sidecar.proxy import ConnectionInfo, HttpProxy, ProxyLimits, RequestHead, R
 from tests.integration.mesh.app import big, count  # the same streaming handlers as the mesh suite's app
 from tests.loops import LoopThread
 
-SSE_ACK = web.AppKey("sse_ack", asyncio.Queue)
+ACK = web.AppKey("ack", asyncio.Queue)   # the client saw what the backend sent so far
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def backend_app(backend: Backend) -> web.Application:
         for i in range(3):
             await response.write(f"data: event{i}\n\n".encode())
             # the next event only after the client saw this one: proves events are not buffered
-            await asyncio.wait_for(request.app[SSE_ACK].get(), 10)
+            await asyncio.wait_for(request.app[ACK].get(), 10)
         await response.write_eof()
         return response
 
@@ -90,13 +90,13 @@ def backend_app(backend: Backend) -> web.Application:
         response.content_length = 1000
         await response.prepare(request)
         await response.write(b"partial")
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(request.app[ACK].get(), 10)   # the reset comes after the client has the bytes
         assert request.transport is not None
         request.transport.abort()
         return response
 
     app = web.Application(client_max_size=1 << 30)
-    app[SSE_ACK] = asyncio.Queue()
+    app[ACK] = asyncio.Queue()
     app.router.add_get("/hello", hello)
     app.router.add_get("/hello/{tail:.*}", hello)
     app.router.add_post("/echo", echo)
@@ -137,10 +137,11 @@ class Harness:
     stats: list[RequestStats]
     infos: list[ConnectionInfo]
 
-    def sse_ack(self) -> None:
+    def ack(self) -> None:
+        """Tell the backend the client saw what it sent so far (the /sse and /reset handlers wait for it)."""
         app = self.backend.runner.app if self.backend.runner else None
         assert app is not None
-        self.loop_thread.loop.call_soon_threadsafe(app[SSE_ACK].put_nowait, None)
+        self.loop_thread.loop.call_soon_threadsafe(app[ACK].put_nowait, None)
 
 
 def make_route(backend_port: int, refused_port: int, infos: list[ConnectionInfo]):  # type: ignore[no-untyped-def]

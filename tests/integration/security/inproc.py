@@ -13,6 +13,7 @@ import yaml
 from aiohttp import web
 
 from sidecar.app import Sidecar
+from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.load import deep_merge, load
 from tests.loops import LoopThread
 
@@ -48,7 +49,7 @@ class Running:
 
 
 @contextlib.contextmanager
-def running(tmp: Path, config: dict[str, Any], name: str = "node-a") -> Iterator[Running]:
+def running(tmp: Path, config: dict[str, Any], name: str = "node-a", clock: Clock = SYSTEM_CLOCK) -> Iterator[Running]:
     merged = deep_merge({"node": {"name": name, "data_dir": str(tmp / f"data-{name}")}, **LOOPBACK_LISTENERS},
                        config)
     path = tmp / f"{name}.yaml"
@@ -57,7 +58,7 @@ def running(tmp: Path, config: dict[str, Any], name: str = "node-a") -> Iterator
     sidecar: Sidecar | None = None
     try:
         async def start() -> Sidecar:
-            made = Sidecar(load([str(path)]), [str(path)])
+            made = Sidecar(load([str(path)]), [str(path)], clock=clock)
             await made.start()
             return made
         sidecar = loop.run(start())

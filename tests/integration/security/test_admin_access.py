@@ -3,8 +3,10 @@ set (and comes from this host's loopback, not from a web page, when it is not). 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +70,13 @@ def test_a_running_sidecar_binds_the_admin_port_on_loopback_only(tmp_path: Path)
 # --------------------------------------------------------------------------------------------- the token
 
 
-def snapshot(admin: str) -> dict[str, Any]:
+def snapshot(admin: str, token: str) -> dict[str, Any]:
     """What a refused mutation must leave unchanged."""
     ready = http("GET", admin + "/ready")
-    return {"ready": ready.status, "keys": http("GET", admin + "/keys").json(),
-            "services": sorted(s["id"] for s in http("GET", admin + "/v1/services").json()),
-            "deadletters": http("GET", admin + "/deadletters").status}
+    good = {"Authorization": f"Bearer {token}"}
+    return {"ready": ready.status, "keys": http("GET", admin + "/keys", headers=good).json(),
+            "services": sorted(s["id"] for s in http("GET", admin + "/v1/services", headers=good).json()),
+            "deadletters": http("GET", admin + "/deadletters", headers=good).status}
 
 
 def fill(path: str) -> str:
@@ -96,7 +99,7 @@ def test_every_mutation_needs_the_token(tmp_path: Path) -> None:
                 "/deadletters/replay", "/deadletters/purge"} <= paths, routes
         # any method on any path, registered or not: a request that is not a read is refused before routing
         mutations += [("POST", "/no-such-route"), ("PUT", "/config"), ("DELETE", "/keys"), ("PATCH", "/drain")]
-        before = snapshot(admin)
+        before = snapshot(admin, token)
         wrong = {"no header": {}, "wrong token": {"Authorization": "Bearer " + new_token()},
                  "near miss": {"Authorization": "Bearer " + token[:-1]},
                  "token and more": {"Authorization": "Bearer " + token + "0"},
@@ -108,7 +111,7 @@ def test_every_mutation_needs_the_token(tmp_path: Path) -> None:
                                 headers=headers)
                 assert_error(response, 401, "UNAUTHENTICATED")
                 assert token.encode() not in response.body, (method, path, what)
-        assert snapshot(admin) == before  # nothing changed: still ready, same keys, same services
+        assert snapshot(admin, token) == before  # nothing changed: still ready, same keys, same services
         assert sidecar.sidecar.state == "ready"
 
         # the right token: each mutation does what it says
@@ -127,9 +130,42 @@ def test_every_mutation_needs_the_token(tmp_path: Path) -> None:
                 assert response.status != 401, (method, path, response)
         assert http("POST", admin + "/drain", headers=good).json()["state"] == "draining"
         assert http("GET", admin + "/ready").status == 503
-        # reads never needed it
-        for path in ("/ready", "/healthz", "/config", "/members", "/keys", "/metrics"):
+        # the probes never need it
+        for path in ("/ready", "/healthz", "/metrics"):
             assert http("GET", admin + path).status in (200, 503), path
+
+
+PROBES = {"/ready", "/healthz", "/metrics"}
+
+
+def test_with_a_token_every_read_but_the_probes_needs_it(tmp_path: Path) -> None:
+    token = new_token()
+    (tmp_path / "token").write_text(token + "\n")
+    config = {"admin": {"token_file": str(tmp_path / "token")}, "services": [{"name": "pay", "port": 3000}]}
+    with running(tmp_path, config) as sidecar:
+        admin = sidecar.admin
+        reads = sorted({fill(p) for m, p in sidecar.routes() if m == "GET"})
+        # the routes that show traffic or messages are among them (a route renamed or dropped fails here)
+        assert {"/deadletters", "/debug/failures", "/debug/explain", "/v1/metrics", "/v1/metrics/summary",
+                "/clusters", "/catalog", "/members", "/config", "/config/history", "/tls", "/messaging",
+                "/dashboard/snapshot", "/dashboard/events", "/", "/keys", "/gossip"} <= set(reads), reads
+        good = {"Authorization": f"Bearer {token}"}
+        for path in [*reads, "/no-such-route"]:
+            for method in ("GET", "HEAD"):
+                if path in PROBES:
+                    assert http(method, admin + path).status in (200, 503), path
+                    continue
+                for headers in ({}, {"Authorization": "Bearer " + new_token()}, {"Authorization": token}):
+                    refused = http(method, admin + path, headers=headers)
+                    assert refused.status == 401, (method, path, refused)
+                    if method == "GET":
+                        assert_error(refused, 401, "UNAUTHENTICATED")
+                        assert token.encode() not in refused.body
+            if path in ("/dashboard/events", "/no-such-route") or path in PROBES:
+                continue   # an endless stream; a 404
+            answered = http("GET", admin + path + ("?service=pay" if path == "/debug/explain" else ""),
+                            headers=good)
+            assert answered.status != 401, (path, answered)   # 200, or what the route says (404, 405...)
 
 
 def test_without_a_token_changes_come_from_loopback_and_not_from_web_pages(tmp_path: Path) -> None:
@@ -176,3 +212,83 @@ def test_an_exposed_admin_port_without_a_token_is_warned_about(tmp_path: Path, l
         process.wait_log(r"warning .*admin port listens on 0\.0\.0\.0 without admin\.token_file")
     finally:
         process.terminate()
+
+
+def curl(*args: str) -> tuple[int, str]:
+    """``curl -s`` as an operator runs it: the status code and the body."""
+    done = subprocess.run(["curl", "-sS", "--max-time", "10", "-o", "-", "-w", "\\n%{http_code}", *args],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    body, _, code = done.stdout.rpartition("\n")
+    return int(code), body
+
+
+def test_failed_request_urls_and_dead_letters_need_the_token(tmp_path: Path) -> None:
+    token = new_token()
+    (tmp_path / "token").write_text(token + "\n")
+    process = SidecarProcess(tmp_path, {"admin": {"token_file": str(tmp_path / "token")}}).start()
+    try:
+        credential = "key-" + new_token()
+        # a request the app sent with a credential in its URL, to a service that does not exist: it fails and is
+        # kept for /debug/failures with its whole target
+        status, _ = curl("-H", "Host: nosuch", f"http://{process.listeners['outbound']}/pay?api_key={credential}")
+        assert status in (404, 503)
+        bearer = ("-H", f"Authorization: Bearer {token}")
+        wait_for(lambda: credential in curl(*bearer, process.admin + "/debug/failures")[1], 10,
+                 what="the failed request in /debug/failures")
+        for path in ("/debug/failures", "/debug/failures?limit=1", "/deadletters", "/v1/metrics",
+                     "/debug/explain?service=nosuch", "/clusters", "/config"):
+            for headers in ((), ("-H", "Authorization: Bearer wrong"), ("-H", "Origin: http://evil.example")):
+                status, body = curl(*headers, process.admin + path)
+                assert status == 401 and "UNAUTHENTICATED" in body, (path, headers, status, body)
+                assert credential not in body and token not in body
+            status, _ = curl(*bearer, process.admin + path)
+            assert status == 200, path
+        # the probes stay open to the kubelet and Prometheus
+        assert curl(process.admin + "/ready")[0] == 200
+        assert curl(process.admin + "/healthz")[0] == 200
+        status, metrics = curl(process.admin + "/metrics")
+        assert status == 200 and "sidecar_" in metrics and credential not in metrics
+        # the commands that read the admin port take the token as reload does
+        refused = run_cli("members", "--admin", process.admin)
+        assert refused.returncode == 1 and "401" in refused.stderr and "--token-file" in refused.stderr
+        assert token not in refused.stderr
+        members = run_cli("members", "--admin", process.admin, "--json", "--token-file", str(tmp_path / "token"))
+        assert members.returncode == 0 and json.loads(members.stdout)[0]["name"] == "node-a", members
+        explained = run_cli("explain", "--service", "nosuch", "--admin", process.admin, "--json",
+                            env={"SIDECAR_ADMIN_TOKEN_FILE": str(tmp_path / "token")})
+        assert explained.returncode == 0, explained
+    finally:
+        assert process.terminate() == 0
+
+
+def test_without_a_token_a_change_relayed_by_the_inbound_is_refused(tmp_path: Path) -> None:
+    # the inbound sets x-sidecar-caller on every request it relays to a local app from loopback: a request that
+    # carries it is a peer's, not the operator's
+    process = SidecarProcess(tmp_path, {}).start()
+    try:
+        status, body = curl("-X", "POST", "-H", "x-sidecar-caller: spiffe://mesh.local/service/peer",
+                            process.admin + "/logging?level=debug")
+        assert status == 403 and "PERMISSION_DENIED" in body and "x-sidecar-caller" in body, body
+        status, body = curl("-X", "POST", process.admin + "/logging?level=info")
+        assert status == 200, body
+    finally:
+        assert process.terminate() == 0
+
+
+def test_a_dns_rebinding_page_cannot_read_the_admin_port(tmp_path: Path) -> None:
+    # a page whose name now resolves to 127.0.0.1 reads the port as its own origin; curl --resolve does the same
+    process = SidecarProcess(tmp_path, {}).start()
+    try:
+        port = HostPort.from_text(process.listeners["admin"]).port
+        rebound = ("--resolve", f"rebind.evil.example:{port}:127.0.0.1")
+        for path in ("/config", "/deadletters", "/debug/failures", "/ready", "/metrics"):
+            status, body = curl(*rebound, f"http://rebind.evil.example:{port}{path}")
+            assert status == 403 and "PERMISSION_DENIED" in body and "rebinds" in body, (path, body)
+            assert curl(f"http://localhost:{port}{path}")[0] == 200, path
+            assert curl(f"http://127.0.0.1:{port}{path}")[0] == 200, path
+        status, body = curl(*rebound, "-X", "POST", f"http://rebind.evil.example:{port}/drain")
+        assert status == 403
+        assert curl(f"http://127.0.0.1:{port}/ready")[0] == 200   # not drained
+    finally:
+        assert process.terminate() == 0

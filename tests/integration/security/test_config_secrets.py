@@ -17,12 +17,13 @@ from tests.integration.security.secrets import Secrets, new_gossip_key, new_toke
 READ_METHODS = {"GET"}
 
 
-def fetch(base: str, path: str, limit: float = 3.0) -> tuple[int, bytes]:
-    """Status and body; a stream (Server-Sent Events) is read for ``limit`` seconds, then closed."""
+def fetch(base: str, path: str, limit: float = 3.0, token: str | None = None) -> tuple[int, bytes]:
+    """Status and body; a stream (Server-Sent Events) is read for ``limit`` seconds, then closed. ``token``: the
+    admin token, sent as a bearer token."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=limit)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
         response = conn.getresponse()
         if not response.getheader("content-type", "").startswith("text/event-stream"):
             return response.status, response.read()
@@ -79,8 +80,9 @@ def test_no_read_route_shows_a_secret(tmp_path: Path) -> None:
         expected = {"/config", "/gossip", "/keys", "/metrics", "/members", "/catalog", "/clusters", "/", "/tls"}
         assert expected <= set(reads), reads
         bodies: dict[str, bytes] = {}
+        token = Path(config["admin"]["token_file"]).read_text().strip()   # what each route shows to its holder
         for path in reads:
-            status, body = fetch(admin, path)
+            status, body = fetch(admin, path, token=token)
             bodies[path] = body
             secrets.assert_absent(body, f"GET {path} ({status})")
 

@@ -10,13 +10,13 @@ import itertools
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench.common import stop
+from tests.harness import wait_for, wait_for_async
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -35,16 +35,15 @@ class Browser:
 
     def _devtools_port(self, timeout: float = 30.0) -> int:
         path = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"chromium exited with {self.process.returncode}")
-            if path.exists():
-                first = path.read_text().split("\n", 1)[0].strip()
-                if first.isdigit():
-                    return int(first)
-            time.sleep(0.05)
-        raise AssertionError("chromium did not open its DevTools port")
+
+        def written_or_exited() -> str | bool:
+            first = path.read_text().split("\n", 1)[0].strip() if path.exists() else ""
+            return first if first.isdigit() else self.process.poll() is not None
+
+        port = wait_for(written_or_exited, timeout, what="chromium to open its DevTools port")
+        if port is True:
+            raise AssertionError(f"chromium exited with {self.process.returncode}")
+        return int(port)
 
     def close(self) -> None:
         stop(self.process, 10)
@@ -100,18 +99,7 @@ class Page:
 
     async def wait_for(self, expression: str, timeout: float = 15.0, what: str = "") -> Any:
         """Poll a JavaScript expression until truthy (bounded by ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = await self.evaluate(expression)
-            except AssertionError as e:
-                last = e
-            else:
-                if last:
-                    return last
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what or expression}; last: {last!r}")
+        return await wait_for_async(lambda: self.evaluate(expression), timeout, 0.1, what or expression)
 
     async def screenshot(self) -> bytes:
         """The page as PNG bytes."""

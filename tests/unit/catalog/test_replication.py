@@ -6,7 +6,7 @@ from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import NodeInfo, ServiceMetadata
 from sidecar.catalog.registry import LocalRegistry
 from sidecar.catalog.replication import CatalogReplication, decode_meta, encode_meta
-from sidecar.catalog.sync import NodeState, decode_states, encode_states
+from sidecar.catalog.sync import Claim, decode_claims, encode_claims
 from sidecar.config.load import build_section
 from sidecar.config.model import ServiceConfig
 from sidecar.events import EventBus
@@ -50,22 +50,23 @@ def test_local_changes_are_broadcast_with_growing_versions() -> None:
     catalog.registry.register(build_section(ServiceConfig, {"name": "pay", "port": 1}), "config", 0.0, 1)
     catalog.registry.register(build_section(ServiceConfig, {"name": "inv", "port": 2}), "config", 0.0, 1)
     assert [key for key, _ in gossip.sent] == ["catalog:a", "catalog:a"]
-    first, second = (decode_states(data)[0] for _, data in gossip.sent)
+    first, second = (decode_claims(data)[0] for _, data in gossip.sent)
     assert second.version > first.version
     assert [i.name for i in second.instances] == ["pay", "inv"]
+    assert not second.signed   # a node without tls states its services unsigned
 
 
 def test_peer_states_apply_only_for_live_members_and_leave_with_them() -> None:
     replication, gossip, catalog, bus = setup()
-    state = NodeState("b", 5, (instance("b"),))
-    replication.on_event(UserMessage("b", "catalog:b", encode_states([state])))
+    state = Claim("b", "default", "", 5, (instance("b"),))
+    replication.on_event(UserMessage("b", "catalog:b", encode_claims([state])))
     assert catalog.snapshot().service("pay") == []  # b is not a member yet: held back
     gossip.live = [member("b", inbound=16000)]
     replication.on_event(MemberJoined(member("b", inbound=16000)))
     assert [i.node for i in catalog.snapshot().service("pay")] == ["b"]
     assert catalog.snapshot().nodes["b"].inbound_port == 16000
-    older = NodeState("b", 4, ())
-    replication.on_event(RemoteState(encode_states([older]), False))
+    older = Claim("b", "default", "", 4, ())
+    replication.on_event(RemoteState(encode_claims([older]), False))
     assert len(catalog.snapshot().service("pay")) == 1  # older loses
     replication.on_event(MemberDead(member("b", MemberState.DEAD)))
     assert catalog.snapshot().service("pay") == [] and "b" not in catalog.snapshot().nodes
@@ -76,9 +77,9 @@ def test_push_pull_carries_every_known_state() -> None:
     replication, gossip, _, _ = setup()
     gossip.live = [member("b")]
     replication.on_event(MemberJoined(member("b")))
-    replication.on_event(RemoteState(encode_states([NodeState("b", 7, (instance("b"),))]), True))
-    states = decode_states(replication.local_state())
-    assert sorted(s.node for s in states) == ["a", "b"]
+    replication.on_event(RemoteState(encode_claims([Claim("b", "default", "", 7, (instance("b"),))]), True))
+    claims = decode_claims(replication.local_state())
+    assert sorted(c.node for c in claims) == ["a", "b"]
 
 
 def test_garbage_is_counted_not_raised() -> None:
@@ -107,13 +108,13 @@ def test_a_member_back_from_a_mistaken_death_has_its_services_back_at_once() -> 
     replication, gossip, catalog, _ = setup()
     gossip.live = [member("b")]
     replication.on_event(MemberJoined(member("b")))
-    replication.on_event(RemoteState(encode_states([NodeState("b", 7, (instance("b"),))]), False))
+    replication.on_event(RemoteState(encode_claims([Claim("b", "default", "", 7, (instance("b"),))]), False))
     replication.on_event(MemberDead(member("b", MemberState.DEAD)))
     assert catalog.snapshot().service("pay") == []
     replication.on_event(MemberJoined(member("b")))
     assert [i.node for i in catalog.snapshot().service("pay")] == ["b"]
     # a newer state still wins over the kept one
-    replication.on_event(RemoteState(encode_states([NodeState("b", 8, ())]), False))
+    replication.on_event(RemoteState(encode_claims([Claim("b", "default", "", 8, ())]), False))
     assert catalog.snapshot().service("pay") == []
 
 
@@ -123,7 +124,7 @@ def test_a_departed_or_reaped_member_keeps_nothing() -> None:
     gossip.live = [member("b"), member("c")]
     for name in ("b", "c"):
         replication.on_event(MemberJoined(member(name)))
-        replication.on_event(RemoteState(encode_states([NodeState(name, 7, (instance(name),))]), False))
+        replication.on_event(RemoteState(encode_claims([Claim(name, "default", "", 7, (instance(name),))]), False))
     replication.on_event(MemberLeft(member("b", MemberState.LEFT)))
     replication.on_event(MemberDead(member("c", MemberState.DEAD)))
     replication.on_event(MemberReaped(member("c", MemberState.DEAD)))

@@ -99,6 +99,9 @@ def test_secrets_never_show_but_their_change_does() -> None:
     ("dns.ttl", None),
     ("telemetry.retention", None),
     ("messaging.max_attempts", None),
+    ("messaging.max_dead_letter_bytes", None),
+    ("messaging.topics.orders.publishers", "topic_scopes"),
+    ("messaging.default", "topic_scopes"),
     ("something.new", None),
     ("servicesx", None),   # a prefix matches whole segments only
 ])

@@ -62,6 +62,10 @@ def problems_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[
     ({"policies": {"*": {"retries": {"retry_on": ["sometimes"]}}}}, "policies.*.retries.retry_on: entries must be"),
     ({"policies": {"*": {"retries": {"backoff": {"base": "1s", "max": "100ms"}}}}},
      'policies.*.retries.backoff.base: must not be longer than max (100ms) (got "1s")'),
+    ({"policies": {"*": {"retries": {"per_try_timeout": "0s"}}}},
+     'policies.*.retries.per_try_timeout: must be greater than 0 (got "0s")'),
+    ({"policies": {"pay": {"retries": {"per_try_timeout": "soon"}}}},
+     'policies.pay.retries.per_try_timeout: must be a duration like 250ms'),
     ({"policies": {"*": {"load_balancer": "random"}}},
      'policies.*.load_balancer: must be one of round_robin, least_request, ewma (got "random")'),
     ({"policies": {"Not A Service": {}}}, 'policies.Not A Service: the key must be "*" or a service name'),
@@ -132,7 +136,7 @@ def test_spec_example_is_valid(tmp_path: Path) -> None:
         "upstreams": [{"service": "inventory", "local_port": 9191, "protocol": "http"}],
         "policies": {"*": {
             "timeout": "15s",
-            "retries": {"attempts": 2, "per_try_timeout": "5s", "retry_on": ["connect-failure", "reset", 503],
+            "retries": {"attempts": 2, "per_try_timeout": None, "retry_on": ["connect-failure", "reset", 503],
                         "backoff": {"base": "25ms", "max": "250ms"}, "budget": {"ratio": 0.2, "min_per_second": 10}},
             "circuit_breaker": {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024,
                                 "max_retries": 3},
@@ -148,6 +152,7 @@ def test_spec_example_is_valid(tmp_path: Path) -> None:
     config = config_from_raw(raw)
     assert config.authorization.rules[0].from_ == ["checkout"]
     assert config.policy_for("anything").retries.retry_on == ["connect-failure", "reset", "503"]
+    assert config.policy_for("anything").retries.per_try_timeout is None
     assert config.services[0].check is not None and config.services[0].check.deregister_after == 60
 
 
@@ -181,7 +186,20 @@ def test_named_policy_overrides_only_its_keys() -> None:
                                            "pay": {"retries": {"per_try_timeout": "1s"}}}})
     pay = config.policy_for("pay")
     assert pay.timeout == 3 and pay.retries.attempts == 4 and pay.retries.per_try_timeout == 1
-    assert config.policy_for("other").retries.per_try_timeout == 5
+    assert config.policy_for("other").retries.per_try_timeout is None
+
+
+def test_per_try_timeout_is_unset_by_default_and_null_unsets_it() -> None:
+    """SPEC: ``per_try_timeout: null``, a try may use the whole timeout. A named policy can unset the one "*" sets,
+    and a per-try timeout longer than a named policy's shorter timeout is accepted (the timeout then bounds)."""
+    assert config_from_raw({}).policy_for("any").retries.per_try_timeout is None
+    config = config_from_raw({"policies": {"*": {"retries": {"per_try_timeout": "2s"}},
+                                           "slow": {"timeout": "30s", "retries": {"per_try_timeout": None}},
+                                           "fast": {"timeout": "1s"}}})
+    assert config.policy_for("other").retries.per_try_timeout == 2
+    assert config.policy_for("slow").retries.per_try_timeout is None
+    assert config.policy_for("fast").retries.per_try_timeout == 2 and config.policy_for("fast").timeout == 1
+    assert config_to_raw(config_from_raw({}))["policies"]["*"]["retries"]["per_try_timeout"] is None
 
 
 def test_env_interpolation() -> None:
@@ -241,3 +259,26 @@ def test_secrets_are_redacted() -> None:
     assert raw["gossip"]["encrypt_keys"] == ["<redacted>"]
     assert "MDEyMzQ1Njc4OWFiY2RlZg" not in str(raw)
     assert config_to_raw(config, redact=False)["gossip"]["encrypt_keys"] == ["MDEyMzQ1Njc4OWFiY2RlZg=="]
+
+
+def test_topic_scopes_name_the_key_at_fault() -> None:
+    from sidecar.config.load import config_from_raw
+    from sidecar.errors import ConfigError
+
+    config = config_from_raw({"messaging": {"default": "deny", "topics": {
+        "orders": {"publishers": ["checkout"], "subscribers": ["payments", "audit"]}, "news": {}}}})
+    assert config.messaging.default == "deny"
+    assert config.messaging.topics["orders"].subscribers == ["payments", "audit"]
+    assert config.messaging.topics["news"].publishers == ["*"]
+    try:
+        config_from_raw({"messaging": {"default": "maybe", "max_dead_letter_bytes": 0, "topics": {
+            "bad topic": {}, "orders": {"publishers": ["Not_A_Service"], "readers": []}}}})
+    except ConfigError as e:
+        text = "\n".join(e.problems)
+    else:
+        raise AssertionError("invalid topic scopes were accepted")
+    assert 'messaging.default: must be one of allow, deny (got "maybe")' in text
+    assert "messaging.max_dead_letter_bytes: must be at least 1 (got 0)" in text
+    assert "messaging.topics.bad topic: the key must be a topic name" in text
+    assert "messaging.topics.orders.publishers: entries must be service names" in text
+    assert "messaging.topics.orders.readers:" in text

@@ -111,3 +111,17 @@ def test_news_everyone_we_could_tell_has_is_dropped() -> None:
     q.drop_known_by_all(["a"])
     assert len(q) == 1 and done == ["a"]
     assert q.get(2, 1000, to="a") == [b"alive-b"]
+
+
+def test_news_whose_every_send_counts_goes_out_its_full_count_to_one_destination() -> None:
+    q = make(n=1, mult=3)  # limit 3 * ceil(log10(2)) = 3
+    done: list[str] = []
+    q.queue("x", b"alive-x")
+    q.queue("me", b"leave-me", lambda: done.append("me"), every_send_counts=True)
+    assert q.get(2, 1000, to="a") == [b"leave-me", b"alive-x"]
+    assert q.get(2, 1000, to="a") == [b"leave-me"]  # alive-x: "a" has it
+    q.heard_from("me", b"leave-me", "a")
+    q.drop_known_by_all(["a"])  # nothing marks it as had: only its own sends finish it
+    assert done == [] and len(q) == 1
+    assert q.get(2, 1000, to="a") == [b"leave-me"]
+    assert done == ["me"] and len(q) == 0

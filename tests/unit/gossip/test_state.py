@@ -85,6 +85,23 @@ def test_random_members_are_distinct_and_accepted() -> None:
     assert len(table.random_members(50, lambda m: m.state is A)) == 5
 
 
+class _AlwaysFirst(random.Random):
+    """Every draw lands on the first member of the order: the worst luck random draws can have."""
+
+    def random(self) -> float:
+        return 0.0
+
+
+def test_random_members_never_miss_an_acceptable_member() -> None:
+    # a cluster of two seen from "me": 3n = 6 draws all land on ourselves once in 64 rounds
+    table = MemberTable(_AlwaysFirst())
+    table.put(member("me"))
+    table.put(member("peer"))
+    drawn = table.random_members(1, lambda m: True)[0].name  # where every draw lands
+    chosen = table.random_members(3, lambda m: m.name != drawn)
+    assert [m.name for m in chosen] == [n for n in ("me", "peer") if n != drawn]
+
+
 def test_snapshots_are_shared_copy_on_write() -> None:
     snap = MemberSnapshot.of([(f"n{i}", (f"n{i}", 1), 1, b"") for i in range(5)], now=0.0)
     t1, t2 = MemberTable(random.Random(5)), MemberTable(random.Random(6))

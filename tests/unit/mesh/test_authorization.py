@@ -29,9 +29,20 @@ RULES: list[dict[str, Any]] = [
     ("allow", "orders", "shipping", "POST", "/ship", True, "authorization.default"),
     ("deny", "orders", "shipping", "POST", "/ship", False, "authorization.default"),
     ("deny", "checkout", "payment-service", "POST", "/pay", True, "authorization.rules[0]"),
+    # HEAD is a GET without the body: rules written for GET cover it
+    ("allow", "admin-ui", "payment-service", "HEAD", "/anything", True, "authorization.rules[1]"),
+    ("allow", "checkout", "payment-service", "HEAD", "/pay", False, "authorization.rules[0]"),
 ])
 def test_decisions(default: str, caller: str, target: str, method: str, path: str, allowed: bool, rule: str) -> None:
     authorizer = Authorizer(build_section(AuthorizationConfig, {"default": default, "rules": RULES}))
     decision = authorizer.decide(caller, target, method, path)
     assert (decision.allowed, decision.rule) == (allowed, rule), decision.reason
     assert decision.reason
+
+
+def test_a_get_deny_rule_refuses_head() -> None:
+    authorizer = Authorizer(build_section(AuthorizationConfig, {"rules": [
+        {"to": "app", "methods": ["GET"], "paths": ["/secret"], "action": "deny"}]}))
+    assert not authorizer.decide("anyone", "app", "HEAD", "/secret").allowed
+    assert not authorizer.decide("anyone", "app", "head", "/secret").allowed
+    assert authorizer.decide("anyone", "app", "POST", "/secret").allowed

@@ -142,21 +142,26 @@ def _context() -> ssl.SSLContext:
 
 def test_targets_are_cached_per_endpoint_and_rekeyed_by_context() -> None:
     config = Config(policies={"*": PolicyConfig(), "slow": PolicyConfig(timeout=Duration(60),
-                                                                         retries=RetryConfig(attempts=0))})
+                                                                         retries=RetryConfig(attempts=0)),
+                              "tight": PolicyConfig(retries=RetryConfig(per_try_timeout=Duration(2)))})
     targets = _Targets(config, "http")
     pay = Endpoint("pay", "pay:n1", "n1", ("10.0.0.1", 15006), HealthStatus.HEALTHY)
     first, second = _context(), _context()
     t1 = targets.get(pay, 1, first)
     assert targets.get(pay, 1, first) is t1
-    assert (t1.timeout, t1.try_timeout, t1.ssl) == (15.0, 5.0, first)
-    assert t1.server_hostname == "p15006.10.0.0.1.sidecar.invalid"
-    assert t1.tag is pay and t1.key == ("http", ("10.0.0.1", 15006), 1)
+    assert (t1.timeout, t1.try_timeout, t1.ssl) == (15.0, None, first)   # by default a try has the whole timeout
+    # the SNI asks the peer for pay's certificate; the pool is per service on that peer
+    assert t1.server_hostname == "pay.svc.p15006.10.0.0.1.sidecar.invalid"
+    assert t1.tag is pay and t1.key == ("http", ("10.0.0.1", 15006), "pay", 1)
     t2 = targets.get(pay, 2, first)              # a new snapshot: rebuilt, same pool
     assert t2 is not t1 and t2.key == t1.key
     t3 = targets.get(pay, 2, second)             # a rotated context: a new pool
-    assert t3.ssl is second and t3.key == ("http", ("10.0.0.1", 15006), 2)
+    assert t3.ssl is second and t3.key == ("http", ("10.0.0.1", 15006), "pay", 2)
     slow = targets.get(Endpoint("slow", "s", "n1", ("10.0.0.1", 15006), HealthStatus.HEALTHY), 2, second)
+    assert slow.key != t3.key   # another service on the same peer: never its connections
     assert (slow.timeout, slow.try_timeout) == (60.0, None)  # no retries: no per-try bound
+    tight = targets.get(Endpoint("tight", "t", "n1", ("10.0.0.1", 15006), HealthStatus.HEALTHY), 2, second)
+    assert (tight.timeout, tight.try_timeout) == (15.0, 2.0)
 
 
 def _stats(status: int, error: str | None = None) -> RequestStats:

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from sidecar.catalog.model import CatalogSnapshot, HealthStatus, NodeInfo, ServiceMetadata
 from sidecar.errors import NotFound, Unavailable
 from sidecar.mesh.naming import ServiceName
-from sidecar.mesh.router import LocalInbound, RoundRobin, Router, endpoint_set
+from sidecar.mesh.router import LocalInbound, Router, endpoint_set
 
 H, D, U = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
 
@@ -67,38 +65,15 @@ def test_tags_filter() -> None:
 
 
 def test_errors_say_why() -> None:
-    router = Router()
-    with pytest.raises(NotFound) as nf:
-        router.pick(snap(), PAY)
-    assert nf.value.details == {"service": "pay"}
-    with pytest.raises(Unavailable) as un:
-        router.pick(snap(inst("pay", "n1", U), inst("pay", "n2"), n2="dead"), PAY)
-    assert un.value.details == {"service": "pay", "instances": 2, "unhealthy": 1, "unreachable": 1}
-    assert un.value.message == ("no healthy instance of pay: 2 instances, 1 unhealthy, "
-                                "1 on nodes that are down or have no address")
-    with pytest.raises(Unavailable) as tagged:
-        router.pick(snap(inst("pay", "n1")), ServiceName("pay", "v9"))
-    assert "tag 'v9'" in tagged.value.message
-
-
-def test_round_robin_takes_turns_over_healthy_ones() -> None:
-    router = Router()
-    s = snap(inst("pay", "n1"), inst("pay", "n2"), inst("pay", "n3"), inst("pay", "n4", D))
-    picks = [router.pick(s, PAY).node for _ in range(9)]
-    assert picks == ["n1", "n2", "n3"] * 3
-
-
-def test_round_robin_spreads_evenly_across_snapshot_changes() -> None:
-    rng = random.Random(7)
-    router = Router(RoundRobin())
-    counts: dict[str, int] = {}
-    for version in range(1, 200):
-        nodes = ["n1", "n2", "n3"]
-        s = snap(*(inst("pay", n) for n in nodes), version=version)
-        for _ in range(rng.randint(1, 5)):
-            node = router.pick(s, PAY).node
-            counts[node] = counts.get(node, 0) + 1
-    assert max(counts.values()) - min(counts.values()) <= 1
+    nf = endpoint_set(snap(), PAY).no_endpoint()
+    assert isinstance(nf, NotFound) and nf.details == {"service": "pay"}
+    un = endpoint_set(snap(inst("pay", "n1", U), inst("pay", "n2"), n2="dead"), PAY).no_endpoint()
+    assert isinstance(un, Unavailable)
+    assert un.details == {"service": "pay", "instances": 2, "unhealthy": 1, "unreachable": 1}
+    assert un.message == ("no healthy instance of pay: 2 instances, 1 unhealthy, "
+                          "1 on nodes that are down or have no address")
+    tagged = endpoint_set(snap(inst("pay", "n1")), ServiceName("pay", "v9")).no_endpoint()
+    assert isinstance(tagged, Unavailable) and "tag 'v9'" in tagged.message
 
 
 def test_endpoint_sets_are_cached_per_snapshot_version() -> None:

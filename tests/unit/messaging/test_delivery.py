@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.catalog.model import NODE_STREAM, ServiceMetadata, Subscription
-from sidecar.catalog.sync import NodeState, decode_states, encode_states
+from sidecar.catalog.sync import Claim, decode_claims, encode_claims
 from sidecar.errors import InvalidArgument
 from sidecar.messaging.delivery import (
     Ack,
@@ -102,9 +102,8 @@ def test_subscription_book_merges_competing_consumers_and_node_streams() -> None
     assert book.wanted() == {("orders", "billing"): Wanted("orders", "billing", "/z")}
 
 
-def test_node_states_carry_subscriptions_and_stay_compatible() -> None:
+def test_claims_carry_subscriptions() -> None:
     instance = ServiceMetadata("i", "svc", "1", "h", 1)
-    states = [NodeState("a", 5, (instance,), (Subscription("svc", "t", "/p"), Subscription(NODE_STREAM, "n"))),
-              NodeState("b", 6, ())]
-    decoded = decode_states(encode_states(states))
-    assert decoded == states
+    claims = [Claim("a", "c", "svc", 5, (instance,), (Subscription("svc", "t", "/p"), Subscription(NODE_STREAM, "n"))),
+              Claim("b", "c", "", 6, ())]
+    assert decode_claims(encode_claims(claims)) == claims

@@ -79,3 +79,28 @@ def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
         await writer.stop()
         store.close()
     asyncio.run(main())
+
+
+def test_dead_letters_are_bounded_by_bytes_too_oldest_first_and_counted(tmp_path: Path) -> None:
+    # 1 KiB bodies, a 4 KiB bound and a count bound far away: bytes decide
+    limits = Limits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=1000,
+                    max_dead_letter_bytes=4096)
+    store = Store(str(tmp_path), limits)
+    store.begin()
+    stream, _ = store.w_ensure_stream("t", "billing", "/in", 0)
+    for i in range(10):
+        seq, _ = store.w_publish(f"m{i}", "t", bytes([65 + i]) * 1024, created_ms=0)
+        assert store.w_dead_letter(stream.id, seq, "rejected", 1, "HTTP 400", 0)
+    store.w_enforce_retention(now_ms=1)
+    store.commit()
+    assert (store.dead_letter_count, store.dead_letter_bytes, store.dead_letters_dropped) == (4, 4096, 6)
+    assert [r.message_id for r in store.r_dead_letters(10, 0, None)] == ["m6", "m7", "m8", "m9"]
+    store.close()
+    again = Store(str(tmp_path), limits)  # the accounting is read back after a restart
+    assert (again.dead_letter_count, again.dead_letter_bytes) == (4, 4096)
+    again.begin()
+    replayed = again.w_replay([again.r_dead_letters(1, 0, None)[0].id], 2)
+    assert len(replayed) == 1 and again.dead_letter_bytes == 3072
+    assert again.w_purge(None) == 3 and again.dead_letter_bytes == 0
+    again.commit()
+    again.close()

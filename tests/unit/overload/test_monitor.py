@@ -9,26 +9,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
 import uvloop
 
 from sidecar.overload.guard import OverloadGuard, Reason, Transition
 from sidecar.overload.monitor import OverloadMonitor, ResidentMemory
+from tests.harness import wait_for_async
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``predicate`` on the loop, at most ``timeout`` seconds of loop time."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    for _ in range(int(timeout / 0.01) + 1):
-        if predicate() or loop.time() >= deadline:
-            break
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 def test_a_blocked_loop_is_seen_as_lag_sheds_then_clears(caplog: pytest.LogCaptureFixture) -> None:
@@ -41,13 +30,13 @@ def test_a_blocked_loop_is_seen_as_lag_sheds_then_clears(caplog: pytest.LogCaptu
         monitor.on_transition = seen.append
         monitor.start()
         try:
-            assert await wait_until(lambda: guard.samples >= 3, 5), "the monitor does not sample"
+            await wait_for_async(lambda: guard.samples >= 3, 5, 0.01, what="the monitor sampling")
             # the deliberate block: a callback that holds the loop, so every other one waits, the monitor's too
             asyncio.get_running_loop().call_soon(time.sleep, 0.6)
-            assert await wait_until(lambda: guard.shedding, 5), guard.status()
+            await wait_for_async(lambda: guard.shedding, 5, 0.01, what="shedding on loop lag")
             assert guard.active == [Reason.LOOP_LAG] and not guard.refusing
             assert guard.error is not None and guard.error.message.startswith("overloaded: event-loop lag ")
-            assert await wait_until(lambda: not guard.shedding, 10), guard.status()
+            await wait_for_async(lambda: not guard.shedding, 10, 0.01, what="shedding to clear")
         finally:
             monitor.stop()
 
@@ -74,7 +63,8 @@ def test_memory_over_sheds_and_shrinks_the_heap_a_disabled_guard_does_nothing(ca
         for monitor in monitors:
             monitor.start()
         try:
-            assert await wait_until(lambda: on.samples >= 2 and off.samples >= 2, 5)
+            await wait_for_async(lambda: on.samples >= 2 and off.samples >= 2, 5, 0.01,
+                                 what="two samples by each monitor")
         finally:
             for monitor in monitors:
                 monitor.stop()

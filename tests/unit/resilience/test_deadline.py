@@ -30,3 +30,14 @@ def test_effective_never_exceeds_the_local_policy(policy: float, caller: float |
                                                                     (0.5, 1.0, 0.5)])
 def test_per_try(remaining: float, try_timeout: float | None, expected: float) -> None:
     assert deadline.per_try(remaining, try_timeout) == expected
+
+
+@pytest.mark.parametrize(("per_try_timeout", "retries", "timeout", "expected"), [
+    (None, 2, 15.0, None),    # unset: a try may use the whole timeout
+    (5.0, 2, 15.0, 5.0),
+    (5.0, 0, 15.0, None),     # a request that is not retried has one try: the timeout bounds it
+    (15.0, 2, 15.0, None),    # not shorter than the timeout: bounds nothing more
+    (30.0, 2, 15.0, None),
+])
+def test_try_timeout(per_try_timeout: float | None, retries: int, timeout: float, expected: float | None) -> None:
+    assert deadline.try_timeout(per_try_timeout, retries, timeout) == expected

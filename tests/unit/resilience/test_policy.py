@@ -52,8 +52,8 @@ class Peers:
 def policy(attempts: int = 2, retry_on: list[str] | None = None, ratio: float = 1.0, min_per_second: float = 100.0,
            max_retries: int = 3, max_requests: int = 1024, max_connections: int = 1024, max_pending: int = 1024,
            consecutive: int = 5, percent: float = 100.0, balancer: Any = "round_robin", timeout: float = 15.0,
-           per_try: float = 5.0, non_idempotent: bool = False) -> Config:
-    retries = RetryConfig(attempts=attempts, per_try_timeout=Duration(per_try),
+           per_try: float | None = 5.0, non_idempotent: bool = False) -> Config:
+    retries = RetryConfig(attempts=attempts, per_try_timeout=None if per_try is None else Duration(per_try),
                           retry_on=retry_on or ["connect-failure", "reset", "503"],
                           backoff=BackoffConfig(Duration(0.025), Duration(0.25)),
                           budget=BudgetConfig(ratio, min_per_second), retry_non_idempotent=non_idempotent)
@@ -130,6 +130,48 @@ def test_no_retries_means_no_retry_policy_and_no_try_timeout() -> None:
     h = head()
     start(r, Peers(endpoint(1)), h)
     assert h.headers.get("x-sidecar-deadline-ms") == "15000"
+
+
+def test_by_default_a_try_may_use_the_whole_timeout() -> None:
+    """The default policy (SPEC: ``per_try_timeout: null``): a 6 s answer inside the 15 s timeout is waited for,
+    not cut at 5 s and asked for again; the next hop is told it has the whole 15 s."""
+    r = Resilience(Config(), rng=random.Random(1), jitter=0.0)
+    h = head()
+    target = start(r, Peers(endpoint(1)), h)
+    assert target.timeout == 15.0 and target.try_timeout is None and target.retry is call_of(target)
+    assert h.headers.get("x-sidecar-deadline-ms") == "15000"
+
+
+@pytest.mark.parametrize(("per_try", "attempts", "timeout", "try_timeout", "sent"), [
+    (None, 2, 15.0, None, "15000"),   # unset: the whole timeout
+    (1.0, 2, 15.0, 1.0, "1000"),      # set and shorter: each try bounded
+    (1.0, 0, 15.0, None, "15000"),    # no retries: the one try has the whole timeout (Envoy's meaning)
+    (20.0, 2, 15.0, None, "15000"),   # longer than the timeout: the timeout bounds
+    (15.0, 2, 15.0, None, "15000"),
+])
+def test_what_bounds_one_try(per_try: float | None, attempts: int, timeout: float, try_timeout: float | None,
+                             sent: str) -> None:
+    r = resilience(policy(attempts=attempts, timeout=timeout, per_try=per_try))
+    h = head()
+    target = start(r, Peers(endpoint(1)), h)
+    assert target.timeout == timeout and target.try_timeout == try_timeout
+    assert h.headers.get("x-sidecar-deadline-ms") == sent
+
+
+@pytest.mark.parametrize(("per_try", "first", "second"), [(None, 2000, 1475), (0.3, 300, 300)])
+def test_a_retry_tells_the_next_hop_what_is_left_when_it_starts(per_try: float | None, first: int,
+                                                                second: int) -> None:
+    """Without a per-try timeout the first try is told the whole deadline; a retry after 0.5 s and a 25 ms
+    back-off must not be promised the same again. The retry's field replaces the first one's."""
+    r = resilience(policy(timeout=2.0, per_try=per_try))
+    h = head("GET", ("accept", "*/*"))
+    target = start(r, Peers(endpoint(1), endpoint(2)), h, now=100.0)
+    assert h.headers.get_all("x-sidecar-deadline-ms") == [str(first)]
+    decision = call_of(target).next_attempt(record(target, 1, status=503, started=100.0, ended=100.5))
+    assert decision is not None and decision.delay == pytest.approx(0.025)
+    (value,) = h.headers.get_all("x-sidecar-deadline-ms")
+    assert second - 1 <= int(value) <= second   # whole milliseconds, rounded down
+    assert [item[0] for item in h.headers.items] == [b"accept", b"x-sidecar-deadline-ms"]
 
 
 def test_a_deadline_already_past_fails_at_once() -> None:

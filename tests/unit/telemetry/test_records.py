@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import random
+import tracemalloc
+from collections import deque
+
 import pytest
 
 from sidecar.errors import InvalidArgument
-from sidecar.telemetry.records import DEFAULT_LIMIT, Query, Record, RecordStore, parse_query, parse_window, percentile
+from sidecar.telemetry.records import (
+    DEFAULT_LIMIT,
+    DIRECTIONS,
+    Query,
+    Record,
+    RecordStore,
+    parse_query,
+    parse_window,
+    percentile,
+)
 
 WALL = 1_700_000_000.0   # wall clock minus loop clock in these tests
 
@@ -137,3 +150,68 @@ def test_parse_window() -> None:
     assert parse_window({"window": "1h"}) == 3600.0
     with pytest.raises(InvalidArgument, match="window must be greater than 0"):
         parse_window({"window": "0s"})
+
+
+class ReferenceRing:
+    """The ring as the obvious deque of records, to hold the compact one to."""
+
+    def __init__(self, max_samples: int, retention: float) -> None:
+        self.rows: deque[Record] = deque(maxlen=max_samples)
+        self.retention = retention
+
+    def append(self, record: Record) -> None:
+        self.rows.append(record)
+
+    def prune(self, now: float) -> None:
+        while self.rows and self.rows[0].at < now - self.retention:
+            self.rows.popleft()
+
+    def newest_first(self, now: float) -> list[Record]:
+        self.prune(now)
+        return [r for r in reversed(self.rows) if r.at >= now - self.retention]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_compact_ring_keeps_what_a_deque_of_records_keeps(seed: int) -> None:
+    rng = random.Random(seed)
+    max_samples = rng.choice([1, 2, 5, 17, 40])
+    store, reference = RecordStore(max_samples, retention=30.0, prune_every=7), ReferenceRing(max_samples, 30.0)
+    now = 0.0
+    for _ in range(600):
+        now += rng.choice([0.0, 0.1, 1.0, 5.0, 20.0])
+        if rng.random() < 0.8:
+            r = Record(rng.choice(["a", "b", "c"]), rng.choice(["GET", "POST"]), rng.random(),
+                       now - rng.choice([0.0, 0.0, 0.5, 40.0]), rng.random() < 0.7, rng.choice(DIRECTIONS))
+            store.add(r)
+            reference.append(r)
+            if store._appends == 0:          # the store pruned on this append, as it does every prune_every
+                reference.prune(r.at)
+        else:
+            assert list(store.newest_first(now)) == reference.newest_first(now)
+            assert len(store) == len(reference.rows)
+    assert list(store.newest_first(now)) == reference.newest_first(now)
+
+
+def test_keys_no_row_uses_are_dropped_and_their_ids_reused() -> None:
+    store = RecordStore(max_samples=4, retention=900)
+    for i in range(1000):                       # a new service name per request: only four live at a time
+        store.add(rec(f"svc-{i}", "GET", 1.0, 100.0 + i * 0.001))
+    assert len(store._ids) == len(store) == 4
+    assert len(store._keys) <= 5
+    assert [r.service for r in store.query(Query(), now=101.0)] == ["svc-999", "svc-998", "svc-997", "svc-996"]
+    store.prune(2000.0)
+    assert len(store) == 0 and not store._ids
+
+
+def test_a_full_ring_of_a_hundred_thousand_records_fits_in_a_few_megabytes() -> None:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        store = RecordStore(max_samples=100_000, retention=900)
+        for i in range(120_000):
+            store.append("web", "GET", 0.001 + i * 1e-9, 1000.0 + i * 1e-3, i % 50 != 0, "outbound")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(store) == 100_000
+    assert held < 4_000_000, f"{held / 1e6:.1f} MB for 100k records"       # 20 bytes a row, with growth slack

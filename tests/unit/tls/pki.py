@@ -35,6 +35,13 @@ class Pki:
 
     def without_spiffe_id(self, name: str) -> certs.CertPaths:
         """Signed by the mesh CA, but naming itself only by DNS: no URI SAN."""
+        return self._signed(name, x509.DNSName(f"{name}.example"), "", ca=False)
+
+    def custom(self, name: str, uri: str, *, ca: bool = False) -> certs.CertPaths:
+        """Signed by the mesh CA with ``uri`` as its one URI SAN; ``ca`` makes it say it is a CA (cA=TRUE)."""
+        return self._signed(name, x509.UniformResourceIdentifier(uri), uri, ca=ca)
+
+    def _signed(self, name: str, san: x509.GeneralName, spiffe_id: str, *, ca: bool) -> certs.CertPaths:
         key = certs.new_key()
         now = dt.datetime.now(dt.UTC)
         cert = (
@@ -45,12 +52,19 @@ class Pki:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{name}.example")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
             .sign(self.ca.key, hashes.SHA256())
         )
-        issued = certs.IssuedCertificate(cert, key, "")
-        return certs.write_issued(issued, self.directory, name)
+        return certs.write_issued(certs.IssuedCertificate(cert, key, spiffe_id), self.directory, name)
+
+    def ca_as_leaf(self, name: str) -> certs.CertPaths:
+        """A CA certificate (cA=TRUE) from the mesh CA naming spiffe://TD/service/NAME: no X.509-SVID."""
+        return self.custom(name, f"spiffe://{self.ca.trust_domain}/service/{name}", ca=True)
+
+    def upper_case_scheme(self, name: str) -> certs.CertPaths:
+        """A leaf naming ``SPIFFE://TD/service/NAME``: the X.509-SVID spec wants the scheme in lower case."""
+        return self.custom(name, f"SPIFFE://{self.ca.trust_domain}/service/{name}")
 
     def foreign_trust_domain(self, name: str, trust_domain: str = "other.example") -> certs.CertPaths:
         """Signed by this CA but naming spiffe://OTHER/service/NAME (a constrained CA's signature is void)."""

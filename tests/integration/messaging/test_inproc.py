@@ -1,0 +1,304 @@
+"""Messaging across sidecars in one event loop: real sockets, mTLS between data planes, SQLite on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sidecar.config.model import MessagingQueue, MessagingRetention, ServiceConfig, SubscriptionConfig
+from sidecar.config.values import Duration
+from tests.harness import wait_for_async
+from tests.integration.messaging.inproc import App, Mesh, get, messaging_config, post
+
+
+def run(test: Callable[[Mesh], Awaitable[None]], tmp: Path, identities: list[str], timeout: float = 30.0) -> None:
+    async def main() -> None:
+        mesh = Mesh(tmp, identities)
+        try:
+            async with asyncio.timeout(timeout):
+                await test(mesh)
+        finally:
+            await mesh.close()
+    asyncio.run(main())
+
+
+def service(name: str, app: App, messages_path: str = "/messages") -> ServiceConfig:
+    return ServiceConfig(name=name, port=app.port, messages_path=messages_path)
+
+
+# ------------------------------------------------------------------------------------------ request-response
+
+
+def test_request_response_and_its_errors(tmp_path: Path) -> None:
+    async def slow(message: dict[str, Any]) -> web.Response:
+        if message["type"] == "slow":
+            await asyncio.sleep(3)
+        return web.json_response({"echo": message["payload"], "from": message["service"]}, status=201)
+
+    async def test(mesh: Mesh) -> None:
+        app = await App("payment", slow).start()
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("b", "payment", [service("payment", app, "/inbox")])
+        a = mesh.nodes["a"]
+        status, headers, body = await post(a.api_url + "/v1/messages/payment",
+                                           {"type": "pay", "payload": {"amount": 100}, "metadata": {"k": "v"}})
+        assert status == 201 and body == {"echo": {"amount": 100}, "from": "checkout"}
+        got = app.received[-1]
+        assert got["type"] == "pay" and got["service"] == "checkout" and got["metadata"] == {"k": "v"}
+        assert set(got) == {"id", "service", "timestamp", "type", "payload", "metadata"}
+        assert app.headers[-1]["x-sidecar-caller"] == "spiffe://mesh.local/service/checkout"
+        # the sender may be named by header, only among this node's services
+        status, _, body = await post(a.api_url + "/v1/messages/payment", {"type": "t", "payload": 1},
+                                     {"x-sidecar-service": "nope"})
+        assert status == 400 and body["error"]["code"] == "INVALID_ARGUMENT"
+        # malformed bodies
+        for bad in ({"payload": 1}, {"type": "", "payload": 1}, {"type": "t"}, {"type": "t", "payload": 1,
+                                                                                 "metadata": [1]}):
+            status, headers, body = await post(a.api_url + "/v1/messages/payment", bad)
+            assert status == 400 and headers["x-sidecar-error"] == "INVALID_ARGUMENT", bad
+        # no such service: 404; timeout: 504
+        status, headers, body = await post(a.api_url + "/v1/messages/nowhere", {"type": "t", "payload": 1})
+        assert status == 404 and headers["x-sidecar-error"] == "NOT_FOUND"
+        status, headers, body = await post(a.api_url + "/v1/messages/payment", {"type": "slow", "payload": 1})
+        assert status == 504 and headers["x-sidecar-error"] == "DEADLINE_EXCEEDED"
+        # an instance whose app is gone: the mesh's 503 comes back as the mesh said it
+        await app.stop()
+        status, headers, body = await post(a.api_url + "/v1/messages/payment", {"type": "t", "payload": 1})
+        assert status == 503 and headers["x-sidecar-error"] == "UNAVAILABLE", body
+
+    run(test, tmp_path, ["checkout", "payment"])
+
+
+# ------------------------------------------------------------------------------------------ publish-subscribe
+
+
+def test_publish_order_and_competing_consumers(tmp_path: Path) -> None:
+    async def test(mesh: Mesh) -> None:
+        one, two = await App("one").start(), await App("two").start()
+        subscription = [SubscriptionConfig(topic="orders", path="/events")]
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("b1", "billing", [service("billing", one)], subscription)
+        await mesh.add("b2", "billing", [service("billing", two)], subscription)
+        a = mesh.nodes["a"]
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known to a")
+        ids = []
+        for i in range(60):
+            status, _, body = await post(a.api_url + "/v1/publish/orders", {"type": "order", "payload": i})
+            assert status == 202, body
+            ids.append(body["id"])
+        await wait_for_async(lambda: len(one.received) + len(two.received) >= 60, what="60 deliveries")
+        got = one.received + two.received
+        assert sorted(m["id"] for m in got) == sorted(ids)     # each message to one instance, none twice
+        assert one.received and two.received                   # the balancer spread them
+        # one in flight per stream: each instance saw its share in publish order
+        for app in (one, two):
+            payloads = [m["payload"] for m in app.received]
+            assert payloads == sorted(payloads)
+        assert one.headers[0]["x-sidecar-topic"] == "orders"
+        status = await get(a.admin_url + "/messaging")
+        assert status["counters"]["delivered"] == 60 and status["pending"] == 0
+
+    run(test, tmp_path, ["checkout", "billing"])
+
+
+def test_drop_and_max_attempts_land_in_dead_letters_then_replay_and_purge(tmp_path: Path) -> None:
+    fixed = {"value": False}
+
+    async def picky(message: dict[str, Any]) -> web.Response:
+        if message["type"] == "poison":
+            return web.json_response({"status": "DROP"})
+        if message["type"] == "flaky" and not fixed["value"]:
+            return web.json_response({"error": "try later"}, status=500)
+        return web.json_response({})
+
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub", picky).start()
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
+        a = mesh.nodes["a"]
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
+        for kind in ("poison", "flaky", "fine"):
+            status, _, _ = await post(a.api_url + "/v1/publish/t", {"type": kind, "payload": None})
+            assert status == 202
+        letters = await wait_for_async(lambda: a.messaging.store and a.messaging.store.dead_letter_count == 2,
+                                   what="two dead letters")
+        assert letters
+        listed = (await get(a.admin_url + "/deadletters"))["deadLetters"]
+        by_type = {d["message"]["type"]: d for d in listed}
+        assert by_type["poison"]["reason"] == "dropped" and by_type["poison"]["attempts"] == 0
+        assert by_type["flaky"]["reason"] == "max-attempts" and by_type["flaky"]["attempts"] == 3
+        assert "HTTP 500" in by_type["flaky"]["lastError"] and by_type["flaky"]["subscriber"] == "billing"
+        assert [m["type"] for m in app.received].count("flaky") == 3
+        # replay one by id once the app is fixed; the other is purged
+        fixed["value"] = True
+        status, _, body = await post(a.admin_url + "/deadletters/replay", {"ids": [by_type["flaky"]["id"]]})
+        assert status == 200 and body == {"replayed": 1}
+        await wait_for_async(lambda: [m["type"] for m in app.received].count("flaky") == 4, what="replayed delivery")
+        status, _, body = await post(a.admin_url + "/deadletters/purge", {})
+        assert status == 400  # no accidental purge-all
+        status, _, body = await post(a.admin_url + "/deadletters/purge", {"all": True})
+        assert body == {"purged": 1}
+        assert (await get(a.admin_url + "/deadletters"))["deadLetters"] == []
+
+    run(test, tmp_path, ["checkout", "billing"])
+
+
+def test_a_subscriber_that_is_down_gets_everything_on_return(tmp_path: Path) -> None:
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub").start()
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
+        a = mesh.nodes["a"]
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
+        await mesh.stop_node("b")
+        for i in range(30):
+            assert (await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": i}))[0] == 202
+        # the stream has taken up the first message and decided it cannot deliver it (its subscriber's node is
+        # gone), as the admin port reports: only after that decision is "nothing arrived" a result
+        async def holding() -> bool:
+            streams = (await get(a.admin_url + "/messaging"))["streams"]
+            return any(s["topic"] == "t" and s["inFlight"] is not None and s["state"] == "waiting" for s in streams)
+
+        await wait_for_async(holding, what="the stream holding a message, waiting for its subscriber")
+        assert app.received == []
+        assert a.messaging.store is not None and a.messaging.store.pending == 30
+        # the publisher restarts too, from its data_dir, while the subscriber is still away
+        await mesh.stop_node("a")
+        await mesh.restart_node("a")
+        await mesh.restart_node("b")
+        await wait_for_async(lambda: len(app.received) >= 30, what="30 deliveries after the return")
+        assert [m["payload"] for m in app.received] == list(range(30))
+
+    run(test, tmp_path, ["checkout", "billing"])
+
+
+def test_retention_overflow_is_dead_lettered_and_reported(tmp_path: Path) -> None:
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub").start()
+        small = messaging_config(retention=MessagingRetention(age=Duration(3600), bytes=3000))
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)], messaging=small)
+        await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
+        a = mesh.nodes["a"]
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
+        await mesh.stop_node("b")
+        for i in range(40):
+            assert (await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": "p" * 100 + str(i)}))[0] == 202
+        store = a.messaging.store
+        assert store is not None and store.pending_bytes <= 3000
+        evicted = a.messaging.counters["dead_lettered:retention-bytes"]
+        assert evicted > 0 and evicted + store.pending == 40
+        listed = (await get(a.admin_url + "/deadletters?limit=1000"))["deadLetters"]
+        assert len(listed) == evicted and {d["reason"] for d in listed} == {"retention-bytes"}
+        await mesh.restart_node("b")
+        await wait_for_async(lambda: len(app.received) >= store.pending + 0 and store.pending == 0,
+                             what="rest delivered")
+        # what arrived is the newest part, in order, and together with the dead letters it is everything
+        payloads = [m["payload"] for m in app.received]
+        assert payloads == sorted(payloads, key=lambda p: int(p[100:]))
+        assert len(payloads) + evicted == 40
+
+    run(test, tmp_path, ["checkout", "billing"])
+
+
+def test_backpressure_answers_429_when_the_outbox_is_full(tmp_path: Path) -> None:
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub").start()
+        tight = messaging_config(queue=MessagingQueue(max_pending=10))
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)], messaging=tight)
+        await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
+        a = mesh.nodes["a"]
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
+        await mesh.stop_node("b")
+        statuses = [(await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": i})) for i in range(15)]
+        assert [s for s, _, _ in statuses[:10]] == [202] * 10
+        status, headers, body = statuses[10]
+        assert status == 429 and headers["x-sidecar-error"] == "RESOURCE_EXHAUSTED", body
+        assert a.messaging.counters["publish_rejected"] == 5
+
+    run(test, tmp_path, ["checkout", "billing"])
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+
+async def read_events(url: str, count: int, last_id: int | None = None, timeout: float = 10.0
+                      ) -> list[tuple[int, dict[str, Any]]]:
+    headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
+    events: list[tuple[int, dict[str, Any]]] = []
+    async with aiohttp.ClientSession() as session, session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+        event_id: int | None = None
+        async for line in response.content:
+            text = line.decode().rstrip("\n")
+            if text.startswith("id: "):
+                event_id = int(text[4:])
+            elif text.startswith("data: "):
+                assert event_id is not None
+                events.append((event_id, json.loads(text[6:])))
+                if len(events) >= count:
+                    break
+    return events
+
+
+def test_sse_stream_resumes_with_last_event_id(tmp_path: Path) -> None:
+    async def test(mesh: Mesh) -> None:
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("c", "watcher", [ServiceConfig(name="watcher", port=1)])
+        a, c = mesh.nodes["a"], mesh.nodes["c"]
+        reader = asyncio.create_task(read_events(c.api_url + "/v1/subscribe/news", 5))
+        await wait_for_async(lambda: ("news", "node:c") in a.messaging.book.wanted(), what="stream subscription at a")
+        for i in range(5):
+            assert (await post(a.api_url + "/v1/publish/news", {"type": "n", "payload": i}))[0] == 202
+        first = await reader
+        assert [e["payload"] for _, e in first] == list(range(5))
+        ids = [i for i, _ in first]
+        assert ids == sorted(ids) and len(set(ids)) == 5
+        # the reader left: so does c's stream subscription; more messages are published meanwhile, and wait at a
+        await wait_for_async(lambda: ("news", "node:c") not in a.messaging.book.wanted(), what="a forgets the reader")
+        for i in range(5, 10):
+            assert (await post(a.api_url + "/v1/publish/news", {"type": "n", "payload": i}))[0] == 202
+        # a reconnect from the 3rd event gets the rest: the log's, then what waited at a
+        resumed = await read_events(c.api_url + "/v1/subscribe/news", 7, last_id=ids[2])
+        assert [e["payload"] for _, e in resumed] == list(range(3, 10))
+        # a publish on the reader's own node reaches it too, without a network hop
+        # read on from the last event seen, so the publish is caught whether it lands before or after the
+        # reader's stream starts its tail
+        reader = asyncio.create_task(read_events(c.api_url + "/v1/subscribe/news", 1, last_id=resumed[-1][0]))
+        assert (await post(c.api_url + "/v1/publish/news", {"type": "n", "payload": "local"}))[0] == 202
+        assert [e["payload"] for _, e in await reader] == ["local"]
+
+    run(test, tmp_path, ["checkout", "watcher"])
+
+
+def test_internal_delivery_path_needs_the_inbound(tmp_path: Path) -> None:
+    """The receiver behind /.sidecar/ refuses anything that did not come through the mTLS inbound."""
+    async def test(mesh: Mesh) -> None:
+        node = await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        target = node.messaging._receiver_target
+        assert target is not None
+        host, port = target.address
+        status, headers, _ = await post(f"http://{host}:{port}/.sidecar/v1/deliver/t",
+                                        {"id": "x", "service": "s", "timestamp": 1, "type": "t", "payload": 1},
+                                        {"x-sidecar-internal": "guess"})
+        assert status == 401 and headers["x-sidecar-error"] == "UNAUTHENTICATED"
+
+    run(test, tmp_path, ["checkout"])
+
+
+@pytest.mark.parametrize("topic", ["bad topic", "-x", "a" * 201])
+def test_publish_refuses_bad_topics(tmp_path: Path, topic: str) -> None:
+    async def test(mesh: Mesh) -> None:
+        node = await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        status, headers, _ = await post(node.api_url + "/v1/publish/" + topic.replace(" ", "%20"),
+                                        {"type": "t", "payload": 1})
+        assert status == 400 and headers["x-sidecar-error"] == "INVALID_ARGUMENT"
+
+    run(test, tmp_path, ["checkout"])
