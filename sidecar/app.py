@@ -17,25 +17,23 @@ from sidecar import log as logs
 from sidecar import native
 from sidecar.admin.auth import exposure_warning
 from sidecar.admin.dashboard import Dashboard
+from sidecar.admin.facade import AdminFacade
 from sidecar.admin.server import build_admin, read_token
 from sidecar.api.server import build_api
 from sidecar.catalog.checks import CheckRunner
 from sidecar.catalog.mesh import MeshCatalog
-from sidecar.catalog.model import NodeInfo, group_json
+from sidecar.catalog.model import NodeInfo
 from sidecar.catalog.own import OwnListeners
-from sidecar.catalog.registry import LocalRegistry, default_id
+from sidecar.catalog.registry import LocalRegistry
 from sidecar.catalog.replication import CatalogReplication, encode_meta
 from sidecar.catalog.signing import ClaimVerifier
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.config.diff import Plan
-from sidecar.config.load import load, load_sent
+from sidecar.config.load import load
 from sidecar.config.model import Config
 from sidecar.config.values import HostPort
 from sidecar.dns.server import DnsListenFailed, DnsServer
-from sidecar.errors import ConfigError, FailedPrecondition, InvalidArgument, SidecarError
+from sidecar.errors import ConfigError, InvalidArgument, SidecarError
 from sidecar.events import EventBus
-from sidecar.gossip.errors import KeyringError
-from sidecar.gossip.keyring import fingerprint
 from sidecar.gossip.node import GossipNode
 from sidecar.gossip.rotator import KeyRotator
 from sidecar.lifecycle import WrappedApp
@@ -43,12 +41,12 @@ from sidecar.log import fields
 from sidecar.mesh.dataplane import DataPlane
 from sidecar.messaging.routes import admin_post_handlers, admin_read_routes, api_routes
 from sidecar.messaging.service import Messaging
+from sidecar.ops.apply import ConfigApplier
 from sidecar.ops.debug import debug_routes, watch_failures
 from sidecar.ops.demotion import Rules as DemotionRules
 from sidecar.ops.demotion import SelfDemotion
 from sidecar.ops.failures import FailedRequests
 from sidecar.ops.reload import Reloader
-from sidecar.ops.reload_canary import Counts
 from sidecar.overload import OverloadGuard, OverloadMonitor, raise_open_files_limit
 from sidecar.overload.metrics import OverloadCollector, overload_routes
 from sidecar.overload.monitor import malloc_trimmer, shrink_heap
@@ -95,10 +93,8 @@ def advertise_host(config: Config) -> str:
 class Sidecar:
     def __init__(self, config: Config, config_paths: list[str], clock: Clock = SYSTEM_CLOCK,
                  app_command: list[str] | None = None) -> None:
-        self.config = config
         self.app = WrappedApp(app_command, {}) if app_command else None
         self.exit_code = 0
-        self.config_paths = config_paths
         self.clock = clock
         self.bus = EventBus()
         self.bound: dict[str, HostPort] = {}
@@ -113,6 +109,33 @@ class Sidecar:
         self._sync_task: asyncio.Task[None] | None = None
         self.checks = CheckRunner(self.registry, clock)
         self.dns = DnsServer(config.dns, self.catalog.snapshot, clock)
+        self.store: IdentityStore | None = None
+        self.renewer: Renewer | None = None   # tls.issuer: the sidecar renews its own certificate
+        if config.tls is not None:
+            try:
+                self.store = IdentityStore.load(config.tls, clock=clock)
+                self.renewer = Renewer.from_config(config.tls, self.store, clock)
+            except CertificateError as e:
+                raise StartupError(f"tls: {e}", exit_code=2) from None
+        self._tls_watch: asyncio.Task[None] | None = None
+        self._renewal: asyncio.Task[None] | None = None
+        limits = config.overload
+        self.overload = OverloadGuard(limits.max_memory_bytes, float(limits.max_loop_lag), enabled=limits.enabled)
+        self.overload_monitor = OverloadMonitor(self.overload, float(limits.check_interval))
+        self.telemetry = Telemetry(config, clock)
+        self.failed = FailedRequests()   # recent failed or retried requests, for /debug/explain?request_id=
+        self.dataplane = self._build_dataplane(config)
+        self.messaging = Messaging(config, self.catalog, self.registry, clock, self.store)
+        if self.dataplane.inbound is not None:
+            self.dataplane.routes.internal = self.messaging.internal_route
+            if not self.messaging.scopes.open:
+                self.dataplane.routes.may_publish = self.messaging.scopes.may_publish
+        # holds the running configuration (self.config); the live half of POST /reload, SIGHUP, /config/rollback
+        self.applier = ConfigApplier(config, config_paths, own=self.own, registry=self.registry,
+                                     messaging=self.messaging, telemetry=self.telemetry,
+                                     dataplane=self.dataplane, shed=self._shed_by_guard,
+                                     listening=self._bound, closed=self._closed, clock=clock,
+                                     drain_grace=DRAIN_GRACE)
         self.gossip = GossipNode.from_config(config, meta=encode_meta(self._inbound_port()),
                                              local_state=lambda: self.replication.local_state(), clock=clock)
         # gossip.rotate_every: new keys each epoch, switched once every member holds them (None: rotation off)
@@ -120,36 +143,54 @@ class Sidecar:
                                                ready=lambda: self.in_mesh,
                                                clock=clock)
         self._rotation_task: asyncio.Task[None] | None = None
-        self.store: IdentityStore | None = None
-        self.dataplane: DataPlane | None = None
-        self.failed = FailedRequests()   # recent failed or retried requests, for /debug/explain?request_id=
-        self._tls_watch: asyncio.Task[None] | None = None
-        self.renewer: Renewer | None = None   # tls.issuer: the sidecar renews its own certificate
-        self._renewal: asyncio.Task[None] | None = None
         tuning = config.gossip.tuning()
         self.demotion = SelfDemotion(lambda: self.gossip.health_score if self.gossip.bound is not None else 0,
                                      self.registry.demote, self.bus, clock, DemotionRules.from_tuning(tuning),
                                      float(tuning.probe_interval))
         self._demotion_task: asyncio.Task[None] | None = None
-        self.replication = CatalogReplication(self.catalog, self.gossip, self.bus, lambda: int(clock.wall() * 1000))
-        self.messaging = Messaging(config, self.catalog, self.registry, clock)
-        self.replication.local_subscriptions = self.messaging.local_subscriptions
-        self.replication.subscription_listeners.append(self.messaging.on_remote_subscriptions)
-        self.messaging.on_local_change = self.replication.local_changed
+        # with tls, the catalog is stated as claims signed by each of our identities, and peers' claims are
+        # verified against tls.ca (sidecar.catalog.signing); a new certificate restates our claims
+        store = self.store
+        verifier = None if store is None else ClaimVerifier(store.trust_domain, config.node.cluster,
+                                                            lambda: store.material.cas, clock.wall)
+        self.replication = CatalogReplication(self.catalog, self.gossip, self.bus, lambda: int(clock.wall() * 1000),
+                                              identities=None if store is None else store.signing_identities,
+                                              verifier=verifier,
+                                              local_subscriptions=self.messaging.local_subscriptions,
+                                              subscription_listeners=[self.messaging.on_remote_subscriptions])
+        if store is not None:
+            store.on_any_rotation(self._restate_claims)
+        self.messaging.bind(self.replication.local_changed)   # the one cycle: each is told the other's changes
         self.sites: list[Site] = []
-        self.telemetry = Telemetry(config, clock)
         self.metrics = build_registry(self.telemetry, self._metric_sources)
-        limits = config.overload
-        self.overload = OverloadGuard(limits.max_memory_bytes, float(limits.max_loop_lag), enabled=limits.enabled)
-        self.overload_monitor = OverloadMonitor(self.overload, float(limits.check_interval))
         self.metrics.register(OverloadCollector(self.overload))
-        self.dashboard = Dashboard(self.telemetry, node=config.node.name, cluster=config.node.cluster,
-                                   members=self.members_json, catalog=self.catalog_json,
-                                   clusters=self.clusters_json)
         self.state = "starting"  # starting → ready → draining → stopped
         self.stop_requested = asyncio.Event()
-        self.reloader = Reloader(self, clock)   # POST /reload, SIGHUP, /config/history, /config/rollback
+        self.reloader = Reloader(self.applier, clock)   # POST /reload, SIGHUP, /config/history, /config/rollback
+        self.admin = AdminFacade(self, self.applier, self.reloader, gossip=self.gossip, rotation=self.rotation,
+                                 catalog=self.catalog, registry=self.registry, replication=self.replication,
+                                 demotion=self.demotion, dataplane=self.dataplane, bound=self.bound)
+        self.dashboard = Dashboard(self.telemetry, node=config.node.name, cluster=config.node.cluster,
+                                   members=self.admin.members_json, catalog=self.admin.catalog_json,
+                                   clusters=self.admin.clusters_json)
         self._hangups: set[asyncio.Task[None]] = set()
+
+    def _build_dataplane(self, config: Config) -> DataPlane:
+        limits = replace(DEFAULT_PROXY_LIMITS, max_connections=config.overload.max_connections_per_listener)
+        dataplane = DataPlane(config, self.catalog, self.registry, self.store, self.clock, limits=limits)
+        dataplane.request_listeners.append(self.telemetry.on_request)
+        watch_failures(dataplane, self.failed, self.clock)
+        proxies = [dataplane.outbound, *dataplane.upstreams.values()]
+        if dataplane.inbound is not None:
+            proxies.extend((dataplane.inbound.http, dataplane.inbound.tunnels))
+        for proxy in proxies:
+            self._shed_by_guard(proxy)
+        return dataplane
+
+    @property
+    def config(self) -> Config:
+        """The running configuration: the last one applied (``sidecar.ops.apply``)."""
+        return self.applier.config
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -171,9 +212,9 @@ class Sidecar:
         if self.overload.enabled:
             self.overload_monitor.start()
         extra = [*telemetry_routes(self.telemetry, self.metrics), *self.dashboard.routes(),
-                 *admin_read_routes(self.messaging), *debug_routes(lambda: self.dataplane, self.failed),
-                 *overload_routes(self.overload), *tls_routes(lambda: self.store, lambda: self.renewer)]
-        await self._start_site(Site("admin", build_admin(self, token, extra, admin_post_handlers(self.messaging)),
+                 *admin_read_routes(self.messaging), *debug_routes(self.dataplane, self.failed),
+                 *overload_routes(self.overload), *tls_routes(self.store, self.renewer)]
+        await self._start_site(Site("admin", build_admin(self.admin, token, extra, admin_post_handlers(self.messaging)),
                                     self.config.admin.listen))
         await self._start_site(Site("api", build_api(self.registry, self.catalog, self.bus, self.clock,
                                               [api_routes(self.messaging)], tokens["api"], self.own),
@@ -208,21 +249,6 @@ class Sidecar:
         self._bound(site.name, self.bound[site.name])
 
     async def _start_dataplane(self) -> None:
-        if self.config.tls is not None:
-            try:
-                self.store = IdentityStore.load(self.config.tls, clock=self.clock)
-                self.renewer = Renewer.from_config(self.config.tls, self.store, self.clock)
-            except CertificateError as e:
-                raise StartupError(f"tls: {e}", exit_code=2) from None
-        limits = replace(DEFAULT_PROXY_LIMITS, max_connections=self.config.overload.max_connections_per_listener)
-        self.dataplane = DataPlane(self.config, self.catalog, self.registry, self.store, self.clock, limits=limits)
-        self.dataplane.request_listeners.append(self.telemetry.on_request)
-        watch_failures(self.dataplane, self.failed, self.clock)
-        proxies = [self.dataplane.outbound, *self.dataplane.upstreams.values()]
-        if self.dataplane.inbound is not None:
-            proxies.extend((self.dataplane.inbound.http, self.dataplane.inbound.tunnels))
-        for proxy in proxies:
-            self._shed_by_guard(proxy)
         try:
             bound = await self.dataplane.start()
         except OSError as e:
@@ -230,18 +256,9 @@ class Sidecar:
         for name, address in bound.items():
             self._bound(name, address)
         if self.store is not None:
-            self._sign_claims(self.store)
             self._tls_watch = asyncio.create_task(self.store.watch(), name="tls-watch")
         if self.renewer is not None:
             self._renewal = asyncio.create_task(self.renewer.run(), name="tls-renewal")
-
-    def _sign_claims(self, store: IdentityStore) -> None:
-        """The catalog is stated as claims signed by each of our identities, and peers' claims are verified
-        against tls.ca (sidecar.catalog.signing); a new certificate restates our claims."""
-        self.replication.identities = store.signing_identities
-        self.replication.verifier = ClaimVerifier(store.trust_domain, self.config.node.cluster,
-                                                  lambda: store.material.cas, self.clock.wall)
-        store.on_any_rotation(self._restate_claims)
 
     def _restate_claims(self) -> None:
         # before gossip starts there is no one to tell; starting it states our claims with the current certificates
@@ -249,12 +266,6 @@ class Sidecar:
             self.replication.local_changed()
 
     async def _start_messaging(self) -> None:
-        assert self.dataplane is not None
-        self.messaging.identity = self.store
-        if self.dataplane.inbound is not None:
-            self.dataplane.routes.internal = self.messaging.internal_route
-            if not self.messaging.scopes.open:
-                self.dataplane.routes.may_publish = self.messaging.scopes.may_publish
         try:
             await self.messaging.start(self.bound["outbound"])
         except (OSError, sqlite3.Error) as e:
@@ -308,6 +319,10 @@ class Sidecar:
         self.bound[name] = address
         log.info("listening", extra=fields(listener=name, address=str(address)))
 
+    def _closed(self, name: str) -> None:
+        self.bound.pop(name, None)
+        log.info("listener closed", extra=fields(listener=name))
+
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT (or POST /leave), then drain and stop within the deadline."""
         loop = asyncio.get_running_loop()
@@ -327,8 +342,8 @@ class Sidecar:
 
     async def _run_app(self, app: WrappedApp) -> None:
         stop = asyncio.create_task(self.stop_requested.wait())
-        while not self.readiness()[0] and not stop.done():
-            log.debug("holding the app until the sidecar is ready", extra=fields(reason=self.readiness()[1]))
+        while not self.admin.readiness()[0] and not stop.done():
+            log.debug("holding the app until the sidecar is ready", extra=fields(reason=self.admin.readiness()[1]))
             await asyncio.wait({stop}, timeout=0.1)
         if stop.done():
             return
@@ -364,8 +379,7 @@ class Sidecar:
 
     async def _stop_in_order(self) -> None:
         # inbound first so peers fail over; then the app, while its outbound calls still go out; then the rest
-        if self.dataplane is not None:
-            await self.dataplane.stop_inbound(DRAIN_GRACE)
+        await self.dataplane.stop_inbound(DRAIN_GRACE)
         if self.app is not None:
             await self.app.stop(APP_STOP_GRACE)
         await self._stop_parts()
@@ -375,9 +389,7 @@ class Sidecar:
         self.bus.close_all()  # ends event streams, so listeners close without waiting on them
         await self.messaging.stop()  # ends SSE streams; in-flight deliveries are redelivered after a restart
         self.dashboard.close()
-        if self.dataplane is not None:
-            # listeners close, requests in flight get DRAIN_GRACE to finish
-            await self.dataplane.stop(DRAIN_GRACE)
+        await self.dataplane.stop(DRAIN_GRACE)   # listeners close, requests in flight get DRAIN_GRACE to finish
         await self.telemetry.stop()   # after the last request: its span is flushed
         self.overload_monitor.stop()
         if self._tls_watch is not None:
@@ -407,73 +419,13 @@ class Sidecar:
 
     def _metric_sources(self) -> Sources:
         return Sources(dataplane=self.dataplane, gossip=self.gossip, dns=self.dns, identity=self.store,
-                       messaging=getattr(self, "messaging", None), catalog=self.catalog,
-                       renewal=self.renewer, replication=getattr(self, "replication", None))
+                       messaging=self.messaging, catalog=self.catalog,
+                       renewal=self.renewer, replication=self.replication)
 
     def _now(self) -> tuple[float, int]:
         return self.clock.monotonic(), int(self.clock.wall() * 1000)
 
-    # ------------------------------------------------------------------------- admin port (Process)
-
-    def readiness(self) -> tuple[bool, str]:
-        if self.state != "ready":
-            return False, self.state
-        if not self.in_mesh:
-            return False, "joining the mesh"
-        problem = self.gossip.problem
-        if problem is not None:
-            return False, f"gossip: {problem}"
-        return True, "listening"
-
-    def warnings(self) -> list[str]:
-        gossip = self.gossip.exposure_warning()
-        return [gossip] if gossip is not None else []
-
-    def listener_addresses(self) -> dict[str, str]:
-        return {name: str(address) for name, address in self.bound.items()}
-
-    def members_json(self) -> list[dict[str, Any]]:
-        return [m.to_json() for m in sorted(self.gossip.members(), key=lambda m: m.name)]
-
-    def catalog_json(self) -> dict[str, list[dict[str, Any]]]:
-        return group_json(self.catalog.snapshot().instances)
-
-    def services_json(self) -> list[dict[str, Any]]:
-        return [i.to_json() for i in self.registry.instances()]
-
-    def clusters_json(self) -> dict[str, Any]:
-        return self.dataplane.clusters_json() if self.dataplane is not None else {}
-
-    def gossip_json(self) -> dict[str, Any]:
-        address = self.gossip.address
-        return {"node": self.config.node.name, "cluster": self.config.node.cluster,
-                "address": str(address) if address else None, "joined": self.gossip.joined,
-                "incarnation": self.gossip.incarnation if self.gossip.bound else 0,
-                "encrypted": bool(self.config.gossip.encrypt_keys), "counters": self.gossip.counters(),
-                "refused": {k.removeprefix("refused_"): v for k, v in self.gossip.counters().items()
-                            if k.startswith("refused_")},
-                "catalogDecodeErrors": self.replication.decode_errors,
-                "catalogClaimsRefused": dict(self.replication.refused), "selfDemotion": self.demotion.status()}
-
-    def keys_json(self) -> dict[str, Any]:
-        try:
-            keys = self.gossip.list_keys()
-        except KeyringError as e:
-            raise InvalidArgument(str(e)) from None
-        return {"primary": fingerprint(keys[0]) if keys else None, "keys": [fingerprint(k) for k in keys],
-                "rotation": self.rotation.status() if self.rotation is not None else None}
-
-    def key_action(self, action: str, key: str) -> dict[str, Any]:
-        """install, use (make primary) or remove a gossip key; keys are shown only by fingerprint."""
-        operations = {"install": self.gossip.install_key, "use": self.gossip.use_key, "remove": self.gossip.remove_key}
-        try:
-            operations[action](key)
-        except KeyringError as e:
-            raise InvalidArgument(str(e), {"key": fingerprint(key)}) from None
-        log.info("gossip keyring changed", extra=fields(action=action, key=fingerprint(key)))
-        if self.rotation is not None:
-            self.rotation.wake()  # advertise the new keyring
-        return self.keys_json()
+    # ------------------------------------------------------------------- lifecycle (admin.facade.Lifecycle)
 
     async def drain(self) -> dict[str, Any]:
         if self.state in ("draining", "stopped"):
@@ -488,71 +440,6 @@ class Sidecar:
         self.stop_requested.set()
         return {**result, "leaving": True}
 
-    # ------------------------------------------------------------------ reload (sidecar.ops.reload's Process)
-
-    async def reload(self, *, dry_run: bool = False, text: str | None = None,
-                     canary: float | None = None) -> dict[str, Any]:
-        """POST /reload and SIGHUP: a config transaction (``sidecar.ops.reload``)."""
-        if not dry_run:   # starting: parts are still being built from the config
-            self._require_ready("reloaded")
-        return await self.reloader.reload(dry_run=dry_run, text=text, canary=canary)
-
-    async def rollback(self, version: int) -> dict[str, Any]:
-        self._require_ready("rolled back")
-        return await self.reloader.rollback(version)
-
-    def _require_ready(self, done: str) -> None:
-        if self.state != "ready":
-            raise FailedPrecondition(f"the sidecar is {self.state}: the configuration is {done} only while ready",
-                                     {"state": self.state})
-
-    def config_history(self) -> dict[str, Any]:
-        return self.reloader.history_json()
-
-    def read_config(self, text: str | None = None) -> Config:
-        return load(self.config_paths) if text is None else load_sent(text, "the request body")
-
-    def request_counts(self) -> Counts:
-        return Counts(*self.telemetry.request_counts())
-
-    def recent_counts(self, seconds: float) -> Counts:
-        return Counts(*self.telemetry.recent_counts(seconds))
-
-    async def apply_config(self, new: Config, plan: Plan) -> tuple[str, ...]:
-        """Apply the plan's live parts, each through the part that owns it. Upstream listeners come first: the
-        one step that can fail (a port in use) fails before anything changed. The rest swap references."""
-        parts = plan.parts
-        if "services" in parts:
-            for i, spec in enumerate(new.services):
-                await self.own.check(spec, f"services[{i}].")
-        dataplane = self.dataplane
-        if "upstreams" in parts and dataplane is not None:
-            try:
-                change = await dataplane.set_upstreams(new.upstreams, DRAIN_GRACE, self._shed_by_guard)
-            except OSError as e:
-                raise FailedPrecondition(f"{e.strerror}; nothing changed", {"part": "upstreams"}) from None
-            for key in change.closed:
-                self.bound.pop(key, None)
-                log.info("listener closed", extra=fields(listener=key))
-            for key, address in change.opened.items():
-                self._bound(key, address)
-        if dataplane is not None:
-            dataplane.reconfigure(new)            # policies, authorization, trace sample ratio
-        if "services" in parts:
-            self._reload_services(new)
-        try:
-            await self.messaging.reconfigure(new)   # topic scopes; subscriptions (by default the first service's)
-        except Exception:   # the store could not be read: the rest of the reload stands, this part is logged
-            log.exception("subscriptions not reloaded")
-        if dataplane is not None and dataplane.inbound is not None:
-            scopes = self.messaging.scopes
-            dataplane.routes.may_publish = None if scopes.open else scopes.may_publish
-        await self.telemetry.reconfigure(new)     # tracing, access log
-        if "logging" in parts:
-            logs.configure(new.logging.level, new.logging.format)
-        self.config = new
-        return parts
-
     def _shed_by_guard(self, proxy: HttpProxy | TcpRelay) -> None:
         proxy.overload = self._shedding()   # HTTP answers 503; a TCP relay closes new connections
 
@@ -564,7 +451,7 @@ class Sidecar:
 
     async def _hangup_reload(self) -> None:
         try:
-            result = await self.reload()
+            result = await self.admin.reload()
         except SidecarError as e:   # logged with its reasons by the reloader; the old configuration serves on
             log.warning("SIGHUP reload not applied", extra=fields(code=e.code.name, reason=e.message))
         except Exception:
@@ -573,21 +460,10 @@ class Sidecar:
             log.info("SIGHUP reload done", extra=fields(version=result.get("version"),
                                                         applied=",".join(result.get("applied", [])) or "nothing"))
 
-    def _reload_services(self, new: Config) -> None:
-        now, now_ms = self._now()
-        wanted = {spec.id or default_id(spec, new.node.name): spec for spec in new.services}
-        for service_id, entry in list(self.registry.services.items()):
-            if entry.source == "config" and service_id not in wanted:
-                self.registry.deregister(service_id, "removed from the configuration", now_ms)
-        for service_id, spec in wanted.items():
-            held = self.registry.services.get(service_id)
-            if held is None or held.spec != spec:
-                self.registry.register(spec, "config", now, now_ms)
-
 
 async def serve(config: Config, config_paths: list[str], app_command: list[str] | None = None) -> int:
-    sidecar = Sidecar(config, config_paths, app_command=app_command)
     try:
+        sidecar = Sidecar(config, config_paths, app_command=app_command)
         await sidecar.run()
     except StartupError as e:
         log.error(str(e))

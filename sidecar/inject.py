@@ -1,7 +1,7 @@
 """``sidecar inject``: add the sidecar to Kubernetes workload manifests, as ``linkerd inject`` does.
 
 Pure: manifest documents in (parsed YAML), documents out, and one line per workload saying what was done;
-no I/O. ``sidecar.inject_cli`` reads the files and prints.
+no I/O. ``sidecar.cli.inject`` reads the files and prints.
 
 For each Deployment, StatefulSet, DaemonSet, Job and CronJob (whose pod template is under
 ``spec.jobTemplate.spec.template``), and for the items of a ``List``:

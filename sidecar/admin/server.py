@@ -24,9 +24,10 @@ log = logging.getLogger("sidecar.admin")
 
 
 class Process(Protocol):
-    """What the admin port needs from the running sidecar (``sidecar.app.Sidecar``)."""
+    """What the admin port needs from the running sidecar (``sidecar.admin.facade.AdminFacade``)."""
 
-    config: Config
+    @property
+    def config(self) -> Config: ...
 
     def readiness(self) -> tuple[bool, str]: ...
     def listener_addresses(self) -> dict[str, str]: ...

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -87,10 +87,13 @@ _EVENT_NAMES = {MemberJoined: "member-joined", MemberUpdated: "member-updated", 
 
 class CatalogReplication:
     """``identities``: this node's signing identities (None: no tls, unsigned claims); ``verifier``: how peers'
-    claims are checked (None: kept unchecked, for a node without tls)."""
+    claims are checked (None: kept unchecked, for a node without tls). Messaging's subscriptions ride on the
+    claims: ``local_subscriptions`` gives this node's, each of ``subscription_listeners`` is told peers'."""
 
     def __init__(self, catalog: MeshCatalog, gossip: Gossip, bus: EventBus, now_ms: Callable[[], int], *,
-                 identities: Identities | None = None, verifier: ClaimVerifier | None = None) -> None:
+                 identities: Identities | None = None, verifier: ClaimVerifier | None = None,
+                 local_subscriptions: Callable[[], tuple[Subscription, ...]] = lambda: (),
+                 subscription_listeners: Iterable[Callable[[str, tuple[Subscription, ...]], None]] = ()) -> None:
         self.catalog = catalog
         self.gossip = gossip
         self.bus = bus
@@ -109,8 +112,13 @@ class CatalogReplication:
         self._warned: dict[str, int] = {}                  # reason -> when a refusal was last logged as a warning
         # messaging: this node's subscriptions go out with its claims; peers' come in through the listeners,
         # called (node, subscriptions) when newer claims are applied and (node, ()) when the node is gone
-        self.local_subscriptions: Callable[[], tuple[Subscription, ...]] = lambda: ()
-        self.subscription_listeners: list[Callable[[str, tuple[Subscription, ...]], None]] = []
+        self.local_subscriptions = local_subscriptions
+        self.subscription_listeners = list(subscription_listeners)
+
+    def sign_with(self, identities: Identities, verifier: ClaimVerifier) -> None:
+        """Sign our claims and verify peers' from now on: the identities exist once tls is loaded, at start."""
+        self.identities = identities
+        self.verifier = verifier
 
     # ---------------------------------------------------------------------------------------- outgoing
 

@@ -147,7 +147,7 @@ class Messaging:
         # SSE readers on this node: topic → service → open streams; the node's stream subscription to a topic lives
         # while it has readers
         self.readers: dict[str, Counter[str]] = {}
-        # told after a change of this node's subscriptions (wire: replication.local_changed, to gossip them)
+        # told after a change of this node's subscriptions (replication.local_changed, to gossip them): see bind
         self.on_local_change: Callable[[], None] | None = None
         self.store: Store | None = None
         self.writer: Writer | None = None
@@ -167,6 +167,11 @@ class Messaging:
         self._node_proofs: dict[tuple[str, str, int], tuple[str, float]] = {}  # (node, host, port) → (service, when)
         self._closing = asyncio.Event()
         self.started = False
+
+    def bind(self, on_local_change: Callable[[], None]) -> None:
+        """Whom to tell after this node's subscriptions change. Bound after construction because of a cycle: the
+        catalog replication that gossips the subscriptions is built with this object's ``local_subscriptions``."""
+        self.on_local_change = on_local_change
 
     # ------------------------------------------------------------------------------------ lifecycle
 

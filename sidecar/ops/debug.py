@@ -3,7 +3,7 @@
 
     failed = FailedRequests()
     watch_failures(dataplane, failed, clock)                           # after the DataPlane is built
-    extra_routes += debug_routes(lambda: dataplane, failed)            # admin port
+    extra_routes += debug_routes(dataplane, failed)                    # admin port
 
 ``GET /debug/explain?service=NAME&path=/x&method=GET[&caller=SERVICE]``: the decision a request would meet
 (:mod:`sidecar.ops.explain`). ``GET /debug/explain?request_id=ID``: what happened on each try of a recent
@@ -13,12 +13,12 @@ failed request. ``GET /debug/failures?limit=N``: the recent failed requests, new
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from aiohttp import web
 
 from sidecar.clock import Clock
-from sidecar.errors import InvalidArgument, NotFound, Unavailable
+from sidecar.errors import InvalidArgument, NotFound
 from sidecar.mesh.dataplane import DataPlane
 from sidecar.ops.explain import Explanation, Facts, Question, explain
 from sidecar.ops.failures import Attempt, FailedRequests
@@ -54,7 +54,7 @@ def watch_failures(dataplane: DataPlane, ring: FailedRequests, clock: Clock) -> 
     dataplane.failure_listeners.append(on_failed)
 
 
-def debug_routes(dataplane: Callable[[], DataPlane | None], ring: FailedRequests) -> list[web.RouteDef]:
+def debug_routes(dataplane: DataPlane, ring: FailedRequests) -> list[web.RouteDef]:
     async def explain_route(request: web.Request) -> web.Response:
         query = request.query
         request_id = query.get("request_id")
@@ -69,14 +69,11 @@ def debug_routes(dataplane: Callable[[], DataPlane | None], ring: FailedRequests
         if not service:
             raise InvalidArgument("the service query parameter is required, e.g. "
                                   "/debug/explain?service=echo&path=/x&method=GET, or request_id=ID")
-        plane = dataplane()
-        if plane is None:
-            raise Unavailable("the data plane has not started yet")
         path = query.get("path", "/")
         if not path.startswith("/"):
             raise InvalidArgument("path must start with '/'", {"path": path})
         question = Question(service, query.get("method", "GET").upper(), path, query.get("caller") or None)
-        return json_response(explain_now(plane, question).to_json())
+        return json_response(explain_now(dataplane, question).to_json())
 
     async def failures_route(request: web.Request) -> web.Response:
         raw = request.query.get("limit", "50")

@@ -31,8 +31,8 @@ from sidecar.mesh.authorization import Authorizer
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
 from sidecar.proxy.paths import InvalidPath, normalize_target
+from sidecar.resilience.destination import Destination, Host
 from sidecar.resilience.outlier import HostState
-from sidecar.resilience.policy import Destination, Host
 from sidecar.tls.identity import PeerIdentity
 
 OK = "ok"          # this step lets the request through

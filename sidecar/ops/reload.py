@@ -14,8 +14,8 @@ applied as a whole or refused as a whole: one change that needs a restart (a lis
 gossip or TLS settings...) refuses the reload with the reason for each such change, and nothing is applied.
 Envoy refuses a listener update that changes the address in the same way; a half-applied file would leave the
 running process matching neither the old file nor the new one. The live parts are applied by the process
-(:meth:`Process.apply_config`), which opens new listeners first so that the one step that can fail (a port in
-use) fails before anything changed.
+(:meth:`Process.apply_config`: :mod:`sidecar.ops.apply`), which opens new listeners first so that the one step
+that can fail (a port in use) fails before anything changed.
 
 Applied reloads become versions (:mod:`.reload_history`). With a canary window (``reload.canary_window`` or
 ``?canary=30s``) the error ratio after the reload is compared, at intervals, with the ratio over the same length
@@ -44,7 +44,7 @@ log = logging.getLogger("sidecar.reload")
 
 
 class Process(Protocol):
-    """What the reloader needs from the running sidecar (``sidecar.app.Sidecar``)."""
+    """What the reloader needs from the running sidecar (``sidecar.ops.apply.ConfigApplier``)."""
 
     config: Config
 

@@ -135,7 +135,7 @@ class Retry:
 
 
 class RetryPolicy(Protocol):
-    """Decides, after an attempt failed, whether to try again (``sidecar.resilience.policy.Call`` implements it).
+    """Decides, after an attempt failed, whether to try again (``sidecar.resilience.retry.Call`` implements it).
 
     It is asked only when the request can be replayed, and only for failures before any response byte
     was relayed: connect failures, resets, timeouts, protocol errors, or a response head whose status is

@@ -3,9 +3,12 @@ caps, outlier ejection and load balancing; one small pure core per concern, comp
 
 Keep apart the three things called "circuit breaking" (Envoy's vocabulary): resource caps (:mod:`.breaker`),
 outlier ejection (:mod:`.outlier`), and the router's own timeouts and retries (:mod:`.deadline`,
-:mod:`.backoff`, :mod:`.budget`, :class:`.policy.Call`). :mod:`.balancer` picks among the hosts left.
+:mod:`.backoff`, :mod:`.budget`, :class:`.retry.Call`). :mod:`.balancer` picks among the hosts left.
 """
 
-from sidecar.resilience.policy import Call, Destination, Peers, Resilience, RetryOn, RetryRules
+from sidecar.resilience.destination import Destination
+from sidecar.resilience.policy import Resilience
+from sidecar.resilience.retry import Call, Peers
+from sidecar.resilience.rules import RetryOn, RetryRules
 
 __all__ = ["Call", "Destination", "Peers", "Resilience", "RetryOn", "RetryRules"]

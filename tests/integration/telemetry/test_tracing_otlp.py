@@ -41,8 +41,9 @@ def test_two_hops_make_client_and_server_spans_in_the_callers_trace(pair: Pair) 
     assert server.attributes["url.query"] == "limit=5"
     assert server.attributes["http.response.status_code"] == 200
     assert "error.type" not in client.attributes and "error.type" not in server.attributes
-    # the server hop is inside the client hop (both clocks are this machine's)
-    assert client.start <= server.start <= server.end <= client.end + 2_000_000
+    # the server hop starts inside the client hop (both clocks are this machine's). Its end is stamped after the
+    # callee's last write, which the caller may read, and end its own span on, first: no order holds for the ends
+    assert client.start <= server.start <= server.end and server.start <= client.end
     assert client.end > client.start
 
 

@@ -19,7 +19,7 @@ from sidecar.config.model import (
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import endpoint_set
 from sidecar.ops.explain import OK, REFUSE, WARN, Explanation, Facts, Question, explain, render_text
-from sidecar.resilience.policy import Destination
+from sidecar.resilience.destination import Destination
 from sidecar.tls.identity import PeerIdentity
 
 NOW = 1000.0          # the loop clock

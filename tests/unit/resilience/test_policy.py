@@ -27,7 +27,7 @@ from sidecar.proxy import AttemptRecord, AttemptTimeout, ConnectFailure, Request
 from sidecar.proxy.failures import UpstreamFailure
 from sidecar.proxy.http1 import Headers
 from sidecar.resilience import Call, Resilience, RetryOn
-from sidecar.resilience.policy import read_request_headers
+from sidecar.resilience.rules import read_request_headers
 
 PAY = ServiceName("pay")
 H, D = HealthStatus.HEALTHY, HealthStatus.DEGRADED

@@ -1,12 +1,15 @@
-"""Terminal tables of the admin views (``sidecar members|catalog|clusters``), with rich."""
+"""``sidecar members|catalog|clusters``: an admin view, as a terminal table (with rich) or as its JSON."""
 
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from sidecar.cli.admin import fetch_json
 
 _STATE_STYLE = {"alive": "green", "healthy": "green", "suspect": "yellow", "degraded": "yellow",
                 "dead": "red", "unhealthy": "red", "left": "dim", "closed": "green", "open": "red",
@@ -120,3 +123,12 @@ def render_view(view: str, data: Any, console: Console | None = None) -> None:
         console.print(catalog_table(data))
     else:
         console.print(clusters_table(data))
+
+
+def show_view(view: str, admin: str, as_json: bool, token: str | None = None) -> int:
+    data = fetch_json(admin.rstrip("/") + "/" + view, token)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        render_view(view, data)
+    return 0

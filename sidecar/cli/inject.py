@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from sidecar.cli.errors import UsageError
 from sidecar.inject import DEFAULT_IMAGE, DEFAULT_JOIN, InjectError, InjectOptions, inject
 
 
@@ -37,7 +38,6 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sidecar.cli import UsageError
     options = InjectOptions(image=args.image, native=args.native, service=args.service,
                             join=tuple(args.join) if args.join else (DEFAULT_JOIN,),
                             cluster=args.cluster, trust_domain=args.trust_domain)

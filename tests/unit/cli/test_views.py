@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from sidecar.views import breaker_text, clusters_table
+from sidecar.cli.views import breaker_text, clusters_table
 
 
 def cap(state: str = "closed") -> dict[str, object]:

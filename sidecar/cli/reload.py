@@ -23,12 +23,11 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
-DEFAULT_ADMIN = "http://127.0.0.1:9901"
+from sidecar.cli.admin import AdminError, add_admin_argument, add_token_argument, read_token_file, request_json
+from sidecar.cli.errors import CommandFailed, UsageError
 
 
 def add_parser(commands: Any) -> None:
@@ -43,9 +42,7 @@ def add_parser(commands: Any) -> None:
     reload.add_argument("--history", action="store_true", help="list the configuration versions")
     reload.add_argument("--rollback", type=int, default=None, metavar="VERSION",
                         help="apply the configuration of an earlier version")
-    reload.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN),
-                        help=f"admin URL (default {DEFAULT_ADMIN}, or $SIDECAR_ADMIN)")
-    from sidecar.cli import add_token_argument
+    add_admin_argument(reload)
     add_token_argument(reload)
     reload.add_argument("--json", action="store_true", help="print the JSON answer instead of text")
 
@@ -60,7 +57,6 @@ class _Refused(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sidecar.cli import UsageError, read_token_file
     if args.files and not args.dry_run:
         raise UsageError("FILE is only read with --dry-run; a reload makes the sidecar read its own files")
     if sum(bool(x) for x in (args.dry_run, args.history, args.rollback is not None)) > 1:
@@ -82,23 +78,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _call(method: str, url: str, body: bytes | None, token: str | None) -> Any:
-    from sidecar.cli import CommandFailed
-    headers = {"Content-Type": "application/yaml"} if body is not None else {}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=body if body is not None else (b"" if method == "POST" else None),
-                                     method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as e:
+        return request_json(method, url, body, token, timeout=30)
+    except AdminError as e:
         try:
-            error = json.loads(e.read())["error"]
+            error = json.loads(e.body)["error"]
         except (ValueError, KeyError, TypeError):
-            raise CommandFailed(f"{url} answered {e.code}: {e.reason}") from None
-        raise _Refused(e.code, error) from None
-    except urllib.error.URLError as e:
-        raise CommandFailed(f"cannot reach the admin port at {url}: {e.reason}") from None
+            raise CommandFailed(f"{url} answered {e.status}: {e.reason}") from None
+        raise _Refused(e.status, error) from None
 
 
 def _dry_run(admin: str, files: list[str], token: str | None, as_json: bool) -> int:

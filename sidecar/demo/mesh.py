@@ -1,6 +1,6 @@
 """`sidecar demo`: a local mesh in one command, in a temporary folder that is removed afterwards.
 
-Four sidecars, each beside a small demo service (``sidecar.demoapp``), with a fresh CA and one certificate per
+Four sidecars, each beside a small demo service (``sidecar.demo.app``), with a fresh CA and one certificate per
 service, joined by gossip:
 
     node-checkout   checkout          the demo drives it: calls payment-service and inventory through its
@@ -130,7 +130,7 @@ class Demo:
     def add_node(self, spec: NodeSpec, ca_dir: Path, seed: str | None) -> DemoNode:
         app_port, admin, api = _free_port(), _free_port(), _free_port()
         gossip = _free_port()
-        self.spawn(["-m", "sidecar.demoapp", "--name", spec.service, "--port", str(app_port), *spec.app_args],
+        self.spawn(["-m", "sidecar.demo.app", "--name", spec.service, "--port", str(app_port), *spec.app_args],
                    f"{spec.node}-app")
         certs = issue(spec.service, ca_dir, "24h", out_directory=self.root / spec.node / "certs")
         config: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""The command line: ``sidecar run|validate|certs|keys|members|catalog|clusters|explain|reload|inject|demo``.
+"""The parser of ``sidecar``'s command line, the dispatch to each command, and the commands of a few lines.
 
 Exit codes: 0 success, 2 bad usage or bad config, 1 failure at run time. Errors are one line each on
 stderr, never a traceback.
@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
 
 from sidecar import __version__
+from sidecar.cli import explain, inject, reload
+from sidecar.cli.admin import add_admin_argument, add_token_argument, read_token_file
+from sidecar.cli.errors import CommandFailed, UsageError
 
 DEFAULT_CONFIG = "config/sidecar.yaml"
-DEFAULT_ADMIN = "http://127.0.0.1:9901"
-
-
-class UsageError(Exception):
-    """Bad usage: exit 2."""
-
-
-class CommandFailed(Exception):
-    """The command could not do its job (e.g. the admin port is unreachable): exit 1, message only."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run APP once the sidecar is ready; stop it first on SIGTERM; exit with its code")
 
     wait = commands.add_parser("wait-ready", help="wait until the sidecar's /ready answers 200 (for app start-up)")
-    wait.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN),
-                      help=f"admin URL (default {DEFAULT_ADMIN}, or $SIDECAR_ADMIN)")
+    add_admin_argument(wait)
     wait.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
 
     validate = commands.add_parser("validate", help="check config files; exit 0 if valid, else 2")
@@ -66,15 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("members", "gossip members"), ("catalog", "the service catalog"),
                        ("clusters", "upstream clusters: endpoints, health, ejection, breakers")):
         view = commands.add_parser(name, help=f"show {what} as a table")
-        view.add_argument("--admin", default=os.environ.get("SIDECAR_ADMIN", DEFAULT_ADMIN),
-                          help=f"admin URL (default {DEFAULT_ADMIN}, or $SIDECAR_ADMIN)")
+        add_admin_argument(view)
         view.add_argument("--json", action="store_true", help="print the JSON instead of a table")
         add_token_argument(view)
 
-    from sidecar.ops import commands as ops_commands
-    ops_commands.add_parsers(commands)
-    from sidecar import inject_cli
-    inject_cli.add_parser(commands)
+    explain.add_parser(commands)
+    reload.add_parser(commands)
+    inject.add_parser(commands)
 
     demo = commands.add_parser("demo", help="a complete local mesh with live traffic; Ctrl-C stops it")
     demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
@@ -117,15 +106,16 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "certs":
         return certs(args)
     if args.command in ("members", "catalog", "clusters"):
+        from sidecar.cli.views import show_view  # rich, only for the tables
         return show_view(args.command, args.admin, args.json, read_token_file(args.token_file))
-    from sidecar.ops import commands as ops_commands
-    if args.command in ops_commands.COMMANDS:   # explain, reload
-        return ops_commands.run(args)
+    if args.command == "explain":
+        return explain.run(args)
+    if args.command == "reload":
+        return reload.run(args)
     if args.command == "inject":
-        from sidecar import inject_cli
-        return inject_cli.run(args)
+        return inject.run(args)
     if args.command == "demo":
-        from sidecar.demo import run_demo
+        from sidecar.demo.mesh import run_demo
         return run_demo(args.duration)
     raise UsageError(f"unknown command {args.command!r}")
 
@@ -167,46 +157,3 @@ def certs(args: argparse.Namespace) -> int:
     if args.certs_command == "init":
         return tls_certs.cmd_certs_init(args.dir, args.trust_domain)
     return tls_certs.cmd_certs_issue(args.service, args.dir, args.ttl)
-
-
-def add_token_argument(parser: argparse.ArgumentParser) -> None:
-    """``--token-file``: the admin token, for a sidecar with admin.token_file set."""
-    parser.add_argument("--token-file", default=os.environ.get("SIDECAR_ADMIN_TOKEN_FILE"), metavar="FILE",
-                        help="the admin token (admin.token_file), or $SIDECAR_ADMIN_TOKEN_FILE")
-
-
-def read_token_file(path: str | None) -> str | None:
-    """The token in ``path`` (``--token-file``) without surrounding whitespace; None without a path."""
-    if path is None:
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip() or None
-    except OSError as e:
-        raise UsageError(f"--token-file {path}: {e.strerror}") from None
-
-
-def fetch_json(url: str, token: str | None = None) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = e.reason
-        hint = "; pass the admin token with --token-file or $SIDECAR_ADMIN_TOKEN_FILE" if e.code == 401 else ""
-        raise CommandFailed(f"{url} answered {e.code}: {message}{hint}") from None
-    except urllib.error.URLError as e:
-        raise CommandFailed(f"cannot reach the admin port at {url}: {e.reason}") from None
-
-
-def show_view(view: str, admin: str, as_json: bool, token: str | None = None) -> int:
-    from sidecar.views import render_view
-    data = fetch_json(admin.rstrip("/") + "/" + view, token)
-    if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        render_view(view, data)
-    return 0

@@ -1,4 +1,4 @@
-"""Small demo services for `sidecar demo`. Run as ``python -m sidecar.demoapp --name payment-service --port 3000``.
+"""Small demo services for `sidecar demo`. Run as ``python -m sidecar.demo.app --name payment-service --port 3000``.
 
 Every instance answers any path with a JSON echo, receives ServiceMessages at /messages and published events at
 /events/{topic}. Faults are opt-in, so the demo can show retries, outlier ejection and health turning:

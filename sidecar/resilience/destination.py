@@ -1,0 +1,244 @@
+"""One destination service's state, shared by every request to it: the resource caps and the queue for a
+connection slot (:mod:`.breaker`), the retry budget (:mod:`.budget`), the outlier records (:mod:`.outlier`), the
+balancer (:mod:`.balancer`), and the hosts with their load; and the endpoint pick over them.
+
+Times are the event loop's clock, passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import Any
+
+from sidecar.config.model import PolicyConfig
+from sidecar.errors import DeadlineExceeded, ResourceExhausted
+from sidecar.mesh.naming import ServiceName
+from sidecar.mesh.router import Endpoint, EndpointSet
+from sidecar.proxy import AttemptRecord
+from sidecar.resilience.balancer import Load, make_balancer
+from sidecar.resilience.breaker import Admission, Breaker, Cap, Limits
+from sidecar.resilience.budget import RetryBudget
+from sidecar.resilience.outlier import Ejected, EjectionRefused, OutlierDetector, Rules
+from sidecar.resilience.rules import GATEWAY_ERRORS, RetryRules
+
+log = logging.getLogger("sidecar.resilience")
+
+
+HostKey = tuple[str, tuple[str, int]]   # (instance id, inbound address)
+
+
+class Host:
+    """One instance of a destination as the layers see it; ``endpoint`` is the latest catalog view of it."""
+
+    __slots__ = ("endpoint", "failures", "key", "load", "requests")
+
+    def __init__(self, endpoint: Endpoint, now: float) -> None:
+        self.endpoint = endpoint
+        self.key: HostKey = (endpoint.instance, endpoint.address)
+        self.load = Load(stamp=now)
+        self.requests = 0     # attempts sent
+        self.failures = 0     # attempts that failed (gateway error or local failure)
+
+    def __repr__(self) -> str:
+        return f"<Host {self.endpoint.service} {self.endpoint.authority}>"
+
+
+class Destination:
+    """Every layer's state for one destination service: caps, budget, outlier records, balancer, hosts."""
+
+    def __init__(self, service: str, policy: PolicyConfig, rng: random.Random, now: float,
+                 jitter: float = 1.0) -> None:
+        self.service = service
+        self.policy = policy
+        self.timeout = float(policy.timeout)
+        self.rules = RetryRules.from_config(policy.retries, jitter)
+        self.rng = rng
+        budget = policy.retries.budget
+        self.budget = RetryBudget(budget.ratio, budget.min_per_second, now)
+        caps = policy.circuit_breaker
+        self.breaker = Breaker(Limits(caps.max_connections, caps.max_pending_requests, caps.max_requests,
+                                      caps.max_retries))
+        od = policy.outlier_detection
+        self.outlier = OutlierDetector(Rules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
+                                             float(od.max_ejection_time), od.max_ejection_percent))
+        self.balancer = make_balancer(policy.load_balancer, rng)
+        self.hosts: dict[HostKey, Host] = {}
+        self._sets: dict[ServiceName, tuple[EndpointSet, tuple[Host, ...], tuple[Host, ...]]] = {}
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.requests = 0                       # requests admitted
+        self.retries = 0                        # retries made
+        self.retries_denied: Counter[str] = Counter()   # by reason: budget, max_retries, deadline, ...
+        self.panics = 0                         # picks made among ejected hosts, all being ejected
+
+    def reconfigure(self, policy: PolicyConfig, jitter: float = 1.0) -> None:
+        """A reloaded policy, from the next request on. What was learnt is kept: hosts with their ejections and
+        latency estimates, the budget's window, the resources in use (a cap lowered under them admits nothing
+        new until they end). Requests in flight finish under the rules they started with."""
+        if policy == self.policy:
+            return
+        old, self.policy = self.policy, policy
+        self.timeout = float(policy.timeout)
+        self.rules = RetryRules.from_config(policy.retries, jitter)
+        budget = policy.retries.budget
+        self.budget.ratio, self.budget.min_per_second = budget.ratio, budget.min_per_second
+        caps = policy.circuit_breaker
+        self.breaker.limits = Limits(caps.max_connections, caps.max_pending_requests, caps.max_requests,
+                                     caps.max_retries)
+        od = policy.outlier_detection
+        self.outlier.rules = Rules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
+                                   float(od.max_ejection_time), od.max_ejection_percent)
+        if policy.load_balancer != old.load_balancer:
+            self.balancer = make_balancer(policy.load_balancer, self.rng)
+        self.slot_freed()   # a raised max_connections admits waiting requests now
+
+    # ------------------------------------------------------------------------------------ hosts
+
+    def hosts_of(self, endpoints: EndpointSet, now: float) -> tuple[tuple[Host, ...], tuple[Host, ...]]:
+        """The healthy and degraded hosts of an endpoint set (cached until the router hands out a new set)."""
+        cached = self._sets.get(endpoints.name)
+        if cached is not None and cached[0] is endpoints:
+            return cached[1], cached[2]
+        healthy = tuple(self._host(e, now) for e in endpoints.healthy)
+        degraded = tuple(self._host(e, now) for e in endpoints.degraded)
+        self._sets[endpoints.name] = (endpoints, healthy, degraded)
+        if endpoints.name.tag is None:
+            self._prune({h.key for h in healthy + degraded}, now)
+        return healthy, degraded
+
+    def _host(self, endpoint: Endpoint, now: float) -> Host:
+        key = (endpoint.instance, endpoint.address)
+        host = self.hosts.get(key)
+        if host is None:
+            host = self.hosts[key] = Host(endpoint, now)
+            self.outlier.add(key, now)
+        else:
+            host.endpoint = endpoint   # its health may have changed
+        return host
+
+    def _prune(self, present: set[HostKey], now: float) -> None:
+        """Forget hosts that left the catalog (or turned unhealthy), unless something is still in flight there
+        or they are ejected (a host that flaps in and out of the catalog keeps its ejection)."""
+        for key, host in list(self.hosts.items()):
+            if key not in present and host.load.in_flight == 0 and not self.outlier.is_ejected(key, now):
+                del self.hosts[key]
+                self.outlier.remove(key)
+
+    def choose(self, endpoints: EndpointSet, now: float, avoid: Iterable[Host] = ()) -> Host:
+        """A host for one attempt: healthy before degraded, ejected ones only in panic, not one of ``avoid``
+        when another remains."""
+        healthy, degraded = self.hosts_of(endpoints, now)
+        outlier = self.outlier
+        if len(healthy) == 1:   # the common case, without the lists below
+            only = healthy[0]
+            if not outlier.is_ejected(only.key, now):
+                return only
+        candidates = [h for h in healthy if not outlier.is_ejected(h.key, now)]
+        if not candidates:
+            candidates = [h for h in degraded if not outlier.is_ejected(h.key, now)]
+            if not candidates:
+                candidates = list(healthy or degraded)
+                self.panics += 1
+        if avoid and len(candidates) > 1:
+            tried = set(avoid)
+            fresh = [h for h in candidates if h not in tried]
+            if fresh:
+                candidates = fresh
+        if len(candidates) == 1:
+            return candidates[0]
+        return self.balancer.pick(candidates, now)
+
+    # ------------------------------------------------------------------------------------ results
+
+    def attempt_ended(self, host: Host, record: AttemptRecord) -> None:
+        now = record.ended
+        load = host.load
+        load.in_flight -= 1
+        failed = record.failure is not None or record.status in GATEWAY_ERRORS
+        if record.status is not None:
+            # a quick 503 says nothing good about a host: failures may raise its estimate, never lower it (else
+            # a failing host would look fastest to the EWMA balancer and draw the traffic)
+            load.observe(max(record.latency, load.latency(now)) if failed else record.latency, now)
+        if failed:
+            host.failures += 1
+            self._outlier_event(host, self.outlier.failure(host.key, now), now)
+        else:
+            self.outlier.success(host.key, now)
+
+    def tunnel_ended(self, host: Host, connect_failed: bool, now: float) -> None:
+        """A TCP tunnel through ``host`` ended: a connect failure counts against the host, anything else for it."""
+        host.requests += 1
+        if connect_failed:
+            host.failures += 1
+            self._outlier_event(host, self.outlier.failure(host.key, now), now)
+        else:
+            self.outlier.success(host.key, now)
+
+    def _outlier_event(self, host: Host, event: Ejected | EjectionRefused | None, now: float) -> None:
+        if isinstance(event, Ejected):
+            log.warning("ejected %s (%s, instance %s) for %.1fs after %d consecutive failures (ejection %d in a row)",
+                        host.endpoint.authority, self.service, host.endpoint.instance, event.until - now,
+                        event.failures, event.times)
+        elif isinstance(event, EjectionRefused):
+            log.info("not ejecting %s (%s): %d of %d hosts already ejected (max_ejection_percent %g)",
+                     host.endpoint.authority, self.service, event.ejected, event.hosts,
+                     self.outlier.rules.max_ejection_percent)
+
+    # ------------------------------------------------------------------------------------ waiting for a slot
+
+    def enqueue(self, deadline_at: float, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """Wait for a connection slot (the breaker counted this request as pending) until ``deadline_at``."""
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(future)
+        handle = loop.call_at(deadline_at, self._expire, future)
+        future.add_done_callback(lambda _: handle.cancel())
+        return future
+
+    def _expire(self, future: asyncio.Future[None]) -> None:
+        if future.done():
+            return
+        self._waiters.remove(future)
+        self.breaker.give_up_waiting()
+        future.set_exception(DeadlineExceeded(
+            f"no connection to {self.service} became free before the deadline "
+            f"(max_connections {self.breaker.limits.max_connections} in use)",
+            {"service": self.service, "cap": Cap.MAX_CONNECTIONS.value}))
+
+    def abandon(self, future: asyncio.Future[None]) -> None:
+        """The waiting request went away: give back its place in the queue, or the slot it was just given."""
+        if future in self._waiters:
+            self._waiters.remove(future)
+            self.breaker.give_up_waiting()
+        elif future.done() and not future.cancelled() and future.exception() is None:
+            self.breaker.connection_done()
+            self.breaker.request_done()
+            self.slot_freed()
+
+    def slot_freed(self) -> None:
+        """A connection slot may be free: hand it to the longest-waiting request."""
+        waiters = self._waiters
+        breaker = self.breaker
+        while waiters and breaker.can_promote():
+            future = waiters.popleft()
+            decision = breaker.promote()
+            if decision.admission is Admission.GO:
+                future.set_result(None)
+            else:
+                assert decision.cap is not None
+                future.set_exception(self.refusal(decision.cap))
+
+    def refusal(self, cap: Cap) -> ResourceExhausted:
+        limits = self.breaker.limits
+        details: dict[str, Any] = {"service": self.service, "cap": cap.value}
+        if cap is Cap.MAX_REQUESTS:
+            details["limit"] = limits.max_requests
+            message = f"too many requests to {self.service}: max_requests ({limits.max_requests}) in progress"
+        else:
+            details["limit"] = limits.max_pending_requests
+            message = (f"too many requests waiting for a connection to {self.service}: max_pending_requests "
+                       f"({limits.max_pending_requests}) wait while max_connections ({limits.max_connections}) "
+                       "are in use")
+        return ResourceExhausted(message, details)

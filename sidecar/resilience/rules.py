@@ -1,0 +1,121 @@
+"""What may be retried and what a request asks for: ``retry_on`` and ``retries`` compiled from a policy, and the
+deadline and retry headers of an outbound request read (and stripped) once. Pure: no state, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sidecar.config.model import RetryConfig
+from sidecar.proxy import FailureKind, RequestHead
+from sidecar.resilience import deadline
+from sidecar.resilience.backoff import Backoff
+
+# RFC 9110 9.2.2: safe to send twice
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+GATEWAY_ERRORS = frozenset({502, 503, 504})
+RETRIABLE_4XX = frozenset({409})
+_ALL_FAILURES = frozenset(FailureKind)
+# a request header may ask for more retries than the policy, but not for a storm
+MAX_RETRIES_OVERRIDE = 10
+
+MAX_RETRIES_HEADERS = (b"x-sidecar-max-retries", b"x-envoy-max-retries")
+RETRY_ON_HEADERS = (b"x-sidecar-retry-on", b"x-envoy-retry-on")
+_STRIPPED = frozenset((*MAX_RETRIES_HEADERS, *RETRY_ON_HEADERS, deadline.HEADER))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOn:
+    """``retry_on`` compiled: the failure kinds and response statuses that may be retried.
+
+    ``connect-failure``: the upstream could not be dialled. ``reset``: it closed or reset the connection, sent
+    something that is not HTTP, or the try timed out (Envoy's disconnect/reset/read timeout). ``5xx``: any
+    5xx and every local failure. ``gateway-error``: 502, 503, 504 and every local failure. ``retriable-4xx``:
+    409. A number: that status. ``refused-stream`` is HTTP/2's and never happens over HTTP/1.1.
+    """
+
+    failures: frozenset[FailureKind]
+    statuses: frozenset[int]
+
+    @classmethod
+    def parse(cls, tokens: Iterable[str]) -> RetryOn:
+        failures: set[FailureKind] = set()
+        statuses: set[int] = set()
+        for raw in tokens:
+            token = raw.strip().lower()
+            if token == "connect-failure":
+                failures.add(FailureKind.CONNECT_FAILURE)
+            elif token == "reset":
+                failures |= {FailureKind.RESET, FailureKind.PROTOCOL, FailureKind.TIMEOUT}
+            elif token == "5xx":
+                failures |= _ALL_FAILURES
+                statuses |= set(range(500, 600))
+            elif token == "gateway-error":
+                failures |= _ALL_FAILURES
+                statuses |= GATEWAY_ERRORS
+            elif token == "retriable-4xx":
+                statuses |= RETRIABLE_4XX
+            elif token.isdigit() and 100 <= int(token) <= 599:
+                statuses.add(int(token))
+            # else: refused-stream, or a token a request header got wrong: nothing to retry on
+        return cls(frozenset(failures), frozenset(statuses))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRules:
+    attempts: int                 # retries after the first attempt
+    per_try_timeout: float | None   # None: a try may use the whole timeout
+    retry_on: RetryOn
+    backoff: Backoff
+    non_idempotent: bool
+
+    @classmethod
+    def from_config(cls, config: RetryConfig, jitter: float = 1.0) -> RetryRules:
+        per_try = None if config.per_try_timeout is None else float(config.per_try_timeout)
+        return cls(config.attempts, per_try, RetryOn.parse(config.retry_on),
+                   Backoff(float(config.backoff.base), float(config.backoff.max), jitter),
+                   config.retry_non_idempotent)
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a request's headers ask for (read once, then stripped)."""
+
+    deadline: float | None = None
+    max_retries: int | None = None
+    retry_on: str | None = None
+
+
+NOTHING_ASKED = Asked()
+
+
+def read_request_headers(head: RequestHead) -> Asked:
+    """Read and remove the deadline and retry headers of an outbound request."""
+    items = head.headers.items
+    found = False
+    for lname, _, _ in items:
+        if lname in _STRIPPED:
+            found = True
+            break
+    if not found:
+        return NOTHING_ASKED
+    caller: float | None = None
+    max_retries: int | None = None
+    retry_on: str | None = None
+    keep = []
+    for item in items:
+        lname, _, value = item
+        if lname not in _STRIPPED:
+            keep.append(item)
+        elif lname == deadline.HEADER:
+            parsed = deadline.parse(value)
+            if parsed is not None:
+                caller = parsed if caller is None else min(caller, parsed)
+        elif lname in MAX_RETRIES_HEADERS:
+            text = value.strip()
+            if text.isdigit() and max_retries is None:
+                max_retries = min(int(text), MAX_RETRIES_OVERRIDE)
+        elif retry_on is None:
+            retry_on = value.decode("latin-1")
+    head.headers.items = keep
+    return Asked(caller, max_retries, retry_on)
