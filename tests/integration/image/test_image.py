@@ -207,7 +207,7 @@ def test_two_containers_on_the_host_network_form_a_mesh(containers: Any, tmp_pat
                       "check": {"http": "/health", "interval": "250ms", "timeout": "250ms"}}],
         # only the caller whose certificate names it checkout may call
         "authorization": {"default": "deny", "rules": [{"to": "payment-service", "from": ["checkout"]}]},
-    }, "node-b", app=["python", "-m", "sidecar.demoapp", "--name", "payment-service", "--port", str(app_port)])
+    }, "node-b", app=["python", "-m", "sidecar.demo.app", "--name", "payment-service", "--port", str(app_port)])
 
     both = {"node-a": "alive", "node-b": "alive"}
     wait_for(lambda: members_by_state(a) == both and members_by_state(b) == both, timeout=30, what="gossip")
