@@ -7,8 +7,10 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := bind9-dnsutils knot-dnsutils curl openssl iproute2 nftables prometheus chromium slowhttptest
 # The real peers the benchmarks compare against.
 BENCH_APT_PACKAGES := dnsperf dnsmasq-base wrk haproxy nginx-light
+# Building and running the container image without a Docker engine: podman as root, debootstrap for local bases.
+IMAGE_APT_PACKAGES := podman runc debootstrap
 
-.PHONY: all venv native test install-test unit lint demo bench tools bench-tools apt chart-test chaos clean
+.PHONY: all venv native test install-test image image-base image-test image-tools unit lint demo bench tools bench-tools apt chart-test chaos clean
 
 all: test
 
@@ -58,12 +60,46 @@ apt:
 	fi
 
 test: venv tools
-	$(BIN)/python -m pytest -q tests --ignore=tests/install
+	$(BIN)/python -m pytest -q tests --ignore=tests/install --ignore=tests/integration/image
 
 # The product installed as a user installs it (pip install ., pip wheel ., python -m build) in fresh venvs from a
 # clean copy of the tree: three builds, about five minutes of CPU, so apart from `make test`; .ci/run runs both.
 install-test: venv
 	$(BIN)/python -m pytest -q tests/install
+
+# The container image (Dockerfile), built with podman (deploy/podman/): `make image` tags sidecar:VERSION.
+# BASE_IMAGE and BUILD_IMAGE are pulled from a registry; where none can be reached, `make image-base` makes both from
+# Debian packages and prints them for `make image BASE_IMAGE=... BUILD_IMAGE=...`.
+VERSION     := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' sidecar/__init__.py)
+IMAGE       ?= sidecar:$(VERSION)
+BASE_IMAGE  ?= docker.io/library/python:3.11-slim
+BUILD_IMAGE ?= docker.io/library/python:3.11
+PODMAN      := deploy/podman/podman.sh
+HOST_CA     := /etc/ssl/certs/ca-certificates.crt
+# docker format: OCI images have no HEALTHCHECK. No intermediate images: with vfs each is a full copy, and a changed
+# source tree rebuilds from the COPY on anyway. The build stage's pip trusts what the host trusts (a proxy's CA).
+IMAGE_BUILD_FLAGS := --format docker --layers=false --network host \
+	$(if $(wildcard $(HOST_CA)),--volume $(HOST_CA):/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt)
+
+image-tools:
+	@$(MAKE) --no-print-directory apt PACKAGES="$(IMAGE_APT_PACKAGES)"
+
+# the image the tag named before is removed once replaced (unless a container or another tag holds it)
+image: image-tools
+	@before=$$($(PODMAN) image inspect --format '{{.Id}}' $(IMAGE) 2>/dev/null || true); \
+	$(PODMAN) build $(IMAGE_BUILD_FLAGS) --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg BUILD_IMAGE=$(BUILD_IMAGE) \
+	  --tag $(IMAGE) . || exit 1; \
+	if [ -n "$$before" ] && [ "$$before" != "$$($(PODMAN) image inspect --format '{{.Id}}' $(IMAGE))" ]; then \
+	  $(PODMAN) rmi "$$before" >/dev/null 2>&1 || true; fi
+
+image-base: image-tools
+	@deploy/podman/base.sh
+
+# The image built on the local bases and run: uid, read-only root, /ready, HEALTHCHECK, SIGTERM, a two-container
+# mesh. The first build on a machine takes minutes (debootstrap, the compiled request path), so apart from
+# `make test`; .ci/run runs it. The bases stay in podman's storage: later runs skip debootstrap.
+image-test: venv image-tools
+	$(BIN)/python -m pytest -q tests/integration/image
 
 unit: venv
 	$(BIN)/python -m pytest -q tests/unit tests/sim

@@ -1,5 +1,5 @@
 """The container image's Dockerfile: lint-clean (hadolint, when at hand) and holding the contract the chart
-relies on. It cannot be built here (no container engine)."""
+relies on. tests/integration/image builds it with podman and runs it (`make image-test`)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ def test_hadolint_finds_nothing() -> None:
 
 def test_runs_sidecar_as_non_root_with_the_charts_config_path() -> None:
     lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
-    assert "FROM python:3.11-slim" in lines          # the runtime stage: no compiler
-    assert "FROM python:3.11 AS build" in lines       # the build stage has gcc for the compiled request path
+    # the stages' images are build arguments; by default the public Python images of one release
+    assert "ARG BASE_IMAGE=python:3.11-slim" in lines   # the runtime stage: no compiler
+    assert "ARG BUILD_IMAGE=python:3.11" in lines       # the build stage has gcc for the compiled request path
+    assert "FROM ${BUILD_IMAGE} AS build" in lines
+    assert "FROM ${BASE_IMAGE}" in lines
     assert "COPY pyproject.toml setup.py README.md ./" in lines
     assert 'ENTRYPOINT ["sidecar"]' in lines
     assert 'CMD ["run", "-c", "/etc/sidecar/sidecar.yaml"]' in lines
