@@ -15,19 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from sidecar.errors import SidecarError, Unavailable, rescue
-from sidecar.proxy.exchange import Exchange
+from sidecar.proxy.exchange import Exchange, Listener
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, simple_response
 from sidecar.proxy.limits import LazyTimer, write_pieces
 from sidecar.proxy.target import ConnectionInfo
-
-if TYPE_CHECKING:
-    from sidecar.proxy.relay import Tunnel
-    from sidecar.proxy.server import HttpProxy
+from sidecar.proxy.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
+
+
+class Acceptor(Listener, Protocol):
+    """What a client connection uses of the proxy that accepted it (an :class:`~sidecar.proxy.HttpProxy`)."""
+
+    connections: set[DownstreamProtocol]
+    accepted: int
+    rejected: int
+    protocol_errors: int
+    header_timeouts: int
+
+    def displace_idle(self) -> bool: ...
 
 _HEAD, _BODY, _END = 0, 1, 2
 
@@ -36,7 +45,7 @@ class DownstreamProtocol(asyncio.Protocol):
     __slots__ = ("_backlog", "_backlog_bytes", "_draining_backlog", "_pause_reasons", "client_paused", "closed",
                  "exchange", "info", "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
 
-    def __init__(self, proxy: HttpProxy, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, proxy: Acceptor, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = proxy
         self.loop = loop
         self.transport: asyncio.Transport | None = None

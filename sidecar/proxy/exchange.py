@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.errors import DeadlineExceeded, SidecarError, rescue
 from sidecar.proxy import tracecontext
@@ -41,15 +41,51 @@ from sidecar.proxy.http1 import (
     encode_chunk,
     simple_response,
 )
-from sidecar.proxy.relay import Tunnel
-from sidecar.proxy.target import AttemptRecord, RequestStats, Target
+from sidecar.proxy.limits import LazyTimer, ProxyLimits
+from sidecar.proxy.pool import Pools, UpstreamPool
+from sidecar.proxy.target import AttemptRecord, ConnectionInfo, RequestStats, RouteFn, Target
+from sidecar.proxy.tracecontext import IdSource
+from sidecar.proxy.tunnel import Tunnel
+from sidecar.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
-    from sidecar.proxy.downstream import DownstreamProtocol
-    from sidecar.proxy.pool import UpstreamPool
-    from sidecar.proxy.upstream import UpstreamConnection
+    from sidecar.overload.guard import OverloadGuard
 
 log = logging.getLogger(__name__)
+
+
+class Listener(Protocol):
+    """What an exchange reads from the proxy that accepted its client (an :class:`~sidecar.proxy.HttpProxy`)."""
+
+    name: str
+    limits: ProxyLimits
+    pools: Pools
+    route: RouteFn
+    ids: IdSource
+    edit_headers: bool
+    draining: bool
+    overload: OverloadGuard | None
+    on_request_done: Callable[[RequestStats], None] | None
+
+
+class Downstream(Protocol):
+    """What an exchange uses of its client connection (a :class:`~sidecar.proxy.downstream.DownstreamProtocol`)."""
+
+    @property
+    def proxy(self) -> Listener: ...
+
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport | None
+    info: ConnectionInfo
+    out: list[bytes]
+    timer: LazyTimer
+    client_paused: bool
+
+    def flush(self) -> None: ...
+    def pause_for(self, reason: str, paused: bool) -> None: ...
+    def exchange_done(self, keep_alive: bool) -> None: ...
+    def enter_tunnel(self, tunnel: Tunnel) -> None: ...
+    def abort(self) -> None: ...
 
 _TRACEPARENT = b"traceparent"
 _REQUEST_ID = b"x-request-id"
@@ -101,7 +137,7 @@ class Exchange:
         "upgraded",
     )
 
-    def __init__(self, down: DownstreamProtocol, head: RequestHead, now: float) -> None:
+    def __init__(self, down: Downstream, head: RequestHead, now: float) -> None:
         self.down = down
         self.head = head
         self.started = now
@@ -204,8 +240,7 @@ class Exchange:
         fields = None if incoming is None else tracecontext.parse_fields(incoming[2])
         if fields is None and b3:
             # B3 from a Zipkin-instrumented caller continues the same trace (W3C wins when both are valid)
-            from sidecar.telemetry.propagation import from_b3
-            parent = from_b3((lname, value) for lname, _, value in items)
+            parent = tracecontext.from_b3((lname, value) for lname, _, value in items)
             if parent is not None:
                 fields = (parent.trace_id, parent.span_id, parent.flags)
         if fields is None:
