@@ -34,7 +34,6 @@ import logging
 import math
 import random
 import ssl
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -60,6 +59,7 @@ from sidecar.mesh.inbound import (
 )
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet, LocalInbound, Router
+from sidecar.mesh.stats import MeshStats
 from sidecar.proxy import (
     AttemptRecord,
     ConnectionInfo,
@@ -92,64 +92,6 @@ def _no_tls() -> Unavailable:
     # a new error each time: raising one shared instance again and again chains every raise's traceback onto
     # it, and with them the frames of every refused request (about 6 KiB each, never freed)
     return Unavailable(NO_TLS_MESSAGE, {"reason": "no-tls"})
-
-
-_STATUS_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
-
-
-class MeshStats:
-    """Counters since start, for the metrics exporter (TLS refusals are in ``store.refusals.counts``).
-
-    Label values are bounded: services are catalog or registry names (else ``"unknown"``), listeners are
-    ``outbound``, ``inbound`` and ``upstream``, rules are ``authorization.rules[i]`` or ``authorization.default``.
-    """
-
-    def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str, str]] = Counter()     # (listener, service, status class)
-        self.errors: Counter[tuple[str, str, str]] = Counter()       # (listener, service, RequestStats.error)
-        self.denials: Counter[tuple[str, str, str]] = Counter()      # (service, caller service, rule)
-        self.tunnels: Counter[tuple[str, str, str]] = Counter()      # (listener, service, "ok" | "failed")
-        self.tunnel_bytes: Counter[tuple[str, str, str]] = Counter()  # (listener, service, "up" | "down")
-        self.no_tls = 0                                              # requests refused: no tls section
-
-    def request(self, listener: str, service: str, stats: RequestStats) -> None:
-        status = stats.status
-        self.requests[listener, service, _STATUS_CLASS[status // 100] if 100 <= status < 600 else "none"] += 1
-        if stats.error is not None:
-            self.errors[listener, service, stats.error] += 1
-
-    def tunnel(self, listener: str, service: str, stats: RelayStats) -> None:
-        self.tunnels[listener, service, "failed" if stats.error else "ok"] += 1
-        if stats.bytes_up:
-            self.tunnel_bytes[listener, service, "up"] += stats.bytes_up
-        if stats.bytes_down:
-            self.tunnel_bytes[listener, service, "down"] += stats.bytes_down
-
-    def denied(self, service: str, caller: str, rule: str) -> None:
-        self.denials[service, caller, rule] += 1
-
-    @property
-    def denials_by_rule(self) -> Counter[str]:
-        out: Counter[str] = Counter()
-        for (_, _, rule), count in self.denials.items():
-            out[rule] += count
-        return out
-
-    def snapshot(self) -> dict[str, Any]:
-        """For the admin port and tests: every counter as nested JSON."""
-        return {
-            "requests": [{"listener": k[0], "service": k[1], "class": k[2], "count": v}
-                         for k, v in sorted(self.requests.items())],
-            "errors": [{"listener": k[0], "service": k[1], "error": k[2], "count": v}
-                       for k, v in sorted(self.errors.items())],
-            "denials": [{"service": k[0], "caller": k[1], "rule": k[2], "count": v}
-                        for k, v in sorted(self.denials.items())],
-            "tunnels": [{"listener": k[0], "service": k[1], "outcome": k[2], "count": v}
-                        for k, v in sorted(self.tunnels.items())],
-            "tunnel_bytes": [{"listener": k[0], "service": k[1], "direction": k[2], "bytes": v}
-                             for k, v in sorted(self.tunnel_bytes.items())],
-            "no_tls": self.no_tls,
-        }
 
 
 class _Targets:

@@ -38,7 +38,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sidecar.catalog.model import HealthStatus
 from sidecar.catalog.registry import LocalRegistry
@@ -46,6 +46,7 @@ from sidecar.clock import Clock
 from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from sidecar.mesh.authorization import Authorizer, Decision
 from sidecar.mesh.naming import ServiceName, parse_service
+from sidecar.mesh.stats import MeshStats
 from sidecar.proxy import ConnectionInfo, HttpProxy, RequestHead, Target, TcpRelay
 from sidecar.tls.context import ALPN_TCP_TUNNEL, selected_service
 from sidecar.tls.errors import PeerRefused
@@ -61,9 +62,6 @@ from sidecar.tls.identity import PeerIdentity
 from sidecar.tls.reasons import Refusal, RefusalReason
 from sidecar.tls.reloader import IdentityStore
 from sidecar.tls.slots import HandshakeSlots, source_of
-
-if TYPE_CHECKING:
-    from sidecar.mesh.dataplane import MeshStats
 
 log = logging.getLogger("sidecar.mesh")
 

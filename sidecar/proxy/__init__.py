@@ -2,10 +2,10 @@
 
 One file per concern: ``http1`` (message heads, no I/O), ``tracecontext`` (W3C traceparent, request ids),
 ``target`` (what the route callback returns and the records the engine reports), ``failures`` (why an
-upstream attempt failed), ``limits`` (limits, timeouts, the lazy timer), ``pool`` (keep-alive upstream
-connections; the only place that dials), ``upstream`` / ``downstream`` (the asyncio protocols),
-``exchange`` (one request from head to end), ``relay`` (byte tunnels and the TCP relay), ``server``
-(the listener).
+upstream attempt failed), ``limits`` (limits, timeouts, the lazy timer), ``connector`` (the only place that
+dials), ``pool`` (keep-alive upstream connections), ``upstream`` / ``downstream`` (the asyncio protocols),
+``exchange`` (one request from head to end), ``tunnel`` (two transports spliced after an upgrade),
+``relay`` (the TCP relay), ``server`` (the listener).
 """
 
 from sidecar.proxy.failures import (
@@ -28,7 +28,7 @@ from sidecar.proxy.http1 import (
 )
 from sidecar.proxy.limits import PoolLimits, ProxyLimits
 from sidecar.proxy.pool import Pools, UpstreamPool
-from sidecar.proxy.relay import RelayStats, TcpRelay, Tunnel
+from sidecar.proxy.relay import RelayStats, TcpRelay
 from sidecar.proxy.server import HttpProxy
 from sidecar.proxy.target import (
     AttemptRecord,
@@ -40,6 +40,7 @@ from sidecar.proxy.target import (
     Target,
 )
 from sidecar.proxy.tracecontext import IdSource, TraceParent
+from sidecar.proxy.tunnel import Tunnel
 
 __all__ = [
     "AttemptRecord", "AttemptTimeout", "ConnectFailure", "ConnectionInfo", "FailureKind", "HeadLimits", "Headers",

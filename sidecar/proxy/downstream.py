@@ -15,29 +15,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from sidecar.errors import SidecarError, Unavailable, rescue
-from sidecar.proxy.exchange import Exchange
+from sidecar.proxy.exchange import Exchange, Listener
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, simple_response
 from sidecar.proxy.limits import LazyTimer, write_pieces
 from sidecar.proxy.target import ConnectionInfo
-
-if TYPE_CHECKING:
-    from sidecar.proxy.relay import Tunnel
-    from sidecar.proxy.server import HttpProxy
+from sidecar.proxy.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
+
+
+class Acceptor(Listener, Protocol):
+    """What a client connection uses of the proxy that accepted it (an :class:`~sidecar.proxy.HttpProxy`)."""
+
+    connections: set[DownstreamProtocol]
+    accepted: int
+    rejected: int
+    protocol_errors: int
+    header_timeouts: int
+
+    def displace_idle(self) -> bool: ...
 
 _HEAD, _BODY, _END = 0, 1, 2
 
 
 class DownstreamProtocol(asyncio.Protocol):
     __slots__ = ("_backlog", "_backlog_bytes", "_draining_backlog", "_pause_reasons", "client_paused", "closed",
-                 "exchange", "info", "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
+                 "exchange", "info", "limits", "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
 
-    def __init__(self, proxy: HttpProxy, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, proxy: Acceptor, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = proxy
+        self.limits = proxy.limits    # read per request: held with its type, not looked up through Acceptor
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.info = ConnectionInfo(proxy.name, None, None, None)
@@ -98,7 +108,7 @@ class DownstreamProtocol(asyncio.Protocol):
             exchange.on_early_tunnel_bytes(data)
             return
         if exchange is None and not self.reader.in_head:
-            self.timer.set(self.loop.time() + self.proxy.limits.header_timeout)
+            self.timer.set(self.loop.time() + self.limits.header_timeout)
         try:
             offset = self.reader.feed(data)
         except RemoteProtocolError as e:
@@ -175,7 +185,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def _hold(self, kind: int, payload: object, size: int) -> None:
         self._backlog.append((kind, payload))
         self._backlog_bytes += size
-        if self._backlog_bytes > self.proxy.limits.max_pipelined_bytes:
+        if self._backlog_bytes > self.limits.max_pipelined_bytes:
             self.pause_for("pipeline", True)
 
     # ------------------------------------------------------------------------------------ exchanges
@@ -191,7 +201,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._backlog and not self._draining_backlog:
             self._drain_backlog()
         if self.exchange is None and not self.closed:
-            self.timer.set(self.loop.time() + self.proxy.limits.idle_timeout)
+            self.timer.set(self.loop.time() + self.limits.idle_timeout)
 
     def _drain_backlog(self) -> None:
         self._draining_backlog = True
@@ -214,7 +224,7 @@ class DownstreamProtocol(asyncio.Protocol):
                     self.on_request_end()
         finally:
             self._draining_backlog = False
-        if self._backlog_bytes <= self.proxy.limits.max_pipelined_bytes:
+        if self._backlog_bytes <= self.limits.max_pipelined_bytes:
             self.pause_for("pipeline", False)
 
     def enter_tunnel(self, tunnel: Tunnel) -> None:

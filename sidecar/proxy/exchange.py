@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.errors import DeadlineExceeded, SidecarError, rescue
 from sidecar.proxy import tracecontext
@@ -41,15 +41,51 @@ from sidecar.proxy.http1 import (
     encode_chunk,
     simple_response,
 )
-from sidecar.proxy.relay import Tunnel
-from sidecar.proxy.target import AttemptRecord, RequestStats, Target
+from sidecar.proxy.limits import LazyTimer, ProxyLimits
+from sidecar.proxy.pool import Pools, UpstreamPool
+from sidecar.proxy.target import AttemptRecord, ConnectionInfo, RequestStats, RouteFn, Target
+from sidecar.proxy.tracecontext import IdSource
+from sidecar.proxy.tunnel import Tunnel
+from sidecar.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
-    from sidecar.proxy.downstream import DownstreamProtocol
-    from sidecar.proxy.pool import UpstreamPool
-    from sidecar.proxy.upstream import UpstreamConnection
+    from sidecar.overload.guard import OverloadGuard
 
 log = logging.getLogger(__name__)
+
+
+class Listener(Protocol):
+    """What an exchange reads from the proxy that accepted its client (an :class:`~sidecar.proxy.HttpProxy`)."""
+
+    name: str
+    limits: ProxyLimits
+    pools: Pools
+    route: RouteFn
+    ids: IdSource
+    edit_headers: bool
+    draining: bool
+    overload: OverloadGuard | None
+    on_request_done: Callable[[RequestStats], None] | None
+
+
+class Downstream(Protocol):
+    """What an exchange uses of its client connection (a :class:`~sidecar.proxy.downstream.DownstreamProtocol`)."""
+
+    @property
+    def proxy(self) -> Listener: ...
+
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport | None
+    info: ConnectionInfo
+    out: list[bytes]
+    timer: LazyTimer
+    client_paused: bool
+
+    def flush(self) -> None: ...
+    def pause_for(self, reason: str, paused: bool) -> None: ...
+    def exchange_done(self, keep_alive: bool) -> None: ...
+    def enter_tunnel(self, tunnel: Tunnel) -> None: ...
+    def abort(self) -> None: ...
 
 _TRACEPARENT = b"traceparent"
 _REQUEST_ID = b"x-request-id"
@@ -76,6 +112,9 @@ class Exchange:
         "head",
         "head_bytes",
         "last_activity",
+        "limits",
+        "loop",
+        "out",
         "parent_span_id",
         "pending",
         "pending_size",
@@ -95,14 +134,21 @@ class Exchange:
         "started",
         "status",
         "target",
+        "timer",
         "trace_flags",
         "trace_id",
         "try_deadline",
         "upgraded",
     )
 
-    def __init__(self, down: DownstreamProtocol, head: RequestHead, now: float) -> None:
+    def __init__(self, down: Downstream, head: RequestHead, now: float) -> None:
         self.down = down
+        # the connection's parts used on every request, held with their own types: through the Downstream
+        # protocol each use would be a lookup by name, here the compiled engine reads them directly
+        self.loop = down.loop
+        self.out = down.out
+        self.timer = down.timer
+        self.limits = down.proxy.limits
         self.head = head
         self.started = now
         self.clock_start = perf_counter()
@@ -164,7 +210,7 @@ class Exchange:
         if isinstance(result, Target):
             self.dispatch(result)
         else:
-            self.down.timer.set(self.started + proxy.limits.stream_idle_timeout)
+            self.timer.set(self.started + self.limits.stream_idle_timeout)
             self._route_task = asyncio.get_running_loop().create_task(self._await_route(result))
 
     def _edit_headers(self, head: RequestHead) -> None:
@@ -204,8 +250,7 @@ class Exchange:
         fields = None if incoming is None else tracecontext.parse_fields(incoming[2])
         if fields is None and b3:
             # B3 from a Zipkin-instrumented caller continues the same trace (W3C wins when both are valid)
-            from sidecar.telemetry.propagation import from_b3
-            parent = from_b3((lname, value) for lname, _, value in items)
+            parent = tracecontext.from_b3((lname, value) for lname, _, value in items)
             if parent is not None:
                 fields = (parent.trace_id, parent.span_id, parent.flags)
         if fields is None:
@@ -240,7 +285,7 @@ class Exchange:
         if not isinstance(target, Target):
             self.fail_local(TypeError(f"route returned {type(target).__name__}, not a Target"))
             return
-        loop = self.down.loop
+        loop = self.loop
         now = loop.time()
         if self.target is None and target.timeout is not None:
             self.deadline = self.started + target.timeout
@@ -265,19 +310,19 @@ class Exchange:
     def _arm_timer(self, now: float) -> None:
         # waiting for a response head: the earliest of the overall and per-try deadlines, and in any case the
         # stream idle timeout, so that a request never waits forever
-        deadline = now + self.down.proxy.limits.stream_idle_timeout
+        deadline = now + self.limits.stream_idle_timeout
         if self.deadline is not None and self.deadline < deadline:
             deadline = self.deadline
         if self.try_deadline is not None and self.try_deadline < deadline:
             deadline = self.try_deadline
-        self.down.timer.set(deadline)
+        self.timer.set(deadline)
 
     # ------------------------------------------------------------------------------------ pool callbacks
 
     def on_connection(self, conn: UpstreamConnection) -> None:
         if self.finished or self.conn is not None:
             assert self.pool is not None
-            self.pool.release(conn, self.down.loop.time())
+            self.pool.release(conn, self.loop.time())
             return
         self.conn = conn
         conn.bind(self, self.head.method == "HEAD")
@@ -296,7 +341,7 @@ class Exchange:
         if self.request_done and self.head.chunked:
             out.append(LAST_CHUNK)
         self.sent_any = True
-        self.attempt_sent = self.down.loop.time()
+        self.attempt_sent = self.loop.time()
         conn.writelines(out)
         self.down.pause_for("pending", False)
 
@@ -315,7 +360,7 @@ class Exchange:
         replay = self.replay
         conn = self.conn
         if replay is not None:
-            if self.replay_size + size <= self.down.proxy.limits.replay_buffer:
+            if self.replay_size + size <= self.limits.replay_buffer:
                 replay.append(data)
                 self.replay_size += size
             else:
@@ -331,7 +376,7 @@ class Exchange:
                 conn.writelines(encode_chunk(data))
             else:
                 conn.write(data)
-        elif max(self.pending_size, self.replay_size) > self.down.proxy.limits.high_water:
+        elif max(self.pending_size, self.replay_size) > self.limits.high_water:
             self.down.pause_for("pending", True)
 
     def on_request_end(self) -> None:
@@ -354,10 +399,10 @@ class Exchange:
 
     def on_response_interim(self, head: ResponseHead) -> None:
         if self.response is None:
-            self.down.out.append(head.to_bytes(chunked=False, close=False))
+            self.out.append(head.to_bytes(chunked=False, close=False))
 
     def on_response_head(self, head: ResponseHead) -> None:
-        now = self.down.loop.time()
+        now = self.loop.time()
         target = self.target
         assert target is not None
         policy = target.retry
@@ -375,7 +420,7 @@ class Exchange:
         self.status = head.status
         self.response_started = now
         self.last_activity = now
-        self.down.timer.set(now + self.down.proxy.limits.stream_idle_timeout)
+        self.timer.set(now + self.limits.stream_idle_timeout)
         client = self.head
         if head.upgrade is not None:
             if client.upgrade is None:
@@ -384,7 +429,7 @@ class Exchange:
                 self._attempt_failed(UpstreamProtocolError(target.authority,
                                                            "101 to a request that did not ask to upgrade"))
                 return
-            self.down.out.append(head.to_bytes(chunked=False, close=False))
+            self.out.append(head.to_bytes(chunked=False, close=False))
             return
         close = not client.keep_alive or self.down.proxy.draining
         chunked = False
@@ -397,22 +442,22 @@ class Exchange:
             close = True  # a refused upgrade: the client may already have sent bytes of the new protocol
         self.down_chunked = chunked
         self.close_after = close
-        self.down.out.append(head.to_bytes(chunked, close))
+        self.out.append(head.to_bytes(chunked, close))
 
     def on_response_body(self, data: bytes) -> None:
         self.response_bytes += len(data)
         if self.down_chunked:
-            self.down.out += encode_chunk(data)
+            self.out += encode_chunk(data)
         else:
-            self.down.out.append(data)
-        self.last_activity = self.down.loop.time()
+            self.out.append(data)
+        self.last_activity = self.loop.time()
 
     def on_response_end(self) -> None:
         response = self.response
         if response is None or response.upgrade is not None:
             return  # a 101: the upgrade follows
         if self.down_chunked:
-            self.down.out.append(LAST_CHUNK)
+            self.out.append(LAST_CHUNK)
         self.response_done = True
         if self.request_done:
             self._finish(reuse=response.keep_alive and not response.close_delimited)
@@ -482,7 +527,7 @@ class Exchange:
             self._attempt_failed(UpstreamReset(self.target.authority, reason))
         elif response.close_delimited and exc is None and not self.response_done:
             if self.down_chunked:
-                self.down.out.append(LAST_CHUNK)
+                self.out.append(LAST_CHUNK)
             self.response_done = True
             self._finish(reuse=False)
         elif not self.response_done:
@@ -515,7 +560,7 @@ class Exchange:
                 log.exception("attempt observer failed")
 
     def _attempt_failed(self, failure: UpstreamFailure) -> None:
-        now = self.down.loop.time()
+        now = self.loop.time()
         record = self._record(failure, None, now)
         self._observe(record)
         target = self.target
@@ -538,7 +583,7 @@ class Exchange:
         if delay <= 0:
             self.dispatch(target)
             return
-        self._retry_handle = self.down.loop.call_later(delay, self._retry, target)
+        self._retry_handle = self.loop.call_later(delay, self._retry, target)
 
     def _retry(self, target: Target) -> None:
         self._retry_handle = None
@@ -548,12 +593,12 @@ class Exchange:
 
     def on_timer(self) -> None:
         """The shared timer fired: a deadline before the response head, or the stream idle timeout after."""
-        now = self.down.loop.time()
-        limits = self.down.proxy.limits
+        now = self.loop.time()
+        limits = self.limits
         if self.response is not None:
             idle_until = self.last_activity + limits.stream_idle_timeout
             if now < idle_until:
-                self.down.timer.set(idle_until)
+                self.timer.set(idle_until)
                 return
             self.error = "stream-idle-timeout"
             self._drop_conn(abort=True)
@@ -617,9 +662,9 @@ class Exchange:
         close = not self.request_done or not self.head.keep_alive or self.head.upgrade is not None
         self.status = rescued.status
         self.close_after = close
-        now = self.down.loop.time()
+        now = self.loop.time()
         self.response_started = now
-        self.down.out.append(simple_response(rescued.status, rescued.headers, rescued.body, close))
+        self.out.append(simple_response(rescued.status, rescued.headers, rescued.body, close))
         self.finished = True
         self.down.flush()
         self._report(now)
@@ -631,7 +676,7 @@ class Exchange:
             return
         self.finished = True
         self._drop_conn(abort=True)
-        self._report(self.down.loop.time())
+        self._report(self.loop.time())
         self.down.flush()
         self.down.abort()
 
@@ -648,7 +693,7 @@ class Exchange:
         self._drop_conn(abort=True)
         if self.pool is not None:
             self.pool.cancel(self)
-        self._report(self.down.loop.time())
+        self._report(self.loop.time())
 
     # ------------------------------------------------------------------------------------ the end
 

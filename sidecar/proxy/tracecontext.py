@@ -4,6 +4,12 @@ Every proxy hop is a span: it keeps the caller's trace id and flags and puts its
 ``parent-id`` field of the ``traceparent`` it sends on (https://www.w3.org/TR/trace-context/ 3.2 and 4.3).
 A header that does not parse starts a new trace, as the recommendation says. ``tracestate`` is passed on
 untouched by the proxy (it is an ordinary end-to-end header).
+
+B3 (https://github.com/openzipkin/b3-propagation): the single ``b3`` header
+``{TraceId}-{SpanId}[-{SamplingState}[-{ParentSpanId}]]`` or a lone sampling state (``0``, ``1``, ``d``), and the
+multi-header form ``X-B3-TraceId``, ``X-B3-SpanId``, ``X-B3-Sampled``, ``X-B3-Flags``. A 64-bit trace id is
+left-padded with zeros to 128 bits, as the spec says. It is read only when no valid ``traceparent`` came:
+W3C wins. The proxy then continues the trace in ``traceparent`` (B3 headers pass on untouched).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 _HEX = frozenset(b"0123456789abcdef")
@@ -80,6 +87,81 @@ def parse_fields(value: bytes | str | None) -> tuple[str, str, int] | None:
 def header(trace_id: str, span_id: str, flags: int) -> bytes:
     """The ``traceparent`` value (version 00) for these fields: :meth:`TraceParent.to_header`, as bytes."""
     return ("00-" + trace_id + "-" + span_id + ("-01" if flags == SAMPLED else f"-{flags:02x}")).encode()
+
+
+# ------------------------------------------------------------------------------------------ B3
+
+
+_HEX_TEXT = frozenset("0123456789abcdef")
+
+
+def _hex(value: str, lengths: tuple[int, ...]) -> str | None:
+    value = value.strip().lower()
+    if len(value) not in lengths or not _HEX_TEXT.issuperset(value) or not value.strip("0"):
+        return None
+    return value
+
+
+def _sampled(state: str | None) -> int | None:
+    if state is None:
+        return None
+    state = state.strip().lower()
+    return {"1": SAMPLED, "true": SAMPLED, "d": SAMPLED, "0": 0, "false": 0}.get(state)
+
+
+def b3_single(value: str) -> TraceParent | None:
+    """The ``b3`` header as a :class:`TraceParent` (the B3 span id becomes the parent-id), or None when it does
+    not parse or carries only a sampling decision."""
+    parts = value.strip().split("-")
+    if len(parts) < 2:
+        return None
+    trace_id = _hex(parts[0], (16, 32))
+    span_id = _hex(parts[1], (16,))
+    if trace_id is None or span_id is None:
+        return None
+    flags = _sampled(parts[2]) if len(parts) >= 3 else None
+    if len(parts) >= 3 and flags is None:
+        return None
+    return TraceParent(trace_id.rjust(32, "0"), span_id, SAMPLED if flags is None else flags)
+
+
+def b3_multi(headers: Mapping[str, str]) -> TraceParent | None:
+    """``X-B3-TraceId``/``X-B3-SpanId``/``X-B3-Sampled``/``X-B3-Flags`` (``headers`` keyed in lower case)."""
+    trace_id = _hex(headers.get("x-b3-traceid", ""), (16, 32))
+    span_id = _hex(headers.get("x-b3-spanid", ""), (16,))
+    if trace_id is None or span_id is None:
+        return None
+    if headers.get("x-b3-flags", "").strip() == "1":
+        flags: int | None = SAMPLED   # debug implies sampled
+    else:
+        flags = _sampled(headers.get("x-b3-sampled"))
+    return TraceParent(trace_id.rjust(32, "0"), span_id, SAMPLED if flags is None else flags)
+
+
+def from_b3(headers: Iterable[tuple[bytes, bytes]]) -> TraceParent | None:
+    """The trace context of B3 headers among ``(lowercase name, value)`` pairs, or None. The single header
+    wins over the multi-header form, as the B3 spec recommends."""
+    multi: dict[str, str] = {}
+    for name, value in headers:
+        if name == b"b3":
+            return b3_single(value.decode("latin-1"))
+        if name.startswith(b"x-b3-"):
+            multi[name.decode("latin-1")] = value.decode("latin-1")
+    return b3_multi(multi) if multi else None
+
+
+def incoming_context(headers: Iterable[tuple[bytes, bytes]]) -> TraceParent | None:
+    """What a hop continues: a valid ``traceparent``, else B3, else None (a new trace)."""
+    pairs = list(headers)
+    for name, value in pairs:
+        if name == b"traceparent":
+            parsed = parse(value)
+            if parsed is not None:
+                return parsed
+    return from_b3(pairs)
+
+
+# ------------------------------------------------------------------------------------------ ids
 
 
 _LOW_64 = (1 << 64) - 1   # the low half of a trace id, as sampled() reads it

@@ -8,14 +8,11 @@ the server while idle just drop it from the pool.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits, RemoteProtocolError, ResponseHead, ResponseReader
 from sidecar.proxy.limits import write_pieces
-
-if TYPE_CHECKING:
-    from sidecar.proxy.pool import UpstreamPool
-    from sidecar.proxy.relay import Tunnel
+from sidecar.proxy.tunnel import Tunnel
 
 
 class UpstreamUser(Protocol):
@@ -32,11 +29,17 @@ class UpstreamUser(Protocol):
     def flush(self) -> None: ...
 
 
+class ConnectionOwner(Protocol):
+    """What an upstream connection tells the pool that holds it (an :class:`~sidecar.proxy.pool.UpstreamPool`)."""
+
+    def discard(self, conn: UpstreamConnection) -> None: ...
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_reader", "address", "closed", "idle_since", "paused", "pool", "reused", "tls", "transport",
                  "tunnel", "user")
 
-    def __init__(self, pool: UpstreamPool | None, address: str, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
+    def __init__(self, pool: ConnectionOwner | None, address: str, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
         self.pool = pool
         self.address = address
         self.transport: asyncio.Transport | None = None

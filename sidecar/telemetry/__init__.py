@@ -3,7 +3,7 @@ spans per hop, the access log and event-loop lag.
 
 One file per concern: ``records`` (the ring of ServicePerformanceMetric, filters, percentiles; pure),
 ``requests`` (per-request counters and histogram arrays), ``prometheus`` (collectors read at scrape time),
-``tracing`` (spans from RequestStats, sampler, exporters), ``propagation`` (B3 in, trace context for messages),
+``tracing`` (spans from RequestStats, sampler, exporters), ``propagation`` (trace context for messages),
 ``access`` (the access log), ``looplag``, ``hub`` (:class:`Telemetry`, what the process wires), ``routes``.
 """
 

@@ -19,7 +19,7 @@ from sidecar.config.values import Duration
 from sidecar.errors import NotFound, Unavailable
 from sidecar.events import EventBus
 from sidecar.mesh.authorization import Authorizer
-from sidecar.mesh.dataplane import MeshStats, _Targets
+from sidecar.mesh.dataplane import _Targets
 from sidecar.mesh.inbound import (
     MAX_TUNNEL_HEADER,
     Decisions,
@@ -32,6 +32,7 @@ from sidecar.mesh.inbound import (
 )
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint
+from sidecar.mesh.stats import MeshStats
 from sidecar.proxy import Headers, RequestHead, RequestStats
 
 # ------------------------------------------------------------------------------------------ tunnel header

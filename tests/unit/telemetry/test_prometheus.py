@@ -15,7 +15,7 @@ from sidecar.catalog.model import HealthStatus, ServiceMetadata
 from sidecar.clock import FakeClock
 from sidecar.config.model import Config, NodeConfig, ServiceConfig
 from sidecar.dns.server import DnsCounters
-from sidecar.mesh.dataplane import MeshStats
+from sidecar.mesh.stats import MeshStats
 from sidecar.resilience import Resilience
 from sidecar.telemetry.hub import Telemetry
 from sidecar.telemetry.prometheus import Sources, build_registry, exposition

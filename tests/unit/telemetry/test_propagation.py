@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from sidecar.proxy.tracecontext import IdSource, TraceParent
-from sidecar.telemetry.propagation import b3_multi, b3_single, from_b3, incoming_context, message_trace
+from sidecar.proxy.tracecontext import IdSource, TraceParent, b3_multi, b3_single, from_b3, incoming_context
+from sidecar.telemetry.propagation import message_trace
 
 T128 = "80f198ee56343ba864fe8b2a57d3eff7"
 T64 = "a3ce929d0e0e4736"
