@@ -34,6 +34,7 @@ from sidecar.errors import DeadlineExceeded, SidecarError, rescue
 from sidecar.proxy import tracecontext
 from sidecar.proxy.failures import AttemptTimeout, UpstreamFailure, UpstreamProtocolError, UpstreamReset
 from sidecar.proxy.http1 import (
+    IDEMPOTENT,
     LAST_CHUNK,
     RemoteProtocolError,
     RequestHead,
@@ -89,8 +90,6 @@ class Downstream(Protocol):
 
 _TRACEPARENT = b"traceparent"
 _REQUEST_ID = b"x-request-id"
-# RFC 9110 9.2.2: safe to send twice, so a request lost with a stale pooled connection is re-sent
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class Exchange:
@@ -517,7 +516,7 @@ class Exchange:
         self.pool.forget(conn)
         response = self.response
         if response is None:
-            if conn.reused and not self.stale_retried and self.replayable and self.head.method in _IDEMPOTENT:
+            if conn.reused and not self.stale_retried and self.replayable and self.head.method in IDEMPOTENT:
                 # the server closed a pooled connection as we reused it: once, on a fresh connection
                 self.stale_retried = True
                 self.attempt -= 1

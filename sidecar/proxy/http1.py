@@ -53,6 +53,10 @@ class HeadLimits:
 
 DEFAULT_HEAD_LIMITS = HeadLimits()
 
+# RFC 9110 9.2.2: methods whose effect is the same sent once or twice. A request lost with a stale pooled
+# connection is re-sent, and a retry after the request was sent is made, only for these.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
 
 class RemoteProtocolError(SidecarError):
     """The peer broke HTTP/1.1; the status to answer is ``code.http`` and the connection is closed after it."""

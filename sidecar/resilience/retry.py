@@ -15,9 +15,10 @@ from typing import Protocol
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
 from sidecar.proxy import AttemptRecord, RequestHead, Retry, Target
+from sidecar.proxy.http1 import IDEMPOTENT
 from sidecar.resilience import deadline
 from sidecar.resilience.destination import Destination, Host
-from sidecar.resilience.rules import IDEMPOTENT, RetryOn
+from sidecar.resilience.rules import RetryOn
 
 
 class Peers(Protocol):

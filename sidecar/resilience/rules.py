@@ -11,8 +11,6 @@ from sidecar.proxy import FailureKind, RequestHead
 from sidecar.resilience import deadline
 from sidecar.resilience.backoff import Backoff
 
-# RFC 9110 9.2.2: safe to send twice
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 RETRIABLE_4XX = frozenset({409})
 _ALL_FAILURES = frozenset(FailureKind)
