@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian tools the tests talk to: real clients and real peers, never imitations.
-APT_PACKAGES := bind9-dnsutils knot-dnsutils curl openssl iproute2 nftables prometheus chromium slowhttptest
+APT_PACKAGES := bind9-dnsutils knot-dnsutils curl openssl iproute2 nftables prometheus chromium slowhttptest nghttp2-client
 # The real peers the benchmarks compare against.
 BENCH_APT_PACKAGES := dnsperf dnsmasq-base wrk haproxy nginx-light
 # Building and running the container image without a Docker engine: podman as root, debootstrap for local bases.
