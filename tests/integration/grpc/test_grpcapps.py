@@ -12,6 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.grpcapps.h2client import RawH2, grpc_frame, slow_call
 from tests.grpcapps.launch import Spawned, spawn
 from tests.grpcapps.service import INSTANCE_KEY, Knobs, Running, channel, method, serve
 from tests.harness import wait_for
@@ -150,3 +151,17 @@ def test_the_h2c_app_answers_http2_prior_knowledge_and_refuses_http1(h2app: Spaw
     import subprocess
     refused = subprocess.run(["curl", "-sS", "--http1.1", "-m", "5", url], capture_output=True)
     assert refused.returncode != 0  # an HTTP/1.1 request gets no HTTP answer from an h2c-only app
+
+
+def test_the_raw_h2_client_makes_a_grpc_call_and_reads_its_trailers(echo: Running) -> None:
+    client = RawH2.connect("127.0.0.1", echo.port)
+    try:
+        stream = client.request(*slow_call("echo", 0.05))
+        frames = [r for r in client.read_until_end(stream, 5) if r.stream == stream]
+    finally:
+        client.close()
+    head, *data, trailers = frames
+    assert dict(head.headers)[":status"] == "200"
+    assert dict(head.headers)[INSTANCE_KEY] == "in-process"
+    assert b"".join(d.data for d in data) == grpc_frame(b"slept")
+    assert trailers.kind == "HEADERS" and trailers.end_stream and dict(trailers.headers)["grpc-status"] == "0"
