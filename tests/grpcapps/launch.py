@@ -40,8 +40,28 @@ class Spawned:
 
 
 def spawn(module: str, *args: str) -> Spawned:
-    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return spawn_all({module: (module, list(args))})[module]
+
+
+def spawn_all(apps: dict[str, tuple[str, list[str]]]) -> dict[str, Spawned]:
+    """Start every app at once (name -> module and arguments), then wait for each one's port: the
+    interpreters start in parallel. On a failure, every app started is killed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = {name: subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, env=env) for name, (module, args) in apps.items()}
+    started: dict[str, Spawned] = {}
+    try:
+        for name, process in processes.items():
+            started[name] = Spawned(process, _read_port(name, process))
+    except BaseException:
+        for process in processes.values():
+            process.kill()
+            process.wait(5)
+        raise
+    return started
+
+
+def _read_port(name: str, process: subprocess.Popen[bytes]) -> int:
     assert process.stdout is not None
     # readline blocks until the app prints or dies; the timer bounds a hung start
     timer = threading.Timer(START_TIMEOUT, process.kill)
@@ -51,7 +71,5 @@ def spawn(module: str, *args: str) -> Spawned:
     finally:
         timer.cancel()
     if not line.startswith(b"PORT "):
-        process.kill()
-        process.wait(5)
-        raise RuntimeError(f"{module} did not start within {START_TIMEOUT}s: {line!r}")
-    return Spawned(process, int(line.split()[1]))
+        raise RuntimeError(f"{name} did not start within {START_TIMEOUT}s: {line!r}")
+    return int(line.split()[1])
