@@ -39,7 +39,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.grpc.loads import h2load, measure_grpc, measure_h2load
+from bench.grpc.loads import grpc_load, h2load, measure_grpc, measure_h2load
 from bench.grpc.setups import (
     CALLER,
     GRPC_SERVICE,
@@ -62,6 +62,7 @@ SIDECAR = "sidecar-pair"
 REFERENCE = {SIDECAR: HAPROXY}
 H2LOAD_SHAPES = [(1, 1), (50, 10)]  # clients x streams
 PROBE_TIMEOUT = 5.0
+WARM_UP = 1.0
 
 
 # ------------------------------------------------------------------------------------------ probes
@@ -174,6 +175,13 @@ def main() -> int:
         for load, setups in unavailable.items():
             for name, why in setups.items():
                 print(f"{load} {name}: not available ({why})", file=sys.stderr)
+        for load in args.loads:  # warm up: connections, pools, TLS sessions (HAProxy opens many h2 connections)
+            for target in runnable[load].values():
+                if load == "h2load":
+                    h2load(target.h2_port, target.h2_authority, *H2LOAD_SHAPES[-1], WARM_UP)
+                else:
+                    grpc_load(target.grpc_port, target.grpc_authority, args.grpc_concurrency, WARM_UP,
+                              args.grpc_processes)
         for run in range(args.runs):
             for load in args.loads:
                 for name, target in runnable[load].items():
