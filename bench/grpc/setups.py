@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.proxy.__main__ import free_port, process
+from bench.proxy.__main__ import HAPROXY_HEAD, free_port, process
 from bench.proxy.mesh import sidecar, sidecar_config, wait_catalog
 from tests.grpcapps.launch import spawn
 
@@ -108,16 +108,7 @@ def _haproxy(stack: ExitStack, folder: Path, name: str, bind: str, hop: str,
     port = free_port()
     grpc_server, h2_server = servers
     conf = folder / f"{name}.cfg"
-    conf.write_text(f"""
-global
-    nbthread 1
-    maxconn 8192
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    http-reuse always
+    conf.write_text(f"""{HAPROXY_HEAD}
 frontend f
     {bind.format(port=port)}
     http-request set-header x-request-id %[uuid] if !{{ req.hdr(x-request-id) -m found }}
