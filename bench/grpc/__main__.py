@@ -6,7 +6,7 @@ h2 over mTLS, and through the sidecar pair.
 
 Loads (each at one stream, for the latency a proxy adds, and under concurrency, for its throughput):
   h2load  h2c with prior knowledge, 100-byte POSTs, 1 client x 1 stream and 50 clients x 10 streams (c=500),
-          to nginx (h2c, one worker, answers 200 "ok")
+          to an h2c app that reads each request whole and answers 200 "ok" (HAProxy answering by itself)
   grpc    /test.Echo/Unary with 100-byte messages from grpc.aio clients (bench.grpc.client), at 1 and at
           --grpc-concurrency calls in flight spread over --grpc-processes processes, to the gRPC test service
           (tests.grpcapps.server: grpcio's threaded server, one process)
@@ -23,7 +23,7 @@ Runs alternate between setups. For each: median requests/s, p50/p99 latency (of 
 request summed over the setup's proxy processes (utime+stime from /proc), errors; ratios compare to the HAProxy
 pair. The HTTP/1.1 pair's figures are bench.proxy.mesh's.
 
-Exit status: 0 when done (or skipped for lack of h2load/haproxy/nginx), 1 when a server failed.
+Exit status: 0 when done (or skipped for lack of h2load/haproxy/curl), 1 when a server failed.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from bench.grpc.setups import (
     Backends,
     Target,
     grpc_app,
+    h2c_app,
     haproxy_h2_pair,
     negotiated_alpn,
-    nginx_h2c,
     sidecar_pair,
 )
 from bench.proxy.__main__ import Result, make_certs
@@ -128,20 +128,20 @@ def main() -> int:
     parser.add_argument("--grpc-concurrency", type=int, default=50)
     parser.add_argument("--grpc-processes", type=int, default=2, help="client processes of the grpc load")
     args = parser.parse_args()
-    missing = [tool for tool in ("h2load", "haproxy", "nginx", "curl") if shutil.which(tool) is None]
+    missing = [tool for tool in ("h2load", "haproxy", "curl") if shutil.which(tool) is None]
     if missing:
-        print(f"skipped: {', '.join(missing)} not installed (Debian packages nghttp2-client, haproxy, nginx-light, "
-              "curl: make tools bench-tools)")
+        print(f"skipped: {', '.join(missing)} not installed (Debian packages nghttp2-client, haproxy, curl: "
+              "make tools bench-tools)")
         return 0
     wanted = set(args.only or [HAPROXY, SIDECAR])
     results: dict[str, list[Result]] = {load: [] for load in args.loads}
     unavailable: dict[str, dict[str, str]] = {load: {} for load in args.loads}
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp, ExitStack() as stack:
         folder = Path(tmp)
-        folder.chmod(0o755)  # nginx workers run as an unprivileged user when started by root
         targets: dict[str, Target] = {}
         try:
-            backends = Backends(grpc_app(stack, workers=max(64, 2 * args.grpc_concurrency)), nginx_h2c(stack, folder))
+            h2_port, _ = h2c_app(stack, folder)
+            backends = Backends(grpc_app(stack, workers=max(64, 2 * args.grpc_concurrency)), h2_port)
             targets["direct"] = Target(backends.grpc, backends.h2, [])
             if HAPROXY in wanted:
                 certs = make_certs(folder)
