@@ -13,8 +13,10 @@ Loads (each at one stream, for the latency a proxy adds, and under concurrency, 
 Setups (loopback, free ports, certificates made in a temporary folder):
   direct           the load -> the backend
   haproxy-h2-pair  the load -h2c-> HAProxy -h2 over mTLS (ALPN h2)-> HAProxy -h2c-> the backend; one thread
-                   each, backend chosen by :authority. Before measuring, the bench checks that the inner HAProxy
-                   picks ALPN h2 for a client offering h2 and http/1.1, and that each hop saw HTTP/2.
+                   each, backend chosen by :authority (`proto h2` on the plaintext bind, `alpn h2` on the mTLS
+                   bind, `alpn h2 proto h2` to the inner HAProxy, `proto h2` to the backends). Before measuring,
+                   the bench checks that the inner HAProxy picks ALPN h2 for a client offering h2 and http/1.1,
+                   and that each hop saw HTTP/2.
   sidecar-pair     the load -> sidecar A's outbound (h2c, :authority = the service) -> mTLS -> sidecar B's
                    inbound -> the backend: two `sidecar run` processes as bench.proxy.mesh starts them, B hosting
                    both backends as services with `protocol: grpc`. When the sidecar cannot start so or cannot

@@ -134,7 +134,8 @@ def sidecar_pair(stack: ExitStack, folder: Path, backends: Backends,
                                                     "key": certs[H2_SERVICE]["key"]}]}
     b = sidecar_config(folder, "grpc-b", tls_b, [
         {"name": GRPC_SERVICE, "port": backends.grpc, "protocol": "grpc"},
-        {"name": H2_SERVICE, "port": backends.h2, "protocol": "grpc"}], [])
+        # not gRPC: a gRPC health check would fail on it, whatever the default check for protocol grpc becomes
+        {"name": H2_SERVICE, "port": backends.h2, "protocol": "grpc", "check": {"tcp": True}}], [])
     b_proc = _start(stack, folder, b)
     a = sidecar_config(folder, "grpc-a", certs[CALLER], [], [b["gossip"]["listen"]])
     a_proc = _start(stack, folder, a)

@@ -129,7 +129,8 @@ def start_mesh(tmp: Path) -> Iterator[GrpcMesh]:
             "tls": tls_for(certs, "echo", "flaky", "victim", "h2app", "web", "sleepy", "drainer"),
             "services": [grpc_service("echo", apps["echo-1"]), grpc_service("flaky", apps["flaky-1"]),
                          grpc_service("victim", apps["victim-1"], check=victim_check),
-                         grpc_service("h2app", apps["h2app"]), {"name": "web", "port": web.port, "protocol": "http"},
+                         grpc_service("h2app", apps["h2app"], check={"tcp": True}),
+                         {"name": "web", "port": web.port, "protocol": "http"},
                          grpc_service("sleepy", apps["echo-1"], check={"ttl": "1h"}),
                          grpc_service("drainer", apps["drainer-1"])],
             "authorization": DENY_SET_HEALTH, "gossip": {"profile": "local"}})
