@@ -4,6 +4,7 @@ does what the sidecar tests will rely on."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -148,7 +149,6 @@ def test_the_h2c_app_answers_http2_prior_knowledge_and_refuses_http1(h2app: Spaw
     assert reply.headers["x-instance"] == "h2-a"
     big = curl("--http2-prior-knowledge", f"http://{h2app.target}/bytes/{3 * MB}", keep_body=False)
     assert (big.status, big.size) == (200, 3 * MB)  # more than the initial window: flow control works
-    import subprocess
     refused = subprocess.run(["curl", "-sS", "--http1.1", "-m", "5", url], capture_output=True)
     assert refused.returncode != 0  # an HTTP/1.1 request gets no HTTP answer from an h2c-only app
 
