@@ -12,6 +12,7 @@ import subprocess
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.proxy.__main__ import HAPROXY_HEAD, free_port, process
 from bench.proxy.mesh import sidecar, sidecar_config, wait_catalog
@@ -148,12 +149,12 @@ def sidecar_pair(stack: ExitStack, folder: Path, backends: Backends,
     return Target(port, port, [a_proc.pid, b_proc.pid], GRPC_SERVICE, H2_SERVICE)
 
 
-def _start(stack: ExitStack, folder: Path, config: dict[str, object]) -> subprocess.Popen[bytes]:
-    name = config["node"]["name"]  # type: ignore[index]
+def _start(stack: ExitStack, folder: Path, config: dict[str, Any]) -> subprocess.Popen[bytes]:
+    name = str(config["node"]["name"])
     try:
-        return stack.enter_context(sidecar(folder, config))  # type: ignore[arg-type]
+        return stack.enter_context(sidecar(folder, config))
     except RuntimeError:
-        raise RuntimeError(f"sidecar {name} did not start: {_log_tail(folder, str(name))}") from None
+        raise RuntimeError(f"sidecar {name} did not start: {_log_tail(folder, name)}") from None
 
 
 def _log_tail(folder: Path, name: str) -> str:

@@ -90,7 +90,7 @@ def sidecar_certs(folder: Path, *services: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def sidecar_config(folder: Path, name: str, tls: dict[str, str], services: list[dict[str, Any]],
+def sidecar_config(folder: Path, name: str, tls: dict[str, Any], services: list[dict[str, Any]],
                    join: list[str]) -> dict[str, Any]:
     return {
         "node": {"name": name, "cluster": "bench", "data_dir": str(folder / f"data-{name}")},
