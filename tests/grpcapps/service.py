@@ -63,6 +63,8 @@ class _Seen:
     sent_bytes: Counter[str] = field(default_factory=Counter)
     cancelled: Counter[str] = field(default_factory=Counter)
     slow: list[SlowCall] = field(default_factory=list)
+    # the request metadata of the last call, by method (what a proxy added or changed)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class EchoService:
@@ -143,20 +145,23 @@ class EchoService:
     # ------------------------------------------------------------------------------------------ records
 
     def observed(self) -> dict[str, Any]:
-        """What this instance saw: calls, bytes in and out and streams ended early, by method; slow calls."""
+        """What this instance saw: calls, bytes in and out, streams ended early and the last call's request
+        metadata, by method; slow calls."""
         with self._lock:
             seen = self._seen
             return {"instance": self.knobs.instance, "calls": dict(seen.calls),
                     "received_bytes": dict(seen.received_bytes), "sent_bytes": dict(seen.sent_bytes),
-                    "cancelled": dict(seen.cancelled),
+                    "cancelled": dict(seen.cancelled), "metadata": dict(seen.metadata),
                     "slow": [{"time_remaining": s.time_remaining, "ended_early": s.ended_early} for s in seen.slow]}
 
     def _start(self, name: str, context: grpc.ServicerContext, size: int) -> None:
         context.send_initial_metadata(((INSTANCE_KEY, self.knobs.instance),))
         context.set_trailing_metadata(((INSTANCE_KEY, self.knobs.instance),))
+        received = {str(k): str(v) for k, v in context.invocation_metadata() or ()}
         with self._lock:
             self._seen.calls[name] += 1
             self._seen.received_bytes[name] += size
+            self._seen.metadata[name] = received
 
     def _received(self, name: str, size: int) -> None:
         with self._lock:

@@ -5,6 +5,8 @@
         web (HTTP/1.1), sleepy (a TTL check never fed: no healthy instance), drainer (drainer-1)
     B2  node-b2: echo (echo-2), victim (victim-2)
     B3  node-b3: echo (echo-3)
+Tests add sidecars of their own with ``GrpcMesh.start_sidecar`` (a second caller, a drained destination, a
+service behind a gRPC health check), killed with the mesh.
 gRPC and h2c apps are registered with ``protocol: grpc`` (SPEC: h2c to the app), web with ``protocol: http``.
 Every B denies /test.Echo/SetHealth on echo. A's policies: round-robin where a test counts instances,
 retries on ``unavailable`` for flaky and victim.
@@ -26,7 +28,7 @@ from tests.grpcapps.service import channel
 from tests.harness import FakeApp, SidecarProcess, http, make_certs, wait_for
 
 GRPC_APP = "tests.grpcapps.server"
-SERVICES = ["checkout", "echo", "flaky", "victim", "h2app", "web", "sleepy", "drainer"]
+SERVICES = ["checkout", "echo", "flaky", "victim", "h2app", "web", "sleepy", "drainer", "checked"]
 DENIED = "/test.Echo/SetHealth"
 START_TIMEOUT = 20.0
 RETRY_ALL = {"retry_non_idempotent": True, "budget": {"ratio": 1.0, "min_per_second": 1000}}

@@ -60,6 +60,9 @@ def test_unary_echoes_and_every_third_call_is_unavailable(echo_channel: grpc.Cha
         assert dict(call.initial_metadata())[INSTANCE_KEY] == "in-process"
         assert instance_of(call) == "in-process"
     assert codes == {grpc.StatusCode.OK: 20, grpc.StatusCode.UNAVAILABLE: 10}
+    unary(b"traced", metadata=(("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),))
+    seen = observed(echo_channel)["metadata"]["Unary"]
+    assert seen["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def test_every_call_shape_carries_16_mib_messages(echo_channel: grpc.Channel) -> None:

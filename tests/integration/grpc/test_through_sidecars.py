@@ -19,10 +19,11 @@ from typing import Any
 import grpc
 import pytest
 
+from sidecar.proxy.tracecontext import parse
 from tests.grpcapps.h2client import RawH2, grpc_frame, slow_call
 from tests.grpcapps.launch import spawn
 from tests.grpcapps.service import INSTANCE_KEY, channel, method
-from tests.harness import wait_for
+from tests.harness import http, wait_for
 from tests.integration.grpc.mesh import DENIED, GrpcMesh, grpc_service, start_mesh, tls_for
 from tests.integration.mesh.clients import curl, needs_curl
 from tests.integration.proxy.test_streams import MAX_GROWTH_KIB, RssWatch, rss_kib
@@ -265,3 +266,65 @@ def test_an_http2_client_reaches_an_http1_app(mesh: GrpcMesh) -> None:
     assert versions == "2 200", out.stdout                       # the client spoke HTTP/2 all along
     assert json.loads(body)["app"] == "web"
     assert mesh.web.requests[before:] == [("GET", "/from/http2")]   # the app got HTTP/1.1
+
+
+# ------------------------------------------------------------------------------------------ the rest of L7
+
+
+def test_a_grpc_health_check_follows_the_apps_health_service(mesh: GrpcMesh) -> None:
+    mesh.apps["checked-1"] = spawn("tests.grpcapps.server", "--instance", "checked-1")
+    mesh.start_sidecar("node-h", {
+        "tls": tls_for(mesh.certs, "checked"),
+        "services": [grpc_service("checked", mesh.apps["checked-1"],
+                                  check={"grpc": "test.Echo", "interval": "250ms", "timeout": "250ms"})],
+        "gossip": {"profile": "local", "join": mesh.seed}})
+
+    def status() -> list[str]:
+        return [i["status"] for i in http("GET", f"{mesh.caller.api}/v1/catalog/checked").json()]
+
+    wait_for(lambda: status() == ["healthy"], 15, what="checked healthy by its gRPC check")
+    with channel(mesh.apps["checked-1"].target) as ch:
+        set_health = ch.unary_unary(method("SetHealth"))
+        set_health(b"NOT_SERVING", timeout=CALL_TIMEOUT)
+        wait_for(lambda: status() == ["unhealthy"], 10, what="NOT_SERVING seen as unhealthy")
+        set_health(b"SERVING", timeout=CALL_TIMEOUT)
+        wait_for(lambda: status() == ["healthy"], 10, what="SERVING seen as healthy again")
+
+
+def test_records_and_metrics_name_the_grpc_method_and_status(mesh: GrpcMesh) -> None:
+    with mesh.channel("echo") as ch:
+        unary_instances(ch, 3)
+        with pytest.raises(grpc.RpcError):
+            ch.unary_unary(DENIED)(b"SERVING", timeout=CALL_TIMEOUT)
+
+    def records(name: str) -> list[dict[str, Any]]:
+        found = http("GET", f"{mesh.caller.admin}/v1/metrics?service=echo&limit=1000").json()
+        return [r for r in found if name in r["serviceMethod"]]
+
+    ok = wait_for(lambda: records("test.Echo/Unary"), 5, what="records of test.Echo/Unary")
+    denied = wait_for(lambda: records("test.Echo/SetHealth"), 5, what="records of the denied call")
+    # the gRPC status rides along (its key named for gRPC), not only success/error
+    assert ok[-1]["status"] == "success" and grpc_status(ok[-1]) in ("0", "OK"), ok[-1]
+    assert denied[-1]["status"] == "error" and grpc_status(denied[-1]) in ("7", "PERMISSION_DENIED"), denied[-1]
+    exposition = http("GET", f"{mesh.caller.admin}/metrics").body.decode()
+    assert "test.Echo/Unary" in exposition
+
+
+def grpc_status(record: dict[str, Any]) -> str:
+    values = [str(v) for k, v in record.items() if "grpc" in k.lower()]
+    assert len(values) == 1, f"one gRPC status field expected in {record}"
+    return values[0]
+
+
+def test_the_trace_continues_through_grpc_metadata(mesh: GrpcMesh) -> None:
+    trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with mesh.channel("echo") as ch:
+        _, call = ch.unary_unary(method("Unary")).with_call(
+            b"traced", metadata=(("traceparent", f"00-{trace_id}-{caller_span}-01"),), timeout=CALL_TIMEOUT)
+    instance = dict(call.trailing_metadata())[INSTANCE_KEY]
+    seen = observed(mesh, instance)["metadata"]["Unary"]
+    arrived = parse(seen["traceparent"])
+    assert arrived is not None and arrived.trace_id == trace_id, seen
+    assert arrived.span_id != caller_span, seen          # each sidecar hop adds its span
+    assert seen.get("x-request-id"), seen
+    assert seen.get("x-sidecar-caller") == "spiffe://mesh.local/service/checkout", seen
