@@ -279,8 +279,10 @@ class H2Connection:
             self._guard.forget(sid)
             if known:
                 out.append(StreamReset(sid, int(ev.error_code or 0), bool(ev.remote_reset)))
-            if ev.remote_reset:
-                self._peer_reset_hit()
+            if not ev.remote_reset:
+                self._count("stream_errors")  # h2 reset it for the peer's fault (e.g. its window overflowed)
+            # either way the peer made us set up and tear down a stream: one budget for both
+            self._peer_reset_hit()
         elif isinstance(ev, h2.events.WindowUpdated):
             self._flush_waiting(ev.stream_id or 0)
         elif isinstance(ev, h2.events.RemoteSettingsChanged):

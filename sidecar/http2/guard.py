@@ -77,8 +77,8 @@ class FrameGuard:
             return self._data(flags, stream_id, length, now)
         if ftype == HEADERS:
             return self._headers(flags, stream_id, length, now)
-        if ftype in (SETTINGS, PING):
-            if not flags & ACK and self._controls.hit(now):
+        if ftype in (SETTINGS, PING):  # acknowledgements too: we asked for one each, rarely
+            if self._controls.hit(now):
                 raise Violation(ENHANCE_YOUR_CALM, f"more than {self.limits.max_control_frames} SETTINGS/PING/"
                                 f"PRIORITY frames in {self.limits.budget_window:g}s", "control_flood")
             return Verdict.PASS
@@ -88,10 +88,10 @@ class FrameGuard:
                                 f"PRIORITY frames in {self.limits.budget_window:g}s", "control_flood")
             return Verdict.DROP if stream_id in self.refused else Verdict.PASS
         if ftype == RST_STREAM:
+            # a reset of a stream the peer already ended is a cancel (our answer may still be running); the
+            # reset budget counts those the core sees, and h2 ignores resets of streams that are over
             self.peer_open.discard(stream_id)
-            if stream_id in self.refused:
-                return Verdict.DROP
-            return Verdict.PASS
+            return Verdict.DROP if stream_id in self.refused else Verdict.PASS
         if ftype == WINDOW_UPDATE:
             return Verdict.DROP if stream_id in self.refused else Verdict.PASS
         if ftype == GOAWAY:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hyperframe.frame import GoAwayFrame, PingFrame, RstStreamFrame, WindowUpdateFrame
+from hyperframe.frame import GoAwayFrame, PingFrame, PriorityFrame, RstStreamFrame, WindowUpdateFrame
 
 from sidecar.http2.connection import H2Connection
 from sidecar.http2.events import (
@@ -175,6 +175,17 @@ def test_window_overflow_is_a_flow_control_error() -> None:
     assert core.counters == {"flow_control": 1}
 
 
+def test_stream_window_overflow_resets_the_stream_and_counts_against_the_reset_budget() -> None:
+    core, peer = server(max_peer_resets=3)
+    core.receive_data(peer.headers(1), 0.0)
+    events = core.receive_data(peer.window_update(1, 2**31 - 1), 0.0)
+    assert events == [StreamReset(1, FLOW_CONTROL_ERROR, remote=False)] and not core.closed
+    assert core.counters == {"stream_errors": 1}
+    flood = b"".join(peer.headers(s) + peer.window_update(s, 2**31 - 1) for s in (3, 5, 7))
+    assert terminated(core.receive_data(flood, 0.0)).error_code == ENHANCE_YOUR_CALM
+    assert core.counters == {"stream_errors": 4, "rapid_reset": 1}
+
+
 def test_frames_on_closed_streams_are_counted_and_bounded() -> None:
     core, peer = server(max_closed_stream_frames=10)
     core.receive_data(peer.headers(1, end_stream=True), 0.0)
@@ -187,12 +198,14 @@ def test_frames_on_closed_streams_are_counted_and_bounded() -> None:
     assert core.counters == {"closed_stream_frames": 1}
 
 
-@pytest.mark.parametrize("flood", ["ping", "settings", "empty-data"])
+@pytest.mark.parametrize("flood", ["ping", "ping-ack", "settings", "priority", "empty-data"])
 def test_control_frame_flood(flood: str) -> None:
     core, peer = server(max_control_frames=100)
     if flood == "empty-data":
         core.receive_data(peer.headers(1), 0.0)
-    frame = {"ping": peer.ping(), "settings": peer.settings(), "empty-data": peer.data(1, b"")}[flood]
+    frame = {"ping": peer.ping(), "ping-ack": PingFrame(0, opaque_data=b"unasked!", flags={"ACK"}).serialize(),
+             "settings": peer.settings(), "priority": PriorityFrame(1, depends_on=0, stream_weight=16).serialize(),
+             "empty-data": peer.data(1, b"")}[flood]
     assert not any(isinstance(e, ConnectionTerminated) for e in core.receive_data(frame * 90, 0.0))
     events = core.receive_data(frame * 20, 0.0)
     assert terminated(events).error_code == ENHANCE_YOUR_CALM
