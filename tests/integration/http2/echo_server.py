@@ -18,6 +18,7 @@ class EchoProtocol(asyncio.Protocol):
         self.paths: dict[int, bytes] = {}
         self.bodies: dict[int, bytearray] = {}
         self.transport: asyncio.Transport | None = None
+        self.ending = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -46,8 +47,12 @@ class EchoProtocol(asyncio.Protocol):
         out = self.core.data_to_send()
         if out:
             self.transport.write(out)
-        if self.core.closed:
-            self.transport.close()
+        if self.core.closed and not self.ending:
+            self.ending = True
+            # FIN after the GOAWAY, and read on for a moment: closing with unread input would send a RST,
+            # and a RST may discard the GOAWAY before the peer reads it
+            self.transport.write_eof()
+            asyncio.get_running_loop().call_later(1.0, self.transport.close)
 
     def pause_writing(self) -> None:
         assert self.transport is not None

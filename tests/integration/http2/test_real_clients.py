@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from tests.integration.http2.echo_server import EchoServer
 from tests.loops import LoopThread
@@ -70,3 +70,47 @@ def test_rapid_reset_attacker_is_cut_off_and_others_are_served(echo: EchoServer)
     out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", f"http://127.0.0.1:{echo.port}/after"],
                          capture_output=True, timeout=30, check=True).stdout
     assert out == b"echo:/after"
+
+
+def exchange(port: int, data: bytes, until_closed: bool = True, wait_for_bytes: int = 0) -> list[object]:
+    """Send ``data`` on a new connection; read frames until the server closes (or enough bytes came)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        while (until_closed or len(received) < wait_for_bytes) and (chunk := sock.recv(65536)):
+            received += chunk
+    return list(frames(received))
+
+
+def test_bad_preface_gets_goaway_and_close(echo: EchoServer) -> None:
+    got = exchange(echo.port, b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+    assert [(type(f).__name__, getattr(f, "error_code", None)) for f in got][-1] == ("GoAwayFrame", 0x1)
+    assert echo.connections[-1].counters == {"bad_preface": 1}
+
+
+def test_streams_past_the_limit_are_refused_on_the_wire_and_the_rest_answered(echo: EchoServer) -> None:
+    peer = RawPeer()
+    # 150 requests before the client has read our SETTINGS (100 streams): 50 are refused, 100 answered
+    burst = peer.preface() + b"".join(peer.headers(s) for s in range(1, 301, 2))
+    burst += b"".join(peer.data(s, b"x", end_stream=True) for s in range(1, 301, 2))
+    with socket.create_connection(("127.0.0.1", echo.port), timeout=10) as sock:
+        sock.sendall(burst)
+        received = b""
+        while received.count(b"echo:") < 100:
+            chunk = sock.recv(65536)
+            assert chunk, "closed early"
+            received += chunk
+    got = frames(received)
+    refused = sorted(f.stream_id for f in got if isinstance(f, RstStreamFrame) and f.error_code == 0x7)
+    assert refused == list(range(201, 301, 2))
+    assert not any(isinstance(f, GoAwayFrame) for f in got)
+    assert echo.connections[-1].counters == {"refused_streams": 50}
+
+
+def test_continuation_flood_is_cut_off(echo: EchoServer) -> None:
+    peer = RawPeer()
+    flood = peer.preface() + peer.headers(1, block=peer.block()[:2], end_headers=False)
+    flood += b"".join(peer.continuation(1, b"\x00" * 1000) for _ in range(200))
+    got = exchange(echo.port, flood)
+    assert [f.error_code for f in got if isinstance(f, GoAwayFrame)] == [0xB]
+    assert echo.connections[-1].counters == {"continuation_flood": 1}
