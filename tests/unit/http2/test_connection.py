@@ -240,8 +240,10 @@ def pump(a: H2Connection, b: H2Connection, now: float = 0.0, ack: bool = True) -
     raise AssertionError("no quiet point")
 
 
-def test_request_response_with_trailers_between_two_cores() -> None:
-    client, srv = H2Connection(client_side=True), H2Connection(client_side=False)
+@pytest.mark.parametrize("check_outbound", [True, False])
+def test_request_response_with_trailers_between_two_cores(check_outbound: bool) -> None:
+    client = H2Connection(client_side=True, check_outbound=check_outbound)
+    srv = H2Connection(client_side=False, check_outbound=check_outbound)
     pump(client, srv)
     sid = client.start_request(REQUEST)
     client.send_data(sid, b"\x00\x00\x00\x00\x02hi", end_stream=True)
