@@ -424,6 +424,9 @@ class H2Connection:
     def _flush(self, stream_id: int, stream: _Stream) -> None:
         """Send what the windows allow of the stream's queue, then its end or trailers once it is empty."""
         out, h2c = stream.out, self._h2
+        if stream.local_done:  # ended by an earlier flush: nothing may follow END_STREAM
+            self._waiting.discard(stream_id)
+            return
         while out:
             window = h2c.local_flow_control_window(stream_id)
             if window <= 0:
@@ -434,6 +437,7 @@ class H2Connection:
             h2c.send_data(stream_id, bytes(out[:n]), end_stream=last)
             del out[:n]
             if last:
+                self._waiting.discard(stream_id)
                 self._local_end(stream_id, stream)
                 return
         self._waiting.discard(stream_id)

@@ -283,6 +283,26 @@ def test_slow_reader_slows_the_writer_and_memory_stays_bounded() -> None:
     assert client.buffered(sid) == 0
 
 
+def test_a_stream_ended_after_waiting_for_its_window_sends_nothing_more() -> None:
+    limits = H2Limits(initial_window=65535, connection_window=65535)
+    client, srv = H2Connection(client_side=True, limits=limits), H2Connection(client_side=False, limits=limits)
+    pump(client, srv)
+    sid = client.start_request(REQUEST)  # the client keeps its side open, as in a bidi call
+    client.send_data(sid, b"ask")
+    srv.receive_data(client.data_to_send(), 0.0)
+    srv.send_headers(sid, [(b":status", b"200")])
+    srv.send_data(sid, b"x" * 100_000, end_stream=True)  # more than the window: it waits, then ends
+    ends = 0
+    for _ in range(6):  # window updates keep coming after the stream's last frame went out
+        for event in client.receive_data(srv.data_to_send(), 0.0):
+            ends += isinstance(event, StreamEnded)
+            if isinstance(event, DataReceived):
+                client.acknowledge(event.stream_id, event.flow_length)
+        client.send_data(sid, b"more")
+        assert not any(isinstance(e, ConnectionTerminated) for e in srv.receive_data(client.data_to_send(), 0.0))
+    assert ends == 1 and srv.buffered(sid) == 0 and not srv.closed
+
+
 def test_goaway_drain_finishes_in_flight_streams_and_refuses_new_ones() -> None:
     client, srv = H2Connection(client_side=True), H2Connection(client_side=False)
     pump(client, srv)
