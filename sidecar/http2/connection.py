@@ -62,12 +62,11 @@ from sidecar.http2.guard import (
     Verdict,
     Violation,
 )
-from sidecar.http2.limits import Budget, H2Limits
+from sidecar.http2.limits import DEFAULT_WINDOW, Budget, H2Limits
 from sidecar.http2.preface import PREFACE
 
 NO_ERROR = 0x0
 CANCEL = 0x8
-_DEFAULT_CONNECTION_WINDOW = 65535
 
 
 class H2UsageError(Exception):
@@ -106,6 +105,7 @@ class H2Connection:
         self._drop_block = bytearray()  # header block of a refused stream, decoded only for HPACK's sake
         self._drop_refuse = False
         self._now = 0.0
+        self._to_flush: set[int] = set()  # windows a batch of frames opened
         self._events: list[Event] = []
         self._h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=client_side, header_encoding=None,
@@ -122,8 +122,8 @@ class H2Connection:
         # enforced from the first frame, before the peer acknowledges our SETTINGS
         self._h2.decoder.max_header_list_size = lim.max_header_list_size
         self._h2.initiate_connection()
-        if lim.connection_window > _DEFAULT_CONNECTION_WINDOW:
-            self._h2.increment_flow_control_window(lim.connection_window - _DEFAULT_CONNECTION_WINDOW)
+        if lim.connection_window > DEFAULT_WINDOW:
+            self._h2.increment_flow_control_window(lim.connection_window - DEFAULT_WINDOW)
 
     # -- input -------------------------------------------------------------------------------------------
 
@@ -245,8 +245,13 @@ class H2Connection:
             h2_events = self._h2.receive_data(chunk)
         except h2.exceptions.ProtocolError as e:
             raise Violation(int(e.error_code), str(e) or type(e).__name__, _counter_of(e)) from e
+        self._to_flush = set()
         for ev in h2_events:
             self._translate(ev)
+        # after every event of the batch: h2 has already applied them all, so a stream a later RST_STREAM
+        # closed must not be written to because an earlier WINDOW_UPDATE opened its window
+        if self._to_flush:
+            self._flush_waiting(0 if 0 in self._to_flush else self._to_flush)
 
     def _translate(self, ev: h2.events.Event) -> None:
         out = self._events
@@ -287,10 +292,10 @@ class H2Connection:
             # either way the peer made us set up and tear down a stream: one budget for both
             self._peer_reset_hit()
         elif isinstance(ev, h2.events.WindowUpdated):
-            self._flush_waiting(ev.stream_id or 0)
+            self._to_flush.add(ev.stream_id or 0)
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
             if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
-                self._flush_waiting(0)
+                self._to_flush.add(0)
         elif isinstance(ev, h2.events.PingAckReceived):
             out.append(PingAcked(ev.ping_data or b""))
 
@@ -453,8 +458,9 @@ class H2Connection:
         if stream.peer_done:
             self._streams.pop(stream_id, None)
 
-    def _flush_waiting(self, stream_id: int) -> None:
-        for sid in ([stream_id] if stream_id else list(self._waiting)):
+    def _flush_waiting(self, which: int | set[int]) -> None:
+        """Flush the waiting streams among ``which`` (0: all of them)."""
+        for sid in (list(self._waiting) if which == 0 else list(which) if isinstance(which, set) else [which]):
             stream = self._streams.get(sid)
             if stream is None or sid not in self._waiting:
                 continue

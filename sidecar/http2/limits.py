@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_WINDOW = 65535  # RFC 9113's initial window, stream and connection
+
 
 @dataclass(frozen=True, slots=True)
 class H2Limits:
     # streams the peer may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); 100 is RFC 9113's floor
     # recommendation and what Envoy, nginx and Go advertise
     max_concurrent_streams: int = 100
-    # per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE): unacknowledged bytes one stream may hold
+    # per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE): unacknowledged bytes one stream may hold;
+    # never below the protocol's 65535, which the peer may use until it has read our SETTINGS
     initial_window: int = 256 * 1024
     # connection receive window: bounds what all streams together hold before the consumer passes it on
     connection_window: int = 1024 * 1024
@@ -31,6 +34,11 @@ class H2Limits:
     budget_window: float = 10.0
     # bytes queued on one stream before the producer is told to wait (its window may be closed)
     stream_buffer_high: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        if min(self.initial_window, self.connection_window) < DEFAULT_WINDOW:
+            raise ValueError(f"HTTP/2 windows must be at least {DEFAULT_WINDOW} (got {self.initial_window}, "
+                             f"{self.connection_window})")
 
 
 @dataclass(slots=True)

@@ -351,3 +351,9 @@ def test_ping_is_answered_and_acknowledged() -> None:
     acks = [f for f in frames(answer) if isinstance(f, PingFrame)]
     assert [(f.opaque_data, "ACK" in f.flags) for f in acks] == [(b"keepaliv", True)]
     assert client.receive_data(answer, 0.0) == [PingAcked(b"keepaliv")]
+
+
+def test_windows_below_the_protocol_default_are_refused() -> None:
+    # the peer may send 65535 bytes before it reads our SETTINGS: a smaller window would fail it unfairly
+    with pytest.raises(ValueError, match="at least 65535"):
+        H2Limits(initial_window=32 * 1024)
