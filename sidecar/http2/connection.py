@@ -172,6 +172,9 @@ class H2Connection:
                         verdict = Verdict.PASS
                         guard.admit(stream_id, flags)
                         self._pending_new += 1
+                elif verdict is Verdict.REFUSE:  # opened after our GOAWAY
+                    self._count("refused_streams")
+                    self._peer_reset_hit()
                 if verdict is not Verdict.PASS:
                     self._feed(bytes(buf[start:pos]))
                     start = end

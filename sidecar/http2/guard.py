@@ -135,6 +135,7 @@ class FrameGuard:
         if not self.client_side and stream_id % 2 == 1 and stream_id > self.highest_peer:
             self.highest_peer = stream_id
             if self.goaway_last is not None and stream_id > self.goaway_last:
+                self.refuse(stream_id)
                 return Verdict.REFUSE
             return Verdict.NEW
         self._closed_stream_frame(stream_id, now)

@@ -63,7 +63,9 @@ def deliver(src: H2Connection, dst: Side, rng: random.Random, now: float) -> Non
         data = data[cut:]
 
 
-@pytest.mark.parametrize("seed", [*range(40), 259, 474])  # 259, 474: a reset and a window update in one batch
+# seeds past 40 found bugs once: 259 and 474 a reset and a window update in one batch, 44 and 113 frames of
+# a stream refused after our GOAWAY
+@pytest.mark.parametrize("seed", [*range(40), 44, 113, 259, 474])
 def test_random_legal_exchange(seed: int) -> None:
     rng = random.Random(seed)
     client = Side(H2Connection(client_side=True, limits=LIMITS), rng)
@@ -91,7 +93,10 @@ def test_random_legal_exchange(seed: int) -> None:
         elif action == 3 and streams and rng.random() < 0.2:
             (client if rng.random() < 0.5 else server).core.reset(rng.choice(streams))
         elif action == 4:
-            client.core.ping(rng.randbytes(8))
+            if rng.random() < 0.02:
+                server.core.goaway()  # drain: what is open finishes, new streams are refused
+            else:
+                client.core.ping(rng.randbytes(8))
         elif action in (5, 6):
             deliver(client.core, server, rng, now)
             seen_by_server |= {s for s in streams}
