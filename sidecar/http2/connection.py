@@ -411,15 +411,19 @@ class H2Connection:
         if not self.closed:
             self._h2.ping(opaque)
 
-    def goaway(self, error_code: int = NO_ERROR) -> None:
-        """Drain: tell the peer no stream above the last it opened will be processed; those below finish.
-        An error code other than NO_ERROR ends the connection at once."""
+    def goaway(self, error_code: int = NO_ERROR, last_stream_id: int | None = None) -> None:
+        """Drain: tell the peer no stream above ``last_stream_id`` (by default the last it opened) will be
+        processed; those at or below it finish. An error code other than NO_ERROR ends the connection at once.
+        A second GOAWAY may lower the last stream id, never raise it: the graceful two-step drain sends
+        ``goaway(last_stream_id=2**31 - 1)`` first, then ``goaway()`` a round trip later."""
         if self.closed:
             return
         if error_code != NO_ERROR:
             self._terminate(error_code, "closed by the sidecar", "local_goaway")
             return
-        last = self._guard.highest_peer
+        last = self._guard.highest_peer if last_stream_id is None else last_stream_id
+        if self._guard.goaway_last is not None:
+            last = min(last, self._guard.goaway_last)
         self._guard.goaway_last = last
         self._emit_frame(GoAwayFrame(0, last_stream_id=last, error_code=NO_ERROR).serialize())
 

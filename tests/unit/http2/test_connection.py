@@ -336,6 +336,20 @@ def test_server_refuses_streams_above_its_goaway() -> None:
     assert b"still flowing" in core.data_to_send()
 
 
+def test_two_step_drain_notice_then_last_stream() -> None:
+    core, peer = server()
+    core.goaway(last_stream_id=2**31 - 1)  # notice: nothing refused yet
+    events = core.receive_data(peer.headers(1, end_stream=True), 0.0)
+    assert [type(e) for e in events] == [HeadersReceived, StreamEnded]
+    core.goaway()
+    core.goaway(last_stream_id=99)  # cannot raise it again
+    sent = [f for f in frames(core.data_to_send()) if isinstance(f, GoAwayFrame)]
+    assert [(f.last_stream_id, f.error_code) for f in sent] == [(2**31 - 1, 0), (1, 0), (1, 0)]
+    core.receive_data(peer.headers(3, end_stream=True), 0.0)
+    resets = [f for f in frames(core.data_to_send()) if isinstance(f, RstStreamFrame)]
+    assert [(f.stream_id, f.error_code) for f in resets] == [(3, REFUSED_STREAM)]
+
+
 def test_peer_goaway_with_an_error_ends_the_connection() -> None:
     core, peer = server()
     events = core.receive_data(peer.goaway(0, PROTOCOL_ERROR), 0.0)
