@@ -205,3 +205,14 @@ def test_a_quick_reset_never_makes_a_host_look_faster() -> None:
     # kept where it was (not decayed over the second without samples, not pulled down by the 1 ms failure)
     assert host.load.estimate == pytest.approx(host.load.latency(101.001)) and host.load.stamp == 101.001
     assert host.load.estimate > 0.045
+
+
+def test_clusters_shows_the_connect_hold() -> None:
+    r = resilience(policy(percent=0.0, attempts=0))
+    peers = Peers(endpoint(1), endpoint(2))
+    target = start(r, peers)
+    fail(r, target, 100.0)
+    rows = {e["address"]: e for e in r.clusters_json(100.1, 0.0)["pay"]["endpoints"]}
+    held = rows[f"{target.address[0]}:{target.address[1]}"]
+    assert held["connectHold"] == {"failures": 1, "remainingMs": 150}
+    assert r.clusters_json(101.0, 0.0)["pay"]["endpoints"][0]["connectHold"]["remainingMs"] == 0
