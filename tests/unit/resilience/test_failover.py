@@ -51,7 +51,8 @@ def succeed(target: Target, now: float, latency: float = 0.005) -> None:
 # ------------------------------------------------------------------------------------------ retries
 
 
-def test_a_retry_goes_to_a_degraded_host_rather_than_back_to_the_healthy_one_that_refused() -> None:
+@pytest.mark.parametrize("failure", ["refused", "reset"])
+def test_a_retry_goes_to_a_degraded_host_rather_than_back_to_the_healthy_one_that_failed(failure: str) -> None:
     """The chaos run's kill: the only healthy, non-ejected instance died. Its ejection may be refused
     (max_ejection_percent), but its retries must not all go back to it."""
     r = resilience(policy(percent=0.0))    # no ejection at all: the pick alone must route around it
@@ -59,18 +60,10 @@ def test_a_retry_goes_to_a_degraded_host_rather_than_back_to_the_healthy_one_tha
     first = start(r, peers)
     assert first.address == ONE
     call = call_of(first)
-    failed = record(first, 1, failure=refused(first), sent=False)
-    call.observe(failed)
-    decision = call.next_attempt(failed)
-    assert decision is not None and decision.target.address == TWO
-
-
-def test_a_retry_after_a_reset_also_leaves_the_tried_healthy_host_for_a_degraded_one() -> None:
-    r = resilience(policy(percent=0.0))
-    peers = Peers(endpoint(1), endpoint(2, D))
-    first = start(r, peers)
-    call = call_of(first)
-    failed = record(first, 1, failure=UpstreamReset(first.authority), sent=True)
+    if failure == "refused":
+        failed = record(first, 1, failure=refused(first), sent=False)
+    else:
+        failed = record(first, 1, failure=UpstreamReset(first.authority), sent=True)
     call.observe(failed)
     decision = call.next_attempt(failed)
     assert decision is not None and decision.target.address == TWO
