@@ -26,6 +26,7 @@ NATIVE = [
     "sidecar/mesh/router.py",
     "sidecar/mesh/stats.py",
     "sidecar/proxy/downstream.py",
+    "sidecar/proxy/engine.py",
     "sidecar/proxy/connector.py",
     "sidecar/proxy/exchange.py",
     "sidecar/proxy/failures.py",

@@ -18,7 +18,8 @@ import logging
 from typing import Protocol, cast
 
 from sidecar.errors import SidecarError, Unavailable, rescue
-from sidecar.proxy.exchange import Exchange, Listener
+from sidecar.proxy.engine import Engine
+from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, simple_response
 from sidecar.proxy.limits import LazyTimer, write_pieces
 from sidecar.proxy.target import ConnectionInfo
@@ -27,9 +28,10 @@ from sidecar.proxy.tunnel import Tunnel
 log = logging.getLogger(__name__)
 
 
-class Acceptor(Listener, Protocol):
+class Acceptor(Protocol):
     """What a client connection uses of the proxy that accepted it (an :class:`~sidecar.proxy.HttpProxy`)."""
 
+    engine: Engine
     connections: set[DownstreamProtocol]
     accepted: int
     rejected: int
@@ -43,15 +45,17 @@ _HEAD, _BODY, _END = 0, 1, 2
 
 class DownstreamProtocol(asyncio.Protocol):
     __slots__ = ("_backlog", "_backlog_bytes", "_draining_backlog", "_pause_reasons", "client_paused", "closed",
-                 "exchange", "info", "limits", "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
+                 "engine", "exchange", "info", "limits", "loop", "out", "proxy", "reader", "timer", "transport",
+                 "tunnel")
 
     def __init__(self, proxy: Acceptor, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = proxy
-        self.limits = proxy.limits    # read per request: held with its type, not looked up through Acceptor
+        engine = self.engine = proxy.engine
+        self.limits = engine.limits   # read per request: held with its type, not looked up through Acceptor
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.info = ConnectionInfo(proxy.name, None, None, None)
-        self.reader = RequestReader(self, proxy.limits.head)
+        self.info = ConnectionInfo(engine.name, None, None, None)
+        self.reader = RequestReader(self, engine.limits.head)
         self.exchange: Exchange | None = None
         self.tunnel: Tunnel | None = None
         self.out: list[bytes] = []
@@ -69,10 +73,11 @@ class DownstreamProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         proxy = self.proxy
-        limits = proxy.limits
-        overload = proxy.overload
+        engine = self.engine
+        limits = engine.limits
+        overload = engine.overload
         if overload is not None and overload.refusing:
-            self._refuse(transport, overload.refuse(proxy.name))
+            self._refuse(transport, overload.refuse(engine.name))
             return
         if len(proxy.connections) >= limits.max_connections and not proxy.displace_idle():
             proxy.rejected += 1
@@ -83,7 +88,7 @@ class DownstreamProtocol(asyncio.Protocol):
         proxy.connections.add(self)
         proxy.accepted += 1
         transport.set_write_buffer_limits(limits.high_water, limits.low_water)
-        self.info = ConnectionInfo(proxy.name, transport.get_extra_info("peername"),
+        self.info = ConnectionInfo(engine.name, transport.get_extra_info("peername"),
                                    transport.get_extra_info("sockname"), transport.get_extra_info("ssl_object"))
         self.timer.set(self.loop.time() + limits.header_timeout)
 
@@ -158,7 +163,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.exchange is not None or (self._backlog and not self._draining_backlog):
             self._hold(_HEAD, head, 256)
             return
-        exchange = self.exchange = Exchange(self, head, self.loop.time())
+        exchange = self.exchange = Exchange(self.engine, self, head, self.loop.time())
         exchange.begin()
 
     def on_request_body(self, data: bytes) -> None:

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from time import perf_counter
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from sidecar.errors import DeadlineExceeded, SidecarError, rescue
 from sidecar.proxy import tracecontext
+from sidecar.proxy.engine import Engine
 from sidecar.proxy.failures import AttemptTimeout, UpstreamFailure, UpstreamProtocolError, UpstreamReset
 from sidecar.proxy.http1 import (
     IDEMPOTENT,
@@ -42,38 +43,17 @@ from sidecar.proxy.http1 import (
     encode_chunk,
     simple_response,
 )
-from sidecar.proxy.limits import LazyTimer, ProxyLimits
-from sidecar.proxy.pool import Pools, UpstreamPool
-from sidecar.proxy.target import AttemptRecord, ConnectionInfo, RequestStats, RouteFn, Target
-from sidecar.proxy.tracecontext import IdSource
+from sidecar.proxy.limits import LazyTimer
+from sidecar.proxy.pool import UpstreamPool
+from sidecar.proxy.target import AttemptRecord, ConnectionInfo, RequestStats, Target
 from sidecar.proxy.tunnel import Tunnel
 from sidecar.proxy.upstream import UpstreamConnection
-
-if TYPE_CHECKING:
-    from sidecar.overload.guard import OverloadGuard
 
 log = logging.getLogger(__name__)
 
 
-class Listener(Protocol):
-    """What an exchange reads from the proxy that accepted its client (an :class:`~sidecar.proxy.HttpProxy`)."""
-
-    name: str
-    limits: ProxyLimits
-    pools: Pools
-    route: RouteFn
-    ids: IdSource
-    edit_headers: bool
-    draining: bool
-    overload: OverloadGuard | None
-    on_request_done: Callable[[RequestStats], None] | None
-
-
 class Downstream(Protocol):
     """What an exchange uses of its client connection (a :class:`~sidecar.proxy.downstream.DownstreamProtocol`)."""
-
-    @property
-    def proxy(self) -> Listener: ...
 
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport | None
@@ -106,6 +86,7 @@ class Exchange:
         "down",
         "down_chunked",
         "early_tunnel",
+        "engine",
         "error",
         "finished",
         "head",
@@ -140,14 +121,15 @@ class Exchange:
         "upgraded",
     )
 
-    def __init__(self, down: Downstream, head: RequestHead, now: float) -> None:
+    def __init__(self, engine: Engine, down: Downstream, head: RequestHead, now: float) -> None:
+        self.engine = engine
         self.down = down
         # the connection's parts used on every request, held with their own types: through the Downstream
         # protocol each use would be a lookup by name, here the compiled engine reads them directly
         self.loop = down.loop
         self.out = down.out
         self.timer = down.timer
-        self.limits = down.proxy.limits
+        self.limits = engine.limits
         self.head = head
         self.started = now
         self.clock_start = perf_counter()
@@ -193,16 +175,16 @@ class Exchange:
     # ------------------------------------------------------------------------------------ start
 
     def begin(self) -> None:
-        proxy = self.down.proxy
+        engine = self.engine
         head = self.head
-        overload = proxy.overload
+        overload = engine.overload
         if overload is not None and overload.shedding:
-            self.fail_local(overload.shed(proxy.name))   # not raised: the guard's error is shared
+            self.fail_local(overload.shed(engine.name))   # not raised: the guard's error is shared
             return
-        if proxy.edit_headers:
+        if engine.edit_headers:
             self._edit_headers(head)
         try:
-            result = proxy.route(head, self.down.info)
+            result = engine.route(head, self.down.info)
         except Exception as e:
             self.fail_local(e)
             return
@@ -215,7 +197,7 @@ class Exchange:
     def _edit_headers(self, head: RequestHead) -> None:
         # one pass over the fields, no TraceParent object: the ids are kept as text for RequestStats and the
         # header written as bytes (tracecontext.next_hop's rules: the caller's trace and flags, a new span id)
-        ids = self.down.proxy.ids
+        ids = self.engine.ids
         items = head.headers.items
         incoming = None
         incoming_count = 0
@@ -297,7 +279,7 @@ class Exchange:
         self.sent_any = False
         self.try_deadline = None if target.try_timeout is None else now + target.try_timeout
         self._arm_timer(now)
-        pool = self.pool = self.down.proxy.pools.get(target)
+        pool = self.pool = self.engine.pools.get(target)
         try:
             conn = pool.acquire(target, self, fresh)
         except SidecarError as e:
@@ -430,7 +412,7 @@ class Exchange:
                 return
             self.out.append(head.to_bytes(chunked=False, close=False))
             return
-        close = not client.keep_alive or self.down.proxy.draining
+        close = not client.keep_alive or self.engine.draining
         chunked = False
         if head.chunked or head.close_delimited:
             if client.version == "1.1":
@@ -714,7 +696,7 @@ class Exchange:
         down.exchange_done(keep_alive=not self.close_after)
 
     def _report(self, now: float) -> None:
-        callback = self.down.proxy.on_request_done
+        callback = self.engine.on_request_done
         if callback is None:
             return
         target = self.target
