@@ -28,7 +28,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import Protocol
+from typing import Final, Protocol
 
 from sidecar.errors import DeadlineExceeded, SidecarError, rescue
 from sidecar.proxy import tracecontext
@@ -68,6 +68,45 @@ class Downstream(Protocol):
     def enter_tunnel(self, tunnel: Tunnel) -> None: ...
     def abort(self) -> None: ...
 
+# The exchange's phase, one at a time; the request body's end (``request_done``) runs beside it, since a response
+# may start (and even end) before the request has.
+ROUTING: Final = 0            # the route callback decides (possibly asynchronously)
+CONNECTING: Final = 1         # an attempt waits for an upstream connection from the pool
+BACKOFF: Final = 2            # between attempts: the retry policy's delay
+AWAITING_RESPONSE: Final = 3  # the request head went upstream; no response head yet (retries still possible)
+RESPONDING: Final = 4         # a response head went to the client: committed, a failure can only cut
+UPGRADING: Final = 5          # a 101 went to the client; the upstream connection turns into a tunnel
+TUNNEL: Final = 6             # bytes relayed as they are; the tunnel reports the exchange when it closes
+DONE: Final = 7               # reported, the client connection told; late callbacks are ignored
+
+PHASE_NAMES: Final = ("routing", "connecting", "backoff", "awaiting-response", "responding", "upgrading", "tunnel",
+                      "done")
+
+
+def _phases(*phases: int) -> int:
+    mask = 0
+    for phase in phases:
+        mask |= 1 << phase
+    return mask
+
+
+# the allowed transitions, from each phase (index) to any phase of its bit set
+TRANSITIONS: Final = (
+    _phases(CONNECTING, DONE),                                           # ROUTING
+    _phases(CONNECTING, BACKOFF, AWAITING_RESPONSE, DONE),               # CONNECTING (a failed dial: retry)
+    _phases(CONNECTING, DONE),                                           # BACKOFF
+    _phases(CONNECTING, BACKOFF, RESPONDING, UPGRADING, DONE),           # AWAITING_RESPONSE (retry, stale)
+    _phases(DONE),                                                       # RESPONDING
+    _phases(TUNNEL, DONE),                                               # UPGRADING
+    0,                                                                   # TUNNEL
+    0,                                                                   # DONE
+)
+
+
+class PhaseError(RuntimeError):
+    """A transition the table does not allow: a bug in the exchange."""
+
+
 _TRACEPARENT = b"traceparent"
 _REQUEST_ID = b"x-request-id"
 
@@ -88,7 +127,6 @@ class Exchange:
         "early_tunnel",
         "engine",
         "error",
-        "finished",
         "head",
         "head_bytes",
         "last_activity",
@@ -98,6 +136,7 @@ class Exchange:
         "parent_span_id",
         "pending",
         "pending_size",
+        "phase",
         "pool",
         "replay",
         "replay_size",
@@ -106,9 +145,7 @@ class Exchange:
         "request_id",
         "response",
         "response_bytes",
-        "response_done",
         "response_started",
-        "sent_any",
         "span_id",
         "stale_retried",
         "started",
@@ -118,7 +155,6 @@ class Exchange:
         "trace_flags",
         "trace_id",
         "try_deadline",
-        "upgraded",
     )
 
     def __init__(self, engine: Engine, down: Downstream, head: RequestHead, now: float) -> None:
@@ -141,7 +177,7 @@ class Exchange:
         self.attempt = 0
         self.attempt_started = now
         self.attempt_sent: float | None = None
-        self.sent_any = False
+        self.phase = ROUTING
         self.stale_retried = False
         self.deadline: float | None = None
         self.try_deadline: float | None = None
@@ -154,14 +190,11 @@ class Exchange:
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.response: ResponseHead | None = None
-        self.response_done = False
         self.response_bytes = 0
         self.response_started: float | None = None
         self.down_chunked = False
         self.close_after = False
-        self.upgraded = False
         self.early_tunnel: list[bytes] = []
-        self.finished = False
         self.error: str | None = None
         self.status = 0
         self.request_id: str | None = None
@@ -171,6 +204,16 @@ class Exchange:
         self.parent_span_id: str | None = None
         self._route_task: asyncio.Task[None] | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
+
+    def _to(self, phase: int) -> None:
+        if not TRANSITIONS[self.phase] & (1 << phase):
+            raise PhaseError(f"exchange {PHASE_NAMES[self.phase]} -> {PHASE_NAMES[phase]}")
+        self.phase = phase
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more to do for the client connection: done, or handed over to a tunnel."""
+        return self.phase >= TUNNEL
 
     # ------------------------------------------------------------------------------------ start
 
@@ -255,10 +298,10 @@ class Exchange:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            if not self.finished:
+            if self.phase == ROUTING:
                 self.fail_local(e)
             return
-        if not self.finished:
+        if self.phase == ROUTING:
             self.dispatch(target)
 
     def dispatch(self, target: Target, fresh: bool = False) -> None:
@@ -276,7 +319,7 @@ class Exchange:
         self.attempt += 1
         self.attempt_started = now
         self.attempt_sent = None
-        self.sent_any = False
+        self._to(CONNECTING)
         self.try_deadline = None if target.try_timeout is None else now + target.try_timeout
         self._arm_timer(now)
         pool = self.pool = self.engine.pools.get(target)
@@ -301,7 +344,7 @@ class Exchange:
     # ------------------------------------------------------------------------------------ pool callbacks
 
     def on_connection(self, conn: UpstreamConnection) -> None:
-        if self.finished or self.conn is not None:
+        if self.phase != CONNECTING or self.conn is not None:
             assert self.pool is not None
             self.pool.release(conn, self.loop.time())
             return
@@ -321,14 +364,14 @@ class Exchange:
         self.pending_size = 0
         if self.request_done and self.head.chunked:
             out.append(LAST_CHUNK)
-        self.sent_any = True
+        self._to(AWAITING_RESPONSE)
         self.attempt_sent = self.loop.time()
         conn.writelines(out)
         self.down.pause_for("pending", False)
 
     def on_connect_failed(self, error: BaseException) -> None:
-        if self.finished:
-            return
+        if self.phase != CONNECTING:
+            return   # a dial this exchange no longer waits for (its attempt timed out, or it ended)
         failure = error if isinstance(error, UpstreamFailure) else UpstreamReset("?", str(error))
         self._attempt_failed(failure)
         self.down.flush()
@@ -365,8 +408,6 @@ class Exchange:
         conn = self.conn
         if conn is not None and self.head.chunked and not conn.closed:
             conn.write(LAST_CHUNK)
-        if self.response_done and not self.finished:
-            self._finish(reuse=False)
 
     def on_early_tunnel_bytes(self, data: bytes) -> None:
         """Client bytes after an upgrade request head, held until the 101 arrives."""
@@ -374,12 +415,12 @@ class Exchange:
 
     @property
     def replayable(self) -> bool:
-        return self.replay is not None and not self.upgraded
+        return self.replay is not None and self.phase != TUNNEL
 
     # ------------------------------------------------------------------------------------ response
 
     def on_response_interim(self, head: ResponseHead) -> None:
-        if self.response is None:
+        if self.phase == AWAITING_RESPONSE:
             self.out.append(head.to_bytes(chunked=False, close=False))
 
     def on_response_head(self, head: ResponseHead) -> None:
@@ -397,21 +438,22 @@ class Exchange:
                 return
         elif target.observer is not None:   # no record to build when nobody observes (the inbound's app)
             self._observe(self._record(None, head.status, now))
+        client = self.head
+        if head.upgrade is not None and client.upgrade is None:
+            self._drop_conn()
+            failure = UpstreamProtocolError(target.authority, "101 to a request that did not ask to upgrade")
+            self._attempt_failed(failure)
+            return
         self.response = head
         self.status = head.status
         self.response_started = now
         self.last_activity = now
         self.timer.set(now + self.limits.stream_idle_timeout)
-        client = self.head
         if head.upgrade is not None:
-            if client.upgrade is None:
-                self._drop_conn()
-                self.response = None
-                self._attempt_failed(UpstreamProtocolError(target.authority,
-                                                           "101 to a request that did not ask to upgrade"))
-                return
+            self._to(UPGRADING)
             self.out.append(head.to_bytes(chunked=False, close=False))
             return
+        self._to(RESPONDING)
         close = not client.keep_alive or self.engine.draining
         chunked = False
         if head.chunked or head.close_delimited:
@@ -435,11 +477,10 @@ class Exchange:
 
     def on_response_end(self) -> None:
         response = self.response
-        if response is None or response.upgrade is not None:
+        if self.phase != RESPONDING or response is None:
             return  # a 101: the upgrade follows
         if self.down_chunked:
             self.out.append(LAST_CHUNK)
-        self.response_done = True
         if self.request_done:
             self._finish(reuse=response.keep_alive and not response.close_delimited)
         else:
@@ -450,7 +491,7 @@ class Exchange:
     def on_upstream_upgraded(self, rest: bytes) -> None:
         conn = self.conn
         response = self.response
-        if conn is None or response is None or response.upgrade is None or conn.transport is None:
+        if self.phase != UPGRADING or conn is None or response is None or conn.transport is None:
             return
         down = self.down
         assert down.transport is not None
@@ -458,8 +499,7 @@ class Exchange:
         conn.user = None
         assert self.pool is not None
         self.pool.detach(conn)
-        self.upgraded = True
-        self.finished = True
+        self._to(TUNNEL)
         down.flush()
         stats_started = self
 
@@ -483,7 +523,7 @@ class Exchange:
         target = self.target
         assert target is not None
         self._drop_conn(abort=True)
-        if self.response is None:
+        if self.phase == AWAITING_RESPONSE:
             self._attempt_failed(UpstreamProtocolError(target.authority, error.message))
         else:
             self.error = "protocol-error"
@@ -491,13 +531,13 @@ class Exchange:
 
     def on_upstream_lost(self, exc: BaseException | None) -> None:
         conn = self.conn
-        if conn is None or self.finished:
+        if conn is None or self.phase >= TUNNEL:
             return
         self.conn = None
         assert self.pool is not None and self.target is not None
         self.pool.forget(conn)
         response = self.response
-        if response is None:
+        if self.phase == AWAITING_RESPONSE or response is None:
             if conn.reused and not self.stale_retried and self.replayable and self.head.method in IDEMPOTENT:
                 # the server closed a pooled connection as we reused it: once, on a fresh connection
                 self.stale_retried = True
@@ -506,12 +546,11 @@ class Exchange:
                 return
             reason = "connection closed before the response" if exc is None else f"connection reset ({exc})"
             self._attempt_failed(UpstreamReset(self.target.authority, reason))
-        elif response.close_delimited and exc is None and not self.response_done:
+        elif response.close_delimited and exc is None and self.phase == RESPONDING:
             if self.down_chunked:
                 self.out.append(LAST_CHUNK)
-            self.response_done = True
             self._finish(reuse=False)
-        elif not self.response_done:
+        else:
             self.error = "reset-after-response"
             self._cut()
 
@@ -529,7 +568,8 @@ class Exchange:
 
     def _record(self, failure: UpstreamFailure | None, status: int | None, now: float) -> AttemptRecord:
         assert self.target is not None
-        return AttemptRecord(self.attempt, self.target, self.head.method, failure, status, self.sent_any,
+        return AttemptRecord(self.attempt, self.target, self.head.method, failure, status,
+                             self.phase == AWAITING_RESPONSE,
                              self.replayable, self.attempt_started, now, self.attempt_sent)
 
     def _observe(self, record: AttemptRecord) -> None:
@@ -547,7 +587,7 @@ class Exchange:
         target = self.target
         assert target is not None
         policy = target.retry
-        if (policy is not None and self.replayable and self.response is None
+        if (policy is not None and self.replayable and self.phase <= AWAITING_RESPONSE
                 and (self.deadline is None or now < self.deadline)):
             try:
                 decision = policy.next_attempt(record)
@@ -564,11 +604,12 @@ class Exchange:
         if delay <= 0:
             self.dispatch(target)
             return
+        self._to(BACKOFF)
         self._retry_handle = self.loop.call_later(delay, self._retry, target)
 
     def _retry(self, target: Target) -> None:
         self._retry_handle = None
-        if not self.finished:
+        if self.phase == BACKOFF:
             self.dispatch(target)
             self.down.flush()
 
@@ -576,7 +617,9 @@ class Exchange:
         """The shared timer fired: a deadline before the response head, or the stream idle timeout after."""
         now = self.loop.time()
         limits = self.limits
-        if self.response is not None:
+        if self.phase >= TUNNEL:
+            return
+        if self.phase >= RESPONDING:
             idle_until = self.last_activity + limits.stream_idle_timeout
             if now < idle_until:
                 self.timer.set(idle_until)
@@ -585,12 +628,13 @@ class Exchange:
             self._drop_conn(abort=True)
             self._cut()
             return
-        if self.target is None:
+        target = self.target
+        if self.phase == ROUTING or target is None:
             self.error = "timeout"
             self.fail_local(DeadlineExceeded("no route decided in time"))
             self.down.flush()
             return
-        address = self.target.authority
+        address = target.authority
         if self.deadline is not None and now >= self.deadline:
             timeout = self.deadline - self.started
             failure = AttemptTimeout(timeout, address, "request")
@@ -624,9 +668,9 @@ class Exchange:
 
     def fail_local(self, exc: BaseException) -> None:
         """Answer the client with SPEC's error for ``exc`` (nothing of a response was sent yet)."""
-        if self.finished:
+        if self.phase >= TUNNEL:
             return
-        if self.response is not None:
+        if self.phase >= RESPONDING:
             self._cut()
             return
         if not isinstance(exc, SidecarError):
@@ -646,25 +690,25 @@ class Exchange:
         now = self.loop.time()
         self.response_started = now
         self.out.append(simple_response(rescued.status, rescued.headers, rescued.body, close))
-        self.finished = True
+        self._to(DONE)
         self.down.flush()
         self._report(now)
         self.down.exchange_done(keep_alive=not close)
 
     def _cut(self) -> None:
         """A failure after the response started: the client's connection is closed mid-response."""
-        if self.finished:
+        if self.phase >= TUNNEL:
             return
-        self.finished = True
+        self._to(DONE)
         self._drop_conn(abort=True)
         self._report(self.loop.time())
         self.down.flush()
         self.down.abort()
 
     def on_client_lost(self) -> None:
-        if self.finished:
+        if self.phase >= TUNNEL:
             return
-        self.finished = True
+        self._to(DONE)
         if self.error is None:
             self.error = "client-reset"
         if self._route_task is not None:
@@ -679,7 +723,7 @@ class Exchange:
     # ------------------------------------------------------------------------------------ the end
 
     def _finish(self, reuse: bool) -> None:
-        self.finished = True
+        self._to(DONE)
         down = self.down
         now = down.loop.time()
         conn = self.conn
@@ -705,7 +749,7 @@ class Exchange:
             head.method, head.host, head.target, self.status, self.error, self.request_bytes, self.response_bytes,
             self.started, self.response_started, now, self.attempt,
             None if target is None else target.authority, None if target is None else target.tag,
-            self.request_id, self.trace_id, self.span_id, self.parent_span_id, self.upgraded,
+            self.request_id, self.trace_id, self.span_id, self.parent_span_id, self.phase == TUNNEL,
             perf_counter() - self.clock_start, self.down.info, self.trace_flags,
         )
         try:
