@@ -35,6 +35,7 @@ NATIVE = [
     "sidecar/proxy/paths.py",
     "sidecar/proxy/pool.py",
     "sidecar/proxy/relay.py",
+    "sidecar/proxy/sides.py",
     "sidecar/proxy/target.py",
     "sidecar/proxy/tracecontext.py",
     "sidecar/proxy/tunnel.py",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sidecar.proxy.limits import ProxyLimits
-from sidecar.proxy.pool import Pools
+from sidecar.proxy.sides import StreamPools
 from sidecar.proxy.target import RequestStats, RouteFn
 from sidecar.proxy.tracecontext import IdSource
 
@@ -29,7 +29,7 @@ class Engine:
 
     __slots__ = ("draining", "edit_headers", "ids", "limits", "name", "on_request_done", "overload", "pools", "route")
 
-    def __init__(self, name: str, route: RouteFn, limits: ProxyLimits, pools: Pools, ids: IdSource,
+    def __init__(self, name: str, route: RouteFn, limits: ProxyLimits, pools: StreamPools, ids: IdSource,
                  edit_headers: bool = True, on_request_done: Callable[[RequestStats], None] | None = None) -> None:
         self.name = name
         self.route = route

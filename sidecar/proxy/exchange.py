@@ -4,22 +4,24 @@ response back, and report what happened.
 Theory of operation
 -------------------
 An :class:`Exchange` lives from a complete request head to the end of its response. It is driven only by
-callbacks: the client connection (body pieces, end, loss, write pressure), the pool (a connection, or the
-reason there is none), the upstream connection (response head, body, end, loss) and one timer. Nothing
-per request creates a task unless the route callback is asynchronous or a connection must be dialed.
+callbacks: its client side (body pieces, end, loss, write pressure), the pool (a stream, or the reason there
+is none), the upstream stream (response head, body, end, loss) and one timer. Nothing per request creates a
+task unless the route callback is asynchronous or a connection must be dialed. It knows no wire format: the
+client side and the upstream stream (:mod:`sidecar.proxy.sides`) are the codec's, HTTP/1.1 today.
+
+Its progress is one phase (``ROUTING`` ... ``DONE``, below) whose allowed transitions are written once in
+``TRANSITIONS``; whether the request body has been read in full runs beside it (``request_done``), since a
+response may start, and even end, before the request has.
 
 An *attempt* is one upstream exchange. Before a response head is relayed, an attempt can fail
 (:mod:`sidecar.proxy.failures`) and the target's :class:`~sidecar.proxy.target.RetryPolicy` may start
 another on a (possibly different) target, sending the request again from the replay buffer; a stale
 pooled connection (closed by the server while idle) gets one silent retry on a fresh connection. Once a
-response head is relayed, the exchange is committed: any failure can only cut the client connection.
+response head is relayed, the exchange is committed: any failure can only cut the client's response.
 
-Writes to the client are collected in the client connection's output list and flushed once per event
-(one ``writev`` for a response head and body that arrive together).
-
-Invariants: an upstream connection goes back to its pool only when its request was fully sent and its
-response fully received, both framed (not delimited by close); ``conn.user`` is cleared before a
-connection is dropped, so a dropped connection never calls back into an exchange.
+Invariants: an upstream stream goes back to its pool only when its request was fully sent and its response
+fully received, both framed (not delimited by close); a stream is unbound before it is dropped, so a dropped
+stream never calls back into an exchange.
 """
 
 from __future__ import annotations
@@ -28,45 +30,19 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import Final, Protocol
+from typing import Final
 
-from sidecar.errors import DeadlineExceeded, SidecarError, rescue
+from sidecar.errors import DeadlineExceeded, SidecarError
 from sidecar.proxy import tracecontext
 from sidecar.proxy.engine import Engine
 from sidecar.proxy.failures import AttemptTimeout, UpstreamFailure, UpstreamProtocolError, UpstreamReset
-from sidecar.proxy.http1 import (
-    IDEMPOTENT,
-    LAST_CHUNK,
-    RemoteProtocolError,
-    RequestHead,
-    ResponseHead,
-    encode_chunk,
-    simple_response,
-)
+from sidecar.proxy.http1 import IDEMPOTENT, RemoteProtocolError, RequestHead, ResponseHead
 from sidecar.proxy.limits import LazyTimer
-from sidecar.proxy.pool import UpstreamPool
-from sidecar.proxy.target import AttemptRecord, ConnectionInfo, RequestStats, Target
+from sidecar.proxy.sides import ClientSide, StreamPool, StreamUser, UpstreamStream
+from sidecar.proxy.target import AttemptRecord, RequestStats, Target
 from sidecar.proxy.tunnel import Tunnel
-from sidecar.proxy.upstream import UpstreamConnection
 
 log = logging.getLogger(__name__)
-
-
-class Downstream(Protocol):
-    """What an exchange uses of its client connection (a :class:`~sidecar.proxy.downstream.DownstreamProtocol`)."""
-
-    loop: asyncio.AbstractEventLoop
-    transport: asyncio.Transport | None
-    info: ConnectionInfo
-    out: list[bytes]
-    timer: LazyTimer
-    client_paused: bool
-
-    def flush(self) -> None: ...
-    def pause_for(self, reason: str, paused: bool) -> None: ...
-    def exchange_done(self, keep_alive: bool) -> None: ...
-    def enter_tunnel(self, tunnel: Tunnel) -> None: ...
-    def abort(self) -> None: ...
 
 # The exchange's phase, one at a time; the request body's end (``request_done``) runs beside it, since a response
 # may start (and even end) before the request has.
@@ -103,36 +79,27 @@ TRANSITIONS: Final = (
 )
 
 
-class PhaseError(RuntimeError):
-    """A transition the table does not allow: a bug in the exchange."""
-
-
 _TRACEPARENT = b"traceparent"
 _REQUEST_ID = b"x-request-id"
 
 
-class Exchange:
+class Exchange(StreamUser):
     __slots__ = (
         "_retry_handle",
         "_route_task",
         "attempt",
         "attempt_sent",
         "attempt_started",
+        "client",
         "clock_start",
-        "close_after",
         "conn",
         "deadline",
-        "down",
-        "down_chunked",
-        "early_tunnel",
         "engine",
         "error",
         "head",
-        "head_bytes",
         "last_activity",
         "limits",
         "loop",
-        "out",
         "parent_span_id",
         "pending",
         "pending_size",
@@ -157,23 +124,20 @@ class Exchange:
         "try_deadline",
     )
 
-    def __init__(self, engine: Engine, down: Downstream, head: RequestHead, now: float) -> None:
+    def __init__(self, engine: Engine, client: ClientSide, head: RequestHead, now: float,
+                 loop: asyncio.AbstractEventLoop, timer: LazyTimer) -> None:
         self.engine = engine
-        self.down = down
-        # the connection's parts used on every request, held with their own types: through the Downstream
-        # protocol each use would be a lookup by name, here the compiled engine reads them directly
-        self.loop = down.loop
-        self.out = down.out
-        self.timer = down.timer
+        self.client = client
+        self.loop = loop
+        self.timer = timer            # the client side's: one per connection (HTTP/1.1) or stream
         self.limits = engine.limits
         self.head = head
         self.started = now
         self.clock_start = perf_counter()
         self.last_activity = now
         self.target: Target | None = None
-        self.pool: UpstreamPool | None = None
-        self.conn: UpstreamConnection | None = None
-        self.head_bytes = b""
+        self.pool: StreamPool | None = None
+        self.conn: UpstreamStream | None = None
         self.attempt = 0
         self.attempt_started = now
         self.attempt_sent: float | None = None
@@ -192,9 +156,6 @@ class Exchange:
         self.response: ResponseHead | None = None
         self.response_bytes = 0
         self.response_started: float | None = None
-        self.down_chunked = False
-        self.close_after = False
-        self.early_tunnel: list[bytes] = []
         self.error: str | None = None
         self.status = 0
         self.request_id: str | None = None
@@ -207,7 +168,8 @@ class Exchange:
 
     def _to(self, phase: int) -> None:
         if not TRANSITIONS[self.phase] & (1 << phase):
-            raise PhaseError(f"exchange {PHASE_NAMES[self.phase]} -> {PHASE_NAMES[phase]}")
+            # a transition the table does not allow: a bug in the exchange
+            raise RuntimeError(f"exchange {PHASE_NAMES[self.phase]} -> {PHASE_NAMES[phase]}")
         self.phase = phase
 
     @property
@@ -227,7 +189,7 @@ class Exchange:
         if engine.edit_headers:
             self._edit_headers(head)
         try:
-            result = engine.route(head, self.down.info)
+            result = engine.route(head, self.client.connection_info())
         except Exception as e:
             self.fail_local(e)
             return
@@ -235,7 +197,7 @@ class Exchange:
             self.dispatch(result)
         else:
             self.timer.set(self.started + self.limits.stream_idle_timeout)
-            self._route_task = asyncio.get_running_loop().create_task(self._await_route(result))
+            self._route_task = self.loop.create_task(self._await_route(result))
 
     def _edit_headers(self, head: RequestHead) -> None:
         # one pass over the fields, no TraceParent object: the ids are kept as text for RequestStats and the
@@ -313,8 +275,6 @@ class Exchange:
         now = loop.time()
         if self.target is None and target.timeout is not None:
             self.deadline = self.started + target.timeout
-        # per attempt: the retry policy may have edited the head for this one (the deadline left to the next hop)
-        self.head_bytes = self.head.to_bytes()
         self.target = target
         self.attempt += 1
         self.attempt_started = now
@@ -343,38 +303,30 @@ class Exchange:
 
     # ------------------------------------------------------------------------------------ pool callbacks
 
-    def on_connection(self, conn: UpstreamConnection) -> None:
+    def on_connection(self, stream: UpstreamStream) -> None:
         if self.phase != CONNECTING or self.conn is not None:
             assert self.pool is not None
-            self.pool.release(conn, self.loop.time())
+            self.pool.release(stream, self.loop.time())
             return
-        self.conn = conn
-        conn.bind(self, self.head.method == "HEAD")
-        if self.down.client_paused:
-            conn.pause_reading(True)
-        out = [self.head_bytes]
+        self.conn = stream
+        client = self.client
+        if client.write_paused():
+            stream.pause_reading(True)
+        # the head is encoded per attempt: the retry policy may have edited it (the deadline left to the next hop)
         body = self.replay if self.replay is not None else self.pending
-        if body:
-            if self.head.chunked:
-                for piece in body:
-                    out += encode_chunk(piece)
-            else:
-                out += body
         self.pending = []
         self.pending_size = 0
-        if self.request_done and self.head.chunked:
-            out.append(LAST_CHUNK)
         self._to(AWAITING_RESPONSE)
         self.attempt_sent = self.loop.time()
-        conn.writelines(out)
-        self.down.pause_for("pending", False)
+        stream.start(self, self.head, body, self.request_done)
+        client.pause_request("pending", False)
 
     def on_connect_failed(self, error: BaseException) -> None:
         if self.phase != CONNECTING:
             return   # a dial this exchange no longer waits for (its attempt timed out, or it ended)
         failure = error if isinstance(error, UpstreamFailure) else UpstreamReset("?", str(error))
         self._attempt_failed(failure)
-        self.down.flush()
+        self.client.flush()
 
     # ------------------------------------------------------------------------------------ request body
 
@@ -396,22 +348,15 @@ class Exchange:
             self.pending.append(data)
             self.pending_size += size
         if conn is not None:
-            if self.head.chunked:
-                conn.writelines(encode_chunk(data))
-            else:
-                conn.write(data)
+            conn.send_body(data)
         elif max(self.pending_size, self.replay_size) > self.limits.high_water:
-            self.down.pause_for("pending", True)
+            self.client.pause_request("pending", True)
 
     def on_request_end(self) -> None:
         self.request_done = True
         conn = self.conn
-        if conn is not None and self.head.chunked and not conn.closed:
-            conn.write(LAST_CHUNK)
-
-    def on_early_tunnel_bytes(self, data: bytes) -> None:
-        """Client bytes after an upgrade request head, held until the 101 arrives."""
-        self.early_tunnel.append(data)
+        if conn is not None and not conn.is_closed():
+            conn.send_end()
 
     @property
     def replayable(self) -> bool:
@@ -421,7 +366,7 @@ class Exchange:
 
     def on_response_interim(self, head: ResponseHead) -> None:
         if self.phase == AWAITING_RESPONSE:
-            self.out.append(head.to_bytes(chunked=False, close=False))
+            self.client.send_interim(head)
 
     def on_response_head(self, head: ResponseHead) -> None:
         now = self.loop.time()
@@ -449,75 +394,43 @@ class Exchange:
         self.response_started = now
         self.last_activity = now
         self.timer.set(now + self.limits.stream_idle_timeout)
-        if head.upgrade is not None:
-            self._to(UPGRADING)
-            self.out.append(head.to_bytes(chunked=False, close=False))
-            return
-        self._to(RESPONDING)
-        close = not client.keep_alive or self.engine.draining
-        chunked = False
-        if head.chunked or head.close_delimited:
-            if client.version == "1.1":
-                chunked = True
-            else:
-                close = True
-        if client.upgrade is not None:
-            close = True  # a refused upgrade: the client may already have sent bytes of the new protocol
-        self.down_chunked = chunked
-        self.close_after = close
-        self.out.append(head.to_bytes(chunked, close))
+        self._to(RESPONDING if head.upgrade is None else UPGRADING)
+        self.client.send_head(head, client)
 
     def on_response_body(self, data: bytes) -> None:
         self.response_bytes += len(data)
-        if self.down_chunked:
-            self.out += encode_chunk(data)
-        else:
-            self.out.append(data)
+        self.client.send_body(data)
         self.last_activity = self.loop.time()
 
     def on_response_end(self) -> None:
         response = self.response
         if self.phase != RESPONDING or response is None:
             return  # a 101: the upgrade follows
-        if self.down_chunked:
-            self.out.append(LAST_CHUNK)
-        if self.request_done:
-            self._finish(reuse=response.keep_alive and not response.close_delimited)
-        else:
-            # the upstream answered before the request was complete: it will not read the rest; neither do we
-            self.close_after = True
-            self._finish(reuse=False)
+        self.client.send_end(None)
+        # the upstream may answer before the request is complete: then it will not read the rest; neither do we
+        self._finish(reuse=self.request_done and response.keep_alive and not response.close_delimited)
 
     def on_upstream_upgraded(self, rest: bytes) -> None:
         conn = self.conn
-        response = self.response
-        if self.phase != UPGRADING or conn is None or response is None or conn.transport is None:
+        if self.phase != UPGRADING or conn is None:
             return
-        down = self.down
-        assert down.transport is not None
+        server = conn.tunnel_transport()
+        if server is None:
+            return
         self.conn = None
-        conn.user = None
+        conn.unbind()
         assert self.pool is not None
         self.pool.detach(conn)
         self._to(TUNNEL)
-        down.flush()
-        stats_started = self
+        client = self.client
+        client.flush()
+        tunnel = client.open_tunnel(server, rest, self._tunnel_done)
+        conn.attach_tunnel(tunnel)
 
-        def done(tunnel: Tunnel) -> None:
-            stats_started.request_bytes += tunnel.bytes_up
-            stats_started.response_bytes += tunnel.bytes_down
-            stats_started._report(down.loop.time())
-
-        tunnel = Tunnel(down.transport, conn.transport, done)
-        conn.tunnel = tunnel
-        down.enter_tunnel(tunnel)
-        if conn.paused:
-            conn.pause_reading(False)
-        if rest:
-            tunnel.from_server(rest)
-        for data in self.early_tunnel:
-            tunnel.from_client(data)
-        self.early_tunnel = []
+    def _tunnel_done(self, tunnel: Tunnel) -> None:
+        self.request_bytes += tunnel.bytes_up
+        self.response_bytes += tunnel.bytes_down
+        self._report(self.loop.time())
 
     def on_upstream_error(self, error: RemoteProtocolError) -> None:
         target = self.target
@@ -538,7 +451,7 @@ class Exchange:
         self.pool.forget(conn)
         response = self.response
         if self.phase == AWAITING_RESPONSE or response is None:
-            if conn.reused and not self.stale_retried and self.replayable and self.head.method in IDEMPOTENT:
+            if conn.was_reused() and not self.stale_retried and self.replayable and self.head.method in IDEMPOTENT:
                 # the server closed a pooled connection as we reused it: once, on a fresh connection
                 self.stale_retried = True
                 self.attempt -= 1
@@ -547,22 +460,21 @@ class Exchange:
             reason = "connection closed before the response" if exc is None else f"connection reset ({exc})"
             self._attempt_failed(UpstreamReset(self.target.authority, reason))
         elif response.close_delimited and exc is None and self.phase == RESPONDING:
-            if self.down_chunked:
-                self.out.append(LAST_CHUNK)
+            self.client.send_end(None)
             self._finish(reuse=False)
         else:
             self.error = "reset-after-response"
             self._cut()
 
     def on_upstream_paused(self, paused: bool) -> None:
-        self.down.pause_for("upstream", paused)
+        self.client.pause_request("upstream", paused)
 
     def on_client_paused(self, paused: bool) -> None:
         if self.conn is not None:
             self.conn.pause_reading(paused)
 
     def flush(self) -> None:
-        self.down.flush()
+        self.client.flush()
 
     # ------------------------------------------------------------------------------------ failures
 
@@ -611,7 +523,7 @@ class Exchange:
         self._retry_handle = None
         if self.phase == BACKOFF:
             self.dispatch(target)
-            self.down.flush()
+            self.client.flush()
 
     def on_timer(self) -> None:
         """The shared timer fired: a deadline before the response head, or the stream idle timeout after."""
@@ -632,7 +544,7 @@ class Exchange:
         if self.phase == ROUTING or target is None:
             self.error = "timeout"
             self.fail_local(DeadlineExceeded("no route decided in time"))
-            self.down.flush()
+            self.client.flush()
             return
         address = target.authority
         if self.deadline is not None and now >= self.deadline:
@@ -654,13 +566,13 @@ class Exchange:
             self._observe(self._record(failure, None, now))
             self.error = "timeout"
             self.fail_local(failure)
-        self.down.flush()
+        self.client.flush()
 
     def _drop_conn(self, abort: bool = False) -> None:
         conn = self.conn
         if conn is not None:
             self.conn = None
-            conn.user = None
+            conn.unbind()
             assert self.pool is not None
             self.pool.forget(conn)
             if abort:
@@ -683,17 +595,14 @@ class Exchange:
         self._drop_conn(abort=True)
         if self.pool is not None:
             self.pool.cancel(self)
-        rescued = rescue(exc)
-        close = not self.request_done or not self.head.keep_alive or self.head.upgrade is not None
-        self.status = rescued.status
-        self.close_after = close
+        client = self.client
+        self.status = client.send_error(exc, self.head, self.request_done)
         now = self.loop.time()
         self.response_started = now
-        self.out.append(simple_response(rescued.status, rescued.headers, rescued.body, close))
         self._to(DONE)
-        self.down.flush()
+        client.flush()
         self._report(now)
-        self.down.exchange_done(keep_alive=not close)
+        client.exchange_done(self.request_done)
 
     def _cut(self) -> None:
         """A failure after the response started: the client's connection is closed mid-response."""
@@ -702,8 +611,8 @@ class Exchange:
         self._to(DONE)
         self._drop_conn(abort=True)
         self._report(self.loop.time())
-        self.down.flush()
-        self.down.abort()
+        self.client.flush()
+        self.client.cut()
 
     def on_client_lost(self) -> None:
         if self.phase >= TUNNEL:
@@ -724,20 +633,20 @@ class Exchange:
 
     def _finish(self, reuse: bool) -> None:
         self._to(DONE)
-        down = self.down
-        now = down.loop.time()
+        now = self.loop.time()
         conn = self.conn
         if conn is not None:
             self.conn = None
             assert self.pool is not None
-            if reuse and not conn.closed:
+            if reuse and not conn.is_closed():
                 self.pool.release(conn, now)
             else:
-                conn.user = None
+                conn.unbind()
                 self.pool.forget(conn)
-        down.flush()
+        client = self.client
+        client.flush()
         self._report(now)
-        down.exchange_done(keep_alive=not self.close_after)
+        client.exchange_done(self.request_done)
 
     def _report(self, now: float) -> None:
         callback = self.engine.on_request_done
@@ -750,7 +659,7 @@ class Exchange:
             self.started, self.response_started, now, self.attempt,
             None if target is None else target.authority, None if target is None else target.tag,
             self.request_id, self.trace_id, self.span_id, self.parent_span_id, self.phase == TUNNEL,
-            perf_counter() - self.clock_start, self.down.info, self.trace_flags,
+            perf_counter() - self.clock_start, self.client.connection_info(), self.trace_flags,
         )
         try:
             callback(stats)
