@@ -202,7 +202,7 @@ class FakeStream(UpstreamStream):
             user.on_response_end()
 
 
-class FakePool(StreamPool, StreamPools):
+class FakePool(StreamPool):
     """Hands out the streams in ``ready`` at once; with none ready, the waiter is kept for the test to answer."""
 
     def __init__(self) -> None:
@@ -213,9 +213,6 @@ class FakePool(StreamPool, StreamPools):
         self.forgotten: list[UpstreamStream] = []
         self.detached: list[UpstreamStream] = []
         self.cancelled: list[StreamUser] = []
-
-    def get(self, target: Target) -> StreamPool:
-        return self
 
     def acquire(self, target: Target, user: StreamUser, fresh: bool = False) -> UpstreamStream | None:
         self.acquired.append((target, fresh))
@@ -235,6 +232,14 @@ class FakePool(StreamPool, StreamPools):
 
     def detach(self, stream: UpstreamStream) -> None:
         self.detached.append(stream)
+
+
+class FakePools(StreamPools):
+    def __init__(self, pool: FakePool) -> None:
+        self.pool = pool
+
+    def get(self, target: Target) -> StreamPool:
+        return self.pool
 
 
 class Policy:
@@ -260,7 +265,7 @@ class Harness:
         self.client = FakeClient()
         self.pool = FakePool()
         self.stats: list[RequestStats] = []
-        self.engine = Engine("test", lambda head, info: target, ProxyLimits(), self.pool, IdSource(),
+        self.engine = Engine("test", lambda head, info: target, ProxyLimits(), FakePools(self.pool), IdSource(),
                              edit_headers=False, on_request_done=self.stats.append)
         self.timer = LazyTimer(self.loop, self._on_timer)
         self.head = RequestHead(method, b"/path", "1.1", Headers(), "svc", content_length=content_length,
