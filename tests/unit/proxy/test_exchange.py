@@ -15,7 +15,7 @@ import pytest
 
 from sidecar.errors import rescue
 from sidecar.proxy.engine import Engine
-from sidecar.proxy.exchange import DONE, Exchange
+from sidecar.proxy.exchange import DONE, PHASE_NAMES, ROUTING, TRANSITIONS, TUNNEL, Exchange
 from sidecar.proxy.failures import AttemptTimeout, ConnectFailure, FailureKind
 from sidecar.proxy.http1 import Headers, RequestHead, ResponseHead
 from sidecar.proxy.limits import LazyTimer, ProxyLimits
@@ -521,3 +521,31 @@ def test_body_pieces_wait_for_a_connection_and_the_client_pauses_past_high_water
     assert [item[0] for item in stream.sent] == ["head", "body", "body", "body"]
     h.exchange.on_request_end()
     assert stream.sent[-1] == ("end",)
+
+
+def test_the_phase_table_reaches_every_phase_and_every_phase_can_end() -> None:
+    reachable = {ROUTING}
+    frontier = [ROUTING]
+    while frontier:
+        phase = frontier.pop()
+        for nxt in range(len(PHASE_NAMES)):
+            if TRANSITIONS[phase] & (1 << nxt) and nxt not in reachable:
+                reachable.add(nxt)
+                frontier.append(nxt)
+    assert reachable == set(range(len(PHASE_NAMES)))
+    for phase in range(len(PHASE_NAMES)):
+        if phase not in (TUNNEL, DONE):
+            assert TRANSITIONS[phase] & (1 << DONE), f"{PHASE_NAMES[phase]} cannot end"
+    assert TRANSITIONS[TUNNEL] == TRANSITIONS[DONE] == 0
+
+
+def test_events_after_the_end_change_nothing() -> None:
+    h = Harness(target())
+    stream = h.stream()
+    h.start()
+    stream.respond(200, b"ok")
+    h.exchange.on_client_lost()
+    h.exchange.on_connect_failed(ConnectFailure("10.0.0.1:8080", "late"))
+    h.exchange.on_timer()
+    assert h.client.events == [("head", 200), ("body", b"ok"), ("end", None), ("done", True)]
+    assert h.pool.released == [stream] and len(h.stats) == 1 and h.stat.error is None
