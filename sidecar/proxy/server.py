@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sidecar.proxy.downstream import DownstreamProtocol
+from sidecar.proxy.engine import Engine
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS, ProxyLimits
 from sidecar.proxy.pool import Pools
 from sidecar.proxy.target import RequestStats, RouteFn
@@ -40,26 +41,73 @@ class HttpProxy:
     def __init__(self, route: RouteFn, *, name: str = "http", limits: ProxyLimits = DEFAULT_PROXY_LIMITS,
                  pools: Pools | None = None, on_request_done: Callable[[RequestStats], None] | None = None,
                  ids: IdSource | None = None, edit_headers: bool = True) -> None:
-        self.route = route
-        self.name = name
-        self.limits = limits
         self._own_pools = pools is None
         self.pools = pools if pools is not None else Pools(head_limits=limits.head)
-        self.on_request_done = on_request_done
-        self.ids = ids or IdSource()
-        self.edit_headers = edit_headers
+        # what every exchange shares; route, limits, ids, edit_headers, on_request_done, overload and draining
+        # below read and write it, so a change (a reload, the overload guard) reaches the next request
+        self.engine = Engine(name, route, limits, self.pools, ids or IdSource(), edit_headers, on_request_done)
         self.connections: set[DownstreamProtocol] = set()
-        self.draining = False
         # counters since start, for metrics
         self.accepted = 0
         self.rejected = 0
         self.protocol_errors = 0
         self.header_timeouts = 0
         self.displaced = 0  # idle connections closed to make room for a new one at max_connections
-        # the process's overload guard, set by the wiring: while ``shedding``, new requests get its 503; while
-        # ``refusing``, new connections too (one attribute read per request and per connection)
-        self.overload: OverloadGuard | None = None
         self._servers: list[asyncio.Server] = []
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def route(self) -> RouteFn:
+        return self.engine.route
+
+    @route.setter
+    def route(self, route: RouteFn) -> None:
+        self.engine.route = route
+
+    @property
+    def limits(self) -> ProxyLimits:
+        return self.engine.limits
+
+    @property
+    def ids(self) -> IdSource:
+        return self.engine.ids
+
+    @property
+    def edit_headers(self) -> bool:
+        return self.engine.edit_headers
+
+    @edit_headers.setter
+    def edit_headers(self, edit: bool) -> None:
+        self.engine.edit_headers = edit
+
+    @property
+    def on_request_done(self) -> Callable[[RequestStats], None] | None:
+        return self.engine.on_request_done
+
+    @on_request_done.setter
+    def on_request_done(self, callback: Callable[[RequestStats], None] | None) -> None:
+        self.engine.on_request_done = callback
+
+    @property
+    def overload(self) -> OverloadGuard | None:
+        """The process's overload guard, set by the wiring: while ``shedding``, new requests get its 503; while
+        ``refusing``, new connections too (one attribute read per request and per connection)."""
+        return self.engine.overload
+
+    @overload.setter
+    def overload(self, guard: OverloadGuard | None) -> None:
+        self.engine.overload = guard
+
+    @property
+    def draining(self) -> bool:
+        return self.engine.draining
+
+    @draining.setter
+    def draining(self, draining: bool) -> None:
+        self.engine.draining = draining
 
     def displace_idle(self) -> bool:
         """Close one connection with no request in flight and no head started; False if there is none.
