@@ -85,7 +85,7 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
-class Retry:
+class DeliveryRetry:
     delay: float
     counted: bool  # whether the attempt counted toward max_attempts
 
@@ -95,7 +95,7 @@ class DeadLetter:
     reason: str  # dropped | rejected | max-attempts
 
 
-Step = Ack | Retry | DeadLetter
+Step = Ack | DeliveryRetry | DeadLetter
 
 
 def backoff(policy: DeliveryPolicy, n: int, random: float) -> float:
@@ -120,11 +120,11 @@ class Attempts:
             return DeadLetter("rejected")
         if outcome is Outcome.UNREACHABLE:
             self.waits += 1
-            return Retry(backoff(policy, self.waits, random), counted=False)
+            return DeliveryRetry(backoff(policy, self.waits, random), counted=False)
         self.counted += 1
         if self.counted >= policy.max_attempts:
             return DeadLetter("max-attempts")
-        return Retry(backoff(policy, self.counted, random), counted=True)
+        return DeliveryRetry(backoff(policy, self.counted, random), counted=True)
 
     @property
     def total(self) -> int:

@@ -87,7 +87,7 @@ class Evicted:
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class StoreLimits:
     retention_age_ms: int
     retention_bytes: int
     max_dead_letters: int
@@ -126,7 +126,7 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 class Store:
-    def __init__(self, data_dir: str, limits: Limits) -> None:
+    def __init__(self, data_dir: str, limits: StoreLimits) -> None:
         self.path = os.path.join(data_dir, "messaging.db")
         make_private(data_dir, self.path)
         self.limits = limits

@@ -282,7 +282,7 @@ def test_internal_delivery_path_needs_the_inbound(tmp_path: Path) -> None:
     """The receiver behind /.sidecar/ refuses anything that did not come through the mTLS inbound."""
     async def test(mesh: Mesh) -> None:
         node = await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
-        target = node.messaging._receiver_target
+        target = node.messaging.receiver.target
         assert target is not None
         host, port = target.address
         status, headers, _ = await post(f"http://{host}:{port}/.sidecar/v1/deliver/t",

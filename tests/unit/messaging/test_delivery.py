@@ -12,8 +12,8 @@ from sidecar.messaging.delivery import (
     Attempts,
     DeadLetter,
     DeliveryPolicy,
+    DeliveryRetry,
     Outcome,
-    Retry,
     backoff,
     classify,
 )
@@ -55,12 +55,12 @@ def test_backoff_doubles_caps_and_jitters(n: int, random: float, expected: float
 def test_attempts_count_failures_not_waits() -> None:
     policy = DeliveryPolicy(max_attempts=3, backoff_base=1, backoff_max=100, jitter=0)
     attempts = Attempts()
-    assert attempts.next_step(policy, Outcome.UNREACHABLE, 0.0) == Retry(1.0, counted=False)
-    assert attempts.next_step(policy, Outcome.UNREACHABLE, 0.0) == Retry(2.0, counted=False)
-    assert attempts.next_step(policy, Outcome.FAILED, 0.0) == Retry(1.0, counted=True)
-    assert attempts.next_step(policy, Outcome.FAILED, 0.0) == Retry(2.0, counted=True)
+    assert attempts.next_step(policy, Outcome.UNREACHABLE, 0.0) == DeliveryRetry(1.0, counted=False)
+    assert attempts.next_step(policy, Outcome.UNREACHABLE, 0.0) == DeliveryRetry(2.0, counted=False)
+    assert attempts.next_step(policy, Outcome.FAILED, 0.0) == DeliveryRetry(1.0, counted=True)
+    assert attempts.next_step(policy, Outcome.FAILED, 0.0) == DeliveryRetry(2.0, counted=True)
     for _ in range(50):  # an unreachable subscriber never exhausts a message's attempts
-        assert isinstance(attempts.next_step(policy, Outcome.UNREACHABLE, 0.0), Retry)
+        assert isinstance(attempts.next_step(policy, Outcome.UNREACHABLE, 0.0), DeliveryRetry)
     assert attempts.next_step(policy, Outcome.FAILED, 0.0) == DeadLetter("max-attempts")
     assert attempts.counted == 3
 

@@ -6,10 +6,10 @@ import asyncio
 from pathlib import Path
 
 from sidecar.clock import FakeClock
-from sidecar.messaging.store import Limits, Store
+from sidecar.messaging.store import Store, StoreLimits
 from sidecar.messaging.writer import Writer
 
-LIMITS = Limits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=5)
+LIMITS = StoreLimits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=5)
 
 
 def test_publish_settle_and_restart(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_publish_settle_and_restart(tmp_path: Path) -> None:
 
 
 def test_retention_dead_letters_the_oldest_and_caps_dead_letters(tmp_path: Path) -> None:
-    store = Store(str(tmp_path), Limits(retention_age_ms=1000, retention_bytes=50, max_dead_letters=3))
+    store = Store(str(tmp_path), StoreLimits(retention_age_ms=1000, retention_bytes=50, max_dead_letters=3))
     store.begin()
     stream, _ = store.w_ensure_stream("t", "billing", "/in", 0)
     for i in range(8):
@@ -83,7 +83,7 @@ def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
 
 def test_dead_letters_are_bounded_by_bytes_too_oldest_first_and_counted(tmp_path: Path) -> None:
     # 1 KiB bodies, a 4 KiB bound and a count bound far away: bytes decide
-    limits = Limits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=1000,
+    limits = StoreLimits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=1000,
                     max_dead_letter_bytes=4096)
     store = Store(str(tmp_path), limits)
     store.begin()
