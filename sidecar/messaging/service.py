@@ -235,6 +235,11 @@ class Messaging:
             "readers": self.readers.to_json(),
             "commits": writer.commits if writer else 0,
             "operations": writer.operations if writer else 0,
+            # group commit's effect: fsyncs per message made durable (published here, or received for readers)
+            "fsyncs": store.fsyncs if store else 0,
+            "durableMessages": store.durable_messages if store else 0,
+            "fsyncsPerMessage": round(store.fsyncs / store.durable_messages, 4) if store and store.durable_messages
+            else None,
             "streams": self.streams.to_json(),
             "subscriptions": self.subscriptions_json(),
             "counters": dict(sorted(self.ctx.counters.items())),

@@ -5,7 +5,8 @@ retention and replay all change *several* rows at once (the delivery, the messag
 letter), and SQLite makes each batch one atomic, fsync'd transaction that survives ``kill -9`` and power loss;
 WAL lets the reader connection page through the outbox while the writer commits. The cost of an fsync per commit
 is paid once per batch: :mod:`sidecar.messaging.writer` groups every operation queued during a commit into the
-next one (group commit).
+next one (group commit). ``fsyncs`` and ``durable_messages`` count what that costs: one fsync per commit that
+wrote, two per checkpoint (run here, not by SQLite's autocheckpoint, so that they are counted).
 
 Tables
 ------
@@ -117,6 +118,12 @@ def make_private(data_dir: str, path: str) -> None:
             os.chmod(path + suffix, FILE_MODE)
 
 
+# checkpoints are run by the writer (not SQLite's autocheckpoint) so that their fsyncs are counted: one runs once
+# the WAL has grown by about this many bytes since the last (SQLite's default is 1000 pages, 4 MB)
+CHECKPOINT_BYTES = 4 << 20
+_COMMIT_BYTES = 3 * 4096     # what a commit adds to the WAL besides the bodies: a few pages of rows and indexes
+
+
 def connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -143,6 +150,14 @@ class Store:
         self.stream_rows: dict[int, StreamRow] = {}
         self.in_flight: set[tuple[int, int]] = set()  # written by the event loop, read by retention
         self.log_bytes = 0
+        # durability accounting (writer thread): fsyncs caused, messages made durable, since start
+        self.fsyncs = 0
+        self.durable_messages = 0
+        self._tx_changes = 0        # total_changes when the transaction began
+        self._tx_messages = 0       # messages the open transaction stores
+        self._tx_bytes = 0
+        self._wal_bytes = 0         # estimated WAL growth since the last checkpoint
+        self.w.execute("PRAGMA wal_autocheckpoint=0")
         self._load()
 
     @property
@@ -188,9 +203,28 @@ class Store:
 
     def begin(self) -> None:
         self.w.execute("BEGIN IMMEDIATE")
+        self._tx_changes = self.w.total_changes
+        self._tx_messages = self._tx_bytes = 0
 
     def commit(self) -> None:
+        """Commit the transaction: with ``synchronous=FULL`` in WAL mode a commit that wrote fsyncs the WAL once
+        (one that wrote nothing costs none); a checkpoint, when due, fsyncs the WAL and the database."""
+        wrote = self.w.total_changes != self._tx_changes
         self.w.execute("COMMIT")
+        if not wrote:
+            return
+        self.fsyncs += 1
+        self.durable_messages += self._tx_messages
+        self._wal_bytes += self._tx_bytes + _COMMIT_BYTES
+        if self._wal_bytes >= CHECKPOINT_BYTES:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: readers are not waited for)."""
+        _, _, copied = self.w.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if copied > 0:
+            self.fsyncs += 2
+        self._wal_bytes = 0
 
     def rollback(self) -> None:
         if self.w.in_transaction:
@@ -207,6 +241,8 @@ class Store:
         self.w.executemany("INSERT INTO deliveries (stream, seq) VALUES (?, ?)", [(s, seq) for s in streams])
         self.outbox[seq] = [len(streams), len(body), created_ms]
         self.pending_bytes += len(body)
+        self._tx_messages += 1
+        self._tx_bytes += len(body)
         return seq, list(streams)
 
     def w_settle(self, stream: int, seq: int) -> bool:
@@ -330,6 +366,8 @@ class Store:
         if cur.rowcount == 0:
             return None
         self.log_bytes += len(body)
+        self._tx_messages += 1
+        self._tx_bytes += len(body)
         return int(cur.lastrowid or 0)
 
     def w_local_sub(self, service: str, topic: str, path: str) -> None:
