@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
 
 from sidecar.messaging.context import DELIVER_PREFIX, MessagingContext, log
-from sidecar.messaging.delivery import Outcome, classify
+from sidecar.messaging.delivery import Outcome, classify, classify_bulk
 from sidecar.messaging.store import StreamRow
 from sidecar.messaging.subscriptions import subscriber_node
 from sidecar.messaging.topic_log import TopicLog
@@ -26,6 +27,7 @@ from sidecar.tls.context import peer_server_name, service_server_name
 from sidecar.tls.errors import PeerRefused
 
 VERDICT_BYTES = 64 << 10     # of a subscriber's answer, enough to find {"status": "DROP"}
+BULK_VERDICT_BYTES = 1 << 20  # of a bulk answer: a status per message, up to 1000 of them
 NODE_PROOF_TTL = 60.0        # seconds a node's proven identity is trusted before its certificate is asked again
 
 
@@ -38,6 +40,14 @@ def trace_of(raw: bytes) -> dict[str, str]:
     except (ValueError, AttributeError):
         return {}
     return {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate") and isinstance(v, str)}
+
+
+def _message_id(body: bytes) -> str:
+    try:
+        value = json.loads(body).get("id")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 def describe(status: int, mesh_error: str | None, body: bytes) -> str:
@@ -73,16 +83,56 @@ class Courier:
                 and info.inbound_port > 0)
 
     async def bounded_attempt(self, row: StreamRow, body: bytes, number: int) -> tuple[Outcome, str | None]:
+        outcomes, error = await self._bounded(self._one(row, body, number), 1)
+        return outcomes[0], error
+
+    async def bounded_bulk_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int
+                                   ) -> tuple[list[Outcome], str | None]:
+        return await self._bounded(self.bulk_attempt(row, batch, number), len(batch))
+
+    async def _bounded(self, attempt: Coroutine[Any, Any, tuple[list[Outcome], str | None]], count: int
+                       ) -> tuple[list[Outcome], str | None]:
         """An attempt in its own task with a hard deadline of our own besides the client's timeout: if the
         attempt does not end (a cancellation swallowed somewhere below), the stream still moves on."""
-        attempt = asyncio.ensure_future(self.attempt(row, body, number))
-        done, _ = await asyncio.wait({attempt}, timeout=float(self.ctx.settings.delivery_timeout) + 1.0)
+        task = asyncio.ensure_future(attempt)
+        done, _ = await asyncio.wait({task}, timeout=float(self.ctx.settings.delivery_timeout) + 1.0)
         if not done:
-            attempt.cancel()
-            attempt.add_done_callback(consume)
+            task.cancel()
+            task.add_done_callback(consume)
             self.ctx.counters["hard_timeouts"] += 1
-            return Outcome.FAILED, "no answer (hard deadline)"
-        return attempt.result()
+            return [Outcome.FAILED] * count, "no answer (hard deadline)"
+        return task.result()
+
+    async def _one(self, row: StreamRow, body: bytes, number: int) -> tuple[list[Outcome], str | None]:
+        outcome, error = await self.attempt(row, body, number)
+        return [outcome], error
+
+    async def bulk_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int
+                           ) -> tuple[list[Outcome], str | None]:
+        """A JSON array of the batch's ServiceMessages in one POST to a service (through the outbound, as one
+        message would go); the answer gives each its outcome (:func:`classify_bulk`)."""
+        ctx = self.ctx
+        assert ctx.http is not None and ctx.outbound is not None
+        ids = [_message_id(body) for _, body in batch]
+        headers = {"Content-Type": "application/json", "Host": row.subscriber, "x-sidecar-topic": row.topic,
+                   "x-sidecar-delivery-attempt": str(number), "x-sidecar-bulk": str(len(batch)),
+                   **trace_of(batch[0][1])}
+        data = b"[" + b",".join(body for _, body in batch) + b"]"
+        timeout = aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
+        try:
+            async with ctx.http.post(f"http://{ctx.outbound}{row.path}", data=data, headers=headers,
+                                     timeout=timeout) as response:
+                verdict = await response.content.read(BULK_VERDICT_BYTES)
+                mesh_error = response.headers.get("x-sidecar-error")
+                outcomes = classify_bulk(response.status, mesh_error, verdict, ids)
+                failed = any(o is not Outcome.ACK for o in outcomes)
+                return outcomes, describe(response.status, mesh_error, verdict) if failed else None
+        except TimeoutError:
+            return [Outcome.FAILED] * len(batch), f"no answer within {float(ctx.settings.delivery_timeout):.3f}s"
+        except (aiohttp.ClientConnectionError, OSError) as e:
+            return [Outcome.UNREACHABLE] * len(batch), f"{type(e).__name__}: {e}"
+        except aiohttp.ClientError as e:
+            return [Outcome.FAILED] * len(batch), f"{type(e).__name__}: {e}"
 
     async def attempt(self, row: StreamRow, body: bytes, number: int) -> tuple[Outcome, str | None]:
         ctx = self.ctx

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sidecar.catalog.model import NODE_STREAM, Subscription
-from sidecar.config.model import Config
+from sidecar.config.model import MAX_BULK_MESSAGES, Config
 from sidecar.errors import InvalidArgument
 from sidecar.log import fields
 from sidecar.messaging.context import INTERNAL_PREFIX, MessagingContext, log
@@ -31,27 +31,28 @@ class LocalSubscriptions:
         ctx = self.ctx
         store, writer = ctx.store, ctx.writer
         assert store is not None and writer is not None
-        for service, topic, path in await ctx.read(store.r_local_subs):
+        for service, topic, path, bulk in await ctx.read(store.r_local_subs):
             if service == NODE_STREAM:  # its readers left with the previous run; a reader that comes back renews it
                 await writer.submit(_unsubscribe(service, topic))
-            elif ctx.scoped_in(Subscription(service, topic, path)):
-                self.book.add_local(Subscription(service, topic, path))
+            elif ctx.scoped_in(Subscription(service, topic, path, bulk)):
+                self.book.add_local(Subscription(service, topic, path, bulk))
         for sub in ctx.config.subscriptions:
             owner = sub.service or ctx.default_service()
             if owner is None:
                 log.warning("subscription not registered: no local service to receive it",
                             extra=fields(topic=sub.topic, path=sub.path))
                 continue
-            if ctx.scoped_in(Subscription(owner, sub.topic, sub.path)):
-                self.book.add_local(Subscription(owner, sub.topic, sub.path))
+            if ctx.scoped_in(Subscription(owner, sub.topic, sub.path, sub.bulk_size)):
+                self.book.add_local(Subscription(owner, sub.topic, sub.path, sub.bulk_size))
 
     def _changed(self) -> None:
         self.reconciler.changed()
         if self.on_local_change is not None:
             self.on_local_change()
 
-    async def subscribe(self, topic: str, path: str, service: str | None = None) -> Subscription:
-        """A push subscription of a local service (default: this node's first), kept across restarts."""
+    async def subscribe(self, topic: str, path: str, service: str | None = None, bulk: int = 0) -> Subscription:
+        """A push subscription of a local service (default: this node's first), kept across restarts; ``bulk``
+        messages per POST with bulk delivery (0: one ServiceMessage per POST)."""
         ctx = self.ctx
         ctx.require()
         check_topic(topic)
@@ -67,8 +68,11 @@ class LocalSubscriptions:
                                       {"field": "service"})
         elif service not in {i.name for i in ctx.registry.instances()}:
             raise InvalidArgument(f"service {service!r} is not registered on this node", {"field": "service"})
+        if not 0 <= bulk <= MAX_BULK_MESSAGES:
+            raise InvalidArgument(f"bulk.maxMessages must be in [1, {MAX_BULK_MESSAGES}] (got {bulk})",
+                                  {"field": "bulk.maxMessages"})
         ctx.scopes.check_subscribe(service, topic)
-        subscription = Subscription(service, topic, path)
+        subscription = Subscription(service, topic, path, bulk)
         await self.add(subscription)
         return subscription
 
@@ -76,7 +80,8 @@ class LocalSubscriptions:
         _, writer = self.ctx.require()
         if self.book.local.get((subscription.service, subscription.topic)) == subscription:
             return
-        await writer.submit(lambda s: s.w_local_sub(subscription.service, subscription.topic, subscription.path))
+        await writer.submit(lambda s: s.w_local_sub(subscription.service, subscription.topic, subscription.path,
+                                                    subscription.bulk))
         self.book.add_local(subscription)
         self._changed()
 
@@ -98,8 +103,8 @@ class LocalSubscriptions:
         store = self.ctx.store
         if before == after or not self.ctx.started or store is None or self.ctx.closing.is_set():
             return
-        persisted = {(service, topic): Subscription(service, topic, path)
-                     for service, topic, path in await self.ctx.read(store.r_local_subs)}
+        persisted = {(service, topic): Subscription(service, topic, path, bulk)
+                     for service, topic, path, bulk in await self.ctx.read(store.r_local_subs)}
         changed = False
         for key in before.keys() - after.keys():
             kept = persisted.get(key)
@@ -116,7 +121,7 @@ class LocalSubscriptions:
         for sub in config.subscriptions:
             owner = sub.service or (config.services[0].name if config.services else self.ctx.default_service())
             if owner is not None and self.ctx.scopes.may_subscribe(owner, sub.topic):
-                out[owner, sub.topic] = Subscription(owner, sub.topic, sub.path)
+                out[owner, sub.topic] = Subscription(owner, sub.topic, sub.path, sub.bulk_size)
         return out
 
 

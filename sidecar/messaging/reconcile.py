@@ -94,7 +94,8 @@ class Reconciler:
         held = {(r.topic, r.subscriber): r for r in store.streams()}
         for key, want in wanted.items():
             found = held.get(key)
-            if found is None or found.path != want.path or now_ms - found.last_seen_ms > REFRESH_MS:
+            if (found is None or found.path != want.path or found.bulk != want.bulk
+                    or now_ms - found.last_seen_ms > REFRESH_MS):
                 self._stream_keys.add(key)
                 row, created = await writer.submit(_ensure(want, now_ms))
                 if created:
@@ -121,7 +122,7 @@ class Reconciler:
 
 
 def _ensure(want: Wanted, now_ms: int) -> Callable[[Store], tuple[StreamRow, bool]]:
-    return lambda s: s.w_ensure_stream(want.topic, want.subscriber, want.path, now_ms)
+    return lambda s: s.w_ensure_stream(want.topic, want.subscriber, want.path, now_ms, want.bulk)
 
 
 def _forget(stream: int, now_ms: int) -> Callable[[Store], int]:

@@ -188,14 +188,14 @@ class Messaging:
     async def publish(self, topic: str, body: MessageBody, sender_header: str | None = None) -> ServiceMessage:
         return await publish(self.ctx, self.streams, topic, body, sender_header)
 
-    async def subscribe(self, topic: str, path: str, service: str | None = None) -> Subscription:
-        return await self.local.subscribe(topic, path, service)
+    async def subscribe(self, topic: str, path: str, service: str | None = None, bulk: int = 0) -> Subscription:
+        return await self.local.subscribe(topic, path, service, bulk)
 
     def stream(self, topic: str, last_event_id: int | None, sender_header: str | None = None
                ) -> AbstractAsyncContextManager[AsyncIterator[tuple[int, str, Any]]]:
         return self.readers.stream(topic, last_event_id, sender_header)
 
-    def subscriptions_json(self) -> list[dict[str, str]]:
+    def subscriptions_json(self) -> list[dict[str, Any]]:
         return self.book.to_json()
 
     # ------------------------------------------------------------------------------------ gossip and inbound

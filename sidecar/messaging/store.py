@@ -11,7 +11,8 @@ wrote, two per checkpoint (run here, not by SQLite's autocheckpoint, so that the
 Tables
 ------
 ``messages``      the outbox: one row per published message that some stream still owes (seq grows forever)
-``streams``       (topic, subscriber) → path: subscriber is a service name or ``node:NAME`` (stream readers)
+``streams``       (topic, subscriber) → path, bulk size: subscriber is a service name or ``node:NAME`` (stream
+                  readers); bulk > 0 delivers up to that many messages per POST
 ``deliveries``    (stream, seq): what each stream still owes; acked or dead-lettered rows are deleted, and a
                   message goes when its last delivery goes
 ``dead_letters``  copies of undeliverable messages with reason, attempts, last error
@@ -38,7 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (
     id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, subscriber TEXT NOT NULL, path TEXT NOT NULL,
-    last_seen_ms INTEGER NOT NULL, UNIQUE (topic, subscriber));
+    last_seen_ms INTEGER NOT NULL, bulk INTEGER NOT NULL DEFAULT 0, UNIQUE (topic, subscriber));
 CREATE TABLE IF NOT EXISTS deliveries (
     stream INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (stream, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS topic_log (
     created_ms INTEGER NOT NULL, UNIQUE (topic, message_id));
 CREATE INDEX IF NOT EXISTS topic_log_topic ON topic_log (topic, id);
 CREATE TABLE IF NOT EXISTS local_subs (
-    service TEXT NOT NULL, topic TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (service, topic));
+    service TEXT NOT NULL, topic TEXT NOT NULL, path TEXT NOT NULL, bulk INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (service, topic));
 """
 
 
@@ -62,6 +64,7 @@ class StreamRow:
     subscriber: str
     path: str
     last_seen_ms: int
+    bulk: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,9 @@ class Store:
         self.limits = limits
         self.w = connect(self.path)
         self.w.executescript(SCHEMA)
+        for table in ("streams", "local_subs"):  # a store made before bulk delivery
+            if "bulk" not in {row[1] for row in self.w.execute(f"PRAGMA table_info({table})")}:
+                self.w.execute(f"ALTER TABLE {table} ADD COLUMN bulk INTEGER NOT NULL DEFAULT 0")
         self.r = connect(self.path)
         # writer-thread state: seq → [references, size, created_ms], oldest first
         self.outbox: OrderedDict[int, list[int]] = OrderedDict()
@@ -174,7 +180,7 @@ class Store:
                 continue
             self.outbox[seq] = [count, size, created]
             self.pending_bytes += size
-        for row in self.w.execute("SELECT id, topic, subscriber, path, last_seen_ms FROM streams").fetchall():
+        for row in self.w.execute("SELECT id, topic, subscriber, path, last_seen_ms, bulk FROM streams").fetchall():
             self._remember_stream(StreamRow(*row))
         self.dead_letter_count, self.dead_letter_bytes = self.w.execute(
             "SELECT count(*), coalesce(sum(length(body)), 0) FROM dead_letters").fetchone()
@@ -273,18 +279,23 @@ class Store:
         self.dead_letter_bytes += len(found[2])
         return True
 
-    def w_ensure_stream(self, topic: str, subscriber: str, path: str, seen_ms: int) -> tuple[StreamRow, bool]:
-        """The stream of (topic, subscriber), created if new; its path and last-seen time refreshed."""
-        found = self.w.execute("SELECT id FROM streams WHERE topic = ? AND subscriber = ?",
+    def w_ensure_stream(self, topic: str, subscriber: str, path: str, seen_ms: int, bulk: int | None = None
+                        ) -> tuple[StreamRow, bool]:
+        """The stream of (topic, subscriber), created if new; its path, bulk size (None: kept) and last-seen time
+        refreshed."""
+        found = self.w.execute("SELECT id, bulk FROM streams WHERE topic = ? AND subscriber = ?",
                                (topic, subscriber)).fetchone()
         if found is None:
-            cur = self.w.execute("INSERT INTO streams (topic, subscriber, path, last_seen_ms) VALUES (?, ?, ?, ?)",
-                                 (topic, subscriber, path, seen_ms))
-            row = StreamRow(int(cur.lastrowid or 0), topic, subscriber, path, seen_ms)
+            cur = self.w.execute(
+                "INSERT INTO streams (topic, subscriber, path, last_seen_ms, bulk) VALUES (?, ?, ?, ?, ?)",
+                (topic, subscriber, path, seen_ms, bulk or 0))
+            row = StreamRow(int(cur.lastrowid or 0), topic, subscriber, path, seen_ms, bulk or 0)
             self._remember_stream(row)
             return row, True
-        self.w.execute("UPDATE streams SET path = ?, last_seen_ms = ? WHERE id = ?", (path, seen_ms, found[0]))
-        row = StreamRow(found[0], topic, subscriber, path, seen_ms)
+        bulk = found[1] if bulk is None else bulk
+        self.w.execute("UPDATE streams SET path = ?, last_seen_ms = ?, bulk = ? WHERE id = ?",
+                       (path, seen_ms, bulk, found[0]))
+        row = StreamRow(found[0], topic, subscriber, path, seen_ms, bulk)
         self.stream_rows[row.id] = row
         return row, False
 
@@ -370,9 +381,9 @@ class Store:
         self._tx_bytes += len(body)
         return int(cur.lastrowid or 0)
 
-    def w_local_sub(self, service: str, topic: str, path: str) -> None:
-        self.w.execute("INSERT OR REPLACE INTO local_subs (service, topic, path) VALUES (?, ?, ?)",
-                       (service, topic, path))
+    def w_local_sub(self, service: str, topic: str, path: str, bulk: int = 0) -> None:
+        self.w.execute("INSERT OR REPLACE INTO local_subs (service, topic, path, bulk) VALUES (?, ?, ?, ?)",
+                       (service, topic, path, bulk))
 
     def w_remove_local_sub(self, service: str, topic: str) -> None:
         self.w.execute("DELETE FROM local_subs WHERE service = ? AND topic = ?", (service, topic))
@@ -440,9 +451,9 @@ class Store:
             args.append(topic)
         return [DeadLetterRow(*r) for r in self.r.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))]
 
-    def r_local_subs(self) -> list[tuple[str, str, str]]:
-        return [(str(a), str(b), str(c)) for a, b, c in self.r.execute(
-            "SELECT service, topic, path FROM local_subs ORDER BY service, topic")]
+    def r_local_subs(self) -> list[tuple[str, str, str, int]]:
+        return [(str(a), str(b), str(c), int(d)) for a, b, c, d in self.r.execute(
+            "SELECT service, topic, path, bulk FROM local_subs ORDER BY service, topic")]
 
 
 _DEAD_COLUMNS = "id, message_id, topic, subscriber, path, body, reason, attempts, last_error, at_ms"

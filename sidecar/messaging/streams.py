@@ -1,6 +1,9 @@
 """The delivery streams: one task per stream (topic, subscriber) reads what it owes from the outbox, oldest first,
-and has one message in flight; the redelivery core (:mod:`sidecar.messaging.delivery`) says what each answer means.
+and has one message (or one bulk batch) in flight; the redelivery core (:mod:`sidecar.messaging.delivery`) says
+what each answer means.
 
+* With bulk delivery (a service's subscription with ``bulk``), up to that many messages go in one POST and each
+  settles by its own status; the ones to retry go again before anything after them.
 * Acks and dead letters are written through the writer. An ack is not awaited before the next delivery: a
   ``kill -9`` between the answer and the ack's commit redelivers that message (at least once; the window is one
   commit, a few milliseconds).
@@ -20,9 +23,27 @@ from sidecar.messaging.context import MessagingContext, log
 from sidecar.messaging.courier import Courier, consume
 from sidecar.messaging.delivery import Ack, Attempts, DeadLetter, DeliveryPolicy, DeliveryRetry, Outcome
 from sidecar.messaging.store import Evicted, Store, StreamRow
+from sidecar.messaging.subscriptions import subscriber_node
 from sidecar.messaging.writer import Writer
 
 PAGE = 256                   # deliveries read from the outbox at once per stream
+MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
+
+
+def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
+    """``owed`` cut in order into batches of at most ``size`` messages and about ``max_bytes`` of bodies."""
+    out: list[list[tuple[int, bytes]]] = []
+    current: list[tuple[int, bytes]] = []
+    used = 0
+    for item in owed:
+        if current and (len(current) >= size or used + len(item[1]) > max_bytes):
+            out.append(current)
+            current, used = [], 0
+        current.append(item)
+        used += len(item[1])
+    if current:
+        out.append(current)
+    return out
 
 
 @dataclass(slots=True)
@@ -101,16 +122,19 @@ class Streams:
         after = 0
         while not self.ctx.closing.is_set():
             worker.wakeup.clear()
-            page = await self.ctx.read(store.r_page, worker.row.id, after, PAGE)
+            page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
             if not page:
                 worker.state = "idle"
                 await worker.wakeup.wait()
                 continue
-            for seq, body in page:
-                after = seq
-                if seq <= worker.floor:
-                    continue
-                await self._deliver(worker, seq, body)
+            after = page[-1][0]
+            owed = [(seq, body) for seq, body in page if seq > worker.floor]
+            if worker.row.bulk and subscriber_node(worker.row.subscriber) is None:
+                for batch in batches(owed, worker.row.bulk, MAX_BULK_BYTES):
+                    await self._deliver_bulk(worker, batch)
+            else:
+                for seq, body in owed:
+                    await self._deliver(worker, seq, body)
 
     async def _deliver(self, worker: StreamWorker, seq: int, body: bytes) -> None:
         ctx = self.ctx
@@ -160,6 +184,64 @@ class Streams:
             worker.in_flight = None
             if not settled:
                 store.in_flight.discard(key)
+
+    async def _deliver_bulk(self, worker: StreamWorker, batch: list[tuple[int, bytes]]) -> None:
+        """A batch in one POST; each message settles by its own status, and those to retry go again (alone in
+        a smaller batch) before anything after the batch is delivered, so a stream's order holds batch by batch."""
+        ctx = self.ctx
+        store, writer = ctx.store, ctx.writer
+        assert store is not None and writer is not None
+        stream = worker.row.id
+        attempts = {seq: Attempts() for seq, _ in batch}
+        settled: set[int] = set()
+        pending = batch
+        worker.in_flight, worker.attempts, worker.last_error = batch[0][0], 0, None
+        try:
+            while pending and not ctx.closing.is_set():
+                pending = [(seq, body) for seq, body in pending if seq > worker.floor]  # retention took the rest
+                if not pending:
+                    return
+                if not self.courier.reachable(worker.row):
+                    worker.state = "waiting"
+                    await self.wait_catalog(1.0)
+                    continue
+                worker.state = "delivering"
+                store.in_flight.update((stream, seq) for seq, _ in pending)
+                number = max(attempts[seq].total for seq, _ in pending) + 1
+                outcomes, error = await self.courier.bounded_bulk_attempt(worker.row, pending, number)
+                retry: list[tuple[int, bytes]] = []
+                delay, unreachable = 0.0, False
+                for (seq, body), outcome in zip(pending, outcomes, strict=True):
+                    tried = attempts[seq]
+                    step = tried.next_step(self.policy, outcome, ctx.rng.random())
+                    if isinstance(step, Ack):
+                        settled.add(seq)
+                        self._settle(writer, stream, seq)
+                        worker.delivered += 1
+                        ctx.counters["delivered"] += 1
+                        ctx.counters["redelivered"] += tried.total > 0
+                    elif isinstance(step, DeadLetter):
+                        settled.add(seq)
+                        await self._dead_letter(worker, seq, step.reason, tried.counted, error)
+                    else:
+                        store.in_flight.discard((stream, seq))
+                        retry.append((seq, body))
+                        delay = max(delay, step.delay)
+                        unreachable |= outcome is Outcome.UNREACHABLE
+                        ctx.counters["retries" if step.counted else "waits"] += 1
+                worker.attempts = max(a.total for a in attempts.values())
+                pending = retry
+                if pending:
+                    worker.in_flight, worker.last_error, worker.state = pending[0][0], error, "backing-off"
+                    if unreachable:
+                        await self.wait_catalog(delay)
+                    else:
+                        await ctx.clock.sleep(delay)
+        finally:
+            worker.in_flight = None
+            for seq, _ in batch:
+                if seq not in settled:
+                    store.in_flight.discard((stream, seq))
 
     @staticmethod
     def _settle(writer: Writer, stream: int, seq: int) -> None:

@@ -71,7 +71,7 @@ class App:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", port, reuse_address=True)
         await site.start()
-        self.port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.port = int(self.runner.addresses[0][1])
         return self
 
     async def stop(self) -> None:
