@@ -129,65 +129,14 @@ class Streams:
                 continue
             after = page[-1][0]
             owed = [(seq, body) for seq, body in page if seq > worker.floor]
-            if worker.row.bulk and subscriber_node(worker.row.subscriber) is None:
-                for batch in batches(owed, worker.row.bulk, MAX_BULK_BYTES):
-                    await self._deliver_bulk(worker, batch)
-            else:
-                for seq, body in owed:
-                    await self._deliver(worker, seq, body)
+            bulk = worker.row.bulk if subscriber_node(worker.row.subscriber) is None else 0
+            for batch in batches(owed, bulk, MAX_BULK_BYTES) if bulk else ([item] for item in owed):
+                await self._deliver(worker, batch, bulk > 0)
 
-    async def _deliver(self, worker: StreamWorker, seq: int, body: bytes) -> None:
-        ctx = self.ctx
-        store, writer = ctx.store, ctx.writer
-        assert store is not None and writer is not None
-        stream = worker.row.id
-        key = (stream, seq)
-        attempts = Attempts()
-        worker.in_flight, worker.attempts, worker.last_error = seq, 0, None
-        settled = False
-        try:
-            while not ctx.closing.is_set():
-                if seq <= worker.floor:  # retention dead-lettered it while we waited
-                    return
-                if not self.courier.reachable(worker.row):
-                    worker.state = "waiting"
-                    await self.wait_catalog(1.0)
-                    continue
-                worker.state = "delivering"
-                # only an attempt on the wire protects a delivery from retention; a waiting one may be evicted
-                store.in_flight.add(key)
-                outcome, error = await self.courier.bounded_attempt(worker.row, body, attempts.total + 1)
-                step = attempts.next_step(self.policy, outcome, ctx.rng.random())
-                worker.attempts = attempts.total
-                if isinstance(step, Ack):
-                    settled = True
-                    self._settle(writer, stream, seq)
-                    worker.delivered += 1
-                    ctx.counters["delivered"] += 1
-                    if attempts.total > 0:
-                        ctx.counters["redelivered"] += 1
-                    return
-                if isinstance(step, DeadLetter):
-                    settled = True
-                    await self._dead_letter(worker, seq, step.reason, attempts.counted, error)
-                    return
-                assert isinstance(step, DeliveryRetry)
-                store.in_flight.discard(key)
-                worker.last_error = error
-                worker.state = "backing-off"
-                ctx.counters["retries" if step.counted else "waits"] += 1
-                if outcome is Outcome.UNREACHABLE:
-                    await self.wait_catalog(step.delay)
-                else:
-                    await ctx.clock.sleep(step.delay)
-        finally:
-            worker.in_flight = None
-            if not settled:
-                store.in_flight.discard(key)
-
-    async def _deliver_bulk(self, worker: StreamWorker, batch: list[tuple[int, bytes]]) -> None:
-        """A batch in one POST; each message settles by its own status, and those to retry go again (alone in
-        a smaller batch) before anything after the batch is delivered, so a stream's order holds batch by batch."""
+    async def _deliver(self, worker: StreamWorker, batch: list[tuple[int, bytes]], bulk: bool) -> None:
+        """One message, or with ``bulk`` a batch in one POST whose messages each settle by their own status; those
+        to retry go again (alone in a smaller batch) before anything after the batch is delivered, so a stream's
+        order holds message by message, or batch by batch."""
         ctx = self.ctx
         store, writer = ctx.store, ctx.writer
         assert store is not None and writer is not None
@@ -206,9 +155,14 @@ class Streams:
                     await self.wait_catalog(1.0)
                     continue
                 worker.state = "delivering"
+                # only an attempt on the wire protects a delivery from retention; a waiting one may be evicted
                 store.in_flight.update((stream, seq) for seq, _ in pending)
                 number = max(attempts[seq].total for seq, _ in pending) + 1
-                outcomes, error = await self.courier.bounded_bulk_attempt(worker.row, pending, number)
+                if bulk:
+                    outcomes, error = await self.courier.bounded_bulk_attempt(worker.row, pending, number)
+                else:
+                    outcome, error = await self.courier.bounded_attempt(worker.row, pending[0][1], number)
+                    outcomes = [outcome]
                 retry: list[tuple[int, bytes]] = []
                 delay, unreachable = 0.0, False
                 for (seq, body), outcome in zip(pending, outcomes, strict=True):
@@ -219,11 +173,13 @@ class Streams:
                         self._settle(writer, stream, seq)
                         worker.delivered += 1
                         ctx.counters["delivered"] += 1
-                        ctx.counters["redelivered"] += tried.total > 0
+                        if tried.total > 0:
+                            ctx.counters["redelivered"] += 1
                     elif isinstance(step, DeadLetter):
                         settled.add(seq)
                         await self._dead_letter(worker, seq, step.reason, tried.counted, error)
                     else:
+                        assert isinstance(step, DeliveryRetry)
                         store.in_flight.discard((stream, seq))
                         retry.append((seq, body))
                         delay = max(delay, step.delay)
