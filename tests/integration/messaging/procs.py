@@ -3,7 +3,7 @@ publishing loops, SSE reading with urllib."""
 
 from __future__ import annotations
 
-import http.client
+import http.client as http_client
 import http.server as http_server
 import json
 import threading
@@ -103,7 +103,7 @@ class SseReader:
                             last = event_id
                         if self.stopping.is_set():
                             return
-            except (OSError, ValueError, http.client.HTTPException):  # killed, restarting, or idle for 5 s
+            except (OSError, ValueError, http_client.HTTPException):  # killed, restarting, or idle for 5 s
                 self.stopping.wait(0.05)
 
     def connected(self) -> bool:
