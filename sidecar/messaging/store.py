@@ -163,6 +163,7 @@ class Store:
         self._tx_messages = 0       # messages the open transaction stores
         self._tx_bytes = 0
         self._wal_bytes = 0         # estimated WAL growth since the last checkpoint
+        self._durable = True        # synchronous=FULL (connect's), or NORMAL for a settling-only transaction
         self.w.execute("PRAGMA wal_autocheckpoint=0")
         self._load()
 
@@ -207,7 +208,13 @@ class Store:
 
     # ----------------------------------------------------------------------------- writer thread
 
-    def begin(self) -> None:
+    def begin(self, durable: bool = True) -> None:
+        """Begin a transaction; ``durable=False`` for one that only settles deliveries (acks): it is committed
+        without an fsync (``synchronous=NORMAL``; WAL keeps it consistent) and made durable by the next commit
+        that fsyncs, or lost with power (never with a crash of the process) and then redelivered: at least once."""
+        if durable != self._durable:
+            self.w.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+            self._durable = durable
         self.w.execute("BEGIN IMMEDIATE")
         self._tx_changes = self.w.total_changes
         self._tx_messages = self._tx_bytes = 0
@@ -219,7 +226,7 @@ class Store:
         self.w.execute("COMMIT")
         if not wrote:
             return
-        self.fsyncs += 1
+        self.fsyncs += 1 if self._durable else 0
         self.durable_messages += self._tx_messages
         self._wal_bytes += self._tx_bytes + _COMMIT_BYTES
         if self._wal_bytes >= CHECKPOINT_BYTES:

@@ -204,7 +204,8 @@ class Streams:
         def op(s: Store) -> bool:
             s.in_flight.discard((stream, seq))  # in the writer thread: retention never sees it unowned
             return s.w_settle(stream, seq)
-        writer.submit(op).add_done_callback(consume)
+        # an ack needs no fsync of its own: lost with power, it is a redelivery (at least once)
+        writer.submit(op, durable=False).add_done_callback(consume)
 
     async def _dead_letter(self, worker: StreamWorker, seq: int, reason: str, attempts: int,
                            error: str | None) -> None:

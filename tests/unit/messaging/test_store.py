@@ -112,7 +112,8 @@ def test_one_fsync_covers_every_publish_queued_while_the_previous_commit_ran(tmp
     """Group commit, counted: the publishes that arrive while a commit runs are stored by the next commit, one
     fsync for all of them; each caller still learns its own result only once that commit is done."""
     async def main() -> None:
-        store = Store(str(tmp_path), LIMITS)
+        store = Store(str(tmp_path), StoreLimits(retention_age_ms=1 << 50, retention_bytes=1 << 20,
+                                                 max_dead_letters=5))  # retention keeps everything here
         writer = Writer(store, FakeClock())
         writer.start()
         await writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
@@ -137,6 +138,13 @@ def test_one_fsync_covers_every_publish_queued_while_the_previous_commit_ran(tmp
         writer.tick()  # a commit that writes nothing (retention with nothing to do) costs no fsync
         await writer.submit(lambda s: None)
         assert store.fsyncs - fsyncs == 2
+        stream = store.streams()[0].id
+        settled = await asyncio.gather(*(writer.submit(lambda s, q=seq: s.w_settle(stream, q), durable=False)
+                                         for seq in range(1, 51)))
+        assert all(settled) and store.pending == 51 and store.fsyncs - fsyncs == 2  # acks alone: no fsync
+        published, _ = await asyncio.gather(writer.submit(lambda s: s.w_publish("late", "t", b"x", 0)),
+                                            writer.submit(lambda s: s.w_settle(stream, 51), durable=False))
+        assert store.fsyncs - fsyncs == 3  # an ack in the same commit as a publish rides on its fsync
         await writer.stop()
         store.close()
     asyncio.run(main())
