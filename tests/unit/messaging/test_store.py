@@ -142,8 +142,9 @@ def test_one_fsync_covers_every_publish_queued_while_the_previous_commit_ran(tmp
         settled = await asyncio.gather(*(writer.submit(lambda s, q=seq: s.w_settle(stream, q), durable=False)
                                          for seq in range(1, 51)))
         assert all(settled) and store.pending == 51 and store.fsyncs - fsyncs == 2  # acks alone: no fsync
-        published, _ = await asyncio.gather(writer.submit(lambda s: s.w_publish("late", "t", b"x", 0)),
-                                            writer.submit(lambda s: s.w_settle(stream, 51), durable=False))
+        published, acked = await asyncio.gather(writer.submit(lambda s: s.w_publish("late", "t", b"x", 0)),
+                                                writer.submit(lambda s: s.w_settle(stream, 51), durable=False))
+        assert published[0] == 102 and acked
         assert store.fsyncs - fsyncs == 3  # an ack in the same commit as a publish rides on its fsync
         await writer.stop()
         store.close()
