@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 SENDER_HEADER = "x-sidecar-service"         # the app may say which of its node's services sends
 DELIVER_PREFIX = "/.sidecar/v1/deliver/"   # sidecar-internal: intercepted by the inbound, never an app's path
+DELIVER_BATCH_PREFIX = "/.sidecar/v1/deliver-batch/"   # the same, a JSON array of messages per request
 INTERNAL_PREFIX = "/.sidecar/"
 
 

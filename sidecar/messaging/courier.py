@@ -5,7 +5,8 @@ tried at all. The answer is an :class:`~sidecar.messaging.delivery.Outcome` for 
   path, so mTLS, authorization, balancing among the service's instances (competing consumers), retries and
   tracing apply.
 * A node's stream readers (``node:NAME``) are reached over mTLS straight at that node's inbound listener at
-  :data:`~sidecar.messaging.context.DELIVER_PREFIX`; for a scoped topic the node first proves, by its certificate,
+  :data:`~sidecar.messaging.context.DELIVER_BATCH_PREFIX`, many messages per request, which the node stores
+  before it answers (:mod:`sidecar.messaging.receiver`); for a scoped topic the node first proves, by its certificate,
   that it hosts a service the scope lets subscribe. This node's own readers get the message in its topic log.
 """
 
@@ -13,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
 
-from sidecar.messaging.context import DELIVER_PREFIX, MessagingContext, log
+from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext, log
 from sidecar.messaging.delivery import Outcome, classify, classify_bulk
 from sidecar.messaging.store import StreamRow
 from sidecar.messaging.subscriptions import subscriber_node
@@ -82,71 +82,39 @@ class Courier:
         return (ctx.identity is not None and info is not None and info.state in ("alive", "suspect")
                 and info.inbound_port > 0)
 
-    async def bounded_attempt(self, row: StreamRow, body: bytes, number: int) -> tuple[Outcome, str | None]:
-        outcomes, error = await self._bounded(self._one(row, body, number), 1)
-        return outcomes[0], error
-
-    async def bounded_bulk_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int
-                                   ) -> tuple[list[Outcome], str | None]:
-        return await self._bounded(self.bulk_attempt(row, batch, number), len(batch))
-
-    async def _bounded(self, attempt: Coroutine[Any, Any, tuple[list[Outcome], str | None]], count: int
-                       ) -> tuple[list[Outcome], str | None]:
-        """An attempt in its own task with a hard deadline of our own besides the client's timeout: if the
+    async def bounded_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool
+                              ) -> tuple[list[Outcome], str | None]:
+        """:meth:`attempt` in its own task with a hard deadline of our own besides the client's timeout: if the
         attempt does not end (a cancellation swallowed somewhere below), the stream still moves on."""
-        task = asyncio.ensure_future(attempt)
+        task = asyncio.ensure_future(self.attempt(row, batch, number, bulk))
         done, _ = await asyncio.wait({task}, timeout=float(self.ctx.settings.delivery_timeout) + 1.0)
         if not done:
             task.cancel()
             task.add_done_callback(consume)
             self.ctx.counters["hard_timeouts"] += 1
-            return [Outcome.FAILED] * count, "no answer (hard deadline)"
+            return [Outcome.FAILED] * len(batch), "no answer (hard deadline)"
         return task.result()
 
-    async def _one(self, row: StreamRow, body: bytes, number: int) -> tuple[list[Outcome], str | None]:
-        outcome, error = await self.attempt(row, body, number)
-        return [outcome], error
-
-    async def bulk_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int
-                           ) -> tuple[list[Outcome], str | None]:
-        """A JSON array of the batch's ServiceMessages in one POST to a service (through the outbound, as one
-        message would go); the answer gives each its outcome (:func:`classify_bulk`)."""
-        ctx = self.ctx
-        assert ctx.http is not None and ctx.outbound is not None
-        ids = [_message_id(body) for _, body in batch]
-        headers = {"Content-Type": "application/json", "Host": row.subscriber, "x-sidecar-topic": row.topic,
-                   "x-sidecar-delivery-attempt": str(number), "x-sidecar-bulk": str(len(batch)),
-                   **trace_of(batch[0][1])}
-        data = b"[" + b",".join(body for _, body in batch) + b"]"
-        timeout = aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
-        try:
-            async with ctx.http.post(f"http://{ctx.outbound}{row.path}", data=data, headers=headers,
-                                     timeout=timeout) as response:
-                verdict = await response.content.read(BULK_VERDICT_BYTES)
-                mesh_error = response.headers.get("x-sidecar-error")
-                outcomes = classify_bulk(response.status, mesh_error, verdict, ids)
-                failed = any(o is not Outcome.ACK for o in outcomes)
-                return outcomes, describe(response.status, mesh_error, verdict) if failed else None
-        except TimeoutError:
-            return [Outcome.FAILED] * len(batch), f"no answer within {float(ctx.settings.delivery_timeout):.3f}s"
-        except (aiohttp.ClientConnectionError, OSError) as e:
-            return [Outcome.UNREACHABLE] * len(batch), f"{type(e).__name__}: {e}"
-        except aiohttp.ClientError as e:
-            return [Outcome.FAILED] * len(batch), f"{type(e).__name__}: {e}"
-
-    async def attempt(self, row: StreamRow, body: bytes, number: int) -> tuple[Outcome, str | None]:
+    async def attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool
+                      ) -> tuple[list[Outcome], str | None]:
+        """One POST of one message (``bulk`` False: ``batch`` holds one) or of a JSON array of the batch's
+        ServiceMessages, whose answer gives each its outcome (:func:`classify_bulk`); an outcome per message."""
         ctx = self.ctx
         node = subscriber_node(row.subscriber)
+        count = len(batch)
         if node == ctx.node:
-            await self.topic_log.append(row.topic, body)
-            return Outcome.ACK, None
+            await self.topic_log.append_many(row.topic, [body for _, body in batch])
+            return [Outcome.ACK] * count, None
         timeout = aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
         headers = {"Content-Type": "application/json", "x-sidecar-topic": row.topic,
-                   "x-sidecar-delivery-attempt": str(number), **trace_of(body)}
+                   "x-sidecar-delivery-attempt": str(number), **trace_of(batch[0][1])}
+        if bulk:
+            headers["x-sidecar-bulk"] = str(count)
+        data = b"[" + b",".join(body for _, body in batch) + b"]" if bulk else batch[0][1]
         try:
             if node is None:
                 assert ctx.http is not None and ctx.outbound is not None
-                request = ctx.http.post(f"http://{ctx.outbound}{row.path}", data=body,
+                request = ctx.http.post(f"http://{ctx.outbound}{row.path}", data=data,
                                         headers={**headers, "Host": row.subscriber}, timeout=timeout)
             else:
                 info = ctx.catalog.snapshot().nodes[node]
@@ -154,29 +122,34 @@ class Courier:
                 withheld = await self.withheld(node, info.address, info.inbound_port, row.topic)
                 if withheld is not None:
                     ctx.counters["deliveries_withheld:scope"] += 1
-                    return Outcome.UNREACHABLE, withheld
+                    return [Outcome.UNREACHABLE] * count, withheld
                 host = f"[{info.address}]" if ":" in info.address else info.address
                 # a node's stream subscription names the service whose certificate must answer (its claim is
                 # signed by it); the handshake refuses any other before the message is written
                 name = (service_server_name(row.path, info.address, info.inbound_port) if row.path
                         else peer_server_name(info.address, info.inbound_port))
-                request = ctx.mtls.post(f"https://{host}:{info.inbound_port}{DELIVER_PREFIX}{row.topic}", data=body,
+                prefix = DELIVER_BATCH_PREFIX if bulk else DELIVER_PREFIX
+                request = ctx.mtls.post(f"https://{host}:{info.inbound_port}{prefix}{row.topic}", data=data,
                                         headers=headers, timeout=timeout, ssl=ctx.identity.client_context,
                                         server_hostname=name)
             async with request as response:
-                verdict = await response.content.read(VERDICT_BYTES)
+                verdict = await response.content.read(BULK_VERDICT_BYTES if bulk else VERDICT_BYTES)
                 mesh_error = response.headers.get("x-sidecar-error")
-                outcome = classify(response.status, mesh_error, verdict)
-                error = None if outcome is Outcome.ACK else describe(response.status, mesh_error, verdict)
-                return outcome, error
+                if bulk:
+                    outcomes = classify_bulk(response.status, mesh_error, verdict,
+                                             [_message_id(body) for _, body in batch])
+                else:
+                    outcomes = [classify(response.status, mesh_error, verdict)]
+                failed = any(o is not Outcome.ACK for o in outcomes)
+                return outcomes, describe(response.status, mesh_error, verdict) if failed else None
         except TimeoutError:
-            return Outcome.FAILED, f"no answer within {float(ctx.settings.delivery_timeout):.3f}s"
+            return [Outcome.FAILED] * count, f"no answer within {float(ctx.settings.delivery_timeout):.3f}s"
         except (aiohttp.ClientConnectionError, KeyError, OSError) as e:
-            return Outcome.UNREACHABLE, f"{type(e).__name__}: {e}"
+            return [Outcome.UNREACHABLE] * count, f"{type(e).__name__}: {e}"
         except aiohttp.ClientError as e:
-            return Outcome.FAILED, f"{type(e).__name__}: {e}"
+            return [Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
         except PeerRefused as e:
-            return Outcome.UNREACHABLE, str(e)
+            return [Outcome.UNREACHABLE] * count, str(e)
 
     async def withheld(self, node: str, host: str, port: int, topic: str) -> str | None:
         """For a scoped topic: why the sidecar at ``host:port`` may not get its messages for its stream readers, or

@@ -28,6 +28,7 @@ from sidecar.messaging.writer import Writer
 
 PAGE = 256                   # deliveries read from the outbox at once per stream
 MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
+NODE_BATCH = PAGE            # messages per request to a node's receiver (its SSE readers)
 
 
 def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
@@ -129,7 +130,8 @@ class Streams:
                 continue
             after = page[-1][0]
             owed = [(seq, body) for seq, body in page if seq > worker.floor]
-            bulk = worker.row.bulk if subscriber_node(worker.row.subscriber) is None else 0
+            # a service's app: one message per POST, or its subscription's bulk size; a node's readers: batches
+            bulk = worker.row.bulk if subscriber_node(worker.row.subscriber) is None else NODE_BATCH
             for batch in batches(owed, bulk, MAX_BULK_BYTES) if bulk else ([item] for item in owed):
                 await self._deliver(worker, batch, bulk > 0)
 
@@ -158,11 +160,7 @@ class Streams:
                 # only an attempt on the wire protects a delivery from retention; a waiting one may be evicted
                 store.in_flight.update((stream, seq) for seq, _ in pending)
                 number = max(attempts[seq].total for seq, _ in pending) + 1
-                if bulk:
-                    outcomes, error = await self.courier.bounded_bulk_attempt(worker.row, pending, number)
-                else:
-                    outcome, error = await self.courier.bounded_attempt(worker.row, pending[0][1], number)
-                    outcomes = [outcome]
+                outcomes, error = await self.courier.bounded_attempt(worker.row, pending, number, bulk)
                 retry: list[tuple[int, bytes]] = []
                 delay, unreachable = 0.0, False
                 for (seq, body), outcome in zip(pending, outcomes, strict=True):

@@ -26,15 +26,24 @@ class TopicLog:
     async def append(self, topic: str, body: bytes) -> int | None:
         """Keep a received message for the topic's readers (durable when this returns); its event id, None when
         it was there already."""
+        return (await self.append_many(topic, [body]))[0]
+
+    async def append_many(self, topic: str, bodies: list[bytes]) -> list[int | None]:
+        """Keep received messages, in order, in one commit (durable when this returns); their event ids, None for
+        one that was there already."""
         _, writer = self.ctx.require()
-        message = ServiceMessage.from_bytes(body)
+        items = [(ServiceMessage.from_bytes(body).id, body) for body in bodies]
         now_ms = self.ctx.now_ms()
-        event_id = await writer.submit(lambda s: s.w_append_log(topic, message.id, body, now_ms), size=len(body))
-        self.ctx.counters["stream_received" if event_id is not None else "stream_duplicates"] += 1
+        event_ids: list[int | None] = await writer.submit(
+            lambda s: [s.w_append_log(topic, message_id, body, now_ms) for message_id, body in items],
+            size=sum(len(body) for body in bodies))
+        duplicates = event_ids.count(None)
+        self.ctx.counters["stream_received"] += len(event_ids) - duplicates
+        self.ctx.counters["stream_duplicates"] += duplicates
         event = self._appended.pop(topic, None)
         if event is not None:
             event.set()
-        return event_id
+        return event_ids
 
     async def tail(self, topic: str, last_event_id: int | None) -> AsyncIterator[tuple[int, str, Any]]:
         """(event id, "message", ServiceMessage JSON) from after ``last_event_id`` (None: from now on), until

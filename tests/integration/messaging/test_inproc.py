@@ -284,6 +284,35 @@ def test_sse_stream_resumes_with_last_event_id(tmp_path: Path) -> None:
     run(test, tmp_path, ["checkout", "watcher"])
 
 
+def test_a_node_stream_carries_many_messages_per_request_stored_before_the_answer(tmp_path: Path) -> None:
+    """Publishes that queue up while a node's readers are away go to that node in batches when they are back: a
+    few requests, each stored (one commit, one fsync) before its answer, every event in publish order."""
+    async def test(mesh: Mesh) -> None:
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("c", "watcher", [ServiceConfig(name="watcher", port=1)])
+        a, c = mesh.nodes["a"], mesh.nodes["c"]
+        first = await read_events_when_wanted(a, c, 1)
+        await wait_for_async(lambda: ("news", "node:c") not in a.messaging.book.wanted(), what="a forgets the reader")
+        for i in range(300):  # wait at a while c has no reader
+            assert (await post(a.api_url + "/v1/publish/news", {"type": "n", "payload": i}))[0] == 202
+        store = c.messaging.store
+        assert store is not None
+        fsyncs, stored = store.fsyncs, store.durable_messages
+        events = await read_events(c.api_url + "/v1/subscribe/news", 300, last_id=first[-1][0])
+        assert [e["payload"] for _, e in events] == list(range(300))
+        batches = c.messaging.counters["stream_batches"]
+        assert 2 <= batches <= 10, batches  # 300 messages in pages of up to 256
+        assert store.durable_messages - stored == 300 and store.fsyncs - fsyncs <= 3 * batches
+
+    async def read_events_when_wanted(a: Any, c: Any, count: int) -> list[tuple[int, dict[str, Any]]]:
+        reader = asyncio.create_task(read_events(c.api_url + "/v1/subscribe/news", count))
+        await wait_for_async(lambda: ("news", "node:c") in a.messaging.book.wanted(), what="stream subscription at a")
+        assert (await post(a.api_url + "/v1/publish/news", {"type": "n", "payload": "first"}))[0] == 202
+        return await reader
+
+    run(test, tmp_path, ["checkout", "watcher"])
+
+
 def test_internal_delivery_path_needs_the_inbound(tmp_path: Path) -> None:
     """The receiver behind /.sidecar/ refuses anything that did not come through the mTLS inbound."""
     async def test(mesh: Mesh) -> None:
