@@ -9,6 +9,8 @@ order; the table shows medians over the rounds):
   app (Redis: one consumer of a consumer group, XREADGROUP COUNT 1 + XACK: one in flight, as the sidecar's stream);
 * ``bulk``: the same with bulk delivery (up to 100 messages per POST, a status per message; Redis: COUNT 100, one
   XACK for the batch), and Redis's COUNT 1 line stays the reference;
+* ``sse``: the ``single`` workload read by an SSE reader (``GET /v1/subscribe/sse``) on the subscriber's node: the
+  publisher sidecar sends it batches, stored by the subscriber sidecar before they are acked;
 * ``fanout``: one topic, two subscribing services (Redis: two consumer groups);
 * ``burst``: 10,000 messages from 64 publishers at once, default delivery;
 * ``paced``: the sidecar at half the ``single`` maximum, for its latency there.
@@ -170,10 +172,22 @@ class Sidecars:
             name="sub")
         subscriber.start()
         self.processes.append(subscriber)
-        self.publisher = publisher
+        self.publisher, self.subscriber = publisher, subscriber
+        self.sse_ready = asyncio.Event()
+        self.sse = asyncio.create_task(self._read_sse())
+        await asyncio.wait_for(self.sse_ready.wait(), 30)
         await asyncio.to_thread(wait_for, lambda: len(
-            http("GET", publisher.api + "/v1/subscriptions").json()) >= len(subscriptions), 30,
+            http("GET", publisher.api + "/v1/subscriptions").json()) >= len(subscriptions) + 1, 30,
             what="the subscriptions known to the publisher")
+
+    async def _read_sse(self) -> None:
+        """An SSE reader of topic ``sse`` on the subscriber sidecar, for as long as the bench runs."""
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{self.subscriber.api}/v1/subscribe/sse", timeout=aiohttp.ClientTimeout(total=None)) as response:
+            self.sse_ready.set()
+            async for line in response.content:
+                if line.startswith(b"data: ") and self.arrivals is not None:
+                    self.arrivals.arrive("sse", json.loads(line[6:])["payload"])
 
     def _durability(self) -> tuple[int, int]:
         status = http("GET", self.publisher.admin + "/messaging").json()
@@ -197,6 +211,8 @@ class Sidecars:
         return result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()), fsyncs)
 
     async def stop(self) -> None:
+        if hasattr(self, "sse"):
+            self.sse.cancel()
         for process in reversed(self.processes):
             process.terminate()
         if self.runner is not None:
@@ -355,12 +371,13 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
                 lambda: sidecars.run("bulk", messages, concurrency),
                 lambda: redis.run("bulk", messages, concurrency, batch=BULK),
                 lambda: aof.run("bulk", messages, concurrency, batch=BULK),
+                lambda: sidecars.run("sse", messages, concurrency),
                 lambda: sidecars.run("fanout", messages, concurrency, consumers=2),
                 lambda: redis.run("fanout", messages, concurrency, consumers=2),
                 lambda: aof.run("fanout", messages, concurrency, consumers=2),
             ]
             if round_ % 2:  # alternate who goes first, so that neither always gets the warmer machine
-                runs = [run for group in zip(runs[2::3], runs[1::3], runs[0::3], strict=True) for run in group]
+                runs.reverse()
             for run in runs:
                 results.append(await run())
                 print(_line(results[-1]), flush=True)
@@ -405,7 +422,7 @@ def table(results: list[Result]) -> str:
         runs = sum(1 for r in results if (r.workload, r.system) == (workload, system))
         ours = medians.get((workload, "sidecar"))
         ratio = f"x{ours.throughput / m.throughput:.2f}" if ours is not None and system != "sidecar" else ""
-        if system == "sidecar" and workload == "bulk":
+        if system == "sidecar" and workload in ("bulk", "sse"):
             reference = medians.get(("single", "redis"))
             ratio = f"x{m.throughput / reference.throughput:.2f} of single redis" if reference else ""
         fsyncs = f"{m.fsyncs_per_message:.3f}" if m.fsyncs_per_message is not None else ""
