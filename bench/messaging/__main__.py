@@ -129,6 +129,7 @@ class Sidecars:
         self.arrivals: Arrivals | None = None
         self.runner: web.AppRunner | None = None
         self.processes: list[SidecarProcess] = []
+        self.refused = 0   # publishes answered 429 or 503 (backpressure), then tried again
 
     async def _receive(self, request: web.Request) -> web.Response:
         consumer = request.match_info["consumer"]
@@ -200,9 +201,16 @@ class Sidecars:
         before = await asyncio.to_thread(self._durability)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
             async def send(n: int) -> None:
-                async with session.post(url, json={"type": "bench", "payload": n}) as response:
-                    assert response.status == 202, await response.text()
-                    await response.read()
+                for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0):
+                    async with session.post(url, json={"type": "bench", "payload": n}) as response:
+                        await response.read()
+                        if response.status == 202:
+                            return
+                        # backpressure (429 full, 503 overloaded): a publisher waits and tries again
+                        assert response.status in (429, 503), await response.text()
+                        self.refused += 1
+                    await asyncio.sleep(wait)
+                raise AssertionError(f"message {n} refused 10 times")
             started = await publish_all(count, concurrency, arrivals, send, rate)
             await asyncio.wait_for(arrivals.done.wait(), 600)
         after = await asyncio.to_thread(self._durability)
@@ -391,10 +399,14 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
             results.append(await run())
             print(_line(results[-1]), flush=True)
     finally:
+        REFUSED[0] = sidecars.refused
         await sidecars.stop()
         await redis.stop()
         await aof.stop()
     return results
+
+
+REFUSED = [0]
 
 
 def _line(r: Result) -> str:
@@ -445,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(bench(Path(folder), args.messages, args.concurrency, args.rounds, args.burst))
     print(f"\npublish → deliver, {args.messages} messages, {args.concurrency} publishers at once; burst: "
           f"{args.burst} from {BURST_PUBLISHERS}; medians of {args.rounds} alternating rounds")
+    print(f"publishes the sidecar answered 429/503 (backpressure) and the bench tried again: {REFUSED[0]}")
     print(table(results))
     return 0
 
