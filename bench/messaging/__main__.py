@@ -360,7 +360,9 @@ async def _connect_when_up(port: int) -> Resp:
 # ------------------------------------------------------------------------------------------ the run
 
 
-async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: int) -> list[Result]:
+async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: int) -> tuple[list[Result], int]:
+    """Every workload against the sidecars and both Redis; the results, and how many publishes the sidecar
+    answered with backpressure."""
     sidecars = Sidecars(tmp)
     redis, aof = Redis(tmp, durable=False), Redis(tmp, durable=True)
     results: list[Result] = []
@@ -399,14 +401,10 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
             results.append(await run())
             print(_line(results[-1]), flush=True)
     finally:
-        REFUSED[0] = sidecars.refused
         await sidecars.stop()
         await redis.stop()
         await aof.stop()
-    return results
-
-
-REFUSED = [0]
+    return results, sidecars.refused
 
 
 def _line(r: Result) -> str:
@@ -454,10 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped: redis-server is not installed (apt-get install redis-server, or make bench-tools)")
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-messaging-") as folder:
-        results = asyncio.run(bench(Path(folder), args.messages, args.concurrency, args.rounds, args.burst))
+        results, refused = asyncio.run(bench(Path(folder), args.messages, args.concurrency, args.rounds, args.burst))
     print(f"\npublish → deliver, {args.messages} messages, {args.concurrency} publishers at once; burst: "
           f"{args.burst} from {BURST_PUBLISHERS}; medians of {args.rounds} alternating rounds")
-    print(f"publishes the sidecar answered 429/503 (backpressure) and the bench tried again: {REFUSED[0]}")
+    print(f"publishes the sidecar answered 429/503 (backpressure) and the bench tried again: {refused}")
     print(table(results))
     return 0
 
