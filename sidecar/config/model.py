@@ -488,12 +488,35 @@ class TopicScope:
     subscribers: list[str] = field(default_factory=lambda: ["*"], metadata={"check": _service_patterns})
 
 
+MAX_BULK_MESSAGES = 1000
+
+
+def _bulk_size(value: int) -> str | None:
+    return None if 1 <= value <= MAX_BULK_MESSAGES else f"must be in [1, {MAX_BULK_MESSAGES}]"
+
+
+@dataclass(frozen=True, slots=True)
+class BulkDeliveryConfig:
+    """Opt-in bulk delivery (as Dapr's bulk subscribe): the app gets a JSON array of ServiceMessages per POST and
+    answers a status per message (SUCCESS, RETRY, DROP)."""
+
+    enabled: bool = False
+    # Dapr's default maxMessagesCount: enough to amortize a request, small enough to answer within a timeout
+    max_messages: int = field(default=100, metadata={"check": _bulk_size})
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionConfig:
     topic: str = field(metadata={"check": topic_name})
     path: str = field(metadata={"check": _url_path})
     # which local service receives the messages; None means the first service of this node
     service: str | None = field(default=None, metadata={"check": dns_label})
+    bulk: BulkDeliveryConfig = field(default_factory=BulkDeliveryConfig)
+
+    @property
+    def bulk_size(self) -> int:
+        """Messages per POST with bulk delivery; 0 without (one ServiceMessage per POST)."""
+        return self.bulk.max_messages if self.bulk.enabled else 0
 
 
 @dataclass(frozen=True, slots=True)

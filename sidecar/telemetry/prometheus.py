@@ -410,6 +410,15 @@ class SidecarCollector(Collector):
         backlog = _gauge("sidecar_messages_backlog", "Messages stored and not yet settled by every subscriber.")
         backlog.add_metric([], status.get("pending", 0))
         yield backlog
+        fsyncs = _counter("sidecar_messages_store_fsyncs", "fsyncs of the message store (one per group commit "
+                          "that wrote, two per checkpoint); divided by sidecar_messages_stored, the cost of "
+                          "durability per message.")
+        fsyncs.add_metric([], status.get("fsyncs", 0))
+        yield fsyncs
+        stored = _counter("sidecar_messages_stored", "Messages made durable in the message store: published by "
+                          "this node's apps, or received for its stream readers.")
+        stored.add_metric([], status.get("durableMessages", 0))
+        yield stored
         letters = _gauge("sidecar_messages_dead_letters", "Dead letters stored now.")
         letters.add_metric([], status.get("deadLetters", 0))
         yield letters

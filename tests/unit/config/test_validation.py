@@ -91,6 +91,10 @@ def problems_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[
      'api.listen: the same address as admin.listen (got "127.0.0.1:7000")'),
     ({"logging": {"level": "loud"}}, 'logging.level: must be one of debug, info, warning, error (got "loud")'),
     ({"node": None}, "node: must be a mapping, not empty (got null)"),
+    ({"subscriptions": [{"topic": "t", "path": "/x", "bulk": {"enabled": True, "max_messages": 0}}]},
+     "subscriptions[0].bulk.max_messages: must be in [1, 1000] (got 0)"),
+    ({"subscriptions": [{"topic": "t", "path": "/x", "bulk": {"enabled": "x"}}]},
+     'subscriptions[0].bulk.enabled: must be true or false (got "x")'),
 ])
 def test_each_rule_has_its_message(raw: dict[str, Any], expected: str) -> None:
     problems = problems_of(raw)
