@@ -1,6 +1,6 @@
 """What a sidecar costs in memory, read from /proc as the kernel reports it (VmRSS), in real processes on loopback.
 
-    python -m bench.memory [--runs 3] [--duration 4] [--settle 20] [--connections 10000]
+    python -m bench.memory [--runs 3] [--duration 4] [--settle 20] [--connections 10000] [--parts 1000]
 
 Setup: the pair of ``bench.proxy.mesh`` (wrk -> sidecar A outbound -> mTLS -> sidecar B inbound -> nginx; B hosts
 the service, both run with mTLS, certificates from ``sidecar certs``). Printed:
@@ -12,6 +12,11 @@ the service, both run with mTLS, certificates from ``sidecar certs``). Printed:
   per connection  ``--connections`` idle mTLS connections held open to B's inbound (a peer sidecar's
                   handshake: client certificate, SNI naming the service), RSS growth divided by their number
 
+  where it goes   (``--parts N``, 0 to skip) N idle mTLS connections to a bare server that takes connections the
+                  way the inbound does (bench/memory/tlsserver.py), on uvloop and on asyncio's loop; and what
+                  OpenSSL itself keeps per server-side session, with and without a verified client certificate
+                  (bench/memory/openssl.py, bytes malloc'd)
+
 Goals (issue 21): idle at most 45 MB, after the c=50 bench at most 60 MB, an idle mTLS connection at most 16 KiB.
 Exit status: 0 when done (or skipped for lack of wrk/nginx), 1 when a server failed.
 """
@@ -19,6 +24,7 @@ Exit status: 0 when done (or skipped for lack of wrk/nginx), 1 when a server fai
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import socket
@@ -32,7 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.proxy.__main__ import nginx, wrk
+from bench.common import stop
+from bench.memory.openssl import per_session
+from bench.proxy.__main__ import ROOT, nginx, wrk
 from bench.proxy.mesh import SERVICE, sidecar, sidecar_certs, sidecar_config, wait_catalog
 
 MiB = 1 << 20
@@ -68,6 +76,25 @@ def hold_connections(address: tuple[str, int], tls: ssl.SSLContext, count: int,
         return list(pool.map(one, range(count)))
 
 
+def bare_server_cost(loop: str, certs: dict[str, str], client: ssl.SSLContext, count: int) -> float:
+    """Bytes of RSS per idle mTLS connection held by bench/memory/tlsserver.py on ``loop``."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.memory.tlsserver", loop, certs["ca"], certs["cert"],
+                             certs["key"]], stdout=subprocess.PIPE, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    held: list[ssl.SSLSocket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        before = quiet_rss(proc.pid, 1.0)
+        held = hold_connections(("127.0.0.1", port), client, count, time.monotonic() + 300)
+        at = quiet_rss(proc.pid, 2.0)
+        return (at - before) / count
+    finally:
+        for sock in held:
+            sock.close()
+        stop(proc)
+
+
 def verdict(what: str, value: float) -> str:
     return "goal met" if value <= GOALS[what] else "goal NOT met"
 
@@ -78,6 +105,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--settle", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--parts", type=int, default=1000)
     args = parser.parse_args()
     missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
     if missing:
@@ -127,6 +155,18 @@ def main() -> int:
         for sock in held:
             sock.close()
         per = (at - before) / max(len(held), 1)
+        parts: list[str] = []
+        if args.parts:
+            for loop in ("uvloop", "asyncio"):
+                cost = bare_server_cost(loop, certs[SERVICE], client, args.parts)
+                parts.append(f"| {args.parts:,} idle mTLS connections to a bare server on {loop} "
+                             f"(bench/memory/tlsserver.py) | {cost / 1024:.1f} KiB each (RSS) |")
+            tls = certs[SERVICE]
+            peer = certs["checkout"]
+            for verify, what in ((True, "with the client's certificate verified"), (False, "no client certificate")):
+                cost = per_session(args.parts, tls["ca"], tls["cert"], tls["key"], peer["cert"], peer["key"], verify)
+                parts.append(f"| OpenSSL's own state per server-side session, {what} | {cost / 1024:.1f} KiB "
+                             f"each (malloc'd) |")
 
     print("| what | sidecar A (outbound side) | sidecar B (one service, inbound) | goal |")
     print("|---|---:|---:|---|")
@@ -138,6 +178,9 @@ def main() -> int:
           f"{verdict('after load', max(settled_a, settled_b))} |")
     print(f"| {len(held):,} idle mTLS connections on B's inbound (opened in {opened:.0f} s) | | "
           f"+{(at - before) / MiB:.1f} MiB, {per / 1024:.1f} KiB each | <= 16 KiB: {verdict('per connection', per)} |")
+    if parts:
+        print("\n| where an idle mTLS connection's memory goes | |\n|---|---:|")
+        print("\n".join(parts))
     return 0
 
 
