@@ -20,6 +20,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
@@ -89,17 +90,11 @@ def peer_context(tmp: Path) -> ssl.SSLContext:
     return client
 
 
-def settled(read: Callable[[], int], still_for: float, timeout: float) -> int:
-    """``read()`` once it has returned the same value for ``still_for`` seconds (polled every 0.25 s)."""
-    deadline = time.monotonic() + timeout
-    value, since = read(), time.monotonic()
-    while time.monotonic() - since < still_for:
-        assert time.monotonic() < deadline, f"still moving after {timeout}s (last {value})"
-        time.sleep(0.25)     # a polling period
-        now_value = read()
-        if now_value != value:
-            value, since = now_value, time.monotonic()
-    return value
+def mtls_connection(host: str, port: int, client: ssl.SSLContext) -> ssl.SSLSocket:
+    """A completed mTLS handshake with the inbound, as a peer sidecar's; closed with a reset (no TIME_WAIT)."""
+    raw = socket.create_connection((host, port), timeout=30)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return client.wrap_socket(raw, server_hostname="web")
 
 
 class KeepAliveClients(LoadThreads):
@@ -224,23 +219,22 @@ def test_an_idle_mtls_connection_on_the_inbound_costs_a_bounded_resident_size(tm
     wanted = CONNECTIONS + 1024
     if raise_fd_limit(wanted) < wanted:
         pytest.skip(f"needs {wanted} open files; the hard limit (ulimit -Hn) is lower")
-    process = start(tmp_path, app)
+    # the event-loop lag check off: on a machine busy with other work, 2,000 handshakes in a row can lag the loop
+    # past 500 ms, and the guard would then refuse new connections (memory is what is measured here)
+    process = start(tmp_path, app, {"overload": {"max_loop_lag": 0}})
     held: list[ssl.SSLSocket] = []
     try:
         host, _, port = process.listeners["inbound"].rpartition(":")
         client = peer_context(tmp_path)
         base, before = open_sockets(process), quiet_rss(process, 1.0)
-        deadline = time.monotonic() + 120
-        for _ in range(CONNECTIONS):
-            assert time.monotonic() < deadline, f"only {len(held)} mTLS connections in time"
-            raw = socket.create_connection((host, int(port)), timeout=10)
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # no TIME_WAIT left
-            held.append(client.wrap_socket(raw, server_hostname="web"))
-        # on a busy machine the inbound may shed a few handshakes it could not finish in time (tls/slots.py): count
-        # what it holds, once that count has stopped moving
-        accepted = settled(lambda: open_sockets(process) - base, 2.0, 30.0)
-        assert accepted >= CONNECTIONS * 0.95, f"only {accepted} of {CONNECTIONS} mTLS connections held"
+        # opened from 4 threads: the inbound closes a connection that sends no request for a while, so all of them
+        # must be open well within that time, even on a busy machine
+        with ThreadPoolExecutor(4) as pool:
+            held = list(pool.map(lambda _: mtls_connection(host, int(port), client), range(CONNECTIONS)))
+        wait_for(lambda: open_sockets(process) - base >= CONNECTIONS * 0.95, 30,
+                 what=f"the inbound holding the {CONNECTIONS} mTLS connections")
         at = quiet_rss(process, 1.0)
+        accepted = open_sockets(process) - base        # read after the RSS: any closed since only raise the figure
         assert outbound(process, "/still") == 200       # the process serves on with the connections held
         per = (at - before) / accepted
         print(f"\n{accepted} idle mTLS connections: RSS {before / MiB:.1f} -> {at / MiB:.1f} MiB, "
