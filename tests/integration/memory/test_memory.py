@@ -6,10 +6,10 @@ concurrent clients, and per idle mTLS connection on the inbound listener (run wi
 
 The bounds are regression guards set from what this 2-core machine measures, with room for allocator noise; the
 targets of issue 21 (idle 45 MB, 60 MB after the c=50 bench, 16 KiB an idle mTLS connection) are not reached yet,
-and ``python -m bench.memory`` prints the figures beside them. Where the rest goes (docs of ``bench.memory``):
+and ``python -m bench.memory`` prints the figures beside them. Where the memory goes, measured:
 the interpreter, ssl and asyncio ~20 MiB, aiohttp ~15 MiB (its package imports its client even for the server),
-cryptography ~9 MiB (its Rust extension), dnspython ~3 MiB; per connection, OpenSSL 3's own state for a
-verified client certificate is ~29 KiB before any buffer.
+cryptography ~9 MiB (its Rust extension), dnspython ~3 MiB; per connection, OpenSSL 3's own state for a session
+with a verified client certificate is ~32 KiB (bench/memory/openssl.py) before any buffer.
 """
 
 from __future__ import annotations
