@@ -59,6 +59,7 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.bodies: list[bytes] = []          # every accepted export, as received
         self.requests = 0
         receiver = self
 
@@ -87,6 +88,7 @@ class OtlpReceiver:
     def take(self, body: bytes) -> None:
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
+        self.bodies.append(body)
         self.requests += 1
         for rs in request.resource_spans:
             resource = {a.key: _value(a.value) for a in rs.resource.attributes}
