@@ -55,6 +55,7 @@ NATIVE = [
     "sidecar/telemetry/propagation.py",
     "sidecar/telemetry/records.py",
     "sidecar/telemetry/requests.py",
+    "sidecar/telemetry/sampling.py",
     "sidecar/telemetry/spans.py",
 ]
 

@@ -51,8 +51,11 @@ class AccessLog:
                                              max_batch=MAX_BATCH, interval=interval)
         self.lines = 0          # lines queued for writing
 
-    def request(self, direction: str, service: str, stats: RequestStats, peer: Any = None) -> None:
-        line = self.format(self.timestamps.text(self.wall()), direction, service, stats, peer)
+    def request(self, direction: str, service: str, stats: RequestStats, peer: Any = None,
+                wall: float | None = None) -> None:
+        """``wall``: when the request ended, epoch seconds (default: now)."""
+        line = self.format(self.timestamps.text(self.wall() if wall is None else wall), direction, service, stats,
+                           peer)
         if self.batcher.put(line):
             self.lines += 1
 

@@ -22,7 +22,18 @@ def failed(stats: RequestStats) -> bool:
 
 
 def _ms(seconds: float) -> str:
-    return repr(round(seconds * 1000.0, 3))
+    """Milliseconds to the microsecond, as ``repr(round(ms, 3))`` prints them (``25.0``, ``1.234``), without
+    float rounding to decimals (slow: it goes through a decimal string)."""
+    micros = round(seconds * 1_000_000.0)
+    if micros < 0:
+        return "-" + _ms(-seconds)
+    whole, fraction = divmod(micros, 1000)
+    if fraction == 0:
+        return f"{whole}.0"
+    return f"{whole}.{_FRACTIONS[fraction]}"
+
+
+_FRACTIONS = [f"{n:03d}".rstrip("0") for n in range(1000)]
 
 
 def _json_text(value: str | None) -> str:
@@ -32,6 +43,9 @@ def _json_text(value: str | None) -> str:
 def _text_value(value: object) -> str:
     text = str(value)
     return json.dumps(text) if (" " in text or not text) else text
+
+
+_MILLIS = [f".{n:03d}Z" for n in range(1000)]
 
 
 class Timestamps:
@@ -48,8 +62,7 @@ class Timestamps:
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        millis = int((wall - second) * 1000.0)
-        return f"{self._prefix}.{millis:03d}Z"
+        return self._prefix + _MILLIS[min(999, int((wall - second) * 1000.0))]
 
 
 def _peer_fields(peer: Any) -> tuple[bool, str | None, str | None]:

@@ -76,11 +76,14 @@ class Telemetry:
         self.lag = LoopLag()
         self.names = Names(config.dns.domain)
         self.now: Callable[[], float] = clock.monotonic   # the loop's clock once started, like the engine's
+        self._offset = 0.0            # wall minus loop clock, as of loop time _offset_at
+        self._offset_at = float("-inf")
         self.messages = 0
 
     def start(self) -> None:
         """In the running loop: read time as the engine does (``loop.time``) and start the lag timer."""
         self.now = asyncio.get_running_loop().time
+        self._offset_at = float("-inf")
         self.lag.start()
 
     async def stop(self) -> None:
@@ -95,6 +98,14 @@ class Telemetry:
     def wall_offset(self) -> float:
         """Wall clock minus loop clock: turns loop times into epoch seconds."""
         return self.clock.wall() - self.now()
+
+    def _wall_offset_at(self, loop_time: float) -> float:
+        """:meth:`wall_offset`, read again at most once a second of loop time (the two clocks drift by parts per
+        million): a request's end (loop time) becomes its wall time without reading a clock per request."""
+        if not self._offset_at <= loop_time < self._offset_at + 1.0:
+            self._offset = self.wall_offset()
+            self._offset_at = loop_time
+        return self._offset
 
     # ------------------------------------------------------------------------------------ hot path
 
@@ -119,10 +130,14 @@ class Telemetry:
         self.records.append(service, stats.method, duration, stats.started, not failed, direction)
         self.requests.record(direction, source, label, stats.method, status, failed, duration,
                              stats.request_bytes, stats.response_bytes)
-        if self.tracer is not None:
-            self.tracer.request(direction, stats, service, self.wall_offset(), peer)
-        if self.access is not None:
-            self.access.request(direction, service, stats, peer)
+        tracer = self.tracer
+        access = self.access
+        if tracer is not None or access is not None:
+            offset = self._wall_offset_at(stats.ended)
+            if tracer is not None:
+                tracer.request(direction, stats, service, offset, peer)
+            if access is not None:
+                access.request(direction, service, stats, peer, stats.ended + offset)
 
     # ------------------------------------------------------------------------------------ messages
 
