@@ -409,7 +409,7 @@ def main() -> int:
                 scrape_urls += [f"http://127.0.0.1:{port}/metrics" for port in metrics]
             if any(want(name) for name in ("sidecar-pair-prod", "sidecar-pair-otlp")):
                 receiver = stack.enter_context(closing(OtlpReceiver()))
-                observed["spans received"] = lambda: receiver.spans
+                observed["spans received"] = lambda: receiver.span_count
             if want("sidecar-pair-prod"):
                 port, pids, urls = sidecar_pair(stack, folder, backend, mesh_certs, suffix="-prod", access_log=True,
                                                 otlp=receiver.url, ratio=0.1)

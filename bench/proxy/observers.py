@@ -21,7 +21,7 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         receiver = self
-        self.spans = 0
+        self.span_count = 0
         self.exports = 0
         self.bad = 0
         self.lock = threading.Lock()
@@ -31,7 +31,8 @@ class OtlpReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status = receiver.take(body) if self.path == "/v1/traces" else 404
+                protobuf = self.headers.get("Content-Type") == "application/x-protobuf"
+                status = receiver.take(body) if self.path == "/v1/traces" and protobuf else 404
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
@@ -46,6 +47,7 @@ class OtlpReceiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def take(self, body: bytes) -> int:
+        """The answer's status for one export; a subclass may keep more of it (see :meth:`received`)."""
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
         request = ExportTraceServiceRequest()
         try:
@@ -57,8 +59,12 @@ class OtlpReceiver:
         spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         with self.lock:
             self.exports += 1
-            self.spans += spans
+            self.span_count += spans
+            self.received(body, request)
         return 200
+
+    def received(self, body: bytes, request: Any) -> None:
+        """Called with each accepted export (under the lock)."""
 
     def close(self) -> None:
         self.server.shutdown()
