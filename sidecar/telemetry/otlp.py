@@ -100,19 +100,27 @@ def key_value(key: str, value: Any) -> bytes:
 
 # Most attributes repeat from span to span (method, peer, status, service...): their encoded field is kept, up
 # to a bound, and the cache starts over when full (values that never repeat, request ids, just pass through).
+# Keyed by attribute, then value: no tuple made per lookup.
 _CACHE_LIMIT = 4096
-_cached: dict[tuple[str, str], bytes] = {}
+_cached: dict[str, dict[str, bytes]] = {}
+_cached_count = 0
 
 
 def attribute_field(key: str, value: Any) -> bytes:
     """``Span.attributes`` (or ``Resource.attributes``) field holding one KeyValue."""
+    global _cached_count
     if isinstance(value, str):
-        pair = (key, value)
-        field = _cached.get(pair)
+        by_value = _cached.get(key)
+        if by_value is None:
+            by_value = _cached[key] = {}
+        field = by_value.get(value)
         if field is None:
-            if len(_cached) >= _CACHE_LIMIT:
+            if _cached_count >= _CACHE_LIMIT:
                 _cached.clear()
-            field = _cached[pair] = _len_field(_K_ATTRIBUTE, key_value(key, value))
+                _cached_count = 0
+                by_value = _cached[key] = {}
+            field = by_value[value] = _len_field(_K_ATTRIBUTE, key_value(key, value))
+            _cached_count += 1
         return field
     return _len_field(_K_ATTRIBUTE, key_value(key, value))
 
@@ -124,8 +132,9 @@ def span_bytes(span: SpanRecord) -> bytes:
         parts += (_K_PARENT, b"\x08", bytes.fromhex(parent))
     parts += (_len_field(_K_NAME, _text(span.name)), _K_KIND, _varint_bytes(span.kind),
               _K_START, _UINT64.pack(span.start_ns & _MASK64), _K_END, _UINT64.pack(span.end_ns & _MASK64))
-    for name, value in span.attributes:
-        parts.append(attribute_field(name, value))
+    attributes = span.attributes
+    for i in range(0, len(attributes), 2):
+        parts.append(attribute_field(attributes[i], attributes[i + 1]))
     error = span.error
     if error is None:
         parts.append(_EMPTY_STATUS)

@@ -31,18 +31,22 @@ KIND_CLIENT = 3
 KIND_PRODUCER = 4
 KIND_CONSUMER = 5
 
-Attribute = tuple[str, Any]   # the value is a str, bool, int or float
+# attributes as one flat list, key, value, key, value... (a value is a str, bool, int or float): one container
+# per span instead of one tuple per attribute, so that exporting thousands of spans a second adds little work for
+# the garbage collector (which scans every container the process holds)
+Attributes = list[Any]
 
 
 class SpanRecord:
     """One finished span. Ids are lower-case hex as in ``traceparent``; times are epoch nanoseconds; ``error`` is
-    the status description when the status is ERROR (None: UNSET). Attributes keep their order."""
+    the status description when the status is ERROR (None: UNSET). ``attributes`` is flat (key, value, ...) and
+    keeps their order."""
 
     __slots__ = ("attributes", "end_ns", "error", "kind", "name", "parent_span_id", "span_id", "start_ns",
                  "trace_id")
 
     def __init__(self, trace_id: str, span_id: str, parent_span_id: str | None, name: str, kind: int,
-                 start_ns: int, end_ns: int, attributes: list[Attribute], error: str | None) -> None:
+                 start_ns: int, end_ns: int, attributes: Attributes, error: str | None) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
         self.parent_span_id = parent_span_id
@@ -54,7 +58,13 @@ class SpanRecord:
         self.error = error
 
     def attribute_map(self) -> dict[str, Any]:
-        return dict(self.attributes)
+        attributes = self.attributes
+        return {attributes[i]: attributes[i + 1] for i in range(0, len(attributes), 2)}
+
+
+def _add(attributes: Attributes, key: str, value: Any) -> None:
+    attributes.append(key)
+    attributes.append(value)
 
 
 def split_host(host: str) -> tuple[str, int | None]:
@@ -82,14 +92,14 @@ def request_span(direction: str, stats: RequestStats, service: str, wall_offset:
     span_id = stats.span_id
     if trace_id is None or span_id is None:
         return None
-    attributes: list[Attribute] = [("network.protocol.version", "1.1")]
+    attributes: Attributes = ["network.protocol.version", "1.1"]
     method = stats.method
     if method in METHODS:
-        attributes.append(("http.request.method", method))
+        _add(attributes, "http.request.method", method)
         name = method
     else:
-        attributes.append(("http.request.method", "_OTHER"))
-        attributes.append(("http.request.method_original", method))
+        _add(attributes, "http.request.method", "_OTHER")
+        _add(attributes, "http.request.method_original", method)
         name = "HTTP"
     host, port = split_host(stats.host)
     status = stats.status
@@ -98,56 +108,55 @@ def request_span(direction: str, stats: RequestStats, service: str, wall_offset:
     error_type: str | None
     if direction == "outbound":
         kind = KIND_CLIENT
-        attributes.append(("server.address", host))
-        attributes.append(("server.port", port or 80))
-        attributes.append(("url.full", raw_target if not raw_target.startswith("/")
-                           else f"http://{stats.host}{raw_target}"))
-        attributes.append(("peer.service", service))
+        _add(attributes, "server.address", host)
+        _add(attributes, "server.port", port or 80)
+        _add(attributes, "url.full", raw_target if not raw_target.startswith("/") else f"http://{stats.host}{raw_target}")
+        _add(attributes, "peer.service", service)
         if stats.upstream:
             peer_host, peer_port = split_host(stats.upstream)
-            attributes.append(("network.peer.address", peer_host))
+            _add(attributes, "network.peer.address", peer_host)
             if peer_port is not None:
-                attributes.append(("network.peer.port", peer_port))
+                _add(attributes, "network.peer.port", peer_port)
         instance = getattr(stats.tag, "instance", None)
         if instance is not None:
-            attributes.append(("sidecar.upstream.instance", instance))
-            attributes.append(("sidecar.upstream.node", getattr(stats.tag, "node", "")))
+            _add(attributes, "sidecar.upstream.instance", instance)
+            _add(attributes, "sidecar.upstream.node", getattr(stats.tag, "node", ""))
         if stats.attempts > 1:
-            attributes.append(("http.request.resend_count", stats.attempts - 1))
+            _add(attributes, "http.request.resend_count", stats.attempts - 1)
         error_type = error or (str(status) if status >= 400 else None)   # client spans: 4xx are errors
     else:
         kind = KIND_SERVER
         path, _, query = raw_target.partition("?")
-        attributes.append(("url.scheme", "https"))
-        attributes.append(("url.path", path))
+        _add(attributes, "url.scheme", "https")
+        _add(attributes, "url.path", path)
         if query:
-            attributes.append(("url.query", query))
-        attributes.append(("server.address", host))
+            _add(attributes, "url.query", query)
+        _add(attributes, "server.address", host)
         if port is not None:
-            attributes.append(("server.port", port))
+            _add(attributes, "server.port", port)
         if peer is not None:
             peername = getattr(peer, "peername", None)
             if isinstance(peername, tuple) and len(peername) >= 2:
                 address = str(peername[0])
                 client_port = int(peername[1])
-                attributes.append(("client.address", address))
-                attributes.append(("network.peer.address", address))
-                attributes.append(("client.port", client_port))
-                attributes.append(("network.peer.port", client_port))
+                _add(attributes, "client.address", address)
+                _add(attributes, "network.peer.address", address)
+                _add(attributes, "client.port", client_port)
+                _add(attributes, "network.peer.port", client_port)
             caller = getattr(peer, "data", {}).get("caller")
             spiffe_id = getattr(caller, "spiffe_id", None)
             if spiffe_id is not None:
-                attributes.append(("sidecar.caller.spiffe_id", spiffe_id))
-                attributes.append(("sidecar.caller.service", getattr(caller, "service", "")))
+                _add(attributes, "sidecar.caller.spiffe_id", spiffe_id)
+                _add(attributes, "sidecar.caller.service", getattr(caller, "service", ""))
         error_type = error or (str(status) if status >= 500 else None)   # server spans: only 5xx
     if status:
-        attributes.append(("http.response.status_code", status))
+        _add(attributes, "http.response.status_code", status)
     if stats.request_id is not None:
-        attributes.append(("sidecar.request_id", stats.request_id))
+        _add(attributes, "sidecar.request_id", stats.request_id)
     if error_type is None and status == 0:
         error_type = "_OTHER"    # the client got no status and the engine named no cause
     if error_type is not None:
-        attributes.append(("error.type", error_type))
+        _add(attributes, "error.type", error_type)
     return SpanRecord(trace_id, span_id, stats.parent_span_id, name, kind, _nanos(stats.started, wall_offset),
                       _nanos(stats.ended, wall_offset), attributes, error_type)
 
@@ -160,16 +169,16 @@ def message_span(operation: str, destination: str, trace: MessageTrace, started:
     :func:`sidecar.telemetry.propagation.message_trace`."""
     kind = KIND_PRODUCER if operation in ("publish", "send", "create") else KIND_CONSUMER
     operation_type = operation if operation in ("send", "receive", "process", "create") else "send"
-    attrs: list[Attribute] = [("messaging.system", "sidecar"), ("messaging.operation.name", operation),
-                              ("messaging.operation.type", operation_type),
-                              ("messaging.destination.name", destination)]
+    merged: dict[str, Any] = {"messaging.system": "sidecar", "messaging.operation.name": operation,
+                              "messaging.operation.type": operation_type, "messaging.destination.name": destination}
     if message_id is not None:
-        attrs.append(("messaging.message.id", message_id))
+        merged["messaging.message.id"] = message_id
     if error is not None:
-        attrs.append(("error.type", error))
+        merged["error.type"] = error
     if attributes:
-        merged = dict(attrs)
         merged.update(attributes)
-        attrs = list(merged.items())
+    attrs: Attributes = []
+    for key, value in merged.items():
+        _add(attrs, key, value)
     return SpanRecord(trace.trace_id, trace.span_id, trace.parent_span_id, f"{operation} {destination}", kind,
                       _nanos(started, wall_offset), _nanos(ended, wall_offset), attrs, error)
