@@ -15,7 +15,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # The modules every proxied request runs through: HTTP framing and the exchange, the caller's resilience
-# policy, routing and authorization, the per-request telemetry record.
+# policy, routing and authorization, the per-request telemetry: record, access-log line, span and its OTLP bytes.
 NATIVE = [
     "sidecar/clock.py",
     "sidecar/errors.py",
@@ -52,10 +52,14 @@ NATIVE = [
     "sidecar/resilience/retry.py",
     "sidecar/resilience/rules.py",
     "sidecar/resilience/views.py",
+    "sidecar/telemetry/accessline.py",
     "sidecar/telemetry/hub.py",
+    "sidecar/telemetry/otlp.py",
     "sidecar/telemetry/propagation.py",
     "sidecar/telemetry/records.py",
     "sidecar/telemetry/requests.py",
+    "sidecar/telemetry/sampling.py",
+    "sidecar/telemetry/spans.py",
 ]
 
 

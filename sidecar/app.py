@@ -122,7 +122,11 @@ class Sidecar:
         limits = config.overload
         self.overload = OverloadGuard(limits.max_memory_bytes, float(limits.max_loop_lag), enabled=limits.enabled)
         self.overload_monitor = OverloadMonitor(self.overload, float(limits.check_interval))
-        self.telemetry = Telemetry(config, clock)
+        try:
+            self.telemetry = Telemetry(config, clock)
+        except OSError as e:   # the access log's file
+            raise StartupError(f"telemetry.access_log.path: cannot open {config.telemetry.access_log.path}: "
+                               f"{e.strerror or e}", exit_code=2) from None
         self.failed = FailedRequests()   # recent failed or retried requests, for /debug/explain?request_id=
         self.dataplane = self._build_dataplane(config)
         self.messaging = Messaging(config, self.catalog, self.registry, clock, self.store)

@@ -582,6 +582,8 @@ class AccessLogConfig:
     enabled: bool = False
     # json: one object per line for collectors; text: key=value, for people
     format: Literal["text", "json"] = "json"
+    # a file the lines are appended to (written in batches, off the request path); null: stderr
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,7 +591,7 @@ class TelemetryConfig:
     retention: Duration = field(default=Duration(900), metadata={"check": _positive})
     max_samples: int = field(default=100_000, metadata={"check": _at_least_one})
     tracing: TracingConfig = field(default_factory=TracingConfig)
-    # logger sidecar.access, on stderr like every other log line
+    # logger sidecar.access: to access_log.path, else on stderr like every other log line
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
 
 

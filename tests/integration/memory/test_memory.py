@@ -162,8 +162,7 @@ def test_idle_sidecar_without_tracing_stays_small_and_never_imports_the_sdk(tmp_
         process.terminate()
 
 
-def test_otlp_tracing_imports_the_sdk_and_its_exporter_and_spans_reach_the_collector(tmp_path: Path,
-                                                                                      app: FakeApp) -> None:
+def test_otlp_tracing_reaches_the_collector_without_loading_the_sdk(tmp_path: Path, app: FakeApp) -> None:
     collector = OtlpReceiver()
     process = start(tmp_path, app, {"telemetry": {"tracing": {"exporter": "otlp", "endpoint": collector.url}}})
     try:
@@ -175,7 +174,9 @@ def test_otlp_tracing_imports_the_sdk_and_its_exporter_and_spans_reach_the_colle
                          what="the client and server spans at the OTLP collector")
         assert {span.kind for span in spans} == {2, 3}          # SERVER and CLIENT
         modules = imported(process)
-        assert {"opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter"} <= modules
+        assert {"sidecar.telemetry.tracing", "sidecar.telemetry.otlp"} <= modules
+        assert not {m for m in modules if m == "opentelemetry.sdk" or m.startswith("opentelemetry.sdk.")}
+        assert not {m for m in modules if m.startswith("opentelemetry.exporter")}
     finally:
         process.terminate()
         collector.close()
