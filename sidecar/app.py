@@ -43,7 +43,7 @@ from sidecar.messaging.routes import admin_post_handlers, admin_read_routes, api
 from sidecar.messaging.service import Messaging
 from sidecar.ops.apply import ConfigApplier
 from sidecar.ops.debug import debug_routes, watch_failures
-from sidecar.ops.demotion import Rules as DemotionRules
+from sidecar.ops.demotion import DemotionRules as DemotionRules
 from sidecar.ops.demotion import SelfDemotion
 from sidecar.ops.failures import FailedRequests
 from sidecar.ops.reload import Reloader

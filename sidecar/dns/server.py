@@ -29,7 +29,7 @@ from sidecar.catalog.model import CatalogSnapshot
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import DnsConfig
 from sidecar.dns import wire
-from sidecar.dns.answerer import AnswerSettings, Drop, Forward, Reply, Transport, Zone, truncated
+from sidecar.dns.answerer import AnswerSettings, DnsReply, Drop, Forward, Transport, Zone, truncated
 from sidecar.dns.cache import DEFAULT_MAX_ENTRIES, ResponseCache
 from sidecar.dns.forwarder import Forwarder, ForwardOutcome
 from sidecar.dns.ratelimit import RateLimiter
@@ -256,7 +256,7 @@ class DnsServer:
             variants = [outcome.wire]
             for rotation in range(1, outcome.variants):
                 rotated = zone.answer(data, transport, rotation)
-                if isinstance(rotated, Reply):
+                if isinstance(rotated, DnsReply):
                     variants.append(rotated.wire)
             self._cache.put(data, tcp, variants, outcome.rcode)
         self.counters.count_rcode(outcome.rcode)

@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config.model import GossipTuning
-from sidecar.gossip.admission import Admission
+from sidecar.gossip.admission import MemberAdmission
 from sidecar.gossip.awareness import Awareness
 from sidecar.gossip.broadcast import BroadcastQueue
-from sidecar.gossip.envelope import Envelope, PacketRefused, Refusal
+from sidecar.gossip.envelope import Envelope, GossipRefusal, PacketRefused
 from sidecar.gossip.errors import GossipDecodeError, MessageTooLarge
 from sidecar.gossip.incarnation import INCARNATION_MAX, incarnation_ceiling
 from sidecar.gossip.keyring import Keyring
@@ -56,13 +56,13 @@ from sidecar.gossip.messages import (
     COMPOUND_HEADER,
     COMPOUND_PER_PART,
     MAX_META,
-    Ack,
     Alive,
     Dead,
     IndirectPing,
     Message,
-    Nack,
     Ping,
+    ProbeAck,
+    ProbeNack,
     PushNodeState,
     PushPull,
     Suspect,
@@ -219,7 +219,7 @@ class GossipCounters:
     address_conflicts: int = 0
     refused_incarnation: int = 0  # suspect/alive/dead messages above the incarnation ceiling
     refused_member: int = 0  # new members over the unconfirmed caps of their introducer or in total
-    refused: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Refusal})
+    refused: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in GossipRefusal})
 
     def snapshot(self) -> dict[str, int]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "refused"}
@@ -349,13 +349,13 @@ class GossipCore:
         self._user_version = user_version_start
         self._user_seen = SeenVersions()
         self._wall_offset = wall_offset
-        self._admission = Admission()
+        self._admission = MemberAdmission()
         self._stuck: str | None = None
         self._handlers: dict[type, Callable[[Address, Message, bytes, float, list[Output]], None]] = {
             Ping: self._on_ping,  # type: ignore[dict-item]
             IndirectPing: self._on_indirect_ping,  # type: ignore[dict-item]
-            Ack: self._on_ack,  # type: ignore[dict-item]
-            Nack: self._on_nack,  # type: ignore[dict-item]
+            ProbeAck: self._on_ack,  # type: ignore[dict-item]
+            ProbeNack: self._on_nack,  # type: ignore[dict-item]
             Suspect: self._on_suspect_packet,  # type: ignore[dict-item]
             Alive: self._on_alive_packet,  # type: ignore[dict-item]
             Dead: self._on_dead_packet,  # type: ignore[dict-item]
@@ -558,18 +558,18 @@ class GossipCore:
             counters.refused[exc.reason] += 1
             return out
         except GossipDecodeError:
-            counters.refused[Refusal.MALFORMED] += 1
+            counters.refused[GossipRefusal.MALFORMED] += 1
             return out
         handlers = self._handlers
         for raw in parts:
             try:
                 msg = from_wire(raw)
             except GossipDecodeError:
-                counters.refused[Refusal.MALFORMED] += 1
+                counters.refused[GossipRefusal.MALFORMED] += 1
                 continue
             handler = handlers.get(type(msg))
             if handler is None:  # push-pull only travels over TCP
-                counters.refused[Refusal.MALFORMED] += 1
+                counters.refused[GossipRefusal.MALFORMED] += 1
                 continue
             handler(src, msg, raw, now, out)
             key = _broadcast_key(msg)
@@ -590,12 +590,12 @@ class GossipCore:
             self.counters.refused[exc.reason] += 1
             return None, out
         except GossipDecodeError:
-            self.counters.refused[Refusal.MALFORMED] += 1
+            self.counters.refused[GossipRefusal.MALFORMED] += 1
             return None, out
         if isinstance(msg, Ping):
             if msg.node and msg.node != self.name:
                 return None, out
-            return self._envelope.seal(to_wire(Ack(msg.seq))), out
+            return self._envelope.seal(to_wire(ProbeAck(msg.seq))), out
         if isinstance(msg, PushPull):
             # merge first: a restarted member refutes its old death in the very reply; new members
             # count against the peer's host (its source port is a fresh one for every connection)
@@ -604,7 +604,7 @@ class GossipCore:
             if self._next_gossip < now:
                 self._realign_gossip(now)
             return reply, out
-        self.counters.refused[Refusal.MALFORMED] += 1
+        self.counters.refused[GossipRefusal.MALFORMED] += 1
         return None, out
 
     def on_stream_reply(self, token: int, data: bytes | None, now: float) -> list[Output]:
@@ -620,10 +620,10 @@ class GossipCore:
             except PacketRefused as exc:
                 self.counters.refused[exc.reason] += 1
             except GossipDecodeError:
-                self.counters.refused[Refusal.MALFORMED] += 1
+                self.counters.refused[GossipRefusal.MALFORMED] += 1
         if stream.purpose is StreamPurpose.PING:
             p = self._probe
-            if isinstance(msg, Ack) and p is not None and msg.seq == p.seq:
+            if isinstance(msg, ProbeAck) and p is not None and msg.seq == p.seq:
                 p.tcp_ok = True
                 self._admission.confirm(p.name)
             return out
@@ -703,7 +703,7 @@ class GossipCore:
     def _on_ping(self, src: Address, msg: Ping, raw: bytes, now: float, out: list[Output]) -> None:
         if msg.node and msg.node != self.name:
             return  # meant for a member that used to live at this address
-        self._send(src, [to_wire(Ack(msg.seq))], out)
+        self._send(src, [to_wire(ProbeAck(msg.seq))], out)
 
     def _on_indirect_ping(self, src: Address, msg: IndirectPing, raw: bytes, now: float, out: list[Output]) -> None:
         seq = self._next_seq()
@@ -714,7 +714,7 @@ class GossipCore:
         self._add_timer(now + t.probe_interval, _T_RELAY_END, seq)
         self._send((msg.host, msg.port), [to_wire(Ping(seq, msg.node))], out)
 
-    def _on_ack(self, src: Address, msg: Ack, raw: bytes, now: float, out: list[Output]) -> None:
+    def _on_ack(self, src: Address, msg: ProbeAck, raw: bytes, now: float, out: list[Output]) -> None:
         p = self._probe
         if p is not None and msg.seq == p.seq:
             if not p.indirect:
@@ -724,9 +724,9 @@ class GossipCore:
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
-            self._send(relay.requester, [to_wire(Ack(relay.seq))], out)
+            self._send(relay.requester, [to_wire(ProbeAck(relay.seq))], out)
 
-    def _on_nack(self, src: Address, msg: Nack, raw: bytes, now: float, out: list[Output]) -> None:
+    def _on_nack(self, src: Address, msg: ProbeNack, raw: bytes, now: float, out: list[Output]) -> None:
         p = self._probe
         if p is not None and msg.seq == p.seq:
             p.nacks += 1
@@ -1052,7 +1052,7 @@ class GossipCore:
             relay = self._relays.get(key)
             if relay is not None and relay.nack:
                 relay.nack = False
-                self._send(relay.requester, [to_wire(Nack(relay.seq))], out)
+                self._send(relay.requester, [to_wire(ProbeNack(relay.seq))], out)
         elif kind == _T_RELAY_END:
             self._relays.pop(key, None)
         elif kind == _T_STREAM:

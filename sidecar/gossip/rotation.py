@@ -198,7 +198,7 @@ class _Fetching:
     last_error: str | None = None
 
 
-class RotationCore:
+class KeyRotationCore:
     """Decides, tick by tick, what the driver does to the keyring; see the module's table.
 
     ``derive`` (derived mode) gives an epoch's key at once; without it the core asks the driver to

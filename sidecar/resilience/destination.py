@@ -20,9 +20,9 @@ from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
 from sidecar.proxy import AttemptRecord
 from sidecar.resilience.balancer import Load, make_balancer
-from sidecar.resilience.breaker import Admission, Breaker, Cap, Limits
+from sidecar.resilience.breaker import Admission, Breaker, Cap, ResourceCaps
 from sidecar.resilience.budget import RetryBudget
-from sidecar.resilience.outlier import Ejected, EjectionRefused, OutlierDetector, Rules
+from sidecar.resilience.outlier import Ejected, EjectionRefused, EjectionRules, OutlierDetector
 from sidecar.resilience.rules import GATEWAY_ERRORS, RetryRules
 
 log = logging.getLogger("sidecar.resilience")
@@ -60,11 +60,12 @@ class Destination:
         budget = policy.retries.budget
         self.budget = RetryBudget(budget.ratio, budget.min_per_second, now)
         caps = policy.circuit_breaker
-        self.breaker = Breaker(Limits(caps.max_connections, caps.max_pending_requests, caps.max_requests,
-                                      caps.max_retries))
+        self.breaker = Breaker(ResourceCaps(caps.max_connections, caps.max_pending_requests, caps.max_requests,
+                                            caps.max_retries))
         od = policy.outlier_detection
-        self.outlier = OutlierDetector(Rules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
-                                             float(od.max_ejection_time), od.max_ejection_percent))
+        self.outlier = OutlierDetector(EjectionRules(od.consecutive_failures, float(od.interval),
+                                                     float(od.base_ejection_time), float(od.max_ejection_time),
+                                                     od.max_ejection_percent))
         self.balancer = make_balancer(policy.load_balancer, rng)
         self.hosts: dict[HostKey, Host] = {}
         self._sets: dict[ServiceName, tuple[EndpointSet, tuple[Host, ...], tuple[Host, ...]]] = {}
@@ -86,11 +87,11 @@ class Destination:
         budget = policy.retries.budget
         self.budget.ratio, self.budget.min_per_second = budget.ratio, budget.min_per_second
         caps = policy.circuit_breaker
-        self.breaker.limits = Limits(caps.max_connections, caps.max_pending_requests, caps.max_requests,
-                                     caps.max_retries)
+        self.breaker.limits = ResourceCaps(caps.max_connections, caps.max_pending_requests, caps.max_requests,
+                                           caps.max_retries)
         od = policy.outlier_detection
-        self.outlier.rules = Rules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
-                                   float(od.max_ejection_time), od.max_ejection_percent)
+        self.outlier.rules = EjectionRules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
+                                           float(od.max_ejection_time), od.max_ejection_percent)
         if policy.load_balancer != old.load_balancer:
             self.balancer = make_balancer(policy.load_balancer, self.rng)
         self.slot_freed()   # a raised max_connections admits waiting requests now

@@ -63,7 +63,7 @@ def transition(state: HostState, move: Move) -> HostState:
 
 
 @dataclass(frozen=True, slots=True)
-class Rules:
+class EjectionRules:
     consecutive_failures: int = 5
     interval: float = 10.0
     base_ejection_time: float = 30.0
@@ -113,7 +113,7 @@ class HostRecord:
 class OutlierDetector:
     __slots__ = ("_hosts", "ejections", "refusals", "rules")
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: EjectionRules) -> None:
         self.rules = rules
         self._hosts: dict[Hashable, HostRecord] = {}
         self.ejections = 0

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A pure core (:class:`RotationCore`) is fed what the files hold now (a digest of each) and the time; it
+A pure core (:class:`ReloadCore`) is fed what the files hold now (a digest of each) and the time; it
 answers with commands: :class:`Reload` the identity (cert + key) and/or the trust (CA), or :class:`Warn`.
 The driver (:class:`IdentityStore`) reads the files, runs the commands and reports back.
 
@@ -67,7 +67,7 @@ SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class FileDigests:
     """What the three files hold: a digest each, None when missing or unreadable."""
 
     ca: str | None
@@ -79,7 +79,7 @@ class Snapshot:
         return None not in (self.ca, self.cert, self.key)
 
 
-class Change(enum.Flag):
+class MaterialChange(enum.Flag):
     NONE = 0
     IDENTITY = enum.auto()  # the certificate or its key
     TRUST = enum.auto()  # the CA
@@ -111,8 +111,8 @@ RENEWED_BY_ISSUER = ("tls.issuer renews it and logs why if it cannot: then fix t
 
 @dataclass(frozen=True, slots=True)
 class Reload:
-    change: Change
-    snapshot: Snapshot
+    change: MaterialChange
+    snapshot: FileDigests
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +124,13 @@ class Warn:
 Command = Reload | Warn
 
 
-def plan(loaded: Snapshot, seen: Snapshot) -> Change:
+def plan(loaded: FileDigests, seen: FileDigests) -> MaterialChange:
     """What changed between what is loaded and what the files hold now."""
-    change = Change.NONE
+    change = MaterialChange.NONE
     if (seen.cert, seen.key) != (loaded.cert, loaded.key):
-        change |= Change.IDENTITY
+        change |= MaterialChange.IDENTITY
     if seen.ca != loaded.ca:
-        change |= Change.TRUST
+        change |= MaterialChange.TRUST
     return change
 
 
@@ -155,21 +155,21 @@ def describe_remaining(seconds: float) -> str:
 
 
 @dataclass
-class RotationCore:
+class ReloadCore:
     """Decides when to reload and when to warn; time is passed in (epoch seconds)."""
 
-    loaded: Snapshot
+    loaded: FileDigests
     not_before: float
     not_after: float
     policy: RotationPolicy = field(default_factory=RotationPolicy)
-    failed: Snapshot | None = None
+    failed: FileDigests | None = None
     failed_since: float = 0.0
     failure: str = ""
     failure_warned: bool = False
     expiry: ExpiryState = ExpiryState.OK
     expiry_warned_at: float | None = None
 
-    def on_poll(self, seen: Snapshot, now: float) -> list[Command]:
+    def on_poll(self, seen: FileDigests, now: float) -> list[Command]:
         out: list[Command] = []
         change = plan(self.loaded, seen)
         if not change:
@@ -184,17 +184,17 @@ class RotationCore:
         out += self._expiry(now)
         return out
 
-    def _note_failure(self, snapshot: Snapshot, error: str, now: float) -> None:
+    def _note_failure(self, snapshot: FileDigests, error: str, now: float) -> None:
         if snapshot != self.failed:
             self.failed, self.failed_since, self.failure, self.failure_warned = snapshot, now, error, False
 
-    def on_loaded(self, snapshot: Snapshot, not_before: float, not_after: float, now: float) -> list[Command]:
+    def on_loaded(self, snapshot: FileDigests, not_before: float, not_after: float, now: float) -> list[Command]:
         self.loaded, self.not_before, self.not_after = snapshot, not_before, not_after
         self.failed, self.failure, self.failure_warned = None, "", False
         self.expiry, self.expiry_warned_at = ExpiryState.OK, None
         return self._expiry(now)
 
-    def on_failed(self, snapshot: Snapshot, error: str, now: float) -> list[Command]:
+    def on_failed(self, snapshot: FileDigests, error: str, now: float) -> list[Command]:
         self._note_failure(snapshot, error, now)
         if self.policy.settle <= 0 and not self.failure_warned:
             self.failure_warned = True
@@ -241,8 +241,8 @@ class Bundle:
     key: bytes | None
 
     @property
-    def snapshot(self) -> Snapshot:
-        return Snapshot(_digest(self.ca), _digest(self.cert), _digest(self.key))
+    def snapshot(self) -> FileDigests:
+        return FileDigests(_digest(self.ca), _digest(self.cert), _digest(self.key))
 
     def __repr__(self) -> str:  # never show the key
         return f"Bundle(snapshot={self.snapshot})"
@@ -344,7 +344,7 @@ class TlsMaterial:
     client_context: MeshContext
     identity: PeerIdentity  # our own
     not_before: dt.datetime
-    snapshot: Snapshot
+    snapshot: FileDigests
     # the client context for raw TCP tunnels (ALPN sidecar-tcp/1), with its own session cache
     tunnel_context: MeshContext | None = None
     # our certificate itself: its other SANs are kept when it is renewed (sidecar.tls.renewal)
@@ -379,7 +379,7 @@ class IdentityStore:
         self.last_error: str | None = None
         self._diagnose = diagnose
         start, end = material.not_before.timestamp(), material.identity.not_after.timestamp()
-        self.core = RotationCore(material.snapshot, start, end, policy)
+        self.core = ReloadCore(material.snapshot, start, end, policy)
         # every identity this sidecar holds, by service (lower case), this one included: one SVID per hosted
         # service (SPEC: Identity); the inbound picks one by SNI, the catalog signs with each
         self.hosted: dict[str, IdentityStore] = {material.identity.service.lower(): self}
@@ -581,7 +581,7 @@ class IdentityStore:
         self.last_error = None
         self.rotations += 1
         log.warning("reloaded %s: %s serial %s -> %s, valid until %s",
-                    "the CA and certificate" if Change.TRUST in command.change else "the certificate",
+                    "the CA and certificate" if MaterialChange.TRUST in command.change else "the certificate",
                     checked.identity.spiffe_id, old.serial_hex, checked.identity.serial_hex,
                     checked.identity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"))
         # a certificate that arrives now lives from now: its issuer's backdating is not lifetime (a renewed
@@ -592,7 +592,7 @@ class IdentityStore:
         if self.on_rotate is not None:
             self.on_rotate(self.material)
 
-    def _apply(self, change: Change, bundle: Bundle, checked: Checked) -> None:
+    def _apply(self, change: MaterialChange, bundle: Bundle, checked: Checked) -> None:
         assert bundle.ca is not None and bundle.cert is not None and bundle.key is not None
         old = self.material
         # New contexts for every change: a new server context has new session-ticket keys, so clients cannot
@@ -605,9 +605,9 @@ class IdentityStore:
             for ctx in (old.server_context, old.server_context.twin, old.client_context, old.tunnel_context):
                 if ctx is None:
                     continue
-                if Change.IDENTITY in change:
+                if MaterialChange.IDENTITY in change:
                     context.load_identity(ctx, cert_path, key_path)
-                if Change.TRUST in change:
+                if MaterialChange.TRUST in change:
                     context.load_ca(ctx, cadata=bundle.ca.decode("ascii", "replace"))
         self.sessions.forget()
         self.material = new

@@ -32,7 +32,7 @@ from sidecar.log import fields
 from sidecar.tls import certs
 from sidecar.tls.errors import CertificateError, IssuerError
 from sidecar.tls.identity import PeerIdentity
-from sidecar.tls.issuers import Issuer, LocalCa, ShellCommand, Wanted
+from sidecar.tls.issuers import Issuer, LocalCa, ShellCommand, WantedIdentity
 from sidecar.tls.reloader import Bundle, IdentityStore, TlsPaths, validate
 from sidecar.tls.schedule import Log, Renew, RenewalCore, RenewalPolicy, iso
 
@@ -149,7 +149,7 @@ class Renewer:
         """One renewal now; the identity now in use, or :class:`CertificateError` (nothing changed in memory)."""
         material = self.store.material
         current = material.identity
-        wanted = Wanted.of(current, material.leaf, self.ttl)
+        wanted = WantedIdentity.of(current, material.leaf, self.ttl)
         remaining = current.not_after.timestamp() - self.clock.wall()
         pair = await self.issuer.obtain(wanted, command_timeout(remaining))
         paths = self.store.paths

@@ -8,19 +8,19 @@ import pytest
 from sidecar.resilience.outlier import (
     Ejected,
     EjectionRefused,
+    EjectionRules,
     HostState,
     InvalidTransition,
     Move,
     OutlierDetector,
-    Rules,
     transition,
 )
 
-RULES = Rules(consecutive_failures=3, interval=10.0, base_ejection_time=30.0, max_ejection_time=100.0,
-              max_ejection_percent=50.0)
+RULES = EjectionRules(consecutive_failures=3, interval=10.0, base_ejection_time=30.0, max_ejection_time=100.0,
+                      max_ejection_percent=50.0)
 
 
-def detector(hosts: int = 4, rules: Rules = RULES) -> OutlierDetector:
+def detector(hosts: int = 4, rules: EjectionRules = RULES) -> OutlierDetector:
     d = OutlierDetector(rules)
     for i in range(hosts):
         d.add(f"h{i}", 0.0)
@@ -57,7 +57,7 @@ def test_ejection_time_is_base_times_multiplier_capped(times: int, seconds: floa
 
 
 def test_a_max_below_the_base_means_the_base() -> None:
-    assert Rules(base_ejection_time=30.0, max_ejection_time=10.0).ejection_time(3) == 30.0
+    assert EjectionRules(base_ejection_time=30.0, max_ejection_time=10.0).ejection_time(3) == 30.0
 
 
 @pytest.mark.parametrize(("percent", "ejected", "hosts", "allowed"), [
@@ -71,7 +71,7 @@ def test_a_max_below_the_base_means_the_base() -> None:
     (67.0, 1, 3, True),
 ])
 def test_percent_cap(percent: float, ejected: int, hosts: int, allowed: bool) -> None:
-    assert Rules(max_ejection_percent=percent).may_eject(ejected, hosts) is allowed
+    assert EjectionRules(max_ejection_percent=percent).may_eject(ejected, hosts) is allowed
 
 
 def test_consecutive_failures_eject_and_a_success_resets_the_count() -> None:
@@ -132,7 +132,7 @@ def test_the_percent_cap_refuses_and_the_host_asks_again_on_its_next_failure() -
 
 
 def test_one_host_may_be_ejected_under_a_small_percent() -> None:
-    d = detector(hosts=3, rules=Rules(consecutive_failures=1, max_ejection_percent=10.0))
+    d = detector(hosts=3, rules=EjectionRules(consecutive_failures=1, max_ejection_percent=10.0))
     assert isinstance(d.failure("h0", 0.0), Ejected)
     assert isinstance(d.failure("h1", 0.0), EjectionRefused)
 
