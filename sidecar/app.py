@@ -55,7 +55,7 @@ from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
 from sidecar.tls.errors import CertificateError
 from sidecar.tls.reloader import IdentityStore
-from sidecar.tls.renewal import Renewer
+from sidecar.tls.renewer import Renewer
 from sidecar.tls.routes import tls_routes
 from sidecar.web import Site
 

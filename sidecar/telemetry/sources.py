@@ -155,7 +155,7 @@ class CatalogSource(Protocol):
 
 
 class RenewalSource(Protocol):
-    """Certificate renewal (``sidecar.tls.renewal.Renewer``), when tls.issuer is set."""
+    """Certificate renewal (``sidecar.tls.renewer.Renewer``), when tls.issuer is set."""
 
     @property
     def results(self) -> Mapping[str, int]: ...  # by outcome: "success", "failure"

@@ -1,7 +1,7 @@
 """Where a renewed certificate comes from (``tls.issuer``): a local CA key, or a command.
 
 Both make a :class:`NewPair` (PEM bytes in memory) for a :class:`WantedIdentity` identity and never touch
-``tls.cert``/``tls.key`` themselves: the renewal driver (:mod:`sidecar.tls.renewal`) checks the pair first and
+``tls.cert``/``tls.key`` themselves: the renewal driver (:mod:`sidecar.tls.renewer`) checks the pair first and
 only then writes the files, so a bad issuer can never leave a bad certificate where the next start reads it.
 
 The command is run by ``/bin/sh`` with its own process group (killed whole at the timeout), no stdin, and

@@ -22,8 +22,9 @@ from sidecar.config.values import Duration
 from sidecar.tls import certs
 from sidecar.tls.errors import CertificateError, IssuerError
 from sidecar.tls.issuers import ShellCommand, WantedIdentity
-from sidecar.tls.reloader import IdentityStore, RotationPolicy
-from sidecar.tls.renewal import Renewer
+from sidecar.tls.reload import RotationPolicy
+from sidecar.tls.reloader import IdentityStore
+from sidecar.tls.renewer import Renewer
 from tests.harness import wait_for, wait_for_async
 from tests.integration.tls.test_refusals import run
 from tests.unit.tls.pki import Pki, make_pki

@@ -8,7 +8,7 @@ import pytest
 
 from sidecar.tls import reasons
 from sidecar.tls.handshake import RefusalLog
-from sidecar.tls.reloader import (
+from sidecar.tls.reload import (
     ExpiryState,
     FileDigests,
     MaterialChange,
