@@ -43,7 +43,7 @@ NATIVE = [
     "sidecar/resilience/breaker.py",
     "sidecar/resilience/budget.py",
     "sidecar/resilience/deadline.py",
-    "sidecar/resilience/destination.py",
+    "sidecar/resilience/cluster.py",
     "sidecar/resilience/outlier.py",
     "sidecar/resilience/policy.py",
     "sidecar/resilience/retry.py",

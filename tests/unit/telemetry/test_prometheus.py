@@ -44,7 +44,7 @@ def build() -> tuple[Telemetry, Sources]:
     mesh.errors["outbound", "payment-service", "connect-failure"] += 1
     mesh.denials["checkout", "evil", "authorization.default"] += 2
     resilience = Resilience(config)
-    dest = resilience.destination("payment-service", 100.0)
+    dest = resilience.cluster("payment-service", 100.0)
     dest.retries = 4
     dest.retries_denied["budget"] = 3
     refusals = RefusalLog()

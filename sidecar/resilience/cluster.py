@@ -1,6 +1,7 @@
-"""One destination service's state, shared by every request to it: the resource caps and the queue for a
-connection slot (:mod:`.breaker`), the retry budget (:mod:`.budget`), the outlier records (:mod:`.outlier`), the
-balancer (:mod:`.balancer`), and the hosts with their load; and the endpoint pick over them.
+"""A cluster, in Envoy's sense: one destination service's state, shared by every request to it. The resource
+caps and the queue for a connection slot (:mod:`.breaker`), the retry budget (:mod:`.budget`), the outlier
+records (:mod:`.outlier`), the balancer (:mod:`.balancer`), and its endpoints with their load
+(:class:`ClusterEndpoint`); and the endpoint pick over them.
 
 Times are the event loop's clock, passed in.
 """
@@ -28,27 +29,29 @@ from sidecar.resilience.rules import GATEWAY_ERRORS, RetryRules
 log = logging.getLogger("sidecar.resilience")
 
 
-HostKey = tuple[str, tuple[str, int]]   # (instance id, inbound address)
+EndpointKey = tuple[str, tuple[str, int]]   # (instance id, inbound address)
 
 
-class Host:
-    """One instance of a destination as the layers see it; ``endpoint`` is the latest catalog view of it."""
+class ClusterEndpoint:
+    """One endpoint of a cluster with the state the layers keep for it (load, counts); ``endpoint`` is the latest
+    catalog view of it (:class:`sidecar.mesh.router.Endpoint`, the instance as dialed)."""
 
     __slots__ = ("endpoint", "failures", "key", "load", "requests")
 
     def __init__(self, endpoint: Endpoint, now: float) -> None:
         self.endpoint = endpoint
-        self.key: HostKey = (endpoint.instance, endpoint.address)
+        self.key: EndpointKey = (endpoint.instance, endpoint.address)
         self.load = Load(stamp=now)
         self.requests = 0     # attempts sent
         self.failures = 0     # attempts that failed (gateway error or local failure)
 
     def __repr__(self) -> str:
-        return f"<Host {self.endpoint.service} {self.endpoint.authority}>"
+        return f"<ClusterEndpoint {self.endpoint.service} {self.endpoint.authority}>"
 
 
-class Destination:
-    """Every layer's state for one destination service: caps, budget, outlier records, balancer, hosts."""
+class Cluster:
+    """Every layer's state for one destination service: caps, budget, outlier records, balancer, endpoints
+    (``hosts``, by :data:`EndpointKey`)."""
 
     def __init__(self, service: str, policy: PolicyConfig, rng: random.Random, now: float,
                  jitter: float = 1.0) -> None:
@@ -67,8 +70,8 @@ class Destination:
                                                      float(od.base_ejection_time), float(od.max_ejection_time),
                                                      od.max_ejection_percent))
         self.balancer = make_balancer(policy.load_balancer, rng)
-        self.hosts: dict[HostKey, Host] = {}
-        self._sets: dict[ServiceName, tuple[EndpointSet, tuple[Host, ...], tuple[Host, ...]]] = {}
+        self.hosts: dict[EndpointKey, ClusterEndpoint] = {}
+        self._sets: dict[ServiceName, tuple[EndpointSet, tuple[ClusterEndpoint, ...], tuple[ClusterEndpoint, ...]]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.requests = 0                       # requests admitted
         self.retries = 0                        # retries made
@@ -98,7 +101,8 @@ class Destination:
 
     # ------------------------------------------------------------------------------------ hosts
 
-    def hosts_of(self, endpoints: EndpointSet, now: float) -> tuple[tuple[Host, ...], tuple[Host, ...]]:
+    def hosts_of(self, endpoints: EndpointSet,
+                 now: float) -> tuple[tuple[ClusterEndpoint, ...], tuple[ClusterEndpoint, ...]]:
         """The healthy and degraded hosts of an endpoint set (cached until the router hands out a new set)."""
         cached = self._sets.get(endpoints.name)
         if cached is not None and cached[0] is endpoints:
@@ -110,17 +114,17 @@ class Destination:
             self._prune({h.key for h in healthy + degraded}, now)
         return healthy, degraded
 
-    def _host(self, endpoint: Endpoint, now: float) -> Host:
+    def _host(self, endpoint: Endpoint, now: float) -> ClusterEndpoint:
         key = (endpoint.instance, endpoint.address)
         host = self.hosts.get(key)
         if host is None:
-            host = self.hosts[key] = Host(endpoint, now)
+            host = self.hosts[key] = ClusterEndpoint(endpoint, now)
             self.outlier.add(key, now)
         else:
             host.endpoint = endpoint   # its health may have changed
         return host
 
-    def _prune(self, present: set[HostKey], now: float) -> None:
+    def _prune(self, present: set[EndpointKey], now: float) -> None:
         """Forget hosts that left the catalog (or turned unhealthy), unless something is still in flight there
         or they are ejected (a host that flaps in and out of the catalog keeps its ejection)."""
         for key, host in list(self.hosts.items()):
@@ -128,7 +132,7 @@ class Destination:
                 del self.hosts[key]
                 self.outlier.remove(key)
 
-    def choose(self, endpoints: EndpointSet, now: float, avoid: Iterable[Host] = ()) -> Host:
+    def choose(self, endpoints: EndpointSet, now: float, avoid: Iterable[ClusterEndpoint] = ()) -> ClusterEndpoint:
         """A host for one attempt: healthy before degraded, ejected ones only in panic, not one of ``avoid``
         when another remains."""
         healthy, degraded = self.hosts_of(endpoints, now)
@@ -154,7 +158,7 @@ class Destination:
 
     # ------------------------------------------------------------------------------------ results
 
-    def attempt_ended(self, host: Host, record: AttemptRecord) -> None:
+    def attempt_ended(self, host: ClusterEndpoint, record: AttemptRecord) -> None:
         now = record.ended
         load = host.load
         load.in_flight -= 1
@@ -169,7 +173,7 @@ class Destination:
         else:
             self.outlier.success(host.key, now)
 
-    def tunnel_ended(self, host: Host, connect_failed: bool, now: float) -> None:
+    def tunnel_ended(self, host: ClusterEndpoint, connect_failed: bool, now: float) -> None:
         """A TCP tunnel through ``host`` ended: a connect failure counts against the host, anything else for it."""
         host.requests += 1
         if connect_failed:
@@ -178,7 +182,7 @@ class Destination:
         else:
             self.outlier.success(host.key, now)
 
-    def _outlier_event(self, host: Host, event: Ejected | EjectionRefused | None, now: float) -> None:
+    def _outlier_event(self, host: ClusterEndpoint, event: Ejected | EjectionRefused | None, now: float) -> None:
         if isinstance(event, Ejected):
             log.warning("ejected %s (%s, instance %s) for %.1fs after %d consecutive failures (ejection %d in a row)",
                         host.endpoint.authority, self.service, host.endpoint.instance, event.until - now,
