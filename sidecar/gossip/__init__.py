@@ -7,9 +7,12 @@ transmit-limited queue), ``core`` (the pure protocol), ``transport`` and ``node`
 pure core and its driver).
 """
 
-from sidecar.gossip.core import (
+from sidecar.gossip.core import GossipCore
+from sidecar.gossip.errors import GossipDecodeError, GossipError, KeyringError, MessageTooLarge
+from sidecar.gossip.keyring import Keyring, generate_key
+from sidecar.gossip.node import GossipNode
+from sidecar.gossip.outputs import (
     Event,
-    GossipCore,
     GossipCounters,
     MemberAlive,
     MemberDead,
@@ -23,9 +26,6 @@ from sidecar.gossip.core import (
     SyncCompleted,
     UserMessage,
 )
-from sidecar.gossip.errors import GossipDecodeError, GossipError, KeyringError, MessageTooLarge
-from sidecar.gossip.keyring import Keyring, generate_key
-from sidecar.gossip.node import GossipNode
 from sidecar.gossip.state import MemberState, MemberView
 
 __all__ = [

@@ -17,7 +17,10 @@ from typing import Any
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import Config
-from sidecar.gossip.core import (
+from sidecar.gossip.errors import GossipError, KeyringError, MessageTooLarge
+from sidecar.gossip.keyring import decode_key, fingerprint, key_text
+from sidecar.gossip.node import GossipNode
+from sidecar.gossip.outputs import (
     Event,
     MemberAlive,
     MemberDead,
@@ -27,9 +30,6 @@ from sidecar.gossip.core import (
     MemberUpdated,
     SyncCompleted,
 )
-from sidecar.gossip.errors import GossipError, KeyringError, MessageTooLarge
-from sidecar.gossip.keyring import decode_key, fingerprint, key_text
-from sidecar.gossip.node import GossipNode
 from sidecar.gossip.rotation import (
     Command,
     Fetch,

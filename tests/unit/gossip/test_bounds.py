@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from sidecar.gossip.admission import UNCONFIRMED_FLOOR, UNCONFIRMED_PER_SOURCE, MemberAdmission
-from sidecar.gossip.core import UserMessage, member_events
 from sidecar.gossip.incarnation import (
     INCARNATION_EPOCH,
     INCARNATION_HEADROOM,
@@ -15,6 +14,7 @@ from sidecar.gossip.incarnation import (
 )
 from sidecar.gossip.messages import Alive, Dead, Ping, ProbeAck, PushNodeState, PushPull, Suspect, UserMsg, to_wire
 from sidecar.gossip.node import exposure_warning
+from sidecar.gossip.outputs import UserMessage, member_events
 from sidecar.gossip.seen import USER_SEEN_FLOOR, SeenVersions
 from sidecar.gossip.state import MemberState
 from sidecar.gossip.streamgate import (

@@ -8,24 +8,7 @@ from typing import TypeVar
 import pytest
 
 from sidecar.config.model import GOSSIP_PROFILES, GossipTuning
-from sidecar.gossip.core import (
-    GossipCore,
-    MemberAlive,
-    MemberDead,
-    MemberJoined,
-    MemberLeft,
-    MemberReaped,
-    MemberSuspect,
-    MemberUpdated,
-    OpenStream,
-    Output,
-    RemoteState,
-    SendUdp,
-    StreamPurpose,
-    SyncCompleted,
-    UserMessage,
-    member_events,
-)
+from sidecar.gossip.core import GossipCore
 from sidecar.gossip.envelope import Envelope
 from sidecar.gossip.errors import MessageTooLarge
 from sidecar.gossip.keyring import Keyring
@@ -45,6 +28,23 @@ from sidecar.gossip.messages import (
     from_wire,
     packet_from_wire,
     to_wire,
+)
+from sidecar.gossip.outputs import (
+    MemberAlive,
+    MemberDead,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberSuspect,
+    MemberUpdated,
+    OpenStream,
+    Output,
+    RemoteState,
+    SendUdp,
+    StreamPurpose,
+    SyncCompleted,
+    UserMessage,
+    member_events,
 )
 from sidecar.gossip.state import Address, MemberState
 from sidecar.gossip.suspicion import retransmit_limit, suspicion_timeout
