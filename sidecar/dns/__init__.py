@@ -6,4 +6,5 @@
 ``ratelimit`` per-client token buckets, time passed in
 ``forwarder`` names outside the domain → ``dns.upstreams`` (UDP, TCP on truncation, failover)
 ``server``    the asyncio driver: UDP and TCP on one port (``DnsServer``)
+``counters``  what the responder did since start, for ``/metrics``
 """

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.catalog.model import HealthStatus, ServiceMetadata
 from sidecar.clock import FakeClock
 from sidecar.config.model import Config, NodeConfig, ServiceConfig
-from sidecar.dns.server import DnsCounters
+from sidecar.dns.counters import DnsCounters
 from sidecar.mesh.stats import MeshStats
 from sidecar.resilience import Resilience
 from sidecar.telemetry.hub import Telemetry
