@@ -56,7 +56,7 @@ from sidecar.gossip.awareness import Awareness
 from sidecar.gossip.broadcast import BroadcastQueue
 from sidecar.gossip.corestate import ALIVE, SUSPECT, TIMER_NACK, TIMER_RELAY_END, TIMER_STREAM, TIMER_SUSPICION
 from sidecar.gossip.envelope import Envelope, GossipRefusal, PacketRefused
-from sidecar.gossip.errors import GossipDecodeError, MessageTooLarge
+from sidecar.gossip.errors import GossipDecodeError, GossipMessageTooLarge
 from sidecar.gossip.incarnation import incarnation_ceiling
 from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import (
@@ -126,7 +126,7 @@ class GossipCore(Probing, PushPullSync):
         wall_offset: float = 0.0,
     ) -> None:
         if len(meta) > MAX_META:
-            raise MessageTooLarge("member metadata", len(meta), MAX_META)
+            raise GossipMessageTooLarge("member metadata", len(meta), MAX_META)
         self.name = name
         self.address = address
         self.tuning = tuning
@@ -280,7 +280,7 @@ class GossipCore(Probing, PushPullSync):
     def set_meta(self, meta: bytes) -> None:
         """Replace our metadata; spread with an alive message of a higher incarnation."""
         if len(meta) > MAX_META:
-            raise MessageTooLarge("member metadata", len(meta), MAX_META)
+            raise GossipMessageTooLarge("member metadata", len(meta), MAX_META)
         if not self._raise_incarnation(self._incarnation + 1):
             self._table.put(updated(self._self(), meta=meta))  # kept here; peers cannot be told
             return
@@ -302,7 +302,7 @@ class GossipCore(Probing, PushPullSync):
         raw = to_wire(UserMsg(self.name, key, self._user_version + 1, data))
         limit = self._packet_size - self._envelope.overhead - COMPOUND_HEADER - 2 * COMPOUND_PER_PART
         if len(raw) > limit:
-            raise MessageTooLarge("user broadcast", len(raw), limit)
+            raise GossipMessageTooLarge("user broadcast", len(raw), limit)
         self._user_version += 1
         self._queue.queue(("u", self.name, key), raw)
 

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sidecar.gossip.errors import GossipDecodeError, MessageTooLarge
+from sidecar.gossip.errors import GossipDecodeError, GossipMessageTooLarge
 from sidecar.gossip.state import MemberState
 
 
@@ -140,13 +140,13 @@ _U32 = struct.Struct(">I")
 def _str8(text: str) -> bytes:
     raw = text.encode()
     if len(raw) > 255:
-        raise MessageTooLarge(f"name {text[:20]!r}...", len(raw), 255)
+        raise GossipMessageTooLarge(f"name {text[:20]!r}...", len(raw), 255)
     return _U8.pack(len(raw)) + raw
 
 
 def _bytes16(data: bytes) -> bytes:
     if len(data) > 0xFFFF:
-        raise MessageTooLarge("payload", len(data), 0xFFFF)
+        raise GossipMessageTooLarge("payload", len(data), 0xFFFF)
     return _U16.pack(len(data)) + data
 
 

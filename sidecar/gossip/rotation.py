@@ -182,7 +182,7 @@ Command = Fetch | Install | Use | Remove
 
 
 @dataclass(frozen=True, slots=True)
-class Status:
+class RotationStatus:
     phase: Phase
     epoch: int
     target: str | None                 # fingerprint of the newest epoch key held
@@ -218,7 +218,7 @@ class KeyRotationCore:
         self._keys: dict[int, bytes] = {}       # epoch → key, for the previous and current epochs
         self._installed: dict[bytes, int] = {}  # keys this core installed → their epoch
         self._fetch = _Fetching()
-        self.status = Status(Phase.JOINING, 0, None, None)
+        self.status = RotationStatus(Phase.JOINING, 0, None, None)
 
     # ---------------------------------------------------------------------------------------- inputs
 
@@ -268,7 +268,7 @@ class KeyRotationCore:
         target_fp = fingerprint(target) if target is not None else None
 
         def status(phase: Phase, waiting: Iterable[str] = ()) -> list[Command]:
-            self.status = Status(phase, epoch, target_fp, target_epoch, tuple(waiting))
+            self.status = RotationStatus(phase, epoch, target_fp, target_epoch, tuple(waiting))
             return out
 
         if not ready:

@@ -17,7 +17,7 @@ from typing import Any
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import Config
-from sidecar.gossip.errors import GossipError, KeyringError, MessageTooLarge
+from sidecar.gossip.errors import GossipError, GossipMessageTooLarge, KeyringError
 from sidecar.gossip.keyring import decode_key, fingerprint, key_text
 from sidecar.gossip.node import GossipNode
 from sidecar.gossip.outputs import (
@@ -218,7 +218,7 @@ class KeyRotator:
         self._advertised = report
         try:
             self.gossip.set_meta(with_report(self._base_meta(), report))
-        except MessageTooLarge:
+        except GossipMessageTooLarge:
             # other metadata left too little room: the primary and the newest keys still tell enough
             log.warning("gossip metadata is too large for every key fingerprint; advertising 3",
                         extra=fields(keys=len(report)))

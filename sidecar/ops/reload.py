@@ -37,7 +37,7 @@ from sidecar.config.model import Config
 from sidecar.config.values import Duration
 from sidecar.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, SidecarError
 from sidecar.log import fields
-from sidecar.ops.reload_canary import Counts, Verdict, check_interval, judge
+from sidecar.ops.reload_canary import CanaryVerdict, Counts, check_interval, judge
 from sidecar.ops.reload_history import CanaryState, History, Version
 
 log = logging.getLogger("sidecar.reload")
@@ -195,7 +195,7 @@ class Reloader:
             observed = self.process.request_counts() - started
             state.observed = observed.as_tuple()
             verdict, why = judge(baseline, observed, state.max_error_rate)
-            if verdict is Verdict.ROLL_BACK:
+            if verdict is CanaryVerdict.ROLL_BACK:
                 await self._canary_rollback(version, previous, prior, why)
                 return
             if self.clock.monotonic() >= end:

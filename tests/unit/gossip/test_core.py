@@ -10,7 +10,7 @@ import pytest
 from sidecar.config.model import GOSSIP_PROFILES, GossipTuning
 from sidecar.gossip.core import GossipCore
 from sidecar.gossip.envelope import Envelope
-from sidecar.gossip.errors import MessageTooLarge
+from sidecar.gossip.errors import GossipMessageTooLarge
 from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import (
     Alive,
@@ -408,7 +408,7 @@ def test_our_user_broadcasts_have_growing_versions_and_limits() -> None:
     assert UserMsg("me", "k", 1002, b"two") in msgs
     assert UserMsg("me", "k", 1001, b"one") not in msgs  # replaced by the newer one
     core.broadcast_user("", b"x" * core.max_user_data)
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(GossipMessageTooLarge):
         core.broadcast_user("", b"x" * (core.max_user_data + 1))
 
 
@@ -421,7 +421,7 @@ def test_metadata_updates_bump_the_incarnation_and_reach_peers() -> None:
     out = b.on_packet(("a", 7946), packet(*[m for m in msgs if isinstance(m, Alive)]), 1.0)
     assert [type(e) for e in member_events(out)] == [MemberUpdated]
     assert b.member("a").meta == b"port=15006"  # type: ignore[union-attr]
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(GossipMessageTooLarge):
         a.set_meta(b"x" * 513)
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.gossip.errors import GossipDecodeError, MessageTooLarge
+from sidecar.gossip.errors import GossipDecodeError, GossipMessageTooLarge
 from sidecar.gossip.messages import (
     MAX_META,
     Alive,
@@ -109,7 +109,7 @@ def test_a_single_part_is_sent_as_itself() -> None:
 
 
 def test_names_longer_than_255_bytes_cannot_be_encoded() -> None:
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(GossipMessageTooLarge):
         to_wire(Ping(1, "x" * 256))
 
 
