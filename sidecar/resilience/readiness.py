@@ -11,7 +11,7 @@ refusing a connection is the host's own answer, so the hold needs neither.
 After the ``n``-th connect failure in a row a host is held for ``hold(n)``: ``HOLD_BASE`` doubling up to
 ``HOLD_MAX``; when the hold is over, the next pick that reaches the host probes it again. An attempt that gets a
 response ends the hold and the streak. A hold never leaves a request without a host: when every host that could
-take it is held, the pick falls back to them (:meth:`.destination.Destination.choose`).
+take it is held, the pick falls back to them (:meth:`.cluster.Cluster.choose`).
 
 Pure: ``now`` is passed in.
 """

@@ -23,13 +23,13 @@ from sidecar.catalog.sync import Claim, encode_claims
 from sidecar.gossip.envelope import Envelope
 from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import (
-    Ack,
     Alive,
     Dead,
     IndirectPing,
     Message,
-    Nack,
     Ping,
+    ProbeAck,
+    ProbeNack,
     PushNodeState,
     PushPull,
     Suspect,
@@ -83,8 +83,8 @@ def _gossip_messages() -> list[tuple[str, Message]]:
     return [
         ("ping", Ping(7, "fuzz-a")),
         ("indirect-ping", IndirectPing(8, "fuzz-c", "127.0.0.1", 7948, True)),
-        ("ack", Ack(7)),
-        ("nack", Nack(8)),
+        ("ack", ProbeAck(7)),
+        ("nack", ProbeNack(8)),
         ("suspect", Suspect(3, "fuzz-c", "fuzz-b")),
         ("alive", Alive(2, "fuzz-b", "127.0.0.1", 7947, b'{"inbound":15006}')),
         ("dead", Dead(4, "fuzz-c", "fuzz-b")),

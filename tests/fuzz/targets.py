@@ -33,7 +33,7 @@ from sidecar.catalog.model import CatalogSnapshot, HealthStatus, NodeInfo, Servi
 from sidecar.catalog.sync import SyncDecodeError, decode_claims
 from sidecar.config.load import config_from_raw, read_yaml
 from sidecar.config.model import GOSSIP_PROFILES, DnsConfig
-from sidecar.dns.answerer import Drop, Forward, Reply, Transport, Zone
+from sidecar.dns.answerer import DnsReply, Drop, Forward, Transport, Zone
 from sidecar.dns.server import DnsServer
 from sidecar.dns.wire import question_key
 from sidecar.errors import ConfigError, InvalidArgument
@@ -128,7 +128,7 @@ def dns_query(data: bytes) -> None:
         reply = _DNS_SERVER.handle(data, "127.0.0.1", tcp)
         assert reply is None or isinstance(reply, bytes | Forward), type(reply)
         outcome = _ZONE.answer(data, Transport.TCP if tcp else Transport.UDP)
-        assert isinstance(outcome, Reply | Forward | Drop), type(outcome)
+        assert isinstance(outcome, DnsReply | Forward | Drop), type(outcome)
     key = question_key(data)
     assert key is None or (isinstance(key, tuple) and 12 < key[1] <= len(data))
 

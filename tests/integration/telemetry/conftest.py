@@ -16,8 +16,9 @@ from bench.proxy import observers
 from sidecar.clock import SYSTEM_CLOCK
 from sidecar.config.model import Config, ServiceConfig, TelemetryConfig, TracingConfig
 from sidecar.config.values import HostPort
+from sidecar.site import Site
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
-from sidecar.web import Site, errors_middleware
+from sidecar.web import errors_middleware
 from tests.integration.mesh.conftest import (
     App,
     LoopThread,

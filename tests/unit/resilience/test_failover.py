@@ -135,7 +135,7 @@ def test_every_host_held_the_request_still_gets_one() -> None:
     peers = Peers(endpoint(1), endpoint(2))
     for now in (100.0, 100.001):
         fail(r, start(r, peers, now=now), now)
-    dest = r.destinations["pay"]
+    dest = r.clusters["pay"]
     assert all(not h.readiness.ready(100.01) for h in dest.hosts.values())
     assert start(r, peers, now=100.01).address in (ONE, TWO)
 
@@ -147,7 +147,7 @@ def test_a_response_ends_the_hold_at_once() -> None:
     call = call_of(first)
     # two attempts of earlier requests: one could not connect, then one already in flight got its answer
     call.observe(record(first, 1, failure=refused(first), sent=False, started=100.0, ended=100.0))
-    host = next(h for h in r.destinations["pay"].hosts.values() if h.endpoint.address == first.address)
+    host = next(h for h in r.clusters["pay"].hosts.values() if h.endpoint.address == first.address)
     assert not host.readiness.ready(100.01)
     second = start(r, peers, now=100.01)
     assert second.address != first.address
@@ -159,7 +159,7 @@ def test_a_response_ends_the_hold_at_once() -> None:
 def test_a_tunnel_that_could_not_connect_holds_its_host() -> None:
     r = resilience(policy(percent=0.0))
     peers = Peers(endpoint(1), endpoint(2))
-    dest = r.destination("pay", 100.0)
+    dest = r.cluster("pay", 100.0)
     host = dest.choose(peers.set, 100.0)
     dest.tunnel_ended(host, True, 100.0)
     assert not host.readiness.ready(100.1)
@@ -177,7 +177,7 @@ def test_a_try_that_timed_out_counts_as_slow_for_the_ewma_balancer() -> None:
     peers = Peers(endpoint(1))
     target = start(r, peers)
     succeed(target, 100.0, latency=0.010)
-    host = next(iter(r.destinations["pay"].hosts.values()))
+    host = next(iter(r.clusters["pay"].hosts.values()))
     target = start(r, peers, now=101.0)
     call = call_of(target)
     call.observe(record(target, 1, failure=AttemptTimeout(1.5, target.authority, "try"), started=101.0,
@@ -190,7 +190,7 @@ def test_a_quick_reset_never_makes_a_host_look_faster() -> None:
     r = resilience(policy(balancer="ewma", attempts=0, consecutive=100))
     peers = Peers(endpoint(1))
     succeed(start(r, peers), 100.0, latency=0.050)
-    host = next(iter(r.destinations["pay"].hosts.values()))
+    host = next(iter(r.clusters["pay"].hosts.values()))
     target = start(r, peers, now=101.0)
     call = call_of(target)
     call.observe(record(target, 1, failure=UpstreamReset(target.authority), started=101.0, ended=101.001))

@@ -1,7 +1,7 @@
-"""One destination service's state, shared by every request to it: the resource caps and the queue for a
-connection slot (:mod:`.breaker`), the retry budget (:mod:`.budget`), the outlier records (:mod:`.outlier`), the
-balancer (:mod:`.balancer`), and the hosts with their load and connection readiness (:mod:`.readiness`); and the
-endpoint pick over them.
+"""A cluster, in Envoy's sense: one destination service's state, shared by every request to it. The resource
+caps and the queue for a connection slot (:mod:`.breaker`), the retry budget (:mod:`.budget`), the outlier
+records (:mod:`.outlier`), the balancer (:mod:`.balancer`), and its endpoints with their load and connection
+readiness (:class:`ClusterEndpoint`, :mod:`.readiness`); and the endpoint pick over them.
 
 Times are the event loop's clock, passed in.
 """
@@ -21,37 +21,39 @@ from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
 from sidecar.proxy import AttemptRecord, FailureKind
 from sidecar.resilience.balancer import Load, make_balancer
-from sidecar.resilience.breaker import Admission, Breaker, Cap, Limits
+from sidecar.resilience.breaker import Admission, Breaker, Cap, ResourceCaps
 from sidecar.resilience.budget import RetryBudget
-from sidecar.resilience.outlier import Ejected, EjectionRefused, OutlierDetector, Rules
+from sidecar.resilience.outlier import Ejected, EjectionRefused, EjectionRules, OutlierDetector
 from sidecar.resilience.readiness import Readiness
 from sidecar.resilience.rules import GATEWAY_ERRORS, RetryRules
 
 log = logging.getLogger("sidecar.resilience")
 
 
-HostKey = tuple[str, tuple[str, int]]   # (instance id, inbound address)
+EndpointKey = tuple[str, tuple[str, int]]   # (instance id, inbound address)
 
 
-class Host:
-    """One instance of a destination as the layers see it; ``endpoint`` is the latest catalog view of it."""
+class ClusterEndpoint:
+    """One endpoint of a cluster with the state the layers keep for it (load, readiness, counts); ``endpoint`` is
+    the latest catalog view of it (:class:`sidecar.mesh.router.Endpoint`, the instance as dialed)."""
 
     __slots__ = ("endpoint", "failures", "key", "load", "readiness", "requests")
 
     def __init__(self, endpoint: Endpoint, now: float) -> None:
         self.endpoint = endpoint
-        self.key: HostKey = (endpoint.instance, endpoint.address)
+        self.key: EndpointKey = (endpoint.instance, endpoint.address)
         self.load = Load(stamp=now)
         self.readiness = Readiness()
         self.requests = 0     # attempts sent
         self.failures = 0     # attempts that failed (gateway error or local failure)
 
     def __repr__(self) -> str:
-        return f"<Host {self.endpoint.service} {self.endpoint.authority}>"
+        return f"<ClusterEndpoint {self.endpoint.service} {self.endpoint.authority}>"
 
 
-class Destination:
-    """Every layer's state for one destination service: caps, budget, outlier records, balancer, hosts."""
+class Cluster:
+    """Every layer's state for one destination service: caps, budget, outlier records, balancer, endpoints
+    (``hosts``, by :data:`EndpointKey`)."""
 
     def __init__(self, service: str, policy: PolicyConfig, rng: random.Random, now: float,
                  jitter: float = 1.0) -> None:
@@ -63,14 +65,15 @@ class Destination:
         budget = policy.retries.budget
         self.budget = RetryBudget(budget.ratio, budget.min_per_second, now)
         caps = policy.circuit_breaker
-        self.breaker = Breaker(Limits(caps.max_connections, caps.max_pending_requests, caps.max_requests,
-                                      caps.max_retries))
+        self.breaker = Breaker(ResourceCaps(caps.max_connections, caps.max_pending_requests, caps.max_requests,
+                                            caps.max_retries))
         od = policy.outlier_detection
-        self.outlier = OutlierDetector(Rules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
-                                             float(od.max_ejection_time), od.max_ejection_percent))
+        self.outlier = OutlierDetector(EjectionRules(od.consecutive_failures, float(od.interval),
+                                                     float(od.base_ejection_time), float(od.max_ejection_time),
+                                                     od.max_ejection_percent))
         self.balancer = make_balancer(policy.load_balancer, rng)
-        self.hosts: dict[HostKey, Host] = {}
-        self._sets: dict[ServiceName, tuple[EndpointSet, tuple[Host, ...], tuple[Host, ...]]] = {}
+        self.hosts: dict[EndpointKey, ClusterEndpoint] = {}
+        self._sets: dict[ServiceName, tuple[EndpointSet, tuple[ClusterEndpoint, ...], tuple[ClusterEndpoint, ...]]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.requests = 0                       # requests admitted
         self.retries = 0                        # retries made
@@ -89,18 +92,19 @@ class Destination:
         budget = policy.retries.budget
         self.budget.ratio, self.budget.min_per_second = budget.ratio, budget.min_per_second
         caps = policy.circuit_breaker
-        self.breaker.limits = Limits(caps.max_connections, caps.max_pending_requests, caps.max_requests,
-                                     caps.max_retries)
+        self.breaker.limits = ResourceCaps(caps.max_connections, caps.max_pending_requests, caps.max_requests,
+                                           caps.max_retries)
         od = policy.outlier_detection
-        self.outlier.rules = Rules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
-                                   float(od.max_ejection_time), od.max_ejection_percent)
+        self.outlier.rules = EjectionRules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
+                                           float(od.max_ejection_time), od.max_ejection_percent)
         if policy.load_balancer != old.load_balancer:
             self.balancer = make_balancer(policy.load_balancer, self.rng)
         self.slot_freed()   # a raised max_connections admits waiting requests now
 
     # ------------------------------------------------------------------------------------ hosts
 
-    def hosts_of(self, endpoints: EndpointSet, now: float) -> tuple[tuple[Host, ...], tuple[Host, ...]]:
+    def hosts_of(self, endpoints: EndpointSet,
+                 now: float) -> tuple[tuple[ClusterEndpoint, ...], tuple[ClusterEndpoint, ...]]:
         """The healthy and degraded hosts of an endpoint set (cached until the router hands out a new set)."""
         cached = self._sets.get(endpoints.name)
         if cached is not None and cached[0] is endpoints:
@@ -112,17 +116,17 @@ class Destination:
             self._prune({h.key for h in healthy + degraded}, now)
         return healthy, degraded
 
-    def _host(self, endpoint: Endpoint, now: float) -> Host:
+    def _host(self, endpoint: Endpoint, now: float) -> ClusterEndpoint:
         key = (endpoint.instance, endpoint.address)
         host = self.hosts.get(key)
         if host is None:
-            host = self.hosts[key] = Host(endpoint, now)
+            host = self.hosts[key] = ClusterEndpoint(endpoint, now)
             self.outlier.add(key, now)
         else:
             host.endpoint = endpoint   # its health may have changed
         return host
 
-    def _prune(self, present: set[HostKey], now: float) -> None:
+    def _prune(self, present: set[EndpointKey], now: float) -> None:
         """Forget hosts that left the catalog (or turned unhealthy), unless something is still in flight there
         or they are ejected (a host that flaps in and out of the catalog keeps its ejection)."""
         for key, host in list(self.hosts.items()):
@@ -130,7 +134,7 @@ class Destination:
                 del self.hosts[key]
                 self.outlier.remove(key)
 
-    def choose(self, endpoints: EndpointSet, now: float, avoid: Collection[Host] = ()) -> Host:
+    def choose(self, endpoints: EndpointSet, now: float, avoid: Collection[ClusterEndpoint] = ()) -> ClusterEndpoint:
         """A host for one attempt. The first of: a healthy host, then a degraded one, that is neither ejected, nor
         held after a connect failure (:mod:`.readiness`), nor one of ``avoid`` (the hosts the request already
         tried); else, the hosts of the first of those tiers that has any not ejected, untried ones first; else
@@ -146,7 +150,7 @@ class Destination:
             only = healthy[0]
             if only.readiness.ready(now) and not outlier.is_ejected(only.key, now):
                 return only
-        fallback: list[Host] | None = None
+        fallback: list[ClusterEndpoint] | None = None
         for tier in (healthy, degraded):
             live = [h for h in tier if not outlier.is_ejected(h.key, now)]
             if not live:
@@ -169,7 +173,7 @@ class Destination:
 
     # ------------------------------------------------------------------------------------ results
 
-    def attempt_ended(self, host: Host, record: AttemptRecord) -> None:
+    def attempt_ended(self, host: ClusterEndpoint, record: AttemptRecord) -> None:
         now = record.ended
         load = host.load
         load.in_flight -= 1
@@ -191,7 +195,7 @@ class Destination:
         if record.status is not None:
             host.readiness.connected()
 
-    def tunnel_ended(self, host: Host, connect_failed: bool, now: float) -> None:
+    def tunnel_ended(self, host: ClusterEndpoint, connect_failed: bool, now: float) -> None:
         """A TCP tunnel through ``host`` ended: a connect failure counts against the host (and holds it), anything
         else for it."""
         host.requests += 1
@@ -203,7 +207,7 @@ class Destination:
             host.readiness.connected()
             self.outlier.success(host.key, now)
 
-    def _outlier_event(self, host: Host, event: Ejected | EjectionRefused | None, now: float) -> None:
+    def _outlier_event(self, host: ClusterEndpoint, event: Ejected | EjectionRefused | None, now: float) -> None:
         if isinstance(event, Ejected):
             log.warning("ejected %s (%s, instance %s) for %.1fs after %d consecutive failures (ejection %d in a row)",
                         host.endpoint.authority, self.service, host.endpoint.instance, event.until - now,
