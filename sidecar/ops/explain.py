@@ -246,11 +246,14 @@ def _balancer(service: str, hosts: Sequence[_Seen], dest: Cluster | None, now: f
     """Which tier the pick is made in, every candidate's cost, and the pick the balancer would make now."""
     healthy = [s for s in hosts if s.endpoint.status is HealthStatus.HEALTHY]
     degraded = [s for s in hosts if s.endpoint.status is not HealthStatus.HEALTHY]
-    tier, candidates = "healthy", [s for s in healthy if not s.ejected]
-    if not candidates:
-        tier, candidates = "degraded", [s for s in degraded if not s.ejected]
-        if not candidates:
-            tier, candidates = "panic", list(healthy or degraded)
+    if dest is None:   # nothing sent yet: no host is ejected or held
+        tier, candidates = ("healthy", healthy) if healthy else ("degraded", degraded)
+    else:
+        # the cluster's own rules; an endpoint it has not met yet is looked at as a new host, not added to it
+        by_key = {(s.endpoint.instance, s.endpoint.address): s for s in hosts}
+        as_hosts = [[s.host or ClusterEndpoint(s.endpoint, now) for s in tier] for tier in (healthy, degraded)]
+        tier, picked = dest.candidates(as_hosts[0], as_hosts[1], now)
+        candidates = [by_key[h.key] for h in picked]
     kind = dest.balancer.name if dest is not None else "none yet"
     rows = []
     for seen in candidates:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 from collections import Counter, deque
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sidecar.config.model import PolicyConfig
@@ -31,6 +31,10 @@ log = logging.getLogger("sidecar.resilience")
 
 
 EndpointKey = tuple[str, tuple[str, int]]   # (instance id, inbound address)
+
+
+# the tiers of ``Cluster.candidates``
+HEALTHY, DEGRADED, HELD, PANIC = "healthy", "degraded", "held", "panic"
 
 
 class ClusterEndpoint:
@@ -145,31 +149,40 @@ class Cluster:
         host refuses connections (its ejection may be refused by ``max_ejection_percent``), new requests go to
         the degraded ones instead of each costing a retry."""
         healthy, degraded = self.hosts_of(endpoints, now)
-        outlier = self.outlier
-        if len(healthy) == 1 and not avoid:   # the common case, without the lists below
+        if len(healthy) == 1 and not avoid:   # the common case, without the lists of ``candidates``
             only = healthy[0]
-            if only.readiness.ready(now) and not outlier.is_ejected(only.key, now):
+            if only.readiness.ready(now) and not self.outlier.is_ejected(only.key, now):
                 return only
+        tier, hosts = self.candidates(healthy, degraded, now, avoid)
+        if tier == PANIC:
+            self.panics += 1
+        if len(hosts) == 1:
+            return hosts[0]
+        return self.balancer.pick(hosts, now)
+
+    def candidates(self, healthy: Sequence[ClusterEndpoint], degraded: Sequence[ClusterEndpoint], now: float,
+                   avoid: Collection[ClusterEndpoint] = ()) -> tuple[str, list[ClusterEndpoint]]:
+        """The tier the balancer picks in and its hosts (``choose``'s rules, read by ``/debug/explain`` too):
+        the first tier with a host neither ejected, nor held, nor tried; else the first with any not ejected
+        (``HELD``: untried ones first); else every host (``PANIC``). Reads only: nothing is counted here."""
+        outlier = self.outlier
         fallback: list[ClusterEndpoint] | None = None
-        for tier in (healthy, degraded):
+        for name, tier in ((HEALTHY, healthy), (DEGRADED, degraded)):
             live = [h for h in tier if not outlier.is_ejected(h.key, now)]
             if not live:
                 continue
             fresh = [h for h in live if h.readiness.ready(now) and h not in avoid]
             if fresh:
-                return fresh[0] if len(fresh) == 1 else self.balancer.pick(fresh, now)
+                return name, fresh
             if fallback is None:
                 fallback = live
         if fallback is None:
-            fallback = list(healthy or degraded)
-            self.panics += 1
+            return PANIC, list(healthy or degraded)
         if avoid and len(fallback) > 1:
             untried = [h for h in fallback if h not in avoid]
             if untried:
                 fallback = untried
-        if len(fallback) == 1:
-            return fallback[0]
-        return self.balancer.pick(fallback, now)
+        return HELD, fallback
 
     # ------------------------------------------------------------------------------------ results
 
