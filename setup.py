@@ -48,6 +48,7 @@ NATIVE = [
     "sidecar/resilience/destination.py",
     "sidecar/resilience/outlier.py",
     "sidecar/resilience/policy.py",
+    "sidecar/resilience/readiness.py",
     "sidecar/resilience/retry.py",
     "sidecar/resilience/rules.py",
     "sidecar/resilience/views.py",

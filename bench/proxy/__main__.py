@@ -170,14 +170,8 @@ http {{
     return port
 
 
-def haproxy(stack: ExitStack, folder: Path, name: str, upstream: int, certs: dict[str, Path] | None = None,
-            tls_in: bool = False, tls_out: bool = False) -> tuple[int, int]:
-    port = free_port()
-    bind_tls = f" ssl crt {certs['bundle']} ca-file {certs['ca']} verify required" if tls_in and certs else ""
-    server_tls = (f" ssl crt {certs['bundle']} ca-file {certs['ca']} verify required sni str(localhost)"
-                  if tls_out and certs else "")
-    conf = folder / f"{name}.cfg"
-    conf.write_text(f"""
+# one thread (like the single-threaded engine), connections to the server kept and shared between clients
+HAPROXY_HEAD = """
 global
     nbthread 1
     maxconn 8192
@@ -186,7 +180,17 @@ defaults
     timeout connect 5s
     timeout client 30s
     timeout server 30s
-    http-reuse always
+    http-reuse always"""
+
+
+def haproxy(stack: ExitStack, folder: Path, name: str, upstream: int, certs: dict[str, Path] | None = None,
+            tls_in: bool = False, tls_out: bool = False) -> tuple[int, int]:
+    port = free_port()
+    bind_tls = f" ssl crt {certs['bundle']} ca-file {certs['ca']} verify required" if tls_in and certs else ""
+    server_tls = (f" ssl crt {certs['bundle']} ca-file {certs['ca']} verify required sni str(localhost)"
+                  if tls_out and certs else "")
+    conf = folder / f"{name}.cfg"
+    conf.write_text(f"""{HAPROXY_HEAD}
 frontend f
     bind 127.0.0.1:{port}{bind_tls}
     http-request set-header x-request-id %[uuid] if !{{ req.hdr(x-request-id) -m found }}

@@ -90,7 +90,7 @@ def sidecar_certs(folder: Path, *services: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def sidecar_config(folder: Path, name: str, tls: dict[str, str], services: list[dict[str, Any]],
+def sidecar_config(folder: Path, name: str, tls: dict[str, Any], services: list[dict[str, Any]],
                    join: list[str]) -> dict[str, Any]:
     return {
         "node": {"name": name, "cluster": "bench", "data_dir": str(folder / f"data-{name}")},
@@ -130,8 +130,9 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: Path) -> None:
-    """Until the source's app API shows the service healthy (gossip joined, catalog spread)."""
+def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: Path,
+                 service: str = SERVICE) -> None:
+    """Until the source's app API shows ``service`` healthy (gossip joined, catalog spread)."""
     url = f"http://{config['api']['listen']}/v1/catalog"
     deadline = time.monotonic() + READY_TIMEOUT
     last: Any = None
@@ -141,12 +142,12 @@ def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: 
                                f"{(folder / (config['node']['name'] + '.log')).read_text()[-2000:]}")
         try:
             last = get_json(url)
-            if any(i.get("status") == "healthy" for i in last.get(SERVICE, [])):
+            if any(i.get("status") == "healthy" for i in last.get(service, [])):
                 return
         except OSError as e:
             last = e
         time.sleep(0.1)
-    raise RuntimeError(f"{SERVICE} not in the catalog of {url} within {READY_TIMEOUT}s (last: {last!r})")
+    raise RuntimeError(f"{service} not in the catalog of {url} within {READY_TIMEOUT}s (last: {last!r})")
 
 
 def sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]],

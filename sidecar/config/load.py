@@ -385,11 +385,18 @@ def _hide_secrets(problem: str, section: Any) -> str:
 # Rules between keys run on every section that built, so one bad key elsewhere hides no other problem.
 
 
+# a fully-qualified protobuf service name: dot-separated identifiers
+_GRPC_SERVICE = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)?")
+
+
 def _check_check(check: CheckConfig, where: str, problems: list[str]) -> None:
-    kinds = [k for k, on in (("http", check.http is not None), ("tcp", check.tcp), ("ttl", check.ttl is not None))
-             if on]
+    kinds = [k for k, on in (("http", check.http is not None), ("tcp", check.tcp), ("grpc", check.grpc is not None),
+                             ("ttl", check.ttl is not None)) if on]
     if len(kinds) != 1:
-        problems.append(f"{where}: needs exactly one of http, tcp or ttl (got {_show(kinds)})")
+        problems.append(f"{where}: needs exactly one of http, tcp, grpc or ttl (got {_show(kinds)})")
+    if check.grpc is not None and not _GRPC_SERVICE.fullmatch(check.grpc):
+        problems.append(f"{where}.grpc: must be a gRPC service name like pkg.Service, or \"\" for the whole server"
+                        f" (got {_show(check.grpc)})")
     if check.http is not None and not (check.http.startswith("/") or check.http.startswith("http://")):
         problems.append(f"{where}.http: must be a path like /health or an http:// URL (got {_show(check.http)})")
     if kinds != ["ttl"] and check.timeout > check.interval:

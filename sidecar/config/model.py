@@ -336,12 +336,15 @@ class TlsIssuerConfig:
 
 @dataclass(frozen=True, slots=True)
 class CheckConfig:
-    """One health check: exactly one of ``http``, ``tcp`` or ``ttl``."""
+    """One health check: exactly one of ``http``, ``tcp``, ``grpc`` or ``ttl``."""
 
     # a path on the app's port (/health) or a full http:// URL; 2xx healthy, 429 degraded, else unhealthy
     http: str | None = field(default=None, metadata={"secret": "url"})
     # connect to the app's port; success is healthy
     tcp: bool = False
+    # grpc.health.v1.Health/Check over h2c on the app's port for this service ("" asks about the whole
+    # server, as Consul's gRPC check does); SERVING is healthy, anything else unhealthy
+    grpc: str | None = None
     # the app must send a heartbeat within this time, else unhealthy
     ttl: Duration | None = field(default=None, metadata={"check": _positive})
     interval: Duration = field(default=Duration(10), metadata={"check": _positive})
@@ -354,9 +357,11 @@ class CheckConfig:
     failures_before_unhealthy: int = field(default=1, metadata={"check": _at_least_one})
 
     @property
-    def kind(self) -> Literal["http", "tcp", "ttl"]:
+    def kind(self) -> Literal["http", "tcp", "grpc", "ttl"]:
         if self.http is not None:
             return "http"
+        if self.grpc is not None:
+            return "grpc"
         if self.ttl is not None:
             return "ttl"
         return "tcp"

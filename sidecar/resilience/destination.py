@@ -1,6 +1,7 @@
 """One destination service's state, shared by every request to it: the resource caps and the queue for a
 connection slot (:mod:`.breaker`), the retry budget (:mod:`.budget`), the outlier records (:mod:`.outlier`), the
-balancer (:mod:`.balancer`), and the hosts with their load; and the endpoint pick over them.
+balancer (:mod:`.balancer`), and the hosts with their load and connection readiness (:mod:`.readiness`); and the
+endpoint pick over them.
 
 Times are the event loop's clock, passed in.
 """
@@ -11,18 +12,19 @@ import asyncio
 import logging
 import random
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Any
 
 from sidecar.config.model import PolicyConfig
 from sidecar.errors import DeadlineExceeded, ResourceExhausted
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
-from sidecar.proxy import AttemptRecord
+from sidecar.proxy import AttemptRecord, FailureKind
 from sidecar.resilience.balancer import Load, make_balancer
 from sidecar.resilience.breaker import Admission, Breaker, Cap, Limits
 from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.outlier import Ejected, EjectionRefused, OutlierDetector, Rules
+from sidecar.resilience.readiness import Readiness
 from sidecar.resilience.rules import GATEWAY_ERRORS, RetryRules
 
 log = logging.getLogger("sidecar.resilience")
@@ -34,12 +36,13 @@ HostKey = tuple[str, tuple[str, int]]   # (instance id, inbound address)
 class Host:
     """One instance of a destination as the layers see it; ``endpoint`` is the latest catalog view of it."""
 
-    __slots__ = ("endpoint", "failures", "key", "load", "requests")
+    __slots__ = ("endpoint", "failures", "key", "load", "readiness", "requests")
 
     def __init__(self, endpoint: Endpoint, now: float) -> None:
         self.endpoint = endpoint
         self.key: HostKey = (endpoint.instance, endpoint.address)
         self.load = Load(stamp=now)
+        self.readiness = Readiness()
         self.requests = 0     # attempts sent
         self.failures = 0     # attempts that failed (gateway error or local failure)
 
@@ -127,29 +130,42 @@ class Destination:
                 del self.hosts[key]
                 self.outlier.remove(key)
 
-    def choose(self, endpoints: EndpointSet, now: float, avoid: Iterable[Host] = ()) -> Host:
-        """A host for one attempt: healthy before degraded, ejected ones only in panic, not one of ``avoid``
-        when another remains."""
+    def choose(self, endpoints: EndpointSet, now: float, avoid: Collection[Host] = ()) -> Host:
+        """A host for one attempt. The first of: a healthy host, then a degraded one, that is neither ejected, nor
+        held after a connect failure (:mod:`.readiness`), nor one of ``avoid`` (the hosts the request already
+        tried); else, the hosts of the first of those tiers that has any not ejected, untried ones first; else
+        (all ejected) any host, in panic.
+
+        So a retry never goes back to a host that just failed while another one could take it, a degraded one
+        included (Envoy's ``previous_hosts`` retry predicate, across priorities); and while the only healthy
+        host refuses connections (its ejection may be refused by ``max_ejection_percent``), new requests go to
+        the degraded ones instead of each costing a retry."""
         healthy, degraded = self.hosts_of(endpoints, now)
         outlier = self.outlier
-        if len(healthy) == 1:   # the common case, without the lists below
+        if len(healthy) == 1 and not avoid:   # the common case, without the lists below
             only = healthy[0]
-            if not outlier.is_ejected(only.key, now):
+            if only.readiness.ready(now) and not outlier.is_ejected(only.key, now):
                 return only
-        candidates = [h for h in healthy if not outlier.is_ejected(h.key, now)]
-        if not candidates:
-            candidates = [h for h in degraded if not outlier.is_ejected(h.key, now)]
-            if not candidates:
-                candidates = list(healthy or degraded)
-                self.panics += 1
-        if avoid and len(candidates) > 1:
-            tried = set(avoid)
-            fresh = [h for h in candidates if h not in tried]
+        fallback: list[Host] | None = None
+        for tier in (healthy, degraded):
+            live = [h for h in tier if not outlier.is_ejected(h.key, now)]
+            if not live:
+                continue
+            fresh = [h for h in live if h.readiness.ready(now) and h not in avoid]
             if fresh:
-                candidates = fresh
-        if len(candidates) == 1:
-            return candidates[0]
-        return self.balancer.pick(candidates, now)
+                return fresh[0] if len(fresh) == 1 else self.balancer.pick(fresh, now)
+            if fallback is None:
+                fallback = live
+        if fallback is None:
+            fallback = list(healthy or degraded)
+            self.panics += 1
+        if avoid and len(fallback) > 1:
+            untried = [h for h in fallback if h not in avoid]
+            if untried:
+                fallback = untried
+        if len(fallback) == 1:
+            return fallback[0]
+        return self.balancer.pick(fallback, now)
 
     # ------------------------------------------------------------------------------------ results
 
@@ -157,24 +173,34 @@ class Destination:
         now = record.ended
         load = host.load
         load.in_flight -= 1
-        failed = record.failure is not None or record.status in GATEWAY_ERRORS
-        if record.status is not None:
-            # a quick 503 says nothing good about a host: failures may raise its estimate, never lower it (else
-            # a failing host would look fastest to the EWMA balancer and draw the traffic)
-            load.observe(max(record.latency, load.latency(now)) if failed else record.latency, now)
+        failure = record.failure
+        failed = failure is not None or record.status in GATEWAY_ERRORS
         if failed:
+            # a failure says nothing good about a host: it may raise the estimate (a try that timed out counts its
+            # whole wait), never lower it, else a host failing fast (a 503, a reset) would look fastest to the EWMA
+            # balancer and draw the traffic; nor may it leave the estimate to decay as if the host were idle
+            load.observe(max(record.latency, load.latency(now)), now)
             host.failures += 1
+            if failure is not None and failure.kind is FailureKind.CONNECT_FAILURE:
+                host.readiness.connect_failed(now)
             self._outlier_event(host, self.outlier.failure(host.key, now), now)
         else:
+            if record.status is not None:
+                load.observe(record.latency, now)
             self.outlier.success(host.key, now)
+        if record.status is not None:
+            host.readiness.connected()
 
     def tunnel_ended(self, host: Host, connect_failed: bool, now: float) -> None:
-        """A TCP tunnel through ``host`` ended: a connect failure counts against the host, anything else for it."""
+        """A TCP tunnel through ``host`` ended: a connect failure counts against the host (and holds it), anything
+        else for it."""
         host.requests += 1
         if connect_failed:
             host.failures += 1
+            host.readiness.connect_failed(now)
             self._outlier_event(host, self.outlier.failure(host.key, now), now)
         else:
+            host.readiness.connected()
             self.outlier.success(host.key, now)
 
     def _outlier_event(self, host: Host, event: Ejected | EjectionRefused | None, now: float) -> None:

@@ -9,13 +9,15 @@ routes call. Each layer is its own module; the order they meet a request is writ
    anything is sent;
 3. endpoint pick (:meth:`.destination.Destination.choose`): healthy hosts, else degraded ones; ejected hosts
    (:mod:`.outlier`) are left out unless all are ejected (then all are used, Envoy's *panic* routing: a lone
-   host that fails is still tried rather than the service refused for the whole ejection time); among them
-   the balancer (:mod:`.balancer`) picks;
+   host that fails is still tried rather than the service refused for the whole ejection time), and so, for a
+   short hold, are hosts that could not be connected to (:mod:`.readiness`) while another can take the try;
+   among them the balancer (:mod:`.balancer`) picks;
 4. try: the engine sends the attempt to the picked host's Target, derived with the request's timeouts and its
    :class:`.retry.Call`;
 5. retries (:class:`.retry.Call`, the engine's ``RetryPolicy``): ``retry_on``, ``attempts``, only requests safe
    to repeat, back-off with jitter (:mod:`.backoff`) within the deadline, ``max_retries`` outstanding, the retry
-   budget (:mod:`.budget`), and another host than those tried when there is one (step 3 again).
+   budget (:mod:`.budget`), and another host than those tried when there is one, a degraded one rather than
+   a healthy one already tried (step 3 again).
 
 Every attempt's end (:meth:`.retry.Call.observe`, the Target observer) feeds the balancer's latency and
 in-flight counts and the outlier detector; the request's end (:meth:`Resilience.request_done`) releases what it

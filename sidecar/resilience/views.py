@@ -27,6 +27,8 @@ def destination_json(dest: Destination, now: float, wall_offset: float) -> dict[
                          "consecutiveFailures": rec.consecutive,
                          "until": int((rec.until + wall_offset) * 1000) if ejected else None,
                          "remainingMs": int((rec.until - now) * 1000) if ejected else 0},
+            "connectHold": {"failures": host.readiness.failures,
+                            "remainingMs": max(0, int((host.readiness.until - now) * 1000))},
             "inFlight": host.load.in_flight, "latencyEwmaMs": round(host.load.latency(now) * 1000.0, 3),
             "requests": host.requests, "failures": host.failures,
         })

@@ -524,6 +524,7 @@ def test_clusters_json_and_samples() -> None:
         "address": "10.0.0.1:15006", "instance": "pay-1", "node": "n1", "health": "healthy", "ejected": False,
         "ejection": {"state": "active", "times": 0, "ejections": 0, "consecutiveFailures": 0, "until": None,
                      "remainingMs": 0},
+        "connectHold": {"failures": 0, "remainingMs": 0},
         "inFlight": 1, "latencyEwmaMs": 0, "requests": 1, "failures": 0}
     assert pay["retryBudget"]["requests"] == 1
     samples = {(name, tuple(sorted(labels.items()))): value for name, labels, value in r.samples(100.0)}

@@ -1,0 +1,136 @@
+"""An HTTP/2 app that is not gRPC: h2c with prior knowledge only (an HTTP/1.1 request is refused, as by an
+app that speaks nothing else), on the ``h2`` library. ``python -m tests.grpcapps.h2app [--port 0]
+[--instance h2]`` prints ``PORT <n>`` once listening.
+
+Every request is answered 200 with JSON {"protocol": "HTTP/2", "instance", "method", "path", "authority",
+"received": body bytes, "headers": [[name, value]...]}; ``GET /bytes/N`` answers N bytes instead (flow
+control respected). Bodies are read whole (the tests send small ones)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+READ_SIZE = 1 << 16
+
+
+@dataclass
+class _Request:
+    headers: list[tuple[str, str]]
+    body: bytearray = field(default_factory=bytearray)
+
+
+class H2App(asyncio.Protocol):
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.transport: asyncio.Transport | None = None
+        self.requests: dict[int, _Request] = {}
+        self.pending: dict[int, bytes] = {}  # stream -> body still to send, waiting for window
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.conn.initiate_connection()
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._flush()  # h2 queued a GOAWAY saying why
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self.requests[event.stream_id] = _Request([(str(k), str(v)) for k, v in event.headers])
+            elif isinstance(event, h2.events.DataReceived):
+                request = self.requests.get(event.stream_id)
+                if request is not None:
+                    request.body += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                self._answer(event.stream_id)
+            elif isinstance(event, h2.events.WindowUpdated):
+                for stream in list(self.pending):
+                    self._send(stream)
+            elif isinstance(event, h2.events.StreamReset):
+                self.requests.pop(event.stream_id, None)
+                self.pending.pop(event.stream_id, None)
+        self._flush()
+
+    def _answer(self, stream: int) -> None:
+        request = self.requests.pop(stream, None)
+        if request is None:
+            return
+        head = dict(request.headers)
+        path = head.get(":path", "")
+        if path.startswith("/bytes/") and path[7:].isdigit():
+            body, kind = b"b" * int(path[7:]), "application/octet-stream"
+        else:
+            body = json.dumps({"protocol": "HTTP/2", "instance": self.instance, "method": head.get(":method"),
+                               "path": path, "authority": head.get(":authority"), "received": len(request.body),
+                               "headers": [list(h) for h in request.headers]}).encode()
+            kind = "application/json"
+        self.conn.send_headers(stream, [(":status", "200"), ("content-type", kind),
+                                        ("content-length", str(len(body))), ("x-instance", self.instance)])
+        self.pending[stream] = body
+        self._send(stream)
+
+    def _send(self, stream: int) -> None:
+        body = self.pending[stream]
+        size = min(self.conn.local_flow_control_window(stream), self.conn.max_outbound_frame_size, len(body))
+        while size > 0 or not body:
+            end = size == len(body)
+            self.conn.send_data(stream, body[:size], end_stream=end)
+            body = body[size:]
+            if end:
+                del self.pending[stream]
+                return
+            size = min(self.conn.local_flow_control_window(stream), self.conn.max_outbound_frame_size, len(body))
+        self.pending[stream] = body
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+
+async def serve(host: str, port: int, instance: str) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: H2App(instance), host, port)
+
+
+async def _main(host: str, port: int, instance: str) -> None:
+    server = await serve(host, port, instance)
+    print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--instance", default="h2")
+    args = parser.parse_args()
+    asyncio.run(_main(args.host, args.port, args.instance))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
