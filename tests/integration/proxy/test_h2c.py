@@ -1,0 +1,254 @@
+"""h2c with prior knowledge on the engine's HTTP/1.1 port, with real clients: curl, h2load, grpcio, and a raw
+HTTP/2 peer for what well-behaved clients never send (resets, floods). The backend is HTTP/1.1 (aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+
+from sidecar.proxy import ProxyLimits
+from tests.grpcapps.service import channel
+from tests.harness import wait_for
+from tests.integration.proxy.conftest import Harness, LoopThread, _harness
+from tests.integration.proxy.test_http import curl, needs_curl
+from tests.unit.http2.peer import RawPeer, frames
+
+needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None, reason="nghttp2-client is missing: make tools")
+MB = 1 << 20
+
+
+@pytest.fixture
+def h2(loop_thread: LoopThread) -> Iterator[Harness]:
+    for harness in _harness(loop_thread, ProxyLimits()):
+        harness.proxy.h2c = True
+        yield harness
+
+
+def h2curl(port: int, *args: str, path: str = "/hello", host: str = "svc") -> tuple[bytes, str]:
+    """curl over h2c with prior knowledge; the body and "HTTP_VERSION STATUS"."""
+    out = curl("--http2-prior-knowledge", "-H", f"Host: {host}", "-w", "\n%{http_version} %{http_code}", *args,
+               f"http://127.0.0.1:{port}{path}")
+    assert out.returncode == 0, out.stderr
+    body, _, tail = out.stdout.rpartition(b"\n")
+    return body, tail.decode()
+
+
+class RawClient:
+    """A raw HTTP/2 client on one socket: frames out as built by RawPeer, frames in as parsed."""
+
+    def __init__(self, port: int) -> None:
+        self.peer = RawPeer()
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.sock.sendall(self.peer.preface())
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_until(self, done: object, timeout: float = 10.0) -> list[Frame]:
+        """Frames until ``done(frames)`` holds (or the server closes: then what came)."""
+        got: list[Frame] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            whole = self._complete()
+            if whole:
+                got += frames(whole)
+                if done(got):  # type: ignore[operator]
+                    return got
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return got + frames(self.buf)
+            self.buf += chunk
+        raise AssertionError(f"no end within {timeout}s: {got}")
+
+    def _complete(self) -> bytes:
+        view, pos = self.buf, 0
+        while len(view) - pos >= 9:
+            length = int.from_bytes(view[pos:pos + 3], "big")
+            if len(view) - pos < 9 + length:
+                break
+            pos += 9 + length
+        whole, self.buf = view[:pos], view[pos:]
+        return whole
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ended(stream: int) -> object:
+    return lambda got: any(f.stream_id == stream and "END_STREAM" in f.flags for f in got
+                           if isinstance(f, HeadersFrame | DataFrame))
+
+
+def get(path: bytes, host: bytes = b"svc") -> list[tuple[bytes, bytes]]:
+    return [(b":method", b"GET"), (b":scheme", b"http"), (b":path", path), (b":authority", host)]
+
+
+# ------------------------------------------------------------------------------------------ what goes through
+
+
+@needs_curl
+def test_curl_prior_knowledge_is_routed_by_authority_with_the_engines_headers(h2: Harness) -> None:
+    out = curl("--http2-prior-knowledge", "-i", "-H", "Host: svc", f"http://127.0.0.1:{h2.port}/hello/a?b=1")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode().lower()
+    assert text.startswith("http/2 200"), text
+    assert "hello /hello/a?b=1" in text
+    assert "x-seen-host: svc" in text                      # the HTTP/1.1 hop got :authority as Host
+    assert "x-seen-x-request-id:" in text and "x-seen-traceparent: 00-" in text
+    assert "connection:" not in text.split("\r\n\r\n")[0]  # no connection-specific field towards the client
+    stats = h2.stats[-1]
+    assert (stats.status, stats.error, stats.host, stats.target) == (200, None, "svc", b"/hello/a?b=1")
+
+
+@needs_curl
+def test_large_bodies_both_ways_and_a_chunked_response(h2: Harness, tmp_path: Path) -> None:
+    body = bytes(range(256)) * (12 * 1024)   # 3 MiB: more than every HTTP/2 window
+    (tmp_path / "body").write_bytes(body)
+    echoed, tail = h2curl(h2.port, "--data-binary", f"@{tmp_path / 'body'}", path="/echo")
+    assert tail == "2 200" and echoed == body
+    chunks, tail = h2curl(h2.port, path="/chunks")
+    assert (chunks, tail) == (b"part0;part1;part2;part3;part4;", "2 200")
+    assert h2.stats[-2].request_bytes == len(body) and h2.stats[-2].response_bytes == len(body)
+
+
+@needs_curl
+def test_http1_clients_on_the_same_port_are_unaffected(h2: Harness) -> None:
+    out = curl("--http1.1", "-H", "Host: svc", "-w", "\n%{http_version} %{http_code}",
+               f"http://127.0.0.1:{h2.port}/hello/x", f"http://127.0.0.1:{h2.port}/hello/y")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"hello /hello/x\n1.1 200hello /hello/y\n1.1 200"
+    body, tail = h2curl(h2.port, path="/hello/z")
+    assert (body, tail) == (b"hello /hello/z", "2 200")
+
+
+@needs_h2load
+def test_h2load_thousands_of_requests_with_no_error(h2: Harness, tmp_path: Path) -> None:
+    (tmp_path / "body").write_bytes(b"x" * 100)
+    out = subprocess.run(["h2load", "-n", "3000", "-c", "4", "-m", "20", "-d", str(tmp_path / "body"),
+                          "-H", ":authority: svc", f"http://127.0.0.1:{h2.port}/echo"],
+                         capture_output=True, timeout=120, check=True, text=True).stdout
+    done = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    assert done is not None, out
+    assert done.groups() == ("3000", "3000", "3000", "3000", "0"), out
+    assert "status codes: 3000 2xx" in out, out
+    assert h2.proxy.protocol_errors == 0
+
+
+# ------------------------------------------------------------------------------------------ the sidecar's errors
+
+
+@needs_curl
+def test_unknown_service_is_404_json_over_h2(h2: Harness) -> None:
+    out = curl("--http2-prior-knowledge", "-i", "-H", "Host: missing", f"http://127.0.0.1:{h2.port}/x")
+    head, _, body = out.stdout.decode().partition("\r\n\r\n")
+    assert head.lower().startswith("http/2 404"), head
+    assert "x-sidecar-error: NOT_FOUND" in head
+    assert json.loads(body)["error"] == {"code": "NOT_FOUND", "grpcCode": 5, "message": "no service missing",
+                                         "details": {}}
+
+
+def test_unknown_service_is_a_trailers_only_not_found_for_grpcio(h2: Harness) -> None:
+    with channel(f"127.0.0.1:{h2.port}", "missing") as ch, pytest.raises(grpc.RpcError) as failure:
+        ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+    e = failure.value
+    assert e.code() == grpc.StatusCode.NOT_FOUND, e  # type: ignore[attr-defined]
+    assert e.details() == "no service missing"  # type: ignore[attr-defined]
+    metadata = dict(e.trailing_metadata() or ())  # type: ignore[attr-defined]
+    assert metadata.get("x-sidecar-error") == "NOT_FOUND", metadata
+
+
+def test_upstream_refused_is_a_trailers_only_unavailable_for_grpcio(h2: Harness) -> None:
+    with channel(f"127.0.0.1:{h2.port}", "refused") as ch, pytest.raises(grpc.RpcError) as failure:
+        ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------ cancellation, drain
+
+
+def test_a_client_reset_reaches_the_exchange_and_the_upstream_is_cut(h2: Harness) -> None:
+    client = RawClient(h2.port)
+    try:
+        client.send(client.peer.headers(1, get(b"/sse"), end_stream=True))
+        client.read_until(lambda got: any(isinstance(f, DataFrame) and f.stream_id == 1 and f.data for f in got))
+        client.send(client.peer.rst(1))
+        stats = wait_for(lambda: [s for s in h2.stats if s.target == b"/sse"], 5, what="the /sse exchange reported")
+        assert stats[0].error == "client-reset", stats[0]
+        # the connection goes on serving other streams
+        client.send(client.peer.headers(3, get(b"/hello/after"), end_stream=True))
+        got = client.read_until(ended(3))
+        assert b"hello /hello/after" in b"".join(f.data for f in got if isinstance(f, DataFrame))
+    finally:
+        client.close()
+
+
+def test_drain_sends_goaway_and_the_stream_in_flight_finishes(h2: Harness) -> None:
+    client = RawClient(h2.port)
+    try:
+        client.send(client.peer.headers(1, get(b"/sse"), end_stream=True))
+        first = client.read_until(lambda got: any(isinstance(f, DataFrame) and f.stream_id == 1 and f.data
+                                                  for f in got))
+        closing = asyncio.run_coroutine_threadsafe(h2.proxy.close(grace=10.0), h2.loop_thread.loop)
+        got = client.read_until(lambda got: any(isinstance(f, GoAwayFrame) for f in got))
+        goaway = next(f for f in got if isinstance(f, GoAwayFrame))
+        assert (goaway.error_code, goaway.last_stream_id) == (0, 1)
+        h2.ack()
+        h2.ack()
+        h2.ack()
+        rest = client.read_until(ended(1))
+        data = b"".join(f.data for f in first + got + rest if isinstance(f, DataFrame) and f.stream_id == 1)
+        assert data == b"data: event0\n\ndata: event1\n\ndata: event2\n\n"
+        closing.result(10)
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------------------------------ abuse
+
+
+@needs_curl
+def test_rapid_reset_is_cut_off_while_another_client_is_served(h2: Harness) -> None:
+    client = RawClient(h2.port)
+    try:
+        hello = client.peer.block(get(b"/hello/flood"))
+        client.send(b"".join(client.peer.headers(s, block=hello, end_stream=True) + client.peer.rst(s)
+                             for s in range(1, 2 * 1500, 2)))
+        got = client.read_until(lambda got: any(isinstance(f, GoAwayFrame) for f in got))
+    finally:
+        client.close()
+    assert [f.error_code for f in got if isinstance(f, GoAwayFrame)] == [0xB]   # ENHANCE_YOUR_CALM
+    assert h2.proxy.protocol_errors == 1
+    body, tail = h2curl(h2.port, path="/hello/other")
+    assert (body, tail) == (b"hello /hello/other", "2 200")
+
+
+@needs_curl
+def test_a_bad_first_frame_gets_goaway_and_others_are_served(h2: Harness) -> None:
+    client = RawClient(h2.port)   # the preface and SETTINGS, then a DATA frame on stream 0
+    try:
+        client.send(b"\x00\x00\x01" b"\x00" b"\x00" b"\x00\x00\x00\x00" b"x")
+        got = client.read_until(lambda got: any(isinstance(f, GoAwayFrame) for f in got))
+    finally:
+        client.close()
+    assert {f.error_code for f in got if isinstance(f, GoAwayFrame)} == {0x1}   # PROTOCOL_ERROR
+    body, tail = h2curl(h2.port, path="/hello/other")
+    assert (body, tail) == (b"hello /hello/other", "2 200")
+
+
+def test_a_broken_preface_is_read_as_http1_and_refused(h2: Harness) -> None:
+    with socket.create_connection(("127.0.0.1", h2.port), timeout=10) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
