@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from sidecar.errors import Code
 from sidecar.http2.connection import H2Connection
 from sidecar.http2.events import (
     ConnectionTerminated,
@@ -36,7 +37,16 @@ from sidecar.http2.events import (
 from sidecar.http2.limits import H2Limits
 from sidecar.proxy.engine import Engine
 from sidecar.proxy.exchange import Exchange
-from sidecar.proxy.h2heads import error_response, request_head, response_headers, trailer_headers
+from sidecar.proxy.h2heads import (
+    MAX_ERROR_BODY,
+    error_response,
+    relayed_error,
+    relayed_trailers_only,
+    request_head,
+    response_headers,
+    trailer_headers,
+    wants_grpc,
+)
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead
 from sidecar.proxy.limits import LazyTimer, ProxyLimits
 from sidecar.proxy.sides import ClientSide, Trailers
@@ -71,8 +81,8 @@ def h2_limits(limits: ProxyLimits) -> H2Limits:
 class H2Stream(ClientSide):
     """One request stream of an HTTP/2 client connection, as the client side of its exchange."""
 
-    __slots__ = ("conn", "exchange", "grpc_request", "paused_reasons", "sid", "timer", "unacked", "write_blocked",
-                 "write_paused_told")
+    __slots__ = ("conn", "exchange", "grpc_request", "held_body", "held_error", "paused_reasons", "sid", "timer",
+                 "unacked", "write_blocked", "write_paused_told")
 
     def __init__(self, conn: H2Downstream, sid: int) -> None:
         self.conn = conn
@@ -84,6 +94,9 @@ class H2Stream(ClientSide):
         self.write_blocked = False  # the core's buffer for this stream is over its high-water mark
         self.write_paused_told = False
         self.grpc_request = False
+        # another sidecar's error to a gRPC call, held to be answered as a status once its body is in
+        self.held_error: Code | None = None
+        self.held_body = bytearray()
 
     def _on_timer(self) -> None:
         if self.exchange is not None:
@@ -125,16 +138,25 @@ class H2Stream(ClientSide):
             self.conn.core.send_headers(self.sid, [(b":status", b"%d" % head.status)])
 
     def send_head(self, head: ResponseHead, request: RequestHead) -> None:
+        if self.grpc_request:
+            self.held_error = relayed_error(head)
+            if self.held_error is not None:
+                return
         self.conn.core.send_headers(self.sid, response_headers(head), end_stream=head.no_body)
 
     def send_body(self, data: bytes) -> None:
+        if self.held_error is not None:
+            self.held_body += data[:MAX_ERROR_BODY - len(self.held_body)]
+            return
         if not self.conn.core.send_data(self.sid, data) and not self.write_blocked:
             self.write_blocked = True
             self.update_write_paused()
 
     def send_end(self, trailers: Trailers | None) -> None:
         core = self.conn.core
-        if trailers:
+        if self.held_error is not None:
+            core.send_headers(self.sid, relayed_trailers_only(self.held_error, bytes(self.held_body)), end_stream=True)
+        elif trailers:
             core.send_trailers(self.sid, trailer_headers(trailers))
         else:
             core.end_stream(self.sid)
@@ -204,6 +226,9 @@ class H2Downstream(asyncio.Protocol):
             return
         events = self.core.receive_data(data, self.loop.time())
         streams = self.streams
+        # a stream the client opened and reset in one batch never starts an exchange (rapid reset: no route,
+        # no upstream dial for a request nobody waits for)
+        reset_now = {e.stream_id for e in events if isinstance(e, StreamReset)} if len(events) > 1 else None
         for event in events:
             if isinstance(event, DataReceived):
                 stream = streams.get(event.stream_id)
@@ -212,7 +237,8 @@ class H2Downstream(asyncio.Protocol):
                 else:  # a stream whose exchange ended: nobody reads it, the windows reopen
                     self.core.acknowledge(event.stream_id, event.flow_length)
             elif isinstance(event, HeadersReceived):
-                self._start(event.stream_id, event.headers, event.end_stream)
+                if reset_now is None or event.stream_id not in reset_now:
+                    self._start(event.stream_id, event.headers, event.end_stream)
             elif isinstance(event, StreamEnded):
                 stream = streams.get(event.stream_id)
                 if stream is not None and stream.exchange is not None and not stream.exchange.finished:
@@ -274,6 +300,7 @@ class H2Downstream(asyncio.Protocol):
                 self.core.send_data(sid, body, end_stream=True)
             stream.forget()
             return
+        stream.grpc_request = wants_grpc(head)
         exchange = stream.exchange = Exchange(self.engine, stream, head, self.loop.time(), self.loop, stream.timer)
         exchange.begin()
         if end_stream and not exchange.finished:

@@ -9,10 +9,11 @@ HTTP/1.1 hop (RFC 9113 8.2.3). The body's framing towards an HTTP/1.1 upstream i
 
 from __future__ import annotations
 
+import json
 from typing import Final
 
-from sidecar.errors import rescue
-from sidecar.http2.grpc import is_grpc, trailers_only
+from sidecar.errors import Code, rescue
+from sidecar.http2.grpc import CONTENT_TYPE, encode_message, is_grpc, trailers_only
 from sidecar.proxy.http1 import (
     Headers,
     MalformedRequest,
@@ -116,3 +117,31 @@ def error_response(error: BaseException, request: RequestHead | None) -> tuple[H
     headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in rescued.headers.items()]
     headers.append((b"content-length", b"%d" % len(rescued.body)))
     return headers, rescued.body
+
+
+# a relayed error body larger than this is not one of the sidecars' JSON answers
+MAX_ERROR_BODY: Final = 16 * 1024
+
+
+def relayed_error(head: ResponseHead) -> Code | None:
+    """The code of a response that is another sidecar's own error (``x-sidecar-error`` on a non-gRPC
+    response), which a gRPC caller must get as a status; None for any other response."""
+    headers = head.headers
+    name = headers.get("x-sidecar-error")
+    content_type = headers.get_bytes(b"content-type")
+    if name is None or (content_type is not None and is_grpc(content_type)):
+        return None
+    return Code.__members__.get(name)
+
+
+def relayed_trailers_only(code: Code, body: bytes) -> H2Headers:
+    """The trailers-only answer of another sidecar's error, with the message of its JSON body."""
+    message = code.name
+    try:
+        error = json.loads(body)["error"]
+        if isinstance(error.get("message"), str):
+            message = error["message"]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return [(b":status", b"200"), (b"content-type", CONTENT_TYPE), (b"grpc-status", str(code.grpc).encode()),
+            (b"grpc-message", encode_message(message)), (b"x-sidecar-error", code.name.encode())]

@@ -6,8 +6,14 @@ import json
 
 import pytest
 
-from sidecar.errors import NotFound
-from sidecar.proxy.h2heads import error_response, request_head, response_headers
+from sidecar.errors import Code, NotFound, PermissionDenied, rescue
+from sidecar.proxy.h2heads import (
+    error_response,
+    relayed_error,
+    relayed_trailers_only,
+    request_head,
+    response_headers,
+)
 from sidecar.proxy.http1 import MalformedRequest, MethodNotSupported, RequestHeadTooLarge, ResponseHead
 
 BASE = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/a/./b//c?q=1"), (b":authority", b"payments")]
@@ -69,3 +75,18 @@ def test_errors_are_json_for_http_and_trailers_only_for_grpc() -> None:
     headers, body = error_response(NotFound("no service payments"), grpc)
     assert body == b"" and headers[0] == (b":status", b"200")
     assert (b"grpc-status", b"5") in headers and dict(headers)[b"grpc-message"] == b"no service payments"
+
+
+def test_another_sidecars_json_error_becomes_a_grpc_status_with_its_message() -> None:
+    rescued = rescue(PermissionDenied("checkout may not call /test.Admin/Reset on web"))
+    fields = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in rescued.headers.items())
+    head = ResponseHead(rescued.status, b"Forbidden", fields, content_length=len(rescued.body))
+    code = relayed_error(head)
+    assert code is Code.PERMISSION_DENIED
+    headers = dict(relayed_trailers_only(code, rescued.body))
+    assert (headers[b":status"], headers[b"grpc-status"]) == (b"200", b"7")
+    assert headers[b"grpc-message"] == b"checkout may not call /test.Admin/Reset on web"
+    # an app's own answers, and gRPC answers, are relayed as they are
+    assert relayed_error(ResponseHead(403, b"Forbidden", b"Content-Type: application/json\r\n")) is None
+    grpc = ResponseHead(200, b"OK", b"Content-Type: application/grpc\r\nX-Sidecar-Error: NOT_FOUND\r\n")
+    assert relayed_error(grpc) is None
