@@ -17,7 +17,7 @@ import grpc
 import pytest
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
-from sidecar.proxy import ProxyLimits
+from sidecar.proxy import HttpProxy, ProxyLimits, Target
 from tests.grpcapps.service import channel
 from tests.harness import wait_for
 from tests.integration.proxy.conftest import Harness, LoopThread, _harness
@@ -252,3 +252,38 @@ def test_a_broken_preface_is_read_as_http1_and_refused(h2: Harness) -> None:
         sock.sendall(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 400"), answer
+
+
+# ------------------------------------------------------------------------------------------ flow control
+
+
+@needs_curl
+def test_a_stalled_upstream_stops_the_clients_upload_at_its_window(loop_thread: LoopThread, tmp_path: Path) -> None:
+    """An upstream that reads nothing: the proxy stops acknowledging the stream's DATA once the upstream's
+    write buffer is full, so the client can send only about its window, not the whole body."""
+    sink = socket.socket()
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(4)
+    target = Target(("127.0.0.1", sink.getsockname()[1]), timeout=30.0)
+
+    async def start() -> tuple[HttpProxy, int]:
+        proxy = HttpProxy(lambda head, conn: target, h2c=True)
+        server = await proxy.listen("127.0.0.1", 0)
+        return proxy, server.sockets[0].getsockname()[1]
+
+    proxy, port = loop_thread.run(start())
+    # what the proxy may hold: the upstream socket's kernel send buffer (autotuned up to tcp_wmem's maximum),
+    # its transport's high water mark (256 KiB) and the stream's receive window (256 KiB), with slack
+    bound = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2]) + 2 * MB
+    size = max(16 * MB, 3 * bound)
+    (tmp_path / "body").write_bytes(b"b" * size)
+    try:
+        out = curl("--http2-prior-knowledge", "-m", "3", "-H", "Host: sink", "-o", "/dev/null", "-w", "%{size_upload}",
+                   "--data-binary", f"@{tmp_path / 'body'}", f"http://127.0.0.1:{port}/up")
+        assert out.returncode == 28, out   # curl's timeout: the upload never finished
+        uploaded = int(out.stdout)
+        assert 0 < uploaded < bound < size, (uploaded, bound)
+    finally:
+        sink.close()
+        loop_thread.run(proxy.close(grace=0.5))
