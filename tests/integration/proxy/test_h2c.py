@@ -108,7 +108,7 @@ def test_curl_prior_knowledge_is_routed_by_authority_with_the_engines_headers(h2
     assert "x-seen-host: svc" in text                      # the HTTP/1.1 hop got :authority as Host
     assert "x-seen-x-request-id:" in text and "x-seen-traceparent: 00-" in text
     assert "connection:" not in text.split("\r\n\r\n")[0]  # no connection-specific field towards the client
-    stats = h2.stats[-1]
+    stats = wait_for(lambda: h2.stats, 5, what="the request reported")[-1]   # reported after the response went
     assert (stats.status, stats.error, stats.host, stats.target) == (200, None, "svc", b"/hello/a?b=1")
 
 
@@ -120,7 +120,8 @@ def test_large_bodies_both_ways_and_a_chunked_response(h2: Harness, tmp_path: Pa
     assert tail == "2 200" and echoed == body
     chunks, tail = h2curl(h2.port, path="/chunks")
     assert (chunks, tail) == (b"part0;part1;part2;part3;part4;", "2 200")
-    assert h2.stats[-2].request_bytes == len(body) and h2.stats[-2].response_bytes == len(body)
+    echo = wait_for(lambda: [s for s in h2.stats if s.target == b"/echo"], 5, what="the echo reported")[0]
+    assert echo.request_bytes == len(body) and echo.response_bytes == len(body)
 
 
 @needs_curl
