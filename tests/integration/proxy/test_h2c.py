@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from sidecar.proxy import HttpProxy, ProxyLimits, Target
 from tests.grpcapps.service import channel
@@ -172,7 +172,7 @@ def test_upstream_refused_is_a_trailers_only_unavailable_for_grpcio(h2: Harness)
 # ------------------------------------------------------------------------------------------ cancellation, drain
 
 
-def test_a_client_reset_reaches_the_exchange_and_the_upstream_is_cut(h2: Harness) -> None:
+def test_a_client_reset_ends_its_exchange_as_client_reset_and_the_connection_goes_on(h2: Harness) -> None:
     client = RawClient(h2.port)
     try:
         client.send(client.peer.headers(1, get(b"/sse"), end_stream=True))
@@ -186,6 +186,8 @@ def test_a_client_reset_reaches_the_exchange_and_the_upstream_is_cut(h2: Harness
         assert b"hello /hello/after" in b"".join(f.data for f in got if isinstance(f, DataFrame))
     finally:
         client.close()
+        for _ in range(3):
+            h2.ack()   # the backend's /sse handler ends instead of waiting out its deadline
 
 
 def test_drain_sends_goaway_and_the_stream_in_flight_finishes(h2: Harness) -> None:
@@ -281,3 +283,50 @@ def test_a_stalled_upstream_stops_the_clients_upload_at_its_window(loop_thread: 
     finally:
         sink.close()
         loop_thread.run(proxy.close(grace=0.5))
+
+
+def test_an_upstream_reset_mid_response_resets_the_clients_stream(h2: Harness) -> None:
+    client = RawClient(h2.port)
+    try:
+        client.send(client.peer.headers(1, get(b"/reset"), end_stream=True))
+        first = client.read_until(lambda got: any(isinstance(f, DataFrame) and f.data for f in got))
+        assert b"partial" in b"".join(f.data for f in first if isinstance(f, DataFrame))
+        h2.ack()   # the backend aborts its connection now
+        got = client.read_until(lambda got: any(isinstance(f, RstStreamFrame) for f in got))
+        assert [(f.stream_id, f.error_code) for f in got if isinstance(f, RstStreamFrame)] == [(1, 0x2)]
+        # the connection itself goes on
+        client.send(client.peer.headers(3, get(b"/hello/next"), end_stream=True))
+        assert b"hello /hello/next" in b"".join(f.data for f in client.read_until(ended(3))
+                                                 if isinstance(f, DataFrame))
+    finally:
+        client.close()
+
+
+@needs_curl
+def test_more_header_fields_than_the_listener_takes_is_431(h2: Harness) -> None:
+    fields = [arg for i in range(101) for arg in ("-H", f"x-field-{i}: v")]
+    body, tail = h2curl(h2.port, *fields)
+    assert tail == "2 431", (body, tail)
+    assert json.loads(body)["error"]["code"] == "HEADERS_TOO_LARGE"
+
+
+@pytest.fixture
+def h2_one_connection(loop_thread: LoopThread) -> Iterator[Harness]:
+    for harness in _harness(loop_thread, ProxyLimits(max_connections=1)):
+        harness.proxy.h2c = True
+        yield harness
+
+
+def test_an_h2_connection_counts_against_max_connections(h2_one_connection: Harness) -> None:
+    h2 = h2_one_connection
+    client = RawClient(h2.port)
+    try:
+        client.send(client.peer.headers(1, get(b"/sse"), end_stream=True))   # busy: not displaced as idle
+        client.read_until(lambda got: any(isinstance(f, DataFrame) and f.data for f in got))
+        with socket.create_connection(("127.0.0.1", h2.port), timeout=10) as other:
+            other.sendall(b"GET /hello HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert other.recv(65536).startswith(b"HTTP/1.1 503")
+    finally:
+        client.close()
+        for _ in range(3):
+            h2.ack()   # the backend's /sse handler ends instead of waiting out its deadline
