@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from sidecar.errors import Code
+from sidecar.errors import Code, rescue
 from sidecar.http2.connection import H2Connection
 from sidecar.http2.events import (
     ConnectionTerminated,
@@ -167,7 +167,8 @@ class H2Stream(ClientSide):
         core.send_headers(self.sid, headers, end_stream=not body)
         if body:
             core.send_data(self.sid, body, end_stream=True)
-        return int(headers[0][1])
+        # the status of SPEC's table for records, as over HTTP/1.1, also when the wire says 200 (gRPC)
+        return rescue(error).status
 
     def cut(self) -> None:
         self.conn.core.reset(self.sid, INTERNAL_ERROR)

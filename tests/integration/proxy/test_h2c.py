@@ -161,6 +161,8 @@ def test_unknown_service_is_a_trailers_only_not_found_for_grpcio(h2: Harness) ->
     assert e.details() == "no service missing"  # type: ignore[attr-defined]
     metadata = dict(e.trailing_metadata() or ())  # type: ignore[attr-defined]
     assert metadata.get("x-sidecar-error") == "NOT_FOUND", metadata
+    record = wait_for(lambda: h2.stats, 5, what="the call reported")[-1]
+    assert (record.status, record.target) == (404, b"/test.Echo/Unary")   # SPEC's status in records, not 200
 
 
 def test_upstream_refused_is_a_trailers_only_unavailable_for_grpcio(h2: Harness) -> None:
