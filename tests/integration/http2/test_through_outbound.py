@@ -18,7 +18,7 @@ import pytest
 from hyperframe.frame import DataFrame, GoAwayFrame
 
 from tests.grpcapps.service import channel
-from tests.harness import SidecarProcess, http, make_certs, wait_for
+from tests.harness import SidecarProcess, free_port, http, make_certs, wait_for
 from tests.integration.grpc.mesh import launch, tls_for
 from tests.integration.http2.h2load import h2load_all_2xx
 from tests.integration.mesh.clients import curl, needs_curl
@@ -32,9 +32,10 @@ DENY_ADMIN = {"default": "allow", "rules": [{"to": "web", "paths": ["/admin/*", 
 
 
 class Pair:
-    def __init__(self, a: SidecarProcess, b: SidecarProcess) -> None:
+    def __init__(self, a: SidecarProcess, b: SidecarProcess, upstream_port: int) -> None:
         self.a = a
         self.b = b
+        self.upstream_port = upstream_port   # node-a's `upstreams` port for web
 
     @property
     def outbound(self) -> str:
@@ -56,7 +57,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                                         "services": [{"name": "web", "port": app.port}],
                                         "authorization": DENY_ADMIN}, name="node-b"))
         processes.append(b)
+        upstream_port = free_port()
         a = launch(SidecarProcess(tmp, {"node": {"name": "node-a", "cluster": "h2"}, "tls": certs["checkout"],
+                                        "upstreams": [{"service": "web", "local_port": upstream_port}],
                                         "gossip": {"profile": "local", "join": [b.listeners["gossip"]]}},
                                   name="node-a"))
         processes.append(a)
@@ -65,7 +68,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             return sum(1 for i in http("GET", f"{a.api}/v1/catalog/web").json() if i["status"] == "healthy")
 
         wait_for(lambda: healthy() == 1, 30, what="node-a sees web healthy")
-        yield Pair(a, b)
+        yield Pair(a, b, upstream_port)
     finally:
         for process in processes:
             process.kill()
@@ -86,6 +89,13 @@ def test_curl_h2_reaches_an_http1_service_with_status_headers_and_body(pair: Pai
     assert seen["x-custom"] == "1" and seen["host"] == "web" and seen["traceparent"].startswith("00-")
     assert seen["x-sidecar-caller"] == "spiffe://mesh.local/service/checkout"   # it crossed B's mTLS inbound
     assert reply.headers["content-type"].startswith("application/json")
+
+
+@needs_curl
+def test_an_upstreams_port_takes_h2c_too(pair: Pair) -> None:
+    reply = curl("--http2-prior-knowledge", "-m", "20", f"http://127.0.0.1:{pair.upstream_port}/headers/via-port")
+    assert reply.status == 200, reply
+    assert reply.json()["path"] == "/headers/via-port"
 
 
 @needs_curl
