@@ -168,7 +168,10 @@ def test_unknown_service_is_a_trailers_only_not_found_for_grpcio(h2: Harness) ->
 def test_upstream_refused_is_a_trailers_only_unavailable_for_grpcio(h2: Harness) -> None:
     with channel(f"127.0.0.1:{h2.port}", "refused") as ch, pytest.raises(grpc.RpcError) as failure:
         ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
-    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value  # type: ignore[attr-defined]
+    e = failure.value
+    assert e.code() == grpc.StatusCode.UNAVAILABLE, e  # type: ignore[attr-defined]
+    # the sidecar's status, not grpcio's own failure to connect
+    assert dict(e.trailing_metadata() or ()).get("x-sidecar-error") == "UNAVAILABLE", e  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------ cancellation, drain
