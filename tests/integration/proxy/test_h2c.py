@@ -335,3 +335,20 @@ def test_an_h2_connection_counts_against_max_connections(h2_one_connection: Harn
         client.close()
         for _ in range(3):
             h2.ack()   # the backend's /sse handler ends instead of waiting out its deadline
+
+
+def test_a_header_list_over_the_listeners_head_limit_ends_the_connection(h2: Harness) -> None:
+    """The listener's 60 KiB head limit is the HTTP/2 header list limit (the core's own default is 64 KiB)."""
+    client = RawClient(h2.port)
+    try:
+        block = client.peer.block([*get(b"/hello/big"), (b"x-big", b"v" * (62 * 1024))])
+        pieces = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+        frames_out = client.peer.headers(1, block=pieces[0], end_stream=True, end_headers=False)
+        frames_out += b"".join(client.peer.continuation(1, piece, end_headers=i == len(pieces) - 1)
+                               for i, piece in enumerate(pieces[1:], 1))
+        client.send(frames_out)
+        got = client.read_until(lambda got: any(isinstance(f, GoAwayFrame) for f in got))
+    finally:
+        client.close()
+    assert {f.error_code for f in got if isinstance(f, GoAwayFrame)} == {0xB}   # ENHANCE_YOUR_CALM
+    assert not [f for f in got if isinstance(f, HeadersFrame)]   # nothing of it went upstream
