@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from sidecar.errors import SidecarError, Unavailable, rescue
+from sidecar.http2.preface import Sniffed, sniff
 from sidecar.proxy.engine import Engine
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.http1 import (
@@ -44,25 +45,39 @@ from sidecar.proxy.tunnel import Tunnel
 log = logging.getLogger(__name__)
 
 
+class ClientConnection(Protocol):
+    """A client connection as its listener counts, drains and closes it, whatever its protocol."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class Acceptor(Protocol):
     """What a client connection uses of the proxy that accepted it (an :class:`~sidecar.proxy.HttpProxy`)."""
 
     engine: Engine
-    connections: set[DownstreamProtocol]
+    connections: set[ClientConnection]
     accepted: int
     rejected: int
     protocol_errors: int
     header_timeouts: int
+    h2c: bool
 
     def displace_idle(self) -> bool: ...
+
+    def start_h2c(self, transport: asyncio.Transport, first: bytes, info: ConnectionInfo) -> None: ...
 
 _HEAD, _BODY, _END = 0, 1, 2
 
 
 class DownstreamProtocol(ClientSide, asyncio.Protocol):
     __slots__ = ("_backlog", "_backlog_bytes", "_chunked", "_close_after", "_draining_backlog", "_early",
-                 "_pause_reasons", "client_paused", "closed", "engine", "exchange", "info", "limits", "loop", "out",
-                 "proxy", "reader", "timer", "transport", "tunnel")
+                 "_pause_reasons", "_sniffed", "client_paused", "closed", "engine", "exchange", "info", "limits",
+                 "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
 
     def __init__(self, proxy: Acceptor, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = proxy
@@ -87,6 +102,8 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         self._close_after = False
         # client bytes after an upgrade request, held until the 101 arrives
         self._early: list[bytes] = []
+        # the connection's first bytes while they may still be the HTTP/2 preface (None: HTTP/1.1 decided)
+        self._sniffed: bytes | None = None
 
     # ------------------------------------------------------------------------------------ asyncio
 
@@ -112,6 +129,8 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         self.info = ConnectionInfo(engine.name, transport.get_extra_info("peername"),
                                    transport.get_extra_info("sockname"), transport.get_extra_info("ssl_object"))
         self.timer.set(self.loop.time() + limits.header_timeout)
+        if proxy.h2c:
+            self._sniffed = b""
 
     def _refuse(self, transport: asyncio.Transport, error: SidecarError) -> None:
         self.closed = True
@@ -129,6 +148,10 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
             return
         if self.closed:
             return  # a refused or finished connection: what the client still sends is dropped
+        if self._sniffed is not None:
+            data = self._sniff(data)
+            if not data:
+                return
         exchange = self.exchange
         if exchange is not None and exchange.head.upgrade is not None and exchange.request_done:
             self._early.append(data)
@@ -143,6 +166,23 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         if offset is not None and self.exchange is not None and offset < len(data):
             self._early.append(data[offset:])
         self.flush()
+
+    def _sniff(self, data: bytes) -> bytes:
+        """The first bytes: HTTP/1.1 goes on here (returned), h2c is handed to the listener's HTTP/2 side."""
+        assert self._sniffed is not None
+        first = self._sniffed + data
+        kind = sniff(first)
+        if kind is Sniffed.NEED_MORE:
+            self._sniffed = first
+            return b""
+        self._sniffed = None
+        if kind is Sniffed.HTTP1 or self.transport is None:
+            return first
+        self.closed = True
+        self.timer.cancel()
+        self.proxy.connections.discard(self)
+        self.proxy.start_h2c(self.transport, first, self.info)
+        return b""
 
     def eof_received(self) -> bool | None:
         exchange = self.exchange
