@@ -102,6 +102,27 @@ def test_every_host_ejected_is_panic_routing() -> None:
     assert dest.panics == 0
 
 
+def test_a_host_held_after_a_refused_connection_is_left_out_as_the_pick_leaves_it_out() -> None:
+    """explain reads the cluster's own rules: the connect hold (resilience/readiness) included."""
+    snap = snapshot(("b1", HealthStatus.HEALTHY, "alive"), ("b2", HealthStatus.HEALTHY, "alive"))
+    f = facts(snap)
+    dest = Cluster("echo", POLICY, random.Random(1), NOW)
+    assert f.endpoints is not None
+    healthy, _ = dest.hosts_of(f.endpoints, NOW)
+    healthy[0].readiness.connect_failed(NOW)              # b1 refused a connection just now
+    by = steps(explain(Question("echo"), facts(snap, dest), NOW + 0.01, WALL))
+    balancer = by["balancer"]["data"]
+    assert balancer["tier"] == "healthy"                                # type: ignore[index]
+    assert [c["instance"] for c in balancer["candidates"]] == ["echo-b2"]   # type: ignore[index]
+    assert balancer["pick"]["instance"] == "echo-b2"                    # type: ignore[index]
+    assert dest.choose(f.endpoints, NOW + 0.01).endpoint.instance == "echo-b2"
+    # every healthy host held: the pick still has one, among the held
+    healthy[1].readiness.connect_failed(NOW)
+    by = steps(explain(Question("echo"), facts(snap, dest), NOW + 0.01, WALL))
+    assert by["balancer"]["data"]["tier"] == "held"                     # type: ignore[index]
+    assert len(by["balancer"]["data"]["candidates"]) == 2               # type: ignore[index,arg-type]
+
+
 def test_no_usable_instance_refuses_with_the_data_plane_message() -> None:
     snap = snapshot(("b1", HealthStatus.UNHEALTHY, "alive"), ("b2", HealthStatus.HEALTHY, "dead"))
     out = explain(Question("echo"), facts(snap), NOW, WALL)
