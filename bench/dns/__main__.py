@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,17 +97,18 @@ def answers(port: int, name: str, rdtype: str, deadline: float) -> dns.message.M
 
 
 @contextmanager
-def sidecar(logs: Path) -> Iterator[Server]:
+def sidecar(logs: Path, prefix: Sequence[str] = (), timeout: float = START_TIMEOUT) -> Iterator[Server]:
+    """The sidecar's DNS server in a process; ``prefix`` runs it under another program (valgrind)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = logs / "sidecar.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.dns.serve", "127.0.0.1"],
+            [*prefix, sys.executable, "-m", "bench.dns.serve", "127.0.0.1"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT, env=env, text=True,
         )
     try:
         assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
+        ready, _, _ = select.select([process.stdout], [], [], timeout)
         line = process.stdout.readline() if ready else ""
         if not line.strip().isdigit():
             raise BenchFailed(f"the sidecar's DNS server did not start: {line!r} {log.read_text()[-2000:]}")
@@ -117,22 +118,22 @@ def sidecar(logs: Path) -> Iterator[Server]:
 
 
 @contextmanager
-def dnsmasq(logs: Path) -> Iterator[Server]:
+def dnsmasq(logs: Path, prefix: Sequence[str] = (), timeout: float = START_TIMEOUT) -> Iterator[Server]:
     binary = shutil.which("dnsmasq")
     assert binary is not None
     for _ in range(5):
         port = free_port()
         process = subprocess.Popen(
             [
-                binary, "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                "--no-poll", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+                *prefix, binary, "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv",
+                "--no-hosts", "--no-poll", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
                 f"--local=/{fixture.DOMAIN}/", "--pid-file=", "--user=" + _user(), "--log-facility=/dev/null",
                 "--cache-size=10000", *fixture.dnsmasq_records(),
             ],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(logs / "dnsmasq.log").open("w"), text=True,
         )
         try:
-            deadline = time.monotonic() + START_TIMEOUT
+            deadline = time.monotonic() + timeout
             while process.poll() is None:
                 with suppress(dns.exception.Timeout, OSError):
                     answers(port, f"{fixture.service_name(0)}.service.{fixture.DOMAIN}", "A", time.monotonic())

@@ -42,7 +42,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,18 +107,20 @@ def sidecar_config(folder: Path, name: str, tls: dict[str, Any], services: list[
 
 
 @contextmanager
-def sidecar(folder: Path, config: dict[str, Any], gc_freeze: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+def sidecar(folder: Path, config: dict[str, Any], gc_freeze: bool = False, prefix: Sequence[str] = (),
+            timeout: float = READY_TIMEOUT) -> Iterator[subprocess.Popen[bytes]]:
+    """A `sidecar run` process; ``prefix`` runs it under another program (valgrind, for bench.counters)."""
     name = config["node"]["name"]
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     module = "bench.proxy.gcfreeze" if gc_freeze else "sidecar"
     log = (folder / f"{name}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", module, "run", "-c", str(path)], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", module, "run", "-c", str(path)], stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         port = int(config["admin"]["listen"].rsplit(":", 1)[1])
-        wait_port(port, proc, f"sidecar {name}")
+        wait_port(port, proc, f"sidecar {name}", timeout)
         yield proc
     finally:
         stop(proc, 15)
@@ -131,10 +133,10 @@ def get_json(url: str) -> Any:
 
 
 def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: Path,
-                 service: str = SERVICE) -> None:
+                 service: str = SERVICE, timeout: float = READY_TIMEOUT) -> None:
     """Until the source's app API shows ``service`` healthy (gossip joined, catalog spread)."""
     url = f"http://{config['api']['listen']}/v1/catalog"
-    deadline = time.monotonic() + READY_TIMEOUT
+    deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -147,17 +149,18 @@ def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: 
         except OSError as e:
             last = e
         time.sleep(0.1)
-    raise RuntimeError(f"{service} not in the catalog of {url} within {READY_TIMEOUT}s (last: {last!r})")
+    raise RuntimeError(f"{service} not in the catalog of {url} within {timeout}s (last: {last!r})")
 
 
 def sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]],
-                 gc_freeze: bool = False) -> tuple[int, list[int]]:
+                 gc_freeze: bool = False, prefix: Sequence[str] = (),
+                 timeout: float = READY_TIMEOUT) -> tuple[int, list[int]]:
     suffix = "-frozen" if gc_freeze else ""
     b = sidecar_config(folder, f"bench-b{suffix}", certs[SERVICE], [{"name": SERVICE, "port": backend}], [])
-    b_proc = stack.enter_context(sidecar(folder, b, gc_freeze))
+    b_proc = stack.enter_context(sidecar(folder, b, gc_freeze, prefix, timeout))
     a = sidecar_config(folder, f"bench-a{suffix}", certs["checkout"], [], [b["gossip"]["listen"]])
-    a_proc = stack.enter_context(sidecar(folder, a, gc_freeze))
-    wait_catalog(a, a_proc, folder)
+    a_proc = stack.enter_context(sidecar(folder, a, gc_freeze, prefix, timeout))
+    wait_catalog(a, a_proc, folder, timeout=timeout)
     return int(a["outbound"]["listen"].rsplit(":", 1)[1]), [a_proc.pid, b_proc.pid]
 
 

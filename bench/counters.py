@@ -1,0 +1,428 @@
+"""Counters per request and per DNS query: instructions, simulated cache and branch misses, software counters.
+
+    python -m bench.counters [--only SETUP ...] [--requests 2000] [--queries 5000] [--seconds 4] [--ll-mib 4]
+
+Also printed by ``python -m bench.proxy.mesh --counters`` (the proxy setups) and ``python -m bench.dns
+--counters`` (the DNS servers).
+
+The VMs this runs on expose no hardware counters (``perf stat -e instructions``: not supported), so each
+server process runs under valgrind's callgrind with its cache and branch simulation. Once the setup answers,
+a warm-up on the same keep-alive connection (or UDP socket) fills pools and caches; then ``callgrind_control
+-z`` zeroes every process of the setup, a fixed number of requests goes through one at a time (bounded in
+time too: valgrind slows a process ~50x), and ``callgrind_control -d`` dumps what each process ran. What the
+processes run while idle (timers, gossip) is measured over a quiet window first and subtracted pro rata.
+The simulated caches are fixed, not the host's: I1 and D1 32 KiB 8-way, LL ``--ll-mib`` MiB 16-way, 64-byte
+lines, so two machines give the same figures and a small last-level cache can be tried on a large one.
+Python processes run with ``PYTHONMALLOC=malloc``, so their allocations go through the C allocator valgrind
+sees (pymalloc's arenas would hide them); the figures are those of that allocator, close to pymalloc's.
+
+Software counters come from a separate run at full speed (no valgrind): CPU time, context switches and page
+faults of the same processes from /proc (schedstat and status of every thread, faults from stat) over a
+wrk (or dnsperf) run, divided by the requests (queries) answered.
+
+Setups: haproxy-tls2, floor-tls2, engine-tls2, sidecar-pair (as in bench.proxy.mesh), sidecar-dns and dnsmasq
+(as in bench.dns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+
+PROXY_SETUPS = ("haproxy-tls2", "floor-tls2", "engine-tls2", "sidecar-pair")
+DNS_SETUPS = ("sidecar-dns", "dnsmasq")
+# a process under valgrind starts ~50x slower: importing the sidecar alone takes tens of seconds
+VALGRIND_START_TIMEOUT = 600.0
+CONTROL_TIMEOUT = 120.0
+IDLE_WINDOW = 3.0
+WARM_UP = 50
+
+
+# ------------------------------------------------------------------------------------------ counts
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """What callgrind counted, summed over the processes of one setup."""
+
+    instructions: float = 0.0
+    i1_misses: float = 0.0
+    d1_misses: float = 0.0
+    ll_misses: float = 0.0   # instruction and data
+    branches: float = 0.0
+    mispredicts: float = 0.0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def scaled(self, factor: float) -> Counts:
+        return Counts(*(getattr(self, f.name) * factor for f in fields(self)))
+
+    def minus(self, other: Counts) -> Counts:
+        return Counts(*(max(0.0, getattr(self, f.name) - getattr(other, f.name)) for f in fields(self)))
+
+
+def parse_dump(text: str) -> Counts:
+    """The totals of a callgrind output file made with ``--cache-sim=yes --branch-sim=yes``."""
+    events: list[str] = []
+    summary: list[int] = []
+    for line in text.splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("summary:"):
+            summary = [int(n) for n in line.split()[1:]]
+    if not events or not summary:
+        raise RuntimeError("callgrind output without events or summary line")
+    value = dict(zip(events, summary, strict=False))
+
+    def total(*names: str) -> float:
+        return float(sum(value.get(name, 0) for name in names))
+
+    return Counts(total("Ir"), total("I1mr"), total("D1mr", "D1mw"), total("ILmr", "DLmr", "DLmw"),
+                  total("Bc", "Bi"), total("Bcm", "Bim"))
+
+
+def callgrind_prefix(folder: Path, ll_mib: int) -> list[str]:
+    """The command line that runs a server under callgrind with the fixed cache model."""
+    return ["env", "PYTHONMALLOC=malloc", "valgrind", "--tool=callgrind", "--cache-sim=yes", "--branch-sim=yes",
+            "--I1=32768,8,64", "--D1=32768,8,64", f"--LL={ll_mib * 1024 * 1024},16,64", "--vgdb=yes",
+            f"--callgrind-out-file={folder}/callgrind.%p"]
+
+
+def _control(flag: str, pid: int) -> None:
+    # vgdb interrupts a process blocked in a system call, so this works on an idle server too
+    done = subprocess.run(["callgrind_control", flag, str(pid)], capture_output=True, text=True,
+                          timeout=CONTROL_TIMEOUT, check=False)
+    if done.returncode != 0 or "OK" not in done.stdout:
+        raise RuntimeError(f"callgrind_control {flag} {pid} failed: {done.stdout.strip()} {done.stderr.strip()}")
+
+
+def _dump(pid: int, folder: Path) -> Counts:
+    before = set(folder.glob(f"callgrind.{pid}.*"))
+    _control("-d", pid)
+    new = sorted(set(folder.glob(f"callgrind.{pid}.*")) - before, key=lambda p: p.stat().st_mtime)
+    if not new:
+        raise RuntimeError(f"callgrind wrote no dump for {pid}")
+    return parse_dump(new[-1].read_text(errors="replace"))
+
+
+def counted(pids: Sequence[int], folder: Path, load: Callable[[], int]) -> tuple[Counts, int, float]:
+    """Zero the processes' counters, run ``load`` (returns how many it did), dump: counts, done, seconds."""
+    for pid in pids:
+        _control("-z", pid)
+    started = time.monotonic()
+    done = load()
+    elapsed = time.monotonic() - started
+    total = Counts()
+    for pid in pids:
+        total = total + _dump(pid, folder)
+    return total, done, elapsed
+
+
+def per_unit(pids: Sequence[int], folder: Path, load: Callable[[], int]) -> tuple[Counts, int]:
+    """Counts per request of ``load``, less what the processes run when idle over the same time."""
+    idle, _, idle_seconds = counted(pids, folder, lambda: _sleep(IDLE_WINDOW))
+    busy, done, seconds = counted(pids, folder, load)
+    if done == 0:
+        raise RuntimeError("no request completed under valgrind")
+    return busy.minus(idle.scaled(seconds / idle_seconds)).scaled(1 / done), done
+
+
+def _sleep(seconds: float) -> int:
+    time.sleep(seconds)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ /proc
+
+
+@dataclass(frozen=True, slots=True)
+class Software:
+    """Software counters of a set of processes (all their threads), from /proc."""
+
+    cpu_ns: float = 0.0
+    context_switches: float = 0.0
+    page_faults: float = 0.0
+
+    def __sub__(self, other: Software) -> Software:
+        return Software(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
+    def scaled(self, factor: float) -> Software:
+        return Software(*(getattr(self, f.name) * factor for f in fields(self)))
+
+
+def read_software(pids: Sequence[int]) -> Software:
+    cpu = switches = faults = 0.0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                cpu += float((task / "schedstat").read_text().split()[0])
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        switches += float(line.split()[1])
+            except FileNotFoundError:
+                continue  # a thread that ended meanwhile
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        faults += float(stat[7]) + float(stat[9])  # minflt, majflt (fields 10 and 12)
+    return Software(cpu, switches, faults)
+
+
+def software_per_unit(pids: Sequence[int], load: Callable[[], int]) -> Software:
+    before = read_software(pids)
+    done = load()
+    if done <= 0:
+        raise RuntimeError("no request completed at full speed")
+    return (read_software(pids) - before).scaled(1 / done)
+
+
+# ------------------------------------------------------------------------------------------ loads
+
+
+class HttpLoad:
+    """Requests one at a time on one keep-alive connection (c=1), each checked to be a 200."""
+
+    def __init__(self, port: int, host: str | None) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Host": host} if host else {}
+
+    def run(self, count: int, seconds: float) -> int:
+        deadline = time.monotonic() + seconds
+        for done in range(count):
+            if time.monotonic() > deadline:
+                return done
+            self.connection.request("GET", "/index.html", headers=self.headers)
+            response = self.connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"request {done} answered {response.status}")
+        return count
+
+
+class DnsLoad:
+    """The benchmark's queries over UDP one at a time, each waited for."""
+
+    def __init__(self, port: int) -> None:
+        import dns.message
+
+        from bench.dns import fixture
+
+        self.queries = []
+        for i, line in enumerate(fixture.queries()):
+            query = dns.message.make_query(*line.split())
+            query.id = i
+            self.queries.append(query.to_wire())
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.connect(("127.0.0.1", port))
+        self.socket.settimeout(30)
+
+    def run(self, count: int, seconds: float) -> int:
+        deadline = time.monotonic() + seconds
+        queries = self.queries
+        for done in range(count):
+            if time.monotonic() > deadline:
+                return done
+            self.socket.send(queries[done % len(queries)])
+            self.socket.recv(4096)
+        return count
+
+
+# ------------------------------------------------------------------------------------------ setups
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    setup: str
+    unit: str
+    counts: Counts
+    measured: int
+    software: Software
+
+
+@contextmanager
+def proxy_setup(name: str, folder: Path, backend: int, certs: dict[str, Path], mesh_certs: dict[str, dict[str, str]],
+                prefix: Sequence[str]) -> Iterator[tuple[int, list[int], str | None]]:
+    """Start one proxy setup of bench.proxy.mesh: its port, the pids of its proxy processes, the Host to send."""
+    from bench.proxy.__main__ import START_TIMEOUT, engine, haproxy
+    from bench.proxy.mesh import READY_TIMEOUT, SERVICE, sidecar_pair
+
+    slow = bool(prefix)
+    with ExitStack() as stack:
+        if name == "haproxy-tls2":
+            timeout = VALGRIND_START_TIMEOUT if slow else START_TIMEOUT
+            inner, inner_pid = haproxy(stack, folder, "haproxy-inner", backend, certs, tls_in=True, prefix=prefix,
+                                       timeout=timeout)
+            outer, outer_pid = haproxy(stack, folder, "haproxy-outer", inner, certs, tls_out=True, prefix=prefix,
+                                       timeout=timeout)
+            yield outer, [outer_pid, inner_pid], None
+        elif name in ("floor-tls2", "engine-tls2"):
+            module = "bench.proxy.floor" if name == "floor-tls2" else "bench.proxy.engine"
+            inner, inner_pid = engine(stack, backend, certs, tls_in=True, module=module, prefix=prefix)
+            outer, outer_pid = engine(stack, inner, certs, tls_out=True, module=module, prefix=prefix)
+            yield outer, [outer_pid, inner_pid], None
+        elif name == "sidecar-pair":
+            port, pids = sidecar_pair(stack, folder, backend, mesh_certs, prefix=prefix,
+                                      timeout=VALGRIND_START_TIMEOUT if slow else READY_TIMEOUT)
+            yield port, pids, SERVICE
+        else:
+            raise ValueError(f"unknown proxy setup {name!r}")
+
+
+def proxy_rows(setups: Sequence[str], requests: int, seconds: float, concurrency: int, ll_mib: int) -> list[Row]:
+    from bench.proxy.__main__ import make_certs, nginx, wrk
+    from bench.proxy.mesh import SERVICE, sidecar_certs
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-counters-") as tmp, ExitStack() as stack:
+        folder = Path(tmp)
+        folder.chmod(0o755)  # nginx workers run as an unprivileged user when started by root
+        backend = nginx(stack, folder)
+        certs = make_certs(folder)
+        mesh_certs = sidecar_certs(folder / "mesh", SERVICE, "checkout")
+        for name in setups:
+            with proxy_setup(name, folder, backend, certs, mesh_certs, ()) as (port, pids, host):
+                wrk(port, concurrency, 1.0, host)  # warm-up
+
+                def full_speed(port: int = port, host: str | None = host) -> int:
+                    rps = wrk(port, concurrency, seconds, host)[0]
+                    return round(rps * max(1, round(seconds)))
+
+                software = software_per_unit(pids, full_speed)
+            with proxy_setup(name, folder, backend, certs, mesh_certs, callgrind_prefix(folder, ll_mib)) as (
+                    port, pids, host):
+                load = HttpLoad(port, host)
+                load.run(WARM_UP, VALGRIND_START_TIMEOUT)
+                counts, done = per_unit(pids, folder, partial(load.run, requests, 30 * seconds))
+                load.connection.close()
+            rows.append(Row(name, "request", counts, done, software))
+            print(f"counters: {name} done ({done} requests under valgrind)", file=sys.stderr, flush=True)
+    return rows
+
+
+def dns_rows(setups: Sequence[str], queries: int, seconds: float, ll_mib: int) -> list[Row]:
+    from bench.dns.__main__ import Server, dnsmasq, measure
+    from bench.dns.__main__ import sidecar as dns_sidecar
+    from bench.dns.fixture import queries as query_lines
+
+    rows = []
+    starters = {"sidecar-dns": dns_sidecar, "dnsmasq": dnsmasq}
+    with tempfile.TemporaryDirectory(prefix="bench-counters-dns-") as tmp:
+        folder = Path(tmp)
+        query_file = folder / "queries.txt"
+        query_file.write_text("\n".join(query_lines()) + "\n")
+        for name in setups:
+            with starters[name](folder) as server:
+                measure(server, query_file, 1.0, 100)  # warm-up
+
+                def full_speed(server: Server = server) -> int:
+                    run = measure(server, query_file, seconds, 100)
+                    return run.sent - run.lost
+
+                software = software_per_unit([server.pid], full_speed)
+            with starters[name](folder, callgrind_prefix(folder, ll_mib), VALGRIND_START_TIMEOUT) as server:
+                dns_load = DnsLoad(server.port)
+                dns_load.run(WARM_UP * 4, VALGRIND_START_TIMEOUT)
+                counts, done = per_unit([server.pid], folder, partial(dns_load.run, queries, 30 * seconds))
+                dns_load.socket.close()
+            rows.append(Row(name, "query", counts, done, software))
+            print(f"counters: {name} done ({done} queries under valgrind)", file=sys.stderr, flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def report(rows: Sequence[Row], reference: str, ll_mib: int) -> str:
+    """A markdown table of the rows, then each row's instructions and LL misses as a multiple of ``reference``'s."""
+    unit = rows[0].unit if rows else "request"
+    lines = [
+        f"Counters per {unit} (callgrind, simulated I1/D1 32 KiB, LL {ll_mib} MiB 16-way; Python under "
+        "PYTHONMALLOC=malloc; software counters at full speed from /proc):",
+        "",
+        "| setup | instructions | I1 misses | D1 misses | LL misses | branches | mispredicts | CPU µs | "
+        "ctx switches | page faults | measured |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        c, s = row.counts, row.software
+        lines.append(f"| {row.setup} | {c.instructions:,.0f} | {c.i1_misses:,.1f} | {c.d1_misses:,.1f} | "
+                     f"{c.ll_misses:,.2f} | {c.branches:,.0f} | {c.mispredicts:,.1f} | {s.cpu_ns / 1000:.1f} | "
+                     f"{s.context_switches:.2f} | {s.page_faults:.3f} | {row.measured} |")
+    base = next((row for row in rows if row.setup == reference), None)
+    if base is not None:
+        lines.append("")
+        for row in rows:
+            if row is base:
+                continue
+            times = _times(row.counts.instructions, base.counts.instructions)
+            lines.append(f"{row.setup} / {reference}: instructions {times}, "
+                         f"D1 misses {_times(row.counts.d1_misses, base.counts.d1_misses)}, "
+                         f"LL misses {_times(row.counts.ll_misses, base.counts.ll_misses)}, "
+                         f"mispredicts {_times(row.counts.mispredicts, base.counts.mispredicts)}, "
+                         f"CPU {_times(row.software.cpu_ns, base.software.cpu_ns)}")
+    return "\n".join(lines)
+
+
+def _times(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b else "-"
+
+
+def missing_tools(names: Sequence[str]) -> list[str]:
+    return [tool for tool in names if shutil.which(tool) is None]
+
+
+def proxy_report(setups: Sequence[str] = PROXY_SETUPS, requests: int = 2000, seconds: float = 4.0,
+                 concurrency: int = 50, ll_mib: int = 4) -> str:
+    missing = missing_tools(("valgrind", "callgrind_control", "wrk", "haproxy", "nginx"))
+    if missing:
+        return f"counters skipped: {', '.join(missing)} not installed"
+    rows = proxy_rows(setups, requests, seconds, concurrency, ll_mib)
+    return report(rows, "haproxy-tls2", ll_mib) + f"\n(software counters over wrk -c{concurrency} runs of {seconds:g}s)"
+
+
+def dns_report(setups: Sequence[str] = DNS_SETUPS, queries: int = 5000, seconds: float = 4.0, ll_mib: int = 4) -> str:
+    missing = missing_tools(("valgrind", "callgrind_control", "dnsperf", "dnsmasq"))
+    if missing:
+        return f"counters skipped: {', '.join(missing)} not installed"
+    rows = dns_rows(setups, queries, seconds, ll_mib)
+    return report(rows, "dnsmasq", ll_mib) + f"\n(software counters over dnsperf -q 100 runs of {seconds:g}s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.counters", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=[*PROXY_SETUPS, *DNS_SETUPS], help="these setups only")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per proxy setup under valgrind")
+    parser.add_argument("--queries", type=int, default=5000, help="queries per DNS server under valgrind")
+    parser.add_argument("--seconds", type=float, default=4.0, help="full-speed run length (valgrind gets 30x)")
+    parser.add_argument("--concurrency", type=int, default=50, help="wrk -c of the full-speed run")
+    parser.add_argument("--ll-mib", type=int, default=4, help="simulated last-level cache in MiB (default 4)")
+    args = parser.parse_args(argv)
+    wanted = args.only or [*PROXY_SETUPS, *DNS_SETUPS]
+    proxies = [s for s in PROXY_SETUPS if s in wanted]
+    servers = [s for s in DNS_SETUPS if s in wanted]
+    try:
+        if proxies:
+            print(proxy_report(proxies, args.requests, args.seconds, args.concurrency, args.ll_mib), flush=True)
+        if servers:
+            print(("\n" if proxies else "") + dns_report(servers, args.queries, args.seconds, args.ll_mib))
+    except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        print(f"bench.counters: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
