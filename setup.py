@@ -18,6 +18,9 @@ from setuptools.command.build_ext import build_ext
 # policy, routing and authorization, the per-request telemetry record.
 NATIVE = [
     "sidecar/clock.py",
+    "sidecar/dns/cache.py",
+    "sidecar/dns/server.py",
+    "sidecar/dns/wire.py",
     "sidecar/errors.py",
     "sidecar/mesh/authorization.py",
     "sidecar/mesh/dataplane.py",

@@ -7,14 +7,16 @@ Also printed by ``python -m bench.proxy.mesh --counters`` (the proxy setups) and
 
 The VMs this runs on expose no hardware counters (``perf stat -e instructions``: not supported), so each
 server process runs under valgrind's callgrind with its cache and branch simulation. Once the setup answers,
-a warm-up on the same keep-alive connection (or UDP socket) fills pools and caches; then ``callgrind_control
--z`` zeroes every process of the setup, a fixed number of requests goes through one at a time (bounded in
-time too: valgrind slows a process ~50x), and ``callgrind_control -d`` dumps what each process ran. What the
-processes run while idle (timers, gossip) is measured over a quiet window first and subtracted pro rata.
-The simulated caches are fixed, not the host's: I1 and D1 32 KiB 8-way, LL ``--ll-mib`` MiB 16-way, 64-byte
-lines, so two machines give the same figures and a small last-level cache can be tried on a large one.
-Python processes run with ``PYTHONMALLOC=malloc``, so their allocations go through the C allocator valgrind
-sees (pymalloc's arenas would hide them); the figures are those of that allocator, close to pymalloc's.
+counting starts (``--instr-atstart=no``: with the cache simulation on from the start, a process importing
+the whole sidecar would take many minutes to start) and a warm-up on the same keep-alive connection (or UDP
+socket) fills pools and caches; then ``callgrind_control -z`` zeroes every process of the setup, a fixed
+number of requests goes through one at a time (bounded in time too: valgrind slows a process ~50x), and
+``callgrind_control -d`` dumps what each process ran. What the processes run while idle (timers, gossip)
+is measured over a quiet window first and subtracted pro rata. The simulated caches are fixed, not the
+host's: I1 and D1 32 KiB 8-way, LL ``--ll-mib`` MiB 16-way, 64-byte lines, so two machines give the same
+figures and a small last-level cache can be tried on a large one. Python processes run with
+``PYTHONMALLOC=malloc``, so their allocations go through the C allocator valgrind sees (pymalloc's arenas
+would hide them); the cache figures are those of glibc's malloc, not pymalloc's.
 
 Software counters come from a separate run at full speed (no valgrind): CPU time, context switches and page
 faults of the same processes from /proc (schedstat and status of every thread, faults from stat) over a
@@ -98,7 +100,13 @@ def callgrind_prefix(folder: Path, ll_mib: int) -> list[str]:
     """The command line that runs a server under callgrind with the fixed cache model."""
     return ["env", "PYTHONMALLOC=malloc", "valgrind", "--tool=callgrind", "--cache-sim=yes", "--branch-sim=yes",
             "--I1=32768,8,64", "--D1=32768,8,64", f"--LL={ll_mib * 1024 * 1024},16,64", "--vgdb=yes",
-            f"--callgrind-out-file={folder}/callgrind.%p"]
+            "--instr-atstart=no", f"--callgrind-out-file={folder}/callgrind.%p"]
+
+
+def instrument(pids: Sequence[int]) -> None:
+    """Start counting in processes started with ``--instr-atstart=no`` (they start ~10x faster without)."""
+    for pid in pids:
+        _control("--instr=on", pid)
 
 
 def _control(flag: str, pid: int) -> None:
@@ -301,6 +309,7 @@ def proxy_rows(setups: Sequence[str], requests: int, seconds: float, concurrency
                 software = software_per_unit(pids, full_speed)
             with proxy_setup(name, folder, backend, certs, mesh_certs, callgrind_prefix(folder, ll_mib)) as (
                     port, pids, host):
+                instrument(pids)
                 load = HttpLoad(port, host)
                 load.run(WARM_UP, VALGRIND_START_TIMEOUT)
                 counts, done = per_unit(pids, folder, partial(load.run, requests, 30 * seconds))
@@ -331,6 +340,7 @@ def dns_rows(setups: Sequence[str], queries: int, seconds: float, ll_mib: int) -
 
                 software = software_per_unit([server.pid], full_speed)
             with starters[name](folder, callgrind_prefix(folder, ll_mib), VALGRIND_START_TIMEOUT) as server:
+                instrument([server.pid])
                 dns_load = DnsLoad(server.port)
                 dns_load.run(WARM_UP * 4, VALGRIND_START_TIMEOUT)
                 counts, done = per_unit([server.pid], folder, partial(dns_load.run, queries, 30 * seconds))

@@ -1,7 +1,7 @@
 """wrk through real `sidecar run` processes, next to HAProxy and the bare engine, on the same nginx backend.
 
     python -m bench.proxy.mesh [--runs 3] [--duration 5] [--concurrency 1 50] [--gc-freeze] [--profile 5]
-                               [--cpu-split 3]
+                               [--cpu-split 3] [--counters]
 
 Setups (loopback, free ports, certificates from `sidecar certs init/issue` in a temporary folder):
   direct         wrk -> nginx
@@ -24,7 +24,9 @@ Runs alternate between setups. For each: median requests/s, p50/p99 latency and 
 the setup's proxy processes (utime+stime from /proc). Ratios compare to HAProxy's mTLS pair.
 ``--profile N`` then samples sidecar A and B with py-spy (pip install py-spy) for N seconds under c=50 and
 prints the top functions by own time and by total time. ``--cpu-split N`` records both with ``perf`` (cycles
-by shared object: the interpreter, the kernel, libcrypto, llhttp, uvloop).
+by shared object: the interpreter, the kernel, libcrypto, llhttp, uvloop). ``--counters`` then prints
+instructions, simulated cache and branch misses and software counters per request of HAProxy, floor and
+sidecar pairs (bench.counters, under valgrind: minutes).
 
 Exit status: 0 when done (or skipped for lack of wrk/haproxy/nginx), 1 when a server failed.
 """
@@ -299,6 +301,8 @@ def main() -> int:
                         help="then profile sidecar A and B with py-spy under c=50 for SECONDS")
     parser.add_argument("--cpu-split", type=float, default=0.0, metavar="SECONDS",
                         help="then record sidecar A and B with perf under c=50: CPU cycles by shared object")
+    parser.add_argument("--counters", action="store_true",
+                        help="then counters per request under valgrind (bench.counters)")
     args = parser.parse_args()
     missing = [tool for tool in ("wrk", "haproxy", "nginx") if shutil.which(tool) is None]
     if missing:
@@ -364,6 +368,11 @@ def main() -> int:
             port, pids, _ = setups["sidecar-pair"]
             print("\n## CPU cycles of the sidecar pair under c=50 (A, then B)\n")
             print(cpu_split(port, pids, args.cpu_split, folder))
+    if args.counters:
+        from bench.counters import proxy_report
+
+        print("\n## counters per request\n")
+        print(proxy_report(seconds=args.duration))
     return 0
 
 
