@@ -143,9 +143,14 @@ def per_unit(pids: Sequence[int], folder: Path, load: Callable[[], int]) -> tupl
     """Counts per request of ``load``, less what the processes run when idle over the same time."""
     idle, _, idle_seconds = counted(pids, folder, lambda: _sleep(IDLE_WINDOW))
     busy, done, seconds = counted(pids, folder, load)
-    if done == 0:
+    return net_per_unit(busy, done, seconds, idle, idle_seconds), done
+
+
+def net_per_unit(busy: Counts, done: int, seconds: float, idle: Counts, idle_seconds: float) -> Counts:
+    """``busy`` less the idle rate over the same ``seconds``, per unit done (never below zero)."""
+    if done <= 0:
         raise RuntimeError("no request completed under valgrind")
-    return busy.minus(idle.scaled(seconds / idle_seconds)).scaled(1 / done), done
+    return busy.minus(idle.scaled(seconds / idle_seconds)).scaled(1 / done)
 
 
 def _sleep(seconds: float) -> int:
