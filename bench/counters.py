@@ -215,12 +215,31 @@ class HttpLoad:
         for done in range(count):
             if time.monotonic() > deadline:
                 return done
-            self.connection.request("GET", "/index.html", headers=self.headers)
-            response = self.connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"request {done} answered {response.status}")
+            status = self.get()
+            if status != 200:
+                raise RuntimeError(f"request {done} answered {status}")
         return count
+
+    def warm_up(self, count: int, seconds: float) -> None:
+        """Until ``count`` requests in a row answered 200 (the first ones open pools and TLS sessions)."""
+        deadline = time.monotonic() + seconds
+        good = 0
+        last: object = None
+        while good < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"warm-up: {good} requests answered 200 in {seconds:g}s (last: {last!r})")
+            try:
+                last = self.get()
+            except (OSError, http.client.HTTPException) as e:
+                last = e
+                self.connection.close()
+            good = good + 1 if last == 200 else 0
+
+    def get(self) -> int:
+        self.connection.request("GET", "/index.html", headers=self.headers)
+        response = self.connection.getresponse()
+        response.read()
+        return response.status
 
 
 class DnsLoad:
@@ -268,7 +287,7 @@ def proxy_setup(name: str, folder: Path, backend: int, certs: dict[str, Path], m
                 prefix: Sequence[str]) -> Iterator[tuple[int, list[int], str | None]]:
     """Start one proxy setup of bench.proxy.mesh: its port, the pids of its proxy processes, the Host to send."""
     from bench.proxy.__main__ import START_TIMEOUT, engine, haproxy
-    from bench.proxy.mesh import READY_TIMEOUT, SERVICE, sidecar_pair
+    from bench.proxy.mesh import SERVICE, sidecar_pair
 
     slow = bool(prefix)
     with ExitStack() as stack:
@@ -285,15 +304,37 @@ def proxy_setup(name: str, folder: Path, backend: int, certs: dict[str, Path], m
             outer, outer_pid = engine(stack, inner, certs, tls_out=True, module=module, prefix=prefix)
             yield outer, [outer_pid, inner_pid], None
         elif name == "sidecar-pair":
-            port, pids = sidecar_pair(stack, folder, backend, mesh_certs, prefix=prefix,
-                                      timeout=VALGRIND_START_TIMEOUT if slow else READY_TIMEOUT)
-            yield port, pids, SERVICE
+            if slow:
+                yield *slow_sidecar_pair(stack, folder, backend, mesh_certs, prefix), SERVICE
+            else:
+                port, pids = sidecar_pair(stack, folder, backend, mesh_certs)
+                yield port, pids, SERVICE
         else:
             raise ValueError(f"unknown proxy setup {name!r}")
 
 
+# under valgrind a process runs ~50x slower: the local profile's 200 ms probe timeout would have each
+# sidecar declare the other dead, so the pair gossips with timings far above that slowdown
+SLOW_GOSSIP = {"profile": "wan", "probe_interval": "120s", "probe_timeout": "60s", "tcp_timeout": "60s"}
+
+
+def slow_sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]],
+                      prefix: Sequence[str]) -> tuple[int, list[int]]:
+    """bench.proxy.mesh's sidecar pair, under ``prefix``, with gossip timings that survive valgrind."""
+    from bench.proxy.mesh import SERVICE, sidecar, sidecar_config, wait_catalog
+
+    b = sidecar_config(folder, "slow-b", certs[SERVICE], [{"name": SERVICE, "port": backend}], [])
+    b["gossip"].update(SLOW_GOSSIP)
+    b_proc = stack.enter_context(sidecar(folder, b, prefix=prefix, timeout=VALGRIND_START_TIMEOUT))
+    a = sidecar_config(folder, "slow-a", certs["checkout"], [], [b["gossip"]["listen"]])
+    a["gossip"].update(SLOW_GOSSIP)
+    a_proc = stack.enter_context(sidecar(folder, a, prefix=prefix, timeout=VALGRIND_START_TIMEOUT))
+    wait_catalog(a, a_proc, folder, timeout=VALGRIND_START_TIMEOUT)
+    return int(a["outbound"]["listen"].rsplit(":", 1)[1]), [a_proc.pid, b_proc.pid]
+
+
 def proxy_rows(setups: Sequence[str], requests: int, seconds: float, concurrency: int, ll_mib: int) -> list[Row]:
-    from bench.proxy.__main__ import make_certs, nginx, wrk
+    from bench.proxy.__main__ import make_certs, nginx
     from bench.proxy.mesh import SERVICE, sidecar_certs
 
     rows = []
@@ -304,24 +345,35 @@ def proxy_rows(setups: Sequence[str], requests: int, seconds: float, concurrency
         certs = make_certs(folder)
         mesh_certs = sidecar_certs(folder / "mesh", SERVICE, "checkout")
         for name in setups:
-            with proxy_setup(name, folder, backend, certs, mesh_certs, ()) as (port, pids, host):
-                wrk(port, concurrency, 1.0, host)  # warm-up
-
-                def full_speed(port: int = port, host: str | None = host) -> int:
-                    rps = wrk(port, concurrency, seconds, host)[0]
-                    return round(rps * max(1, round(seconds)))
-
-                software = software_per_unit(pids, full_speed)
-            with proxy_setup(name, folder, backend, certs, mesh_certs, callgrind_prefix(folder, ll_mib)) as (
-                    port, pids, host):
-                instrument(pids)
-                load = HttpLoad(port, host)
-                load.run(WARM_UP, VALGRIND_START_TIMEOUT)
-                counts, done = per_unit(pids, folder, partial(load.run, requests, 30 * seconds))
-                load.connection.close()
-            rows.append(Row(name, "request", counts, done, software))
-            print(f"counters: {name} done ({done} requests under valgrind)", file=sys.stderr, flush=True)
+            try:
+                rows.append(proxy_row(name, folder, backend, certs, mesh_certs, requests, seconds, concurrency,
+                                      ll_mib))
+            except (RuntimeError, OSError, http.client.HTTPException) as e:  # the other setups still count
+                print(f"counters: {name} failed: {e}", file=sys.stderr, flush=True)
     return rows
+
+
+def proxy_row(name: str, folder: Path, backend: int, certs: dict[str, Path], mesh_certs: dict[str, dict[str, str]],
+              requests: int, seconds: float, concurrency: int, ll_mib: int) -> Row:
+    """Software counters at full speed, then callgrind's per request, of one proxy setup (started twice)."""
+    from bench.proxy.__main__ import wrk
+
+    with proxy_setup(name, folder, backend, certs, mesh_certs, ()) as (port, pids, host):
+        wrk(port, concurrency, 1.0, host)  # warm-up
+
+        def full_speed() -> int:
+            rps = wrk(port, concurrency, seconds, host)[0]
+            return round(rps * max(1, round(seconds)))
+
+        software = software_per_unit(pids, full_speed)
+    with proxy_setup(name, folder, backend, certs, mesh_certs, callgrind_prefix(folder, ll_mib)) as (port, pids, host):
+        instrument(pids)
+        load = HttpLoad(port, host)
+        load.warm_up(WARM_UP, VALGRIND_START_TIMEOUT)
+        counts, done = per_unit(pids, folder, partial(load.run, requests, 30 * seconds))
+        load.connection.close()
+    print(f"counters: {name} done ({done} requests under valgrind)", file=sys.stderr, flush=True)
+    return Row(name, "request", counts, done, software)
 
 
 def dns_rows(setups: Sequence[str], queries: int, seconds: float, ll_mib: int) -> list[Row]:

@@ -155,14 +155,13 @@ def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: 
 
 
 def sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]],
-                 gc_freeze: bool = False, prefix: Sequence[str] = (),
-                 timeout: float = READY_TIMEOUT) -> tuple[int, list[int]]:
+                 gc_freeze: bool = False) -> tuple[int, list[int]]:
     suffix = "-frozen" if gc_freeze else ""
     b = sidecar_config(folder, f"bench-b{suffix}", certs[SERVICE], [{"name": SERVICE, "port": backend}], [])
-    b_proc = stack.enter_context(sidecar(folder, b, gc_freeze, prefix, timeout))
+    b_proc = stack.enter_context(sidecar(folder, b, gc_freeze))
     a = sidecar_config(folder, f"bench-a{suffix}", certs["checkout"], [], [b["gossip"]["listen"]])
-    a_proc = stack.enter_context(sidecar(folder, a, gc_freeze, prefix, timeout))
-    wait_catalog(a, a_proc, folder, timeout=timeout)
+    a_proc = stack.enter_context(sidecar(folder, a, gc_freeze))
+    wait_catalog(a, a_proc, folder)
     return int(a["outbound"]["listen"].rsplit(":", 1)[1]), [a_proc.pid, b_proc.pid]
 
 
