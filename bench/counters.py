@@ -168,6 +168,13 @@ class Software:
     cpu_ns: float = 0.0
     context_switches: float = 0.0
     page_faults: float = 0.0
+    user_ticks: float = 0.0     # utime and stime, in clock ticks: their ratio says where the CPU time goes
+    system_ticks: float = 0.0
+
+    @property
+    def user_share(self) -> float:
+        ticks = self.user_ticks + self.system_ticks
+        return self.user_ticks / ticks if ticks else 0.0
 
     def __sub__(self, other: Software) -> Software:
         return Software(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
@@ -177,7 +184,7 @@ class Software:
 
 
 def read_software(pids: Sequence[int]) -> Software:
-    cpu = switches = faults = 0.0
+    cpu = switches = faults = user = system = 0.0
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").iterdir():
             try:
@@ -189,7 +196,9 @@ def read_software(pids: Sequence[int]) -> Software:
                 continue  # a thread that ended meanwhile
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         faults += float(stat[7]) + float(stat[9])  # minflt, majflt (fields 10 and 12)
-    return Software(cpu, switches, faults)
+        user += float(stat[11])  # utime, stime (fields 14 and 15)
+        system += float(stat[12])
+    return Software(cpu, switches, faults, user, system)
 
 
 def software_per_unit(pids: Sequence[int], load: Callable[[], int]) -> Software:
@@ -417,14 +426,15 @@ def report(rows: Sequence[Row], reference: str, ll_mib: int) -> str:
         f"Counters per {unit} (callgrind, simulated I1/D1 32 KiB, LL {ll_mib} MiB 16-way; Python under "
         "PYTHONMALLOC=malloc; software counters at full speed from /proc):",
         "",
-        "| setup | instructions | I1 misses | D1 misses | LL misses | branches | mispredicts | CPU µs | "
+        "| setup | instructions | I1 misses | D1 misses | LL misses | branches | mispredicts | CPU µs | user | "
         "ctx switches | page faults | measured |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         c, s = row.counts, row.software
         lines.append(f"| {row.setup} | {c.instructions:,.0f} | {c.i1_misses:,.1f} | {c.d1_misses:,.1f} | "
                      f"{c.ll_misses:,.2f} | {c.branches:,.0f} | {c.mispredicts:,.1f} | {s.cpu_ns / 1000:.1f} | "
+                     f"{s.user_share:.0%} | "
                      f"{s.context_switches:.2f} | {s.page_faults:.3f} | {row.measured} |")
     base = next((row for row in rows if row.setup == reference), None)
     if base is not None:
