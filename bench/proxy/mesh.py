@@ -25,8 +25,8 @@ the setup's proxy processes (utime+stime from /proc). Ratios compare to HAProxy'
 ``--profile N`` then samples sidecar A and B with py-spy (pip install py-spy) for N seconds under c=50 and
 prints the top functions by own time and by total time. ``--cpu-split N`` records both with ``perf`` (cycles
 by shared object: the interpreter, the kernel, libcrypto, llhttp, uvloop). ``--counters`` then prints
-instructions, simulated cache and branch misses and software counters per request of HAProxy, floor and
-sidecar pairs (bench.counters, under valgrind: minutes).
+instructions, simulated cache and branch misses and software counters per request of the HAProxy, floor,
+engine and sidecar pairs (bench.counters, under valgrind: minutes).
 
 Exit status: 0 when done (or skipped for lack of wrk/haproxy/nginx), 1 when a server failed.
 """
