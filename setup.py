@@ -15,10 +15,11 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # The modules every proxied request runs through: HTTP framing and the exchange, the caller's resilience
-# policy, routing and authorization, the per-request telemetry record.
+# policy, routing and authorization, the per-request telemetry: record, access-log line, span and its OTLP bytes.
 NATIVE = [
     "sidecar/clock.py",
     "sidecar/dns/cache.py",
+    "sidecar/dns/counters.py",
     "sidecar/dns/server.py",
     "sidecar/dns/wire.py",
     "sidecar/errors.py",
@@ -29,6 +30,7 @@ NATIVE = [
     "sidecar/mesh/router.py",
     "sidecar/mesh/stats.py",
     "sidecar/proxy/downstream.py",
+    "sidecar/proxy/engine.py",
     "sidecar/proxy/connector.py",
     "sidecar/proxy/exchange.py",
     "sidecar/proxy/failures.py",
@@ -37,6 +39,7 @@ NATIVE = [
     "sidecar/proxy/paths.py",
     "sidecar/proxy/pool.py",
     "sidecar/proxy/relay.py",
+    "sidecar/proxy/sides.py",
     "sidecar/proxy/target.py",
     "sidecar/proxy/tracecontext.py",
     "sidecar/proxy/tunnel.py",
@@ -45,17 +48,22 @@ NATIVE = [
     "sidecar/resilience/balancer.py",
     "sidecar/resilience/breaker.py",
     "sidecar/resilience/budget.py",
+    "sidecar/resilience/cluster.py",
     "sidecar/resilience/deadline.py",
-    "sidecar/resilience/destination.py",
     "sidecar/resilience/outlier.py",
     "sidecar/resilience/policy.py",
+    "sidecar/resilience/readiness.py",
     "sidecar/resilience/retry.py",
     "sidecar/resilience/rules.py",
     "sidecar/resilience/views.py",
+    "sidecar/telemetry/accessline.py",
     "sidecar/telemetry/hub.py",
+    "sidecar/telemetry/otlp.py",
     "sidecar/telemetry/propagation.py",
     "sidecar/telemetry/records.py",
     "sidecar/telemetry/requests.py",
+    "sidecar/telemetry/sampling.py",
+    "sidecar/telemetry/spans.py",
 ]
 
 

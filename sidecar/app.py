@@ -43,7 +43,7 @@ from sidecar.messaging.routes import admin_post_handlers, admin_read_routes, api
 from sidecar.messaging.service import Messaging
 from sidecar.ops.apply import ConfigApplier
 from sidecar.ops.debug import debug_routes, watch_failures
-from sidecar.ops.demotion import Rules as DemotionRules
+from sidecar.ops.demotion import DemotionRules as DemotionRules
 from sidecar.ops.demotion import SelfDemotion
 from sidecar.ops.failures import FailedRequests
 from sidecar.ops.reload import Reloader
@@ -52,12 +52,12 @@ from sidecar.overload.metrics import OverloadCollector, overload_routes
 from sidecar.overload.monitor import malloc_trimmer, shrink_heap
 from sidecar.proxy import HttpProxy, TcpRelay
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
+from sidecar.site import Site
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
 from sidecar.tls.errors import CertificateError
 from sidecar.tls.reloader import IdentityStore
-from sidecar.tls.renewal import Renewer
+from sidecar.tls.renewer import Renewer
 from sidecar.tls.routes import tls_routes
-from sidecar.web import Site
 
 log = logging.getLogger("sidecar.app")
 
@@ -122,7 +122,11 @@ class Sidecar:
         limits = config.overload
         self.overload = OverloadGuard(limits.max_memory_bytes, float(limits.max_loop_lag), enabled=limits.enabled)
         self.overload_monitor = OverloadMonitor(self.overload, float(limits.check_interval))
-        self.telemetry = Telemetry(config, clock)
+        try:
+            self.telemetry = Telemetry(config, clock)
+        except OSError as e:   # the access log's file
+            raise StartupError(f"telemetry.access_log.path: cannot open {config.telemetry.access_log.path}: "
+                               f"{e.strerror or e}", exit_code=2) from None
         self.failed = FailedRequests()   # recent failed or retried requests, for /debug/explain?request_id=
         self.dataplane = self._build_dataplane(config)
         self.messaging = Messaging(config, self.catalog, self.registry, clock, self.store)

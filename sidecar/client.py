@@ -343,7 +343,7 @@ class SidecarClient:
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
-        bound = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        bound = int(runner.addresses[0][1])
         service_id = None
         if register:
             service_id = await self.register_service(service, version, bound, host=host, messages_path=path,

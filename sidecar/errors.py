@@ -4,7 +4,8 @@ Every error the sidecar itself produces reaches the caller as SPEC's shape::
 
     {"error": {"code": "UNAVAILABLE", "grpcCode": 14, "message": "...", "details": {...}}}
 
-with an ``x-sidecar-error: CODE`` header. :func:`rescue` is the only function that builds it.
+with an ``x-sidecar-error: CODE`` header. :func:`rescue` is the only function that builds it; for a gRPC
+request, ``sidecar.http2.grpc.trailers_only`` says the same in gRPC's shape, from :func:`classify`.
 """
 
 from __future__ import annotations
@@ -151,12 +152,16 @@ def error_body(code: Code, message: str, details: dict[str, Any] | None = None) 
     return {"error": {"code": code.name, "grpcCode": code.grpc, "message": message, "details": details or {}}}
 
 
+def classify(exc: BaseException) -> tuple[Code, str, dict[str, Any]]:
+    """The code, message and details an exception is reported with; anything not a SidecarError is INTERNAL."""
+    if isinstance(exc, SidecarError):
+        return exc.code, exc.message, exc.details
+    return Code.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", {}
+
+
 def rescue(exc: BaseException) -> Rescued:
     """Turn any exception into SPEC's error response; anything not a SidecarError is INTERNAL."""
-    if isinstance(exc, SidecarError):
-        code, message, details = exc.code, exc.message, exc.details
-    else:
-        code, message, details = Code.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", {}
+    code, message, details = classify(exc)
     body = json.dumps(error_body(code, message, details), separators=(",", ":")).encode()
     headers = {"content-type": "application/json", "x-sidecar-error": code.name}
     if code is Code.METHOD_NOT_ALLOWED and isinstance(details.get("allowed"), list):

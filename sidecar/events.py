@@ -27,7 +27,7 @@ class Event:
 _CLOSED = object()
 
 
-class Subscription:
+class BusSubscription:
     def __init__(self, bus: EventBus, maxsize: int) -> None:
         self._bus = bus
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
@@ -66,7 +66,7 @@ class Subscription:
 class EventBus:
     def __init__(self, history: int = 1024) -> None:
         self._history: collections.deque[Event] = collections.deque(maxlen=history)
-        self._subscribers: set[Subscription] = set()
+        self._subscribers: set[BusSubscription] = set()
         self._next_id = 1
 
     def publish(self, type: str, at_ms: int, **data: Any) -> Event:
@@ -77,9 +77,9 @@ class EventBus:
             subscriber._offer(event)
         return event
 
-    def subscribe(self, after_id: int | None = None, maxsize: int = 1024) -> Subscription:
+    def subscribe(self, after_id: int | None = None, maxsize: int = 1024) -> BusSubscription:
         """A new subscription; with ``after_id`` it first replays the history after that id."""
-        subscription = Subscription(self, maxsize)
+        subscription = BusSubscription(self, maxsize)
         if after_id is not None:
             for event in self._history:
                 if event.id > after_id:

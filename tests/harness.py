@@ -259,11 +259,13 @@ class JsonHandler(http_server.BaseHTTPRequestHandler):
 
 
 class FakeApp:
-    """A real HTTP server on a free loopback port whose /health answer the test sets; it records what it got."""
+    """A real HTTP server on a free loopback port whose /health answer and other answers' status the test sets;
+    it records what it got."""
 
     def __init__(self, name: str = "app") -> None:
         self.name = name
         self.health_status = 200
+        self.answer_status = 200
         self.requests: list[tuple[str, str]] = []
         self.headers: list[dict[str, str]] = []
         app = self
@@ -280,7 +282,7 @@ class FakeApp:
                 app.requests.append((self.command, self.path))
                 if not self.path.startswith("/health"):
                     app.headers.append({k.lower(): v for k, v in self.headers.items()})
-                status = app.health_status if self.path.startswith("/health") else 200
+                status = app.health_status if self.path.startswith("/health") else app.answer_status
                 self.send_json(status, {"app": app.name, "path": self.path, "status": status,
                                         "method": self.command, "received": len(received)})
 

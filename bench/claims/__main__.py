@@ -32,7 +32,7 @@ from sidecar.catalog.model import ServiceMetadata
 from sidecar.catalog.signing import ClaimVerifier, sign
 from sidecar.catalog.sync import Claim, decode_claims, encode_claims, signed_bytes
 from sidecar.config.model import GOSSIP_PROFILES
-from sidecar.gossip.core import Event, UserMessage
+from sidecar.gossip.outputs import Event, UserMessage
 from sidecar.gossip.simnet import SimNetwork
 from sidecar.tls import certs
 

@@ -32,8 +32,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from sidecar.config.model import GOSSIP_PROFILES, GossipTuning
-from sidecar.gossip.core import Event, MemberDead, MemberSuspect, UserMessage
 from sidecar.gossip.messages import PushNodeState, PushPull, to_wire
+from sidecar.gossip.outputs import Event, MemberDead, MemberSuspect, UserMessage
 from sidecar.gossip.simnet import SIM_PORT, SimNetwork
 from sidecar.gossip.state import MemberState
 from sidecar.gossip.suspicion import detection_time_bound, expected_detection_time, push_pull_scale

@@ -1,18 +1,28 @@
-"""Publish → deliver through two sidecars, and the same workload through Redis Streams.
+"""Publish → deliver through two sidecars, and the same workloads through Redis Streams, in one run.
 
-    python -m bench.messaging [--messages 5000] [--concurrency 16]
+    python -m bench.messaging [--messages 3000] [--concurrency 16] [--rounds 3] [--burst 10000]
 
-sidecar: the bench publishes N messages (``concurrency`` at a time) to the publisher sidecar's
-``POST /v1/publish/bench`` (a 202 means fsync'd in its outbox); the publisher sidecar delivers each over mTLS
-to the subscriber sidecar, which hands it to the bench's subscriber app (aiohttp, one in flight per stream).
-redis: the same N messages XADDed with the same concurrency to a Redis on loopback (started by the bench with
-its default persistence: RDB snapshots, no AOF, so an XADD is *not* fsync'd), read by one consumer of a
-consumer group with XREADGROUP COUNT 1 + XACK (one in flight, like the sidecar's stream). A second Redis run
-with ``appendonly yes, appendfsync always`` shows the cost of the same durability as the sidecar's.
+Workloads (each round runs them against the sidecars, Redis and Redis with ``appendfsync always``, in alternating
+order; the table shows medians over the rounds):
+
+* ``single``: N messages, ``concurrency`` publishers at once, one subscribing service, one message per POST to its
+  app (Redis: one consumer of a consumer group, XREADGROUP COUNT 1 + XACK: one in flight, as the sidecar's stream);
+* ``bulk``: the same with bulk delivery (up to 100 messages per POST, a status per message; Redis: COUNT 100, one
+  XACK for the batch), and Redis's COUNT 1 line stays the reference;
+* ``sse``: the ``single`` workload read by an SSE reader (``GET /v1/subscribe/sse``) on the subscriber's node: the
+  publisher sidecar sends it batches, stored by the subscriber sidecar before they are acked;
+* ``fanout``: one topic, two subscribing services (Redis: two consumer groups);
+* ``burst``: 10,000 messages from 64 publishers at once, default delivery;
+* ``paced``: the sidecar at half the ``single`` maximum, for its latency there.
+
+sidecar: the bench publishes to the publisher sidecar's ``POST /v1/publish/TOPIC`` (a 202 means fsync'd in its
+outbox); the publisher sidecar delivers over mTLS to the subscriber sidecar, which hands it to the bench's apps
+(aiohttp). fsyncs/message is the publisher store's ``fsyncs / durableMessages`` over the workload (GET /messaging).
+Redis (``redis-server`` from Debian, started by the bench): default persistence (RDB snapshots, no AOF: an XADD is
+*not* fsync'd) and ``appendonly yes, appendfsync always`` (as durable as the sidecar's 202).
 
 Latency is publish call → arrival at the subscriber (both in this process's clock): p50 and p99; throughput is
-messages / (last arrival - first publish). Ratios are sidecar / redis. Needs redis-server (Debian
-``redis-server``); skipped without it. The sidecar processes need the messaging wiring in sidecar/app.py.
+messages delivered / (last arrival - first publish). Skipped without redis-server.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,80 +49,182 @@ sys.path.insert(0, str(ROOT))
 
 from tests.harness import SidecarProcess, free_port, http, make_certs, wait_for  # noqa: E402
 
+BULK = 100
+BURST_PUBLISHERS = 64
 
+
+@dataclass
 class Result:
-    def __init__(self, name: str, latencies: list[float], elapsed: float) -> None:
-        self.name = name
-        self.count = len(latencies)
-        self.throughput = len(latencies) / elapsed if elapsed > 0 else 0.0
-        ordered = sorted(latencies)
-        self.p50 = statistics.median(ordered) * 1000
-        self.p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    system: str
+    workload: str
+    count: int
+    throughput: float
+    p50: float
+    p99: float
+    fsyncs_per_message: float | None = None
 
-    def line(self) -> str:
-        return f"{self.name:<16} {self.count:>7} msgs  {self.throughput:>9.0f} msg/s  p50 {self.p50:>8.2f} ms  " \
-               f"p99 {self.p99:>8.2f} ms"
+
+def result(system: str, workload: str, latencies: list[float], first: float, last: float,
+           fsyncs: float | None = None) -> Result:
+    ordered = sorted(latencies)
+    elapsed = last - first
+    return Result(system, workload, len(ordered), len(ordered) / elapsed if elapsed > 0 else 0.0,
+                  statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+                  fsyncs)
+
+
+@dataclass
+class Arrivals:
+    """Who expects what: arrival times by (consumer, n), and an event when ``expected`` have come."""
+
+    expected: int
+    sent: dict[int, float] = field(default_factory=dict)
+    arrived: dict[tuple[str, int], float] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def arrive(self, consumer: str, n: int) -> None:
+        self.arrived.setdefault((consumer, n), time.monotonic())
+        if len(self.arrived) >= self.expected:
+            self.done.set()
+
+    def latencies(self) -> list[float]:
+        return [at - self.sent[n] for (_, n), at in self.arrived.items()]
+
+
+async def publish_all(count: int, concurrency: int, arrivals: Arrivals, send: Callable[[int], Awaitable[None]],
+                      rate: float | None = None) -> float:
+    """Publish 0..count-1 with ``concurrency`` publishers (at ``rate`` per second overall when given); returns
+    the time of the first publish."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(count):
+        queue.put_nowait(n)
+    started = time.monotonic()
+
+    async def publisher() -> None:
+        while not queue.empty():
+            n = queue.get_nowait()
+            if rate is not None:
+                delay = started + n / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            arrivals.sent[n] = time.monotonic()
+            await send(n)
+
+    await asyncio.gather(*(publisher() for _ in range(concurrency)))
+    return started
 
 
 # ------------------------------------------------------------------------------------------ sidecar
 
 
-async def run_sidecar(tmp: Path, messages: int, concurrency: int) -> Result:
-    certs = make_certs(tmp / "certs", ["publisher", "subscriber"])
-    sent: dict[int, float] = {}
-    arrived: dict[int, float] = {}
-    done = asyncio.Event()
+class Sidecars:
+    """A publisher sidecar and a subscriber sidecar hosting three services: ``sub`` (topic ``single``, and
+    ``burst``, one message per POST), ``bulksub`` (topic ``bulk``, bulk delivery) and ``fan-a``/``fan-b`` (both
+    on topic ``fanout``)."""
 
-    async def receive(request: web.Request) -> web.Response:
-        message = json.loads(await request.read())
-        n = message["payload"]
-        arrived.setdefault(n, time.monotonic())
-        if len(arrived) >= messages:
-            done.set()
+    SERVICES = ("sub", "bulksub", "fan-a", "fan-b")
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.arrivals: Arrivals | None = None
+        self.runner: web.AppRunner | None = None
+        self.processes: list[SidecarProcess] = []
+        self.refused = 0   # publishes answered 429 or 503 (backpressure), then tried again
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        consumer = request.match_info["consumer"]
+        doc = json.loads(await request.read())
+        arrivals = self.arrivals
+        if isinstance(doc, list):
+            if arrivals is not None:
+                for m in doc:
+                    arrivals.arrive(consumer, m["payload"])
+            return web.json_response({"statuses": [{"id": m["id"], "status": "SUCCESS"} for m in doc]})
+        if arrivals is not None:
+            arrivals.arrive(consumer, doc["payload"])
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_post("/events", receive)
-    app.router.add_get("/health", lambda r: _ok())
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    base = {"gossip": {"profile": "local"}}
-    publisher = SidecarProcess(tmp, {**base, "node": {"name": "pub"}, "tls": certs["publisher"]}, name="pub")
-    publisher.start()
-    subscriber = SidecarProcess(tmp, {**base, "node": {"name": "sub"}, "tls": certs["subscriber"],
-                                      "gossip": {"profile": "local", "join": [publisher.listeners["gossip"]]},
-                                      "services": [{"name": "subscriber", "port": port}],
-                                      "subscriptions": [{"topic": "bench", "path": "/events"}]}, name="sub")
-    subscriber.start()
-    try:
-        await asyncio.to_thread(wait_for, lambda: any(
-            r["topic"] == "bench" for r in http("GET", publisher.api + "/v1/subscriptions").json()), 30)
-        url = publisher.api + "/v1/publish/bench"
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/in/{consumer}", self._receive)
+        app.router.add_get("/health", lambda r: _ok())
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        port = int(self.runner.addresses[0][1])
+        certs = make_certs(self.tmp / "certs", ["publisher", *self.SERVICES])
+        tls = {**certs["sub"], "identities": [{"service": s, "cert": certs[s]["cert"], "key": certs[s]["key"]}
+                                              for s in self.SERVICES[1:]]}
+        gossip = {"profile": "local"}
+        publisher = SidecarProcess(self.tmp, {"node": {"name": "pub"}, "tls": certs["publisher"], "gossip": gossip,
+                                              "messaging": {"queue": {"max_pending": 100_000}}}, name="pub")
+        publisher.start()
+        self.processes.append(publisher)
+        subscriptions = [{"topic": "single", "path": "/in/sub", "service": "sub"},
+                         {"topic": "burst", "path": "/in/sub", "service": "sub"},
+                         {"topic": "paced", "path": "/in/sub", "service": "sub"},
+                         {"topic": "bulk", "path": "/in/bulksub", "service": "bulksub",
+                          "bulk": {"enabled": True, "max_messages": BULK}},
+                         {"topic": "fanout", "path": "/in/fan-a", "service": "fan-a"},
+                         {"topic": "fanout", "path": "/in/fan-b", "service": "fan-b"}]
+        subscriber = SidecarProcess(self.tmp, {
+            "node": {"name": "sub"}, "tls": tls, "gossip": {**gossip, "join": [publisher.listeners["gossip"]]},
+            "services": [{"name": s, "port": port} for s in self.SERVICES], "subscriptions": subscriptions},
+            name="sub")
+        subscriber.start()
+        self.processes.append(subscriber)
+        self.publisher, self.subscriber = publisher, subscriber
+        self.sse_ready = asyncio.Event()
+        self.sse = asyncio.create_task(self._read_sse())
+        await asyncio.wait_for(self.sse_ready.wait(), 30)
+        await asyncio.to_thread(wait_for, lambda: len(
+            http("GET", publisher.api + "/v1/subscriptions").json()) >= len(subscriptions) + 1, 30,
+            what="the subscriptions known to the publisher")
+
+    async def _read_sse(self) -> None:
+        """An SSE reader of topic ``sse`` on the subscriber sidecar, for as long as the bench runs."""
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{self.subscriber.api}/v1/subscribe/sse", timeout=aiohttp.ClientTimeout(total=None)) as response:
+            self.sse_ready.set()
+            async for line in response.content:
+                if line.startswith(b"data: ") and self.arrivals is not None:
+                    self.arrivals.arrive("sse", json.loads(line[6:])["payload"])
+
+    def _durability(self) -> tuple[int, int]:
+        status = http("GET", self.publisher.admin + "/messaging").json()
+        return int(status["fsyncs"]), int(status["durableMessages"])
+
+    async def run(self, workload: str, count: int, concurrency: int, consumers: int = 1,
+                  rate: float | None = None) -> Result:
+        arrivals = self.arrivals = Arrivals(count * consumers)
+        url = f"{self.publisher.api}/v1/publish/{workload}"
+        before = await asyncio.to_thread(self._durability)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-            queue: asyncio.Queue[int] = asyncio.Queue()
-            for n in range(messages):
-                queue.put_nowait(n)
-
-            async def worker() -> None:
-                while not queue.empty():
-                    n = queue.get_nowait()
-                    sent[n] = time.monotonic()
+            async def send(n: int) -> None:
+                for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0):
                     async with session.post(url, json={"type": "bench", "payload": n}) as response:
-                        assert response.status == 202, await response.text()
                         await response.read()
+                        if response.status == 202:
+                            return
+                        # backpressure (429 full, 503 overloaded): a publisher waits and tries again
+                        assert response.status in (429, 503), await response.text()
+                        self.refused += 1
+                    await asyncio.sleep(wait)
+                raise AssertionError(f"message {n} refused 10 times")
+            started = await publish_all(count, concurrency, arrivals, send, rate)
+            await asyncio.wait_for(arrivals.done.wait(), 600)
+        after = await asyncio.to_thread(self._durability)
+        fsyncs = (after[0] - before[0]) / max(1, after[1] - before[1])
+        self.arrivals = None
+        return result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()), fsyncs)
 
-            started = time.monotonic()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            await asyncio.wait_for(done.wait(), 300)
-        elapsed = max(arrived.values()) - started
-        return Result("sidecar", [arrived[n] - sent[n] for n in range(messages)], elapsed)
-    finally:
-        subscriber.terminate()
-        publisher.terminate()
-        await runner.cleanup()
+    async def stop(self) -> None:
+        if hasattr(self, "sse"):
+            self.sse.cancel()
+        for process in reversed(self.processes):
+            process.terminate()
+        if self.runner is not None:
+            await self.runner.cleanup()
 
 
 async def _ok() -> web.Response:
@@ -160,57 +274,74 @@ class Resp:
         await self.writer.wait_closed()
 
 
-async def run_redis(tmp: Path, messages: int, concurrency: int, durable: bool) -> Result:
-    port = free_port()
-    data = tmp / ("redis-aof" if durable else "redis")
-    data.mkdir()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
-    if durable:
-        args += ["--appendonly", "yes", "--appendfsync", "always"]
-    server = await asyncio.create_subprocess_exec(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        control = await _connect_when_up(port)
-        await control.call("XGROUP", "CREATE", "bench", "g", "$", "MKSTREAM")
-        sent: dict[int, float] = {}
-        arrived: dict[int, float] = {}
+class Redis:
+    def __init__(self, tmp: Path, durable: bool) -> None:
+        self.name = "redis-aof-always" if durable else "redis"
+        self.port = free_port()
+        self.data = tmp / self.name
+        self.durable = durable
+        self.server: asyncio.subprocess.Process | None = None
+        self.runs = 0
 
-        async def consume() -> None:
-            conn = await Resp.connect(port)
-            while len(arrived) < messages:
-                reply = await conn.call("XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "BLOCK", "1000",
-                                        "STREAMS", "bench", ">")
+    async def start(self) -> None:
+        self.data.mkdir()
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data),
+                "--save", ""]
+        if self.durable:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        self.server = await asyncio.create_subprocess_exec(*args, stdout=subprocess.DEVNULL,
+                                                           stderr=subprocess.DEVNULL)
+        await (await _connect_when_up(self.port)).close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            await asyncio.wait_for(self.server.wait(), 10)
+
+    async def run(self, workload: str, count: int, concurrency: int, consumers: int = 1, batch: int = 1) -> Result:
+        self.runs += 1
+        stream = f"{workload}-{self.runs}"
+        control = await Resp.connect(self.port)
+        groups = [f"g{i}" for i in range(consumers)]
+        for group in groups:
+            await control.call("XGROUP", "CREATE", stream, group, "$", "MKSTREAM")
+        arrivals = Arrivals(count * consumers)
+
+        async def consume(group: str) -> None:
+            conn = await Resp.connect(self.port)
+            while not arrivals.done.is_set():
+                reply = await conn.call("XREADGROUP", "GROUP", group, "c", "COUNT", str(batch), "BLOCK", "200",
+                                        "STREAMS", stream, ">")
                 if not reply:
                     continue
-                for entry_id, fields in reply[0][1]:
-                    n = int(fields[1])
-                    arrived.setdefault(n, time.monotonic())
-                    await conn.call("XACK", "bench", "g", entry_id)
+                entries = reply[0][1]
+                for _, fields in entries:
+                    arrivals.arrive(group, int(fields[1]))
+                await conn.call("XACK", stream, group, *(entry_id for entry_id, _ in entries))
             await conn.close()
 
-        consumer = asyncio.create_task(consume())
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for n in range(messages):
-            queue.put_nowait(n)
+        consumer_tasks = [asyncio.create_task(consume(g)) for g in groups]
+        connections = [await Resp.connect(self.port) for _ in range(concurrency)]
+        free: asyncio.Queue[Resp] = asyncio.Queue()
+        for conn in connections:
+            free.put_nowait(conn)
 
-        async def producer() -> None:
-            conn = await Resp.connect(port)
-            while not queue.empty():
-                n = queue.get_nowait()
-                sent[n] = time.monotonic()
-                body = json.dumps({"type": "bench", "payload": n})
-                await conn.call("XADD", "bench", "*", "n", str(n), "body", body)
+        async def send(n: int) -> None:
+            conn = await free.get()
+            try:
+                await conn.call("XADD", stream, "*", "n", str(n), "body", json.dumps({"type": "bench", "payload": n}))
+            finally:
+                free.put_nowait(conn)
+
+        started = await publish_all(count, concurrency, arrivals, send)
+        await asyncio.wait_for(arrivals.done.wait(), 600)
+        await asyncio.gather(*consumer_tasks)
+        for conn in connections:
             await conn.close()
-
-        started = time.monotonic()
-        await asyncio.gather(*(producer() for _ in range(concurrency)))
-        await asyncio.wait_for(consumer, 300)
-        elapsed = max(arrived.values()) - started
+        await control.call("DEL", stream)
         await control.close()
-        return Result("redis-aof-always" if durable else "redis", [arrived[n] - sent[n] for n in range(messages)],
-                      elapsed)
-    finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), 10)
+        name = self.name + (f" COUNT {batch}" if batch > 1 else "")
+        return result(name, workload, arrivals.latencies(), started, max(arrivals.arrived.values()))
 
 
 async def _connect_when_up(port: int) -> Resp:
@@ -226,27 +357,106 @@ async def _connect_when_up(port: int) -> Resp:
         await asyncio.sleep(0.05)
 
 
+# ------------------------------------------------------------------------------------------ the run
+
+
+async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: int) -> tuple[list[Result], int]:
+    """Every workload against the sidecars and both Redis; the results, and how many publishes the sidecar
+    answered with backpressure."""
+    sidecars = Sidecars(tmp)
+    redis, aof = Redis(tmp, durable=False), Redis(tmp, durable=True)
+    results: list[Result] = []
+    try:
+        await sidecars.start()
+        await redis.start()
+        await aof.start()
+        # warm up: connections, certificates, the streams' first pages
+        await sidecars.run("single", 200, concurrency)
+        await sidecars.run("bulk", 200, concurrency)
+        for round_ in range(rounds):
+            runs: list[Callable[[], Awaitable[Result]]] = [
+                lambda: sidecars.run("single", messages, concurrency),
+                lambda: redis.run("single", messages, concurrency),
+                lambda: aof.run("single", messages, concurrency),
+                lambda: sidecars.run("bulk", messages, concurrency),
+                lambda: redis.run("bulk", messages, concurrency, batch=BULK),
+                lambda: aof.run("bulk", messages, concurrency, batch=BULK),
+                lambda: sidecars.run("sse", messages, concurrency),
+                lambda: sidecars.run("fanout", messages, concurrency, consumers=2),
+                lambda: redis.run("fanout", messages, concurrency, consumers=2),
+                lambda: aof.run("fanout", messages, concurrency, consumers=2),
+            ]
+            if round_ % 2:  # alternate who goes first, so that neither always gets the warmer machine
+                runs.reverse()
+            for run in runs:
+                results.append(await run())
+                print(_line(results[-1]), flush=True)
+        single = statistics.median(r.throughput for r in results if r.system == "sidecar" and r.workload == "single")
+        for workload in ("paced",):
+            results.append(await sidecars.run(workload, min(messages, 3000), concurrency, rate=single / 2))
+            print(_line(results[-1]), flush=True)
+        for run in (lambda: sidecars.run("burst", burst, BURST_PUBLISHERS),
+                    lambda: redis.run("burst", burst, BURST_PUBLISHERS),
+                    lambda: aof.run("burst", burst, BURST_PUBLISHERS)):
+            results.append(await run())
+            print(_line(results[-1]), flush=True)
+    finally:
+        await sidecars.stop()
+        await redis.stop()
+        await aof.stop()
+    return results, sidecars.refused
+
+
+def _line(r: Result) -> str:
+    fsyncs = f"  fsyncs/msg {r.fsyncs_per_message:.3f}" if r.fsyncs_per_message is not None else ""
+    return (f"{r.workload:<7} {r.system:<24} {r.count:>6} msgs {r.throughput:>8.0f} msg/s  p50 {r.p50:>8.2f} ms  "
+            f"p99 {r.p99:>8.2f} ms{fsyncs}")
+
+
+def table(results: list[Result]) -> str:
+    """Medians per (workload, system), then the sidecar's ratios to each Redis of the same workload."""
+    keys: list[tuple[str, str]] = []
+    for r in results:
+        if (r.workload, r.system) not in keys:
+            keys.append((r.workload, r.system))
+    medians: dict[tuple[str, str], Result] = {}
+    for key in keys:
+        runs = [r for r in results if (r.workload, r.system) == key]
+        fsyncs = [r.fsyncs_per_message for r in runs if r.fsyncs_per_message is not None]
+        medians[key] = Result(key[1], key[0], runs[0].count, statistics.median(r.throughput for r in runs),
+                              statistics.median(r.p50 for r in runs), statistics.median(r.p99 for r in runs),
+                              statistics.median(fsyncs) if fsyncs else None)
+    rows = ["| workload | system | runs | msg/s | p50 ms | p99 ms | fsyncs/msg | sidecar ÷ this |",
+            "|---|---|---|---|---|---|---|---|"]
+    for (workload, system), m in medians.items():
+        runs = sum(1 for r in results if (r.workload, r.system) == (workload, system))
+        ours = medians.get((workload, "sidecar"))
+        ratio = f"x{ours.throughput / m.throughput:.2f}" if ours is not None and system != "sidecar" else ""
+        if system == "sidecar" and workload in ("bulk", "sse"):
+            reference = medians.get(("single", "redis"))
+            ratio = f"x{m.throughput / reference.throughput:.2f} of single redis" if reference else ""
+        fsyncs = f"{m.fsyncs_per_message:.3f}" if m.fsyncs_per_message is not None else ""
+        rows.append(f"| {workload} | {system} | {runs} | {m.throughput:.0f} | {m.p50:.2f} | {m.p99:.2f} | "
+                    f"{fsyncs} | {ratio} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.messaging")
-    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--burst", type=int, default=10_000)
     args = parser.parse_args(argv if argv is not None else [])
     if shutil.which("redis-server") is None:
-        print("skipped: redis-server is not installed (apt-get install redis-server)")
+        print("skipped: redis-server is not installed (apt-get install redis-server, or make bench-tools)")
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-messaging-") as folder:
-        tmp = Path(folder)
-        results = [asyncio.run(run_sidecar(tmp, args.messages, args.concurrency)),
-                   asyncio.run(run_redis(tmp, args.messages, args.concurrency, durable=False)),
-                   asyncio.run(run_redis(tmp, args.messages, args.concurrency, durable=True))]
-    print(f"publish → deliver, {args.messages} messages, {args.concurrency} publishers at once, one consumer "
-          "in flight")
-    for result in results:
-        print(result.line())
-    sidecar = results[0]
-    for baseline in results[1:]:
-        print(f"sidecar / {baseline.name}: throughput x{sidecar.throughput / baseline.throughput:.2f}, "
-              f"p50 x{sidecar.p50 / baseline.p50:.2f}, p99 x{sidecar.p99 / baseline.p99:.2f}")
+        results, refused = asyncio.run(bench(Path(folder), args.messages, args.concurrency, args.rounds, args.burst))
+    print(f"\npublish → deliver, {args.messages} messages, {args.concurrency} publishers at once; burst: "
+          f"{args.burst} from {BURST_PUBLISHERS}; medians of {args.rounds} alternating rounds")
+    print(f"publishes the sidecar answered 429/503 (backpressure) and the bench tried again: {refused}")
+    print(table(results))
     return 0
 
 

@@ -170,36 +170,48 @@ http {{
     return port
 
 
-# one thread (like the single-threaded engine), connections to the server kept and shared between clients
-HAPROXY_HEAD = """
+def haproxy_head(log_port: int | None = None) -> str:
+    """HAProxy's global and defaults: one thread (like the single-threaded engine), connections to the server kept
+    and shared between clients; with ``log_port``, `option httplog` lines to UDP syslog on that port."""
+    log_global = f"    log 127.0.0.1:{log_port} len 4096 local0 info\n" if log_port else ""
+    log_defaults = "    log global\n    option httplog\n" if log_port else ""
+    return f"""
 global
     nbthread 1
     maxconn 8192
-defaults
+{log_global}defaults
     mode http
-    timeout connect 5s
+{log_defaults}    timeout connect 5s
     timeout client 30s
     timeout server 30s
     http-reuse always"""
 
 
+HAPROXY_HEAD = haproxy_head()
+
+
 def haproxy(stack: ExitStack, folder: Path, name: str, upstream: int, certs: dict[str, Path] | None = None,
-            tls_in: bool = False, tls_out: bool = False, prefix: Sequence[str] = (),
+            tls_in: bool = False, tls_out: bool = False, log_port: int | None = None,
+            metrics_port: int | None = None, prefix: Sequence[str] = (),
             timeout: float = START_TIMEOUT) -> tuple[int, int]:
-    """An HAProxy hop; ``prefix`` runs it under another program (valgrind, for bench.counters)."""
+    """``log_port``: `option httplog` lines to UDP syslog on that port; ``metrics_port``: HAProxy's Prometheus
+    exporter on /metrics there (the production profile); ``prefix`` runs it under another program (valgrind,
+    for bench.counters)."""
     port = free_port()
+    metrics = (f"frontend metrics\n    bind 127.0.0.1:{metrics_port}\n"
+               "    http-request use-service prometheus-exporter if { path /metrics }\n") if metrics_port else ""
     bind_tls = f" ssl crt {certs['bundle']} ca-file {certs['ca']} verify required" if tls_in and certs else ""
     server_tls = (f" ssl crt {certs['bundle']} ca-file {certs['ca']} verify required sni str(localhost)"
                   if tls_out and certs else "")
     conf = folder / f"{name}.cfg"
-    conf.write_text(f"""{HAPROXY_HEAD}
+    conf.write_text(f"""{haproxy_head(log_port)}
 frontend f
     bind 127.0.0.1:{port}{bind_tls}
     http-request set-header x-request-id %[uuid] if !{{ req.hdr(x-request-id) -m found }}
     default_backend b
 backend b
     server s1 127.0.0.1:{upstream}{server_tls}
-""")
+{metrics}""")
     proc = stack.enter_context(process([*prefix, "haproxy", "-db", "-f", str(conf)], name, port, timeout=timeout))
     return port, proc.pid
 

@@ -20,6 +20,18 @@ Setups (loopback, free ports, certificates from `sidecar certs init/issue` in a 
                  alone cannot reach an app without a peer's inbound.
   sidecar-pair-gcfreeze  (with --gc-freeze) the pair, each process calling gc.freeze() once started, through
                  bench.proxy.gcfreeze (the sidecar has no switch for it).
+The production profile, as deployed (observers from bench.proxy.observers, in this process):
+  sidecar-pair-prod   the pair with a JSON access log to a file on each sidecar, OTLP tracing at 10% to a local
+                 OTLP/HTTP receiver that decodes and counts the spans, and both admin ports' /metrics scraped
+                 every second
+  haproxy-tls2-prod   the HAProxy pair with `option httplog` logging every request to a local UDP syslog
+                 receiver that counts the lines, and its Prometheus exporter scraped every second
+  sidecar-pair-otlp   the pair with OTLP tracing at ratio 1.0 (no access log): the cost of a span per hop
+  sidecar-pair-log    the pair with the JSON access log to a file (no tracing): the cost of a line per hop
+  The report then gives the production pair's share of the production HAProxy pair, and the marginal CPU µs of
+  OTLP at 1.0 per request and of one access-log line (two per request, one per sidecar) over sidecar-pair.
+``--sidecar-root DIR`` runs the sidecars from another checkout (a before/after comparison; its access log then
+goes to the sidecar's stderr file, as a checkout without ``telemetry.access_log.path`` writes it).
 Runs alternate between setups. For each: median requests/s, p50/p99 latency and CPU µs per request summed over
 the setup's proxy processes (utime+stime from /proc). Ratios compare to HAProxy's mTLS pair.
 ``--profile N`` then samples sidecar A and B with py-spy (pip install py-spy) for N seconds under c=50 and
@@ -38,14 +50,15 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +78,17 @@ from bench.proxy.__main__ import (
     wrk,
 )
 from bench.proxy.__main__ import report as engine_report
+from bench.proxy.observers import OtlpReceiver, Scraper, SyslogReceiver
 
 SERVICE = "bench-backend"
 TRUST_DOMAIN = "mesh.local"
 READY_TIMEOUT = 30.0
 NATIVE: list[str] = ["--native"] if os.environ.get("BENCH_PYSPY_NATIVE") else []
 REFERENCE = {"sidecar-pair": "haproxy-tls2", "sidecar-self": "haproxy-tls2", "sidecar-pair-gcfreeze": "haproxy-tls2",
-             "engine-tls2": "haproxy-tls2", "floor-tls2": "haproxy-tls2"}
+             "engine-tls2": "haproxy-tls2", "floor-tls2": "haproxy-tls2", "sidecar-pair-prod": "haproxy-tls2-prod",
+             "sidecar-pair-otlp": "haproxy-tls2", "sidecar-pair-log": "haproxy-tls2"}
+PRODUCTION = ("sidecar-pair-prod", "haproxy-tls2-prod", "sidecar-pair-otlp", "sidecar-pair-log")
+SIDECAR_ROOT = ROOT     # --sidecar-root
 
 
 # ------------------------------------------------------------------------------------------ sidecars
@@ -93,7 +110,7 @@ def sidecar_certs(folder: Path, *services: str) -> dict[str, dict[str, str]]:
 
 
 def sidecar_config(folder: Path, name: str, tls: dict[str, Any], services: list[dict[str, Any]],
-                   join: list[str]) -> dict[str, Any]:
+                   join: list[str], telemetry: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "node": {"name": name, "cluster": "bench", "data_dir": str(folder / f"data-{name}")},
         "admin": {"listen": f"127.0.0.1:{free_port()}"},
@@ -105,7 +122,21 @@ def sidecar_config(folder: Path, name: str, tls: dict[str, Any], services: list[
         "tls": tls,
         "services": services,
         "logging": {"level": "warning"},
+        **({"telemetry": telemetry} if telemetry else {}),
     }
+
+
+def telemetry_config(folder: Path, name: str, *, access_log: bool, otlp: str | None,
+                     ratio: float) -> dict[str, Any]:
+    """``telemetry:`` of a production sidecar: the JSON access log to a file, OTLP tracing to ``otlp``."""
+    out: dict[str, Any] = {}
+    if access_log:
+        out["access_log"] = {"enabled": True, "format": "json"}
+        if SIDECAR_ROOT == ROOT:
+            out["access_log"]["path"] = str(folder / f"{name}-access.log")
+    if otlp is not None:
+        out["tracing"] = {"exporter": "otlp", "endpoint": otlp, "sample_ratio": ratio}
+    return out
 
 
 @contextmanager
@@ -117,9 +148,11 @@ def sidecar(folder: Path, config: dict[str, Any], gc_freeze: bool = False, prefi
     path.write_text(yaml.safe_dump(config))
     module = "bench.proxy.gcfreeze" if gc_freeze else "sidecar"
     log = (folder / f"{name}.log").open("wb")
+    root = ROOT if gc_freeze else SIDECAR_ROOT
+    pythonpath = str(root) if root == ROOT else f"{root}{os.pathsep}{ROOT}"
     proc = subprocess.Popen([*prefix, sys.executable, "-m", module, "run", "-c", str(path)], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                            env={**os.environ, "PYTHONPATH": pythonpath})
     try:
         port = int(config["admin"]["listen"].rsplit(":", 1)[1])
         wait_port(port, proc, f"sidecar {name}", timeout)
@@ -155,14 +188,20 @@ def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: 
 
 
 def sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]],
-                 gc_freeze: bool = False) -> tuple[int, list[int]]:
-    suffix = "-frozen" if gc_freeze else ""
-    b = sidecar_config(folder, f"bench-b{suffix}", certs[SERVICE], [{"name": SERVICE, "port": backend}], [])
+                 gc_freeze: bool = False, suffix: str = "", access_log: bool = False, otlp: str | None = None,
+                 ratio: float = 1.0) -> tuple[int, list[int], list[str]]:
+    """(A's outbound port, both pids, both admin /metrics URLs)."""
+    suffix = suffix or ("-frozen" if gc_freeze else "")
+    names = f"bench-b{suffix}", f"bench-a{suffix}"
+    b = sidecar_config(folder, names[0], certs[SERVICE], [{"name": SERVICE, "port": backend}], [],
+                       telemetry_config(folder, names[0], access_log=access_log, otlp=otlp, ratio=ratio))
     b_proc = stack.enter_context(sidecar(folder, b, gc_freeze))
-    a = sidecar_config(folder, f"bench-a{suffix}", certs["checkout"], [], [b["gossip"]["listen"]])
+    a = sidecar_config(folder, names[1], certs["checkout"], [], [b["gossip"]["listen"]],
+                       telemetry_config(folder, names[1], access_log=access_log, otlp=otlp, ratio=ratio))
     a_proc = stack.enter_context(sidecar(folder, a, gc_freeze))
     wait_catalog(a, a_proc, folder)
-    return int(a["outbound"]["listen"].rsplit(":", 1)[1]), [a_proc.pid, b_proc.pid]
+    return (int(a["outbound"]["listen"].rsplit(":", 1)[1]), [a_proc.pid, b_proc.pid],
+            [f"http://{c['admin']['listen']}/metrics" for c in (a, b)])
 
 
 def sidecar_self(stack: ExitStack, folder: Path, backend: int,
@@ -177,7 +216,29 @@ def sidecar_self(stack: ExitStack, folder: Path, backend: int,
 
 
 def report(results: list[Result]) -> str:
-    return engine_report(results, REFERENCE, "HAProxy mTLS pair")
+    return engine_report(results, REFERENCE, "HAProxy mTLS pair (prod: its prod profile)")
+
+
+def marginal_costs(results: list[Result]) -> str:
+    """CPU µs per request of OTLP at 1.0 and per access-log line over the default pair, from the medians."""
+    def cpu(setup: str, concurrency: int) -> float | None:
+        values = [r.cpu_us_per_request for r in results if (r.setup, r.concurrency) == (setup, concurrency)
+                  and r.cpu_us_per_request is not None]
+        return statistics.median(values) if values else None
+
+    lines = []
+    for concurrency in sorted({r.concurrency for r in results}):
+        base = cpu("sidecar-pair", concurrency)
+        otlp, log = cpu("sidecar-pair-otlp", concurrency), cpu("sidecar-pair-log", concurrency)
+        if base is None:
+            continue
+        if otlp is not None:
+            lines.append(f"c={concurrency}: OTLP at ratio 1.0 (a span per hop, two per request): "
+                         f"{otlp - base:+.1f} µs CPU per request over sidecar-pair")
+        if log is not None:
+            lines.append(f"c={concurrency}: JSON access log (a line per hop, two per request): "
+                         f"{(log - base) / 2:+.1f} µs CPU per line over sidecar-pair")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ profile
@@ -295,6 +356,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--only", nargs="+", help="run only these setups (direct is always run)")
+    parser.add_argument("--sidecar-root", type=Path, help="run the sidecars from this checkout (before/after)")
     parser.add_argument("--gc-freeze", action="store_true", help="add the pair with gc.freeze() after start")
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                         help="then profile sidecar A and B with py-spy under c=50 for SECONDS")
@@ -303,6 +365,8 @@ def main() -> int:
     parser.add_argument("--counters", action="store_true",
                         help="then counters per request under valgrind (bench.counters)")
     args = parser.parse_args()
+    global SIDECAR_ROOT
+    SIDECAR_ROOT = args.sidecar_root.resolve() if args.sidecar_root else ROOT
     missing = [tool for tool in ("wrk", "haproxy", "nginx") if shutil.which(tool) is None]
     if missing:
         print(f"skipped: {', '.join(missing)} not installed (Debian packages wrk, haproxy, nginx-light)")
@@ -317,6 +381,8 @@ def main() -> int:
             return not args.only or name in wanted
 
         setups: dict[str, tuple[int, list[int], str | None]] = {}
+        observed: dict[str, Callable[[], int]] = {}
+        scrape_urls: list[str] = []
         try:
             backend = nginx(stack, folder)
             setups["direct"] = (backend, [], None)
@@ -336,13 +402,42 @@ def main() -> int:
                 setups["floor-tls2"] = (outer, [outer_pid, inner_pid], None)
             mesh_certs = sidecar_certs(folder / "mesh", SERVICE, "checkout")
             if want("sidecar-pair"):
-                port, pids = sidecar_pair(stack, folder, backend, mesh_certs)
+                port, pids, _ = sidecar_pair(stack, folder, backend, mesh_certs)
                 setups["sidecar-pair"] = (port, pids, SERVICE)
+            if want("haproxy-tls2-prod"):
+                syslog = stack.enter_context(closing(SyslogReceiver()))
+                observed["haproxy log lines"] = lambda: syslog.lines
+                metrics = [free_port(), free_port()]
+                inner, inner_pid = haproxy(stack, folder, "haproxy-inner-prod", backend, plain_certs, tls_in=True,
+                                           log_port=syslog.port, metrics_port=metrics[0])
+                outer, outer_pid = haproxy(stack, folder, "haproxy-outer-prod", inner, plain_certs, tls_out=True,
+                                           log_port=syslog.port, metrics_port=metrics[1])
+                setups["haproxy-tls2-prod"] = (outer, [outer_pid, inner_pid], None)
+                scrape_urls += [f"http://127.0.0.1:{port}/metrics" for port in metrics]
+            if any(want(name) for name in ("sidecar-pair-prod", "sidecar-pair-otlp")):
+                receiver = stack.enter_context(closing(OtlpReceiver()))
+                observed["spans received"] = lambda: receiver.span_count
+            if want("sidecar-pair-prod"):
+                port, pids, urls = sidecar_pair(stack, folder, backend, mesh_certs, suffix="-prod", access_log=True,
+                                                otlp=receiver.url, ratio=0.1)
+                setups["sidecar-pair-prod"] = (port, pids, SERVICE)
+                scrape_urls += urls
+            if want("sidecar-pair-otlp"):
+                port, pids, _ = sidecar_pair(stack, folder, backend, mesh_certs, suffix="-otlp", otlp=receiver.url,
+                                             ratio=1.0)
+                setups["sidecar-pair-otlp"] = (port, pids, SERVICE)
+            if want("sidecar-pair-log"):
+                port, pids, _ = sidecar_pair(stack, folder, backend, mesh_certs, suffix="-log", access_log=True)
+                setups["sidecar-pair-log"] = (port, pids, SERVICE)
+            if scrape_urls:
+                scraper = stack.enter_context(closing(Scraper(scrape_urls, 1.0)))
+                observed["scrapes"] = lambda: scraper.scrapes
+                observed["failed scrapes"] = lambda: scraper.failures
             if want("sidecar-self"):
                 port, pids = sidecar_self(stack, folder, backend, mesh_certs)
                 setups["sidecar-self"] = (port, pids, SERVICE)
             if args.gc_freeze:
-                port, pids = sidecar_pair(stack, folder, backend, mesh_certs, gc_freeze=True)
+                port, pids, _ = sidecar_pair(stack, folder, backend, mesh_certs, gc_freeze=True)
                 setups["sidecar-pair-gcfreeze"] = (port, pids, SERVICE)
         except (RuntimeError, subprocess.CalledProcessError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -359,6 +454,11 @@ def main() -> int:
                           f"cpu {result.cpu_us_per_request or 0:>5.1f}us/req  errors {result.errors}",
                           file=sys.stderr, flush=True)
         print(report(results))
+        costs = marginal_costs(results)
+        if costs:
+            print("\n" + costs)
+        if observed:
+            print("\nobserved: " + ", ".join(f"{name} {count()}" for name, count in observed.items()))
         if args.profile and "sidecar-pair" in setups:
             port, pids, _ = setups["sidecar-pair"]
             print("\n## profile of the sidecar pair under c=50 (A = outbound side, B = inbound side)\n")

@@ -1,4 +1,4 @@
-"""What the admin port reads and does, gathered from the parts that hold it: ``sidecar.admin.server.Process``.
+"""What the admin port reads and does, gathered from the parts that hold it: ``sidecar.admin.server.AdminBackend``.
 
     facade = AdminFacade(lifecycle, applier, reloader, gossip=..., catalog=..., registry=..., ...)
     build_admin(facade, token, routes)

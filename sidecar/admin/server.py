@@ -23,7 +23,7 @@ from sidecar.web import Handler, errors_middleware, json_response, read_json_obj
 log = logging.getLogger("sidecar.admin")
 
 
-class Process(Protocol):
+class AdminBackend(Protocol):
     """What the admin port needs from the running sidecar (``sidecar.admin.facade.AdminFacade``)."""
 
     @property
@@ -59,8 +59,8 @@ def read_token(path: str | None) -> str | None:
     return token
 
 
-def build_admin(process: Process, token: str | None, extra_routes: Iterable[web.RouteDef] = (),
-                extra_posts: Mapping[str, Handler] | None = None) -> web.Application:
+def build_admin(process: AdminBackend, token: str | None, extra_routes: Iterable[web.RouteDef] = (),
+                       extra_posts: Mapping[str, Handler] | None = None) -> web.Application:
     """``extra_routes``: read-only routes other parts serve here (telemetry: /metrics, /v1/metrics..., the
     dashboard at /)."""
     routes = web.RouteTableDef()
@@ -182,4 +182,4 @@ def _flag(text: str | None, name: str) -> bool:
     raise InvalidArgument(f"{name} must be true or false (got {text!r})", {name: text})
 
 
-__all__ = ["Process", "build_admin", "group_json", "read_token"]
+__all__ = ["AdminBackend", "build_admin", "group_json", "read_token"]

@@ -1,4 +1,4 @@
-"""The driver of health checks: runs each service's HTTP or TCP check on its interval and feeds the
+"""The driver of health checks: runs each service's HTTP, TCP or gRPC check on its interval and feeds the
 results to the registry; a ticker expires TTL checks and removes services past ``deregister_after``."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import logging
 
 import aiohttp
 
+from sidecar.catalog.grpccheck import grpc_check
 from sidecar.catalog.health import CheckResult
 from sidecar.catalog.model import HealthStatus
 from sidecar.catalog.registry import LocalRegistry, LocalService
@@ -94,7 +95,7 @@ class CheckRunner:
             await self._session.close()
 
     def sync(self) -> None:
-        """Start a loop for each service with an HTTP/TCP check, stop loops of removed or replaced ones."""
+        """Start a loop for each service with an HTTP, TCP or gRPC check, stop loops of removed or replaced ones."""
         for service_id, (entry, task) in list(self._tasks.items()):
             if self.registry.services.get(service_id) is not entry:
                 task.cancel()
@@ -111,6 +112,9 @@ class CheckRunner:
             if check.kind == "http":
                 assert self._session is not None
                 result = await http_check(self._session, check_url(entry), check.timeout)
+            elif check.kind == "grpc":
+                assert check.grpc is not None
+                result = await grpc_check(entry.spec.host, entry.spec.port, check.grpc, check.timeout)
             else:
                 result = await tcp_check(entry.spec.host, entry.spec.port, check.timeout)
             log.debug("check result", extra={"fields": {"id": entry.metadata.id, "status": result.status.value,

@@ -89,17 +89,22 @@ class Subscription:
     service: str
     topic: str
     path: str = ""
+    bulk: int = 0       # messages per POST with bulk delivery (a JSON array); 0: one ServiceMessage per POST
 
-    def to_json(self) -> list[str]:
-        return [self.service, self.topic, self.path]
+    def to_json(self) -> list[str | int]:
+        # [service, topic, path] without bulk delivery: what every version reads
+        return [self.service, self.topic, self.path, self.bulk] if self.bulk else [self.service, self.topic, self.path]
 
     @classmethod
     def from_json(cls, data: Any) -> Subscription:
         """Inverse of :meth:`to_json`; raises ValueError/TypeError on a malformed item."""
-        service, topic, path = data
+        service, topic, path, *rest = data
         if not all(isinstance(x, str) for x in (service, topic, path)):
             raise TypeError("a subscription is [service, topic, path] strings")
-        return cls(service, topic, path)
+        if len(rest) > 1 or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 100_000
+                                    for x in rest):
+            raise ValueError("a subscription's bulk size is one integer in [0, 100000]")
+        return cls(service, topic, path, rest[0] if rest else 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,8 @@ from sidecar.catalog.model import NODE_STREAM, NodeInfo, ServiceMetadata, Subscr
 from sidecar.catalog.signing import ClaimRefused, ClaimVerifier, fingerprint, sign
 from sidecar.catalog.sync import WHOLE_NODE, Claim, SyncDecodeError, decode_claims, encode_claims, next_version
 from sidecar.events import EventBus
-from sidecar.gossip.core import (
+from sidecar.gossip.errors import GossipMessageTooLarge
+from sidecar.gossip.outputs import (
     Event,
     MemberAlive,
     MemberDead,
@@ -47,7 +48,6 @@ from sidecar.gossip.core import (
     SyncCompleted,
     UserMessage,
 )
-from sidecar.gossip.errors import MessageTooLarge
 from sidecar.gossip.state import MemberView
 from sidecar.log import fields
 
@@ -181,7 +181,7 @@ class CatalogReplication:
             try:
                 self.gossip.broadcast_user(key, encode_claims([claim], with_certificate))
                 return
-            except MessageTooLarge:
+            except GossipMessageTooLarge:
                 continue
         self.left_to_push_pull += 1
         log.debug("catalog claim larger than a gossip packet: push-pull carries it",

@@ -153,7 +153,7 @@ def validate(files: list[str]) -> int:
 
 
 def certs(args: argparse.Namespace) -> int:
-    from sidecar.tls import certs as tls_certs
+    from sidecar.cli import certs as certs_cli
     if args.certs_command == "init":
-        return tls_certs.cmd_certs_init(args.dir, args.trust_domain)
-    return tls_certs.cmd_certs_issue(args.service, args.dir, args.ttl)
+        return certs_cli.cmd_certs_init(args.dir, args.trust_domain)
+    return certs_cli.cmd_certs_issue(args.service, args.dir, args.ttl)

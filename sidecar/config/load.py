@@ -7,30 +7,20 @@ checks every rule. Every problem found is reported at once, each as ``dotted.pat
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import difflib
 import json
 import os
 import re
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 import yaml
 
-from sidecar.catalog.own import LOCALHOST, listener_named, loopback_or_any, parse_address
+from sidecar.config.crosscheck import SECTION_CHECKS, check_own_listeners, check_raw, show
 from sidecar.config.model import (
-    BackoffConfig,
-    CheckConfig,
     Config,
-    GossipConfig,
-    TlsIdentityConfig,
-    TlsIssuerConfig,
-    TracingConfig,
-    dns_label,
-    topic_name,
 )
 from sidecar.config.redact import REDACTED as REDACTED  # re-exported: sidecar.config.diff
 from sidecar.config.redact import redact as redacted_value
@@ -94,7 +84,7 @@ def parse_yaml(text: str, path: str) -> Any:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of keys (got {_show(data)})"])
+        raise ConfigError([f"{path}: the top level must be a mapping of keys (got {show(data)})"])
     return data
 
 
@@ -131,13 +121,13 @@ def interpolate(data: Any, env: Mapping[str, str] | None, problems: list[str], p
         name, default = match.group(1), match.group(2)
         if env is None:
             problems.append(f"{path}: ${{{name}}} is not expanded here: a document sent to the sidecar is read"
-                            f" without its environment; send it expanded (got {_show(data)})")
+                            f" without its environment; send it expanded (got {show(data)})")
             return ""
         if name in env:
             return env[name]
         if default is not None:
             return default
-        problems.append(f"{path}: environment variable {name} is not set (got {_show(data)})")
+        problems.append(f"{path}: environment variable {name} is not set (got {show(data)})")
         return ""
 
     result = _ENV_REF.sub(substitute, data)
@@ -195,9 +185,9 @@ def config_from_raw(raw: Mapping[str, Any], env: Mapping[str, str] | None = None
     data = _merge_policy_defaults(data)
     config = _build(Config, data, "", problems)
     if isinstance(data, dict):
-        _check_raw(data, problems)
+        check_raw(data, problems)
     if isinstance(config, Config):
-        _check_own_listeners(config, problems)
+        check_own_listeners(config, problems)
     if problems:
         raise ConfigError(problems)
     assert isinstance(config, Config)
@@ -220,14 +210,6 @@ def _merge_policy_defaults(data: dict[str, Any]) -> dict[str, Any]:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-def _show(value: Any) -> str:
-    try:
-        text = json.dumps(value, default=str)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _type_name(tp: Any) -> str:
@@ -263,7 +245,7 @@ def _build(tp: Any, value: Any, path: str, problems: list[str], meta: Mapping[st
         return _build_dataclass(tp, value, path, problems)
     if origin is list:
         if not isinstance(value, list):
-            problems.append(f"{path}: must be a list (got {_show(value)})")
+            problems.append(f"{path}: must be a list (got {show(value)})")
             return _INVALID
         (item_tp,) = get_args(tp)
         item_meta = {k: v for k, v in meta.items() if k != "check"}
@@ -272,12 +254,12 @@ def _build(tp: Any, value: Any, path: str, problems: list[str], meta: Mapping[st
             return _INVALID
         rule = meta["check"](items) if "check" in meta else None
         if rule:
-            problems.append(f"{path}: {rule} (got {_show(value)})")
+            problems.append(f"{path}: {rule} (got {show(value)})")
             return _INVALID
         return items
     if origin is dict:
         if not isinstance(value, dict):
-            problems.append(f"{path}: must be a mapping (got {_show(value)})")
+            problems.append(f"{path}: must be a mapping (got {show(value)})")
             return _INVALID
         _, item_tp = get_args(tp)
         entries = {str(k): _build(item_tp, v, _join(path, str(k)), problems, meta) for k, v in value.items()}
@@ -285,7 +267,7 @@ def _build(tp: Any, value: Any, path: str, problems: list[str], meta: Mapping[st
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            problems.append(f"{path}: must be one of {', '.join(map(str, choices))} (got {_show(value)})")
+            problems.append(f"{path}: must be one of {', '.join(map(str, choices))} (got {show(value)})")
             return _INVALID
         return value
     return _build_scalar(tp, value, path, problems, meta)
@@ -316,23 +298,23 @@ def _build_scalar(tp: Any, value: Any, path: str, problems: list[str], meta: Map
         else:  # pragma: no cover - a field type the loader does not know is a bug in model.py
             raise TypeError(f"config field type {tp!r} is not supported")
     except ValueError as e:
-        problems.append(f"{path}: {e} (got {_show(value)})")
+        problems.append(f"{path}: {e} (got {show(value)})")
         return _INVALID
     check = meta.get("check")
     if check is not None:
         rule = check(result)
         if rule:
-            problems.append(f"{path}: {rule} (got {_show(value)})")
+            problems.append(f"{path}: {rule} (got {show(value)})")
             return _INVALID
     if meta.get("file") and not (os.path.isfile(result) and os.access(result, os.R_OK)):
-        problems.append(f"{path}: file does not exist or cannot be read (got {_show(value)})")
+        problems.append(f"{path}: file does not exist or cannot be read (got {show(value)})")
         return _INVALID
     return result
 
 
 def _build_dataclass(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     if not isinstance(value, dict):
-        problems.append(f"{path or 'config'}: must be a mapping (got {_show(value)})")
+        problems.append(f"{path or 'config'}: must be a mapping (got {show(value)})")
         return _INVALID
     hints = get_type_hints(tp)
     fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(tp)}
@@ -342,7 +324,7 @@ def _build_dataclass(tp: Any, value: Any, path: str, problems: list[str]) -> Any
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
-            problems.append(f"{_join(path, str(key))}: unknown key{hint} (got {_show(item)})")
+            problems.append(f"{_join(path, str(key))}: unknown key{hint} (got {show(item)})")
             invalid = True
             continue
         f = fields[key]
@@ -359,7 +341,7 @@ def _build_dataclass(tp: Any, value: Any, path: str, problems: list[str]) -> Any
     if invalid:
         return _INVALID
     built = tp(**kwargs)
-    hook = _SECTION_CHECKS.get(tp)
+    hook = SECTION_CHECKS.get(tp)
     if hook is not None:
         found: list[str] = []
         hook(built, path, found)
@@ -379,141 +361,6 @@ def _hide_secrets(problem: str, section: Any) -> str:
                 for form in {item, json.dumps(item)[1:-1]}:
                     problem = problem.replace(form, str(shown))
     return problem
-
-
-# ------------------------------------------------------------------------------------- cross-checks
-# Rules between keys run on every section that built, so one bad key elsewhere hides no other problem.
-
-
-def _check_check(check: CheckConfig, where: str, problems: list[str]) -> None:
-    kinds = [k for k, on in (("http", check.http is not None), ("tcp", check.tcp), ("ttl", check.ttl is not None))
-             if on]
-    if len(kinds) != 1:
-        problems.append(f"{where}: needs exactly one of http, tcp or ttl (got {_show(kinds)})")
-    if check.http is not None and not (check.http.startswith("/") or check.http.startswith("http://")):
-        problems.append(f"{where}.http: must be a path like /health or an http:// URL (got {_show(check.http)})")
-    if kinds != ["ttl"] and check.timeout > check.interval:
-        problems.append(f"{where}.timeout: must not be longer than interval ({check.interval.to_text()})"
-                        f" (got {_show(check.timeout.to_text())})")
-
-
-def _check_backoff(backoff: BackoffConfig, where: str, problems: list[str]) -> None:
-    if backoff.base > backoff.max:
-        problems.append(f"{where}.base: must not be longer than max ({backoff.max.to_text()})"
-                        f" (got {_show(backoff.base.to_text())})")
-
-
-def _check_gossip(gossip: GossipConfig, where: str, problems: list[str]) -> None:
-    for i, key in enumerate(gossip.encrypt_keys):
-        try:
-            raw = base64.b64decode(key, validate=True)
-        except (binascii.Error, ValueError):
-            problems.append(f"{where}.encrypt_keys[{i}]: must be base64 (got {REDACTED})")
-            continue
-        if len(raw) not in (16, 24, 32):
-            problems.append(f"{where}.encrypt_keys[{i}]: must decode to 16, 24 or 32 bytes for AES"
-                            f" (got {len(raw)} bytes)")
-    if gossip.rotate_every is not None and not gossip.encrypt_keys:
-        problems.append(f"{where}.rotate_every: needs encrypt_keys, the key the rotation starts from"
-                        f" (got {_show(gossip.rotate_every.to_text())})")
-    if gossip.rotate_every is not None and 0 < gossip.rotate_every < 1:
-        # a rotation takes a few gossip rounds to reach every member; shorter epochs would never finish one
-        problems.append(f"{where}.rotate_every: must be at least 1s (got {_show(gossip.rotate_every.to_text())})")
-    if gossip.rotate_command is not None and gossip.rotate_every is None:
-        problems.append(f"{where}.rotate_command: is used only with rotate_every, which is not set (got {REDACTED})")
-
-
-def _check_issuer(issuer: TlsIssuerConfig, where: str, problems: list[str]) -> None:
-    if (issuer.ca_key is None) == (issuer.command is None):
-        problems.append(f"{where}: needs exactly one of ca_key or command"
-                        f" (got {_show({'ca_key': issuer.ca_key, 'command': issuer.command})})")
-
-
-def _check_identity(identity: TlsIdentityConfig, where: str, problems: list[str]) -> None:
-    for name in ("service", "cert", "key"):
-        if not getattr(identity, name):
-            problems.append(f"{where}.{name}: is required (got {_show(getattr(identity, name))})")
-
-
-def _check_tracing(tracing: TracingConfig, where: str, problems: list[str]) -> None:
-    if tracing.exporter == "otlp" and not tracing.endpoint:
-        problems.append(f"{where}.endpoint: is required when exporter is otlp (got null)")
-
-
-_SECTION_CHECKS: dict[Any, Callable[[Any, str, list[str]], None]] = {
-    CheckConfig: _check_check,
-    BackoffConfig: _check_backoff,
-    GossipConfig: _check_gossip,
-    TracingConfig: _check_tracing,
-    TlsIssuerConfig: _check_issuer,
-    TlsIdentityConfig: _check_identity,
-}
-
-
-def _check_raw(data: Mapping[str, Any], problems: list[str]) -> None:
-    """Rules across list entries and sections, read from the raw data so they hold even when a
-    neighbouring key is invalid."""
-    _check_unique(data.get("services"), "services", "name", "duplicate service name", problems)
-    _check_unique(data.get("upstreams"), "upstreams", "local_port", "local port already used", problems)
-    tls = data.get("tls")
-    if isinstance(tls, dict):
-        _check_unique(tls.get("identities"), "tls.identities", "service", "one certificate per service", problems)
-    policies = data.get("policies")
-    if isinstance(policies, dict):
-        for name in policies:
-            if name != "*" and not (isinstance(name, str) and dns_label(name) is None):
-                problems.append(f"policies.{name}: the key must be \"*\" or a service name (got {_show(name)})")
-    messaging = data.get("messaging")
-    topics = messaging.get("topics") if isinstance(messaging, dict) else None
-    if isinstance(topics, dict):
-        for name in topics:
-            rule = topic_name(name) if isinstance(name, str) else "must be a topic name"
-            if rule:
-                problems.append(f"messaging.topics.{name}: the key {rule} (got {_show(name)})")
-    bound: dict[tuple[str, int], str] = {}
-    for name in ("admin", "api", "outbound", "inbound", "dns", "gossip"):
-        section = data.get(name)
-        listen = section.get("listen") if isinstance(section, dict) else None
-        try:
-            address = HostPort.from_text(listen) if listen is not None else None
-        except ValueError:
-            continue
-        if address is None or address.port == 0:
-            continue
-        key = (address.host, address.port)
-        if key in bound:
-            problems.append(f"{name}.listen: the same address as {bound[key]}.listen (got {_show(listen)})")
-        bound.setdefault(key, name)
-
-
-def _check_own_listeners(config: Config, problems: list[str]) -> None:
-    """No service at one of the sidecar's own listeners (``sidecar.catalog.own``), as far as the file tells: IP
-    literals and localhost against the listen addresses; the running sidecar checks again against the bound
-    addresses, resolving names and knowing this host's interfaces."""
-    listeners = {"admin": config.admin.listen, "api": config.api.listen, "outbound": config.outbound.listen,
-                 "inbound": config.inbound.listen, "dns": config.dns.listen, "gossip": config.gossip.listen,
-                 **{f"upstreams[{u.local_port}]": HostPort(u.bind, u.local_port) for u in config.upstreams}}
-    for i, service in enumerate(config.services):
-        lowered = service.host.lower().rstrip(".")
-        addresses = [parse_address(h) for h in (LOCALHOST if lowered == "localhost" else (service.host,))]
-        name = listener_named([a for a in addresses if a is not None], service.port, listeners, loopback_or_any)
-        if name is not None:
-            problems.append(f"services[{i}].port: {service.host}:{service.port} is this sidecar's own {name}"
-                            f" listener ({listeners[name]}); register the address where the app itself listens"
-                            f" (got {service.port})")
-
-
-def _check_unique(items: Any, where: str, key: str, rule: str, problems: list[str]) -> None:
-    if not isinstance(items, list):
-        return
-    first: dict[Any, int] = {}
-    for i, item in enumerate(items):
-        value = item.get(key) if isinstance(item, dict) else None
-        if value is None or not isinstance(value, str | int):
-            continue
-        if value in first:
-            problems.append(f"{where}[{i}].{key}: {rule}, also {where}[{first[value]}] (got {_show(value)})")
-        first.setdefault(value, i)
 
 
 # --------------------------------------------------------------------------------------------- dumping

@@ -336,12 +336,15 @@ class TlsIssuerConfig:
 
 @dataclass(frozen=True, slots=True)
 class CheckConfig:
-    """One health check: exactly one of ``http``, ``tcp`` or ``ttl``."""
+    """One health check: exactly one of ``http``, ``tcp``, ``grpc`` or ``ttl``."""
 
     # a path on the app's port (/health) or a full http:// URL; 2xx healthy, 429 degraded, else unhealthy
     http: str | None = field(default=None, metadata={"secret": "url"})
     # connect to the app's port; success is healthy
     tcp: bool = False
+    # grpc.health.v1.Health/Check over h2c on the app's port for this service ("" asks about the whole
+    # server, as Consul's gRPC check does); SERVING is healthy, anything else unhealthy
+    grpc: str | None = None
     # the app must send a heartbeat within this time, else unhealthy
     ttl: Duration | None = field(default=None, metadata={"check": _positive})
     interval: Duration = field(default=Duration(10), metadata={"check": _positive})
@@ -354,9 +357,11 @@ class CheckConfig:
     failures_before_unhealthy: int = field(default=1, metadata={"check": _at_least_one})
 
     @property
-    def kind(self) -> Literal["http", "tcp", "ttl"]:
+    def kind(self) -> Literal["http", "tcp", "grpc", "ttl"]:
         if self.http is not None:
             return "http"
+        if self.grpc is not None:
+            return "grpc"
         if self.ttl is not None:
             return "ttl"
         return "tcp"
@@ -483,12 +488,35 @@ class TopicScope:
     subscribers: list[str] = field(default_factory=lambda: ["*"], metadata={"check": _service_patterns})
 
 
+MAX_BULK_MESSAGES = 1000
+
+
+def _bulk_size(value: int) -> str | None:
+    return None if 1 <= value <= MAX_BULK_MESSAGES else f"must be in [1, {MAX_BULK_MESSAGES}]"
+
+
+@dataclass(frozen=True, slots=True)
+class BulkDeliveryConfig:
+    """Opt-in bulk delivery (as Dapr's bulk subscribe): the app gets a JSON array of ServiceMessages per POST and
+    answers a status per message (SUCCESS, RETRY, DROP)."""
+
+    enabled: bool = False
+    # Dapr's default maxMessagesCount: enough to amortize a request, small enough to answer within a timeout
+    max_messages: int = field(default=100, metadata={"check": _bulk_size})
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionConfig:
     topic: str = field(metadata={"check": topic_name})
     path: str = field(metadata={"check": _url_path})
     # which local service receives the messages; None means the first service of this node
     service: str | None = field(default=None, metadata={"check": dns_label})
+    bulk: BulkDeliveryConfig = field(default_factory=BulkDeliveryConfig)
+
+    @property
+    def bulk_size(self) -> int:
+        """Messages per POST with bulk delivery; 0 without (one ServiceMessage per POST)."""
+        return self.bulk.max_messages if self.bulk.enabled else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +582,8 @@ class AccessLogConfig:
     enabled: bool = False
     # json: one object per line for collectors; text: key=value, for people
     format: Literal["text", "json"] = "json"
+    # a file the lines are appended to (written in batches, off the request path); null: stderr
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,7 +591,7 @@ class TelemetryConfig:
     retention: Duration = field(default=Duration(900), metadata={"check": _positive})
     max_samples: int = field(default=100_000, metadata={"check": _at_least_one})
     tracing: TracingConfig = field(default_factory=TracingConfig)
-    # logger sidecar.access, on stderr like every other log line
+    # logger sidecar.access: to access_log.path, else on stderr like every other log line
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
 
 

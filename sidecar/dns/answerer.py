@@ -5,7 +5,7 @@ Theory of operation
 A :class:`Zone` indexes one :class:`CatalogSnapshot` under ``dns.domain`` (``mesh`` below) once; its
 :meth:`Zone.answer` turns one query into one of three outcomes:
 
-* :class:`Reply`: the response's wire bytes, ready to send over the transport the query came on;
+* :class:`DnsReply`: the response's wire bytes, ready to send over the transport the query came on;
 * :class:`Forward`: the name is outside the domain; the driver hands the query to the forwarder;
 * :class:`Drop`: no reply is possible or wise (no readable header, or the message is a response).
 
@@ -103,7 +103,7 @@ class AnswerSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class DnsReply:
     """A response to send as is (the driver only patches the query ID in for cached copies)."""
 
     wire: bytes
@@ -130,7 +130,7 @@ class Drop:
     reason: str
 
 
-Outcome = Reply | Forward | Drop
+Outcome = DnsReply | Forward | Drop
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +298,7 @@ class Zone:
         wire_bytes = _to_wire(response, _limit(query, transport, self.settings))
         if wire.is_truncated(wire_bytes):
             variants = 1  # nothing left to rotate
-        return Reply(wire_bytes, response.rcode(), cacheable=True, variants=variants)
+        return DnsReply(wire_bytes, response.rcode(), cacheable=True, variants=variants)
 
     # ------------------------------------------------------------------------------------- lookup
 
@@ -403,12 +403,12 @@ class Zone:
 
     def _error(
         self, query: dns.message.Message, rcode: dns.rcode.Rcode, transport: Transport, *, keep_question: bool = True
-    ) -> Reply:
+    ) -> DnsReply:
         response = self._response(query)
         if not keep_question:
             response.question = []
         response.set_rcode(rcode)
-        return Reply(_to_wire(response, _limit(query, transport, self.settings)), rcode)
+        return DnsReply(_to_wire(response, _limit(query, transport, self.settings)), rcode)
 
 
 def _limit(query: dns.message.Message, transport: Transport, settings: AnswerSettings) -> int:
@@ -426,20 +426,20 @@ def _to_wire(response: dns.message.Message, limit: int) -> bytes:
     return response.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
 
 
-def _parse(data: bytes) -> dns.message.Message | Reply | Drop:
+def _parse(data: bytes) -> dns.message.Message | DnsReply | Drop:
     if len(data) < wire.HEADER_SIZE:
         return Drop("shorter than a DNS header")
     if data[2] & 0x80:
         return Drop("the message is a response")
     if wire.opcode(data) != dns.opcode.QUERY:
         # other opcodes (UPDATE, NOTIFY...) have sections we do not read; the header is enough
-        return Reply(_header_only(data, dns.rcode.NOTIMP), dns.rcode.NOTIMP)
+        return DnsReply(_header_only(data, dns.rcode.NOTIMP), dns.rcode.NOTIMP)
     try:
         return dns.message.from_wire(data)
     # dnspython raises many kinds (FormError, TrailingJunk, BadEDNS, UnknownTSIGKey, ValueError on odd
     # rdata...); for the answerer they all mean the same: the client sent something we cannot read
     except Exception:
-        return Reply(_header_only(data, dns.rcode.FORMERR), dns.rcode.FORMERR)
+        return DnsReply(_header_only(data, dns.rcode.FORMERR), dns.rcode.FORMERR)
 
 
 def _header_only(data: bytes, rcode: dns.rcode.Rcode) -> bytes:
@@ -476,10 +476,10 @@ def truncated(query: dns.message.Message, rcode: dns.rcode.Rcode, flags: int) ->
 
 __all__ = [
     "AnswerSettings",
+    "DnsReply",
     "Drop",
     "Forward",
     "Outcome",
-    "Reply",
     "Transport",
     "Zone",
     "answer",

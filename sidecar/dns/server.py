@@ -29,8 +29,9 @@ from sidecar.catalog.model import CatalogSnapshot
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import DnsConfig
 from sidecar.dns import wire
-from sidecar.dns.answerer import AnswerSettings, Drop, Forward, Reply, Transport, Zone, truncated
+from sidecar.dns.answerer import AnswerSettings, DnsReply, Drop, Forward, Transport, Zone, truncated
 from sidecar.dns.cache import DEFAULT_MAX_ENTRIES, ResponseCache
+from sidecar.dns.counters import DnsCounters
 from sidecar.dns.forwarder import Forwarder, ForwardOutcome
 from sidecar.dns.ratelimit import RateLimiter
 
@@ -55,68 +56,6 @@ class DnsListenFailed(Exception):
         super().__init__(f"cannot listen for DNS on {address} ({transport}): {cause.strerror or cause}")
         self.address = address
         self.transport = transport
-
-
-class DnsCounters:
-    """What the responder did since start, for the metrics endpoint."""
-
-    __slots__ = (
-        "by_rcode",
-        "cache_hits",
-        "cache_misses",
-        "dropped",
-        "forward_failed",
-        "forward_limited",
-        "forwarded",
-        "internal_errors",
-        "malformed",
-        "rate_limited",
-        "tcp_connections",
-        "tcp_rejected",
-    )
-
-    def __init__(self) -> None:
-        # every header rcode and the extended ones we send (BADVERS), so the hot path never misses a key
-        self.by_rcode: dict[int, int] = dict.fromkeys(range(24), 0)
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self.rate_limited = 0
-        self.malformed = 0
-        self.dropped = 0
-        self.forwarded = 0
-        self.forward_failed = 0
-        self.forward_limited = 0
-        self.internal_errors = 0
-        self.tcp_connections = 0
-        self.tcp_rejected = 0
-
-    def count_rcode(self, rcode: int) -> None:
-        self.by_rcode[rcode] = self.by_rcode.get(rcode, 0) + 1
-
-    def queries_by_rcode(self) -> dict[str, int]:
-        """Answers sent by rcode name (``NOERROR``, ``NXDOMAIN``...), only those seen."""
-        out: dict[str, int] = {}
-        for value, count in self.by_rcode.items():
-            if count:
-                name = dns.rcode.to_text(dns.rcode.Rcode.make(value)) if value <= 4095 else str(value)
-                out[name] = out.get(name, 0) + count
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "queries_by_rcode": self.queries_by_rcode(),
-            "cache_hits": self.cache_hits,
-            "cache_misses": self.cache_misses,
-            "rate_limited": self.rate_limited,
-            "malformed": self.malformed,
-            "dropped": self.dropped,
-            "forwarded": self.forwarded,
-            "forward_failed": self.forward_failed,
-            "forward_limited": self.forward_limited,
-            "internal_errors": self.internal_errors,
-            "tcp_connections": self.tcp_connections,
-            "tcp_rejected": self.tcp_rejected,
-        }
 
 
 class DnsServer:
@@ -256,7 +195,7 @@ class DnsServer:
             variants = [outcome.wire]
             for rotation in range(1, outcome.variants):
                 rotated = zone.answer(data, transport, rotation)
-                if isinstance(rotated, Reply):
+                if isinstance(rotated, DnsReply):
                     variants.append(rotated.wire)
             self._cache.put(data, tcp, variants, outcome.rcode)
         self.counters.count_rcode(outcome.rcode)
@@ -506,4 +445,4 @@ def _text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-__all__ = ["DnsCounters", "DnsListenFailed", "DnsServer"]
+__all__ = ["DnsListenFailed", "DnsServer"]

@@ -7,9 +7,12 @@ transmit-limited queue), ``core`` (the pure protocol), ``transport`` and ``node`
 pure core and its driver).
 """
 
-from sidecar.gossip.core import (
+from sidecar.gossip.core import GossipCore
+from sidecar.gossip.errors import GossipDecodeError, GossipError, GossipMessageTooLarge, KeyringError
+from sidecar.gossip.keyring import Keyring, generate_key
+from sidecar.gossip.node import GossipNode
+from sidecar.gossip.outputs import (
     Event,
-    GossipCore,
     GossipCounters,
     MemberAlive,
     MemberDead,
@@ -23,9 +26,6 @@ from sidecar.gossip.core import (
     SyncCompleted,
     UserMessage,
 )
-from sidecar.gossip.errors import GossipDecodeError, GossipError, KeyringError, MessageTooLarge
-from sidecar.gossip.keyring import Keyring, generate_key
-from sidecar.gossip.node import GossipNode
 from sidecar.gossip.state import MemberState, MemberView
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "GossipCounters",
     "GossipDecodeError",
     "GossipError",
+    "GossipMessageTooLarge",
     "GossipNode",
     "Keyring",
     "KeyringError",
@@ -47,7 +48,6 @@ __all__ = [
     "MemberSuspect",
     "MemberUpdated",
     "MemberView",
-    "MessageTooLarge",
     "RemoteState",
     "SyncCompleted",
     "UserMessage",

@@ -22,7 +22,7 @@ UNCONFIRMED_PER_SOURCE = 128  # more new members than any one relayer passes on 
 UNCONFIRMED_FLOOR = 1024  # the total cap is this, or twice the confirmed members when that is more
 
 
-class Admission:
+class MemberAdmission:
     """Who introduced each unconfirmed member, and how many each source has outstanding."""
 
     __slots__ = ("_by_source", "_unconfirmed", "floor", "per_source")

@@ -20,7 +20,7 @@ PLAINTEXT = 0
 MAX_CLUSTER_NAME = 64  # bytes; the header rides in every packet
 
 
-class Refusal(enum.StrEnum):
+class GossipRefusal(enum.StrEnum):
     MALFORMED = "malformed"  # not an envelope, or a body that does not decode
     CLUSTER = "cluster"  # another cluster's name in the header
     KEY = "key"  # encrypted under no key we hold
@@ -31,7 +31,7 @@ class Refusal(enum.StrEnum):
 class PacketRefused(GossipError):
     """A packet or frame was refused before reaching the protocol; ``reason`` says why."""
 
-    def __init__(self, reason: Refusal, detail: str) -> None:
+    def __init__(self, reason: GossipRefusal, detail: str) -> None:
         super().__init__(f"gossip packet refused ({reason.value}): {detail}")
         self.reason = reason
 
@@ -58,20 +58,20 @@ class Envelope:
         header = self._header
         if not data.startswith(header):
             if len(data) < 2 or data[0] != MAGIC or len(data) < 2 + data[1]:
-                raise PacketRefused(Refusal.MALFORMED, "no gossip envelope")
+                raise PacketRefused(GossipRefusal.MALFORMED, "no gossip envelope")
             other = data[2 : 2 + data[1]].decode(errors="replace")
-            raise PacketRefused(Refusal.CLUSTER, f"cluster {other!r} is not {self.cluster!r}")
+            raise PacketRefused(GossipRefusal.CLUSTER, f"cluster {other!r} is not {self.cluster!r}")
         size = len(header)
         if len(data) <= size:
-            raise PacketRefused(Refusal.MALFORMED, "empty body")
+            raise PacketRefused(GossipRefusal.MALFORMED, "empty body")
         encrypted = data[size] != PLAINTEXT
         if self.keyring is None:
             if encrypted:
-                raise PacketRefused(Refusal.ENCRYPTED, "the packet is encrypted and we hold no keys")
+                raise PacketRefused(GossipRefusal.ENCRYPTED, "the packet is encrypted and we hold no keys")
             return data[size + 1 :]
         if not encrypted:
-            raise PacketRefused(Refusal.PLAINTEXT, "the packet is not encrypted")
+            raise PacketRefused(GossipRefusal.PLAINTEXT, "the packet is not encrypted")
         try:
             return self.keyring.decrypt(data[size:], header)
         except DecryptionFailed as exc:
-            raise PacketRefused(Refusal.KEY, str(exc)) from None
+            raise PacketRefused(GossipRefusal.KEY, str(exc)) from None

@@ -13,7 +13,7 @@ class GossipDecodeError(GossipError):
     """A peer sent bytes that are not a valid gossip message (the peer's fault, never ours)."""
 
 
-class MessageTooLarge(GossipError, ValueError):
+class GossipMessageTooLarge(GossipError, ValueError):
     """A message does not fit the limit it is sent under (a UDP packet, the metadata cap)."""
 
     def __init__(self, what: str, size: int, limit: int) -> None:

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sidecar.gossip.errors import GossipDecodeError, MessageTooLarge
+from sidecar.gossip.errors import GossipDecodeError, GossipMessageTooLarge
 from sidecar.gossip.state import MemberState
 
 
@@ -57,12 +57,12 @@ class IndirectPing:
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
+class ProbeAck:
     seq: int
 
 
 @dataclass(frozen=True, slots=True)
-class Nack:
+class ProbeNack:
     seq: int
 
 
@@ -118,7 +118,7 @@ class UserMsg:
     data: bytes
 
 
-Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull | UserMsg
+Message = Ping | IndirectPing | ProbeAck | ProbeNack | Suspect | Alive | Dead | PushPull | UserMsg
 
 MAX_META = 512  # bytes of per-member metadata: it rides in every alive message and push-pull entry
 
@@ -140,13 +140,13 @@ _U32 = struct.Struct(">I")
 def _str8(text: str) -> bytes:
     raw = text.encode()
     if len(raw) > 255:
-        raise MessageTooLarge(f"name {text[:20]!r}...", len(raw), 255)
+        raise GossipMessageTooLarge(f"name {text[:20]!r}...", len(raw), 255)
     return _U8.pack(len(raw)) + raw
 
 
 def _bytes16(data: bytes) -> bytes:
     if len(data) > 0xFFFF:
-        raise MessageTooLarge("payload", len(data), 0xFFFF)
+        raise GossipMessageTooLarge("payload", len(data), 0xFFFF)
     return _U16.pack(len(data)) + data
 
 
@@ -154,7 +154,7 @@ def to_wire(msg: Message) -> bytes:
     """The wire form of one message (a compound is built with :func:`compound_to_wire`)."""
     if isinstance(msg, Ping):
         return _SEQ.pack(MessageType.PING, msg.seq) + _str8(msg.node)
-    if isinstance(msg, Ack):
+    if isinstance(msg, ProbeAck):
         return _SEQ.pack(MessageType.ACK, msg.seq)
     if isinstance(msg, Alive):
         return (_ALIVE.pack(MessageType.ALIVE, msg.incarnation, msg.port) + _str8(msg.node) + _str8(msg.host)
@@ -168,7 +168,7 @@ def to_wire(msg: Message) -> bytes:
     if isinstance(msg, IndirectPing):
         return (_IND.pack(MessageType.INDIRECT_PING, msg.seq, 1 if msg.nack else 0) + _str8(msg.node)
                 + _str8(msg.host) + _U16.pack(msg.port))
-    if isinstance(msg, Nack):
+    if isinstance(msg, ProbeNack):
         return _SEQ.pack(MessageType.NACK, msg.seq)
     if isinstance(msg, PushPull):
         parts = [_PP.pack(MessageType.PUSH_PULL, 1 if msg.join else 0, len(msg.states))]
@@ -202,7 +202,7 @@ COMPOUND_PER_PART = 2  # the length of each part
 # ------------------------------------------------------------------------------------------ decoding
 
 
-class _Reader:
+class _FieldReader:
     __slots__ = ("data", "pos")
 
     def __init__(self, data: bytes, pos: int) -> None:
@@ -241,7 +241,7 @@ class _Reader:
 
 def _ping(data: bytes) -> Message:
     _, seq = _SEQ.unpack_from(data, 0)
-    r = _Reader(data, _SEQ.size)
+    r = _FieldReader(data, _SEQ.size)
     msg = Ping(seq, r.str8())
     r.done()
     return msg
@@ -250,18 +250,18 @@ def _ping(data: bytes) -> Message:
 def _ack(data: bytes) -> Message:
     if len(data) != _SEQ.size:
         raise GossipDecodeError("an ack is 5 bytes")
-    return Ack(_SEQ.unpack_from(data, 0)[1])
+    return ProbeAck(_SEQ.unpack_from(data, 0)[1])
 
 
 def _nack(data: bytes) -> Message:
     if len(data) != _SEQ.size:
         raise GossipDecodeError("a nack is 5 bytes")
-    return Nack(_SEQ.unpack_from(data, 0)[1])
+    return ProbeNack(_SEQ.unpack_from(data, 0)[1])
 
 
 def _indirect(data: bytes) -> Message:
     _, seq, flags = _IND.unpack_from(data, 0)
-    r = _Reader(data, _IND.size)
+    r = _FieldReader(data, _IND.size)
     node, host = r.str8(), r.str8()
     msg = IndirectPing(seq, node, host, r.u16(), bool(flags & 1))
     r.done()
@@ -270,7 +270,7 @@ def _indirect(data: bytes) -> Message:
 
 def _suspect(data: bytes) -> Message:
     _, inc = _INC.unpack_from(data, 0)
-    r = _Reader(data, _INC.size)
+    r = _FieldReader(data, _INC.size)
     msg = Suspect(inc, r.str8(), r.str8())
     r.done()
     return msg
@@ -278,7 +278,7 @@ def _suspect(data: bytes) -> Message:
 
 def _dead(data: bytes) -> Message:
     _, inc = _INC.unpack_from(data, 0)
-    r = _Reader(data, _INC.size)
+    r = _FieldReader(data, _INC.size)
     msg = Dead(inc, r.str8(), r.str8())
     r.done()
     return msg
@@ -286,7 +286,7 @@ def _dead(data: bytes) -> Message:
 
 def _alive(data: bytes) -> Message:
     _, inc, port = _ALIVE.unpack_from(data, 0)
-    r = _Reader(data, _ALIVE.size)
+    r = _FieldReader(data, _ALIVE.size)
     node, host = r.str8(), r.str8()
     meta = r.blob(_U16)
     r.done()
@@ -297,7 +297,7 @@ def _alive(data: bytes) -> Message:
 
 def _user(data: bytes) -> Message:
     _, version = _USER.unpack_from(data, 0)
-    r = _Reader(data, _USER.size)
+    r = _FieldReader(data, _USER.size)
     origin, key = r.str8(), r.str8()
     msg = UserMsg(origin, key, version, r.blob(_U16))
     r.done()
@@ -309,7 +309,7 @@ def _push_pull(data: bytes) -> Message:
     # each entry takes at least 11 bytes: refuse absurd counts before allocating anything
     if count * 11 > len(data):
         raise GossipDecodeError(f"push-pull claims {count} members in {len(data)} bytes")
-    r = _Reader(data, _PP.size)
+    r = _FieldReader(data, _PP.size)
     states = []
     for _ in range(count):
         inc, port, code = _PP_ENTRY.unpack_from(data, r.pos)

@@ -21,17 +21,10 @@ from typing import Any
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import Config, GossipTuning
 from sidecar.config.values import HostPort
-from sidecar.gossip.core import (
-    Event,
-    GossipCore,
-    OpenStream,
-    Output,
-    SendUdp,
-    StreamPurpose,
-    SyncCompleted,
-)
+from sidecar.gossip.core import GossipCore
 from sidecar.gossip.errors import KeyringError
 from sidecar.gossip.keyring import Keyring, key_text
+from sidecar.gossip.outputs import Event, OpenStream, Output, SendUdp, StreamPurpose, SyncCompleted
 from sidecar.gossip.reconnect import Reconnects
 from sidecar.gossip.state import Address, MemberView
 from sidecar.gossip.streamgate import MAX_ACK_FRAME, MAX_FRAME, StreamGate, StreamLimits, frame_limit

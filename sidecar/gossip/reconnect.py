@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from sidecar.gossip.core import Event, MemberAlive, MemberDead, MemberJoined, MemberLeft, MemberUpdated
+from sidecar.gossip.outputs import Event, MemberAlive, MemberDead, MemberJoined, MemberLeft, MemberUpdated
 from sidecar.gossip.state import Address
 
 

@@ -182,7 +182,7 @@ Command = Fetch | Install | Use | Remove
 
 
 @dataclass(frozen=True, slots=True)
-class Status:
+class RotationStatus:
     phase: Phase
     epoch: int
     target: str | None                 # fingerprint of the newest epoch key held
@@ -198,7 +198,7 @@ class _Fetching:
     last_error: str | None = None
 
 
-class RotationCore:
+class KeyRotationCore:
     """Decides, tick by tick, what the driver does to the keyring; see the module's table.
 
     ``derive`` (derived mode) gives an epoch's key at once; without it the core asks the driver to
@@ -218,7 +218,7 @@ class RotationCore:
         self._keys: dict[int, bytes] = {}       # epoch → key, for the previous and current epochs
         self._installed: dict[bytes, int] = {}  # keys this core installed → their epoch
         self._fetch = _Fetching()
-        self.status = Status(Phase.JOINING, 0, None, None)
+        self.status = RotationStatus(Phase.JOINING, 0, None, None)
 
     # ---------------------------------------------------------------------------------------- inputs
 
@@ -268,7 +268,7 @@ class RotationCore:
         target_fp = fingerprint(target) if target is not None else None
 
         def status(phase: Phase, waiting: Iterable[str] = ()) -> list[Command]:
-            self.status = Status(phase, epoch, target_fp, target_epoch, tuple(waiting))
+            self.status = RotationStatus(phase, epoch, target_fp, target_epoch, tuple(waiting))
             return out
 
         if not ready:

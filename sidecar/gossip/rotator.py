@@ -1,4 +1,4 @@
-"""The asyncio driver of automatic gossip key rotation around a :class:`RotationCore`.
+"""The asyncio driver of automatic gossip key rotation around a :class:`KeyRotationCore`.
 
 It ticks the core at every epoch boundary, whenever membership changes and at least once a second; carries
 out what the core says on the node's keyring (logging fingerprints only, never keys); runs ``rotate_command``
@@ -17,7 +17,10 @@ from typing import Any
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import Config
-from sidecar.gossip.core import (
+from sidecar.gossip.errors import GossipError, GossipMessageTooLarge, KeyringError
+from sidecar.gossip.keyring import decode_key, fingerprint, key_text
+from sidecar.gossip.node import GossipNode
+from sidecar.gossip.outputs import (
     Event,
     MemberAlive,
     MemberDead,
@@ -27,17 +30,14 @@ from sidecar.gossip.core import (
     MemberUpdated,
     SyncCompleted,
 )
-from sidecar.gossip.errors import GossipError, KeyringError, MessageTooLarge
-from sidecar.gossip.keyring import decode_key, fingerprint, key_text
-from sidecar.gossip.node import GossipNode
 from sidecar.gossip.rotation import (
     Command,
     Fetch,
     Install,
+    KeyRotationCore,
     Peer,
     Phase,
     Remove,
-    RotationCore,
     Use,
     decode_report,
     derive_key,
@@ -89,9 +89,9 @@ async def run_key_command(command: str, epoch: int, cluster: str, every: float,
 class KeyRotator:
     """Rotates one node's gossip keys; ``run()`` until cancelled. ``prepare()`` once before the node starts."""
 
-    def __init__(self, gossip: GossipNode, core: RotationCore, *, cluster: str, command: str | None,
-                 base_meta: Callable[[], bytes], ready: Callable[[], bool], clock: Clock = SYSTEM_CLOCK,
-                 command_timeout: float = COMMAND_TIMEOUT) -> None:
+    def __init__(self, gossip: GossipNode, core: KeyRotationCore, *, cluster: str, command: str | None,
+                    base_meta: Callable[[], bytes], ready: Callable[[], bool], clock: Clock = SYSTEM_CLOCK,
+                    command_timeout: float = COMMAND_TIMEOUT) -> None:
         self.gossip = gossip
         self.core = core
         self.cluster = cluster
@@ -121,7 +121,7 @@ class KeyRotator:
         configured = [decode_key(k) for k in g.encrypt_keys]
         root, cluster = configured[0], config.node.cluster
         derive = None if g.rotate_command else (lambda epoch: derive_key(root, cluster, epoch))
-        core = RotationCore(float(g.rotate_every), configured, derive=derive)
+        core = KeyRotationCore(float(g.rotate_every), configured, derive=derive)
         return cls(gossip, core, cluster=cluster, command=g.rotate_command, base_meta=base_meta, ready=ready,
                    clock=clock)
 
@@ -218,7 +218,7 @@ class KeyRotator:
         self._advertised = report
         try:
             self.gossip.set_meta(with_report(self._base_meta(), report))
-        except MessageTooLarge:
+        except GossipMessageTooLarge:
             # other metadata left too little room: the primary and the newest keys still tell enough
             log.warning("gossip metadata is too large for every key fingerprint; advertising 3",
                         extra=fields(keys=len(report)))

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config.model import GossipTuning
-from sidecar.gossip.core import Event, GossipCore, OpenStream, Output, SendUdp
+from sidecar.gossip.core import GossipCore
+from sidecar.gossip.outputs import Event, OpenStream, Output, SendUdp
 from sidecar.gossip.state import Address, MemberSnapshot
 
 SIM_PORT = 7946

@@ -19,7 +19,7 @@ from sidecar.config.model import AuthorizationConfig, AuthorizationRule
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class AccessDecision:
     allowed: bool
     rule: str | None  # "authorization.rules[2]" or "authorization.default"
     reason: str
@@ -47,20 +47,20 @@ class Authorizer:
         self._deny = [(i, r) for i, r in numbered if r.action == "deny"]
         self._allow = [(i, r) for i, r in numbered if r.action == "allow"]
 
-    def decide(self, caller: str, target: str, method: str, path: str) -> Decision:
+    def decide(self, caller: str, target: str, method: str, path: str) -> AccessDecision:
         """``caller`` is the calling service's name from its SPIFFE ID."""
         for i, rule in self._deny:
             if _rule_matches(rule, caller, target, method, path):
-                return Decision(False, f"authorization.rules[{i}]",
-                                f"{caller} → {target} {method} {path} matches deny rule authorization.rules[{i}]")
+                return AccessDecision(False, f"authorization.rules[{i}]",
+                                      f"{caller} → {target} {method} {path} matches deny rule authorization.rules[{i}]")
         for i, rule in self._allow:
             if _rule_matches(rule, caller, target, method, path):
-                return Decision(True, f"authorization.rules[{i}]", f"allowed by authorization.rules[{i}]")
+                return AccessDecision(True, f"authorization.rules[{i}]", f"allowed by authorization.rules[{i}]")
         naming = [i for i, rule in self._allow if _match([rule.to], target)]
         if naming:
             listed = ", ".join(f"authorization.rules[{i}]" for i in naming)
-            return Decision(False, f"authorization.rules[{naming[0]}]",
-                            f"{caller} → {target} {method} {path} matches none of the rules for {target} ({listed})")
+            return AccessDecision(False, f"authorization.rules[{naming[0]}]", f"{caller} → {target} {method} {path} "
+                                  f"matches none of the rules for {target} ({listed})")
         allowed = self.config.default == "allow"
-        return Decision(allowed, "authorization.default",
-                        f"no rule names {target}; authorization.default is {self.config.default}")
+        return AccessDecision(allowed, "authorization.default",
+                              f"no rule names {target}; authorization.default is {self.config.default}")

@@ -210,7 +210,7 @@ class DataPlane:
         self.ids = ids
         self._limits = limits
         self.outbound = HttpProxy(self._route_outbound, name="outbound", limits=limits, pools=self.pools,
-                                  on_request_done=self._outbound_done, ids=ids)
+                                  on_request_done=self._outbound_done, ids=ids, h2c=True)
         self.upstreams: dict[str, HttpProxy | TcpRelay] = {}
         self._upstream_configs: dict[str, UpstreamConfig] = {}
         self._upstream_servers: dict[str, asyncio.Server] = {}
@@ -434,7 +434,7 @@ class DataPlane:
                 self._failed("upstream", name.service, stats, call)
 
         return HttpProxy(route, name=f"upstream:{name.service}", limits=limits, pools=self.pools,
-                         on_request_done=done, ids=ids)
+                         on_request_done=done, ids=ids, h2c=True)
 
     # ------------------------------------------------------------------------------------ accounting
 

@@ -44,7 +44,7 @@ from sidecar.catalog.model import HealthStatus
 from sidecar.catalog.registry import LocalRegistry
 from sidecar.clock import Clock
 from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
-from sidecar.mesh.authorization import Authorizer, Decision
+from sidecar.mesh.authorization import AccessDecision, Authorizer
 from sidecar.mesh.naming import ServiceName, parse_service
 from sidecar.mesh.stats import MeshStats
 from sidecar.proxy import ConnectionInfo, HttpProxy, RequestHead, Target, TcpRelay
@@ -141,10 +141,10 @@ class Decisions:
 
     def __init__(self, authorizer: Authorizer, max_entries: int = 8192) -> None:
         self.authorizer = authorizer
-        self._cache: dict[tuple[str, str, str, str], Decision] = {}
+        self._cache: dict[tuple[str, str, str, str], AccessDecision] = {}
         self._max = max_entries
 
-    def decide(self, caller: str, service: str, method: str, path: str) -> Decision:
+    def decide(self, caller: str, service: str, method: str, path: str) -> AccessDecision:
         key = (caller, service, method, path)
         found = self._cache.get(key)
         if found is None:

@@ -3,7 +3,8 @@ the driver passes a random number in for jitter.
 
 Theory of operation
 -------------------
-One message is in flight per stream (publisher, topic, subscriber); each attempt ends in an :class:`Outcome`:
+One message is in flight per stream (publisher, topic, subscriber), or one batch with bulk delivery, whose answer
+gives each message its own outcome (:func:`classify_bulk`); each attempt ends in an :class:`Outcome`:
 
 =================  =================================================  =========================================
 outcome            when                                               next step
@@ -60,14 +61,39 @@ def classify(status: int, mesh_error: str | None, body: bytes) -> Outcome:
     return Outcome.REJECTED
 
 
+# a bulk answer's per-message statuses (as Dapr's bulk subscribe); anything else (or none) for a message retries it
+_BULK_STATUS = {"SUCCESS": Outcome.ACK, "DROP": Outcome.DROP, "RETRY": Outcome.FAILED}
+
+
+def classify_bulk(status: int, mesh_error: str | None, body: bytes, ids: list[str]) -> list[Outcome]:
+    """The outcomes of a bulk delivery of the messages ``ids``, in that order. A 2xx whose body has
+    ``{"statuses": [{"id": ID, "status": "SUCCESS" | "RETRY" | "DROP"}, ...]}`` decides per message, and a message
+    it leaves out (or gives another status) is retried; any other answer is one outcome for every message, as
+    :func:`classify` says (so a plain 2xx acks them all)."""
+    doc = _json_object(body) if 200 <= status < 300 and mesh_error is None and b"statuses" in body else None
+    statuses = doc.get("statuses") if doc is not None else None
+    if not isinstance(statuses, list):
+        return [classify(status, mesh_error, body)] * len(ids)
+    given: dict[str, Outcome] = {}
+    for entry in statuses:
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str) and isinstance(entry.get("status"), str):
+            given[entry["id"]] = _BULK_STATUS.get(entry["status"].upper(), Outcome.FAILED)
+    return [given.get(i, Outcome.FAILED) for i in ids]
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _status_field(body: bytes) -> str | None:
     if not body or b"status" not in body:
         return None
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, or nested deeper than the stack: no verdict in it
-        return None
-    value = doc.get("status") if isinstance(doc, dict) else None
+    doc = _json_object(body)  # None when not JSON, or nested deeper than the stack: no verdict in it
+    value = doc.get("status") if doc is not None else None
     return value.upper() if isinstance(value, str) else None
 
 
@@ -85,7 +111,7 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
-class Retry:
+class DeliveryRetry:
     delay: float
     counted: bool  # whether the attempt counted toward max_attempts
 
@@ -95,7 +121,7 @@ class DeadLetter:
     reason: str  # dropped | rejected | max-attempts
 
 
-Step = Ack | Retry | DeadLetter
+Step = Ack | DeliveryRetry | DeadLetter
 
 
 def backoff(policy: DeliveryPolicy, n: int, random: float) -> float:
@@ -120,11 +146,11 @@ class Attempts:
             return DeadLetter("rejected")
         if outcome is Outcome.UNREACHABLE:
             self.waits += 1
-            return Retry(backoff(policy, self.waits, random), counted=False)
+            return DeliveryRetry(backoff(policy, self.waits, random), counted=False)
         self.counted += 1
         if self.counted >= policy.max_attempts:
             return DeadLetter("max-attempts")
-        return Retry(backoff(policy, self.counted, random), counted=True)
+        return DeliveryRetry(backoff(policy, self.counted, random), counted=True)
 
     @property
     def total(self) -> int:

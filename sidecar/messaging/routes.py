@@ -11,11 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.config.model import MAX_BULK_MESSAGES, BulkDeliveryConfig
 from sidecar.errors import InvalidArgument
 from sidecar.messaging.envelope import MessageBody
 from sidecar.messaging.service import SENDER_HEADER, Messaging
 from sidecar.web import Handler, json_response, last_event_id, read_json_object, sse_stream
 
+DEFAULT_BULK = BulkDeliveryConfig().max_messages
 TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
                  "x-b3-sampled", "x-b3-flags")
 
@@ -53,18 +55,21 @@ def api_routes(messaging: Messaging) -> web.RouteTableDef:
     @routes.post("/v1/subscriptions")
     async def subscribe(request: web.Request) -> web.Response:
         body = await read_json_object(request)
-        unknown = sorted(set(body) - {"topic", "path", "service"})
+        unknown = sorted(set(body) - {"topic", "path", "service", "bulk"})
         if unknown:
-            raise InvalidArgument(f"unknown field {unknown[0]!r}; a subscription has topic, path and service",
+            raise InvalidArgument(f"unknown field {unknown[0]!r}; a subscription has topic, path, service and bulk",
                                   {"field": unknown[0]})
         topic, path, service = body.get("topic"), body.get("path"), body.get("service")
         if not isinstance(topic, str) or not isinstance(path, str):
             raise InvalidArgument("topic and path are required strings", {"fields": ["topic", "path"]})
         if service is not None and not isinstance(service, str):
             raise InvalidArgument("service must be a string", {"field": "service"})
-        subscription = await messaging.subscribe(topic, path, service)
-        return json_response({"service": subscription.service, "topic": subscription.topic,
-                              "path": subscription.path}, 201)
+        subscription = await messaging.subscribe(topic, path, service, _bulk_size(body.get("bulk")))
+        answer: dict[str, Any] = {"service": subscription.service, "topic": subscription.topic,
+                                  "path": subscription.path}
+        if subscription.bulk:
+            answer["bulk"] = {"enabled": True, "maxMessages": subscription.bulk}
+        return json_response(answer, 201)
 
     @routes.get("/v1/subscriptions")
     async def subscriptions(request: web.Request) -> web.Response:
@@ -77,6 +82,22 @@ def api_routes(messaging: Messaging) -> web.RouteTableDef:
             return await sse_stream(request, events)
 
     return routes
+
+
+def _bulk_size(bulk: Any) -> int:
+    """``{"enabled": true, "maxMessages": 100}`` (as the config's ``subscriptions[].bulk``) → messages per POST;
+    absent or not enabled → 0."""
+    if bulk is None:
+        return 0
+    if not isinstance(bulk, dict) or set(bulk) - {"enabled", "maxMessages"}:
+        raise InvalidArgument('bulk must be {"enabled": true, "maxMessages": N}', {"field": "bulk"})
+    enabled, size = bulk.get("enabled", False), bulk.get("maxMessages", DEFAULT_BULK)
+    if not isinstance(enabled, bool):
+        raise InvalidArgument(f"bulk.enabled must be true or false (got {enabled!r})", {"field": "bulk.enabled"})
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_BULK_MESSAGES:
+        raise InvalidArgument(f"bulk.maxMessages must be in [1, {MAX_BULK_MESSAGES}] (got {size!r})",
+                              {"field": "bulk.maxMessages"})
+    return size if enabled else 0
 
 
 def _ids(body: dict[str, Any]) -> list[int] | None:

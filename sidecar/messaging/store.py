@@ -5,12 +5,14 @@ retention and replay all change *several* rows at once (the delivery, the messag
 letter), and SQLite makes each batch one atomic, fsync'd transaction that survives ``kill -9`` and power loss;
 WAL lets the reader connection page through the outbox while the writer commits. The cost of an fsync per commit
 is paid once per batch: :mod:`sidecar.messaging.writer` groups every operation queued during a commit into the
-next one (group commit).
+next one (group commit). ``fsyncs`` and ``durable_messages`` count what that costs: one fsync per commit that
+wrote, two per checkpoint (run here, not by SQLite's autocheckpoint, so that they are counted).
 
 Tables
 ------
 ``messages``      the outbox: one row per published message that some stream still owes (seq grows forever)
-``streams``       (topic, subscriber) → path: subscriber is a service name or ``node:NAME`` (stream readers)
+``streams``       (topic, subscriber) → path, bulk size: subscriber is a service name or ``node:NAME`` (stream
+                  readers); bulk > 0 delivers up to that many messages per POST
 ``deliveries``    (stream, seq): what each stream still owes; acked or dead-lettered rows are deleted, and a
                   message goes when its last delivery goes
 ``dead_letters``  copies of undeliverable messages with reason, attempts, last error
@@ -37,7 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (
     id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, subscriber TEXT NOT NULL, path TEXT NOT NULL,
-    last_seen_ms INTEGER NOT NULL, UNIQUE (topic, subscriber));
+    last_seen_ms INTEGER NOT NULL, bulk INTEGER NOT NULL DEFAULT 0, UNIQUE (topic, subscriber));
 CREATE TABLE IF NOT EXISTS deliveries (
     stream INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (stream, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
@@ -50,7 +52,8 @@ CREATE TABLE IF NOT EXISTS topic_log (
     created_ms INTEGER NOT NULL, UNIQUE (topic, message_id));
 CREATE INDEX IF NOT EXISTS topic_log_topic ON topic_log (topic, id);
 CREATE TABLE IF NOT EXISTS local_subs (
-    service TEXT NOT NULL, topic TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (service, topic));
+    service TEXT NOT NULL, topic TEXT NOT NULL, path TEXT NOT NULL, bulk INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (service, topic));
 """
 
 
@@ -61,6 +64,7 @@ class StreamRow:
     subscriber: str
     path: str
     last_seen_ms: int
+    bulk: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +91,7 @@ class Evicted:
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class StoreLimits:
     retention_age_ms: int
     retention_bytes: int
     max_dead_letters: int
@@ -117,6 +121,12 @@ def make_private(data_dir: str, path: str) -> None:
             os.chmod(path + suffix, FILE_MODE)
 
 
+# checkpoints are run by the writer (not SQLite's autocheckpoint) so that their fsyncs are counted: one runs once
+# the WAL has grown by about this many bytes since the last (SQLite's default is 1000 pages, 4 MB)
+CHECKPOINT_BYTES = 4 << 20
+_COMMIT_BYTES = 3 * 4096     # what a commit adds to the WAL besides the bodies: a few pages of rows and indexes
+
+
 def connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -126,12 +136,15 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 class Store:
-    def __init__(self, data_dir: str, limits: Limits) -> None:
+    def __init__(self, data_dir: str, limits: StoreLimits) -> None:
         self.path = os.path.join(data_dir, "messaging.db")
         make_private(data_dir, self.path)
         self.limits = limits
         self.w = connect(self.path)
         self.w.executescript(SCHEMA)
+        for table in ("streams", "local_subs"):  # a store made before bulk delivery
+            if "bulk" not in {row[1] for row in self.w.execute(f"PRAGMA table_info({table})")}:
+                self.w.execute(f"ALTER TABLE {table} ADD COLUMN bulk INTEGER NOT NULL DEFAULT 0")
         self.r = connect(self.path)
         # writer-thread state: seq → [references, size, created_ms], oldest first
         self.outbox: OrderedDict[int, list[int]] = OrderedDict()
@@ -143,6 +156,15 @@ class Store:
         self.stream_rows: dict[int, StreamRow] = {}
         self.in_flight: set[tuple[int, int]] = set()  # written by the event loop, read by retention
         self.log_bytes = 0
+        # durability accounting (writer thread): fsyncs caused, messages made durable, since start
+        self.fsyncs = 0
+        self.durable_messages = 0
+        self._tx_changes = 0        # total_changes when the transaction began
+        self._tx_messages = 0       # messages the open transaction stores
+        self._tx_bytes = 0
+        self._wal_bytes = 0         # estimated WAL growth since the last checkpoint
+        self._durable = True        # synchronous=FULL (connect's), or NORMAL for a settling-only transaction
+        self.w.execute("PRAGMA wal_autocheckpoint=0")
         self._load()
 
     @property
@@ -159,7 +181,7 @@ class Store:
                 continue
             self.outbox[seq] = [count, size, created]
             self.pending_bytes += size
-        for row in self.w.execute("SELECT id, topic, subscriber, path, last_seen_ms FROM streams").fetchall():
+        for row in self.w.execute("SELECT id, topic, subscriber, path, last_seen_ms, bulk FROM streams").fetchall():
             self._remember_stream(StreamRow(*row))
         self.dead_letter_count, self.dead_letter_bytes = self.w.execute(
             "SELECT count(*), coalesce(sum(length(body)), 0) FROM dead_letters").fetchone()
@@ -186,11 +208,36 @@ class Store:
 
     # ----------------------------------------------------------------------------- writer thread
 
-    def begin(self) -> None:
+    def begin(self, durable: bool = True) -> None:
+        """Begin a transaction; ``durable=False`` for one that only settles deliveries (acks): it is committed
+        without an fsync (``synchronous=NORMAL``; WAL keeps it consistent) and made durable by the next commit
+        that fsyncs, or lost with power (never with a crash of the process) and then redelivered: at least once."""
+        if durable != self._durable:
+            self.w.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+            self._durable = durable
         self.w.execute("BEGIN IMMEDIATE")
+        self._tx_changes = self.w.total_changes
+        self._tx_messages = self._tx_bytes = 0
 
     def commit(self) -> None:
+        """Commit the transaction: with ``synchronous=FULL`` in WAL mode a commit that wrote fsyncs the WAL once
+        (one that wrote nothing costs none); a checkpoint, when due, fsyncs the WAL and the database."""
+        wrote = self.w.total_changes != self._tx_changes
         self.w.execute("COMMIT")
+        if not wrote:
+            return
+        self.fsyncs += 1 if self._durable else 0
+        self.durable_messages += self._tx_messages
+        self._wal_bytes += self._tx_bytes + _COMMIT_BYTES
+        if self._wal_bytes >= CHECKPOINT_BYTES:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: readers are not waited for)."""
+        _, _, copied = self.w.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if copied > 0:
+            self.fsyncs += 2
+        self._wal_bytes = 0
 
     def rollback(self) -> None:
         if self.w.in_transaction:
@@ -207,6 +254,8 @@ class Store:
         self.w.executemany("INSERT INTO deliveries (stream, seq) VALUES (?, ?)", [(s, seq) for s in streams])
         self.outbox[seq] = [len(streams), len(body), created_ms]
         self.pending_bytes += len(body)
+        self._tx_messages += 1
+        self._tx_bytes += len(body)
         return seq, list(streams)
 
     def w_settle(self, stream: int, seq: int) -> bool:
@@ -237,18 +286,23 @@ class Store:
         self.dead_letter_bytes += len(found[2])
         return True
 
-    def w_ensure_stream(self, topic: str, subscriber: str, path: str, seen_ms: int) -> tuple[StreamRow, bool]:
-        """The stream of (topic, subscriber), created if new; its path and last-seen time refreshed."""
-        found = self.w.execute("SELECT id FROM streams WHERE topic = ? AND subscriber = ?",
+    def w_ensure_stream(self, topic: str, subscriber: str, path: str, seen_ms: int, bulk: int | None = None
+                        ) -> tuple[StreamRow, bool]:
+        """The stream of (topic, subscriber), created if new; its path, bulk size (None: kept) and last-seen time
+        refreshed."""
+        found = self.w.execute("SELECT id, bulk FROM streams WHERE topic = ? AND subscriber = ?",
                                (topic, subscriber)).fetchone()
         if found is None:
-            cur = self.w.execute("INSERT INTO streams (topic, subscriber, path, last_seen_ms) VALUES (?, ?, ?, ?)",
-                                 (topic, subscriber, path, seen_ms))
-            row = StreamRow(int(cur.lastrowid or 0), topic, subscriber, path, seen_ms)
+            cur = self.w.execute(
+                "INSERT INTO streams (topic, subscriber, path, last_seen_ms, bulk) VALUES (?, ?, ?, ?, ?)",
+                (topic, subscriber, path, seen_ms, bulk or 0))
+            row = StreamRow(int(cur.lastrowid or 0), topic, subscriber, path, seen_ms, bulk or 0)
             self._remember_stream(row)
             return row, True
-        self.w.execute("UPDATE streams SET path = ?, last_seen_ms = ? WHERE id = ?", (path, seen_ms, found[0]))
-        row = StreamRow(found[0], topic, subscriber, path, seen_ms)
+        bulk = found[1] if bulk is None else bulk
+        self.w.execute("UPDATE streams SET path = ?, last_seen_ms = ?, bulk = ? WHERE id = ?",
+                       (path, seen_ms, bulk, found[0]))
+        row = StreamRow(found[0], topic, subscriber, path, seen_ms, bulk)
         self.stream_rows[row.id] = row
         return row, False
 
@@ -330,11 +384,13 @@ class Store:
         if cur.rowcount == 0:
             return None
         self.log_bytes += len(body)
+        self._tx_messages += 1
+        self._tx_bytes += len(body)
         return int(cur.lastrowid or 0)
 
-    def w_local_sub(self, service: str, topic: str, path: str) -> None:
-        self.w.execute("INSERT OR REPLACE INTO local_subs (service, topic, path) VALUES (?, ?, ?)",
-                       (service, topic, path))
+    def w_local_sub(self, service: str, topic: str, path: str, bulk: int = 0) -> None:
+        self.w.execute("INSERT OR REPLACE INTO local_subs (service, topic, path, bulk) VALUES (?, ?, ?, ?)",
+                       (service, topic, path, bulk))
 
     def w_remove_local_sub(self, service: str, topic: str) -> None:
         self.w.execute("DELETE FROM local_subs WHERE service = ? AND topic = ?", (service, topic))
@@ -402,9 +458,9 @@ class Store:
             args.append(topic)
         return [DeadLetterRow(*r) for r in self.r.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))]
 
-    def r_local_subs(self) -> list[tuple[str, str, str]]:
-        return [(str(a), str(b), str(c)) for a, b, c in self.r.execute(
-            "SELECT service, topic, path FROM local_subs ORDER BY service, topic")]
+    def r_local_subs(self) -> list[tuple[str, str, str, int]]:
+        return [(str(a), str(b), str(c), int(d)) for a, b, c, d in self.r.execute(
+            "SELECT service, topic, path, bulk FROM local_subs ORDER BY service, topic")]
 
 
 _DEAD_COLUMNS = "id, message_id, topic, subscriber, path, body, reason, attempts, last_error, at_ms"

@@ -2,14 +2,15 @@
 
 Pure: changes in, the set of wanted streams out. A stream is (topic, subscriber): the subscriber is a service
 (competing consumers: one stream per service however many instances or nodes subscribe; its path is the
-smallest path any of them gave, so every publisher picks the same one) or ``node:NAME`` for a node's stream
-readers (SSE).
+smallest path any of them gave, with its bulk size, so every publisher picks the same) or ``node:NAME`` for a
+node's stream readers (SSE).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar.catalog.model import NODE_STREAM, Subscription
 
@@ -30,6 +31,7 @@ class Wanted:
     topic: str
     subscriber: str
     path: str
+    bulk: int = 0   # messages per POST with bulk delivery; 0: one per POST
 
 
 class SubscriptionBook:
@@ -80,13 +82,13 @@ class SubscriptionBook:
             subscriber = node_subscriber(node) if sub.service == NODE_STREAM else sub.service
             key = (sub.topic, subscriber)
             held = out.get(key)
-            if held is None or sub.path < held.path:
-                out[key] = Wanted(sub.topic, subscriber, sub.path)
+            if held is None or (sub.path, sub.bulk) < (held.path, held.bulk):
+                out[key] = Wanted(sub.topic, subscriber, sub.path, sub.bulk)
         return out
 
-    def to_json(self) -> list[dict[str, str]]:
-        rows = [{"node": self.node, "service": s.service, "topic": s.topic, "path": s.path}
-                for s in self.local.values()]
-        rows += [{"node": n, "service": s.service, "topic": s.topic, "path": s.path}
-                 for n, subs in self.remote.items() for s in subs]
-        return sorted(rows, key=lambda r: (r["topic"], r["service"], r["node"]))
+    def to_json(self) -> list[dict[str, Any]]:
+        rows = [(self.node, s) for s in self.local.values()]
+        rows += [(n, s) for n, subs in self.remote.items() for s in subs]
+        out = [{"node": n, "service": s.service, "topic": s.topic, "path": s.path,
+                **({"bulk": {"enabled": True, "maxMessages": s.bulk}} if s.bulk else {})} for n, s in rows]
+        return sorted(out, key=lambda r: (r["topic"], r["service"], r["node"]))

@@ -32,7 +32,7 @@ class Writer:
         self.store = store
         self.clock = clock
         self.on_evicted = on_evicted
-        self._queue: deque[tuple[Op, asyncio.Future[Any], int]] = deque()
+        self._queue: deque[tuple[Op, asyncio.Future[Any], int, bool]] = deque()
         self.queued_bytes = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -50,12 +50,13 @@ class Writer:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="messaging-writer")
 
-    def submit(self, op: Callable[[Store], T], size: int = 0) -> asyncio.Future[T]:
-        """Queue ``op`` for the next commit; the future resolves with its result once committed."""
+    def submit(self, op: Callable[[Store], T], size: int = 0, durable: bool = True) -> asyncio.Future[T]:
+        """Queue ``op`` for the next commit; the future resolves with its result once committed (fsync'd, unless
+        every operation of the commit was submitted with ``durable=False``: see :meth:`Store.begin`)."""
         if self._stopping:
             raise Unavailable("messaging is shutting down")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future, size))
+        self._queue.append((op, future, size, durable))
         self.queued_bytes += size
         self._wake.set()
         return future
@@ -67,7 +68,7 @@ class Writer:
             self._wake.clear()
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
-                self.queued_bytes -= sum(size for _, _, size in batch)
+                self.queued_bytes -= sum(item[2] for item in batch)
                 now_ms = int(self.clock.wall() * 1000)
                 try:
                     results, evicted = await loop.run_in_executor(self._thread, self._commit, batch, now_ms)
@@ -75,13 +76,13 @@ class Writer:
                     self.failures += 1
                     log.error("messaging store commit failed: %s", exc)
                     error = Unavailable(f"the message store could not commit: {exc}")
-                    for _, future, _ in batch:
+                    for _, future, _, _ in batch:
                         if not future.done():
                             future.set_exception(error)
                     continue
                 self.commits += 1
                 self.operations += len(batch)
-                for (_, future, _), (ok, value) in zip(batch, results, strict=True):
+                for (_, future, _, _), (ok, value) in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if ok:
@@ -93,13 +94,13 @@ class Writer:
             if self._stopping and not self._queue:
                 return
 
-    def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], int]], now_ms: int
+    def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], int, bool]], now_ms: int
                 ) -> tuple[list[tuple[bool, Any]], list[Evicted]]:
         store = self.store
         results: list[tuple[bool, Any]] = []
-        store.begin()
+        store.begin(durable=any(durable for _, _, _, durable in batch))
         try:
-            for op, _, _ in batch:
+            for op, _, _, _ in batch:
                 store.w.execute("SAVEPOINT op")
                 try:
                     results.append((True, op(store)))
@@ -119,7 +120,7 @@ class Writer:
     def tick(self) -> None:
         """Run retention (age) even when nothing is written."""
         if not self._queue and not self._stopping:
-            self.submit(lambda s: None)
+            self.submit(lambda s: None, durable=False)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Commit what is queued (within ``timeout``), then stop the task and close the thread."""

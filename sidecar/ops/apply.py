@@ -1,7 +1,7 @@
 """The live half of a reload: a new configuration applied, part by part, through the part that owns each.
 
     applier = ConfigApplier(config, paths, own=..., registry=..., messaging=..., telemetry=..., ...)
-    reloader = Reloader(applier, clock)     # the applier is the reloader's Process
+    reloader = Reloader(applier, clock)     # the applier is the reloader's Reloadable
     await applier.apply_config(new, plan)   # called by the reloader, under its lock, after the diff allowed it
 
 The applier holds the running configuration: ``config`` is replaced only once every live part took the new one.
@@ -33,7 +33,7 @@ log = logging.getLogger("sidecar.app")   # the process's own log name, as the li
 
 
 class ConfigApplier:
-    """``sidecar.ops.reload.Process``: reads the configuration files, counts requests for the canary, and applies
+    """``sidecar.ops.reload.Reloadable``: reads the configuration files, counts requests for the canary, and applies
     a plan's live parts. ``shed`` sets a new upstream listener's overload guard; ``listening`` and ``closed``
     record the addresses of the listeners a reload opens and closes."""
 

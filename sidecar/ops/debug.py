@@ -31,7 +31,7 @@ def facts_from(dataplane: DataPlane, service: str) -> Facts:
     name = dataplane.names.parse(service)
     snapshot = dataplane.catalog.snapshot()
     endpoints = dataplane.router.endpoints(snapshot, name) if name is not None else None
-    destination = dataplane.resilience.destinations.get(name.service) if name is not None else None
+    destination = dataplane.resilience.clusters.get(name.service) if name is not None else None
     store = dataplane.store
     identity = store.identity if store is not None else None
     issued = store.material.not_before.timestamp() if store is not None else None

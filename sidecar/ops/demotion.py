@@ -66,19 +66,19 @@ _TRANSITIONS: dict[tuple[Standing, Reading], Standing] = {
 }
 
 
-class InvalidTransition(Exception):
+class MissingTransition(Exception):
     """A reading the standing table has no entry for (a bug in the table)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Rules:
+class DemotionRules:
     high: int            # a score at or above this is struggling
     low: int             # a score at or below this is well
     hold: float          # seconds of a high score before demotion
     recover_hold: float  # seconds of a low score before promotion
 
     @classmethod
-    def from_tuning(cls, tuning: GossipTuning) -> Rules:
+    def from_tuning(cls, tuning: GossipTuning) -> DemotionRules:
         """Half of Lifeguard's range is struggling (4 of 8 on the LAN profile: several missed acks in a row, each
         failed probe adds one and each good one takes one off); well is 0. Demote after 5 probe intervals of it
         (a GC pause or one slow round does not count), restore after 15 (peers' balancers may then trust it)."""
@@ -117,7 +117,7 @@ Event = Demoted | Restored
 class DemotionCore:
     __slots__ = ("demoted_at", "rules", "since", "standing")
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: DemotionRules) -> None:
         self.rules = rules
         self.standing = Standing.NORMAL
         self.since = 0.0          # when the current STRUGGLING or RECOVERING stretch began
@@ -132,7 +132,7 @@ class DemotionCore:
         try:
             after = _TRANSITIONS[before, self.rules.read(score)]
         except KeyError:
-            raise InvalidTransition(f"no transition from {before.value} on score {score}") from None
+            raise MissingTransition(f"no transition from {before.value} on score {score}") from None
         if after is not before and after in (Standing.STRUGGLING, Standing.RECOVERING):
             self.since = now
         self.standing = after
@@ -151,7 +151,7 @@ class SelfDemotion:
     to restore: ``LocalRegistry.demote``) and the event bus (``self-demoted`` / ``self-restored``)."""
 
     def __init__(self, score: Callable[[], int], demote: Callable[[str | None, int], None], bus: EventBus,
-                 clock: Clock, rules: Rules, interval: float) -> None:
+                 clock: Clock, rules: DemotionRules, interval: float) -> None:
         self.score = score
         self.demote = demote
         self.bus = bus

@@ -31,8 +31,8 @@ from sidecar.mesh.authorization import Authorizer
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
 from sidecar.proxy.paths import InvalidPath, normalize_target
-from sidecar.resilience.destination import Destination, Host
-from sidecar.resilience.outlier import HostState
+from sidecar.resilience.cluster import Cluster, ClusterEndpoint
+from sidecar.resilience.outlier import EndpointState
 from sidecar.tls.identity import PeerIdentity
 
 OK = "ok"          # this step lets the request through
@@ -59,7 +59,7 @@ class Facts:
     snapshot: CatalogSnapshot
     name: ServiceName | None                 # the Host parsed; None: it names no service
     endpoints: EndpointSet | None
-    destination: Destination | None          # None: no request has gone to that service yet
+    destination: Cluster | None          # None: no request has gone to that service yet
     identity: PeerIdentity | None            # this sidecar's certificate; None without tls
     local_node: str = ""
     issued: float | None = None              # the certificate's notBefore, epoch seconds
@@ -181,7 +181,7 @@ class _Seen:
     """One usable endpoint and what the destination's layers hold about it (nothing if never used)."""
 
     endpoint: Endpoint
-    host: Host | None
+    host: ClusterEndpoint | None
     ejected: bool
     state: str
     times: int
@@ -190,15 +190,15 @@ class _Seen:
     until: float
 
 
-def _hosts(endpoints: EndpointSet, dest: Destination | None, now: float) -> list[_Seen]:
+def _hosts(endpoints: EndpointSet, dest: Cluster | None, now: float) -> list[_Seen]:
     out = []
     for endpoint in (*endpoints.healthy, *endpoints.degraded):
         host = dest.hosts.get((endpoint.instance, endpoint.address)) if dest is not None else None
         if dest is None or host is None:
-            out.append(_Seen(endpoint, None, False, HostState.ACTIVE.value, 0, 0, 0, 0.0))
+            out.append(_Seen(endpoint, None, False, EndpointState.ACTIVE.value, 0, 0, 0, 0.0))
             continue
         rec = dest.outlier.record(host.key, now)   # a known host: its record exists, only its clock advances
-        ejected = rec.state is HostState.EJECTED
+        ejected = rec.state is EndpointState.EJECTED
         out.append(_Seen(endpoint, host, ejected, rec.state.value, rec.times, rec.ejections, rec.consecutive,
                          rec.until))
     return out
@@ -208,7 +208,7 @@ def _clock(wall: float) -> str:
     return dt.datetime.fromtimestamp(wall, dt.UTC).strftime("%H:%M:%S")
 
 
-def _ejection(service: str, hosts: Sequence[_Seen], dest: Destination | None, now: float, wall: float) -> Step:
+def _ejection(service: str, hosts: Sequence[_Seen], dest: Cluster | None, now: float, wall: float) -> Step:
     offset = wall - now
     rows = []
     lines = []
@@ -224,7 +224,7 @@ def _ejection(service: str, hosts: Sequence[_Seen], dest: Destination | None, no
             lines.append(f"{e.instance} at {e.authority} is ejected until {_clock(seen.until + offset)} UTC "
                          f"({remaining:.1f}s more): ejection {seen.times} in a row, after "
                          f"{_threshold(dest)} consecutive failures ({seen.ejections} ejections in all)")
-        elif seen.state == HostState.PROBATION.value:
+        elif seen.state == EndpointState.PROBATION.value:
             lines.append(f"{e.instance} at {e.authority} is on probation: its next failure ejects it again")
         rows.append(row)
     ejected = sum(1 for s in hosts if s.ejected)
@@ -238,19 +238,22 @@ def _ejection(service: str, hosts: Sequence[_Seen], dest: Destination | None, no
     return Step("ejection", WARN, "; ".join(lines), {"endpoints": rows, "ejected": ejected})
 
 
-def _threshold(dest: Destination | None) -> int:
+def _threshold(dest: Cluster | None) -> int:
     return dest.outlier.rules.consecutive_failures if dest is not None else 0
 
 
-def _balancer(service: str, hosts: Sequence[_Seen], dest: Destination | None, now: float) -> Step:
+def _balancer(service: str, hosts: Sequence[_Seen], dest: Cluster | None, now: float) -> Step:
     """Which tier the pick is made in, every candidate's cost, and the pick the balancer would make now."""
     healthy = [s for s in hosts if s.endpoint.status is HealthStatus.HEALTHY]
     degraded = [s for s in hosts if s.endpoint.status is not HealthStatus.HEALTHY]
-    tier, candidates = "healthy", [s for s in healthy if not s.ejected]
-    if not candidates:
-        tier, candidates = "degraded", [s for s in degraded if not s.ejected]
-        if not candidates:
-            tier, candidates = "panic", list(healthy or degraded)
+    if dest is None:   # nothing sent yet: no host is ejected or held
+        tier, candidates = ("healthy", healthy) if healthy else ("degraded", degraded)
+    else:
+        # the cluster's own rules; an endpoint it has not met yet is looked at as a new host, not added to it
+        by_key = {(s.endpoint.instance, s.endpoint.address): s for s in hosts}
+        as_hosts = [[s.host or ClusterEndpoint(s.endpoint, now) for s in tier] for tier in (healthy, degraded)]
+        tier, picked = dest.candidates(as_hosts[0], as_hosts[1], now)
+        candidates = [by_key[h.key] for h in picked]
     kind = dest.balancer.name if dest is not None else "none yet"
     rows = []
     for seen in candidates:
@@ -279,7 +282,7 @@ def _cost(load: Any, now: float) -> float | None:
     return None if cost == float("inf") else round(cost * 1000.0, 3)
 
 
-def _peek(kind: str, candidates: Sequence[_Seen], dest: Destination | None, now: float) -> tuple[_Seen, str]:
+def _peek(kind: str, candidates: Sequence[_Seen], dest: Cluster | None, now: float) -> tuple[_Seen, str]:
     if len(candidates) == 1:
         return candidates[0], "the only one is"
     if kind == "round_robin" and dest is not None:
@@ -293,7 +296,7 @@ def _peek(kind: str, candidates: Sequence[_Seen], dest: Destination | None, now:
     return best, "peak EWMA draws two at random and takes the cheaper (latency * (in flight + 1)); the cheapest is"
 
 
-def _caps(service: str, config: Config, dest: Destination | None) -> Step:
+def _caps(service: str, config: Config, dest: Cluster | None) -> Step:
     caps = config.policy_for(service).circuit_breaker
     if dest is None:
         data = {"connections": {"active": 0, "max": caps.max_connections},
@@ -321,7 +324,7 @@ def _caps(service: str, config: Config, dest: Destination | None) -> Step:
     return Step("caps", OK, f"the caps have room ({', '.join(parts)}){tail}", snapshot)
 
 
-def _policy(service: str, config: Config, dest: Destination | None, now: float) -> Step:
+def _policy(service: str, config: Config, dest: Cluster | None, now: float) -> Step:
     policy = config.policy_for(service)
     source = f"policies.{service}" if service in config.policies else "policies.*"
     retries = policy.retries

@@ -14,7 +14,7 @@ applied as a whole or refused as a whole: one change that needs a restart (a lis
 gossip or TLS settings...) refuses the reload with the reason for each such change, and nothing is applied.
 Envoy refuses a listener update that changes the address in the same way; a half-applied file would leave the
 running process matching neither the old file nor the new one. The live parts are applied by the process
-(:meth:`Process.apply_config`: :mod:`sidecar.ops.apply`), which opens new listeners first so that the one step
+(:meth:`Reloadable.apply_config`: :mod:`sidecar.ops.apply`), which opens new listeners first so that the one step
 that can fail (a port in use) fails before anything changed.
 
 Applied reloads become versions (:mod:`.reload_history`). With a canary window (``reload.canary_window`` or
@@ -37,13 +37,13 @@ from sidecar.config.model import Config
 from sidecar.config.values import Duration
 from sidecar.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, SidecarError
 from sidecar.log import fields
-from sidecar.ops.reload_canary import Counts, Verdict, check_interval, judge
+from sidecar.ops.reload_canary import CanaryVerdict, Counts, check_interval, judge
 from sidecar.ops.reload_history import CanaryState, History, Version
 
 log = logging.getLogger("sidecar.reload")
 
 
-class Process(Protocol):
+class Reloadable(Protocol):
     """What the reloader needs from the running sidecar (``sidecar.ops.apply.ConfigApplier``)."""
 
     config: Config
@@ -70,7 +70,7 @@ def invalid(error: ConfigError) -> InvalidArgument:
 
 
 class Reloader:
-    def __init__(self, process: Process, clock: Clock) -> None:
+    def __init__(self, process: Reloadable, clock: Clock) -> None:
         self.process = process
         self.clock = clock
         self.history = History(process.config.reload.history)
@@ -195,7 +195,7 @@ class Reloader:
             observed = self.process.request_counts() - started
             state.observed = observed.as_tuple()
             verdict, why = judge(baseline, observed, state.max_error_rate)
-            if verdict is Verdict.ROLL_BACK:
+            if verdict is CanaryVerdict.ROLL_BACK:
                 await self._canary_rollback(version, previous, prior, why)
                 return
             if self.clock.monotonic() >= end:
@@ -237,4 +237,4 @@ def parse_canary(text: str | None) -> float | None:
     return seconds
 
 
-__all__ = ["Change", "Process", "Reloader", "invalid", "parse_canary"]
+__all__ = ["Change", "Reloadable", "Reloader", "invalid", "parse_canary"]

@@ -35,25 +35,25 @@ class Counts:
         return self.requests, self.errors
 
 
-class Verdict(enum.Enum):
+class CanaryVerdict(enum.Enum):
     UNDECIDED = "undecided"     # too few requests yet
     HEALTHY = "healthy"
     ROLL_BACK = "roll-back"
 
 
 def judge(baseline: Counts, observed: Counts, max_error_rate: float,
-          min_requests: int = MIN_REQUESTS) -> tuple[Verdict, str]:
+          min_requests: int = MIN_REQUESTS) -> tuple[CanaryVerdict, str]:
     """The verdict on the requests observed since the reload, and a sentence saying why."""
     if observed.requests < min_requests:
-        return Verdict.UNDECIDED, (f"{observed.requests} requests since the reload, fewer than the {min_requests} "
-                                   "needed to judge")
+        return CanaryVerdict.UNDECIDED, (f"{observed.requests} requests since the reload, fewer than the "
+                                         f"{min_requests} needed to judge")
     limit = baseline.ratio + max_error_rate
     said = (f"error ratio {observed.ratio:.3f} ({observed.errors}/{observed.requests}) since the reload, "
             f"{baseline.ratio:.3f} ({baseline.errors}/{baseline.requests}) before, threshold {limit:.3f} "
             f"(before + reload.canary_max_error_rate {max_error_rate:g})")
     if observed.ratio > limit:
-        return Verdict.ROLL_BACK, said
-    return Verdict.HEALTHY, said
+        return CanaryVerdict.ROLL_BACK, said
+    return CanaryVerdict.HEALTHY, said
 
 
 def check_interval(window: float) -> float:

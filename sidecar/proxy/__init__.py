@@ -3,9 +3,11 @@
 One file per concern: ``http1`` (message heads, no I/O), ``tracecontext`` (W3C traceparent, request ids),
 ``target`` (what the route callback returns and the records the engine reports), ``failures`` (why an
 upstream attempt failed), ``limits`` (limits, timeouts, the lazy timer), ``connector`` (the only place that
-dials), ``pool`` (keep-alive upstream connections), ``upstream`` / ``downstream`` (the asyncio protocols),
-``exchange`` (one request from head to end), ``tunnel`` (two transports spliced after an upgrade),
-``relay`` (the TCP relay), ``server`` (the listener).
+dials), ``pool`` (keep-alive upstream connections), ``upstream`` / ``downstream`` (the asyncio protocols, the
+HTTP/1.1 codec's two sides), ``sides`` (what the exchange needs of a client side and an upstream stream, whatever
+the codec), ``engine`` (what a listener's exchanges share), ``exchange`` (one request from head to end, as a
+phase machine), ``tunnel`` (two transports spliced after an upgrade), ``relay`` (the TCP relay), ``server``
+(the listener).
 """
 
 from sidecar.proxy.failures import (

@@ -1,10 +1,16 @@
-"""The client side: one accepted connection (plain or TLS), its requests one at a time.
+"""The HTTP/1.1 client side: one accepted connection (plain or TLS), its requests one at a time.
 
 Requests are parsed as bytes arrive; the first starts an :class:`Exchange`. Pipelined requests that
 arrive while one is in flight are parsed and their events held in order (the client stops being read
 beyond ``max_pipelined_bytes``), then replayed when the exchange in flight ends. One lazy timer covers
 the connection's deadlines: the header timeout while a head is incomplete, the idle timeout between
 requests, and the exchange's deadlines while one is in flight.
+
+As the :class:`~sidecar.proxy.sides.ClientSide` of its exchange it writes HTTP/1.1: a response head with
+its framing towards this client (as received, chunked, or close-delimited for an HTTP/1.0 client), the
+sidecar's own errors as complete responses, and whether the connection stays open after each exchange.
+Writes are collected in ``out`` and flushed once per event (one ``writev`` for a response head and body
+that arrive together).
 
 Reading from the client is paused for three independent reasons, tracked as a set: the upstream's write
 buffer is full ("upstream"), body bytes pile up while no upstream connection is ready ("pending"), or
@@ -15,43 +21,72 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from sidecar.errors import SidecarError, Unavailable, rescue
-from sidecar.proxy.exchange import Exchange, Listener
-from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, simple_response
+from sidecar.http2.preface import Sniffed, sniff
+from sidecar.proxy.engine import Engine
+from sidecar.proxy.exchange import Exchange
+from sidecar.proxy.http1 import (
+    LAST_CHUNK,
+    RemoteProtocolError,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+    encode_chunk,
+    simple_response,
+)
 from sidecar.proxy.limits import LazyTimer, write_pieces
+from sidecar.proxy.sides import ClientSide, Trailers
 from sidecar.proxy.target import ConnectionInfo
 from sidecar.proxy.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
 
-class Acceptor(Listener, Protocol):
+class ClientConnection(Protocol):
+    """A client connection as its listener counts, drains and closes it, whatever its protocol."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Acceptor(Protocol):
     """What a client connection uses of the proxy that accepted it (an :class:`~sidecar.proxy.HttpProxy`)."""
 
-    connections: set[DownstreamProtocol]
+    engine: Engine
+    connections: set[ClientConnection]
     accepted: int
     rejected: int
     protocol_errors: int
     header_timeouts: int
+    h2c: bool
 
     def displace_idle(self) -> bool: ...
+
+    def start_h2c(self, transport: asyncio.Transport, first: bytes, info: ConnectionInfo) -> None: ...
 
 _HEAD, _BODY, _END = 0, 1, 2
 
 
-class DownstreamProtocol(asyncio.Protocol):
-    __slots__ = ("_backlog", "_backlog_bytes", "_draining_backlog", "_pause_reasons", "client_paused", "closed",
-                 "exchange", "info", "limits", "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
+class DownstreamProtocol(ClientSide, asyncio.Protocol):
+    __slots__ = ("_backlog", "_backlog_bytes", "_chunked", "_close_after", "_draining_backlog", "_early",
+                 "_pause_reasons", "_sniffed", "client_paused", "closed", "engine", "exchange", "info", "limits",
+                 "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
 
     def __init__(self, proxy: Acceptor, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = proxy
-        self.limits = proxy.limits    # read per request: held with its type, not looked up through Acceptor
+        engine = self.engine = proxy.engine
+        self.limits = engine.limits   # read per request: held with its type, not looked up through Acceptor
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.info = ConnectionInfo(proxy.name, None, None, None)
-        self.reader = RequestReader(self, proxy.limits.head)
+        self.info = ConnectionInfo(engine.name, None, None, None)
+        self.reader = RequestReader(self, engine.limits.head)
         self.exchange: Exchange | None = None
         self.tunnel: Tunnel | None = None
         self.out: list[bytes] = []
@@ -62,6 +97,13 @@ class DownstreamProtocol(asyncio.Protocol):
         self._backlog: list[tuple[int, object]] = []
         self._backlog_bytes = 0
         self._draining_backlog = False
+        # the response in flight: chunked towards the client; the connection closes after it
+        self._chunked = False
+        self._close_after = False
+        # client bytes after an upgrade request, held until the 101 arrives
+        self._early: list[bytes] = []
+        # the connection's first bytes while they may still be the HTTP/2 preface (None: HTTP/1.1 decided)
+        self._sniffed: bytes | None = None
 
     # ------------------------------------------------------------------------------------ asyncio
 
@@ -69,10 +111,11 @@ class DownstreamProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         proxy = self.proxy
-        limits = proxy.limits
-        overload = proxy.overload
+        engine = self.engine
+        limits = engine.limits
+        overload = engine.overload
         if overload is not None and overload.refusing:
-            self._refuse(transport, overload.refuse(proxy.name))
+            self._refuse(transport, overload.refuse(engine.name))
             return
         if len(proxy.connections) >= limits.max_connections and not proxy.displace_idle():
             proxy.rejected += 1
@@ -83,9 +126,11 @@ class DownstreamProtocol(asyncio.Protocol):
         proxy.connections.add(self)
         proxy.accepted += 1
         transport.set_write_buffer_limits(limits.high_water, limits.low_water)
-        self.info = ConnectionInfo(proxy.name, transport.get_extra_info("peername"),
+        self.info = ConnectionInfo(engine.name, transport.get_extra_info("peername"),
                                    transport.get_extra_info("sockname"), transport.get_extra_info("ssl_object"))
         self.timer.set(self.loop.time() + limits.header_timeout)
+        if proxy.h2c:
+            self._sniffed = b""
 
     def _refuse(self, transport: asyncio.Transport, error: SidecarError) -> None:
         self.closed = True
@@ -103,9 +148,13 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if self.closed:
             return  # a refused or finished connection: what the client still sends is dropped
+        if self._sniffed is not None:
+            data = self._sniff(data)
+            if not data:
+                return
         exchange = self.exchange
         if exchange is not None and exchange.head.upgrade is not None and exchange.request_done:
-            exchange.on_early_tunnel_bytes(data)
+            self._early.append(data)
             return
         if exchange is None and not self.reader.in_head:
             self.timer.set(self.loop.time() + self.limits.header_timeout)
@@ -115,8 +164,25 @@ class DownstreamProtocol(asyncio.Protocol):
             self._protocol_error(e)
             return
         if offset is not None and self.exchange is not None and offset < len(data):
-            self.exchange.on_early_tunnel_bytes(data[offset:])
+            self._early.append(data[offset:])
         self.flush()
+
+    def _sniff(self, data: bytes) -> bytes:
+        """The first bytes: HTTP/1.1 goes on here (returned), h2c is handed to the listener's HTTP/2 side."""
+        assert self._sniffed is not None
+        first = self._sniffed + data
+        kind = sniff(first)
+        if kind is Sniffed.NEED_MORE:
+            self._sniffed = first
+            return b""
+        self._sniffed = None
+        if kind is Sniffed.HTTP1 or self.transport is None:
+            return first
+        self.closed = True
+        self.timer.cancel()
+        self.proxy.connections.discard(self)
+        self.proxy.start_h2c(self.transport, first, self.info)
+        return b""
 
     def eof_received(self) -> bool | None:
         exchange = self.exchange
@@ -158,7 +224,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.exchange is not None or (self._backlog and not self._draining_backlog):
             self._hold(_HEAD, head, 256)
             return
-        exchange = self.exchange = Exchange(self, head, self.loop.time())
+        exchange = self.exchange = Exchange(self.engine, self, head, self.loop.time(), self.loop, self.timer)
         exchange.begin()
 
     def on_request_body(self, data: bytes) -> None:
@@ -190,8 +256,75 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------------------------ exchanges
 
-    def exchange_done(self, keep_alive: bool) -> None:
+    # ------------------------------------------------------------------------------------ ClientSide
+
+    def connection_info(self) -> ConnectionInfo:
+        return self.info
+
+    def write_paused(self) -> bool:
+        return self.client_paused
+
+    def send_interim(self, head: ResponseHead) -> None:
+        self.out.append(head.to_bytes(chunked=False, close=False))
+
+    def send_head(self, head: ResponseHead, request: RequestHead) -> None:
+        if head.upgrade is not None:   # a 101: the tunnel follows
+            self.out.append(head.to_bytes(chunked=False, close=False))
+            return
+        close = not request.keep_alive or self.engine.draining
+        chunked = False
+        if head.chunked or head.close_delimited:
+            if request.version == "1.1":
+                chunked = True
+            else:
+                close = True
+        if request.upgrade is not None:
+            close = True  # a refused upgrade: the client may already have sent bytes of the new protocol
+        self._chunked = chunked
+        self._close_after = close
+        self.out.append(head.to_bytes(chunked, close))
+
+    def send_body(self, data: bytes) -> None:
+        if self._chunked:
+            self.out += encode_chunk(data)
+        else:
+            self.out.append(data)
+
+    def send_end(self, trailers: Trailers | None) -> None:
+        if self._chunked:
+            self.out.append(LAST_CHUNK)
+
+    def send_error(self, error: BaseException, request: RequestHead, request_complete: bool) -> int:
+        rescued = rescue(error)
+        close = not request_complete or not request.keep_alive or request.upgrade is not None
+        self._close_after = close
+        self.out.append(simple_response(rescued.status, rescued.headers, rescued.body, close))
+        return rescued.status
+
+    def cut(self) -> None:
+        self.abort()
+
+    def pause_request(self, reason: str, paused: bool) -> None:
+        self.pause_for(reason, paused)
+
+    def open_tunnel(self, server: asyncio.Transport, rest: bytes, on_done: Callable[[Tunnel], None]) -> Tunnel:
+        assert self.transport is not None
+        tunnel = Tunnel(self.transport, server, on_done)
+        self.enter_tunnel(tunnel)
+        if rest:
+            tunnel.from_server(rest)
+        early, self._early = self._early, []
+        for data in early:
+            tunnel.from_client(data)
+        return tunnel
+
+    def exchange_done(self, request_complete: bool) -> None:
         """The exchange in flight has ended; go on with the next request, or close."""
+        keep_alive = request_complete and not self._close_after
+        self._chunked = False
+        self._close_after = False
+        if self._early:
+            self._early = []
         self.exchange = None
         if self.closed:
             return

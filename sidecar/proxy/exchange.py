@@ -4,119 +4,106 @@ response back, and report what happened.
 Theory of operation
 -------------------
 An :class:`Exchange` lives from a complete request head to the end of its response. It is driven only by
-callbacks: the client connection (body pieces, end, loss, write pressure), the pool (a connection, or the
-reason there is none), the upstream connection (response head, body, end, loss) and one timer. Nothing
-per request creates a task unless the route callback is asynchronous or a connection must be dialed.
+callbacks: its client side (body pieces, end, loss, write pressure), the pool (a stream, or the reason there
+is none), the upstream stream (response head, body, end, loss) and one timer. Nothing per request creates a
+task unless the route callback is asynchronous or a connection must be dialed. It knows no wire format: the
+client side and the upstream stream (:mod:`sidecar.proxy.sides`) are the codec's, HTTP/1.1 today.
+
+Its progress is one phase (``ROUTING`` ... ``DONE``, below) whose allowed transitions are written once in
+``TRANSITIONS``; whether the request body has been read in full runs beside it (``request_done``), since a
+response may start, and even end, before the request has.
 
 An *attempt* is one upstream exchange. Before a response head is relayed, an attempt can fail
 (:mod:`sidecar.proxy.failures`) and the target's :class:`~sidecar.proxy.target.RetryPolicy` may start
 another on a (possibly different) target, sending the request again from the replay buffer; a stale
 pooled connection (closed by the server while idle) gets one silent retry on a fresh connection. Once a
-response head is relayed, the exchange is committed: any failure can only cut the client connection.
+response head is relayed, the exchange is committed: any failure can only cut the client's response.
 
-Writes to the client are collected in the client connection's output list and flushed once per event
-(one ``writev`` for a response head and body that arrive together).
-
-Invariants: an upstream connection goes back to its pool only when its request was fully sent and its
-response fully received, both framed (not delimited by close); ``conn.user`` is cleared before a
-connection is dropped, so a dropped connection never calls back into an exchange.
+Invariants: an upstream stream goes back to its pool only when its request was fully sent and its response
+fully received, both framed (not delimited by close); a stream is unbound before it is dropped, so a dropped
+stream never calls back into an exchange.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from time import perf_counter
-from typing import TYPE_CHECKING, Protocol
+from typing import Final
 
-from sidecar.errors import DeadlineExceeded, SidecarError, rescue
+from sidecar.errors import DeadlineExceeded, SidecarError
 from sidecar.proxy import tracecontext
+from sidecar.proxy.engine import Engine
 from sidecar.proxy.failures import AttemptTimeout, UpstreamFailure, UpstreamProtocolError, UpstreamReset
-from sidecar.proxy.http1 import (
-    IDEMPOTENT,
-    LAST_CHUNK,
-    RemoteProtocolError,
-    RequestHead,
-    ResponseHead,
-    encode_chunk,
-    simple_response,
-)
-from sidecar.proxy.limits import LazyTimer, ProxyLimits
-from sidecar.proxy.pool import Pools, UpstreamPool
-from sidecar.proxy.target import AttemptRecord, ConnectionInfo, RequestStats, RouteFn, Target
-from sidecar.proxy.tracecontext import IdSource
+from sidecar.proxy.http1 import IDEMPOTENT, RemoteProtocolError, RequestHead, ResponseHead
+from sidecar.proxy.limits import LazyTimer
+from sidecar.proxy.sides import ClientSide, StreamPool, StreamUser, UpstreamStream
+from sidecar.proxy.target import AttemptRecord, RequestStats, Target
 from sidecar.proxy.tunnel import Tunnel
-from sidecar.proxy.upstream import UpstreamConnection
-
-if TYPE_CHECKING:
-    from sidecar.overload.guard import OverloadGuard
 
 log = logging.getLogger(__name__)
 
+# The exchange's phase, one at a time; the request body's end (``request_done``) runs beside it, since a response
+# may start (and even end) before the request has.
+ROUTING: Final = 0            # the route callback decides (possibly asynchronously)
+CONNECTING: Final = 1         # an attempt waits for an upstream connection from the pool
+BACKOFF: Final = 2            # between attempts: the retry policy's delay
+AWAITING_RESPONSE: Final = 3  # the request head went upstream; no response head yet (retries still possible)
+RESPONDING: Final = 4         # a response head went to the client: committed, a failure can only cut
+UPGRADING: Final = 5          # a 101 went to the client; the upstream connection turns into a tunnel
+TUNNEL: Final = 6             # bytes relayed as they are; the tunnel reports the exchange when it closes
+DONE: Final = 7               # reported, the client connection told; late callbacks are ignored
 
-class Listener(Protocol):
-    """What an exchange reads from the proxy that accepted its client (an :class:`~sidecar.proxy.HttpProxy`)."""
-
-    name: str
-    limits: ProxyLimits
-    pools: Pools
-    route: RouteFn
-    ids: IdSource
-    edit_headers: bool
-    draining: bool
-    overload: OverloadGuard | None
-    on_request_done: Callable[[RequestStats], None] | None
+PHASE_NAMES: Final = ("routing", "connecting", "backoff", "awaiting-response", "responding", "upgrading", "tunnel",
+                      "done")
 
 
-class Downstream(Protocol):
-    """What an exchange uses of its client connection (a :class:`~sidecar.proxy.downstream.DownstreamProtocol`)."""
+def _phases(*phases: int) -> int:
+    mask = 0
+    for phase in phases:
+        mask |= 1 << phase
+    return mask
 
-    @property
-    def proxy(self) -> Listener: ...
 
-    loop: asyncio.AbstractEventLoop
-    transport: asyncio.Transport | None
-    info: ConnectionInfo
-    out: list[bytes]
-    timer: LazyTimer
-    client_paused: bool
+# the allowed transitions, from each phase (index) to any phase of its bit set
+TRANSITIONS: Final = (
+    _phases(CONNECTING, DONE),                                           # ROUTING
+    _phases(CONNECTING, BACKOFF, AWAITING_RESPONSE, DONE),               # CONNECTING (a failed dial: retry)
+    _phases(CONNECTING, DONE),                                           # BACKOFF
+    _phases(CONNECTING, BACKOFF, RESPONDING, UPGRADING, DONE),           # AWAITING_RESPONSE (retry, stale)
+    _phases(DONE),                                                       # RESPONDING
+    _phases(TUNNEL, DONE),                                               # UPGRADING
+    0,                                                                   # TUNNEL
+    0,                                                                   # DONE
+)
 
-    def flush(self) -> None: ...
-    def pause_for(self, reason: str, paused: bool) -> None: ...
-    def exchange_done(self, keep_alive: bool) -> None: ...
-    def enter_tunnel(self, tunnel: Tunnel) -> None: ...
-    def abort(self) -> None: ...
 
 _TRACEPARENT = b"traceparent"
 _REQUEST_ID = b"x-request-id"
 
 
-class Exchange:
+class Exchange(StreamUser):
     __slots__ = (
         "_retry_handle",
         "_route_task",
         "attempt",
         "attempt_sent",
         "attempt_started",
+        "client",
         "clock_start",
-        "close_after",
         "conn",
         "deadline",
-        "down",
-        "down_chunked",
-        "early_tunnel",
+        "engine",
         "error",
-        "finished",
         "head",
-        "head_bytes",
         "last_activity",
         "limits",
         "loop",
-        "out",
         "parent_span_id",
         "pending",
         "pending_size",
+        "phase",
         "pool",
         "replay",
         "replay_size",
@@ -125,9 +112,7 @@ class Exchange:
         "request_id",
         "response",
         "response_bytes",
-        "response_done",
         "response_started",
-        "sent_any",
         "span_id",
         "stale_retried",
         "started",
@@ -137,29 +122,26 @@ class Exchange:
         "trace_flags",
         "trace_id",
         "try_deadline",
-        "upgraded",
     )
 
-    def __init__(self, down: Downstream, head: RequestHead, now: float) -> None:
-        self.down = down
-        # the connection's parts used on every request, held with their own types: through the Downstream
-        # protocol each use would be a lookup by name, here the compiled engine reads them directly
-        self.loop = down.loop
-        self.out = down.out
-        self.timer = down.timer
-        self.limits = down.proxy.limits
+    def __init__(self, engine: Engine, client: ClientSide, head: RequestHead, now: float,
+                 loop: asyncio.AbstractEventLoop, timer: LazyTimer) -> None:
+        self.engine = engine
+        self.client = client
+        self.loop = loop
+        self.timer = timer            # the client side's: one per connection (HTTP/1.1) or stream
+        self.limits = engine.limits
         self.head = head
         self.started = now
         self.clock_start = perf_counter()
         self.last_activity = now
         self.target: Target | None = None
-        self.pool: UpstreamPool | None = None
-        self.conn: UpstreamConnection | None = None
-        self.head_bytes = b""
+        self.pool: StreamPool | None = None
+        self.conn: UpstreamStream | None = None
         self.attempt = 0
         self.attempt_started = now
         self.attempt_sent: float | None = None
-        self.sent_any = False
+        self.phase = ROUTING
         self.stale_retried = False
         self.deadline: float | None = None
         self.try_deadline: float | None = None
@@ -172,14 +154,8 @@ class Exchange:
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.response: ResponseHead | None = None
-        self.response_done = False
         self.response_bytes = 0
         self.response_started: float | None = None
-        self.down_chunked = False
-        self.close_after = False
-        self.upgraded = False
-        self.early_tunnel: list[bytes] = []
-        self.finished = False
         self.error: str | None = None
         self.status = 0
         self.request_id: str | None = None
@@ -190,19 +166,30 @@ class Exchange:
         self._route_task: asyncio.Task[None] | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
 
+    def _to(self, phase: int) -> None:
+        if not TRANSITIONS[self.phase] & (1 << phase):
+            # a transition the table does not allow: a bug in the exchange
+            raise RuntimeError(f"exchange {PHASE_NAMES[self.phase]} -> {PHASE_NAMES[phase]}")
+        self.phase = phase
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more to do for the client connection: done, or handed over to a tunnel."""
+        return self.phase >= TUNNEL
+
     # ------------------------------------------------------------------------------------ start
 
     def begin(self) -> None:
-        proxy = self.down.proxy
+        engine = self.engine
         head = self.head
-        overload = proxy.overload
+        overload = engine.overload
         if overload is not None and overload.shedding:
-            self.fail_local(overload.shed(proxy.name))   # not raised: the guard's error is shared
+            self.fail_local(overload.shed(engine.name))   # not raised: the guard's error is shared
             return
-        if proxy.edit_headers:
+        if engine.edit_headers:
             self._edit_headers(head)
         try:
-            result = proxy.route(head, self.down.info)
+            result = engine.route(head, self.client.connection_info())
         except Exception as e:
             self.fail_local(e)
             return
@@ -210,12 +197,12 @@ class Exchange:
             self.dispatch(result)
         else:
             self.timer.set(self.started + self.limits.stream_idle_timeout)
-            self._route_task = asyncio.get_running_loop().create_task(self._await_route(result))
+            self._route_task = self.loop.create_task(self._await_route(result))
 
     def _edit_headers(self, head: RequestHead) -> None:
         # one pass over the fields, no TraceParent object: the ids are kept as text for RequestStats and the
         # header written as bytes (tracecontext.next_hop's rules: the caller's trace and flags, a new span id)
-        ids = self.down.proxy.ids
+        ids = self.engine.ids
         items = head.headers.items
         incoming = None
         incoming_count = 0
@@ -273,10 +260,10 @@ class Exchange:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            if not self.finished:
+            if self.phase == ROUTING:
                 self.fail_local(e)
             return
-        if not self.finished:
+        if self.phase == ROUTING:
             self.dispatch(target)
 
     def dispatch(self, target: Target, fresh: bool = False) -> None:
@@ -288,16 +275,14 @@ class Exchange:
         now = loop.time()
         if self.target is None and target.timeout is not None:
             self.deadline = self.started + target.timeout
-        # per attempt: the retry policy may have edited the head for this one (the deadline left to the next hop)
-        self.head_bytes = self.head.to_bytes()
         self.target = target
         self.attempt += 1
         self.attempt_started = now
         self.attempt_sent = None
-        self.sent_any = False
+        self._to(CONNECTING)
         self.try_deadline = None if target.try_timeout is None else now + target.try_timeout
         self._arm_timer(now)
-        pool = self.pool = self.down.proxy.pools.get(target)
+        pool = self.pool = self.engine.pools.get(target)
         try:
             conn = pool.acquire(target, self, fresh)
         except SidecarError as e:
@@ -318,38 +303,30 @@ class Exchange:
 
     # ------------------------------------------------------------------------------------ pool callbacks
 
-    def on_connection(self, conn: UpstreamConnection) -> None:
-        if self.finished or self.conn is not None:
+    def on_connection(self, stream: UpstreamStream) -> None:
+        if self.phase != CONNECTING or self.conn is not None:
             assert self.pool is not None
-            self.pool.release(conn, self.loop.time())
+            self.pool.release(stream, self.loop.time())
             return
-        self.conn = conn
-        conn.bind(self, self.head.method == "HEAD")
-        if self.down.client_paused:
-            conn.pause_reading(True)
-        out = [self.head_bytes]
+        self.conn = stream
+        client = self.client
+        if client.write_paused():
+            stream.pause_reading(True)
+        # the head is encoded per attempt: the retry policy may have edited it (the deadline left to the next hop)
         body = self.replay if self.replay is not None else self.pending
-        if body:
-            if self.head.chunked:
-                for piece in body:
-                    out += encode_chunk(piece)
-            else:
-                out += body
         self.pending = []
         self.pending_size = 0
-        if self.request_done and self.head.chunked:
-            out.append(LAST_CHUNK)
-        self.sent_any = True
+        self._to(AWAITING_RESPONSE)
         self.attempt_sent = self.loop.time()
-        conn.writelines(out)
-        self.down.pause_for("pending", False)
+        stream.start(self, self.head, body, self.request_done)
+        client.pause_request("pending", False)
 
     def on_connect_failed(self, error: BaseException) -> None:
-        if self.finished:
-            return
+        if self.phase != CONNECTING:
+            return   # a dial this exchange no longer waits for (its attempt timed out, or it ended)
         failure = error if isinstance(error, UpstreamFailure) else UpstreamReset("?", str(error))
         self._attempt_failed(failure)
-        self.down.flush()
+        self.client.flush()
 
     # ------------------------------------------------------------------------------------ request body
 
@@ -371,34 +348,25 @@ class Exchange:
             self.pending.append(data)
             self.pending_size += size
         if conn is not None:
-            if self.head.chunked:
-                conn.writelines(encode_chunk(data))
-            else:
-                conn.write(data)
+            conn.send_body(data)
         elif max(self.pending_size, self.replay_size) > self.limits.high_water:
-            self.down.pause_for("pending", True)
+            self.client.pause_request("pending", True)
 
     def on_request_end(self) -> None:
         self.request_done = True
         conn = self.conn
-        if conn is not None and self.head.chunked and not conn.closed:
-            conn.write(LAST_CHUNK)
-        if self.response_done and not self.finished:
-            self._finish(reuse=False)
-
-    def on_early_tunnel_bytes(self, data: bytes) -> None:
-        """Client bytes after an upgrade request head, held until the 101 arrives."""
-        self.early_tunnel.append(data)
+        if conn is not None and not conn.is_closed():
+            conn.send_end()
 
     @property
     def replayable(self) -> bool:
-        return self.replay is not None and not self.upgraded
+        return self.replay is not None and self.phase != TUNNEL
 
     # ------------------------------------------------------------------------------------ response
 
     def on_response_interim(self, head: ResponseHead) -> None:
-        if self.response is None:
-            self.out.append(head.to_bytes(chunked=False, close=False))
+        if self.phase == AWAITING_RESPONSE:
+            self.client.send_interim(head)
 
     def on_response_head(self, head: ResponseHead) -> None:
         now = self.loop.time()
@@ -415,93 +383,60 @@ class Exchange:
                 return
         elif target.observer is not None:   # no record to build when nobody observes (the inbound's app)
             self._observe(self._record(None, head.status, now))
+        client = self.head
+        if head.upgrade is not None and client.upgrade is None:
+            self._drop_conn()
+            failure = UpstreamProtocolError(target.authority, "101 to a request that did not ask to upgrade")
+            self._attempt_failed(failure)
+            return
         self.response = head
         self.status = head.status
         self.response_started = now
         self.last_activity = now
         self.timer.set(now + self.limits.stream_idle_timeout)
-        client = self.head
-        if head.upgrade is not None:
-            if client.upgrade is None:
-                self._drop_conn()
-                self.response = None
-                self._attempt_failed(UpstreamProtocolError(target.authority,
-                                                           "101 to a request that did not ask to upgrade"))
-                return
-            self.out.append(head.to_bytes(chunked=False, close=False))
-            return
-        close = not client.keep_alive or self.down.proxy.draining
-        chunked = False
-        if head.chunked or head.close_delimited:
-            if client.version == "1.1":
-                chunked = True
-            else:
-                close = True
-        if client.upgrade is not None:
-            close = True  # a refused upgrade: the client may already have sent bytes of the new protocol
-        self.down_chunked = chunked
-        self.close_after = close
-        self.out.append(head.to_bytes(chunked, close))
+        self._to(RESPONDING if head.upgrade is None else UPGRADING)
+        self.client.send_head(head, client)
 
     def on_response_body(self, data: bytes) -> None:
         self.response_bytes += len(data)
-        if self.down_chunked:
-            self.out += encode_chunk(data)
-        else:
-            self.out.append(data)
+        self.client.send_body(data)
         self.last_activity = self.loop.time()
 
     def on_response_end(self) -> None:
         response = self.response
-        if response is None or response.upgrade is not None:
+        if self.phase != RESPONDING or response is None:
             return  # a 101: the upgrade follows
-        if self.down_chunked:
-            self.out.append(LAST_CHUNK)
-        self.response_done = True
-        if self.request_done:
-            self._finish(reuse=response.keep_alive and not response.close_delimited)
-        else:
-            # the upstream answered before the request was complete: it will not read the rest; neither do we
-            self.close_after = True
-            self._finish(reuse=False)
+        self.client.send_end(None)
+        # the upstream may answer before the request is complete: then it will not read the rest; neither do we
+        self._finish(reuse=self.request_done and response.keep_alive and not response.close_delimited)
 
     def on_upstream_upgraded(self, rest: bytes) -> None:
         conn = self.conn
-        response = self.response
-        if conn is None or response is None or response.upgrade is None or conn.transport is None:
+        if self.phase != UPGRADING or conn is None:
             return
-        down = self.down
-        assert down.transport is not None
+        server = conn.tunnel_transport()
+        if server is None:
+            return
         self.conn = None
-        conn.user = None
+        conn.unbind()
         assert self.pool is not None
         self.pool.detach(conn)
-        self.upgraded = True
-        self.finished = True
-        down.flush()
-        stats_started = self
+        self._to(TUNNEL)
+        client = self.client
+        client.flush()
+        tunnel = client.open_tunnel(server, rest, self._tunnel_done)
+        conn.attach_tunnel(tunnel)
 
-        def done(tunnel: Tunnel) -> None:
-            stats_started.request_bytes += tunnel.bytes_up
-            stats_started.response_bytes += tunnel.bytes_down
-            stats_started._report(down.loop.time())
-
-        tunnel = Tunnel(down.transport, conn.transport, done)
-        conn.tunnel = tunnel
-        down.enter_tunnel(tunnel)
-        if conn.paused:
-            conn.pause_reading(False)
-        if rest:
-            tunnel.from_server(rest)
-        for data in self.early_tunnel:
-            tunnel.from_client(data)
-        self.early_tunnel = []
+    def _tunnel_done(self, tunnel: Tunnel) -> None:
+        self.request_bytes += tunnel.bytes_up
+        self.response_bytes += tunnel.bytes_down
+        self._report(self.loop.time())
 
     def on_upstream_error(self, error: RemoteProtocolError) -> None:
         target = self.target
         assert target is not None
         self._drop_conn(abort=True)
-        if self.response is None:
+        if self.phase == AWAITING_RESPONSE:
             self._attempt_failed(UpstreamProtocolError(target.authority, error.message))
         else:
             self.error = "protocol-error"
@@ -509,14 +444,14 @@ class Exchange:
 
     def on_upstream_lost(self, exc: BaseException | None) -> None:
         conn = self.conn
-        if conn is None or self.finished:
+        if conn is None or self.phase >= TUNNEL:
             return
         self.conn = None
         assert self.pool is not None and self.target is not None
         self.pool.forget(conn)
         response = self.response
-        if response is None:
-            if conn.reused and not self.stale_retried and self.replayable and self.head.method in IDEMPOTENT:
+        if self.phase == AWAITING_RESPONSE or response is None:
+            if conn.was_reused() and not self.stale_retried and self.replayable and self.head.method in IDEMPOTENT:
                 # the server closed a pooled connection as we reused it: once, on a fresh connection
                 self.stale_retried = True
                 self.attempt -= 1
@@ -524,30 +459,29 @@ class Exchange:
                 return
             reason = "connection closed before the response" if exc is None else f"connection reset ({exc})"
             self._attempt_failed(UpstreamReset(self.target.authority, reason))
-        elif response.close_delimited and exc is None and not self.response_done:
-            if self.down_chunked:
-                self.out.append(LAST_CHUNK)
-            self.response_done = True
+        elif response.close_delimited and exc is None and self.phase == RESPONDING:
+            self.client.send_end(None)
             self._finish(reuse=False)
-        elif not self.response_done:
+        else:
             self.error = "reset-after-response"
             self._cut()
 
     def on_upstream_paused(self, paused: bool) -> None:
-        self.down.pause_for("upstream", paused)
+        self.client.pause_request("upstream", paused)
 
     def on_client_paused(self, paused: bool) -> None:
         if self.conn is not None:
             self.conn.pause_reading(paused)
 
     def flush(self) -> None:
-        self.down.flush()
+        self.client.flush()
 
     # ------------------------------------------------------------------------------------ failures
 
     def _record(self, failure: UpstreamFailure | None, status: int | None, now: float) -> AttemptRecord:
         assert self.target is not None
-        return AttemptRecord(self.attempt, self.target, self.head.method, failure, status, self.sent_any,
+        return AttemptRecord(self.attempt, self.target, self.head.method, failure, status,
+                             self.phase == AWAITING_RESPONSE,
                              self.replayable, self.attempt_started, now, self.attempt_sent)
 
     def _observe(self, record: AttemptRecord) -> None:
@@ -565,7 +499,7 @@ class Exchange:
         target = self.target
         assert target is not None
         policy = target.retry
-        if (policy is not None and self.replayable and self.response is None
+        if (policy is not None and self.replayable and self.phase <= AWAITING_RESPONSE
                 and (self.deadline is None or now < self.deadline)):
             try:
                 decision = policy.next_attempt(record)
@@ -582,19 +516,22 @@ class Exchange:
         if delay <= 0:
             self.dispatch(target)
             return
+        self._to(BACKOFF)
         self._retry_handle = self.loop.call_later(delay, self._retry, target)
 
     def _retry(self, target: Target) -> None:
         self._retry_handle = None
-        if not self.finished:
+        if self.phase == BACKOFF:
             self.dispatch(target)
-            self.down.flush()
+            self.client.flush()
 
     def on_timer(self) -> None:
         """The shared timer fired: a deadline before the response head, or the stream idle timeout after."""
         now = self.loop.time()
         limits = self.limits
-        if self.response is not None:
+        if self.phase >= TUNNEL:
+            return
+        if self.phase >= RESPONDING:
             idle_until = self.last_activity + limits.stream_idle_timeout
             if now < idle_until:
                 self.timer.set(idle_until)
@@ -603,12 +540,13 @@ class Exchange:
             self._drop_conn(abort=True)
             self._cut()
             return
-        if self.target is None:
+        target = self.target
+        if self.phase == ROUTING or target is None:
             self.error = "timeout"
             self.fail_local(DeadlineExceeded("no route decided in time"))
-            self.down.flush()
+            self.client.flush()
             return
-        address = self.target.authority
+        address = target.authority
         if self.deadline is not None and now >= self.deadline:
             timeout = self.deadline - self.started
             failure = AttemptTimeout(timeout, address, "request")
@@ -628,13 +566,13 @@ class Exchange:
             self._observe(self._record(failure, None, now))
             self.error = "timeout"
             self.fail_local(failure)
-        self.down.flush()
+        self.client.flush()
 
     def _drop_conn(self, abort: bool = False) -> None:
         conn = self.conn
         if conn is not None:
             self.conn = None
-            conn.user = None
+            conn.unbind()
             assert self.pool is not None
             self.pool.forget(conn)
             if abort:
@@ -642,9 +580,9 @@ class Exchange:
 
     def fail_local(self, exc: BaseException) -> None:
         """Answer the client with SPEC's error for ``exc`` (nothing of a response was sent yet)."""
-        if self.finished:
+        if self.phase >= TUNNEL:
             return
-        if self.response is not None:
+        if self.phase >= RESPONDING:
             self._cut()
             return
         if not isinstance(exc, SidecarError):
@@ -657,32 +595,29 @@ class Exchange:
         self._drop_conn(abort=True)
         if self.pool is not None:
             self.pool.cancel(self)
-        rescued = rescue(exc)
-        close = not self.request_done or not self.head.keep_alive or self.head.upgrade is not None
-        self.status = rescued.status
-        self.close_after = close
+        client = self.client
+        self.status = client.send_error(exc, self.head, self.request_done)
         now = self.loop.time()
         self.response_started = now
-        self.out.append(simple_response(rescued.status, rescued.headers, rescued.body, close))
-        self.finished = True
-        self.down.flush()
+        self._to(DONE)
+        client.flush()
         self._report(now)
-        self.down.exchange_done(keep_alive=not close)
+        client.exchange_done(self.request_done)
 
     def _cut(self) -> None:
         """A failure after the response started: the client's connection is closed mid-response."""
-        if self.finished:
+        if self.phase >= TUNNEL:
             return
-        self.finished = True
+        self._to(DONE)
         self._drop_conn(abort=True)
         self._report(self.loop.time())
-        self.down.flush()
-        self.down.abort()
+        self.client.flush()
+        self.client.cut()
 
     def on_client_lost(self) -> None:
-        if self.finished:
+        if self.phase >= TUNNEL:
             return
-        self.finished = True
+        self._to(DONE)
         if self.error is None:
             self.error = "client-reset"
         if self._route_task is not None:
@@ -697,24 +632,24 @@ class Exchange:
     # ------------------------------------------------------------------------------------ the end
 
     def _finish(self, reuse: bool) -> None:
-        self.finished = True
-        down = self.down
-        now = down.loop.time()
+        self._to(DONE)
+        now = self.loop.time()
         conn = self.conn
         if conn is not None:
             self.conn = None
             assert self.pool is not None
-            if reuse and not conn.closed:
+            if reuse and not conn.is_closed():
                 self.pool.release(conn, now)
             else:
-                conn.user = None
+                conn.unbind()
                 self.pool.forget(conn)
-        down.flush()
+        client = self.client
+        client.flush()
         self._report(now)
-        down.exchange_done(keep_alive=not self.close_after)
+        client.exchange_done(self.request_done)
 
     def _report(self, now: float) -> None:
-        callback = self.down.proxy.on_request_done
+        callback = self.engine.on_request_done
         if callback is None:
             return
         target = self.target
@@ -723,8 +658,8 @@ class Exchange:
             head.method, head.host, head.target, self.status, self.error, self.request_bytes, self.response_bytes,
             self.started, self.response_started, now, self.attempt,
             None if target is None else target.authority, None if target is None else target.tag,
-            self.request_id, self.trace_id, self.span_id, self.parent_span_id, self.upgraded,
-            perf_counter() - self.clock_start, self.down.info, self.trace_flags,
+            self.request_id, self.trace_id, self.span_id, self.parent_span_id, self.phase == TUNNEL,
+            perf_counter() - self.clock_start, self.client.connection_info(), self.trace_flags,
         )
         try:
             callback(stats)

@@ -13,23 +13,19 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Hashable
-from typing import Any, Protocol
+from typing import Any, cast
 
 from sidecar.errors import ResourceExhausted
 from sidecar.proxy.connector import connect_failure, dial
 from sidecar.proxy.failures import ConnectFailure
 from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits
 from sidecar.proxy.limits import DEFAULT_POOL_LIMITS, PoolLimits
+from sidecar.proxy.sides import StreamPool, StreamPools, StreamUser, UpstreamStream
 from sidecar.proxy.target import Target
 from sidecar.proxy.upstream import UpstreamConnection
 
 
-class PoolWaiter(Protocol):
-    def on_connection(self, conn: UpstreamConnection) -> None: ...
-    def on_connect_failed(self, error: BaseException) -> None: ...
-
-
-class UpstreamPool:
+class UpstreamPool(StreamPool):
     __slots__ = (
         "_closed",
         "_dialing",
@@ -51,7 +47,7 @@ class UpstreamPool:
         self._loop = loop
         self._head_limits = head_limits
         self._idle: list[UpstreamConnection] = []
-        self._waiters: deque[tuple[PoolWaiter, Target]] = deque()
+        self._waiters: deque[tuple[StreamUser, Target]] = deque()
         self._dialing = 0
         self._closed = False
         self.busy = 0
@@ -66,7 +62,7 @@ class UpstreamPool:
     def size(self) -> int:
         return len(self._idle) + self.busy + self._dialing
 
-    def acquire(self, target: Target, waiter: PoolWaiter, fresh: bool = False) -> UpstreamConnection | None:
+    def acquire(self, target: Target, waiter: StreamUser, fresh: bool = False) -> UpstreamConnection | None:
         """An idle connection now, or None: ``waiter`` is then called back once one is ready or failed.
 
         ``fresh`` skips idle connections (a retry after a pooled connection turned out to be closed).
@@ -87,15 +83,16 @@ class UpstreamPool:
                                     f"{target.authority}", {"upstream": target.authority})
         return None
 
-    def cancel(self, waiter: PoolWaiter) -> None:
+    def cancel(self, waiter: StreamUser) -> None:
         """The waiter no longer wants a connection (its request timed out or its client left)."""
         for item in self._waiters:
             if item[0] is waiter:
                 self._waiters.remove(item)
                 return
 
-    def release(self, conn: UpstreamConnection, now: float) -> None:
+    def release(self, stream: UpstreamStream, now: float) -> None:
         """A connection whose exchange completed cleanly: to the next waiter, or idle."""
+        conn = cast(UpstreamConnection, stream)
         self.busy -= 1
         conn.unbind()
         if conn.closed or self._closed:
@@ -121,16 +118,16 @@ class UpstreamPool:
         conn.idle_since = now
         self._idle.append(conn)
 
-    def forget(self, conn: UpstreamConnection) -> None:
+    def forget(self, stream: UpstreamStream) -> None:
         """A busy connection that will not come back (closed after its exchange)."""
         self.busy -= 1
-        conn.close()
+        cast(UpstreamConnection, stream).close()
         self._serve_waiters()
 
-    def detach(self, conn: UpstreamConnection) -> None:
+    def detach(self, stream: UpstreamStream) -> None:
         """A busy connection that leaves the pool open (upgraded to a tunnel)."""
         self.busy -= 1
-        conn.pool = None
+        cast(UpstreamConnection, stream).pool = None
         self._serve_waiters()
 
     def discard(self, conn: UpstreamConnection) -> None:
@@ -164,11 +161,11 @@ class UpstreamPool:
             waiter, target = self._waiters.popleft()
             self._dial(target, waiter)
 
-    def _dial(self, target: Target, waiter: PoolWaiter) -> None:
+    def _dial(self, target: Target, waiter: StreamUser) -> None:
         self._dialing += 1
         self._loop.create_task(self._connect(target, waiter))
 
-    async def _connect(self, target: Target, waiter: PoolWaiter) -> None:
+    async def _connect(self, target: Target, waiter: StreamUser) -> None:
         address = target.authority
         try:
             _, conn = await dial(target, lambda: UpstreamConnection(self, address, self._head_limits),
@@ -191,7 +188,7 @@ class UpstreamPool:
         waiter.on_connection(conn)
 
 
-class Pools:
+class Pools(StreamPools):
     """Every upstream pool of a process (shared by its listeners), created on first use."""
 
     def __init__(self, limits: PoolLimits = DEFAULT_POOL_LIMITS, head_limits: HeadLimits = DEFAULT_HEAD_LIMITS,

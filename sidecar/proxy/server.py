@@ -17,10 +17,12 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sidecar.proxy.downstream import DownstreamProtocol
+from sidecar.proxy.downstream import ClientConnection, DownstreamProtocol
+from sidecar.proxy.engine import Engine
+from sidecar.proxy.h2down import H2Downstream
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS, ProxyLimits
 from sidecar.proxy.pool import Pools
-from sidecar.proxy.target import RequestStats, RouteFn
+from sidecar.proxy.target import ConnectionInfo, RequestStats, RouteFn
 from sidecar.proxy.tracecontext import IdSource
 
 if TYPE_CHECKING:
@@ -34,32 +36,83 @@ class HttpProxy:
 
     ``edit_headers`` adds ``x-request-id`` when missing and continues or starts the W3C trace with a new
     span id (one hop = one span). ``on_request_done`` is called once per request with its
-    :class:`RequestStats`; it runs on the hot path, so keep it to counters and appends.
+    :class:`RequestStats`; it runs on the hot path, so keep it to counters and appends. ``h2c``: a connection
+    that opens with the HTTP/2 preface is served as HTTP/2 with prior knowledge (:mod:`sidecar.proxy.h2down`),
+    on the same port as HTTP/1.1.
     """
 
     def __init__(self, route: RouteFn, *, name: str = "http", limits: ProxyLimits = DEFAULT_PROXY_LIMITS,
                  pools: Pools | None = None, on_request_done: Callable[[RequestStats], None] | None = None,
-                 ids: IdSource | None = None, edit_headers: bool = True) -> None:
-        self.route = route
-        self.name = name
-        self.limits = limits
+                 ids: IdSource | None = None, edit_headers: bool = True, h2c: bool = False) -> None:
         self._own_pools = pools is None
         self.pools = pools if pools is not None else Pools(head_limits=limits.head)
-        self.on_request_done = on_request_done
-        self.ids = ids or IdSource()
-        self.edit_headers = edit_headers
-        self.connections: set[DownstreamProtocol] = set()
-        self.draining = False
+        # what every exchange shares; route, limits, ids, edit_headers, on_request_done, overload and draining
+        # below read and write it, so a change (a reload, the overload guard) reaches the next request
+        self.engine = Engine(name, route, limits, self.pools, ids or IdSource(), edit_headers, on_request_done)
+        self.connections: set[ClientConnection] = set()
+        # a connection opening with the HTTP/2 preface is served as h2c (prior knowledge) on the same port
+        self.h2c = h2c
         # counters since start, for metrics
         self.accepted = 0
         self.rejected = 0
         self.protocol_errors = 0
         self.header_timeouts = 0
         self.displaced = 0  # idle connections closed to make room for a new one at max_connections
-        # the process's overload guard, set by the wiring: while ``shedding``, new requests get its 503; while
-        # ``refusing``, new connections too (one attribute read per request and per connection)
-        self.overload: OverloadGuard | None = None
         self._servers: list[asyncio.Server] = []
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def route(self) -> RouteFn:
+        return self.engine.route
+
+    @route.setter
+    def route(self, route: RouteFn) -> None:
+        self.engine.route = route
+
+    @property
+    def limits(self) -> ProxyLimits:
+        return self.engine.limits
+
+    @property
+    def ids(self) -> IdSource:
+        return self.engine.ids
+
+    @property
+    def edit_headers(self) -> bool:
+        return self.engine.edit_headers
+
+    @edit_headers.setter
+    def edit_headers(self, edit: bool) -> None:
+        self.engine.edit_headers = edit
+
+    @property
+    def on_request_done(self) -> Callable[[RequestStats], None] | None:
+        return self.engine.on_request_done
+
+    @on_request_done.setter
+    def on_request_done(self, callback: Callable[[RequestStats], None] | None) -> None:
+        self.engine.on_request_done = callback
+
+    @property
+    def overload(self) -> OverloadGuard | None:
+        """The process's overload guard, set by the wiring: while ``shedding``, new requests get its 503; while
+        ``refusing``, new connections too (one attribute read per request and per connection)."""
+        return self.engine.overload
+
+    @overload.setter
+    def overload(self, guard: OverloadGuard | None) -> None:
+        self.engine.overload = guard
+
+    @property
+    def draining(self) -> bool:
+        return self.engine.draining
+
+    @draining.setter
+    def draining(self, draining: bool) -> None:
+        self.engine.draining = draining
 
     def displace_idle(self) -> bool:
         """Close one connection with no request in flight and no head started; False if there is none.
@@ -77,6 +130,17 @@ class HttpProxy:
                 conn.close()
                 return True
         return False
+
+    def start_h2c(self, transport: asyncio.Transport, first: bytes, info: ConnectionInfo) -> None:
+        """Serve an accepted connection as HTTP/2: its first bytes were the preface."""
+        conn = H2Downstream(self, asyncio.get_running_loop(), transport, info)
+        conn.data_received(first)
+
+    def add_connection(self, conn: H2Downstream) -> None:
+        self.connections.add(conn)
+
+    def drop_connection(self, conn: H2Downstream) -> None:
+        self.connections.discard(conn)
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                      backlog: int = 1024) -> asyncio.Server:
@@ -100,6 +164,9 @@ class HttpProxy:
         self.draining = True
         for server in self._servers:
             server.close()
+        for conn in list(self.connections):
+            if isinstance(conn, H2Downstream):
+                conn.drain()   # GOAWAY now: open streams finish, new ones go elsewhere
         for conn in list(self.connections):
             if conn.idle:
                 conn.close()

@@ -1,8 +1,9 @@
 """The upstream side: one pooled keep-alive connection to a server, carrying one exchange at a time.
 
-The protocol only feeds bytes to the :class:`ResponseReader` and tells its current user (an exchange, or
-a tunnel after a 101) what happened. Between exchanges it sits idle in its pool; bytes or a close from
-the server while idle just drop it from the pool.
+As the HTTP/1.1 :class:`~sidecar.proxy.sides.UpstreamStream` it writes the request: the head, then the body
+chunked or as is (as the client framed it). The protocol only feeds bytes to the :class:`ResponseReader` and
+tells its current user (an exchange, or a tunnel after a 101) what happened. Between exchanges it sits idle
+in its pool; bytes or a close from the server while idle just drop it from the pool.
 """
 
 from __future__ import annotations
@@ -10,23 +11,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, cast
 
-from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits, RemoteProtocolError, ResponseHead, ResponseReader
+from sidecar.proxy.http1 import (
+    DEFAULT_HEAD_LIMITS,
+    LAST_CHUNK,
+    HeadLimits,
+    RemoteProtocolError,
+    RequestHead,
+    ResponseHead,
+    ResponseReader,
+    encode_chunk,
+)
 from sidecar.proxy.limits import write_pieces
+from sidecar.proxy.sides import StreamUser, UpstreamStream
 from sidecar.proxy.tunnel import Tunnel
-
-
-class UpstreamUser(Protocol):
-    """What an upstream connection reports to the exchange that holds it."""
-
-    def on_response_interim(self, head: ResponseHead) -> None: ...
-    def on_response_head(self, head: ResponseHead) -> None: ...
-    def on_response_body(self, data: bytes) -> None: ...
-    def on_response_end(self) -> None: ...
-    def on_upstream_error(self, error: RemoteProtocolError) -> None: ...
-    def on_upstream_upgraded(self, rest: bytes) -> None: ...
-    def on_upstream_lost(self, exc: BaseException | None) -> None: ...
-    def on_upstream_paused(self, paused: bool) -> None: ...
-    def flush(self) -> None: ...
 
 
 class ConnectionOwner(Protocol):
@@ -35,28 +32,64 @@ class ConnectionOwner(Protocol):
     def discard(self, conn: UpstreamConnection) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_reader", "address", "closed", "idle_since", "paused", "pool", "reused", "tls", "transport",
-                 "tunnel", "user")
+class UpstreamConnection(UpstreamStream, asyncio.Protocol):
+    __slots__ = ("_chunked", "_reader", "address", "closed", "idle_since", "paused", "pool", "reused", "tls",
+                 "transport", "tunnel", "user")
 
     def __init__(self, pool: ConnectionOwner | None, address: str, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
         self.pool = pool
         self.address = address
         self.transport: asyncio.Transport | None = None
         self.tls = False              # writes of several pieces are joined into one TLS record (write_pieces)
-        self.user: UpstreamUser | None = None
+        self.user: StreamUser | None = None
         self.tunnel: Tunnel | None = None
         self.closed = False
         self.paused = False
         self.reused = False           # has carried an exchange before: it may have been closed by the server
         self.idle_since = 0.0
+        self._chunked = False         # the request in flight has a chunked body
         self._reader = ResponseReader(self, limits)
 
-    # --------------------------------------------------------------------------- used by the exchange
+    # --------------------------------------------------------------------------- UpstreamStream
 
-    def bind(self, user: UpstreamUser, head_request: bool) -> None:
+    def start(self, user: StreamUser, head: RequestHead, body: list[bytes], end: bool) -> None:
         self.user = user
-        self._reader.expect(head_request)
+        self._reader.expect(head.method == "HEAD")
+        chunked = self._chunked = head.chunked
+        out = [head.to_bytes()]
+        if body:
+            if chunked:
+                for piece in body:
+                    out += encode_chunk(piece)
+            else:
+                out += body
+        if end and chunked:
+            out.append(LAST_CHUNK)
+        self.writelines(out)
+
+    def send_body(self, data: bytes) -> None:
+        if self._chunked:
+            self.writelines(encode_chunk(data))
+        else:
+            self.write(data)
+
+    def send_end(self) -> None:
+        if self._chunked and not self.closed:
+            self.write(LAST_CHUNK)
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def was_reused(self) -> bool:
+        return self.reused
+
+    def tunnel_transport(self) -> asyncio.Transport | None:
+        return self.transport
+
+    def attach_tunnel(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        if self.paused:
+            self.pause_reading(False)
 
     def unbind(self) -> None:
         self.user = None

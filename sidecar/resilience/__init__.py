@@ -6,9 +6,9 @@ outlier ejection (:mod:`.outlier`), and the router's own timeouts and retries (:
 :mod:`.backoff`, :mod:`.budget`, :class:`.retry.Call`). :mod:`.balancer` picks among the hosts left.
 """
 
-from sidecar.resilience.destination import Destination
+from sidecar.resilience.cluster import Cluster
 from sidecar.resilience.policy import Resilience
 from sidecar.resilience.retry import Call, Peers
 from sidecar.resilience.rules import RetryOn, RetryRules
 
-__all__ = ["Call", "Destination", "Peers", "Resilience", "RetryOn", "RetryRules"]
+__all__ = ["Call", "Cluster", "Peers", "Resilience", "RetryOn", "RetryRules"]

@@ -39,7 +39,7 @@ class Admission(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class ResourceCaps:
     max_connections: int = 1024
     max_pending_requests: int = 1024
     max_requests: int = 1024
@@ -51,18 +51,18 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class AdmissionDecision:
     admission: Admission
     cap: Cap | None = None   # the cap that refused, for REJECT; the cap that made it wait, for WAIT
 
 
-_GO = Decision(Admission.GO)   # the answer to nearly every request: one shared (frozen) instance
+_GO = AdmissionDecision(Admission.GO)   # the answer to nearly every request: one shared (frozen) instance
 
 
 class Breaker:
     __slots__ = ("connections", "limits", "pending", "rejected", "requests", "retries")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: ResourceCaps) -> None:
         self.limits = limits
         self.connections = 0
         self.pending = 0
@@ -72,7 +72,7 @@ class Breaker:
 
     # ------------------------------------------------------------------------------------ requests
 
-    def admit(self) -> Decision:
+    def admit(self) -> AdmissionDecision:
         """A new request: go now, wait for a connection slot, or be refused (counted)."""
         limits = self.limits
         if self.requests >= limits.max_requests:
@@ -83,14 +83,14 @@ class Breaker:
             return _GO
         if self.pending < limits.max_pending_requests:
             self.pending += 1
-            return Decision(Admission.WAIT, Cap.MAX_CONNECTIONS)
+            return AdmissionDecision(Admission.WAIT, Cap.MAX_CONNECTIONS)
         return self._reject(Cap.MAX_PENDING_REQUESTS)
 
     def can_promote(self) -> bool:
         """Whether a waiting request may take a connection slot now."""
         return self.pending > 0 and self.connections < self.limits.max_connections
 
-    def promote(self) -> Decision:
+    def promote(self) -> AdmissionDecision:
         """A waiting request leaves the queue for a free connection slot (call only when can_promote())."""
         if not self.can_promote():
             raise RuntimeError("promote() without a waiting request and a free connection slot")
@@ -140,9 +140,9 @@ class Breaker:
 
     # ------------------------------------------------------------------------------------ views
 
-    def _reject(self, cap: Cap) -> Decision:
+    def _reject(self, cap: Cap) -> AdmissionDecision:
         self.rejected[cap] += 1
-        return Decision(Admission.REJECT, cap)
+        return AdmissionDecision(Admission.REJECT, cap)
 
     def is_open(self, cap: Cap) -> bool:
         """Envoy's ``*_open`` gauges: the cap is reached, the next one would wait or be refused."""

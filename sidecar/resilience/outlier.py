@@ -30,7 +30,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 
-class HostState(enum.StrEnum):
+class EndpointState(enum.StrEnum):
     ACTIVE = "active"
     EJECTED = "ejected"
     PROBATION = "probation"
@@ -43,11 +43,11 @@ class Move(enum.Enum):
 
 
 # an input missing from the table raises and leaves the state unchanged
-_TRANSITIONS: dict[tuple[HostState, Move], HostState] = {
-    (HostState.ACTIVE, Move.EJECT): HostState.EJECTED,
-    (HostState.PROBATION, Move.EJECT): HostState.EJECTED,
-    (HostState.EJECTED, Move.EXPIRE): HostState.PROBATION,
-    (HostState.PROBATION, Move.RECOVER): HostState.ACTIVE,
+_TRANSITIONS: dict[tuple[EndpointState, Move], EndpointState] = {
+    (EndpointState.ACTIVE, Move.EJECT): EndpointState.EJECTED,
+    (EndpointState.PROBATION, Move.EJECT): EndpointState.EJECTED,
+    (EndpointState.EJECTED, Move.EXPIRE): EndpointState.PROBATION,
+    (EndpointState.PROBATION, Move.RECOVER): EndpointState.ACTIVE,
 }
 
 
@@ -55,7 +55,7 @@ class InvalidTransition(Exception):
     """A move that the state table does not allow from the host's state (a bug in the caller)."""
 
 
-def transition(state: HostState, move: Move) -> HostState:
+def transition(state: EndpointState, move: Move) -> EndpointState:
     try:
         return _TRANSITIONS[state, move]
     except KeyError:
@@ -63,7 +63,7 @@ def transition(state: HostState, move: Move) -> HostState:
 
 
 @dataclass(frozen=True, slots=True)
-class Rules:
+class EjectionRules:
     consecutive_failures: int = 5
     interval: float = 10.0
     base_ejection_time: float = 30.0
@@ -101,8 +101,8 @@ class EjectionRefused:
 
 
 @dataclass(slots=True)
-class HostRecord:
-    state: HostState = HostState.ACTIVE
+class EndpointRecord:
+    state: EndpointState = EndpointState.ACTIVE
     consecutive: int = 0           # failures in a row
     times: int = 0                 # the ejection multiplier
     until: float = 0.0             # end of the current ejection
@@ -113,9 +113,9 @@ class HostRecord:
 class OutlierDetector:
     __slots__ = ("_hosts", "ejections", "refusals", "rules")
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: EjectionRules) -> None:
         self.rules = rules
-        self._hosts: dict[Hashable, HostRecord] = {}
+        self._hosts: dict[Hashable, EndpointRecord] = {}
         self.ejections = 0
         self.refusals = 0
 
@@ -123,7 +123,7 @@ class OutlierDetector:
 
     def add(self, host: Hashable, now: float) -> None:
         if host not in self._hosts:
-            self._hosts[host] = HostRecord(since=now)
+            self._hosts[host] = EndpointRecord(since=now)
 
     def remove(self, host: Hashable) -> None:
         self._hosts.pop(host, None)
@@ -144,45 +144,45 @@ class OutlierDetector:
 
     # ------------------------------------------------------------------------------------ queries
 
-    def record(self, host: Hashable, now: float) -> HostRecord:
+    def record(self, host: Hashable, now: float) -> EndpointRecord:
         """The host's record as of ``now`` (ejections that ran out end, the multiplier decays)."""
         rec = self._hosts.get(host)
         if rec is None:
-            rec = self._hosts[host] = HostRecord(since=now)
+            rec = self._hosts[host] = EndpointRecord(since=now)
         self._advance(rec, now)
         return rec
 
     def is_ejected(self, host: Hashable, now: float) -> bool:
         rec = self._hosts.get(host)
-        if rec is None or rec.state is not HostState.EJECTED:
+        if rec is None or rec.state is not EndpointState.EJECTED:
             return False
         self._advance(rec, now)
-        return rec.state is HostState.EJECTED
+        return rec.state is EndpointState.EJECTED
 
     def ejected_count(self, now: float) -> int:
-        return sum(1 for rec in self._hosts.values() if self._advance(rec, now) is HostState.EJECTED)
+        return sum(1 for rec in self._hosts.values() if self._advance(rec, now) is EndpointState.EJECTED)
 
     # ------------------------------------------------------------------------------------ results
 
     def success(self, host: Hashable, now: float) -> None:
         rec = self._hosts.get(host)
-        if rec is not None and rec.state is HostState.ACTIVE and rec.times == 0:
+        if rec is not None and rec.state is EndpointState.ACTIVE and rec.times == 0:
             rec.consecutive = 0   # the common case: record() would change nothing (no decay, no expiry)
             return
         rec = self.record(host, now)
-        if rec.state is HostState.EJECTED:
+        if rec.state is EndpointState.EJECTED:
             return  # an attempt that began before the ejection: it says nothing about now
         rec.consecutive = 0
-        if rec.state is HostState.PROBATION:
+        if rec.state is EndpointState.PROBATION:
             rec.state = transition(rec.state, Move.RECOVER)
             rec.since = now
 
     def failure(self, host: Hashable, now: float) -> Ejected | EjectionRefused | None:
         rec = self.record(host, now)
-        if rec.state is HostState.EJECTED:
+        if rec.state is EndpointState.EJECTED:
             return None
         rec.consecutive += 1
-        threshold = 1 if rec.state is HostState.PROBATION else self.rules.consecutive_failures
+        threshold = 1 if rec.state is EndpointState.PROBATION else self.rules.consecutive_failures
         if rec.consecutive < threshold:
             return None
         ejected = self.ejected_count(now)
@@ -199,11 +199,11 @@ class OutlierDetector:
 
     # ------------------------------------------------------------------------------------ time
 
-    def _advance(self, rec: HostRecord, now: float) -> HostState:
-        if rec.state is HostState.EJECTED and now >= rec.until:
+    def _advance(self, rec: EndpointRecord, now: float) -> EndpointState:
+        if rec.state is EndpointState.EJECTED and now >= rec.until:
             rec.state = transition(rec.state, Move.EXPIRE)
             rec.consecutive = 0
-        elif rec.state is HostState.ACTIVE and rec.times > 0:
+        elif rec.state is EndpointState.ACTIVE and rec.times > 0:
             steps = math.floor((now - rec.since) / self.rules.interval)
             if steps > 0:
                 rec.times = max(0, rec.times - steps)

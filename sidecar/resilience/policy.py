@@ -7,15 +7,17 @@ routes call. Each layer is its own module; the order they meet a request is writ
 2. resource caps (:mod:`.breaker`, queued in :mod:`.destination`): ``max_requests`` / ``max_connections`` /
    ``max_pending_requests`` admit, queue or refuse (429 RESOURCE_EXHAUSTED naming the cap) the request before
    anything is sent;
-3. endpoint pick (:meth:`.destination.Destination.choose`): healthy hosts, else degraded ones; ejected hosts
+3. endpoint pick (:meth:`.cluster.Cluster.choose`): healthy hosts, else degraded ones; ejected hosts
    (:mod:`.outlier`) are left out unless all are ejected (then all are used, Envoy's *panic* routing: a lone
-   host that fails is still tried rather than the service refused for the whole ejection time); among them
-   the balancer (:mod:`.balancer`) picks;
+   host that fails is still tried rather than the service refused for the whole ejection time), and so, for a
+   short hold, are hosts that could not be connected to (:mod:`.readiness`) while another can take the try;
+   among them the balancer (:mod:`.balancer`) picks;
 4. try: the engine sends the attempt to the picked host's Target, derived with the request's timeouts and its
    :class:`.retry.Call`;
 5. retries (:class:`.retry.Call`, the engine's ``RetryPolicy``): ``retry_on``, ``attempts``, only requests safe
    to repeat, back-off with jitter (:mod:`.backoff`) within the deadline, ``max_retries`` outstanding, the retry
-   budget (:mod:`.budget`), and another host than those tried when there is one (step 3 again).
+   budget (:mod:`.budget`), and another host than those tried when there is one, a degraded one rather than
+   a healthy one already tried (step 3 again).
 
 Every attempt's end (:meth:`.retry.Call.observe`, the Target observer) feeds the balancer's latency and
 in-flight counts and the outlier detector; the request's end (:meth:`Resilience.request_done`) releases what it
@@ -38,7 +40,7 @@ from sidecar.mesh.router import Endpoint, EndpointSet
 from sidecar.proxy import RelayStats, RequestHead, Target
 from sidecar.resilience import deadline, views
 from sidecar.resilience.breaker import Admission
-from sidecar.resilience.destination import Destination
+from sidecar.resilience.cluster import Cluster
 from sidecar.resilience.retry import Call, Peers
 from sidecar.resilience.rules import NOTHING_ASKED, RetryOn, read_request_headers
 
@@ -54,24 +56,24 @@ class Resilience:
         self.config = config
         self.rng = rng if rng is not None else random.Random()
         self.jitter = jitter
-        self.destinations: dict[str, Destination] = {}
+        self.clusters: dict[str, Cluster] = {}
         self._inbound: dict[tuple[int, float], tuple[Target, Target]] = {}   # see _derived
         self._inbound_timeouts: dict[str, float] = {}
 
-    def destination(self, service: str, now: float) -> Destination:
-        dest = self.destinations.get(service)
+    def cluster(self, service: str, now: float) -> Cluster:
+        dest = self.clusters.get(service)
         if dest is None:
-            dest = self.destinations[service] = Destination(service, self.config.policy_for(service), self.rng, now,
-                                                            self.jitter)
+            dest = self.clusters[service] = Cluster(service, self.config.policy_for(service), self.rng, now,
+                                                    self.jitter)
         return dest
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded configuration's policies: every destination used so far takes its new policy in place
-        (:meth:`Destination.reconfigure`); destinations first used later are built from it."""
+        (:meth:`Cluster.reconfigure`); destinations first used later are built from it."""
         self.config = config
         self._inbound.clear()
         self._inbound_timeouts.clear()
-        for service, dest in self.destinations.items():
+        for service, dest in self.clusters.items():
             dest.reconfigure(config.policy_for(service), self.jitter)
 
     # ------------------------------------------------------------------------------------ outbound
@@ -83,7 +85,7 @@ class Resilience:
         endpoints = peers.endpoints(name)
         if not endpoints.usable:
             raise endpoints.no_endpoint()   # before any state is made: unknown names cost nothing
-        dest = self.destination(name.service, now)
+        dest = self.cluster(name.service, now)
         # 1. deadline: the policy's, or what the request's headers ask for
         asked = read_request_headers(head)
         rules = dest.rules
@@ -115,7 +117,7 @@ class Resilience:
         future = dest.enqueue(now + timeout, loop)
         return self._queued(future, dest, peers, head, name, retry_on, max_retries, timeout, try_timeout, now, loop)
 
-    async def _queued(self, future: asyncio.Future[None], dest: Destination, peers: Peers, head: RequestHead,
+    async def _queued(self, future: asyncio.Future[None], dest: Cluster, peers: Peers, head: RequestHead,
                       name: ServiceName, retry_on: RetryOn, max_retries: int, timeout: float,
                       try_timeout: float | None, started: float, loop: asyncio.AbstractEventLoop) -> Target:
         try:
@@ -133,7 +135,7 @@ class Resilience:
         return self._start(dest, peers, head, name, endpoints, retry_on, max_retries, timeout, try_timeout,
                            started, now)
 
-    def _start(self, dest: Destination, peers: Peers, head: RequestHead, name: ServiceName, endpoints: EndpointSet,
+    def _start(self, dest: Cluster, peers: Peers, head: RequestHead, name: ServiceName, endpoints: EndpointSet,
                retry_on: RetryOn, max_retries: int, timeout: float, try_timeout: float | None, started: float,
                now: float) -> Target:
         dest.requests += 1
@@ -154,14 +156,14 @@ class Resilience:
         endpoints = peers.endpoints(name)
         if not endpoints.usable:
             raise endpoints.no_endpoint()
-        return peers.target(self.destination(name.service, now).choose(endpoints, now).endpoint)
+        return peers.target(self.cluster(name.service, now).choose(endpoints, now).endpoint)
 
     def tunnel_done(self, stats: RelayStats, now: float) -> None:
         """A tunnel ended: a connect failure counts against its host, anything else for it."""
         endpoint = stats.tag
         if not isinstance(endpoint, Endpoint):
             return
-        dest = self.destinations.get(endpoint.service)
+        dest = self.clusters.get(endpoint.service)
         host = None if dest is None else dest.hosts.get((endpoint.instance, endpoint.address))
         if dest is None or host is None:
             return
@@ -222,8 +224,8 @@ class Resilience:
     def clusters_json(self, now: float, wall_offset: float,
                       endpoints_of: Callable[[str], EndpointSet] | None = None) -> dict[str, Any]:
         """``/clusters``: see :func:`.views.clusters_json`."""
-        return views.clusters_json(self.destinations, now, wall_offset, endpoints_of)
+        return views.clusters_json(self.clusters, now, wall_offset, endpoints_of)
 
     def samples(self, now: float) -> list[tuple[str, dict[str, str], float]]:
         """The metrics exporter's samples: see :func:`.views.samples`."""
-        return views.samples(self.destinations, now)
+        return views.samples(self.clusters, now)

@@ -17,7 +17,7 @@ from sidecar.mesh.router import Endpoint, EndpointSet
 from sidecar.proxy import AttemptRecord, RequestHead, Retry, Target
 from sidecar.proxy.http1 import IDEMPOTENT
 from sidecar.resilience import deadline
-from sidecar.resilience.destination import Destination, Host
+from sidecar.resilience.cluster import Cluster, ClusterEndpoint
 from sidecar.resilience.rules import RetryOn
 
 
@@ -42,7 +42,7 @@ class Call:
                  "max_retries", "method", "name", "notes", "peers", "retry_on", "statuses", "timeout", "tried",
                  "try_timeout")
 
-    def __init__(self, dest: Destination, peers: Peers, name: ServiceName, head: RequestHead, retry_on: RetryOn,
+    def __init__(self, dest: Cluster, peers: Peers, name: ServiceName, head: RequestHead, retry_on: RetryOn,
                  max_retries: int, timeout: float, try_timeout: float | None, now: float) -> None:
         self.dest = dest
         self.peers = peers
@@ -55,10 +55,10 @@ class Call:
         self.timeout = timeout
         self.try_timeout = try_timeout
         self.deadline = now + timeout
-        self.tried: list[Host] = []
-        self.host: Host | None = None
+        self.tried: list[ClusterEndpoint] = []
+        self.host: ClusterEndpoint | None = None
         self.finished = False
-        self._open: dict[int, Host] = {}
+        self._open: dict[int, ClusterEndpoint] = {}
         self._slots = 0
         # attempt numbers that are retries holding a retry slot / whose response was discarded for a retry
         self._retrying: set[int] = set()
@@ -76,7 +76,7 @@ class Call:
         """The latest attempt's endpoint."""
         return None if self.host is None else self.host.endpoint
 
-    def begin(self, host: Host, number: int) -> Target:
+    def begin(self, host: ClusterEndpoint, number: int) -> Target:
         """Attempt ``number`` goes to ``host`` (its connection slot is already taken)."""
         self._open[number] = host
         self._slots += 1
@@ -177,7 +177,7 @@ class Call:
             self._release_slot()
         # else: the response is relayed, and its connection stays in use until the request ends
 
-    def _abandon(self, number: int, host: Host) -> None:
+    def _abandon(self, number: int, host: ClusterEndpoint) -> None:
         host.load.in_flight -= 1
         if number in self._retrying:
             self._retrying.discard(number)

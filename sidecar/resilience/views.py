@@ -1,4 +1,4 @@
-"""What the admin port and the metrics exporter show of the destinations' state: ``/clusters`` JSON and the
+"""What the admin port and the metrics exporter show of the clusters' state: ``/clusters`` JSON and the
 ``sidecar_upstream_*`` samples. Read-only, except what any reader moves: an ejection whose time is up is seen
 as over (the outlier detector's lazy clock)."""
 
@@ -9,16 +9,16 @@ from typing import Any
 
 from sidecar.mesh.router import EndpointSet
 from sidecar.resilience.breaker import Cap
-from sidecar.resilience.destination import Destination
-from sidecar.resilience.outlier import HostState
+from sidecar.resilience.cluster import Cluster
+from sidecar.resilience.outlier import EndpointState
 
 
-def destination_json(dest: Destination, now: float, wall_offset: float) -> dict[str, Any]:
+def cluster_json(dest: Cluster, now: float, wall_offset: float) -> dict[str, Any]:
     """For /clusters: hosts, caps, budget, counters. ``wall_offset`` turns loop times into epoch seconds."""
     endpoints = []
     for host in sorted(dest.hosts.values(), key=lambda h: (h.endpoint.status.rank, h.endpoint.authority)):
         rec = dest.outlier.record(host.key, now)
-        ejected = rec.state is HostState.EJECTED
+        ejected = rec.state is EndpointState.EJECTED
         e = host.endpoint
         endpoints.append({
             "address": e.authority, "instance": e.instance, "node": e.node, "health": e.status.value,
@@ -27,6 +27,8 @@ def destination_json(dest: Destination, now: float, wall_offset: float) -> dict[
                          "consecutiveFailures": rec.consecutive,
                          "until": int((rec.until + wall_offset) * 1000) if ejected else None,
                          "remainingMs": int((rec.until - now) * 1000) if ejected else 0},
+            "connectHold": {"failures": host.readiness.failures,
+                            "remainingMs": max(0, int((host.readiness.until - now) * 1000))},
             "inFlight": host.load.in_flight, "latencyEwmaMs": round(host.load.latency(now) * 1000.0, 3),
             "requests": host.requests, "failures": host.failures,
         })
@@ -47,25 +49,25 @@ def destination_json(dest: Destination, now: float, wall_offset: float) -> dict[
     }
 
 
-def clusters_json(destinations: Mapping[str, Destination], now: float, wall_offset: float,
+def clusters_json(clusters: Mapping[str, Cluster], now: float, wall_offset: float,
                   endpoints_of: Callable[[str], EndpointSet] | None = None) -> dict[str, Any]:
     """Per destination service used so far: hosts (refreshed from ``endpoints_of`` when given), caps,
     budget and counters. ``wall_offset`` = wall clock - loop clock, for ejection end times."""
     out: dict[str, Any] = {}
-    for service in sorted(destinations):
-        dest = destinations[service]
+    for service in sorted(clusters):
+        dest = clusters[service]
         if endpoints_of is not None:
             dest.hosts_of(endpoints_of(service), now)
-        out[service] = destination_json(dest, now, wall_offset)
+        out[service] = cluster_json(dest, now, wall_offset)
     return out
 
 
-def samples(destinations: Mapping[str, Destination], now: float) -> list[tuple[str, dict[str, str], float]]:
+def samples(clusters: Mapping[str, Cluster], now: float) -> list[tuple[str, dict[str, str], float]]:
     """Counters and gauges for the metrics exporter: ``(name, labels, value)``; names end in ``_total``
     for counters."""
     out: list[tuple[str, dict[str, str], float]] = []
-    for service in sorted(destinations):
-        dest = destinations[service]
+    for service in sorted(clusters):
+        dest = clusters[service]
         labels = {"service": service}
         out.append(("sidecar_upstream_requests_total", labels, float(dest.requests)))
         out.append(("sidecar_upstream_retries_total", labels, float(dest.retries)))

@@ -3,8 +3,11 @@ spans per hop, the access log and event-loop lag.
 
 One file per concern: ``records`` (the ring of ServicePerformanceMetric, filters, percentiles; pure),
 ``requests`` (per-request counters and histogram arrays), ``prometheus`` (collectors read at scrape time),
-``tracing`` (spans from RequestStats, sampler, exporters), ``propagation`` (trace context for messages),
-``access`` (the access log), ``looplag``, ``hub`` (:class:`Telemetry`, what the process wires), ``routes``.
+``tracing`` (sampling and queueing spans), ``spans`` (a span's fields from RequestStats or a message; pure),
+``otlp`` (a batch of spans as OTLP protobuf; pure), ``export`` (OTLP/HTTP posting), ``sdkexport`` (the SDK's
+exporters, for ``console``), ``sampling``, ``propagation`` (trace context for messages), ``access`` and
+``accessline`` (the access log and its lines), ``batcher`` (the bounded queue and worker thread both use),
+``looplag``, ``hub`` (:class:`Telemetry`, what the process wires), ``routes``.
 """
 
 from sidecar.telemetry.hub import Telemetry

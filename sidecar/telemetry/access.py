@@ -1,8 +1,12 @@
-"""The access log: one line per proxied request on the ``sidecar.access`` logger (``telemetry.access_log``).
+"""The access log: one line per proxied request (``telemetry.access_log``), to a file or to stderr.
 
-Off by default, as Envoy's: formatting and writing a line costs more than everything else the proxy does per
-request. When on, the logger gets its own stderr handler (``format: json`` one object per line, ``text``
-key=value), independent of the process's ``logging.format`` and not silenced by ``POST /logging?level=warning``.
+Off by default, as Envoy's. When on, the request path formats the line in compiled code
+(:mod:`sidecar.telemetry.accessline`) and queues it; a :class:`~sidecar.telemetry.batcher.Batcher` thread writes
+the queued lines in one write every 200 ms (or as soon as 1024 wait). A slow or full disk never blocks a request:
+the queue is bounded (65536 lines), lines beyond it are dropped and counted (``dropped``), lines a write failed on
+are counted (``failed``); on a clean shutdown every queued line is written before the file is closed.
+Lines are the ``sidecar.access`` logger's (``format: json`` one object per line, ``text`` key=value),
+independent of the process's ``logging.format`` and not silenced by ``POST /logging?level=warning``.
 
 Fields: ``direction`` (outbound | inbound), ``service`` (destination), ``method``, ``path`` (as received),
 ``host``, ``status`` (0: the client got none), ``outcome`` (``success`` | ``error``, as the performance records
@@ -14,57 +18,60 @@ caller's SPIFFE ID) and ``client`` (its address) when the engine reports the con
 
 from __future__ import annotations
 
-import logging
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
-from sidecar.log import JsonFormatter, TextFormatter
 from sidecar.proxy.target import RequestStats
+from sidecar.telemetry.accessline import Timestamps, json_line, text_line
+from sidecar.telemetry.batcher import Batcher
 
 ACCESS_LOGGER = "sidecar.access"
-
-
-def failed(stats: RequestStats) -> bool:
-    """The performance records' ``error``: no answer from the app, or a 5xx (4xx are the app's answers)."""
-    return stats.error is not None or stats.status == 0 or stats.status >= 500
-
-
-def access_entry(direction: str, service: str, stats: RequestStats, peer: Any = None) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "direction": direction, "service": service, "method": stats.method,
-        "path": stats.target.decode("latin-1"), "host": stats.host, "status": stats.status,
-        "outcome": "error" if failed(stats) else "success", "error": stats.error, "upstream": stats.upstream,
-        "attempts": stats.attempts, "durationMs": round(stats.duration * 1000.0, 3),
-        "responseHeadMs": None if stats.response_started is None
-        else round((stats.response_started - stats.started) * 1000.0, 3),
-        "requestBytes": stats.request_bytes, "responseBytes": stats.response_bytes,
-        "traceId": stats.trace_id, "spanId": stats.span_id, "requestId": stats.request_id,
-    }
-    if peer is not None:
-        caller = getattr(peer, "data", {}).get("caller")
-        entry["peer"] = getattr(caller, "spiffe_id", None)
-        peername = getattr(peer, "peername", None)
-        if isinstance(peername, tuple) and len(peername) >= 2:
-            entry["client"] = f"{peername[0]}:{peername[1]}"
-    return entry
+MAX_QUEUE = 65536
+MAX_BATCH = 1024
+INTERVAL = 0.2
 
 
 class AccessLog:
-    """Writes entries to ``sidecar.access``; see the module's doc. ``stream`` defaults to stderr."""
+    """Formats and queues lines; see the module's doc. ``path`` appends to a file (created if missing),
+    else ``stream`` (default stderr) receives them; ``wall`` is the wall clock (epoch seconds)."""
 
-    def __init__(self, fmt: str = "json", stream: Any = None) -> None:
-        self.logger = logging.getLogger(ACCESS_LOGGER)
-        self.handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-        self.handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-        self.logger.handlers[:] = [self.handler]
-        self.logger.propagate = False
-        self.logger.setLevel(logging.INFO)
-        self.lines = 0
+    def __init__(self, fmt: str = "json", stream: IO[str] | None = None, *, path: str | None = None,
+                 wall: Callable[[], float] | None = None, max_queue: int = MAX_QUEUE,
+                 interval: float = INTERVAL) -> None:
+        import time
+        self.format = text_line if fmt == "text" else json_line
+        self.path = path
+        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self.stream: IO[str] = self._file if self._file is not None else (stream if stream is not None
+                                                                           else sys.stderr)
+        self.wall = wall or time.time
+        self.timestamps = Timestamps()
+        self.batcher: Batcher[str] = Batcher(self._write, name="access-log", max_queue=max_queue,
+                                             max_batch=MAX_BATCH, interval=interval)
+        self.lines = 0          # lines queued for writing
 
-    def request(self, direction: str, service: str, stats: RequestStats, peer: Any = None) -> None:
-        self.lines += 1
-        self.logger.info("request", extra={"fields": access_entry(direction, service, stats, peer)})
+    def request(self, direction: str, service: str, stats: RequestStats, peer: Any = None,
+                wall: float | None = None) -> None:
+        """``wall``: when the request ended, epoch seconds (default: now)."""
+        line = self.format(self.timestamps.text(self.wall() if wall is None else wall), direction, service, stats,
+                           peer)
+        if self.batcher.put(line):
+            self.lines += 1
 
-    def close(self) -> None:
-        self.logger.removeHandler(self.handler)
-        self.handler.flush()
+    def _write(self, lines: list[str]) -> None:
+        self.stream.write("".join(lines))
+        self.stream.flush()
+
+    def status(self) -> dict[str, Any]:
+        return {"lines": self.lines, "dropped": self.batcher.dropped, "failed": self.batcher.failed,
+                "pending": self.batcher.pending(), "path": self.path}
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return self.batcher.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Writes every queued line (bounded by ``timeout``), then closes the file."""
+        self.batcher.close(timeout)
+        if self._file is not None:
+            self._file.close()

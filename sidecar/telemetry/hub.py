@@ -8,7 +8,8 @@
 
 Per request (:meth:`Telemetry.on_request`, on the proxy's hot path, after the response was flushed): one
 :class:`~sidecar.telemetry.records.Record` appended to the ring, one counter/histogram update, and only when
-configured a span built and queued, an access-log line. Everything else happens when someone reads.
+configured a sampled request queued for its span, an access-log line formatted and queued (both written by their
+own worker threads, never on the loop). Everything else happens when someone reads.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sidecar.clock import Clock
-from sidecar.config.model import Config, TracingConfig
+from sidecar.config.model import AccessLogConfig, Config, TracingConfig
 from sidecar.mesh.inbound import Names
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.access import AccessLog
@@ -49,6 +50,10 @@ def tracer_for(config: TracingConfig, resource: dict[str, str]) -> Tracer | None
     return Tracer.from_config(config, resource)
 
 
+def access_log_for(config: AccessLogConfig, clock: Clock) -> AccessLog | None:
+    return AccessLog(config.format, path=config.path, wall=clock.wall) if config.enabled else None
+
+
 class Telemetry:
     """See the module's doc. ``tracer`` and ``access_log`` default to what ``config.telemetry`` asks for."""
 
@@ -66,29 +71,41 @@ class Telemetry:
             tracer = tracer_for(settings.tracing, self.resource)
         self.tracer: Tracer | None = tracer or None
         if access_log is True:
-            access_log = AccessLog(settings.access_log.format) if settings.access_log.enabled else None
+            access_log = access_log_for(settings.access_log, clock)
         self.access: AccessLog | None = access_log or None
         self.lag = LoopLag()
         self.names = Names(config.dns.domain)
         self.now: Callable[[], float] = clock.monotonic   # the loop's clock once started, like the engine's
+        self._offset = 0.0            # wall minus loop clock, as of loop time _offset_at
+        self._offset_at = float("-inf")
         self.messages = 0
 
     def start(self) -> None:
         """In the running loop: read time as the engine does (``loop.time``) and start the lag timer."""
         self.now = asyncio.get_running_loop().time
+        self._offset_at = float("-inf")
         self.lag.start()
 
     async def stop(self) -> None:
         self.lag.stop()
+        loop = asyncio.get_running_loop()
+        # both drain their queues, blocking on the network or the disk (bounded): not on the loop
         if self.tracer is not None:
-            # the exporter's flush blocks on the network (bounded by its timeout): not on the loop
-            await asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)
+            await loop.run_in_executor(None, self.tracer.shutdown)
         if self.access is not None:
-            self.access.close()
+            await loop.run_in_executor(None, self.access.close)
 
     def wall_offset(self) -> float:
         """Wall clock minus loop clock: turns loop times into epoch seconds."""
         return self.clock.wall() - self.now()
+
+    def _wall_offset_at(self, loop_time: float) -> float:
+        """:meth:`wall_offset`, read again at most once a second of loop time (the two clocks drift by parts per
+        million): a request's end (loop time) becomes its wall time without reading a clock per request."""
+        if not self._offset_at <= loop_time < self._offset_at + 1.0:
+            self._offset = self.wall_offset()
+            self._offset_at = loop_time
+        return self._offset
 
     # ------------------------------------------------------------------------------------ hot path
 
@@ -113,10 +130,14 @@ class Telemetry:
         self.records.append(service, stats.method, duration, stats.started, not failed, direction)
         self.requests.record(direction, source, label, stats.method, status, failed, duration,
                              stats.request_bytes, stats.response_bytes)
-        if self.tracer is not None:
-            self.tracer.request(direction, stats, service, self.wall_offset(), peer)
-        if self.access is not None:
-            self.access.request(direction, service, stats, peer)
+        tracer = self.tracer
+        access = self.access
+        if tracer is not None or access is not None:
+            offset = self._wall_offset_at(stats.ended)
+            if tracer is not None:
+                tracer.request(direction, stats, service, offset, peer)
+            if access is not None:
+                access.request(direction, service, stats, peer, stats.ended + offset)
 
     # ------------------------------------------------------------------------------------ messages
 
@@ -153,9 +174,9 @@ class Telemetry:
                     await asyncio.get_running_loop().run_in_executor(None, retired.shutdown)
         if new.access_log != old.access_log:
             retired_log = self.access
-            self.access = AccessLog(new.access_log.format) if new.access_log.enabled else None
+            self.access = access_log_for(new.access_log, self.clock)
             if retired_log is not None:
-                retired_log.close()
+                await asyncio.get_running_loop().run_in_executor(None, retired_log.close)
 
     def request_counts(self) -> tuple[int, int]:
         """(requests, failed) since start, every direction; failed as :meth:`on_request` counts it."""
@@ -171,8 +192,6 @@ class Telemetry:
     def status(self) -> dict[str, Any]:
         return {"records": len(self.records), "maxSamples": self.records.max_samples,
                 "retentionSeconds": self.records.retention,
-                "tracing": None if self.tracer is None else {"spans": self.tracer.spans,
-                                                             "unsampled": self.tracer.unsampled,
-                                                             "ratio": self.tracer.sampler.ratio},
-                "accessLog": None if self.access is None else {"lines": self.access.lines},
+                "tracing": None if self.tracer is None else self.tracer.status(),
+                "accessLog": None if self.access is None else self.access.status(),
                 "eventLoopLagMs": round(self.lag.last * 1000.0, 3)}

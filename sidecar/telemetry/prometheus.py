@@ -1,24 +1,11 @@
 """``GET /metrics``: the Prometheus text format, from a per-process ``CollectorRegistry`` whose collectors read
 the parts' plain counters when scraped. Nothing here runs per request.
 
-Every family is named ``sidecar_*`` and has HELP and TYPE. What each part must expose (read with ``getattr``, so
-a part that is absent or older simply contributes nothing):
-
-* telemetry (:class:`~sidecar.telemetry.hub.Telemetry`): ``requests`` (RequestMetrics), ``records``, ``lag``,
-  ``tracer``, ``access``;
-* data plane: ``stats`` (MeshStats: ``errors``, ``denials``, ``tunnels``, ``tunnel_bytes``, ``no_tls``), ``pools``
-  (iterable of pools with ``idle``, ``busy``, ``dialed``), ``inbound`` (``handshakes`` Counter by caller SPIFFE ID,
-  ``refused``, ``shed``, ``tunnel_refused``), ``resilience.samples(now)`` → ``[(name, labels, value)]`` (counters'
-  names end in ``_total``: retries, retries denied by reason — ``budget`` is budget exhaustion —, overflow by cap —
-  the breaker's rejections —, ejections, ejected hosts, active resources, budget available);
-* identity store: ``refusals.counts`` (Counter by :class:`~sidecar.tls.reasons.Refusal`), ``rotations``,
-  ``identity.not_after``; certificate renewal (``renewal``): ``results`` (Counter by outcome);
-* gossip: ``counters()`` (dict: packets/bytes in and out, probes, suspicions, refutations, ..., ``refused_*``),
-  ``members()`` (views with ``.state``);
-* DNS: ``counters.as_dict()`` (``queries_by_rcode`` and scalar counters);
-* messaging: ``counters`` (Counter: ``published``, ``delivered``, ``redelivered``, ``dead_lettered:REASON``...)
-  and ``status()`` (``pending``: the backlog, ``deadLetters``: stored dead letters);
-* catalog: ``snapshot().instances`` (with ``.name`` and ``.status``).
+Every family is named ``sidecar_*`` and has HELP and TYPE. What each part must expose is typed in
+:mod:`sidecar.telemetry.sources` (one Protocol per part); a part that is None (not configured, not started)
+contributes nothing. Resilience samples are ``(name, labels, value)``; counters' names end in ``_total``
+(retries, retries denied by reason -- ``budget`` is budget exhaustion --, overflow by cap -- the breaker's
+rejections --, ejections, ejected hosts, active resources, budget available).
 
 Process CPU, memory and file descriptors come from prometheus_client's ``ProcessCollector``; open sockets are
 counted from ``/proc/self/fd``.
@@ -30,14 +17,24 @@ import logging
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar.telemetry.hub import Telemetry
+from sidecar.telemetry.sources import (
+    CatalogSource,
+    DataPlaneSource,
+    DnsSource,
+    GossipSource,
+    IdentitySource,
+    MessagingSource,
+    ReplicationSource,
+    Sources,
+)
+
+__all__ = ["CONTENT_TYPE", "SidecarCollector", "Sources", "build_registry", "exposition"]
 
 log = logging.getLogger("sidecar.telemetry")
 
@@ -122,20 +119,6 @@ _MESSAGING_COUNTERS = {
     "replayed": "Dead letters replayed.",
     "purged": "Dead letters purged.",
 }
-
-
-@dataclass
-class Sources:
-    """The parts a scrape reads; any may be None (not configured, not started, not built yet)."""
-
-    dataplane: Any = None
-    gossip: Any = None
-    dns: Any = None
-    identity: Any = None
-    messaging: Any = None
-    catalog: Any = None
-    renewal: Any = None  # sidecar.tls.renewal.Renewer: ``results`` (Counter by outcome), when tls.issuer is set
-    replication: Any = None  # sidecar.catalog.replication: ``refused`` (Counter by reason), ``left_to_push_pull``
 
 
 def _counter(name: str, documentation: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
@@ -225,76 +208,69 @@ class SidecarCollector(Collector):
 
     # ------------------------------------------------------------------------------------ data plane
 
-    def _dataplane(self, dataplane: Any) -> Iterator[Metric]:
+    def _dataplane(self, dataplane: DataPlaneSource | None) -> Iterator[Metric]:
         if dataplane is None:
             return
-        stats = getattr(dataplane, "stats", None)
-        if stats is not None:
-            errors = _counter("sidecar_request_errors", "Requests that did not end cleanly, by listener, service "
-                              "and cause (connect-failure, reset, timeout, protocol-error, local, client-reset, "
-                              "reset-after-response, deadline).", ("listener", "service", "error"))
-            for (listener, service, error), n in sorted(getattr(stats, "errors", {}).items()):
-                errors.add_metric([listener, service, error], n)
-            yield errors
-            denials = _counter("sidecar_authorization_denied", "Inbound requests refused by authorization, by "
-                               "service, caller service and rule.", ("service", "caller", "rule"))
-            for (service, caller, rule), n in sorted(getattr(stats, "denials", {}).items()):
-                denials.add_metric([service, caller, rule], n)
-            yield denials
-            tunnels = _counter("sidecar_tunnels", "TCP tunnels ended, by listener, service and outcome.",
-                               ("listener", "service", "outcome"))
-            for key, n in sorted(getattr(stats, "tunnels", {}).items()):
-                tunnels.add_metric(list(key), n)
-            yield tunnels
-            tunnel_bytes = _counter("sidecar_tunnel_bytes", "Bytes carried by TCP tunnels, by direction (up: to "
-                                    "the service).", ("listener", "service", "direction"))
-            for key, n in sorted(getattr(stats, "tunnel_bytes", {}).items()):
-                tunnel_bytes.add_metric(list(key), n)
-            yield tunnel_bytes
-            no_tls = _counter("sidecar_requests_no_tls", "Outbound requests refused because mTLS is not configured.")
-            no_tls.add_metric([], getattr(stats, "no_tls", 0))
-            yield no_tls
-        pools = getattr(dataplane, "pools", None)
-        if pools is not None:
-            connections = _gauge("sidecar_upstream_connections", "Pooled connections to peer sidecars and local "
-                                 "apps, by state.", ("state",))
-            dialed = _counter("sidecar_upstream_connections_dialed", "Connections dialed by the pools.")
-            idle = busy = dials = 0
-            for pool in list(pools):
-                idle += int(getattr(pool, "idle", 0))
-                busy += int(getattr(pool, "busy", 0))
-                dials += int(getattr(pool, "dialed", 0))
-            connections.add_metric(["idle"], idle)
-            connections.add_metric(["busy"], busy)
-            dialed.add_metric([], dials)
-            yield connections
-            yield dialed
-        inbound = getattr(dataplane, "inbound", None)
+        stats = dataplane.stats
+        errors = _counter("sidecar_request_errors", "Requests that did not end cleanly, by listener, service "
+                          "and cause (connect-failure, reset, timeout, protocol-error, local, client-reset, "
+                          "reset-after-response, deadline).", ("listener", "service", "error"))
+        for (listener, service, error), n in sorted(stats.errors.items()):
+            errors.add_metric([listener, service, error], n)
+        yield errors
+        denials = _counter("sidecar_authorization_denied", "Inbound requests refused by authorization, by "
+                           "service, caller service and rule.", ("service", "caller", "rule"))
+        for (service, caller, rule), n in sorted(stats.denials.items()):
+            denials.add_metric([service, caller, rule], n)
+        yield denials
+        tunnels = _counter("sidecar_tunnels", "TCP tunnels ended, by listener, service and outcome.",
+                           ("listener", "service", "outcome"))
+        for key, n in sorted(stats.tunnels.items()):
+            tunnels.add_metric(list(key), n)
+        yield tunnels
+        tunnel_bytes = _counter("sidecar_tunnel_bytes", "Bytes carried by TCP tunnels, by direction (up: to "
+                                "the service).", ("listener", "service", "direction"))
+        for key, n in sorted(stats.tunnel_bytes.items()):
+            tunnel_bytes.add_metric(list(key), n)
+        yield tunnel_bytes
+        no_tls = _counter("sidecar_requests_no_tls", "Outbound requests refused because mTLS is not configured.")
+        no_tls.add_metric([], stats.no_tls)
+        yield no_tls
+        connections = _gauge("sidecar_upstream_connections", "Pooled connections to peer sidecars and local "
+                             "apps, by state.", ("state",))
+        dialed = _counter("sidecar_upstream_connections_dialed", "Connections dialed by the pools.")
+        idle = busy = dials = 0
+        for pool in list(dataplane.pools):
+            idle += pool.idle
+            busy += pool.busy
+            dials += pool.dialed
+        connections.add_metric(["idle"], idle)
+        connections.add_metric(["busy"], busy)
+        dialed.add_metric([], dials)
+        yield connections
+        yield dialed
+        inbound = dataplane.inbound
         if inbound is not None:
             handshakes = _counter("sidecar_tls_handshakes", "Verified inbound mTLS connections, by caller SPIFFE "
                                   "ID.", ("peer",))
-            for peer, n in sorted(getattr(inbound, "handshakes", {}).items()):
+            for peer, n in sorted(inbound.handshakes.items()):
                 handshakes.add_metric([str(peer)], n)
             yield handshakes
-            for attribute, name, text in (
-                    ("refused", "sidecar_inbound_connections_refused", "Inbound connections refused at the TLS "
-                     "handshake or identity check."),
-                    ("shed", "sidecar_inbound_connections_shed", "Pending inbound TLS handshakes closed to make "
-                     "room for new connections (the per-source and total caps)."),
-                    ("tunnel_refused", "sidecar_inbound_tunnels_refused", "Inbound TCP tunnels refused.")):
-                value = getattr(inbound, attribute, None)
-                if isinstance(value, int):
-                    family = _counter(name, text)
-                    family.add_metric([], value)
-                    yield family
+            for value, name, text in (
+                    (inbound.refused, "sidecar_inbound_connections_refused", "Inbound connections refused at the "
+                     "TLS handshake or identity check."),
+                    (inbound.shed, "sidecar_inbound_connections_shed", "Pending inbound TLS handshakes closed to "
+                     "make room for new connections (the per-source and total caps)."),
+                    (inbound.tunnel_refused, "sidecar_inbound_tunnels_refused", "Inbound TCP tunnels refused.")):
+                family = _counter(name, text)
+                family.add_metric([], value)
+                yield family
 
-    def _resilience(self, dataplane: Any) -> Iterator[Metric]:
-        resilience = getattr(dataplane, "resilience", None)
-        samples_of = getattr(resilience, "samples", None)
-        if samples_of is None:
+    def _resilience(self, dataplane: DataPlaneSource | None) -> Iterator[Metric]:
+        if dataplane is None:
             return
         grouped: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-        for name, labels, value in samples_of(self.telemetry.now()):
+        for name, labels, value in dataplane.resilience.samples(self.telemetry.now()):
             grouped[name].append((labels, value))
         for name, samples in sorted(grouped.items()):
             label_names = sorted({k for labels, _ in samples for k in labels})
@@ -308,33 +284,28 @@ class SidecarCollector(Collector):
                 family.add_metric([labels.get(k, "") for k in label_names], value)
             yield family
 
-    def _tls(self, identity: Any, dataplane: Any) -> Iterator[Metric]:
+    def _tls(self, identity: IdentitySource | None, dataplane: DataPlaneSource | None) -> Iterator[Metric]:
         if identity is None and dataplane is not None:
-            identity = getattr(dataplane, "store", None)
-        refusals = getattr(identity, "refusals", None)
-        if refusals is None:
+            identity = dataplane.store
+        if identity is None:
             return
         failures = _counter("sidecar_tls_handshake_failures", "mTLS handshakes or peer checks that failed, by "
                             "reason (unknown-ca, expired, wrong-service, plaintext...).", ("reason",))
-        for reason, n in sorted(((getattr(k, "value", str(k)), v) for k, v in getattr(refusals, "counts", {}).items())):
+        for reason, n in sorted((k.value, v) for k, v in identity.refusals.counts.items()):
             failures.add_metric([reason], n)
         yield failures
-        rotations = getattr(identity, "rotations", None)
-        if isinstance(rotations, int):
-            family = _counter("sidecar_tls_certificate_reloads", "Certificate changes picked up without a restart.")
-            family.add_metric([], rotations)
-            yield family
-        not_after = getattr(getattr(identity, "identity", None), "not_after", None)
-        if not_after is not None:
-            expiry = _gauge("sidecar_tls_certificate_expiry_timestamp_seconds", "When our current certificate "
-                            "expires (Unix time); alert on time() > this - margin.")
-            expiry.add_metric([], not_after.timestamp())
-            yield expiry
+        family = _counter("sidecar_tls_certificate_reloads", "Certificate changes picked up without a restart.")
+        family.add_metric([], identity.rotations)
+        yield family
+        expiry = _gauge("sidecar_tls_certificate_expiry_timestamp_seconds", "When our current certificate "
+                        "expires (Unix time); alert on time() > this - margin.")
+        expiry.add_metric([], identity.identity.not_after.timestamp())
+        yield expiry
 
     def _renewal(self, sources: Sources) -> Iterator[Metric]:
-        results = getattr(sources.renewal, "results", None)
-        if results is None:
+        if sources.renewal is None:
             return
+        results = sources.renewal.results
         family = _counter("sidecar_tls_certificate_renewals", "Renewals of our own certificate (tls.issuer), by "
                           "result: success, or failure (the current certificate kept serving; retried).", ("result",))
         for result, n in sorted(results.items()):
@@ -343,7 +314,7 @@ class SidecarCollector(Collector):
 
     # ------------------------------------------------------------------------------------ gossip, DNS
 
-    def _gossip(self, gossip: Any) -> Iterator[Metric]:
+    def _gossip(self, gossip: GossipSource | None) -> Iterator[Metric]:
         if gossip is None:
             return
         counters: dict[str, int] = gossip.counters()
@@ -359,7 +330,7 @@ class SidecarCollector(Collector):
         yield refused
         members = _gauge("sidecar_gossip_members", "Members of the gossip pool known to this node, by state.",
                          ("state",))
-        by_state = Counter(str(getattr(m, "state", "unknown")) for m in gossip.members())
+        by_state = Counter(str(m.state) for m in gossip.members())
         for state in ("alive", "suspect", "dead", "left"):
             by_state.setdefault(state, 0)
         for state, n in sorted(by_state.items()):
@@ -375,11 +346,10 @@ class SidecarCollector(Collector):
             score.add_metric([], counters["health_score"])
             yield score
 
-    def _dns(self, dns: Any) -> Iterator[Metric]:
-        counters = getattr(dns, "counters", None)
-        if counters is None:
+    def _dns(self, dns: DnsSource | None) -> Iterator[Metric]:
+        if dns is None:
             return
-        data: dict[str, Any] = counters.as_dict()
+        data = dns.counters.as_dict()
         responses = _counter("sidecar_dns_responses", "DNS responses sent, by rcode.", ("rcode",))
         for rcode, n in sorted(data.get("queries_by_rcode", {}).items()):
             responses.add_metric([rcode], n)
@@ -392,10 +362,10 @@ class SidecarCollector(Collector):
 
     # ------------------------------------------------------------------------------------ messaging, catalog
 
-    def _messaging(self, messaging: Any) -> Iterator[Metric]:
+    def _messaging(self, messaging: MessagingSource | None) -> Iterator[Metric]:
         if messaging is None:
             return
-        counters: dict[str, int] = dict(getattr(messaging, "counters", {}))
+        counters = dict(messaging.counters)
         for key, text in _MESSAGING_COUNTERS.items():
             family = _counter(f"sidecar_messages_{key}", text)
             family.add_metric([], counters.get(key, 0))
@@ -405,11 +375,19 @@ class SidecarCollector(Collector):
             if key.startswith("dead_lettered:"):
                 dead.add_metric([key.partition(":")[2]], n)
         yield dead
-        status_of = getattr(messaging, "status", None)
-        status: dict[str, Any] = status_of() if callable(status_of) else {}
+        status = messaging.status()
         backlog = _gauge("sidecar_messages_backlog", "Messages stored and not yet settled by every subscriber.")
         backlog.add_metric([], status.get("pending", 0))
         yield backlog
+        fsyncs = _counter("sidecar_messages_store_fsyncs", "fsyncs of the message store (one per group commit "
+                          "that wrote, two per checkpoint); divided by sidecar_messages_stored, the cost of "
+                          "durability per message.")
+        fsyncs.add_metric([], status.get("fsyncs", 0))
+        yield fsyncs
+        stored = _counter("sidecar_messages_stored", "Messages made durable in the message store: published by "
+                          "this node's apps, or received for its stream readers.")
+        stored.add_metric([], status.get("durableMessages", 0))
+        yield stored
         letters = _gauge("sidecar_messages_dead_letters", "Dead letters stored now.")
         letters.add_metric([], status.get("deadLetters", 0))
         yield letters
@@ -429,20 +407,19 @@ class SidecarCollector(Collector):
                 refused.add_metric([key.partition(":")[2]], n)
         yield refused
 
-    def _catalog(self, catalog: Any) -> Iterator[Metric]:
+    def _catalog(self, catalog: CatalogSource | None) -> Iterator[Metric]:
         if catalog is None:
             return
         instances = _gauge("sidecar_catalog_instances", "Service instances in the mesh-wide catalog, by service "
                            "and health.", ("service", "status"))
         counts: Counter[tuple[str, str]] = Counter()
         for instance in catalog.snapshot().instances:
-            status = getattr(instance.status, "value", instance.status)
-            counts[instance.name, str(status)] += 1
+            counts[instance.name, instance.status.value] += 1
         for key, n in sorted(counts.items()):
             instances.add_metric(list(key), n)
         yield instances
 
-    def _claims(self, replication: Any) -> Iterator[Metric]:
+    def _claims(self, replication: ReplicationSource | None) -> Iterator[Metric]:
         if replication is None:
             return
         refused = _counter("sidecar_catalog_claims_refused", "Peers' catalog claims not kept, by reason (unsigned,"

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -258,7 +257,7 @@ def issue_from(
     valid_until = (not_before if not_before is not None else start) + dt.timedelta(seconds=float(ttl))
     if not_before is None and valid_until > ca.certificate.not_valid_after_utc:
         raise CertificateError(
-            f"ttl {Duration(ttl).to_text()} runs past the CA's expiry at {_iso(ca.certificate.not_valid_after_utc)};"
+            f"ttl {Duration(ttl).to_text()} runs past the CA's expiry at {iso_utc(ca.certificate.not_valid_after_utc)};"
             " choose a shorter --ttl or make a new CA"
         )
     spiffe_id = SpiffeId.for_service(ca.trust_domain, service).to_text()
@@ -340,7 +339,7 @@ def init_ca(
                     f"{path} already exists; every certificate of the mesh chains to it, so it is not replaced."
                     " Remove it first or choose another directory"
                 )
-    ca = make_ca(trust_domain, _ttl(ttl), now=now)
+    ca = make_ca(trust_domain, ttl_seconds(ttl), now=now)
     _ensure_directory(folder)
     write_file(paths.key, _key_pem(ca.key), _KEY_MODE)
     write_file(paths.cert, ca.certificate.public_bytes(serialization.Encoding.PEM), _CERT_MODE)
@@ -364,7 +363,7 @@ def issue(
     keeps its current identity until both are new (see ``reloader``).
     """
     ca = CertificateAuthority.load(directory)
-    issued = issue_from(ca, service, _ttl(ttl), dns_names=dns_names, ip_addresses=ip_addresses, now=now)
+    issued = issue_from(ca, service, ttl_seconds(ttl), dns_names=dns_names, ip_addresses=ip_addresses, now=now)
     return write_issued(issued, out_directory if out_directory is not None else directory, service)
 
 
@@ -428,7 +427,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _ttl(ttl: float | str) -> float:
+def ttl_seconds(ttl: float | str) -> float:
+    """A certificate lifetime (``24h``, or seconds) as seconds; a CertificateError when it is not one."""
     try:
         value = float(Duration.from_text(ttl))
     except ValueError as exc:
@@ -444,72 +444,6 @@ def _utc(when: dt.datetime | None) -> dt.datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
-def _iso(when: dt.datetime) -> str:
+def iso_utc(when: dt.datetime) -> str:
+    """``2026-11-27T05:08:59Z``: how certificate times are shown."""
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ------------------------------------------------------------------------------------------- command line
-
-
-def cmd_certs_init(directory: str, trust_domain: str) -> int:
-    """``sidecar certs init --dir DIR --trust-domain TD``: 0 written, 2 bad usage, 1 failure."""
-    try:
-        validate_trust_domain(trust_domain)
-    except SpiffeIdError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        paths = init_ca(directory, trust_domain)
-    except CertificateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    ca = load_certificate(paths.cert)
-    print(f"CA for trust domain {trust_domain}, valid until {_iso(ca.not_valid_after_utc)}")
-    print(f"wrote {paths.cert}")
-    print(f"wrote {paths.key} (private key, mode 0600: keep it safe)")
-    return 0
-
-
-MAX_COMPLIANT_TTL = 366 * 86400   # Mozilla's intermediate profile: certificate lifetime at most 366 days
-
-
-def cmd_certs_issue(services: str | Sequence[str], directory: str, ttl: str = "24h") -> int:
-    """``sidecar certs issue SERVICE [SERVICE...] --dir DIR [--ttl 24h]``: one certificate and key per service
-    (an X.509-SVID names exactly one service); 0 written, 2 bad usage, 1 failure. With several services, the
-    lines to paste into ``tls.identities`` are printed too."""
-    names = [services] if isinstance(services, str) else list(services)
-    try:
-        for service in names:
-            validate_service_name(service)
-        seconds = _ttl(ttl)
-    except (SpiffeIdError, CertificateError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if len(set(names)) != len(names):
-        print("error: a service is named twice; each gets one certificate", file=sys.stderr)
-        return 2
-    if not (Path(directory) / CA_CERT_FILE).exists():
-        print(f"error: no CA in {directory} ({CA_CERT_FILE} is missing); run `sidecar certs init`", file=sys.stderr)
-        return 1
-    if seconds > MAX_COMPLIANT_TTL:
-        print(f"warning: --ttl {ttl} is over 366 days: Mozilla's TLS profiles (and sslyze) call such a certificate"
-              " non-compliant; prefer short certificates renewed by tls.issuer", file=sys.stderr)
-    written: list[tuple[str, CertPaths]] = []
-    for service in names:
-        try:
-            paths = issue(service, directory, seconds)
-            leaf = load_certificate(paths.cert)
-        except CertificateError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"{spiffe_ids(leaf)[0]}, serial {leaf.serial_number:x}, valid until {_iso(leaf.not_valid_after_utc)}")
-        print(f"wrote {paths.cert}")
-        print(f"wrote {paths.key} (private key, mode 0600)")
-        written.append((service, paths))
-    if len(written) > 1:
-        first, rest = written[0], written[1:]
-        print(f"for one node hosting them all: tls: {{cert: {first[1].cert}, key: {first[1].key}, identities: [")
-        for service, paths in rest:
-            print(f"  {{service: {service}, cert: {paths.cert}, key: {paths.key}}},")
-        print("]}")
-    return 0

@@ -1,7 +1,7 @@
 """Where a renewed certificate comes from (``tls.issuer``): a local CA key, or a command.
 
-Both make a :class:`NewPair` (PEM bytes in memory) for a :class:`Wanted` identity and never touch
-``tls.cert``/``tls.key`` themselves: the renewal driver (:mod:`sidecar.tls.renewal`) checks the pair first and
+Both make a :class:`NewPair` (PEM bytes in memory) for a :class:`WantedIdentity` identity and never touch
+``tls.cert``/``tls.key`` themselves: the renewal driver (:mod:`sidecar.tls.renewer`) checks the pair first and
 only then writes the files, so a bad issuer can never leave a bad certificate where the next start reads it.
 
 The command is run by ``/bin/sh`` with its own process group (killed whole at the timeout), no stdin, and
@@ -41,7 +41,7 @@ OUTPUT_TAIL = 400
 
 
 @dataclass(frozen=True, slots=True)
-class Wanted:
+class WantedIdentity:
     """The identity a new certificate must carry: our current one, with its other names."""
 
     spiffe_id: str
@@ -51,7 +51,7 @@ class Wanted:
     ip_addresses: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, identity: PeerIdentity, leaf: x509.Certificate | None, ttl: float) -> Wanted:
+    def of(cls, identity: PeerIdentity, leaf: x509.Certificate | None, ttl: float) -> WantedIdentity:
         dns: tuple[str, ...] = ()
         ips: tuple[str, ...] = ()
         if leaf is not None:
@@ -79,7 +79,7 @@ class NewPair:
 class Issuer(Protocol):
     name: str  # ca_key | command, as in tls.issuer
 
-    async def obtain(self, wanted: Wanted, timeout: float) -> NewPair:
+    async def obtain(self, wanted: WantedIdentity, timeout: float) -> NewPair:
         """A new certificate and key for ``wanted``, or :class:`IssuerError` saying what failed."""
         ...
 
@@ -108,11 +108,11 @@ class LocalCa:
                               f" {ca.trust_domain}, not ours ({self.trust_domain}, tls.trust_domain)")
         return ca
 
-    async def obtain(self, wanted: Wanted, timeout: float) -> NewPair:
+    async def obtain(self, wanted: WantedIdentity, timeout: float) -> NewPair:
         # key generation, signing and reading the CA are blocking: off the loop the data plane runs on
         return await asyncio.to_thread(self._issue, wanted)
 
-    def _issue(self, wanted: Wanted) -> NewPair:
+    def _issue(self, wanted: WantedIdentity) -> NewPair:
         ca = self.load()
         try:
             issued = certs.issue_from(ca, wanted.service, wanted.ttl, dns_names=wanted.dns_names,
@@ -135,7 +135,7 @@ class ShellCommand:
         self.ca_path = ca_path
         self.staging_parent = staging_parent
 
-    async def obtain(self, wanted: Wanted, timeout: float) -> NewPair:
+    async def obtain(self, wanted: WantedIdentity, timeout: float) -> NewPair:
         try:
             staging = Path(tempfile.mkdtemp(prefix=".sidecar-renew-", dir=self.staging_parent))
         except OSError as exc:

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-A pure core (:class:`RotationCore`) is fed what the files hold now (a digest of each) and the time; it
-answers with commands: :class:`Reload` the identity (cert + key) and/or the trust (CA), or :class:`Warn`.
-The driver (:class:`IdentityStore`) reads the files, runs the commands and reports back.
+A pure core (:class:`~sidecar.tls.reload.ReloadCore`, in :mod:`sidecar.tls.reload`) is fed what the files
+hold now (a digest of each) and the time; it answers with commands: ``Reload`` the identity (cert + key)
+and/or the trust (CA), or ``Warn``. This module is its asyncio driver: :class:`IdentityStore` reads the
+files, runs the commands and reports back.
 
 * Files are compared by content digest, not mtime: a rewrite within one mtime tick is still seen, and a
   ``touch`` alone reloads nothing.
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import enum
 import hashlib
 import logging
 import os
@@ -56,166 +56,20 @@ from sidecar.tls.context import MeshContext, SessionCache
 from sidecar.tls.errors import CertificateError, PeerRefused
 from sidecar.tls.handshake import Handler, MtlsServer, RefusalLog, accept_socket, connect_stream, serve
 from sidecar.tls.identity import PeerIdentity, identity_of
-from sidecar.tls.schedule import lifetime_start
+from sidecar.tls.reload import (
+    RENEWED_BY_ISSUER,
+    Command,
+    FileDigests,
+    MaterialChange,
+    ReloadCore,
+    RotationPolicy,
+    Warn,
+)
+from sidecar.tls.renewal import lifetime_start
 
 log = logging.getLogger("sidecar.tls")
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
-
-
-# ------------------------------------------------------------------------------------------ the pure core
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What the three files hold: a digest each, None when missing or unreadable."""
-
-    ca: str | None
-    cert: str | None
-    key: str | None
-
-    @property
-    def complete(self) -> bool:
-        return None not in (self.ca, self.cert, self.key)
-
-
-class Change(enum.Flag):
-    NONE = 0
-    IDENTITY = enum.auto()  # the certificate or its key
-    TRUST = enum.auto()  # the CA
-
-
-class ExpiryState(enum.Enum):
-    OK = "ok"
-    EXPIRING = "expiring"
-    EXPIRED = "expired"
-
-
-@dataclass(frozen=True, slots=True)
-class RotationPolicy:
-    # how often the files are read; rotation takes effect within this time
-    poll_interval: float = 2.0
-    # warn when less than this fraction of the certificate's lifetime remains (cert-manager renews at 1/3)
-    warn_fraction: float = 0.2
-    # repeat the expiry warning this often, so it is in the recent log whenever someone looks
-    repeat_every: float = 3600.0
-    # a bad pair of files is normal for a moment during a rotation; warn if it lasts this long
-    settle: float = 10.0
-    # what the expiry warnings tell the operator to do (with tls.issuer: RENEWED_BY_ISSUER)
-    remedy: str = "issue a new one (`sidecar certs issue`): it is picked up without a restart"
-
-
-RENEWED_BY_ISSUER = ("tls.issuer renews it and logs why if it cannot: then fix tls.issuer, or write new files to"
-                     " tls.cert and tls.key (picked up without a restart)")
-
-
-@dataclass(frozen=True, slots=True)
-class Reload:
-    change: Change
-    snapshot: Snapshot
-
-
-@dataclass(frozen=True, slots=True)
-class Warn:
-    message: str
-    level: int = logging.WARNING
-
-
-Command = Reload | Warn
-
-
-def plan(loaded: Snapshot, seen: Snapshot) -> Change:
-    """What changed between what is loaded and what the files hold now."""
-    change = Change.NONE
-    if (seen.cert, seen.key) != (loaded.cert, loaded.key):
-        change |= Change.IDENTITY
-    if seen.ca != loaded.ca:
-        change |= Change.TRUST
-    return change
-
-
-def expiry_state(not_before: float, not_after: float, now: float, warn_fraction: float) -> ExpiryState:
-    remaining = not_after - now
-    if remaining <= 0:
-        return ExpiryState.EXPIRED
-    if remaining < warn_fraction * max(not_after - not_before, 0.0):
-        return ExpiryState.EXPIRING
-    return ExpiryState.OK
-
-
-def describe_remaining(seconds: float) -> str:
-    seconds = max(seconds, 0.0)
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.1f} hours"
-    if seconds >= 120:
-        return f"{seconds / 60:.0f} minutes"
-    return f"{seconds:.0f} seconds"  # short-lived certificates: "0 minutes" would say nothing
-
-
-@dataclass
-class RotationCore:
-    """Decides when to reload and when to warn; time is passed in (epoch seconds)."""
-
-    loaded: Snapshot
-    not_before: float
-    not_after: float
-    policy: RotationPolicy = field(default_factory=RotationPolicy)
-    failed: Snapshot | None = None
-    failed_since: float = 0.0
-    failure: str = ""
-    failure_warned: bool = False
-    expiry: ExpiryState = ExpiryState.OK
-    expiry_warned_at: float | None = None
-
-    def on_poll(self, seen: Snapshot, now: float) -> list[Command]:
-        out: list[Command] = []
-        change = plan(self.loaded, seen)
-        if not change:
-            self.failed, self.failure, self.failure_warned = None, "", False
-        elif not seen.complete:  # mid-rename, or deleted: nothing to load; the current identity serves on
-            self._note_failure(seen, "a certificate, key or CA file is missing or unreadable", now)
-        elif seen != self.failed:
-            out.append(Reload(change, seen))
-        if change and seen == self.failed and not self.failure_warned and now - self.failed_since >= self.policy.settle:
-            self.failure_warned = True
-            out.append(Warn(f"keeping the current certificate: the new files are not usable ({self.failure})"))
-        out += self._expiry(now)
-        return out
-
-    def _note_failure(self, snapshot: Snapshot, error: str, now: float) -> None:
-        if snapshot != self.failed:
-            self.failed, self.failed_since, self.failure, self.failure_warned = snapshot, now, error, False
-
-    def on_loaded(self, snapshot: Snapshot, not_before: float, not_after: float, now: float) -> list[Command]:
-        self.loaded, self.not_before, self.not_after = snapshot, not_before, not_after
-        self.failed, self.failure, self.failure_warned = None, "", False
-        self.expiry, self.expiry_warned_at = ExpiryState.OK, None
-        return self._expiry(now)
-
-    def on_failed(self, snapshot: Snapshot, error: str, now: float) -> list[Command]:
-        self._note_failure(snapshot, error, now)
-        if self.policy.settle <= 0 and not self.failure_warned:
-            self.failure_warned = True
-            return [Warn(f"keeping the current certificate: the new files are not usable ({error})")]
-        return []
-
-    def _expiry(self, now: float) -> list[Command]:
-        state = expiry_state(self.not_before, self.not_after, now, self.policy.warn_fraction)
-        changed = state != self.expiry
-        self.expiry = state
-        if state is ExpiryState.OK:
-            return []
-        due = self.expiry_warned_at is None or now - self.expiry_warned_at >= self.policy.repeat_every
-        if not (changed or due):
-            return []
-        self.expiry_warned_at = now
-        when = dt.datetime.fromtimestamp(self.not_after, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if state is ExpiryState.EXPIRED:
-            return [Warn(f"our certificate expired at {when}: peers refuse us; {self.policy.remedy}", logging.ERROR)]
-        return [Warn(f"our certificate expires at {when}, in {describe_remaining(self.not_after - now)};"
-                     f" {self.policy.remedy}")]
 
 
 # ------------------------------------------------------------------------------------------ reading files
@@ -241,8 +95,8 @@ class Bundle:
     key: bytes | None
 
     @property
-    def snapshot(self) -> Snapshot:
-        return Snapshot(_digest(self.ca), _digest(self.cert), _digest(self.key))
+    def snapshot(self) -> FileDigests:
+        return FileDigests(_digest(self.ca), _digest(self.cert), _digest(self.key))
 
     def __repr__(self) -> str:  # never show the key
         return f"Bundle(snapshot={self.snapshot})"
@@ -344,10 +198,10 @@ class TlsMaterial:
     client_context: MeshContext
     identity: PeerIdentity  # our own
     not_before: dt.datetime
-    snapshot: Snapshot
+    snapshot: FileDigests
     # the client context for raw TCP tunnels (ALPN sidecar-tcp/1), with its own session cache
     tunnel_context: MeshContext | None = None
-    # our certificate itself: its other SANs are kept when it is renewed (sidecar.tls.renewal)
+    # our certificate itself: its other SANs are kept when it is renewed (sidecar.tls.renewer)
     leaf: x509.Certificate | None = None
     # its private key: signs this node's catalog statement about the service (sidecar.catalog.signing)
     key: ec.EllipticCurvePrivateKey | None = field(default=None, repr=False)
@@ -379,7 +233,7 @@ class IdentityStore:
         self.last_error: str | None = None
         self._diagnose = diagnose
         start, end = material.not_before.timestamp(), material.identity.not_after.timestamp()
-        self.core = RotationCore(material.snapshot, start, end, policy)
+        self.core = ReloadCore(material.snapshot, start, end, policy)
         # every identity this sidecar holds, by service (lower case), this one included: one SVID per hosted
         # service (SPEC: Identity); the inbound picks one by SNI, the catalog signs with each
         self.hosted: dict[str, IdentityStore] = {material.identity.service.lower(): self}
@@ -395,7 +249,7 @@ class IdentityStore:
         if isinstance(paths, TlsConfig):
             identities = tuple(paths.identities)
             trust_domain = trust_domain or paths.trust_domain
-            if paths.issuer is not None:  # the sidecar renews its own certificate (sidecar.tls.renewal)
+            if paths.issuer is not None:  # the sidecar renews its own certificate (sidecar.tls.renewer)
                 policy = replace(policy or RotationPolicy(), remedy=RENEWED_BY_ISSUER)
             paths = TlsPaths.from_config(paths)
         if trust_domain is None:
@@ -581,18 +435,18 @@ class IdentityStore:
         self.last_error = None
         self.rotations += 1
         log.warning("reloaded %s: %s serial %s -> %s, valid until %s",
-                    "the CA and certificate" if Change.TRUST in command.change else "the certificate",
+                    "the CA and certificate" if MaterialChange.TRUST in command.change else "the certificate",
                     checked.identity.spiffe_id, old.serial_hex, checked.identity.serial_hex,
                     checked.identity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"))
         # a certificate that arrives now lives from now: its issuer's backdating is not lifetime (a renewed
-        # 30 s certificate backdated 5 min is not "expiring" the moment it is loaded; see sidecar.tls.schedule)
+        # 30 s certificate backdated 5 min is not "expiring" the moment it is loaded; see sidecar.tls.renewal)
         start = lifetime_start(checked.leaf.not_valid_before_utc.timestamp(), now, obtained=True)
         for follow in self.core.on_loaded(command.snapshot, start, checked.identity.not_after.timestamp(), now):
             self._run(follow, bundle)
         if self.on_rotate is not None:
             self.on_rotate(self.material)
 
-    def _apply(self, change: Change, bundle: Bundle, checked: Checked) -> None:
+    def _apply(self, change: MaterialChange, bundle: Bundle, checked: Checked) -> None:
         assert bundle.ca is not None and bundle.cert is not None and bundle.key is not None
         old = self.material
         # New contexts for every change: a new server context has new session-ticket keys, so clients cannot
@@ -605,9 +459,9 @@ class IdentityStore:
             for ctx in (old.server_context, old.server_context.twin, old.client_context, old.tunnel_context):
                 if ctx is None:
                     continue
-                if Change.IDENTITY in change:
+                if MaterialChange.IDENTITY in change:
                     context.load_identity(ctx, cert_path, key_path)
-                if Change.TRUST in change:
+                if MaterialChange.TRUST in change:
                     context.load_ca(ctx, cadata=bundle.ca.decode("ascii", "replace"))
         self.sessions.forget()
         self.material = new

@@ -1,197 +1,154 @@
-"""The sidecar renews its own certificate (``tls.issuer``): the asyncio driver of :mod:`sidecar.tls.schedule`.
+"""When to renew our own certificate, and how to retry: a pure core, time passed in (epoch seconds).
 
-    renewer = Renewer.from_config(config.tls, store, clock)     # None without tls.issuer
-    task = asyncio.create_task(renewer.run())                    # next to store.watch()
+Theory of operation
+-------------------
+The driver (:mod:`sidecar.tls.renewer`) tells the core which certificate is current
+(:meth:`RenewalCore.on_certificate`), calls :meth:`RenewalCore.on_tick` now and then, and gets back a
+:class:`Renew` command when one is due; it reports the outcome with :meth:`~RenewalCore.on_renewed` or
+:meth:`~RenewalCore.on_failed`, which answer with :class:`Log` commands saying what happened and what to do.
 
-At the time the schedule says, one attempt:
-
-1. ask the issuer (:mod:`sidecar.tls.issuers`: the local CA key, or the command) for a new key and certificate
-   with the SAME identity: the SPIFFE ID of the current certificate, and its DNS and IP names;
-2. check the pair in memory exactly as the identity store will (key matches, signed by a CA in ``tls.ca``, one
-   SPIFFE ID of our trust domain, valid now) and that it is still our SPIFFE ID;
-3. write ``tls.key`` then ``tls.cert``, each atomically (temporary file, fsync, rename, directory fsync; the key
-   0600 from its first byte), so that a restart finds the new pair;
-4. make the :class:`~sidecar.tls.reloader.IdentityStore` load it at once (it checks it again before the swap):
-   new handshakes present the new certificate, connections already open keep theirs.
-
-Any failure leaves the current certificate serving; it is logged with its cause and retried with back-off.
-A certificate replaced by another tool while we run (the store's file watch) is noticed and rescheduled.
+* A certificate is due at ``renew_at`` of its lifetime, ``start + renew_at * (not_after - start)``: 70% by
+  default (cert-manager renews at 2/3, SPIRE at 1/2), leaving 30% of the lifetime for retries.
+* Issuers backdate ``not_before`` so that a peer whose clock lags still accepts the certificate (sidecar's own
+  CA by 5 minutes, step-ca by 1). For a short certificate this dominates: a 30 s certificate backdated 5 min
+  is "valid" for 330 s of which 300 were past when it was made, so 70% of that lies in the past at once.
+  Backdating is not lifetime, so for a certificate we *obtained* (renewed, or written by another tool while
+  we ran) the lifetime counts from when we got it (:func:`lifetime_start`); without that every renewal of a
+  short backdated certificate would be due at once, a busy loop against the CA. A certificate found at
+  start counts from its ``not_before``: we cannot tell backdating from age, and the safe error is one early
+  renewal (a 30 s certificate backdated 5 min is renewed right at start), not a late one.
+* A failed attempt keeps the current certificate (the driver never swaps in anything unverified) and is
+  retried after ``retry_base`` doubling per failure up to ``retry_max``; while the certificate is valid a
+  retry never waits more than half of what is left, so tries get denser toward expiry instead of jumping
+  past it. Each failure is logged: a warning while there is time; an error once less than half of the
+  renewal window (from the due time to expiry) remains, when the next try would fall after expiry, or
+  once the certificate has expired.
 """
 
 from __future__ import annotations
 
-import asyncio
+import datetime as dt
 import logging
-from collections import Counter
-from pathlib import Path
-from typing import Any
-
-from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.config.model import TlsConfig
-from sidecar.log import fields
-from sidecar.tls import certs
-from sidecar.tls.errors import CertificateError, IssuerError
-from sidecar.tls.identity import PeerIdentity
-from sidecar.tls.issuers import Issuer, LocalCa, ShellCommand, Wanted
-from sidecar.tls.reloader import Bundle, IdentityStore, TlsPaths, validate
-from sidecar.tls.schedule import Log, Renew, RenewalCore, RenewalPolicy, iso
-
-log = logging.getLogger("sidecar.tls")
-
-_KEY_MODE = 0o600
-_CERT_MODE = 0o644
-# the loop wakes at least this often: to notice a certificate another tool wrote, and a wall clock that jumped
-MAX_NAP = 1.0
-# a command gets this long, and never more than half of what the current certificate has left (at least
-# MIN_COMMAND_TIMEOUT): a hung command must leave time for retries
-COMMAND_TIMEOUT = 60.0
-MIN_COMMAND_TIMEOUT = 5.0
+import math
+from dataclasses import dataclass, field
 
 
-def command_timeout(remaining: float) -> float:
-    return min(COMMAND_TIMEOUT, max(MIN_COMMAND_TIMEOUT, remaining / 2.0))
+@dataclass(frozen=True, slots=True)
+class RenewalPolicy:
+    # fraction of the certificate's lifetime after which it is renewed (tls.issuer.renew_at)
+    renew_at: float = 0.7
+    # first retry after a failure; doubles with each failure. A second is enough for a transient CA or
+    # disk error and still gives a 30 s certificate a dozen tries in its last 9 seconds
+    retry_base: float = 1.0
+    # retries are never further apart than this (before expiry also never past half of what remains)
+    retry_max: float = 300.0
 
 
-class Renewer:
-    """Keeps our certificate fresh; ``results`` counts attempts by outcome (``success``, ``failure``)."""
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """Obtain a new certificate for our identity now; ``attempt`` counts from 1 since the last success."""
 
-    def __init__(self, store: IdentityStore, issuer: Issuer, ttl: float, *, policy: RenewalPolicy | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
-        self.store = store
-        self.issuer = issuer
-        self.ttl = ttl
-        self.clock = clock
-        self.core = RenewalCore(policy or RenewalPolicy())
-        self.results: Counter[str] = Counter({"success": 0, "failure": 0})
-        self.last_renewed: float | None = None
-        material = store.material
-        self._serial = material.identity.serial
-        self.core.on_certificate(material.not_before.timestamp(), material.identity.not_after.timestamp(),
-                                 clock.wall(), obtained=False)
+    attempt: int
 
-    @classmethod
-    def from_config(cls, tls: TlsConfig, store: IdentityStore, clock: Clock = SYSTEM_CLOCK) -> Renewer | None:
-        """A renewer for ``tls.issuer``, or None when another tool renews the files. A CA key that cannot sign
-        for our trust domain is refused here, at start (:class:`IssuerError`), not at the first renewal."""
-        issuer_config = tls.issuer
-        if issuer_config is None:
-            return None
-        issuer: Issuer
-        if issuer_config.ca_key is not None:
-            local = LocalCa(Path(issuer_config.ca_cert or tls.ca), Path(issuer_config.ca_key), tls.trust_domain)
-            local.load()
-            issuer = local
-        elif issuer_config.command is not None:
-            issuer = ShellCommand(issuer_config.command, Path(tls.ca), Path(tls.key).parent)
-        else:  # load.py refuses this; a config built in code might not have gone through it
-            raise IssuerError("tls.issuer: needs exactly one of ca_key or command")
-        return cls(store, issuer, float(issuer_config.ttl), policy=RenewalPolicy(renew_at=issuer_config.renew_at),
-                   clock=clock)
 
-    # ------------------------------------------------------------------------------------ the loop
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: int
+    message: str
 
-    async def run(self) -> None:
-        """Renew whenever due, until cancelled. Nothing that goes wrong in an attempt ends the loop."""
-        material = self.store.material
-        due = self.core.due
-        log.info("certificate renewal on", extra=fields(
-            issuer=self.issuer.name, spiffe_id=material.identity.spiffe_id, serial=material.identity.serial_hex,
-            valid_until=iso(material.identity.not_after.timestamp()),
-            next_renewal=iso(due) if due > self.clock.wall() else "now", ttl=f"{self.ttl:g}s"))
-        while True:
-            now = self.clock.wall()
-            self._notice_replacement(now)
-            for command in self.core.on_tick(now):
-                if isinstance(command, Renew):
-                    await self._attempt(command)
-            await self.clock.sleep(min(max(self.core.due - self.clock.wall(), 0.0), MAX_NAP))
 
-    def _notice_replacement(self, now: float) -> None:
-        material = self.store.material
-        if material.identity.serial == self._serial or self.core.renewing:
-            return
-        self._serial = material.identity.serial
-        self.core.on_certificate(material.not_before.timestamp(), material.identity.not_after.timestamp(), now,
-                                 obtained=True)
-        log.info("our certificate was replaced by new files; renewal rescheduled",
-                 extra=fields(serial=material.identity.serial_hex, next_renewal=iso(self.core.due)))
+Command = Renew | Log
 
-    async def _attempt(self, command: Renew) -> None:
-        old = self.store.identity
-        try:
-            new = await self.renew_once()
-        except asyncio.CancelledError:
-            raise
-        except (CertificateError, OSError) as exc:
-            error = str(exc)
-        except Exception as exc:  # a bug must not end renewal: it is logged and retried like any failure
-            log.exception("certificate renewal hit an unexpected error")
-            error = f"unexpected error {exc!r}"
-        else:
-            now = self.clock.wall()
-            self.results["success"] += 1
-            self.last_renewed = now
-            self._serial = new.serial
-            self.core.on_renewed(self.store.material.not_before.timestamp(), new.not_after.timestamp(), now)
-            log.info("renewed our certificate", extra=fields(
-                spiffe_id=new.spiffe_id, serial=f"{old.serial_hex}->{new.serial_hex}",
-                valid_until=iso(new.not_after.timestamp()), next_renewal=iso(self.core.due),
-                issuer=self.issuer.name, attempt=command.attempt))
-            return
-        self.results["failure"] += 1
-        for out in self.core.on_failed(error, self.clock.wall()):
-            if isinstance(out, Log):
-                log.log(out.level, "%s", out.message)
 
-    # ------------------------------------------------------------------------------------ one renewal
+def lifetime_start(not_before: float, seen_at: float, *, obtained: bool) -> float:
+    """Where a certificate's lifetime is counted from (see the module): ``seen_at`` is when we got it
+    (``obtained``) or found it at start."""
+    return max(not_before, seen_at) if obtained else not_before
 
-    async def renew_once(self) -> PeerIdentity:
-        """One renewal now; the identity now in use, or :class:`CertificateError` (nothing changed in memory)."""
-        material = self.store.material
-        current = material.identity
-        wanted = Wanted.of(current, material.leaf, self.ttl)
-        remaining = current.not_after.timestamp() - self.clock.wall()
-        pair = await self.issuer.obtain(wanted, command_timeout(remaining))
-        paths = self.store.paths
-        ca = await asyncio.to_thread(_read_ca, paths.ca)
-        # the same checks the store makes before a swap, on the bytes in memory, before anything is written;
-        # the names say where the bytes came from, not the files they are not yet in
-        source = TlsPaths(paths.ca, Path(f"the certificate from {pair.source}"), Path(f"the key from {pair.source}"))
-        checked = validate(Bundle(ca, pair.cert_pem, pair.key_pem), source, self.store.trust_domain,
-                           self.clock.wall())
-        if checked.identity.spiffe_id != current.spiffe_id:
-            raise IssuerError(f"{pair.source} made a certificate for {checked.identity.spiffe_id}, not for our"
-                              f" {current.spiffe_id}: a renewal must keep the identity")
-        await asyncio.to_thread(_write_pair, paths, pair.cert_pem, pair.key_pem)
-        self.store.poll()  # take it now rather than at the next poll of the files; it checks the pair again
-        if self.store.identity.serial != checked.identity.serial:
-            raise IssuerError(f"the new certificate was written to {paths.cert} but not loaded:"
-                              f" {self.store.last_error or 'the files changed again meanwhile'}")
-        return self.store.identity
 
-    # ------------------------------------------------------------------------------------ admin, metrics
+def renewal_time(start: float, not_after: float, renew_at: float) -> float:
+    """When a certificate whose lifetime counts from ``start`` is due."""
+    return start + renew_at * max(not_after - start, 0.0)
 
-    def status(self) -> dict[str, Any]:
-        now = self.clock.wall()
+
+def retry_delay(failures: int, remaining: float, policy: RenewalPolicy) -> float:
+    """Seconds before the next try after ``failures`` consecutive failures, ``remaining`` seconds before expiry."""
+    delay = min(policy.retry_base * 2.0 ** max(failures - 1, 0), policy.retry_max)
+    if remaining > 0:
+        delay = min(delay, max(remaining / 2.0, policy.retry_base))
+    return delay
+
+
+def describe_span(seconds: float) -> str:
+    """A duration for a log line: ``9.0s``, ``14m``, ``16.8h``, ``3.0 days``."""
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RenewalCore:
+    """Decides when to renew and how loudly to complain; see the module."""
+
+    policy: RenewalPolicy = field(default_factory=RenewalPolicy)
+    not_before: float = 0.0
+    not_after: float = 0.0
+    due: float = math.inf  # nothing is due before a certificate is known
+    scheduled: float = math.inf  # when the current certificate was due before any failure moved ``due``
+    failures: int = 0
+    renewing: bool = False
+    last_error: str | None = None
+
+    def on_certificate(self, not_before: float, not_after: float, now: float, *, obtained: bool) -> None:
+        """A certificate became current: found at start (``obtained=False``), or got at ``now``."""
+        self.not_before, self.not_after = not_before, not_after
+        self.failures, self.last_error = 0, None
+        start = lifetime_start(not_before, now, obtained=obtained)
+        self.due = self.scheduled = renewal_time(start, not_after, self.policy.renew_at)
+
+    def on_tick(self, now: float) -> list[Command]:
+        if self.renewing or now < self.due:
+            return []
+        self.renewing = True  # one attempt at a time; the driver answers with on_renewed or on_failed
+        return [Renew(self.failures + 1)]
+
+    def on_renewed(self, not_before: float, not_after: float, now: float) -> list[Command]:
+        self.renewing = False
+        self.on_certificate(not_before, not_after, now, obtained=True)
+        return []
+
+    def on_failed(self, error: str, now: float) -> list[Command]:
+        self.renewing = False
+        self.failures += 1
+        self.last_error = error
+        remaining = self.not_after - now
+        delay = retry_delay(self.failures, remaining, self.policy)
+        self.due = now + delay
+        retry = f"try {self.failures + 1} in {describe_span(delay)}"
+        if remaining <= 0:
+            return [Log(logging.ERROR, f"certificate renewal failed: {error}. Our certificate expired at"
+                                       f" {iso(self.not_after)}: peers refuse this sidecar until a renewal succeeds"
+                                       f" or new files are written to tls.cert and tls.key; {retry}")]
+        window = self.not_after - self.scheduled  # the time renewal had, from when it was due
+        urgent = remaining < window / 2.0 or now + delay >= self.not_after
+        return [Log(logging.ERROR if urgent else logging.WARNING,
+                    f"certificate renewal failed: {error}. The current certificate keeps serving until"
+                    f" {iso(self.not_after)} (in {describe_span(remaining)}); {retry}")]
+
+    def status(self, now: float) -> dict[str, object]:
         return {
-            "issuer": self.issuer.name,
-            "ttl_seconds": self.ttl,
-            "renew_at": self.core.policy.renew_at,
-            **self.core.status(now),
-            "last_renewed": iso(self.last_renewed) if self.last_renewed is not None else None,
-            "results": dict(self.results),
+            "next_renewal": iso(self.due) if math.isfinite(self.due) else None,
+            "next_renewal_in_seconds": round(self.due - now, 3) if math.isfinite(self.due) else None,
+            "renewing": self.renewing,
+            "consecutive_failures": self.failures,
+            "last_error": self.last_error,
         }
-
-
-def _read_ca(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"cannot read {path} (tls.ca): {exc.strerror}") from None
-
-
-def _write_pair(paths: TlsPaths, cert_pem: bytes, key_pem: bytes) -> None:
-    # the key first, as `sidecar certs issue` does: a watcher that reads between the two sees a mismatched
-    # pair and keeps its identity; the store's poll right after takes both
-    certs.write_file(paths.key, key_pem, _KEY_MODE)
-    certs.write_file(paths.cert, cert_pem, _CERT_MODE)

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from sidecar.errors import NotFound
 from sidecar.tls.reloader import IdentityStore
-from sidecar.tls.renewal import Renewer
+from sidecar.tls.renewer import Renewer
 from sidecar.web import json_response
 
 

@@ -23,13 +23,13 @@ from sidecar.catalog.sync import Claim, encode_claims
 from sidecar.gossip.envelope import Envelope
 from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import (
-    Ack,
     Alive,
     Dead,
     IndirectPing,
     Message,
-    Nack,
     Ping,
+    ProbeAck,
+    ProbeNack,
     PushNodeState,
     PushPull,
     Suspect,
@@ -83,8 +83,8 @@ def _gossip_messages() -> list[tuple[str, Message]]:
     return [
         ("ping", Ping(7, "fuzz-a")),
         ("indirect-ping", IndirectPing(8, "fuzz-c", "127.0.0.1", 7948, True)),
-        ("ack", Ack(7)),
-        ("nack", Nack(8)),
+        ("ack", ProbeAck(7)),
+        ("nack", ProbeNack(8)),
         ("suspect", Suspect(3, "fuzz-c", "fuzz-b")),
         ("alive", Alive(2, "fuzz-b", "127.0.0.1", 7947, b'{"inbound":15006}')),
         ("dead", Dead(4, "fuzz-c", "fuzz-b")),
@@ -328,6 +328,36 @@ def catalog_seeds() -> dict[str, bytes]:
     }
 
 
+def http2_seeds() -> dict[str, bytes]:
+    """A client's side of HTTP/2 connections (preface first), well-behaved and hostile."""
+    from tests.unit.http2.peer import REQUEST, RawPeer
+
+    def conn(*parts: bytes) -> bytes:
+        return b"".join(parts)
+
+    p = RawPeer()
+    seeds = {
+        "preface-only.h2": p.preface(),
+        "get.h2": conn(p.preface(), p.headers(1, end_stream=True)),
+        "grpc-unary.h2": conn(p.preface(), p.headers(1), p.data(1, b"\x00\x00\x00\x00\x02hi", end_stream=True)),
+        "trailers.h2": conn(p.preface(), p.headers(1), p.data(1, b"body"),
+                            p.headers(1, [(b"grpc-status", b"0")], end_stream=True)),
+        "two-streams.h2": conn(p.preface(), p.headers(1), p.headers(3, end_stream=True),
+                               p.data(1, b"x", end_stream=True)),
+        "continuation.h2": conn(p.preface(), p.headers(1, block=p.block()[:3], end_headers=False),
+                                p.continuation(1, p.block()[3:], end_headers=True)),
+        "rapid-reset.h2": conn(p.preface(), *(p.headers(s) + p.rst(s) for s in range(1, 40, 2))),
+        "ping-settings.h2": conn(p.preface(), p.ping(), p.settings(), p.window_update(0, 1000)),
+        "goaway.h2": conn(p.preface(), p.headers(1), p.goaway(1)),
+        "window-overflow.h2": conn(p.preface(), p.window_update(0, 2**31 - 1)),
+        "closed-stream-data.h2": conn(p.preface(), p.headers(1, end_stream=True), p.data(1, b"late"),
+                                      p.data(1, b"late")),
+        "big-header.h2": conn(p.preface(), p.headers(1, [*REQUEST, (b"x-big", b"v" * 9000)])),
+        "bad-preface.h2": b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + p.settings(),
+    }
+    return seeds
+
+
 def all_seeds() -> dict[str, dict[str, bytes]]:
     return {
         "config_yaml": config_seeds(),
@@ -336,6 +366,7 @@ def all_seeds() -> dict[str, dict[str, bytes]]:
         "dns_query": dns_seeds(),
         "http_request": http_request_seeds(),
         "http_response": http_response_seeds(),
+        "http2_frames": http2_seeds(),
         "message_json": message_seeds(),
         "catalog_state": catalog_seeds(),
     }

@@ -33,7 +33,7 @@ from sidecar.catalog.model import CatalogSnapshot, HealthStatus, NodeInfo, Servi
 from sidecar.catalog.sync import SyncDecodeError, decode_claims
 from sidecar.config.load import config_from_raw, read_yaml
 from sidecar.config.model import GOSSIP_PROFILES, DnsConfig
-from sidecar.dns.answerer import Drop, Forward, Reply, Transport, Zone
+from sidecar.dns.answerer import DnsReply, Drop, Forward, Transport, Zone
 from sidecar.dns.server import DnsServer
 from sidecar.dns.wire import question_key
 from sidecar.errors import ConfigError, InvalidArgument
@@ -42,6 +42,9 @@ from sidecar.gossip.envelope import Envelope, PacketRefused
 from sidecar.gossip.errors import GossipDecodeError
 from sidecar.gossip.keyring import Keyring
 from sidecar.gossip.messages import packet_from_wire
+from sidecar.http2.connection import H2Connection
+from sidecar.http2.limits import H2Limits
+from sidecar.http2.preface import PREFACE
 from sidecar.messaging.envelope import MessageBody, ServiceMessage
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
 from sidecar.proxy.paths import normalize_target
@@ -125,7 +128,7 @@ def dns_query(data: bytes) -> None:
         reply = _DNS_SERVER.handle(data, "127.0.0.1", tcp)
         assert reply is None or isinstance(reply, bytes | Forward), type(reply)
         outcome = _ZONE.answer(data, Transport.TCP if tcp else Transport.UDP)
-        assert isinstance(outcome, Reply | Forward | Drop), type(outcome)
+        assert isinstance(outcome, DnsReply | Forward | Drop), type(outcome)
     key = question_key(data)
     assert key is None or (isinstance(key, tuple) and 12 < key[1] <= len(data))
 
@@ -193,6 +196,27 @@ def http_response(data: bytes) -> None:
             _feed(reader.feed, data, step)
 
 
+# ------------------------------------------------------------------------------------------ HTTP/2
+
+
+def http2_frames(data: bytes) -> None:
+    """Both sides of the HTTP/2 core, whole and in pieces: receive_data never raises, its input buffer never
+    holds more than one frame, and it never tracks more streams than it advertised."""
+    limits = H2Limits(max_concurrent_streams=4)
+    cases = [(H2Connection(client_side=False, limits=limits), data)]
+    if data.startswith(PREFACE):  # the client side reads the server's frames: no preface
+        client = H2Connection(client_side=True, limits=limits)
+        client.start_request([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")])
+        cases.append((client, data[len(PREFACE):]))
+    for core, stream in cases:
+        for step in (max(1, len(stream)), 13):
+            for i in range(0, len(stream), step):
+                core.receive_data(stream[i:i + step], float(i))
+                core.data_to_send()
+                assert len(core._inbuf) < 9 + limits.max_frame_size + step
+                assert core.open_streams <= limits.max_concurrent_streams
+
+
 # -------------------------------------------------------------------------------------- messaging
 
 
@@ -241,6 +265,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "dns_query": dns_query,
     "http_request": http_request,
     "http_response": http_response,
+    "http2_frames": http2_frames,
     "message_json": message_json,
     "catalog_state": catalog_state,
 }

@@ -11,7 +11,7 @@ from collections import defaultdict
 import pytest
 
 from sidecar.config.model import GOSSIP_PROFILES, GossipTuning
-from sidecar.gossip.core import Event, MemberDead, MemberLeft, UserMessage
+from sidecar.gossip.outputs import Event, MemberDead, MemberLeft, UserMessage
 from sidecar.gossip.simnet import SimNetwork
 from sidecar.gossip.suspicion import detection_time_bound, expected_detection_time, push_pull_scale
 

@@ -22,7 +22,7 @@ import pytest
 
 from sidecar.gossip.envelope import Envelope
 from sidecar.gossip.keyring import Keyring
-from sidecar.gossip.messages import Ack, Ping, from_wire, to_wire
+from sidecar.gossip.messages import Ping, ProbeAck, from_wire, to_wire
 from tests.harness import FakeApp, SidecarProcess, http, make_certs, raise_fd_limit
 
 GOSSIP_KEY = "YWJ1c2UtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZjA="  # a fixed test key, never used elsewhere
@@ -92,7 +92,7 @@ class Target:
             for _ in range(50):  # the member may also probe us: skip what is not our ack
                 udp.settimeout(max(0.01, deadline - time.monotonic()))
                 data = udp.recv(65535)
-                if any(m == Ack(4242) for m in _messages(envelope, data)):
+                if any(m == ProbeAck(4242) for m in _messages(envelope, data)):
                     break
             else:
                 raise AssertionError("no ack over UDP")
@@ -100,7 +100,7 @@ class Target:
             body = envelope.seal(to_wire(Ping(4243, "node-a")))
             tcp.sendall(struct.pack(">I", len(body)) + body)
             reply = read_until_close(tcp, NORMAL_LATENCY)
-        assert from_wire(envelope.open(reply[4:])) == Ack(4243)
+        assert from_wire(envelope.open(reply[4:])) == ProbeAck(4243)
 
     def check_all(self) -> dict[str, float]:
         """Every listener answers a normal request; returns the seconds each took."""

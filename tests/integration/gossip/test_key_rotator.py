@@ -14,7 +14,7 @@ import pytest
 
 from sidecar.gossip import GossipNode, generate_key
 from sidecar.gossip.keyring import decode_key, fingerprint
-from sidecar.gossip.rotation import Phase, RotationCore
+from sidecar.gossip.rotation import KeyRotationCore, Phase
 from sidecar.gossip.rotator import KeyFetchFailed, KeyRotator, run_key_command
 from tests.harness import wait_for_async
 from tests.integration.gossip.test_nodes import alive_names, node, run
@@ -61,8 +61,8 @@ def test_the_command_gets_the_epoch_and_its_key_is_decoded(secret_file: bytes) -
 
 
 def rotators(nodes: list[GossipNode], root: str, command: str, joined: bool = True) -> list[KeyRotator]:
-    return [KeyRotator(n, RotationCore(EVERY, [decode_key(root)]), cluster="it", command=command,
-                       base_meta=lambda: b'{"inbound":1}', ready=lambda: joined) for n in nodes]
+    return [KeyRotator(n, KeyRotationCore(EVERY, [decode_key(root)]), cluster="it", command=command,
+                          base_meta=lambda: b'{"inbound":1}', ready=lambda: joined) for n in nodes]
 
 
 def test_three_nodes_rotate_fetched_keys_twice(secret_file: bytes) -> None:

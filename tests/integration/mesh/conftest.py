@@ -40,7 +40,8 @@ from sidecar.events import EventBus
 from sidecar.mesh.dataplane import DataPlane
 from sidecar.proxy import RequestStats
 from sidecar.tls import certs
-from sidecar.tls.reloader import IdentityStore, RotationPolicy
+from sidecar.tls.reload import RotationPolicy
+from sidecar.tls.reloader import IdentityStore
 from tests.harness import ROOT
 from tests.loops import LoopThread
 

@@ -71,7 +71,7 @@ class App:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", port, reuse_address=True)
         await site.start()
-        self.port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.port = int(self.runner.addresses[0][1])
         return self
 
     async def stop(self) -> None:
@@ -142,7 +142,7 @@ class Mesh:
                                identity: IdentityStore | None, dataplane: DataPlane,
                                bound: dict[str, HostPort]) -> Node:
         messaging = Messaging(config, catalog, registry, SYSTEM_CLOCK, identity, random.Random(7))
-        messaging.on_local_change = self.sync
+        messaging.bind(self.sync)
         dataplane.routes.internal = messaging.internal_route
         await messaging.start(bound["outbound"])
         api_app = build_api(registry, catalog, EventBus(), SYSTEM_CLOCK)  # the real API, plus messaging's routes
@@ -159,8 +159,8 @@ class Mesh:
         await admin.setup()
         admin_site = web.TCPSite(admin, "127.0.0.1", 0)
         await admin_site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = api.addresses[0][1]
+        admin_port = admin.addresses[0][1]
         return Node(name, config, registry, catalog, identity, dataplane, messaging, api,
                     f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", admin)
 

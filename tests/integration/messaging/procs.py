@@ -3,6 +3,7 @@ publishing loops, SSE reading with urllib."""
 
 from __future__ import annotations
 
+import http.client as http_client
 import http.server as http_server
 import json
 import threading
@@ -22,6 +23,7 @@ class RecordingApp:
         self.name = name
         self.answer = answer or (lambda message: (200, {}))
         self.received: list[dict[str, Any]] = []
+        self.batches = 0   # bulk deliveries (JSON arrays) received
         self.lock = threading.Lock()
         app = self
 
@@ -32,6 +34,12 @@ class RecordingApp:
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 message = json.loads(raw)
+                if isinstance(message, list):  # bulk delivery: every message of the batch acked
+                    with app.lock:
+                        app.received.extend(message)
+                        app.batches += 1
+                    self.send_json(200, {"statuses": [{"id": m["id"], "status": "SUCCESS"} for m in message]})
+                    return
                 with app.lock:
                     app.received.append(message)
                 status, body = app.answer(message)
@@ -52,6 +60,58 @@ class RecordingApp:
             self.server.shutdown()
             self.server.server_close()
             self.thread.join(5)
+
+
+class SseReader:
+    """A thread reading a topic's SSE stream from a sidecar's API for as long as it runs, through that sidecar's
+    restarts: it reconnects (to the API's new port) with ``Last-Event-ID`` of the last event it saw."""
+
+    def __init__(self, process: SidecarProcess, topic: str) -> None:
+        self.process = process
+        self.topic = topic
+        self.events: list[tuple[int, dict[str, Any]]] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def messages(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [message for _, message in self.events]
+
+    def _run(self) -> None:
+        last: int | None = None
+        while not self.stopping.is_set():
+            api = self.process.listeners.get("api")
+            if api is None:
+                self.stopping.wait(0.05)
+                continue
+            headers = {"Last-Event-ID": str(last)} if last is not None else {}
+            try:
+                request = urllib.request.Request(f"http://{api}/v1/subscribe/{self.topic}", headers=headers)
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    self.connections += 1
+                    event_id = None
+                    for raw in response:
+                        line = raw.decode().rstrip("\n")
+                        if line.startswith("id: "):
+                            event_id = int(line[4:])
+                        elif line.startswith("data: ") and event_id is not None:
+                            with self.lock:
+                                self.events.append((event_id, json.loads(line[6:])))
+                            last = event_id
+                        if self.stopping.is_set():
+                            return
+            except (OSError, ValueError, http_client.HTTPException):  # killed, restarting, or idle for 5 s
+                self.stopping.wait(0.05)
+
+    def connected(self) -> bool:
+        return self.connections > 0
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
 
 
 def knows_subscription(process: SidecarProcess, topic: str, node: str) -> bool:
@@ -86,4 +146,4 @@ def read_sse(url: str, count: int, last_id: int | None = None, timeout: float = 
     return events
 
 
-__all__ = ["RecordingApp", "knows_subscription", "publish", "read_sse", "restart", "wait_for"]
+__all__ = ["RecordingApp", "SseReader", "knows_subscription", "publish", "read_sse", "restart", "wait_for"]

@@ -12,7 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sidecar.config.model import MessagingQueue, MessagingRetention, ServiceConfig, SubscriptionConfig
+from sidecar.config.model import (
+    BulkDeliveryConfig,
+    MessagingQueue,
+    MessagingRetention,
+    ServiceConfig,
+    SubscriptionConfig,
+)
 from sidecar.config.values import Duration
 from tests.harness import wait_for_async
 from tests.integration.messaging.inproc import App, Mesh, get, messaging_config, post
@@ -278,11 +284,40 @@ def test_sse_stream_resumes_with_last_event_id(tmp_path: Path) -> None:
     run(test, tmp_path, ["checkout", "watcher"])
 
 
+def test_a_node_stream_carries_many_messages_per_request_stored_before_the_answer(tmp_path: Path) -> None:
+    """Publishes that queue up while a node's readers are away go to that node in batches when they are back: a
+    few requests, each stored (one commit, one fsync) before its answer, every event in publish order."""
+    async def test(mesh: Mesh) -> None:
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("c", "watcher", [ServiceConfig(name="watcher", port=1)])
+        a, c = mesh.nodes["a"], mesh.nodes["c"]
+        first = await read_events_when_wanted(a, c, 1)
+        await wait_for_async(lambda: ("news", "node:c") not in a.messaging.book.wanted(), what="a forgets the reader")
+        for i in range(300):  # wait at a while c has no reader
+            assert (await post(a.api_url + "/v1/publish/news", {"type": "n", "payload": i}))[0] == 202
+        store = c.messaging.store
+        assert store is not None
+        fsyncs, stored = store.fsyncs, store.durable_messages
+        events = await read_events(c.api_url + "/v1/subscribe/news", 300, last_id=first[-1][0])
+        assert [e["payload"] for _, e in events] == list(range(300))
+        batches = c.messaging.counters["stream_batches"]
+        assert 2 <= batches <= 10, batches  # 300 messages in pages of up to 256
+        assert store.durable_messages - stored == 300 and store.fsyncs - fsyncs <= 3 * batches
+
+    async def read_events_when_wanted(a: Any, c: Any, count: int) -> list[tuple[int, dict[str, Any]]]:
+        reader = asyncio.create_task(read_events(c.api_url + "/v1/subscribe/news", count))
+        await wait_for_async(lambda: ("news", "node:c") in a.messaging.book.wanted(), what="stream subscription at a")
+        assert (await post(a.api_url + "/v1/publish/news", {"type": "n", "payload": "first"}))[0] == 202
+        return await reader
+
+    run(test, tmp_path, ["checkout", "watcher"])
+
+
 def test_internal_delivery_path_needs_the_inbound(tmp_path: Path) -> None:
     """The receiver behind /.sidecar/ refuses anything that did not come through the mTLS inbound."""
     async def test(mesh: Mesh) -> None:
         node = await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
-        target = node.messaging._receiver_target
+        target = node.messaging.receiver.target
         assert target is not None
         host, port = target.address
         status, headers, _ = await post(f"http://{host}:{port}/.sidecar/v1/deliver/t",
@@ -302,3 +337,91 @@ def test_publish_refuses_bad_topics(tmp_path: Path, topic: str) -> None:
         assert status == 400 and headers["x-sidecar-error"] == "INVALID_ARGUMENT"
 
     run(test, tmp_path, ["checkout"])
+
+
+def test_bulk_delivery_statuses_per_message_in_order(tmp_path: Path) -> None:
+    """A subscription with bulk delivery gets arrays of ServiceMessages in publish order; each message settles by
+    its own status: SUCCESS acks, DROP dead-letters, RETRY (or no status) delivers it again, before anything
+    published after its batch."""
+    release = asyncio.Event()
+    answered: list[list[int]] = []   # payloads acked, per POST
+
+    async def bulk(batch: Any) -> web.Response:
+        assert isinstance(batch, list)
+        if len(answered) == 0:
+            await release.wait()  # the first POST is held while the rest is published: later POSTs carry many
+        statuses = []
+        acked = []
+        for m in batch:
+            seen = sum(1 for earlier in app.received[:-1] for e in earlier if e["id"] == m["id"])
+            if m["type"] == "poison":
+                statuses.append({"id": m["id"], "status": "DROP"})
+            elif m["type"] == "flaky" and seen == 0:
+                statuses.append({"id": m["id"], "status": "RETRY"})
+            elif m["type"] == "silent" and seen == 0:
+                continue  # left out: retried
+            else:
+                statuses.append({"id": m["id"], "status": "SUCCESS"})
+                acked.append(m["payload"])
+        answered.append(acked)
+        return web.json_response({"statuses": statuses})
+
+    async def test(mesh: Mesh) -> None:
+        nonlocal app
+        app = await App("sub", bulk).start()
+        bulk_sub = SubscriptionConfig(topic="t", path="/bulk", bulk=BulkDeliveryConfig(enabled=True, max_messages=8))
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("b", "billing", [service("billing", app)], [bulk_sub])
+        a = mesh.nodes["a"]
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
+        kinds = {5: "poison", 11: "flaky", 17: "silent"}
+        for i in range(30):
+            status, _, _ = await post(a.api_url + "/v1/publish/t", {"type": kinds.get(i, "fine"), "payload": i})
+            assert status == 202
+        release.set()
+        await wait_for_async(lambda: a.messaging.store is not None and a.messaging.store.pending == 0,
+                             what="every message settled")
+        sizes = [len(batch) for batch in app.received]
+        assert max(sizes) == 8 and all(1 <= n <= 8 for n in sizes)  # batches, capped at max_messages
+        assert [int(h["x-sidecar-bulk"]) for h in app.headers] == sizes
+        first_seen: list[int] = []
+        for batch in app.received:
+            first_seen += [m["payload"] for m in batch if m["payload"] not in first_seen]
+        assert first_seen == list(range(30))  # publish order, batch after batch
+        acked = [p for batch in answered for p in batch]
+        assert sorted(acked) == [i for i in range(30) if i != 5] and len(acked) == 29  # each acked once
+        for retried in (11, 17):  # again, alone with the other retried ones, before anything after its batch
+            again = next(n for n, batch in enumerate(answered) if retried in batch)
+            first = next(n for n, batch in enumerate(app.received) if retried in [m["payload"] for m in batch])
+            later = max(m["payload"] for m in app.received[first])
+            assert again == first + 1 and all(p <= later for p in answered[again]), (retried, answered)
+        letters = (await get(a.admin_url + "/deadletters"))["deadLetters"]
+        assert [(d["message"]["payload"], d["reason"]) for d in letters] == [(5, "dropped")]
+        status = await get(a.admin_url + "/messaging")
+        assert status["counters"]["delivered"] == 29 and status["counters"]["retries"] == 2
+
+    app: App
+    run(test, tmp_path, ["checkout", "billing"])
+
+
+def test_bulk_subscription_through_the_api_spreads_with_its_size(tmp_path: Path) -> None:
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub").start()
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("b", "billing", [service("billing", app)])
+        b, a = mesh.nodes["b"], mesh.nodes["a"]
+        status, _, body = await post(b.api_url + "/v1/subscriptions",
+                                     {"topic": "t", "path": "/bulk", "bulk": {"enabled": True, "maxMessages": 50}})
+        assert status == 201 and body["bulk"] == {"enabled": True, "maxMessages": 50}, body
+        for bad in ({"enabled": True, "maxMessages": 0}, {"enabled": "yes"}, {"size": 3}, [1]):
+            status, headers, body = await post(b.api_url + "/v1/subscriptions",
+                                               {"topic": "u", "path": "/x", "bulk": bad})
+            assert status == 400 and headers["x-sidecar-error"] == "INVALID_ARGUMENT", (bad, body)
+            assert "bulk" in body["error"]["message"]
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known to a")
+        assert [w.bulk for w in a.messaging.book.wanted().values()] == [50]
+        status, _, _ = await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": 1})
+        await wait_for_async(lambda: app.received, what="delivered")
+        assert isinstance(app.received[0], list) and app.received[0][0]["payload"] == 1
+
+    run(test, tmp_path, ["checkout", "billing"])

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from tests.harness import SidecarProcess, assert_error, free_port, http, make_certs, wait_for
-from tests.integration.messaging.procs import RecordingApp, knows_subscription, publish, read_sse, restart
+from tests.integration.messaging.procs import (
+    RecordingApp,
+    SseReader,
+    knows_subscription,
+    publish,
+    read_sse,
+    restart,
+)
 
 GOSSIP = {"profile": "local"}
 FAST_RETRY = {"max_attempts": 3, "retry_backoff": {"base": "20ms", "max": "200ms"}, "delivery_timeout": "2s",
@@ -46,18 +53,29 @@ def first_seen_in_order(messages: list[dict[str, Any]], publisher: str) -> tuple
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_ten_thousand_messages_survive_kill_9_of_subscriber_and_publisher(start_sidecar, tmp_path: Path
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("consumer", ["push", "bulk", "sse"])
+def test_ten_thousand_messages_survive_kill_9_of_subscriber_and_publisher(start_sidecar, tmp_path: Path, consumer: str
                                                                            ) -> None:  # type: ignore[no-untyped-def]
+    """push: one message per POST to the subscribing app; bulk: the same subscription with bulk delivery; sse: an
+    SSE reader on the subscriber's node, reconnecting with Last-Event-ID after each kill of its sidecar."""
     certs = make_certs(tmp_path / "certs", ["publisher", "billing"])
     app = RecordingApp("billing")
+    reader: SseReader | None = None
     per_publisher = int(os.environ.get("MESSAGING_PER_PUBLISHER", "5000"))
+    subscription: dict[str, Any] = {"topic": "orders", "path": "/events/orders"}
+    if consumer == "bulk":
+        subscription["bulk"] = {"enabled": True, "max_messages": 50}
     try:
         p2 = start_sidecar(node("p2", certs["publisher"], [], []), name="p2")
         seed = [p2.listeners["gossip"]]
         p1 = start_sidecar(node("p1", certs["publisher"], [], seed), name="p1")
         s = start_sidecar(node("s", certs["billing"], [{"name": "billing", "port": app.port}], seed,
-                               subscriptions=[{"topic": "orders", "path": "/events/orders"}]), name="s")
+                               subscriptions=[] if consumer == "sse" else [subscription]), name="s")
+        if consumer == "sse":
+            reader = SseReader(s, "orders")
+            wait_for(reader.connected, 30, what="the SSE reader connected")
+        received = reader.messages if reader is not None else app.messages
         for p in (p1, p2):
             wait_for(lambda p=p: knows_subscription(p, "orders", "s"), 30, what=f"{p.name} knows the subscription")
 
@@ -101,17 +119,17 @@ def test_ten_thousand_messages_survive_kill_9_of_subscriber_and_publisher(start_
         assert not errors and progress == {"p1": per_publisher, "p2": per_publisher}, (errors, progress)
 
         def complete() -> bool:
-            got = app.messages()
+            got = received()
             return all(len(first_seen_in_order(got, p)[0]) == per_publisher for p in ("p1", "p2"))
         try:
             wait_for(complete, 120, interval=0.2, what="every message delivered")
         except AssertionError:
-            got = app.messages()
+            got = received()
             counts = {p: len(first_seen_in_order(got, p)[0]) for p in ("p1", "p2")}
             states = {p.name: http("GET", p.admin + "/messaging").json() for p in (p1, p2)}
             problems = [line for p in (p1, p2) for line in p.lines if "Traceback" in line or "rror" in line][:20]
             raise AssertionError(f"delivered {counts}; publishers: {states}; log: {problems}") from None
-        got = app.messages()
+        got = received()
         total_duplicates = 0
         for p in ("p1", "p2"):
             order, duplicates = first_seen_in_order(got, p)
@@ -120,8 +138,16 @@ def test_ten_thousand_messages_survive_kill_9_of_subscriber_and_publisher(start_
         # at least once: duplicates come only from the kills (an answer whose ack was not yet committed, and
         # a publish whose 202 was lost); a handful per kill, far below 1%
         assert total_duplicates <= 100, total_duplicates
-        print(f"10,000 messages: {len(got)} deliveries, {total_duplicates} duplicates")
+        if consumer == "bulk":
+            assert app.batches < len(got) / 2, "bulk delivery carries many messages per POST"
+        if reader is not None:
+            assert not app.messages() and reader.connections >= 3  # reconnected after each kill of s
+            ids = [event_id for event_id, _ in reader.events]
+            assert ids == sorted(set(ids)), "an SSE event id seen twice, or out of order"
+        print(f"10,000 messages ({consumer}): {len(got)} deliveries, {total_duplicates} duplicates")
     finally:
+        if reader is not None:
+            reader.close()
         app.close()
 
 

@@ -228,7 +228,7 @@ def test_a_gossip_key_holder_cannot_forge_another_nodes_catalog_state(
 
 def test_three_hundred_services_on_one_node_reach_every_peer(
         tmp_path: Path, gossip_key: str, stopper: list[SidecarProcess]) -> None:
-    """One SVID and one signed claim per service: 300 of them fit gossip (no MessageTooLarge), and a peer that
+    """One SVID and one signed claim per service: 300 of them fit gossip (no GossipMessageTooLarge), and a peer that
     verifies every claim lists them all."""
     names = [f"svc-{i:03d}" for i in range(300)]
     pki = make_certs(tmp_path / "certs", ["checkout", *names])
@@ -244,7 +244,7 @@ def test_three_hundred_services_on_one_node_reach_every_peer(
             return len(http("GET", f"{caller.api}/v1/catalog").json())
 
         wait_for(lambda: listed() == 300, 60, what="300 services at the peer")
-        assert "MessageTooLarge" not in many.log_text() and "too large" not in many.log_text().lower()
+        assert "GossipMessageTooLarge" not in many.log_text() and "too large" not in many.log_text().lower()
         assert http("GET", caller.admin + "/gossip").json()["catalogClaimsRefused"] == {}
         # and each is served under its own identity
         for name in (first, names[150], names[-1]):

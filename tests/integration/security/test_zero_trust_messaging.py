@@ -29,6 +29,7 @@ from tests.integration.security.zero_trust import client_context, message, node_
 SCOPES = {"topics": {"orders": {"publishers": ["checkout"], "subscribers": ["payments"]}}}
 DENY_INTRUDER = {"rules": [{"to": "*", "from": ["intruder"], "action": "deny"}]}
 DELIVER = "/.sidecar/v1/deliver/orders"
+BATCH = "/.sidecar/v1/deliver-batch/orders"
 CHECKOUT = {"name": "checkout", "port": 1, "check": {"ttl": "1h"}}  # registered, never called
 
 
@@ -102,6 +103,16 @@ def test_members_cannot_forge_or_steal_messages(mesh: Mesh) -> None:
     assert refused["details"]["rule"] == "messaging.topics.orders.publishers"
     assert_error(_deliver(mesh, "checkout", message("checkout", "forged"), "/.sidecar/v1/deliver/news"), 404,
                  "NOT_FOUND")
+    # the same for batches: through an outbound, from a member the rules refuse, and a batch with one message
+    # naming another sender is refused whole
+    assert_error(raw(rogue.listeners["outbound"], "POST", BATCH, {"Host": "payments"},
+                     b"[" + message("checkout", "forged") + b"]"), 403, "PERMISSION_DENIED")
+    refused = assert_error(_deliver(mesh, "intruder", b"[" + message("intruder", "forged") + b"]", BATCH), 403,
+                           "PERMISSION_DENIED")
+    assert refused["details"]["rule"] == "authorization.rules[0]"
+    mixed = b"[" + message("checkout", "fine") + b"," + message("billing", "forged") + b"]"
+    assert "billing" in assert_error(_deliver(mesh, "checkout", mixed, BATCH), 403, "PERMISSION_DENIED")["message"]
+    assert_error(_deliver(mesh, "checkout", b"[]", BATCH), 400, "INVALID_ARGUMENT")
 
     # the scope, on the rogue's side: its sidecar (with the same scopes) would refuse it; this one has none, so
     # it subscribes (push, and an SSE reader of its own) and the publisher must not deliver to it

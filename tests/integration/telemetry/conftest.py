@@ -4,8 +4,6 @@ them; and a small OTLP/HTTP receiver that collects the spans both export."""
 
 from __future__ import annotations
 
-import http.server as http_server
-import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,13 +11,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from bench.proxy import observers
 from sidecar.clock import SYSTEM_CLOCK
 from sidecar.config.model import Config, ServiceConfig, TelemetryConfig, TracingConfig
 from sidecar.config.values import HostPort
+from sidecar.site import Site
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
-from sidecar.web import Site, errors_middleware
+from sidecar.web import errors_middleware
 from tests.integration.mesh.conftest import (
     App,
     LoopThread,
@@ -54,39 +53,18 @@ def _value(v: Any) -> Any:
     return getattr(v, kind) if kind else None
 
 
-class OtlpReceiver:
-    """POST /v1/traces with an ExportTraceServiceRequest (protobuf), as opentelemetry-proto defines it."""
+class OtlpReceiver(observers.OtlpReceiver):
+    """POST /v1/traces with an ExportTraceServiceRequest (protobuf), as opentelemetry-proto defines it; keeps every
+    export as received and every span decoded."""
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.bodies: list[bytes] = []
         self.requests = 0
-        receiver = self
+        super().__init__()
 
-        class Handler(http_server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                ok = self.path == "/v1/traces" and self.headers.get("Content-Type") == "application/x-protobuf"
-                if ok:
-                    receiver.take(body)
-                self.send_response(200 if ok else 404)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def take(self, body: bytes) -> None:
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
+    def received(self, body: bytes, request: Any) -> None:
+        self.bodies.append(body)
         self.requests += 1
         for rs in request.resource_spans:
             resource = {a.key: _value(a.value) for a in rs.resource.attributes}

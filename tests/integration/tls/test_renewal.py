@@ -21,9 +21,10 @@ from sidecar.config.model import TlsConfig, TlsIssuerConfig
 from sidecar.config.values import Duration
 from sidecar.tls import certs
 from sidecar.tls.errors import CertificateError, IssuerError
-from sidecar.tls.issuers import ShellCommand, Wanted
-from sidecar.tls.reloader import IdentityStore, RotationPolicy
-from sidecar.tls.renewal import Renewer
+from sidecar.tls.issuers import ShellCommand, WantedIdentity
+from sidecar.tls.reload import RotationPolicy
+from sidecar.tls.reloader import IdentityStore
+from sidecar.tls.renewer import Renewer
 from tests.harness import wait_for, wait_for_async
 from tests.integration.tls.test_refusals import run
 from tests.unit.tls.pki import Pki, make_pki
@@ -278,7 +279,7 @@ def test_a_failed_attempt_is_logged_with_its_reason_counted_and_retried(pki: Pki
 def test_a_hung_command_is_killed_with_its_children(pki: Pki, tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     issuer = ShellCommand(f"sleep 60 & echo $! > {shlex.quote(str(pid_file))}; wait", pki.ca_path, tmp_path)
-    wanted = Wanted(ALPHA, "alpha", 30.0)
+    wanted = WantedIdentity(ALPHA, "alpha", 30.0)
     started = time.monotonic()
     with pytest.raises(IssuerError, match=r"^tls.issuer.command did not finish within 0.5s and was killed$"):
         run(issuer.obtain(wanted, 0.5))

@@ -8,7 +8,8 @@ import ssl
 
 from sidecar.tls import certs
 from sidecar.tls.errors import PeerRefused
-from sidecar.tls.reloader import IdentityStore, RotationPolicy, TlsPaths
+from sidecar.tls.reload import RotationPolicy
+from sidecar.tls.reloader import IdentityStore, TlsPaths
 from tests.integration.tls.echo import EchoServer
 from tests.integration.tls.test_refusals import run
 from tests.unit.tls.pki import Pki, make_pki

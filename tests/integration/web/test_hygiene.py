@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 
 from sidecar.config.values import HostPort
-from sidecar.web import Site, WebLimits, errors_middleware, json_response, read_json_object
+from sidecar.site import Site, WebLimits
+from sidecar.web import errors_middleware, json_response, read_json_object
 from tests.harness import wait_for
 from tests.integration.proxy.conftest import LoopThread
 

@@ -10,7 +10,7 @@ from sidecar.catalog.sync import Claim, decode_claims, encode_claims
 from sidecar.config.load import build_section
 from sidecar.config.model import ServiceConfig
 from sidecar.events import EventBus
-from sidecar.gossip.core import MemberDead, MemberJoined, RemoteState, UserMessage
+from sidecar.gossip.outputs import MemberDead, MemberJoined, RemoteState, UserMessage
 from sidecar.gossip.state import MemberState, MemberView
 
 
@@ -94,7 +94,7 @@ def test_meta_round_trip() -> None:
 
 
 def test_a_successful_join_rebroadcasts_our_state() -> None:
-    from sidecar.gossip.core import SyncCompleted
+    from sidecar.gossip.outputs import SyncCompleted
     replication, gossip, _, _ = setup()
     replication.on_event(SyncCompleted(("10.0.0.9", 7946), True, True))
     replication.on_event(SyncCompleted(("10.0.0.9", 7946), True, False))
@@ -119,7 +119,7 @@ def test_a_member_back_from_a_mistaken_death_has_its_services_back_at_once() -> 
 
 
 def test_a_departed_or_reaped_member_keeps_nothing() -> None:
-    from sidecar.gossip.core import MemberLeft, MemberReaped
+    from sidecar.gossip.outputs import MemberLeft, MemberReaped
     replication, gossip, catalog, _ = setup()
     gossip.live = [member("b"), member("c")]
     for name in ("b", "c"):

@@ -22,8 +22,8 @@ from sidecar.catalog.sync import Claim, decode_claims, encode_claims
 from sidecar.config.load import build_section
 from sidecar.config.model import ServiceConfig
 from sidecar.events import EventBus
-from sidecar.gossip.core import MemberJoined, RemoteState, UserMessage
-from sidecar.gossip.errors import MessageTooLarge
+from sidecar.gossip.errors import GossipMessageTooLarge
+from sidecar.gossip.outputs import MemberJoined, RemoteState, UserMessage
 from sidecar.tls import certs
 from tests.unit.catalog.test_replication import FakeGossip, member
 
@@ -59,7 +59,7 @@ class SizedGossip(FakeGossip):
 
     def broadcast_user(self, key: str, data: bytes) -> None:
         if len(data) > self.limit:
-            raise MessageTooLarge("user broadcast", len(data), self.limit)
+            raise GossipMessageTooLarge("user broadcast", len(data), self.limit)
         super().broadcast_user(key, data)
 
 

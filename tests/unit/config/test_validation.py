@@ -43,8 +43,15 @@ def problems_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[
     ({"services": [{"name": "a", "port": 1}, {"name": "a", "port": 2}]},
      'services[1].name: duplicate service name, also services[0] (got "a")'),
     ({"services": [{"name": "a", "port": 1, "check": {"http": "/h", "tcp": True}}]},
-     'services[0].check: needs exactly one of http, tcp or ttl (got ["http", "tcp"])'),
-    ({"services": [{"name": "a", "port": 1, "check": {}}]}, "services[0].check: needs exactly one of http, tcp or ttl"),
+     'services[0].check: needs exactly one of http, tcp, grpc or ttl (got ["http", "tcp"])'),
+    ({"services": [{"name": "a", "port": 1, "check": {}}]},
+     "services[0].check: needs exactly one of http, tcp, grpc or ttl"),
+    ({"services": [{"name": "a", "port": 1, "check": {"grpc": "pkg.Service", "ttl": "15s"}}]},
+     'services[0].check: needs exactly one of http, tcp, grpc or ttl (got ["grpc", "ttl"])'),
+    ({"services": [{"name": "a", "port": 1, "check": {"grpc": "pkg/Service"}}]},
+     'services[0].check.grpc: must be a gRPC service name like pkg.Service, or "" for the whole server '
+     '(got "pkg/Service")'),
+    ({"services": [{"name": "a", "port": 1, "check": {"grpc": 5}}]}, "services[0].check.grpc: must be"),
     ({"services": [{"name": "a", "port": 1, "check": {"http": "health"}}]},
      "services[0].check.http: must be a path like /health or an http:// URL"),
     ({"services": [{"name": "a", "port": 1, "check": {"tcp": True, "interval": "1s", "timeout": "2s"}}]},
@@ -84,6 +91,10 @@ def problems_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[
      'api.listen: the same address as admin.listen (got "127.0.0.1:7000")'),
     ({"logging": {"level": "loud"}}, 'logging.level: must be one of debug, info, warning, error (got "loud")'),
     ({"node": None}, "node: must be a mapping, not empty (got null)"),
+    ({"subscriptions": [{"topic": "t", "path": "/x", "bulk": {"enabled": True, "max_messages": 0}}]},
+     "subscriptions[0].bulk.max_messages: must be in [1, 1000] (got 0)"),
+    ({"subscriptions": [{"topic": "t", "path": "/x", "bulk": {"enabled": "x"}}]},
+     'subscriptions[0].bulk.enabled: must be true or false (got "x")'),
 ])
 def test_each_rule_has_its_message(raw: dict[str, Any], expected: str) -> None:
     problems = problems_of(raw)

@@ -14,16 +14,16 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from sidecar.dns.answerer import AnswerSettings, Drop, Forward, Reply, Transport, Zone, answer
+from sidecar.dns.answerer import AnswerSettings, DnsReply, Drop, Forward, Transport, Zone, answer
 
 NOERROR, NXDOMAIN = dns.rcode.NOERROR, dns.rcode.NXDOMAIN
 
 
 def ask(zone: Zone, name: str, rdtype: str = "A", rotation: int = 0, transport: Transport = Transport.UDP,
-        **query_args: Any) -> tuple[Reply, dns.message.Message]:
+        **query_args: Any) -> tuple[DnsReply, dns.message.Message]:
     query = dns.message.make_query(name, rdtype, **query_args)
     outcome = zone.answer(query.to_wire(), transport, rotation)
-    assert isinstance(outcome, Reply), outcome
+    assert isinstance(outcome, DnsReply), outcome
     response = dns.message.from_wire(outcome.wire)
     assert response.id == query.id
     assert query.is_response(response)
@@ -274,7 +274,7 @@ def test_responses_are_dropped(zone: Zone) -> None:
 
 def reply(zone: Zone, data: bytes) -> dns.message.Message:
     outcome = zone.answer(data)
-    assert isinstance(outcome, Reply)
+    assert isinstance(outcome, DnsReply)
     assert not outcome.cacheable
     response = dns.message.from_wire(outcome.wire)
     assert response.id == 0x1234 and response.flags & dns.flags.QR
@@ -309,11 +309,11 @@ def test_zone_transfers_and_other_classes_are_refused(zone: Zone) -> None:
     assert response.rcode() == dns.rcode.REFUSED
     query = dns.message.make_query("web.service.mesh", "A", rdclass=dns.rdataclass.CH)
     outcome = zone.answer(query.to_wire())
-    assert isinstance(outcome, Reply) and outcome.rcode == dns.rcode.REFUSED
+    assert isinstance(outcome, DnsReply) and outcome.rcode == dns.rcode.REFUSED
 
 
 def test_a_message_object_is_answered_too(zone: Zone) -> None:
     query = dns.message.make_query("web.service.mesh", "A")
     outcome = zone.answer(query)
-    assert isinstance(outcome, Reply)
+    assert isinstance(outcome, DnsReply)
     assert outcome.wire == zone.answer(query.to_wire()).wire  # type: ignore[union-attr]

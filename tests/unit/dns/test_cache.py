@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.dns import wire
-from sidecar.dns.answerer import Reply, Transport, Zone
+from sidecar.dns.answerer import DnsReply, Transport, Zone
 from sidecar.dns.cache import ResponseCache
 
 T = TypeVar("T")
@@ -274,9 +274,9 @@ def test_a_hit_equals_a_fresh_answer(zone: Zone, name: str, rdtype: str, case_se
     kw: dict[str, Any] = {"use_edns": False} if edns is None else {"use_edns": 0, "payload": edns}
     first = query(name, rdtype, **kw)
     miss = zone.answer(first, transport)
-    assert isinstance(miss, Reply) and miss.cacheable
+    assert isinstance(miss, DnsReply) and miss.cacheable
     rotations = [zone.answer(first, transport, r) for r in range(miss.variants)]
-    assert cache.put(first, tcp, [r.wire for r in rotations if isinstance(r, Reply)], miss.rcode)
+    assert cache.put(first, tcp, [r.wire for r in rotations if isinstance(r, DnsReply)], miss.rcode)
     for _ in range(spellings):
         spelled = "".join(c.upper() if rng.random() < 0.5 else c for c in name)
         seen = set()
@@ -285,7 +285,7 @@ def test_a_hit_equals_a_fresh_answer(zone: Zone, name: str, rdtype: str, case_se
             hit = cache.get(again, tcp)
             assert hit is not None
             fresh = [zone.answer(again, transport, r) for r in range(miss.variants)]
-            matching = [r for r, f in enumerate(fresh) if isinstance(f, Reply) and hit == (f.wire, f.rcode)]
+            matching = [r for r, f in enumerate(fresh) if isinstance(f, DnsReply) and hit == (f.wire, f.rcode)]
             assert len(matching) == 1
             seen.add(matching[0])
         assert seen == set(range(miss.variants))

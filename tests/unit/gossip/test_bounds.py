@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.gossip.admission import UNCONFIRMED_FLOOR, UNCONFIRMED_PER_SOURCE, Admission
-from sidecar.gossip.core import UserMessage, member_events
+from sidecar.gossip.admission import UNCONFIRMED_FLOOR, UNCONFIRMED_PER_SOURCE, MemberAdmission
 from sidecar.gossip.incarnation import (
     INCARNATION_EPOCH,
     INCARNATION_HEADROOM,
     INCARNATION_MAX,
     incarnation_ceiling,
 )
-from sidecar.gossip.messages import Ack, Alive, Dead, Ping, PushNodeState, PushPull, Suspect, UserMsg, to_wire
+from sidecar.gossip.messages import Alive, Dead, Ping, ProbeAck, PushNodeState, PushPull, Suspect, UserMsg, to_wire
 from sidecar.gossip.node import exposure_warning
+from sidecar.gossip.outputs import UserMessage, member_events
 from sidecar.gossip.seen import USER_SEEN_FLOOR, SeenVersions
 from sidecar.gossip.state import MemberState
 from sidecar.gossip.streamgate import (
@@ -128,7 +128,7 @@ def test_one_source_introduces_at_most_its_share_of_unconfirmed_members() -> Non
 
 
 def test_the_total_of_unconfirmed_members_is_capped() -> None:
-    admission = Admission(per_source=10, floor=25)
+    admission = MemberAdmission(per_source=10, floor=25)
     admitted = 0
     for source in range(10):
         for _ in range(10):
@@ -145,7 +145,7 @@ def test_an_ack_to_our_probe_confirms_a_member_and_frees_its_introducers_share()
     out = core.on_tick(10.0)
     pings = sent_of(out, Ping)
     assert pings and pings[0][0] == ("real", 7946)
-    core.on_packet(("real", 7946), packet(Ack(pings[0][1].seq)), 10.1)
+    core.on_packet(("real", 7946), packet(ProbeAck(pings[0][1].seq)), 10.1)
     assert core.unconfirmed_members == 0
 
 

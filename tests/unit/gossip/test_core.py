@@ -8,8 +8,28 @@ from typing import TypeVar
 import pytest
 
 from sidecar.config.model import GOSSIP_PROFILES, GossipTuning
-from sidecar.gossip.core import (
-    GossipCore,
+from sidecar.gossip.core import GossipCore
+from sidecar.gossip.envelope import Envelope
+from sidecar.gossip.errors import GossipMessageTooLarge
+from sidecar.gossip.keyring import Keyring
+from sidecar.gossip.messages import (
+    Alive,
+    Dead,
+    IndirectPing,
+    Message,
+    Ping,
+    ProbeAck,
+    ProbeNack,
+    PushNodeState,
+    PushPull,
+    Suspect,
+    UserMsg,
+    compound_to_wire,
+    from_wire,
+    packet_from_wire,
+    to_wire,
+)
+from sidecar.gossip.outputs import (
     MemberAlive,
     MemberDead,
     MemberJoined,
@@ -25,26 +45,6 @@ from sidecar.gossip.core import (
     SyncCompleted,
     UserMessage,
     member_events,
-)
-from sidecar.gossip.envelope import Envelope
-from sidecar.gossip.errors import MessageTooLarge
-from sidecar.gossip.keyring import Keyring
-from sidecar.gossip.messages import (
-    Ack,
-    Alive,
-    Dead,
-    IndirectPing,
-    Message,
-    Nack,
-    Ping,
-    PushNodeState,
-    PushPull,
-    Suspect,
-    UserMsg,
-    compound_to_wire,
-    from_wire,
-    packet_from_wire,
-    to_wire,
 )
 from sidecar.gossip.state import Address, MemberState
 from sidecar.gossip.suspicion import retransmit_limit, suspicion_timeout
@@ -94,7 +94,7 @@ def run_ticks(core: GossipCore, until: float, peers_answer: bool = False) -> lis
         if peers_answer:
             for address, ping in sent_of(step, Ping):
                 assert isinstance(ping, Ping)
-                out.extend(core.on_packet(address, packet(Ack(ping.seq)), when))
+                out.extend(core.on_packet(address, packet(ProbeAck(ping.seq)), when))
     return out
 
 
@@ -116,8 +116,8 @@ def first_probe(core: GossipCore) -> tuple[float, Address, Ping]:
 
 def test_a_ping_is_acked_to_its_sender() -> None:
     core = make_core()
-    acks = sent_of(core.on_packet(("a", 1), packet(Ping(42, "me")), 1.0), Ack)
-    assert acks == [(("a", 1), Ack(42))]
+    acks = sent_of(core.on_packet(("a", 1), packet(Ping(42, "me")), 1.0), ProbeAck)
+    assert acks == [(("a", 1), ProbeAck(42))]
 
 
 def test_a_ping_for_another_name_is_ignored() -> None:
@@ -165,7 +165,7 @@ def test_news_only_its_knowers_could_get_is_dropped_so_gossip_goes_quiet() -> No
     run_ticks(core, 2.0, peers_answer=True)
     out = run_ticks(core, 10.0, peers_answer=True)
     packets = sent(out)
-    assert packets and all(any(isinstance(m, (Ping, Ack)) for m in msgs) for _, msgs in packets)
+    assert packets and all(any(isinstance(m, (Ping, ProbeAck)) for m in msgs) for _, msgs in packets)
     assert core.next_deadline() - 10.0 > T.gossip_interval  # no gossip timer left ticking
 
 
@@ -182,7 +182,7 @@ def test_an_unanswered_probe_goes_indirect_then_suspects() -> None:
     streams = [o for o in out if isinstance(o, OpenStream)]
     assert len(streams) == 1 and streams[0].purpose is StreamPurpose.PING and streams[0].address == target_addr
     # one helper nacks: the target is silent; the two missing nacks count against our own health
-    core.on_packet(indirect[0][0], packet(Nack(ping.seq)), start + 0.7)
+    core.on_packet(indirect[0][0], packet(ProbeNack(ping.seq)), start + 0.7)
     out = core.on_tick(start + T.probe_interval)
     events = member_events(out)
     assert [type(e) for e in events] == [MemberSuspect] and events[0].member.name == ping.node
@@ -196,7 +196,7 @@ def test_a_direct_ack_ends_the_probe_and_improves_health() -> None:
     core.on_packet(("x", 1), packet(Suspect(1, "me", "x")), 0.0)  # refute: health 1
     assert core.health_score == 1
     start, addr, ping = first_probe(core)
-    core.on_packet(addr, packet(Ack(ping.seq)), start + 0.2)
+    core.on_packet(addr, packet(ProbeAck(ping.seq)), start + 0.2)
     assert core.health_score == 0
     out = run_ticks(core, start + T.probe_interval)
     assert not member_events(out) and not sent_of(out, IndirectPing)
@@ -210,7 +210,7 @@ def test_a_tcp_ack_saves_the_member_from_suspicion() -> None:
     stream = next(o for o in out if isinstance(o, OpenStream))
     ping = from_wire(ENV.open(stream.data))
     assert isinstance(ping, Ping)
-    core.on_stream_reply(stream.token, ENV.seal(to_wire(Ack(ping.seq))), stream.deadline - 0.1)
+    core.on_stream_reply(stream.token, ENV.seal(to_wire(ProbeAck(ping.seq))), stream.deadline - 0.1)
     out = core.on_tick(stream.deadline)
     assert not member_events(out)
     assert core.counters.tcp_fallback_saves == 1
@@ -221,13 +221,13 @@ def test_indirect_pings_are_relayed_and_nacked() -> None:
     out = core.on_packet(("req", 1), packet(IndirectPing(99, "target", "t-host", 5, True)), 10.0)
     (addr, ping), = sent_of(out, Ping)
     assert addr == ("t-host", 5) and ping.node == "target" and ping.seq != 99
-    out = core.on_packet(("t-host", 5), packet(Ack(ping.seq)), 10.1)
-    assert sent_of(out, Ack) == [(("req", 1), Ack(99))]
+    out = core.on_packet(("t-host", 5), packet(ProbeAck(ping.seq)), 10.1)
+    assert sent_of(out, ProbeAck) == [(("req", 1), ProbeAck(99))]
     # a second relay whose target stays silent gets a nack after the probe timeout
     out = core.on_packet(("req", 1), packet(IndirectPing(100, "target", "t-host", 5, True)), 20.0)
     assert core.next_deadline() <= 20.0 + T.probe_timeout
     out = core.on_tick(20.0 + T.probe_timeout)
-    assert sent_of(out, Nack) == [(("req", 1), Nack(100))]
+    assert sent_of(out, ProbeNack) == [(("req", 1), ProbeNack(100))]
 
 
 def test_suspicion_times_out_into_death_and_confirmations_shorten_it() -> None:
@@ -408,7 +408,7 @@ def test_our_user_broadcasts_have_growing_versions_and_limits() -> None:
     assert UserMsg("me", "k", 1002, b"two") in msgs
     assert UserMsg("me", "k", 1001, b"one") not in msgs  # replaced by the newer one
     core.broadcast_user("", b"x" * core.max_user_data)
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(GossipMessageTooLarge):
         core.broadcast_user("", b"x" * (core.max_user_data + 1))
 
 
@@ -421,7 +421,7 @@ def test_metadata_updates_bump_the_incarnation_and_reach_peers() -> None:
     out = b.on_packet(("a", 7946), packet(*[m for m in msgs if isinstance(m, Alive)]), 1.0)
     assert [type(e) for e in member_events(out)] == [MemberUpdated]
     assert b.member("a").meta == b"port=15006"  # type: ignore[union-attr]
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(GossipMessageTooLarge):
         a.set_meta(b"x" * 513)
 
 

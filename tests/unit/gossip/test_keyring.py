@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.gossip.envelope import Envelope, PacketRefused, Refusal
+from sidecar.gossip.envelope import Envelope, GossipRefusal, PacketRefused
 from sidecar.gossip.errors import KeyringError
 from sidecar.gossip.keyring import OVERHEAD, DecryptionFailed, Keyring, decode_key, generate_key
 
@@ -90,14 +90,14 @@ class TestEnvelope:
         assert env.open(packet) == b"payload"
 
     @pytest.mark.parametrize(("sender", "receiver", "reason"), [
-        (Envelope("staging"), Envelope("prod"), Refusal.CLUSTER),
-        (Envelope("prod2"), Envelope("prod"), Refusal.CLUSTER),
-        (Envelope("staging", Keyring([K32])), Envelope("prod", Keyring([K32])), Refusal.CLUSTER),
-        (Envelope("prod", Keyring([K16])), Envelope("prod", Keyring([K32])), Refusal.KEY),
-        (Envelope("prod"), Envelope("prod", Keyring([K32])), Refusal.PLAINTEXT),
-        (Envelope("prod", Keyring([K32])), Envelope("prod"), Refusal.ENCRYPTED),
+        (Envelope("staging"), Envelope("prod"), GossipRefusal.CLUSTER),
+        (Envelope("prod2"), Envelope("prod"), GossipRefusal.CLUSTER),
+        (Envelope("staging", Keyring([K32])), Envelope("prod", Keyring([K32])), GossipRefusal.CLUSTER),
+        (Envelope("prod", Keyring([K16])), Envelope("prod", Keyring([K32])), GossipRefusal.KEY),
+        (Envelope("prod"), Envelope("prod", Keyring([K32])), GossipRefusal.PLAINTEXT),
+        (Envelope("prod", Keyring([K32])), Envelope("prod"), GossipRefusal.ENCRYPTED),
     ])
-    def test_refusals(self, sender: Envelope, receiver: Envelope, reason: Refusal) -> None:
+    def test_refusals(self, sender: Envelope, receiver: Envelope, reason: GossipRefusal) -> None:
         with pytest.raises(PacketRefused) as info:
             receiver.open(sender.seal(b"payload"))
         assert info.value.reason is reason
@@ -109,7 +109,7 @@ class TestEnvelope:
         forged = bytes((0x5C, 4)) + b"prod" + packet[2 + len(b"staging"):]
         with pytest.raises(PacketRefused) as info:
             prod.open(forged)
-        assert info.value.reason is Refusal.KEY
+        assert info.value.reason is GossipRefusal.KEY
 
     @given(st.binary(max_size=200))
     def test_garbage_is_refused_never_raised_otherwise(self, data: bytes) -> None:

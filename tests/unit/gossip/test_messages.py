@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.gossip.errors import GossipDecodeError, MessageTooLarge
+from sidecar.gossip.errors import GossipDecodeError, GossipMessageTooLarge
 from sidecar.gossip.messages import (
     MAX_META,
-    Ack,
     Alive,
     Dead,
     IndirectPing,
     Message,
-    Nack,
     Ping,
+    ProbeAck,
+    ProbeNack,
     PushNodeState,
     PushPull,
     Suspect,
@@ -38,8 +38,8 @@ meta = st.binary(max_size=MAX_META)
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Ping, u32, names),
     st.builds(IndirectPing, u32, names, names, ports, st.booleans()),
-    st.builds(Ack, u32),
-    st.builds(Nack, u32),
+    st.builds(ProbeAck, u32),
+    st.builds(ProbeNack, u32),
     st.builds(Suspect, u32, names, names),
     st.builds(Alive, u32, names, names, ports, meta),
     st.builds(Dead, u32, names, names),
@@ -103,13 +103,13 @@ def test_known_malformed_packets(data: bytes) -> None:
 
 
 def test_a_single_part_is_sent_as_itself() -> None:
-    raw = to_wire(Ack(7))
+    raw = to_wire(ProbeAck(7))
     assert compound_to_wire([raw]) == raw
     assert split_packet(raw) == [raw]
 
 
 def test_names_longer_than_255_bytes_cannot_be_encoded() -> None:
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(GossipMessageTooLarge):
         to_wire(Ping(1, "x" * 256))
 
 
@@ -124,6 +124,6 @@ def test_leave_is_a_dead_message_from_the_member_itself() -> None:
 
 
 def test_messages_are_compact() -> None:
-    assert len(to_wire(Ack(1))) == 5
+    assert len(to_wire(ProbeAck(1))) == 5
     assert len(to_wire(Ping(1, "node-a"))) == 12
     assert len(to_wire(Alive(1, "node-a", "10.0.0.1", 7946, b""))) == 25

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from sidecar.gossip.core import MemberAlive, MemberDead, MemberJoined, MemberLeft
+from sidecar.gossip.outputs import MemberAlive, MemberDead, MemberJoined, MemberLeft
 from sidecar.gossip.reconnect import Reconnects
 from sidecar.gossip.state import MemberState, MemberView
 

@@ -18,10 +18,10 @@ from sidecar.gossip.rotation import (
     Command,
     Fetch,
     Install,
+    KeyRotationCore,
     Peer,
     Phase,
     Remove,
-    RotationCore,
     Use,
     decode_report,
     derive_key,
@@ -115,8 +115,8 @@ def apply(ring: list[bytes], commands: list[Command]) -> list[bytes]:
     return ring
 
 
-def derived_core(**kw: int) -> RotationCore:
-    return RotationCore(EVERY, [ROOT], derive=lambda e: derived(e), **kw)
+def derived_core(**kw: int) -> KeyRotationCore:
+    return KeyRotationCore(EVERY, [ROOT], derive=lambda e: derived(e), **kw)
 
 
 def test_before_joining_the_previous_and_current_keys_are_installed_and_nothing_switches() -> None:
@@ -180,7 +180,7 @@ def test_the_old_key_goes_only_when_every_live_member_uses_the_new_one() -> None
 
 def test_the_configured_keys_and_manual_keys_are_never_removed() -> None:
     manual = b"m" * 32
-    core = RotationCore(EVERY, [ROOT, b"x" * 16], derive=lambda e: derived(e))
+    core = KeyRotationCore(EVERY, [ROOT, b"x" * 16], derive=lambda e: derived(e))
     ring = [ROOT, b"x" * 16, manual]
     for _ in range(6):
         ring = apply(ring, core.on_tick(T0, ring, [], True))
@@ -213,7 +213,7 @@ def test_a_stalled_rotation_keeps_a_bounded_keyring() -> None:
 
 
 def test_fetched_keys_are_asked_for_one_at_a_time_and_failures_back_off() -> None:
-    core = RotationCore(EVERY, [ROOT])
+    core = KeyRotationCore(EVERY, [ROOT])
     e = epoch_of(T0, EVERY)
     assert core.on_tick(T0, [ROOT], [], ready=False) == [Fetch(e)]
     assert core.on_tick(T0 + 0.1, [ROOT], [], ready=False) == []  # one fetch in flight
@@ -232,7 +232,7 @@ def test_fetched_keys_are_asked_for_one_at_a_time_and_failures_back_off() -> Non
 
 
 def test_a_command_that_prints_the_same_key_twice_does_not_remove_it() -> None:
-    core = RotationCore(EVERY, [ROOT])
+    core = KeyRotationCore(EVERY, [ROOT])
     e = epoch_of(T0, EVERY)
     key = b"k" * 32
     core.on_tick(T0, [ROOT], [], ready=False)
@@ -247,9 +247,9 @@ def test_a_command_that_prints_the_same_key_twice_does_not_remove_it() -> None:
 
 def test_wrong_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
-        RotationCore(0, [ROOT])
+        KeyRotationCore(0, [ROOT])
     with pytest.raises(ValueError, match="configured key"):
-        RotationCore(EVERY, [])
+        KeyRotationCore(EVERY, [])
 
 
 # ---------------------------------------------------------------------------- a simulated membership
@@ -267,7 +267,7 @@ class SimMember:
     def start(self, now: float) -> None:
         """A fresh process with the original config (only the configured key), prepared as the driver does
         before its gossip starts: the previous and current epochs' keys installed."""
-        self.core = RotationCore(EVERY, [ROOT], derive=self.derive)
+        self.core = KeyRotationCore(EVERY, [ROOT], derive=self.derive)
         self.ring = apply([ROOT], self.core.on_tick(now + self.skew, [ROOT], [], ready=False))
         self.live = True
         self.joined = False

@@ -12,12 +12,14 @@ from sidecar.messaging.delivery import (
     Attempts,
     DeadLetter,
     DeliveryPolicy,
+    DeliveryRetry,
     Outcome,
-    Retry,
     backoff,
     classify,
+    classify_bulk,
 )
 from sidecar.messaging.envelope import MessageBody, ServiceMessage, check_topic
+from sidecar.messaging.streams import batches
 from sidecar.messaging.subscriptions import SubscriptionBook, Wanted
 
 
@@ -55,12 +57,12 @@ def test_backoff_doubles_caps_and_jitters(n: int, random: float, expected: float
 def test_attempts_count_failures_not_waits() -> None:
     policy = DeliveryPolicy(max_attempts=3, backoff_base=1, backoff_max=100, jitter=0)
     attempts = Attempts()
-    assert attempts.next_step(policy, Outcome.UNREACHABLE, 0.0) == Retry(1.0, counted=False)
-    assert attempts.next_step(policy, Outcome.UNREACHABLE, 0.0) == Retry(2.0, counted=False)
-    assert attempts.next_step(policy, Outcome.FAILED, 0.0) == Retry(1.0, counted=True)
-    assert attempts.next_step(policy, Outcome.FAILED, 0.0) == Retry(2.0, counted=True)
+    assert attempts.next_step(policy, Outcome.UNREACHABLE, 0.0) == DeliveryRetry(1.0, counted=False)
+    assert attempts.next_step(policy, Outcome.UNREACHABLE, 0.0) == DeliveryRetry(2.0, counted=False)
+    assert attempts.next_step(policy, Outcome.FAILED, 0.0) == DeliveryRetry(1.0, counted=True)
+    assert attempts.next_step(policy, Outcome.FAILED, 0.0) == DeliveryRetry(2.0, counted=True)
     for _ in range(50):  # an unreachable subscriber never exhausts a message's attempts
-        assert isinstance(attempts.next_step(policy, Outcome.UNREACHABLE, 0.0), Retry)
+        assert isinstance(attempts.next_step(policy, Outcome.UNREACHABLE, 0.0), DeliveryRetry)
     assert attempts.next_step(policy, Outcome.FAILED, 0.0) == DeadLetter("max-attempts")
     assert attempts.counted == 3
 
@@ -107,3 +109,43 @@ def test_claims_carry_subscriptions() -> None:
     claims = [Claim("a", "c", "svc", 5, (instance,), (Subscription("svc", "t", "/p"), Subscription(NODE_STREAM, "n"))),
               Claim("b", "c", "", 6, ())]
     assert decode_claims(encode_claims(claims)) == claims
+
+
+def test_a_bulk_size_travels_with_its_subscription_and_only_then_changes_the_wire() -> None:
+    plain, bulk = Subscription("svc", "t", "/p"), Subscription("svc", "t", "/p", 100)
+    assert plain.to_json() == ["svc", "t", "/p"] and bulk.to_json() == ["svc", "t", "/p", 100]
+    assert Subscription.from_json(bulk.to_json()) == bulk and Subscription.from_json(plain.to_json()) == plain
+    for bad in (["svc", "t", "/p", "100"], ["svc", "t", "/p", True], ["svc", "t", "/p", -1], ["s", "t", "/p", 1, 2]):
+        with pytest.raises((TypeError, ValueError)):
+            Subscription.from_json(bad)
+    claims = [Claim("a", "c", "svc", 5, (), (bulk,))]
+    assert decode_claims(encode_claims(claims)) == claims
+    book = SubscriptionBook("a")
+    book.set_remote("b", [bulk])
+    book.set_remote("c", [Subscription("svc", "t", "/p", 10)])  # instances disagree: every publisher picks the same
+    assert book.wanted() == {("t", "svc"): Wanted("t", "svc", "/p", 10)}
+
+
+@pytest.mark.parametrize(("status", "mesh_error", "body", "expected"), [
+    (200, None, b'{"statuses": [{"id": "a", "status": "SUCCESS"}, {"id": "b", "status": "retry"},'
+                b' {"id": "c", "status": "DROP"}]}', [Outcome.ACK, Outcome.FAILED, Outcome.DROP]),
+    (200, None, b'{"statuses": [{"id": "c", "status": "DROP"}, {"id": "a", "status": "SUCCESS"}]}',
+     [Outcome.ACK, Outcome.FAILED, Outcome.DROP]),                       # b left out: retried; any order
+    (200, None, b'{"statuses": [{"id": "a", "status": "MAYBE"}, {"id": 3}, "x"]}',
+     [Outcome.FAILED, Outcome.FAILED, Outcome.FAILED]),                  # unknown status, malformed entries
+    (200, None, b"", [Outcome.ACK] * 3),                                  # a plain 2xx acks the batch
+    (200, None, b'{"status": "DROP"}', [Outcome.DROP] * 3),               # one verdict for all
+    (503, None, b'{"statuses": [{"id": "a", "status": "SUCCESS"}]}', [Outcome.FAILED] * 3),
+    (503, "UNAVAILABLE", b"", [Outcome.UNREACHABLE] * 3),
+    (200, None, b"[" * 100_000, [Outcome.ACK] * 3),                       # not JSON: no statuses
+])
+def test_classify_bulk(status: int, mesh_error: str | None, body: bytes, expected: list[Outcome]) -> None:
+    assert classify_bulk(status, mesh_error, body, ["a", "b", "c"]) == expected
+
+
+def test_batches_keep_order_and_bounds() -> None:
+    owed = [(i, b"x" * 10) for i in range(1, 8)]
+    assert [[s for s, _ in b] for b in batches(owed, 3, 1000)] == [[1, 2, 3], [4, 5, 6], [7]]
+    assert [[s for s, _ in b] for b in batches(owed, 100, 25)] == [[1, 2], [3, 4], [5, 6], [7]]
+    assert [len(b) for b in batches([(1, b"x" * 50)], 5, 10)] == [1]  # one too big still goes, alone
+    assert batches([], 5, 10) == []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from sidecar.clock import FakeClock
-from sidecar.messaging.store import Limits, Store
+from sidecar.messaging.store import CHECKPOINT_BYTES, Store, StoreLimits
 from sidecar.messaging.writer import Writer
 
-LIMITS = Limits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=5)
+LIMITS = StoreLimits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=5)
 
 
 def test_publish_settle_and_restart(tmp_path: Path) -> None:
@@ -37,7 +38,7 @@ def test_publish_settle_and_restart(tmp_path: Path) -> None:
 
 
 def test_retention_dead_letters_the_oldest_and_caps_dead_letters(tmp_path: Path) -> None:
-    store = Store(str(tmp_path), Limits(retention_age_ms=1000, retention_bytes=50, max_dead_letters=3))
+    store = Store(str(tmp_path), StoreLimits(retention_age_ms=1000, retention_bytes=50, max_dead_letters=3))
     store.begin()
     stream, _ = store.w_ensure_stream("t", "billing", "/in", 0)
     for i in range(8):
@@ -67,6 +68,7 @@ def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
                                          for i in range(500)))
         assert sorted(seq for seq, _ in results) == list(range(1, 501))
         assert writer.commits - commits < 50  # 500 publishes, a handful of fsyncs
+        assert store.durable_messages == 500 and store.fsyncs <= writer.commits
         failing = writer.submit(lambda s: s.w.execute("INSERT INTO nowhere VALUES (1)"))
         fine = writer.submit(lambda s: s.w_publish("ok", "t", b"x", 0))
         assert (await fine)[0] == 501
@@ -83,7 +85,7 @@ def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
 
 def test_dead_letters_are_bounded_by_bytes_too_oldest_first_and_counted(tmp_path: Path) -> None:
     # 1 KiB bodies, a 4 KiB bound and a count bound far away: bytes decide
-    limits = Limits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=1000,
+    limits = StoreLimits(retention_age_ms=60_000, retention_bytes=1 << 20, max_dead_letters=1000,
                     max_dead_letter_bytes=4096)
     store = Store(str(tmp_path), limits)
     store.begin()
@@ -104,3 +106,66 @@ def test_dead_letters_are_bounded_by_bytes_too_oldest_first_and_counted(tmp_path
     assert again.w_purge(None) == 3 and again.dead_letter_bytes == 0
     again.commit()
     again.close()
+
+
+def test_one_fsync_covers_every_publish_queued_while_the_previous_commit_ran(tmp_path: Path) -> None:
+    """Group commit, counted: the publishes that arrive while a commit runs are stored by the next commit, one
+    fsync for all of them; each caller still learns its own result only once that commit is done."""
+    async def main() -> None:
+        store = Store(str(tmp_path), StoreLimits(retention_age_ms=1 << 50, retention_bytes=1 << 20,
+                                                 max_dead_letters=5))  # retention keeps everything here
+        writer = Writer(store, FakeClock())
+        writer.start()
+        await writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+        fsyncs, messages = store.fsyncs, store.durable_messages
+        running, release = threading.Event(), threading.Event()
+
+        def slow(s: Store) -> tuple[int, list[int]]:  # holds the commit open, as a slow disk would
+            running.set()
+            assert release.wait(10)
+            return s.w_publish("first", "t", b"x", 0)
+
+        first = writer.submit(slow)
+        assert await asyncio.to_thread(running.wait, 10)
+        rest = [writer.submit(lambda s, i=i: s.w_publish(f"m{i}", "t", b"x", 0)) for i in range(100)]
+        await asyncio.sleep(0)
+        assert not any(f.done() for f in rest)  # not durable yet: no answer yet
+        release.set()
+        await first
+        await asyncio.gather(*rest)
+        assert store.durable_messages - messages == 101
+        assert store.fsyncs - fsyncs == 2  # the slow commit's, then one for the hundred queued behind it
+        writer.tick()  # a commit that writes nothing (retention with nothing to do) costs no fsync
+        await writer.submit(lambda s: None)
+        assert store.fsyncs - fsyncs == 2
+        stream = store.streams()[0].id
+        settled = await asyncio.gather(*(writer.submit(lambda s, q=seq: s.w_settle(stream, q), durable=False)
+                                         for seq in range(1, 51)))
+        assert all(settled) and store.pending == 51 and store.fsyncs - fsyncs == 2  # acks alone: no fsync
+        published, acked = await asyncio.gather(writer.submit(lambda s: s.w_publish("late", "t", b"x", 0)),
+                                                writer.submit(lambda s: s.w_settle(stream, 51), durable=False))
+        assert published[0] == 102 and acked
+        assert store.fsyncs - fsyncs == 3  # an ack in the same commit as a publish rides on its fsync
+        await writer.stop()
+        store.close()
+    asyncio.run(main())
+
+
+def test_checkpoints_are_run_and_counted(tmp_path: Path) -> None:
+    """The WAL is checkpointed by the store once it has grown by CHECKPOINT_BYTES, and those fsyncs count too."""
+    store = Store(str(tmp_path), StoreLimits(retention_age_ms=60_000, retention_bytes=1 << 30,
+                                             max_dead_letters=5))
+    store.begin()
+    store.w_ensure_stream("t", "billing", "/in", 0)
+    store.commit()
+    body = b"x" * (64 << 10)
+    commits = 0
+    while store.fsyncs == commits + 1:  # until a commit costs more than its own fsync: the checkpoint's two
+        store.begin()
+        store.w_publish(f"m{commits}", "t", body, 0)
+        store.commit()
+        commits += 1
+        assert commits < 200
+    assert store.fsyncs == commits + 1 + 2 and store.durable_messages == commits
+    assert CHECKPOINT_BYTES // (2 * len(body)) <= commits <= CHECKPOINT_BYTES // len(body) + 1
+    store.close()

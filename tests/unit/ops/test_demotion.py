@@ -9,9 +9,18 @@ from sidecar.catalog.registry import LocalRegistry
 from sidecar.clock import FakeClock
 from sidecar.config.model import GOSSIP_PROFILES, ServiceConfig
 from sidecar.events import EventBus
-from sidecar.ops.demotion import _TRANSITIONS, Demoted, DemotionCore, Reading, Restored, Rules, SelfDemotion, Standing
+from sidecar.ops.demotion import (
+    _TRANSITIONS,
+    Demoted,
+    DemotionCore,
+    DemotionRules,
+    Reading,
+    Restored,
+    SelfDemotion,
+    Standing,
+)
 
-RULES = Rules(high=4, low=0, hold=5.0, recover_hold=15.0)
+RULES = DemotionRules(high=4, low=0, hold=5.0, recover_hold=15.0)
 
 
 def feed(core: DemotionCore, readings: list[tuple[float, int]]) -> list[tuple[float, object]]:
@@ -28,7 +37,7 @@ def test_the_table_covers_every_standing_and_reading() -> None:
 @pytest.mark.parametrize(("tuning", "high", "hold", "recover"), [("lan", 4, 5.0, 15.0), ("wan", 4, 25.0, 75.0),
                                                                 ("local", 4, 5.0, 15.0)])
 def test_rules_from_the_gossip_profiles(tuning: str, high: int, hold: float, recover: float) -> None:
-    rules = Rules.from_tuning(GOSSIP_PROFILES[tuning])
+    rules = DemotionRules.from_tuning(GOSSIP_PROFILES[tuning])
     assert (rules.high, rules.low, rules.hold, rules.recover_hold) == (high, 0, hold, recover)
 
 

@@ -19,7 +19,7 @@ from sidecar.config.model import (
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import endpoint_set
 from sidecar.ops.explain import OK, REFUSE, WARN, Explanation, Facts, Question, explain, render_text
-from sidecar.resilience.destination import Destination
+from sidecar.resilience.cluster import Cluster
 from sidecar.tls.identity import PeerIdentity
 
 NOW = 1000.0          # the loop clock
@@ -43,7 +43,7 @@ def identity(hours_left: float) -> PeerIdentity:
                         dt.datetime.fromtimestamp(WALL + hours_left * 3600, dt.UTC), 1)
 
 
-def facts(snap: CatalogSnapshot, dest: Destination | None = None, config: Config | None = None,
+def facts(snap: CatalogSnapshot, dest: Cluster | None = None, config: Config | None = None,
           service: str = "echo", hours_left: float = 20.0) -> Facts:
     config = config or Config(tls=TLS, policies={"*": POLICY})
     name = ServiceName(service)
@@ -68,7 +68,7 @@ def test_a_fresh_destination_is_ok_and_names_the_default_policy() -> None:
 def test_an_ejected_host_is_named_with_its_end_and_left_out_of_the_pick() -> None:
     snap = snapshot(("b1", HealthStatus.HEALTHY, "alive"), ("b2", HealthStatus.HEALTHY, "alive"))
     f = facts(snap)
-    dest = Destination("echo", POLICY, random.Random(1), NOW - 10)
+    dest = Cluster("echo", POLICY, random.Random(1), NOW - 10)
     assert f.endpoints is not None
     healthy, _ = dest.hosts_of(f.endpoints, NOW - 10)
     for _ in range(2):
@@ -91,7 +91,7 @@ def test_an_ejected_host_is_named_with_its_end_and_left_out_of_the_pick() -> Non
 def test_every_host_ejected_is_panic_routing() -> None:
     snap = snapshot(("b1", HealthStatus.HEALTHY, "alive"))
     f = facts(snap)
-    dest = Destination("echo", POLICY, random.Random(1), NOW)
+    dest = Cluster("echo", POLICY, random.Random(1), NOW)
     assert f.endpoints is not None
     [host], _ = dest.hosts_of(f.endpoints, NOW)
     dest.outlier.failure(host.key, NOW)
@@ -144,7 +144,7 @@ def test_caps_at_their_limit_refuse_or_queue() -> None:
                                                                max_requests=10))
     config = Config(tls=TLS, policies={"*": policy})
     snap = snapshot(("b1", HealthStatus.HEALTHY, "alive"))
-    dest = Destination("echo", policy, random.Random(1), NOW)
+    dest = Cluster("echo", policy, random.Random(1), NOW)
     dest.breaker.admit()
     by = steps(explain(Question("echo"), facts(snap, dest, config), NOW, WALL))
     assert by["caps"]["verdict"] == WARN and "would wait" in str(by["caps"]["says"])

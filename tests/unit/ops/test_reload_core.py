@@ -9,7 +9,7 @@ from sidecar.config.load import config_from_raw
 from sidecar.config.model import Config
 from sidecar.errors import InvalidArgument
 from sidecar.ops.reload import parse_canary
-from sidecar.ops.reload_canary import MIN_REQUESTS, Counts, Verdict, check_interval, judge
+from sidecar.ops.reload_canary import MIN_REQUESTS, CanaryVerdict, Counts, check_interval, judge
 from sidecar.ops.reload_history import CanaryState, History
 
 # ------------------------------------------------------------------------------------------ history
@@ -56,17 +56,17 @@ def test_a_canary_state_shows_rates() -> None:
 
 
 @pytest.mark.parametrize(("baseline", "observed", "verdict"), [
-    (Counts(0, 0), Counts(MIN_REQUESTS - 1, MIN_REQUESTS - 1), Verdict.UNDECIDED),   # too few to judge
-    (Counts(0, 0), Counts(100, 0), Verdict.HEALTHY),
-    (Counts(0, 0), Counts(100, 5), Verdict.HEALTHY),          # exactly at the threshold: not past it
-    (Counts(0, 0), Counts(100, 6), Verdict.ROLL_BACK),
-    (Counts(100, 10), Counts(100, 15), Verdict.HEALTHY),      # 0.10 before, 0.15 after: at before + 0.05
-    (Counts(100, 10), Counts(100, 16), Verdict.ROLL_BACK),
-    (Counts(100, 50), Counts(40, 20), Verdict.HEALTHY),       # already bad before: not the reload's doing
-    (Counts(0, 0), Counts(MIN_REQUESTS, MIN_REQUESTS), Verdict.ROLL_BACK),
+    (Counts(0, 0), Counts(MIN_REQUESTS - 1, MIN_REQUESTS - 1), CanaryVerdict.UNDECIDED),   # too few to judge
+    (Counts(0, 0), Counts(100, 0), CanaryVerdict.HEALTHY),
+    (Counts(0, 0), Counts(100, 5), CanaryVerdict.HEALTHY),          # exactly at the threshold: not past it
+    (Counts(0, 0), Counts(100, 6), CanaryVerdict.ROLL_BACK),
+    (Counts(100, 10), Counts(100, 15), CanaryVerdict.HEALTHY),      # 0.10 before, 0.15 after: at before + 0.05
+    (Counts(100, 10), Counts(100, 16), CanaryVerdict.ROLL_BACK),
+    (Counts(100, 50), Counts(40, 20), CanaryVerdict.HEALTHY),       # already bad before: not the reload's doing
+    (Counts(0, 0), Counts(MIN_REQUESTS, MIN_REQUESTS), CanaryVerdict.ROLL_BACK),
 ])
 def test_the_verdict_compares_after_with_before_plus_the_threshold(baseline: Counts, observed: Counts,
-                                                                   verdict: Verdict) -> None:
+                                                                   verdict: CanaryVerdict) -> None:
     found, why = judge(baseline, observed, 0.05)
     assert found is verdict, why
     assert why

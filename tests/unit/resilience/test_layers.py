@@ -1,5 +1,5 @@
 """The resilience modules import one another one way only (type-only imports included): the pure cores at the
-bottom, then the retry rules, the per-destination state, the per-request Call and the views, and policy.py
+bottom, then the retry rules, the per-cluster state, the per-request Call and the views, and policy.py
 composing them on top."""
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ def test_no_module_imports_back() -> None:
     except CycleError as e:
         raise AssertionError(f"import cycle among the resilience modules: {e.args[1]}") from None
     position = {name: i for i, name in enumerate(order)}
-    for lower, upper in [("rules", "destination"), ("destination", "retry"), ("destination", "views"),
+    for lower, upper in [("rules", "cluster"), ("cluster", "retry"), ("cluster", "views"),
                          ("retry", "policy"), ("views", "policy")]:
         assert position[lower] < position[upper], (lower, upper, order)
 
 
 def test_policy_composes_and_the_parts_do_not_reach_up() -> None:
     g = graph()
-    assert {"destination", "retry", "rules", "views"} <= g["policy"]
+    assert {"cluster", "retry", "rules", "views"} <= g["policy"]
     assert all("policy" not in imported for name, imported in g.items() if name != "policy")
-    assert "retry" not in g["destination"] and "views" not in g["destination"]
+    assert "retry" not in g["cluster"] and "views" not in g["cluster"]

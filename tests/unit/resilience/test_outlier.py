@@ -8,19 +8,19 @@ import pytest
 from sidecar.resilience.outlier import (
     Ejected,
     EjectionRefused,
-    HostState,
+    EjectionRules,
+    EndpointState,
     InvalidTransition,
     Move,
     OutlierDetector,
-    Rules,
     transition,
 )
 
-RULES = Rules(consecutive_failures=3, interval=10.0, base_ejection_time=30.0, max_ejection_time=100.0,
-              max_ejection_percent=50.0)
+RULES = EjectionRules(consecutive_failures=3, interval=10.0, base_ejection_time=30.0, max_ejection_time=100.0,
+                      max_ejection_percent=50.0)
 
 
-def detector(hosts: int = 4, rules: Rules = RULES) -> OutlierDetector:
+def detector(hosts: int = 4, rules: EjectionRules = RULES) -> OutlierDetector:
     d = OutlierDetector(rules)
     for i in range(hosts):
         d.add(f"h{i}", 0.0)
@@ -35,18 +35,19 @@ def fail(d: OutlierDetector, host: str, now: float, times: int) -> Ejected | Eje
 
 
 @pytest.mark.parametrize(("state", "move", "after"), [
-    (HostState.ACTIVE, Move.EJECT, HostState.EJECTED),
-    (HostState.PROBATION, Move.EJECT, HostState.EJECTED),
-    (HostState.EJECTED, Move.EXPIRE, HostState.PROBATION),
-    (HostState.PROBATION, Move.RECOVER, HostState.ACTIVE),
+    (EndpointState.ACTIVE, Move.EJECT, EndpointState.EJECTED),
+    (EndpointState.PROBATION, Move.EJECT, EndpointState.EJECTED),
+    (EndpointState.EJECTED, Move.EXPIRE, EndpointState.PROBATION),
+    (EndpointState.PROBATION, Move.RECOVER, EndpointState.ACTIVE),
 ])
-def test_transition_table(state: HostState, move: Move, after: HostState) -> None:
+def test_transition_table(state: EndpointState, move: Move, after: EndpointState) -> None:
     assert transition(state, move) is after
 
 
-@pytest.mark.parametrize(("state", "move"), [(HostState.ACTIVE, Move.EXPIRE), (HostState.EJECTED, Move.EJECT),
-                                             (HostState.ACTIVE, Move.RECOVER), (HostState.EJECTED, Move.RECOVER)])
-def test_moves_missing_from_the_table_raise(state: HostState, move: Move) -> None:
+@pytest.mark.parametrize(("state", "move"), [
+    (EndpointState.ACTIVE, Move.EXPIRE), (EndpointState.EJECTED, Move.EJECT),
+    (EndpointState.ACTIVE, Move.RECOVER), (EndpointState.EJECTED, Move.RECOVER)])
+def test_moves_missing_from_the_table_raise(state: EndpointState, move: Move) -> None:
     with pytest.raises(InvalidTransition):
         transition(state, move)
 
@@ -57,7 +58,7 @@ def test_ejection_time_is_base_times_multiplier_capped(times: int, seconds: floa
 
 
 def test_a_max_below_the_base_means_the_base() -> None:
-    assert Rules(base_ejection_time=30.0, max_ejection_time=10.0).ejection_time(3) == 30.0
+    assert EjectionRules(base_ejection_time=30.0, max_ejection_time=10.0).ejection_time(3) == 30.0
 
 
 @pytest.mark.parametrize(("percent", "ejected", "hosts", "allowed"), [
@@ -71,7 +72,7 @@ def test_a_max_below_the_base_means_the_base() -> None:
     (67.0, 1, 3, True),
 ])
 def test_percent_cap(percent: float, ejected: int, hosts: int, allowed: bool) -> None:
-    assert Rules(max_ejection_percent=percent).may_eject(ejected, hosts) is allowed
+    assert EjectionRules(max_ejection_percent=percent).may_eject(ejected, hosts) is allowed
 
 
 def test_consecutive_failures_eject_and_a_success_resets_the_count() -> None:
@@ -83,7 +84,7 @@ def test_consecutive_failures_eject_and_a_success_resets_the_count() -> None:
     assert event == Ejected("h0", 32.0, 1, 3)
     assert d.is_ejected("h0", 31.9)
     assert not d.is_ejected("h0", 32.0)
-    assert d.record("h0", 32.0).state is HostState.PROBATION
+    assert d.record("h0", 32.0).state is EndpointState.PROBATION
 
 
 def test_results_of_attempts_begun_before_the_ejection_are_ignored() -> None:
@@ -91,7 +92,7 @@ def test_results_of_attempts_begun_before_the_ejection_are_ignored() -> None:
     fail(d, "h0", 0.0, 3)
     assert d.failure("h0", 1.0) is None
     d.success("h0", 1.0)
-    assert d.record("h0", 1.0).state is HostState.EJECTED
+    assert d.record("h0", 1.0).state is EndpointState.EJECTED
 
 
 def test_on_probation_one_failure_ejects_again_for_longer() -> None:
@@ -110,7 +111,7 @@ def test_a_success_on_probation_makes_the_host_active_and_the_multiplier_decays(
     fail(d, "h0", 31.0, 1)                                # times = 2, out until 91
     d.success("h0", 92.0)
     rec = d.record("h0", 92.0)
-    assert (rec.state, rec.times) == (HostState.ACTIVE, 2)
+    assert (rec.state, rec.times) == (EndpointState.ACTIVE, 2)
     assert d.record("h0", 101.9).times == 2
     assert d.record("h0", 102.0).times == 1               # one interval active
     assert d.record("h0", 125.0).times == 0
@@ -132,7 +133,7 @@ def test_the_percent_cap_refuses_and_the_host_asks_again_on_its_next_failure() -
 
 
 def test_one_host_may_be_ejected_under_a_small_percent() -> None:
-    d = detector(hosts=3, rules=Rules(consecutive_failures=1, max_ejection_percent=10.0))
+    d = detector(hosts=3, rules=EjectionRules(consecutive_failures=1, max_ejection_percent=10.0))
     assert isinstance(d.failure("h0", 0.0), Ejected)
     assert isinstance(d.failure("h1", 0.0), EjectionRefused)
 

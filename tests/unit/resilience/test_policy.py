@@ -96,7 +96,7 @@ def call_of(target: Target) -> Call:
 
 def settle(r: Resilience) -> dict[str, Any]:
     """Every gauge after all calls finished: nothing may be left held."""
-    dest = r.destinations["pay"]
+    dest = r.clusters["pay"]
     b = dest.breaker
     return {"connections": b.connections, "pending": b.pending, "requests": b.requests, "retries": b.retries,
             "in_flight": sum(h.load.in_flight for h in dest.hosts.values())}
@@ -229,7 +229,7 @@ def test_a_503_is_retried_on_another_host_after_the_back_off() -> None:
     assert call.next_attempt(record(third, 3, status=503)) is None           # attempts: 1 + 2
     call.observe(record(third, 3, status=503))
     call.finish()
-    dest = r.destinations["pay"]
+    dest = r.clusters["pay"]
     assert dest.retries == 2 and dest.retries_denied == {"attempts": 1}
     assert settle(r) == ZERO
 
@@ -263,21 +263,21 @@ def test_not_retried_when_not_in_retry_on_and_not_counted() -> None:
     first = start(r, Peers(endpoint(1), endpoint(2)))
     timeout = AttemptTimeout(1.0, first.authority, "try")
     assert call_of(first).next_attempt(record(first, 1, failure=timeout)) is None
-    assert r.destinations["pay"].retries_denied == {}
+    assert r.clusters["pay"].retries_denied == {}
 
 
 def test_a_body_too_large_to_replay_is_not_retried() -> None:
     r = resilience(policy())
     first = start(r, Peers(endpoint(1), endpoint(2)))
     assert call_of(first).next_attempt(record(first, 1, status=503, replayable=False)) is None
-    assert r.destinations["pay"].retries_denied == {"body-too-large": 1}
+    assert r.clusters["pay"].retries_denied == {"body-too-large": 1}
 
 
 def test_a_retry_that_would_start_after_the_deadline_is_not_made() -> None:
     r = resilience(policy(timeout=1.0, per_try=0.5))
     first = start(r, Peers(endpoint(1), endpoint(2)), now=100.0)
     assert call_of(first).next_attempt(record(first, 1, status=503, ended=100.99)) is None
-    assert r.destinations["pay"].retries_denied == {"deadline": 1}
+    assert r.clusters["pay"].retries_denied == {"deadline": 1}
 
 
 def test_the_budget_refuses_retries_in_an_outage() -> None:
@@ -298,7 +298,7 @@ def test_the_budget_refuses_retries_in_an_outage() -> None:
             target, number = decision.target, number + 1
         call.finish()
     assert made == 10                                      # 0.2 * 50
-    assert r.destinations["pay"].retries_denied["budget"] >= 40
+    assert r.clusters["pay"].retries_denied["budget"] >= 40
     assert settle(r) == ZERO
 
 
@@ -309,7 +309,7 @@ def test_max_retries_caps_retries_outstanding() -> None:
     first = call_of(a).next_attempt(record(a, 1, failure=refused(a), sent=False))
     assert first is not None
     assert call_of(b).next_attempt(record(b, 1, failure=refused(b), sent=False)) is None
-    assert r.destinations["pay"].retries_denied == {"max_retries": 1}
+    assert r.clusters["pay"].retries_denied == {"max_retries": 1}
     call_of(a).observe(record(first.target, 2, status=200))            # the retry ended: its slot is free
     c = start(r, peers)
     assert call_of(c).next_attempt(record(c, 1, failure=refused(c), sent=False)) is not None
@@ -328,7 +328,7 @@ def test_asked_twice_about_one_attempt_the_first_decision_is_released() -> None:
     call.observe(timeout)                                   # already accounted: ignored
     decision = call.next_attempt(timeout)
     assert decision is not None
-    dest = r.destinations["pay"]
+    dest = r.clusters["pay"]
     assert dest.breaker.retries == 1 and dest.breaker.connections == 1
     assert sum(h.load.in_flight for h in dest.hosts.values()) == 1
     call.observe(record(decision.target, 2, status=200))
@@ -387,7 +387,7 @@ def test_at_max_connections_requests_wait_their_turn_and_the_queue_is_capped() -
         assert isinstance(second, Target)
         call_of(second).finish()
         assert settle(r) == ZERO
-        assert r.destinations["pay"].breaker.rejected["max_pending_requests"] == 1  # type: ignore[index]
+        assert r.clusters["pay"].breaker.rejected["max_pending_requests"] == 1  # type: ignore[index]
 
     asyncio.run(scenario())
 
@@ -404,7 +404,7 @@ def test_a_waiting_request_times_out_at_its_deadline_or_leaves_when_cancelled() 
         gone.cancel()
         with pytest.raises(DeadlineExceeded):
             await asyncio.wait_for(late, 2.0)  # type: ignore[arg-type]
-        assert r.destinations["pay"].breaker.pending == 0
+        assert r.clusters["pay"].breaker.pending == 0
         assert isinstance(first, Target)
         call_of(first).finish()
         assert settle(r) == ZERO
@@ -428,7 +428,7 @@ def test_consecutive_failures_eject_a_host_and_the_others_take_the_traffic() -> 
         call.observe(record(target, 1, status=status, started=100.0 + i, ended=100.0 + i + 0.01))
         call.finish()
     assert picks[:6].count(bad) == 2 and picks.count(bad) == 3      # round robin until the third failure
-    dest = r.destinations["pay"]
+    dest = r.clusters["pay"]
     assert dest.outlier.ejections == 1
     view = r.clusters_json(130.0, 1000.0)["pay"]
     ejected = [e for e in view["endpoints"] if e["ejected"]]
@@ -444,10 +444,10 @@ def test_all_ejected_means_panic_routing() -> None:
     target = start(r, peers)
     call_of(target).observe(record(target, 1, failure=refused(target), sent=False))
     call_of(target).finish()
-    assert r.destinations["pay"].outlier.is_ejected(("pay-1", ("10.0.0.1", 15006)), 100.5)
+    assert r.clusters["pay"].outlier.is_ejected(("pay-1", ("10.0.0.1", 15006)), 100.5)
     again = start(r, peers, now=100.5)
     assert again.address == ("10.0.0.1", 15006)
-    assert r.destinations["pay"].panics == 1
+    assert r.clusters["pay"].panics == 1
 
 
 def test_healthy_before_degraded() -> None:
@@ -524,6 +524,7 @@ def test_clusters_json_and_samples() -> None:
         "address": "10.0.0.1:15006", "instance": "pay-1", "node": "n1", "health": "healthy", "ejected": False,
         "ejection": {"state": "active", "times": 0, "ejections": 0, "consecutiveFailures": 0, "until": None,
                      "remainingMs": 0},
+        "connectHold": {"failures": 0, "remainingMs": 0},
         "inFlight": 1, "latencyEwmaMs": 0, "requests": 1, "failures": 0}
     assert pay["retryBudget"]["requests"] == 1
     samples = {(name, tuple(sorted(labels.items()))): value for name, labels, value in r.samples(100.0)}
@@ -538,7 +539,7 @@ def test_a_quick_failure_never_makes_a_host_look_faster() -> None:
     target = start(r, peers)
     call_of(target).observe(record(target, 1, status=200, started=100.0, ended=100.050))
     call_of(target).finish()
-    host = next(iter(r.destinations["pay"].hosts.values()))
+    host = next(iter(r.clusters["pay"].hosts.values()))
     assert host.load.estimate == pytest.approx(0.050)
     target = start(r, peers, now=101.0)
     call_of(target).observe(record(target, 1, status=503, started=101.0, ended=101.001))
@@ -554,4 +555,4 @@ def test_names_without_endpoints_make_no_state() -> None:
         r.outbound(head(), ServiceName("nope"), empty, 100.0)
     with pytest.raises(NotFound):
         r.tunnel(ServiceName("nope"), empty, 100.0)
-    assert r.destinations == {}
+    assert r.clusters == {}

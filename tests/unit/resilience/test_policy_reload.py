@@ -33,14 +33,14 @@ def test_a_new_policy_applies_from_the_next_request_and_keeps_ejections_and_stat
         call = call_of(target)
         call.observe(record(target, 1, status=503 if target.address[0] == "10.0.0.2" else 200))
         call.finish()
-    dest = r.destinations["pay"]
+    dest = r.clusters["pay"]
     assert dest.outlier.is_ejected(BAD_KEY, 102.0)
     in_flight = start(r, peers, now=102.0)      # started under the old rules: no retries
     assert call_of(in_flight).max_retries == 0
 
     r.reconfigure(policy(consecutive=7, attempts=3, percent=50.0, balancer="least_request", max_requests=1,
                          timeout=4.0))
-    assert r.destinations["pay"] is dest                         # the same destination, updated in place
+    assert r.clusters["pay"] is dest                         # the same destination, updated in place
     assert dest.outlier.is_ejected(BAD_KEY, 102.0)               # its ejection survives the reload
     assert dest.outlier.rules.consecutive_failures == 7
     assert isinstance(dest.balancer, LeastRequest) and dest.timeout == 4.0
@@ -58,7 +58,7 @@ def test_an_unchanged_policy_keeps_every_object() -> None:
     r = resilience(config)
     target = start(r, Peers(endpoint(1)))
     call_of(target).finish()
-    dest = r.destinations["pay"]
+    dest = r.clusters["pay"]
     balancer, rules = dest.balancer, dest.rules
     r.reconfigure(replace(config, authorization=config.authorization))
     assert dest.balancer is balancer and dest.rules is rules and isinstance(balancer, RoundRobin)

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.catalog.model import HealthStatus, ServiceMetadata
 from sidecar.clock import FakeClock
 from sidecar.config.model import Config, NodeConfig, ServiceConfig
-from sidecar.dns.server import DnsCounters
+from sidecar.dns.counters import DnsCounters
 from sidecar.mesh.stats import MeshStats
 from sidecar.resilience import Resilience
 from sidecar.telemetry.hub import Telemetry
@@ -44,7 +44,7 @@ def build() -> tuple[Telemetry, Sources]:
     mesh.errors["outbound", "payment-service", "connect-failure"] += 1
     mesh.denials["checkout", "evil", "authorization.default"] += 2
     resilience = Resilience(config)
-    dest = resilience.destination("payment-service", 100.0)
+    dest = resilience.cluster("payment-service", 100.0)
     dest.retries = 4
     dest.retries_denied["budget"] = 3
     refusals = RefusalLog()

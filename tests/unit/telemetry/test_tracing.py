@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from sidecar.config.model import TracingConfig
 from sidecar.proxy.tracecontext import IdSource
 from sidecar.telemetry.propagation import message_trace
+from sidecar.telemetry.sdkexport import SdkExporter
 from sidecar.telemetry.tracing import Sampler, Tracer, span_exporter
 from tests.unit.telemetry.stats import CALLER_SPAN, HOP_SPAN, TRACE, caller_conn, local_app, stats
 
@@ -21,7 +22,7 @@ WALL = 1_700_000_000.0
 
 def tracer(ratio: float = 1.0) -> tuple[Tracer, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    return Tracer(TracingConfig("console", None, ratio), exporter, {"service.name": "checkout"},
+    return Tracer(TracingConfig("console", None, ratio), SdkExporter(exporter, {"service.name": "checkout"}),
                   schedule_delay_ms=10), exporter
 
 
@@ -142,9 +143,9 @@ def test_message_spans_continue_the_publishers_trace() -> None:
 
 def test_console_exporter_writes_json_spans() -> None:
     out = io.StringIO()
-    exporter = span_exporter(TracingConfig("console"), out=out)
+    exporter = span_exporter(TracingConfig("console"), {"service.name": "x"}, out=out)
     assert exporter is not None
-    t = Tracer(TracingConfig("console"), exporter, {"service.name": "x"}, schedule_delay_ms=10)
+    t = Tracer(TracingConfig("console"), exporter, schedule_delay_ms=10)
     t.request("outbound", stats(), "payment-service", WALL)
     t.shutdown()
     span = json.loads(out.getvalue())
@@ -153,5 +154,5 @@ def test_console_exporter_writes_json_spans() -> None:
 
 
 def test_no_exporter_for_none() -> None:
-    assert span_exporter(TracingConfig("none")) is None
+    assert span_exporter(TracingConfig("none"), {}) is None
     assert Tracer.from_config(TracingConfig("none"), {}) is None

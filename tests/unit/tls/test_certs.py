@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from sidecar.cli import certs as certs_cli
 from sidecar.tls import certs
 from sidecar.tls.errors import CertificateError
 from sidecar.tls.identity import spiffe_ids
@@ -103,17 +104,17 @@ def test_bad_trust_domain(tmp_path: Path) -> None:
 
 def test_cmd_certs_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = str(tmp_path / "certs")
-    assert certs.cmd_certs_init(d, "mesh.local") == 0
+    assert certs_cli.cmd_certs_init(d, "mesh.local") == 0
     out = capsys.readouterr().out
     assert f"wrote {d}/ca.pem" in out and f"wrote {d}/ca-key.pem" in out
-    assert certs.cmd_certs_init(d, "mesh.local") == 1  # exists
+    assert certs_cli.cmd_certs_init(d, "mesh.local") == 1  # exists
     assert "already exists" in capsys.readouterr().err
-    assert certs.cmd_certs_init(d, "BAD DOMAIN") == 2
-    assert certs.cmd_certs_issue("web", d, "1h") == 0
+    assert certs_cli.cmd_certs_init(d, "BAD DOMAIN") == 2
+    assert certs_cli.cmd_certs_issue("web", d, "1h") == 0
     out = capsys.readouterr().out
     assert "spiffe://mesh.local/service/web" in out and f"wrote {d}/web.pem" in out and "BEGIN" not in out
-    assert certs.cmd_certs_issue("web", d, "later") == 2
-    assert certs.cmd_certs_issue("bad/name", d, "1h") == 2
-    assert certs.cmd_certs_issue("web", str(tmp_path / "nowhere"), "1h") == 1
+    assert certs_cli.cmd_certs_issue("web", d, "later") == 2
+    assert certs_cli.cmd_certs_issue("bad/name", d, "1h") == 2
+    assert certs_cli.cmd_certs_issue("web", str(tmp_path / "nowhere"), "1h") == 1
     err = capsys.readouterr().err
     assert "must be a duration" in err and "run `sidecar certs init`" in err

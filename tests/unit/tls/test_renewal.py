@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from sidecar.tls.schedule import (
+from sidecar.tls.renewal import (
     Log,
     Renew,
     RenewalCore,

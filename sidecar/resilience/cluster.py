@@ -1,6 +1,7 @@
-"""One destination service's state, shared by every request to it: the resource caps and the queue for a
-connection slot (:mod:`.breaker`), the retry budget (:mod:`.budget`), the outlier records (:mod:`.outlier`), the
-balancer (:mod:`.balancer`), and the hosts with their load; and the endpoint pick over them.
+"""A cluster, in Envoy's sense: one destination service's state, shared by every request to it. The resource
+caps and the queue for a connection slot (:mod:`.breaker`), the retry budget (:mod:`.budget`), the outlier
+records (:mod:`.outlier`), the balancer (:mod:`.balancer`), and its endpoints with their load and connection
+readiness (:class:`ClusterEndpoint`, :mod:`.readiness`); and the endpoint pick over them.
 
 Times are the event loop's clock, passed in.
 """
@@ -11,44 +12,52 @@ import asyncio
 import logging
 import random
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sidecar.config.model import PolicyConfig
 from sidecar.errors import DeadlineExceeded, ResourceExhausted
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
-from sidecar.proxy import AttemptRecord
+from sidecar.proxy import AttemptRecord, FailureKind
 from sidecar.resilience.balancer import Load, make_balancer
-from sidecar.resilience.breaker import Admission, Breaker, Cap, Limits
+from sidecar.resilience.breaker import Admission, Breaker, Cap, ResourceCaps
 from sidecar.resilience.budget import RetryBudget
-from sidecar.resilience.outlier import Ejected, EjectionRefused, OutlierDetector, Rules
+from sidecar.resilience.outlier import Ejected, EjectionRefused, EjectionRules, OutlierDetector
+from sidecar.resilience.readiness import Readiness
 from sidecar.resilience.rules import GATEWAY_ERRORS, RetryRules
 
 log = logging.getLogger("sidecar.resilience")
 
 
-HostKey = tuple[str, tuple[str, int]]   # (instance id, inbound address)
+EndpointKey = tuple[str, tuple[str, int]]   # (instance id, inbound address)
 
 
-class Host:
-    """One instance of a destination as the layers see it; ``endpoint`` is the latest catalog view of it."""
+# the tiers of ``Cluster.candidates``
+HEALTHY, DEGRADED, HELD, PANIC = "healthy", "degraded", "held", "panic"
 
-    __slots__ = ("endpoint", "failures", "key", "load", "requests")
+
+class ClusterEndpoint:
+    """One endpoint of a cluster with the state the layers keep for it (load, readiness, counts); ``endpoint`` is
+    the latest catalog view of it (:class:`sidecar.mesh.router.Endpoint`, the instance as dialed)."""
+
+    __slots__ = ("endpoint", "failures", "key", "load", "readiness", "requests")
 
     def __init__(self, endpoint: Endpoint, now: float) -> None:
         self.endpoint = endpoint
-        self.key: HostKey = (endpoint.instance, endpoint.address)
+        self.key: EndpointKey = (endpoint.instance, endpoint.address)
         self.load = Load(stamp=now)
+        self.readiness = Readiness()
         self.requests = 0     # attempts sent
         self.failures = 0     # attempts that failed (gateway error or local failure)
 
     def __repr__(self) -> str:
-        return f"<Host {self.endpoint.service} {self.endpoint.authority}>"
+        return f"<ClusterEndpoint {self.endpoint.service} {self.endpoint.authority}>"
 
 
-class Destination:
-    """Every layer's state for one destination service: caps, budget, outlier records, balancer, hosts."""
+class Cluster:
+    """Every layer's state for one destination service: caps, budget, outlier records, balancer, endpoints
+    (``hosts``, by :data:`EndpointKey`)."""
 
     def __init__(self, service: str, policy: PolicyConfig, rng: random.Random, now: float,
                  jitter: float = 1.0) -> None:
@@ -60,14 +69,15 @@ class Destination:
         budget = policy.retries.budget
         self.budget = RetryBudget(budget.ratio, budget.min_per_second, now)
         caps = policy.circuit_breaker
-        self.breaker = Breaker(Limits(caps.max_connections, caps.max_pending_requests, caps.max_requests,
-                                      caps.max_retries))
+        self.breaker = Breaker(ResourceCaps(caps.max_connections, caps.max_pending_requests, caps.max_requests,
+                                            caps.max_retries))
         od = policy.outlier_detection
-        self.outlier = OutlierDetector(Rules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
-                                             float(od.max_ejection_time), od.max_ejection_percent))
+        self.outlier = OutlierDetector(EjectionRules(od.consecutive_failures, float(od.interval),
+                                                     float(od.base_ejection_time), float(od.max_ejection_time),
+                                                     od.max_ejection_percent))
         self.balancer = make_balancer(policy.load_balancer, rng)
-        self.hosts: dict[HostKey, Host] = {}
-        self._sets: dict[ServiceName, tuple[EndpointSet, tuple[Host, ...], tuple[Host, ...]]] = {}
+        self.hosts: dict[EndpointKey, ClusterEndpoint] = {}
+        self._sets: dict[ServiceName, tuple[EndpointSet, tuple[ClusterEndpoint, ...], tuple[ClusterEndpoint, ...]]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.requests = 0                       # requests admitted
         self.retries = 0                        # retries made
@@ -86,18 +96,19 @@ class Destination:
         budget = policy.retries.budget
         self.budget.ratio, self.budget.min_per_second = budget.ratio, budget.min_per_second
         caps = policy.circuit_breaker
-        self.breaker.limits = Limits(caps.max_connections, caps.max_pending_requests, caps.max_requests,
-                                     caps.max_retries)
+        self.breaker.limits = ResourceCaps(caps.max_connections, caps.max_pending_requests, caps.max_requests,
+                                           caps.max_retries)
         od = policy.outlier_detection
-        self.outlier.rules = Rules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
-                                   float(od.max_ejection_time), od.max_ejection_percent)
+        self.outlier.rules = EjectionRules(od.consecutive_failures, float(od.interval), float(od.base_ejection_time),
+                                           float(od.max_ejection_time), od.max_ejection_percent)
         if policy.load_balancer != old.load_balancer:
             self.balancer = make_balancer(policy.load_balancer, self.rng)
         self.slot_freed()   # a raised max_connections admits waiting requests now
 
     # ------------------------------------------------------------------------------------ hosts
 
-    def hosts_of(self, endpoints: EndpointSet, now: float) -> tuple[tuple[Host, ...], tuple[Host, ...]]:
+    def hosts_of(self, endpoints: EndpointSet,
+                 now: float) -> tuple[tuple[ClusterEndpoint, ...], tuple[ClusterEndpoint, ...]]:
         """The healthy and degraded hosts of an endpoint set (cached until the router hands out a new set)."""
         cached = self._sets.get(endpoints.name)
         if cached is not None and cached[0] is endpoints:
@@ -109,17 +120,17 @@ class Destination:
             self._prune({h.key for h in healthy + degraded}, now)
         return healthy, degraded
 
-    def _host(self, endpoint: Endpoint, now: float) -> Host:
+    def _host(self, endpoint: Endpoint, now: float) -> ClusterEndpoint:
         key = (endpoint.instance, endpoint.address)
         host = self.hosts.get(key)
         if host is None:
-            host = self.hosts[key] = Host(endpoint, now)
+            host = self.hosts[key] = ClusterEndpoint(endpoint, now)
             self.outlier.add(key, now)
         else:
             host.endpoint = endpoint   # its health may have changed
         return host
 
-    def _prune(self, present: set[HostKey], now: float) -> None:
+    def _prune(self, present: set[EndpointKey], now: float) -> None:
         """Forget hosts that left the catalog (or turned unhealthy), unless something is still in flight there
         or they are ejected (a host that flaps in and out of the catalog keeps its ejection)."""
         for key, host in list(self.hosts.items()):
@@ -127,57 +138,89 @@ class Destination:
                 del self.hosts[key]
                 self.outlier.remove(key)
 
-    def choose(self, endpoints: EndpointSet, now: float, avoid: Iterable[Host] = ()) -> Host:
-        """A host for one attempt: healthy before degraded, ejected ones only in panic, not one of ``avoid``
-        when another remains."""
+    def choose(self, endpoints: EndpointSet, now: float, avoid: Collection[ClusterEndpoint] = ()) -> ClusterEndpoint:
+        """A host for one attempt. The first of: a healthy host, then a degraded one, that is neither ejected, nor
+        held after a connect failure (:mod:`.readiness`), nor one of ``avoid`` (the hosts the request already
+        tried); else, the hosts of the first of those tiers that has any not ejected, untried ones first; else
+        (all ejected) any host, in panic.
+
+        So a retry never goes back to a host that just failed while another one could take it, a degraded one
+        included (Envoy's ``previous_hosts`` retry predicate, across priorities); and while the only healthy
+        host refuses connections (its ejection may be refused by ``max_ejection_percent``), new requests go to
+        the degraded ones instead of each costing a retry."""
         healthy, degraded = self.hosts_of(endpoints, now)
-        outlier = self.outlier
-        if len(healthy) == 1:   # the common case, without the lists below
+        if len(healthy) == 1 and not avoid:   # the common case, without the lists of ``candidates``
             only = healthy[0]
-            if not outlier.is_ejected(only.key, now):
+            if only.readiness.ready(now) and not self.outlier.is_ejected(only.key, now):
                 return only
-        candidates = [h for h in healthy if not outlier.is_ejected(h.key, now)]
-        if not candidates:
-            candidates = [h for h in degraded if not outlier.is_ejected(h.key, now)]
-            if not candidates:
-                candidates = list(healthy or degraded)
-                self.panics += 1
-        if avoid and len(candidates) > 1:
-            tried = set(avoid)
-            fresh = [h for h in candidates if h not in tried]
+        tier, hosts = self.candidates(healthy, degraded, now, avoid)
+        if tier == PANIC:
+            self.panics += 1
+        if len(hosts) == 1:
+            return hosts[0]
+        return self.balancer.pick(hosts, now)
+
+    def candidates(self, healthy: Sequence[ClusterEndpoint], degraded: Sequence[ClusterEndpoint], now: float,
+                   avoid: Collection[ClusterEndpoint] = ()) -> tuple[str, list[ClusterEndpoint]]:
+        """The tier the balancer picks in and its hosts (``choose``'s rules, read by ``/debug/explain`` too):
+        the first tier with a host neither ejected, nor held, nor tried; else the first with any not ejected
+        (``HELD``: untried ones first); else every host (``PANIC``). Reads only: nothing is counted here."""
+        outlier = self.outlier
+        fallback: list[ClusterEndpoint] | None = None
+        for name, tier in ((HEALTHY, healthy), (DEGRADED, degraded)):
+            live = [h for h in tier if not outlier.is_ejected(h.key, now)]
+            if not live:
+                continue
+            fresh = [h for h in live if h.readiness.ready(now) and h not in avoid]
             if fresh:
-                candidates = fresh
-        if len(candidates) == 1:
-            return candidates[0]
-        return self.balancer.pick(candidates, now)
+                return name, fresh
+            if fallback is None:
+                fallback = live
+        if fallback is None:
+            return PANIC, list(healthy or degraded)
+        if avoid and len(fallback) > 1:
+            untried = [h for h in fallback if h not in avoid]
+            if untried:
+                fallback = untried
+        return HELD, fallback
 
     # ------------------------------------------------------------------------------------ results
 
-    def attempt_ended(self, host: Host, record: AttemptRecord) -> None:
+    def attempt_ended(self, host: ClusterEndpoint, record: AttemptRecord) -> None:
         now = record.ended
         load = host.load
         load.in_flight -= 1
-        failed = record.failure is not None or record.status in GATEWAY_ERRORS
-        if record.status is not None:
-            # a quick 503 says nothing good about a host: failures may raise its estimate, never lower it (else
-            # a failing host would look fastest to the EWMA balancer and draw the traffic)
-            load.observe(max(record.latency, load.latency(now)) if failed else record.latency, now)
+        failure = record.failure
+        failed = failure is not None or record.status in GATEWAY_ERRORS
         if failed:
+            # a failure says nothing good about a host: it may raise the estimate (a try that timed out counts its
+            # whole wait), never lower it, else a host failing fast (a 503, a reset) would look fastest to the EWMA
+            # balancer and draw the traffic; nor may it leave the estimate to decay as if the host were idle
+            load.observe(max(record.latency, load.latency(now)), now)
             host.failures += 1
+            if failure is not None and failure.kind is FailureKind.CONNECT_FAILURE:
+                host.readiness.connect_failed(now)
             self._outlier_event(host, self.outlier.failure(host.key, now), now)
         else:
+            if record.status is not None:
+                load.observe(record.latency, now)
             self.outlier.success(host.key, now)
+        if record.status is not None:
+            host.readiness.connected()
 
-    def tunnel_ended(self, host: Host, connect_failed: bool, now: float) -> None:
-        """A TCP tunnel through ``host`` ended: a connect failure counts against the host, anything else for it."""
+    def tunnel_ended(self, host: ClusterEndpoint, connect_failed: bool, now: float) -> None:
+        """A TCP tunnel through ``host`` ended: a connect failure counts against the host (and holds it), anything
+        else for it."""
         host.requests += 1
         if connect_failed:
             host.failures += 1
+            host.readiness.connect_failed(now)
             self._outlier_event(host, self.outlier.failure(host.key, now), now)
         else:
+            host.readiness.connected()
             self.outlier.success(host.key, now)
 
-    def _outlier_event(self, host: Host, event: Ejected | EjectionRefused | None, now: float) -> None:
+    def _outlier_event(self, host: ClusterEndpoint, event: Ejected | EjectionRefused | None, now: float) -> None:
         if isinstance(event, Ejected):
             log.warning("ejected %s (%s, instance %s) for %.1fs after %d consecutive failures (ejection %d in a row)",
                         host.endpoint.authority, self.service, host.endpoint.instance, event.until - now,

@@ -8,33 +8,33 @@ import pytest
 
 from sidecar.tls import reasons
 from sidecar.tls.handshake import RefusalLog
-from sidecar.tls.reloader import (
-    Change,
+from sidecar.tls.reload import (
     ExpiryState,
+    FileDigests,
+    MaterialChange,
     Reload,
-    RotationCore,
+    ReloadCore,
     RotationPolicy,
-    Snapshot,
     Warn,
     expiry_state,
     plan,
 )
 
-A = Snapshot("ca1", "cert1", "key1")
+A = FileDigests("ca1", "cert1", "key1")
 HOUR = 3600.0
 
 
 @pytest.mark.parametrize(
     ("seen", "change"),
     [
-        (A, Change.NONE),
-        (Snapshot("ca1", "cert2", "key1"), Change.IDENTITY),
-        (Snapshot("ca1", "cert1", "key2"), Change.IDENTITY),
-        (Snapshot("ca2", "cert1", "key1"), Change.TRUST),
-        (Snapshot("ca2", "cert2", "key2"), Change.IDENTITY | Change.TRUST),
+        (A, MaterialChange.NONE),
+        (FileDigests("ca1", "cert2", "key1"), MaterialChange.IDENTITY),
+        (FileDigests("ca1", "cert1", "key2"), MaterialChange.IDENTITY),
+        (FileDigests("ca2", "cert1", "key1"), MaterialChange.TRUST),
+        (FileDigests("ca2", "cert2", "key2"), MaterialChange.IDENTITY | MaterialChange.TRUST),
     ],
 )
-def test_plan(seen: Snapshot, change: Change) -> None:
+def test_plan(seen: FileDigests, change: MaterialChange) -> None:
     assert plan(A, seen) == change
 
 
@@ -47,8 +47,8 @@ def test_expiry_state_of_a_day_long_certificate(now: float, state: ExpiryState) 
     assert expiry_state(0.0, 24 * HOUR, now, 0.2) is state
 
 
-def core(settle: float = 10.0) -> RotationCore:
-    return RotationCore(A, 0.0, 24 * HOUR, RotationPolicy(settle=settle, repeat_every=HOUR))
+def core(settle: float = 10.0) -> ReloadCore:
+    return ReloadCore(A, 0.0, 24 * HOUR, RotationPolicy(settle=settle, repeat_every=HOUR))
 
 
 def test_no_change_no_command() -> None:
@@ -57,28 +57,28 @@ def test_no_change_no_command() -> None:
 
 def test_changed_files_reload_once_loaded() -> None:
     c = core()
-    new = Snapshot("ca1", "cert2", "key2")
-    assert c.on_poll(new, 10.0) == [Reload(Change.IDENTITY, new)]
+    new = FileDigests("ca1", "cert2", "key2")
+    assert c.on_poll(new, 10.0) == [Reload(MaterialChange.IDENTITY, new)]
     c.on_loaded(new, 10.0, 10.0 + 24 * HOUR, 10.0)
     assert c.on_poll(new, 12.0) == []
 
 
 def test_bad_pair_is_not_retried_and_warned_only_if_it_lasts() -> None:
     c = core(settle=10.0)
-    half = Snapshot("ca1", "cert1", "key2")  # new key, old certificate
-    assert c.on_poll(half, 100.0) == [Reload(Change.IDENTITY, half)]
+    half = FileDigests("ca1", "cert1", "key2")  # new key, old certificate
+    assert c.on_poll(half, 100.0) == [Reload(MaterialChange.IDENTITY, half)]
     assert c.on_failed(half, "key does not match", 100.0) == []
     assert c.on_poll(half, 102.0) == []  # same content: no retry, no warning yet
     out = c.on_poll(half, 111.0)
     assert len(out) == 1 and isinstance(out[0], Warn) and "key does not match" in out[0].message
     assert c.on_poll(half, 200.0) == []  # warned once
-    done = Snapshot("ca1", "cert2", "key2")
-    assert c.on_poll(done, 201.0) == [Reload(Change.IDENTITY, done)]  # completed: retried at once
+    done = FileDigests("ca1", "cert2", "key2")
+    assert c.on_poll(done, 201.0) == [Reload(MaterialChange.IDENTITY, done)]  # completed: retried at once
 
 
 def test_missing_file_waits_and_warns_after_settling() -> None:
     c = core(settle=5.0)
-    gone = Snapshot("ca1", None, "key1")
+    gone = FileDigests("ca1", None, "key1")
     assert c.on_poll(gone, 1.0) == []
     out = c.on_poll(gone, 7.0)
     assert len(out) == 1 and "missing" in out[0].message  # type: ignore[union-attr]

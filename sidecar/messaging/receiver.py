@@ -1,0 +1,134 @@
+"""The receiver of sidecar-to-sidecar deliveries for this node's stream readers: a loopback-only HTTP server
+that the mTLS inbound listener hands ``/.sidecar/v1/deliver/TOPIC`` (one message) and
+``/.sidecar/v1/deliver-batch/TOPIC`` (a JSON array of one stream's messages) requests to
+(:meth:`Receiver.route`). What it answers for is stored: one commit for a batch, before the answer.
+
+Who may deliver (zero trust between members): only a peer sidecar, through the inbound (the request carries a
+token only this process knows); whose SPIFFE ID is the message's sender; which the authorization rules admit to
+the services reading the topic here; which the topic's scope lets publish; and only for a topic this node has
+readers of.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from collections.abc import Callable
+
+from aiohttp import web
+
+from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext
+from sidecar.messaging.envelope import ServiceMessage, check_topic
+from sidecar.messaging.readers import StreamReaders
+from sidecar.messaging.streams import MAX_BULK_BYTES
+from sidecar.messaging.topic_log import TopicLog
+from sidecar.proxy import RequestHead, Target
+from sidecar.tls.errors import SpiffeIdError
+from sidecar.tls.identity import PeerIdentity, SpiffeId
+from sidecar.web import errors_middleware, json_response
+
+_INTERNAL_HEADER = b"x-sidecar-internal"
+_CALLER_HEADER = b"x-sidecar-caller"
+
+
+class Receiver:
+    def __init__(self, ctx: MessagingContext, readers: StreamReaders, topic_log: TopicLog) -> None:
+        self.ctx = ctx
+        self.readers = readers
+        self.topic_log = topic_log
+        self.target: Target | None = None   # where the inbound sends deliveries, once started
+        self._runner: web.AppRunner | None = None
+        self._token = secrets.token_urlsafe(32).encode()
+
+    async def start(self) -> None:
+        # a batch is cut at MAX_BULK_BYTES, but its last message may be up to a whole message over
+        app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BULK_BYTES + (2 << 20))
+        app.router.add_post(DELIVER_PREFIX + "{topic}", self._receive)
+        app.router.add_post(DELIVER_BATCH_PREFIX + "{topic}", self._receive_batch)
+        runner = self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        self.target = Target((str(host), int(port)), timeout=30.0, tag="messaging")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        topic, caller = self._checked(request)
+        raw = await request.read()
+        try:
+            message = ServiceMessage.from_bytes(raw)
+        except ValueError as e:
+            raise InvalidArgument(f"not a ServiceMessage: {e}") from None
+        self._check_sender([message], caller, topic)
+        event_id = await self.topic_log.append(topic, raw)
+        return json_response({"status": "ok", "eventId": event_id, "duplicate": event_id is None})
+
+    async def _receive_batch(self, request: web.Request) -> web.Response:
+        """A JSON array of ServiceMessages of one stream, in order: all stored in one commit before the answer,
+        ``{"statuses": [{"id", "status": "SUCCESS"}, ...]}`` (a duplicate is a success: it is stored already)."""
+        topic, caller = self._checked(request)
+        try:
+            items = json.loads(await request.read())
+            if not isinstance(items, list) or not items:
+                raise ValueError("a batch is a non-empty JSON array of ServiceMessages")
+            messages = [ServiceMessage.from_json(item) for item in items]
+        except (ValueError, RecursionError) as e:
+            raise InvalidArgument(f"not a batch of ServiceMessages: {e}") from None
+        self._check_sender(messages, caller, topic)
+        await self.topic_log.append_many(topic, [m.to_bytes() for m in messages])
+        self.ctx.counters["stream_batches"] += 1
+        return json_response({"statuses": [{"id": m.id, "status": "SUCCESS"} for m in messages]})
+
+    def _checked(self, request: web.Request) -> tuple[str, str]:
+        """(topic, caller's SPIFFE ID) of a request that came through the inbound (it carries the token)."""
+        given = request.headers.get(_INTERNAL_HEADER.decode(), "").encode()
+        if not hmac.compare_digest(given, self._token):
+            raise Unauthenticated("sidecar-internal deliveries come only through the mTLS inbound listener")
+        return check_topic(request.match_info["topic"]), request.headers.get(_CALLER_HEADER.decode(), "")
+
+    def _check_sender(self, messages: list[ServiceMessage], caller: str, topic: str) -> None:
+        try:
+            proven = SpiffeId.from_text(caller).service
+        except SpiffeIdError:
+            proven = None
+        for message in messages:
+            if message.service != proven:
+                # the sender is whoever holds the certificate: a member cannot put words in another service's mouth
+                self.ctx.counters["deliveries_refused:sender"] += 1
+                raise PermissionDenied(f"the message says it is from {message.service!r}, but the caller is "
+                                       f"{caller}", {"service": message.service, "caller": caller})
+        if topic not in self.readers.by_topic:
+            raise NotFound(f"this node has no readers of {topic!r}", {"topic": topic})
+
+    def route(self, head: RequestHead, caller: PeerIdentity,
+              authorize: Callable[[PeerIdentity, str, str, str], None]) -> Target:
+        """For the inbound listener: a request to ``/.sidecar/...`` from a verified peer goes to the receiver,
+        with the caller's SPIFFE ID and the receiver's token set (whatever the peer sent in their place is
+        removed). Refused before any body is read: a topic this node has no readers of (404), a caller ``authorize``
+        refuses for any service reading the topic here (403; the request is matched as
+        ``POST /.sidecar/v1/deliver/TOPIC`` to that service), a caller the topic's scope does not let publish (403)."""
+        prefix = next((p for p in (DELIVER_PREFIX, DELIVER_BATCH_PREFIX) if head.path.startswith(p)), None)
+        if self.target is None or prefix is None or head.method != "POST":
+            raise NotFound(f"no such sidecar-internal resource: {head.method} {head.path}")
+        topic = head.path[len(prefix):]
+        readers = self.readers.by_topic.get(topic)
+        if not readers:
+            raise NotFound(f"this node has no readers of {topic!r}", {"topic": topic})
+        for service in sorted(readers):
+            authorize(caller, service, head.method, head.path)
+        scopes = self.ctx.scopes
+        if not scopes.may_publish(caller.service, topic):
+            self.ctx.counters["deliveries_refused:scope"] += 1
+            where = scopes.where(topic, "publishers")
+            raise PermissionDenied(f"{caller.service} may not publish to {topic} ({where})",
+                                   {"caller": caller.spiffe_id, "topic": topic, "rule": where})
+        items = [i for i in head.headers.items if i[0] not in (_INTERNAL_HEADER, _CALLER_HEADER)]
+        items.append((_CALLER_HEADER, _CALLER_HEADER, caller.spiffe_id.encode("latin-1")))
+        items.append((_INTERNAL_HEADER, _INTERNAL_HEADER, self._token))
+        head.headers.items = items
+        return self.target

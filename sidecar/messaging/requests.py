@@ -1,0 +1,49 @@
+"""Request-response: a ServiceMessage to one instance of a service, through this sidecar's outbound listener
+(mTLS, authorization, balancing, retries and tracing apply), and the app's answer back."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from sidecar.errors import DeadlineExceeded, NotFound, Unavailable
+from sidecar.messaging.context import MessagingContext
+from sidecar.messaging.envelope import MessageBody, ServiceMessage
+
+MAX_RESPONSE = 8 << 20       # a request-response answer larger than this is refused (the API takes 1 MiB in)
+_PASSED_ON = ("content-type", "x-sidecar-error", "x-request-id", "traceparent")
+
+
+async def send(ctx: MessagingContext, service: str, body: MessageBody, sender_header: str | None = None,
+               trace: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Deliver a ServiceMessage to one instance of ``service`` at its messages_path and return the app's answer
+    (status, headers worth passing on, body). Errors of the mesh come back as the mesh answered them."""
+    ctx.require()
+    snapshot = ctx.catalog.snapshot()
+    instances = snapshot.service(service)
+    if not instances:
+        raise NotFound(f"no service named {service!r} in the catalog", {"service": service})
+    routable = snapshot.routable(service)
+    path = (routable or instances)[0].messages_path
+    message = ServiceMessage.new(ctx.sender(sender_header), body, ctx.now_ms())
+    timeout = float(ctx.settings.request_timeout)
+    ctx.counters["requests"] += 1
+    assert ctx.http is not None and ctx.outbound is not None
+    try:
+        async with ctx.http.post(
+                f"http://{ctx.outbound}{path}", data=message.to_bytes(),
+                headers={**(trace or {}), "Host": service, "Content-Type": "application/json",
+                         "x-sidecar-message-id": message.id},
+                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            raw = await response.content.read(MAX_RESPONSE + 1)
+            if len(raw) > MAX_RESPONSE:
+                raise Unavailable(f"{service} answered more than {MAX_RESPONSE} bytes", {"service": service})
+            keep = {k: v for k, v in response.headers.items() if k.lower() in _PASSED_ON}
+            return response.status, keep, raw
+    except TimeoutError:
+        ctx.counters["request_timeouts"] += 1
+        raise DeadlineExceeded(f"{service} did not answer the message within {timeout:.3f}s",
+                               {"service": service, "messageId": message.id}) from None
+    except aiohttp.ClientError as e:
+        ctx.counters["request_errors"] += 1
+        raise Unavailable(f"the message to {service} could not be sent: {type(e).__name__}: {e}",
+                          {"service": service, "messageId": message.id}) from None

@@ -1,0 +1,250 @@
+"""The delivery streams: one task per stream (topic, subscriber) reads what it owes from the outbox, oldest first,
+and has one message (or one bulk batch) in flight; the redelivery core (:mod:`sidecar.messaging.delivery`) says
+what each answer means.
+
+* With bulk delivery (a service's subscription with ``bulk``), up to that many messages go in one POST and each
+  settles by its own status; the ones to retry go again before anything after them.
+* Acks and dead letters are written through the writer. An ack is not awaited before the next delivery: a
+  ``kill -9`` between the answer and the ack's commit redelivers that message (at least once; the window is one
+  commit, a few milliseconds).
+* A subscriber that cannot be reached makes its stream wait for a catalog change (or its back-off), not count
+  attempts; what outlives retention is dead-lettered by the store and skipped here (:meth:`Streams.evicted`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.log import fields
+from sidecar.messaging.context import MessagingContext, log
+from sidecar.messaging.courier import Courier, consume
+from sidecar.messaging.delivery import Ack, Attempts, DeadLetter, DeliveryPolicy, DeliveryRetry, Outcome
+from sidecar.messaging.store import Evicted, Store, StreamRow
+from sidecar.messaging.subscriptions import subscriber_node
+from sidecar.messaging.writer import Writer
+
+PAGE = 256                   # deliveries read from the outbox at once per stream
+MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
+NODE_BATCH = PAGE            # messages per request to a node's receiver (its SSE readers)
+
+
+def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
+    """``owed`` cut in order into batches of at most ``size`` messages and about ``max_bytes`` of bodies."""
+    out: list[list[tuple[int, bytes]]] = []
+    current: list[tuple[int, bytes]] = []
+    used = 0
+    for item in owed:
+        if current and (len(current) >= size or used + len(item[1]) > max_bytes):
+            out.append(current)
+            current, used = [], 0
+        current.append(item)
+        used += len(item[1])
+    if current:
+        out.append(current)
+    return out
+
+
+@dataclass(slots=True)
+class StreamWorker:
+    row: StreamRow
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    floor: int = 0                  # deliveries at or below were evicted by retention: skip them
+    in_flight: int | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    state: str = "idle"             # idle | delivering | backing-off | waiting
+    delivered: int = 0
+    task: asyncio.Task[None] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"topic": self.row.topic, "subscriber": self.row.subscriber, "path": self.row.path,
+                "state": self.state, "inFlight": self.in_flight, "attempts": self.attempts,
+                "lastError": self.last_error, "delivered": self.delivered}
+
+
+class Streams:
+    def __init__(self, ctx: MessagingContext, courier: Courier) -> None:
+        self.ctx = ctx
+        self.courier = courier
+        settings = ctx.settings
+        self.policy = DeliveryPolicy(settings.max_attempts, float(settings.retry_backoff.base),
+                                     float(settings.retry_backoff.max))
+        self.workers: dict[int, StreamWorker] = {}
+        self._catalog_event = asyncio.Event()
+
+    def worker(self, row: StreamRow) -> StreamWorker:
+        """The stream's worker, started if new, told to look for work."""
+        worker = self.workers.get(row.id)
+        if worker is None:
+            worker = self.workers[row.id] = StreamWorker(row)
+            worker.task = asyncio.create_task(self._run(worker), name=f"stream:{row.topic}:{row.subscriber}")
+        else:
+            worker.row = row
+        worker.wakeup.set()
+        return worker
+
+    def wake(self, streams: list[int]) -> None:
+        for stream in streams:
+            worker = self.workers.get(stream)
+            if worker is not None:
+                worker.wakeup.set()
+
+    def drop(self, stream: int) -> None:
+        """Stop a stream's worker (the stream is being forgotten)."""
+        worker = self.workers.pop(stream, None)
+        if worker is not None and worker.task is not None:
+            worker.task.cancel()
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [w.task for w in self.workers.values() if w.task is not None]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [w.to_json() for w in sorted(self.workers.values(), key=lambda w: w.row.id)]
+
+    async def _run(self, worker: StreamWorker) -> None:
+        """The stream's task: a bug in one delivery is logged and the stream starts over from what it owes."""
+        while not self.ctx.closing.is_set():
+            try:
+                await self._loop(worker)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.ctx.counters["stream_errors"] += 1
+                log.exception("messaging: stream %s → %s failed; resuming", worker.row.topic, worker.row.subscriber)
+                worker.state = "failed"
+                await self.ctx.clock.sleep(1.0)
+
+    async def _loop(self, worker: StreamWorker) -> None:
+        store = self.ctx.store
+        assert store is not None
+        after = 0
+        while not self.ctx.closing.is_set():
+            worker.wakeup.clear()
+            page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
+            if not page:
+                worker.state = "idle"
+                await worker.wakeup.wait()
+                continue
+            after = page[-1][0]
+            owed = [(seq, body) for seq, body in page if seq > worker.floor]
+            # a service's app: one message per POST, or its subscription's bulk size; a node's readers: batches
+            bulk = worker.row.bulk if subscriber_node(worker.row.subscriber) is None else NODE_BATCH
+            for batch in batches(owed, bulk, MAX_BULK_BYTES) if bulk else ([item] for item in owed):
+                await self._deliver(worker, batch, bulk > 0)
+
+    async def _deliver(self, worker: StreamWorker, batch: list[tuple[int, bytes]], bulk: bool) -> None:
+        """One message, or with ``bulk`` a batch in one POST whose messages each settle by their own status; those
+        to retry go again (alone in a smaller batch) before anything after the batch is delivered, so a stream's
+        order holds message by message, or batch by batch."""
+        ctx = self.ctx
+        store, writer = ctx.store, ctx.writer
+        assert store is not None and writer is not None
+        stream = worker.row.id
+        attempts = {seq: Attempts() for seq, _ in batch}
+        settled: set[int] = set()
+        pending = batch
+        worker.in_flight, worker.attempts, worker.last_error = batch[0][0], 0, None
+        try:
+            while pending and not ctx.closing.is_set():
+                pending = [(seq, body) for seq, body in pending if seq > worker.floor]  # retention took the rest
+                if not pending:
+                    return
+                if not self.courier.reachable(worker.row):
+                    worker.state = "waiting"
+                    await self.wait_catalog(1.0)
+                    continue
+                worker.state = "delivering"
+                # only an attempt on the wire protects a delivery from retention; a waiting one may be evicted
+                store.in_flight.update((stream, seq) for seq, _ in pending)
+                number = max(attempts[seq].total for seq, _ in pending) + 1
+                outcomes, error = await self.courier.bounded_attempt(worker.row, pending, number, bulk)
+                retry: list[tuple[int, bytes]] = []
+                delay, unreachable = 0.0, False
+                for (seq, body), outcome in zip(pending, outcomes, strict=True):
+                    tried = attempts[seq]
+                    step = tried.next_step(self.policy, outcome, ctx.rng.random())
+                    if isinstance(step, Ack):
+                        settled.add(seq)
+                        self._settle(writer, stream, seq)
+                        worker.delivered += 1
+                        ctx.counters["delivered"] += 1
+                        if tried.total > 0:
+                            ctx.counters["redelivered"] += 1
+                    elif isinstance(step, DeadLetter):
+                        settled.add(seq)
+                        await self._dead_letter(worker, seq, step.reason, tried.counted, error)
+                    else:
+                        assert isinstance(step, DeliveryRetry)
+                        store.in_flight.discard((stream, seq))
+                        retry.append((seq, body))
+                        delay = max(delay, step.delay)
+                        unreachable |= outcome is Outcome.UNREACHABLE
+                        ctx.counters["retries" if step.counted else "waits"] += 1
+                worker.attempts = max(a.total for a in attempts.values())
+                pending = retry
+                if pending:
+                    worker.in_flight, worker.last_error, worker.state = pending[0][0], error, "backing-off"
+                    if unreachable:
+                        await self.wait_catalog(delay)
+                    else:
+                        await ctx.clock.sleep(delay)
+        finally:
+            worker.in_flight = None
+            for seq, _ in batch:
+                if seq not in settled:
+                    store.in_flight.discard((stream, seq))
+
+    @staticmethod
+    def _settle(writer: Writer, stream: int, seq: int) -> None:
+        def op(s: Store) -> bool:
+            s.in_flight.discard((stream, seq))  # in the writer thread: retention never sees it unowned
+            return s.w_settle(stream, seq)
+        # an ack needs no fsync of its own: lost with power, it is a redelivery (at least once)
+        writer.submit(op, durable=False).add_done_callback(consume)
+
+    async def _dead_letter(self, worker: StreamWorker, seq: int, reason: str, attempts: int,
+                           error: str | None) -> None:
+        writer = self.ctx.writer
+        assert writer is not None
+        now_ms = self.ctx.now_ms()
+        stream = worker.row.id
+
+        def op(s: Store) -> bool:
+            s.in_flight.discard((stream, seq))
+            return s.w_dead_letter(stream, seq, reason, attempts, error, now_ms)
+        await writer.submit(op)
+        self.ctx.counters[f"dead_lettered:{reason}"] += 1
+        log.warning("message dead-lettered", extra=fields(topic=worker.row.topic, subscriber=worker.row.subscriber,
+                                                          seq=seq, reason=reason, attempts=attempts, error=error))
+
+    def evicted(self, evicted: list[Evicted]) -> None:
+        """Retention dead-lettered these deliveries (the writer's callback): their streams skip them."""
+        by_reason: Counter[str] = Counter()
+        for item in evicted:
+            worker = self.workers.get(item.stream)
+            if worker is not None and item.seq > worker.floor:
+                worker.floor = item.seq
+            by_reason[item.reason] += 1
+        settings = self.ctx.settings
+        for reason, count in by_reason.items():
+            self.ctx.counters[f"dead_lettered:{reason}"] += count
+            log.warning("messages fell out of retention and were dead-lettered",
+                        extra=fields(reason=reason, count=count, age=settings.retention.age.to_text(),
+                                     bytes=settings.retention.bytes))
+
+    def catalog_changed(self, snapshot: Any) -> None:
+        """The catalog's listener: waiting streams look again."""
+        event, self._catalog_event = self._catalog_event, asyncio.Event()
+        event.set()
+
+    async def wait_catalog(self, timeout: float) -> None:
+        # asyncio.wait, not wait_for: on 3.11 wait_for loses a cancellation that arrives as the event is set (the
+        # drain changes the catalog just before messaging.stop cancels the streams), and the stream would go on
+        waiter = asyncio.ensure_future(self._catalog_event.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()

@@ -1,0 +1,378 @@
+"""The HTTP/2 client side: one h2c connection accepted by a listener, each of its streams an exchange.
+
+The listener's HTTP/1.1 protocol sniffs a connection's first bytes (:func:`sidecar.http2.preface.sniff`) and
+hands a connection that opens with the HTTP/2 preface to :class:`H2Downstream`, which runs the sans-IO core
+(:class:`~sidecar.http2.connection.H2Connection`) over the transport. Each request stream becomes an
+:class:`H2Stream`, the :class:`~sidecar.proxy.sides.ClientSide` of one :class:`~sidecar.proxy.exchange.Exchange`:
+the same routing, resilience, authorization and records as an HTTP/1.1 request, only the framing differs.
+
+Flow control: a DATA frame's bytes are acknowledged (the client's windows reopened) once the exchange took
+them, unless the stream's request is paused (the upstream or the pending buffer is full): then they are
+acknowledged on resume, so a slow upstream stalls that one client stream and the core holds at most its
+window. The other way, a stream whose outgoing buffer is over the core's high-water mark, or a transport the
+client does not read, pauses reading the upstream response.
+
+The core's protections stay whole: a client that breaks the protocol or floods gets the core's GOAWAY and only
+its connection ends. Draining sends GOAWAY: streams already open finish, the connection closes after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from sidecar.errors import Code, rescue
+from sidecar.http2.connection import H2Connection
+from sidecar.http2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    GoAwayReceived,
+    HeadersReceived,
+    StreamEnded,
+    StreamReset,
+    StreamWritable,
+)
+from sidecar.http2.limits import H2Limits
+from sidecar.proxy.engine import Engine
+from sidecar.proxy.exchange import Exchange
+from sidecar.proxy.h2heads import (
+    MAX_ERROR_BODY,
+    error_response,
+    relayed_error,
+    relayed_trailers_only,
+    request_head,
+    response_headers,
+    trailer_headers,
+    wants_grpc,
+)
+from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead
+from sidecar.proxy.limits import LazyTimer, ProxyLimits
+from sidecar.proxy.sides import ClientSide, Trailers
+from sidecar.proxy.target import ConnectionInfo
+from sidecar.proxy.tunnel import Tunnel
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = 0x2
+# how long a connection the core ended is read on before it is closed: closing with unread input sends a TCP
+# RST, which may discard the GOAWAY before the client reads it
+LINGER = 1.0
+
+
+class H2Acceptor(Protocol):
+    """What an HTTP/2 client connection uses of the listener that accepted it (an HttpProxy)."""
+
+    engine: Engine
+    protocol_errors: int
+
+    def add_connection(self, conn: H2Downstream) -> None: ...
+
+    def drop_connection(self, conn: H2Downstream) -> None: ...
+
+
+def h2_limits(limits: ProxyLimits) -> H2Limits:
+    """The listener's limits as the HTTP/2 core's: the header list as large as an HTTP/1.1 head may be."""
+    return H2Limits(max_header_list_size=limits.head.max_head_bytes,
+                    max_header_block_bytes=limits.head.max_head_bytes + 4096)
+
+
+class H2Stream(ClientSide):
+    """One request stream of an HTTP/2 client connection, as the client side of its exchange."""
+
+    __slots__ = ("conn", "exchange", "grpc_request", "held_body", "held_error", "paused_reasons", "sid", "timer",
+                 "unacked", "write_blocked", "write_paused_told")
+
+    def __init__(self, conn: H2Downstream, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.exchange: Exchange | None = None
+        self.timer = LazyTimer(conn.loop, self._on_timer)
+        self.paused_reasons: set[str] = set()
+        self.unacked = 0           # flow-controlled bytes passed on while paused: acknowledged on resume
+        self.write_blocked = False  # the core's buffer for this stream is over its high-water mark
+        self.write_paused_told = False
+        self.grpc_request = False
+        # another sidecar's error to a gRPC call, held to be answered as a status once its body is in
+        self.held_error: Code | None = None
+        self.held_body = bytearray()
+
+    def _on_timer(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_timer()
+
+    # -- from the connection -------------------------------------------------------------------------------
+
+    def on_data(self, data: bytes, flow_length: int) -> None:
+        exchange = self.exchange
+        if exchange is not None and not exchange.finished and data:
+            exchange.on_request_body(data)
+        if self.paused_reasons and self.sid in self.conn.streams:
+            self.unacked += flow_length
+        else:
+            self.conn.core.acknowledge(self.sid, flow_length)
+
+    def update_write_paused(self) -> None:
+        paused = self.write_blocked or self.conn.transport_paused
+        if paused != self.write_paused_told:
+            self.write_paused_told = paused
+            if self.exchange is not None:
+                self.exchange.on_client_paused(paused)
+
+    def forget(self) -> None:
+        self.timer.cancel()
+        self.conn.stream_gone(self.sid)
+
+    # -- ClientSide ----------------------------------------------------------------------------------------
+
+    def connection_info(self) -> ConnectionInfo:
+        return self.conn.info
+
+    def write_paused(self) -> bool:
+        self.write_paused_told = self.write_blocked or self.conn.transport_paused
+        return self.write_paused_told
+
+    def send_interim(self, head: ResponseHead) -> None:
+        if head.status != 101:
+            self.conn.core.send_headers(self.sid, [(b":status", b"%d" % head.status)])
+
+    def send_head(self, head: ResponseHead, request: RequestHead) -> None:
+        if self.grpc_request:
+            self.held_error = relayed_error(head)
+            if self.held_error is not None:
+                return
+        self.conn.core.send_headers(self.sid, response_headers(head), end_stream=head.no_body)
+
+    def send_body(self, data: bytes) -> None:
+        if self.held_error is not None:
+            self.held_body += data[:MAX_ERROR_BODY - len(self.held_body)]
+            return
+        if not self.conn.core.send_data(self.sid, data) and not self.write_blocked:
+            self.write_blocked = True
+            self.update_write_paused()
+
+    def send_end(self, trailers: Trailers | None) -> None:
+        core = self.conn.core
+        if self.held_error is not None:
+            core.send_headers(self.sid, relayed_trailers_only(self.held_error, bytes(self.held_body)), end_stream=True)
+        elif trailers:
+            core.send_trailers(self.sid, trailer_headers(trailers))
+        else:
+            core.end_stream(self.sid)
+
+    def send_error(self, error: BaseException, request: RequestHead, request_complete: bool) -> int:
+        headers, body = error_response(error, request)
+        core = self.conn.core
+        core.send_headers(self.sid, headers, end_stream=not body)
+        if body:
+            core.send_data(self.sid, body, end_stream=True)
+        # the status of SPEC's table for records, as over HTTP/1.1, also when the wire says 200 (gRPC)
+        return rescue(error).status
+
+    def cut(self) -> None:
+        self.conn.core.reset(self.sid, INTERNAL_ERROR)
+        self.forget()
+        self.conn.flush()
+
+    def pause_request(self, reason: str, paused: bool) -> None:
+        reasons = self.paused_reasons
+        if paused:
+            reasons.add(reason)
+        elif reason in reasons:
+            reasons.discard(reason)
+            if not reasons and self.unacked:
+                unacked, self.unacked = self.unacked, 0
+                self.conn.core.acknowledge(self.sid, unacked)
+
+    def flush(self) -> None:
+        self.conn.flush()
+
+    def exchange_done(self, request_complete: bool) -> None:
+        if self.unacked:   # what the client sent that nobody reads any more: its windows reopen
+            unacked, self.unacked = self.unacked, 0
+            self.conn.core.acknowledge(self.sid, unacked)
+        self.forget()
+
+    def open_tunnel(self, server: asyncio.Transport, rest: bytes, on_done: Callable[[Tunnel], None]) -> Tunnel:
+        raise RemoteProtocolError("an HTTP/2 stream cannot become a tunnel")  # no upgrade is ever asked for
+
+
+class H2Downstream(asyncio.Protocol):
+    """An accepted connection that opened with the HTTP/2 preface; it takes over the transport."""
+
+    def __init__(self, proxy: H2Acceptor, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
+                 info: ConnectionInfo) -> None:
+        self.proxy = proxy
+        self.engine = proxy.engine
+        self.loop = loop
+        self.transport = transport
+        self.info = info
+        self.core = H2Connection(client_side=False, limits=h2_limits(self.engine.limits), check_outbound=False)
+        self.streams: dict[int, H2Stream] = {}
+        self.transport_paused = False
+        self.closed = False
+        self.draining = False
+        self.timer = LazyTimer(loop, self._on_idle)
+        transport.set_protocol(self)
+        proxy.add_connection(self)
+        self._arm_idle()
+        if self.engine.draining:
+            self.drain()
+
+    # -- asyncio -------------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        events = self.core.receive_data(data, self.loop.time())
+        streams = self.streams
+        # a stream the client opened and reset in one batch never starts an exchange (rapid reset: no route,
+        # no upstream dial for a request nobody waits for)
+        reset_now = {e.stream_id for e in events if isinstance(e, StreamReset)} if len(events) > 1 else None
+        for event in events:
+            if isinstance(event, DataReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_data(event.data, event.flow_length)
+                else:  # a stream whose exchange ended: nobody reads it, the windows reopen
+                    self.core.acknowledge(event.stream_id, event.flow_length)
+            elif isinstance(event, HeadersReceived):
+                if reset_now is None or event.stream_id not in reset_now:
+                    self._start(event.stream_id, event.headers, event.end_stream)
+            elif isinstance(event, StreamEnded):
+                stream = streams.get(event.stream_id)
+                if stream is not None and stream.exchange is not None and not stream.exchange.finished:
+                    stream.exchange.on_request_end()
+            elif isinstance(event, StreamWritable):
+                stream = streams.get(event.stream_id)
+                if stream is not None and stream.write_blocked:
+                    stream.write_blocked = False
+                    stream.update_write_paused()
+            elif isinstance(event, StreamReset):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.forget()
+                    if stream.exchange is not None:
+                        stream.exchange.on_client_lost()   # cancellation travels on: the upstream is cut
+            elif isinstance(event, ConnectionTerminated):
+                self._terminated(event)
+                return
+            elif isinstance(event, GoAwayReceived):
+                pass  # a client's GOAWAY limits the pushes it accepts; the sidecar pushes nothing
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        return True if self.streams else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.timer.cancel()
+        self.proxy.drop_connection(self)
+        for stream in list(self.streams.values()):
+            stream.timer.cancel()
+            if stream.exchange is not None:
+                stream.exchange.on_client_lost()
+        self.streams.clear()
+
+    def pause_writing(self) -> None:
+        self.transport_paused = True
+        for stream in list(self.streams.values()):
+            stream.update_write_paused()
+
+    def resume_writing(self) -> None:
+        self.transport_paused = False
+        for stream in list(self.streams.values()):
+            stream.update_write_paused()
+
+    # -- streams -------------------------------------------------------------------------------------------
+
+    def _start(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        stream = H2Stream(self, sid)
+        self.streams[sid] = stream
+        self.timer.cancel()
+        try:
+            head = request_head(headers, end_stream, self.engine.limits.head.max_headers)
+        except RemoteProtocolError as e:
+            self.proxy.protocol_errors += 1
+            answer, body = error_response(e, None)
+            self.core.send_headers(sid, answer, end_stream=not body)
+            if body:
+                self.core.send_data(sid, body, end_stream=True)
+            stream.forget()
+            return
+        stream.grpc_request = wants_grpc(head)
+        exchange = stream.exchange = Exchange(self.engine, stream, head, self.loop.time(), self.loop, stream.timer)
+        exchange.begin()
+        if end_stream and not exchange.finished:
+            exchange.on_request_end()
+
+    def stream_gone(self, sid: int) -> None:
+        if self.streams.pop(sid, None) is not None and not self.streams:
+            if self.draining:
+                self.close()
+            else:
+                self._arm_idle()
+
+    # -- connection ----------------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        out = self.core.data_to_send()
+        if out and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def drain(self) -> None:
+        """GOAWAY: the streams open finish, no new one is taken; the connection closes after the last."""
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        self.core.goaway()
+        self.flush()
+        if not self.streams:
+            self.close()
+
+    def _terminated(self, event: ConnectionTerminated) -> None:
+        if not event.remote:
+            self.proxy.protocol_errors += 1
+            log.info("%s: HTTP/2 client %s cut off: %s", self.engine.name, self.info.peername, event.reason)
+        self.flush()
+        self.closed = True
+        self.timer.cancel()
+        for stream in list(self.streams.values()):
+            stream.timer.cancel()
+            if stream.exchange is not None:
+                stream.exchange.on_client_lost()
+        self.streams.clear()
+        self.proxy.drop_connection(self)
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER, transport.close)
+
+    def _arm_idle(self) -> None:
+        self.timer.set(self.loop.time() + self.engine.limits.idle_timeout)
+
+    def _on_idle(self) -> None:
+        if not self.streams:
+            self.close()
+
+    @property
+    def idle(self) -> bool:
+        return not self.streams
+
+    def close(self) -> None:
+        """GOAWAY, then close once it is written."""
+        if self.closed:
+            return
+        if not self.draining:
+            self.draining = True
+            self.core.goaway()
+        self.flush()
+        self.closed = True
+        self.timer.cancel()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.timer.cancel()
+        self.transport.abort()

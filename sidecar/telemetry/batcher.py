@@ -1,0 +1,122 @@
+"""A bounded queue drained in batches by one worker thread: how per-request telemetry leaves the request path.
+
+    batcher = Batcher(sink, name="access-log", max_queue=65536, max_batch=1024, interval=0.2)
+    batcher.put(item)         # the request path: an append, never a wait; False (and counted) when full
+    batcher.flush(5.0)        # every item put before this call has been given to the sink
+    batcher.close(5.0)        # the same, then the worker ends
+
+The worker wakes every ``interval`` seconds, or as soon as ``max_batch`` items wait, and hands the sink lists of
+at most ``max_batch`` items, in the order they were put. A slow or failing sink (a full disk, a collector that
+does not answer) only delays the worker: the queue stays bounded, new items beyond ``max_queue`` are dropped and
+counted in ``dropped``, and a sink that raises loses that batch (counted in ``failed``), never the process.
+On a clean shutdown :meth:`close` drains everything queued before it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("sidecar.telemetry")
+
+
+class _Marker:
+    """Put by :meth:`Batcher.flush`: set once every item queued before it reached the sink."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class Batcher(Generic[T]):
+    """See the module's doc."""
+
+    def __init__(self, sink: Callable[[list[T]], None], *, name: str, max_queue: int = 65536,
+                 max_batch: int = 1024, interval: float = 0.2) -> None:
+        self.sink = sink
+        self.name = name
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.interval = interval
+        self.dropped = 0          # items refused because the queue was full
+        self.failed = 0           # items in batches the sink raised on
+        self.delivered = 0        # items handed to a sink that returned
+        self._queue: deque[T | _Marker] = deque()
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"sidecar-{name}", daemon=True)
+        self._thread.start()
+
+    def put(self, item: T) -> bool:
+        queue = self._queue
+        size = len(queue)
+        if size >= self.max_queue or self._closing:
+            self.dropped += 1
+            return False
+        queue.append(item)
+        if size + 1 == self.max_batch:
+            self._wake.set()
+        return True
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def flush(self, timeout: float) -> bool:
+        """Blocks until what was put before reached the sink; False if ``timeout`` passed first."""
+        if not self._thread.is_alive():
+            return not self._queue
+        marker = _Marker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float) -> bool:
+        """Drains the queue into the sink and ends the worker; False if it was still busy after ``timeout``."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            closing = self._closing
+            self._drain()
+            if closing:
+                self._drain()   # what was put between the check and the first drain
+                return
+
+    def _drain(self) -> None:
+        queue = self._queue
+        batch: list[T] = []
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, _Marker):
+                self._deliver(batch)
+                batch = []
+                item.done.set()
+                continue
+            batch.append(item)
+            if len(batch) >= self.max_batch:
+                self._deliver(batch)
+                batch = []
+        self._deliver(batch)
+
+    def _deliver(self, batch: list[T]) -> None:
+        if not batch:
+            return
+        try:
+            self.sink(batch)
+        except Exception as e:  # the sink's failure costs this batch, never the worker
+            if not self.failed:
+                log.warning("%s: a batch of %d was lost (%s: %s); later losses are only counted", self.name,
+                            len(batch), type(e).__name__, e)
+            self.failed += len(batch)
+        else:
+            self.delivered += len(batch)

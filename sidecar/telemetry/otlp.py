@@ -1,0 +1,168 @@
+"""OTLP protobuf for a batch of spans, written straight to the wire format: an ``ExportTraceServiceRequest``
+(opentelemetry/proto/collector/trace/v1/trace_service.proto) of one resource, one scope and the batch's spans.
+
+Pure and compiled with mypyc (setup.py's NATIVE): no SDK objects, no protobuf message objects per span, one
+buffer per batch. What it writes is what the SDK's OTLP exporter writes for the same spans (ids, name, kind,
+times, attributes in order, status, parent id, ``flags`` with the is-remote bits); tests decode it with
+opentelemetry-proto's messages.
+
+Wire format (https://protobuf.dev/programming-guides/encoding/): a field is a varint key ``number << 3 | type``
+(0 varint, 1 fixed64, 2 length-delimited, 5 fixed32) and its value; a nested message is length-delimited.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from sidecar.telemetry.spans import SpanRecord
+
+# Span.flags (SpanFlags): bit 8 says bit 9 is known, bit 9 that the parent is remote. Every parent a sidecar
+# names came in a traceparent from another process, so it is remote.
+FLAG_HAS_IS_REMOTE = 0x100
+FLAG_IS_REMOTE = 0x200
+STATUS_ERROR = 2
+
+_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+_MASK64 = (1 << 64) - 1
+
+
+def _key(number: int, wire_type: int) -> bytes:
+    return _varint_bytes(number << 3 | wire_type)
+
+
+_SMALL = [bytes([n]) for n in range(128)]
+
+
+def _varint_bytes(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _SMALL[value]
+    value &= _MASK64
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# keys used per span, computed once
+_K_TRACE_ID = _key(1, _LEN)
+_K_SPAN_ID = _key(2, _LEN)
+_K_PARENT = _key(4, _LEN)
+_K_NAME = _key(5, _LEN)
+_K_KIND = _key(6, _VARINT)
+_K_START = _key(7, _FIXED64)
+_K_END = _key(8, _FIXED64)
+_K_ATTRIBUTE = _key(9, _LEN)
+_K_STATUS = _key(15, _LEN)
+_K_FLAGS = _key(16, _FIXED32)
+_K_STATUS_MESSAGE = _key(2, _LEN)
+_K_STATUS_CODE = _key(3, _VARINT)
+_K_KV_KEY = _key(1, _LEN)
+_K_KV_VALUE = _key(2, _LEN)
+_K_STRING = _key(1, _LEN)
+_K_BOOL = _key(2, _VARINT)
+_K_INT = _key(3, _VARINT)
+_K_DOUBLE = _key(4, _FIXED64)
+_K_FIELD1 = _key(1, _LEN)       # ExportTraceServiceRequest.resource_spans, ResourceSpans.resource,
+_K_FIELD2 = _key(2, _LEN)       # Resource.attributes, ScopeSpans.scope; ResourceSpans.scope_spans, ScopeSpans.spans
+
+_DOUBLE = struct.Struct("<d")
+_UINT64 = struct.Struct("<Q")
+_UINT32 = struct.Struct("<I")
+
+
+def _text(value: str) -> bytes:
+    return value.encode("utf-8", "replace")
+
+
+def _len_field(key: bytes, payload: bytes) -> bytes:
+    return key + _varint_bytes(len(payload)) + payload
+
+
+def any_value(value: Any) -> bytes:
+    """An ``AnyValue``: bool, str, int or float, as the SDK's encoder maps them (bool before int)."""
+    if isinstance(value, bool):
+        return _K_BOOL + (b"\x01" if value else b"\x00")
+    if isinstance(value, str):
+        return _len_field(_K_STRING, _text(value))
+    if isinstance(value, int):
+        return _K_INT + _varint_bytes(value)
+    if isinstance(value, float):
+        return _K_DOUBLE + _DOUBLE.pack(value)
+    return _len_field(_K_STRING, _text(str(value)))
+
+
+def key_value(key: str, value: Any) -> bytes:
+    return _len_field(_K_KV_KEY, _text(key)) + _len_field(_K_KV_VALUE, any_value(value))
+
+
+# Most attributes repeat from span to span (method, peer, status, service...): their encoded field is kept, up
+# to a bound, and the cache starts over when full (values that never repeat, request ids, just pass through).
+# Keyed by attribute, then value: no tuple made per lookup.
+_CACHE_LIMIT = 4096
+_cached: dict[str, dict[str, bytes]] = {}
+_cached_count = 0
+
+
+def attribute_field(key: str, value: Any) -> bytes:
+    """``Span.attributes`` (or ``Resource.attributes``) field holding one KeyValue."""
+    global _cached_count
+    if isinstance(value, str):
+        by_value = _cached.get(key)
+        if by_value is None:
+            by_value = _cached[key] = {}
+        field = by_value.get(value)
+        if field is None:
+            if _cached_count >= _CACHE_LIMIT:
+                _cached.clear()
+                _cached_count = 0
+                by_value = _cached[key] = {}
+            field = by_value[value] = _len_field(_K_ATTRIBUTE, key_value(key, value))
+            _cached_count += 1
+        return field
+    return _len_field(_K_ATTRIBUTE, key_value(key, value))
+
+
+def span_bytes(span: SpanRecord) -> bytes:
+    parent = span.parent_span_id
+    parts = [_K_TRACE_ID, b"\x10", bytes.fromhex(span.trace_id), _K_SPAN_ID, b"\x08", bytes.fromhex(span.span_id)]
+    if parent is not None:
+        parts += (_K_PARENT, b"\x08", bytes.fromhex(parent))
+    parts += (_len_field(_K_NAME, _text(span.name)), _K_KIND, _varint_bytes(span.kind),
+              _K_START, _UINT64.pack(span.start_ns & _MASK64), _K_END, _UINT64.pack(span.end_ns & _MASK64))
+    attributes = span.attributes
+    for i in range(0, len(attributes), 2):
+        parts.append(attribute_field(attributes[i], attributes[i + 1]))
+    error = span.error
+    if error is None:
+        parts.append(_EMPTY_STATUS)
+    else:
+        parts.append(_len_field(_K_STATUS, _len_field(_K_STATUS_MESSAGE, _text(error)) + _STATUS_CODE_ERROR))
+    parts.append(_FLAGS_REMOTE_PARENT if parent is not None else _FLAGS_ROOT)
+    return b"".join(parts)
+
+
+_EMPTY_STATUS = _K_STATUS + b"\x00"     # UNSET: present and empty, as the SDK's encoder sends it
+_STATUS_CODE_ERROR = _K_STATUS_CODE + _varint_bytes(STATUS_ERROR)
+_FLAGS_ROOT = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE)
+_FLAGS_REMOTE_PARENT = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE)
+
+
+def resource_bytes(attributes: list[tuple[str, Any]]) -> bytes:
+    return b"".join(_len_field(_K_FIELD1, key_value(name, value)) for name, value in attributes)
+
+
+def scope_bytes(name: str, version: str) -> bytes:
+    return _len_field(_K_FIELD1, _text(name)) + _len_field(_K_FIELD2, _text(version))
+
+
+def export_request(resource: bytes, scope: bytes, spans: list[SpanRecord]) -> bytes:
+    """The body of one ``POST /v1/traces``: ``resource`` from :func:`resource_bytes`, ``scope`` from
+    :func:`scope_bytes` (both built once per exporter)."""
+    parts = [_len_field(_K_FIELD1, scope)]
+    for span in spans:
+        parts.append(_len_field(_K_FIELD2, span_bytes(span)))
+    resource_spans = _len_field(_K_FIELD1, resource) + _len_field(_K_FIELD2, b"".join(parts))
+    return _len_field(_K_FIELD1, resource_spans)

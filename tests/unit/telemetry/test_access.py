@@ -1,0 +1,166 @@
+"""The access log: lines as the JSON/text log formatters print them, written in batches by a worker thread,
+bounded, never blocking the request path on a slow or full disk, and all written on a clean shutdown."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar.clock import FakeClock
+from sidecar.config.model import AccessLogConfig, Config, NodeConfig, ServiceConfig, TelemetryConfig
+from sidecar.log import JsonFormatter, TextFormatter
+from sidecar.telemetry.access import AccessLog
+from sidecar.telemetry.accessline import Timestamps, json_line, text_line
+from sidecar.telemetry.hub import Telemetry
+from tests.harness import wait_for
+from tests.unit.telemetry.stats import CALLER_SPAN, HOP_SPAN, TRACE, caller_conn, local_app, stats
+
+WALL = 1_764_931_672.125
+
+
+def formatter_line(formatter: logging.Formatter, fields: dict[str, object]) -> str:
+    record = logging.LogRecord("sidecar.access", logging.INFO, __file__, 1, "request", None, None)
+    record.created = WALL
+    record.msecs = (WALL - int(WALL)) * 1000.0
+    record.fields = fields
+    return formatter.format(record) + "\n"
+
+
+def fields(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "direction": "inbound", "service": "payment-service", "method": "POST", "path": "/pay?x=1",
+        "host": "payment-service", "status": 201, "outcome": "success", "error": None,
+        "upstream": "127.0.0.1:15007", "attempts": 1, "durationMs": 25.0, "responseHeadMs": 10.0,
+        "requestBytes": 11, "responseBytes": 22, "traceId": TRACE, "spanId": HOP_SPAN, "requestId": "req-1",
+        "peer": "spiffe://mesh.local/service/checkout", "client": "127.0.0.9:40123"}
+    base.update(overrides)
+    return base
+
+
+CASES = [
+    # (stats, direction, peer, the fields the logging formatters would print)
+    (stats(status=201, tag=local_app()), "inbound", caller_conn(), fields()),
+    (stats(status=0, error="timeout", head=None, attempts=3), "outbound", None,
+     {k: v for k, v in fields(direction="outbound", status=0, outcome="error", error="timeout", attempts=3,
+                              responseHeadMs=None).items() if k not in ("peer", "client")}),
+    # what a client sends is escaped as json.dumps escapes it: quotes, backslashes, control and non-ASCII bytes
+    (stats(method="GET", host='ev"il\\host', target=b"/caf\xc3\xa9?q=\"x\"\t\x01", status=503, started=1.0,
+           head=1.0004567, ended=1.0012345, elapsed=0.0012345), "outbound", None,
+     {k: v for k, v in fields(direction="outbound", method="GET", host='ev"il\\host',
+                              path='/caf\u00c3\u00a9?q="x"\t\x01', status=503, outcome="error",
+                              durationMs=round(0.0012345 * 1000.0, 3), responseHeadMs=round(0.0004567 * 1000.0, 3),
+                              ).items() if k not in ("peer", "client")}),
+]
+
+
+@pytest.mark.parametrize(("request_stats", "direction", "peer", "expected"), CASES)
+def test_json_line_is_the_json_formatters_line_with_every_field(request_stats: object, direction: str,
+                                                                peer: object, expected: dict[str, object]) -> None:
+    ts = Timestamps().text(WALL)
+    line = json_line(ts, direction, "payment-service", request_stats, peer)  # type: ignore[arg-type]
+    assert line == formatter_line(JsonFormatter(), expected)
+    assert json.loads(line)["ts"] == "2025-12-05T10:47:52.125Z"
+    assert list(json.loads(line))[4:] == list(expected)      # every field, in the documented order
+
+
+@pytest.mark.parametrize(("request_stats", "direction", "peer", "expected"), CASES)
+def test_text_line_is_the_text_formatters_line(request_stats: object, direction: str, peer: object,
+                                               expected: dict[str, object]) -> None:
+    line = text_line(Timestamps().text(WALL), direction, "payment-service", request_stats, peer)  # type: ignore[arg-type]
+    assert line == formatter_line(TextFormatter(), expected)
+
+
+def test_timestamps_change_with_the_second() -> None:
+    ts = Timestamps()
+    assert ts.text(WALL) == "2025-12-05T10:47:52.125Z"
+    assert ts.text(WALL + 0.5) == "2025-12-05T10:47:52.625Z"
+    assert ts.text(WALL + 1.0) == "2025-12-05T10:47:53.125Z"
+
+
+def test_lines_are_written_in_batches_and_all_of_them_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog("json", path=str(path), interval=60.0)
+    for n in range(300):
+        log.request("outbound", "pay", stats(attempts=n + 1, parent=CALLER_SPAN))
+    assert path.read_text() == ""           # nothing written per request: the batch waits for its timer
+    log.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["attempts"] for line in lines] == list(range(1, 301))   # all, in order
+    assert log.lines == 300 and log.batcher.dropped == 0
+
+
+def test_a_full_batch_is_written_before_the_timer(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog("json", path=str(path), interval=60.0)
+    for _ in range(1024):                  # MAX_BATCH wakes the writer
+        log.request("outbound", "pay", stats())
+    wait_for(lambda: len(path.read_text().splitlines()) == 1024, 10, what="the full batch in the file")
+    log.close()
+
+
+class StuckDisk(io.StringIO):
+    """A stream whose writes block until released (a slow or hung disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, s: str) -> int:
+        self.entered.set()
+        assert self.release.wait(30)
+        return super().write(s)
+
+
+def test_a_stuck_disk_never_blocks_the_request_path_and_the_queue_is_bounded() -> None:
+    disk = StuckDisk()
+    log = AccessLog("json", disk, max_queue=100, interval=0.01)
+    log.request("outbound", "pay", stats())
+    assert disk.entered.wait(10)          # the writer is now stuck in write()
+    slowest = 0.0
+    for _ in range(1000):
+        began = time.perf_counter()
+        log.request("outbound", "pay", stats())
+        slowest = max(slowest, time.perf_counter() - began)
+    assert slowest < 0.05                  # no request waited for the disk
+    assert log.batcher.pending() == 100 and log.batcher.dropped == 900 and log.lines == 101
+    disk.release.set()
+    log.close()
+    assert len(disk.getvalue().splitlines()) == 101
+
+
+class FullDisk(io.StringIO):
+    def write(self, s: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_costs_lines_not_the_process() -> None:
+    log = AccessLog("json", FullDisk(), interval=0.01)
+    for _ in range(10):
+        log.request("outbound", "pay", stats())
+    assert log.flush(5.0)
+    assert log.batcher.failed == 10 and log.status()["failed"] == 10
+    log.request("outbound", "pay", stats())   # still accepting
+    log.close()
+
+
+def test_the_config_path_gets_every_line_when_telemetry_stops(tmp_path: Path) -> None:
+    import asyncio
+    path = tmp_path / "a.log"
+    config = Config(node=NodeConfig(name="node-a"), services=[ServiceConfig(name="checkout", port=3000)],
+                    telemetry=TelemetryConfig(access_log=AccessLogConfig(True, "json", str(path))))
+    clock = FakeClock()
+    t = Telemetry(config, clock)
+    for _ in range(5):
+        t.on_request("outbound", stats())
+    asyncio.run(t.stop())
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(entries) == 5 and all(e["service"] == "payment-service" for e in entries)
+    assert entries[0]["ts"].startswith(time.strftime("%Y-%m-%dT", time.gmtime(clock.wall())))
