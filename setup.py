@@ -18,6 +18,10 @@ from setuptools.command.build_ext import build_ext
 # policy, routing and authorization, the per-request telemetry: record, access-log line, span and its OTLP bytes.
 NATIVE = [
     "sidecar/clock.py",
+    "sidecar/dns/cache.py",
+    "sidecar/dns/counters.py",
+    "sidecar/dns/server.py",
+    "sidecar/dns/wire.py",
     "sidecar/errors.py",
     "sidecar/mesh/authorization.py",
     "sidecar/mesh/dataplane.py",

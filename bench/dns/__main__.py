@@ -1,6 +1,6 @@
 """dnsperf against the sidecar's DNS responder and against dnsmasq serving the same names.
 
-    python -m bench.dns [--runs 5] [--duration 4] [--latency-qps 20000]
+    python -m bench.dns [--runs 5] [--duration 4] [--clients 4] [--latency-qps 20000] [--counters]
 
 Both servers run in their own process on loopback: the sidecar's DnsServer on uvloop with a fixed
 snapshot of 50 services x 3 instances (bench/dns/fixture.py), and dnsmasq with the same names as
@@ -8,7 +8,9 @@ snapshot of 50 services x 3 instances (bench/dns/fixture.py), and dnsmasq with t
 between the two so drift of the machine hits both alike. For each run: queries/s, average latency,
 lost queries, and the CPU each server and dnsperf used, which shows what bounds the rate (a process
 near 100% of a core is the bottleneck; CPU µs per query compares the servers even on a busy machine).
-Then a run at a fixed rate with dnsperf's per-query output, for p50/p99.
+Then a run at a fixed rate with dnsperf's per-query output, for p50/p99. ``--counters`` then prints
+instructions, simulated cache and branch misses and software counters per query of both servers
+(bench.counters).
 
 Exit status: 0 when done (or skipped for lack of dnsperf/dnsmasq), 1 when a server failed.
 """
@@ -27,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,17 +99,18 @@ def answers(port: int, name: str, rdtype: str, deadline: float) -> dns.message.M
 
 
 @contextmanager
-def sidecar(logs: Path) -> Iterator[Server]:
+def sidecar(logs: Path, prefix: Sequence[str] = (), timeout: float = START_TIMEOUT) -> Iterator[Server]:
+    """The sidecar's DNS server in a process; ``prefix`` runs it under another program (valgrind)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = logs / "sidecar.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.dns.serve", "127.0.0.1"],
+            [*prefix, sys.executable, "-m", "bench.dns.serve", "127.0.0.1"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT, env=env, text=True,
         )
     try:
         assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
+        ready, _, _ = select.select([process.stdout], [], [], timeout)
         line = process.stdout.readline() if ready else ""
         if not line.strip().isdigit():
             raise BenchFailed(f"the sidecar's DNS server did not start: {line!r} {log.read_text()[-2000:]}")
@@ -117,22 +120,22 @@ def sidecar(logs: Path) -> Iterator[Server]:
 
 
 @contextmanager
-def dnsmasq(logs: Path) -> Iterator[Server]:
+def dnsmasq(logs: Path, prefix: Sequence[str] = (), timeout: float = START_TIMEOUT) -> Iterator[Server]:
     binary = shutil.which("dnsmasq")
     assert binary is not None
     for _ in range(5):
         port = free_port()
         process = subprocess.Popen(
             [
-                binary, "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                "--no-poll", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+                *prefix, binary, "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv",
+                "--no-hosts", "--no-poll", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
                 f"--local=/{fixture.DOMAIN}/", "--pid-file=", "--user=" + _user(), "--log-facility=/dev/null",
                 "--cache-size=10000", *fixture.dnsmasq_records(),
             ],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(logs / "dnsmasq.log").open("w"), text=True,
         )
         try:
-            deadline = time.monotonic() + START_TIMEOUT
+            deadline = time.monotonic() + timeout
             while process.poll() is None:
                 with suppress(dns.exception.Timeout, OSError):
                     answers(port, f"{fixture.service_name(0)}.service.{fixture.DOMAIN}", "A", time.monotonic())
@@ -181,18 +184,19 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def dnsperf(server: Server, queries: Path, duration: float, outstanding: int, extra: list[str]) -> str:
+def dnsperf(server: Server, queries: Path, duration: float, outstanding: int, extra: list[str],
+            clients: int = 1) -> str:
     args = ["dnsperf", "-s", "127.0.0.1", "-p", str(server.port), "-d", str(queries), "-l", str(duration),
-            "-q", str(outstanding), *extra]
+            "-q", str(outstanding), "-c", str(clients), *extra]
     done = subprocess.run(args, capture_output=True, text=True, timeout=duration + 30, check=False)
     if done.returncode != 0:
         raise BenchFailed(f"dnsperf failed: {done.stderr.strip()[-500:]}")
     return done.stdout
 
 
-def measure(server: Server, queries: Path, duration: float, outstanding: int) -> Run:
+def measure(server: Server, queries: Path, duration: float, outstanding: int, clients: int = 1) -> Run:
     server_before, client_before, started = cpu_seconds(server.pid), children_cpu(), time.monotonic()
-    out = dnsperf(server, queries, duration, outstanding, [])
+    out = dnsperf(server, queries, duration, outstanding, [], clients)
     elapsed = time.monotonic() - started
 
     def number(label: str) -> float:
@@ -229,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="runs per server (default 5)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run (default 4)")
     parser.add_argument("--outstanding", type=int, default=100, help="dnsperf -q (default 100)")
+    parser.add_argument("--clients", type=int, default=4, help="dnsperf -c: client sockets (default 4)")
+    parser.add_argument("--counters", action="store_true", help="then counters per query (bench.counters)")
     parser.add_argument("--latency-qps", type=int, default=20000, help="rate of the latency run (default 20000)")
     args = parser.parse_args(argv)
     missing = [tool for tool in ("dnsperf", "dnsmasq") if shutil.which(tool) is None]
@@ -236,8 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.dns: skipped, {' and '.join(missing)} not installed (Debian: dnsperf, dnsmasq-base)")
         return 0
     try:
-        return _bench(args)
-    except BenchFailed as exc:
+        status = _bench(args)
+        if args.counters:
+            from bench.counters import dns_report
+
+            print()
+            print(dns_report(seconds=args.duration))
+        return status
+    except (BenchFailed, RuntimeError) as exc:
         print(f"bench.dns: {exc}", file=sys.stderr)
         return 1
 
@@ -249,15 +261,15 @@ def _bench(args: argparse.Namespace) -> int:
         with sidecar(Path(tmp)) as ours, dnsmasq(Path(tmp)) as theirs:
             check_same_answers(ours, theirs)
             print(f"DNS: {fixture.SERVICES} services x {fixture.INSTANCES} instances, {len(fixture.queries())} "
-                  f"names (A, SRV, node A); dnsperf -q {args.outstanding}, {args.duration:g}s runs, "
+                  f"names (A, SRV, node A); dnsperf -q {args.outstanding} -c {args.clients}, {args.duration:g}s runs, "
                   f"{os.cpu_count()} CPUs; answers checked equal")
             for server in (ours, theirs):  # warm-up: caches filled, CPU frequency up
-                dnsperf(server, queries, 1, args.outstanding, [])
+                dnsperf(server, queries, 1, args.outstanding, [], args.clients)
             runs: list[Run] = []
             for i in range(args.runs):
                 order = (ours, theirs) if i % 2 == 0 else (theirs, ours)
                 for server in order:
-                    run = measure(server, queries, args.duration, args.outstanding)
+                    run = measure(server, queries, args.duration, args.outstanding, args.clients)
                     runs.append(run)
                     print(f"  run {i + 1} {run.server:8s} {run.qps:10,.0f} q/s  avg {run.avg_latency * 1e6:6.0f} µs  "
                           f"lost {run.lost:>5}/{run.sent:<8} server cpu {run.server_cpu:4.0%}  "

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +62,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, process: subprocess.Popen[bytes], name: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+def wait_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             error = process.stderr.read() if process.stderr else b""
@@ -73,7 +73,7 @@ def wait_port(port: int, process: subprocess.Popen[bytes], name: str) -> None:
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{name} did not listen on {port} within {START_TIMEOUT}s")
+    raise RuntimeError(f"{name} did not listen on {port} within {timeout}s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -125,12 +125,12 @@ def make_certs(folder: Path) -> dict[str, Path]:
 
 
 @contextmanager
-def process(args: list[str], name: str, port: int | None = None,
-            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(args: list[str], name: str, port: int | None = None, env: dict[str, str] | None = None,
+            timeout: float = START_TIMEOUT) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         if port is not None:
-            wait_port(port, proc, name)
+            wait_port(port, proc, name, timeout)
         yield proc
     finally:
         stop(proc)
@@ -192,9 +192,11 @@ HAPROXY_HEAD = haproxy_head()
 
 def haproxy(stack: ExitStack, folder: Path, name: str, upstream: int, certs: dict[str, Path] | None = None,
             tls_in: bool = False, tls_out: bool = False, log_port: int | None = None,
-            metrics_port: int | None = None) -> tuple[int, int]:
+            metrics_port: int | None = None, prefix: Sequence[str] = (),
+            timeout: float = START_TIMEOUT) -> tuple[int, int]:
     """``log_port``: `option httplog` lines to UDP syslog on that port; ``metrics_port``: HAProxy's Prometheus
-    exporter on /metrics there (the production profile)."""
+    exporter on /metrics there (the production profile); ``prefix`` runs it under another program (valgrind,
+    for bench.counters)."""
     port = free_port()
     metrics = (f"frontend metrics\n    bind 127.0.0.1:{metrics_port}\n"
                "    http-request use-service prometheus-exporter if { path /metrics }\n") if metrics_port else ""
@@ -210,14 +212,15 @@ frontend f
 backend b
     server s1 127.0.0.1:{upstream}{server_tls}
 {metrics}""")
-    proc = stack.enter_context(process(["haproxy", "-db", "-f", str(conf)], name, port))
+    proc = stack.enter_context(process([*prefix, "haproxy", "-db", "-f", str(conf)], name, port, timeout=timeout))
     return port, proc.pid
 
 
 def engine(stack: ExitStack, upstream: int, certs: dict[str, Path] | None = None, tls_in: bool = False,
-           tls_out: bool = False, module: str = "bench.proxy.engine") -> tuple[int, int]:
-    """A hop of the engine, or of another module with its command line (bench.proxy.floor)."""
-    args = [sys.executable, "-m", module, "--upstream", f"127.0.0.1:{upstream}"]
+           tls_out: bool = False, module: str = "bench.proxy.engine", prefix: Sequence[str] = ()) -> tuple[int, int]:
+    """A hop of the engine, or of another module with its command line (bench.proxy.floor); ``prefix`` as in
+    haproxy()."""
+    args = [*prefix, sys.executable, "-m", module, "--upstream", f"127.0.0.1:{upstream}"]
     if tls_in and certs:
         args += ["--listen-tls", str(certs["cert"]), str(certs["key"]), str(certs["ca"])]
     if tls_out and certs:

@@ -1,7 +1,7 @@
 """wrk through real `sidecar run` processes, next to HAProxy and the bare engine, on the same nginx backend.
 
     python -m bench.proxy.mesh [--runs 3] [--duration 5] [--concurrency 1 50] [--gc-freeze] [--profile 5]
-                               [--cpu-split 3]
+                               [--cpu-split 3] [--counters]
 
 Setups (loopback, free ports, certificates from `sidecar certs init/issue` in a temporary folder):
   direct         wrk -> nginx
@@ -36,7 +36,9 @@ Runs alternate between setups. For each: median requests/s, p50/p99 latency and 
 the setup's proxy processes (utime+stime from /proc). Ratios compare to HAProxy's mTLS pair.
 ``--profile N`` then samples sidecar A and B with py-spy (pip install py-spy) for N seconds under c=50 and
 prints the top functions by own time and by total time. ``--cpu-split N`` records both with ``perf`` (cycles
-by shared object: the interpreter, the kernel, libcrypto, llhttp, uvloop).
+by shared object: the interpreter, the kernel, libcrypto, llhttp, uvloop). ``--counters`` then prints
+instructions, simulated cache and branch misses and software counters per request of the HAProxy, floor,
+engine and sidecar pairs (bench.counters, under valgrind: minutes).
 
 Exit status: 0 when done (or skipped for lack of wrk/haproxy/nginx), 1 when a server failed.
 """
@@ -55,7 +57,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -138,7 +140,9 @@ def telemetry_config(folder: Path, name: str, *, access_log: bool, otlp: str | N
 
 
 @contextmanager
-def sidecar(folder: Path, config: dict[str, Any], gc_freeze: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+def sidecar(folder: Path, config: dict[str, Any], gc_freeze: bool = False, prefix: Sequence[str] = (),
+            timeout: float = READY_TIMEOUT) -> Iterator[subprocess.Popen[bytes]]:
+    """A `sidecar run` process; ``prefix`` runs it under another program (valgrind, for bench.counters)."""
     name = config["node"]["name"]
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -146,12 +150,12 @@ def sidecar(folder: Path, config: dict[str, Any], gc_freeze: bool = False) -> It
     log = (folder / f"{name}.log").open("wb")
     root = ROOT if gc_freeze else SIDECAR_ROOT
     pythonpath = str(root) if root == ROOT else f"{root}{os.pathsep}{ROOT}"
-    proc = subprocess.Popen([sys.executable, "-m", module, "run", "-c", str(path)], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", module, "run", "-c", str(path)], stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT, cwd=root,
                             env={**os.environ, "PYTHONPATH": pythonpath})
     try:
         port = int(config["admin"]["listen"].rsplit(":", 1)[1])
-        wait_port(port, proc, f"sidecar {name}")
+        wait_port(port, proc, f"sidecar {name}", timeout)
         yield proc
     finally:
         stop(proc, 15)
@@ -164,10 +168,10 @@ def get_json(url: str) -> Any:
 
 
 def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: Path,
-                 service: str = SERVICE) -> None:
+                 service: str = SERVICE, timeout: float = READY_TIMEOUT) -> None:
     """Until the source's app API shows ``service`` healthy (gossip joined, catalog spread)."""
     url = f"http://{config['api']['listen']}/v1/catalog"
-    deadline = time.monotonic() + READY_TIMEOUT
+    deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -180,7 +184,7 @@ def wait_catalog(config: dict[str, Any], proc: subprocess.Popen[bytes], folder: 
         except OSError as e:
             last = e
         time.sleep(0.1)
-    raise RuntimeError(f"{service} not in the catalog of {url} within {READY_TIMEOUT}s (last: {last!r})")
+    raise RuntimeError(f"{service} not in the catalog of {url} within {timeout}s (last: {last!r})")
 
 
 def sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]],
@@ -358,6 +362,8 @@ def main() -> int:
                         help="then profile sidecar A and B with py-spy under c=50 for SECONDS")
     parser.add_argument("--cpu-split", type=float, default=0.0, metavar="SECONDS",
                         help="then record sidecar A and B with perf under c=50: CPU cycles by shared object")
+    parser.add_argument("--counters", action="store_true",
+                        help="then counters per request under valgrind (bench.counters)")
     args = parser.parse_args()
     global SIDECAR_ROOT
     SIDECAR_ROOT = args.sidecar_root.resolve() if args.sidecar_root else ROOT
@@ -461,6 +467,11 @@ def main() -> int:
             port, pids, _ = setups["sidecar-pair"]
             print("\n## CPU cycles of the sidecar pair under c=50 (A, then B)\n")
             print(cpu_split(port, pids, args.cpu_split, folder))
+    if args.counters:
+        from bench.counters import proxy_report
+
+        print("\n## counters per request\n")
+        print(proxy_report(seconds=args.duration))
     return 0
 
 

@@ -25,14 +25,24 @@ DEFAULT_MAX_ENTRIES = 20_000
 
 
 class _Entry:
-    """Pre-rotated variants of one answer, served round-robin."""
+    """Pre-rotated variants of one answer, served round-robin, kept without their 2-byte ID.
 
-    __slots__ = ("next", "rcode", "variants")
+    A hit is then the query's ID and one stored tail: one concatenation, no slice of the stored answer.
+    """
 
-    def __init__(self, variants: tuple[bytes, ...], rcode: int) -> None:
-        self.variants = variants
+    __slots__ = ("next", "rcode", "tails")
+
+    def __init__(self, tails: tuple[bytes, ...], rcode: int) -> None:
+        self.tails = tails
         self.rcode = rcode
         self.next = 0
+
+    def take(self) -> bytes:
+        """The next variant's tail, round-robin."""
+        tails = self.tails
+        i = self.next
+        self.next = i + 1 if i + 1 < len(tails) else 0
+        return tails[i]
 
 
 class ResponseCache:
@@ -65,10 +75,7 @@ class ResponseCache:
         """The response to the raw query ``data`` and its rcode, or None (not plain, or not stored)."""
         exact = self._exact[tcp].get(data[2:])
         if exact is not None:
-            variants = exact.variants
-            i = exact.next
-            exact.next = i + 1 if i + 1 < len(variants) else 0
-            return data[:2] + variants[i][2:], exact.rcode
+            return data[:2] + exact.take(), exact.rcode
         parsed = wire.question_key(data)
         if parsed is None:
             return None
@@ -76,13 +83,14 @@ class ResponseCache:
         entry = self._tables[tcp].get(key)
         if entry is None:
             return None
-        spelled = tuple(wire.with_id_and_case(v, data, name_end) for v in entry.variants)
-        i = entry.next
-        entry.next = i + 1 if i + 1 < len(spelled) else 0
+        # the tails start at byte 2: the query's spelling of the name goes in at HEADER_SIZE - 2
+        spelled = tuple(_spelled(tail, data, name_end) for tail in entry.tails)
         mine = _Entry(spelled, entry.rcode)
         mine.next = entry.next
+        tail = mine.take()
+        entry.next = mine.next
         _insert(self._exact[tcp], data[2:], mine, self.max_entries)
-        return spelled[i], entry.rcode
+        return data[:2] + tail, entry.rcode
 
     def put(self, data: bytes, tcp: bool, variants: Sequence[bytes], rcode: int) -> bool:
         """Store the answers to the raw query ``data``; False when the query is not plain enough to key.
@@ -92,13 +100,18 @@ class ResponseCache:
         parsed = wire.question_key(data)
         if parsed is None or not variants:
             return False
-        entry = _Entry(tuple(variants), rcode)
+        entry = _Entry(tuple(variant[2:] for variant in variants), rcode)
         entry.next = 1 % len(variants)
         _insert(self._tables[tcp], parsed[0], entry, self.max_entries)
-        exact = _Entry(entry.variants, rcode)  # ``variants`` are in this query's spelling already
+        exact = _Entry(entry.tails, rcode)  # ``variants`` are in this query's spelling already
         exact.next = entry.next
         _insert(self._exact[tcp], data[2:], exact, self.max_entries)
         return True
+
+
+def _spelled(tail: bytes, query: bytes, name_end: int) -> bytes:
+    """A stored tail (an answer after its ID) with the query's spelling of the question name."""
+    return tail[: wire.HEADER_SIZE - 2] + query[wire.HEADER_SIZE : name_end] + tail[name_end - 2 :]
 
 
 def _insert(table: dict[bytes, _Entry], key: bytes, entry: _Entry, limit: int) -> None:

@@ -86,15 +86,6 @@ def _opt_key(data: bytes, at: int, size: int) -> bytes | None:
     return b"\x01" + data[at + 3 : at + 6] + bytes([data[at + 7] & 0x80])
 
 
-def with_id_and_case(cached: bytes, query: bytes, name_end: int) -> bytes:
-    """A cached response with the query's ID and the query's spelling of the question name patched in.
-
-    The question name is the same length whatever its case, and every later name in the response that
-    repeats it is a compression pointer to it, so the answer echoes the client's case too.
-    """
-    return query[:2] + cached[2:HEADER_SIZE] + query[HEADER_SIZE:name_end] + cached[name_end:]
-
-
 def header_reply(data: bytes, rcode: int, question_end: int | None = None) -> bytes | None:
     """A reply made of the header only (and the question when ``question_end`` is given), or None.
 
