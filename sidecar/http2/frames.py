@@ -80,8 +80,8 @@ def _u32(b: memoryview, at: int) -> int:
 def _unpad(frame: Frame, payload: memoryview, fixed: int) -> memoryview:
     """``payload`` without its Pad Length octet and padding, starting ``fixed`` octets after them."""
     if frame.flags & PADDED:
-        if len(payload) < 1:
-            raise FrameError(FRAME_SIZE_ERROR, 0, "padded frame without a Pad Length")
+        if len(payload) < 1 + fixed:
+            raise FrameError(FRAME_SIZE_ERROR, 0, "padded frame too short for its fields")
         pad = payload[0]
         if pad + 1 + fixed > len(payload):
             raise FrameError(PROTOCOL_ERROR, 0, f"padding of {pad} octets fills the frame")
@@ -145,6 +145,8 @@ def parse_frame(kind: int, flags: int, stream_id: int, payload: memoryview) -> F
         if len(body) < 4:
             raise FrameError(FRAME_SIZE_ERROR, 0, "PUSH_PROMISE without a promised stream id")
         frame.promised_stream_id = _u32(body, 0) & MAX_WINDOW
+        if frame.promised_stream_id == 0 or frame.promised_stream_id % 2:  # servers push on even streams
+            raise FrameError(PROTOCOL_ERROR, 0, f"PUSH_PROMISE of stream {frame.promised_stream_id}")
         frame.data = body[4:]
     elif kind == PING:
         _no_stream(frame, "PING")
