@@ -33,6 +33,7 @@ import h2.settings
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hyperframe.frame import GoAwayFrame, RstStreamFrame, WindowUpdateFrame
 
+from sidecar.http2 import hpack
 from sidecar.http2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -119,8 +120,10 @@ class H2Connection:
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })
         self._h2.max_inbound_frame_size = lim.max_frame_size
-        # enforced from the first frame, before the peer acknowledges our SETTINGS
-        self._h2.decoder.max_header_list_size = lim.max_header_list_size
+        # our compiled HPACK in place of python-hyper's (the same interface, a quarter of the CPU); the header
+        # list limit is enforced from the first frame, before the peer acknowledges our SETTINGS
+        self._h2.encoder = hpack.Encoder()  # type: ignore[assignment]
+        self._h2.decoder = hpack.Decoder(max_header_list_size=lim.max_header_list_size)  # type: ignore[assignment]
         self._h2.initiate_connection()
         if lim.connection_window > DEFAULT_WINDOW:
             self._h2.increment_flow_control_window(lim.connection_window - DEFAULT_WINDOW)

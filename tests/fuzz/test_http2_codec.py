@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from sidecar.http2 import frames as f
 from sidecar.http2.hpack import Decoder, Encoder
 from sidecar.http2.hpack_errors import HeaderBlockError
-from tests.fuzz.strategies import fuzz_settings
+from tests.fuzz.strategies import fuzz_settings, mutated
+from tests.fuzz.targets import http2_codec
 
 # ---------------------------------------------------------------------------------------------------- HPACK
 
@@ -229,3 +230,9 @@ def test_the_streaming_parser_cuts_the_same_frames_however_the_bytes_arrive(part
 
 def _summary(frame: f.Frame) -> tuple[int, int, int, bytes]:
     return frame.kind, frame.flags, frame.stream_id, bytes(frame.data)
+
+
+@fuzz_settings(300)
+@given(mutated("http2_codec", max_noise=32))
+def test_mutated_real_traffic_parses_equal_or_both_reject(data: bytes) -> None:
+    http2_codec(data)
