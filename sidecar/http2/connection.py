@@ -63,6 +63,7 @@ from sidecar.http2.guard import (
     Verdict,
     Violation,
 )
+from sidecar.http2.hpack_errors import HeaderBlockError, HeaderListTooLarge
 from sidecar.http2.limits import DEFAULT_WINDOW, Budget, H2Limits
 from sidecar.http2.preface import PREFACE
 
@@ -250,6 +251,14 @@ class H2Connection:
         try:
             h2_events = self._h2.receive_data(chunk)
         except h2.exceptions.ProtocolError as e:
+            if isinstance(e.__cause__, HeaderBlockError) and not isinstance(e.__cause__, HeaderListTooLarge):
+                # h2 says PROTOCOL_ERROR; RFC 9113 section 4.3 says a field block that fails to decode is a
+                # COMPRESSION_ERROR (the HPACK context is lost); h2's GOAWAY, the last 17 bytes it queued, goes
+                pending = self._h2.data_to_send()
+                if pending[-17:-13] == b"\x00\x00\x08\x07":
+                    pending = pending[:-17]
+                self._out += pending
+                raise Violation(COMPRESSION_ERROR, str(e), "compression_error") from e
             raise Violation(int(e.error_code), str(e) or type(e).__name__, _counter_of(e)) from e
         self._to_flush = set()
         for ev in h2_events:
