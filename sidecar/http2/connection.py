@@ -48,7 +48,7 @@ from sidecar.http2.events import (
     StreamWritable,
     TrailersReceived,
 )
-from sidecar.http2.guard import (
+from sidecar.http2.frames import (
     COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
@@ -60,10 +60,8 @@ from sidecar.http2.guard import (
     PRIORITY_FLAG,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
-    FrameGuard,
-    Verdict,
-    Violation,
 )
+from sidecar.http2.guard import FrameGuard, Verdict, Violation
 from sidecar.http2.hpack_errors import HeaderBlockError, HeaderListTooLarge
 from sidecar.http2.limits import DEFAULT_WINDOW, Budget, H2Limits
 from sidecar.http2.preface import PREFACE

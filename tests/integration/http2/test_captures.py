@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,19 +15,9 @@ import pytest
 
 from tests.fuzz.replay import replay
 from tests.integration.http2.echo_server import EchoServer
-from tests.loops import LoopThread
 
 pytestmark = pytest.mark.skipif(not (shutil.which("h2load") and shutil.which("nghttp")),
                                 reason="nghttp2-client is missing: make tools")
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    loop = LoopThread()
-    server = loop.run(EchoServer().start())
-    yield server
-    loop.run(server.stop())
-    loop.close()
 
 
 CLIENTS = ["curl", "nghttp", "h2load", "h2load", "grpcio"]  # the order _clients connects in
