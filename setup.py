@@ -15,7 +15,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # The modules every proxied request runs through: HTTP framing and the exchange, the caller's resilience
-# policy, routing and authorization, the HTTP/2 framing and header compression, the per-request telemetry record.
+# policy, routing and authorization, the per-request telemetry record.
 NATIVE = [
     "sidecar/clock.py",
     "sidecar/errors.py",

@@ -3,7 +3,7 @@ length, stream id and padding, compiled with mypyc.
 
 :class:`FrameParser` takes bytes as they arrive and returns the complete frames; a frame's payload fields are
 ``memoryview`` slices of the received bytes (no copy) until the caller keeps them. A frame the RFC calls
-malformed raises :class:`FrameError` with the error code to send and whether it ends the connection (stream id
+malformed raises :class:`H2FrameError` with the error code to send and whether it ends the connection (stream id
 0) or only its stream. Frames of unknown types are returned as they are (section 4.1 says ignore them).
 """
 
@@ -45,7 +45,7 @@ HEADER_LENGTH: Final = 9
 _EMPTY: Final = memoryview(b"")
 
 
-class FrameError(Exception):
+class H2FrameError(Exception):
     """A malformed frame: send ``code`` in a GOAWAY (``stream_id`` 0) or an RST_STREAM on ``stream_id``."""
 
     def __init__(self, code: int, stream_id: int, reason: str) -> None:
@@ -84,10 +84,10 @@ def _unpad(frame: Frame, payload: memoryview, fixed: int) -> memoryview:
     """``payload`` without its Pad Length octet and padding, starting ``fixed`` octets after them."""
     if frame.flags & PADDED:
         if len(payload) < 1 + fixed:
-            raise FrameError(FRAME_SIZE_ERROR, 0, "padded frame too short for its fields")
+            raise H2FrameError(FRAME_SIZE_ERROR, 0, "padded frame too short for its fields")
         pad = payload[0]
         if pad + 1 + fixed > len(payload):
-            raise FrameError(PROTOCOL_ERROR, 0, f"padding of {pad} octets fills the frame")
+            raise H2FrameError(PROTOCOL_ERROR, 0, f"padding of {pad} octets fills the frame")
         frame.pad_length = pad
         return payload[1:len(payload) - pad]
     return payload
@@ -95,16 +95,16 @@ def _unpad(frame: Frame, payload: memoryview, fixed: int) -> memoryview:
 
 def _need_stream(frame: Frame, name: str) -> None:
     if frame.stream_id == 0:
-        raise FrameError(PROTOCOL_ERROR, 0, f"{name} frame on stream 0")
+        raise H2FrameError(PROTOCOL_ERROR, 0, f"{name} frame on stream 0")
 
 
 def _no_stream(frame: Frame, name: str) -> None:
     if frame.stream_id != 0:
-        raise FrameError(PROTOCOL_ERROR, 0, f"{name} frame on stream {frame.stream_id}")
+        raise H2FrameError(PROTOCOL_ERROR, 0, f"{name} frame on stream {frame.stream_id}")
 
 
 def parse_frame(kind: int, flags: int, stream_id: int, payload: memoryview) -> Frame:
-    """One frame from its header fields and payload; raises :class:`FrameError` when malformed."""
+    """One frame from its header fields and payload; raises :class:`H2FrameError` when malformed."""
     frame = Frame(kind, flags, stream_id)
     n = len(payload)
     if kind == DATA:
@@ -116,7 +116,7 @@ def parse_frame(kind: int, flags: int, stream_id: int, payload: memoryview) -> F
         body = _unpad(frame, payload, fixed)
         if fixed:
             if len(body) < 5:
-                raise FrameError(FRAME_SIZE_ERROR, 0, "HEADERS priority fields cut short")
+                raise H2FrameError(FRAME_SIZE_ERROR, 0, "HEADERS priority fields cut short")
             word = _u32(body, 0)
             frame.exclusive, frame.depends_on, frame.weight = bool(word >> 31), word & MAX_WINDOW, body[4]
             body = body[5:]
@@ -124,20 +124,20 @@ def parse_frame(kind: int, flags: int, stream_id: int, payload: memoryview) -> F
     elif kind == PRIORITY:
         _need_stream(frame, "PRIORITY")
         if n != 5:
-            raise FrameError(FRAME_SIZE_ERROR, stream_id, f"PRIORITY frame of {n} octets")
+            raise H2FrameError(FRAME_SIZE_ERROR, stream_id, f"PRIORITY frame of {n} octets")
         word = _u32(payload, 0)
         frame.exclusive, frame.depends_on, frame.weight = bool(word >> 31), word & MAX_WINDOW, payload[4]
     elif kind == RST_STREAM:
         _need_stream(frame, "RST_STREAM")
         if n != 4:
-            raise FrameError(FRAME_SIZE_ERROR, 0, f"RST_STREAM frame of {n} octets")
+            raise H2FrameError(FRAME_SIZE_ERROR, 0, f"RST_STREAM frame of {n} octets")
         frame.error_code = _u32(payload, 0)
     elif kind == SETTINGS:
         _no_stream(frame, "SETTINGS")
         if flags & ACK and n:
-            raise FrameError(FRAME_SIZE_ERROR, 0, "SETTINGS acknowledgement with a payload")
+            raise H2FrameError(FRAME_SIZE_ERROR, 0, "SETTINGS acknowledgement with a payload")
         if n % 6:
-            raise FrameError(FRAME_SIZE_ERROR, 0, f"SETTINGS frame of {n} octets")
+            raise H2FrameError(FRAME_SIZE_ERROR, 0, f"SETTINGS frame of {n} octets")
         for at in range(0, n, 6):
             ident, value = (payload[at] << 8) | payload[at + 1], _u32(payload, at + 2)
             _check_setting(ident, value)
@@ -146,29 +146,29 @@ def parse_frame(kind: int, flags: int, stream_id: int, payload: memoryview) -> F
         _need_stream(frame, "PUSH_PROMISE")
         body = _unpad(frame, payload, 4)
         if len(body) < 4:
-            raise FrameError(FRAME_SIZE_ERROR, 0, "PUSH_PROMISE without a promised stream id")
+            raise H2FrameError(FRAME_SIZE_ERROR, 0, "PUSH_PROMISE without a promised stream id")
         frame.promised_stream_id = _u32(body, 0) & MAX_WINDOW
         if frame.promised_stream_id == 0 or frame.promised_stream_id % 2:  # servers push on even streams
-            raise FrameError(PROTOCOL_ERROR, 0, f"PUSH_PROMISE of stream {frame.promised_stream_id}")
+            raise H2FrameError(PROTOCOL_ERROR, 0, f"PUSH_PROMISE of stream {frame.promised_stream_id}")
         frame.data = body[4:]
     elif kind == PING:
         _no_stream(frame, "PING")
         if n != 8:
-            raise FrameError(FRAME_SIZE_ERROR, 0, f"PING frame of {n} octets")
+            raise H2FrameError(FRAME_SIZE_ERROR, 0, f"PING frame of {n} octets")
         frame.data = payload
     elif kind == GOAWAY:
         _no_stream(frame, "GOAWAY")
         if n < 8:
-            raise FrameError(FRAME_SIZE_ERROR, 0, f"GOAWAY frame of {n} octets")
+            raise H2FrameError(FRAME_SIZE_ERROR, 0, f"GOAWAY frame of {n} octets")
         frame.last_stream_id = _u32(payload, 0) & MAX_WINDOW
         frame.error_code = _u32(payload, 4)
         frame.data = payload[8:]
     elif kind == WINDOW_UPDATE:
         if n != 4:
-            raise FrameError(FRAME_SIZE_ERROR, 0, f"WINDOW_UPDATE frame of {n} octets")
+            raise H2FrameError(FRAME_SIZE_ERROR, 0, f"WINDOW_UPDATE frame of {n} octets")
         frame.increment = _u32(payload, 0) & MAX_WINDOW
         if frame.increment == 0:
-            raise FrameError(PROTOCOL_ERROR, stream_id, "WINDOW_UPDATE of 0")
+            raise H2FrameError(PROTOCOL_ERROR, stream_id, "WINDOW_UPDATE of 0")
     elif kind == CONTINUATION:
         _need_stream(frame, "CONTINUATION")
         frame.data = payload
@@ -179,11 +179,11 @@ def parse_frame(kind: int, flags: int, stream_id: int, payload: memoryview) -> F
 
 def _check_setting(ident: int, value: int) -> None:
     if ident == SETTINGS_ENABLE_PUSH and value > 1:
-        raise FrameError(PROTOCOL_ERROR, 0, f"SETTINGS_ENABLE_PUSH of {value}")
+        raise H2FrameError(PROTOCOL_ERROR, 0, f"SETTINGS_ENABLE_PUSH of {value}")
     if ident == SETTINGS_INITIAL_WINDOW_SIZE and value > MAX_WINDOW:
-        raise FrameError(FLOW_CONTROL_ERROR, 0, f"SETTINGS_INITIAL_WINDOW_SIZE of {value}")
+        raise H2FrameError(FLOW_CONTROL_ERROR, 0, f"SETTINGS_INITIAL_WINDOW_SIZE of {value}")
     if ident == SETTINGS_MAX_FRAME_SIZE and not MIN_MAX_FRAME_SIZE <= value <= MAX_MAX_FRAME_SIZE:
-        raise FrameError(PROTOCOL_ERROR, 0, f"SETTINGS_MAX_FRAME_SIZE of {value}")
+        raise H2FrameError(PROTOCOL_ERROR, 0, f"SETTINGS_MAX_FRAME_SIZE of {value}")
 
 
 class FrameParser:
@@ -209,7 +209,7 @@ class FrameParser:
         while end - pos >= HEADER_LENGTH:
             length = (chunk[pos] << 16) | (chunk[pos + 1] << 8) | chunk[pos + 2]
             if length > self.max_frame_size:
-                raise FrameError(FRAME_SIZE_ERROR, 0, f"frame of {length} octets, over {self.max_frame_size}")
+                raise H2FrameError(FRAME_SIZE_ERROR, 0, f"frame of {length} octets, over {self.max_frame_size}")
             if end - pos - HEADER_LENGTH < length:
                 break
             stream_id = ((chunk[pos + 5] << 24) | (chunk[pos + 6] << 16) | (chunk[pos + 7] << 8)

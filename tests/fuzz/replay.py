@@ -37,7 +37,7 @@ def replay(wire: bytes, strict: bool = True) -> tuple[int, int]:
         wire = wire[len(PREFACE):]
     try:
         ours = frames.FrameParser(max_frame_size=frames.MAX_MAX_FRAME_SIZE).feed(wire)
-    except frames.FrameError:
+    except frames.H2FrameError:
         assert not strict
         return 0, 0
     theirs = _reference_frames(wire)

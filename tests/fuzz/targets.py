@@ -18,7 +18,7 @@ Contracts, one per target name (the name is also the corpus directory, ``corpus/
                       InvalidArgument only; ServiceMessage.from_bytes: ValueError only
 * ``catalog_state``   decode_claims: SyncDecodeError only
 * ``http2_codec``     one direction of an HTTP/2 connection through sidecar.http2's frames and HPACK and through
-                      hyperframe and hpack (``replay.py``): FrameError / HeaderBlockError only, and equal results
+                      hyperframe and hpack (``replay.py``): H2FrameError / HeaderBlockError only, and equal results
                       where both accept; the seeds are real clients' traffic (``test_captures.py`` records it)
 """
 

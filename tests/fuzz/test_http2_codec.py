@@ -136,7 +136,7 @@ def _ours(raw: bytes) -> tuple[Any, ...] | None:
     stream_id = int.from_bytes(raw[5:9], "big") & 0x7FFFFFFF
     try:
         frame = f.parse_frame(raw[3], raw[4], stream_id, memoryview(raw[9:9 + length]))
-    except f.FrameError:
+    except f.H2FrameError:
         return None
     settings: dict[int, int] = dict(frame.settings)  # a repeated setting: the last one counts
     return (frame.kind, frame.flags & _DEFINED.get(frame.kind, 0), frame.stream_id, bytes(frame.data),

@@ -64,7 +64,7 @@ def test_every_frame_type_round_trips() -> None:
     (f.frame_header(16385, f.DATA, 0, 1), f.FRAME_SIZE_ERROR, 0),  # over SETTINGS_MAX_FRAME_SIZE
 ])
 def test_rfc_9113_rules_reject_with_their_error_code(raw: bytes, code: int, stream_id: int) -> None:
-    with pytest.raises(f.FrameError) as e:
+    with pytest.raises(f.H2FrameError) as e:
         f.FrameParser().feed(raw)
     assert (e.value.code, e.value.stream_id) == (code, stream_id)
 
