@@ -159,6 +159,8 @@ def _known_difference(raw: bytes) -> str | None:
                "and neither checks padding overlapping priority or the promised id)"
     if kind == f.PUSH_PROMISE and len(payload) >= 4 and payload[0] & 0x80:
         return "PUSH_PROMISE's reserved bit (RFC 9113 says ignore it; hyperframe keeps it in the stream id)"
+    if kind == f.GOAWAY and len(payload) >= 8 and payload[0] & 0x80:
+        return "GOAWAY's reserved bit (RFC 9113 says ignore it; hyperframe keeps it in the last stream id)"
     if kind == f.WINDOW_UPDATE and len(payload) == 4 and payload[0] & 0x80:
         return "WINDOW_UPDATE's reserved bit (RFC 9113 says ignore it; hyperframe rejects the value)"
     if kind > f.CONTINUATION:

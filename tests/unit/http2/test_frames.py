@@ -80,3 +80,11 @@ def test_payloads_are_views_of_the_received_bytes_and_a_partial_frame_waits() ->
     whole = f.data_frame(1, b"c" * 50)
     [view] = f.FrameParser().feed(whole)
     assert view.data.obj is whole  # a slice of the bytes fed, not a copy
+
+
+def test_reserved_bits_of_stream_ids_are_ignored() -> None:
+    """RFC 9113 section 4.1: the R bit is ignored on receipt, in the header and in the payload's stream ids."""
+    goaway = parse(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x80\x00\x00\x05\x00\x00\x00\x00")
+    assert goaway.last_stream_id == 5
+    assert parse(f.frame_header(4, f.WINDOW_UPDATE, 0, 0) + b"\x80\x00\x00\x07").increment == 7
+    assert parse(f.frame_header(0, f.DATA, 0, 0x80000003)).stream_id == 3
