@@ -1,5 +1,6 @@
-"""What HTTP/2 framing costs in CPU per request: the ``sidecar.http2`` core (over python-hyper's h2) against
-the HTTP/1.1 parsing the proxy does today (``proxy.http1`` over httptools), for one small gRPC unary call.
+"""What HTTP/2 framing costs in CPU per request: the ``sidecar.http2`` core (over python-hyper's h2, with our
+compiled HPACK; and with python-hyper's hpack for comparison) against the HTTP/1.1 parsing the proxy does today
+(``proxy.http1`` over httptools), for one small gRPC unary call; and our compiled HPACK and frame layer alone.
 
     python -m bench.http2 [--requests 20000] [--message 100]
 
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from sidecar.http2 import frames  # noqa: E402
 from sidecar.http2.connection import H2Connection  # noqa: E402
 from sidecar.http2.events import DataReceived  # noqa: E402
 from sidecar.http2.grpc import frame_message  # noqa: E402
@@ -37,10 +39,24 @@ RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 TRAILERS = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
 
 
-def bench_h2(requests: int, message: bytes, check_outbound: bool = True) -> tuple[float, float]:
-    """Seconds of CPU per call: (server side, client side)."""
+def reference_hpack_in(conn: H2Connection) -> None:
+    """Put python-hyper's hpack back under h2 in place of sidecar.http2.hpack (before any traffic)."""
+    import hpack
+
+    limit = conn._h2.decoder.max_header_list_size
+    conn._h2.encoder = hpack.Encoder()
+    conn._h2.decoder = hpack.Decoder(max_header_list_size=limit)
+
+
+def bench_h2(requests: int, message: bytes, check_outbound: bool = True,
+             reference: bool = False) -> tuple[float, float]:
+    """Seconds of CPU per call: (server side, client side); ``reference``: with python-hyper's hpack under h2
+    rather than sidecar.http2.hpack (the core's own)."""
     client = H2Connection(client_side=True, check_outbound=check_outbound)
     server = H2Connection(client_side=False, check_outbound=check_outbound)
+    if reference:
+        reference_hpack_in(client)
+        reference_hpack_in(server)
     server.receive_data(client.data_to_send(), 0.0)
     client.receive_data(server.data_to_send(), 0.0)
     server.receive_data(client.data_to_send(), 0.0)
@@ -75,9 +91,13 @@ def bench_h2(requests: int, message: bytes, check_outbound: bool = True) -> tupl
     return t_server / requests, t_client / requests
 
 
-def bench_hpack(requests: int) -> float:
-    """Seconds of CPU per call for HPACK alone: encode and decode the request, response and trailer blocks."""
-    from hpack import Decoder, Encoder
+def bench_hpack(requests: int, own: bool = False) -> float:
+    """Seconds of CPU per call for HPACK alone: encode and decode the request, response and trailer blocks;
+    ``own``: sidecar.http2.hpack rather than python-hyper's hpack."""
+    if own:
+        from sidecar.http2.hpack import Decoder, Encoder
+    else:
+        from hpack import Decoder, Encoder  # type: ignore[assignment]
 
     encoder, decoder = Encoder(), Decoder()
     blocks = [encoder.encode(headers) for _ in range(requests) for headers in (REQUEST, RESPONSE, TRAILERS)]
@@ -89,6 +109,25 @@ def bench_hpack(requests: int) -> float:
         encoder.encode(TRAILERS)
     for block in blocks:
         decoder.decode(block, raw=True)
+    return (time.process_time() - t0) / requests
+
+
+def bench_frames(requests: int, message: bytes) -> float:
+    """Seconds of CPU per call for sidecar.http2.frames alone: both directions' frames of one call (request
+    HEADERS + DATA, WINDOW_UPDATEs, response HEADERS + DATA + trailers) serialized and parsed, HPACK aside."""
+    body = frame_message(message)
+    request_block, response_block, trailer_block = b"x" * 40, b"x" * 4, b"x" * 6
+    parser = frames.FrameParser()
+    t0 = time.process_time()
+    for _ in range(requests):
+        sid = 1
+        wire = frames.headers_frame(sid, request_block) + frames.data_frame(sid, body, end_stream=True)
+        wire += frames.window_update_frame(0, len(body)) + frames.window_update_frame(sid, len(body))
+        wire += frames.headers_frame(sid, response_block) + frames.data_frame(sid, body)
+        wire += frames.headers_frame(sid, trailer_block, end_stream=True)
+        wire += frames.window_update_frame(0, len(body))
+        for frame in parser.feed(wire):
+            _ = frame.data
     return (time.process_time() - t0) / requests
 
 
@@ -147,20 +186,28 @@ def main() -> None:
     message = b"m" * args.message
     bench_h2(500, message)  # warm up
     bench_http1(500, message)
-    h2_server, h2_client = min((bench_h2(args.requests, message) for _ in range(3)), key=sum)
+    runs = [(bench_h2(args.requests, message, reference=True), bench_h2(args.requests, message)) for _ in range(3)]
+    h2_server, h2_client = min((ref for ref, _ in runs), key=sum)  # interleaved: the same load for both
+    own_server, own_client = min((own for _, own in runs), key=sum)
     h1_req, h1_resp = min((bench_http1(args.requests, message) for _ in range(3)), key=sum)
     hpack = min(bench_hpack(args.requests) for _ in range(3))
+    own_hpack = min(bench_hpack(args.requests, own=True) for _ in range(3))
+    own_frames = min(bench_frames(args.requests, message) for _ in range(3))
     unchecked = min(sum(bench_h2(args.requests, message, check_outbound=False)) for _ in range(3))
     us = 1e6
-    h2_side = h2_server + h2_client
+    h2_side = own_server + own_client
     h1_side = h1_req + h1_resp
     print(f"{args.requests} calls, {args.message}-byte messages, best of 3 (µs of CPU per call)")
-    print(f"  HTTP/2 server side (read request, answer headers+data+trailers) {h2_server * us:8.1f}")
-    print(f"  HTTP/2 client side (send request, read answer)                  {h2_client * us:8.1f}")
-    print(f"    of which HPACK (the three header blocks encoded and decoded)   {hpack * us:8.1f}")
-    print(f"  HTTP/2 both sides without h2's checks of outgoing headers       {unchecked * us:8.1f}")
-    print(f"  HTTP/1.1 request parse (proxy.http1 over httptools)              {h1_req * us:8.1f}")
-    print(f"  HTTP/1.1 response parse                                          {h1_resp * us:8.1f}")
+    print(f"  h2 + hpack: server side (read request, answer headers+data+trailers) {h2_server * us:8.1f}")
+    print(f"  h2 + hpack: client side (send request, read answer)                  {h2_client * us:8.1f}")
+    print(f"    of which hpack (the three header blocks encoded and decoded)        {hpack * us:8.1f}")
+    print(f"  h2 + sidecar.http2.hpack (the core as it runs): server side           {own_server * us:8.1f}")
+    print(f"  h2 + sidecar.http2.hpack (the core as it runs): client side           {own_client * us:8.1f}")
+    print(f"    sidecar.http2.hpack alone (the same three blocks)                   {own_hpack * us:8.1f}")
+    print(f"  sidecar.http2.frames alone: one call's frames both ways, built+parsed {own_frames * us:8.1f}")
+    print(f"  the core, both sides, without h2's checks of outgoing headers        {unchecked * us:8.1f}")
+    print(f"  HTTP/1.1 request parse (proxy.http1 over httptools)                   {h1_req * us:8.1f}")
+    print(f"  HTTP/1.1 response parse                                               {h1_resp * us:8.1f}")
     print(f"  one hop, HTTP/2 both sides vs HTTP/1.1 parse both ways: {h2_side * us:.1f} vs {h1_side * us:.1f}"
           f"  ratio {h2_side / h1_side:.1f}x")
     print(f"  a sidecar pair (two hops each way): HTTP/2 codec {2 * h2_side * us:.1f} µs a call,"

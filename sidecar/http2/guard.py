@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import enum
 
+from sidecar.http2.frames import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    GOAWAY,
+    HEADERS,
+    PING,
+    PRIORITY,
+    PROTOCOL_ERROR,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+)
 from sidecar.http2.limits import Budget, H2Limits
-
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM = 0x1
-ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-
-PROTOCOL_ERROR = 0x1
-FRAME_SIZE_ERROR = 0x6
-REFUSED_STREAM = 0x7
-COMPRESSION_ERROR = 0x9
-ENHANCE_YOUR_CALM = 0xB
 
 
 class Verdict(enum.Enum):

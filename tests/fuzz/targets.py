@@ -17,6 +17,9 @@ Contracts, one per target name (the name is also the corpus directory, ``corpus/
 * ``message_json``    a messaging request body as the API reads it, then MessageBody.from_json:
                       InvalidArgument only; ServiceMessage.from_bytes: ValueError only
 * ``catalog_state``   decode_claims: SyncDecodeError only
+* ``http2_codec``     one direction of an HTTP/2 connection through sidecar.http2's frames and HPACK and through
+                      hyperframe and hpack (``replay.py``): H2FrameError / HeaderBlockError only, and equal results
+                      where both accept; the seeds are real clients' traffic (``test_captures.py`` records it)
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from sidecar.messaging.envelope import MessageBody, ServiceMessage
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
 from sidecar.proxy.paths import normalize_target
 from sidecar.web import read_json_object
+from tests.fuzz.replay import replay
 
 CORPUS = Path(__file__).parent / "corpus"
 FUZZ_CLUSTER = "fuzz"
@@ -199,6 +203,10 @@ def http_response(data: bytes) -> None:
 # ------------------------------------------------------------------------------------------ HTTP/2
 
 
+def http2_codec(data: bytes) -> None:
+    replay(data, strict=False)
+
+
 def http2_frames(data: bytes) -> None:
     """Both sides of the HTTP/2 core, whole and in pieces: receive_data never raises, its input buffer never
     holds more than one frame, and it never tracks more streams than it advertised."""
@@ -266,6 +274,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "http_request": http_request,
     "http_response": http_response,
     "http2_frames": http2_frames,
+    "http2_codec": http2_codec,
     "message_json": message_json,
     "catalog_state": catalog_state,
 }

@@ -19,14 +19,23 @@ class EchoProtocol(asyncio.Protocol):
         self.bodies: dict[int, bytearray] = {}
         self.transport: asyncio.Transport | None = None
         self.ending = False
+        self.received = bytearray()  # every byte each way, for replaying real clients' traffic
+        self.sent = bytearray()
+        server.captures.append((self.received, self.sent))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.server.connections.append(self.core)
-        self.transport.write(self.core.data_to_send())
+        self._write(self.core.data_to_send())
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.sent += data
+        self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
+        self.received += data
         for event in self.core.receive_data(data, time.monotonic()):
             if isinstance(event, HeadersReceived):
                 self.paths[event.stream_id] = dict(event.headers).get(b":path", b"")
@@ -46,7 +55,7 @@ class EchoProtocol(asyncio.Protocol):
                 self.server.terminations.append(event)
         out = self.core.data_to_send()
         if out:
-            self.transport.write(out)
+            self._write(out)
         if self.core.closed and not self.ending:
             self.ending = True
             # FIN after the GOAWAY, and read on for a moment: closing with unread input would send a RST,
@@ -67,6 +76,7 @@ class EchoServer:
     def __init__(self) -> None:
         self.connections: list[H2Connection] = []
         self.terminations: list[ConnectionTerminated] = []
+        self.captures: list[tuple[bytearray, bytearray]] = []  # (client to server, server to client) each
         self.server: asyncio.Server | None = None
         self.port = 0
 

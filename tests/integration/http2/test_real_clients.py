@@ -7,27 +7,16 @@ import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from tests.integration.http2.echo_server import EchoServer
-from tests.loops import LoopThread
 from tests.unit.http2.peer import RawPeer, frames
 
 pytestmark = pytest.mark.skipif(not (shutil.which("h2load") and shutil.which("nghttp")),
                                 reason="nghttp2-client is missing: make tools")
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    loop = LoopThread()
-    server = loop.run(EchoServer().start())
-    yield server
-    loop.run(server.stop())
-    loop.close()
 
 
 def test_curl_with_prior_knowledge(echo: EchoServer) -> None:

@@ -371,3 +371,25 @@ def test_windows_below_the_protocol_default_are_refused() -> None:
     # the peer may send 65535 bytes before it reads our SETTINGS: a smaller window would fail it unfairly
     with pytest.raises(ValueError, match="at least 65535"):
         H2Limits(initial_window=32 * 1024)
+
+
+@pytest.mark.parametrize("block", [b"\x80", b"\x44\x83\xff\xff\xff", b"\x3f\xe1\x7f"], ids=["index 0", "padding",
+                                                                                          "table over ours"])
+def test_a_malformed_header_block_is_a_compression_error(block: bytes) -> None:
+    core, peer = server()
+    events = core.receive_data(peer.headers(1, block=block), 0.0)
+    assert terminated(events).error_code == 0x9  # COMPRESSION_ERROR (RFC 9113 section 4.3)
+    assert goaway_code(core) == 0x9
+    assert core.counters == {"compression_error": 1}
+
+
+def test_the_core_encodes_with_our_hpack_and_keeps_a_sensitive_field_out_of_both_tables() -> None:
+    client, srv = H2Connection(client_side=True), H2Connection(client_side=False)
+    assert type(client._h2.encoder).__module__ == "sidecar.http2.hpack"
+    pump(client, srv)
+    secret = [*REQUEST, (b"authorization", b"Bearer abc")]
+    client.start_request(secret, end_stream=True)
+    [head, _] = pump(client, srv)
+    assert isinstance(head, HeadersReceived) and head.headers == secret
+    assert all(name != b"authorization" for name, _ in client._h2.encoder._entries)
+    assert all(name != b"authorization" for name, _ in srv._h2.decoder._entries)
