@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 NATIVE_STAMP   := $(VENV)/.native
 NATIVE_SOURCES := setup.py $(shell grep -o '"sidecar/[a-z0-9_/]*\.py"' setup.py | tr -d '"')
 $(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
-	$(BIN)/python setup.py --quiet build_ext --inplace
+	@# a failed compile stops here: falling back to Python in place would leave the old library loaded
+	SIDECAR_REQUIRE_NATIVE=1 $(BIN)/python setup.py --quiet build_ext --inplace
 	@# the library's time is the build's (sidecar/native.py): an unchanged library is not rewritten
 	@for f in sidecar/_native__mypyc*.so; do if [ -e "$$f" ]; then touch "$$f"; fi; done
 	touch $(NATIVE_STAMP)

@@ -71,6 +71,9 @@ NATIVE = [
 
 
 def pure(reason: str) -> list[object]:
+    if os.environ.get("SIDECAR_REQUIRE_NATIVE") == "1":
+        # `make native` builds in place: a fallback there would leave the previous library loaded, stale
+        raise SystemExit(f"error: {reason}; SIDECAR_REQUIRE_NATIVE=1 wants the compiled request path")
     print(f"note: {reason}; the request path runs as plain Python (slower, same behaviour)", file=sys.stderr)
     return []
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 from sidecar import __version__
 from tests.harness import ROOT
@@ -26,3 +30,13 @@ def test_the_version_has_one_source() -> None:
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "sidecar.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
+
+
+def test_an_in_place_build_that_must_compile_fails_instead_of_falling_back(tmp_path: Path) -> None:
+    """`make native` sets SIDECAR_REQUIRE_NATIVE=1: a build that cannot compile stops with the reason, where a user's
+    `pip install` would fall back to Python (in place, the fallback would leave the previous library loaded)."""
+    env = {**os.environ, "SIDECAR_PURE_PYTHON": "1", "SIDECAR_REQUIRE_NATIVE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "setup.py"), "--quiet", "build_ext", "--build-lib",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "SIDECAR_REQUIRE_NATIVE=1 wants the compiled request path" in done.stderr
