@@ -21,8 +21,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from tests.harness import SidecarProcess, free_port, http, make_certs, wait_for
-from tests.integration.grpc.mesh import launch, tls_for
+from tests.integration.http2.pair import run_pair
 
 BODY = b"hello trailers"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
@@ -81,32 +80,13 @@ class Server(socketserver.ThreadingTCPServer):
 @pytest.fixture(scope="module")
 def outbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """node-a's outbound listener (host, port), with web behind node-b answering with trailers."""
-    tmp = tmp_path_factory.mktemp("trailers")
-    certs = make_certs(tmp / "certs", ["checkout", "web"])
     server = Server(("127.0.0.1", 0), TrailerApp)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
-    processes: list[SidecarProcess] = []
     try:
-        b = launch(SidecarProcess(tmp, {"node": {"name": "node-b", "cluster": "tr"}, "tls": tls_for(certs, "web"),
-                                        "services": [{"name": "web", "port": server.server_address[1]}]},
-                                  name="node-b"))
-        processes.append(b)
-        a = launch(SidecarProcess(tmp, {"node": {"name": "node-a", "cluster": "tr"}, "tls": certs["checkout"],
-                                        "upstreams": [{"service": "web", "local_port": free_port()}],
-                                        "gossip": {"profile": "local", "join": [b.listeners["gossip"]]}},
-                                  name="node-a"))
-        processes.append(a)
-
-        def healthy() -> int:
-            return sum(1 for i in http("GET", f"{a.api}/v1/catalog/web").json() if i["status"] == "healthy")
-
-        wait_for(lambda: healthy() == 1, 30, what="node-a sees web healthy")
-        host, port = a.listeners["outbound"].rsplit(":", 1)
-        yield host, int(port)
+        with run_pair(tmp_path_factory.mktemp("trailers"), server.server_address[1]) as pair:
+            yield "127.0.0.1", pair.port
     finally:
-        for process in processes:
-            process.kill()
         server.shutdown()
         server.server_close()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.proxy.http1 import HeadLimits, MalformedResponse, ResponseHead, ResponseReader, Trailers, last_chunk
+from sidecar.proxy.http1 import HeadLimits, MalformedResponse, ResponseReader, last_chunk
+from tests.unit.proxy.test_http1 import Sink as EventSink
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n"
         b"Trailer: grpc-status\r\n\r\n")
@@ -15,22 +16,7 @@ RESPONSE = HEAD + BODY + b"0\r\n" + TRAILERS + b"\r\n"
 EXPECTED = [(b"grpc-status", b"0"), (b"X-Checksum", b"abc123")]
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, object]] = []
-
-    def on_response_interim(self, head: ResponseHead) -> None:
-        self.events.append(("interim", head))
-
-    def on_response_head(self, head: ResponseHead) -> None:
-        self.events.append(("head", head))
-
-    def on_response_body(self, data: bytes) -> None:
-        self.events.append(("body", data))
-
-    def on_response_end(self, trailers: Trailers | None) -> None:
-        self.events.append(("end", trailers))
-
+class Sink(EventSink):
     def body(self) -> bytes:
         return b"".join(data for kind, data in self.events if kind == "body" and isinstance(data, bytes))
 
