@@ -696,6 +696,8 @@ class ResponseReader:
             raise
         except httptools.HttpParserError as e:
             raise MalformedResponse(f"upstream sent a malformed response: {e}") from None
+        if phase != _MESSAGE:
+            self._feeding = b""   # not kept by an idle pooled connection (a chunked body's _tail has it now)
         if self._ended:
             self._ended = False
             self._sink.on_response_end(self._trailers())
