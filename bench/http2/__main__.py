@@ -138,7 +138,7 @@ class _Sink:
     def on_request_body(self, data: bytes) -> None:
         pass
 
-    def on_request_end(self) -> None:
+    def on_request_end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         pass
 
     def on_response_interim(self, head: ResponseHead) -> None:
@@ -150,7 +150,7 @@ class _Sink:
     def on_response_body(self, data: bytes) -> None:
         pass
 
-    def on_response_end(self) -> None:
+    def on_response_end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         pass
 
 

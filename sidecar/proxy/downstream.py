@@ -34,11 +34,13 @@ from sidecar.proxy.http1 import (
     RequestHead,
     RequestReader,
     ResponseHead,
+    Trailers,
     encode_chunk,
+    last_chunk,
     simple_response,
 )
 from sidecar.proxy.limits import LazyTimer, write_pieces
-from sidecar.proxy.sides import ClientSide, Trailers
+from sidecar.proxy.sides import ClientSide
 from sidecar.proxy.target import ConnectionInfo
 from sidecar.proxy.tunnel import Tunnel
 
@@ -237,16 +239,16 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         elif self.exchange is None:
             self._hold(_BODY, data, len(data))
 
-    def on_request_end(self) -> None:
+    def on_request_end(self, trailers: Trailers | None) -> None:
         if self.closed:
             return
         if self._backlog and not self._draining_backlog:
-            self._hold(_END, None, 0)
+            self._hold(_END, trailers, 0)
         elif self.exchange is not None:
             if not self.exchange.finished:
-                self.exchange.on_request_end()
+                self.exchange.on_request_end(trailers)
         else:
-            self._hold(_END, None, 0)
+            self._hold(_END, trailers, 0)
 
     def _hold(self, kind: int, payload: object, size: int) -> None:
         self._backlog.append((kind, payload))
@@ -292,7 +294,8 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
 
     def send_end(self, trailers: Trailers | None) -> None:
         if self._chunked:
-            self.out.append(LAST_CHUNK)
+            # trailers go in the last chunk; a response not chunked towards the client has no place for them
+            self.out.append(LAST_CHUNK if trailers is None else last_chunk(trailers))
 
     def send_error(self, error: BaseException, request: RequestHead, request_complete: bool) -> int:
         rescued = rescue(error)
@@ -354,7 +357,7 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
                     self._backlog_bytes -= len(payload)
                     self.on_request_body(payload)
                 else:
-                    self.on_request_end()
+                    self.on_request_end(cast("Trailers | None", payload))
         finally:
             self._draining_backlog = False
         if self._backlog_bytes <= self.limits.max_pipelined_bytes:

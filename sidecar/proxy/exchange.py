@@ -36,7 +36,7 @@ from sidecar.errors import DeadlineExceeded, SidecarError
 from sidecar.proxy import tracecontext
 from sidecar.proxy.engine import Engine
 from sidecar.proxy.failures import AttemptTimeout, UpstreamFailure, UpstreamProtocolError, UpstreamReset
-from sidecar.proxy.http1 import IDEMPOTENT, RemoteProtocolError, RequestHead, ResponseHead
+from sidecar.proxy.http1 import IDEMPOTENT, RemoteProtocolError, RequestHead, ResponseHead, Trailers
 from sidecar.proxy.limits import LazyTimer
 from sidecar.proxy.sides import ClientSide, StreamPool, StreamUser, UpstreamStream
 from sidecar.proxy.target import AttemptRecord, RequestStats, Target
@@ -110,6 +110,7 @@ class Exchange(StreamUser):
         "request_bytes",
         "request_done",
         "request_id",
+        "request_trailers",
         "response",
         "response_bytes",
         "response_started",
@@ -146,6 +147,7 @@ class Exchange(StreamUser):
         self.deadline: float | None = None
         self.try_deadline: float | None = None
         self.request_done = False
+        self.request_trailers: Trailers | None = None   # kept with the body, for a retry
         self.request_bytes = 0
         # every body piece so far while the body is within the replay limit, else None
         self.replay: list[bytes] | None = []
@@ -318,7 +320,7 @@ class Exchange(StreamUser):
         self.pending_size = 0
         self._to(AWAITING_RESPONSE)
         self.attempt_sent = self.loop.time()
-        stream.start(self, self.head, body, self.request_done)
+        stream.start(self, self.head, body, self.request_done, self.request_trailers)
         client.pause_request("pending", False)
 
     def on_connect_failed(self, error: BaseException) -> None:
@@ -352,11 +354,13 @@ class Exchange(StreamUser):
         elif max(self.pending_size, self.replay_size) > self.limits.high_water:
             self.client.pause_request("pending", True)
 
-    def on_request_end(self) -> None:
+    def on_request_end(self, trailers: Trailers | None = None) -> None:
+        """The request body is complete; ``trailers``: its trailer section, if it had one."""
         self.request_done = True
+        self.request_trailers = trailers
         conn = self.conn
         if conn is not None and not conn.is_closed():
-            conn.send_end()
+            conn.send_end(trailers)
 
     @property
     def replayable(self) -> bool:
@@ -402,11 +406,11 @@ class Exchange(StreamUser):
         self.client.send_body(data)
         self.last_activity = self.loop.time()
 
-    def on_response_end(self) -> None:
+    def on_response_end(self, trailers: Trailers | None) -> None:
         response = self.response
         if self.phase != RESPONDING or response is None:
             return  # a 101: the upgrade follows
-        self.client.send_end(None)
+        self.client.send_end(trailers)
         # the upstream may answer before the request is complete: then it will not read the rest; neither do we
         self._finish(reuse=self.request_done and response.keep_alive and not response.close_delimited)
 

@@ -33,6 +33,7 @@ from sidecar.http2.events import (
     StreamEnded,
     StreamReset,
     StreamWritable,
+    TrailersReceived,
 )
 from sidecar.http2.limits import H2Limits
 from sidecar.proxy.engine import Engine
@@ -47,9 +48,9 @@ from sidecar.proxy.h2heads import (
     trailer_headers,
     wants_grpc,
 )
-from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead
+from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead, Trailers
 from sidecar.proxy.limits import LazyTimer, ProxyLimits
-from sidecar.proxy.sides import ClientSide, Trailers
+from sidecar.proxy.sides import ClientSide
 from sidecar.proxy.target import ConnectionInfo
 from sidecar.proxy.tunnel import Tunnel
 
@@ -242,8 +243,15 @@ class H2Downstream(asyncio.Protocol):
                     self._start(event.stream_id, event.headers, event.end_stream)
             elif isinstance(event, StreamEnded):
                 stream = streams.get(event.stream_id)
-                if stream is not None and stream.exchange is not None and not stream.exchange.finished:
-                    stream.exchange.on_request_end()
+                exchange = None if stream is None else stream.exchange
+                if exchange is not None and not exchange.finished and not exchange.request_done:
+                    exchange.on_request_end()
+            elif isinstance(event, TrailersReceived):
+                # the request's end with its trailer section (the StreamEnded that follows finds it done)
+                stream = streams.get(event.stream_id)
+                exchange = None if stream is None else stream.exchange
+                if exchange is not None and not exchange.finished:
+                    exchange.on_request_end(event.headers)
             elif isinstance(event, StreamWritable):
                 stream = streams.get(event.stream_id)
                 if stream is not None and stream.write_blocked:

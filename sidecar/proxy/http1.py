@@ -18,7 +18,8 @@ Framing headers (Content-Length, Transfer-Encoding) and hop-by-hop headers (RFC 
 every header it names, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade) are taken out of the header list
 while parsing; the serializers write the framing back from the parsed facts, so what leaves the proxy is
 always framed exactly one way, whatever the peer sent. Upgrade survives only on upgrade requests and 101
-responses. Trailers of chunked messages are dropped.
+responses. The trailer section of a chunked message is handed on with its end, within the head limits
+(hop-by-hop and framing fields are left to the serializer to drop: :func:`last_chunk`).
 
 Every refusal is a :class:`RemoteProtocolError` naming the status to answer; the caller replies and closes.
 """
@@ -284,6 +285,22 @@ def encode_chunk(data: bytes) -> list[bytes]:
 
 LAST_CHUNK = b"0\r\n\r\n"
 
+# trailer fields as received, in order: (name, value)
+Trailers = list[tuple[bytes, bytes]]
+
+
+def last_chunk(trailers: Trailers | None) -> bytes:
+    """The end of a chunked body with ``trailers`` in it (RFC 9112 7.1.2), less the fields that must not be
+    trailers here: framing, Host and hop-by-hop fields, which describe a message or a connection, not its end."""
+    if not trailers:
+        return LAST_CHUNK
+    lines = [b"0\r\n"]
+    for name, value in trailers:
+        if name.lower() not in _SPECIAL:
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
 
 def simple_response(status: int, headers: dict[str, str], body: bytes, close: bool) -> bytes:
     """A complete response the proxy itself sends (errors); ``close`` adds ``Connection: close``."""
@@ -306,14 +323,18 @@ def simple_response(status: int, headers: dict[str, str], body: bytes, close: bo
 class RequestSink(Protocol):
     def on_request_head(self, head: RequestHead) -> None: ...
     def on_request_body(self, data: bytes) -> None: ...
-    def on_request_end(self) -> None: ...
+    def on_request_end(self, trailers: Trailers | None) -> None: ...
 
 
 class ResponseSink(Protocol):
     def on_response_interim(self, head: ResponseHead) -> None: ...
     def on_response_head(self, head: ResponseHead) -> None: ...
     def on_response_body(self, data: bytes) -> None: ...
-    def on_response_end(self) -> None: ...
+    def on_response_end(self, trailers: Trailers | None) -> None: ...
+
+
+# RFC 9112 7.1: the last chunk of a chunked body: one or more zeros, then optional extensions
+_LAST_CHUNK_LINE = re.compile(rb"0+[ \t]*(;.*)?")
 
 
 class _Fields:
@@ -392,7 +413,8 @@ class _Reader:
     def on_header(self, name: bytes, value: bytes) -> None:
         fields = self._fields
         if not self._in_head:
-            return  # a trailer field of a chunked body: dropped
+            self._trailer(name, value)
+            return
         fields.count += 1
         fields.size += len(name) + len(value) + 4
         limits = self._limits
@@ -403,12 +425,15 @@ class _Reader:
                                   {"limit": limits.max_head_bytes})
         fields.add(name, value)
 
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        raise NotImplementedError
+
 
 class RequestReader(_Reader):
     """Parses requests from a client connection, one after another, and hands them to ``sink``."""
 
-    __slots__ = ("_fields", "_head_started", "_in_head", "_limits", "_parser", "_sink", "_too_large", "_url",
-                 "partial_head_bytes")
+    __slots__ = ("_fields", "_head_started", "_in_head", "_limits", "_parser", "_sink", "_too_large", "_trailers",
+                 "_trailers_size", "_url", "partial_head_bytes")
 
     def __init__(self, sink: RequestSink, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
         self._sink = sink
@@ -418,6 +443,8 @@ class RequestReader(_Reader):
         self._url = b""
         self._in_head = False
         self._too_large = RequestHeadTooLarge
+        self._trailers: Trailers | None = None   # the trailer section of the request being read, once it starts
+        self._trailers_size = 0
         # bytes of a head seen across feeds while it is incomplete: llhttp buffers a partial field itself,
         # so a client sending one endless header line is cut off here rather than by on_header
         self.partial_head_bytes = 0
@@ -456,6 +483,7 @@ class RequestReader(_Reader):
         self._fields = _Fields()
         self._url = b""
         self._in_head = True
+        self._trailers = None
         self.partial_head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -522,8 +550,23 @@ class RequestReader(_Reader):
     def on_body(self, data: bytes) -> None:
         self._sink.on_request_body(data)
 
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A field of a chunked request's trailer section: kept, within the head limits."""
+        trailers = self._trailers
+        if trailers is None:
+            trailers = self._trailers = []
+            self._trailers_size = 0
+        trailers.append((name, value))
+        self._trailers_size += len(name) + len(value) + 4
+        limits = self._limits
+        if len(trailers) > limits.max_headers or self._trailers_size > limits.max_head_bytes:
+            raise RequestHeadTooLarge("request trailer section over the limits",
+                                      {"limit": limits.max_head_bytes, "fields": limits.max_headers})
+
     def on_message_complete(self) -> None:
-        self._sink.on_request_end()
+        trailers = self._trailers
+        self._trailers = None
+        self._sink.on_request_end(trailers)
 
 
 # matched against a lowercased copy of the block (case-sensitive matching is the cheaper kind for sre, and the
@@ -595,9 +638,17 @@ class ResponseReader:
     per-field callbacks), and the head's bytes are kept and spliced (:func:`split_fields`). A response head
     always starts at the beginning of the bytes received after a request was sent, or right after an
     interim (1xx) head, so its bytes are found without llhttp telling offsets.
+
+    The trailer section of a chunked response is found the same way, without per-field callbacks: the bytes
+    fed during a chunked body are kept by reference (as many as the head limits allow a trailer section, plus
+    the last read), and when the message ends the section is read backwards from the end of the last read
+    up to the last-chunk line. llhttp has already checked its syntax. Its end is handed on once the read is
+    parsed, when it is known to be the end of the message (an upstream sends nothing more before the next
+    request; if it does anyway, the response ends without its trailers).
     """
 
-    __slots__ = ("_head_buf", "_head_request", "_limits", "_parser", "_phase", "_reason", "_sink")
+    __slots__ = ("_chunked", "_ended", "_feeding", "_head_buf", "_head_request", "_limits", "_parser", "_phase",
+                 "_reason", "_sink", "_tail", "_tail_size")
 
     def __init__(self, sink: ResponseSink, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
         self._sink = sink
@@ -607,6 +658,11 @@ class ResponseReader:
         self._phase = _HEAD
         self._head_buf = b""
         self._head_request = False
+        self._chunked = False     # the message being read has a chunked body: its reads are kept in _tail
+        self._ended = False       # a chunked message ended in the read being parsed: its end is handed on after
+        self._feeding = b""       # the read being parsed, while a head is expected
+        self._tail: list[bytes] = []
+        self._tail_size = 0
 
     def expect(self, head_request: bool) -> None:
         """The next response answers a HEAD request (no body, whatever Content-Length says) or not."""
@@ -617,12 +673,18 @@ class ResponseReader:
     def feed(self, data: bytes) -> int | None:
         """Parse ``data``; returns None, or the offset where bytes after a 101 response start."""
         phase = self._phase
-        if phase == _HEAD_DONE:
+        if phase == _MESSAGE:
+            if self._chunked:
+                self._keep(data)
+        elif phase == _HEAD_DONE:
             return None  # bytes after a HEAD response: none are expected
-        if phase == _HEAD:
-            self._head_buf = self._head_buf + data if self._head_buf else data
-            if len(self._head_buf) > self._limits.max_head_bytes and b"\r\n\r\n" not in self._head_buf:
-                raise MalformedResponse(f"response header block larger than {self._limits.max_head_bytes} bytes")
+        else:
+            self._feeding = data
+            if phase == _HEAD:
+                self._head_buf = self._head_buf + data if self._head_buf else data
+                if len(self._head_buf) > self._limits.max_head_bytes and b"\r\n\r\n" not in self._head_buf:
+                    raise MalformedResponse(
+                        f"response header block larger than {self._limits.max_head_bytes} bytes")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -634,10 +696,61 @@ class ResponseReader:
             raise
         except httptools.HttpParserError as e:
             raise MalformedResponse(f"upstream sent a malformed response: {e}") from None
+        if phase != _MESSAGE:
+            self._feeding = b""   # not kept by an idle pooled connection (a chunked body's _tail has it now)
+        if self._ended:
+            self._ended = False
+            self._sink.on_response_end(self._trailers())
         return None
+
+    def _keep(self, data: bytes) -> None:
+        """Keep a read of a chunked body: the last ones, as many as a trailer section may need."""
+        tail = self._tail
+        tail.append(data)
+        size = self._tail_size + len(data)
+        cap = self._limits.max_head_bytes + 1024   # the section, its last-chunk line and the CRLF before it
+        while len(tail) > 1 and size - len(tail[0]) >= cap:
+            size -= len(tail.pop(0))
+        self._tail_size = size
+
+    def _trailers(self) -> Trailers | None:
+        """The trailer fields of the chunked message that ended at the end of the kept reads, or None."""
+        tail = self._tail
+        self._tail = []
+        self._tail_size = 0
+        last = tail[-1]
+        if last.endswith(b"\n0\r\n\r\n"):
+            return None   # the common case: a last chunk and no trailer section
+        raw = (last if len(tail) == 1 else b"".join(tail)).rstrip(b"\r\n")
+        limits = self._limits
+        fields: Trailers = []
+        end = len(raw)
+        while True:
+            start = raw.rfind(b"\r\n", 0, end)
+            line = raw[start + 2:end] if start >= 0 else raw[:end]
+            if _LAST_CHUNK_LINE.fullmatch(line) is not None:
+                break
+            name, colon, value = line.partition(b":")
+            if start < 0 or not colon or not name:
+                # what was kept holds no last-chunk line: the section is longer than the limits allow
+                raise MalformedResponse("response trailer section over the limits")
+            fields.append((name, value.strip(b" \t")))
+            if len(fields) > limits.max_headers or len(raw) - start > limits.max_head_bytes:
+                raise MalformedResponse("response trailer section over the limits")
+            end = start
+        if not fields:
+            return None
+        fields.reverse()
+        return fields
 
     def on_message_begin(self) -> None:
         self._reason = b""   # the phase is already _HEAD: every message's end (or expect) brought it back
+        if self._ended:
+            # bytes after a chunked response in the same read: its end cannot be placed, so it has no trailers
+            self._ended = False
+            self._tail = []
+            self._tail_size = 0
+            self._sink.on_response_end(None)
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -686,9 +799,13 @@ class ResponseReader:
             self._phase = _HEAD_DONE
             self._parser = httptools.HttpResponseParser(self)
             self._sink.on_response_head(head)
-            self._sink.on_response_end()
+            self._sink.on_response_end(None)
             return
         self._phase = _MESSAGE
+        if chunked:
+            self._chunked = True
+            self._tail = [self._feeding]
+            self._tail_size = len(self._feeding)
         self._sink.on_response_head(head)
 
     def on_body(self, data: bytes) -> None:
@@ -701,4 +818,8 @@ class ResponseReader:
             return   # the replaced parser ending the HEAD response its own way
         self._phase = _HEAD
         if phase == _MESSAGE:
-            self._sink.on_response_end()
+            if self._chunked:
+                self._chunked = False
+                self._ended = True    # handed on once the read is parsed, with the trailer section
+            else:
+                self._sink.on_response_end(None)

@@ -18,11 +18,9 @@ from collections.abc import Callable
 
 from mypy_extensions import mypyc_attr
 
-from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead
+from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead, Trailers
 from sidecar.proxy.target import ConnectionInfo, Target
 from sidecar.proxy.tunnel import Tunnel
-
-Trailers = list[tuple[bytes, bytes]]
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -104,7 +102,8 @@ class StreamUser:
     def on_response_body(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def on_response_end(self) -> None:
+    def on_response_end(self, trailers: Trailers | None) -> None:
+        """The response is complete; ``trailers``: the fields of its trailer section, if it had one."""
         raise NotImplementedError
 
     def on_upstream_error(self, error: RemoteProtocolError) -> None:
@@ -129,14 +128,17 @@ class UpstreamStream:
 
     __slots__ = ()
 
-    def start(self, user: StreamUser, head: RequestHead, body: list[bytes], end: bool) -> None:
-        """Bind ``user`` for the response and send the head, the body so far and, if ``end``, its end."""
+    def start(self, user: StreamUser, head: RequestHead, body: list[bytes], end: bool,
+              trailers: Trailers | None) -> None:
+        """Bind ``user`` for the response and send the head, the body so far and, if ``end``, its end (with
+        the request's ``trailers``, for a codec and a framing that carry them)."""
         raise NotImplementedError
 
     def send_body(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def send_end(self) -> None:
+    def send_end(self, trailers: Trailers | None) -> None:
+        """The request is complete (``trailers``, when the client sent some, for framings that carry them)."""
         raise NotImplementedError
 
     def pause_reading(self, paused: bool) -> None:

@@ -19,7 +19,9 @@ from sidecar.proxy.http1 import (
     RequestHead,
     ResponseHead,
     ResponseReader,
+    Trailers,
     encode_chunk,
+    last_chunk,
 )
 from sidecar.proxy.limits import write_pieces
 from sidecar.proxy.sides import StreamUser, UpstreamStream
@@ -52,7 +54,8 @@ class UpstreamConnection(UpstreamStream, asyncio.Protocol):
 
     # --------------------------------------------------------------------------- UpstreamStream
 
-    def start(self, user: StreamUser, head: RequestHead, body: list[bytes], end: bool) -> None:
+    def start(self, user: StreamUser, head: RequestHead, body: list[bytes], end: bool,
+              trailers: Trailers | None) -> None:
         self.user = user
         self._reader.expect(head.method == "HEAD")
         chunked = self._chunked = head.chunked
@@ -64,7 +67,7 @@ class UpstreamConnection(UpstreamStream, asyncio.Protocol):
             else:
                 out += body
         if end and chunked:
-            out.append(LAST_CHUNK)
+            out.append(LAST_CHUNK if trailers is None else last_chunk(trailers))
         self.writelines(out)
 
     def send_body(self, data: bytes) -> None:
@@ -73,9 +76,10 @@ class UpstreamConnection(UpstreamStream, asyncio.Protocol):
         else:
             self.write(data)
 
-    def send_end(self) -> None:
+    def send_end(self, trailers: Trailers | None) -> None:
+        # trailers go in the last chunk; a request framed by Content-Length has no place for them
         if self._chunked and not self.closed:
-            self.write(LAST_CHUNK)
+            self.write(LAST_CHUNK if trailers is None else last_chunk(trailers))
 
     def is_closed(self) -> bool:
         return self.closed
@@ -197,6 +201,6 @@ class UpstreamConnection(UpstreamStream, asyncio.Protocol):
         if self.user is not None:
             self.user.on_response_body(data)
 
-    def on_response_end(self) -> None:
+    def on_response_end(self, trailers: Trailers | None) -> None:
         if self.user is not None:
-            self.user.on_response_end()
+            self.user.on_response_end(trailers)

@@ -156,7 +156,7 @@ class _RequestSink:
     def on_request_body(self, data: bytes) -> None:
         pass
 
-    def on_request_end(self) -> None:
+    def on_request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
         pass
 
 
@@ -174,8 +174,8 @@ class _ResponseSink:
     def on_response_body(self, data: bytes) -> None:
         pass
 
-    def on_response_end(self) -> None:
-        pass
+    def on_response_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        _ = trailers
 
 
 def _feed(feed: Callable[[bytes], int | None], data: bytes, step: int) -> None:

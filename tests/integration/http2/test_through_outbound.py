@@ -18,9 +18,8 @@ import pytest
 from hyperframe.frame import DataFrame, GoAwayFrame
 
 from tests.grpcapps.service import channel
-from tests.harness import SidecarProcess, free_port, http, make_certs, wait_for
-from tests.integration.grpc.mesh import launch, tls_for
 from tests.integration.http2.h2load import h2load_all_2xx
+from tests.integration.http2.pair import Pair, run_pair
 from tests.integration.mesh.clients import curl, needs_curl
 from tests.integration.mesh.conftest import start_app
 from tests.integration.proxy.test_h2c import RawClient, ended, get
@@ -31,47 +30,13 @@ MB = 1 << 20
 DENY_ADMIN = {"default": "allow", "rules": [{"to": "web", "paths": ["/admin/*", "/test.Admin/*"], "action": "deny"}]}
 
 
-class Pair:
-    def __init__(self, a: SidecarProcess, b: SidecarProcess, upstream_port: int) -> None:
-        self.a = a
-        self.b = b
-        self.upstream_port = upstream_port   # node-a's `upstreams` port for web
-
-    @property
-    def outbound(self) -> str:
-        return self.a.listeners["outbound"]
-
-    @property
-    def port(self) -> int:
-        return int(self.outbound.rsplit(":", 1)[1])
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    tmp = tmp_path_factory.mktemp("h2-outbound")
-    certs = make_certs(tmp / "certs", ["checkout", "web"])
     app = start_app()
-    processes: list[SidecarProcess] = []
     try:
-        b = launch(SidecarProcess(tmp, {"node": {"name": "node-b", "cluster": "h2"}, "tls": tls_for(certs, "web"),
-                                        "services": [{"name": "web", "port": app.port}],
-                                        "authorization": DENY_ADMIN}, name="node-b"))
-        processes.append(b)
-        upstream_port = free_port()
-        a = launch(SidecarProcess(tmp, {"node": {"name": "node-a", "cluster": "h2"}, "tls": certs["checkout"],
-                                        "upstreams": [{"service": "web", "local_port": upstream_port}],
-                                        "gossip": {"profile": "local", "join": [b.listeners["gossip"]]}},
-                                  name="node-a"))
-        processes.append(a)
-
-        def healthy() -> int:
-            return sum(1 for i in http("GET", f"{a.api}/v1/catalog/web").json() if i["status"] == "healthy")
-
-        wait_for(lambda: healthy() == 1, 30, what="node-a sees web healthy")
-        yield Pair(a, b, upstream_port)
+        with run_pair(tmp_path_factory.mktemp("h2-outbound"), app.port, DENY_ADMIN) as pair:
+            yield pair
     finally:
-        for process in processes:
-            process.kill()
         app.stop()
 
 

@@ -17,9 +17,9 @@ from sidecar.errors import rescue
 from sidecar.proxy.engine import Engine
 from sidecar.proxy.exchange import DONE, PHASE_NAMES, ROUTING, TRANSITIONS, TUNNEL, Exchange
 from sidecar.proxy.failures import AttemptTimeout, ConnectFailure, FailureKind
-from sidecar.proxy.http1 import Headers, RequestHead, ResponseHead
+from sidecar.proxy.http1 import Headers, RequestHead, ResponseHead, Trailers
 from sidecar.proxy.limits import LazyTimer, ProxyLimits
-from sidecar.proxy.sides import ClientSide, StreamPool, StreamPools, StreamUser, Trailers, UpstreamStream
+from sidecar.proxy.sides import ClientSide, StreamPool, StreamPools, StreamUser, UpstreamStream
 from sidecar.proxy.target import AttemptRecord, ConnectionInfo, RequestStats, Retry, Target
 from sidecar.proxy.tracecontext import IdSource
 from sidecar.proxy.tunnel import Tunnel
@@ -157,18 +157,19 @@ class FakeStream(UpstreamStream):
         self.transport = FakeTransport()
         self.tunnel: Tunnel | None = None
 
-    def start(self, user: StreamUser, head: RequestHead, body: list[bytes], end: bool) -> None:
+    def start(self, user: StreamUser, head: RequestHead, body: list[bytes], end: bool,
+              trailers: Trailers | None) -> None:
         self.user = user
         self.sent.append(("head", head.method, head.target))
         self.sent.extend(("body", piece) for piece in body)
         if end:
-            self.sent.append(("end",))
+            self.send_end(trailers)
 
     def send_body(self, data: bytes) -> None:
         self.sent.append(("body", data))
 
-    def send_end(self) -> None:
-        self.sent.append(("end",))
+    def send_end(self, trailers: Trailers | None) -> None:
+        self.sent.append(("end",) if trailers is None else ("end", trailers))
 
     def pause_reading(self, paused: bool) -> None:
         self.reading_paused = paused
@@ -192,14 +193,15 @@ class FakeStream(UpstreamStream):
         self.tunnel = tunnel
 
     # the upstream answering
-    def respond(self, status: int, body: bytes = b"", end: bool = True, **head: Any) -> None:
+    def respond(self, status: int, body: bytes = b"", end: bool = True, trailers: Trailers | None = None,
+                **head: Any) -> None:
         user = self.user
         assert user is not None, "the stream is not bound to an exchange"
         user.on_response_head(ResponseHead(status, b"", b"", content_length=len(body), **head))
         if body and self.user is not None:
             user.on_response_body(body)
         if end and self.user is not None:
-            user.on_response_end()
+            user.on_response_end(trailers)
 
 
 class FakePool(StreamPool):
@@ -498,6 +500,30 @@ def test_a_100_continue_goes_to_the_client_before_the_final_head() -> None:
     assert h.client.events == [("interim", 100), ("head", 201), ("body", b"made"), ("end", None), ("done", True)]
     assert stream.sent == [("head", "POST", b"/path"), ("body", b"data"), ("end",)]
     assert h.stat.status == 201
+
+
+def test_the_upstreams_trailers_reach_the_client_side_with_the_end() -> None:
+    h = Harness(target())
+    stream = h.stream()
+    h.start()
+    stream.respond(200, b"msg", trailers=[(b"grpc-status", b"0"), (b"x-checksum", b"abc")])
+    assert h.client.events == [("head", 200), ("body", b"msg"), ("end", [(b"grpc-status", b"0"),
+                                                                         (b"x-checksum", b"abc")]), ("done", True)]
+    assert h.pool.released == [stream]
+
+
+def test_request_trailers_go_upstream_with_the_end_and_again_with_a_retry() -> None:
+    policy = Policy(retries=1)
+    h = Harness(target(retry=policy), method="PUT")
+    first, second = h.stream(), h.stream()
+    h.start([b"data"], end=False)
+    h.exchange.on_request_end([(b"x-checksum", b"abc")])
+    first.respond(503, b"busy")
+    second.respond(200, b"ok")
+    sent = [("head", "PUT", b"/path"), ("body", b"data"), ("end", [(b"x-checksum", b"abc")])]
+    assert first.sent == sent                          # sent as the request ended
+    assert second.sent == sent                         # replayed whole by start() on the retry
+    assert h.client.events[-2:] == [("end", None), ("done", True)]
 
 
 def test_a_response_before_the_request_ends_finishes_the_exchange_without_keeping_either_connection() -> None:

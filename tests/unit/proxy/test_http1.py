@@ -14,6 +14,7 @@ from sidecar.proxy.http1 import (
     RequestReader,
     ResponseHead,
     ResponseReader,
+    Trailers,
     split_fields,
 )
 
@@ -28,8 +29,8 @@ class Sink:
     def on_request_body(self, data: bytes) -> None:
         self.events.append(("body", data))
 
-    def on_request_end(self) -> None:
-        self.events.append(("end", None))
+    def on_request_end(self, trailers: Trailers | None) -> None:
+        self.events.append(("end", trailers))
 
     def on_response_interim(self, head: ResponseHead) -> None:
         self.events.append(("interim", head))
@@ -40,8 +41,8 @@ class Sink:
     def on_response_body(self, data: bytes) -> None:
         self.events.append(("body", data))
 
-    def on_response_end(self) -> None:
-        self.events.append(("end", None))
+    def on_response_end(self, trailers: Trailers | None) -> None:
+        self.events.append(("end", trailers))
 
     def head(self) -> RequestHead:
         head = self.events[0][1]
@@ -122,7 +123,7 @@ def test_hop_by_hop_headers_are_removed_and_framing_rewritten() -> None:
     assert [name for name, _ in head.headers] == ["X-Keep"]
     assert head.chunked and head.upgrade is None
     assert head.to_bytes() == (b"POST /p?q=1 HTTP/1.1\r\nHost: svc\r\nX-Keep: k\r\nTransfer-Encoding: chunked\r\n\r\n")
-    assert sink.events[1:] == [("body", b"abc"), ("end", None)]  # the trailer is dropped
+    assert sink.events[1:] == [("body", b"abc"), ("end", [(b"X-T", b"1")])]  # the trailer section, with the end
 
 
 def test_upgrade_request_keeps_upgrade() -> None:

@@ -79,7 +79,7 @@ def test_the_reader_forwards_the_canonical_path_and_refuses_with_400() -> None:
         def on_request_body(self, data: bytes) -> None:
             pass
 
-        def on_request_end(self) -> None:
+        def on_request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
             pass
 
     RequestReader(Sink()).feed(b"GET /public/../%61dmin/users?x=/.. HTTP/1.1\r\nHost: svc\r\n\r\n")
