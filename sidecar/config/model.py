@@ -380,6 +380,13 @@ class ServiceConfig:
     # where the app receives ServiceMessages (POST)
     messages_path: str = field(default="/messages", metadata={"check": _url_path})
     check: CheckConfig | None = None
+    # how the inbound reaches the app: HTTP/1.1 (http, tcp) or h2c with prior knowledge (grpc, http2)
+    protocol: Literal["http", "http2", "grpc", "tcp"] = "http"
+
+    @property
+    def h2c(self) -> bool:
+        """The inbound speaks h2c (prior knowledge) to this app."""
+        return self.protocol in ("grpc", "http2")
 
 
 @dataclass(frozen=True, slots=True)
