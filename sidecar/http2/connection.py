@@ -442,6 +442,10 @@ class H2Connection:
     def open_streams(self) -> int:
         return len(self._streams)
 
+    def peer_max_streams(self) -> int:
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (its default until its SETTINGS arrive)."""
+        return int(self._h2.remote_settings.max_concurrent_streams)
+
     # -- flow control ------------------------------------------------------------------------------------
 
     def _flush(self, stream_id: int, stream: _Stream) -> None:

@@ -48,6 +48,7 @@ from sidecar.mesh.authorization import AccessDecision, Authorizer
 from sidecar.mesh.naming import ServiceName, parse_service
 from sidecar.mesh.stats import MeshStats
 from sidecar.proxy import ConnectionInfo, HttpProxy, RequestHead, Target, TcpRelay
+from sidecar.proxy.h2up import H2cKey
 from sidecar.tls.context import ALPN_TCP_TUNNEL, selected_service
 from sidecar.tls.errors import PeerRefused
 from sidecar.tls.handshake import (
@@ -246,8 +247,11 @@ class LocalServices:
                 continue
             key = (entry.spec.host, entry.spec.port, meta.id)
             target = self._targets.get(key)
-            if target is None or target.tag.status is not meta.status:
-                target = self._targets[key] = Target((entry.spec.host, entry.spec.port),
+            spec = entry.spec
+            if target is None or target.tag.status is not meta.status or (target.pool_key is not None) != spec.h2c:
+                # an h2c app (protocol grpc or http2) gets its own pool of multiplexed HTTP/2 connections
+                target = self._targets[key] = Target((spec.host, spec.port),
+                                                     pool_key=H2cKey(spec.host, spec.port) if spec.h2c else None,
                                                      tag=LocalApp(meta.name, meta.id, meta.status))
             (healthy if meta.status is HealthStatus.HEALTHY else degraded).append(target)
         return _LocalSet(tuple(healthy), tuple(degraded), unhealthy)

@@ -18,6 +18,7 @@ from typing import Any, cast
 from sidecar.errors import ResourceExhausted
 from sidecar.proxy.connector import connect_failure, dial
 from sidecar.proxy.failures import ConnectFailure
+from sidecar.proxy.h2up import H2AppPool, H2cKey
 from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits
 from sidecar.proxy.limits import DEFAULT_POOL_LIMITS, PoolLimits
 from sidecar.proxy.sides import StreamPool, StreamPools, StreamUser, UpstreamStream
@@ -197,17 +198,29 @@ class Pools(StreamPools):
         self._head_limits = head_limits
         self._loop = loop
         self._pools: dict[Hashable, UpstreamPool] = {}
+        # apps reached over h2c (a Target whose pool_key is an H2cKey): streams multiplexed per connection
+        self._apps: dict[Hashable, H2AppPool] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def get(self, target: Target) -> UpstreamPool:
+    def get(self, target: Target) -> StreamPool:
         pool = self._pools.get(target.key)
         if pool is None:
+            if isinstance(target.key, H2cKey):
+                return self._app(target)
             loop = self._loop or asyncio.get_running_loop()
             self._loop = loop
             pool = self._pools[target.key] = UpstreamPool(target.key, self.limits, loop, self._head_limits)
             if self._sweeper is None:
                 self._schedule_sweep()
         return pool
+
+    def _app(self, target: Target) -> H2AppPool:
+        app = self._apps.get(target.key)
+        if app is None:
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            app = self._apps[target.key] = H2AppPool(target.key, loop, self.limits)
+        return app
 
     def __iter__(self) -> Any:
         return iter(self._pools.values())
@@ -229,3 +242,5 @@ class Pools(StreamPools):
             self._sweeper = None
         for pool in self._pools.values():
             pool.close()
+        for app in self._apps.values():
+            app.close()
