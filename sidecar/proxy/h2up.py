@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 from collections import deque
 from collections.abc import Hashable
+from typing import cast
 
 from sidecar.errors import ResourceExhausted
 from sidecar.http2.connection import H2Connection
@@ -44,6 +46,8 @@ from sidecar.proxy.tunnel import Tunnel
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
+# HTTP/2 has no reason phrase: the HTTP/1.1 hop after it gets the standard one
+_REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
 
 
 class H2cKey:
@@ -93,7 +97,7 @@ def response_head(headers: H2Headers, end_stream: bool) -> ResponseHead:
     if not 100 <= status <= 999:
         raise UpstreamReset("?", "the app's HTTP/2 response has no valid :status")
     no_body = end_stream or status in (204, 304) or status < 200
-    return ResponseHead(status, b"", b"".join(lines), None if no_body else length,
+    return ResponseHead(status, _REASONS.get(status, b"Unknown"), b"".join(lines), None if no_body else length,
                         chunked=not no_body and length is None, no_body=no_body)
 
 
@@ -213,8 +217,7 @@ class H2AppConnection(asyncio.Protocol):
         return self.core.open_streams + self.reserved < self.core.peer_max_streams()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         self.flush()
 
     def data_received(self, data: bytes) -> None:
