@@ -167,7 +167,7 @@ class H2AppStream(UpstreamStream):
             self.conn.flush()
 
     def is_closed(self) -> bool:
-        return True  # a stream carries one exchange: the pool takes it back as finished
+        return self.done or self.conn.closed  # released or forgotten, a stream is never handed out again
 
     def was_reused(self) -> bool:
         return False

@@ -36,9 +36,9 @@ POLICIES: dict[str, Any] = {
     "*": {"timeout": "10s"},
     "echo": {"load_balancer": "round_robin"},
     "drainer": {"load_balancer": "round_robin"},
-    "flaky": {"retries": {"attempts": 2, "retry_on": ["unavailable"], **RETRY_ALL}},
+    "flaky": {"retries": {"attempts": 2, "retry_on": ["reset"], **RETRY_ALL}},
     "victim": {"load_balancer": "round_robin",
-               "retries": {"attempts": 2, "retry_on": ["connect-failure", "reset", "unavailable"], **RETRY_ALL},
+               "retries": {"attempts": 2, "retry_on": ["connect-failure", "reset"], **RETRY_ALL},
                "outlier_detection": {"consecutive_failures": 1, "max_ejection_percent": 50}},
 }
 
