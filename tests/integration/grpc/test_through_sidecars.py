@@ -2,9 +2,8 @@
 --http2-prior-knowledge and a raw h2c client against the caller's outbound listener, the apps of
 tests.grpcapps behind sidecars that speak h2 between them over mTLS.
 
-HTTP/2 through the sidecar is not wired yet: every test here is a strict xfail, so it runs and fails today
-(the sidecars refuse ``protocol: grpc``, or the first call is refused: seconds, not timeouts) and fails the
-suite the moment it passes, to be un-marked then."""
+The points not done yet are strict xfails, each with what is missing: they run and fail today (seconds, not
+timeouts) and fail the suite the moment they pass, to be un-marked then."""
 
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ from tests.integration.grpc.mesh import DENIED, GrpcMesh, grpc_service, start_me
 from tests.integration.mesh.clients import curl, needs_curl
 from tests.integration.proxy.test_streams import MAX_GROWTH_KIB, RssWatch, rss_kib
 
-XFAIL_PLACEHOLDER = None
 
 MB = 1 << 20
 CALL_TIMEOUT = 5.0
@@ -82,6 +80,8 @@ def test_one_channel_spreads_1000_unary_calls_over_three_instances(mesh: GrpcMes
     assert all(n >= 250 for n in answered.values()), answered
 
 
+@pytest.mark.xfail(strict=True, reason="retry_on does not take gRPC status names (unavailable) yet, and a gRPC "
+                   "status in a response is not a retry condition")
 def test_an_instance_refusing_a_third_of_calls_still_leaves_99_percent_succeeding(mesh: GrpcMesh) -> None:
     before = observed(mesh, "flaky-1")["calls"].get("Unary", 0)
     with mesh.channel("flaky") as ch:
@@ -291,6 +291,7 @@ def test_a_grpc_health_check_follows_the_apps_health_service(mesh: GrpcMesh) -> 
         wait_for(lambda: status() == ["healthy"], 10, what="SERVING seen as healthy again")
 
 
+@pytest.mark.xfail(strict=True, reason="records and metrics do not carry the gRPC method and status yet")
 def test_records_and_metrics_name_the_grpc_method_and_status(mesh: GrpcMesh) -> None:
     with mesh.channel("echo") as ch:
         unary_instances(ch, 3)
