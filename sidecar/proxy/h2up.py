@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from http import HTTPStatus
 from collections import deque
 from collections.abc import Hashable
+from http import HTTPStatus
 from typing import cast
 
 from sidecar.errors import ResourceExhausted

@@ -27,7 +27,6 @@ from tests.integration.grpc.mesh import DENIED, GrpcMesh, grpc_service, start_me
 from tests.integration.mesh.clients import curl, needs_curl
 from tests.integration.proxy.test_streams import MAX_GROWTH_KIB, RssWatch, rss_kib
 
-
 MB = 1 << 20
 CALL_TIMEOUT = 5.0
 
