@@ -38,6 +38,7 @@ NATIVE = [
     "sidecar/proxy/exchange.py",
     "sidecar/proxy/failures.py",
     "sidecar/proxy/http1.py",
+    "sidecar/proxy/http1read.py",
     "sidecar/proxy/limits.py",
     "sidecar/proxy/paths.py",
     "sidecar/proxy/pool.py",
