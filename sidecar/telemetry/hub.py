@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.clock import Clock
 from sidecar.config.model import AccessLogConfig, Config, TracingConfig
-from sidecar.mesh.inbound import Names
+from sidecar.mesh.naming import Names
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.access import AccessLog
 from sidecar.telemetry.looplag import LoopLag
