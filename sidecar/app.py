@@ -28,6 +28,7 @@ from sidecar.catalog.registry import LocalRegistry
 from sidecar.catalog.replication import CatalogReplication, encode_meta
 from sidecar.catalog.signing import ClaimVerifier
 from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.config.crosscheck import show
 from sidecar.config.load import load
 from sidecar.config.model import Config
 from sidecar.config.values import HostPort
@@ -125,8 +126,8 @@ class Sidecar:
         try:
             self.telemetry = Telemetry(config, clock)
         except OSError as e:   # the access log's file
-            raise StartupError(f"telemetry.access_log.path: cannot open {config.telemetry.access_log.path}: "
-                               f"{e.strerror or e}", exit_code=2) from None
+            raise StartupError(f"telemetry.access_log.path: cannot open for appending: {e.strerror or e} "
+                               f"(got {show(config.telemetry.access_log.path)})", exit_code=2) from None
         self.failed = FailedRequests()   # recent failed or retried requests, for /debug/explain?request_id=
         self.dataplane = self._build_dataplane(config)
         self.messaging = Messaging(config, self.catalog, self.registry, clock, self.store)

@@ -29,7 +29,8 @@ from sidecar.http2 import frames  # noqa: E402
 from sidecar.http2.connection import H2Connection  # noqa: E402
 from sidecar.http2.events import DataReceived  # noqa: E402
 from sidecar.http2.grpc import frame_message  # noqa: E402
-from sidecar.proxy.http1 import RequestHead, RequestReader, ResponseHead, ResponseReader  # noqa: E402
+from sidecar.proxy.http1 import RequestHead, ResponseHead  # noqa: E402
+from sidecar.proxy.http1read import RequestReader, ResponseReader  # noqa: E402
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/pkg.Payments/Charge"),
            (b":authority", b"payment-service"), (b"content-type", b"application/grpc"), (b"te", b"trailers"),

@@ -46,7 +46,7 @@ from sidecar.errors import PermissionDenied, SidecarError
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # reads answered without the token: liveness, readiness and Prometheus's scrape
 PROBE_PATHS = frozenset({"/ready", "/healthz", "/metrics"})
-# set by the inbound listener on every request it relays to a local app (sidecar.mesh.inbound.CALLER_HEADER)
+# set by the inbound listener on every request it relays to a local app (sidecar.mesh.inbound_routes.CALLER_HEADER)
 RELAYED_HEADER = "x-sidecar-caller"
 
 

@@ -250,13 +250,15 @@ class H2Connection:
         try:
             h2_events = self._h2.receive_data(chunk)
         except h2.exceptions.ProtocolError as e:
+            # h2 queued its own GOAWAY (the last 17 bytes, no debug data) before raising; ours replaces it, so
+            # the peer sees exactly one, with the code and reason below
+            pending = self._h2.data_to_send()
+            if pending[-17:-13] == b"\x00\x00\x08\x07":
+                pending = pending[:-17]
+            self._out += pending
             if isinstance(e.__cause__, HeaderBlockError) and not isinstance(e.__cause__, HeaderListTooLarge):
                 # h2 says PROTOCOL_ERROR; RFC 9113 section 4.3 says a field block that fails to decode is a
-                # COMPRESSION_ERROR (the HPACK context is lost); h2's GOAWAY, the last 17 bytes it queued, goes
-                pending = self._h2.data_to_send()
-                if pending[-17:-13] == b"\x00\x00\x08\x07":
-                    pending = pending[:-17]
-                self._out += pending
+                # COMPRESSION_ERROR (the HPACK context is lost)
                 raise Violation(COMPRESSION_ERROR, str(e), "compression_error") from e
             raise Violation(int(e.error_code), str(e) or type(e).__name__, _counter_of(e)) from e
         self._to_flush = set()

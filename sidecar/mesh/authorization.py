@@ -64,3 +64,25 @@ class Authorizer:
         allowed = self.config.default == "allow"
         return AccessDecision(allowed, "authorization.default",
                               f"no rule names {target}; authorization.default is {self.config.default}")
+
+
+class Decisions:
+    """:class:`Authorizer` with a bounded cache of its answers (a pure function of its four inputs)."""
+
+    __slots__ = ("_cache", "_max", "authorizer")
+
+    def __init__(self, authorizer: Authorizer, max_entries: int = 8192) -> None:
+        self.authorizer = authorizer
+        self._cache: dict[tuple[str, str, str, str], AccessDecision] = {}
+        self._max = max_entries
+
+    def decide(self, caller: str, service: str, method: str, path: str) -> AccessDecision:
+        key = (caller, service, method, path)
+        found = self._cache.get(key)
+        if found is None:
+            found = self.authorizer.decide(caller, service, method, path)
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+

@@ -17,9 +17,10 @@ The stack, top-down (each part is its own module):
   outliers left out, then round robin, least request or peak EWMA), retries with back-off and a budget; every
   request carries a :class:`~sidecar.resilience.Call` (the Targets' ``retry``, ``observer`` and ``tag``);
   inbound, the caller's deadline caps how long the local app is waited for;
-* a :class:`~sidecar.proxy.Target` per endpoint, cached until the catalog or our TLS context changes: the peer's
-  inbound address, ``store.client_context`` (new connections pick up a rotated certificate), a per-peer
-  ``server_hostname`` (the TLS session cache key), the destination's policy timeouts, a pool per peer;
+* a :class:`~sidecar.proxy.Target` per endpoint (:mod:`sidecar.mesh.peers`), cached until the catalog or our TLS
+  context changes: the peer's inbound address, ``store.client_context`` (new connections pick up a rotated
+  certificate), a per-peer ``server_hostname`` (the TLS session cache key), the destination's policy timeouts, a
+  pool per peer;
 * the engine (:mod:`sidecar.proxy`): pooled keep-alive connections, streaming, upgrades, trace headers.
 
 An instance on this node is reached through our own inbound listener, like any other: identity,
@@ -29,13 +30,11 @@ authorization and metrics do not depend on where the instance runs (it costs a l
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import math
 import random
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from sidecar.catalog.mesh import MeshCatalog
@@ -44,22 +43,16 @@ from sidecar.clock import Clock
 from sidecar.config.model import Config, UpstreamConfig
 from sidecar.config.values import HostPort
 from sidecar.errors import Unavailable
-from sidecar.mesh.authorization import Authorizer
-from sidecar.mesh.inbound import (
-    Decisions,
-    InboundListener,
-    InboundRoutes,
-    LocalApp,
-    LocalServices,
-    Names,
-    encode_tunnel_header,
-    no_service_named,
-    refuse_internal,
-    set_caller,
-)
-from sidecar.mesh.naming import ServiceName
-from sidecar.mesh.router import Endpoint, EndpointSet, LocalInbound, Router
+from sidecar.mesh.authorization import Authorizer, Decisions
+from sidecar.mesh.inbound import InboundListener
+from sidecar.mesh.inbound_routes import InboundRoutes, no_service_named, refuse_internal, set_caller
+from sidecar.mesh.local_apps import LocalApp, LocalServices
+from sidecar.mesh.naming import Names, ServiceName
+from sidecar.mesh.peers import CatalogPeers, PeerTargets
+from sidecar.mesh.router import Endpoint, LocalInbound, Router
 from sidecar.mesh.stats import MeshStats
+from sidecar.mesh.tunnel_header import encode_tunnel_header
+from sidecar.mesh.upstream_listeners import UpstreamChange, bound_address, drain_upstream, listen_upstream
 from sidecar.proxy import (
     AttemptRecord,
     ConnectionInfo,
@@ -75,8 +68,7 @@ from sidecar.proxy import (
 )
 from sidecar.proxy.limits import DEFAULT_POOL_LIMITS, DEFAULT_PROXY_LIMITS
 from sidecar.proxy.target import RouteResult
-from sidecar.resilience import Call, Resilience, deadline
-from sidecar.tls.context import service_server_name
+from sidecar.resilience import Call, Resilience
 from sidecar.tls.identity import PeerIdentity
 from sidecar.tls.reloader import IdentityStore
 
@@ -92,85 +84,6 @@ def _no_tls() -> Unavailable:
     # a new error each time: raising one shared instance again and again chains every raise's traceback onto
     # it, and with them the frames of every refused request (about 6 KiB each, never freed)
     return Unavailable(NO_TLS_MESSAGE, {"reason": "no-tls"})
-
-
-class _Targets:
-    """Targets to peer sidecars, one per endpoint, kept until the catalog snapshot or our context changes.
-
-    Pools are keyed by (kind, peer address, service, context generation): after a rotation new connections use new
-    pools (a TLS session made with one context cannot be offered by another); the old pools' idle
-    connections are closed by the pool sweeper, and requests on them finish undisturbed.
-    """
-
-    __slots__ = ("_config", "_context", "_generation", "_peer_check", "_targets", "_version", "kind")
-
-    def __init__(self, config: Config, kind: str,
-                 peer_check: Callable[[Endpoint], Callable[[ssl.SSLObject], object]] | None = None) -> None:
-        self._config = config
-        self._peer_check = peer_check
-        self.kind = kind
-        self._version = -1
-        self._context: ssl.SSLContext | None = None
-        self._generation = 0
-        # by the Endpoint's identity (its dataclass hash runs in Python, on every request); the Endpoint is kept in
-        # the value, so its id is not reused while the entry lives. Within one catalog version the router hands
-        # out the same Endpoint objects; an equal copy only costs a second Target on the same pool.
-        self._targets: dict[int, tuple[Endpoint, Target]] = {}
-
-    def get(self, endpoint: Endpoint, version: int, context: ssl.SSLContext) -> Target:
-        if version != self._version or context is not self._context:
-            if context is not self._context:
-                self._generation += 1
-                self._context = context
-            self._version = version
-            self._targets = {}
-        entry = self._targets.get(id(endpoint))
-        if entry is not None and entry[0] is endpoint:
-            return entry[1]
-        if len(self._targets) >= 4096:
-            self._targets = {}
-        target = self._build(endpoint, context)
-        self._targets[id(endpoint)] = (endpoint, target)
-        return target
-
-    def reconfigure(self, config: Config) -> None:
-        """Reloaded policies: Targets are rebuilt on next use with the new timeouts; pool keys do not change, so
-        pooled connections to peers are kept."""
-        self._config = config
-        self._version = -1
-
-    def _build(self, endpoint: Endpoint, context: ssl.SSLContext) -> Target:
-        policy = self._config.policy_for(endpoint.service)
-        timeout = float(policy.timeout)
-        per_try = policy.retries.per_try_timeout
-        try_timeout = deadline.try_timeout(None if per_try is None else float(per_try), policy.retries.attempts,
-                                           timeout)
-        host, port = endpoint.address
-        # the SNI asks the peer for the destination service's certificate, and the pool is per service: a
-        # connection verified as service A is never reused for service B on the same peer
-        return Target(endpoint.address, ssl=context, server_hostname=service_server_name(endpoint.service, host, port),
-                      pool_key=(self.kind, endpoint.address, endpoint.service, self._generation), timeout=timeout,
-                      try_timeout=try_timeout, tag=endpoint,
-                      verify=self._peer_check(endpoint) if self._peer_check is not None else None)
-
-
-class _Peers:
-    """What the resilience layers ask of the data plane: a name's endpoints now, an endpoint's Target."""
-
-    __slots__ = ("_catalog", "_context", "_router", "_targets")
-
-    def __init__(self, catalog: MeshCatalog, router: Router, targets: _Targets,
-                 context: Callable[[], ssl.SSLContext]) -> None:
-        self._catalog = catalog
-        self._router = router
-        self._targets = targets
-        self._context = context
-
-    def endpoints(self, name: ServiceName) -> EndpointSet:
-        return self._router.endpoints(self._catalog.snapshot(), name)
-
-    def target(self, endpoint: Endpoint) -> Target:
-        return self._targets.get(endpoint, self._catalog.snapshot().version, self._context())
 
 
 class DataPlane:
@@ -200,12 +113,12 @@ class DataPlane:
         # the same idle timeout), so a quiet spell of a few seconds does not cost a burst of TLS handshakes
         peer_idle = max(1.0, limits.idle_timeout - PEER_IDLE_MARGIN)
         self.pools = Pools(replace(DEFAULT_POOL_LIMITS, idle_timeout=peer_idle), head_limits=limits.head)
-        self._http_targets = _Targets(config, "http", self._peer_check)
-        self._tunnel_targets = _Targets(config, "tunnel", self._peer_check)
+        self._http_targets = PeerTargets(config, "http", self._peer_check)
+        self._tunnel_targets = PeerTargets(config, "tunnel", self._peer_check)
         self.resilience = Resilience(config, rng=rng, jitter=jitter)
         self._now: Callable[[], float] = clock.monotonic   # the loop's clock once started (the engine's)
-        self._http_peers = _Peers(catalog, self.router, self._http_targets, self._client_context)
-        self._tunnel_peers = _Peers(catalog, self.router, self._tunnel_targets, self._tunnel_context)
+        self._http_peers = CatalogPeers(catalog, self.router, self._http_targets, self._client_context)
+        self._tunnel_peers = CatalogPeers(catalog, self.router, self._tunnel_targets, self._tunnel_context)
         ids = ids if ids is not None else IdSource(sample_ratio=config.telemetry.tracing.sample_ratio)
         self.ids = ids
         self._limits = limits
@@ -252,10 +165,10 @@ class DataPlane:
         else:
             log.warning("tls is not configured: the outbound listener answers 503 and no inbound listener is opened")
         listen = self.config.outbound.listen
-        self.bound["outbound"] = _bound(await self.outbound.listen(listen.host, listen.port))
+        self.bound["outbound"] = bound_address(await self.outbound.listen(listen.host, listen.port))
         for key, upstream in self._upstream_configs.items():
             server = self._upstream_servers[key] = await self.upstreams[key].listen(upstream.bind, upstream.local_port)
-            self.bound[key] = _bound(server)
+            self.bound[key] = bound_address(server)
         return dict(self.bound)
 
     async def stop_inbound(self, grace: float) -> None:
@@ -338,11 +251,11 @@ class DataPlane:
         proxy = self._upstream(upstream, self._limits, self.ids)
         if setup is not None:
             setup(proxy)
-        server = await _listen(proxy, upstream, attempts=50 if retry else 1)
+        server = await listen_upstream(proxy, upstream, attempts=50 if retry else 1)
         self.upstreams[key] = proxy
         self._upstream_configs[key] = upstream
         self._upstream_servers[key] = server
-        self.bound[key] = _bound(server)
+        self.bound[key] = bound_address(server)
         return key
 
     def _upstream_key(self, upstream: UpstreamConfig) -> str:
@@ -359,7 +272,7 @@ class DataPlane:
         return proxy
 
     def _drain_later(self, proxy: HttpProxy | TcpRelay, grace: float) -> None:
-        task = asyncio.create_task(_drain(proxy, grace), name=f"drain:{proxy.name}")
+        task = asyncio.create_task(drain_upstream(proxy, grace), name=f"drain:{proxy.name}")
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
 
@@ -517,42 +430,3 @@ class DataPlane:
             out["tls_refusals"] = self.store.refusals.snapshot()
         return out
 
-
-@dataclass(frozen=True, slots=True)
-class UpstreamChange:
-    """What :meth:`DataPlane.set_upstreams` did: listeners opened (key → bound address), keys closed."""
-
-    opened: dict[str, HostPort]
-    closed: list[str]
-
-
-async def _listen(proxy: HttpProxy | TcpRelay, upstream: UpstreamConfig, attempts: int) -> asyncio.Server:
-    """Listen on the upstream's port. A port this process just released may take a loop iteration or two to be
-    free (uvloop closes handles asynchronously): ``attempts`` > 1 tries "address in use" again, 20ms apart."""
-    for attempt in range(attempts):
-        try:
-            return await proxy.listen(upstream.bind, upstream.local_port)
-        except OSError as e:
-            if e.errno != errno.EADDRINUSE or attempt == attempts - 1:
-                raise OSError(e.errno, f"upstreams[{upstream.local_port}]: cannot listen on "
-                                       f"{upstream.bind}:{upstream.local_port}: {e.strerror or e}") from None
-            await asyncio.sleep(0.02)
-    raise AssertionError("unreachable")
-
-
-async def _drain(proxy: HttpProxy | TcpRelay, grace: float) -> None:
-    """A removed upstream listener: requests in flight (tunnels: connections) may end within ``grace``."""
-    if isinstance(proxy, HttpProxy):
-        await proxy.close(grace)
-        return
-    for _ in range(math.ceil(grace / 0.05)):   # polled: a relay tells no one when its last connection ends
-        if not proxy.connections:
-            break
-        await asyncio.sleep(0.05)
-    await proxy.close()
-
-
-def _bound(server: asyncio.Server) -> HostPort:
-    listening: Any = server  # typeshed says Server.sockets is a tuple; uvloop's is a list (compiled code checks)
-    address = listening.sockets[0].getsockname()
-    return HostPort(str(address[0]), int(address[1]))

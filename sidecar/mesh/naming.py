@@ -70,3 +70,26 @@ def parse_service(authority: str, domain: str) -> ServiceName | None:
         if len(head) == 2:
             return ServiceName(head[1], head[0])
     return None
+
+
+class Names:
+    """``parse_service`` with a bounded cache: a client sends the same few Host values again and again."""
+
+    __slots__ = ("_cache", "_domain", "_max")
+
+    def __init__(self, domain: str, max_entries: int = 4096) -> None:
+        self._domain = domain
+        self._cache: dict[str, ServiceName | None] = {}
+        self._max = max_entries
+
+    def parse(self, host: str) -> ServiceName | None:
+        try:
+            return self._cache[host]
+        except KeyError:
+            pass
+        name = parse_service(host, self._domain)
+        if len(self._cache) >= self._max:
+            self._cache.clear()  # a client spraying Host values costs a re-parse, never memory
+        self._cache[host] = name
+        return name
+

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from sidecar.mesh.inbound_routes import CALLER_HEADER
 from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext
 from sidecar.messaging.envelope import ServiceMessage, check_topic
 from sidecar.messaging.readers import StreamReaders
@@ -30,7 +31,6 @@ from sidecar.tls.identity import PeerIdentity, SpiffeId
 from sidecar.web import errors_middleware, json_response
 
 _INTERNAL_HEADER = b"x-sidecar-internal"
-_CALLER_HEADER = b"x-sidecar-caller"
 
 
 class Receiver:
@@ -89,7 +89,7 @@ class Receiver:
         given = request.headers.get(_INTERNAL_HEADER.decode(), "").encode()
         if not hmac.compare_digest(given, self._token):
             raise Unauthenticated("sidecar-internal deliveries come only through the mTLS inbound listener")
-        return check_topic(request.match_info["topic"]), request.headers.get(_CALLER_HEADER.decode(), "")
+        return check_topic(request.match_info["topic"]), request.headers.get(CALLER_HEADER.decode(), "")
 
     def _check_sender(self, messages: list[ServiceMessage], caller: str, topic: str) -> None:
         try:
@@ -127,8 +127,8 @@ class Receiver:
             where = scopes.where(topic, "publishers")
             raise PermissionDenied(f"{caller.service} may not publish to {topic} ({where})",
                                    {"caller": caller.spiffe_id, "topic": topic, "rule": where})
-        items = [i for i in head.headers.items if i[0] not in (_INTERNAL_HEADER, _CALLER_HEADER)]
-        items.append((_CALLER_HEADER, _CALLER_HEADER, caller.spiffe_id.encode("latin-1")))
+        items = [i for i in head.headers.items if i[0] not in (_INTERNAL_HEADER, CALLER_HEADER)]
+        items.append((CALLER_HEADER, CALLER_HEADER, caller.spiffe_id.encode("latin-1")))
         items.append((_INTERNAL_HEADER, _INTERNAL_HEADER, self._token))
         head.headers.items = items
         return self.target

@@ -18,16 +18,20 @@ from sidecar import log as logs
 from sidecar.catalog.own import OwnListeners
 from sidecar.catalog.registry import LocalRegistry, default_id
 from sidecar.clock import Clock
+from sidecar.config.crosscheck import show
 from sidecar.config.diff import Plan
 from sidecar.config.load import load, load_sent
 from sidecar.config.model import Config
 from sidecar.config.values import HostPort
-from sidecar.errors import FailedPrecondition
+from sidecar.errors import ConfigError, FailedPrecondition
 from sidecar.mesh.dataplane import DataPlane
 from sidecar.messaging.service import Messaging
+from sidecar.ops.reload import invalid
 from sidecar.ops.reload_canary import Counts
 from sidecar.proxy import HttpProxy, TcpRelay
 from sidecar.telemetry import Telemetry
+from sidecar.telemetry.access import AccessLog
+from sidecar.telemetry.hub import access_log_for
 
 log = logging.getLogger("sidecar.app")   # the process's own log name, as the lines were always logged under
 
@@ -64,22 +68,18 @@ class ConfigApplier:
         return Counts(*self.telemetry.recent_counts(seconds))
 
     async def apply_config(self, new: Config, plan: Plan) -> tuple[str, ...]:
-        """Apply the plan's live parts, each through the part that owns it. Upstream listeners come first: the
-        one step that can fail (a port in use) fails before anything changed. The rest swap references."""
+        """Apply the plan's live parts, each through the part that owns it. The steps that can fail come first,
+        before anything changed: a new access-log file that cannot be opened (refused as invalid, naming the
+        key), then upstream listeners (a port in use). The rest swap references."""
         parts = plan.parts
-        if "services" in parts:
-            for i, spec in enumerate(new.services):
-                await self.own.check(spec, f"services[{i}].")
+        access_log = self._open_access_log(new)
+        try:
+            await self._open_listeners(new, parts)
+        except BaseException:
+            if access_log is not None:
+                access_log.close()
+            raise
         dataplane = self.dataplane
-        if "upstreams" in parts:
-            try:
-                change = await dataplane.set_upstreams(new.upstreams, self.drain_grace, self.shed)
-            except OSError as e:
-                raise FailedPrecondition(f"{e.strerror}; nothing changed", {"part": "upstreams"}) from None
-            for key in change.closed:
-                self.closed(key)
-            for key, address in change.opened.items():
-                self.listening(key, address)
         dataplane.reconfigure(new)            # policies, authorization, trace sample ratio
         if "services" in parts:
             self._reload_services(new)
@@ -90,11 +90,37 @@ class ConfigApplier:
         if dataplane.inbound is not None:
             scopes = self.messaging.scopes
             dataplane.routes.may_publish = None if scopes.open else scopes.may_publish
-        await self.telemetry.reconfigure(new)     # tracing, access log
+        await self.telemetry.reconfigure(new, access_log)     # tracing, access log
         if "logging" in parts:
             logs.configure(new.logging.level, new.logging.format)
         self.config = new
         return parts
+
+    def _open_access_log(self, new: Config) -> AccessLog | None:
+        """The access log ``new`` asks for, opened, when it differs from the running one; else None."""
+        wanted = new.telemetry.access_log
+        if wanted == self.config.telemetry.access_log:
+            return None
+        try:
+            return access_log_for(wanted, self.clock)
+        except OSError as e:
+            raise invalid(ConfigError([f"telemetry.access_log.path: cannot open for appending: {e.strerror or e} "
+                                       f"(got {show(wanted.path)})"])) from None
+
+    async def _open_listeners(self, new: Config, parts: tuple[str, ...]) -> None:
+        """The services' own listeners checked, the upstream listeners opened (a port in use fails here)."""
+        if "services" in parts:
+            for i, spec in enumerate(new.services):
+                await self.own.check(spec, f"services[{i}].")
+        if "upstreams" in parts:
+            try:
+                change = await self.dataplane.set_upstreams(new.upstreams, self.drain_grace, self.shed)
+            except OSError as e:
+                raise FailedPrecondition(f"{e.strerror}; nothing changed", {"part": "upstreams"}) from None
+            for key in change.closed:
+                self.closed(key)
+            for key, address in change.opened.items():
+                self.listening(key, address)
 
     def _reload_services(self, new: Config) -> None:
         now, now_ms = self.clock.monotonic(), int(self.clock.wall() * 1000)

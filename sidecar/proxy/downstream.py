@@ -32,13 +32,13 @@ from sidecar.proxy.http1 import (
     LAST_CHUNK,
     RemoteProtocolError,
     RequestHead,
-    RequestReader,
     ResponseHead,
     Trailers,
     encode_chunk,
     last_chunk,
     simple_response,
 )
+from sidecar.proxy.http1read import RequestReader
 from sidecar.proxy.limits import LazyTimer, write_pieces
 from sidecar.proxy.sides import ClientSide
 from sidecar.proxy.target import ConnectionInfo

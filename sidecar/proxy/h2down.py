@@ -14,6 +14,8 @@ client does not read, pauses reading the upstream response.
 
 The core's protections stay whole: a client that breaks the protocol or floods gets the core's GOAWAY and only
 its connection ends. Draining sends GOAWAY: streams already open finish, the connection closes after them.
+Deadlines as for HTTP/1.1: the first HEADERS must come within the listener's header timeout of the handover, and
+a connection with no stream open closes (GOAWAY) after the idle timeout.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class H2Acceptor(Protocol):
 
     engine: Engine
     protocol_errors: int
+    header_timeouts: int
 
     def add_connection(self, conn: H2Downstream) -> None: ...
 
@@ -214,10 +217,13 @@ class H2Downstream(asyncio.Protocol):
         self.transport_paused = False
         self.closed = False
         self.draining = False
-        self.timer = LazyTimer(loop, self._on_idle)
+        # no HEADERS yet: the header timeout runs, as for an HTTP/1.1 head, so a client that sends only the
+        # preface (and SETTINGS, PINGs...) cannot hold the connection for the idle timeout
+        self.awaiting_headers = True
+        self.timer = LazyTimer(loop, self._on_timer)
         transport.set_protocol(self)
         proxy.add_connection(self)
-        self._arm_idle()
+        self.timer.set(loop.time() + self.engine.limits.header_timeout)
         if self.engine.draining:
             self.drain()
 
@@ -298,6 +304,7 @@ class H2Downstream(asyncio.Protocol):
     def _start(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         stream = H2Stream(self, sid)
         self.streams[sid] = stream
+        self.awaiting_headers = False
         self.timer.cancel()
         try:
             head = request_head(headers, end_stream, self.engine.limits.head.max_headers)
@@ -360,8 +367,12 @@ class H2Downstream(asyncio.Protocol):
     def _arm_idle(self) -> None:
         self.timer.set(self.loop.time() + self.engine.limits.idle_timeout)
 
-    def _on_idle(self) -> None:
+    def _on_timer(self) -> None:
+        """No stream open: the first HEADERS came too late (header timeout), or none came since the last
+        stream ended (idle timeout)."""
         if not self.streams:
+            if self.awaiting_headers:
+                self.proxy.header_timeouts += 1
             self.close()
 
     @property

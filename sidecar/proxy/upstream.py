@@ -18,11 +18,11 @@ from sidecar.proxy.http1 import (
     RemoteProtocolError,
     RequestHead,
     ResponseHead,
-    ResponseReader,
     Trailers,
     encode_chunk,
     last_chunk,
 )
+from sidecar.proxy.http1read import ResponseReader
 from sidecar.proxy.limits import write_pieces
 from sidecar.proxy.sides import StreamUser, UpstreamStream
 from sidecar.proxy.tunnel import Tunnel

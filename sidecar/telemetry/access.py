@@ -5,6 +5,8 @@ Off by default, as Envoy's. When on, the request path formats the line in compil
 the queued lines in one write every 200 ms (or as soon as 1024 wait). A slow or full disk never blocks a request:
 the queue is bounded (65536 lines), lines beyond it are dropped and counted (``dropped``), lines a write failed on
 are counted (``failed``); on a clean shutdown every queued line is written before the file is closed.
+Rotation needs no signal: before each batch the file is reopened if ``path`` no longer names it (renamed or
+removed by logrotate, with or without ``create``), as nginx does on USR1.
 Lines are the ``sidecar.access`` logger's (``format: json`` one object per line, ``text`` key=value),
 independent of the process's ``logging.format`` and not silenced by ``POST /logging?level=warning``.
 
@@ -18,6 +20,7 @@ caller's SPIFFE ID) and ``client`` (its address) when the engine reports the con
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import IO, Any
@@ -60,8 +63,28 @@ class AccessLog:
             self.lines += 1
 
     def _write(self, lines: list[str]) -> None:
+        if self._file is not None:
+            self._reopen_if_moved()
         self.stream.write("".join(lines))
         self.stream.flush()
+
+    def _reopen_if_moved(self) -> None:
+        """Reopens ``path`` when it no longer names the open file (logrotate renamed or removed it), so lines
+        go to the configured path rather than to the rotated file forever; one ``stat`` per batch."""
+        assert self._file is not None and self.path is not None
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        held = os.fstat(self._file.fileno())
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return
+        try:
+            fresh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError:
+            return  # the directory is not writable now: keep the lines in the old file, retry next batch
+        self._file.close()
+        self._file = self.stream = fresh
 
     def status(self) -> dict[str, Any]:
         return {"lines": self.lines, "dropped": self.batcher.dropped, "failed": self.batcher.failed,

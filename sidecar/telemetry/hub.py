@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.clock import Clock
 from sidecar.config.model import AccessLogConfig, Config, TracingConfig
-from sidecar.mesh.inbound import Names
+from sidecar.mesh.naming import Names
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.access import AccessLog
 from sidecar.telemetry.looplag import LoopLag
@@ -156,10 +156,11 @@ class Telemetry:
 
     # ------------------------------------------------------------------------------------ reload
 
-    async def reconfigure(self, config: Config) -> None:
+    async def reconfigure(self, config: Config, access_log: AccessLog | None = None) -> None:
         """A reloaded configuration: tracing (a new sample ratio in place; another exporter or endpoint starts a
         new tracer and the old one is flushed off the loop), the access log, the local service's name. Records
-        and counters are kept."""
+        and counters are kept. ``access_log``: the new access log already opened (:func:`access_log_for`), so that
+        a file that cannot be opened refuses the reload before anything changed; None opens it here."""
         old, new = self.config.telemetry, config.telemetry
         self.config = config
         self.source = local_service_name(config)
@@ -174,7 +175,7 @@ class Telemetry:
                     await asyncio.get_running_loop().run_in_executor(None, retired.shutdown)
         if new.access_log != old.access_log:
             retired_log = self.access
-            self.access = access_log_for(new.access_log, self.clock)
+            self.access = access_log if access_log is not None else access_log_for(new.access_log, self.clock)
             if retired_log is not None:
                 await asyncio.get_running_loop().run_in_executor(None, retired_log.close)
 

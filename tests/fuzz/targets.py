@@ -49,7 +49,8 @@ from sidecar.http2.connection import H2Connection
 from sidecar.http2.limits import H2Limits
 from sidecar.http2.preface import PREFACE
 from sidecar.messaging.envelope import MessageBody, ServiceMessage
-from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
+from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead
+from sidecar.proxy.http1read import RequestReader, ResponseReader
 from sidecar.proxy.paths import normalize_target
 from sidecar.web import read_json_object
 from tests.fuzz.replay import replay

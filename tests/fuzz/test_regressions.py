@@ -86,7 +86,8 @@ def test_a_deeply_nested_delivery_answer_has_no_verdict() -> None:
 # the proxy forwarded an HTTP/1.0 request framed by Transfer-Encoding (RFC 9112 6.1: faulty framing), which
 # the aiohttp listeners refuse; found by the abuse corpus at the outbound listener
 def test_transfer_encoding_on_http10_is_refused_by_the_proxy() -> None:
-    from sidecar.proxy.http1 import MalformedRequest, RequestReader
+    from sidecar.proxy.http1 import MalformedRequest
+    from sidecar.proxy.http1read import RequestReader
     from tests.fuzz.targets import _RequestSink
 
     sink = _RequestSink()

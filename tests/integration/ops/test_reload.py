@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar.config.crosscheck import show
 from sidecar.config.load import deep_merge
 from tests.harness import SidecarProcess, assert_error, free_port, http, make_certs, run_cli, wait_for
 from tests.integration.resilience.conftest import Backend, start_backend
@@ -254,6 +255,20 @@ def test_a_listener_change_refuses_the_whole_reload_with_the_reason(mesh: Mesh) 
     assert mesh.config(mesh.b) == before                    # the live change in the same file was not applied
     assert get(mesh, "/work") == 200
     assert mesh.b.wait_log("reload refused: it needs a restart")
+
+
+def test_an_access_log_path_that_cannot_be_opened_is_refused_as_invalid(mesh: Mesh, tmp_path: Path) -> None:
+    before, version = mesh.config(mesh.b), mesh.history(mesh.b)["current"]
+    path = tmp_path / "no-such-dir" / "access.log"
+    mesh.write(mesh.b, {"telemetry": {"access_log": {"enabled": True, "path": str(path)}},
+                        "authorization": {"default": "deny", "rules": []}})
+    error = assert_error(mesh.reload(mesh.b), 400, "INVALID_ARGUMENT")
+    assert error["details"]["problems"] == [
+        f"telemetry.access_log.path: cannot open for appending: No such file or directory (got {show(str(path))})"]
+    assert "the running configuration is unchanged" in error["message"]
+    assert mesh.config(mesh.b) == before and mesh.history(mesh.b)["current"] == version
+    assert get(mesh, "/work") == 200                       # the authorization change in the same file was not applied
+    assert mesh.b.wait_log("reload failed; nothing changed")
 
 
 def test_an_upstream_port_opens_live_and_closes_when_removed(mesh: Mesh) -> None:

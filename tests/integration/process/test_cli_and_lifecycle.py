@@ -6,6 +6,7 @@ import socket
 import time
 from pathlib import Path
 
+from sidecar.config.crosscheck import show
 from tests.harness import SidecarProcess, http, run_cli, wait_for
 
 
@@ -115,6 +116,17 @@ def test_a_port_in_use_fails_with_one_line_and_exit_1(tmp_path: Path) -> None:
         assert "Traceback" not in process.log_text()
     finally:
         busy.close()
+
+
+def test_an_access_log_path_that_cannot_be_opened_fails_start_with_the_key_and_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "missing-dir" / "access.log"
+    process = SidecarProcess(tmp_path, {"telemetry": {"access_log": {"enabled": True, "path": str(path)}}})
+    process.start(wait_ready=False)
+    assert process.proc is not None
+    assert process.proc.wait(15) == 2
+    wait_for(lambda: any("telemetry.access_log.path: cannot open for appending: No such file or directory "
+                         f"(got {show(str(path))})" in line for line in process.lines), 5)
+    assert "Traceback" not in process.log_text()
 
 
 def test_logs_can_be_json(start_sidecar) -> None:  # type: ignore[no-untyped-def]

@@ -352,3 +352,43 @@ def test_a_header_list_over_the_listeners_head_limit_ends_the_connection(h2: Har
         client.close()
     assert {f.error_code for f in got if isinstance(f, GoAwayFrame)} == {0xB}   # ENHANCE_YOUR_CALM
     assert not [f for f in got if isinstance(f, HeadersFrame)]   # nothing of it went upstream
+
+
+@pytest.fixture
+def h2_impatient(loop_thread: LoopThread) -> Iterator[Harness]:
+    for harness in _harness(loop_thread, ProxyLimits(header_timeout=0.5, idle_timeout=3.0)):
+        harness.proxy.h2c = True
+        yield harness
+
+
+def closed_by_server(client: RawClient) -> tuple[list[Frame], float]:
+    """Every frame until the server closes, and how long that took from now."""
+    started = time.monotonic()
+    got = client.read_until(lambda got: False, timeout=10.0)   # returns on the server's close
+    return got, time.monotonic() - started
+
+
+def test_a_client_sending_only_the_preface_is_closed_at_the_header_timeout(h2_impatient: Harness) -> None:
+    h2 = h2_impatient
+    client = RawClient(h2.port)      # preface + SETTINGS, then silence
+    try:
+        got, took = closed_by_server(client)
+    finally:
+        client.close()
+    assert 0.5 * 0.9 <= took < 2.0, took    # the header timeout (0.5s), well before the idle timeout (3s)
+    assert [f.error_code for f in got if isinstance(f, GoAwayFrame)] == [0]   # one GOAWAY (NO_ERROR), then close
+    assert h2.proxy.header_timeouts == 1
+
+
+def test_a_connection_whose_streams_ended_closes_at_the_idle_timeout(h2_impatient: Harness) -> None:
+    h2 = h2_impatient
+    client = RawClient(h2.port)
+    try:
+        client.send(client.peer.headers(1, get(b"/hello"), end_stream=True))
+        client.read_until(ended(1))
+        got, took = closed_by_server(client)
+    finally:
+        client.close()
+    assert 3.0 * 0.9 <= took < 3.0 + 2.0, took      # the idle timeout, not the header timeout
+    assert [f.error_code for f in got if isinstance(f, GoAwayFrame)] == [0]
+    assert h2.proxy.header_timeouts == 0

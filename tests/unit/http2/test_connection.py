@@ -155,6 +155,15 @@ def test_oversized_header_list() -> None:
     events = core.receive_data(peer.headers(1, [*REQUEST, (b"x-big", b"v" * 5000)]), 0.0)
     assert terminated(events).error_code == ENHANCE_YOUR_CALM
     assert core.counters == {"header_list_too_large": 1}
+    assert goaway_code(core) == ENHANCE_YOUR_CALM  # exactly one GOAWAY on the wire
+
+
+def test_data_on_stream_zero_sends_one_goaway() -> None:
+    core, _ = server()
+    data_on_zero = b"\x00\x00\x04\x00\x00\x00\x00\x00\x00" + b"late"  # DATA, no flags, stream 0
+    events = core.receive_data(data_on_zero, 0.0)
+    assert terminated(events).error_code == PROTOCOL_ERROR
+    assert goaway_code(core) == PROTOCOL_ERROR
 
 
 def test_hpack_bomb_small_block_huge_list() -> None:

@@ -18,21 +18,14 @@ from sidecar.config.model import (
 from sidecar.config.values import Duration
 from sidecar.errors import NotFound, Unavailable
 from sidecar.events import EventBus
-from sidecar.mesh.authorization import Authorizer
-from sidecar.mesh.dataplane import _Targets
-from sidecar.mesh.inbound import (
-    MAX_TUNNEL_HEADER,
-    Decisions,
-    LocalServices,
-    Names,
-    TunnelHeaderError,
-    decode_tunnel_header,
-    encode_tunnel_header,
-    set_caller,
-)
-from sidecar.mesh.naming import ServiceName
+from sidecar.mesh.authorization import Authorizer, Decisions
+from sidecar.mesh.inbound_routes import set_caller
+from sidecar.mesh.local_apps import LocalServices
+from sidecar.mesh.naming import Names, ServiceName
+from sidecar.mesh.peers import PeerTargets
 from sidecar.mesh.router import Endpoint
 from sidecar.mesh.stats import MeshStats
+from sidecar.mesh.tunnel_header import MAX_TUNNEL_HEADER, TunnelHeaderError, decode_tunnel_header, encode_tunnel_header
 from sidecar.proxy import Headers, RequestHead, RequestStats
 
 # ------------------------------------------------------------------------------------------ tunnel header
@@ -145,7 +138,7 @@ def test_targets_are_cached_per_endpoint_and_rekeyed_by_context() -> None:
     config = Config(policies={"*": PolicyConfig(), "slow": PolicyConfig(timeout=Duration(60),
                                                                          retries=RetryConfig(attempts=0)),
                               "tight": PolicyConfig(retries=RetryConfig(per_try_timeout=Duration(2)))})
-    targets = _Targets(config, "http")
+    targets = PeerTargets(config, "http")
     pay = Endpoint("pay", "pay:n1", "n1", ("10.0.0.1", 15006), HealthStatus.HEALTHY)
     first, second = _context(), _context()
     t1 = targets.get(pay, 1, first)

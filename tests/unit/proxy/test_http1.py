@@ -6,17 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.proxy.http1 import (
-    Headers,
-    HeadLimits,
-    RemoteProtocolError,
-    RequestHead,
-    RequestReader,
-    ResponseHead,
-    ResponseReader,
-    Trailers,
-    split_fields,
-)
+from sidecar.proxy.http1 import Headers, HeadLimits, RemoteProtocolError, RequestHead, ResponseHead, Trailers
+from sidecar.proxy.http1read import RequestReader, ResponseReader, split_fields
 
 
 class Sink:

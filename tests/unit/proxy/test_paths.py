@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.proxy.http1 import MalformedRequest, RequestHead, RequestReader
+from sidecar.proxy.http1 import MalformedRequest, RequestHead
+from sidecar.proxy.http1read import RequestReader
 from sidecar.proxy.paths import InvalidPath, normalize_target
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.proxy.http1 import HeadLimits, MalformedResponse, ResponseReader, last_chunk
+from sidecar.proxy.http1 import HeadLimits, MalformedResponse, last_chunk
+from sidecar.proxy.http1read import ResponseReader
 from tests.unit.proxy.test_http1 import Sink as EventSink
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n"

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from sidecar.mesh.inbound import LocalApp
+from sidecar.mesh.local_apps import LocalApp
 from sidecar.mesh.router import Endpoint
 from sidecar.proxy.target import ConnectionInfo, RequestStats
 from sidecar.tls.identity import PeerIdentity

@@ -164,3 +164,20 @@ def test_the_config_path_gets_every_line_when_telemetry_stops(tmp_path: Path) ->
     entries = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(entries) == 5 and all(e["service"] == "payment-service" for e in entries)
     assert entries[0]["ts"].startswith(time.strftime("%Y-%m-%dT", time.gmtime(clock.wall())))
+
+
+@pytest.mark.parametrize("create", [True, False], ids=["create", "nocreate"])
+def test_a_rotated_file_is_reopened_at_the_configured_path(tmp_path: Path, create: bool) -> None:
+    path, rotated = tmp_path / "access.log", tmp_path / "access.log.1"
+    log = AccessLog("json", path=str(path), interval=60.0)
+    for n in range(3):
+        log.request("outbound", "pay", stats(attempts=n + 1))
+    assert log.flush()
+    path.rename(rotated)                  # logrotate: rename, then (with `create`) a new empty file
+    if create:
+        path.touch()
+    for n in range(3, 5):
+        log.request("outbound", "pay", stats(attempts=n + 1))
+    log.close()
+    assert [json.loads(line)["attempts"] for line in rotated.read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["attempts"] for line in path.read_text().splitlines()] == [4, 5]
