@@ -1,6 +1,6 @@
 """Issue 19's "Done when", through real `sidecar run` processes: grpcio channels, curl
 --http2-prior-knowledge and a raw h2c client against the caller's outbound listener, the apps of
-tests.grpcapps behind sidecars that speak h2 between them over mTLS.
+tests.grpcapps behind sidecars: h2c at both ends, HTTP/1.1 with chunked trailers between the sidecars over mTLS.
 
 The points not done yet are strict xfails, each with what is missing: they run and fail today (seconds, not
 timeouts) and fail the suite the moment they pass, to be un-marked then."""
