@@ -9,7 +9,6 @@ import logging
 
 import aiohttp
 
-from sidecar.catalog.grpccheck import grpc_check
 from sidecar.catalog.health import CheckResult
 from sidecar.catalog.model import HealthStatus
 from sidecar.catalog.registry import LocalRegistry, LocalService
@@ -114,6 +113,7 @@ class CheckRunner:
                 result = await http_check(self._session, check_url(entry), check.timeout)
             elif check.kind == "grpc":
                 assert check.grpc is not None
+                from sidecar.catalog.grpccheck import grpc_check  # HTTP/2 loaded only with a gRPC check
                 result = await grpc_check(entry.spec.host, entry.spec.port, check.grpc, check.timeout)
             else:
                 result = await tcp_check(entry.spec.host, entry.spec.port, check.timeout)

@@ -47,9 +47,18 @@ MAX_IN_FLIGHT = 16          # the driver never has more requests than this outst
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free for TCP and for UDP alike: gossip listens on both with one number, and a port the
+    kernel hands out free for TCP may be held by some other program's UDP socket."""
+    for _ in range(100):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no loopback port free for both TCP and UDP")
 
 
 @dataclass(frozen=True, slots=True)

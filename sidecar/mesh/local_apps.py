@@ -9,7 +9,7 @@ from sidecar.catalog.registry import LocalRegistry
 from sidecar.errors import NotFound, Unavailable
 from sidecar.mesh.naming import ServiceName
 from sidecar.proxy import Target
-from sidecar.proxy.h2up import H2cKey
+from sidecar.proxy.target import H2cKey
 
 
 @dataclass(frozen=True, slots=True)

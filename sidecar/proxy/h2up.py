@@ -50,25 +50,6 @@ CONNECT_TIMEOUT = 5.0
 _REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
 
 
-class H2cKey:
-    """A Target's ``pool_key`` for an app reached over h2c: the pools hand its requests to :class:`H2AppPool`."""
-
-    __slots__ = ("host", "port")
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, H2cKey) and (self.host, self.port) == (other.host, other.port)
-
-    def __hash__(self) -> int:
-        return hash(("h2c", self.host, self.port))
-
-    def __repr__(self) -> str:
-        return f"h2c://{self.host}:{self.port}"
-
-
 def request_headers(head: RequestHead) -> H2Headers:
     """The HTTP/2 header block of a request the engine relays to an h2c app."""
     out: H2Headers = [(b":method", head.method.encode()), (b":scheme", b"http"), (b":path", head.target),

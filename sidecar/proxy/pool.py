@@ -18,11 +18,10 @@ from typing import Any, cast
 from sidecar.errors import ResourceExhausted
 from sidecar.proxy.connector import connect_failure, dial
 from sidecar.proxy.failures import ConnectFailure
-from sidecar.proxy.h2up import H2AppPool, H2cKey
 from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits
 from sidecar.proxy.limits import DEFAULT_POOL_LIMITS, PoolLimits
 from sidecar.proxy.sides import StreamPool, StreamPools, StreamUser, UpstreamStream
-from sidecar.proxy.target import Target
+from sidecar.proxy.target import H2cKey, Target
 from sidecar.proxy.upstream import UpstreamConnection
 
 
@@ -199,7 +198,7 @@ class Pools(StreamPools):
         self._loop = loop
         self._pools: dict[Hashable, UpstreamPool] = {}
         # apps reached over h2c (a Target whose pool_key is an H2cKey): streams multiplexed per connection
-        self._apps: dict[Hashable, H2AppPool] = {}
+        self._apps: dict[Hashable, StreamPool] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
     def get(self, target: Target) -> StreamPool:
@@ -214,9 +213,10 @@ class Pools(StreamPools):
                 self._schedule_sweep()
         return pool
 
-    def _app(self, target: Target) -> H2AppPool:
+    def _app(self, target: Target) -> StreamPool:
         app = self._apps.get(target.key)
         if app is None:
+            from sidecar.proxy.h2up import H2AppPool  # HTTP/2 (h2, our HPACK) loaded with the first h2c app
             loop = self._loop or asyncio.get_running_loop()
             self._loop = loop
             app = self._apps[target.key] = H2AppPool(target.key, loop, self.limits)

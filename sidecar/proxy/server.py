@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from sidecar.proxy.downstream import ClientConnection, DownstreamProtocol
 from sidecar.proxy.engine import Engine
-from sidecar.proxy.h2down import H2Downstream
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS, ProxyLimits
 from sidecar.proxy.pool import Pools
 from sidecar.proxy.target import ConnectionInfo, RequestStats, RouteFn
@@ -27,6 +26,7 @@ from sidecar.proxy.tracecontext import IdSource
 
 if TYPE_CHECKING:
     from sidecar.overload.guard import OverloadGuard
+    from sidecar.proxy.h2down import H2Downstream
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class HttpProxy:
         # below read and write it, so a change (a reload, the overload guard) reaches the next request
         self.engine = Engine(name, route, limits, self.pools, ids or IdSource(), edit_headers, on_request_done)
         self.connections: set[ClientConnection] = set()
+        self.h2_connections: set[H2Downstream] = set()   # the HTTP/2 ones among them, for GOAWAY on close
         # a connection opening with the HTTP/2 preface is served as h2c (prior knowledge) on the same port
         self.h2c = h2c
         # counters since start, for metrics
@@ -133,14 +134,17 @@ class HttpProxy:
 
     def start_h2c(self, transport: asyncio.Transport, first: bytes, info: ConnectionInfo) -> None:
         """Serve an accepted connection as HTTP/2: its first bytes were the preface."""
+        from sidecar.proxy.h2down import H2Downstream  # HTTP/2 (h2, our HPACK) loaded with the first h2c client
         conn = H2Downstream(self, asyncio.get_running_loop(), transport, info)
         conn.data_received(first)
 
     def add_connection(self, conn: H2Downstream) -> None:
         self.connections.add(conn)
+        self.h2_connections.add(conn)
 
     def drop_connection(self, conn: H2Downstream) -> None:
         self.connections.discard(conn)
+        self.h2_connections.discard(conn)
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                      backlog: int = 1024) -> asyncio.Server:
@@ -164,9 +168,8 @@ class HttpProxy:
         self.draining = True
         for server in self._servers:
             server.close()
-        for conn in list(self.connections):
-            if isinstance(conn, H2Downstream):
-                conn.drain()   # GOAWAY now: open streams finish, new ones go elsewhere
+        for h2 in list(self.h2_connections):
+            h2.drain()   # GOAWAY now: open streams finish, new ones go elsewhere
         for conn in list(self.connections):
             if conn.idle:
                 conn.close()

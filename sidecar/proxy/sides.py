@@ -196,6 +196,10 @@ class StreamPool:
         """A stream that leaves the pool open (turned into a tunnel)."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Close every connection the pool holds (the listener is closing)."""
+        raise NotImplementedError
+
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class StreamPools:

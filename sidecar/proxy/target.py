@@ -251,3 +251,23 @@ RouteResult = Target | Awaitable[Target]
 RouteFn = Callable[[RequestHead, ConnectionInfo], RouteResult]
 """``route(head, conn) -> Target`` or an awaitable of one; raise a SidecarError to answer the client with it.
 It may edit ``head.headers`` (and ``head.target``/``head.host``) before they are sent."""
+
+
+class H2cKey:
+    """A Target's ``pool_key`` for an app reached over h2c: the pools hand its requests to
+    :class:`~sidecar.proxy.h2up.H2AppPool` (imported with the first such target: HTTP/2 costs memory only when used)."""
+
+    __slots__ = ("host", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, H2cKey) and (self.host, self.port) == (other.host, other.port)
+
+    def __hash__(self) -> int:
+        return hash(("h2c", self.host, self.port))
+
+    def __repr__(self) -> str:
+        return f"h2c://{self.host}:{self.port}"

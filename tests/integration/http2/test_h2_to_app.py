@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from sidecar.proxy import HttpProxy, Target
-from sidecar.proxy.h2up import H2AppPool, H2cKey
+from sidecar.proxy.h2up import H2AppPool
+from sidecar.proxy.target import H2cKey
 from tests.grpcapps.h2app import serve
 from tests.loops import LoopThread
 

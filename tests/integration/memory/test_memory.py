@@ -157,6 +157,9 @@ def test_idle_sidecar_without_tracing_stays_small_and_never_imports_the_sdk(tmp_
         assert not {m for m in modules if m == "rich" or m.startswith("rich.")}
         assert not {m for m in modules if m == "sidecar.demo" or m.startswith("sidecar.demo.")}
         assert "sidecar.cli.views" not in modules
+        # HTTP/2 (h2, our HPACK tables) loads with the first h2c client, h2c app or gRPC check, not before
+        assert not {m for m in modules if m == "h2" or m.startswith("h2.")}
+        assert not {"sidecar.http2.connection", "sidecar.http2.hpack"} & set(modules)
         assert max(samples) < IDLE_RSS_BOUND, f"idle RSS {max(samples) / 2**20:.1f} MiB (samples {samples})"
     finally:
         process.terminate()
