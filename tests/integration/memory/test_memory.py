@@ -32,10 +32,12 @@ from tests.integration.overload.common import sample
 from tests.integration.telemetry.conftest import OtlpReceiver
 
 # One service, mTLS, tracing off, everything else default: about 68 MiB when every module was imported up front,
-# about 66.5 MiB since (the SDK left out, start-up garbage returned to the kernel). The bound is a guard against
+# about 66.5 MiB with the SDK left out and start-up garbage returned to the kernel, 70.0 MiB with the larger compiled
+# request path (DNS, telemetry, HTTP/2 framing and HPACK in the one shared library) and the seams and parts added
+# with it; HTTP/2 itself is not imported while idle. Issue 21's goal is 45 MiB. The bound is a guard against
 # regressions with room for allocator noise; what it cannot see (a module imported and barely used) the module
 # assertions do.
-IDLE_RSS_BOUND = 70 * 1024 * 1024
+IDLE_RSS_BOUND = 72 * 1024 * 1024
 # right after 50 concurrent keep-alive clients through outbound -> mTLS -> our own inbound -> the app: ~75 MiB
 # measured (the pooled mTLS connections, both ends in this one process, stay open for the peer idle timeout)
 AFTER_LOAD_RSS_BOUND = 90 * 1024 * 1024
