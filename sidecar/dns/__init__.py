@@ -1,6 +1,8 @@
 """The embedded DNS responder: service and node names of the catalog under ``dns.domain``.
 
-``answerer``  the pure core: query + catalog snapshot → DnsReply | Forward | Drop (no I/O, no clock)
+``answerer``  the pure core: query + catalog snapshot → DnsReply | Forward | Drop (no I/O, no clock);
+              with the forwarder, the only modules that carry dnspython's messages (loaded with the first query)
+``outcomes``  the answerer's outcomes and settings, without dnspython
 ``wire``      the few raw-bytes operations of the hot path (question key, ID patch, header-only replies)
 ``cache``     wire-format responses by question and by exact query bytes, per catalog version
 ``ratelimit`` per-client token buckets, time passed in

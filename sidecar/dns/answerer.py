@@ -29,11 +29,13 @@ address is where peer sidecars dial, not the app's own host.
 
 Load spreading is by rotation, not randomness, so the answerer stays a function of its inputs: the
 driver passes ``rotation`` and the response cache keeps one pre-rotated variant per rotation.
+
+The outcome types live in :mod:`sidecar.dns.outcomes` (re-exported here): this module carries dnspython's
+message, name and rdata modules, which the server imports with the first query.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,8 +51,17 @@ import dns.rdatatype
 import dns.rrset
 
 from sidecar.catalog.model import CatalogSnapshot, HealthStatus, ServiceMetadata
-from sidecar.config.model import DnsConfig
 from sidecar.dns import wire
+from sidecar.dns.outcomes import (
+    CLASSIC_UDP_SIZE,
+    MAX_TCP_SIZE,
+    AnswerSettings,
+    DnsReply,
+    Drop,
+    Forward,
+    Outcome,
+    Transport,
+)
 
 A = dns.rdatatype.A
 AAAA = dns.rdatatype.AAAA
@@ -58,10 +69,6 @@ SRV = dns.rdatatype.SRV
 SOA = dns.rdatatype.SOA
 ANY = dns.rdatatype.ANY
 IN = dns.rdataclass.IN
-
-# RFC 1035 4.2.1: without EDNS a UDP response is at most 512 bytes
-CLASSIC_UDP_SIZE = 512
-MAX_TCP_SIZE = 65535
 
 # SOA timers of a zone nobody transfers: only ``minimum`` matters (negative caching); the others are
 # the values RFC 1912 suggests, for tools that print them
@@ -74,63 +81,6 @@ _SERVICE = b"service"
 _NOT_QUESTIONS = frozenset({dns.rdatatype.OPT, dns.rdatatype.TSIG, dns.rdatatype.TKEY})
 _NODE = b"node"
 _TCP = b"_tcp"
-
-
-class Transport(enum.Enum):
-    UDP = "udp"
-    TCP = "tcp"
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerSettings:
-    domain: str = "mesh"
-    ttl: int = 5
-    # RA is set when the forwarder can recurse for the client, i.e. upstreams are configured
-    recursion_available: bool = False
-    # the largest UDP response we send, whatever the client offers; loopback does not fragment, and
-    # 4096 is what most resolvers advertise
-    max_udp_payload: int = 4096
-    # pre-rotated answers kept per question; more spreads the first records better, costs memory
-    max_variants: int = 8
-
-    @classmethod
-    def from_config(cls, config: DnsConfig) -> AnswerSettings:
-        return cls(
-            domain=config.domain,
-            ttl=max(0, round(float(config.ttl))),
-            recursion_available=bool(config.upstreams),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class DnsReply:
-    """A response to send as is (the driver only patches the query ID in for cached copies)."""
-
-    wire: bytes
-    rcode: dns.rcode.Rcode
-    # a name of the zone answered from the snapshot: the same question gets the same answer until the
-    # snapshot changes
-    cacheable: bool = False
-    # how many distinct rotations of this answer exist (1 when there is nothing to rotate)
-    variants: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """The name is outside the domain: ask an upstream. ``limit`` is the largest reply the client takes."""
-
-    query: dns.message.Message
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """Send nothing; ``reason`` is for counters and debug logs."""
-
-    reason: str
-
-
-Outcome = DnsReply | Forward | Drop
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +425,8 @@ def truncated(query: dns.message.Message, rcode: dns.rcode.Rcode, flags: int) ->
 
 
 __all__ = [
+    "CLASSIC_UDP_SIZE",
+    "MAX_TCP_SIZE",
     "AnswerSettings",
     "DnsReply",
     "Drop",

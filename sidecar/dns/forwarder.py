@@ -25,7 +25,8 @@ import dns.rcode
 
 from sidecar.config.values import HostPort
 from sidecar.dns import wire
-from sidecar.dns.answerer import MAX_TCP_SIZE, refusal, truncated
+from sidecar.dns.answerer import refusal, truncated
+from sidecar.dns.outcomes import MAX_TCP_SIZE
 
 # bounds what a flood of outside names can cost: beyond it, SERVFAIL at once rather than a queue
 DEFAULT_MAX_IN_FLIGHT = 256

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import dns.flags
 import dns.rcode
@@ -29,11 +29,16 @@ from sidecar.catalog.model import CatalogSnapshot
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import DnsConfig
 from sidecar.dns import wire
-from sidecar.dns.answerer import AnswerSettings, DnsReply, Drop, Forward, Transport, Zone, truncated
 from sidecar.dns.cache import DEFAULT_MAX_ENTRIES, ResponseCache
 from sidecar.dns.counters import DnsCounters
-from sidecar.dns.forwarder import Forwarder, ForwardOutcome
+from sidecar.dns.outcomes import AnswerSettings, DnsReply, Drop, Forward, Transport
 from sidecar.dns.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    # the answerer and the forwarder carry dnspython's messages, names and rdata (~3 MiB resident): imported
+    # with the first query, so a sidecar nobody asks a name does not hold them
+    from sidecar.dns.answerer import Zone
+    from sidecar.dns.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +94,21 @@ class DnsServer:
         self._forward_limiter = (
             RateLimiter(forwarding.qps, forwarding.burst) if forwarding.qps > 0 and config.upstreams else None
         )
-        self.forwarder = Forwarder(config.upstreams, float(config.upstream_timeout))
+        self._forwarder: Forwarder | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[_TcpConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.address: tuple[str, int] | None = None
+
+    @property
+    def forwarder(self) -> Forwarder:
+        """Names outside the domain go to ``dns.upstreams`` through this (made with the first such name)."""
+        if self._forwarder is None:
+            from sidecar.dns.forwarder import Forwarder
+
+            self._forwarder = Forwarder(self.config.upstreams, float(self.config.upstream_timeout))
+        return self._forwarder
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -167,6 +181,8 @@ class DnsServer:
     def _use(self, snapshot: CatalogSnapshot) -> None:
         self._current = snapshot
         if self._zone is None or self._zone.version != snapshot.version:
+            from sidecar.dns.answerer import Zone  # dnspython loaded with the first query
+
             self._zone = Zone(snapshot, self.settings)
             self._cache.check_version(snapshot.version)
 
@@ -185,6 +201,8 @@ class DnsServer:
             limiter = self._forward_limiter
             # TCP is exempt: its handshake proves the source address, so it cannot be aimed at someone else
             if limiter is not None and not tcp and not limiter.allow(client, self._clock.monotonic()):
+                from sidecar.dns.answerer import truncated  # loaded already: the zone parsed the query
+
                 self.counters.forward_limited += 1
                 self.counters.count_rcode(dns.rcode.NOERROR)
                 return truncated(outcome.query, dns.rcode.NOERROR, dns.flags.RA)
@@ -216,6 +234,8 @@ class DnsServer:
         return task
 
     async def _forward(self, forward: Forward, send: Callable[[bytes], None]) -> None:
+        from sidecar.dns.forwarder import ForwardOutcome  # loaded already: the zone parsed the query
+
         try:
             result = await self.forwarder.forward(forward.query, forward.limit)
         except Exception as exc:

@@ -15,9 +15,11 @@ with a verified client certificate is ~32 KiB (bench/memory/openssl.py) before a
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import ssl
 import struct
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +50,8 @@ CLIENTS = 50
 CONNECTION_BOUND = 80 * 1024
 CONNECTIONS = 2000
 MiB = 1 << 20
+# the answerer with dnspython's messages, names and rdata (~3 MiB resident), imported with the first DNS query
+DNS_CODEC = ("sidecar.dns.answerer", "dns.message", "dns.name", "dns.rdata")
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$")
 
 
@@ -162,7 +166,27 @@ def test_idle_sidecar_without_tracing_stays_small_and_never_imports_the_sdk(tmp_
         # HTTP/2 (h2, our HPACK tables) loads with the first h2c client, h2c app or gRPC check, not before
         assert not {m for m in modules if m == "h2" or m.startswith("h2.")}
         assert not {"sidecar.http2.connection", "sidecar.http2.hpack"} & set(modules)
+        # dnspython's messages, names and rdata load with the first DNS query (test_dns_... below)
+        assert not {*DNS_CODEC, "sidecar.dns.forwarder"} & modules
         assert max(samples) < IDLE_RSS_BOUND, f"idle RSS {max(samples) / 2**20:.1f} MiB (samples {samples})"
+    finally:
+        process.terminate()
+
+
+def test_dns_loads_its_message_codec_with_the_first_query(tmp_path: Path, app: FakeApp) -> None:
+    if shutil.which("dig") is None:
+        pytest.skip("dig is not installed (Debian: bind9-dnsutils)")
+    process = start(tmp_path, app)
+    try:
+        assert not {*DNS_CODEC, "sidecar.dns.forwarder"} & imported(process)
+        host, _, port = process.listeners["dns"].rpartition(":")
+        done = subprocess.run(["dig", f"@{host}", "-p", port, "+short", "+tries=1", "+timeout=5",
+                               "web.service.mesh", "A"], capture_output=True, text=True, timeout=20, check=False)
+        assert done.stdout.split() == ["127.0.0.1"], done.stdout + done.stderr
+        assert wait_for(lambda: set(DNS_CODEC) <= imported(process), 5, what="the import lines of dnspython")
+        assert "sidecar.dns.forwarder" not in imported(process)  # a name in the domain: nothing to forward
+        metrics = http("GET", process.admin + "/metrics").body.decode()
+        assert sample(metrics, "sidecar_dns_responses_total", rcode="NOERROR") == 1
     finally:
         process.terminate()
 
