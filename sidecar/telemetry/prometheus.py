@@ -7,8 +7,8 @@ contributes nothing. Resilience samples are ``(name, labels, value)``; counters'
 (retries, retries denied by reason -- ``budget`` is budget exhaustion --, overflow by cap -- the breaker's
 rejections --, ejections, ejected hosts, active resources, budget available).
 
-Process CPU, memory and file descriptors come from prometheus_client's ``ProcessCollector``; open sockets are
-counted from ``/proc/self/fd``.
+Process CPU, memory and file descriptors come from :class:`~sidecar.telemetry.exposition.ProcessCollector`;
+open sockets are counted from ``/proc/self/fd``. The text format is written by :mod:`sidecar.telemetry.exposition`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-
+from sidecar.telemetry.exposition import (
+    CONTENT_TYPE,
+    MetricFamily,
+    ProcessCollector,
+    Registry,
+    counter,
+    gauge,
+    histogram,
+    render,
+)
 from sidecar.telemetry.hub import Telemetry
 from sidecar.telemetry.sources import (
     CatalogSource,
@@ -37,8 +43,6 @@ from sidecar.telemetry.sources import (
 __all__ = ["CONTENT_TYPE", "SidecarCollector", "Sources", "build_registry", "exposition"]
 
 log = logging.getLogger("sidecar.telemetry")
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # resilience.samples() names → HELP; an unknown name still gets a generic HELP
 _RESILIENCE_HELP = {
@@ -121,15 +125,7 @@ _MESSAGING_COUNTERS = {
 }
 
 
-def _counter(name: str, documentation: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
-    return CounterMetricFamily(name, documentation, labels=list(labels))
-
-
-def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, labels=list(labels))
-
-
-class SidecarCollector(Collector):
+class SidecarCollector:
     """Every ``sidecar_*`` family but the process ones; see the module's doc."""
 
     def __init__(self, telemetry: Telemetry, sources: Sources | Callable[[], Sources]) -> None:
@@ -139,9 +135,9 @@ class SidecarCollector(Collector):
     def sources(self) -> Sources:
         return self._sources() if callable(self._sources) else self._sources
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[MetricFamily]:
         sources = self.sources()
-        parts: list[Callable[[], Iterable[Metric]]] = [
+        parts: list[Callable[[], Iterable[MetricFamily]]] = [
             self._requests, self._telemetry,
             lambda: self._dataplane(sources.dataplane), lambda: self._resilience(sources.dataplane),
             lambda: self._tls(sources.identity, sources.dataplane), lambda: self._renewal(sources),
@@ -157,24 +153,24 @@ class SidecarCollector(Collector):
 
     # ------------------------------------------------------------------------------------ requests
 
-    def _requests(self) -> list[Metric]:
+    def _requests(self) -> list[MetricFamily]:
         labels = ("direction", "source", "destination", "method", "code")
-        requests = _counter("sidecar_requests", "Proxied HTTP requests, by direction (outbound: this node's app "
+        requests = counter("sidecar_requests", "Proxied HTTP requests, by direction (outbound: this node's app "
                             "called destination; inbound: a peer called our destination), method and status code "
                             "(0: the client got none).", labels)
-        failed = _counter("sidecar_requests_failed", "Proxied requests that failed: no answer from the app "
+        failed = counter("sidecar_requests_failed", "Proxied requests that failed: no answer from the app "
                           "(connect failure, reset, timeout, refused by the sidecar) or a 5xx.", labels)
-        duration = HistogramMetricFamily("sidecar_request_duration_seconds", "Time from the request head's "
-                                         "arrival to the response's end, per hop.", labels=list(labels))
-        sent = _counter("sidecar_request_body_bytes", "Request body bytes received from clients.", labels[:3])
-        received = _counter("sidecar_response_body_bytes", "Response body bytes sent to clients.", labels[:3])
+        duration = histogram("sidecar_request_duration_seconds", "Time from the request head's arrival to the "
+                             "response's end, per hop.", labels)
+        sent = counter("sidecar_request_body_bytes", "Request body bytes received from clients.", labels[:3])
+        received = counter("sidecar_response_body_bytes", "Response body bytes sent to clients.", labels[:3])
         body_in: Counter[tuple[str, str, str]] = Counter()
         body_out: Counter[tuple[str, str, str]] = Counter()
         for view in self.telemetry.requests.views():
             key = list(view.key)
             requests.add_metric(key, view.requests)
             failed.add_metric(key, view.errors)
-            duration.add_metric(key, view.buckets, view.sum)
+            duration.add_histogram(key, view.buckets, view.sum)
             body_in[view.key[:3]] += view.request_bytes
             body_out[view.key[:3]] += view.response_bytes
         for trio, value in sorted(body_in.items()):
@@ -183,62 +179,62 @@ class SidecarCollector(Collector):
             received.add_metric(list(trio), value)
         return [requests, failed, duration, sent, received]
 
-    def _telemetry(self) -> Iterator[Metric]:
+    def _telemetry(self) -> Iterator[MetricFamily]:
         t = self.telemetry
-        records = _gauge("sidecar_performance_records", "Performance records held for /v1/metrics.")
+        records = gauge("sidecar_performance_records", "Performance records held for /v1/metrics.")
         records.add_metric([], len(t.records))
         yield records
-        spans = _counter("sidecar_trace_spans", "Spans handed to the trace exporter.")
-        unsampled = _counter("sidecar_trace_spans_unsampled", "Requests left out of tracing by sampling.")
+        spans = counter("sidecar_trace_spans", "Spans handed to the trace exporter.")
+        unsampled = counter("sidecar_trace_spans_unsampled", "Requests left out of tracing by sampling.")
         spans.add_metric([], t.tracer.spans if t.tracer else 0)
         unsampled.add_metric([], t.tracer.unsampled if t.tracer else 0)
         yield spans
         yield unsampled
-        lines = _counter("sidecar_access_log_lines", "Access log lines written.")
+        lines = counter("sidecar_access_log_lines", "Access log lines written.")
         lines.add_metric([], t.access.lines if t.access else 0)
         yield lines
         lag = t.lag
-        histogram = HistogramMetricFamily("sidecar_event_loop_lag_seconds", "How late the event loop ran a timer "
-                                          "(sampled every 250ms): time every connection waited for the loop.")
-        histogram.add_metric([], lag.cumulative(), lag.sum)
-        yield histogram
-        last = _gauge("sidecar_event_loop_lag_last_seconds", "The event loop's latest measured lag.")
+        lags = histogram("sidecar_event_loop_lag_seconds", "How late the event loop ran a timer (sampled every "
+                         "250ms): time every connection waited for the loop.")
+        lags.add_histogram([], lag.cumulative(), lag.sum)
+        yield lags
+        last = gauge("sidecar_event_loop_lag_last_seconds", "The event loop's latest measured lag.")
         last.add_metric([], lag.last)
         yield last
 
     # ------------------------------------------------------------------------------------ data plane
 
-    def _dataplane(self, dataplane: DataPlaneSource | None) -> Iterator[Metric]:
+    def _dataplane(self, dataplane: DataPlaneSource | None) -> Iterator[MetricFamily]:
         if dataplane is None:
             return
         stats = dataplane.stats
-        errors = _counter("sidecar_request_errors", "Requests that did not end cleanly, by listener, service "
+        errors = counter("sidecar_request_errors", "Requests that did not end cleanly, by listener, service "
                           "and cause (connect-failure, reset, timeout, protocol-error, local, client-reset, "
                           "reset-after-response, deadline).", ("listener", "service", "error"))
         for (listener, service, error), n in sorted(stats.errors.items()):
             errors.add_metric([listener, service, error], n)
         yield errors
-        denials = _counter("sidecar_authorization_denied", "Inbound requests refused by authorization, by "
+        denials = counter("sidecar_authorization_denied", "Inbound requests refused by authorization, by "
                            "service, caller service and rule.", ("service", "caller", "rule"))
         for (service, caller, rule), n in sorted(stats.denials.items()):
             denials.add_metric([service, caller, rule], n)
         yield denials
-        tunnels = _counter("sidecar_tunnels", "TCP tunnels ended, by listener, service and outcome.",
+        tunnels = counter("sidecar_tunnels", "TCP tunnels ended, by listener, service and outcome.",
                            ("listener", "service", "outcome"))
         for key, n in sorted(stats.tunnels.items()):
             tunnels.add_metric(list(key), n)
         yield tunnels
-        tunnel_bytes = _counter("sidecar_tunnel_bytes", "Bytes carried by TCP tunnels, by direction (up: to "
+        tunnel_bytes = counter("sidecar_tunnel_bytes", "Bytes carried by TCP tunnels, by direction (up: to "
                                 "the service).", ("listener", "service", "direction"))
         for key, n in sorted(stats.tunnel_bytes.items()):
             tunnel_bytes.add_metric(list(key), n)
         yield tunnel_bytes
-        no_tls = _counter("sidecar_requests_no_tls", "Outbound requests refused because mTLS is not configured.")
+        no_tls = counter("sidecar_requests_no_tls", "Outbound requests refused because mTLS is not configured.")
         no_tls.add_metric([], stats.no_tls)
         yield no_tls
-        connections = _gauge("sidecar_upstream_connections", "Pooled connections to peer sidecars and local "
+        connections = gauge("sidecar_upstream_connections", "Pooled connections to peer sidecars and local "
                              "apps, by state.", ("state",))
-        dialed = _counter("sidecar_upstream_connections_dialed", "Connections dialed by the pools.")
+        dialed = counter("sidecar_upstream_connections_dialed", "Connections dialed by the pools.")
         idle = busy = dials = 0
         for pool in list(dataplane.pools):
             idle += pool.idle
@@ -251,7 +247,7 @@ class SidecarCollector(Collector):
         yield dialed
         inbound = dataplane.inbound
         if inbound is not None:
-            handshakes = _counter("sidecar_tls_handshakes", "Verified inbound mTLS connections, by caller SPIFFE "
+            handshakes = counter("sidecar_tls_handshakes", "Verified inbound mTLS connections, by caller SPIFFE "
                                   "ID.", ("peer",))
             for peer, n in sorted(inbound.handshakes.items()):
                 handshakes.add_metric([str(peer)], n)
@@ -262,11 +258,11 @@ class SidecarCollector(Collector):
                     (inbound.shed, "sidecar_inbound_connections_shed", "Pending inbound TLS handshakes closed to "
                      "make room for new connections (the per-source and total caps)."),
                     (inbound.tunnel_refused, "sidecar_inbound_tunnels_refused", "Inbound TCP tunnels refused.")):
-                family = _counter(name, text)
+                family = counter(name, text)
                 family.add_metric([], value)
                 yield family
 
-    def _resilience(self, dataplane: DataPlaneSource | None) -> Iterator[Metric]:
+    def _resilience(self, dataplane: DataPlaneSource | None) -> Iterator[MetricFamily]:
         if dataplane is None:
             return
         grouped: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
@@ -275,38 +271,37 @@ class SidecarCollector(Collector):
         for name, samples in sorted(grouped.items()):
             label_names = sorted({k for labels, _ in samples for k in labels})
             documentation = _RESILIENCE_HELP.get(name, "Resilience state per destination service (see /clusters).")
-            family: CounterMetricFamily | GaugeMetricFamily
             if name.endswith("_total"):
-                family = _counter(name[:-len("_total")], documentation, label_names)
+                family = counter(name[:-len("_total")], documentation, label_names)
             else:
-                family = _gauge(name, documentation, label_names)
+                family = gauge(name, documentation, label_names)
             for labels, value in samples:
                 family.add_metric([labels.get(k, "") for k in label_names], value)
             yield family
 
-    def _tls(self, identity: IdentitySource | None, dataplane: DataPlaneSource | None) -> Iterator[Metric]:
+    def _tls(self, identity: IdentitySource | None, dataplane: DataPlaneSource | None) -> Iterator[MetricFamily]:
         if identity is None and dataplane is not None:
             identity = dataplane.store
         if identity is None:
             return
-        failures = _counter("sidecar_tls_handshake_failures", "mTLS handshakes or peer checks that failed, by "
+        failures = counter("sidecar_tls_handshake_failures", "mTLS handshakes or peer checks that failed, by "
                             "reason (unknown-ca, expired, wrong-service, plaintext...).", ("reason",))
         for reason, n in sorted((k.value, v) for k, v in identity.refusals.counts.items()):
             failures.add_metric([reason], n)
         yield failures
-        family = _counter("sidecar_tls_certificate_reloads", "Certificate changes picked up without a restart.")
+        family = counter("sidecar_tls_certificate_reloads", "Certificate changes picked up without a restart.")
         family.add_metric([], identity.rotations)
         yield family
-        expiry = _gauge("sidecar_tls_certificate_expiry_timestamp_seconds", "When our current certificate "
+        expiry = gauge("sidecar_tls_certificate_expiry_timestamp_seconds", "When our current certificate "
                         "expires (Unix time); alert on time() > this - margin.")
         expiry.add_metric([], identity.identity.not_after.timestamp())
         yield expiry
 
-    def _renewal(self, sources: Sources) -> Iterator[Metric]:
+    def _renewal(self, sources: Sources) -> Iterator[MetricFamily]:
         if sources.renewal is None:
             return
         results = sources.renewal.results
-        family = _counter("sidecar_tls_certificate_renewals", "Renewals of our own certificate (tls.issuer), by "
+        family = counter("sidecar_tls_certificate_renewals", "Renewals of our own certificate (tls.issuer), by "
                           "result: success, or failure (the current certificate kept serving; retried).", ("result",))
         for result, n in sorted(results.items()):
             family.add_metric([result], n)
@@ -314,21 +309,21 @@ class SidecarCollector(Collector):
 
     # ------------------------------------------------------------------------------------ gossip, DNS
 
-    def _gossip(self, gossip: GossipSource | None) -> Iterator[Metric]:
+    def _gossip(self, gossip: GossipSource | None) -> Iterator[MetricFamily]:
         if gossip is None:
             return
         counters: dict[str, int] = gossip.counters()
         for key, (name, text) in _GOSSIP_COUNTERS.items():
             if key in counters:
-                family = _counter(name, text)
+                family = counter(name, text)
                 family.add_metric([], counters[key])
                 yield family
-        refused = _counter("sidecar_gossip_refused", "Gossip packets or streams refused, by reason.", ("reason",))
+        refused = counter("sidecar_gossip_refused", "Gossip packets or streams refused, by reason.", ("reason",))
         for key, n in sorted(counters.items()):
             if key.startswith("refused_"):
                 refused.add_metric([key.removeprefix("refused_")], n)
         yield refused
-        members = _gauge("sidecar_gossip_members", "Members of the gossip pool known to this node, by state.",
+        members = gauge("sidecar_gossip_members", "Members of the gossip pool known to this node, by state.",
                          ("state",))
         by_state = Counter(str(m.state) for m in gossip.members())
         for state in ("alive", "suspect", "dead", "left"):
@@ -338,68 +333,68 @@ class SidecarCollector(Collector):
         yield members
         for key, (name, text) in _GOSSIP_GAUGES.items():
             if key in counters:
-                gauge = _gauge(name, text)
-                gauge.add_metric([], counters[key])
-                yield gauge
+                level = gauge(name, text)
+                level.add_metric([], counters[key])
+                yield level
         if "health_score" in counters:
-            score = _gauge("sidecar_gossip_health_score", "Lifeguard's local health multiplier (0 is healthy).")
+            score = gauge("sidecar_gossip_health_score", "Lifeguard's local health multiplier (0 is healthy).")
             score.add_metric([], counters["health_score"])
             yield score
 
-    def _dns(self, dns: DnsSource | None) -> Iterator[Metric]:
+    def _dns(self, dns: DnsSource | None) -> Iterator[MetricFamily]:
         if dns is None:
             return
         data = dns.counters.as_dict()
-        responses = _counter("sidecar_dns_responses", "DNS responses sent, by rcode.", ("rcode",))
+        responses = counter("sidecar_dns_responses", "DNS responses sent, by rcode.", ("rcode",))
         for rcode, n in sorted(data.get("queries_by_rcode", {}).items()):
             responses.add_metric([rcode], n)
         yield responses
         for key, text in _DNS_COUNTERS.items():
             if isinstance(data.get(key), int):
-                family = _counter(f"sidecar_dns_{key}", text)
+                family = counter(f"sidecar_dns_{key}", text)
                 family.add_metric([], data[key])
                 yield family
 
     # ------------------------------------------------------------------------------------ messaging, catalog
 
-    def _messaging(self, messaging: MessagingSource | None) -> Iterator[Metric]:
+    def _messaging(self, messaging: MessagingSource | None) -> Iterator[MetricFamily]:
         if messaging is None:
             return
         counters = dict(messaging.counters)
         for key, text in _MESSAGING_COUNTERS.items():
-            family = _counter(f"sidecar_messages_{key}", text)
+            family = counter(f"sidecar_messages_{key}", text)
             family.add_metric([], counters.get(key, 0))
             yield family
-        dead = _counter("sidecar_messages_dead_lettered", "Messages dead-lettered, by reason.", ("reason",))
+        dead = counter("sidecar_messages_dead_lettered", "Messages dead-lettered, by reason.", ("reason",))
         for key, n in sorted(counters.items()):
             if key.startswith("dead_lettered:"):
                 dead.add_metric([key.partition(":")[2]], n)
         yield dead
         status = messaging.status()
-        backlog = _gauge("sidecar_messages_backlog", "Messages stored and not yet settled by every subscriber.")
+        backlog = gauge("sidecar_messages_backlog", "Messages stored and not yet settled by every subscriber.")
         backlog.add_metric([], status.get("pending", 0))
         yield backlog
-        fsyncs = _counter("sidecar_messages_store_fsyncs", "fsyncs of the message store (one per group commit "
+        fsyncs = counter("sidecar_messages_store_fsyncs", "fsyncs of the message store (one per group commit "
                           "that wrote, two per checkpoint); divided by sidecar_messages_stored, the cost of "
                           "durability per message.")
         fsyncs.add_metric([], status.get("fsyncs", 0))
         yield fsyncs
-        stored = _counter("sidecar_messages_stored", "Messages made durable in the message store: published by "
+        stored = counter("sidecar_messages_stored", "Messages made durable in the message store: published by "
                           "this node's apps, or received for its stream readers.")
         stored.add_metric([], status.get("durableMessages", 0))
         yield stored
-        letters = _gauge("sidecar_messages_dead_letters", "Dead letters stored now.")
+        letters = gauge("sidecar_messages_dead_letters", "Dead letters stored now.")
         letters.add_metric([], status.get("deadLetters", 0))
         yield letters
-        letter_bytes = _gauge("sidecar_messages_dead_letter_bytes", "Bytes of the message bodies of the dead letters "
+        letter_bytes = gauge("sidecar_messages_dead_letter_bytes", "Bytes of the message bodies of the dead letters "
                               "stored now.")
         letter_bytes.add_metric([], status.get("deadLetterBytes", 0))
         yield letter_bytes
-        dropped = _counter("sidecar_messages_dead_letters_dropped", "Dead letters purged, oldest first, to keep "
+        dropped = counter("sidecar_messages_dead_letters_dropped", "Dead letters purged, oldest first, to keep "
                            "within messaging.max_dead_letters and max_dead_letter_bytes.")
         dropped.add_metric([], status.get("deadLettersDropped", 0))
         yield dropped
-        refused = _counter("sidecar_messages_deliveries_refused", "Deliveries from peers refused by this node's "
+        refused = counter("sidecar_messages_deliveries_refused", "Deliveries from peers refused by this node's "
                            "receiver, by reason (sender: the message's sender is not the caller; scope: the caller "
                            "may not publish the topic).", ("reason",))
         for key, n in sorted(counters.items()):
@@ -407,10 +402,10 @@ class SidecarCollector(Collector):
                 refused.add_metric([key.partition(":")[2]], n)
         yield refused
 
-    def _catalog(self, catalog: CatalogSource | None) -> Iterator[Metric]:
+    def _catalog(self, catalog: CatalogSource | None) -> Iterator[MetricFamily]:
         if catalog is None:
             return
-        instances = _gauge("sidecar_catalog_instances", "Service instances in the mesh-wide catalog, by service "
+        instances = gauge("sidecar_catalog_instances", "Service instances in the mesh-wide catalog, by service "
                            "and health.", ("service", "status"))
         counts: Counter[tuple[str, str]] = Counter()
         for instance in catalog.snapshot().instances:
@@ -419,21 +414,21 @@ class SidecarCollector(Collector):
             instances.add_metric(list(key), n)
         yield instances
 
-    def _claims(self, replication: ReplicationSource | None) -> Iterator[Metric]:
+    def _claims(self, replication: ReplicationSource | None) -> Iterator[MetricFamily]:
         if replication is None:
             return
-        refused = _counter("sidecar_catalog_claims_refused", "Peers' catalog claims not kept, by reason (unsigned,"
+        refused = counter("sidecar_catalog_claims_refused", "Peers' catalog claims not kept, by reason (unsigned,"
                            " bad-signature, bad-certificate, wrong-service, foreign-entry, foreign-cluster,"
                            " unknown-certificate, too-many).", ("reason",))
         for reason, n in sorted(replication.refused.items()):
             refused.add_metric([reason], n)
         yield refused
-        large = _counter("sidecar_catalog_claims_push_pull_only", "Our catalog claims too large for a gossip packet,"
+        large = counter("sidecar_catalog_claims_push_pull_only", "Our catalog claims too large for a gossip packet,"
                          " left to push-pull.")
         large.add_metric([], replication.left_to_push_pull)
         yield large
 
-    def _sockets(self) -> Iterator[Metric]:
+    def _sockets(self) -> Iterator[MetricFamily]:
         try:
             names = os.listdir("/proc/self/fd")
         except OSError:
@@ -445,19 +440,19 @@ class SidecarCollector(Collector):
                     sockets += 1
             except OSError:
                 continue
-        family = _gauge("sidecar_process_open_sockets", "Open sockets of the process: listeners, client and "
+        family = gauge("sidecar_process_open_sockets", "Open sockets of the process: listeners, client and "
                         "upstream connections, gossip and DNS sockets.")
         family.add_metric([], sockets)
         yield family
 
 
-def build_registry(telemetry: Telemetry, sources: Sources | Callable[[], Sources]) -> CollectorRegistry:
-    """A registry of its own per process (never the global one: tests run several sidecars in one process)."""
-    registry = CollectorRegistry(auto_describe=False)
+def build_registry(telemetry: Telemetry, sources: Sources | Callable[[], Sources]) -> Registry:
+    """A registry of its own per sidecar (tests run several sidecars in one process)."""
+    registry = Registry()
     registry.register(SidecarCollector(telemetry, sources))
-    ProcessCollector(namespace="sidecar", registry=registry)
+    registry.register(ProcessCollector(namespace="sidecar"))
     return registry
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+def exposition(registry: Registry) -> bytes:
+    return render(registry)

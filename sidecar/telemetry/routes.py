@@ -6,15 +6,15 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
+from sidecar.telemetry.exposition import Registry
 from sidecar.telemetry.hub import Telemetry
 from sidecar.telemetry.prometheus import CONTENT_TYPE, exposition
 from sidecar.telemetry.records import parse_query, parse_window
 from sidecar.web import json_response
 
 
-def telemetry_routes(telemetry: Telemetry, registry: CollectorRegistry) -> list[web.RouteDef]:
+def telemetry_routes(telemetry: Telemetry, registry: Registry) -> list[web.RouteDef]:
     async def metrics(request: web.Request) -> web.Response:
         # on the loop, like every update: the counters are read in one consistent pass
         return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE})

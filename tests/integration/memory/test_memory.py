@@ -166,8 +166,10 @@ def test_idle_sidecar_without_tracing_stays_small_and_never_imports_the_sdk(tmp_
         # HTTP/2 (h2, our HPACK tables) loads with the first h2c client, h2c app or gRPC check, not before
         assert not {m for m in modules if m == "h2" or m.startswith("h2.")}
         assert not {"sidecar.http2.connection", "sidecar.http2.hpack"} & set(modules)
-        # dnspython's messages, names and rdata load with the first DNS query (test_dns_... below)
+        # dnspython's messages, names and rdata load with the first DNS query (test_dns_... below), and /metrics
+        # is written without prometheus_client
         assert not {*DNS_CODEC, "sidecar.dns.forwarder"} & modules
+        assert not {m for m in modules if m == "prometheus_client" or m.startswith("prometheus_client.")}
         assert max(samples) < IDLE_RSS_BOUND, f"idle RSS {max(samples) / 2**20:.1f} MiB (samples {samples})"
     finally:
         process.terminate()
