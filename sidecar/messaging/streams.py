@@ -1,6 +1,7 @@
 """The delivery streams: one task per stream (topic, subscriber) reads what it owes from the outbox, oldest first,
-and has one message (or one bulk batch) in flight; the redelivery core (:mod:`sidecar.messaging.delivery`) says
-what each answer means.
+and has one message (or one batch) in flight; the redelivery core (:mod:`sidecar.messaging.delivery`) says
+what each answer means. A publisher's streams to services go in batches to the subscriber's sidecar, whose inbox
+streams deliver to its app (:mod:`sidecar.messaging.courier`, :mod:`sidecar.messaging.inbox`).
 
 * With bulk delivery (a service's subscription with ``bulk``), up to that many messages go in one POST and each
   settles by its own status; the ones to retry go again before anything after them.
@@ -23,12 +24,10 @@ from sidecar.messaging.context import MessagingContext, log
 from sidecar.messaging.courier import Courier, consume
 from sidecar.messaging.delivery import Ack, Attempts, DeadLetter, DeliveryPolicy, DeliveryRetry, Outcome
 from sidecar.messaging.store import Evicted, Store, StreamRow
-from sidecar.messaging.subscriptions import subscriber_node
 from sidecar.messaging.writer import Writer
 
 PAGE = 256                   # deliveries read from the outbox at once per stream
 MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
-NODE_BATCH = PAGE            # messages per request to a node's receiver (its SSE readers)
 
 
 def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
@@ -130,8 +129,8 @@ class Streams:
                 continue
             after = page[-1][0]
             owed = [(seq, body) for seq, body in page if seq > worker.floor]
-            # a service's app: one message per POST, or its subscription's bulk size; a node's readers: batches
-            bulk = worker.row.bulk if subscriber_node(worker.row.subscriber) is None else NODE_BATCH
+            # another sidecar (its readers, its inbox): batches; an app: one message per POST, or its bulk size
+            bulk = self.courier.batch_size(worker.row)
             for batch in batches(owed, bulk, MAX_BULK_BYTES) if bulk else ([item] for item in owed):
                 await self._deliver(worker, batch, bulk > 0)
 
