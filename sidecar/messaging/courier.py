@@ -41,9 +41,10 @@ NODE_BATCH = 256             # messages per request to another sidecar (its SSE 
 ORIGIN_HEADER = "x-sidecar-origin"           # the publishing sidecar's NODE.EPOCH
 SEQS_HEADER = "x-sidecar-seqs"               # a push batch's publisher sequence numbers, ascending, comma-separated
 SUBSCRIBER_HEADER = "x-sidecar-subscriber"   # the service a push batch is for
+AFTER_HEADER = "x-sidecar-after"             # the seq the batch before this one in the window ended with
 
-# this node's inbox, for a stream whose chosen subscriber node is this one: (origin, topic, service, items)
-LocalInbox = Callable[[str, str, str, list[tuple[int, str, bytes]]], Awaitable[object]]
+# this node's inbox, for a stream whose chosen subscriber node is this one: (origin, topic, service, items, after)
+LocalInbox = Callable[[str, str, str, list[tuple[int, str, bytes]], int | None], Awaitable[object]]
 
 
 def trace_of(raw: bytes) -> dict[str, str]:
@@ -93,6 +94,11 @@ class Courier:
             return NODE_BATCH
         return row.bulk
 
+    def pipelined(self, row: StreamRow) -> bool:
+        """Whether the stream keeps a window of batches in flight: a service's, to its subscriber's sidecar."""
+        return subscriber_node(row.subscriber) is None and inbox_service(row.subscriber) is None and \
+            self.ctx.identity is not None
+
     def reachable(self, row: StreamRow) -> bool:
         ctx = self.ctx
         service = inbox_service(row.subscriber)
@@ -134,11 +140,11 @@ class Courier:
         fit = [i for i in self.ctx.registry.instances() if i.name == service and i.status is not HealthStatus.UNHEALTHY]
         return min(fit, key=lambda i: (i.status.rank, i.id)) if fit else None
 
-    async def bounded_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool
-                              ) -> tuple[list[Outcome], str | None]:
+    async def bounded_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool,
+                              after: int | None = None) -> tuple[list[Outcome], str | None]:
         """:meth:`attempt` in its own task with a hard deadline of our own besides the client's timeout: if the
         attempt does not end (a cancellation swallowed somewhere below), the stream still moves on."""
-        task = asyncio.ensure_future(self.attempt(row, batch, number, bulk))
+        task = asyncio.ensure_future(self.attempt(row, batch, number, bulk, after))
         done, _ = await asyncio.wait({task}, timeout=float(self.ctx.settings.delivery_timeout) + 1.0)
         if not done:
             task.cancel()
@@ -147,10 +153,11 @@ class Courier:
             return [Outcome.FAILED] * len(batch), "no answer (hard deadline)"
         return task.result()
 
-    async def attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool
-                      ) -> tuple[list[Outcome], str | None]:
+    async def attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool,
+                      after: int | None = None) -> tuple[list[Outcome], str | None]:
         """One POST of one message (``bulk`` False: ``batch`` holds one) or of a JSON array of the batch's
-        ServiceMessages, whose answer gives each its outcome (:func:`classify_bulk`); an outcome per message."""
+        ServiceMessages, whose answer gives each its outcome (:func:`classify_bulk`); an outcome per message.
+        ``after``: for a service's stream, the seq the batch sent before this one (still unanswered) ended with."""
         ctx = self.ctx
         node = subscriber_node(row.subscriber)
         count = len(batch)
@@ -161,7 +168,7 @@ class Courier:
         if service is not None:
             return await self._to_app(row, service, batch, number, bulk)
         if node is None and ctx.identity is not None:
-            return await self._to_node(row, batch)
+            return await self._to_node(row, batch, after)
         timeout = aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
         headers = {"Content-Type": "application/json", "x-sidecar-topic": row.topic,
                    "x-sidecar-delivery-attempt": str(number), **trace_of(batch[0][1])}
@@ -239,7 +246,8 @@ class Courier:
         except aiohttp.ClientError as e:
             return [Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
 
-    async def _to_node(self, row: StreamRow, batch: list[tuple[int, bytes]]) -> tuple[list[Outcome], str | None]:
+    async def _to_node(self, row: StreamRow, batch: list[tuple[int, bytes]], after: int | None
+                       ) -> tuple[list[Outcome], str | None]:
         """A service's stream: the batch to the chosen node's sidecar, which stores it before it answers."""
         ctx = self.ctx
         count = len(batch)
@@ -252,7 +260,8 @@ class Courier:
             assert self.local_inbox is not None and ctx.identity is not None
             items = [(seq, _message_id(body), body) for seq, body in batch]
             try:
-                await self.local_inbox(f"{ctx.identity.identity.service}@{origin}", row.topic, row.subscriber, items)
+                await self.local_inbox(f"{ctx.identity.identity.service}@{origin}", row.topic, row.subscriber, items,
+                                       after)
             except SidecarError as e:
                 return [Outcome.UNREACHABLE] * count, str(e)
             return [Outcome.ACK] * count, None
@@ -264,6 +273,8 @@ class Courier:
         headers = {"Content-Type": "application/json", "x-sidecar-topic": row.topic, SUBSCRIBER_HEADER: row.subscriber,
                    ORIGIN_HEADER: origin, SEQS_HEADER: ",".join(str(seq) for seq, _ in batch),
                    **trace_of(batch[0][1])}
+        if after is not None:
+            headers[AFTER_HEADER] = str(after)
         data = b"[" + b",".join(body for _, body in batch) + b"]"
         try:
             # the handshake asks for the service's certificate: a node that cannot show it gets nothing
@@ -276,7 +287,7 @@ class Courier:
                 mesh_error = response.headers.get("x-sidecar-error")
                 outcomes = classify_bulk(response.status, mesh_error, verdict, [_message_id(b) for _, b in batch])
                 failed = any(o is not Outcome.ACK for o in outcomes)
-                if failed and mesh_error in ("NOT_FOUND", "UNAVAILABLE"):
+                if failed and mesh_error == "NOT_FOUND":
                     self._targets.pop(row.id, None)   # that node no longer subscribes: choose again
                 return outcomes, describe(response.status, mesh_error, verdict) if failed else None
         except TimeoutError:

@@ -26,7 +26,7 @@ from aiohttp import web
 from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from sidecar.mesh.inbound_routes import CALLER_HEADER
 from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext
-from sidecar.messaging.courier import ORIGIN_HEADER, SEQS_HEADER, SUBSCRIBER_HEADER
+from sidecar.messaging.courier import AFTER_HEADER, ORIGIN_HEADER, SEQS_HEADER, SUBSCRIBER_HEADER
 from sidecar.messaging.envelope import ServiceMessage, check_topic
 from sidecar.messaging.inbox import Inbox
 from sidecar.messaging.readers import StreamReaders
@@ -115,9 +115,10 @@ class Receiver:
         origin = request.headers.get(ORIGIN_HEADER, "")
         if not _ORIGIN.match(origin):
             raise InvalidArgument(f"{ORIGIN_HEADER} must name the publishing node and epoch", {"header": ORIGIN_HEADER})
+        after = parse_seqs(request.headers.get(AFTER_HEADER, ""), 1)[0] if AFTER_HEADER in request.headers else None
         proven = self._proven(messages, caller)
         items = [(seq, m.id, m.to_bytes()) for seq, m in zip(seqs, messages, strict=True)]
-        await self.inbox.receive(f"{proven}@{origin}", topic, service, items)
+        await self.inbox.receive(f"{proven}@{origin}", topic, service, items, after)
         self.ctx.counters["push_batches"] += 1
         return json_response({"statuses": [{"id": m.id, "status": "SUCCESS"} for m in messages]})
 

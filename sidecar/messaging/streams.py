@@ -15,7 +15,7 @@ streams deliver to its app (:mod:`sidecar.messaging.courier`, :mod:`sidecar.mess
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from sidecar.messaging.writer import Writer
 
 PAGE = 256                   # deliveries read from the outbox at once per stream
 MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
+WINDOW = 4                   # batches of a service's stream in flight to the subscriber's sidecar at once
 
 
 def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
@@ -44,6 +45,15 @@ def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[li
     if current:
         out.append(current)
     return out
+
+
+@dataclass(slots=True)
+class Window:
+    """A service's stream's batches sent to the subscriber's sidecar and not yet answered, oldest first."""
+
+    sent: deque[tuple[list[tuple[int, bytes]], asyncio.Future[tuple[list[Outcome], str | None]]]] = field(
+        default_factory=deque)
+    last: int | None = None   # the seq the newest batch sent ended with (None: the next starts a new run)
 
 
 @dataclass(slots=True)
@@ -120,19 +130,77 @@ class Streams:
         store = self.ctx.store
         assert store is not None
         after = 0
-        while not self.ctx.closing.is_set():
-            worker.wakeup.clear()
-            page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
-            if not page:
-                worker.state = "idle"
-                await worker.wakeup.wait()
-                continue
-            after = page[-1][0]
-            owed = [(seq, body) for seq, body in page if seq > worker.floor]
-            # another sidecar (its readers, its inbox): batches; an app: one message per POST, or its bulk size
-            bulk = self.courier.batch_size(worker.row)
-            for batch in batches(owed, bulk, MAX_BULK_BYTES) if bulk else ([item] for item in owed):
-                await self._deliver(worker, batch, bulk > 0)
+        window = Window()
+        try:
+            while not self.ctx.closing.is_set():
+                worker.wakeup.clear()
+                page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
+                if not page:
+                    while window.sent:
+                        await self._settle_oldest(worker, window)
+                    if not worker.wakeup.is_set():
+                        worker.state = "idle"
+                        await worker.wakeup.wait()
+                    continue
+                after = page[-1][0]
+                owed = [(seq, body) for seq, body in page if seq > worker.floor]
+                # another sidecar (its readers, its inbox): batches; an app: one message per POST, or its bulk size
+                bulk = self.courier.batch_size(worker.row)
+                pipelined = self.courier.pipelined(worker.row)
+                for batch in batches(owed, bulk, MAX_BULK_BYTES) if bulk else ([item] for item in owed):
+                    if pipelined:
+                        await self._send(worker, window, batch)
+                    else:
+                        await self._deliver(worker, batch, bulk > 0)
+        finally:
+            for batch, task in window.sent:
+                task.cancel()
+                store.in_flight.difference_update((worker.row.id, seq) for seq, _ in batch)
+
+    async def _send(self, worker: StreamWorker, window: Window, batch: list[tuple[int, bytes]]) -> None:
+        """A batch of a service's stream into the window: sent at once, with the seq the batch before it ended
+        with, while fewer than WINDOW are unanswered; answers are taken oldest first (:meth:`_settle_oldest`)."""
+        while len(window.sent) >= WINDOW:
+            await self._settle_oldest(worker, window)
+        batch = [(seq, body) for seq, body in batch if seq > worker.floor]
+        if not batch:
+            return
+        if not self.courier.reachable(worker.row):
+            while window.sent:
+                await self._settle_oldest(worker, window)
+            await self._deliver(worker, batch, True)   # waits for the subscriber as one batch at a time does
+            return
+        store = self.ctx.store
+        assert store is not None
+        store.in_flight.update((worker.row.id, seq) for seq, _ in batch)
+        task = asyncio.ensure_future(self.courier.bounded_attempt(worker.row, batch, 1, True, window.last))
+        window.sent.append((batch, task))
+        window.last = batch[-1][0]
+        worker.state, worker.in_flight = "delivering", window.sent[0][0][0][0]
+
+    async def _settle_oldest(self, worker: StreamWorker, window: Window) -> None:
+        """The oldest batch's answer: all stored, or (any other answer) that batch goes again on its own through
+        :meth:`_deliver`, and the batches after it in the window follow it in order, each in turn. The receiver
+        stores a batch only after the one before it, so what it acked after a failure is in order too."""
+        ctx = self.ctx
+        store = ctx.store
+        assert store is not None
+        batch, task = window.sent.popleft()
+        try:
+            outcomes, _ = await task
+        except Exception:
+            outcomes = [Outcome.FAILED] * len(batch)
+        if all(outcome is Outcome.ACK for outcome in outcomes):
+            for seq, _ in batch:
+                self._settle(ctx.writer, worker.row.id, seq)
+            worker.delivered += len(batch)
+            ctx.counters["delivered"] += len(batch)
+        else:
+            window.last = None   # the next batch sent starts a new run: no "after" to wait for
+            for seq, _ in batch:
+                store.in_flight.discard((worker.row.id, seq))
+            await self._deliver(worker, batch, True)
+        worker.in_flight = window.sent[0][0][0][0] if window.sent else None
 
     async def _deliver(self, worker: StreamWorker, batch: list[tuple[int, bytes]], bulk: bool) -> None:
         """One message, or with ``bulk`` a batch in one POST whose messages each settle by their own status; those
@@ -197,7 +265,9 @@ class Streams:
                     store.in_flight.discard((stream, seq))
 
     @staticmethod
-    def _settle(writer: Writer, stream: int, seq: int) -> None:
+    def _settle(writer: Writer | None, stream: int, seq: int) -> None:
+        assert writer is not None
+
         def op(s: Store) -> bool:
             s.in_flight.discard((stream, seq))  # in the writer thread: retention never sees it unowned
             return s.w_settle(stream, seq)
