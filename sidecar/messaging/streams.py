@@ -191,8 +191,7 @@ class Streams:
         except Exception:
             outcomes = [Outcome.FAILED] * len(batch)
         if all(outcome is Outcome.ACK for outcome in outcomes):
-            for seq, _ in batch:
-                self._settle(ctx.writer, worker.row.id, seq)
+            self._settle_all(ctx.writer, worker.row.id, [seq for seq, _ in batch])
             worker.delivered += len(batch)
             ctx.counters["delivered"] += len(batch)
         else:
@@ -265,9 +264,18 @@ class Streams:
                     store.in_flight.discard((stream, seq))
 
     @staticmethod
-    def _settle(writer: Writer | None, stream: int, seq: int) -> None:
+    def _settle_all(writer: Writer | None, stream: int, seqs: list[int]) -> None:
+        """A whole batch's acks in one operation of the next commit (one savepoint, not one a message)."""
         assert writer is not None
 
+        def op(s: Store) -> None:
+            s.in_flight.difference_update((stream, seq) for seq in seqs)
+            for seq in seqs:
+                s.w_settle(stream, seq)
+        writer.submit(op, durable=False).add_done_callback(consume)
+
+    @staticmethod
+    def _settle(writer: Writer, stream: int, seq: int) -> None:
         def op(s: Store) -> bool:
             s.in_flight.discard((stream, seq))  # in the writer thread: retention never sees it unowned
             return s.w_settle(stream, seq)

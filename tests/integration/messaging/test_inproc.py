@@ -20,6 +20,7 @@ from sidecar.config.model import (
     SubscriptionConfig,
 )
 from sidecar.config.values import Duration
+from sidecar.errors import Unavailable
 from tests.harness import wait_for_async
 from tests.integration.messaging.inproc import App, Mesh, get, messaging_config, post
 
@@ -430,5 +431,35 @@ def test_bulk_subscription_through_the_api_spreads_with_its_size(tmp_path: Path)
         status, _, _ = await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": 1})
         await wait_for_async(lambda: app.received, what="delivered")
         assert isinstance(app.received[0], list) and app.received[0][0]["payload"] == 1
+
+    run(test, tmp_path, ["checkout", "billing"])
+
+
+def test_a_push_batch_is_stored_only_after_the_one_before_it_and_a_repeat_is_a_duplicate(tmp_path: Path) -> None:
+    """The subscriber's inbox, as a publisher's window of batches reaches it: a batch that overtakes the one before
+    it (its ``after``) waits for it and is stored after it; one whose predecessor never comes is refused with
+    nothing stored; what comes again at or below the mark is counted a duplicate and delivered once."""
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub").start()
+        await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
+        inbox = mesh.nodes["b"].messaging.inbox
+
+        def items(*seqs: int) -> list[tuple[int, str, bytes]]:
+            return [(seq, f"m{seq}", json.dumps({"id": f"m{seq}", "service": "checkout", "timestamp": 0,
+                                                 "type": "x", "payload": seq}).encode()) for seq in seqs]
+        second = asyncio.ensure_future(inbox.receive("checkout@a.e1", "t", "billing", items(7, 9), after=4))
+        key = ("checkout@a.e1", "t", "billing")
+        await wait_for_async(lambda: key in inbox._arrived, what="the second batch waiting for the first")
+        assert not second.done()
+        await inbox.receive("checkout@a.e1", "t", "billing", items(2, 4))
+        assert (await second).stored == 2
+        again = await inbox.receive("checkout@a.e1", "t", "billing", items(4, 7, 9, 11))
+        assert (again.stored, again.duplicates) == (1, 3)
+        with pytest.raises(Unavailable):
+            await inbox.receive("checkout@a.e1", "t", "billing", items(20), after=15)   # 15 never comes
+        store = mesh.nodes["b"].messaging.store
+        assert store is not None
+        await wait_for_async(lambda: len(app.received) >= 5 and store.pending == 0, what="the inbox delivered")
+        assert [m["payload"] for m in app.received] == [2, 4, 7, 9, 11]
 
     run(test, tmp_path, ["checkout", "billing"])
