@@ -293,10 +293,12 @@ class Courier:
         except TimeoutError:
             return [Outcome.FAILED] * count, f"no answer within {float(ctx.settings.delivery_timeout):.3f}s"
         except (aiohttp.ClientConnectionError, OSError) as e:
+            self._targets.pop(row.id, None)   # choose again: another node may hold the service
             return [Outcome.UNREACHABLE] * count, f"{type(e).__name__}: {e}"
         except aiohttp.ClientError as e:
             return [Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
         except PeerRefused as e:
+            self._targets.pop(row.id, None)   # it could not show the service's certificate: choose again
             return [Outcome.UNREACHABLE] * count, str(e)
 
     async def withheld(self, node: str, host: str, port: int, topic: str) -> str | None:
