@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from sidecar.catalog.model import HealthStatus, ServiceMetadata
 from sidecar.errors import SidecarError
@@ -86,6 +87,8 @@ class Courier:
         self.local_inbox: LocalInbox | None = None   # wired by the service once the inbox exists
         self._node_proofs: dict[tuple[str, str, int], tuple[str, float]] = {}  # (node, host, port) → (service, when)
         self._targets: dict[int, str] = {}   # a service's stream → the node it goes to
+        self._app_urls: dict[tuple[str, int, str], URL] = {}
+        self._client_timeout = aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
 
     def batch_size(self, row: StreamRow) -> int:
         """Messages per attempt: a batch to another sidecar, else the subscription's bulk size (0: one, not bulk)."""
@@ -229,11 +232,9 @@ class Courier:
         if bulk:
             headers["x-sidecar-bulk"] = str(count)
         data = b"[" + b",".join(body for _, body in batch) + b"]" if bulk else batch[0][1]
-        host = f"[{instance.host}]" if ":" in instance.host else instance.host
         try:
-            async with ctx.http.post(f"http://{host}:{instance.port}{row.path}", data=data, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
-                                     ) as response:
+            async with ctx.http.post(self._app_url(instance, row.path), data=data, headers=headers,
+                                     timeout=self._timeout()) as response:
                 verdict = await response.content.read(BULK_VERDICT_BYTES if bulk else VERDICT_BYTES)
                 outcomes = (classify_bulk(response.status, None, verdict, [_message_id(body) for _, body in batch])
                             if bulk else [classify(response.status, None, verdict)])
@@ -245,6 +246,23 @@ class Courier:
             return [Outcome.UNREACHABLE] * count, f"{type(e).__name__}: {e}"
         except aiohttp.ClientError as e:
             return [Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
+
+    def _app_url(self, instance: ServiceMetadata, path: str) -> URL:
+        """A local app's delivery URL, parsed once per (host, port, path)."""
+        key = (instance.host, instance.port, path)
+        url = self._app_urls.get(key)
+        if url is None:
+            if len(self._app_urls) >= 1024:
+                self._app_urls.clear()
+            host = f"[{instance.host}]" if ":" in instance.host else instance.host
+            url = self._app_urls[key] = URL(f"http://{host}:{instance.port}{path}")
+        return url
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        seconds = float(self.ctx.settings.delivery_timeout)
+        if self._client_timeout.total != seconds:   # a reload changed it
+            self._client_timeout = aiohttp.ClientTimeout(total=seconds)
+        return self._client_timeout
 
     async def _to_node(self, row: StreamRow, batch: list[tuple[int, bytes]], after: int | None
                        ) -> tuple[list[Outcome], str | None]:
