@@ -209,14 +209,18 @@ class Courier:
                     outcomes = [classify(response.status, mesh_error, verdict)]
                 failed = any(o is not Outcome.ACK for o in outcomes)
                 return outcomes, describe(response.status, mesh_error, verdict) if failed else None
-        except TimeoutError:
-            return [Outcome.FAILED] * count, f"no answer within {float(ctx.settings.delivery_timeout):.3f}s"
-        except (aiohttp.ClientConnectionError, KeyError, OSError) as e:
-            return [Outcome.UNREACHABLE] * count, f"{type(e).__name__}: {e}"
-        except aiohttp.ClientError as e:
-            return [Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
-        except PeerRefused as e:
+        except (TimeoutError, aiohttp.ClientError, KeyError, OSError, PeerRefused) as e:
+            return self._failed(e, count)
+
+    def _failed(self, e: Exception, count: int) -> tuple[list[Outcome], str]:
+        """An attempt that got no answer: a timeout counts (FAILED); no connection, a refused handshake or a node
+        gone from the catalog (KeyError) is a wait (UNREACHABLE); any other client error counts."""
+        if isinstance(e, TimeoutError):
+            return [Outcome.FAILED] * count, f"no answer within {float(self.ctx.settings.delivery_timeout):.3f}s"
+        if isinstance(e, PeerRefused):
             return [Outcome.UNREACHABLE] * count, str(e)
+        unreachable = isinstance(e, (aiohttp.ClientConnectionError, KeyError, OSError))
+        return [Outcome.UNREACHABLE if unreachable else Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
 
     async def _to_app(self, row: StreamRow, service: str, batch: list[tuple[int, bytes]], number: int, bulk: bool
                       ) -> tuple[list[Outcome], str | None]:
@@ -240,12 +244,8 @@ class Courier:
                             if bulk else [classify(response.status, None, verdict)])
                 failed = any(o is not Outcome.ACK for o in outcomes)
                 return outcomes, describe(response.status, None, verdict) if failed else None
-        except TimeoutError:
-            return [Outcome.FAILED] * count, f"no answer within {float(ctx.settings.delivery_timeout):.3f}s"
-        except (aiohttp.ClientConnectionError, OSError) as e:
-            return [Outcome.UNREACHABLE] * count, f"{type(e).__name__}: {e}"
-        except aiohttp.ClientError as e:
-            return [Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            return self._failed(e, count)
 
     def _app_url(self, instance: ServiceMetadata, path: str) -> URL:
         """A local app's delivery URL, parsed once per (host, port, path)."""
@@ -308,16 +308,11 @@ class Courier:
                 if failed and mesh_error == "NOT_FOUND":
                     self._targets.pop(row.id, None)   # that node no longer subscribes: choose again
                 return outcomes, describe(response.status, mesh_error, verdict) if failed else None
-        except TimeoutError:
-            return [Outcome.FAILED] * count, f"no answer within {float(ctx.settings.delivery_timeout):.3f}s"
-        except (aiohttp.ClientConnectionError, OSError) as e:
-            self._targets.pop(row.id, None)   # choose again: another node may hold the service
-            return [Outcome.UNREACHABLE] * count, f"{type(e).__name__}: {e}"
-        except aiohttp.ClientError as e:
-            return [Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
-        except PeerRefused as e:
-            self._targets.pop(row.id, None)   # it could not show the service's certificate: choose again
-            return [Outcome.UNREACHABLE] * count, str(e)
+        except (TimeoutError, aiohttp.ClientError, OSError, PeerRefused) as e:
+            outcomes, error = self._failed(e, count)
+            if outcomes[0] is Outcome.UNREACHABLE:
+                self._targets.pop(row.id, None)   # no connection, or not the service's certificate: choose again
+            return outcomes, error
 
     async def withheld(self, node: str, host: str, port: int, topic: str) -> str | None:
         """For a scoped topic: why the sidecar at ``host:port`` may not get its messages for its stream readers, or

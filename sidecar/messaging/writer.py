@@ -38,6 +38,7 @@ class Writer:
         self._queue: deque[tuple[Op, asyncio.Future[Any], int, bool]] = deque()
         self.queued_bytes = 0
         self._durable_queued = 0   # queued operations that need an fsync
+        self._lingering: asyncio.Event | None = None   # set to end the acks' linger early
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="messaging-writer")
@@ -63,6 +64,8 @@ class Writer:
         self._queue.append((op, future, size, durable))
         self.queued_bytes += size
         self._durable_queued += durable
+        if durable and self._lingering is not None:
+            self._lingering.set()   # a publish does not wait out the acks' linger
         self._wake.set()
         return future
 
@@ -73,7 +76,7 @@ class Writer:
             self._wake.clear()
             while self._queue:
                 if not self._durable_queued and not self._stopping:
-                    await asyncio.sleep(ACK_LINGER)
+                    await self._linger()
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
                 self.queued_bytes -= sum(item[2] for item in batch)
                 self._durable_queued -= sum(1 for item in batch if item[3])
@@ -101,6 +104,16 @@ class Writer:
                     self.on_evicted(evicted)
             if self._stopping and not self._queue:
                 return
+
+    async def _linger(self) -> None:
+        """Wait up to ACK_LINGER for more operations; an operation that needs an fsync ends the wait."""
+        event = self._lingering = asyncio.Event()
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=ACK_LINGER)
+        finally:
+            waiter.cancel()
+            self._lingering = None
 
     def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], int, bool]], now_ms: int
                 ) -> tuple[list[tuple[bool, Any]], list[Evicted]]:

@@ -196,3 +196,23 @@ def test_an_inbox_keeps_a_publishers_order_and_drops_what_it_stored_before_acros
     assert again.marks == {}
     again.close()
     assert Store(str(tmp_path), LIMITS).epoch == epoch
+
+
+def test_acks_submitted_one_at_a_time_share_a_commit(tmp_path: Path) -> None:
+    """A subscriber acks one message at a time; the writer lets acks alone wait ACK_LINGER for company, so two
+    acks a moment apart are one commit, not two."""
+    async def main() -> None:
+        store = Store(str(tmp_path), LIMITS)
+        writer = Writer(store, FakeClock())
+        writer.start()
+        await writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+        commits = writer.commits
+        first = writer.submit(lambda s: None, durable=False)
+        for _ in range(3):
+            await asyncio.sleep(0)   # the writer has woken for the first ack, and waits for company
+        second = writer.submit(lambda s: None, durable=False)
+        await asyncio.gather(first, second)
+        assert writer.commits - commits == 1
+        await writer.stop()
+        store.close()
+    asyncio.run(main())
