@@ -5,8 +5,11 @@ be tried at all. The answer is an :class:`~sidecar.messaging.delivery.Outcome` p
   handshake proves that node holds the service's certificate): that sidecar stores a batch before it answers and
   delivers it to its app itself (:mod:`sidecar.messaging.inbox`). A stream keeps its node while that node still
   subscribes and hosts a routable instance (competing consumers share a topic's streams, one node each), so its
-  order holds. Without mTLS a service is reached through this sidecar's own outbound listener with
-  ``Host: SERVICE`` and the subscription's path, one message (or bulk batch) per request.
+  order holds. When the catalog says that node is gone (dead, left, unhealthy) the stream moves to another: what
+  the first had stored and not yet delivered reaches its app when it comes back, after newer messages reached the
+  other node (order holds per node, not across such a move). Without mTLS a service is reached through this
+  sidecar's own outbound listener with ``Host: SERVICE`` and the subscription's path, one message (or bulk batch)
+  per request.
 * An inbox stream (a publisher's stream received here) goes to a routable local instance of its service, straight
   to the app's port, with the local subscription's path: one message per POST, or its bulk size.
 * A node's stream readers (``node:NAME``) are reached over mTLS straight at that node's inbound listener at
@@ -309,10 +312,10 @@ class Courier:
                     self._targets.pop(row.id, None)   # that node no longer subscribes: choose again
                 return outcomes, describe(response.status, mesh_error, verdict) if failed else None
         except (TimeoutError, aiohttp.ClientError, OSError, PeerRefused) as e:
-            outcomes, error = self._failed(e, count)
-            if outcomes[0] is Outcome.UNREACHABLE:
-                self._targets.pop(row.id, None)   # no connection, or not the service's certificate: choose again
-            return outcomes, error
+            if isinstance(e, PeerRefused):
+                self._targets.pop(row.id, None)   # it could not show the service's certificate: choose again
+            # no connection: the node may be restarting; the stream stays with it until the catalog says it is gone
+            return self._failed(e, count)
 
     async def withheld(self, node: str, host: str, port: int, topic: str) -> str | None:
         """For a scoped topic: why the sidecar at ``host:port`` may not get its messages for its stream readers, or
