@@ -306,8 +306,10 @@ class Courier:
                     server_hostname=service_server_name(row.subscriber, info.address, info.inbound_port)) as response:
                 verdict = await response.content.read(BULK_VERDICT_BYTES)
                 mesh_error = response.headers.get("x-sidecar-error")
-                outcomes = classify_bulk(response.status, mesh_error, verdict, [_message_id(b) for _, b in batch])
-                failed = any(o is not Outcome.ACK for o in outcomes)
+                # the receiver stores the whole batch or none of it: one outcome for all (no message parsed here)
+                stored = 200 <= response.status < 300 and mesh_error is None
+                outcomes = [Outcome.ACK if stored else classify(response.status, mesh_error, verdict)] * count
+                failed = not stored
                 if failed and mesh_error == "NOT_FOUND":
                     self._targets.pop(row.id, None)   # that node no longer subscribes: choose again
                 return outcomes, describe(response.status, mesh_error, verdict) if failed else None
