@@ -179,7 +179,7 @@ class Sidecars:
         self.sse = asyncio.create_task(self._read_sse())
         await asyncio.wait_for(self.sse_ready.wait(), 30)
         await asyncio.to_thread(wait_for, lambda: len(
-            http("GET", publisher.api + "/v1/subscriptions").json()) >= len(subscriptions) + 1, 30,
+            http("GET", publisher.api + "/v1/subscriptions").json()) >= len(subscriptions) + 1, 120,
             what="the subscriptions known to the publisher")
 
     async def _read_sse(self) -> None:
