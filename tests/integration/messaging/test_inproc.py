@@ -237,6 +237,36 @@ def test_backpressure_answers_429_when_the_outbox_is_full(tmp_path: Path) -> Non
     run(test, tmp_path, ["checkout", "billing"])
 
 
+def test_a_full_subscriber_sidecar_refuses_batches_and_the_publishers_outbox_holds_them(tmp_path: Path) -> None:
+    """Backpressure end to end: the subscriber's sidecar stores at most messaging.queue.max_pending; beyond, it
+    refuses batches (429) and the publisher keeps them (its stream waits, uncounted), so nothing is lost and the
+    order holds once the app catches up."""
+    held = asyncio.Event()
+
+    async def slow(message: dict[str, Any]) -> web.Response:
+        await held.wait()
+        return web.json_response({})
+
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub", slow).start()
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")],
+                       messaging=messaging_config(queue=MessagingQueue(max_pending=5)))
+        a, b = mesh.nodes["a"], mesh.nodes["b"]
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
+        for i in range(20):
+            assert (await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": i}))[0] == 202
+        await wait_for_async(lambda: b.messaging.counters["inbox_refused"] > 0, what="b refusing batches")
+        assert a.messaging.store is not None and a.messaging.store.pending > 0   # the rest waits at a
+        assert b.messaging.store is not None and b.messaging.store.pending < 20
+        assert a.messaging.counters["dead_lettered:max-attempts"] == 0
+        held.set()
+        await wait_for_async(lambda: len(app.received) >= 20, what="everything delivered")
+        assert [m["payload"] for m in app.received] == list(range(20))
+
+    run(test, tmp_path, ["checkout", "billing"])
+
+
 # ------------------------------------------------------------------------------------------ streaming
 
 
