@@ -41,15 +41,15 @@ _INTERNAL_HEADER = b"x-sidecar-internal"
 _ORIGIN = re.compile(r"^[A-Za-z0-9._-]{1,300}$")
 
 
-def parse_seqs(text: str, count: int) -> list[int]:
-    """A push batch's sequence numbers: ``count`` ascending positive integers, comma-separated."""
+def parse_seqs(text: str, count: int, header: str = SEQS_HEADER) -> list[int]:
+    """A push batch's sequence numbers (``header``'s value): ``count`` ascending positive integers, comma-separated."""
     try:
         seqs = [int(part) for part in text.split(",")] if text else []
     except ValueError:
-        raise InvalidArgument(f"{SEQS_HEADER} is comma-separated integers") from None
+        raise InvalidArgument(f"{header} is comma-separated integers", {"header": header}) from None
     if len(seqs) != count or any(b <= a for a, b in pairwise(seqs)) or (seqs and seqs[0] < 1):
-        raise InvalidArgument(f"{SEQS_HEADER} must give {count} ascending positive sequence numbers, one a message",
-                              {"header": SEQS_HEADER})
+        raise InvalidArgument(f"{header} must give {count} ascending positive sequence number(s), one a message",
+                              {"header": header})
     return seqs
 
 
@@ -115,7 +115,8 @@ class Receiver:
         origin = request.headers.get(ORIGIN_HEADER, "")
         if not _ORIGIN.match(origin):
             raise InvalidArgument(f"{ORIGIN_HEADER} must name the publishing node and epoch", {"header": ORIGIN_HEADER})
-        after = parse_seqs(request.headers.get(AFTER_HEADER, ""), 1)[0] if AFTER_HEADER in request.headers else None
+        after = (parse_seqs(request.headers[AFTER_HEADER], 1, AFTER_HEADER)[0] if AFTER_HEADER in request.headers
+                 else None)
         proven = self._proven(messages, caller)
         items = [(seq, m.id, m.to_bytes()) for seq, m in zip(seqs, messages, strict=True)]
         await self.inbox.receive(f"{proven}@{origin}", topic, service, items, after)
