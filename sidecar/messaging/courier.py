@@ -1,9 +1,17 @@
-"""One delivery attempt of one stored message to its stream's subscriber, and whether the subscriber can be
-tried at all. The answer is an :class:`~sidecar.messaging.delivery.Outcome` for the redelivery core.
+"""One delivery attempt of one stored message (or batch) to its stream's subscriber, and whether the subscriber can
+be tried at all. The answer is an :class:`~sidecar.messaging.delivery.Outcome` per message for the redelivery core.
 
-* A service is reached through this sidecar's own outbound listener with ``Host: SERVICE`` and the subscription's
-  path, so mTLS, authorization, balancing among the service's instances (competing consumers), retries and
-  tracing apply.
+* A service's stream goes, with mTLS, in batches to the sidecar of one node where the service subscribes (the
+  handshake proves that node holds the service's certificate): that sidecar stores a batch before it answers and
+  delivers it to its app itself (:mod:`sidecar.messaging.inbox`). A stream keeps its node while that node still
+  subscribes and hosts a routable instance (competing consumers share a topic's streams, one node each), so its
+  order holds. When the catalog says that node is gone (dead, left, unhealthy) the stream moves to another: what
+  the first had stored and not yet delivered reaches its app when it comes back, after newer messages reached the
+  other node (order holds per node, not across such a move). Without mTLS a service is reached through this
+  sidecar's own outbound listener with ``Host: SERVICE`` and the subscription's path, one message (or bulk batch)
+  per request.
+* An inbox stream (a publisher's stream received here) goes to a routable local instance of its service, straight
+  to the app's port, with the local subscription's path: one message per POST, or its bulk size.
 * A node's stream readers (``node:NAME``) are reached over mTLS straight at that node's inbound listener at
   :data:`~sidecar.messaging.context.DELIVER_BATCH_PREFIX`, many messages per request, which the node stores
   before it answers (:mod:`sidecar.messaging.receiver`); for a scoped topic the node first proves, by its certificate,
@@ -14,14 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
+from sidecar.catalog.model import HealthStatus, ServiceMetadata
+from sidecar.errors import SidecarError
 from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext, log
 from sidecar.messaging.delivery import Outcome, classify, classify_bulk
 from sidecar.messaging.store import StreamRow
-from sidecar.messaging.subscriptions import subscriber_node
+from sidecar.messaging.subscriptions import SubscriptionBook, inbox_service, subscriber_node
 from sidecar.messaging.topic_log import TopicLog
 from sidecar.tls.context import peer_server_name, service_server_name
 from sidecar.tls.errors import PeerRefused
@@ -29,6 +41,14 @@ from sidecar.tls.errors import PeerRefused
 VERDICT_BYTES = 64 << 10     # of a subscriber's answer, enough to find {"status": "DROP"}
 BULK_VERDICT_BYTES = 1 << 20  # of a bulk answer: a status per message, up to 1000 of them
 NODE_PROOF_TTL = 60.0        # seconds a node's proven identity is trusted before its certificate is asked again
+NODE_BATCH = 256             # messages per request to another sidecar (its SSE readers, or its inbox)
+ORIGIN_HEADER = "x-sidecar-origin"           # the publishing sidecar's NODE.EPOCH
+SEQS_HEADER = "x-sidecar-seqs"               # a push batch's publisher sequence numbers, ascending, comma-separated
+SUBSCRIBER_HEADER = "x-sidecar-subscriber"   # the service a push batch is for
+AFTER_HEADER = "x-sidecar-after"             # the seq the batch before this one in the window ended with
+
+# this node's inbox, for a stream whose chosen subscriber node is this one: (origin, topic, service, items, after)
+LocalInbox = Callable[[str, str, str, list[tuple[int, str, bytes]], int | None], Awaitable[object]]
 
 
 def trace_of(raw: bytes) -> dict[str, str]:
@@ -63,30 +83,74 @@ def consume(future: asyncio.Future[Any]) -> None:
 
 
 class Courier:
-    def __init__(self, ctx: MessagingContext, topic_log: TopicLog) -> None:
+    def __init__(self, ctx: MessagingContext, topic_log: TopicLog, book: SubscriptionBook) -> None:
         self.ctx = ctx
         self.topic_log = topic_log
+        self.book = book
+        self.local_inbox: LocalInbox | None = None   # wired by the service once the inbox exists
         self._node_proofs: dict[tuple[str, str, int], tuple[str, float]] = {}  # (node, host, port) → (service, when)
+        self._targets: dict[int, str] = {}   # a service's stream → the node it goes to
+        self._app_urls: dict[tuple[str, int, str], URL] = {}
+        self._client_timeout = aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
+
+    def batch_size(self, row: StreamRow) -> int:
+        """Messages per attempt: a batch to another sidecar, else the subscription's bulk size (0: one, not bulk)."""
+        if subscriber_node(row.subscriber) is not None or (inbox_service(row.subscriber) is None
+                                                           and self.ctx.identity is not None):
+            return NODE_BATCH
+        return row.bulk
+
+    def pipelined(self, row: StreamRow) -> bool:
+        """Whether the stream keeps a window of batches in flight: a service's, to its subscriber's sidecar."""
+        return subscriber_node(row.subscriber) is None and inbox_service(row.subscriber) is None and \
+            self.ctx.identity is not None
 
     def reachable(self, row: StreamRow) -> bool:
         ctx = self.ctx
+        service = inbox_service(row.subscriber)
+        if service is not None:
+            return self.local_instance(service) is not None
         if not ctx.may_receive(row.topic, row.subscriber):
             return False  # a scope made after the stream: it waits, and is forgotten after retention.age
         node = subscriber_node(row.subscriber)
         snapshot = ctx.catalog.snapshot()
         if node is None:
+            if ctx.identity is not None:
+                return self.push_node(row) is not None
             return bool(snapshot.routable(row.subscriber))
         if node == ctx.node:
             return True
-        info = snapshot.nodes.get(node)
-        return (ctx.identity is not None and info is not None and info.state in ("alive", "suspect")
-                and info.inbound_port > 0)
+        return ctx.identity is not None and self._node_up(node)
 
-    async def bounded_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool
-                              ) -> tuple[list[Outcome], str | None]:
+    def _node_up(self, node: str) -> bool:
+        info = self.ctx.catalog.snapshot().nodes.get(node)
+        return info is not None and info.state in ("alive", "suspect") and info.inbound_port > 0
+
+    def push_node(self, row: StreamRow) -> str | None:
+        """The node a service's stream goes to: the one it went to while that node still subscribes and hosts a
+        routable instance, else one of those at random (publishers spread over competing consumers)."""
+        ctx = self.ctx
+        hosting = {i.node for i in ctx.catalog.snapshot().routable(row.subscriber)}
+        candidates = [n for n in self.book.nodes_of(row.subscriber, row.topic)
+                      if n in hosting and (n == ctx.node or self._node_up(n))]
+        held = self._targets.get(row.id)
+        if held in candidates:
+            return held
+        if not candidates:
+            return None
+        chosen = self._targets[row.id] = ctx.rng.choice(candidates)
+        return chosen
+
+    def local_instance(self, service: str) -> ServiceMetadata | None:
+        """A local instance of ``service`` fit for traffic (healthy before degraded), or None."""
+        fit = [i for i in self.ctx.registry.instances() if i.name == service and i.status is not HealthStatus.UNHEALTHY]
+        return min(fit, key=lambda i: (i.status.rank, i.id)) if fit else None
+
+    async def bounded_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool,
+                              after: int | None = None) -> tuple[list[Outcome], str | None]:
         """:meth:`attempt` in its own task with a hard deadline of our own besides the client's timeout: if the
         attempt does not end (a cancellation swallowed somewhere below), the stream still moves on."""
-        task = asyncio.ensure_future(self.attempt(row, batch, number, bulk))
+        task = asyncio.ensure_future(self.attempt(row, batch, number, bulk, after))
         done, _ = await asyncio.wait({task}, timeout=float(self.ctx.settings.delivery_timeout) + 1.0)
         if not done:
             task.cancel()
@@ -95,16 +159,22 @@ class Courier:
             return [Outcome.FAILED] * len(batch), "no answer (hard deadline)"
         return task.result()
 
-    async def attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool
-                      ) -> tuple[list[Outcome], str | None]:
+    async def attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool,
+                      after: int | None = None) -> tuple[list[Outcome], str | None]:
         """One POST of one message (``bulk`` False: ``batch`` holds one) or of a JSON array of the batch's
-        ServiceMessages, whose answer gives each its outcome (:func:`classify_bulk`); an outcome per message."""
+        ServiceMessages, whose answer gives each its outcome (:func:`classify_bulk`); an outcome per message.
+        ``after``: for a service's stream, the seq the batch sent before this one (still unanswered) ended with."""
         ctx = self.ctx
         node = subscriber_node(row.subscriber)
         count = len(batch)
         if node == ctx.node:
             await self.topic_log.append_many(row.topic, [body for _, body in batch])
             return [Outcome.ACK] * count, None
+        service = inbox_service(row.subscriber)
+        if service is not None:
+            return await self._to_app(row, service, batch, number, bulk)
+        if node is None and ctx.identity is not None:
+            return await self._to_node(row, batch, after)
         timeout = aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
         headers = {"Content-Type": "application/json", "x-sidecar-topic": row.topic,
                    "x-sidecar-delivery-attempt": str(number), **trace_of(batch[0][1])}
@@ -142,14 +212,112 @@ class Courier:
                     outcomes = [classify(response.status, mesh_error, verdict)]
                 failed = any(o is not Outcome.ACK for o in outcomes)
                 return outcomes, describe(response.status, mesh_error, verdict) if failed else None
-        except TimeoutError:
-            return [Outcome.FAILED] * count, f"no answer within {float(ctx.settings.delivery_timeout):.3f}s"
-        except (aiohttp.ClientConnectionError, KeyError, OSError) as e:
-            return [Outcome.UNREACHABLE] * count, f"{type(e).__name__}: {e}"
-        except aiohttp.ClientError as e:
-            return [Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
-        except PeerRefused as e:
+        except (TimeoutError, aiohttp.ClientError, KeyError, OSError, PeerRefused) as e:
+            return self._failed(e, count)
+
+    def _failed(self, e: Exception, count: int) -> tuple[list[Outcome], str]:
+        """An attempt that got no answer: a timeout counts (FAILED); no connection, a refused handshake or a node
+        gone from the catalog (KeyError) is a wait (UNREACHABLE); any other client error counts."""
+        if isinstance(e, TimeoutError):
+            return [Outcome.FAILED] * count, f"no answer within {float(self.ctx.settings.delivery_timeout):.3f}s"
+        if isinstance(e, PeerRefused):
             return [Outcome.UNREACHABLE] * count, str(e)
+        unreachable = isinstance(e, (aiohttp.ClientConnectionError, KeyError, OSError))
+        return [Outcome.UNREACHABLE if unreachable else Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
+
+    async def _to_app(self, row: StreamRow, service: str, batch: list[tuple[int, bytes]], number: int, bulk: bool
+                      ) -> tuple[list[Outcome], str | None]:
+        """An inbox stream's delivery: one POST to a local instance of the app (the answer is the app's alone)."""
+        ctx = self.ctx
+        count = len(batch)
+        instance = self.local_instance(service)
+        if instance is None:
+            return [Outcome.UNREACHABLE] * count, f"no routable local instance of {service}"
+        assert ctx.http is not None
+        headers = {"Content-Type": "application/json", "Host": service, "x-sidecar-topic": row.topic,
+                   "x-sidecar-delivery-attempt": str(number), **trace_of(batch[0][1])}
+        if bulk:
+            headers["x-sidecar-bulk"] = str(count)
+        data = b"[" + b",".join(body for _, body in batch) + b"]" if bulk else batch[0][1]
+        try:
+            async with ctx.http.post(self._app_url(instance, row.path), data=data, headers=headers,
+                                     timeout=self._timeout()) as response:
+                verdict = await response.content.read(BULK_VERDICT_BYTES if bulk else VERDICT_BYTES)
+                outcomes = (classify_bulk(response.status, None, verdict, [_message_id(body) for _, body in batch])
+                            if bulk else [classify(response.status, None, verdict)])
+                failed = any(o is not Outcome.ACK for o in outcomes)
+                return outcomes, describe(response.status, None, verdict) if failed else None
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            return self._failed(e, count)
+
+    def _app_url(self, instance: ServiceMetadata, path: str) -> URL:
+        """A local app's delivery URL, parsed once per (host, port, path)."""
+        key = (instance.host, instance.port, path)
+        url = self._app_urls.get(key)
+        if url is None:
+            if len(self._app_urls) >= 1024:
+                self._app_urls.clear()
+            host = f"[{instance.host}]" if ":" in instance.host else instance.host
+            url = self._app_urls[key] = URL(f"http://{host}:{instance.port}{path}")
+        return url
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        seconds = float(self.ctx.settings.delivery_timeout)
+        if self._client_timeout.total != seconds:   # a reload changed it
+            self._client_timeout = aiohttp.ClientTimeout(total=seconds)
+        return self._client_timeout
+
+    async def _to_node(self, row: StreamRow, batch: list[tuple[int, bytes]], after: int | None
+                       ) -> tuple[list[Outcome], str | None]:
+        """A service's stream: the batch to the chosen node's sidecar, which stores it before it answers."""
+        ctx = self.ctx
+        count = len(batch)
+        node = self.push_node(row)
+        if node is None:
+            return [Outcome.UNREACHABLE] * count, f"no node with a routable {row.subscriber} subscribes"
+        assert ctx.store is not None
+        origin = f"{ctx.node}.{ctx.store.epoch}"
+        if node == ctx.node:
+            assert self.local_inbox is not None and ctx.identity is not None
+            items = [(seq, _message_id(body), body) for seq, body in batch]
+            try:
+                await self.local_inbox(f"{ctx.identity.identity.service}@{origin}", row.topic, row.subscriber, items,
+                                       after)
+            except SidecarError as e:
+                return [Outcome.UNREACHABLE] * count, str(e)
+            return [Outcome.ACK] * count, None
+        info = ctx.catalog.snapshot().nodes.get(node)
+        if info is None:
+            return [Outcome.UNREACHABLE] * count, f"node {node} left"
+        assert ctx.mtls is not None and ctx.identity is not None
+        host = f"[{info.address}]" if ":" in info.address else info.address
+        headers = {"Content-Type": "application/json", "x-sidecar-topic": row.topic, SUBSCRIBER_HEADER: row.subscriber,
+                   ORIGIN_HEADER: origin, SEQS_HEADER: ",".join(str(seq) for seq, _ in batch),
+                   **trace_of(batch[0][1])}
+        if after is not None:
+            headers[AFTER_HEADER] = str(after)
+        data = b"[" + b",".join(body for _, body in batch) + b"]"
+        try:
+            # the handshake asks for the service's certificate: a node that cannot show it gets nothing
+            async with ctx.mtls.post(
+                    f"https://{host}:{info.inbound_port}{DELIVER_BATCH_PREFIX}{row.topic}", data=data,
+                    headers=headers, timeout=aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout)),
+                    ssl=ctx.identity.client_context,
+                    server_hostname=service_server_name(row.subscriber, info.address, info.inbound_port)) as response:
+                verdict = await response.content.read(BULK_VERDICT_BYTES)
+                mesh_error = response.headers.get("x-sidecar-error")
+                # the receiver stores the whole batch or none of it: one outcome for all (no message parsed here)
+                stored = 200 <= response.status < 300 and mesh_error is None
+                outcomes = [Outcome.ACK if stored else classify(response.status, mesh_error, verdict)] * count
+                failed = not stored
+                if failed and mesh_error == "NOT_FOUND":
+                    self._targets.pop(row.id, None)   # that node no longer subscribes: choose again
+                return outcomes, describe(response.status, mesh_error, verdict) if failed else None
+        except (TimeoutError, aiohttp.ClientError, OSError, PeerRefused) as e:
+            if isinstance(e, PeerRefused):
+                self._targets.pop(row.id, None)   # it could not show the service's certificate: choose again
+            # no connection: the node may be restarting; the stream stays with it until the catalog says it is gone
+            return self._failed(e, count)
 
     async def withheld(self, node: str, host: str, port: int, topic: str) -> str | None:
         """For a scoped topic: why the sidecar at ``host:port`` may not get its messages for its stream readers, or

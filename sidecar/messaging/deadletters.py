@@ -9,6 +9,7 @@ from sidecar.log import fields
 from sidecar.messaging.context import MessagingContext, log
 from sidecar.messaging.store import DeadLetterRow
 from sidecar.messaging.streams import Streams
+from sidecar.messaging.subscriptions import inbox_service
 
 
 def dead_letter_json(row: DeadLetterRow) -> dict[str, Any]:
@@ -16,7 +17,9 @@ def dead_letter_json(row: DeadLetterRow) -> dict[str, Any]:
         message: Any = json.loads(row.body)
     except ValueError:
         message = row.body.decode("utf-8", "replace")
-    return {"id": row.id, "message": message, "topic": row.topic, "subscriber": row.subscriber, "path": row.path,
+    # an inbox stream's letter names its service (the stream, which replay goes back into, stays in the store)
+    subscriber = inbox_service(row.subscriber) or row.subscriber
+    return {"id": row.id, "message": message, "topic": row.topic, "subscriber": subscriber, "path": row.path,
             "reason": row.reason, "attempts": row.attempts, "lastError": row.last_error, "timestamp": row.at_ms}
 
 

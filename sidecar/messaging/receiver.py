@@ -1,27 +1,34 @@
-"""The receiver of sidecar-to-sidecar deliveries for this node's stream readers: a loopback-only HTTP server
-that the mTLS inbound listener hands ``/.sidecar/v1/deliver/TOPIC`` (one message) and
-``/.sidecar/v1/deliver-batch/TOPIC`` (a JSON array of one stream's messages) requests to
-(:meth:`Receiver.route`). What it answers for is stored: one commit for a batch, before the answer.
+"""The receiver of sidecar-to-sidecar deliveries: a loopback-only HTTP server that the mTLS inbound listener
+hands ``/.sidecar/v1/deliver/TOPIC`` (one message) and ``/.sidecar/v1/deliver-batch/TOPIC`` (a JSON array of one
+stream's messages) requests to (:meth:`Receiver.route`). A batch is for this node's stream readers, or, with
+``x-sidecar-subscriber: SERVICE``, for a local app's push subscription (its inbox, :mod:`sidecar.messaging.inbox`,
+with the publisher's sequence numbers in ``x-sidecar-seqs`` and its node and store epoch in
+``x-sidecar-origin``). What it answers for is stored: one commit for a batch, before the answer.
 
 Who may deliver (zero trust between members): only a peer sidecar, through the inbound (the request carries a
 token only this process knows); whose SPIFFE ID is the message's sender; which the authorization rules admit to
-the services reading the topic here; which the topic's scope lets publish; and only for a topic this node has
-readers of.
+the services reading the topic here (or, for a push batch, to the subscribing service as ``POST`` to its
+subscription's path); which the topic's scope lets publish; and only for a topic this node has readers of (or a
+subscription of that service to it).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 import secrets
 from collections.abc import Callable
+from itertools import pairwise
 
 from aiohttp import web
 
 from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from sidecar.mesh.inbound_routes import CALLER_HEADER
 from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext
+from sidecar.messaging.courier import AFTER_HEADER, ORIGIN_HEADER, SEQS_HEADER, SUBSCRIBER_HEADER
 from sidecar.messaging.envelope import ServiceMessage, check_topic
+from sidecar.messaging.inbox import Inbox
 from sidecar.messaging.readers import StreamReaders
 from sidecar.messaging.streams import MAX_BULK_BYTES
 from sidecar.messaging.topic_log import TopicLog
@@ -31,13 +38,27 @@ from sidecar.tls.identity import PeerIdentity, SpiffeId
 from sidecar.web import errors_middleware, json_response
 
 _INTERNAL_HEADER = b"x-sidecar-internal"
+_ORIGIN = re.compile(r"^[A-Za-z0-9._-]{1,300}$")
+
+
+def parse_seqs(text: str, count: int, header: str = SEQS_HEADER) -> list[int]:
+    """A push batch's sequence numbers (``header``'s value): ``count`` ascending positive integers, comma-separated."""
+    try:
+        seqs = [int(part) for part in text.split(",")] if text else []
+    except ValueError:
+        raise InvalidArgument(f"{header} is comma-separated integers", {"header": header}) from None
+    if len(seqs) != count or any(b <= a for a, b in pairwise(seqs)) or (seqs and seqs[0] < 1):
+        raise InvalidArgument(f"{header} must give {count} ascending positive sequence number(s), one a message",
+                              {"header": header})
+    return seqs
 
 
 class Receiver:
-    def __init__(self, ctx: MessagingContext, readers: StreamReaders, topic_log: TopicLog) -> None:
+    def __init__(self, ctx: MessagingContext, readers: StreamReaders, topic_log: TopicLog, inbox: Inbox) -> None:
         self.ctx = ctx
         self.readers = readers
         self.topic_log = topic_log
+        self.inbox = inbox
         self.target: Target | None = None   # where the inbound sends deliveries, once started
         self._runner: web.AppRunner | None = None
         self._token = secrets.token_urlsafe(32).encode()
@@ -79,9 +100,27 @@ class Receiver:
             messages = [ServiceMessage.from_json(item) for item in items]
         except (ValueError, RecursionError) as e:
             raise InvalidArgument(f"not a batch of ServiceMessages: {e}") from None
+        service = request.headers.get(SUBSCRIBER_HEADER)
+        if service is not None:
+            return await self._receive_push(request, topic, caller, service, messages)
         self._check_sender(messages, caller, topic)
         await self.topic_log.append_many(topic, [m.to_bytes() for m in messages])
         self.ctx.counters["stream_batches"] += 1
+        return json_response({"statuses": [{"id": m.id, "status": "SUCCESS"} for m in messages]})
+
+    async def _receive_push(self, request: web.Request, topic: str, caller: str, service: str,
+                            messages: list[ServiceMessage]) -> web.Response:
+        """A publisher's stream for a local app: into its inbox, duplicates (at or below the mark) dropped."""
+        seqs = parse_seqs(request.headers.get(SEQS_HEADER, ""), len(messages))
+        origin = request.headers.get(ORIGIN_HEADER, "")
+        if not _ORIGIN.match(origin):
+            raise InvalidArgument(f"{ORIGIN_HEADER} must name the publishing node and epoch", {"header": ORIGIN_HEADER})
+        after = (parse_seqs(request.headers[AFTER_HEADER], 1, AFTER_HEADER)[0] if AFTER_HEADER in request.headers
+                 else None)
+        proven = self._proven(messages, caller)
+        items = [(seq, m.id, m.to_bytes()) for seq, m in zip(seqs, messages, strict=True)]
+        await self.inbox.receive(f"{proven}@{origin}", topic, service, items, after)
+        self.ctx.counters["push_batches"] += 1
         return json_response({"statuses": [{"id": m.id, "status": "SUCCESS"} for m in messages]})
 
     def _checked(self, request: web.Request) -> tuple[str, str]:
@@ -91,17 +130,22 @@ class Receiver:
             raise Unauthenticated("sidecar-internal deliveries come only through the mTLS inbound listener")
         return check_topic(request.match_info["topic"]), request.headers.get(CALLER_HEADER.decode(), "")
 
-    def _check_sender(self, messages: list[ServiceMessage], caller: str, topic: str) -> None:
+    def _proven(self, messages: list[ServiceMessage], caller: str) -> str:
+        """The caller's service, when every message says it is from it; else PermissionDenied."""
         try:
-            proven = SpiffeId.from_text(caller).service
+            proven = SpiffeId.from_text(caller).service or ""
         except SpiffeIdError:
-            proven = None
+            proven = ""
         for message in messages:
             if message.service != proven:
                 # the sender is whoever holds the certificate: a member cannot put words in another service's mouth
                 self.ctx.counters["deliveries_refused:sender"] += 1
                 raise PermissionDenied(f"the message says it is from {message.service!r}, but the caller is "
                                        f"{caller}", {"service": message.service, "caller": caller})
+        return proven
+
+    def _check_sender(self, messages: list[ServiceMessage], caller: str, topic: str) -> None:
+        self._proven(messages, caller)
         if topic not in self.readers.by_topic:
             raise NotFound(f"this node has no readers of {topic!r}", {"topic": topic})
 
@@ -116,11 +160,19 @@ class Receiver:
         if self.target is None or prefix is None or head.method != "POST":
             raise NotFound(f"no such sidecar-internal resource: {head.method} {head.path}")
         topic = head.path[len(prefix):]
-        readers = self.readers.by_topic.get(topic)
-        if not readers:
-            raise NotFound(f"this node has no readers of {topic!r}", {"topic": topic})
-        for service in sorted(readers):
-            authorize(caller, service, head.method, head.path)
+        subscriber = head.headers.get(SUBSCRIBER_HEADER) if prefix == DELIVER_BATCH_PREFIX else None
+        if subscriber is not None:
+            subscription = self.inbox.book.local.get((subscriber, topic))
+            if subscription is None:
+                raise NotFound(f"{subscriber} has no subscription to {topic!r} here",
+                               {"service": subscriber, "topic": topic})
+            authorize(caller, subscriber, head.method, subscription.path)
+        else:
+            readers = self.readers.by_topic.get(topic)
+            if not readers:
+                raise NotFound(f"this node has no readers of {topic!r}", {"topic": topic})
+            for service in sorted(readers):
+                authorize(caller, service, head.method, head.path)
         scopes = self.ctx.scopes
         if not scopes.may_publish(caller.service, topic):
             self.ctx.counters["deliveries_refused:scope"] += 1

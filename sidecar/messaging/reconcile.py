@@ -3,7 +3,8 @@ allow, gets a stream in the store and a worker; a stream no one has wanted for l
 ``messaging.retention.age`` is forgotten and what it still owed is dead-lettered.
 
 A stream whose subscription disappears from the catalog (its node died) is kept and keeps collecting: the node
-may come back within retention and then loses nothing.
+may come back within retention and then loses nothing. An inbox stream (a publisher's, received here for a local
+app) is kept while the local subscription is, and forgotten like the others once it has been gone that long.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sidecar.log import fields
 from sidecar.messaging.context import MessagingContext, log
 from sidecar.messaging.store import Store, StreamRow
 from sidecar.messaging.streams import Streams
-from sidecar.messaging.subscriptions import SubscriptionBook, Wanted
+from sidecar.messaging.subscriptions import SubscriptionBook, Wanted, inbox_service
 
 REFRESH_MS = 60_000          # a stream's last-seen time is rewritten at most this often
 
@@ -105,6 +106,9 @@ class Reconciler:
             self.streams.worker(found)
         age_ms = int(self.ctx.settings.retention.age * 1000)
         for key, row in held.items():
+            service = inbox_service(row.subscriber)
+            if service is not None and (service, row.topic) in self.book.local:
+                continue  # an inbox stream lives while its local subscription does (refreshed by each batch)
             if key not in wanted and now_ms - row.last_seen_ms > age_ms:
                 self.streams.drop(row.id)
                 self._stream_keys.discard(key)

@@ -14,7 +14,8 @@ context           shared state: config, clock, catalog, identity, store + writer
 requests          request-response through the mesh
 publisher         publish: admission (429 when full), one commit per group of publishes, 202 once durable
 streams           one worker per delivery stream, the redelivery core's driver
-courier           one delivery attempt (through the outbound, or over mTLS to a node's receiver)
+courier           one delivery attempt (a batch over mTLS to a node's receiver, or to a local app)
+inbox             a publisher's stream received for a local app: stored before the ack, delivered from here
 reconcile         subscription book → streams in the store (created, refreshed, forgotten)
 local_subs        this node's subscriptions (run-time, configured, SSE readers') and their gossip
 topic_log         this node's topic logs, appended on receipt and tailed by SSE readers
@@ -56,6 +57,7 @@ from sidecar.messaging.context import (
 from sidecar.messaging.courier import Courier
 from sidecar.messaging.deadletters import DeadLetters
 from sidecar.messaging.envelope import MessageBody, ServiceMessage
+from sidecar.messaging.inbox import Inbox
 from sidecar.messaging.local_subs import LocalSubscriptions
 from sidecar.messaging.publisher import publish
 from sidecar.messaging.readers import StreamReaders
@@ -83,12 +85,14 @@ class Messaging:
         ctx = self.ctx = MessagingContext(config, catalog, registry, clock, identity, rng)
         self.book = SubscriptionBook(config.node.name)
         self.topic_log = TopicLog(ctx)
-        self.courier = Courier(ctx, self.topic_log)
+        self.courier = Courier(ctx, self.topic_log, self.book)
         self.streams = Streams(ctx, self.courier)
+        self.inbox = Inbox(ctx, self.book, self.streams)
+        self.courier.local_inbox = self.inbox.receive
         self.reconciler = Reconciler(ctx, self.book, self.streams)
         self.local = LocalSubscriptions(ctx, self.book, self.reconciler)
         self.readers = StreamReaders(ctx, self.local, self.topic_log)
-        self.receiver = Receiver(ctx, self.readers, self.topic_log)
+        self.receiver = Receiver(ctx, self.readers, self.topic_log, self.inbox)
         self.dead = DeadLetters(ctx, self.streams)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -18,6 +18,9 @@ Tables
 ``dead_letters``  copies of undeliverable messages with reason, attempts, last error
 ``topic_log``     messages received for this node's stream readers; ``id`` is the SSE event id
 ``local_subs``    subscriptions made on this node at run time (API or SSE), so they survive restarts
+``inbox_marks``   per inbox stream (a publisher's stream received here for a local app), the publisher's last
+                  sequence number stored: what arrives again at or below it is a duplicate
+``meta``          ``epoch``: random, made with the database; a publisher's sequence numbers are unique per epoch
 
 Every method runs on the thread of its connection: :class:`Store` methods prefixed ``w_`` on the writer
 thread, ``r_`` on the reader thread. The in-memory accounting (``outbox``) belongs to the writer thread;
@@ -54,6 +57,9 @@ CREATE INDEX IF NOT EXISTS topic_log_topic ON topic_log (topic, id);
 CREATE TABLE IF NOT EXISTS local_subs (
     service TEXT NOT NULL, topic TEXT NOT NULL, path TEXT NOT NULL, bulk INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (service, topic));
+CREATE TABLE IF NOT EXISTS inbox_marks (
+    stream INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -146,6 +152,13 @@ class Store:
             if "bulk" not in {row[1] for row in self.w.execute(f"PRAGMA table_info({table})")}:
                 self.w.execute(f"ALTER TABLE {table} ADD COLUMN bulk INTEGER NOT NULL DEFAULT 0")
         self.r = connect(self.path)
+        found = self.w.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if found is None:
+            self.epoch = os.urandom(6).hex()
+            self.w.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (self.epoch,))
+        else:
+            self.epoch = str(found[0])
+        self.marks: dict[int, int] = {}   # writer thread: inbox stream → last publisher seq stored
         # writer-thread state: seq → [references, size, created_ms], oldest first
         self.outbox: OrderedDict[int, list[int]] = OrderedDict()
         self.pending_bytes = 0
@@ -186,6 +199,7 @@ class Store:
         self.dead_letter_count, self.dead_letter_bytes = self.w.execute(
             "SELECT count(*), coalesce(sum(length(body)), 0) FROM dead_letters").fetchone()
         self.log_bytes = self.w.execute("SELECT coalesce(sum(length(body)), 0) FROM topic_log").fetchone()[0]
+        self.marks = dict(self.w.execute("SELECT stream, last_seq FROM inbox_marks").fetchall())
 
     def reload(self) -> None:
         """Rebuild the in-memory accounting from the tables (after a failed transaction rolled back)."""
@@ -193,6 +207,7 @@ class Store:
         self.pending_bytes = 0
         self.topic_streams.clear()
         self.stream_rows.clear()
+        self.marks.clear()
         self._load()
 
     def _remember_stream(self, row: StreamRow) -> None:
@@ -258,6 +273,27 @@ class Store:
         self._tx_bytes += len(body)
         return seq, list(streams)
 
+    def w_inbox(self, stream: int, items: list[tuple[int, str, bytes]], created_ms: int) -> tuple[int, int]:
+        """Store a publisher's batch for one of this node's inbox streams, in order: ``items`` are (the
+        publisher's seq, message id, body), ascending; those at or below the stream's mark are duplicates
+        (stored before, the ack lost). ``(stored, duplicates)``."""
+        mark = self.marks.get(stream, 0)
+        fresh = [item for item in items if item[0] > mark]
+        for _, message_id, body in fresh:
+            cur = self.w.execute("INSERT INTO messages (id, topic, body, created_ms) VALUES (?, ?, ?, ?)",
+                                 (message_id, self.stream_rows[stream].topic, body, created_ms))
+            seq = int(cur.lastrowid or 0)
+            self.w.execute("INSERT INTO deliveries (stream, seq) VALUES (?, ?)", (stream, seq))
+            self.outbox[seq] = [1, len(body), created_ms]
+            self.pending_bytes += len(body)
+            self._tx_messages += 1
+            self._tx_bytes += len(body)
+        if fresh:
+            self.marks[stream] = fresh[-1][0]
+            self.w.execute("INSERT OR REPLACE INTO inbox_marks (stream, last_seq) VALUES (?, ?)",
+                           (stream, fresh[-1][0]))
+        return len(fresh), len(items) - len(fresh)
+
     def w_settle(self, stream: int, seq: int) -> bool:
         """Remove one delivery (acked or dead-lettered); False when it was not there (already settled)."""
         cur = self.w.execute("DELETE FROM deliveries WHERE stream = ? AND seq = ?", (stream, seq))
@@ -315,6 +351,8 @@ class Store:
         if row is not None:
             self.topic_streams[row.topic] = [s for s in self.topic_streams.get(row.topic, []) if s != stream]
         self.w.execute("DELETE FROM streams WHERE id = ?", (stream,))
+        self.w.execute("DELETE FROM inbox_marks WHERE stream = ?", (stream,))
+        self.marks.pop(stream, None)
         return len(seqs)
 
     def w_enforce_retention(self, now_ms: int) -> list[Evicted]:

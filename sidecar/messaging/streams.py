@@ -1,6 +1,7 @@
 """The delivery streams: one task per stream (topic, subscriber) reads what it owes from the outbox, oldest first,
-and has one message (or one bulk batch) in flight; the redelivery core (:mod:`sidecar.messaging.delivery`) says
-what each answer means.
+and has one message (or one batch) in flight; the redelivery core (:mod:`sidecar.messaging.delivery`) says
+what each answer means. A publisher's streams to services go in batches to the subscriber's sidecar, whose inbox
+streams deliver to its app (:mod:`sidecar.messaging.courier`, :mod:`sidecar.messaging.inbox`).
 
 * With bulk delivery (a service's subscription with ``bulk``), up to that many messages go in one POST and each
   settles by its own status; the ones to retry go again before anything after them.
@@ -14,7 +15,7 @@ what each answer means.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +24,11 @@ from sidecar.messaging.context import MessagingContext, log
 from sidecar.messaging.courier import Courier, consume
 from sidecar.messaging.delivery import Ack, Attempts, DeadLetter, DeliveryPolicy, DeliveryRetry, Outcome
 from sidecar.messaging.store import Evicted, Store, StreamRow
-from sidecar.messaging.subscriptions import subscriber_node
 from sidecar.messaging.writer import Writer
 
 PAGE = 256                   # deliveries read from the outbox at once per stream
 MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
-NODE_BATCH = PAGE            # messages per request to a node's receiver (its SSE readers)
+WINDOW = 4                   # batches of a service's stream in flight to the subscriber's sidecar at once
 
 
 def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
@@ -45,6 +45,15 @@ def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[li
     if current:
         out.append(current)
     return out
+
+
+@dataclass(slots=True)
+class Window:
+    """A service's stream's batches sent to the subscriber's sidecar and not yet answered, oldest first."""
+
+    sent: deque[tuple[list[tuple[int, bytes]], asyncio.Future[tuple[list[Outcome], str | None]]]] = field(
+        default_factory=deque)
+    last: int | None = None   # the seq the newest batch sent ended with (None: the next starts a new run)
 
 
 @dataclass(slots=True)
@@ -121,19 +130,76 @@ class Streams:
         store = self.ctx.store
         assert store is not None
         after = 0
-        while not self.ctx.closing.is_set():
-            worker.wakeup.clear()
-            page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
-            if not page:
-                worker.state = "idle"
-                await worker.wakeup.wait()
-                continue
-            after = page[-1][0]
-            owed = [(seq, body) for seq, body in page if seq > worker.floor]
-            # a service's app: one message per POST, or its subscription's bulk size; a node's readers: batches
-            bulk = worker.row.bulk if subscriber_node(worker.row.subscriber) is None else NODE_BATCH
-            for batch in batches(owed, bulk, MAX_BULK_BYTES) if bulk else ([item] for item in owed):
-                await self._deliver(worker, batch, bulk > 0)
+        window = Window()
+        try:
+            while not self.ctx.closing.is_set():
+                worker.wakeup.clear()
+                page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
+                if not page:
+                    while window.sent:
+                        await self._settle_oldest(worker, window)
+                    if not worker.wakeup.is_set():
+                        worker.state = "idle"
+                        await worker.wakeup.wait()
+                    continue
+                after = page[-1][0]
+                owed = [(seq, body) for seq, body in page if seq > worker.floor]
+                # another sidecar (its readers, its inbox): batches; an app: one message per POST, or its bulk size
+                bulk = self.courier.batch_size(worker.row)
+                pipelined = self.courier.pipelined(worker.row)
+                for batch in batches(owed, bulk, MAX_BULK_BYTES) if bulk else ([item] for item in owed):
+                    if pipelined:
+                        await self._send(worker, window, batch)
+                    else:
+                        await self._deliver(worker, batch, bulk > 0)
+        finally:
+            for batch, task in window.sent:
+                task.cancel()
+                store.in_flight.difference_update((worker.row.id, seq) for seq, _ in batch)
+
+    async def _send(self, worker: StreamWorker, window: Window, batch: list[tuple[int, bytes]]) -> None:
+        """A batch of a service's stream into the window: sent at once, with the seq the batch before it ended
+        with, while fewer than WINDOW are unanswered; answers are taken oldest first (:meth:`_settle_oldest`)."""
+        while len(window.sent) >= WINDOW:
+            await self._settle_oldest(worker, window)
+        batch = [(seq, body) for seq, body in batch if seq > worker.floor]
+        if not batch:
+            return
+        if not self.courier.reachable(worker.row):
+            while window.sent:
+                await self._settle_oldest(worker, window)
+            await self._deliver(worker, batch, True)   # waits for the subscriber as one batch at a time does
+            return
+        store = self.ctx.store
+        assert store is not None
+        store.in_flight.update((worker.row.id, seq) for seq, _ in batch)
+        task = asyncio.ensure_future(self.courier.bounded_attempt(worker.row, batch, 1, True, window.last))
+        window.sent.append((batch, task))
+        window.last = batch[-1][0]
+        worker.state, worker.in_flight = "delivering", window.sent[0][0][0][0]
+
+    async def _settle_oldest(self, worker: StreamWorker, window: Window) -> None:
+        """The oldest batch's answer: all stored, or (any other answer) that batch goes again on its own through
+        :meth:`_deliver`, and the batches after it in the window follow it in order, each in turn. The receiver
+        stores a batch only after the one before it, so what it acked after a failure is in order too."""
+        ctx = self.ctx
+        store = ctx.store
+        assert store is not None
+        batch, task = window.sent.popleft()
+        try:
+            outcomes, _ = await task
+        except Exception:
+            outcomes = [Outcome.FAILED] * len(batch)
+        if all(outcome is Outcome.ACK for outcome in outcomes):
+            self._settle_all(ctx.writer, worker.row.id, [seq for seq, _ in batch])
+            worker.delivered += len(batch)
+            ctx.counters["delivered"] += len(batch)
+        else:
+            window.last = None   # the next batch sent starts a new run: no "after" to wait for
+            for seq, _ in batch:
+                store.in_flight.discard((worker.row.id, seq))
+            await self._deliver(worker, batch, True)
+        worker.in_flight = window.sent[0][0][0][0] if window.sent else None
 
     async def _deliver(self, worker: StreamWorker, batch: list[tuple[int, bytes]], bulk: bool) -> None:
         """One message, or with ``bulk`` a batch in one POST whose messages each settle by their own status; those
@@ -196,6 +262,17 @@ class Streams:
             for seq, _ in batch:
                 if seq not in settled:
                     store.in_flight.discard((stream, seq))
+
+    @staticmethod
+    def _settle_all(writer: Writer | None, stream: int, seqs: list[int]) -> None:
+        """A whole batch's acks in one operation of the next commit (one savepoint, not one a message)."""
+        assert writer is not None
+
+        def op(s: Store) -> None:
+            s.in_flight.difference_update((stream, seq) for seq in seqs)
+            for seq in seqs:
+                s.w_settle(stream, seq)
+        writer.submit(op, durable=False).add_done_callback(consume)
 
     @staticmethod
     def _settle(writer: Writer, stream: int, seq: int) -> None:

@@ -4,6 +4,10 @@ Pure: changes in, the set of wanted streams out. A stream is (topic, subscriber)
 (competing consumers: one stream per service however many instances or nodes subscribe; its path is the
 smallest path any of them gave, with its bulk size, so every publisher picks the same) or ``node:NAME`` for a
 node's stream readers (SSE).
+
+A subscriber's sidecar keeps what publishers' sidecars send it for a local app in *inbox* streams, one per
+(publisher, topic, service): their subscriber is ``inbox:ORIGIN:SERVICE`` (ORIGIN: the publishing sidecar's
+certificate's service, node and store epoch), never in the book; they live while the local subscription does.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from sidecar.catalog.model import NODE_STREAM, Subscription
 
 NODE_PREFIX = "node:"
+INBOX_PREFIX = "inbox:"
 
 
 def node_subscriber(node: str) -> str:
@@ -24,6 +29,17 @@ def node_subscriber(node: str) -> str:
 def subscriber_node(subscriber: str) -> str | None:
     """The node of a ``node:NAME`` subscriber; None for a service."""
     return subscriber[len(NODE_PREFIX):] if subscriber.startswith(NODE_PREFIX) else None
+
+
+def inbox_subscriber(origin: str, service: str) -> str:
+    return f"{INBOX_PREFIX}{origin}:{service}"
+
+
+def inbox_service(subscriber: str) -> str | None:
+    """The local service of an ``inbox:ORIGIN:SERVICE`` subscriber; None for any other."""
+    if not subscriber.startswith(INBOX_PREFIX):
+        return None
+    return subscriber.rpartition(":")[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +101,13 @@ class SubscriptionBook:
             if held is None or (sub.path, sub.bulk) < (held.path, held.bulk):
                 out[key] = Wanted(sub.topic, subscriber, sub.path, sub.bulk)
         return out
+
+    def nodes_of(self, service: str, topic: str) -> list[str]:
+        """The nodes where ``service`` subscribes to ``topic`` (sorted)."""
+        nodes = [self.node] if (service, topic) in self.local else []
+        nodes += [node for node, subs in self.remote.items()
+                  if any(s.service == service and s.topic == topic for s in subs)]
+        return sorted(nodes)
 
     def to_json(self) -> list[dict[str, Any]]:
         rows = [(self.node, s) for s in self.local.values()]

@@ -25,6 +25,9 @@ log = logging.getLogger("sidecar.messaging")
 T = TypeVar("T")
 Op = Callable[[Store], Any]
 MAX_BATCH = 4096  # operations per transaction: bounds one commit's time (and the wait of the first in it)
+# when only operations that need no fsync are queued (acks), the writer waits this long for more before it commits:
+# a subscriber acking one message at a time would otherwise cost a commit (a trip to the thread) per ack
+ACK_LINGER = 0.002
 
 
 class Writer:
@@ -34,6 +37,8 @@ class Writer:
         self.on_evicted = on_evicted
         self._queue: deque[tuple[Op, asyncio.Future[Any], int, bool]] = deque()
         self.queued_bytes = 0
+        self._durable_queued = 0   # queued operations that need an fsync
+        self._lingering: asyncio.Event | None = None   # set to end the acks' linger early
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="messaging-writer")
@@ -58,6 +63,9 @@ class Writer:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((op, future, size, durable))
         self.queued_bytes += size
+        self._durable_queued += durable
+        if durable and self._lingering is not None:
+            self._lingering.set()   # a publish does not wait out the acks' linger
         self._wake.set()
         return future
 
@@ -67,8 +75,11 @@ class Writer:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
+                if not self._durable_queued and not self._stopping:
+                    await self._linger()
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
                 self.queued_bytes -= sum(item[2] for item in batch)
+                self._durable_queued -= sum(1 for item in batch if item[3])
                 now_ms = int(self.clock.wall() * 1000)
                 try:
                     results, evicted = await loop.run_in_executor(self._thread, self._commit, batch, now_ms)
@@ -93,6 +104,16 @@ class Writer:
                     self.on_evicted(evicted)
             if self._stopping and not self._queue:
                 return
+
+    async def _linger(self) -> None:
+        """Wait up to ACK_LINGER for more operations; an operation that needs an fsync ends the wait."""
+        event = self._lingering = asyncio.Event()
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=ACK_LINGER)
+        finally:
+            waiter.cancel()
+            self._lingering = None
 
     def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], int, bool]], now_ms: int
                 ) -> tuple[list[tuple[bool, Any]], list[Evicted]]:

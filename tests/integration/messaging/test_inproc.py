@@ -20,6 +20,7 @@ from sidecar.config.model import (
     SubscriptionConfig,
 )
 from sidecar.config.values import Duration
+from sidecar.errors import Unavailable
 from tests.harness import wait_for_async
 from tests.integration.messaging.inproc import App, Mesh, get, messaging_config, post
 
@@ -102,14 +103,18 @@ def test_publish_order_and_competing_consumers(tmp_path: Path) -> None:
         await wait_for_async(lambda: len(one.received) + len(two.received) >= 60, what="60 deliveries")
         got = one.received + two.received
         assert sorted(m["id"] for m in got) == sorted(ids)     # each message to one instance, none twice
-        assert one.received and two.received                   # the balancer spread them
-        # one in flight per stream: each instance saw its share in publish order
-        for app in (one, two):
-            payloads = [m["payload"] for m in app.received]
-            assert payloads == sorted(payloads)
-        assert one.headers[0]["x-sidecar-topic"] == "orders"
+        # a's stream goes to one billing node's sidecar, which delivers it to its app in publish order
+        chosen = one if one.received else two
+        assert [m["payload"] for m in chosen.received] == list(range(60))
+        assert chosen.headers[0]["x-sidecar-topic"] == "orders"
+        await wait_for_async(lambda: a.messaging.store is not None and a.messaging.store.pending == 0,
+                             what="a's outbox trimmed")
         status = await get(a.admin_url + "/messaging")
-        assert status["counters"]["delivered"] == 60 and status["pending"] == 0
+        assert status["counters"]["delivered"] == 60
+        receiver = mesh.nodes["b1" if chosen is one else "b2"]
+        status = await get(receiver.admin_url + "/messaging")
+        assert status["counters"]["inbox_received"] == 60 and status["counters"]["delivered"] == 60
+        assert status["counters"]["push_batches"] <= 60   # many messages a request when they queue up
 
     run(test, tmp_path, ["checkout", "billing"])
 
@@ -128,15 +133,16 @@ def test_drop_and_max_attempts_land_in_dead_letters_then_replay_and_purge(tmp_pa
         app = await App("sub", picky).start()
         await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
         await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
-        a = mesh.nodes["a"]
+        a, b = mesh.nodes["a"], mesh.nodes["b"]
         await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
         for kind in ("poison", "flaky", "fine"):
             status, _, _ = await post(a.api_url + "/v1/publish/t", {"type": kind, "payload": None})
             assert status == 202
-        letters = await wait_for_async(lambda: a.messaging.store and a.messaging.store.dead_letter_count == 2,
+        # the subscriber's sidecar delivers to its app: the letters are its own
+        letters = await wait_for_async(lambda: b.messaging.store and b.messaging.store.dead_letter_count == 2,
                                    what="two dead letters")
         assert letters
-        listed = (await get(a.admin_url + "/deadletters"))["deadLetters"]
+        listed = (await get(b.admin_url + "/deadletters"))["deadLetters"]
         by_type = {d["message"]["type"]: d for d in listed}
         assert by_type["poison"]["reason"] == "dropped" and by_type["poison"]["attempts"] == 0
         assert by_type["flaky"]["reason"] == "max-attempts" and by_type["flaky"]["attempts"] == 3
@@ -144,14 +150,14 @@ def test_drop_and_max_attempts_land_in_dead_letters_then_replay_and_purge(tmp_pa
         assert [m["type"] for m in app.received].count("flaky") == 3
         # replay one by id once the app is fixed; the other is purged
         fixed["value"] = True
-        status, _, body = await post(a.admin_url + "/deadletters/replay", {"ids": [by_type["flaky"]["id"]]})
+        status, _, body = await post(b.admin_url + "/deadletters/replay", {"ids": [by_type["flaky"]["id"]]})
         assert status == 200 and body == {"replayed": 1}
         await wait_for_async(lambda: [m["type"] for m in app.received].count("flaky") == 4, what="replayed delivery")
-        status, _, body = await post(a.admin_url + "/deadletters/purge", {})
+        status, _, body = await post(b.admin_url + "/deadletters/purge", {})
         assert status == 400  # no accidental purge-all
-        status, _, body = await post(a.admin_url + "/deadletters/purge", {"all": True})
+        status, _, body = await post(b.admin_url + "/deadletters/purge", {"all": True})
         assert body == {"purged": 1}
-        assert (await get(a.admin_url + "/deadletters"))["deadLetters"] == []
+        assert (await get(b.admin_url + "/deadletters"))["deadLetters"] == []
 
     run(test, tmp_path, ["checkout", "billing"])
 
@@ -202,9 +208,9 @@ def test_retention_overflow_is_dead_lettered_and_reported(tmp_path: Path) -> Non
         assert evicted > 0 and evicted + store.pending == 40
         listed = (await get(a.admin_url + "/deadletters?limit=1000"))["deadLetters"]
         assert len(listed) == evicted and {d["reason"] for d in listed} == {"retention-bytes"}
+        remaining = store.pending
         await mesh.restart_node("b")
-        await wait_for_async(lambda: len(app.received) >= store.pending + 0 and store.pending == 0,
-                             what="rest delivered")
+        await wait_for_async(lambda: len(app.received) >= remaining and store.pending == 0, what="rest delivered")
         # what arrived is the newest part, in order, and together with the dead letters it is everything
         payloads = [m["payload"] for m in app.received]
         assert payloads == sorted(payloads, key=lambda p: int(p[100:]))
@@ -227,6 +233,36 @@ def test_backpressure_answers_429_when_the_outbox_is_full(tmp_path: Path) -> Non
         status, headers, body = statuses[10]
         assert status == 429 and headers["x-sidecar-error"] == "RESOURCE_EXHAUSTED", body
         assert a.messaging.counters["publish_rejected"] == 5
+
+    run(test, tmp_path, ["checkout", "billing"])
+
+
+def test_a_full_subscriber_sidecar_refuses_batches_and_the_publishers_outbox_holds_them(tmp_path: Path) -> None:
+    """Backpressure end to end: the subscriber's sidecar stores at most messaging.queue.max_pending; beyond, it
+    refuses batches (429) and the publisher keeps them (its stream waits, uncounted), so nothing is lost and the
+    order holds once the app catches up."""
+    held = asyncio.Event()
+
+    async def slow(message: dict[str, Any]) -> web.Response:
+        await held.wait()
+        return web.json_response({})
+
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub", slow).start()
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")],
+                       messaging=messaging_config(queue=MessagingQueue(max_pending=5)))
+        a, b = mesh.nodes["a"], mesh.nodes["b"]
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
+        for i in range(20):
+            assert (await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": i}))[0] == 202
+        await wait_for_async(lambda: b.messaging.counters["inbox_refused"] > 0, what="b refusing batches")
+        assert a.messaging.store is not None and a.messaging.store.pending > 0   # the rest waits at a
+        assert b.messaging.store is not None and b.messaging.store.pending < 20
+        assert a.messaging.counters["dead_lettered:max-attempts"] == 0
+        held.set()
+        await wait_for_async(lambda: len(app.received) >= 20, what="everything delivered")
+        assert [m["payload"] for m in app.received] == list(range(20))
 
     run(test, tmp_path, ["checkout", "billing"])
 
@@ -372,15 +408,17 @@ def test_bulk_delivery_statuses_per_message_in_order(tmp_path: Path) -> None:
         bulk_sub = SubscriptionConfig(topic="t", path="/bulk", bulk=BulkDeliveryConfig(enabled=True, max_messages=8))
         await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
         await mesh.add("b", "billing", [service("billing", app)], [bulk_sub])
-        a = mesh.nodes["a"]
+        a, b = mesh.nodes["a"], mesh.nodes["b"]
         await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
         kinds = {5: "poison", 11: "flaky", 17: "silent"}
         for i in range(30):
             status, _, _ = await post(a.api_url + "/v1/publish/t", {"type": kinds.get(i, "fine"), "payload": i})
             assert status == 202
         release.set()
-        await wait_for_async(lambda: a.messaging.store is not None and a.messaging.store.pending == 0,
-                             what="every message settled")
+        # the subscriber's sidecar delivers to its app: settling, letters and counters are its own
+        await wait_for_async(lambda: a.messaging.store is not None and a.messaging.store.pending == 0
+                             and b.messaging.store is not None and b.messaging.store.pending == 0,
+                             what="every message stored at b and settled there")
         sizes = [len(batch) for batch in app.received]
         assert max(sizes) == 8 and all(1 <= n <= 8 for n in sizes)  # batches, capped at max_messages
         assert [int(h["x-sidecar-bulk"]) for h in app.headers] == sizes
@@ -395,9 +433,9 @@ def test_bulk_delivery_statuses_per_message_in_order(tmp_path: Path) -> None:
             first = next(n for n, batch in enumerate(app.received) if retried in [m["payload"] for m in batch])
             later = max(m["payload"] for m in app.received[first])
             assert again == first + 1 and all(p <= later for p in answered[again]), (retried, answered)
-        letters = (await get(a.admin_url + "/deadletters"))["deadLetters"]
+        letters = (await get(b.admin_url + "/deadletters"))["deadLetters"]
         assert [(d["message"]["payload"], d["reason"]) for d in letters] == [(5, "dropped")]
-        status = await get(a.admin_url + "/messaging")
+        status = await get(b.admin_url + "/messaging")
         assert status["counters"]["delivered"] == 29 and status["counters"]["retries"] == 2
 
     app: App
@@ -423,5 +461,35 @@ def test_bulk_subscription_through_the_api_spreads_with_its_size(tmp_path: Path)
         status, _, _ = await post(a.api_url + "/v1/publish/t", {"type": "x", "payload": 1})
         await wait_for_async(lambda: app.received, what="delivered")
         assert isinstance(app.received[0], list) and app.received[0][0]["payload"] == 1
+
+    run(test, tmp_path, ["checkout", "billing"])
+
+
+def test_a_push_batch_is_stored_only_after_the_one_before_it_and_a_repeat_is_a_duplicate(tmp_path: Path) -> None:
+    """The subscriber's inbox, as a publisher's window of batches reaches it: a batch that overtakes the one before
+    it (its ``after``) waits for it and is stored after it; one whose predecessor never comes is refused with
+    nothing stored; what comes again at or below the mark is counted a duplicate and delivered once."""
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub").start()
+        await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")])
+        inbox = mesh.nodes["b"].messaging.inbox
+
+        def items(*seqs: int) -> list[tuple[int, str, bytes]]:
+            return [(seq, f"m{seq}", json.dumps({"id": f"m{seq}", "service": "checkout", "timestamp": 0,
+                                                 "type": "x", "payload": seq}).encode()) for seq in seqs]
+        second = asyncio.ensure_future(inbox.receive("checkout@a.e1", "t", "billing", items(7, 9), after=4))
+        key = ("checkout@a.e1", "t", "billing")
+        await wait_for_async(lambda: key in inbox._arrived, what="the second batch waiting for the first")
+        assert not second.done()
+        await inbox.receive("checkout@a.e1", "t", "billing", items(2, 4))
+        assert (await second).stored == 2
+        again = await inbox.receive("checkout@a.e1", "t", "billing", items(4, 7, 9, 11))
+        assert (again.stored, again.duplicates) == (1, 3)
+        with pytest.raises(Unavailable):
+            await inbox.receive("checkout@a.e1", "t", "billing", items(20), after=15)   # 15 never comes
+        store = mesh.nodes["b"].messaging.store
+        assert store is not None
+        await wait_for_async(lambda: len(app.received) >= 5 and store.pending == 0, what="the inbox delivered")
+        assert [m["payload"] for m in app.received] == [2, 4, 7, 9, 11]
 
     run(test, tmp_path, ["checkout", "billing"])

@@ -175,9 +175,9 @@ def test_dead_letters_sse_resume_competing_consumers_errors_and_backpressure(sta
         sub = [{"topic": "orders", "path": "/events"}]
         sidecars = {
             "b1": start_sidecar(node("b1", billing_tls, [{"name": "billing", "port": one.port}], seed,
-                                     subscriptions=sub), name="b1"),
+                                     subscriptions=sub, messaging=FAST_RETRY), name="b1"),
             "b2": start_sidecar(node("b2", billing_tls, [{"name": "billing", "port": two.port}], seed,
-                                     subscriptions=sub), name="b2")}
+                                     subscriptions=sub, messaging=FAST_RETRY), name="b2")}
         w = start_sidecar(node("w", certs["watcher"], [], seed), name="w")
         wait_for(lambda: knows_subscription(p, "orders", "b1") and knows_subscription(p, "orders", "b2"), 30,
                  what="both subscriptions at p")
@@ -190,7 +190,7 @@ def test_dead_letters_sse_resume_competing_consumers_errors_and_backpressure(sta
         assert_error(http("POST", p.api + "/v1/messages/nowhere", {"type": "q", "payload": 1}), 404, "NOT_FOUND")
         assert_error(http("POST", p.api + "/v1/messages/billing", {"payload": 1}), 400, "INVALID_ARGUMENT")
 
-        # competing consumers: each message to one instance of billing (the balancer chooses which)
+        # competing consumers: p's stream goes to one instance of billing (its node's sidecar delivers it)
         for i in range(40):
             assert publish(p, "orders", i).status == 202
         wait_for(lambda: len([m for m in one.messages() + two.messages() if m["type"] == "event"]) >= 40, 30,
@@ -212,15 +212,17 @@ def test_dead_letters_sse_resume_competing_consumers_errors_and_backpressure(sta
         assert sorted(m["payload"] for m in events) == list(range(50))
         b1 = sidecars["b2" if busier == "b1" else "b1"]
 
-        # DROP and max attempts → dead letters on the admin port; replay and purge are POST-only
+        # DROP and max attempts → dead letters on the admin port of the subscriber's sidecar (which delivers to its
+        # app); replay and purge are POST-only
         assert publish(p, "orders", None, "poison").status == 202
         assert publish(p, "orders", None, "flaky").status == 202
         listed = wait_for(lambda: (lambda d: d if len(d) == 2 else None)(
-            http("GET", p.admin + "/deadletters").json()["deadLetters"]), 30, what="2 dead letters")
+            http("GET", b1.admin + "/deadletters").json()["deadLetters"]), 30, what="2 dead letters")
         reasons = {d["message"]["type"]: (d["reason"], d["attempts"]) for d in listed}
         assert reasons == {"poison": ("dropped", 0), "flaky": ("max-attempts", 3)}
-        assert http("GET", p.admin + "/deadletters/purge").status == 405
-        assert http("POST", p.admin + "/deadletters/purge", {"ids": [listed[0]["id"]]}).json() == {"purged": 1}
+        assert http("GET", b1.admin + "/deadletters/purge").status == 405
+        assert http("POST", b1.admin + "/deadletters/purge", {"ids": [listed[0]["id"]]}).json() == {"purged": 1}
+        assert http("GET", p.admin + "/deadletters").json()["total"] == 0
 
         # SSE on w, resumed with Last-Event-ID
         reader: dict[str, Any] = {}
@@ -238,15 +240,16 @@ def test_dead_letters_sse_resume_competing_consumers_errors_and_backpressure(sta
         resumed = read_sse(w.api + "/v1/subscribe/news", 5, last_id=first[2][0])
         assert [e["payload"] for _, e in resumed] == [3, 4, 5, 6, 7]
 
-        # an unreachable subscriber: messages wait; beyond retention.age they are dead-lettered and reported;
-        # beyond queue.max_pending publish answers 429
+        # an unreachable subscriber (its node killed): messages wait; beyond retention.age they are dead-lettered
+        # and reported; beyond queue.max_pending publish answers 429
         q = start_sidecar(node("q", certs["publisher"], [], seed, messaging={
             **FAST_RETRY, "queue": {"max_pending": 10}, "retention": {"age": "2s", "bytes": 1 << 20}}), name="q")
-        # "ghost" is registered on b1 but nothing listens on its port: deliveries meet the mesh's 503 and wait
+        # "ghost" subscribes on b1, then b1 is killed: q's stream has nowhere to go and its outbox fills
         assert http("PUT", b1.api + "/v1/services", {"name": "ghost", "port": free_port()}).status == 200
         b1_sub = {"topic": "stuck", "path": "/stuck", "service": "ghost"}
         assert http("POST", b1.api + "/v1/subscriptions", b1_sub).status == 201
         wait_for(lambda: knows_subscription(q, "stuck", b1.name), 30, what="q knows stuck")
+        b1.kill()
         statuses = [publish(q, "stuck", i).status for i in range(12)]
         assert statuses[:10] == [202] * 10 and statuses[10:] == [429, 429], statuses
         assert_error(publish(q, "stuck", 99), 429, "RESOURCE_EXHAUSTED")

@@ -169,3 +169,50 @@ def test_checkpoints_are_run_and_counted(tmp_path: Path) -> None:
     assert store.fsyncs == commits + 1 + 2 and store.durable_messages == commits
     assert CHECKPOINT_BYTES // (2 * len(body)) <= commits <= CHECKPOINT_BYTES // len(body) + 1
     store.close()
+
+
+def test_an_inbox_keeps_a_publishers_order_and_drops_what_it_stored_before_across_restarts(tmp_path: Path) -> None:
+    """A publisher's batch whose ack was lost comes again, maybe cut differently and with more after it: what is at
+    or below the stream's mark (the publisher's highest seq stored) is a duplicate, the rest is stored in order;
+    the mark and the epoch outlive a restart."""
+    store = Store(str(tmp_path), LIMITS)
+    epoch = store.epoch
+    store.begin()
+    inbox, _ = store.w_ensure_stream("t", "inbox:checkout@p1.e:billing", "/in", 0)
+    assert store.w_inbox(inbox.id, [(5, "a", b"A"), (9, "b", b"B")], 0) == (2, 0)
+    store.commit()
+    store.close()
+    again = Store(str(tmp_path), LIMITS)
+    assert again.epoch == epoch and again.marks == {inbox.id: 9}
+    again.begin()
+    assert again.w_inbox(inbox.id, [(9, "b", b"B"), (12, "c", b"C"), (20, "d", b"D")], 0) == (2, 1)
+    assert again.w_inbox(inbox.id, [(5, "a", b"A")], 0) == (0, 1)
+    again.commit()
+    assert [body for _, body in again.r_page(inbox.id, 0, 10)] == [b"A", b"B", b"C", b"D"]
+    assert again.pending == 4
+    again.begin()
+    assert again.w_forget_stream(inbox.id, 0) == 4  # forgotten: its mark goes with it
+    again.commit()
+    assert again.marks == {}
+    again.close()
+    assert Store(str(tmp_path), LIMITS).epoch == epoch
+
+
+def test_acks_submitted_one_at_a_time_share_a_commit(tmp_path: Path) -> None:
+    """A subscriber acks one message at a time; the writer lets acks alone wait ACK_LINGER for company, so two
+    acks a moment apart are one commit, not two."""
+    async def main() -> None:
+        store = Store(str(tmp_path), LIMITS)
+        writer = Writer(store, FakeClock())
+        writer.start()
+        await writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+        commits = writer.commits
+        first = writer.submit(lambda s: None, durable=False)
+        for _ in range(3):
+            await asyncio.sleep(0)   # the writer has woken for the first ack, and waits for company
+        second = writer.submit(lambda s: None, durable=False)
+        await asyncio.gather(first, second)
+        assert writer.commits - commits == 1
+        await writer.stop()
+        store.close()
+    asyncio.run(main())
