@@ -424,6 +424,10 @@ class Exchange(StreamUser):
         policy = target.retry
         status = response_status(head)
         self.grpc_status = status
+        if status is not None and head.status == 200 and head.content_length == 0:
+            # a trailers-only answer that crossed an HTTP/1.1 hop (a head with grpc-status, an empty body): the head
+            # is the whole answer, so an HTTP/2 client gets it as one HEADERS frame that ends the stream
+            head.no_body = True
         retry = policy is not None and self.replayable and self.request_done and head.upgrade is None
         if retry and policy is not None and (head.status in policy.statuses or status in policy.grpc_statuses):
             if self._retry_response(head.status, status, now):
@@ -472,6 +476,10 @@ class Exchange(StreamUser):
             failure = UpstreamProtocolError(target.authority, "101 to a request that did not ask to upgrade")
             self._attempt_failed(failure)
             return
+        if head.no_body and head.content_length is None and head.status >= 200 and client.method != "HEAD":
+            # an HTTP/2 response that ended with its HEADERS (a gRPC trailers-only answer): its body is empty, and
+            # an HTTP/1.1 hop after this one must say so, or its client would read to the connection's close
+            head.content_length = 0
         self.response = head
         self.status = head.status
         self.response_started = now

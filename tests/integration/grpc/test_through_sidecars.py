@@ -100,6 +100,18 @@ def test_a_killed_instance_costs_at_most_5_failed_calls(mesh: GrpcMesh) -> None:
     assert answered["victim-1"] >= 295 and answered["victim-2"] == 0, answered
 
 
+def test_a_trailers_only_answer_of_the_app_crosses_the_sidecars_whole(mesh: GrpcMesh) -> None:
+    # grpcio answers an unknown method with HEADERS + END_STREAM (grpc-status 12): no message, no trailers after
+    with mesh.channel("echo") as ch:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as failure:
+            ch.unary_unary(method("NoSuchMethod"))(b"", timeout=CALL_TIMEOUT)
+    e: Any = failure.value
+    assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
+    assert time.monotonic() - started < 2, "the answer waited for something after its end"
+    assert "x-sidecar-error" not in metadata(e), metadata(e)   # the app's answer, not a sidecar's
+
+
 # ------------------------------------------------------------------------------------------ streaming
 
 
