@@ -349,6 +349,20 @@ def test_records_and_metrics_name_the_grpc_method_and_status(mesh: GrpcMesh) -> 
     assert "test.Echo/Unary" in exposition
 
 
+def test_debug_explain_answers_for_a_grpc_method(mesh: GrpcMesh) -> None:
+    # a path /pkg.Service/Method without a method is a gRPC call; node-b1's copy of authorization denies SetHealth
+    b1 = mesh.bs[0]
+    denied = http("GET", f"{b1.admin}/debug/explain?service=echo&path={DENIED}").json()
+    assert (denied["grpc"], denied["method"], denied["verdict"]) == (True, "POST", "refuse"), denied
+    steps = {s["step"]: s for s in denied["steps"]}
+    assert steps["authorization"]["data"]["rule"] == "authorization.rules[0]", steps["authorization"]
+    # the caller's policy for flaky: retried on UNAVAILABLE, the timeout a deadline for the whole call
+    flaky = http("GET", f"{mesh.caller.admin}/debug/explain?service=flaky&path=/test.Echo/Unary").json()
+    policy = {s["step"]: s for s in flaky["steps"]}["policy"]
+    assert flaky["verdict"] != "refuse" and policy["data"]["grpcRetryOn"] == ["unavailable"], flaky
+    assert "whole call" in policy["says"], policy
+
+
 def grpc_status(record: dict[str, Any]) -> str:
     values = [str(v) for k, v in record.items() if "grpc" in k.lower()]
     assert len(values) == 1, f"one gRPC status field expected in {record}"
