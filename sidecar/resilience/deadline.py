@@ -23,8 +23,6 @@ a gRPC call reaching the app gets ``grpc-timeout`` from ``x-sidecar-deadline-ms`
 
 from __future__ import annotations
 
-from sidecar.http2.grpc import format_timeout
-
 HEADER = b"x-sidecar-deadline-ms"
 GRPC_TIMEOUT = b"grpc-timeout"
 # longer than any sane timeout: a larger value is taken as this (a day)
@@ -69,10 +67,10 @@ def per_try(remaining: float, try_timeout: float | None) -> float:
 
 
 def to_grpc_timeout(seconds: float) -> bytes:
-    """``grpc-timeout`` for ``seconds`` left, to the millisecond as :func:`to_header` (never more time than
-    ``x-sidecar-deadline-ms`` says: gRPC servers end the call on it)."""
+    """``grpc-timeout`` for ``seconds`` left, in the same whole milliseconds as :func:`to_header` (never more time
+    than ``x-sidecar-deadline-ms`` says; a day is 8 digits of ``m``, gRPC's limit)."""
     ms = int(seconds * 1000.0) if seconds > 0 else 0
-    return format_timeout(min(ms, MAX_MS) / 1000.0).encode()
+    return b"%dm" % min(ms, MAX_MS)
 
 
 def set_field(items: list[tuple[bytes, bytes, bytes]], name: bytes, value: bytes) -> list[tuple[bytes, bytes, bytes]]:
