@@ -7,27 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar.proxy.http1 import RequestHead, ResponseHead, Trailers
-from sidecar.proxy.target import AttemptRecord, Retry
-from tests.unit.proxy.test_exchange import FakeClient, FakeStream, Harness, target
+from tests.unit.proxy.test_exchange import FakeClient, FakeStream, Harness, Policy, target
 
 UNAVAILABLE = [(b"grpc-status", b"14"), (b"grpc-message", b"busy")]
 OK = [(b"grpc-status", b"0")]
 MESSAGE = b"\x00\x00\x00\x00\x02hi"
 
 
-class GrpcPolicy:
+def grpc_policy(retries: int = 1, grpc: frozenset[int] = frozenset({14}),
+               statuses: frozenset[int] = frozenset()) -> Policy:
     """Retries up to ``retries`` times on the gRPC statuses given (and on HTTP ``statuses``)."""
-
-    def __init__(self, retries: int = 1, grpc: frozenset[int] = frozenset({14}),
-                 statuses: frozenset[int] = frozenset()) -> None:
-        self.statuses = statuses
-        self.grpc_statuses = grpc
-        self.retries = retries
-        self.asked: list[AttemptRecord] = []
-
-    def next_attempt(self, attempt: AttemptRecord) -> Retry | None:
-        self.asked.append(attempt)
-        return None if attempt.number > self.retries else Retry(attempt.target, 0.0)
+    return Policy(retries, statuses=statuses, grpc=grpc)
 
 
 class HeadsClient(FakeClient):
@@ -68,7 +58,7 @@ def answer(stream: FakeStream, response: ResponseHead, messages: list[bytes], tr
 
 
 def test_a_trailers_only_status_in_retry_on_is_retried_and_the_client_sees_only_the_second_answer() -> None:
-    policy = GrpcPolicy()
+    policy = grpc_policy()
     h = grpc_harness(retry=policy)
     first, second = h.stream(), h.stream()
     h.start([b"req"])
@@ -81,7 +71,7 @@ def test_a_trailers_only_status_in_retry_on_is_retried_and_the_client_sees_only_
 
 def test_a_held_head_whose_trailers_bring_a_retriable_status_is_retried_unseen() -> None:
     # the app sent its initial metadata, then UNAVAILABLE in the trailers, no message: nothing reached the client
-    policy = GrpcPolicy()
+    policy = grpc_policy()
     h = grpc_harness(retry=policy)
     first, second = h.stream(), h.stream()
     h.start([b"req"])
@@ -95,7 +85,7 @@ def test_a_held_head_whose_trailers_bring_a_retriable_status_is_retried_unseen()
 
 
 def test_a_status_after_a_message_is_not_retried_the_client_already_has_data() -> None:
-    policy = GrpcPolicy()
+    policy = grpc_policy()
     h = grpc_harness(retry=policy)
     stream = h.stream()
     h.start([b"req"])
@@ -106,7 +96,7 @@ def test_a_status_after_a_message_is_not_retried_the_client_already_has_data() -
 
 
 def test_a_status_the_policy_does_not_name_ends_the_held_call_as_it_came() -> None:
-    policy = GrpcPolicy(grpc=frozenset({14}))
+    policy = grpc_policy(grpc=frozenset({14}))
     h = grpc_harness(retry=policy)
     stream = h.stream()
     h.start([b"req"])
@@ -118,7 +108,7 @@ def test_a_status_the_policy_does_not_name_ends_the_held_call_as_it_came() -> No
 
 
 def test_retries_declined_by_the_policy_relay_the_failure() -> None:
-    policy = GrpcPolicy(retries=0)
+    policy = grpc_policy(retries=0)
     h = grpc_harness(retry=policy)
     stream = h.stream()
     h.start([b"req"])
@@ -128,12 +118,12 @@ def test_retries_declined_by_the_policy_relay_the_failure() -> None:
 
 
 def test_no_head_is_held_without_grpc_statuses_to_retry_or_before_the_request_is_complete() -> None:
-    h = grpc_harness(retry=GrpcPolicy(grpc=frozenset(), statuses=frozenset({503})))
+    h = grpc_harness(retry=grpc_policy(grpc=frozenset(), statuses=frozenset({503})))
     stream = h.stream()
     h.start([b"req"])
     stream.user.on_response_head(head())   # type: ignore[union-attr]
     assert h.client.events == [("head", 200)]
-    streaming = grpc_harness(retry=GrpcPolicy())
+    streaming = grpc_harness(retry=grpc_policy())
     stream = streaming.stream()
     streaming.start([b"req"], end=False)    # a bidi call still sending: it could not be replayed anyway
     stream.user.on_response_head(head())   # type: ignore[union-attr]
@@ -142,7 +132,7 @@ def test_no_head_is_held_without_grpc_statuses_to_retry_or_before_the_request_is
 
 def test_another_sidecars_own_error_is_its_status_retried_by_name() -> None:
     # UNAVAILABLE from the callee's sidecar (its app is gone) crosses HTTP/1.1 as SPEC's JSON 503
-    policy = GrpcPolicy()
+    policy = grpc_policy()
     h = grpc_harness(retry=policy)
     first, second = h.stream(), h.stream()
     h.start([b"req"])
@@ -155,7 +145,7 @@ def test_another_sidecars_own_error_is_its_status_retried_by_name() -> None:
 
 
 def test_another_sidecars_error_not_retried_is_reported_as_an_error_of_the_call() -> None:
-    h = grpc_harness(retry=GrpcPolicy(retries=0))
+    h = grpc_harness(retry=grpc_policy(retries=0))
     stream = h.stream()
     h.start([b"req"])
     denied = ResponseHead(403, b"Forbidden",
