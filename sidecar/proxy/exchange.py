@@ -476,7 +476,8 @@ class Exchange(StreamUser):
             failure = UpstreamProtocolError(target.authority, "101 to a request that did not ask to upgrade")
             self._attempt_failed(failure)
             return
-        if head.no_body and head.content_length is None and head.status >= 200 and client.method != "HEAD":
+        if (head.no_body and head.content_length is None and head.status >= 200 and head.status != 204
+                and head.status != 304 and client.method != "HEAD"):
             # an HTTP/2 response that ended with its HEADERS (a gRPC trailers-only answer): its body is empty, and
             # an HTTP/1.1 hop after this one must say so, or its client would read to the connection's close
             head.content_length = 0
