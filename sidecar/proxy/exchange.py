@@ -41,6 +41,7 @@ from time import perf_counter
 from typing import Final
 
 from sidecar.errors import DeadlineExceeded, SidecarError, classify
+from sidecar.http2.grpc import is_grpc
 from sidecar.proxy import tracecontext
 from sidecar.proxy.engine import Engine
 from sidecar.proxy.failures import AttemptTimeout, UpstreamFailure, UpstreamProtocolError, UpstreamReset
@@ -98,6 +99,8 @@ TRANSITIONS: Final = (
 
 _TRACEPARENT = b"traceparent"
 _REQUEST_ID = b"x-request-id"
+_CONTENT_TYPE = b"content-type"
+_GRPC_PREFIX = b"application/grpc"
 
 
 class Exchange(StreamUser):
@@ -212,8 +215,9 @@ class Exchange(StreamUser):
             self.fail_local(overload.shed(engine.name))   # not raised: the guard's error is shared
             return
         if engine.edit_headers:
-            self._edit_headers(head)
-        self.grpc = is_grpc_request(head)
+            self._edit_headers(head)   # notes a gRPC content type on the way
+        else:
+            self.grpc = is_grpc_request(head)
         try:
             result = engine.route(head, self.client.connection_info())
         except Exception as e:
@@ -241,6 +245,11 @@ class Exchange(StreamUser):
                 incoming_count += 1
             elif lname == _REQUEST_ID:
                 request_id = item[2]
+            elif lname == _CONTENT_TYPE:
+                value = item[2]
+                # the common case (a JSON or form body) decided by a prefix compare, without a call
+                if value[:16].lower() == _GRPC_PREFIX:
+                    self.grpc = is_grpc(value)
             elif lname == b"b3" or lname.startswith(b"x-b3-"):
                 b3 = True
         if request_id is None and incoming is None and not b3:

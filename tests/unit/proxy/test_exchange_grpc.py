@@ -211,3 +211,16 @@ def test_the_sidecars_own_error_to_a_call_is_its_status() -> None:
     h.exchange.begin()
     h.exchange.fail_local(RuntimeError("boom"))
     assert h.stat.grpc and h.stat.grpc_status == 13
+
+
+def test_a_grpc_content_type_is_noticed_in_the_header_pass_that_edits_the_trace_headers() -> None:
+    for content_type, grpc in [(b"application/grpc+proto", True), (b"Application/GRPC", True),
+                               (b"application/grpc-web", False), (b"application/json", False), (None, False)]:
+        h = Harness(target(), method="POST")
+        h.engine.edit_headers = True
+        if content_type is not None:
+            h.head.headers.items.append((b"content-type", b"Content-Type", content_type))
+        stream = h.stream()
+        h.start([b"req"])
+        stream.respond(200, b"ok")
+        assert h.stat.grpc is grpc, content_type
