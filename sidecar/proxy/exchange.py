@@ -439,7 +439,7 @@ class Exchange(StreamUser):
             head.no_body = True
         retry = policy is not None and self.replayable and self.request_done and head.upgrade is None
         if retry and policy is not None and (head.status in policy.statuses or status in policy.grpc_statuses):
-            if self._retry_response(head.status, status, now):
+            if self._retry_response(head, status, now, False):
                 return
         elif retry and policy is not None and status is None and policy.grpc_statuses:
             self.held = head
@@ -451,19 +451,27 @@ class Exchange(StreamUser):
             self.error = "upstream-sidecar"
         self._relay_head(head, now)
 
-    def _retry_response(self, status: int, grpc_status: int | None, now: float) -> bool:
+    def _retry_response(self, head: ResponseHead, grpc_status: int | None, now: float, complete: bool) -> bool:
         """A response nothing of which reached the client, with a status the policy retries on: True when a retry
-        was started (the response discarded), False when the policy declined (the response goes on)."""
+        was started (the response discarded), False when the policy declined (the response goes on).
+        ``complete``: the response was read to its end, so its connection may serve another request."""
         target = self.target
         assert target is not None and target.retry is not None
-        record = self._record(None, status, now, grpc_status)
+        record = self._record(None, head.status, now, grpc_status)
         decision = target.retry.next_attempt(record)
         self._observe(record)
         if decision is None:
             return False
         self.held = None
         self.grpc_status = None
-        self._drop_conn()
+        conn = self.conn
+        if (complete and conn is not None and self.request_done and head.keep_alive and not head.close_delimited
+                and not conn.is_closed()):
+            self.conn = None
+            assert self.pool is not None
+            self.pool.release(conn, now)   # a whole answer read: the connection goes back, as after any response
+        else:
+            self._drop_conn()
         self._retry_after(decision.target, decision.delay)
         return True
 
@@ -516,7 +524,7 @@ class Exchange(StreamUser):
             now = self.loop.time()
             status = trailers_status(trailers)
             if status in self.target.retry.grpc_statuses:
-                if self._retry_response(held.status, status, now):
+                if self._retry_response(held, status, now, True):
                     return
                 self.held = None
                 self._relay_head(held, now)

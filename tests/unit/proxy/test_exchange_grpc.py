@@ -79,6 +79,7 @@ def test_a_held_head_whose_trailers_bring_a_retriable_status_is_retried_unseen()
     assert h.client.events == []          # held
     first.user.on_response_end(UNAVAILABLE)   # type: ignore[union-attr]
     assert [a.grpc_status for a in policy.asked] == [14] and h.client.events == []
+    assert h.pool.released == [first]     # the answer was read whole: its connection serves the retry or another
     answer(second, head(), [MESSAGE], OK)
     assert h.client.events == [("head", 200), ("body", MESSAGE), ("end", OK), ("done", True)]
     assert h.stat.grpc_status == 0
