@@ -35,13 +35,16 @@ START_TIMEOUT = 20.0
 BUDGET = {"budget": {"ratio": 1.0, "min_per_second": 1000}}
 RETRY_ALL = {"retry_non_idempotent": True, **BUDGET}
 HASTY_TIMEOUT = 0.3
-# the policy timeout bounds a gRPC call whole (its deadline), so it is long enough for the 100 MB streams
-# flaky retries on the gRPC status alone: a status named in retry_on is retried although every call is a POST
+# the policy timeout bounds a gRPC call whole (its deadline), so it is long enough for the 100 MB streams.
+# "unavailable" alone would retry flaky's refusals (a status named in retry_on is retried although every call is a
+# POST); "reset" with retry_non_idempotent covers a pooled HTTP/1.1 connection between the sidecars that the callee
+# closes after an answer that came before the request's end (it does not read the rest): the next call on it fails
+# before it is read, which HTTP/1.1 cannot tell from a call the callee acted on
 POLICIES: dict[str, Any] = {
     "*": {"timeout": "30s"},
     "echo": {"load_balancer": "round_robin"},
     "drainer": {"load_balancer": "round_robin"},
-    "flaky": {"retries": {"attempts": 2, "retry_on": ["reset", "unavailable"], **BUDGET}},
+    "flaky": {"retries": {"attempts": 2, "retry_on": ["reset", "unavailable"], **RETRY_ALL}},
     "victim": {"load_balancer": "round_robin",
                "retries": {"attempts": 2, "retry_on": ["connect-failure", "reset", "unavailable"], **RETRY_ALL},
                "outlier_detection": {"consecutive_failures": 1, "max_ejection_percent": 50}},

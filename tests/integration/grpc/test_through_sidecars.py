@@ -61,7 +61,6 @@ def unary_instances(ch: grpc.Channel, calls: int) -> tuple[Counter[str], Counter
             _, call = unary.with_call(b"%d" % i, timeout=CALL_TIMEOUT)
         except grpc.RpcError as e:
             failed[e.code().name] += 1  # type: ignore[attr-defined]
-            print("FAILDETAIL", e.code(), e.details(), dict(e.trailing_metadata() or ()))  # DEBUG
             if i == 0:
                 raise  # the first call refused: the feature is absent, fail now
             continue
