@@ -19,6 +19,8 @@ def add_parser(commands: Any) -> None:
     explain.add_argument("--service", help="the destination, as the Host header names it (NAME, NAME.service.DOMAIN)")
     explain.add_argument("--path", default="/", help="request path (default /)")
     explain.add_argument("--method", default="GET", help="request method (default GET)")
+    explain.add_argument("--grpc", action="store_true",
+                         help="a gRPC call of the method --path names (/pkg.Service/Method), sent as POST")
     explain.add_argument("--caller", default=None,
                          help="the calling service for the authorization step (default: this sidecar's identity)")
     explain.add_argument("--request-id", default=None, help="a recent failed request's x-request-id")
@@ -32,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
     if args.request_id:
         query = {"request_id": args.request_id}
     elif args.service:
-        query = {"service": args.service, "path": args.path, "method": args.method.upper()}
+        method = "POST" if args.grpc and args.method == "GET" else args.method.upper()
+        query = {"service": args.service, "path": args.path, "method": method}
+        if args.grpc:
+            query["grpc"] = "true"
         if args.caller:
             query["caller"] = args.caller
     else:

@@ -72,7 +72,9 @@ def _spiffe_trust_domain(value: str) -> str | None:
     return "must be a SPIFFE trust domain: lower-case letters, digits, '.', '_' and '-'"
 
 
-RETRY_ON_TOKENS = ("connect-failure", "reset", "5xx", "gateway-error", "retriable-4xx", "refused-stream")
+RETRY_ON_TOKENS = ("connect-failure", "reset", "5xx", "gateway-error", "retriable-4xx", "refused-stream",
+                   # gRPC statuses (SPEC), as sidecar.http2.grpc.RETRY_ON names them
+                   "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 
 
 def _retry_on(values: list[str]) -> str | None:

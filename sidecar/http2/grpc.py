@@ -41,7 +41,23 @@ RETRY_ON: dict[str, Status] = {
     "unavailable": Status.UNAVAILABLE,
 }
 
+# gRPC's statuses that say the server side failed (as an HTTP 5xx does); the others are the app's answers to a
+# call it understood (as a 4xx is). Records and metrics count these as errors.
+SERVER_ERRORS = frozenset({Status.UNKNOWN, Status.DEADLINE_EXCEEDED, Status.UNIMPLEMENTED, Status.INTERNAL,
+                           Status.UNAVAILABLE, Status.DATA_LOSS})
+# the statuses the outlier detector counts as a failure of the host, as it counts 502, 503 and 504
+GATEWAY_ERRORS = frozenset({Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED})
+
 CONTENT_TYPE = b"application/grpc"
+
+
+def from_http(status: int) -> Status:
+    """The status a gRPC client takes from an HTTP response that carries no ``grpc-status`` (gRPC's
+    http-grpc-status-mapping.md): what it sees when a proxy answers for the server."""
+    if status in (429, 502, 503, 504):
+        return Status.UNAVAILABLE
+    return {400: Status.INTERNAL, 401: Status.UNAUTHENTICATED, 403: Status.PERMISSION_DENIED,
+            404: Status.UNIMPLEMENTED}.get(status, Status.UNKNOWN)
 
 
 def is_grpc(content_type: bytes | str) -> bool:

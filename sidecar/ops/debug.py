@@ -5,9 +5,10 @@
     watch_failures(dataplane, failed, clock)                           # after the DataPlane is built
     extra_routes += debug_routes(dataplane, failed)                    # admin port
 
-``GET /debug/explain?service=NAME&path=/x&method=GET[&caller=SERVICE]``: the decision a request would meet
-(:mod:`sidecar.ops.explain`). ``GET /debug/explain?request_id=ID``: what happened on each try of a recent
-failed request. ``GET /debug/failures?limit=N``: the recent failed requests, newest first.
+``GET /debug/explain?service=NAME&path=/x&method=GET[&caller=SERVICE][&grpc=true]``: the decision a request would
+meet (:mod:`sidecar.ops.explain`); a path ``/pkg.Service/Method`` asked about without a method is a gRPC call.
+``GET /debug/explain?request_id=ID``: what happened on each try of a recent failed request.
+``GET /debug/failures?limit=N``: the recent failed requests, newest first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiohttp import web
 from sidecar.clock import Clock
 from sidecar.errors import InvalidArgument, NotFound
 from sidecar.mesh.dataplane import DataPlane
-from sidecar.ops.explain import Explanation, Facts, Question, explain
+from sidecar.ops.explain import Explanation, Facts, Question, explain, looks_like_grpc
 from sidecar.ops.failures import Attempt, FailedRequests
 from sidecar.proxy import RequestStats
 from sidecar.web import json_response
@@ -72,7 +73,11 @@ def debug_routes(dataplane: DataPlane, ring: FailedRequests) -> list[web.RouteDe
         path = query.get("path", "/")
         if not path.startswith("/"):
             raise InvalidArgument("path must start with '/'", {"path": path})
-        question = Question(service, query.get("method", "GET").upper(), path, query.get("caller") or None)
+        # a gRPC call: grpc=true, or a path /pkg.Service/Method asked about without a method
+        grpc_asked = query.get("grpc", "").lower()
+        grpc = grpc_asked in ("1", "true") or (not grpc_asked and "method" not in query and looks_like_grpc(path))
+        method = query.get("method", "POST" if grpc else "GET").upper()
+        question = Question(service, method, path, query.get("caller") or None, grpc)
         return json_response(explain_now(dataplane, question).to_json())
 
     async def failures_route(request: web.Request) -> web.Response:

@@ -16,6 +16,11 @@ detector's lazy clock, as ``/clusters`` reads it).
 
 Authorization is enforced by the destination's sidecar with its own copy of ``authorization``; the answer here
 is this sidecar's copy (a mesh normally shares one), which the step says.
+
+A gRPC call (``Question.grpc``: a POST to ``/pkg.Service/Method``) is explained as the data plane treats one: the
+rules match its path, the policy's timeout is the deadline of the whole call (shortened by the call's
+``grpc-timeout``), ``retry_on``'s gRPC status names are retried while nothing of the response reached the client,
+and records name it by its path.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Any
 
 from sidecar.catalog.model import CatalogSnapshot, HealthStatus, NodeInfo
 from sidecar.config.model import Config
+from sidecar.http2.grpc import RETRY_ON as GRPC_RETRY_ON
+from sidecar.http2.grpc import service_method
 from sidecar.mesh.authorization import Authorizer
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
@@ -43,12 +50,20 @@ REFUSE = "refuse"  # the request would be refused here
 @dataclass(frozen=True, slots=True)
 class Question:
     """What an operator asks about: a request to ``service`` (a Host value: ``echo``, ``v2.echo.service.mesh``).
-    ``caller`` is the calling service for the authorization step; None means this sidecar's own identity."""
+    ``caller`` is the calling service for the authorization step; None means this sidecar's own identity.
+    ``grpc``: the request is a gRPC call (``content-type: application/grpc``) of the method ``path`` names."""
 
     service: str
     method: str = "GET"
     path: str = "/"
     caller: str | None = None
+    grpc: bool = False
+
+
+def looks_like_grpc(path: str) -> bool:
+    """``/pkg.Service/Method``: two segments, the first a package-qualified service name."""
+    name = service_method(path)
+    return name is not None and "." in name.partition("/")[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +117,12 @@ class Explanation:
 
     def to_json(self) -> dict[str, Any]:
         q = self.question
-        return {"service": q.service, "method": q.method, "path": q.path, "caller": q.caller,
-                "verdict": self.verdict, "summary": self.summary, "steps": [s.to_json() for s in self.steps]}
+        out: dict[str, Any] = {"service": q.service, "method": q.method, "path": q.path, "caller": q.caller,
+                               "verdict": self.verdict, "summary": self.summary,
+                               "steps": [s.to_json() for s in self.steps]}
+        if q.grpc:
+            out["grpc"] = True
+        return out
 
 
 # ------------------------------------------------------------------------------------------ the steps
@@ -129,7 +148,7 @@ def explain(question: Question, facts: Facts, now: float, wall: float) -> Explan
         steps.append(_ejection(name.service, hosts, dest, now, wall))
         steps.append(_balancer(name.service, hosts, dest, now))
     steps.append(_caps(name.service, facts.config, dest))
-    steps.append(_policy(name.service, facts.config, dest, now))
+    steps.append(_policy(name.service, facts.config, dest, now, question.grpc))
     steps.append(_authorization(question, name.service, facts))
     steps.append(_identity(facts.identity, facts.issued, wall))
     return Explanation(question, tuple(steps))
@@ -324,7 +343,7 @@ def _caps(service: str, config: Config, dest: Cluster | None) -> Step:
     return Step("caps", OK, f"the caps have room ({', '.join(parts)}){tail}", snapshot)
 
 
-def _policy(service: str, config: Config, dest: Cluster | None, now: float) -> Step:
+def _policy(service: str, config: Config, dest: Cluster | None, now: float, grpc: bool = False) -> Step:
     policy = config.policy_for(service)
     source = f"policies.{service}" if service in config.policies else "policies.*"
     retries = policy.retries
@@ -345,13 +364,23 @@ def _policy(service: str, config: Config, dest: Cluster | None, now: float) -> S
         if state.available < 1 and retries.attempts > 0:
             verdict = WARN
             budget_words += ": a failure now would not be retried"
+    grpc_names = [token for token in retries.retry_on if token in GRPC_RETRY_ON]
     if retries.attempts == 0:
         retry_words = "no retries"
     else:
         retry_words = (f"up to {retries.attempts} retr{'ies' if retries.attempts != 1 else 'y'} on "
                        f"{', '.join(retries.retry_on)}, {_try_bound(per_try, float(policy.timeout))}, "
                        f"{budget_words}")
-    says = f"{source} applies: a {float(policy.timeout):g}s deadline, {retry_words}"
+    deadline_words = f"a {float(policy.timeout):g}s deadline"
+    if grpc:
+        data["grpcRetryOn"] = grpc_names
+        data["deadline"] = "the whole call, shortened by the call's grpc-timeout"
+        deadline_words += (" for the whole call (or the call's grpc-timeout if smaller; the app gets what is "
+                           "left in grpc-timeout)")
+        if retries.attempts > 0:
+            retry_words += ("; gRPC statuses " + ", ".join(grpc_names) + " retried while nothing of the response "
+                            "reached the client" if grpc_names else "; no gRPC status is retried")
+    says = f"{source} applies: {deadline_words}, {retry_words}"
     return Step("policy", verdict, says, data)
 
 

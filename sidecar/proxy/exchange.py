@@ -19,6 +19,14 @@ another on a (possibly different) target, sending the request again from the rep
 pooled connection (closed by the server while idle) gets one silent retry on a fresh connection. Once a
 response head is relayed, the exchange is committed: any failure can only cut the client's response.
 
+A gRPC call (``content-type: application/grpc*``, one field lookup per request) differs in three ways. Its
+status is retriable (``RetryPolicy.grpc_statuses``) while nothing of the response reached the client: a
+trailers-only answer carries it in the head; otherwise, when a retry is still possible, the head is held
+(``HOLDING``) until the first message commits it or the end brings the status in its trailers. Its deadline
+bounds the whole call, not only the wait for the head: when it passes after the head went out, the upstream
+stream is reset and the client gets DEADLINE_EXCEEDED in the trailers. Its status is reported
+(``RequestStats.grpc_status``).
+
 Invariants: an upstream stream goes back to its pool only when its request was fully sent and its response
 fully received, both framed (not delimited by close); a stream is unbound before it is dropped, so a dropped
 stream never calls back into an exchange.
@@ -32,10 +40,18 @@ from collections.abc import Awaitable
 from time import perf_counter
 from typing import Final
 
-from sidecar.errors import DeadlineExceeded, SidecarError
+from sidecar.errors import DeadlineExceeded, SidecarError, classify
+from sidecar.http2.grpc import is_grpc
 from sidecar.proxy import tracecontext
 from sidecar.proxy.engine import Engine
 from sidecar.proxy.failures import AttemptTimeout, UpstreamFailure, UpstreamProtocolError, UpstreamReset
+from sidecar.proxy.grpcheads import (
+    deadline_trailers,
+    from_sidecar,
+    is_grpc_request,
+    response_status,
+    trailers_status,
+)
 from sidecar.proxy.http1 import IDEMPOTENT, RemoteProtocolError, RequestHead, ResponseHead, Trailers
 from sidecar.proxy.limits import LazyTimer
 from sidecar.proxy.sides import ClientSide, StreamPool, StreamUser, UpstreamStream
@@ -50,13 +66,14 @@ ROUTING: Final = 0            # the route callback decides (possibly asynchronou
 CONNECTING: Final = 1         # an attempt waits for an upstream connection from the pool
 BACKOFF: Final = 2            # between attempts: the retry policy's delay
 AWAITING_RESPONSE: Final = 3  # the request head went upstream; no response head yet (retries still possible)
-RESPONDING: Final = 4         # a response head went to the client: committed, a failure can only cut
-UPGRADING: Final = 5          # a 101 went to the client; the upstream connection turns into a tunnel
-TUNNEL: Final = 6             # bytes relayed as they are; the tunnel reports the exchange when it closes
-DONE: Final = 7               # reported, the client connection told; late callbacks are ignored
+HOLDING: Final = 4            # a gRPC response head is held back: its status may still make it a retry
+RESPONDING: Final = 5         # a response head went to the client: committed, a failure can only cut
+UPGRADING: Final = 6          # a 101 went to the client; the upstream connection turns into a tunnel
+TUNNEL: Final = 7             # bytes relayed as they are; the tunnel reports the exchange when it closes
+DONE: Final = 8               # reported, the client connection told; late callbacks are ignored
 
-PHASE_NAMES: Final = ("routing", "connecting", "backoff", "awaiting-response", "responding", "upgrading", "tunnel",
-                      "done")
+PHASE_NAMES: Final = ("routing", "connecting", "backoff", "awaiting-response", "holding", "responding", "upgrading",
+                      "tunnel", "done")
 
 
 def _phases(*phases: int) -> int:
@@ -71,7 +88,8 @@ TRANSITIONS: Final = (
     _phases(CONNECTING, DONE),                                           # ROUTING
     _phases(CONNECTING, BACKOFF, AWAITING_RESPONSE, DONE),               # CONNECTING (a failed dial: retry)
     _phases(CONNECTING, DONE),                                           # BACKOFF
-    _phases(CONNECTING, BACKOFF, RESPONDING, UPGRADING, DONE),           # AWAITING_RESPONSE (retry, stale)
+    _phases(CONNECTING, BACKOFF, HOLDING, RESPONDING, UPGRADING, DONE),  # AWAITING_RESPONSE (retry, stale)
+    _phases(CONNECTING, BACKOFF, RESPONDING, DONE),                      # HOLDING (a gRPC status: retry)
     _phases(DONE),                                                       # RESPONDING
     _phases(TUNNEL, DONE),                                               # UPGRADING
     0,                                                                   # TUNNEL
@@ -81,6 +99,8 @@ TRANSITIONS: Final = (
 
 _TRACEPARENT = b"traceparent"
 _REQUEST_ID = b"x-request-id"
+_CONTENT_TYPE = b"content-type"
+_GRPC_PREFIX = b"application/grpc"
 
 
 class Exchange(StreamUser):
@@ -96,7 +116,10 @@ class Exchange(StreamUser):
         "deadline",
         "engine",
         "error",
+        "grpc",
+        "grpc_status",
         "head",
+        "held",
         "last_activity",
         "limits",
         "loop",
@@ -160,6 +183,9 @@ class Exchange(StreamUser):
         self.response_started: float | None = None
         self.error: str | None = None
         self.status = 0
+        self.grpc = False
+        self.grpc_status: int | None = None     # a gRPC call's status, once known
+        self.held: ResponseHead | None = None     # HOLDING: the gRPC response head not yet relayed
         self.request_id: str | None = None
         self.trace_id: str | None = None
         self.trace_flags: int | None = None
@@ -189,7 +215,9 @@ class Exchange(StreamUser):
             self.fail_local(overload.shed(engine.name))   # not raised: the guard's error is shared
             return
         if engine.edit_headers:
-            self._edit_headers(head)
+            self._edit_headers(head)   # notes a gRPC content type on the way
+        else:
+            self.grpc = is_grpc_request(head)
         try:
             result = engine.route(head, self.client.connection_info())
         except Exception as e:
@@ -217,6 +245,11 @@ class Exchange(StreamUser):
                 incoming_count += 1
             elif lname == _REQUEST_ID:
                 request_id = item[2]
+            elif lname == _CONTENT_TYPE:
+                value = item[2]
+                # the common case (a JSON or form body) decided by a prefix compare, without a call
+                if value[:16].lower() == _GRPC_PREFIX:
+                    self.grpc = is_grpc(value)
             elif lname == b"b3" or lname.startswith(b"x-b3-"):
                 b3 = True
         if request_id is None and incoming is None and not b3:
@@ -377,6 +410,9 @@ class Exchange(StreamUser):
         target = self.target
         assert target is not None
         policy = target.retry
+        if self.grpc:
+            self._grpc_response_head(head, now)
+            return
         if policy is not None and head.status in policy.statuses and self.replayable and self.request_done:
             record = self._record(None, head.status, now)
             decision = policy.next_attempt(record)
@@ -387,29 +423,118 @@ class Exchange(StreamUser):
                 return
         elif target.observer is not None:   # no record to build when nobody observes (the inbound's app)
             self._observe(self._record(None, head.status, now))
+        self._relay_head(head, now)
+
+    def _grpc_response_head(self, head: ResponseHead, now: float) -> None:
+        """A gRPC call's response head: retried on its status (a trailers-only answer, another sidecar's error),
+        held while its status may still come in the trailers and be retried, else relayed."""
+        target = self.target
+        assert target is not None
+        policy = target.retry
+        status = response_status(head)
+        self.grpc_status = status
+        if status is not None and head.status == 200 and head.content_length == 0:
+            # a trailers-only answer that crossed an HTTP/1.1 hop (a head with grpc-status, an empty body): the head
+            # is the whole answer, so an HTTP/2 client gets it as one HEADERS frame that ends the stream
+            head.no_body = True
+        retry = policy is not None and self.replayable and self.request_done and head.upgrade is None
+        if retry and policy is not None and (head.status in policy.statuses or status in policy.grpc_statuses):
+            if self._retry_response(head, status, now, False):
+                return
+        elif retry and policy is not None and status is None and policy.grpc_statuses:
+            self.held = head
+            self._to(HOLDING)
+            return
+        elif target.observer is not None:
+            self._observe(self._record(None, head.status, now, status))
+        if status is not None and self.error is None and from_sidecar(head):
+            self.error = "upstream-sidecar"
+        self._relay_head(head, now)
+
+    def _retry_response(self, head: ResponseHead, grpc_status: int | None, now: float, complete: bool) -> bool:
+        """A response nothing of which reached the client, with a status the policy retries on: True when a retry
+        was started (the response discarded), False when the policy declined (the response goes on).
+        ``complete``: the response was read to its end, so its connection may serve another request."""
+        target = self.target
+        assert target is not None and target.retry is not None
+        record = self._record(None, head.status, now, grpc_status)
+        decision = target.retry.next_attempt(record)
+        self._observe(record)
+        if decision is None:
+            return False
+        self.held = None
+        self.grpc_status = None
+        conn = self.conn
+        if (complete and conn is not None and self.request_done and head.keep_alive and not head.close_delimited
+                and not conn.is_closed()):
+            self.conn = None
+            assert self.pool is not None
+            self.pool.release(conn, now)   # a whole answer read: the connection goes back, as after any response
+        else:
+            self._drop_conn()
+        self._retry_after(decision.target, decision.delay)
+        return True
+
+    def _release_held(self, now: float) -> None:
+        """HOLDING, and the first message arrived: the held head is committed and relayed."""
+        head = self.held
+        assert head is not None and self.target is not None
+        self.held = None
+        if self.target.observer is not None:
+            self._observe(self._record(None, head.status, now))
+        self._relay_head(head, now)
+
+    def _relay_head(self, head: ResponseHead, now: float) -> None:
+        target = self.target
+        assert target is not None
         client = self.head
         if head.upgrade is not None and client.upgrade is None:
             self._drop_conn()
             failure = UpstreamProtocolError(target.authority, "101 to a request that did not ask to upgrade")
             self._attempt_failed(failure)
             return
+        if (head.no_body and head.content_length is None and head.status >= 200 and head.status != 204
+                and head.status != 304 and client.method != "HEAD"):
+            # an HTTP/2 response that ended with its HEADERS (a gRPC trailers-only answer): its body is empty, and
+            # an HTTP/1.1 hop after this one must say so, or its client would read to the connection's close
+            head.content_length = 0
         self.response = head
         self.status = head.status
         self.response_started = now
         self.last_activity = now
-        self.timer.set(now + self.limits.stream_idle_timeout)
+        idle = now + self.limits.stream_idle_timeout
+        if self.grpc and self.deadline is not None and self.deadline < idle:
+            idle = self.deadline   # a gRPC deadline bounds the whole call
+        self.timer.set(idle)
         self._to(RESPONDING if head.upgrade is None else UPGRADING)
         self.client.send_head(head, client)
 
     def on_response_body(self, data: bytes) -> None:
+        now = self.loop.time()
+        if self.phase == HOLDING:
+            self._release_held(now)
         self.response_bytes += len(data)
         self.client.send_body(data)
-        self.last_activity = self.loop.time()
+        self.last_activity = now
 
     def on_response_end(self, trailers: Trailers | None) -> None:
+        if self.phase == HOLDING:
+            held = self.held
+            assert held is not None and self.target is not None and self.target.retry is not None
+            now = self.loop.time()
+            status = trailers_status(trailers)
+            if status in self.target.retry.grpc_statuses:
+                if self._retry_response(held, status, now, True):
+                    return
+                self.held = None
+                self._relay_head(held, now)
+            else:
+                self._release_held(now)
         response = self.response
         if self.phase != RESPONDING or response is None:
             return  # a 101: the upgrade follows
+        if self.grpc and trailers:
+            self.grpc_status = trailers_status(trailers)
         self.client.send_end(trailers)
         # the upstream may answer before the request is complete: then it will not read the rest; neither do we
         self._finish(reuse=self.request_done and response.keep_alive and not response.close_delimited)
@@ -440,7 +565,8 @@ class Exchange(StreamUser):
         target = self.target
         assert target is not None
         self._drop_conn(abort=True)
-        if self.phase == AWAITING_RESPONSE:
+        if self.phase == AWAITING_RESPONSE or self.phase == HOLDING:
+            self.held = None
             self._attempt_failed(UpstreamProtocolError(target.authority, error.message))
         else:
             self.error = "protocol-error"
@@ -454,7 +580,8 @@ class Exchange(StreamUser):
         assert self.pool is not None and self.target is not None
         self.pool.forget(conn)
         response = self.response
-        if self.phase == AWAITING_RESPONSE or response is None:
+        self.held = None
+        if self.phase == AWAITING_RESPONSE or self.phase == HOLDING or response is None:
             if conn.was_reused() and not self.stale_retried and self.replayable and self.head.method in IDEMPOTENT:
                 # the server closed a pooled connection as we reused it: once, on a fresh connection
                 self.stale_retried = True
@@ -482,11 +609,12 @@ class Exchange(StreamUser):
 
     # ------------------------------------------------------------------------------------ failures
 
-    def _record(self, failure: UpstreamFailure | None, status: int | None, now: float) -> AttemptRecord:
+    def _record(self, failure: UpstreamFailure | None, status: int | None, now: float,
+                grpc_status: int | None = None) -> AttemptRecord:
         assert self.target is not None
         return AttemptRecord(self.attempt, self.target, self.head.method, failure, status,
-                             self.phase == AWAITING_RESPONSE,
-                             self.replayable, self.attempt_started, now, self.attempt_sent)
+                             self.phase == AWAITING_RESPONSE or self.phase == HOLDING,
+                             self.replayable, self.attempt_started, now, self.attempt_sent, grpc_status)
 
     def _observe(self, record: AttemptRecord) -> None:
         observer = record.target.observer
@@ -503,7 +631,7 @@ class Exchange(StreamUser):
         target = self.target
         assert target is not None
         policy = target.retry
-        if (policy is not None and self.replayable and self.phase <= AWAITING_RESPONSE
+        if (policy is not None and self.replayable and self.phase <= HOLDING
                 and (self.deadline is None or now < self.deadline)):
             try:
                 decision = policy.next_attempt(record)
@@ -537,6 +665,11 @@ class Exchange(StreamUser):
             return
         if self.phase >= RESPONDING:
             idle_until = self.last_activity + limits.stream_idle_timeout
+            if self.grpc and self.deadline is not None and self.phase == RESPONDING:
+                if now >= self.deadline:
+                    self._grpc_deadline()
+                    return
+                idle_until = min(idle_until, self.deadline)
             if now < idle_until:
                 self.timer.set(idle_until)
                 return
@@ -561,6 +694,7 @@ class Exchange(StreamUser):
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
+        self.held = None
         self._drop_conn(abort=True)
         if self.pool is not None:
             self.pool.cancel(self)
@@ -571,6 +705,21 @@ class Exchange(StreamUser):
             self.error = "timeout"
             self.fail_local(failure)
         self.client.flush()
+
+    def _grpc_deadline(self) -> None:
+        """A gRPC call's deadline passed after its response began: the upstream stream is reset (the server
+        learns the call is over) and the client's response ends with DEADLINE_EXCEEDED in its trailers, or is
+        cut when its framing has no place for trailers."""
+        assert self.deadline is not None
+        self.error = "timeout"
+        self._drop_conn(abort=True)
+        response = self.response
+        if response is not None and response.content_length is not None and not response.chunked:
+            self._cut()
+            return
+        self.grpc_status = 4
+        self.client.send_end(deadline_trailers(self.deadline - self.started))
+        self._finish(reuse=False)
 
     def _drop_conn(self, abort: bool = False) -> None:
         conn = self.conn
@@ -600,6 +749,9 @@ class Exchange(StreamUser):
         if self.pool is not None:
             self.pool.cancel(self)
         client = self.client
+        self.held = None
+        if self.grpc:
+            self.grpc_status = classify(exc)[0].grpc
         self.status = client.send_error(exc, self.head, self.request_done)
         now = self.loop.time()
         self.response_started = now
@@ -624,6 +776,8 @@ class Exchange(StreamUser):
         self._to(DONE)
         if self.error is None:
             self.error = "client-reset"
+            if self.grpc:
+                self.grpc_status = 1   # CANCELLED: what the client's reset says to gRPC
         if self._route_task is not None:
             self._route_task.cancel()
         if self._retry_handle is not None:
@@ -663,7 +817,8 @@ class Exchange(StreamUser):
             self.started, self.response_started, now, self.attempt,
             None if target is None else target.authority, None if target is None else target.tag,
             self.request_id, self.trace_id, self.span_id, self.parent_span_id, self.phase == TUNNEL,
-            perf_counter() - self.clock_start, self.client.connection_info(), self.trace_flags,
+            perf_counter() - self.clock_start, self.client.connection_info(), self.trace_flags, self.grpc,
+            self.grpc_status,
         )
         try:
             callback(stats)

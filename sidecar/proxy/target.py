@@ -88,7 +88,9 @@ class AttemptRecord:
 
     ``failure`` is None when a response head arrived (``status`` is then set); ``sent`` says whether any
     request byte reached the upstream; ``replayable`` whether the whole request body so far is in the
-    replay buffer (no body, or one no larger than ``ProxyLimits.replay_buffer``).
+    replay buffer (no body, or one no larger than ``ProxyLimits.replay_buffer``). ``grpc_status``: a gRPC
+    call's status when the attempt ended with one nothing of which reached the client (a trailers-only answer,
+    or trailers after a held head and no message), else None.
     """
 
     number: int                       # 1 for the first attempt
@@ -101,9 +103,11 @@ class AttemptRecord:
     started: float                    # loop time the attempt began (connection requested)
     ended: float                      # loop time of the response head or the failure
     sent_at: float | None = None      # loop time the request was written to a connection (None: never was)
+    grpc_status: int | None = None
 
     def __init__(self, number: int, target: Target, method: str, failure: UpstreamFailure | None, status: int | None,
-                 sent: bool, replayable: bool, started: float, ended: float, sent_at: float | None = None) -> None:
+                 sent: bool, replayable: bool, started: float, ended: float, sent_at: float | None = None,
+                 grpc_status: int | None = None) -> None:
         self.number = number
         self.target = target
         self.method = method
@@ -114,6 +118,7 @@ class AttemptRecord:
         self.started = started
         self.ended = ended
         self.sent_at = sent_at
+        self.grpc_status = grpc_status
 
     @property
     def latency(self) -> float:
@@ -138,12 +143,14 @@ class RetryPolicy(Protocol):
     """Decides, after an attempt failed, whether to try again (``sidecar.resilience.retry.Call`` implements it).
 
     It is asked only when the request can be replayed, and only for failures before any response byte
-    was relayed: connect failures, resets, timeouts, protocol errors, or a response head whose status is
-    in ``statuses`` (that response is then discarded, its connection closed). It may edit the request head's
-    headers for the attempt it returns: each attempt sends the head as it is when the attempt starts.
+    was relayed: connect failures, resets, timeouts, protocol errors, a response head whose status is
+    in ``statuses``, or a gRPC call's status in ``grpc_statuses`` (that response is then discarded, its
+    connection closed). It may edit the request head's headers for the attempt it returns: each attempt sends
+    the head as it is when the attempt starts.
     """
 
     statuses: frozenset[int]
+    grpc_statuses: frozenset[int]
 
     def next_attempt(self, attempt: AttemptRecord) -> Retry | None: ...
 
@@ -188,7 +195,8 @@ class RequestStats:
     ``status`` is what the client got (0 if nothing: the client went away or the connection was cut);
     ``error`` names why it did not end cleanly: a :class:`FailureKind` value ("connect-failure", "reset",
     "timeout", "protocol-error"), "local" (a route/limit error answered by the proxy), "client-reset",
-    "reset-after-response" (upstream broke mid-body), "deadline" or None.
+    "reset-after-response" (upstream broke mid-body), "deadline", "upstream-sidecar" (a gRPC call another
+    sidecar answered with its own error: it never reached the app) or None.
     """
 
     method: str
@@ -214,12 +222,17 @@ class RequestStats:
     elapsed: float | None = None
     conn: ConnectionInfo | None = None  # the client connection (peer identity on inbound)
     trace_flags: int | None = None      # the W3C flags this hop sent on (bit 0: sampled)
+    grpc: bool = False                  # a gRPC call (content-type application/grpc*)
+    # its status: from the trailers or a trailers-only answer, the sidecar's own error's code, 4 for a deadline
+    # that passed mid-response, 1 (CANCELLED) when the client reset it; None when none was seen (a cut stream)
+    grpc_status: int | None = None
 
     def __init__(self, method: str, host: str, target: bytes, status: int, error: str | None, request_bytes: int,
                  response_bytes: int, started: float, response_started: float | None, ended: float, attempts: int,
                  upstream: str | None, tag: Any, request_id: str | None, trace_id: str | None, span_id: str | None,
                  parent_span_id: str | None, upgraded: bool = False, elapsed: float | None = None,
-                 conn: ConnectionInfo | None = None, trace_flags: int | None = None) -> None:
+                 conn: ConnectionInfo | None = None, trace_flags: int | None = None, grpc: bool = False,
+                 grpc_status: int | None = None) -> None:
         self.method = method
         self.host = host
         self.target = target
@@ -241,6 +254,8 @@ class RequestStats:
         self.elapsed = elapsed
         self.conn = conn
         self.trace_flags = trace_flags
+        self.grpc = grpc
+        self.grpc_status = grpc_status
 
     @property
     def duration(self) -> float:

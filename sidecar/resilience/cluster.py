@@ -25,7 +25,7 @@ from sidecar.resilience.breaker import Admission, Breaker, Cap, ResourceCaps
 from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.outlier import Ejected, EjectionRefused, EjectionRules, OutlierDetector
 from sidecar.resilience.readiness import Readiness
-from sidecar.resilience.rules import GATEWAY_ERRORS, RetryRules
+from sidecar.resilience.rules import GATEWAY_ERRORS, GRPC_GATEWAY_ERRORS, RetryRules
 
 log = logging.getLogger("sidecar.resilience")
 
@@ -191,7 +191,7 @@ class Cluster:
         load = host.load
         load.in_flight -= 1
         failure = record.failure
-        failed = failure is not None or record.status in GATEWAY_ERRORS
+        failed = failure is not None or record.status in GATEWAY_ERRORS or record.grpc_status in GRPC_GATEWAY_ERRORS
         if failed:
             # a failure says nothing good about a host: it may raise the estimate (a try that timed out counts its
             # whole wait), never lower it, else a host failing fast (a 503, a reset) would look fastest to the EWMA

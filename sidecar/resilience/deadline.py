@@ -15,11 +15,16 @@ once with 504. The value is in whole milliseconds, rounded down (never promises 
 Each try carries its own value: a retry says what is left when it starts (after the back-off), so that with no
 per-try timeout, where a try may use the whole remaining time, the next hop is never promised time that the
 tries before it already spent.
+
+gRPC's ``grpc-timeout`` is bridged both ways: a call's ``grpc-timeout`` shortens the deadline as the header does,
+and is rewritten per try with the same time left (so the app behind the next sidecar sees the smaller value);
+a gRPC call reaching the app gets ``grpc-timeout`` from ``x-sidecar-deadline-ms`` when it carried none.
 """
 
 from __future__ import annotations
 
 HEADER = b"x-sidecar-deadline-ms"
+GRPC_TIMEOUT = b"grpc-timeout"
 # longer than any sane timeout: a larger value is taken as this (a day)
 MAX_MS = 86_400_000
 
@@ -59,3 +64,25 @@ def try_timeout(per_try_timeout: float | None, retries: int, timeout: float) -> 
 def per_try(remaining: float, try_timeout: float | None) -> float:
     """What one try may take, as sent to the next hop."""
     return remaining if try_timeout is None else min(remaining, try_timeout)
+
+
+def to_grpc_timeout(seconds: float) -> bytes:
+    """``grpc-timeout`` for ``seconds`` left, in the same whole milliseconds as :func:`to_header` (never more time
+    than ``x-sidecar-deadline-ms`` says; a day is 8 digits of ``m``, gRPC's limit)."""
+    ms = int(seconds * 1000.0) if seconds > 0 else 0
+    return b"%dm" % min(ms, MAX_MS)
+
+
+def set_field(items: list[tuple[bytes, bytes, bytes]], name: bytes, value: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """``items`` with every ``name`` field replaced by one ``(name, name, value)``, at the end: in place when the
+    one field is already last, else a new list."""
+    if items and items[-1][0] == name:
+        items[-1] = (name, name, value)
+        for item in items[:-1]:
+            if item[0] == name:
+                break
+        else:
+            return items
+    out = [item for item in items if item[0] != name]
+    out.append((name, name, value))
+    return out

@@ -3,7 +3,8 @@ routes call. Each layer is its own module; the order they meet a request is writ
 :meth:`Resilience.outbound` and :meth:`Resilience._start`, top-down:
 
 1. deadline (:mod:`.deadline`, :mod:`.rules`): the request's deadline is the policy's ``timeout``, shortened by
-   a deadline the local app forwarded; the remaining time per try travels on in ``x-sidecar-deadline-ms``;
+   a deadline the local app forwarded (``x-sidecar-deadline-ms``, a gRPC call's ``grpc-timeout``); the remaining
+   time per try travels on in ``x-sidecar-deadline-ms`` (and in a rewritten ``grpc-timeout``);
 2. resource caps (:mod:`.breaker`, queued in :mod:`.destination`): ``max_requests`` / ``max_connections`` /
    ``max_pending_requests`` admit, queue or refuse (429 RESOURCE_EXHAUSTED naming the cap) the request before
    anything is sent;
@@ -35,6 +36,7 @@ from typing import Any
 
 from sidecar.config.model import Config
 from sidecar.errors import DeadlineExceeded
+from sidecar.http2.grpc import is_grpc, parse_timeout
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet
 from sidecar.proxy import RelayStats, RequestHead, Target
@@ -43,6 +45,8 @@ from sidecar.resilience.breaker import Admission
 from sidecar.resilience.cluster import Cluster
 from sidecar.resilience.retry import Call, Peers
 from sidecar.resilience.rules import NOTHING_ASKED, RetryOn, read_request_headers
+
+_CONTENT_TYPE = b"content-type"
 
 
 class Resilience:
@@ -89,11 +93,13 @@ class Resilience:
         # 1. deadline: the policy's, or what the request's headers ask for
         asked = read_request_headers(head)
         rules = dest.rules
+        grpc_timeout = False
         if asked is NOTHING_ASKED:   # the common case: the policy as it is
             timeout = dest.timeout
             retry_on = rules.retry_on
             max_retries = rules.attempts
         else:
+            grpc_timeout = asked.grpc_timeout
             timeout = deadline.effective(dest.timeout, asked.deadline)
             retry_on = rules.retry_on if asked.retry_on is None else RetryOn.parse(asked.retry_on.split(","))
             max_retries = rules.attempts
@@ -109,17 +115,19 @@ class Resilience:
         decision = dest.breaker.admit()
         if decision.admission is Admission.GO:
             return self._start(dest, peers, head, name, endpoints, retry_on, max_retries, timeout, try_timeout,
-                               now, now)
+                               now, now, grpc_timeout)
         if decision.admission is Admission.REJECT:
             assert decision.cap is not None
             raise dest.refusal(decision.cap)
         loop = asyncio.get_running_loop()
         future = dest.enqueue(now + timeout, loop)
-        return self._queued(future, dest, peers, head, name, retry_on, max_retries, timeout, try_timeout, now, loop)
+        return self._queued(future, dest, peers, head, name, retry_on, max_retries, timeout, try_timeout, now, loop,
+                            grpc_timeout)
 
     async def _queued(self, future: asyncio.Future[None], dest: Cluster, peers: Peers, head: RequestHead,
                       name: ServiceName, retry_on: RetryOn, max_retries: int, timeout: float,
-                      try_timeout: float | None, started: float, loop: asyncio.AbstractEventLoop) -> Target:
+                      try_timeout: float | None, started: float, loop: asyncio.AbstractEventLoop,
+                      grpc_timeout: bool) -> Target:
         try:
             await future
         except asyncio.CancelledError:
@@ -133,16 +141,20 @@ class Resilience:
             dest.slot_freed()
             raise endpoints.no_endpoint()
         return self._start(dest, peers, head, name, endpoints, retry_on, max_retries, timeout, try_timeout,
-                           started, now)
+                           started, now, grpc_timeout)
 
     def _start(self, dest: Cluster, peers: Peers, head: RequestHead, name: ServiceName, endpoints: EndpointSet,
                retry_on: RetryOn, max_retries: int, timeout: float, try_timeout: float | None, started: float,
-               now: float) -> Target:
+               now: float, grpc_timeout: bool = False) -> Target:
         dest.requests += 1
         dest.budget.deposit(now)
         call = Call(dest, peers, name, head, retry_on, max_retries, timeout, try_timeout, started)
-        head.headers.items.append((deadline.HEADER, deadline.HEADER, deadline.to_header(
-            deadline.per_try(call.deadline - now, try_timeout))))
+        if grpc_timeout:
+            call.grpc_timeout = True
+            call.stamp_deadline(now)
+        else:
+            head.headers.items.append((deadline.HEADER, deadline.HEADER, deadline.to_header(
+                deadline.per_try(call.deadline - now, try_timeout))))
         # 3. endpoint pick with outlier ejection, 4. the try, whose Target carries 5. the Call's retries
         return call.begin(dest.choose(endpoints, now), 1)
 
@@ -173,8 +185,9 @@ class Resilience:
 
     def inbound(self, head: RequestHead, target: Target, service: str) -> Target:
         """The local app's Target with the deadline this hop honours: the caller's remaining time (from
-        ``x-sidecar-deadline-ms``), never more than the local policy's ``timeout`` for the service. The app is
-        handed the value in the same header."""
+        ``x-sidecar-deadline-ms``, or a gRPC call's ``grpc-timeout``), never more than the local policy's
+        ``timeout`` for the service. The app is handed the value in the same header, and a gRPC call's app in
+        ``grpc-timeout`` too."""
         policy = self._inbound_timeouts.get(service)
         if policy is None:
             policy = self._inbound_timeouts[service] = float(self.config.policy_for(service).timeout)
@@ -182,13 +195,21 @@ class Resilience:
         items = head.headers.items
         found = None
         count = 0
+        grpc = False
         for item in items:
-            if item[0] == deadline.HEADER:
+            lname = item[0]
+            if lname == deadline.HEADER:
                 found = item
                 count += 1
                 parsed = deadline.parse(item[2])
                 if parsed is not None:
                     caller = parsed if caller is None else min(caller, parsed)
+            elif lname == deadline.GRPC_TIMEOUT:
+                grpc = True
+                seconds = parse_timeout(item[2])
+                caller = seconds if caller is None else min(caller, seconds)
+            elif lname == _CONTENT_TYPE and not grpc:
+                grpc = is_grpc(item[2])
         if caller is None:
             return self._derived(target, policy)
         timeout = deadline.effective(policy, caller)
@@ -203,6 +224,9 @@ class Resilience:
         elif found is not items[-1] or found[2] != value:
             items.remove(found)
             items.append((deadline.HEADER, deadline.HEADER, value))
+        if grpc:   # the app's gRPC server knows its deadline by grpc-timeout only
+            head.headers.items = deadline.set_field(head.headers.items, deadline.GRPC_TIMEOUT,
+                                                    deadline.to_grpc_timeout(timeout))
         return self._derived(target, timeout)
 
     def _derived(self, target: Target, timeout: float) -> Target:

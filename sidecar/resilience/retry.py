@@ -38,9 +38,9 @@ class Call:
     twice about one attempt (a try timeout during a back-off): both are handled by number.
     """
 
-    __slots__ = ("_discarded", "_open", "_retrying", "_slots", "deadline", "dest", "finished", "head", "host",
-                 "max_retries", "method", "name", "notes", "peers", "retry_on", "statuses", "timeout", "tried",
-                 "try_timeout")
+    __slots__ = ("_discarded", "_open", "_retrying", "_slots", "deadline", "dest", "finished", "grpc_statuses",
+                 "grpc_timeout", "head", "host", "max_retries", "method", "name", "notes", "peers", "retry_on",
+                 "statuses", "timeout", "tried", "try_timeout")
 
     def __init__(self, dest: Cluster, peers: Peers, name: ServiceName, head: RequestHead, retry_on: RetryOn,
                  max_retries: int, timeout: float, try_timeout: float | None, now: float) -> None:
@@ -52,6 +52,9 @@ class Call:
         self.retry_on = retry_on
         self.max_retries = max_retries
         self.statuses = retry_on.statuses if max_retries > 0 else frozenset()
+        self.grpc_statuses = retry_on.grpc if max_retries > 0 else frozenset()
+        # the request carries grpc-timeout: each try rewrites it with the time left, as x-sidecar-deadline-ms
+        self.grpc_timeout = False
         self.timeout = timeout
         self.try_timeout = try_timeout
         self.deadline = now + timeout
@@ -132,24 +135,32 @@ class Call:
 
     def stamp_deadline(self, start: float) -> None:
         """Tell the next hop what a try starting at ``start`` may take, in ``x-sidecar-deadline-ms`` (replacing
-        what an earlier try said): what is left of the request's deadline then, within the per-try timeout."""
-        value = deadline.to_header(deadline.per_try(self.deadline - start, self.try_timeout))
+        what an earlier try said), and in ``grpc-timeout`` when the call carried one: what is left of the request's
+        deadline then, within the per-try timeout."""
+        left = deadline.per_try(self.deadline - start, self.try_timeout)
+        value = deadline.to_header(left)
         items = self.head.headers.items
         if items and items[-1][0] == deadline.HEADER:
             items[-1] = (deadline.HEADER, deadline.HEADER, value)   # where the first try put it
         else:
             self.head.headers.items = [item for item in items if item[0] != deadline.HEADER]
             self.head.headers.items.append((deadline.HEADER, deadline.HEADER, value))
+        if self.grpc_timeout:   # a gRPC call's own deadline field says the same, for the app at the far end
+            self.head.headers.items = deadline.set_field(self.head.headers.items, deadline.GRPC_TIMEOUT,
+                                                         deadline.to_grpc_timeout(left))
 
     def _retriable(self, attempt: AttemptRecord) -> bool:
         if attempt.failure is not None:
             return attempt.failure.kind in self.retry_on.failures
-        return attempt.status in self.statuses
+        return attempt.status in self.statuses or attempt.grpc_status in self.grpc_statuses
 
     def _refusal(self, attempt: AttemptRecord) -> str | None:
         if attempt.number > self.max_retries:
             return "attempts"
-        if attempt.sent and self.method not in IDEMPOTENT and not self.dest.rules.non_idempotent:
+        # a gRPC status named in retry_on is the operator's word that the call may be repeated on it (gRPC's own
+        # retryableStatusCodes): every gRPC call is a POST, and the status says the server answered
+        if (attempt.sent and self.method not in IDEMPOTENT and not self.dest.rules.non_idempotent
+                and attempt.grpc_status not in self.grpc_statuses):
             return "unsafe"
         if not attempt.replayable:
             return "body-too-large"
@@ -166,7 +177,7 @@ class Call:
         dest = self.dest
         dest.attempt_ended(host, attempt)
         if (self.notes is not None or attempt.failure is not None or number > 1 or attempt.status is None
-                or attempt.status >= 400 or attempt.status in self.statuses):
+                or attempt.status >= 400 or attempt.status in self.statuses or attempt.grpc_status):
             if self.notes is None:
                 self.notes = []
             self.notes.append((attempt, host.endpoint))

@@ -7,11 +7,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sidecar.config.model import RetryConfig
+from sidecar.http2.grpc import GATEWAY_ERRORS as GRPC_GATEWAY
+from sidecar.http2.grpc import RETRY_ON as GRPC_RETRY_ON
+from sidecar.http2.grpc import parse_timeout
 from sidecar.proxy import FailureKind, RequestHead
 from sidecar.resilience import deadline
 from sidecar.resilience.backoff import Backoff
 
 GATEWAY_ERRORS = frozenset({502, 503, 504})
+# gRPC's UNAVAILABLE and DEADLINE_EXCEEDED: what the outlier detector counts against a host, as 502, 503 and 504
+GRPC_GATEWAY_ERRORS = frozenset(int(status) for status in GRPC_GATEWAY)
 RETRIABLE_4XX = frozenset({409})
 _ALL_FAILURES = frozenset(FailureKind)
 # a request header may ask for more retries than the policy, but not for a storm
@@ -20,6 +25,8 @@ MAX_RETRIES_OVERRIDE = 10
 MAX_RETRIES_HEADERS = (b"x-sidecar-max-retries", b"x-envoy-max-retries")
 RETRY_ON_HEADERS = (b"x-sidecar-retry-on", b"x-envoy-retry-on")
 _STRIPPED = frozenset((*MAX_RETRIES_HEADERS, *RETRY_ON_HEADERS, deadline.HEADER))
+# read, kept, and rewritten per try with the time left (deadline.GRPC_TIMEOUT)
+_READ = _STRIPPED | {deadline.GRPC_TIMEOUT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +36,20 @@ class RetryOn:
     ``connect-failure``: the upstream could not be dialled. ``reset``: it closed or reset the connection, sent
     something that is not HTTP, or the try timed out (Envoy's disconnect/reset/read timeout). ``5xx``: any
     5xx and every local failure. ``gateway-error``: 502, 503, 504 and every local failure. ``retriable-4xx``:
-    409. A number: that status. ``refused-stream`` is HTTP/2's and never happens over HTTP/1.1.
+    409. A number: that status. ``refused-stream`` is HTTP/2's and never happens over HTTP/1.1. gRPC's status
+    names (``cancelled``, ``deadline-exceeded``, ``internal``, ``resource-exhausted``, ``unavailable``): a gRPC
+    call answered with that status (``grpc``, the numeric codes), before any of its response reached the client.
     """
 
     failures: frozenset[FailureKind]
     statuses: frozenset[int]
+    grpc: frozenset[int] = frozenset()
 
     @classmethod
     def parse(cls, tokens: Iterable[str]) -> RetryOn:
         failures: set[FailureKind] = set()
         statuses: set[int] = set()
+        grpc: set[int] = set()
         for raw in tokens:
             token = raw.strip().lower()
             if token == "connect-failure":
@@ -55,8 +66,10 @@ class RetryOn:
                 statuses |= RETRIABLE_4XX
             elif token.isdigit() and 100 <= int(token) <= 599:
                 statuses.add(int(token))
+            elif token in GRPC_RETRY_ON:
+                grpc.add(int(GRPC_RETRY_ON[token]))
             # else: refused-stream, or a token a request header got wrong: nothing to retry on
-        return cls(frozenset(failures), frozenset(statuses))
+        return cls(frozenset(failures), frozenset(statuses), frozenset(grpc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +95,19 @@ class Asked:
     deadline: float | None = None
     max_retries: int | None = None
     retry_on: str | None = None
+    grpc_timeout: bool = False    # the request carries grpc-timeout (counted in ``deadline``), to be rewritten
 
 
 NOTHING_ASKED = Asked()
 
 
 def read_request_headers(head: RequestHead) -> Asked:
-    """Read and remove the deadline and retry headers of an outbound request."""
+    """Read and remove the deadline and retry headers of an outbound request; ``grpc-timeout`` is read and kept
+    (a malformed one is InvalidArgument naming it)."""
     items = head.headers.items
     found = False
     for lname, _, _ in items:
-        if lname in _STRIPPED:
+        if lname in _READ:
             found = True
             break
     if not found:
@@ -100,11 +115,16 @@ def read_request_headers(head: RequestHead) -> Asked:
     caller: float | None = None
     max_retries: int | None = None
     retry_on: str | None = None
+    grpc_timeout = False
     keep = []
     for item in items:
         lname, _, value = item
         if lname not in _STRIPPED:
             keep.append(item)
+            if lname == deadline.GRPC_TIMEOUT:
+                seconds = parse_timeout(value)
+                caller = seconds if caller is None else min(caller, seconds)
+                grpc_timeout = True
         elif lname == deadline.HEADER:
             parsed = deadline.parse(value)
             if parsed is not None:
@@ -116,4 +136,4 @@ def read_request_headers(head: RequestHead) -> Asked:
         elif retry_on is None:
             retry_on = value.decode("latin-1")
     head.headers.items = keep
-    return Asked(caller, max_retries, retry_on)
+    return Asked(caller, max_retries, retry_on, grpc_timeout)

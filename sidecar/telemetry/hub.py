@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.clock import Clock
 from sidecar.config.model import AccessLogConfig, Config, TracingConfig
+from sidecar.http2.grpc import SERVER_ERRORS as GRPC_SERVER_ERRORS
 from sidecar.mesh.naming import Names
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.access import AccessLog
+from sidecar.telemetry.grpcmethods import MethodNames
 from sidecar.telemetry.looplag import LoopLag
 from sidecar.telemetry.propagation import MessageTrace
-from sidecar.telemetry.records import RecordStore
-from sidecar.telemetry.requests import RequestMetrics
+from sidecar.telemetry.records import GRPC_NO_STATUS, RecordStore
+from sidecar.telemetry.requests import GrpcCalls, RequestMetrics
 from sidecar.telemetry.sampling import Sampler
 
 if TYPE_CHECKING:
@@ -64,6 +66,8 @@ class Telemetry:
         self.clock = clock
         self.records = RecordStore(settings.max_samples, float(settings.retention))
         self.requests = RequestMetrics()
+        self.grpc_calls = GrpcCalls()
+        self.grpc_methods = MethodNames()
         self.source = local_service_name(config)
         self.resource = {"service.name": self.source, "service.instance.id": config.node.name,
                          "service.namespace": config.node.cluster, "sidecar.node": config.node.name}
@@ -127,7 +131,16 @@ class Telemetry:
             source = UNKNOWN if caller is None else getattr(caller, "service", UNKNOWN)
         else:
             source = self.source
-        self.records.append(service, stats.method, duration, stats.started, not failed, direction)
+        if stats.grpc:
+            grpc_status = stats.grpc_status
+            if grpc_status in GRPC_SERVER_ERRORS:
+                failed = True
+            method = self.grpc_methods.name(label, stats.target)
+            self.grpc_calls.record(direction, source, label, method, grpc_status)
+            self.records.append(service, method, duration, stats.started, not failed, direction,
+                                GRPC_NO_STATUS if grpc_status is None else grpc_status)
+        else:
+            self.records.append(service, stats.method, duration, stats.started, not failed, direction)
         self.requests.record(direction, source, label, stats.method, status, failed, duration,
                              stats.request_bytes, stats.response_bytes)
         tracer = self.tracer

@@ -177,7 +177,13 @@ class SidecarCollector:
             sent.add_metric(list(trio), value)
         for trio, value in sorted(body_out.items()):
             received.add_metric(list(trio), value)
-        return [requests, failed, duration, sent, received]
+        grpc = _counter("sidecar_grpc_requests", "Proxied gRPC calls, by direction, method (the call's path "
+                        "/pkg.Service/Method; at most 100 per destination, then other) and gRPC status (0-16; "
+                        "none: the call ended without one).",
+                        ("direction", "source", "destination", "method", "grpc_status"))
+        for labels, count in self.telemetry.grpc_calls.views():
+            grpc.add_metric(list(labels), count)
+        return [requests, failed, duration, sent, received, grpc]
 
     def _telemetry(self) -> Iterator[MetricFamily]:
         t = self.telemetry

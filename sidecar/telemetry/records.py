@@ -15,6 +15,12 @@ the oldest on append), and none older than ``retention`` seconds (pruned on appe
 carry ids and would make every request its own series), ``orders.publish`` / ``inventory.request`` for
 messages. ``status`` is ``error`` when the caller did not get an answer from the app (connect failure, reset,
 timeout, a refusal by the sidecar itself) or got a 5xx; 4xx are the app's answers and count as ``success``.
+
+A gRPC call is named by its path, as SPEC says: ``serviceMethod`` is ``/pkg.Service/Method`` (leading slash
+kept; ``other`` past the per-service cap of :mod:`.grpcmethods`), with ``service`` (the destination, which the
+path does not name) and ``grpcStatus`` (the numeric code; null when the call ended without one, e.g. a stream cut
+mid-response). Its ``status`` is ``error`` as for HTTP, and also for the statuses that say the server side
+failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS: gRPC's 5xx).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ PERCENTILES = (50, 90, 99)
 # records are appended when requests end, so ``at`` (their start) is only roughly ordered: scans that stop at
 # a time go this much further (a request longer than this may be missed by a ``since`` or a window)
 ORDER_SLACK = 60.0
+# Record.grpc_status of a gRPC call that ended without a status (None is "not a gRPC call")
+GRPC_NO_STATUS = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +57,22 @@ class Record:
     at: float
     ok: bool
     direction: str = "outbound"   # outbound: this node's app called ``service``; inbound: ``service`` is ours
+    grpc_status: int | None = None   # a gRPC call's status (GRPC_NO_STATUS: none); None: not a gRPC call
 
     @property
     def service_method(self) -> str:
-        return f"{self.service}.{self.method}"
+        return self.method if self.grpc_status is not None else f"{self.service}.{self.method}"
 
     def to_json(self, wall_offset: float) -> dict[str, Any]:
-        """The data model's ServicePerformanceMetric, plus ``direction``."""
-        return {"serviceMethod": self.service_method, "latency": round(self.latency * 1000.0, 3),
-                "timestamp": int((self.at + wall_offset) * 1000), "status": "success" if self.ok else "error",
-                "direction": self.direction}
+        """The data model's ServicePerformanceMetric, plus ``direction`` (and for a gRPC call ``service`` and
+        ``grpcStatus``)."""
+        out: dict[str, Any] = {"serviceMethod": self.service_method, "latency": round(self.latency * 1000.0, 3),
+               "timestamp": int((self.at + wall_offset) * 1000), "status": "success" if self.ok else "error",
+               "direction": self.direction}
+        if self.grpc_status is not None:
+            out["service"] = self.service
+            out["grpcStatus"] = None if self.grpc_status == GRPC_NO_STATUS else self.grpc_status
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +89,8 @@ class Query:
 
     def matches(self, record: Record) -> bool:
         return ((self.service is None or record.service == self.service)
-                and (self.method is None or record.method.lower() == self.method)
+                and (self.method is None or record.method.lower() == self.method
+                     or (record.grpc_status is not None and record.method[1:].lower() == self.method))
                 and (self.ok is None or record.ok == self.ok)
                 and (self.direction is None or record.direction == self.direction)
                 and (self.since is None or record.at >= self.since))
@@ -83,7 +98,8 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """One row of ``/v1/metrics/summary``: a (direction, serviceMethod) over the window."""
+    """One row of ``/v1/metrics/summary``: a (direction, serviceMethod) over the window; a gRPC method's row names
+    its ``service`` too (the same method may be served by several services)."""
 
     service_method: str
     direction: str
@@ -93,17 +109,21 @@ class Summary:
     p90: float
     p99: float
     mean: float
+    service: str | None = None
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.count if self.count else 0.0
 
     def to_json(self, window: float) -> dict[str, Any]:
-        return {"serviceMethod": self.service_method, "direction": self.direction, "count": self.count,
-                "errors": self.errors, "errorRate": round(self.error_rate, 6),
-                "ratePerSecond": round(self.count / window, 3) if window > 0 else 0.0,
-                "p50": round(self.p50 * 1000.0, 3), "p90": round(self.p90 * 1000.0, 3),
-                "p99": round(self.p99 * 1000.0, 3), "mean": round(self.mean * 1000.0, 3)}
+        out: dict[str, Any] = {"serviceMethod": self.service_method, "direction": self.direction, "count": self.count,
+               "errors": self.errors, "errorRate": round(self.error_rate, 6),
+               "ratePerSecond": round(self.count / window, 3) if window > 0 else 0.0,
+               "p50": round(self.p50 * 1000.0, 3), "p90": round(self.p90 * 1000.0, 3),
+               "p99": round(self.p99 * 1000.0, 3), "mean": round(self.mean * 1000.0, 3)}
+        if self.service is not None:
+            out["service"] = self.service
+        return out
 
 
 def percentile(ordered: list[float], p: float) -> float:
@@ -116,17 +136,19 @@ def percentile(ordered: list[float], p: float) -> float:
 
 
 def summarize(records: Iterable[Record]) -> list[Summary]:
-    """Rows per (direction, serviceMethod), sorted by direction then serviceMethod."""
-    groups: dict[tuple[str, str], list[Record]] = {}
+    """Rows per (direction, serviceMethod), and per service for gRPC methods; sorted by direction, serviceMethod,
+    then service."""
+    groups: dict[tuple[str, str, str], list[Record]] = {}
     for record in records:
-        groups.setdefault((record.direction, record.service_method), []).append(record)
+        service = "" if record.grpc_status is None else record.service
+        groups.setdefault((record.direction, record.service_method, service), []).append(record)
     rows = []
-    for (direction, service_method), group in sorted(groups.items()):
+    for (direction, service_method, service), group in sorted(groups.items()):
         latencies = sorted(r.latency for r in group)
         errors = sum(1 for r in group if not r.ok)
         p50, p90, p99 = (percentile(latencies, p) for p in PERCENTILES)
         rows.append(Summary(service_method, direction, len(group), errors, p50, p90, p99,
-                            sum(latencies) / len(latencies)))
+                            sum(latencies) / len(latencies), service or None))
     return rows
 
 
@@ -137,7 +159,8 @@ def _moved(old: array[_N], order: list[int], size: int) -> array[_N]:
     return new
 
 
-_Key = tuple[str, str, str]   # (service, method, direction): what a row shares with many others
+# (service, method, direction, gRPC status or None): what a row shares with many others
+_Key = tuple[str, str, str, int | None]
 
 
 class RecordStore:
@@ -173,12 +196,13 @@ class RecordStore:
         return self._count
 
     def add(self, record: Record) -> None:
-        self.append(record.service, record.method, record.latency, record.at, record.ok, record.direction)
+        self.append(record.service, record.method, record.latency, record.at, record.ok, record.direction,
+                    record.grpc_status)
 
     def append(self, service: str, method: str, latency: float, at: float, ok: bool,
-               direction: str = "outbound") -> None:
+               direction: str = "outbound", grpc_status: int | None = None) -> None:
         """The hot path's form of :meth:`add`: three numbers written into the arrays, no object kept."""
-        key = (service, method, direction)
+        key = (service, method, direction, grpc_status)
         kid = self._ids.get(key)
         if kid is None:
             kid = self._intern(key)
@@ -247,8 +271,9 @@ class RecordStore:
 
     def _record(self, index: int) -> Record:
         slot = self._slot[index]
-        service, method, direction = self._keys[slot >> 1]
-        return Record(service, method, self._latency[index], self._at[index], bool(slot & 1), direction)
+        service, method, direction, grpc_status = self._keys[slot >> 1]
+        return Record(service, method, self._latency[index], self._at[index], bool(slot & 1), direction,
+                      grpc_status)
 
     def newest_first(self, now: float) -> Iterator[Record]:
         self.prune(now)

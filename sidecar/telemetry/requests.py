@@ -5,6 +5,10 @@ A series is one (direction, source, destination, method class, status code). Eve
 destinations and sources are service names the catalog or a certificate named (else ``unknown``), methods are
 the standard ones (else ``other``), codes are 100-599 (``0`` when the client got no status), so the number of
 series is bounded by the mesh's services, not by what clients send.
+
+gRPC calls are counted again by method and gRPC status (:class:`GrpcCalls`): the method is the call's path,
+capped per service by :mod:`.grpcmethods` (``other`` past the cap), the status 0-16 (``none`` when the call
+ended without one).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 _CODES = tuple(str(code) for code in range(600))
+_GRPC_CODES = tuple(str(code) for code in range(17))
 
 SeriesKey = tuple[str, str, str, str, str]   # direction, source, destination, method, code
 
@@ -113,3 +118,26 @@ class RequestMetrics:
                 requests, errors = out.get(key[2], (0, 0))
                 out[key[2]] = (requests + s.requests, errors + s.errors)
         return out
+
+
+GrpcKey = tuple[str, str, str, str, str]   # direction, source, destination, method, gRPC status
+
+
+def grpc_status_label(status: int | None) -> str:
+    return _GRPC_CODES[status] if status is not None and 0 <= status < 17 else "none"
+
+
+class GrpcCalls:
+    """What ``sidecar_grpc_requests_total`` shows: calls per (direction, source, destination, method, status)."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[GrpcKey, int] = {}
+
+    def record(self, direction: str, source: str, destination: str, method: str, status: int | None) -> None:
+        key = (direction, source, destination, method, grpc_status_label(status))
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def views(self) -> list[tuple[GrpcKey, int]]:
+        return sorted(list(self._counts.items()))

@@ -2,14 +2,15 @@
 
     A   node-a: the caller (checkout); clients send to its outbound listener with :authority = the service
     B1  node-b1: echo (echo-1), flaky (refuses every 3rd call), victim (victim-1), h2app (h2c, not gRPC),
-        web (HTTP/1.1), sleepy (a TTL check never fed: no healthy instance), drainer (drainer-1)
+        web (HTTP/1.1), sleepy (a TTL check never fed: no healthy instance), drainer (drainer-1),
+        hasty (echo-1 again, under a 300 ms policy timeout at the caller)
     B2  node-b2: echo (echo-2), victim (victim-2)
     B3  node-b3: echo (echo-3)
 Tests add sidecars of their own with ``GrpcMesh.start_sidecar`` (a second caller, a drained destination, a
 service behind a gRPC health check), killed with the mesh.
 gRPC and h2c apps are registered with ``protocol: grpc`` (SPEC: h2c to the app), web with ``protocol: http``.
 Every B denies /test.Echo/SetHealth on echo. A's policies: round-robin where a test counts instances,
-retries on ``unavailable`` for flaky and victim.
+retries on ``unavailable`` for flaky and victim, a 300 ms timeout for hasty.
 
 A sidecar that exits while starting (a config it rejects) fails the fixture at once with its log, so the
 tests that need the mesh fail in seconds instead of waiting for a readiness deadline."""
@@ -28,21 +29,26 @@ from tests.grpcapps.service import channel
 from tests.harness import FakeApp, SidecarProcess, http, make_certs, wait_for
 
 GRPC_APP = "tests.grpcapps.server"
-SERVICES = ["checkout", "echo", "flaky", "victim", "h2app", "web", "sleepy", "drainer", "checked"]
+SERVICES = ["checkout", "echo", "flaky", "victim", "h2app", "web", "sleepy", "drainer", "checked", "hasty"]
 DENIED = "/test.Echo/SetHealth"
 START_TIMEOUT = 20.0
-RETRY_ALL = {"retry_non_idempotent": True, "budget": {"ratio": 1.0, "min_per_second": 1000}}
-# retry_on's gRPC status names (SPEC: cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)
-# are not accepted by the config yet: until they are, flaky and victim retry on the transport failures only,
-# and "unavailable" goes back into both lists when they are (the refusing-a-third test is xfail meanwhile)
+BUDGET = {"budget": {"ratio": 1.0, "min_per_second": 1000}}
+RETRY_ALL = {"retry_non_idempotent": True, **BUDGET}
+HASTY_TIMEOUT = 0.3
+# the policy timeout bounds a gRPC call whole (its deadline), so it is long enough for the 100 MB streams.
+# "unavailable" alone would retry flaky's refusals (a status named in retry_on is retried although every call is a
+# POST); "reset" with retry_non_idempotent covers a pooled HTTP/1.1 connection between the sidecars that the callee
+# closes after an answer that came before the request's end (it does not read the rest): the next call on it fails
+# before it is read, which HTTP/1.1 cannot tell from a call the callee acted on
 POLICIES: dict[str, Any] = {
-    "*": {"timeout": "10s"},
+    "*": {"timeout": "30s"},
     "echo": {"load_balancer": "round_robin"},
     "drainer": {"load_balancer": "round_robin"},
-    "flaky": {"retries": {"attempts": 2, "retry_on": ["reset"], **RETRY_ALL}},
+    "flaky": {"retries": {"attempts": 2, "retry_on": ["reset", "unavailable"], **RETRY_ALL}},
     "victim": {"load_balancer": "round_robin",
-               "retries": {"attempts": 2, "retry_on": ["connect-failure", "reset"], **RETRY_ALL},
+               "retries": {"attempts": 2, "retry_on": ["connect-failure", "reset", "unavailable"], **RETRY_ALL},
                "outlier_detection": {"consecutive_failures": 1, "max_ejection_percent": 50}},
+    "hasty": {"timeout": f"{int(HASTY_TIMEOUT * 1000)}ms"},
 }
 
 
@@ -131,13 +137,13 @@ def start_mesh(tmp: Path) -> Iterator[GrpcMesh]:
         apps.update(spawn_all(specs))
         victim_check = {"tcp": True, "interval": "250ms", "timeout": "250ms"}
         b1 = mesh.start_sidecar("node-b1", {
-            "tls": tls_for(certs, "echo", "flaky", "victim", "h2app", "web", "sleepy", "drainer"),
+            "tls": tls_for(certs, "echo", "flaky", "victim", "h2app", "web", "sleepy", "drainer", "hasty"),
             "services": [grpc_service("echo", apps["echo-1"]), grpc_service("flaky", apps["flaky-1"]),
                          grpc_service("victim", apps["victim-1"], check=victim_check),
                          grpc_service("h2app", apps["h2app"], check={"tcp": True}),
                          {"name": "web", "port": web.port, "protocol": "http"},
                          grpc_service("sleepy", apps["echo-1"], check={"ttl": "1h"}),
-                         grpc_service("drainer", apps["drainer-1"])],
+                         grpc_service("drainer", apps["drainer-1"]), grpc_service("hasty", apps["echo-1"])],
             "authorization": DENY_SET_HEALTH, "gossip": {"profile": "local"}})
         mesh.bs.append(b1)
         mesh.bs.append(mesh.start_sidecar("node-b2", {
@@ -150,7 +156,7 @@ def start_mesh(tmp: Path) -> Iterator[GrpcMesh]:
             "authorization": DENY_SET_HEALTH, "gossip": {"profile": "local", "join": mesh.seed}}))
         mesh.a = mesh.start_sidecar("node-a", {"tls": certs["checkout"], "policies": POLICIES,
                                                "gossip": {"profile": "local", "join": mesh.seed}})
-        wanted = {"echo": 3, "flaky": 1, "victim": 2, "h2app": 1, "web": 1, "drainer": 1}
+        wanted = {"echo": 3, "flaky": 1, "victim": 2, "h2app": 1, "web": 1, "drainer": 1, "hasty": 1}
         wait_for(lambda: all(mesh.healthy(mesh.caller, s) == n for s, n in wanted.items()), 30,
                  what=f"the caller's catalog: {wanted} healthy")
         yield mesh

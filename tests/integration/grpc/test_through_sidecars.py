@@ -23,7 +23,7 @@ from tests.grpcapps.h2client import RawH2, grpc_frame, slow_call
 from tests.grpcapps.launch import spawn
 from tests.grpcapps.service import INSTANCE_KEY, channel, method
 from tests.harness import http, wait_for
-from tests.integration.grpc.mesh import DENIED, GrpcMesh, grpc_service, start_mesh, tls_for
+from tests.integration.grpc.mesh import DENIED, HASTY_TIMEOUT, GrpcMesh, grpc_service, start_mesh, tls_for
 from tests.integration.mesh.clients import curl, needs_curl
 from tests.integration.proxy.test_streams import MAX_GROWTH_KIB, RssWatch, rss_kib
 
@@ -79,8 +79,6 @@ def test_one_channel_spreads_1000_unary_calls_over_three_instances(mesh: GrpcMes
     assert all(n >= 250 for n in answered.values()), answered
 
 
-@pytest.mark.xfail(strict=True, reason="retry_on does not take gRPC status names (unavailable) yet, and a gRPC "
-                   "status in a response is not a retry condition")
 def test_an_instance_refusing_a_third_of_calls_still_leaves_99_percent_succeeding(mesh: GrpcMesh) -> None:
     before = observed(mesh, "flaky-1")["calls"].get("Unary", 0)
     with mesh.channel("flaky") as ch:
@@ -92,9 +90,6 @@ def test_an_instance_refusing_a_third_of_calls_still_leaves_99_percent_succeedin
     assert tries >= 300 + 90, tries
 
 
-@pytest.mark.xfail(strict=False, reason="needs retry_on unavailable (gRPC status names are not accepted yet): the "
-                   "killed instance's sidecar answers UNAVAILABLE and the caller does not retry it; passes only when "
-                   "the first calls after the kill go to the live instance")
 def test_a_killed_instance_costs_at_most_5_failed_calls(mesh: GrpcMesh) -> None:
     with mesh.channel("victim") as ch:
         answered, failed = unary_instances(ch, 40)
@@ -103,6 +98,18 @@ def test_a_killed_instance_costs_at_most_5_failed_calls(mesh: GrpcMesh) -> None:
         answered, failed = unary_instances(ch, 300)
     assert sum(failed.values()) <= 5, failed
     assert answered["victim-1"] >= 295 and answered["victim-2"] == 0, answered
+
+
+def test_a_trailers_only_answer_of_the_app_crosses_the_sidecars_whole(mesh: GrpcMesh) -> None:
+    # grpcio answers an unknown method with HEADERS + END_STREAM (grpc-status 12): no message, no trailers after
+    with mesh.channel("echo") as ch:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as failure:
+            ch.unary_unary(method("NoSuchMethod"))(b"", timeout=CALL_TIMEOUT)
+    e: Any = failure.value
+    assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
+    assert time.monotonic() - started < 2, "the answer waited for something after its end"
+    assert "x-sidecar-error" not in metadata(e), metadata(e)   # the app's answer, not a sidecar's
 
 
 # ------------------------------------------------------------------------------------------ streaming
@@ -161,6 +168,36 @@ def test_a_200ms_deadline_against_a_2s_handler_ends_in_about_200ms_and_the_serve
     record = wait_for(lambda: slow_records()[before:], 5, what="the slow call recorded")[0]
     assert 0 < record["time_remaining"] <= 0.2, record     # grpc-timeout reached the app, less the hops' time
     assert record["ended_early"] is True, record           # and the call ended there too (RST_STREAM)
+
+
+def slow_records(mesh: GrpcMesh, instances: list[str]) -> list[dict[str, Any]]:
+    return [r for i in instances for r in observed(mesh, i)["slow"]]
+
+
+def test_with_no_client_deadline_the_policy_timeout_ends_the_call_with_deadline_exceeded(mesh: GrpcMesh) -> None:
+    # hasty's policy at the caller: 300 ms; Slow sends its response head at once, then sleeps 2 s
+    before = len(slow_records(mesh, ["echo-1"]))
+    with mesh.channel("hasty") as ch:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as failure:
+            ch.unary_unary(method("Slow"))(json.dumps({"seconds": 2}).encode())   # no client deadline
+        took = time.monotonic() - started
+    e: Any = failure.value
+    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+    assert metadata(e).get("x-sidecar-error") == "DEADLINE_EXCEEDED", metadata(e)   # the sidecar's, not grpcio's
+    assert HASTY_TIMEOUT * 0.8 < took < HASTY_TIMEOUT + 0.7, took
+    record = wait_for(lambda: slow_records(mesh, ["echo-1"])[before:], 5, what="the slow call recorded")[0]
+    assert record["time_remaining"] is not None and 0 < record["time_remaining"] <= HASTY_TIMEOUT, record
+    assert record["ended_early"] is True, record           # the upstream stream was reset: the app was cancelled
+
+
+def test_the_server_sees_the_deadline_the_sidecars_hold_not_the_larger_one_the_client_sent(mesh: GrpcMesh) -> None:
+    # the client allows 5 s; the caller's policy for hasty 300 ms: grpc-timeout is rewritten on the way
+    before = len(slow_records(mesh, ["echo-1"]))
+    with mesh.channel("hasty") as ch:
+        assert ch.unary_unary(method("Slow"))(json.dumps({"seconds": 0}).encode(), timeout=5) == b"slept"
+    record = wait_for(lambda: slow_records(mesh, ["echo-1"])[before:], 5, what="the slow call recorded")[0]
+    assert record["time_remaining"] is not None and 0 < record["time_remaining"] <= HASTY_TIMEOUT, record
 
 
 # ------------------------------------------------------------------------------------------ the sidecar's own errors
@@ -293,7 +330,6 @@ def test_a_grpc_health_check_follows_the_apps_health_service(mesh: GrpcMesh) -> 
         wait_for(lambda: status() == ["healthy"], 10, what="SERVING seen as healthy again")
 
 
-@pytest.mark.xfail(strict=True, reason="records and metrics do not carry the gRPC method and status yet")
 def test_records_and_metrics_name_the_grpc_method_and_status(mesh: GrpcMesh) -> None:
     with mesh.channel("echo") as ch:
         unary_instances(ch, 3)
@@ -311,6 +347,20 @@ def test_records_and_metrics_name_the_grpc_method_and_status(mesh: GrpcMesh) -> 
     assert denied[-1]["status"] == "error" and grpc_status(denied[-1]) in ("7", "PERMISSION_DENIED"), denied[-1]
     exposition = http("GET", f"{mesh.caller.admin}/metrics").body.decode()
     assert "test.Echo/Unary" in exposition
+
+
+def test_debug_explain_answers_for_a_grpc_method(mesh: GrpcMesh) -> None:
+    # a path /pkg.Service/Method without a method is a gRPC call; node-b1's copy of authorization denies SetHealth
+    b1 = mesh.bs[0]
+    denied = http("GET", f"{b1.admin}/debug/explain?service=echo&path={DENIED}").json()
+    assert (denied["grpc"], denied["method"], denied["verdict"]) == (True, "POST", "refuse"), denied
+    steps = {s["step"]: s for s in denied["steps"]}
+    assert steps["authorization"]["data"]["rule"] == "authorization.rules[0]", steps["authorization"]
+    # the caller's policy for flaky: retried on UNAVAILABLE, the timeout a deadline for the whole call
+    flaky = http("GET", f"{mesh.caller.admin}/debug/explain?service=flaky&path=/test.Echo/Unary").json()
+    policy = {s["step"]: s for s in flaky["steps"]}["policy"]
+    assert flaky["verdict"] != "refuse" and policy["data"]["grpcRetryOn"] == ["unavailable"], flaky
+    assert "whole call" in policy["says"], policy
 
 
 def grpc_status(record: dict[str, Any]) -> str:

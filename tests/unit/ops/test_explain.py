@@ -16,9 +16,10 @@ from sidecar.config.model import (
     RetryConfig,
     TlsConfig,
 )
+from sidecar.config.values import Duration
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import endpoint_set
-from sidecar.ops.explain import OK, REFUSE, WARN, Explanation, Facts, Question, explain, render_text
+from sidecar.ops.explain import OK, REFUSE, WARN, Explanation, Facts, Question, explain, looks_like_grpc, render_text
 from sidecar.resilience.cluster import Cluster
 from sidecar.tls.identity import PeerIdentity
 
@@ -193,3 +194,36 @@ def test_a_name_that_is_no_service_and_the_text_rendering() -> None:
     assert lines[0].startswith("GET / to echo would go to echo-b1 at 127.0.0.1:7000")
     assert "  [ok  ] catalog: the catalog has 1 instance of echo: 1 healthy" in lines
     assert any(line.strip().startswith("echo-b1 on b1 (alive), healthy, 127.0.0.1:7000: usable") for line in lines)
+
+
+def test_a_grpc_method_is_matched_by_a_path_glob_and_names_its_deadline_and_grpc_retries() -> None:
+    rules = [AuthorizationRule("echo", paths=["/test.Echo/Set*"], action="deny")]
+    policy = PolicyConfig(timeout=Duration(2.0),
+                          retries=RetryConfig(attempts=2, retry_on=["reset", "unavailable", "resource-exhausted"]))
+    config = Config(tls=TLS, policies={"*": policy}, authorization=AuthorizationConfig("allow", rules))
+    snap = snapshot(("b1", HealthStatus.HEALTHY, "alive"))
+    denied = explain(Question("echo", "POST", "/test.Echo/SetHealth", grpc=True), facts(snap, config=config), NOW,
+                     WALL)
+    assert denied.verdict == REFUSE
+    assert steps(denied)["authorization"]["data"]["rule"] == "authorization.rules[0]"   # type: ignore[index]
+    allowed = explain(Question("echo", "POST", "/test.Echo/Unary", grpc=True), facts(snap, config=config), NOW,
+                      WALL)
+    assert allowed.verdict == OK
+    body = allowed.to_json()
+    assert body["grpc"] is True
+    policy_step = steps(allowed)["policy"]
+    assert policy_step["data"]["grpcRetryOn"] == ["unavailable", "resource-exhausted"]  # type: ignore[index]
+    says = str(policy_step["says"])
+    assert "2s deadline for the whole call" in says and "grpc-timeout" in says, says
+    assert "gRPC statuses unavailable, resource-exhausted retried" in says, says
+    # an HTTP request to the same path is explained without the gRPC words
+    http = steps(explain(Question("echo", "POST", "/test.Echo/Unary"), facts(snap, config=config), NOW, WALL))
+    assert "grpcRetryOn" not in http["policy"]["data"] and "whole call" not in str(http["policy"]["says"])  # type: ignore[operator]
+
+
+def test_looks_like_grpc_wants_a_package_qualified_service_and_a_method() -> None:
+    assert looks_like_grpc("/test.Echo/Unary")
+    assert looks_like_grpc("/grpc.health.v1.Health/Check")
+    assert not looks_like_grpc("/Echo/Unary")          # no package: more likely a REST path
+    assert not looks_like_grpc("/test.Echo/Unary/x")
+    assert not looks_like_grpc("/test.Echo")

@@ -245,10 +245,13 @@ class FakePools(StreamPools):
 
 
 class Policy:
-    """A retry policy that retries up to ``retries`` times after ``delay``, and keeps what it was asked."""
+    """A retry policy that retries up to ``retries`` times after ``delay``, and keeps what it was asked; ``grpc``:
+    the gRPC statuses it retries."""
 
-    def __init__(self, retries: int = 1, delay: float = 0.0, statuses: frozenset[int] = frozenset({503})) -> None:
+    def __init__(self, retries: int = 1, delay: float = 0.0, statuses: frozenset[int] = frozenset({503}),
+                 grpc: frozenset[int] = frozenset()) -> None:
         self.statuses = statuses
+        self.grpc_statuses = grpc
         self.retries = retries
         self.delay = delay
         self.asked: list[AttemptRecord] = []

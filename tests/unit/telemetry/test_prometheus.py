@@ -21,7 +21,7 @@ from sidecar.telemetry.hub import Telemetry
 from sidecar.telemetry.prometheus import Sources, build_registry, exposition
 from sidecar.tls.handshake import RefusalLog
 from sidecar.tls.reasons import Refusal, RefusalReason
-from tests.unit.telemetry.stats import caller_conn, local_app, stats
+from tests.unit.telemetry.stats import caller_conn, endpoint, local_app, stats
 
 
 class FakeGossip:
@@ -40,6 +40,9 @@ def build() -> tuple[Telemetry, Sources]:
     telemetry.on_request("outbound", stats(status=503, error="connect-failure", ended=100.2))
     telemetry.on_request("inbound", stats(method="GET", status=200, tag=local_app("checkout"),
                                           conn=caller_conn("frontend")))
+    for status in (0, 14, None):   # gRPC calls: OK, UNAVAILABLE, a stream cut without a status
+        telemetry.on_request("outbound", stats(host="ledger", target=b"/pkg.Ledger/Post", tag=endpoint("ledger"),
+                                               grpc=True, grpc_status=status))
     mesh = MeshStats()
     mesh.errors["outbound", "payment-service", "connect-failure"] += 1
     mesh.denials["checkout", "evil", "authorization.default"] += 2
@@ -111,7 +114,14 @@ def test_exposition_values() -> None:
     assert value(found, "sidecar_messages_dead_lettered_total", reason="max-attempts") == 1
     assert value(found, "sidecar_messages_backlog") == 7
     assert value(found, "sidecar_catalog_instances", service="payment-service", status="unhealthy") == 1
-    assert value(found, "sidecar_performance_records") == 3
+    assert value(found, "sidecar_performance_records") == 6
+    calls = {"direction": "outbound", "source": "checkout", "destination": "ledger", "method": "/pkg.Ledger/Post"}
+    assert value(found, "sidecar_grpc_requests_total", **calls, grpc_status="0") == 1
+    assert value(found, "sidecar_grpc_requests_total", **calls, grpc_status="14") == 1
+    assert value(found, "sidecar_grpc_requests_total", **calls, grpc_status="none") == 1
+    # UNAVAILABLE is a failure of the call although its HTTP status is 200
+    assert value(found, "sidecar_requests_failed_total", direction="outbound", source="checkout",
+                 destination="ledger", method="POST", code="200") == 1
     assert value(found, "sidecar_process_resident_memory_bytes") > 0
     assert value(found, "sidecar_process_open_sockets") >= 0
     assert value(found, "sidecar_event_loop_lag_seconds_count") == 0
