@@ -35,7 +35,7 @@ from sidecar.http2.events import (
 )
 from sidecar.http2.limits import H2Limits
 from sidecar.proxy.connector import connect_failure
-from sidecar.proxy.failures import UpstreamReset
+from sidecar.proxy.failures import ConnectFailure, UpstreamReset
 from sidecar.proxy.h2heads import CONNECTION_SPECIFIC, H2Headers, trailer_headers
 from sidecar.proxy.http1 import RequestHead, ResponseHead, Trailers
 from sidecar.proxy.limits import PoolLimits
@@ -45,7 +45,6 @@ from sidecar.proxy.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5.0
 # HTTP/2 has no reason phrase: the HTTP/1.1 hop after it gets the standard one
 _REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
 
@@ -180,7 +179,11 @@ class H2AppStream(UpstreamStream):
 
 
 class H2AppConnection(asyncio.Protocol):
-    """One h2c connection to an app and its streams."""
+    """One h2c connection to an app and its streams.
+
+    It takes streams once the app's first SETTINGS arrived (``settled``): until then the app's
+    SETTINGS_MAX_CONCURRENT_STREAMS is unknown, and streams over it would be refused, or taken by an app that
+    applies its limit only once we acknowledge it."""
 
     def __init__(self, pool: H2AppPool, address: str, limits: H2Limits | None) -> None:
         self.pool = pool
@@ -190,6 +193,8 @@ class H2AppConnection(asyncio.Protocol):
         self.streams: dict[int, H2AppStream] = {}
         self.reserved = 0            # streams handed out whose request is not started yet
         self.closed = False
+        self.settled: asyncio.Future[None] = pool.loop.create_future()
+        self.idle_since = pool.loop.time()   # loop time the last stream ended (or the connection opened)
 
     def room(self) -> bool:
         """Whether one more stream may be handed out on this connection."""
@@ -204,7 +209,10 @@ class H2AppConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         loop = self.pool.loop
         users: set[StreamUser] = set()
-        for event in self.core.receive_data(data, loop.time()):
+        events = self.core.receive_data(data, loop.time())
+        if self.core.settings_received and not self.settled.done():
+            self.settled.set_result(None)
+        for event in events:
             if isinstance(event, ConnectionTerminated):
                 self._fail_all(UpstreamReset(self.address, f"the app ended the HTTP/2 connection: {event.reason}"))
                 continue
@@ -253,6 +261,8 @@ class H2AppConnection(asyncio.Protocol):
 
     def stream_gone(self, sid: int) -> None:
         self.streams.pop(sid, None)
+        if not self.streams:
+            self.idle_since = self.pool.loop.time()
         self.pool.has_room(self)
 
     def flush(self) -> None:
@@ -266,6 +276,8 @@ class H2AppConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.settled.done():
+            self.settled.set_exception(ConnectionResetError("the app closed the connection before its SETTINGS"))
         self.pool.gone(self)
         self._fail_all(UpstreamReset(self.address, f"the app closed the HTTP/2 connection{f': {exc}' if exc else ''}"))
 
@@ -312,13 +324,14 @@ class H2AppPool(StreamPool):
         return None
 
     async def _dial(self, target: Target) -> None:
-        host, port = target.address
         conn = H2AppConnection(self, target.authority, self.h2_limits)
+        timeout = self.limits.connect_timeout
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: conn, host, port), CONNECT_TIMEOUT)
+            await asyncio.wait_for(self._connect(conn, target), timeout)
         except (OSError, TimeoutError) as e:
             self.dialing = False
-            failure = connect_failure(target.authority, e, CONNECT_TIMEOUT)
+            conn.close()
+            failure = connect_failure(target.authority, e, timeout)
             waiters, self.waiters = self.waiters, deque()
             for user, _ in waiters:
                 user.on_connect_failed(failure)
@@ -332,6 +345,12 @@ class H2AppPool(StreamPool):
         self.conns.append(conn)
         self.has_room(conn)
 
+    async def _connect(self, conn: H2AppConnection, target: Target) -> None:
+        """TCP, then the app's SETTINGS (an app that accepts but never speaks HTTP/2 is a failed connect)."""
+        host, port = target.address
+        await self.loop.create_connection(lambda: conn, host, port)
+        await conn.settled
+
     def has_room(self, conn: H2AppConnection) -> None:
         """Hand streams of ``conn`` to the requests waiting, while it has room; dial again for the rest."""
         while self.waiters and conn.room():
@@ -339,15 +358,17 @@ class H2AppPool(StreamPool):
             conn.reserved += 1
             user.on_connection(H2AppStream(conn))
             user.flush()
-        if self.waiters and not self.dialing:
+        if self.waiters and not self.dialing and not self._closed:
             self.dialing = True
             self.loop.create_task(self._dial(self.waiters[0][1]))
+        if conn.core.goaway_received is not None and not conn.streams and not conn.reserved:
+            conn.close()   # the app drained it and its last stream is over
 
     def draining(self, conn: H2AppConnection) -> None:
-        """The app sent GOAWAY on ``conn``: no new stream goes there."""
+        """The app sent GOAWAY on ``conn``: no new stream goes there; it closes after its last stream."""
         if conn in self.conns:
             self.conns.remove(conn)
-        if not conn.streams:
+        if not conn.streams and not conn.reserved:
             conn.close()
 
     def gone(self, conn: H2AppConnection) -> None:
@@ -374,16 +395,24 @@ class H2AppPool(StreamPool):
         self.forget(stream)
 
     def close(self) -> None:
+        """GOAWAY and close every connection; requests still waiting for one fail."""
         self._closed = True
         for conn in list(self.conns):
             conn.core.goaway()
             conn.close()
         self.conns = []
+        waiters, self.waiters = self.waiters, deque()
+        for user, target in waiters:
+            user.on_connect_failed(ConnectFailure(target.authority, "the proxy is shutting down"))
+            user.flush()
 
     def sweep(self, now: float) -> None:
-        """Close connections that carry no stream (an app rarely called keeps no socket)."""
+        """GOAWAY and close connections that carried no stream for the idle timeout (an app rarely called
+        keeps no socket open, and a connection the app forgot is not kept for ever)."""
+        limit = now - self.limits.idle_timeout
         for conn in list(self.conns):
-            if not conn.streams and not conn.reserved and len(self.conns) > 1:
+            if not conn.streams and not conn.reserved and conn.idle_since < limit:
                 self.conns.remove(conn)
+                conn.core.goaway()
                 conn.close()
 

@@ -220,6 +220,8 @@ class Pools(StreamPools):
             loop = self._loop or asyncio.get_running_loop()
             self._loop = loop
             app = self._apps[target.key] = H2AppPool(target.key, loop, self.limits)
+            if self._sweeper is None:
+                self._schedule_sweep()
         return app
 
     def __iter__(self) -> Any:
@@ -234,6 +236,8 @@ class Pools(StreamPools):
         now = self._loop.time()
         for pool in self._pools.values():
             pool.sweep(now)
+        for app in self._apps.values():
+            app.sweep(now)
         self._schedule_sweep()
 
     def close(self) -> None:

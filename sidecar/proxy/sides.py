@@ -200,6 +200,10 @@ class StreamPool:
         """Close every connection the pool holds (the listener is closing)."""
         raise NotImplementedError
 
+    def sweep(self, now: float) -> None:
+        """Close the connections that carried nothing for longer than the pool's idle timeout."""
+        raise NotImplementedError
+
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class StreamPools:
