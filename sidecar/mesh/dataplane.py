@@ -417,6 +417,13 @@ class DataPlane:
         (resources in use by kind, ejected hosts, retry budget left)."""
         return self.resilience.samples(self._now())
 
+    def h2_protections(self) -> dict[tuple[str, str], int]:
+        """For /metrics: the HTTP/2 protections that fired, ``(listener, protection) -> count``."""
+        proxies = [self.outbound, *(p for p in self.upstreams.values() if isinstance(p, HttpProxy))]
+        if self.inbound is not None:
+            proxies.append(self.inbound.http)
+        return {(proxy.name, name): n for proxy in proxies for name, n in list(proxy.h2_protections.items())}
+
     def status(self) -> dict[str, Any]:
         """For the admin port: listeners, counters, pools to peers."""
         pools = [{"key": repr(pool.key), "idle": pool.idle, "busy": pool.busy, "dialed": pool.dialed}

@@ -70,6 +70,7 @@ class H2Acceptor(Protocol):
     engine: Engine
     protocol_errors: int
     header_timeouts: int
+    h2_protections: dict[str, int]
 
     def add_connection(self, conn: H2Downstream) -> None: ...
 
@@ -213,6 +214,7 @@ class H2Downstream(asyncio.Protocol):
         self.transport = transport
         self.info = info
         self.core = H2Connection(client_side=False, limits=h2_limits(self.engine.limits), check_outbound=False)
+        self.core.counters = proxy.h2_protections   # the listener's totals, counted as they happen
         self.streams: dict[int, H2Stream] = {}
         self.transport_paused = False
         self.closed = False

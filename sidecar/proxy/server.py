@@ -59,6 +59,9 @@ class HttpProxy:
         self.protocol_errors = 0
         self.header_timeouts = 0
         self.displaced = 0  # idle connections closed to make room for a new one at max_connections
+        # HTTP/2 protections that fired on this listener's connections, by the core's counter name (rapid_reset,
+        # refused_streams, control_flood...): every connection's core counts into this one dict
+        self.h2_protections: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
 
     @property

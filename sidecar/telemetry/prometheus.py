@@ -233,6 +233,13 @@ class SidecarCollector(Collector):
         for key, n in sorted(stats.tunnel_bytes.items()):
             tunnel_bytes.add_metric(list(key), n)
         yield tunnel_bytes
+        protections = _counter("sidecar_http2_protections", "HTTP/2 protections that fired on a listener's "
+                               "client connections, by listener and protection (refused_streams, rapid_reset, "
+                               "continuation_flood, header_list_too_large, control_flood, closed_stream_frames, "
+                               "flow_control, bad_preface, protocol_error, ...).", ("listener", "protection"))
+        for (listener, protection), n in sorted(dataplane.h2_protections().items()):
+            protections.add_metric([listener, protection], n)
+        yield protections
         no_tls = _counter("sidecar_requests_no_tls", "Outbound requests refused because mTLS is not configured.")
         no_tls.add_metric([], stats.no_tls)
         yield no_tls

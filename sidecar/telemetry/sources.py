@@ -103,6 +103,7 @@ class DataPlaneSource(Protocol):
     def resilience(self) -> ResilienceSamples: ...
     @property
     def store(self) -> IdentitySource | None: ...
+    def h2_protections(self) -> Mapping[tuple[str, str], int]: ...  # (listener, protection) -> times fired
 
 
 class MemberStateView(Protocol):

@@ -52,7 +52,8 @@ def build() -> tuple[Telemetry, Sources]:
     inbound = SimpleNamespace(handshakes=Counter({"spiffe://mesh.local/service/frontend": 2}), refused=1, shed=0,
                               tunnel_refused=0)
     dataplane = SimpleNamespace(stats=mesh, resilience=resilience, inbound=inbound, store=SimpleNamespace(
-        refusals=refusals, rotations=1), pools=[SimpleNamespace(idle=2, busy=1, dialed=3)])
+        refusals=refusals, rotations=1), pools=[SimpleNamespace(idle=2, busy=1, dialed=3)],
+        h2_protections=lambda: {("outbound", "rapid_reset"): 2, ("inbound", "refused_streams"): 5})
     dns = SimpleNamespace(counters=DnsCounters())
     dns.counters.count_rcode(0)
     dns.counters.count_rcode(3)
@@ -101,6 +102,8 @@ def test_exposition_values() -> None:
     assert value(found, "sidecar_tls_handshake_failures_total", reason="unknown-ca") == 1
     assert value(found, "sidecar_tls_handshakes_total", peer="spiffe://mesh.local/service/frontend") == 2
     assert value(found, "sidecar_upstream_connections", state="idle") == 2
+    assert value(found, "sidecar_http2_protections_total", listener="outbound", protection="rapid_reset") == 2
+    assert value(found, "sidecar_http2_protections_total", listener="inbound", protection="refused_streams") == 5
     assert value(found, "sidecar_gossip_members", state="alive") == 2
     assert value(found, "sidecar_gossip_members", state="dead") == 0
     assert value(found, "sidecar_gossip_refutations_total") == 2
