@@ -221,6 +221,11 @@ def closed_stream_frames(peer: RawPeer, request: Headers, count: int = 3000) -> 
     return peer.headers(1, request, end_stream=True) + b"".join(peer.data(1, b"late") for _ in range(count))
 
 
+def closed_stream_resets(peer: RawPeer, request: Headers, count: int = 3000) -> bytes:
+    """A request whose stream is over, then RST_STREAM on it again and again (h2 ignores each one)."""
+    return peer.headers(1, request, end_stream=True) + peer.rst(1) * count
+
+
 def settings_flood(peer: RawPeer, request: Headers, count: int = 3000) -> bytes:
     return peer.settings() * count
 
@@ -236,6 +241,7 @@ FLOODS = [
     Flood("hpack-bomb", hpack_bomb, ENHANCE_YOUR_CALM, "header_list_too_large"),
     Flood("window-overflow", window_overflow, FLOW_CONTROL_ERROR, "flow_control"),
     Flood("closed-stream-frames", closed_stream_frames, ENHANCE_YOUR_CALM, "closed_stream_frames"),
+    Flood("closed-stream-resets", closed_stream_resets, ENHANCE_YOUR_CALM, "rapid_reset"),
     Flood("settings-flood", settings_flood, ENHANCE_YOUR_CALM, "control_flood"),
     Flood("ping-flood", ping_flood, ENHANCE_YOUR_CALM, "control_flood"),
 ]
