@@ -22,8 +22,8 @@ Contracts, one per target name (the name is also the corpus directory, ``corpus/
                       where both accept; the seeds are real clients' traffic (``test_captures.py`` records it)
 * ``http2_listener``  a listener's HTTP/2 connection (H2Downstream, each stream an exchange) after a valid preface:
                       data_received never raises, at most SETTINGS_MAX_CONCURRENT_STREAMS exchanges at once, and
-                      the connection's end releases every stream (no transport, no sockets: a fake transport
-                      and pools whose requests wait for ever)
+                      the connection's end releases every stream (no sockets: a fake transport, and the
+                      exchange tests' pool, whose requests wait for ever)
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ from sidecar.proxy.h2down import H2Downstream
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead
 from sidecar.proxy.http1read import RequestReader, ResponseReader
 from sidecar.proxy.paths import normalize_target
-from sidecar.proxy.sides import StreamPool, StreamPools, StreamUser, UpstreamStream
 from sidecar.proxy.target import ConnectionInfo, Target
 from sidecar.web import read_json_object
 from tests.fuzz.replay import replay
+from tests.unit.proxy.test_exchange import FakePool, FakePools
 
 CORPUS = Path(__file__).parent / "corpus"
 FUZZ_CLUSTER = "fuzz"
@@ -235,42 +235,6 @@ def http2_frames(data: bytes) -> None:
                 assert core.open_streams <= limits.max_concurrent_streams
 
 
-class _HeldPool(StreamPool):
-    """A pool whose requests wait for a connection for ever: their exchanges stay open, reading the body."""
-
-    def acquire(self, target: Target, user: StreamUser, fresh: bool = False) -> UpstreamStream | None:
-        return None
-
-    def cancel(self, user: StreamUser) -> None:
-        pass
-
-    def release(self, stream: UpstreamStream, now: float) -> None:
-        pass
-
-    def forget(self, stream: UpstreamStream) -> None:
-        pass
-
-    def detach(self, stream: UpstreamStream) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def sweep(self, now: float) -> None:
-        pass
-
-
-class _HeldPools(StreamPools):
-    def __init__(self) -> None:
-        self.pool = _HeldPool()
-
-    def get(self, target: Target) -> StreamPool:
-        return self.pool
-
-    def close(self) -> None:
-        pass
-
-
 class _Transport(asyncio.Transport):
     """Takes every write; closing only marks it closed."""
 
@@ -317,7 +281,7 @@ def http2_listener(data: bytes) -> None:
     in pieces of 13 bytes."""
     settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
     for step in (max(1, len(data)), 13):
-        proxy = HttpProxy(_listener_route, name="fuzz", pools=_HeldPools(), h2c=True)
+        proxy = HttpProxy(_listener_route, name="fuzz", pools=FakePools(FakePool()), h2c=True)  # type: ignore[arg-type]
         transport = _Transport()
         conn = H2Downstream(proxy, _LISTENER_LOOP, transport, ConnectionInfo("fuzz", ("127.0.0.1", 1),
                                                                              ("127.0.0.1", 2), None))
