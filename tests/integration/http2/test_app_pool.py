@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,8 @@ from sidecar.proxy.target import H2cKey, RequestStats
 from tests.grpcapps import h2app
 from tests.grpcapps.launch import Spawned, spawn
 from tests.grpcapps.service import INSTANCE_KEY, Knobs, channel, method, serve
-from tests.harness import free_port, wait_for
+from tests.harness import SidecarProcess, free_port, http, make_certs, wait_for
+from tests.integration.grpc.mesh import launch
 from tests.integration.http2.test_h2_to_app import exchange
 from tests.loops import LoopThread
 
@@ -153,6 +155,24 @@ def test_drain_lets_the_stream_in_flight_finish_then_closes_the_app_connection_w
         assert app.live.goaways == 1
     finally:
         rig.loop.close()
+
+
+def test_a_sidecar_stopping_closes_its_h2c_app_connections_with_goaway(app: App, tmp_path: Path) -> None:
+    """``sidecar run`` with a ``protocol: grpc`` service (h2c to the app): SIGTERM drains the inbound, whose pools
+    say GOAWAY to the app and close before the process exits."""
+    certs = make_certs(tmp_path / "certs", ["h2app"])
+    sidecar = launch(SidecarProcess(tmp_path, {"tls": certs["h2app"], "services": [
+        {"name": "h2app", "port": app.port, "protocol": "grpc", "check": {"tcp": True}}]}))
+    try:
+        wait_for(lambda: [i for i in http("GET", f"{sidecar.api}/v1/catalog/h2app").json()
+                          if i["status"] == "healthy"], 20, what="h2app healthy")
+        reply = http("GET", f"http://{sidecar.listeners['outbound']}/via-sidecar", headers={"Host": "h2app"})
+        assert reply.status == 200 and reply.json()["protocol"] == "HTTP/2", reply
+        assert app.live.goaways == 0
+        assert sidecar.terminate() == 0
+        wait_for(lambda: app.live.goaways == 1 and app.open() == 0, 5, what="GOAWAY to the app, closed")
+    finally:
+        sidecar.kill()
 
 
 # ------------------------------------------------------------------------------------------ the app's stream limit
