@@ -201,8 +201,11 @@ class StreamPool:
         raise NotImplementedError
 
     def sweep(self, now: float) -> None:
-        """Close the connections that carried nothing for longer than the pool's idle timeout."""
-        raise NotImplementedError
+        """Close the connections idle for longer than the pool's idle timeout."""
+
+    def counts(self) -> dict[str, int]:
+        """The pool's gauges and counters by name, for /metrics (HTTP/2 pools)."""
+        return {}
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

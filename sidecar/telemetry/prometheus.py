@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -127,6 +127,32 @@ def _counter(name: str, documentation: str, labels: Iterable[str] = ()) -> Count
 
 def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+# HTTP/2 to peer sidecars: (count name, family, kind, help), one sample per (peer, service)
+_H2_PEER_FAMILIES = (
+    ("connections", "sidecar_upstream_h2_connections", "gauge", "HTTP/2 connections open to a peer sidecar for a "
+     "service (one carries every stream until the peer's max concurrent streams is reached)."),
+    ("streams", "sidecar_upstream_h2_streams", "gauge", "Streams open on the HTTP/2 connections to a peer sidecar."),
+    ("dialed", "sidecar_upstream_h2_connections_opened", "counter", "HTTP/2 connections dialed to a peer sidecar."),
+    ("pings_sent", "sidecar_upstream_h2_pings", "counter", "Keepalive PINGs sent on idle HTTP/2 connections to a "
+     "peer sidecar."),
+    ("pings_acked", "sidecar_upstream_h2_ping_acks", "counter", "Keepalive PINGs a peer sidecar answered."),
+    ("ping_timeouts", "sidecar_upstream_h2_ping_timeouts", "counter", "HTTP/2 connections closed because the "
+     "peer sidecar did not answer a PING within the keepalive timeout."),
+    ("goaways", "sidecar_upstream_h2_goaways", "counter", "GOAWAYs received from a peer sidecar (it drains)."),
+    ("http1_fallbacks", "sidecar_upstream_h2_http1_fallbacks", "counter", "Dials whose TLS handshake did not "
+     "select h2 (a peer sidecar without HTTP/2): its requests went over HTTP/1.1."),
+)
+
+
+def _h2_peers(counts: Mapping[tuple[str, str], Mapping[str, int]]) -> Iterator[Metric]:
+    for name, family_name, kind, text in _H2_PEER_FAMILIES:
+        labels = ("peer", "service")
+        family = _gauge(family_name, text, labels) if kind == "gauge" else _counter(family_name, text, labels)
+        for (peer, service), values in sorted(counts.items()):
+            family.add_metric([peer, service], values.get(name, 0))
+        yield family
 
 
 class SidecarCollector(Collector):
@@ -256,6 +282,7 @@ class SidecarCollector(Collector):
         dialed.add_metric([], dials)
         yield connections
         yield dialed
+        yield from _h2_peers(dataplane.h2_peer_counts())
         inbound = dataplane.inbound
         if inbound is not None:
             handshakes = _counter("sidecar_tls_handshakes", "Verified inbound mTLS connections, by caller SPIFFE "

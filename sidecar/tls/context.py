@@ -85,6 +85,12 @@ ALPN_TCP_TUNNEL = "sidecar-tcp/1"
 SERVER_ALPN = (ALPN_TCP_TUNNEL, ALPN_H2, ALPN_HTTP)
 
 
+def server_alpn(h2: bool) -> tuple[str, ...]:
+    """What the inbound selects: without ``h2`` (``inbound.http2.enabled: false``) callers speak HTTP/1.1, as to a
+    sidecar that has no HTTP/2."""
+    return SERVER_ALPN if h2 else tuple(p for p in SERVER_ALPN if p != ALPN_H2)
+
+
 class MeshContext(ssl.SSLContext):
     """An SSLContext that knows its role, its session cache and its quiet twin (see the module's doc)."""
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.grpcapps.launch import Spawned, spawn_all
 from tests.grpcapps.service import channel
@@ -31,6 +32,7 @@ GRPC_APP = "tests.grpcapps.server"
 SERVICES = ["checkout", "echo", "flaky", "victim", "h2app", "web", "sleepy", "drainer", "checked"]
 DENIED = "/test.Echo/SetHealth"
 START_TIMEOUT = 20.0
+H2_PREFIX = "sidecar_upstream_h2_"
 RETRY_ALL = {"retry_non_idempotent": True, "budget": {"ratio": 1.0, "min_per_second": 1000}}
 # retry_on's gRPC status names (SPEC: cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)
 # are not accepted by the config yet: until they are, flaky and victim retry on the transport failures only,
@@ -57,6 +59,18 @@ def launch(process: SidecarProcess, timeout: float = START_TIMEOUT) -> SidecarPr
         process.terminate()  # joins the log reader, so the log is whole
         raise AssertionError(f"{process.name} exited with {proc.returncode}: {process.log_text()[-1500:]}")
     return process
+
+
+def h2_counts(process: SidecarProcess, service: str) -> dict[str, dict[str, float]]:
+    """The caller's HTTP/2-to-peer metrics for ``service``, by peer address: {peer: {sample name: value}} (the
+    ``sidecar_upstream_h2_`` prefix taken off: ``connections``, ``connections_opened_total``, ``pings_total``...)."""
+    text = http("GET", f"{process.admin}/metrics").body.decode()
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(H2_PREFIX) and sample.labels.get("service") == service:
+                out.setdefault(sample.labels["peer"], {})[sample.name[len(H2_PREFIX):]] = sample.value
+    return out
 
 
 def tls_for(certs: dict[str, dict[str, str]], first: str, *more: str) -> dict[str, Any]:

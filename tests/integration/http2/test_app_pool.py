@@ -1,4 +1,4 @@
-"""The lifecycle of the h2c connections to an app (sidecar.proxy.h2up.H2AppPool), against real HTTP/2 apps:
+"""The lifecycle of the h2c connections to an app (sidecar.proxy.h2up.H2UpstreamPool), against real HTTP/2 apps:
 tests.grpcapps.h2app (in a loop of its own, or as a process a test stops and kills) and grpcio's server.
 
     HTTP/1.1 or h2c client --> HttpProxy (route: an H2cKey target) --h2c--> app
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sidecar.proxy import HttpProxy, Target
-from sidecar.proxy.h2up import H2AppPool
+from sidecar.proxy.h2up import H2UpstreamPool
 from sidecar.proxy.limits import PoolLimits
 from sidecar.proxy.pool import Pools
 from sidecar.proxy.target import H2cKey, RequestStats
@@ -58,9 +58,9 @@ class Rig:
                                           for p in paths))
         return self.loop.run(every(), 20)
 
-    def pool(self) -> H2AppPool:
-        pools = list(self.proxy.pools._apps.values())
-        assert len(pools) == 1 and isinstance(pools[0], H2AppPool), pools
+    def pool(self) -> H2UpstreamPool:
+        pools = list(self.proxy.pools._h2.values())
+        assert len(pools) == 1 and isinstance(pools[0], H2UpstreamPool), pools
         return pools[0]
 
     def in_flight(self) -> int:

@@ -84,7 +84,9 @@ class H2Client:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
-        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.heads: dict[int, dict[str, str]] = {}
+        self.bodies: dict[int, bytes] = {}
+        self.ended: set[int] = set()
 
     def start(self, method: str, path: str, authority: str = "web") -> int:
         sid = self.conn.get_next_available_stream_id()
@@ -94,29 +96,25 @@ class H2Client:
         return sid
 
     def response(self, sid: int, timeout: float = 10.0) -> tuple[dict[str, str], bytes]:
-        headers: dict[str, str] = {}
-        body = b""
+        """The response of stream ``sid``; what other streams receive meanwhile is kept for them."""
         deadline = time.monotonic() + timeout
-        while True:
+        while sid not in self.ended:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError(f"connection closed before stream {sid} ended")
             for event in self.conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == sid:
-                    headers = {str(k): str(v) for k, v in event.headers}
+                if isinstance(event, h2.events.ResponseReceived):
+                    self.heads[event.stream_id] = {str(k): str(v) for k, v in event.headers}
                 elif isinstance(event, h2.events.DataReceived):
                     self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                    if event.stream_id == sid:
-                        body += event.data
-                elif isinstance(event, h2.events.ConnectionTerminated):
-                    self.goaway = event
-                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == sid:
-                    self.sock.sendall(self.conn.data_to_send())
-                    return headers, body
+                    self.bodies[event.stream_id] = self.bodies.get(event.stream_id, b"") + event.data
+                elif isinstance(event, h2.events.StreamEnded):
+                    self.ended.add(event.stream_id)
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == sid:
                     raise ConnectionError(f"stream {sid} reset with code {event.error_code}")
             self.sock.sendall(self.conn.data_to_send())
+        return self.heads.pop(sid, {}), self.bodies.pop(sid, b"")
 
     def request(self, method: str, path: str, authority: str = "web") -> tuple[dict[str, str], bytes]:
         return self.response(self.start(method, path, authority))
