@@ -230,7 +230,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.ready = False           # the peer's first bytes (its SETTINGS) are in: its stream limit is known
         self.h2 = True               # False: the TLS handshake chose another protocol; nothing was written
         self.draining = False        # the peer sent GOAWAY
-        self.idle_since = pool.loop.time()
+        self.idle_since = pool.loop.time()   # since connected, or since its last stream ended
         self.session_taken = False
         self.keepalive: Keepalive | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -243,6 +243,7 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
+        self.idle_since = self.pool.loop.time()
         if not speaks_h2(transport):
             self.h2 = False   # an HTTP/1.1 server must not see our preface: the pool closes this connection
             return
@@ -599,6 +600,11 @@ class H2UpstreamPool(StreamPool):
         socket); GOAWAY first, so the peer knows no stream is coming."""
         limit = now - self.limits.idle_timeout
         for conn in list(self.conns):
-            if conn.ready and not conn.streams and not conn.reserved and conn.idle_since < limit:
+            if not conn.ready:
+                # a peer that accepted the connection but sent no SETTINGS within the connect timeout: its
+                # waiters fail over (gone) and the next request dials again
+                if conn.idle_since < now - self.limits.connect_timeout:
+                    conn.abort()
+            elif not conn.streams and not conn.reserved and conn.idle_since < limit:
                 conn.core.goaway()
                 conn.close()
