@@ -230,7 +230,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.ready = False           # the peer's first bytes (its SETTINGS) are in: its stream limit is known
         self.h2 = True               # False: the TLS handshake chose another protocol; nothing was written
         self.draining = False        # the peer sent GOAWAY
-        self.idle_since = pool.loop.time()
+        self.idle_since = pool.loop.time()   # since connected, or since its last stream ended
         self.session_taken = False
         self.keepalive: Keepalive | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -243,6 +243,7 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
+        self.idle_since = self.pool.loop.time()
         if not speaks_h2(transport):
             self.h2 = False   # an HTTP/1.1 server must not see our preface: the pool closes this connection
             return
@@ -486,20 +487,6 @@ class H2UpstreamPool(StreamPool):
             return
         self.conns.append(conn)
         self.has_room(conn)
-        if not conn.ready:
-            self.loop.call_later(timeout, self._settings_overdue, conn, timeout)
-
-    def _settings_overdue(self, conn: H2UpstreamConnection, timeout: float) -> None:
-        """The peer took the connection but sent no SETTINGS within the connect timeout (not an HTTP/2 server,
-        or stopped): the requests waiting for it fail as a connect failure, and it is closed."""
-        if conn.ready or conn.closed:
-            return
-        waiters, self.waiters = self.waiters, deque()
-        for user, target in waiters:
-            user.on_connect_failed(ConnectFailure(target.authority, f"the {conn.who} sent no HTTP/2 SETTINGS "
-                                                                    f"within {timeout:g}s"))
-            user.flush()
-        conn.abort()
 
     def _learn_http1(self, conn: H2UpstreamConnection) -> None:
         """The peer's handshake did not select h2: close the connection unused, send HTTP/1.1 for a while."""
@@ -613,6 +600,11 @@ class H2UpstreamPool(StreamPool):
         socket); GOAWAY first, so the peer knows no stream is coming."""
         limit = now - self.limits.idle_timeout
         for conn in list(self.conns):
-            if conn.ready and not conn.streams and not conn.reserved and conn.idle_since < limit:
+            if not conn.ready:
+                # a peer that accepted the connection but sent no SETTINGS within the connect timeout: its
+                # waiters fail over (gone) and the next request dials again
+                if conn.idle_since < now - self.limits.connect_timeout:
+                    conn.abort()
+            elif not conn.streams and not conn.reserved and conn.idle_since < limit:
                 conn.core.goaway()
                 conn.close()

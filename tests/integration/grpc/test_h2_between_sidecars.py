@@ -25,7 +25,9 @@ from tests.grpcapps.service import INSTANCE_KEY, channel, method
 from tests.harness import SidecarProcess, http, make_certs, wait_for
 from tests.integration.grpc.mesh import grpc_service, h2_counts, launch, tls_for
 
-SERVICES = ["checkout", "echo", "tiny", "slowpoke", "legacy", "drainer"]
+SERVICES = ["checkout", "echo", "tiny", "slowpoke", "frozen", "legacy", "drainer"]
+RETRY_RESETS = {"attempts": 2, "retry_on": ["reset", "connect-failure"], "retry_non_idempotent": True,
+                "budget": {"ratio": 1.0, "min_per_second": 100}}
 CALL_TIMEOUT = 10.0
 
 
@@ -48,9 +50,12 @@ class Mesh:
         return [self.echoes[0].listeners["gossip"]]
 
     def start(self, name: str, config: dict[str, Any]) -> SidecarProcess:
+        # the overload guard off: on a loaded test machine its loop-lag shedding would answer some calls 503,
+        # and these tests count connections and calls, not shedding
         process = SidecarProcess(self.tmp, {"node": {"name": name, "cluster": "h2peer"},
                                             "gossip": {"profile": "local", "join": self.seed} if self.echoes else
-                                            {"profile": "local"}, **config}, name=name)
+                                            {"profile": "local"}, "overload": {"enabled": False}, **config},
+                                 name=name)
         self.extra.append(process)
         return launch(process)
 
@@ -161,6 +166,40 @@ def test_pings_keep_an_idle_connection_and_a_frozen_peer_is_cut_within_interval_
     assert found < interval + timeout + 1.0, found
     assert ended < interval + timeout + 1.5, ended
     assert h2_counts(caller, "slowpoke")[p]["connections"] == 0
+
+
+def test_a_call_sent_to_a_frozen_peer_fails_over_to_another_instance_once_its_ping_goes_unanswered(
+        mesh: Mesh) -> None:
+    caller = mesh.start("node-r", {"tls": mesh.certs["checkout"],
+                                   "outbound": {"http2": {"keepalive": {"interval": "1s", "timeout": "1s"}}},
+                                   "policies": {"frozen": {"load_balancer": "round_robin", "timeout": "15s",
+                                                           "retries": RETRY_RESETS}}})
+    q1 = mesh.start("node-q1", {"tls": tls_for(mesh.certs, "frozen"),
+                                "services": [grpc_service("frozen", mesh.apps["app-1"])]})
+    mesh.start("node-q2", {"tls": tls_for(mesh.certs, "frozen"),
+                           "services": [grpc_service("frozen", mesh.apps["app-2"])]})
+    mesh.wait_healthy(caller, "frozen", 2)
+    with channel(caller.listeners["outbound"], "frozen") as ch:
+        unary = ch.unary_unary(method("Unary"))
+
+        def instance() -> str:
+            return str(dict(unary.with_call(b"x", timeout=15)[1].trailing_metadata())[INSTANCE_KEY])
+
+        assert Counter(instance() for _ in range(4)) == {"app-1": 2, "app-2": 2}   # a connection to each
+        assert q1.proc is not None
+        q1.proc.send_signal(signal.SIGSTOP)
+        try:
+            # round robin sends one of the next two calls to the frozen peer, on its open connection: no answer
+            # comes, the PING goes unanswered, the stream is lost before its response and retried on app-2
+            started = time.monotonic()
+            answered = Counter(instance() for _ in range(2))
+            took = time.monotonic() - started
+            timeouts = h2_counts(caller, "frozen")[peer(q1)]["ping_timeouts_total"]
+        finally:
+            q1.proc.send_signal(signal.SIGCONT)
+    assert answered == {"app-2": 2}, answered
+    assert timeouts == 1
+    assert took < 1.0 + 1.0 + 2.0, took   # interval + timeout, and the retry, not the 15 s deadline
 
 
 # ------------------------------------------------------------------------------------------ drain
