@@ -62,7 +62,7 @@ from sidecar.proxy.paths import normalize_target
 from sidecar.proxy.target import ConnectionInfo, Target
 from sidecar.web import read_json_object
 from tests.fuzz.replay import replay
-from tests.unit.proxy.test_exchange import FakePool, FakePools
+from tests.unit.proxy.test_exchange import FakePool, FakePools, FakeTransport
 
 CORPUS = Path(__file__).parent / "corpus"
 FUZZ_CLUSTER = "fuzz"
@@ -235,31 +235,8 @@ def http2_frames(data: bytes) -> None:
                 assert core.open_streams <= limits.max_concurrent_streams
 
 
-class _Transport(asyncio.Transport):
-    """Takes every write; closing only marks it closed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = 0
-        self.closing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += len(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
+class _Transport(FakeTransport):
+    """The exchange tests' transport, which the listener's connection may also take over."""
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         pass
@@ -292,7 +269,7 @@ def http2_listener(data: bytes) -> None:
             assert len(conn.streams) <= limit
             assert len(conn.core._inbuf) < 9 + conn.core.limits.max_frame_size + step
         if conn.core.closed:
-            assert transport.closing or conn.closed
+            assert transport.closed or conn.closed
         conn.connection_lost(None)
         assert not conn.streams and not proxy.connections
 
