@@ -55,6 +55,7 @@ from sidecar.proxy import HttpProxy, TcpRelay
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
 from sidecar.site import Site
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
+from sidecar.tls.context import server_alpn
 from sidecar.tls.errors import CertificateError
 from sidecar.tls.reloader import IdentityStore
 from sidecar.tls.renewer import Renewer
@@ -114,7 +115,8 @@ class Sidecar:
         self.renewer: Renewer | None = None   # tls.issuer: the sidecar renews its own certificate
         if config.tls is not None:
             try:
-                self.store = IdentityStore.load(config.tls, clock=clock)
+                self.store = IdentityStore.load(config.tls, clock=clock,
+                                                server_alpn=server_alpn(config.inbound.http2.enabled))
                 self.renewer = Renewer.from_config(config.tls, self.store, clock)
             except CertificateError as e:
                 raise StartupError(f"tls: {e}", exit_code=2) from None

@@ -258,6 +258,12 @@ class JsonHandler(http_server.BaseHTTPRequestHandler):
         pass
 
 
+class _Server(http_server.ThreadingHTTPServer):
+    # the socket module's listen backlog (128 on Linux), as real servers use; the standard library's default of
+    # 5 drops the SYNs of a burst of new connections, which then wait seconds for the retransmission
+    request_queue_size = socket.SOMAXCONN
+
+
 class FakeApp:
     """A real HTTP server on a free loopback port whose /health answer and other answers' status the test sets;
     it records what it got."""
@@ -286,7 +292,7 @@ class FakeApp:
                 self.send_json(status, {"app": app.name, "path": self.path, "status": status,
                                         "method": self.command, "received": len(received)})
 
-        self.server = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -128,8 +128,35 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepaliveConfig:
+    """PINGs on HTTP/2 connections to peer sidecars (Envoy's ``connection_keepalive``)."""
+
+    # a PING after this much silence from the peer; Envoy's usual figure, far below NAT and firewall idle timers
+    interval: Duration = field(default=Duration(30), metadata={"check": _positive})
+    # no answer (nor any other frame) this long after a PING: the connection is closed, its streams fail over
+    timeout: Duration = field(default=Duration(5), metadata={"check": _positive})
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundHttp2Config:
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class OutboundConfig:
     listen: HostPort = HostPort("127.0.0.1", 15001)
+    # HTTP/2 to peer sidecars (requests that arrive over HTTP/2 go on over it)
+    http2: OutboundHttp2Config = field(default_factory=OutboundHttp2Config)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundHttp2Config:
+    # offer ALPN h2 to peer sidecars; off, they send everything over HTTP/1.1 (as to a sidecar without HTTP/2)
+    enabled: bool = True
+    # SETTINGS_MAX_CONCURRENT_STREAMS: streams one caller may have open at once on one connection; 100 is RFC
+    # 9113's floor recommendation and what Envoy, nginx and Go advertise. A caller opens another connection
+    # when its connection is full
+    max_concurrent_streams: int = field(default=100, metadata={"check": _at_least_one})
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +165,7 @@ class InboundConfig:
     listen: HostPort = HostPort("0.0.0.0", 15006)
     # the address peers dial; None means the gossip advertise host with the listen port
     advertise: HostPort | None = None
+    http2: InboundHttp2Config = field(default_factory=InboundHttp2Config)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,7 @@ class H2Connection:
         self.counters: dict[str, int] = {}
         self.closed = False
         self.goaway_received: int | None = None  # the peer's last stream id, once it sent GOAWAY
+        self.settings_received = False  # the peer's first SETTINGS arrived: its limits are known
         self._guard = FrameGuard(self.limits, client_side)
         self._resets = Budget(self.limits.max_peer_resets, self.limits.budget_window)
         self._streams: dict[int, _Stream] = {}
@@ -310,6 +311,7 @@ class H2Connection:
         elif isinstance(ev, h2.events.WindowUpdated):
             self._to_flush.add(ev.stream_id or 0)
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            self.settings_received = True
             if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
                 self._to_flush.add(0)
         elif isinstance(ev, h2.events.PingAckReceived):

@@ -70,6 +70,9 @@ class FrameGuard:
         self.block_bytes = 0
         self.block_verdict = Verdict.PASS
         self._controls = Budget(limits.max_control_frames, limits.budget_window)
+        # every RST_STREAM the peer sends, on a stream open, over or never seen: h2 ignores those of closed
+        # streams, so nothing else would bound them
+        self._resets = Budget(limits.max_peer_resets, limits.budget_window)
         self._closed_frames = Budget(limits.max_closed_stream_frames, limits.budget_window)
 
     def inspect(self, ftype: int, flags: int, stream_id: int, length: int, now: float) -> Verdict:
@@ -90,8 +93,10 @@ class FrameGuard:
                                 f"PRIORITY frames in {self.limits.budget_window:g}s", "control_flood")
             return Verdict.DROP if stream_id in self.refused else Verdict.PASS
         if ftype == RST_STREAM:
-            # a reset of a stream the peer already ended is a cancel (our answer may still be running); the
-            # reset budget counts those the core sees, and h2 ignores resets of streams that are over
+            if self._resets.hit(now):
+                raise Violation(ENHANCE_YOUR_CALM, f"more than {self.limits.max_peer_resets} RST_STREAM frames in "
+                                f"{self.limits.budget_window:g}s", "rapid_reset")
+            # a reset of a stream the peer already ended is a cancel (our answer may still be running)
             self.peer_open.discard(stream_id)
             return Verdict.DROP if stream_id in self.refused else Verdict.PASS
         if ftype == WINDOW_UPDATE:

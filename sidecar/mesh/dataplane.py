@@ -43,6 +43,7 @@ from sidecar.clock import Clock
 from sidecar.config.model import Config, UpstreamConfig
 from sidecar.config.values import HostPort
 from sidecar.errors import Unavailable
+from sidecar.http2.keepalive import KeepalivePolicy
 from sidecar.mesh.authorization import Authorizer, Decisions
 from sidecar.mesh.inbound import InboundListener
 from sidecar.mesh.inbound_routes import InboundRoutes, no_service_named, refuse_internal, set_caller
@@ -112,13 +113,19 @@ class DataPlane:
         # connections to peer sidecars stay pooled until just before the peer's inbound would close them (it runs
         # the same idle timeout), so a quiet spell of a few seconds does not cost a burst of TLS handshakes
         peer_idle = max(1.0, limits.idle_timeout - PEER_IDLE_MARGIN)
-        self.pools = Pools(replace(DEFAULT_POOL_LIMITS, idle_timeout=peer_idle), head_limits=limits.head)
+        keepalive = config.outbound.http2.keepalive
+        self.pools = Pools(replace(DEFAULT_POOL_LIMITS, idle_timeout=peer_idle), head_limits=limits.head,
+                           keepalive=KeepalivePolicy(float(keepalive.interval), float(keepalive.timeout)))
         self._http_targets = PeerTargets(config, "http", self._peer_check)
         self._tunnel_targets = PeerTargets(config, "tunnel", self._peer_check)
         self.resilience = Resilience(config, rng=rng, jitter=jitter)
         self._now: Callable[[], float] = clock.monotonic   # the loop's clock once started (the engine's)
         self._http_peers = CatalogPeers(catalog, self.router, self._http_targets, self._client_context)
         self._tunnel_peers = CatalogPeers(catalog, self.router, self._tunnel_targets, self._tunnel_context)
+        # requests that arrived over HTTP/2 (h2c clients, gRPC) go on over HTTP/2 to the peer; HTTP/1.1 ones over
+        # HTTP/1.1, a path tuned for them (one request per connection at a time, no framing to translate)
+        self._h2_targets = PeerTargets(config, "h2", self._peer_check, fallback=self._http_peers.target)
+        self._h2_peers = CatalogPeers(catalog, self.router, self._h2_targets, self._h2_context)
         ids = ids if ids is not None else IdSource(sample_ratio=config.telemetry.tracing.sample_ratio)
         self.ids = ids
         self._limits = limits
@@ -137,8 +144,9 @@ class DataPlane:
         if store is not None:
             self.routes = InboundRoutes(store, self.local, Decisions(Authorizer(config.authorization)),
                                         self.names, self.stats)
-            http = HttpProxy(self._route_inbound, name="inbound", limits=limits, on_request_done=self._inbound_done,
-                             ids=ids)
+            inbound_limits = replace(limits, max_concurrent_streams=config.inbound.http2.max_concurrent_streams)
+            http = HttpProxy(self._route_inbound, name="inbound", limits=inbound_limits,
+                             on_request_done=self._inbound_done, ids=ids)
             tunnels = TcpRelay(self.routes.tunnel, name="inbound-tcp", limits=limits,
                                on_connection_done=self._inbound_tunnel_done)
             self.inbound = InboundListener(store, http, tunnels, clock)
@@ -201,6 +209,7 @@ class DataPlane:
         listeners change through :meth:`set_upstreams`."""
         self.config = config
         self._http_targets.reconfigure(config)
+        self._h2_targets.reconfigure(config)
         self._tunnel_targets.reconfigure(config)
         self.resilience.reconfigure(config)
         if self.store is not None:
@@ -286,11 +295,19 @@ class DataPlane:
             raise no_service_named(head.host)
         refuse_internal(head)
         set_caller(head, None)  # only the destination's sidecar says who calls
-        return self.resilience.outbound(head, name, self._http_peers, self._now())
+        return self.resilience.outbound(head, name, self._peers_for(head), self._now())
+
+    def _peers_for(self, head: RequestHead) -> CatalogPeers:
+        """HTTP/2 between the sidecars for a request that arrived over HTTP/2, HTTP/1.1 for the rest."""
+        return self._h2_peers if head.version == "2" else self._http_peers
 
     def _client_context(self) -> ssl.SSLContext:
         assert self.store is not None
         return self.store.client_context
+
+    def _h2_context(self) -> ssl.SSLContext:
+        assert self.store is not None
+        return self.store.h2_context
 
     def _tunnel_context(self) -> ssl.SSLContext:
         assert self.store is not None
@@ -337,7 +354,7 @@ class DataPlane:
             head.host = name.service  # the peer's inbound finds the service by Host
             refuse_internal(head)
             set_caller(head, None)
-            return self.resilience.outbound(head, name, self._http_peers, self._now())
+            return self.resilience.outbound(head, name, self._peers_for(head), self._now())
 
         def done(stats: RequestStats) -> None:
             call = stats.tag
@@ -417,12 +434,26 @@ class DataPlane:
         (resources in use by kind, ejected hosts, retry budget left)."""
         return self.resilience.samples(self._now())
 
+    def h2_protections(self) -> dict[tuple[str, str], int]:
+        """For /metrics: the HTTP/2 protections that fired, ``(listener, protection) -> count``."""
+        proxies = [self.outbound, *(p for p in self.upstreams.values() if isinstance(p, HttpProxy))]
+        if self.inbound is not None:
+            proxies.append(self.inbound.http)
+        return {(proxy.name, name): n for proxy in proxies for name, n in list(proxy.h2_protections.items())}
+
+    def h2_peer_counts(self) -> dict[tuple[str, str], dict[str, int]]:
+        """HTTP/2 to peer sidecars, per (peer address, service): connections and streams open, connections dialed,
+        PINGs sent, acked and unanswered, GOAWAYs received, dials that found a peer without HTTP/2."""
+        return self.pools.h2_peer_counts()
+
     def status(self) -> dict[str, Any]:
-        """For the admin port: listeners, counters, pools to peers."""
+        """For the admin port: listeners, counters, pools to peers (HTTP/1.1 and HTTP/2)."""
         pools = [{"key": repr(pool.key), "idle": pool.idle, "busy": pool.busy, "dialed": pool.dialed}
                  for pool in self.pools]
+        h2 = [{"peer": peer, "service": service, **counts}
+              for (peer, service), counts in sorted(self.h2_peer_counts().items())]
         out: dict[str, Any] = {"listeners": {k: str(v) for k, v in self.bound.items()}, "stats": self.stats.snapshot(),
-                               "pools": pools}
+                               "pools": pools, "h2_pools": h2}
         if self.inbound is not None:
             out["inbound"] = {"handshakes": dict(self.inbound.handshakes), "refused": self.inbound.refused,
                               "shed": self.inbound.shed, "tunnel_refused": self.inbound.tunnel_refused}

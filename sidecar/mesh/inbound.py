@@ -1,4 +1,5 @@
-"""The inbound listener: peer sidecars only, over mutual TLS; each connection carries HTTP/1.1 or one raw tunnel.
+"""The inbound listener: peer sidecars only, over mutual TLS; each connection carries HTTP/2, HTTP/1.1 or one raw
+tunnel.
 
 Theory of operation
 -------------------
@@ -13,7 +14,10 @@ and logged through the refusal log, a line per host and kind now and then).
 The protocol ``accept_socket`` is given is a switch: when the handshake completes, ALPN says what the connection
 carries and the switch hands the TLS transport (``transport.set_protocol``) to
 
-* the HTTP engine's client-side protocol (ALPN ``http/1.1``, or none offered), or
+* the HTTP engine's HTTP/2 side (ALPN ``h2``; :meth:`sidecar.proxy.HttpProxy.serve_h2`): many requests at once
+  on one connection, each stream routed, authorized and recorded as an HTTP/1.1 request is; closing the
+  listener (drain) sends GOAWAY, so streams open finish and the caller opens new ones elsewhere,
+* the HTTP engine's HTTP/1.1 client-side protocol (ALPN ``http/1.1``, or none offered), or
 * a tunnel header reader (ALPN ``sidecar-tcp/1``): one line, ``sidecar-tcp/1 SERVICE [TAG]\\n``, names the
   target service; then the bytes are relayed to that service's app as they are (a ``protocol: tcp`` upstream).
 
@@ -43,7 +47,7 @@ from sidecar.clock import Clock
 from sidecar.mesh.inbound_routes import CALLER_KEY
 from sidecar.mesh.tunnel_header import TunnelHeaderError, decode_tunnel_header
 from sidecar.proxy import ConnectionInfo, HttpProxy, TcpRelay
-from sidecar.tls.context import ALPN_TCP_TUNNEL
+from sidecar.tls.context import ALPN_H2, ALPN_TCP_TUNNEL
 from sidecar.tls.errors import PeerRefused
 from sidecar.tls.handshake import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -73,8 +77,14 @@ class _Switch(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        tunnel = alpn == ALPN_TCP_TUNNEL
-        delegate = _TunnelHeaderReader(self.listener) if tunnel else self.listener.http.protocol()
+        http = self.listener.http
+        if alpn == ALPN_H2:
+            # the client's first bytes are the HTTP/2 preface (ALPN said so): no sniffing
+            info = ConnectionInfo(http.name, transport.get_extra_info("peername"),
+                                  transport.get_extra_info("sockname"), ssl_object)
+            self.delegate = http.serve_h2(cast(asyncio.Transport, transport), info)
+            return
+        delegate = _TunnelHeaderReader(self.listener) if alpn == ALPN_TCP_TUNNEL else http.protocol()
         self.delegate = delegate
         transport.set_protocol(delegate)
         delegate.connection_made(transport)

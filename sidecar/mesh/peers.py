@@ -1,16 +1,19 @@
 """The Targets that reach peer sidecars: one per endpoint of a destination service, over mTLS, with the destination's
-policy timeouts and a pool per (peer, service, TLS context); what the resilience layers dial through."""
+policy timeouts and a pool per (peer, service, TLS context); what the resilience layers dial through. One set for
+HTTP/1.1, one for HTTP/2 (its pools multiplex streams, each knowing the HTTP/1.1 Target to fall back to), one for
+raw tunnels."""
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.config.model import Config
 from sidecar.mesh.naming import ServiceName
 from sidecar.mesh.router import Endpoint, EndpointSet, Router
 from sidecar.proxy import Target
+from sidecar.proxy.target import H2PeerKey
 from sidecar.resilience import deadline
 from sidecar.tls.context import service_server_name
 
@@ -23,12 +26,16 @@ class PeerTargets:
     connections are closed by the pool sweeper, and requests on them finish undisturbed.
     """
 
-    __slots__ = ("_config", "_context", "_generation", "_peer_check", "_targets", "_version", "kind")
+    __slots__ = ("_config", "_context", "_fallback", "_generation", "_peer_check", "_targets", "_version", "kind")
 
     def __init__(self, config: Config, kind: str,
-                 peer_check: Callable[[Endpoint], Callable[[ssl.SSLObject], object]] | None = None) -> None:
+                 peer_check: Callable[[Endpoint], Callable[[ssl.SSLObject], object]] | None = None,
+                 fallback: Callable[[Endpoint], Target] | None = None) -> None:
+        """``fallback``: HTTP/2 Targets (an :class:`H2PeerKey` pool per peer and service) whose peer may turn out
+        to speak HTTP/1.1 only; it gives the HTTP/1.1 Target of the same endpoint."""
         self._config = config
         self._peer_check = peer_check
+        self._fallback = fallback
         self.kind = kind
         self._version = -1
         self._context: ssl.SSLContext | None = None
@@ -69,8 +76,11 @@ class PeerTargets:
         host, port = endpoint.address
         # the SNI asks the peer for the destination service's certificate, and the pool is per service: a
         # connection verified as service A is never reused for service B on the same peer
+        key: Hashable = (self.kind, endpoint.address, endpoint.service, self._generation)
+        if self._fallback is not None:
+            key = H2PeerKey(endpoint.address, endpoint.service, self._generation, self._fallback(endpoint))
         return Target(endpoint.address, ssl=context, server_hostname=service_server_name(endpoint.service, host, port),
-                      pool_key=(self.kind, endpoint.address, endpoint.service, self._generation), timeout=timeout,
+                      pool_key=key, timeout=timeout,
                       try_timeout=try_timeout, tag=endpoint,
                       verify=self._peer_check(endpoint) if self._peer_check is not None else None)
 

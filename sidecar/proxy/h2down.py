@@ -70,6 +70,7 @@ class H2Acceptor(Protocol):
     engine: Engine
     protocol_errors: int
     header_timeouts: int
+    h2_protections: dict[str, int]
 
     def add_connection(self, conn: H2Downstream) -> None: ...
 
@@ -77,8 +78,10 @@ class H2Acceptor(Protocol):
 
 
 def h2_limits(limits: ProxyLimits) -> H2Limits:
-    """The listener's limits as the HTTP/2 core's: the header list as large as an HTTP/1.1 head may be."""
-    return H2Limits(max_header_list_size=limits.head.max_head_bytes,
+    """The listener's limits as the HTTP/2 core's: its streams per connection, the header list as large as an
+    HTTP/1.1 head may be."""
+    return H2Limits(max_concurrent_streams=limits.max_concurrent_streams,
+                    max_header_list_size=limits.head.max_head_bytes,
                     max_header_block_bytes=limits.head.max_head_bytes + 4096)
 
 
@@ -213,10 +216,14 @@ class H2Downstream(asyncio.Protocol):
         self.transport = transport
         self.info = info
         self.core = H2Connection(client_side=False, limits=h2_limits(self.engine.limits), check_outbound=False)
+        self.core.counters = proxy.h2_protections   # the listener's totals, counted as they happen
         self.streams: dict[int, H2Stream] = {}
         self.transport_paused = False
         self.closed = False
         self.draining = False
+        # streams whose exchange ended while the core still holds their last bytes (the client's windows are
+        # closed): a drain closes the connection only once they are out, else the client loses their end
+        self.flushing: set[int] = set()
         # no HEADERS yet: the header timeout runs, as for an HTTP/1.1 head, so a client that sends only the
         # preface (and SETTINGS, PINGs...) cannot hold the connection for the idle timeout
         self.awaiting_headers = True
@@ -274,6 +281,8 @@ class H2Downstream(asyncio.Protocol):
                 return
             elif isinstance(event, GoAwayReceived):
                 pass  # a client's GOAWAY limits the pushes it accepts; the sidecar pushes nothing
+        if self.flushing:
+            self._flushed()   # window updates may have let the last bytes of ended streams out
         self.flush()
 
     def eof_received(self) -> bool | None:
@@ -323,11 +332,26 @@ class H2Downstream(asyncio.Protocol):
             exchange.on_request_end()
 
     def stream_gone(self, sid: int) -> None:
-        if self.streams.pop(sid, None) is not None and not self.streams:
-            if self.draining:
-                self.close()
-            else:
-                self._arm_idle()
+        if self.streams.pop(sid, None) is not None:
+            if self.core.buffered(sid):
+                self.flushing.add(sid)
+            self._settle()
+
+    def _settle(self) -> None:
+        """No stream open: a draining connection closes once every stream's bytes are out; another waits for
+        its idle timeout (which also bounds a client that never opens its windows)."""
+        if self.streams:
+            return
+        if not self.draining:
+            self._arm_idle()
+        elif not self.flushing:
+            self.close()
+
+    def _flushed(self) -> None:
+        core = self.core
+        self.flushing = {sid for sid in self.flushing if core.buffered(sid)}
+        if not self.flushing:
+            self._settle()
 
     # -- connection ----------------------------------------------------------------------------------------
 
@@ -343,7 +367,7 @@ class H2Downstream(asyncio.Protocol):
         self.draining = True
         self.core.goaway()
         self.flush()
-        if not self.streams:
+        if not self.streams and not self.flushing:
             self.close()
 
     def _terminated(self, event: ConnectionTerminated) -> None:
@@ -377,7 +401,7 @@ class H2Downstream(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return not self.streams
+        return not self.streams and not self.flushing
 
     def close(self) -> None:
         """GOAWAY, then close once it is written."""

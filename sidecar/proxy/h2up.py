@@ -1,23 +1,43 @@
-"""h2c to a local app: the engine's upstream side over HTTP/2 with prior knowledge (``protocol: grpc|http2``).
+"""HTTP/2 upstreams: the engine's upstream side over HTTP/2, to a local app over h2c (``protocol: grpc|http2``,
+an :class:`~sidecar.proxy.target.H2cKey` Target) or to a peer sidecar over mTLS with ALPN ``h2`` (an
+:class:`~sidecar.proxy.target.H2PeerKey` Target).
 
-One :class:`H2AppConnection` per app carries many requests at once, each an :class:`H2AppStream` (the
-:class:`~sidecar.proxy.sides.UpstreamStream` of one exchange); :class:`H2AppPool` opens a second connection
-only when every open one is at the app's SETTINGS_MAX_CONCURRENT_STREAMS (or draining after its GOAWAY).
+One :class:`H2UpstreamConnection` carries many requests at once, each an :class:`H2UpstreamStream` (the
+:class:`~sidecar.proxy.sides.UpstreamStream` of one exchange); :class:`H2UpstreamPool` keeps one connection per
+key and opens a second only when every open one is at the peer's SETTINGS_MAX_CONCURRENT_STREAMS or draining
+after its GOAWAY. A new connection takes streams once the peer's first bytes (its SETTINGS) are in, so the
+peer's limit is known before it is used. Dialing (TLS, the SPIFFE check of the answering peer, session reuse)
+is :func:`sidecar.proxy.connector.dial`, as for HTTP/1.1.
 
 A request head goes out as HEADERS (pseudo-headers from the method, target and ``Host``; ``te: trailers``, which
 gRPC servers require), its body as DATA, its trailers as a trailing HEADERS. The response's ``:status`` and
 fields become the engine's head (chunked, so that an HTTP/1.1 hop after it has a place for trailers), DATA its
 body, trailing HEADERS the trailers handed to ``on_response_end``. RST_STREAM, a stream refused by GOAWAY or a
-lost connection is ``on_upstream_lost``. Flow control: a DATA frame is acknowledged once the exchange took it,
-unless the client side paused reading: then on resume, so a slow client holds the app to one window.
+lost connection is ``on_upstream_lost`` (a reset, retried elsewhere when the request can be replayed). Flow
+control: a DATA frame is acknowledged once the exchange took it, unless the client side paused reading: then on
+resume, so a slow client holds the upstream to one window, across every hop.
+
+Peers only:
+
+* Keepalive (:mod:`sidecar.http2.keepalive`): a PING after ``interval`` of silence; no answer within
+  ``timeout`` closes the connection and fails its streams as lost.
+* GOAWAY (the peer drains): the streams at or below its last stream id finish, no new one goes there, new
+  streams go to a new connection (or, once the peer stops accepting, another instance); the connection closes
+  after its last stream.
+* A peer whose handshake does not select ``h2`` (a sidecar that speaks HTTP/1.1 only) is remembered as such for
+  :data:`HTTP1_RECHECK` seconds: its connection is closed before any byte is written, and the requests waiting
+  for it, and every request to it meanwhile, go through the HTTP/1.1 pool of the key's ``fallback`` Target.
+* Connections without a stream for the pool's idle timeout are closed by the sweeper, like idle HTTP/1.1 ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import ssl
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from http import HTTPStatus
 from typing import cast
 
@@ -28,31 +48,37 @@ from sidecar.http2.events import (
     DataReceived,
     GoAwayReceived,
     HeadersReceived,
+    PingAcked,
     StreamEnded,
     StreamReset,
     StreamWritable,
     TrailersReceived,
 )
+from sidecar.http2.keepalive import Action, Keepalive, KeepalivePolicy
 from sidecar.http2.limits import H2Limits
-from sidecar.proxy.connector import connect_failure
-from sidecar.proxy.failures import UpstreamReset
+from sidecar.proxy.connector import connect_failure, dial
+from sidecar.proxy.failures import ConnectFailure, UpstreamReset
 from sidecar.proxy.h2heads import CONNECTION_SPECIFIC, H2Headers, trailer_headers
 from sidecar.proxy.http1 import RequestHead, ResponseHead, Trailers
 from sidecar.proxy.limits import PoolLimits
 from sidecar.proxy.sides import StreamPool, StreamUser, UpstreamStream
-from sidecar.proxy.target import Target
+from sidecar.proxy.target import H2PeerKey, Target
 from sidecar.proxy.tunnel import Tunnel
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sidecar.proxy.pool")
 
 CONNECT_TIMEOUT = 5.0
+ALPN_H2 = "h2"
+# how long a peer whose handshake did not select h2 is sent HTTP/1.1 before h2 is offered again (a rolling
+# upgrade replaces it with a sidecar that speaks h2 within minutes)
+HTTP1_RECHECK = 300.0
 # HTTP/2 has no reason phrase: the HTTP/1.1 hop after it gets the standard one
 _REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
 
 
-def request_headers(head: RequestHead) -> H2Headers:
-    """The HTTP/2 header block of a request the engine relays to an h2c app."""
-    out: H2Headers = [(b":method", head.method.encode()), (b":scheme", b"http"), (b":path", head.target),
+def request_headers(head: RequestHead, scheme: bytes = b"http") -> H2Headers:
+    """The HTTP/2 header block of a request the engine relays over HTTP/2 (``scheme`` https over TLS)."""
+    out: H2Headers = [(b":method", head.method.encode()), (b":scheme", scheme), (b":path", head.target),
                       (b":authority", head.host.encode("latin-1"))]
     for lname, _, value in head.headers.items:
         if lname not in CONNECTION_SPECIFIC:
@@ -64,7 +90,7 @@ def request_headers(head: RequestHead) -> H2Headers:
 
 
 def response_head(headers: H2Headers, end_stream: bool) -> ResponseHead:
-    """The engine's head of an h2c app's response: ``:status`` and the end-to-end fields as header lines."""
+    """The engine's head of an HTTP/2 response: ``:status`` and the end-to-end fields as header lines."""
     status = 0
     lines: list[bytes] = []
     length: int | None = None
@@ -76,18 +102,24 @@ def response_head(headers: H2Headers, end_stream: bool) -> ResponseHead:
         elif name[:1] != b":" and name not in CONNECTION_SPECIFIC:
             lines.append(name + b": " + value + b"\r\n")
     if not 100 <= status <= 999:
-        raise UpstreamReset("?", "the app's HTTP/2 response has no valid :status")
+        raise UpstreamReset("?", "the HTTP/2 response has no valid :status")
     no_body = end_stream or status in (204, 304) or status < 200
     return ResponseHead(status, _REASONS.get(status, b"Unknown"), b"".join(lines), None if no_body else length,
                         chunked=not no_body and length is None, no_body=no_body)
 
 
-class H2AppStream(UpstreamStream):
-    """One request to the app, on one stream of a shared connection; used once."""
+def speaks_h2(transport: asyncio.BaseTransport) -> bool:
+    """A dialed connection may carry HTTP/2: plaintext (h2c with prior knowledge), or TLS whose ALPN chose h2."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ssl_object is None or ssl_object.selected_alpn_protocol() == ALPN_H2
+
+
+class H2UpstreamStream(UpstreamStream):
+    """One request upstream, on one stream of a shared connection; used once."""
 
     __slots__ = ("conn", "done", "paused", "sid", "trailers", "unacked", "user")
 
-    def __init__(self, conn: H2AppConnection) -> None:
+    def __init__(self, conn: H2UpstreamConnection) -> None:
         self.conn = conn
         self.user: StreamUser | None = None
         self.sid = 0
@@ -102,13 +134,15 @@ class H2AppStream(UpstreamStream):
         conn = self.conn
         conn.reserved -= 1
         core = conn.core
-        if not core.can_open():
+        if conn.closed or not core.can_open():
             self.done = True
-            user.on_upstream_lost(UpstreamReset(conn.address, "the app's HTTP/2 connection took no more streams"))
+            user.on_upstream_lost(UpstreamReset(conn.address, f"the {conn.who}'s HTTP/2 connection took no more"
+                                                              " streams"))
             return
         empty = end and not trailers and not any(body)
-        self.sid = core.start_request(request_headers(head), end_stream=empty)
+        self.sid = core.start_request(request_headers(head, conn.scheme), end_stream=empty)
         conn.streams[self.sid] = self
+        conn.started += 1
         if not empty:
             for piece in body:
                 if piece:
@@ -157,7 +191,7 @@ class H2AppStream(UpstreamStream):
         return None
 
     def attach_tunnel(self, tunnel: Tunnel) -> None:
-        raise RuntimeError("an HTTP/2 stream to an app is not turned into a tunnel")
+        raise RuntimeError("an HTTP/2 upstream stream is not turned into a tunnel")
 
     # -- from the connection
 
@@ -179,37 +213,64 @@ class H2AppStream(UpstreamStream):
             user.flush()
 
 
-class H2AppConnection(asyncio.Protocol):
-    """One h2c connection to an app and its streams."""
+class H2UpstreamConnection(asyncio.Protocol):
+    """One HTTP/2 connection upstream and its streams."""
 
-    def __init__(self, pool: H2AppPool, address: str, limits: H2Limits | None) -> None:
+    def __init__(self, pool: H2UpstreamPool, address: str, limits: H2Limits | None) -> None:
         self.pool = pool
         self.address = address
+        self.who = "peer sidecar" if pool.peer is not None else "app"
+        self.scheme = b"https" if pool.peer is not None else b"http"
         self.core = H2Connection(client_side=True, limits=limits)
         self.transport: asyncio.Transport | None = None
-        self.streams: dict[int, H2AppStream] = {}
+        self.streams: dict[int, H2UpstreamStream] = {}
         self.reserved = 0            # streams handed out whose request is not started yet
+        self.started = 0             # streams started since it opened
         self.closed = False
+        self.ready = False           # the peer's first bytes (its SETTINGS) are in: its stream limit is known
+        self.h2 = True               # False: the TLS handshake chose another protocol; nothing was written
+        self.draining = False        # the peer sent GOAWAY
+        self.idle_since = pool.loop.time()   # since connected, or since its last stream ended
+        self.session_taken = False
+        self.keepalive: Keepalive | None = None
+        self._ticker: asyncio.TimerHandle | None = None
 
     def room(self) -> bool:
         """Whether one more stream may be handed out on this connection."""
-        if self.closed or not self.core.can_open():
+        if self.closed or not self.ready or self.draining or not self.core.can_open():
             return False
         return self.core.open_streams + self.reserved < self.core.peer_max_streams()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
+        self.idle_since = self.pool.loop.time()
+        if not speaks_h2(transport):
+            self.h2 = False   # an HTTP/1.1 server must not see our preface: the pool closes this connection
+            return
         self.flush()
+        policy = self.pool.keepalive
+        if policy is not None:
+            now = self.pool.loop.time()
+            self.keepalive = Keepalive(policy, now)
+            self._ticker = self.pool.loop.call_at(now + policy.interval, self._tick)
 
     def data_received(self, data: bytes) -> None:
-        loop = self.pool.loop
+        pool = self.pool
+        now = pool.loop.time()
+        if self.keepalive is not None:
+            self.keepalive.heard(now)
         users: set[StreamUser] = set()
-        for event in self.core.receive_data(data, loop.time()):
+        for event in self.core.receive_data(data, now):
             if isinstance(event, ConnectionTerminated):
-                self._fail_all(UpstreamReset(self.address, f"the app ended the HTTP/2 connection: {event.reason}"))
+                self._fail_all(UpstreamReset(self.address, f"the {self.who} ended the HTTP/2 connection:"
+                                                           f" {event.reason}"))
                 continue
             if isinstance(event, GoAwayReceived):
-                self.pool.draining(self)
+                self.draining = True
+                pool.draining(self)
+                continue
+            if isinstance(event, PingAcked):
+                pool.pings_acked += 1
                 continue
             sid = getattr(event, "stream_id", 0)
             stream = self.streams.get(sid)
@@ -220,10 +281,11 @@ class H2AppConnection(asyncio.Protocol):
                 if user is not None:
                     try:
                         head = response_head(event.headers, event.end_stream)
-                    except UpstreamReset as e:
+                    except UpstreamReset:
                         self.core.reset(sid)
                         self.stream_gone(sid)
-                        stream.lost(e)
+                        stream.lost(UpstreamReset(self.address, f"the {self.who}'s HTTP/2 response has no valid"
+                                                                " :status"))
                         continue
                     if head.status < 200:
                         user.on_response_interim(head)
@@ -240,7 +302,8 @@ class H2AppConnection(asyncio.Protocol):
                     user.on_response_end(stream.trailers)
             elif isinstance(event, StreamReset):
                 self.stream_gone(sid)
-                stream.lost(UpstreamReset(self.address, f"the app reset the stream (error code {event.error_code})"))
+                stream.lost(UpstreamReset(self.address, f"the {self.who} reset the stream (error code"
+                                                        f" {event.error_code})"))
             elif isinstance(event, StreamWritable) and user is not None:
                 user.on_upstream_paused(False)
             if user is not None:
@@ -250,10 +313,50 @@ class H2AppConnection(asyncio.Protocol):
             user.flush()
         if self.core.closed:
             self.close()
+        elif not self.ready and self.core.settings_received:
+            self.ready = True
+            if not self.closed:
+                pool.has_room(self)
 
     def stream_gone(self, sid: int) -> None:
-        self.streams.pop(sid, None)
+        if self.streams.pop(sid, None) is not None and not self.streams:
+            self.idle_since = self.pool.loop.time()
+            if not self.session_taken:
+                self._take_session()
+        if self.draining and not self.streams and not self.reserved:
+            self.close()
+            return
         self.pool.has_room(self)
+
+    def _take_session(self) -> None:
+        # once per connection, after a response: TLS 1.3 tickets have arrived by then (reading the session
+        # costs ~100us, OpenSSL copies it)
+        self.session_taken = True
+        transport = self.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is not None and ssl_object.session is not None:
+            self.pool.session = ssl_object.session
+
+    def _tick(self) -> None:
+        self._ticker = None
+        keepalive = self.keepalive
+        if keepalive is None or self.closed:
+            return
+        loop = self.pool.loop
+        action, wake_at = keepalive.tick(loop.time())
+        if action is Action.PING:
+            self.pool.pings_sent += 1
+            self.core.ping(os.urandom(8))
+            self.flush()
+        elif action is Action.DEAD:
+            policy = keepalive.policy
+            self.pool.ping_timeouts += 1
+            log.warning("HTTP/2 connection to %s closed: no answer to PING within %.1fs", self.address,
+                        policy.timeout)
+            self._fail_all(UpstreamReset(self.address, f"no answer to PING within {policy.timeout:.1f}s"))
+            self.abort()
+            return
+        self._ticker = loop.call_at(wake_at, self._tick)
 
     def flush(self) -> None:
         transport = self.transport
@@ -266,8 +369,10 @@ class H2AppConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_ticker()
         self.pool.gone(self)
-        self._fail_all(UpstreamReset(self.address, f"the app closed the HTTP/2 connection{f': {exc}' if exc else ''}"))
+        self._fail_all(UpstreamReset(self.address, f"the {self.who} closed the HTTP/2 connection"
+                                                   f"{f': {exc}' if exc else ''}"))
 
     def _fail_all(self, exc: BaseException) -> None:
         self.closed = True
@@ -275,103 +380,210 @@ class H2AppConnection(asyncio.Protocol):
         for stream in streams.values():
             stream.lost(exc)
 
+    def _stop_ticker(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
     def close(self) -> None:
         self.closed = True
+        self._stop_ticker()
+        self.pool.gone(self)
         if self.transport is not None:
             self.flush()
             self.transport.close()
 
+    def abort(self) -> None:
+        self.closed = True
+        self._stop_ticker()
+        self.pool.gone(self)
+        if self.transport is not None:
+            self.transport.abort()
 
-class H2AppPool(StreamPool):
-    """The h2c connections to one app: streams multiplexed, waiters queued while a connection is dialed."""
+
+class H2UpstreamPool(StreamPool):
+    """The HTTP/2 connections of one key: streams multiplexed, waiters queued while a connection is dialed.
+
+    ``fallback_pool`` gives the HTTP/1.1 pool of a Target (``Pools.get``): where a peer's requests go when it
+    does not speak h2. ``keepalive`` None: no PINGs (an app on this host)."""
 
     def __init__(self, key: Hashable, loop: asyncio.AbstractEventLoop, limits: PoolLimits,
-                 h2_limits: H2Limits | None = None) -> None:
+                 h2_limits: H2Limits | None = None, keepalive: KeepalivePolicy | None = None,
+                 fallback_pool: Callable[[Target], StreamPool] | None = None) -> None:
         self.key = key
+        self.peer = key if isinstance(key, H2PeerKey) else None
         self.loop = loop
         self.limits = limits
         self.h2_limits = h2_limits
-        self.conns: list[H2AppConnection] = []
+        self.keepalive = keepalive if self.peer is not None else None
+        self.fallback_pool = fallback_pool
+        self.conns: list[H2UpstreamConnection] = []
         self.waiters: deque[tuple[StreamUser, Target]] = deque()
         self.dialing = False
-        self.dialed = 0
+        self.session: ssl.SSLSession | None = None
+        self.http1_until = 0.0     # loop time until which the peer is sent HTTP/1.1 (its handshake chose it)
+        self._fallback: StreamPool | None = None
         self._closed = False
+        # counters since start, for /metrics
+        self.dialed = 0
+        self.pings_sent = 0
+        self.pings_acked = 0
+        self.ping_timeouts = 0
+        self.goaways = 0
+        self.http1_fallbacks = 0   # dials whose handshake did not select h2
+
+    def counts(self) -> dict[str, int]:
+        """Gauges (``connections``, ``streams``: open now) and counters since start (the rest)."""
+        return {"connections": len(self.conns), "streams": sum(len(conn.streams) for conn in self.conns),
+                "dialed": self.dialed, "pings_sent": self.pings_sent, "pings_acked": self.pings_acked,
+                "ping_timeouts": self.ping_timeouts, "goaways": self.goaways,
+                "http1_fallbacks": self.http1_fallbacks}
 
     def acquire(self, target: Target, user: StreamUser, fresh: bool = False) -> UpstreamStream | None:
+        if self.http1_until:
+            if self.loop.time() < self.http1_until:
+                return self._over_http1(target, user, fresh)
+            self.http1_until = 0.0   # time to offer h2 again
         for conn in self.conns:
             if conn.room():
                 conn.reserved += 1
-                return H2AppStream(conn)
+                return H2UpstreamStream(conn)
         if len(self.waiters) >= self.limits.max_pending:
             raise ResourceExhausted(f"too many requests waiting for a connection to {target.authority}",
                                     {"max_pending_requests": self.limits.max_pending})
         self.waiters.append((user, target))
-        if not self.dialing:
-            self.dialing = True
-            self.loop.create_task(self._dial(target))
+        self._dial_if_needed(target)
         return None
 
+    def _dial_if_needed(self, target: Target) -> None:
+        """Dial unless a connection being dialed or not yet ready will take the waiters."""
+        if self.dialing or any(not conn.ready and not conn.closed for conn in self.conns):
+            return
+        self.dialing = True
+        self.loop.create_task(self._dial(target))
+
     async def _dial(self, target: Target) -> None:
-        host, port = target.address
-        conn = H2AppConnection(self, target.authority, self.h2_limits)
+        conn = H2UpstreamConnection(self, target.authority, self.h2_limits)
+        timeout = self.limits.connect_timeout
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: conn, host, port), CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as e:
+            await dial(target, lambda: conn, timeout, session=self.session)
+        except BaseException as e:
             self.dialing = False
-            failure = connect_failure(target.authority, e, CONNECT_TIMEOUT)
+            failure = e if isinstance(e, ConnectFailure) else connect_failure(target.authority, e, timeout)
             waiters, self.waiters = self.waiters, deque()
             for user, _ in waiters:
                 user.on_connect_failed(failure)
                 user.flush()
+            if isinstance(e, asyncio.CancelledError):
+                raise
             return
         self.dialing = False
         self.dialed += 1
         if self._closed:
             conn.close()
             return
+        if not conn.h2:
+            self._learn_http1(conn)
+            return
         self.conns.append(conn)
         self.has_room(conn)
 
-    def has_room(self, conn: H2AppConnection) -> None:
+    def _learn_http1(self, conn: H2UpstreamConnection) -> None:
+        """The peer's handshake did not select h2: close the connection unused, send HTTP/1.1 for a while."""
+        self.http1_fallbacks += 1
+        self.http1_until = self.loop.time() + HTTP1_RECHECK
+        log.info("peer %s does not speak HTTP/2 (ALPN): its requests go over HTTP/1.1 for %.0fs", conn.address,
+                 HTTP1_RECHECK)
+        conn.abort()   # nothing was written on it
+        waiters, self.waiters = self.waiters, deque()
+        for user, target in waiters:
+            try:
+                stream = self._over_http1(target, user, False)
+            except Exception as e:   # the HTTP/1.1 pool's own refusal (its pending cap)
+                user.on_connect_failed(e)
+            else:
+                if stream is not None:
+                    user.on_connection(stream)
+            user.flush()
+
+    def _over_http1(self, target: Target, user: StreamUser, fresh: bool) -> UpstreamStream | None:
+        peer = self.peer
+        if peer is None or peer.fallback is None or self.fallback_pool is None:
+            raise ConnectFailure(target.authority, "the peer does not speak HTTP/2 and no HTTP/1.1 route is known")
+        base = peer.fallback
+        fallback = base.derive(target.timeout, target.try_timeout, target.retry, target.observer, target.tag)
+        pool = self._fallback = self.fallback_pool(fallback)
+        return pool.acquire(fallback, user, fresh)
+
+    def has_room(self, conn: H2UpstreamConnection) -> None:
         """Hand streams of ``conn`` to the requests waiting, while it has room; dial again for the rest."""
         while self.waiters and conn.room():
             user, _ = self.waiters.popleft()
             conn.reserved += 1
-            user.on_connection(H2AppStream(conn))
+            user.on_connection(H2UpstreamStream(conn))
             user.flush()
-        if self.waiters and not self.dialing:
-            self.dialing = True
-            self.loop.create_task(self._dial(self.waiters[0][1]))
+        if self.waiters and not conn.room():
+            self._dial_if_needed(self.waiters[0][1])
 
-    def draining(self, conn: H2AppConnection) -> None:
-        """The app sent GOAWAY on ``conn``: no new stream goes there."""
+    def draining(self, conn: H2UpstreamConnection) -> None:
+        """The peer sent GOAWAY on ``conn``: its streams finish, no new one goes there."""
+        self.goaways += 1
         if conn in self.conns:
             self.conns.remove(conn)
-        if not conn.streams:
-            conn.close()
+        if not conn.streams and not conn.reserved:
+            conn.close()   # the waiters go on as gone() decides
+        elif self.waiters:
+            self._dial_if_needed(self.waiters[0][1])
 
-    def gone(self, conn: H2AppConnection) -> None:
+    def gone(self, conn: H2UpstreamConnection) -> None:
+        """``conn`` takes no more streams (closed, lost or drained and done)."""
         if conn in self.conns:
             self.conns.remove(conn)
+        if not self.waiters or self._closed or not conn.h2:
+            return
+        if conn.ready and (conn.started or not conn.draining):
+            self._dial_if_needed(self.waiters[0][1])
+            return
+        # refused before it took a stream (closed before its SETTINGS, or a GOAWAY at once: an overloaded or
+        # draining peer): the requests waiting for it fail over rather than dial the same peer again
+        reason = "refused new streams (GOAWAY)" if conn.draining else "closed the connection before its SETTINGS"
+        waiters, self.waiters = self.waiters, deque()
+        for user, target in waiters:
+            user.on_connect_failed(ConnectFailure(target.authority, f"the {conn.who} {reason}"))
+            user.flush()
 
     def cancel(self, user: StreamUser) -> None:
         self.waiters = deque(w for w in self.waiters if w[0] is not user)
+        if self._fallback is not None:
+            self._fallback.cancel(user)
 
     def release(self, stream: UpstreamStream, now: float) -> None:
-        self.forget(stream)
+        if isinstance(stream, H2UpstreamStream):
+            self.forget(stream)
+        elif self._fallback is not None:
+            self._fallback.release(stream, now)
 
     def forget(self, stream: UpstreamStream) -> None:
-        if isinstance(stream, H2AppStream):
+        if isinstance(stream, H2UpstreamStream):
             stream.unbind()
             if stream.sid == 0 and not stream.done:  # handed out, never started
                 stream.done = True
-                stream.conn.reserved -= 1
-                self.has_room(stream.conn)
+                conn = stream.conn
+                conn.reserved -= 1
+                if conn.draining and not conn.streams and not conn.reserved:
+                    conn.close()
+                else:
+                    self.has_room(conn)
             elif not stream.done:
                 stream.abort()
+        elif self._fallback is not None:
+            self._fallback.forget(stream)
 
     def detach(self, stream: UpstreamStream) -> None:
-        self.forget(stream)
+        if isinstance(stream, H2UpstreamStream):
+            self.forget(stream)
+        elif self._fallback is not None:
+            self._fallback.detach(stream)
 
     def close(self) -> None:
         self._closed = True
@@ -379,11 +591,20 @@ class H2AppPool(StreamPool):
             conn.core.goaway()
             conn.close()
         self.conns = []
+        waiters, self.waiters = self.waiters, deque()
+        for user, target in waiters:
+            user.on_connect_failed(ConnectFailure(target.authority, "the proxy is shutting down"))
 
     def sweep(self, now: float) -> None:
-        """Close connections that carry no stream (an app rarely called keeps no socket)."""
+        """Close connections that carried no stream for the idle timeout (a peer or app rarely called keeps no
+        socket); GOAWAY first, so the peer knows no stream is coming."""
+        limit = now - self.limits.idle_timeout
         for conn in list(self.conns):
-            if not conn.streams and not conn.reserved and len(self.conns) > 1:
-                self.conns.remove(conn)
+            if not conn.ready:
+                # a peer that accepted the connection but sent no SETTINGS within the connect timeout: its
+                # waiters fail over (gone) and the next request dials again
+                if conn.idle_since < now - self.limits.connect_timeout:
+                    conn.abort()
+            elif not conn.streams and not conn.reserved and conn.idle_since < limit:
+                conn.core.goaway()
                 conn.close()
-

@@ -37,6 +37,9 @@ class ProxyLimits:
     replay_buffer: int = 64 * 1024
     # pipelined requests read ahead of the one in flight, in bytes, before the client stops being read
     max_pipelined_bytes: int = 64 * 1024
+    # an HTTP/2 client's streams open at once per connection (SETTINGS_MAX_CONCURRENT_STREAMS); 100 is RFC
+    # 9113's floor recommendation and what Envoy, nginx and Go advertise
+    max_concurrent_streams: int = 100
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,13 @@ from collections.abc import Hashable
 from typing import Any, cast
 
 from sidecar.errors import ResourceExhausted
+from sidecar.http2.keepalive import KeepalivePolicy
 from sidecar.proxy.connector import connect_failure, dial
 from sidecar.proxy.failures import ConnectFailure
 from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits
 from sidecar.proxy.limits import DEFAULT_POOL_LIMITS, PoolLimits
 from sidecar.proxy.sides import StreamPool, StreamPools, StreamUser, UpstreamStream
-from sidecar.proxy.target import H2cKey, Target
+from sidecar.proxy.target import H2Key, H2PeerKey, Target
 from sidecar.proxy.upstream import UpstreamConnection
 
 
@@ -192,20 +193,22 @@ class Pools(StreamPools):
     """Every upstream pool of a process (shared by its listeners), created on first use."""
 
     def __init__(self, limits: PoolLimits = DEFAULT_POOL_LIMITS, head_limits: HeadLimits = DEFAULT_HEAD_LIMITS,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, keepalive: KeepalivePolicy | None = None) -> None:
         self.limits = limits
         self._head_limits = head_limits
         self._loop = loop
         self._pools: dict[Hashable, UpstreamPool] = {}
-        # apps reached over h2c (a Target whose pool_key is an H2cKey): streams multiplexed per connection
-        self._apps: dict[Hashable, StreamPool] = {}
+        # HTTP/2 upstreams (a Target whose pool_key is an H2Key: an h2c app, a peer over h2): streams multiplexed
+        # per connection; ``keepalive`` is the PING policy of the connections to peers
+        self._h2: dict[Hashable, StreamPool] = {}
+        self.keepalive = keepalive
         self._sweeper: asyncio.TimerHandle | None = None
 
     def get(self, target: Target) -> StreamPool:
         pool = self._pools.get(target.key)
         if pool is None:
-            if isinstance(target.key, H2cKey):
-                return self._app(target)
+            if isinstance(target.key, H2Key):
+                return self._http2(target)
             loop = self._loop or asyncio.get_running_loop()
             self._loop = loop
             pool = self._pools[target.key] = UpstreamPool(target.key, self.limits, loop, self._head_limits)
@@ -213,17 +216,37 @@ class Pools(StreamPools):
                 self._schedule_sweep()
         return pool
 
-    def _app(self, target: Target) -> StreamPool:
-        app = self._apps.get(target.key)
-        if app is None:
-            from sidecar.proxy.h2up import H2AppPool  # HTTP/2 (h2, our HPACK) loaded with the first h2c app
+    def _http2(self, target: Target) -> StreamPool:
+        h2 = self._h2.get(target.key)
+        if h2 is None:
+            from sidecar.proxy.h2up import H2UpstreamPool  # HTTP/2 (h2, our HPACK) loaded with the first user
             loop = self._loop or asyncio.get_running_loop()
             self._loop = loop
-            app = self._apps[target.key] = H2AppPool(target.key, loop, self.limits)
-        return app
+            h2 = self._h2[target.key] = H2UpstreamPool(target.key, loop, self.limits, keepalive=self.keepalive,
+                                                       fallback_pool=self.get)
+            if self._sweeper is None:
+                self._schedule_sweep()
+        return h2
 
     def __iter__(self) -> Any:
         return iter(self._pools.values())
+
+    def http2_pools(self) -> list[StreamPool]:
+        """The HTTP/2 pools (apps over h2c, peers over h2)."""
+        return list(self._h2.values())
+
+    def h2_peer_counts(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Per (peer address, service), summed over TLS context generations: the HTTP/2 pools' counts
+        (:meth:`~sidecar.proxy.h2up.H2UpstreamPool.counts`), for /metrics and the admin port."""
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for key, pool in self._h2.items():
+            if isinstance(key, H2PeerKey):
+                host, port = key.address
+                peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                slot = out.setdefault((peer, key.service), {})
+                for name, n in pool.counts().items():
+                    slot[name] = slot.get(name, 0) + n
+        return out
 
     def _schedule_sweep(self) -> None:
         assert self._loop is not None
@@ -234,6 +257,8 @@ class Pools(StreamPools):
         now = self._loop.time()
         for pool in self._pools.values():
             pool.sweep(now)
+        for h2 in self._h2.values():
+            h2.sweep(now)
         self._schedule_sweep()
 
     def close(self) -> None:
@@ -242,5 +267,5 @@ class Pools(StreamPools):
             self._sweeper = None
         for pool in self._pools.values():
             pool.close()
-        for app in self._apps.values():
-            app.close()
+        for h2 in self._h2.values():
+            h2.close()

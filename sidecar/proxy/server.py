@@ -59,6 +59,9 @@ class HttpProxy:
         self.protocol_errors = 0
         self.header_timeouts = 0
         self.displaced = 0  # idle connections closed to make room for a new one at max_connections
+        # HTTP/2 protections that fired on this listener's connections, by the core's counter name (rapid_reset,
+        # refused_streams, control_flood...): every connection's core counts into this one dict
+        self.h2_protections: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
 
     @property
@@ -137,6 +140,29 @@ class HttpProxy:
         from sidecar.proxy.h2down import H2Downstream  # HTTP/2 (h2, our HPACK) loaded with the first h2c client
         conn = H2Downstream(self, asyncio.get_running_loop(), transport, info)
         conn.data_received(first)
+
+    def serve_h2(self, transport: asyncio.Transport, info: ConnectionInfo) -> asyncio.Protocol:
+        """Serve a connection that chose HTTP/2 in its TLS handshake (ALPN ``h2``): the protocol that now owns
+        the transport. Admitted as an HTTP/1.1 connection is; one refused (overload, ``max_connections`` with
+        no idle connection to displace) gets a GOAWAY that took no stream (the caller's sidecar retries
+        elsewhere) and is closed."""
+        from sidecar.proxy.h2down import H2Downstream
+        engine = self.engine
+        overload = engine.overload
+        refused = overload is not None and overload.refusing
+        if refused:
+            assert overload is not None
+            overload.refuse(engine.name)   # counted as the guard counts every refused connection
+        elif len(self.connections) >= engine.limits.max_connections and not self.displace_idle():
+            self.rejected += 1
+            refused = True
+        if not refused:
+            self.accepted += 1
+        transport.set_write_buffer_limits(engine.limits.high_water, engine.limits.low_water)
+        conn = H2Downstream(self, asyncio.get_running_loop(), transport, info)
+        if refused:
+            conn.drain()
+        return conn
 
     def add_connection(self, conn: H2Downstream) -> None:
         self.connections.add(conn)

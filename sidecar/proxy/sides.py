@@ -200,6 +200,13 @@ class StreamPool:
         """Close every connection the pool holds (the listener is closing)."""
         raise NotImplementedError
 
+    def sweep(self, now: float) -> None:
+        """Close the connections idle for longer than the pool's idle timeout."""
+
+    def counts(self) -> dict[str, int]:
+        """The pool's gauges and counters by name, for /metrics (HTTP/2 pools)."""
+        return {}
+
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class StreamPools:

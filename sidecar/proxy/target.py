@@ -268,9 +268,16 @@ RouteFn = Callable[[RequestHead, ConnectionInfo], RouteResult]
 It may edit ``head.headers`` (and ``head.target``/``head.host``) before they are sent."""
 
 
-class H2cKey:
-    """A Target's ``pool_key`` for an app reached over h2c: the pools hand its requests to
-    :class:`~sidecar.proxy.h2up.H2AppPool` (imported with the first such target: HTTP/2 costs memory only when used)."""
+class H2Key:
+    """A Target's ``pool_key`` whose requests go over HTTP/2: the pools hand them to
+    :class:`~sidecar.proxy.h2up.H2UpstreamPool` (imported with the first such target: HTTP/2 costs memory only
+    when used), one multiplexed connection carrying many streams."""
+
+    __slots__ = ()
+
+
+class H2cKey(H2Key):
+    """An app reached over h2c (HTTP/2 with prior knowledge, no TLS)."""
 
     __slots__ = ("host", "port")
 
@@ -286,3 +293,29 @@ class H2cKey:
 
     def __repr__(self) -> str:
         return f"h2c://{self.host}:{self.port}"
+
+
+class H2PeerKey(H2Key):
+    """A peer sidecar reached over HTTP/2 on mTLS (ALPN ``h2``), for one destination service (its SNI and identity)
+    and one generation of our TLS context. ``fallback`` is the HTTP/1.1 Target of the same peer and service: the
+    pool sends there when the peer's handshake does not select ``h2`` (a sidecar that does not speak it). It is
+    not part of the key's identity."""
+
+    __slots__ = ("address", "fallback", "generation", "service")
+
+    def __init__(self, address: tuple[str, int], service: str, generation: int, fallback: Target | None) -> None:
+        self.address = address
+        self.service = service
+        self.generation = generation
+        self.fallback = fallback
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, H2PeerKey) and self.address == other.address and self.service == other.service
+                and self.generation == other.generation)
+
+    def __hash__(self) -> int:
+        return hash(("h2", self.address, self.service, self.generation))
+
+    def __repr__(self) -> str:
+        host, port = self.address
+        return f"h2://{host}:{port}/{self.service}#{self.generation}"

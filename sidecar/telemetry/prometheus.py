@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from sidecar.telemetry.exposition import (
     CONTENT_TYPE,
@@ -125,6 +125,32 @@ _MESSAGING_COUNTERS = {
 }
 
 
+# HTTP/2 to peer sidecars: (count name, family, kind, help), one sample per (peer, service)
+_H2_PEER_FAMILIES = (
+    ("connections", "sidecar_upstream_h2_connections", "gauge", "HTTP/2 connections open to a peer sidecar for a "
+     "service (one carries every stream until the peer's max concurrent streams is reached)."),
+    ("streams", "sidecar_upstream_h2_streams", "gauge", "Streams open on the HTTP/2 connections to a peer sidecar."),
+    ("dialed", "sidecar_upstream_h2_connections_opened", "counter", "HTTP/2 connections dialed to a peer sidecar."),
+    ("pings_sent", "sidecar_upstream_h2_pings", "counter", "Keepalive PINGs sent on idle HTTP/2 connections to a "
+     "peer sidecar."),
+    ("pings_acked", "sidecar_upstream_h2_ping_acks", "counter", "Keepalive PINGs a peer sidecar answered."),
+    ("ping_timeouts", "sidecar_upstream_h2_ping_timeouts", "counter", "HTTP/2 connections closed because the "
+     "peer sidecar did not answer a PING within the keepalive timeout."),
+    ("goaways", "sidecar_upstream_h2_goaways", "counter", "GOAWAYs received from a peer sidecar (it drains)."),
+    ("http1_fallbacks", "sidecar_upstream_h2_http1_fallbacks", "counter", "Dials whose TLS handshake did not "
+     "select h2 (a peer sidecar without HTTP/2): its requests went over HTTP/1.1."),
+)
+
+
+def _h2_peers(counts: Mapping[tuple[str, str], Mapping[str, int]]) -> Iterator[MetricFamily]:
+    for name, family_name, kind, text in _H2_PEER_FAMILIES:
+        labels = ("peer", "service")
+        family = gauge(family_name, text, labels) if kind == "gauge" else counter(family_name, text, labels)
+        for (peer, service), values in sorted(counts.items()):
+            family.add_metric([peer, service], values.get(name, 0))
+        yield family
+
+
 class SidecarCollector:
     """Every ``sidecar_*`` family but the process ones; see the module's doc."""
 
@@ -177,7 +203,7 @@ class SidecarCollector:
             sent.add_metric(list(trio), value)
         for trio, value in sorted(body_out.items()):
             received.add_metric(list(trio), value)
-        grpc = _counter("sidecar_grpc_requests", "Proxied gRPC calls, by direction, method (the call's path "
+        grpc = counter("sidecar_grpc_requests", "Proxied gRPC calls, by direction, method (the call's path "
                         "/pkg.Service/Method; at most 100 per destination, then other) and gRPC status (0-16; "
                         "none: the call ended without one).",
                         ("direction", "source", "destination", "method", "grpc_status"))
@@ -235,6 +261,13 @@ class SidecarCollector:
         for key, n in sorted(stats.tunnel_bytes.items()):
             tunnel_bytes.add_metric(list(key), n)
         yield tunnel_bytes
+        protections = counter("sidecar_http2_protections", "HTTP/2 protections that fired on a listener's "
+                               "client connections, by listener and protection (refused_streams, rapid_reset, "
+                               "continuation_flood, header_list_too_large, control_flood, closed_stream_frames, "
+                               "flow_control, bad_preface, protocol_error, ...).", ("listener", "protection"))
+        for (listener, protection), n in sorted(dataplane.h2_protections().items()):
+            protections.add_metric([listener, protection], n)
+        yield protections
         no_tls = counter("sidecar_requests_no_tls", "Outbound requests refused because mTLS is not configured.")
         no_tls.add_metric([], stats.no_tls)
         yield no_tls
@@ -251,6 +284,7 @@ class SidecarCollector:
         dialed.add_metric([], dials)
         yield connections
         yield dialed
+        yield from _h2_peers(dataplane.h2_peer_counts())
         inbound = dataplane.inbound
         if inbound is not None:
             handshakes = counter("sidecar_tls_handshakes", "Verified inbound mTLS connections, by caller SPIFFE "

@@ -30,10 +30,12 @@ server that cannot prove it is S, whoever dials with this context.
 resumable session per server name in a :class:`SessionCache`, keyed by the ``server_hostname`` given when
 dialing, so reconnections to the same (service, peer) resume (one round trip, no certificate signatures).
 
-*What a connection carries.* ALPN says it: a client offers :data:`ALPN_HTTP` for HTTP/1.1 between sidecars, or
-:data:`ALPN_TCP_TUNNEL` for a raw byte tunnel (a ``protocol: tcp`` upstream); the server context accepts both,
-and a client that offers neither (``openssl s_client``) is treated as HTTP. ALPN is per context in Python, so
-tunnels are dialed with a context of their own (``IdentityStore.tunnel_context``).
+*What a connection carries.* ALPN says it: a client offers :data:`ALPN_H2` for HTTP/2 between sidecars,
+:data:`ALPN_HTTP` for HTTP/1.1, or :data:`ALPN_TCP_TUNNEL` for a raw byte tunnel (a ``protocol: tcp`` upstream);
+the server context accepts all three (h2 before http/1.1 when a client offers both, as RFC 9113 section 3.2 has
+it), and a client that offers none (``openssl s_client``) is treated as HTTP/1.1. ALPN is per context in Python,
+so each kind is dialed with a context of its own (``IdentityStore.client_context``, ``h2_context``,
+``tunnel_context``), each with its own session cache.
 """
 
 from __future__ import annotations
@@ -75,9 +77,18 @@ KEY_EXCHANGE_GROUP = "prime256v1"
 # the attribute on a handshake exception that carries what was seen of the handshake
 EVIDENCE_ATTRIBUTE = "sidecar_evidence"
 _HAS_MSG_CALLBACK = hasattr(ssl.SSLContext, "_msg_callback")
-# ALPN protocol ids (RFC 7301) of the two kinds of connection between sidecars
+# ALPN protocol ids (RFC 7301) of the kinds of connection between sidecars
+ALPN_H2 = "h2"
 ALPN_HTTP = "http/1.1"
 ALPN_TCP_TUNNEL = "sidecar-tcp/1"
+# what the inbound selects from a client's offer, in order: the server's preference wins (it only picks offers)
+SERVER_ALPN = (ALPN_TCP_TUNNEL, ALPN_H2, ALPN_HTTP)
+
+
+def server_alpn(h2: bool) -> tuple[str, ...]:
+    """What the inbound selects: without ``h2`` (``inbound.http2.enabled: false``) callers speak HTTP/1.1, as to a
+    sidecar that has no HTTP/2."""
+    return SERVER_ALPN if h2 else tuple(p for p in SERVER_ALPN if p != ALPN_H2)
 
 
 class MeshContext(ssl.SSLContext):
@@ -92,12 +103,13 @@ class MeshContext(ssl.SSLContext):
 
 
 def server_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str],
-                   *, diagnose: bool = True) -> MeshContext:
-    """The inbound listener's context: TLS 1.2+, a client certificate required and verified against ``ca``."""
+                   *, diagnose: bool = True, alpn: tuple[str, ...] = SERVER_ALPN) -> MeshContext:
+    """The inbound listener's context: TLS 1.2+, a client certificate required and verified against ``ca``;
+    ``alpn`` the protocols it selects, in its order of preference."""
     context = _base(MeshContext(ssl.PROTOCOL_TLS_SERVER), ca, cert, key)
     context.role = "client"
     context.sslobject_class = ServerSSLObject
-    context.set_alpn_protocols([ALPN_TCP_TUNNEL, ALPN_HTTP])  # the server's preference wins; it only picks offers
+    context.set_alpn_protocols(list(alpn))
     if diagnose and _HAS_MSG_CALLBACK:
         context.twin = _base(MeshContext(ssl.PROTOCOL_TLS_SERVER), ca, cert, key)
         context.twin.role = "client"
@@ -109,7 +121,7 @@ def client_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str], key
                    *, sessions: SessionCache | None = None, alpn: tuple[str, ...] = (ALPN_HTTP,)) -> MeshContext:
     """The outbound dialer's context: our certificate offered, the server's chain verified against ``ca``;
     the server's SPIFFE ID is checked after the handshake with :func:`verify_peer`. ``alpn`` is what its
-    connections carry (:data:`ALPN_HTTP` or :data:`ALPN_TCP_TUNNEL`)."""
+    connections carry (:data:`ALPN_HTTP`, :data:`ALPN_H2` or :data:`ALPN_TCP_TUNNEL`)."""
     context = _base(MeshContext(ssl.PROTOCOL_TLS_CLIENT), ca, cert, key)
     context.role = "server"
     context.set_alpn_protocols(list(alpn))

@@ -201,6 +201,8 @@ class TlsMaterial:
     snapshot: FileDigests
     # the client context for raw TCP tunnels (ALPN sidecar-tcp/1), with its own session cache
     tunnel_context: MeshContext | None = None
+    # the client context for HTTP/2 to peers (ALPN h2, then http/1.1), with its own session cache
+    h2_context: MeshContext | None = None
     # our certificate itself: its other SANs are kept when it is renewed (sidecar.tls.renewer)
     leaf: x509.Certificate | None = None
     # its private key: signs this node's catalog statement about the service (sidecar.catalog.signing)
@@ -219,8 +221,10 @@ class IdentityStore:
 
     def __init__(self, paths: TlsPaths, trust_domain: str, material: TlsMaterial, *, clock: Clock,
                  policy: RotationPolicy, diagnose: bool,
-                 on_rotate: Callable[[TlsMaterial], None] | None) -> None:
+                 on_rotate: Callable[[TlsMaterial], None] | None,
+                 server_alpn: tuple[str, ...] = context.SERVER_ALPN) -> None:
         self.paths = paths
+        self.server_alpn = server_alpn
         self.trust_domain = trust_domain
         self.material = material
         self.clock = clock
@@ -242,9 +246,11 @@ class IdentityStore:
     @classmethod
     def load(cls, paths: TlsPaths | TlsConfig, trust_domain: str | None = None, *, clock: Clock = SYSTEM_CLOCK,
              policy: RotationPolicy | None = None, diagnose: bool = True,
-             on_rotate: Callable[[TlsMaterial], None] | None = None) -> IdentityStore:
+             on_rotate: Callable[[TlsMaterial], None] | None = None,
+             server_alpn: tuple[str, ...] = context.SERVER_ALPN) -> IdentityStore:
         """The identity of ``tls.cert``/``tls.key``; with a :class:`TlsConfig`, one more per ``tls.identities``
-        entry (each must name its service), all in ``hosted``."""
+        entry (each must name its service), all in ``hosted``. ``server_alpn``: what the inbound selects
+        (every hosted identity's server context alike: the SNI callback moves a handshake between them)."""
         identities: tuple[TlsIdentityConfig, ...] = ()
         if isinstance(paths, TlsConfig):
             identities = tuple(paths.identities)
@@ -259,16 +265,16 @@ class IdentityStore:
             if blob is None:
                 certs._read(path, "TLS")  # raises with the precise cause (missing, permission)
         checked = validate(bundle, paths, trust_domain, clock.wall())
-        material = _build(bundle, checked, diagnose, SessionCache())
+        material = _build(bundle, checked, diagnose, SessionCache(), server_alpn=server_alpn)
         store = cls(paths, trust_domain, material, clock=clock, policy=policy or RotationPolicy(),
-                    diagnose=diagnose, on_rotate=on_rotate)
+                    diagnose=diagnose, on_rotate=on_rotate, server_alpn=server_alpn)
         for command in store.core.on_loaded(material.snapshot, material.not_before.timestamp(),
                                             checked.identity.not_after.timestamp(), clock.wall()):
             store._run(command, bundle)
         for index, extra in enumerate(identities):
             where = f"tls.identities[{index}]"
             other = cls.load(TlsPaths(paths.ca, Path(extra.cert), Path(extra.key)), trust_domain, clock=clock,
-                             policy=policy, diagnose=diagnose)
+                             policy=policy, diagnose=diagnose, server_alpn=server_alpn)
             named = other.identity.service
             if named != extra.service:
                 raise CertificateError(f"{where}.cert: {extra.cert} names {other.identity.spiffe_id}, not the service"
@@ -312,6 +318,13 @@ class IdentityStore:
         tunnel = self.material.tunnel_context
         assert tunnel is not None  # _build always makes one
         return tunnel
+
+    @property
+    def h2_context(self) -> MeshContext:
+        """The client context for HTTP/2 to peer sidecars (offers ALPN ``h2``, then ``http/1.1``)."""
+        h2 = self.material.h2_context
+        assert h2 is not None  # _build always makes one
+        return h2
 
     @property
     def identity(self) -> PeerIdentity:
@@ -452,11 +465,12 @@ class IdentityStore:
         # New contexts for every change: a new server context has new session-ticket keys, so clients cannot
         # resume a session made with the old certificate (resumption carries the old identity along), and
         # a new client context cannot resume sessions that presented our old certificate.
-        new = _build(bundle, checked, self._diagnose, self.sessions, self._select)
+        new = _build(bundle, checked, self._diagnose, self.sessions, self._select, self.server_alpn)
         # Holders of the old contexts (a listener given one at start) get the change too: new handshakes on
         # them present the new certificate; a trust store only grows, so the new CA is added to the old one.
         with _as_files(bundle.cert, bundle.key) as (cert_path, key_path):
-            for ctx in (old.server_context, old.server_context.twin, old.client_context, old.tunnel_context):
+            for ctx in (old.server_context, old.server_context.twin, old.client_context, old.tunnel_context,
+                        old.h2_context):
                 if ctx is None:
                     continue
                 if MaterialChange.IDENTITY in change:
@@ -468,15 +482,17 @@ class IdentityStore:
 
 
 def _build(bundle: Bundle, checked: Checked, diagnose: bool, sessions: SessionCache,
-           select: SniCallback | None = None) -> TlsMaterial:
+           select: SniCallback | None = None, server_alpn: tuple[str, ...] = context.SERVER_ALPN) -> TlsMaterial:
     assert bundle.ca is not None and bundle.cert is not None and bundle.key is not None
     with _as_files(bundle.ca, bundle.cert, bundle.key) as (ca_path, cert_path, key_path):
-        server = context.server_context(ca_path, cert_path, key_path, diagnose=diagnose)
+        server = context.server_context(ca_path, cert_path, key_path, diagnose=diagnose, alpn=server_alpn)
         client = context.client_context(ca_path, cert_path, key_path, sessions=sessions)
         # its own cache: a session belongs to the context that made it
         tunnel = context.client_context(ca_path, cert_path, key_path, sessions=SessionCache(),
                                         alpn=(context.ALPN_TCP_TUNNEL,))
+        h2 = context.client_context(ca_path, cert_path, key_path, sessions=SessionCache(),
+                                    alpn=(context.ALPN_H2, context.ALPN_HTTP))
     if select is not None:
         server.sni_callback = select
     return TlsMaterial(server, client, checked.identity, checked.leaf.not_valid_before_utc, bundle.snapshot, tunnel,
-                       checked.leaf, checked.key, checked.cas)
+                       h2, checked.leaf, checked.key, checked.cas)

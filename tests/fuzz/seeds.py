@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.edns
@@ -358,6 +359,38 @@ def http2_seeds() -> dict[str, bytes]:
     return seeds
 
 
+def http2_listener_seeds() -> dict[str, bytes]:
+    """Frames a client sends a listener after its preface and SETTINGS: requests that wait for an upstream
+    (/held, body still coming), requests answered at once (404), and the hostile shapes."""
+    from tests.unit.http2.peer import RawPeer
+
+    held = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/held"), (b":authority", b"web")]
+    grpc = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/held/pkg.S/M"), (b":authority", b"web"),
+            (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+    missing = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"nowhere")]
+
+    def seed(build: Callable[[RawPeer], list[bytes]]) -> bytes:
+        return b"".join(build(RawPeer()))   # a new HPACK encoder each: the listener's decoder starts empty
+
+    return {
+        "held-with-body.h2": seed(lambda p: [p.headers(1, held), p.data(1, b"body"), p.data(1, b"", end_stream=True)]),
+        "held-then-reset.h2": seed(lambda p: [p.headers(1, held), p.data(1, b"x" * 100), p.rst(1)]),
+        "not-found.h2": seed(lambda p: [p.headers(1, missing, end_stream=True)]),
+        "not-found-with-body.h2": seed(lambda p: [p.headers(1, missing), p.data(1, b"late", end_stream=True)]),
+        "grpc-trailers.h2": seed(lambda p: [p.headers(1, grpc), p.data(1, b"\x00\x00\x00\x00\x01x"),
+                                            p.headers(1, [(b"x-trailer", b"1")], end_stream=True)]),
+        "many-held.h2": seed(lambda p: [p.headers(s, held) for s in range(1, 20, 2)]),
+        "past-the-limit.h2": seed(lambda p: [p.headers(s, held) for s in range(1, 2 * 104, 2)]),
+        "rapid-reset.h2": seed(lambda p: [p.headers(s, held) + p.rst(s) for s in range(1, 60, 2)]),
+        "window-updates.h2": seed(lambda p: [p.headers(1, missing, end_stream=True), p.window_update(1, 1000),
+                                             p.window_update(0, 1 << 20)]),
+        "goaway-then-more.h2": seed(lambda p: [p.headers(1, held), p.goaway(1), p.headers(3, missing)]),
+        "continuation.h2": seed(lambda p: [p.headers(1, block=p.block(held)[:2], end_headers=False),
+                                           p.continuation(1, p.block(held)[2:], end_headers=True)]),
+        "bad-header.h2": seed(lambda p: [p.headers(1, [(b":method", b"GET"), (b":path", b"")], end_stream=True)]),
+    }
+
+
 def all_seeds() -> dict[str, dict[str, bytes]]:
     return {
         "config_yaml": config_seeds(),
@@ -367,6 +400,7 @@ def all_seeds() -> dict[str, dict[str, bytes]]:
         "http_request": http_request_seeds(),
         "http_response": http_response_seeds(),
         "http2_frames": http2_seeds(),
+        "http2_listener": http2_listener_seeds(),
         "message_json": message_seeds(),
         "catalog_state": catalog_seeds(),
     }

@@ -20,10 +20,15 @@ Contracts, one per target name (the name is also the corpus directory, ``corpus/
 * ``http2_codec``     one direction of an HTTP/2 connection through sidecar.http2's frames and HPACK and through
                       hyperframe and hpack (``replay.py``): H2FrameError / HeaderBlockError only, and equal results
                       where both accept; the seeds are real clients' traffic (``test_captures.py`` records it)
+* ``http2_listener``  a listener's HTTP/2 connection (H2Downstream, each stream an exchange) after a valid preface:
+                      data_received never raises, at most SETTINGS_MAX_CONCURRENT_STREAMS exchanges at once, and
+                      the connection's end releases every stream (no sockets: a fake transport, and the
+                      exchange tests' pool, whose requests wait for ever)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -39,7 +44,7 @@ from sidecar.config.model import GOSSIP_PROFILES, DnsConfig
 from sidecar.dns.answerer import DnsReply, Drop, Forward, Transport, Zone
 from sidecar.dns.server import DnsServer
 from sidecar.dns.wire import question_key
-from sidecar.errors import ConfigError, InvalidArgument
+from sidecar.errors import ConfigError, InvalidArgument, NotFound
 from sidecar.gossip.core import GossipCore
 from sidecar.gossip.envelope import Envelope, PacketRefused
 from sidecar.gossip.errors import GossipDecodeError
@@ -49,11 +54,15 @@ from sidecar.http2.connection import H2Connection
 from sidecar.http2.limits import H2Limits
 from sidecar.http2.preface import PREFACE
 from sidecar.messaging.envelope import MessageBody, ServiceMessage
+from sidecar.proxy import HttpProxy
+from sidecar.proxy.h2down import H2Downstream
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead
 from sidecar.proxy.http1read import RequestReader, ResponseReader
 from sidecar.proxy.paths import normalize_target
+from sidecar.proxy.target import ConnectionInfo, Target
 from sidecar.web import read_json_object
 from tests.fuzz.replay import replay
+from tests.unit.proxy.test_exchange import FakePool, FakePools, FakeTransport
 
 CORPUS = Path(__file__).parent / "corpus"
 FUZZ_CLUSTER = "fuzz"
@@ -226,6 +235,45 @@ def http2_frames(data: bytes) -> None:
                 assert core.open_streams <= limits.max_concurrent_streams
 
 
+class _Transport(FakeTransport):
+    """The exchange tests' transport, which the listener's connection may also take over."""
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        pass
+
+
+_HELD = Target(("127.0.0.1", 9))
+_LISTENER_LOOP = asyncio.new_event_loop()   # never run: timers are scheduled and dropped, nothing awaits
+
+
+def _listener_route(head: RequestHead, conn: ConnectionInfo) -> Target:
+    """Requests for /held wait for an upstream for ever; the others are answered 404 by the listener."""
+    if head.target.startswith(b"/held"):
+        return _HELD
+    raise NotFound(f"no service {head.host}")
+
+
+def http2_listener(data: bytes) -> None:
+    """``data`` after the client preface and an empty SETTINGS, to a listener's HTTP/2 connection, whole and
+    in pieces of 13 bytes."""
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    for step in (max(1, len(data)), 13):
+        proxy = HttpProxy(_listener_route, name="fuzz", pools=FakePools(FakePool()), h2c=True)  # type: ignore[arg-type]
+        transport = _Transport()
+        conn = H2Downstream(proxy, _LISTENER_LOOP, transport, ConnectionInfo("fuzz", ("127.0.0.1", 1),
+                                                                             ("127.0.0.1", 2), None))
+        limit = conn.core.limits.max_concurrent_streams
+        conn.data_received(PREFACE + settings)
+        for i in range(0, len(data), step):
+            conn.data_received(data[i:i + step])
+            assert len(conn.streams) <= limit
+            assert len(conn.core._inbuf) < 9 + conn.core.limits.max_frame_size + step
+        if conn.core.closed:
+            assert transport.closed or conn.closed
+        conn.connection_lost(None)
+        assert not conn.streams and not proxy.connections
+
+
 # -------------------------------------------------------------------------------------- messaging
 
 
@@ -276,6 +324,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "http_response": http_response,
     "http2_frames": http2_frames,
     "http2_codec": http2_codec,
+    "http2_listener": http2_listener,
     "message_json": message_json,
     "catalog_state": catalog_state,
 }

@@ -4,7 +4,9 @@ app that speaks nothing else), on the ``h2`` library. ``python -m tests.grpcapps
 
 Every request is answered 200 with JSON {"protocol": "HTTP/2", "instance", "method", "path", "authority",
 "received": body bytes, "headers": [[name, value]...]}; ``GET /bytes/N`` answers N bytes instead (flow
-control respected). Bodies are read whole (the tests send small ones)."""
+control respected), ``/slow/MS`` answers after MS milliseconds. Bodies are read whole (the tests send small
+ones). ``--max-streams N`` advertises SETTINGS_MAX_CONCURRENT_STREAMS N; ``serve(live=...)`` keeps the set of
+connections open and GOAWAY frames received, for tests that watch the app's side of a pool."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ import json
 import signal
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 
 READ_SIZE = 1 << 16
 
@@ -29,19 +33,40 @@ class _Request:
     body: bytearray = field(default_factory=bytearray)
 
 
+@dataclass
+class Live:
+    """The app's side of the connections a client opened: those open now, and GOAWAYs received."""
+
+    open: set[H2App] = field(default_factory=set)
+    accepted: int = 0
+    goaways: int = 0
+
+
 class H2App(asyncio.Protocol):
-    def __init__(self, instance: str) -> None:
+    def __init__(self, instance: str, max_streams: int | None = None, live: Live | None = None) -> None:
         self.instance = instance
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        if max_streams is not None:   # in the first SETTINGS frame, as gRPC servers send it
+            self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
+        self.live = live
         self.transport: asyncio.Transport | None = None
         self.requests: dict[int, _Request] = {}
         self.pending: dict[int, bytes] = {}  # stream -> body still to send, waiting for window
+        self.cancelled: set[int] = set()  # streams the client reset
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.live is not None:
+            self.live.open.add(self)
+            self.live.accepted += 1
         self.conn.initiate_connection()
         self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.live is not None:
+            self.live.open.discard(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -67,12 +92,28 @@ class H2App(asyncio.Protocol):
             elif isinstance(event, h2.events.StreamReset):
                 self.requests.pop(event.stream_id, None)
                 self.pending.pop(event.stream_id, None)
+                self.cancelled.add(event.stream_id)
+            elif isinstance(event, h2.events.ConnectionTerminated) and self.live is not None:
+                self.live.goaways += 1
         self._flush()
 
     def _answer(self, stream: int) -> None:
         request = self.requests.pop(stream, None)
         if request is None:
             return
+        head = dict(request.headers)
+        path = head.get(":path", "")
+        route = path.partition("?")[0]
+        if route.startswith("/slow/") and route[6:].isdigit():
+            asyncio.get_running_loop().call_later(int(route[6:]) / 1000, self._answer_now, stream, request)
+            return
+        self._answer_now(stream, request)
+
+    def _answer_now(self, stream: int, request: _Request) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if stream in self.cancelled:
+            return  # reset by the client while it waited
         head = dict(request.headers)
         path = head.get(":path", "")
         if path.startswith("/bytes/") and path[7:].isdigit():
@@ -82,10 +123,14 @@ class H2App(asyncio.Protocol):
                                "path": path, "authority": head.get(":authority"), "received": len(request.body),
                                "headers": [list(h) for h in request.headers]}).encode()
             kind = "application/json"
-        self.conn.send_headers(stream, [(":status", "200"), ("content-type", kind),
-                                        ("content-length", str(len(body))), ("x-instance", self.instance)])
+        try:
+            self.conn.send_headers(stream, [(":status", "200"), ("content-type", kind),
+                                            ("content-length", str(len(body))), ("x-instance", self.instance)])
+        except h2.exceptions.StreamClosedError:
+            return   # reset by the client in the batch that ended it
         self.pending[stream] = body
         self._send(stream)
+        self._flush()
 
     def _send(self, stream: int) -> None:
         body = self.pending[stream]
@@ -106,13 +151,14 @@ class H2App(asyncio.Protocol):
             self.transport.write(data)
 
 
-async def serve(host: str, port: int, instance: str) -> asyncio.Server:
+async def serve(host: str, port: int, instance: str, max_streams: int | None = None,
+                live: Live | None = None, **options: Any) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: H2App(instance), host, port)
+    return await loop.create_server(lambda: H2App(instance, max_streams, live), host, port, **options)
 
 
-async def _main(host: str, port: int, instance: str) -> None:
-    server = await serve(host, port, instance)
+async def _main(host: str, port: int, instance: str, max_streams: int | None) -> None:
+    server = await serve(host, port, instance, max_streams)
     print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,8 +173,9 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--instance", default="h2")
+    parser.add_argument("--max-streams", type=int, default=None, help="SETTINGS_MAX_CONCURRENT_STREAMS")
     args = parser.parse_args()
-    asyncio.run(_main(args.host, args.port, args.instance))
+    asyncio.run(_main(args.host, args.port, args.instance, args.max_streams))
     return 0
 
 

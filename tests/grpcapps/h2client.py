@@ -95,6 +95,19 @@ class RawH2:
             self._handle(frame)
         return self.received
 
+    def read_until_goaway(self, timeout: float) -> list[Received]:
+        """Frames until a GOAWAY arrives; at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not any(r.kind == "GOAWAY" for r in self.received):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no GOAWAY within {timeout}s; got {self.received}")
+            frame = self._read_frame(left)
+            if frame is None:
+                raise ConnectionError(f"connection closed without a GOAWAY; got {self.received}")
+            self._handle(frame)
+        return self.received
+
     def _handle(self, frame: Frame) -> None:
         end = "END_STREAM" in frame.flags
         if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.grpcapps.launch import Spawned, spawn_all
 from tests.grpcapps.service import channel
@@ -32,6 +33,7 @@ GRPC_APP = "tests.grpcapps.server"
 SERVICES = ["checkout", "echo", "flaky", "victim", "h2app", "web", "sleepy", "drainer", "checked", "hasty"]
 DENIED = "/test.Echo/SetHealth"
 START_TIMEOUT = 20.0
+H2_PREFIX = "sidecar_upstream_h2_"
 BUDGET = {"budget": {"ratio": 1.0, "min_per_second": 1000}}
 RETRY_ALL = {"retry_non_idempotent": True, **BUDGET}
 HASTY_TIMEOUT = 0.3
@@ -63,6 +65,18 @@ def launch(process: SidecarProcess, timeout: float = START_TIMEOUT) -> SidecarPr
         process.terminate()  # joins the log reader, so the log is whole
         raise AssertionError(f"{process.name} exited with {proc.returncode}: {process.log_text()[-1500:]}")
     return process
+
+
+def h2_counts(process: SidecarProcess, service: str) -> dict[str, dict[str, float]]:
+    """The caller's HTTP/2-to-peer metrics for ``service``, by peer address: {peer: {sample name: value}} (the
+    ``sidecar_upstream_h2_`` prefix taken off: ``connections``, ``connections_opened_total``, ``pings_total``...)."""
+    text = http("GET", f"{process.admin}/metrics").body.decode()
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(H2_PREFIX) and sample.labels.get("service") == service:
+                out.setdefault(sample.labels["peer"], {})[sample.name[len(H2_PREFIX):]] = sample.value
+    return out
 
 
 def tls_for(certs: dict[str, dict[str, str]], first: str, *more: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Issue 19's "Done when", through real `sidecar run` processes: grpcio channels, curl
 --http2-prior-knowledge and a raw h2c client against the caller's outbound listener, the apps of
-tests.grpcapps behind sidecars: h2c at both ends, HTTP/1.1 with chunked trailers between the sidecars over mTLS.
+tests.grpcapps behind sidecars: h2c at both ends, HTTP/2 between the sidecars over mTLS (ALPN h2;
+tests/integration/grpc/test_h2_between_sidecars.py tests that hop's connections, keepalive, drain and fallback).
 
 The points not done yet are strict xfails, each with what is missing: they run and fail today (seconds, not
 timeouts) and fail the suite the moment they pass, to be un-marked then."""
@@ -23,7 +24,7 @@ from tests.grpcapps.h2client import RawH2, grpc_frame, slow_call
 from tests.grpcapps.launch import spawn
 from tests.grpcapps.service import INSTANCE_KEY, channel, method
 from tests.harness import http, wait_for
-from tests.integration.grpc.mesh import DENIED, HASTY_TIMEOUT, GrpcMesh, grpc_service, start_mesh, tls_for
+from tests.integration.grpc.mesh import DENIED, HASTY_TIMEOUT, GrpcMesh, grpc_service, h2_counts, start_mesh, tls_for
 from tests.integration.mesh.clients import curl, needs_curl
 from tests.integration.proxy.test_streams import MAX_GROWTH_KIB, RssWatch, rss_kib
 
@@ -135,6 +136,8 @@ def test_100_mb_each_way_in_1_mb_messages_keeps_the_sidecars_rss_flat(mesh: Grpc
                 watch.__exit__()
     growth = [watch.peak - base for watch, base in zip(watches, baselines, strict=True)]
     assert all(g < MAX_GROWTH_KIB for g in growth), f"RSS growth KiB per sidecar (A, B1..B3): {growth}"
+    # the 300 MB crossed between the sidecars over HTTP/2
+    assert sum(peer["connections_opened_total"] for peer in h2_counts(mesh.caller, "echo").values()) >= 1
 
 
 # ------------------------------------------------------------------------------------------ cancel, deadline

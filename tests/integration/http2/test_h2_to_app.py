@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sidecar.proxy import HttpProxy, Target
-from sidecar.proxy.h2up import H2AppPool
+from sidecar.proxy.h2up import H2UpstreamPool
 from sidecar.proxy.target import H2cKey
 from tests.grpcapps.h2app import serve
 from tests.loops import LoopThread
@@ -38,10 +38,10 @@ class Rig:
         await self.proxy.close()
         self.app.close()
 
-    def app_pool(self) -> H2AppPool:
+    def app_pool(self) -> H2UpstreamPool:
         assert self.proxy is not None
-        pools = list(self.proxy.pools._apps.values())
-        assert len(pools) == 1
+        pools = self.proxy.pools.http2_pools()
+        assert len(pools) == 1 and isinstance(pools[0], H2UpstreamPool)
         return pools[0]
 
 

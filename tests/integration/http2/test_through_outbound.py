@@ -18,11 +18,11 @@ import pytest
 from hyperframe.frame import DataFrame, GoAwayFrame
 
 from tests.grpcapps.service import channel
+from tests.h2attack import RawClient, ended, get
 from tests.integration.http2.h2load import h2load_all_2xx
 from tests.integration.http2.pair import Pair, run_pair
 from tests.integration.mesh.clients import curl, needs_curl
 from tests.integration.mesh.conftest import start_app
-from tests.integration.proxy.test_h2c import RawClient, ended, get
 
 pytestmark = pytest.mark.skipif(not shutil.which("h2load"), reason="nghttp2-client is missing: make tools")
 

@@ -17,11 +17,11 @@ from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStr
 
 from sidecar.proxy import HttpProxy, ProxyLimits, Target
 from tests.grpcapps.service import channel
+from tests.h2attack import RawClient, ended, get
 from tests.harness import wait_for
 from tests.integration.http2.h2load import h2load_all_2xx
 from tests.integration.proxy.conftest import Harness, LoopThread, _harness
 from tests.integration.proxy.test_http import curl, needs_curl
-from tests.unit.http2.peer import RawPeer, frames
 
 needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None, reason="nghttp2-client is missing: make tools")
 MB = 1 << 20
@@ -41,57 +41,6 @@ def h2curl(port: int, *args: str, path: str = "/hello", host: str = "svc") -> tu
     assert out.returncode == 0, out.stderr
     body, _, tail = out.stdout.rpartition(b"\n")
     return body, tail.decode()
-
-
-class RawClient:
-    """A raw HTTP/2 client on one socket: frames out as built by RawPeer, frames in as parsed."""
-
-    def __init__(self, port: int) -> None:
-        self.peer = RawPeer()
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-        self.sock.sendall(self.peer.preface())
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read_until(self, done: object, timeout: float = 10.0) -> list[Frame]:
-        """Frames until ``done(frames)`` holds (or the server closes: then what came)."""
-        got: list[Frame] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            whole = self._complete()
-            if whole:
-                got += frames(whole)
-                if done(got):  # type: ignore[operator]
-                    return got
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return got + frames(self.buf)
-            self.buf += chunk
-        raise AssertionError(f"no end within {timeout}s: {got}")
-
-    def _complete(self) -> bytes:
-        view, pos = self.buf, 0
-        while len(view) - pos >= 9:
-            length = int.from_bytes(view[pos:pos + 3], "big")
-            if len(view) - pos < 9 + length:
-                break
-            pos += 9 + length
-        whole, self.buf = view[:pos], view[pos:]
-        return whole
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def ended(stream: int) -> object:
-    return lambda got: any(f.stream_id == stream and "END_STREAM" in f.flags for f in got
-                           if isinstance(f, HeadersFrame | DataFrame))
-
-
-def get(path: bytes, host: bytes = b"svc") -> list[tuple[bytes, bytes]]:
-    return [(b":method", b"GET"), (b":scheme", b"http"), (b":path", path), (b":authority", host)]
 
 
 # ------------------------------------------------------------------------------------------ what goes through

@@ -55,7 +55,10 @@ def build() -> tuple[Telemetry, Sources]:
     inbound = SimpleNamespace(handshakes=Counter({"spiffe://mesh.local/service/frontend": 2}), refused=1, shed=0,
                               tunnel_refused=0)
     dataplane = SimpleNamespace(stats=mesh, resilience=resilience, inbound=inbound, store=SimpleNamespace(
-        refusals=refusals, rotations=1), pools=[SimpleNamespace(idle=2, busy=1, dialed=3)])
+        refusals=refusals, rotations=1), pools=[SimpleNamespace(idle=2, busy=1, dialed=3)],
+        h2_protections=lambda: {("outbound", "rapid_reset"): 2, ("inbound", "refused_streams"): 5},
+        h2_peer_counts=lambda: {("10.0.0.2:15006", "payment-service"): {"connections": 1, "streams": 7, "dialed": 2,
+                                                                      "pings_sent": 3, "ping_timeouts": 1}})
     dns = SimpleNamespace(counters=DnsCounters())
     dns.counters.count_rcode(0)
     dns.counters.count_rcode(3)
@@ -104,6 +107,15 @@ def test_exposition_values() -> None:
     assert value(found, "sidecar_tls_handshake_failures_total", reason="unknown-ca") == 1
     assert value(found, "sidecar_tls_handshakes_total", peer="spiffe://mesh.local/service/frontend") == 2
     assert value(found, "sidecar_upstream_connections", state="idle") == 2
+    assert value(found, "sidecar_http2_protections_total", listener="outbound", protection="rapid_reset") == 2
+    assert value(found, "sidecar_http2_protections_total", listener="inbound", protection="refused_streams") == 5
+    peer = {"peer": "10.0.0.2:15006", "service": "payment-service"}
+    assert value(found, "sidecar_upstream_h2_connections", **peer) == 1
+    assert value(found, "sidecar_upstream_h2_streams", **peer) == 7
+    assert value(found, "sidecar_upstream_h2_connections_opened_total", **peer) == 2
+    assert value(found, "sidecar_upstream_h2_pings_total", **peer) == 3
+    assert value(found, "sidecar_upstream_h2_ping_timeouts_total", **peer) == 1
+    assert value(found, "sidecar_upstream_h2_goaways_total", **peer) == 0
     assert value(found, "sidecar_gossip_members", state="alive") == 2
     assert value(found, "sidecar_gossip_members", state="dead") == 0
     assert value(found, "sidecar_gossip_refutations_total") == 2
