@@ -19,11 +19,15 @@ Setups (loopback, free ports, certificates made in a temporary folder):
                    and that each hop saw HTTP/2.
   sidecar-pair     the load -> sidecar A's outbound (h2c, :authority = the service) -> mTLS -> sidecar B's
                    inbound -> the backend: two `sidecar run` processes as bench.proxy.mesh starts them, B hosting
-                   both backends as services with `protocol: grpc`. When the sidecar cannot start so or cannot
-                   carry a probe request, the table says "not available" and why, and the rest runs.
+                   both backends as services (`protocol: grpc` and `protocol: http2`: h2c to the app). The
+                   sidecars inherit this process's environment, so a switch of the sidecar's (SIDECAR_H2_CORE=...)
+                   set on the bench's command line reaches both. When the sidecar cannot start so or cannot carry
+                   a probe request, the table says "not available" and why, and the rest runs.
 Runs alternate between setups. For each: median requests/s, p50/p99 latency (of the runs' values), CPU µs per
 request summed over the setup's proxy processes (utime+stime from /proc), errors; ratios compare to the HAProxy
 pair. The HTTP/1.1 pair's figures are bench.proxy.mesh's.
+``--profile SECONDS`` then samples both sidecars with py-spy under each load and shape (bench.grpc.profile:
+install py-spy in the venv) and prints µs of CPU per call by layer, A's and B's: where to cut next.
 
 Exit status: 0 when done (or skipped for lack of h2load/haproxy/curl), 1 when a server failed.
 """
