@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.proxy.__main__ import cpu_times
-from bench.proxy.mesh import spy
+from bench.proxy.mesh import spy, stacks
 
 RATE = 200  # samples a second: py-spy stops the process for each (C frames), which slows it
 SETTLE = 3.0  # seconds between py-spy's start and the load's
@@ -68,12 +68,7 @@ def split(raw: str) -> tuple[int, Counter[str], dict[str, Counter[str]]]:
     per_layer: Counter[str] = Counter()
     frames_of: dict[str, Counter[str]] = {layer: Counter() for layer in LAYERS}
     samples = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
+    for frames, count in stacks(raw):
         if any(_IDLE.search(frame) for frame in frames[-4:]):
             continue
         samples += count

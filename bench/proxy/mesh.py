@@ -304,16 +304,20 @@ def cpu_split(port: int, pids: list[int], seconds: float, folder: Path) -> str:
     return "\n\n".join(text)
 
 
+def stacks(raw: str) -> Iterator[tuple[list[str], int]]:
+    """py-spy's raw output ("frame;frame;... COUNT" a line) as (frames, outermost first; samples)."""
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack.split(";"), int(count_text)
+
+
 def summarize(raw: str, title: str, top: int = 15) -> str:
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_frame(f) for f in stack.split(";")]
+    for stack, count in stacks(raw):
+        frames = [_frame(f) for f in stack]
         samples += count
         own[frames[-1]] += count
         for frame in set(frames):
