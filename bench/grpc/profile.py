@@ -1,6 +1,7 @@
 """Where a call's CPU goes in each sidecar of the pair: py-spy samples (with C frames, so the compiled request
 path shows) taken while one load runs, each sample charged to the layer of its innermost frame that belongs to
-one, and given as µs per call (samples / rate / calls).
+one. Each process's user CPU over the load (utime, /proc) is shared out by its samples' layers, and its kernel
+CPU (stime) is one row of its own; all in µs per call.
 
 Layers, innermost first (a sample in ``Py_DECREF`` under ``hpack.Encoder.encode`` is HPACK's):
   TLS              OpenSSL (libssl, libcrypto) and uvloop's SSL protocol
@@ -12,13 +13,14 @@ Layers, innermost first (a sample in ``Py_DECREF`` under ``hpack.Encoder.encode`
                    the inbound, llhttp
   exchange         sidecar/proxy/exchange.py and what it calls per request: routing, the resilience policy,
                    authorization, records and metrics, trace context, the error shape
-  syscalls         libc's read/write/send/recv (the kernel's side of a socket is not sampled by py-spy)
+  syscalls         libc's read/write/send/recv: left out of the user share, the kernel row stands for them
   event loop       uvloop/libuv and asyncio: callbacks, timers, transports
   GC               the cyclic garbage collector
   other            the rest (gossip, health checks, the interpreter itself with no frame of ours above it)
 
 py-spy samples wall time of the running thread: on a loaded machine a process that waits for a core is
-charged to the frame it stopped in, so the split is a guide to where to cut, not an exact CPU account.
+charged to the frame it stopped in, and stopping the process for each sample slows it (the totals come out
+1.4-2.6x the unprofiled CPU per call), so the split is a guide to where to cut, not an exact CPU account.
 """
 
 from __future__ import annotations
