@@ -2,7 +2,7 @@
 h2 over mTLS, and through the sidecar pair.
 
     python -m bench.grpc [--runs 3] [--duration 5] [--only haproxy-h2-pair sidecar-pair] [--loads h2load grpc]
-                         [--grpc-concurrency 50] [--grpc-processes 2]
+                         [--grpc-concurrency 50] [--grpc-processes 2] [--profile SECONDS]
 
 Loads (each at one stream, for the latency a proxy adds, and under concurrency, for its throughput):
   h2load  h2c with prior knowledge, 100-byte POSTs, 1 client x 1 stream and 50 clients x 10 streams (c=500),
@@ -19,11 +19,15 @@ Setups (loopback, free ports, certificates made in a temporary folder):
                    and that each hop saw HTTP/2.
   sidecar-pair     the load -> sidecar A's outbound (h2c, :authority = the service) -> mTLS -> sidecar B's
                    inbound -> the backend: two `sidecar run` processes as bench.proxy.mesh starts them, B hosting
-                   both backends as services with `protocol: grpc`. When the sidecar cannot start so or cannot
-                   carry a probe request, the table says "not available" and why, and the rest runs.
+                   both backends as services (`protocol: grpc` and `protocol: http2`: h2c to the app). The
+                   sidecars inherit this process's environment, so a switch of the sidecar's (SIDECAR_H2_CORE=...)
+                   set on the bench's command line reaches both. When the sidecar cannot start so or cannot carry
+                   a probe request, the table says "not available" and why, and the rest runs.
 Runs alternate between setups. For each: median requests/s, p50/p99 latency (of the runs' values), CPU µs per
 request summed over the setup's proxy processes (utime+stime from /proc), errors; ratios compare to the HAProxy
 pair. The HTTP/1.1 pair's figures are bench.proxy.mesh's.
+``--profile SECONDS`` then samples both sidecars with py-spy under each load and shape (bench.grpc.profile:
+install py-spy in the venv) and prints µs of CPU per call by layer, A's and B's: where to cut next.
 
 Exit status: 0 when done (or skipped for lack of h2load/haproxy/curl), 1 when a server failed.
 """
@@ -38,11 +42,13 @@ import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import grpc
 
 from bench.grpc.loads import grpc_load, h2load, measure_grpc, measure_h2load
+from bench.grpc.profile import profile_load
 from bench.grpc.setups import (
     CALLER,
     GRPC_SERVICE,
@@ -129,6 +135,9 @@ def main() -> int:
     parser.add_argument("--loads", nargs="+", choices=["h2load", "grpc"], default=["h2load", "grpc"])
     parser.add_argument("--grpc-concurrency", type=int, default=50)
     parser.add_argument("--grpc-processes", type=int, default=2, help="client processes of the grpc load")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="then profile the sidecar pair with py-spy under each load and shape for SECONDS: "
+                             "µs per call by layer (bench.grpc.profile)")
     args = parser.parse_args()
     missing = [tool for tool in ("h2load", "haproxy", "curl") if shutil.which(tool) is None]
     if missing:
@@ -193,9 +202,16 @@ def main() -> int:
                               f"  p50 {result.p50_us:>7.0f}us  p99 {result.p99_us:>7.0f}us  "
                               f"cpu {result.cpu_us_per_request or 0:>6.1f}us/req  errors {result.errors}"
                               f"{'  (' + problem + ')' if problem else ''}", file=sys.stderr, flush=True)
-    titles = {"h2load": "h2load, h2c POSTs (c = clients x streams)", "grpc": "grpcio unary calls (c = calls in flight)"}
-    for load in args.loads:
-        print(report(results[load], unavailable[load], titles[load]))
+        titles = {"h2load": "h2load, h2c POSTs (c = clients x streams)",
+                  "grpc": "grpcio unary calls (c = calls in flight)"}
+        for load in args.loads:
+            print(report(results[load], unavailable[load], titles[load]), flush=True)
+        if args.profile:
+            print("## Where a call's time goes in the sidecar pair (py-spy, µs per call by layer)\n")
+            for load in args.loads:
+                if SIDECAR in runnable[load]:
+                    for text in _profile(load, runnable[load][SIDECAR], args, folder):
+                        print(text + "\n", flush=True)
     return 0
 
 
@@ -204,6 +220,27 @@ def _measure(load: str, name: str, target: Target, args: argparse.Namespace) -> 
         return [measure_h2load(name, target, clients, streams, args.duration) for clients, streams in H2LOAD_SHAPES]
     return [measure_grpc(name, target, concurrency, args.duration, args.grpc_processes)
             for concurrency in (1, args.grpc_concurrency)]
+
+
+def _profile(load: str, target: Target, args: argparse.Namespace, folder: Path) -> list[str]:
+    """The layer split of the sidecar pair (A the caller's, B the callee's) under each shape of ``load``."""
+    pids = dict(zip(("A", "B"), target.pids, strict=True))
+    seconds = args.profile
+    shapes: list[tuple[str, Callable[[], int]]]
+    if load == "h2load":
+        shapes = [(f"h2load {clients}x{streams}",
+                   partial(_calls, h2load, target.h2_port, target.h2_authority, clients, streams, seconds))
+                  for clients, streams in H2LOAD_SHAPES]
+    else:
+        shapes = [(f"grpcio unary, {concurrency} in flight",
+                   partial(_calls, grpc_load, target.grpc_port, target.grpc_authority, concurrency, seconds,
+                           args.grpc_processes))
+                  for concurrency in (1, args.grpc_concurrency)]
+    return [profile_load(title, pids, seconds, folder, run) for title, run in shapes]
+
+
+def _calls(load: Callable[..., tuple[int, float, list[int], int, str]], *args: object) -> int:
+    return load(*args)[0]
 
 
 if __name__ == "__main__":

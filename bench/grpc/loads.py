@@ -56,13 +56,13 @@ def h2load(port: int, authority: str | None, clients: int, streams: int,
         errors = 1
     else:
         failed, errored, timeout = (int(done.group(i)) for i in (5, 6, 7))
-        errors = failed + errored + timeout
-        if errors:
+        if failed or errored or timeout:
             problems.append(f"{failed} failed, {errored} errored, {timeout} timed out")
         not_2xx = sum(int(codes.group(i)) for i in (2, 3, 4)) if codes else 0
         if not_2xx:
-            errors += not_2xx
             problems.append(codes.group(0) if codes else "")
+        # h2load counts a 4xx/5xx answer as failed and in its status codes: each request once
+        errors = max(failed, not_2xx) + errored + timeout
     return len(latencies), elapsed, latencies, errors, "; ".join(problems)
 
 

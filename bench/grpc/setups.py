@@ -128,15 +128,16 @@ def negotiated_alpn(port: int, certs: dict[str, Path]) -> str | None:
 
 def sidecar_pair(stack: ExitStack, folder: Path, backends: Backends,
                  certs: dict[str, dict[str, str]]) -> Target:
-    """Two `sidecar run` processes as bench.proxy.mesh starts them: B hosts both backends as services with
-    ``protocol: grpc`` (h2c to the app), A is the caller; the loads go to A's outbound listener with the
-    service's name as :authority. Raises RuntimeError, with the sidecar's own words, when it cannot start."""
+    """Two `sidecar run` processes as bench.proxy.mesh starts them: B hosts both backends as services, the gRPC
+    one with ``protocol: grpc``, the h2c one with ``protocol: http2`` (h2c to the app for both), A is the
+    caller; the loads go to A's outbound listener with the service's name as :authority. Raises RuntimeError,
+    with the sidecar's own words, when it cannot start."""
     tls_b = {**certs[GRPC_SERVICE], "identities": [{"service": H2_SERVICE, "cert": certs[H2_SERVICE]["cert"],
                                                     "key": certs[H2_SERVICE]["key"]}]}
     b = sidecar_config(folder, "grpc-b", tls_b, [
         {"name": GRPC_SERVICE, "port": backends.grpc, "protocol": "grpc"},
-        # not gRPC: a gRPC health check would fail on it, whatever the default check for protocol grpc becomes
-        {"name": H2_SERVICE, "port": backends.h2, "protocol": "grpc", "check": {"tcp": True}}], [])
+        # h2c but not gRPC (protocol http2): checked by TCP, a gRPC health check would fail on it
+        {"name": H2_SERVICE, "port": backends.h2, "protocol": "http2", "check": {"tcp": True}}], [])
     b_proc = _start(stack, folder, b)
     a = sidecar_config(folder, "grpc-a", certs[CALLER], [], [b["gossip"]["listen"]])
     a_proc = _start(stack, folder, a)

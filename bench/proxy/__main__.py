@@ -77,8 +77,13 @@ def wait_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: f
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """Seconds of CPU ``pid`` used so far in user space and in the kernel (utime, stime: fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15)
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 # ------------------------------------------------------------------------------------------ certs

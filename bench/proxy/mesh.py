@@ -246,24 +246,34 @@ def marginal_costs(results: list[Result]) -> str:
 
 def profile(port: int, pids: list[int], seconds: float, folder: Path) -> str:
     """py-spy samples of each pid under a c=50 load; the top functions by own and by total samples."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        return "profile skipped: py-spy is not installed (pip install py-spy)"
-    outputs = [folder / f"profile-{pid}.txt" for pid in pids]
-    spies = [subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "500",
-                               "--format", "raw", *(NATIVE or ["--nonblocking"]), "--output", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for pid, out in zip(pids, outputs,
-                                                                                                     strict=True)]
-    time.sleep(0.5)  # py-spy attaches
-    wrk(port, 50, seconds, SERVICE)
-    text = []
+    raws = spy(pids, seconds, folder, lambda: wrk(port, 50, seconds, SERVICE))
+    return "\n\n".join(summarize(raw, f"pid {pid}") if ok else raw for pid, (ok, raw) in zip(pids, raws, strict=True))
+
+
+def spy(pids: list[int], seconds: float, folder: Path, load: Callable[[], object], native: bool = bool(NATIVE),
+        settle: float = 0.5, rate: int = 500) -> list[tuple[bool, str]]:
+    """py-spy's raw samples of each pid while ``load()`` runs (started ``settle`` seconds after py-spy, which
+    stops the process while it attaches): (True, the samples) or (False, why py-spy failed), one per pid.
+    ``native`` adds C frames (the compiled request path is invisible without them) but stops the process
+    for each sample."""
+    tool = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(tool).exists():
+        return [(False, "profile skipped: py-spy is not installed (pip install py-spy)")] * len(pids)
+    outputs = [folder / f"profile-{pid}-{time.monotonic_ns()}.txt" for pid in pids]
+    spies = [subprocess.Popen([tool, "record", "--pid", str(pid), "--duration", str(int(seconds + settle + 0.5)),
+                               "--rate", str(rate), "--format", "raw", "--native" if native else "--nonblocking",
+                               "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for pid, out in zip(pids, outputs, strict=True)]
+    time.sleep(settle)
+    load()
+    results = []
     for pid, out, spy_proc in zip(pids, outputs, spies, strict=True):
-        _, err = spy_proc.communicate(timeout=seconds + 30)
+        _, err = spy_proc.communicate(timeout=seconds + settle + 60)
         if spy_proc.returncode != 0 or not out.exists():
-            text.append(f"py-spy failed on {pid}: {err.decode(errors='replace')[-500:]}")
-            continue
-        text.append(summarize(out.read_text(), f"pid {pid}"))
-    return "\n\n".join(text)
+            results.append((False, f"py-spy failed on {pid}: {err.decode(errors='replace')[-500:]}"))
+        else:
+            results.append((True, out.read_text()))
+    return results
 
 
 def cpu_split(port: int, pids: list[int], seconds: float, folder: Path) -> str:
@@ -294,16 +304,20 @@ def cpu_split(port: int, pids: list[int], seconds: float, folder: Path) -> str:
     return "\n\n".join(text)
 
 
+def stacks(raw: str) -> Iterator[tuple[list[str], int]]:
+    """py-spy's raw output ("frame;frame;... COUNT" a line) as (frames, outermost first; samples)."""
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack.split(";"), int(count_text)
+
+
 def summarize(raw: str, title: str, top: int = 15) -> str:
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_frame(f) for f in stack.split(";")]
+    for stack, count in stacks(raw):
+        frames = [_frame(f) for f in stack]
         samples += count
         own[frames[-1]] += count
         for frame in set(frames):

@@ -78,8 +78,8 @@ _HEAD, _BODY, _END = 0, 1, 2
 
 class DownstreamProtocol(ClientSide, asyncio.Protocol):
     __slots__ = ("_backlog", "_backlog_bytes", "_chunked", "_close_after", "_draining_backlog", "_early",
-                 "_pause_reasons", "_sniffed", "client_paused", "closed", "engine", "exchange", "info", "limits",
-                 "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
+                 "_feeding", "_pause_reasons", "_sniffed", "_starting", "client_paused", "closed", "engine",
+                 "exchange", "info", "limits", "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
 
     def __init__(self, proxy: Acceptor, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = proxy
@@ -106,6 +106,9 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         self._early: list[bytes] = []
         # the connection's first bytes while they may still be the HTTP/2 preface (None: HTTP/1.1 decided)
         self._sniffed: bytes | None = None
+        # a read is being parsed; an exchange whose head it carried begins once the read's body and end are in
+        self._feeding = False
+        self._starting: Exchange | None = None
 
     # ------------------------------------------------------------------------------------ asyncio
 
@@ -160,13 +163,23 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
             return
         if exchange is None and not self.reader.in_head:
             self.timer.set(self.loop.time() + self.limits.header_timeout)
+        self._feeding = True
         try:
             offset = self.reader.feed(data)
         except RemoteProtocolError as e:
+            self._feeding = False
+            self._starting = None   # answered 400 from its routing phase, never sent upstream
             self._protocol_error(e)
             return
+        self._feeding = False
         if offset is not None and self.exchange is not None and offset < len(data):
             self._early.append(data[offset:])
+        starting = self._starting
+        if starting is not None:
+            # the request's body and end that came in this read go upstream with its head, in one write
+            self._starting = None
+            if starting is self.exchange and not self.closed:
+                starting.begin()
         self.flush()
 
     def _sniff(self, data: bytes) -> bytes:
@@ -227,7 +240,10 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
             self._hold(_HEAD, head, 256)
             return
         exchange = self.exchange = Exchange(self.engine, self, head, self.loop.time(), self.loop, self.timer)
-        exchange.begin()
+        if self._feeding:
+            self._starting = exchange
+        else:
+            exchange.begin()
 
     def on_request_body(self, data: bytes) -> None:
         if self.closed:

@@ -244,6 +244,7 @@ class H2Downstream(asyncio.Protocol):
         # a stream the client opened and reset in one batch never starts an exchange (rapid reset: no route,
         # no upstream dial for a request nobody waits for)
         reset_now = {e.stream_id for e in events if isinstance(e, StreamReset)} if len(events) > 1 else None
+        starting: list[H2Stream] = []
         for event in events:
             if isinstance(event, DataReceived):
                 stream = streams.get(event.stream_id)
@@ -253,7 +254,9 @@ class H2Downstream(asyncio.Protocol):
                     self.core.acknowledge(event.stream_id, event.flow_length)
             elif isinstance(event, HeadersReceived):
                 if reset_now is None or event.stream_id not in reset_now:
-                    self._start(event.stream_id, event.headers, event.end_stream)
+                    started = self._start(event.stream_id, event.headers, event.end_stream)
+                    if started is not None:
+                        starting.append(started)
             elif isinstance(event, StreamEnded):
                 stream = streams.get(event.stream_id)
                 exchange = None if stream is None else stream.exchange
@@ -281,6 +284,13 @@ class H2Downstream(asyncio.Protocol):
                 return
             elif isinstance(event, GoAwayReceived):
                 pass  # a client's GOAWAY limits the pushes it accepts; the sidecar pushes nothing
+        # the batch's streams start once its DATA and END_STREAM are in: a request whose whole body came with
+        # its HEADERS (a unary gRPC call) goes upstream in one write, and an HTTP/1.1 peer reads its end
+        # with its head, instead of answering before the request ended and closing the connection for that
+        for stream in starting:
+            exchange = stream.exchange
+            if exchange is not None and streams.get(stream.sid) is stream:
+                exchange.begin()
         if self.flushing:
             self._flushed()   # window updates may have let the last bytes of ended streams out
         self.flush()
@@ -310,7 +320,8 @@ class H2Downstream(asyncio.Protocol):
 
     # -- streams -------------------------------------------------------------------------------------------
 
-    def _start(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+    def _start(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> H2Stream | None:
+        """The stream and its exchange, to begin once the batch of frames is read; None if refused here."""
         stream = H2Stream(self, sid)
         self.streams[sid] = stream
         self.awaiting_headers = False
@@ -324,12 +335,12 @@ class H2Downstream(asyncio.Protocol):
             if body:
                 self.core.send_data(sid, body, end_stream=True)
             stream.forget()
-            return
+            return None
         stream.grpc_request = wants_grpc(head)
         exchange = stream.exchange = Exchange(self.engine, stream, head, self.loop.time(), self.loop, stream.timer)
-        exchange.begin()
-        if end_stream and not exchange.finished:
+        if end_stream:
             exchange.on_request_end()
+        return stream
 
     def stream_gone(self, sid: int) -> None:
         if self.streams.pop(sid, None) is not None:

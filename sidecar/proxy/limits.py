@@ -54,6 +54,11 @@ class PoolLimits:
     idle_timeout: float = 10.0
     # connections (busy + idle + dialing) per pool; requests beyond wait for one to be released
     max_connections: int = 1024
+    # connections being dialed at once per pool; requests beyond wait for one of them or for a released
+    # connection. A burst of hundreds of requests then opens connections a few dozen at a time: hundreds of
+    # TLS handshakes at once stall both event loops and trip the peer's cap on pending handshakes from one
+    # source (128), whose refusals look like a failing peer to outlier detection
+    max_dialing: int = 32
     # requests waiting for a connection per pool; beyond, they fail with 429 RESOURCE_EXHAUSTED
     max_pending: int = 1024
     # TCP connect plus TLS handshake

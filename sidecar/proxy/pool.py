@@ -1,8 +1,9 @@
 """Keep-alive upstream connections, one pool per target key.
 
 ``acquire`` hands out the most recently used idle connection at once (LIFO keeps few connections warm and
-lets the rest time out), or dials a new one and calls the waiter back. At ``max_connections`` waiters
-queue for a released connection; beyond ``max_pending`` they fail with 429 at once.
+lets the rest time out), or dials a new one and calls the waiter back. At ``max_connections``, or with
+``max_dialing`` dials already under way, waiters queue for a released connection or the next dial (started
+as one ends); beyond ``max_pending`` they fail with 429 at once.
 
 Dialing (TLS, identity checks, session reuse) is :func:`sidecar.proxy.connector.dial`.
 """
@@ -75,7 +76,7 @@ class UpstreamPool(StreamPool):
                 if not conn.closed:
                     self.busy += 1
                     return conn
-        if self.size < self.limits.max_connections:
+        if self.size < self.limits.max_connections and self._dialing < self.limits.max_dialing:
             self._dial(target, waiter)
         elif len(self._waiters) < self.limits.max_pending:
             self._waiters.append((waiter, target))
@@ -158,7 +159,7 @@ class UpstreamPool(StreamPool):
             waiter.on_connect_failed(ConnectFailure(target.authority, "the proxy is shutting down"))
 
     def _serve_waiters(self) -> None:
-        if self._waiters and self.size < self.limits.max_connections:
+        if self._waiters and self.size < self.limits.max_connections and self._dialing < self.limits.max_dialing:
             waiter, target = self._waiters.popleft()
             self._dial(target, waiter)
 
@@ -186,6 +187,7 @@ class UpstreamPool(StreamPool):
             self.forget(conn)
             waiter.on_connect_failed(ConnectFailure(address, "the proxy is shutting down"))
             return
+        self._serve_waiters()   # a dial slot is free: the next waiter's dial starts
         waiter.on_connection(conn)
 
 

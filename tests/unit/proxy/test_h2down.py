@@ -1,0 +1,102 @@
+"""An HTTP/2 client connection (H2Downstream) driven with frames, sans-IO: a fake transport, a fake clock and
+fake pools; what reaches the upstream stream, and in how many pieces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar.proxy.engine import Engine
+from sidecar.proxy.h2down import H2Downstream
+from sidecar.proxy.http1 import RequestHead, Trailers
+from sidecar.proxy.limits import ProxyLimits
+from sidecar.proxy.sides import StreamUser
+from sidecar.proxy.target import ConnectionInfo, RequestStats
+from sidecar.proxy.tracecontext import IdSource
+from tests.unit.http2.peer import RawPeer
+from tests.unit.proxy.test_exchange import FakeLoop, FakePool, FakePools, FakeStream, FakeTransport, target
+
+
+class Transport(FakeTransport):
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def write_eof(self) -> None:
+        pass
+
+
+class Stream(FakeStream):
+    """Notes each call as it came: ``start`` with what it carried, then each later piece."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, ...]] = []
+
+    def start(self, user: StreamUser, head: RequestHead, body: list[bytes], end: bool,
+              trailers: Trailers | None) -> None:
+        self.user = user
+        self.calls.append(("start", head.target, b"".join(body), end))
+
+    def send_body(self, data: bytes) -> None:
+        self.calls.append(("body", data))
+
+    def send_end(self, trailers: Trailers | None) -> None:
+        self.calls.append(("end",))
+
+
+class Listener:
+    """The H2Acceptor a connection reports to."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.protocol_errors = 0
+        self.header_timeouts = 0
+        self.connections: list[H2Downstream] = []
+
+    def add_connection(self, conn: H2Downstream) -> None:
+        self.connections.append(conn)
+
+    def drop_connection(self, conn: H2Downstream) -> None:
+        self.connections.remove(conn)
+
+
+def connection() -> tuple[H2Downstream, FakePool, RawPeer]:
+    pool = FakePool()
+    stats: list[RequestStats] = []
+    engine = Engine("test", lambda head, info: target(), ProxyLimits(), FakePools(pool), IdSource(),
+                    edit_headers=False, on_request_done=stats.append)
+    conn = H2Downstream(Listener(engine), FakeLoop(), Transport(),  # type: ignore[arg-type]
+                        ConnectionInfo("test", ("127.0.0.1", 5555), None, None))
+    peer = RawPeer()
+    conn.data_received(peer.preface())
+    return conn, pool, peer
+
+
+def test_a_request_whose_body_and_end_came_with_its_headers_goes_upstream_in_one_piece() -> None:
+    # a unary gRPC call: HEADERS, DATA with END_STREAM in one read. The upstream stream gets the head, the body
+    # and the end at once (one write towards a peer sidecar), so the peer reads the request's end with its head
+    # and never answers a request it has not read to its end (it would then close the connection)
+    conn, pool, peer = connection()
+    stream = Stream()
+    pool.ready.append(stream)
+    conn.data_received(peer.headers(1) + peer.data(1, b"\x00\x00\x00\x00\x05hello", end_stream=True))
+    assert stream.calls == [("start", b"/pkg.Service/Method", b"\x00\x00\x00\x00\x05hello", True)]
+    assert len(pool.acquired) == 1
+
+
+def test_a_request_without_body_starts_ended_and_one_reset_in_the_same_read_never_starts() -> None:
+    conn, pool, peer = connection()
+    stream = Stream()
+    pool.ready.append(stream)
+    conn.data_received(peer.headers(1, end_stream=True) + peer.headers(3) + peer.rst(3))
+    assert stream.calls == [("start", b"/pkg.Service/Method", b"", True)]
+    assert len(pool.acquired) == 1   # stream 3, reset in the batch that opened it, was never routed
+
+
+def test_a_body_that_comes_later_follows_the_head_as_it_arrives() -> None:
+    conn, pool, peer = connection()
+    stream = Stream()
+    pool.ready.append(stream)
+    conn.data_received(peer.headers(1))
+    assert stream.calls == [("start", b"/pkg.Service/Method", b"", False)]
+    conn.data_received(peer.data(1, b"more", end_stream=True))
+    assert stream.calls == [("start", b"/pkg.Service/Method", b"", False), ("body", b"more"), ("end",)]
