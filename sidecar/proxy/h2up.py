@@ -36,8 +36,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from sidecar.http2.connection import H2Connection
 from sidecar.http2.events import (
@@ -51,16 +52,14 @@ from sidecar.http2.events import (
     StreamWritable,
     TrailersReceived,
 )
-from sidecar.http2.keepalive import Action, Keepalive
+from sidecar.http2.keepalive import Action, Keepalive, KeepalivePolicy
 from sidecar.http2.limits import H2Limits
 from sidecar.proxy.failures import UpstreamReset
 from sidecar.proxy.h2heads import CONNECTION_SPECIFIC, H2Headers, trailer_headers
 from sidecar.proxy.http1 import RequestHead, ResponseHead, Trailers
 from sidecar.proxy.sides import StreamUser, UpstreamStream
+from sidecar.proxy.target import H2PeerKey
 from sidecar.proxy.tunnel import Tunnel
-
-if TYPE_CHECKING:
-    from sidecar.proxy.h2pool import H2UpstreamPool
 
 log = logging.getLogger("sidecar.proxy.pool")
 
@@ -207,10 +206,29 @@ class H2UpstreamStream(UpstreamStream):
             user.flush()
 
 
+class ConnectionOwner(Protocol):
+    """What a connection uses of its pool (:class:`~sidecar.proxy.h2pool.H2UpstreamPool`): the loop, who it
+    talks to, the PING policy and counters, the TLS session to offer next, and where to report its changes."""
+
+    loop: asyncio.AbstractEventLoop
+    peer: H2PeerKey | None      # None: an app over h2c
+    keepalive: KeepalivePolicy | None
+    session: ssl.SSLSession | None
+    pings_sent: int
+    pings_acked: int
+    ping_timeouts: int
+
+    def has_room(self, conn: H2UpstreamConnection) -> None: ...
+
+    def draining(self, conn: H2UpstreamConnection) -> None: ...
+
+    def gone(self, conn: H2UpstreamConnection) -> None: ...
+
+
 class H2UpstreamConnection(asyncio.Protocol):
     """One HTTP/2 connection upstream and its streams."""
 
-    def __init__(self, pool: H2UpstreamPool, address: str, limits: H2Limits | None) -> None:
+    def __init__(self, pool: ConnectionOwner, address: str, limits: H2Limits | None) -> None:
         self.pool = pool
         self.address = address
         self.who = "peer sidecar" if pool.peer is not None else "app"
