@@ -221,7 +221,7 @@ class Pools(StreamPools):
     def _http2(self, target: Target) -> StreamPool:
         h2 = self._h2.get(target.key)
         if h2 is None:
-            from sidecar.proxy.h2up import H2UpstreamPool  # HTTP/2 (h2, our HPACK) loaded with the first user
+            from sidecar.proxy.h2pool import H2UpstreamPool  # HTTP/2 (h2, our HPACK) loaded with the first user
             loop = self._loop or asyncio.get_running_loop()
             self._loop = loop
             h2 = self._h2[target.key] = H2UpstreamPool(target.key, loop, self.limits, keepalive=self.keepalive,
@@ -239,7 +239,7 @@ class Pools(StreamPools):
 
     def h2_peer_counts(self) -> dict[tuple[str, str], dict[str, int]]:
         """Per (peer address, service), summed over TLS context generations: the HTTP/2 pools' counts
-        (:meth:`~sidecar.proxy.h2up.H2UpstreamPool.counts`), for /metrics and the admin port."""
+        (:meth:`~sidecar.proxy.h2pool.H2UpstreamPool.counts`), for /metrics and the admin port."""
         out: dict[tuple[str, str], dict[str, int]] = {}
         for key, pool in self._h2.items():
             if isinstance(key, H2PeerKey):

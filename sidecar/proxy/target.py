@@ -270,7 +270,7 @@ It may edit ``head.headers`` (and ``head.target``/``head.host``) before they are
 
 class H2Key:
     """A Target's ``pool_key`` whose requests go over HTTP/2: the pools hand them to
-    :class:`~sidecar.proxy.h2up.H2UpstreamPool` (imported with the first such target: HTTP/2 costs memory only
+    :class:`~sidecar.proxy.h2pool.H2UpstreamPool` (imported with the first such target: HTTP/2 costs memory only
     when used), one multiplexed connection carrying many streams."""
 
     __slots__ = ()

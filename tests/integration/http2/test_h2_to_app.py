@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sidecar.proxy import HttpProxy, Target
-from sidecar.proxy.h2up import H2UpstreamPool
+from sidecar.proxy.h2pool import H2UpstreamPool
 from sidecar.proxy.target import H2cKey
 from tests.grpcapps.h2app import serve
 from tests.loops import LoopThread
