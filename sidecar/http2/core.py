@@ -325,10 +325,11 @@ class H2Connection:
     def _decode(self, block: bytes) -> Headers:
         try:
             return self.decoder.decode(block, raw=True)
-        except HeaderListTooLarge as e:
-            raise Violation(ENHANCE_YOUR_CALM, f"header list too large: {e}", "header_list_too_large") from e
-        except (HeaderBlockError, IndexError, TypeError) as e:
-            raise Violation(COMPRESSION_ERROR, f"bad header block: {e}", "compression_error") from e
+        except HeaderListTooLarge as too_large:
+            raise Violation(ENHANCE_YOUR_CALM, f"header list too large: {too_large}",
+                            "header_list_too_large") from too_large
+        except (HeaderBlockError, IndexError, TypeError) as bad:
+            raise Violation(COMPRESSION_ERROR, f"bad header block: {bad}", "compression_error") from bad
 
     def _on_headers(self, sid: int, headers: Headers, end: bool) -> None:
         stream = self._streams.get(sid)
@@ -406,47 +407,51 @@ class H2Connection:
     def _on_data(self, frame: Frame, flow: int) -> None:
         """``flow``: the whole payload, padding included, counts against the windows (section 6.9.1)."""
         sid = frame.stream_id
-        try:
-            self._recv.consumed(flow)
-        except FlowControlOverflow as e:
-            raise Violation(FLOW_CONTROL_ERROR, str(e), "flow_control") from e
+        self._consume(self._recv, flow)
         stream = self._streams.get(sid)
-        try:
-            if stream is None:
-                highest = self._highest_outbound if sid % 2 == (1 if self.client_side else 0) \
-                    else self._highest_inbound
-                if sid > highest:
-                    raise Violation(PROTOCOL_ERROR, f"DATA on idle stream {sid}", "protocol_error")
-                self._credit_connection(flow)  # nobody will acknowledge these bytes
-                self._late(sid, streamstate.RECV_DATA)
-                return
-            self._advance(sid, stream, streamstate.RECV_DATA)
-            if not stream.announced:
-                raise _StreamError(PROTOCOL_ERROR, "DATA before the response's headers")  # section 8.1
-            try:
-                stream.recv.consumed(flow)
-            except FlowControlOverflow as e:
-                raise Violation(FLOW_CONTROL_ERROR, str(e), "flow_control") from e
-            end = bool(frame.flags & END_STREAM)
-            stream.received_length += len(frame.data)
-            expected = stream.expected_length
-            if expected >= 0 and (stream.received_length > expected or (end and stream.received_length != expected)):
-                raise _StreamError(PROTOCOL_ERROR, f"a body of {stream.received_length} bytes or more, "
-                                   f"content-length {expected}")
-        except _StreamError as e:
+        if stream is None:
+            highest = self._highest_outbound if sid % 2 == (1 if self.client_side else 0) else self._highest_inbound
+            if sid > highest:
+                raise Violation(PROTOCOL_ERROR, f"DATA on idle stream {sid}", "protocol_error")
             self._credit_connection(flow)  # nobody will acknowledge these bytes
-            self._stream_error(sid, e.code, str(e))
+            self._late(sid, streamstate.RECV_DATA)
+            return
+        end = bool(frame.flags & END_STREAM)
+        try:
+            self._accept_data(sid, stream, len(frame.data), flow, end)
+        except _StreamError as broken:
+            self._credit_connection(flow)  # nobody will acknowledge these bytes
+            self._stream_error(sid, broken.code, str(broken))
             return
         self._events.append(DataReceived(sid, bytes(frame.data), flow))
         if end:
             self._peer_ended(sid, stream)
 
+    def _accept_data(self, sid: int, stream: _Stream, size: int, flow: int, end: bool) -> None:
+        """Raises :class:`_StreamError` for DATA the stream may not take."""
+        self._advance(sid, stream, streamstate.RECV_DATA)
+        if not stream.announced:
+            raise _StreamError(PROTOCOL_ERROR, "DATA before the response's headers")  # section 8.1
+        self._consume(stream.recv, flow)
+        stream.received_length += size
+        expected = stream.expected_length
+        if expected >= 0 and (stream.received_length > expected or (end and stream.received_length != expected)):
+            raise _StreamError(PROTOCOL_ERROR, f"a body of {stream.received_length} bytes or more, "
+                               f"content-length {expected}")
+
+    @staticmethod
+    def _consume(window: InboundWindow, flow: int) -> None:
+        try:
+            window.consumed(flow)
+        except FlowControlOverflow as overflow:
+            raise Violation(FLOW_CONTROL_ERROR, str(overflow), "flow_control") from overflow
+
     def _on_window_update(self, sid: int, increment: int) -> None:
         if sid == 0:
             try:
                 self._send_window = opened(self._send_window, increment)
-            except FlowControlOverflow as e:
-                raise Violation(FLOW_CONTROL_ERROR, str(e), "flow_control") from e
+            except FlowControlOverflow as conn_overflow:
+                raise Violation(FLOW_CONTROL_ERROR, str(conn_overflow), "flow_control") from conn_overflow
             self._to_flush.add(0)
             return
         stream = self._streams.get(sid)
@@ -457,8 +462,8 @@ class H2Connection:
             return  # a closed stream: late updates are expected
         try:
             stream.send_window = opened(stream.send_window, increment)
-        except FlowControlOverflow as e:
-            self._stream_error(sid, FLOW_CONTROL_ERROR, str(e))
+        except FlowControlOverflow as stream_overflow:
+            self._stream_error(sid, FLOW_CONTROL_ERROR, str(stream_overflow))
             return
         self._to_flush.add(sid)
 
