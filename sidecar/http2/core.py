@@ -117,7 +117,7 @@ class _Stream:
         self.end_after = False  # END_STREAM once ``out`` is sent
         self.trailers: Headers | None = None  # sent (with END_STREAM) once ``out`` is sent
         self.over_high = False  # send_data returned False; StreamWritable is owed
-        self.announced = False  # the consumer has seen its HeadersReceived
+        self.headers_seen = False  # the peer's headers arrived (a request's, or a response's after any 1xx)
         self.expected_length = -1  # the peer's content-length, -1: none declared
         self.received_length = 0
         self.head_request = False  # client side: a response to HEAD has no body whatever its content-length
@@ -250,11 +250,11 @@ class H2Connection:
             if payload:  # the peer's connection window shrank by it: give it back
                 self._out += window_update_frame(0, len(payload))
             return
-        if ftype == HEADERS or ftype == CONTINUATION:
+        if ftype in (HEADERS, CONTINUATION):
             self._pass_frame(ftype, flags, stream_id, payload, False, verdict is Verdict.REFUSE)
 
     def _frame(self, ftype: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if ftype == HEADERS or ftype == CONTINUATION:
+        if ftype in (HEADERS, CONTINUATION):
             self._pass_frame(ftype, flags, stream_id, payload, True, False)
         elif ftype == DATA:
             self._on_data(self._parse(ftype, flags, stream_id, payload), len(payload))
@@ -337,13 +337,13 @@ class H2Connection:
             self._new_stream(sid, headers, end)
             return
         self._advance(sid, stream, streamstate.RECV_HEADERS)
-        if self.client_side and not stream.announced:
+        if self.client_side and not stream.headers_seen:
             if headercheck.is_informational(headers):
                 if end:
                     raise _StreamError(PROTOCOL_ERROR, "an interim response with END_STREAM")
                 return  # 1xx: the real response follows
             self._check(headers, headercheck.RESPONSE)
-            stream.announced = True
+            stream.headers_seen = True
             stream.expected_length = 0 if stream.head_request else self._content_length(headers)
             self._events.append(HeadersReceived(sid, headers, end))
         else:
@@ -372,7 +372,7 @@ class H2Connection:
                 self._peer_reset_hit()
                 return
             stream = _Stream(streamstate.OPEN, self._peer_initial_window, self._recv_initial)
-            stream.announced = True
+            stream.headers_seen = True
             stream.expected_length = length
             self._streams[sid] = stream
             self._events.append(HeadersReceived(sid, headers, end))
@@ -430,7 +430,7 @@ class H2Connection:
     def _accept_data(self, sid: int, stream: _Stream, size: int, flow: int, end: bool) -> None:
         """Raises :class:`_StreamError` for DATA the stream may not take."""
         self._advance(sid, stream, streamstate.RECV_DATA)
-        if not stream.announced:
+        if not stream.headers_seen:
             raise _StreamError(PROTOCOL_ERROR, "DATA before the response's headers")  # section 8.1
         self._consume(stream.recv, flow)
         stream.received_length += size
@@ -550,13 +550,13 @@ class H2Connection:
             self._note_closed(sid, streamstate.CLOSED_BY_END)
 
     def _stream_error(self, sid: int, code: int, reason: str) -> None:
-        """Reset the stream for the peer's fault; the consumer hears of it if it knew the stream."""
+        """Reset the stream for the peer's fault; the consumer knows every stream the core keeps, and hears."""
         stream = self._streams.pop(sid, None)
         self._note_closed(sid, streamstate.CLOSED_BY_RESET)
         self._waiting.discard(sid)
         self._guard.forget(sid)
         self._out += rst_stream_frame(sid, code)
-        if stream is not None and stream.announced:
+        if stream is not None:
             self._events.append(StreamReset(sid, code, False))
         self._count("stream_errors")
         self._peer_reset_hit()

@@ -15,8 +15,12 @@ Deliberate differences, where the comparison stops (a valid recording must never
 - the content-length is checked against the body when trailers end it (h2 checks only at a DATA frame);
 - a server's HEADERS on an even stream the client never opened: a connection error in ours (section 5.1.1),
   an odd "request" event in h2;
-- SETTINGS_ENABLE_PUSH=0 holds from our first byte: a PUSH_PROMISE is a connection error before the peer's
-  acknowledgement too.
+- SETTINGS_ENABLE_PUSH=0 holds from our first byte: a PUSH_PROMISE is a connection error at once (h2 first
+  waits for the rest of its header block);
+- extension frames (ALTSVC and any unknown type) are ignored whatever they hold (h2 parses ALTSVC and ends the
+  connection on a malformed one);
+- a setting repeated in one SETTINGS frame: each value is checked in order (h2 keeps only the last);
+- error codes where RFC 9113 names another than h2 uses (``OTHER_CODES``).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from sidecar.http2.limits import H2Limits
 from sidecar.http2.preface import PREFACE
 from tests.fuzz.strategies import fuzz_settings
 
-PROTOCOL_ERROR = 0x1
+PROTOCOL_ERROR, FRAME_SIZE_ERROR = 0x1, 0x6
 LIMITS = H2Limits(max_concurrent_streams=6, initial_window=65535, connection_window=128 * 1024,
                   stream_buffer_high=64 * 1024)
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/pkg.Service/Method"),
@@ -83,6 +87,7 @@ class Wire:
     def __init__(self, client_side: bool) -> None:
         self.parser = FrameParser(max_frame_size=2**24 - 1)
         self.decoder = Decoder(max_header_list_size=2**20)
+        self.decoder.max_allowed_table_size = 2**32  # whatever table the (fuzzed) peer offered the core
         self.preface = client_side
 
     def frames(self, data: bytes) -> list[tuple[Any, ...]]:
@@ -156,11 +161,27 @@ def pair(client_side: bool) -> tuple[Driven, Driven]:
 Step = tuple[str, Any]  # ("feed", bytes) or ("act", client action)
 
 
+# both end the connection, for the same frame, with different codes: ours as RFC 9113 says
+OTHER_CODES = {
+    (SETTINGS, FRAME_SIZE_ERROR, PROTOCOL_ERROR),  # an acknowledgement with a payload (section 6.5)
+}
+
+
+def repeats_a_setting(frame: bytes) -> bool:
+    ids = [frame[at:at + 2] for at in range(9, len(frame) - 5, 6)]
+    return len(set(ids)) < len(ids)
+
+
 def deliberate(ours: list[tuple[Any, ...]], theirs: list[tuple[Any, ...]], our_frames: list[tuple[Any, ...]],
-               frame_type: int) -> bool:
-    """Where the two may part (the module's docstring lists why); ``frame_type``: the type of the one frame
-    the step fed, -1 when it fed several or a piece of one."""
+               frame: bytes) -> bool:
+    """Where the two may part (the module's docstring lists why); ``frame``: the one frame the step fed, empty
+    when it fed several or a piece of one."""
+    frame_type = frame[3] if frame else -1
+    if frame_type == SETTINGS and ending(ours) is not None and ending(theirs) is None and repeats_a_setting(frame):
+        return True
     if frame_type == PUSH_PROMISE and ending(ours) == PROTOCOL_ERROR:
+        return True
+    if (frame_type, ending(ours), ending(theirs)) in OTHER_CODES:
         return True
     if frame_type >= 0xA and ending(ours) is None and ending(theirs) is not None:
         return True  # an extension frame (ALTSVC...): ignored here, parsed by h2
@@ -227,8 +248,8 @@ def compare(steps: list[Step], client_side: bool, strict: bool, single: bool) ->
         if (oe, of) != (re_, rf):
             if ending(oe) is not None and ending(oe) == ending(re_):
                 return  # both end the connection, alike; what else that read meant no longer matters
-            frame_type = arg[3] if single and kind == "feed" and len(arg) >= 9 and not arg.startswith(PREFACE) else -1
-            if not strict and deliberate(oe, re_, of, frame_type):
+            frame = arg if single and kind == "feed" and len(arg) >= 9 and not arg.startswith(PREFACE) else b""
+            if not strict and deliberate(oe, re_, of, frame):
                 return
             raise AssertionError(f"step {i} ({kind}): ours {oe} {of}\n  h2's {re_} {rf}")
         assert ours.core.closed == ref.core.closed
@@ -405,26 +426,26 @@ def mutations(draw: st.DrawFn, steps: list[Step], client_side: bool) -> list[Ste
 
 # ------------------------------------------------------------------------------------------- tests
 
-@fuzz_settings(150)
+@fuzz_settings(60)
 @given(st.lists(client_actions, max_size=25))
 def test_valid_conversations_with_an_h2_client_agree(script: list[tuple[Any, ...]]) -> None:
     check(record(script, client_side=False), client_side=False, strict=True)
 
 
-@fuzz_settings(150)
+@fuzz_settings(60)
 @given(st.lists(server_actions, max_size=25))
 def test_valid_conversations_with_an_h2_server_agree(script: list[tuple[Any, ...]]) -> None:
     check(record(script, client_side=True), client_side=True, strict=True)
 
 
-@fuzz_settings(300)
+@fuzz_settings(150)
 @given(st.data(), st.lists(client_actions, min_size=1, max_size=15))
 def test_mutated_conversations_from_an_h2_client_agree(data: st.DataObject, script: list[tuple[Any, ...]]) -> None:
     steps = record(script, client_side=False)
     check(data.draw(mutations(steps, False)), client_side=False, strict=False)
 
 
-@fuzz_settings(300)
+@fuzz_settings(150)
 @given(st.data(), st.lists(server_actions, min_size=1, max_size=15))
 def test_mutated_conversations_from_an_h2_server_agree(data: st.DataObject, script: list[tuple[Any, ...]]) -> None:
     steps = record(script, client_side=True)
