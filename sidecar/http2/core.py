@@ -470,7 +470,10 @@ class H2Connection:
     def _on_rst_stream(self, sid: int, code: int) -> None:
         stream = self._streams.pop(sid, None)
         if stream is None:
-            return  # idle (h2 ignores it too) or already closed
+            highest = self._highest_outbound if sid % 2 == (1 if self.client_side else 0) else self._highest_inbound
+            if sid > highest:  # section 5.1 (h2 ignores it once the connection is open)
+                raise Violation(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}", "protocol_error")
+            return  # already closed: a reset racing the close
         self._note_closed(sid, streamstate.CLOSED_BY_RESET)
         self._waiting.discard(sid)
         self._guard.forget(sid)

@@ -55,7 +55,7 @@ _TRANSITIONS: Final[dict[tuple[int, int], int]] = {
     (IDLE, SEND_HEADERS): OPEN,
     (IDLE, RECV_DATA): CONNECTION_ERROR,  # section 5.1: anything but HEADERS or PRIORITY on an idle stream
     (IDLE, RECV_WINDOW_UPDATE): CONNECTION_ERROR,
-    (IDLE, RECV_RST_STREAM): IDLE,  # h2's choice, kept: a reset of a stream never opened changes nothing
+    (IDLE, RECV_RST_STREAM): CONNECTION_ERROR,
     (OPEN, RECV_HEADERS): OPEN,  # a response after interim ones, or trailers (which must carry END_STREAM)
     (OPEN, RECV_DATA): OPEN,
     (OPEN, RECV_END_STREAM): HALF_CLOSED_REMOTE,

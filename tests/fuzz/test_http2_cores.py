@@ -19,6 +19,7 @@ Deliberate differences, where the comparison stops (a valid recording must never
   waits for the rest of its header block);
 - extension frames (ALTSVC and any unknown type) are ignored whatever they hold (h2 parses ALTSVC and ends the
   connection on a malformed one);
+- RST_STREAM on an idle stream is a connection error (section 5.1; h2 ignores it once the connection is open);
 - a setting repeated in one SETTINGS frame: each value is checked in order (h2 keeps only the last);
 - error codes where RFC 9113 names another than h2 uses (``OTHER_CODES``).
 """
@@ -177,6 +178,8 @@ def deliberate(ours: list[tuple[Any, ...]], theirs: list[tuple[Any, ...]], our_f
     """Where the two may part (the module's docstring lists why); ``frame``: the one frame the step fed, empty
     when it fed several or a piece of one."""
     frame_type = frame[3] if frame else -1
+    if frame_type == RST_STREAM and ending(ours) == PROTOCOL_ERROR and ending(theirs) is None:
+        return True  # a reset of an idle stream
     if frame_type == SETTINGS and ending(ours) is not None and ending(theirs) is None and repeats_a_setting(frame):
         return True
     if frame_type == PUSH_PROMISE and ending(ours) == PROTOCOL_ERROR:

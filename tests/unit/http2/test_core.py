@@ -107,3 +107,10 @@ def test_credit_goes_back_in_batches_of_half_a_window() -> None:
     assert window.credit(200) == 600 and window.current == 1000
     window.consumed(1000)
     assert window.credit(300) == 300  # a shut window reopens sooner
+
+
+def test_a_reset_of_an_idle_stream_is_a_protocol_error() -> None:
+    core, peer = server()
+    core.receive_data(peer.headers(1), 0.0)
+    events = core.receive_data(peer.rst(5), 0.0)  # RFC 9113 section 5.1
+    assert isinstance(events[-1], ConnectionTerminated) and events[-1].error_code == PROTOCOL_ERROR

@@ -12,7 +12,6 @@ PROTOCOL_ERROR, STREAM_CLOSED = 0x1, 0x5
 @pytest.mark.parametrize(("state", "what", "after"), [
     (s.IDLE, s.RECV_HEADERS, s.OPEN),
     (s.IDLE, s.SEND_HEADERS, s.OPEN),
-    (s.IDLE, s.RECV_RST_STREAM, s.IDLE),
     (s.OPEN, s.RECV_DATA, s.OPEN),
     (s.OPEN, s.RECV_END_STREAM, s.HALF_CLOSED_REMOTE),
     (s.OPEN, s.SEND_END_STREAM, s.HALF_CLOSED_LOCAL),
@@ -31,6 +30,7 @@ def test_allowed_inputs_move_the_stream(state: int, what: int, after: int) -> No
 @pytest.mark.parametrize(("state", "what", "code", "connection"), [
     (s.IDLE, s.RECV_DATA, PROTOCOL_ERROR, True),  # section 5.1: only HEADERS or PRIORITY on an idle stream
     (s.IDLE, s.RECV_WINDOW_UPDATE, PROTOCOL_ERROR, True),
+    (s.IDLE, s.RECV_RST_STREAM, PROTOCOL_ERROR, True),
     (s.HALF_CLOSED_REMOTE, s.RECV_DATA, STREAM_CLOSED, False),  # the peer said it was done
     (s.HALF_CLOSED_REMOTE, s.RECV_HEADERS, STREAM_CLOSED, False),
     (s.HALF_CLOSED_LOCAL, s.SEND_DATA, PROTOCOL_ERROR, True),  # not in the table: never allowed
