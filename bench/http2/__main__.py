@@ -1,8 +1,11 @@
-"""What HTTP/2 framing costs in CPU per request: the ``sidecar.http2`` core (over python-hyper's h2, with our
-compiled HPACK; and with python-hyper's hpack for comparison) against the HTTP/1.1 parsing the proxy does today
-(``proxy.http1`` over httptools), for one small gRPC unary call; and our compiled HPACK and frame layer alone.
+"""What HTTP/2 framing costs in CPU per request: the two ``sidecar.http2`` cores (our own, ``sidecar.http2.core``,
+compiled with mypyc; and the reference over python-hyper's h2 with our compiled HPACK, ``connection_h2``; that one
+also with python-hyper's hpack for comparison) against the HTTP/1.1 parsing the proxy does today (``proxy.http1``
+over httptools), for one small gRPC unary call; and our compiled HPACK and frame layer alone.
 
-    python -m bench.http2 [--requests 20000] [--message 100]
+    python -m bench.http2 [--requests 20000] [--message 100] [--runs 5]
+
+The two cores run alternately, ``--runs`` times each, and the medians are printed (the machine may be busy).
 
 One client core and one server core, joined in memory (no sockets, so only the codec is measured). Per call:
 the client opens a stream (HEADERS + DATA with END_STREAM), the server reads it, acknowledges the body and
@@ -25,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sidecar.http2 import frames  # noqa: E402
-from sidecar.http2.connection import H2Connection  # noqa: E402
+from sidecar.http2 import core, frames  # noqa: E402
+from sidecar.http2.connection_h2 import H2Connection  # noqa: E402
 from sidecar.http2.events import DataReceived  # noqa: E402
 from sidecar.http2.grpc import frame_message  # noqa: E402
 from sidecar.proxy.http1 import RequestHead, ResponseHead  # noqa: E402
@@ -40,6 +43,9 @@ RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 TRAILERS = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
 
 
+Core = type[H2Connection] | type[core.H2Connection]
+
+
 def reference_hpack_in(conn: H2Connection) -> None:
     """Put python-hyper's hpack back under h2 in place of sidecar.http2.hpack (before any traffic)."""
     import hpack
@@ -49,13 +55,14 @@ def reference_hpack_in(conn: H2Connection) -> None:
     conn._h2.decoder = hpack.Decoder(max_header_list_size=limit)
 
 
-def bench_h2(requests: int, message: bytes, check_outbound: bool = True,
-             reference: bool = False) -> tuple[float, float]:
-    """Seconds of CPU per call: (server side, client side); ``reference``: with python-hyper's hpack under h2
-    rather than sidecar.http2.hpack (the core's own)."""
-    client = H2Connection(client_side=True, check_outbound=check_outbound)
-    server = H2Connection(client_side=False, check_outbound=check_outbound)
+def bench_h2(requests: int, message: bytes, check_outbound: bool = True, reference: bool = False,
+             kind: Core = H2Connection) -> tuple[float, float]:
+    """Seconds of CPU per call: (server side, client side) of the core ``kind``; ``reference``: the h2 core with
+    python-hyper's hpack under h2 rather than sidecar.http2.hpack."""
+    client = kind(client_side=True, check_outbound=check_outbound)
+    server = kind(client_side=False, check_outbound=check_outbound)
     if reference:
+        assert isinstance(client, H2Connection) and isinstance(server, H2Connection)
         reference_hpack_in(client)
         reference_hpack_in(server)
     server.receive_data(client.data_to_send(), 0.0)
@@ -179,40 +186,54 @@ def bench_http1(requests: int, message: bytes) -> tuple[float, float]:
     return t_req / requests, t_resp / requests
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.http2", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--message", type=int, default=100, help="bytes of the gRPC message each way")
+    parser.add_argument("--runs", type=int, default=5, help="alternating runs of each core; medians are shown")
     args = parser.parse_args()
     message = b"m" * args.message
-    bench_h2(500, message)  # warm up
+    n = args.requests
+    for kind in (H2Connection, core.H2Connection):  # warm up
+        bench_h2(500, message, kind=kind)
     bench_http1(500, message)
-    runs = [(bench_h2(args.requests, message, reference=True), bench_h2(args.requests, message)) for _ in range(3)]
-    h2_server, h2_client = min((ref for ref, _ in runs), key=sum)  # interleaved: the same load for both
-    own_server, own_client = min((own for _, own in runs), key=sum)
-    h1_req, h1_resp = min((bench_http1(args.requests, message) for _ in range(3)), key=sum)
-    hpack = min(bench_hpack(args.requests) for _ in range(3))
-    own_hpack = min(bench_hpack(args.requests, own=True) for _ in range(3))
-    own_frames = min(bench_frames(args.requests, message) for _ in range(3))
-    unchecked = min(sum(bench_h2(args.requests, message, check_outbound=False)) for _ in range(3))
+    runs: dict[str, list[tuple[float, float]]] = {"h2": [], "own": [], "h2 unchecked": [], "own unchecked": []}
+    for _ in range(args.runs):  # alternating: the same load for both
+        runs["h2"].append(bench_h2(n, message))
+        runs["own"].append(bench_h2(n, message, kind=core.H2Connection))
+        runs["h2 unchecked"].append(bench_h2(n, message, check_outbound=False))
+        runs["own unchecked"].append(bench_h2(n, message, check_outbound=False, kind=core.H2Connection))
+    side = {name: (median([r[0] for r in rs]), median([r[1] for r in rs])) for name, rs in runs.items()}
+    hyper = median([sum(bench_h2(n, message, reference=True)) for _ in range(3)])
+    h1_req, h1_resp = min((bench_http1(n, message) for _ in range(3)), key=sum)
+    hpack = min(bench_hpack(n) for _ in range(3))
+    own_hpack = min(bench_hpack(n, own=True) for _ in range(3))
+    own_frames = min(bench_frames(n, message) for _ in range(3))
     us = 1e6
-    h2_side = own_server + own_client
-    h1_side = h1_req + h1_resp
-    print(f"{args.requests} calls, {args.message}-byte messages, best of 3 (µs of CPU per call)")
-    print(f"  h2 + hpack: server side (read request, answer headers+data+trailers) {h2_server * us:8.1f}")
-    print(f"  h2 + hpack: client side (send request, read answer)                  {h2_client * us:8.1f}")
-    print(f"    of which hpack (the three header blocks encoded and decoded)        {hpack * us:8.1f}")
-    print(f"  h2 + sidecar.http2.hpack (the core as it runs): server side           {own_server * us:8.1f}")
-    print(f"  h2 + sidecar.http2.hpack (the core as it runs): client side           {own_client * us:8.1f}")
+    print(f"{n} calls, {args.message}-byte messages, medians of {args.runs} alternating runs (µs of CPU per call)")
+    for name, label in (("h2", "h2 core (h2 + sidecar.http2.hpack)"), ("own", "own core (sidecar.http2.core)"),
+                        ("h2 unchecked", "h2 core, outgoing headers unchecked (as h2down)"),
+                        ("own unchecked", "own core, outgoing headers unchecked (as h2down)")):
+        server, client = side[name]
+        print(f"  {label:52} server {server * us:7.1f}  client {client * us:7.1f}  both {(server + client) * us:7.1f}")
+    h2_both, own_both = sum(side["h2"]), sum(side["own"])
+    print(f"  own core / h2 core, both sides: {own_both / h2_both:.2f}x")
+    print(f"  h2 core with python-hyper's hpack, both sides                       {hyper * us:8.1f}")
+    print(f"    python-hyper's hpack alone (the three header blocks encoded and decoded) {hpack * us:8.1f}")
     print(f"    sidecar.http2.hpack alone (the same three blocks)                   {own_hpack * us:8.1f}")
     print(f"  sidecar.http2.frames alone: one call's frames both ways, built+parsed {own_frames * us:8.1f}")
-    print(f"  the core, both sides, without h2's checks of outgoing headers        {unchecked * us:8.1f}")
     print(f"  HTTP/1.1 request parse (proxy.http1 over httptools)                   {h1_req * us:8.1f}")
     print(f"  HTTP/1.1 response parse                                               {h1_resp * us:8.1f}")
-    print(f"  one hop, HTTP/2 both sides vs HTTP/1.1 parse both ways: {h2_side * us:.1f} vs {h1_side * us:.1f}"
-          f"  ratio {h2_side / h1_side:.1f}x")
-    print(f"  a sidecar pair (two hops each way): HTTP/2 codec {2 * h2_side * us:.1f} µs a call,"
-          f" HTTP/1.1 parsing {2 * h1_side * us:.1f} µs")
+    h1_side = h1_req + h1_resp
+    for name in ("h2", "own"):
+        print(f"  {name} core: one hop, HTTP/2 both sides vs HTTP/1.1 parse both ways: "
+              f"{sum(side[name]) * us:.1f} vs {h1_side * us:.1f}  ratio {sum(side[name]) / h1_side:.1f}x;"
+              f" a sidecar pair (two hops each way): {2 * sum(side[name]) * us:.1f} µs a call")
 
 
 if __name__ == "__main__":
