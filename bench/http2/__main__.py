@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from sidecar.http2 import core, frames  # noqa: E402
-from sidecar.http2.connection_h2 import H2Connection  # noqa: E402
+from sidecar.http2.connection_h2 import HyperH2Connection as H2Connection  # noqa: E402
 from sidecar.http2.events import DataReceived  # noqa: E402
 from sidecar.http2.grpc import frame_message  # noqa: E402
 from sidecar.proxy.http1 import RequestHead, ResponseHead  # noqa: E402

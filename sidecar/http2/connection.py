@@ -17,7 +17,7 @@ if CORE != "h2":
     from sidecar.http2.core import H2Connection as H2Connection
 else:
     try:
-        from sidecar.http2.connection_h2 import H2Connection as H2Connection  # type: ignore[assignment]
+        from sidecar.http2.connection_h2 import HyperH2Connection as H2Connection  # type: ignore[assignment]
     except ModuleNotFoundError as e:
         raise ImportError(f"SIDECAR_H2_CORE=h2 needs python-hyper's h2 (pip install 'h2>=4.1'): {e}") from e
 

@@ -74,7 +74,7 @@ CANCEL = 0x8
 
 
 @dataclass(slots=True)
-class _Stream:
+class _HyperStream:
     out: bytearray = field(default_factory=bytearray)
     end_after: bool = False  # END_STREAM once ``out`` is sent
     trailers: Headers | None = None  # sent (with END_STREAM) once ``out`` is sent
@@ -83,7 +83,7 @@ class _Stream:
     over_high: bool = False  # send_data returned False; StreamWritable is owed
 
 
-class H2Connection:
+class HyperH2Connection:
     """One HTTP/2 connection; ``client_side`` for sidecar-to-sidecar and sidecar-to-app, else a listener's."""
 
     def __init__(self, *, client_side: bool, limits: H2Limits | None = None, check_outbound: bool = True) -> None:
@@ -97,7 +97,7 @@ class H2Connection:
         self.settings_received = False  # the peer's first SETTINGS arrived: its limits are known
         self._guard = FrameGuard(self.limits, client_side)
         self._resets = Budget(self.limits.max_peer_resets, self.limits.budget_window)
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, _HyperStream] = {}
         self._waiting: set[int] = set()  # streams with bytes held back by a closed window
         self._inbuf = bytearray()
         self._out = bytearray()
@@ -279,7 +279,7 @@ class H2Connection:
                 self._h2.acknowledge_received_data(ev.flow_controlled_length, sid)
         elif isinstance(ev, h2.events.RequestReceived):
             sid = ev.stream_id or 0
-            self._streams[sid] = _Stream()
+            self._streams[sid] = _HyperStream()
             out.append(HeadersReceived(sid, _headers(ev.headers), ev.stream_ended is not None))
         elif isinstance(ev, h2.events.ResponseReceived):
             sid = ev.stream_id or 0
@@ -359,7 +359,7 @@ class H2Connection:
             raise H2UsageError("no stream available: peer's limit reached, GOAWAY received or connection closed")
         sid = self._h2.get_next_available_stream_id()
         self._h2.send_headers(sid, headers, end_stream=end_stream)
-        self._streams[sid] = _Stream(local_done=end_stream)
+        self._streams[sid] = _HyperStream(local_done=end_stream)
         self._guard.opened_locally(sid)
         return sid
 
@@ -451,7 +451,7 @@ class H2Connection:
 
     # -- flow control ------------------------------------------------------------------------------------
 
-    def _flush(self, stream_id: int, stream: _Stream) -> None:
+    def _flush(self, stream_id: int, stream: _HyperStream) -> None:
         """Send what the windows allow of the stream's queue, then its end or trailers once it is empty."""
         out, h2c = stream.out, self._h2
         if stream.local_done:  # ended by an earlier flush: nothing may follow END_STREAM
@@ -478,7 +478,7 @@ class H2Connection:
             h2c.end_stream(stream_id)
             self._local_end(stream_id, stream)
 
-    def _local_end(self, stream_id: int, stream: _Stream) -> None:
+    def _local_end(self, stream_id: int, stream: _HyperStream) -> None:
         stream.local_done = True
         if stream.peer_done:
             self._streams.pop(stream_id, None)

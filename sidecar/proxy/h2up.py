@@ -206,7 +206,7 @@ class H2UpstreamStream(UpstreamStream):
             user.flush()
 
 
-class ConnectionOwner(Protocol):
+class H2ConnectionOwner(Protocol):
     """What a connection uses of its pool (:class:`~sidecar.proxy.h2pool.H2UpstreamPool`): the loop, who it
     talks to, the PING policy and counters, the TLS session to offer next, and where to report its changes."""
 
@@ -228,7 +228,7 @@ class ConnectionOwner(Protocol):
 class H2UpstreamConnection(asyncio.Protocol):
     """One HTTP/2 connection upstream and its streams."""
 
-    def __init__(self, pool: ConnectionOwner, address: str, limits: H2Limits | None) -> None:
+    def __init__(self, pool: H2ConnectionOwner, address: str, limits: H2Limits | None) -> None:
         self.pool = pool
         self.address = address
         self.who = "peer sidecar" if pool.peer is not None else "app"

@@ -155,7 +155,7 @@ class Driven:
 
 def pair(client_side: bool) -> tuple[Driven, Driven]:
     ours = core.H2Connection(client_side=client_side, limits=LIMITS)
-    ref = connection_h2.H2Connection(client_side=client_side, limits=LIMITS)
+    ref = connection_h2.HyperH2Connection(client_side=client_side, limits=LIMITS)
     return Driven(ours), Driven(ref)
 
 

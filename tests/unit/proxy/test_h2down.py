@@ -50,6 +50,7 @@ class Listener:
         self.engine = engine
         self.protocol_errors = 0
         self.header_timeouts = 0
+        self.h2_protections: dict[str, int] = {}
         self.connections: list[H2Downstream] = []
 
     def add_connection(self, conn: H2Downstream) -> None:
