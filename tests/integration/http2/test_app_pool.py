@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sidecar.proxy import HttpProxy, Target
-from sidecar.proxy.h2up import H2UpstreamPool
+from sidecar.proxy.h2pool import H2UpstreamPool
 from sidecar.proxy.limits import PoolLimits
 from sidecar.proxy.pool import Pools
 from sidecar.proxy.target import H2cKey, RequestStats
