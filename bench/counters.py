@@ -339,6 +339,8 @@ def proxy_setup(name: str, folder: Path, backend: int, certs: dict[str, Path], m
 # under valgrind a process runs ~50x slower: the local profile's 200 ms probe timeout would have each
 # sidecar declare the other dead, so the pair gossips with timings far above that slowdown
 SLOW_GOSSIP = {"profile": "wan", "probe_interval": "120s", "probe_timeout": "60s", "tcp_timeout": "60s"}
+# and its event loop lags by seconds now and then: the overload guard would shed the counted requests with 503
+SLOW_OVERLOAD = {"max_loop_lag": 0}
 
 
 def slow_sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]],
@@ -353,10 +355,12 @@ def slow_sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[
     b = sidecar_config(folder, names[0], certs[SERVICE], [{"name": SERVICE, "port": backend}], [],
                        telemetry_config(folder, names[0], access_log=access_log, otlp=otlp, ratio=ratio))
     b["gossip"].update(SLOW_GOSSIP)
+    b["overload"] = SLOW_OVERLOAD
     b_proc = stack.enter_context(sidecar(folder, b, prefix=prefix, timeout=VALGRIND_START_TIMEOUT))
     a = sidecar_config(folder, names[1], certs["checkout"], [], [b["gossip"]["listen"]],
                        telemetry_config(folder, names[1], access_log=access_log, otlp=otlp, ratio=ratio))
     a["gossip"].update(SLOW_GOSSIP)
+    a["overload"] = SLOW_OVERLOAD
     a_proc = stack.enter_context(sidecar(folder, a, prefix=prefix, timeout=VALGRIND_START_TIMEOUT))
     wait_catalog(a, a_proc, folder, timeout=VALGRIND_START_TIMEOUT)
     return int(a["outbound"]["listen"].rsplit(":", 1)[1]), [a_proc.pid, b_proc.pid]
