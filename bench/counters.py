@@ -23,7 +23,10 @@ faults of the same processes from /proc (schedstat and status of every thread, f
 wrk (or dnsperf) run, divided by the requests (queries) answered.
 
 Setups: haproxy-tls2, floor-tls2, engine-tls2, sidecar-pair (as in bench.proxy.mesh), sidecar-dns and dnsmasq
-(as in bench.dns).
+(as in bench.dns); named with ``--only``, the sidecar pair with one telemetry piece of the production profile
+on: sidecar-pair-log (JSON access log to a file), sidecar-pair-otlp (OTLP at ratio 1.0 to a local receiver),
+sidecar-pair-otlp01 (at 0.1), sidecar-pair-prod (both, at 0.1); each one's cost is its row less sidecar-pair's.
+``--keep DIR`` keeps each process's counted dump for ``callgrind_annotate --inclusive=yes``.
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 
 PROXY_SETUPS = ("haproxy-tls2", "floor-tls2", "engine-tls2", "sidecar-pair")
+# the sidecar pair with one kind of per-request telemetry on (bench.proxy.mesh's production pieces): what each
+# costs per request is its row less sidecar-pair's. Counted only when named with --only.
+TELEMETRY_SETUPS = {"sidecar-pair-log": (True, None), "sidecar-pair-otlp": (False, 1.0),
+                    "sidecar-pair-otlp01": (False, 0.1), "sidecar-pair-prod": (True, 0.1)}
 DNS_SETUPS = ("sidecar-dns", "dnsmasq")
 # a process under valgrind starts ~50x slower: importing the sidecar alone takes tens of seconds
 VALGRIND_START_TIMEOUT = 600.0
@@ -312,11 +319,18 @@ def proxy_setup(name: str, folder: Path, backend: int, certs: dict[str, Path], m
             inner, inner_pid = engine(stack, backend, certs, tls_in=True, module=module, prefix=prefix)
             outer, outer_pid = engine(stack, inner, certs, tls_out=True, module=module, prefix=prefix)
             yield outer, [outer_pid, inner_pid], None
-        elif name == "sidecar-pair":
+        elif name == "sidecar-pair" or name in TELEMETRY_SETUPS:
+            access_log, ratio = TELEMETRY_SETUPS.get(name, (False, None))
+            otlp = None
+            if ratio is not None:
+                from bench.proxy.observers import OtlpReceiver
+                otlp = stack.enter_context(closing(OtlpReceiver())).url
             if slow:
-                yield *slow_sidecar_pair(stack, folder, backend, mesh_certs, prefix), SERVICE
+                yield *slow_sidecar_pair(stack, folder, backend, mesh_certs, prefix, name, access_log=access_log,
+                                         otlp=otlp, ratio=ratio or 1.0), SERVICE
             else:
-                port, pids = sidecar_pair(stack, folder, backend, mesh_certs)
+                port, pids, _ = sidecar_pair(stack, folder, backend, mesh_certs, suffix=name[len("sidecar-pair"):],
+                                             access_log=access_log, otlp=otlp, ratio=ratio or 1.0)
                 yield port, pids, SERVICE
         else:
             raise ValueError(f"unknown proxy setup {name!r}")
@@ -325,24 +339,45 @@ def proxy_setup(name: str, folder: Path, backend: int, certs: dict[str, Path], m
 # under valgrind a process runs ~50x slower: the local profile's 200 ms probe timeout would have each
 # sidecar declare the other dead, so the pair gossips with timings far above that slowdown
 SLOW_GOSSIP = {"profile": "wan", "probe_interval": "120s", "probe_timeout": "60s", "tcp_timeout": "60s"}
+# and its event loop lags by seconds now and then: the overload guard would shed the counted requests with 503
+SLOW_OVERLOAD = {"max_loop_lag": 0}
 
 
 def slow_sidecar_pair(stack: ExitStack, folder: Path, backend: int, certs: dict[str, dict[str, str]],
-                      prefix: Sequence[str]) -> tuple[int, list[int]]:
-    """bench.proxy.mesh's sidecar pair, under ``prefix``, with gossip timings that survive valgrind."""
-    from bench.proxy.mesh import SERVICE, sidecar, sidecar_config, wait_catalog
+                      prefix: Sequence[str], name: str = "sidecar-pair", *, access_log: bool = False,
+                      otlp: str | None = None, ratio: float = 1.0) -> tuple[int, list[int]]:
+    """bench.proxy.mesh's sidecar pair, under ``prefix``, with gossip timings that survive valgrind; the access
+    log and OTLP tracing as bench.proxy.mesh's production pair has them."""
+    from bench.proxy.mesh import SERVICE, sidecar, sidecar_config, telemetry_config, wait_catalog
 
-    b = sidecar_config(folder, "slow-b", certs[SERVICE], [{"name": SERVICE, "port": backend}], [])
+    suffix = name[len("sidecar-pair"):]
+    names = f"slow-b{suffix}", f"slow-a{suffix}"
+    b = sidecar_config(folder, names[0], certs[SERVICE], [{"name": SERVICE, "port": backend}], [],
+                       telemetry_config(folder, names[0], access_log=access_log, otlp=otlp, ratio=ratio))
     b["gossip"].update(SLOW_GOSSIP)
+    b["overload"] = SLOW_OVERLOAD
     b_proc = stack.enter_context(sidecar(folder, b, prefix=prefix, timeout=VALGRIND_START_TIMEOUT))
-    a = sidecar_config(folder, "slow-a", certs["checkout"], [], [b["gossip"]["listen"]])
+    a = sidecar_config(folder, names[1], certs["checkout"], [], [b["gossip"]["listen"]],
+                       telemetry_config(folder, names[1], access_log=access_log, otlp=otlp, ratio=ratio))
     a["gossip"].update(SLOW_GOSSIP)
+    a["overload"] = SLOW_OVERLOAD
     a_proc = stack.enter_context(sidecar(folder, a, prefix=prefix, timeout=VALGRIND_START_TIMEOUT))
     wait_catalog(a, a_proc, folder, timeout=VALGRIND_START_TIMEOUT)
     return int(a["outbound"]["listen"].rsplit(":", 1)[1]), [a_proc.pid, b_proc.pid]
 
 
-def proxy_rows(setups: Sequence[str], requests: int, seconds: float, concurrency: int, ll_mib: int) -> list[Row]:
+def keep_dumps(pids: Sequence[int], folder: Path, keep: Path, name: str, done: int) -> None:
+    """Copies each process's last dump (the counted requests) to ``keep`` as ``NAME-N-REQUESTS.callgrind`` (N: the
+    process's place in ``pids``, the caller's side first), for ``callgrind_annotate --inclusive=yes``."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for place, pid in enumerate(pids):
+        dumps = sorted(folder.glob(f"callgrind.{pid}.*"), key=lambda p: p.stat().st_mtime)
+        if dumps:
+            shutil.copyfile(dumps[-1], keep / f"{name}-{place}-{done}.callgrind")
+
+
+def proxy_rows(setups: Sequence[str], requests: int, seconds: float, concurrency: int, ll_mib: int,
+               keep: Path | None = None) -> list[Row]:
     from bench.proxy.__main__ import make_certs, nginx
     from bench.proxy.mesh import SERVICE, sidecar_certs
 
@@ -356,14 +391,14 @@ def proxy_rows(setups: Sequence[str], requests: int, seconds: float, concurrency
         for name in setups:
             try:
                 rows.append(proxy_row(name, folder, backend, certs, mesh_certs, requests, seconds, concurrency,
-                                      ll_mib))
+                                      ll_mib, keep))
             except (RuntimeError, OSError, http.client.HTTPException) as e:  # the other setups still count
                 print(f"counters: {name} failed: {e}", file=sys.stderr, flush=True)
     return rows
 
 
 def proxy_row(name: str, folder: Path, backend: int, certs: dict[str, Path], mesh_certs: dict[str, dict[str, str]],
-              requests: int, seconds: float, concurrency: int, ll_mib: int) -> Row:
+              requests: int, seconds: float, concurrency: int, ll_mib: int, keep: Path | None = None) -> Row:
     """Software counters at full speed, then callgrind's per request, of one proxy setup (started twice)."""
     from bench.proxy.__main__ import wrk
 
@@ -381,6 +416,8 @@ def proxy_row(name: str, folder: Path, backend: int, certs: dict[str, Path], mes
         load.warm_up(WARM_UP, VALGRIND_START_TIMEOUT)
         counts, done = per_unit(pids, folder, partial(load.run, requests, 30 * seconds))
         load.connection.close()
+        if keep is not None:
+            keep_dumps(pids, folder, keep, name, done)
     print(f"counters: {name} done ({done} requests under valgrind)", file=sys.stderr, flush=True)
     return Row(name, "request", counts, done, software)
 
@@ -460,11 +497,11 @@ def missing_tools(names: Sequence[str]) -> list[str]:
 
 
 def proxy_report(setups: Sequence[str] = PROXY_SETUPS, requests: int = 2000, seconds: float = 4.0,
-                 concurrency: int = 50, ll_mib: int = 4) -> str:
+                 concurrency: int = 50, ll_mib: int = 4, keep: Path | None = None) -> str:
     missing = missing_tools(("valgrind", "callgrind_control", "wrk", "haproxy", "nginx"))
     if missing:
         return f"counters skipped: {', '.join(missing)} not installed"
-    rows = proxy_rows(setups, requests, seconds, concurrency, ll_mib)
+    rows = proxy_rows(setups, requests, seconds, concurrency, ll_mib, keep)
     return report(rows, "haproxy-tls2", ll_mib) + f"\n(software counters over wrk -c{concurrency} runs of {seconds:g}s)"
 
 
@@ -479,19 +516,22 @@ def dns_report(setups: Sequence[str] = DNS_SETUPS, queries: int = 5000, seconds:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.counters", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=[*PROXY_SETUPS, *DNS_SETUPS], help="these setups only")
+    parser.add_argument("--only", nargs="+", choices=[*PROXY_SETUPS, *TELEMETRY_SETUPS, *DNS_SETUPS],
+                        help="these setups only")
     parser.add_argument("--requests", type=int, default=2000, help="requests per proxy setup under valgrind")
     parser.add_argument("--queries", type=int, default=5000, help="queries per DNS server under valgrind")
     parser.add_argument("--seconds", type=float, default=4.0, help="full-speed run length (valgrind gets 30x)")
     parser.add_argument("--concurrency", type=int, default=50, help="wrk -c of the full-speed run")
     parser.add_argument("--ll-mib", type=int, default=4, help="simulated last-level cache in MiB (default 4)")
+    parser.add_argument("--keep", type=Path, help="copy each proxy process's counted callgrind dump to this folder")
     args = parser.parse_args(argv)
     wanted = args.only or [*PROXY_SETUPS, *DNS_SETUPS]
-    proxies = [s for s in PROXY_SETUPS if s in wanted]
+    proxies = [s for s in (*PROXY_SETUPS, *TELEMETRY_SETUPS) if s in wanted]
     servers = [s for s in DNS_SETUPS if s in wanted]
     try:
         if proxies:
-            print(proxy_report(proxies, args.requests, args.seconds, args.concurrency, args.ll_mib), flush=True)
+            print(proxy_report(proxies, args.requests, args.seconds, args.concurrency, args.ll_mib, args.keep),
+                  flush=True)
         if servers:
             print(("\n" if proxies else "") + dns_report(servers, args.queries, args.seconds, args.ll_mib))
     except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:

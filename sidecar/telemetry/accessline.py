@@ -24,13 +24,17 @@ def failed(stats: RequestStats) -> bool:
 def _ms(seconds: float) -> str:
     """Milliseconds to the microsecond, as ``repr(round(ms, 3))`` prints them (``25.0``, ``1.234``), without
     float rounding to decimals (slow: it goes through a decimal string)."""
-    micros = round(seconds * 1_000_000.0)
-    if micros < 0:
-        return "-" + _ms(-seconds)
-    whole, fraction = divmod(micros, 1000)
+    scaled = seconds * -1_000_000.0 if seconds < 0.0 else seconds * 1_000_000.0
+    micros = int(scaled)             # native arithmetic, where round() and divmod() are generic calls
+    rest = scaled - micros           # exact: the float's integer part is exact below 2**52
+    if rest > 0.5 or (rest == 0.5 and micros & 1):
+        micros += 1                  # half to even, as round() does
+    sign = "-" if seconds < 0.0 and micros else ""
+    whole = micros // 1000
+    fraction = micros - whole * 1000
     if fraction == 0:
-        return f"{whole}.0"
-    return f"{whole}.{_FRACTIONS[fraction]}"
+        return f"{sign}{whole}.0"
+    return f"{sign}{whole}.{_FRACTIONS[fraction]}"
 
 
 _FRACTIONS = [f"{n:03d}".rstrip("0") for n in range(1000)]
@@ -38,6 +42,24 @@ _FRACTIONS = [f"{n:03d}".rstrip("0") for n in range(1000)]
 
 def _json_text(value: str | None) -> str:
     return "null" if value is None else encode_basestring_ascii(value)
+
+
+# Most fields repeat from line to line (direction, service, method, path, host, upstream, peer): their JSON text
+# is kept, up to a bound, and the cache starts over when full (ids, which never repeat, do not come here).
+_QUOTED_LIMIT = 1024
+_quoted: dict[str, str] = {}
+
+
+def _json_repeated(value: str | None) -> str:
+    """:func:`_json_text` of a value that is likely to come again."""
+    if value is None:
+        return "null"
+    text = _quoted.get(value)
+    if text is None:
+        if len(_quoted) >= _QUOTED_LIMIT:
+            _quoted.clear()
+        text = _quoted[value] = encode_basestring_ascii(value)
+    return text
 
 
 def _text_value(value: object) -> str:
@@ -81,11 +103,11 @@ def _peer_fields(peer: Any) -> tuple[bool, str | None, str | None]:
 def json_line(ts: str, direction: str, service: str, stats: RequestStats, peer: Any = None) -> str:
     head = stats.response_started
     line = (f'{{"ts":"{ts}","level":"info","logger":"sidecar.access","msg":"request",'
-            f'"direction":{_json_text(direction)},"service":{_json_text(service)},'
-            f'"method":{_json_text(stats.method)},"path":{_json_text(stats.target.decode("latin-1"))},'
-            f'"host":{_json_text(stats.host)},"status":{stats.status},'
-            f'"outcome":"{"error" if failed(stats) else "success"}","error":{_json_text(stats.error)},'
-            f'"upstream":{_json_text(stats.upstream)},"attempts":{stats.attempts},'
+            f'"direction":{_json_repeated(direction)},"service":{_json_repeated(service)},'
+            f'"method":{_json_repeated(stats.method)},"path":{_json_repeated(stats.target.decode("latin-1"))},'
+            f'"host":{_json_repeated(stats.host)},"status":{stats.status},'
+            f'"outcome":"{"error" if failed(stats) else "success"}","error":{_json_repeated(stats.error)},'
+            f'"upstream":{_json_repeated(stats.upstream)},"attempts":{stats.attempts},'
             f'"durationMs":{_ms(stats.duration)},'
             f'"responseHeadMs":{"null" if head is None else _ms(head - stats.started)},'
             f'"requestBytes":{stats.request_bytes},"responseBytes":{stats.response_bytes},'
@@ -93,9 +115,9 @@ def json_line(ts: str, direction: str, service: str, stats: RequestStats, peer: 
             f'"requestId":{_json_text(stats.request_id)}')
     inbound, spiffe_id, client = _peer_fields(peer)
     if inbound:
-        line += f',"peer":{_json_text(spiffe_id)}'
-        if client is not None:
-            line += f',"client":{_json_text(client)}'
+        if client is None:
+            return f'{line},"peer":{_json_repeated(spiffe_id)}}}\n'
+        return f'{line},"peer":{_json_repeated(spiffe_id)},"client":{_json_repeated(client)}}}\n'
     return line + "}\n"
 
 

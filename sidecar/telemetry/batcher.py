@@ -49,8 +49,8 @@ class Batcher(Generic[T]):
         self._queue: deque[T | _Marker] = deque()
         self._wake = threading.Event()
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name=f"sidecar-{name}", daemon=True)
-        self._thread.start()
+        self._worker = threading.Thread(target=self._run, name=f"sidecar-{name}", daemon=True)
+        self._worker.start()
 
     def put(self, item: T) -> bool:
         queue = self._queue
@@ -68,7 +68,7 @@ class Batcher(Generic[T]):
 
     def flush(self, timeout: float) -> bool:
         """Blocks until what was put before reached the sink; False if ``timeout`` passed first."""
-        if not self._thread.is_alive():
+        if not self._worker.is_alive():
             return not self._queue
         marker = _Marker()
         self._queue.append(marker)
@@ -79,8 +79,8 @@ class Batcher(Generic[T]):
         """Drains the queue into the sink and ends the worker; False if it was still busy after ``timeout``."""
         self._closing = True
         self._wake.set()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     def _run(self) -> None:
         while True:

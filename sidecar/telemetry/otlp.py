@@ -98,31 +98,32 @@ def key_value(key: str, value: Any) -> bytes:
     return _len_field(_K_KV_KEY, _text(key)) + _len_field(_K_KV_VALUE, any_value(value))
 
 
-# Most attributes repeat from span to span (method, peer, status, service...): their encoded field is kept, up
-# to a bound, and the cache starts over when full (values that never repeat, request ids, just pass through).
-# Keyed by attribute, then value: no tuple made per lookup.
+# Most attributes repeat from span to span (method, peer, port, status, service...): their encoded field is kept,
+# up to a bound, and the cache starts over when full. Keyed by attribute, then value: no tuple made per lookup.
+# Values that never repeat (request ids) pass through without filling it; bools are not kept (True == 1).
 _CACHE_LIMIT = 4096
-_cached: dict[str, dict[str, bytes]] = {}
+_UNIQUE = frozenset({"sidecar.request_id", "messaging.message.id"})
+_cached: dict[str, dict[str | int, bytes]] = {}
 _cached_count = 0
 
 
 def attribute_field(key: str, value: Any) -> bytes:
     """``Span.attributes`` (or ``Resource.attributes``) field holding one KeyValue."""
     global _cached_count
-    if isinstance(value, str):
-        by_value = _cached.get(key)
-        if by_value is None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or key in _UNIQUE:
+        return _len_field(_K_ATTRIBUTE, key_value(key, value))
+    by_value = _cached.get(key)
+    if by_value is None:
+        by_value = _cached[key] = {}
+    field = by_value.get(value)
+    if field is None:
+        if _cached_count >= _CACHE_LIMIT:
+            _cached.clear()
+            _cached_count = 0
             by_value = _cached[key] = {}
-        field = by_value.get(value)
-        if field is None:
-            if _cached_count >= _CACHE_LIMIT:
-                _cached.clear()
-                _cached_count = 0
-                by_value = _cached[key] = {}
-            field = by_value[value] = _len_field(_K_ATTRIBUTE, key_value(key, value))
-            _cached_count += 1
-        return field
-    return _len_field(_K_ATTRIBUTE, key_value(key, value))
+        field = by_value[value] = _len_field(_K_ATTRIBUTE, key_value(key, value))
+        _cached_count += 1
+    return field
 
 
 def span_bytes(span: SpanRecord) -> bytes:

@@ -165,3 +165,24 @@ def test_a_collector_that_refuses_or_hangs_never_blocks_requests(collector: str,
     tracer.shutdown(timeout=3.0)
     assert time.perf_counter() - began < 4.0       # stopping is bounded too
     assert tracer.batcher.failed >= 1
+
+
+def test_repeated_attributes_encode_as_the_first_time_and_bools_stay_bools() -> None:
+    """Encoded attribute fields are kept per key and value: an int 1 and True under one key stay apart, ids that
+    never repeat are encoded each time, and a cached field decodes to the value it was made for."""
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+    from sidecar.telemetry.otlp import attribute_field
+
+    def decoded(field: bytes) -> KeyValue:
+        kv = KeyValue()
+        kv.ParseFromString(field[2:] if field[1] < 0x80 else field[3:])   # key byte, one- or two-byte length
+        return kv
+
+    for _ in range(2):
+        assert decoded(attribute_field("x", 1)).value.int_value == 1
+        assert decoded(attribute_field("x", True)).value.bool_value is True
+        assert decoded(attribute_field("x", "1")).value.string_value == "1"
+        assert decoded(attribute_field("server.port", 15006)).value.int_value == 15006
+    for i in range(5000):
+        assert decoded(attribute_field("sidecar.request_id", f"req-{i}")).value.string_value == f"req-{i}"

@@ -181,3 +181,23 @@ def test_a_rotated_file_is_reopened_at_the_configured_path(tmp_path: Path, creat
     log.close()
     assert [json.loads(line)["attempts"] for line in rotated.read_text().splitlines()] == [1, 2, 3]
     assert [json.loads(line)["attempts"] for line in path.read_text().splitlines()] == [4, 5]
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.025, 0.0012345, 0.0000125, 0.0000135, 0.0000005, 0.0000015, 2.5e-7,
+                                     -0.0000005, -0.0012345, 1234.5678905, 0.0010005])
+def test_durations_are_rounded_as_round_rounds_them(seconds: float) -> None:
+    """Half to even at the microsecond, as ``round(seconds * 1e6)``; no ``-0.0``."""
+    from sidecar.telemetry.accessline import _ms
+    micros = round(seconds * 1_000_000.0)
+    expected = ("-" if micros < 0 else "") + f"{abs(micros) // 1000}.{f'{abs(micros) % 1000:03d}'.rstrip('0') or '0'}"
+    assert _ms(seconds) == expected
+
+
+def test_repeated_values_beyond_the_cache_bound_are_escaped_the_same() -> None:
+    """A cached JSON text is the one json.dumps gives, also after the cache started over."""
+    line = ""
+    for i in range(1500):
+        host = f'h"{i % 700}\u00e9'
+        line = json_line("ts", "outbound", "svc", stats(host=host), None)  # type: ignore[arg-type]
+        assert json.loads(line)["host"] == host
+    assert f'"host":{json.dumps(host)}' in line
