@@ -203,8 +203,10 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         exchange = self.exchange
         if self.tunnel is not None:
             return self.tunnel.client_eof()
-        if exchange is not None and exchange.request_done and not exchange.finished:
-            return True  # the client half-closed after its request: the response can still be sent
+        if exchange is not None and exchange.request_done and not exchange.finished and self.info.ssl_object is None:
+            # the client half-closed after its request: the response can still be sent (TLS has no half-close:
+            # asyncio closes an SSL transport on EOF whatever this returns, and warns if it is True)
+            return True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -79,3 +79,22 @@ def test_a_malformed_body_after_the_head_is_answered_400_and_nothing_goes_upstre
     assert conn.transport is not None
     written = b"".join(conn.transport.written)  # type: ignore[attr-defined]
     assert written.startswith(b"HTTP/1.1 400 "), written[:100]
+
+
+class TlsTransport(Transport):
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return object() if name == "ssl_object" else super().get_extra_info(name, default)
+
+
+def test_a_half_close_after_the_request_keeps_a_plain_connection_and_leaves_tls_to_close() -> None:
+    # over plain TCP the response can still go out after the client's FIN (True keeps the transport open); TLS has
+    # no half-close, so asyncio closes an SSL transport on EOF anyway and logs a warning for every True
+    for transport, expected in ((Transport(), True), (TlsTransport(), None)):
+        pool = FakePool()
+        engine = Engine("test", lambda head, info: target(), ProxyLimits(), FakePools(pool), IdSource(),
+                        edit_headers=False)
+        conn = DownstreamProtocol(Listener(engine), FakeLoop())  # type: ignore[arg-type]
+        conn.connection_made(transport)
+        pool.ready.append(Stream())
+        conn.data_received(b"GET /slow HTTP/1.1\r\nHost: svc\r\n\r\n")
+        assert conn.eof_received() is expected
