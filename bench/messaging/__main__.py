@@ -232,6 +232,38 @@ class Sidecars:
         self.arrivals = None
         return result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()), fsyncs)
 
+    def split(self) -> str:
+        """The paced run's latency cut by stage (ms, p50 / p99 over its messages): publish → 202, 202 → batch sent
+        by the publisher's sidecar, sent → stored by the subscriber's (its commit on disk), stored → posted to the
+        app, posted → arrived; and publish → arrived."""
+        assert self.timing is not None
+        marks: dict[tuple[str, str], float] = {}
+        for path in self.timing.glob("*.timing"):
+            for line in path.read_text().splitlines():
+                stage, message_id, at = line.split()
+                marks.setdefault((stage, message_id), float(at) / 1000)
+        spans: dict[str, list[float]] = {name: [] for name in (
+            "publish → 202", "202 → sent", "sent → stored", "stored → to-app", "to-app → arrived",
+            "sent → to-app", "publish → arrived")}
+        for n, (message_id, posted, accepted) in self.stamps.items():
+            sent, stored, to_app = (marks.get((stage, message_id)) for stage in ("sent", "stored", "to-app"))
+            arrived = self.landed.get(n)
+            if None in (sent, stored, to_app, arrived):
+                continue
+            assert sent is not None and stored is not None and to_app is not None and arrived is not None
+            for name, value in (("publish → 202", accepted - posted), ("202 → sent", sent - accepted),
+                                ("sent → stored", stored - sent), ("stored → to-app", to_app - stored),
+                                ("to-app → arrived", arrived - to_app), ("sent → to-app", to_app - sent),
+                                ("publish → arrived", arrived - posted)):
+                spans[name].append(value * 1000)
+
+        def p(values: list[float], q: float) -> float:
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+        counted = len(spans["publish → arrived"])
+        return "\n".join([f"paced latency by stage ({counted} messages; ms, p50 / p99):"] + [
+            f"  {name:<18} {p(values, 0.5):8.2f} / {p(values, 0.99):8.2f}" for name, values in spans.items()])
+
     async def stop(self) -> None:
         if hasattr(self, "sse"):
             self.sse.cancel()
@@ -369,39 +401,6 @@ async def _connect_when_up(port: int) -> Resp:
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.05)
-
-
-    def split(self) -> str:
-        """The paced run's latency cut by stage (ms, p50 / p99 over its messages): publish → 202, 202 → batch sent
-        by the publisher's sidecar, sent → stored by the subscriber's (its commit on disk), stored → posted to the
-        app, posted → arrived; and publish → arrived."""
-        assert self.timing is not None
-        marks: dict[tuple[str, str], float] = {}
-        for path in self.timing.glob("*.timing"):
-            for line in path.read_text().splitlines():
-                stage, message_id, at = line.split()
-                marks.setdefault((stage, message_id), float(at) / 1000)
-        spans: dict[str, list[float]] = {name: [] for name in (
-            "publish → 202", "202 → sent", "sent → stored", "stored → to-app", "to-app → arrived",
-            "sent → to-app", "publish → arrived")}
-        for n, (message_id, posted, accepted) in self.stamps.items():
-            sent, stored, to_app = (marks.get((stage, message_id)) for stage in ("sent", "stored", "to-app"))
-            arrived = self.landed.get(n)
-            if None in (sent, stored, to_app, arrived):
-                continue
-            assert sent is not None and stored is not None and to_app is not None and arrived is not None
-            for name, value in (("publish → 202", accepted - posted), ("202 → sent", sent - accepted),
-                                ("sent → stored", stored - sent), ("stored → to-app", to_app - stored),
-                                ("to-app → arrived", arrived - to_app), ("sent → to-app", to_app - sent),
-                                ("publish → arrived", arrived - posted)):
-                spans[name].append(value * 1000)
-
-        def p(values: list[float], q: float) -> float:
-            ordered = sorted(values)
-            return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
-        counted = len(spans["publish → arrived"])
-        return "\n".join([f"paced latency by stage ({counted} messages; ms, p50 / p99):"] + [
-            f"  {name:<18} {p(values, 0.5):8.2f} / {p(values, 0.99):8.2f}" for name, values in spans.items()])
 
 
 # ------------------------------------------------------------------------------------------ the run
