@@ -148,8 +148,8 @@ class Sidecars:
             return web.json_response({"statuses": [{"id": m["id"], "status": "SUCCESS"} for m in doc]})
         if arrivals is not None:
             arrivals.arrive(consumer, doc["payload"])
-            if self.timing is not None:
-                self.landed.setdefault(doc["payload"], time.time())
+            if self.timing is not None and request.headers.get("x-sidecar-topic") == "paced":
+                self.landed[doc["payload"]] = time.time()   # the last paced run's, as ``stamps``
         return web.json_response({})
 
     async def start(self) -> None:

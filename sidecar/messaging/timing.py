@@ -30,6 +30,7 @@ class Timing:
         if self._out is not None:
             at = round(now * 1000, 3)
             self._out.write("".join(f"{stage} {message_id} {at}\n" for message_id in ids))
+            self._out.flush()   # read while the sidecar runs
 
     def close(self) -> None:
         if self._out is not None:
