@@ -125,8 +125,13 @@ class Sidecars:
 
     SERVICES = ("sub", "bulksub", "fan-a", "fan-b")
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, timing: bool = False) -> None:
         self.tmp = tmp
+        # with ``timing``, the sidecars log each message's stages (sidecar.messaging.timing) and the bench keeps,
+        # by payload, the message id and the wall-clock times of its publish, its 202 and its arrival
+        self.timing = tmp / "timing" if timing else None
+        self.stamps: dict[int, tuple[str, float, float]] = {}
+        self.landed: dict[int, float] = {}
         self.arrivals: Arrivals | None = None
         self.runner: web.AppRunner | None = None
         self.processes: list[SidecarProcess] = []
@@ -143,6 +148,8 @@ class Sidecars:
             return web.json_response({"statuses": [{"id": m["id"], "status": "SUCCESS"} for m in doc]})
         if arrivals is not None:
             arrivals.arrive(consumer, doc["payload"])
+            if self.timing is not None and request.headers.get("x-sidecar-topic") == "paced":
+                self.landed[doc["payload"]] = time.time()   # the last paced run's, as ``stamps``
         return web.json_response({})
 
     async def start(self) -> None:
@@ -157,8 +164,12 @@ class Sidecars:
         tls = {**certs["sub"], "identities": [{"service": s, "cert": certs[s]["cert"], "key": certs[s]["key"]}
                                               for s in self.SERVICES[1:]]}
         gossip = {"profile": "local"}
+        env: dict[str, str] = {}
+        if self.timing is not None:
+            self.timing.mkdir()
+            env["SIDECAR_MESSAGING_TIMING"] = str(self.timing)
         publisher = SidecarProcess(self.tmp, {"node": {"name": "pub"}, "tls": certs["publisher"], "gossip": gossip,
-                                              "messaging": {"queue": {"max_pending": 100_000}}}, name="pub")
+                                              "messaging": {"queue": {"max_pending": 100_000}}}, name="pub", env=env)
         publisher.start()
         self.processes.append(publisher)
         subscriptions = [{"topic": "single", "path": "/in/sub", "service": "sub"},
@@ -171,7 +182,7 @@ class Sidecars:
         subscriber = SidecarProcess(self.tmp, {
             "node": {"name": "sub"}, "tls": tls, "gossip": {**gossip, "join": [publisher.listeners["gossip"]]},
             "services": [{"name": s, "port": port} for s in self.SERVICES], "subscriptions": subscriptions},
-            name="sub")
+            name="sub", env=env)
         subscriber.start()
         self.processes.append(subscriber)
         self.publisher, self.subscriber = publisher, subscriber
@@ -203,9 +214,12 @@ class Sidecars:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
             async def send(n: int) -> None:
                 for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0):
+                    posted = time.time()
                     async with session.post(url, json={"type": "bench", "payload": n}) as response:
-                        await response.read()
+                        answer = await response.read()
                         if response.status == 202:
+                            if self.timing is not None and workload == "paced":
+                                self.stamps[n] = (json.loads(answer)["id"], posted, time.time())
                             return
                         # backpressure (429 full, 503 overloaded): a publisher waits and tries again
                         assert response.status in (429, 503), await response.text()
@@ -217,6 +231,38 @@ class Sidecars:
         fsyncs = (await asyncio.to_thread(self._fsyncs) - before) / count
         self.arrivals = None
         return result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()), fsyncs)
+
+    def split(self) -> str:
+        """The paced run's latency cut by stage (ms, p50 / p99 over its messages): publish → 202, 202 → batch sent
+        by the publisher's sidecar, sent → stored by the subscriber's (its commit on disk), stored → posted to the
+        app, posted → arrived; and publish → arrived."""
+        assert self.timing is not None
+        marks: dict[tuple[str, str], float] = {}
+        for path in self.timing.glob("*.timing"):
+            for line in path.read_text().splitlines():
+                stage, message_id, at = line.split()
+                marks.setdefault((stage, message_id), float(at) / 1000)
+        spans: dict[str, list[float]] = {name: [] for name in (
+            "publish → 202", "202 → sent", "sent → stored", "stored → to-app", "to-app → arrived",
+            "sent → to-app", "publish → arrived")}
+        for n, (message_id, posted, accepted) in self.stamps.items():
+            sent, stored, to_app = (marks.get((stage, message_id)) for stage in ("sent", "stored", "to-app"))
+            arrived = self.landed.get(n)
+            if None in (sent, stored, to_app, arrived):
+                continue
+            assert sent is not None and stored is not None and to_app is not None and arrived is not None
+            for name, value in (("publish → 202", accepted - posted), ("202 → sent", sent - accepted),
+                                ("sent → stored", stored - sent), ("stored → to-app", to_app - stored),
+                                ("to-app → arrived", arrived - to_app), ("sent → to-app", to_app - sent),
+                                ("publish → arrived", arrived - posted)):
+                spans[name].append(value * 1000)
+
+        def p(values: list[float], q: float) -> float:
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+        counted = len(spans["publish → arrived"])
+        return "\n".join([f"paced latency by stage ({counted} messages; ms, p50 / p99):"] + [
+            f"  {name:<18} {p(values, 0.5):8.2f} / {p(values, 0.99):8.2f}" for name, values in spans.items()])
 
     async def stop(self) -> None:
         if hasattr(self, "sse"):
@@ -360,10 +406,11 @@ async def _connect_when_up(port: int) -> Resp:
 # ------------------------------------------------------------------------------------------ the run
 
 
-async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: int) -> tuple[list[Result], int]:
-    """Every workload against the sidecars and both Redis; the results, and how many publishes the sidecar
-    answered with backpressure."""
-    sidecars = Sidecars(tmp)
+async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: int,
+                workloads: set[str] | None = None, timing: bool = False) -> tuple[list[Result], int]:
+    """Every workload (or those in ``workloads``) against the sidecars and both Redis; the results, and how many
+    publishes the sidecar answered with backpressure."""
+    sidecars = Sidecars(tmp, timing)
     redis, aof = Redis(tmp, durable=False), Redis(tmp, durable=True)
     results: list[Result] = []
     try:
@@ -386,18 +433,27 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
                 lambda: redis.run("fanout", messages, concurrency, consumers=2),
                 lambda: aof.run("fanout", messages, concurrency, consumers=2),
             ]
+            if workloads is not None:
+                chosen = [w for w in ("single", "bulk", "sse", "fanout") for _ in range(3 if w != "sse" else 1)]
+                runs = [run for run, w in zip(runs, chosen, strict=True) if w in workloads]
             if round_ % 2:  # alternate who goes first, so that neither always gets the warmer machine
                 runs.reverse()
             for run in runs:
                 results.append(await run())
                 print(_line(results[-1]), flush=True)
         single = statistics.median(r.throughput for r in results if r.system == "sidecar" and r.workload == "single")
-        for workload in ("paced",):
-            results.append(await sidecars.run(workload, min(messages, 3000), concurrency, rate=single / 2))
+        for _ in range(rounds if workloads is not None else 1):
+            if workloads is not None and "paced" not in workloads:
+                break
+            results.append(await sidecars.run("paced", min(messages, 3000), concurrency, rate=single / 2))
             print(_line(results[-1]), flush=True)
+        if timing:
+            print(sidecars.split(), flush=True)
         for run in (lambda: sidecars.run("burst", burst, BURST_PUBLISHERS),
                     lambda: redis.run("burst", burst, BURST_PUBLISHERS),
                     lambda: aof.run("burst", burst, BURST_PUBLISHERS)):
+            if workloads is not None and "burst" not in workloads:
+                break
             results.append(await run())
             print(_line(results[-1]), flush=True)
     finally:
@@ -447,12 +503,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--workloads", default=None,
+                        help="comma-separated subset of single,bulk,sse,fanout,paced,burst (default: all; paced "
+                             "needs single, and then runs once a round)")
+    parser.add_argument("--timing", action="store_true",
+                        help="log each message's stages in the sidecars and print the paced run's latency by stage")
     args = parser.parse_args(argv if argv is not None else [])
+    workloads = set(args.workloads.split(",")) if args.workloads else None
     if shutil.which("redis-server") is None:
         print("skipped: redis-server is not installed (apt-get install redis-server, or make bench-tools)")
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-messaging-") as folder:
-        results, refused = asyncio.run(bench(Path(folder), args.messages, args.concurrency, args.rounds, args.burst))
+        results, refused = asyncio.run(bench(Path(folder), args.messages, args.concurrency, args.rounds, args.burst,
+                                             workloads, args.timing))
     print(f"\npublish → deliver, {args.messages} messages, {args.concurrency} publishers at once; burst: "
           f"{args.burst} from {BURST_PUBLISHERS}; medians of {args.rounds} alternating rounds")
     print(f"publishes the sidecar answered 429/503 (backpressure) and the bench tried again: {refused}")

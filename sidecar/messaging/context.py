@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from sidecar.log import fields
 from sidecar.messaging.scopes import TopicScopes
 from sidecar.messaging.store import Evicted, Store, StoreLimits
 from sidecar.messaging.subscriptions import subscriber_node
+from sidecar.messaging.timing import ENV as TIMING_ENV
+from sidecar.messaging.timing import Timing
 from sidecar.messaging.writer import Writer
 from sidecar.tls.reloader import IdentityStore
 
@@ -61,6 +64,7 @@ class MessagingContext:
         self.mtls: aiohttp.ClientSession | None = None   # straight to peer sidecars' inbound listeners
         self.closing = asyncio.Event()
         self.started = False
+        self.timing = Timing(None, self.node)
         self._reader: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -68,6 +72,7 @@ class MessagingContext:
     async def open(self, outbound: HostPort | None, on_evicted: Callable[[list[Evicted]], None]) -> Store:
         """Open the store, start the writer (told of retention's evictions) and the HTTP clients."""
         self.outbound = outbound
+        self.timing = Timing(os.environ.get(TIMING_ENV), self.node)
         limits = StoreLimits(int(self.settings.retention.age * 1000), self.settings.retention.bytes,
                              self.settings.max_dead_letters, self.settings.max_dead_letter_bytes)
         store = self.store = await asyncio.to_thread(Store, self.config.node.effective_data_dir, limits)
@@ -93,6 +98,7 @@ class MessagingContext:
             self._reader.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
+        self.timing.close()
         self.started = False
 
     def require(self) -> tuple[Store, Writer]:

@@ -238,6 +238,8 @@ class Courier:
                    "x-sidecar-delivery-attempt": str(number), **trace_of(batch[0][1])}
         if bulk:
             headers["x-sidecar-bulk"] = str(count)
+        if ctx.timing.on:
+            ctx.timing.mark("to-app", (_message_id(body) for _, body in batch), ctx.clock.wall())
         data = b"[" + b",".join(body for _, body in batch) + b"]" if bulk else batch[0][1]
         try:
             async with ctx.http.post(self._app_url(instance, row.path), data=data, headers=headers,
@@ -297,6 +299,8 @@ class Courier:
         if after is not None:
             headers[AFTER_HEADER] = str(after)
         data = b"[" + b",".join(body for _, body in batch) + b"]"
+        if ctx.timing.on:
+            ctx.timing.mark("sent", (_message_id(body) for _, body in batch), ctx.clock.wall())
         try:
             # the handshake asks for the service's certificate: a node that cannot show it gets nothing
             async with ctx.mtls.post(

@@ -12,6 +12,13 @@ epoch: a sidecar can only touch the inbox streams of the service its certificate
 A publisher keeps a window of batches in flight: each but the first of a run says which sequence number the batch
 before it ended with (``after``), and is stored only once that one is (it waits here, up to ORDER_WAIT, for it to
 be queued for the same or an earlier commit; if it never is, it is refused and sent again, in order, later).
+
+Early delivery: once a batch's rows are written (in the writer's thread, before its commit's fsync), the stream's
+worker is handed them and may deliver them to the app while the commit runs; the ack to the publisher still waits
+for the commit. Acks of those deliveries are written only after that commit (:meth:`StreamWorker.gate_for`); if the
+commit fails the worker reads its stream again from the start (duplicates, never a loss: the publisher, unacked,
+sends the batch again). The worker takes a preview only when it has read everything the stream held before it
+(``tail``, the stream's previous newest delivery, known in the writer's thread), so order per stream holds.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 from sidecar.errors import NotFound, ResourceExhausted, Unavailable
 from sidecar.messaging.context import MessagingContext
 from sidecar.messaging.store import Store, StreamRow
-from sidecar.messaging.streams import Streams
+from sidecar.messaging.streams import Streams, failed
 from sidecar.messaging.subscriptions import SubscriptionBook, inbox_subscriber
 
 ORDER_WAIT = 2.0    # seconds a batch waits for the one before it (``after``) to arrive
@@ -45,6 +52,7 @@ class Inbox:
         self.streams = streams
         self._queued: dict[tuple[str, str, str], int] = {}   # (origin, topic, service) → last seq queued to store
         self._arrived: dict[tuple[str, str, str], asyncio.Event] = {}
+        self._tails: dict[int, int] = {}   # stream → its newest delivery written (the writer's thread only)
 
     async def receive(self, origin: str, topic: str, service: str, items: list[tuple[int, str, bytes]],
                       after: int | None = None) -> Received:
@@ -68,13 +76,23 @@ class Inbox:
         subscriber = inbox_subscriber(origin, service)
         now_ms = self.ctx.now_ms()
         path, bulk = subscription.path, subscription.bulk
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[StreamRow, int, int]]
 
         def op(s: Store) -> tuple[StreamRow, int, int]:
             row, _ = s.w_ensure_stream(topic, subscriber, path, now_ms, bulk)
             if after is not None and s.marks.get(row.id, 0) < after:
                 raise OutOfOrder
-            return (row, *s.w_inbox(row.id, items, now_ms))
+            stored, duplicates = s.w_inbox(row.id, items, now_ms)
+            if stored:
+                tail = self._tails.get(row.id)
+                if tail is None:
+                    tail = s.w_last_delivery(row.id, below=stored[0][0])
+                self._tails[row.id] = stored[-1][0]
+                loop.call_soon_threadsafe(self._preview, row, tail, stored, future)
+            return row, len(stored), duplicates
         future = writer.submit(op, size=sum(len(body) for _, _, body in items))
+        future.add_done_callback(self._forget_tails_on_failure)
         self._queued[key] = max(self._queued.get(key, 0), items[-1][0])
         event = self._arrived.pop(key, None)
         if event is not None:
@@ -84,10 +102,21 @@ class Inbox:
         except OutOfOrder:
             self.ctx.counters["inbox_out_of_order"] += 1
             raise Unavailable(f"the batch before this one (up to {after}) is not stored here yet") from None
+        if self.ctx.timing.on:
+            self.ctx.timing.mark("stored", (message_id for _, message_id, _ in items), self.ctx.clock.wall())
         self.ctx.counters["inbox_received"] += stored
         self.ctx.counters["inbox_duplicates"] += duplicates
         self.streams.worker(row)
         return Received(stored, duplicates)
+
+    def _preview(self, row: StreamRow, tail: int, stored: list[tuple[int, bytes]],
+                 commit: asyncio.Future[tuple[StreamRow, int, int]]) -> None:
+        if not failed(commit):
+            self.streams.worker(row).preview(tail, stored, commit)
+
+    def _forget_tails_on_failure(self, commit: asyncio.Future[tuple[StreamRow, int, int]]) -> None:
+        if failed(commit):
+            self._tails.clear()   # rolled back: the next batch of each stream reads its tail from the store again
 
     async def _wait_queued(self, key: tuple[str, str, str], after: int) -> None:
         loop = asyncio.get_running_loop()

@@ -273,17 +273,20 @@ class Store:
         self._tx_bytes += len(body)
         return seq, list(streams)
 
-    def w_inbox(self, stream: int, items: list[tuple[int, str, bytes]], created_ms: int) -> tuple[int, int]:
+    def w_inbox(self, stream: int, items: list[tuple[int, str, bytes]], created_ms: int
+                ) -> tuple[list[tuple[int, bytes]], int]:
         """Store a publisher's batch for one of this node's inbox streams, in order: ``items`` are (the
         publisher's seq, message id, body), ascending; those at or below the stream's mark are duplicates
-        (stored before, the ack lost). ``(stored, duplicates)``."""
+        (stored before, the ack lost). ``(stored as (delivery seq, body), duplicates)``."""
         mark = self.marks.get(stream, 0)
         fresh = [item for item in items if item[0] > mark]
+        stored: list[tuple[int, bytes]] = []
         for _, message_id, body in fresh:
             cur = self.w.execute("INSERT INTO messages (id, topic, body, created_ms) VALUES (?, ?, ?, ?)",
                                  (message_id, self.stream_rows[stream].topic, body, created_ms))
             seq = int(cur.lastrowid or 0)
             self.w.execute("INSERT INTO deliveries (stream, seq) VALUES (?, ?)", (stream, seq))
+            stored.append((seq, body))
             self.outbox[seq] = [1, len(body), created_ms]
             self.pending_bytes += len(body)
             self._tx_messages += 1
@@ -292,7 +295,12 @@ class Store:
             self.marks[stream] = fresh[-1][0]
             self.w.execute("INSERT OR REPLACE INTO inbox_marks (stream, last_seq) VALUES (?, ?)",
                            (stream, fresh[-1][0]))
-        return len(fresh), len(items) - len(fresh)
+        return stored, len(items) - len(fresh)
+
+    def w_last_delivery(self, stream: int, below: int) -> int:
+        """The stream's newest delivery below ``below`` (0: none), as the writer's transaction sees it."""
+        found = self.w.execute("SELECT max(seq) FROM deliveries WHERE stream = ? AND seq < ?", (stream, below))
+        return int(found.fetchone()[0] or 0)
 
     def w_settle(self, stream: int, seq: int) -> bool:
         """Remove one delivery (acked or dead-lettered); False when it was not there (already settled)."""

@@ -29,6 +29,7 @@ from sidecar.messaging.writer import Writer
 PAGE = 256                   # deliveries read from the outbox at once per stream
 MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
 WINDOW = 4                   # batches of a service's stream in flight to the subscriber's sidecar at once
+PREVIEWS = 16                # batches an inbox stream's worker holds from memory; past it, it reads the store
 
 
 def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
@@ -45,6 +46,11 @@ def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[li
     if current:
         out.append(current)
     return out
+
+
+def failed(future: asyncio.Future[Any]) -> bool:
+    """Whether ``future`` is done without a result (cancelled or failed)."""
+    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 @dataclass(slots=True)
@@ -67,6 +73,51 @@ class StreamWorker:
     state: str = "idle"             # idle | delivering | backing-off | waiting
     delivered: int = 0
     task: asyncio.Task[None] | None = None
+    # batches written by the inbox and not yet read from the store: (the stream's delivery before them, the
+    # deliveries, their commit); and the commits early deliveries' acks wait for: (last delivery, commit)
+    previews: deque[tuple[int, list[tuple[int, bytes]], asyncio.Future[Any]]] = field(default_factory=deque)
+    gates: deque[tuple[int, asyncio.Future[Any]]] = field(default_factory=deque)
+    rewind: bool = False            # a previewed batch's commit failed: read the stream again from the start
+
+    def preview(self, tail: int, stored: list[tuple[int, bytes]], commit: asyncio.Future[Any]) -> None:
+        """The inbox wrote ``stored`` after the delivery ``tail``; their commit is running (see
+        :mod:`sidecar.messaging.inbox`). A worker that falls this far behind reads them from the store."""
+        if len(self.previews) >= PREVIEWS:
+            self.previews.clear()
+        self.previews.append((tail, stored, commit))
+        commit.add_done_callback(self._committed)
+        self.wakeup.set()
+
+    def _committed(self, commit: asyncio.Future[Any]) -> None:
+        if failed(commit):
+            self.previews.clear()
+            self.rewind = True
+            self.wakeup.set()
+
+    def take_preview(self, after: int) -> list[tuple[int, bytes]]:
+        """What of the oldest preview follows ``after`` (the last delivery read) directly; [] when nothing does,
+        and then every preview is dropped: the store has the rest in order."""
+        while self.previews:
+            tail, stored, commit = self.previews.popleft()
+            fresh = [item for item in stored if item[0] > after]
+            if not fresh:
+                continue
+            if after < tail or failed(commit):
+                self.previews.clear()
+                return []
+            if not commit.done():
+                self.gates.append((stored[-1][0], commit))
+            return fresh
+        return []
+
+    def gate_for(self, seq: int) -> asyncio.Future[Any] | None:
+        """The running commit a delivery's ack must follow; None when it is committed (or was read from the store)."""
+        while self.gates and self.gates[0][1].done():
+            self.gates.popleft()
+        for last, commit in self.gates:
+            if seq <= last:
+                return commit
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return {"topic": self.row.topic, "subscriber": self.row.subscriber, "path": self.row.path,
@@ -134,7 +185,11 @@ class Streams:
         try:
             while not self.ctx.closing.is_set():
                 worker.wakeup.clear()
-                page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
+                if worker.rewind:
+                    worker.rewind, after = False, 0
+                page = worker.take_preview(after)
+                if not page:
+                    page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
                 if not page:
                     while window.sent:
                         await self._settle_oldest(worker, window)
@@ -234,7 +289,7 @@ class Streams:
                     step = tried.next_step(self.policy, outcome, ctx.rng.random())
                     if isinstance(step, Ack):
                         settled.add(seq)
-                        self._settle(writer, stream, seq)
+                        self._settle_after(worker, seq)
                         worker.delivered += 1
                         ctx.counters["delivered"] += 1
                         if tried.total > 0:
@@ -273,6 +328,20 @@ class Streams:
             for seq in seqs:
                 s.w_settle(stream, seq)
         writer.submit(op, durable=False).add_done_callback(consume)
+
+    def _settle_after(self, worker: StreamWorker, seq: int) -> None:
+        """An ack, written once the delivery itself is committed (it may have been delivered early)."""
+        writer = self.ctx.writer
+        assert writer is not None
+        gate = worker.gate_for(seq)
+        if gate is None:
+            self._settle(writer, worker.row.id, seq)
+            return
+
+        def settle(commit: asyncio.Future[Any]) -> None:
+            if not failed(commit) and not self.ctx.closing.is_set():
+                self._settle(writer, worker.row.id, seq)
+        gate.add_done_callback(settle)
 
     @staticmethod
     def _settle(writer: Writer, stream: int, seq: int) -> None:
