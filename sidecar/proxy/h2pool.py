@@ -1,7 +1,12 @@
 """The pool of HTTP/2 upstream connections of one key (:mod:`sidecar.proxy.h2up` has the connections and streams):
 one connection carries every stream until the peer's SETTINGS_MAX_CONCURRENT_STREAMS is reached or it drains,
-waiters queue while a connection is dialed or gets ready, a peer without h2 is sent HTTP/1.1 through the
-key's ``fallback`` Target, idle connections are swept."""
+waiters queue while connections are dialed or get ready, a peer without h2 is sent HTTP/1.1 through the
+key's ``fallback`` Target, idle connections are swept.
+
+A burst of waiters dials as many connections at once as it needs (each expected to take as many streams as the
+peer's last SETTINGS allowed), up to the pool's ``max_dialing``: 500 streams arriving at a peer that allows 100
+per connection open 5 connections in one handshake's time, not one after another (Envoy's HTTP/2 pool likewise
+counts the stream capacity of connections still connecting)."""
 
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ log = logging.getLogger("sidecar.proxy.pool")
 # how long a peer whose handshake did not select h2 is sent HTTP/1.1 before h2 is offered again (a rolling
 # upgrade replaces it with a sidecar that speaks h2 within minutes)
 HTTP1_RECHECK = 300.0
+# streams a connection is expected to take before its peer's SETTINGS say: RFC 9113's recommended floor, what
+# sidecars, Envoy, nginx and Go advertise
+DEFAULT_STREAMS_PER_CONN = 100
 
 
 class H2UpstreamPool(StreamPool):
@@ -46,7 +54,8 @@ class H2UpstreamPool(StreamPool):
         self.fallback_pool = fallback_pool
         self.conns: list[H2UpstreamConnection] = []
         self.waiters: deque[tuple[StreamUser, Target]] = deque()
-        self.dialing = False
+        self.dialing = 0           # connections being dialed (TCP, TLS) now
+        self.streams_per_conn = DEFAULT_STREAMS_PER_CONN   # the peer's SETTINGS_MAX_CONCURRENT_STREAMS, last seen
         self.session: ssl.SSLSession | None = None
         self.http1_until = 0.0     # loop time until which the peer is sent HTTP/1.1 (its handshake chose it)
         self._fallback: StreamPool | None = None
@@ -60,8 +69,9 @@ class H2UpstreamPool(StreamPool):
         self.http1_fallbacks = 0   # dials whose handshake did not select h2
 
     def counts(self) -> dict[str, int]:
-        """Gauges (``connections``, ``streams``: open now) and counters since start (the rest)."""
+        """Gauges (``connections``, ``streams``, ``waiting``: now) and counters since start (the rest)."""
         return {"connections": len(self.conns), "streams": sum(len(conn.streams) for conn in self.conns),
+                "waiting": len(self.waiters),
                 "dialed": self.dialed, "pings_sent": self.pings_sent, "pings_acked": self.pings_acked,
                 "ping_timeouts": self.ping_timeouts, "goaways": self.goaways,
                 "http1_fallbacks": self.http1_fallbacks}
@@ -83,11 +93,14 @@ class H2UpstreamPool(StreamPool):
         return None
 
     def _dial_if_needed(self, target: Target) -> None:
-        """Dial unless a connection being dialed or not yet ready will take the waiters."""
-        if self.dialing or any(not conn.ready and not conn.closed for conn in self.conns):
-            return
-        self.dialing = True
-        self.loop.create_task(self._dial(target))
+        """Dial as many connections as the waiters need beyond those being dialed or not yet ready."""
+        coming = self.dialing + sum(1 for conn in self.conns if not conn.ready and not conn.closed)
+        per_conn = max(1, self.streams_per_conn)
+        need = -(-len(self.waiters) // per_conn) - coming
+        room = min(self.limits.max_dialing - self.dialing, self.limits.max_connections - len(self.conns) - self.dialing)
+        for _ in range(min(need, room)):
+            self.dialing += 1
+            self.loop.create_task(self._dial(target))
 
     async def _dial(self, target: Target) -> None:
         conn = H2UpstreamConnection(self, target.authority, self.h2_limits)
@@ -95,8 +108,10 @@ class H2UpstreamPool(StreamPool):
         try:
             await dial(target, lambda: conn, timeout, session=self.session)
         except BaseException as e:
-            self.dialing = False
+            self.dialing -= 1
             failure = e if isinstance(e, ConnectFailure) else connect_failure(target.authority, e, timeout)
+            if self.dialing and not isinstance(e, asyncio.CancelledError):
+                return   # the waiters go to the dials still running; the last to fail fails them
             waiters, self.waiters = self.waiters, deque()
             for user, _ in waiters:
                 user.on_connect_failed(failure)
@@ -104,7 +119,7 @@ class H2UpstreamPool(StreamPool):
             if isinstance(e, asyncio.CancelledError):
                 raise
             return
-        self.dialing = False
+        self.dialing -= 1
         self.dialed += 1
         if self._closed:
             conn.close()
@@ -144,6 +159,8 @@ class H2UpstreamPool(StreamPool):
 
     def has_room(self, conn: H2UpstreamConnection) -> None:
         """Hand streams of ``conn`` to the requests waiting, while it has room; dial again for the rest."""
+        if conn.ready:
+            self.streams_per_conn = conn.core.peer_max_streams()
         while self.waiters and conn.room():
             user, _ = self.waiters.popleft()
             conn.reserved += 1
@@ -171,6 +188,8 @@ class H2UpstreamPool(StreamPool):
         if conn.ready and (conn.started or not conn.draining):
             self._dial_if_needed(self.waiters[0][1])
             return
+        if self.dialing or any(not c.ready and not c.closed for c in self.conns):
+            return   # connections still coming take the waiters, or fail them
         # refused before it took a stream (closed before its SETTINGS, or a GOAWAY at once: an overloaded or
         # draining peer): the requests waiting for it fail over rather than dial the same peer again
         reason = "refused new streams (GOAWAY)" if conn.draining else "closed the connection before its SETTINGS"

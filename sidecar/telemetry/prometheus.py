@@ -130,6 +130,8 @@ _H2_PEER_FAMILIES = (
     ("connections", "sidecar_upstream_h2_connections", "gauge", "HTTP/2 connections open to a peer sidecar for a "
      "service (one carries every stream until the peer's max concurrent streams is reached)."),
     ("streams", "sidecar_upstream_h2_streams", "gauge", "Streams open on the HTTP/2 connections to a peer sidecar."),
+    ("waiting", "sidecar_upstream_h2_waiting", "gauge", "Requests waiting for a stream to a peer sidecar: every "
+     "connection is at the peer's max concurrent streams, or the next one is being dialed."),
     ("dialed", "sidecar_upstream_h2_connections_opened", "counter", "HTTP/2 connections dialed to a peer sidecar."),
     ("pings_sent", "sidecar_upstream_h2_pings", "counter", "Keepalive PINGs sent on idle HTTP/2 connections to a "
      "peer sidecar."),

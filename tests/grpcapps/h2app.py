@@ -6,7 +6,8 @@ Every request is answered 200 with JSON {"protocol": "HTTP/2", "instance", "meth
 "received": body bytes, "headers": [[name, value]...]}; ``GET /bytes/N`` answers N bytes instead (flow
 control respected), ``/slow/MS`` answers after MS milliseconds. Bodies are read whole (the tests send small
 ones). ``--max-streams N`` advertises SETTINGS_MAX_CONCURRENT_STREAMS N; ``serve(live=...)`` keeps the set of
-connections open and GOAWAY frames received, for tests that watch the app's side of a pool."""
+connections open and GOAWAY frames received, for tests that watch the app's side of a pool; ``settings_delay``
+holds the app's SETTINGS (and its reading) back that many seconds after accepting, as a loaded peer's would be."""
 
 from __future__ import annotations
 
@@ -43,8 +44,11 @@ class Live:
 
 
 class H2App(asyncio.Protocol):
-    def __init__(self, instance: str, max_streams: int | None = None, live: Live | None = None) -> None:
+    def __init__(self, instance: str, max_streams: int | None = None, live: Live | None = None,
+                 settings_delay: float = 0.0) -> None:
         self.instance = instance
+        self.settings_delay = settings_delay
+        self.early: bytearray | None = None  # bytes received before the SETTINGS went out
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
         if max_streams is not None:   # in the first SETTINGS frame, as gRPC servers send it
             self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -61,14 +65,27 @@ class H2App(asyncio.Protocol):
         if self.live is not None:
             self.live.open.add(self)
             self.live.accepted += 1
+        if self.settings_delay > 0:
+            self.early = bytearray()
+            asyncio.get_running_loop().call_later(self.settings_delay, self._greet)
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
         self.conn.initiate_connection()
         self._flush()
+        early, self.early = self.early, None
+        if early:
+            self.data_received(bytes(early))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.live is not None:
             self.live.open.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.early is not None:
+            self.early += data
+            return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -152,9 +169,10 @@ class H2App(asyncio.Protocol):
 
 
 async def serve(host: str, port: int, instance: str, max_streams: int | None = None,
-                live: Live | None = None, **options: Any) -> asyncio.Server:
+                live: Live | None = None, settings_delay: float = 0.0, **options: Any) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: H2App(instance, max_streams, live), host, port, **options)
+    return await loop.create_server(lambda: H2App(instance, max_streams, live, settings_delay), host, port,
+                                    **options)
 
 
 async def _main(host: str, port: int, instance: str, max_streams: int | None) -> None:

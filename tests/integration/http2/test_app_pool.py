@@ -32,6 +32,7 @@ from tests.integration.http2.test_h2_to_app import exchange
 from tests.loops import LoopThread
 
 IDLE = 0.6   # the pool's idle timeout in these tests
+DELAY = 0.4  # how long a slow app holds its SETTINGS back
 
 
 class Rig:
@@ -76,10 +77,10 @@ class Rig:
 class App:
     """tests.grpcapps.h2app in a loop of its own, with the app's view of its connections."""
 
-    def __init__(self, max_streams: int | None = None) -> None:
+    def __init__(self, max_streams: int | None = None, settings_delay: float = 0.0) -> None:
         self.loop = LoopThread(use_uvloop=False)
         self.live = h2app.Live()
-        self.server = self.loop.run(h2app.serve("127.0.0.1", 0, "app", max_streams, self.live))
+        self.server = self.loop.run(h2app.serve("127.0.0.1", 0, "app", max_streams, self.live, settings_delay))
         self.port: int = self.server.sockets[0].getsockname()[1]
 
     def open(self) -> int:
@@ -191,6 +192,27 @@ def test_the_apps_max_concurrent_streams_opens_a_second_connection_and_no_more(n
         assert rig.pool().dialed == 2
     finally:
         rig.close()
+
+
+def test_a_burst_dials_the_connections_it_needs_at_once_not_one_after_another() -> None:
+    # the app allows 2 streams per connection and sends its SETTINGS DELAY after accepting (a loaded peer); ten
+    # requests held 2 DELAYs each need 5 connections at once
+    app = App(max_streams=2, settings_delay=DELAY)
+    rig = Rig(app.port)
+    paths = [f"/slow/{round(2000 * DELAY)}?n={i}" for i in range(10)]
+    try:
+        started = time.monotonic()
+        answers = rig.get_all(paths)
+        elapsed = time.monotonic() - started
+        assert {status for status, _ in answers} == {200}
+        assert sorted(body["path"] for _, body in answers) == sorted(paths)
+        # the first connection tells the app's limit, the four others are dialed together: the last answer
+        # comes after 2 + 2 DELAYs (one after another: 5 + 2)
+        assert elapsed < 5.5 * DELAY, elapsed
+        assert (rig.pool().dialed, app.live.accepted) == (5, 5)
+    finally:
+        rig.close()
+        app.close()
 
 
 # ------------------------------------------------------------------------------------------ the app's GOAWAY
