@@ -86,8 +86,9 @@ _HEAD, _BODY, _END = 0, 1, 2
 
 class DownstreamProtocol(ClientSide, asyncio.Protocol):
     __slots__ = ("_backlog", "_backlog_bytes", "_chunked", "_close_after", "_draining_backlog", "_early",
-                 "_feeding", "_linger_left", "_pause_reasons", "_sniffed", "_starting", "client_paused", "closed", "engine",
-                 "exchange", "info", "limits", "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
+                 "_feeding", "_linger_left", "_pause_reasons", "_sniffed", "_starting", "client_paused", "closed",
+                 "engine", "exchange", "info", "limits", "loop", "out", "proxy", "reader", "timer", "transport",
+                 "tunnel")
 
     def __init__(self, proxy: Acceptor, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = proxy

@@ -81,7 +81,8 @@ def read_response(s: socket.socket) -> tuple[bytes, bytes]:
         assert chunk, f"connection closed before the response; got {data!r}"
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
     while len(body) < length:
         chunk = s.recv(65536)
         assert chunk, f"connection closed in the response body; got {head!r}"

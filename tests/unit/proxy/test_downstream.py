@@ -103,7 +103,7 @@ def test_a_half_close_after_the_request_keeps_a_plain_connection_and_leaves_tls_
         assert conn.eof_received() is expected
 
 
-# ------------------------------------------------------------------------------------ an answer before the request's end
+# ------------------------------------------------------------------------ an answer before the request's end
 
 LINGER = ProxyLimits(linger_bytes=100, linger_timeout=1.0)
 
