@@ -371,7 +371,8 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         return tunnel
 
     def exchange_done(self, request_complete: bool) -> None:
-        """The exchange in flight has ended; go on with the next request, or close."""
+        """The exchange in flight has ended; go on with the next request (after the rest of an answered body), or
+        close."""
         close_after = self._close_after
         self._chunked = False
         self._close_after = False
