@@ -15,6 +15,14 @@ that arrive together).
 Reading from the client is paused for three independent reasons, tracked as a set: the upstream's write
 buffer is full ("upstream"), body bytes pile up while no upstream connection is ready ("pending"), or
 pipelined requests pile up ("pipeline").
+
+A response may end before its request (an app that answers a POST without reading its body). The client, a peer
+sidecar's pool most often, may then reuse the connection as soon as it has the response, so it is not simply
+closed (RFC 9112 9.6, nginx's lingering close): the rest of the request body is read and dropped, within
+``linger_bytes`` and ``linger_timeout``, and the connection serves the next request if the body ended in time.
+When the rest is known to be longer (Content-Length), the response head says ``Connection: close`` so that the
+client does not pool the connection, and reading goes on for that long after the response (half-closed where the
+transport allows) so that the close does not reset the connection under the response.
 """
 
 from __future__ import annotations
@@ -78,8 +86,9 @@ _HEAD, _BODY, _END = 0, 1, 2
 
 class DownstreamProtocol(ClientSide, asyncio.Protocol):
     __slots__ = ("_backlog", "_backlog_bytes", "_chunked", "_close_after", "_draining_backlog", "_early",
-                 "_feeding", "_pause_reasons", "_sniffed", "_starting", "client_paused", "closed", "engine",
-                 "exchange", "info", "limits", "loop", "out", "proxy", "reader", "timer", "transport", "tunnel")
+                 "_feeding", "_linger_left", "_pause_reasons", "_sniffed", "_starting", "client_paused", "closed",
+                 "engine", "exchange", "info", "limits", "loop", "out", "proxy", "reader", "timer", "transport",
+                 "tunnel")
 
     def __init__(self, proxy: Acceptor, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = proxy
@@ -109,6 +118,8 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         # a read is being parsed; an exchange whose head it carried begins once the read's body and end are in
         self._feeding = False
         self._starting: Exchange | None = None
+        # bytes of an unfinished request body still accepted (and dropped) after its response ended; None: no such
+        self._linger_left: int | None = None
 
     # ------------------------------------------------------------------------------------ asyncio
 
@@ -255,7 +266,13 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         elif self.exchange is not None and not self.exchange.finished:
             self.exchange.on_request_body(data)
         elif self.exchange is None:
-            self._hold(_BODY, data, len(data))
+            left = self._linger_left
+            if left is None:
+                self._hold(_BODY, data, len(data))
+            elif left < len(data):
+                self.close()   # more than the budget: the rest of this body is not worth reading
+            else:
+                self._linger_left = left - len(data)
 
     def on_request_end(self, trailers: Trailers | None) -> None:
         if self.closed:
@@ -265,6 +282,10 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         elif self.exchange is not None:
             if not self.exchange.finished:
                 self.exchange.on_request_end(trailers)
+        elif self._linger_left is not None:
+            # the rest of an answered request was dropped in time: the connection goes on with the next request
+            self._linger_left = None
+            self.timer.set(self.loop.time() + self.limits.idle_timeout)
         else:
             self._hold(_END, trailers, 0)
 
@@ -300,9 +321,19 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
                 close = True
         if request.upgrade is not None:
             close = True  # a refused upgrade: the client may already have sent bytes of the new protocol
+        exchange = self.exchange
+        if not close and exchange is not None and not exchange.request_done:
+            close = self._rest_too_long(request, exchange.request_bytes)
         self._chunked = chunked
         self._close_after = close
         self.out.append(head.to_bytes(chunked, close))
+
+    def _rest_too_long(self, request: RequestHead, received: int) -> bool:
+        """A response head goes out before its request's end: True when what is left of the body is known to be
+        more than the connection would read after the response, so the response must say ``Connection: close``
+        (a chunked body's rest is unknown: it is read, within the limits, if the response ends first)."""
+        length = request.content_length
+        return length is not None and length - received > self.limits.linger_bytes
 
     def send_body(self, data: bytes) -> None:
         if self._chunked:
@@ -340,8 +371,9 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         return tunnel
 
     def exchange_done(self, request_complete: bool) -> None:
-        """The exchange in flight has ended; go on with the next request, or close."""
-        keep_alive = request_complete and not self._close_after
+        """The exchange in flight has ended; go on with the next request (after the rest of an answered body), or
+        close."""
+        close_after = self._close_after
         self._chunked = False
         self._close_after = False
         if self._early:
@@ -349,13 +381,37 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         self.exchange = None
         if self.closed:
             return
-        if not keep_alive:
+        if not request_complete:
+            self._linger(close_after)
+            return
+        if close_after:
             self.close()
             return
         if self._backlog and not self._draining_backlog:
             self._drain_backlog()
         if self.exchange is None and not self.closed:
             self.timer.set(self.loop.time() + self.limits.idle_timeout)
+
+    def _linger(self, close_after: bool) -> None:
+        """The response ended before its request: the rest of the body is read and dropped, for the next request
+        (``close_after`` False) or only so that closing does not reset the connection under the response."""
+        # the exchange that paused reading is gone
+        self.pause_for("upstream", False)
+        self.pause_for("pending", False)
+        timeout = self.limits.linger_timeout
+        if not close_after:
+            self._linger_left = self.limits.linger_bytes
+            self.timer.set(self.loop.time() + timeout)
+            return
+        transport = self.transport
+        if transport is None:
+            return
+        self.flush()
+        self.closed = True   # what the client still sends is dropped (data_received)
+        self.timer.cancel()
+        if self.info.ssl_object is None and transport.can_write_eof():
+            transport.write_eof()   # TLS has no half-close: the client closes once it has read the response
+        self.loop.call_later(timeout, transport.close)
 
     def _drain_backlog(self) -> None:
         self._draining_backlog = True

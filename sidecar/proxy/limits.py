@@ -37,6 +37,13 @@ class ProxyLimits:
     replay_buffer: int = 64 * 1024
     # pipelined requests read ahead of the one in flight, in bytes, before the client stops being read
     max_pipelined_bytes: int = 64 * 1024
+    # a response that ends before its request: the rest of the request body is read and discarded, up to this
+    # many bytes and for this long, so the connection can serve the next request (nginx's lingering close: 64 KiB
+    # is its buffer, and a peer sidecar sends what is left of a body within a second on any LAN); a rest known to
+    # be longer (Content-Length) gets `Connection: close` on the response head, an unknown one that runs over
+    # either bound has the connection closed
+    linger_bytes: int = 64 * 1024
+    linger_timeout: float = 1.0
     # an HTTP/2 client's streams open at once per connection (SETTINGS_MAX_CONCURRENT_STREAMS); 100 is RFC
     # 9113's floor recommendation and what Envoy, nginx and Go advertise
     max_concurrent_streams: int = 100

@@ -18,7 +18,7 @@ import pytest
 
 from sidecar.proxy import HttpProxy, Target, TcpRelay
 from tests.harness import wait_for
-from tests.integration.proxy.conftest import Backend, LoopThread, start_backend
+from tests.integration.proxy.conftest import Backend, LoopThread, read_response, start_backend
 from tests.integration.proxy.pki import SPIFFE_ID, make_pki
 
 
@@ -89,20 +89,7 @@ def exchange(sock: socket.socket, path: str, close: bool = False) -> tuple[int, 
     """One request on ``sock``; reads one response framed by Content-Length."""
     connection = "Connection: close\r\n" if close else ""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: svc\r\n{connection}\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a response head: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed in the body"
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
+    return read_response(sock)
 
 
 def drop_idle(loop_thread: LoopThread, proxy: HttpProxy) -> None:
