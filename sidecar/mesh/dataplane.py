@@ -179,6 +179,12 @@ class DataPlane:
             self.bound[key] = bound_address(server)
         return dict(self.bound)
 
+    def drain_inbound(self) -> None:
+        """The drain's signal to peers over HTTP/2: GOAWAY on their connections (SPEC: "closed with GOAWAY on
+        drain"); streams in flight finish and the listener accepts until it closes."""
+        if self.inbound is not None:
+            self.inbound.drain()
+
     async def stop_inbound(self, grace: float) -> None:
         """Shutdown's first step: peers fail over to other instances while this app's own calls still go out."""
         if self.inbound is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -52,6 +53,16 @@ def slow_call(authority: str, seconds: float) -> tuple[list[tuple[str, str]], by
     return grpc_request("/test.Echo/Slow", authority, json.dumps({"seconds": seconds}).encode())
 
 
+def member_context(tls: dict[str, str], alpn: list[str]) -> ssl.SSLContext:
+    """A peer sidecar's client context: the member certificate, the mesh CA, the SPIFFE ID instead of a host name."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(tls["ca"])
+    context.load_cert_chain(tls["cert"], tls["key"])
+    context.set_alpn_protocols(alpn)
+    return context
+
+
 class RawH2:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -67,6 +78,17 @@ class RawH2:
         client = cls(sock)
         settings = SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 1 << 24})
         sock.sendall(PREFACE + settings.serialize() + WindowUpdateFrame(0, window_increment=1 << 24).serialize())
+        return client
+
+    @classmethod
+    def over_tls(cls, address: str, tls: dict[str, str], server_name: str, timeout: float = 5.0) -> RawH2:
+        """h2 to a sidecar's inbound (``host:port``) as a peer sidecar: a member certificate, ALPN ``h2``."""
+        host, port = address.rsplit(":", 1)
+        raw = socket.create_connection((host, int(port)), timeout=timeout)
+        sock = member_context(tls, ["h2"]).wrap_socket(raw, server_hostname=server_name)
+        assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
+        client = cls(sock)
+        sock.sendall(PREFACE + SettingsFrame(0).serialize())
         return client
 
     def request(self, headers: list[tuple[str, str]], body: bytes) -> int:

@@ -20,12 +20,13 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.grpcapps.h2client import RawH2, grpc_request
 from tests.grpcapps.launch import Spawned, spawn_all
 from tests.grpcapps.service import INSTANCE_KEY, channel, method
 from tests.harness import SidecarProcess, http, make_certs, wait_for
 from tests.integration.grpc.mesh import grpc_service, h2_counts, launch, tls_for
 
-SERVICES = ["checkout", "echo", "tiny", "slowpoke", "frozen", "legacy", "drainer"]
+SERVICES = ["checkout", "echo", "tiny", "slowpoke", "frozen", "legacy", "drainer", "drained"]
 RETRY_RESETS = {"attempts": 2, "retry_on": ["reset", "connect-failure"], "retry_non_idempotent": True,
                 "budget": {"ratio": 1.0, "min_per_second": 100}}
 CALL_TIMEOUT = 10.0
@@ -76,7 +77,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             mesh.echoes.append(mesh.start(f"node-b{i}", {"tls": tls_for(mesh.certs, "echo"),
                                                          "services": [grpc_service("echo", apps[f"app-{i}"])]}))
         mesh.caller = mesh.start("node-a", {"tls": mesh.certs["checkout"], "policies": {
-            "echo": {"load_balancer": "round_robin"}, "drainer": {"load_balancer": "round_robin"}}})
+            "echo": {"load_balancer": "round_robin"}, "drainer": {"load_balancer": "round_robin"},
+            "drained": {"load_balancer": "round_robin"}}})
         mesh.wait_healthy(mesh.a, "echo", 3)
         yield mesh
     finally:
@@ -231,6 +233,45 @@ def test_a_draining_peer_sends_goaway_its_stream_completes_and_new_calls_go_else
     assert answered == {"app-1": 20}, answered
     assert d2.proc.wait(20) == 0
     assert h2_counts(mesh.a, "drainer")[peer(d1)]["goaways_total"] == 0
+
+
+def test_admin_drain_sends_goaway_its_stream_completes_and_the_listener_still_accepts(mesh: Mesh) -> None:
+    e1 = mesh.start("node-e1", {"tls": tls_for(mesh.certs, "drained"),
+                                "services": [grpc_service("drained", mesh.apps["app-1"])]})
+    e2 = mesh.start("node-e2", {"tls": tls_for(mesh.certs, "drained"),
+                                "services": [grpc_service("drained", mesh.apps["app-2"])]})
+    mesh.wait_healthy(mesh.a, "drained", 2)
+    with channel(mesh.a.listeners["outbound"], "drained") as ch:
+        stream = ch.unary_stream(method("ServerStream"))
+        request = json.dumps({"count": 40, "size": 256 * 1024}).encode()
+        calls = [stream(request, timeout=30) for _ in range(2)]   # round robin: one on each instance
+        firsts = [next(call) for call in calls]
+        on = {dict(call.initial_metadata())[INSTANCE_KEY]: call for call in calls}
+        assert set(on) == {"app-1", "app-2"} and all(len(f) == 256 * 1024 for f in firsts)
+        assert http("POST", f"{e2.admin}/drain").status == 200
+        wait_for(lambda: h2_counts(mesh.a, "drained")[peer(e2)]["goaways_total"] == 1, 10, what="GOAWAY from e2")
+        # the stream in flight on the drained peer finishes whole
+        assert sum(len(m) for m in on["app-2"]) == 39 * 256 * 1024
+        assert sum(len(m) for m in on["app-1"]) == 39 * 256 * 1024
+        # the drain does not close the listener: a new connection is accepted and answered, without a GOAWAY, by
+        # UNAVAILABLE (the drained service is unhealthy), which a caller retries on another instance
+        client = RawH2.over_tls(peer(e2), mesh.certs["checkout"], "drained")
+        try:
+            sid = client.request(*grpc_request(method("Unary"), "drained", b"still open"))
+            frames = client.read_until_end(sid, CALL_TIMEOUT)
+        finally:
+            client.close()
+        answer = next(dict(f.headers) for f in frames if f.stream == sid and f.kind == "HEADERS")
+        assert answer[":status"] == "200" and answer["grpc-status"] == "14", frames
+        assert "unhealthy" in answer["grpc-message"] and not any(f.kind == "GOAWAY" for f in frames), frames
+        # once the catalog has e2 unhealthy, new calls go to e1 only
+        mesh.wait_healthy(mesh.a, "drained", 1)
+        unary = ch.unary_unary(method("Unary"))
+        answered = Counter(dict(unary.with_call(b"after", timeout=CALL_TIMEOUT)[1].trailing_metadata())[INSTANCE_KEY]
+                           for _ in range(10))
+    assert answered == {"app-1": 10}, answered
+    assert e2.proc is not None and e2.proc.poll() is None   # /drain is not /leave: the sidecar runs on
+    assert h2_counts(mesh.a, "drained")[peer(e1)]["goaways_total"] == 0
 
 
 # ------------------------------------------------------------------------------------------ fallback

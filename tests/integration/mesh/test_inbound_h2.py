@@ -10,7 +10,6 @@ import json
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -24,7 +23,7 @@ import h2.events
 import pytest
 from hyperframe.frame import SettingsFrame
 
-from tests.grpcapps.h2client import PREFACE, RawH2
+from tests.grpcapps.h2client import PREFACE, RawH2, member_context
 from tests.harness import FakeApp, JsonHandler, SidecarProcess, make_certs, wait_for
 from tests.integration.grpc.mesh import launch
 from tests.integration.mesh.clients import needs_curl
@@ -62,16 +61,6 @@ def callee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callee]:
             yield Callee(process, certs, app)
         finally:
             process.kill()
-
-
-def member_context(tls: dict[str, str], alpn: list[str]) -> ssl.SSLContext:
-    """A peer sidecar's client context: the member certificate, the mesh CA, the SPIFFE ID instead of a host name."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.load_verify_locations(tls["ca"])
-    context.load_cert_chain(tls["cert"], tls["key"])
-    context.set_alpn_protocols(alpn)
-    return context
 
 
 class H2Client:
