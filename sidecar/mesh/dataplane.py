@@ -447,6 +447,10 @@ class DataPlane:
             proxies.append(self.inbound.http)
         return {(proxy.name, name): n for proxy in proxies for name, n in list(proxy.h2_protections.items())}
 
+    def h2_connections(self) -> dict[str, int]:
+        """HTTP/2 connections to apps and peers, by state: idle (no stream open) or busy."""
+        return self.pools.h2_connections()
+
     def h2_peer_counts(self) -> dict[tuple[str, str], dict[str, int]]:
         """HTTP/2 to peer sidecars, per (peer address, service): connections and streams open, connections dialed,
         PINGs sent, acked and unanswered, GOAWAYs received, dials that found a peer without HTTP/2."""
