@@ -439,7 +439,9 @@ class Sidecar:
             return {"state": self.state}
         self.state = "draining"
         self.registry.drain(*self._now())
-        log.info("draining: readiness is now 503 and local services are unhealthy")
+        self.dataplane.drain_inbound()
+        log.info("draining: readiness is now 503, local services are unhealthy, peers' HTTP/2 connections "
+                 "sent GOAWAY")
         return {"state": self.state}
 
     async def leave(self) -> dict[str, Any]:

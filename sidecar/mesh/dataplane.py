@@ -179,6 +179,12 @@ class DataPlane:
             self.bound[key] = bound_address(server)
         return dict(self.bound)
 
+    def drain_inbound(self) -> None:
+        """The drain's signal to peers over HTTP/2: GOAWAY on their connections (SPEC: "closed with GOAWAY on
+        drain"); streams in flight finish and the listener accepts until it closes."""
+        if self.inbound is not None:
+            self.inbound.drain()
+
     async def stop_inbound(self, grace: float) -> None:
         """Shutdown's first step: peers fail over to other instances while this app's own calls still go out."""
         if self.inbound is not None:
@@ -440,6 +446,10 @@ class DataPlane:
         if self.inbound is not None:
             proxies.append(self.inbound.http)
         return {(proxy.name, name): n for proxy in proxies for name, n in list(proxy.h2_protections.items())}
+
+    def h2_connections(self) -> dict[str, int]:
+        """HTTP/2 connections to apps and peers, by state: idle (no stream open) or busy."""
+        return self.pools.h2_connections()
 
     def h2_peer_counts(self) -> dict[tuple[str, str], dict[str, int]]:
         """HTTP/2 to peer sidecars, per (peer address, service): connections and streams open, connections dialed,

@@ -270,6 +270,10 @@ class InboundListener:
         if self.on_verified is not None:
             self.on_verified(identity)
 
+    def drain(self) -> None:
+        """GOAWAY to the peers' HTTP/2 connections, so they move to other instances; still accepting."""
+        self.http.goaway()
+
     async def close(self, grace: float) -> None:
         """Stop accepting, drop handshakes in progress, let requests in flight end within ``grace``."""
         if self._accepting is not None:

@@ -69,9 +69,11 @@ class H2UpstreamPool(StreamPool):
         self.http1_fallbacks = 0   # dials whose handshake did not select h2
 
     def counts(self) -> dict[str, int]:
-        """Gauges (``connections``, ``streams``, ``waiting``: now) and counters since start (the rest)."""
-        return {"connections": len(self.conns), "streams": sum(len(conn.streams) for conn in self.conns),
-                "waiting": len(self.waiters),
+        """Gauges (``connections``, ``idle`` of them with no stream open, ``busy`` with one or more, ``streams``
+        open and ``waiting`` for one: now) and counters since start (the rest)."""
+        busy = sum(1 for conn in self.conns if conn.streams)
+        return {"connections": len(self.conns), "idle": len(self.conns) - busy, "busy": busy,
+                "streams": sum(len(conn.streams) for conn in self.conns), "waiting": len(self.waiters),
                 "dialed": self.dialed, "pings_sent": self.pings_sent, "pings_acked": self.pings_acked,
                 "ping_timeouts": self.ping_timeouts, "goaways": self.goaways,
                 "http1_fallbacks": self.http1_fallbacks}

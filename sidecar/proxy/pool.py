@@ -237,6 +237,16 @@ class Pools(StreamPools):
         """The HTTP/2 pools (apps over h2c, peers over h2)."""
         return list(self._h2.values())
 
+    def h2_connections(self) -> dict[str, int]:
+        """The HTTP/2 pools' connections (apps over h2c, peers over h2) by state: ``idle`` (no stream open) or
+        ``busy`` (one or more), from each pool's :meth:`~sidecar.proxy.sides.StreamPool.counts`."""
+        out = {"idle": 0, "busy": 0}
+        for pool in self._h2.values():
+            counts = pool.counts()
+            for state in out:
+                out[state] += counts.get(state, 0)
+        return out
+
     def h2_peer_counts(self) -> dict[tuple[str, str], dict[str, int]]:
         """Per (peer address, service), summed over TLS context generations: the HTTP/2 pools' counts
         (:meth:`~sidecar.proxy.h2pool.H2UpstreamPool.counts`), for /metrics and the admin port."""

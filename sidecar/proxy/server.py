@@ -189,13 +189,18 @@ class HttpProxy:
     def addresses(self) -> list[tuple[str, int]]:
         return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
 
+    def goaway(self) -> None:
+        """GOAWAY to every open HTTP/2 connection: its streams finish, its client opens new ones elsewhere or on a
+        new connection, which the listener still accepts (Envoy's drain: clients move off before the close)."""
+        for h2 in list(self.h2_connections):
+            h2.drain()
+
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish for up to ``grace`` seconds, then cut the rest."""
         self.draining = True
         for server in self._servers:
             server.close()
-        for h2 in list(self.h2_connections):
-            h2.drain()   # GOAWAY now: open streams finish, new ones go elsewhere
+        self.goaway()
         for conn in list(self.connections):
             if conn.idle:
                 conn.close()

@@ -274,13 +274,17 @@ class SidecarCollector:
         no_tls.add_metric([], stats.no_tls)
         yield no_tls
         connections = gauge("sidecar_upstream_connections", "Pooled connections to peer sidecars and local "
-                             "apps, by state.", ("state",))
+                             "apps, HTTP/1.1 and HTTP/2, by state: idle, or busy (a request, or at least one "
+                             "HTTP/2 stream, in flight).", ("state",))
         dialed = counter("sidecar_upstream_connections_dialed", "Connections dialed by the pools.")
         idle = busy = dials = 0
         for pool in list(dataplane.pools):
             idle += pool.idle
             busy += pool.busy
             dials += pool.dialed
+        h2 = dataplane.h2_connections()
+        idle += h2.get("idle", 0)
+        busy += h2.get("busy", 0)
         connections.add_metric(["idle"], idle)
         connections.add_metric(["busy"], busy)
         dialed.add_metric([], dials)

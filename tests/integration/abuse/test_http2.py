@@ -15,23 +15,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from hyperframe.frame import Frame
 
-from tests.h2attack import (
-    FLOODS,
-    PROTOCOL_ERROR,
-    REFUSED_STREAM,
-    Bystander,
-    Flood,
-    RawClient,
-    body_of,
-    ended,
-    get,
-    goaway,
-    goaway_codes,
-    member_tls,
-    post,
-    resets,
-    rss_kib,
-)
+from tests.h2attack import FLOODS, PROTOCOL_ERROR, REFUSED_STREAM, Bystander, Flood, rss_kib
+from tests.h2client import RawH2, body_of, ended, get, goaway, goaway_codes, member_context, post, resets
 from tests.harness import FakeApp, http
 from tests.integration.abuse.conftest import Target, start_target
 
@@ -59,14 +44,15 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             started.process.kill()
 
 
-def connect(target: Target, listener: str, preface: bool = True) -> RawClient:
+def connect(target: Target, listener: str, preface: bool = True) -> RawH2:
     """A raw HTTP/2 client on the listener: h2c on the outbound; h2 over mTLS on the inbound with the member
     certificate of service "client"."""
     pki = target.tmp / "certs"
     if listener == "outbound":
-        return RawClient(target.address("outbound"), preface=preface)
-    client = RawClient(target.address("inbound"), tls=member_tls(str(pki / "ca.pem"), str(pki / "client.pem"),
-                                                                    str(pki / "client-key.pem")), preface=preface)
+        return RawH2(target.address("outbound"), preface=preface)
+    client = RawH2(target.address("inbound"), tls=member_context(
+        {"ca": str(pki / "ca.pem"), "cert": str(pki / "client.pem"), "key": str(pki / "client-key.pem")}, ["h2"]),
+                       preface=preface)
     if client.alpn != "h2":
         client.close()
         pytest.skip("the inbound listener does not offer ALPN h2 yet (it comes with the inbound HTTP/2 commit, "

@@ -13,9 +13,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.grpcapps.h2client import RawH2, grpc_frame, slow_call
 from tests.grpcapps.launch import Spawned, spawn
 from tests.grpcapps.service import INSTANCE_KEY, Knobs, Running, channel, method, serve
+from tests.h2client import RawH2, grpc_frame, slow_call
 from tests.harness import wait_for
 from tests.integration.mesh.clients import curl, needs_curl
 

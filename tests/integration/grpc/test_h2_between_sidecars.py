@@ -22,10 +22,11 @@ import pytest
 
 from tests.grpcapps.launch import Spawned, spawn_all
 from tests.grpcapps.service import INSTANCE_KEY, channel, method
+from tests.h2client import RawH2, grpc_request
 from tests.harness import SidecarProcess, http, make_certs, wait_for
 from tests.integration.grpc.mesh import grpc_service, h2_counts, launch, tls_for
 
-SERVICES = ["checkout", "echo", "tiny", "slowpoke", "frozen", "legacy", "drainer"]
+SERVICES = ["checkout", "echo", "tiny", "slowpoke", "frozen", "legacy", "drainer", "drained"]
 RETRY_RESETS = {"attempts": 2, "retry_on": ["reset", "connect-failure"], "retry_non_idempotent": True,
                 "budget": {"ratio": 1.0, "min_per_second": 100}}
 CALL_TIMEOUT = 10.0
@@ -76,7 +77,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             mesh.echoes.append(mesh.start(f"node-b{i}", {"tls": tls_for(mesh.certs, "echo"),
                                                          "services": [grpc_service("echo", apps[f"app-{i}"])]}))
         mesh.caller = mesh.start("node-a", {"tls": mesh.certs["checkout"], "policies": {
-            "echo": {"load_balancer": "round_robin"}, "drainer": {"load_balancer": "round_robin"}}})
+            "echo": {"load_balancer": "round_robin"}, "drainer": {"load_balancer": "round_robin"},
+            "drained": {"load_balancer": "round_robin"}}})
         mesh.wait_healthy(mesh.a, "echo", 3)
         yield mesh
     finally:
@@ -205,32 +207,70 @@ def test_a_call_sent_to_a_frozen_peer_fails_over_to_another_instance_once_its_pi
 # ------------------------------------------------------------------------------------------ drain
 
 
+def two_instances(mesh: Mesh, service: str, prefix: str) -> tuple[SidecarProcess, SidecarProcess]:
+    """``service`` on app-1 and app-2, each behind a sidecar of its own, both healthy in the caller's catalog."""
+    first, second = (mesh.start(f"node-{prefix}{i}", {"tls": tls_for(mesh.certs, service),
+                                                      "services": [grpc_service(service, mesh.apps[f"app-{i}"])]})
+                     for i in (1, 2))
+    mesh.wait_healthy(mesh.a, service, 2)
+    return first, second
+
+
+def streaming_on_each(ch: grpc.Channel) -> dict[str, Iterator[bytes]]:
+    """Two server-streaming calls at once, one on each instance (round robin), each past its first message of 40."""
+    stream = ch.unary_stream(method("ServerStream"))
+    request = json.dumps({"count": 40, "size": 256 * 1024}).encode()
+    calls = [stream(request, timeout=30) for _ in range(2)]
+    firsts = [next(call) for call in calls]
+    on = {dict(call.initial_metadata())[INSTANCE_KEY]: call for call in calls}
+    assert set(on) == {"app-1", "app-2"} and all(len(f) == 256 * 1024 for f in firsts)
+    return on
+
+
+def finish_whole_then_answer(ch: grpc.Channel, on: dict[str, Iterator[bytes]], calls: int) -> Counter[str]:
+    """Both streams read to their end (each must arrive whole), then ``calls`` unary calls: who answered them."""
+    assert sum(len(m) for m in on["app-2"]) == 39 * 256 * 1024
+    assert sum(len(m) for m in on["app-1"]) == 39 * 256 * 1024
+    unary = ch.unary_unary(method("Unary"))
+    return Counter(dict(unary.with_call(b"after", timeout=CALL_TIMEOUT)[1].trailing_metadata())[INSTANCE_KEY]
+                   for _ in range(calls))
+
+
 def test_a_draining_peer_sends_goaway_its_stream_completes_and_new_calls_go_elsewhere(mesh: Mesh) -> None:
-    d1 = mesh.start("node-d1", {"tls": tls_for(mesh.certs, "drainer"),
-                                "services": [grpc_service("drainer", mesh.apps["app-1"])]})
-    d2 = mesh.start("node-d2", {"tls": tls_for(mesh.certs, "drainer"),
-                                "services": [grpc_service("drainer", mesh.apps["app-2"])]})
-    mesh.wait_healthy(mesh.a, "drainer", 2)
+    d1, d2 = two_instances(mesh, "drainer", "d")
     with channel(mesh.a.listeners["outbound"], "drainer") as ch:
-        stream = ch.unary_stream(method("ServerStream"))
-        request = json.dumps({"count": 40, "size": 256 * 1024}).encode()
-        # round robin: two calls at once, one on each instance
-        calls = [stream(request, timeout=30) for _ in range(2)]
-        firsts = [next(call) for call in calls]
-        on = {dict(call.initial_metadata())[INSTANCE_KEY]: call for call in calls}
-        assert set(on) == {"app-1", "app-2"} and all(len(f) == 256 * 1024 for f in firsts)
+        on = streaming_on_each(ch)
         assert d2.proc is not None
         d2.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: h2_counts(mesh.a, "drainer")[peer(d2)]["goaways_total"] == 1, 10, what="GOAWAY from d2")
-        # the stream in flight on the draining peer finishes whole
-        assert sum(len(m) for m in on["app-2"]) == 39 * 256 * 1024
-        assert sum(len(m) for m in on["app-1"]) == 39 * 256 * 1024
-        unary = ch.unary_unary(method("Unary"))
-        answered = Counter(dict(unary.with_call(b"after", timeout=CALL_TIMEOUT)[1].trailing_metadata())[INSTANCE_KEY]
-                           for _ in range(20))
+        answered = finish_whole_then_answer(ch, on, 20)   # the stream in flight on the draining peer included
     assert answered == {"app-1": 20}, answered
     assert d2.proc.wait(20) == 0
     assert h2_counts(mesh.a, "drainer")[peer(d1)]["goaways_total"] == 0
+
+
+def test_admin_drain_sends_goaway_its_stream_completes_and_the_listener_still_accepts(mesh: Mesh) -> None:
+    e1, e2 = two_instances(mesh, "drained", "e")
+    with channel(mesh.a.listeners["outbound"], "drained") as ch:
+        on = streaming_on_each(ch)
+        assert http("POST", f"{e2.admin}/drain").status == 200
+        wait_for(lambda: h2_counts(mesh.a, "drained")[peer(e2)]["goaways_total"] == 1, 10, what="GOAWAY from e2")
+        # the drain does not close the listener: a new connection is accepted and answered, without a GOAWAY, by
+        # UNAVAILABLE (the drained service is unhealthy), which a caller retries on another instance
+        client = RawH2.over_tls(peer(e2), mesh.certs["checkout"], "drained")
+        try:
+            sid = client.request(*grpc_request(method("Unary"), "drained", b"still open"))
+            frames = client.read_until_end(sid, CALL_TIMEOUT)
+        finally:
+            client.close()
+        answer = next(dict(f.headers) for f in frames if f.stream == sid and f.kind == "HEADERS")
+        assert answer[":status"] == "200" and answer["grpc-status"] == "14", frames
+        assert "unhealthy" in answer["grpc-message"] and not any(f.kind == "GOAWAY" for f in frames), frames
+        mesh.wait_healthy(mesh.a, "drained", 1)   # once the catalog has e2 unhealthy, new calls go to e1 only
+        answered = finish_whole_then_answer(ch, on, 10)   # the stream in flight on the drained peer included
+    assert answered == {"app-1": 10}, answered
+    assert e2.proc is not None and e2.proc.poll() is None   # /drain is not /leave: the sidecar runs on
+    assert h2_counts(mesh.a, "drained")[peer(e1)]["goaways_total"] == 0
 
 
 # ------------------------------------------------------------------------------------------ fallback

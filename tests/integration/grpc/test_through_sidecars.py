@@ -20,9 +20,9 @@ import grpc
 import pytest
 
 from sidecar.proxy.tracecontext import parse
-from tests.grpcapps.h2client import RawH2, grpc_frame, slow_call
 from tests.grpcapps.launch import spawn
 from tests.grpcapps.service import INSTANCE_KEY, channel, method
+from tests.h2client import RawH2, grpc_frame, slow_call
 from tests.harness import http, wait_for
 from tests.integration.grpc.mesh import DENIED, HASTY_TIMEOUT, GrpcMesh, grpc_service, h2_counts, start_mesh, tls_for
 from tests.integration.mesh.clients import curl, needs_curl

@@ -18,7 +18,7 @@ import pytest
 from hyperframe.frame import DataFrame, GoAwayFrame
 
 from tests.grpcapps.service import channel
-from tests.h2attack import RawClient, ended, get
+from tests.h2client import RawH2, ended, get
 from tests.integration.http2.h2load import h2load_all_2xx
 from tests.integration.http2.pair import Pair, run_pair
 from tests.integration.mesh.clients import curl, needs_curl
@@ -125,8 +125,8 @@ def test_a_denied_path_is_403_for_plain_h2(pair: Pair) -> None:
 
 @needs_curl
 def test_rapid_reset_at_the_outbound_is_cut_off_while_another_client_is_served(pair: Pair) -> None:
-    attacker = RawClient(pair.port)
-    victim = RawClient(pair.port)
+    attacker = RawH2(pair.port)
+    victim = RawH2(pair.port)
     try:
         hello = attacker.peer.block(get(b"/headers/flood", b"web"))
         attacker.send(b"".join(attacker.peer.headers(s, block=hello, end_stream=True) + attacker.peer.rst(s)
@@ -147,7 +147,7 @@ def test_a_bad_preface_at_the_outbound_is_refused_while_another_client_is_served
     with socket.create_connection(("127.0.0.1", pair.port), timeout=10) as sock:
         sock.sendall(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 400")
-    bad_frame = RawClient(pair.port)
+    bad_frame = RawH2(pair.port)
     try:
         bad_frame.send(b"\x00\x00\x01" b"\x00" b"\x00" b"\x00\x00\x00\x00" b"x")   # DATA on stream 0
         got = bad_frame.read_until(lambda got: any(isinstance(f, GoAwayFrame) for f in got))

@@ -9,22 +9,15 @@ import http.server
 import json
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import h2.config
-import h2.connection
-import h2.events
 import pytest
-from hyperframe.frame import SettingsFrame
 
-from tests.grpcapps.h2client import PREFACE, RawH2
+from tests.h2client import H2Client, RawH2
 from tests.harness import FakeApp, JsonHandler, SidecarProcess, make_certs, wait_for
 from tests.integration.grpc.mesh import launch
 from tests.integration.mesh.clients import needs_curl
@@ -62,65 +55,6 @@ def callee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callee]:
             yield Callee(process, certs, app)
         finally:
             process.kill()
-
-
-def member_context(tls: dict[str, str], alpn: list[str]) -> ssl.SSLContext:
-    """A peer sidecar's client context: the member certificate, the mesh CA, the SPIFFE ID instead of a host name."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.load_verify_locations(tls["ca"])
-    context.load_cert_chain(tls["cert"], tls["key"])
-    context.set_alpn_protocols(alpn)
-    return context
-
-
-class H2Client:
-    """python-hyper h2 over a TLS socket: requests one after another on one connection."""
-
-    def __init__(self, port: int, tls: dict[str, str], server_name: str | None = "web") -> None:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock = member_context(tls, ["h2"]).wrap_socket(raw, server_hostname=server_name)
-        assert self.sock.selected_alpn_protocol() == "h2"
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-        self.conn.initiate_connection()
-        self.sock.sendall(self.conn.data_to_send())
-        self.heads: dict[int, dict[str, str]] = {}
-        self.bodies: dict[int, bytes] = {}
-        self.ended: set[int] = set()
-
-    def start(self, method: str, path: str, authority: str = "web") -> int:
-        sid = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(sid, [(":method", method), (":scheme", "https"), (":path", path),
-                                     (":authority", authority)], end_stream=True)
-        self.sock.sendall(self.conn.data_to_send())
-        return sid
-
-    def response(self, sid: int, timeout: float = 10.0) -> tuple[dict[str, str], bytes]:
-        """The response of stream ``sid``; what other streams receive meanwhile is kept for them."""
-        deadline = time.monotonic() + timeout
-        while sid not in self.ended:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError(f"connection closed before stream {sid} ended")
-            for event in self.conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    self.heads[event.stream_id] = {str(k): str(v) for k, v in event.headers}
-                elif isinstance(event, h2.events.DataReceived):
-                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                    self.bodies[event.stream_id] = self.bodies.get(event.stream_id, b"") + event.data
-                elif isinstance(event, h2.events.StreamEnded):
-                    self.ended.add(event.stream_id)
-                elif isinstance(event, h2.events.StreamReset) and event.stream_id == sid:
-                    raise ConnectionError(f"stream {sid} reset with code {event.error_code}")
-            self.sock.sendall(self.conn.data_to_send())
-        return self.heads.pop(sid, {}), self.bodies.pop(sid, b"")
-
-    def request(self, method: str, path: str, authority: str = "web") -> tuple[dict[str, str], bytes]:
-        return self.response(self.start(method, path, authority))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def openssl_alpn(port: int, tls: dict[str, str], offer: str) -> str:
@@ -231,11 +165,8 @@ def test_sigterm_sends_goaway_and_the_stream_in_flight_finishes(tmp_path: Path) 
                                     name="node-s"))
     try:
         port = int(process.listeners["inbound"].rsplit(":", 1)[1])
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock = member_context(certs["checkout"], ["h2"]).wrap_socket(raw, server_hostname="web")
         # frames as they come: python-hyper's h2 stops reading a connection at its GOAWAY
-        client = RawH2(sock)
-        sock.sendall(PREFACE + SettingsFrame(0).serialize())
+        client = RawH2.over_tls(f"127.0.0.1:{port}", certs["checkout"], "web")
         try:
             sid = client.request([(":method", "GET"), (":scheme", "https"), (":path", "/slow"), (":authority", "web")],
                                  b"")

@@ -17,7 +17,7 @@ from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStr
 
 from sidecar.proxy import HttpProxy, ProxyLimits, Target
 from tests.grpcapps.service import channel
-from tests.h2attack import RawClient, ended, get
+from tests.h2client import RawH2, ended, get
 from tests.harness import wait_for
 from tests.integration.http2.h2load import h2load_all_2xx
 from tests.integration.proxy.conftest import Harness, LoopThread, _harness
@@ -127,7 +127,7 @@ def test_upstream_refused_is_a_trailers_only_unavailable_for_grpcio(h2: Harness)
 
 
 def test_a_client_reset_ends_its_exchange_as_client_reset_and_the_connection_goes_on(h2: Harness) -> None:
-    client = RawClient(h2.port)
+    client = RawH2(h2.port)
     try:
         client.send(client.peer.headers(1, get(b"/sse"), end_stream=True))
         client.read_until(lambda got: any(isinstance(f, DataFrame) and f.stream_id == 1 and f.data for f in got))
@@ -145,7 +145,7 @@ def test_a_client_reset_ends_its_exchange_as_client_reset_and_the_connection_goe
 
 
 def test_drain_sends_goaway_and_the_stream_in_flight_finishes(h2: Harness) -> None:
-    client = RawClient(h2.port)
+    client = RawH2(h2.port)
     try:
         client.send(client.peer.headers(1, get(b"/sse"), end_stream=True))
         first = client.read_until(lambda got: any(isinstance(f, DataFrame) and f.stream_id == 1 and f.data
@@ -170,7 +170,7 @@ def test_drain_sends_goaway_and_the_stream_in_flight_finishes(h2: Harness) -> No
 
 @needs_curl
 def test_rapid_reset_is_cut_off_while_another_client_is_served(h2: Harness) -> None:
-    client = RawClient(h2.port)
+    client = RawH2(h2.port)
     try:
         hello = client.peer.block(get(b"/hello/flood"))
         client.send(b"".join(client.peer.headers(s, block=hello, end_stream=True) + client.peer.rst(s)
@@ -186,7 +186,7 @@ def test_rapid_reset_is_cut_off_while_another_client_is_served(h2: Harness) -> N
 
 @needs_curl
 def test_a_bad_first_frame_gets_goaway_and_others_are_served(h2: Harness) -> None:
-    client = RawClient(h2.port)   # the preface and SETTINGS, then a DATA frame on stream 0
+    client = RawH2(h2.port)   # the preface and SETTINGS, then a DATA frame on stream 0
     try:
         client.send(b"\x00\x00\x01" b"\x00" b"\x00" b"\x00\x00\x00\x00" b"x")
         got = client.read_until(lambda got: any(isinstance(f, GoAwayFrame) for f in got))
@@ -240,7 +240,7 @@ def test_a_stalled_upstream_stops_the_clients_upload_at_its_window(loop_thread: 
 
 
 def test_an_upstream_reset_mid_response_resets_the_clients_stream(h2: Harness) -> None:
-    client = RawClient(h2.port)
+    client = RawH2(h2.port)
     try:
         client.send(client.peer.headers(1, get(b"/reset"), end_stream=True))
         first = client.read_until(lambda got: any(isinstance(f, DataFrame) and f.data for f in got))
@@ -273,7 +273,7 @@ def h2_one_connection(loop_thread: LoopThread) -> Iterator[Harness]:
 
 def test_an_h2_connection_counts_against_max_connections(h2_one_connection: Harness) -> None:
     h2 = h2_one_connection
-    client = RawClient(h2.port)
+    client = RawH2(h2.port)
     try:
         client.send(client.peer.headers(1, get(b"/sse"), end_stream=True))   # busy: not displaced as idle
         client.read_until(lambda got: any(isinstance(f, DataFrame) and f.data for f in got))
@@ -288,7 +288,7 @@ def test_an_h2_connection_counts_against_max_connections(h2_one_connection: Harn
 
 def test_a_header_list_over_the_listeners_head_limit_ends_the_connection(h2: Harness) -> None:
     """The listener's 60 KiB head limit is the HTTP/2 header list limit (the core's own default is 64 KiB)."""
-    client = RawClient(h2.port)
+    client = RawH2(h2.port)
     try:
         block = client.peer.block([*get(b"/hello/big"), (b"x-big", b"v" * (62 * 1024))])
         pieces = [block[i:i + 16384] for i in range(0, len(block), 16384)]
@@ -310,7 +310,7 @@ def h2_impatient(loop_thread: LoopThread) -> Iterator[Harness]:
         yield harness
 
 
-def closed_by_server(client: RawClient) -> tuple[list[Frame], float]:
+def closed_by_server(client: RawH2) -> tuple[list[Frame], float]:
     """Every frame until the server closes, and how long that took from now."""
     started = time.monotonic()
     got = client.read_until(lambda got: False, timeout=10.0)   # returns on the server's close
@@ -319,7 +319,7 @@ def closed_by_server(client: RawClient) -> tuple[list[Frame], float]:
 
 def test_a_client_sending_only_the_preface_is_closed_at_the_header_timeout(h2_impatient: Harness) -> None:
     h2 = h2_impatient
-    client = RawClient(h2.port)      # preface + SETTINGS, then silence
+    client = RawH2(h2.port)      # preface + SETTINGS, then silence
     try:
         got, took = closed_by_server(client)
     finally:
@@ -331,7 +331,7 @@ def test_a_client_sending_only_the_preface_is_closed_at_the_header_timeout(h2_im
 
 def test_a_connection_whose_streams_ended_closes_at_the_idle_timeout(h2_impatient: Harness) -> None:
     h2 = h2_impatient
-    client = RawClient(h2.port)
+    client = RawH2(h2.port)
     try:
         client.send(client.peer.headers(1, get(b"/hello"), end_stream=True))
         client.read_until(ended(1))

@@ -56,6 +56,7 @@ def build() -> tuple[Telemetry, Sources]:
                               tunnel_refused=0)
     dataplane = SimpleNamespace(stats=mesh, resilience=resilience, inbound=inbound, store=SimpleNamespace(
         refusals=refusals, rotations=1), pools=[SimpleNamespace(idle=2, busy=1, dialed=3)],
+        h2_connections=lambda: {"idle": 1, "busy": 4},
         h2_protections=lambda: {("outbound", "rapid_reset"): 2, ("inbound", "refused_streams"): 5},
         h2_peer_counts=lambda: {("10.0.0.2:15006", "payment-service"): {"connections": 1, "streams": 7, "dialed": 2,
                                                                       "pings_sent": 3, "ping_timeouts": 1}})
@@ -106,7 +107,8 @@ def test_exposition_values() -> None:
     assert value(found, "sidecar_upstream_overflow_total", service="payment-service", cap="max_requests") == 0
     assert value(found, "sidecar_tls_handshake_failures_total", reason="unknown-ca") == 1
     assert value(found, "sidecar_tls_handshakes_total", peer="spiffe://mesh.local/service/frontend") == 2
-    assert value(found, "sidecar_upstream_connections", state="idle") == 2
+    assert value(found, "sidecar_upstream_connections", state="idle") == 2 + 1   # HTTP/1.1 pools and HTTP/2 ones
+    assert value(found, "sidecar_upstream_connections", state="busy") == 1 + 4
     assert value(found, "sidecar_http2_protections_total", listener="outbound", protection="rapid_reset") == 2
     assert value(found, "sidecar_http2_protections_total", listener="inbound", protection="refused_streams") == 5
     peer = {"peer": "10.0.0.2:15006", "service": "payment-service"}
