@@ -39,9 +39,8 @@ RETRY_ALL = {"retry_non_idempotent": True, **BUDGET}
 HASTY_TIMEOUT = 0.3
 # the policy timeout bounds a gRPC call whole (its deadline), so it is long enough for the 100 MB streams.
 # "unavailable" alone would retry flaky's refusals (a status named in retry_on is retried although every call is a
-# POST); "reset" with retry_non_idempotent covers a pooled HTTP/1.1 connection between the sidecars that the callee
-# closes after an answer that came before the request's end (it does not read the rest): the next call on it fails
-# before it is read, which HTTP/1.1 cannot tell from a call the callee acted on
+# POST); "reset" with retry_non_idempotent also retries a call whose stream or connection was lost before any
+# answer (the killed instance), which a POST is not by default
 POLICIES: dict[str, Any] = {
     "*": {"timeout": "30s"},
     "echo": {"load_balancer": "round_robin"},
