@@ -112,6 +112,25 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
         return Response(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
 
 
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One response framed by Content-Length from ``sock``: its status, its fields (lowercase names) and its body;
+    the test fails if the connection closes before its end."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed in the body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
 def assert_error(response: Response, status: int, code: str) -> dict[str, Any]:
     """SPEC's error shape: JSON body and the x-sidecar-error header."""
     assert response.status == status, response

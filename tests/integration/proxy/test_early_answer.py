@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from sidecar.proxy import HttpProxy, Target
-from tests.integration.proxy.conftest import read_response
+from tests.harness import read_response
 from tests.loops import LoopThread
 
 ANSWER = b"answered"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.proxy import HttpProxy, Target, TcpRelay
-from tests.harness import wait_for
-from tests.integration.proxy.conftest import Backend, LoopThread, read_response, start_backend
+from tests.harness import read_response, wait_for
+from tests.integration.proxy.conftest import Backend, LoopThread, start_backend
 from tests.integration.proxy.pki import SPIFFE_ID, make_pki
 
 

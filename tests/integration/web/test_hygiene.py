@@ -17,7 +17,7 @@ from aiohttp import web
 from sidecar.config.values import HostPort
 from sidecar.site import Site, WebLimits
 from sidecar.web import errors_middleware, json_response, read_json_object
-from tests.harness import wait_for
+from tests.harness import read_response, wait_for
 from tests.integration.proxy.conftest import LoopThread
 
 LIMITS = WebLimits(header_timeout=0.5, max_connections=4, refuse_linger=0.2)
@@ -81,19 +81,7 @@ class Reply:
 
 
 def read_reply(sock: socket.socket, check_closed: bool = True) -> Reply:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before a response head: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed in the body"
-        body += chunk
+    status, headers, body = read_response(sock)
     closed = False
     if check_closed:
         sock.settimeout(2)
@@ -103,7 +91,7 @@ def read_reply(sock: socket.socket, check_closed: bool = True) -> Reply:
             closed = False
         except ConnectionResetError:
             closed = True
-    return Reply(int(lines[0].split()[1]), headers, body, closed)
+    return Reply(status, headers, body, closed)
 
 
 def send(port: int, raw: bytes) -> Reply:
