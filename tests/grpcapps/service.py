@@ -48,6 +48,12 @@ class Knobs:
     unavailable_every: int = 0
 
 
+# context.time_remaining() is grpcio's deadline (grpc core's monotonic clock, converted to wall-clock time) less
+# time.time(): the conversion can move it by some microseconds, so a handler that starts at once may read a hair more
+# than the grpc-timeout it was sent. Bounds on time_remaining allow this much (a millisecond: grpc-timeout's unit).
+CLOCK_SLACK = 0.001
+
+
 @dataclass(frozen=True, slots=True)
 class SlowCall:
     # context.time_remaining() when the handler started: the deadline that reached this server (None: none)
