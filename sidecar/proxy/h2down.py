@@ -325,7 +325,8 @@ class H2Downstream(asyncio.Protocol):
         stream = H2Stream(self, sid)
         self.streams[sid] = stream
         self.awaiting_headers = False
-        self.timer.cancel()
+        # the connection's timer stays armed: it does nothing while a stream is open (_on_timer), and a busy
+        # connection's next idle deadline then only moves it (LazyTimer), no timer armed and cancelled per stream
         try:
             head = request_head(headers, end_stream, self.engine.limits.head.max_headers)
         except RemoteProtocolError as e:
