@@ -144,6 +144,9 @@ def test_a_request_read_whole_goes_to_the_app_as_headers_and_one_data_frame_that
         frames = loop.call(lambda: [f for f in apps[0].frames if f[1] == 1])
         assert frames == [("HeadersFrame", 1, ["END_HEADERS"], frames[0][3]), ("DataFrame", 1, ["END_STREAM"], 5)]
     finally:
-        loop.run(proxy.close())
-        app.close()
+        async def stop() -> None:   # on the loop's thread, as the server was made
+            await proxy.close()
+            app.close()
+
+        loop.run(stop())
         loop.close()
