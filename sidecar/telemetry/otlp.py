@@ -136,6 +136,23 @@ def error_status(description: str) -> bytes:
     return _len_field(_K_STATUS, _len_field(_K_STATUS_MESSAGE, _text(description)) + _STATUS_CODE_ERROR)
 
 
+def string_field(key_part: bytes, value: str) -> bytes:
+    """``attribute_field(key, value)`` for a string that never repeats (a request id), made in one join;
+    ``key_part`` is :func:`key_part` of the key."""
+    text = _text(value)
+    any_size = len(text)
+    any_value_bytes = (_K_STRING, varint_bytes(any_size), text)
+    any_size += 1 + len(any_value_bytes[1])
+    any_size_bytes = varint_bytes(any_size)
+    kv_size = len(key_part) + len(any_size_bytes) + any_size
+    return b"".join((_K_ATTRIBUTE, varint_bytes(kv_size), key_part, any_size_bytes, *any_value_bytes))
+
+
+def key_part(key: str) -> bytes:
+    """The start of a KeyValue up to its value's length: the key field and the value's field key."""
+    return _len_field(_K_KV_KEY, _text(key)) + _K_KV_VALUE
+
+
 def span_bytes(span: SpanRecord) -> bytes:
     """A ``Span`` message, without its field key and length (:func:`export_request` adds them)."""
     parent = span.parent_span_id

@@ -5,7 +5,8 @@ The bytes are exactly those :func:`~sidecar.telemetry.otlp.span_bytes` writes fo
 requests), without building the :class:`~sidecar.telemetry.spans.SpanRecord`, its attribute list, or a lookup per
 attribute: what repeats from request to request is kept encoded by what it comes from, a few fields at a time
 (the method gives the span's name and two attributes; the ``Host`` the server address and port; the upstream
-address the peer's address and port), each table bounded and started over when full. Compiled with mypyc
+address the peer's address and port; the caller's address four fields and its SPIFFE ID two), each table bounded
+and started over when full; the request id, which never repeats, is written in one join. Compiled with mypyc
 (setup.py's NATIVE); it runs while the exporter's thread holds the GIL, so less of it is less time the event
 loop waits for the GIL.
 """
@@ -29,19 +30,22 @@ from sidecar.telemetry.otlp import (
     UINT64,
     attribute_field,
     error_status,
+    key_part,
     name_field,
+    string_field,
     varint_bytes,
 )
 from sidecar.telemetry.requests import METHODS
 from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, split_host
 
-# distinct Hosts and upstream addresses one sidecar sees are few (the mesh's services and endpoints); a table
-# that reaches this many starts over, so that random Host headers cannot grow it
+# distinct Hosts, upstream addresses and callers one sidecar sees are few (the mesh's services, endpoints and
+# connections); a table that reaches this many starts over, so that random Host headers cannot grow it
 _LIMIT = 1024
 
 _KIND_CLIENT = K_KIND + varint_bytes(KIND_CLIENT)
 _KIND_SERVER = K_KIND + varint_bytes(KIND_SERVER)
 _SCHEME_HTTPS = attribute_field("url.scheme", "https")
+_REQUEST_ID = key_part("sidecar.request_id")
 
 
 def _method_fields(method: str) -> tuple[bytes, bytes]:
@@ -67,6 +71,15 @@ def _inbound_host(host: str) -> bytes:
     return fields if port is None else fields + attribute_field("server.port", port)
 
 
+def _client(address: str, port: int) -> bytes:
+    return (attribute_field("client.address", address) + attribute_field("network.peer.address", address)
+            + attribute_field("client.port", port) + attribute_field("network.peer.port", port))
+
+
+def _caller(spiffe_id: str, service: str) -> bytes:
+    return attribute_field("sidecar.caller.spiffe_id", spiffe_id) + attribute_field("sidecar.caller.service", service)
+
+
 def _peer_address(upstream: str) -> bytes:
     name, port = split_host(upstream)
     fields = attribute_field("network.peer.address", name)
@@ -79,9 +92,9 @@ class _Table:
     __slots__ = ("fields",)
 
     def __init__(self) -> None:
-        self.fields: dict[str, bytes] = {}
+        self.fields: dict[Any, bytes] = {}
 
-    def keep(self, key: str, fields: bytes) -> bytes:
+    def keep(self, key: Any, fields: bytes) -> bytes:
         table = self.fields
         if len(table) >= _LIMIT:
             table.clear()
@@ -92,6 +105,8 @@ class _Table:
 _outbound_hosts = _Table()
 _inbound_hosts = _Table()
 _peers = _Table()
+_clients = _Table()    # by the caller's (address, port)
+_callers = _Table()    # by the caller's SPIFFE ID
 
 
 def hop_span_bytes(direction: str, stats: RequestStats, service: str, wall_offset: float,
@@ -147,21 +162,23 @@ def hop_span_bytes(direction: str, stats: RequestStats, service: str, wall_offse
         if peer is not None:
             peername = getattr(peer, "peername", None)
             if isinstance(peername, tuple) and len(peername) >= 2:
-                address = str(peername[0])
-                client_port = int(peername[1])
-                parts += (attribute_field("client.address", address), attribute_field("network.peer.address", address),
-                          attribute_field("client.port", client_port),
-                          attribute_field("network.peer.port", client_port))
+                fields = _clients.fields.get(peername)
+                if fields is None:
+                    fields = _clients.keep(peername, _client(str(peername[0]), int(peername[1])))
+                parts.append(fields)
             caller = getattr(peer, "data", {}).get("caller")
             spiffe_id = getattr(caller, "spiffe_id", None)
             if spiffe_id is not None:
-                parts.append(attribute_field("sidecar.caller.spiffe_id", spiffe_id))
-                parts.append(attribute_field("sidecar.caller.service", getattr(caller, "service", "")))
+                fields = _callers.fields.get(spiffe_id)
+                if fields is None:
+                    fields = _callers.keep(spiffe_id, _caller(spiffe_id, getattr(caller, "service", "")))
+                parts.append(fields)
         error_type = error or (str(status) if status >= 500 else None)   # server spans: only 5xx
     if status:
         parts.append(attribute_field("http.response.status_code", status))
-    if stats.request_id is not None:
-        parts.append(attribute_field("sidecar.request_id", stats.request_id))
+    request_id = stats.request_id
+    if request_id is not None:
+        parts.append(string_field(_REQUEST_ID, request_id))
     if error_type is None and status == 0:
         error_type = "_OTHER"    # the client got no status and the engine named no cause
     if error_type is not None:

@@ -52,3 +52,21 @@ def test_tables_of_encoded_fields_stay_bounded() -> None:
         assert hop_span_bytes("outbound", hop, "payment-service", WALL) == span_bytes(expected)
     assert len(otlphops._outbound_hosts.fields) <= otlphops._LIMIT
     assert len(otlphops._peers.fields) <= otlphops._LIMIT
+
+
+@pytest.mark.parametrize("value", ["", "req-1", "4bf92f35-77b3-4da6-a3ce-929d0e0e4736", "x" * 100, "y" * 300, "é" * 70])
+def test_a_unique_string_field_is_the_cached_fields_encoding(value: str) -> None:
+    from sidecar.telemetry.otlp import attribute_field, key_part, string_field
+
+    assert string_field(key_part("sidecar.request_id"), value) == attribute_field("sidecar.request_id", value)
+    assert string_field(key_part("k"), value) == attribute_field("k", value)
+
+
+def test_callers_are_encoded_by_their_address_and_identity() -> None:
+    for port in (40123, 40124, 40123):
+        conn = caller_conn()
+        conn.peername = ("127.0.0.9", port)
+        hop = stats(tag=local_app(), host="payment-service:8080")
+        expected = request_span("inbound", hop, "payment-service", WALL, conn)
+        assert expected is not None
+        assert hop_span_bytes("inbound", hop, "payment-service", WALL, conn) == span_bytes(expected)
