@@ -23,6 +23,7 @@ with the same ratio keeps or drops the same traces, even where the flag is not k
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import IO, Any, Protocol
@@ -37,6 +38,11 @@ from sidecar.telemetry.sampling import Sampler
 from sidecar.telemetry.spans import SpanRecord, message_span, request_span
 
 log = logging.getLogger("sidecar.telemetry")
+
+# Compiled code never gives up the GIL on its own (the interpreter does so between bytecodes when another thread
+# asks): the exporter's thread lets it go after every this many spans it encodes, so that an event loop waiting for
+# it serves requests between them rather than after a whole batch (512 spans, several milliseconds)
+SPANS_PER_GIL_HOLD = 32
 
 # a sampled request as the request path queues it: direction, stats, service, wall offset, peer
 Hop = tuple[str, RequestStats, str, float, Any]
@@ -111,10 +117,15 @@ class Tracer:
         export_wire = self._export_wire
         if export_wire is not None:
             encoded = []
+            held = 0
             for item in items:
                 data = span_bytes(item) if isinstance(item, SpanRecord) else hop_span_bytes(*item)
                 if data is not None:
                     encoded.append(data)
+                held += 1
+                if held == SPANS_PER_GIL_HOLD:
+                    held = 0
+                    os.sched_yield()   # releases the GIL (about a microsecond): a thread waiting for it takes it
             if encoded:
                 export_wire(encoded)
             return
