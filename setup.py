@@ -76,11 +76,13 @@ NATIVE = [
     "sidecar/telemetry/batcher.py",
     "sidecar/telemetry/hub.py",
     "sidecar/telemetry/otlp.py",
+    "sidecar/telemetry/otlphops.py",
     "sidecar/telemetry/propagation.py",
     "sidecar/telemetry/records.py",
     "sidecar/telemetry/requests.py",
     "sidecar/telemetry/sampling.py",
     "sidecar/telemetry/spans.py",
+    "sidecar/telemetry/tracing.py",
 ]
 
 

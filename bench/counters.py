@@ -422,7 +422,8 @@ def proxy_row(name: str, folder: Path, backend: int, certs: dict[str, Path], mes
     return Row(name, "request", counts, done, software)
 
 
-def dns_rows(setups: Sequence[str], queries: int, seconds: float, ll_mib: int) -> list[Row]:
+def dns_rows(setups: Sequence[str], queries: int, seconds: float, ll_mib: int,
+             keep: Path | None = None) -> list[Row]:
     from bench.dns.__main__ import Server, dnsmasq, measure
     from bench.dns.__main__ import sidecar as dns_sidecar
     from bench.dns.fixture import queries as query_lines
@@ -448,6 +449,8 @@ def dns_rows(setups: Sequence[str], queries: int, seconds: float, ll_mib: int) -
                 dns_load.run(WARM_UP * 4, VALGRIND_START_TIMEOUT)
                 counts, done = per_unit([server.pid], folder, partial(dns_load.run, queries, 30 * seconds))
                 dns_load.socket.close()
+                if keep is not None:
+                    keep_dumps([server.pid], folder, keep, name, done)
             rows.append(Row(name, "query", counts, done, software))
             print(f"counters: {name} done ({done} queries under valgrind)", file=sys.stderr, flush=True)
     return rows
@@ -505,11 +508,12 @@ def proxy_report(setups: Sequence[str] = PROXY_SETUPS, requests: int = 2000, sec
     return report(rows, "haproxy-tls2", ll_mib) + f"\n(software counters over wrk -c{concurrency} runs of {seconds:g}s)"
 
 
-def dns_report(setups: Sequence[str] = DNS_SETUPS, queries: int = 5000, seconds: float = 4.0, ll_mib: int = 4) -> str:
+def dns_report(setups: Sequence[str] = DNS_SETUPS, queries: int = 5000, seconds: float = 4.0, ll_mib: int = 4,
+               keep: Path | None = None) -> str:
     missing = missing_tools(("valgrind", "callgrind_control", "dnsperf", "dnsmasq"))
     if missing:
         return f"counters skipped: {', '.join(missing)} not installed"
-    rows = dns_rows(setups, queries, seconds, ll_mib)
+    rows = dns_rows(setups, queries, seconds, ll_mib, keep)
     return report(rows, "dnsmasq", ll_mib) + f"\n(software counters over dnsperf -q 100 runs of {seconds:g}s)"
 
 
@@ -523,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="full-speed run length (valgrind gets 30x)")
     parser.add_argument("--concurrency", type=int, default=50, help="wrk -c of the full-speed run")
     parser.add_argument("--ll-mib", type=int, default=4, help="simulated last-level cache in MiB (default 4)")
-    parser.add_argument("--keep", type=Path, help="copy each proxy process's counted callgrind dump to this folder")
+    parser.add_argument("--keep", type=Path, help="copy each process's counted callgrind dump to this folder")
     args = parser.parse_args(argv)
     wanted = args.only or [*PROXY_SETUPS, *DNS_SETUPS]
     proxies = [s for s in (*PROXY_SETUPS, *TELEMETRY_SETUPS) if s in wanted]
@@ -533,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             print(proxy_report(proxies, args.requests, args.seconds, args.concurrency, args.ll_mib, args.keep),
                   flush=True)
         if servers:
-            print(("\n" if proxies else "") + dns_report(servers, args.queries, args.seconds, args.ll_mib))
+            print(("\n" if proxies else "") + dns_report(servers, args.queries, args.seconds, args.ll_mib, args.keep))
     except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         print(f"bench.counters: {e}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from sidecar.dns import wire
 DEFAULT_MAX_ENTRIES = 20_000
 
 
-class _Entry:
+class Answer:
     """Pre-rotated variants of one answer, served round-robin, kept without their 2-byte ID.
 
     A hit is then the query's ID and one stored tail: one concatenation, no slice of the stored answer.
@@ -52,9 +52,9 @@ class ResponseCache:
         self.max_entries = max_entries
         self.version: int | None = None
         # one table per transport: a UDP answer may be truncated where the TCP one is whole
-        self._tables: tuple[dict[bytes, _Entry], dict[bytes, _Entry]] = ({}, {})
+        self._tables: tuple[dict[bytes, Answer], dict[bytes, Answer]] = ({}, {})
         # the same answers by the exact query bytes after the ID, already in that query's spelling
-        self._exact: tuple[dict[bytes, _Entry], dict[bytes, _Entry]] = ({}, {})
+        self._exact: tuple[dict[bytes, Answer], dict[bytes, Answer]] = ({}, {})
 
     def __len__(self) -> int:
         return len(self._tables[0]) + len(self._tables[1])
@@ -73,9 +73,15 @@ class ResponseCache:
 
     def get(self, data: bytes, tcp: bool) -> tuple[bytes, int] | None:
         """The response to the raw query ``data`` and its rcode, or None (not plain, or not stored)."""
+        entry = self.lookup(data, tcp)
+        return None if entry is None else (data[:2] + entry.take(), entry.rcode)
+
+    def lookup(self, data: bytes, tcp: bool) -> Answer | None:
+        """The stored answer to the raw query ``data``, already in its spelling of the name: the reply is
+        ``data[:2] + answer.take()``. None when the query is not plain or not stored."""
         exact = self._exact[tcp].get(data[2:])
         if exact is not None:
-            return data[:2] + exact.take(), exact.rcode
+            return exact
         parsed = wire.question_key(data)
         if parsed is None:
             return None
@@ -84,13 +90,13 @@ class ResponseCache:
         if entry is None:
             return None
         # the tails start at byte 2: the query's spelling of the name goes in at HEADER_SIZE - 2
-        spelled = tuple(_spelled(tail, data, name_end) for tail in entry.tails)
-        mine = _Entry(spelled, entry.rcode)
+        mine = Answer(tuple(_spelled(tail, data, name_end) for tail in entry.tails), entry.rcode)
+        # this spelling continues the rotation where the question's entry is, and moves it on by the one
+        # answer the caller takes now
         mine.next = entry.next
-        tail = mine.take()
-        entry.next = mine.next
+        entry.next = entry.next + 1 if entry.next + 1 < len(entry.tails) else 0
         _insert(self._exact[tcp], data[2:], mine, self.max_entries)
-        return data[:2] + tail, entry.rcode
+        return mine
 
     def put(self, data: bytes, tcp: bool, variants: Sequence[bytes], rcode: int) -> bool:
         """Store the answers to the raw query ``data``; False when the query is not plain enough to key.
@@ -100,10 +106,10 @@ class ResponseCache:
         parsed = wire.question_key(data)
         if parsed is None or not variants:
             return False
-        entry = _Entry(tuple(variant[2:] for variant in variants), rcode)
+        entry = Answer(tuple(variant[2:] for variant in variants), rcode)
         entry.next = 1 % len(variants)
         _insert(self._tables[tcp], parsed[0], entry, self.max_entries)
-        exact = _Entry(entry.tails, rcode)  # ``variants`` are in this query's spelling already
+        exact = Answer(entry.tails, rcode)  # ``variants`` are in this query's spelling already
         exact.next = entry.next
         _insert(self._exact[tcp], data[2:], exact, self.max_entries)
         return True
@@ -114,7 +120,7 @@ def _spelled(tail: bytes, query: bytes, name_end: int) -> bytes:
     return tail[: wire.HEADER_SIZE - 2] + query[wire.HEADER_SIZE : name_end] + tail[name_end - 2 :]
 
 
-def _insert(table: dict[bytes, _Entry], key: bytes, entry: _Entry, limit: int) -> None:
+def _insert(table: dict[bytes, Answer], key: bytes, entry: Answer, limit: int) -> None:
     if key not in table and len(table) >= limit:
         del table[next(iter(table))]  # the oldest: insertion order
     table[key] = entry

@@ -171,11 +171,12 @@ class DnsServer:
         snapshot = self._snapshot()
         if snapshot is not self._current:
             self._use(snapshot)
-        hit = self._cache.get(data, tcp)
-        if hit is not None:
-            self.counters.cache_hits += 1
-            self.counters.by_rcode[hit[1]] += 1
-            return hit[0]
+        answer = self._cache.lookup(data, tcp)
+        if answer is not None:
+            counters = self.counters
+            counters.cache_hits += 1
+            counters.count_rcode(answer.rcode)
+            return data[:2] + answer.take()
         return self._miss(data, client, tcp)
 
     def _use(self, snapshot: CatalogSnapshot) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sidecar import __version__
-from sidecar.telemetry.otlp import export_request, resource_bytes, scope_bytes
+from sidecar.telemetry.otlp import export_request, resource_bytes, scope_bytes, span_bytes
 from sidecar.telemetry.spans import SpanRecord
 
 SCOPE_NAME = "sidecar"
@@ -81,6 +81,11 @@ class OtlpHttpExporter:
 
     def export(self, spans: list[SpanRecord]) -> None:
         """Posts one batch; raises ``ExportFailed`` when the collector did not take it within ``timeout``."""
+        self.export_wire([span_bytes(span) for span in spans])
+
+    def export_wire(self, spans: list[bytes]) -> None:
+        """:meth:`export` for spans already encoded, each a ``Span`` message (the tracer writes a hop's straight
+        from its record: :func:`~sidecar.telemetry.otlphops.hop_span_bytes`)."""
         body = export_request(self.resource, self.scope, spans)
         if self.gzip:
             body = gzip.compress(body)

@@ -24,20 +24,20 @@ FLAG_IS_REMOTE = 0x200
 STATUS_ERROR = 2
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
-_MASK64 = (1 << 64) - 1
+MASK64 = (1 << 64) - 1
 
 
 def _key(number: int, wire_type: int) -> bytes:
-    return _varint_bytes(number << 3 | wire_type)
+    return varint_bytes(number << 3 | wire_type)
 
 
 _SMALL = [bytes([n]) for n in range(128)]
 
 
-def _varint_bytes(value: int) -> bytes:
+def varint_bytes(value: int) -> bytes:
     if 0 <= value < 128:
         return _SMALL[value]
-    value &= _MASK64
+    value &= MASK64
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -47,13 +47,13 @@ def _varint_bytes(value: int) -> bytes:
 
 
 # keys used per span, computed once
-_K_TRACE_ID = _key(1, _LEN)
-_K_SPAN_ID = _key(2, _LEN)
-_K_PARENT = _key(4, _LEN)
+K_TRACE_ID = _key(1, _LEN)
+K_SPAN_ID = _key(2, _LEN)
+K_PARENT = _key(4, _LEN)
 _K_NAME = _key(5, _LEN)
-_K_KIND = _key(6, _VARINT)
-_K_START = _key(7, _FIXED64)
-_K_END = _key(8, _FIXED64)
+K_KIND = _key(6, _VARINT)
+K_START = _key(7, _FIXED64)
+K_END = _key(8, _FIXED64)
 _K_ATTRIBUTE = _key(9, _LEN)
 _K_STATUS = _key(15, _LEN)
 _K_FLAGS = _key(16, _FIXED32)
@@ -69,7 +69,7 @@ _K_FIELD1 = _key(1, _LEN)       # ExportTraceServiceRequest.resource_spans, Reso
 _K_FIELD2 = _key(2, _LEN)       # Resource.attributes, ScopeSpans.scope; ResourceSpans.scope_spans, ScopeSpans.spans
 
 _DOUBLE = struct.Struct("<d")
-_UINT64 = struct.Struct("<Q")
+UINT64 = struct.Struct("<Q")
 _UINT32 = struct.Struct("<I")
 
 
@@ -78,7 +78,7 @@ def _text(value: str) -> bytes:
 
 
 def _len_field(key: bytes, payload: bytes) -> bytes:
-    return key + _varint_bytes(len(payload)) + payload
+    return key + varint_bytes(len(payload)) + payload
 
 
 def any_value(value: Any) -> bytes:
@@ -88,7 +88,7 @@ def any_value(value: Any) -> bytes:
     if isinstance(value, str):
         return _len_field(_K_STRING, _text(value))
     if isinstance(value, int):
-        return _K_INT + _varint_bytes(value)
+        return _K_INT + varint_bytes(value)
     if isinstance(value, float):
         return _K_DOUBLE + _DOUBLE.pack(value)
     return _len_field(_K_STRING, _text(str(value)))
@@ -126,29 +126,54 @@ def attribute_field(key: str, value: Any) -> bytes:
     return field
 
 
+def name_field(name: str) -> bytes:
+    """``Span.name``."""
+    return _len_field(_K_NAME, _text(name))
+
+
+def error_status(description: str) -> bytes:
+    """``Span.status``: ERROR with its description."""
+    return _len_field(_K_STATUS, _len_field(_K_STATUS_MESSAGE, _text(description)) + _STATUS_CODE_ERROR)
+
+
+def string_field(key_part: bytes, value: str) -> bytes:
+    """``attribute_field(key, value)`` for a string that never repeats (a request id), made in one join;
+    ``key_part`` is :func:`key_part` of the key."""
+    text = _text(value)
+    any_size = len(text)
+    any_value_bytes = (_K_STRING, varint_bytes(any_size), text)
+    any_size += 1 + len(any_value_bytes[1])
+    any_size_bytes = varint_bytes(any_size)
+    kv_size = len(key_part) + len(any_size_bytes) + any_size
+    return b"".join((_K_ATTRIBUTE, varint_bytes(kv_size), key_part, any_size_bytes, *any_value_bytes))
+
+
+def key_part(key: str) -> bytes:
+    """The start of a KeyValue up to its value's length: the key field and the value's field key."""
+    return _len_field(_K_KV_KEY, _text(key)) + _K_KV_VALUE
+
+
 def span_bytes(span: SpanRecord) -> bytes:
+    """A ``Span`` message, without its field key and length (:func:`export_request` adds them)."""
     parent = span.parent_span_id
-    parts = [_K_TRACE_ID, b"\x10", bytes.fromhex(span.trace_id), _K_SPAN_ID, b"\x08", bytes.fromhex(span.span_id)]
+    parts = [K_TRACE_ID, b"\x10", bytes.fromhex(span.trace_id), K_SPAN_ID, b"\x08", bytes.fromhex(span.span_id)]
     if parent is not None:
-        parts += (_K_PARENT, b"\x08", bytes.fromhex(parent))
-    parts += (_len_field(_K_NAME, _text(span.name)), _K_KIND, _varint_bytes(span.kind),
-              _K_START, _UINT64.pack(span.start_ns & _MASK64), _K_END, _UINT64.pack(span.end_ns & _MASK64))
+        parts += (K_PARENT, b"\x08", bytes.fromhex(parent))
+    parts += (name_field(span.name), K_KIND, varint_bytes(span.kind),
+              K_START, UINT64.pack(span.start_ns & MASK64), K_END, UINT64.pack(span.end_ns & MASK64))
     attributes = span.attributes
     for i in range(0, len(attributes), 2):
         parts.append(attribute_field(attributes[i], attributes[i + 1]))
     error = span.error
-    if error is None:
-        parts.append(_EMPTY_STATUS)
-    else:
-        parts.append(_len_field(_K_STATUS, _len_field(_K_STATUS_MESSAGE, _text(error)) + _STATUS_CODE_ERROR))
-    parts.append(_FLAGS_REMOTE_PARENT if parent is not None else _FLAGS_ROOT)
+    parts.append(EMPTY_STATUS if error is None else error_status(error))
+    parts.append(FLAGS_REMOTE_PARENT if parent is not None else FLAGS_ROOT)
     return b"".join(parts)
 
 
-_EMPTY_STATUS = _K_STATUS + b"\x00"     # UNSET: present and empty, as the SDK's encoder sends it
-_STATUS_CODE_ERROR = _K_STATUS_CODE + _varint_bytes(STATUS_ERROR)
-_FLAGS_ROOT = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE)
-_FLAGS_REMOTE_PARENT = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE)
+EMPTY_STATUS = _K_STATUS + b"\x00"     # UNSET: present and empty, as the SDK's encoder sends it
+_STATUS_CODE_ERROR = _K_STATUS_CODE + varint_bytes(STATUS_ERROR)
+FLAGS_ROOT = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE)
+FLAGS_REMOTE_PARENT = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE)
 
 
 def resource_bytes(attributes: list[tuple[str, Any]]) -> bytes:
@@ -159,11 +184,12 @@ def scope_bytes(name: str, version: str) -> bytes:
     return _len_field(_K_FIELD1, _text(name)) + _len_field(_K_FIELD2, _text(version))
 
 
-def export_request(resource: bytes, scope: bytes, spans: list[SpanRecord]) -> bytes:
+def export_request(resource: bytes, scope: bytes, spans: list[bytes]) -> bytes:
     """The body of one ``POST /v1/traces``: ``resource`` from :func:`resource_bytes`, ``scope`` from
-    :func:`scope_bytes` (both built once per exporter)."""
+    :func:`scope_bytes` (both built once per exporter), ``spans`` each a ``Span`` message (:func:`span_bytes`,
+    or :func:`~sidecar.telemetry.otlphops.hop_span_bytes`)."""
     parts = [_len_field(_K_FIELD1, scope)]
     for span in spans:
-        parts.append(_len_field(_K_FIELD2, span_bytes(span)))
+        parts += (_K_FIELD2, varint_bytes(len(span)), span)
     resource_spans = _len_field(_K_FIELD1, resource) + _len_field(_K_FIELD2, b"".join(parts))
     return _len_field(_K_FIELD1, resource_spans)

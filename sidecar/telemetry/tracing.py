@@ -1,11 +1,12 @@
 """Spans, one per hop and per message operation, exported in batches off the request path.
 
-Per sampled request the request path pays a sampling decision and one queue append: the finished request's
-:class:`RequestStats` (the record the engine already made) goes to a :class:`~sidecar.telemetry.batcher.Batcher`,
-whose worker thread builds the :class:`~sidecar.telemetry.spans.SpanRecord` and hands the batch to the exporter:
+Per request the request path pays a sampling decision (no allocation when the request is not sampled) and, when
+it is, one queue append: the finished request's :class:`RequestStats` (the record the engine already made) goes to
+a :class:`~sidecar.telemetry.batcher.Batcher`, whose worker thread turns the batch into spans for the exporter:
 
-- ``otlp``: :class:`~sidecar.telemetry.export.OtlpHttpExporter`, the batch written straight to OTLP protobuf
-  (:mod:`sidecar.telemetry.otlp`) and posted to ``ENDPOINT/v1/traces``; no OpenTelemetry SDK is loaded;
+- ``otlp``: :class:`~sidecar.telemetry.export.OtlpHttpExporter`; each hop's span is written straight from its
+  record to OTLP protobuf (:func:`~sidecar.telemetry.otlphops.hop_span_bytes`, no span object in between) and the
+  batch posted to ``ENDPOINT/v1/traces``; no OpenTelemetry SDK is loaded;
 - ``console``: :class:`~sidecar.telemetry.sdkexport.SdkExporter` around the SDK's ``ConsoleSpanExporter`` (JSON on
   stdout); the SDK is imported only then.
 
@@ -22,18 +23,26 @@ with the same ratio keeps or drops the same traces, even where the flag is not k
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any, Protocol
 
 from sidecar.config.model import TracingConfig
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.batcher import Batcher
+from sidecar.telemetry.otlp import span_bytes
+from sidecar.telemetry.otlphops import hop_span_bytes
 from sidecar.telemetry.propagation import MessageTrace
 from sidecar.telemetry.sampling import Sampler
 from sidecar.telemetry.spans import SpanRecord, message_span, request_span
 
 log = logging.getLogger("sidecar.telemetry")
+
+# Compiled code never gives up the GIL on its own (the interpreter does so between bytecodes when another thread
+# asks): the exporter's thread lets it go after every this many spans it encodes, so that an event loop waiting for
+# it serves requests between them rather than after a whole batch (512 spans, several milliseconds)
+SPANS_PER_GIL_HOLD = 32
 
 # a sampled request as the request path queues it: direction, stats, service, wall offset, peer
 Hop = tuple[str, RequestStats, str, float, Any]
@@ -72,6 +81,8 @@ class Tracer:
                                                           interval=schedule_delay_ms / 1000.0)
         self.spans = 0          # spans queued for export
         self.unsampled = 0      # requests left out by sampling
+        # an exporter that takes spans as OTLP ``Span`` messages gets each hop's written from its record
+        self._export_wire: Callable[[list[bytes]], None] | None = getattr(exporter, "export_wire", None)
 
     @classmethod
     def from_config(cls, config: TracingConfig, resource: Mapping[str, str]) -> Tracer | None:
@@ -103,6 +114,21 @@ class Tracer:
             self.spans += 1
 
     def _export(self, items: list[Hop | SpanRecord]) -> None:
+        export_wire = self._export_wire
+        if export_wire is not None:
+            encoded = []
+            held = 0
+            for item in items:
+                data = span_bytes(item) if isinstance(item, SpanRecord) else hop_span_bytes(*item)
+                if data is not None:
+                    encoded.append(data)
+                held += 1
+                if held == SPANS_PER_GIL_HOLD:
+                    held = 0
+                    os.sched_yield()   # releases the GIL (about a microsecond): a thread waiting for it takes it
+            if encoded:
+                export_wire(encoded)
+            return
         spans = []
         for item in items:
             span = item if isinstance(item, SpanRecord) else request_span(*item)
