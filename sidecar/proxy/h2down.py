@@ -2,7 +2,7 @@
 
 The listener's HTTP/1.1 protocol sniffs a connection's first bytes (:func:`sidecar.http2.preface.sniff`) and
 hands a connection that opens with the HTTP/2 preface to :class:`H2Downstream`, which runs the sans-IO core
-(:class:`~sidecar.http2.connection.H2Connection`) over the transport. Each request stream becomes an
+(:class:`~sidecar.http2.connection.H2Core`) over the transport. Each request stream becomes an
 :class:`H2Stream`, the :class:`~sidecar.proxy.sides.ClientSide` of one :class:`~sidecar.proxy.exchange.Exchange`:
 the same routing, resilience, authorization and records as an HTTP/1.1 request, only the framing differs.
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sidecar.errors import Code, rescue
-from sidecar.http2.connection import H2Connection
+from sidecar.http2.connection import H2Core, new_connection
 from sidecar.http2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -215,7 +215,8 @@ class H2Downstream(asyncio.Protocol):
         self.loop = loop
         self.transport = transport
         self.info = info
-        self.core = H2Connection(client_side=False, limits=h2_limits(self.engine.limits), check_outbound=False)
+        self.core: H2Core = new_connection(client_side=False, limits=h2_limits(self.engine.limits),
+                                           check_outbound=False)
         self.core.counters = proxy.h2_protections   # the listener's totals, counted as they happen
         self.streams: dict[int, H2Stream] = {}
         self.transport_paused = False

@@ -40,7 +40,7 @@ import ssl
 from http import HTTPStatus
 from typing import Protocol, cast
 
-from sidecar.http2.connection import H2Connection
+from sidecar.http2.connection import H2Core, new_connection
 from sidecar.http2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -233,7 +233,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.address = address
         self.who = "peer sidecar" if pool.peer is not None else "app"
         self.scheme = b"https" if pool.peer is not None else b"http"
-        self.core = H2Connection(client_side=True, limits=limits)
+        self.core: H2Core = new_connection(client_side=True, limits=limits)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2UpstreamStream] = {}
         self.reserved = 0            # streams handed out whose request is not started yet
