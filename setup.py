@@ -65,6 +65,7 @@ NATIVE = [
     "sidecar/proxy/tracecontext.py",
     "sidecar/proxy/tunnel.py",
     "sidecar/proxy/upstream.py",
+    "sidecar/proxy/writebatch.py",
     "sidecar/resilience/backoff.py",
     "sidecar/resilience/balancer.py",
     "sidecar/resilience/breaker.py",

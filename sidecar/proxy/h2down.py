@@ -55,6 +55,7 @@ from sidecar.proxy.limits import LazyTimer, ProxyLimits
 from sidecar.proxy.sides import ClientSide
 from sidecar.proxy.target import ConnectionInfo
 from sidecar.proxy.tunnel import Tunnel
+from sidecar.proxy.writebatch import write_batch
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ class H2Downstream(asyncio.Protocol):
         # preface (and SETTINGS, PINGs...) cannot hold the connection for the idle timeout
         self.awaiting_headers = True
         self.timer = LazyTimer(loop, self._on_timer)
+        self.batch = write_batch()
         transport.set_protocol(self)
         proxy.add_connection(self)
         self.timer.set(loop.time() + self.engine.limits.header_timeout)
@@ -240,6 +242,14 @@ class H2Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        batch = self.batch
+        batch.begin()   # what the read's streams write upstream (and here) goes out once, at its end
+        try:
+            self._receive(data)
+        finally:
+            batch.end()
+
+    def _receive(self, data: bytes) -> None:
         events = self.core.receive_data(data, self.loop.time())
         streams = self.streams
         # a stream the client opened and reset in one batch never starts an exchange (rapid reset: no route,
@@ -368,6 +378,10 @@ class H2Downstream(asyncio.Protocol):
     # -- connection ----------------------------------------------------------------------------------------
 
     def flush(self) -> None:
+        """Write what the core holds: at the end of the read being handled (:mod:`sidecar.proxy.writebatch`)."""
+        self.batch.flush(self)
+
+    def write_out(self) -> None:
         out = self.core.data_to_send()
         if out and not self.transport.is_closing():
             self.transport.write(out)
@@ -378,7 +392,7 @@ class H2Downstream(asyncio.Protocol):
             return
         self.draining = True
         self.core.goaway()
-        self.flush()
+        self.write_out()
         if not self.streams and not self.flushing:
             self.close()
 
@@ -386,7 +400,7 @@ class H2Downstream(asyncio.Protocol):
         if not event.remote:
             self.proxy.protocol_errors += 1
             log.info("%s: HTTP/2 client %s cut off: %s", self.engine.name, self.info.peername, event.reason)
-        self.flush()
+        self.write_out()
         self.closed = True
         self.timer.cancel()
         for stream in list(self.streams.values()):
@@ -422,7 +436,7 @@ class H2Downstream(asyncio.Protocol):
         if not self.draining:
             self.draining = True
             self.core.goaway()
-        self.flush()
+        self.write_out()
         self.closed = True
         self.timer.cancel()
         self.transport.close()

@@ -60,6 +60,7 @@ from sidecar.proxy.http1 import RequestHead, ResponseHead, Trailers
 from sidecar.proxy.sides import StreamUser, UpstreamStream
 from sidecar.proxy.target import H2PeerKey
 from sidecar.proxy.tunnel import Tunnel
+from sidecar.proxy.writebatch import write_batch
 
 log = logging.getLogger("sidecar.proxy.pool")
 
@@ -246,6 +247,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.session_taken = False
         self.keepalive: Keepalive | None = None
         self._ticker: asyncio.TimerHandle | None = None
+        self.batch = write_batch()
 
     def room(self) -> bool:
         """Whether one more stream may be handed out on this connection."""
@@ -267,6 +269,14 @@ class H2UpstreamConnection(asyncio.Protocol):
             self._ticker = self.pool.loop.call_at(now + policy.interval, self._tick)
 
     def data_received(self, data: bytes) -> None:
+        batch = self.batch
+        batch.begin()   # what the read's streams write to their clients (and here) goes out once, at its end
+        try:
+            self._receive(data)
+        finally:
+            batch.end()
+
+    def _receive(self, data: bytes) -> None:
         pool = self.pool
         now = pool.loop.time()
         if self.keepalive is not None:
@@ -371,6 +381,10 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._ticker = loop.call_at(wake_at, self._tick)
 
     def flush(self) -> None:
+        """Write what the core holds: at the end of the read being handled (:mod:`sidecar.proxy.writebatch`)."""
+        self.batch.flush(self)
+
+    def write_out(self) -> None:
         transport = self.transport
         out = self.core.data_to_send()
         if out and transport is not None and not transport.is_closing():
@@ -402,7 +416,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._stop_ticker()
         self.pool.gone(self)
         if self.transport is not None:
-            self.flush()
+            self.write_out()
             self.transport.close()
 
     def abort(self) -> None:
