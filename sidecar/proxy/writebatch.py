@@ -18,7 +18,7 @@ import threading
 from typing import Protocol
 
 
-class Writer(Protocol):
+class Flushable(Protocol):
     def write_out(self) -> None:
         """Write what the connection holds, now."""
 
@@ -30,7 +30,7 @@ class WriteBatch:
 
     def __init__(self) -> None:
         self.depth = 0
-        self.pending: dict[Writer, None] = {}   # insertion-ordered, each connection once
+        self.pending: dict[Flushable, None] = {}   # insertion-ordered, each connection once
 
     def begin(self) -> None:
         self.depth += 1
@@ -42,7 +42,7 @@ class WriteBatch:
             for writer in pending:
                 writer.write_out()
 
-    def flush(self, writer: Writer) -> None:
+    def flush(self, writer: Flushable) -> None:
         """Write ``writer``'s bytes at the end of the read being handled, or now when none is."""
         if self.depth:
             self.pending[writer] = None
