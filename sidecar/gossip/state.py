@@ -43,7 +43,9 @@ class Input(enum.Enum):
 
 # (current state, input) -> new state; an input missing here is ignored and changes nothing.
 # A suspect stays suspect on a further suspicion (it only confirms the timer); dead and left members
-# only come back through an alive message of a higher incarnation.
+# only come back through an alive message of a higher incarnation. A member declared dead that then says
+# goodbye itself (a leave of at least the dead incarnation: its shutdown was slow, starved or partitioned)
+# is left, as Serf's forced leave: it is not called back as a failed member, and its peers see it leave.
 TRANSITIONS: dict[tuple[MemberState, Input], MemberState] = {
     (MemberState.ALIVE, Input.ALIVE): MemberState.ALIVE,
     (MemberState.SUSPECT, Input.ALIVE): MemberState.ALIVE,
@@ -55,6 +57,7 @@ TRANSITIONS: dict[tuple[MemberState, Input], MemberState] = {
     (MemberState.SUSPECT, Input.DEAD): MemberState.DEAD,
     (MemberState.ALIVE, Input.LEAVE): MemberState.LEFT,
     (MemberState.SUSPECT, Input.LEAVE): MemberState.LEFT,
+    (MemberState.DEAD, Input.LEAVE): MemberState.LEFT,
 }
 
 

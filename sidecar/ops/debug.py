@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from sidecar.clock import Clock
 from sidecar.errors import InvalidArgument, NotFound
 from sidecar.mesh.dataplane import DataPlane
-from sidecar.ops.explain import Explanation, Facts, Question, explain, looks_like_grpc
 from sidecar.ops.failures import Attempt, FailedRequests
 from sidecar.proxy import RequestStats
 from sidecar.web import json_response
 
+if TYPE_CHECKING:
+    from sidecar.ops.explain import Explanation, Facts, Question
+
 
 def facts_from(dataplane: DataPlane, service: str) -> Facts:
     """What the data plane knows now about requests to ``service`` (a Host value)."""
+    from sidecar.ops.explain import Facts  # loaded by the first question: see explain_route
+
     name = dataplane.names.parse(service)
     snapshot = dataplane.catalog.snapshot()
     endpoints = dataplane.router.endpoints(snapshot, name) if name is not None else None
@@ -42,6 +47,8 @@ def facts_from(dataplane: DataPlane, service: str) -> Facts:
 
 def explain_now(dataplane: DataPlane, question: Question) -> Explanation:
     """Explain on the running loop's clock (the data plane's own time base) and the wall clock."""
+    from sidecar.ops.explain import explain  # loaded by the first question: see explain_route
+
     now = asyncio.get_running_loop().time()
     return explain(question, facts_from(dataplane, question.service), now, dataplane.clock.wall())
 
@@ -70,6 +77,11 @@ def debug_routes(dataplane: DataPlane, ring: FailedRequests) -> list[web.RouteDe
         if not service:
             raise InvalidArgument("the service query parameter is required, e.g. "
                                   "/debug/explain?service=echo&path=/x&method=GET, or request_id=ID")
+        # the explainer is an operator's tool, rarely asked (its module holds ~140 KiB of objects once imported):
+        # it loads with the first question rather than at start (tests/integration/memory checks an idle sidecar
+        # goes without)
+        from sidecar.ops.explain import Question, looks_like_grpc
+
         path = query.get("path", "/")
         if not path.startswith("/"):
             raise InvalidArgument("path must start with '/'", {"path": path})

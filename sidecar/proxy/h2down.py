@@ -51,7 +51,7 @@ from sidecar.proxy.h2heads import (
     wants_grpc,
 )
 from sidecar.proxy.http1 import RemoteProtocolError, RequestHead, ResponseHead, Trailers
-from sidecar.proxy.limits import LazyTimer, ProxyLimits
+from sidecar.proxy.limits import LazyTimer, ProxyLimits, TimerGroup
 from sidecar.proxy.sides import ClientSide
 from sidecar.proxy.target import ConnectionInfo
 from sidecar.proxy.tunnel import Tunnel
@@ -96,7 +96,7 @@ class H2Stream(ClientSide):
         self.conn = conn
         self.sid = sid
         self.exchange: Exchange | None = None
-        self.timer = LazyTimer(conn.loop, self._on_timer)
+        self.timer = conn.stream_timers.timer(self._on_timer)
         self.paused_reasons: set[str] = set()
         self.unacked = 0           # flow-controlled bytes passed on while paused: acknowledged on resume
         self.write_blocked = False  # the core's buffer for this stream is over its high-water mark
@@ -231,6 +231,8 @@ class H2Downstream(asyncio.Protocol):
         self.awaiting_headers = True
         self.timer = LazyTimer(loop, self._on_timer)
         self.batch = write_batch()
+        # the streams' deadlines (each exchange's) on one timer handle: a stream arms none of its own
+        self.stream_timers = TimerGroup(loop)
         transport.set_protocol(self)
         proxy.add_connection(self)
         self.timer.set(loop.time() + self.engine.limits.header_timeout)
@@ -312,6 +314,7 @@ class H2Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.timer.cancel()
+        self.stream_timers.close()
         self.proxy.drop_connection(self)
         for stream in list(self.streams.values()):
             stream.timer.cancel()
@@ -336,7 +339,8 @@ class H2Downstream(asyncio.Protocol):
         stream = H2Stream(self, sid)
         self.streams[sid] = stream
         self.awaiting_headers = False
-        self.timer.cancel()
+        # the connection's timer stays armed: it does nothing while a stream is open (_on_timer), and a busy
+        # connection's next idle deadline then only moves it (LazyTimer), no timer armed and cancelled per stream
         try:
             head = request_head(headers, end_stream, self.engine.limits.head.max_headers)
         except RemoteProtocolError as e:
@@ -403,6 +407,7 @@ class H2Downstream(asyncio.Protocol):
         self.write_out()
         self.closed = True
         self.timer.cancel()
+        self.stream_timers.close()
         for stream in list(self.streams.values()):
             stream.timer.cancel()
             if stream.exchange is not None:
@@ -444,4 +449,5 @@ class H2Downstream(asyncio.Protocol):
     def abort(self) -> None:
         self.closed = True
         self.timer.cancel()
+        self.stream_timers.close()
         self.transport.abort()

@@ -133,29 +133,38 @@ class H2UpstreamStream(UpstreamStream):
             user.on_upstream_lost(UpstreamReset(conn.address, f"the {conn.who}'s HTTP/2 connection took no more"
                                                               " streams"))
             return
-        empty = end and not trailers and not any(body)
+        pieces = [piece for piece in body if piece]
+        empty = end and not trailers and not pieces
         self.sid = core.start_request(request_headers(head, conn.scheme), end_stream=empty)
         conn.streams[self.sid] = self
         conn.started += 1
         if not empty:
-            for piece in body:
-                if piece:
-                    self.send_body(piece)
-            if end:
-                self.send_end(trailers)
+            # a request read whole (a unary call) leaves as one write: HEADERS, then DATA whose last frame carries
+            # END_STREAM (no empty DATA frame after it, a second TLS record and a second wake-up for the peer)
+            last = len(pieces) - 1
+            for i, piece in enumerate(pieces):
+                self._queue_body(piece, end and not trailers and i == last)
+            if end and (trailers or not pieces):
+                self._queue_end(trailers)
         conn.flush()
 
-    def send_body(self, data: bytes) -> None:
-        if not self.conn.core.send_data(self.sid, data) and self.user is not None:
+    def _queue_body(self, data: bytes, end: bool) -> None:
+        if not self.conn.core.send_data(self.sid, data, end_stream=end) and self.user is not None:
             self.user.on_upstream_paused(True)
-        self.conn.flush()
 
-    def send_end(self, trailers: Trailers | None) -> None:
+    def _queue_end(self, trailers: Trailers | None) -> None:
         core = self.conn.core
         if trailers:
             core.send_trailers(self.sid, trailer_headers(trailers))
         else:
             core.end_stream(self.sid)
+
+    def send_body(self, data: bytes) -> None:
+        self._queue_body(data, False)
+        self.conn.flush()
+
+    def send_end(self, trailers: Trailers | None) -> None:
+        self._queue_end(trailers)
         self.conn.flush()
 
     def pause_reading(self, paused: bool) -> None:

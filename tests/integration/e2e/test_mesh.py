@@ -206,7 +206,15 @@ def test_membership_changes_stream_on_v1_events(start_sidecar) -> None:  # type:
             received += stream.recv(65536)
         return f"event: {kind}".encode() in received and b'"name":"node-b"' in received
 
+    def seen() -> str:   # what the stream carried and how node-b went, for a failure's message
+        events = [line for line in received.decode(errors="replace").splitlines() if line.startswith("event:")]
+        return f"events {events}; node-b's log: {b.lines[-8:]}"
+
     wait_for(lambda: saw("member-joined"), timeout=15, what="member-joined event")
-    b.terminate()
-    wait_for(lambda: saw("member-left"), timeout=15, what="member-left event")
+    code = b.terminate()
+    assert code == 0, seen()
+    try:
+        wait_for(lambda: saw("member-left"), timeout=15, what="member-left event")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; {seen()}") from None
     stream.close()

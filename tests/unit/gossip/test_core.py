@@ -342,6 +342,30 @@ def test_a_leave_is_left_not_dead_and_reaped_later() -> None:
     assert [e.member.name for e in reaped] == ["a"] and core.member("a") is None
 
 
+def test_a_member_declared_dead_that_then_says_goodbye_is_left() -> None:
+    # its shutdown was starved past the suspicion timeout: a late leave still reads as a leave (Serf's forced
+    # leave), passed on to the others, and a stale accusation or a repeat changes nothing after it
+    core = make_core()
+    with_members(core, ["a", "b"])
+    out = core.on_packet(("b", 7946), packet(Dead(1, "a", "b")), 10.0)
+    assert [type(e) for e in member_events(out)] == [MemberDead]
+    out = core.on_packet(("a", 7946), packet(Dead(1, "a", "a")), 11.0)
+    assert [type(e) for e in member_events(out)] == [MemberLeft] and core.member("a").state == "left"  # type: ignore[union-attr]
+    passed_on = [m for _, m in sent_of(run_ticks(core, 12.0), Dead)]
+    assert Dead(1, "a", "a") in passed_on
+    for late in (Dead(1, "a", "a"), Dead(1, "a", "b")):
+        assert not member_events(core.on_packet(("b", 7946), packet(late), 13.0))
+    assert core.member("a").state == "left"  # type: ignore[union-attr]
+
+
+def test_a_leave_older_than_the_death_it_follows_changes_nothing() -> None:
+    core = make_core()
+    with_members(core, ["a", "b"])
+    core.on_packet(("b", 7946), packet(Dead(2, "a", "b")), 10.0)
+    assert not member_events(core.on_packet(("a", 7946), packet(Dead(1, "a", "a")), 11.0))
+    assert core.member("a").state == "dead"  # type: ignore[union-attr]
+
+
 def test_a_restarted_member_outbids_its_old_record_learned_by_push_pull() -> None:
     core = make_core()
     out = core.join([("seed", 7946)], 0.0)

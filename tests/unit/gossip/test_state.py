@@ -24,14 +24,14 @@ A, S, D, L = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberSta
     (A, Input.ALIVE, A), (S, Input.ALIVE, A), (D, Input.ALIVE, A), (L, Input.ALIVE, A),
     (A, Input.SUSPECT, S), (S, Input.SUSPECT, S), (D, Input.SUSPECT, None), (L, Input.SUSPECT, None),
     (A, Input.DEAD, D), (S, Input.DEAD, D), (D, Input.DEAD, None), (L, Input.DEAD, None),
-    (A, Input.LEAVE, L), (S, Input.LEAVE, L), (D, Input.LEAVE, None), (L, Input.LEAVE, None),
+    (A, Input.LEAVE, L), (S, Input.LEAVE, L), (D, Input.LEAVE, L), (L, Input.LEAVE, None),
 ])
 def test_transitions(state: MemberState, event: Input, expected: MemberState | None) -> None:
     assert transition(state, event) is expected
 
 
 def test_the_table_covers_exactly_the_applicable_pairs() -> None:
-    assert len(TRANSITIONS) == 10
+    assert len(TRANSITIONS) == 11
 
 
 def member(name: str, state: MemberState = A, inc: int = 1) -> Member:
