@@ -14,8 +14,9 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# The modules every proxied request runs through: HTTP framing and the exchange, the caller's resilience
-# policy, routing and authorization, the per-request telemetry: record, access-log line, span and its OTLP bytes.
+# The modules every proxied request runs through: HTTP/1.1 and HTTP/2 framing, the exchange and its client and upstream
+# sides, the caller's resilience policy, routing and authorization, the per-request telemetry: record, access-log
+# line, span and its OTLP bytes.
 NATIVE = [
     "sidecar/clock.py",
     "sidecar/dns/cache.py",
@@ -48,6 +49,11 @@ NATIVE = [
     "sidecar/proxy/connector.py",
     "sidecar/proxy/exchange.py",
     "sidecar/proxy/failures.py",
+    "sidecar/proxy/grpcheads.py",
+    "sidecar/proxy/h2down.py",
+    "sidecar/proxy/h2heads.py",
+    "sidecar/proxy/h2pool.py",
+    "sidecar/proxy/h2up.py",
     "sidecar/proxy/http1.py",
     "sidecar/proxy/http1read.py",
     "sidecar/proxy/limits.py",
@@ -59,6 +65,7 @@ NATIVE = [
     "sidecar/proxy/tracecontext.py",
     "sidecar/proxy/tunnel.py",
     "sidecar/proxy/upstream.py",
+    "sidecar/proxy/writebatch.py",
     "sidecar/resilience/backoff.py",
     "sidecar/resilience/balancer.py",
     "sidecar/resilience/breaker.py",

@@ -2,7 +2,7 @@
 
 The listener's HTTP/1.1 protocol sniffs a connection's first bytes (:func:`sidecar.http2.preface.sniff`) and
 hands a connection that opens with the HTTP/2 preface to :class:`H2Downstream`, which runs the sans-IO core
-(:class:`~sidecar.http2.connection.H2Connection`) over the transport. Each request stream becomes an
+(:class:`~sidecar.http2.connection.H2Core`) over the transport. Each request stream becomes an
 :class:`H2Stream`, the :class:`~sidecar.proxy.sides.ClientSide` of one :class:`~sidecar.proxy.exchange.Exchange`:
 the same routing, resilience, authorization and records as an HTTP/1.1 request, only the framing differs.
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sidecar.errors import Code, rescue
-from sidecar.http2.connection import H2Connection
+from sidecar.http2.connection import H2Core, new_connection
 from sidecar.http2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -55,6 +55,7 @@ from sidecar.proxy.limits import LazyTimer, ProxyLimits, TimerGroup
 from sidecar.proxy.sides import ClientSide
 from sidecar.proxy.target import ConnectionInfo
 from sidecar.proxy.tunnel import Tunnel
+from sidecar.proxy.writebatch import write_batch
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ class H2Downstream(asyncio.Protocol):
         self.loop = loop
         self.transport = transport
         self.info = info
-        self.core = H2Connection(client_side=False, limits=h2_limits(self.engine.limits), check_outbound=False)
+        self.core: H2Core = new_connection(client_side=False, limits=h2_limits(self.engine.limits),
+                                           check_outbound=False)
         self.core.counters = proxy.h2_protections   # the listener's totals, counted as they happen
         self.streams: dict[int, H2Stream] = {}
         self.transport_paused = False
@@ -228,6 +230,7 @@ class H2Downstream(asyncio.Protocol):
         # preface (and SETTINGS, PINGs...) cannot hold the connection for the idle timeout
         self.awaiting_headers = True
         self.timer = LazyTimer(loop, self._on_timer)
+        self.batch = write_batch()
         # the streams' deadlines (each exchange's) on one timer handle: a stream arms none of its own
         self.stream_timers = TimerGroup(loop)
         transport.set_protocol(self)
@@ -241,6 +244,14 @@ class H2Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        batch = self.batch
+        batch.begin()   # what the read's streams write upstream (and here) goes out once, at its end
+        try:
+            self._receive(data)
+        finally:
+            batch.end()
+
+    def _receive(self, data: bytes) -> None:
         events = self.core.receive_data(data, self.loop.time())
         streams = self.streams
         # a stream the client opened and reset in one batch never starts an exchange (rapid reset: no route,
@@ -371,6 +382,10 @@ class H2Downstream(asyncio.Protocol):
     # -- connection ----------------------------------------------------------------------------------------
 
     def flush(self) -> None:
+        """Write what the core holds: at the end of the read being handled (:mod:`sidecar.proxy.writebatch`)."""
+        self.batch.flush(self)
+
+    def write_out(self) -> None:
         out = self.core.data_to_send()
         if out and not self.transport.is_closing():
             self.transport.write(out)
@@ -381,7 +396,7 @@ class H2Downstream(asyncio.Protocol):
             return
         self.draining = True
         self.core.goaway()
-        self.flush()
+        self.write_out()
         if not self.streams and not self.flushing:
             self.close()
 
@@ -389,7 +404,7 @@ class H2Downstream(asyncio.Protocol):
         if not event.remote:
             self.proxy.protocol_errors += 1
             log.info("%s: HTTP/2 client %s cut off: %s", self.engine.name, self.info.peername, event.reason)
-        self.flush()
+        self.write_out()
         self.closed = True
         self.timer.cancel()
         self.stream_timers.close()
@@ -426,7 +441,7 @@ class H2Downstream(asyncio.Protocol):
         if not self.draining:
             self.draining = True
             self.core.goaway()
-        self.flush()
+        self.write_out()
         self.closed = True
         self.timer.cancel()
         self.transport.close()

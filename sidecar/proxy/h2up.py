@@ -40,7 +40,7 @@ import ssl
 from http import HTTPStatus
 from typing import Protocol, cast
 
-from sidecar.http2.connection import H2Connection
+from sidecar.http2.connection import H2Core, new_connection
 from sidecar.http2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -60,6 +60,7 @@ from sidecar.proxy.http1 import RequestHead, ResponseHead, Trailers
 from sidecar.proxy.sides import StreamUser, UpstreamStream
 from sidecar.proxy.target import H2PeerKey
 from sidecar.proxy.tunnel import Tunnel
+from sidecar.proxy.writebatch import write_batch
 
 log = logging.getLogger("sidecar.proxy.pool")
 
@@ -242,7 +243,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.address = address
         self.who = "peer sidecar" if pool.peer is not None else "app"
         self.scheme = b"https" if pool.peer is not None else b"http"
-        self.core = H2Connection(client_side=True, limits=limits)
+        self.core: H2Core = new_connection(client_side=True, limits=limits)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2UpstreamStream] = {}
         self.reserved = 0            # streams handed out whose request is not started yet
@@ -255,6 +256,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.session_taken = False
         self.keepalive: Keepalive | None = None
         self._ticker: asyncio.TimerHandle | None = None
+        self.batch = write_batch()
 
     def room(self) -> bool:
         """Whether one more stream may be handed out on this connection."""
@@ -276,6 +278,14 @@ class H2UpstreamConnection(asyncio.Protocol):
             self._ticker = self.pool.loop.call_at(now + policy.interval, self._tick)
 
     def data_received(self, data: bytes) -> None:
+        batch = self.batch
+        batch.begin()   # what the read's streams write to their clients (and here) goes out once, at its end
+        try:
+            self._receive(data)
+        finally:
+            batch.end()
+
+    def _receive(self, data: bytes) -> None:
         pool = self.pool
         now = pool.loop.time()
         if self.keepalive is not None:
@@ -380,6 +390,10 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._ticker = loop.call_at(wake_at, self._tick)
 
     def flush(self) -> None:
+        """Write what the core holds: at the end of the read being handled (:mod:`sidecar.proxy.writebatch`)."""
+        self.batch.flush(self)
+
+    def write_out(self) -> None:
         transport = self.transport
         out = self.core.data_to_send()
         if out and transport is not None and not transport.is_closing():
@@ -411,7 +425,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._stop_ticker()
         self.pool.gone(self)
         if self.transport is not None:
-            self.flush()
+            self.write_out()
             self.transport.close()
 
     def abort(self) -> None:

@@ -4,17 +4,19 @@ or busy (one or more), summed over the pools of apps (h2c) and of peers (h2)."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any
 
 from sidecar.proxy.h2pool import H2UpstreamPool
+from sidecar.proxy.h2up import H2UpstreamConnection, H2UpstreamStream
 from sidecar.proxy.pool import Pools
 from sidecar.proxy.target import H2cKey, H2PeerKey, Target
 
 
-def with_streams(pool: Any, *open_streams: int) -> None:
-    """Stand-in connections holding that many streams each (counts reads only their ``streams``)."""
-    pool.conns.extend(SimpleNamespace(streams=dict.fromkeys(range(n))) for n in open_streams)
+def with_streams(pool: H2UpstreamPool, *open_streams: int) -> None:
+    """Connections, never dialed, holding that many streams each (counts reads only their ``streams``)."""
+    for n in open_streams:
+        conn = H2UpstreamConnection(pool, "10.0.0.2:15006", None)
+        conn.streams = {2 * i + 1: H2UpstreamStream(conn) for i in range(n)}
+        pool.conns.append(conn)
 
 
 def test_connections_with_no_stream_are_idle_and_with_one_or_more_busy_across_apps_and_peers() -> None:
