@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Hashable, Iterable
+from typing import cast
 
 from sidecar.proxy.clientwire import Answer, Collector, encode_request
 from sidecar.proxy.connector import dial
@@ -41,20 +42,18 @@ IDLE_TIMEOUT = 30.0   # seconds an idle connection is kept (aiohttp's client kee
 MAX_IDLE = 64         # idle connections kept per (address, TLS context, server name)
 
 
-class _Stale(UpstreamReset):
-    """A reused connection closed before any byte of the answer: the request goes once more on a new one."""
-
-
 class ClientConnection(asyncio.Protocol):
     """One connection: a request at a time, its answer collected by a :class:`Collector`."""
 
-    __slots__ = ("_collector", "_reader", "_waiter", "authority", "closed", "idle_since", "transport", "used")
+    __slots__ = ("_collector", "_reader", "_waiter", "authority", "closed", "idle_since", "stale", "transport",
+                 "used")
 
     def __init__(self, authority: str, limits: HeadLimits) -> None:
         self.authority = authority
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.used = False          # carried a request before: a close before any answer may be a stale keep-alive
+        self.stale = False         # it was: a reused connection closed before any byte of the answer
         self.idle_since = 0.0
         self._reader = ResponseReader(self, limits)
         self._collector: Collector | None = None
@@ -84,8 +83,8 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------------------------------ asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         collector = self._collector
@@ -114,7 +113,8 @@ class ClientConnection(asyncio.Protocol):
         if collector.on_eof():
             self._done(collector)
         elif self.used and not collector.started:
-            self._fail(_Stale(self.authority, "a kept-alive connection closed before the answer"))
+            self.stale = True
+            self._fail(UpstreamReset(self.authority, "a kept-alive connection closed before the answer"))
         else:
             self._fail(UpstreamReset(self.authority, "connection closed before the answer ended"))
 
@@ -198,8 +198,10 @@ class HttpClient:
                 if conn is not None:
                     try:
                         return await self._exchange(key, conn, data, limit, method)
-                    except _Stale:
-                        pass
+                    except UpstreamReset:
+                        if not conn.stale:
+                            raise
+                        # the server closed it as the request went out: once more, on a new connection
                 conn = await self._dial(dest, timeout)
                 return await self._exchange(key, conn, data, limit, method)
         except TimeoutError:
@@ -212,7 +214,7 @@ class HttpClient:
             # the caller's deadline ends the dial first: a dial that takes it all is a timeout, as any other
             _, conn = await dial(dest, lambda: ClientConnection(dest.authority, self._limits), timeout + 1.0)
         except ConnectFailure as e:
-            cause = e.__cause__
+            cause = e.__cause__ or e.__context__
             if isinstance(cause, ssl.SSLError):
                 raise PeerRefused(refusal_of(cause, role="server")) from cause
             raise

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from sidecar.proxy.client import HttpClient
@@ -23,7 +24,10 @@ TIMEOUT = 1.0
 SLACK = 0.75   # a deadline may end this much later on a loaded machine, never more
 
 
-def run(main: Callable[[], Awaitable[Any]]) -> Any:
+def run(main: Callable[[], Awaitable[Any]], loop: str = "asyncio") -> Any:
+    """``main`` on asyncio's loop, or on uvloop's (whose TLS transport is a class of its own), as the sidecar runs."""
+    if loop == "uvloop":
+        return uvloop.run(main())
     return asyncio.run(main())
 
 
@@ -54,7 +58,8 @@ async def aiohttp_app(seen: list[dict[str, Any]], ssl_context: Any = None) -> tu
     return runner, int(runner.addresses[0][1])
 
 
-def test_posts_to_an_aiohttp_app_keep_the_connection_and_read_every_framing() -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_posts_to_an_aiohttp_app_keep_the_connection_and_read_every_framing(loop: str) -> None:
     seen: list[dict[str, Any]] = []
 
     async def main() -> None:
@@ -83,7 +88,7 @@ def test_posts_to_an_aiohttp_app_keep_the_connection_and_read_every_framing() ->
             client.close()
             await runner.cleanup()
 
-    run(main)
+    run(main, loop)
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -221,7 +226,8 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced_by_a_new_one() ->
     run(main)
 
 
-def test_mtls_demands_the_named_services_certificate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_mtls_demands_the_named_services_certificate(tmp_path: Path, loop: str) -> None:
     certs = make_certs(tmp_path, ["publisher", "sub", "other"])
     seen: list[dict[str, Any]] = []
 
@@ -246,4 +252,4 @@ def test_mtls_demands_the_named_services_certificate(tmp_path: Path) -> None:
             client.close()
             await runner.cleanup()
 
-    run(main)
+    run(main, loop)
