@@ -74,6 +74,18 @@ def describe(status: int, mesh_error: str | None, body: bytes) -> str:
     return f"HTTP {status} from the {where}: {text}"
 
 
+def no_answer(e: Exception, timeout: float) -> tuple[Outcome, str]:
+    """An attempt that got no answer, and why: a timeout counts (FAILED); no connection, a connection closed before
+    the answer, a refused handshake or a node gone from the catalog (KeyError) is a wait (UNREACHABLE); an answer
+    that is not HTTP/1.1, or any other failure, counts."""
+    if isinstance(e, TimeoutError):
+        return Outcome.FAILED, f"no answer within {timeout:.3f}s"
+    if isinstance(e, (PeerRefused, ConnectFailure, UpstreamReset)):
+        return Outcome.UNREACHABLE, str(e)
+    unreachable = isinstance(e, (KeyError, OSError))
+    return Outcome.UNREACHABLE if unreachable else Outcome.FAILED, f"{type(e).__name__}: {e}"
+
+
 def consume(future: asyncio.Future[Any]) -> None:
     """Done-callback of a future no one awaits: its failure is logged, not lost."""
     if not future.cancelled() and future.exception() is not None:
@@ -210,15 +222,8 @@ class Courier:
         return outcomes, describe(answer.status, mesh_error, verdict) if failed else None
 
     def _failed(self, e: Exception, count: int) -> tuple[list[Outcome], str]:
-        """An attempt that got no answer: a timeout counts (FAILED); no connection, a connection closed before the
-        answer, a refused handshake or a node gone from the catalog (KeyError) is a wait (UNREACHABLE); an answer
-        that is not HTTP/1.1, or any other failure, counts."""
-        if isinstance(e, TimeoutError):
-            return [Outcome.FAILED] * count, f"no answer within {float(self.ctx.settings.delivery_timeout):.3f}s"
-        if isinstance(e, (PeerRefused, ConnectFailure, UpstreamReset)):
-            return [Outcome.UNREACHABLE] * count, str(e)
-        unreachable = isinstance(e, (KeyError, OSError))
-        return [Outcome.UNREACHABLE if unreachable else Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
+        outcome, error = no_answer(e, float(self.ctx.settings.delivery_timeout))
+        return [outcome] * count, error
 
     async def _to_app(self, row: StreamRow, service: str, batch: list[tuple[int, bytes]], number: int, bulk: bool
                       ) -> tuple[list[Outcome], str | None]:
