@@ -57,7 +57,9 @@ def trace_of(raw: bytes) -> dict[str, str]:
         metadata = json.loads(raw).get("metadata") or {}
     except (ValueError, AttributeError):
         return {}
-    return {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate") and isinstance(v, str)}
+    # a value that would break the request's head is not passed on (the message itself still is)
+    return {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate") and isinstance(v, str)
+            and v.isprintable()}
 
 
 def _message_id(body: bytes) -> str:
@@ -210,7 +212,7 @@ class Courier:
                 answer = await ctx.client.post((info.address, info.inbound_port), f"{prefix}{row.topic}", data,
                                                headers, timeout=timeout, limit=limit,
                                                tls=ctx.identity.client_context, server_hostname=name)
-        except (TimeoutError, SidecarError, KeyError, OSError, PeerRefused) as e:
+        except (TimeoutError, SidecarError, KeyError, OSError, PeerRefused, ValueError) as e:
             return self._failed(e, count)
         mesh_error = answer.header("x-sidecar-error")
         verdict = answer.body
@@ -245,7 +247,7 @@ class Courier:
             answer = await ctx.client.post((instance.host, instance.port), row.path, data, headers,
                                            timeout=float(ctx.settings.delivery_timeout),
                                            limit=BULK_VERDICT_BYTES if bulk else VERDICT_BYTES, authority=service)
-        except (TimeoutError, SidecarError, OSError) as e:
+        except (TimeoutError, SidecarError, OSError, ValueError) as e:
             return self._failed(e, count)
         verdict = answer.body
         outcomes = (classify_bulk(answer.status, None, verdict, [_message_id(body) for _, body in batch])
@@ -291,7 +293,7 @@ class Courier:
                 timeout=float(ctx.settings.delivery_timeout), limit=BULK_VERDICT_BYTES,
                 tls=ctx.identity.client_context,
                 server_hostname=service_server_name(row.subscriber, info.address, info.inbound_port))
-        except (TimeoutError, SidecarError, OSError, PeerRefused) as e:
+        except (TimeoutError, SidecarError, OSError, PeerRefused, ValueError) as e:
             if isinstance(e, PeerRefused):
                 self._targets.pop(row.id, None)   # it could not show the service's certificate: choose again
             # no connection: the node may be restarting; the stream stays with it until the catalog says it is gone

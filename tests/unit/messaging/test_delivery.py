@@ -7,7 +7,7 @@ import pytest
 from sidecar.catalog.model import NODE_STREAM, ServiceMetadata, Subscription
 from sidecar.catalog.sync import Claim, decode_claims, encode_claims
 from sidecar.errors import InvalidArgument
-from sidecar.messaging.courier import no_answer
+from sidecar.messaging.courier import no_answer, trace_of
 from sidecar.messaging.delivery import (
     Ack,
     Attempts,
@@ -164,9 +164,17 @@ def test_batches_keep_order_and_bounds() -> None:
      "service/x"),
     (KeyError("node-b"), Outcome.UNREACHABLE, "node-b"),
     (ConnectionResetError("reset by peer"), Outcome.UNREACHABLE, "reset by peer"),
+    (ValueError("a request line or field holds a line break"), Outcome.FAILED, "line break"),
 ])
 def test_an_attempt_without_an_answer_counts_or_waits(error: Exception, outcome: Outcome, says: str) -> None:
     """A timeout or a server that does not speak HTTP counts as an attempt; no connection, a close before the answer,
     a refused handshake or a node gone is a wait for the subscriber."""
     got, text = no_answer(error, 2.0)
     assert got is outcome and says in text
+
+
+def test_a_trace_value_that_would_break_the_request_head_is_not_passed_on() -> None:
+    good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    raw = ServiceMessage.new("a", MessageBody("t", {}, {"traceparent": good, "tracestate": "x=1\r\nx-evil: 1"}),
+                             0).to_bytes()
+    assert trace_of(raw) == {"traceparent": good}
