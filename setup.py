@@ -46,6 +46,8 @@ NATIVE = [
     "sidecar/mesh/upstream_listeners.py",
     "sidecar/proxy/downstream.py",
     "sidecar/proxy/engine.py",
+    "sidecar/proxy/client.py",
+    "sidecar/proxy/clientwire.py",
     "sidecar/proxy/connector.py",
     "sidecar/proxy/exchange.py",
     "sidecar/proxy/failures.py",

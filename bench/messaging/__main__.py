@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -63,15 +64,22 @@ class Result:
     p50: float
     p99: float
     fsyncs_per_message: float | None = None
+    cpu_us: tuple[float, float] | None = None   # the publisher's and the subscriber's sidecar, CPU µs a message
 
 
 def result(system: str, workload: str, latencies: list[float], first: float, last: float,
-           fsyncs: float | None = None) -> Result:
+           fsyncs: float | None = None, cpu_us: tuple[float, float] | None = None) -> Result:
     ordered = sorted(latencies)
     elapsed = last - first
     return Result(system, workload, len(ordered), len(ordered) / elapsed if elapsed > 0 else 0.0,
                   statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-                  fsyncs)
+                  fsyncs, cpu_us)
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (/proc/PID/stat utime and stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -211,6 +219,7 @@ class Sidecars:
         arrivals = self.arrivals = Arrivals(count * consumers)
         url = f"{self.publisher.api}/v1/publish/{workload}"
         before = await asyncio.to_thread(self._fsyncs)
+        cpu_before = self._cpu()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
             async def send(n: int) -> None:
                 for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0):
@@ -228,9 +237,16 @@ class Sidecars:
                 raise AssertionError(f"message {n} refused 10 times")
             started = await publish_all(count, concurrency, arrivals, send, rate)
             await asyncio.wait_for(arrivals.done.wait(), 600)
+        cpu = tuple((b - a) / count * 1e6 for a, b in zip(cpu_before, self._cpu(), strict=True))
         fsyncs = (await asyncio.to_thread(self._fsyncs) - before) / count
         self.arrivals = None
-        return result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()), fsyncs)
+        return result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()), fsyncs,
+                      (cpu[0], cpu[1]))
+
+    def _cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of the publisher's and the subscriber's sidecar."""
+        assert self.publisher.proc is not None and self.subscriber.proc is not None
+        return cpu_seconds(self.publisher.proc.pid), cpu_seconds(self.subscriber.proc.pid)
 
     def split(self) -> str:
         """The paced run's latency cut by stage (ms, p50 / p99 over its messages): publish → 202, 202 → batch sent
@@ -465,8 +481,9 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
 
 def _line(r: Result) -> str:
     fsyncs = f"  fsyncs/msg {r.fsyncs_per_message:.3f}" if r.fsyncs_per_message is not None else ""
+    cpu = f"  CPU µs/msg pub {r.cpu_us[0]:.0f} sub {r.cpu_us[1]:.0f}" if r.cpu_us is not None else ""
     return (f"{r.workload:<7} {r.system:<24} {r.count:>6} msgs {r.throughput:>8.0f} msg/s  p50 {r.p50:>8.2f} ms  "
-            f"p99 {r.p99:>8.2f} ms{fsyncs}")
+            f"p99 {r.p99:>8.2f} ms{fsyncs}{cpu}")
 
 
 def table(results: list[Result]) -> str:
@@ -479,11 +496,15 @@ def table(results: list[Result]) -> str:
     for key in keys:
         runs = [r for r in results if (r.workload, r.system) == key]
         fsyncs = [r.fsyncs_per_message for r in runs if r.fsyncs_per_message is not None]
+        cpus = [r.cpu_us for r in runs if r.cpu_us is not None]
         medians[key] = Result(key[1], key[0], runs[0].count, statistics.median(r.throughput for r in runs),
                               statistics.median(r.p50 for r in runs), statistics.median(r.p99 for r in runs),
-                              statistics.median(fsyncs) if fsyncs else None)
-    rows = ["| workload | system | runs | msg/s | p50 ms | p99 ms | fsyncs/msg | sidecar ÷ this |",
-            "|---|---|---|---|---|---|---|---|"]
+                              statistics.median(fsyncs) if fsyncs else None,
+                              (statistics.median(c[0] for c in cpus), statistics.median(c[1] for c in cpus))
+                              if cpus else None)
+    rows = ["| workload | system | runs | msg/s | p50 ms | p99 ms | fsyncs/msg | CPU µs/msg pub / sub | "
+            "sidecar ÷ this |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for (workload, system), m in medians.items():
         runs = sum(1 for r in results if (r.workload, r.system) == (workload, system))
         ours = medians.get((workload, "sidecar"))
@@ -492,8 +513,9 @@ def table(results: list[Result]) -> str:
             reference = medians.get(("single", "redis"))
             ratio = f"x{m.throughput / reference.throughput:.2f} of single redis" if reference else ""
         fsyncs = f"{m.fsyncs_per_message:.3f}" if m.fsyncs_per_message is not None else ""
+        cpu = f"{m.cpu_us[0]:.0f} / {m.cpu_us[1]:.0f}" if m.cpu_us is not None else ""
         rows.append(f"| {workload} | {system} | {runs} | {m.throughput:.0f} | {m.p50:.2f} | {m.p99:.2f} | "
-                    f"{fsyncs} | {ratio} |")
+                    f"{fsyncs} | {cpu} | {ratio} |")
     return "\n".join(rows)
 
 

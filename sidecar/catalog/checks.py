@@ -4,10 +4,10 @@ results to the registry; a ticker expires TTL checks and removes services past `
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
-
-import aiohttp
+from urllib.parse import unquote, urlsplit
 
 from sidecar.catalog.health import CheckResult
 from sidecar.catalog.model import HealthStatus
@@ -15,10 +15,13 @@ from sidecar.catalog.registry import LocalRegistry, LocalService
 from sidecar.clock import Clock
 from sidecar.config.model import CheckConfig
 from sidecar.config.redact import url_without_credentials
+from sidecar.errors import SidecarError
+from sidecar.proxy.client import HttpClient
 
 log = logging.getLogger("sidecar.checks")
 
 TICK = 0.1  # seconds between TTL/deregistration sweeps: small next to any sensible ttl
+CHECK_BODY_BYTES = 64 << 10   # of a check's answer: read (the status decides), not kept
 
 
 def status_of_http(code: int) -> HealthStatus:
@@ -30,18 +33,29 @@ def status_of_http(code: int) -> HealthStatus:
     return HealthStatus.UNHEALTHY
 
 
-async def http_check(session: aiohttp.ClientSession, url: str, timeout: float) -> CheckResult:
+async def http_check(client: HttpClient, url: str, timeout: float) -> CheckResult:
     # the output is logged, shown in the catalog and gossiped: the URL's credentials (user info, query) are not
     shown = url_without_credentials(url)
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as resp:
-            await resp.read()
-            return CheckResult(status_of_http(resp.status), f"HTTP GET {shown}: {resp.status}")
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 80
+    except ValueError as e:
+        return CheckResult(HealthStatus.UNHEALTHY, f"HTTP GET {shown}: not a usable URL: {e}")
+    headers = []
+    if parts.username is not None:   # user info in the URL: sent as Basic credentials
+        secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers.append(("Authorization", "Basic " + base64.b64encode(secret).decode("ascii")))
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    authority = parts.netloc.rpartition("@")[2]
+    try:
+        answer = await client.request("GET", (host, port), target, b"", headers, timeout=timeout,
+                                      limit=CHECK_BODY_BYTES, authority=authority)
     except TimeoutError:
         return CheckResult(HealthStatus.UNHEALTHY, f"HTTP GET {shown}: timed out after {timeout:.3f}s")
-    except (aiohttp.ClientError, OSError) as e:
+    except (SidecarError, OSError, ValueError) as e:
         detail = str(e).replace(url, shown)
         return CheckResult(HealthStatus.UNHEALTHY, f"HTTP GET {shown}: {type(e).__name__}: {detail}")
+    return CheckResult(status_of_http(answer.status), f"HTTP GET {shown}: {answer.status}")
 
 
 async def tcp_check(host: str, port: int, timeout: float) -> CheckResult:
@@ -72,10 +86,11 @@ class CheckRunner:
         self.clock = clock
         self._tasks: dict[str, tuple[LocalService, asyncio.Task[None]]] = {}
         self._ticker: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        # no connection is kept between checks: each check dials, so it sees whether the app still accepts them
+        self._client = HttpClient(max_idle=0)
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+        self._client = HttpClient(max_idle=0)
         self.registry.listeners.append(self.sync)
         self.sync()
         self._ticker = asyncio.create_task(self._tick_loop(), name="health-ticker")
@@ -90,8 +105,7 @@ class CheckRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._session is not None:
-            await self._session.close()
+        self._client.close()
 
     def sync(self) -> None:
         """Start a loop for each service with an HTTP, TCP or gRPC check, stop loops of removed or replaced ones."""
@@ -109,8 +123,7 @@ class CheckRunner:
     async def _check_loop(self, entry: LocalService, check: CheckConfig) -> None:
         while True:
             if check.kind == "http":
-                assert self._session is not None
-                result = await http_check(self._session, check_url(entry), check.timeout)
+                result = await http_check(self._client, check_url(entry), check.timeout)
             elif check.kind == "grpc":
                 assert check.grpc is not None
                 from sidecar.catalog.grpccheck import grpc_check  # HTTP/2 loaded only with a gRPC check

@@ -1,9 +1,9 @@
 """What the parts of messaging share: the configuration, the clock, the catalog, this node's identity, the store
-with its writer and reader thread, the HTTP clients, the counters, and the answers to "who sends" and "who may
+with its writer and reader thread, the HTTP client, the counters, and the answers to "who sends" and "who may
 receive" that several parts ask.
 
 Built by :class:`sidecar.messaging.service.Messaging` and handed to each part; :meth:`open` and :meth:`close`
-are its lifecycle (the store, the writer, the clients).
+are its lifecycle (the store, the writer, the client).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-
-import aiohttp
 
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import Subscription
@@ -33,6 +31,7 @@ from sidecar.messaging.subscriptions import subscriber_node
 from sidecar.messaging.timing import ENV as TIMING_ENV
 from sidecar.messaging.timing import Timing
 from sidecar.messaging.writer import Writer
+from sidecar.proxy.client import HttpClient
 from sidecar.tls.reloader import IdentityStore
 
 log = logging.getLogger("sidecar.messaging")
@@ -60,8 +59,9 @@ class MessagingContext:
         self.store: Store | None = None
         self.writer: Writer | None = None
         self.outbound: HostPort | None = None
-        self.http: aiohttp.ClientSession | None = None   # to the mesh through this sidecar's outbound listener
-        self.mtls: aiohttp.ClientSession | None = None   # straight to peer sidecars' inbound listeners
+        # to the local apps, to the mesh through this sidecar's outbound listener, and over mTLS straight to peer
+        # sidecars' inbound listeners
+        self.client: HttpClient | None = None
         self.closing = asyncio.Event()
         self.started = False
         self.timing = Timing(None, self.node)
@@ -70,7 +70,7 @@ class MessagingContext:
     # ------------------------------------------------------------------------------------ lifecycle
 
     async def open(self, outbound: HostPort | None, on_evicted: Callable[[list[Evicted]], None]) -> Store:
-        """Open the store, start the writer (told of retention's evictions) and the HTTP clients."""
+        """Open the store, start the writer (told of retention's evictions) and the HTTP client."""
         self.outbound = outbound
         self.timing = Timing(os.environ.get(TIMING_ENV), self.node)
         limits = StoreLimits(int(self.settings.retention.age * 1000), self.settings.retention.bytes,
@@ -79,21 +79,15 @@ class MessagingContext:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="messaging-reader")
         self.writer = Writer(store, self.clock, on_evicted)
         self.writer.start()
-        self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=30),
-            auto_decompress=False, skip_auto_headers=("User-Agent",))
-        self.mtls = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30, force_close=False),
-            auto_decompress=False, skip_auto_headers=("User-Agent",))
+        self.client = HttpClient()
         return store
 
     async def close(self) -> None:
-        """Commit what is queued, close the clients and the store (the parts' tasks are stopped first)."""
+        """Commit what is queued, close the client and the store (the parts' tasks are stopped first)."""
         if self.writer is not None:
             await self.writer.stop()
-        for session in (self.http, self.mtls):
-            if session is not None:
-                await session.close()
+        if self.client is not None:
+            self.client.close()
         if self._reader is not None:
             self._reader.shutdown(wait=True)
         if self.store is not None:

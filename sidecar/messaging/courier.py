@@ -25,9 +25,6 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
 from sidecar.catalog.model import HealthStatus, ServiceMetadata
 from sidecar.errors import SidecarError
 from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext, log
@@ -35,6 +32,7 @@ from sidecar.messaging.delivery import Outcome, classify, classify_bulk
 from sidecar.messaging.store import StreamRow
 from sidecar.messaging.subscriptions import SubscriptionBook, inbox_service, subscriber_node
 from sidecar.messaging.topic_log import TopicLog
+from sidecar.proxy.failures import ConnectFailure, UpstreamReset
 from sidecar.tls.context import peer_server_name, service_server_name
 from sidecar.tls.errors import PeerRefused
 
@@ -59,7 +57,9 @@ def trace_of(raw: bytes) -> dict[str, str]:
         metadata = json.loads(raw).get("metadata") or {}
     except (ValueError, AttributeError):
         return {}
-    return {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate") and isinstance(v, str)}
+    # a value that would break the request's head is not passed on (the message itself still is)
+    return {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate") and isinstance(v, str)
+            and v.isprintable()}
 
 
 def _message_id(body: bytes) -> str:
@@ -76,6 +76,18 @@ def describe(status: int, mesh_error: str | None, body: bytes) -> str:
     return f"HTTP {status} from the {where}: {text}"
 
 
+def no_answer(e: Exception, timeout: float) -> tuple[Outcome, str]:
+    """An attempt that got no answer, and why: a timeout counts (FAILED); no connection, a connection closed before
+    the answer, a refused handshake or a node gone from the catalog (KeyError) is a wait (UNREACHABLE); an answer
+    that is not HTTP/1.1, or any other failure, counts."""
+    if isinstance(e, TimeoutError):
+        return Outcome.FAILED, f"no answer within {timeout:.3f}s"
+    if isinstance(e, (PeerRefused, ConnectFailure, UpstreamReset)):
+        return Outcome.UNREACHABLE, str(e)
+    unreachable = isinstance(e, (KeyError, OSError))
+    return Outcome.UNREACHABLE if unreachable else Outcome.FAILED, f"{type(e).__name__}: {e}"
+
+
 def consume(future: asyncio.Future[Any]) -> None:
     """Done-callback of a future no one awaits: its failure is logged, not lost."""
     if not future.cancelled() and future.exception() is not None:
@@ -90,8 +102,6 @@ class Courier:
         self.local_inbox: LocalInbox | None = None   # wired by the service once the inbox exists
         self._node_proofs: dict[tuple[str, str, int], tuple[str, float]] = {}  # (node, host, port) → (service, when)
         self._targets: dict[int, str] = {}   # a service's stream → the node it goes to
-        self._app_urls: dict[tuple[str, int, str], URL] = {}
-        self._client_timeout = aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
 
     def batch_size(self, row: StreamRow) -> int:
         """Messages per attempt: a batch to another sidecar, else the subscription's bulk size (0: one, not bulk)."""
@@ -148,16 +158,15 @@ class Courier:
 
     async def bounded_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool,
                               after: int | None = None) -> tuple[list[Outcome], str | None]:
-        """:meth:`attempt` in its own task with a hard deadline of our own besides the client's timeout: if the
-        attempt does not end (a cancellation swallowed somewhere below), the stream still moves on."""
-        task = asyncio.ensure_future(self.attempt(row, batch, number, bulk, after))
-        done, _ = await asyncio.wait({task}, timeout=float(self.ctx.settings.delivery_timeout) + 1.0)
-        if not done:
-            task.cancel()
-            task.add_done_callback(consume)
+        """:meth:`attempt` under a deadline of our own a second past the client's: whatever holds an attempt up
+        besides the request (a handshake proving a node's identity, a store write), the stream still moves on. In
+        the stream's own task, not one of its own: a delivery is not two trips through the event loop longer."""
+        try:
+            async with asyncio.timeout(float(self.ctx.settings.delivery_timeout) + 1.0):
+                return await self.attempt(row, batch, number, bulk, after)
+        except TimeoutError:
             self.ctx.counters["hard_timeouts"] += 1
             return [Outcome.FAILED] * len(batch), "no answer (hard deadline)"
-        return task.result()
 
     async def attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool,
                       after: int | None = None) -> tuple[list[Outcome], str | None]:
@@ -175,55 +184,48 @@ class Courier:
             return await self._to_app(row, service, batch, number, bulk)
         if node is None and ctx.identity is not None:
             return await self._to_node(row, batch, after)
-        timeout = aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout))
-        headers = {"Content-Type": "application/json", "x-sidecar-topic": row.topic,
-                   "x-sidecar-delivery-attempt": str(number), **trace_of(batch[0][1])}
+        headers = [("Content-Type", "application/json"), ("x-sidecar-topic", row.topic),
+                   ("x-sidecar-delivery-attempt", str(number)), *trace_of(batch[0][1]).items()]
         if bulk:
-            headers["x-sidecar-bulk"] = str(count)
+            headers.append(("x-sidecar-bulk", str(count)))
         data = b"[" + b",".join(body for _, body in batch) + b"]" if bulk else batch[0][1]
+        limit = BULK_VERDICT_BYTES if bulk else VERDICT_BYTES
+        timeout = float(ctx.settings.delivery_timeout)
+        assert ctx.client is not None
         try:
             if node is None:
-                assert ctx.http is not None and ctx.outbound is not None
-                request = ctx.http.post(f"http://{ctx.outbound}{row.path}", data=data,
-                                        headers={**headers, "Host": row.subscriber}, timeout=timeout)
+                assert ctx.outbound is not None
+                answer = await ctx.client.post((ctx.outbound.host, ctx.outbound.port), row.path, data, headers,
+                                               timeout=timeout, limit=limit, authority=row.subscriber)
             else:
                 info = ctx.catalog.snapshot().nodes[node]
-                assert ctx.mtls is not None and ctx.identity is not None
+                assert ctx.identity is not None
                 withheld = await self.withheld(node, info.address, info.inbound_port, row.topic)
                 if withheld is not None:
                     ctx.counters["deliveries_withheld:scope"] += 1
                     return [Outcome.UNREACHABLE] * count, withheld
-                host = f"[{info.address}]" if ":" in info.address else info.address
                 # a node's stream subscription names the service whose certificate must answer (its claim is
                 # signed by it); the handshake refuses any other before the message is written
                 name = (service_server_name(row.path, info.address, info.inbound_port) if row.path
                         else peer_server_name(info.address, info.inbound_port))
                 prefix = DELIVER_BATCH_PREFIX if bulk else DELIVER_PREFIX
-                request = ctx.mtls.post(f"https://{host}:{info.inbound_port}{prefix}{row.topic}", data=data,
-                                        headers=headers, timeout=timeout, ssl=ctx.identity.client_context,
-                                        server_hostname=name)
-            async with request as response:
-                verdict = await response.content.read(BULK_VERDICT_BYTES if bulk else VERDICT_BYTES)
-                mesh_error = response.headers.get("x-sidecar-error")
-                if bulk:
-                    outcomes = classify_bulk(response.status, mesh_error, verdict,
-                                             [_message_id(body) for _, body in batch])
-                else:
-                    outcomes = [classify(response.status, mesh_error, verdict)]
-                failed = any(o is not Outcome.ACK for o in outcomes)
-                return outcomes, describe(response.status, mesh_error, verdict) if failed else None
-        except (TimeoutError, aiohttp.ClientError, KeyError, OSError, PeerRefused) as e:
+                answer = await ctx.client.post((info.address, info.inbound_port), f"{prefix}{row.topic}", data,
+                                               headers, timeout=timeout, limit=limit,
+                                               tls=ctx.identity.client_context, server_hostname=name)
+        except (TimeoutError, SidecarError, KeyError, OSError, PeerRefused, ValueError) as e:
             return self._failed(e, count)
+        mesh_error = answer.header("x-sidecar-error")
+        verdict = answer.body
+        if bulk:
+            outcomes = classify_bulk(answer.status, mesh_error, verdict, [_message_id(body) for _, body in batch])
+        else:
+            outcomes = [classify(answer.status, mesh_error, verdict)]
+        failed = any(o is not Outcome.ACK for o in outcomes)
+        return outcomes, describe(answer.status, mesh_error, verdict) if failed else None
 
     def _failed(self, e: Exception, count: int) -> tuple[list[Outcome], str]:
-        """An attempt that got no answer: a timeout counts (FAILED); no connection, a refused handshake or a node
-        gone from the catalog (KeyError) is a wait (UNREACHABLE); any other client error counts."""
-        if isinstance(e, TimeoutError):
-            return [Outcome.FAILED] * count, f"no answer within {float(self.ctx.settings.delivery_timeout):.3f}s"
-        if isinstance(e, PeerRefused):
-            return [Outcome.UNREACHABLE] * count, str(e)
-        unreachable = isinstance(e, (aiohttp.ClientConnectionError, KeyError, OSError))
-        return [Outcome.UNREACHABLE if unreachable else Outcome.FAILED] * count, f"{type(e).__name__}: {e}"
+        outcome, error = no_answer(e, float(self.ctx.settings.delivery_timeout))
+        return [outcome] * count, error
 
     async def _to_app(self, row: StreamRow, service: str, batch: list[tuple[int, bytes]], number: int, bulk: bool
                       ) -> tuple[list[Outcome], str | None]:
@@ -233,41 +235,25 @@ class Courier:
         instance = self.local_instance(service)
         if instance is None:
             return [Outcome.UNREACHABLE] * count, f"no routable local instance of {service}"
-        assert ctx.http is not None
-        headers = {"Content-Type": "application/json", "Host": service, "x-sidecar-topic": row.topic,
-                   "x-sidecar-delivery-attempt": str(number), **trace_of(batch[0][1])}
+        assert ctx.client is not None
+        headers = [("Content-Type", "application/json"), ("x-sidecar-topic", row.topic),
+                   ("x-sidecar-delivery-attempt", str(number)), *trace_of(batch[0][1]).items()]
         if bulk:
-            headers["x-sidecar-bulk"] = str(count)
+            headers.append(("x-sidecar-bulk", str(count)))
         if ctx.timing.on:
             ctx.timing.mark("to-app", (_message_id(body) for _, body in batch), ctx.clock.wall())
         data = b"[" + b",".join(body for _, body in batch) + b"]" if bulk else batch[0][1]
         try:
-            async with ctx.http.post(self._app_url(instance, row.path), data=data, headers=headers,
-                                     timeout=self._timeout()) as response:
-                verdict = await response.content.read(BULK_VERDICT_BYTES if bulk else VERDICT_BYTES)
-                outcomes = (classify_bulk(response.status, None, verdict, [_message_id(body) for _, body in batch])
-                            if bulk else [classify(response.status, None, verdict)])
-                failed = any(o is not Outcome.ACK for o in outcomes)
-                return outcomes, describe(response.status, None, verdict) if failed else None
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            answer = await ctx.client.post((instance.host, instance.port), row.path, data, headers,
+                                           timeout=float(ctx.settings.delivery_timeout),
+                                           limit=BULK_VERDICT_BYTES if bulk else VERDICT_BYTES, authority=service)
+        except (TimeoutError, SidecarError, OSError, ValueError) as e:
             return self._failed(e, count)
-
-    def _app_url(self, instance: ServiceMetadata, path: str) -> URL:
-        """A local app's delivery URL, parsed once per (host, port, path)."""
-        key = (instance.host, instance.port, path)
-        url = self._app_urls.get(key)
-        if url is None:
-            if len(self._app_urls) >= 1024:
-                self._app_urls.clear()
-            host = f"[{instance.host}]" if ":" in instance.host else instance.host
-            url = self._app_urls[key] = URL(f"http://{host}:{instance.port}{path}")
-        return url
-
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        seconds = float(self.ctx.settings.delivery_timeout)
-        if self._client_timeout.total != seconds:   # a reload changed it
-            self._client_timeout = aiohttp.ClientTimeout(total=seconds)
-        return self._client_timeout
+        verdict = answer.body
+        outcomes = (classify_bulk(answer.status, None, verdict, [_message_id(body) for _, body in batch])
+                    if bulk else [classify(answer.status, None, verdict)])
+        failed = any(o is not Outcome.ACK for o in outcomes)
+        return outcomes, describe(answer.status, None, verdict) if failed else None
 
     async def _to_node(self, row: StreamRow, batch: list[tuple[int, bytes]], after: int | None
                        ) -> tuple[list[Outcome], str | None]:
@@ -291,37 +277,36 @@ class Courier:
         info = ctx.catalog.snapshot().nodes.get(node)
         if info is None:
             return [Outcome.UNREACHABLE] * count, f"node {node} left"
-        assert ctx.mtls is not None and ctx.identity is not None
-        host = f"[{info.address}]" if ":" in info.address else info.address
-        headers = {"Content-Type": "application/json", "x-sidecar-topic": row.topic, SUBSCRIBER_HEADER: row.subscriber,
-                   ORIGIN_HEADER: origin, SEQS_HEADER: ",".join(str(seq) for seq, _ in batch),
-                   **trace_of(batch[0][1])}
+        assert ctx.client is not None and ctx.identity is not None
+        headers = [("Content-Type", "application/json"), ("x-sidecar-topic", row.topic),
+                   (SUBSCRIBER_HEADER, row.subscriber), (ORIGIN_HEADER, origin),
+                   (SEQS_HEADER, ",".join(str(seq) for seq, _ in batch)), *trace_of(batch[0][1]).items()]
         if after is not None:
-            headers[AFTER_HEADER] = str(after)
+            headers.append((AFTER_HEADER, str(after)))
         data = b"[" + b",".join(body for _, body in batch) + b"]"
         if ctx.timing.on:
             ctx.timing.mark("sent", (_message_id(body) for _, body in batch), ctx.clock.wall())
         try:
             # the handshake asks for the service's certificate: a node that cannot show it gets nothing
-            async with ctx.mtls.post(
-                    f"https://{host}:{info.inbound_port}{DELIVER_BATCH_PREFIX}{row.topic}", data=data,
-                    headers=headers, timeout=aiohttp.ClientTimeout(total=float(ctx.settings.delivery_timeout)),
-                    ssl=ctx.identity.client_context,
-                    server_hostname=service_server_name(row.subscriber, info.address, info.inbound_port)) as response:
-                verdict = await response.content.read(BULK_VERDICT_BYTES)
-                mesh_error = response.headers.get("x-sidecar-error")
-                # the receiver stores the whole batch or none of it: one outcome for all (no message parsed here)
-                stored = 200 <= response.status < 300 and mesh_error is None
-                outcomes = [Outcome.ACK if stored else classify(response.status, mesh_error, verdict)] * count
-                failed = not stored
-                if failed and mesh_error == "NOT_FOUND":
-                    self._targets.pop(row.id, None)   # that node no longer subscribes: choose again
-                return outcomes, describe(response.status, mesh_error, verdict) if failed else None
-        except (TimeoutError, aiohttp.ClientError, OSError, PeerRefused) as e:
+            answer = await ctx.client.post(
+                (info.address, info.inbound_port), f"{DELIVER_BATCH_PREFIX}{row.topic}", data, headers,
+                timeout=float(ctx.settings.delivery_timeout), limit=BULK_VERDICT_BYTES,
+                tls=ctx.identity.client_context,
+                server_hostname=service_server_name(row.subscriber, info.address, info.inbound_port))
+        except (TimeoutError, SidecarError, OSError, PeerRefused, ValueError) as e:
             if isinstance(e, PeerRefused):
                 self._targets.pop(row.id, None)   # it could not show the service's certificate: choose again
             # no connection: the node may be restarting; the stream stays with it until the catalog says it is gone
             return self._failed(e, count)
+        mesh_error = answer.header("x-sidecar-error")
+        # the receiver stores the whole batch or none of it: one outcome for all (no message parsed here)
+        stored = 200 <= answer.status < 300 and mesh_error is None
+        outcomes = [Outcome.ACK if stored else classify(answer.status, mesh_error, answer.body)] * count
+        if stored:
+            return outcomes, None
+        if mesh_error == "NOT_FOUND":
+            self._targets.pop(row.id, None)   # that node no longer subscribes: choose again
+        return outcomes, describe(answer.status, mesh_error, answer.body)
 
     async def withheld(self, node: str, host: str, port: int, topic: str) -> str | None:
         """For a scoped topic: why the sidecar at ``host:port`` may not get its messages for its stream readers, or

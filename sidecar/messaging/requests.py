@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import aiohttp
-
-from sidecar.errors import DeadlineExceeded, NotFound, Unavailable
+from sidecar.errors import DeadlineExceeded, NotFound, SidecarError, Unavailable
 from sidecar.messaging.context import MessagingContext
 from sidecar.messaging.envelope import MessageBody, ServiceMessage
 
@@ -27,23 +25,20 @@ async def send(ctx: MessagingContext, service: str, body: MessageBody, sender_he
     message = ServiceMessage.new(ctx.sender(sender_header), body, ctx.now_ms())
     timeout = float(ctx.settings.request_timeout)
     ctx.counters["requests"] += 1
-    assert ctx.http is not None and ctx.outbound is not None
+    assert ctx.client is not None and ctx.outbound is not None
+    headers = [*(trace or {}).items(), ("Content-Type", "application/json"), ("x-sidecar-message-id", message.id)]
     try:
-        async with ctx.http.post(
-                f"http://{ctx.outbound}{path}", data=message.to_bytes(),
-                headers={**(trace or {}), "Host": service, "Content-Type": "application/json",
-                         "x-sidecar-message-id": message.id},
-                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            raw = await response.content.read(MAX_RESPONSE + 1)
-            if len(raw) > MAX_RESPONSE:
-                raise Unavailable(f"{service} answered more than {MAX_RESPONSE} bytes", {"service": service})
-            keep = {k: v for k, v in response.headers.items() if k.lower() in _PASSED_ON}
-            return response.status, keep, raw
+        answer = await ctx.client.post((ctx.outbound.host, ctx.outbound.port), path, message.to_bytes(), headers,
+                                       timeout=timeout, limit=MAX_RESPONSE + 1, authority=service)
     except TimeoutError:
         ctx.counters["request_timeouts"] += 1
         raise DeadlineExceeded(f"{service} did not answer the message within {timeout:.3f}s",
                                {"service": service, "messageId": message.id}) from None
-    except aiohttp.ClientError as e:
+    except (SidecarError, OSError) as e:
         ctx.counters["request_errors"] += 1
         raise Unavailable(f"the message to {service} could not be sent: {type(e).__name__}: {e}",
                           {"service": service, "messageId": message.id}) from None
+    if len(answer.body) > MAX_RESPONSE:
+        raise Unavailable(f"{service} answered more than {MAX_RESPONSE} bytes", {"service": service})
+    keep = {k: v for k, v in answer.headers if k.lower() in _PASSED_ON}
+    return answer.status, keep, answer.body

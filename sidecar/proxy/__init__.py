@@ -7,7 +7,8 @@ dials), ``pool`` (keep-alive upstream connections), ``upstream`` / ``downstream`
 HTTP/1.1 codec's two sides), ``sides`` (what the exchange needs of a client side and an upstream stream, whatever
 the codec), ``engine`` (what a listener's exchanges share), ``exchange`` (one request from head to end, as a
 phase machine), ``tunnel`` (two transports spliced after an upgrade), ``relay`` (the TCP relay), ``server``
-(the listener).
+(the listener); ``client`` and ``clientwire`` (the sidecar's own keep-alive HTTP/1.1 client, for the requests it
+makes itself: messages to apps and batches to other sidecars).
 """
 
 from sidecar.proxy.failures import (

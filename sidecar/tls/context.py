@@ -194,6 +194,8 @@ def refusal_of(exc: BaseException, role: str = "client", trust_domain: str = "")
     """The reason for a failed handshake, using the evidence the server context captured, if any."""
     if isinstance(exc, PeerRefused):
         return exc.reason
+    if isinstance(exc, WrongServiceError):
+        return exc.refusal
     evidence = getattr(exc, EVIDENCE_ATTRIBUTE, None)
     if not isinstance(evidence, HandshakeEvidence):
         evidence = reasons.NO_EVIDENCE
@@ -289,6 +291,10 @@ class WrongServiceError(ssl.SSLError):
 
     sidecar_identity = True
 
+    def __init__(self, refusal: reasons.RefusalReason) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
 
 def _require_service(ssl_object: ssl.SSLObject, service: str) -> None:
     """Every dial whose SNI names a service (:func:`service_server_name`) requires that service's SPIFFE ID in
@@ -301,7 +307,7 @@ def _require_service(ssl_object: ssl.SSLObject, service: str) -> None:
             named = SpiffeId.from_text(ids[0]).service
     if named is None or named.lower() != service:
         shown = ids[0] if len(ids) == 1 else f"{len(ids)} SPIFFE IDs"
-        raise WrongServiceError(reasons.wrong_service("server", shown, service).message)
+        raise WrongServiceError(reasons.wrong_service("server", shown, service))
 
 
 # ------------------------------------------------------------------------------------------ sessions

@@ -1,4 +1,4 @@
-"""The redelivery core and the envelope: tables, no I/O."""
+"""The redelivery core, the envelope and what an attempt without an answer means: tables, no I/O."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 from sidecar.catalog.model import NODE_STREAM, ServiceMetadata, Subscription
 from sidecar.catalog.sync import Claim, decode_claims, encode_claims
 from sidecar.errors import InvalidArgument
+from sidecar.messaging.courier import no_answer, trace_of
 from sidecar.messaging.delivery import (
     Ack,
     Attempts,
@@ -21,6 +22,9 @@ from sidecar.messaging.delivery import (
 from sidecar.messaging.envelope import MessageBody, ServiceMessage, check_topic
 from sidecar.messaging.streams import batches
 from sidecar.messaging.subscriptions import SubscriptionBook, Wanted
+from sidecar.proxy.failures import ConnectFailure, UpstreamProtocolError, UpstreamReset
+from sidecar.tls.errors import PeerRefused
+from sidecar.tls.reasons import Refusal, RefusalReason
 
 
 @pytest.mark.parametrize(("status", "mesh_error", "body", "outcome"), [
@@ -149,3 +153,28 @@ def test_batches_keep_order_and_bounds() -> None:
     assert [[s for s, _ in b] for b in batches(owed, 100, 25)] == [[1, 2], [3, 4], [5, 6], [7]]
     assert [len(b) for b in batches([(1, b"x" * 50)], 5, 10)] == [1]  # one too big still goes, alone
     assert batches([], 5, 10) == []
+
+
+@pytest.mark.parametrize(("error", "outcome", "says"), [
+    (TimeoutError("no answer from 127.0.0.1:3000 within 2.000s"), Outcome.FAILED, "no answer within 2.000s"),
+    (UpstreamProtocolError("127.0.0.1:3000", "bad head"), Outcome.FAILED, "invalid response: bad head"),
+    (ConnectFailure("127.0.0.1:3000", "connection refused"), Outcome.UNREACHABLE, "connection refused"),
+    (UpstreamReset("127.0.0.1:3000"), Outcome.UNREACHABLE, "reset"),
+    (PeerRefused(RefusalReason(Refusal.WRONG_SERVICE, "server is spiffe://td/service/x")), Outcome.UNREACHABLE,
+     "service/x"),
+    (KeyError("node-b"), Outcome.UNREACHABLE, "node-b"),
+    (ConnectionResetError("reset by peer"), Outcome.UNREACHABLE, "reset by peer"),
+    (ValueError("a request line or field holds a line break"), Outcome.FAILED, "line break"),
+])
+def test_an_attempt_without_an_answer_counts_or_waits(error: Exception, outcome: Outcome, says: str) -> None:
+    """A timeout or a server that does not speak HTTP counts as an attempt; no connection, a close before the answer,
+    a refused handshake or a node gone is a wait for the subscriber."""
+    got, text = no_answer(error, 2.0)
+    assert got is outcome and says in text
+
+
+def test_a_trace_value_that_would_break_the_request_head_is_not_passed_on() -> None:
+    good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    raw = ServiceMessage.new("a", MessageBody("t", {}, {"traceparent": good, "tracestate": "x=1\r\nx-evil: 1"}),
+                             0).to_bytes()
+    assert trace_of(raw) == {"traceparent": good}
