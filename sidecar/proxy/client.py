@@ -29,7 +29,7 @@ import ssl
 from collections.abc import Hashable, Iterable
 from typing import cast
 
-from sidecar.proxy.clientwire import Answer, Collector, encode_request
+from sidecar.proxy.clientwire import AnswerCollector, HttpAnswer, encode_request
 from sidecar.proxy.connector import dial
 from sidecar.proxy.failures import ConnectFailure, UpstreamProtocolError, UpstreamReset
 from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits, RemoteProtocolError, ResponseHead, Trailers
@@ -42,8 +42,8 @@ IDLE_TIMEOUT = 30.0   # seconds an idle connection is kept (aiohttp's client kee
 MAX_IDLE = 64         # idle connections kept per (address, TLS context, server name)
 
 
-class ClientConnection(asyncio.Protocol):
-    """One connection: a request at a time, its answer collected by a :class:`Collector`."""
+class KeptConnection(asyncio.Protocol):
+    """One connection: a request at a time, its answer collected by a :class:`AnswerCollector`."""
 
     __slots__ = ("_collector", "_reader", "_waiter", "authority", "closed", "idle_since", "stale", "transport",
                  "used")
@@ -56,17 +56,17 @@ class ClientConnection(asyncio.Protocol):
         self.stale = False         # it was: a reused connection closed before any byte of the answer
         self.idle_since = 0.0
         self._reader = ResponseReader(self, limits)
-        self._collector: Collector | None = None
-        self._waiter: asyncio.Future[Answer] | None = None
+        self._collector: AnswerCollector | None = None
+        self._waiter: asyncio.Future[HttpAnswer] | None = None
 
     # ------------------------------------------------------------------------------------------ requests
 
-    def request(self, data: bytes, limit: int, head: bool = False) -> asyncio.Future[Answer]:
+    def request(self, data: bytes, limit: int, head: bool = False) -> asyncio.Future[HttpAnswer]:
         """Send ``data`` (a whole request; ``head``: a HEAD request, whose answer has no body); the future gets its
         answer, or the failure."""
         assert self.transport is not None and self._waiter is None
         waiter = self._waiter = asyncio.get_running_loop().create_future()
-        self._collector = Collector(limit)
+        self._collector = AnswerCollector(limit)
         self._reader.expect(head)
         self.transport.write(data)
         return waiter
@@ -138,7 +138,7 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------------------------------ outcomes
 
-    def _done(self, collector: Collector) -> None:
+    def _done(self, collector: AnswerCollector) -> None:
         answer = collector.answer
         assert answer is not None
         waiter = self._waiter
@@ -167,7 +167,7 @@ class HttpClient:
         self._limits = head_limits
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
-        self._idle: dict[Hashable, list[ClientConnection]] = {}
+        self._idle: dict[Hashable, list[KeptConnection]] = {}
         self._targets: dict[Hashable, Target] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -175,14 +175,14 @@ class HttpClient:
 
     async def post(self, address: tuple[str, int], target: str, body: bytes, headers: Iterable[tuple[str, str]],
                    *, timeout: float, limit: int, authority: str | None = None,
-                   tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> Answer:
+                   tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> HttpAnswer:
         """POST ``body`` to ``target`` at ``address``: :meth:`request`."""
         return await self.request("POST", address, target, body, headers, timeout=timeout, limit=limit,
                                   authority=authority, tls=tls, server_hostname=server_hostname)
 
     async def request(self, method: str, address: tuple[str, int], target: str, body: bytes,
                       headers: Iterable[tuple[str, str]], *, timeout: float, limit: int, authority: str | None = None,
-                      tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> Answer:
+                      tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> HttpAnswer:
         """``method`` ``target`` at ``address`` (over TLS with ``tls``, offering ``server_hostname``) with ``body``;
         the whole answer, its body up to ``limit`` bytes. ``Host`` is ``authority`` (default: the address)."""
         key = (address, tls, server_hostname)
@@ -207,12 +207,12 @@ class HttpClient:
         except TimeoutError:
             raise TimeoutError(f"no answer from {dest.authority} within {timeout:.3f}s") from None
 
-    async def _dial(self, dest: Target, timeout: float) -> ClientConnection:
+    async def _dial(self, dest: Target, timeout: float) -> KeptConnection:
         if self._closed:
             raise ConnectFailure(dest.authority, "the client is closed")
         try:
             # the caller's deadline ends the dial first: a dial that takes it all is a timeout, as any other
-            _, conn = await dial(dest, lambda: ClientConnection(dest.authority, self._limits), timeout + 1.0)
+            _, conn = await dial(dest, lambda: KeptConnection(dest.authority, self._limits), timeout + 1.0)
         except ConnectFailure as e:
             cause = e.__cause__ or e.__context__
             if isinstance(cause, ssl.SSLError):
@@ -221,8 +221,8 @@ class HttpClient:
         self.dialed += 1
         return conn
 
-    async def _exchange(self, key: Hashable, conn: ClientConnection, data: bytes, limit: int, method: str
-                        ) -> Answer:
+    async def _exchange(self, key: Hashable, conn: KeptConnection, data: bytes, limit: int, method: str
+                        ) -> HttpAnswer:
         try:
             answer = await conn.request(data, limit, method == "HEAD")
         except BaseException:
@@ -234,7 +234,7 @@ class HttpClient:
 
     # ------------------------------------------------------------------------------------------ the pool
 
-    def _take(self, key: Hashable) -> ClientConnection | None:
+    def _take(self, key: Hashable) -> KeptConnection | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -242,7 +242,7 @@ class HttpClient:
                 return conn
         return None
 
-    def _put(self, key: Hashable, conn: ClientConnection) -> None:
+    def _put(self, key: Hashable, conn: KeptConnection) -> None:
         idle = self._idle.setdefault(key, [])
         if self._closed or len(idle) >= self._max_idle:
             conn.close()

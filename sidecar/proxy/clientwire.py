@@ -1,11 +1,11 @@
 """The wire side of the sidecar's own HTTP/1.1 client (:mod:`sidecar.proxy.client`): a request's bytes, and a
-response read into one :class:`Answer` by the proxy's compiled reader. No I/O.
+response read into one :class:`HttpAnswer` by the proxy's compiled reader. No I/O.
 
 A request is written whole, head and body in one buffer (``Content-Length`` framing, never chunked): the client
 sends small documents it already holds. A response is read by :class:`~sidecar.proxy.http1read.ResponseReader`
 (llhttp, with the proxy's head limits); its body, whatever its framing (``Content-Length``, chunked, or to the
 close), is kept up to ``limit`` bytes. A body longer than that is cut there and the answer ends at once: the rest is
-never read, so the connection is not reused (:attr:`Collector.reusable`).
+never read, so the connection is not reused (:attr:`AnswerCollector.reusable`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def encode_request(method: str, target: str, authority: str, headers: Iterable[t
     return "".join(parts).encode("latin-1") + body
 
 
-class Answer:
+class HttpAnswer:
     """A whole response: status, end-to-end fields, and the body up to the limit (``truncated`` if it was longer)."""
 
     __slots__ = ("body", "head", "truncated")
@@ -58,7 +58,7 @@ class Answer:
         return self.head.headers.get(name)
 
 
-class Collector:
+class AnswerCollector:
     """A :class:`~sidecar.proxy.http1read.ResponseSink` that gathers one response: its final head and up to
     ``limit`` bytes of body. ``answer`` is set once the response ended or reached the limit."""
 
@@ -69,7 +69,7 @@ class Collector:
         self._head: ResponseHead | None = None
         self._body: list[bytes] = []
         self._size = 0
-        self.answer: Answer | None = None
+        self.answer: HttpAnswer | None = None
 
     @property
     def started(self) -> bool:
@@ -116,4 +116,4 @@ class Collector:
     def _finish(self, truncated: bool) -> None:
         assert self._head is not None
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self.answer = Answer(self._head, body, truncated)
+        self.answer = HttpAnswer(self._head, body, truncated)

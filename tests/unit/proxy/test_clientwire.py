@@ -1,16 +1,16 @@
-"""The client's wire side: a request's bytes, and responses read whole by the compiled reader into an Answer."""
+"""The client's wire side: a request's bytes, and responses read whole by the compiled reader into an HttpAnswer."""
 
 from __future__ import annotations
 
 import pytest
 
-from sidecar.proxy.clientwire import Collector, encode_request
+from sidecar.proxy.clientwire import AnswerCollector, encode_request
 from sidecar.proxy.http1 import MalformedResponse
 from sidecar.proxy.http1read import ResponseReader
 
 
-def read(raw: bytes | list[bytes], limit: int = 1024, eof: bool = False) -> Collector:
-    collector = Collector(limit)
+def read(raw: bytes | list[bytes], limit: int = 1024, eof: bool = False) -> AnswerCollector:
+    collector = AnswerCollector(limit)
     reader = ResponseReader(collector)
     reader.expect(False)
     for piece in [raw] if isinstance(raw, bytes) else raw:
