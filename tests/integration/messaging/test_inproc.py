@@ -251,7 +251,9 @@ def test_a_full_subscriber_sidecar_refuses_batches_and_the_publishers_outbox_hol
         app = await App("sub", slow).start()
         await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
         await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="t", path="/in")],
-                       messaging=messaging_config(queue=MessagingQueue(max_pending=5)))
+                       # the app holds its first delivery until the test lets it go: no timeout may end it first
+                       # (a timed-out attempt is retried, and dead-lettered after max_attempts)
+                       messaging=messaging_config(queue=MessagingQueue(max_pending=5), delivery_timeout=Duration(60)))
         a, b = mesh.nodes["a"], mesh.nodes["b"]
         await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known")
         for i in range(20):
