@@ -46,19 +46,32 @@ PUBLISH_INTERVAL = 0.5      # one order every half second
 MAX_IN_FLIGHT = 16          # the driver never has more requests than this outstanding
 
 
-def _free_port() -> int:
-    """A loopback port free for TCP and for UDP alike: gossip listens on both with one number, and a port the
-    kernel hands out free for TCP may be held by some other program's UDP socket."""
-    for _ in range(100):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+def free_ports(count: int, taken: set[int]) -> list[int]:
+    """``count`` loopback ports free for TCP and for UDP alike (gossip listens on both with one number, and a port
+    the kernel hands out free for TCP may be held by some other program's UDP socket), none of them in ``taken``,
+    to which they are added. The probing sockets stay bound until all are chosen, so the kernel cannot hand one
+    number out twice, and ``taken`` keeps a number given to a process that has not bound it yet from going to
+    another."""
+    chosen: list[int] = []
+    with contextlib.ExitStack() as held:
+        for _ in range(100 * count):
+            if len(chosen) == count:
+                break
+            tcp = held.enter_context(socket.socket())
             tcp.bind(("127.0.0.1", 0))
             port = int(tcp.getsockname()[1])
+            if port in taken:
+                continue
+            udp = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
             try:
                 udp.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError("no loopback port free for both TCP and UDP")
+            chosen.append(port)
+    if len(chosen) < count:
+        raise RuntimeError("no loopback port free for both TCP and UDP")
+    taken.update(chosen)
+    return chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +141,7 @@ class Demo:
     root: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     nodes: list[DemoNode] = field(default_factory=list)
+    ports: set[int] = field(default_factory=set)   # given to the demo's processes (see free_ports)
 
     def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         with open(self.root / f"{log_name}.log", "wb") as log:   # the child keeps its own descriptor
@@ -137,8 +151,7 @@ class Demo:
         return process
 
     def add_node(self, spec: NodeSpec, ca_dir: Path, seed: str | None) -> DemoNode:
-        app_port, admin, api = _free_port(), _free_port(), _free_port()
-        gossip = _free_port()
+        app_port, admin, api, gossip = free_ports(4, self.ports)
         self.spawn(["-m", "sidecar.demo.app", "--name", spec.service, "--port", str(app_port), *spec.app_args],
                    f"{spec.node}-app")
         certs = issue(spec.service, ca_dir, "24h", out_directory=self.root / spec.node / "certs")
