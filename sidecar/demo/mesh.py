@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,19 +47,36 @@ PUBLISH_INTERVAL = 0.5      # one order every half second
 MAX_IN_FLIGHT = 16          # the driver never has more requests than this outstanding
 
 
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range, which it never hands to an outgoing connection on its own (empty
+    when the range starts too low to leave room under it)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    return range(max(1024, low - 10_000), low)
+
+
 def free_ports(count: int, taken: set[int]) -> list[int]:
     """``count`` loopback ports free for TCP and for UDP alike (gossip listens on both with one number, and a port
-    the kernel hands out free for TCP may be held by some other program's UDP socket), none of them in ``taken``,
-    to which they are added. The probing sockets stay bound until all are chosen, so the kernel cannot hand one
-    number out twice, and ``taken`` keeps a number given to a process that has not bound it yet from going to
-    another."""
+    free for TCP may be held by some other program's UDP socket), none of them in ``taken``, to which they are
+    added. A port is chosen between its probe and the process binding it, so it is taken under the ephemeral range
+    where one is free there (an outgoing connection of any program could otherwise take it in between), with the
+    probing sockets held until all are chosen, and ``taken`` keeps a number given to a process that has not bound
+    it yet from going to another."""
+    candidates = _below_ephemeral()
+    rng = random.Random()
     chosen: list[int] = []
     with contextlib.ExitStack() as held:
-        for _ in range(100 * count):
+        for attempt in range(100 * count):
             if len(chosen) == count:
                 break
             tcp = held.enter_context(socket.socket())
-            tcp.bind(("127.0.0.1", 0))
+            try:
+                # half the attempts under the ephemeral range; then the kernel's choice
+                tcp.bind(("127.0.0.1", rng.choice(candidates) if candidates and attempt < 50 * count else 0))
+            except OSError:
+                continue
             port = int(tcp.getsockname()[1])
             if port in taken:
                 continue
