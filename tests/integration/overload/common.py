@@ -68,11 +68,18 @@ class Mesh:
         return self.process.proc is not None and self.process.proc.poll() is None
 
 
+# every process start_mesh made in the running test; conftest.py kills those still running when the test ends,
+# passed or failed (a failed assertion skips a test's own kill)
+STARTED: list[SidecarProcess] = []
+
+
 def start_mesh(tmp: Path, app: FakeApp, overrides: dict[str, Any] | None = None) -> Mesh:
     pki = make_certs(tmp / "certs", ["web", "client"])
     config: dict[str, Any] = {"tls": pki["web"], "services": [{"name": "web", "port": app.port}],
                               **(overrides or {})}
-    process = SidecarProcess(tmp, config).start()
+    process = SidecarProcess(tmp, config)
+    STARTED.append(process)
+    process.start()
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["client"]["ca"])
     client.check_hostname = False  # peers are named by SPIFFE URI, not DNS
     client.load_cert_chain(pki["client"]["cert"], pki["client"]["key"])
