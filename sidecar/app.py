@@ -38,6 +38,7 @@ from sidecar.errors import ConfigError, InvalidArgument, SidecarError
 from sidecar.events import EventBus
 from sidecar.gossip.node import GossipNode
 from sidecar.gossip.rotator import KeyRotator
+from sidecar.httpd import Site
 from sidecar.lifecycle import WrappedApp
 from sidecar.log import fields
 from sidecar.mesh.dataplane import DataPlane
@@ -54,7 +55,6 @@ from sidecar.overload.metrics import OverloadCollector, overload_routes
 from sidecar.overload.monitor import malloc_trimmer, shrink_heap
 from sidecar.proxy import HttpProxy, TcpRelay
 from sidecar.proxy.limits import DEFAULT_PROXY_LIMITS
-from sidecar.site import Site
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
 from sidecar.tls.context import server_alpn
 from sidecar.tls.errors import CertificateError

@@ -1,5 +1,5 @@
-"""What the aiohttp apps (admin port, app API) share: the error middleware, JSON in and out, and Server-Sent
-Events. Starting an app on a port, with the listeners' protocol hygiene, is :mod:`sidecar.site`.
+"""What the admin port, the app API and messaging's receiver share: the error middleware, JSON in and out, and
+Server-Sent Events. The server itself (routing, connections, listeners' limits) is :mod:`sidecar.httpd`.
 """
 
 from __future__ import annotations
@@ -7,43 +7,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
-
-from sidecar.errors import InvalidArgument, MethodNotAllowed, NotFound, SidecarError, rescue
+from sidecar.errors import InvalidArgument, SidecarError
+from sidecar.httpd import Handler, Request, Response, StreamResponse
+from sidecar.httpd.app import MAX_BODY
+from sidecar.httpd.response import error_response
 
 log = logging.getLogger("sidecar.web")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAX_BODY = 1 << 20  # the APIs take small JSON documents; 1 MiB is generous
+__all__ = ["MAX_BODY", "Handler", "error_response", "errors_middleware", "json_response", "last_event_id",
+           "read_json_object", "sse_stream"]
 
 
-def error_response(exc: BaseException) -> web.Response:
-    rescued = rescue(exc)
-    return web.Response(status=rescued.status, body=rescued.body, headers=rescued.headers)
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def errors_middleware(request: Request, handler: Handler) -> StreamResponse:
     """Every error leaves in SPEC's shape; this and ``errors.rescue`` are the only places that build it."""
     try:
         return await handler(request)
     except SidecarError as e:
         return error_response(e)
-    except web.HTTPMethodNotAllowed as e:
-        allowed = sorted(e.allowed_methods)
-        return error_response(MethodNotAllowed(
-            f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}", {"allowed": allowed}))
-    except web.HTTPNotFound:
-        return error_response(NotFound(f"no such resource: {request.path}"))
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(InvalidArgument(f"request body is larger than {MAX_BODY} bytes"))
-    except web.HTTPException as e:
-        if e.status >= 400:
-            return error_response(InvalidArgument(e.reason or str(e)))
-        raise
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as e:
@@ -51,12 +34,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(e)
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(data, separators=(",", ":")).encode(),
-                        content_type="application/json")
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data, separators=(",", ":")).encode(), content_type="application/json")
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
+async def read_json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or InvalidArgument saying what is wrong with it."""
     raw = await request.read()
     if not raw:
@@ -71,34 +53,27 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def sse_stream(request: web.Request, events: AsyncIterator[tuple[int, str, Any]],
-                     heartbeat: float = 15.0, watch: float = 1.0) -> web.StreamResponse:
+async def sse_stream(request: Request, events: AsyncIterator[tuple[int, str, Any]],
+                     heartbeat: float = 15.0) -> StreamResponse:
     """Send ``(id, event type, data)`` items as Server-Sent Events until the client goes or the source ends.
 
-    A comment line every ``heartbeat`` seconds keeps proxies from closing an idle stream. The connection is looked
-    at every ``watch`` seconds, so that a client that left ends the stream (and what it holds) within that time,
-    not at the next write.
+    A comment line every ``heartbeat`` seconds keeps proxies from closing an idle stream. A client that leaves
+    has its connection cancel this handler (:mod:`sidecar.httpd.connection`), which ends the stream and what it
+    holds at once.
     """
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
+    response = StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
     await response.prepare(request)
     await response.write(b": stream open\n\n")
-    loop = asyncio.get_running_loop()
     iterator = events.__aiter__()
-    next_item: asyncio.Task[tuple[int, str, Any]] | None = None
-    written = loop.time()
+    next_item: asyncio.Future[tuple[int, str, Any]] | None = None
     try:
         while True:
             if next_item is None:
                 next_item = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({next_item}, timeout=min(heartbeat, watch))
+            done, _ = await asyncio.wait({next_item}, timeout=heartbeat)
             if not done:
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    break  # the client left
-                if loop.time() - written >= heartbeat:
-                    await response.write(b": keep-alive\n\n")
-                    written = loop.time()
+                await response.write(b": keep-alive\n\n")
                 continue
             try:
                 event_id, event_type, data = next_item.result()
@@ -107,16 +82,16 @@ async def sse_stream(request: web.Request, events: AsyncIterator[tuple[int, str,
             next_item = None
             payload = json.dumps(data, separators=(",", ":"))
             await response.write(f"id: {event_id}\nevent: {event_type}\ndata: {payload}\n\n".encode())
-            written = loop.time()
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         pass
     finally:
         if next_item is not None:
             next_item.cancel()
+    await response.write_eof()
     return response
 
 
-def last_event_id(request: web.Request) -> int | None:
+def last_event_id(request: Request) -> int | None:
     value = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
     if value is None:
         return None

@@ -42,7 +42,7 @@ from __future__ import annotations
 from sidecar.access import bearer_refusal, is_loopback, rebinding_refusal
 from sidecar.errors import PermissionDenied, SidecarError
 
-# methods that change nothing (RFC 9110 "safe methods", TRACE aside: aiohttp has no handler for it)
+# methods that change nothing (RFC 9110 "safe methods", TRACE aside: no route answers it)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # reads answered without the token: liveness, readiness and Prometheus's scrape
 PROBE_PATHS = frozenset({"/ready", "/healthz", "/metrics"})

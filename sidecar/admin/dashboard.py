@@ -17,8 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
-from aiohttp import web
-
+from sidecar.httpd import Request, Response, Route, StreamResponse, get
 from sidecar.telemetry.hub import Telemetry
 from sidecar.telemetry.records import percentile
 from sidecar.web import json_response, sse_stream
@@ -102,17 +101,17 @@ class Dashboard:
 
     # ------------------------------------------------------------------------------------ routes
 
-    def routes(self) -> list[web.RouteDef]:
+    def routes(self) -> list[Route]:
         page = _page()
 
-        async def index(request: web.Request) -> web.Response:
-            return web.Response(body=page, headers={"Content-Type": "text/html; charset=utf-8",
+        async def index(request: Request) -> Response:
+            return Response(body=page, headers={"Content-Type": "text/html; charset=utf-8",
                                                     "Cache-Control": "no-cache"})
 
-        async def snapshot(request: web.Request) -> web.Response:
+        async def snapshot(request: Request) -> Response:
             return json_response(self.snapshot())
 
-        async def events(request: web.Request) -> web.StreamResponse:
+        async def events(request: Request) -> StreamResponse:
             return await sse_stream(request, self.events())
 
-        return [web.get("/", index), web.get("/dashboard/snapshot", snapshot), web.get("/dashboard/events", events)]
+        return [get("/", index), get("/dashboard/snapshot", snapshot), get("/dashboard/events", events)]

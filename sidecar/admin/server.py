@@ -8,14 +8,13 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from aiohttp import web
-
 from sidecar import log as logs
 from sidecar.admin.auth import RELAYED_HEADER, check_request
 from sidecar.catalog.model import group_json
 from sidecar.config.load import config_to_raw
 from sidecar.config.model import Config
-from sidecar.errors import InvalidArgument, MethodNotAllowed
+from sidecar.errors import InvalidArgument
+from sidecar.httpd import App, Request, Response, Route, RouteTable, StreamResponse
 from sidecar.log import fields
 from sidecar.ops.reload import parse_canary
 from sidecar.web import Handler, errors_middleware, json_response, read_json_object
@@ -59,23 +58,19 @@ def read_token(path: str | None) -> str | None:
     return token
 
 
-def build_admin(process: AdminBackend, token: str | None, extra_routes: Iterable[web.RouteDef] = (),
-                       extra_posts: Mapping[str, Handler] | None = None) -> web.Application:
+def build_admin(process: AdminBackend, token: str | None, extra_routes: Iterable[Route] = (),
+                extra_posts: Mapping[str, Handler] | None = None) -> App:
     """``extra_routes``: read-only routes other parts serve here (telemetry: /metrics, /v1/metrics..., the
     dashboard at /)."""
-    routes = web.RouteTableDef()
+    routes = RouteTable()
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def guard(request: Request, handler: Handler) -> StreamResponse:
         # every request, on any path, before its handler: see sidecar.admin.auth
-        transport = request.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        local = transport.get_extra_info("sockname") if transport is not None else None
-        host = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        host = request.remote
         refusal = check_request(request.method, token, request.headers.get("Authorization"), host,
                                 request.headers.get("Origin"), path=request.path,
-                                relayed=RELAYED_HEADER in request.headers, host=request.headers.get("Host"),
-                                local_address=str(local[0]) if isinstance(local, tuple) and local else None)
+                                relayed=RELAYED_HEADER in request.headers, host=request.host,
+                                local_address=request.local_address)
         if refusal is not None:
             log.info("admin request refused", extra=fields(method=request.method, path=request.path,
                                                            peer=host or "unknown", code=refusal.code.name))
@@ -83,15 +78,10 @@ def build_admin(process: AdminBackend, token: str | None, extra_routes: Iterable
         return await handler(request)
 
     def post_only(path: str, handler: Handler) -> None:
-        routes.post(path)(handler)
-
-        async def refuse(request: web.Request) -> web.StreamResponse:
-            raise MethodNotAllowed(f"{request.method} is not allowed on {path}; use POST", {"allowed": ["POST"]})
-        for method in ("GET", "PUT", "DELETE", "PATCH"):
-            routes.route(method, path)(refuse)
+        routes.post(path)(handler)   # any other method: 405 naming POST (sidecar.httpd.router)
 
     @routes.get("/ready")
-    async def ready(request: web.Request) -> web.Response:
+    async def ready(request: Request) -> Response:
         is_ready, reason = process.readiness()
         body: dict[str, Any] = {"status": "ready" if is_ready else "not ready", "reason": reason,
                                 "listeners": process.listener_addresses()}
@@ -101,7 +91,7 @@ def build_admin(process: AdminBackend, token: str | None, extra_routes: Iterable
         return json_response(body, 200 if is_ready else 503)
 
     def json_view(view: Callable[[], Any]) -> Handler:
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: Request) -> Response:
             return json_response(view())
         return handle
 
@@ -120,7 +110,7 @@ def build_admin(process: AdminBackend, token: str | None, extra_routes: Iterable
         routes.get(path)(json_view(view))
 
     def key_handler(action: str) -> Handler:
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: Request) -> Response:
             body = await read_json_object(request)
             key = body.get("key")
             if not isinstance(key, str) or not key:
@@ -128,27 +118,27 @@ def build_admin(process: AdminBackend, token: str | None, extra_routes: Iterable
             return json_response(process.key_action(action, key))
         return handle
 
-    async def drain(request: web.Request) -> web.Response:
+    async def drain(request: Request) -> Response:
         return json_response(await process.drain())
 
-    async def leave(request: web.Request) -> web.Response:
+    async def leave(request: Request) -> Response:
         return json_response(await process.leave())
 
-    async def reload(request: web.Request) -> web.Response:
+    async def reload(request: Request) -> Response:
         """``?dry_run=true``: the diff only (of the files, or of the YAML body); ``?canary=30s|off``."""
         dry_run = _flag(request.query.get("dry_run"), "dry_run")
         text = (await request.text()) if request.body_exists else None
         canary = parse_canary(request.query.get("canary"))
         return json_response(await process.reload(dry_run=dry_run, text=text or None, canary=canary))
 
-    async def rollback(request: web.Request) -> web.Response:
+    async def rollback(request: Request) -> Response:
         text = request.query.get("version", "")
         if not text.isdigit():
             raise InvalidArgument(f"the version query parameter must be a version number from GET /config/history"
                                   f" (got {text!r})", {"version": text})
         return json_response(await process.rollback(int(text)))
 
-    async def logging_level(request: web.Request) -> web.Response:
+    async def logging_level(request: Request) -> Response:
         level = request.query.get("level")
         if level is None:
             raise InvalidArgument("the level query parameter is required, e.g. /logging?level=debug")
@@ -168,9 +158,9 @@ def build_admin(process: AdminBackend, token: str | None, extra_routes: Iterable
     for action in ("install", "use", "remove"):
         post_only(f"/keys/{action}", key_handler(action))
 
-    app = web.Application(middlewares=[errors_middleware, guard])
+    app = App(middlewares=[errors_middleware, guard])
     app.add_routes(routes)
-    app.add_routes(list(extra_routes))
+    app.add_routes(extra_routes)
     return app
 
 

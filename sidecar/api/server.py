@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
-
-from aiohttp import web
 
 from sidecar.api.guard import check_api_request
 from sidecar.catalog.mesh import MeshCatalog
@@ -19,6 +17,7 @@ from sidecar.config.load import build_section
 from sidecar.config.model import ServiceConfig
 from sidecar.errors import ConfigError, InvalidArgument, NotFound
 from sidecar.events import EventBus
+from sidecar.httpd import App, Request, Response, Route, RouteTable, StreamResponse
 from sidecar.log import fields
 from sidecar.web import (
     MAX_BODY,
@@ -46,30 +45,28 @@ def service_from_json(body: dict[str, Any]) -> ServiceConfig:
 
 
 def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, clock: Clock,
-              extra_routes: Sequence[web.RouteTableDef] = (), token: str | None = None,
-              own: OwnListeners | None = None) -> web.Application:
+              extra_routes: Sequence[Iterable[Route]] = (), token: str | None = None,
+              own: OwnListeners | None = None) -> App:
     """``token``: api.token_file's content; ``own``: this sidecar's listeners, where no service may be registered."""
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        local = request.transport.get_extra_info("sockname") if request.transport is not None else None
-        refusal = check_api_request(request.headers.get("Host"), request.headers.get("Origin"),
+    async def guard(request: Request, handler: Handler) -> StreamResponse:
+        refusal = check_api_request(request.host, request.headers.get("Origin"),
                                     request.headers.get("Sec-Fetch-Site"), request.headers.get("Authorization"),
-                                    token, str(local[0]) if isinstance(local, tuple) and local else None)
+                                    token, request.local_address)
         if refusal is not None:
             log.info("app API request refused", extra=fields(method=request.method, path=request.path,
                                                              code=refusal.code.name, reason=refusal.message))
             raise refusal
         return await handler(request)
 
-    app = web.Application(middlewares=[errors_middleware, guard], client_max_size=MAX_BODY)
-    routes = web.RouteTableDef()
+    app = App(middlewares=[errors_middleware, guard], max_body=MAX_BODY)
+    routes = RouteTable()
 
     def now() -> tuple[float, int]:
         return clock.monotonic(), int(clock.wall() * 1000)
 
     @routes.put("/v1/services")
-    async def register(request: web.Request) -> web.Response:
+    async def register(request: Request) -> Response:
         spec = service_from_json(await read_json_object(request))
         if own is not None:
             await own.check(spec)
@@ -77,20 +74,20 @@ def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, cloc
         return json_response({"id": entry.metadata.id})
 
     @routes.get("/v1/services")
-    async def list_services(request: web.Request) -> web.Response:
+    async def list_services(request: Request) -> Response:
         return json_response([i.to_json() for i in registry.instances()])
 
     @routes.get("/v1/services/{id}")
-    async def get_service(request: web.Request) -> web.Response:
+    async def get_service(request: Request) -> Response:
         return json_response(registry.get(request.match_info["id"]).metadata.to_json())
 
     @routes.delete("/v1/services/{id}")
-    async def deregister(request: web.Request) -> web.Response:
+    async def deregister(request: Request) -> Response:
         metadata = registry.deregister(request.match_info["id"], "deregistered through the API", now()[1])
         return json_response({"id": metadata.id})
 
     @routes.put("/v1/services/{id}/heartbeat")
-    async def heartbeat(request: web.Request) -> web.Response:
+    async def heartbeat(request: Request) -> Response:
         body: dict[str, Any] = await read_json_object(request) if request.body_exists else {}
         status_text = body.get("status", "healthy")
         note = body.get("note", "")
@@ -109,11 +106,11 @@ def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, cloc
         return json_response(entry.metadata.to_json())
 
     @routes.get("/v1/catalog")
-    async def whole_catalog(request: web.Request) -> web.Response:
+    async def whole_catalog(request: Request) -> Response:
         return json_response(group_json(catalog.snapshot().instances))
 
     @routes.get("/v1/catalog/{name}")
-    async def one_service(request: web.Request) -> web.Response:
+    async def one_service(request: Request) -> Response:
         name = request.match_info["name"]
         instances = catalog.snapshot().service(name)
         if not instances:
@@ -121,7 +118,7 @@ def build_api(registry: LocalRegistry, catalog: MeshCatalog, bus: EventBus, cloc
         return json_response([i.to_json() for i in sorted(instances, key=lambda i: (i.node, i.id))])
 
     @routes.get("/v1/events")
-    async def events(request: web.Request) -> web.StreamResponse:
+    async def events(request: Request) -> StreamResponse:
         subscription = bus.subscribe(last_event_id(request))
 
         async def items() -> AsyncIterator[tuple[int, str, Any]]:

@@ -91,9 +91,6 @@ def main(argv: list[str]) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from sidecar.aiohttp_import import import_aiohttp_without_system_cas
-
-        import_aiohttp_without_system_cas()   # before sidecar.app imports it: ~1.9 MiB of unused CAs left out
         from sidecar.app import run
         app = args.app[1:] if args.app[:1] == ["--"] else args.app
         if app and app[0].startswith("-"):

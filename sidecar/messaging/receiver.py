@@ -21,9 +21,9 @@ import secrets
 from collections.abc import Callable
 from itertools import pairwise
 
-from aiohttp import web
-
+from sidecar.config.values import HostPort
 from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from sidecar.httpd import App, Request, Response, Site, WebLimits, post
 from sidecar.mesh.inbound_routes import CALLER_HEADER
 from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext
 from sidecar.messaging.courier import AFTER_HEADER, ORIGIN_HEADER, SEQS_HEADER, SUBSCRIBER_HEADER
@@ -39,6 +39,9 @@ from sidecar.web import errors_middleware, json_response
 
 _INTERNAL_HEADER = b"x-sidecar-internal"
 _ORIGIN = re.compile(r"^[A-Za-z0-9._-]{1,300}$")
+# its only client is this process's inbound listener, whose pooled connections (one per request in flight from
+# every peer) it must never refuse; the inbound itself caps what peers may open
+RECEIVER_LIMITS = WebLimits(max_connections=1 << 16)
 
 
 def parse_seqs(text: str, count: int, header: str = SEQS_HEADER) -> list[int]:
@@ -60,25 +63,23 @@ class Receiver:
         self.topic_log = topic_log
         self.inbox = inbox
         self.target: Target | None = None   # where the inbound sends deliveries, once started
-        self._runner: web.AppRunner | None = None
+        self._site: Site | None = None
         self._token = secrets.token_urlsafe(32).encode()
 
     async def start(self) -> None:
         # a batch is cut at MAX_BULK_BYTES, but its last message may be up to a whole message over
-        app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BULK_BYTES + (2 << 20))
-        app.router.add_post(DELIVER_PREFIX + "{topic}", self._receive)
-        app.router.add_post(DELIVER_BATCH_PREFIX + "{topic}", self._receive_batch)
-        runner = self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        self.target = Target((str(host), int(port)), timeout=30.0, tag="messaging")
+        app = App(middlewares=[errors_middleware], max_body=MAX_BULK_BYTES + (2 << 20))
+        app.add_routes([post(DELIVER_PREFIX + "{topic}", self._receive),
+                        post(DELIVER_BATCH_PREFIX + "{topic}", self._receive_batch)])
+        site = self._site = Site("messaging", app, HostPort("127.0.0.1", 0), limits=RECEIVER_LIMITS)
+        bound = await site.start()
+        self.target = Target((bound.host, bound.port), timeout=30.0, tag="messaging")
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._site is not None:
+            await self._site.stop()
 
-    async def _receive(self, request: web.Request) -> web.Response:
+    async def _receive(self, request: Request) -> Response:
         topic, caller = self._checked(request)
         raw = await request.read()
         try:
@@ -89,7 +90,7 @@ class Receiver:
         event_id = await self.topic_log.append(topic, raw)
         return json_response({"status": "ok", "eventId": event_id, "duplicate": event_id is None})
 
-    async def _receive_batch(self, request: web.Request) -> web.Response:
+    async def _receive_batch(self, request: Request) -> Response:
         """A JSON array of ServiceMessages of one stream, in order: all stored in one commit before the answer,
         ``{"statuses": [{"id", "status": "SUCCESS"}, ...]}`` (a duplicate is a success: it is stored already)."""
         topic, caller = self._checked(request)
@@ -108,27 +109,27 @@ class Receiver:
         self.ctx.counters["stream_batches"] += 1
         return json_response({"statuses": [{"id": m.id, "status": "SUCCESS"} for m in messages]})
 
-    async def _receive_push(self, request: web.Request, topic: str, caller: str, service: str,
-                            messages: list[ServiceMessage]) -> web.Response:
+    async def _receive_push(self, request: Request, topic: str, caller: str, service: str,
+                            messages: list[ServiceMessage]) -> Response:
         """A publisher's stream for a local app: into its inbox, duplicates (at or below the mark) dropped."""
-        seqs = parse_seqs(request.headers.get(SEQS_HEADER, ""), len(messages))
-        origin = request.headers.get(ORIGIN_HEADER, "")
+        seqs = parse_seqs(request.headers.get(SEQS_HEADER) or "", len(messages))
+        origin = request.headers.get(ORIGIN_HEADER) or ""
         if not _ORIGIN.match(origin):
             raise InvalidArgument(f"{ORIGIN_HEADER} must name the publishing node and epoch", {"header": ORIGIN_HEADER})
-        after = (parse_seqs(request.headers[AFTER_HEADER], 1, AFTER_HEADER)[0] if AFTER_HEADER in request.headers
-                 else None)
+        after_text = request.headers.get(AFTER_HEADER)
+        after = parse_seqs(after_text, 1, AFTER_HEADER)[0] if after_text is not None else None
         proven = self._proven(messages, caller)
         items = [(seq, m.id, m.to_bytes()) for seq, m in zip(seqs, messages, strict=True)]
         await self.inbox.receive(f"{proven}@{origin}", topic, service, items, after)
         self.ctx.counters["push_batches"] += 1
         return json_response({"statuses": [{"id": m.id, "status": "SUCCESS"} for m in messages]})
 
-    def _checked(self, request: web.Request) -> tuple[str, str]:
+    def _checked(self, request: Request) -> tuple[str, str]:
         """(topic, caller's SPIFFE ID) of a request that came through the inbound (it carries the token)."""
-        given = request.headers.get(_INTERNAL_HEADER.decode(), "").encode()
+        given = request.headers.get_bytes(_INTERNAL_HEADER) or b""
         if not hmac.compare_digest(given, self._token):
             raise Unauthenticated("sidecar-internal deliveries come only through the mTLS inbound listener")
-        return check_topic(request.match_info["topic"]), request.headers.get(CALLER_HEADER.decode(), "")
+        return check_topic(request.match_info["topic"]), request.headers.get(CALLER_HEADER) or ""
 
     def _proven(self, messages: list[ServiceMessage], caller: str) -> str:
         """The caller's service, when every message says it is from it; else PermissionDenied."""

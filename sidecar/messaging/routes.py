@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from aiohttp import web
-
 from sidecar.config.model import MAX_BULK_MESSAGES, BulkDeliveryConfig
 from sidecar.errors import InvalidArgument
+from sidecar.httpd import Request, Response, Route, RouteTable, StreamResponse, get
 from sidecar.messaging.envelope import MessageBody
 from sidecar.messaging.service import SENDER_HEADER, Messaging
 from sidecar.web import Handler, json_response, last_event_id, read_json_object, sse_stream
@@ -22,9 +21,9 @@ TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid
                  "x-b3-sampled", "x-b3-flags")
 
 
-def trace_headers(request: web.Request) -> dict[str, str]:
+def trace_headers(request: Request) -> dict[str, str]:
     """The caller's trace context, to be continued by the message's hops."""
-    return {k: v for k, v in request.headers.items() if k.lower() in TRACE_HEADERS}
+    return {k: v for k, v in request.headers if k.lower() in TRACE_HEADERS}
 
 
 def with_trace(body: MessageBody, trace: dict[str, str]) -> MessageBody:
@@ -36,24 +35,24 @@ def with_trace(body: MessageBody, trace: dict[str, str]) -> MessageBody:
     return replace(body, metadata={**(body.metadata or {}), **parent})
 
 
-def api_routes(messaging: Messaging) -> web.RouteTableDef:
-    routes = web.RouteTableDef()
+def api_routes(messaging: Messaging) -> RouteTable:
+    routes = RouteTable()
 
     @routes.post("/v1/messages/{service}")
-    async def send_message(request: web.Request) -> web.Response:
+    async def send_message(request: Request) -> Response:
         body = MessageBody.from_json(await read_json_object(request))
         status, headers, raw = await messaging.send(request.match_info["service"], body,
                                                     request.headers.get(SENDER_HEADER), trace_headers(request))
-        return web.Response(status=status, body=raw, headers=headers)
+        return Response(status=status, body=raw, headers=headers)
 
     @routes.post("/v1/publish/{topic}")
-    async def publish(request: web.Request) -> web.Response:
+    async def publish(request: Request) -> Response:
         body = with_trace(MessageBody.from_json(await read_json_object(request)), trace_headers(request))
         message = await messaging.publish(request.match_info["topic"], body, request.headers.get(SENDER_HEADER))
         return json_response({"id": message.id}, 202)
 
     @routes.post("/v1/subscriptions")
-    async def subscribe(request: web.Request) -> web.Response:
+    async def subscribe(request: Request) -> Response:
         body = await read_json_object(request)
         unknown = sorted(set(body) - {"topic", "path", "service", "bulk"})
         if unknown:
@@ -72,11 +71,11 @@ def api_routes(messaging: Messaging) -> web.RouteTableDef:
         return json_response(answer, 201)
 
     @routes.get("/v1/subscriptions")
-    async def subscriptions(request: web.Request) -> web.Response:
+    async def subscriptions(request: Request) -> Response:
         return json_response(messaging.subscriptions_json())
 
     @routes.get("/v1/subscribe/{topic}")
-    async def subscribe_stream(request: web.Request) -> web.StreamResponse:
+    async def subscribe_stream(request: Request) -> StreamResponse:
         async with messaging.stream(request.match_info["topic"], last_event_id(request),
                                     request.headers.get(SENDER_HEADER)) as events:
             return await sse_stream(request, events)
@@ -114,7 +113,7 @@ def admin_handlers(messaging: Messaging) -> dict[str, Handler]:
     """``GET /deadletters?limit=&after=&topic=``; ``POST /deadletters/replay`` and ``/deadletters/purge`` with
     ``{"ids": [...]}`` or ``{"all": true}``; ``GET /messaging`` (streams, counters)."""
 
-    async def list_dead_letters(request: web.Request) -> web.Response:
+    async def list_dead_letters(request: Request) -> Response:
         try:
             limit = int(request.query.get("limit", "100"))
             after = int(request.query.get("after", "0"))
@@ -124,23 +123,23 @@ def admin_handlers(messaging: Messaging) -> dict[str, Handler]:
             raise InvalidArgument(f"limit must be in [1, 10000] (got {limit})", {"field": "limit"})
         return json_response(await messaging.dead_letters(limit, after, request.query.get("topic")))
 
-    async def replay(request: web.Request) -> web.Response:
+    async def replay(request: Request) -> Response:
         return json_response(await messaging.replay(_ids(await read_json_object(request))))
 
-    async def purge(request: web.Request) -> web.Response:
+    async def purge(request: Request) -> Response:
         return json_response(await messaging.purge(_ids(await read_json_object(request))))
 
-    async def status(request: web.Request) -> web.Response:
+    async def status(request: Request) -> Response:
         return json_response(messaging.status())
 
     return {"GET /deadletters": list_dead_letters, "POST /deadletters/replay": replay,
             "POST /deadletters/purge": purge, "GET /messaging": status}
 
 
-def admin_read_routes(messaging: Messaging) -> list[web.RouteDef]:
+def admin_read_routes(messaging: Messaging) -> list[Route]:
     """The admin port's read-only messaging routes, for ``build_admin(..., extra_routes)``."""
     handlers = admin_handlers(messaging)
-    return [web.get("/deadletters", handlers["GET /deadletters"]), web.get("/messaging", handlers["GET /messaging"])]
+    return [get("/deadletters", handlers["GET /deadletters"]), get("/messaging", handlers["GET /messaging"])]
 
 
 def admin_post_handlers(messaging: Messaging) -> dict[str, Handler]:

@@ -17,10 +17,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from sidecar.clock import Clock
 from sidecar.errors import InvalidArgument, NotFound
+from sidecar.httpd import Request, Response, Route, get
 from sidecar.mesh.dataplane import DataPlane
 from sidecar.ops.failures import Attempt, FailedRequests
 from sidecar.proxy import RequestStats
@@ -62,8 +61,8 @@ def watch_failures(dataplane: DataPlane, ring: FailedRequests, clock: Clock) -> 
     dataplane.failure_listeners.append(on_failed)
 
 
-def debug_routes(dataplane: DataPlane, ring: FailedRequests) -> list[web.RouteDef]:
-    async def explain_route(request: web.Request) -> web.Response:
+def debug_routes(dataplane: DataPlane, ring: FailedRequests) -> list[Route]:
+    async def explain_route(request: Request) -> Response:
         query = request.query
         request_id = query.get("request_id")
         if request_id:
@@ -92,11 +91,11 @@ def debug_routes(dataplane: DataPlane, ring: FailedRequests) -> list[web.RouteDe
         question = Question(service, method, path, query.get("caller") or None, grpc)
         return json_response(explain_now(dataplane, question).to_json())
 
-    async def failures_route(request: web.Request) -> web.Response:
+    async def failures_route(request: Request) -> Response:
         raw = request.query.get("limit", "50")
         if not raw.isdigit():
             raise InvalidArgument("limit must be a whole number", {"limit": raw})
         return json_response({"held": len(ring), "capacity": ring.capacity,
                               "failures": [f.to_json() for f in ring.recent(int(raw))]})
 
-    return [web.get("/debug/explain", explain_route), web.get("/debug/failures", failures_route)]
+    return [get("/debug/explain", explain_route), get("/debug/failures", failures_route)]

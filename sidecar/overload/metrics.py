@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from aiohttp import web
-
+from sidecar.httpd import Request, Response, Route, get
 from sidecar.overload.guard import OverloadGuard
 from sidecar.telemetry.exposition import MetricFamily, counter, gauge
 from sidecar.web import json_response
@@ -44,10 +43,10 @@ class OverloadCollector:
         yield transitions
 
 
-def overload_routes(guard: OverloadGuard) -> list[web.RouteDef]:
+def overload_routes(guard: OverloadGuard) -> list[Route]:
     """``GET /overload`` on the admin port (never shed): state, reasons with values and limits, counters."""
 
-    async def status(request: web.Request) -> web.Response:
+    async def status(request: Request) -> Response:
         return json_response(guard.status())
 
-    return [web.get("/overload", status)]
+    return [get("/overload", status)]

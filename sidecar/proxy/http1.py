@@ -49,6 +49,9 @@ class HeadLimits:
     # 60 KiB and 100 headers, Envoy's defaults (max_request_headers_kb 60, max_headers_count 100)
     max_head_bytes: int = 60 * 1024
     max_headers: int = 100
+    # one request target, or one header field's name and value together; 0: only the block's limits apply (the
+    # proxy's listeners). The admin port and the app API set nginx's 8 KiB (large_client_header_buffers).
+    max_field_bytes: int = 0
 
 
 DEFAULT_HEAD_LIMITS = HeadLimits()

@@ -128,6 +128,9 @@ class _Reader:
         fields.count += 1
         fields.size += len(name) + len(value) + 4
         limits = self._limits
+        if limits.max_field_bytes and len(name) + len(value) > limits.max_field_bytes:
+            raise self._too_large(f"a header field over {limits.max_field_bytes} bytes",
+                                  {"limit": limits.max_field_bytes})
         if fields.count > limits.max_headers:
             raise self._too_large(f"more than {limits.max_headers} header fields", {"limit": limits.max_headers})
         if fields.size > limits.max_head_bytes:
@@ -198,9 +201,13 @@ class RequestReader(_Reader):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self._limits.max_head_bytes:
-            raise RequestHeadTooLarge(f"request target longer than {self._limits.max_head_bytes} bytes",
-                                      {"limit": self._limits.max_head_bytes})
+        limits = self._limits
+        if limits.max_field_bytes and len(self._url) > limits.max_field_bytes:
+            raise RequestHeadTooLarge(f"request target longer than {limits.max_field_bytes} bytes",
+                                      {"limit": limits.max_field_bytes})
+        if len(self._url) > limits.max_head_bytes:
+            raise RequestHeadTooLarge(f"request target longer than {limits.max_head_bytes} bytes",
+                                      {"limit": limits.max_head_bytes})
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -212,7 +219,7 @@ class RequestReader(_Reader):
             raise MalformedRequest(f"unsupported HTTP version {version}")
         if version == "1.0" and fields.te is not None:
             # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (1.0 peers on the
-            # path may frame it by Content-Length or by close); the aiohttp listeners refuse it too
+            # path may frame it by Content-Length or by close); the admin port and the app API refuse it too
             raise MalformedRequest("Transfer-Encoding in an HTTP/1.0 request")
         if method == "CONNECT":
             raise MethodNotSupported("CONNECT is not supported by this proxy", {"allowed": ["GET", "POST", "PUT",

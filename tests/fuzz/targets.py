@@ -278,7 +278,7 @@ def http2_listener(data: bytes) -> None:
 
 
 class _Body:
-    """Enough of an aiohttp request for read_json_object."""
+    """Enough of a request for read_json_object."""
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw

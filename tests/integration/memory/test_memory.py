@@ -68,6 +68,8 @@ IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$")
 
 # packages and modules an idle sidecar that does not use them never imports, each with what loads it
 DEFERRED_PACKAGES = (
+    "aiohttp",                    # never: the admin port, the app API and the delivery receiver are sidecar.httpd
+                                  # (the SDK, sidecar.client, and the demo apps use it in their own processes)
     "opentelemetry.sdk",          # telemetry.tracing.exporter: console (otlp is encoded by sidecar.telemetry.otlp)
     "opentelemetry.exporter",     # never: the OTLP exporter is sidecar.telemetry.export
     "rich",                       # the CLI's tables (sidecar members|catalog|clusters)
@@ -188,7 +190,7 @@ def outbound(process: SidecarProcess, path: str) -> int:
 def test_idle_sidecar_without_tracing_stays_small_and_never_imports_the_sdk(tmp_path: Path, app: FakeApp) -> None:
     process = start(tmp_path, app)
     try:
-        assert imported(process) >= {"sidecar.app", "aiohttp", "ssl"}      # the lines are there to be read
+        assert imported(process) >= {"sidecar.app", "sidecar.httpd", "ssl"}  # the lines are there to be read
         wait_for(lambda: outbound(process, "/warm") == 200, 10, what="a request through the mesh")
         # idle: the largest resident size seen over three seconds of health checks, gossip and admin reads
         samples = [rss(process)]
@@ -212,7 +214,7 @@ def test_the_example_config_idle_imports_nothing_it_does_not_use(tmp_path: Path)
     process = SidecarProcess(tmp_path, config, name=example["node"]["name"],
                              env={"PYTHONPROFILEIMPORTTIME": "1"}).start()
     try:
-        assert imported(process) >= {"sidecar.app", "aiohttp", "ssl"}      # the lines are there to be read
+        assert imported(process) >= {"sidecar.app", "sidecar.httpd", "ssl"}  # the lines are there to be read
         for _ in range(3):
             assert http("GET", process.admin + "/ready").status == 200
             assert http("GET", process.admin + "/metrics").status == 200

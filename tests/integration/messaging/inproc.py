@@ -31,6 +31,8 @@ from sidecar.config.model import (
 )
 from sidecar.config.values import Duration, HostPort
 from sidecar.events import EventBus
+from sidecar.httpd import App as HttpApp
+from sidecar.httpd import Site
 from sidecar.mesh.dataplane import DataPlane
 from sidecar.messaging.routes import admin_handlers, api_routes
 from sidecar.messaging.service import Messaging
@@ -95,10 +97,10 @@ class Node:
     identity: IdentityStore | None
     dataplane: DataPlane
     messaging: Messaging
-    api: web.AppRunner
+    api: Site
     api_url: str
     admin_url: str
-    admin: web.AppRunner
+    admin: Site
     version: int = 0
 
 
@@ -147,20 +149,14 @@ class Mesh:
         await messaging.start(bound["outbound"])
         api_app = build_api(registry, catalog, EventBus(), SYSTEM_CLOCK)  # the real API, plus messaging's routes
         api_app.add_routes(api_routes(messaging))
-        api = web.AppRunner(api_app, access_log=None)
-        await api.setup()
-        site = web.TCPSite(api, "127.0.0.1", 0)
-        await site.start()
-        admin_app = web.Application(middlewares=[errors_middleware])
+        api = Site("api", api_app, HostPort("127.0.0.1", 0))
+        port = (await api.start()).port
+        admin_app = HttpApp(middlewares=[errors_middleware])
         for key, handler in admin_handlers(messaging).items():
             method, path = key.split(" ")
-            admin_app.router.add_route(method, path, handler)
-        admin = web.AppRunner(admin_app, access_log=None)
-        await admin.setup()
-        admin_site = web.TCPSite(admin, "127.0.0.1", 0)
-        await admin_site.start()
-        port = api.addresses[0][1]
-        admin_port = admin.addresses[0][1]
+            admin_app.router.add(method, path, handler)
+        admin = Site("admin", admin_app, HostPort("127.0.0.1", 0))
+        admin_port = (await admin.start()).port
         return Node(name, config, registry, catalog, identity, dataplane, messaging, api,
                     f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", admin)
 
@@ -186,8 +182,8 @@ class Mesh:
         node = self.nodes[name]
         self.down.add(name)
         await node.messaging.stop()
-        await node.api.cleanup()
-        await node.admin.cleanup()
+        await node.api.stop()
+        await node.admin.stop()
         await node.dataplane.stop(0.5)
         self.sync()
 

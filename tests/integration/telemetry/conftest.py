@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from bench.proxy import observers
 from sidecar.clock import SYSTEM_CLOCK
 from sidecar.config.model import Config, ServiceConfig, TelemetryConfig, TracingConfig
 from sidecar.config.values import HostPort
-from sidecar.site import Site
+from sidecar.httpd import App as HttpApp
+from sidecar.httpd import Site
 from sidecar.telemetry import Sources, Telemetry, build_registry, telemetry_routes
 from sidecar.web import errors_middleware
 from tests.integration.mesh.conftest import (
@@ -99,9 +99,9 @@ class Observed:
             return r.read()
 
 
-def admin_app(telemetry: Telemetry, node: Node, dashboard: Any = None) -> web.Application:
+def admin_app(telemetry: Telemetry, node: Node, dashboard: Any = None) -> HttpApp:
     """The admin routes telemetry adds, as ``build_admin`` registers them (see the report's wiring)."""
-    app = web.Application(middlewares=[errors_middleware])
+    app = HttpApp(middlewares=[errors_middleware])
     sources = Sources(dataplane=node.dataplane, identity=node.store, catalog=node.catalog)
     app.add_routes(telemetry_routes(telemetry, build_registry(telemetry, sources)))
     if dashboard is not None:
