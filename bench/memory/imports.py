@@ -9,8 +9,8 @@ Two columns per package, both the growth of VmRSS (/proc/self/status) across one
             shared dependencies (attrs, yarl, email, ...) counted with whoever else still needs them
 
 and the interpreter's own cost (``python -c pass``, then asyncio + ssl). The packages are those an idle
-``sidecar run`` with one service and mTLS imports, plus the ones it no longer does (prometheus_client, dnspython's
-message codec), for comparison.
+``sidecar run`` with one service and mTLS imports, plus the ones it no longer does (aiohttp, prometheus_client,
+dnspython's message codec), for comparison.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def attack(mode: str, url: str) -> subprocess.Popen[str]:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-# 2 x 300 slow clients are more than the aiohttp listeners' cap (WebLimits.max_connections = 256): at the
+# 2 x 300 slow clients are more than the admin port's and the app API's cap (WebLimits.max_connections = 256): at the
 # cap, the connection that has waited longest for its head or body is closed to make room (found by this
 # test: before, normal clients got 429 until the header timeout closed the slow ones).
 
