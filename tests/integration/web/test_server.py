@@ -56,9 +56,12 @@ def build_app(events: Events) -> App:
         return json_response({"released": True})
 
     async def ticks() -> AsyncIterator[tuple[int, str, object]]:
-        for i in range(1000):          # bounded: the test reads a few and leaves
+        for i in range(3):
             yield i, "tick", {"n": i}
             await asyncio.sleep(0.05)
+        # then quiet: nothing is written (the heartbeat is 15 s away), so only the connection noticing that the
+        # client left can end the handler
+        await asyncio.sleep(30)
 
     async def stream(request: Request) -> StreamResponse:
         try:
