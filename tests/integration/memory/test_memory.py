@@ -71,6 +71,8 @@ IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$")
 DEFERRED_PACKAGES = (
     "aiohttp",                    # never: the admin port, the app API and the delivery receiver are sidecar.httpd
                                   # (the SDK, sidecar.client, and the demo apps use it in their own processes)
+    "yarl",                       # aiohttp's URL type, never either
+    "multidict",                  # aiohttp's header type, never either
     "opentelemetry.sdk",          # telemetry.tracing.exporter: console (otlp is encoded by sidecar.telemetry.otlp)
     "opentelemetry.exporter",     # never: the OTLP exporter is sidecar.telemetry.export
     "rich",                       # the CLI's tables (sidecar members|catalog|clusters)
