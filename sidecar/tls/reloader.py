@@ -48,7 +48,7 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import TlsConfig, TlsIdentityConfig
 from sidecar.tls import context, signatures
 from sidecar.tls.context import MeshContext, SessionCache
-from sidecar.tls.der import Certificate, DerError, pem_certificates, pem_ec_private_key
+from sidecar.tls.der import Certificate, DerError, pem_blocks, pem_certificates, pem_ec_private_key
 from sidecar.tls.errors import CertificateError, PeerRefused, read_tls_file
 from sidecar.tls.handshake import Handler, MtlsServer, RefusalLog, accept_socket, connect_stream, serve
 from sidecar.tls.identity import PeerIdentity, identity_of
@@ -130,14 +130,8 @@ def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> 
         missing = [str(p) for p, b in ((paths.ca, bundle.ca), (paths.cert, bundle.cert), (paths.key, bundle.key))
                    if b is None]
         raise CertificateError(f"cannot read {', '.join(missing)}")
-    try:
-        cas = pem_certificates(bundle.ca)
-    except DerError as exc:
-        raise CertificateError(f"{paths.ca} holds no usable PEM certificate (tls.ca): {exc}") from None
-    try:
-        leaf = pem_certificates(bundle.cert)[0]
-    except DerError as exc:
-        raise CertificateError(f"{paths.cert} holds no usable PEM certificate (tls.cert): {exc}") from None
+    cas = _certificates(bundle.ca, paths.ca, "tls.ca")
+    leaf = _certificates(bundle.cert, paths.cert, "tls.cert")[0]
     try:
         key = signatures.ec_private_key(pem_ec_private_key(bundle.key))
     except ValueError as exc:   # DerError, UnusableKey, and cryptography's refusal of a scalar off the curve
@@ -151,6 +145,15 @@ def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> 
     except PeerRefused as exc:
         raise CertificateError(f"{paths.cert}: {exc.reason.message}") from None
     return Checked(leaf, identity, key, tuple(cas))
+
+
+def _certificates(pem: bytes, path: Path, key: str) -> list[Certificate]:
+    try:
+        if not pem_blocks(pem, "CERTIFICATE"):
+            raise CertificateError(f"{path} holds no PEM certificate ({key})")
+        return pem_certificates(pem)
+    except DerError as exc:
+        raise CertificateError(f"{path} holds a certificate that cannot be read ({key}): {exc}") from None
 
 
 @contextlib.contextmanager

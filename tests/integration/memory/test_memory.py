@@ -74,7 +74,11 @@ DEFERRED_PACKAGES = (
     "sidecar.demo",               # sidecar demo
     "h2",                         # python-hyper's h2: only the reference core, SIDECAR_H2_CORE=h2
     "prometheus_client",          # never: /metrics is written by sidecar.telemetry.exposition
+    "cryptography.x509",          # `sidecar certs` and renewals by tls.issuer.ca_key (certificates read: tls.der)
+    "cryptography.hazmat.primitives.serialization",   # the same (keys read by sidecar.tls.der)
 )
+# what only tls (signatures) and gossip.encrypt_keys (AES-GCM) load: the example config has neither
+WITHOUT_TLS_OR_GOSSIP_KEYS = ("cryptography",)
 # Plain-Python modules only: a compiled module imported by a compiled one (the tracer by the telemetry hub, our
 # HPACK by the HTTP/2 core) is set up inside the compiled library and prints no import line, so its absence could
 # not be seen here; each is named by the plain module that loads it instead.
@@ -89,10 +93,10 @@ DEFERRED_MODULES = (
 )
 
 
-def deferred_in(modules: set[str]) -> set[str]:
-    """The modules of DEFERRED_PACKAGES and DEFERRED_MODULES among ``modules``."""
+def deferred_in(modules: set[str], packages: tuple[str, ...] = DEFERRED_PACKAGES) -> set[str]:
+    """The modules of ``packages`` (DEFERRED_PACKAGES) and DEFERRED_MODULES among ``modules``."""
     return {m for m in modules if m in DEFERRED_MODULES
-            or any(m == p or m.startswith(p + ".") for p in DEFERRED_PACKAGES)}
+            or any(m == p or m.startswith(p + ".") for p in packages)}
 
 
 def rss(process: SidecarProcess) -> int:
@@ -218,6 +222,7 @@ def test_the_example_config_idle_imports_nothing_it_does_not_use(tmp_path: Path)
             assert http("GET", process.admin + "/metrics").status == 200
             assert http("GET", process.admin + "/debug/failures").status == 200
         assert not deferred_in(imported(process))
+        assert not deferred_in(imported(process), WITHOUT_TLS_OR_GOSSIP_KEYS)
     finally:
         process.terminate()
 
