@@ -110,7 +110,7 @@ class EcPrivateKey:
 # ------------------------------------------------------------------------------------------ the reader
 
 
-class _Reader:
+class _Elements:
     """Elements of one DER encoding in order, from ``start`` to ``end`` of ``data``."""
 
     __slots__ = ("data", "end", "pos")
@@ -171,9 +171,9 @@ class _Reader:
         _, end = self.expect(tag)
         return self.data[start:end]
 
-    def inner(self, tag: int) -> _Reader:
+    def inner(self, tag: int) -> _Elements:
         content, end = self.expect(tag)
-        return _Reader(self.data, content, end)
+        return _Elements(self.data, content, end)
 
     def done(self, what: str) -> None:
         if self.pos != self.end:
@@ -229,7 +229,7 @@ def _time(tag: int, content: bytes) -> dt.datetime:
 
 def _common_name(name: bytes) -> str | None:
     """The first common name of a DER Name, None without one."""
-    rdns = _Reader(name).inner(_SEQUENCE)
+    rdns = _Elements(name).inner(_SEQUENCE)
     while rdns.more():
         attributes = rdns.inner(_SET)
         while attributes.more():
@@ -244,7 +244,7 @@ def _common_name(name: bytes) -> str | None:
     return None
 
 
-def _public_key_info(spki: _Reader) -> PublicKey:
+def _public_key_info(spki: _Elements) -> PublicKey:
     algorithm = spki.inner(_SEQUENCE)
     oid = algorithm.bytes_of(_OID)
     curve = b""
@@ -259,7 +259,7 @@ def _public_key_info(spki: _Reader) -> PublicKey:
 
 def rsa_public_numbers(key: bytes) -> tuple[int, int]:
     """(e, n) of an RSAPublicKey (RFC 8017 A.1.1), the key bytes of an ``rsaEncryption`` public key."""
-    numbers = _Reader(key).inner(_SEQUENCE)
+    numbers = _Elements(key).inner(_SEQUENCE)
     n = _integer(numbers.bytes_of(_INTEGER))
     e = _integer(numbers.bytes_of(_INTEGER))
     numbers.done("an RSA public key")
@@ -271,7 +271,7 @@ def rsa_public_numbers(key: bytes) -> tuple[int, int]:
 
 def parse_certificate(der: bytes) -> Certificate:
     """A DER certificate read, or :class:`DerError`."""
-    outer = _Reader(der)
+    outer = _Elements(der)
     certificate = outer.inner(_SEQUENCE)
     outer.done("the certificate")
     tbs_bytes = certificate.whole(_SEQUENCE)
@@ -281,7 +281,7 @@ def parse_certificate(der: bytes) -> Certificate:
     if unused:
         raise DerError("signature is not a whole number of bytes")
 
-    tbs = _Reader(tbs_bytes).inner(_SEQUENCE)
+    tbs = _Elements(tbs_bytes).inner(_SEQUENCE)
     version = 0
     if tbs.peek() == _VERSION:
         explicit = tbs.inner(_VERSION)
@@ -310,14 +310,14 @@ def parse_certificate(der: bytes) -> Certificate:
         fields = _extensions(explicit.inner(_SEQUENCE))
         explicit.done("the extensions")
     tbs.done("the certificate's fields")
-    algorithm = _Reader(signature_algorithm).inner(_SEQUENCE).bytes_of(_OID)
+    algorithm = _Elements(signature_algorithm).inner(_SEQUENCE).bytes_of(_OID)
     return Certificate(der=der, tbs=tbs_bytes, serial_number=serial, issuer=issuer, subject=subject,
                        not_valid_before_utc=times[0], not_valid_after_utc=times[1], public_key=key,
                        signature_algorithm=algorithm, signature=signature,
                        issuer_common_name=_common_name(issuer), **fields)  # type: ignore[arg-type]
 
 
-def _extensions(extensions: _Reader) -> dict[str, object]:
+def _extensions(extensions: _Elements) -> dict[str, object]:
     seen: set[bytes] = set()
     fields: dict[str, object] = {}
     while extensions.more():
@@ -330,7 +330,7 @@ def _extensions(extensions: _Reader) -> dict[str, object]:
             _boolean(extension.bytes_of(_BOOLEAN))
         content, end = extension.expect(_OCTET_STRING)
         extension.done("an extension")
-        value = _Reader(extension.data, content, end)
+        value = _Elements(extension.data, content, end)
         if oid == OID_SUBJECT_ALT_NAME:
             fields.update(_alt_names(value.inner(_SEQUENCE)))
         elif oid == OID_BASIC_CONSTRAINTS:
@@ -354,7 +354,7 @@ def _extensions(extensions: _Reader) -> dict[str, object]:
     return fields
 
 
-def _alt_names(names: _Reader) -> dict[str, object]:
+def _alt_names(names: _Elements) -> dict[str, object]:
     uris: list[str] = []
     dns: list[str] = []
     ips: list[str] = []
@@ -404,7 +404,7 @@ def pem_ec_private_key(pem: bytes) -> EcPrivateKey:
         raise DerError("the private key is encrypted")
     pkcs8 = pem_blocks(pem, "PRIVATE KEY")
     if pkcs8:
-        info = _Reader(pkcs8[0]).inner(_SEQUENCE)
+        info = _Elements(pkcs8[0]).inner(_SEQUENCE)
         _integer(info.bytes_of(_INTEGER))
         algorithm = info.inner(_SEQUENCE)
         if algorithm.bytes_of(_OID) != OID_EC_PUBLIC_KEY:
@@ -419,7 +419,7 @@ def pem_ec_private_key(pem: bytes) -> EcPrivateKey:
 
 def _sec1(der: bytes, curve: bytes) -> EcPrivateKey:
     """RFC 5915's ECPrivateKey; its [0] parameters name the curve when the PKCS#8 wrapper does not."""
-    key = _Reader(der).inner(_SEQUENCE)
+    key = _Elements(der).inner(_SEQUENCE)
     if _integer(key.bytes_of(_INTEGER)) != 1:
         raise DerError("unknown ECPrivateKey version")
     value = int.from_bytes(key.bytes_of(_OCTET_STRING), "big")

@@ -115,11 +115,24 @@ class PeerIdentity:
         return format(self.serial, "x")
 
 
+# certificates read, by their DER: peers present few distinct certificates, and reading one in Python costs ~75 µs
+# against a dictionary look-up; the key is the whole DER, so a hit is the same certificate (dates are checked per use)
+_READ: dict[bytes, Certificate] = {}
+MAX_READ = 1024
+
+
 def load_der(der: bytes) -> Certificate:
+    known = _READ.get(der)
+    if known is not None:
+        return known
     try:
-        return parse_certificate(der)
+        cert = parse_certificate(der)
     except DerError as exc:
         raise PeerRefused(reasons.unreadable_certificate(str(exc))) from None
+    if len(_READ) >= MAX_READ:
+        _READ.clear()
+    _READ[der] = cert
+    return cert
 
 
 def spiffe_ids(cert: Certificate) -> list[str]:

@@ -114,22 +114,31 @@ def _verify(key: PublicKey, hash_name: str, signature: bytes, data: bytes) -> No
         raise UnusableKey("a CA key of an unsupported kind")
 
 
+_ecdsa_sha256: ec.ECDSA | None = None
+
+
+def _claims_algorithm() -> ec.ECDSA:
+    """ECDSA with SHA-256, made once (the claims' signatures run per gossip update)."""
+    global _ecdsa_sha256
+    if _ecdsa_sha256 is None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        _ecdsa_sha256 = ec.ECDSA(hashes.SHA256())
+    return _ecdsa_sha256
+
+
 def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     """ECDSA with SHA-256 by our key (a catalog claim's signature)."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    return key.sign(data, _claims_algorithm())
 
 
 def verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
     """Whether ``signature`` is ``key``'s ECDSA with SHA-256 over ``data``."""
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     try:
-        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        key.verify(signature, data, _claims_algorithm())
     except InvalidSignature:
         return False
     return True

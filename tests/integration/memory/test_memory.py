@@ -2,7 +2,8 @@
 modules it loads (every import the real process makes, printed by Python's ``-X importtime``): an idle sidecar,
 the example config's or one with mTLS, imports none of DEFERRED_PACKAGES and DEFERRED_MODULES (the OpenTelemetry
 SDK, ``rich``, HTTP/2, dnspython's codec, the request explainer...), each of which loads with the feature or the
-first request that uses it; one with ``exporter: otlp`` imports our OTLP encoder but not the SDK's exporter, and
+first request that uses it, and the example config (no tls, no gossip keys) no ``cryptography`` at all; one with
+``exporter: otlp`` imports our OTLP encoder but not the SDK's exporter, and
 its spans still reach the collector. Resident memory is checked idle, right after fifty
 concurrent clients, and per idle mTLS connection on the inbound listener (run with -s to see the figures).
 
@@ -11,10 +12,11 @@ targets of issue 21 (idle 45 MB, 60 MB after the c=50 bench, 16 KiB an idle mTLS
 and ``python -m bench.memory`` prints the figures beside them. Where the memory goes, measured (``python -m
 bench.memory.imports``, each package's marginal cost with all the others loaded): the interpreter, ssl and asyncio
 ~20 MiB, aiohttp ~12 MiB (10 of it its package, which imports its client; ``sidecar run`` keeps the system CA store
-out of its default SSLContexts, sidecar.aiohttp_import), cryptography ~9.5 MiB (its Rust extension), sqlite and the
-message store's two connections ~1.5 MiB, yaml ~1 MiB, the sidecar's own modules ~12 MiB. dnspython's message codec
-(~3 MiB) loads with the first DNS query; /metrics needs no library. Per connection, OpenSSL 3's own state for a
-session with a verified client certificate is ~32 KiB (bench/memory/openssl.py) before any buffer.
+out of its default SSLContexts, sidecar.aiohttp_import), cryptography ~7.4 MiB with tls or gossip keys (its Rust
+extension: the example config never loads it; its x509 and serialization, ~1.5 MiB more, no running sidecar loads),
+sqlite and the message store's two connections ~1.5 MiB, yaml ~1 MiB, the sidecar's own modules ~12 MiB. dnspython's
+message codec (~3 MiB) loads with the first DNS query; /metrics needs no library. Per connection, OpenSSL 3's own
+state for a session with a verified client certificate is ~32 KiB (bench/memory/openssl.py) before any buffer.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ from tests.integration.telemetry.conftest import OtlpReceiver
 # request path (DNS, telemetry, HTTP/2 framing and HPACK in the one shared library), 66.5 MiB with dnspython's
 # message codec left to the first DNS query and /metrics written without prometheus_client; HTTP/2 itself is not
 # imported while idle; 65.5 MiB with aiohttp's default client contexts left without the system CA store
-# (sidecar.aiohttp_import, 67.1 MiB without). Issue 21's goal is 45 MB. The bound is the measured figure plus 1.5
+# (sidecar.aiohttp_import, 67.1 MiB without); 63.5 MiB with certificates read by sidecar.tls.der instead of
+# cryptography.x509. Issue 21's goal is 45 MB. The bound is the measured figure plus 1.5
 # MiB, a guard against regressions with room for allocator noise; what it cannot see (a module imported and barely
 # used) the module assertions do.
-IDLE_RSS_BOUND = int(67.0 * 1024 * 1024)
+IDLE_RSS_BOUND = int(65.0 * 1024 * 1024)
 # right after 50 concurrent keep-alive clients through outbound -> mTLS -> our own inbound -> the app: ~75 MiB
 # measured (the pooled mTLS connections, both ends in this one process, stay open for the peer idle timeout)
 AFTER_LOAD_RSS_BOUND = 90 * 1024 * 1024

@@ -181,3 +181,18 @@ def test_certificates_made_by_openssl(tmp_path: Path, key: str) -> None:
     assert not signatures.signed_by(parse_certificate(LEAF_DER), cert)
     with pytest.raises(DerError, match="not an EC private key" if key.startswith("rsa") else "EC"):
         der.pem_ec_private_key((tmp_path / "k.pem").read_bytes())
+
+
+def test_a_certificate_read_once_is_checked_again_at_each_use() -> None:
+    from sidecar.tls.errors import PeerRefused
+    from sidecar.tls.identity import identity_of_der, load_der
+    from sidecar.tls.reasons import Refusal
+
+    assert load_der(bytes(LEAF_DER)) is load_der(bytes(LEAF_DER))    # read once, by its whole DER
+    assert identity_of_der(LEAF_DER, "mesh.local", NOW.timestamp()).service == "web"
+    with pytest.raises(PeerRefused) as caught:
+        identity_of_der(LEAF_DER, "mesh.local", (NOW + dt.timedelta(hours=2)).timestamp())
+    assert caught.value.reason.kind is Refusal.EXPIRED
+    with pytest.raises(PeerRefused) as caught:
+        identity_of_der(LEAF_DER, "other.org", NOW.timestamp())
+    assert caught.value.reason.kind is Refusal.FOREIGN_TRUST_DOMAIN
