@@ -60,9 +60,9 @@ class _Known:
     der: bytes
     certificate: Certificate
     public_key: ec.EllipticCurvePublicKey
-    anchors: Sequence[Certificate]   # the CA set it was checked against: a new tls.ca checks it again
-    service: str                          # the service its SPIFFE ID names
-    not_before: float                     # epoch seconds
+    anchors: Sequence[Certificate]  # the CA set it was checked against: a new tls.ca checks it again
+    service: str                    # the service its SPIFFE ID names
+    not_before: float               # epoch seconds
     not_after: float
 
 

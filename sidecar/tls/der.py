@@ -96,6 +96,18 @@ class Certificate:
     issuer_common_name: str | None = None
 
 
+@dataclass(slots=True)
+class _Extensions:
+    """What the reader takes from a certificate's extensions (the rest it skips)."""
+
+    uris: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    ca: bool = False
+    key_cert_sign: bool = False
+    authority_key_id: bytes | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class EcPrivateKey:
     """An EC private key (PKCS#8 or SEC1): the curve's OID and the secret scalar."""
@@ -299,7 +311,7 @@ def parse_certificate(der: bytes) -> Certificate:
     validity.done("the validity")
     subject = tbs.whole(_SEQUENCE)
     key = _public_key_info(tbs.inner(_SEQUENCE))
-    fields: dict[str, object] = {}
+    extensions = _Extensions()
     for unique_id in (_ISSUER_UID, _SUBJECT_UID):
         if tbs.peek() == unique_id:
             tbs.element()
@@ -307,19 +319,21 @@ def parse_certificate(der: bytes) -> Certificate:
         if version != 2:
             raise DerError("extensions in a certificate that is not version 3")
         explicit = tbs.inner(_EXTENSIONS)
-        fields = _extensions(explicit.inner(_SEQUENCE))
+        extensions = _extensions(explicit.inner(_SEQUENCE))
         explicit.done("the extensions")
     tbs.done("the certificate's fields")
     algorithm = _Elements(signature_algorithm).inner(_SEQUENCE).bytes_of(_OID)
     return Certificate(der=der, tbs=tbs_bytes, serial_number=serial, issuer=issuer, subject=subject,
                        not_valid_before_utc=times[0], not_valid_after_utc=times[1], public_key=key,
-                       signature_algorithm=algorithm, signature=signature,
-                       issuer_common_name=_common_name(issuer), **fields)  # type: ignore[arg-type]
+                       signature_algorithm=algorithm, signature=signature, uris=extensions.uris,
+                       dns_names=extensions.dns_names, ip_addresses=extensions.ip_addresses, ca=extensions.ca,
+                       key_cert_sign=extensions.key_cert_sign, authority_key_id=extensions.authority_key_id,
+                       issuer_common_name=_common_name(issuer))
 
 
-def _extensions(extensions: _Elements) -> dict[str, object]:
+def _extensions(extensions: _Elements) -> _Extensions:
     seen: set[bytes] = set()
-    fields: dict[str, object] = {}
+    found = _Extensions()
     while extensions.more():
         extension = extensions.inner(_SEQUENCE)
         oid = extension.bytes_of(_OID)
@@ -332,29 +346,30 @@ def _extensions(extensions: _Elements) -> dict[str, object]:
         extension.done("an extension")
         value = _Elements(extension.data, content, end)
         if oid == OID_SUBJECT_ALT_NAME:
-            fields.update(_alt_names(value.inner(_SEQUENCE)))
+            found.uris, found.dns_names, found.ip_addresses = _alt_names(value.inner(_SEQUENCE))
         elif oid == OID_BASIC_CONSTRAINTS:
             constraints = value.inner(_SEQUENCE)
             if constraints.peek() == _BOOLEAN:
-                fields["ca"] = _boolean(constraints.bytes_of(_BOOLEAN))
+                found.ca = _boolean(constraints.bytes_of(_BOOLEAN))
             if constraints.peek() == _INTEGER:
                 _integer(constraints.bytes_of(_INTEGER))
             constraints.done("basicConstraints")
         elif oid == OID_KEY_USAGE:
             bits, _ = _bit_string(value.bytes_of(_BIT_STRING))
-            fields["key_cert_sign"] = bool(bits) and bool(bits[0] & _KEY_CERT_SIGN)
+            found.key_cert_sign = bool(bits) and bool(bits[0] & _KEY_CERT_SIGN)
         elif oid == OID_AUTHORITY_KEY_ID:
             identifier = value.inner(_SEQUENCE)
             if identifier.peek() == _AKI_KEY_ID:
-                fields["authority_key_id"] = identifier.bytes_of(_AKI_KEY_ID)
+                found.authority_key_id = identifier.bytes_of(_AKI_KEY_ID)
             continue   # its issuer and serial parts are not read
         else:
             continue   # an extension the sidecar does not read (OpenSSL refuses unknown critical ones)
         value.done("an extension's value")
-    return fields
+    return found
 
 
-def _alt_names(names: _Elements) -> dict[str, object]:
+def _alt_names(names: _Elements) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The URIs, DNS names and IP addresses of a GeneralNames, each in order."""
     uris: list[str] = []
     dns: list[str] = []
     ips: list[str] = []
@@ -369,7 +384,7 @@ def _alt_names(names: _Elements) -> dict[str, object]:
             if len(value) not in (4, 16):
                 raise DerError("an IP address name is neither 4 nor 16 bytes")
             ips.append(str(ipaddress.ip_address(value)))
-    return {"uris": tuple(uris), "dns_names": tuple(dns), "ip_addresses": tuple(ips)}
+    return tuple(uris), tuple(dns), tuple(ips)
 
 
 # ------------------------------------------------------------------------------------------ PEM and keys
