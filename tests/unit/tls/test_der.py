@@ -9,6 +9,7 @@ import datetime as dt
 import random
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,43 @@ def test_a_certificate_read_once_is_checked_again_at_each_use() -> None:
     with pytest.raises(PeerRefused) as caught:
         identity_of_der(LEAF_DER, "other.org", NOW.timestamp())
     assert caught.value.reason.kind is Refusal.FOREIGN_TRUST_DOMAIN
+
+
+def _as_cryptography_reads(cert: x509.Certificate) -> tuple[object, ...]:
+    extensions = cert.extensions
+    try:
+        uris = tuple(extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                     .get_values_for_type(x509.UniformResourceIdentifier))
+    except x509.ExtensionNotFound:
+        uris = ()
+    try:
+        ca = extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    try:
+        key_cert_sign = extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        key_cert_sign = False
+    return uris, ca, key_cert_sign, cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def test_where_both_readers_read_a_corrupted_certificate_they_read_the_same_identity() -> None:
+    # a differential test: what identity_of decides on (SPIFFE IDs, CA markers, serial, dates) never differs from
+    # cryptography's reading of the same bytes; what only one of them refuses is counted, not compared
+    rng = random.Random(7)
+    compared = 0
+    for _ in range(2000):
+        data = bytearray(LEAF_DER)
+        for _ in range(rng.randint(1, 2)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            ours = parse_certificate(bytes(data))
+            with warnings.catch_warnings():   # a serial made negative: cryptography warns, and reads it as we do
+                warnings.simplefilter("ignore")
+                theirs = _as_cryptography_reads(x509.load_der_x509_certificate(bytes(data)))
+        except ValueError:    # DerError, or cryptography's refusal
+            continue
+        compared += 1
+        assert (ours.uris, ours.ca, ours.key_cert_sign, ours.serial_number, ours.not_valid_before_utc,
+                ours.not_valid_after_utc) == theirs, bytes(data).hex()
+    assert compared > 500
