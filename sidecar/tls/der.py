@@ -4,7 +4,7 @@ values out.
 Why not ``cryptography.x509``: its Python layer (names, extensions, the OID tables) costs about 1.5 MiB resident
 in every process that imports it, and a running sidecar reads few things of a certificate: the SPIFFE ID and
 other names of the SAN, whether it is a CA, the validity dates, the serial, the issuer (for messages), and the
-signed bytes with their signature and the public key (checked by :mod:`sidecar.tls.crypto`). The ``sidecar certs``
+signed bytes with their signature and the public key (checked by :mod:`sidecar.tls.signatures`). The ``sidecar certs``
 commands and the renewal by a local CA key build certificates and keep ``cryptography.x509``
 (:mod:`sidecar.tls.certs`).
 
