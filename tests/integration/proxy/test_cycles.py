@@ -11,47 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import socket
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from sidecar.proxy import HttpProxy, Target
+from tests.cycles import collector_paused, sidecar_garbage
 from tests.h2client import RawH2, get
 from tests.harness import wait_for
 from tests.loops import LoopThread
 
 ROUNDS = 10   # connections of each kind
-
-
-def sidecar_garbage() -> Counter[str]:
-    """What a full collection finds unreachable, of the sidecar's own types (by type name); the collector's debug
-    flags are restored after."""
-    flags = gc.get_debug()
-    gc.set_debug(gc.DEBUG_SAVEALL)   # keep what the collection finds in gc.garbage instead of freeing it
-    try:
-        gc.collect()
-        return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage
-                       if type(o).__module__.startswith("sidecar."))
-    finally:
-        gc.garbage.clear()
-        gc.set_debug(flags)
-        gc.collect()
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """No automatic collection meanwhile (only the explicit ones)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 @dataclass
@@ -74,7 +46,8 @@ class Backend:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 if b"\r\nupgrade: websocket" in head.lower():
-                    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                 b"Connection: Upgrade\r\n\r\n")
                     while data := await reader.read(65536):
                         writer.write(data)
                     return
@@ -148,7 +121,8 @@ def http1(port: int, requests: int, close: bool) -> None:
     with socket.create_connection(("127.0.0.1", port), 5) as sock:
         for i in range(requests):
             last = close and i == requests - 1
-            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: svc\r\n" + (b"Connection: close\r\n" if last else b"") + b"\r\n")
+            close_it = b"Connection: close\r\n" if last else b""
+            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: svc\r\n" + close_it + b"\r\n")
             assert read_response(sock) == b"hello"
         if close:
             assert sock.recv(65536) == b""   # closed by the proxy
