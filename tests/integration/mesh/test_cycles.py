@@ -20,7 +20,8 @@ from sidecar.proxy.upstream import UpstreamConnection
 from tests.cycles import alive, collector_paused, sidecar_garbage
 from tests.h2client import RawH2, get
 from tests.harness import wait_for
-from tests.integration.mesh.conftest import App, LoopThread, Node, Pki, link, node_config, start_node, stop_node
+from tests.integration.mesh.conftest import App, Node, Pki, link, node_config, start_node, stop_node
+from tests.loops import LoopThread
 
 ROUNDS = 5
 CONNECTION_TYPES = (DownstreamProtocol, H2Downstream, H2Stream, UpstreamConnection, H2UpstreamConnection, Tunnel,
