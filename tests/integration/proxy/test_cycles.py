@@ -128,16 +128,21 @@ def http1(port: int, requests: int, close: bool) -> None:
             assert sock.recv(65536) == b""   # closed by the proxy
 
 
+def upgrade(sock: socket.socket, host: str) -> bytes:
+    """Ask for a WebSocket upgrade on ``sock``; asserts the 101, returns what came after its head."""
+    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 101 "), data
+    return data.partition(b"\r\n\r\n")[2]
+
+
 def websocket(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), 5) as sock:
-        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: svc\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(65536)
-        assert data.startswith(b"HTTP/1.1 101 "), data
+        echoed = upgrade(sock, "svc")
         sock.sendall(b"ping")
-        echoed = data.partition(b"\r\n\r\n")[2]
         while len(echoed) < 4:
             echoed += sock.recv(65536)
         assert echoed == b"ping"
