@@ -233,7 +233,7 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
     def _release(self) -> None:
         """The connection is over: the timer and the reader let go of this protocol, so that nothing of the
         connection is left in a reference cycle (it is freed when the last reference goes, with no wait for the
-        cyclic garbage collector, which ``sidecar run`` has run rarely)."""
+        cyclic garbage collector, which ``sidecar run`` runs rarely)."""
         self.timer.close()
         self.reader.close()
 
