@@ -51,7 +51,7 @@ def claim_of(node: str, service: str, version: int = 1) -> Claim:
 
 
 def verifier() -> ClaimVerifier:
-    anchors = (CA.certificate,)
+    anchors = (certs.parsed(CA.certificate),)
     return ClaimVerifier(TD, "prod", lambda: anchors, lambda: NOW.timestamp())
 
 

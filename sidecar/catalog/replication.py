@@ -25,9 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Protocol
-
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import NODE_STREAM, NodeInfo, ServiceMetadata, Subscription
@@ -51,6 +49,9 @@ from sidecar.gossip.outputs import (
 from sidecar.gossip.state import MemberView
 from sidecar.log import fields
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
 log = logging.getLogger("sidecar.catalog")
 
 CATALOG_KEY = "catalog"  # user-broadcast key prefix: one slot per (origin node, service)
@@ -59,7 +60,7 @@ MAX_CLAIMS_PER_NODE = 4096  # a node's claims held at most (services it hosts)
 WARN_EVERY_MS = 60_000      # refused claims are logged as a warning at most this often per reason
 
 # the identities this node signs with, the first one first: service -> (certificate DER, private key)
-Identities = Callable[[], Mapping[str, tuple[bytes, ec.EllipticCurvePrivateKey]]]
+Identities = Callable[[], Mapping[str, tuple[bytes, "ec.EllipticCurvePrivateKey"]]]
 
 
 class Gossip(Protocol):

@@ -28,18 +28,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING
 
 from sidecar.catalog.model import NODE_STREAM
 from sidecar.catalog.sync import Claim, signed_bytes
+from sidecar.tls import signatures
+from sidecar.tls.der import Certificate, DerError, parse_certificate
 from sidecar.tls.errors import PeerRefused
 from sidecar.tls.identity import identity_of
 
-_ALGORITHM = ec.ECDSA(hashes.SHA256())
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
 MAX_CACHED_CERTIFICATES = 8192
 
 
@@ -50,7 +50,7 @@ def fingerprint(der: bytes) -> bytes:
 def sign(claim: Claim, certificate: bytes, key: ec.EllipticCurvePrivateKey) -> Claim:
     """``claim`` with its proof: the certificate that names its service, its fingerprint, the signature."""
     bound = replace(claim, fingerprint=fingerprint(certificate), certificate=certificate, signature=b"")
-    return replace(bound, signature=key.sign(signed_bytes(bound), _ALGORITHM))
+    return replace(bound, signature=signatures.sign(key, signed_bytes(bound)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +58,11 @@ class _Known:
     """A certificate that chained to the CA set of ``anchors`` when first seen."""
 
     der: bytes
-    certificate: x509.Certificate
+    certificate: Certificate
     public_key: ec.EllipticCurvePublicKey
-    anchors: Sequence[x509.Certificate]   # the CA set it was checked against: a new tls.ca checks it again
-    service: str                          # the service its SPIFFE ID names
-    not_before: float                     # epoch seconds
+    anchors: Sequence[Certificate]  # the CA set it was checked against: a new tls.ca checks it again
+    service: str                    # the service its SPIFFE ID names
+    not_before: float               # epoch seconds
     not_after: float
 
 
@@ -78,7 +78,7 @@ class ClaimVerifier:
     """Checks claims against the CA and the trust domain; ``cas()`` is the current ``tls.ca`` (it may rotate),
     ``now()`` epoch seconds."""
 
-    def __init__(self, trust_domain: str, cluster: str, cas: Callable[[], Sequence[x509.Certificate]],
+    def __init__(self, trust_domain: str, cluster: str, cas: Callable[[], Sequence[Certificate]],
                  now: Callable[[], float]) -> None:
         self.trust_domain = trust_domain
         self.cluster = cluster
@@ -111,10 +111,8 @@ class ClaimVerifier:
             if subscription.service != claim.service and not stream:
                 raise ClaimRefused("foreign-entry", f"claim about {claim.service} subscribes"
                                                     f" {subscription.service} {subscription.path}".rstrip())
-        try:
-            known.public_key.verify(claim.signature, signed_bytes(claim), _ALGORITHM)
-        except InvalidSignature:
-            raise ClaimRefused("bad-signature", f"claim of {claim.node} about {claim.service}") from None
+        if not signatures.verify(known.public_key, claim.signature, signed_bytes(claim)):
+            raise ClaimRefused("bad-signature", f"claim of {claim.node} about {claim.service}")
         self.verified += 1
         return claim if claim.certificate else replace(claim, certificate=known.der)
 
@@ -130,13 +128,14 @@ class ClaimVerifier:
         if fingerprint(der) != claim.fingerprint:
             raise ClaimRefused("bad-certificate", "certificate does not match the claim's fingerprint")
         try:
-            certificate = x509.load_der_x509_certificate(der)
-        except ValueError as exc:
+            certificate = parse_certificate(der)
+        except DerError as exc:
             raise ClaimRefused("bad-certificate", f"unreadable certificate: {exc}") from None
-        public_key = certificate.public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            raise ClaimRefused("bad-certificate", "not an EC certificate as sidecar issues")
-        if not any(_issued_by(certificate, ca) for ca in anchors):
+        try:
+            public_key = signatures.ec_public_key(certificate.public_key)
+        except ValueError:   # another kind of key or curve, or a point not on the curve
+            raise ClaimRefused("bad-certificate", "not an EC certificate as sidecar issues") from None
+        if not any(signatures.signed_by(certificate, ca) for ca in anchors):
             raise ClaimRefused("bad-certificate", f"certificate of {claim.node}'s claim about {claim.service} is"
                                                   " not signed by the mesh CA")
         try:   # the SVID rules (a leaf, one lower-case SPIFFE ID of our trust domain naming a service); dates apart
@@ -151,10 +150,3 @@ class ClaimVerifier:
             certificate.not_valid_after_utc.timestamp())
         return known
 
-
-def _issued_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        certificate.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True

@@ -65,7 +65,7 @@ def cmd_certs_issue(services: str | Sequence[str], directory: str, ttl: str = "2
             print(f"error: {exc}", file=sys.stderr)
             return 1
         until = certs.iso_utc(leaf.not_valid_after_utc)
-        print(f"{spiffe_ids(leaf)[0]}, serial {leaf.serial_number:x}, valid until {until}")
+        print(f"{spiffe_ids(certs.parsed(leaf))[0]}, serial {leaf.serial_number:x}, valid until {until}")
         print(f"wrote {paths.cert}")
         print(f"wrote {paths.key} (private key, mode 0600)")
         written.append((service, paths))

@@ -15,11 +15,12 @@ import binascii
 import hashlib
 import os
 from collections.abc import Sequence
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from sidecar.gossip.errors import GossipError, KeyringError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ENCRYPTION_VERSION = 1
 NONCE_SIZE = 12
@@ -63,6 +64,10 @@ def fingerprint(key: str | bytes) -> str:
 
 
 class Keyring:
+    """The installed keys and their ciphers. ``cryptography`` (its Rust extension carries its own OpenSSL, about
+    7 MiB resident) is imported by the first keyring, so a sidecar without ``gossip.encrypt_keys`` never loads it
+    for gossip."""
+
     __slots__ = ("_ciphers", "_keys")
 
     def __init__(self, keys: Sequence[str | bytes]) -> None:
@@ -85,6 +90,8 @@ class Keyring:
         """Accept packets under ``key`` too; installing a known key changes nothing."""
         raw = decode_key(key)
         if raw not in self._ciphers:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
             self._keys.append(raw)
             self._ciphers[raw] = AESGCM(raw)
 
@@ -115,6 +122,8 @@ class Keyring:
         """The plaintext under any installed key; raises DecryptionFailed when none authenticates."""
         if len(data) < OVERHEAD or data[0] != ENCRYPTION_VERSION:
             raise DecryptionFailed("not an AES-GCM body of a known version")
+        from cryptography.exceptions import InvalidTag
+
         nonce, sealed = data[1 : 1 + NONCE_SIZE], data[1 + NONCE_SIZE :]
         for key in self._keys:
             try:

@@ -51,9 +51,6 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from sidecar.gossip.keyring import fingerprint
 
 REPORT_FIELD = "keys"     # the metadata field: fingerprints held, primary first
@@ -89,7 +86,11 @@ def derive_key(root: bytes, cluster: str, epoch: int) -> bytes:
     """The epoch's key, the same length as ``root``: HKDF-SHA256, salt = the cluster, info = the epoch.
 
     Another cluster with the same root key gets other keys, and a key says nothing of its neighbours.
+    ``cryptography`` is imported here, not at start: rotation runs only with gossip encryption (the keyring).
     """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     hkdf = HKDF(algorithm=hashes.SHA256(), length=len(root), salt=b"sidecar gossip cluster " + cluster.encode(),
                 info=b"sidecar gossip key epoch " + str(epoch).encode())
     return hkdf.derive(root)

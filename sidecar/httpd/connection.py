@@ -148,7 +148,11 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.state = CLOSED
-        self._timer.cancel()
+        # the reader and the timer let go of this connection: freed by reference counting, not by the collector
+        self._timer.close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._uncount()
         if self._task is not None and self._streaming:
             self._task.cancel()   # a client that left a stream: its handler ends now, not at its next write

@@ -366,8 +366,7 @@ class DataPlane:
             call = stats.tag
             self._settle(stats)
             self._count("upstream", name.service, stats)
-            if self.failure_listeners:
-                self._failed("upstream", name.service, stats, call)
+            self._failed("upstream", name.service, stats, call)
 
         return HttpProxy(route, name=f"upstream:{name.service}", limits=limits, pools=self.pools,
                          on_request_done=done, ids=ids, h2c=True)
@@ -395,11 +394,16 @@ class DataPlane:
             known = name is not None and self.router.endpoints(self.catalog.snapshot(), name).total > 0
             service = name.service if known and name is not None else "unknown"
         self._count("outbound", service, stats)
-        if self.failure_listeners:
-            self._failed("outbound", service, stats, call)
+        self._failed("outbound", service, stats, call)
 
     def _failed(self, listener: str, service: str, stats: RequestStats, call: object) -> None:
-        notes = call.notes if isinstance(call, Call) else None
+        """Tell the failure listeners of a request that failed or was retried. The Call's notes are let go: each
+        attempt's record holds its Target, which holds the Call (freed with the request, not by the collector)."""
+        notes = None
+        if isinstance(call, Call):
+            notes, call.notes = call.notes, None
+        if not self.failure_listeners:
+            return
         if notes or stats.status == 0 or stats.status >= 400 or stats.error is not None:
             for listener_fn in self.failure_listeners:
                 listener_fn(listener, service, stats, notes or ())

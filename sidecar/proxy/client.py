@@ -45,8 +45,11 @@ MAX_IDLE = 64         # idle connections kept per (address, TLS context, server 
 class KeptConnection(asyncio.Protocol):
     """One connection: a request at a time, its answer collected by a :class:`AnswerCollector`."""
 
-    __slots__ = ("_collector", "_reader", "_waiter", "authority", "closed", "idle_since", "stale", "transport",
-                 "used")
+    __slots__ = ("_collector", "_limits", "_reader", "_waiter", "authority", "closed", "idle_since", "stale",
+                 "transport", "used")
+
+    # made with the connection: a dial that fails gets no connection_lost to close it (see UpstreamConnection)
+    _reader: ResponseReader
 
     def __init__(self, authority: str, limits: HeadLimits) -> None:
         self.authority = authority
@@ -55,7 +58,7 @@ class KeptConnection(asyncio.Protocol):
         self.used = False          # carried a request before: a close before any answer may be a stale keep-alive
         self.stale = False         # it was: a reused connection closed before any byte of the answer
         self.idle_since = 0.0
-        self._reader = ResponseReader(self, limits)
+        self._limits = limits
         self._collector: AnswerCollector | None = None
         self._waiter: asyncio.Future[HttpAnswer] | None = None
 
@@ -85,6 +88,7 @@ class KeptConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods
         self.transport = cast(asyncio.Transport, transport)
+        self._reader = ResponseReader(self, self._limits)
 
     def data_received(self, data: bytes) -> None:
         collector = self._collector
@@ -107,6 +111,7 @@ class KeptConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._reader.close()   # it and this protocol held each other (see ResponseReader)
         collector = self._collector
         if collector is None:
             return

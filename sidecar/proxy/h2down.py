@@ -129,8 +129,15 @@ class H2Stream(ClientSide):
                 self.exchange.on_client_paused(paused)
 
     def forget(self) -> None:
-        self.timer.cancel()
+        self.end()
         self.conn.stream_gone(self.sid)
+
+    def end(self) -> Exchange | None:
+        """The stream is over: its timer lets go of it and it of its exchange, which holds it (nothing of a
+        stream is left in a reference cycle); returns the exchange."""
+        self.timer.close()
+        exchange, self.exchange = self.exchange, None
+        return exchange
 
     # -- ClientSide ----------------------------------------------------------------------------------------
 
@@ -289,9 +296,10 @@ class H2Downstream(asyncio.Protocol):
             elif isinstance(event, StreamReset):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
+                    exchange = stream.exchange
                     stream.forget()
-                    if stream.exchange is not None:
-                        stream.exchange.on_client_lost()   # cancellation travels on: the upstream is cut
+                    if exchange is not None:
+                        exchange.on_client_lost()   # cancellation travels on: the upstream is cut
             elif isinstance(event, ConnectionTerminated):
                 self._terminated(event)
                 return
@@ -313,13 +321,17 @@ class H2Downstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.timer.cancel()
+        self.timer.close()   # it held this protocol, which holds it
         self.stream_timers.close()
         self.proxy.drop_connection(self)
+        self._end_streams()
+
+    def _end_streams(self) -> None:
+        """The connection is over: each open stream's exchange learns that its client is gone."""
         for stream in list(self.streams.values()):
-            stream.timer.cancel()
-            if stream.exchange is not None:
-                stream.exchange.on_client_lost()
+            exchange = stream.end()
+            if exchange is not None:
+                exchange.on_client_lost()
         self.streams.clear()
 
     def pause_writing(self) -> None:
@@ -408,11 +420,7 @@ class H2Downstream(asyncio.Protocol):
         self.closed = True
         self.timer.cancel()
         self.stream_timers.close()
-        for stream in list(self.streams.values()):
-            stream.timer.cancel()
-            if stream.exchange is not None:
-                stream.exchange.on_client_lost()
-        self.streams.clear()
+        self._end_streams()
         self.proxy.drop_connection(self)
         transport = self.transport
         if transport.can_write_eof():

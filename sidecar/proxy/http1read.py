@@ -44,6 +44,35 @@ class ResponseSink(Protocol):
     def on_response_end(self, trailers: Trailers | None) -> None: ...
 
 
+class _NoSink:
+    """The sink of a closed reader: its connection is gone and nothing is parsed any more (the reader let go of
+    its connection, so that the two no longer hold each other)."""
+
+    def on_request_head(self, head: RequestHead) -> None:
+        pass
+
+    def on_request_body(self, data: bytes) -> None:
+        pass
+
+    def on_request_end(self, trailers: Trailers | None) -> None:
+        pass
+
+    def on_response_interim(self, head: ResponseHead) -> None:
+        pass
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        pass
+
+    def on_response_body(self, data: bytes) -> None:
+        pass
+
+    def on_response_end(self, trailers: Trailers | None) -> None:
+        pass
+
+
+_NO_SINK = _NoSink()
+
+
 # RFC 9112 7.1: the last chunk of a chunked body: one or more zeros, then optional extensions
 _LAST_CHUNK_LINE = re.compile(rb"0+[ \t]*(;.*)?")
 
@@ -143,7 +172,12 @@ class _Reader:
 
 
 class RequestReader(_Reader):
-    """Parses requests from a client connection, one after another, and hands them to ``sink``."""
+    """Parses requests from a client connection, one after another, and hands them to ``sink``.
+
+    The parser calls the reader back and the reader calls its sink, the connection that holds it: :meth:`close`,
+    once the connection is lost, cuts those references, so that what the connection leaves is freed as soon as
+    the last reference goes instead of waiting for the cyclic garbage collector.
+    """
 
     __slots__ = ("_fields", "_head_started", "_in_head", "_limits", "_parser", "_sink", "_too_large", "_trailers",
                  "_trailers_size", "_url", "partial_head_bytes")
@@ -151,7 +185,7 @@ class RequestReader(_Reader):
     def __init__(self, sink: RequestSink, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
         self._sink = sink
         self._limits = limits
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._fields = _Fields()
         self._url = b""
         self._in_head = False
@@ -170,10 +204,13 @@ class RequestReader(_Reader):
     def feed(self, data: bytes) -> int | None:
         """Parse ``data``; returns None, or the offset in ``data`` where an upgraded connection's bytes start.
 
-        Raises :class:`RemoteProtocolError` subclasses for anything malformed.
+        Raises :class:`RemoteProtocolError` subclasses for anything malformed. A closed reader drops ``data``.
         """
+        parser = self._parser
+        if parser is None:
+            return None
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             return int(upgrade.args[0])
         except httptools.HttpParserCallbackError as e:
@@ -189,6 +226,11 @@ class RequestReader(_Reader):
                 raise RequestHeadTooLarge(f"header block larger than {self._limits.max_head_bytes} bytes",
                                           {"limit": self._limits.max_head_bytes})
         return None
+
+    def close(self) -> None:
+        """The connection is gone: the parser and the sink are let go (see the class)."""
+        self._parser = None
+        self._sink = _NO_SINK
 
     # llhttp callbacks ---------------------------------------------------------------------------
 
@@ -212,6 +254,7 @@ class RequestReader(_Reader):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
+        assert parser is not None   # called back by it
         fields = self._fields
         method = parser.get_method().decode()
         version = parser.get_http_version()
@@ -362,6 +405,8 @@ class ResponseReader:
     up to the last-chunk line. llhttp has already checked its syntax. Its end is handed on once the read is
     parsed, when it is known to be the end of the message (an upstream sends nothing more before the next
     request; if it does anyway, the response ends without its trailers).
+
+    As with :class:`RequestReader`, :meth:`close` lets go of the parser and the sink once the connection is lost.
     """
 
     __slots__ = ("_chunked", "_ended", "_feeding", "_head_buf", "_head_request", "_limits", "_parser", "_phase",
@@ -370,7 +415,7 @@ class ResponseReader:
     def __init__(self, sink: ResponseSink, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
         self._sink = sink
         self._limits = limits
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._reason = b""
         self._phase = _HEAD
         self._head_buf = b""
@@ -388,7 +433,11 @@ class ResponseReader:
             self._phase = _HEAD
 
     def feed(self, data: bytes) -> int | None:
-        """Parse ``data``; returns None, or the offset where bytes after a 101 response start."""
+        """Parse ``data``; returns None, or the offset where bytes after a 101 response start. A closed reader drops
+        ``data``."""
+        parser = self._parser
+        if parser is None:
+            return None
         phase = self._phase
         if phase == _MESSAGE:
             if self._chunked:
@@ -403,7 +452,7 @@ class ResponseReader:
                     raise MalformedResponse(
                         f"response header block larger than {self._limits.max_head_bytes} bytes")
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             return int(upgrade.args[0])
         except httptools.HttpParserCallbackError as e:
@@ -419,6 +468,11 @@ class ResponseReader:
             self._ended = False
             self._sink.on_response_end(self._trailers())
         return None
+
+    def close(self) -> None:
+        """The connection is gone: the parser and the sink are let go (see the class)."""
+        self._parser = None
+        self._sink = _NO_SINK
 
     def _keep(self, data: bytes) -> None:
         """Keep a read of a chunked body: the last ones, as many as a trailer section may need."""
@@ -484,6 +538,7 @@ class ResponseReader:
             raise MalformedResponse("response header block over the limits")
         fields, special = split_fields(block)
         parser = self._parser
+        assert parser is not None   # called back by it
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # 100 Continue, 103 Early Hints: passed on; the final head follows on this connection, in these bytes

@@ -88,12 +88,19 @@ def write_pieces(transport: asyncio.Transport, pieces: list[bytes], tls: bool) -
         transport.writelines(pieces)
 
 
+def _nothing() -> None:
+    """The callback of a closed timer."""
+
+
 class LazyTimer:
     """One timer per connection whose deadline moves often and fires rarely.
 
     Moving the deadline later only writes an attribute; the armed handle, when it fires early, re-arms
     itself for the current deadline. So a busy keep-alive connection creates about one timer handle per
     timeout period, not one per request.
+
+    The callback is most often a method of the timer's owner, which holds the timer: :meth:`close`, when the
+    owner is done, lets go of it, so that the two do not hold each other until the cyclic garbage collector runs.
     """
 
     __slots__ = ("_callback", "_handle", "_loop", "_when", "deadline")
@@ -120,6 +127,11 @@ class LazyTimer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def close(self) -> None:
+        """Cancelled for good: the callback is let go (a deadline set later fires nothing)."""
+        self.cancel()
+        self._callback = _nothing
 
     def _fire(self) -> None:
         self._handle = None
@@ -180,7 +192,7 @@ class TimerGroup:
     def close(self) -> None:
         """No member fires any more (the connection is gone)."""
         self.members.clear()
-        self._timer.cancel()
+        self._timer.close()
 
 
 class SharedTimer(LazyTimer):

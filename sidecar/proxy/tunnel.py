@@ -87,5 +87,6 @@ class Tunnel:
                 transport.abort()
             else:
                 transport.close()  # writes what is buffered first
-        if self._on_done is not None:
-            self._on_done(self)
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(self)   # let go of: it holds, through its owner, what holds this tunnel

@@ -35,8 +35,12 @@ class ConnectionOwner(Protocol):
 
 
 class UpstreamConnection(UpstreamStream, asyncio.Protocol):
-    __slots__ = ("_chunked", "_reader", "address", "closed", "idle_since", "paused", "pool", "reused", "tls",
-                 "transport", "tunnel", "user")
+    __slots__ = ("_chunked", "_limits", "_reader", "address", "closed", "idle_since", "paused", "pool", "reused",
+                 "tls", "transport", "tunnel", "user")
+
+    # made with the connection: a dial that fails (refused, TLS) gets no connection_lost to close it, and
+    # would leave the two in a reference cycle
+    _reader: ResponseReader
 
     def __init__(self, pool: ConnectionOwner | None, address: str, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
         self.pool = pool
@@ -50,7 +54,7 @@ class UpstreamConnection(UpstreamStream, asyncio.Protocol):
         self.reused = False           # has carried an exchange before: it may have been closed by the server
         self.idle_since = 0.0
         self._chunked = False         # the request in flight has a chunked body
-        self._reader = ResponseReader(self, limits)
+        self._limits = limits
 
     # --------------------------------------------------------------------------- UpstreamStream
 
@@ -138,6 +142,7 @@ class UpstreamConnection(UpstreamStream, asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.tls = transport.get_extra_info("ssl_object") is not None
+        self._reader = ResponseReader(self, self._limits)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -164,6 +169,7 @@ class UpstreamConnection(UpstreamStream, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._reader.close()   # it and this protocol held each other (see ResponseReader)
         if self.tunnel is not None:
             self.tunnel.server_lost(exc)
             return

@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sidecar.config.values import Duration
-from sidecar.tls.errors import CertificateError, SpiffeIdError
+from sidecar.tls import der
+from sidecar.tls.errors import CertificateError, SpiffeIdError, read_tls_file
 from sidecar.tls.identity import SpiffeId, spiffe_ids, validate_service_name, validate_trust_domain
 
 CA_CERT_FILE = "ca.pem"
@@ -116,7 +117,7 @@ def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
 
 def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
     """Every certificate of a PEM file (at least one), or :class:`CertificateError` naming the file."""
-    data = _read(path, "certificate")
+    data = read_tls_file(path, "certificate")
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -124,7 +125,7 @@ def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
 
 
 def load_private_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey:
-    data = _read(path, "private key")
+    data = read_tls_file(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
@@ -141,9 +142,14 @@ def key_matches(certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) 
     return certificate.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
 
 
+def parsed(certificate: x509.Certificate) -> der.Certificate:
+    """The certificate as the running sidecar reads it (:mod:`sidecar.tls.der`)."""
+    return der.parse_certificate(certificate.public_bytes(serialization.Encoding.DER))
+
+
 def trust_domain_of_ca(certificate: x509.Certificate, where: object = "the CA certificate") -> str:
     """The trust domain a CA serves, from its ``spiffe://TD`` URI SAN."""
-    for uri in spiffe_ids(certificate):
+    for uri in spiffe_ids(parsed(certificate)):
         try:
             return SpiffeId.from_text(uri).trust_domain
         except SpiffeIdError:
@@ -151,17 +157,6 @@ def trust_domain_of_ca(certificate: x509.Certificate, where: object = "the CA ce
     raise CertificateError(
         f"{where} names no SPIFFE trust domain (no spiffe://TD URI SAN); was it made by `sidecar certs init`?"
     )
-
-
-def _read(path: str | os.PathLike[str], what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CertificateError(f"{what} file {path} does not exist") from None
-    except PermissionError:
-        raise CertificateError(f"{what} file {path} is not readable by this user") from None
-    except OSError as exc:
-        raise CertificateError(f"cannot read {what} file {path}: {exc.strerror}") from None
 
 
 # ------------------------------------------------------------------------------------------- making

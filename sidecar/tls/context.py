@@ -49,11 +49,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from cryptography import x509
-
 from sidecar.tls import reasons
 from sidecar.tls.errors import CertificateError, PeerRefused, SpiffeIdError
-from sidecar.tls.identity import PeerIdentity, SpiffeId, identity_of_der, spiffe_ids
+from sidecar.tls.identity import PeerIdentity, SpiffeId, identity_of_der, load_der, spiffe_ids
 from sidecar.tls.reasons import HandshakeEvidence
 
 # Mozilla's "intermediate" TLS 1.2 suites (ECDHE only: no DH parameters are loaded); TLS 1.3 suites are
@@ -300,7 +298,10 @@ def _require_service(ssl_object: ssl.SSLObject, service: str) -> None:
     """Every dial whose SNI names a service (:func:`service_server_name`) requires that service's SPIFFE ID in
     the server's certificate, whoever dials (the data plane checks the rest of the identity after)."""
     der = ssl_object.getpeercert(binary_form=True)
-    ids = spiffe_ids(x509.load_der_x509_certificate(der)) if der else []
+    try:
+        ids = spiffe_ids(load_der(der)) if der else []
+    except PeerRefused:
+        ids = []
     named = None
     if len(ids) == 1:
         with contextlib.suppress(SpiffeIdError):

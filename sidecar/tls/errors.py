@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,3 +33,15 @@ class PeerRefused(TlsError):
 class IssuerError(CertificateError):
     """``tls.issuer`` could not produce a usable certificate (CA key unusable, command failed or wrote
     nothing valid); the current certificate keeps serving and the attempt is retried."""
+
+
+def read_tls_file(path: str | os.PathLike[str], what: str) -> bytes:
+    """The bytes of a certificate or key file, or :class:`CertificateError` naming the cause (missing, permission)."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CertificateError(f"{what} file {path} does not exist") from None
+    except PermissionError:
+        raise CertificateError(f"{what} file {path} is not readable by this user") from None
+    except OSError as exc:
+        raise CertificateError(f"cannot read {what} file {path}: {exc.strerror}") from None

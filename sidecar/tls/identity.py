@@ -11,9 +11,8 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from cryptography import x509
-
 from sidecar.tls import reasons
+from sidecar.tls.der import Certificate, DerError, parse_certificate
 from sidecar.tls.errors import PeerRefused, SpiffeIdError
 
 SCHEME = "spiffe://"
@@ -116,37 +115,38 @@ class PeerIdentity:
         return format(self.serial, "x")
 
 
-def load_der(der: bytes) -> x509.Certificate:
+# certificates read, by their DER: peers present few distinct certificates, and reading one in Python costs ~75 µs
+# against a dictionary look-up; the key is the whole DER, so a hit is the same certificate (dates are checked per use)
+_READ: dict[bytes, Certificate] = {}
+MAX_READ = 1024
+
+
+def load_der(der: bytes) -> Certificate:
+    known = _READ.get(der)
+    if known is not None:
+        return known
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+        cert = parse_certificate(der)
+    except DerError as exc:
         raise PeerRefused(reasons.unreadable_certificate(str(exc))) from None
+    if len(_READ) >= MAX_READ:
+        _READ.clear()
+    _READ[der] = cert
+    return cert
 
 
-def spiffe_ids(cert: x509.Certificate) -> list[str]:
+def spiffe_ids(cert: Certificate) -> list[str]:
     """Every ``spiffe://`` URI SAN of the certificate, in order."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [uri for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if uri.lower().startswith(SCHEME)]
+    return [uri for uri in cert.uris if uri.lower().startswith(SCHEME)]
 
 
-def is_ca(cert: x509.Certificate) -> bool:
+def is_ca(cert: Certificate) -> bool:
     """Whether the certificate says it is a CA (basicConstraints cA=TRUE) or may sign certificates."""
-    try:
-        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return True
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign)
-    except x509.ExtensionNotFound:
-        return False
+    return cert.ca or cert.key_cert_sign
 
 
 def identity_of(
-    cert: x509.Certificate, trust_domain: str, now: float, *, role: str = "peer", expected_service: str | None = None
+    cert: Certificate, trust_domain: str, now: float, *, role: str = "peer", expected_service: str | None = None
 ) -> PeerIdentity:
     """The identity the certificate proves, or :class:`PeerRefused` with a reason a person can act on.
 

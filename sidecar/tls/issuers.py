@@ -21,20 +21,20 @@ each attempt.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.shell import CommandTimedOut, run_shell
-from sidecar.tls import certs
+from sidecar.tls.der import Certificate
 from sidecar.tls.errors import CertificateError, IssuerError
 from sidecar.tls.identity import PeerIdentity
+
+if TYPE_CHECKING:
+    from sidecar.tls import certs
 
 # what of a failing command's output goes into the error message (the end is where tools say what failed)
 OUTPUT_TAIL = 400
@@ -51,19 +51,10 @@ class WantedIdentity:
     ip_addresses: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, identity: PeerIdentity, leaf: x509.Certificate | None, ttl: float) -> WantedIdentity:
-        dns: tuple[str, ...] = ()
-        ips: tuple[str, ...] = ()
-        if leaf is not None:
-            try:
-                san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            except x509.ExtensionNotFound:
-                pass
-            else:
-                dns = tuple(san.get_values_for_type(x509.DNSName))
-                ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)
-                            if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address))
-        return cls(identity.spiffe_id, identity.service, ttl, dns, ips)
+    def of(cls, identity: PeerIdentity, leaf: Certificate | None, ttl: float) -> WantedIdentity:
+        if leaf is None:
+            return cls(identity.spiffe_id, identity.service, ttl)
+        return cls(identity.spiffe_id, identity.service, ttl, leaf.dns_names, leaf.ip_addresses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +90,8 @@ class LocalCa:
 
     def load(self) -> certs.CertificateAuthority:
         """The CA, checked: its key matches a certificate of ``cert_path`` and it serves our trust domain."""
+        from sidecar.tls import certs  # cryptography.x509 builds the certificate: imported by the first renewal
+
         try:
             ca = certs.CertificateAuthority.from_files(self.cert_path, self.key_path)
         except CertificateError as exc:
@@ -113,6 +106,8 @@ class LocalCa:
         return await asyncio.to_thread(self._issue, wanted)
 
     def _issue(self, wanted: WantedIdentity) -> NewPair:
+        from sidecar.tls import certs
+
         ca = self.load()
         try:
             issued = certs.issue_from(ca, wanted.service, wanted.ttl, dns_names=wanted.dns_names,

@@ -24,8 +24,7 @@ import enum
 import ssl
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+from sidecar.tls.der import Certificate, DerError, parse_certificate
 
 MINIMUM_VERSION = "TLSv1.2"
 
@@ -278,33 +277,25 @@ def _classify_verify(
     return bad_certificate(role, exc.verify_message or _openssl_words(exc))
 
 
-def describe_issuer(cert: x509.Certificate) -> str:
+def describe_issuer(cert: Certificate) -> str:
     """``CN=other CA, key id 3f2a9c01``: the name, and the key id that tells apart two CAs of one name."""
-    names = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    text = f"CN={names[0].value!s}" if names else cert.issuer.rfc4514_string() or "an empty name"
-    try:
-        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        return text
-    if aki.key_identifier:
-        text += f", key id {aki.key_identifier[:4].hex()}"
+    name = cert.issuer_common_name
+    text = f"CN={name}" if name is not None else "a name without CN"
+    if cert.authority_key_id:
+        text += f", key id {cert.authority_key_id[:4].hex()}"
     return text
 
 
-def _spiffe_uris(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [uri for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if uri.startswith("spiffe://")]
+def _spiffe_uris(cert: Certificate) -> list[str]:
+    return [uri for uri in cert.uris if uri.startswith("spiffe://")]
 
 
-def _parse(der: bytes | None) -> x509.Certificate | None:
+def _parse(der: bytes | None) -> Certificate | None:
     if not der:
         return None
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError:
+        return parse_certificate(der)
+    except DerError:
         return None
 
 

@@ -42,18 +42,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import TlsConfig, TlsIdentityConfig
-from sidecar.tls import certs, context
+from sidecar.tls import context, signatures
 from sidecar.tls.context import MeshContext, SessionCache
-from sidecar.tls.errors import CertificateError, PeerRefused
+from sidecar.tls.der import Certificate, DerError, pem_blocks, pem_certificates, pem_ec_private_key
+from sidecar.tls.errors import CertificateError, PeerRefused, read_tls_file
 from sidecar.tls.handshake import Handler, MtlsServer, RefusalLog, accept_socket, connect_stream, serve
 from sidecar.tls.identity import PeerIdentity, identity_of
 from sidecar.tls.reload import (
@@ -66,6 +62,9 @@ from sidecar.tls.reload import (
     Warn,
 )
 from sidecar.tls.renewal import lifetime_start
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger("sidecar.tls")
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -119,10 +118,10 @@ def _digest(data: bytes | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    leaf: x509.Certificate
+    leaf: Certificate
     identity: PeerIdentity
     key: ec.EllipticCurvePrivateKey = field(repr=False)
-    cas: tuple[x509.Certificate, ...] = ()
+    cas: tuple[Certificate, ...] = ()
 
 
 def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> Checked:
@@ -131,21 +130,15 @@ def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> 
         missing = [str(p) for p, b in ((paths.ca, bundle.ca), (paths.cert, bundle.cert), (paths.key, bundle.key))
                    if b is None]
         raise CertificateError(f"cannot read {', '.join(missing)}")
+    cas = _certificates(bundle.ca, paths.ca, "tls.ca")
+    leaf = _certificates(bundle.cert, paths.cert, "tls.cert")[0]
     try:
-        cas = x509.load_pem_x509_certificates(bundle.ca)
-    except ValueError:
-        raise CertificateError(f"{paths.ca} holds no PEM certificate (tls.ca)") from None
-    try:
-        leaf = x509.load_pem_x509_certificates(bundle.cert)[0]
-    except ValueError:
-        raise CertificateError(f"{paths.cert} holds no PEM certificate (tls.cert)") from None
-    try:
-        key = serialization.load_pem_private_key(bundle.key, password=None)
-    except (ValueError, TypeError):
-        raise CertificateError(f"{paths.key} holds no unencrypted PEM private key (tls.key)") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not certs.key_matches(leaf, key):
+        key = signatures.ec_private_key(pem_ec_private_key(bundle.key))
+    except ValueError as exc:   # DerError, UnusableKey, and cryptography's refusal of a scalar off the curve
+        raise CertificateError(f"{paths.key} holds no unencrypted PEM EC private key (tls.key): {exc}") from None
+    if not signatures.key_matches(leaf, key):
         raise CertificateError(f"{paths.key} is not the private key of {paths.cert}")
-    if not any(_signed_by(leaf, ca) for ca in cas):
+    if not any(signatures.signed_by(leaf, ca) for ca in cas):
         raise CertificateError(f"{paths.cert} is not signed by the CA in {paths.ca}")
     try:
         identity = identity_of(leaf, trust_domain, now, role="our")
@@ -154,12 +147,13 @@ def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> 
     return Checked(leaf, identity, key, tuple(cas))
 
 
-def _signed_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+def _certificates(pem: bytes, path: Path, key: str) -> list[Certificate]:
     try:
-        leaf.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+        if not pem_blocks(pem, "CERTIFICATE"):
+            raise CertificateError(f"{path} holds no PEM certificate ({key})")
+        return pem_certificates(pem)
+    except DerError as exc:
+        raise CertificateError(f"{path} holds a certificate that cannot be read ({key}): {exc}") from None
 
 
 @contextlib.contextmanager
@@ -204,11 +198,11 @@ class TlsMaterial:
     # the client context for HTTP/2 to peers (ALPN h2, then http/1.1), with its own session cache
     h2_context: MeshContext | None = None
     # our certificate itself: its other SANs are kept when it is renewed (sidecar.tls.renewer)
-    leaf: x509.Certificate | None = None
+    leaf: Certificate | None = None
     # its private key: signs this node's catalog statement about the service (sidecar.catalog.signing)
     key: ec.EllipticCurvePrivateKey | None = field(default=None, repr=False)
     # the trust anchors of tls.ca as loaded with it
-    cas: tuple[x509.Certificate, ...] = ()
+    cas: tuple[Certificate, ...] = ()
 
 
 class IdentityStore:
@@ -263,7 +257,7 @@ class IdentityStore:
         bundle = read_bundle(paths)
         for path, blob in ((paths.ca, bundle.ca), (paths.cert, bundle.cert), (paths.key, bundle.key)):
             if blob is None:
-                certs._read(path, "TLS")  # raises with the precise cause (missing, permission)
+                read_tls_file(path, "TLS")  # raises with the precise cause (missing, permission)
         checked = validate(bundle, paths, trust_domain, clock.wall())
         material = _build(bundle, checked, diagnose, SessionCache(), server_alpn=server_alpn)
         store = cls(paths, trust_domain, material, clock=clock, policy=policy or RotationPolicy(),
@@ -337,7 +331,7 @@ class IdentityStore:
         for store in self.hosted.values():
             material = store.material
             if material.leaf is not None and material.key is not None:
-                out[material.identity.service] = (material.leaf.public_bytes(serialization.Encoding.DER),
+                out[material.identity.service] = (material.leaf.der,
                                                   material.key)
         return out
 

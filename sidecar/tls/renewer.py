@@ -29,7 +29,6 @@ from typing import Any
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.model import TlsConfig
 from sidecar.log import fields
-from sidecar.tls import certs
 from sidecar.tls.errors import CertificateError, IssuerError
 from sidecar.tls.identity import PeerIdentity
 from sidecar.tls.issuers import Issuer, LocalCa, ShellCommand, WantedIdentity
@@ -193,5 +192,7 @@ def _read_ca(path: Path) -> bytes:
 def _write_pair(paths: TlsPaths, cert_pem: bytes, key_pem: bytes) -> None:
     # the key first, as `sidecar certs issue` does: a watcher that reads between the two sees a mismatched
     # pair and keeps its identity; the store's poll right after takes both
+    from sidecar.tls import certs  # with cryptography.x509: what renewals need, not a sidecar that never renews
+
     certs.write_file(paths.key, key_pem, _KEY_MODE)
     certs.write_file(paths.cert, cert_pem, _CERT_MODE)

@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from sidecar.tls import certs
 from sidecar.tls.context import service_server_name
+from sidecar.tls.der import parse_certificate
 from sidecar.tls.identity import spiffe_ids
 from tests.harness import FakeApp, SidecarProcess, http, make_certs, wait_for
 
@@ -34,7 +34,7 @@ def served_identity(port: int, context: ssl.SSLContext, server_name: str | None)
             context.wrap_socket(raw, server_hostname=server_name) as tls:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return spiffe_ids(x509.load_der_x509_certificate(der))[0]
+    return spiffe_ids(parse_certificate(der))[0]
 
 
 def serial(port: int, context: ssl.SSLContext, service: str) -> int:
@@ -42,7 +42,7 @@ def serial(port: int, context: ssl.SSLContext, service: str) -> int:
             context.wrap_socket(raw, server_hostname=service_server_name(service, "127.0.0.1", port)) as tls:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return parse_certificate(der).serial_number
 
 
 def ask(port: int, context: ssl.SSLContext, server_name: str, host: str) -> bytes:

@@ -45,9 +45,12 @@ def identity(service: str, ca: certs.CertificateAuthority = CA) -> tuple[bytes, 
 PAY = identity("pay")
 INTRUDER = identity("intruder")
 
+# tls.ca as the store holds it: one tuple while the CA does not change (the verifier caches by it)
+ANCHORS = (certs.parsed(CA.certificate),)
+
 
 def verifier() -> ClaimVerifier:
-    return ClaimVerifier(TD, "prod", lambda: (CA.certificate,), lambda: NOW.timestamp())
+    return ClaimVerifier(TD, "prod", lambda: ANCHORS, lambda: NOW.timestamp())
 
 
 class SizedGossip(FakeGossip):

@@ -29,7 +29,7 @@ def test_init_ca_writes_a_constrained_ca(tmp_path: Path) -> None:
     assert ku.key_cert_sign and ku.crl_sign
     nc = ca.extensions.get_extension_for_class(x509.NameConstraints)
     assert nc.critical and nc.value.permitted_subtrees == [x509.UniformResourceIdentifier("mesh.local")]
-    assert spiffe_ids(ca) == ["spiffe://mesh.local"]
+    assert spiffe_ids(certs.parsed(ca)) == ["spiffe://mesh.local"]
     assert certs.CertificateAuthority.load(tmp_path / "c").trust_domain == "mesh.local"
 
 
@@ -48,7 +48,7 @@ def test_issue_writes_a_spiffe_leaf(tmp_path: Path) -> None:
     assert paths.cert.name == "payment-service.pem" and paths.key.name == "payment-service-key.pem"
     assert stat.S_IMODE(os.stat(paths.key).st_mode) == 0o600
     leaf = certs.load_certificate(paths.cert)
-    assert spiffe_ids(leaf) == ["spiffe://mesh.local/service/payment-service"]
+    assert spiffe_ids(certs.parsed(leaf)) == ["spiffe://mesh.local/service/payment-service"]
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     assert leaf.not_valid_before_utc == now - certs.CLOCK_SKEW

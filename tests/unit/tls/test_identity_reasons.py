@@ -54,7 +54,7 @@ def ca() -> certs.CertificateAuthority:
 
 def test_identity_of_a_good_leaf(ca: certs.CertificateAuthority) -> None:
     leaf = certs.issue_from(ca, "web", now=NOW).certificate
-    ident = identity_of(leaf, "mesh.local", NOW.timestamp(), role="client")
+    ident = identity_of(certs.parsed(leaf), "mesh.local", NOW.timestamp(), role="client")
     assert (ident.spiffe_id, ident.service) == ("spiffe://mesh.local/service/web", "web")
     assert ident.trust_domain == "mesh.local"
     assert ident.not_after == NOW + dt.timedelta(hours=24) and ident.serial == leaf.serial_number
@@ -73,7 +73,7 @@ def test_identity_refusals(ca: certs.CertificateAuthority, at: dt.datetime, expe
                            message: str) -> None:
     leaf = certs.issue_from(ca, "web", now=NOW).certificate
     with pytest.raises(PeerRefused) as caught:
-        identity_of(leaf, "mesh.local", at.timestamp(), role="client", expected_service=expected)
+        identity_of(certs.parsed(leaf), "mesh.local", at.timestamp(), role="client", expected_service=expected)
     assert caught.value.reason.kind is kind
     assert caught.value.reason.message.startswith(message)
 
@@ -81,7 +81,7 @@ def test_identity_refusals(ca: certs.CertificateAuthority, at: dt.datetime, expe
 def test_foreign_trust_domain_refused(ca: certs.CertificateAuthority) -> None:
     leaf = certs.issue_from(ca, "web", now=NOW).certificate
     with pytest.raises(PeerRefused) as caught:
-        identity_of(leaf, "other.org", NOW.timestamp())
+        identity_of(certs.parsed(leaf), "other.org", NOW.timestamp())
     assert caught.value.reason.message == "SPIFFE ID spiffe://mesh.local/service/web outside trust domain other.org"
 
 
@@ -98,7 +98,7 @@ def test_a_ca_certificate_is_no_leaf(ca: certs.CertificateAuthority) -> None:
                 [x509.UniformResourceIdentifier("spiffe://mesh.local/service/web")]), critical=True)
             .sign(ca.key, hashes.SHA256()))
     with pytest.raises(PeerRefused) as caught:
-        identity_of(leaf, "mesh.local", NOW.timestamp(), role="client")
+        identity_of(certs.parsed(leaf), "mesh.local", NOW.timestamp(), role="client")
     assert caught.value.reason.kind is Refusal.BAD_CERTIFICATE
     assert "is a CA certificate" in caught.value.reason.message
 
@@ -106,7 +106,7 @@ def test_a_ca_certificate_is_no_leaf(ca: certs.CertificateAuthority) -> None:
 def test_certificate_without_spiffe_id_refused(ca: certs.CertificateAuthority) -> None:
     # the CA's own certificate (spiffe://TD, no service path) is no workload: refused as a CA first
     with pytest.raises(PeerRefused) as caught:
-        identity_of(ca.certificate, "mesh.local", NOW.timestamp())
+        identity_of(certs.parsed(ca.certificate), "mesh.local", NOW.timestamp())
     assert caught.value.reason.kind is Refusal.BAD_CERTIFICATE
 
 
