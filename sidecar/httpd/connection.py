@@ -150,9 +150,7 @@ class HttpConnection(asyncio.Protocol):
         self.state = CLOSED
         # the reader and the timer let go of this connection: freed by reference counting, not by the collector
         self._timer.close()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._drop_reader()
         self._uncount()
         if self._task is not None and self._streaming:
             self._task.cancel()   # a client that left a stream: its handler ends now, not at its next write
@@ -181,7 +179,7 @@ class HttpConnection(asyncio.Protocol):
             return
         if upgraded is not None:
             self.close_after = True   # no protocol is offered to upgrade to: the request is answered, then closed
-            self._reader = None
+            self._drop_reader()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -378,6 +376,12 @@ class HttpConnection(asyncio.Protocol):
         self.waiting_since = now = self.listener.loop.time()
         self._timer.set(now + seconds)
 
+    def _drop_reader(self) -> None:
+        """No more requests are read: the reader lets go of its parser and of this connection."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
     def _wake_writer(self) -> None:
         drained = self._drained
         if drained is not None and not drained.done():
@@ -405,7 +409,7 @@ class HttpConnection(asyncio.Protocol):
         answer = refusal(error)
         self.listener.stats.malformed += 1
         log.info("refused a malformed request from %s: %s", self.remote, answer.message)
-        self._reader = None
+        self._drop_reader()
         self._head = None
         if self._task is not None:
             self._queue.append(answer)
