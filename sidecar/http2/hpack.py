@@ -69,6 +69,10 @@ _STATIC_NAMES: Final = _static_names()
 # fields that differ on every request: indexing them evicts entries that would be reused
 NOT_INDEXED: Final = frozenset({b"traceparent", b"tracestate", b"grpc-timeout", b"content-length", b"date",
                                 b"x-request-id", b":path"})
+# fields whose values are new on every request (random ids, a deadline counting down): sent as plain literals,
+# neither Huffman-coded (a fifth smaller for hex digits, for CPU per octet) nor kept in the literal cache, where
+# each would push out a string that does come again
+FRESH_VALUES: Final = frozenset({b"traceparent", b"tracestate", b"grpc-timeout", b"x-request-id"})
 # fields whose values must not enter a table (RFC 7541 section 7.1.3); short cookies are guessable as well
 _SENSITIVE: Final = frozenset({b"authorization", b"proxy-authorization"})
 
@@ -77,11 +81,14 @@ def entry_size(name: bytes, value: bytes) -> int:
     return len(name) + len(value) + ENTRY_OVERHEAD
 
 
+_OCTETS: Final = tuple(bytes([i]) for i in range(256))
+
+
 def encode_integer(value: int, prefix_bits: int, first: int) -> bytes:
     """``value`` in an ``prefix_bits`` prefix, the first octet's other bits from ``first``."""
     limit = (1 << prefix_bits) - 1
     if value < limit:
-        return bytes([first | value])
+        return _OCTETS[first | value]
     out = bytearray([first | limit])
     value -= limit
     while value >= 128:
@@ -166,7 +173,11 @@ class Encoder:
             out += encode_integer(index, 6, 0x40)
         if index == 0:
             out += self._string(name, huffman)
-        out += self._string(value, huffman)
+        if name in FRESH_VALUES:
+            out += encode_integer(len(value), 7, 0)
+            out += value
+        else:
+            out += self._string(value, huffman)
         if not sensitive and name not in self._not_indexed:
             self._add(name, value)
 
