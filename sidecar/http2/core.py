@@ -739,8 +739,8 @@ class H2Connection:
     def _outbound(self, headers: Headers, kind: int) -> Headers:
         """With ``check_outbound``: names in lower case and values trimmed, then the list checked as the peer
         will check it; a bad list is our caller's bug."""
-        if not self.check_outbound:
-            return headers
+        if not self.check_outbound or headercheck.check(headers, kind) is None:
+            return headers   # a list that passes has lower-case names and trimmed values already: nothing to copy
         clean: Headers = []
         for field in headers:
             name, value = field[0], field[1]

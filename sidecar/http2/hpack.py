@@ -68,11 +68,12 @@ _STATIC_FIELDS: Final = _static_fields()
 _STATIC_NAMES: Final = _static_names()
 # fields that differ on every request: indexing them evicts entries that would be reused
 NOT_INDEXED: Final = frozenset({b"traceparent", b"tracestate", b"grpc-timeout", b"content-length", b"date",
-                                b"x-request-id", b":path"})
+                                b"x-request-id", b":path", b"x-sidecar-deadline-ms"})
 # fields whose values are new on every request (random ids, a deadline counting down): sent as plain literals,
 # neither Huffman-coded (a fifth smaller for hex digits, for CPU per octet) nor kept in the literal cache, where
 # each would push out a string that does come again
-FRESH_VALUES: Final = frozenset({b"traceparent", b"tracestate", b"grpc-timeout", b"x-request-id"})
+FRESH_VALUES: Final = frozenset({b"traceparent", b"tracestate", b"grpc-timeout", b"x-request-id",
+                                 b"x-sidecar-deadline-ms"})
 # fields whose values must not enter a table (RFC 7541 section 7.1.3); short cookies are guessable as well
 _SENSITIVE: Final = frozenset({b"authorization", b"proxy-authorization"})
 
