@@ -8,8 +8,8 @@ raises :class:`~sidecar.http2.hpack_errors.HeaderBlockError` (``HeaderListTooLar
 Fast paths: a field of the static table (``:method: POST``, ``:status: 200``...) is one precomputed byte; string
 literals are encoded once and kept (they do not depend on the table); the decoder reads the block as ``bytes``
 with table-driven Huffman. The encoder indexes everything except fields that change on every request (trace
-ids, timeouts, lengths), which would only push useful entries out of the table, and sensitive fields (never
-indexed, RFC 7541 section 7.1.3).
+ids, timeouts, lengths), which would only push useful entries out of the table (the first of a name no table
+holds is indexed, for its name), and sensitive fields (never indexed, RFC 7541 section 7.1.3).
 """
 
 from __future__ import annotations
@@ -166,12 +166,15 @@ class Encoder:
             n = self._names.get(name, -1)
             if n >= 0:
                 index = STATIC_LEN + 1 + newest - n
+        # a not-indexed field whose name no table holds yet is indexed this once: later ones refer to the name
+        # (a trace id's name would otherwise go as a literal, and be Huffman-decoded, on every request)
+        indexing = not sensitive and (index == 0 or name not in self._not_indexed)
         if sensitive:
             out += encode_integer(index, 4, 0x10)
-        elif name in self._not_indexed:
-            out += encode_integer(index, 4, 0x00)
-        else:
+        elif indexing:
             out += encode_integer(index, 6, 0x40)
+        else:
+            out += encode_integer(index, 4, 0x00)
         if index == 0:
             out += self._string(name, huffman)
         if name in FRESH_VALUES:
@@ -179,7 +182,7 @@ class Encoder:
             out += value
         else:
             out += self._string(value, huffman)
-        if not sensitive and name not in self._not_indexed:
+        if indexing:
             self._add(name, value)
 
     def _string(self, data: bytes, huffman: bool) -> bytes:
