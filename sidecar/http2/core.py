@@ -147,6 +147,11 @@ class H2Connection:
         self._resets = Budget(lim.max_peer_resets, lim.budget_window)
         self._streams: dict[int, _Stream] = {}
         self._closed_by: dict[int, int] = {}  # recently closed streams: how they closed (streamstate.CLOSED_BY_*)
+        # the keys of _closed_by in the order they came, a ring once full: its slot at _closed_next holds the
+        # oldest, forgotten when the next stream closes (taking a dict's first key instead walks the slots its
+        # earlier deletions left, hundreds a stream on a busy connection)
+        self._closed_order: list[int] = []
+        self._closed_next = 0
         self._waiting: set[int] = set()  # streams with bytes held back by a closed window
         self._to_flush: set[int] = set()  # windows the frames of one receive_data opened (0: the connection's)
         self._inbuf = bytearray()
@@ -571,9 +576,16 @@ class H2Connection:
 
     def _note_closed(self, sid: int, how: int) -> None:
         closed = self._closed_by
+        if sid not in closed:
+            order = self._closed_order
+            if len(order) < REMEMBERED_CLOSED:
+                order.append(sid)
+            else:
+                at = self._closed_next
+                del closed[order[at]]
+                order[at] = sid
+                self._closed_next = at + 1 if at + 1 < REMEMBERED_CLOSED else 0
         closed[sid] = how
-        if len(closed) > REMEMBERED_CLOSED:
-            del closed[next(iter(closed))]
 
     def _credit_connection(self, size: int) -> None:
         increment = self._recv.credit(size)
@@ -727,8 +739,8 @@ class H2Connection:
     def _outbound(self, headers: Headers, kind: int) -> Headers:
         """With ``check_outbound``: names in lower case and values trimmed, then the list checked as the peer
         will check it; a bad list is our caller's bug."""
-        if not self.check_outbound:
-            return headers
+        if not self.check_outbound or headercheck.check(headers, kind) is None:
+            return headers   # a list that passes has lower-case names and trimmed values already: nothing to copy
         clean: Headers = []
         for field in headers:
             name, value = field[0], field[1]

@@ -1,5 +1,9 @@
-"""What the HTTP/2 core reports: one frozen dataclass per event. Header lists are (name, value) bytes pairs,
-names lower case, pseudo-headers first, as they came on the wire."""
+"""What the HTTP/2 core reports: one dataclass per event. Header lists are (name, value) bytes pairs,
+names lower case, pseudo-headers first, as they came on the wire.
+
+Each event is read-only by convention and has an ``__init__`` of its own (``init=False``): compiled, that is a
+native constructor, where the generated one of a dataclass (frozen ones set each field through
+``object.__setattr__``) runs as Python, several times a request."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import dataclass
 Headers = list[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class HeadersReceived:
     """A request's (server side) or response's (client side) header block; ``end_stream``: no body follows."""
 
@@ -16,8 +20,13 @@ class HeadersReceived:
     headers: Headers
     end_stream: bool
 
+    def __init__(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.end_stream = end_stream
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class DataReceived:
     """Body bytes. Call ``acknowledge(stream_id, flow_length)`` once they are passed on: until then they
     count against the peer's window, which is how a slow reader slows the writer."""
@@ -26,21 +35,33 @@ class DataReceived:
     data: bytes
     flow_length: int
 
+    def __init__(self, stream_id: int, data: bytes, flow_length: int) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.flow_length = flow_length
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class TrailersReceived:
     stream_id: int
     headers: Headers
 
+    def __init__(self, stream_id: int, headers: Headers) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class StreamEnded:
     """The peer finished its side of the stream (END_STREAM)."""
 
     stream_id: int
 
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class StreamReset:
     """The stream is gone: reset by the peer (``remote``), by the core refusing it, or not processed before
     the peer's GOAWAY (``error_code`` REFUSED_STREAM: safe to retry elsewhere)."""
@@ -49,28 +70,43 @@ class StreamReset:
     error_code: int
     remote: bool
 
+    def __init__(self, stream_id: int, error_code: int, remote: bool) -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
+        self.remote = remote
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class StreamWritable:
     """A stream's outgoing buffer fell below the high-water mark again: the producer may resume."""
 
     stream_id: int
 
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class PingAcked:
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class GoAwayReceived:
     """The peer will process no stream above ``last_stream_id``; streams at or below it finish."""
 
     last_stream_id: int
     error_code: int
 
+    def __init__(self, last_stream_id: int, error_code: int) -> None:
+        self.last_stream_id = last_stream_id
+        self.error_code = error_code
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class ConnectionTerminated:
     """The connection is over: a GOAWAY is queued (ours, for ``reason``) or the peer sent one with an error.
     Write what ``data_to_send`` holds, then close."""
@@ -78,6 +114,11 @@ class ConnectionTerminated:
     error_code: int
     reason: str
     remote: bool
+
+    def __init__(self, error_code: int, reason: str, remote: bool) -> None:
+        self.error_code = error_code
+        self.reason = reason
+        self.remote = remote
 
 
 Event = (HeadersReceived | DataReceived | TrailersReceived | StreamEnded | StreamReset | StreamWritable

@@ -24,9 +24,39 @@ _CONNECTION_SPECIFIC: Final = frozenset({b"connection", b"proxy-connection", b"k
 _REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
 _RESPONSE_PSEUDO: Final = frozenset({b":status"})
 _NAME_OK: Final = bytes(0 if c <= 0x20 or 0x41 <= c <= 0x5A or c >= 0x7F else 1 for c in range(256))
+# names and values already found good: a connection's lists repeat a few dozen names and most values, each
+# checked octet by octet once (HPACK hands the same objects back from its tables, whose hashes are kept).
+# Bounded in count and in length, emptied when full: a peer sending ever new fields costs the octet checks,
+# never memory.
+_GOOD_NAMES: Final[set[bytes]] = set()
+_GOOD_VALUES: Final[set[bytes]] = set()
+GOOD_MAX: Final = 1024
+GOOD_LENGTH: Final = 32   # random ids (36 octets and more) are never seen again
 
 
 def _field_problem(name: bytes, value: bytes) -> str | None:
+    if name not in _GOOD_NAMES:
+        problem = _name_problem(name)
+        if problem is not None:
+            return problem
+        _remember(_GOOD_NAMES, name)
+    if value and (len(value) > GOOD_LENGTH or value not in _GOOD_VALUES):
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            return f"field {name!r} has CR, LF or NUL in its value"
+        if value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09):
+            return f"field {name!r} has whitespace around its value"
+        _remember(_GOOD_VALUES, value)
+    return None
+
+
+def _remember(good: set[bytes], octets: bytes) -> None:
+    if len(octets) <= GOOD_LENGTH:
+        if len(good) >= GOOD_MAX:
+            good.clear()
+        good.add(octets)
+
+
+def _name_problem(name: bytes) -> str | None:
     if not name:
         return "an empty field name"
     for c in name:
@@ -34,11 +64,6 @@ def _field_problem(name: bytes, value: bytes) -> str | None:
             return f"field name {name!r} has upper case, a control, space or non-ASCII octet"
     if name.find(b":", 1) >= 0:
         return f"field name {name!r} has a colon"
-    if value:
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            return f"field {name!r} has CR, LF or NUL in its value"
-        if value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09):
-            return f"field {name!r} has whitespace around its value"
     return None
 
 

@@ -8,8 +8,8 @@ raises :class:`~sidecar.http2.hpack_errors.HeaderBlockError` (``HeaderListTooLar
 Fast paths: a field of the static table (``:method: POST``, ``:status: 200``...) is one precomputed byte; string
 literals are encoded once and kept (they do not depend on the table); the decoder reads the block as ``bytes``
 with table-driven Huffman. The encoder indexes everything except fields that change on every request (trace
-ids, timeouts, lengths), which would only push useful entries out of the table, and sensitive fields (never
-indexed, RFC 7541 section 7.1.3).
+ids, timeouts, lengths), which would only push useful entries out of the table (the first of a name no table
+holds is indexed, for its name), and sensitive fields (never indexed, RFC 7541 section 7.1.3).
 """
 
 from __future__ import annotations
@@ -68,7 +68,12 @@ _STATIC_FIELDS: Final = _static_fields()
 _STATIC_NAMES: Final = _static_names()
 # fields that differ on every request: indexing them evicts entries that would be reused
 NOT_INDEXED: Final = frozenset({b"traceparent", b"tracestate", b"grpc-timeout", b"content-length", b"date",
-                                b"x-request-id", b":path"})
+                                b"x-request-id", b":path", b"x-sidecar-deadline-ms"})
+# fields whose values are new on every request (random ids, a deadline counting down): sent as plain literals,
+# neither Huffman-coded (a fifth smaller for hex digits, for CPU per octet) nor kept in the literal cache, where
+# each would push out a string that does come again
+FRESH_VALUES: Final = frozenset({b"traceparent", b"tracestate", b"grpc-timeout", b"x-request-id",
+                                 b"x-sidecar-deadline-ms"})
 # fields whose values must not enter a table (RFC 7541 section 7.1.3); short cookies are guessable as well
 _SENSITIVE: Final = frozenset({b"authorization", b"proxy-authorization"})
 
@@ -77,11 +82,14 @@ def entry_size(name: bytes, value: bytes) -> int:
     return len(name) + len(value) + ENTRY_OVERHEAD
 
 
+_OCTETS: Final = tuple(bytes([i]) for i in range(256))
+
+
 def encode_integer(value: int, prefix_bits: int, first: int) -> bytes:
     """``value`` in an ``prefix_bits`` prefix, the first octet's other bits from ``first``."""
     limit = (1 << prefix_bits) - 1
     if value < limit:
-        return bytes([first | value])
+        return _OCTETS[first | value]
     out = bytearray([first | limit])
     value -= limit
     while value >= 128:
@@ -158,16 +166,23 @@ class Encoder:
             n = self._names.get(name, -1)
             if n >= 0:
                 index = STATIC_LEN + 1 + newest - n
+        # a not-indexed field whose name no table holds yet is indexed this once: later ones refer to the name
+        # (a trace id's name would otherwise go as a literal, and be Huffman-decoded, on every request)
+        indexing = not sensitive and (index == 0 or name not in self._not_indexed)
         if sensitive:
             out += encode_integer(index, 4, 0x10)
-        elif name in self._not_indexed:
-            out += encode_integer(index, 4, 0x00)
-        else:
+        elif indexing:
             out += encode_integer(index, 6, 0x40)
+        else:
+            out += encode_integer(index, 4, 0x00)
         if index == 0:
             out += self._string(name, huffman)
-        out += self._string(value, huffman)
-        if not sensitive and name not in self._not_indexed:
+        if name in FRESH_VALUES:
+            out += encode_integer(len(value), 7, 0)
+            out += value
+        else:
+            out += self._string(value, huffman)
+        if indexing:
             self._add(name, value)
 
     def _string(self, data: bytes, huffman: bool) -> bytes:

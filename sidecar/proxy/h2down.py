@@ -263,7 +263,13 @@ class H2Downstream(asyncio.Protocol):
         streams = self.streams
         # a stream the client opened and reset in one batch never starts an exchange (rapid reset: no route,
         # no upstream dial for a request nobody waits for)
-        reset_now = {e.stream_id for e in events if isinstance(e, StreamReset)} if len(events) > 1 else None
+        reset_now: set[int] | None = None
+        if len(events) > 1:
+            for event in events:
+                if isinstance(event, StreamReset):
+                    if reset_now is None:
+                        reset_now = set()
+                    reset_now.add(event.stream_id)
         starting: list[H2Stream] = []
         for event in events:
             if isinstance(event, DataReceived):

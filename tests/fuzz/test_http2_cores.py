@@ -27,7 +27,7 @@ Deliberate differences, where the comparison stops (a valid recording must never
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import h2.config
@@ -79,7 +79,7 @@ def event_key(event: Event) -> tuple[Any, ...]:
     if isinstance(event, ConnectionTerminated):
         return ("ConnectionTerminated", event.error_code, event.remote)  # the reasons are worded differently
     return (type(event).__name__, *(list(map(tuple, v)) if isinstance(v, list) else v
-                                    for v in (getattr(event, f) for f in event.__slots__)))
+                                    for v in (getattr(event, f.name) for f in fields(event))))
 
 
 class Wire:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
-from sidecar.http2.core import H2Connection
+from sidecar.http2.core import REMEMBERED_CLOSED, H2Connection
 from sidecar.http2.events import ConnectionTerminated, DataReceived, HeadersReceived, StreamEnded, StreamReset
 from sidecar.http2.flow import InboundWindow
 from tests.unit.http2.peer import REQUEST, RawPeer, frames
@@ -113,4 +113,23 @@ def test_a_reset_of_an_idle_stream_is_a_protocol_error() -> None:
     core, peer = server()
     core.receive_data(peer.headers(1), 0.0)
     events = core.receive_data(peer.rst(5), 0.0)  # RFC 9113 section 5.1
+    assert isinstance(events[-1], ConnectionTerminated) and events[-1].error_code == PROTOCOL_ERROR
+
+
+def test_the_last_closed_streams_are_remembered_and_the_oldest_forgotten() -> None:
+    # a late HEADERS on a stream we reset is ignored while the stream is remembered (RFC 9113 5.1); once
+    # REMEMBERED_CLOSED newer streams closed it is forgotten, and HEADERS on it reopens nothing: a connection error
+    core, peer = server()
+    count = REMEMBERED_CLOSED + 3
+    for i in range(count):
+        sid = 2 * i + 1
+        events = core.receive_data(peer.headers(sid), 0.0)
+        assert [type(e) for e in events] == [HeadersReceived]
+        core.reset(sid)
+    core.data_to_send()
+    newest, oldest_kept = 2 * (count - 1) + 1, 2 * 3 + 1
+    for sid in (newest, oldest_kept):
+        assert core.receive_data(peer.headers(sid, end_stream=True), 0.0) == [], sid
+        assert not core.closed
+    events = core.receive_data(peer.headers(5, end_stream=True), 0.0)
     assert isinstance(events[-1], ConnectionTerminated) and events[-1].error_code == PROTOCOL_ERROR

@@ -68,3 +68,18 @@ def test_content_length(headers: list[tuple[bytes, bytes]], length: int | None) 
 def test_informational() -> None:
     assert is_informational([(b":status", b"100")])
     assert not is_informational([(b":status", b"200")])
+
+
+def test_fields_found_good_are_remembered_within_bounds_and_bad_ones_never() -> None:
+    from sidecar.http2 import headercheck
+    long_name = b"x-" + b"a" * headercheck.GOOD_LENGTH
+    for _ in range(2):   # the second pass answers from what the first remembered
+        assert check([*GOOD, (b"x-trace", b"1"), (long_name, b"v" * 100)], REQUEST) is None
+        assert check([*GOOD, (b"X-Trace", b"1")], REQUEST) is not None
+        assert check([*GOOD, (b"x-trace", b" 1")], REQUEST) is not None
+        assert check([*GOOD, (b"x-trace", b"1\r\n")], REQUEST) is not None
+    for i in range(3 * headercheck.GOOD_MAX):   # a peer inventing fields: memory stays bounded
+        assert check([*GOOD, (b"x-%d" % i, b"v%d" % i)], REQUEST) is None
+    for remembered in (headercheck._GOOD_NAMES, headercheck._GOOD_VALUES):
+        assert 0 < len(remembered) <= headercheck.GOOD_MAX
+        assert all(len(octets) <= headercheck.GOOD_LENGTH for octets in remembered)

@@ -183,3 +183,28 @@ def test_str_headers_encode_and_decode_as_text() -> None:
     assert decoder.decode(block) == [(":method", "GET"), ("x-é", "ü")]
     with pytest.raises(HeaderBlockError, match="UTF-8"):
         Decoder().decode(b"\x00\x01x\x01\xff")
+
+
+def test_values_new_on_every_request_go_as_plain_literals_outside_the_cache() -> None:
+    encoder, decoder = Encoder(), Decoder()
+    traceparent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    headers = [(b":status", b"200"), (b"traceparent", traceparent), (b"x-request-id", b"9e3f" * 9),
+               (b"content-type", b"application/grpc")]
+    block = encoder.encode(headers)
+    assert decoder.decode(block, raw=True) == headers
+    # not indexed, name from the table, value's length without the Huffman bit, then its octets as they are
+    assert encode_integer(len(traceparent), 7, 0) + traceparent in block
+    assert traceparent not in encoder._strings and b"9e3f" * 9 not in encoder._strings
+    assert b"application/grpc" in encoder._strings   # a value that comes again is Huffman-coded once and kept
+
+
+def test_a_not_indexed_name_enters_the_table_once_and_later_fields_refer_to_it() -> None:
+    encoder, decoder = Encoder(), Decoder()
+    first = [(b"x-request-id", b"a" * 36), (b"content-length", b"100")]
+    second = [(b"x-request-id", b"b" * 36), (b"content-length", b"7")]
+    assert decoder.decode(encoder.encode(first), raw=True) == first
+    assert encoder._entries == [(b"x-request-id", b"a" * 36)]   # content-length's name is in the static table
+    block = encoder.encode(second)
+    assert decoder.decode(block, raw=True) == second and len(encoder._entries) == 1
+    # without indexing, the name by its index (62: the newest dynamic entry), the value as it is
+    assert block.startswith(bytes([0x0F, 62 - 15, 36]) + b"b" * 36)
