@@ -289,7 +289,7 @@ class Sidecars:
             assert process.proc is not None
             out = self.profile / f"{workload}-{self.profiled}-{name}.txt"
             spies.append((out, subprocess.Popen(
-                [tool, "record", "--pid", str(process.proc.pid), "--rate", "100", "--format", "raw", "--native",
+                [tool, "record", "--pid", str(process.proc.pid), "--rate", "200", "--format", "raw", "--native",
                  "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
         time.sleep(0.5)   # attached before the load starts
         return spies
