@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.log import fields
+from sidecar.messaging.acks import Acks
 from sidecar.messaging.context import MessagingContext, log
-from sidecar.messaging.courier import Courier, consume
+from sidecar.messaging.courier import Courier
 from sidecar.messaging.delivery import Ack, Attempts, DeadLetter, DeliveryPolicy, DeliveryRetry, Outcome
 from sidecar.messaging.store import Evicted, Store, StreamRow
-from sidecar.messaging.writer import Writer
 
 PAGE = 256                   # deliveries read from the outbox at once per stream
 MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
 WINDOW = 4                   # batches of a service's stream in flight to the subscriber's sidecar at once
-PREVIEWS = 16                # batches an inbox stream's worker holds from memory; past it, it reads the store
+PREVIEW_MESSAGES = 4096      # messages a worker holds from memory (previews); past it, it reads the store
 
 
 def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
@@ -73,42 +73,58 @@ class StreamWorker:
     state: str = "idle"             # idle | delivering | backing-off | waiting
     delivered: int = 0
     task: asyncio.Task[None] | None = None
-    # batches written by the inbox and not yet read from the store: (the stream's delivery before them, the
-    # deliveries, their commit); and the commits early deliveries' acks wait for: (last delivery, commit)
-    previews: deque[tuple[int, list[tuple[int, bytes]], asyncio.Future[Any]]] = field(default_factory=deque)
+    # deliveries handed over as they were written, not yet read from the store: (the stream's delivery before
+    # them, the deliveries, their commit: None when committed); and the commits early deliveries' acks wait for:
+    # (last delivery, commit)
+    previews: deque[tuple[int, list[tuple[int, bytes]], asyncio.Future[Any] | None]] = field(default_factory=deque)
+    previewed: int = 0              # messages in ``previews``
     gates: deque[tuple[int, asyncio.Future[Any]]] = field(default_factory=deque)
     rewind: bool = False            # a previewed batch's commit failed: read the stream again from the start
 
-    def preview(self, tail: int, stored: list[tuple[int, bytes]], commit: asyncio.Future[Any]) -> None:
-        """The inbox wrote ``stored`` after the delivery ``tail``; their commit is running (see
-        :mod:`sidecar.messaging.inbox`). A worker that falls this far behind reads them from the store."""
-        if len(self.previews) >= PREVIEWS:
+    def preview(self, tail: int, stored: list[tuple[int, bytes]], commit: asyncio.Future[Any] | None = None) -> None:
+        """``stored`` were written after the delivery ``tail``: by the inbox, with their commit still running (see
+        :mod:`sidecar.messaging.inbox`), or by a publish, committed (``commit`` None). A worker that falls this far
+        behind reads them from the store."""
+        if self.previewed + len(stored) > PREVIEW_MESSAGES:
             self.previews.clear()
+            self.previewed = 0
         self.previews.append((tail, stored, commit))
-        commit.add_done_callback(self._committed)
+        self.previewed += len(stored)
+        if commit is not None:
+            commit.add_done_callback(self._committed)
         self.wakeup.set()
 
     def _committed(self, commit: asyncio.Future[Any]) -> None:
         if failed(commit):
             self.previews.clear()
+            self.previewed = 0
             self.rewind = True
             self.wakeup.set()
 
-    def take_preview(self, after: int) -> list[tuple[int, bytes]]:
-        """What of the oldest preview follows ``after`` (the last delivery read) directly; [] when nothing does,
-        and then every preview is dropped: the store has the rest in order."""
+    def take_preview(self, after: int, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
+        """The previews that follow ``after`` (the last delivery read) directly, each the one before, oldest first,
+        up to about ``limit`` messages (a preview is not cut); [] when none does, and then every preview is
+        dropped: the store has the rest in order."""
+        taken: list[tuple[int, bytes]] = []
         while self.previews:
-            tail, stored, commit = self.previews.popleft()
+            tail, stored, commit = self.previews[0]
             fresh = [item for item in stored if item[0] > after]
+            if fresh and (after < tail or (commit is not None and failed(commit))):
+                if not taken:
+                    self.previews.clear()
+                    self.previewed = 0
+                break   # a gap: what was taken is in order; the next call drops the rest for the store
+            if taken and len(taken) + len(fresh) > limit:
+                break
+            self.previews.popleft()
+            self.previewed -= len(stored)
             if not fresh:
                 continue
-            if after < tail or failed(commit):
-                self.previews.clear()
-                return []
-            if not commit.done():
+            if commit is not None and not commit.done():
                 self.gates.append((stored[-1][0], commit))
-            return fresh
-        return []
+            taken += fresh
+            after = fresh[-1][0]
+        return taken
 
     def gate_for(self, seq: int) -> asyncio.Future[Any] | None:
         """The running commit a delivery's ack must follow; None when it is committed (or was read from the store)."""
@@ -134,6 +150,14 @@ class Streams:
                                      float(settings.retry_backoff.max))
         self.workers: dict[int, StreamWorker] = {}
         self._catalog_event = asyncio.Event()
+        self._acks: Acks | None = None
+
+    @property
+    def acks(self) -> Acks:
+        if self._acks is None:
+            assert self.ctx.writer is not None
+            self._acks = Acks(self.ctx.writer)
+        return self._acks
 
     def worker(self, row: StreamRow) -> StreamWorker:
         """The stream's worker, started if new, told to look for work."""
@@ -151,6 +175,14 @@ class Streams:
             worker = self.workers.get(stream)
             if worker is not None:
                 worker.wakeup.set()
+
+    def offer(self, streams: list[int], tails: list[int], delivery: tuple[int, bytes]) -> None:
+        """A published message, committed, handed to each of its streams' workers after the stream's delivery
+        ``tails[i]``: a worker that has read that far sends it without reading the store."""
+        for stream, tail in zip(streams, tails, strict=True):
+            worker = self.workers.get(stream)
+            if worker is not None:
+                worker.preview(tail, [delivery])
 
     def drop(self, stream: int) -> None:
         """Stop a stream's worker (the stream is being forgotten)."""
@@ -187,7 +219,7 @@ class Streams:
                 worker.wakeup.clear()
                 if worker.rewind:
                     worker.rewind, after = False, 0
-                page = worker.take_preview(after)
+                page = worker.take_preview(after, max(PAGE, worker.row.bulk))
                 if not page:
                     page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
                 if not page:
@@ -246,7 +278,7 @@ class Streams:
         except Exception:
             outcomes = [Outcome.FAILED] * len(batch)
         if all(outcome is Outcome.ACK for outcome in outcomes):
-            self._settle_all(ctx.writer, worker.row.id, [seq for seq, _ in batch])
+            self.acks.add(worker.row.id, [seq for seq, _ in batch])
             worker.delivered += len(batch)
             ctx.counters["delivered"] += len(batch)
         else:
@@ -318,38 +350,17 @@ class Streams:
                 if seq not in settled:
                     store.in_flight.discard((stream, seq))
 
-    @staticmethod
-    def _settle_all(writer: Writer | None, stream: int, seqs: list[int]) -> None:
-        """A whole batch's acks in one operation of the next commit (one savepoint, not one a message)."""
-        assert writer is not None
-
-        def op(s: Store) -> None:
-            s.in_flight.difference_update((stream, seq) for seq in seqs)
-            for seq in seqs:
-                s.w_settle(stream, seq)
-        writer.submit(op, durable=False).add_done_callback(consume)
-
     def _settle_after(self, worker: StreamWorker, seq: int) -> None:
         """An ack, written once the delivery itself is committed (it may have been delivered early)."""
-        writer = self.ctx.writer
-        assert writer is not None
         gate = worker.gate_for(seq)
         if gate is None:
-            self._settle(writer, worker.row.id, seq)
+            self.acks.add(worker.row.id, (seq,))
             return
 
         def settle(commit: asyncio.Future[Any]) -> None:
             if not failed(commit) and not self.ctx.closing.is_set():
-                self._settle(writer, worker.row.id, seq)
+                self.acks.add(worker.row.id, (seq,))
         gate.add_done_callback(settle)
-
-    @staticmethod
-    def _settle(writer: Writer, stream: int, seq: int) -> None:
-        def op(s: Store) -> bool:
-            s.in_flight.discard((stream, seq))  # in the writer thread: retention never sees it unowned
-            return s.w_settle(stream, seq)
-        # an ack needs no fsync of its own: lost with power, it is a redelivery (at least once)
-        writer.submit(op, durable=False).add_done_callback(consume)
 
     async def _dead_letter(self, worker: StreamWorker, seq: int, reason: str, attempts: int,
                            error: str | None) -> None:
