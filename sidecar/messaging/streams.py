@@ -30,6 +30,7 @@ PAGE = 256                   # deliveries read from the outbox at once per strea
 MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
 WINDOW = 4                   # batches of a service's stream in flight to the subscriber's sidecar at once
 PREVIEW_MESSAGES = 4096      # messages a worker holds from memory (previews); past it, it reads the store
+PREVIEW_BYTES = 8 << 20      # and their bodies' bytes
 
 
 def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
@@ -78,6 +79,7 @@ class StreamWorker:
     # (last delivery, commit)
     previews: deque[tuple[int, list[tuple[int, bytes]], asyncio.Future[Any] | None]] = field(default_factory=deque)
     previewed: int = 0              # messages in ``previews``
+    previewed_bytes: int = 0        # their bodies' bytes
     gates: deque[tuple[int, asyncio.Future[Any]]] = field(default_factory=deque)
     rewind: bool = False            # a previewed batch's commit failed: read the stream again from the start
 
@@ -85,19 +87,19 @@ class StreamWorker:
         """``stored`` were written after the delivery ``tail``: by the inbox, with their commit still running (see
         :mod:`sidecar.messaging.inbox`), or by a publish, committed (``commit`` None). A worker that falls this far
         behind reads them from the store."""
-        if self.previewed + len(stored) > PREVIEW_MESSAGES:
-            self.previews.clear()
-            self.previewed = 0
+        size = sum(len(body) for _, body in stored)
+        if self.previewed + len(stored) > PREVIEW_MESSAGES or self.previewed_bytes + size > PREVIEW_BYTES:
+            self._drop_previews()
         self.previews.append((tail, stored, commit))
         self.previewed += len(stored)
+        self.previewed_bytes += size
         if commit is not None:
             commit.add_done_callback(self._committed)
         self.wakeup.set()
 
     def _committed(self, commit: asyncio.Future[Any]) -> None:
         if failed(commit):
-            self.previews.clear()
-            self.previewed = 0
+            self._drop_previews()
             self.rewind = True
             self.wakeup.set()
 
@@ -111,13 +113,13 @@ class StreamWorker:
             fresh = [item for item in stored if item[0] > after]
             if fresh and (after < tail or (commit is not None and failed(commit))):
                 if not taken:
-                    self.previews.clear()
-                    self.previewed = 0
+                    self._drop_previews()
                 break   # a gap: what was taken is in order; the next call drops the rest for the store
             if taken and len(taken) + len(fresh) > limit:
                 break
             self.previews.popleft()
             self.previewed -= len(stored)
+            self.previewed_bytes -= sum(len(body) for _, body in stored)
             if not fresh:
                 continue
             if commit is not None and not commit.done():
@@ -125,6 +127,10 @@ class StreamWorker:
             taken += fresh
             after = fresh[-1][0]
         return taken
+
+    def _drop_previews(self) -> None:
+        self.previews.clear()
+        self.previewed = self.previewed_bytes = 0
 
     def gate_for(self, seq: int) -> asyncio.Future[Any] | None:
         """The running commit a delivery's ack must follow; None when it is committed (or was read from the store)."""

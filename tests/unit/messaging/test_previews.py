@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from sidecar.messaging.store import StreamRow
-from sidecar.messaging.streams import PREVIEW_MESSAGES, StreamWorker
+from sidecar.messaging.streams import PREVIEW_BYTES, PREVIEW_MESSAGES, StreamWorker
 
 ROW = StreamRow(1, "orders", "inbox:checkout@p.e:billing", "/in", 0, 0)
 
@@ -73,6 +73,9 @@ def test_a_worker_that_falls_behind_drops_its_previews_for_the_store() -> None:
         for seq in range(1, PREVIEW_MESSAGES + 2):
             worker.preview(seq - 1, [(seq, b"x")])
         # the bound was passed at the last one: only it is held, and it does not follow what was read (0)
+        assert worker.previewed == 1 and worker.take_preview(0) == []
+        worker.preview(0, [(1, b"x" * (PREVIEW_BYTES // 2))])
+        worker.preview(1, [(2, b"x" * (PREVIEW_BYTES // 2 + 1))])   # over the bytes bound: the first is dropped
         assert worker.previewed == 1 and worker.take_preview(0) == []
     asyncio.run(run())
 
