@@ -28,7 +28,10 @@ from sidecar.messaging.store import Evicted, Store, StreamRow
 
 PAGE = 256                   # deliveries read from the outbox at once per stream
 MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
-WINDOW = 4                   # batches of a service's stream in flight to the subscriber's sidecar at once
+# a service's stream in flight to the subscriber's sidecar at once: up to WINDOW batches and WINDOW_MESSAGES messages
+# (four full batches). Small batches (a moderate rate) keep flowing while the subscriber's acks wait for its fsync.
+WINDOW = 16
+WINDOW_MESSAGES = 1024
 PREVIEW_MESSAGES = 4096      # messages a worker holds from memory (previews); past it, it reads the store
 PREVIEW_BYTES = 8 << 20      # and their bodies' bytes
 
@@ -61,6 +64,10 @@ class Window:
     sent: deque[tuple[list[tuple[int, bytes]], asyncio.Future[tuple[list[Outcome], str | None]]]] = field(
         default_factory=deque)
     last: int | None = None   # the seq the newest batch sent ended with (None: the next starts a new run)
+    messages: int = 0         # in the batches sent
+
+    def full(self, adding: int) -> bool:
+        return bool(self.sent) and (len(self.sent) >= WINDOW or self.messages + adding > WINDOW_MESSAGES)
 
 
 @dataclass(slots=True)
@@ -252,8 +259,9 @@ class Streams:
 
     async def _send(self, worker: StreamWorker, window: Window, batch: list[tuple[int, bytes]]) -> None:
         """A batch of a service's stream into the window: sent at once, with the seq the batch before it ended
-        with, while fewer than WINDOW are unanswered; answers are taken oldest first (:meth:`_settle_oldest`)."""
-        while len(window.sent) >= WINDOW:
+        with, while the window has room (:meth:`Window.full`); answers are taken oldest first
+        (:meth:`_settle_oldest`)."""
+        while window.full(len(batch)):
             await self._settle_oldest(worker, window)
         batch = [(seq, body) for seq, body in batch if seq > worker.floor]
         if not batch:
@@ -268,6 +276,7 @@ class Streams:
         store.in_flight.update((worker.row.id, seq) for seq, _ in batch)
         task = asyncio.ensure_future(self.courier.bounded_attempt(worker.row, batch, 1, True, window.last))
         window.sent.append((batch, task))
+        window.messages += len(batch)
         window.last = batch[-1][0]
         worker.state, worker.in_flight = "delivering", window.sent[0][0][0][0]
 
@@ -279,6 +288,7 @@ class Streams:
         store = ctx.store
         assert store is not None
         batch, task = window.sent.popleft()
+        window.messages -= len(batch)
         try:
             outcomes, _ = await task
         except Exception:
