@@ -100,13 +100,13 @@ class Inbox:
             self.ctx.timing.mark("stored", (message_id for _, message_id, _ in items), self.ctx.clock.wall())
         self.ctx.counters["inbox_received"] += stored
         self.ctx.counters["inbox_duplicates"] += duplicates
-        self.streams.worker(row)
+        self.streams.worker(row, unread=False)   # what it stored was handed over as it was written (_preview)
         return Received(stored, duplicates)
 
     def _preview(self, row: StreamRow, tail: int, stored: list[tuple[int, bytes]],
                  commit: asyncio.Future[tuple[StreamRow, int, int]]) -> None:
         if not failed(commit):
-            self.streams.worker(row).preview(tail, stored, commit)
+            self.streams.worker(row, unread=False).preview(tail, stored, commit)
 
     async def _wait_queued(self, key: tuple[str, str, str], after: int) -> None:
         loop = asyncio.get_running_loop()

@@ -89,6 +89,9 @@ class StreamWorker:
     previewed_bytes: int = 0        # their bodies' bytes
     gates: deque[tuple[int, asyncio.Future[Any]]] = field(default_factory=deque)
     rewind: bool = False            # a previewed batch's commit failed: read the stream again from the start
+    # the store may hold deliveries no preview brought (the worker is new, previews were dropped, a replay or a
+    # wake-up wrote some): read it before going idle; a worker fed by previews alone skips that read
+    unread: bool = True
 
     def preview(self, tail: int, stored: list[tuple[int, bytes]], commit: asyncio.Future[Any] | None = None) -> None:
         """``stored`` were written after the delivery ``tail``: by the inbox, with their commit still running (see
@@ -138,6 +141,7 @@ class StreamWorker:
     def _drop_previews(self) -> None:
         self.previews.clear()
         self.previewed = self.previewed_bytes = 0
+        self.unread = True
 
     def gate_for(self, seq: int) -> asyncio.Future[Any] | None:
         """The running commit a delivery's ack must follow; None when it is committed (or was read from the store)."""
@@ -172,14 +176,16 @@ class Streams:
             self._acks = Acks(self.ctx.writer)
         return self._acks
 
-    def worker(self, row: StreamRow) -> StreamWorker:
-        """The stream's worker, started if new, told to look for work."""
+    def worker(self, row: StreamRow, unread: bool = True) -> StreamWorker:
+        """The stream's worker, started if new, told to look for work: in the store (``unread``), or only in what
+        is handed to it (its previews)."""
         worker = self.workers.get(row.id)
         if worker is None:
             worker = self.workers[row.id] = StreamWorker(row)
             worker.task = asyncio.create_task(self._run(worker), name=f"stream:{row.topic}:{row.subscriber}")
         else:
             worker.row = row
+        worker.unread |= unread
         worker.wakeup.set()
         return worker
 
@@ -187,6 +193,7 @@ class Streams:
         for stream in streams:
             worker = self.workers.get(stream)
             if worker is not None:
+                worker.unread = True
                 worker.wakeup.set()
 
     def offer(self, streams: list[int], tails: list[int], delivery: tuple[int, bytes]) -> None:
@@ -227,14 +234,18 @@ class Streams:
         assert store is not None
         after = 0
         window = Window()
+        worker.unread = True
         try:
             while not self.ctx.closing.is_set():
                 worker.wakeup.clear()
                 if worker.rewind:
-                    worker.rewind, after = False, 0
-                page = worker.take_preview(after, max(PAGE, worker.row.bulk))
-                if not page:
-                    page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
+                    worker.rewind, after, worker.unread = False, 0, True
+                limit = max(PAGE, worker.row.bulk)
+                page = worker.take_preview(after, limit)
+                if not page and worker.unread:
+                    worker.unread = False   # cleared before the read: what is written during it sets it again
+                    page = await self.ctx.read(store.r_page, worker.row.id, after, limit)
+                    worker.unread |= len(page) >= limit
                 if not page:
                     while window.sent:
                         await self._settle_oldest(worker, window)

@@ -89,3 +89,15 @@ def test_a_failed_commit_makes_the_worker_read_its_stream_again() -> None:
         await asyncio.sleep(0)   # the commit's callbacks run
         assert worker.rewind and worker.take_preview(0) == []
     asyncio.run(run())
+
+
+def test_a_worker_fed_by_previews_skips_the_store_until_they_may_have_missed_something() -> None:
+    async def run() -> None:
+        worker = StreamWorker(ROW)
+        assert worker.unread   # new: it reads the store first
+        worker.unread = False  # it has
+        worker.preview(0, [(1, b"a")])
+        assert worker.take_preview(0) == [(1, b"a")] and not worker.unread
+        worker.preview(5, [(6, b"f")])   # 2..5 were not handed over: only the store has them
+        assert worker.take_preview(1) == [] and worker.unread
+    asyncio.run(run())
