@@ -477,7 +477,7 @@ async def _connect_when_up(port: int) -> Resp:
             conn = await Resp.connect(port)
             if await conn.call("PING") == "PONG":
                 return conn
-        except OSError:
+        except (OSError, RuntimeError):   # not listening yet, or a connection closed before its answer
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.05)
