@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,19 +47,12 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="messaging-writer")
-        # the syncing thread waits on ``_sync_wanted`` for a commit that needs an fsync (``_committed``, counted by
-        # the writer's thread, above ``_synced``), so an fsync starts as soon as its commit is written
-        self._sync_wanted = threading.Condition()
-        self._committed = 0
-        self._synced = 0
-        self._sync_closing = False
-        self._syncer: threading.Thread | None = None
-        # commits waiting for their fsync: (their number, their operations, the results), oldest first; and the
-        # number of the last commit an fsync is known to cover (the event loop's)
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="messaging-fsync")
+        self._committed = 0   # commits that need a sync, counted by the writer's thread
+        # commits waiting for their sync: (their number, their operations, the results), oldest first
         self._unsynced: deque[tuple[int, list[tuple[Op, asyncio.Future[Any], int, bool]], list[tuple[bool, Any]]]] = \
             deque()
-        self._covered = 0
-        self._all_synced = asyncio.Event()
+        self._sync_task: asyncio.Task[None] | None = None
         self._stopping = False
         # counters: commits, operations, operations per commit (the group-commit effect)
         self.commits = 0
@@ -74,9 +66,6 @@ class Writer:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run(), name="messaging-writer")
-        self._syncer = threading.Thread(target=self._sync_loop, args=(self._loop,), name="messaging-fsync",
-                                        daemon=True)
-        self._syncer.start()
 
     def submit(self, op: Callable[[Store], T], size: int = 0, durable: bool = True) -> asyncio.Future[T]:
         """Queue ``op`` for the next commit; the future resolves with its result once committed and fsync'd (only
@@ -106,7 +95,7 @@ class Writer:
                 self._durable_queued -= sum(1 for item in batch if item[3])
                 now_ms = int(self.clock.wall() * 1000)
                 try:
-                    results, evicted, hooks, number = await loop.run_in_executor(
+                    results, evicted, hooks, unsynced = await loop.run_in_executor(
                         self._thread, self._commit, batch, now_ms)
                 except Exception as exc:  # the whole transaction rolled back: every caller learns it
                     self.failures += 1
@@ -115,10 +104,11 @@ class Writer:
                     continue
                 self.commits += 1
                 self.operations += len(batch)
-                if number > self._covered:
-                    self._unsynced.append((number, batch, results))
-                    self._all_synced.clear()
-                else:   # needs no fsync, or one already covered it
+                if unsynced:
+                    self._unsynced.append((self._committed, batch, results))
+                    if self._sync_task is None or self._sync_task.done():
+                        self._sync_task = loop.create_task(self._sync(), name="messaging-fsync")
+                else:
                     _resolve(batch, results)
                 if evicted and self.on_evicted is not None:
                     self.on_evicted(evicted)
@@ -128,47 +118,32 @@ class Writer:
                     except Exception:  # a bug in one hook: logged, the others still run
                         log.exception("messaging: an after-commit hook failed")
             if self._stopping and not self._queue:
-                if self._unsynced:
-                    await self._all_synced.wait()
+                if self._sync_task is not None:
+                    await self._sync_task
                 return
 
-    def _sync_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The syncing thread: an fsync as soon as a commit needs one, covering every commit written before it
-        began; the event loop learns the last one covered (:meth:`_on_synced`)."""
-        while True:
-            with self._sync_wanted:
-                while self._synced >= self._committed and not self._sync_closing:
-                    self._sync_wanted.wait()
-                if self._synced >= self._committed:
-                    return
-                target = self._committed
-            error: Exception | None = None
+    async def _sync(self) -> None:
+        """fsync until every commit that needs it is covered; each answers its callers, oldest first."""
+        loop = asyncio.get_running_loop()
+        while self._unsynced:
             try:
-                self.store.sync()
+                covered = await loop.run_in_executor(self._syncer, self._fsync)
             except Exception as exc:  # not durable: the callers learn it (what was committed stays readable)
-                error = exc
-            with self._sync_wanted:
-                self._synced = target
-            try:
-                loop.call_soon_threadsafe(self._on_synced, target, error)
-            except RuntimeError:   # the loop is closed: no one is left to tell
+                self.failures += 1
+                log.error("messaging store fsync failed: %s", exc)
+                error = Unavailable(f"the message store could not fsync: {exc}")
+                while self._unsynced:
+                    _fail(self._unsynced.popleft()[1], error)
                 return
-
-    def _on_synced(self, covered: int, error: Exception | None) -> None:
-        """Commits up to ``covered`` are durable (or, with ``error``, their fsync failed): their callers learn it,
-        oldest first."""
-        self._covered = max(self._covered, covered)
-        if error is not None:
-            self.failures += 1
-            log.error("messaging store fsync failed: %s", error)
-        while self._unsynced and self._unsynced[0][0] <= covered:
-            _, batch, results = self._unsynced.popleft()
-            if error is None:
+            while self._unsynced and self._unsynced[0][0] <= covered:
+                _, batch, results = self._unsynced.popleft()
                 _resolve(batch, results)
-            else:
-                _fail(batch, Unavailable(f"the message store could not fsync: {error}"))
-        if not self._unsynced:
-            self._all_synced.set()
+
+    def _fsync(self) -> int:
+        """The syncing thread's part: the number of the last commit the fsync covers."""
+        covered = self._committed
+        self.store.sync()
+        return covered
 
     async def _linger(self) -> None:
         """Wait up to ACK_LINGER for more operations; an operation that needs an fsync ends the wait."""
@@ -181,9 +156,7 @@ class Writer:
             self._lingering = None
 
     def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], int, bool]], now_ms: int
-                ) -> tuple[list[tuple[bool, Any]], list[Evicted], list[Callable[[], None]], int]:
-        """The writer thread's part: the operations in one transaction, retention, the commit; the results, what
-        retention evicted, the hooks to run, and the commit's number for the fsync that must cover it (0: none)."""
+                ) -> tuple[list[tuple[bool, Any]], list[Evicted], list[Callable[[], None]], bool]:
         store = self.store
         results: list[tuple[bool, Any]] = []
         store.begin(durable=any(durable for _, _, _, durable in batch))
@@ -205,14 +178,10 @@ class Writer:
             store.rollback()
             store.reload()
             raise
-        number = 0
         if unsynced:
-            with self._sync_wanted:
-                self._committed += 1
-                number = self._committed
-                self._sync_wanted.notify()
+            self._committed += 1
         hooks, store.hooks = store.hooks, []
-        return results, evicted, hooks, number
+        return results, evicted, hooks, unsynced
 
     def tick(self) -> None:
         """Run retention (age) even when nothing is written."""
@@ -231,11 +200,7 @@ class Writer:
             except asyncio.CancelledError:
                 pass
         self._thread.shutdown(wait=True)
-        with self._sync_wanted:
-            self._sync_closing = True
-            self._sync_wanted.notify()
-        if self._syncer is not None:
-            await asyncio.to_thread(self._syncer.join, timeout)
+        self._syncer.shutdown(wait=True)
 
 
 def _resolve(batch: list[tuple[Op, asyncio.Future[Any], int, bool]], results: list[tuple[bool, Any]]) -> None:
