@@ -12,9 +12,8 @@ WAL on a thread of its own, covering every commit made before it began; callers 
 by SQLite's autocheckpoint, so that they are counted).
 
 A commit is visible to the reader, and its messages may be sent, before its fsync: a power loss then takes back
-messages peers may hold (and event ids SSE readers saw). Those numbers must never be given again (a subscriber's
-inbox drops what is at or below its mark for a publisher as a duplicate; a reader resumes after the id it saw), so
-each open moves each such sequence SEQ_GAP past the last one kept.
+messages peers may hold. Their sequence numbers must never be given again (a subscriber's inbox drops what is at
+or below its mark for a publisher as a duplicate), so each open moves the sequence SEQ_GAP past the last one kept.
 
 Tables
 ------
@@ -141,11 +140,8 @@ CHECKPOINT_BYTES = 4 << 20
 _COMMIT_BYTES = 3 * 4096     # what a commit adds to the WAL besides the bodies: a few pages of rows and indexes
 
 
-# numbers skipped at each open: more than the rows committed and not yet fsync'd when power went
+# sequence numbers skipped at each open: more than the messages committed and not yet fsync'd when power went
 SEQ_GAP = 1 << 32
-# the tables whose numbers others see before the fsync: a message's seq (a subscriber's inbox mark), an event id (an
-# SSE reader's Last-Event-ID), a dead letter's id (the admin's replay and purge)
-_SEEN_NUMBERS = ("messages", "topic_log", "dead_letters")
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -203,10 +199,9 @@ class Store:
         self.w.execute("PRAGMA wal_autocheckpoint=0")
         self._load()
         if found is not None:   # an epoch made now is unknown to every peer: nothing of it can be held elsewhere
-            for table in _SEEN_NUMBERS:
-                self.w.execute("INSERT INTO sqlite_sequence (name, seq) SELECT ?, 0 WHERE NOT EXISTS "
-                               "(SELECT 1 FROM sqlite_sequence WHERE name = ?)", (table, table))
-                self.w.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = ?", (SEQ_GAP, table))
+            self.w.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'messages', 0 WHERE NOT EXISTS "
+                           "(SELECT 1 FROM sqlite_sequence WHERE name = 'messages')")
+            self.w.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'messages'", (SEQ_GAP,))
         self.w.execute("PRAGMA synchronous=NORMAL")   # commits are made durable by sync()
         self._wal_path = self.path + "-wal"
         self._wal_fd: int | None = None
