@@ -1,19 +1,12 @@
 """The durable side of messaging, in one SQLite database per node (``node.data_dir/messaging.db``).
 
-Why SQLite in WAL mode rather than a hand-made append-only log: acks, dead letters, retention and replay all change
-*several* rows at once (the delivery, the message's last reference, the dead letter), and SQLite makes each batch
-one atomic transaction that survives ``kill -9``; WAL lets the reader connection page through the outbox while the
-writer commits. Durability against power loss is an fsync of the WAL, made apart from the commit: the writer
-commits with ``synchronous=NORMAL`` (the frames are written, in order, with checksums: a commit whose frames did
-not all reach the disk is dropped whole on recovery, and the ones after it too), and :meth:`Store.sync` fsyncs the
-WAL on a thread of its own, covering every commit made before it began; callers that need durability wait for it
-(:mod:`sidecar.messaging.writer`: group commit, the next commit's writes running while the fsync does).
-``fsyncs`` and ``durable_messages`` count what that costs: one fsync per sync, two per checkpoint (run here, not
-by SQLite's autocheckpoint, so that they are counted).
-
-A commit is visible to the reader, and its messages may be sent, before its fsync: a power loss then takes back
-messages peers may hold. Their sequence numbers must never be given again (a subscriber's inbox drops what is at
-or below its mark for a publisher as a duplicate), so each open moves the sequence SEQ_GAP past the last one kept.
+Why SQLite in WAL mode with ``synchronous=FULL`` rather than a hand-made append-only log: acks, dead letters,
+retention and replay all change *several* rows at once (the delivery, the message's last reference, the dead
+letter), and SQLite makes each batch one atomic, fsync'd transaction that survives ``kill -9`` and power loss;
+WAL lets the reader connection page through the outbox while the writer commits. The cost of an fsync per commit
+is paid once per batch: :mod:`sidecar.messaging.writer` groups every operation queued during a commit into the
+next one (group commit). ``fsyncs`` and ``durable_messages`` count what that costs: one fsync per commit that
+wrote, two per checkpoint (run here, not by SQLite's autocheckpoint, so that they are counted).
 
 Tables
 ------
@@ -140,14 +133,10 @@ CHECKPOINT_BYTES = 4 << 20
 _COMMIT_BYTES = 3 * 4096     # what a commit adds to the WAL besides the bodies: a few pages of rows and indexes
 
 
-# sequence numbers skipped at each open: more than the messages committed and not yet fsync'd when power went
-SEQ_GAP = 1 << 32
-
-
 def connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")  # what is written while opening is on disk when the open returns
+    conn.execute("PRAGMA synchronous=FULL")  # every commit is fsync'd: a 202 means on disk
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
@@ -185,30 +174,17 @@ class Store:
         self.stream_rows: dict[int, StreamRow] = {}
         self.in_flight: set[tuple[int, int]] = set()  # written by the event loop, read by retention
         self.log_bytes = 0
-        # durability accounting, since start: fsyncs of the WAL (the syncing thread's), of checkpoints (the writer
-        # thread's), messages made durable
-        self.syncs = 0
-        self.checkpoint_fsyncs = 0
+        # durability accounting (writer thread): fsyncs caused, messages made durable, since start
+        self.fsyncs = 0
         self.durable_messages = 0
         self._tx_changes = 0        # total_changes when the transaction began
         self._tx_messages = 0       # messages the open transaction stores
         self._tx_bytes = 0
         self._wal_bytes = 0         # estimated WAL growth since the last checkpoint
         self._log_aged_ms: int | None = None   # when the topic log was last trimmed by age
-        self._durable = True        # the open transaction holds an operation that needs the next sync
+        self._durable = True        # synchronous=FULL (connect's), or NORMAL for a settling-only transaction
         self.w.execute("PRAGMA wal_autocheckpoint=0")
         self._load()
-        if found is not None:   # an epoch made now is unknown to every peer: nothing of it can be held elsewhere
-            self.w.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'messages', 0 WHERE NOT EXISTS "
-                           "(SELECT 1 FROM sqlite_sequence WHERE name = 'messages')")
-            self.w.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'messages'", (SEQ_GAP,))
-        self.w.execute("PRAGMA synchronous=NORMAL")   # commits are made durable by sync()
-        self._wal_path = self.path + "-wal"
-        self._wal_fd: int | None = None
-
-    @property
-    def fsyncs(self) -> int:
-        return self.syncs + self.checkpoint_fsyncs
 
     @property
     def pending(self) -> int:
@@ -250,60 +226,41 @@ class Store:
         return list(self.stream_rows.values())
 
     def close(self) -> None:
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
         self.w.close()
         self.r.close()
 
     # ----------------------------------------------------------------------------- writer thread
 
     def begin(self, durable: bool = True) -> None:
-        """Begin a transaction; ``durable=False`` for one that only settles deliveries (acks): it needs no sync of
-        its own, and is made durable by the next one, or lost with power (never with a crash of the process) and
-        then redelivered: at least once."""
-        self._durable = durable
+        """Begin a transaction; ``durable=False`` for one that only settles deliveries (acks): it is committed
+        without an fsync (``synchronous=NORMAL``; WAL keeps it consistent) and made durable by the next commit
+        that fsyncs, or lost with power (never with a crash of the process) and then redelivered: at least once."""
+        if durable != self._durable:
+            self.w.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+            self._durable = durable
         self.w.execute("BEGIN IMMEDIATE")
         self._tx_changes = self.w.total_changes
         self._tx_messages = self._tx_bytes = 0
 
-    def commit(self) -> bool:
-        """Commit the transaction (written to the WAL, not fsync'd); whether it needs a sync to be durable (it
-        wrote, and was begun durable). A checkpoint, when due, fsyncs the WAL and the database."""
+    def commit(self) -> None:
+        """Commit the transaction: with ``synchronous=FULL`` in WAL mode a commit that wrote fsyncs the WAL once
+        (one that wrote nothing costs none); a checkpoint, when due, fsyncs the WAL and the database."""
         wrote = self.w.total_changes != self._tx_changes
         self.w.execute("COMMIT")
         if not wrote:
-            return False
+            return
+        self.fsyncs += 1 if self._durable else 0
         self.durable_messages += self._tx_messages
         self._wal_bytes += self._tx_bytes + _COMMIT_BYTES
         if self._wal_bytes >= CHECKPOINT_BYTES:
             self.checkpoint()
-        return self._durable
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database (PASSIVE: readers are not waited for); at ``synchronous=NORMAL`` SQLite
-        fsyncs the WAL before and the database after."""
+        """Copy the WAL into the database (PASSIVE: readers are not waited for)."""
         _, _, copied = self.w.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if copied > 0:
-            self.checkpoint_fsyncs += 2
+            self.fsyncs += 2
         self._wal_bytes = 0
-
-    def sync(self) -> None:
-        """fsync the WAL: every commit made before this began is durable when it returns (the syncing thread's;
-        the writer may commit meanwhile). The file is opened again if SQLite made a new one."""
-        fd = self._wal_fd
-        try:
-            if fd is not None and os.fstat(fd).st_ino != os.stat(self._wal_path).st_ino:
-                os.close(fd)
-                fd = self._wal_fd = None
-            if fd is None:
-                fd = self._wal_fd = os.open(self._wal_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            fd = None   # no WAL: what was committed is in the database file (a checkpoint fsync'd it)
-        if fd is None:
-            return
-        os.fdatasync(fd)
-        self.syncs += 1
 
     def rollback(self) -> None:
         if self.w.in_transaction:

@@ -1,9 +1,5 @@
 """Group commit: every write to the store goes through one task, and everything queued while a commit runs is
-written by the next one, in one transaction. Each caller still waits for its own commit, and for its fsync when it
-needs one: the fsync runs on a thread of its own (:meth:`Store.sync`) while the next commit is written, and one
-fsync covers every commit made before it began. So a slow fsync holds up the answers that wait for it (a 202, a
-batch's ack), not the next commit's writes: what they hand over at once (a received batch to its stream's worker,
-a published message to its streams', :meth:`Store.after_commit`) moves on while it runs.
+written by the next one, in one transaction and one fsync. Each caller still waits for its own commit.
 
     writer = Writer(store, clock)
     writer.start()
@@ -47,12 +43,6 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="messaging-writer")
-        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="messaging-fsync")
-        self._committed = 0   # commits that need a sync, counted by the writer's thread
-        # commits waiting for their sync: (their number, their operations, the results), oldest first
-        self._unsynced: deque[tuple[int, list[tuple[Op, asyncio.Future[Any], int, bool]], list[tuple[bool, Any]]]] = \
-            deque()
-        self._sync_task: asyncio.Task[None] | None = None
         self._stopping = False
         # counters: commits, operations, operations per commit (the group-commit effect)
         self.commits = 0
@@ -68,9 +58,8 @@ class Writer:
         self._task = self._loop.create_task(self._run(), name="messaging-writer")
 
     def submit(self, op: Callable[[Store], T], size: int = 0, durable: bool = True) -> asyncio.Future[T]:
-        """Queue ``op`` for the next commit; the future resolves with its result once committed and fsync'd (only
-        committed when every operation of the commit was submitted with ``durable=False``: see
-        :meth:`Store.begin`)."""
+        """Queue ``op`` for the next commit; the future resolves with its result once committed (fsync'd, unless
+        every operation of the commit was submitted with ``durable=False``: see :meth:`Store.begin`)."""
         if self._stopping:
             raise Unavailable("messaging is shutting down")
         future: asyncio.Future[T] = (self._loop or asyncio.get_running_loop()).create_future()
@@ -95,21 +84,24 @@ class Writer:
                 self._durable_queued -= sum(1 for item in batch if item[3])
                 now_ms = int(self.clock.wall() * 1000)
                 try:
-                    results, evicted, hooks, unsynced = await loop.run_in_executor(
-                        self._thread, self._commit, batch, now_ms)
+                    results, evicted, hooks = await loop.run_in_executor(self._thread, self._commit, batch, now_ms)
                 except Exception as exc:  # the whole transaction rolled back: every caller learns it
                     self.failures += 1
                     log.error("messaging store commit failed: %s", exc)
-                    _fail(batch, Unavailable(f"the message store could not commit: {exc}"))
+                    error = Unavailable(f"the message store could not commit: {exc}")
+                    for _, future, _, _ in batch:
+                        if not future.done():
+                            future.set_exception(error)
                     continue
                 self.commits += 1
                 self.operations += len(batch)
-                if unsynced:
-                    self._unsynced.append((self._committed, batch, results))
-                    if self._sync_task is None or self._sync_task.done():
-                        self._sync_task = loop.create_task(self._sync(), name="messaging-fsync")
-                else:
-                    _resolve(batch, results)
+                for (_, future, _, _), (ok, value) in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
                 if evicted and self.on_evicted is not None:
                     self.on_evicted(evicted)
                 for hook in hooks:
@@ -118,32 +110,7 @@ class Writer:
                     except Exception:  # a bug in one hook: logged, the others still run
                         log.exception("messaging: an after-commit hook failed")
             if self._stopping and not self._queue:
-                if self._sync_task is not None:
-                    await self._sync_task
                 return
-
-    async def _sync(self) -> None:
-        """fsync until every commit that needs it is covered; each answers its callers, oldest first."""
-        loop = asyncio.get_running_loop()
-        while self._unsynced:
-            try:
-                covered = await loop.run_in_executor(self._syncer, self._fsync)
-            except Exception as exc:  # not durable: the callers learn it (what was committed stays readable)
-                self.failures += 1
-                log.error("messaging store fsync failed: %s", exc)
-                error = Unavailable(f"the message store could not fsync: {exc}")
-                while self._unsynced:
-                    _fail(self._unsynced.popleft()[1], error)
-                return
-            while self._unsynced and self._unsynced[0][0] <= covered:
-                _, batch, results = self._unsynced.popleft()
-                _resolve(batch, results)
-
-    def _fsync(self) -> int:
-        """The syncing thread's part: the number of the last commit the fsync covers."""
-        covered = self._committed
-        self.store.sync()
-        return covered
 
     async def _linger(self) -> None:
         """Wait up to ACK_LINGER for more operations; an operation that needs an fsync ends the wait."""
@@ -156,7 +123,7 @@ class Writer:
             self._lingering = None
 
     def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], int, bool]], now_ms: int
-                ) -> tuple[list[tuple[bool, Any]], list[Evicted], list[Callable[[], None]], bool]:
+                ) -> tuple[list[tuple[bool, Any]], list[Evicted], list[Callable[[], None]]]:
         store = self.store
         results: list[tuple[bool, Any]] = []
         store.begin(durable=any(durable for _, _, _, durable in batch))
@@ -173,15 +140,13 @@ class Writer:
                     store.w.execute("RELEASE op")
                     results.append((False, exc))
             evicted = store.w_enforce_retention(now_ms)
-            unsynced = store.commit()
+            store.commit()
         except BaseException:
             store.rollback()
             store.reload()
             raise
-        if unsynced:
-            self._committed += 1
         hooks, store.hooks = store.hooks, []
-        return results, evicted, hooks, unsynced
+        return results, evicted, hooks
 
     def tick(self) -> None:
         """Run retention (age) even when nothing is written."""
@@ -200,20 +165,3 @@ class Writer:
             except asyncio.CancelledError:
                 pass
         self._thread.shutdown(wait=True)
-        self._syncer.shutdown(wait=True)
-
-
-def _resolve(batch: list[tuple[Op, asyncio.Future[Any], int, bool]], results: list[tuple[bool, Any]]) -> None:
-    for (_, future, _, _), (ok, value) in zip(batch, results, strict=True):
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
-def _fail(batch: list[tuple[Op, asyncio.Future[Any], int, bool]], error: Exception) -> None:
-    for _, future, _, _ in batch:
-        if not future.done():
-            future.set_exception(error)
