@@ -33,13 +33,14 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.proxy.mesh import summarize  # noqa: E402
 from tests.harness import SidecarProcess, free_port, http, make_certs, wait_for  # noqa: E402
 
 BULK = 100
@@ -65,6 +67,8 @@ class Result:
     p99: float
     fsyncs_per_message: float | None = None
     cpu_us: tuple[float, float] | None = None   # the publisher's and the subscriber's sidecar, CPU µs a message
+    bench_us: float | None = None    # this process's (publishers, apps, readers) CPU µs a message
+    server_us: float | None = None   # redis-server's CPU µs a message
 
 
 def result(system: str, workload: str, latencies: list[float], first: float, last: float,
@@ -133,8 +137,12 @@ class Sidecars:
 
     SERVICES = ("sub", "bulksub", "fan-a", "fan-b")
 
-    def __init__(self, tmp: Path, timing: bool = False) -> None:
+    def __init__(self, tmp: Path, timing: bool = False, profile: Path | None = None) -> None:
         self.tmp = tmp
+        # with ``profile``, each sidecar run is sampled by py-spy in both sidecars: FOLDER/WORKLOAD-N-{pub,sub}.txt
+        # (py-spy's raw format) and a summary of each printed
+        self.profile = profile
+        self.profiled = 0
         # with ``timing``, the sidecars log each message's stages (sidecar.messaging.timing) and the bench keeps,
         # by payload, the message id and the wall-clock times of its publish, its 202 and its arrival
         self.timing = tmp / "timing" if timing else None
@@ -144,11 +152,14 @@ class Sidecars:
         self.runner: web.AppRunner | None = None
         self.processes: list[SidecarProcess] = []
         self.refused = 0   # publishes answered 429 or 503 (backpressure), then tried again
+        self.posts = 0     # POSTs the apps received (a bulk POST counts once)
+        self.counters = False   # print each run's counters (commits, batches, ...) of both sidecars
 
     async def _receive(self, request: web.Request) -> web.Response:
         consumer = request.match_info["consumer"]
         doc = json.loads(await request.read())
         arrivals = self.arrivals
+        self.posts += 1
         if isinstance(doc, list):
             if arrivals is not None:
                 for m in doc:
@@ -214,12 +225,31 @@ class Sidecars:
         """fsyncs so far, both sidecars' (the publisher's outbox, the subscriber's inbox and topic log)."""
         return sum(int(http("GET", p.admin + "/messaging").json()["fsyncs"]) for p in (self.publisher, self.subscriber))
 
+    def _tallies(self) -> list[dict[str, int]]:
+        """Each sidecar's writer totals and messaging counters so far (GET /messaging)."""
+        tallies = []
+        for process in (self.publisher, self.subscriber):
+            status = http("GET", process.admin + "/messaging").json()
+            tallies.append({"commits": status["commits"], "operations": status["operations"],
+                            "fsyncs": status["fsyncs"], **status["counters"]})
+        return tallies
+
+    def _print_tallies(self, before: list[dict[str, int]], count: int, posts: int) -> None:
+        after = self._tallies()
+        print(f"  the apps got {posts} POSTs, {count / posts if posts else 0:.1f} messages a POST", flush=True)
+        for name, old, new in zip(("pub", "sub"), before, after, strict=True):
+            moved = {k: v - old.get(k, 0) for k, v in new.items() if v != old.get(k, 0)}
+            print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(moved.items())), flush=True)
+
     async def run(self, workload: str, count: int, concurrency: int, consumers: int = 1,
                   rate: float | None = None) -> Result:
         arrivals = self.arrivals = Arrivals(count * consumers)
         url = f"{self.publisher.api}/v1/publish/{workload}"
         before = await asyncio.to_thread(self._fsyncs)
+        tallies = await asyncio.to_thread(self._tallies) if self.counters else []
+        posts = self.posts
         cpu_before = self._cpu()
+        bench_before = time.process_time()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
             async def send(n: int) -> None:
                 for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0):
@@ -235,13 +265,42 @@ class Sidecars:
                         self.refused += 1
                     await asyncio.sleep(wait)
                 raise AssertionError(f"message {n} refused 10 times")
+            spies = await asyncio.to_thread(self._spy, workload)
             started = await publish_all(count, concurrency, arrivals, send, rate)
             await asyncio.wait_for(arrivals.done.wait(), 600)
+            await asyncio.to_thread(self._spied, spies)
         cpu = tuple((b - a) / count * 1e6 for a, b in zip(cpu_before, self._cpu(), strict=True))
+        bench_us = (time.process_time() - bench_before) / count * 1e6
         fsyncs = (await asyncio.to_thread(self._fsyncs) - before) / count
+        if self.counters:
+            await asyncio.to_thread(self._print_tallies, tallies, count * consumers, self.posts - posts)
         self.arrivals = None
-        return result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()), fsyncs,
-                      (cpu[0], cpu[1]))
+        return replace(result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()),
+                              fsyncs, (cpu[0], cpu[1])), bench_us=bench_us)
+
+    def _spy(self, workload: str) -> list[tuple[Path, subprocess.Popen[bytes]]]:
+        """py-spy recording both sidecars until :meth:`_spied` stops it (none without ``profile``)."""
+        if self.profile is None:
+            return []
+        tool = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.profiled += 1
+        spies = []
+        for name, process in (("pub", self.publisher), ("sub", self.subscriber)):
+            assert process.proc is not None
+            out = self.profile / f"{workload}-{self.profiled}-{name}.txt"
+            spies.append((out, subprocess.Popen(
+                [tool, "record", "--pid", str(process.proc.pid), "--rate", "200", "--format", "raw", "--native",
+                 "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        time.sleep(0.5)   # attached before the load starts
+        return spies
+
+    @staticmethod
+    def _spied(spies: list[tuple[Path, subprocess.Popen[bytes]]]) -> None:
+        for out, spy in spies:
+            spy.send_signal(signal.SIGINT)   # py-spy writes what it sampled, then exits
+            spy.wait(60)
+            if out.exists():
+                print(summarize(out.read_text(), f"{out.stem} (py-spy)", top=25), flush=True)
 
     def _cpu(self) -> tuple[float, float]:
         """CPU seconds so far of the publisher's and the subscriber's sidecar."""
@@ -382,6 +441,8 @@ class Redis:
                 await conn.call("XACK", stream, group, *(entry_id for entry_id, _ in entries))
             await conn.close()
 
+        assert self.server is not None
+        server_before, bench_before = cpu_seconds(self.server.pid), time.process_time()
         consumer_tasks = [asyncio.create_task(consume(g)) for g in groups]
         connections = [await Resp.connect(self.port) for _ in range(concurrency)]
         free: asyncio.Queue[Resp] = asyncio.Queue()
@@ -398,12 +459,15 @@ class Redis:
         started = await publish_all(count, concurrency, arrivals, send)
         await asyncio.wait_for(arrivals.done.wait(), 600)
         await asyncio.gather(*consumer_tasks)
+        server_us = (cpu_seconds(self.server.pid) - server_before) / count * 1e6
+        bench_us = (time.process_time() - bench_before) / count * 1e6
         for conn in connections:
             await conn.close()
         await control.call("DEL", stream)
         await control.close()
         name = self.name + (f" COUNT {batch}" if batch > 1 else "")
-        return result(name, workload, arrivals.latencies(), started, max(arrivals.arrived.values()))
+        return replace(result(name, workload, arrivals.latencies(), started, max(arrivals.arrived.values())),
+                       bench_us=bench_us, server_us=server_us)
 
 
 async def _connect_when_up(port: int) -> Resp:
@@ -413,7 +477,7 @@ async def _connect_when_up(port: int) -> Resp:
             conn = await Resp.connect(port)
             if await conn.call("PING") == "PONG":
                 return conn
-        except OSError:
+        except (OSError, RuntimeError):   # not listening yet, or a connection closed before its answer
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.05)
@@ -423,10 +487,12 @@ async def _connect_when_up(port: int) -> Resp:
 
 
 async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: int,
-                workloads: set[str] | None = None, timing: bool = False) -> tuple[list[Result], int]:
+                workloads: set[str] | None = None, timing: bool = False,
+                profile: Path | None = None, counters: bool = False) -> tuple[list[Result], int]:
     """Every workload (or those in ``workloads``) against the sidecars and both Redis; the results, and how many
     publishes the sidecar answered with backpressure."""
     sidecars = Sidecars(tmp, timing)
+    sidecars.counters = counters
     redis, aof = Redis(tmp, durable=False), Redis(tmp, durable=True)
     results: list[Result] = []
     try:
@@ -436,6 +502,7 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
         # warm up: connections, certificates, the streams' first pages
         await sidecars.run("single", 200, concurrency)
         await sidecars.run("bulk", 200, concurrency)
+        sidecars.profile = profile
         for round_ in range(rounds):
             runs: list[Callable[[], Awaitable[Result]]] = [
                 lambda: sidecars.run("single", messages, concurrency),
@@ -457,10 +524,11 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
             for run in runs:
                 results.append(await run())
                 print(_line(results[-1]), flush=True)
-        single = statistics.median(r.throughput for r in results if r.system == "sidecar" and r.workload == "single")
         for _ in range(rounds if workloads is not None else 1):
             if workloads is not None and "paced" not in workloads:
                 break
+            single = statistics.median(r.throughput for r in results
+                                       if r.system == "sidecar" and r.workload == "single")
             results.append(await sidecars.run("paced", min(messages, 3000), concurrency, rate=single / 2))
             print(_line(results[-1]), flush=True)
         if timing:
@@ -482,6 +550,8 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
 def _line(r: Result) -> str:
     fsyncs = f"  fsyncs/msg {r.fsyncs_per_message:.3f}" if r.fsyncs_per_message is not None else ""
     cpu = f"  CPU µs/msg pub {r.cpu_us[0]:.0f} sub {r.cpu_us[1]:.0f}" if r.cpu_us is not None else ""
+    cpu += f"  server {r.server_us:.0f}" if r.server_us is not None else ""
+    cpu += f"  bench {r.bench_us:.0f}" if r.bench_us is not None else ""
     return (f"{r.workload:<7} {r.system:<24} {r.count:>6} msgs {r.throughput:>8.0f} msg/s  p50 {r.p50:>8.2f} ms  "
             f"p99 {r.p99:>8.2f} ms{fsyncs}{cpu}")
 
@@ -528,6 +598,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default=None,
                         help="comma-separated subset of single,bulk,sse,fanout,paced,burst (default: all; paced "
                              "needs single, and then runs once a round)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="FOLDER",
+                        help="sample both sidecars with py-spy during each sidecar run (install py-spy in the venv): "
+                             "raw samples in FOLDER, a summary of each printed")
+    parser.add_argument("--counters", action="store_true",
+                        help="after each sidecar run, print both sidecars' commits, operations, fsyncs and messaging "
+                             "counters over the run, and the messages a POST the apps got")
     parser.add_argument("--timing", action="store_true",
                         help="log each message's stages in the sidecars and print the paced run's latency by stage")
     args = parser.parse_args(argv if argv is not None else [])
@@ -535,9 +611,11 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("redis-server") is None:
         print("skipped: redis-server is not installed (apt-get install redis-server, or make bench-tools)")
         return 0
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-messaging-") as folder:
         results, refused = asyncio.run(bench(Path(folder), args.messages, args.concurrency, args.rounds, args.burst,
-                                             workloads, args.timing))
+                                             workloads, args.timing, args.profile, args.counters))
     print(f"\npublish → deliver, {args.messages} messages, {args.concurrency} publishers at once; burst: "
           f"{args.burst} from {BURST_PUBLISHERS}; medians of {args.rounds} alternating rounds")
     print(f"publishes the sidecar answered 429/503 (backpressure) and the bench tried again: {refused}")

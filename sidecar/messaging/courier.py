@@ -30,7 +30,7 @@ from sidecar.errors import SidecarError
 from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext, log
 from sidecar.messaging.delivery import Outcome, classify, classify_bulk
 from sidecar.messaging.store import StreamRow
-from sidecar.messaging.subscriptions import SubscriptionBook, inbox_service, subscriber_node
+from sidecar.messaging.subscriptions import INBOX_PREFIX, SubscriptionBook, inbox_service, subscriber_node
 from sidecar.messaging.topic_log import TopicLog
 from sidecar.proxy.failures import ConnectFailure, UpstreamReset
 from sidecar.tls.context import peer_server_name, service_server_name
@@ -102,6 +102,8 @@ class Courier:
         self.local_inbox: LocalInbox | None = None   # wired by the service once the inbox exists
         self._node_proofs: dict[tuple[str, str, int], tuple[str, float]] = {}  # (node, host, port) → (service, when)
         self._targets: dict[int, str] = {}   # a service's stream → the node it goes to
+        self._instances: dict[str, ServiceMetadata | None] = {}   # service → its local instance chosen
+        self._instances_version = -1         # the registry's version they were chosen at
 
     def batch_size(self, row: StreamRow) -> int:
         """Messages per attempt: a batch to another sidecar, else the subscription's bulk size (0: one, not bulk)."""
@@ -152,15 +154,25 @@ class Courier:
         return chosen
 
     def local_instance(self, service: str) -> ServiceMetadata | None:
-        """A local instance of ``service`` fit for traffic (healthy before degraded), or None."""
-        fit = [i for i in self.ctx.registry.instances() if i.name == service and i.status is not HealthStatus.UNHEALTHY]
-        return min(fit, key=lambda i: (i.status.rank, i.id)) if fit else None
+        """A local instance of ``service`` fit for traffic (healthy before degraded), or None; chosen again only
+        when the registry changes (a registration, a removal, a status), not for every delivery."""
+        registry = self.ctx.registry
+        if registry.version != self._instances_version:
+            self._instances.clear()
+            self._instances_version = registry.version
+        if service not in self._instances:
+            fit = [i for i in registry.instances() if i.name == service and i.status is not HealthStatus.UNHEALTHY]
+            self._instances[service] = min(fit, key=lambda i: (i.status.rank, i.id)) if fit else None
+        return self._instances[service]
 
     async def bounded_attempt(self, row: StreamRow, batch: list[tuple[int, bytes]], number: int, bulk: bool,
                               after: int | None = None) -> tuple[list[Outcome], str | None]:
         """:meth:`attempt` under a deadline of our own a second past the client's: whatever holds an attempt up
         besides the request (a handshake proving a node's identity, a store write), the stream still moves on. In
-        the stream's own task, not one of its own: a delivery is not two trips through the event loop longer."""
+        the stream's own task, not one of its own: a delivery is not two trips through the event loop longer. An
+        inbox stream's attempt is one request to the local app, under the client's own deadline: no second one."""
+        if row.subscriber.startswith(INBOX_PREFIX):
+            return await self.attempt(row, batch, number, bulk, after)
         try:
             async with asyncio.timeout(float(self.ctx.settings.delivery_timeout) + 1.0):
                 return await self.attempt(row, batch, number, bulk, after)

@@ -52,7 +52,6 @@ class Inbox:
         self.streams = streams
         self._queued: dict[tuple[str, str, str], int] = {}   # (origin, topic, service) → last seq queued to store
         self._arrived: dict[tuple[str, str, str], asyncio.Event] = {}
-        self._tails: dict[int, int] = {}   # stream → its newest delivery written (the writer's thread only)
 
     async def receive(self, origin: str, topic: str, service: str, items: list[tuple[int, str, bytes]],
                       after: int | None = None) -> Received:
@@ -83,16 +82,11 @@ class Inbox:
             row, _ = s.w_ensure_stream(topic, subscriber, path, now_ms, bulk)
             if after is not None and s.marks.get(row.id, 0) < after:
                 raise OutOfOrder
-            stored, duplicates = s.w_inbox(row.id, items, now_ms)
+            stored, duplicates, tail = s.w_inbox(row.id, items, now_ms)
             if stored:
-                tail = self._tails.get(row.id)
-                if tail is None:
-                    tail = s.w_last_delivery(row.id, below=stored[0][0])
-                self._tails[row.id] = stored[-1][0]
                 loop.call_soon_threadsafe(self._preview, row, tail, stored, future)
             return row, len(stored), duplicates
         future = writer.submit(op, size=sum(len(body) for _, _, body in items))
-        future.add_done_callback(self._forget_tails_on_failure)
         self._queued[key] = max(self._queued.get(key, 0), items[-1][0])
         event = self._arrived.pop(key, None)
         if event is not None:
@@ -106,17 +100,13 @@ class Inbox:
             self.ctx.timing.mark("stored", (message_id for _, message_id, _ in items), self.ctx.clock.wall())
         self.ctx.counters["inbox_received"] += stored
         self.ctx.counters["inbox_duplicates"] += duplicates
-        self.streams.worker(row)
+        self.streams.worker(row, unread=False)   # what it stored was handed over as it was written (_preview)
         return Received(stored, duplicates)
 
     def _preview(self, row: StreamRow, tail: int, stored: list[tuple[int, bytes]],
                  commit: asyncio.Future[tuple[StreamRow, int, int]]) -> None:
         if not failed(commit):
-            self.streams.worker(row).preview(tail, stored, commit)
-
-    def _forget_tails_on_failure(self, commit: asyncio.Future[tuple[StreamRow, int, int]]) -> None:
-        if failed(commit):
-            self._tails.clear()   # rolled back: the next batch of each stream reads its tail from the store again
+            self.streams.worker(row, unread=False).preview(tail, stored, commit)
 
     async def _wait_queued(self, key: tuple[str, str, str], after: int) -> None:
         loop = asyncio.get_running_loop()

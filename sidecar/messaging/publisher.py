@@ -1,11 +1,13 @@
 """Publish: the message is queued for the writer (group commit) with one delivery row per stream of its topic;
-the 202 waits for that commit. Beyond ``messaging.queue`` the publish is refused with 429."""
+the 202 waits for that commit, and the committed message is handed to its streams' workers (they need not read it
+back from the store). Beyond ``messaging.queue`` the publish is refused with 429."""
 
 from __future__ import annotations
 
 from sidecar.errors import ResourceExhausted
 from sidecar.messaging.context import MessagingContext
 from sidecar.messaging.envelope import MessageBody, ServiceMessage, check_topic
+from sidecar.messaging.store import Store
 from sidecar.messaging.streams import Streams
 
 
@@ -26,9 +28,16 @@ async def publish(ctx: MessagingContext, streams: Streams, topic: str, body: Mes
     message = ServiceMessage.new(sender, body, ctx.now_ms())
     raw = message.to_bytes()
     now_ms = message.timestamp
-    _, wanting = await writer.submit(lambda s: s.w_publish(message.id, topic, raw, now_ms), size=len(raw))
+
+    def op(s: Store) -> int:
+        seq, wanting, tails = s.w_publish(message.id, topic, raw, now_ms)
+        if wanting:
+            # once on disk, the message goes to its streams' workers from memory (in commit order, whether or not
+            # this publish is still waited for)
+            s.after_commit(lambda: streams.offer(wanting, tails, (seq, raw)))
+        return seq
+    seq = await writer.submit(op, size=len(raw))
     ctx.counters["published"] += 1
-    if not wanting:
+    if not seq:
         ctx.counters["published_unsubscribed"] += 1
-    streams.wake(wanting)
     return message

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +159,11 @@ class Store:
         else:
             self.epoch = str(found[0])
         self.marks: dict[int, int] = {}   # writer thread: inbox stream → last publisher seq stored
+        # writer thread: stream → its newest delivery written (a stream not here is looked up in the table): what a
+        # worker must have read before it may take newer deliveries from memory (StreamWorker.preview)
+        self.tails: dict[int, int] = {}
+        # writer thread: what the commit being built runs in the event loop once it is on disk (after_commit)
+        self.hooks: list[Callable[[], None]] = []
         # writer-thread state: seq → [references, size, created_ms], oldest first
         self.outbox: OrderedDict[int, list[int]] = OrderedDict()
         self.pending_bytes = 0
@@ -176,6 +181,7 @@ class Store:
         self._tx_messages = 0       # messages the open transaction stores
         self._tx_bytes = 0
         self._wal_bytes = 0         # estimated WAL growth since the last checkpoint
+        self._log_aged_ms: int | None = None   # when the topic log was last trimmed by age
         self._durable = True        # synchronous=FULL (connect's), or NORMAL for a settling-only transaction
         self.w.execute("PRAGMA wal_autocheckpoint=0")
         self._load()
@@ -208,6 +214,8 @@ class Store:
         self.topic_streams.clear()
         self.stream_rows.clear()
         self.marks.clear()
+        self.tails.clear()
+        self.hooks.clear()
         self._load()
 
     def _remember_stream(self, row: StreamRow) -> None:
@@ -258,11 +266,25 @@ class Store:
         if self.w.in_transaction:
             self.w.execute("ROLLBACK")
 
-    def w_publish(self, message_id: str, topic: str, body: bytes, created_ms: int) -> tuple[int, list[int]]:
-        """Store a message for every stream of its topic; ``(seq, streams)``, seq 0 when no stream wants it."""
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` in the event loop once the transaction being built is committed (never if it fails)."""
+        self.hooks.append(hook)
+
+    def _follow(self, stream: int, first: int, last: int) -> int:
+        """The stream's newest delivery before ``first`` (0: none); ``last`` is its newest from now."""
+        tail = self.tails.get(stream)
+        if tail is None:
+            tail = self.w_last_delivery(stream, below=first)
+        self.tails[stream] = last
+        return tail
+
+    def w_publish(self, message_id: str, topic: str, body: bytes, created_ms: int
+                  ) -> tuple[int, list[int], list[int]]:
+        """Store a message for every stream of its topic; ``(seq, streams, tails)``, seq 0 when no stream wants
+        it; ``tails``: each stream's newest delivery before this one."""
         streams = self.topic_streams.get(topic)
         if not streams:
-            return 0, []
+            return 0, [], []
         cur = self.w.execute("INSERT INTO messages (id, topic, body, created_ms) VALUES (?, ?, ?, ?)",
                              (message_id, topic, body, created_ms))
         seq = int(cur.lastrowid or 0)
@@ -271,13 +293,14 @@ class Store:
         self.pending_bytes += len(body)
         self._tx_messages += 1
         self._tx_bytes += len(body)
-        return seq, list(streams)
+        return seq, list(streams), [self._follow(s, seq, seq) for s in streams]
 
     def w_inbox(self, stream: int, items: list[tuple[int, str, bytes]], created_ms: int
-                ) -> tuple[list[tuple[int, bytes]], int]:
+                ) -> tuple[list[tuple[int, bytes]], int, int]:
         """Store a publisher's batch for one of this node's inbox streams, in order: ``items`` are (the
         publisher's seq, message id, body), ascending; those at or below the stream's mark are duplicates
-        (stored before, the ack lost). ``(stored as (delivery seq, body), duplicates)``."""
+        (stored before, the ack lost). ``(stored as (delivery seq, body), duplicates, the stream's newest delivery
+        before them)``."""
         mark = self.marks.get(stream, 0)
         fresh = [item for item in items if item[0] > mark]
         stored: list[tuple[int, bytes]] = []
@@ -291,11 +314,13 @@ class Store:
             self.pending_bytes += len(body)
             self._tx_messages += 1
             self._tx_bytes += len(body)
+        tail = 0
         if fresh:
             self.marks[stream] = fresh[-1][0]
             self.w.execute("INSERT OR REPLACE INTO inbox_marks (stream, last_seq) VALUES (?, ?)",
                            (stream, fresh[-1][0]))
-        return stored, len(items) - len(fresh)
+            tail = self._follow(stream, stored[0][0], stored[-1][0])
+        return stored, len(items) - len(fresh), tail
 
     def w_last_delivery(self, stream: int, below: int) -> int:
         """The stream's newest delivery below ``below`` (0: none), as the writer's transaction sees it."""
@@ -304,17 +329,29 @@ class Store:
 
     def w_settle(self, stream: int, seq: int) -> bool:
         """Remove one delivery (acked or dead-lettered); False when it was not there (already settled)."""
-        cur = self.w.execute("DELETE FROM deliveries WHERE stream = ? AND seq = ?", (stream, seq))
-        if cur.rowcount == 0:
-            return False
-        entry = self.outbox.get(seq)
-        if entry is not None:
-            entry[0] -= 1
-            if entry[0] <= 0:
-                self.w.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-                del self.outbox[seq]
-                self.pending_bytes -= entry[1]
-        return True
+        return self.w_settle_many(stream, [seq]) == 1
+
+    def w_settle_many(self, stream: int, seqs: list[int]) -> int:
+        """Remove a stream's deliveries ``seqs`` (acked), and the messages no other stream still owes, a few
+        statements for the lot; how many were there (a delivery settled before is skipped)."""
+        settled = 0
+        for start in range(0, len(seqs), _SQL_LIST):
+            chunk = seqs[start:start + _SQL_LIST]
+            marks = ",".join("?" * len(chunk))
+            gone: list[int] = []
+            for (seq,) in self.w.execute(f"DELETE FROM deliveries WHERE stream = ? AND seq IN ({marks}) RETURNING seq",
+                                         (stream, *chunk)).fetchall():
+                settled += 1
+                entry = self.outbox.get(seq)
+                if entry is not None:
+                    entry[0] -= 1
+                    if entry[0] <= 0:
+                        gone.append(seq)
+                        del self.outbox[seq]
+                        self.pending_bytes -= entry[1]
+            if gone:
+                self.w.execute(f"DELETE FROM messages WHERE seq IN ({','.join('?' * len(gone))})", gone)
+        return settled
 
     def w_dead_letter(self, stream: int, seq: int, reason: str, attempts: int, last_error: str | None,
                       at_ms: int) -> bool:
@@ -361,6 +398,7 @@ class Store:
         self.w.execute("DELETE FROM streams WHERE id = ?", (stream,))
         self.w.execute("DELETE FROM inbox_marks WHERE stream = ?", (stream,))
         self.marks.pop(stream, None)
+        self.tails.pop(stream, None)
         return len(seqs)
 
     def w_enforce_retention(self, now_ms: int) -> list[Evicted]:
@@ -420,7 +458,16 @@ class Store:
             if rows:
                 self.w.execute("DELETE FROM topic_log WHERE id <= ?", (rows[-1][0],))
                 self.log_bytes -= sum(size for _, size in rows)
-        self.w.execute("DELETE FROM topic_log WHERE created_ms < ?", (now_ms - self.limits.retention_age_ms,))
+        # by age at most once a second, and only when the oldest event (the lowest id) is old enough: the
+        # DELETE reads the whole log, which a commit a millisecond should not pay for
+        if self._log_aged_ms is not None and 0 <= now_ms - self._log_aged_ms < _LOG_AGE_EVERY_MS:
+            return
+        self._log_aged_ms = now_ms
+        cutoff = now_ms - self.limits.retention_age_ms
+        oldest = self.w.execute("SELECT created_ms FROM topic_log ORDER BY id LIMIT 1").fetchone()
+        if oldest is not None and oldest[0] < cutoff:
+            self.log_bytes -= sum(size for (size,) in self.w.execute(
+                "DELETE FROM topic_log WHERE created_ms < ? RETURNING length(body)", (cutoff,)).fetchall())
 
     def w_append_log(self, topic: str, message_id: str, body: bytes, created_ms: int) -> int | None:
         """Keep a message for this node's stream readers; its event id, None when it was already there."""
@@ -451,6 +498,7 @@ class Store:
                                  (row.message_id, row.topic, row.body, now_ms))
             seq = int(cur.lastrowid or 0)
             self.w.execute("INSERT INTO deliveries (stream, seq) VALUES (?, ?)", (stream.id, seq))
+            self.tails[stream.id] = seq   # a preview after this must follow it too
             self.outbox[seq] = [1, len(row.body), now_ms]
             self.pending_bytes += len(row.body)
             self.w.execute("DELETE FROM dead_letters WHERE id = ?", (row.id,))
@@ -509,6 +557,8 @@ class Store:
             "SELECT service, topic, path, bulk FROM local_subs ORDER BY service, topic")]
 
 
+_LOG_AGE_EVERY_MS = 1000
+_SQL_LIST = 500   # values in one statement's IN (...) list (SQLite allows 32766 variables)
 _DEAD_COLUMNS = "id, message_id, topic, subscriber, path, body, reason, attempts, last_error, at_ms"
 
 

@@ -20,16 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.log import fields
+from sidecar.messaging.acks import Acks
 from sidecar.messaging.context import MessagingContext, log
-from sidecar.messaging.courier import Courier, consume
+from sidecar.messaging.courier import Courier
 from sidecar.messaging.delivery import Ack, Attempts, DeadLetter, DeliveryPolicy, DeliveryRetry, Outcome
 from sidecar.messaging.store import Evicted, Store, StreamRow
-from sidecar.messaging.writer import Writer
 
 PAGE = 256                   # deliveries read from the outbox at once per stream
 MAX_BULK_BYTES = 4 << 20     # a bulk delivery's bodies stop at this size (one message alone may be larger)
-WINDOW = 4                   # batches of a service's stream in flight to the subscriber's sidecar at once
-PREVIEWS = 16                # batches an inbox stream's worker holds from memory; past it, it reads the store
+# a service's stream in flight to the subscriber's sidecar at once: up to WINDOW batches and WINDOW_MESSAGES messages
+# (four full batches). Small batches (a moderate rate) keep flowing while the subscriber's acks wait for its fsync.
+WINDOW = 16
+WINDOW_MESSAGES = 1024
+PREVIEW_MESSAGES = 4096      # messages a worker holds from memory (previews); past it, it reads the store
+PREVIEW_BYTES = 8 << 20      # and their bodies' bytes
 
 
 def batches(owed: list[tuple[int, bytes]], size: int, max_bytes: int) -> list[list[tuple[int, bytes]]]:
@@ -60,6 +64,10 @@ class Window:
     sent: deque[tuple[list[tuple[int, bytes]], asyncio.Future[tuple[list[Outcome], str | None]]]] = field(
         default_factory=deque)
     last: int | None = None   # the seq the newest batch sent ended with (None: the next starts a new run)
+    messages: int = 0         # in the batches sent
+
+    def full(self, adding: int) -> bool:
+        return bool(self.sent) and (len(self.sent) >= WINDOW or self.messages + adding > WINDOW_MESSAGES)
 
 
 @dataclass(slots=True)
@@ -73,42 +81,67 @@ class StreamWorker:
     state: str = "idle"             # idle | delivering | backing-off | waiting
     delivered: int = 0
     task: asyncio.Task[None] | None = None
-    # batches written by the inbox and not yet read from the store: (the stream's delivery before them, the
-    # deliveries, their commit); and the commits early deliveries' acks wait for: (last delivery, commit)
-    previews: deque[tuple[int, list[tuple[int, bytes]], asyncio.Future[Any]]] = field(default_factory=deque)
+    # deliveries handed over as they were written, not yet read from the store: (the stream's delivery before
+    # them, the deliveries, their commit: None when committed); and the commits early deliveries' acks wait for:
+    # (last delivery, commit)
+    previews: deque[tuple[int, list[tuple[int, bytes]], asyncio.Future[Any] | None]] = field(default_factory=deque)
+    previewed: int = 0              # messages in ``previews``
+    previewed_bytes: int = 0        # their bodies' bytes
     gates: deque[tuple[int, asyncio.Future[Any]]] = field(default_factory=deque)
     rewind: bool = False            # a previewed batch's commit failed: read the stream again from the start
+    # the store may hold deliveries no preview brought (the worker is new, previews were dropped, a replay or a
+    # wake-up wrote some): read it before going idle; a worker fed by previews alone skips that read
+    unread: bool = True
 
-    def preview(self, tail: int, stored: list[tuple[int, bytes]], commit: asyncio.Future[Any]) -> None:
-        """The inbox wrote ``stored`` after the delivery ``tail``; their commit is running (see
-        :mod:`sidecar.messaging.inbox`). A worker that falls this far behind reads them from the store."""
-        if len(self.previews) >= PREVIEWS:
-            self.previews.clear()
+    def preview(self, tail: int, stored: list[tuple[int, bytes]], commit: asyncio.Future[Any] | None = None) -> None:
+        """``stored`` were written after the delivery ``tail``: by the inbox, with their commit still running (see
+        :mod:`sidecar.messaging.inbox`), or by a publish, committed (``commit`` None). A worker that falls this far
+        behind reads them from the store."""
+        size = sum(len(body) for _, body in stored)
+        if self.previewed + len(stored) > PREVIEW_MESSAGES or self.previewed_bytes + size > PREVIEW_BYTES:
+            self._drop_previews()
         self.previews.append((tail, stored, commit))
-        commit.add_done_callback(self._committed)
+        self.previewed += len(stored)
+        self.previewed_bytes += size
+        if commit is not None:
+            commit.add_done_callback(self._committed)
         self.wakeup.set()
 
     def _committed(self, commit: asyncio.Future[Any]) -> None:
         if failed(commit):
-            self.previews.clear()
+            self._drop_previews()
             self.rewind = True
             self.wakeup.set()
 
-    def take_preview(self, after: int) -> list[tuple[int, bytes]]:
-        """What of the oldest preview follows ``after`` (the last delivery read) directly; [] when nothing does,
-        and then every preview is dropped: the store has the rest in order."""
+    def take_preview(self, after: int, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
+        """The previews that follow ``after`` (the last delivery read) directly, each the one before, oldest first,
+        up to about ``limit`` messages (a preview is not cut); [] when none does, and then every preview is
+        dropped: the store has the rest in order."""
+        taken: list[tuple[int, bytes]] = []
         while self.previews:
-            tail, stored, commit = self.previews.popleft()
+            tail, stored, commit = self.previews[0]
             fresh = [item for item in stored if item[0] > after]
+            if fresh and (after < tail or (commit is not None and failed(commit))):
+                if not taken:
+                    self._drop_previews()
+                break   # a gap: what was taken is in order; the next call drops the rest for the store
+            if taken and len(taken) + len(fresh) > limit:
+                break
+            self.previews.popleft()
+            self.previewed -= len(stored)
+            self.previewed_bytes -= sum(len(body) for _, body in stored)
             if not fresh:
                 continue
-            if after < tail or failed(commit):
-                self.previews.clear()
-                return []
-            if not commit.done():
+            if commit is not None and not commit.done():
                 self.gates.append((stored[-1][0], commit))
-            return fresh
-        return []
+            taken += fresh
+            after = fresh[-1][0]
+        return taken
+
+    def _drop_previews(self) -> None:
+        self.previews.clear()
+        self.previewed = self.previewed_bytes = 0
+        self.unread = True
 
     def gate_for(self, seq: int) -> asyncio.Future[Any] | None:
         """The running commit a delivery's ack must follow; None when it is committed (or was read from the store)."""
@@ -134,15 +167,25 @@ class Streams:
                                      float(settings.retry_backoff.max))
         self.workers: dict[int, StreamWorker] = {}
         self._catalog_event = asyncio.Event()
+        self._acks: Acks | None = None
 
-    def worker(self, row: StreamRow) -> StreamWorker:
-        """The stream's worker, started if new, told to look for work."""
+    @property
+    def acks(self) -> Acks:
+        if self._acks is None:
+            assert self.ctx.writer is not None
+            self._acks = Acks(self.ctx.writer)
+        return self._acks
+
+    def worker(self, row: StreamRow, unread: bool = True) -> StreamWorker:
+        """The stream's worker, started if new, told to look for work: in the store (``unread``), or only in what
+        is handed to it (its previews)."""
         worker = self.workers.get(row.id)
         if worker is None:
             worker = self.workers[row.id] = StreamWorker(row)
             worker.task = asyncio.create_task(self._run(worker), name=f"stream:{row.topic}:{row.subscriber}")
         else:
             worker.row = row
+        worker.unread |= unread
         worker.wakeup.set()
         return worker
 
@@ -150,7 +193,16 @@ class Streams:
         for stream in streams:
             worker = self.workers.get(stream)
             if worker is not None:
+                worker.unread = True
                 worker.wakeup.set()
+
+    def offer(self, streams: list[int], tails: list[int], delivery: tuple[int, bytes]) -> None:
+        """A published message, committed, handed to each of its streams' workers after the stream's delivery
+        ``tails[i]``: a worker that has read that far sends it without reading the store."""
+        for stream, tail in zip(streams, tails, strict=True):
+            worker = self.workers.get(stream)
+            if worker is not None:
+                worker.preview(tail, [delivery])
 
     def drop(self, stream: int) -> None:
         """Stop a stream's worker (the stream is being forgotten)."""
@@ -182,14 +234,18 @@ class Streams:
         assert store is not None
         after = 0
         window = Window()
+        worker.unread = True
         try:
             while not self.ctx.closing.is_set():
                 worker.wakeup.clear()
                 if worker.rewind:
-                    worker.rewind, after = False, 0
-                page = worker.take_preview(after)
-                if not page:
-                    page = await self.ctx.read(store.r_page, worker.row.id, after, max(PAGE, worker.row.bulk))
+                    worker.rewind, after, worker.unread = False, 0, True
+                limit = max(PAGE, worker.row.bulk)
+                page = worker.take_preview(after, limit)
+                if not page and worker.unread:
+                    worker.unread = False   # cleared before the read: what is written during it sets it again
+                    page = await self.ctx.read(store.r_page, worker.row.id, after, limit)
+                    worker.unread |= len(page) >= limit
                 if not page:
                     while window.sent:
                         await self._settle_oldest(worker, window)
@@ -214,8 +270,9 @@ class Streams:
 
     async def _send(self, worker: StreamWorker, window: Window, batch: list[tuple[int, bytes]]) -> None:
         """A batch of a service's stream into the window: sent at once, with the seq the batch before it ended
-        with, while fewer than WINDOW are unanswered; answers are taken oldest first (:meth:`_settle_oldest`)."""
-        while len(window.sent) >= WINDOW:
+        with, while the window has room (:meth:`Window.full`); answers are taken oldest first
+        (:meth:`_settle_oldest`)."""
+        while window.full(len(batch)):
             await self._settle_oldest(worker, window)
         batch = [(seq, body) for seq, body in batch if seq > worker.floor]
         if not batch:
@@ -230,6 +287,7 @@ class Streams:
         store.in_flight.update((worker.row.id, seq) for seq, _ in batch)
         task = asyncio.ensure_future(self.courier.bounded_attempt(worker.row, batch, 1, True, window.last))
         window.sent.append((batch, task))
+        window.messages += len(batch)
         window.last = batch[-1][0]
         worker.state, worker.in_flight = "delivering", window.sent[0][0][0][0]
 
@@ -241,12 +299,13 @@ class Streams:
         store = ctx.store
         assert store is not None
         batch, task = window.sent.popleft()
+        window.messages -= len(batch)
         try:
             outcomes, _ = await task
         except Exception:
             outcomes = [Outcome.FAILED] * len(batch)
         if all(outcome is Outcome.ACK for outcome in outcomes):
-            self._settle_all(ctx.writer, worker.row.id, [seq for seq, _ in batch])
+            self.acks.add(worker.row.id, [seq for seq, _ in batch])
             worker.delivered += len(batch)
             ctx.counters["delivered"] += len(batch)
         else:
@@ -318,38 +377,17 @@ class Streams:
                 if seq not in settled:
                     store.in_flight.discard((stream, seq))
 
-    @staticmethod
-    def _settle_all(writer: Writer | None, stream: int, seqs: list[int]) -> None:
-        """A whole batch's acks in one operation of the next commit (one savepoint, not one a message)."""
-        assert writer is not None
-
-        def op(s: Store) -> None:
-            s.in_flight.difference_update((stream, seq) for seq in seqs)
-            for seq in seqs:
-                s.w_settle(stream, seq)
-        writer.submit(op, durable=False).add_done_callback(consume)
-
     def _settle_after(self, worker: StreamWorker, seq: int) -> None:
         """An ack, written once the delivery itself is committed (it may have been delivered early)."""
-        writer = self.ctx.writer
-        assert writer is not None
         gate = worker.gate_for(seq)
         if gate is None:
-            self._settle(writer, worker.row.id, seq)
+            self.acks.add(worker.row.id, (seq,))
             return
 
         def settle(commit: asyncio.Future[Any]) -> None:
             if not failed(commit) and not self.ctx.closing.is_set():
-                self._settle(writer, worker.row.id, seq)
+                self.acks.add(worker.row.id, (seq,))
         gate.add_done_callback(settle)
-
-    @staticmethod
-    def _settle(writer: Writer, stream: int, seq: int) -> None:
-        def op(s: Store) -> bool:
-            s.in_flight.discard((stream, seq))  # in the writer thread: retention never sees it unowned
-            return s.w_settle(stream, seq)
-        # an ack needs no fsync of its own: lost with power, it is a redelivery (at least once)
-        writer.submit(op, durable=False).add_done_callback(consume)
 
     async def _dead_letter(self, worker: StreamWorker, seq: int, reason: str, attempts: int,
                            error: str | None) -> None:

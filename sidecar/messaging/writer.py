@@ -3,7 +3,7 @@ written by the next one, in one transaction and one fsync. Each caller still wai
 
     writer = Writer(store, clock)
     writer.start()
-    seq, streams = await writer.submit(lambda s: s.w_publish(...), size=len(body))
+    seq = await writer.submit(lambda s: s.w_publish(...)[0], size=len(body))
     await writer.stop()      # drains what is queued, then closes
 """
 
@@ -41,6 +41,7 @@ class Writer:
         self._lingering: asyncio.Event | None = None   # set to end the acks' linger early
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="messaging-writer")
         self._stopping = False
         # counters: commits, operations, operations per commit (the group-commit effect)
@@ -53,14 +54,15 @@ class Writer:
         return len(self._queue)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="messaging-writer")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="messaging-writer")
 
     def submit(self, op: Callable[[Store], T], size: int = 0, durable: bool = True) -> asyncio.Future[T]:
         """Queue ``op`` for the next commit; the future resolves with its result once committed (fsync'd, unless
         every operation of the commit was submitted with ``durable=False``: see :meth:`Store.begin`)."""
         if self._stopping:
             raise Unavailable("messaging is shutting down")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append((op, future, size, durable))
         self.queued_bytes += size
         self._durable_queued += durable
@@ -82,7 +84,7 @@ class Writer:
                 self._durable_queued -= sum(1 for item in batch if item[3])
                 now_ms = int(self.clock.wall() * 1000)
                 try:
-                    results, evicted = await loop.run_in_executor(self._thread, self._commit, batch, now_ms)
+                    results, evicted, hooks = await loop.run_in_executor(self._thread, self._commit, batch, now_ms)
                 except Exception as exc:  # the whole transaction rolled back: every caller learns it
                     self.failures += 1
                     log.error("messaging store commit failed: %s", exc)
@@ -102,6 +104,11 @@ class Writer:
                         future.set_exception(value)
                 if evicted and self.on_evicted is not None:
                     self.on_evicted(evicted)
+                for hook in hooks:
+                    try:
+                        hook()
+                    except Exception:  # a bug in one hook: logged, the others still run
+                        log.exception("messaging: an after-commit hook failed")
             if self._stopping and not self._queue:
                 return
 
@@ -116,17 +123,19 @@ class Writer:
             self._lingering = None
 
     def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], int, bool]], now_ms: int
-                ) -> tuple[list[tuple[bool, Any]], list[Evicted]]:
+                ) -> tuple[list[tuple[bool, Any]], list[Evicted], list[Callable[[], None]]]:
         store = self.store
         results: list[tuple[bool, Any]] = []
         store.begin(durable=any(durable for _, _, _, durable in batch))
         try:
             for op, _, _, _ in batch:
                 store.w.execute("SAVEPOINT op")
+                asked = len(store.hooks)
                 try:
                     results.append((True, op(store)))
                     store.w.execute("RELEASE op")
-                except Exception as exc:  # one bad operation fails alone
+                except Exception as exc:  # one bad operation fails alone, with what it asked to run after
+                    del store.hooks[asked:]
                     store.w.execute("ROLLBACK TO op")
                     store.w.execute("RELEASE op")
                     results.append((False, exc))
@@ -136,7 +145,8 @@ class Writer:
             store.rollback()
             store.reload()
             raise
-        return results, evicted
+        hooks, store.hooks = store.hooks, []
+        return results, evicted, hooks
 
     def tick(self) -> None:
         """Run retention (age) even when nothing is written."""

@@ -18,7 +18,7 @@ def test_publish_settle_and_restart(tmp_path: Path) -> None:
     store.begin()
     one, _ = store.w_ensure_stream("t", "billing", "/in", 0)
     two, _ = store.w_ensure_stream("t", "node:c", "", 0)
-    assert store.w_publish("m0", "other", b"x", 0) == (0, [])  # nobody wants it: nothing kept
+    assert store.w_publish("m0", "other", b"x", 0) == (0, [], [])  # nobody wants it: nothing kept
     seqs = [store.w_publish(f"m{i}", "t", b"body%d" % i, 0)[0] for i in range(3)]
     store.commit()
     assert store.pending == 3 and [s for s, _ in store.r_page(one.id, 0, 10)] == seqs
@@ -66,7 +66,7 @@ def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
         commits = writer.commits
         results = await asyncio.gather(*(writer.submit(lambda s, i=i: s.w_publish(f"m{i}", "t", b"x", 0))
                                          for i in range(500)))
-        assert sorted(seq for seq, _ in results) == list(range(1, 501))
+        assert sorted(seq for seq, _, _ in results) == list(range(1, 501))
         assert writer.commits - commits < 50  # 500 publishes, a handful of fsyncs
         assert store.durable_messages == 500 and store.fsyncs <= writer.commits
         failing = writer.submit(lambda s: s.w.execute("INSERT INTO nowhere VALUES (1)"))
@@ -91,7 +91,7 @@ def test_dead_letters_are_bounded_by_bytes_too_oldest_first_and_counted(tmp_path
     store.begin()
     stream, _ = store.w_ensure_stream("t", "billing", "/in", 0)
     for i in range(10):
-        seq, _ = store.w_publish(f"m{i}", "t", bytes([65 + i]) * 1024, created_ms=0)
+        seq, _, _ = store.w_publish(f"m{i}", "t", bytes([65 + i]) * 1024, created_ms=0)
         assert store.w_dead_letter(stream.id, seq, "rejected", 1, "HTTP 400", 0)
     store.w_enforce_retention(now_ms=1)
     store.commit()
@@ -179,16 +179,17 @@ def test_an_inbox_keeps_a_publishers_order_and_drops_what_it_stored_before_acros
     epoch = store.epoch
     store.begin()
     inbox, _ = store.w_ensure_stream("t", "inbox:checkout@p1.e:billing", "/in", 0)
-    stored, duplicates = store.w_inbox(inbox.id, [(5, "a", b"A"), (9, "b", b"B")], 0)
-    assert [body for _, body in stored] == [b"A", b"B"] and duplicates == 0
+    stored, duplicates, tail = store.w_inbox(inbox.id, [(5, "a", b"A"), (9, "b", b"B")], 0)
+    assert [body for _, body in stored] == [b"A", b"B"] and duplicates == 0 and tail == 0
     store.commit()
     store.close()
     again = Store(str(tmp_path), LIMITS)
     assert again.epoch == epoch and again.marks == {inbox.id: 9}
     again.begin()
-    stored, duplicates = again.w_inbox(inbox.id, [(9, "b", b"B"), (12, "c", b"C"), (20, "d", b"D")], 0)
+    stored, duplicates, tail = again.w_inbox(inbox.id, [(9, "b", b"B"), (12, "c", b"C"), (20, "d", b"D")], 0)
     assert [body for _, body in stored] == [b"C", b"D"] and duplicates == 1
-    assert again.w_inbox(inbox.id, [(5, "a", b"A")], 0) == ([], 1)
+    assert tail == 2   # B's delivery, read from the table after the restart: C and D follow it
+    assert again.w_inbox(inbox.id, [(5, "a", b"A")], 0) == ([], 1, 0)
     again.commit()
     assert [body for _, body in again.r_page(inbox.id, 0, 10)] == [b"A", b"B", b"C", b"D"]
     assert again.pending == 4
@@ -218,3 +219,83 @@ def test_acks_submitted_one_at_a_time_share_a_commit(tmp_path: Path) -> None:
         await writer.stop()
         store.close()
     asyncio.run(main())
+
+
+def test_a_streams_tail_is_its_newest_delivery_whoever_wrote_it(tmp_path: Path) -> None:
+    """What a worker must have read before it may take a delivery from memory: the stream's delivery before it,
+    whether that came from a publish, a replayed dead letter or the table (after a restart)."""
+    store = Store(str(tmp_path), LIMITS)
+    store.begin()
+    one, _ = store.w_ensure_stream("t", "billing", "/in", 0)
+    two, _ = store.w_ensure_stream("t", "audit", "/in", 0)
+    assert store.w_publish("m1", "t", b"1", 0) == (1, [one.id, two.id], [0, 0])
+    assert store.w_publish("m2", "t", b"2", 0) == (2, [one.id, two.id], [1, 1])
+    assert store.w_dead_letter(one.id, 2, "rejected", 1, None, 0)
+    assert store.w_replay(None, 0) == [(one.id, 3)]
+    assert store.w_publish("m4", "t", b"4", 0) == (4, [one.id, two.id], [3, 2])
+    store.commit()
+    store.close()
+    again = Store(str(tmp_path), LIMITS)
+    again.begin()
+    assert again.w_publish("m5", "t", b"5", 0)[2] == [4, 4]
+    again.commit()
+    again.close()
+
+
+def test_settling_many_deliveries_at_once_removes_only_those_and_messages_no_one_owes(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), LIMITS)
+    store.begin()
+    one, _ = store.w_ensure_stream("t", "billing", "/in", 0)
+    two, _ = store.w_ensure_stream("t", "audit", "/in", 0)
+    seqs = [store.w_publish(f"m{i}", "t", b"x" * 10, 0)[0] for i in range(1200)]   # more than one IN list
+    assert store.w_settle_many(one.id, seqs[:1100]) == 1100
+    assert store.w_settle_many(one.id, seqs[:10]) == 0   # settled before: skipped
+    assert store.pending == 1200   # the other stream still owes them all
+    assert store.w_settle_many(two.id, seqs[:1000]) == 1000
+    store.commit()
+    assert store.pending == 200 and store.pending_bytes == 2000
+    assert [s for s, _ in store.r_page(one.id, 0, 1000)] == seqs[1100:]
+    assert [s for s, _ in store.r_page(two.id, 0, 1000)] == seqs[1000:]
+    assert store.r.execute("SELECT count(*) FROM messages").fetchone()[0] == 200
+    store.close()
+
+
+def test_hooks_run_after_their_commit_and_not_for_an_operation_that_failed(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = Store(str(tmp_path), LIMITS)
+        writer = Writer(store, FakeClock())
+        writer.start()
+        ran: list[str] = []
+
+        def good(s: Store) -> None:
+            s.after_commit(lambda: ran.append("good"))
+
+        def bad(s: Store) -> None:
+            s.after_commit(lambda: ran.append("bad"))
+            raise ValueError("this operation fails alone")
+        results = await asyncio.gather(writer.submit(good), writer.submit(bad), return_exceptions=True)
+        assert results[0] is None and isinstance(results[1], ValueError)
+        assert ran == ["good"] and store.hooks == []
+        await writer.stop()
+        store.close()
+    asyncio.run(main())
+
+
+def test_the_topic_log_is_trimmed_by_age_and_its_bytes_follow(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), StoreLimits(retention_age_ms=1000, retention_bytes=1 << 20, max_dead_letters=5))
+    store.begin()
+    for i in range(4):
+        store.w_append_log("t", f"m{i}", b"0123456789", created_ms=i * 500)
+    store.w_enforce_retention(now_ms=1600)   # m0 and m1 are older than 1 s
+    store.commit()
+    assert [i for i, _ in store.r_log("t", 0, 10)] == [3, 4] and store.log_bytes == 20
+    store.begin()
+    store.w_append_log("t", "m4", b"0123456789", created_ms=2000)
+    store.w_enforce_retention(now_ms=2200)   # m2 is old now, but the log was trimmed less than a second ago
+    store.commit()
+    assert len(store.r_log("t", 0, 10)) == 3
+    store.begin()
+    store.w_enforce_retention(now_ms=2700)
+    store.commit()
+    assert [i for i, _ in store.r_log("t", 0, 10)] == [5] and store.log_bytes == 10
+    store.close()
