@@ -5,8 +5,9 @@ streaming response writes through its request's connection."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import Protocol
+
+from sidecar.proxy.http1 import reason_phrase
 
 
 class ResponseWriter(Protocol):
@@ -35,13 +36,6 @@ _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
 def encode_head(status: int, headers: Mapping[str, str], content_length: int | None, chunked: bool,
                 close: bool) -> bytes:
     """An HTTP/1.1 response head: the status line, ``headers`` (framing and connection fields left out: this
@@ -49,7 +43,7 @@ def encode_head(status: int, headers: Mapping[str, str], content_length: int | N
 
     A name that is not a token, or a value with CR, LF or NUL, is a ValueError: no handler can split a response.
     """
-    lines = [f"HTTP/1.1 {status} {_reason(status)}\r\n"]
+    lines = [f"HTTP/1.1 {status} {reason_phrase(status)}\r\n"]
     for name, value in headers.items():
         if not name or not _TOKEN.issuperset(name):
             raise ValueError(f"invalid response header name {name!r}")

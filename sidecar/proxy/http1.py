@@ -304,13 +304,17 @@ def last_chunk(trailers: Trailers | None) -> bytes:
     return b"".join(lines)
 
 
+def reason_phrase(status: int) -> str:
+    """The status line's reason for ``status`` ("Unknown" for a code RFC 9110 does not name)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
 def simple_response(status: int, headers: dict[str, str], body: bytes, close: bool) -> bytes:
     """A complete response the proxy itself sends (errors); ``close`` adds ``Connection: close``."""
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = "Unknown"
-    parts = [f"HTTP/1.1 {status} {reason}\r\n"]
+    parts = [f"HTTP/1.1 {status} {reason_phrase(status)}\r\n"]
     parts += [f"{name}: {value}\r\n" for name, value in headers.items()]
     parts.append(f"content-length: {len(body)}\r\n")
     if close:
