@@ -153,7 +153,7 @@ def test_pem_files_certificates_and_keys(tmp_path: Path) -> None:
                                                              ("spiffe://mesh.local",)]
     with pytest.raises(DerError, match="no PEM certificate"):
         der.pem_certificates(ISSUED.key_pem)
-    key = signatures.ec_private_key(der.pem_ec_private_key(ISSUED.key_pem))
+    key = signatures.private_key(der.pem_ec_private_key(ISSUED.key_pem))
     assert signatures.key_matches(parse_certificate(LEAF_DER), key)
     assert not signatures.key_matches(certs.parsed(CA.certificate), key)
     encrypted = ISSUED.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
