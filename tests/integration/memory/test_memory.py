@@ -38,6 +38,7 @@ import pytest
 import yaml
 
 from sidecar.config.load import deep_merge
+from sidecar.gossip.keyring import generate_key
 from tests.harness import ROOT, FakeApp, LoadThreads, SidecarProcess, http, make_certs, raise_fd_limit, wait_for
 from tests.integration.overload.common import sample
 from tests.integration.telemetry.conftest import OtlpReceiver
@@ -67,6 +68,7 @@ MiB = 1 << 20
 DNS_CODEC = ("sidecar.dns.answerer", "dns.message", "dns.name", "dns.rdata")
 # the request explainer behind /debug/explain and `sidecar explain`, imported with the first question
 EXPLAINER = "sidecar.ops.explain"
+GOSSIP_KEY = generate_key()
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$")
 
 
@@ -82,11 +84,9 @@ DEFERRED_PACKAGES = (
     "sidecar.demo",               # sidecar demo
     "h2",                         # python-hyper's h2: only the reference core, SIDECAR_H2_CORE=h2
     "prometheus_client",          # never: /metrics is written by sidecar.telemetry.exposition
-    "cryptography.x509",          # `sidecar certs` and renewals by tls.issuer.ca_key (certificates read: tls.der)
-    "cryptography.hazmat.primitives.serialization",   # the same (keys read by sidecar.tls.der)
+    "cryptography",               # `sidecar certs` and renewals by tls.issuer.ca_key, which build certificates;
+                                  # AES-GCM, signatures and HKDF are the ssl module's libcrypto (sidecar.tls.libcrypto)
 )
-# what only tls (signatures) and gossip.encrypt_keys (AES-GCM) load: the example config has neither
-WITHOUT_TLS_OR_GOSSIP_KEYS = ("cryptography",)
 # Plain-Python modules only: a compiled module imported by a compiled one (the tracer by the telemetry hub, our
 # HPACK by the HTTP/2 core) is set up inside the compiled library and prints no import line, so its absence could
 # not be seen here; each is named by the plain module that loads it instead.
@@ -120,8 +120,10 @@ def imported(process: SidecarProcess) -> set[str]:
 
 
 def start(tmp: Path, app: FakeApp, overrides: dict[str, Any] | None = None) -> SidecarProcess:
+    """A sidecar hosting ``web`` with mTLS (its catalog claims signed) and a gossip key (its packets sealed)."""
     pki = make_certs(tmp / "certs", ["web", "client"])
-    config: dict[str, Any] = {"tls": pki["web"], "services": [{"name": "web", "port": app.port}], **(overrides or {})}
+    config: dict[str, Any] = {"tls": pki["web"], "services": [{"name": "web", "port": app.port}],
+                              "gossip": {"encrypt_keys": [GOSSIP_KEY]}, **(overrides or {})}
     return SidecarProcess(tmp, config, env={"PYTHONPROFILEIMPORTTIME": "1"}).start()
 
 
@@ -230,9 +232,39 @@ def test_the_example_config_idle_imports_nothing_it_does_not_use(tmp_path: Path)
             assert http("GET", process.admin + "/metrics").status == 200
             assert http("GET", process.admin + "/debug/failures").status == 200
         assert not deferred_in(imported(process))
-        assert not deferred_in(imported(process), WITHOUT_TLS_OR_GOSSIP_KEYS)
     finally:
         process.terminate()
+
+
+def test_two_sidecars_seal_sign_and_verify_without_loading_cryptography(tmp_path: Path, app: FakeApp) -> None:
+    # gossip sealed both ways under the key, each node's claim signed by its key and verified by the other (the
+    # certificate checked against the CA, then the signature), a request over mTLS: all on the ssl module's libcrypto
+    pki = make_certs(tmp_path / "certs", ["web", "client"])
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    a = SidecarProcess(tmp_path, {"tls": pki["web"], "services": [{"name": "web", "port": app.port}],
+                                  "gossip": {"encrypt_keys": [GOSSIP_KEY]}}, name="node-a", env=env).start()
+    try:
+        b = SidecarProcess(tmp_path, {"tls": pki["client"], "services": [{"name": "client", "port": app.port}],
+                                      "gossip": {"encrypt_keys": [GOSSIP_KEY], "join": [a.listeners["gossip"]]}},
+                           name="node-b", env=env).start()
+        try:
+            wait_for(lambda: in_catalog(b, "web") and in_catalog(a, "client"), 30,
+                     what="each node's signed claim in the other's catalog")
+            reply = http("GET", f"http://{b.listeners['outbound']}/through", headers={"Host": "web"})
+            assert reply.status == 200, reply
+            for process in (a, b):
+                modules = imported(process)
+                assert "sidecar.tls.libcrypto" in modules        # the lines are there to be read
+                assert not deferred_in(modules), (process.name, sorted(deferred_in(modules)))
+        finally:
+            b.terminate()
+    finally:
+        a.terminate()
+
+
+def in_catalog(process: SidecarProcess, service: str) -> bool:
+    reply = http("GET", f"{process.api}/v1/catalog/{service}")
+    return reply.status == 200 and bool(reply.json())
 
 
 def test_dns_loads_its_message_codec_with_the_first_query(tmp_path: Path, app: FakeApp) -> None:
