@@ -33,7 +33,7 @@ def _hash(kind: str, hash_name: str | None) -> Any:
     return _HASHES[hash_name]() if hash_name is not None else None
 
 
-class Aes:
+class CryptographyAead:
     """``AESGCM`` with the binding's checks and its :class:`InvalidTag`."""
 
     __slots__ = ("_aead",)
@@ -59,7 +59,7 @@ class Aes:
             raise InvalidTag("the tag does not authenticate the data") from exc
 
 
-class PublicKey:
+class CryptographyPublicKey:
     __slots__ = ("_key", "kind")
 
     def __init__(self, der: bytes) -> None:
@@ -85,7 +85,7 @@ class PublicKey:
         return True
 
 
-class PrivateKey:
+class CryptographyPrivateKey:
     __slots__ = ("_key", "kind")
 
     def __init__(self, der: bytes) -> None:
@@ -96,7 +96,7 @@ class PrivateKey:
         self.kind = _kind(self._key)
 
     def __repr__(self) -> str:  # never show the key
-        return f"PrivateKey({self.kind})"
+        return f"CryptographyPrivateKey({self.kind})"
 
     def sign(self, data: bytes, hash_name: str | None) -> bytes:
         algorithm = _hash(self.kind, hash_name)

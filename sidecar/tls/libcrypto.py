@@ -327,13 +327,13 @@ class _Pkey:
         return ctx
 
 
-class VerifyKey(_Pkey):
+class EvpPublicKey(_Pkey):
     """A public key, from DER SubjectPublicKeyInfo; ``kind`` is ``ec``, ``rsa``, ``ed25519`` or ``other``."""
 
     __slots__ = ()
 
     @classmethod
-    def from_der(cls, lib: Libcrypto, der: bytes) -> VerifyKey:
+    def from_der(cls, lib: Libcrypto, der: bytes) -> EvpPublicKey:
         return cls(lib, _d2i(lib, lib.d2i_PUBKEY, der, "SubjectPublicKeyInfo"))
 
     def verify(self, signature: bytes, data: bytes, hash_name: str | None) -> bool:
@@ -354,17 +354,17 @@ class VerifyKey(_Pkey):
             lib.EVP_MD_CTX_free(ctx)
 
 
-class SigningKey(_Pkey):
+class EvpPrivateKey(_Pkey):
     """A private key, from DER (PKCS#8, or the traditional per-type form such as SEC1's ECPrivateKey)."""
 
     __slots__ = ()
 
     @classmethod
-    def from_der(cls, lib: Libcrypto, der: bytes) -> SigningKey:
+    def from_der(cls, lib: Libcrypto, der: bytes) -> EvpPrivateKey:
         return cls(lib, _d2i(lib, lib.d2i_AutoPrivateKey, der, "private key"))
 
     def __repr__(self) -> str:  # never show the key
-        return f"SigningKey({self.kind})"
+        return f"EvpPrivateKey({self.kind})"
 
     def sign(self, data: bytes, hash_name: str | None) -> bytes:
         """This key's signature over ``data``: ECDSA as DER, RSA PKCS#1 v1.5, Ed25519 with ``hash_name`` None."""

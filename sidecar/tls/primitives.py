@@ -74,11 +74,12 @@ def _load() -> _Backend:
     lib = libcrypto.load()
     if lib is not None:
         return _Backend("libcrypto", lambda key: libcrypto.AesGcm(lib, key),
-                        lambda der: libcrypto.VerifyKey.from_der(lib, der),
-                        lambda der: libcrypto.SigningKey.from_der(lib, der))
+                        lambda der: libcrypto.EvpPublicKey.from_der(lib, der),
+                        lambda der: libcrypto.EvpPrivateKey.from_der(lib, der))
     from sidecar.tls import fallback
 
-    return _Backend("cryptography", fallback.Aes, fallback.PublicKey, fallback.PrivateKey)
+    return _Backend("cryptography", fallback.CryptographyAead, fallback.CryptographyPublicKey,
+                    fallback.CryptographyPrivateKey)
 
 
 def backend() -> str:
