@@ -14,6 +14,7 @@ curves, and its claims are ECDSA with SHA-256, DER-encoded.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from sidecar.tls import primitives
@@ -58,12 +59,19 @@ def public_key(key: PublicKey) -> VerifyKey:
     if kind is None or (kind == "ec" and key.curve not in _CURVES) or not key.info:
         raise UnusableKey("not an EC key on P-256, P-384 or P-521, an RSA key or an Ed25519 key")
     try:
-        loaded = primitives.verify_key(key.info)
+        loaded = _load_public(key.info)
     except KeyFormatError as exc:   # a point off its curve, an RSA key that is not one
         raise UnusableKey(f"the public key cannot be loaded: {exc}") from None
     if loaded.kind != kind:
         raise UnusableKey(f"a {loaded.kind} key under the {kind} algorithm")
     return loaded
+
+
+@functools.lru_cache(maxsize=64)
+def _load_public(info: bytes) -> VerifyKey:
+    """Keys read by OpenSSL 3's decoders cost ~0.1 ms each: a CA's key, which checks every new certificate, is
+    read once (a loaded key is only read from afterwards, by any thread)."""
+    return primitives.verify_key(info)
 
 
 def ec_public_key(key: PublicKey) -> VerifyKey:

@@ -45,6 +45,14 @@ def pkcs8(key: Any) -> bytes:
                                    serialization.NoEncryption()))
 
 
+def tlv(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    if size < 0x80:
+        return bytes((tag, size)) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + content
+
+
 def error_queue_empty() -> bool:
     return lib().ERR_get_error() == 0
 
@@ -237,14 +245,44 @@ def test_bytes_that_are_no_key_are_refused_without_a_trace_in_the_error_queue() 
         assert error_queue_empty()
 
 
-def test_a_point_off_its_curve_is_refused() -> None:
-    public = spki(ec.generate_private_key(ec.SECP256R1()))
-    off = public[:-1] + bytes((public[-1] ^ 1,))       # y changed: not on P-256
-    with pytest.raises(KeyFormatError):
-        primitives.verify_key(off)
-    leaf = der.PublicKey(der.OID_EC_PUBLIC_KEY, bytes.fromhex("2a8648ce3d030107"), off[-65:], off)
-    with pytest.raises(signatures.UnusableKey):
-        signatures.ec_public_key(leaf)
+@pytest.fixture(params=["from the point", "d2i_PUBKEY"])
+def ec_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the binding reads an EC public key: OpenSSL 3's EVP_PKEY_fromdata with the curve's name and the
+    point (a named-curve key with an uncompressed point), and the generic d2i_PUBKEY (every other one)."""
+    if request.param == "d2i_PUBKEY":
+        monkeypatch.setattr(lib(), "fromdata", False)
+    elif not lib().fromdata:
+        pytest.skip("OpenSSL 1.1.1 has no EVP_PKEY_fromdata")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP256R1, ec.SECP384R1, ec.SECP521R1])
+def test_ec_keys_read_either_way_verify_what_cryptography_signs(ec_reader: str, curve: type[Any]) -> None:
+    key = ec.generate_private_key(curve())
+    algorithm = der._Elements(spki(key)).inner(0x30).whole(0x30)
+    point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    compressed = tlv(0x30, algorithm + tlv(0x03, b"\x00" + point))   # the same key, its point compressed
+    for data in (b"", rand(100), rand(5000)):
+        signature = their_sign(key, data, "SHA256")
+        for der_bytes in (spki(key), compressed):
+            verifier = primitives.verify_key(der_bytes)
+            assert verifier.kind == "ec"
+            assert verifier.verify(signature, data, "SHA256")
+            assert not verifier.verify(signature, data + b"x", "SHA256")
+
+
+def test_a_point_off_its_curve_is_refused(ec_reader: str) -> None:
+    for curve in (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1):
+        public = spki(ec.generate_private_key(curve()))
+        off = public[:-1] + bytes((public[-1] ^ 1,))       # y changed: not on the curve
+        with pytest.raises(KeyFormatError):
+            primitives.verify_key(off)
+        assert error_queue_empty()
+        point_size = {ec.SECP256R1: 65, ec.SECP384R1: 97, ec.SECP521R1: 133}[curve]
+        curve_oid = der._public_key_info(public).curve
+        leaf = der.PublicKey(der.OID_EC_PUBLIC_KEY, curve_oid, off[-point_size:], off)
+        with pytest.raises(signatures.UnusableKey):
+            signatures.ec_public_key(leaf)
 
 
 def spki_of(key: Any) -> der.PublicKey:
@@ -360,7 +398,8 @@ def test_resident_memory_stays_flat_over_100000_operations() -> None:
     operations: list[Callable[[], object]] = [
         lambda: primitives.verify_key(public).verify(signature, b"claim", "SHA256"),
         lambda: primitives.signing_key(private).sign(b"claim", "SHA256"),
-        lambda: refused(lambda: primitives.verify_key(public[:-3])),
+        lambda: refused(lambda: primitives.verify_key(public[:-3])),                    # d2i_PUBKEY refuses
+        lambda: refused(lambda: primitives.verify_key(public[:-1] + bytes((public[-1] ^ 1,)))),  # off the curve
         lambda: refused(lambda: primitives.signing_key(private + b"\x00")),
         *cheap * 8,
     ]
