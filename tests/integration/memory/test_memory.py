@@ -1,8 +1,9 @@
 """What a ``sidecar run`` costs in memory, read from outside as the kernel reports it (VmRSS of /proc), and which
 modules it loads (every import the real process makes, printed by Python's ``-X importtime``): an idle sidecar,
-the example config's or one with mTLS, imports none of DEFERRED_PACKAGES and DEFERRED_MODULES (the OpenTelemetry
-SDK, ``rich``, HTTP/2, dnspython's codec, the request explainer...), each of which loads with the feature or the
-first request that uses it, and the example config (no tls, no gossip keys) no ``cryptography`` at all; one with
+the example config's or one with mTLS and a gossip key, imports none of DEFERRED_PACKAGES and DEFERRED_MODULES (the
+OpenTelemetry SDK, ``rich``, HTTP/2, dnspython's codec, the request explainer...), each of which loads with the
+feature or the first request that uses it, and no ``cryptography`` at all, even two sidecars that seal their gossip,
+sign their claims and verify each other's (the ssl module's libcrypto does it); one with
 ``exporter: otlp`` imports our OTLP encoder but not the SDK's exporter, and
 its spans still reach the collector. Resident memory is checked idle, right after fifty
 concurrent clients, and per idle mTLS connection on the inbound listener (run with -s to see the figures).
@@ -11,12 +12,12 @@ The bounds are regression guards set from what this 2-core machine measures, wit
 targets of issue 21 (idle 45 MB, 60 MB after the c=50 bench, 16 KiB an idle mTLS connection) are not reached yet,
 and ``python -m bench.memory`` prints the figures beside them. Where the memory goes, measured (``python -m
 bench.memory.imports``, each package's marginal cost with all the others loaded): the interpreter, ssl and asyncio
-~20 MiB, cryptography ~7.4 MiB with tls or gossip keys (its Rust extension: the example config never loads it; its
-x509 and serialization, ~1.5 MiB more, no running sidecar loads), sqlite and the message store's two connections
-~1.5 MiB, yaml ~1 MiB, the sidecar's own modules ~12 MiB. dnspython's message codec (~3 MiB) loads with the first
-DNS query; /metrics needs no library; aiohttp is not imported (the HTTP servers are sidecar.httpd). Per connection,
-OpenSSL 3's own state for a session with a verified client certificate is ~32 KiB (bench/memory/openssl.py) before
-any buffer.
+~20 MiB (the gossip cipher and the claims' signatures call the libcrypto ssl maps, through sidecar.tls.libcrypto:
+~0.5 MiB, where cryptography's Rust extension and its own OpenSSL cost ~9 MiB), sqlite and the message store's two
+connections ~1.5 MiB, yaml ~1 MiB, the sidecar's own modules ~12 MiB. dnspython's message codec (~3 MiB) loads with
+the first DNS query; /metrics needs no library; aiohttp is not imported (the HTTP servers are sidecar.httpd). Per
+connection, OpenSSL 3's own state for a session with a verified client certificate is ~32 KiB
+(bench/memory/openssl.py) before any buffer.
 """
 
 from __future__ import annotations
@@ -50,10 +51,12 @@ from tests.integration.telemetry.conftest import OtlpReceiver
 # imported while idle; 65.5 MiB with aiohttp's default client contexts left without the system CA store
 # (67.1 MiB without); 63.5 MiB with certificates read by sidecar.tls.der instead of cryptography.x509; 54.4 MiB
 # with the admin port, the app API and the delivery receiver on sidecar.httpd rather than aiohttp, which is no longer
-# imported at all. Issue 21's goal is 45 MB. The bound is the measured figure plus 1.5 MiB, a guard against
+# imported at all; 44.3 MiB with a gossip key, its AES-GCM and the claims' signatures through the ssl module's
+# libcrypto rather than cryptography, which is no longer imported (54.7 MiB before, measured side by side). Issue
+# 21's goal is 45 MB (42.9 MiB). The bound is the measured figure plus 1.5 MiB, a guard against
 # regressions with room for allocator noise; what it cannot see (a module imported and barely used) the module
 # assertions do.
-IDLE_RSS_BOUND = int(56.0 * 1024 * 1024)
+IDLE_RSS_BOUND = int(46.0 * 1024 * 1024)
 # right after 50 concurrent keep-alive clients through outbound -> mTLS -> our own inbound -> the app: ~75 MiB
 # measured (the pooled mTLS connections, both ends in this one process, stay open for the peer idle timeout)
 AFTER_LOAD_RSS_BOUND = 90 * 1024 * 1024
