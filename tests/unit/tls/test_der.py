@@ -19,19 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar.tls import certs, der, signatures
 from sidecar.tls.der import DerError, parse_certificate
+from tests.unit.tls.pki import tlv
 
 NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
 CA = certs.make_ca("mesh.local", now=NOW - dt.timedelta(days=1))
 ISSUED = certs.issue_from(CA, "web", 3600, dns_names=["web.internal"], ip_addresses=["127.0.0.1", "::1"], now=NOW)
 LEAF_DER = ISSUED.certificate.public_bytes(serialization.Encoding.DER)
-
-
-def tlv(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes((tag, size)) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(length))) + length + content
 
 
 def extension(oid: bytes, value: bytes, critical: bool = False) -> bytes:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sidecar.gossip.keyring import ENCRYPTION_VERSION, NONCE_SIZE, DecryptionFailed, Keyring
 from sidecar.tls import der, fallback, libcrypto, primitives, signatures
 from sidecar.tls.libcrypto import InvalidTag, KeyFormatError
+from tests.unit.tls.pki import tlv
 
 LIB = libcrypto.load()
 RNG = random.Random(5869)
@@ -43,14 +44,6 @@ def spki(key: Any) -> bytes:
 def pkcs8(key: Any) -> bytes:
     return bytes(key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                    serialization.NoEncryption()))
-
-
-def tlv(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes((tag, size)) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(length))) + length + content
 
 
 def error_queue_empty() -> bool:
