@@ -166,17 +166,19 @@ class Libcrypto:
 # ------------------------------------------------------------------------------------------ finding the library
 
 
-def _mapped_libcrypto() -> str | None:
-    """The libcrypto this process has mapped (the ``_ssl`` module's), from /proc/self/maps."""
+def _mapped_libcrypto() -> list[str]:
+    """Every libcrypto this process has mapped (the ``_ssl`` module's, and any a wheel brought), from
+    /proc/self/maps, in the order they appear."""
+    paths: list[str] = []
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
-                if len(fields) == 6 and _LIBCRYPTO_NAME.search(path := fields[5].strip()):
-                    return path
+                if len(fields) == 6 and _LIBCRYPTO_NAME.search(path := fields[5].strip()) and path not in paths:
+                    paths.append(path)
     except OSError:
-        return None
-    return None
+        return []
+    return paths
 
 
 def _open(path: str) -> Libcrypto | None:
@@ -197,13 +199,18 @@ _loading = threading.Lock()
 def load() -> Libcrypto | None:
     """The ``ssl`` module's libcrypto (found once), or None when no usable one can be opened.
 
-    The mapped library is the one ``_ssl`` links: opening it again maps nothing new. Elsewhere (no /proc, or an
-    ``_ssl`` with OpenSSL linked in statically) the system's library is taken if its major version is the one
-    ``ssl`` was built with.
+    The one ``_ssl`` runs on is the mapped library that names itself as ``ssl.OPENSSL_VERSION`` does (``_ssl`` reads
+    that from the library at import): opening it again maps nothing new. Elsewhere (no /proc, or an ``_ssl`` with
+    OpenSSL linked in statically) the system's library is taken if its major version is the ``ssl`` module's.
     """
     with _loading:
         if not _loaded:
-            lib = _open(path) if (path := _mapped_libcrypto()) else None
+            lib = None
+            for path in _mapped_libcrypto():
+                candidate = _open(path)
+                if candidate is not None and candidate.OpenSSL_version(0) == ssl.OPENSSL_VERSION.encode():
+                    lib = candidate
+                    break
             if lib is None:
                 name = ctypes.util.find_library("crypto")
                 candidate = _open(name) if name else None

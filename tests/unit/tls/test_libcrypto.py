@@ -6,6 +6,7 @@ error queue left empty, and resident memory flat over 100,000 operations.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import ssl
@@ -74,11 +75,23 @@ def test_without_a_libcrypto_the_cryptography_package_takes_over(monkeypatch: py
     assert Keyring([key]).decrypt(sealed, b"header") == b"ping"   # the two backends read each other
 
 
+@pytest.fixture(params=["libcrypto", "cryptography"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each backend of sidecar.tls.primitives in turn: the ssl module's libcrypto, and the cryptography package
+    where that cannot be opened."""
+    if request.param == "cryptography":
+        monkeypatch.setattr(libcrypto, "load", lambda: None)
+    monkeypatch.setattr(primitives, "_chosen", [])
+    monkeypatch.setattr(signatures, "_load_public", functools.lru_cache(maxsize=64)(primitives.verify_key))
+    assert primitives.backend() == request.param
+    return str(request.param)
+
+
 # ------------------------------------------------------------------------------------------ AES-GCM
 
 
 @pytest.mark.parametrize("size", [16, 24, 32])
-def test_aes_gcm_gives_cryptographys_bytes_and_each_opens_the_others(size: int) -> None:
+def test_aes_gcm_gives_cryptographys_bytes_and_each_opens_the_others(size: int, backend: str) -> None:
     for _ in range(200):
         key, nonce = rand(size), rand(12)
         data = rand(RNG.choice([0, 1, 15, 16, 17, RNG.randrange(2000)]))
@@ -107,7 +120,7 @@ def forgeries(sealed: bytes, nonce: bytes, ad: bytes) -> Iterator[tuple[str, byt
     yield "empty", nonce, b"", ad
 
 
-def test_a_changed_ciphertext_tag_nonce_or_associated_data_is_refused_and_the_cipher_works_on() -> None:
+def test_a_changed_ciphertext_tag_nonce_or_associated_data_is_refused_and_the_cipher_works_on(backend: str) -> None:
     key, nonce, ad = rand(32), rand(12), b"cluster prod"
     aead = primitives.aes_gcm(key)
     sealed = aead.encrypt(nonce, b"a gossip packet of some length", ad)
@@ -121,12 +134,12 @@ def test_a_changed_ciphertext_tag_nonce_or_associated_data_is_refused_and_the_ci
 
 
 @pytest.mark.parametrize("size", [0, 15, 20, 33, 64])
-def test_an_aes_key_of_another_size_is_refused(size: int) -> None:
+def test_an_aes_key_of_another_size_is_refused(size: int, backend: str) -> None:
     with pytest.raises(ValueError, match="16, 24 or 32 bytes"):
         primitives.aes_gcm(bytes(size))
 
 
-def test_a_nonce_of_another_size_is_refused() -> None:
+def test_a_nonce_of_another_size_is_refused(backend: str) -> None:
     aead = primitives.aes_gcm(rand(16))
     for size in (0, 8, 16):
         with pytest.raises(ValueError, match="12 bytes"):
@@ -135,7 +148,7 @@ def test_a_nonce_of_another_size_is_refused() -> None:
             aead.decrypt(bytes(size), bytes(32), None)
 
 
-def test_the_keyring_reads_and_writes_the_layout_of_nodes_on_cryptography() -> None:
+def test_the_keyring_reads_and_writes_the_layout_of_nodes_on_cryptography(backend: str) -> None:
     # what every node wrote before: version byte, 12-byte nonce, AESGCM's ciphertext and tag
     key, ad = rand(32), b"header"
     nonce = rand(NONCE_SIZE)
@@ -184,7 +197,7 @@ def their_verify(key: Any, signature: bytes, data: bytes, hash_name: str | None)
 
 
 @pytest.mark.parametrize(("key", "hash_name"), KEYS, ids=lambda k: type(k).__name__.strip("_") if k else "")
-def test_signatures_verify_both_ways_with_cryptography(key: Any, hash_name: str | None) -> None:
+def test_signatures_verify_both_ways_with_cryptography(key: Any, hash_name: str | None, backend: str) -> None:
     signer, verifier = primitives.signing_key(pkcs8(key)), primitives.verify_key(spki(key))
     assert signer.kind == verifier.kind == {ec.EllipticCurvePrivateKey: "ec", rsa.RSAPrivateKey: "rsa"}.get(
         next((t for t in (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey) if isinstance(key, t)), None), "ed25519")
@@ -196,7 +209,7 @@ def test_signatures_verify_both_ways_with_cryptography(key: Any, hash_name: str 
         assert verifier.verify(ours, data, hash_name)
 
 
-def test_a_changed_signature_or_message_is_refused() -> None:
+def test_a_changed_signature_or_message_is_refused(backend: str) -> None:
     for key, hash_name in KEYS:
         verifier = primitives.verify_key(spki(key))
         data = rand(300)
@@ -213,7 +226,7 @@ def test_a_changed_signature_or_message_is_refused() -> None:
         assert verifier.verify(good, data, hash_name)
 
 
-def test_a_key_is_refused_with_a_hash_it_does_not_take() -> None:
+def test_a_key_is_refused_with_a_hash_it_does_not_take(backend: str) -> None:
     ed, p256 = ed25519.Ed25519PrivateKey.generate(), ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(ValueError, match="ed25519"):
         primitives.signing_key(pkcs8(ed)).sign(b"x", "SHA256")
@@ -225,7 +238,7 @@ def test_a_key_is_refused_with_a_hash_it_does_not_take() -> None:
         primitives.verify_key(spki(p256)).verify(b"x", b"x", "MD5")
 
 
-def test_bytes_that_are_no_key_are_refused_without_a_trace_in_the_error_queue() -> None:
+def test_bytes_that_are_no_key_are_refused_without_a_trace_in_the_error_queue(backend: str) -> None:
     p256 = ec.generate_private_key(ec.SECP256R1())
     public, private = spki(p256), pkcs8(p256)
     for der_bytes in (b"", b"\x30\x00", rand(91), public[:-1], public + b"\x00", private):
@@ -283,7 +296,7 @@ def spki_of(key: Any) -> der.PublicKey:
     return der._public_key_info(spki(key))
 
 
-def test_keys_of_a_kind_the_sidecar_does_not_use_are_refused() -> None:
+def test_keys_of_a_kind_the_sidecar_does_not_use_are_refused(backend: str) -> None:
     rsa_key, ed_key = rsa.generate_private_key(65537, 2048), ed25519.Ed25519PrivateKey.generate()
     k256 = ec.generate_private_key(ec.SECP256K1())
     with pytest.raises(signatures.UnusableKey):
@@ -305,7 +318,7 @@ def test_keys_of_a_kind_the_sidecar_does_not_use_are_refused() -> None:
             signatures.private_key(der.pem_ec_private_key(pem))
 
 
-def test_our_key_read_from_pem_signs_claims_a_node_on_cryptography_verifies() -> None:
+def test_our_key_read_from_pem_signs_claims_a_node_on_cryptography_verifies(backend: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     for form in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
         pem = key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption())
