@@ -1,10 +1,10 @@
 """Signatures of the running sidecar: a certificate issued by a CA, our key's claims, a peer's claims.
 
 Keys and signatures go through :mod:`sidecar.tls.primitives`: the libcrypto the ``ssl`` module already maps, so a
-running sidecar never loads ``cryptography`` (its Rust extension carries a second OpenSSL, about 6.5 MiB
-resident). Certificates come in read by :mod:`sidecar.tls.der`, which keeps each one's SubjectPublicKeyInfo for
-OpenSSL to load; ``cryptography`` builds certificates for the ``sidecar certs`` commands and for renewals signed by
-a local CA key (:mod:`sidecar.tls.certs`).
+running sidecar never loads ``cryptography`` (its Rust extension carries a second OpenSSL, about 9 MiB
+resident once used). Certificates come in read by :mod:`sidecar.tls.der`, which keeps each one's
+SubjectPublicKeyInfo for OpenSSL to load; ``cryptography`` builds certificates for the ``sidecar certs`` commands
+and for renewals signed by a local CA key (:mod:`sidecar.tls.certs`).
 
 Supported, as ``sidecar certs`` and the usual CAs make them: EC keys on P-256, P-384 and P-521, RSA and Ed25519 CA
 keys, signatures ECDSA or RSA PKCS#1 v1.5 with SHA-256/384/512, and Ed25519. A certificate signed another way
