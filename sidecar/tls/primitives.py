@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -23,6 +24,8 @@ from sidecar.tls.libcrypto import InvalidTag, KeyFormatError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+log = logging.getLogger("sidecar.tls")
 
 __all__ = ["Aead", "InvalidTag", "KeyFormatError", "SigningKey", "VerifyKey", "aes_gcm", "backend", "hkdf_sha256",
            "signing_key", "verify_key"]
@@ -78,6 +81,8 @@ def _load() -> _Backend:
                         lambda der: libcrypto.EvpPrivateKey.from_der(lib, der))
     from sidecar.tls import fallback
 
+    log.info("the ssl module's libcrypto cannot be opened: AES-GCM and signatures use the cryptography package"
+             " (about 9 MiB more resident)")
     return _Backend("cryptography", fallback.CryptographyAead, fallback.CryptographyPublicKey,
                     fallback.CryptographyPrivateKey)
 

@@ -7,6 +7,7 @@ error queue left empty, and resident memory flat over 100,000 operations.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 import ssl
@@ -62,10 +63,13 @@ def test_the_binding_is_the_libcrypto_the_ssl_module_runs_on() -> None:
     assert primitives.backend() == "libcrypto"
 
 
-def test_without_a_libcrypto_the_cryptography_package_takes_over(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_libcrypto_the_cryptography_package_takes_over(monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(libcrypto, "load", lambda: None)
     monkeypatch.setattr(primitives, "_chosen", [])
-    assert primitives.backend() == "cryptography"
+    with caplog.at_level(logging.INFO, "sidecar.tls"):
+        assert primitives.backend() == "cryptography"
+    assert "use the cryptography package" in caplog.text   # operators learn why the process is larger
     key = os.urandom(32)
     ring = Keyring([key])
     sealed = ring.encrypt(b"ping", b"header")
