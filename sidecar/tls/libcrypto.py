@@ -24,7 +24,6 @@ ECDSA with its DER signature, RSA PKCS#1 v1.5, Ed25519). OpenSSL 1.1.1 and 3.x h
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import re
 import ssl
 import threading
@@ -213,6 +212,8 @@ def load() -> Libcrypto | None:
                     lib = candidate
                     break
             if lib is None:
+                import ctypes.util  # with shutil and subprocess: only where no mapped library serves
+
                 name = ctypes.util.find_library("crypto")
                 candidate = _open(name) if name else None
                 if candidate is not None and candidate.version >> 28 == ssl.OPENSSL_VERSION_NUMBER >> 28:
