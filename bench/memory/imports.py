@@ -10,7 +10,7 @@ Two columns per package, both the growth of VmRSS (/proc/self/status) across one
 
 and the interpreter's own cost (``python -c pass``, then asyncio + ssl). The packages are those an idle
 ``sidecar run`` with one service and mTLS imports, plus the ones it no longer does (aiohttp, prometheus_client,
-dnspython's message codec), for comparison.
+dnspython's message codec, cryptography: sidecar.tls.libcrypto calls the libcrypto ssl maps), for comparison.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ from sidecar.gossip.state import MemberView
 from sidecar.log import fields
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from sidecar.tls.primitives import SigningKey
 
 log = logging.getLogger("sidecar.catalog")
 
@@ -60,7 +60,7 @@ MAX_CLAIMS_PER_NODE = 4096  # a node's claims held at most (services it hosts)
 WARN_EVERY_MS = 60_000      # refused claims are logged as a warning at most this often per reason
 
 # the identities this node signs with, the first one first: service -> (certificate DER, private key)
-Identities = Callable[[], Mapping[str, tuple[bytes, "ec.EllipticCurvePrivateKey"]]]
+Identities = Callable[[], Mapping[str, tuple[bytes, "SigningKey"]]]
 
 
 class Gossip(Protocol):

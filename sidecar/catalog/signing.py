@@ -38,7 +38,7 @@ from sidecar.tls.errors import PeerRefused
 from sidecar.tls.identity import identity_of
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from sidecar.tls.primitives import SigningKey, VerifyKey
 
 MAX_CACHED_CERTIFICATES = 8192
 
@@ -47,7 +47,7 @@ def fingerprint(der: bytes) -> bytes:
     return hashlib.sha256(der).digest()
 
 
-def sign(claim: Claim, certificate: bytes, key: ec.EllipticCurvePrivateKey) -> Claim:
+def sign(claim: Claim, certificate: bytes, key: SigningKey) -> Claim:
     """``claim`` with its proof: the certificate that names its service, its fingerprint, the signature."""
     bound = replace(claim, fingerprint=fingerprint(certificate), certificate=certificate, signature=b"")
     return replace(bound, signature=signatures.sign(key, signed_bytes(bound)))
@@ -59,7 +59,7 @@ class _Known:
 
     der: bytes
     certificate: Certificate
-    public_key: ec.EllipticCurvePublicKey
+    public_key: VerifyKey
     anchors: Sequence[Certificate]  # the CA set it was checked against: a new tls.ca checks it again
     service: str                    # the service its SPIFFE ID names
     not_before: float               # epoch seconds

@@ -15,12 +15,10 @@ import binascii
 import hashlib
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from sidecar.gossip.errors import GossipError, KeyringError
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sidecar.tls import primitives
+from sidecar.tls.primitives import Aead, InvalidTag
 
 ENCRYPTION_VERSION = 1
 NONCE_SIZE = 12
@@ -64,9 +62,8 @@ def fingerprint(key: str | bytes) -> str:
 
 
 class Keyring:
-    """The installed keys and their ciphers. ``cryptography`` (its Rust extension carries its own OpenSSL, about
-    7 MiB resident) is imported by the first keyring, so a sidecar without ``gossip.encrypt_keys`` never loads it
-    for gossip."""
+    """The installed keys and their ciphers: AES-GCM of the libcrypto the ``ssl`` module already maps
+    (:mod:`sidecar.tls.primitives`), the tag checked by OpenSSL."""
 
     __slots__ = ("_ciphers", "_keys")
 
@@ -74,7 +71,7 @@ class Keyring:
         if not keys:
             raise KeyringError("a keyring needs at least one key")
         self._keys: list[bytes] = []
-        self._ciphers: dict[bytes, AESGCM] = {}
+        self._ciphers: dict[bytes, Aead] = {}
         for key in keys:
             self.install(key)
 
@@ -90,10 +87,8 @@ class Keyring:
         """Accept packets under ``key`` too; installing a known key changes nothing."""
         raw = decode_key(key)
         if raw not in self._ciphers:
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+            self._ciphers[raw] = primitives.aes_gcm(raw)
             self._keys.append(raw)
-            self._ciphers[raw] = AESGCM(raw)
 
     def use(self, key: str | bytes) -> None:
         """Encrypt with ``key`` from now on; it must be installed first."""
@@ -122,8 +117,6 @@ class Keyring:
         """The plaintext under any installed key; raises DecryptionFailed when none authenticates."""
         if len(data) < OVERHEAD or data[0] != ENCRYPTION_VERSION:
             raise DecryptionFailed("not an AES-GCM body of a known version")
-        from cryptography.exceptions import InvalidTag
-
         nonce, sealed = data[1 : 1 + NONCE_SIZE], data[1 + NONCE_SIZE :]
         for key in self._keys:
             try:

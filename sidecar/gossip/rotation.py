@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.gossip.keyring import fingerprint
+from sidecar.tls.primitives import hkdf_sha256
 
 REPORT_FIELD = "keys"     # the metadata field: fingerprints held, primary first
 MAX_REPORTED = 8          # 8 fingerprints cost ~130 bytes of the 512-byte metadata
@@ -86,14 +87,9 @@ def derive_key(root: bytes, cluster: str, epoch: int) -> bytes:
     """The epoch's key, the same length as ``root``: HKDF-SHA256, salt = the cluster, info = the epoch.
 
     Another cluster with the same root key gets other keys, and a key says nothing of its neighbours.
-    ``cryptography`` is imported here, not at start: rotation runs only with gossip encryption (the keyring).
     """
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=len(root), salt=b"sidecar gossip cluster " + cluster.encode(),
-                info=b"sidecar gossip key epoch " + str(epoch).encode())
-    return hkdf.derive(root)
+    return hkdf_sha256(root, salt=b"sidecar gossip cluster " + cluster.encode(),
+                       info=b"sidecar gossip key epoch " + str(epoch).encode(), length=len(root))
 
 
 # ----------------------------------------------------------------------------------- what members report

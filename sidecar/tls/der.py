@@ -22,7 +22,7 @@ import binascii
 import datetime as dt
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 # universal tags (X.690)
 _BOOLEAN = 0x01
@@ -66,11 +66,14 @@ class DerError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PublicKey:
-    """A SubjectPublicKeyInfo: its algorithm, the curve's OID for EC keys, the key bytes."""
+    """A SubjectPublicKeyInfo: its algorithm, the curve's OID for EC keys, the key bytes, and the whole of it."""
 
     algorithm: bytes   # OID content bytes (OID_EC_PUBLIC_KEY, OID_RSA_ENCRYPTION, OID_ED25519...)
     curve: bytes       # the namedCurve OID of an EC key, else b""
     key: bytes         # the BIT STRING's bytes: an EC point, an RSAPublicKey, the raw Ed25519 key
+    # the SubjectPublicKeyInfo's DER, what OpenSSL loads the key from (sidecar.tls.signatures); not compared: the
+    # key is the three fields above
+    info: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +113,13 @@ class _Extensions:
 
 @dataclass(frozen=True, slots=True)
 class EcPrivateKey:
-    """An EC private key (PKCS#8 or SEC1): the curve's OID and the secret scalar."""
+    """An EC private key (PKCS#8 or SEC1): the curve's OID, the secret scalar, and the DER it was read from."""
 
     curve: bytes
     value: int
+    # the PEM block's DER, whole (PKCS#8 or SEC1): what OpenSSL loads the key from (sidecar.tls.signatures); not
+    # compared: the key is the curve and the scalar
+    der: bytes = field(default=b"", compare=False)
 
     def __repr__(self) -> str:  # never show the key
         return f"EcPrivateKey(curve={self.curve.hex()})"
@@ -256,7 +262,8 @@ def _common_name(name: bytes) -> str | None:
     return None
 
 
-def _public_key_info(spki: _Elements) -> PublicKey:
+def _public_key_info(info: bytes) -> PublicKey:
+    spki = _Elements(info).inner(_SEQUENCE)
     algorithm = spki.inner(_SEQUENCE)
     oid = algorithm.bytes_of(_OID)
     curve = b""
@@ -266,16 +273,7 @@ def _public_key_info(spki: _Elements) -> PublicKey:
     spki.done("SubjectPublicKeyInfo")
     if unused:
         raise DerError("public key is not a whole number of bytes")
-    return PublicKey(oid, curve, key)
-
-
-def rsa_public_numbers(key: bytes) -> tuple[int, int]:
-    """(e, n) of an RSAPublicKey (RFC 8017 A.1.1), the key bytes of an ``rsaEncryption`` public key."""
-    numbers = _Elements(key).inner(_SEQUENCE)
-    n = _integer(numbers.bytes_of(_INTEGER))
-    e = _integer(numbers.bytes_of(_INTEGER))
-    numbers.done("an RSA public key")
-    return e, n
+    return PublicKey(oid, curve, key, info)
 
 
 # ------------------------------------------------------------------------------------------ certificates
@@ -310,7 +308,7 @@ def parse_certificate(der: bytes) -> Certificate:
         times.append(_time(tag, validity.data[content:end]))
     validity.done("the validity")
     subject = tbs.whole(_SEQUENCE)
-    key = _public_key_info(tbs.inner(_SEQUENCE))
+    key = _public_key_info(tbs.whole(_SEQUENCE))
     extensions = _Extensions()
     for unique_id in (_ISSUER_UID, _SUBJECT_UID):
         if tbs.peek() == unique_id:
@@ -425,10 +423,10 @@ def pem_ec_private_key(pem: bytes) -> EcPrivateKey:
         if algorithm.bytes_of(_OID) != OID_EC_PUBLIC_KEY:
             raise DerError("not an EC private key")
         curve = algorithm.bytes_of(_OID)
-        return _sec1(info.bytes_of(_OCTET_STRING), curve)
+        return replace(_sec1(info.bytes_of(_OCTET_STRING), curve), der=pkcs8[0])
     sec1 = pem_blocks(pem, "EC PRIVATE KEY")
     if sec1:
-        return _sec1(sec1[0], b"")
+        return replace(_sec1(sec1[0], b""), der=sec1[0])
     raise DerError("no PEM private key")
 
 

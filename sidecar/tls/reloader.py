@@ -64,7 +64,7 @@ from sidecar.tls.reload import (
 from sidecar.tls.renewal import lifetime_start
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from sidecar.tls.primitives import SigningKey
 
 log = logging.getLogger("sidecar.tls")
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -120,7 +120,7 @@ def _digest(data: bytes | None) -> str | None:
 class Checked:
     leaf: Certificate
     identity: PeerIdentity
-    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    key: SigningKey = field(repr=False)
     cas: tuple[Certificate, ...] = ()
 
 
@@ -133,8 +133,8 @@ def validate(bundle: Bundle, paths: TlsPaths, trust_domain: str, now: float) -> 
     cas = _certificates(bundle.ca, paths.ca, "tls.ca")
     leaf = _certificates(bundle.cert, paths.cert, "tls.cert")[0]
     try:
-        key = signatures.ec_private_key(pem_ec_private_key(bundle.key))
-    except ValueError as exc:   # DerError, UnusableKey, and cryptography's refusal of a scalar off the curve
+        key = signatures.private_key(pem_ec_private_key(bundle.key))
+    except ValueError as exc:   # DerError, UnusableKey (a key OpenSSL refuses)
         raise CertificateError(f"{paths.key} holds no unencrypted PEM EC private key (tls.key): {exc}") from None
     if not signatures.key_matches(leaf, key):
         raise CertificateError(f"{paths.key} is not the private key of {paths.cert}")
@@ -200,7 +200,7 @@ class TlsMaterial:
     # our certificate itself: its other SANs are kept when it is renewed (sidecar.tls.renewer)
     leaf: Certificate | None = None
     # its private key: signs this node's catalog statement about the service (sidecar.catalog.signing)
-    key: ec.EllipticCurvePrivateKey | None = field(default=None, repr=False)
+    key: SigningKey | None = field(default=None, repr=False)
     # the trust anchors of tls.ca as loaded with it
     cas: tuple[Certificate, ...] = ()
 
@@ -324,10 +324,10 @@ class IdentityStore:
     def identity(self) -> PeerIdentity:
         return self.material.identity
 
-    def signing_identities(self) -> dict[str, tuple[bytes, ec.EllipticCurvePrivateKey]]:
+    def signing_identities(self) -> dict[str, tuple[bytes, SigningKey]]:
         """Every hosted identity's current certificate (DER) and key, by service, this one first: what the
         node's catalog claims are signed with (sidecar.catalog.signing)."""
-        out: dict[str, tuple[bytes, ec.EllipticCurvePrivateKey]] = {}
+        out: dict[str, tuple[bytes, SigningKey]] = {}
         for store in self.hosted.values():
             material = store.material
             if material.leaf is not None and material.key is not None:

@@ -1,8 +1,9 @@
 """What a ``sidecar run`` costs in memory, read from outside as the kernel reports it (VmRSS of /proc), and which
 modules it loads (every import the real process makes, printed by Python's ``-X importtime``): an idle sidecar,
-the example config's or one with mTLS, imports none of DEFERRED_PACKAGES and DEFERRED_MODULES (the OpenTelemetry
-SDK, ``rich``, HTTP/2, dnspython's codec, the request explainer...), each of which loads with the feature or the
-first request that uses it, and the example config (no tls, no gossip keys) no ``cryptography`` at all; one with
+the example config's or one with mTLS and a gossip key, imports none of DEFERRED_PACKAGES and DEFERRED_MODULES (the
+OpenTelemetry SDK, ``rich``, HTTP/2, dnspython's codec, the request explainer...), each of which loads with the
+feature or the first request that uses it, and no ``cryptography`` at all, even two sidecars that seal their gossip,
+sign their claims and verify each other's (the ssl module's libcrypto does it); one with
 ``exporter: otlp`` imports our OTLP encoder but not the SDK's exporter, and
 its spans still reach the collector. Resident memory is checked idle, right after fifty
 concurrent clients, and per idle mTLS connection on the inbound listener (run with -s to see the figures).
@@ -11,12 +12,12 @@ The bounds are regression guards set from what this 2-core machine measures, wit
 targets of issue 21 (idle 45 MB, 60 MB after the c=50 bench, 16 KiB an idle mTLS connection) are not reached yet,
 and ``python -m bench.memory`` prints the figures beside them. Where the memory goes, measured (``python -m
 bench.memory.imports``, each package's marginal cost with all the others loaded): the interpreter, ssl and asyncio
-~20 MiB, cryptography ~7.4 MiB with tls or gossip keys (its Rust extension: the example config never loads it; its
-x509 and serialization, ~1.5 MiB more, no running sidecar loads), sqlite and the message store's two connections
-~1.5 MiB, yaml ~1 MiB, the sidecar's own modules ~12 MiB. dnspython's message codec (~3 MiB) loads with the first
-DNS query; /metrics needs no library; aiohttp is not imported (the HTTP servers are sidecar.httpd). Per connection,
-OpenSSL 3's own state for a session with a verified client certificate is ~32 KiB (bench/memory/openssl.py) before
-any buffer.
+~20 MiB (the gossip cipher and the claims' signatures call the libcrypto ssl maps, through sidecar.tls.libcrypto:
+~0.5 MiB, where cryptography's Rust extension and its own OpenSSL cost ~9 MiB), sqlite and the message store's two
+connections ~1.5 MiB, yaml ~1 MiB, the sidecar's own modules ~12 MiB. dnspython's message codec (~3 MiB) loads with
+the first DNS query; /metrics needs no library; aiohttp is not imported (the HTTP servers are sidecar.httpd). Per
+connection, OpenSSL 3's own state for a session with a verified client certificate is ~32 KiB
+(bench/memory/openssl.py) before any buffer.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import pytest
 import yaml
 
 from sidecar.config.load import deep_merge
+from sidecar.gossip.keyring import generate_key
 from tests.harness import ROOT, FakeApp, LoadThreads, SidecarProcess, http, make_certs, raise_fd_limit, wait_for
 from tests.integration.overload.common import sample
 from tests.integration.telemetry.conftest import OtlpReceiver
@@ -49,10 +51,12 @@ from tests.integration.telemetry.conftest import OtlpReceiver
 # imported while idle; 65.5 MiB with aiohttp's default client contexts left without the system CA store
 # (67.1 MiB without); 63.5 MiB with certificates read by sidecar.tls.der instead of cryptography.x509; 54.4 MiB
 # with the admin port, the app API and the delivery receiver on sidecar.httpd rather than aiohttp, which is no longer
-# imported at all. Issue 21's goal is 45 MB. The bound is the measured figure plus 1.5 MiB, a guard against
+# imported at all; 44.3 MiB with a gossip key, its AES-GCM and the claims' signatures through the ssl module's
+# libcrypto rather than cryptography, which is no longer imported (54.7 MiB before, measured side by side). Issue
+# 21's goal is 45 MB (42.9 MiB). The bound is the measured figure plus 1.5 MiB, a guard against
 # regressions with room for allocator noise; what it cannot see (a module imported and barely used) the module
 # assertions do.
-IDLE_RSS_BOUND = int(56.0 * 1024 * 1024)
+IDLE_RSS_BOUND = int(46.0 * 1024 * 1024)
 # right after 50 concurrent keep-alive clients through outbound -> mTLS -> our own inbound -> the app: ~75 MiB
 # measured (the pooled mTLS connections, both ends in this one process, stay open for the peer idle timeout)
 AFTER_LOAD_RSS_BOUND = 90 * 1024 * 1024
@@ -67,6 +71,7 @@ MiB = 1 << 20
 DNS_CODEC = ("sidecar.dns.answerer", "dns.message", "dns.name", "dns.rdata")
 # the request explainer behind /debug/explain and `sidecar explain`, imported with the first question
 EXPLAINER = "sidecar.ops.explain"
+GOSSIP_KEY = generate_key()
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$")
 
 
@@ -82,11 +87,9 @@ DEFERRED_PACKAGES = (
     "sidecar.demo",               # sidecar demo
     "h2",                         # python-hyper's h2: only the reference core, SIDECAR_H2_CORE=h2
     "prometheus_client",          # never: /metrics is written by sidecar.telemetry.exposition
-    "cryptography.x509",          # `sidecar certs` and renewals by tls.issuer.ca_key (certificates read: tls.der)
-    "cryptography.hazmat.primitives.serialization",   # the same (keys read by sidecar.tls.der)
+    "cryptography",               # `sidecar certs` and renewals by tls.issuer.ca_key, which build certificates;
+                                  # AES-GCM, signatures and HKDF are the ssl module's libcrypto (sidecar.tls.libcrypto)
 )
-# what only tls (signatures) and gossip.encrypt_keys (AES-GCM) load: the example config has neither
-WITHOUT_TLS_OR_GOSSIP_KEYS = ("cryptography",)
 # Plain-Python modules only: a compiled module imported by a compiled one (the tracer by the telemetry hub, our
 # HPACK by the HTTP/2 core) is set up inside the compiled library and prints no import line, so its absence could
 # not be seen here; each is named by the plain module that loads it instead.
@@ -120,8 +123,10 @@ def imported(process: SidecarProcess) -> set[str]:
 
 
 def start(tmp: Path, app: FakeApp, overrides: dict[str, Any] | None = None) -> SidecarProcess:
+    """A sidecar hosting ``web`` with mTLS (its catalog claims signed) and a gossip key (its packets sealed)."""
     pki = make_certs(tmp / "certs", ["web", "client"])
-    config: dict[str, Any] = {"tls": pki["web"], "services": [{"name": "web", "port": app.port}], **(overrides or {})}
+    config: dict[str, Any] = {"tls": pki["web"], "services": [{"name": "web", "port": app.port}],
+                              "gossip": {"encrypt_keys": [GOSSIP_KEY]}, **(overrides or {})}
     return SidecarProcess(tmp, config, env={"PYTHONPROFILEIMPORTTIME": "1"}).start()
 
 
@@ -230,9 +235,39 @@ def test_the_example_config_idle_imports_nothing_it_does_not_use(tmp_path: Path)
             assert http("GET", process.admin + "/metrics").status == 200
             assert http("GET", process.admin + "/debug/failures").status == 200
         assert not deferred_in(imported(process))
-        assert not deferred_in(imported(process), WITHOUT_TLS_OR_GOSSIP_KEYS)
     finally:
         process.terminate()
+
+
+def test_two_sidecars_seal_sign_and_verify_without_loading_cryptography(tmp_path: Path, app: FakeApp) -> None:
+    # gossip sealed both ways under the key, each node's claim signed by its key and verified by the other (the
+    # certificate checked against the CA, then the signature), a request over mTLS: all on the ssl module's libcrypto
+    pki = make_certs(tmp_path / "certs", ["web", "client"])
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    a = SidecarProcess(tmp_path, {"tls": pki["web"], "services": [{"name": "web", "port": app.port}],
+                                  "gossip": {"encrypt_keys": [GOSSIP_KEY]}}, name="node-a", env=env).start()
+    try:
+        b = SidecarProcess(tmp_path, {"tls": pki["client"], "services": [{"name": "client", "port": app.port}],
+                                      "gossip": {"encrypt_keys": [GOSSIP_KEY], "join": [a.listeners["gossip"]]}},
+                           name="node-b", env=env).start()
+        try:
+            wait_for(lambda: in_catalog(b, "web") and in_catalog(a, "client"), 30,
+                     what="each node's signed claim in the other's catalog")
+            reply = http("GET", f"http://{b.listeners['outbound']}/through", headers={"Host": "web"})
+            assert reply.status == 200, reply
+            for process in (a, b):
+                modules = imported(process)
+                assert "sidecar.tls.libcrypto" in modules        # the lines are there to be read
+                assert not deferred_in(modules), (process.name, sorted(deferred_in(modules)))
+        finally:
+            b.terminate()
+    finally:
+        a.terminate()
+
+
+def in_catalog(process: SidecarProcess, service: str) -> bool:
+    reply = http("GET", f"{process.api}/v1/catalog/{service}")
+    return reply.status == 200 and bool(reply.json())
 
 
 def test_dns_loads_its_message_codec_with_the_first_query(tmp_path: Path, app: FakeApp) -> None:

@@ -24,7 +24,9 @@ from sidecar.config.model import ServiceConfig
 from sidecar.events import EventBus
 from sidecar.gossip.errors import GossipMessageTooLarge
 from sidecar.gossip.outputs import MemberJoined, RemoteState, UserMessage
-from sidecar.tls import certs
+from sidecar.tls import certs, signatures
+from sidecar.tls.der import pem_ec_private_key
+from sidecar.tls.primitives import SigningKey
 from tests.unit.catalog.test_replication import FakeGossip, member
 
 TD = "mesh.local"
@@ -37,9 +39,15 @@ def der(issued: certs.IssuedCertificate) -> bytes:
     return issued.certificate.public_bytes(serialization.Encoding.DER)
 
 
-def identity(service: str, ca: certs.CertificateAuthority = CA) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+def signing_key(key: ec.EllipticCurvePrivateKey) -> SigningKey:
+    """``key`` as the running sidecar holds its own: read from PEM by sidecar.tls.der, loaded by OpenSSL."""
+    return signatures.private_key(pem_ec_private_key(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())))
+
+
+def identity(service: str, ca: certs.CertificateAuthority = CA) -> tuple[bytes, SigningKey]:
     issued = certs.issue_from(ca, service, 3600, now=NOW)
-    return der(issued), issued.key
+    return der(issued), signing_key(issued.key)
 
 
 PAY = identity("pay")
@@ -66,7 +74,7 @@ class SizedGossip(FakeGossip):
         super().broadcast_user(key, data)
 
 
-def node(name: str, identities: dict[str, tuple[bytes, ec.EllipticCurvePrivateKey]] | None,
+def node(name: str, identities: dict[str, tuple[bytes, SigningKey]] | None,
          gossip: FakeGossip | None = None) -> tuple[CatalogReplication, FakeGossip, MeshCatalog]:
     bus = EventBus()
     registry = LocalRegistry(name, bus)
@@ -177,7 +185,7 @@ def test_a_forged_claim_about_another_nodes_service_is_refused_and_counted(claim
     assert c.refused == {reason: 2}   # refused each time it comes; the held claim is never replaced
 
 
-def ca_flagged(service: str) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+def ca_flagged(service: str) -> tuple[bytes, SigningKey]:
     """A certificate from our CA naming ``service`` that says it is a CA itself (not a leaf)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -190,7 +198,7 @@ def ca_flagged(service: str) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
             .add_extension(x509.SubjectAlternativeName(
                 [x509.UniformResourceIdentifier(f"spiffe://{TD}/service/{service}")]), critical=False)
             .sign(CA.key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.DER), key
+    return cert.public_bytes(serialization.Encoding.DER), signing_key(key)
 
 
 def test_a_ca_certificate_is_no_identity_for_a_claim() -> None:

@@ -15,6 +15,15 @@ from sidecar.tls import certs
 DAY = 86400.0
 
 
+def tlv(tag: int, content: bytes) -> bytes:
+    """One DER element: ``tag``, the definite length, ``content``."""
+    size = len(content)
+    if size < 0x80:
+        return bytes((tag, size)) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + content
+
+
 @dataclass
 class Pki:
     directory: Path

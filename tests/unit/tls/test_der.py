@@ -19,19 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar.tls import certs, der, signatures
 from sidecar.tls.der import DerError, parse_certificate
+from tests.unit.tls.pki import tlv
 
 NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
 CA = certs.make_ca("mesh.local", now=NOW - dt.timedelta(days=1))
 ISSUED = certs.issue_from(CA, "web", 3600, dns_names=["web.internal"], ip_addresses=["127.0.0.1", "::1"], now=NOW)
 LEAF_DER = ISSUED.certificate.public_bytes(serialization.Encoding.DER)
-
-
-def tlv(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes((tag, size)) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(length))) + length + content
 
 
 def extension(oid: bytes, value: bytes, critical: bool = False) -> bytes:
@@ -153,7 +146,7 @@ def test_pem_files_certificates_and_keys(tmp_path: Path) -> None:
                                                              ("spiffe://mesh.local",)]
     with pytest.raises(DerError, match="no PEM certificate"):
         der.pem_certificates(ISSUED.key_pem)
-    key = signatures.ec_private_key(der.pem_ec_private_key(ISSUED.key_pem))
+    key = signatures.private_key(der.pem_ec_private_key(ISSUED.key_pem))
     assert signatures.key_matches(parse_certificate(LEAF_DER), key)
     assert not signatures.key_matches(certs.parsed(CA.certificate), key)
     encrypted = ISSUED.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
