@@ -10,8 +10,6 @@ import argparse
 import base64
 import os
 import sys
-import urllib.error
-import urllib.request
 
 from sidecar import __version__
 from sidecar.cli import explain, inject, reload
@@ -123,6 +121,8 @@ def dispatch(args: argparse.Namespace) -> int:
 def wait_ready(admin: str, timeout: float) -> int:
     """Exit 0 once /ready answers 200, 1 at the deadline (the last answer is printed)."""
     import time
+    import urllib.error
+    import urllib.request  # here, not at the top: see sidecar.cli.admin.request_json
     url = admin.rstrip("/") + "/ready"
     deadline = time.monotonic() + timeout
     last = "no answer"

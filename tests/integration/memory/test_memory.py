@@ -84,6 +84,9 @@ DEFERRED_PACKAGES = (
     "prometheus_client",          # never: /metrics is written by sidecar.telemetry.exposition
     "cryptography.x509",          # `sidecar certs` and renewals by tls.issuer.ca_key (certificates read: tls.der)
     "cryptography.hazmat.primitives.serialization",   # the same (keys read by sidecar.tls.der)
+    "urllib.request",             # the CLI commands that ask an admin port (sidecar.cli.admin), never `sidecar run`
+    "http.client",                # urllib.request's, and telemetry.tracing.exporter: otlp (sidecar.telemetry.export)
+    "email",                      # http.client's header parser
 )
 # what only tls (signatures) and gossip.encrypt_keys (AES-GCM) load: the example config has neither
 WITHOUT_TLS_OR_GOSSIP_KEYS = ("cryptography",)
