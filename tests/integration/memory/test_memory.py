@@ -87,6 +87,8 @@ DEFERRED_PACKAGES = (
     "urllib.request",             # the CLI commands that ask an admin port (sidecar.cli.admin), never `sidecar run`
     "http.client",                # urllib.request's, and telemetry.tracing.exporter: otlp (sidecar.telemetry.export)
     "email",                      # http.client's header parser
+    "importlib.resources",        # the dashboard's page, read with the first GET / of the admin port
+    "zipfile",                    # importlib.resources' readers
 )
 # what only tls (signatures) and gossip.encrypt_keys (AES-GCM) load: the example config has neither
 WITHOUT_TLS_OR_GOSSIP_KEYS = ("cryptography",)
