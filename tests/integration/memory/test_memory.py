@@ -89,6 +89,10 @@ DEFERRED_PACKAGES = (
     "email",                      # http.client's header parser
     "importlib.resources",        # the dashboard's page, read with the first GET / of the admin port
     "zipfile",                    # importlib.resources' readers
+    "tempfile",                   # renewals by tls.issuer.command; TLS material where Linux has no memfd_create
+    "difflib",                    # a config with an unknown key ("did you mean ...?")
+    "uuid",                       # the first message an app sends (its id)
+    "platform",                   # uuid's
 )
 # what only tls (signatures) and gossip.encrypt_keys (AES-GCM) load: the example config has neither
 WITHOUT_TLS_OR_GOSSIP_KEYS = ("cryptography",)
