@@ -93,6 +93,10 @@ DEFERRED_PACKAGES = (
     "difflib",                    # a config with an unknown key ("did you mean ...?")
     "uuid",                       # the first message an app sends (its id)
     "platform",                   # uuid's
+    "shutil",                     # argparse's own help formatter (sidecar.cli.commands.help_formatter reads the
+                                  # width without it), renewals by tls.issuer.command
+    "bz2",                        # shutil's
+    "lzma",                       # shutil's
 )
 # what only tls (signatures) and gossip.encrypt_keys (AES-GCM) load: the example config has neither
 WITHOUT_TLS_OR_GOSSIP_KEYS = ("cryptography",)
