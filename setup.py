@@ -114,9 +114,18 @@ def native_extensions() -> list[object]:
         return pure("mypyc is not installed")
     try:
         # one shared library inside the package (found wherever the package is), named rather than hashed
-        return list(mypycify(NATIVE, opt_level="3", group_name="sidecar._native"))
+        extensions = list(mypycify(NATIVE, opt_level="3", group_name="sidecar._native"))
     except (Exception, SystemExit) as e:  # mypyc exits on a failed type check (a dependency or stub missing)
         return pure(f"mypyc could not compile the request path ({type(e).__name__}: {e})")
+    if sys.platform.startswith("linux"):
+        # What the loader reads of the 9.5 MB library stays resident in every sidecar: with every symbol exported,
+        # its symbol tables were 0.35 MB, and its relocations 0.45 MB (RELA, 24 bytes per pointer in its data).
+        # Only PyInit_ need exporting (the modules' shims reach their code through capsules), and packed relative
+        # relocations (DT_RELR, glibc 2.36; an older linker ignores the option) take a few KB: 0.45 MiB less RSS.
+        for extension in extensions:
+            extension.extra_compile_args = [*(extension.extra_compile_args or []), "-fvisibility=hidden"]
+            extension.extra_link_args = [*(extension.extra_link_args or []), "-Wl,-z,pack-relative-relocs"]
+    return extensions
 
 
 class OptionalBuildExt(build_ext):
