@@ -2,10 +2,10 @@
 modules it loads (every import the real process makes, printed by Python's ``-X importtime``): an idle sidecar,
 the example config's or one with mTLS, imports none of DEFERRED_PACKAGES and DEFERRED_MODULES (the OpenTelemetry
 SDK, ``rich``, HTTP/2, dnspython's codec, the request explainer, the CLI's HTTP client, tempfile, shutil...), each of
-which loads with the feature, the command or the first request that uses it, and the example config (no tls, no gossip keys) no ``cryptography`` at all; one with
-``exporter: otlp`` imports our OTLP encoder but not the SDK's exporter, and
-its spans still reach the collector. Resident memory is checked idle, right after fifty
-concurrent clients, and per idle mTLS connection on the inbound listener (run with -s to see the figures).
+which loads with the feature, the command or the first request that uses it, and the example config (no tls, no
+gossip keys) no ``cryptography`` at all; one with ``exporter: otlp`` imports our OTLP encoder but not the SDK's
+exporter, and its spans still reach the collector. Resident memory is checked idle, right after fifty concurrent
+clients, and per idle mTLS connection on the inbound listener (run with -s to see the figures).
 
 The bounds are regression guards set from what this 2-core machine measures, with room for allocator noise; the
 targets of issue 21 (idle 45 MB, 60 MB after the c=50 bench, 16 KiB an idle mTLS connection) are not reached yet,
@@ -51,9 +51,9 @@ from tests.integration.telemetry.conftest import OtlpReceiver
 # with the admin port, the app API and the delivery receiver on sidecar.httpd rather than aiohttp, which is no longer
 # imported at all; 51.2 MiB with urllib.request (http.client, email), importlib.resources, tempfile, shutil (bz2,
 # lzma), difflib and uuid left to the commands and the first uses that need them; 50.8 MiB with the compiled
-# library's symbol tables and relocations no longer resident (setup.py). Issue 21's goal is 45 MB. The bound is the measured figure plus 1.5 MiB, a guard against
-# regressions with room for allocator noise; what it cannot see (a module imported and barely used) the module
-# assertions do.
+# library's symbol tables and relocations no longer resident (setup.py). Issue 21's goal is 45 MB. The bound is the
+# measured figure plus 1.5 MiB, a guard against regressions with room for allocator noise; what it cannot see (a
+# module imported and barely used) the module assertions do.
 IDLE_RSS_BOUND = int(52.3 * 1024 * 1024)
 # right after 50 concurrent keep-alive clients through outbound -> mTLS -> our own inbound -> the app: ~57 MiB
 # measured (the pooled mTLS connections, both ends in this one process, stay open for the peer idle timeout)
