@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import urllib.error
-import urllib.request
 from typing import Any
 
 from sidecar.cli.errors import CommandFailed, UsageError
@@ -51,6 +49,10 @@ def read_token_file(path: str | None) -> str | None:
 def request_json(method: str, url: str, body: bytes | None, token: str | None, timeout: float) -> Any:
     """The JSON answer of ``method url``; :class:`AdminError` on an error status, :class:`CommandFailed` when
     the admin port cannot be reached. A ``body`` is sent as YAML (JSON is YAML); a POST without one is empty."""
+    # urllib.request brings http.client and the email package (~1.5 MiB): `sidecar run` imports this module
+    # for its parser and never talks to an admin port, so only the commands that do load it
+    import urllib.error
+    import urllib.request
     headers = {"Content-Type": "application/yaml"} if body is not None else {}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"

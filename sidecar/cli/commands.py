@@ -10,8 +10,7 @@ import argparse
 import base64
 import os
 import sys
-import urllib.error
-import urllib.request
+from typing import Any
 
 from sidecar import __version__
 from sidecar.cli import explain, inject, reload
@@ -21,8 +20,33 @@ from sidecar.cli.errors import CommandFailed, UsageError
 DEFAULT_CONFIG = "config/sidecar.yaml"
 
 
+def help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter at the terminal's width, read as ``shutil.get_terminal_size`` reads it (``$COLUMNS``,
+    else stdout's terminal, else 80) without importing shutil: argparse makes a formatter for every argument it is
+    given, and its own reads the width with shutil, which loads bz2 and lzma (~0.3 MiB) into every ``sidecar run``,
+    a command that prints no help."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (ValueError, OSError):  # not a terminal, or stdout closed
+            columns = 0
+    return argparse.HelpFormatter(prog, width=(columns if columns > 0 else 80) - 2)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser with :func:`help_formatter`; its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", help_formatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sidecar", description="A sidecar proxy for microservices.")
+    parser = Parser(prog="sidecar", description="A sidecar proxy for microservices.")
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -123,6 +147,8 @@ def dispatch(args: argparse.Namespace) -> int:
 def wait_ready(admin: str, timeout: float) -> int:
     """Exit 0 once /ready answers 200, 1 at the deadline (the last answer is printed)."""
     import time
+    import urllib.error
+    import urllib.request  # here, not at the top: see sidecar.cli.admin.request_json
     url = admin.rstrip("/") + "/ready"
     deadline = time.monotonic() + timeout
     last = "no answer"

@@ -8,7 +8,6 @@ checks every rule. Every problem found is reported at once, each as ``dotted.pat
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import re
@@ -322,6 +321,7 @@ def _build_dataclass(tp: Any, value: Any, path: str, problems: list[str]) -> Any
     invalid = False
     for key, item in value.items():
         if key not in fields:
+            import difflib  # only for a config with a mistake in it
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
             problems.append(f"{_join(path, str(key))}: unknown key{hint} (got {show(item)})")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +61,7 @@ class ServiceMessage:
 
     @classmethod
     def new(cls, sender: str, body: MessageBody, now_ms: int, message_id: str | None = None) -> ServiceMessage:
+        import uuid  # with the first message: uuid brings platform, and most sidecars send none
         return cls(message_id or str(uuid.uuid4()), sender, now_ms, body.type, body.payload, body.metadata)
 
     def to_json(self) -> dict[str, Any]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -131,6 +129,8 @@ class ShellCommand:
         self.staging_parent = staging_parent
 
     async def obtain(self, wanted: WantedIdentity, timeout: float) -> NewPair:
+        import shutil
+        import tempfile  # here: a renewal by command is rare, and the two modules cost an idle sidecar ~0.5 MiB
         try:
             staging = Path(tempfile.mkdtemp(prefix=".sidecar-renew-", dir=self.staging_parent))
         except OSError as exc:

@@ -38,7 +38,6 @@ import logging
 import os
 import socket
 import ssl
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -170,6 +169,7 @@ def _as_files(*blobs: bytes) -> Iterator[list[str]]:
             for fd in fds:
                 os.close(fd)
         return
+    import tempfile  # with shutil and the compression modules it loads (~0.5 MiB): only where memfds are not
     with tempfile.TemporaryDirectory(prefix="sidecar-tls-") as folder:
         names = []
         for i, blob in enumerate(blobs):
