@@ -7,8 +7,10 @@ answering 202 at once and storing nothing, beside the same publishers on Redis X
 and answered ``202 {"id": ...}`` with a fixed id; ``api``: the same route behind the app API's middlewares (the error
 shape and the access rule) that also parses and validates the body as the real handler does. The publishers are
 :mod:`bench.messaging`'s (aiohttp, ``concurrency`` at once); CPU µs a request is the server process's own (user +
-system), so it says what the HTTP exchange alone costs the sidecar. A publish to the real sidecar cannot be faster
-than ``bare`` on this machine: with ``bulk`` delivery bound by the publish rate, this caps it.
+system), so it says what the HTTP exchange alone costs the sidecar. ``(raw client)``: the same servers driven by a
+minimal HTTP/1.1 client, as cheap as the Redis publishers' RESP, to tell the server's bound from aiohttp's. A
+publish to the real sidecar cannot be faster than ``bare`` on this machine: with ``bulk`` delivery bound by the
+publish rate, this caps it.
 """
 
 from __future__ import annotations
@@ -88,6 +90,30 @@ async def drive(url: str, count: int, concurrency: int) -> float:
         return count / (time.monotonic() - started)
 
 
+async def drive_raw(port: int, count: int, concurrency: int) -> float:
+    """The same publishes by a minimal HTTP/1.1 client (one keep-alive connection a publisher, the request bytes
+    formatted here, the answer read by its Content-Length): what the server reaches when the publishers cost as
+    little as Redis's; msg/s."""
+    remaining = iter(range(count))
+
+    async def publisher() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for n in remaining:
+            body = b'{"type":"bench","payload":%d}' % n
+            writer.write(b"POST /v1/publish/floor HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 202"), head
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        writer.close()
+        await writer.wait_closed()
+
+    started = time.monotonic()
+    await asyncio.gather(*(publisher() for _ in range(concurrency)))
+    return count / (time.monotonic() - started)
+
+
 async def xadd(redis: Redis, count: int, concurrency: int) -> float:
     """The same publishers on XADD to a stream no one reads; msg/s."""
     connections = [await Resp.connect(redis.port) for _ in range(concurrency)]
@@ -105,38 +131,49 @@ async def xadd(redis: Redis, count: int, concurrency: int) -> float:
     return rate
 
 
+def start_server(api: bool) -> tuple[subprocess.Popen[str], int]:
+    """A server process (:func:`serve`), once it listens; and its port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.messaging.floor", "--serve", str(port),
+                             *(["--api"] if api else [])], cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc, port
+
+
 async def bench(tmp: Path, messages: int, concurrency: int, rounds: int) -> None:
     servers: dict[str, tuple[subprocess.Popen[str], int]] = {}
     redis = Redis(tmp, durable=False)
     try:
         for name in ("bare", "api"):
-            port = free_port()
-            proc = subprocess.Popen([sys.executable, "-m", "bench.messaging.floor", "--serve", str(port),
-                                     *(["--api"] if name == "api" else [])], cwd=str(ROOT), stdout=subprocess.PIPE,
-                                    text=True)
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-            servers[name] = (proc, port)
+            servers[name] = await asyncio.to_thread(start_server, name == "api")
         await redis.start()
-        for name, (_, port) in servers.items():   # warm up: connections, the first requests
+        for _, port in servers.values():   # warm up: connections, the first requests
             await drive(f"http://127.0.0.1:{port}/v1/publish/floor", 500, concurrency)
-        rates: dict[str, list[float]] = {name: [] for name in (*servers, "redis XADD")}
+        names = [*servers, *(f"{name} (raw client)" for name in servers), "redis XADD"]
+        rates: dict[str, list[float]] = {name: [] for name in names}
         cpu: dict[str, list[float]] = {name: [] for name in rates}
+        publishers: dict[str, list[float]] = {name: [] for name in rates}
         for round_ in range(rounds):
-            order = [*servers, "redis XADD"]
-            for name in order if round_ % 2 == 0 else reversed(order):
-                pid = servers[name][0].pid if name in servers else redis.server.pid if redis.server else 0
-                before = cpu_seconds(pid)
-                if name in servers:
-                    rate = await drive(f"http://127.0.0.1:{servers[name][1]}/v1/publish/floor", messages, concurrency)
-                else:
+            for name in names if round_ % 2 == 0 else reversed(names):
+                server = servers.get(name.split()[0])
+                pid = server[0].pid if server is not None else redis.server.pid if redis.server else 0
+                before, own = cpu_seconds(pid), time.process_time()
+                if server is None:
                     rate = await xadd(redis, messages, concurrency)
+                elif name.endswith("(raw client)"):
+                    rate = await drive_raw(server[1], messages, concurrency)
+                else:
+                    rate = await drive(f"http://127.0.0.1:{server[1]}/v1/publish/floor", messages, concurrency)
                 rates[name].append(rate)
                 cpu[name].append((cpu_seconds(pid) - before) / messages * 1e6)
-                print(f"{name:<11} {rate:8.0f} msg/s  server CPU {cpu[name][-1]:5.0f} µs/request", flush=True)
+                publishers[name].append((time.process_time() - own) / messages * 1e6)
+                print(f"{name:<22} {rate:8.0f} msg/s  server CPU {cpu[name][-1]:5.0f} µs/request  publishers' "
+                      f"{publishers[name][-1]:5.0f}", flush=True)
         print(f"\none message a POST, {concurrency} publishers, {messages} messages; medians of {rounds} rounds")
-        print("| server | msg/s | server CPU µs/request |\n|---|---|---|")
+        print("| server | msg/s | server CPU µs/request | publishers' CPU µs/request |\n|---|---|---|---|")
         for name in rates:
-            print(f"| {name} | {statistics.median(rates[name]):.0f} | {statistics.median(cpu[name]):.0f} |")
+            print(f"| {name} | {statistics.median(rates[name]):.0f} | {statistics.median(cpu[name]):.0f} | "
+                  f"{statistics.median(publishers[name]):.0f} |")
     finally:
         for proc, _ in servers.values():
             proc.kill()

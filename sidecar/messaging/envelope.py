@@ -40,7 +40,7 @@ def encode_message(message_id: str, sender: str, timestamp: int, body: MessageBo
     the message leaves out), the message is encoded from ``body``."""
     if raw is not None and raw[:1] == b"{" and raw[-1:] == b"}" and len(raw) > 2 and b"\x00" not in raw \
             and b"\n" not in raw and b"\r" not in raw and (body.metadata is not None or b'"metadata"' not in raw):
-        head = '{"id":%s,"service":%s,"timestamp":%d,' % (json.dumps(message_id), json.dumps(sender), timestamp)
+        head = f'{{"id":{json.dumps(message_id)},"service":{json.dumps(sender)},"timestamp":{int(timestamp)},'
         return head.encode() + raw[1:]
     return ServiceMessage(message_id, sender, timestamp, body.type, body.payload, body.metadata).to_bytes()
 

@@ -56,7 +56,7 @@ from sidecar.messaging.context import (
 )
 from sidecar.messaging.courier import Courier
 from sidecar.messaging.deadletters import DeadLetters
-from sidecar.messaging.envelope import MessageBody, ServiceMessage
+from sidecar.messaging.envelope import MessageBody
 from sidecar.messaging.inbox import Inbox
 from sidecar.messaging.local_subs import LocalSubscriptions
 from sidecar.messaging.publisher import Publisher
