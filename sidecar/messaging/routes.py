@@ -18,13 +18,14 @@ from sidecar.web import Handler, json_response, last_event_id, read_json_object,
 
 DEFAULT_BULK = BulkDeliveryConfig().max_messages
 ACCEPTED_HEADERS = {"Content-Type": "application/json"}   # a publish's 202 {"id": UUID}
-TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
-                 "x-b3-sampled", "x-b3-flags")
+TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
+                           b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags"))
 
 
 def trace_headers(request: Request) -> dict[str, str]:
     """The caller's trace context, to be continued by the message's hops."""
-    return {k: v for k, v in request.headers if k.lower() in TRACE_HEADERS}
+    return {name.decode("latin-1"): value.decode("latin-1") for lower, name, value in request.headers.items
+            if lower in TRACE_HEADERS}
 
 
 def with_trace(body: MessageBody, trace: dict[str, str]) -> MessageBody:
