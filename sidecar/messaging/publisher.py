@@ -13,8 +13,8 @@ after the commit. Added from the event loop, taken in the writer's thread: the l
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from typing import Any
 
 from sidecar.errors import ResourceExhausted
 from sidecar.messaging.context import MessagingContext
@@ -33,6 +33,7 @@ class Publisher:
         self._items: list[Item] = []   # published, not yet taken by the writer
         self._bytes = 0                # their bodies' bytes
         self._commit: asyncio.Future[tuple[int, int]] | None = None   # the operation that will take them
+        self._waiters: list[asyncio.Future[None]] = []   # their publishes, answered when that commit is done
 
     @property
     def queued(self) -> int:
@@ -59,15 +60,17 @@ class Publisher:
         message_id = new_message_id()
         now_ms = ctx.now_ms()
         stored = encode_message(message_id, sender, now_ms, body, raw)
+        # a future of its own: a publish cancelled while it waits cancels only that, not the commit the others wait for
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
-            commit = self._commit
-            if commit is None:
-                commit = self._commit = writer.submit(self._write)   # raises when the writer stops: nothing queued
-                commit.add_done_callback(self._count)
+            if self._commit is None:
+                self._commit = writer.submit(self._write)   # raises when the writer stops: nothing queued
+                self._waiters = []
+                self._commit.add_done_callback(functools.partial(self._answer, self._waiters))
             self._items.append((message_id, topic, stored, now_ms))
             self._bytes += len(stored)
-        # shielded: a publish cancelled while it waits must not cancel the commit the others wait for
-        await asyncio.shield(commit)
+            self._waiters.append(waiter)
+        await waiter
         return message_id
 
     def _write(self, store: Store) -> tuple[int, int]:
@@ -81,10 +84,21 @@ class Publisher:
             store.after_commit(lambda: streams.offer_many(offers))
         return len(items), seqs.count(0)
 
-    def _count(self, commit: asyncio.Future[Any]) -> None:
-        if commit.cancelled() or commit.exception() is not None:
-            return
-        published, unsubscribed = commit.result()
-        self.ctx.counters["published"] += published
-        if unsubscribed:
-            self.ctx.counters["published_unsubscribed"] += unsubscribed
+    def _answer(self, waiters: list[asyncio.Future[None]], commit: asyncio.Future[tuple[int, int]]) -> None:
+        """The commit is done: every publish in it is answered (its 202, or the commit's failure)."""
+        cancelled = commit.cancelled()
+        error = None if cancelled else commit.exception()
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if cancelled:
+                waiter.cancel()
+            elif error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+        if not cancelled and error is None:
+            published, unsubscribed = commit.result()
+            self.ctx.counters["published"] += published
+            if unsubscribed:
+                self.ctx.counters["published_unsubscribed"] += unsubscribed

@@ -4,6 +4,7 @@ each waits for that commit (its 202), and their streams' workers get them from m
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -103,5 +104,22 @@ def test_a_publish_beyond_the_queue_is_refused_and_what_was_queued_counts(tmp_pa
         await held
         await asyncio.gather(*queued)
         assert ctx.counters["publish_rejected"] == 1
+        await ctx.close()
+    asyncio.run(main())
+
+
+def test_a_commit_that_fails_answers_every_publish_in_it_with_its_failure(tmp_path: Path) -> None:
+    async def main() -> None:
+        ctx = await opened(tmp_path)
+        assert ctx.writer is not None and ctx.store is not None
+        publisher = Publisher(ctx, cast(Streams, Handed()))
+        await ctx.writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+        await ctx.writer.submit(lambda s: s.w.execute("ALTER TABLE messages RENAME TO gone"))   # every INSERT fails
+        results = await asyncio.gather(*(publisher.publish("t", MessageBody("n", i)) for i in range(20)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, sqlite3.OperationalError) and "messages" in str(r) for r in results), results
+        assert ctx.store.pending == 0 and ctx.counters["published"] == 0   # nothing counted as stored
+        await ctx.writer.submit(lambda s: s.w.execute("ALTER TABLE gone RENAME TO messages"))
+        assert await publisher.publish("t", MessageBody("n", "after")) and ctx.store.pending == 1
         await ctx.close()
     asyncio.run(main())
