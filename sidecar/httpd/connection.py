@@ -228,7 +228,9 @@ class HttpConnection(asyncio.Protocol):
         """Start serving the queue, or pause reading when it is long."""
         if self._task is None:
             self.state = BUSY
-            self._timer.cancel()
+            # no deadline while the app has the request; the armed handle is kept for the next one (a handle
+            # made and cancelled a request costs more than the rest of the bookkeeping)
+            self._timer.set(None)
             self._task = self.listener.loop.create_task(self._serve_queue())
         elif len(self._queue) >= self.listener.limits.max_pipelined and not self._read_paused:
             self._read_paused = True

@@ -36,6 +36,12 @@ _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
+# heads already encoded: the same few answers (a publish's 202, the API's small JSON) come again and again; any
+# other fills it and empties it, which costs no more than encoding
+_HEADS: dict[tuple[int, tuple[tuple[str, str], ...], int | None, bool, bool], bytes] = {}
+HEADS_KEPT = 256
+
+
 def encode_head(status: int, headers: Mapping[str, str], content_length: int | None, chunked: bool,
                 close: bool) -> bytes:
     """An HTTP/1.1 response head: the status line, ``headers`` (framing and connection fields left out: this
@@ -43,6 +49,18 @@ def encode_head(status: int, headers: Mapping[str, str], content_length: int | N
 
     A name that is not a token, or a value with CR, LF or NUL, is a ValueError: no handler can split a response.
     """
+    key = (status, tuple(headers.items()), content_length, chunked, close)
+    head = _HEADS.get(key)
+    if head is None:
+        head = _encode_head(status, headers, content_length, chunked, close)
+        if len(_HEADS) >= HEADS_KEPT:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head
+
+
+def _encode_head(status: int, headers: Mapping[str, str], content_length: int | None, chunked: bool,
+                 close: bool) -> bytes:
     lines = [f"HTTP/1.1 {status} {reason_phrase(status)}\r\n"]
     for name, value in headers.items():
         if not name or not _TOKEN.issuperset(name):

@@ -126,7 +126,7 @@ class PathRouter:
 
     def __init__(self) -> None:
         self._static: dict[str, _Pattern] = {}
-        self._dynamic: list[_Pattern] = []
+        self._dynamic: dict[int, list[_Pattern]] = {}   # by segment count: only those can match a path
         self._patterns: dict[str, _Pattern] = {}
 
     def add(self, method: str, path: str, handler: Handler) -> None:
@@ -134,7 +134,7 @@ class PathRouter:
         if pattern is None:
             pattern = self._patterns[path] = _Pattern(path)
             if "{" in path:
-                self._dynamic.append(pattern)
+                self._dynamic.setdefault(len(pattern.segments), []).append(pattern)
             else:
                 self._static[path] = pattern
         method = method.upper()
@@ -154,7 +154,7 @@ class PathRouter:
         candidates: list[tuple[_Pattern, dict[str, str]]] = [(static, {})] if static is not None else []
         if self._dynamic:
             parts = path.split("/")[1:]
-            for pattern in self._dynamic:
+            for pattern in self._dynamic.get(len(parts), ()):
                 params = pattern.match(parts)
                 if params is not None:
                     candidates.append((pattern, params))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,29 @@ def check_topic(topic: str) -> str:
         raise InvalidArgument(f"topic must be letters, digits, '.', '_' and '-', 1 to 200 characters (got {topic!r})",
                               {"field": "topic", "topic": topic})
     return topic
+
+
+def new_message_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` gives, without building a UUID object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40   # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80   # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def encode_message(message_id: str, sender: str, timestamp: int, body: MessageBody, raw: bytes | None) -> bytes:
+    """The ServiceMessage ``{id, service, timestamp, type, payload, metadata?}`` as stored and delivered. With
+    ``raw``, the app's own JSON of ``body`` (an object of type, payload and metadata, already parsed into ``body``),
+    its members follow ``id``, ``service`` and ``timestamp`` as they are, not encoded again: the same JSON value.
+    ``raw`` is taken only when it is one line of UTF-8 (no NUL, which any other encoding of ``{`` has, and no line
+    break: a stored message is one line) from ``{`` to ``}``; else, or when it names ``metadata`` null (which
+    the message leaves out), the message is encoded from ``body``."""
+    if raw is not None and raw[:1] == b"{" and raw[-1:] == b"}" and len(raw) > 2 and b"\x00" not in raw \
+            and b"\n" not in raw and b"\r" not in raw and (body.metadata is not None or b'"metadata"' not in raw):
+        head = f'{{"id":{json.dumps(message_id)},"service":{json.dumps(sender)},"timestamp":{int(timestamp)},'
+        return head.encode() + raw[1:]
+    return ServiceMessage(message_id, sender, timestamp, body.type, body.payload, body.metadata).to_bytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +85,7 @@ class ServiceMessage:
 
     @classmethod
     def new(cls, sender: str, body: MessageBody, now_ms: int, message_id: str | None = None) -> ServiceMessage:
-        import uuid  # with the first message: uuid brings platform, and most sidecars send none
-        return cls(message_id or str(uuid.uuid4()), sender, now_ms, body.type, body.payload, body.metadata)
+        return cls(message_id or new_message_id(), sender, now_ms, body.type, body.payload, body.metadata)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "service": self.service, "timestamp": self.timestamp,

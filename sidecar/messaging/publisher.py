@@ -1,43 +1,104 @@
 """Publish: the message is queued for the writer (group commit) with one delivery row per stream of its topic;
-the 202 waits for that commit, and the committed message is handed to its streams' workers (they need not read it
-back from the store). Beyond ``messaging.queue`` the publish is refused with 429."""
+the 202 waits for that commit, and the committed messages are handed to their streams' workers (they need not read
+them back from the store). Beyond ``messaging.queue`` the publish is refused with 429.
+
+Every publish made while a commit runs goes into the next one as a single operation of the writer: its messages
+in two statements (:meth:`Store.w_publish_many`), one future that all of them wait for, one hand-over per stream
+after the commit. Added from the event loop, taken in the writer's thread: the lock guards the hand-over.
+
+    publisher = Publisher(ctx, streams)
+    message_id = await publisher.publish(topic, body, sender_header, raw)
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import threading
+
 from sidecar.errors import ResourceExhausted
 from sidecar.messaging.context import MessagingContext
-from sidecar.messaging.envelope import MessageBody, ServiceMessage, check_topic
+from sidecar.messaging.envelope import MessageBody, check_topic, encode_message, new_message_id
 from sidecar.messaging.store import Store
 from sidecar.messaging.streams import Streams
 
+Item = tuple[str, str, bytes, int]   # (message id, topic, stored ServiceMessage JSON, created ms)
 
-async def publish(ctx: MessagingContext, streams: Streams, topic: str, body: MessageBody,
-                  sender_header: str | None = None) -> ServiceMessage:
-    """Store the message durably for every subscriber of ``topic``; returns once committed."""
-    store, writer = ctx.require()
-    check_topic(topic)
-    queue = ctx.settings.queue
-    if store.pending + writer.queued >= queue.max_pending or writer.queued_bytes >= queue.max_write_bytes:
-        ctx.counters["publish_rejected"] += 1
-        raise ResourceExhausted(
-            f"the outbox is full ({store.pending} messages pending, {writer.queued} queued; "
-            f"messaging.queue.max_pending is {queue.max_pending})",
-            {"pending": store.pending, "queued": writer.queued, "maxPending": queue.max_pending})
-    sender = ctx.sender(sender_header)
-    ctx.scopes.check_publish(sender, topic)
-    message = ServiceMessage.new(sender, body, ctx.now_ms())
-    raw = message.to_bytes()
-    now_ms = message.timestamp
 
-    def op(s: Store) -> int:
-        seq, wanting, tails = s.w_publish(message.id, topic, raw, now_ms)
-        if wanting:
-            # once on disk, the message goes to its streams' workers from memory (in commit order, whether or not
-            # this publish is still waited for)
-            s.after_commit(lambda: streams.offer(wanting, tails, (seq, raw)))
-        return seq
-    seq = await writer.submit(op, size=len(raw))
-    ctx.counters["published"] += 1
-    if not seq:
-        ctx.counters["published_unsubscribed"] += 1
-    return message
+class Publisher:
+    def __init__(self, ctx: MessagingContext, streams: Streams) -> None:
+        self.ctx = ctx
+        self.streams = streams
+        self._lock = threading.Lock()
+        self._items: list[Item] = []   # published, not yet taken by the writer
+        self._bytes = 0                # their bodies' bytes
+        self._commit: asyncio.Future[tuple[int, int]] | None = None   # the operation that will take them
+        self._waiters: list[asyncio.Future[None]] = []   # their publishes, answered when that commit is done
+
+    @property
+    def queued(self) -> int:
+        return len(self._items)
+
+    async def publish(self, topic: str, body: MessageBody, sender_header: str | None = None,
+                      raw: bytes | None = None) -> str:
+        """Store the message durably for every subscriber of ``topic``; its id, once committed. ``raw``: the
+        request's own JSON of ``body``, kept as it is in the stored message when it can be (:func:`encode_message`)."""
+        ctx = self.ctx
+        store, writer = ctx.require()
+        check_topic(topic)
+        queue = ctx.settings.queue
+        # the writer's other operations, and the publishes waiting for theirs (counted as its messages)
+        queued = max(writer.queued - (self._commit is not None), 0) + len(self._items)
+        if store.pending + queued >= queue.max_pending or writer.queued_bytes + self._bytes >= queue.max_write_bytes:
+            ctx.counters["publish_rejected"] += 1
+            raise ResourceExhausted(
+                f"the outbox is full ({store.pending} messages pending, {queued} queued; "
+                f"messaging.queue.max_pending is {queue.max_pending})",
+                {"pending": store.pending, "queued": queued, "maxPending": queue.max_pending})
+        sender = ctx.sender(sender_header)
+        ctx.scopes.check_publish(sender, topic)
+        message_id = new_message_id()
+        now_ms = ctx.now_ms()
+        stored = encode_message(message_id, sender, now_ms, body, raw)
+        # a future of its own: a publish cancelled while it waits cancels only that, not the commit the others wait for
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if self._commit is None:
+                self._commit = writer.submit(self._write)   # raises when the writer stops: nothing queued
+                self._waiters = []
+                self._commit.add_done_callback(functools.partial(self._answer, self._waiters))
+            self._items.append((message_id, topic, stored, now_ms))
+            self._bytes += len(stored)
+            self._waiters.append(waiter)
+        await waiter
+        return message_id
+
+    def _write(self, store: Store) -> tuple[int, int]:
+        """The writer thread's part: every publish queued since the last, stored; (messages, of which no stream
+        wanted). Their streams' workers get them from memory once the commit is on disk, in commit order."""
+        with self._lock:
+            items, self._items, self._bytes, self._commit = self._items, [], 0, None
+        seqs, offers = store.w_publish_many(items)
+        if offers:
+            streams = self.streams
+            store.after_commit(lambda: streams.offer_many(offers))
+        return len(items), seqs.count(0)
+
+    def _answer(self, waiters: list[asyncio.Future[None]], commit: asyncio.Future[tuple[int, int]]) -> None:
+        """The commit is done: every publish in it is answered (its 202, or the commit's failure)."""
+        cancelled = commit.cancelled()
+        error = None if cancelled else commit.exception()
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if cancelled:
+                waiter.cancel()
+            elif error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+        if not cancelled and error is None:
+            published, unsubscribed = commit.result()
+            self.ctx.counters["published"] += published
+            if unsubscribed:
+                self.ctx.counters["published_unsubscribed"] += unsubscribed

@@ -17,13 +17,15 @@ from sidecar.messaging.service import SENDER_HEADER, Messaging
 from sidecar.web import Handler, json_response, last_event_id, read_json_object, sse_stream
 
 DEFAULT_BULK = BulkDeliveryConfig().max_messages
-TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
-                 "x-b3-sampled", "x-b3-flags")
+ACCEPTED_HEADERS = {"Content-Type": "application/json"}   # a publish's 202 {"id": UUID}
+TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
+                           b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags"))
 
 
 def trace_headers(request: Request) -> dict[str, str]:
     """The caller's trace context, to be continued by the message's hops."""
-    return {k: v for k, v in request.headers if k.lower() in TRACE_HEADERS}
+    return {name.decode("latin-1"): value.decode("latin-1") for lower, name, value in request.headers.items
+            if lower in TRACE_HEADERS}
 
 
 def with_trace(body: MessageBody, trace: dict[str, str]) -> MessageBody:
@@ -47,9 +49,12 @@ def api_routes(messaging: Messaging) -> RouteTable:
 
     @routes.post("/v1/publish/{topic}")
     async def publish(request: Request) -> Response:
-        body = with_trace(MessageBody.from_json(await read_json_object(request)), trace_headers(request))
-        message = await messaging.publish(request.match_info["topic"], body, request.headers.get(SENDER_HEADER))
-        return json_response({"id": message.id}, 202)
+        sent = MessageBody.from_json(await read_json_object(request))
+        body = with_trace(sent, trace_headers(request))
+        # the app's own bytes go into the stored message unless the trace context was added to them
+        message_id = await messaging.publish(request.match_info["topic"], body, request.headers.get(SENDER_HEADER),
+                                             request.body if body is sent else None)
+        return Response(202, b'{"id":"%s"}' % message_id.encode(), ACCEPTED_HEADERS)
 
     @routes.post("/v1/subscriptions")
     async def subscribe(request: Request) -> Response:

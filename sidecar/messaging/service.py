@@ -56,10 +56,10 @@ from sidecar.messaging.context import (
 )
 from sidecar.messaging.courier import Courier
 from sidecar.messaging.deadletters import DeadLetters
-from sidecar.messaging.envelope import MessageBody, ServiceMessage
+from sidecar.messaging.envelope import MessageBody
 from sidecar.messaging.inbox import Inbox
 from sidecar.messaging.local_subs import LocalSubscriptions
-from sidecar.messaging.publisher import publish
+from sidecar.messaging.publisher import Publisher
 from sidecar.messaging.readers import StreamReaders
 from sidecar.messaging.receiver import Receiver
 from sidecar.messaging.reconcile import Reconciler
@@ -87,6 +87,7 @@ class Messaging:
         self.topic_log = TopicLog(ctx)
         self.courier = Courier(ctx, self.topic_log, self.book)
         self.streams = Streams(ctx, self.courier)
+        self.publisher = Publisher(ctx, self.streams)
         self.inbox = Inbox(ctx, self.book, self.streams)
         self.courier.local_inbox = self.inbox.receive
         self.reconciler = Reconciler(ctx, self.book, self.streams)
@@ -189,8 +190,10 @@ class Messaging:
                    trace: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         return await requests.send(self.ctx, service, body, sender_header, trace)
 
-    async def publish(self, topic: str, body: MessageBody, sender_header: str | None = None) -> ServiceMessage:
-        return await publish(self.ctx, self.streams, topic, body, sender_header)
+    async def publish(self, topic: str, body: MessageBody, sender_header: str | None = None,
+                      raw: bytes | None = None) -> str:
+        """The message's id once it is stored durably; ``raw``: the app's JSON of ``body``, stored as it is."""
+        return await self.publisher.publish(topic, body, sender_header, raw)
 
     async def subscribe(self, topic: str, path: str, service: str | None = None, bulk: int = 0) -> Subscription:
         return await self.local.subscribe(topic, path, service, bulk)

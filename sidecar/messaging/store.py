@@ -282,18 +282,53 @@ class Store:
                   ) -> tuple[int, list[int], list[int]]:
         """Store a message for every stream of its topic; ``(seq, streams, tails)``, seq 0 when no stream wants
         it; ``tails``: each stream's newest delivery before this one."""
-        streams = self.topic_streams.get(topic)
-        if not streams:
-            return 0, [], []
-        cur = self.w.execute("INSERT INTO messages (id, topic, body, created_ms) VALUES (?, ?, ?, ?)",
-                             (message_id, topic, body, created_ms))
-        seq = int(cur.lastrowid or 0)
-        self.w.executemany("INSERT INTO deliveries (stream, seq) VALUES (?, ?)", [(s, seq) for s in streams])
-        self.outbox[seq] = [len(streams), len(body), created_ms]
-        self.pending_bytes += len(body)
-        self._tx_messages += 1
-        self._tx_bytes += len(body)
-        return seq, list(streams), [self._follow(s, seq, seq) for s in streams]
+        seqs, offers = self.w_publish_many([(message_id, topic, body, created_ms)])
+        return seqs[0], list(offers), [tail for tail, _ in offers.values()]
+
+    def w_publish_many(self, items: list[tuple[str, str, bytes, int]]
+                       ) -> tuple[list[int], dict[int, tuple[int, list[tuple[int, bytes]]]]]:
+        """Store messages ``(id, topic, body, created_ms)``, in order, each for every stream of its topic, in two
+        statements for the lot (seqs are given here, above every seq the table ever had, as AUTOINCREMENT would).
+        Each message's seq (0: no stream wants it), and per stream ``(its newest delivery before these, the
+        deliveries written: (seq, body) ascending)``."""
+        seqs: list[int] = []
+        rows: list[tuple[int, str, str, bytes, int]] = []
+        deliveries: list[tuple[int, int]] = []
+        offers: dict[int, tuple[int, list[tuple[int, bytes]]]] = {}
+        topic_streams, outbox = self.topic_streams, self.outbox
+        seq = -1
+        size = 0
+        for message_id, topic, body, created_ms in items:
+            streams = topic_streams.get(topic)
+            if not streams:
+                seqs.append(0)
+                continue
+            if seq < 0:
+                found = self.w.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+                seq = int(found[0]) if found is not None else 0
+            seq += 1
+            seqs.append(seq)
+            rows.append((seq, message_id, topic, body, created_ms))
+            size += len(body)
+            for stream in streams:
+                deliveries.append((stream, seq))
+                offer = offers.get(stream)
+                if offer is None:
+                    offers[stream] = (0, [(seq, body)])
+                else:
+                    offer[1].append((seq, body))
+        if not rows:
+            return seqs, offers
+        self.w.executemany("INSERT INTO messages (seq, id, topic, body, created_ms) VALUES (?, ?, ?, ?, ?)", rows)
+        self.w.executemany("INSERT INTO deliveries (stream, seq) VALUES (?, ?)", deliveries)
+        for seq, _, topic, body, created_ms in rows:   # once written: a failed statement leaves no accounting
+            outbox[seq] = [len(topic_streams[topic]), len(body), created_ms]
+        self.pending_bytes += size
+        self._tx_messages += len(rows)
+        self._tx_bytes += size
+        for stream, (_, written) in offers.items():
+            offers[stream] = (self._follow(stream, written[0][0], written[-1][0]), written)
+        return seqs, offers
 
     def w_inbox(self, stream: int, items: list[tuple[int, str, bytes]], created_ms: int
                 ) -> tuple[list[tuple[int, bytes]], int, int]:

@@ -196,13 +196,14 @@ class Streams:
                 worker.unread = True
                 worker.wakeup.set()
 
-    def offer(self, streams: list[int], tails: list[int], delivery: tuple[int, bytes]) -> None:
-        """A published message, committed, handed to each of its streams' workers after the stream's delivery
-        ``tails[i]``: a worker that has read that far sends it without reading the store."""
-        for stream, tail in zip(streams, tails, strict=True):
+    def offer_many(self, offers: dict[int, tuple[int, list[tuple[int, bytes]]]]) -> None:
+        """Published messages, committed, handed to their streams' workers: per stream, the deliveries written
+        after its delivery ``tail``, ascending. A worker that has read that far sends them without reading the
+        store."""
+        for stream, (tail, deliveries) in offers.items():
             worker = self.workers.get(stream)
             if worker is not None:
-                worker.preview(tail, [delivery])
+                worker.preview(tail, deliveries)
 
     def drop(self, stream: int) -> None:
         """Stop a stream's worker (the stream is being forgotten)."""

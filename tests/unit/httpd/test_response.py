@@ -55,3 +55,17 @@ def test_a_request_exposes_path_query_and_headers() -> None:
     assert request.headers.get("ORIGIN") == "http://x"
     assert request.host == "127.0.0.1:3500"
     assert not request.body_exists
+
+
+def test_a_head_encoded_before_is_the_same_bytes_and_a_bad_one_is_never_kept() -> None:
+    headers = {"Content-Type": "application/json"}
+    first = encode_head(202, headers, 45, False, False)
+    assert encode_head(202, dict(headers), 45, False, False) is first   # the same bytes object: from the cache
+    assert encode_head(202, headers, 46, False, False).endswith(b"Content-Length: 46\r\n\r\n")
+    assert encode_head(202, headers, 45, False, True).endswith(b"Connection: close\r\n\r\n")
+    assert encode_head(200, {"X-A": "1"}, 0, False, False) != encode_head(200, {"X-A": "2"}, 0, False, False)
+    for _ in range(2):   # refused every time: a refusal is not cached as a head
+        with pytest.raises(ValueError):
+            encode_head(202, {"X-Bad": "a\r\nInjected: yes"}, 45, False, False)
+    for n in range(600):   # past the cache's bound: still right
+        assert encode_head(200, {"X-N": str(n)}, 0, False, False).startswith(b"HTTP/1.1 200 OK\r\nX-N: %d\r\n" % n)

@@ -299,3 +299,34 @@ def test_the_topic_log_is_trimmed_by_age_and_its_bytes_follow(tmp_path: Path) ->
     store.commit()
     assert [i for i, _ in store.r_log("t", 0, 10)] == [5] and store.log_bytes == 10
     store.close()
+
+
+def test_publishing_many_at_once_keeps_order_and_never_reuses_a_seq(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), LIMITS)
+    store.begin()
+    one, _ = store.w_ensure_stream("t", "billing", "/in", 0)
+    two, _ = store.w_ensure_stream("t", "node:c", "", 0)
+    other, _ = store.w_ensure_stream("u", "audit", "/in", 0)
+    first, _, _ = store.w_publish("m0", "t", b"x", 0)
+    store.commit()
+    store.begin()
+    store.w_settle_many(one.id, [first])
+    store.w_settle_many(two.id, [first])   # the newest message is gone: AUTOINCREMENT never gives its seq again
+    seqs, offers = store.w_publish_many([("m1", "t", b"a", 5), ("m2", "nobody", b"-", 5), ("m3", "u", b"b", 6),
+                                         ("m4", "t", b"c", 7)])
+    store.commit()
+    assert seqs == [first + 1, 0, first + 2, first + 3]
+    assert offers == {one.id: (first, [(first + 1, b"a"), (first + 3, b"c")]),
+                      two.id: (first, [(first + 1, b"a"), (first + 3, b"c")]),
+                      other.id: (0, [(first + 2, b"b")])}
+    assert store.r_page(one.id, 0, 10) == [(first + 1, b"a"), (first + 3, b"c")]
+    assert store.r_page(other.id, 0, 10) == [(first + 2, b"b")]
+    assert (store.pending, store.pending_bytes, store.durable_messages) == (3, 3, 4)
+    store.begin()
+    assert store.w_publish("m5", "u", b"d", 8)[0] == first + 4   # the statement's own AUTOINCREMENT follows them
+    store.commit()
+    store.close()
+    again = Store(str(tmp_path), LIMITS)   # read back after a restart: the same outbox
+    assert list(again.outbox) == [first + 1, first + 2, first + 3, first + 4]
+    assert again.outbox[first + 1][0] == 2
+    again.close()

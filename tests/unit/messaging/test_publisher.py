@@ -1,0 +1,125 @@
+"""Publishing on a real SQLite file: the publishes made while a commit runs go into the next one as one operation,
+each waits for that commit (its 202), and their streams' workers get them from memory after it, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+from sidecar.catalog.mesh import MeshCatalog
+from sidecar.catalog.model import NodeInfo
+from sidecar.catalog.registry import LocalRegistry
+from sidecar.clock import SYSTEM_CLOCK
+from sidecar.config.model import Config, NodeConfig
+from sidecar.errors import ResourceExhausted
+from sidecar.events import EventBus
+from sidecar.messaging.context import MessagingContext
+from sidecar.messaging.envelope import MessageBody, ServiceMessage
+from sidecar.messaging.publisher import Publisher
+from sidecar.messaging.store import Store
+from sidecar.messaging.streams import Streams
+
+
+class Handed:
+    """Stands in for the streams: records what is handed over after each commit."""
+
+    def __init__(self) -> None:
+        self.offers: list[dict[int, tuple[int, list[tuple[int, bytes]]]]] = []
+
+    def offer_many(self, offers: dict[int, tuple[int, list[tuple[int, bytes]]]]) -> None:
+        self.offers.append(offers)
+
+
+async def opened(tmp_path: Path) -> MessagingContext:
+    registry = LocalRegistry("n", EventBus())
+    config = Config(node=NodeConfig(name="n", data_dir=str(tmp_path)))
+    ctx = MessagingContext(config, MeshCatalog(registry, NodeInfo("n", "127.0.0.1", 0, "test")), registry,
+                           SYSTEM_CLOCK)
+    await ctx.open(None, lambda evicted: None)
+    ctx.started = True
+    return ctx
+
+
+def test_publishes_queued_during_a_commit_share_the_next_and_reach_their_streams_in_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        ctx = await opened(tmp_path)
+        assert ctx.writer is not None and ctx.store is not None
+        handed = Handed()
+        publisher = Publisher(ctx, cast(Streams, handed))
+        billing, _ = await ctx.writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+        audit, _ = await ctx.writer.submit(lambda s: s.w_ensure_stream("t", "audit", "/in", 0))
+        running, release = threading.Event(), threading.Event()
+
+        def slow(s: Store) -> None:   # holds a commit open, as a slow disk would
+            running.set()
+            assert release.wait(10)
+        held = ctx.writer.submit(slow)
+        assert await asyncio.to_thread(running.wait, 10)
+        commits = ctx.writer.commits
+        publishes = [asyncio.ensure_future(publisher.publish("t", MessageBody("n", i))) for i in range(100)]
+        await asyncio.sleep(0.05)
+        assert publisher.queued == 100 and not any(p.done() for p in publishes)   # no 202 before the commit
+        publishes[7].cancel()   # a publisher that leaves: the others' commit goes on
+        release.set()
+        await held
+        ids = await asyncio.gather(*publishes[:7], *publishes[8:])
+        assert ctx.writer.commits - commits == 2   # the held commit, then one for the hundred
+        assert len(handed.offers) == 1 and set(handed.offers[0]) == {billing.id, audit.id}
+        tail, deliveries = handed.offers[0][billing.id]
+        assert tail == 0 and [seq for seq, _ in deliveries] == list(range(1, 101))
+        payloads = [ServiceMessage.from_bytes(body).payload for _, body in deliveries]
+        assert payloads == list(range(100))   # publish order
+        assert [ServiceMessage.from_bytes(body).id for _, body in deliveries if body] == \
+            [ServiceMessage.from_bytes(body).id for _, body in handed.offers[0][audit.id][1]]
+        stored = {ServiceMessage.from_bytes(body).id for _, body in deliveries}
+        assert set(ids) <= stored and len(stored) == 100
+        assert ctx.counters["published"] == 100 and ctx.store.pending == 100
+        await ctx.close()
+    asyncio.run(main())
+
+
+def test_a_publish_beyond_the_queue_is_refused_and_what_was_queued_counts(tmp_path: Path) -> None:
+    async def main() -> None:
+        ctx = await opened(tmp_path)
+        assert ctx.writer is not None
+        ctx.settings = replace(ctx.settings, queue=replace(ctx.settings.queue, max_pending=3))
+        publisher = Publisher(ctx, cast(Streams, Handed()))
+        await ctx.writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+        running, release = threading.Event(), threading.Event()
+        held = ctx.writer.submit(lambda s: (running.set(), release.wait(10)))
+        assert await asyncio.to_thread(running.wait, 10)
+        queued: list[Any] = [asyncio.ensure_future(publisher.publish("t", MessageBody("n", i))) for i in range(3)]
+        await asyncio.sleep(0)
+        try:
+            await publisher.publish("t", MessageBody("n", 3))
+        except ResourceExhausted:
+            pass
+        else:
+            raise AssertionError("the fourth publish must be refused: three are queued, max_pending is 3")
+        release.set()
+        await held
+        await asyncio.gather(*queued)
+        assert ctx.counters["publish_rejected"] == 1
+        await ctx.close()
+    asyncio.run(main())
+
+
+def test_a_commit_that_fails_answers_every_publish_in_it_with_its_failure(tmp_path: Path) -> None:
+    async def main() -> None:
+        ctx = await opened(tmp_path)
+        assert ctx.writer is not None and ctx.store is not None
+        publisher = Publisher(ctx, cast(Streams, Handed()))
+        await ctx.writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+        await ctx.writer.submit(lambda s: s.w.execute("ALTER TABLE messages RENAME TO gone"))   # every INSERT fails
+        results = await asyncio.gather(*(publisher.publish("t", MessageBody("n", i)) for i in range(20)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, sqlite3.OperationalError) and "messages" in str(r) for r in results), results
+        assert ctx.store.pending == 0 and ctx.counters["published"] == 0   # nothing counted as stored
+        await ctx.writer.submit(lambda s: s.w.execute("ALTER TABLE gone RENAME TO messages"))
+        assert await publisher.publish("t", MessageBody("n", "after")) and ctx.store.pending == 1
+        await ctx.close()
+    asyncio.run(main())
