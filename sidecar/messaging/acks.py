@@ -48,11 +48,10 @@ class Acks:
                 if self._timer is None:
                     self._timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
                 return
-            self._queued = True
-        self._submit()
+        self.flush()
 
     def flush(self) -> None:
-        """Queue what is owed for the next commit now (the delay's end, or messaging stopping)."""
+        """Queue what is owed for the next commit now (the delay's end, enough owed, or messaging stopping)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -60,12 +59,6 @@ class Acks:
             if self._queued or not self._owed:
                 return
             self._queued = True
-        self._submit()
-
-    def _submit(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         try:
             self.writer.submit(self._write, durable=False).add_done_callback(consume)
         except Exception:
