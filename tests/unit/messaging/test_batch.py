@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from sidecar.messaging.courier import _message_id
 from sidecar.messaging.envelope import MessageBody, ServiceMessage, batch_from_bytes
 
 
@@ -47,3 +48,17 @@ def test_any_other_batch_gets_each_message_encoded_as_before(raw: bytes) -> None
 def test_what_is_not_a_batch_of_service_messages_is_refused(raw: bytes) -> None:
     with pytest.raises(ValueError):
         batch_from_bytes(raw)
+
+
+@pytest.mark.parametrize("body", [
+    *(ServiceMessage.new("pub", MessageBody("t", 1), 1, i).to_bytes()
+      for i in ("9b4d7c1e-2f7a-4c1e-9d0b-1a2b3c4d5e6f", 'a"b', "a\\b", "é", "x")),
+    b'{"id":"x', b'{"idx":1}', b'{"id":"a\\u0041"}', b'{"id":"\xff"}', b'{"id":7}', b"[]", b"",
+])
+def test_a_stored_message_s_id_is_read_as_its_json_says(body: bytes) -> None:
+    try:
+        doc = json.loads(body)
+        expected = doc["id"] if isinstance(doc, dict) and isinstance(doc.get("id"), str) else ""
+    except ValueError:
+        expected = ""
+    assert _message_id(body) == expected
