@@ -18,7 +18,7 @@ from sidecar.httpd.response import error_response
 log = logging.getLogger("sidecar.web")
 
 __all__ = ["MAX_BODY", "Handler", "error_response", "errors_middleware", "json_response", "last_event_id",
-           "read_json_object", "sse_stream"]
+           "read_json_object", "sse_pages", "sse_stream"]
 
 
 async def errors_middleware(request: Request, handler: Handler) -> StreamResponse:
@@ -61,12 +61,39 @@ async def sse_stream(request: Request, events: AsyncIterator[tuple[int, str, Any
     has its connection cancel this handler (:mod:`sidecar.httpd.connection`), which ends the stream and what it
     holds at once.
     """
+    async def encoded() -> AsyncIterator[bytes]:
+        async for event_id, event_type, data in events:
+            payload = json.dumps(data, separators=(",", ":"))
+            yield f"id: {event_id}\nevent: {event_type}\ndata: {payload}\n\n".encode()
+    return await _sse(request, encoded(), heartbeat)
+
+
+async def sse_pages(request: Request, pages: AsyncIterator[list[tuple[int, bytes]]], event_type: str,
+                    heartbeat: float = 15.0) -> StreamResponse:
+    """:func:`sse_stream` for events whose data is JSON already encoded on one line (``(id, bytes)``), a page of
+    them in one write. Data that holds a line break (not what the sidecar stores) is encoded again on one line."""
+    kind = event_type.encode()
+
+    async def encoded() -> AsyncIterator[bytes]:
+        async for page in pages:
+            yield b"".join(b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, kind, _one_line(data))
+                           for event_id, data in page)
+    return await _sse(request, encoded(), heartbeat)
+
+
+def _one_line(data: bytes) -> bytes:
+    if b"\n" not in data and b"\r" not in data:
+        return data
+    return json.dumps(json.loads(data), separators=(",", ":")).encode()
+
+
+async def _sse(request: Request, chunks: AsyncIterator[bytes], heartbeat: float) -> StreamResponse:
     response = StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     await response.prepare(request)
     await response.write(b": stream open\n\n")
-    iterator = events.__aiter__()
-    next_item: asyncio.Future[tuple[int, str, Any]] | None = None
+    iterator = chunks.__aiter__()
+    next_item: asyncio.Future[bytes] | None = None
     try:
         while True:
             if next_item is None:
@@ -76,12 +103,11 @@ async def sse_stream(request: Request, events: AsyncIterator[tuple[int, str, Any
                 await response.write(b": keep-alive\n\n")
                 continue
             try:
-                event_id, event_type, data = next_item.result()
+                chunk = next_item.result()
             except StopAsyncIteration:
                 break
             next_item = None
-            payload = json.dumps(data, separators=(",", ":"))
-            await response.write(f"id: {event_id}\nevent: {event_type}\ndata: {payload}\n\n".encode())
+            await response.write(chunk)
     except ConnectionResetError:
         pass
     finally:

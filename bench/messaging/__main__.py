@@ -11,6 +11,7 @@ order; the table shows medians over the rounds):
   XACK for the batch), and Redis's COUNT 1 line stays the reference;
 * ``sse``: the ``single`` workload read by an SSE reader (``GET /v1/subscribe/sse``) on the subscriber's node: the
   publisher sidecar sends it batches, stored by the subscriber sidecar before they are acked;
+* ``sdk``: the same read by ``sidecar.client``'s async iterator (``SidecarClient.subscribe("sdk")``);
 * ``fanout``: one topic, two subscribing services (Redis: two consumer groups);
 * ``burst``: 10,000 messages from 64 publishers at once, default delivery;
 * ``paced``: the sidecar at half the ``single`` maximum, for its latency there.
@@ -51,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.proxy.mesh import summarize  # noqa: E402
+from sidecar.client import SidecarClient  # noqa: E402
 from tests.harness import SidecarProcess, free_port, http, make_certs, wait_for  # noqa: E402
 
 BULK = 100
@@ -207,9 +209,10 @@ class Sidecars:
         self.publisher, self.subscriber = publisher, subscriber
         self.sse_ready = asyncio.Event()
         self.sse = asyncio.create_task(self._read_sse())
+        self.sdk = asyncio.create_task(self._read_sdk())
         await asyncio.wait_for(self.sse_ready.wait(), 30)
         await asyncio.to_thread(wait_for, lambda: len(
-            http("GET", publisher.api + "/v1/subscriptions").json()) >= len(subscriptions) + 1, 120,
+            http("GET", publisher.api + "/v1/subscriptions").json()) >= len(subscriptions) + 2, 120,
             what="the subscriptions known to the publisher")
 
     async def _read_sse(self) -> None:
@@ -220,6 +223,14 @@ class Sidecars:
             async for line in response.content:
                 if line.startswith(b"data: ") and self.arrivals is not None:
                     self.arrivals.arrive("sse", json.loads(line[6:])["payload"])
+
+    async def _read_sdk(self) -> None:
+        """``sidecar.client``'s async iterator over topic ``sdk`` on the subscriber sidecar, for as long as the bench
+        runs."""
+        async with SidecarClient(self.subscriber.api) as client:
+            async for message in client.subscribe("sdk"):
+                if self.arrivals is not None:
+                    self.arrivals.arrive("sdk", message.payload)
 
     def _fsyncs(self) -> int:
         """fsyncs so far, both sidecars' (the publisher's outbox, the subscriber's inbox and topic log)."""
@@ -340,8 +351,9 @@ class Sidecars:
             f"  {name:<18} {p(values, 0.5):8.2f} / {p(values, 0.99):8.2f}" for name, values in spans.items()])
 
     async def stop(self) -> None:
-        if hasattr(self, "sse"):
-            self.sse.cancel()
+        for reader in ("sse", "sdk"):
+            if hasattr(self, reader):
+                getattr(self, reader).cancel()
         for process in reversed(self.processes):
             process.terminate()
         if self.runner is not None:
@@ -512,12 +524,14 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
                 lambda: redis.run("bulk", messages, concurrency, batch=BULK),
                 lambda: aof.run("bulk", messages, concurrency, batch=BULK),
                 lambda: sidecars.run("sse", messages, concurrency),
+                lambda: sidecars.run("sdk", messages, concurrency),
                 lambda: sidecars.run("fanout", messages, concurrency, consumers=2),
                 lambda: redis.run("fanout", messages, concurrency, consumers=2),
                 lambda: aof.run("fanout", messages, concurrency, consumers=2),
             ]
             if workloads is not None:
-                chosen = [w for w in ("single", "bulk", "sse", "fanout") for _ in range(3 if w != "sse" else 1)]
+                chosen = [w for w in ("single", "bulk", "sse", "sdk", "fanout")
+                          for _ in range(1 if w in ("sse", "sdk") else 3)]
                 runs = [run for run, w in zip(runs, chosen, strict=True) if w in workloads]
             if round_ % 2:  # alternate who goes first, so that neither always gets the warmer machine
                 runs.reverse()
@@ -579,7 +593,7 @@ def table(results: list[Result]) -> str:
         runs = sum(1 for r in results if (r.workload, r.system) == (workload, system))
         ours = medians.get((workload, "sidecar"))
         ratio = f"x{ours.throughput / m.throughput:.2f}" if ours is not None and system != "sidecar" else ""
-        if system == "sidecar" and workload in ("bulk", "sse"):
+        if system == "sidecar" and workload in ("bulk", "sse", "sdk"):
             reference = medians.get(("single", "redis"))
             ratio = f"x{m.throughput / reference.throughput:.2f} of single redis" if reference else ""
         fsyncs = f"{m.fsyncs_per_message:.3f}" if m.fsyncs_per_message is not None else ""
@@ -596,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--burst", type=int, default=10_000)
     parser.add_argument("--workloads", default=None,
-                        help="comma-separated subset of single,bulk,sse,fanout,paced,burst (default: all; paced "
+                        help="comma-separated subset of single,bulk,sse,sdk,fanout,paced,burst (default: all; paced "
                              "needs single, and then runs once a round)")
     parser.add_argument("--profile", type=Path, default=None, metavar="FOLDER",
                         help="sample both sidecars with py-spy during each sidecar run (install py-spy in the venv): "

@@ -12,6 +12,11 @@ from sidecar.errors import InvalidArgument
 
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MAX_MESSAGE = 1 << 20  # one message's JSON; the API refuses larger bodies anyway (sidecar.web.MAX_BODY)
+# the fields of a ServiceMessage's JSON as :meth:`ServiceMessage.to_bytes` writes them, in its order
+_FIELDS = ("id", "service", "timestamp", "type", "payload")
+_FIELDS_METADATA = (*_FIELDS, "metadata")
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DECODER = json.JSONDecoder()
 
 
 def check_topic(topic: str) -> str:
@@ -119,3 +124,65 @@ class ServiceMessage:
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
             raise ValueError(f"not JSON: {e}") from None
         return cls.from_json(data)
+
+
+# one message of a batch from another sidecar: its id, its sender, and its JSON as the app gets it
+Received = tuple[str, str, bytes]
+
+
+def batch_from_bytes(raw: bytes) -> list[Received]:
+    """A batch (a non-empty JSON array of ServiceMessages) as its messages (id, sender, JSON), each with the JSON
+    :meth:`ServiceMessage.to_bytes` writes for it. A batch in that form (what a sidecar sends: the bodies it stored,
+    joined) keeps its bytes: the array is parsed once and each message's own bytes are cut from it; any other is
+    decoded and encoded again, message by message. ValueError when ``raw`` is not such a batch."""
+    try:
+        kept = _kept(raw)
+        if kept is not None:
+            return kept
+        items = json.loads(raw)
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(items, list) or not items:
+        raise ValueError("a batch is a non-empty JSON array of ServiceMessages")
+    out = []
+    for item in items:
+        message = ServiceMessage.from_json(item)
+        out.append((message.id, message.service, message.to_bytes()))
+    return out
+
+
+def _kept(raw: bytes) -> list[Received] | None:
+    """:func:`batch_from_bytes` of a batch already in the form it writes, else None (then the slow way decides)."""
+    if not raw.startswith(b"[{") or not raw.isascii():   # ASCII: a character's index is its byte's
+        return None
+    text = raw.decode("ascii")
+    objects: list[Any] = []
+    out: list[Received] = []
+    start = 1
+    while True:
+        try:
+            item, end = _DECODER.raw_decode(text, start)
+        except ValueError:
+            return None
+        if type(item) is not dict or not _canonical(item):
+            return None
+        objects.append(item)
+        out.append((item["id"], item["service"], raw[start:end]))
+        if end >= len(text) or text[end] != ",":
+            break
+        start = end + 1
+    # cut at the array's own commas: the whole written again the same proves every piece is as written
+    if _ENCODER.encode(objects) != text:
+        return None
+    return out
+
+
+def _canonical(item: dict[str, Any]) -> bool:
+    """Whether a parsed message is a ServiceMessage that :meth:`ServiceMessage.to_bytes` writes as it came."""
+    fields = tuple(item)
+    if fields != _FIELDS and not (fields == _FIELDS_METADATA and type(item["metadata"]) is dict):
+        return False
+    return (type(item["id"]) is str and type(item["service"]) is str and type(item["timestamp"]) is int
+            and type(item["type"]) is str)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sidecar.catalog.model import NODE_STREAM, Subscription
 from sidecar.log import fields
@@ -27,8 +26,8 @@ class StreamReaders:
 
     @contextlib.asynccontextmanager
     async def stream(self, topic: str, last_event_id: int | None, sender_header: str | None = None
-                     ) -> AsyncIterator[AsyncIterator[tuple[int, str, Any]]]:
-        """One SSE reader: yields this node's log of ``topic`` as (event id, "message", ServiceMessage JSON), from
+                     ) -> AsyncIterator[AsyncIterator[list[tuple[int, bytes]]]]:
+        """One SSE reader: yields this node's log of ``topic`` in pages of (event id, ServiceMessage JSON), from
         after ``last_event_id`` (None: from now on), until messaging stops. The reader's service (as
         :meth:`MessagingContext.sender` says) must be among the topic's subscribers."""
         self.ctx.require()
@@ -39,7 +38,7 @@ class StreamReaders:
         readers[service] += 1
         try:
             await self.local.add(Subscription(NODE_STREAM, topic, ""))
-            yield self.topic_log.tail(topic, last_event_id)
+            yield self.topic_log.pages(topic, last_event_id)
         finally:
             readers[service] -= 1
             if readers[service] <= 0:

@@ -15,7 +15,6 @@ subscription of that service to it).
 from __future__ import annotations
 
 import hmac
-import json
 import re
 import secrets
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from sidecar.httpd import App, Request, Response, Site, WebLimits, post
 from sidecar.mesh.inbound_routes import CALLER_HEADER
 from sidecar.messaging.context import DELIVER_BATCH_PREFIX, DELIVER_PREFIX, MessagingContext
 from sidecar.messaging.courier import AFTER_HEADER, ORIGIN_HEADER, SEQS_HEADER, SUBSCRIBER_HEADER
-from sidecar.messaging.envelope import ServiceMessage, check_topic
+from sidecar.messaging.envelope import Received, ServiceMessage, batch_from_bytes, check_topic
 from sidecar.messaging.inbox import Inbox
 from sidecar.messaging.readers import StreamReaders
 from sidecar.messaging.streams import MAX_BULK_BYTES
@@ -54,6 +53,11 @@ def parse_seqs(text: str, count: int, header: str = SEQS_HEADER) -> list[int]:
         raise InvalidArgument(f"{header} must give {count} ascending positive sequence number(s), one a message",
                               {"header": header})
     return seqs
+
+
+def _all_stored(messages: list[Received]) -> Response:
+    """The answer to a batch stored whole: a SUCCESS per message."""
+    return json_response({"statuses": [{"id": message_id, "status": "SUCCESS"} for message_id, _, _ in messages]})
 
 
 class Receiver:
@@ -86,31 +90,29 @@ class Receiver:
             message = ServiceMessage.from_bytes(raw)
         except ValueError as e:
             raise InvalidArgument(f"not a ServiceMessage: {e}") from None
-        self._check_sender([message], caller, topic)
+        self._check_sender([(message.id, message.service, raw)], caller, topic)
         event_id = await self.topic_log.append(topic, raw)
         return json_response({"status": "ok", "eventId": event_id, "duplicate": event_id is None})
 
     async def _receive_batch(self, request: Request) -> Response:
         """A JSON array of ServiceMessages of one stream, in order: all stored in one commit before the answer,
-        ``{"statuses": [{"id", "status": "SUCCESS"}, ...]}`` (a duplicate is a success: it is stored already)."""
+        ``{"statuses": [{"id", "status": "SUCCESS"}, ...]}`` (a duplicate is a success: it is stored already). Each
+        message is stored as it came when it came as the sender's sidecar writes it (:func:`batch_from_bytes`)."""
         topic, caller = self._checked(request)
         try:
-            items = json.loads(await request.read())
-            if not isinstance(items, list) or not items:
-                raise ValueError("a batch is a non-empty JSON array of ServiceMessages")
-            messages = [ServiceMessage.from_json(item) for item in items]
+            messages = batch_from_bytes(await request.read())
         except (ValueError, RecursionError) as e:
             raise InvalidArgument(f"not a batch of ServiceMessages: {e}") from None
         service = request.headers.get(SUBSCRIBER_HEADER)
         if service is not None:
             return await self._receive_push(request, topic, caller, service, messages)
         self._check_sender(messages, caller, topic)
-        await self.topic_log.append_many(topic, [m.to_bytes() for m in messages])
+        await self.topic_log.append_items(topic, [(message_id, body) for message_id, _, body in messages])
         self.ctx.counters["stream_batches"] += 1
-        return json_response({"statuses": [{"id": m.id, "status": "SUCCESS"} for m in messages]})
+        return _all_stored(messages)
 
     async def _receive_push(self, request: Request, topic: str, caller: str, service: str,
-                            messages: list[ServiceMessage]) -> Response:
+                            messages: list[Received]) -> Response:
         """A publisher's stream for a local app: into its inbox, duplicates (at or below the mark) dropped."""
         seqs = parse_seqs(request.headers.get(SEQS_HEADER) or "", len(messages))
         origin = request.headers.get(ORIGIN_HEADER) or ""
@@ -119,10 +121,10 @@ class Receiver:
         after_text = request.headers.get(AFTER_HEADER)
         after = parse_seqs(after_text, 1, AFTER_HEADER)[0] if after_text is not None else None
         proven = self._proven(messages, caller)
-        items = [(seq, m.id, m.to_bytes()) for seq, m in zip(seqs, messages, strict=True)]
+        items = [(seq, message_id, body) for seq, (message_id, _, body) in zip(seqs, messages, strict=True)]
         await self.inbox.receive(f"{proven}@{origin}", topic, service, items, after)
         self.ctx.counters["push_batches"] += 1
-        return json_response({"statuses": [{"id": m.id, "status": "SUCCESS"} for m in messages]})
+        return _all_stored(messages)
 
     def _checked(self, request: Request) -> tuple[str, str]:
         """(topic, caller's SPIFFE ID) of a request that came through the inbound (it carries the token)."""
@@ -131,21 +133,21 @@ class Receiver:
             raise Unauthenticated("sidecar-internal deliveries come only through the mTLS inbound listener")
         return check_topic(request.match_info["topic"]), request.headers.get(CALLER_HEADER) or ""
 
-    def _proven(self, messages: list[ServiceMessage], caller: str) -> str:
+    def _proven(self, messages: list[Received], caller: str) -> str:
         """The caller's service, when every message says it is from it; else PermissionDenied."""
         try:
             proven = SpiffeId.from_text(caller).service or ""
         except SpiffeIdError:
             proven = ""
-        for message in messages:
-            if message.service != proven:
+        for _, sender, _ in messages:
+            if sender != proven:
                 # the sender is whoever holds the certificate: a member cannot put words in another service's mouth
                 self.ctx.counters["deliveries_refused:sender"] += 1
-                raise PermissionDenied(f"the message says it is from {message.service!r}, but the caller is "
-                                       f"{caller}", {"service": message.service, "caller": caller})
+                raise PermissionDenied(f"the message says it is from {sender!r}, but the caller is "
+                                       f"{caller}", {"service": sender, "caller": caller})
         return proven
 
-    def _check_sender(self, messages: list[ServiceMessage], caller: str, topic: str) -> None:
+    def _check_sender(self, messages: list[Received], caller: str, topic: str) -> None:
         self._proven(messages, caller)
         if topic not in self.readers.by_topic:
             raise NotFound(f"this node has no readers of {topic!r}", {"topic": topic})

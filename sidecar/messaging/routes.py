@@ -14,7 +14,7 @@ from sidecar.errors import InvalidArgument
 from sidecar.httpd import Request, Response, Route, RouteTable, StreamResponse, get
 from sidecar.messaging.envelope import MessageBody
 from sidecar.messaging.service import SENDER_HEADER, Messaging
-from sidecar.web import Handler, json_response, last_event_id, read_json_object, sse_stream
+from sidecar.web import Handler, json_response, last_event_id, read_json_object, sse_pages
 
 DEFAULT_BULK = BulkDeliveryConfig().max_messages
 ACCEPTED_HEADERS = {"Content-Type": "application/json"}   # a publish's 202 {"id": UUID}
@@ -83,7 +83,7 @@ def api_routes(messaging: Messaging) -> RouteTable:
     async def subscribe_stream(request: Request) -> StreamResponse:
         async with messaging.stream(request.match_info["topic"], last_event_id(request),
                                     request.headers.get(SENDER_HEADER)) as events:
-            return await sse_stream(request, events)
+            return await sse_pages(request, events, "message")
 
     return routes
 

@@ -156,6 +156,7 @@ class Messaging:
             task.cancel()
         self.topic_log.wake_all()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.streams.flush_acks()
         await self.receiver.stop()
         await ctx.close()
 
@@ -199,7 +200,7 @@ class Messaging:
         return await self.local.subscribe(topic, path, service, bulk)
 
     def stream(self, topic: str, last_event_id: int | None, sender_header: str | None = None
-               ) -> AbstractAsyncContextManager[AsyncIterator[tuple[int, str, Any]]]:
+               ) -> AbstractAsyncContextManager[AsyncIterator[list[tuple[int, bytes]]]]:
         return self.readers.stream(topic, last_event_id, sender_header)
 
     def subscriptions_json(self) -> list[dict[str, Any]]:

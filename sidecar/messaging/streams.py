@@ -176,6 +176,11 @@ class Streams:
             self._acks = Acks(self.ctx.writer)
         return self._acks
 
+    def flush_acks(self) -> None:
+        """Queue the acks still waiting out their delay (messaging is stopping: the writer commits them)."""
+        if self._acks is not None:
+            self._acks.flush()
+
     def worker(self, row: StreamRow, unread: bool = True) -> StreamWorker:
         """The stream's worker, started if new, told to look for work: in the store (``unread``), or only in what
         is handed to it (its previews)."""

@@ -2,15 +2,13 @@
 and topic: a redelivery is a duplicate, not a second event) and tailed by readers from an event id on.
 
     event_id = await log.append(topic, body)     # None: already there
-    async for event_id, kind, message in log.tail(topic, after): ...
+    async for page in log.pages(topic, after): ...   # [(event id, the message's JSON as stored), ...]
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sidecar.messaging.context import MessagingContext
 from sidecar.messaging.envelope import ServiceMessage
@@ -31,12 +29,15 @@ class TopicLog:
     async def append_many(self, topic: str, bodies: list[bytes]) -> list[int | None]:
         """Keep received messages, in order, in one commit (durable when this returns); their event ids, None for
         one that was there already."""
+        return await self.append_items(topic, [(ServiceMessage.from_bytes(body).id, body) for body in bodies])
+
+    async def append_items(self, topic: str, items: list[tuple[str, bytes]]) -> list[int | None]:
+        """:meth:`append_many` of messages whose ids are known: (message id, ServiceMessage JSON)."""
         _, writer = self.ctx.require()
-        items = [(ServiceMessage.from_bytes(body).id, body) for body in bodies]
         now_ms = self.ctx.now_ms()
         event_ids: list[int | None] = await writer.submit(
             lambda s: [s.w_append_log(topic, message_id, body, now_ms) for message_id, body in items],
-            size=sum(len(body) for body in bodies))
+            size=sum(len(body) for _, body in items))
         duplicates = event_ids.count(None)
         self.ctx.counters["stream_received"] += len(event_ids) - duplicates
         self.ctx.counters["stream_duplicates"] += duplicates
@@ -45,9 +46,9 @@ class TopicLog:
             event.set()
         return event_ids
 
-    async def tail(self, topic: str, last_event_id: int | None) -> AsyncIterator[tuple[int, str, Any]]:
-        """(event id, "message", ServiceMessage JSON) from after ``last_event_id`` (None: from now on), until
-        messaging stops."""
+    async def pages(self, topic: str, last_event_id: int | None) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """Pages of (event id, ServiceMessage JSON as stored: one line) from after ``last_event_id`` (None: from
+        now on), oldest first, until messaging stops: what was appended since the last page, up to PAGE events."""
         store = self.ctx.store
         assert store is not None
         after = last_event_id if last_event_id is not None else (await self.ctx.read(store.r_log_head, topic))[1]
@@ -56,10 +57,10 @@ class TopicLog:
             if event is None:
                 event = self._appended[topic] = asyncio.Event()
             rows = await self.ctx.read(store.r_log, topic, after, PAGE)
-            for event_id, body in rows:
-                after = event_id
-                yield event_id, "message", json.loads(body)
-            if not rows:
+            if rows:
+                after = rows[-1][0]
+                yield rows
+            else:
                 await event.wait()
 
     def wake_all(self) -> None:

@@ -83,6 +83,12 @@ class KeptConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def expire(self, timeout: float) -> None:
+        """The caller's deadline passed with the request unanswered: it fails with TimeoutError, the connection
+        closes."""
+        if self._waiter is not None and not self._waiter.done():
+            self._fail(TimeoutError(f"no answer from {self.authority} within {timeout:.3f}s"))
+
     # ------------------------------------------------------------------------------------------ asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,27 +196,47 @@ class HttpClient:
                       tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> HttpAnswer:
         """``method`` ``target`` at ``address`` (over TLS with ``tls``, offering ``server_hostname``) with ``body``;
         the whole answer, its body up to ``limit`` bytes. ``Host`` is ``authority`` (default: the address)."""
+        dest = self._target(address, tls, server_hostname)
+        data = encode_request(method, target, authority or dest.authority, headers, body)
+        return await self.send(address, data, timeout=timeout, limit=limit, head=method == "HEAD", tls=tls,
+                               server_hostname=server_hostname)
+
+    async def send(self, address: tuple[str, int], data: bytes, *, timeout: float, limit: int, head: bool = False,
+                   tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> HttpAnswer:
+        """:meth:`request` of a request already encoded (``data``: its head and body; ``head``: it is a HEAD).
+
+        On a kept connection the deadline is one timer that fails the answer's waiter (what most requests take);
+        a dial, and the request on the new connection, run under ``asyncio.timeout`` for what is left of it."""
+        key = (address, tls, server_hostname)
+        dest = self._target(address, tls, server_hostname)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = self._take(key)
+        if conn is not None:
+            timer = loop.call_at(deadline, conn.expire, timeout)
+            try:
+                return await self._exchange(key, conn, data, limit, head)
+            except UpstreamReset:
+                if not conn.stale:
+                    raise
+                # the server closed it as the request went out: once more, on a new connection
+            finally:
+                timer.cancel()
+        try:
+            async with asyncio.timeout_at(deadline):
+                conn = await self._dial(dest, timeout)
+                return await self._exchange(key, conn, data, limit, head)
+        except TimeoutError:
+            raise TimeoutError(f"no answer from {dest.authority} within {timeout:.3f}s") from None
+
+    def _target(self, address: tuple[str, int], tls: ssl.SSLContext | None, server_hostname: str | None) -> Target:
         key = (address, tls, server_hostname)
         dest = self._targets.get(key)
         if dest is None:
             if len(self._targets) >= 4096:
                 self._targets.clear()
             dest = self._targets[key] = Target(address, tls, server_hostname)
-        data = encode_request(method, target, authority or dest.authority, headers, body)
-        try:
-            async with asyncio.timeout(timeout):
-                conn = self._take(key)
-                if conn is not None:
-                    try:
-                        return await self._exchange(key, conn, data, limit, method)
-                    except UpstreamReset:
-                        if not conn.stale:
-                            raise
-                        # the server closed it as the request went out: once more, on a new connection
-                conn = await self._dial(dest, timeout)
-                return await self._exchange(key, conn, data, limit, method)
-        except TimeoutError:
-            raise TimeoutError(f"no answer from {dest.authority} within {timeout:.3f}s") from None
+        return dest
 
     async def _dial(self, dest: Target, timeout: float) -> KeptConnection:
         if self._closed:
@@ -226,10 +252,10 @@ class HttpClient:
         self.dialed += 1
         return conn
 
-    async def _exchange(self, key: Hashable, conn: KeptConnection, data: bytes, limit: int, method: str
+    async def _exchange(self, key: Hashable, conn: KeptConnection, data: bytes, limit: int, head: bool
                         ) -> HttpAnswer:
         try:
-            answer = await conn.request(data, limit, method == "HEAD")
+            answer = await conn.request(data, limit, head)
         except BaseException:
             conn.close()
             raise

@@ -226,6 +226,38 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced_by_a_new_one() ->
     run(main)
 
 
+@pytest.mark.parametrize("then", ["silent", "dripping"])
+def test_a_kept_connection_s_request_ends_at_the_deadline_and_the_connection_with_it(then: str) -> None:
+    """A request on a kept-alive connection (its deadline a timer on the connection, not ``asyncio.timeout``) that
+    gets no whole answer fails with TimeoutError within the deadline; that connection is closed, and the next
+    request goes on a new one."""
+    async def answers_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await (never_answers if then == "silent" else drips)(reader, writer)
+
+    async def main() -> float:
+        server, port = await raw_server(answers_once)
+        client = HttpClient()
+        try:
+            answer = await client.post(("127.0.0.1", port), "/", b"{}", [], timeout=TIMEOUT, limit=1024)
+            assert answer.body == b"ok" and client.idle == 1
+            started = time.monotonic()
+            with pytest.raises(TimeoutError, match=f"no answer from 127.0.0.1:{port} within 1.000s"):
+                await client.post(("127.0.0.1", port), "/", b"{}", [], timeout=TIMEOUT, limit=1024)
+            took = time.monotonic() - started
+            assert client.idle == 0 and client.dialed == 1
+            answer = await client.post(("127.0.0.1", port), "/", b"{}", [], timeout=TIMEOUT, limit=1024)
+            assert answer.body == b"ok" and client.dialed == 2
+            return took
+        finally:
+            client.close()
+            server.close()
+
+    assert TIMEOUT <= run(main) < TIMEOUT + SLACK
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_mtls_demands_the_named_services_certificate(tmp_path: Path, loop: str) -> None:
     certs = make_certs(tmp_path, ["publisher", "sub", "other"])
