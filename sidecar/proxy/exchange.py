@@ -97,10 +97,10 @@ TRANSITIONS: Final = (
 )
 
 
-_TRACEPARENT = b"traceparent"
-_REQUEST_ID = b"x-request-id"
-_CONTENT_TYPE = b"content-type"
-_GRPC_PREFIX = b"application/grpc"
+_TRACEPARENT: Final = b"traceparent"
+_REQUEST_ID: Final = b"x-request-id"
+_CONTENT_TYPE: Final = b"content-type"
+_GRPC_PREFIX: Final = b"application/grpc"
 
 
 class Exchange(StreamUser):

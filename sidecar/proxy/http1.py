@@ -29,19 +29,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Final
 
 from sidecar.errors import Code, SidecarError
 
 # RFC 9110 7.6.1 and RFC 9112 7: headers that describe one connection, never forwarded. Framing headers
 # are also taken out here; the serializer writes the framing of the outgoing message itself.
-_HOP_BY_HOP = frozenset({
+_HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
     b"content-length",
 })
 
 
 # fields the serializers write themselves or never forward: framing, Host and the hop-by-hop ones
-SPECIAL_FIELDS = _HOP_BY_HOP | {b"host"}
+SPECIAL_FIELDS: Final = _HOP_BY_HOP | {b"host"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +55,11 @@ class HeadLimits:
     max_field_bytes: int = 0
 
 
-DEFAULT_HEAD_LIMITS = HeadLimits()
+DEFAULT_HEAD_LIMITS: Final = HeadLimits()
 
 # RFC 9110 9.2.2: methods whose effect is the same sent once or twice. A request lost with a stale pooled
 # connection is re-sent, and a retry after the request was sent is made, only for these.
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class RemoteProtocolError(SidecarError):
@@ -161,7 +162,7 @@ class Headers:
         return len(self.items)
 
 
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN_CHARS: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _check_field(name: bytes, value: bytes) -> None:
@@ -285,7 +286,7 @@ def encode_chunk(data: bytes) -> list[bytes]:
     return [b"%x\r\n" % len(data), data, b"\r\n"]
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 # trailer fields as received, in order: (name, value)
 Trailers = list[tuple[bytes, bytes]]

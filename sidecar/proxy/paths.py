@@ -21,15 +21,16 @@ The query string is passed on untouched. Pure: bytes in, bytes out or :class:`In
 from __future__ import annotations
 
 import re
+from typing import Final
 
 # RFC 3986 2.3 unreserved characters: percent-encoding them changes nothing, so they are decoded
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = b"0123456789ABCDEF"
-_HEX_VALUES = {c: i for i, c in enumerate(b"0123456789abcdef")} | {c: i for i, c in enumerate(b"ABCDEF", 10)}
+_UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX: Final = b"0123456789ABCDEF"
+_HEX_VALUES: Final = {c: i for i, c in enumerate(b"0123456789abcdef")} | {c: i for i, c in enumerate(b"ABCDEF", 10)}
 # what a path needs work for (or a target is refused for): one scan finds any of them
-_SUSPECT = re.compile(rb"[#%\\]|/[./]")
-_SLASH = 0x2F
-_BACKSLASH = 0x5C
+_SUSPECT: Final = re.compile(rb"[#%\\]|/[./]")
+_SLASH: Final = 0x2F
+_BACKSLASH: Final = 0x5C
 
 
 class InvalidPath(ValueError):

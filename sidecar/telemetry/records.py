@@ -29,22 +29,22 @@ import math
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from sidecar.config.values import Duration
 from sidecar.errors import InvalidArgument
 
 _N = TypeVar("_N", int, float)
 
-DIRECTIONS = ("outbound", "inbound")
-DEFAULT_LIMIT = 1000
-DEFAULT_WINDOW = 300.0      # /v1/metrics/summary without ?window=: the last five minutes
-PERCENTILES = (50, 90, 99)
+DIRECTIONS: Final = ("outbound", "inbound")
+DEFAULT_LIMIT: Final = 1000
+DEFAULT_WINDOW: Final = 300.0      # /v1/metrics/summary without ?window=: the last five minutes
+PERCENTILES: Final = (50, 90, 99)
 # records are appended when requests end, so ``at`` (their start) is only roughly ordered: scans that stop at
 # a time go this much further (a request longer than this may be missed by a ``since`` or a window)
-ORDER_SLACK = 60.0
+ORDER_SLACK: Final = 60.0
 # Record.grpc_status of a gRPC call that ended without a status (None is "not a gRPC call")
-GRPC_NO_STATUS = -1
+GRPC_NO_STATUS: Final = -1
 
 
 @dataclass(frozen=True, slots=True)
