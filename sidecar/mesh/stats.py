@@ -8,7 +8,7 @@ from typing import Any, Final
 from sidecar.proxy.relay import RelayStats
 from sidecar.proxy.target import RequestStats
 
-_STATUS_CLASS: Final = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+_STATUS_CLASS: Final[tuple[str, ...]] = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class MeshStats:

@@ -84,7 +84,7 @@ def _phases(*phases: int) -> int:
 
 
 # the allowed transitions, from each phase (index) to any phase of its bit set
-TRANSITIONS: Final = (
+TRANSITIONS: Final[tuple[int, ...]] = (
     _phases(CONNECTING, DONE),                                           # ROUTING
     _phases(CONNECTING, BACKOFF, AWAITING_RESPONSE, DONE),               # CONNECTING (a failed dial: retry)
     _phases(CONNECTING, DONE),                                           # BACKOFF

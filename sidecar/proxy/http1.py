@@ -211,14 +211,22 @@ class RequestHead:
         """The head as sent upstream: HTTP/1.1, the Host, end-to-end headers, then the framing we chose."""
         parts = [self.method.encode(), b" ", self.target, b" HTTP/1.1\r\nHost: ", self.host.encode("latin-1"),
                  b"\r\n"]
+        # appended one by one: compiled, an append is a C call where ``parts += (...)`` makes and joins a tuple
         for _, name, value in self.headers.items:
-            parts += (name, b": ", value, b"\r\n")
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
         if self.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif self.content_length is not None:
-            parts += (b"Content-Length: ", b"%d" % self.content_length, b"\r\n")
+            parts.append(b"Content-Length: ")
+            parts.append(decimal(self.content_length))
+            parts.append(b"\r\n")
         if self.upgrade is not None:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+            parts.append(b"Connection: upgrade\r\nUpgrade: ")
+            parts.append(self.upgrade)
+            parts.append(b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -265,13 +273,17 @@ class ResponseHead:
     def to_bytes(self, chunked: bool, close: bool) -> bytes:
         """The head as sent downstream; ``chunked`` re-frames a body that ran to close, ``close`` says
         the proxy closes the downstream connection after this response."""
-        parts = [b"HTTP/1.1 %d " % self.status, self.reason, b"\r\n", self.fields]
+        parts = [b"HTTP/1.1 ", decimal(self.status), b" ", self.reason, b"\r\n", self.fields]
         if chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif self.content_length is not None:
-            parts += (b"Content-Length: ", b"%d" % self.content_length, b"\r\n")
+            parts.append(b"Content-Length: ")
+            parts.append(decimal(self.content_length))
+            parts.append(b"\r\n")
         if self.upgrade is not None:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+            parts.append(b"Connection: upgrade\r\nUpgrade: ")
+            parts.append(self.upgrade)
+            parts.append(b"\r\n")
         elif close:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
@@ -279,6 +291,15 @@ class ResponseHead:
 
     def __repr__(self) -> str:
         return f"<ResponseHead {self.status}>"
+
+
+# the decimal text of small numbers (status codes, short bodies' lengths), made once: formatting costs more
+_DECIMALS: Final[tuple[bytes, ...]] = tuple(str(n).encode() for n in range(1024))
+
+
+def decimal(n: int) -> bytes:
+    """``n`` in decimal ASCII, as ``b"%d" % n`` writes it."""
+    return _DECIMALS[n] if 0 <= n < 1024 else str(n).encode()
 
 
 def encode_chunk(data: bytes) -> list[bytes]:

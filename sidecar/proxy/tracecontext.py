@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Final
 
 _HEX: Final = frozenset(b"0123456789abcdef")
+_LOWER_HEX: Final = b"0123456789abcdef"
 _ZERO_TRACE: Final = b"0" * 32
 _ZERO_SPAN: Final = b"0" * 16
 SAMPLED: Final = 0x01
@@ -62,10 +63,11 @@ def parse_fields(value: bytes | str | None) -> tuple[str, str, int] | None:
     if len(raw) != 55:
         raw = raw.strip(b" \t")
     if len(raw) == 55 and raw[0] == 48 and raw[1] == 48 and raw[2] == 45 and raw[35] == 45 and raw[52] == 45:
-        # the common case (version 00, lowercase hex): checked byte by byte, no match object nor int() of the flags
+        # the common case (version 00, lowercase hex): the ids are hex when deleting hex digits leaves nothing (a C
+        # pass each), the flags read from their two digits; no match object, no int()
         number = _lower_hex_value(raw, 53, 55)
-        if number >= 0 and _lower_hex_value(raw, 3, 35) >= 0 and _lower_hex_value(raw, 36, 52) >= 0:
-            trace, span = raw[3:35], raw[36:52]
+        trace, span = raw[3:35], raw[36:52]
+        if number >= 0 and not trace.translate(None, _LOWER_HEX) and not span.translate(None, _LOWER_HEX):
             if trace == _ZERO_TRACE or span == _ZERO_SPAN:
                 return None
             return trace.decode(), span.decode(), number
@@ -84,8 +86,7 @@ def parse_fields(value: bytes | str | None) -> tuple[str, str, int] | None:
 
 
 def _lower_hex_value(raw: bytes, start: int, end: int) -> int:
-    """The value of ``raw[start:end]`` as lowercase hex digits (only the last two count: what flags need), or -1
-    when one is not a lowercase hex digit."""
+    """The value of the few bytes ``raw[start:end]`` as lowercase hex digits, or -1 when one is not one."""
     value = 0
     for i in range(start, end):
         c = raw[i]
@@ -95,7 +96,7 @@ def _lower_hex_value(raw: bytes, start: int, end: int) -> int:
             digit = c - 87
         else:
             return -1
-        value = (value << 4 | digit) & 0xFF
+        value = value << 4 | digit
     return value
 
 

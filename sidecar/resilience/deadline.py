@@ -44,7 +44,7 @@ def parse(value: bytes | None) -> float | None:
 def to_header(seconds: float) -> bytes:
     """The header value for ``seconds`` left (rounded down to a millisecond, never negative)."""
     ms = int(seconds * 1000.0) if seconds > 0 else 0
-    return b"%d" % min(ms, MAX_MS)
+    return str(min(ms, MAX_MS)).encode()   # the same digits as b"%d" %, without parsing a format
 
 
 def effective(policy_timeout: float, caller_remaining: float | None) -> float:

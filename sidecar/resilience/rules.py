@@ -23,8 +23,8 @@ _ALL_FAILURES: Final = frozenset(FailureKind)
 # a request header may ask for more retries than the policy, but not for a storm
 MAX_RETRIES_OVERRIDE: Final = 10
 
-MAX_RETRIES_HEADERS: Final = (b"x-sidecar-max-retries", b"x-envoy-max-retries")
-RETRY_ON_HEADERS: Final = (b"x-sidecar-retry-on", b"x-envoy-retry-on")
+MAX_RETRIES_HEADERS: Final[tuple[bytes, ...]] = (b"x-sidecar-max-retries", b"x-envoy-max-retries")
+RETRY_ON_HEADERS: Final[tuple[bytes, ...]] = (b"x-sidecar-retry-on", b"x-envoy-retry-on")
 _STRIPPED: Final = frozenset((*MAX_RETRIES_HEADERS, *RETRY_ON_HEADERS, deadline.HEADER))
 # read, kept, and rewritten per try with the time left (deadline.GRPC_TIMEOUT)
 _READ: Final = _STRIPPED | {deadline.GRPC_TIMEOUT}

@@ -36,7 +36,7 @@ from sidecar.errors import InvalidArgument
 
 _N = TypeVar("_N", int, float)
 
-DIRECTIONS: Final = ("outbound", "inbound")
+DIRECTIONS: Final[tuple[str, ...]] = ("outbound", "inbound")
 DEFAULT_LIMIT: Final = 1000
 DEFAULT_WINDOW: Final = 300.0      # /v1/metrics/summary without ?window=: the last five minutes
 PERCENTILES: Final = (50, 90, 99)
@@ -152,9 +152,12 @@ def summarize(records: Iterable[Record]) -> list[Summary]:
     return rows
 
 
-def _moved(old: array[_N], order: list[int], size: int) -> array[_N]:
-    """A new array of ``size`` items: ``old``'s at ``order`` first, zeros after."""
-    new = array(old.typecode, [old[i] for i in order])
+def _moved(old: array[_N], start: int, count: int, size: int) -> array[_N]:
+    """A new array of ``size`` items: ``count`` of ``old``'s from ``start`` on (wrapping around its end) first,
+    zeros after. Copied by slices: C copies, not one Python object an item."""
+    new = old[start:start + count]
+    if len(new) < count:
+        new.extend(old[:count - len(new)])
     new.extend(array(old.typecode, bytes(new.itemsize * (size - len(new)))))
     return new
 
@@ -247,10 +250,10 @@ class RecordStore:
         """Double the arrays (at most to ``max_samples``), the rows moved to the front, oldest first."""
         size = len(self._at)
         grown = min(self.max_samples, max(16, size * 2))
-        order = [(self._start + i) % size for i in range(self._count)]
-        self._latency = _moved(self._latency, order, grown)
-        self._at = _moved(self._at, order, grown)
-        self._slot = _moved(self._slot, order, grown)
+        start, count = self._start, self._count
+        self._latency = _moved(self._latency, start, count, grown)
+        self._at = _moved(self._at, start, count, grown)
+        self._slot = _moved(self._slot, start, count, grown)
         self._start = 0
         return grown
 

@@ -28,6 +28,13 @@ VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     ("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", None),          # short trace id
     ("00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
     ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", None),
+    ("00-4bf92f3577b34da6-3ce929d0e0e4736-00f067aa0ba902b7-01", None),        # a dash inside the trace id
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0bg902b7-01", None),         # not hex in the span id
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A", None),         # uppercase flags
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0-", None),
+    ("00-4bf92f3577b34da6a3ce929d0e0E4736-00f067aa0ba902b7-01", None),         # one uppercase digit
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff", TraceParent(
+        "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 255)),
 ])
 def test_parse(value: str | bytes | None, expected: TraceParent | None) -> None:
     assert parse(value) == expected
