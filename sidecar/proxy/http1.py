@@ -209,14 +209,22 @@ class RequestHead:
 
     def to_bytes(self) -> bytes:
         """The head as sent upstream: HTTP/1.1, the Host, end-to-end headers, then the framing we chose."""
-        parts = [self.method.encode(), b" ", self.target, b" HTTP/1.1\r\nHost: ", self.host.encode("latin-1"),
-                 b"\r\n"]
-        # appended one by one: compiled, an append is a C call where ``parts += (...)`` makes and joins a tuple
-        for _, name, value in self.headers.items:
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
+        items = self.headers.items
+        # the list made at its full size and filled by index: appends would grow it (and reallocate) several times
+        parts = [b""] * (6 + 4 * len(items))
+        parts[0] = self.method.encode()
+        parts[1] = b" "
+        parts[2] = self.target
+        parts[3] = b" HTTP/1.1\r\nHost: "
+        parts[4] = self.host.encode("latin-1")
+        parts[5] = b"\r\n"
+        i = 6
+        for _, name, value in items:
+            parts[i] = name
+            parts[i + 1] = b": "
+            parts[i + 2] = value
+            parts[i + 3] = b"\r\n"
+            i += 4
         if self.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif self.content_length is not None:
