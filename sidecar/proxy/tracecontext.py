@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -185,26 +185,47 @@ def incoming_context(headers: Iterable[tuple[bytes, bytes]]) -> TraceParent | No
 _LOW_64: Final = (1 << 64) - 1   # the low half of a trace id, as sampled() reads it
 _UUID4_KEEP: Final = ~(0xF000 << 64) & ~(0xC000 << 48)   # the version and variant bits...
 _UUID4_SET: Final = (0x4000 << 64) | (0x8000 << 48)      # ...set to version 4, variant RFC 4122
-_BATCH: Final = 64                                         # requests' ids drawn at once by fresh()
+_BATCH: Final = 64                                         # ids drawn at once by fresh() and span_id()
 _TRACE_ZEROS: Final = "0" * 32   # as text: fresh() and span_id() slice text
 _SPAN_ZEROS: Final = "0" * 16
 # a UUID4's variant digit (RFC 4122: 10xx) from any hex digit's low two bits
 _VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
+class _Digits:
+    """Random hex digits drawn ``size`` at a time from batches of ``_BATCH`` draws: slicing a few digits out of a
+    batch costs less than drawing and formatting one number (the digits are those of f"{bits:0{width}x}", made
+    from bytes: formatting a 20,480-bit number digit by digit cost ~1,000 instructions a request)."""
+
+    __slots__ = ("_bits", "_pos", "_size", "text")
+
+    def __init__(self, bits: Callable[[int], int], size: int) -> None:
+        self._bits = bits
+        self._size = size
+        self._pos = 0
+        self.text = ""
+
+    def take(self) -> int:
+        """Where the next ``size`` digits start in :attr:`text` (which may be a new batch)."""
+        pos = self._pos
+        if pos >= len(self.text):
+            self.text = self._bits(4 * self._size * _BATCH).to_bytes(2 * self._size * _BATCH, "big").hex()
+            pos = 0
+        self._pos = pos + self._size
+        return pos
+
+
 class IdSource:
     """Random trace, span and request ids; seed it in tests for reproducible ids."""
 
-    __slots__ = ("_batch", "_bits", "_pos", "_span_pos", "_spans", "sample_bound")
+    __slots__ = ("_bits", "_fresh", "_spans", "sample_bound")
 
     def __init__(self, rng: random.Random | None = None, sample_ratio: float = 1.0) -> None:
         self._bits = (rng or random.Random(os.urandom(16))).getrandbits
         self.sample_bound = 0
         self.set_sample_ratio(sample_ratio)
-        self._batch = ""   # hex digits for fresh(), 80 a request
-        self._pos = 0
-        self._spans = ""   # hex digits for span_id(), 16 a span
-        self._span_pos = 0
+        self._fresh = _Digits(self._bits, 80)   # fresh(): a trace id, a span id and a request id
+        self._spans = _Digits(self._bits, 16)   # span_id()
 
     def set_sample_ratio(self, ratio: float) -> None:
         # a new trace is sampled when its trace id's low 64 bits fall under ratio * 2^64, the rule of
@@ -215,15 +236,11 @@ class IdSource:
         return int(trace_id[16:], 16) < self.sample_bound
 
     def span_id(self) -> str:
-        """A non-zero span id, sliced from a batch of hex digits drawn and formatted at once (formatting one
-        number costs more than slicing one)."""
+        """A non-zero span id, sliced from a batch of digits."""
+        spans = self._spans
         while True:
-            pos = self._span_pos
-            if pos >= len(self._spans):
-                self._spans = self._bits(64 * _BATCH).to_bytes(8 * _BATCH, "big").hex()
-                pos = 0
-            self._span_pos = pos + 16
-            span = self._spans[pos:pos + 16]
+            pos = spans.take()
+            span = spans.text[pos:pos + 16]
             if span != _SPAN_ZEROS:
                 return span
 
@@ -245,19 +262,15 @@ class IdSource:
         """``(request id, trace id, span id, flags)`` for a request that comes without any (the caller's sidecar
         does this on every request): 80 random hex digits, sliced from a batch drawn and formatted at once,
         for a UUID4 request id, a non-zero trace id and a non-zero span id, and the :meth:`sampled` flag."""
+        digits = self._fresh
         while True:
-            pos = self._pos
-            if pos >= len(self._batch):
-                # the same digits as f"{bits:0{80 * _BATCH}x}", from bytes: formatting a 20,480-bit number
-                # digit by digit cost ~1,000 instructions a request
-                self._batch = self._bits(320 * _BATCH).to_bytes(40 * _BATCH, "big").hex()
-                pos = 0
-            self._pos = pos + 80
-            trace = self._batch[pos:pos + 32]
-            span = self._batch[pos + 32:pos + 48]
+            pos = digits.take()
+            batch = digits.text
+            trace = batch[pos:pos + 32]
+            span = batch[pos + 32:pos + 48]
             if trace != _TRACE_ZEROS and span != _SPAN_ZEROS:
                 break
-        r = self._batch[pos + 48:pos + 80]
+        r = batch[pos + 48:pos + 80]
         request = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{_VARIANT[r[16]]}{r[17:20]}-{r[20:]}"
         bound = self.sample_bound
         if bound > _LOW_64:
