@@ -209,7 +209,7 @@ class _Digits:
         """Where the next ``size`` digits start in :attr:`text` (which may be a new batch)."""
         pos = self._pos
         if pos >= len(self.text):
-            self.text = self._bits(4 * self._size * _BATCH).to_bytes(2 * self._size * _BATCH, "big").hex()
+            self.text = self._bits(4 * self._size * _BATCH).to_bytes(self._size * _BATCH // 2, "big").hex()
             pos = 0
         self._pos = pos + self._size
         return pos
