@@ -15,9 +15,10 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # The modules every proxied request runs through: HTTP/1.1 and HTTP/2 framing, the exchange and its client and upstream
-# sides, the caller's resilience policy, routing and authorization, the per-request telemetry: record, access-log
-# line, span and its OTLP bytes.
+# sides, the caller's resilience policy, routing and authorization (and the catalog snapshot they read), the
+# per-request telemetry: record, access-log line, span and its OTLP bytes.
 NATIVE = [
+    "sidecar/catalog/mesh.py",
     "sidecar/clock.py",
     "sidecar/dns/cache.py",
     "sidecar/dns/counters.py",

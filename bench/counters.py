@@ -133,24 +133,24 @@ def _dump(pid: int, folder: Path) -> Counts:
     return parse_dump(new[-1].read_text(errors="replace"))
 
 
-def counted(pids: Sequence[int], folder: Path, load: Callable[[], int]) -> tuple[Counts, int, float]:
-    """Zero the processes' counters, run ``load`` (returns how many it did), dump: counts, done, seconds."""
+def counted(pids: Sequence[int], folder: Path, load: Callable[[], int]) -> tuple[list[Counts], int, float]:
+    """Zero the processes' counters, run ``load`` (returns how many it did), dump: each process's counts (in the
+    order of ``pids``), done, seconds."""
     for pid in pids:
         _control("-z", pid)
     started = time.monotonic()
     done = load()
     elapsed = time.monotonic() - started
-    total = Counts()
-    for pid in pids:
-        total = total + _dump(pid, folder)
-    return total, done, elapsed
+    return [_dump(pid, folder) for pid in pids], done, elapsed
 
 
-def per_unit(pids: Sequence[int], folder: Path, load: Callable[[], int]) -> tuple[Counts, int]:
-    """Counts per request of ``load``, less what the processes run when idle over the same time."""
+def per_unit(pids: Sequence[int], folder: Path, load: Callable[[], int]) -> tuple[Counts, int, tuple[Counts, ...]]:
+    """Counts per request of ``load``, less what the processes run when idle over the same time: summed over the
+    processes, the count done, and each process's own (in the order of ``pids``)."""
     idle, _, idle_seconds = counted(pids, folder, lambda: _sleep(IDLE_WINDOW))
     busy, done, seconds = counted(pids, folder, load)
-    return net_per_unit(busy, done, seconds, idle, idle_seconds), done
+    parts = tuple(net_per_unit(b, done, seconds, i, idle_seconds) for b, i in zip(busy, idle, strict=True))
+    return sum(parts, Counts()), done, parts
 
 
 def net_per_unit(busy: Counts, done: int, seconds: float, idle: Counts, idle_seconds: float) -> Counts:
@@ -296,6 +296,7 @@ class Row:
     counts: Counts
     measured: int
     software: Software
+    parts: tuple[Counts, ...] = ()   # each process's counts, when the setup has several (the caller's side first)
 
 
 @contextmanager
@@ -414,12 +415,12 @@ def proxy_row(name: str, folder: Path, backend: int, certs: dict[str, Path], mes
         instrument(pids)
         load = HttpLoad(port, host)
         load.warm_up(WARM_UP, VALGRIND_START_TIMEOUT)
-        counts, done = per_unit(pids, folder, partial(load.run, requests, 30 * seconds))
+        counts, done, parts = per_unit(pids, folder, partial(load.run, requests, 30 * seconds))
         load.connection.close()
         if keep is not None:
             keep_dumps(pids, folder, keep, name, done)
     print(f"counters: {name} done ({done} requests under valgrind)", file=sys.stderr, flush=True)
-    return Row(name, "request", counts, done, software)
+    return Row(name, "request", counts, done, software, parts)
 
 
 def dns_rows(setups: Sequence[str], queries: int, seconds: float, ll_mib: int,
@@ -447,7 +448,7 @@ def dns_rows(setups: Sequence[str], queries: int, seconds: float, ll_mib: int,
                 instrument([server.pid])
                 dns_load = DnsLoad(server.port)
                 dns_load.run(WARM_UP * 4, VALGRIND_START_TIMEOUT)
-                counts, done = per_unit([server.pid], folder, partial(dns_load.run, queries, 30 * seconds))
+                counts, done, _ = per_unit([server.pid], folder, partial(dns_load.run, queries, 30 * seconds))
                 dns_load.socket.close()
                 if keep is not None:
                     keep_dumps([server.pid], folder, keep, name, done)
@@ -476,6 +477,12 @@ def report(rows: Sequence[Row], reference: str, ll_mib: int) -> str:
                      f"{c.ll_misses:,.2f} | {c.branches:,.0f} | {c.mispredicts:,.1f} | {s.cpu_ns / 1000:.1f} | "
                      f"{s.user_share:.0%} | "
                      f"{s.context_switches:.2f} | {s.page_faults:.3f} | {row.measured} |")
+    split = [row for row in rows if len(row.parts) > 1]
+    if split:
+        lines.append("")
+        for row in split:
+            each = " + ".join(f"{part.instructions:,.0f}" for part in row.parts)
+            lines.append(f"{row.setup}: instructions per process, the caller's side first: {each}")
     base = next((row for row in rows if row.setup == reference), None)
     if base is not None:
         lines.append("")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Final, Protocol
 
 
 class Clock(Protocol):
@@ -54,7 +54,7 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
-SYSTEM_CLOCK = SystemClock()
+SYSTEM_CLOCK: Final = SystemClock()
 
 
 def epoch_ms(clock: Clock = SYSTEM_CLOCK) -> int:

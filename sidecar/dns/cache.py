@@ -16,12 +16,13 @@ when it is full the oldest entry goes, so random names cannot grow it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from sidecar.dns import wire
 
 # 50 services x (A, AAAA, SRV, _NAME._tcp SRV, tags) x a few EDNS sizes is a few thousand; 20k leaves
 # room for NXDOMAIN noise while staying a few MiB
-DEFAULT_MAX_ENTRIES = 20_000
+DEFAULT_MAX_ENTRIES: Final = 20_000
 
 
 class Answer:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import dns.rcode
 
-NOERROR = 0
-NXDOMAIN = 3
+NOERROR: Final = 0
+NXDOMAIN: Final = 3
 
 
 class DnsCounters:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import dns.flags
 import dns.rcode
@@ -43,15 +43,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # RFC 7766 6.2.3 suggests idle timeouts of seconds, not minutes: connections are cheap to reopen
-DEFAULT_TCP_IDLE_TIMEOUT = 10.0
+DEFAULT_TCP_IDLE_TIMEOUT: Final = 10.0
 # one sidecar serves one app and a few tools; more connections than this is a leak or an attack
-DEFAULT_MAX_TCP_CONNECTIONS = 256
+DEFAULT_MAX_TCP_CONNECTIONS: Final = 256
 # forwarded queries one TCP connection may have outstanding before we stop reading it
-MAX_PIPELINED_PER_CONNECTION = 32
+MAX_PIPELINED_PER_CONNECTION: Final = 32
 # absorbs bursts of queries while the loop is busy; the kernel caps it at net.core.rmem_max
-UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+UDP_RECEIVE_BUFFER: Final = 4 * 1024 * 1024
 # binding UDP and TCP on the same free port can race with other programs; try a few ports
-_BIND_ATTEMPTS = 20
+_BIND_ATTEMPTS: Final = 20
 
 
 class DnsListenFailed(Exception):

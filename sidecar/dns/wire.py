@@ -9,20 +9,22 @@ returns ``None`` here and takes the slow path through the answerer, which judges
 
 from __future__ import annotations
 
-HEADER_SIZE = 12
-MAX_NAME = 255
+from typing import Final
+
+HEADER_SIZE: Final = 12
+MAX_NAME: Final = 255
 
 # byte 2 of the header: QR(0x80) OPCODE(0x78) AA(0x04) TC(0x02) RD(0x01); a plain query has only RD
-_FLAGS_BUT_RD = 0xFE
-_QR = 0x80
-_OPCODE_AND_RD = 0x79
+_FLAGS_BUT_RD: Final = 0xFE
+_QR: Final = 0x80
+_OPCODE_AND_RD: Final = 0x79
 # QDCOUNT=1, ANCOUNT=0, NSCOUNT=0
-_PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00"
-_NO_ADDITIONAL = b"\x00\x00"
-_ONE_ADDITIONAL = b"\x00\x01"
-_OPT_TYPE = b"\x00\x29"
+_PLAIN_COUNTS: Final = b"\x00\x01\x00\x00\x00\x00"
+_NO_ADDITIONAL: Final = b"\x00\x00"
+_ONE_ADDITIONAL: Final = b"\x00\x01"
+_OPT_TYPE: Final = b"\x00\x29"
 
-NO_EDNS = b"\x00"
+NO_EDNS: Final = b"\x00"
 
 
 def question_key(data: bytes) -> tuple[bytes, int] | None:

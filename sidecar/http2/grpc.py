@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar.errors import Code, InvalidArgument, Overloaded, classify
 
@@ -43,12 +44,12 @@ RETRY_ON: dict[str, Status] = {
 
 # gRPC's statuses that say the server side failed (as an HTTP 5xx does); the others are the app's answers to a
 # call it understood (as a 4xx is). Records and metrics count these as errors.
-SERVER_ERRORS = frozenset({Status.UNKNOWN, Status.DEADLINE_EXCEEDED, Status.UNIMPLEMENTED, Status.INTERNAL,
+SERVER_ERRORS: Final = frozenset({Status.UNKNOWN, Status.DEADLINE_EXCEEDED, Status.UNIMPLEMENTED, Status.INTERNAL,
                            Status.UNAVAILABLE, Status.DATA_LOSS})
 # the statuses the outlier detector counts as a failure of the host, as it counts 502, 503 and 504
-GATEWAY_ERRORS = frozenset({Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED})
+GATEWAY_ERRORS: Final = frozenset({Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED})
 
-CONTENT_TYPE = b"application/grpc"
+CONTENT_TYPE: Final = b"application/grpc"
 
 
 def from_http(status: int) -> Status:
@@ -77,8 +78,8 @@ def service_method(path: str) -> str | None:
 
 # -- grpc-timeout: TimeoutValue (1 to 8 digits) then TimeoutUnit ---------------------------------------
 
-_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_MAX_VALUE = 99_999_999
+_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_MAX_VALUE: Final = 99_999_999
 
 
 def parse_timeout(value: str | bytes) -> float:

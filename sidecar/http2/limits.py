@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-DEFAULT_WINDOW = 65535  # RFC 9113's initial window, stream and connection
+DEFAULT_WINDOW: Final = 65535  # RFC 9113's initial window, stream and connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ import random
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.registry import LocalRegistry
@@ -77,8 +77,8 @@ log = logging.getLogger("sidecar.mesh")
 
 # how long before a peer's inbound idle timeout our pool closes an idle connection to it (we close first, so a
 # request never lands on a connection the peer is closing)
-PEER_IDLE_MARGIN = 10.0
-NO_TLS_MESSAGE = "mTLS is not configured (no tls section): this sidecar carries no traffic between services"
+PEER_IDLE_MARGIN: Final = 10.0
+NO_TLS_MESSAGE: Final = "mTLS is not configured (no tls section): this sidecar carries no traffic between services"
 
 
 def _no_tls() -> Unavailable:

@@ -6,7 +6,7 @@ by the destination's sidecar only; paths under ``/.sidecar/`` are between sideca
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 from sidecar.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from sidecar.mesh.authorization import Decisions
@@ -19,11 +19,11 @@ from sidecar.tls.errors import PeerRefused
 from sidecar.tls.identity import PeerIdentity
 from sidecar.tls.reloader import IdentityStore
 
-CALLER_HEADER = b"x-sidecar-caller"
-TOPIC_HEADER = b"x-sidecar-topic"  # a push delivery of a published message names its topic
-INTERNAL_PREFIX = b"/.sidecar/"  # paths between sidecars (messaging deliveries); never an app's
-CALLER_KEY = "caller"  # ConnectionInfo.data: the verified caller's PeerIdentity
-_CALLER_VALUE = "caller-header"
+CALLER_HEADER: Final = b"x-sidecar-caller"
+TOPIC_HEADER: Final = b"x-sidecar-topic"  # a push delivery of a published message names its topic
+INTERNAL_PREFIX: Final = b"/.sidecar/"  # paths between sidecars (messaging deliveries); never an app's
+CALLER_KEY: Final = "caller"  # ConnectionInfo.data: the verified caller's PeerIdentity
+_CALLER_VALUE: Final = "caller-header"
 
 
 def refuse_internal(head: RequestHead) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Final
 
 from sidecar.proxy.relay import RelayStats
 from sidecar.proxy.target import RequestStats
 
-_STATUS_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+_STATUS_CLASS: Final[tuple[str, ...]] = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class MeshStats:

@@ -7,11 +7,13 @@ reads it, then relays the rest of the connection to that service's app as it is.
 
 from __future__ import annotations
 
+from typing import Final
+
 from sidecar.mesh.naming import ServiceName
 
-TUNNEL_MAGIC = b"sidecar-tcp/1"
+TUNNEL_MAGIC: Final = b"sidecar-tcp/1"
 # a service name and a tag are DNS labels: a header line longer than this is not ours
-MAX_TUNNEL_HEADER = 256
+MAX_TUNNEL_HEADER: Final = 256
 
 
 class TunnelHeaderError(ValueError):

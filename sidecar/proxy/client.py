@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Hashable, Iterable
-from typing import cast
+from typing import Final, cast
 
 from sidecar.proxy.clientwire import AnswerCollector, HttpAnswer, encode_request
 from sidecar.proxy.connector import dial
@@ -38,8 +38,8 @@ from sidecar.proxy.target import Target
 from sidecar.tls.context import refusal_of
 from sidecar.tls.errors import PeerRefused
 
-IDLE_TIMEOUT = 30.0   # seconds an idle connection is kept (aiohttp's client keeps them 15s, servers 60-75s)
-MAX_IDLE = 64         # idle connections kept per (address, TLS context, server name)
+IDLE_TIMEOUT: Final = 30.0   # seconds an idle connection is kept (aiohttp's client keeps them 15s, servers 60-75s)
+MAX_IDLE: Final = 64         # idle connections kept per (address, TLS context, server name)
 
 
 class KeptConnection(asyncio.Protocol):

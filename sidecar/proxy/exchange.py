@@ -84,7 +84,7 @@ def _phases(*phases: int) -> int:
 
 
 # the allowed transitions, from each phase (index) to any phase of its bit set
-TRANSITIONS: Final = (
+TRANSITIONS: Final[tuple[int, ...]] = (
     _phases(CONNECTING, DONE),                                           # ROUTING
     _phases(CONNECTING, BACKOFF, AWAITING_RESPONSE, DONE),               # CONNECTING (a failed dial: retry)
     _phases(CONNECTING, DONE),                                           # BACKOFF
@@ -97,10 +97,10 @@ TRANSITIONS: Final = (
 )
 
 
-_TRACEPARENT = b"traceparent"
-_REQUEST_ID = b"x-request-id"
-_CONTENT_TYPE = b"content-type"
-_GRPC_PREFIX = b"application/grpc"
+_TRACEPARENT: Final = b"traceparent"
+_REQUEST_ID: Final = b"x-request-id"
+_CONTENT_TYPE: Final = b"content-type"
+_GRPC_PREFIX: Final = b"application/grpc"
 
 
 class Exchange(StreamUser):

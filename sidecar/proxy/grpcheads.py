@@ -10,13 +10,15 @@ head holds the status. A sidecar's own error to a gRPC call may still cross an H
 
 from __future__ import annotations
 
+from typing import Final
+
 from sidecar.errors import Code
 from sidecar.http2.grpc import Status, encode_message, from_http, grpc_status, is_grpc
 from sidecar.proxy.h2heads import relayed_error
 from sidecar.proxy.http1 import RequestHead, ResponseHead, Trailers
 
-_CONTENT_TYPE = b"content-type"
-_STATUS_FIELD = b"grpc-status"
+_CONTENT_TYPE: Final = b"content-type"
+_STATUS_FIELD: Final = b"grpc-status"
 
 
 def is_grpc_request(head: RequestHead) -> bool:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from sidecar.errors import Code, rescue
 from sidecar.http2.connection import H2Core, new_connection
@@ -59,10 +59,10 @@ from sidecar.proxy.writebatch import write_batch
 
 log = logging.getLogger(__name__)
 
-INTERNAL_ERROR = 0x2
+INTERNAL_ERROR: Final = 0x2
 # how long a connection the core ended is read on before it is closed: closing with unread input sends a TCP
 # RST, which may discard the GOAWAY before the client reads it
-LINGER = 1.0
+LINGER: Final = 1.0
 
 
 class H2Acceptor(Protocol):

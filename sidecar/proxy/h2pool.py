@@ -15,6 +15,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable, Hashable
+from typing import Final
 
 from sidecar.errors import ResourceExhausted
 from sidecar.http2.keepalive import KeepalivePolicy
@@ -30,10 +31,10 @@ log = logging.getLogger("sidecar.proxy.pool")
 
 # how long a peer whose handshake did not select h2 is sent HTTP/1.1 before h2 is offered again (a rolling
 # upgrade replaces it with a sidecar that speaks h2 within minutes)
-HTTP1_RECHECK = 300.0
+HTTP1_RECHECK: Final = 300.0
 # streams a connection is expected to take before its peer's SETTINGS say: RFC 9113's recommended floor, what
 # sidecars, Envoy, nginx and Go advertise
-DEFAULT_STREAMS_PER_CONN = 100
+DEFAULT_STREAMS_PER_CONN: Final = 100
 
 
 class H2UpstreamPool(StreamPool):

@@ -38,7 +38,7 @@ import logging
 import os
 import ssl
 from http import HTTPStatus
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from sidecar.http2.connection import H2Core, new_connection
 from sidecar.http2.events import (
@@ -64,10 +64,10 @@ from sidecar.proxy.writebatch import write_batch
 
 log = logging.getLogger("sidecar.proxy.pool")
 
-CONNECT_TIMEOUT = 5.0
-ALPN_H2 = "h2"
+CONNECT_TIMEOUT: Final = 5.0
+ALPN_H2: Final = "h2"
 # HTTP/2 has no reason phrase: the HTTP/1.1 hop after it gets the standard one
-_REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
+_REASONS: Final = {int(s): s.phrase.encode() for s in HTTPStatus}
 
 
 def request_headers(head: RequestHead, scheme: bytes = b"http") -> H2Headers:

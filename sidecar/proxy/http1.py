@@ -29,19 +29,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Final
 
 from sidecar.errors import Code, SidecarError
 
 # RFC 9110 7.6.1 and RFC 9112 7: headers that describe one connection, never forwarded. Framing headers
 # are also taken out here; the serializer writes the framing of the outgoing message itself.
-_HOP_BY_HOP = frozenset({
+_HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
     b"content-length",
 })
 
 
 # fields the serializers write themselves or never forward: framing, Host and the hop-by-hop ones
-SPECIAL_FIELDS = _HOP_BY_HOP | {b"host"}
+SPECIAL_FIELDS: Final = _HOP_BY_HOP | {b"host"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +55,11 @@ class HeadLimits:
     max_field_bytes: int = 0
 
 
-DEFAULT_HEAD_LIMITS = HeadLimits()
+DEFAULT_HEAD_LIMITS: Final = HeadLimits()
 
 # RFC 9110 9.2.2: methods whose effect is the same sent once or twice. A request lost with a stale pooled
 # connection is re-sent, and a retry after the request was sent is made, only for these.
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class RemoteProtocolError(SidecarError):
@@ -161,7 +162,7 @@ class Headers:
         return len(self.items)
 
 
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN_CHARS: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _check_field(name: bytes, value: bytes) -> None:
@@ -208,16 +209,32 @@ class RequestHead:
 
     def to_bytes(self) -> bytes:
         """The head as sent upstream: HTTP/1.1, the Host, end-to-end headers, then the framing we chose."""
-        parts = [self.method.encode(), b" ", self.target, b" HTTP/1.1\r\nHost: ", self.host.encode("latin-1"),
-                 b"\r\n"]
-        for _, name, value in self.headers.items:
-            parts += (name, b": ", value, b"\r\n")
+        items = self.headers.items
+        # the list made at its full size and filled by index: appends would grow it (and reallocate) several times
+        parts = [b""] * (6 + 4 * len(items))
+        parts[0] = self.method.encode()
+        parts[1] = b" "
+        parts[2] = self.target
+        parts[3] = b" HTTP/1.1\r\nHost: "
+        parts[4] = self.host.encode("latin-1")
+        parts[5] = b"\r\n"
+        i = 6
+        for _, name, value in items:
+            parts[i] = name
+            parts[i + 1] = b": "
+            parts[i + 2] = value
+            parts[i + 3] = b"\r\n"
+            i += 4
         if self.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif self.content_length is not None:
-            parts += (b"Content-Length: ", b"%d" % self.content_length, b"\r\n")
+            parts.append(b"Content-Length: ")
+            parts.append(decimal(self.content_length))
+            parts.append(b"\r\n")
         if self.upgrade is not None:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+            parts.append(b"Connection: upgrade\r\nUpgrade: ")
+            parts.append(self.upgrade)
+            parts.append(b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -264,13 +281,17 @@ class ResponseHead:
     def to_bytes(self, chunked: bool, close: bool) -> bytes:
         """The head as sent downstream; ``chunked`` re-frames a body that ran to close, ``close`` says
         the proxy closes the downstream connection after this response."""
-        parts = [b"HTTP/1.1 %d " % self.status, self.reason, b"\r\n", self.fields]
+        parts = [b"HTTP/1.1 ", decimal(self.status), b" ", self.reason, b"\r\n", self.fields]
         if chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif self.content_length is not None:
-            parts += (b"Content-Length: ", b"%d" % self.content_length, b"\r\n")
+            parts.append(b"Content-Length: ")
+            parts.append(decimal(self.content_length))
+            parts.append(b"\r\n")
         if self.upgrade is not None:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+            parts.append(b"Connection: upgrade\r\nUpgrade: ")
+            parts.append(self.upgrade)
+            parts.append(b"\r\n")
         elif close:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
@@ -280,12 +301,21 @@ class ResponseHead:
         return f"<ResponseHead {self.status}>"
 
 
+# the decimal text of small numbers (status codes, short bodies' lengths), made once: formatting costs more
+_DECIMALS: Final[tuple[bytes, ...]] = tuple(str(n).encode() for n in range(1024))
+
+
+def decimal(n: int) -> bytes:
+    """``n`` in decimal ASCII, as ``b"%d" % n`` writes it."""
+    return _DECIMALS[n] if 0 <= n < 1024 else str(n).encode()
+
+
 def encode_chunk(data: bytes) -> list[bytes]:
     """One chunk of a chunked body, as pieces for ``writelines`` (the data is not copied)."""
     return [b"%x\r\n" % len(data), data, b"\r\n"]
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 # trailer fields as received, in order: (name, value)
 Trailers = list[tuple[bytes, bytes]]

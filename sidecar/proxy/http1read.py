@@ -9,7 +9,7 @@ message heads they build, and the errors they raise, are :mod:`sidecar.proxy.htt
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Final, Protocol
 
 import httptools
 
@@ -70,11 +70,11 @@ class _NoSink:
         pass
 
 
-_NO_SINK = _NoSink()
+_NO_SINK: Final = _NoSink()
 
 
 # RFC 9112 7.1: the last chunk of a chunked body: one or more zeros, then optional extensions
-_LAST_CHUNK_LINE = re.compile(rb"0+[ \t]*(;.*)?")
+_LAST_CHUNK_LINE: Final = re.compile(rb"0+[ \t]*(;.*)?")
 
 
 class _Fields:
@@ -329,48 +329,97 @@ class RequestReader(_Reader):
         self._sink.on_request_end(trailers)
 
 
-# matched against a lowercased copy of the block (case-sensitive matching is the cheaper kind for sre, and the
-# names come out lowercase); values are sliced from the original, so they keep their case
-_SPECIAL_LINE = re.compile(
-    rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|content-length):[ \t]*([^\r]*)",
-)
+# the fields cut out of a response head (hop-by-hop and framing), by lowercase name
+_SPECIAL_NAMES: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                                   b"transfer-encoding", b"upgrade", b"content-length"))
+# their names as servers spell them (lowercase, and capitalized as nginx and most servers send them): found without
+# a lowercased copy; any other spelling is lowercased first
+_SPELLED: Final = {**{name: name for name in _SPECIAL_NAMES},
+                   **{b"-".join(part.capitalize() for part in name.split(b"-")): name for name in _SPECIAL_NAMES},
+                   b"TE": b"te"}
 # Connection values that name no other field: nothing more to cut
-_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"upgrade"))
+_PLAIN_CONNECTION: Final = frozenset((b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"))
+
+
+def _special_length(line: bytes) -> int:
+    """Where the colon is when ``line`` may be a cut field (its name's length, from the name's first letter and the
+    colon after it), 0 when it cannot be: most fields of a head are told apart by two byte comparisons."""
+    size = len(line)
+    first = line[0] | 0x20 if size else 0
+    if first == 99:      # c: connection, content-length
+        if size > 10 and line[10] == 58:
+            return 10
+        if size > 14 and line[14] == 58:
+            return 14
+    elif first == 116:   # t: te, trailer, transfer-encoding
+        if size > 2 and line[2] == 58:
+            return 2
+        if size > 7 and line[7] == 58:
+            return 7
+        if size > 17 and line[17] == 58:
+            return 17
+    elif first == 107:   # k: keep-alive
+        if size > 10 and line[10] == 58:
+            return 10
+    elif first == 117:   # u: upgrade
+        if size > 7 and line[7] == 58:
+            return 7
+    elif first == 112 and size > 16 and line[16] == 58:   # p: proxy-connection
+        return 16
+    return 0
 
 
 def split_fields(block: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
     """Cut hop-by-hop and framing lines out of a header block (a first line, ``Name: value\r\n`` lines and
     the empty line); returns the other lines and the values of what was cut, by lowercase name.
 
-    llhttp has already checked the syntax (no space before a colon, CRLF only), so a field line starts
-    right after a CRLF with its name and a colon; one regular expression pass finds them all.
+    llhttp has already checked the syntax (no space before a colon, CRLF only), so a field line starts with its
+    name and a colon. One split gives the lines; a line's first letter and the place of its colon tell most
+    fields from the cut ones without a copy, and only a cut field's name and value are sliced out.
     """
-    first = block.find(b"\r\n")
-    pos = first + 2
-    parts = []
+    lines = block.split(b"\r\n")
     special: dict[bytes, list[bytes]] = {}
-    for match in _SPECIAL_LINE.finditer(block.lower(), first):
-        name = match.group(1)
-        start, end = match.span(2)
-        value = block[start:end].rstrip(b" \t")
+    kept: list[bytes] | None = None   # None until a line is cut: then the lines before it, and the kept ones after
+    last = len(lines) - 2             # lines[0] is the first line; the block ends with the empty line: b"", b""
+    for i in range(1, last):
+        line = lines[i]
+        colon = _special_length(line)
+        name: bytes | None = None
+        if colon:
+            spelled = line[:colon]
+            name = _SPELLED.get(spelled)
+            if name is None:
+                lowered = spelled.lower()
+                if lowered in _SPECIAL_NAMES:
+                    name = lowered
+        if name is None:
+            if kept is not None:
+                kept.append(line)
+            continue
+        start = colon + 1
+        end = len(line)
+        while start < end and (line[start] == 32 or line[start] == 9):       # space, tab
+            start += 1
+        while end > start and (line[end - 1] == 32 or line[end - 1] == 9):
+            end -= 1
+        value = line[start:end]
         found = special.get(name)
         if found is None:
             special[name] = [value]
         else:
             found.append(value)
-        start = match.start() + 2
-        if start > pos:
-            parts.append(block[pos:start])
-        pos = end + 2
-    if pos == first + 2:
-        kept = block[pos:-2]
+        if kept is None:
+            kept = lines[1:i]
+    if kept is None:
+        fields = block[len(lines[0]) + 2:-2]
     else:
-        parts.append(block[pos:-2])
-        kept = b"".join(parts)
+        kept.append(b"")
+        fields = b"\r\n".join(kept)
     connection = special.get(b"connection")
-    if connection is not None and (len(connection) != 1 or connection[0].lower() not in _PLAIN_CONNECTION):
-        kept = _cut_named(kept, connection)
-    return kept, special
+    if connection is not None and (len(connection) != 1 or (connection[0] not in _PLAIN_CONNECTION
+                                                            and connection[0].lower() not in _PLAIN_CONNECTION)):
+        fields = _cut_named(fields, connection)
+    return fields, special
 
 
 def _cut_named(fields: bytes, connection: list[bytes]) -> bytes:
@@ -385,10 +434,10 @@ def _cut_named(fields: bytes, connection: list[bytes]) -> bytes:
 
 # A response connection's phase (module constants rather than an Enum: compiled, they are plain ints).
 # Every message's end brings _HEAD again, so a head that arrives in a read of its own is collected whole.
-_HEAD = 0        # a head is expected or arriving: the bytes fed are kept until it is complete
-_INTERIM = 1     # an interim (1xx) head was handed on; the final head follows once llhttp ends the interim message
-_MESSAGE = 2     # a final head was handed on; its body flows until the message ends
-_HEAD_DONE = 3   # the answer to a HEAD request ended with its head; nothing is expected until the next expect()
+_HEAD: Final = 0  # a head is expected or arriving: the bytes fed are kept until it is complete
+_INTERIM: Final = 1  # an interim (1xx) head was handed on; the final head follows once llhttp ends the interim message
+_MESSAGE: Final = 2  # a final head was handed on; its body flows until the message ends
+_HEAD_DONE: Final = 3  # the answer to a HEAD request ended with its head; nothing is expected until the next expect()
 
 
 class ResponseReader:

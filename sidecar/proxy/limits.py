@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from sidecar.proxy.http1 import DEFAULT_HEAD_LIMITS, HeadLimits
 
@@ -72,20 +73,24 @@ class PoolLimits:
     connect_timeout: float = 5.0
 
 
-DEFAULT_PROXY_LIMITS = ProxyLimits()
+DEFAULT_PROXY_LIMITS: Final = ProxyLimits()
 # Pieces written together to a TLS transport are joined first, up to this many bytes: uvloop encrypts each piece of
 # writelines() as its own TLS record, so a response head and its body would cost two records to seal and two for
 # the peer to open. Beyond this size records are full anyway and joining would only copy.
-TLS_COALESCE_MAX = 64 * 1024
-DEFAULT_POOL_LIMITS = PoolLimits()
+TLS_COALESCE_MAX: Final = 64 * 1024
+DEFAULT_POOL_LIMITS: Final = PoolLimits()
 
 
 def write_pieces(transport: asyncio.Transport, pieces: list[bytes], tls: bool) -> None:
     """Write ``pieces`` in order; to a TLS transport, several of up to TLS_COALESCE_MAX bytes in all go as one."""
-    if tls and len(pieces) > 1 and sum(map(len, pieces)) <= TLS_COALESCE_MAX:
-        transport.write(b"".join(pieces))
-    else:
-        transport.writelines(pieces)
+    if tls and len(pieces) > 1:
+        size = 0
+        for piece in pieces:   # a compiled loop: sum(map(len, ...)) looks both builtins up on every call
+            size += len(piece)
+        if size <= TLS_COALESCE_MAX:
+            transport.write(b"".join(pieces))
+            return
+    transport.writelines(pieces)
 
 
 def _nothing() -> None:

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import os
 import random
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
-_HEX = frozenset(b"0123456789abcdef")
-_ZERO_TRACE = b"0" * 32
-_ZERO_SPAN = b"0" * 16
-SAMPLED = 0x01
-# the common case, checked in one pass: version 00, lowercase hex fields, exactly 55 characters
-_VERSION_00 = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_HEX: Final = frozenset(b"0123456789abcdef")
+_LOWER_HEX: Final = b"0123456789abcdef"
+_ZERO_TRACE: Final = b"0" * 32
+_ZERO_SPAN: Final = b"0" * 16
+SAMPLED: Final = 0x01
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +62,15 @@ def parse_fields(value: bytes | str | None) -> tuple[str, str, int] | None:
     raw = value.encode("latin-1") if isinstance(value, str) else value
     if len(raw) != 55:
         raw = raw.strip(b" \t")
-    if len(raw) == 55:
-        match = _VERSION_00.fullmatch(raw)
-        if match is not None:
-            trace_id, span_id, flags = match.groups()
-            if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+    if len(raw) == 55 and raw[0] == 48 and raw[1] == 48 and raw[2] == 45 and raw[35] == 45 and raw[52] == 45:
+        # the common case (version 00, lowercase hex): the ids are hex when deleting hex digits leaves nothing (a C
+        # pass each), the flags read from their two digits; no match object, no int()
+        number = _lower_hex_value(raw, 53, 55)
+        trace, span = raw[3:35], raw[36:52]
+        if number >= 0 and not trace.translate(None, _LOWER_HEX) and not span.translate(None, _LOWER_HEX):
+            if trace == _ZERO_TRACE or span == _ZERO_SPAN:
                 return None
-            return trace_id.decode(), span_id.decode(), int(flags, 16)
+            return trace.decode(), span.decode(), number
     if len(raw) < 55 or raw[2:3] != b"-" or raw[35:36] != b"-" or raw[52:53] != b"-":
         return None
     version, trace_id, span_id, flags = raw[:2], raw[3:35], raw[36:52], raw[53:55]
@@ -84,15 +85,32 @@ def parse_fields(value: bytes | str | None) -> tuple[str, str, int] | None:
     return trace_id.decode(), span_id.decode(), int(flags, 16)
 
 
+def _lower_hex_value(raw: bytes, start: int, end: int) -> int:
+    """The value of the few bytes ``raw[start:end]`` as lowercase hex digits, or -1 when one is not one."""
+    value = 0
+    for i in range(start, end):
+        c = raw[i]
+        if 48 <= c <= 57:
+            digit = c - 48
+        elif 97 <= c <= 102:
+            digit = c - 87
+        else:
+            return -1
+        value = value << 4 | digit
+    return value
+
+
 def header(trace_id: str, span_id: str, flags: int) -> bytes:
     """The ``traceparent`` value (version 00) for these fields: :meth:`TraceParent.to_header`, as bytes."""
-    return ("00-" + trace_id + "-" + span_id + ("-01" if flags == SAMPLED else f"-{flags:02x}")).encode()
+    if flags == SAMPLED:
+        return f"00-{trace_id}-{span_id}-01".encode()   # one string built at its size, not three concatenations
+    return f"00-{trace_id}-{span_id}-{flags:02x}".encode()
 
 
 # ------------------------------------------------------------------------------------------ B3
 
 
-_HEX_TEXT = frozenset("0123456789abcdef")
+_HEX_TEXT: Final = frozenset("0123456789abcdef")
 
 
 def _hex(value: str, lengths: tuple[int, ...]) -> str | None:
@@ -164,26 +182,50 @@ def incoming_context(headers: Iterable[tuple[bytes, bytes]]) -> TraceParent | No
 # ------------------------------------------------------------------------------------------ ids
 
 
-_LOW_64 = (1 << 64) - 1   # the low half of a trace id, as sampled() reads it
-_UUID4_KEEP = ~(0xF000 << 64) & ~(0xC000 << 48)   # the version and variant bits...
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)      # ...set to version 4, variant RFC 4122
-_BATCH = 64                                         # requests' ids drawn at once by fresh()
-_TRACE_ZEROS, _SPAN_ZEROS = "0" * 32, "0" * 16   # as text: fresh() slices text
+_LOW_64: Final = (1 << 64) - 1   # the low half of a trace id, as sampled() reads it
+_UUID4_KEEP: Final = ~(0xF000 << 64) & ~(0xC000 << 48)   # the version and variant bits...
+_UUID4_SET: Final = (0x4000 << 64) | (0x8000 << 48)      # ...set to version 4, variant RFC 4122
+_BATCH: Final = 64                                         # ids drawn at once by fresh() and span_id()
+_TRACE_ZEROS: Final = "0" * 32   # as text: fresh() and span_id() slice text
+_SPAN_ZEROS: Final = "0" * 16
 # a UUID4's variant digit (RFC 4122: 10xx) from any hex digit's low two bits
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+class _Digits:
+    """Random hex digits drawn ``size`` at a time from batches of ``_BATCH`` draws: slicing a few digits out of a
+    batch costs less than drawing and formatting one number (the digits are those of f"{bits:0{width}x}", made
+    from bytes: formatting a 20,480-bit number digit by digit cost ~1,000 instructions a request)."""
+
+    __slots__ = ("_bits", "_pos", "_size", "text")
+
+    def __init__(self, bits: Callable[[int], int], size: int) -> None:
+        self._bits = bits
+        self._size = size
+        self._pos = 0
+        self.text = ""
+
+    def take(self) -> int:
+        """Where the next ``size`` digits start in :attr:`text` (which may be a new batch)."""
+        pos = self._pos
+        if pos >= len(self.text):
+            self.text = self._bits(4 * self._size * _BATCH).to_bytes(self._size * _BATCH // 2, "big").hex()
+            pos = 0
+        self._pos = pos + self._size
+        return pos
 
 
 class IdSource:
     """Random trace, span and request ids; seed it in tests for reproducible ids."""
 
-    __slots__ = ("_batch", "_bits", "_pos", "sample_bound")
+    __slots__ = ("_bits", "_fresh", "_spans", "sample_bound")
 
     def __init__(self, rng: random.Random | None = None, sample_ratio: float = 1.0) -> None:
         self._bits = (rng or random.Random(os.urandom(16))).getrandbits
         self.sample_bound = 0
         self.set_sample_ratio(sample_ratio)
-        self._batch = ""   # hex digits for fresh(), 80 a request
-        self._pos = 0
+        self._fresh = _Digits(self._bits, 80)   # fresh(): a trace id, a span id and a request id
+        self._spans = _Digits(self._bits, 16)   # span_id()
 
     def set_sample_ratio(self, ratio: float) -> None:
         # a new trace is sampled when its trace id's low 64 bits fall under ratio * 2^64, the rule of
@@ -194,10 +236,13 @@ class IdSource:
         return int(trace_id[16:], 16) < self.sample_bound
 
     def span_id(self) -> str:
+        """A non-zero span id, sliced from a batch of digits."""
+        spans = self._spans
         while True:
-            value = self._bits(64)
-            if value:
-                return f"{value:016x}"
+            pos = spans.take()
+            span = spans.text[pos:pos + 16]
+            if span != _SPAN_ZEROS:
+                return span
 
     def trace_id(self) -> str:
         while True:
@@ -217,17 +262,15 @@ class IdSource:
         """``(request id, trace id, span id, flags)`` for a request that comes without any (the caller's sidecar
         does this on every request): 80 random hex digits, sliced from a batch drawn and formatted at once,
         for a UUID4 request id, a non-zero trace id and a non-zero span id, and the :meth:`sampled` flag."""
+        digits = self._fresh
         while True:
-            pos = self._pos
-            if pos >= len(self._batch):
-                self._batch = f"{self._bits(320 * _BATCH):0{80 * _BATCH}x}"
-                pos = 0
-            self._pos = pos + 80
-            trace = self._batch[pos:pos + 32]
-            span = self._batch[pos + 32:pos + 48]
+            pos = digits.take()
+            batch = digits.text
+            trace = batch[pos:pos + 32]
+            span = batch[pos + 32:pos + 48]
             if trace != _TRACE_ZEROS and span != _SPAN_ZEROS:
                 break
-        r = self._batch[pos + 48:pos + 80]
+        r = batch[pos + 48:pos + 80]
         request = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{_VARIANT[r[16]]}{r[17:20]}-{r[20:]}"
         bound = self.sample_bound
         if bound > _LOW_64:

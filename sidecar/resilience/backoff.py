@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Final
 
 # 2^32 * any sane base is already past any sane max: the exponent stops growing there
-_MAX_EXPONENT = 32
+_MAX_EXPONENT: Final = 32
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,9 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
-DECAY = 10.0            # seconds: the EWMA time constant τ (Linkerd's default)
+DECAY: Final = 10.0            # seconds: the EWMA time constant τ (Linkerd's default)
 
 
 def peak_ewma(estimate: float, stamp: float, sample: float, now: float, tau: float = DECAY) -> float:

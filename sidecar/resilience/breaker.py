@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 
 class Cap(enum.StrEnum):
@@ -56,7 +56,7 @@ class AdmissionDecision:
     cap: Cap | None = None   # the cap that refused, for REJECT; the cap that made it wait, for WAIT
 
 
-_GO = AdmissionDecision(Admission.GO)   # the answer to nearly every request: one shared (frozen) instance
+_GO: Final = AdmissionDecision(Admission.GO)   # the answer to nearly every request: one shared (frozen) instance
 
 
 class Breaker:

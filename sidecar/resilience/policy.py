@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from sidecar.config.model import Config
 from sidecar.errors import DeadlineExceeded
@@ -46,7 +46,7 @@ from sidecar.resilience.cluster import Cluster
 from sidecar.resilience.retry import Call, Peers
 from sidecar.resilience.rules import NOTHING_ASKED, RetryOn, read_request_headers
 
-_CONTENT_TYPE = b"content-type"
+_CONTENT_TYPE: Final = b"content-type"
 
 
 class Resilience:

@@ -18,12 +18,14 @@ Pure: ``now`` is passed in.
 
 from __future__ import annotations
 
+from typing import Final
+
 # seconds: the first hold is the retry back-off's default ceiling, so that a retry's own back-off does not bring
 # it back to the host that refused it; the longest is about the time gossip takes to declare a member dead
 # (the local and lan profiles), after which the catalog stops offering it: holding longer would only delay a
 # restarted host's return
-HOLD_BASE = 0.25
-HOLD_MAX = 5.0
+HOLD_BASE: Final = 0.25
+HOLD_MAX: Final = 5.0
 
 
 def hold(failures: int, base: float = HOLD_BASE, longest: float = HOLD_MAX) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar.config.model import RetryConfig
 from sidecar.http2.grpc import GATEWAY_ERRORS as GRPC_GATEWAY
@@ -14,19 +15,19 @@ from sidecar.proxy import FailureKind, RequestHead
 from sidecar.resilience import deadline
 from sidecar.resilience.backoff import Backoff
 
-GATEWAY_ERRORS = frozenset({502, 503, 504})
+GATEWAY_ERRORS: Final = frozenset({502, 503, 504})
 # gRPC's UNAVAILABLE and DEADLINE_EXCEEDED: what the outlier detector counts against a host, as 502, 503 and 504
-GRPC_GATEWAY_ERRORS = frozenset(int(status) for status in GRPC_GATEWAY)
-RETRIABLE_4XX = frozenset({409})
-_ALL_FAILURES = frozenset(FailureKind)
+GRPC_GATEWAY_ERRORS: Final = frozenset(int(status) for status in GRPC_GATEWAY)
+RETRIABLE_4XX: Final = frozenset({409})
+_ALL_FAILURES: Final = frozenset(FailureKind)
 # a request header may ask for more retries than the policy, but not for a storm
-MAX_RETRIES_OVERRIDE = 10
+MAX_RETRIES_OVERRIDE: Final = 10
 
-MAX_RETRIES_HEADERS = (b"x-sidecar-max-retries", b"x-envoy-max-retries")
-RETRY_ON_HEADERS = (b"x-sidecar-retry-on", b"x-envoy-retry-on")
-_STRIPPED = frozenset((*MAX_RETRIES_HEADERS, *RETRY_ON_HEADERS, deadline.HEADER))
+MAX_RETRIES_HEADERS: Final[tuple[bytes, ...]] = (b"x-sidecar-max-retries", b"x-envoy-max-retries")
+RETRY_ON_HEADERS: Final[tuple[bytes, ...]] = (b"x-sidecar-retry-on", b"x-envoy-retry-on")
+_STRIPPED: Final = frozenset((*MAX_RETRIES_HEADERS, *RETRY_ON_HEADERS, deadline.HEADER))
 # read, kept, and rewritten per try with the time left (deadline.GRPC_TIMEOUT)
-_READ = _STRIPPED | {deadline.GRPC_TIMEOUT}
+_READ: Final = _STRIPPED | {deadline.GRPC_TIMEOUT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class Asked:
     grpc_timeout: bool = False    # the request carries grpc-timeout (counted in ``deadline``), to be rewritten
 
 
-NOTHING_ASKED = Asked()
+NOTHING_ASKED: Final = Asked()
 
 
 def read_request_headers(head: RequestHead) -> Asked:

@@ -23,16 +23,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.accessline import Timestamps, json_line, text_line
 from sidecar.telemetry.batcher import Batcher
 
-ACCESS_LOGGER = "sidecar.access"
-MAX_QUEUE = 65536
-MAX_BATCH = 1024
-INTERVAL = 0.2
+ACCESS_LOGGER: Final = "sidecar.access"
+MAX_QUEUE: Final = 65536
+MAX_BATCH: Final = 1024
+INTERVAL: Final = 0.2
 
 
 class AccessLog:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, Final
 
 from sidecar.proxy.target import RequestStats
 
@@ -37,7 +37,7 @@ def _ms(seconds: float) -> str:
     return f"{sign}{whole}.{_FRACTIONS[fraction]}"
 
 
-_FRACTIONS = [f"{n:03d}".rstrip("0") for n in range(1000)]
+_FRACTIONS: Final = [f"{n:03d}".rstrip("0") for n in range(1000)]
 
 
 def _json_text(value: str | None) -> str:
@@ -46,7 +46,7 @@ def _json_text(value: str | None) -> str:
 
 # Most fields repeat from line to line (direction, service, method, path, host, upstream, peer): their JSON text
 # is kept, up to a bound, and the cache starts over when full (ids, which never repeat, do not come here).
-_QUOTED_LIMIT = 1024
+_QUOTED_LIMIT: Final = 1024
 _quoted: dict[str, str] = {}
 
 
@@ -67,7 +67,7 @@ def _text_value(value: object) -> str:
     return json.dumps(text) if (" " in text or not text) else text
 
 
-_MILLIS = [f".{n:03d}Z" for n in range(1000)]
+_MILLIS: Final = [f".{n:03d}Z" for n in range(1000)]
 
 
 class Timestamps:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.clock import Clock
 from sidecar.config.model import AccessLogConfig, Config, TracingConfig
@@ -34,7 +34,7 @@ from sidecar.telemetry.sampling import Sampler
 if TYPE_CHECKING:
     from sidecar.telemetry.tracing import Tracer
 
-UNKNOWN = "unknown"
+UNKNOWN: Final = "unknown"
 
 
 def local_service_name(config: Config) -> str:

@@ -13,25 +13,25 @@ Wire format (https://protobuf.dev/programming-guides/encoding/): a field is a va
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Final
 
 from sidecar.telemetry.spans import SpanRecord
 
 # Span.flags (SpanFlags): bit 8 says bit 9 is known, bit 9 that the parent is remote. Every parent a sidecar
 # names came in a traceparent from another process, so it is remote.
-FLAG_HAS_IS_REMOTE = 0x100
-FLAG_IS_REMOTE = 0x200
-STATUS_ERROR = 2
+FLAG_HAS_IS_REMOTE: Final = 0x100
+FLAG_IS_REMOTE: Final = 0x200
+STATUS_ERROR: Final = 2
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
-MASK64 = (1 << 64) - 1
+MASK64: Final = (1 << 64) - 1
 
 
 def _key(number: int, wire_type: int) -> bytes:
     return varint_bytes(number << 3 | wire_type)
 
 
-_SMALL = [bytes([n]) for n in range(128)]
+_SMALL: Final = [bytes([n]) for n in range(128)]
 
 
 def varint_bytes(value: int) -> bytes:
@@ -47,30 +47,30 @@ def varint_bytes(value: int) -> bytes:
 
 
 # keys used per span, computed once
-K_TRACE_ID = _key(1, _LEN)
-K_SPAN_ID = _key(2, _LEN)
-K_PARENT = _key(4, _LEN)
-_K_NAME = _key(5, _LEN)
-K_KIND = _key(6, _VARINT)
-K_START = _key(7, _FIXED64)
-K_END = _key(8, _FIXED64)
-_K_ATTRIBUTE = _key(9, _LEN)
-_K_STATUS = _key(15, _LEN)
-_K_FLAGS = _key(16, _FIXED32)
-_K_STATUS_MESSAGE = _key(2, _LEN)
-_K_STATUS_CODE = _key(3, _VARINT)
-_K_KV_KEY = _key(1, _LEN)
-_K_KV_VALUE = _key(2, _LEN)
-_K_STRING = _key(1, _LEN)
-_K_BOOL = _key(2, _VARINT)
-_K_INT = _key(3, _VARINT)
-_K_DOUBLE = _key(4, _FIXED64)
-_K_FIELD1 = _key(1, _LEN)       # ExportTraceServiceRequest.resource_spans, ResourceSpans.resource,
-_K_FIELD2 = _key(2, _LEN)       # Resource.attributes, ScopeSpans.scope; ResourceSpans.scope_spans, ScopeSpans.spans
+K_TRACE_ID: Final = _key(1, _LEN)
+K_SPAN_ID: Final = _key(2, _LEN)
+K_PARENT: Final = _key(4, _LEN)
+_K_NAME: Final = _key(5, _LEN)
+K_KIND: Final = _key(6, _VARINT)
+K_START: Final = _key(7, _FIXED64)
+K_END: Final = _key(8, _FIXED64)
+_K_ATTRIBUTE: Final = _key(9, _LEN)
+_K_STATUS: Final = _key(15, _LEN)
+_K_FLAGS: Final = _key(16, _FIXED32)
+_K_STATUS_MESSAGE: Final = _key(2, _LEN)
+_K_STATUS_CODE: Final = _key(3, _VARINT)
+_K_KV_KEY: Final = _key(1, _LEN)
+_K_KV_VALUE: Final = _key(2, _LEN)
+_K_STRING: Final = _key(1, _LEN)
+_K_BOOL: Final = _key(2, _VARINT)
+_K_INT: Final = _key(3, _VARINT)
+_K_DOUBLE: Final = _key(4, _FIXED64)
+_K_FIELD1: Final = _key(1, _LEN)  # ExportTraceServiceRequest.resource_spans, ResourceSpans.resource,
+_K_FIELD2: Final = _key(2, _LEN)  # Resource.attributes, ScopeSpans.scope; ResourceSpans.scope_spans, ScopeSpans.spans
 
-_DOUBLE = struct.Struct("<d")
-UINT64 = struct.Struct("<Q")
-_UINT32 = struct.Struct("<I")
+_DOUBLE: Final = struct.Struct("<d")
+UINT64: Final = struct.Struct("<Q")
+_UINT32: Final = struct.Struct("<I")
 
 
 def _text(value: str) -> bytes:
@@ -101,8 +101,8 @@ def key_value(key: str, value: Any) -> bytes:
 # Most attributes repeat from span to span (method, peer, port, status, service...): their encoded field is kept,
 # up to a bound, and the cache starts over when full. Keyed by attribute, then value: no tuple made per lookup.
 # Values that never repeat (request ids) pass through without filling it; bools are not kept (True == 1).
-_CACHE_LIMIT = 4096
-_UNIQUE = frozenset({"sidecar.request_id", "messaging.message.id"})
+_CACHE_LIMIT: Final = 4096
+_UNIQUE: Final = frozenset({"sidecar.request_id", "messaging.message.id"})
 _cached: dict[str, dict[str | int, bytes]] = {}
 _cached_count = 0
 
@@ -170,10 +170,10 @@ def span_bytes(span: SpanRecord) -> bytes:
     return b"".join(parts)
 
 
-EMPTY_STATUS = _K_STATUS + b"\x00"     # UNSET: present and empty, as the SDK's encoder sends it
-_STATUS_CODE_ERROR = _K_STATUS_CODE + varint_bytes(STATUS_ERROR)
-FLAGS_ROOT = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE)
-FLAGS_REMOTE_PARENT = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE)
+EMPTY_STATUS: Final = _K_STATUS + b"\x00"     # UNSET: present and empty, as the SDK's encoder sends it
+_STATUS_CODE_ERROR: Final = _K_STATUS_CODE + varint_bytes(STATUS_ERROR)
+FLAGS_ROOT: Final = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE)
+FLAGS_REMOTE_PARENT: Final = _K_FLAGS + _UINT32.pack(FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE)
 
 
 def resource_bytes(attributes: list[tuple[str, Any]]) -> bytes:

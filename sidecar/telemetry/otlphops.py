@@ -13,7 +13,7 @@ loop waits for the GIL.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.otlp import (
@@ -40,12 +40,12 @@ from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, split_host
 
 # distinct Hosts, upstream addresses and callers one sidecar sees are few (the mesh's services, endpoints and
 # connections); a table that reaches this many starts over, so that random Host headers cannot grow it
-_LIMIT = 1024
+_LIMIT: Final = 1024
 
-_KIND_CLIENT = K_KIND + varint_bytes(KIND_CLIENT)
-_KIND_SERVER = K_KIND + varint_bytes(KIND_SERVER)
-_SCHEME_HTTPS = attribute_field("url.scheme", "https")
-_REQUEST_ID = key_part("sidecar.request_id")
+_KIND_CLIENT: Final = K_KIND + varint_bytes(KIND_CLIENT)
+_KIND_SERVER: Final = K_KIND + varint_bytes(KIND_SERVER)
+_SCHEME_HTTPS: Final = attribute_field("url.scheme", "https")
+_REQUEST_ID: Final = key_part("sidecar.request_id")
 
 
 def _method_fields(method: str) -> tuple[bytes, bytes]:

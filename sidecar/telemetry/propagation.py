@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sidecar.proxy.tracecontext import SAMPLED, IdSource, TraceParent, b3_multi, b3_single, parse
 
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
 
 
 @dataclass(frozen=True, slots=True)

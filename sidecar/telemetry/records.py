@@ -29,22 +29,22 @@ import math
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from sidecar.config.values import Duration
 from sidecar.errors import InvalidArgument
 
 _N = TypeVar("_N", int, float)
 
-DIRECTIONS = ("outbound", "inbound")
-DEFAULT_LIMIT = 1000
-DEFAULT_WINDOW = 300.0      # /v1/metrics/summary without ?window=: the last five minutes
-PERCENTILES = (50, 90, 99)
+DIRECTIONS: Final[tuple[str, ...]] = ("outbound", "inbound")
+DEFAULT_LIMIT: Final = 1000
+DEFAULT_WINDOW: Final = 300.0      # /v1/metrics/summary without ?window=: the last five minutes
+PERCENTILES: Final = (50, 90, 99)
 # records are appended when requests end, so ``at`` (their start) is only roughly ordered: scans that stop at
 # a time go this much further (a request longer than this may be missed by a ``since`` or a window)
-ORDER_SLACK = 60.0
+ORDER_SLACK: Final = 60.0
 # Record.grpc_status of a gRPC call that ended without a status (None is "not a gRPC call")
-GRPC_NO_STATUS = -1
+GRPC_NO_STATUS: Final = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +152,12 @@ def summarize(records: Iterable[Record]) -> list[Summary]:
     return rows
 
 
-def _moved(old: array[_N], order: list[int], size: int) -> array[_N]:
-    """A new array of ``size`` items: ``old``'s at ``order`` first, zeros after."""
-    new = array(old.typecode, [old[i] for i in order])
+def _moved(old: array[_N], start: int, count: int, size: int) -> array[_N]:
+    """A new array of ``size`` items: ``count`` of ``old``'s from ``start`` on (wrapping around its end) first,
+    zeros after. Copied by slices: C copies, not one Python object an item."""
+    new = old[start:start + count]
+    if len(new) < count:
+        new.extend(old[:count - len(new)])
     new.extend(array(old.typecode, bytes(new.itemsize * (size - len(new)))))
     return new
 
@@ -247,10 +250,10 @@ class RecordStore:
         """Double the arrays (at most to ``max_samples``), the rows moved to the front, oldest first."""
         size = len(self._at)
         grown = min(self.max_samples, max(16, size * 2))
-        order = [(self._start + i) % size for i in range(self._count)]
-        self._latency = _moved(self._latency, order, grown)
-        self._at = _moved(self._at, order, grown)
-        self._slot = _moved(self._slot, order, grown)
+        start, count = self._start, self._count
+        self._latency = _moved(self._latency, start, count, grown)
+        self._at = _moved(self._at, start, count, grown)
+        self._slot = _moved(self._slot, start, count, grown)
         self._start = 0
         return grown
 

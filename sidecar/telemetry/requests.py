@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
+from typing import Final
 
 # seconds; Linkerd's and Envoy's default latency buckets cover the same 1ms-10s span
 BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
-_CODES = tuple(str(code) for code in range(600))
-_GRPC_CODES = tuple(str(code) for code in range(17))
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+_CODES: Final = tuple(str(code) for code in range(600))
+_GRPC_CODES: Final = tuple(str(code) for code in range(17))
 
 SeriesKey = tuple[str, str, str, str, str]   # direction, source, destination, method, code
 

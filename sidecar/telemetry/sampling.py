@@ -9,7 +9,9 @@ Pure and free of the OpenTelemetry SDK, so that a sidecar with ``exporter: none`
 
 from __future__ import annotations
 
-_LIMIT = 1 << 64
+from typing import Final
+
+_LIMIT: Final = 1 << 64
 
 
 def _digit(char: str) -> int:

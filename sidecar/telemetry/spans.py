@@ -19,17 +19,17 @@ the messaging conventions for messages.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from sidecar.proxy.target import RequestStats
 from sidecar.telemetry.propagation import MessageTrace
 from sidecar.telemetry.requests import METHODS
 
 # OTLP's Span.SpanKind numbers (opentelemetry/proto/trace/v1/trace.proto)
-KIND_SERVER = 2
-KIND_CLIENT = 3
-KIND_PRODUCER = 4
-KIND_CONSUMER = 5
+KIND_SERVER: Final = 2
+KIND_CLIENT: Final = 3
+KIND_PRODUCER: Final = 4
+KIND_CONSUMER: Final = 5
 
 # attributes as one flat list, key, value, key, value... (a value is a str, bool, int or float): one container
 # per span instead of one tuple per attribute, so that exporting thousands of spans a second adds little work for

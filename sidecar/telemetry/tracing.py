@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import IO, Any, Protocol
+from typing import IO, Any, Final, Protocol
 
 from sidecar.config.model import TracingConfig
 from sidecar.proxy.target import RequestStats
@@ -42,7 +42,7 @@ log = logging.getLogger("sidecar.telemetry")
 # Compiled code never gives up the GIL on its own (the interpreter does so between bytecodes when another thread
 # asks): the exporter's thread lets it go after every this many spans it encodes, so that an event loop waiting for
 # it serves requests between them rather than after a whole batch (512 spans, several milliseconds)
-SPANS_PER_GIL_HOLD = 32
+SPANS_PER_GIL_HOLD: Final = 32
 
 # a sampled request as the request path queues it: direction, stats, service, wall offset, peer
 Hop = tuple[str, RequestStats, str, float, Any]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.counters import Counts, net_per_unit, parse_dump
+from bench.counters import Counts, Row, Software, net_per_unit, parse_dump, report
 
 DUMP = """# callgrind format
 version: 1
@@ -41,3 +41,12 @@ def test_idle_cost_is_subtracted_pro_rata_then_divided() -> None:
 def test_no_request_done_is_an_error() -> None:
     with pytest.raises(RuntimeError):
         net_per_unit(Counts(), 0, 1.0, Counts(), 1.0)
+
+
+def test_a_setup_of_several_processes_is_reported_per_process_too() -> None:
+    pair = Row("sidecar-pair", "request", Counts(instructions=300_000), 1000, Software(),
+               (Counts(instructions=140_000), Counts(instructions=160_000)))
+    single = Row("haproxy-tls2", "request", Counts(instructions=100_000), 1000, Software())
+    text = report([single, pair], "haproxy-tls2", 4)
+    assert "sidecar-pair: instructions per process, the caller's side first: 140,000 + 160,000" in text
+    assert "haproxy-tls2: instructions per process" not in text

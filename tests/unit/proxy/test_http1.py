@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.proxy.http1 import Headers, HeadLimits, RemoteProtocolError, RequestHead, ResponseHead, Trailers
+from sidecar.proxy.http1 import (
+    Headers,
+    HeadLimits,
+    RemoteProtocolError,
+    RequestHead,
+    ResponseHead,
+    Trailers,
+    decimal,
+)
 from sidecar.proxy.http1read import RequestReader, ResponseReader, split_fields
 
 
@@ -175,7 +183,9 @@ def test_split_fields_cuts_hop_by_hop_and_named_fields() -> None:
 
 _NAMES = st.sampled_from([b"Connection", b"connection", b"KEEP-ALIVE", b"Proxy-Connection", b"TE", b"te-x", b"Trailer",
                           b"Transfer-Encoding", b"Upgrade", b"Content-Length", b"content-type", b"X-Foo", b"x-foo",
-                          b"Cache", b"Keep", b"U", b"Server", b"Date"])
+                          b"Cache", b"Keep", b"U", b"Server", b"Date", b"CONTENT-LENGTH", b"CoNNection", b"tE",
+                          b"Connection-X", b"Content-Lengthy", b"Trailers", b"Upgrade-Insecure-Requests",
+                          b"proxy-connection", b"Transfer-encoding", b"t", b"c:x", b"k"])
 _VALUES = st.sampled_from([b"", b"1", b" 12 ", b"keep-alive", b"close", b"X-Foo", b"x-foo, Date", b"a\tb", b"chunked"])
 
 
@@ -205,6 +215,11 @@ def test_split_fields_agrees_with_a_line_by_line_split(fields: list[tuple[bytes,
     assert special == expected_special
     # the fast path joins the kept lines without a trailing CRLF when Connection named fields were cut
     assert kept.rstrip(b"\r\n") == expected_kept.rstrip(b"\r\n")
+
+
+@pytest.mark.parametrize("n", [0, 7, 99, 200, 404, 599, 1023, 1024, 65_535, 10**12])
+def test_decimal_is_percent_d(n: int) -> None:
+    assert decimal(n) == b"%d" % n
 
 
 def response_events(data: bytes, head_request: bool = False) -> list[tuple[str, object]]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.proxy.http1 import MalformedRequest, RequestHead
 from sidecar.proxy.http1read import RequestReader
-from sidecar.proxy.paths import InvalidPath, normalize_target
+from sidecar.proxy.paths import InvalidPath, _suspect, normalize_target
 
 
 @pytest.mark.parametrize(("target", "canonical"), [
@@ -121,3 +123,13 @@ def test_any_bytes_give_a_canonical_path_or_a_refusal(tail: bytes) -> None:
     assert normalize_target(canonical) == canonical
     assert canonical.startswith(b"/")
     assert b".." not in canonical.split(b"/")
+
+
+# what a target needs work for, as one regular expression: the scan must agree with it byte for byte
+_SUSPECT = re.compile(rb"[#%\\]|/[./]")
+
+
+@given(st.binary(max_size=40) | st.lists(st.sampled_from([b"/", b".", b"%", b"#", b"\\", b"a", b"?", b"-"]),
+                                         max_size=12).map(b"".join))
+def test_the_scan_finds_what_the_pattern_finds(target: bytes) -> None:
+    assert _suspect(target) == (_SUSPECT.search(target) is not None)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from sidecar.proxy.tracecontext import IdSource, TraceParent, header, next_hop, parse, parse_fields
+from sidecar.proxy.tracecontext import IdSource, TraceParent, _Digits, header, next_hop, parse, parse_fields
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -28,6 +28,13 @@ VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     ("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", None),          # short trace id
     ("00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
     ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", None),
+    ("00-4bf92f3577b34da6-3ce929d0e0e4736-00f067aa0ba902b7-01", None),        # a dash inside the trace id
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0bg902b7-01", None),         # not hex in the span id
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A", None),         # uppercase flags
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0-", None),
+    ("00-4bf92f3577b34da6a3ce929d0e0E4736-00f067aa0ba902b7-01", None),         # one uppercase digit
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff", TraceParent(
+        "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 255)),
 ])
 def test_parse(value: str | bytes | None, expected: TraceParent | None) -> None:
     assert parse(value) == expected
@@ -114,3 +121,24 @@ def test_fresh_ids_are_what_the_three_draws_would_be(ratio: float) -> None:
         assert parse_fields(header(trace_id, span_id, flags)) == (trace_id, span_id, flags)
     share = sum(flags for _, _, _, flags in drawn) / len(drawn)
     assert abs(share - ratio) < 0.08
+
+
+def test_ids_are_the_digits_of_one_draw_per_batch_of_64() -> None:
+    # fresh() slices 80 hex digits a request from one draw of 64 requests' bits, span_id() 16 from one of 64 spans'
+    # bits: the digits of those numbers written out in full, and nothing else (no padding of zeros to skip)
+    ids, rng = IdSource(random.Random(9)), random.Random(9)
+    digits = f"{rng.getrandbits(320 * 64):05120x}"
+    for n in range(64):
+        request_id, trace_id, span_id, _ = ids.fresh()
+        assert (trace_id, span_id) == (digits[80 * n:80 * n + 32], digits[80 * n + 32:80 * n + 48])
+        assert request_id.replace("-", "")[20:] == digits[80 * n + 68:80 * n + 80]
+    spans = f"{rng.getrandbits(64 * 64):01024x}"
+    assert [ids.span_id() for _ in range(64)] == [spans[16 * n:16 * n + 16] for n in range(64)]
+
+
+@pytest.mark.parametrize("size", [16, 80])
+def test_a_batch_is_64_ids_of_digits_with_no_padding(size: int) -> None:
+    batch = _Digits(random.Random(4).getrandbits, size)
+    assert [batch.take() for _ in range(64)] == [size * n for n in range(64)]
+    assert batch.text == f"{random.Random(4).getrandbits(4 * size * 64):0{size * 64}x}"
+    assert batch.take() == 0   # the next batch
