@@ -93,7 +93,6 @@ class CheckRunner:
         self._client = HttpClient(max_idle=0)
         self.registry.listeners.append(self.sync)
         self.sync()
-        self._ticker = asyncio.create_task(self._tick_loop(), name="health-ticker")
 
     async def stop(self) -> None:
         if self.sync in self.registry.listeners:
@@ -105,10 +104,14 @@ class CheckRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._ticker = None
         self._client.close()
 
     def sync(self) -> None:
-        """Start a loop for each service with an HTTP, TCP or gRPC check, stop loops of removed or replaced ones."""
+        """Start a loop for each service with an HTTP, TCP or gRPC check, stop loops of removed or replaced ones;
+        the TTL/deregistration ticker runs while some service has a ``ttl`` or a ``deregister_after`` (an idle
+        sidecar whose services have neither does not wake for it)."""
+        self._sync_ticker()
         for service_id, (entry, task) in list(self._tasks.items()):
             if self.registry.services.get(service_id) is not entry:
                 task.cancel()
@@ -134,6 +137,16 @@ class CheckRunner:
                                                          "output": result.output}})
             self.registry.record(entry.metadata.id, result, self.clock.monotonic(), int(self.clock.wall() * 1000))
             await self.clock.sleep(check.interval)
+
+    def _sync_ticker(self) -> None:
+        needed = any(entry.spec.check is not None
+                     and (entry.spec.check.ttl is not None or entry.spec.check.deregister_after is not None)
+                     for entry in self.registry.services.values())
+        if needed and self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick_loop(), name="health-ticker")
+        elif not needed and self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
     async def _tick_loop(self) -> None:
         while True:

@@ -640,7 +640,7 @@ class OverloadConfig:
 
     enabled: bool = True
     # resident memory (what the OOM killer counts) at which new requests and new connections are refused; 0
-    # turns the memory check off. A fresh sidecar is ~65 MiB and CPython keeps part of a spike's memory after
+    # turns the memory check off. A fresh sidecar is ~42 MiB and CPython keeps part of a spike's memory after
     # it (the guard then runs a full GC and malloc_trim), so leave room above the steady state
     max_memory_bytes: int = field(default=1 << 30, metadata={"check": _non_negative})
     # event-loop lag (a timer's lateness) at which new requests are refused; 0 turns the lag check off. Half a
