@@ -61,12 +61,12 @@ apt:
 	fi
 
 test: venv tools
-	$(BIN)/python -m pytest -q tests --ignore=tests/install --ignore=tests/integration/image
+	$(BIN)/python -m pytest -q --durations=15 tests --ignore=tests/install --ignore=tests/integration/image
 
 # The product installed as a user installs it (pip install ., pip wheel ., python -m build) in fresh venvs from a
 # clean copy of the tree: three builds, about five minutes of CPU, so apart from `make test`; .ci/run runs both.
 install-test: venv
-	$(BIN)/python -m pytest -q tests/install
+	$(BIN)/python -m pytest -q --durations=5 tests/install
 
 # The container image (Dockerfile), built with podman (deploy/podman/): `make image` tags sidecar:VERSION.
 # BASE_IMAGE and BUILD_IMAGE are pulled from a registry; where none can be reached, `make image-base` makes both from
