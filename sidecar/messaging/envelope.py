@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.errors import InvalidArgument
+from sidecar.jsonbody import json_body
 
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _SPACE = re.compile(r"[ \t\n\r]*")   # JSON's whitespace
@@ -90,15 +91,9 @@ def bulk_from_bytes(raw: bytes) -> list[BulkEntry]:
     each validated as a single publish's. InvalidArgument names the first entry at fault (``[3].type: ...``), so an
     array is taken whole or not at all. Each entry keeps its own bytes when the body is UTF-8 (for
     :func:`encode_message`, which decides whether they can be stored as they are)."""
-    if not raw:
-        raise InvalidArgument("request body is empty; a JSON array of messages is required")
     entries = _entries(raw)
     if entries is None:   # not cut: parsed whole, which also says what is wrong with it
-        try:
-            items = json.loads(raw)
-        # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer of more than 4300 digits
-        except (ValueError, RecursionError) as e:
-            raise InvalidArgument(f"request body is not valid JSON: {e}") from None
+        items = json_body(raw, "a JSON array of messages")
         if not isinstance(items, list):
             raise InvalidArgument(f"request body must be a JSON array of messages (got {type(items).__name__})")
         entries = [(item, None) for item in items]

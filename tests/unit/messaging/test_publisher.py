@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from sidecar.catalog.mesh import MeshCatalog
 from sidecar.catalog.model import NodeInfo
 from sidecar.catalog.registry import LocalRegistry
@@ -125,6 +127,14 @@ def test_a_commit_that_fails_answers_every_publish_in_it_with_its_failure(tmp_pa
     asyncio.run(main())
 
 
+async def publishing(tmp_path: Path, handed: Handed) -> tuple[MessagingContext, Publisher, int]:
+    """An opened context, its publisher (handing over to ``handed``) and a stream of topic ``t`` (its id)."""
+    ctx = await opened(tmp_path)
+    assert ctx.writer is not None and ctx.store is not None
+    stream, _ = await ctx.writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+    return ctx, Publisher(ctx, cast(Streams, handed)), stream.id
+
+
 def held_commit(ctx: MessagingContext) -> tuple[asyncio.Future[None], threading.Event, threading.Event]:
     """A commit of the writer held open until ``release`` is set, as a slow disk would: (it, running, release)."""
     assert ctx.writer is not None
@@ -138,11 +148,9 @@ def held_commit(ctx: MessagingContext) -> tuple[asyncio.Future[None], threading.
 
 def test_a_bulk_is_one_commit_in_its_order_after_the_publishes_queued_before_it(tmp_path: Path) -> None:
     async def main() -> None:
-        ctx = await opened(tmp_path)
-        assert ctx.writer is not None and ctx.store is not None
         handed = Handed()
-        publisher = Publisher(ctx, cast(Streams, handed))
-        stream, _ = await ctx.writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
+        ctx, publisher, stream = await publishing(tmp_path, handed)
+        assert ctx.writer is not None and ctx.store is not None
         held, running, release = held_commit(ctx)
         assert await asyncio.to_thread(running.wait, 10)
         commits = ctx.writer.commits
@@ -159,7 +167,7 @@ def test_a_bulk_is_one_commit_in_its_order_after_the_publishes_queued_before_it(
         await held
         ids = await bulk
         assert ctx.writer.commits - commits == 2   # the held commit, then one for the lot
-        _, deliveries = handed.offers[0][stream.id]
+        _, deliveries = handed.offers[0][stream]
         messages = [ServiceMessage.from_bytes(body) for _, body in deliveries]
         assert [m.payload for m in messages] == list(range(102))
         assert [m.id for m in messages] == [await first, *ids, await last]
@@ -171,21 +179,16 @@ def test_a_bulk_is_one_commit_in_its_order_after_the_publishes_queued_before_it(
 
 def test_a_bulk_the_outbox_cannot_take_whole_is_refused_whole(tmp_path: Path) -> None:
     async def main() -> None:
-        ctx = await opened(tmp_path)
+        ctx, publisher, _ = await publishing(tmp_path, Handed())
         assert ctx.writer is not None and ctx.store is not None
         ctx.settings = replace(ctx.settings, queue=replace(ctx.settings.queue, max_pending=5))
-        publisher = Publisher(ctx, cast(Streams, Handed()))
-        await ctx.writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
         held, running, release = held_commit(ctx)
         assert await asyncio.to_thread(running.wait, 10)
         queued = [asyncio.ensure_future(publisher.publish("t", MessageBody("n", i))) for i in range(3)]
         await asyncio.sleep(0)
-        try:
+        with pytest.raises(ResourceExhausted) as refused:   # three more do not fit: three are queued of 5
             await publisher.publish_many("t", [(MessageBody("n", i), None) for i in range(3, 6)])
-        except ResourceExhausted as refused:
-            assert refused.details["asked"] == 3
-        else:
-            raise AssertionError("three more do not fit: three are queued, max_pending is 5")
+        assert refused.value.details["asked"] == 3
         assert publisher.queued == 3 and ctx.counters["publish_rejected"] == 3   # none of the three queued
         fits = asyncio.ensure_future(publisher.publish_many("t", [(MessageBody("n", i), None) for i in (3, 4)]))
         release.set()
@@ -200,18 +203,12 @@ def test_a_bulk_the_outbox_cannot_take_whole_is_refused_whole(tmp_path: Path) ->
 
 def test_a_bulk_whose_commit_fails_stores_none_of_it(tmp_path: Path) -> None:
     async def main() -> None:
-        ctx = await opened(tmp_path)
+        ctx, publisher, _ = await publishing(tmp_path, Handed())
         assert ctx.writer is not None and ctx.store is not None
-        publisher = Publisher(ctx, cast(Streams, Handed()))
-        await ctx.writer.submit(lambda s: s.w_ensure_stream("t", "billing", "/in", 0))
         # the deliveries' INSERT fails after the messages' INSERT ran: the operation rolls back whole
         await ctx.writer.submit(lambda s: s.w.execute("ALTER TABLE deliveries RENAME TO gone"))
-        try:
+        with pytest.raises(sqlite3.OperationalError, match="deliveries"):
             await publisher.publish_many("t", [(MessageBody("n", i), None) for i in range(10)])
-        except sqlite3.OperationalError as failed:
-            assert "deliveries" in str(failed)
-        else:
-            raise AssertionError("the commit cannot store the deliveries")
         assert ctx.store.pending == 0 and ctx.counters["published"] == 0
         assert ctx.store.w.execute("SELECT count(*) FROM messages").fetchone() == (0,)
         await ctx.close()
