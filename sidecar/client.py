@@ -4,6 +4,7 @@
         service_id = await sidecar.register_service("payment-service", "1.0.0", 3000, tags=["payments"])
         reply = await sidecar.send_message("inventory", "reserve", {"sku": "A1"})     # request-response
         message_id = await sidecar.publish("orders", "order_created", {"id": 7})       # durable, at least once
+        ids = await sidecar.publish_many("orders", [{"type": "order_created", "payload": {"id": 8}}, ...])
         async for message in sidecar.subscribe("orders"):                              # SSE, resumes itself
             ...
         handle = await sidecar.subscribe_to_service("payment-service", on_message)     # serve its messages
@@ -282,6 +283,14 @@ class SidecarClient:
         if metadata is not None:
             body["metadata"] = dict(metadata)
         return str((await self._call("POST", f"/v1/publish/{topic}", body))["id"])
+
+    async def publish_many(self, topic: str, messages: Sequence[Mapping[str, Any]]) -> list[str]:
+        """A bulk publish: ``messages`` are bodies ``{"type", "payload", "metadata"?}`` (1 to 1,000), stored durably
+        in one commit, in this order; returns their ids in the same order. All or nothing: InvalidArgumentError
+        naming the first bad entry (``[3].type: ...``), ResourceExhaustedError when the outbox cannot take them
+        all (none is stored: back off and publish again, or publish fewer)."""
+        body = [dict(message) for message in messages]
+        return [str(i) for i in (await self._call("POST", f"/v1/publish/bulk/{topic}", body))["ids"]]
 
     async def add_subscription(self, topic: str, path: str, service: str | None = None) -> None:
         """A push subscription: ``topic``'s messages are POSTed to ``path`` of one instance of ``service``."""

@@ -14,6 +14,7 @@ from sidecar.errors import InvalidArgument, SidecarError
 from sidecar.httpd import Handler, Request, Response, StreamResponse
 from sidecar.httpd.app import MAX_BODY
 from sidecar.httpd.response import error_response
+from sidecar.jsonbody import json_body
 
 log = logging.getLogger("sidecar.web")
 
@@ -40,14 +41,7 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or InvalidArgument saying what is wrong with it."""
-    raw = await request.read()
-    if not raw:
-        raise InvalidArgument("request body is empty; a JSON object is required")
-    try:
-        body = json.loads(raw)
-    # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer of more than 4300 digits
-    except (ValueError, RecursionError) as e:
-        raise InvalidArgument(f"request body is not valid JSON: {e}") from None
+    body = json_body(await request.read(), "a JSON object")
     if not isinstance(body, dict):
         raise InvalidArgument(f"request body must be a JSON object (got {type(body).__name__})")
     return body

@@ -12,6 +12,10 @@ order; the table shows medians over the rounds):
 * ``sse``: the ``single`` workload read by an SSE reader (``GET /v1/subscribe/sse``) on the subscriber's node: the
   publisher sidecar sends it batches, stored by the subscriber sidecar before they are acked;
 * ``sdk``: the same read by ``sidecar.client``'s async iterator (``SidecarClient.subscribe("sdk")``);
+* ``bulkpub``: bulk publish and bulk delivery: each publisher posts bulks of 100 messages
+  (``POST /v1/publish/bulk/bulkpub``, one commit a bulk), the app gets them in bulks of up to 100 (Redis: the
+  publishers pipeline 100 XADDs a round trip, the consumer reads COUNT 100 and acks with one XACK); at least
+  16,000 messages, so that each publisher posts ten bulks; its ratio is shown against default Redis's ``single``;
 * ``fanout``: one topic, two subscribing services (Redis: two consumer groups);
 * ``burst``: 10,000 messages from 64 publishers at once, default delivery;
 * ``paced``: the sidecar at half the ``single`` maximum, for its latency there.
@@ -57,6 +61,7 @@ from tests.harness import SidecarProcess, free_port, http, make_certs, wait_for 
 
 BULK = 100
 BURST_PUBLISHERS = 64
+BULKPUB_BULKS = 10   # bulks a publisher posts in the bulkpub workload, at least
 
 
 @dataclass
@@ -124,6 +129,27 @@ async def publish_all(count: int, concurrency: int, arrivals: Arrivals, send: Ca
                     await asyncio.sleep(delay)
             arrivals.sent[n] = time.monotonic()
             await send(n)
+
+    await asyncio.gather(*(publisher() for _ in range(concurrency)))
+    return started
+
+
+async def publish_bulks(count: int, concurrency: int, size: int, arrivals: Arrivals,
+                        send: Callable[[range], Awaitable[None]]) -> float:
+    """Publish 0..count-1 in bulks of ``size`` (``send`` takes a bulk's numbers) with ``concurrency`` publishers;
+    returns the time of the first publish."""
+    bulks: asyncio.Queue[range] = asyncio.Queue()
+    for start in range(0, count, size):
+        bulks.put_nowait(range(start, min(start + size, count)))
+    started = time.monotonic()
+
+    async def publisher() -> None:
+        while not bulks.empty():
+            numbers = bulks.get_nowait()
+            sent = time.monotonic()
+            for n in numbers:
+                arrivals.sent[n] = sent
+            await send(numbers)
 
     await asyncio.gather(*(publisher() for _ in range(concurrency)))
     return started
@@ -197,6 +223,8 @@ class Sidecars:
                          {"topic": "burst", "path": "/in/sub", "service": "sub"},
                          {"topic": "paced", "path": "/in/sub", "service": "sub"},
                          {"topic": "bulk", "path": "/in/bulksub", "service": "bulksub",
+                          "bulk": {"enabled": True, "max_messages": BULK}},
+                         {"topic": "bulkpub", "path": "/in/bulksub", "service": "bulksub",
                           "bulk": {"enabled": True, "max_messages": BULK}},
                          {"topic": "fanout", "path": "/in/fan-a", "service": "fan-a"},
                          {"topic": "fanout", "path": "/in/fan-b", "service": "fan-b"}]
@@ -287,6 +315,39 @@ class Sidecars:
             await asyncio.to_thread(self._print_tallies, tallies, count * consumers, self.posts - posts)
         self.arrivals = None
         return replace(result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()),
+                              fsyncs, (cpu[0], cpu[1])), bench_us=bench_us)
+
+    async def run_bulkpub(self, count: int, concurrency: int) -> Result:
+        """The ``bulkpub`` workload: ``concurrency`` publishers each posting bulks of BULK messages to the publisher
+        sidecar's ``POST /v1/publish/bulk/bulkpub`` (a 202: the bulk committed), delivered in bulks to ``bulksub``."""
+        arrivals = self.arrivals = Arrivals(count)
+        url = f"{self.publisher.api}/v1/publish/bulk/bulkpub"
+        before = await asyncio.to_thread(self._fsyncs)
+        tallies = await asyncio.to_thread(self._tallies) if self.counters else []
+        posts, cpu_before, bench_before = self.posts, self._cpu(), time.process_time()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def send(numbers: range) -> None:
+                body = ("[" + ",".join(f'{{"type":"bench","payload":{n}}}' for n in numbers) + "]").encode()
+                for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0):
+                    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as answer:
+                        await answer.read()
+                        if answer.status == 202:
+                            return
+                        assert answer.status in (429, 503), await answer.text()   # backpressure: wait, try again
+                        self.refused += 1
+                    await asyncio.sleep(wait)
+                raise AssertionError(f"bulk {numbers} refused 10 times")
+            spies = await asyncio.to_thread(self._spy, "bulkpub")
+            started = await publish_bulks(count, concurrency, BULK, arrivals, send)
+            await asyncio.wait_for(arrivals.done.wait(), 600)
+            await asyncio.to_thread(self._spied, spies)
+        cpu = [(b - a) / count * 1e6 for a, b in zip(cpu_before, self._cpu(), strict=True)]
+        bench_us = (time.process_time() - bench_before) / count * 1e6
+        fsyncs = (await asyncio.to_thread(self._fsyncs) - before) / count
+        if self.counters:
+            await asyncio.to_thread(self._print_tallies, tallies, count, self.posts - posts)
+        self.arrivals = None
+        return replace(result("sidecar", "bulkpub", arrivals.latencies(), started, max(arrivals.arrived.values()),
                               fsyncs, (cpu[0], cpu[1])), bench_us=bench_us)
 
     def _spy(self, workload: str) -> list[tuple[Path, subprocess.Popen[bytes]]]:
@@ -385,6 +446,17 @@ class Resp:
         self.writer.write(b"".join(parts))
         return await self._reply()
 
+    async def call_many(self, commands: list[tuple[str | bytes, ...]]) -> list[Any]:
+        """``commands`` pipelined: written at once, their replies read in order (one round trip)."""
+        parts = []
+        for args in commands:
+            parts.append(b"*%d\r\n" % len(args))
+            for a in args:
+                data = a.encode() if isinstance(a, str) else a
+                parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.writer.write(b"".join(parts))
+        return [await self._reply() for _ in commands]
+
     async def _reply(self) -> Any:
         line = (await self.reader.readline())[:-2]
         kind, rest = line[:1], line[1:]
@@ -431,7 +503,10 @@ class Redis:
             self.server.terminate()
             await asyncio.wait_for(self.server.wait(), 10)
 
-    async def run(self, workload: str, count: int, concurrency: int, consumers: int = 1, batch: int = 1) -> Result:
+    async def run(self, workload: str, count: int, concurrency: int, consumers: int = 1, batch: int = 1,
+                  pipeline: int = 1) -> Result:
+        """``batch``: the consumers' COUNT (one XACK for what they read); ``pipeline``: the XADDs a publisher writes a
+        round trip."""
         self.runs += 1
         stream = f"{workload}-{self.runs}"
         control = await Resp.connect(self.port)
@@ -468,7 +543,18 @@ class Redis:
             finally:
                 free.put_nowait(conn)
 
-        started = await publish_all(count, concurrency, arrivals, send)
+        async def send_many(numbers: range) -> None:
+            conn = await free.get()
+            try:
+                await conn.call_many([("XADD", stream, "*", "n", str(n), "body",
+                                       json.dumps({"type": "bench", "payload": n})) for n in numbers])
+            finally:
+                free.put_nowait(conn)
+
+        if pipeline > 1:
+            started = await publish_bulks(count, concurrency, pipeline, arrivals, send_many)
+        else:
+            started = await publish_all(count, concurrency, arrivals, send)
         await asyncio.wait_for(arrivals.done.wait(), 600)
         await asyncio.gather(*consumer_tasks)
         server_us = (cpu_seconds(self.server.pid) - server_before) / count * 1e6
@@ -477,7 +563,7 @@ class Redis:
             await conn.close()
         await control.call("DEL", stream)
         await control.close()
-        name = self.name + (f" COUNT {batch}" if batch > 1 else "")
+        name = self.name + (f" COUNT {batch}" if batch > 1 else "") + (f" pipelined {pipeline}" if pipeline > 1 else "")
         return replace(result(name, workload, arrivals.latencies(), started, max(arrivals.arrived.values())),
                        bench_us=bench_us, server_us=server_us)
 
@@ -507,6 +593,7 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
     sidecars.counters = counters
     redis, aof = Redis(tmp, durable=False), Redis(tmp, durable=True)
     results: list[Result] = []
+    bulkpub = max(messages, concurrency * BULK * BULKPUB_BULKS)
     try:
         await sidecars.start()
         await redis.start()
@@ -523,6 +610,9 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
                 lambda: sidecars.run("bulk", messages, concurrency),
                 lambda: redis.run("bulk", messages, concurrency, batch=BULK),
                 lambda: aof.run("bulk", messages, concurrency, batch=BULK),
+                lambda: sidecars.run_bulkpub(bulkpub, concurrency),
+                lambda: redis.run("bulkpub", bulkpub, concurrency, batch=BULK, pipeline=BULK),
+                lambda: aof.run("bulkpub", bulkpub, concurrency, batch=BULK, pipeline=BULK),
                 lambda: sidecars.run("sse", messages, concurrency),
                 lambda: sidecars.run("sdk", messages, concurrency),
                 lambda: sidecars.run("fanout", messages, concurrency, consumers=2),
@@ -530,7 +620,7 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
                 lambda: aof.run("fanout", messages, concurrency, consumers=2),
             ]
             if workloads is not None:
-                chosen = [w for w in ("single", "bulk", "sse", "sdk", "fanout")
+                chosen = [w for w in ("single", "bulk", "bulkpub", "sse", "sdk", "fanout")
                           for _ in range(1 if w in ("sse", "sdk") else 3)]
                 runs = [run for run, w in zip(runs, chosen, strict=True) if w in workloads]
             if round_ % 2:  # alternate who goes first, so that neither always gets the warmer machine
@@ -593,7 +683,7 @@ def table(results: list[Result]) -> str:
         runs = sum(1 for r in results if (r.workload, r.system) == (workload, system))
         ours = medians.get((workload, "sidecar"))
         ratio = f"x{ours.throughput / m.throughput:.2f}" if ours is not None and system != "sidecar" else ""
-        if system == "sidecar" and workload in ("bulk", "sse", "sdk"):
+        if system == "sidecar" and workload in ("bulk", "bulkpub", "sse", "sdk"):
             reference = medians.get(("single", "redis"))
             ratio = f"x{m.throughput / reference.throughput:.2f} of single redis" if reference else ""
         fsyncs = f"{m.fsyncs_per_message:.3f}" if m.fsyncs_per_message is not None else ""
@@ -610,8 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--burst", type=int, default=10_000)
     parser.add_argument("--workloads", default=None,
-                        help="comma-separated subset of single,bulk,sse,sdk,fanout,paced,burst (default: all; paced "
-                             "needs single, and then runs once a round)")
+                        help="comma-separated subset of single,bulk,bulkpub,sse,sdk,fanout,paced,burst (default: all; "
+                             "paced needs single, and then runs once a round)")
     parser.add_argument("--profile", type=Path, default=None, metavar="FOLDER",
                         help="sample both sidecars with py-spy during each sidecar run (install py-spy in the venv): "
                              "raw samples in FOLDER, a summary of each printed")

@@ -9,9 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.errors import InvalidArgument
+from sidecar.jsonbody import json_body
 
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_SPACE = re.compile(r"[ \t\n\r]*")   # JSON's whitespace
 MAX_MESSAGE = 1 << 20  # one message's JSON; the API refuses larger bodies anyway (sidecar.web.MAX_BODY)
+# messages of one bulk publish, as the bulk delivery's maxMessages (config.model.MAX_BULK_MESSAGES); the API's body
+# limit (sidecar.web.MAX_BODY) bounds its bytes
+MAX_BULK_PUBLISH = 1000
 # the fields of a ServiceMessage's JSON as :meth:`ServiceMessage.to_bytes` writes them, in its order
 _FIELDS = ("id", "service", "timestamp", "type", "payload")
 _FIELDS_METADATA = (*_FIELDS, "metadata")
@@ -75,6 +80,78 @@ class MessageBody:
             raise InvalidArgument(f"metadata must be a JSON object (got {type(metadata).__name__})",
                                   {"field": "metadata"})
         return cls(kind, body["payload"], metadata)
+
+
+# one entry of a bulk publish: its body, and its own JSON as the app sent it when that could be cut from the array
+BulkEntry = tuple[MessageBody, bytes | None]
+
+
+def bulk_from_bytes(raw: bytes) -> list[BulkEntry]:
+    """A bulk publish's body: a JSON array of 1 to MAX_BULK_PUBLISH message bodies ``{type, payload, metadata?}``,
+    each validated as a single publish's. InvalidArgument names the first entry at fault (``[3].type: ...``), so an
+    array is taken whole or not at all. Each entry keeps its own bytes when the body is UTF-8 (for
+    :func:`encode_message`, which decides whether they can be stored as they are)."""
+    entries = _entries(raw)
+    if entries is None:   # not cut: parsed whole, which also says what is wrong with it
+        items = json_body(raw, "a JSON array of messages")
+        if not isinstance(items, list):
+            raise InvalidArgument(f"request body must be a JSON array of messages (got {type(items).__name__})")
+        entries = [(item, None) for item in items]
+    if not 1 <= len(entries) <= MAX_BULK_PUBLISH:
+        count = f"more than {MAX_BULK_PUBLISH}" if len(entries) > MAX_BULK_PUBLISH else "0"
+        raise InvalidArgument(f"a bulk publish has 1 to {MAX_BULK_PUBLISH} messages (got {count})",
+                              {"maxMessages": MAX_BULK_PUBLISH})
+    return [(_bulk_entry(index, item), part) for index, (item, part) in enumerate(entries)]
+
+
+def _entries(raw: bytes) -> list[tuple[Any, bytes | None]] | None:
+    """The entries of a JSON array in UTF-8, each with its own bytes, parsed once; None when ``raw`` is not one
+    (:func:`bulk_from_bytes` then parses it whole) or has more than MAX_BULK_PUBLISH entries (the rest is not
+    read: the array is refused)."""
+    if raw[:1] != b"[":
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    ascii = raw.isascii()   # then a character's index is its byte's
+    out: list[tuple[Any, bytes | None]] = []
+    at = _skip_space(text, 1)
+    if text.startswith("]", at):
+        return out if _skip_space(text, at + 1) == len(text) else None
+    while len(out) <= MAX_BULK_PUBLISH:
+        try:
+            item, end = _DECODER.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            return None
+        out.append((item, raw[at:end] if ascii else text[at:end].encode()))
+        at = _skip_space(text, end)
+        if text.startswith(",", at):
+            at = _skip_space(text, at + 1)
+        elif text.startswith("]", at) and _skip_space(text, at + 1) == len(text):
+            return out
+        else:
+            return None
+    return out
+
+
+def _skip_space(text: str, at: int) -> int:
+    """The index of the first character at or after ``at`` that is not JSON whitespace."""
+    space = _SPACE.match(text, at)
+    return space.end() if space is not None else at
+
+
+def _bulk_entry(index: int, item: Any) -> MessageBody:
+    """Entry ``index`` of a bulk publish as a MessageBody; InvalidArgument prefixed with where it is."""
+    if not isinstance(item, dict):
+        raise InvalidArgument(f"[{index}]: a message is a JSON object {{type, payload, metadata?}} "
+                              f"(got {type(item).__name__})", {"index": index, "field": f"[{index}]"})
+    try:
+        return MessageBody.from_json(item)
+    except InvalidArgument as e:
+        field = e.details.get("field")
+        where = f"[{index}].{field}" if field else f"[{index}]"
+        raise InvalidArgument(f"{where}: {e.message}", {**e.details, "index": index, "field": where}) from None
 
 
 @dataclass(frozen=True, slots=True)

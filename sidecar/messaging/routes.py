@@ -12,7 +12,7 @@ from typing import Any
 from sidecar.config.model import MAX_BULK_MESSAGES, BulkDeliveryConfig
 from sidecar.errors import InvalidArgument
 from sidecar.httpd import Request, Response, Route, RouteTable, StreamResponse, get
-from sidecar.messaging.envelope import MessageBody
+from sidecar.messaging.envelope import BulkEntry, MessageBody, bulk_from_bytes
 from sidecar.messaging.service import SENDER_HEADER, Messaging
 from sidecar.web import Handler, json_response, last_event_id, read_json_object, sse_pages
 
@@ -37,6 +37,13 @@ def with_trace(body: MessageBody, trace: dict[str, str]) -> MessageBody:
     return replace(body, metadata={**(body.metadata or {}), **parent})
 
 
+def _traced(entry: BulkEntry, trace: dict[str, str]) -> BulkEntry:
+    """A bulk publish's entry :func:`with_trace`; the app's own bytes are kept only when that changed nothing."""
+    body, raw = entry
+    traced = with_trace(body, trace)
+    return traced, raw if traced is body else None
+
+
 def api_routes(messaging: Messaging) -> RouteTable:
     routes = RouteTable()
 
@@ -55,6 +62,16 @@ def api_routes(messaging: Messaging) -> RouteTable:
         message_id = await messaging.publish(request.match_info["topic"], body, request.headers.get(SENDER_HEADER),
                                              request.body if body is sent else None)
         return Response(202, b'{"id":"%s"}' % message_id.encode(), ACCEPTED_HEADERS)
+
+    @routes.post("/v1/publish/bulk/{topic}")
+    async def publish_bulk(request: Request) -> Response:
+        # every entry is validated before anything is queued; then one commit stores them all, or none
+        entries = bulk_from_bytes(await request.read())
+        trace = trace_headers(request)
+        if trace:
+            entries = [_traced(entry, trace) for entry in entries]
+        ids = await messaging.publish_many(request.match_info["topic"], entries, request.headers.get(SENDER_HEADER))
+        return Response(202, b'{"ids":["%s"]}' % '","'.join(ids).encode(), ACCEPTED_HEADERS)
 
     @routes.post("/v1/subscriptions")
     async def subscribe(request: Request) -> Response:

@@ -56,7 +56,7 @@ from sidecar.messaging.context import (
 )
 from sidecar.messaging.courier import Courier
 from sidecar.messaging.deadletters import DeadLetters
-from sidecar.messaging.envelope import MessageBody
+from sidecar.messaging.envelope import BulkEntry, MessageBody
 from sidecar.messaging.inbox import Inbox
 from sidecar.messaging.local_subs import LocalSubscriptions
 from sidecar.messaging.publisher import Publisher
@@ -195,6 +195,10 @@ class Messaging:
                       raw: bytes | None = None) -> str:
         """The message's id once it is stored durably; ``raw``: the app's JSON of ``body``, stored as it is."""
         return await self.publisher.publish(topic, body, sender_header, raw)
+
+    async def publish_many(self, topic: str, entries: list[BulkEntry], sender_header: str | None = None) -> list[str]:
+        """A bulk publish: the messages' ids once all are stored durably, in one commit (all or nothing)."""
+        return await self.publisher.publish_many(topic, entries, sender_header)
 
     async def subscribe(self, topic: str, path: str, service: str | None = None, bulk: int = 0) -> Subscription:
         return await self.local.subscribe(topic, path, service, bulk)

@@ -25,6 +25,7 @@ from tests.integration.messaging.procs import (
 )
 
 GOSSIP = {"profile": "local"}
+BULK_PUBLISH = 50   # messages a bulk publish in the kill -9 test's bulkpub variant
 FAST_RETRY = {"max_attempts": 3, "retry_backoff": {"base": "20ms", "max": "200ms"}, "delivery_timeout": "2s",
               "request_timeout": "1s"}
 
@@ -54,11 +55,12 @@ def first_seen_in_order(messages: list[dict[str, Any]], publisher: str) -> tuple
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("consumer", ["push", "bulk", "sse"])
+@pytest.mark.parametrize("consumer", ["push", "bulk", "sse", "bulkpub"])
 def test_ten_thousand_messages_survive_kill_9_of_subscriber_and_publisher(start_sidecar, tmp_path: Path, consumer: str
                                                                            ) -> None:  # type: ignore[no-untyped-def]
     """push: one message per POST to the subscribing app; bulk: the same subscription with bulk delivery; sse: an
-    SSE reader on the subscriber's node, reconnecting with Last-Event-ID after each kill of its sidecar."""
+    SSE reader on the subscriber's node, reconnecting with Last-Event-ID after each kill of its sidecar; bulkpub:
+    push, each publisher publishing in bulks of BULK_PUBLISH (a bulk whose 202 a kill lost is published again)."""
     certs = make_certs(tmp_path / "certs", ["publisher", "billing"])
     app = RecordingApp("billing")
     reader: SseReader | None = None
@@ -86,14 +88,20 @@ def test_ten_thousand_messages_survive_kill_9_of_subscriber_and_publisher(start_
             n = 0
             failures = 0
             while n < per_publisher and failures < 2000:
+                size = min(BULK_PUBLISH, per_publisher - n) if consumer == "bulkpub" else 1
                 try:
-                    response = publish(process, "orders", {"publisher": process.name, "n": n}, timeout=10)
+                    if size == 1:
+                        response = publish(process, "orders", {"publisher": process.name, "n": n}, timeout=10)
+                    else:
+                        response = http("POST", f"{process.api}/v1/publish/bulk/orders", [
+                            {"type": "event", "payload": {"publisher": process.name, "n": k}}
+                            for k in range(n, n + size)], timeout=10)
                 except OSError:  # the sidecar is down (killed): try the same n again once it is back
                     failures += 1
                     wait_for(lambda: "api" in process.listeners, 60, interval=0.05, what="api back")
                     continue
                 if response.status == 202:
-                    n += 1
+                    n += size
                     progress[process.name] = n
                 else:
                     failures += 1

@@ -17,6 +17,7 @@ from tests.harness import SidecarProcess, http
 from tests.integration.security.secrets import new_token
 
 REGISTRATION = '{"name": "pay", "version": "1.0.0", "port": 3999}'
+BULK = '[{"type": "t", "payload": 1}, {"type": "t", "payload": 2}]'
 
 
 def curl(*args: str) -> tuple[int, dict[str, str], str]:
@@ -34,6 +35,11 @@ def registered(process: SidecarProcess, headers: dict[str, str] | None = None) -
     return sorted(s["name"] for s in http("GET", process.api + "/v1/services", headers=headers).json())
 
 
+def published(process: SidecarProcess) -> int:
+    """Messages the sidecar took for publishing (stored, or taken for a topic no one subscribes to)."""
+    return int(http("GET", process.admin + "/messaging").json()["counters"].get("published", 0))
+
+
 @pytest.fixture
 def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
     process = SidecarProcess(tmp_path, {}).start()
@@ -48,6 +54,8 @@ def test_curl_from_a_shell_keeps_working(sidecar: SidecarProcess) -> None:
     assert status == 200 and json.loads(body)["id"], body
     status, _, body = curl("-d", '{"type": "t", "payload": {"n": 1}}', api + "/v1/publish/orders")
     assert status == 202, body
+    status, _, body = curl("-d", BULK, api + "/v1/publish/bulk/orders")
+    assert status == 202 and len(json.loads(body)["ids"]) == 2, body
     # the listener's own address and localhost, with or without the port, IPv6 literal too
     for host in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", "localhost", "LOCALHOST.", "[::1]",
                  f"[::1]:{port}", "127.0.0.2:80"):
@@ -69,6 +77,7 @@ def test_a_browsers_requests_are_refused_and_change_nothing(sidecar: SidecarProc
     api = sidecar.api
     for method, path, body in (("PUT", "/v1/services", REGISTRATION),
                                ("POST", "/v1/publish/orders", '{"type": "t", "payload": 1}'),
+                               ("POST", "/v1/publish/bulk/orders", BULK),
                                ("POST", "/v1/subscriptions", '{"topic": "orders", "path": "/x"}'),
                                ("GET", "/v1/catalog", None), ("GET", "/v1/events", None)):
         data = ["-d", body] if body is not None else []
@@ -77,6 +86,7 @@ def test_a_browsers_requests_are_refused_and_change_nothing(sidecar: SidecarProc
         assert answer_headers.get("x-sidecar-error") == "PERMISSION_DENIED"
         assert json.loads(answer)["error"]["code"] == "PERMISSION_DENIED"
     assert registered(sidecar) == []
+    assert published(sidecar) == 0
 
 
 def test_a_real_dns_rebinding_name_is_refused(sidecar: SidecarProcess) -> None:
@@ -97,12 +107,15 @@ def test_with_a_token_every_request_needs_it(tmp_path: Path, monkeypatch: pytest
         for headers in ([], ["-H", "Authorization: Bearer " + new_token()], ["-H", f"Authorization: {token}"],
                         ["-H", f"Authorization: Basic {token}"], ["-H", f"Authorization: Bearer {token}x"]):
             for method, path, body in (("PUT", "/v1/services", REGISTRATION), ("GET", "/v1/catalog", None),
-                                       ("GET", "/v1/services", None), ("GET", "/v1/events", None)):
+                                       ("GET", "/v1/services", None), ("GET", "/v1/events", None),
+                                       ("POST", "/v1/publish/orders", '{"type": "t", "payload": 1}'),
+                                       ("POST", "/v1/publish/bulk/orders", BULK)):
                 data = ["-d", body] if body is not None else []
                 status, answer_headers, answer = curl("-X", method, *headers, *data, api + path)
                 assert status == 401, (headers, method, path, answer)
                 assert answer_headers.get("x-sidecar-error") == "UNAUTHENTICATED"
                 assert token not in answer
+        assert published(process) == 0
         good = ["-H", f"Authorization: Bearer {token}"]
         status, _, body = curl("-X", "PUT", *good, "-d", REGISTRATION, api + "/v1/services")
         assert status == 200, body
@@ -115,6 +128,7 @@ def test_with_a_token_every_request_needs_it(tmp_path: Path, monkeypatch: pytest
             async with SidecarClient(api, token=token) as client:
                 assert [s.name for s in await client.services()] == ["pay"]
                 await client.publish("orders", "t", {"n": 1})
+                assert len(await client.publish_many("orders", json.loads(BULK))) == 2
             monkeypatch.setenv("SIDECAR_API_TOKEN_FILE", str(tmp_path / "api-token"))
             async with SidecarClient(api) as client:   # as an app started with the variable set
                 assert await client.register_service("cart", "1.0.0", 3998)
