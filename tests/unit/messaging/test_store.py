@@ -206,9 +206,8 @@ def test_a_publish_is_not_written_for_an_inbox_stream_of_its_topic_before_or_aft
     for the topic's service and node streams, and the service's stream brings it to the inbox once."""
     store = Store(str(tmp_path), LIMITS)
     store.begin()
-    service, _ = store.w_ensure_stream("t", "billing", "/in", 0)
-    node, _ = store.w_ensure_stream("t", "node:a", "", 0)
-    inbox, _ = store.w_ensure_stream("t", "inbox:billing@a.e:billing", "/in", 0)
+    service, node, inbox = (store.w_ensure_stream("t", subscriber, "/in", 0)[0]
+                            for subscriber in ("billing", "node:a", "inbox:billing@a.e:billing"))
     seq, streams, _ = store.w_publish("m1", "t", b"1", 0)
     assert streams == [service.id, node.id]
     assert len(store.w_inbox(inbox.id, [(seq, "m1", b"1")], 0)[0]) == 1
