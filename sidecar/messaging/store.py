@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.messaging.subscriptions import INBOX_PREFIX
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, topic TEXT NOT NULL, body BLOB NOT NULL,
@@ -170,7 +172,7 @@ class Store:
         self.dead_letter_count = 0
         self.dead_letter_bytes = 0      # bodies of the dead letters kept
         self.dead_letters_dropped = 0   # dead letters purged by the count or bytes bound, since start
-        self.topic_streams: dict[str, list[int]] = {}
+        self.topic_streams: dict[str, list[int]] = {}   # topic → the streams a publish is written for
         self.stream_rows: dict[int, StreamRow] = {}
         self.in_flight: set[tuple[int, int]] = set()  # written by the event loop, read by retention
         self.log_bytes = 0
@@ -220,7 +222,10 @@ class Store:
 
     def _remember_stream(self, row: StreamRow) -> None:
         self.stream_rows[row.id] = row
-        self.topic_streams.setdefault(row.topic, []).append(row.id)
+        # a publish is written for its topic's streams to services and nodes; an inbox stream holds only what its
+        # publisher's stream hands it (w_inbox): written by a publish too, a local app would get each message twice
+        if not row.subscriber.startswith(INBOX_PREFIX):
+            self.topic_streams.setdefault(row.topic, []).append(row.id)
 
     def streams(self) -> list[StreamRow]:
         return list(self.stream_rows.values())

@@ -201,6 +201,28 @@ def test_an_inbox_keeps_a_publishers_order_and_drops_what_it_stored_before_acros
     assert Store(str(tmp_path), LIMITS).epoch == epoch
 
 
+def test_a_publish_is_not_written_for_an_inbox_stream_of_its_topic_before_or_after_a_restart(tmp_path: Path) -> None:
+    """An inbox stream holds only what its publisher's stream hands it (w_inbox): a publish on this node is written
+    for the topic's service and node streams, and the service's stream brings it to the inbox once."""
+    store = Store(str(tmp_path), LIMITS)
+    store.begin()
+    service, node, inbox = (store.w_ensure_stream("t", subscriber, "/in", 0)[0]
+                            for subscriber in ("billing", "node:a", "inbox:billing@a.e:billing"))
+    seq, streams, _ = store.w_publish("m1", "t", b"1", 0)
+    assert streams == [service.id, node.id]
+    assert len(store.w_inbox(inbox.id, [(seq, "m1", b"1")], 0)[0]) == 1
+    store.commit()
+    assert [body for _, body in store.r_page(inbox.id, 0, 10)] == [b"1"]
+    assert store.pending == 2   # the published message (two streams owe it) and the inbox's own copy
+    store.close()
+    again = Store(str(tmp_path), LIMITS)
+    again.begin()
+    assert again.w_publish("m2", "t", b"2", 0)[1] == [service.id, node.id]
+    again.commit()
+    assert [body for _, body in again.r_page(inbox.id, 0, 10)] == [b"1"]
+    again.close()
+
+
 def test_acks_submitted_one_at_a_time_share_a_commit(tmp_path: Path) -> None:
     """A subscriber acks one message at a time; the writer lets acks alone wait ACK_LINGER for company, so two
     acks a moment apart are one commit, not two."""
