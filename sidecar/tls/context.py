@@ -28,7 +28,9 @@ server that cannot prove it is S, whoever dials with this context.
 
 *Session reuse.* Servers issue TLS 1.3 session tickets (and TLS 1.2 tickets). The client context keeps one
 resumable session per server name in a :class:`SessionCache`, keyed by the ``server_hostname`` given when
-dialing, so reconnections to the same (service, peer) resume (one round trip, no certificate signatures).
+dialing, so reconnections to the same (service, peer) resume (one round trip, no certificate signatures). A server
+sends one ticket per handshake (:data:`TICKETS_PER_HANDSHAKE`), not OpenSSL's two: a client end keeps only the
+latest ticket's session and the cache one per peer, so a second ticket is only work for both ends.
 
 *What a connection carries.* ALPN says it: a client offers :data:`ALPN_H2` for HTTP/2 between sidecars,
 :data:`ALPN_HTTP` for HTTP/1.1, or :data:`ALPN_TCP_TUNNEL` for a raw byte tunnel (a ``protocol: tcp`` upstream);
@@ -72,6 +74,11 @@ MOZILLA_INTERMEDIATE_TLS12 = ":".join(
 # and in TLS 1.2 OpenSSL also wants the certificate's curve among the groups both sides configured. Client and
 # server use the same group, so a sidecar's key share is always the one its peer takes (no HelloRetryRequest).
 KEY_EXCHANGE_GROUP = "prime256v1"
+# TLS 1.3 tickets a server sends after a full handshake. OpenSSL sends two, for clients that open parallel
+# connections with single-use tickets; ours keep one session per peer (SessionCache) and reuse it, and a client end
+# holds only its latest ticket's session: the second one costs both ends its encryption and parsing (~5% of a full
+# handshake's CPU, bench figures in docs/performance.md) and buys nothing
+TICKETS_PER_HANDSHAKE = 1
 # the attribute on a handshake exception that carries what was seen of the handshake
 EVIDENCE_ATTRIBUTE = "sidecar_evidence"
 _HAS_MSG_CALLBACK = hasattr(ssl.SSLContext, "_msg_callback")
@@ -108,9 +115,11 @@ def server_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str], key
     context.role = "client"
     context.sslobject_class = ServerSSLObject
     context.set_alpn_protocols(list(alpn))
+    context.num_tickets = TICKETS_PER_HANDSHAKE
     if diagnose and _HAS_MSG_CALLBACK:
         context.twin = _base(MeshContext(ssl.PROTOCOL_TLS_SERVER), ca, cert, key)
         context.twin.role = "client"
+        context.twin.num_tickets = TICKETS_PER_HANDSHAKE
         context._msg_callback = _record_evidence  # type: ignore[attr-defined]
     return context
 
@@ -251,7 +260,8 @@ class ServerSSLObject(_DirectSSLObject):
         twin = getattr(self.context, "twin", None)
         if twin is not None:
             self.context = twin
-        self.__dict__.pop("sidecar_peer_der", None)
+        self.__dict__.pop("sidecar_peer_der", None)   # evidence names refusals only: an accepted peer needs none
+        self.__dict__.pop("sidecar_offered", None)
 
 
 class ClientSSLObject(_DirectSSLObject):
