@@ -51,7 +51,6 @@ from sidecar.ops.demotion import SelfDemotion
 from sidecar.ops.failures import FailedRequests
 from sidecar.ops.reload import Reloader
 from sidecar.overload import OverloadGuard, OverloadMonitor, raise_open_files_limit
-from sidecar.overload.heaptrim import HandshakeTrim
 from sidecar.overload.metrics import OverloadCollector, overload_routes
 from sidecar.overload.monitor import malloc_trimmer, shrink_heap
 from sidecar.proxy import HttpProxy, TcpRelay
@@ -127,7 +126,6 @@ class Sidecar:
         limits = config.overload
         self.overload = OverloadGuard(limits.max_memory_bytes, float(limits.max_loop_lag), enabled=limits.enabled)
         self.overload_monitor = OverloadMonitor(self.overload, float(limits.check_interval))
-        self.handshake_trim = HandshakeTrim(malloc_trimmer())
         try:
             self.telemetry = Telemetry(config, clock)
         except OSError as e:   # the access log's file
@@ -193,9 +191,6 @@ class Sidecar:
         proxies = [dataplane.outbound, *dataplane.upstreams.values()]
         if dataplane.inbound is not None:
             proxies.extend((dataplane.inbound.http, dataplane.inbound.tunnels))
-            # the heap pages the peers' handshakes freed go back to the kernel after each burst of them
-            trim = self.handshake_trim
-            dataplane.inbound.on_verified = lambda _: trim.handshake_done()
         for proxy in proxies:
             self._shed_by_guard(proxy)
         return dataplane
@@ -405,7 +400,6 @@ class Sidecar:
         await self.dataplane.stop(DRAIN_GRACE)   # listeners close, requests in flight get DRAIN_GRACE to finish
         await self.telemetry.stop()   # after the last request: its span is flushed
         self.overload_monitor.stop()
-        self.handshake_trim.close()
         if self._tls_watch is not None:
             self._tls_watch.cancel()
         if self._renewal is not None:
