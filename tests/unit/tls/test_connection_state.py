@@ -5,12 +5,12 @@ peer certificate the event loop asks every connection for is decoded only when r
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from bench.memory.openssl import handshake as handshake_over_bios
 from sidecar.tls.context import (
     TICKETS_PER_HANDSHAKE,
     MeshContext,
@@ -33,19 +33,8 @@ def contexts(tmp_path: Path) -> tuple[MeshContext, MeshContext]:
 
 def handshake(server: ssl.SSLContext, client: ssl.SSLContext, session: ssl.SSLSession | None = None,
               ) -> tuple[ssl.SSLObject, ssl.SSLObject]:
-    """A completed handshake: the client end (after it has read what the server sent after the handshake) and the
-    server end."""
-    s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    s = server.wrap_bio(s_in, s_out, server_side=True)
-    c = client.wrap_bio(c_in, c_out, server_hostname="p1.peer.sidecar.invalid", session=session)
-    for _ in range(10):  # two flights each way at most
-        for end in (c, s):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                end.do_handshake()
-        c_in.write(s_out.read())
-        s_in.write(c_out.read())
-    with contextlib.suppress(ssl.SSLWantReadError):
-        c.read(1)  # takes the tickets
+    """A completed TLS 1.3 handshake: the client end (after it has read the tickets) and the server end."""
+    s, c, _ = handshake_over_bios(server, client, "p1.peer.sidecar.invalid", session)
     assert c.version() == "TLSv1.3" and s.version() == "TLSv1.3"
     return c, s
 
