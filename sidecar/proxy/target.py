@@ -4,7 +4,7 @@ hooks a retry/breaker layer plugs in, and the record of each finished request.""
 from __future__ import annotations
 
 import ssl
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from ssl import SSLContext, SSLObject
 from typing import Any, Protocol
@@ -175,8 +175,9 @@ class ConnectionInfo:
         """The verified peer certificate as ``ssl`` decodes it (subjectAltName...), or None."""
         if self.ssl_object is None:
             return None
-        cert = self.ssl_object.getpeercert()
-        return cert or None
+        # a Mapping decoded when read (sidecar.tls.context.PeerCertificate) on the data plane's connections
+        cert: Mapping[str, Any] | None = self.ssl_object.getpeercert()
+        return dict(cert) if cert else None
 
     @property
     def peer_certificate_der(self) -> bytes | None:

@@ -28,7 +28,9 @@ server that cannot prove it is S, whoever dials with this context.
 
 *Session reuse.* Servers issue TLS 1.3 session tickets (and TLS 1.2 tickets). The client context keeps one
 resumable session per server name in a :class:`SessionCache`, keyed by the ``server_hostname`` given when
-dialing, so reconnections to the same (service, peer) resume (one round trip, no certificate signatures).
+dialing, so reconnections to the same (service, peer) resume (one round trip, no certificate signatures). A server
+sends one ticket per handshake (:data:`TICKETS_PER_HANDSHAKE`), not OpenSSL's two: a client end keeps only the
+latest ticket's session and the cache one per peer, so a second ticket is only work for both ends.
 
 *What a connection carries.* ALPN says it: a client offers :data:`ALPN_H2` for HTTP/2 between sidecars,
 :data:`ALPN_HTTP` for HTTP/1.1, or :data:`ALPN_TCP_TUNNEL` for a raw byte tunnel (a ``protocol: tcp`` upstream);
@@ -46,7 +48,7 @@ import ssl
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from sidecar.tls import reasons
@@ -72,6 +74,11 @@ MOZILLA_INTERMEDIATE_TLS12 = ":".join(
 # and in TLS 1.2 OpenSSL also wants the certificate's curve among the groups both sides configured. Client and
 # server use the same group, so a sidecar's key share is always the one its peer takes (no HelloRetryRequest).
 KEY_EXCHANGE_GROUP = "prime256v1"
+# TLS 1.3 tickets a server sends after a full handshake. OpenSSL sends two, for clients that open parallel
+# connections with single-use tickets; ours keep one session per peer (SessionCache) and reuse it, and a client end
+# holds only its latest ticket's session: the second one costs both ends its encryption and parsing (~5% of a full
+# handshake's CPU, bench figures in docs/performance.md) and buys nothing
+TICKETS_PER_HANDSHAKE = 1
 # the attribute on a handshake exception that carries what was seen of the handshake
 EVIDENCE_ATTRIBUTE = "sidecar_evidence"
 _HAS_MSG_CALLBACK = hasattr(ssl.SSLContext, "_msg_callback")
@@ -108,9 +115,11 @@ def server_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str], key
     context.role = "client"
     context.sslobject_class = ServerSSLObject
     context.set_alpn_protocols(list(alpn))
+    context.num_tickets = TICKETS_PER_HANDSHAKE
     if diagnose and _HAS_MSG_CALLBACK:
         context.twin = _base(MeshContext(ssl.PROTOCOL_TLS_SERVER), ca, cert, key)
         context.twin.role = "client"
+        context.twin.num_tickets = TICKETS_PER_HANDSHAKE
         context._msg_callback = _record_evidence  # type: ignore[attr-defined]
     return context
 
@@ -218,11 +227,52 @@ def _record_evidence(conn: Any, direction: str, version: Any, content_type: Any,
         pass
 
 
+class PeerCertificate(Mapping[str, Any]):
+    """The verified peer certificate in ``getpeercert()``'s decoded form, decoded from the connection when first
+    read.
+
+    The event loop asks every TLS connection for that form when its handshake completes and keeps the answer for
+    the connection's life (``get_extra_info("peercert")``): decoded at once, it is ~27 Python objects (1.7 KiB) a
+    connection that the data plane never reads (identity is checked on the DER, :func:`verify_peer`). Holds only
+    the C connection object, which the ``SSLObject`` holds anyway."""
+
+    __slots__ = ("_connection", "_decoded")
+
+    def __init__(self, connection: Any) -> None:
+        self._connection: Any = connection
+        self._decoded: dict[str, Any] | None = None
+
+    def _fields(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded = self._connection.getpeercert(False) or {}
+            self._connection = None
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(self._fields())
+
+    def __repr__(self) -> str:
+        return repr(self._fields())
+
+
 class _DirectSSLObject(ssl.SSLObject):
     """``read``, ``write`` and ``pending`` bound straight to the C object. The event loop calls them for every TLS
     record, and ``ssl.SSLObject``'s own methods are Python functions that only forward to it: a Python frame per
     call, about 6% of a sidecar's CPU under load. The C methods take the same arguments and raise the same
-    errors."""
+    errors. ``getpeercert()`` answers a :class:`PeerCertificate` (decoded when read) rather than a dict."""
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        inner = self.__dict__["_sslobj"]
+        if binary_form or self.context.verify_mode == ssl.CERT_NONE:
+            return inner.getpeercert(binary_form)
+        # raises ValueError before the handshake, as ssl's does; None when the peer sent no certificate
+        return PeerCertificate(inner) if inner.getpeercert(True) is not None else None
 
     @classmethod
     def _create(cls, *args: Any, **kwargs: Any) -> Any:
@@ -251,7 +301,8 @@ class ServerSSLObject(_DirectSSLObject):
         twin = getattr(self.context, "twin", None)
         if twin is not None:
             self.context = twin
-        self.__dict__.pop("sidecar_peer_der", None)
+        self.__dict__.pop("sidecar_peer_der", None)   # evidence names refusals only: an accepted peer needs none
+        self.__dict__.pop("sidecar_offered", None)
 
 
 class ClientSSLObject(_DirectSSLObject):
