@@ -62,9 +62,9 @@ IDLE_RSS_BOUND = int(43.5 * 1024 * 1024)
 # measured (the pooled mTLS connections, both ends in this one process, stay open for the peer idle timeout)
 AFTER_LOAD_RSS_BOUND = 60 * 1024 * 1024
 CLIENTS = 50
-# per idle mTLS connection on the inbound: ~44-58 KiB measured (44 with 2,000, 44-59 with 10,000) (OpenSSL's state for the session and
-# the verified client certificate ~32 KiB, uvloop's 256 KiB read buffer of which the touched pages, the engine's
-# connection objects); a leaked request buffer (64 KiB) per connection fails it
+# per idle mTLS connection on the inbound: 44 KiB measured with 2,000, 44-59 with 10,000 (OpenSSL's state for the
+# session and the verified client certificate ~32 KiB, uvloop's 256 KiB read buffer of which the touched pages, the
+# engine's connection objects); a leaked request buffer (64 KiB) per connection fails it
 CONNECTION_BOUND = 80 * 1024
 CONNECTIONS = 2000
 MiB = 1 << 20
