@@ -17,9 +17,10 @@ from setuptools.command.build_ext import build_ext
 # The modules every proxied request runs through: HTTP/1.1 and HTTP/2 framing, the exchange and its client and upstream
 # sides, the caller's resilience policy, routing and authorization (and the catalog snapshot they read), the
 # per-request telemetry: record, access-log line, span and its OTLP bytes; and the HTTP/1.1 server every request of
-# the app API, the admin port and messaging's receiver goes through (sidecar.httpd, the app API's access rule), with
-# the bytes and the verdict of a delivery to an app (one POST a message).
+# the app API, the admin port and messaging's receiver goes through (sidecar.httpd, the access rules), with the
+# messages' envelopes and the bytes and the verdict of a delivery to an app (one POST a message).
 NATIVE = [
+    "sidecar/access.py",
     "sidecar/api/guard.py",
     "sidecar/catalog/mesh.py",
     "sidecar/clock.py",
@@ -59,6 +60,7 @@ NATIVE = [
     "sidecar/mesh/upstream_listeners.py",
     "sidecar/messaging/apprequest.py",
     "sidecar/messaging/delivery.py",
+    "sidecar/messaging/envelope.py",
     "sidecar/proxy/downstream.py",
     "sidecar/proxy/engine.py",
     "sidecar/proxy/client.py",
