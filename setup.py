@@ -16,8 +16,12 @@ from setuptools.command.build_ext import build_ext
 
 # The modules every proxied request runs through: HTTP/1.1 and HTTP/2 framing, the exchange and its client and upstream
 # sides, the caller's resilience policy, routing and authorization (and the catalog snapshot they read), the
-# per-request telemetry: record, access-log line, span and its OTLP bytes.
+# per-request telemetry: record, access-log line, span and its OTLP bytes; and the HTTP/1.1 server every request of
+# the app API, the admin port and messaging's receiver goes through (sidecar.httpd, the access rules), with the
+# messages' envelopes and the bytes and the verdict of a delivery to an app (one POST a message).
 NATIVE = [
+    "sidecar/access.py",
+    "sidecar/api/guard.py",
     "sidecar/catalog/mesh.py",
     "sidecar/clock.py",
     "sidecar/dns/cache.py",
@@ -36,6 +40,13 @@ NATIVE = [
     "sidecar/http2/huffman.py",
     "sidecar/http2/limits.py",
     "sidecar/http2/streamstate.py",
+    "sidecar/httpd/app.py",
+    "sidecar/httpd/connection.py",
+    "sidecar/httpd/limits.py",
+    "sidecar/httpd/request.py",
+    "sidecar/httpd/response.py",
+    "sidecar/httpd/router.py",
+    "sidecar/httpd/site.py",
     "sidecar/mesh/authorization.py",
     "sidecar/mesh/dataplane.py",
     "sidecar/mesh/inbound.py",
@@ -47,6 +58,9 @@ NATIVE = [
     "sidecar/mesh/stats.py",
     "sidecar/mesh/tunnel_header.py",
     "sidecar/mesh/upstream_listeners.py",
+    "sidecar/messaging/apprequest.py",
+    "sidecar/messaging/delivery.py",
+    "sidecar/messaging/envelope.py",
     "sidecar/proxy/downstream.py",
     "sidecar/proxy/engine.py",
     "sidecar/proxy/client.py",

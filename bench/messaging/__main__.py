@@ -22,8 +22,17 @@ order; the table shows medians over the rounds):
 
 sidecar: the bench publishes to the publisher sidecar's ``POST /v1/publish/TOPIC`` (a 202 means fsync'd in its
 outbox); the publisher sidecar sends each stream in batches over mTLS to the subscriber sidecar, which stores them
-before it acks and hands them to the bench's apps (aiohttp). fsyncs/message is both sidecars' fsyncs over the
+before it acks and hands them to the bench's apps. fsyncs/message is both sidecars' fsyncs over the
 workload (GET /messaging) divided by the messages published.
+
+The bench's clients are built alike on both sides, so each system is measured rather than the load generator: on
+the sidecar side each publisher is one keep-alive HTTP/1.1 connection on asyncio streams with one request in flight
+(its bytes formatted once a message, the 202 read by its Content-Length and its status checked), and the subscribing
+apps are a minimal HTTP/1.1 server (an asyncio Protocol) that parses each delivered message for its arrival and
+answers 200 (a bulk POST: its status array), both in :mod:`bench.messaging.http1`; on the Redis side each publisher
+is one RESP connection with one command in flight and each consumer one RESP connection. ``--client aiohttp`` puts
+aiohttp's client session and web server on the sidecar side instead. CPU µs a message is shown for this process
+(publishers, apps, readers: "bench"), the sidecars (publisher / subscriber) and redis-server.
 Redis (``redis-server`` from Debian, started by the bench): default persistence (RDB snapshots, no AOF: an XADD is
 *not* fsync'd) and ``appendonly yes, appendfsync always`` (as durable as the sidecar's 202).
 
@@ -55,6 +64,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.messaging import http1  # noqa: E402
 from bench.proxy.mesh import summarize  # noqa: E402
 from sidecar.client import SidecarClient  # noqa: E402
 from tests.harness import SidecarProcess, free_port, http, make_certs, wait_for  # noqa: E402
@@ -165,8 +175,12 @@ class Sidecars:
 
     SERVICES = ("sub", "bulksub", "fan-a", "fan-b")
 
-    def __init__(self, tmp: Path, timing: bool = False, profile: Path | None = None) -> None:
+    def __init__(self, tmp: Path, timing: bool = False, profile: Path | None = None, client: str = "raw") -> None:
         self.tmp = tmp
+        # the bench's publishers and apps: ``raw`` (bench.messaging.http1, as lean as the Redis side's RESP) or
+        # ``aiohttp`` (its client session and web server)
+        self.client = client
+        self.workload = ""
         # with ``profile``, each sidecar run is sampled by py-spy in both sidecars: FOLDER/WORKLOAD-N-{pub,sub}.txt
         # (py-spy's raw format) and a summary of each printed
         self.profile = profile
@@ -178,35 +192,65 @@ class Sidecars:
         self.landed: dict[int, float] = {}
         self.arrivals: Arrivals | None = None
         self.runner: web.AppRunner | None = None
+        self.app_server: asyncio.Server | None = None
         self.processes: list[SidecarProcess] = []
         self.refused = 0   # publishes answered 429 or 503 (backpressure), then tried again
         self.posts = 0     # POSTs the apps received (a bulk POST counts once)
         self.counters = False   # print each run's counters (commits, batches, ...) of both sidecars
 
-    async def _receive(self, request: web.Request) -> web.Response:
-        consumer = request.match_info["consumer"]
-        doc = json.loads(await request.read())
+    def deliver(self, path: bytes, body: bytes) -> bytes:
+        """A delivery POST to ``/in/CONSUMER`` (one ServiceMessage, or a bulk array of them): each message's arrival
+        taken, and the JSON to answer 200 with (a SUCCESS status a message for a bulk POST)."""
+        consumer = path[4:].decode()
         arrivals = self.arrivals
         self.posts += 1
+        doc = json.loads(body)
         if isinstance(doc, list):
             if arrivals is not None:
                 for m in doc:
                     arrivals.arrive(consumer, m["payload"])
-            return web.json_response({"statuses": [{"id": m["id"], "status": "SUCCESS"} for m in doc]})
+            return json.dumps({"statuses": [{"id": m["id"], "status": "SUCCESS"} for m in doc]}).encode()
         if arrivals is not None:
             arrivals.arrive(consumer, doc["payload"])
-            if self.timing is not None and request.headers.get("x-sidecar-topic") == "paced":
+            if self.timing is not None and self.workload == "paced":
                 self.landed[doc["payload"]] = time.time()   # the last paced run's, as ``stamps``
-        return web.json_response({})
+        return b"{}"
 
-    async def start(self) -> None:
+    async def _serve_apps(self) -> int:
+        """The subscribing apps' server (every service's ``/in/CONSUMER`` and ``/health``): the minimal HTTP/1.1
+        server of :mod:`bench.messaging.http1`, or aiohttp's with ``--client aiohttp``; its port."""
+        if self.client != "aiohttp":
+            self.app_server, port = await http1.serve(
+                lambda path, body: self.deliver(path, body) if path.startswith(b"/in/") else b"{}")
+            return port
+
+        async def receive(request: web.Request) -> web.Response:
+            return web.Response(body=self.deliver(request.path.encode(), await request.read()),
+                                content_type="application/json")
+
         app = web.Application()
-        app.router.add_post("/in/{consumer}", self._receive)
+        app.router.add_post("/in/{consumer}", receive)
         app.router.add_get("/health", lambda r: _ok())
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        port = int(self.runner.addresses[0][1])
+        return int(self.runner.addresses[0][1])
+
+    async def publish(self, poster: http1.Poster, topic: str, body: bytes) -> bytes:
+        """POST ``body`` to the publisher sidecar's ``/v1/publish/TOPIC`` until it is taken (202); the 202's body.
+        Backpressure (429 full, 503 overloaded) is waited out and tried again, up to 10 times."""
+        path = b"/v1/publish/" + topic.encode()
+        for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0):
+            status, answer = await poster.post(path, body)
+            if status == 202:
+                return answer
+            assert status in (429, 503), (status, answer)
+            self.refused += 1
+            await asyncio.sleep(wait)
+        raise AssertionError(f"{body!r} refused 10 times")
+
+    async def start(self) -> None:
+        port = await self._serve_apps()
         certs = make_certs(self.tmp / "certs", ["publisher", *self.SERVICES])
         tls = {**certs["sub"], "identities": [{"service": s, "cert": certs[s]["cert"], "key": certs[s]["key"]}
                                               for s in self.SERVICES[1:]]}
@@ -283,31 +327,25 @@ class Sidecars:
     async def run(self, workload: str, count: int, concurrency: int, consumers: int = 1,
                   rate: float | None = None) -> Result:
         arrivals = self.arrivals = Arrivals(count * consumers)
-        url = f"{self.publisher.api}/v1/publish/{workload}"
+        self.workload = workload
         before = await asyncio.to_thread(self._fsyncs)
         tallies = await asyncio.to_thread(self._tallies) if self.counters else []
         posts = self.posts
         cpu_before = self._cpu()
         bench_before = time.process_time()
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        poster = http1.connect(self.client, self.publisher.api, concurrency)
+        try:
             async def send(n: int) -> None:
-                for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0):
-                    posted = time.time()
-                    async with session.post(url, json={"type": "bench", "payload": n}) as response:
-                        answer = await response.read()
-                        if response.status == 202:
-                            if self.timing is not None and workload == "paced":
-                                self.stamps[n] = (json.loads(answer)["id"], posted, time.time())
-                            return
-                        # backpressure (429 full, 503 overloaded): a publisher waits and tries again
-                        assert response.status in (429, 503), await response.text()
-                        self.refused += 1
-                    await asyncio.sleep(wait)
-                raise AssertionError(f"message {n} refused 10 times")
+                posted = time.time()
+                answer = await self.publish(poster, workload, b'{"type":"bench","payload":%d}' % n)
+                if self.timing is not None and workload == "paced":
+                    self.stamps[n] = (json.loads(answer)["id"], posted, time.time())
             spies = await asyncio.to_thread(self._spy, workload)
             started = await publish_all(count, concurrency, arrivals, send, rate)
             await asyncio.wait_for(arrivals.done.wait(), 600)
             await asyncio.to_thread(self._spied, spies)
+        finally:
+            await poster.close()
         cpu = tuple((b - a) / count * 1e6 for a, b in zip(cpu_before, self._cpu(), strict=True))
         bench_us = (time.process_time() - bench_before) / count * 1e6
         fsyncs = (await asyncio.to_thread(self._fsyncs) - before) / count
@@ -419,6 +457,9 @@ class Sidecars:
             process.terminate()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.app_server is not None:
+            self.app_server.close()
+            await self.app_server.wait_closed()
 
 
 async def _ok() -> web.Response:
@@ -586,10 +627,10 @@ async def _connect_when_up(port: int) -> Resp:
 
 async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: int,
                 workloads: set[str] | None = None, timing: bool = False,
-                profile: Path | None = None, counters: bool = False) -> tuple[list[Result], int]:
+                profile: Path | None = None, counters: bool = False, client: str = "raw") -> tuple[list[Result], int]:
     """Every workload (or those in ``workloads``) against the sidecars and both Redis; the results, and how many
     publishes the sidecar answered with backpressure."""
-    sidecars = Sidecars(tmp, timing)
+    sidecars = Sidecars(tmp, timing, client=client)
     sidecars.counters = counters
     redis, aof = Redis(tmp, durable=False), Redis(tmp, durable=True)
     results: list[Result] = []
@@ -671,14 +712,18 @@ def table(results: list[Result]) -> str:
         runs = [r for r in results if (r.workload, r.system) == key]
         fsyncs = [r.fsyncs_per_message for r in runs if r.fsyncs_per_message is not None]
         cpus = [r.cpu_us for r in runs if r.cpu_us is not None]
+        benches = [r.bench_us for r in runs if r.bench_us is not None]
+        servers = [r.server_us for r in runs if r.server_us is not None]
         medians[key] = Result(key[1], key[0], runs[0].count, statistics.median(r.throughput for r in runs),
                               statistics.median(r.p50 for r in runs), statistics.median(r.p99 for r in runs),
                               statistics.median(fsyncs) if fsyncs else None,
                               (statistics.median(c[0] for c in cpus), statistics.median(c[1] for c in cpus))
-                              if cpus else None)
-    rows = ["| workload | system | runs | msg/s | p50 ms | p99 ms | fsyncs/msg | CPU µs/msg pub / sub | "
-            "sidecar ÷ this |",
-            "|---|---|---|---|---|---|---|---|---|"]
+                              if cpus else None,
+                              statistics.median(benches) if benches else None,
+                              statistics.median(servers) if servers else None)
+    rows = ["| workload | system | runs | msg/s | p50 ms | p99 ms | fsyncs/msg | bench CPU µs/msg | "
+            "server CPU µs/msg (sidecars: pub / sub) | sidecar ÷ this |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for (workload, system), m in medians.items():
         runs = sum(1 for r in results if (r.workload, r.system) == (workload, system))
         ours = medians.get((workload, "sidecar"))
@@ -687,9 +732,11 @@ def table(results: list[Result]) -> str:
             reference = medians.get(("single", "redis"))
             ratio = f"x{m.throughput / reference.throughput:.2f} of single redis" if reference else ""
         fsyncs = f"{m.fsyncs_per_message:.3f}" if m.fsyncs_per_message is not None else ""
-        cpu = f"{m.cpu_us[0]:.0f} / {m.cpu_us[1]:.0f}" if m.cpu_us is not None else ""
+        bench_us = f"{m.bench_us:.0f}" if m.bench_us is not None else ""
+        server = (f"{m.cpu_us[0]:.0f} / {m.cpu_us[1]:.0f}" if m.cpu_us is not None
+                  else f"{m.server_us:.0f}" if m.server_us is not None else "")
         rows.append(f"| {workload} | {system} | {runs} | {m.throughput:.0f} | {m.p50:.2f} | {m.p99:.2f} | "
-                    f"{fsyncs} | {cpu} | {ratio} |")
+                    f"{fsyncs} | {bench_us} | {server} | {ratio} |")
     return "\n".join(rows)
 
 
@@ -708,6 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counters", action="store_true",
                         help="after each sidecar run, print both sidecars' commits, operations, fsyncs and messaging "
                              "counters over the run, and the messages a POST the apps got")
+    parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
+                        help="the bench's publishers and subscribing apps on the sidecar side: raw (minimal HTTP/1.1 "
+                             "on asyncio streams and an asyncio Protocol, as lean as the Redis side's RESP; default) "
+                             "or aiohttp (its client session and web server)")
     parser.add_argument("--timing", action="store_true",
                         help="log each message's stages in the sidecars and print the paced run's latency by stage")
     args = parser.parse_args(argv if argv is not None else [])
@@ -719,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-messaging-") as folder:
         results, refused = asyncio.run(bench(Path(folder), args.messages, args.concurrency, args.rounds, args.burst,
-                                             workloads, args.timing, args.profile, args.counters))
+                                             workloads, args.timing, args.profile, args.counters, args.client))
     print(f"\npublish → deliver, {args.messages} messages, {args.concurrency} publishers at once; burst: "
           f"{args.burst} from {BURST_PUBLISHERS}; medians of {args.rounds} alternating rounds")
     print(f"publishes the sidecar answered 429/503 (backpressure) and the bench tried again: {refused}")

@@ -29,6 +29,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.messaging import http1  # noqa: E402
 from bench.messaging.__main__ import Redis, Resp, cpu_seconds  # noqa: E402
 from tests.harness import free_port  # noqa: E402
 
@@ -91,27 +92,22 @@ async def drive(url: str, count: int, concurrency: int) -> float:
 
 
 async def drive_raw(port: int, count: int, concurrency: int) -> float:
-    """The same publishes by a minimal HTTP/1.1 client (one keep-alive connection a publisher, the request bytes
-    formatted here, the answer read by its Content-Length): what the server reaches when the publishers cost as
-    little as Redis's; msg/s."""
+    """The same publishes by the minimal HTTP/1.1 client of :mod:`bench.messaging.http1` (one keep-alive connection
+    a publisher, the request bytes formatted here, the answer read by its Content-Length): what the server reaches
+    when the publishers cost as little as Redis's; msg/s."""
     remaining = iter(range(count))
+    pool = http1.Pool("127.0.0.1", port, concurrency)
 
     async def publisher() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for n in remaining:
-            body = b'{"type":"bench","payload":%d}' % n
-            writer.write(b"POST /v1/publish/floor HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 202"), head
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
-        writer.close()
-        await writer.wait_closed()
+            status, _ = await pool.post(b"/v1/publish/floor", b'{"type":"bench","payload":%d}' % n)
+            assert status == 202, status
 
     started = time.monotonic()
     await asyncio.gather(*(publisher() for _ in range(concurrency)))
-    return count / (time.monotonic() - started)
+    rate = count / (time.monotonic() - started)
+    await pool.close()
+    return rate
 
 
 async def xadd(redis: Redis, count: int, concurrency: int) -> float:

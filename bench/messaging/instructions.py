@@ -4,11 +4,12 @@ machine's load, unlike CPU time on a shared machine.
     python -m bench.messaging.instructions [--messages 1000] [--out FOLDER]
 
 The publishing sidecar runs under ``valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes`` (the
-overload guard off: under valgrind its loop lags by design); the subscriber's sidecar and a small aiohttp app as in
-:mod:`bench.messaging` (topic ``single``, one message a POST). After a warm-up of 300 publishes, instrumentation is
-switched on (``callgrind_control -i on``) for ``messages`` publishes by 16 publishers, through their delivery and the
-last acks, then off and dumped. Prints the instructions a publish of all threads and of the event loop's thread (the
-rest is the writer's thread: SQLite and the fsync call). ``callgrind_annotate`` reads the dumps kept in ``--out``.
+overload guard off: under valgrind its loop lags by design); the subscriber's sidecar and a small aiohttp app run as
+:mod:`bench.messaging` runs them with ``--client aiohttp`` (topic ``single``, one message a POST). After a warm-up
+of 300 publishes, instrumentation is switched on (``callgrind_control -i on``) for ``messages`` publishes by 16
+publishers, through their delivery and the last acks, then off and dumped. Prints the instructions a publish of all
+threads and of the event loop's thread (the rest is the writer's thread: SQLite and the fsync call).
+``callgrind_annotate`` reads the dumps kept in ``--out``.
 """
 
 from __future__ import annotations

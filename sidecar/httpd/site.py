@@ -10,7 +10,7 @@ the app's hands finish within ``shutdown_timeout`` (their answers say ``Connecti
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sidecar.config.values import HostPort
 from sidecar.httpd.app import App
@@ -43,7 +43,8 @@ class Site:
         self._server = server = await loop.create_server(
             lambda: HttpConnection(listener), self.listen.host, self.listen.port,
             backlog=min(1024, self.limits.max_connections * 2), reuse_address=True)
-        sockets = server.sockets
+        listening: Any = server   # typeshed says Server.sockets is a tuple; uvloop's is a list (compiled code checks)
+        sockets = listening.sockets
         if not sockets:
             raise OSError(f"no socket bound for {self.listen}")
         host, port = sockets[0].getsockname()[:2]
