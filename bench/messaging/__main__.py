@@ -325,7 +325,9 @@ class Sidecars:
             print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(moved.items())), flush=True)
 
     async def run(self, workload: str, count: int, concurrency: int, consumers: int = 1,
-                  rate: float | None = None) -> Result:
+                  rate: float | None = None, bulk: int = 1) -> Result:
+        """``count`` messages to topic ``workload`` from ``concurrency`` publishers, one a POST, or with ``bulk``
+        above 1 that many a POST to ``/v1/publish/bulk/TOPIC`` (a 202: the bulk committed)."""
         arrivals = self.arrivals = Arrivals(count * consumers)
         self.workload = workload
         before = await asyncio.to_thread(self._fsyncs)
@@ -340,8 +342,14 @@ class Sidecars:
                 answer = await self.publish(poster, workload, b'{"type":"bench","payload":%d}' % n)
                 if self.timing is not None and workload == "paced":
                     self.stamps[n] = (json.loads(answer)["id"], posted, time.time())
+            async def send_bulk(numbers: range) -> None:
+                await self.publish(poster, "bulk/" + workload, b"[" + b",".join(
+                    b'{"type":"bench","payload":%d}' % n for n in numbers) + b"]")
             spies = await asyncio.to_thread(self._spy, workload)
-            started = await publish_all(count, concurrency, arrivals, send, rate)
+            if bulk > 1:
+                started = await publish_bulks(count, concurrency, bulk, arrivals, send_bulk)
+            else:
+                started = await publish_all(count, concurrency, arrivals, send, rate)
             await asyncio.wait_for(arrivals.done.wait(), 600)
             await asyncio.to_thread(self._spied, spies)
         finally:
@@ -353,39 +361,6 @@ class Sidecars:
             await asyncio.to_thread(self._print_tallies, tallies, count * consumers, self.posts - posts)
         self.arrivals = None
         return replace(result("sidecar", workload, arrivals.latencies(), started, max(arrivals.arrived.values()),
-                              fsyncs, (cpu[0], cpu[1])), bench_us=bench_us)
-
-    async def run_bulkpub(self, count: int, concurrency: int) -> Result:
-        """The ``bulkpub`` workload: ``concurrency`` publishers each posting bulks of BULK messages to the publisher
-        sidecar's ``POST /v1/publish/bulk/bulkpub`` (a 202: the bulk committed), delivered in bulks to ``bulksub``."""
-        arrivals = self.arrivals = Arrivals(count)
-        url = f"{self.publisher.api}/v1/publish/bulk/bulkpub"
-        before = await asyncio.to_thread(self._fsyncs)
-        tallies = await asyncio.to_thread(self._tallies) if self.counters else []
-        posts, cpu_before, bench_before = self.posts, self._cpu(), time.process_time()
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-            async def send(numbers: range) -> None:
-                body = ("[" + ",".join(f'{{"type":"bench","payload":{n}}}' for n in numbers) + "]").encode()
-                for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0):
-                    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as answer:
-                        await answer.read()
-                        if answer.status == 202:
-                            return
-                        assert answer.status in (429, 503), await answer.text()   # backpressure: wait, try again
-                        self.refused += 1
-                    await asyncio.sleep(wait)
-                raise AssertionError(f"bulk {numbers} refused 10 times")
-            spies = await asyncio.to_thread(self._spy, "bulkpub")
-            started = await publish_bulks(count, concurrency, BULK, arrivals, send)
-            await asyncio.wait_for(arrivals.done.wait(), 600)
-            await asyncio.to_thread(self._spied, spies)
-        cpu = [(b - a) / count * 1e6 for a, b in zip(cpu_before, self._cpu(), strict=True)]
-        bench_us = (time.process_time() - bench_before) / count * 1e6
-        fsyncs = (await asyncio.to_thread(self._fsyncs) - before) / count
-        if self.counters:
-            await asyncio.to_thread(self._print_tallies, tallies, count, self.posts - posts)
-        self.arrivals = None
-        return replace(result("sidecar", "bulkpub", arrivals.latencies(), started, max(arrivals.arrived.values()),
                               fsyncs, (cpu[0], cpu[1])), bench_us=bench_us)
 
     def _spy(self, workload: str) -> list[tuple[Path, subprocess.Popen[bytes]]]:
@@ -651,7 +626,7 @@ async def bench(tmp: Path, messages: int, concurrency: int, rounds: int, burst: 
                 lambda: sidecars.run("bulk", messages, concurrency),
                 lambda: redis.run("bulk", messages, concurrency, batch=BULK),
                 lambda: aof.run("bulk", messages, concurrency, batch=BULK),
-                lambda: sidecars.run_bulkpub(bulkpub, concurrency),
+                lambda: sidecars.run("bulkpub", bulkpub, concurrency, bulk=BULK),
                 lambda: redis.run("bulkpub", bulkpub, concurrency, batch=BULK, pipeline=BULK),
                 lambda: aof.run("bulkpub", bulkpub, concurrency, batch=BULK, pipeline=BULK),
                 lambda: sidecars.run("sse", messages, concurrency),
