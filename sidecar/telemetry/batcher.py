@@ -5,10 +5,12 @@
     batcher.flush(5.0)        # every item put before this call has been given to the sink
     batcher.close(5.0)        # the same, then the worker ends
 
-The worker wakes every ``interval`` seconds, or as soon as ``max_batch`` items wait, and hands the sink lists of
-at most ``max_batch`` items, in the order they were put. A slow or failing sink (a full disk, a collector that
-does not answer) only delays the worker: the queue stays bounded, new items beyond ``max_queue`` are dropped and
-counted in ``dropped``, and a sink that raises loses that batch (counted in ``failed``), never the process.
+The worker sleeps until an item is put, then gathers for ``interval`` seconds (or until ``max_batch`` items wait,
+or a flush asks) and hands the sink lists of at most ``max_batch`` items, in the order they were put: one wake-up
+per batch, none while nothing is put, and the request path signals only a batch's first item and a full batch.
+A slow or failing sink (a full disk, a collector that does not answer) only delays the worker: the queue stays
+bounded, new items beyond ``max_queue`` are dropped and counted in ``dropped``, and a sink that raises loses that
+batch (counted in ``failed``), never the process.
 On a clean shutdown :meth:`close` drains everything queued before it returns.
 """
 
@@ -47,7 +49,11 @@ class Batcher(Generic[T]):
         self.failed = 0           # items in batches the sink raised on
         self.delivered = 0        # items handed to a sink that returned
         self._queue: deque[T | _Marker] = deque()
-        self._wake = threading.Event()
+        # a binary semaphore, unlocked when signalled: a lock's acquire and release are single C calls, where an
+        # Event's wait and set run a Condition's Python code (any thread may release a plain Lock)
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self._urgent = False      # a flush or close waits: no gathering for the interval
         self._closing = False
         self._worker = threading.Thread(target=self._run, name=f"sidecar-{name}", daemon=True)
         self._worker.start()
@@ -59,8 +65,8 @@ class Batcher(Generic[T]):
             self.dropped += 1
             return False
         queue.append(item)
-        if size + 1 == self.max_batch:
-            self._wake.set()
+        if size == 0 or size + 1 == self.max_batch:
+            self._wake()
         return True
 
     def pending(self) -> int:
@@ -72,20 +78,31 @@ class Batcher(Generic[T]):
             return not self._queue
         marker = _Marker()
         self._queue.append(marker)
-        self._wake.set()
+        self._urgent = True
+        self._wake()
         return marker.done.wait(timeout)
 
     def close(self, timeout: float) -> bool:
         """Drains the queue into the sink and ends the worker; False if it was still busy after ``timeout``."""
         self._closing = True
-        self._wake.set()
+        self._urgent = True
+        self._wake()
         self._worker.join(timeout)
         return not self._worker.is_alive()
 
+    def _wake(self) -> None:
+        try:
+            self._signal.release()
+        except RuntimeError:
+            pass                  # already signalled, not yet seen by the worker
+
     def _run(self) -> None:
+        signal = self._signal
         while True:
-            self._wake.wait(self.interval)
-            self._wake.clear()
+            signal.acquire()      # an item was put (or a flush or close asks)
+            if not self._urgent and len(self._queue) < self.max_batch:
+                signal.acquire(True, self.interval)   # gather: until a full batch, a flush or the interval
+            self._urgent = False
             closing = self._closing
             self._drain()
             if closing:
