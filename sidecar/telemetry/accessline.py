@@ -115,31 +115,35 @@ def _text_value(value: object) -> str:
 
 
 _MILLIS: Final = [f".{n:03d}Z" for n in range(1000)]
+_SECONDS: Final = [f"{n:02d}" for n in range(60)]
 
 
 class Timestamps:
-    """``2026-12-05T10:47:52.123Z`` for a wall time, the date and time formatted once per second, the whole text
-    once per millisecond (lines of a busy second share it)."""
+    """``2026-12-05T10:47:52.123Z`` for a wall time: the date, hour and minute formatted once a minute (epoch
+    seconds have no leap seconds: a minute is 60 of them), the whole text once a millisecond (lines of a busy
+    millisecond share it)."""
 
-    __slots__ = ("_milli", "_prefix", "_second", "_text")
+    __slots__ = ("_milli", "_minute", "_prefix", "_second", "_text")
 
     def __init__(self) -> None:
-        self._second = -1
+        self._minute = -1
         self._prefix = ""
+        self._second = -1
         self._milli = -1
         self._text = ""
 
     def text(self, wall: float) -> str:
         second = int(wall)
         milli = min(999, int((wall - second) * 1000.0))
-        if second == self._second:
-            if milli == self._milli:
-                return self._text
-        else:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        if second == self._second and milli == self._milli:
+            return self._text
+        minute = second - second % 60
+        if minute != self._minute:
+            self._minute = minute
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(minute))
+        self._second = second
         self._milli = milli
-        self._text = text = self._prefix + _MILLIS[milli]
+        self._text = text = f"{self._prefix}{_SECONDS[second - minute]}{_MILLIS[milli]}"
         return text
 
 
