@@ -38,15 +38,6 @@ MAX_BATCH: Final = 1024
 INTERVAL: Final = 1.0       # Envoy's file_flush_interval_msec default
 
 
-def _iov_max() -> int:
-    try:
-        return max(16, os.sysconf("SC_IOV_MAX"))      # 1024 on Linux
-    except (OSError, ValueError):
-        return 16                                      # POSIX's least
-
-
-_IOV_MAX: Final = _iov_max()
-
 
 class AccessLog:
     """Formats and queues lines; see the module's doc. ``path`` appends to a file (created if missing),
@@ -98,18 +89,10 @@ class AccessLog:
             self.stream.flush()
             return
         self._reopen_if_moved()
-        # one writev of the lines' own bytes: the batch is neither joined nor encoded as a whole (large copies
-        # are what costs here; a line's is a few hundred bytes)
-        for start in range(0, len(lines), _IOV_MAX):
-            chunks: list[bytes] = []
-            size = 0
-            for line in lines[start:start + _IOV_MAX] if len(lines) > _IOV_MAX else lines:
-                chunk = line.encode()
-                chunks.append(chunk)
-                size += len(chunk)
-            written = os.writev(self._file.fileno(), chunks)
-            if written < size:
-                self._write_rest(memoryview(b"".join(chunks))[written:])
+        data = "".join(lines).encode()
+        written = self._file.write(data)
+        if written < len(data):
+            self._write_rest(memoryview(data)[written:])
 
     def _write_rest(self, rest: memoryview) -> None:
         """What a short write (a signal, a nearly full disk) left: written until done or the disk refuses."""

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 log = logging.getLogger("sidecar.telemetry")
@@ -48,7 +47,9 @@ class Batcher(Generic[T]):
         self.dropped = 0          # items refused because the queue was full
         self.failed = 0           # items in batches the sink raised on
         self.delivered = 0        # items handed to a sink that returned
-        self._queue: deque[T | _Marker] = deque()
+        # appended to at its end by the request path, taken from its front by the worker: a slice copy, then a
+        # slice deletion, each one C call under the GIL, so an append between the two stays in the queue
+        self._queue: list[T | _Marker] = []
         # a binary semaphore, unlocked when signalled: a lock's acquire and release are single C calls, where an
         # Event's wait and set run a Condition's Python code (any thread may release a plain Lock)
         self._signal = threading.Lock()
@@ -60,12 +61,12 @@ class Batcher(Generic[T]):
 
     def put(self, item: T) -> bool:
         queue = self._queue
-        size = len(queue)
-        if size >= self.max_queue or self._closing:
+        if len(queue) >= self.max_queue or self._closing:
             self.dropped += 1
             return False
         queue.append(item)
-        if size == 0 or size + 1 == self.max_batch:
+        size = len(queue)         # after the append: the worker may have taken the rest meanwhile
+        if size == 1 or size == self.max_batch:
             self._wake()
         return True
 
@@ -112,20 +113,17 @@ class Batcher(Generic[T]):
 
     def _drain(self) -> None:
         queue = self._queue
-        take = queue.popleft      # bound once: a method looked up per item costs more than the pop itself
-        batch: list[T] = []
         while queue:
-            item = take()
-            if isinstance(item, _Marker):
-                self._deliver(batch)
-                batch = []
-                item.done.set()
-                continue
-            batch.append(item)
-            if len(batch) >= self.max_batch:
-                self._deliver(batch)
-                batch = []
-        self._deliver(batch)
+            batch = queue[:self.max_batch]
+            del queue[:len(batch)]
+            cut = 0               # flush markers split the batch: what precedes one reaches the sink first
+            for i in range(len(batch)):
+                item = batch[i]
+                if isinstance(item, _Marker):
+                    self._deliver(cast("list[T]", batch[cut:i]))
+                    item.done.set()
+                    cut = i + 1
+            self._deliver(cast("list[T]", batch[cut:] if cut else batch))
 
     def _deliver(self, batch: list[T]) -> None:
         if not batch:
