@@ -38,7 +38,6 @@ MAX_BATCH: Final = 1024
 INTERVAL: Final = 1.0       # Envoy's file_flush_interval_msec default
 
 
-
 class AccessLog:
     """Formats and queues lines; see the module's doc. ``path`` appends to a file (created if missing),
     else ``stream`` (default stderr) receives them; ``wall`` is the wall clock (epoch seconds)."""

@@ -165,6 +165,17 @@ def _id_parts(value: str | None) -> tuple[str, str]:
     return ("", "null") if value is None else ('"', value)
 
 
+def _text_parts(value: str | None) -> tuple[str, str]:
+    """:func:`_json_text` in the two parts of :func:`_id_parts`, for a value that never repeats (a request id): one
+    that needs no escaping (printable ASCII without quote or backslash, as the ids the engine makes) goes in as it
+    is, without the copy escaping makes."""
+    if value is None:
+        return "", "null"
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return '"', value
+    return "", encode_basestring_ascii(value)
+
+
 def json_line(ts: str, direction: str, service: str, stats: RequestStats, peer: ConnectionInfo | None = None) -> str:
     """The line: the route's cached head (:func:`_json_head`), the fields that change from request to request, the
     connection's cached tail (:func:`_json_tail`); one string built at its size."""
@@ -176,11 +187,12 @@ def json_line(ts: str, direction: str, service: str, stats: RequestStats, peer: 
         head_ms, head_fraction = _millis(response_head - stats.started)
     trace_quote, trace_id = _id_parts(stats.trace_id)
     span_quote, span_id = _id_parts(stats.span_id)
+    request_quote, request_id = _text_parts(stats.request_id)
     return (f'{{"ts":"{ts}{_json_head(direction, service, stats)}{_number(stats.attempts)},'
             f'"durationMs":{duration}{duration_fraction},"responseHeadMs":{head_ms}{head_fraction},'
             f'"requestBytes":{_number(stats.request_bytes)},"responseBytes":{_number(stats.response_bytes)},'
             f'"traceId":{trace_quote}{trace_id}{trace_quote},"spanId":{span_quote}{span_id}{span_quote},'
-            f'"requestId":{_json_text(stats.request_id)}{_json_tail(peer)}')
+            f'"requestId":{request_quote}{request_id}{request_quote}{_json_tail(peer)}')
 
 
 def text_line(ts: str, direction: str, service: str, stats: RequestStats, peer: ConnectionInfo | None = None) -> str:
