@@ -327,3 +327,11 @@ def test_a_line_reaches_the_file_within_the_interval_and_a_flush_does_not_wait_f
     assert slow.flush(10.0) and path.read_text().count("\n") == 3
     assert time.monotonic() - began < 5.0
     slow.close()
+
+
+@pytest.mark.parametrize("request_id", ["8f14e45f-ceea-467f-a0b8-12c9d1e0a3b5", "", "a\\b", 'q"q', "tab\there",
+                                        "nl\n", "del\x7f", "caf\u00e9", "\u2603", "~ !"])
+def test_a_request_id_is_escaped_only_when_it_needs_it(request_id: str) -> None:
+    line = json_line("ts", "outbound", "pay", stats(request_id=request_id))
+    assert f'"requestId":{json.dumps(request_id)}' in line and line.isascii()
+    assert json.loads(line)["requestId"] == request_id
