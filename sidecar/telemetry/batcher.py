@@ -5,10 +5,12 @@
     batcher.flush(5.0)        # every item put before this call has been given to the sink
     batcher.close(5.0)        # the same, then the worker ends
 
-The worker wakes every ``interval`` seconds, or as soon as ``max_batch`` items wait, and hands the sink lists of
-at most ``max_batch`` items, in the order they were put. A slow or failing sink (a full disk, a collector that
-does not answer) only delays the worker: the queue stays bounded, new items beyond ``max_queue`` are dropped and
-counted in ``dropped``, and a sink that raises loses that batch (counted in ``failed``), never the process.
+The worker sleeps until an item is put, then gathers for ``interval`` seconds (or until ``max_batch`` items wait,
+or a flush asks) and hands the sink lists of at most ``max_batch`` items, in the order they were put: one wake-up
+per batch, none while nothing is put, and the request path signals only a batch's first item and a full batch.
+A slow or failing sink (a full disk, a collector that does not answer) only delays the worker: the queue stays
+bounded, new items beyond ``max_queue`` are dropped and counted in ``dropped``, and a sink that raises loses that
+batch (counted in ``failed``), never the process.
 On a clean shutdown :meth:`close` drains everything queued before it returns.
 """
 
@@ -16,9 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 log = logging.getLogger("sidecar.telemetry")
@@ -46,21 +47,27 @@ class Batcher(Generic[T]):
         self.dropped = 0          # items refused because the queue was full
         self.failed = 0           # items in batches the sink raised on
         self.delivered = 0        # items handed to a sink that returned
-        self._queue: deque[T | _Marker] = deque()
-        self._wake = threading.Event()
+        # appended to at its end by the request path, taken from its front by the worker: a slice copy, then a
+        # slice deletion, each one C call under the GIL, so an append between the two stays in the queue
+        self._queue: list[T | _Marker] = []
+        # a binary semaphore, unlocked when signalled: a lock's acquire and release are single C calls, where an
+        # Event's wait and set run a Condition's Python code (any thread may release a plain Lock)
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self._urgent = False      # a flush or close waits: no gathering for the interval
         self._closing = False
         self._worker = threading.Thread(target=self._run, name=f"sidecar-{name}", daemon=True)
         self._worker.start()
 
     def put(self, item: T) -> bool:
         queue = self._queue
-        size = len(queue)
-        if size >= self.max_queue or self._closing:
+        if len(queue) >= self.max_queue or self._closing:
             self.dropped += 1
             return False
         queue.append(item)
-        if size + 1 == self.max_batch:
-            self._wake.set()
+        size = len(queue)         # after the append: the worker may have taken the rest meanwhile
+        if size == 1 or size == self.max_batch:
+            self._wake()
         return True
 
     def pending(self) -> int:
@@ -72,20 +79,32 @@ class Batcher(Generic[T]):
             return not self._queue
         marker = _Marker()
         self._queue.append(marker)
-        self._wake.set()
+        self._urgent = True
+        self._wake()
         return marker.done.wait(timeout)
 
     def close(self, timeout: float) -> bool:
         """Drains the queue into the sink and ends the worker; False if it was still busy after ``timeout``."""
         self._closing = True
-        self._wake.set()
+        self._urgent = True
+        self._wake()
         self._worker.join(timeout)
         return not self._worker.is_alive()
 
+    def _wake(self) -> None:
+        # a try costs nothing when nothing is raised, where contextlib.suppress makes an object per call
+        try:  # noqa: SIM105
+            self._signal.release()
+        except RuntimeError:
+            pass                  # already signalled, not yet seen by the worker
+
     def _run(self) -> None:
+        signal = self._signal
         while True:
-            self._wake.wait(self.interval)
-            self._wake.clear()
+            signal.acquire()      # an item was put (or a flush or close asks)
+            if not self._urgent and len(self._queue) < self.max_batch:
+                signal.acquire(True, self.interval)   # gather: until a full batch, a flush or the interval
+            self._urgent = False
             closing = self._closing
             self._drain()
             if closing:
@@ -94,19 +113,17 @@ class Batcher(Generic[T]):
 
     def _drain(self) -> None:
         queue = self._queue
-        batch: list[T] = []
         while queue:
-            item = queue.popleft()
-            if isinstance(item, _Marker):
-                self._deliver(batch)
-                batch = []
-                item.done.set()
-                continue
-            batch.append(item)
-            if len(batch) >= self.max_batch:
-                self._deliver(batch)
-                batch = []
-        self._deliver(batch)
+            batch = queue[:self.max_batch]
+            del queue[:len(batch)]
+            cut = 0               # flush markers split the batch: what precedes one reaches the sink first
+            for i in range(len(batch)):
+                item = batch[i]
+                if isinstance(item, _Marker):
+                    self._deliver(cast("list[T]", batch[cut:i]))
+                    item.done.set()
+                    cut = i + 1
+            self._deliver(cast("list[T]", batch[cut:] if cut else batch))
 
     def _deliver(self, batch: list[T]) -> None:
         if not batch:

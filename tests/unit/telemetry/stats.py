@@ -36,8 +36,13 @@ def stats(*, method: str = "POST", host: str = "payment-service", target: bytes 
     return dataclasses.replace(base, **extra) if extra else base
 
 
-def caller_conn(service: str = "checkout") -> ConnectionInfo:
-    conn = ConnectionInfo("inbound", ("127.0.0.9", 40123), ("127.0.0.1", 15006), None)
+def bare_conn(peername: Any = ("127.0.0.9", 40123)) -> ConnectionInfo:
+    """An inbound connection whose caller is not (yet) known."""
+    return ConnectionInfo("inbound", peername, ("127.0.0.1", 15006), None)
+
+
+def caller_conn(service: str = "checkout", peername: Any = ("127.0.0.9", 40123)) -> ConnectionInfo:
+    conn = bare_conn(peername)
     conn.data["caller"] = PeerIdentity(f"spiffe://mesh.local/service/{service}", service, "mesh.local",
                                        dt.datetime(2030, 1, 1, tzinfo=dt.UTC), 7)
     return conn

@@ -20,7 +20,7 @@ from sidecar.telemetry.access import AccessLog
 from sidecar.telemetry.accessline import Timestamps, json_line, text_line
 from sidecar.telemetry.hub import Telemetry
 from tests.harness import wait_for
-from tests.unit.telemetry.stats import CALLER_SPAN, HOP_SPAN, TRACE, caller_conn, local_app, stats
+from tests.unit.telemetry.stats import CALLER_SPAN, HOP_SPAN, TRACE, bare_conn, caller_conn, local_app, stats
 
 WALL = 1_764_931_672.125
 
@@ -57,6 +57,26 @@ CASES = [
                               path='/caf\u00c3\u00a9?q="x"\t\x01', status=503, outcome="error",
                               durationMs=round(0.0012345 * 1000.0, 3), responseHeadMs=round(0.0004567 * 1000.0, 3),
                               ).items() if k not in ("peer", "client")}),
+    # a caller the inbound could not name (no client certificate): peer null, the client still named
+    (stats(status=401, tag=local_app(), error="local"), "inbound", bare_conn(),
+     fields(status=401, outcome="error", error="local", peer=None)),
+    # a connection without a peer address: no client field
+    (stats(status=200, tag=local_app()), "inbound", caller_conn(peername=None),
+     {k: v for k, v in fields(status=200).items() if k != "client"}),
+    # no ids at all, no upstream; large numbers (past the table of small ones) and a long, escaped path
+    (stats(method="PUT", target=b"/" + b"\xff\"x" * 300, status=502, error="connect-failure", upstream=None,
+           attempts=1234, request_bytes=65536, response_bytes=1000, started=10.0, head=11.2345678, ended=12.5,
+           elapsed=2.5, trace_id=None, span_id=None, request_id=None), "outbound", None,
+     {k: v for k, v in fields(direction="outbound", method="PUT", path="/" + "\u00ff\"x" * 300, status=502,
+                              outcome="error", error="connect-failure", upstream=None, attempts=1234,
+                              requestBytes=65536, responseBytes=1000, durationMs=2500.0,
+                              responseHeadMs=round(1.2345678 * 1000.0, 3), traceId=None, spanId=None,
+                              requestId=None).items() if k not in ("peer", "client")}),
+    # a request id from the client's header, escaped; a clock that went back (negative durations)
+    (stats(status=201, request_id='id "\u00e9\x7f', started=5.0, head=4.9995, ended=4.999, elapsed=None),
+     "outbound", None,
+     {k: v for k, v in fields(direction="outbound", requestId='id "\u00e9\x7f', durationMs=-1.0,
+                              responseHeadMs=-0.5).items() if k not in ("peer", "client")}),
 ]
 
 
@@ -202,3 +222,117 @@ def test_repeated_values_beyond_the_cache_bound_are_escaped_the_same() -> None:
         line = json_line("ts", "outbound", "svc", stats(host=host), None)  # type: ignore[arg-type]
         assert json.loads(line)["host"] == host
     assert f'"host":{json.dumps(host)}' in line
+
+
+def test_lines_of_one_route_differ_where_their_requests_do() -> None:
+    """What a route's lines share is kept per route; what differs (status, outcome, error, upstream, numbers, ids)
+    is each request's own, the second time round as the first."""
+    variants = [stats(status=200), stats(status=503), stats(status=0, error="reset", head=None),
+                stats(status=200, upstream="127.0.0.1:15008", attempts=2), stats(status=200, request_bytes=7),
+                stats(status=200, request_id="req-2", trace_id="0af7651916cd43dd8448eb211c80319c")]
+    ts = Timestamps().text(WALL)
+    first = [json_line(ts, "outbound", "payment-service", s) for s in variants]
+    second = [json_line(ts, "outbound", "payment-service", s) for s in reversed(variants)]
+    assert second == first[::-1]
+    decoded = [json.loads(line) for line in first]
+    assert [(d["status"], d["outcome"], d["error"]) for d in decoded[:3]] == [
+        (200, "success", None), (503, "error", None), (0, "error", "reset")]
+    assert decoded[3]["upstream"] == "127.0.0.1:15008" and decoded[3]["attempts"] == 2
+    assert decoded[4]["requestBytes"] == 7 and decoded[5]["requestId"] == "req-2"
+    assert decoded[5]["traceId"] == "0af7651916cd43dd8448eb211c80319c"
+
+
+def test_an_inbound_connection_names_its_caller_once_it_is_known() -> None:
+    """The peer and client fields are the connection's: a caller verified after the first line shows from then
+    on, and every connection has its own."""
+    ts = Timestamps().text(WALL)
+    conn = bare_conn()
+    assert json.loads(json_line(ts, "inbound", "pay", stats(), conn))["peer"] is None
+    conn.data.update(caller_conn().data)            # the inbound verified the client certificate
+    for _ in range(2):
+        line = json.loads(json_line(ts, "inbound", "pay", stats(), conn))
+        assert (line["peer"], line["client"]) == ("spiffe://mesh.local/service/checkout", "127.0.0.9:40123")
+    other = json.loads(json_line(ts, "inbound", "pay", stats(), caller_conn("audit", ("127.0.0.10", 50000))))
+    assert (other["peer"], other["client"]) == ("spiffe://mesh.local/service/audit", "127.0.0.10:50000")
+
+
+def test_a_timestamp_is_reused_only_within_its_millisecond() -> None:
+    ts = Timestamps()
+    assert ts.text(WALL) == "2025-12-05T10:47:52.125Z"
+    assert ts.text(WALL + 0.0004) == "2025-12-05T10:47:52.125Z"
+    assert ts.text(WALL + 1.0) == "2025-12-05T10:47:53.125Z"      # the same millisecond of the next second
+    assert ts.text(WALL + 1.0015) == "2025-12-05T10:47:53.126Z"
+    assert ts.text(WALL) == "2025-12-05T10:47:52.125Z"            # a wall clock stepped back
+    assert ts.text(WALL + 8.0) == "2025-12-05T10:48:00.125Z"      # the next minute
+    assert ts.text(WALL + 7.8745) == "2025-12-05T10:47:59.999Z"
+    assert ts.text(WALL + 3600.0 * 14 + 8.0) == "2025-12-06T00:48:00.125Z"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_the_file_holds_the_lines_as_utf8(tmp_path: Path, fmt: str) -> None:
+    """The file gets exactly the lines (JSON is ASCII; text lines may carry non-ASCII, written as UTF-8)."""
+    path = tmp_path / "access.log"
+    log = AccessLog(fmt, path=str(path), interval=60.0, wall=lambda: WALL)
+    request = stats(target="/caf\u00e9 \u2603".encode(), host="h\u00f6st")
+    log.request("inbound", "pay", request, caller_conn(), WALL)
+    log.close()
+    line = (json_line if fmt == "json" else text_line)(Timestamps().text(WALL), "inbound", "pay", request,
+                                                        caller_conn())
+    assert path.read_bytes() == line.encode("utf-8")
+
+
+class ShortWrites:
+    """The log's file, taking at most ``most`` bytes a write (a signal, a nearly full disk)."""
+
+    def __init__(self, file: io.FileIO, most: int) -> None:
+        self.file = file
+        self.most = most
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self.file.write(data[:self.most]) if self.most else 0
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def test_a_short_write_is_completed_and_a_file_that_takes_nothing_fails_the_batch(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog("json", path=str(path), interval=60.0)
+    assert log._file is not None
+    short = ShortWrites(log._file, 7)
+    log._file = short                            # type: ignore[assignment]
+    for n in range(3):
+        log.request("outbound", "pay", stats(attempts=n + 1))
+    assert log.flush()
+    assert [json.loads(line)["attempts"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    short.most = 0
+    log.request("outbound", "pay", stats())
+    assert log.flush() and log.batcher.failed == 1 and log.batcher.delivered == 3
+    log.close()
+
+
+def test_a_line_reaches_the_file_within_the_interval_and_a_flush_does_not_wait_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog("json", path=str(path), interval=0.05)
+    log.request("outbound", "pay", stats())
+    wait_for(lambda: path.read_text().count("\n") == 1, 10, what="the line, a batch of one")
+    log.request("outbound", "pay", stats())
+    wait_for(lambda: path.read_text().count("\n") == 2, 10, what="the next line, after the worker slept")
+    log.close()
+    slow = AccessLog("json", path=str(path), interval=3600.0)
+    began = time.monotonic()
+    slow.request("outbound", "pay", stats())
+    assert slow.flush(10.0) and path.read_text().count("\n") == 3
+    assert time.monotonic() - began < 5.0
+    slow.close()
+
+
+@pytest.mark.parametrize("request_id", ["8f14e45f-ceea-467f-a0b8-12c9d1e0a3b5", "", "a\\b", 'q"q', "tab\there",
+                                        "nl\n", "del\x7f", "caf\u00e9", "\u2603", "~ !"])
+def test_a_request_id_is_escaped_only_when_it_needs_it(request_id: str) -> None:
+    line = json_line("ts", "outbound", "pay", stats(request_id=request_id))
+    assert f'"requestId":{json.dumps(request_id)}' in line and line.isascii()
+    assert json.loads(line)["requestId"] == request_id
