@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 from sidecar.catalog.checks import CheckRunner
 from sidecar.catalog.model import HealthStatus
@@ -27,13 +28,22 @@ async def until(clock: FakeClock, condition: Callable[[], bool], within: float, 
     raise AssertionError(f"{what}: not within {within}s of the fake clock (now {clock.now})")
 
 
+@contextlib.asynccontextmanager
+async def running() -> AsyncIterator[tuple[FakeClock, LocalRegistry, CheckRunner]]:
+    """A started :class:`CheckRunner` over an empty registry on a fake clock, stopped on leaving."""
+    clock = FakeClock()
+    registry = LocalRegistry("a", EventBus())
+    runner = CheckRunner(registry, clock)
+    await runner.start()
+    try:
+        yield clock, registry, runner
+    finally:
+        await runner.stop()
+
+
 def test_ticker_runs_only_while_a_service_has_a_ttl_or_deregister_after() -> None:
     async def scenario() -> None:
-        clock = FakeClock()
-        registry = LocalRegistry("a", EventBus())
-        runner = CheckRunner(registry, clock)
-        await runner.start()
-        try:
+        async with running() as (clock, registry, runner):
             assert runner._ticker is None                       # nothing registered: no wakeups
             registry.register(build_section(ServiceConfig, {"name": "plain", "port": 1}), "api", clock.now, 0)
             assert runner._ticker is None                       # no check at all
@@ -48,8 +58,6 @@ def test_ticker_runs_only_while_a_service_has_a_ttl_or_deregister_after() -> Non
             assert runner._ticker is None
             await asyncio.sleep(0)
             assert ticker.cancelled()
-        finally:
-            await runner.stop()
         assert runner._ticker is None
 
     asyncio.run(scenario())
@@ -57,11 +65,7 @@ def test_ticker_runs_only_while_a_service_has_a_ttl_or_deregister_after() -> Non
 
 def test_deregister_after_removes_the_service_and_stops_the_ticker() -> None:
     async def scenario() -> None:
-        clock = FakeClock()
-        registry = LocalRegistry("a", EventBus())
-        runner = CheckRunner(registry, clock)
-        await runner.start()
-        try:
+        async with running() as (clock, registry, runner):
             spec = build_section(ServiceConfig, {"name": "gone", "port": 3,
                                                  "check": {"ttl": "1s", "deregister_after": "2s"}})
             entry = registry.register(spec, "api", clock.now, 0)
@@ -70,7 +74,5 @@ def test_deregister_after_removes_the_service_and_stops_the_ticker() -> None:
             await until(clock, lambda: entry.metadata.id not in registry.services, 5.0,
                         "removed once unhealthy past deregister_after")
             assert runner._ticker is None                       # and with it the last reason to tick
-        finally:
-            await runner.stop()
 
     asyncio.run(scenario())
