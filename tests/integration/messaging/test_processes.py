@@ -232,15 +232,17 @@ def test_dead_letters_sse_resume_competing_consumers_errors_and_backpressure(sta
         assert http("POST", b1.admin + "/deadletters/purge", {"ids": [listed[0]["id"]]}).json() == {"purged": 1}
         assert http("GET", p.admin + "/deadletters").json()["total"] == 0
 
-        # SSE on w, resumed with Last-Event-ID
+        # SSE on w, resumed with Last-Event-ID; the reader's own deadline covers the wait for p to learn of its
+        # subscription (up to 30 s) as well as the delivery (20 s)
         reader: dict[str, Any] = {}
-        thread = threading.Thread(target=lambda: reader.setdefault("events", read_sse(w.api + "/v1/subscribe/news",
-                                                                                      4)), daemon=True)
+        thread = threading.Thread(target=lambda: reader.setdefault("events", read_sse(
+            w.api + "/v1/subscribe/news", 4, timeout=50)), daemon=True)
         thread.start()
         wait_for(lambda: knows_subscription(p, "news", "w"), 30, what="stream subscription at p")
         for i in range(4):
             assert publish(p, "news", i).status == 202
         thread.join(20)
+        assert "events" in reader, "the SSE reader on w got no 4 events within 20 s of the publishes"
         first = reader["events"]
         assert [e["payload"] for _, e in first] == [0, 1, 2, 3]
         for i in range(4, 8):
