@@ -41,8 +41,9 @@ POLICY = {"outlier_detection": {"base_ejection_time": "60s"}}
 
 def backend_config(name: str, certs: dict[str, str], port: int, join: list[str]) -> dict[str, Any]:
     check = {"http": "/health", "interval": "250ms", "timeout": "250ms"}
+    # each instance is tagged with its node's name, so that a request can name one (TAG.backend.service.mesh)
     return {"node": {"name": name, "cluster": "test"}, "tls": certs, "policies": {"*": POLICY},
-            "services": [{"name": "backend", "port": port, "check": check}],
+            "services": [{"name": "backend", "port": port, "check": check, "tags": [name]}],
             "gossip": {"profile": "local", "join": join}}
 
 
@@ -109,11 +110,14 @@ def test_a_killed_instance_that_cannot_be_ejected_costs_no_failures(start_sideca
                  what="three healthy backend instances in the caller's catalog")
 
         # n5's app answers 503 until the caller ejects it (5 consecutive gateway errors); it then recovers, but
-        # its ejection stands for base_ejection_time
+        # its ejection stands for base_ejection_time. The requests name n5 by its tag: a request for "backend"
+        # reaches it only when the balancer picks it, and peak EWMA stops picking a host whose latency estimate is
+        # the highest (a failure never lowers it), so one slow 503 on a loaded machine keeps it out of the picks,
+        # and unejected, for tens of seconds
         apps[2].answer_status = 503
 
         def n5_ejected() -> bool:
-            http("GET", f"http://{caller.listeners['outbound']}/work", headers={"Host": "backend"})
+            http("GET", f"http://{caller.listeners['outbound']}/work", headers={"Host": "n5.backend.service.mesh"})
             return bool(endpoints(caller).get("n5", {}).get("ejected"))
         wait_for(n5_ejected, 20, interval=0.01, what="n5 ejected by the caller")
         apps[2].answer_status = 200

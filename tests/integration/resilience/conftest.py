@@ -111,8 +111,9 @@ def start_cluster(loop: LoopThread, pki: Pki, backend: Backend, service: str, in
     async def start() -> Cluster:
         nodes = []
         for index in indexes:
-            config = node_config(f"{service}-{index}", pki.tls(service),
-                                 services=[ServiceConfig(service, backend.ports[index])])
+            name = f"{service}-{index}"   # the instance's tag too: Host TAG.SERVICE.service.mesh names it alone
+            config = node_config(name, pki.tls(service),
+                                 services=[ServiceConfig(service, backend.ports[index], tags=[name])])
             if instance_policy is not None:
                 config = replace(config, policies={"*": instance_policy})
             nodes.append(await start_node(config))
