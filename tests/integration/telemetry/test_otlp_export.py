@@ -158,7 +158,9 @@ def test_a_collector_that_refuses_or_hangs_never_blocks_requests(collector: str,
         telemetry.on_request("outbound", stats(trace_id=ids.trace_id(), parent=None))
         slowest = max(slowest, time.perf_counter() - began)
     spent = time.perf_counter() - began_all
-    assert slowest < 0.05 and spent < 5.0          # no request waited for the collector
+    # no request waited for the collector: one that did would take the exporter's 1 s back-off or its 2 s timeout
+    # (the bound leaves room for a full collection of this test process's heap, after thousands of other tests)
+    assert slowest < 0.5 and spent < 5.0
     assert tracer.batcher.pending() <= 1000         # bounded, the rest dropped and counted
     assert tracer.batcher.dropped >= 5000 - 1000 - 100 * 3
     began = time.perf_counter()
