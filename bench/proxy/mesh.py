@@ -220,24 +220,31 @@ def report(results: list[Result]) -> str:
 
 
 def marginal_costs(results: list[Result]) -> str:
-    """CPU µs per request of OTLP at 1.0 and per access-log line over the default pair, from the medians."""
-    def cpu(setup: str, concurrency: int) -> float | None:
-        values = [r.cpu_us_per_request for r in results if (r.setup, r.concurrency) == (setup, concurrency)
-                  and r.cpu_us_per_request is not None]
-        return statistics.median(values) if values else None
+    """CPU µs per request of OTLP at 1.0 and per access-log line over the default pair: the median of each run's
+    difference (a run measures the setups one after the other, so the pairs share the machine's state of those
+    seconds; the machine drifts over minutes), with each run's."""
+    def cpu(setup: str, concurrency: int) -> list[float]:
+        return [r.cpu_us_per_request for r in results if (r.setup, r.concurrency) == (setup, concurrency)
+                and r.cpu_us_per_request is not None]
+
+    def paired(setup: str, base: list[float], concurrency: int, per: int) -> str | None:
+        diffs = [(value - b) / per for value, b in zip(cpu(setup, concurrency), base, strict=False)]
+        if not diffs:
+            return None
+        return f"{statistics.median(diffs):+.1f} µs ({', '.join(f'{d:+.1f}' for d in diffs)})"
 
     lines = []
     for concurrency in sorted({r.concurrency for r in results}):
         base = cpu("sidecar-pair", concurrency)
-        otlp, log = cpu("sidecar-pair-otlp", concurrency), cpu("sidecar-pair-log", concurrency)
-        if base is None:
+        if not base:
             continue
+        otlp, log = paired("sidecar-pair-otlp", base, concurrency, 1), paired("sidecar-pair-log", base, concurrency, 2)
         if otlp is not None:
-            lines.append(f"c={concurrency}: OTLP at ratio 1.0 (a span per hop, two per request): "
-                         f"{otlp - base:+.1f} µs CPU per request over sidecar-pair")
+            lines.append(f"c={concurrency}: OTLP at ratio 1.0 (a span per hop, two per request): {otlp} CPU per "
+                         "request over sidecar-pair, the median of the runs' differences (each run's)")
         if log is not None:
-            lines.append(f"c={concurrency}: JSON access log (a line per hop, two per request): "
-                         f"{(log - base) / 2:+.1f} µs CPU per line over sidecar-pair")
+            lines.append(f"c={concurrency}: JSON access log (a line per hop, two per request): {log} CPU per line "
+                         "over sidecar-pair, the median of the runs' differences (each run's)")
     return "\n".join(lines)
 
 
