@@ -35,12 +35,18 @@ def put(batcher: Batcher[int], items: range) -> None:
         assert batcher.put(item)
 
 
+def first_batch_held(sink: Sink, interval: float) -> Batcher[int]:
+    """A batcher of 8 whose first full batch (0 to 7) is in the sink, waiting at its gate."""
+    batcher: Batcher[int] = Batcher(sink, name="test", max_batch=8, interval=interval)
+    put(batcher, range(8))
+    wait_for(sink.entered.is_set, 5, what="the first full batch in the sink")
+    return batcher
+
+
 def test_what_is_put_while_the_sink_works_waits_for_a_full_batch() -> None:
     sink = Sink(hold_first=True)
-    batcher: Batcher[int] = Batcher(sink, name="test", max_batch=8, interval=30.0)
+    batcher = first_batch_held(sink, 30.0)
     try:
-        put(batcher, range(8))
-        wait_for(sink.entered.is_set, 5, what="the first full batch in the sink")
         put(batcher, range(8, 11))          # while the sink works
         sink.gate.set()
         wait_for(sink.returned.is_set, 5, what="the sink done with the first batch")
@@ -67,10 +73,8 @@ def test_a_partial_batch_goes_when_its_interval_is_over() -> None:
 
 def test_what_is_left_after_the_full_batches_goes_after_an_interval() -> None:
     sink = Sink(hold_first=True)
-    batcher: Batcher[int] = Batcher(sink, name="test", max_batch=8, interval=0.2)
+    batcher = first_batch_held(sink, 0.2)
     try:
-        put(batcher, range(8))
-        wait_for(sink.entered.is_set, 5, what="the first full batch in the sink")
         put(batcher, range(8, 19))          # a full batch and three more while the sink works
         sink.gate.set()
         wait_for(lambda: len(sink.batches) == 3, 5, what="the full batch, then the three left")
