@@ -23,10 +23,9 @@ with the same ratio keeps or drops the same traces, even where the flag is not k
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import IO, Any, Final, Protocol
+from typing import IO, Any, Protocol
 
 from sidecar.config.model import TracingConfig
 from sidecar.proxy.target import RequestStats
@@ -38,11 +37,6 @@ from sidecar.telemetry.sampling import Sampler
 from sidecar.telemetry.spans import SpanRecord, message_span, request_span
 
 log = logging.getLogger("sidecar.telemetry")
-
-# Compiled code never gives up the GIL on its own (the interpreter does so between bytecodes when another thread
-# asks): the exporter's thread lets it go after every this many spans it encodes, so that an event loop waiting for
-# it serves requests between them rather than after a whole batch (512 spans, several milliseconds)
-SPANS_PER_GIL_HOLD: Final = 32
 
 # a sampled request as the request path queues it: direction, stats, service, wall offset, peer
 Hop = tuple[str, RequestStats, str, float, Any]
@@ -116,16 +110,14 @@ class Tracer:
     def _export(self, items: list[Hop | SpanRecord]) -> None:
         export_wire = self._export_wire
         if export_wire is not None:
+            # the whole batch in one hold of the GIL (compiled code never lets it go on its own): handing it to the
+            # event loop every 32 spans cost both threads a context switch each time and left the p99 at c=1 and
+            # c=50 where it was (docs/performance.md, the telemetry batches under load)
             encoded = []
-            held = 0
             for item in items:
                 data = span_bytes(item) if isinstance(item, SpanRecord) else hop_span_bytes(*item)
                 if data is not None:
                     encoded.append(data)
-                held += 1
-                if held == SPANS_PER_GIL_HOLD:
-                    held = 0
-                    os.sched_yield()   # releases the GIL (about a microsecond): a thread waiting for it takes it
             if encoded:
                 export_wire(encoded)
             return
