@@ -309,7 +309,7 @@ class DataPlane:
 
     def _client_context(self) -> ssl.SSLContext:
         assert self.store is not None
-        return self.store.client_context
+        return self.store.material.client_context   # read per request: the material, not the store's property
 
     def _h2_context(self) -> ssl.SSLContext:
         assert self.store is not None

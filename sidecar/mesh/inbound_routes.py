@@ -24,6 +24,7 @@ TOPIC_HEADER: Final = b"x-sidecar-topic"  # a push delivery of a published messa
 INTERNAL_PREFIX: Final = b"/.sidecar/"  # paths between sidecars (messaging deliveries); never an app's
 CALLER_KEY: Final = "caller"  # ConnectionInfo.data: the verified caller's PeerIdentity
 _CALLER_VALUE: Final = "caller-header"
+_SELECTED_KEY: Final = "selected-service"  # ConnectionInfo.data: the service the caller's SNI named, or ""
 
 
 def refuse_internal(head: RequestHead) -> None:
@@ -127,8 +128,11 @@ class InboundRoutes:
 def _require_selected(conn: ConnectionInfo, name: ServiceName) -> None:
     """A connection whose SNI named a service (the caller checked our certificate for it) carries that service's
     requests only; one that named none (``openssl s_client``, node-level dials) goes by Host alone."""
-    selected = selected_service(conn.ssl_object)
-    if selected is not None and selected != name.service.lower():
+    data = conn.data
+    selected = data.get(_SELECTED_KEY)
+    if selected is None:   # read once a connection: the handshake settled its SNI
+        selected = data[_SELECTED_KEY] = selected_service(conn.ssl_object) or ""
+    if selected and selected != name.service.lower():
         raise InvalidArgument(f"this connection was opened for {selected} (TLS server name); {name.service} needs its"
                               " own connection", {"service": name.service, "connection": selected})
 

@@ -235,13 +235,15 @@ class Exchange(StreamUser):
         ids = self.engine.ids
         items = head.headers.items
         incoming = None
+        incoming_at = -1
         incoming_count = 0
         request_id = None
         b3 = False
-        for item in items:
+        for i, item in enumerate(items):
             lname = item[0]
             if lname == _TRACEPARENT:
                 incoming = item
+                incoming_at = i
                 incoming_count += 1
             elif lname == _REQUEST_ID:
                 request_id = item[2]
@@ -284,7 +286,7 @@ class Exchange(StreamUser):
         self.trace_flags = flags
         if incoming is not None:
             if incoming_count == 1:
-                items.remove(incoming)
+                del items[incoming_at]   # by place: remove() would compare the fields before it, tuple by tuple
             else:
                 items = head.headers.items = [item for item in items if item[0] != _TRACEPARENT]
         items.append((_TRACEPARENT, _TRACEPARENT, tracecontext.header(trace_id, span_id, flags)))

@@ -610,7 +610,9 @@ class ResponseReader:
         connection = special.get(b"connection")
         if keep_alive and connection is not None:
             for value in connection:
-                if b"close" in value.lower():
+                # find, not `in`: CPython's bytes `in` first tries the operand as an integer and raises and clears
+                # a TypeError before it searches (~2,500 instructions where find takes ~100)
+                if value.lower().find(b"close") >= 0:
                     keep_alive = False
         upgrade = special[b"upgrade"][0] if status == 101 and b"upgrade" in special else None
         head = ResponseHead(status, self._reason, fields, content_length, chunked, keep_alive, no_body, upgrade)

@@ -194,12 +194,14 @@ class Resilience:
         caller: float | None = None
         items = head.headers.items
         found = None
+        found_at = -1
         count = 0
         grpc = False
-        for item in items:
+        for i, item in enumerate(items):
             lname = item[0]
             if lname == deadline.HEADER:
                 found = item
+                found_at = i
                 count += 1
                 parsed = deadline.parse(item[2])
                 if parsed is not None:
@@ -222,7 +224,7 @@ class Resilience:
             items = head.headers.items = [item for item in items if item[0] != deadline.HEADER]
             items.append((deadline.HEADER, deadline.HEADER, value))
         elif found is not items[-1] or found[2] != value:
-            items.remove(found)
+            del items[found_at]   # by place: remove() would compare the fields before it, tuple by tuple
             items.append((deadline.HEADER, deadline.HEADER, value))
         if grpc:   # the app's gRPC server knows its deadline by grpc-timeout only
             head.headers.items = deadline.set_field(head.headers.items, deadline.GRPC_TIMEOUT,

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import ssl
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -16,17 +18,17 @@ from sidecar.config.model import (
     ServiceConfig,
 )
 from sidecar.config.values import Duration
-from sidecar.errors import NotFound, Unavailable
+from sidecar.errors import InvalidArgument, NotFound, Unavailable
 from sidecar.events import EventBus
 from sidecar.mesh.authorization import Authorizer, Decisions
-from sidecar.mesh.inbound_routes import set_caller
+from sidecar.mesh.inbound_routes import _require_selected, set_caller
 from sidecar.mesh.local_apps import LocalServices
 from sidecar.mesh.naming import Names, ServiceName
 from sidecar.mesh.peers import PeerTargets
 from sidecar.mesh.router import Endpoint
 from sidecar.mesh.stats import MeshStats
 from sidecar.mesh.tunnel_header import MAX_TUNNEL_HEADER, TunnelHeaderError, decode_tunnel_header, encode_tunnel_header
-from sidecar.proxy import Headers, RequestHead, RequestStats
+from sidecar.proxy import ConnectionInfo, Headers, RequestHead, RequestStats
 
 # ------------------------------------------------------------------------------------------ tunnel header
 
@@ -55,6 +57,23 @@ def test_tunnel_header_accepts_crlf_and_lowercases() -> None:
 
 
 # ------------------------------------------------------------------------------------------ caches
+
+
+def test_a_connection_carries_only_the_service_its_sni_named_read_once() -> None:
+    # what the SNI callback leaves on the SSL object (sidecar.tls.context); read at the first request only
+    ssl_object: Any = SimpleNamespace(sidecar_service="pay")
+    conn = ConnectionInfo("inbound", ("127.0.0.1", 1), ("127.0.0.1", 2), ssl_object)
+    _require_selected(conn, ServiceName("pay"))
+    _require_selected(conn, ServiceName("Pay", "v2"))
+    with pytest.raises(InvalidArgument, match="opened for pay"):
+        _require_selected(conn, ServiceName("inv"))
+    ssl_object.sidecar_service = "inv"   # never happens after a handshake: shows the first reading is kept
+    with pytest.raises(InvalidArgument, match="opened for pay"):
+        _require_selected(conn, ServiceName("inv"))
+    # no service named (openssl s_client, node-level dials): any service, by Host
+    unnamed = ConnectionInfo("inbound", ("127.0.0.1", 1), ("127.0.0.1", 2), SimpleNamespace())  # type: ignore[arg-type]
+    for service in ("pay", "inv", "pay"):
+        _require_selected(unnamed, ServiceName(service))
 
 
 def test_names_cache_is_bounded_and_correct() -> None:

@@ -240,6 +240,17 @@ def test_response_framing_and_re_emission() -> None:
     assert events[1:] == [("body", b"ok"), ("end", None)]
 
 
+@pytest.mark.parametrize(("connection", "keep_alive"), [
+    (b"keep-alive", True), (b"Keep-Alive", True), (b"close", False), (b"CLOSE", False), (b"keep-alive, Close", False),
+    (b"x-trace", True),
+])
+def test_a_response_connection_field_decides_whether_the_upstream_connection_is_kept(connection: bytes,
+                                                                                     keep_alive: bool) -> None:
+    events = response_events(b"HTTP/1.1 200 OK\r\nConnection: " + connection + b"\r\nContent-Length: 2\r\n\r\nok")
+    head = events[0][1]
+    assert isinstance(head, ResponseHead) and head.keep_alive is keep_alive
+
+
 def test_response_to_head_has_no_body() -> None:
     events = response_events(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", head_request=True)
     assert [kind for kind, _ in events] == ["head", "end"]

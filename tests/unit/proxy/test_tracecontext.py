@@ -142,3 +142,29 @@ def test_a_batch_is_64_ids_of_digits_with_no_padding(size: int) -> None:
     assert [batch.take() for _ in range(64)] == [size * n for n in range(64)]
     assert batch.text == f"{random.Random(4).getrandbits(4 * size * 64):0{size * 64}x}"
     assert batch.take() == 0   # the next batch
+
+
+_SPEC_55 = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def _by_the_spec(raw: bytes) -> tuple[str, str, int] | None:
+    """A 55-byte traceparent read as W3C Trace Context 3.2 words it, with a regular expression."""
+    match = _SPEC_55.fullmatch(raw)
+    if match is None or match[1] == b"ff" or match[2] == b"0" * 32 or match[3] == b"0" * 16:
+        return None
+    return match[2].decode(), match[3].decode(), int(match[4], 16)
+
+
+def test_parse_fields_agrees_with_the_spec_on_every_one_byte_change_of_a_valid_header() -> None:
+    # the fast path tells a version 00 header by one byte-table translation; every byte of a valid header replaced
+    # by every kind of byte (hex either case, the next letters, dash, space, tab, NUL, high bytes) is read as the
+    # spec's grammar reads it
+    valid = VALID.encode()
+    replacements = b"0123456789abcdefABCDEFgxz-_ \t\x00\x7f\x80\xff"
+    checked = 0
+    for i in range(len(valid)):
+        for byte in replacements:
+            raw = valid[:i] + bytes([byte]) + valid[i + 1:]
+            assert parse_fields(raw) == _by_the_spec(raw), raw
+            checked += 1
+    assert checked == 55 * len(replacements)
