@@ -1,6 +1,6 @@
 """wrk through real `sidecar run` processes, next to HAProxy and the bare engine, on the same nginx backend.
 
-    python -m bench.proxy.mesh [--runs 3] [--duration 5] [--concurrency 1 50] [--gc-freeze] [--profile 5]
+    python -m bench.proxy.mesh [--runs 3] [--duration 5] [--warmup 6] [--concurrency 1 50] [--gc-freeze] [--profile 5]
                                [--cpu-split 3] [--counters]
 
 Setups (loopback, free ports, certificates from `sidecar certs init/issue` in a temporary folder):
@@ -375,6 +375,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=6.0,
+                        help="seconds of load at the highest concurrency for each setup before the runs (default 6)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--only", nargs="+", help="run only these setups (direct is always run)")
     parser.add_argument("--sidecar-root", type=Path, help="run the sidecars from this checkout (before/after)")
@@ -463,8 +465,10 @@ def main() -> int:
         except (RuntimeError, subprocess.CalledProcessError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        for port, _, host in setups.values():  # warm up: connections, pools, TLS sessions
-            wrk(port, max(args.concurrency), 1.0, host)
+        for port, _, host in setups.values():
+            # warm up to the steady state a running proxy is in: connections, pools and TLS sessions, and for a
+            # sidecar its performance records' ring filled (100,000 records) and its heap grown to its working size
+            wrk(port, max(args.concurrency), args.warmup, host)
         for run in range(args.runs):
             for concurrency in args.concurrency:
                 for name, (port, pids, host) in setups.items():
