@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httptools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -147,6 +148,39 @@ def test_keep_alive_and_versions() -> None:
     assert parse(b"GET / HTTP/1.0\r\n\r\n").head().keep_alive is False
     assert parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").head().keep_alive is False
     assert parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").head().keep_alive is True
+
+
+@pytest.mark.parametrize("connection", [None, b"keep-alive", b"close", b"Keep-Alive, x-trace", b"upgrade"])
+@pytest.mark.parametrize(("version", "accepted"), [("1.1", True), ("1.0", True), ("2.0", False), ("0.9", False)])
+def test_the_version_and_keep_alive_of_every_version_and_connection_field(version: str, accepted: bool,
+                                                                          connection: bytes | None) -> None:
+    # the reader tells 1.1 from should_keep_alive() when no Connection field came; every other case asks llhttp
+    data = f"GET / HTTP/{version}\r\nHost: a\r\n".encode()
+    if connection is not None:
+        data += b"Connection: " + connection + b"\r\n"
+    said: list[tuple[str, bool]] = []
+
+    class Asker:   # what llhttp says while the head completes
+        def on_headers_complete(self) -> None:
+            said.append((parser.get_http_version(), parser.should_keep_alive()))
+
+    parser = httptools.HttpRequestParser(Asker())
+    parser.feed_data(data + b"\r\n")
+    if not accepted:
+        with pytest.raises(RemoteProtocolError, match="unsupported HTTP version"):
+            parse(data + b"\r\n")
+        return
+    head = parse(data + b"\r\n").head()
+    assert said == [(version, head.keep_alive)] and head.version == version
+    asks_keep_alive = connection is not None and connection.lower().startswith(b"keep-alive")
+    assert head.keep_alive is (connection != b"close" and (version == "1.1" or asks_keep_alive))
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.9", "2.1", "3.1", "0.1"])
+def test_llhttp_parses_no_version_but_1_1_whose_minor_is_above_0(version: str) -> None:
+    # what the reader's shortcut to "1.1" rests on (sidecar.proxy.http1read.RequestReader.on_headers_complete)
+    with pytest.raises(httptools.HttpParserError, match="Invalid HTTP version"):
+        httptools.HttpRequestParser(Sink()).feed_data(f"GET / HTTP/{version}\r\nHost: a\r\n\r\n".encode())
 
 
 def test_pipelined_requests_come_out_in_order() -> None:

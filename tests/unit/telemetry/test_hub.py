@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import time
+from bisect import bisect_left
 
 from sidecar.clock import FakeClock
 from sidecar.config.model import AccessLogConfig, Config, NodeConfig, ServiceConfig, TelemetryConfig
@@ -14,7 +15,7 @@ from sidecar.telemetry.access import AccessLog
 from sidecar.telemetry.hub import Telemetry
 from sidecar.telemetry.looplag import LoopLag
 from sidecar.telemetry.records import Query
-from sidecar.telemetry.requests import BUCKETS, RequestMetrics
+from sidecar.telemetry.requests import BUCKETS, RequestMetrics, bucket_of
 from tests.unit.telemetry.stats import TRACE, caller_conn, local_app, stats
 
 
@@ -125,3 +126,12 @@ def test_loop_lag_sees_a_blocked_loop() -> None:
     lag = asyncio.run(main())
     assert lag.max >= 0.03 and lag.count >= 2
     assert lag.cumulative()[-1] == ("+Inf", lag.count)
+
+
+def test_bucket_of_is_bisect_left_over_the_bounds() -> None:
+    # every bound, just below and above it, and the ends
+    values = [-1.0, 0.0, 1e-9, 20.0, float("inf")]
+    for bound in BUCKETS:
+        values += [bound, bound * 0.999, bound * 1.001]
+    for seconds in values:
+        assert bucket_of(seconds) == bisect_left(BUCKETS, seconds), seconds

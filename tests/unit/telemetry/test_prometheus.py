@@ -44,7 +44,7 @@ def build() -> tuple[Telemetry, Sources]:
         telemetry.on_request("outbound", stats(host="ledger", target=b"/pkg.Ledger/Post", tag=endpoint("ledger"),
                                                grpc=True, grpc_status=status))
     mesh = MeshStats()
-    mesh.errors["outbound", "payment-service", "connect-failure"] += 1
+    mesh.errors["outbound", "payment-service", "connect-failure"] = 1
     mesh.denials["checkout", "evil", "authorization.default"] += 2
     resilience = Resilience(config)
     dest = resilience.cluster("payment-service", 100.0)
