@@ -72,7 +72,7 @@ def parse_fields(value: bytes | str | None) -> tuple[str, str, int] | None:
         trace, span = raw[3:35], raw[36:52]
         if trace == _ZERO_TRACE or span == _ZERO_SPAN:
             return None
-        return trace.decode(), span.decode(), _lower_hex_value(raw, 53, 55)
+        return trace.decode(), span.decode(), _hex_digit(raw[53]) << 4 | _hex_digit(raw[54])
     if len(raw) < 55 or raw[2:3] != b"-" or raw[35:36] != b"-" or raw[52:53] != b"-":
         return None
     version, trace_id, span_id, flags = raw[:2], raw[3:35], raw[36:52], raw[53:55]
@@ -87,19 +87,9 @@ def parse_fields(value: bytes | str | None) -> tuple[str, str, int] | None:
     return trace_id.decode(), span_id.decode(), int(flags, 16)
 
 
-def _lower_hex_value(raw: bytes, start: int, end: int) -> int:
-    """The value of the few bytes ``raw[start:end]`` as lowercase hex digits, or -1 when one is not one."""
-    value = 0
-    for i in range(start, end):
-        c = raw[i]
-        if 48 <= c <= 57:
-            digit = c - 48
-        elif 97 <= c <= 102:
-            digit = c - 87
-        else:
-            return -1
-        value = value << 4 | digit
-    return value
+def _hex_digit(c: int) -> int:
+    """The value of one lowercase hex digit, already checked to be one."""
+    return c - 48 if c <= 57 else c - 87
 
 
 def header(trace_id: str, span_id: str, flags: int) -> bytes:
