@@ -93,6 +93,10 @@ class H2App(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        # A reset read in the same batch as the request it cancels is known before that request is answered: h2
+        # has already closed the stream, and forgets it once a later stream of the batch opens (sending on it then
+        # raises StreamIDTooLowError, not StreamClosedError).
+        self.cancelled.update(e.stream_id for e in events if isinstance(e, h2.events.StreamReset))
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 self.requests[event.stream_id] = _Request([(str(k), str(v)) for k, v in event.headers])
@@ -144,7 +148,7 @@ class H2App(asyncio.Protocol):
             self.conn.send_headers(stream, [(":status", "200"), ("content-type", kind),
                                             ("content-length", str(len(body))), ("x-instance", self.instance)])
         except h2.exceptions.StreamClosedError:
-            return   # reset by the client in the batch that ended it
+            return   # closed by h2 itself (a stream error it answered)
         self.pending[stream] = body
         self._send(stream)
         self._flush()

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.grpcapps.launch import Spawned, spawn
 from tests.grpcapps.service import CLOCK_SLACK, INSTANCE_KEY, Knobs, Running, channel, method, serve
-from tests.h2client import RawH2, grpc_frame, slow_call
+from tests.h2client import RawH2, body_of, get, grpc_frame, slow_call
 from tests.harness import wait_for
 from tests.integration.mesh.clients import curl, needs_curl
 
@@ -168,3 +168,22 @@ def test_the_raw_h2_client_makes_a_grpc_call_and_reads_its_trailers(echo: Runnin
     assert dict(head.headers)[INSTANCE_KEY] == "in-process"
     assert b"".join(d.data for d in data) == grpc_frame(b"slept")
     assert trailers.kind == "HEADERS" and trailers.end_stream and dict(trailers.headers)["grpc-status"] == "0"
+
+
+def test_the_h2c_app_skips_a_request_reset_in_the_same_read_as_a_later_request(h2app: Spawned) -> None:
+    """What a sidecar sends an app it stopped (SIGSTOP) then resumed: a request, its RST_STREAM at the timeout,
+    and the next request, read at once. h2 has forgotten the reset stream by the time it would be answered; the
+    app answers the later request on the same connection."""
+    host, port = h2app.target.rsplit(":", 1)
+    client = RawH2.connect(host, int(port))
+    try:
+        peer = client.peer
+        client.send(peer.headers(1, get(b"/reset"), end_stream=True) + peer.rst(1)
+                    + peer.headers(3, get(b"/later"), end_stream=True))
+        client.read_until_end(3, 5)
+        assert client.statuses == {3: 200}
+        assert json.loads(body_of(client.received, 3))["path"] == "/later"
+        status, body = client.exchange(5, get(b"/again"))
+        assert (status, json.loads(body)["path"]) == (200, "/again")
+    finally:
+        client.close()
