@@ -377,9 +377,9 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
             tunnel.from_client(data)
         return tunnel
 
-    def exchange_done(self, request_complete: bool) -> None:
-        """The exchange in flight has ended; go on with the next request (after the rest of an answered body), or
-        close."""
+    def exchange_done(self, request_complete: bool, now: float) -> None:
+        """The exchange in flight has ended at loop time ``now``; go on with the next request (after the rest of an
+        answered body), or close."""
         close_after = self._close_after
         self._chunked = False
         self._close_after = False
@@ -397,7 +397,7 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         if self._backlog and not self._draining_backlog:
             self._drain_backlog()
         if self.exchange is None and not self.closed:
-            self.timer.set(self.loop.time() + self.limits.idle_timeout)
+            self.timer.set(now + self.limits.idle_timeout)
 
     def _linger(self, close_after: bool) -> None:
         """The response ended before its request: the rest of the body is read and dropped, for the next request

@@ -224,7 +224,7 @@ class Exchange(StreamUser):
             self.fail_local(e)
             return
         if isinstance(result, Target):
-            self.dispatch(result)
+            self._dispatch_at(result, self.started, False)   # the head was read in this same callback
         else:
             self.timer.set(self.started + self.limits.stream_idle_timeout)
             self._route_task = self.loop.create_task(self._await_route(result))
@@ -305,11 +305,14 @@ class Exchange(StreamUser):
 
     def dispatch(self, target: Target, fresh: bool = False) -> None:
         """Start an attempt on ``target``."""
+        self._dispatch_at(target, self.loop.time(), fresh)
+
+    def _dispatch_at(self, target: Target, now: float, fresh: bool) -> None:
+        """:meth:`dispatch` at loop time ``now`` (read by the caller in the same callback: each read of the loop's
+        clock is a method call and a clock_gettime)."""
         if not isinstance(target, Target):
             self.fail_local(TypeError(f"route returned {type(target).__name__}, not a Target"))
             return
-        loop = self.loop
-        now = loop.time()
         if self.target is None and target.timeout is not None:
             self.deadline = self.started + target.timeout
         self.target = target
@@ -326,7 +329,7 @@ class Exchange(StreamUser):
             self.fail_local(e)
             return
         if conn is not None:
-            self.on_connection(conn)
+            self._start_on(conn, now)
 
     def _arm_timer(self, now: float) -> None:
         # waiting for a response head: the earliest of the overall and per-try deadlines, and in any case the
@@ -341,9 +344,12 @@ class Exchange(StreamUser):
     # ------------------------------------------------------------------------------------ pool callbacks
 
     def on_connection(self, stream: UpstreamStream) -> None:
+        self._start_on(stream, self.loop.time())
+
+    def _start_on(self, stream: UpstreamStream, now: float) -> None:
         if self.phase != CONNECTING or self.conn is not None:
             assert self.pool is not None
-            self.pool.release(stream, self.loop.time())
+            self.pool.release(stream, now)
             return
         self.conn = stream
         client = self.client
@@ -354,7 +360,7 @@ class Exchange(StreamUser):
         self.pending = []
         self.pending_size = 0
         self._to(AWAITING_RESPONSE)
-        self.attempt_sent = self.loop.time()
+        self.attempt_sent = now
         stream.start(self, self.head, body, self.request_done, self.request_trailers)
         client.pause_request("pending", False)
 
@@ -760,7 +766,7 @@ class Exchange(StreamUser):
         self._to(DONE)
         client.flush()
         self._report(now)
-        client.exchange_done(self.request_done)
+        client.exchange_done(self.request_done, now)
 
     def _cut(self) -> None:
         """A failure after the response started: the client's connection is closed mid-response."""
@@ -806,7 +812,7 @@ class Exchange(StreamUser):
         client = self.client
         client.flush()
         self._report(now)
-        client.exchange_done(self.request_done)
+        client.exchange_done(self.request_done, now)
 
     def _report(self, now: float) -> None:
         callback = self.engine.on_request_done

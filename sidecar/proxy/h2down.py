@@ -203,7 +203,7 @@ class H2Stream(ClientSide):
     def flush(self) -> None:
         self.conn.flush()
 
-    def exchange_done(self, request_complete: bool) -> None:
+    def exchange_done(self, request_complete: bool, now: float) -> None:
         if self.unacked:   # what the client sent that nobody reads any more: its windows reopen
             unacked, self.unacked = self.unacked, 0
             self.conn.core.acknowledge(self.sid, unacked)

@@ -77,6 +77,13 @@ _NO_SINK: Final = _NoSink()
 _LAST_CHUNK_LINE: Final = re.compile(rb"0+[ \t]*(;.*)?")
 
 
+# Field names lowercased, by their spelling: a client's names repeat from one request to the next, and a lookup
+# (the name's hash and one compare) costs less than bytes.lower() making a new object, whose hash SPECIAL_FIELDS'
+# lookup then computes again. Bounded: once full, a new spelling is lowered on every use.
+_LOWERED: Final[dict[bytes, bytes]] = {}
+_LOWERED_MAX: Final = 512
+
+
 class _Fields:
     """What a header block says about framing and connection handling, gathered while parsing."""
 
@@ -94,7 +101,11 @@ class _Fields:
         self.hosts = 0
 
     def add(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
+        lname = _LOWERED.get(name)
+        if lname is None:
+            lname = name.lower()
+            if len(_LOWERED) < _LOWERED_MAX:
+                _LOWERED[name] = lname
         if lname not in SPECIAL_FIELDS:
             self.items.append((lname, name, value))
         else:

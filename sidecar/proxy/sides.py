@@ -72,8 +72,9 @@ class ClientSide:
     def flush(self) -> None:
         raise NotImplementedError
 
-    def exchange_done(self, request_complete: bool) -> None:
-        """The exchange ended (response sent or error answered); ``request_complete``: its body was all read."""
+    def exchange_done(self, request_complete: bool, now: float) -> None:
+        """The exchange ended (response sent or error answered) at loop time ``now``; ``request_complete``: its
+        body was all read."""
         raise NotImplementedError
 
     def open_tunnel(self, server: asyncio.Transport, rest: bytes, on_done: Callable[[Tunnel], None]) -> Tunnel:

@@ -133,7 +133,7 @@ class FakeClient(ClientSide):
     def flush(self) -> None:
         pass
 
-    def exchange_done(self, request_complete: bool) -> None:
+    def exchange_done(self, request_complete: bool, now: float) -> None:
         self.events.append(("done", request_complete))
 
     def open_tunnel(self, server: asyncio.Transport, rest: bytes, on_done: Callable[[Tunnel], None]) -> Tunnel:

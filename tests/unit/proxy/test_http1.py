@@ -126,6 +126,31 @@ def test_hop_by_hop_headers_are_removed_and_framing_rewritten() -> None:
     assert sink.events[1:] == [("body", b"abc"), ("end", [(b"X-T", b"1")])]  # the trailer section, with the end
 
 
+def test_field_names_are_lowercased_alike_before_and_after_the_names_cache_fills() -> None:
+    from sidecar.proxy import http1read
+
+    spellings = [b"X-Trace-Me", b"x-trace-me", b"X-TRACE-ME", b"Content-Type", b"CONNECTION", b"Host"]
+    http1read._LOWERED.clear()   # as at start (other tests' names are in it)
+
+    def lowered(request: bytes) -> list[tuple[bytes, bytes]]:
+        return [(item[0], item[1]) for item in parse(request).head().headers.items]
+
+    request = (b"GET / HTTP/1.1\r\nHost: a\r\nX-Trace-Me: 1\r\nx-trace-me: 2\r\nX-TRACE-ME: 3\r\n"
+               b"Content-Type: text/plain\r\nCONNECTION: keep-alive\r\n\r\n")
+    want = [(b"x-trace-me", b"X-Trace-Me"), (b"x-trace-me", b"x-trace-me"), (b"x-trace-me", b"X-TRACE-ME"),
+            (b"content-type", b"Content-Type")]
+    assert lowered(request) == want          # the first time, lowered
+    assert lowered(request) == want          # again, from the cache
+    assert all(http1read._LOWERED.get(name) == name.lower() for name in spellings)
+    flood = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-Flood-%d: v\r\n" % i for i in range(90)) + b"\r\n"
+    for round_ in range(http1read._LOWERED_MAX // 90 + 2):
+        parse(flood.replace(b"X-Flood-", b"X-Flood-%d-" % round_))
+    assert len(http1read._LOWERED) == http1read._LOWERED_MAX   # bounded: new spellings are lowered each time
+    late = b"GET / HTTP/1.1\r\nHost: a\r\nX-After-The-Flood: v\r\n\r\n"
+    assert lowered(late) == [(b"x-after-the-flood", b"X-After-The-Flood")]
+    assert b"X-After-The-Flood" not in http1read._LOWERED
+
+
 def test_upgrade_request_keeps_upgrade() -> None:
     reader = RequestReader(Sink())
     sink = reader._sink  # type: ignore[attr-defined]
