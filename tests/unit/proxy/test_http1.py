@@ -151,6 +151,22 @@ def test_field_names_are_lowercased_alike_before_and_after_the_names_cache_fills
     assert b"X-After-The-Flood" not in http1read._LOWERED
 
 
+@given(st.binary(max_size=24) | st.integers(0, 2**70).map(lambda n: b"%d" % n)
+       | st.text("0123456789 +-_", max_size=8).map(str.encode))
+def test_content_length_reads_a_value_as_int_does(value: bytes) -> None:
+    from sidecar.proxy.http1read import content_length
+
+    try:
+        want: int | type[ValueError] = int(value)
+    except ValueError:
+        want = ValueError
+    try:
+        got: int | type[ValueError] = content_length(value)
+    except ValueError:
+        got = ValueError
+    assert got == want
+
+
 def test_upgrade_request_keeps_upgrade() -> None:
     reader = RequestReader(Sink())
     sink = reader._sink  # type: ignore[attr-defined]
