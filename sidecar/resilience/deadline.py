@@ -35,10 +35,28 @@ def parse(value: bytes | None) -> float | None:
     """Seconds from a header value, or None when absent or not a whole number of milliseconds."""
     if value is None:
         return None
-    text = value.strip()
-    if not text.isdigit() or len(text) > 12:
+    # what value.strip() leaves, then isdigit() and int(), read byte by byte: once a request at each sidecar, and
+    # the three calls cost ~1,400 instructions (int() on bytes a generic call)
+    start = 0
+    end = len(value)
+    while start < end and _is_space(value[start]):
+        start += 1
+    while end > start and _is_space(value[end - 1]):
+        end -= 1
+    if start == end or end - start > 12:
         return None
-    return min(int(text), MAX_MS) / 1000.0
+    n = 0
+    for i in range(start, end):
+        c = value[i]
+        if c < 48 or c > 57:
+            return None
+        n = n * 10 + (c - 48)
+    return min(n, MAX_MS) / 1000.0
+
+
+def _is_space(c: int) -> bool:
+    """An ASCII whitespace byte, as bytes.strip() takes them: space, tab, LF, VT, FF, CR."""
+    return c == 32 or 9 <= c <= 13
 
 
 def to_header(seconds: float) -> bytes:

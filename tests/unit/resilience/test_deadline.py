@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.resilience import deadline
 
@@ -13,6 +15,22 @@ from sidecar.resilience import deadline
 ])
 def test_parse(raw: bytes | None, seconds: float | None) -> None:
     assert deadline.parse(raw) == seconds
+
+
+def _parse_as_defined(value: bytes | None) -> float | None:
+    """What the header's value means, in the plainest words: stripped of ASCII whitespace, 1 to 12 digits."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or len(text) > 12:
+        return None
+    return min(int(text), deadline.MAX_MS) / 1000.0
+
+
+@given(st.binary(max_size=16) | st.integers(0, 10**13).map(lambda n: b"%d" % n)
+       | st.text("0123456789 \t\r\n\x0b\x0c+-.x", max_size=16).map(str.encode))
+def test_parse_agrees_with_its_definition(raw: bytes) -> None:
+    assert deadline.parse(raw) == _parse_as_defined(raw)
 
 
 @pytest.mark.parametrize(("seconds", "raw"), [(1.5, b"1500"), (0.0019, b"1"), (0.0, b"0"), (-3.0, b"0"),
