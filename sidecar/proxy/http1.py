@@ -310,6 +310,20 @@ def decimal(n: int) -> bytes:
     return _DECIMALS[n] if 0 <= n < 1024 else str(n).encode()
 
 
+def decimal_value(value: bytes, start: int, end: int) -> int:
+    """The number the ASCII digits ``value[start:end]`` write, or -1 when the range is empty or holds another byte.
+    Read byte by byte: ``int()`` on bytes is a generic call (~1,000 instructions), and this runs in every head."""
+    if start >= end:
+        return -1
+    n = 0
+    for i in range(start, end):
+        c = value[i]
+        if c < 48 or c > 57:
+            return -1
+        n = n * 10 + (c - 48)
+    return n
+
+
 def encode_chunk(data: bytes) -> list[bytes]:
     """One chunk of a chunked body, as pieces for ``writelines`` (the data is not copied)."""
     return [b"%x\r\n" % len(data), data, b"\r\n"]

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from sidecar.proxy.http1 import decimal_value
+
 HEADER: Final = b"x-sidecar-deadline-ms"
 GRPC_TIMEOUT: Final = b"grpc-timeout"
 # longer than any sane timeout: a larger value is taken as this (a day)
@@ -36,22 +38,17 @@ def parse(value: bytes | None) -> float | None:
     if value is None:
         return None
     # what value.strip() leaves, then isdigit() and int(), read byte by byte: once a request at each sidecar, and
-    # the three calls cost ~1,400 instructions (int() on bytes a generic call)
+    # the three calls cost ~1,400 instructions
     start = 0
     end = len(value)
     while start < end and _is_space(value[start]):
         start += 1
     while end > start and _is_space(value[end - 1]):
         end -= 1
-    if start == end or end - start > 12:
+    if end - start > 12:
         return None
-    n = 0
-    for i in range(start, end):
-        c = value[i]
-        if c < 48 or c > 57:
-            return None
-        n = n * 10 + (c - 48)
-    return min(n, MAX_MS) / 1000.0
+    n = decimal_value(value, start, end)
+    return None if n < 0 else min(n, MAX_MS) / 1000.0
 
 
 def _is_space(c: int) -> bool:
