@@ -19,7 +19,8 @@ STEADY = "steady"
 
 
 class Phases:
-    """Named spans of the run; a sample belongs to the phase its request started in."""
+    """Named spans of the run. A request belongs to the first fault it was in flight for: one that started in
+    steady state a moment before a sidecar was killed under it is the kill's, not steady state's."""
 
     def __init__(self) -> None:
         self._starts: list[float] = []
@@ -31,10 +32,12 @@ class Phases:
             self._starts.append(time.monotonic() if now is None else now)
             self._names.append(name)
 
-    def at(self, when: float) -> str:
+    def during(self, started: float, ended: float) -> str:
+        """The first phase other than steady that [started, ended] overlaps; steady if none."""
         with self.lock:
-            i = bisect.bisect_right(self._starts, when) - 1
-            return self._names[i] if i >= 0 else STEADY
+            first = max(bisect.bisect_right(self._starts, started) - 1, 0)
+            last = bisect.bisect_right(self._starts, ended)
+            return next((name for name in self._names[first:last] if name != STEADY), STEADY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,7 @@ def by_phase(samples: list[Sample], phases: Phases, kind: str = "request") -> di
     groups: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         if s.kind == kind:
-            groups[phases.at(s.started)].append(s)
+            groups[phases.during(s.started, s.started + s.latency)].append(s)
     rows = {}
     for phase, group in groups.items():
         counted = [s for s in group if s.outcome != "source-down"]
