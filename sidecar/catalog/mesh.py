@@ -19,6 +19,7 @@ class MeshCatalog:
         self.local_node = local_node
         self._remote_nodes: dict[str, NodeInfo] = {}
         self._remote_instances: dict[str, tuple[int, tuple[ServiceMetadata, ...]]] = {}  # node → (version, ...)
+        self._down: dict[str, tuple[ServiceMetadata, ...]] = {}   # node declared dead → its last instances
         self._version = 0
         self._snapshot: CatalogSnapshot | None = None
         self._synced = True
@@ -30,7 +31,8 @@ class MeshCatalog:
             nodes = {self.local_node.name: self.local_node, **self._remote_nodes}
             instances = tuple(self.registry.instances()) + tuple(
                 i for _, items in self._remote_instances.values() for i in items)
-            self._snapshot = CatalogSnapshot(self._version, nodes, instances, self._synced)
+            down = tuple(i for items in self._down.values() for i in items)
+            self._snapshot = CatalogSnapshot(self._version, nodes, instances, self._synced, down)
         return self._snapshot
 
     def set_synced(self, synced: bool) -> None:
@@ -47,6 +49,8 @@ class MeshCatalog:
         """A peer joined, changed address, or changed state (alive, suspect, dead, left)."""
         if node.name == self.local_node.name:
             return
+        if node.state in ("alive", "suspect") and self._down.pop(node.name, None) is not None:
+            self._changed()
         if self._remote_nodes.get(node.name) != node:
             self._remote_nodes[node.name] = node
             self._changed()
@@ -63,11 +67,22 @@ class MeshCatalog:
         self._changed()
         return True
 
-    def remove_node(self, node: str) -> None:
-        """A dead or departed peer: its services leave the catalog."""
-        removed = self._remote_instances.pop(node, None) is not None
-        removed = self._remote_nodes.pop(node, None) is not None or removed
+    def remove_node(self, node: str, down: bool = False) -> None:
+        """A dead or departed peer: its services leave the catalog. ``down``: a member declared dead whose claims
+        are held for its refutation; its instances stay in the snapshot's ``down`` until it is alive again or
+        :meth:`forget_node` (reaped, or left)."""
+        held = self._remote_instances.pop(node, None)
+        removed = self._remote_nodes.pop(node, None) is not None or held is not None
+        if down and held is not None and held[1]:
+            self._down[node] = held[1]
+        elif self._down.pop(node, None) is not None:
+            removed = True
         if removed:
+            self._changed()
+
+    def forget_node(self, node: str) -> None:
+        """A member reaped: nothing of it is held any more."""
+        if self._down.pop(node, None) is not None:
             self._changed()
 
     def _changed(self) -> None:

@@ -127,6 +127,9 @@ class CatalogSnapshot:
     instances: tuple[ServiceMetadata, ...] = ()
     # False until this node has exchanged state with a peer (joined): an unknown name may only be unknown *yet*
     synced: bool = True
+    # the last instances of members declared dead, held until they refute or are reaped: never routed to, they
+    # tell a service whose every instance is down (503) from a name nobody ever served (404)
+    down: tuple[ServiceMetadata, ...] = ()
 
     def by_name(self) -> dict[str, list[ServiceMetadata]]:
         out: dict[str, list[ServiceMetadata]] = {}

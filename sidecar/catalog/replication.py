@@ -216,6 +216,7 @@ class CatalogReplication:
                     self._broadcast(claim)
         elif isinstance(event, MemberReaped):
             self._pending.pop(event.member.name, None)
+            self.catalog.forget_node(event.member.name)
             self._publish(event)
 
     def _member_live(self, member: MemberView) -> None:
@@ -235,12 +236,14 @@ class CatalogReplication:
     def _member_gone(self, member: MemberView, keep: bool) -> None:
         known = self._known.pop(member.name, None)
         self._pending.pop(member.name, None)
+        held = False
         if keep and known and len(self._pending) < MAX_PENDING:
+            held = True
             # a member declared dead by mistake (a stale verdict crossing a healed partition) refutes within
             # moments: its services come back with it then, not a push-pull interval later; newer claims win
             self._pending[member.name] = known
         self._applied.pop(member.name, None)
-        self.catalog.remove_node(member.name)
+        self.catalog.remove_node(member.name, down=held)
         for listener in self.subscription_listeners:
             listener(member.name, ())
 

@@ -22,7 +22,7 @@ Names (case-insensitive; the response echoes the client's spelling of the questi
 An unknown name under the domain is NXDOMAIN and a known name without records of the asked type is
 NODATA, both with the zone's SOA in the authority section (its minimum is the TTL: RFC 2308 negative
 caching lasts as long as a positive answer). A service whose instances are all unhealthy is a known
-name: NODATA.
+name: NODATA; so is one whose instances all sit on members declared dead (``CatalogSnapshot.down``).
 
 Instances on one node share the node's address and inbound port, so they make one record; the
 address is where peer sidecars dial, not the app's own host.
@@ -179,6 +179,12 @@ class Zone:
             by_label.setdefault(label, []).append(instance)
             self._tags.setdefault(label, set()).update(t.lower().encode("ascii", "replace") for t in instance.tags)
         self._services: dict[bytes, list[_Endpoint]] = {}
+        for instance in snapshot.down:   # known names without records
+            label = _label(instance.name)
+            if label is not None and label not in by_label:
+                self._services[label] = []
+                self._tags.setdefault(label, set()).update(
+                    t.lower().encode("ascii", "replace") for t in instance.tags)
         for label, group in by_label.items():
             endpoints: dict[bytes, _Endpoint] = {}
             # routable() is the one definition of "fit for traffic"; asked of a snapshot holding only this

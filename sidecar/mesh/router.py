@@ -40,8 +40,8 @@ class EndpointSet:
     """The endpoints of one service (and tag) in one snapshot: healthy ones, then degraded ones.
 
     The counts say why there may be none: ``total`` instances of the name (any tag, any health), how many
-    carry the tag, how many are unhealthy, and how many sit on nodes that are dead or whose address is
-    unknown.
+    carry the tag, how many are unhealthy, how many sit on nodes that are dead or whose address is
+    unknown, and how many were last seen on members since declared dead (``down``, not in ``total``).
     """
 
     name: ServiceName
@@ -52,6 +52,7 @@ class EndpointSet:
     unhealthy: int = 0
     unreachable: int = 0
     synced: bool = True   # the catalog's: see CatalogSnapshot.synced
+    down: int = 0
 
     @property
     def usable(self) -> tuple[Endpoint, ...]:
@@ -64,6 +65,11 @@ class EndpointSet:
         if self.total == 0 and not self.synced:
             return Unavailable(f"no instance of {service} known yet: this sidecar has not joined the mesh",
                                {"service": service, "reason": "not-joined"})
+        if self.total == 0 and self.down:
+            # every instance went with a member declared dead: one refuting a stale verdict is back in moments
+            return Unavailable(f"no live instance of {service}: {self.down} instance{'s' if self.down != 1 else ''}"
+                               f" on members that are down", {"service": service, "instances": 0,
+                                                               "down": self.down, "reason": "members-down"})
         if self.total == 0:
             return NotFound(f"no service named {service!r} in the catalog", {"service": service})
         details: dict[str, object] = {"service": service, "instances": self.total, "unhealthy": self.unhealthy,
@@ -111,8 +117,11 @@ def endpoint_set(snapshot: CatalogSnapshot, name: ServiceName, local: LocalInbou
             continue
         endpoint = Endpoint(instance.name, instance.id, instance.node, address, instance.status)
         (healthy if instance.status is HealthStatus.HEALTHY else degraded).append(endpoint)
+    down = 0
+    if total == 0:
+        down = sum(1 for i in snapshot.down if i.name == name.service)
     return EndpointSet(name, tuple(healthy), tuple(degraded), total, tagged, unhealthy, unreachable,
-                       snapshot.synced)
+                       snapshot.synced, down)
 
 
 def _inbound_of(snapshot: CatalogSnapshot, instance: ServiceMetadata,

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from sidecar.errors import DeadlineExceeded, NotFound, SidecarError, Unavailable
+from sidecar.errors import DeadlineExceeded, SidecarError, Unavailable
+from sidecar.mesh.naming import ServiceName
+from sidecar.mesh.router import endpoint_set
 from sidecar.messaging.context import MessagingContext
 from sidecar.messaging.envelope import MessageBody, ServiceMessage
 
@@ -19,7 +21,7 @@ async def send(ctx: MessagingContext, service: str, body: MessageBody, sender_he
     snapshot = ctx.catalog.snapshot()
     instances = snapshot.service(service)
     if not instances:
-        raise NotFound(f"no service named {service!r} in the catalog", {"service": service})
+        raise endpoint_set(snapshot, ServiceName(service)).no_endpoint()
     routable = snapshot.routable(service)
     path = (routable or instances)[0].messages_path
     message = ServiceMessage.new(ctx.sender(sender_header), body, ctx.now_ms())

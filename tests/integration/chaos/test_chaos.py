@@ -85,8 +85,9 @@ SETTINGS = {
 # partition the closed loops slow down to the timeouts. What is left, out of the retries' reach: a try lost
 # three times to the 10% loss (SYN retransmits take 1s); and when a partition heals, the other side's stale
 # "dead" verdicts reach members that never lost sight of the member they name (SWIM accepts them at the same
-# incarnation): it refutes within about 100ms, and for that moment a source may know no backend at all (404,
-# seen twice in ~500 requests). 2% is far above both; runs so far saw 0 to 0.4%.
+# incarnation): it refutes within about 100ms, and for that moment a source may have no live backend at all
+# (503 UNAVAILABLE, reason members-down; seen up to 4 in ~900 requests). 2% is far above both; runs so far saw
+# 0 to 0.4%.
 ERROR_BOUND = 0.02
 REQUEST_RATE = 8.0      # per loop, two loops per source
 PUBLISH_RATE = 10.0     # per source

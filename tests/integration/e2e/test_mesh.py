@@ -10,6 +10,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
+import dns.rcode
 import pytest
 
 from tests.harness import FakeApp, SidecarProcess, assert_error, http, make_certs, members_by_state, wait_for
@@ -85,12 +88,20 @@ def test_gossip_catalog_and_traffic_across_the_mesh(mesh: dict[str, Any], start_
     mesh["apps"]["payment-service"].health_status = 200
     wait_for(lambda: outbound_get(a, "payment-service").status == 200, timeout=10, what="healthy again")
 
-    # kill -9 node-c: everyone declares it dead and its service leaves the catalog
+    # kill -9 node-c: everyone declares it dead and its service leaves the catalog; until node-c is reaped its
+    # name is a service that is down (503, DNS NODATA), not one nobody serves (404, NXDOMAIN)
     c.kill()
     wait_for(lambda: members_by_state(a).get("node-c") == "dead" and members_by_state(b).get("node-c") == "dead",
              timeout=20, what="node-c dead on a and b")
     wait_for(lambda: "inventory" not in http("GET", a.api + "/v1/catalog").json(), timeout=5)
-    assert_error(outbound_get(a, "inventory"), 404, "NOT_FOUND")
+    down = assert_error(outbound_get(a, "inventory"), 503, "UNAVAILABLE")
+    assert down["details"] == {"service": "inventory", "instances": 0, "down": 1, "reason": "members-down"}, down
+    assert "on members that are down" in down["message"], down
+    host, port = a.listeners["dns"].rsplit(":", 1)
+    for name, rcode in (("inventory.service.mesh", dns.rcode.NOERROR), ("nothing-here.service.mesh",
+                                                                        dns.rcode.NXDOMAIN)):
+        reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=int(port), timeout=3)
+        assert (reply.rcode(), reply.answer) == (rcode, []), (name, reply)
     incarnation_before = next(m["incarnation"] for m in http("GET", a.admin + "/members").json()
                               if m["name"] == "node-c")
 

@@ -111,8 +111,10 @@ def test_a_member_back_from_a_mistaken_death_has_its_services_back_at_once() -> 
     replication.on_event(RemoteState(encode_claims([Claim("b", "default", "", 7, (instance("b"),))]), False))
     replication.on_event(MemberDead(member("b", MemberState.DEAD)))
     assert catalog.snapshot().service("pay") == []
+    assert [(i.name, i.node) for i in catalog.snapshot().down] == [("pay", "b")]   # down, not unheard of
     replication.on_event(MemberJoined(member("b")))
     assert [i.node for i in catalog.snapshot().service("pay")] == ["b"]
+    assert catalog.snapshot().down == ()
     # a newer state still wins over the kept one
     replication.on_event(RemoteState(encode_claims([Claim("b", "default", "", 8, ())]), False))
     assert catalog.snapshot().service("pay") == []
@@ -128,6 +130,22 @@ def test_a_departed_or_reaped_member_keeps_nothing() -> None:
     replication.on_event(MemberLeft(member("b", MemberState.LEFT)))
     replication.on_event(MemberDead(member("c", MemberState.DEAD)))
     replication.on_event(MemberReaped(member("c", MemberState.DEAD)))
+    assert catalog.snapshot().down == ()
     for name in ("b", "c"):
         replication.on_event(MemberJoined(member(name)))
     assert catalog.snapshot().service("pay") == []
+
+
+def test_a_dead_member_is_down_until_reaped_and_a_departed_one_at_once() -> None:
+    from sidecar.gossip.outputs import MemberLeft, MemberReaped
+    replication, gossip, catalog, _ = setup()
+    gossip.live = [member("b"), member("c")]
+    for name in ("b", "c"):
+        replication.on_event(MemberJoined(member(name)))
+        replication.on_event(RemoteState(encode_claims([Claim(name, "default", "", 7, (instance(name),))]), False))
+    for name in ("b", "c"):
+        replication.on_event(MemberDead(member(name, MemberState.DEAD)))
+    assert sorted(i.node for i in catalog.snapshot().down) == ["b", "c"]
+    replication.on_event(MemberLeft(member("b", MemberState.LEFT)))     # a dead member's leave: gone
+    replication.on_event(MemberReaped(member("c", MemberState.DEAD)))
+    assert catalog.snapshot().down == ()

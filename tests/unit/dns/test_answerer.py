@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import dns.edns
@@ -133,6 +134,20 @@ def test_same_inputs_same_bytes(zone: Zone, make_catalog: Any) -> None:
     first = zone.answer(query, Transport.UDP, 1)
     assert first == zone.answer(query, Transport.UDP, 1)
     assert first == answer(query, make_catalog.base(), zone.settings, Transport.UDP, 1)
+
+
+def test_a_service_whose_instances_are_all_on_dead_members_is_nodata_not_nxdomain(make_catalog: Any,
+                                                                                   settings: AnswerSettings) -> None:
+    gone = (make_catalog.instance("pay-1", "pay", "gone", tags=("v2",)), make_catalog.instance("web-7", "web", "gone"))
+    zone = Zone(replace(make_catalog.base(), down=gone), settings)
+    for name, rdtype in (("pay.service.mesh", "A"), ("_pay._tcp.service.mesh", "SRV"), ("v2.pay.service.mesh", "A")):
+        outcome, response = ask(zone, name, rdtype)
+        assert (outcome.rcode, response.answer, len(response.authority)) == (NOERROR, [], 1), name
+    assert ask(zone, "v3.pay.service.mesh")[0].rcode == NXDOMAIN
+    assert ask(zone, "nope.service.mesh")[0].rcode == NXDOMAIN
+    _, response = ask(zone, "web.service.mesh")   # a live service's down instances add nothing
+    assert records(response.answer) == ["web.service.mesh. A 10.0.0.1", "web.service.mesh. A 10.0.0.2",
+                                        "web.service.mesh. A 10.0.0.3"]
 
 
 def test_soa_serial_follows_the_snapshot_version(make_catalog: Any, settings: AnswerSettings) -> None:

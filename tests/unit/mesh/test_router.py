@@ -89,3 +89,18 @@ def test_an_unknown_service_is_503_until_the_catalog_has_synced() -> None:
     error = endpoint_set(unsynced, PAY).no_endpoint()
     assert isinstance(error, Unavailable) and "has not joined the mesh" in str(error)
     assert isinstance(endpoint_set(snap(inst("other", "n1")), PAY).no_endpoint(), NotFound)
+
+
+def test_a_service_whose_instances_are_all_on_dead_members_is_503_not_404() -> None:
+    # after a partition heals, a stale "dead" verdict can take a service's last live instance for a moment: the
+    # name is not unknown, and a client must be told to come again (503), not that nothing serves it (404)
+    down = (inst("pay", "n1", tags=("v1",)), inst("pay", "n2"), inst("other", "n3"))
+    s = CatalogSnapshot(1, {}, (), down=down)
+    error = endpoint_set(s, PAY).no_endpoint()
+    assert isinstance(error, Unavailable), error
+    assert error.message == "no live instance of pay: 2 instances on members that are down"
+    assert error.details == {"service": "pay", "instances": 0, "down": 2, "reason": "members-down"}
+    assert isinstance(endpoint_set(s, ServiceName("pay", "v9")).no_endpoint(), Unavailable)
+    assert isinstance(endpoint_set(s, ServiceName("nobody")).no_endpoint(), NotFound)
+    live = CatalogSnapshot(1, snap().nodes, (inst("pay", "n4"),), down=down)
+    assert [e.node for e in endpoint_set(live, PAY).usable] == ["n4"]   # the down ones never carry traffic
