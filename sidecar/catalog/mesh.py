@@ -49,10 +49,11 @@ class MeshCatalog:
         """A peer joined, changed address, or changed state (alive, suspect, dead, left)."""
         if node.name == self.local_node.name:
             return
-        if node.state in ("alive", "suspect") and self._down.pop(node.name, None) is not None:
-            self._changed()
+        changed = node.state in ("alive", "suspect") and self._down.pop(node.name, None) is not None
         if self._remote_nodes.get(node.name) != node:
             self._remote_nodes[node.name] = node
+            changed = True
+        if changed:
             self._changed()
 
     def apply_node(self, node: str, version: int, instances: Sequence[ServiceMetadata]) -> bool:
@@ -69,8 +70,8 @@ class MeshCatalog:
 
     def remove_node(self, node: str, down: bool = False) -> None:
         """A dead or departed peer: its services leave the catalog. ``down``: a member declared dead whose claims
-        are held for its refutation; its instances stay in the snapshot's ``down`` until it is alive again or
-        :meth:`forget_node` (reaped, or left)."""
+        are held for its refutation; its instances stay in the snapshot's ``down`` until it is alive again, leaves
+        or is reaped (:meth:`forget_node`)."""
         held = self._remote_instances.pop(node, None)
         removed = self._remote_nodes.pop(node, None) is not None or held is not None
         if down and held is not None and held[1]:
