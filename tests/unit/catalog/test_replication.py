@@ -10,7 +10,7 @@ from sidecar.catalog.sync import Claim, decode_claims, encode_claims
 from sidecar.config.load import build_section
 from sidecar.config.model import ServiceConfig
 from sidecar.events import EventBus
-from sidecar.gossip.outputs import MemberDead, MemberJoined, RemoteState, UserMessage
+from sidecar.gossip.outputs import MemberDead, MemberJoined, MemberLeft, MemberReaped, RemoteState, UserMessage
 from sidecar.gossip.state import MemberState, MemberView
 
 
@@ -120,13 +120,18 @@ def test_a_member_back_from_a_mistaken_death_has_its_services_back_at_once() -> 
     assert catalog.snapshot().service("pay") == []
 
 
-def test_a_departed_or_reaped_member_keeps_nothing() -> None:
-    from sidecar.gossip.outputs import MemberLeft, MemberReaped
+def with_members(*names: str) -> tuple[CatalogReplication, MeshCatalog]:
+    """A catalog that knows each of ``names`` as a live member with one instance of pay."""
     replication, gossip, catalog, _ = setup()
-    gossip.live = [member("b"), member("c")]
-    for name in ("b", "c"):
+    gossip.live = [member(name) for name in names]
+    for name in names:
         replication.on_event(MemberJoined(member(name)))
         replication.on_event(RemoteState(encode_claims([Claim(name, "default", "", 7, (instance(name),))]), False))
+    return replication, catalog
+
+
+def test_a_departed_or_reaped_member_keeps_nothing() -> None:
+    replication, catalog = with_members("b", "c")
     replication.on_event(MemberLeft(member("b", MemberState.LEFT)))
     replication.on_event(MemberDead(member("c", MemberState.DEAD)))
     replication.on_event(MemberReaped(member("c", MemberState.DEAD)))
@@ -137,12 +142,7 @@ def test_a_departed_or_reaped_member_keeps_nothing() -> None:
 
 
 def test_a_dead_member_is_down_until_reaped_and_a_departed_one_at_once() -> None:
-    from sidecar.gossip.outputs import MemberLeft, MemberReaped
-    replication, gossip, catalog, _ = setup()
-    gossip.live = [member("b"), member("c")]
-    for name in ("b", "c"):
-        replication.on_event(MemberJoined(member(name)))
-        replication.on_event(RemoteState(encode_claims([Claim(name, "default", "", 7, (instance(name),))]), False))
+    replication, catalog = with_members("b", "c")
     for name in ("b", "c"):
         replication.on_event(MemberDead(member(name, MemberState.DEAD)))
     assert sorted(i.node for i in catalog.snapshot().down) == ["b", "c"]
