@@ -137,6 +137,17 @@ def test_no_usable_instance_refuses_with_the_data_plane_message() -> None:
     assert "balancer" not in by
 
 
+def test_instances_of_members_declared_dead_are_listed_and_named_in_the_refusal() -> None:
+    gone = ServiceMetadata("echo-b9", "echo", "1", "127.0.0.1", 80, node="b9")
+    snap = CatalogSnapshot(1, {}, (), down=(gone,))
+    by = steps(explain(Question("echo"), facts(snap), NOW, WALL))
+    assert by["catalog"]["verdict"] == REFUSE
+    assert by["catalog"]["says"] == "no live instance of echo: 1 instance on members that are down"
+    data = by["catalog"]["data"]
+    assert data["counts"]["down"] == 1 and data["counts"]["total"] == 0     # type: ignore[index]
+    assert [(i["instance"], i["nodeState"]) for i in data["instances"]] == [("echo-b9", "dead")]  # type: ignore[index]
+
+
 def test_degraded_instances_are_used_only_without_healthy_ones() -> None:
     snap = snapshot(("b1", HealthStatus.DEGRADED, "alive"), ("b2", HealthStatus.HEALTHY, "suspect"))
     by = steps(explain(Question("echo"), facts(snap), NOW, WALL))
