@@ -315,10 +315,16 @@ class Streams:
             worker.delivered += len(batch)
             ctx.counters["delivered"] += len(batch)
         else:
-            window.last = None   # the next batch sent starts a new run: no "after" to wait for
             for seq, _ in batch:
                 store.in_flight.discard((worker.row.id, seq))
             await self._deliver(worker, batch, True)
+            # the batches sent after it went with an "after" the receiver may have refused: each is settled in turn
+            # (stored, or sent again on its own) before a new run starts. A batch of the next run, sent without an
+            # "after", could otherwise be stored first and move the receiver's mark past them: it would take them
+            # for duplicates, acknowledge them and drop them.
+            while window.sent:
+                await self._settle_oldest(worker, window)
+            window.last = None   # the next batch sent starts a new run: no "after" to wait for
         worker.in_flight = window.sent[0][0][0][0] if window.sent else None
 
     async def _deliver(self, worker: StreamWorker, batch: list[tuple[int, bytes]], bulk: bool) -> None:

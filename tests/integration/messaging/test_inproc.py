@@ -495,3 +495,53 @@ def test_a_push_batch_is_stored_only_after_the_one_before_it_and_a_repeat_is_a_d
         assert [m["payload"] for m in app.received] == [2, 4, 7, 9, 11]
 
     run(test, tmp_path, ["checkout", "billing"])
+
+
+def test_a_window_whose_batches_were_refused_is_settled_in_order_before_a_new_run_and_loses_nothing(
+        tmp_path: Path) -> None:
+    """The publisher's window toward another sidecar's inbox, with a backlog: every batch of a full window is
+    refused (as while the subscriber's sidecar restarts), the oldest answering last. It goes again on its own and is
+    stored; the ones after it must be settled in turn before the next batch goes out without an ``after``. Sent
+    first, that batch would move the inbox's mark past them: they would be acknowledged as duplicates, never
+    stored."""
+    async def test(mesh: Mesh) -> None:
+        app = await App("sub").start()
+        await mesh.add("a", "checkout", [ServiceConfig(name="checkout", port=1)])
+        await mesh.add("b", "billing", [service("billing", app)], [SubscriptionConfig(topic="orders", path="/in")])
+        a, inbox = mesh.nodes["a"], mesh.nodes["b"].messaging.inbox
+        await wait_for_async(lambda: a.messaging.book.wanted(), what="subscription known to a")
+        receive = inbox.receive
+        calls: list[tuple[int, int | None]] = []
+        published, window_sent = asyncio.Event(), asyncio.Event()
+        outage: list[int] = []   # the number of the call it began with
+        refused = 4              # a full window: 4 batches of 256 (courier.NODE_BATCH, streams.WINDOW_MESSAGES)
+
+        async def down_for_a_window(origin: str, topic: str, service: str, items: list[tuple[int, str, bytes]],
+                                    after: int | None = None) -> Any:
+            calls.append((items[0][0], after))
+            n = len(calls)
+            if not outage and published.is_set() and after is not None:
+                outage.append(n)   # a batch in the middle of a run, with the backlog behind it
+            if outage and outage[0] <= n < outage[0] + refused:
+                if n == outage[0] + refused - 1:
+                    window_sent.set()
+                if n == outage[0]:
+                    await asyncio.wait_for(window_sent.wait(), 10)   # it answers once the window is full
+                raise Unavailable("the subscriber is restarting")
+            return await receive(origin, topic, service, items, after)
+        inbox.receive = down_for_a_window   # type: ignore[method-assign]
+        total = 4000
+        for start in range(0, total, 1000):
+            status, _, body = await post(a.api_url + "/v1/publish/bulk/orders",
+                                         [{"type": "order", "payload": n} for n in range(start, start + 1000)])
+            assert status == 202, body
+        published.set()
+        await wait_for_async(lambda: a.messaging.store is not None and a.messaging.store.pending == 0, 40,
+                             what="a's outbox delivered")
+        assert outage and window_sent.is_set(), calls   # the window was refused whole
+        await wait_for_async(lambda: len({m["payload"] for m in app.received}) == total, 10,
+                             what=f"all {total} at the app (got {len({m['payload'] for m in app.received})})")
+        first_seen = list(dict.fromkeys(m["payload"] for m in app.received))
+        assert first_seen == list(range(total))
+
+    run(test, tmp_path, ["checkout", "billing"], timeout=90.0)
