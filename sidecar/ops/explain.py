@@ -178,12 +178,13 @@ def _catalog(name: ServiceName, snapshot: CatalogSnapshot, endpoints: EndpointSe
         instances.append({"instance": i.id, "node": i.node, "nodeState": _node_state(snapshot.nodes, i.node),
                           "health": i.status.value, "address": endpoint.authority if endpoint else None,
                           "version": i.version, "tags": list(i.tags), "why": why})
-    for i in sorted((i for i in snapshot.down if i.name == name.service), key=lambda i: (i.node, i.id)):
+    down = sorted((i for i in snapshot.down if i.name == name.service), key=lambda i: (i.node, i.id))
+    for i in down:
         instances.append({"instance": i.id, "node": i.node, "nodeState": "dead", "health": i.status.value,
                           "address": None, "version": i.version, "tags": list(i.tags),
                           "why": "its member was declared dead (held until it refutes or is reaped): no traffic"})
     counts = {"total": endpoints.total, "healthy": len(endpoints.healthy), "degraded": len(endpoints.degraded),
-              "unhealthy": endpoints.unhealthy, "unreachable": endpoints.unreachable, "down": endpoints.down}
+              "unhealthy": endpoints.unhealthy, "unreachable": endpoints.unreachable, "down": len(down)}
     if not endpoints.usable:
         return Step("catalog", REFUSE, endpoints.no_endpoint().message, {"instances": instances, "counts": counts})
     parts = [f"{len(endpoints.healthy)} healthy"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from dataclasses import replace
 
 from sidecar.catalog.model import CatalogSnapshot, HealthStatus, NodeInfo, ServiceMetadata
 from sidecar.config.model import (
@@ -146,6 +147,9 @@ def test_instances_of_members_declared_dead_are_listed_and_named_in_the_refusal(
     data = by["catalog"]["data"]
     assert data["counts"]["down"] == 1 and data["counts"]["total"] == 0     # type: ignore[index]
     assert [(i["instance"], i["nodeState"]) for i in data["instances"]] == [("echo-b9", "dead")]  # type: ignore[index]
+    live = replace(snapshot(("b1", HealthStatus.HEALTHY, "alive")), down=(gone,))   # a live one beside it
+    by = steps(explain(Question("echo"), facts(live), NOW, WALL))
+    assert by["catalog"]["verdict"] == OK and by["catalog"]["data"]["counts"]["down"] == 1   # type: ignore[index]
 
 
 def test_degraded_instances_are_used_only_without_healthy_ones() -> None:
