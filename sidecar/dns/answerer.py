@@ -123,6 +123,11 @@ def _label(text: str) -> bytes | None:
     return label if 0 < len(label) <= 63 and b"." not in label else None
 
 
+def _tag_labels(instance: ServiceMetadata) -> frozenset[bytes]:
+    """An instance's tags as the lower-cased labels a TAG.NAME query is matched against."""
+    return frozenset(t.lower().encode("ascii", "replace") for t in instance.tags)
+
+
 def _rotate(endpoints: Sequence[_Endpoint], rotation: int) -> list[_Endpoint]:
     """Rotate within each tier, so healthy endpoints always come before degraded ones."""
     out: list[_Endpoint] = []
@@ -177,14 +182,13 @@ class Zone:
             if label is None:
                 continue
             by_label.setdefault(label, []).append(instance)
-            self._tags.setdefault(label, set()).update(t.lower().encode("ascii", "replace") for t in instance.tags)
+            self._tags.setdefault(label, set()).update(_tag_labels(instance))
         self._services: dict[bytes, list[_Endpoint]] = {}
         for instance in snapshot.down:   # known names without records
             label = _label(instance.name)
             if label is not None and label not in by_label:
                 self._services[label] = []
-                self._tags.setdefault(label, set()).update(
-                    t.lower().encode("ascii", "replace") for t in instance.tags)
+                self._tags.setdefault(label, set()).update(_tag_labels(instance))
         for label, group in by_label.items():
             endpoints: dict[bytes, _Endpoint] = {}
             # routable() is the one definition of "fit for traffic"; asked of a snapshot holding only this
@@ -197,7 +201,7 @@ class Zone:
                     continue  # no known address for it: nothing to answer with
                 target, address, rdtype, port = self._nodes[node_label]
                 tier = 0 if instance.status is HealthStatus.HEALTHY else 1
-                tags = frozenset(t.lower().encode("ascii", "replace") for t in instance.tags)
+                tags = _tag_labels(instance)
                 known = endpoints.get(node_label)
                 if known is None:
                     endpoints[node_label] = _Endpoint(tier, target, address, rdtype, port, tags)
